@@ -1,0 +1,78 @@
+"""Strict JSON in, canonical JSON out (CONTRACT §6).
+
+Signed documents are parsed strictly: a duplicate key or a float is an error, not
+something to guess about, because two parsers that disagree on such input are how
+signature-bypass bugs happen.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class StrictJSONError(ValueError):
+    """The bytes are not the strict JSON we accept."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StrictJSONError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_float(text: str) -> Any:
+    raise StrictJSONError(f"floats are not allowed ({text})")
+
+
+def _no_constant(text: str) -> Any:
+    raise StrictJSONError(f"{text} is not JSON")
+
+
+def loads_strict(raw: bytes | str, *, allow_floats: bool = False, max_bytes: int | None = None) -> Any:
+    """Parse JSON rejecting duplicate keys, NaN/Infinity and (unless allowed) floats."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise StrictJSONError(f"document is {len(raw)} bytes, over the {max_bytes}-byte cap")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StrictJSONError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    kwargs: dict[str, Any] = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant}
+    if not allow_floats:
+        kwargs["parse_float"] = _no_float
+    try:
+        return json.loads(raw, **kwargs)
+    except StrictJSONError:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError also covers ints over the 4300-digit limit
+        raise StrictJSONError(f"malformed JSON: {exc}") from None
+
+
+def _reject_floats(value: Any, path: str = "$") -> None:
+    if isinstance(value, float):
+        raise StrictJSONError(f"float at {path} is not allowed in a signed document")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_floats(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_floats(item, f"{path}[{index}]")
+
+
+def canonical_bytes(signed: Any) -> bytes:
+    """The exact bytes signatures cover: sorted keys, no spaces, UTF-8, no floats."""
+    _reject_floats(signed)
+    text = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" parses but has no UTF-8 form
+        raise StrictJSONError(f"not encodable as UTF-8: {exc.reason}") from None
+
+
+def compact_bytes(value: Any) -> bytes:
+    """Compact JSON for messages on the wire (not a signing format)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

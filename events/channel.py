@@ -1,0 +1,157 @@
+"""Channel configuration and cohort resolution (CONTRACT §7).
+
+Cohort resolution is shared by the service (which scopes a stage covers) and the
+runtime SDK (which scope a runtime follows), so both sides always agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+from .tokens import TOKEN_PATTERN
+
+BUCKETS = 10_000
+DEFAULT_COHORT = "all"
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+
+class CohortRule(_Cfg):
+    name: StrictStr = Field(pattern=TOKEN_PATTERN)
+    tenants: list[StrictStr] | None = None
+    regions: list[StrictStr] | None = None
+    percent: tuple[StrictInt, StrictInt] | None = None
+
+    @property
+    def is_catch_all(self) -> bool:
+        return self.tenants is None and self.regions is None and self.percent is None
+
+    def matches(self, tenant: str, region: str | None, bucket: int) -> bool:
+        if self.tenants is not None and tenant not in self.tenants:
+            return False
+        if self.regions is not None and region not in self.regions:
+            return False
+        if self.percent is not None and not (self.percent[0] <= bucket < self.percent[1]):
+            return False
+        return True
+
+
+class ChannelThresholds(_Cfg):
+    error_rate_max: float | None = None
+    latency_p95_ms_max: float | None = None
+    latency_p99_ms_max: float | None = None
+    activation_success_min: float | None = None
+    mismatch_rate_max: float | None = None
+    new_error_classes: Literal["fail", "ignore"] = "fail"
+
+
+class ChannelMonitoring(_Cfg):
+    window_s: StrictInt = Field(ge=1)
+    min_samples: StrictInt = Field(default=1, ge=1)
+    thresholds: ChannelThresholds = Field(default_factory=ChannelThresholds)
+
+
+class ChannelCompatibility(_Cfg):
+    schema_: StrictStr | None = Field(default=None, alias="schema")
+    profiles: list[StrictStr] | None = None
+    runtime_version: StrictStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.schema_ is not None and bool(self.profiles) and self.runtime_version is not None
+
+
+class ChannelPolicy(_Cfg):
+    allowed_sources: list[StrictStr] | None = None
+    allowed_builders: list[StrictStr] | None = None
+    forbid_downgrade: StrictBool = True
+    max_pin_days: StrictInt = Field(default=30, ge=0)
+
+
+class ChannelConfig(_Cfg):
+    cohorts: list[CohortRule] = Field(default_factory=lambda: [CohortRule(name=DEFAULT_COHORT)], min_length=1)
+    plan: list[list[StrictStr]] | None = None
+    monitoring: ChannelMonitoring = Field(default_factory=lambda: ChannelMonitoring(window_s=60))
+    compatibility: ChannelCompatibility = Field(default_factory=ChannelCompatibility)
+    policy: ChannelPolicy = Field(default_factory=ChannelPolicy)
+    promote_to: StrictStr | None = Field(default=None, pattern=TOKEN_PATTERN)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "ChannelConfig":
+        problems = channel_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def cohort_names(self) -> list[str]:
+        return [c.name for c in self.cohorts]
+
+    @property
+    def effective_plan(self) -> list[list[str]]:
+        return self.plan if self.plan else [[name] for name in self.cohort_names]
+
+    def resolve(self, env: str, channel: str, tenant: str, region: str | None = None) -> str:
+        return resolve_cohort(self.cohorts, env, channel, tenant, region)
+
+
+def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list[str]:
+    """Every problem with a configuration, one sentence each (empty when it is sound)."""
+    problems: list[str] = []
+    names = [c.name for c in cfg.cohorts]
+    if len(set(names)) != len(names):
+        problems.append("cohort names must be unique")
+    if cfg.cohorts and not cfg.cohorts[-1].is_catch_all:
+        problems.append(f"the last cohort ({cfg.cohorts[-1].name}) must be a catch-all with no criteria")
+    for rule in cfg.cohorts[:-1]:
+        if rule.is_catch_all:
+            problems.append(f"cohort {rule.name} has no criteria but is not last: later cohorts would never match")
+    ranges = []
+    for rule in cfg.cohorts:
+        if rule.percent is not None:
+            lo, hi = rule.percent
+            if not (0 <= lo < hi <= BUCKETS):
+                problems.append(f"cohort {rule.name}: percent range [{lo}, {hi}) must lie inside 0..{BUCKETS} with lo < hi")
+            else:
+                ranges.append((lo, hi, rule.name))
+    ranges.sort()
+    for (lo1, hi1, n1), (lo2, hi2, n2) in zip(ranges, ranges[1:]):
+        if lo2 < hi1:
+            problems.append(f"percent ranges of cohorts {n1} and {n2} overlap")
+    if cfg.plan is not None:
+        seen: set[str] = set()
+        for stage in cfg.plan:
+            if not stage:
+                problems.append("a plan stage must name at least one cohort")
+            for name in stage:
+                if name not in names:
+                    problems.append(f"plan names unknown cohort {name!r}")
+                elif name in seen:
+                    problems.append(f"plan names cohort {name!r} twice")
+                seen.add(name)
+    if own_channel is not None and cfg.promote_to == own_channel:
+        problems.append("promote_to must name another channel")
+    return problems
+
+
+def tenant_bucket(env: str, channel: str, tenant: str) -> int:
+    """Sticky bucket 0..9999; ramps are monotone because a tenant's bucket never changes."""
+    digest = hashlib.sha256(f"{env}/{channel}/{tenant}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def resolve_cohort(rules: list[CohortRule], env: str, channel: str, tenant: str, region: str | None = None) -> str:
+    bucket = tenant_bucket(env, channel, tenant)
+    for rule in rules:
+        if rule.matches(tenant, region, bucket):
+            return rule.name
+    # A sound config ends with a catch-all, so this only happens for a config that failed validation.
+    raise LookupError(f"no cohort matches tenant {tenant!r}")
+
+
+DEFAULT_CHANNEL = ChannelConfig()

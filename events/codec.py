@@ -1,0 +1,132 @@
+"""Encoding and strict decoding of log messages.
+
+Decoding never raises anything but `DecodeError`, and its message names what is
+wrong: oversized, not JSON, unknown type, a missing or mistyped field (with its
+path), or a subject that does not match the event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .canonical import StrictJSONError, compact_bytes, loads_strict
+from .ids import new_event_id
+from .model import PAYLOADS, SCHEMA_VERSION, Actor, Event, Scope, utcnow
+from .subjects import Subjects
+
+EVENT_MAX_BYTES = 64 * 1024
+
+
+class DecodeError(ValueError):
+    """A message that is not a valid event; `reasons` lists every problem found."""
+
+    def __init__(self, message: str, reasons: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or [{"code": "invalid", "message": message, "field": None}]
+
+
+def _pydantic_reasons(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        code = {"missing": "missing_field"}.get(err["type"], "wrong_type" if err["type"].endswith("_type") else "invalid_value")
+        out.append({"code": code, "field": where, "message": f"{where}: {err['msg']}"})
+    return out
+
+
+def _describe(reasons: list[dict[str, Any]]) -> str:
+    return "; ".join(r["message"] for r in reasons)
+
+
+def decode_json_object(raw: bytes, max_bytes: int = EVENT_MAX_BYTES) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise DecodeError(f"payload is {len(raw)} bytes, over the {max_bytes}-byte cap", [{"code": "oversized", "field": None, "message": f"payload over {max_bytes} bytes"}])
+    try:
+        doc = loads_strict(raw, allow_floats=True)
+    except StrictJSONError as exc:
+        raise DecodeError(str(exc), [{"code": "malformed_json", "field": None, "message": str(exc)}]) from None
+    if not isinstance(doc, dict):
+        raise DecodeError("an event must be a JSON object", [{"code": "wrong_type", "field": "$", "message": "an event must be a JSON object"}])
+    return doc
+
+
+def decode_payload(event_type: str, data: Any) -> BaseModel:
+    model = PAYLOADS.get(event_type)
+    if model is None:
+        raise DecodeError(f"unknown event type {event_type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event type {event_type!r}"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        reasons = _pydantic_reasons(exc, "data")
+        raise DecodeError(_describe(reasons), reasons) from None
+
+
+def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | None = None) -> Event:
+    """bytes (+ the subject they arrived on) -> Event, or DecodeError naming every problem."""
+    doc = decode_json_object(raw)
+    event_type = doc.get("type")
+    if not isinstance(event_type, str):
+        raise DecodeError("type: missing or not a string", [{"code": "missing_field", "field": "type", "message": "type: missing or not a string"}])
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})", [{"code": "unsupported_schema_version", "field": "schema_version", "message": f"schema_version {version!r} is not supported"}])
+    data = decode_payload(event_type, doc.get("data"))
+    try:
+        event = Event.model_validate({**doc, "data": data})
+    except ValidationError as exc:
+        reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
+        raise DecodeError(_describe(reasons), reasons) from None
+    if subject is not None:
+        check_subject(event, subject, subjects or Subjects())
+    return event
+
+
+def scope_tuple(event: Event) -> tuple[str, str, str] | None:
+    return (event.scope.env, event.scope.channel, event.scope.cohort) if event.scope else None
+
+
+def check_subject(event: Event, subject: str, subjects: Subjects) -> None:
+    try:
+        expected = subjects.expected_subject(event.type, event.release_id, scope_tuple(event))
+    except ValueError as exc:
+        raise DecodeError(str(exc), [{"code": "wrong_subject", "field": None, "message": str(exc)}]) from None
+    if expected != subject:
+        msg = f"event of type {event.type} belongs on {expected}, not {subject}"
+        raise DecodeError(msg, [{"code": "wrong_subject", "field": None, "message": msg}])
+
+
+def encode_event(event: Event) -> bytes:
+    return compact_bytes(event.model_dump(mode="json", by_alias=True))
+
+
+def make_event(
+    event_type: str,
+    data: BaseModel | dict[str, Any],
+    *,
+    actor: Actor,
+    release_id: str | None = None,
+    scope: Scope | None = None,
+    causation_id: str | None = None,
+    correlation_id: str | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
+    """Build a validated event; a dict payload is validated against its type's model."""
+    payload = data if isinstance(data, BaseModel) else decode_payload(event_type, data)
+    if event_type not in PAYLOADS:
+        raise ValueError(f"unknown event type {event_type!r}")
+    return Event(
+        event_id=event_id or new_event_id(),
+        type=event_type,
+        schema_version=SCHEMA_VERSION,
+        occurred_at=occurred_at or utcnow(),
+        actor=actor,
+        causation_id=causation_id,
+        correlation_id=correlation_id if correlation_id is not None else release_id,
+        release_id=release_id,
+        scope=scope,
+        data=payload,
+    )

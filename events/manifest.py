@@ -1,0 +1,96 @@
+"""The signed pack manifest (CONTRACT §6).
+
+`SignedManifest` is the typed view of `signed`; it is only built after the
+signature check has passed (see services/verifier/gates.py). Extra fields are
+kept: they are covered by the signature, as in TUF.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from .canonical import canonical_bytes
+from .signing import SigningKey, b64encode
+from .versions import parse_version
+
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+MANIFEST_MAX_BYTES = 256 * 1024
+MAX_SIGNATURES = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+
+class Compatibility(_Strict):
+    schema_: StrictStr = Field(alias="schema", min_length=1)
+    profile: StrictStr = Field(min_length=1)
+    runtime: StrictStr = Field(min_length=1)
+
+
+class BuildIdentity(_Strict):
+    id: StrictStr = Field(min_length=1)
+    builder: StrictStr = Field(min_length=1)
+    validation: StrictStr
+    run: StrictStr = Field(min_length=1)
+
+
+class Provenance(_Strict):
+    source: StrictStr = Field(min_length=1)
+    revision: StrictStr = Field(min_length=1)
+    refs: list[StrictStr] = Field(default_factory=list)
+
+
+class ManifestScopes(_Strict):
+    envs: list[StrictStr] | None = None
+    channels: list[StrictStr] | None = None
+
+
+class SignedManifest(_Strict):
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    version: StrictStr = Field(min_length=1, max_length=64)
+    digest: StrictStr = Field(pattern=DIGEST_PATTERN)
+    size: StrictInt = Field(ge=0)
+    expires: datetime
+    compatibility: Compatibility
+    build: BuildIdentity
+    provenance: Provenance
+    scopes: ManifestScopes | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version_parses(cls, value: str) -> str:
+        parse_version(value)
+        return value
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _expires_is_rfc3339_utc(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("expires must be an RFC 3339 string")
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise ValueError("expires must carry a timezone")
+        return parsed
+
+
+def sign_manifest(signed: dict[str, Any], keys: list[SigningKey]) -> dict[str, Any]:
+    """Producer side: wrap `signed` with one Ed25519 signature per key."""
+    message = canonical_bytes(signed)
+    return {
+        "signed": signed,
+        "signatures": [{"keyid": key.keyid, "sig": b64encode(key.sign(message))} for key in keys],
+    }
+
+
+def manifest_object_name(digest: str) -> str:
+    return pack_object_name(digest) + ".manifest"
+
+
+def pack_object_name(digest: str) -> str:
+    """`sha256:<hex>` -> `sha256-<hex>` (object names cannot hold a colon portably)."""
+    algo, _, hexdigest = digest.partition(":")
+    return f"{algo}-{hexdigest}"

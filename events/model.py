@@ -1,0 +1,337 @@
+"""The event envelope (CONTRACT §3) and the typed payload of every event type (§4).
+
+Events are frozen pydantic models. Payload models allow extra fields so that a
+newer producer adding optional fields (which the contract permits) never breaks
+an older consumer; the fields named here are checked strictly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
+
+from .manifest import DIGEST_PATTERN
+from .tokens import TOKEN_PATTERN
+
+SCHEMA_VERSION = 1
+Token = StrictStr
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+
+class Actor(Frozen):
+    kind: Literal["producer", "service", "operator", "runtime"]
+    id: StrictStr = Field(min_length=1, max_length=256)
+
+
+class Scope(Frozen):
+    env: Token = Field(pattern=TOKEN_PATTERN)
+    channel: Token = Field(pattern=TOKEN_PATTERN)
+    cohort: Token = Field(pattern=TOKEN_PATTERN)
+
+
+class Target(Frozen):
+    env: Token = Field(pattern=TOKEN_PATTERN)
+    channel: Token = Field(pattern=TOKEN_PATTERN)
+
+
+class PackRef(Frozen):
+    name: Token = Field(pattern=TOKEN_PATTERN)
+    version: StrictStr = Field(min_length=1, max_length=64)
+    digest: StrictStr = Field(pattern=DIGEST_PATTERN)
+    size: StrictInt | None = Field(default=None, ge=0)
+
+    def short(self) -> str:
+        return f"{self.name}@{self.version} ({self.digest[7:19]})"
+
+
+class VersionDigest(Frozen):
+    version: StrictStr
+    digest: StrictStr
+
+
+class Thresholds(Frozen):
+    error_rate_max: float | None = None
+    latency_p95_ms_max: float | None = None
+    latency_p99_ms_max: float | None = None
+    activation_success_min: float | None = None
+    mismatch_rate_max: float | None = None
+    new_error_classes: Literal["fail", "ignore"] = "fail"
+
+
+class Monitoring(Frozen):
+    window_s: StrictInt = Field(ge=1, le=30 * 24 * 3600)
+    min_samples: StrictInt = Field(default=1, ge=1)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class RollbackPlan(Frozen):
+    strategy: Literal["lkg", "pinned", "none"] = "lkg"
+
+
+class Reason(Frozen):
+    """One machine-readable reason: what failed (`code`), where (`field`), in words (`message`)."""
+
+    code: StrictStr
+    message: StrictStr
+    field: StrictStr | None = None
+
+
+# ---- release lifecycle payloads -------------------------------------------------------------
+
+
+class Requested(Frozen):
+    pack: PackRef
+    target: Target
+    owner: StrictStr = Field(min_length=1, max_length=256)
+    escalation: StrictStr = Field(min_length=1, max_length=512)
+    plan: list[list[Token]] | None = None
+    monitoring: Monitoring | None = None
+    rollback: RollbackPlan = Field(default_factory=RollbackPlan)
+    reason: StrictStr = ""
+    promoted_from: StrictStr | None = None
+    acknowledge_no_health: StrictBool = False
+
+
+class ChecklistItem(Frozen):
+    item: StrictStr
+    ok: StrictBool
+    detail: StrictStr = ""
+
+
+class Prepared(Frozen):
+    pack: PackRef
+    target: Target
+    stages: list[list[Token]]
+    skipped: dict[str, StrictStr] = Field(default_factory=dict)  # cohort -> why (e.g. pinned)
+    monitoring: Monitoring
+    rollback_strategy: Literal["lkg", "pinned", "none"]
+    rollback_targets: dict[str, PackRef | None]  # cohort -> target (None: never activated)
+    checklist: list[ChecklistItem]
+    owner: StrictStr
+    escalation: StrictStr
+
+
+class Rejected(Frozen):
+    reasons: list[Reason]
+
+
+class Distributed(Frozen):
+    pack: PackRef
+    manifest: StrictStr
+    objects: dict[str, StrictInt] = Field(default_factory=dict)  # object name -> size seen
+
+
+class GateOutcome(Frozen):
+    gate: StrictStr
+    ok: StrictBool
+    code: StrictStr
+    message: StrictStr = ""
+
+
+class Verified(Frozen):
+    pack: PackRef
+    manifest: StrictStr
+    reference_time: datetime
+    gates: list[GateOutcome]
+    signers: list[StrictStr] = Field(default_factory=list)
+
+
+class VerificationFailed(Frozen):
+    gate: StrictStr
+    code: StrictStr
+    message: StrictStr
+    reference_time: datetime
+    gates: list[GateOutcome] = Field(default_factory=list)
+
+
+class Activated(Frozen):
+    stage: StrictInt = Field(ge=0)
+    cohorts: list[Token]
+    pack: PackRef
+    kind: Literal["rollout", "rollback", "pin"] = "rollout"
+    batch_id: StrictStr
+    previous: dict[str, VersionDigest | None] = Field(default_factory=dict)
+
+
+class ActivationFailed(Frozen):
+    stage: StrictInt = Field(ge=0)
+    code: StrictStr
+    message: StrictStr
+
+
+class MonitoringStarted(Frozen):
+    stage: StrictInt = Field(ge=0)
+    cohorts: list[Token]
+    digest: StrictStr
+    starts_at: datetime
+    ends_at: datetime
+    monitoring: Monitoring
+
+
+class Comparison(Frozen):
+    metric: StrictStr
+    value: float | None
+    op: Literal["<=", ">=", "none_new"]
+    threshold: float | None
+    ok: StrictBool
+
+
+class MonitoringVerdict(Frozen):
+    stage: StrictInt = Field(ge=0)
+    samples: StrictInt = 0
+    runtimes: StrictInt = 0
+    figures: dict[str, Any] = Field(default_factory=dict)
+    comparisons: list[Comparison] = Field(default_factory=list)
+    early: StrictBool = False
+    reason: StrictStr = ""
+
+
+class Expanded(Frozen):
+    from_stage: StrictInt = Field(ge=0)
+    to_stage: StrictInt = Field(ge=0)
+    cohorts: list[Token]
+
+
+class Promoted(Frozen):
+    to_channel: Token = Field(pattern=TOKEN_PATTERN)
+    promoted_to: Token = Field(pattern=TOKEN_PATTERN)  # the linked release on the next channel
+    rationale: StrictStr = ""
+
+
+class RollbackStarted(Frozen):
+    trigger: Literal[
+        "verification_failure", "activation_failure", "monitoring_failure",
+        "policy_violation", "tenant_impact", "operator", "abort",
+    ]
+    reason: StrictStr
+    targets: dict[str, PackRef | None]
+
+
+class RolledBack(Frozen):
+    cohorts: list[Token]
+    targets: dict[str, PackRef | None]
+    batch_id: StrictStr | None = None
+
+
+class OperatorNote(Frozen):
+    rationale: StrictStr = ""
+    incident: StrictStr | None = None
+
+
+class Escalated(Frozen):
+    code: StrictStr
+    message: StrictStr
+    escalation: StrictStr
+
+
+class Closed(Frozen):
+    outcome: Literal["success", "rolled_back", "pinned", "aborted", "rejected", "failed"]
+    summary: StrictStr = ""
+
+
+# ---- scope and channel payloads -------------------------------------------------------------
+
+
+class ScopeActivated(Frozen):
+    pack: PackRef
+    manifest: StrictStr
+    release_id: StrictStr | None
+    kind: Literal["rollout", "rollback", "pin"]
+    previous: VersionDigest | None = None
+
+
+class ScopePinned(Frozen):
+    pack: PackRef
+    until: datetime
+    rationale: StrictStr = Field(min_length=1)
+    by: StrictStr = Field(min_length=1)
+
+
+class ScopeUnpinned(Frozen):
+    pack: PackRef | None = None
+    until: datetime | None = None
+    rationale: StrictStr = ""
+    by: StrictStr = ""
+    reason: Literal["operator", "expired"] = "operator"
+
+
+# The channel configuration body lives in events/channel.py (it has its own validation).
+from .channel import ChannelConfig  # noqa: E402
+
+RELEASE_TYPES: dict[str, type[Frozen]] = {
+    "requested": Requested,
+    "prepared": Prepared,
+    "rejected": Rejected,
+    "distributed": Distributed,
+    "verified": Verified,
+    "verification_failed": VerificationFailed,
+    "activated": Activated,
+    "activation_failed": ActivationFailed,
+    "monitoring_started": MonitoringStarted,
+    "monitoring_passed": MonitoringVerdict,
+    "monitoring_failed": MonitoringVerdict,
+    "monitoring_inconclusive": MonitoringVerdict,
+    "expanded": Expanded,
+    "promoted": Promoted,
+    "rollback_started": RollbackStarted,
+    "rolled_back": RolledBack,
+    "paused": OperatorNote,
+    "resumed": OperatorNote,
+    "aborted": OperatorNote,
+    "annotated": OperatorNote,
+    "escalated": Escalated,
+    "closed": Closed,
+}
+SCOPE_TYPES: dict[str, type[Frozen]] = {
+    "activated": ScopeActivated,
+    "pinned": ScopePinned,
+    "unpinned": ScopeUnpinned,
+}
+CHANNEL_TYPES: dict[str, type[BaseModel]] = {"configured": ChannelConfig}
+
+PAYLOADS: dict[str, type[BaseModel]] = {
+    **{f"release.{k}": v for k, v in RELEASE_TYPES.items()},
+    **{f"scope.{k}": v for k, v in SCOPE_TYPES.items()},
+    **{f"channel.{k}": v for k, v in CHANNEL_TYPES.items()},
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    """One immutable entry of KX_RELEASES."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    event_id: StrictStr = Field(min_length=1, max_length=128)
+    type: StrictStr
+    schema_version: StrictInt = SCHEMA_VERSION
+    occurred_at: datetime
+    actor: Actor
+    causation_id: StrictStr | None = None
+    correlation_id: StrictStr | None = None
+    release_id: StrictStr | None = Field(default=None, pattern=TOKEN_PATTERN)
+    scope: Scope | None = None
+    data: SerializeAsAny[BaseModel]
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("occurred_at must carry a timezone (RFC 3339 UTC)")
+        return value.astimezone(timezone.utc)
+
+    @property
+    def suffix(self) -> str:
+        return self.type.split(".", 1)[1]
+
+    @property
+    def family(self) -> str:
+        return self.type.split(".", 1)[0]

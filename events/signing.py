@@ -1,0 +1,147 @@
+"""Ed25519 keys, signatures and the trust root (CONTRACT §6).
+
+`keyid` is only a hint: a signature counts when it verifies under a trusted key,
+and each distinct public key counts once toward the threshold (TUF lesson:
+thresholds counted per keyid can be met by one key listed twice).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+
+def b64encode(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def b64decode_strict(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise ValueError(f"not base64: {exc}") from None
+
+
+def keyid_of(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private Ed25519 key plus its public half and keyid."""
+
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> "SigningKey":
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> "SigningKey":
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
+    @property
+    def private_raw(self) -> bytes:
+        return self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+    @property
+    def public_raw(self) -> bytes:
+        return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def keyid(self) -> str:
+        return keyid_of(self.public_raw)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+    def to_file_dict(self, name: str) -> dict[str, str]:
+        return {"keyid": self.keyid, "name": name, "private": b64encode(self.private_raw), "public": b64encode(self.public_raw)}
+
+    @classmethod
+    def from_file_dict(cls, doc: Mapping[str, Any]) -> "SigningKey":
+        return cls.from_raw(b64decode_strict(str(doc["private"])))
+
+
+def verify_ed25519(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    keyid: str
+    public: bytes
+    name: str
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """Keys trusted to sign manifests, and how many distinct ones must agree."""
+
+    threshold: int
+    keys: tuple[TrustedKey, ...]
+    version: int = 1
+
+    @classmethod
+    def from_document(cls, doc: Any) -> "TrustRoot":
+        """Build from the parsed trust-root file; raises ValueError naming the problem."""
+        if not isinstance(doc, dict):
+            raise ValueError("trust root must be a JSON object")
+        threshold = doc.get("threshold")
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise ValueError("trust root 'threshold' must be an integer >= 1")
+        version = doc.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError("trust root 'version' must be an integer >= 1")
+        raw_keys = doc.get("keys")
+        if not isinstance(raw_keys, dict) or not raw_keys:
+            raise ValueError("trust root 'keys' must be a non-empty object")
+        keys: list[TrustedKey] = []
+        seen_public: set[bytes] = set()
+        for keyid, entry in raw_keys.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
+                raise ValueError(f"trust root key {keyid!r} needs a base64 'public'")
+            public = b64decode_strict(entry["public"])
+            if len(public) != 32:
+                raise ValueError(f"trust root key {keyid!r} is not a 32-byte Ed25519 key")
+            if keyid_of(public) != keyid:
+                raise ValueError(f"trust root key {keyid!r} does not match the SHA-256 of its public key")
+            if public in seen_public:
+                continue
+            seen_public.add(public)
+            keys.append(TrustedKey(keyid=keyid, public=public, name=str(entry.get("name", ""))))
+        if threshold > len(keys):
+            raise ValueError(f"trust root threshold {threshold} exceeds its {len(keys)} distinct keys")
+        return cls(threshold=threshold, keys=tuple(keys), version=version)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "threshold": self.threshold,
+            "keys": {k.keyid: {"public": b64encode(k.public), "name": k.name} for k in self.keys},
+        }
+
+    def count_valid(self, message: bytes, signatures: list[tuple[str, bytes]]) -> set[bytes]:
+        """Distinct trusted public keys with a valid signature over `message`.
+
+        Every signature is tried against every trusted key: the keyid label is not
+        trusted, so a mislabelled signature still counts only for the key that made it.
+        """
+        valid: set[bytes] = set()
+        for _label, sig in signatures:
+            for key in self.keys:
+                if key.public not in valid and verify_ed25519(key.public, sig, message):
+                    valid.add(key.public)
+                    break
+        return valid

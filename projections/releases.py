@@ -1,0 +1,187 @@
+"""Per release: where it stands in the lifecycle, and what the next step needs to know.
+
+`phase` is the release's state-machine position; `TRANSITIONS` is the legal
+machine (the auditor checks every release against it). The fold itself never
+refuses an event: the log is the truth, and an illegal step is reported by the
+auditor, not hidden by the fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from events.model import (
+    Activated, Closed, Event, MonitoringStarted, MonitoringVerdict, PackRef, Prepared,
+    Requested, RollbackStarted, RolledBack, Verified, Distributed, Promoted,
+)
+
+TERMINAL = "closed"
+
+# phase after each event type (None: the phase does not change)
+PHASE_AFTER: dict[str, str | None] = {
+    "requested": "requested",
+    "prepared": "prepared",
+    "rejected": "rejected",
+    "distributed": "distributed",
+    "verified": "verified",
+    "verification_failed": "verification_failed",
+    "activated": "activated",
+    "activation_failed": "activation_failed",
+    "monitoring_started": "monitoring",
+    "monitoring_passed": "passed",
+    "monitoring_failed": "failed",
+    "monitoring_inconclusive": "held",
+    "expanded": "expanding",
+    "promoted": "promoted",
+    "rollback_started": "rolling_back",
+    "rolled_back": "rolled_back",
+    "escalated": "held",
+    "aborted": "aborting",
+    "paused": None,
+    "resumed": None,
+    "annotated": None,
+    "closed": "closed",
+}
+
+# the legal lifecycle: phase -> event types that may follow it
+_OPERATOR = {"paused", "resumed", "annotated", "aborted", "escalated"}
+TRANSITIONS: dict[str | None, set[str]] = {
+    None: {"requested", "rejected"},  # rejected: a request that did not decode
+    "requested": {"prepared", "rejected"} | _OPERATOR,
+    "prepared": {"distributed", "verification_failed"} | _OPERATOR,
+    "distributed": {"verified", "verification_failed"} | _OPERATOR,
+    "verified": {"activated", "activation_failed"} | _OPERATOR,
+    "activated": {"monitoring_started", "rollback_started"} | _OPERATOR,
+    "monitoring": {"monitoring_passed", "monitoring_failed", "monitoring_inconclusive", "rollback_started"} | _OPERATOR,
+    "passed": {"expanded", "promoted", "closed", "rollback_started"} | _OPERATOR,
+    "expanding": {"activated", "activation_failed", "rollback_started"} | _OPERATOR,
+    "promoted": {"closed", "rollback_started"} | _OPERATOR,
+    "held": {"rollback_started", "expanded", "promoted", "closed", "monitoring_started"} | _OPERATOR,
+    "failed": {"rollback_started", "closed"} | _OPERATOR,
+    "activation_failed": {"rollback_started", "closed"} | _OPERATOR,
+    "rolling_back": {"rolled_back", "escalated", "activation_failed"} | (_OPERATOR - {"aborted"}),
+    "rolled_back": {"closed", "annotated"},
+    "aborting": {"rollback_started", "closed", "annotated", "escalated"},
+    "rejected": {"closed", "annotated"},
+    "verification_failed": {"closed", "annotated"},
+    "closed": {"annotated"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseState:
+    release_id: str
+    phase: str | None = None
+    last_seq: int = 0  # last sequence on kx.release.<id>.*: the CAS value for appends
+    last_event_id: str | None = None
+    requested: Requested | None = None
+    requested_at: datetime | None = None
+    prepared: Prepared | None = None
+    distributed: Distributed | None = None
+    verified: Verified | None = None
+    stage: int = -1  # the stage most recently activated (-1: none yet)
+    activated: tuple[str, ...] = ()  # cohorts this release switched to its pack
+    activated_at: dict[int, datetime] = field(default_factory=dict)
+    monitoring: MonitoringStarted | None = None
+    verdicts: tuple[tuple[str, MonitoringVerdict], ...] = ()
+    paused: bool = False
+    rollback: RollbackStarted | None = None
+    rolled_back: RolledBack | None = None
+    promoted: Promoted | None = None
+    aborted: bool = False
+    outcome: str | None = None
+    failure: str | None = None  # the reason a release stopped, for status views
+    anomalies: tuple[str, ...] = ()  # illegal transitions seen (the auditor reports them)
+
+    @property
+    def pack(self) -> PackRef | None:
+        if self.verified is not None:
+            return self.verified.pack
+        if self.prepared is not None:
+            return self.prepared.pack
+        return self.requested.pack if self.requested else None
+
+    @property
+    def stages(self) -> list[list[str]]:
+        return self.prepared.stages if self.prepared else []
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == TERMINAL
+
+    @property
+    def in_flight(self) -> bool:
+        return self.phase is not None and self.phase != TERMINAL
+
+
+def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseState:
+    suffix = event.suffix
+    anomalies = state.anomalies
+    if suffix not in TRANSITIONS.get(state.phase, set()):
+        anomalies = anomalies + (f"{suffix} after {state.phase or 'nothing'}",)
+    new_phase = PHASE_AFTER.get(suffix)
+    s = replace(
+        state,
+        phase=new_phase if new_phase is not None else state.phase,
+        last_seq=seq,
+        last_event_id=event.event_id,
+        anomalies=anomalies,
+    )
+    data = event.data
+    match suffix:
+        case "requested":
+            assert isinstance(data, Requested)
+            if state.requested is not None:  # a release id is requested once; the first request stands
+                return replace(s, phase=state.phase)
+            return replace(s, requested=data, requested_at=event.occurred_at)
+        case "prepared":
+            assert isinstance(data, Prepared)
+            return replace(s, prepared=data)
+        case "distributed":
+            assert isinstance(data, Distributed)
+            return replace(s, distributed=data)
+        case "verified":
+            assert isinstance(data, Verified)
+            return replace(s, verified=data)
+        case "activated":
+            assert isinstance(data, Activated)
+            cohorts = s.activated + tuple(c for c in data.cohorts if c not in s.activated)
+            return replace(s, stage=data.stage, activated=cohorts, activated_at={**s.activated_at, data.stage: event.occurred_at})
+        case "monitoring_started":
+            assert isinstance(data, MonitoringStarted)
+            return replace(s, monitoring=data)
+        case "monitoring_passed" | "monitoring_failed" | "monitoring_inconclusive":
+            assert isinstance(data, MonitoringVerdict)
+            reason = None if suffix == "monitoring_passed" else f"{suffix}: {data.reason}"
+            return replace(s, verdicts=s.verdicts + ((suffix, data),), failure=reason or s.failure)
+        case "rollback_started":
+            assert isinstance(data, RollbackStarted)
+            return replace(s, rollback=data, failure=s.failure or f"rollback: {data.reason}")
+        case "rolled_back":
+            assert isinstance(data, RolledBack)
+            return replace(s, rolled_back=data)
+        case "promoted":
+            assert isinstance(data, Promoted)
+            return replace(s, promoted=data)
+        case "paused":
+            return replace(s, paused=True)
+        case "resumed":
+            return replace(s, paused=False)
+        case "aborted":
+            return replace(s, aborted=True, failure=f"aborted: {getattr(data, 'rationale', '')}")
+        case "rejected" | "verification_failed" | "activation_failed" | "escalated":
+            return replace(s, failure=f"{suffix}: {failure_text(data)}")
+        case "closed":
+            assert isinstance(data, Closed)
+            return replace(s, outcome=data.outcome)
+    return s
+
+
+def failure_text(data) -> str:
+    """`gate/code: message` (or the list of reasons) for a failure event's payload."""
+    reasons = getattr(data, "reasons", None)
+    if reasons is not None:
+        return "; ".join(f"{r.code}: {r.message}" for r in reasons)
+    where = "/".join(x for x in (getattr(data, "gate", None), getattr(data, "code", None)) if x)
+    return f"{where}: {data.message}" if where else data.message

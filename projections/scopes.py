@@ -1,0 +1,60 @@
+"""Per scope: the active pack (the pointer), since when, last-known-good and the pin.
+
+Last-known-good is the pack a scope ran when a release that covered it closed
+with outcome `success` (monitoring passed for it), or the pack a rollback
+restored: it is what a deterministic rollback goes back to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from events.model import Event, PackRef, ScopeActivated, ScopePinned
+
+ScopeKey = tuple[str, str, str]  # env, channel, cohort
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeState:
+    key: ScopeKey
+    active: ScopeActivated | None = None
+    active_seq: int = 0  # last sequence on kx.scope.<key>.activated: the CAS value for the activator
+    active_since: datetime | None = None
+    active_batch: str | None = None
+    lkg: PackRef | None = None
+    lkg_manifest: str | None = None
+    lkg_release: str | None = None
+    pin: ScopePinned | None = None
+    pin_seq: int = 0
+    ever_active: bool = False
+
+    @property
+    def active_pack(self) -> PackRef | None:
+        return self.active.pack if self.active else None
+
+    def pinned_at(self, now: datetime) -> ScopePinned | None:
+        return self.pin if self.pin is not None and self.pin.until > now else None
+
+
+def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str | None) -> ScopeState:
+    data = event.data
+    match event.suffix:
+        case "activated":
+            assert isinstance(data, ScopeActivated)
+            lkg = state
+            if data.kind == "rollback":  # a restored pack is known good by definition of the target
+                lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
+            return replace(
+                lkg, active=data, active_seq=seq, active_since=event.occurred_at, active_batch=batch_id, ever_active=True
+            )
+        case "pinned":
+            assert isinstance(data, ScopePinned)
+            return replace(state, pin=data, pin_seq=seq)
+        case "unpinned":
+            return replace(state, pin=None, pin_seq=seq)
+    return state
+
+
+def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, release_id: str) -> ScopeState:
+    return replace(state, lkg=pack, lkg_manifest=manifest, lkg_release=release_id)

@@ -1,0 +1,1 @@
+"""Consumers (pure decide functions + thin NATS adapters), the runtime SDK and `kxr`."""

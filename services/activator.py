@@ -1,0 +1,143 @@
+"""Activator: the only writer of scope pointers, and only inside an atomic batch.
+
+A stage's cohorts switch together with the `release.activated` event, each scope
+subject guarded by its expected last sequence: a lost race stores nothing and the
+decision is made again on fresh state. Rollbacks use the same mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from events.ids import derived_event_id
+from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, ScopeActivated, VersionDigest
+from projections.releases import ReleaseState
+from projections.world import World
+from .outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
+from .packstore import PackStore
+from .reactor import ReleaseReactor
+from .verifier.gates import VerifyContext, check_manifest
+
+NAME = "activator"
+
+
+def _previous(world: World, env: str, channel: str, cohort: str) -> VersionDigest | None:
+    active = world.scope(env, channel, cohort).active_pack
+    return VersionDigest(version=active.version, digest=active.digest) if active else None
+
+
+def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    if release.paused or release.verified is None or release.prepared is None:
+        return []
+    if release.phase == "verified":
+        stage = 0
+    elif release.phase == "expanding":
+        stage = release.stage + 1
+    else:
+        return []
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    if stage >= len(release.prepared.stages):
+        failed = ActivationFailed(stage=stage, code="no_such_stage", message=f"the plan has {len(release.prepared.stages)} stage(s)")
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
+    pack = release.verified.pack
+    cohorts = []
+    for cohort in release.prepared.stages[stage]:
+        if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
+            cohorts.append(cohort)
+    batch_step = f"rollout/{stage}"
+    batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
+    writes = []
+    previous: dict[str, VersionDigest | None] = {}
+    for cohort in cohorts:
+        scope_state = world.scope(env, channel, cohort)
+        previous[cohort] = _previous(world, env, channel, cohort)
+        pointer = ScopeActivated(pack=pack, manifest=release.verified.manifest, release_id=release.release_id, kind="rollout", previous=previous[cohort])
+        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        writes.append(ScopeWrite(event, scope_state.active_seq))
+    activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
+    return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),))]
+
+
+def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None]) -> list[Output]:
+    """Switch every cohort this release touched back to its target, in one batch.
+
+    `target_problems` maps a target digest to why it can no longer be used (None: valid);
+    any problem, or a missing target, fails closed: hold and escalate.
+    """
+    if release.phase != "rolling_back" or release.rollback is None or release.prepared is None:
+        return []
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    escalation = release.prepared.escalation
+    targets = release.rollback.targets
+    problems = []
+    for cohort in release.activated:
+        target = targets.get(cohort)
+        if target is None:
+            problems.append(f"{cohort}: no rollback target")
+        elif target_problems.get(target.digest):
+            problems.append(f"{cohort}: target {target.version} is not valid: {target_problems[target.digest]}")
+    if problems:
+        escalated = Escalated(code="rollback_target_unusable", message="; ".join(problems), escalation=escalation)
+        return [Chain((release_event(ctx, release, "escalated", escalated),))]
+    batch_step = "rollback"
+    batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
+    writes = []
+    switched: dict[str, PackRef | None] = {}
+    for cohort in release.activated:
+        target = targets[cohort]
+        assert target is not None
+        scope_state = world.scope(env, channel, cohort)
+        if scope_state.active_pack and scope_state.active_pack.digest == target.digest:
+            continue  # already on its target (e.g. a pin switched it): nothing to move
+        pointer = ScopeActivated(pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id, kind="rollback", previous=_previous(world, env, channel, cohort))
+        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        writes.append(ScopeWrite(event, scope_state.active_seq))
+        switched[cohort] = target
+    rolled_back = RolledBack(cohorts=list(release.activated), targets=dict(targets), batch_id=batch_id if writes else None)
+    done = release_event(ctx, release, "rolled_back", rolled_back, batch_step)
+    if not writes:
+        return [Chain((done,))]
+    return [Atomic(tuple(writes), (done,))]
+
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+class Activator(ReleaseReactor):
+    name = NAME
+
+    async def decide(self, world, release, ctx):
+        if release.phase == "rolling_back" and release.rollback is not None:
+            problems = {}
+            for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
+                problems[target.digest] = await self.target_problem(target, release, ctx)
+            return decide_rollback(world, release, ctx, problems)
+        return decide_rollout(world, release, ctx)
+
+    async def target_problem(self, target: PackRef, release, ctx) -> str | None:
+        """Why a rollback target can no longer be activated (None: it can).
+
+        Fast-track, not a full re-verification: the manifest must still verify under the
+        trust root and not be expired, and the pack object must be present with its size.
+        """
+        if self.app.trust_root is None:
+            return "no trust root configured for the activator"
+        store = PackStore(self.app.js, self.app.subjects)
+        try:
+            manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
+            size = await store.size(pack_object_name(target.digest))
+        except Exception as exc:  # fail closed: an unreadable target is not a target
+            return f"cannot read target objects: {exc}"
+        if size is None:
+            return "pack object missing"
+        assert release.prepared is not None
+        check = check_manifest(manifest, VerifyContext(
+            request_name=target.name, request_version=target.version, request_digest=target.digest,
+            env=release.prepared.target.env, channel=release.prepared.target.channel, cohorts=tuple(release.activated),
+            channel_config=None, active={}, trust_root=self.app.trust_root, now=ctx.now, purpose="rollback",
+        ))
+        if check.failure is not None:
+            return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
+        if check.manifest is not None and check.manifest.size != size:
+            return f"pack object is {size} bytes, manifest says {check.manifest.size}"
+        return None

@@ -1,0 +1,126 @@
+"""The composition root: one connection, one follower, the chosen consumers.
+
+`kxr serve` builds an App and runs it; tests build one against the suite's
+nats-server. Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Callable
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from events.canonical import compact_bytes
+from events.signing import TrustRoot
+from events.subjects import Subjects
+from projections.releases import ReleaseState
+from .deadletter import DeadLetters
+from .follower import Follower
+from .layout import LayoutSettings, ensure_layout
+from .log import Entry, EventLog
+from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def connect(url: str, name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
+    """Connect (services reconnect forever); a first connection that fails raises with the reason."""
+
+    async def _error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1 if reconnect_forever else 3, reconnect_time_wait=0.5,
+        error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
+    )
+
+
+class App:
+    def __init__(self, nc: Client, settings: Settings, trust_root: TrustRoot | None = None, clock: Clock = utc_clock) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self.log = EventLog(nc, self.js, self.subjects)
+        self.follower = Follower(self.js, self.subjects)
+        self.deadletters = DeadLetters(self.js, self.subjects)
+        self.trust_root = trust_root
+        self.clock = clock
+        self._tasks: list[asyncio.Task] = []
+
+    def ctx(self, service: str) -> Ctx:
+        return Ctx(now=self.clock(), service=service)
+
+    async def ensure_layout(self) -> None:
+        await ensure_layout(self.js, self.subjects, LayoutSettings(health_max_age_s=self.settings.health_max_age_s))
+
+    # -- performing decisions -----------------------------------------------------------------
+    async def emit(self, outputs: list[Output], release: ReleaseState | None) -> None:
+        for out in outputs:
+            if isinstance(out, Chain):
+                assert release is not None
+                await self.log.append_chain([self.log.release_entry(e, release.last_seq) for e in out.events])
+            elif isinstance(out, Atomic):
+                assert release is not None
+                entries = [Entry(w.event, w.expected_seq) for w in out.scope_writes]
+                entries += [self.log.release_entry(e, release.last_seq) for e in out.release_events]
+                await self.log.commit_batch(entries)
+            elif isinstance(out, NewRelease):
+                assert out.event.release_id
+                await self.log.append(self.log.release_entry(out.event, 0))
+            elif isinstance(out, Timer):
+                await self.schedule(out)
+            else:  # pragma: no cover - exhaustive
+                raise TypeError(out)
+
+    async def schedule(self, timer: Timer) -> None:
+        at = timer.at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self.js.publish(
+            self.subjects.timer_schedule(timer.key),
+            compact_bytes(timer.payload),
+            headers={
+                "Nats-Schedule": f"@at {at}",
+                "Nats-Schedule-Target": self.subjects.timer_fire(timer.key),
+                "Nats-Msg-Id": timer.msg_id or f"timer:{timer.key}:{at}",
+            },
+            stream=self.subjects.timers_stream,
+        )
+
+    # -- running --------------------------------------------------------------------------------
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def start(self, roles: tuple[str, ...]) -> None:
+        from .roles import build_roles
+
+        await self.ensure_layout()
+        self.spawn(self.follower.run(), "follower")
+        await self.follower.catch_up()
+        for runner in build_roles(self, roles):
+            self.spawn(runner, getattr(runner, "__qualname__", "role"))
+
+    async def wait(self) -> None:
+        """Run until a task fails (re-raised) or the app is stopped."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

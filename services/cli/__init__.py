@@ -1,0 +1,1 @@
+"""`kxr`: the command line for producers, operators and auditors."""

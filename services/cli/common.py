@@ -1,0 +1,93 @@
+"""What every `kxr` command shares: connecting, failing with one clear line, output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import typer
+from rich.console import Console
+
+from events.canonical import StrictJSONError, loads_strict
+from events.subjects import Subjects
+from services.app import connect
+from services.log import EventLog
+from services.settings import ConfigError, Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """Printed as `kxr: error: <message>` with a non-zero exit, never a traceback."""
+
+
+def fail(message: str) -> None:
+    raise CliError(message)
+
+
+def run_async(coro) -> Any:
+    return asyncio.run(coro)
+
+
+def settings_from(nats_url: str | None = None, trust_root: Path | None = None, data_dir: Path | None = None) -> Settings:
+    return Settings.from_env(nats_url=nats_url, trust_root_path=trust_root, data_dir=data_dir)
+
+
+@asynccontextmanager
+async def session(nats_url: str | None) -> AsyncIterator[tuple[Any, Any, EventLog]]:
+    """A connection for one command. Commands other than serve/demo need a running NATS."""
+    settings = settings_from(nats_url)
+    if not settings.nats_url:
+        raise ConfigError("no NATS to talk to: set KX_NATS_URL or pass --nats-url (kxr serve prints its URL)")
+    try:
+        nc = await connect(settings.nats_url, name="kxr-cli", reconnect_forever=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
+    try:
+        js = nc.jetstream(timeout=10)
+        yield nc, js, EventLog(nc, js, Subjects(settings.prefix))
+    finally:
+        await nc.close()
+
+
+def read_json_file(path: Path, what: str, max_bytes: int = 4 * 1024 * 1024) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return loads_strict(raw, allow_floats=True, max_bytes=max_bytes)
+    except StrictJSONError as exc:
+        raise CliError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def read_config_file(path: Path, what: str) -> Any:
+    """TOML (by extension) or JSON."""
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise CliError(f"cannot read {what} {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise CliError(f"{what} {path} is not valid TOML: {exc}") from None
+    return read_json_file(path, what)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def scope_arg(text: str, allow_cohort: bool = True) -> tuple[str, ...]:
+    from events.tokens import check_token
+
+    parts = text.split("/")
+    if len(parts) not in ((2, 3) if allow_cohort else (2,)):
+        raise typer.BadParameter(f"expected ENV/CHANNEL{'[/COHORT]' if allow_cohort else ''}, got {text!r}")
+    return tuple(check_token(p, name) for p, name in zip(parts, ("env", "channel", "cohort")))

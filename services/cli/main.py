@@ -1,0 +1,341 @@
+"""`kxr` entry point: commands for producers, operators and auditors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from events.model import Actor
+from events.signing import SigningKey, TrustRoot, b64encode
+from events.tokens import InvalidToken, check_token
+from services.embedded import ServerError
+from services.layout import LayoutError
+from services.log import AppendConflict, AppendFailed
+from services.settings import ConfigError, parse_roles
+from .common import CliError, console, err_console, fail, print_json, read_config_file, read_json_file, run_async, scope_arg, session, settings_from
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust root.")
+pack_app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
+release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
+channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(pack_app, name="pack")
+app.add_typer(release_app, name="release")
+app.add_typer(channel_app, name="channel")
+
+NatsUrl = typer.Option(None, "--nats-url", help="NATS server URL (default: $KX_NATS_URL)")
+
+
+def _operator() -> Actor:
+    return Actor(kind="operator", id=os.environ.get("KX_ACTOR") or os.environ.get("USER") or "operator")
+
+
+# ---- serve / demo -------------------------------------------------------------------------------
+@app.command()
+def serve(
+    nats_url: Optional[str] = NatsUrl,
+    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="trust root file (default: $KX_TRUST_ROOT)"),
+    only: Optional[str] = typer.Option(None, "--only", help="comma-separated consumers to run (default: all)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="embedded NATS data (default: $KX_DATA_DIR or ./.kx-data)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the release service (every consumer, or --only some of them)."""
+    from services.serve import serve as run_serve
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from(nats_url, trust_root, data_dir)
+    settings = type(settings)(**{**settings.__dict__, "roles": parse_roles(only)})
+
+    def ready(url: str) -> None:
+        err_console.print(f"kxr serve: {', '.join(settings.roles)} running against {url} (Ctrl-C to stop)")
+
+    run_async(run_serve(settings, ready))
+
+
+@app.command()
+def demo(
+    window: float = typer.Option(3.0, "--window", help="monitoring window per stage, seconds"),
+    keep: bool = typer.Option(False, "--keep", help="keep the demo's data directory"),
+) -> None:
+    """Embedded NATS, the service and simulated runtimes: a healthy release, a tampered pack, a regression."""
+    from services.demo import run_demo
+
+    code = run_async(run_demo(window_s=window, keep=keep))
+    raise typer.Exit(code)
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+@keys_app.command("generate")
+def keys_generate(
+    out: Path = typer.Argument(..., help="where to write the private key (JSON, mode 0600)"),
+    name: str = typer.Option("producer", "--name"),
+    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="also add the public key to this trust root file (created if absent)"),
+    threshold: Optional[int] = typer.Option(None, "--threshold", help="set the trust root's threshold"),
+) -> None:
+    """Generate an Ed25519 signing key."""
+    key = SigningKey.generate()
+    if out.exists():
+        fail(f"{out} exists; refusing to overwrite a key")
+    out.write_text(json.dumps(key.to_file_dict(name), indent=2) + "\n")
+    out.chmod(0o600)
+    if trust_root is not None:
+        doc = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
+        doc.setdefault("keys", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name}
+        if threshold is not None:
+            doc["threshold"] = threshold
+        try:
+            TrustRoot.from_document(doc)
+        except ValueError as exc:
+            fail(f"the trust root would be invalid: {exc}")
+        trust_root.write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"key {key.keyid} ({name}) written to {out}" + (f"; added to {trust_root}" if trust_root else ""))
+
+
+# ---- packs --------------------------------------------------------------------------------------
+@pack_app.command("sign")
+def pack_sign(
+    pack: Path = typer.Argument(..., exists=True, dir_okay=False, help="the pack file"),
+    key: list[Path] = typer.Option(..., "--key", help="private key file(s); repeat for several signatures"),
+    name: str = typer.Option(..., "--name"),
+    version: str = typer.Option(..., "--version"),
+    schema: str = typer.Option(..., "--schema"),
+    profile: str = typer.Option(..., "--profile"),
+    runtime: str = typer.Option(..., "--runtime", help="runtime version specifier, e.g. '>=2.3,<3'"),
+    build_id: str = typer.Option(..., "--build-id"),
+    builder: str = typer.Option(..., "--builder"),
+    run: str = typer.Option(..., "--run", help="pipeline run id"),
+    source: str = typer.Option(..., "--source", help="provenance source URI"),
+    revision: str = typer.Option(..., "--revision"),
+    ref: list[str] = typer.Option([], "--ref", help="provenance reference URI(s)"),
+    expires_days: int = typer.Option(90, "--expires-days"),
+    out: Optional[Path] = typer.Option(None, "--out", help="manifest path (default: PACK.manifest.json)"),
+) -> None:
+    """Write a signed manifest for a pack (CONTRACT §6)."""
+    from events.tokens import check_token as _tok
+    from events.versions import parse_version
+    from services.producer import build_signed, manifest_bytes
+
+    _tok(name, "pack name")
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        fail(str(exc))
+    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    data = pack.read_bytes()
+    signed = build_signed(data, name=name, version=version, schema=schema, profile=profile, runtime=runtime,
+                          build_id=build_id, builder=builder, run=run, source=source, revision=revision, refs=ref,
+                          expires=datetime.now(timezone.utc) + timedelta(days=expires_days))
+    target = out or pack.with_name(pack.name + ".manifest.json")
+    target.write_bytes(manifest_bytes(signed, keys))
+    console.print(f"manifest for {name}@{version} {signed['digest']} written to {target}")
+
+
+@pack_app.command("push")
+def pack_push(
+    pack: Path = typer.Argument(..., exists=True, dir_okay=False),
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Put a pack and its manifest into kx_packs, named by digest."""
+    from services.producer import push_pack, sha256_digest
+
+    data = pack.read_bytes()
+
+    async def go() -> str:
+        async with session(nats_url) as (_, js, log):
+            return await push_pack(js, log.subjects, data, manifest.read_bytes(), sha256_digest(data))
+
+    digest = run_async(go())
+    console.print(f"pushed {pack.name} as {digest}")
+
+
+@pack_app.command("verify")
+def pack_verify(
+    pack: Path = typer.Argument(..., exists=True, dir_okay=False),
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
+    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="default: $KX_TRUST_ROOT"),
+) -> None:
+    """Offline: the gates that need no service state (signature, expiry, integrity, evidence)."""
+    from services.offline import verify_offline
+
+    settings = settings_from(trust_root=trust_root)
+    from services.settings import load_trust_root
+
+    v = verify_offline(pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(timezone.utc))
+    for o in v.outcomes:
+        console.print(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}")
+    if v.failure is not None:
+        fail(f"gate {v.failure.gate} failed: {v.failure.code}: {v.failure.message}")
+
+
+# ---- releases -----------------------------------------------------------------------------------
+@release_app.command("request")
+def release_request(
+    release_id: str = typer.Argument(..., help="the release id (a token you choose)"),
+    target: str = typer.Option(..., "--target", help="ENV/CHANNEL"),
+    manifest: Path = typer.Option(..., "--manifest", exists=True, dir_okay=False, help="the signed manifest (names the pack)"),
+    pack: Optional[Path] = typer.Option(None, "--pack", exists=True, dir_okay=False, help="also push this pack and the manifest first"),
+    owner: str = typer.Option(..., "--owner"),
+    escalation: str = typer.Option(..., "--escalation"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="stages, e.g. 'internal;eu-early,us-early;rest'"),
+    window: Optional[int] = typer.Option(None, "--window", help="monitoring window seconds"),
+    min_samples: Optional[int] = typer.Option(None, "--min-samples"),
+    rollback: str = typer.Option("lkg", "--rollback", help="lkg | pinned | none"),
+    reason: str = typer.Option("", "--reason"),
+    ack_no_health: bool = typer.Option(False, "--acknowledge-no-health", help="proceed even if no runtime reports health"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Request a release of the pack a manifest describes (CONTRACT §5)."""
+    from services.producer import push_pack, request_release
+
+    check_token(release_id, "release id")
+    env, channel = scope_arg(target, allow_cohort=False)
+    doc = read_json_file(manifest, "manifest")
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict) or not all(isinstance(signed.get(k), str) for k in ("name", "version", "digest")):
+        fail(f"{manifest} has no signed name/version/digest")
+    data: dict = {
+        "pack": {"name": signed["name"], "version": signed["version"], "digest": signed["digest"]},
+        "target": {"env": env, "channel": channel}, "owner": owner, "escalation": escalation,
+        "rollback": {"strategy": rollback}, "reason": reason, "acknowledge_no_health": ack_no_health,
+    }
+    if plan:
+        data["plan"] = [[c.strip() for c in stage.split(",") if c.strip()] for stage in plan.split(";")]
+    if window is not None:
+        data["monitoring"] = {"window_s": window, "min_samples": min_samples or 1}
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            if pack is not None:
+                await push_pack(js, log.subjects, pack.read_bytes(), manifest.read_bytes())
+            return await request_release(log, release_id, data, Actor(kind="producer", id=owner))
+
+    seq = run_async(go())
+    console.print(f"release {release_id} requested (log seq {seq}); follow it with: kxr release show {release_id}")
+
+
+@release_app.command("show")
+def release_show(
+    release_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """A release's timeline and evidence record."""
+    from .queries import load_evidence
+    from .views import gates_table, timeline_table
+
+    check_token(release_id, "release id")
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_evidence(js, log.subjects, release_id)
+
+    record = run_async(go())
+    if not record.timeline:
+        fail(f"no release {release_id} in the log")
+    if as_json:
+        print_json(record.to_json())
+        return
+    console.print(timeline_table(record))
+    console.print(gates_table(record))
+    outcome = record.outcome.get("outcome", "in flight")
+    console.print(f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}")
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json"),
+    all_releases: bool = typer.Option(False, "--all", help="list closed releases too"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Active pack per scope, and releases in flight with their stage."""
+    from .queries import load_world
+    from .views import release_rows, scope_rows, status_tables
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects)
+
+    world = run_async(go())
+    if as_json:
+        print_json({"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq})
+        return
+    for t in status_tables(world, all_releases):
+        console.print(t)
+
+
+# ---- channels -----------------------------------------------------------------------------------
+@channel_app.command("set")
+def channel_set(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL"),
+    file: Path = typer.Option(..., "--file", exists=True, dir_okay=False, help="TOML or JSON (CONTRACT §7)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Configure a channel; every problem with the file is listed."""
+    from services.producer import configure_channel, parse_channel_config
+
+    env, channel = scope_arg(scope, allow_cohort=False)
+    try:
+        cfg = parse_channel_config(read_config_file(file, "channel config"), channel)
+    except ValueError as exc:
+        problems = str(exc).splitlines()
+        for p in problems[1:]:
+            err_console.print(f"  - {p}")
+        fail(f"{file}: {problems[0]}" + (f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""))
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            return await configure_channel(log, js, env, channel, cfg, _operator())
+
+    seq = run_async(go())
+    console.print(f"channel {env}/{channel} configured (log seq {seq}): cohorts {', '.join(cfg.cohort_names)}")
+
+
+@channel_app.command("show")
+def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url: Optional[str] = NatsUrl) -> None:
+    """The channel's current configuration (JSON)."""
+    from .queries import load_world
+
+    env, channel = scope_arg(scope, allow_cohort=False)
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects)
+
+    state = run_async(go()).channel_state(env, channel)
+    if state is None:
+        fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
+    print_json({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
+                "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+
+
+def run() -> None:
+    """Console entry: every expected failure is one line on stderr and a non-zero exit."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed) as exc:
+        err_console.print(f"kxr: error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("kxr: aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unforeseen: still one line
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            err_console.print(f"kxr: error: {exc.format_message()}", highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        err_console.print(f"kxr: error: unexpected {exc.__class__.__name__}: {exc}", highlight=False, markup=False)
+        sys.exit(1)

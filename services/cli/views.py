@@ -1,0 +1,93 @@
+"""Status views: rows built from the projections (pure), rendered as tables or JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from projections.evidence import EvidenceRecord
+from projections.world import World
+
+
+def _ts(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def scope_rows(world: World) -> list[dict[str, Any]]:
+    rows = []
+    for key in sorted(world.scopes.keys()):
+        s = world.scopes[key]
+        rows.append({
+            "scope": "/".join(key),
+            "version": s.active_pack.version if s.active_pack else None,
+            "digest": s.active_pack.digest if s.active_pack else None,
+            "kind": s.active.kind if s.active else None,
+            "release": s.active.release_id if s.active else None,
+            "since": _ts(s.active_since) if s.active_since else None,
+            "lkg": s.lkg.version if s.lkg else None,
+            "pinned": f"{s.pin.pack.version} until {_ts(s.pin.until)}" if s.pin else None,
+        })
+    return rows
+
+
+def release_rows(world: World, in_flight_only: bool) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(world.releases.values(), key=lambda r: r.last_seq):
+        if in_flight_only and not r.in_flight:
+            continue
+        stages = len(r.stages)
+        rows.append({
+            "release": r.release_id,
+            "pack": f"{r.pack.name}@{r.pack.version}" if r.pack else None,
+            "target": f"{r.requested.target.env}/{r.requested.target.channel}" if r.requested else None,
+            "phase": r.phase + (" (paused)" if r.paused else ""),
+            "stage": f"{r.stage + 1}/{stages}" if stages else "-",
+            "outcome": r.outcome,
+            "why": r.failure,
+        })
+    return rows
+
+
+def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        t.add_row(*[("-" if row.get(c) is None else str(row.get(c))) for c in columns])
+    if not rows:
+        t.add_row(*(["(none)"] + [""] * (len(columns) - 1)))
+    return t
+
+
+def status_tables(world: World, all_releases: bool = False) -> list[Table]:
+    scope_cols = ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"]
+    rows = scope_rows(world)
+    for row in rows:
+        if row["digest"]:
+            row["digest"] = row["digest"][7:19] + "…"
+    release_cols = ["release", "pack", "target", "phase", "stage", "outcome", "why"]
+    return [
+        table("Active packs by scope", rows, scope_cols),
+        table("Releases" if all_releases else "Releases in flight", release_rows(world, not all_releases), release_cols),
+    ]
+
+
+def timeline_table(record: EvidenceRecord) -> Table:
+    t = Table(title=f"Release {record.release_id} — timeline", title_justify="left", header_style="bold")
+    for c in ("seq", "at", "event", "actor", "detail"):
+        t.add_column(c, overflow="fold")
+    for entry in record.timeline:
+        t.add_row(str(entry["seq"]), entry["at"], entry["type"], entry["actor"], entry["summary"])
+    return t
+
+
+def gates_table(record: EvidenceRecord) -> Table:
+    t = Table(title="Verification gates", title_justify="left", header_style="bold")
+    for c in ("gate", "result", "code", "detail"):
+        t.add_column(c, overflow="fold")
+    for g in record.gates:
+        t.add_row(g["gate"], "pass" if g["ok"] else "FAIL", g["code"], g.get("message", ""))
+    if not record.gates:
+        t.add_row("(not verified)", "", "", "")
+    return t

@@ -1,0 +1,71 @@
+"""Keeps a process's view of the world: the log folded, live, in order.
+
+Every consumer in a process shares one follower. Before a consumer decides on a
+message at sequence S it waits until the follower has applied S, so decisions are
+made on a state at least as new as their trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js import JetStreamContext
+
+from events.codec import DecodeError, decode_event
+from events.subjects import Subjects
+from projections.position import Position
+from projections.world import World, apply, apply_undecodable
+from .reader import OrderedReader
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None) -> None:
+        self._js = js
+        self._subjects = subjects
+        self.world = world or World()
+        self.position = self.world.applied_seq
+        self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
+        self._changed = asyncio.Condition()
+        self._listeners: list[asyncio.Queue] = []
+
+    async def run(self) -> None:
+        reader = OrderedReader(self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True)
+        try:
+            async for entry in reader.read(follow=True):
+                position = Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"), entry.stored_at.isoformat() if entry.stored_at else None)
+                try:
+                    event = decode_event(entry.data, entry.subject, self._subjects)
+                except DecodeError as exc:
+                    self.undecodable[entry.seq] = exc
+                    self.world = apply_undecodable(self.world, position, self._subjects)
+                    event = None
+                else:
+                    self.world = apply(self.world, position, event)
+                self.position = entry.seq
+                for queue in self._listeners:
+                    queue.put_nowait((position, event))
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            await reader.close()
+
+    def listen(self) -> asyncio.Queue:
+        """A queue of (Position, Event | None) for every entry applied from now on."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._listeners.append(queue)
+        return queue
+
+    async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None:
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.position >= seq)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def catch_up(self, timeout: float | None = 60.0) -> None:
+        """Wait until everything stored in the log right now has been applied."""
+        info = await self._js.stream_info(self._subjects.releases_stream)
+        await self.wait_for(info.state.last_seq, timeout)

@@ -1,0 +1,130 @@
+"""The JetStream layout of CONTRACT §2, created idempotently and checked on start.
+
+An existing stream whose settings would break the log's guarantees (deletable,
+purgeable, age- or size-limited, no atomic batches, short duplicate window) is a
+reason to refuse to start, never something to silently "fix".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from events.subjects import Subjects
+
+DUPLICATE_WINDOW_S = 300.0
+MIN_DUPLICATE_WINDOW_S = 120.0
+LOG_MAX_MSG_SIZE = 256 * 1024
+
+
+class LayoutError(RuntimeError):
+    """The server's streams cannot give the guarantees the contract promises."""
+
+
+@dataclass(frozen=True)
+class LayoutSettings:
+    health_max_age_s: float = 7 * 24 * 3600
+    replicas: int = 1
+
+
+def release_log_config(subjects: Subjects, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.releases_stream,
+        description="Konnaxion Releases: the release log (source of truth)",
+        subjects=subjects.log_subjects(),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=0,
+        max_msg_size=LOG_MAX_MSG_SIZE,
+        deny_delete=True,
+        deny_purge=True,
+        allow_atomic=True,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        allow_direct=True,
+    )
+
+
+def internal_configs(subjects: Subjects, settings: LayoutSettings) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=subjects.health_stream,
+            description="Konnaxion Releases: runtime health samples",
+            subjects=[subjects.health_all()],
+            storage=StorageType.FILE,
+            max_age=settings.health_max_age_s,
+            max_msg_size=64 * 1024,
+            discard=DiscardPolicy.OLD,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=subjects.timers_stream,
+            description="Konnaxion Releases: scheduled timers (monitoring windows, pin expiry); internal",
+            subjects=[subjects.timers_all()],
+            storage=StorageType.FILE,
+            allow_msg_schedules=True,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=settings.replicas,
+        ),
+        StreamConfig(
+            name=subjects.deadletter_stream,
+            description="Konnaxion Releases: messages a consumer could not process; internal",
+            subjects=[subjects.deadletter_all()],
+            storage=StorageType.FILE,
+            max_msg_size=1024 * 1024,
+            num_replicas=settings.replicas,
+        ),
+    ]
+
+
+def log_violations(cfg: StreamConfig, subjects: Subjects) -> list[str]:
+    """Why an existing KX_RELEASES cannot be trusted as the source of truth (empty: it can)."""
+    problems = []
+    if not cfg.deny_delete:
+        problems.append("deny_delete is off (messages could be deleted)")
+    if not cfg.deny_purge:
+        problems.append("deny_purge is off (the log could be purged)")
+    if cfg.max_age:
+        problems.append(f"max_age is {cfg.max_age}s (events would expire)")
+    if cfg.max_msgs not in (None, -1, 0) or cfg.max_bytes not in (None, -1, 0):
+        problems.append("message or byte limits are set (events would be discarded)")
+    if cfg.max_msgs_per_subject not in (None, -1, 0):
+        problems.append("max_msgs_per_subject is set (history would be discarded)")
+    if not cfg.allow_atomic:
+        problems.append("allow_atomic is off (activations could not be atomic)")
+    if (cfg.duplicate_window or 0) < MIN_DUPLICATE_WINDOW_S:
+        problems.append(f"duplicate window {cfg.duplicate_window}s is under {MIN_DUPLICATE_WINDOW_S:.0f}s")
+    if cfg.retention not in (None, RetentionPolicy.LIMITS):
+        problems.append(f"retention is {cfg.retention} (must be limits)")
+    if cfg.storage != StorageType.FILE:
+        problems.append("storage is not file")
+    missing = set(subjects.log_subjects()) - set(cfg.subjects or [])
+    if missing:
+        problems.append(f"subjects {sorted(missing)} are not captured")
+    return problems
+
+
+async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings | None = None) -> None:
+    """Create the streams and the packs bucket if absent; refuse a log that breaks guarantees."""
+    settings = settings or LayoutSettings()
+    try:
+        info = await js.stream_info(subjects.releases_stream)
+    except NotFoundError:
+        await js.add_stream(release_log_config(subjects, settings.replicas))
+    else:
+        problems = log_violations(info.config, subjects)
+        if problems:
+            raise LayoutError(f"stream {subjects.releases_stream} exists but " + "; ".join(problems))
+    for cfg in internal_configs(subjects, settings):
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            await js.add_stream(cfg)
+    try:
+        await js.object_store(subjects.packs_bucket)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(subjects.packs_bucket, storage=StorageType.FILE, replicas=settings.replicas, description="Konnaxion Runtime Packs, named by digest")

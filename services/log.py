@@ -1,0 +1,135 @@
+"""Appending to the release log: idempotent, conflict-checked, atomic where it must be.
+
+Every append carries `Nats-Msg-Id = event_id`; appends to a release subject carry
+the expected last sequence of `kx.release.<id>.*`, and a batch carries the expected
+last sequence of every scope subject it switches. On a single server the
+expected-sequence check runs before the duplicate check, so a retried append can
+come back as "wrong last sequence" (10071) or, for a batch, "duplicate message id"
+(10201): we then look at what is stored and treat our own event as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from events.codec import encode_event, scope_tuple
+from events.ids import derived_event_id
+from events.model import Event
+from events.subjects import Subjects
+
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_ID = 10201
+
+
+class AppendConflict(RuntimeError):
+    """Someone else appended first: re-read the state and decide again."""
+
+
+class AppendFailed(RuntimeError):
+    """The server refused or did not answer: nothing is known to be stored."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event to append, with its optimistic-concurrency expectation."""
+
+    event: Event
+    expected_seq: int | None = None  # None: no expectation
+    expected_filter: str | None = None  # subject filter the expectation applies to (None: own subject)
+
+
+class EventLog:
+    def __init__(self, nc: Client, js: JetStreamContext, subjects: Subjects, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = js
+        self.subjects = subjects
+        self._timeout = timeout
+
+    def subject_of(self, event: Event) -> str:
+        return self.subjects.expected_subject(event.type, event.release_id, scope_tuple(event))
+
+    def release_entry(self, event: Event, expected_seq: int) -> Entry:
+        assert event.release_id
+        return Entry(event, expected_seq, self.subjects.release_filter(event.release_id))
+
+    def _headers(self, entry: Entry) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": entry.event.event_id}
+        if entry.expected_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
+            if entry.expected_filter:
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = entry.expected_filter
+        return headers
+
+    async def append(self, entry: Entry) -> int:
+        """Append one event; returns its stream sequence (also when it was already stored)."""
+        subject = self.subject_of(entry.event)
+        try:
+            ack = await self._js.publish(subject, encode_event(entry.event), timeout=self._timeout, headers=self._headers(entry))
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                stored = await self._stored_seq(subject, entry.event.event_id)
+                if stored is not None:
+                    return stored
+                raise AppendConflict(f"{subject}: {exc.description}") from None
+            raise AppendFailed(f"{subject}: {exc.description}") from None
+        except (asyncio.TimeoutError, NatsTimeoutError) as exc:
+            raise AppendFailed(f"{subject}: no answer from JetStream ({exc.__class__.__name__})") from None
+        return ack.seq
+
+    async def append_chain(self, entries: list[Entry]) -> list[int]:
+        """Append events to one release in order, each expecting the previous one's sequence."""
+        seqs: list[int] = []
+        for entry in entries:
+            if seqs and entry.expected_seq is not None:
+                entry = Entry(entry.event, seqs[-1], entry.expected_filter)
+            seqs.append(await self.append(entry))
+        return seqs
+
+    async def commit_batch(self, entries: list[Entry]) -> int:
+        """All-or-nothing append of several events (JetStream atomic batch). Returns the last seq."""
+        if not entries:
+            raise ValueError("empty batch")
+        batch_id = derived_event_id(entries[0].event.event_id, "batch", str(len(entries)))
+        last = len(entries)
+        try:
+            for index, entry in enumerate(entries, 1):
+                headers = self._headers(entry)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(index)
+                subject = self.subject_of(entry.event)
+                payload = encode_event(entry.event)
+                if index < last:
+                    await self._nc.publish(subject, payload, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    reply = await self._nc.request(subject, payload, headers=headers, timeout=self._timeout)
+        except (asyncio.TimeoutError, NatsTimeoutError):
+            raise AppendFailed(f"batch {batch_id}: no answer from JetStream") from None
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if not error:
+            return int(answer["seq"])
+        if error.get("err_code") in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+            # Did an earlier attempt of this very batch commit? Its last event would be stored.
+            final = entries[-1]
+            stored = await self._stored_seq(self.subject_of(final.event), final.event.event_id)
+            if stored is not None:
+                return stored
+            raise AppendConflict(f"batch {batch_id}: {error.get('description')}")
+        raise AppendFailed(f"batch {batch_id}: {error.get('description')}")
+
+    async def _stored_seq(self, subject: str, event_id: str) -> int | None:
+        try:
+            msg = await self._js.get_last_msg(self.subjects.releases_stream, subject)
+        except NotFoundError:
+            return None
+        if (msg.headers or {}).get("Nats-Msg-Id") == event_id:
+            return msg.seq
+        return None

@@ -1,0 +1,102 @@
+"""What a decide function returns: facts to append, atomically or in order, and timers.
+
+Decide functions are pure; they return these values and the adapter performs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Union
+
+from pydantic import BaseModel
+
+from events.codec import make_event
+from events.ids import derived_event_id
+from events.model import Actor, Event, Scope
+from projections.releases import ReleaseState
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Events on one release, appended in order after the release's current last sequence."""
+
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class ScopeWrite:
+    event: Event
+    expected_seq: int
+
+
+@dataclass(frozen=True)
+class Atomic:
+    """Scope pointer switches plus release events, stored all together or not at all."""
+
+    scope_writes: tuple[ScopeWrite, ...]
+    release_events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class NewRelease:
+    """A release.requested for a release id that must not exist yet (promotion)."""
+
+    event: Event
+
+
+@dataclass(frozen=True)
+class Timer:
+    key: str  # tokens joined by '.', e.g. "<release_id>.<stage>"
+    at: datetime
+    payload: dict[str, Any] = field(default_factory=dict)
+    msg_id: str = ""
+
+
+Output = Union[Chain, Atomic, NewRelease, Timer]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Everything a decision may depend on besides the world and the trigger."""
+
+    now: datetime
+    service: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(kind="service", id=self.service)
+
+
+def release_event(ctx: Ctx, release: ReleaseState, suffix: str, data: BaseModel | dict, step: str = "") -> Event:
+    """An event on a release, its id derived from the event that put the release where it is.
+
+    Deciding again on the same state (a redelivery, a second instance) derives the same
+    id, so JetStream drops the duplicate.
+    """
+    cause = release.last_event_id or release.release_id
+    return make_event(
+        f"release.{suffix}",
+        data,
+        actor=ctx.actor,
+        release_id=release.release_id,
+        causation_id=release.last_event_id,
+        correlation_id=release.release_id,
+        event_id=derived_event_id(cause, ctx.service, step or suffix),
+        occurred_at=ctx.now,
+    )
+
+
+def scope_event(ctx: Ctx, release: ReleaseState, scope: Scope, suffix: str, data: BaseModel | dict, step: str) -> Event:
+    cause = release.last_event_id or release.release_id
+    return make_event(
+        f"scope.{suffix}",
+        data,
+        actor=ctx.actor,
+        release_id=release.release_id,
+        scope=scope,
+        causation_id=release.last_event_id,
+        correlation_id=release.release_id,
+        event_id=derived_event_id(cause, ctx.service, f"{step}/{scope.env}/{scope.channel}/{scope.cohort}"),
+        occurred_at=ctx.now,
+    )

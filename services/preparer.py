@@ -1,0 +1,167 @@
+"""Preparer: pre-flight checklist and the operational record of a release.
+
+On `release.requested` it resolves target cohorts and stages from the channel
+configuration, the monitoring plan, and a rollback target per cohort, and runs the
+seed's pre-flight checklist. Every failed item is listed in `release.rejected`;
+otherwise `release.prepared` is the plan the rest of the release follows.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Mapping
+
+from events.codec import make_event
+from events.ids import derived_event_id
+from events.tokens import is_token
+from events.model import ChecklistItem, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
+from projections.releases import ReleaseState
+from projections.world import World
+from .health_reads import recent_reporters
+from .log import Entry
+from .outputs import Chain, Ctx, Output, release_event
+from .reactor import ReleaseReactor
+from .worker import Poison
+
+NAME = "preparer"
+HEALTH_LOOKBACK_S = 15 * 60
+
+
+def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
+    """The request's monitoring over the channel's defaults; thresholds merge field by field."""
+    base = channel.monitoring
+    base_thresholds = base.thresholds.model_dump()
+    if requested is None:
+        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=Thresholds(**base_thresholds))
+    override = {k: v for k, v in requested.thresholds.model_dump(exclude_unset=True).items()}
+    return Monitoring(
+        window_s=requested.window_s,
+        min_samples=requested.min_samples,
+        thresholds=Thresholds(**{**base_thresholds, **override}),
+    )
+
+
+def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> tuple[list[ChecklistItem], Prepared | None]:
+    req = release.requested
+    assert req is not None
+    env, channel = req.target.env, req.target.channel
+    items: list[ChecklistItem] = []
+
+    def check(item: str, ok: bool, detail: str = "") -> bool:
+        items.append(ChecklistItem(item=item, ok=ok, detail=detail))
+        return ok
+
+    channel_state = world.channel_state(env, channel)
+    check("target_exists", channel_state is not None,
+          f"{env}/{channel} is configured" if channel_state else f"channel {env}/{channel} has no configuration (kxr channel set)")
+    cfg = world.channel_config(env, channel)
+
+    plan = req.plan if req.plan else cfg.effective_plan
+    known = set(cfg.cohort_names)
+    flat = [c for stage in plan for c in stage]
+    unknown = sorted(set(flat) - known)
+    dupes = sorted({c for c in flat if flat.count(c) > 1})
+    plan_ok = bool(plan) and all(plan) and not unknown and not dupes
+    detail = "; ".join(filter(None, [
+        f"unknown cohorts {unknown}" if unknown else "",
+        f"cohorts named twice {dupes}" if dupes else "",
+        "empty stage" if not all(plan) or not plan else "",
+    ]))
+    check("cohort_plan_valid", plan_ok, detail or f"{len(plan)} stage(s): " + " -> ".join("+".join(s) for s in plan))
+
+    monitoring = effective_monitoring(req.monitoring, cfg)
+    check("monitoring_window", monitoring.window_s >= cfg.monitoring.window_s,
+          f"window {monitoring.window_s}s (channel minimum {cfg.monitoring.window_s}s)")
+    check("monitoring_min_samples", monitoring.min_samples >= cfg.monitoring.min_samples,
+          f"min_samples {monitoring.min_samples} (channel minimum {cfg.monitoring.min_samples})")
+
+    # Pinned cohorts are held by an operator: the rollout skips them and says so.
+    skipped: dict[str, str] = {}
+    for cohort in flat:
+        pin = world.scope(env, channel, cohort).pinned_at(ctx.now)
+        if pin is not None:
+            skipped[cohort] = f"pinned to {pin.pack.version} until {pin.until.isoformat()}: {pin.rationale}"
+    stages = [[c for c in stage if c not in skipped] for stage in plan]
+    stages = [s for s in stages if s]
+    check("cohorts_to_roll_out", bool(stages) or not plan_ok,
+          "every target cohort is pinned" if not stages else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped")
+
+    strategy = req.rollback.strategy
+    targets: dict[str, PackRef | None] = {}
+    problems = []
+    for cohort in (c for s in stages for c in s):
+        scope = world.scope(env, channel, cohort)
+        pin = scope.pinned_at(ctx.now)
+        if strategy == "none":
+            if scope.ever_active:
+                problems.append(f"{cohort} has had an active pack, so rollback strategy 'none' is not allowed")
+            targets[cohort] = None
+        elif strategy == "pinned":
+            if pin is None:
+                problems.append(f"{cohort} has no pin to roll back to")
+            targets[cohort] = pin.pack if pin else None
+        else:
+            target = pin.pack if pin else scope.lkg
+            if target is None:
+                hint = " (request rollback strategy 'none' for a never-activated scope)" if not scope.ever_active else ""
+                problems.append(f"{cohort} has no last-known-good pack{hint}")
+            targets[cohort] = target
+    check("rollback_target", not problems, "; ".join(problems) or f"strategy {strategy}: " + ", ".join(
+        f"{c}->{t.version if t else 'none'}" for c, t in targets.items()))
+
+    if health is not None and not req.acknowledge_no_health:
+        silent = [c for s in stages for c in s if health.get(c, 0) == 0]
+        check("observability", not silent,
+              f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
+              if silent else "runtimes report health in every target cohort")
+    else:
+        check("observability", True, "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked")
+
+    check("owner_and_escalation", bool(req.owner.strip()) and bool(req.escalation.strip()), f"owner {req.owner!r}, escalation {req.escalation!r}")
+
+    if not all(i.ok for i in items):
+        return items, None
+    return items, Prepared(
+        pack=req.pack, target=req.target, stages=stages, skipped=skipped, monitoring=monitoring,
+        rollback_strategy=strategy, rollback_targets=targets, checklist=items, owner=req.owner, escalation=req.escalation,
+    )
+
+
+def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> list[Output]:
+    if release.phase != "requested" or release.requested is None:
+        return []
+    items, prepared = preflight(world, release, ctx, health)
+    if prepared is None:
+        reasons = [Reason(code=i.item, message=i.detail, field=None) for i in items if not i.ok]
+        return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]
+    return [Chain((release_event(ctx, release, "prepared", prepared),))]
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+
+
+class Preparer(ReleaseReactor):
+    name = NAME
+
+    async def decide(self, world, release, ctx):
+        if release.phase != "requested" or release.requested is None:
+            return []
+        req = release.requested
+        cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+        health = await recent_reporters(
+            self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
+        )
+        return decide(world, release, ctx, health)
+
+    async def on_undecodable(self, msg, release_id, problem):
+        """A request that does not decode is answered with `rejected`, listing every problem."""
+        suffix = msg.subject.rsplit(".", 1)[-1]
+        if suffix != "requested" or not is_token(release_id) or self.app.follower.world.release(release_id) is not None:
+            raise Poison(str(problem))
+        seq = msg.metadata.sequence.stream
+        ctx = self.app.ctx(NAME)
+        rejected = make_event(
+            "release.rejected", Rejected(reasons=[Reason(**r) for r in problem.reasons]), actor=ctx.actor,
+            release_id=release_id, event_id=derived_event_id(f"{msg.subject}@{seq}", NAME, "rejected"), occurred_at=ctx.now,
+        )
+        await self.app.log.append(Entry(rejected, seq, self.app.subjects.release_filter(release_id)))

@@ -1,0 +1,83 @@
+"""The shared adapter of every release consumer: level-triggered, conflict-safe.
+
+Each consumer subscribes (durably) to every event on every release. For each one
+it waits until the process's world view includes that event, then decides on the
+release's *current* state. Deciding on state rather than on the single trigger
+makes restarts, redeliveries, pause/resume and a second instance all converge:
+the same state gives the same derived event ids (dropped as duplicates), and a
+lost optimistic-concurrency race is re-decided on the newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+
+from events.codec import DecodeError
+from projections.releases import ReleaseState
+from projections.world import World
+from .log import AppendConflict
+from .outputs import Ctx, Output
+from .worker import Poison, Worker
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+MAX_CONFLICTS = 8
+
+
+class ReleaseReactor:
+    name = "reactor"
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+
+    def runners(self) -> list:
+        worker = Worker(
+            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", [f"{self.app.subjects.prefix}.release.*.*"],
+            self.handle, self.app.deadletters,
+        )
+        return [worker.run()]
+
+    async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        await self.app.follower.wait_for(seq)
+        family, tokens = self.app.subjects.parse(msg.subject)
+        if family != "release" or len(tokens) != 2:
+            raise Poison(f"not a release subject: {msg.subject}")
+        release_id = tokens[0]
+        problem = self.app.follower.undecodable.get(seq)
+        if problem is not None:
+            await self.on_undecodable(msg, release_id, problem)
+            return
+        await self.settle(release_id)
+
+    async def on_undecodable(self, msg: Msg, release_id: str, problem: DecodeError) -> None:
+        raise Poison(str(problem))
+
+    async def settle(self, release_id: str, decide=None) -> None:
+        """Decide on the release's current state and perform the result, re-deciding on conflict."""
+        decide = decide or self.decide
+        for attempt in range(MAX_CONFLICTS):
+            world = self.app.follower.world
+            release = world.release(release_id)
+            if release is None:
+                return
+            outputs = await decide(world, release, self.app.ctx(self.name))
+            if not outputs:
+                return
+            try:
+                await self.app.emit(outputs, release)
+                return
+            except AppendConflict as exc:
+                log.info("%s: %s lost a race (%s); deciding again", self.name, release_id, exc)
+                await self.app.follower.catch_up()
+                await asyncio.sleep(0.01 * attempt)
+        raise RuntimeError(f"{self.name}: {release_id} kept conflicting after {MAX_CONFLICTS} attempts")
+
+    async def decide(self, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+        raise NotImplementedError

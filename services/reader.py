@@ -1,0 +1,145 @@
+"""An ordered reader of a stream: in sequence order, from any sequence, surviving restarts.
+
+Used by the world follower (live), the auditor's replay and by queries that read a
+slice of telemetry. Built on an ephemeral ack-none pull consumer that is re-created
+from the next expected sequence whenever it disappears (server restart) or a gap
+shows up, so a reader never skips or repeats a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator
+
+from nats.errors import ConnectionClosedError, TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    stored_at: datetime | None
+    pending: int  # messages left after this one when it was delivered
+
+
+class OrderedReader:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        filter_subjects: list[str],
+        start_seq: int = 1,
+        *,
+        deliver_last_per_subject: bool = False,
+        start_time: datetime | None = None,
+        batch: int = 256,
+        contiguous: bool = False,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._filters = filter_subjects
+        self.next_seq = max(1, start_seq)
+        self._last_per_subject = deliver_last_per_subject
+        self._start_time = start_time
+        self._batch = batch
+        # A reader over every subject of a stream sees consecutive sequences; a gap then
+        # means the consumer skipped something and must be re-opened where we were.
+        self._contiguous = contiguous
+        self._sub = None
+
+    async def _open(self) -> None:
+        await self.close()
+        if self._last_per_subject:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        elif self._start_time is not None and self.next_seq <= 1:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._start_time.isoformat())
+        else:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.next_seq)
+        cfg.ack_policy = AckPolicy.NONE
+        cfg.filter_subjects = list(self._filters)
+        cfg.mem_storage = True
+        cfg.inactive_threshold = 60.0
+        cfg.max_ack_pending = -1
+        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=cfg)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # closing a consumer that the server already dropped is not an error
+                pass
+            self._sub = None
+
+    async def read(self, *, follow: bool, idle_timeout: float = 1.0) -> AsyncIterator[RawEntry]:
+        """Yield entries in order. Without `follow`, stop once caught up with the stream."""
+        idle = 0
+        while True:
+            try:
+                if self._sub is None:
+                    await self._open()
+                msgs = await self._sub.fetch(self._batch, timeout=idle_timeout)  # type: ignore[union-attr]
+            except (asyncio.TimeoutError, NatsTimeoutError):
+                if not follow:
+                    if await self._caught_up():
+                        return
+                    continue
+                idle += 1
+                if idle % 5 == 0:
+                    await self._check_alive()
+                continue
+            except ConnectionClosedError:
+                raise
+            except Exception as exc:  # server restart, consumer gone, ...: re-create where we were
+                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc, self.next_seq)
+                self._sub = None
+                await asyncio.sleep(0.2)
+                continue
+            idle = 0
+            for msg in msgs:
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if seq < self.next_seq:
+                    continue  # already seen (re-created consumer overlapped)
+                if seq > self.next_seq and self._contiguous:
+                    log.warning("reader on %s: gap %d -> %d; re-opening", self._stream, self.next_seq, seq)
+                    self._sub = None
+                    break
+                self.next_seq = seq + 1
+                yield RawEntry(
+                    seq=seq,
+                    subject=msg.subject,
+                    data=msg.data,
+                    headers=dict(msg.headers or {}),
+                    stored_at=meta.timestamp,
+                    pending=meta.num_pending,
+                )
+                if not follow and meta.num_pending == 0 and self._last_per_subject:
+                    return
+            if not follow and msgs and msgs[-1].metadata.num_pending == 0:
+                return
+
+    async def _caught_up(self) -> bool:
+        try:
+            info = await self._sub.consumer_info()  # type: ignore[union-attr]
+        except Exception:
+            self._sub = None
+            return False
+        return info.num_pending == 0
+
+    async def _check_alive(self) -> None:
+        try:
+            await self._sub.consumer_info()  # type: ignore[union-attr]
+        except NotFoundError:
+            self._sub = None
+        except Exception:
+            self._sub = None

@@ -1,0 +1,160 @@
+"""The runtime side of the contract: follow a scope's pointer, verify, switch, report.
+
+A runtime resolves its cohort exactly as the service does (CONTRACT §7), reads the
+last `scope.activated` of its scope and follows new ones, re-verifies the pack
+(manifest signature under its own trust root, identity, digest and size over the
+exact bytes fetched) before switching, and reports an `activation` health message
+either way, plus periodic `sample`s from start-up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from events.canonical import compact_bytes
+from events.channel import DEFAULT_CHANNEL, ChannelConfig
+from events.codec import DecodeError, decode_event
+from events.model import PackRef, ScopeActivated
+from events.signing import TrustRoot
+from events.subjects import Subjects
+from .packstore import PackStore
+from .reader import OrderedReader
+from .verifier.adapter import run_gates
+from .verifier.gates import VerifyContext
+
+log = logging.getLogger(__name__)
+SampleFn = Callable[[str | None], dict]
+
+
+@dataclass(frozen=True)
+class Identity:
+    env: str
+    channel: str
+    tenant: str
+    runtime_id: str
+    region: str | None = None
+
+
+def rfc3339(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class RuntimeClient:
+    def __init__(
+        self, nc: Client, identity: Identity, trust_root: TrustRoot, *, prefix: str = "kx",
+        sample: SampleFn | None = None, sample_interval: float = 1.0,
+        on_switch: Callable[[PackRef], Awaitable[None]] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.id = identity
+        self.trust_root = trust_root
+        self.subjects = Subjects(prefix)
+        self.sample = sample
+        self.sample_interval = sample_interval
+        self.on_switch = on_switch
+        self.cohort: str | None = None
+        self.active: PackRef | None = None
+        self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
+        self.switched = asyncio.Event()
+
+    async def resolve_cohort(self) -> str:
+        config = await self.channel_config()
+        self.cohort = config.resolve(self.id.env, self.id.channel, self.id.tenant, self.id.region)
+        return self.cohort
+
+    async def channel_config(self) -> ChannelConfig:
+        try:
+            msg = await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.channel(self.id.env, self.id.channel))
+        except Exception:  # no configuration yet: the contract's default channel
+            return DEFAULT_CHANNEL
+        try:
+            event = decode_event(msg.data, msg.subject, self.subjects)
+        except DecodeError:
+            return DEFAULT_CHANNEL
+        return event.data  # type: ignore[return-value]
+
+    @property
+    def health_subject(self) -> str:
+        assert self.cohort is not None
+        return self.subjects.health(self.id.env, self.id.channel, self.cohort, self.id.runtime_id)
+
+    async def report(self, body: dict) -> None:
+        body = {"runtime_id": self.id.runtime_id, "digest": self.active.digest if self.active else None, "at": rfc3339(datetime.now(timezone.utc)), **body}
+        await self.js.publish(self.health_subject, compact_bytes(body))
+
+    async def run(self) -> None:
+        if self.cohort is None:
+            await self.resolve_cohort()
+        tasks = [asyncio.create_task(self.follow())]
+        if self.sample is not None:
+            tasks.append(asyncio.create_task(self.report_samples()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def report_samples(self) -> None:
+        while True:
+            try:
+                body = self.sample(self.active.digest if self.active else None)  # type: ignore[misc]
+                await self.report({"kind": "sample", **body})
+            except Exception as exc:  # telemetry must never stop the runtime
+                log.warning("runtime %s: sample not sent: %s", self.id.runtime_id, exc)
+            await asyncio.sleep(self.sample_interval)
+
+    async def follow(self) -> None:
+        assert self.cohort is not None
+        subject = self.subjects.scope(self.id.env, self.id.channel, self.cohort, "activated")
+        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], deliver_last_per_subject=True)
+        try:
+            async for entry in reader.read(follow=True):
+                try:
+                    event = decode_event(entry.data, entry.subject, self.subjects)
+                except DecodeError as exc:
+                    log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
+                    continue
+                await self.consider(event.data)  # type: ignore[arg-type]
+        finally:
+            await reader.close()
+
+    async def consider(self, pointer: ScopeActivated) -> None:
+        if self.active is not None and self.active.digest == pointer.pack.digest:
+            return
+        started = time.perf_counter()
+        problem = await self.verify(pointer.pack)
+        took_ms = (time.perf_counter() - started) * 1000
+        if problem is not None:
+            self.history.append((pointer.pack.digest, f"refused: {problem}"))
+            log.warning("runtime %s refused %s: %s", self.id.runtime_id, pointer.pack.short(), problem)
+            await self.report({"kind": "activation", "digest": pointer.pack.digest, "ok": False, "took_ms": took_ms, "error": problem})
+            return
+        self.active = pointer.pack
+        self.history.append((pointer.pack.digest, "activated"))
+        if self.on_switch is not None:
+            await self.on_switch(pointer.pack)
+        await self.report({"kind": "activation", "ok": True, "took_ms": took_ms, "error": None})
+        self.switched.set()
+
+    async def verify(self, pack: PackRef) -> str | None:
+        """Defence in depth: the runtime re-checks what the service verified. None means good."""
+        ctx = VerifyContext(
+            request_name=pack.name, request_version=pack.version, request_digest=pack.digest,
+            env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",), channel_config=None,
+            active={}, trust_root=self.trust_root, now=datetime.now(timezone.utc), purpose="pin",
+        )
+        try:
+            v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
+            if v.failure is not None:
+                return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"
+        except Exception as exc:  # fail closed: anything unexpected refuses the switch
+            return f"verification error: {exc!r}"
+        return None

@@ -1,0 +1,63 @@
+"""Configuration from the environment and flags (CONTRACT §9)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from events.canonical import StrictJSONError, loads_strict
+from events.signing import TrustRoot
+
+ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter")
+
+
+class ConfigError(ValueError):
+    """Bad configuration: `kxr` prints it as one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str | None = None
+    prefix: str = "kx"
+    data_dir: Path = Path(".kx-data")
+    trust_root_path: Path | None = None
+    roles: tuple[str, ...] = ROLES
+    verify_timeout_s: float = 30.0
+    health_max_age_s: float = 7 * 24 * 3600
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        env = os.environ
+        values = {
+            "nats_url": env.get("KX_NATS_URL") or None,
+            "prefix": env.get("KX_PREFIX", "kx"),
+            "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),
+            "trust_root_path": Path(env["KX_TRUST_ROOT"]) if env.get("KX_TRUST_ROOT") else None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def parse_roles(only: str | None) -> tuple[str, ...]:
+    if not only:
+        return ROLES
+    roles = tuple(r.strip() for r in only.split(",") if r.strip())
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise ConfigError(f"--only takes a comma-separated subset of {','.join(ROLES)}; unknown: {','.join(unknown) or '(empty)'}")
+    return roles
+
+
+def load_trust_root(path: Path | None) -> TrustRoot:
+    if path is None:
+        raise ConfigError("no trust root: set KX_TRUST_ROOT or pass --trust-root (the verifier never trusts keys from a pack)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read trust root {path}: {exc.strerror}") from None
+    try:
+        return TrustRoot.from_document(loads_strict(raw, max_bytes=1024 * 1024))
+    except (StrictJSONError, ValueError) as exc:
+        raise ConfigError(f"trust root {path} is invalid: {exc}") from None

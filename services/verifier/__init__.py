@@ -1,0 +1,1 @@
+"""Verifier: pure verification gates (gates.py) run before any activation."""

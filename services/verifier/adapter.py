@@ -1,0 +1,99 @@
+"""Verifier adapter: fetch, stream, run the gates under one deadline, record the outcome.
+
+Fail closed: a timeout is gate `deadline`, anything unexpected is gate `internal`,
+and either ends in `verification_failed` — never in `verified`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.model import GateOutcome, VerificationFailed, Verified
+from projections.releases import ReleaseState
+from projections.world import World
+from ..outputs import Chain, Ctx, Output, release_event
+from ..packstore import ObjectTooLarge, PackStore
+from ..reactor import ReleaseReactor
+from .gates import (
+    DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, PackDigester, PackOversized,
+    Verification, VerifyContext, check_manifest, check_pack, check_policy,
+)
+
+NAME = "verifier"
+log = logging.getLogger(__name__)
+
+
+def context_for(world: World, release: ReleaseState, ctx: Ctx, trust_root) -> VerifyContext:
+    assert release.prepared is not None
+    prepared = release.prepared
+    env, channel = prepared.target.env, prepared.target.channel
+    cohorts = tuple(c for stage in prepared.stages for c in stage)
+    return VerifyContext(
+        request_name=prepared.pack.name, request_version=prepared.pack.version, request_digest=prepared.pack.digest,
+        env=env, channel=channel, cohorts=cohorts, channel_config=world.channel_config(env, channel) if world.channel_state(env, channel) else None,
+        active={c: world.scope(env, channel, c).active_pack for c in cohorts}, trust_root=trust_root, now=ctx.now,
+    )
+
+
+def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailure | None) -> list[Output]:
+    """Turn a finished verification (or the adapter's own failure) into the release's next event."""
+    failure = failure or v.failure
+    outcomes = list(v.outcomes)
+    if failure is None and (not v.ok or v.pack is None):
+        failure = GateFailure(gate="internal", code=INTERNAL_ERROR, message="verification ended without a verdict")
+    if failure is not None:
+        if not outcomes or outcomes[-1].ok:
+            outcomes.append(GateOutcome(gate=failure.gate, ok=False, code=failure.code, message=failure.message))
+        failed = VerificationFailed(gate=failure.gate, code=failure.code, message=failure.message, reference_time=ctx.now, gates=outcomes)
+        return [Chain((release_event(ctx, release, "verification_failed", failed),))]
+    assert release.distributed is not None and v.pack is not None
+    verified = Verified(pack=v.pack, manifest=release.distributed.manifest, reference_time=ctx.now, gates=outcomes, signers=v.signers)
+    return [Chain((release_event(ctx, release, "verified", verified),))]
+
+
+async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, policy: bool = True) -> Verification:
+    """Fetch and check: manifest gates, then the pack streamed through the digester, then policy.
+
+    Runtimes call this with `policy=False`: they re-check integrity, not channel policy.
+    """
+    try:
+        manifest = await store.read(manifest_object_name(digest), MANIFEST_MAX_BYTES)
+    except ObjectTooLarge:
+        manifest = b"x" * (MANIFEST_MAX_BYTES + 1)  # let the manifest gate refuse it by its cap, by name
+    v = check_manifest(manifest, vctx)
+    if v.failure is not None or v.manifest is None:
+        return v
+    chunks = await store.chunks(pack_object_name(digest))
+    if chunks is None:
+        return check_pack(v, None, vctx)
+    digester = PackDigester(v.manifest.size)
+    try:
+        async for chunk in chunks:
+            digester.update(chunk)  # hashed as it streams; never the whole pack in memory
+    except PackOversized:
+        pass
+    v = check_pack(v, digester.result(), vctx, oversized=digester.oversized)
+    return check_policy(v, vctx) if policy else v
+
+
+class Verifier(ReleaseReactor):
+    name = NAME
+
+    async def decide(self, world, release, ctx):
+        if release.phase != "distributed" or release.prepared is None:
+            return []
+        empty = Verification(outcomes=[], failure=None, manifest=None, signers=[])
+        if self.app.trust_root is None:
+            return decide(release, ctx, empty, GateFailure("trust_root", "trust_root_missing", "the verifier has no trust root"))
+        vctx = context_for(world, release, ctx, self.app.trust_root)
+        timeout = self.app.settings.verify_timeout_s
+        try:
+            v = await asyncio.wait_for(run_gates(PackStore(self.app.js, self.app.subjects), release.prepared.pack.digest, vctx), timeout)
+        except asyncio.TimeoutError:
+            return decide(release, ctx, empty, GateFailure(DEADLINE_GATE, TIMEOUT_CODE, f"verification did not finish within {timeout:g}s"))
+        except Exception as exc:  # fail closed on anything unexpected, and say what it was
+            log.exception("verifier: %s", release.release_id)
+            return decide(release, ctx, empty, GateFailure("internal", INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}"))
+        return decide(release, ctx, v, None)

@@ -1,0 +1,112 @@
+"""A durable pull consumer that hands each message to a handler and acks with intent.
+
+- handler returns normally -> ack
+- handler raises Poison -> the message is dead-lettered and terminated (never retried)
+- anything else -> nak with back-off; after max_deliver attempts -> dead-letter + term
+Several processes may run the same worker: they share the durable consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from .deadletter import DeadLetters
+
+log = logging.getLogger(__name__)
+
+
+class Poison(Exception):
+    """This message can never be processed; keep it as a dead letter and move on."""
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class Worker:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        filter_subjects: list[str],
+        handler: Handler,
+        deadletters: DeadLetters,
+        *,
+        ack_wait: float = 30.0,
+        max_deliver: int = 10,
+        deliver_new: bool = False,
+    ) -> None:
+        self._js = js
+        self.stream = stream
+        self.durable = durable
+        self._filters = filter_subjects
+        self._handler = handler
+        self._dead = deadletters
+        self._ack_wait = ack_wait
+        self._max_deliver = max_deliver
+        self._deliver_new = deliver_new
+        self.processed = 0
+
+    def _config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            max_deliver=self._max_deliver,
+            filter_subjects=self._filters,
+            deliver_policy=DeliverPolicy.NEW if self._deliver_new else DeliverPolicy.ALL,
+            max_ack_pending=1000,
+        )
+
+    async def _subscribe(self):
+        return await self._js.pull_subscribe("", durable=self.durable, stream=self.stream, config=self._config())
+
+    async def run(self) -> None:
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self._subscribe()
+                msgs = await sub.fetch(16, timeout=1.0)
+            except (asyncio.TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # server restarted or consumer gone: bind again
+                log.warning("%s: fetch failed (%s); re-binding", self.durable, exc)
+                sub = None
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._one(msg)
+
+    async def _one(self, msg: Msg) -> None:
+        meta = msg.metadata
+        try:
+            await self._handler(msg)
+        except Poison as exc:
+            await self._dead.record(self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data, str(exc), meta.num_delivered)
+            await msg.term()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if meta.num_delivered >= self._max_deliver:
+                await self._dead.record(
+                    self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data,
+                    f"gave up after {meta.num_delivered} deliveries: {exc!r}", meta.num_delivered,
+                )
+                await msg.term()
+            else:
+                delay = min(0.2 * 2 ** meta.num_delivered, 10.0)
+                log.warning("%s: seq %d failed (%r); retry in %.1fs", self.durable, meta.sequence.stream, exc, delay)
+                await msg.nak(delay=delay)
+        else:
+            self.processed += 1
+            await msg.ack()

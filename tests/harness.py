@@ -1,0 +1,135 @@
+"""Test building blocks: signed packs, a running service, simulated runtimes, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from events.channel import ChannelConfig
+from events.model import Actor
+from events.signing import SigningKey, TrustRoot, b64encode
+from projections.releases import ReleaseState
+from services.app import App, connect
+from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
+from services.runtime_sdk import Identity, RuntimeClient
+from services.settings import Settings
+from services.simulation import Behaviour, simulated_runtime
+
+PRODUCER = Actor(kind="producer", id="test-pipeline")
+OPERATOR = Actor(kind="operator", id="test-operator")
+
+CHANNEL: dict[str, Any] = {
+    "cohorts": [{"name": "internal", "tenants": ["t-int-1", "t-int-2"]}, {"name": "rest"}],
+    "plan": [["internal"], ["rest"]],
+    "monitoring": {"window_s": 1, "min_samples": 1, "thresholds": {"error_rate_max": 0.05, "latency_p95_ms_max": 250}},
+    "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
+    "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"], "forbid_downgrade": True},
+}
+
+
+def trust_root_for(*keys: SigningKey, threshold: int = 1) -> TrustRoot:
+    return TrustRoot.from_document({"threshold": threshold, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)}})
+
+
+@dataclass(frozen=True)
+class Pack:
+    body: bytes
+    manifest: bytes
+    digest: str
+    version: str
+    name: str = "kb"
+
+
+def make_pack(version: str, key: SigningKey | list[SigningKey], body: bytes | None = None, **overrides) -> Pack:
+    body = body if body is not None else f"pack {version} ".encode() * 1000
+    fields = dict(name="kb", version=version, schema="kx-pack/1", profile="standard", runtime=">=2.3,<3",
+                  build_id=f"b-{version}", builder="kx-pipeline", run=f"r-{version}", source="https://git.example/kb/core", revision=f"rev-{version}")
+    fields.update(overrides)
+    signed = build_signed(body, **fields)
+    keys = key if isinstance(key, list) else [key]
+    return Pack(body, manifest_bytes(signed, keys), signed["digest"], version, fields["name"])
+
+
+def request_data(pack: Pack, env: str = "prod", channel: str = "canary", **extra) -> dict:
+    data = {"pack": {"name": pack.name, "version": pack.version, "digest": pack.digest}, "target": {"env": env, "channel": channel},
+            "owner": "kb-team", "escalation": "pager:kb", "reason": "test", "acknowledge_no_health": True}
+    data.update(extra)
+    return data
+
+
+@dataclass
+class Service:
+    app: App
+    key: SigningKey
+    trust_root: TrustRoot
+    runtimes: list[RuntimeClient] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def world(self):
+        return self.app.follower.world
+
+    async def configure(self, env: str = "prod", channel: str = "canary", config: dict | None = None) -> None:
+        await configure_channel(self.app.log, self.app.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR)
+
+    async def publish(self, pack: Pack, push: bool = True) -> None:
+        if push:
+            await push_pack(self.app.js, self.app.subjects, pack.body, pack.manifest, pack.digest)
+
+    async def request(self, release_id: str, pack: Pack, push: bool = True, **extra) -> None:
+        await self.publish(pack, push)
+        await request_release(self.app.log, release_id, request_data(pack, **extra), PRODUCER)
+
+    async def runtime(self, tenant: str, behaviours: dict[str, Behaviour] | None = None, env: str = "prod", channel: str = "canary") -> RuntimeClient:
+        rt = simulated_runtime(self.app.nc, Identity(env, channel, tenant, f"rt-{tenant}"), self.trust_root, behaviours or {},
+                               prefix=self.app.subjects.prefix, interval=0.1, seed=len(self.runtimes))
+        await rt.resolve_cohort()
+        self.runtimes.append(rt)
+        self.tasks.append(asyncio.create_task(rt.run()))
+        return rt
+
+    async def wait_release(self, release_id: str, phase: str = "closed", timeout: float = 30.0) -> ReleaseState:
+        return await wait_for(lambda: _phase_is(self.world.release(release_id), phase), timeout, f"release {release_id} to reach {phase}",
+                              lambda: self.world.release(release_id))
+
+
+def _phase_is(release: ReleaseState | None, phase: str) -> ReleaseState | None:
+    return release if release is not None and release.phase == phase else None
+
+
+async def wait_for(probe, timeout: float, what: str, describe=None):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if loop.time() > deadline:
+            state = describe() if describe else None
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last state: {state}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | None = None, key: SigningKey | None = None,
+                          verify_timeout_s: float = 30.0) -> AsyncIterator[Service]:
+    key = key or SigningKey.generate()
+    trust_root = trust_root_for(key)
+    nc = await connect(nats_url, name=f"test-{prefix}")
+    settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s)
+    app = App(nc, settings, trust_root)
+    service = Service(app, key, trust_root)
+    try:
+        await app.start(roles or settings.roles)
+        yield service
+    finally:
+        for t in service.tasks:
+            t.cancel()
+        await asyncio.gather(*service.tasks, return_exceptions=True)
+        await app.stop()
+        await nc.close()
+
+
+__all__ = ["Behaviour", "CHANNEL", "Pack", "make_pack", "request_data", "running_service", "sha256_digest", "trust_root_for", "wait_for"]
