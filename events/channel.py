@@ -50,8 +50,11 @@ class ChannelThresholds(_Cfg):
     new_error_classes: Literal["fail", "ignore"] = "fail"
 
 
+MAX_WINDOW_S = 30 * 24 * 3600
+
+
 class ChannelMonitoring(_Cfg):
-    window_s: StrictInt = Field(ge=1)
+    window_s: StrictInt = Field(ge=1, le=MAX_WINDOW_S)
     min_samples: StrictInt = Field(default=1, ge=1)
     thresholds: ChannelThresholds = Field(default_factory=ChannelThresholds)
 
@@ -134,9 +137,29 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
                 elif name in seen:
                     problems.append(f"plan names cohort {name!r} twice")
                 seen.add(name)
+        left_out = [n for n in names if n not in seen]
+        if left_out:
+            problems.append(f"the plan leaves out cohorts {left_out}: they would never receive a release")
     if own_channel is not None and cfg.promote_to == own_channel:
         problems.append("promote_to must name another channel")
     return problems
+
+
+def unknown_fields(model: BaseModel, path: str = "") -> list[str]:
+    """Fields a configuration carries that no version of it defines (usually typos).
+
+    Stored events tolerate extra fields (newer writers may add some); an operator's
+    file is checked strictly, so `forbid_downgrad: false` is an error, not a silent no-op.
+    """
+    found = [f"{path}{key}" for key in (model.__pydantic_extra__ or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for index, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                where = f"{path}{name}[{index}]." if isinstance(value, (list, tuple)) else f"{path}{name}."
+                found += unknown_fields(item, where)
+    return found
 
 
 def tenant_bucket(env: str, channel: str, tenant: str) -> int:

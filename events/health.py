@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
@@ -40,3 +40,11 @@ class HealthSample(_H):
     latency_ms: Latency | None = None
     error_classes: dict[str, StrictInt] = Field(default_factory=dict)
     correctness: Correctness | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HealthSample":
+        if self.errors > self.requests:
+            raise ValueError(f"errors ({self.errors}) exceed requests ({self.requests})")
+        if self.correctness and self.correctness.mismatches > self.correctness.checked:
+            raise ValueError("correctness mismatches exceed checked")
+        return self

@@ -10,13 +10,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
 
 from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
 
 SCHEMA_VERSION = 1
-Token = StrictStr
+Token = Annotated[StrictStr, Field(pattern=TOKEN_PATTERN)]  # cohort names and other subject tokens
 
 
 class Frozen(BaseModel):

@@ -25,7 +25,8 @@ class ScopeState:
     lkg: PackRef | None = None
     lkg_manifest: str | None = None
     lkg_release: str | None = None
-    pin: ScopePinned | None = None
+    pin: ScopePinned | None = None  # the pin in force (until `until`), None once unpinned
+    last_pin: ScopePinned | None = None  # the most recent pin, even if expired or lifted: "pinned prior"
     pin_seq: int = 0
     ever_active: bool = False
 
@@ -50,7 +51,7 @@ def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str |
             )
         case "pinned":
             assert isinstance(data, ScopePinned)
-            return replace(state, pin=data, pin_seq=seq)
+            return replace(state, pin=data, last_pin=data, pin_seq=seq)
         case "unpinned":
             return replace(state, pin=None, pin_seq=seq)
     return state

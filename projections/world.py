@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import reduce
 from typing import Iterable, Iterator
 
-from rpds import HashTrieMap
+from rpds import HashTrieMap, HashTrieSet
 
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
@@ -34,6 +34,7 @@ class World:
     releases: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> ReleaseState
     scopes: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel, cohort) -> ScopeState
     channels: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelState
+    in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
@@ -52,7 +53,7 @@ class World:
         return state.config if state else DEFAULT_CHANNEL
 
     def releases_in_flight(self) -> list[ReleaseState]:
-        return sorted((r for r in self.releases.values() if r.in_flight), key=lambda r: r.last_seq)
+        return sorted((self.releases[r] for r in self.in_flight), key=lambda r: r.last_seq)
 
 
 def apply(world: World, position: Position, event: Event) -> World:
@@ -64,7 +65,8 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "release" and event.release_id:
         current = w.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
         updated = apply_release_event(current, position.seq, event)
-        w = replace(w, releases=w.releases.insert(event.release_id, updated))
+        in_flight = w.in_flight.insert(event.release_id) if updated.in_flight else w.in_flight.discard(event.release_id)
+        w = replace(w, releases=w.releases.insert(event.release_id, updated), in_flight=in_flight)
         if event.suffix == "closed" and updated.outcome == "success":
             w = _mark_release_known_good(w, updated)
         return w

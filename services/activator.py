@@ -11,6 +11,7 @@ from typing import Mapping
 
 from events.ids import derived_event_id
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.versions import parse_version
 from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, ScopeActivated, VersionDigest
 from projections.releases import ReleaseState
 from projections.world import World
@@ -25,6 +26,23 @@ NAME = "activator"
 def _previous(world: World, env: str, channel: str, cohort: str) -> VersionDigest | None:
     active = world.scope(env, channel, cohort).active_pack
     return VersionDigest(version=active.version, digest=active.digest) if active else None
+
+
+def _superseded(world: World, release: ReleaseState, cohorts: list[str]) -> str:
+    """Forbid-downgrade, re-checked at the switch: another release may have moved a scope since verification."""
+    assert release.prepared is not None and release.verified is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    if not world.channel_config(env, channel).policy.forbid_downgrade:
+        return ""
+    mine = parse_version(release.verified.pack.version)
+    problems = []
+    for cohort in cohorts:
+        active = world.scope(env, channel, cohort).active
+        if active is None or active.release_id == release.release_id:
+            continue
+        if parse_version(active.pack.version) >= mine:
+            problems.append(f"{cohort} now runs {active.pack.version} (release {active.release_id})")
+    return ("not newer than what runs now: " + "; ".join(problems)) if problems else ""
 
 
 def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
@@ -45,6 +63,10 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output
     for cohort in release.prepared.stages[stage]:
         if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
             cohorts.append(cohort)
+    superseded = _superseded(world, release, cohorts)
+    if superseded:
+        failed = ActivationFailed(stage=stage, code="superseded", message=superseded)
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     batch_step = f"rollout/{stage}"
     batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
     writes = []
@@ -56,7 +78,7 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output
         event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
         writes.append(ScopeWrite(event, scope_state.active_seq))
     activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
-    return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),))]
+    return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
 
 
 def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None]) -> list[Output]:
@@ -75,7 +97,9 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
         target = targets.get(cohort)
         if target is None:
             problems.append(f"{cohort}: no rollback target")
-        elif target_problems.get(target.digest):
+        elif target.digest not in target_problems:
+            problems.append(f"{cohort}: target {target.version} was not checked")
+        elif target_problems[target.digest]:
             problems.append(f"{cohort}: target {target.version} is not valid: {target_problems[target.digest]}")
     if problems:
         escalated = Escalated(code="rollback_target_unusable", message="; ".join(problems), escalation=escalation)
@@ -98,7 +122,7 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
     done = release_event(ctx, release, "rolled_back", rolled_back, batch_step)
     if not writes:
         return [Chain((done,))]
-    return [Atomic(tuple(writes), (done,))]
+    return [Atomic(tuple(writes), (done,), batch_id)]
 
 
 

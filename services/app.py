@@ -25,6 +25,7 @@ from .layout import LayoutSettings, ensure_layout
 from .log import Entry, EventLog
 from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from .settings import Settings
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -44,6 +45,11 @@ async def connect(url: str, name: str = "kxr", *, reconnect_forever: bool = True
         url, name=name, max_reconnect_attempts=-1 if reconnect_forever else 3, reconnect_time_wait=0.5,
         error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
     )
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
 
 class App:
@@ -75,7 +81,7 @@ class App:
                 assert release is not None
                 entries = [Entry(w.event, w.expected_seq) for w in out.scope_writes]
                 entries += [self.log.release_entry(e, release.last_seq) for e in out.release_events]
-                await self.log.commit_batch(entries)
+                await self.log.commit_batch(entries, out.batch_id)
             elif isinstance(out, NewRelease):
                 assert out.event.release_id
                 await self.log.append(self.log.release_entry(out.event, 0))
@@ -100,6 +106,7 @@ class App:
     # -- running --------------------------------------------------------------------------------
     def spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_report_crash)
         self._tasks.append(task)
         return task
 
@@ -120,7 +127,5 @@ class App:
                 raise task.exception()  # type: ignore[misc]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()

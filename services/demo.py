@@ -24,6 +24,7 @@ from .producer import build_signed, configure_channel, manifest_bytes, push_pack
 from .runtime_sdk import Identity
 from .settings import Settings
 from .simulation import Behaviour, simulated_runtime
+from .tasks import cancel_and_wait
 
 console = Console()
 ENV, CHANNEL = "prod", "canary"
@@ -133,9 +134,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
         console.print("[bold green]demo finished as expected[/bold green]" if ok else f"[bold red]unexpected outcomes[/bold red]: {done}")
         return 0 if ok else 1
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await app.stop()
         await nc.close()
         server.stop()

@@ -38,8 +38,14 @@ def _weighted(values: list[tuple[float, int]]) -> float | None:
 def figures_of(samples: Iterable[HealthSample], baseline: Iterable[HealthSample]) -> dict:
     regular = []
     activations = []
+    idle = 0
     for s in samples:
-        (activations if s.kind == "activation" else regular).append(s)
+        if s.kind == "activation":
+            activations.append(s)
+        elif s.requests > 0:
+            regular.append(s)
+        else:
+            idle += 1  # a runtime that served nothing is no evidence either way
     requests = sum(s.requests for s in regular)
     errors = sum(s.errors for s in regular)
     checked = sum(s.correctness.checked for s in regular if s.correctness)
@@ -51,6 +57,7 @@ def figures_of(samples: Iterable[HealthSample], baseline: Iterable[HealthSample]
     took = sorted(s.took_ms for s in activations if s.took_ms is not None)
     return {
         "samples": len(regular),
+        "idle_samples": idle,
         "runtimes": len({s.runtime_id for s in regular} | {s.runtime_id for s in activations}),
         "requests": requests,
         "errors": errors,
@@ -111,7 +118,7 @@ def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring:
 
 def hard_breach(sample: HealthSample, monitoring: Monitoring) -> str | None:
     """A single sample bad enough to fail the window before it ends (or None)."""
-    if sample.kind == "activation" and sample.ok is False:
+    if sample.kind == "activation" and sample.ok is not True:
         return f"runtime {sample.runtime_id} failed to activate: {sample.error or 'no reason given'}"
     limit = monitoring.thresholds.error_rate_max
     if sample.kind == "sample" and limit is not None and sample.requests >= HARD_BREACH_MIN_REQUESTS:

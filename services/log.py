@@ -92,11 +92,11 @@ class EventLog:
             seqs.append(await self.append(entry))
         return seqs
 
-    async def commit_batch(self, entries: list[Entry]) -> int:
+    async def commit_batch(self, entries: list[Entry], batch_id: str = "") -> int:
         """All-or-nothing append of several events (JetStream atomic batch). Returns the last seq."""
         if not entries:
             raise ValueError("empty batch")
-        batch_id = derived_event_id(entries[0].event.event_id, "batch", str(len(entries)))
+        batch_id = batch_id or derived_event_id(entries[0].event.event_id, "batch", str(len(entries)))
         last = len(entries)
         try:
             for index, entry in enumerate(entries, 1):

@@ -91,7 +91,27 @@ class Monitor(ReleaseReactor):
             self.app.js, self.app.subjects.timers_stream, "kxr-monitor-timers", [self.app.subjects.timer_fire("*.*")],
             self.on_timer, self.app.deadletters,
         )
-        return super().runners() + [timers.run(), self.watch_health()]
+        return super().runners() + [timers.run(), self.watch_health(), self.sweep()]
+
+    async def sweep(self, every: float = 1.0, grace: float = 2.0) -> None:
+        """Safety net for timers: judge any window overdue by more than `grace` seconds.
+
+        A timer can be late (its fire message was fetched by a process that then died, and
+        waits out the ack deadline): the verdict must not wait with it. Deciding twice is
+        harmless, the verdict's id is derived.
+        """
+        while True:
+            await asyncio.sleep(every)
+            world = self.app.follower.world
+            now = self.app.clock()
+            for release_id in list(world.in_flight):
+                release = world.release(release_id)
+                m = release.monitoring if release else None
+                if release and release.phase == "monitoring" and m and (now - m.ends_at).total_seconds() > grace:
+                    try:
+                        await self.settle(release_id, self._verdict_for(m.stage))
+                    except Exception as exc:  # the next sweep tries again
+                        log.warning("monitor: overdue window of %s not judged yet: %s", release_id, exc)
 
     async def decide(self, world, release, ctx):
         return decide_start(release, ctx)
@@ -103,14 +123,16 @@ class Monitor(ReleaseReactor):
             raise Poison(f"not a window timer: {msg.subject}")
         release_id, stage = parsed
         await self.app.follower.catch_up()
+        await self.settle(release_id, self._verdict_for(stage))
 
+    def _verdict_for(self, stage: int):
         async def verdict(world, release, ctx):
             if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
                 return []
             new, baseline = await self.window_samples(release)
             return decide_verdict(release, stage, new, baseline, ctx)
 
-        await self.settle(release_id, verdict)
+        return verdict
 
     async def window_samples(self, release: ReleaseState) -> tuple[list[HealthSample], list[HealthSample]]:
         """Samples of the new pack inside the window, and of the previous pack just before it."""

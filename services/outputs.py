@@ -36,6 +36,7 @@ class Atomic:
 
     scope_writes: tuple[ScopeWrite, ...]
     release_events: tuple[Event, ...]
+    batch_id: str = ""  # the Nats-Batch-Id; the release event records the same id
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,29 @@ NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
 
 
+_AT_MOST = ("error_rate_max", "latency_p95_ms_max", "latency_p99_ms_max", "mismatch_rate_max")
+
+
 def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
-    """The request's monitoring over the channel's defaults; thresholds merge field by field."""
+    """The request's monitoring over the channel's: a request may tighten thresholds, never loosen them.
+
+    For each `*_max` the lower bound wins, for `activation_success_min` the higher, and
+    new error classes fail if either side says so. Window and min_samples are checked
+    against the channel's minimum by the checklist.
+    """
     base = channel.monitoring
-    base_thresholds = base.thresholds.model_dump()
+    merged = base.thresholds.model_dump()
     if requested is None:
-        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=Thresholds(**base_thresholds))
-    override = {k: v for k, v in requested.thresholds.model_dump(exclude_unset=True).items()}
-    return Monitoring(
-        window_s=requested.window_s,
-        min_samples=requested.min_samples,
-        thresholds=Thresholds(**{**base_thresholds, **override}),
-    )
+        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=Thresholds(**merged))
+    asked = requested.thresholds.model_dump(exclude_unset=True)
+    for key in _AT_MOST:
+        values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
+        merged[key] = min(values) if values else None
+    floors = [v for v in (merged.get("activation_success_min"), asked.get("activation_success_min")) if v is not None]
+    merged["activation_success_min"] = max(floors) if floors else None
+    if asked.get("new_error_classes") == "fail":
+        merged["new_error_classes"] = "fail"
+    return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
 
 
 def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> tuple[list[ChecklistItem], Prepared | None]:
@@ -97,9 +108,12 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
                 problems.append(f"{cohort} has had an active pack, so rollback strategy 'none' is not allowed")
             targets[cohort] = None
         elif strategy == "pinned":
-            if pin is None:
-                problems.append(f"{cohort} has no pin to roll back to")
-            targets[cohort] = pin.pack if pin else None
+            # "pinned prior": back to the pack this cohort was last pinned to (a pin in force
+            # would have skipped the cohort, so this is an earlier, since-lifted pin).
+            prior = scope.last_pin
+            if prior is None:
+                problems.append(f"{cohort} has never been pinned, so there is no pinned prior to roll back to")
+            targets[cohort] = prior.pack if prior else None
         else:
             target = pin.pack if pin else scope.lkg
             if target is None:
@@ -130,7 +144,10 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
 def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
-    items, prepared = preflight(world, release, ctx, health)
+    try:
+        items, prepared = preflight(world, release, ctx, health)
+    except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
+        items, prepared = [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")], None
     if prepared is None:
         reasons = [Reason(code=i.item, message=i.detail, field=None) for i in items if not i.ok]
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]

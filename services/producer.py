@@ -13,7 +13,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from events.channel import ChannelConfig, channel_problems
+from events.channel import ChannelConfig, channel_problems, unknown_fields
 from events.codec import make_event
 from events.manifest import manifest_object_name, pack_object_name, sign_manifest
 from events.model import Actor, Event, Requested, Scope
@@ -84,7 +84,7 @@ def parse_channel_config(doc: Any, channel: str) -> ChannelConfig:
             where = ".".join(str(p) for p in err["loc"]) or "config"
             lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise ValueError("\n".join(lines)) from None
-    problems = channel_problems(cfg, own_channel=channel)
+    problems = [f"{f}: unknown field" for f in unknown_fields(cfg)] + channel_problems(cfg, own_channel=channel)
     if problems:
         raise ValueError("\n".join(problems))
     return cfg

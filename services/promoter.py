@@ -14,10 +14,10 @@ import hashlib
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from events.model import Actor, Closed, Expanded, PackRef, Promoted, Requested, RollbackStarted, Target
+from events.model import Actor, Closed, Expanded, PackRef, Promoted, Requested, RollbackPlan, RollbackStarted, Target
 from events.tokens import is_token
 from projections.releases import ReleaseState
-from projections.world import World
+from projections.world import World, scopes_of
 from .outputs import Chain, Ctx, NewRelease, Output, release_event
 from .reactor import ReleaseReactor
 
@@ -97,10 +97,13 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
         return _close(ctx, release, "success", summary)
     linked = linked_release_id(release.release_id, promote_to)
     req = release.requested
+    # The next channel's own history decides its rollback strategy: LKG where it has run a pack.
+    ever_active = any(s.ever_active for s in scopes_of(world, target.env, promote_to))
+    rollback = req.rollback if req.rollback.strategy == "pinned" else RollbackPlan(strategy="lkg" if ever_active else "none")
     requested = Requested(
         pack=release.verified.pack.model_copy(update={"size": None}),
         target=Target(env=target.env, channel=promote_to),
-        owner=req.owner, escalation=req.escalation, rollback=req.rollback,
+        owner=req.owner, escalation=req.escalation, rollback=rollback,
         reason=f"promoted from {target.channel} by release {release.release_id}: {summary}",
         promoted_from=release.release_id, acknowledge_no_health=req.acknowledge_no_health,
     )

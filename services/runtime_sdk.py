@@ -26,6 +26,7 @@ from events.signing import TrustRoot
 from events.subjects import Subjects
 from .packstore import PackStore
 from .reader import OrderedReader
+from .tasks import cancel_and_wait
 from .verifier.adapter import run_gates
 from .verifier.gates import VerifyContext
 
@@ -99,8 +100,7 @@ class RuntimeClient:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
+            await cancel_and_wait(tasks)
 
     async def report_samples(self) -> None:
         while True:

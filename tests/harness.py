@@ -15,6 +15,7 @@ from services.app import App, connect
 from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
 from services.runtime_sdk import Identity, RuntimeClient
 from services.settings import Settings
+from services.tasks import cancel_and_wait
 from services.simulation import Behaviour, simulated_runtime
 
 PRODUCER = Actor(kind="producer", id="test-pipeline")
@@ -122,12 +123,10 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
     app = App(nc, settings, trust_root)
     service = Service(app, key, trust_root)
     try:
-        await app.start(roles or settings.roles)
+        await app.start(settings.roles if roles is None else roles)
         yield service
     finally:
-        for t in service.tasks:
-            t.cancel()
-        await asyncio.gather(*service.tasks, return_exceptions=True)
+        await cancel_and_wait(service.tasks)
         await app.stop()
         await nc.close()
 

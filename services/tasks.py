@@ -1,0 +1,25 @@
+"""Stopping asyncio tasks reliably.
+
+On Python 3.11, `asyncio.wait_for` (used inside nats.py's fetch and request paths)
+can swallow a cancellation that arrives just as its inner future completes; a task
+cancelled once may then run on. Stopping therefore cancels again until every task
+has actually finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, every: float = 0.2) -> None:
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a crash was already logged when it happened
