@@ -262,6 +262,14 @@ class ScopeUnpinned(Frozen):
     reason: Literal["operator", "expired"] = "operator"
 
 
+class TrustRotated(Frozen):
+    """A new trust root, signed by thresholds of the old and of its own keys (events/trust.py)."""
+
+    root: dict[str, Any]
+    version: StrictInt = Field(ge=2)
+    rationale: StrictStr = ""
+
+
 # The channel configuration body lives in events/channel.py (it has its own validation).
 from .channel import ChannelConfig  # noqa: E402
 
@@ -300,6 +308,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     **{f"release.{k}": v for k, v in RELEASE_TYPES.items()},
     **{f"scope.{k}": v for k, v in SCOPE_TYPES.items()},
     **{f"channel.{k}": v for k, v in CHANNEL_TYPES.items()},
+    "trust.rotated": TrustRotated,
 }
 
 

@@ -55,7 +55,10 @@ class Subjects:
         return f"{self.prefix}.channel.{check_token(env, 'env')}.{check_token(channel, 'channel')}.configured"
 
     def log_subjects(self) -> list[str]:
-        return [f"{self.prefix}.release.>", f"{self.prefix}.scope.>", f"{self.prefix}.channel.>"]
+        return [f"{self.prefix}.release.>", f"{self.prefix}.scope.>", f"{self.prefix}.channel.>", self.trust_rotated()]
+
+    def trust_rotated(self) -> str:
+        return f"{self.prefix}.trust.rotated"
 
     def all_activations(self) -> str:
         return f"{self.prefix}.scope.*.*.*.activated"
@@ -106,4 +109,6 @@ class Subjects:
             return self.scope(*scope, suffix)
         if family == "channel" and scope:
             return self.channel(scope[0], scope[1])
+        if event_type == "trust.rotated":
+            return self.trust_rotated()
         raise ValueError(f"event type {event_type!r} needs a {'release_id' if family == 'release' else 'scope'}")

@@ -35,6 +35,7 @@ class World:
     scopes: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel, cohort) -> ScopeState
     channels: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelState
     in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
+    trust_rotations: tuple[tuple[int, dict], ...] = ()  # (seq, signed root) as logged; see events/trust.py
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
@@ -74,6 +75,8 @@ def apply(world: World, position: Position, event: Event) -> World:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
         current_scope = w.scopes.get(key) or ScopeState(key=key)
         return replace(w, scopes=w.scopes.insert(key, apply_scope_event(current_scope, position.seq, event, position.batch_id)))
+    if family == "trust":
+        return replace(w, trust_rotations=w.trust_rotations + ((position.seq, event.data.root),))  # type: ignore[attr-defined]
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
         state = ChannelState(config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id)  # type: ignore[arg-type]

@@ -144,7 +144,8 @@ class Activator(ReleaseReactor):
         Fast-track, not a full re-verification: the manifest must still verify under the
         trust root and not be expired, and the pack object must be present with its size.
         """
-        if self.app.trust_root is None:
+        trust_root = self.app.current_trust_root()
+        if trust_root is None:
             return "no trust root configured for the activator"
         store = PackStore(self.app.js, self.app.subjects)
         try:
@@ -158,7 +159,7 @@ class Activator(ReleaseReactor):
         check = check_manifest(manifest, VerifyContext(
             request_name=target.name, request_version=target.version, request_digest=target.digest,
             env=release.prepared.target.env, channel=release.prepared.target.channel, cohorts=tuple(release.activated),
-            channel_config=None, active={}, trust_root=self.app.trust_root, now=ctx.now, purpose="rollback",
+            channel_config=None, active={}, trust_root=trust_root, now=ctx.now, purpose="rollback",
         ))
         if check.failure is not None:
             return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from events.canonical import compact_bytes
 from events.signing import TrustRoot
+from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
 from projections.releases import ReleaseState
 from .deadletter import DeadLetters
@@ -64,6 +65,21 @@ class App:
         self.trust_root = trust_root
         self.clock = clock
         self._tasks: list[asyncio.Task] = []
+        self._chain: tuple[tuple, TrustChain] | None = None
+
+    def trust_chain(self) -> TrustChain | None:
+        """The anchor (KX_TRUST_ROOT) advanced by every valid rotation in the log."""
+        if self.trust_root is None:
+            return None
+        rotations = self.follower.world.trust_rotations
+        key = (self.trust_root, len(rotations))
+        if self._chain is None or self._chain[0] != key:
+            self._chain = (key, follow_chain(self.trust_root, rotations))
+        return self._chain[1]
+
+    def current_trust_root(self) -> TrustRoot | None:
+        chain = self.trust_chain()
+        return chain.current if chain else None
 
     def ctx(self, service: str) -> Ctx:
         return Ctx(now=self.clock(), service=service)

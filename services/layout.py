@@ -116,7 +116,12 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
     except NotFoundError:
         await js.add_stream(release_log_config(subjects, settings.replicas))
     else:
-        problems = log_violations(info.config, subjects)
+        cfg = info.config
+        added = [s for s in subjects.log_subjects() if s.endswith(".trust.rotated") and s not in (cfg.subjects or [])]
+        if added:  # a log created before trust rotation existed: capturing one more subject is additive
+            cfg.subjects = list(cfg.subjects or []) + added
+            cfg = (await js.update_stream(cfg)).config
+        problems = log_violations(cfg, subjects)
         if problems:
             raise LayoutError(f"stream {subjects.releases_stream} exists but " + "; ".join(problems))
     for cfg in internal_configs(subjects, settings):

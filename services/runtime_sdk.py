@@ -27,6 +27,7 @@ from events.subjects import Subjects
 from .packstore import PackStore
 from .reader import OrderedReader
 from .tasks import cancel_and_wait
+from .trust_ops import current_chain
 from .verifier.adapter import run_gates
 from .verifier.gates import VerifyContext
 
@@ -146,12 +147,14 @@ class RuntimeClient:
 
     async def verify(self, pack: PackRef) -> str | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
-        ctx = VerifyContext(
-            request_name=pack.name, request_version=pack.version, request_digest=pack.digest,
-            env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",), channel_config=None,
-            active={}, trust_root=self.trust_root, now=datetime.now(timezone.utc), purpose="pin",
-        )
         try:
+            # the runtime's own anchor, advanced by the rotations in the log it can verify itself
+            trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
+            ctx = VerifyContext(
+                request_name=pack.name, request_version=pack.version, request_digest=pack.digest,
+                env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",), channel_config=None,
+                active={}, trust_root=trust_root, now=datetime.now(timezone.utc), purpose="pin",
+            )
             v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
             if v.failure is not None:
                 return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"

@@ -26,10 +26,12 @@ keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust ro
 pack_app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
 release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
+trust_app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(pack_app, name="pack")
 app.add_typer(release_app, name="release")
 app.add_typer(channel_app, name="channel")
+app.add_typer(trust_app, name="trust")
 
 NatsUrl = typer.Option(None, "--nats-url", help="NATS server URL (default: $KX_NATS_URL)")
 
@@ -315,6 +317,69 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url:
         fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
     print_json({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
                 "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+
+
+# ---- trust root ---------------------------------------------------------------------------------
+TrustRootOpt = typer.Option(None, "--trust-root", help="the anchor trust root (default: $KX_TRUST_ROOT)")
+
+
+@trust_app.command("show")
+def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
+    """The root in force, with every rotation accepted or refused."""
+    from rich.table import Table
+
+    from services.settings import load_trust_root
+    from services.trust_ops import current_chain
+
+    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await current_chain(js, log.subjects, anchor)
+
+    chain = run_async(go())
+    root = chain.current
+    if as_json:
+        print_json({"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
+                    "accepted_rotations": list(chain.accepted),
+                    "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]})
+        return
+    t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
+    for c in ("keyid", "name"):
+        t.add_column(c)
+    for k in root.keys:
+        t.add_row(k.keyid, k.name)
+    console.print(t)
+    for seq, code, message in chain.refused:
+        console.print(f"refused rotation at log seq {seq}: {code}: {message}", style="red")
+
+
+@trust_app.command("rotate")
+def trust_rotate(
+    new_root: Path = typer.Argument(..., exists=True, dir_okay=False, help="the new root: {version, threshold, keys}"),
+    key: list[Path] = typer.Option(..., "--key", help="signing keys: a threshold of the current root's AND of the new root's"),
+    rationale: str = typer.Option(..., "--rationale"),
+    trust_root: Optional[Path] = TrustRootOpt,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
+    from events.trust import RotationError
+    from services.settings import load_trust_root
+    from services.trust_ops import rotate
+
+    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
+    doc = read_json_file(new_root, "new trust root")
+    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await rotate(log, js, anchor, doc, keys, _operator(), rationale)
+
+    try:
+        seq, new = run_async(go())
+    except RotationError as exc:
+        fail(f"rotation refused: {exc.code}: {exc}")
+    console.print(f"trust root v{new.version} in force (log seq {seq}), threshold {new.threshold}, {len(new.keys)} key(s)")
 
 
 def run() -> None:

@@ -85,9 +85,10 @@ class Verifier(ReleaseReactor):
         if release.phase != "distributed" or release.prepared is None:
             return []
         empty = Verification(outcomes=[], failure=None, manifest=None, signers=[])
-        if self.app.trust_root is None:
+        trust_root = self.app.current_trust_root()
+        if trust_root is None:
             return decide(release, ctx, empty, GateFailure("trust_root", "trust_root_missing", "the verifier has no trust root"))
-        vctx = context_for(world, release, ctx, self.app.trust_root)
+        vctx = context_for(world, release, ctx, trust_root)
         timeout = self.app.settings.verify_timeout_s
         late = GateFailure(DEADLINE_GATE, TIMEOUT_CODE, f"verification did not finish within {timeout:g}s")
         loop = asyncio.get_running_loop()

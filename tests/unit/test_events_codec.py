@@ -65,6 +65,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "scope.pinned": {"pack": PACK, "until": LATER, "rationale": "freeze", "by": "ops"},
     "scope.unpinned": {},
     "channel.configured": {},
+    "trust.rotated": {"root": {"signed": {"version": 2, "threshold": 1, "keys": {}}, "signatures": []}, "version": 2},
 }
 
 
@@ -74,6 +75,8 @@ def identity_of(event_type: str) -> dict[str, Any]:
         return {"release_id": "r1"}
     if family == "scope":
         return {"release_id": "r1", "scope": SCOPE}
+    if family == "trust":
+        return {}
     return {"scope": CHANNEL_SCOPE}
 
 
@@ -428,7 +431,7 @@ def test_subject_builders_with_good_tokens() -> None:
     assert s.channel("prod", "canary") == "kx.channel.prod.canary.configured"
     assert s.health("prod", "canary", "all", "rt-1") == "kx.health.prod.canary.all.rt-1"
     assert (s.releases_stream, s.health_stream, s.packs_bucket) == ("KX_RELEASES", "KX_HEALTH", "kx_packs")
-    assert s.log_subjects() == ["kx.release.>", "kx.scope.>", "kx.channel.>"]
+    assert s.log_subjects() == ["kx.release.>", "kx.scope.>", "kx.channel.>", "kx.trust.rotated"]
 
 
 @pytest.mark.parametrize("prefix", ["kx.evil", ">", "", "a b"], ids=["dot", "gt", "empty", "space"])
