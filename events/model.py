@@ -259,7 +259,7 @@ class ScopeUnpinned(Frozen):
     until: datetime | None = None
     rationale: StrictStr = ""
     by: StrictStr = ""
-    reason: Literal["operator", "expired"] = "operator"
+    reason: Literal["operator", "expired", "refused"] = "operator"  # refused: the pinned pack failed verification
 
 
 class TrustRotated(Frozen):

@@ -51,6 +51,9 @@ class Subjects:
             f".{check_token(cohort, 'cohort')}.{check_token(suffix, 'event suffix')}"
         )
 
+    def scope_filter(self, env: str, channel: str, cohort: str) -> str:
+        return self.scope(env, channel, cohort, "activated").rsplit(".", 1)[0] + ".*"
+
     def channel(self, env: str, channel: str) -> str:
         return f"{self.prefix}.channel.{check_token(env, 'env')}.{check_token(channel, 'channel')}.configured"
 

@@ -57,7 +57,7 @@ TRANSITIONS: dict[str | None, set[str]] = {
     "passed": {"expanded", "promoted", "closed", "rollback_started"} | _OPERATOR,
     "expanding": {"activated", "activation_failed", "rollback_started"} | _OPERATOR,
     "promoted": {"closed", "rollback_started"} | _OPERATOR,
-    "held": {"rollback_started", "expanded", "promoted", "closed", "monitoring_started"} | _OPERATOR,
+    "held": {"rollback_started", "expanded", "promoted", "closed", "monitoring_started", "monitoring_passed"} | _OPERATOR,
     "failed": {"rollback_started", "closed"} | _OPERATOR,
     "activation_failed": {"rollback_started", "closed"} | _OPERATOR,
     "rolling_back": {"rolled_back", "escalated", "activation_failed"} | (_OPERATOR - {"aborted"}),
@@ -65,7 +65,7 @@ TRANSITIONS: dict[str | None, set[str]] = {
     "aborting": {"rollback_started", "closed", "annotated", "escalated"},
     "rejected": {"closed", "annotated"},
     "verification_failed": {"closed", "annotated"},
-    "closed": {"annotated"},
+    "closed": {"annotated", "rollback_started"},  # an operator may still roll a finished release back
 }
 
 

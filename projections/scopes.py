@@ -27,8 +27,14 @@ class ScopeState:
     lkg_release: str | None = None
     pin: ScopePinned | None = None  # the pin in force (until `until`), None once unpinned
     last_pin: ScopePinned | None = None  # the most recent pin, even if expired or lifted: "pinned prior"
-    pin_seq: int = 0
+    pin_seq: int = 0  # sequence of the last pinned/unpinned event
+    pin_event_id: str | None = None
     ever_active: bool = False
+
+    @property
+    def last_seq(self) -> int:
+        """Last sequence on any of the scope's subjects: the CAS value for pin and unpin."""
+        return max(self.active_seq, self.pin_seq)
 
     @property
     def active_pack(self) -> PackRef | None:
@@ -51,7 +57,7 @@ def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str |
             )
         case "pinned":
             assert isinstance(data, ScopePinned)
-            return replace(state, pin=data, last_pin=data, pin_seq=seq)
+            return replace(state, pin=data, last_pin=data, pin_seq=seq, pin_event_id=event.event_id)
         case "unpinned":
             return replace(state, pin=None, pin_seq=seq)
     return state

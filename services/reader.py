@@ -87,6 +87,8 @@ class OrderedReader:
             try:
                 if self._sub is None:
                     await self._open()
+                    if not follow and await self._caught_up():
+                        return  # nothing to read: answer now instead of waiting out a fetch
                 msgs = await self._sub.fetch(self._batch, timeout=idle_timeout)  # type: ignore[union-attr]
             except (asyncio.TimeoutError, NatsTimeoutError):
                 if not follow:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .activator import Activator
 from .distributor import Distributor
 from .monitor import Monitor
+from .pinner import Pinner
 from .preparer import Preparer
 from .promoter import Promoter
 from .verifier.adapter import Verifier
@@ -28,4 +29,6 @@ def build_roles(app: "App", roles: tuple[str, ...]) -> list:
     runners = []
     for role in roles:
         runners.extend(ROLE_CLASSES[role](app).runners())
+        if role == "activator":  # pins switch scope pointers, which only the activator role writes
+            runners.extend(Pinner(app).runners())
     return runners
