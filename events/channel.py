@@ -48,6 +48,7 @@ class ChannelThresholds(_Cfg):
     activation_success_min: float | None = None
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
+    statistical: Literal["off", "report", "enforce"] = "report"
 
 
 MAX_WINDOW_S = 30 * 24 * 3600

@@ -63,6 +63,9 @@ class Thresholds(Frozen):
     activation_success_min: float | None = None
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
+    # Mann-Whitney comparison with the previous pack (services/statistics.py): "report" puts
+    # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
+    statistical: Literal["off", "report", "enforce"] = "report"
 
 
 class Monitoring(Frozen):

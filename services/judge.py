@@ -12,6 +12,7 @@ from typing import Iterable
 
 from events.health import HealthSample
 from events.model import Comparison, Monitoring
+from .statistics import judge_statistically
 
 HARD_BREACH_MIN_REQUESTS = 20
 
@@ -101,9 +102,24 @@ def compare(figures: dict, monitoring: Monitoring) -> list[Comparison]:
     return out
 
 
+def per_sample(samples: Iterable[HealthSample]) -> dict[str, list[float]]:
+    regular = [s for s in samples if s.kind == "sample" and s.requests > 0]
+    return {
+        "error_rate": [s.errors / s.requests for s in regular],
+        "latency_p95_ms": [s.latency_ms.p95 for s in regular if s.latency_ms],
+        "latency_p99_ms": [s.latency_ms.p99 for s in regular if s.latency_ms],
+    }
+
+
 def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring: Monitoring) -> Verdict:
     figures = figures_of(samples, baseline)
     comparisons = compare(figures, monitoring)
+    mode = monitoring.thresholds.statistical
+    if mode != "off":
+        stats = judge_statistically(per_sample(samples), per_sample(baseline))
+        figures["statistical"] = stats
+        if mode == "enforce" and stats["result"] == "fail":
+            comparisons.append(Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False))
     failed = [c for c in comparisons if not c.ok]
     n, runtimes = figures["samples"], figures["runtimes"]
     if failed:

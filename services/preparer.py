@@ -49,6 +49,8 @@ def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
     merged["activation_success_min"] = max(floors) if floors else None
     if asked.get("new_error_classes") == "fail":
         merged["new_error_classes"] = "fail"
+    if asked.get("statistical") == "enforce":
+        merged["statistical"] = "enforce"
     return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
 
 

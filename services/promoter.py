@@ -41,6 +41,23 @@ def rollback_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str,
     return out
 
 
+def promotion_blockers(release: ReleaseState) -> list[str]:
+    """Why a release that passed its stages must still not be promoted (empty: it may).
+
+    Every stage needs a window that the monitor passed (an operator override passes a
+    stage, not a promotion), and no window may have seen an error class new to this pack.
+    """
+    blockers = []
+    passed_by_monitor = {v.stage for kind, v in release.verdicts if kind == "monitoring_passed" and not v.reason.startswith("operator override")}
+    missing = [i + 1 for i in range(len(release.stages)) if i not in passed_by_monitor]
+    if missing:
+        blockers.append(f"stage(s) {missing} passed on an operator's word, not on monitoring")
+    new_classes = sorted({c for _, v in release.verdicts for c in v.figures.get("new_error_classes", [])})
+    if new_classes:
+        blockers.append(f"new error classes seen: {', '.join(new_classes)}")
+    return blockers
+
+
 def linked_release_id(release_id: str, channel: str) -> str:
     candidate = f"{release_id}-{channel}"
     if is_token(candidate):
@@ -95,6 +112,9 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
     summary = f"all {len(stages)} stage(s) passed monitoring"
     if not promote_to or release.verified is None or release.requested is None:
         return _close(ctx, release, "success", summary)
+    blocked = promotion_blockers(release)
+    if blocked:
+        return _close(ctx, release, "success", f"{summary}; promotion to {promote_to} withheld: {'; '.join(blocked)}")
     linked = linked_release_id(release.release_id, promote_to)
     req = release.requested
     # The next channel's own history decides its rollback strategy: LKG where it has run a pack.

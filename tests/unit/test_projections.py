@@ -269,7 +269,7 @@ ONLY_AFTER = [
     ("rolled_back", {"rolling_back"}),
     ("promoted", {"passed", "held"}),
     ("expanded", {"passed", "held"}),
-    ("monitoring_passed", {"monitoring"}),
+    ("monitoring_passed", {"monitoring", "held"}),  # held: an operator's override of an inconclusive window
     ("verified", {"distributed"}),
     ("requested", {None}),
 ]
@@ -280,8 +280,8 @@ def test_step_is_legal_only_after(suffix: str, phases: set) -> None:
     assert {phase for phase, allowed in TRANSITIONS.items() if suffix in allowed} == phases
 
 
-def test_only_annotations_follow_closed() -> None:
-    assert TRANSITIONS["closed"] == {"annotated"}
+def test_only_annotations_and_an_operator_rollback_follow_closed() -> None:
+    assert TRANSITIONS["closed"] == {"annotated", "rollback_started"}
 
 
 @pytest.mark.parametrize(("story", "anomaly"), [(s, a) for _, s, a in ILLEGAL], ids=[i for i, _, _ in ILLEGAL])
