@@ -26,12 +26,14 @@ keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust ro
 pack_app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
 release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
+audit_app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from the log alone.")
 trust_app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(pack_app, name="pack")
 app.add_typer(release_app, name="release")
 app.add_typer(channel_app, name="channel")
 app.add_typer(trust_app, name="trust")
+app.add_typer(audit_app, name="audit")
 
 NatsUrl = typer.Option(None, "--nats-url", help="NATS server URL (default: $KX_NATS_URL)")
 
@@ -480,6 +482,110 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url:
         fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
     print_json({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
                 "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+
+
+# ---- audit --------------------------------------------------------------------------------------
+@audit_app.command("replay")
+def audit_replay(as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
+    """Replay KX_RELEASES from sequence 1: rebuild every projection, check every invariant."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.audit import replay, summary
+
+    started = time.perf_counter()
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("replay", total=None, rate="")
+
+        def progress(done: int, left: int) -> None:
+            if done % 500 == 0 or left == 0:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=done + left, rate=f"{rate:,.0f} events/s")
+
+        async def go():
+            async with session(nats_url) as (_, js, log):
+                return await replay(js, log.subjects, progress)
+
+        audit = run_async(go())
+    report = summary(audit)
+    if as_json:
+        print_json(report)
+    else:
+        elapsed = time.perf_counter() - started
+        console.print(f"replayed {report['events']} events (log seq {report['log_seq']}) in {elapsed:.2f}s "
+                      f"({report['events'] / max(elapsed, 1e-9):,.0f} events/s); releases: "
+                      + ", ".join(f"{k} {v}" for k, v in report["releases"].items()))
+        for v in audit.violations:
+            console.print(v.line(), style="red", highlight=False, markup=False)
+        if not audit.violations:
+            console.print("no invariant violated", style="green")
+    if audit.violations:
+        raise typer.Exit(1)
+
+
+@audit_app.command("release")
+def audit_release(
+    release_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """The evidence record of one release (seed terms)."""
+    from services.audit import render_html
+
+    from .queries import load_evidence
+    from .views import gates_table, timeline_table
+
+    check_token(release_id, "release id")
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_evidence(js, log.subjects, release_id)
+
+    record = run_async(go())
+    if not record.timeline:
+        fail(f"no release {release_id} in the log")
+    if html_file is not None:
+        html_file.write_text(render_html(record))
+        console.print(f"evidence record of {release_id} written to {html_file}")
+    elif as_json:
+        print_json(record.to_json())
+    else:
+        console.print(timeline_table(record))
+        console.print(gates_table(record))
+
+
+@audit_app.command("at")
+def audit_at(
+    time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL[/COHORT]"),
+    as_json: bool = typer.Option(False, "--json"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """What was active where at that moment, from the log alone."""
+    from services.audit import world_at
+
+    from .views import scope_rows, table
+
+    try:
+        at = datetime.fromisoformat(time_.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{time_!r} is not an RFC 3339 time")
+    if at.tzinfo is None:
+        fail("TIME needs a timezone (e.g. a trailing Z)")
+    prefix = "/".join(scope_arg(scope)) if scope else ""
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await world_at(js, log.subjects, at)
+
+    rows = [r for r in scope_rows(run_async(go())) if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix]
+    if as_json:
+        print_json({"at": at.isoformat(), "scopes": rows})
+    else:
+        console.print(table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"]))
 
 
 # ---- trust root ---------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Invariants an auditor checks while replaying the log. Pure.
+
+Each check looks at the world *before* an entry is applied and the entry itself, so a
+violation is reported at the sequence where it happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from events.model import Event, RollbackStarted, ScopeActivated, ScopePinned
+from .position import Position
+from .world import World, apply, apply_undecodable
+
+POINTER_WRITERS = {"activator", "pinner"}
+UNFINISHED_ENDINGS = {"rejected", "verification_failed", "rolled_back", "promoted"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    seq: int
+    code: str
+    message: str
+
+    def line(self) -> str:
+        return f"seq {self.seq}: {self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Audit:
+    world: World = field(default_factory=World)
+    violations: tuple[Violation, ...] = ()
+    events: int = 0
+    undecodable: int = 0
+
+
+def _check(world: World, position: Position, event: Event) -> list[Violation]:
+    out: list[Violation] = []
+    seq = position.seq
+
+    def v(code: str, message: str) -> None:
+        out.append(Violation(seq, code, message))
+
+    data = event.data
+    if event.type == "scope.activated":
+        assert isinstance(data, ScopeActivated)
+        if position.batch_id is None:
+            v("pointer_outside_batch", f"{position.subject} moved outside an atomic batch")
+        if event.actor.kind != "service" or event.actor.id not in POINTER_WRITERS:
+            v("pointer_by_wrong_writer", f"{position.subject} written by {event.actor.kind}:{event.actor.id}")
+        release = world.release(data.release_id) if data.release_id else None
+        if data.kind == "rollout":
+            if release is None or release.verified is None:
+                v("activation_without_verification", f"rollout of {data.pack.version} by {data.release_id} was never verified")
+            elif release.verified.pack.digest != data.pack.digest:
+                v("activation_of_other_digest", f"{data.release_id} verified {release.verified.pack.digest}, activated {data.pack.digest}")
+        elif data.kind == "rollback":
+            if release is None or release.rollback is None:
+                v("rollback_without_decision", f"rollback pointer by {data.release_id} without rollback_started")
+            else:
+                target = release.rollback.targets.get(event.scope.cohort if event.scope else "")
+                if target is None or target.digest != data.pack.digest:
+                    v("rollback_to_other_target", f"{position.subject} rolled back to {data.pack.digest}, not the recorded target")
+        elif data.kind == "pin" and event.scope is not None:
+            scope = world.scope(event.scope.env, event.scope.channel, event.scope.cohort)
+            if scope.pin is None or scope.pin.pack.digest != data.pack.digest:
+                v("pin_switch_without_pin", f"{position.subject} switched to {data.pack.version} with no such pin")
+    elif event.type == "scope.pinned":
+        assert isinstance(data, ScopePinned)
+        if not data.rationale.strip() or data.until <= event.occurred_at:
+            v("pin_without_rationale_or_bound", f"{position.subject}: pins need a rationale and a future `until`")
+    elif event.type == "release.rollback_started":
+        assert isinstance(data, RollbackStarted)
+        release = world.release(event.release_id or "")
+        if not data.reason.strip():
+            v("rollback_without_reason", f"{event.release_id}: rollback names no reason")
+        missing = [c for c in (release.activated if release else ()) if c not in data.targets]
+        if missing:
+            v("rollback_without_target", f"{event.release_id}: no target recorded for {missing}")
+    return out
+
+
+def audit_entry(audit: Audit, position: Position, event: Event | None, subjects) -> Audit:
+    """Check one log entry (None: it did not decode) against the world so far, then apply it."""
+    if event is None:
+        return replace(audit, world=apply_undecodable(audit.world, position, subjects), undecodable=audit.undecodable + 1,
+                       violations=audit.violations + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),))
+    found = _check(audit.world, position, event)
+    return Audit(apply(audit.world, position, event), audit.violations + tuple(found), audit.events + 1, audit.undecodable)
+
+
+def finish(audit: Audit) -> Audit:
+    """Checks that need the whole log: lifecycle anomalies and releases left unfinished."""
+    found = []
+    for release in sorted(audit.world.releases.values(), key=lambda r: r.last_seq):
+        for anomaly in release.anomalies:
+            found.append(Violation(release.last_seq, "illegal_transition", f"{release.release_id}: {anomaly}"))
+        if release.phase in UNFINISHED_ENDINGS:
+            found.append(Violation(release.last_seq, "not_closed", f"{release.release_id} ended {release.phase} but was never closed with an outcome"))
+    return replace(audit, violations=audit.violations + tuple(found))
+
