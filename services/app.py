@@ -37,15 +37,25 @@ def utc_clock() -> datetime:
 
 
 async def connect(url: str, name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
-    """Connect (services reconnect forever); a first connection that fails raises with the reason."""
+    """Connect; a first connection that fails raises with the reason (after a few tries).
+
+    Once connected, a service reconnects forever: a NATS restart must not stop it.
+    """
+
+    connected = False
 
     async def _error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
+        # before the first connection the caller reports the failure in one line; after it, say why
+        (log.warning if connected else log.debug)("nats: %s", exc)
 
-    return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1 if reconnect_forever else 3, reconnect_time_wait=0.5,
+    nc = await nats.connect(
+        url, name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
         error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
     )
+    connected = True
+    if reconnect_forever:
+        nc.options["max_reconnect_attempts"] = -1  # read by nats.py's reconnect loop
+    return nc
 
 
 def _report_crash(task: asyncio.Task) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_CONFLICTS = 8
+RECONCILE_EVERY_S = 5.0
 
 
 class ReleaseReactor:
@@ -35,13 +36,30 @@ class ReleaseReactor:
 
     def __init__(self, app: "App") -> None:
         self.app = app
+        self._busy: set[str] = set()  # releases this process is deciding on right now
 
     def runners(self) -> list:
         worker = Worker(
             self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", [f"{self.app.subjects.prefix}.release.*.*"],
             self.handle, self.app.deadletters,
         )
-        return [worker.run()]
+        return [worker.run(), self.reconcile()]
+
+    async def reconcile(self, every: float = RECONCILE_EVERY_S) -> None:
+        """Decide on every release in flight: at start-up, then now and then.
+
+        A message a crashed process had fetched but not acked only comes back after the
+        ack deadline; deciding on the state directly means nothing waits for it.
+        """
+        while True:
+            for release_id in sorted(self.app.follower.world.in_flight):
+                if release_id in self._busy:
+                    continue
+                try:
+                    await self.settle(release_id)
+                except Exception as exc:  # the worker's retry and the next round cover it
+                    log.info("%s: reconcile of %s deferred: %s", self.name, release_id, exc)
+            await asyncio.sleep(every)
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -62,6 +80,19 @@ class ReleaseReactor:
     async def settle(self, release_id: str, decide=None) -> None:
         """Decide on the release's current state and perform the result, re-deciding on conflict."""
         decide = decide or self.decide
+        if release_id in self._busy:
+            await self._wait_idle(release_id)
+        self._busy.add(release_id)
+        try:
+            await self._settle(release_id, decide)
+        finally:
+            self._busy.discard(release_id)
+
+    async def _wait_idle(self, release_id: str) -> None:
+        while release_id in self._busy:
+            await asyncio.sleep(0.01)
+
+    async def _settle(self, release_id: str, decide) -> None:
         for attempt in range(MAX_CONFLICTS):
             world = self.app.follower.world
             release = world.release(release_id)

@@ -54,19 +54,26 @@ def trust_root_for(settings: Settings) -> TrustRoot | None:
 
 
 async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised)."""
     trust_root = trust_root_for(settings)  # bad configuration fails before anything starts
-    stop = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        main.cancel()  # also interrupts start-up (e.g. waiting for NATS)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with nats_for(settings) as url:
-        async with running_app(settings, url, trust_root) as app:
-            if on_ready:
-                on_ready(url)
-            waiter = asyncio.create_task(app.wait())
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (waiter, stopper):
-                task.cancel()
-            if waiter in done and not waiter.cancelled() and waiter.exception():
-                raise waiter.exception()  # type: ignore[misc]
+        loop.add_signal_handler(sig, stop)
+    try:
+        async with nats_for(settings) as url:
+            async with running_app(settings, url, trust_root) as app:
+                if on_ready:
+                    on_ready(url)
+                await app.wait()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise

@@ -658,10 +658,10 @@ def run() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed) as exc:
-        err_console.print(f"kxr: error: {exc}", highlight=False, markup=False)
+        _one_line(f"kxr: error: {exc}")
         sys.exit(2)
     except typer.Abort:
-        err_console.print("kxr: aborted")
+        _one_line("kxr: aborted")
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -669,7 +669,12 @@ def run() -> None:
         import click
 
         if isinstance(exc, click.exceptions.ClickException):
-            err_console.print(f"kxr: error: {exc.format_message()}", highlight=False, markup=False)
+            _one_line(f"kxr: error: {exc.format_message()}")
             sys.exit(exc.exit_code)
-        err_console.print(f"kxr: error: unexpected {exc.__class__.__name__}: {exc}", highlight=False, markup=False)
+        _one_line(f"kxr: error: unexpected {exc.__class__.__name__}: {exc}")
         sys.exit(1)
+
+
+def _one_line(message: str) -> None:
+    """Errors are one line whatever the terminal width: scripts and people both grep them."""
+    sys.stderr.write(" ".join(message.split()) + "\n")
