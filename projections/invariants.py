@@ -89,6 +89,24 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects)
     return Audit(apply(audit.world, position, event), audit.violations + tuple(found), audit.events + 1, audit.undecodable)
 
 
+SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
+
+
+def signature_violation(keys, position: Position, event: Event | None, payload: bytes, headers) -> Violation | None:
+    """An append by a service (and any pointer switch) must carry a valid signature of its role."""
+    if event is not None and event.actor.kind != "service" and event.type != "scope.activated":
+        return None  # producers and operators sign nothing (yet): their authority is NATS permissions
+    if event is None:
+        return None  # reported as undecodable already
+    role = "activator" if event.type == "scope.activated" else SERVICE_ROLE.get(event.actor.id, event.actor.id)
+    problem = keys.check(role, position.subject, payload, headers)
+    return Violation(position.seq, "unsigned_or_forged", f"{event.type} on {position.subject}: {problem}") if problem else None
+
+
+def with_violation(audit: Audit, violation: Violation | None) -> Audit:
+    return replace(audit, violations=audit.violations + (violation,)) if violation else audit
+
+
 def finish(audit: Audit) -> Audit:
     """Checks that need the whole log: lifecycle anomalies and releases left unfinished."""
     found = []

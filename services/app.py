@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from events.canonical import compact_bytes
-from events.signing import TrustRoot
+from events.signing import SigningKey, TrustRoot
 from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
 from projections.releases import ReleaseState
@@ -64,12 +64,13 @@ def _report_crash(task: asyncio.Task) -> None:
 
 
 class App:
-    def __init__(self, nc: Client, settings: Settings, trust_root: TrustRoot | None = None, clock: Clock = utc_clock) -> None:
+    def __init__(self, nc: Client, settings: Settings, trust_root: TrustRoot | None = None, clock: Clock = utc_clock,
+                 signer: SigningKey | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
-        self.log = EventLog(nc, self.js, self.subjects)
+        self.log = EventLog(nc, self.js, self.subjects, signer=signer)
         self.follower = Follower(self.js, self.subjects)
         self.deadletters = DeadLetters(self.js, self.subjects)
         self.trust_root = trust_root

@@ -10,7 +10,8 @@ from typing import Callable
 from events.codec import DecodeError, decode_event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
-from projections.invariants import Audit, audit_entry, finish
+from events.service_signing import ServiceKeys
+from projections.invariants import Audit, audit_entry, finish, signature_violation, with_violation
 from projections.position import Position
 from projections.world import World, apply
 from .reader import OrderedReader, RawEntry
@@ -23,8 +24,9 @@ def position_of(entry: RawEntry) -> Position:
                     entry.stored_at.isoformat() if entry.stored_at else None)
 
 
-async def replay(js, subjects: Subjects, progress: Progress | None = None, until: datetime | None = None) -> Audit:
-    """Read KX_RELEASES from sequence 1, checking every invariant on the way."""
+async def replay(js, subjects: Subjects, progress: Progress | None = None, until: datetime | None = None,
+                 service_keys: ServiceKeys | None = None) -> Audit:
+    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
     audit = Audit()
     reader = OrderedReader(js, subjects.releases_stream, subjects.log_subjects(), contiguous=True, batch=1024)
     try:
@@ -35,7 +37,10 @@ async def replay(js, subjects: Subjects, progress: Progress | None = None, until
                 event = decode_event(entry.data, entry.subject, subjects)
             except DecodeError:
                 event = None
-            audit = audit_entry(audit, position_of(entry), event, subjects)
+            position = position_of(entry)
+            if service_keys is not None:
+                audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
+            audit = audit_entry(audit, position, event, subjects)
             if progress is not None:
                 progress(audit.events + audit.undecodable, entry.pending)
     finally:

@@ -22,6 +22,8 @@ from nats.js.errors import APIError, NotFoundError
 from events.codec import encode_event, scope_tuple
 from events.ids import derived_event_id
 from events.model import Event
+from events.service_signing import signature_headers
+from events.signing import SigningKey
 from events.subjects import Subjects
 
 WRONG_LAST_SEQUENCE = 10071
@@ -46,11 +48,12 @@ class Entry:
 
 
 class EventLog:
-    def __init__(self, nc: Client, js: JetStreamContext, subjects: Subjects, timeout: float = 5.0) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, subjects: Subjects, timeout: float = 5.0, signer: SigningKey | None = None) -> None:
         self._nc = nc
         self._js = js
         self.subjects = subjects
         self._timeout = timeout
+        self._signer = signer  # a service signs every append (tamper evidence, events/service_signing.py)
 
     def subject_of(self, event: Event) -> str:
         return self.subjects.expected_subject(event.type, event.release_id, scope_tuple(event))
@@ -59,8 +62,10 @@ class EventLog:
         assert event.release_id
         return Entry(event, expected_seq, self.subjects.release_filter(event.release_id))
 
-    def _headers(self, entry: Entry) -> dict[str, str]:
+    def _headers(self, entry: Entry, subject: str, payload: bytes) -> dict[str, str]:
         headers = {"Nats-Msg-Id": entry.event.event_id}
+        if self._signer is not None:
+            headers.update(signature_headers(self._signer, subject, payload))
         if entry.expected_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
             if entry.expected_filter:
@@ -70,8 +75,9 @@ class EventLog:
     async def append(self, entry: Entry) -> int:
         """Append one event; returns its stream sequence (also when it was already stored)."""
         subject = self.subject_of(entry.event)
+        payload = encode_event(entry.event)
         try:
-            ack = await self._js.publish(subject, encode_event(entry.event), timeout=self._timeout, headers=self._headers(entry))
+            ack = await self._js.publish(subject, payload, timeout=self._timeout, headers=self._headers(entry, subject, payload))
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 stored = await self._stored_seq(subject, entry.event.event_id)
@@ -100,11 +106,11 @@ class EventLog:
         last = len(entries)
         try:
             for index, entry in enumerate(entries, 1):
-                headers = self._headers(entry)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(index)
                 subject = self.subject_of(entry.event)
                 payload = encode_event(entry.event)
+                headers = self._headers(entry, subject, payload)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(index)
                 if index < last:
                     await self._nc.publish(subject, payload, headers=headers)
                 else:

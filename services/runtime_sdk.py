@@ -22,6 +22,7 @@ from events.canonical import compact_bytes
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.codec import DecodeError, decode_event
 from events.model import PackRef, ScopeActivated
+from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
 from events.subjects import Subjects
 from .packstore import PackStore
@@ -53,6 +54,7 @@ class RuntimeClient:
         self, nc: Client, identity: Identity, trust_root: TrustRoot, *, prefix: str = "kx",
         sample: SampleFn | None = None, sample_interval: float = 1.0,
         on_switch: Callable[[PackRef], Awaitable[None]] | None = None,
+        service_keys: ServiceKeys | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
@@ -62,6 +64,7 @@ class RuntimeClient:
         self.sample = sample
         self.sample_interval = sample_interval
         self.on_switch = on_switch
+        self.service_keys = service_keys  # when set, only pointers signed by a trusted activator count
         self.cohort: str | None = None
         self.active: PackRef | None = None
         self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
@@ -118,6 +121,12 @@ class RuntimeClient:
         reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], deliver_last_per_subject=True)
         try:
             async for entry in reader.read(follow=True):
+                if self.service_keys is not None:
+                    problem = self.service_keys.check("activator", entry.subject, entry.data, entry.headers)
+                    if problem:
+                        self.history.append(("?", f"ignored pointer at seq {entry.seq}: {problem}"))
+                        log.warning("runtime %s: ignoring pointer at seq %d: %s", self.id.runtime_id, entry.seq, problem)
+                        continue
                 try:
                     event = decode_event(entry.data, entry.subject, self.subjects)
                 except DecodeError as exc:

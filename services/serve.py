@@ -8,10 +8,10 @@ import signal
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
-from events.signing import TrustRoot
+from events.signing import SigningKey, TrustRoot
 from .app import App, Clock, connect, utc_clock
 from .embedded import EmbeddedServer
-from .settings import ConfigError, Settings, load_trust_root
+from .settings import ConfigError, Settings, load_trust_root, service_signing_key
 
 log = logging.getLogger(__name__)
 NEEDS_TRUST_ROOT = {"verifier", "activator"}
@@ -33,12 +33,13 @@ async def nats_for(settings: Settings) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None, clock: Clock = utc_clock) -> AsyncIterator[App]:
+async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None, clock: Clock = utc_clock,
+                      signer: SigningKey | None = None) -> AsyncIterator[App]:
     try:
         nc = await connect(url, name=f"kxr-serve[{','.join(settings.roles)}]")
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {url}: {exc.__class__.__name__}: {exc}") from None
-    app = App(nc, settings, trust_root, clock)
+    app = App(nc, settings, trust_root, clock, signer)
     try:
         await app.start(settings.roles)
         yield app
@@ -56,6 +57,7 @@ def trust_root_for(settings: Settings) -> TrustRoot | None:
 async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
     """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised)."""
     trust_root = trust_root_for(settings)  # bad configuration fails before anything starts
+    signer = service_signing_key(settings)
     main = asyncio.current_task()
     assert main is not None
     stopping = False
@@ -70,7 +72,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         loop.add_signal_handler(sig, stop)
     try:
         async with nats_for(settings) as url:
-            async with running_app(settings, url, trust_root) as app:
+            async with running_app(settings, url, trust_root, signer=signer) as app:
                 if on_ready:
                     on_ready(url)
                 await app.wait()

@@ -22,6 +22,8 @@ class Settings:
     prefix: str = "kx"
     data_dir: Path = Path(".kx-data")
     trust_root_path: Path | None = None
+    service_key_path: Path | None = None  # this process's signing key (KX_SERVICE_KEY)
+    service_keys_path: Path | None = None  # public service keys and their roles (KX_SERVICE_KEYS)
     roles: tuple[str, ...] = ROLES
     verify_timeout_s: float = 30.0
     health_max_age_s: float = 7 * 24 * 3600
@@ -35,6 +37,8 @@ class Settings:
             "prefix": env.get("KX_PREFIX", "kx"),
             "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),
             "trust_root_path": Path(env["KX_TRUST_ROOT"]) if env.get("KX_TRUST_ROOT") else None,
+            "service_key_path": Path(env["KX_SERVICE_KEY"]) if env.get("KX_SERVICE_KEY") else None,
+            "service_keys_path": Path(env["KX_SERVICE_KEYS"]) if env.get("KX_SERVICE_KEYS") else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -61,3 +65,47 @@ def load_trust_root(path: Path | None) -> TrustRoot:
         return TrustRoot.from_document(loads_strict(raw, max_bytes=1024 * 1024))
     except (StrictJSONError, ValueError) as exc:
         raise ConfigError(f"trust root {path} is invalid: {exc}") from None
+
+
+def load_service_keys(path: Path | None):
+    """The public keys auditors and runtimes trust for each service role (None: not configured)."""
+    from events.service_signing import ServiceKeys
+
+    if path is None:
+        return None
+    try:
+        return ServiceKeys.from_document(loads_strict(path.read_bytes(), max_bytes=1024 * 1024))
+    except OSError as exc:
+        raise ConfigError(f"cannot read service keys {path}: {exc.strerror}") from None
+    except (StrictJSONError, ValueError) as exc:
+        raise ConfigError(f"service keys {path} are invalid: {exc}") from None
+
+
+def service_signing_key(settings: "Settings"):
+    """This process's signing key: KX_SERVICE_KEY, else one kept under KX_DATA_DIR (created once).
+
+    Beside a created key, `service-keys.json` lists its public half for every role, ready
+    to hand to auditors (KX_SERVICE_KEYS) and runtimes.
+    """
+    import json
+
+    from events.service_signing import ServiceKeys
+    from events.signing import SigningKey
+
+    path = settings.service_key_path or settings.data_dir / "service.key.json"
+    try:
+        if path.exists():
+            return SigningKey.from_file_dict(loads_strict(path.read_bytes()))
+        if settings.service_key_path is not None:
+            raise ConfigError(f"service key {path} does not exist (create it with: kxr keys generate {path})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = SigningKey.generate()
+        path.write_text(json.dumps(key.to_file_dict("kxr-serve"), indent=2) + "\n")
+        path.chmod(0o600)
+        public = path.parent / "service-keys.json"
+        public.write_text(json.dumps(ServiceKeys.of(key, list(ROLES)).to_document(), indent=2) + "\n")
+        return key
+    except (OSError, StrictJSONError, KeyError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"service key {path} is unusable: {exc}") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
+from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
 from .runtime_sdk import Identity, RuntimeClient
 
@@ -42,6 +43,7 @@ def sampler(behaviours: dict[str, Behaviour], seed: int):
 
 def simulated_runtime(
     nc: Client, identity: Identity, trust_root: TrustRoot, behaviours: dict[str, Behaviour], *,
-    prefix: str = "kx", interval: float = 0.25, seed: int = 0,
+    prefix: str = "kx", interval: float = 0.25, seed: int = 0, service_keys: ServiceKeys | None = None,
 ) -> RuntimeClient:
-    return RuntimeClient(nc, identity, trust_root, prefix=prefix, sample=sampler(behaviours, seed), sample_interval=interval)
+    return RuntimeClient(nc, identity, trust_root, prefix=prefix, sample=sampler(behaviours, seed), sample_interval=interval,
+                         service_keys=service_keys)

@@ -14,7 +14,8 @@ from projections.releases import ReleaseState
 from services.app import App, connect
 from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
 from services.runtime_sdk import Identity, RuntimeClient
-from services.settings import Settings
+from events.service_signing import ServiceKeys
+from services.settings import ROLES, Settings
 from services.tasks import cancel_and_wait
 from services.simulation import Behaviour, simulated_runtime
 
@@ -65,6 +66,7 @@ class Service:
     app: App
     key: SigningKey
     trust_root: TrustRoot
+    service_keys: ServiceKeys | None = None  # what runtimes and auditors trust for this service
     runtimes: list[RuntimeClient] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -85,7 +87,7 @@ class Service:
 
     async def runtime(self, tenant: str, behaviours: dict[str, Behaviour] | None = None, env: str = "prod", channel: str = "canary") -> RuntimeClient:
         rt = simulated_runtime(self.app.nc, Identity(env, channel, tenant, f"rt-{tenant}"), self.trust_root, behaviours or {},
-                               prefix=self.app.subjects.prefix, interval=0.1, seed=len(self.runtimes))
+                               prefix=self.app.subjects.prefix, interval=0.1, seed=len(self.runtimes), service_keys=self.service_keys)
         await rt.resolve_cohort()
         self.runtimes.append(rt)
         self.tasks.append(asyncio.create_task(rt.run()))
@@ -120,8 +122,9 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
     trust_root = trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
     settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s)
-    app = App(nc, settings, trust_root)
-    service = Service(app, key, trust_root)
+    service_key = SigningKey.generate()
+    app = App(nc, settings, trust_root, signer=service_key)
+    service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))
     try:
         await app.start(settings.roles if roles is None else roles)
         yield service

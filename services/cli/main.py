@@ -486,14 +486,21 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url:
 
 # ---- audit --------------------------------------------------------------------------------------
 @audit_app.command("replay")
-def audit_replay(as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
-    """Replay KX_RELEASES from sequence 1: rebuild every projection, check every invariant."""
+def audit_replay(
+    as_json: bool = typer.Option(False, "--json"),
+    service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Replay KX_RELEASES from sequence 1: rebuild every projection, check every invariant and signature."""
+    from services.settings import load_service_keys
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from services.audit import replay, summary
 
+    keys_path = service_keys or settings_from().service_keys_path
+    keys = load_service_keys(keys_path)
     started = time.perf_counter()
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
@@ -506,7 +513,7 @@ def audit_replay(as_json: bool = typer.Option(False, "--json"), nats_url: Option
 
         async def go():
             async with session(nats_url) as (_, js, log):
-                return await replay(js, log.subjects, progress)
+                return await replay(js, log.subjects, progress, service_keys=keys)
 
         audit = run_async(go())
     report = summary(audit)
@@ -519,6 +526,8 @@ def audit_replay(as_json: bool = typer.Option(False, "--json"), nats_url: Option
                       + ", ".join(f"{k} {v}" for k, v in report["releases"].items()))
         for v in audit.violations:
             console.print(v.line(), style="red", highlight=False, markup=False)
+        if keys is None:
+            console.print("signatures not checked: pass --service-keys or set KX_SERVICE_KEYS", style="yellow")
         if not audit.violations:
             console.print("no invariant violated", style="green")
     if audit.violations:

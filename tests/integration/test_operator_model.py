@@ -87,7 +87,7 @@ async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, p
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
         await svc.runtime("t-int-1")
-        rest_rt = await svc.runtime("tenant-42", {make_pack("1.2.0", svc.key).digest: Behaviour(error_rate=0.5)})
+        await svc.runtime("tenant-42", {make_pack("1.2.0", svc.key).digest: Behaviour(error_rate=0.5)})
         v1, v11, bad = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key), make_pack("1.2.0", svc.key)
         await svc.request("r1", v1, rollback={"strategy": "none"})
         await svc.wait_release("r1")
