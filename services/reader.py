@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator
 
-from nats.errors import ConnectionClosedError, TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,13 @@ class OrderedReader:
                 continue
             except ConnectionClosedError:
                 raise
+            except (NotFoundError, NoStreamResponseError, NoRespondersError):
+                if not follow:
+                    raise  # a one-off read of a stream that does not exist: say so, do not wait
+                log.warning("reader on %s: stream not available; retrying", self._stream)
+                self._sub = None
+                await asyncio.sleep(0.5)
+                continue
             except Exception as exc:  # server restart, consumer gone, ...: re-create where we were
                 log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc, self.next_seq)
                 self._sub = None

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from nats import errors as nats_errors
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
@@ -674,10 +676,14 @@ def run() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unforeseen: still one line
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except nats_errors.Error as exc:
+        if isinstance(exc, (NoStreamResponseError, NotFoundError, nats_errors.NoRespondersError)):
+            _one_line("kxr: error: the release log is not on this NATS server (start `kxr serve` once to create it)")
+        else:
+            _one_line(f"kxr: error: NATS: {exc.__class__.__name__}: {exc}")
+        sys.exit(2)
+    except Exception as exc:  # usage errors and anything unforeseen: still one line
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click's (typer's) usage errors
             _one_line(f"kxr: error: {exc.format_message()}")
             sys.exit(exc.exit_code)
         _one_line(f"kxr: error: unexpected {exc.__class__.__name__}: {exc}")

@@ -357,7 +357,6 @@ async def test_request_window_override_keeps_channel_thresholds(kx, rig):
     suffix, _ = await wait_until(verdict, 20, "a verdict on stage 1", lambda: describe_release(rig.js, kx, "r1"))
     prepared = await last_event(rig.js, kx.stream, f"{kx.prefix}.release.r1.prepared")
     thresholds = prepared["data"]["monitoring"]["thresholds"]
-    print("PREPARED", prepared["data"]["monitoring"], suffix)
     assert thresholds.get("error_rate_max") == CHANNEL["monitoring"]["thresholds"]["error_rate_max"], thresholds
     assert suffix == "monitoring_failed", f"a pack with 50% errors got {suffix}"
     assert_alive(serve)
