@@ -38,6 +38,10 @@ class Subjects:
     def packs_bucket(self) -> str:
         return f"{self.prefix}_packs"
 
+    @property
+    def snapshots_bucket(self) -> str:
+        return f"{self.prefix}_snapshots"
+
     # -- the release log --------------------------------------------------------------------
     def release(self, release_id: str, suffix: str) -> str:
         return f"{self.prefix}.release.{check_token(release_id, 'release_id')}.{check_token(suffix, 'event suffix')}"

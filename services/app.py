@@ -26,6 +26,7 @@ from .layout import LayoutSettings, ensure_layout
 from .log import Entry, EventLog
 from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from .settings import Settings
+from .snapshots import Snapshots
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class App:
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
         self.log = EventLog(nc, self.js, self.subjects, signer=signer)
-        self.follower = Follower(self.js, self.subjects)
+        self.snapshots = Snapshots(self.js, self.subjects)
+        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots)
         self.deadletters = DeadLetters(self.js, self.subjects)
         self.trust_root = trust_root
         self.clock = clock
@@ -141,6 +143,9 @@ class App:
         from .roles import build_roles
 
         await self.ensure_layout()
+        world = await self.snapshots.load()
+        if world is not None:  # snapshot + tail instead of the whole log
+            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots)
         self.spawn(self.follower.run(), "follower")
         await self.follower.catch_up()
         for runner in build_roles(self, roles):
@@ -155,4 +160,6 @@ class App:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self.follower.position:
+            await self.follower.save_snapshot()
         self._tasks.clear()

@@ -22,11 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None) -> None:
+    def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
+                 snapshot_every: int = 1000) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
         self.position = self.world.applied_seq
+        self._snapshots = snapshots
+        self._snapshot_every = snapshot_every
+        self._saved_at = self.position
+        self.started_from = self.position  # 0: a full replay; else the snapshot's sequence
         self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
         self._changed = asyncio.Condition()
         self._listeners: list[asyncio.Queue] = []
@@ -45,12 +50,24 @@ class Follower:
                 else:
                     self.world = apply(self.world, position, event)
                 self.position = entry.seq
+                if self._snapshots is not None and entry.pending == 0 and self.position - self._saved_at >= self._snapshot_every:
+                    await self.save_snapshot()
                 for queue in self._listeners:
                     queue.put_nowait((position, event))
                 async with self._changed:
                     self._changed.notify_all()
         finally:
             await reader.close()
+
+    async def save_snapshot(self) -> None:
+        """Persist the world with the sequence it has applied (caught up, so it is a whole state)."""
+        if self._snapshots is None or self.position == self._saved_at:
+            return
+        try:
+            await self._snapshots.save(self.world)
+            self._saved_at = self.position
+        except Exception as exc:  # a snapshot is an optimisation: never stop following for it
+            log.warning("snapshot at seq %d not saved: %s", self.position, exc)
 
     def listen(self) -> asyncio.Queue:
         """A queue of (Position, Event | None) for every entry applied from now on."""
