@@ -85,27 +85,36 @@ def service_signing_key(settings: "Settings"):
     """This process's signing key: KX_SERVICE_KEY, else one kept under KX_DATA_DIR (created once).
 
     Beside a created key, `service-keys.json` lists its public half for every role, ready
-    to hand to auditors (KX_SERVICE_KEYS) and runtimes.
+    to hand to auditors (KX_SERVICE_KEYS) and runtimes. Processes sharing a data directory
+    share the key: the first creates it (atomically), the others read it.
     """
     import json
+    import time
 
     from events.service_signing import ServiceKeys
     from events.signing import SigningKey
 
+    from .keyfiles import write_secret
+
     path = settings.service_key_path or settings.data_dir / "service.key.json"
-    try:
-        if path.exists():
-            return SigningKey.from_file_dict(loads_strict(path.read_bytes()))
-        if settings.service_key_path is not None:
-            raise ConfigError(f"service key {path} does not exist (create it with: kxr keys generate {path})")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.service_key_path is not None and not path.exists():
+        raise ConfigError(f"service key {path} does not exist (create it with: kxr keys generate {path})")
+    if not path.exists():
         key = SigningKey.generate()
-        path.write_text(json.dumps(key.to_file_dict("kxr-serve"), indent=2) + "\n")
-        path.chmod(0o600)
-        public = path.parent / "service-keys.json"
-        public.write_text(json.dumps(ServiceKeys.of(key, list(ROLES)).to_document(), indent=2) + "\n")
-        return key
-    except (OSError, StrictJSONError, KeyError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"service key {path} is unusable: {exc}") from None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_secret(path, json.dumps(key.to_file_dict("kxr-serve"), indent=2) + "\n")
+            (path.parent / "service-keys.json").write_text(json.dumps(ServiceKeys.of(key, list(ROLES)).to_document(), indent=2) + "\n")
+            return key
+        except FileExistsError:
+            pass  # another process sharing the data directory created it first: read theirs
+        except OSError as exc:
+            raise ConfigError(f"cannot create service key {path}: {exc.strerror}") from None
+    for _ in range(50):  # the creator may still be writing it
+        try:
+            return SigningKey.from_file_dict(loads_strict(path.read_bytes()))
+        except (StrictJSONError, KeyError, ValueError):
+            time.sleep(0.02)
+        except OSError as exc:
+            raise ConfigError(f"cannot read service key {path}: {exc.strerror}") from None
+    raise ConfigError(f"service key {path} is unusable (not a key file)")

@@ -87,11 +87,15 @@ def keys_generate(
     threshold: Optional[int] = typer.Option(None, "--threshold", help="set the trust root's threshold"),
 ) -> None:
     """Generate an Ed25519 signing key."""
+    from services.keyfiles import write_secret
+
     key = SigningKey.generate()
-    if out.exists():
+    try:
+        write_secret(out, json.dumps(key.to_file_dict(name), indent=2) + "\n")
+    except FileExistsError:
         fail(f"{out} exists; refusing to overwrite a key")
-    out.write_text(json.dumps(key.to_file_dict(name), indent=2) + "\n")
-    out.chmod(0o600)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror}")
     if trust_root is not None:
         doc = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
         doc.setdefault("keys", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name}
@@ -566,6 +570,50 @@ def audit_release(
     else:
         console.print(timeline_table(record))
         console.print(gates_table(record))
+
+
+@audit_app.command("export")
+def audit_export(
+    release_id: str = typer.Argument(...),
+    key: list[Path] = typer.Option(..., "--key", help="signing key(s) of the exporter"),
+    out: Path = typer.Option(..., "--out", help="where to write the bundle (JSON)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
+    from events.bundle import make_bundle
+
+    from .queries import load_evidence
+
+    check_token(release_id, "release id")
+    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_evidence(js, log.subjects, release_id)
+
+    record = run_async(go())
+    if not record.timeline:
+        fail(f"no release {release_id} in the log")
+    out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
+    console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False),
+    trusted: Path = typer.Option(..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"),
+) -> None:
+    """Verify an evidence bundle offline: signatures, statement, subject = the pack's digest."""
+    from events.bundle import BundleError, verify_bundle
+    from services.settings import load_trust_root
+
+    try:
+        stmt = verify_bundle(bundle.read_bytes(), load_trust_root(trusted))
+    except BundleError as exc:
+        fail(f"{bundle}: {exc}")
+    record = stmt["predicate"]
+    console.print(f"valid: release {record.get('release_id')} of {stmt['subject'][0]['name']} sha256:{stmt['subject'][0]['digest']['sha256'][:16]}…, "
+                  f"outcome {record.get('outcome', {}).get('outcome', 'in flight')}, {len(record.get('timeline', []))} events")
 
 
 @audit_app.command("at")
