@@ -572,6 +572,14 @@ def audit_release(
         console.print(gates_table(record))
 
 
+@audit_app.command("schema")
+def audit_schema() -> None:
+    """The JSON Schema of `kxr audit release ID --json` (also in docs/schemas/)."""
+    from projections.evidence_schema import schema_text
+
+    sys.stdout.write(schema_text())
+
+
 @audit_app.command("export")
 def audit_export(
     release_id: str = typer.Argument(...),
