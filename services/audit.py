@@ -7,63 +7,32 @@ import json
 from datetime import datetime
 from typing import Callable
 
-from events.codec import DecodeError, decode_event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
 from events.service_signing import ServiceKeys
 from projections.invariants import Audit, audit_entry, finish, signature_violation, with_violation
-from projections.position import Position
-from projections.world import World, apply
-from .reader import OrderedReader, RawEntry
+from projections.world import World
+from .log_reads import load_world, log_entries
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
-
-
-def position_of(entry: RawEntry) -> Position:
-    return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
-                    entry.stored_at.isoformat() if entry.stored_at else None)
 
 
 async def replay(js, subjects: Subjects, progress: Progress | None = None, until: datetime | None = None,
                  service_keys: ServiceKeys | None = None) -> Audit:
     """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
     audit = Audit()
-    reader = OrderedReader(js, subjects.releases_stream, subjects.log_subjects(), contiguous=True, batch=1024)
-    try:
-        async for entry in reader.read(follow=False, idle_timeout=0.5):
-            if until is not None and entry.stored_at is not None and entry.stored_at > until:
-                break
-            try:
-                event = decode_event(entry.data, entry.subject, subjects)
-            except DecodeError:
-                event = None
-            position = position_of(entry)
-            if service_keys is not None:
-                audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
-            audit = audit_entry(audit, position, event, subjects)
-            if progress is not None:
-                progress(audit.events + audit.undecodable, entry.pending)
-    finally:
-        await reader.close()
+    async for entry, position, event in log_entries(js, subjects, until=until):
+        if service_keys is not None:
+            audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
+        audit = audit_entry(audit, position, event, subjects)
+        if progress is not None:
+            progress(audit.events + audit.undecodable, entry.pending)
     return finish(audit)
 
 
 async def world_at(js, subjects: Subjects, at: datetime) -> World:
     """What the log said at `at` (server time of each append), from the log alone."""
-    world = World()
-    reader = OrderedReader(js, subjects.releases_stream, subjects.log_subjects(), contiguous=True, batch=1024)
-    try:
-        async for entry in reader.read(follow=False, idle_timeout=0.5):
-            if entry.stored_at is not None and entry.stored_at > at:
-                break
-            try:
-                event = decode_event(entry.data, entry.subject, subjects)
-            except DecodeError:
-                continue
-            world = apply(world, position_of(entry), event)
-    finally:
-        await reader.close()
-    return world
+    return await load_world(js, subjects, until=at)
 
 
 def summary(audit: Audit) -> dict:

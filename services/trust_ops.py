@@ -7,28 +7,17 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from events.codec import DecodeError, decode_event, make_event
+from events.codec import make_event
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from events.trust import TrustChain, follow_chain, sign_root, verify_rotation
 from .log import Entry, EventLog
-from .reader import OrderedReader
+from .log_reads import log_entries
 
 
 async def logged_rotations(js: JetStreamContext, subjects: Subjects) -> list[tuple[int, Any]]:
-    reader = OrderedReader(js, subjects.releases_stream, [subjects.trust_rotated()])
-    out = []
-    try:
-        async for entry in reader.read(follow=False, idle_timeout=0.25):
-            try:
-                event = decode_event(entry.data, entry.subject, subjects)
-            except DecodeError:
-                continue
-            out.append((entry.seq, event.data.root))  # type: ignore[attr-defined]
-    finally:
-        await reader.close()
-    return out
+    return [(p.seq, e.data.root) async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()]) if e is not None]  # type: ignore[attr-defined]
 
 
 async def current_chain(js: JetStreamContext, subjects: Subjects, anchor: TrustRoot) -> TrustChain:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from events.canonical import StrictJSONError, loads_strict
+from events.model import Actor
 from events.subjects import Subjects
 from services.app import connect
 from services.log import EventLog
@@ -20,6 +22,28 @@ from services.settings import ConfigError, Settings
 
 console = Console()
 err_console = Console(stderr=True)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust root.")
+pack_app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
+release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
+channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
+audit_app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from the log alone.")
+trust_app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(pack_app, name="pack")
+app.add_typer(release_app, name="release")
+app.add_typer(channel_app, name="channel")
+app.add_typer(trust_app, name="trust")
+app.add_typer(audit_app, name="audit")
+
+NatsUrl = typer.Option(None, "--nats-url", help="NATS server URL (default: $KX_NATS_URL)")
+Rationale = typer.Option(..., "--rationale", "-m", help="why: recorded with the decision")
+TrustRootOpt = typer.Option(None, "--trust-root", help="the anchor trust root (default: $KX_TRUST_ROOT)")
+
+
+def operator_actor() -> Actor:
+    return Actor(kind="operator", id=os.environ.get("KX_ACTOR") or os.environ.get("USER") or "operator")
 
 
 class CliError(Exception):

@@ -17,11 +17,12 @@ import pytest
 
 from events.channel import ChannelConfig
 from events.subjects import Subjects
-from services.cli.queries import load_world
+from services.log_reads import load_world
 from services.embedded import free_port
 from services.log import EventLog
 from services.producer import configure_channel, push_pack, request_release
 from services.runtime_sdk import Identity, RuntimeClient
+from services.tasks import cancel_and_wait
 from services.simulation import simulated_runtime
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for
 
@@ -73,9 +74,7 @@ class Rig:
         return await last_msg(self.js, self.subjects.releases_stream, self.pointer_subject(cohort))
 
     async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from events.subjects import Subjects
 from projections.invariants import Audit
 from services.app import connect
 from services.audit import render_html, replay, summary, world_at
-from services.cli.queries import load_evidence
+from services.log_reads import load_evidence
 from services.layout import ensure_layout
 from services.log import Entry, EventLog
 from tests.harness import Behaviour, make_pack, request_data, running_service

@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 
 from events.manifest import MANIFEST_MAX_BYTES
-from services.cli.queries import load_evidence
+from services.log_reads import load_evidence
 from services.producer import request_release
 from services.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR
 from tests.harness import PRODUCER, make_pack, request_data, wait_for

@@ -1,0 +1,244 @@
+"""`kxr` for auditors: replay, evidence records, time travel, bundles, the trust root."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from events.signing import SigningKey
+from events.tokens import check_token
+from .common import (
+    NatsUrl, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
+    print_json, read_json_file, run_async, scope_arg, session, settings_from, trust_app,
+)
+
+
+# ---- audit --------------------------------------------------------------------------------------
+@audit_app.command("replay")
+def audit_replay(
+    as_json: bool = typer.Option(False, "--json"),
+    service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Replay KX_RELEASES from sequence 1: rebuild every projection, check every invariant and signature."""
+    from services.settings import load_service_keys
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.audit import replay, summary
+
+    keys_path = service_keys or settings_from().service_keys_path
+    keys = load_service_keys(keys_path)
+    started = time.perf_counter()
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("replay", total=None, rate="")
+
+        def progress(done: int, left: int) -> None:
+            if done % 500 == 0 or left == 0:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=done + left, rate=f"{rate:,.0f} events/s")
+
+        async def go():
+            async with session(nats_url) as (_, js, log):
+                return await replay(js, log.subjects, progress, service_keys=keys)
+
+        audit = run_async(go())
+    report = summary(audit)
+    if as_json:
+        print_json(report)
+    else:
+        elapsed = time.perf_counter() - started
+        console.print(f"replayed {report['events']} events (log seq {report['log_seq']}) in {elapsed:.2f}s "
+                      f"({report['events'] / max(elapsed, 1e-9):,.0f} events/s); releases: "
+                      + ", ".join(f"{k} {v}" for k, v in report["releases"].items()))
+        for v in audit.violations:
+            console.print(v.line(), style="red", highlight=False, markup=False)
+        if keys is None:
+            console.print("signatures not checked: pass --service-keys or set KX_SERVICE_KEYS", style="yellow")
+        if not audit.violations:
+            console.print("no invariant violated", style="green")
+    if audit.violations:
+        raise typer.Exit(1)
+
+
+@audit_app.command("release")
+def audit_release(
+    release_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """The evidence record of one release (seed terms)."""
+    from services.audit import render_html
+
+    from services.log_reads import load_evidence
+    from .views import gates_table, timeline_table
+
+    check_token(release_id, "release id")
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_evidence(js, log.subjects, release_id)
+
+    record = run_async(go())
+    if not record.timeline:
+        fail(f"no release {release_id} in the log")
+    if html_file is not None:
+        html_file.write_text(render_html(record))
+        console.print(f"evidence record of {release_id} written to {html_file}")
+    elif as_json:
+        print_json(record.to_json())
+    else:
+        console.print(timeline_table(record))
+        console.print(gates_table(record))
+        outcome = record.outcome.get("outcome", "in flight")
+        console.print(f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}")
+
+
+@audit_app.command("schema")
+def audit_schema() -> None:
+    """The JSON Schema of `kxr audit release ID --json` (also in docs/schemas/)."""
+    from projections.evidence_schema import schema_text
+
+    sys.stdout.write(schema_text())
+
+
+@audit_app.command("export")
+def audit_export(
+    release_id: str = typer.Argument(...),
+    key: list[Path] = typer.Option(..., "--key", help="signing key(s) of the exporter"),
+    out: Path = typer.Option(..., "--out", help="where to write the bundle (JSON)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
+    from events.bundle import make_bundle
+
+    from services.log_reads import load_evidence
+
+    check_token(release_id, "release id")
+    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_evidence(js, log.subjects, release_id)
+
+    record = run_async(go())
+    if not record.timeline:
+        fail(f"no release {release_id} in the log")
+    out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
+    console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False),
+    trusted: Path = typer.Option(..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"),
+) -> None:
+    """Verify an evidence bundle offline: signatures, statement, subject = the pack's digest."""
+    from events.bundle import BundleError, verify_bundle
+    from services.settings import load_trust_root
+
+    try:
+        stmt = verify_bundle(bundle.read_bytes(), load_trust_root(trusted))
+    except BundleError as exc:
+        fail(f"{bundle}: {exc}")
+    record = stmt["predicate"]
+    console.print(f"valid: release {record.get('release_id')} of {stmt['subject'][0]['name']} sha256:{stmt['subject'][0]['digest']['sha256'][:16]}…, "
+                  f"outcome {record.get('outcome', {}).get('outcome', 'in flight')}, {len(record.get('timeline', []))} events")
+
+
+@audit_app.command("at")
+def audit_at(
+    time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL[/COHORT]"),
+    as_json: bool = typer.Option(False, "--json"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """What was active where at that moment, from the log alone."""
+    from services.audit import world_at
+
+    from .views import scope_rows, table
+
+    try:
+        at = datetime.fromisoformat(time_.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{time_!r} is not an RFC 3339 time")
+    if at.tzinfo is None:
+        fail("TIME needs a timezone (e.g. a trailing Z)")
+    prefix = "/".join(scope_arg(scope)) if scope else ""
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await world_at(js, log.subjects, at)
+
+    rows = [r for r in scope_rows(run_async(go())) if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix]
+    if as_json:
+        print_json({"at": at.isoformat(), "scopes": rows})
+    else:
+        console.print(table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"]))
+
+
+@trust_app.command("show")
+def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
+    """The root in force, with every rotation accepted or refused."""
+    from rich.table import Table
+
+    from services.settings import load_trust_root
+    from services.trust_ops import current_chain
+
+    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await current_chain(js, log.subjects, anchor)
+
+    chain = run_async(go())
+    root = chain.current
+    if as_json:
+        print_json({"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
+                    "accepted_rotations": list(chain.accepted),
+                    "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]})
+        return
+    t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
+    for c in ("keyid", "name"):
+        t.add_column(c)
+    for k in root.keys:
+        t.add_row(k.keyid, k.name)
+    console.print(t)
+    for seq, code, message in chain.refused:
+        console.print(f"refused rotation at log seq {seq}: {code}: {message}", style="red")
+
+
+@trust_app.command("rotate")
+def trust_rotate(
+    new_root: Path = typer.Argument(..., exists=True, dir_okay=False, help="the new root: {version, threshold, keys}"),
+    key: list[Path] = typer.Option(..., "--key", help="signing keys: a threshold of the current root's AND of the new root's"),
+    rationale: str = typer.Option(..., "--rationale"),
+    trust_root: Optional[Path] = TrustRootOpt,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
+    from events.trust import RotationError
+    from services.settings import load_trust_root
+    from services.trust_ops import rotate
+
+    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
+    doc = read_json_file(new_root, "new trust root")
+    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await rotate(log, js, anchor, doc, keys, operator_actor(), rationale)
+
+    try:
+        seq, new = run_async(go())
+    except RotationError as exc:
+        fail(f"rotation refused: {exc.code}: {exc}")
+    console.print(f"trust root v{new.version} in force (log seq {seq}), threshold {new.threshold}, {len(new.keys)} key(s)")

@@ -1,0 +1,247 @@
+"""`kxr` for operators: release decisions, pins, status, channels."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from events.tokens import check_token
+from services.log import AppendConflict, Entry
+from .common import (
+    NatsUrl, Rationale, app, channel_app, console, err_console, fail, operator_actor,
+    print_json, read_config_file, release_app, run_async, scope_arg, session,
+)
+
+
+@release_app.command("show")
+def release_show(
+    release_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """A release's timeline and evidence record (the same as `kxr audit release`)."""
+    from .audit_cmds import audit_release
+
+    audit_release(release_id, as_json, None, nats_url)
+
+
+def _operator_action(nats_url: Optional[str], build) -> int:
+    """Rebuild the world, let `build(world, now, subjects)` decide the event, append it with its CAS."""
+    from services.operator import OperatorError
+
+    from services.log_reads import load_world
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            world = await load_world(js, log.subjects)
+            try:
+                action = build(world, datetime.now(timezone.utc), log.subjects)
+            except OperatorError as exc:
+                fail(str(exc))
+            event, expected, expected_filter = action
+            try:
+                return await log.append(Entry(event, expected, expected_filter))
+            except AppendConflict:
+                fail("the log moved while this action was decided; look again (kxr status) and retry")
+        return 0
+
+    return run_async(go())
+
+
+def _release_action(release_id: str, nats_url: Optional[str], make) -> None:
+    from services import operator as ops
+
+    check_token(release_id, "release id")
+
+    def build_release(world, now, subjects):
+        action = make(ops, world, now)
+        return action.event, action.expected_seq, subjects.release_filter(release_id)
+
+    seq = _operator_action(nats_url, build_release)
+    console.print(f"recorded (log seq {seq}); follow with: kxr release show {release_id}")
+
+
+@release_app.command("pause")
+def release_pause(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Stop automatic progression (no new stage, no promotion); rollbacks still happen."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.pause(w, release_id, rationale, operator_actor(), now))
+
+
+@release_app.command("resume")
+def release_resume(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Let a paused release continue."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.resume(w, release_id, rationale, operator_actor(), now))
+
+
+@release_app.command("abort")
+def release_abort(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Stop the release; every cohort it activated returns to its rollback target."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.abort(w, release_id, rationale, operator_actor(), now))
+
+
+@release_app.command("promote")
+def release_promote(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Pass a held (inconclusive) window on your word; recorded as an operator override."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.promote(w, release_id, rationale, operator_actor(), now))
+
+
+@release_app.command("extend")
+def release_extend(release_id: str, window: int = typer.Option(..., "--window", help="seconds"), rationale: str = Rationale,
+                   nats_url: Optional[str] = NatsUrl) -> None:
+    """Open a new monitoring window for a held stage."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now))
+
+
+@release_app.command("rollback")
+def release_rollback(release_id: str, reason: str = typer.Option(..., "--reason"),
+                     trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
+                     nats_url: Optional[str] = NatsUrl) -> None:
+    """Roll every cohort of the release back to its pin or last-known-good, in one atomic switch."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now))
+
+
+@release_app.command("annotate")
+def release_annotate(release_id: str, note: str = typer.Option("", "--note", "-m"), incident: Optional[str] = typer.Option(None, "--incident", help="incident or postmortem URL"),
+                     nats_url: Optional[str] = NatsUrl) -> None:
+    """Attach a note or an incident/postmortem link to the release's record."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.annotate(w, release_id, note, incident, operator_actor(), now))
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """RFC 3339 (`2026-12-01T00:00:00Z`) or a duration from now (`90m`, `12h`, `7d`)."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return now + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--until {text!r} is neither RFC 3339 nor a duration like 12h or 7d")
+    if at.tzinfo is None:
+        fail("--until needs a timezone (e.g. a trailing Z)")
+    return at
+
+
+def _scopes_of(world, parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    env, channel = parts[0], parts[1]
+    if len(parts) == 3:
+        return [(env, channel, parts[2])]
+    return [(env, channel, c) for c in world.channel_config(env, channel).cohort_names]
+
+
+@app.command()
+def pin(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL[/COHORT] (a channel pins every cohort)"),
+    version: str = typer.Option(..., "--version"),
+    until: str = typer.Option(..., "--until", help="RFC 3339 or a duration (12h, 7d); at most the channel's max_pin_days"),
+    rationale: str = Rationale,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Hold a scope on a pack until a time; a pack other than the active one is re-verified and switched atomically."""
+    from events.model import Scope
+    from services.pinner import pin as pin_action
+
+    parts = scope_arg(scope)
+    for env, channel, cohort in _pinned_targets(parts, nats_url):
+        def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
+            event, expected = pin_action(world, Scope(env=env, channel=channel, cohort=cohort), version, parse_until(until, now), rationale, operator_actor(), now)
+            return event, expected, subjects.scope_filter(env, channel, cohort)
+
+        seq = _operator_action(nats_url, build)
+        console.print(f"{env}/{channel}/{cohort} pinned to {version} (log seq {seq})")
+
+
+@app.command()
+def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Lift a pin (the scope stays on its pack until the next release)."""
+    from events.model import Scope
+    from services.pinner import unpin as unpin_action
+
+    for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
+        def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
+            event, expected = unpin_action(world, Scope(env=env, channel=channel, cohort=cohort), rationale, operator_actor(), now)
+            return event, expected, subjects.scope_filter(env, channel, cohort)
+
+        seq = _operator_action(nats_url, build)
+        console.print(f"{env}/{channel}/{cohort} unpinned (log seq {seq})")
+
+
+def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tuple[str, str, str]]:
+    if len(parts) == 3:
+        return [parts]  # type: ignore[list-item]
+    from services.log_reads import load_world
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects)
+
+    return _scopes_of(run_async(go()), parts)
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json"),
+    all_releases: bool = typer.Option(False, "--all", help="list closed releases too"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Active pack per scope, and releases in flight with their stage."""
+    from services.log_reads import load_world
+    from .views import release_rows, scope_rows, status_tables
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects)
+
+    world = run_async(go())
+    if as_json:
+        print_json({"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq})
+        return
+    for t in status_tables(world, all_releases):
+        console.print(t)
+
+
+# ---- channels -----------------------------------------------------------------------------------
+@channel_app.command("set")
+def channel_set(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL"),
+    file: Path = typer.Option(..., "--file", exists=True, dir_okay=False, help="TOML or JSON (CONTRACT §7)"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Configure a channel; every problem with the file is listed."""
+    from services.producer import configure_channel, parse_channel_config
+
+    env, channel = scope_arg(scope, allow_cohort=False)
+    try:
+        cfg = parse_channel_config(read_config_file(file, "channel config"), channel)
+    except ValueError as exc:
+        problems = str(exc).splitlines()
+        for p in problems[1:]:
+            err_console.print(f"  - {p}")
+        fail(f"{file}: {problems[0]}" + (f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""))
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            return await configure_channel(log, js, env, channel, cfg, operator_actor())
+
+    seq = run_async(go())
+    console.print(f"channel {env}/{channel} configured (log seq {seq}): cohorts {', '.join(cfg.cohort_names)}")
+
+
+@channel_app.command("show")
+def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url: Optional[str] = NatsUrl) -> None:
+    """The channel's current configuration (JSON)."""
+    from services.log_reads import load_world
+
+    env, channel = scope_arg(scope, allow_cohort=False)
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects)
+
+    state = run_async(go()).channel_state(env, channel)
+    if state is None:
+        fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
+    print_json({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
+                "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})

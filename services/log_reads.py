@@ -1,0 +1,50 @@
+"""One-off reads of the release log: entries in order, decoded, with their positions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import AsyncIterator
+
+from events.codec import DecodeError, decode_event
+from events.model import Event
+from events.subjects import Subjects
+from projections.evidence import EvidenceRecord, evidence_of
+from projections.position import Position
+from projections.world import World, apply
+from .reader import OrderedReader, RawEntry
+
+
+def position_of(entry: RawEntry) -> Position:
+    return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
+                    entry.stored_at.isoformat() if entry.stored_at else None)
+
+
+async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
+                      idle_timeout: float = 0.5) -> AsyncIterator[tuple[RawEntry, Position, Event | None]]:
+    """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
+    whole_log = filters is None
+    reader = OrderedReader(js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024)
+    try:
+        async for entry in reader.read(follow=False, idle_timeout=idle_timeout):
+            if until is not None and entry.stored_at is not None and entry.stored_at > until:
+                return
+            try:
+                event = decode_event(entry.data, entry.subject, subjects)
+            except DecodeError:
+                event = None
+            yield entry, position_of(entry), event
+    finally:
+        await reader.close()
+
+
+async def load_world(js, subjects: Subjects, until: datetime | None = None) -> World:
+    world = World()
+    async for _, position, event in log_entries(js, subjects, until=until):
+        if event is not None:
+            world = apply(world, position, event)
+    return world
+
+
+async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceRecord:
+    entries = [(p, e) async for _, p, e in log_entries(js, subjects, [subjects.release_filter(release_id)]) if e is not None]
+    return evidence_of(release_id, entries)
