@@ -20,7 +20,7 @@ from events.signing import SigningKey, TrustRoot
 from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
 from projections.releases import ReleaseState
-from .deadletter import DeadLetters
+from .deadletter import DeadLetters, watch_max_deliveries
 from .follower import Follower
 from .layout import LayoutSettings, ensure_layout
 from .log import Entry, EventLog
@@ -37,10 +37,12 @@ def utc_clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
-async def connect(url: str, name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
+async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
     """Connect; a first connection that fails raises with the reason (after a few tries).
 
-    Once connected, a service reconnects forever: a NATS restart must not stop it.
+    `url` may list a cluster's servers, comma-separated (KX_NATS_URL=nats://a:4222,nats://b:4222):
+    the client starts with any of them and fails over to the others. Once connected, a
+    service reconnects forever: a NATS restart must not stop it.
     """
 
     connected = False
@@ -49,8 +51,9 @@ async def connect(url: str, name: str = "kxr", *, reconnect_forever: bool = True
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
+    servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
+        servers if len(servers) > 1 else url, name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
         error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
     )
     connected = True
@@ -98,7 +101,8 @@ class App:
         return Ctx(now=self.clock(), service=service)
 
     async def ensure_layout(self) -> None:
-        await ensure_layout(self.js, self.subjects, LayoutSettings(health_max_age_s=self.settings.health_max_age_s))
+        await ensure_layout(self.js, self.subjects, LayoutSettings(health_max_age_s=self.settings.health_max_age_s,
+                                                                   replicas=self.settings.replicas))
 
     # -- performing decisions -----------------------------------------------------------------
     async def emit(self, outputs: list[Output], release: ReleaseState | None) -> None:
@@ -147,6 +151,7 @@ class App:
         if world is not None:  # snapshot + tail instead of the whole log
             self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots)
         self.spawn(self.follower.run(), "follower")
+        self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         await self.follower.catch_up()
         for runner in build_roles(self, roles):
             self.spawn(runner, getattr(runner, "__qualname__", "role"))

@@ -7,6 +7,7 @@ consumer that gave up and the reason. `kxr deadletter list|show` reads them.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -44,3 +45,37 @@ class DeadLetters:
             compact_bytes(record),
             headers={"Nats-Msg-Id": f"{consumer}:{stream}:{seq}"},
         )
+
+
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, deadletters: DeadLetters) -> None:
+    """Dead-letter what JetStream gave up on: a message delivered max_deliver times, never acked.
+
+    A worker dead-letters a message that keeps failing on its own last attempt; this catches
+    the ones whose handler never got that far (the process died each time), from the
+    server's own max-deliver advisory.
+    """
+    import asyncio
+
+    queue: asyncio.Queue = asyncio.Queue()
+    subs = [await nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", cb=queue.put)
+            for stream in (subjects.releases_stream, subjects.timers_stream)]
+    try:
+        while True:
+            msg = await queue.get()
+            try:
+                advisory = json.loads(msg.data)
+                stream, consumer, seq = advisory["stream"], advisory["consumer"], int(advisory["stream_seq"])
+                original = await js.get_msg(stream, seq)
+                await deadletters.record(
+                    consumer, stream, seq, original.subject or "", original.data or b"",
+                    f"JetStream gave up after {advisory.get('deliveries')} deliveries without an ack (max-deliver advisory)",
+                    int(advisory.get("deliveries") or 0),
+                )
+            except Exception as exc:  # an advisory we cannot act on is logged, never fatal
+                log.warning("max-deliver advisory not recorded: %s", exc)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()

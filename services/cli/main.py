@@ -16,7 +16,7 @@ from services.embedded import ServerError
 from services.layout import LayoutError
 from services.log import AppendConflict, AppendFailed
 from services.settings import ConfigError, parse_roles
-from . import audit_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
+from . import audit_cmds, deadletter_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
 from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
 
 

@@ -58,3 +58,22 @@ async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     (kx.workdir / "forged.json").write_text(json.dumps(bundle))
     assert_one_line_error(await kx.arun("audit", "verify", "forged.json", "--trusted", "auditors.json"), "0 of 1")
     assert json.loads(ok(await kx.arun("trust", "show", "--json")))["version"] == 1
+
+
+async def test_deadletter_commands_list_and_show_poison(kx, rig):  # noqa: F811
+    await start_world(kx, rig)
+    await rig.js.publish(rig.subjects.release("x1", "verified"), b"{ not json")
+
+    async def listed():
+        result = await kx.arun("deadletter", "list", "--json")
+        rows = json.loads(ok(result))
+        return rows if any(r["subject"] == rig.subjects.release("x1", "verified") for r in rows) else None
+
+    from tests.e2e.support import wait_until
+
+    rows = await wait_until(listed, 15, "the poison message to be dead-lettered")
+    row = next(r for r in rows if r["subject"] == rig.subjects.release("x1", "verified"))
+    assert "malformed JSON" in row["reason"]
+    shown = json.loads(ok(await kx.arun("deadletter", "show", str(row["id"]))))
+    assert shown["data_text"] == "{ not json"
+    assert_one_line_error(await kx.arun("deadletter", "show", "999999"), "no dead letter")
