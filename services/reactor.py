@@ -41,7 +41,7 @@ class ReleaseReactor:
     def runners(self) -> list:
         worker = Worker(
             self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", [f"{self.app.subjects.prefix}.release.*.*"],
-            self.handle, self.app.deadletters,
+            self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s,
         )
         return [worker.run(), self.reconcile()]
 

@@ -27,6 +27,8 @@ class Settings:
     roles: tuple[str, ...] = ROLES
     verify_timeout_s: float = 30.0
     health_max_age_s: float = 7 * 24 * 3600
+    replicas: int = 1  # JetStream replicas of every stream and bucket created (KX_REPLICAS; 3 on a cluster)
+    ack_wait_s: float = 30.0  # how long a fetched message may stay unacked before redelivery (KX_ACK_WAIT)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -39,9 +41,32 @@ class Settings:
             "trust_root_path": Path(env["KX_TRUST_ROOT"]) if env.get("KX_TRUST_ROOT") else None,
             "service_key_path": Path(env["KX_SERVICE_KEY"]) if env.get("KX_SERVICE_KEY") else None,
             "service_keys_path": Path(env["KX_SERVICE_KEYS"]) if env.get("KX_SERVICE_KEYS") else None,
+            "replicas": parse_replicas(env.get("KX_REPLICAS") or "1"),
+            "ack_wait_s": parse_seconds("KX_ACK_WAIT", env.get("KX_ACK_WAIT") or "30"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def parse_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise ConfigError(f"{name} must be a number of seconds from 0.1 to 3600, not {raw!r}")
+    return value
+
+
+def parse_replicas(raw: str) -> int:
+    """KX_REPLICAS: how many copies JetStream keeps of each stream (1..5, JetStream's own limit)."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 5:
+        raise ConfigError(f"KX_REPLICAS must be an integer from 1 to 5 (3 on a 3-node cluster), not {raw!r}")
+    return value
 
 
 def parse_roles(only: str | None) -> tuple[str, ...]:

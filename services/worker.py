@@ -89,6 +89,8 @@ class Worker:
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata
+        if meta.num_delivered > 1:
+            log.info("redelivery: %s seq %d, delivery %d", self.durable, meta.sequence.stream, meta.num_delivered)
         try:
             await self._handler(msg)
         except Poison as exc:
