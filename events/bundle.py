@@ -64,7 +64,7 @@ def verify_bundle(raw: bytes, trusted: TrustRoot) -> dict[str, Any]:
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
         sigs = [(str(s["keyid"]), b64decode_strict(s["sig"])) for s in envelope.get("signatures", [])]
-    except (binascii.Error, KeyError, TypeError, ValueError) as exc:
+    except (binascii.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"malformed envelope: {exc}") from None
     valid = trusted.count_valid(pae(PAYLOAD_TYPE, payload), sigs)
     if len(valid) < trusted.threshold:
@@ -73,10 +73,14 @@ def verify_bundle(raw: bytes, trusted: TrustRoot) -> dict[str, Any]:
         stmt = loads_strict(payload, allow_floats=True)
     except StrictJSONError as exc:
         raise BundleError(f"signed payload is not JSON: {exc}") from None
-    if stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PREDICATE_TYPE:
+    if not isinstance(stmt, dict) or stmt.get("_type") != STATEMENT_TYPE or stmt.get("predicateType") != PREDICATE_TYPE:
         raise BundleError("the payload is not an evidence-record statement")
-    subject_digest = stmt["subject"][0]["digest"]["sha256"]
-    if "sha256:" + subject_digest != stmt["predicate"].get("pack", {}).get("digest"):
+    try:
+        subject_digest = stmt["subject"][0]["digest"]["sha256"]
+        record_digest = stmt["predicate"]["pack"]["digest"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BundleError(f"the statement lacks a subject or a record pack: {exc!r}") from None
+    if not isinstance(subject_digest, str) or "sha256:" + subject_digest != record_digest:
         raise BundleError("the subject digest is not the record's pack digest")
     return stmt
 

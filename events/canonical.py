@@ -8,6 +8,7 @@ signature-bypass bugs happen.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -41,15 +42,29 @@ def loads_strict(raw: bytes | str, *, allow_floats: bool = False, max_bytes: int
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise StrictJSONError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    kwargs: dict[str, Any] = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant}
-    if not allow_floats:
-        kwargs["parse_float"] = _no_float
+    kwargs: dict[str, Any] = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant,
+                              "parse_float": _finite_float if allow_floats else _no_float}
     try:
-        return json.loads(raw, **kwargs)
+        doc = json.loads(raw, **kwargs)
+        # Everything we accept must survive being written back out: no lone surrogates
+        # ("\ud800"), and a nesting depth that the rest of the code can walk.
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except StrictJSONError:
         raise
-    except (ValueError, RecursionError) as exc:  # ValueError also covers ints over the 4300-digit limit
+    except UnicodeEncodeError:
+        raise StrictJSONError("a string holds a lone surrogate (not valid Unicode)") from None
+    except RecursionError:
+        raise StrictJSONError("nested too deeply") from None
+    except ValueError as exc:  # also covers ints over the 4300-digit limit
         raise StrictJSONError(f"malformed JSON: {exc}") from None
+    return doc
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StrictJSONError(f"{text} is out of range for a number")
+    return value
 
 
 def _reject_floats(value: Any, path: str = "$") -> None:

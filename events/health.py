@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
@@ -30,7 +29,7 @@ class Correctness(_H):
 class HealthSample(_H):
     runtime_id: StrictStr = Field(pattern=TOKEN_PATTERN)
     digest: StrictStr | None = Field(default=None, pattern=DIGEST_PATTERN)
-    at: datetime
+    at: AwareDatetime
     kind: Literal["activation", "sample"]
     ok: StrictBool | None = None
     took_ms: float | None = Field(default=None, ge=0)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
 
 from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
@@ -141,7 +141,7 @@ class GateOutcome(Frozen):
 class Verified(Frozen):
     pack: PackRef
     manifest: StrictStr
-    reference_time: datetime
+    reference_time: AwareDatetime
     gates: list[GateOutcome]
     signers: list[StrictStr] = Field(default_factory=list)
 
@@ -150,7 +150,7 @@ class VerificationFailed(Frozen):
     gate: StrictStr
     code: StrictStr
     message: StrictStr
-    reference_time: datetime
+    reference_time: AwareDatetime
     gates: list[GateOutcome] = Field(default_factory=list)
 
 
@@ -173,8 +173,8 @@ class MonitoringStarted(Frozen):
     stage: StrictInt = Field(ge=0)
     cohorts: list[Token]
     digest: StrictStr
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
     monitoring: Monitoring
 
 
@@ -252,14 +252,14 @@ class ScopeActivated(Frozen):
 
 class ScopePinned(Frozen):
     pack: PackRef
-    until: datetime
+    until: AwareDatetime
     rationale: StrictStr = Field(min_length=1)
     by: StrictStr = Field(min_length=1)
 
 
 class ScopeUnpinned(Frozen):
     pack: PackRef | None = None
-    until: datetime | None = None
+    until: AwareDatetime | None = None
     rationale: StrictStr = ""
     by: StrictStr = ""
     reason: Literal["operator", "expired", "refused"] = "operator"  # refused: the pinned pack failed verification
@@ -340,7 +340,10 @@ class Event(BaseModel):
     def _utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("occurred_at must carry a timezone (RFC 3339 UTC)")
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("occurred_at is out of range") from None
 
     @property
     def suffix(self) -> str:

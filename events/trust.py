@@ -53,6 +53,8 @@ def verify_rotation(current: TrustRoot, doc: Any) -> TrustRoot:
         message = canonical_bytes(signed)
     except StrictJSONError as exc:
         raise RotationError("bad_shape", str(exc)) from None
+    except RecursionError:
+        raise RotationError("bad_shape", "the root is nested too deeply") from None
     signatures = _signatures(doc)
     old_valid = current.count_valid(message, signatures)
     if len(old_valid) < current.threshold:
