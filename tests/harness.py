@@ -117,11 +117,11 @@ async def wait_for(probe, timeout: float, what: str, describe=None):
 
 @asynccontextmanager
 async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | None = None, key: SigningKey | None = None,
-                          verify_timeout_s: float = 30.0) -> AsyncIterator[Service]:
+                          verify_timeout_s: float = 30.0, replicas: int = 1) -> AsyncIterator[Service]:
     key = key or SigningKey.generate()
     trust_root = trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
-    settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s)
+    settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s, replicas=replicas)
     service_key = SigningKey.generate()
     app = App(nc, settings, trust_root, signer=service_key)
     service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))

@@ -17,6 +17,7 @@ from services.layout import LayoutError
 from services.log import AppendConflict, AppendFailed
 from services.settings import ConfigError, parse_roles
 from . import audit_cmds, deadletter_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
+from . import creds_cmds  # noqa: F401  (`kxr creds`)
 from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
 
 
@@ -28,8 +29,13 @@ def serve(
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated consumers to run (default: all)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="embedded NATS data (default: $KX_DATA_DIR or ./.kx-data)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    strict: bool = typer.Option(False, "--strict", help="refuse to start if the NATS user can do more than the service needs (default: warn)"),
 ) -> None:
-    """Run the release service (every consumer, or --only some of them)."""
+    """Run the release service (every consumer, or --only some of them).
+
+    Without KX_NATS_URL it starts an embedded nats-server with one least-privilege user per
+    role (credentials: `kxr creds show ROLE`) and connects as the service user.
+    """
     from services.serve import serve as run_serve
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,7 +45,7 @@ def serve(
     def ready(url: str) -> None:
         err_console.print(f"kxr serve: {', '.join(settings.roles)} running against {url} (Ctrl-C to stop)")
 
-    run_async(run_serve(settings, ready))
+    run_async(run_serve(settings, ready, strict=strict))
 
 
 @app.command()

@@ -1,0 +1,380 @@
+"""Least-privilege NATS users, one per role: who may publish and subscribe to what.
+
+Pure functions build each role's permissions from `events.subjects.Subjects` (so the
+prefix and every stream and bucket name follow KX_PREFIX) and render them as a
+nats-server `authorization { users [...] }` block. Credentials are JSON files, 0600,
+under `KX_DATA_DIR/creds/<role>.json`:
+
+    {"role": "runtime", "prefix": "kx", "user": "kx-runtime", "password": "...",
+     "url": "nats://kx-runtime:...@127.0.0.1:4222", "inbox_prefix": "_INBOX_kx_runtime"}
+
+`url` carries the user and password, so `KX_NATS_URL=<url>` is all `kxr` needs;
+`inbox_prefix` is the reply-subject prefix the role must connect with (the service and
+runtimes get private ones; see docs/permissions.md for why).
+
+The roles (docs/permissions.md has the full allow lists):
+- service:  everything `kxr serve` does, and nothing else: its own log subjects
+            (release events, scope activated/unpinned), timers, dead letters, snapshots,
+            creating its streams, reading them, acking its durable consumers, live health.
+            Never deletes or purges a stream (only the internal snapshot bucket's chunks).
+- producer: `<p>.release.*.requested`, writes `<p>_packs`, reads the log.
+- runtime:  reads the log (scope pointers, channel config, trust rotations) and packs,
+            publishes `<p>.health.*.*.*.*`; cannot subscribe to health nor read the
+            health stream, so it cannot see another tenant's samples.
+- operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback,
+            pin/unpin, channel configuration, trust rotation); reads the log.
+- auditor:  reads the log; publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from events.subjects import Subjects
+from events.tokens import check_token
+
+ROLES = ("service", "producer", "runtime", "operator", "auditor")
+API = "$JS.API"
+DEFAULT_INBOX = "_INBOX"
+
+# The operator's own events (services/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
+OPERATOR_RELEASE_SUFFIXES = ("paused", "resumed", "aborted", "annotated", "monitoring_passed", "monitoring_started", "rollback_started")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    inbox_prefix: str = DEFAULT_INBOX
+    publish_deny: tuple[str, ...] = ()  # carved out of `publish`
+
+    def as_config(self) -> dict:
+        publish: dict = {"allow": list(self.publish)}
+        if self.publish_deny:
+            publish["deny"] = list(self.publish_deny)
+        return {"publish": publish, "subscribe": {"allow": list(self.subscribe)}}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    role: str
+    prefix: str
+    user: str
+    password: str
+    inbox_prefix: str = DEFAULT_INBOX
+    url: str | None = None  # nats://user:password@host:port, once the server's address is known
+
+    def to_document(self) -> dict:
+        return {"role": self.role, "prefix": self.prefix, "user": self.user, "password": self.password,
+                "url": self.url, "inbox_prefix": self.inbox_prefix}
+
+    @classmethod
+    def from_document(cls, doc: dict) -> "Credentials":
+        try:
+            return cls(role=str(doc["role"]), prefix=str(doc["prefix"]), user=str(doc["user"]), password=str(doc["password"]),
+                       inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX), url=doc.get("url"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a credentials document (missing {exc})") from None
+
+    def with_server(self, server_url: str) -> "Credentials":
+        return Credentials(self.role, self.prefix, self.user, self.password, self.inbox_prefix, url_with_user(server_url, self.user, self.password))
+
+    def connect_options(self) -> dict:
+        """Keyword arguments for `nats.connect` (besides the server URL)."""
+        return {"user": self.user, "password": self.password, "inbox_prefix": self.inbox_prefix}
+
+
+# ---- JetStream API subjects ----------------------------------------------------------------------
+def read_stream(stream: str) -> list[str]:
+    """Read a stream: info, get a message (by sequence or last-by-subject, direct or not), and
+    pull consumers (create, info, fetch). Consumers are created by name (any name)."""
+    return [
+        f"{API}.STREAM.INFO.{stream}",
+        f"{API}.STREAM.MSG.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.>",
+        f"{API}.CONSUMER.INFO.{stream}.>",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
+    ]
+
+
+def ack_stream(stream: str) -> list[str]:
+    """Acknowledge messages of a stream's durable consumers (ack, nak, term): the reply subjects
+    `$JS.ACK.<stream>.…`, and their newer form `$JS.ACK.<domain>.<account hash>.<stream>.…`."""
+    return [f"$JS.ACK.{stream}.>", f"$JS.ACK.*.*.{stream}.>"]
+
+
+def object_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+def write_bucket(bucket: str) -> list[str]:
+    """Put objects: chunks and metadata. Replacing an object purges its old chunks (nats.py's
+    object store protocol), so a writer may also purge that bucket's own stream."""
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{object_stream(bucket)}"]
+
+
+def inbox_for(subjects: Subjects, role: str) -> str:
+    """Reply-subject prefix: private for the service and runtimes, the default for `kxr` users."""
+    return f"_INBOX_{subjects.prefix}_{role}" if role in ("service", "runtime") else DEFAULT_INBOX
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# ---- the roles -------------------------------------------------------------------------------
+def service_permissions(subjects: Subjects) -> Permissions:
+    s = subjects
+    p = s.prefix
+    packs, snapshots = object_stream(s.packs_bucket), object_stream(s.snapshots_bucket)
+    streams = (s.releases_stream, s.health_stream, s.timers_stream, s.deadletter_stream, packs, snapshots)
+    inbox = inbox_for(s, "service")
+    publish = [
+        f"{p}.release.*.*",                       # release events (the promoter also requests linked releases)
+        f"{p}.scope.*.*.*.activated",              # the activator's pointers (and pins switched by the pinner)
+        f"{p}.scope.*.*.*.unpinned",               # pin refused or expired
+        s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)
+        s.deadletter_all(),
+        f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",
+        # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
+        # runs an ordered push consumer, whose flow control the client answers
+        f"{API}.STREAM.NAMES", f"$JS.FC.{snapshots}.>",
+        *[f"{API}.STREAM.CREATE.{name}" for name in streams],   # the layout, created idempotently
+        f"{API}.STREAM.UPDATE.{s.releases_stream}",              # additive migration (trust.rotated subject)
+        f"{API}.STREAM.INFO.{s.deadletter_stream}",
+        *read_stream(s.releases_stream), *read_stream(s.health_stream), *read_stream(s.timers_stream),
+        *read_stream(packs), *read_stream(snapshots),
+        *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
+    ]
+    subscribe = [f"{inbox}.>", s.health_all(),  # replies; live health (early breach detection)
+                 *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]]
+    # release events are the service's, except the operator's own decisions
+    deny = [f"{p}.release.*.{suffix}" for suffix in ("paused", "resumed", "aborted", "annotated")]
+    return Permissions(_unique(publish), tuple(subscribe), inbox, tuple(deny))
+
+
+def producer_permissions(subjects: Subjects) -> Permissions:
+    s = subjects
+    publish = [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket),
+               *read_stream(object_stream(s.packs_bucket)), *read_stream(s.releases_stream)]
+    return Permissions(_unique(publish), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+
+
+def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str | None = None,
+                        runtime_id: str | None = None) -> Permissions:
+    """A runtime reads pointers and packs and reports its own health.
+
+    With env/channel/runtime_id given, it may only publish on its own health subjects
+    (`<p>.health.<env>.<channel>.*.<runtime_id>`: the cohort is resolved at start-up).
+    """
+    s = subjects
+    parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
+    health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
+    inbox = inbox_for(s, "runtime")
+    publish = [health, *read_stream(s.releases_stream), *read_stream(object_stream(s.packs_bucket))]
+    return Permissions(_unique(publish), (f"{inbox}.>",), inbox)
+
+
+def operator_permissions(subjects: Subjects) -> Permissions:
+    s = subjects
+    p = s.prefix
+    publish = [*[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
+               f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated(),
+               *read_stream(s.releases_stream), *read_stream(s.deadletter_stream)]  # kxr deadletter list|show
+    return Permissions(_unique(publish), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+
+
+def auditor_permissions(subjects: Subjects) -> Permissions:
+    return Permissions(_unique(read_stream(subjects.releases_stream)), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+
+
+def role_permissions(subjects: Subjects, role: str) -> Permissions:
+    builders = {"service": service_permissions, "producer": producer_permissions, "runtime": runtime_permissions,
+                "operator": operator_permissions, "auditor": auditor_permissions}
+    if role not in builders:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    return builders[role](subjects)
+
+
+# ---- credentials -----------------------------------------------------------------------------
+def user_name(subjects: Subjects, role: str) -> str:
+    return f"{subjects.prefix}-{role}"
+
+
+def new_credentials(subjects: Subjects, role: str) -> Credentials:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    return Credentials(role=role, prefix=subjects.prefix, user=user_name(subjects, role),
+                       password=secrets.token_urlsafe(24), inbox_prefix=inbox_for(subjects, role))
+
+
+def url_with_user(server_url: str, user: str, password: str) -> str:
+    parts = urlsplit(server_url if "://" in server_url else f"nats://{server_url}")
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme or "nats", netloc, "", "", ""))
+
+
+def creds_dir(data_dir: Path) -> Path:
+    return data_dir / "creds"
+
+
+def creds_path(data_dir: Path, role: str) -> Path:
+    return creds_dir(data_dir) / f"{role}.json"
+
+
+def write_credentials(data_dir: Path, creds: Credentials) -> Path:
+    """(Re)write one role's credentials, readable by the owner only (0600, atomically)."""
+    directory = creds_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    path = creds_path(data_dir, creds.role)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(creds.to_document(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_credentials(path: Path) -> Credentials:
+    """A credentials file; ValueError (with the reason) if it is missing or not one."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read credentials {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"credentials {path} are not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"credentials {path} are not a JSON object")
+    return Credentials.from_document(doc)
+
+
+def ensure_credentials(data_dir: Path, subjects: Subjects, server_url: str | None = None) -> dict[str, Credentials]:
+    """Every role's credentials under `data_dir/creds`: kept if present (same prefix), else created.
+
+    With `server_url`, each file's `url` is (re)written for that server.
+    """
+    out: dict[str, Credentials] = {}
+    for role in ROLES:
+        path = creds_path(data_dir, role)
+        stored: Credentials | None = None
+        if path.exists():
+            try:
+                stored = read_credentials(path)
+            except ValueError:
+                stored = None  # unreadable: replace it
+            if stored is not None and (stored.prefix != subjects.prefix or stored.role != role):
+                stored = None  # another installation's file: replace it
+        if stored is None:
+            creds = new_credentials(subjects, role)
+        else:
+            creds = Credentials(role, stored.prefix, stored.user, stored.password, inbox_for(subjects, role), stored.url)
+        if server_url is not None:
+            creds = creds.with_server(server_url)
+        if stored is None or creds != stored or not _private(path):
+            write_credentials(data_dir, creds)
+        out[role] = creds
+    return out
+
+
+def _private(path: Path) -> bool:
+    try:
+        return (path.stat().st_mode & 0o077) == 0
+    except OSError:
+        return False
+
+
+# ---- nats-server configuration -----------------------------------------------------------------
+def _q(text: str) -> str:
+    return json.dumps(text)  # a double-quoted string nats-server's parser reads literally ($ included)
+
+
+def _subject_list(key: str, subjects: tuple[str, ...], indent: str) -> list[str]:
+    body = [f"{indent}  {_q(x)}" + ("," if i < len(subjects) - 1 else "") for i, x in enumerate(subjects)]
+    return [f"{indent}{key}: [", *body, f"{indent}]"]
+
+
+def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, indent: str = "    ") -> str:
+    """The `users` entries (without brackets) for these credentials."""
+    items = creds.values() if isinstance(creds, dict) else creds
+    out: list[str] = []
+    for c in items:
+        perms = role_permissions(subjects, c.role)
+        i2, i3, i4 = indent + "  ", indent + "    ", indent + "      "
+        publish = _subject_list("allow", perms.publish, i4)
+        if perms.publish_deny:
+            publish += _subject_list("deny", perms.publish_deny, i4)
+        out += [
+            f"{indent}# {c.role}: inbox prefix {c.inbox_prefix}",
+            f"{indent}{{",
+            f"{i2}user: {_q(c.user)}",
+            f"{i2}password: {_q(c.password)}",
+            f"{i2}permissions: {{",
+            f"{i3}publish: {{", *publish, f"{i3}}}",
+            f"{i3}subscribe: {{", *_subject_list("allow", perms.subscribe, i4), f"{i3}}}",
+            f"{i2}}}",
+            f"{indent}}}",
+        ]
+    return "\n".join(out)
+
+
+def render_authorization(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects) -> str:
+    """An `authorization { users [...] }` block for a server whose users live in the default account."""
+    return (
+        f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege.\n"
+        f"# Generated by kxr; see docs/permissions.md.\n"
+        "authorization {\n"
+        "  users: [\n"
+        f"{render_users(creds, subjects)}\n"
+        "  ]\n"
+        "}\n"
+    )
+
+
+def render_server_config(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects) -> str:
+    """A whole nats-server config for the embedded server: JetStream on (store dir, listen
+    address and port come from the command line) and the users of `render_authorization`."""
+    return "jetstream: {}\n\n" + render_authorization(creds, subjects)
+
+
+def write_server_config(path: Path, text: str) -> Path:
+    """The config holds passwords: 0600, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def redacted(url: str) -> str:
+    """A URL (or comma-separated URLs) fit for logs: any password replaced by `***`."""
+    if "," in url:
+        return ",".join(redacted(u.strip()) for u in url.split(","))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+__all__ = [
+    "Credentials", "Permissions", "ROLES", "auditor_permissions", "creds_path", "ensure_credentials", "inbox_for",
+    "new_credentials", "operator_permissions", "producer_permissions", "read_credentials", "redacted", "render_authorization",
+    "render_server_config", "render_users", "role_permissions", "runtime_permissions", "service_permissions", "user_name",
+    "write_credentials", "write_server_config",
+]
+
