@@ -72,6 +72,14 @@ async def _wait_closed(done: dict[str, str], release_id: str, timeout: float) ->
     return done[release_id]
 
 
+async def _runtimes_on(runtimes, digest: str, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if all(rt.active and rt.active.digest == digest for rt in runtimes):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="kxr-demo-"))
     server = EmbeddedServer(store_dir=data_dir / "nats", log_file=data_dir / "nats-server.log", port=free_port())
@@ -130,7 +138,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
         await push_pack(producer_js, app.subjects, regression[0], regression[1])
         await request_release(producer_log, "demo-regression", request("1.2.0", regression[2], "lkg"), producer)
         await _wait_closed(done, "demo-regression", 30 + 4 * window_s)
-        await asyncio.sleep(0.5)
+        await _runtimes_on(runtimes, healthy[2], timeout=15)  # each re-verifies the LKG pack before switching back
 
         from .cli.views import status_tables
 
@@ -139,7 +147,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
         on = {rt.id.runtime_id: (rt.active.version if rt.active else None) for rt in runtimes}
         console.print("runtimes now run: " + ", ".join(f"{k}={v}" for k, v in on.items()))
         ok = all(done.get(r) == o for r, o in EXPECTED.items()) and all(v == "1.0.0" for v in on.values())
-        console.print("[bold green]demo finished as expected[/bold green]" if ok else f"[bold red]unexpected outcomes[/bold red]: {done}")
+        console.print("[bold green]demo finished as expected[/bold green]" if ok else f"[bold red]unexpected outcomes[/bold red]: {done}, runtimes {on}")
         return 0 if ok else 1
     finally:
         await cancel_and_wait(tasks)

@@ -77,3 +77,16 @@ async def test_deadletter_commands_list_and_show_poison(kx, rig):  # noqa: F811
     shown = json.loads(ok(await kx.arun("deadletter", "show", str(row["id"]))))
     assert shown["data_text"] == "{ not json"
     assert_one_line_error(await kx.arun("deadletter", "show", "999999"), "no dead letter")
+
+
+def test_the_readme_demo_runs_to_its_expected_outcomes(tmp_path):
+    """The README's first command ends in `kxr demo`: it must keep telling the whole story."""
+    import subprocess
+
+    from tests.e2e.support import base_env, kxr_binary
+
+    result = subprocess.run([kxr_binary(), "demo", "--window", "1"], env={**base_env(), "COLUMNS": "150"}, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for line in ("demo-healthy", "verification_failed", "rolled_back", "demo finished as expected"):
+        assert line in result.stdout
