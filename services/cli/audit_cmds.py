@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,7 @@ import typer
 from events.signing import SigningKey
 from events.tokens import check_token
 from .common import (
-    NatsUrl, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
+    NatsUrl, parse_time, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
     print_json, read_json_file, run_async, scope_arg, session, settings_from, trust_app,
 )
 
@@ -68,18 +67,9 @@ def audit_replay(
         raise typer.Exit(1)
 
 
-@audit_app.command("release")
-def audit_release(
-    release_id: str = typer.Argument(...),
-    as_json: bool = typer.Option(False, "--json"),
-    html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
-    nats_url: Optional[str] = NatsUrl,
-) -> None:
-    """The evidence record of one release (seed terms)."""
-    from services.audit import render_html
-
+def evidence_or_fail(release_id: str, nats_url: Optional[str]):
+    """The release's evidence record from the log, or a one-line error if it has none."""
     from services.log_reads import load_evidence
-    from .views import gates_table, timeline_table
 
     check_token(release_id, "release id")
 
@@ -90,6 +80,22 @@ def audit_release(
     record = run_async(go())
     if not record.timeline:
         fail(f"no release {release_id} in the log")
+    return record
+
+
+@audit_app.command("release")
+def audit_release(
+    release_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+    html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """The evidence record of one release (seed terms)."""
+    from services.audit import render_html
+
+    from .views import gates_table, timeline_table
+
+    record = evidence_or_fail(release_id, nats_url)
     if html_file is not None:
         html_file.write_text(render_html(record))
         console.print(f"evidence record of {release_id} written to {html_file}")
@@ -120,18 +126,9 @@ def audit_export(
     """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
     from events.bundle import make_bundle
 
-    from services.log_reads import load_evidence
 
-    check_token(release_id, "release id")
     keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
-
-    async def go():
-        async with session(nats_url) as (_, js, log):
-            return await load_evidence(js, log.subjects, release_id)
-
-    record = run_async(go())
-    if not record.timeline:
-        fail(f"no release {release_id} in the log")
+    record = evidence_or_fail(release_id, nats_url)
     out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
     console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
 
@@ -166,12 +163,7 @@ def audit_at(
 
     from .views import scope_rows, table
 
-    try:
-        at = datetime.fromisoformat(time_.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{time_!r} is not an RFC 3339 time")
-    if at.tzinfo is None:
-        fail("TIME needs a timezone (e.g. a trailing Z)")
+    at = parse_time(time_, "TIME")
     prefix = "/".join(scope_arg(scope)) if scope else ""
 
     async def go():

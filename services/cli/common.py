@@ -115,3 +115,16 @@ def scope_arg(text: str, allow_cohort: bool = True) -> tuple[str, ...]:
     if len(parts) not in ((2, 3) if allow_cohort else (2,)):
         raise typer.BadParameter(f"expected ENV/CHANNEL{'[/COHORT]' if allow_cohort else ''}, got {text!r}")
     return tuple(check_token(p, name) for p, name in zip(parts, ("env", "channel", "cohort")))
+
+
+def parse_time(text: str, what: str):
+    """An RFC 3339 time with a timezone, or a one-line error naming the option."""
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{what} {text!r} is not an RFC 3339 time")
+    if at.tzinfo is None:
+        fail(f"{what} needs a timezone (e.g. a trailing Z)")
+    return at

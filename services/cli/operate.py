@@ -11,7 +11,7 @@ import typer
 from events.tokens import check_token
 from services.log import AppendConflict, Entry
 from .common import (
-    NatsUrl, Rationale, app, channel_app, console, err_console, fail, operator_actor,
+    NatsUrl, Rationale, parse_time, app, channel_app, console, err_console, fail, operator_actor,
     print_json, read_config_file, release_app, run_async, scope_arg, session,
 )
 
@@ -115,13 +115,7 @@ def parse_until(text: str, now: datetime) -> datetime:
     units = {"m": 60, "h": 3600, "d": 86400}
     if text and text[-1] in units and text[:-1].isdigit():
         return now + timedelta(seconds=int(text[:-1]) * units[text[-1]])
-    try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"--until {text!r} is neither RFC 3339 nor a duration like 12h or 7d")
-    if at.tzinfo is None:
-        fail("--until needs a timezone (e.g. a trailing Z)")
-    return at
+    return parse_time(text, "--until (RFC 3339, or a duration like 12h or 7d)")
 
 
 def _scopes_of(world, parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
