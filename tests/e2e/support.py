@@ -149,6 +149,7 @@ class Kx:
     key: SigningKey
     trust_root_path: Path
     binary: str
+    extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[ServeProcess] = field(default_factory=list)
 
     @property
@@ -158,7 +159,7 @@ class Kx:
     def env(self, **overrides: str | None) -> dict[str, str]:
         env = base_env()
         env.update({"KX_NATS_URL": self.nats_url, "KX_PREFIX": self.prefix, "KX_TRUST_ROOT": str(self.trust_root_path),
-                    "KX_DATA_DIR": str(self.workdir / "kx-data"), "KX_ACTOR": "e2e-operator"})
+                    "KX_DATA_DIR": str(self.workdir / "kx-data"), "KX_ACTOR": "e2e-operator", **self.extra_env})
         for k, v in overrides.items():
             if v is None:
                 env.pop(k, None)

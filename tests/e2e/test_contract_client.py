@@ -271,7 +271,7 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
     configured = await kx.arun("channel", "set", f"{ENV}/{CHANNEL}", "--file", "channel.json")
     assert configured.returncode == 0, configured.stderr
 
-    nc = await nats.connect(kx.nats_url, name="contract-client")
+    nc = await nats.connect(kx.nats_url.split(","), name="contract-client")  # one URL, or a cluster's
     js = nc.jetstream(timeout=10)
     runtimes: list[ContractRuntime] = []
     try:
