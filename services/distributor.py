@@ -18,16 +18,22 @@ from .reactor import ReleaseReactor
 NAME = "distributor"
 
 
-def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None]) -> list[Output]:
-    """`objects` maps each object name to its stored size, or None when it is absent."""
+def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], store_error: str | None = None) -> list[Output]:
+    """`objects` maps each object name to its stored size, or None when it is absent.
+
+    `store_error` says why the store could not even be asked: fail closed, saying so.
+    """
     if release.phase != "prepared" or release.prepared is None:
         return []
     pack = release.prepared.pack
     pack_name, manifest_name = pack_object_name(pack.digest), manifest_object_name(pack.digest)
     missing = [(name, code) for name, code in ((manifest_name, "manifest_missing"), (pack_name, "pack_missing")) if objects.get(name) is None]
+    if store_error is not None:
+        missing = [(pack_name, "store_unreadable")]
     if missing:
         name, code = missing[0]
-        message = f"object {name} is not in kx_packs" + (f" (also missing: {', '.join(n for n, _ in missing[1:])})" if len(missing) > 1 else "")
+        message = (f"the pack store could not be read: {store_error}" if store_error is not None else
+                   f"object {name} is not in kx_packs" + (f" (also missing: {', '.join(n for n, _ in missing[1:])})" if len(missing) > 1 else ""))
         failed = VerificationFailed(
             gate="distribution", code=code, message=message, reference_time=ctx.now,
             gates=[GateOutcome(gate="distribution", ok=False, code=code, message=message)],
@@ -51,5 +57,8 @@ class Distributor(ReleaseReactor):
         store = PackStore(self.app.js, self.app.subjects)
         digest = release.prepared.pack.digest
         names = [pack_object_name(digest), manifest_object_name(digest)]
-        sizes = {name: await store.size(name) for name in names}
+        try:
+            sizes = {name: await store.size(name) for name in names}
+        except Exception as exc:  # fail closed: a store we cannot read distributes nothing
+            return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}")
         return decide(release, ctx, sizes)

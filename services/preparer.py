@@ -54,7 +54,8 @@ def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
     return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
 
 
-def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> tuple[list[ChecklistItem], Prepared | None]:
+def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
+              health_error: str | None = None) -> tuple[list[ChecklistItem], Prepared | None]:
     req = release.requested
     assert req is not None
     env, channel = req.target.env, req.target.channel
@@ -125,7 +126,9 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
     check("rollback_target", not problems, "; ".join(problems) or f"strategy {strategy}: " + ", ".join(
         f"{c}->{t.version if t else 'none'}" for c, t in targets.items()))
 
-    if health is not None and not req.acknowledge_no_health:
+    if health_error is not None and not req.acknowledge_no_health:
+        check("observability", False, f"runtime health could not be read: {health_error}")
+    elif health is not None and not req.acknowledge_no_health:
         silent = [c for s in stages for c in s if health.get(c, 0) == 0]
         check("observability", not silent,
               f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
@@ -143,11 +146,12 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
     )
 
 
-def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None) -> list[Output]:
+def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
+           health_error: str | None = None) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
     try:
-        items, prepared = preflight(world, release, ctx, health)
+        items, prepared = preflight(world, release, ctx, health, health_error)
     except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
         items, prepared = [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")], None
     if prepared is None:
@@ -167,9 +171,12 @@ class Preparer(ReleaseReactor):
             return []
         req = release.requested
         cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
-        health = await recent_reporters(
-            self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
-        )
+        try:
+            health = await recent_reporters(
+                self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
+            )
+        except Exception as exc:  # fail closed: unknown observability is not observability
+            return decide(world, release, ctx, None, f"{exc.__class__.__name__}: {exc}")
         return decide(world, release, ctx, health)
 
     async def on_undecodable(self, msg, release_id, problem):

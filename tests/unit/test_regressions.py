@@ -57,3 +57,31 @@ def test_rollback_strategy_pinned_without_any_pin_is_rejected() -> None:
 def test_a_channel_window_over_30_days_is_refused() -> None:
     with pytest.raises(ValueError, match="window_s"):
         parse_channel_config({**CHANNEL_DOC, "monitoring": {"window_s": 31 * 24 * 3600}}, "canary")
+
+
+def test_an_unreadable_pack_store_fails_distribution_closed_and_says_why() -> None:
+    from services import distributor
+
+    log = Log()
+    log.channel()
+    log.requested("r1", rollback={"strategy": "none"}, acknowledge_no_health=True)
+    world = log.world()
+    prepared = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None)[0].events[0]
+    from projections.position import Position
+    from projections.world import apply
+
+    world = apply(world, Position(world.applied_seq + 1, "kx.release.r1.prepared"), prepared)
+    event = distributor.decide(world.release("r1"), Ctx(now=LATER, service="distributor"), {}, "TimeoutError: no answer")[0].events[0]
+    assert event.type == "release.verification_failed"
+    assert (event.data.gate, event.data.code) == ("distribution", "store_unreadable")
+    assert "no answer" in event.data.message
+
+
+def test_unreadable_runtime_health_rejects_unless_acknowledged() -> None:
+    log = Log()
+    log.channel()
+    log.requested("r1", rollback={"strategy": "none"})
+    world = log.world()
+    event = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None, "TimeoutError")[0].events[0]
+    assert event.type == "release.rejected"
+    assert any(r.code == "observability" and "could not be read" in r.message for r in event.data.reasons)
