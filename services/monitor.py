@@ -74,6 +74,14 @@ def decide_verdict(release: ReleaseState, stage: int, samples: list[HealthSample
     return [Chain((release_event(ctx, release, v.outcome, verdict, f"verdict/{stage}"),))]
 
 
+def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx) -> list[Output]:
+    """The window's samples could not be read: no verdict on missing evidence — hold, saying why."""
+    if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+        return []
+    verdict = MonitoringVerdict(stage=stage, reason=f"health samples could not be read: {problem}")
+    return [Chain((release_event(ctx, release, "monitoring_inconclusive", verdict, f"verdict/{stage}"),))]
+
+
 def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx) -> list[Output]:
     if release.phase != "monitoring" or release.monitoring is None:
         return []
@@ -129,7 +137,10 @@ class Monitor(ReleaseReactor):
         async def verdict(world, release, ctx):
             if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
                 return []
-            new, baseline = await self.window_samples(release)
+            try:
+                new, baseline = await self.window_samples(release)
+            except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
+                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx)
             return decide_verdict(release, stage, new, baseline, ctx)
 
         return verdict

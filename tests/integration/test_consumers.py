@@ -45,14 +45,18 @@ async def test_redelivered_input_appends_nothing_twice(nats_url, prefix):
         assert [e.subject.rsplit(".", 1)[-1] for e in entries] == ["requested", "prepared"]
 
 
+async def two_verified(svc, releases: dict[str, str]) -> None:
+    """Both releases verified for the same scopes, neither activated (no activator runs)."""
+    await svc.configure()
+    for release_id, version in releases.items():
+        await svc.request(release_id, make_pack(version, svc.key), rollback={"strategy": "none"})
+    for release_id in releases:
+        await svc.wait_release(release_id, "verified")
+
+
 async def test_two_activators_racing_on_one_scope_exactly_one_wins(nats_url, prefix):
     async with running_service(nats_url, prefix, roles=UP_TO_VERIFIED) as svc:
-        await svc.configure()
-        a, b = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
-        await svc.request("ra", a, rollback={"strategy": "none"})
-        await svc.request("rb", b, rollback={"strategy": "none"})
-        await svc.wait_release("ra", "verified")
-        await svc.wait_release("rb", "verified")
+        await two_verified(svc, {"ra": "1.0.0", "rb": "1.1.0"})
         world = svc.world
         ctx = svc.app.ctx("activator")
         activator = Activator(svc.app)
@@ -72,12 +76,7 @@ async def test_two_activators_racing_on_one_scope_exactly_one_wins(nats_url, pre
 async def test_loser_of_a_race_does_not_downgrade(nats_url, prefix):
     """Verified against an older state, a lower version must not activate over a newer one."""
     async with running_service(nats_url, prefix, roles=UP_TO_VERIFIED) as svc:
-        await svc.configure()
-        newer, older = make_pack("2.0.0", svc.key), make_pack("1.5.0", svc.key)
-        await svc.request("r-new", newer, rollback={"strategy": "none"})
-        await svc.request("r-old", older, rollback={"strategy": "none"})
-        await svc.wait_release("r-new", "verified")
-        await svc.wait_release("r-old", "verified")
+        await two_verified(svc, {"r-new": "2.0.0", "r-old": "1.5.0"})
         activator = Activator(svc.app)
         await activator.settle("r-new")
         await svc.app.follower.catch_up()

@@ -85,3 +85,23 @@ def test_unreadable_runtime_health_rejects_unless_acknowledged() -> None:
     event = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None, "TimeoutError")[0].events[0]
     assert event.type == "release.rejected"
     assert any(r.code == "observability" and "could not be read" in r.message for r in event.data.reasons)
+
+
+def test_an_unreadable_window_holds_the_release_with_the_reason() -> None:
+    from events.model import MonitoringStarted
+    from services import monitor
+
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P0)
+    world = log.world()
+    release = world.release("r0")
+    m = MonitoringStarted(stage=0, cohorts=["internal"], digest=P0["digest"], starts_at=NOW, ends_at=LATER,
+                          monitoring={"window_s": 60})
+    from dataclasses import replace
+
+    watching = replace(release, phase="monitoring", monitoring=m)
+    event = monitor.decide_unjudgeable(watching, 0, "TimeoutError: KX_HEALTH", Ctx(now=LATER, service="monitor"))[0].events[0]
+    assert event.type == "release.monitoring_inconclusive"
+    assert "could not be read" in event.data.reason and "KX_HEALTH" in event.data.reason
+    assert monitor.decide_unjudgeable(watching, 1, "x", Ctx(now=LATER, service="monitor")) == []  # another stage: nothing
