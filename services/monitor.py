@@ -93,6 +93,7 @@ def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx) -
 # ---- adapter ------------------------------------------------------------------------------------
 class Monitor(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"activated", "monitoring"})
 
     def runners(self) -> list:
         timers = Worker(

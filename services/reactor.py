@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 
 from events.codec import DecodeError
-from projections.releases import ReleaseState
+from projections.releases import ReleaseState, triggers_for
 from projections.world import World
 from .log import AppendConflict
 from .outputs import Ctx, Output
@@ -33,6 +33,11 @@ RECONCILE_EVERY_S = 5.0
 
 class ReleaseReactor:
     name = "reactor"
+    # The phases this consumer decides in. Its durable consumer only receives the events
+    # that lead into them (`triggers_for`): most events concern one or two consumers, and a
+    # delivery that cannot change a decision still costs a fetch, a wait and an ack. The
+    # reconcile sweep would still catch anything a narrower filter missed.
+    acts_in: frozenset[str] = frozenset()
 
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -40,10 +45,16 @@ class ReleaseReactor:
 
     def runners(self) -> list:
         worker = Worker(
-            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", [f"{self.app.subjects.prefix}.release.*.*"],
+            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
             self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s,
         )
         return [worker.run(), self.reconcile()]
+
+    def trigger_subjects(self) -> list[str]:
+        p = self.app.subjects.prefix
+        if not self.acts_in:
+            return [f"{p}.release.*.*"]
+        return [f"{p}.release.*.{event_type}" for event_type in triggers_for(self.acts_in)]
 
     async def reconcile(self, every: float = RECONCILE_EVERY_S) -> None:
         """Decide on every release in flight: at start-up, then now and then.
