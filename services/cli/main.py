@@ -18,6 +18,8 @@ from services.log import AppendConflict, AppendFailed
 from services.settings import ConfigError, parse_roles
 from . import audit_cmds, deadletter_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
 from . import creds_cmds  # noqa: F401  (`kxr creds`)
+from . import schema_cmds  # noqa: F401  (`kxr schema`)
+from . import runtime_cmds  # noqa: F401  (`kxr runtime`)
 from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
 
 
