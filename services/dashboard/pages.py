@@ -27,18 +27,23 @@ def release_link(release_id: str) -> str:
 
 
 def window_cell(window: dict[str, Any] | None) -> str:
+    """A `live_view` window: its clock as a progress bar (ticking in the browser while open) and its state."""
     if window is None:
         return "<span class='muted'>no window yet</span>"
-    state = "open" if window["open"] else _e(window["result"])
+    state = ("open, so far: " + _e(window["result"]) if window["result"] else "open") if window["open"] else _e(window["result"] or "ended")
     ticking = f" data-starts='{_e(window['starts_at'])}' data-ends='{_e(window['ends_at'])}'" if window["open"] else ""
-    percent = f"{window['elapsed_fraction'] * 100:.0f}%"
-    return (f"<progress max='1' value='{window['elapsed_fraction']}'{ticking}></progress> <span class='pct'>{percent}</span> "
-            f"<span class='muted'>stage {window['stage'] + 1} ({_e(', '.join(window['cohorts']))}): {state}</span>")
+    fraction = float(window["fraction"])
+    samples = f"; {window['samples']} of ≥{window['min_samples']} samples" if window["source"] != "unavailable" else ""
+    return (f"<progress max='1' value='{fraction}'{ticking}></progress> <span class='pct'>{fraction * 100:.0f}%</span> "
+            f"<span class='muted'>stage {window['stage']} ({_e(', '.join(window['cohorts']))}): {state}{_e(samples)}</span>")
 
 
 def figures_cell(window: dict[str, Any] | None) -> str:
-    if not window or not window["figures"]:
-        return "<span class='muted'>at window end</span>" if window and window["open"] else "<span class='muted'>-</span>"
+    """Each figure against its threshold (live, or as the verdict recorded them)."""
+    if not window:
+        return "<span class='muted'>-</span>"
+    if not window["figures"]:
+        return f"<span class='muted'>{_e(window.get('note') or window.get('reason'))}</span>"
     items = []
     for f in window["figures"]:
         shown = "-" if f["value"] is None else f"{f['value']:.4g}"
@@ -92,19 +97,43 @@ def overview_sections(model: dict[str, Any]) -> dict[str, str]:
             "recent": recent_section(model["recent"])}
 
 
-def summary_section(summary: dict[str, Any]) -> str:
-    stages = " → ".join("+".join(s) for s in summary["stages"]) or "-"
-    facts = [("pack", summary["pack"]), ("target", summary["target"]), ("phase", summary["phase"]), ("stage", summary["stage"]),
-             ("plan", stages), ("activated", ", ".join(summary["activated"]) or None), ("outcome", summary["outcome"] or "in flight"),
-             ("why", summary["why"])]
-    rows = "".join(f"<tr><th>{_e(k)}</th><td class='{_e(k)}'>{_e(v)}</td></tr>" for k, v in facts)
-    window = summary["window"]
+def summary_section(view: dict[str, Any]) -> str:
+    pack = view["pack"]
+    state = view["phase"] + (" (paused)" if view["paused"] else "") + (" — held for an operator" if view["held"] else "")
+    facts = [("pack", f"{pack['name']}@{pack['version']}" if pack else None), ("digest", pack["digest"] if pack else None),
+             ("target", view["target"]), ("owner", view["owner"]), ("escalation", view["escalation"]), ("phase", state),
+             ("outcome", view["outcome"] or "in flight"), ("why", view["why"]), ("promoted to", view["promoted_to"])]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td class='{_e(k.replace(' ', '-'))}'>{_e(v)}</td></tr>" for k, v in facts if v is not None or k == "why")
+    stages = [f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td><td class='{_e(s['state'])}'>{_e(s['state'])}</td>"
+              f"<td>{_e(s['verdict'])}</td><td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
+              for s in view["stages"]]
     return (f"<h2>Now</h2><table class='facts'>{rows}</table>"
-            f"<h3>Monitoring window (latest)</h3><p>{window_cell(window)}</p>{figures_cell(window)}")
+            "<h3>Stages</h3>" + _table(["stage", "cohorts", "state", "verdict", "skipped"], stages, "not planned yet", " id='stages'"))
 
 
-def release_sections(summary: dict[str, Any], record: EvidenceRecord) -> dict[str, str]:
-    return {"summary": summary_section(summary), "record": record_sections(record)}
+def window_section(view: dict[str, Any]) -> str:
+    window = view["window"]
+    source = {"live": "figures so far, judged as the monitor would judge them now", "verdict": "the verdict the monitor recorded",
+              "unavailable": ""}.get(window["source"], "") if window else ""
+    return (f"<h2>Monitoring window</h2><p>{window_cell(window)}</p>"
+            f"<p class='muted'>{_e(source or None)}</p>{figures_cell(window)}")
+
+
+def scopes_of_release_section(view: dict[str, Any]) -> str:
+    rows = []
+    for s in view["scopes"]:
+        pin = s["pinned"]
+        pinned = f"{pin['version']} until {pin['until']} by {pin['by']}: {pin['rationale']}" if pin else None
+        rows.append(f"<tr data-scope='{_e(s['scope'])}'><td>{_e(s['scope'])}</td><td class='version'>{_e(s['active'])}</td>"
+                    f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg'])}</td><td>{_e(s['rollback_target'])}</td>"
+                    f"<td class='pin'>{_e(pinned)}</td></tr>")
+    return "<h2>Its scopes</h2>" + _table(["scope", "active", "kind", "last-known-good", "rollback target", "pinned"], rows, "not planned yet")
+
+
+def release_sections(view: dict[str, Any], record: EvidenceRecord) -> dict[str, str]:
+    """The release page: `live_view.release_view` (now), then the whole evidence record (timeline, gates, charts)."""
+    return {"summary": summary_section(view), "window": window_section(view), "release-scopes": scopes_of_release_section(view),
+            "record": record_sections(record)}
 
 
 def page(title: str, stream: str, sections: dict[str, str], *, back: bool = False) -> str:

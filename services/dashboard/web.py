@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from events.tokens import InvalidToken, check_token
+from projections.evidence import EvidenceRecord
+from services.live_view import release_view, window_view
 from . import model, pages
 from .assets import CSS, JS
 from .hub import LiveHub
@@ -69,16 +71,28 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(value, indent=2, sort_keys=True, default=str), content_type="application/json")
 
 
-async def _release_view(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], Any]:
+async def overview_of(hub: LiveHub) -> dict[str, Any]:
+    world, now = hub.world, hub.clock()  # one immutable fold for the whole page
+    windows = {}
+    for release in world.releases_in_flight():
+        record = await hub.evidence(release.release_id)
+        windows[release.release_id] = window_view(release, record, now, hub.samples(release)) if record else None
+    return model.overview(world, now, windows)
+
+
+async def release_of(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], EvidenceRecord]:
+    """`live_view.release_view` of the release (the caller checked the log names it) and its evidence record."""
     record = await hub.evidence(release_id)
-    summary = model.release_summary(hub.world, release_id, hub.clock())
-    assert record is not None and summary is not None  # the caller checked the log names it
-    return summary, record
+    world = hub.world
+    release = world.release(release_id)
+    assert record is not None and release is not None
+    view = release_view(world, record, now=hub.clock(), stored_samples=hub.samples(release))
+    assert view is not None
+    return view, record
 
 
 async def overview_page(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    sections = pages.overview_sections(model.overview(hub.world, hub.clock()))
+    sections = pages.overview_sections(await overview_of(request.app[HUB]))
     return web.Response(text=pages.page("Konnaxion Releases", "/api/stream", sections), content_type="text/html")
 
 
@@ -86,27 +100,27 @@ async def release_page(request: web.Request) -> web.Response:
     release_id = _release_id(request)
     if release_id is None:
         return web.Response(status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html")
-    summary, record = await _release_view(request.app[HUB], release_id)
+    view, record = await release_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
-    return web.Response(text=pages.page(f"Release {release_id}", stream, pages.release_sections(summary, record), back=True),
+    return web.Response(text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
                         content_type="text/html")
 
 
 async def overview_json(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    return _json(model.overview(hub.world, hub.clock()))
+    return _json(await overview_of(request.app[HUB]))
 
 
 async def release_json(request: web.Request) -> web.Response:
     release_id = _release_id(request)
     if release_id is None:
         return _json({"error": "no release by that id in the log"}, 404)
-    summary, record = await _release_view(request.app[HUB], release_id)
-    return _json({"release": summary, "evidence": record.to_json()})
+    view, record = await release_of(request.app[HUB], release_id)
+    return _json({"view": view, "evidence": record.to_json()})
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json({"ok": True, "log_seq": request.app[HUB].seq})
+    hub = request.app[HUB]
+    return _json({"ok": True, "log_seq": hub.seq, "health_samples": hub.health_note or "readable"})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -122,12 +136,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     request.app[STREAMS].add(asyncio.current_task())
     try:
         while True:
-            seen = hub.seq
+            seen = hub.version
             if release_id is None:
-                sections = pages.overview_sections(model.overview(hub.world, hub.clock()))
+                sections = pages.overview_sections(await overview_of(hub))
             else:
-                sections = pages.release_sections(*(await _release_view(hub, release_id)))
-            update = {"seq": seen, "now": hub.clock().isoformat(), "sections": sections}
+                sections = pages.release_sections(*(await release_of(hub, release_id)))
+            update = {"seq": hub.seq, "now": hub.clock().isoformat(), "sections": sections}
             await response.write(f"event: sections\ndata: {json.dumps(update)}\n\n".encode())
             while not await hub.wait_newer(seen, KEEPALIVE_S):
                 await response.write(b": keepalive\n\n")
