@@ -120,7 +120,7 @@ async def release_json(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    return _json({"ok": True, "log_seq": hub.seq, "health_samples": hub.health_note or "readable"})
+    return _json({"ok": True, "log_seq": hub.seq, "health_samples_problem": hub.health_note})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
