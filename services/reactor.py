@@ -63,14 +63,22 @@ class ReleaseReactor:
         ack deadline; deciding on the state directly means nothing waits for it.
         """
         while True:
-            for release_id in sorted(self.app.follower.world.in_flight):
-                if release_id in self._busy:
+            world = self.app.follower.world
+            for release_id in sorted(world.in_flight):
+                if release_id in self._busy or not self.may_act(world.release(release_id)):
                     continue
                 try:
                     await self.settle(release_id)
                 except Exception as exc:  # the worker's retry and the next round cover it
                     log.info("%s: reconcile of %s deferred: %s", self.name, release_id, exc)
             await asyncio.sleep(every)
+
+    def may_act(self, release: ReleaseState | None) -> bool:
+        """Cheap pre-check for the sweep: is the release in a phase this consumer decides in?"""
+        return release is not None and (not self.acts_in or release.phase in self.acts_in)
+
+    def emitted(self, outputs: list[Output]) -> None:
+        """Called once `outputs` are stored (for consumers that remember what they did)."""
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -114,6 +122,7 @@ class ReleaseReactor:
                 return
             try:
                 await self.app.emit(outputs, release)
+                self.emitted(outputs)
                 return
             except AppendConflict as exc:
                 log.info("%s: %s lost a race (%s); deciding again", self.name, release_id, exc)
