@@ -18,6 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .deadletter import DeadLetters
+from .observability.logs import message_context
+from .observability.metrics import count_processed
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self._one(msg)
+                with message_context(msg):  # every log line while handling it names its release and event
+                    await self._one(msg)
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata
@@ -96,6 +99,7 @@ class Worker:
         except Poison as exc:
             await self._dead.record(self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data, str(exc), meta.num_delivered)
             await msg.term()
+            count_processed(self.stream, self.durable, "dead_lettered")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -105,10 +109,13 @@ class Worker:
                     f"gave up after {meta.num_delivered} deliveries: {exc!r}", meta.num_delivered,
                 )
                 await msg.term()
+                count_processed(self.stream, self.durable, "dead_lettered")
             else:
                 delay = min(0.2 * 2 ** meta.num_delivered, 10.0)
                 log.warning("%s: seq %d failed (%r); retry in %.1fs", self.durable, meta.sequence.stream, exc, delay)
                 await msg.nak(delay=delay)
+                count_processed(self.stream, self.durable, "nak")
         else:
             self.processed += 1
             await msg.ack()
+            count_processed(self.stream, self.durable, "acked")
