@@ -16,9 +16,11 @@ class Received:
 
 @dataclass
 class WebhookServer:
-    """`fail_first[path] = n`: the first n posts to `path` get 503, later ones 200 (absent: always 200)."""
+    """`fail_first[path] = n`: the first n posts to `path` get 503, later ones 200 (absent: always 200);
+    `always[path] = status`: every post to `path` gets that status."""
 
     fail_first: dict[str, int] = field(default_factory=dict)
+    always: dict[str, int] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -31,7 +33,7 @@ class WebhookServer:
                     owner.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     seen = sum(1 for r in owner.received if r.path == self.path)
                 failing = seen <= owner.fail_first.get(self.path, 0)
-                self.send_response(503 if failing else 200)
+                self.send_response(owner.always.get(self.path, 503 if failing else 200))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
