@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .deadletter import DeadLetters
 from .observability.logs import message_context
-from .observability.metrics import count_processed
+from .observability.metrics import count_processed, track_consumer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Worker:
         self._max_deliver = max_deliver
         self._deliver_new = deliver_new
         self.processed = 0
+        track_consumer(stream, durable)  # its lag is sampled for /metrics
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(

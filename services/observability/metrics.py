@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -28,8 +29,16 @@ PROCESSED = Counter("kx_events_processed", "Messages a durable consumer finished
                     ["stream", "consumer", "outcome"], registry=None)
 
 
+# (stream, durable) of every worker this process has built: the consumers whose lag it reports
+_DURABLES: set[tuple[str, str]] = set()
+
+
 def count_processed(stream: str, consumer: str, outcome: str) -> None:
     PROCESSED.labels(stream, consumer, outcome).inc()
+
+
+def track_consumer(stream: str, durable: str) -> None:
+    _DURABLES.add((stream, durable))
 
 
 @dataclass(frozen=True)
@@ -40,34 +49,46 @@ class Lag:
 
 
 class LagSampler:
-    """Every durable consumer's backlog, asked of JetStream now and then (never per message)."""
+    """The backlog of each durable consumer this process runs, asked of JetStream now and then.
+
+    One consumer-info request per durable every few seconds, never per message; not a
+    listing of the stream's consumers, which also holds every reader's and runtime's
+    ephemeral consumer (and needs a permission the service user does not have).
+    """
 
     def __init__(self, app: "App") -> None:
         self._app = app
         self.lags: dict[tuple[str, str], Lag] = {}
 
-    def streams(self) -> list[str]:
+    def durables(self) -> list[tuple[str, str]]:
         s = self._app.subjects
-        return [s.releases_stream, s.timers_stream]
+        ours = {s.releases_stream, s.timers_stream, s.health_stream}
+        return sorted(d for d in _DURABLES if d[0] in ours)
 
-    async def sample(self) -> None:
+    async def sample(self) -> bool:
+        """Sample every durable; False if one does not exist yet (its worker is starting)."""
         lags: dict[tuple[str, str], Lag] = {}
-        for stream in self.streams():
-            for info in await self._app.js.consumers_info(stream):
-                if info.config.durable_name:  # readers' ephemeral consumers are not consumers of work
-                    lags[(stream, info.config.durable_name)] = Lag(info.num_pending or 0, info.num_ack_pending or 0,
-                                                                   info.num_redelivered or 0)
+        complete = True
+        for stream, durable in self.durables():
+            try:
+                info = await self._app.js.consumer_info(stream, durable)
+            except NotFoundError:
+                complete = False
+                continue
+            lags[(stream, durable)] = Lag(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
         self.lags = lags  # replaced whole: the scrape thread sees one sample or the next
+        return complete
 
     async def run(self, every: float = 5.0) -> None:
         while True:
+            complete = False
             try:
-                await self.sample()
+                complete = await self.sample()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away for a moment: keep the last sample, try again
                 log.info("consumer lag not sampled: %s", exc)
-            await asyncio.sleep(every)
+            await asyncio.sleep(every if complete else min(every, 0.5))
 
 
 class ServiceCollector(Collector):
