@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -44,10 +44,11 @@ async def feed(app: "App", releases: ReleaseMetrics) -> None:
     upto = app.follower.position
     try:
         if upto:
-            async for entry, _, event in log_entries(app.js, app.subjects):
-                if entry.seq > upto:
-                    break
-                releases.apply(entry.seq, event)
+            async with aclosing(log_entries(app.js, app.subjects)) as entries:  # closes its reader on break
+                async for entry, _, event in entries:
+                    if entry.seq > upto:
+                        break
+                    releases.apply(entry.seq, event)
         while True:
             position, event = await queue.get()
             releases.apply(position.seq, event)  # an entry seen twice (read and queued) is applied once
