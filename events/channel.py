@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
+from .notifications import NotificationSink
 from .tokens import TOKEN_PATTERN
 
 BUCKETS = 10_000
@@ -84,6 +85,7 @@ class ChannelConfig(_Cfg):
     compatibility: ChannelCompatibility = Field(default_factory=ChannelCompatibility)
     policy: ChannelPolicy = Field(default_factory=ChannelPolicy)
     promote_to: StrictStr | None = Field(default=None, pattern=TOKEN_PATTERN)
+    notifications: list[NotificationSink] = Field(default_factory=list)  # webhooks (events/notifications.py)
 
     @model_validator(mode="after")
     def _coherent(self) -> "ChannelConfig":
@@ -141,6 +143,9 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
         left_out = [n for n in names if n not in seen]
         if left_out:
             problems.append(f"the plan leaves out cohorts {left_out}: they would never receive a release")
+    sinks = [s.name for s in cfg.notifications]
+    if len(set(sinks)) != len(sinks):
+        problems.append("notification sink names must be unique")
     if own_channel is not None and cfg.promote_to == own_channel:
         problems.append("promote_to must name another channel")
     return problems

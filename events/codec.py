@@ -79,9 +79,9 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     except ValidationError as exc:
         reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
         raise DecodeError(_describe(reasons), reasons) from None
-    if event.family == "release" and event.release_id is None:
-        raise DecodeError("release events need a release_id", [{"code": "missing_field", "field": "release_id", "message": "release events need a release_id"}])
-    if event.family not in ("release", "scope", "channel", "trust"):
+    if event.family in ("release", "notification") and event.release_id is None:
+        raise DecodeError(f"{event.family} events need a release_id", [{"code": "missing_field", "field": "release_id", "message": f"{event.family} events need a release_id"}])
+    if event.family not in ("release", "scope", "channel", "trust", "notification"):
         raise DecodeError(f"unknown event family in {event.type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event family in {event.type!r}"}])
     if event.family in ("scope", "channel") and event.scope is None:
         raise DecodeError(f"{event.family} events need a scope", [{"code": "missing_field", "field": "scope", "message": f"{event.family} events need a scope"}])

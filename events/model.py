@@ -275,6 +275,7 @@ class TrustRotated(Frozen):
 
 # The channel configuration body lives in events/channel.py (it has its own validation).
 from .channel import ChannelConfig  # noqa: E402
+from .notifications import NOTIFICATION_TYPES  # noqa: E402
 
 RELEASE_TYPES: dict[str, type[Frozen]] = {
     "requested": Requested,
@@ -312,6 +313,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     **{f"scope.{k}": v for k, v in SCOPE_TYPES.items()},
     **{f"channel.{k}": v for k, v in CHANNEL_TYPES.items()},
     "trust.rotated": TrustRotated,
+    **NOTIFICATION_TYPES,
 }
 
 

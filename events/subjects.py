@@ -49,6 +49,13 @@ class Subjects:
     def release_filter(self, release_id: str) -> str:
         return f"{self.prefix}.release.{check_token(release_id, 'release_id')}.*"
 
+    def notification(self, release_id: str, outcome: str) -> str:
+        """Under the release, outside its lifecycle filter `release_filter` (one token deeper)."""
+        return f"{self.prefix}.release.{check_token(release_id, 'release_id')}.notification.{check_token(outcome, 'event suffix')}"
+
+    def notification_filter(self, release_id: str) -> str:
+        return self.notification(release_id, "x").rsplit(".", 1)[0] + ".*"
+
     def scope(self, env: str, channel: str, cohort: str, suffix: str) -> str:
         return (
             f"{self.prefix}.scope.{check_token(env, 'env')}.{check_token(channel, 'channel')}"
@@ -114,8 +121,10 @@ class Subjects:
             return self.release(release_id, suffix)
         if family == "scope" and scope:
             return self.scope(*scope, suffix)
+        if family == "notification" and release_id:
+            return self.notification(release_id, suffix)
         if family == "channel" and scope:
             return self.channel(scope[0], scope[1])
         if event_type == "trust.rotated":
             return self.trust_rotated()
-        raise ValueError(f"event type {event_type!r} needs a {'release_id' if family == 'release' else 'scope'}")
+        raise ValueError(f"event type {event_type!r} needs a {'release_id' if family in ('release', 'notification') else 'scope'}")

@@ -31,6 +31,7 @@ class EvidenceRecord:
     incidents: tuple[str, ...] = ()
     outcome: dict[str, Any] = field(default_factory=dict)
     timeline: tuple[dict, ...] = ()
+    notifications: tuple[dict, ...] = ()  # webhook deliveries about this release (events/notifications.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,7 +39,7 @@ class EvidenceRecord:
             "plan": self.plan, "checklist": list(self.checklist), "gates": list(self.gates),
             "verification": self.verification, "activations": list(self.activations), "windows": list(self.windows),
             "decisions": list(self.decisions), "incidents": list(self.incidents), "outcome": self.outcome,
-            "timeline": list(self.timeline),
+            "timeline": list(self.timeline), "notifications": list(self.notifications),
         }
 
 
@@ -50,6 +51,9 @@ def summary(event: Event) -> str:
     """One human line per event, for timelines."""
     d = event.data
     s = event.suffix
+    if event.family == "notification":
+        how = f"after {d.attempts} attempt(s)" + (f": {d.error}" if d.error else "")
+        return f"{d.kind} notification to {d.sink} {s} {how}"
     if event.family != "release":
         return f"{event.type} {event.scope.cohort if event.scope else ''}"
     match s:
@@ -95,6 +99,9 @@ def apply_evidence(record: EvidenceRecord, position: Position, event: Event) -> 
     line = {"seq": position.seq, "at": _ts(event), "type": event.type, "actor": f"{event.actor.kind}:{event.actor.id}",
             "event_id": event.event_id, "summary": summary(event)}
     r = replace(record, timeline=record.timeline + (line,))
+    if event.family == "notification":
+        row = {"seq": position.seq, "at": line["at"], "result": event.suffix, **event.data.model_dump(mode="json")}
+        return replace(r, notifications=r.notifications + (row,))
     if event.family != "release":
         return r
     d = event.data

@@ -54,6 +54,18 @@ class TimelineRow(_Open):
     summary: str
 
 
+class NotificationRow(_Open):
+    seq: int
+    at: str
+    result: str  # sent | failed
+    sink: str
+    kind: str
+    trigger: str
+    attempts: int
+    status: Optional[int] = None
+    error: str = ""
+
+
 class EvidenceDocument(_Open):
     """What was released, where, why, and with which results (seed: Evidence and audit trail)."""
 
@@ -71,6 +83,7 @@ class EvidenceDocument(_Open):
     incidents: list[str]
     outcome: dict[str, Any]
     timeline: list[TimelineRow]
+    notifications: list[NotificationRow] = []
 
 
 def schema_text() -> str:

@@ -75,6 +75,10 @@ class Follower:
         self._listeners.append(queue)
         return queue
 
+    def unlisten(self, queue: asyncio.Queue) -> None:
+        if queue in self._listeners:
+            self._listeners.remove(queue)
+
     async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None:
         async def _wait() -> None:
             async with self._changed:

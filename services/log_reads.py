@@ -46,5 +46,6 @@ async def load_world(js, subjects: Subjects, until: datetime | None = None) -> W
 
 
 async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceRecord:
-    entries = [(p, e) async for _, p, e in log_entries(js, subjects, [subjects.release_filter(release_id)]) if e is not None]
+    filters = [subjects.release_filter(release_id), subjects.notification_filter(release_id)]
+    entries = [(p, e) async for _, p, e in log_entries(js, subjects, filters) if e is not None]
     return evidence_of(release_id, entries)

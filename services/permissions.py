@@ -139,6 +139,7 @@ def service_permissions(subjects: Subjects) -> Permissions:
     inbox = inbox_for(s, "service")
     publish = [
         f"{p}.release.*.*",                       # release events (the promoter also requests linked releases)
+        f"{p}.release.*.notification.*",           # the notifier's records of webhook deliveries
         f"{p}.scope.*.*.*.activated",              # the activator's pointers (and pins switched by the pinner)
         f"{p}.scope.*.*.*.unpinned",               # pin refused or expired
         s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)

@@ -20,6 +20,7 @@ from events.codec import DecodeError
 from projections.releases import ReleaseState, triggers_for
 from projections.world import World
 from .log import AppendConflict
+from .observability.logs import log_context
 from .outputs import Ctx, Output
 from .worker import Poison, Worker
 
@@ -68,7 +69,8 @@ class ReleaseReactor:
                 if release_id in self._busy or not self.may_act(world.release(release_id)):
                     continue
                 try:
-                    await self.settle(release_id)
+                    with log_context(release_id=release_id):
+                        await self.settle(release_id)
                 except Exception as exc:  # the worker's retry and the next round cover it
                     log.info("%s: reconcile of %s deferred: %s", self.name, release_id, exc)
             await asyncio.sleep(every)

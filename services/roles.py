@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .activator import Activator
 from .distributor import Distributor
 from .monitor import Monitor
+from .notifier.consumer import Notifier
 from .pinner import Pinner
 from .preparer import Preparer
 from .promoter import Promoter
@@ -22,6 +23,7 @@ ROLE_CLASSES = {
     "activator": Activator,
     "monitor": Monitor,
     "promoter": Promoter,
+    "notifier": Notifier,
 }
 
 

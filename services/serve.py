@@ -14,6 +14,7 @@ from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from .app import App, Clock, connect, utc_clock
 from .embedded import EmbeddedServer, authorized_config, free_port
+from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_signing_key
 
@@ -68,6 +69,15 @@ async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None
     finally:
         await app.stop()
         await close_connection(nc)
+
+
+@asynccontextmanager
+async def optional_metrics(app: App, address: str | None) -> AsyncIterator[None]:
+    if not address:
+        yield
+        return
+    async with serve_metrics(app, address):
+        yield
 
 
 async def close_connection(nc, flush_timeout: float = 2.0) -> None:
@@ -183,6 +193,8 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     from .dashboard.server import dashboard_for
 
     trust_root = trust_root_for(settings)  # bad configuration fails before anything starts
+    if settings.metrics_addr:
+        parse_listen_address(settings.metrics_addr)
     signer = service_signing_key(settings)
     main = asyncio.current_task()
     assert main is not None
@@ -200,7 +212,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
         async with nats_for(settings) as target:
             await check_privileges(target, strict)
             async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app, \
-                    dashboard_for(app, ui, on_ui):
+                    dashboard_for(app, ui, on_ui), optional_metrics(app, settings.metrics_addr):
                 if on_ready:
                     on_ready(redacted(target.url))
                 await app.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 from events.canonical import StrictJSONError, loads_strict
 from events.signing import TrustRoot
 
-ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter")
+ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter", "notifier")
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,7 @@ class Settings:
     health_max_age_s: float = 7 * 24 * 3600
     replicas: int = 1  # JetStream replicas of every stream and bucket created (KX_REPLICAS; 3 on a cluster)
     ack_wait_s: float = 30.0  # how long a fetched message may stay unacked before redelivery (KX_ACK_WAIT)
+    metrics_addr: str | None = None  # HOST:PORT for Prometheus' /metrics (KX_METRICS_ADDR; off when unset)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -43,6 +44,7 @@ class Settings:
             "service_keys_path": Path(env["KX_SERVICE_KEYS"]) if env.get("KX_SERVICE_KEYS") else None,
             "replicas": parse_replicas(env.get("KX_REPLICAS") or "1"),
             "ack_wait_s": parse_seconds("KX_ACK_WAIT", env.get("KX_ACK_WAIT") or "30"),
+            "metrics_addr": env.get("KX_METRICS_ADDR") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

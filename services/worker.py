@@ -17,6 +17,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .deadletter import DeadLetters
+from .observability.logs import message_context
+from .observability.metrics import count_processed, track_consumer
 from .pull import ContinuousPull
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Worker:
         self._max_deliver = max_deliver
         self._deliver_new = deliver_new
         self.processed = 0
+        track_consumer(stream, durable)  # its lag is sampled for /metrics
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -79,7 +82,8 @@ class Worker:
             try:
                 await self._bind()
                 async for msg in pull.messages():
-                    await self._one(msg)
+                    with message_context(msg):  # every log line while handling it names its release and event
+                        await self._one(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # server restarted or consumer gone: bind again
@@ -97,6 +101,7 @@ class Worker:
         except Poison as exc:
             await self._dead.record(self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data, str(exc), meta.num_delivered)
             await msg.term()
+            count_processed(self.stream, self.durable, "dead_lettered")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -106,10 +111,13 @@ class Worker:
                     f"gave up after {meta.num_delivered} deliveries: {exc!r}", meta.num_delivered,
                 )
                 await msg.term()
+                count_processed(self.stream, self.durable, "dead_lettered")
             else:
                 delay = min(0.2 * 2 ** meta.num_delivered, 10.0)
                 log.warning("%s: seq %d failed (%r); retry in %.1fs", self.durable, meta.sequence.stream, exc, delay)
                 await msg.nak(delay=delay)
+                count_processed(self.stream, self.durable, "nak")
         else:
             self.processed += 1
             await msg.ack()
+            count_processed(self.stream, self.durable, "acked")

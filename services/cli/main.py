@@ -34,23 +34,31 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     strict: bool = typer.Option(False, "--strict", help="refuse to start if the NATS user can do more than the service needs (default: warn)"),
     ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="json or text (default: $KX_LOG_FORMAT; json unless stderr is a terminal)"),
 ) -> None:
     """Run the release service (every consumer, or --only some of them).
 
     Without KX_NATS_URL it starts an embedded nats-server with one least-privilege user per
     role (credentials: `kxr creds show ROLE`) and connects as the service user.
     """
+    import os
+
+    from services.observability.logs import configure_logging, log_format as chosen_log_format
     from services.serve import serve as run_serve
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(chosen_log_format(log_format or os.environ.get("KX_LOG_FORMAT")), logging.INFO if verbose else logging.WARNING)
+    ready_log = logging.getLogger("kxr.serve")
+    ready_log.setLevel(logging.INFO)  # the ready line shows at any verbosity, in the chosen log format
     settings = settings_from(nats_url, trust_root, data_dir)
-    settings = type(settings)(**{**settings.__dict__, "roles": parse_roles(only)})
+    settings = type(settings)(**{**settings.__dict__, "roles": parse_roles(only), "metrics_addr": metrics or settings.metrics_addr})
 
     def ready(url: str) -> None:
-        err_console.print(f"kxr serve: {', '.join(settings.roles)} running against {url} (Ctrl-C to stop)")
+        metrics_at = f"; metrics on http://{settings.metrics_addr}/metrics" if settings.metrics_addr else ""
+        ready_log.info("kxr serve: %s running against %s%s (Ctrl-C to stop)", ", ".join(settings.roles), url, metrics_at)
 
     def ui_ready(url: str) -> None:
-        err_console.print(f"kxr serve: dashboard at {url} (read-only)", highlight=False)
+        ready_log.info("kxr serve: dashboard at %s (read-only)", url)
 
     from services.dashboard.server import parse_addr
 

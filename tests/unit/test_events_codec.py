@@ -66,12 +66,14 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "scope.unpinned": {},
     "channel.configured": {},
     "trust.rotated": {"root": {"signed": {"version": 2, "threshold": 1, "keys": {}}, "signatures": []}, "version": 2},
+    "notification.sent": {"sink": "ops", "kind": "rolled_back", "trigger": "ev-0", "trigger_type": "release.rolled_back", "attempts": 1, "status": 200},
+    "notification.failed": {"sink": "ops", "kind": "held", "trigger": "ev-0", "trigger_type": "release.monitoring_inconclusive", "attempts": 3, "error": "HTTP 503"},
 }
 
 
 def identity_of(event_type: str) -> dict[str, Any]:
     family = event_type.split(".")[0]
-    if family == "release":
+    if family in ("release", "notification"):
         return {"release_id": "r1"}
     if family == "scope":
         return {"release_id": "r1", "scope": SCOPE}

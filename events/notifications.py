@@ -1,0 +1,108 @@
+"""Webhook notifications: the channel's sinks and the events that record each delivery.
+
+A channel may name webhook sinks; the notifier posts to each sink for the release
+events it subscribed to (`on`), and records the outcome in the log as
+`notification.sent` / `notification.failed` on `<p>.release.<id>.notification.<sent|failed>`.
+Those subjects sit *under* the release but outside its lifecycle filter
+(`<p>.release.<id>.*`), so a notification never takes part in the release's
+optimistic concurrency: recording one cannot block or change the release.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from .tokens import TOKEN_PATTERN
+
+NotifyKind = Literal["rolled_back", "held", "escalated"]
+# which release event makes each kind: a hold is a window that ended without a verdict
+KIND_OF_EVENT: dict[str, str] = {
+    "release.rolled_back": "rolled_back",
+    "release.monitoring_inconclusive": "held",
+    "release.escalated": "escalated",
+}
+MAX_URL_CHARS = 2048
+MAX_ATTEMPTS = 10
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class NotificationSink(BaseModel):
+    """One webhook: where, for which kinds, and (optionally) the env var holding its HMAC secret.
+
+    The secret itself is never in the log (the channel configuration is): only the name of
+    the variable the notifier reads it from.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: StrictStr = Field(pattern=TOKEN_PATTERN)
+    url: StrictStr = Field(min_length=1, max_length=MAX_URL_CHARS)
+    on: list[NotifyKind] = Field(min_length=1)
+    secret_env: StrictStr | None = None
+    attempts: StrictInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("on")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a kind twice")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+def url_problem(url: str) -> str | None:
+    """Why a webhook URL is unusable, or None. Credentials in the URL would be written to the log."""
+    if any(c.isspace() for c in url):
+        return "must not contain whitespace"
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials (use secret_env for a signing secret)"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
+
+
+class NotificationOutcome(BaseModel):
+    """What happened to one notification: the sink, the event it was about, how it went."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    sink: StrictStr = Field(pattern=TOKEN_PATTERN)
+    kind: NotifyKind
+    trigger: StrictStr = Field(min_length=1, max_length=128)  # the event id it notified about (= Idempotency-Key)
+    trigger_type: StrictStr
+    attempts: StrictInt = Field(ge=0)
+    status: StrictInt | None = None  # the last HTTP status seen (None: no answer)
+    error: StrictStr = ""  # why it failed ("" when sent)
+
+
+NOTIFICATION_TYPES: dict[str, type[BaseModel]] = {
+    "notification.sent": NotificationOutcome,
+    "notification.failed": NotificationOutcome,
+}

@@ -1,0 +1,1 @@
+"""Webhook notifications for rollbacks, holds and escalations (the `notifier` role)."""

@@ -1,0 +1,1 @@
+"""The service's own observability: structured logs with release/event context, Prometheus metrics."""

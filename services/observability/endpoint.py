@@ -1,0 +1,101 @@
+"""`/metrics` over HTTP (`kxr serve --metrics ADDR`), and the feed that keeps the fold current.
+
+The release metrics are folded from the log: the prefix the follower had already applied
+when the endpoint started is read once from the log, everything after comes from the
+follower as it applies it. So the numbers are those of the whole log, also in a process
+that started from a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from ..log_reads import log_entries
+from ..settings import ConfigError
+from ..tasks import cancel_and_wait
+from .metrics import PROCESSED, LagSampler, ServiceCollector
+from .release_metrics import ReleaseMetrics
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen_address(raw: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9464` for IPv6; port 0 picks a free one)."""
+    host, sep, port = raw.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"KX_METRICS_ADDR / --metrics takes HOST:PORT (e.g. 127.0.0.1:9464), not {raw!r}")
+    return host, int(port)
+
+
+async def feed(app: "App", releases: ReleaseMetrics) -> None:
+    """Fold the whole log into `releases`, then follow the follower."""
+    queue = app.follower.listen()  # registered before reading where the follower is: nothing falls in between
+    upto = app.follower.position
+    try:
+        if upto:
+            async with aclosing(log_entries(app.js, app.subjects)) as entries:  # closes its reader on break
+                async for entry, _, event in entries:
+                    if entry.seq > upto:
+                        break
+                    releases.apply(entry.seq, event)
+        while True:
+            position, event = await queue.get()
+            releases.apply(position.seq, event)  # an entry seen twice (read and queued) is applied once
+    finally:
+        app.follower.unlisten(queue)
+
+
+def _report(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %r", task.get_name(), task.exception())
+
+
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    host: str
+    port: int
+    releases: ReleaseMetrics
+    lag: LagSampler
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+
+@asynccontextmanager
+async def serve_metrics(app: "App", address: str, lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
+    host, port = parse_listen_address(address)
+    releases, lag = ReleaseMetrics(), LagSampler(app)
+    registry = CollectorRegistry()
+    registry.register(PROCESSED)
+    registry.register(ServiceCollector(app, releases, lag))
+    ProcessCollector(registry=registry)
+    try:
+        server, thread = start_http_server(port, host, registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
+    endpoint = MetricsEndpoint(host, server.server_port, releases, lag)
+    tasks = [asyncio.create_task(feed(app, releases), name="metrics-feed"),
+             asyncio.create_task(lag.run(lag_every), name="metrics-lag")]
+    for task in tasks:  # metrics never stop the service, but a broken feed must say so
+        task.add_done_callback(_report)
+    log.info("metrics on %s", endpoint.url)
+    try:
+        yield endpoint
+    finally:
+        await cancel_and_wait(tasks)
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,100 @@
+"""Structured logs: one JSON object per line, each naming the release and event it concerns.
+
+The release id and event id travel in context variables, set where a consumer takes a
+message (`message_context`) or settles a release (`log_context`), so every line logged
+while handling it — by any module, in any task started from there — carries them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from typing import IO, Iterator
+
+from ..settings import ConfigError
+
+release_id_var: ContextVar[str | None] = ContextVar("kx_release_id", default=None)
+event_id_var: ContextVar[str | None] = ContextVar("kx_event_id", default=None)
+FORMATS = ("json", "text")
+
+
+@contextmanager
+def log_context(release_id: str | None = None, event_id: str | None = None) -> Iterator[None]:
+    tokens = (release_id_var.set(release_id), event_id_var.set(event_id))
+    try:
+        yield
+    finally:
+        event_id_var.reset(tokens[1])
+        release_id_var.reset(tokens[0])
+
+
+def message_ids(subject: str, headers: dict[str, str] | None) -> tuple[str | None, str | None]:
+    """(release id, event id) of a log message: `<p>.release.<id>.…` and its `Nats-Msg-Id` (= event_id)."""
+    parts = subject.split(".")
+    release_id = parts[2] if len(parts) >= 4 and parts[1] == "release" else None
+    return release_id, (headers or {}).get("Nats-Msg-Id")
+
+
+def message_context(msg):
+    """The log context of a JetStream message a consumer is about to handle."""
+    return log_context(*message_ids(msg.subject, msg.headers))
+
+
+def _context(record: logging.LogRecord) -> tuple[str | None, str | None]:
+    # an explicit `extra={"release_id": …}` wins over the ambient context
+    return (getattr(record, "release_id", None) or release_id_var.get(),
+            getattr(record, "event_id", None) or event_id_var.get())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        release_id, event_id = _context(record)
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "release_id": release_id,
+            "event_id": event_id,
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        release_id, event_id = _context(record)
+        if release_id or event_id:
+            line += f" [release={release_id or '-'} event={event_id or '-'}]"
+        return line
+
+
+def log_format(value: str | None, stream: IO = sys.stderr) -> str:
+    """KX_LOG_FORMAT, or json when the stream is not a terminal (a collector reads it) and text when it is."""
+    if value:
+        if value not in FORMATS:
+            raise ConfigError(f"KX_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {value!r}")
+        return value
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def configure_logging(fmt: str, level: int, stream: IO = sys.stderr) -> logging.Handler:
+    """Route every logger through one handler on the root logger, in the chosen format."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

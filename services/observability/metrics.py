@@ -1,0 +1,134 @@
+"""Prometheus metrics of the service itself (names `kx_…`).
+
+- per consumer, counted where the worker acks, naks or dead-letters a message
+  (process-wide, like any Prometheus client counter);
+- consumer lag, sampled from JetStream's consumer info every few seconds (`LagSampler`);
+- release-level figures, rendered at scrape time from the `ReleaseMetrics` fold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .release_metrics import ReleaseMetrics
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger(__name__)
+
+PROCESSED = Counter("kx_events_processed", "Messages a durable consumer finished, by outcome (acked, nak, dead_lettered).",
+                    ["stream", "consumer", "outcome"], registry=None)
+
+
+# (stream, durable) of every worker this process has built: the consumers whose lag it reports
+_DURABLES: set[tuple[str, str]] = set()
+
+
+def count_processed(stream: str, consumer: str, outcome: str) -> None:
+    PROCESSED.labels(stream, consumer, outcome).inc()
+
+
+def track_consumer(stream: str, durable: str) -> None:
+    _DURABLES.add((stream, durable))
+
+
+@dataclass(frozen=True)
+class Lag:
+    pending: int  # not yet delivered to the consumer
+    ack_pending: int  # delivered, not acked yet
+    redelivered: int
+
+
+class LagSampler:
+    """The backlog of each durable consumer this process runs, asked of JetStream now and then.
+
+    One consumer-info request per durable every few seconds, never per message; not a
+    listing of the stream's consumers, which also holds every reader's and runtime's
+    ephemeral consumer (and needs a permission the service user does not have).
+    """
+
+    def __init__(self, app: "App") -> None:
+        self._app = app
+        self.lags: dict[tuple[str, str], Lag] = {}
+
+    def durables(self) -> list[tuple[str, str]]:
+        s = self._app.subjects
+        ours = {s.releases_stream, s.timers_stream, s.health_stream}
+        return sorted(d for d in _DURABLES if d[0] in ours)
+
+    async def sample(self) -> bool:
+        """Sample every durable; False if one does not exist yet (its worker is starting)."""
+        lags: dict[tuple[str, str], Lag] = {}
+        complete = True
+        for stream, durable in self.durables():
+            try:
+                info = await self._app.js.consumer_info(stream, durable)
+            except NotFoundError:
+                complete = False
+                continue
+            lags[(stream, durable)] = Lag(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
+        self.lags = lags  # replaced whole: the scrape thread sees one sample or the next
+        return complete
+
+    async def run(self, every: float = 5.0) -> None:
+        while True:
+            complete = False
+            try:
+                complete = await self.sample()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away for a moment: keep the last sample, try again
+                log.info("consumer lag not sampled: %s", exc)
+            await asyncio.sleep(every if complete else min(every, 0.5))
+
+
+class ServiceCollector(Collector):
+    def __init__(self, app: "App", releases: ReleaseMetrics, lag: LagSampler) -> None:
+        self._app = app
+        self._releases = releases
+        self._lag = lag
+
+    def collect(self) -> Iterable[Metric]:
+        view = self._releases.view()
+        yield _counter("kx_log_events", "Events in the release log, by type.", ["type"], view.events_by_type)
+        yield _counter("kx_releases_closed", "Releases closed, by outcome.", ["outcome"], view.outcomes)
+        yield _counter("kx_gate_failures", "Verifications that failed, by gate and code.", ["gate", "code"], view.gate_failures)
+        yield _counter("kx_rollbacks_started", "Rollbacks started, by trigger.", ["trigger"], view.rollbacks)
+        yield _counter("kx_release_holds", "Monitoring windows that ended inconclusive (the release holds).", [], {(): view.holds})
+        yield _counter("kx_release_escalations", "Releases that escalated.", [], {(): view.escalations})
+        yield _counter("kx_notifications", "Webhook notifications recorded, by kind and result.", ["kind", "result"], view.notifications)
+        latency = HistogramMetricFamily("kx_activation_latency_seconds",
+                                        "release.requested to its first activation, from the events' timestamps.")
+        latency.add_metric([], [(_bound(b), c) for b, c in view.activation_latency.buckets], view.activation_latency.total)
+        yield latency
+        yield GaugeMetricFamily("kx_log_applied_sequence", "Last log sequence folded into these metrics.", value=view.applied_seq)
+        world = self._app.follower.world
+        yield GaugeMetricFamily("kx_releases_in_flight", "Releases not closed.", value=len(world.in_flight))
+        lags = dict(self._lag.lags)
+        for name, text, field in (("kx_consumer_pending_messages", "Messages not yet delivered to a durable consumer.", "pending"),
+                                  ("kx_consumer_ack_pending_messages", "Messages delivered and not yet acked.", "ack_pending"),
+                                  ("kx_consumer_redelivered_messages", "Messages delivered more than once.", "redelivered")):
+            gauge = GaugeMetricFamily(name, text, labels=["stream", "consumer"])
+            for (stream, consumer), lag in sorted(lags.items()):
+                gauge.add_metric([stream, consumer], getattr(lag, field))
+            yield gauge
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def _counter(name: str, text: str, labels: list[str], values: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
