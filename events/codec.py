@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .canonical import StrictJSONError, compact_bytes, loads_strict
 from .ids import new_event_id
-from .model import PAYLOADS, SCHEMA_VERSION, Actor, Event, Scope, utcnow
+from .model import FAMILIES, PAYLOADS, RELEASE_FAMILIES, SCHEMA_VERSION, SCOPE_FAMILIES, Actor, Event, Scope, utcnow
 from .subjects import Subjects
 
 EVENT_MAX_BYTES = 64 * 1024
@@ -79,11 +79,11 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     except ValidationError as exc:
         reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
         raise DecodeError(_describe(reasons), reasons) from None
-    if event.family in ("release", "notification") and event.release_id is None:
+    if event.family in RELEASE_FAMILIES and event.release_id is None:
         raise DecodeError(f"{event.family} events need a release_id", [{"code": "missing_field", "field": "release_id", "message": f"{event.family} events need a release_id"}])
-    if event.family not in ("release", "scope", "channel", "trust", "notification"):
+    if event.family not in FAMILIES:
         raise DecodeError(f"unknown event family in {event.type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event family in {event.type!r}"}])
-    if event.family in ("scope", "channel") and event.scope is None:
+    if event.family in SCOPE_FAMILIES and event.scope is None:
         raise DecodeError(f"{event.family} events need a scope", [{"code": "missing_field", "field": "scope", "message": f"{event.family} events need a scope"}])
     if subject is not None:
         check_subject(event, subject, subjects or Subjects())

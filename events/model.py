@@ -18,6 +18,10 @@ from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
 
 SCHEMA_VERSION = 1
+# which event families need a release_id, and which a scope (the decoder enforces both)
+RELEASE_FAMILIES = ("release", "notification")
+SCOPE_FAMILIES = ("scope", "channel")
+FAMILIES = ("release", "scope", "channel", "trust", "notification")
 Token = Annotated[StrictStr, Field(pattern=TOKEN_PATTERN)]  # cohort names and other subject tokens
 
 

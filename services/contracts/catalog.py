@@ -47,6 +47,8 @@ DESCRIPTIONS: dict[str, str] = {
     "scope.unpinned": "A pin ended: by an operator, on expiry, or refused because the pinned pack failed verification.",
     "channel.configured": "A channel's configuration (CONTRACT §7): cohorts, plan, monitoring, compatibility, policy. The newest one is in force.",
     "trust.rotated": "A new trust root, signed by thresholds of the previous root's keys and of its own.",
+    "notification.sent": "The notifier delivered a webhook for a rollback, hold or escalation of this release (attempts, sink, status). Outside the release's lifecycle filter: it never changes the release.",
+    "notification.failed": "The notifier gave up on a webhook for this release (attempts, last error). Recorded, never blocking: the release goes on as it would.",
 }
 HEALTH_DESCRIPTION = ("A runtime's health report (CONTRACT §8): `activation` after each switch it attempted, "
                       "periodic `sample`s from start-up on (digest null while it has no active pack).")

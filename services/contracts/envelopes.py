@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import create_model
 
-from events.model import PAYLOADS, SCHEMA_VERSION, Event, Scope, Token
+from events.model import PAYLOADS, RELEASE_FAMILIES, SCHEMA_VERSION, SCOPE_FAMILIES, Event, Scope, Token
 
 from .catalog import DESCRIPTIONS
 
@@ -33,8 +33,8 @@ def envelope_model(event_type: str) -> type[Event]:
         "schema_version": (Literal[SCHEMA_VERSION], ...),
         "data": (PAYLOADS[event_type], ...),
     }
-    if family == "release":
+    if family in RELEASE_FAMILIES:
         fields["release_id"] = (Token, ...)
-    if family in ("scope", "channel"):
+    if family in SCOPE_FAMILIES:
         fields["scope"] = (Scope, ...)
     return create_model(model_name(event_type), __base__=Event, __doc__=DESCRIPTIONS[event_type], **fields)
