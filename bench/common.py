@@ -35,7 +35,8 @@ def channel_config(cohorts: list[str] | None = None, window_s: int = 3600) -> Ch
     """One stage over the given cohorts; the window is long because benches stop at activation."""
     cohorts = cohorts or ["all"]
     return ChannelConfig.model_validate({
-        "cohorts": [{"name": c} for c in cohorts[:-1]] + [{"name": cohorts[-1]}],
+        # every cohort but the last selects its own tenant; the last catches everyone else
+        "cohorts": [{"name": c, "tenants": [f"tenant-{c}"]} for c in cohorts[:-1]] + [{"name": cohorts[-1]}],
         "plan": [cohorts],
         "monitoring": {"window_s": window_s, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
         "compatibility": COMPATIBILITY,

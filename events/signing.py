@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, Mapping
 
 from cryptography.exceptions import InvalidSignature
@@ -51,11 +52,12 @@ class SigningKey:
     def private_raw(self) -> bytes:
         return self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
-    @property
+    # cached: a service signs every append, and deriving the public half costs more than hashing
+    @cached_property
     def public_raw(self) -> bytes:
         return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
-    @property
+    @cached_property
     def keyid(self) -> str:
         return keyid_of(self.public_raw)
 
@@ -70,9 +72,14 @@ class SigningKey:
         return cls.from_raw(b64decode_strict(str(doc["private"])))
 
 
+@lru_cache(maxsize=1024)
+def _public_key(public_raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_raw)
+
+
 def verify_ed25519(public_raw: bytes, signature: bytes, message: bytes) -> bool:
     try:
-        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+        _public_key(public_raw).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -8,7 +8,9 @@ made on a state at least as new as their trigger.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import time
 
 from nats.js import JetStreamContext
 
@@ -23,17 +25,22 @@ log = logging.getLogger(__name__)
 
 class Follower:
     def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
-                 snapshot_every: int = 1000) -> None:
+                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
         self.position = self.world.applied_seq
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
+        # a snapshot serialises the whole world on the event loop: at most this often, so a busy
+        # log does not pay for it every 1000 events (a restart replays at most this much tail)
+        self._snapshot_min_interval_s = snapshot_min_interval_s
         self._saved_at = self.position
+        self._saved_time = time.monotonic()
         self.started_from = self.position  # 0: a full replay; else the snapshot's sequence
         self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
-        self._changed = asyncio.Condition()
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
+        self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
 
     async def run(self) -> None:
@@ -50,12 +57,12 @@ class Follower:
                 else:
                     self.world = apply(self.world, position, event)
                 self.position = entry.seq
-                if self._snapshots is not None and entry.pending == 0 and self.position - self._saved_at >= self._snapshot_every:
+                if (self._snapshots is not None and entry.pending == 0 and self.position - self._saved_at >= self._snapshot_every
+                        and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s):
                     await self.save_snapshot()
                 for queue in self._listeners:
                     queue.put_nowait((position, event))
-                async with self._changed:
-                    self._changed.notify_all()
+                self._wake()
         finally:
             await reader.close()
 
@@ -66,6 +73,7 @@ class Follower:
         try:
             await self._snapshots.save(self.world)
             self._saved_at = self.position
+            self._saved_time = time.monotonic()
         except Exception as exc:  # a snapshot is an optimisation: never stop following for it
             log.warning("snapshot at seq %d not saved: %s", self.position, exc)
 
@@ -79,12 +87,23 @@ class Follower:
         if queue in self._listeners:
             self._listeners.remove(queue)
 
-    async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None:
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.position >= seq)
+    def _wake(self) -> None:
+        # only the waiters whose sequence is now applied: no herd of re-checks per entry
+        while self._waiters and self._waiters[0][0] <= self.position:
+            future = heapq.heappop(self._waiters)[2]
+            if not future.done():
+                future.set_result(None)
 
-        await asyncio.wait_for(_wait(), timeout)
+    async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None:
+        if self.position >= seq:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiter_count += 1
+        heapq.heappush(self._waiters, (seq, self._waiter_count, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            future.cancel()  # a timed-out waiter stays in the heap until its sequence comes, done
 
     async def catch_up(self, timeout: float | None = 60.0) -> None:
         """Wait until everything stored in the log right now has been applied."""

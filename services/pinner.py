@@ -176,8 +176,9 @@ class Pinner:
         """Expire pins whose timer was lost (e.g. fetched by a process that died)."""
         while True:
             await asyncio.sleep(every)
+            now = self.app.clock()
             for key, state in list(self.app.follower.world.scopes.items()):
-                if state.pin is not None and state.pin.until <= self.app.clock():
+                if state.pin is not None and state.pin.until <= now:
                     try:
                         await self._expire_if_due(*key, state.pin_seq)
                     except Exception as exc:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_CONFLICTS = 8
 RECONCILE_EVERY_S = 5.0
+CONCURRENCY = 32  # releases decided on at once per consumer (I/O-bound: reads of packs and health, appends)
 
 
 class ReleaseReactor:
@@ -42,12 +43,13 @@ class ReleaseReactor:
 
     def __init__(self, app: "App") -> None:
         self.app = app
-        self._busy: set[str] = set()  # releases this process is deciding on right now
+        # one decision at a time per release in this process: its lock and how many want it
+        self._deciding: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def runners(self) -> list:
         worker = Worker(
             self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
-            self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s,
+            self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s, concurrency=CONCURRENCY,
         )
         return [worker.run(), self.reconcile()]
 
@@ -66,7 +68,7 @@ class ReleaseReactor:
         while True:
             world = self.app.follower.world
             for release_id in sorted(world.in_flight):
-                if release_id in self._busy or not self.may_act(world.release(release_id)):
+                if self.busy(release_id) or not self.may_act(world.release(release_id)):
                     continue
                 try:
                     with log_context(release_id=release_id):
@@ -98,20 +100,23 @@ class ReleaseReactor:
     async def on_undecodable(self, msg: Msg, release_id: str, problem: DecodeError) -> None:
         raise Poison(str(problem))
 
+    def busy(self, release_id: str) -> bool:
+        return release_id in self._deciding
+
     async def settle(self, release_id: str, decide=None) -> None:
         """Decide on the release's current state and perform the result, re-deciding on conflict."""
         decide = decide or self.decide
-        if release_id in self._busy:
-            await self._wait_idle(release_id)
-        self._busy.add(release_id)
+        lock, users = self._deciding.get(release_id, (asyncio.Lock(), 0))
+        self._deciding[release_id] = (lock, users + 1)
         try:
-            await self._settle(release_id, decide)
+            async with lock:
+                await self._settle(release_id, decide)
         finally:
-            self._busy.discard(release_id)
-
-    async def _wait_idle(self, release_id: str) -> None:
-        while release_id in self._busy:
-            await asyncio.sleep(0.01)
+            lock, users = self._deciding[release_id]
+            if users == 1:
+                del self._deciding[release_id]  # the map holds only releases being decided on
+            else:
+                self._deciding[release_id] = (lock, users - 1)
 
     async def _settle(self, release_id: str, decide) -> None:
         for attempt in range(MAX_CONFLICTS):

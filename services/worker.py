@@ -19,7 +19,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from .deadletter import DeadLetters
 from .observability.logs import message_context
 from .observability.metrics import count_processed, track_consumer
+from .direct import connection_of
 from .pull import ContinuousPull
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ class Worker:
         ack_wait: float = 30.0,
         max_deliver: int = 10,
         deliver_new: bool = False,
+        concurrency: int = 1,
     ) -> None:
         self._js = js
-        self._nc = js._nc  # the pull requests go over the context's own connection
+        self._nc = connection_of(js)  # the pull requests go over the context's own connection
         self.stream = stream
         self.durable = durable
         self._filters = filter_subjects
@@ -55,6 +58,8 @@ class Worker:
         self._ack_wait = ack_wait
         self._max_deliver = max_deliver
         self._deliver_new = deliver_new
+        self._concurrency = max(1, concurrency)
+        self._running: set[asyncio.Task] = set()
         self.processed = 0
         track_consumer(stream, durable)  # its lag is sampled for /metrics
 
@@ -77,20 +82,35 @@ class Worker:
         await self._js.add_consumer(self.stream, config=config)
 
     async def run(self) -> None:
-        while True:
-            pull = ContinuousPull(self._nc, self.stream, self.durable, batch=16)
-            try:
-                await self._bind()
-                async for msg in pull.messages():
-                    with message_context(msg):  # every log line while handling it names its release and event
-                        await self._one(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # server restarted or consumer gone: bind again
-                log.warning("%s: pull failed (%s); re-binding", self.durable, exc)
-                await asyncio.sleep(0.5)
-            finally:
-                await pull.close()
+        slots = asyncio.Semaphore(self._concurrency)
+        try:
+            while True:
+                pull = ContinuousPull(self._nc, self.stream, self.durable, batch=max(16, 2 * self._concurrency))
+                try:
+                    await self._bind()
+                    async for msg in pull.messages():
+                        if self._concurrency == 1:
+                            await self._in_context(msg)
+                            continue
+                        # several messages at once (each acked when its own handling ends); the
+                        # handler serialises what must not overlap (a reactor: one release at a time)
+                        await slots.acquire()
+                        task = asyncio.create_task(self._in_context(msg))
+                        self._running.add(task)
+                        task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # server restarted or consumer gone: bind again
+                    log.warning("%s: pull failed (%s); re-binding", self.durable, exc)
+                    await asyncio.sleep(0.5)
+                finally:
+                    await pull.close()
+        finally:
+            await cancel_and_wait(list(self._running))
+
+    async def _in_context(self, msg: Msg) -> None:
+        with message_context(msg):  # every log line while handling it names its release and event
+            await self._one(msg)
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -1,0 +1,193 @@
+"""Throughput: releases to activation per second with 1,000 scopes in flight.
+
+    .venv/bin/python -m bench.throughput                      # 200 channels x 5 cohorts = 1,000 scopes
+    .venv/bin/python -m bench.throughput --channels 20 --cohorts 2
+
+Two measurements, each against a file-backed nats-server and `kxr serve` processes:
+
+- per consumer: the requests are all stored first, then each consumer of the activation
+  path runs alone (`kxr serve --only ROLE`) and drains its backlog. Its rate is taken from
+  the server timestamps of the events it appended (first to last), so start-up is not
+  counted. Baseline: a raw nats-py consume -> publish -> ack loop over the same number of
+  messages (durable pull consumer, one acknowledged publish per message), same run.
+  Target: each consumer >= 50% of the raw loop.
+- end to end: every consumer in one `kxr serve`, all requests published at once; releases
+  (and scope pointers) per second from the first request to the last pointer stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from events.subjects import Subjects
+from services.app import connect
+from services.log import EventLog
+from services.log_reads import log_entries
+from services.producer import configure_channel, push_pack, request_event
+from .common import OPERATOR, PRODUCER, Progress, channel_config, report, rig, signed_pack
+from .time_to_activate import wait_for_layout
+
+STEPS = (("preparer", "release.prepared"), ("distributor", "release.distributed"),
+         ("verifier", "release.verified"), ("activator", "release.activated"))
+PACK_BYTES = 64 * 1024
+
+
+async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
+    """Messages per second through a serial consume -> publish (acknowledged) -> ack loop."""
+    nc = await connect(url, name="bench-raw-loop")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BASELINE_LOOP", subjects=["baseline.loop.>"]))
+    payload = os.urandom(size)
+    acks = [await js.publish_async("baseline.loop.in", payload) for _ in range(messages)]
+    await asyncio.gather(*acks)
+    sub = await js.pull_subscribe("baseline.loop.in", durable="raw", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+    done = 0
+    t0 = time.perf_counter()
+    while done < messages:
+        for msg in await sub.fetch(min(256, messages - done), timeout=5):
+            await js.publish("baseline.loop.out", msg.data)
+            await msg.ack()
+            done += 1
+    rate = messages / (time.perf_counter() - t0)
+    await js.delete_stream("BASELINE_LOOP")
+    await nc.close()
+    return rate
+
+
+class Driver:
+    """The producer's side: channels, health, packs and requests for one prefix."""
+
+    def __init__(self, url: str, prefix: str, key, channels: int, cohorts: int) -> None:
+        self.url, self.prefix, self.key = url, prefix, key
+        self.channels, self.cohorts = channels, cohorts
+        self.subjects = Subjects(prefix)
+
+    async def __aenter__(self) -> "Driver":
+        self.nc = await connect(self.url, name="bench-throughput")
+        self.js = self.nc.jetstream(timeout=30)
+        self.log = EventLog(self.nc, self.js, self.subjects)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.nc.close()
+
+    async def prepare(self) -> list:
+        """Configure every channel, report health in every cohort, push every pack; return the requests."""
+        await wait_for_layout(self.js, self.subjects)
+        cohorts = [f"c{k}" for k in range(self.cohorts)]
+        config = channel_config(cohorts)
+        now = datetime.now(timezone.utc).isoformat()
+        progress = Progress(f"{self.prefix}: channels, health and packs", self.channels)
+        requests = []
+        for i in range(self.channels):
+            await configure_channel(self.log, self.js, "prod", f"ch{i}", config, OPERATOR)
+            for c in cohorts:
+                await self.js.publish(self.subjects.health("prod", f"ch{i}", c, f"rt{i}-{c}"), json.dumps(
+                    {"runtime_id": f"rt{i}-{c}", "at": now, "kind": "sample", "requests": 10}).encode())
+            body = os.urandom(PACK_BYTES)
+            manifest, digest = signed_pack(self.key, f"1.0.{i}", body)
+            await push_pack(self.js, self.subjects, body, manifest, digest)
+            requests.append(request_event(f"tp{i}", {
+                "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest}, "target": {"env": "prod", "channel": f"ch{i}"},
+                "owner": "bench", "escalation": "pager:bench", "rollback": {"strategy": "none"}}, PRODUCER))
+            progress.update(i + 1)
+        return requests
+
+    async def publish_all(self, requests: list) -> float:
+        """Publish every request (acknowledged, concurrently); returns when the first was sent."""
+        t0 = time.time()
+        await asyncio.gather(*(self.log.append(self.log.release_entry(e, 0)) for e in requests))
+        return t0
+
+    async def stored_times(self, event_type: str) -> list[float]:
+        """Server timestamps (epoch seconds) of every stored event of this type."""
+        out = []
+        async for entry, _, event in log_entries(self.js, self.subjects):
+            if event is not None and event.type == event_type and entry.stored_at is not None:
+                out.append(entry.stored_at.timestamp())
+        return sorted(out)
+
+    async def wait_count(self, event_type: str, want: int, what: str, timeout: float = 600.0) -> list[float]:
+        progress = Progress(what, want)
+        deadline = time.monotonic() + timeout
+        while True:
+            times = await self.stored_times(event_type)
+            progress.update(min(len(times), want))
+            if len(times) >= want:
+                return times
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: only {len(times)}/{want} after {timeout:.0f}s (see the serve logs)")
+            await asyncio.sleep(0.5)
+
+
+def rate_of(times: list[float]) -> float:
+    """Events per second between the first and the last (n-1 intervals)."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return float("nan")
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+async def per_consumer(r, channels: int, cohorts: int) -> dict[str, float]:
+    async with Driver(r.url, "tpc", r.key, channels, cohorts) as d:
+        layout = r.serve("--only", "preparer", name="layout", KX_PREFIX="tpc")  # creates the streams
+        requests = await d.prepare()
+        layout.terminate()
+        layout.wait(10)
+        await d.publish_all(requests)
+        rates = {}
+        for role, event_type in STEPS:
+            proc = r.serve("--only", role, name=role, KX_PREFIX="tpc")
+            times = await d.wait_count(event_type, len(requests), f"{role} draining {len(requests)} releases")
+            proc.terminate()
+            proc.wait(10)
+            rates[role] = rate_of(times)
+        return rates
+
+
+async def end_to_end(r, channels: int, cohorts: int) -> dict[str, float]:
+    async with Driver(r.url, "tpe", r.key, channels, cohorts) as d:
+        r.serve(name="serve-all", KX_PREFIX="tpe")
+        requests = await d.prepare()
+        t0 = await d.publish_all(requests)
+        times = await d.wait_count("release.activated", len(requests), f"all consumers: {len(requests)} releases to activation")
+        span = times[-1] - t0
+        return {"releases_per_s": len(requests) / span, "scopes_per_s": len(requests) * cohorts / span, "seconds": span}
+
+
+async def run(channels: int, cohorts: int) -> dict:
+    with rig(prefix="tpc") as r:
+        consumers = await per_consumer(r, channels, cohorts)
+        e2e = await end_to_end(r, channels, cohorts)
+        raw = await raw_loop(r.url, max(channels, 1000))
+    ratios = {role: round(rate / raw, 3) for role, rate in consumers.items()}
+    return {
+        "channels": channels, "cohorts": cohorts, "scopes": channels * cohorts, "releases": channels,
+        "consumers_per_s": {k: round(v, 1) for k, v in consumers.items()}, "raw_loop_per_s": round(raw, 1),
+        "ratio_to_raw": ratios, "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
+        "targets": {"ratio_min": 0.5}, "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--channels", type=int, default=200)
+    ap.add_argument("--cohorts", type=int, default=5)
+    args = ap.parse_args(argv)
+    res = asyncio.run(run(args.channels, args.cohorts))
+    raw = res["raw_loop_per_s"]
+    rows = [(f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
+            for role, rate in res["consumers_per_s"].items()]
+    e = res["end_to_end"]
+    rows.append(("end to end (all consumers)", f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
+    report("throughput", res, rows)
+
+
+if __name__ == "__main__":
+    main()

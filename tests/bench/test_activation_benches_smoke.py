@@ -1,0 +1,26 @@
+"""The activation benches run end to end on tiny sizes (figures are not judged here: no timing asserts)."""
+
+from __future__ import annotations
+
+import math
+
+from bench import throughput, time_to_activate
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+
+
+async def test_time_to_activate_bench_runs_on_a_tiny_size() -> None:
+    res = await time_to_activate.run(releases=4, warmup=1)
+    assert res["ours"]["n"] == 4 and res["baseline"]["n"] >= 4
+    assert all(_positive(res[side][k]) for side in ("ours", "baseline") for k in ("p50_ms", "p99_ms", "max_ms"))
+    assert _positive(res["ratio_p50"]) and set(res["met"]) == {"p50", "p99"}
+
+
+async def test_throughput_bench_runs_on_a_tiny_size() -> None:
+    res = await throughput.run(channels=4, cohorts=2)
+    assert res["scopes"] == 8 and res["releases"] == 4
+    assert set(res["consumers_per_s"]) == {"preparer", "distributor", "verifier", "activator"}
+    assert all(_positive(v) for v in res["consumers_per_s"].values()) and _positive(res["raw_loop_per_s"])
+    assert _positive(res["end_to_end"]["releases_per_s"])
