@@ -10,7 +10,9 @@ Two measurements, each against a file-backed nats-server and `kxr serve` process
   the server timestamps of the events it appended (first to last), so start-up is not
   counted. Baseline: a raw nats-py consume -> publish -> ack loop over the same number of
   messages (durable pull consumer, one acknowledged publish per message), same run.
-  Target: each consumer >= 50% of the raw loop.
+  Target: each consumer >= 50% of the raw loop. The activator commits each switch as an
+  atomic batch, which the server syncs to disk: it is also compared with a raw loop of
+  synced two-message batches.
 - end to end: every consumer in one `kxr serve`, all requests published at once; releases
   (and scope pointers) per second from the first request to the last pointer stored.
 """
@@ -57,6 +59,28 @@ async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
             done += 1
     rate = messages / (time.perf_counter() - t0)
     await js.delete_stream("BASELINE_LOOP")
+    await nc.close()
+    return rate
+
+
+async def raw_batch_loop(url: str, messages: int, size: int = 1024) -> float:
+    """Atomic two-message batches per second, committed one after another with bare nats-py.
+
+    What the activator must do per release (pointer + release event, all or nothing); on a
+    file-backed R1 stream the server syncs each committed batch to disk, so this is the
+    disk-bound floor the activator is compared with as well as the raw loop.
+    """
+    nc = await connect(url, name="bench-raw-batches")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BASELINE_BATCHES", subjects=["baseline.batches.>"], allow_atomic=True))
+    payload = os.urandom(size)
+    t0 = time.perf_counter()
+    for i in range(messages):
+        await nc.publish(f"baseline.batches.{i}.a", payload, headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "1"})
+        await nc.request(f"baseline.batches.{i}.b", payload, timeout=10,
+                         headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+    rate = messages / (time.perf_counter() - t0)
+    await js.delete_stream("BASELINE_BATCHES")
     await nc.close()
     return rate
 
@@ -166,10 +190,12 @@ async def run(channels: int, cohorts: int) -> dict:
         consumers = await per_consumer(r, channels, cohorts)
         e2e = await end_to_end(r, channels, cohorts)
         raw = await raw_loop(r.url, max(channels, 1000))
+        raw_batches = await raw_batch_loop(r.url, max(channels, 200))
     ratios = {role: round(rate / raw, 3) for role, rate in consumers.items()}
     return {
         "channels": channels, "cohorts": cohorts, "scopes": channels * cohorts, "releases": channels,
         "consumers_per_s": {k: round(v, 1) for k, v in consumers.items()}, "raw_loop_per_s": round(raw, 1),
+        "raw_atomic_batches_per_s": round(raw_batches, 1), "activator_to_raw_batches": round(consumers["activator"] / raw_batches, 3),
         "ratio_to_raw": ratios, "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
         "targets": {"ratio_min": 0.5}, "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
     }
@@ -184,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     raw = res["raw_loop_per_s"]
     rows = [(f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
             for role, rate in res["consumers_per_s"].items()]
+    rows.append(("activator vs raw synced batches", f"{res['consumers_per_s']['activator']}/s",
+                 f"{res['raw_atomic_batches_per_s']}/s / {res['activator_to_raw_batches']}x", "(context)"))
     e = res["end_to_end"]
     rows.append(("end to end (all consumers)", f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
     report("throughput", res, rows)
