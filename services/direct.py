@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator
@@ -47,20 +48,55 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
+class _Replies:
+    """One wildcard inbox per connection for every direct get: no subscribe, task and
+    unsubscribe per request (as nats.py's request mux does for single replies)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.prefix = nc.new_inbox()
+        self._routes: dict[str, asyncio.Queue] = {}
+        self._sub = None
+        self._token = 0
+
+    async def _on_msg(self, msg: Msg) -> None:
+        queue = self._routes.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is not None:  # replies to a request nobody waits for any more are dropped
+            queue.put_nowait(msg)
+
+    async def open(self, queue: asyncio.Queue) -> str:
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(f"{self.prefix}.*", cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._token += 1
+        token = str(self._token)
+        self._routes[token] = queue
+        return f"{self.prefix}.{token}"
+
+    def close(self, inbox: str) -> None:
+        self._routes.pop(inbox.rsplit(".", 1)[-1], None)
+
+
+_MUXES: "weakref.WeakKeyDictionary[Client, _Replies]" = weakref.WeakKeyDictionary()
+
+
+def _replies_for(nc: Client) -> _Replies:
+    mux = _MUXES.get(nc)
+    if mux is None:
+        mux = _MUXES[nc] = _Replies(nc)
+    return mux
+
+
 class _Batch:
     """The replies to one direct-get request, in order, ending at the end-of-batch status."""
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._inbox = nc.new_inbox()
-        self._sub = None
-
-    async def _on_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait(msg)
+        self._mux = _replies_for(nc)
+        self._inbox: str | None = None
 
     async def send(self, subject: str, request: dict) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        self._inbox = await self._mux.open(self._queue)
         await self._nc.publish(subject, json.dumps(request).encode(), reply=self._inbox)
 
     async def replies(self, timeout: float) -> AsyncIterator[tuple[Stored | None, dict]]:
@@ -68,9 +104,13 @@ class _Batch:
         try:
             while True:
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    raise DirectGetError(f"no answer to a direct get within {timeout:.0f}s") from None
+                    msg = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        async with asyncio.timeout(timeout):  # no task per reply, unlike wait_for
+                            msg = await self._queue.get()
+                    except TimeoutError:
+                        raise DirectGetError(f"no answer to a direct get within {timeout:.0f}s") from None
                 status = (msg.headers or {}).get("Status")
                 if status is None:
                     yield _stored(msg), {}
@@ -86,12 +126,9 @@ class _Batch:
             await self.close()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # the connection is closed: nothing left to remove
-                pass
-            self._sub = None
+        if self._inbox is not None:
+            self._mux.close(self._inbox)
+            self._inbox = None
 
 
 def _api(stream: str, api_prefix: str) -> str:

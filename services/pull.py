@@ -86,8 +86,9 @@ class ContinuousPull:
                 msg = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 try:
-                    msg = await asyncio.wait_for(self._queue.get(), 3 * self._heartbeat_s)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(3 * self._heartbeat_s):  # no task per wait, unlike wait_for
+                        msg = await self._queue.get()
+                except TimeoutError:
                     # not even a heartbeat: the open requests are gone (reconnect, server restart);
                     # ask again, and if that stays silent too let the owner look the consumer up
                     self._outstanding = 0
