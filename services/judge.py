@@ -8,10 +8,11 @@ the previous pack. Fewer than `min_samples` samples is inconclusive: never a pas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from events.health import HealthSample
-from events.model import Comparison, Monitoring
+from events.model import Comparison, Monitoring, MonitoringStarted
 from .statistics import judge_statistically
 
 HARD_BREACH_MIN_REQUESTS = 20
@@ -25,6 +26,18 @@ class Verdict:
     figures: dict
     comparisons: list[Comparison]
     reason: str
+
+
+def window_span(window: MonitoringStarted) -> tuple[datetime, datetime]:
+    """The stored-time range whose samples judge `window`: one window length of baseline before it, then the window."""
+    return window.starts_at - timedelta(seconds=window.monitoring.window_s), window.ends_at
+
+
+def split_window(stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted) -> tuple[list[HealthSample], list[HealthSample]]:
+    """(samples of the new pack inside the window, samples of the previous pack just before it), by stored time."""
+    new = [s for at, s in stored if at >= window.starts_at and s.digest == window.digest]
+    baseline = [s for at, s in stored if at < window.starts_at and s.digest is not None and s.digest != window.digest]
+    return new, baseline
 
 
 def _weighted(values: list[tuple[float, int]]) -> float | None:

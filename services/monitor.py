@@ -16,7 +16,7 @@ from events.ids import derived_event_id
 from events.model import MonitoringStarted, MonitoringVerdict
 from projections.releases import ReleaseState
 from .health_reads import parse_sample, samples_between
-from .judge import hard_breach, judge
+from .judge import hard_breach, judge, split_window, window_span
 from .outputs import Chain, Ctx, Output, Timer, release_event
 from .reactor import ReleaseReactor
 from .worker import Poison, Worker
@@ -150,11 +150,8 @@ class Monitor(ReleaseReactor):
         m = release.monitoring
         assert m is not None and release.prepared is not None
         env, channel = release.prepared.target.env, release.prepared.target.channel
-        lookback = m.starts_at - timedelta(seconds=m.monitoring.window_s)
-        stored = await samples_between(self.app.js, self.app.subjects, env, channel, m.cohorts, lookback, m.ends_at)
-        new = [s for at, s in stored if at >= m.starts_at and s.digest == m.digest]
-        baseline = [s for at, s in stored if at < m.starts_at and s.digest is not None and s.digest != m.digest]
-        return new, baseline
+        stored = await samples_between(self.app.js, self.app.subjects, env, channel, m.cohorts, *window_span(m))
+        return split_window(stored, m)
 
     async def watch_health(self) -> None:
         """Live: fail a window early on a hard breach. The window's end judges everything anyway."""
