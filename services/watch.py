@@ -31,6 +31,15 @@ class UnknownRelease(LookupError):
     pass
 
 
+async def may_read_health(nc, subjects: Subjects) -> bool:
+    """May this NATS user read KX_HEALTH? A denied request is never answered, hence the short timeout."""
+    try:
+        await nc.jetstream(timeout=HEALTH_PROBE_TIMEOUT_S).stream_info(subjects.health_stream)
+    except Exception:
+        return False
+    return True
+
+
 class HealthTail:
     """The stored health samples of one window's cohorts, read from its lookback on and followed."""
 
@@ -128,19 +137,11 @@ class ReleaseWatch:
         if window is None or self._tail is not None or release.prepared is None:
             return
         if self.health_readable is None:
-            self.health_readable = await self._probe_health()
+            self.health_readable = await may_read_health(self._nc, self._subjects)
         if self.health_readable:
             target = release.prepared.target
             self._tail = HealthTail(self._js, self._subjects, target.env, target.channel, window, self._changed)
             self._tail_task = asyncio.create_task(self._tail.run(), name=f"watch-health-{self.release_id}")
-
-    async def _probe_health(self) -> bool:
-        """May this user read KX_HEALTH? A denied request is never answered, hence the short timeout."""
-        try:
-            await self._nc.jetstream(timeout=HEALTH_PROBE_TIMEOUT_S).stream_info(self._subjects.health_stream)
-        except Exception:
-            return False
-        return True
 
     def _window_samples(self):
         if self._tail is None:
