@@ -9,7 +9,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .views import table
+from .views import figure_text, number_text, op_text, table
 
 STATE_STYLE = {
     "passed": "green", "success": "green", "monitoring": "cyan", "activated": "cyan", "activating": "cyan",
@@ -17,12 +17,6 @@ STATE_STYLE = {
 }
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def headline(view: dict[str, Any]) -> str:
@@ -47,11 +41,6 @@ def window_line(window: dict[str, Any] | None) -> str:
     verdict = f"would be {result} now" if window["open"] else result
     runtimes = f" from {window['runtimes']} runtime(s)" if window["runtimes"] is not None else ""
     return f"{head}: {window['samples']} sample(s) (min {window['min_samples']}){runtimes}, {verdict}"
-
-
-def figure_text(figure: dict[str, Any]) -> str:
-    op = "no new" if figure["op"] == "none_new" else figure["op"]
-    return f"{figure['metric']} {_fmt(figure['value'])} {op} {_fmt(figure['threshold'])} {'ok' if figure['ok'] else 'BREACH'}"
 
 
 def summary_line(view: dict[str, Any]) -> str:
@@ -113,8 +102,7 @@ def _window_parts(window: dict[str, Any] | None) -> list[Any]:
         for c in ("metric", "value", "threshold", "result"):
             t.add_column(c)
         for f in window["figures"]:
-            op = "no new" if f["op"] == "none_new" else f["op"]
-            t.add_row(f["metric"], _fmt(f["value"]), f"{op} {_fmt(f['threshold'])}", Text("ok", style="green") if f["ok"] else Text("BREACH", style="bold red"))
+            t.add_row(f["metric"], number_text(f["value"]), f"{op_text(f['op'])} {number_text(f['threshold'])}", Text("ok", style="green") if f["ok"] else Text("BREACH", style="bold red"))
         out.append(t)
     if window["reason"]:
         out.append(Text(window["reason"], style="dim"))
