@@ -1,7 +1,7 @@
 """Following one release live: the log (folded) and, while a window is open, its health samples.
 
 `ReleaseWatch.views()` yields the release's view (services/live_view.py) whenever the log
-moves, a sample arrives, or `interval` passes (the window's clock), and stops once the
+moves or `interval` passes (the window's clock and new samples), and stops once the
 release is closed. It reads KX_RELEASES from sequence 1 like `kxr status` and, for an
 open window, KX_HEALTH from one window length before it (what the monitor reads). A user
 that may not read KX_HEALTH (the auditor) still gets every stage, gate and verdict: the
@@ -43,10 +43,9 @@ async def may_read_health(nc, subjects: Subjects) -> bool:
 class HealthTail:
     """The stored health samples of one window's cohorts, read from its lookback on and followed."""
 
-    def __init__(self, js, subjects: Subjects, env: str, channel: str, window: MonitoringStarted, changed: asyncio.Event) -> None:
+    def __init__(self, js, subjects: Subjects, env: str, channel: str, window: MonitoringStarted) -> None:
         self.window = window
         self.samples: list = []
-        self._changed = changed
         start, _ = window_span(window)
         self._reader = OrderedReader(js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in window.cohorts],
                                      start_time=start)
@@ -58,7 +57,6 @@ class HealthTail:
                 # the same acceptance rule as health_reads.samples_between: a valid sample from the runtime its subject names
                 if entry.stored_at is not None and sample is not None and sample.runtime_id == entry.subject.rsplit(".", 1)[-1]:
                     self.samples.append((entry.stored_at, sample))
-                    self._changed.set()
         finally:
             await self._reader.close()
 
@@ -75,7 +73,6 @@ class ReleaseWatch:
         self._events = events
         self._follower = Follower(js, subjects)
         self._record = EvidenceRecord(release_id=release_id)
-        self._changed = asyncio.Event()
         self._tail: HealthTail | None = None
         self._tail_task: asyncio.Task | None = None
         self.health_readable: bool | None = None  # None: not asked yet
@@ -112,17 +109,15 @@ class ReleaseWatch:
             self._absorb(queue.get_nowait())
 
     async def _wait(self, queue: asyncio.Queue, follow: asyncio.Task) -> None:
-        """Until the log or the window's samples move, or `interval` passes (the window's clock)."""
+        """Until the log moves or `interval` passes: new samples show at the next tick, so a
+        busy cohort costs at most one view per interval."""
         if follow.done():
             follow.result()  # the log reader stopped: raise its reason rather than show a frozen view
-        self._changed.clear()
         getter = asyncio.ensure_future(queue.get())
-        changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({getter, changed, follow}, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, follow}, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
         finally:
             getter.cancel()
-            changed.cancel()
         if getter.done() and not getter.cancelled():
             self._absorb(getter.result())
         self._drain(queue)
@@ -140,7 +135,7 @@ class ReleaseWatch:
             self.health_readable = await may_read_health(self._nc, self._subjects)
         if self.health_readable:
             target = release.prepared.target
-            self._tail = HealthTail(self._js, self._subjects, target.env, target.channel, window, self._changed)
+            self._tail = HealthTail(self._js, self._subjects, target.env, target.channel, window)
             self._tail_task = asyncio.create_task(self._tail.run(), name=f"watch-health-{self.release_id}")
 
     def _window_samples(self):
