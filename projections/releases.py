@@ -115,6 +115,18 @@ class ReleaseState:
         return self.phase is not None and self.phase != TERMINAL
 
 
+def triggers_for(phases: frozenset[str]) -> tuple[str, ...]:
+    """The event types after which a release can be in one of `phases` and decided on.
+
+    A consumer that only acts in some phases subscribes to these alone: the events that
+    lead into those phases, and `resumed` (un-pausing leaves the phase as it was).
+    """
+    unknown = phases - {p for p in PHASE_AFTER.values() if p}
+    if unknown:
+        raise ValueError(f"not phases: {sorted(unknown)}")
+    return tuple(sorted({t for t, after in PHASE_AFTER.items() if after in phases} | {"resumed"}))
+
+
 def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseState:
     suffix = event.suffix
     anomalies = state.anomalies

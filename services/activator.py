@@ -129,6 +129,7 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
 # ---- adapter ------------------------------------------------------------------------------------
 class Activator(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"verified", "expanding", "rolling_back"})
 
     async def decide(self, world, release, ctx):
         if release.phase == "rolling_back" and release.rollback is not None:

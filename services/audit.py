@@ -63,6 +63,7 @@ _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1f24;max
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;width:100%;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}.ok{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.muted{color:#57606a}code{font-size:12px}"""
+RECORD_CSS = _CSS  # the dashboard shows records with the same look
 
 
 def _e(value) -> str:
@@ -91,7 +92,14 @@ def _chart(comparisons: list[dict]) -> str:
 
 def render_html(record: EvidenceRecord) -> str:
     r = record.to_json()
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Release {_e(r['release_id'])}</title><style>{_CSS}</style></head><body>"]
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>Release {_e(r['release_id'])}</title><style>{_CSS}</style></head><body>"
+    return "\n".join([head, record_sections(record), "</body></html>"])
+
+
+def record_sections(record: EvidenceRecord) -> str:
+    """The record's body (every section, escaped): the archivable page and the dashboard both show it."""
+    r = record.to_json()
+    out = []
     outcome = r["outcome"].get("outcome", "in flight")
     out.append(f"<h1>Release {_e(r['release_id'])} — <span class='{'ok' if outcome == 'success' else 'fail'}'>{_e(outcome)}</span></h1>")
     out.append(f"<p class='muted'>{_e(r['outcome'].get('summary', ''))}</p>")
@@ -132,8 +140,8 @@ def render_html(record: EvidenceRecord) -> str:
     out.append("</table>")
     if r["incidents"]:
         out.append("<h2>Incidents</h2><ul>" + "".join(f"<li>{_e(i)}</li>" for i in r["incidents"]) + "</ul>")
-    out.append("<h2>Timeline</h2><table><tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>")
+    out.append("<h2>Timeline</h2><table id='timeline'><tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>")
     for t in r["timeline"]:
         out.append(f"<tr><td>{t['seq']}</td><td>{_e(t['at'])}</td><td>{_e(t['type'])}</td><td>{_e(t['actor'])}</td><td>{_e(t['summary'])}</td></tr>")
-    out.append("</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre></body></html>")
+    out.append("</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre>")
     return "\n".join(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -80,7 +81,10 @@ async def _runtimes_on(runtimes, digest: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
+async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int] | None = None) -> int:
+    """With `ui` (host, port), the dashboard follows the demo and stays up after it until Ctrl-C."""
+    from .dashboard.server import dashboard_for
+
     data_dir = Path(tempfile.mkdtemp(prefix="kxr-demo-"))
     server = EmbeddedServer(store_dir=data_dir / "nats", log_file=data_dir / "nats-server.log", port=free_port())
     server.config_file, creds = authorized_config(data_dir, "kx", server.url)  # one least-privilege user per role
@@ -97,8 +101,10 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
     producer_log, operator_log = EventLog(producer_nc, producer_js, app.subjects), EventLog(operator_nc, operator_js, app.subjects)
     tasks: list[asyncio.Task] = []
     done: dict[str, str] = {}
+    stack = AsyncExitStack()
     try:
         await app.start(app.settings.roles)
+        await stack.enter_async_context(dashboard_for(app, ui, lambda url: console.print(f"[bold]dashboard[/bold] at {url} (read-only)", highlight=False)))
         tasks.append(asyncio.create_task(_print_events(app, done)))
         cfg = ChannelConfig.model_validate({**DEMO_CHANNEL, "monitoring": {**DEMO_CHANNEL["monitoring"], "window_s": max(1, int(window_s))}})
         operator = Actor(kind="operator", id="demo-operator")
@@ -148,8 +154,12 @@ async def run_demo(window_s: float = 3.0, keep: bool = False) -> int:
         console.print("runtimes now run: " + ", ".join(f"{k}={v}" for k, v in on.items()))
         ok = all(done.get(r) == o for r, o in EXPECTED.items()) and all(v == "1.0.0" for v in on.values())
         console.print("[bold green]demo finished as expected[/bold green]" if ok else f"[bold red]unexpected outcomes[/bold red]: {done}, runtimes {on}")
+        if ui is not None:
+            console.print("the dashboard stays up: Ctrl-C to stop")
+            await asyncio.Event().wait()
         return 0 if ok else 1
     finally:
+        await stack.aclose()
         await cancel_and_wait(tasks)
         await app.stop()
         for conn in (nc, rt_nc, producer_nc, operator_nc):

@@ -6,6 +6,8 @@ named by digest are present (and their sizes), or fails the release closed.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Mapping
 
 from events.manifest import manifest_object_name, pack_object_name
@@ -50,6 +52,7 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
 # ---- adapter ------------------------------------------------------------------------------------
 class Distributor(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"prepared"})
 
     async def decide(self, world, release, ctx):
         if release.phase != "prepared" or release.prepared is None:
@@ -58,7 +61,7 @@ class Distributor(ReleaseReactor):
         digest = release.prepared.pack.digest
         names = [pack_object_name(digest), manifest_object_name(digest)]
         try:
-            sizes = {name: await store.size(name) for name in names}
+            sizes = dict(zip(names, await asyncio.gather(*(store.size(name) for name in names))))
         except Exception as exc:  # fail closed: a store we cannot read distributes nothing
             return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}")
         return decide(release, ctx, sizes)

@@ -11,6 +11,7 @@ from events.canonical import StrictJSONError
 from events.codec import DecodeError, decode_json_object
 from events.health import HEALTH_MAX_BYTES, HealthSample
 from events.subjects import Subjects
+from .direct import connection_of, last_per_subject
 from .reader import OrderedReader
 
 
@@ -26,14 +27,12 @@ async def recent_reporters(js: JetStreamContext, subjects: Subjects, env: str, c
     if not cohorts:
         return {}
     counts = {c: 0 for c in cohorts}
-    reader = OrderedReader(js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in cohorts], deliver_last_per_subject=True)
-    try:
-        async for entry in reader.read(follow=False, idle_timeout=0.25):
-            cohort = entry.subject.split(".")[4]
-            if entry.stored_at and entry.stored_at >= since and cohort in counts:
-                counts[cohort] += 1
-    finally:
-        await reader.close()
+    # one round trip: the last sample of every runtime in these cohorts (a batched direct get)
+    filters = [subjects.health_cohort(env, channel, c) for c in cohorts]
+    async for entry in last_per_subject(connection_of(js), subjects.health_stream, filters):
+        cohort = entry.subject.split(".")[4]
+        if entry.stored_at and entry.stored_at >= since and cohort in counts:
+            counts[cohort] += 1
     return counts
 
 

@@ -93,6 +93,11 @@ def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx) -
 # ---- adapter ------------------------------------------------------------------------------------
 class Monitor(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"activated", "monitoring"})
+
+    def __init__(self, app) -> None:
+        super().__init__(app)
+        self._timers_sent: set[str | None] = set()
 
     def runners(self) -> list:
         timers = Worker(
@@ -122,7 +127,12 @@ class Monitor(ReleaseReactor):
                         log.warning("monitor: overdue window of %s not judged yet: %s", release_id, exc)
 
     async def decide(self, world, release, ctx):
-        return decide_start(release, ctx)
+        # A window's timer is (re)published once per process: at start-up that covers a timer
+        # lost with a crash, and the sweep judges an overdue window whatever happened to it.
+        return [o for o in decide_start(release, ctx) if not (isinstance(o, Timer) and o.msg_id in self._timers_sent)]
+
+    def emitted(self, outputs) -> None:
+        self._timers_sent.update(o.msg_id for o in outputs if isinstance(o, Timer))
 
     async def on_timer(self, msg) -> None:
         _, tokens = self.app.subjects.parse(msg.subject)
@@ -177,7 +187,9 @@ class Monitor(ReleaseReactor):
         sample = parse_sample(data)
         if sample is None or sample.digest is None or sample.runtime_id != runtime_id:
             return
-        for release in self.app.follower.world.releases.values():
+        world = self.app.follower.world
+        for release_id in world.in_flight:
+            release = world.releases[release_id]
             m = release.monitoring
             if release.phase != "monitoring" or m is None or m.digest != sample.digest or cohort not in m.cohorts:
                 continue

@@ -15,11 +15,31 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from events.subjects import Subjects
-from .reader import OrderedReader
+from .direct import SubjectStream, connection_of
 
 
 class ObjectTooLarge(Exception):
     pass
+
+
+CHUNKS_PER_REQUEST = 16  # 2 MiB of nats.py's 128 KiB chunks per request, two requests held at most
+
+
+class Chunks:
+    """An opened object's chunks: iterate once, or close without reading."""
+
+    def __init__(self, stream: SubjectStream | None) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._stream is None:
+            return
+        async for stored in self._stream:
+            yield stored.data
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
 
 
 class PackStore:
@@ -33,7 +53,7 @@ class PackStore:
 
     async def _meta(self, name: str) -> dict | None:
         try:
-            msg = await self._js.get_last_msg(self._stream, self._meta_subject(name))
+            msg = await self._js.get_last_msg(self._stream, self._meta_subject(name), direct=True)
         except NotFoundError:
             return None
         meta = json.loads(msg.data or b"{}")
@@ -43,25 +63,20 @@ class PackStore:
         meta = await self._meta(name)
         return int(meta.get("size", 0)) if meta else None
 
-    async def chunks(self, name: str) -> AsyncIterator[bytes] | None:
-        """The object's bytes as they are stored, chunk by chunk; None if absent."""
+    async def chunks(self, name: str) -> "Chunks | None":
+        """The object's bytes as they are stored, chunk by chunk; None if absent.
+
+        The first batch of chunks is already requested when this returns: open the pack,
+        check something else, then iterate (or `close()` to drop it).
+        """
         meta = await self._meta(name)
         if meta is None:
             return None
         nuid, size = meta.get("nuid"), int(meta.get("size", 0))
-        return self._iter_chunks(nuid, size)
-
-    async def _iter_chunks(self, nuid: str, size: int) -> AsyncIterator[bytes]:
         if size == 0:
-            return
-        reader = OrderedReader(self._js, self._stream, [f"$O.{self._bucket}.C.{nuid}"], batch=64)
-        try:
-            async for entry in reader.read(follow=False):
-                yield entry.data
-                if entry.pending == 0:
-                    return
-        finally:
-            await reader.close()
+            return Chunks(None)
+        stream = SubjectStream(connection_of(self._js), self._stream, f"$O.{self._bucket}.C.{nuid}", batch=CHUNKS_PER_REQUEST)
+        return Chunks(await stream.start())
 
     async def read(self, name: str, max_bytes: int) -> bytes | None:
         """A small object (a manifest) whole, refusing anything over `max_bytes`."""

@@ -165,6 +165,7 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, i
 
 class Preparer(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"requested"})
 
     async def decide(self, world, release, ctx):
         if release.phase != "requested" or release.requested is None:

@@ -139,6 +139,7 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
 # ---- adapter ------------------------------------------------------------------------------------
 class Promoter(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"rejected", "verification_failed", "activation_failed", "failed", "aborting", "rolled_back", "promoted", "passed"})
 
     async def decide(self, world, release, ctx):
         return decide(world, release, ctx)

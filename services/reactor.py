@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 
 from events.codec import DecodeError
-from projections.releases import ReleaseState
+from projections.releases import ReleaseState, triggers_for
 from projections.world import World
 from .log import AppendConflict
 from .outputs import Ctx, Output
@@ -33,6 +33,11 @@ RECONCILE_EVERY_S = 5.0
 
 class ReleaseReactor:
     name = "reactor"
+    # The phases this consumer decides in. Its durable consumer only receives the events
+    # that lead into them (`triggers_for`): most events concern one or two consumers, and a
+    # delivery that cannot change a decision still costs a fetch, a wait and an ack. The
+    # reconcile sweep would still catch anything a narrower filter missed.
+    acts_in: frozenset[str] = frozenset()
 
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -40,10 +45,16 @@ class ReleaseReactor:
 
     def runners(self) -> list:
         worker = Worker(
-            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", [f"{self.app.subjects.prefix}.release.*.*"],
+            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
             self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s,
         )
         return [worker.run(), self.reconcile()]
+
+    def trigger_subjects(self) -> list[str]:
+        p = self.app.subjects.prefix
+        if not self.acts_in:
+            return [f"{p}.release.*.*"]
+        return [f"{p}.release.*.{event_type}" for event_type in triggers_for(self.acts_in)]
 
     async def reconcile(self, every: float = RECONCILE_EVERY_S) -> None:
         """Decide on every release in flight: at start-up, then now and then.
@@ -52,14 +63,22 @@ class ReleaseReactor:
         ack deadline; deciding on the state directly means nothing waits for it.
         """
         while True:
-            for release_id in sorted(self.app.follower.world.in_flight):
-                if release_id in self._busy:
+            world = self.app.follower.world
+            for release_id in sorted(world.in_flight):
+                if release_id in self._busy or not self.may_act(world.release(release_id)):
                     continue
                 try:
                     await self.settle(release_id)
                 except Exception as exc:  # the worker's retry and the next round cover it
                     log.info("%s: reconcile of %s deferred: %s", self.name, release_id, exc)
             await asyncio.sleep(every)
+
+    def may_act(self, release: ReleaseState | None) -> bool:
+        """Cheap pre-check for the sweep: is the release in a phase this consumer decides in?"""
+        return release is not None and (not self.acts_in or release.phase in self.acts_in)
+
+    def emitted(self, outputs: list[Output]) -> None:
+        """Called once `outputs` are stored (for consumers that remember what they did)."""
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -103,6 +122,7 @@ class ReleaseReactor:
                 return
             try:
                 await self.app.emit(outputs, release)
+                self.emitted(outputs)
                 return
             except AppendConflict as exc:
                 log.info("%s: %s lost a race (%s); deciding again", self.name, release_id, exc)

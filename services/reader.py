@@ -19,6 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from .pull import ConsumerGone, ContinuousPull
+
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +59,7 @@ class OrderedReader:
         self._contiguous = contiguous
         self._sub = None
 
-    async def _open(self) -> None:
-        await self.close()
+    def _config(self) -> ConsumerConfig:
         if self._last_per_subject:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         elif self._start_time is not None and self.next_seq <= 1:
@@ -70,7 +71,11 @@ class OrderedReader:
         cfg.mem_storage = True
         cfg.inactive_threshold = 60.0
         cfg.max_ack_pending = -1
-        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=cfg)
+        return cfg
+
+    async def _open(self) -> None:
+        await self.close()
+        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config())
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -82,6 +87,10 @@ class OrderedReader:
 
     async def read(self, *, follow: bool, idle_timeout: float = 1.0) -> AsyncIterator[RawEntry]:
         """Yield entries in order. Without `follow`, stop once caught up with the stream."""
+        if follow:
+            async for entry in self._follow():
+                yield entry
+            return
         idle = 0
         while True:
             try:
@@ -138,6 +147,36 @@ class OrderedReader:
                     return
             if not follow and msgs and msgs[-1].metadata.num_pending == 0:
                 return
+
+    async def _follow(self) -> AsyncIterator[RawEntry]:
+        """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""
+        while True:
+            pull = None
+            try:
+                info = await self._js.add_consumer(self._stream, config=self._config())
+                pull = ContinuousPull(self._js._nc, self._stream, info.name, batch=self._batch)
+                async for msg in pull.messages():
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq < self.next_seq:
+                        continue  # already seen (re-created consumer overlapped)
+                    if seq > self.next_seq and self._contiguous:
+                        raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
+                    self.next_seq = seq + 1
+                    yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
+                                   stored_at=meta.timestamp, pending=meta.num_pending)
+            except ConnectionClosedError:
+                raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # gap, server restart, consumer gone, stream not there yet: again from next_seq
+                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq)
+                await asyncio.sleep(0.2)
+            finally:
+                # not deleted: roles may not delete consumers; without pull requests the
+                # ephemeral consumer is removed after its inactivity threshold
+                if pull is not None:
+                    await pull.close()
 
     async def _caught_up(self) -> bool:
         try:

@@ -177,8 +177,11 @@ async def check_privileges(target: NatsTarget, strict: bool) -> None:
                 "or run with --strict to refuse", redacted(target.url), what)
 
 
-async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None, strict: bool = False) -> None:
-    """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised)."""
+async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None, strict: bool = False,
+                ui: tuple[str, int] | None = None, on_ui: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised); with `ui`, the dashboard too."""
+    from .dashboard.server import dashboard_for
+
     trust_root = trust_root_for(settings)  # bad configuration fails before anything starts
     signer = service_signing_key(settings)
     main = asyncio.current_task()
@@ -196,7 +199,8 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     try:
         async with nats_for(settings) as target:
             await check_privileges(target, strict)
-            async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app:
+            async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app, \
+                    dashboard_for(app, ui, on_ui):
                 if on_ready:
                     on_ready(redacted(target.url))
                 await app.wait()

@@ -23,11 +23,11 @@ class Behaviour:
     requests: int = 200
 
 
-def sampler(behaviours: dict[str, Behaviour], seed: int):
+def sampler(behaviours: dict[str, Behaviour], seed: int, default: Behaviour | None = None):
     rng = random.Random(seed)
 
     def sample(digest: str | None) -> dict:
-        b = behaviours.get(digest or "", Behaviour())
+        b = behaviours.get(digest or "", default or Behaviour())
         errors = round(b.requests * b.error_rate)
         jitter = rng.uniform(0.9, 1.1)
         return {
@@ -44,6 +44,7 @@ def sampler(behaviours: dict[str, Behaviour], seed: int):
 def simulated_runtime(
     nc: Client, identity: Identity, trust_root: TrustRoot, behaviours: dict[str, Behaviour], *,
     prefix: str = "kx", interval: float = 0.25, seed: int = 0, service_keys: ServiceKeys | None = None,
+    default: Behaviour | None = None,
 ) -> RuntimeClient:
-    return RuntimeClient(nc, identity, trust_root, prefix=prefix, sample=sampler(behaviours, seed), sample_interval=interval,
+    return RuntimeClient(nc, identity, trust_root, prefix=prefix, sample=sampler(behaviours, seed, default), sample_interval=interval,
                          service_keys=service_keys)

@@ -13,11 +13,11 @@ import logging
 from typing import Awaitable, Callable
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .deadletter import DeadLetters
+from .pull import ContinuousPull
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Worker:
         deliver_new: bool = False,
     ) -> None:
         self._js = js
+        self._nc = js._nc  # the pull requests go over the context's own connection
         self.stream = stream
         self.durable = durable
         self._filters = filter_subjects
@@ -65,27 +66,27 @@ class Worker:
             max_ack_pending=1000,
         )
 
-    async def _subscribe(self):
-        return await self._js.pull_subscribe("", durable=self.durable, stream=self.stream, config=self._config())
+    async def _bind(self) -> None:
+        """Create the durable consumer, or bring an existing one to this configuration
+        (e.g. a narrower filter or a new ack wait): the server keeps its position."""
+        config = self._config()
+        config.name = self.durable
+        await self._js.add_consumer(self.stream, config=config)
 
     async def run(self) -> None:
-        sub = None
         while True:
+            pull = ContinuousPull(self._nc, self.stream, self.durable, batch=16)
             try:
-                if sub is None:
-                    sub = await self._subscribe()
-                msgs = await sub.fetch(16, timeout=1.0)
-            except (asyncio.TimeoutError, NatsTimeoutError):
-                continue
+                await self._bind()
+                async for msg in pull.messages():
+                    await self._one(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # server restarted or consumer gone: bind again
-                log.warning("%s: fetch failed (%s); re-binding", self.durable, exc)
-                sub = None
+                log.warning("%s: pull failed (%s); re-binding", self.durable, exc)
                 await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._one(msg)
+            finally:
+                await pull.close()
 
     async def _one(self, msg: Msg) -> None:
         meta = msg.metadata

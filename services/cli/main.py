@@ -18,6 +18,9 @@ from services.log import AppendConflict, AppendFailed
 from services.settings import ConfigError, parse_roles
 from . import audit_cmds, deadletter_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
 from . import creds_cmds  # noqa: F401  (`kxr creds`)
+from . import schema_cmds  # noqa: F401  (`kxr schema`)
+from . import runtime_cmds  # noqa: F401  (`kxr runtime`)
+from . import ui_cmds  # noqa: F401  (`kxr ui`)
 from . import watch_cmd  # noqa: F401  (`kxr watch`)
 from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
 
@@ -31,6 +34,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="embedded NATS data (default: $KX_DATA_DIR or ./.kx-data)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     strict: bool = typer.Option(False, "--strict", help="refuse to start if the NATS user can do more than the service needs (default: warn)"),
+    ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)"),
 ) -> None:
     """Run the release service (every consumer, or --only some of them).
 
@@ -46,18 +50,25 @@ def serve(
     def ready(url: str) -> None:
         err_console.print(f"kxr serve: {', '.join(settings.roles)} running against {url} (Ctrl-C to stop)")
 
-    run_async(run_serve(settings, ready, strict=strict))
+    def ui_ready(url: str) -> None:
+        err_console.print(f"kxr serve: dashboard at {url} (read-only)", highlight=False)
+
+    from services.dashboard.server import parse_addr
+
+    run_async(run_serve(settings, ready, strict=strict, ui=parse_addr(ui) if ui else None, on_ui=ui_ready))
 
 
 @app.command()
 def demo(
     window: float = typer.Option(3.0, "--window", help="monitoring window per stage, seconds"),
     keep: bool = typer.Option(False, "--keep", help="keep the demo's data directory"),
+    ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="watch it in the dashboard on ADDR (PORT or HOST:PORT); stays up until Ctrl-C"),
 ) -> None:
     """Embedded NATS, the service and simulated runtimes: a healthy release, a tampered pack, a regression."""
+    from services.dashboard.server import parse_addr
     from services.demo import run_demo
 
-    code = run_async(run_demo(window_s=window, keep=keep))
+    code = run_async(run_demo(window_s=window, keep=keep, ui=parse_addr(ui) if ui else None))
     raise typer.Exit(code)
 
 

@@ -58,28 +58,40 @@ async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, polic
 
     Runtimes call this with `policy=False`: they re-check integrity, not channel policy.
     """
+    # the pack's first chunks are on their way while the manifest is read and checked
+    opening = asyncio.ensure_future(store.chunks(pack_object_name(digest)))
+    chunks = None
     try:
-        manifest = await store.read(manifest_object_name(digest), MANIFEST_MAX_BYTES)
-    except ObjectTooLarge:
-        manifest = b"x" * (MANIFEST_MAX_BYTES + 1)  # let the manifest gate refuse it by its cap, by name
-    v = check_manifest(manifest, vctx)
-    if v.failure is not None or v.manifest is None:
-        return v
-    chunks = await store.chunks(pack_object_name(digest))
-    if chunks is None:
-        return check_pack(v, None, vctx)
-    digester = PackDigester(v.manifest.size)
-    try:
-        async for chunk in chunks:
-            digester.update(chunk)  # hashed as it streams; never the whole pack in memory
-    except PackOversized:
-        pass
-    v = check_pack(v, None if digester.oversized else digester.result(), vctx, oversized=digester.oversized)
-    return check_policy(v, vctx) if policy else v
+        try:
+            manifest = await store.read(manifest_object_name(digest), MANIFEST_MAX_BYTES)
+        except ObjectTooLarge:
+            manifest = b"x" * (MANIFEST_MAX_BYTES + 1)  # let the manifest gate refuse it by its cap, by name
+        v = check_manifest(manifest, vctx)
+        if v.failure is not None or v.manifest is None:
+            return v
+        chunks = await opening
+        if chunks is None:
+            return check_pack(v, None, vctx)
+        digester = PackDigester(v.manifest.size)
+        try:
+            async for chunk in chunks:
+                digester.update(chunk)  # hashed as it streams; never the whole pack in memory
+        except PackOversized:
+            pass
+        v = check_pack(v, None if digester.oversized else digester.result(), vctx, oversized=digester.oversized)
+        return check_policy(v, vctx) if policy else v
+    finally:
+        if not opening.done():
+            opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        opened = opening.result() if opening.done() and not opening.cancelled() and opening.exception() is None else None
+        if opened is not None:
+            await opened.close()
 
 
 class Verifier(ReleaseReactor):
     name = NAME
+    acts_in = frozenset({"distributed"})
 
     async def decide(self, world, release, ctx):
         if release.phase != "distributed" or release.prepared is None:

@@ -1,0 +1,170 @@
+"""What every bench shares: a file-backed nats-server, `kxr serve` processes, signed packs,
+percentiles and the report (one JSON object on stdout, a short table on stderr).
+
+Every figure is reported next to a raw nats-py baseline measured in the same run, because
+this machine is noisy: a ratio survives a busy neighbour, an absolute figure does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from events.channel import ChannelConfig
+from events.model import Actor
+from events.signing import SigningKey, TrustRoot, b64encode
+from services.embedded import EmbeddedServer, free_port
+from services.producer import build_signed, manifest_bytes, sha256_digest
+
+PRODUCER = Actor(kind="producer", id="bench")
+OPERATOR = Actor(kind="operator", id="bench")
+COMPATIBILITY = {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"}
+
+
+def channel_config(cohorts: list[str] | None = None, window_s: int = 3600) -> ChannelConfig:
+    """One stage over the given cohorts; the window is long because benches stop at activation."""
+    cohorts = cohorts or ["all"]
+    return ChannelConfig.model_validate({
+        "cohorts": [{"name": c} for c in cohorts[:-1]] + [{"name": cohorts[-1]}],
+        "plan": [cohorts],
+        "monitoring": {"window_s": window_s, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
+        "compatibility": COMPATIBILITY,
+        "policy": {"forbid_downgrade": True},
+    })
+
+
+def signed_pack(key: SigningKey, version: str, body: bytes, name: str = "kb") -> tuple[bytes, str]:
+    """(manifest bytes, digest) of a pack signed by `key`."""
+    signed = build_signed(body, name=name, version=version, schema="kx-pack/1", profile="standard", runtime=">=2,<3",
+                          build_id=f"b-{version}", builder="bench", run=f"r-{version}", source="https://git.example/kb",
+                          revision=f"rev-{version}")
+    return manifest_bytes(signed, [key]), sha256_digest(body)
+
+
+def trust_document(key: SigningKey) -> dict:
+    return {"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "bench"}}}
+
+
+def trust_root(key: SigningKey) -> TrustRoot:
+    return TrustRoot.from_document(trust_document(key))
+
+
+@dataclass
+class Rig:
+    """A nats-server on a private store and the environment a `kxr serve` needs to use it."""
+
+    work: Path
+    server: EmbeddedServer
+    key: SigningKey
+    prefix: str = "bench"
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def trust_file(self) -> Path:
+        return self.work / "trust.json"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "KX_NATS_URL": self.url, "KX_PREFIX": self.prefix, "KX_TRUST_ROOT": str(self.trust_file),
+                "KX_DATA_DIR": str(self.work / "data"), **extra}
+
+    def serve(self, *args: str, name: str = "serve", **extra_env: str) -> subprocess.Popen:
+        """`kxr serve` in its own process (the service uses the second core, as in production)."""
+        log = open(self.work / f"{name}.log", "ab")
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "kxr"), "serve", *args], env=self.env(**extra_env),
+                                cwd=self.work, stdout=log, stderr=log, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+
+@contextmanager
+def rig(prefix: str = "bench") -> Iterator[Rig]:
+    with tempfile.TemporaryDirectory(prefix="kx-bench-") as tmp:
+        work = Path(tmp)
+        server = EmbeddedServer(store_dir=work / "js", port=free_port(), log_file=work / "nats.log").start()
+        key = SigningKey.generate()
+        r = Rig(work, server, key, prefix)
+        r.trust_file.write_text(json.dumps(trust_document(key)))
+        try:
+            yield r
+        finally:
+            for proc in r.procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            server.stop()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def latency_summary(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values_s]
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p90_ms": round(percentile(ms, 90), 3),
+            "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "nats_server": _nats_server_version()}
+
+
+def _nats_server_version() -> str:
+    from services.embedded import nats_server_binary
+
+    try:
+        return subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception as exc:  # the report still prints; the version is informational
+        return f"unknown ({exc})"
+
+
+class Progress:
+    """One line on stderr, rewritten: long benches show they are alive."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self._last = what, total, 0.0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= 0.5 or done == self.total:
+            self._last = now
+            sys.stderr.write(f"\r{self.what}: {done}/{self.total}")
+            if done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def report(bench: str, result: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> None:
+    """Print the JSON object (stdout) and a table of (figure, ours, baseline/ratio, target) rows (stderr)."""
+    doc = {"bench": bench, "machine": machine(), **result}
+    print(json.dumps(doc, sort_keys=True))
+    width = [max(len(r[i]) for r in rows + [("figure", "value", "baseline / ratio", "target")]) for i in range(4)]
+    line = "  ".join("{:<%d}" % w for w in width)
+    sys.stderr.write(line.format("figure", "value", "baseline / ratio", "target") + "\n")
+    for row in rows:
+        sys.stderr.write(line.format(*row) + "\n")

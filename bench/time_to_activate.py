@@ -1,0 +1,163 @@
+"""Time to activate: `release.requested` for a 64 KiB pack -> a runtime sees the new pointer.
+
+    .venv/bin/python -m bench.time_to_activate --releases 200
+
+The service runs as `kxr serve` (every consumer, durable consumers, every gate, signed
+events) in its own process against a file-backed nats-server. This process is the producer
+(pushes the pack, then publishes the request: the clock starts at the request) and the
+runtime (an ordered consumer on the scopes' pointer subjects: the clock stops when the
+pointer arrives). Monitoring is excluded: each release targets its own channel so none
+waits for another's window.
+
+Baseline, same run, same server: HOPS raw hops with bare nats-py, each a JetStream
+publish (acknowledged) consumed by an ordered push consumer that publishes the next hop.
+Our path has the same shape: request -> preparer -> distributor -> verifier -> activator
+-> runtime = five acknowledged publishes and five consumer deliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+from nats.js.api import DeliverPolicy, StreamConfig
+
+from events.subjects import Subjects
+from services.app import connect
+from services.log import EventLog
+from services.producer import configure_channel, push_pack, request_event
+from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, report, rig, signed_pack
+
+HOPS = 5
+PACK_BYTES = 64 * 1024
+
+
+async def raw_hops(url: str, rounds: int, hops: int = HOPS, size: int = 1024) -> list[float]:
+    """Per round: the time for `hops` publish->consume->publish hops with bare nats-py."""
+    nc = await connect(url, name="bench-baseline")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BASELINE_HOPS", subjects=["baseline.hop.>"]))
+    done: asyncio.Queue = asyncio.Queue()
+    subs = []
+
+    def relay(k: int):
+        async def cb(msg) -> None:
+            if k == hops:
+                done.put_nowait(time.perf_counter())
+            else:
+                await js.publish(f"baseline.hop.{k + 1}", msg.data)
+        return cb
+
+    for k in range(2, hops + 1):  # hop 1 is the producer's publish; consumers 2..hops relay; the last one observes
+        subs.append(await js.subscribe(f"baseline.hop.{k}", cb=relay(k), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW))
+    subs.append(await js.subscribe("baseline.hop.1", cb=relay(1), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW))
+    payload = os.urandom(size)
+    out = []
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await js.publish("baseline.hop.1", payload)
+            t1 = await asyncio.wait_for(done.get(), 10)
+            out.append(t1 - t0)
+    finally:
+        for s in subs:
+            await s.unsubscribe()
+        await js.delete_stream("BASELINE_HOPS")
+        await nc.close()
+    return out
+
+
+async def wait_for_layout(js, subjects: Subjects, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await js.stream_info(subjects.releases_stream)
+            await js.object_store(subjects.packs_bucket)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not create its streams in time (see serve.log)")
+            await asyncio.sleep(0.1)
+
+
+async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> list[float]:
+    """Activation latency of `releases` sequential releases (after `warmup` unmeasured ones)."""
+    subjects = Subjects(prefix)
+    nc = await connect(url, name="bench-producer-runtime")
+    js = nc.jetstream(timeout=10)
+    log = EventLog(nc, js, subjects)
+    await wait_for_layout(js, subjects)
+    total = releases + warmup
+    config = channel_config()
+    for i in range(total):
+        await configure_channel(log, js, "prod", f"t{i}", config, OPERATOR)
+        # one runtime reports health in every target cohort: the pre-flight reads it for real
+        await js.publish(subjects.health("prod", f"t{i}", "all", f"rt{i}"), json.dumps({
+            "runtime_id": f"rt{i}", "at": datetime.now(timezone.utc).isoformat(), "kind": "sample", "requests": 10}).encode())
+    seen: dict[str, asyncio.Future] = {}
+
+    async def on_pointer(msg) -> None:
+        release_id = json.loads(msg.data).get("release_id")
+        fut = seen.get(release_id)
+        if fut is not None and not fut.done():
+            fut.set_result(time.perf_counter())
+
+    sub = await js.subscribe(f"{prefix}.scope.prod.*.all.activated", cb=on_pointer, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.NEW)
+    out = []
+    progress = Progress("time-to-activate releases", total)
+    try:
+        for i in range(total):
+            body = os.urandom(PACK_BYTES)
+            manifest, digest = signed_pack(key, f"1.0.{i}", body)
+            await push_pack(js, subjects, body, manifest, digest)
+            event = request_event(f"tta{i}", {
+                "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest}, "target": {"env": "prod", "channel": f"t{i}"},
+                "owner": "bench", "escalation": "pager:bench", "rollback": {"strategy": "none"}}, PRODUCER)
+            fut = seen[f"tta{i}"] = asyncio.get_running_loop().create_future()
+            t0 = time.perf_counter()
+            await log.append(log.release_entry(event, 0))
+            try:
+                t1 = await asyncio.wait_for(fut, 30)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"release tta{i} was not activated within 30 s (see serve.log)") from None
+            if i >= warmup:
+                out.append(t1 - t0)
+            progress.update(i + 1)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    return out
+
+
+async def run(releases: int, warmup: int) -> dict:
+    with rig(prefix="tta") as r:
+        r.serve(name="serve")
+        ours = await measure(r.url, r.prefix, r.key, releases, warmup)
+        base = await raw_hops(r.url, max(releases, 200))
+    o, b = latency_summary(ours), latency_summary(base)
+    return {"releases": releases, "pack_bytes": PACK_BYTES, "hops": HOPS, "ours": o, "baseline": b,
+            "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2), "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
+            "targets": {"ratio_p50_max": 4.0, "p99_ms_max": 10.0},
+            "met": {"p50": o["p50_ms"] / b["p50_ms"] <= 4.0, "p99": o["p99_ms"] <= 10.0}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--releases", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    args = ap.parse_args(argv)
+    res = asyncio.run(run(args.releases, args.warmup))
+    o, b = res["ours"], res["baseline"]
+    report("time_to_activate", res, [
+        ("p50 request -> pointer", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "<= 4x"),
+        ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
+    ])
+
+
+if __name__ == "__main__":
+    main()

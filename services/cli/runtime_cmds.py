@@ -1,0 +1,48 @@
+"""`kxr runtime simulate`: a simulated runtime, e.g. as a compose service beside the consumers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import NatsUrl, TrustRootOpt, app, err_console, run_async, settings_from
+
+runtime_app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
+app.add_typer(runtime_app, name="runtime")
+
+
+@runtime_app.command("simulate")
+def runtime_simulate(
+    env: str = typer.Option(..., "--env", help="environment the runtime serves"),
+    channel: str = typer.Option(..., "--channel", help="channel it follows"),
+    tenant: str = typer.Option(..., "--tenant", help="its tenant: the cohort is resolved from the channel config (CONTRACT §7)"),
+    runtime_id: str = typer.Option(..., "--runtime-id", help="its id in health subjects"),
+    region: Optional[str] = typer.Option(None, "--region", help="its region, for cohorts that select regions"),
+    interval: float = typer.Option(5.0, "--interval", min=0.05, help="seconds between health samples"),
+    error_rate: float = typer.Option(0.0, "--error-rate", min=0.0, max=1.0, help="share of requests it reports as errors"),
+    p95_ms: float = typer.Option(80.0, "--p95-ms", min=0.0, help="p95 latency it reports (p99 is 1.5 times that)"),
+    nats_url: Optional[str] = NatsUrl,
+    trust_root: Optional[Path] = TrustRootOpt,
+    service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="only follow pointers signed by these activator keys (default: $KX_SERVICE_KEYS)"),
+) -> None:
+    """Run one simulated runtime until Ctrl-C/SIGTERM: it re-verifies every pack before switching and reports health."""
+    from events.tokens import check_token
+    from services.runtime_process import run_simulated_runtime
+    from services.runtime_sdk import Identity
+    from services.simulation import Behaviour
+
+    identity = Identity(check_token(env, "env"), check_token(channel, "channel"), tenant, check_token(runtime_id, "runtime_id"), region)
+    settings = settings_from(nats_url, trust_root)
+    if service_keys is not None:
+        settings = type(settings)(**{**settings.__dict__, "service_keys_path": service_keys})
+    behaviour = Behaviour(error_rate=error_rate, p95_ms=p95_ms, p99_ms=p95_ms * 1.5)
+
+    def ready(cohort: str) -> None:
+        err_console.print(f"kxr runtime: {runtime_id} (tenant {tenant}) follows {env}/{channel}/{cohort} (Ctrl-C to stop)", highlight=False)
+
+    def switched(pack) -> None:
+        print(f"switched to {pack.name}@{pack.version} {pack.digest}", flush=True)
+
+    run_async(run_simulated_runtime(settings, identity, behaviour, interval, ready, switched))

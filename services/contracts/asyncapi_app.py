@@ -1,0 +1,94 @@
+"""The contract as a FastStream app, for `faststream docs gen` (AsyncAPI 3.0): docs/asyncapi/.
+
+It declares every subject of the contract with its payload model and stream, and exists to
+generate the document, never to run: the consumers are nats-py code in services/ (see
+ARCHITECTURE.md on FastStream's ack and batch semantics), and starting this app fails.
+
+Operations are the release service's side of each subject: `send` for what the service
+appends (runtimes consume `scope.activated`), `receive` for what producers, operators and
+runtimes publish. Who may publish what comes from the NATS permissions of each role
+(services/permissions.py), so a subject both the service and an operator write (an
+operator's override of a held window, say) appears once per side.
+
+Regenerate (from the repository root):
+    faststream docs gen services.contracts.asyncapi_app:app --out docs/asyncapi/asyncapi.json
+    faststream docs gen services.contracts.asyncapi_app:app --yaml --out docs/asyncapi/asyncapi.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faststream import FastStream
+from faststream.nats import JStream, NatsBroker, NatsRouter
+from faststream.specification import AsyncAPI
+
+from events.health import HealthSample
+from events.model import PAYLOADS, SCHEMA_VERSION
+
+from .catalog import Channel, channels
+from .envelopes import envelope_model
+
+TITLE = "Konnaxion Releases"
+VERSION = f"{SCHEMA_VERSION}.0.0"  # the wire contract's schema_version: the document changes with the contract
+DESCRIPTION = """\
+The wire contract of Konnaxion Releases (CONTRACT.md), generated from the code's models.
+
+`send` operations are what the release service appends; `receive` operations are what
+producers, operators and runtimes publish for it. Every message of the release log
+(stream KX_RELEASES) is the event envelope with its type's `data`, published with the header
+`Nats-Msg-Id` = `event_id`; release subjects are appended with
+`Nats-Expected-Last-Subject-Sequence` on `kx.release.<release_id>.*`, scope pointers only in
+JetStream atomic batches. Health samples go to stream KX_HEALTH. Subject tokens match
+`^[A-Za-z0-9_-]{1,64}$`; the prefix `kx` is configurable (KX_PREFIX). JSON Schemas of the same
+models: docs/schemas/index.json.
+"""
+DOCS_ONLY = "services.contracts.asyncapi_app documents the contract and does not run: use `kxr serve`"
+
+broker = NatsBroker("nats://localhost:4222", description="NATS with JetStream", logger=None)
+_streams = {name: JStream(name, declare=False) for name in sorted({c.stream for c in channels()})}
+
+
+def _payload(channel: Channel) -> type:
+    return envelope_model(channel.name) if channel.name in PAYLOADS else HealthSample
+
+
+def _describe(channel: Channel, writer: str | None = None) -> str:
+    who = f"Published by the {writer}." if writer else f"Published by: {', '.join(channel.writers)}."
+    return f"{channel.description}\n\nStream: {channel.stream}. {who}"
+
+
+def _receiver(model: type, name: str) -> Any:
+    async def receive(message) -> None:
+        raise RuntimeError(DOCS_ONLY)
+
+    # FastStream documents a subscriber's payload from its handler's annotation.
+    receive.__annotations__ = {"message": model, "return": None}
+    receive.__name__ = receive.__qualname__ = f"receive_{name}"
+    return receive
+
+
+def _declare() -> None:
+    # One router per endpoint: a broker keeps its own endpoints in a WeakSet, whose order follows
+    # memory addresses, but its routers in a list, so this fixes the document's order.
+    for channel in channels():
+        stream, model = _streams[channel.stream], _payload(channel)
+        if "service" in channel.writers:
+            router = NatsRouter()
+            router.publisher(channel.subject, stream=stream, title=channel.name, description=_describe(channel, "release service"), schema=model)
+            broker.include_router(router)
+        for writer in (w for w in channel.writers if w != "service"):
+            title = f"{channel.name}-by-{writer}" if "service" in channel.writers else channel.name
+            router = NatsRouter()
+            router.subscriber(channel.subject, stream=stream, title=title, description=_describe(channel, writer))(
+                _receiver(model, f"{channel.name.replace('.', '_')}_by_{writer}"))
+            broker.include_router(router)
+
+
+_declare()
+app = FastStream(broker, specification=AsyncAPI(broker, title=TITLE, version=VERSION, description=DESCRIPTION))
+
+
+@app.on_startup
+async def _refuse() -> None:
+    raise RuntimeError(DOCS_ONLY)

@@ -1,0 +1,112 @@
+"""Running the dashboard: beside the consumers of `kxr serve` / `kxr demo` (their follower), or alone (`kxr ui`)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+
+from events.subjects import Subjects
+from services.app import connect, utc_clock
+from services.follower import Follower
+from services.permissions import redacted
+from services.settings import ConfigError, Settings
+from services.tasks import cancel_and_wait
+from .hub import LiveHub
+from .web import LOOPBACK_HOSTS, make_app
+
+log = logging.getLogger(__name__)
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """`PORT`, `HOST:PORT` or `[V6]:PORT`; the host defaults to loopback."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_HOST, text
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"dashboard address {text!r}: expected PORT or HOST:PORT")
+    return (host.strip("[]") or DEFAULT_HOST), int(port)
+
+
+@asynccontextmanager
+async def dashboard(follower: Follower, js, subjects: Subjects, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                    clock=utc_clock) -> AsyncIterator[str]:
+    """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one)."""
+    if not is_loopback(host):
+        log.warning("the dashboard has no login: bound to %s, anyone who can reach that address sees every release", host)
+    hub = LiveHub(follower, js, subjects, clock)
+    runner = web.AppRunner(make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None), access_log=None,
+                           handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    task = asyncio.create_task(hub.run(), name="dashboard-hub")
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        bound_port = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        yield f"http://{shown}:{bound_port}/"
+    finally:
+        await runner.cleanup()
+        await cancel_and_wait([task])
+
+
+async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
+    """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM."""
+    if not settings.nats_url:
+        raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        nc = await connect(settings.nats_url, name="kxr-ui")
+    except Exception as exc:
+        raise ConfigError(f"cannot reach NATS at {redacted(settings.nats_url)}: {exc.__class__.__name__}: {exc}") from None
+    try:
+        js = nc.jetstream(timeout=10)
+        subjects = Subjects(settings.prefix)
+        await js.stream_info(subjects.releases_stream)  # no log yet: one clear error, not an empty page forever
+        follower = Follower(js, subjects)  # no snapshots: the dashboard writes nothing, not even those
+        follow = asyncio.create_task(follower.run(), name="dashboard-follower")
+        try:
+            async with dashboard(follower, js, subjects, host, port) as url:
+                await follower.catch_up()
+                if on_ready:
+                    on_ready(url)
+                await follow  # runs until cancelled; a failure of the follower stops the dashboard with its reason
+        finally:
+            await cancel_and_wait([follow])
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def dashboard_for(app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None) -> AsyncIterator[str | None]:
+    """The dashboard on a running App's own follower (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None."""
+    if addr is None:
+        yield None
+        return
+    async with dashboard(app.follower, app.js, app.subjects, *addr) as url:
+        if announce:
+            announce(url)
+        yield url

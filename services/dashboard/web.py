@@ -1,0 +1,181 @@
+"""The dashboard's HTTP side (aiohttp): pages, JSON, and a server-sent-events stream.
+
+GET only: the dashboard never writes to the log (decisions go through `kxr`, with the
+operator's own NATS user). Every response forbids inline scripts, framing and any origin
+but this one; with a loopback bind, requests naming another Host are refused, so a web
+page cannot reach the dashboard through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from events.tokens import InvalidToken, check_token
+from projections.evidence import EvidenceRecord
+from services.live_view import release_view, window_view
+from . import model, pages
+from .assets import CSS, JS
+from .hub import LiveHub
+
+log = logging.getLogger(__name__)
+
+HUB = web.AppKey("hub", LiveHub)
+STREAMS = web.AppKey("streams", set)
+KEEPALIVE_S = 15.0  # an SSE comment this often lets proxies and the server notice a gone browser
+COALESCE_S = 0.2  # after a change, let the rest of a burst land: one render per burst, not per event
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def _host_only(host: str) -> str:
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _guard(allowed_hosts: frozenset[str] | None):
+    @web.middleware
+    async def guard(request: web.Request, handler) -> web.StreamResponse:
+        if allowed_hosts is not None and _host_only(request.host).lower() not in allowed_hosts:
+            return web.Response(status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n")
+        response = await handler(request)
+        if not response.prepared:  # a stream sent its headers (these included) already
+            response.headers.update(SECURITY_HEADERS)
+        return response
+
+    return guard
+
+
+def _release_id(request: web.Request) -> str | None:
+    """The id in the path if it is a valid token the log has seen, else None (a 404)."""
+    try:
+        release_id = check_token(request.match_info.get("release_id") or request.query.get("release", ""), "release_id")
+    except InvalidToken:
+        return None
+    return release_id if request.app[HUB].world.release(release_id) is not None else None
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(value, indent=2, sort_keys=True, default=str), content_type="application/json")
+
+
+async def overview_of(hub: LiveHub) -> dict[str, Any]:
+    world, now = hub.world, hub.clock()  # one immutable fold for the whole page
+    windows = {}
+    for release in world.releases_in_flight():
+        record = await hub.evidence(release.release_id)
+        windows[release.release_id] = window_view(release, record, now, hub.samples(release)) if record else None
+    return model.overview(world, now, windows)
+
+
+async def release_of(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], EvidenceRecord]:
+    """`live_view.release_view` of the release (the caller checked the log names it) and its evidence record."""
+    record = await hub.evidence(release_id)
+    world = hub.world
+    release = world.release(release_id)
+    assert record is not None and release is not None
+    view = release_view(world, record, now=hub.clock(), stored_samples=hub.samples(release))
+    assert view is not None
+    return view, record
+
+
+async def overview_page(request: web.Request) -> web.Response:
+    sections = pages.overview_sections(await overview_of(request.app[HUB]))
+    return web.Response(text=pages.page("Konnaxion Releases", "/api/stream", sections), content_type="text/html")
+
+
+async def release_page(request: web.Request) -> web.Response:
+    release_id = _release_id(request)
+    if release_id is None:
+        return web.Response(status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html")
+    view, record = await release_of(request.app[HUB], release_id)
+    stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
+    return web.Response(text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
+                        content_type="text/html")
+
+
+async def overview_json(request: web.Request) -> web.Response:
+    return _json(await overview_of(request.app[HUB]))
+
+
+async def release_json(request: web.Request) -> web.Response:
+    release_id = _release_id(request)
+    if release_id is None:
+        return _json({"error": "no release by that id in the log"}, 404)
+    view, record = await release_of(request.app[HUB], release_id)
+    return _json({"view": view, "evidence": record.to_json()})
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return _json({"ok": True, "log_seq": hub.seq, "health_samples_problem": hub.health_note})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the page's sections now, then again after every change to the log."""
+    hub = request.app[HUB]
+    release_id = None
+    if "release" in request.query:
+        release_id = _release_id(request)
+        if release_id is None:
+            return _json({"error": "no release by that id in the log"}, 404)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS})
+    await response.prepare(request)
+    request.app[STREAMS].add(asyncio.current_task())
+    try:
+        while True:
+            seen = hub.version
+            if release_id is None:
+                sections = pages.overview_sections(await overview_of(hub))
+            else:
+                sections = pages.release_sections(*(await release_of(hub, release_id)))
+            update = {"seq": hub.seq, "now": hub.clock().isoformat(), "sections": sections}
+            await response.write(f"event: sections\ndata: {json.dumps(update)}\n\n".encode())
+            while not await hub.wait_newer(seen, KEEPALIVE_S):
+                await response.write(b": keepalive\n\n")
+            await asyncio.sleep(COALESCE_S)
+    except (ConnectionResetError, asyncio.CancelledError):
+        return response  # the browser left, or the dashboard is stopping
+    finally:
+        request.app[STREAMS].discard(asyncio.current_task())
+
+
+def _asset(body: str, content_type: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type=content_type)
+
+    return handler
+
+
+async def _end_streams(app: web.Application) -> None:
+    for task in list(app[STREAMS]):
+        task.cancel()
+
+
+def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> web.Application:
+    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind)."""
+    app = web.Application(middlewares=[_guard(allowed_hosts)])
+    app[HUB] = hub
+    app[STREAMS] = set()
+    app.on_shutdown.append(_end_streams)
+    app.router.add_get("/", overview_page)
+    app.router.add_get("/releases/{release_id}", release_page)
+    app.router.add_get("/api/overview", overview_json)
+    app.router.add_get("/api/releases/{release_id}", release_json)
+    app.router.add_get("/api/stream", stream)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/assets/dashboard.css", _asset(CSS, "text/css"))
+    app.router.add_get("/assets/dashboard.js", _asset(JS, "text/javascript"))
+    return app

@@ -1,0 +1,182 @@
+"""Batched direct gets: read stored messages without creating a consumer.
+
+A consumer costs the server a create and the client two or three round trips before
+the first byte; a batched direct get (`$JS.API.DIRECT.GET.<stream>` with `batch`, server
+2.11+) answers one request with up to `batch` messages and an end-of-batch status, and
+`multi_last` answers "the last message on each of these subjects" the same way. Used
+for pack chunks (pipelined: the next batch is asked for as soon as the current one
+ends, so hashing overlaps the transfer) and for the last health sample per runtime.
+The stream must allow direct gets (ours and nats.py's object stores do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+
+class DirectGetError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int
+    subject: str
+    data: bytes
+    stored_at: datetime | None
+    pending: int  # messages on the requested subject(s) after this one
+
+
+def _stored(msg: Msg) -> Stored:
+    h = msg.headers or {}
+    stamp = h.get("Nats-Time-Stamp")
+    return Stored(seq=int(h["Nats-Sequence"]), subject=h.get("Nats-Subject", ""), data=msg.data,
+                  stored_at=_parse_time(stamp) if stamp else None, pending=int(h.get("Nats-Num-Pending", 0)))
+
+
+def _parse_time(value: str) -> datetime:
+    # RFC 3339 with nanoseconds: Python takes at most microseconds
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+class _Batch:
+    """The replies to one direct-get request, in order, ending at the end-of-batch status."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._inbox = nc.new_inbox()
+        self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def send(self, subject: str, request: dict) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await self._nc.publish(subject, json.dumps(request).encode(), reply=self._inbox)
+
+    async def replies(self, timeout: float) -> AsyncIterator[tuple[Stored | None, dict]]:
+        """(message, {}) per stored message, then (None, the end-of-batch headers) at the end."""
+        try:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(self._queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    raise DirectGetError(f"no answer to a direct get within {timeout:.0f}s") from None
+                status = (msg.headers or {}).get("Status")
+                if status is None:
+                    yield _stored(msg), {}
+                elif status == "204":  # end of batch
+                    yield None, dict(msg.headers or {})
+                    return
+                elif status == "404":  # nothing matched
+                    yield None, {}
+                    return
+                else:
+                    raise DirectGetError(f"direct get failed: {status} {(msg.headers or {}).get('Description', '')}".strip())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # the connection is closed: nothing left to remove
+                pass
+            self._sub = None
+
+
+def _api(stream: str, api_prefix: str) -> str:
+    return f"{api_prefix}.DIRECT.GET.{stream}"
+
+
+async def last_per_subject(nc: Client, stream: str, subjects: list[str], *, timeout: float = 5.0, page: int = 1024,
+                           api_prefix: str = "$JS.API") -> AsyncIterator[Stored]:
+    """The last stored message on every subject matching `subjects` (wildcards allowed)."""
+    start_seq = 0
+    up_to: int | None = None
+    while True:
+        request: dict = {"multi_last": subjects, "batch": page}
+        if start_seq:
+            request["seq"] = start_seq
+        if up_to:
+            request["up_to_seq"] = up_to  # later pages see the same moment as the first
+        batch = _Batch(nc)
+        await batch.send(_api(stream, api_prefix), request)
+        last = 0
+        end: dict = {}
+        async for item, end in batch.replies(timeout):
+            if item is not None:
+                last = item.seq
+                yield item
+        if not int(end.get("Nats-Num-Pending", 0) or 0) or not last:
+            return
+        up_to = up_to or int(end.get("Nats-UpTo-Sequence", 0) or 0) or None
+        start_seq = last + 1
+
+
+class SubjectStream:
+    """Every message on one subject from `start_seq`, in order, a batch at a time.
+
+    `start()` sends the first request (so the transfer can begin while the caller does
+    something else); each next batch is requested as soon as the previous one has
+    arrived, so at most two batches are held. `close()` releases what is open.
+    """
+
+    def __init__(self, nc: Client, stream: str, subject: str, *, start_seq: int = 1, batch: int = 16,
+                 timeout: float = 10.0, api_prefix: str = "$JS.API") -> None:
+        self._nc = nc
+        self._api = _api(stream, api_prefix)
+        self._subject = subject
+        self._start_seq = start_seq
+        self._batch = batch
+        self._timeout = timeout
+        self._open: list[_Batch] = []
+
+    async def _request(self, seq: int) -> _Batch:
+        b = _Batch(self._nc)
+        self._open.append(b)
+        await b.send(self._api, {"seq": seq, "next_by_subj": self._subject, "batch": self._batch})
+        return b
+
+    async def start(self) -> "SubjectStream":
+        if not self._open:
+            await self._request(self._start_seq)
+        return self
+
+    async def __aiter__(self) -> AsyncIterator[Stored]:
+        await self.start()
+        current: _Batch | None = self._open[-1]
+        held: list[Stored] = []
+        try:
+            while current is not None:
+                following = None
+                async for item, end in current.replies(self._timeout):
+                    if item is not None:
+                        held.append(item)
+                    elif int(end.get("Nats-Num-Pending", 0) or 0) and held:
+                        following = await self._request(held[-1].seq + 1)
+                for item in held:
+                    yield item
+                held.clear()
+                current = following
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for b in self._open:
+            await b.close()
+        self._open.clear()
+
+
+def connection_of(js) -> Client:
+    """The connection a JetStream context publishes on (nats.py keeps it as `_nc`)."""
+    return js._nc

@@ -1,0 +1,123 @@
+"""Continuous pull: a pull consumer whose messages arrive as soon as they are stored.
+
+nats-py's `fetch()` asks for a batch, waits for it and returns; between two fetches no
+pull request is open, and every fetch first probes with a no-wait request, so each hop
+of a release paid one to two extra round trips. This keeps pull requests open all the
+time instead (as the Go client's `Consume` does): it asks for `batch` messages, asks
+again when half have arrived, and reads status messages as they come:
+
+- `100` idle heartbeat: the request is alive. No message and no heartbeat for
+  `3 × heartbeat` means the request was lost (server restart, reconnect): ask again.
+- `408` request expired / `409` batch completed, max waiting, …: that request is over;
+  its unfilled part (`Nats-Pending-Messages`) no longer counts as outstanding.
+- `409 Consumer Deleted` / `Consumer is push based` and a missing consumer: raise
+  `ConsumerGone`, so the owner re-creates the consumer where it was.
+
+Durable consumers stay exactly what they were (same names and configuration): only
+how the client asks for messages changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+DEFAULT_BATCH = 64
+DEFAULT_EXPIRES_S = 10.0
+DEFAULT_HEARTBEAT_S = 1.0
+
+
+class ConsumerGone(Exception):
+    """The consumer this pull was reading from no longer exists (or is not a pull consumer)."""
+
+
+def _status(msg: Msg) -> tuple[str | None, str]:
+    headers = msg.headers or {}
+    if msg.data or msg.reply:
+        return None, ""  # a stored message (status messages have neither body nor reply)
+    status = headers.get("Status")
+    return status, str(headers.get("Description", ""))
+
+
+def _pending_messages(msg: Msg) -> int:
+    try:
+        return int((msg.headers or {}).get("Nats-Pending-Messages", 0))
+    except ValueError:
+        return 0
+
+
+class ContinuousPull:
+    """Messages of one pull consumer, in delivery order, with requests kept open."""
+
+    def __init__(self, nc: Client, stream: str, consumer: str, *, api_prefix: str = "$JS.API", batch: int = DEFAULT_BATCH,
+                 expires_s: float = DEFAULT_EXPIRES_S, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
+        self._nc = nc
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._expires_ns = int(expires_s * 1e9)
+        self._heartbeat_s = heartbeat_s
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._inbox = nc.new_inbox()
+        self._sub = None
+        self._outstanding = 0
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def _pull(self) -> None:
+        want = self._batch - self._outstanding
+        request = {"batch": want, "expires": self._expires_ns, "idle_heartbeat": int(self._heartbeat_s * 1e9)}
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+        self._outstanding += want
+
+    async def messages(self) -> AsyncIterator[Msg]:
+        """Stored messages as they arrive; raises ConsumerGone when the consumer disappears."""
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        silent = 0
+        while True:
+            if self._outstanding <= self._batch // 2:
+                await self._pull()
+            try:
+                msg = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    msg = await asyncio.wait_for(self._queue.get(), 3 * self._heartbeat_s)
+                except asyncio.TimeoutError:
+                    # not even a heartbeat: the open requests are gone (reconnect, server restart);
+                    # ask again, and if that stays silent too let the owner look the consumer up
+                    self._outstanding = 0
+                    silent += 1
+                    if silent >= 3:
+                        raise ConsumerGone(f"no message or heartbeat for {9 * self._heartbeat_s:.0f}s") from None
+                    continue
+            silent = 0
+            status, description = _status(msg)
+            if status is None:
+                self._outstanding -= 1
+                yield msg
+            elif status == "100":
+                continue  # idle heartbeat
+            elif status == "503" or (status == "404" and "consumer" in description.lower()):
+                raise ConsumerGone(description or "no responders: the consumer is gone")
+            elif status == "409" and ("deleted" in description.lower() or "push based" in description.lower()):
+                raise ConsumerGone(description)
+            elif status in ("408", "409"):
+                # this request ended; what it did not deliver is no longer on its way
+                left = _pending_messages(msg)
+                self._outstanding = max(0, self._outstanding - left) if left else 0
+                if status == "409" and "batch completed" not in description.lower() and "leadership" not in description.lower():
+                    await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
+            # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # a closed connection has no subscription left to remove
+                pass
+            self._sub = None

@@ -1,0 +1,59 @@
+"""`kxr runtime simulate`: one simulated runtime as a process (deployments, demos, smoke tests).
+
+A real `RuntimeClient` (cohort resolution, pointer following, re-verification before each
+switch, health reports) with synthetic traffic from `simulation.sampler`; it runs until
+SIGINT/SIGTERM and then returns cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Callable
+
+from events.model import PackRef
+from .app import connect
+from .runtime_sdk import Identity
+from .settings import ConfigError, Settings, load_service_keys, load_trust_root
+from .simulation import Behaviour, simulated_runtime
+
+
+async def run_simulated_runtime(settings: Settings, identity: Identity, behaviour: Behaviour, interval: float,
+                                on_ready: Callable[[str], None], on_switch: Callable[[PackRef], None]) -> None:
+    trust_root = load_trust_root(settings.trust_root_path)  # bad configuration fails before connecting
+    service_keys = load_service_keys(settings.service_keys_path)
+    if not settings.nats_url:
+        raise ConfigError("a runtime needs NATS: set KX_NATS_URL or pass --nats-url")
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        try:
+            nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}")
+        except Exception as exc:
+            raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
+        try:
+            runtime = simulated_runtime(nc, identity, trust_root, {}, prefix=settings.prefix, interval=interval,
+                                        service_keys=service_keys, default=behaviour)
+
+            async def switched(pack: PackRef) -> None:
+                on_switch(pack)
+
+            runtime.on_switch = switched
+            cohort = await runtime.resolve_cohort()
+            on_ready(cohort)
+            await runtime.run()
+        finally:
+            await nc.close()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise

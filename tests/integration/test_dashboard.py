@@ -1,0 +1,123 @@
+"""The dashboard over plain HTTP, on a running service's own follower (as `kxr serve --ui` runs it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+import aiohttp
+
+from services import operator
+from services.dashboard.server import dashboard
+from services.log import Entry
+from tests.harness import CHANNEL, OPERATOR, make_pack, running_service
+
+HOSTILE = "<script>alert('owned')</script><img src=x onerror=alert(1)>"
+ESCAPED = "&lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+BOUND_S = 30  # an upper bound for the dashboard to show what the log says, not a measured speed
+
+
+@asynccontextmanager
+async def dashboard_of(svc) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    async with dashboard(svc.app.follower, svc.app.js, svc.app.subjects, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+        yield url, http
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, status: int = 200) -> dict:
+    async with http.get(url) as response:
+        assert response.status == status, await response.text()
+        return await response.json()
+
+
+async def eventually(probe, what: str):
+    deadline = asyncio.get_running_loop().time() + BOUND_S
+    while True:
+        value = await probe()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, f"the dashboard never showed {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_json_endpoints_escaping_and_read_only(nats_url, prefix):
+    async with running_service(nats_url, prefix) as svc, dashboard_of(svc) as (url, http):
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"}, reason=HOSTILE)
+        assert (await svc.wait_release("r1")).outcome == "success"
+        action = operator.annotate(svc.world, "r1", HOSTILE, None, OPERATOR, datetime.now(timezone.utc))
+        await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter("r1")))
+
+        async def annotated():
+            body = await get_json(http, url + "api/releases/r1")
+            return body if body["evidence"]["timeline"][-1]["type"] == "release.annotated" else None
+
+        body = await eventually(annotated, "the annotation")
+        assert body["view"]["outcome"] == "success" and [s["state"] for s in body["view"]["stages"]] == ["passed", "passed"]
+        assert body["view"]["window"]["source"] == "verdict" and body["view"]["window"]["figures"]
+        assert body["evidence"]["identity"]["reason"] == HOSTILE and body["evidence"]["decisions"][-1]["rationale"] == HOSTILE
+
+        overview = await get_json(http, url + "api/overview")
+        [group] = overview["scopes"]
+        assert (group["env"], group["channel"]) == ("prod", "canary")
+        assert [(c["cohort"], c["version"], c["lkg"], c["release"]) for c in group["cohorts"]] == [
+            ("internal", "1.0.0", "1.0.0", "r1"), ("rest", "1.0.0", "1.0.0", "r1")]
+        assert overview["releases"] == [] and [(r["release"], r["outcome"]) for r in overview["recent"]] == [("r1", "success")]
+
+        async with http.get(url + "releases/r1") as response:
+            page = await response.text()
+            assert response.status == 200 and "script-src 'self'" in response.headers["Content-Security-Policy"]
+        assert HOSTILE not in page and "<script>alert" not in page
+        assert page.count(ESCAPED) >= 2  # the request's reason and the operator's rationale, shown as text
+        assert "id='timeline'" in page and "aria-label=\"figures against thresholds\"" in page
+
+        await get_json(http, url + "api/releases/nope", 404)
+        await get_json(http, url + "api/releases/..%2Fetc", 404)
+        await get_json(http, url + "api/stream?release=nope", 404)
+        async with http.get(url + "releases/%3Cb%3E") as response:
+            assert response.status == 404 and "<b>" not in await response.text()
+        async with http.post(url + "api/overview", data=b"{}") as response:
+            assert response.status == 405  # read-only: nothing but GET
+        async with http.get(url + "api/overview", headers={"Host": "attacker.example"}) as response:
+            assert response.status == 421  # a rebound DNS name does not reach a loopback dashboard
+
+
+async def read_sections(stream: aiohttp.ClientResponse) -> dict:
+    """The next `sections` event of a server-sent-events stream."""
+    event = None
+    while True:
+        line = (await stream.content.readline()).decode()
+        assert line, "the stream ended"
+        if line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: ") and event == "sections":
+            return json.loads(line[6:])
+
+
+async def test_stream_pushes_log_changes_and_an_open_windows_live_figures(nats_url, prefix):
+    slow = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 60}}  # stays open while the test looks
+    async with running_service(nats_url, prefix) as svc, dashboard_of(svc) as (url, http):
+        await svc.configure(config=slow)
+        await svc.runtime("t-int-1")
+        async with http.get(url + "api/stream", timeout=aiohttp.ClientTimeout(total=BOUND_S)) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            first = await read_sections(stream)
+            assert "no release in flight" in first["sections"]["releases"]
+            await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+            while "data-release='r1'" not in (update := await read_sections(stream))["sections"]["releases"]:
+                assert update["seq"] >= first["seq"]
+            assert update["seq"] > first["seq"]
+
+        async def live_window():
+            window = (await get_json(http, url + "api/releases/r1"))["view"]["window"]
+            return window if window and window["source"] == "live" and window["samples"] > 0 else None
+
+        window = await eventually(live_window, "figures of the open window")
+        assert window["open"] and window["result"] in ("passed", "inconclusive")  # so far: what the monitor would say now
+        assert {f["metric"] for f in window["figures"]} >= {"error_rate", "latency_p95_ms"}
+        async with http.get(url + "releases/r1") as response:
+            assert "figures so far" in await response.text()
