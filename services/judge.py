@@ -35,7 +35,8 @@ def window_span(window: MonitoringStarted) -> tuple[datetime, datetime]:
 
 def split_window(stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted) -> tuple[list[HealthSample], list[HealthSample]]:
     """(samples of the new pack inside the window, samples of the previous pack just before it), by stored time."""
-    new = [s for at, s in stored if at >= window.starts_at and s.digest == window.digest]
+    stored = list(stored)
+    new = [s for at, s in stored if window.starts_at <= at <= window.ends_at and s.digest == window.digest]
     baseline = [s for at, s in stored if at < window.starts_at and s.digest is not None and s.digest != window.digest]
     return new, baseline
 

@@ -13,7 +13,8 @@ Output (schema `VIEW_SCHEMA`; fields are only ever added, never renamed or remov
       "schema": "kxr.release-view/1",
       "release_id": str, "log_seq": int (the log sequence the fold has applied), "at": RFC 3339 (`now`),
       "phase": str | null          # projections/releases.py PHASE_AFTER, e.g. "monitoring", "held", "closed"
-      "paused": bool, "terminal": bool (closed), "held": bool (waits for an operator),
+      "paused": bool, "terminal": bool (closed), "held": bool (phase "held": inconclusive window or escalation),
+      "waiting": bool              # nothing moves it on but an operator: held, or paused after a passed stage
       "outcome": "success" | "rolled_back" | "aborted" | "rejected" | "failed" | "pinned" | null,
       "why": str | null            # why it stopped or failed, if it did
       "pack": {"name", "version", "digest"} | null,
@@ -100,6 +101,7 @@ def release_view(
         "paused": release.paused,
         "terminal": release.closed,
         "held": release.phase == "held",
+        "waiting": waiting_for_operator(release),
         "outcome": release.outcome,
         "why": release.failure,
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest} if pack else None,
@@ -114,6 +116,10 @@ def release_view(
         "scopes": scope_rows(world, release, now),
         "events": [dict(e) for e in record.timeline[-events:]] if events > 0 else [],
     }
+
+
+def waiting_for_operator(release: ReleaseState) -> bool:
+    return release.phase == "held" or (release.paused and release.phase == "passed")
 
 
 def _last_windows(record: EvidenceRecord) -> dict[int, dict]:

@@ -22,7 +22,8 @@ The roles (docs/permissions.md has the full allow lists):
             publishes `<p>.health.*.*.*.*`; cannot subscribe to health nor read the
             health stream, so it cannot see another tenant's samples.
 - operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback,
-            pin/unpin, channel configuration, trust rotation); reads the log.
+            pin/unpin, channel configuration, trust rotation); reads the log, dead letters and
+            stored health (`kxr watch`).
 - auditor:  reads the log; publishes nothing.
 """
 
@@ -189,7 +190,8 @@ def operator_permissions(subjects: Subjects) -> Permissions:
     p = s.prefix
     publish = [*[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
                f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated(),
-               *read_stream(s.releases_stream), *read_stream(s.deadletter_stream)]  # kxr deadletter list|show
+               *read_stream(s.releases_stream), *read_stream(s.deadletter_stream),  # kxr deadletter list|show
+               *read_stream(s.health_stream)]  # kxr watch: an open window's figures (stored samples, never live subscriptions)
     return Permissions(_unique(publish), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 

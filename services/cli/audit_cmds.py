@@ -12,15 +12,15 @@ import typer
 from events.signing import SigningKey
 from events.tokens import check_token
 from .common import (
-    NatsUrl, parse_time, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
-    print_json, read_json_file, run_async, scope_arg, session, settings_from, trust_app,
+    JsonOpt, NatsUrl, parse_time, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
+    output, print_json, read_json_file, run_async, scope_arg, session, settings_from, trust_app,
 )
 
 
 # ---- audit --------------------------------------------------------------------------------------
 @audit_app.command("replay")
 def audit_replay(
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"),
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
@@ -86,26 +86,23 @@ def evidence_or_fail(release_id: str, nats_url: Optional[str]):
 @audit_app.command("release")
 def audit_release(
     release_id: str = typer.Argument(...),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """The evidence record of one release (seed terms)."""
     from services.audit import render_html
 
-    from .views import gates_table, timeline_table
+    from .views import gates_table, timeline_table, windows_table
 
     record = evidence_or_fail(release_id, nats_url)
     if html_file is not None:
         html_file.write_text(render_html(record))
         console.print(f"evidence record of {release_id} written to {html_file}")
-    elif as_json:
-        print_json(record.to_json())
     else:
-        console.print(timeline_table(record))
-        console.print(gates_table(record))
         outcome = record.outcome.get("outcome", "in flight")
-        console.print(f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}")
+        output(as_json, record.to_json(), lambda: [timeline_table(record), gates_table(record), windows_table(record),
+                                                   f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}"])
 
 
 @audit_app.command("schema")
@@ -137,6 +134,7 @@ def audit_export(
 def audit_verify(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False),
     trusted: Path = typer.Option(..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Verify an evidence bundle offline: signatures, statement, subject = the pack's digest."""
     from events.bundle import BundleError, verify_bundle
@@ -147,15 +145,19 @@ def audit_verify(
     except BundleError as exc:
         fail(f"{bundle}: {exc}")
     record = stmt["predicate"]
-    console.print(f"valid: release {record.get('release_id')} of {stmt['subject'][0]['name']} sha256:{stmt['subject'][0]['digest']['sha256'][:16]}…, "
-                  f"outcome {record.get('outcome', {}).get('outcome', 'in flight')}, {len(record.get('timeline', []))} events")
+    subject = stmt["subject"][0]
+    outcome = record.get("outcome", {}).get("outcome", "in flight")
+    output(as_json, {"valid": True, "release_id": record.get("release_id"), "subject": subject, "outcome": outcome,
+                     "events": len(record.get("timeline", []))},
+           lambda: [f"valid: release {record.get('release_id')} of {subject['name']} sha256:{subject['digest']['sha256'][:16]}…, "
+                    f"outcome {outcome}, {len(record.get('timeline', []))} events"])
 
 
 @audit_app.command("at")
 def audit_at(
     time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
     scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL[/COHORT]"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """What was active where at that moment, from the log alone."""
@@ -171,16 +173,15 @@ def audit_at(
             return await world_at(js, log.subjects, at)
 
     rows = [r for r in scope_rows(run_async(go())) if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix]
-    if as_json:
-        print_json({"at": at.isoformat(), "scopes": rows})
-    else:
-        console.print(table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"]))
+    output(as_json, {"at": at.isoformat(), "scopes": rows},
+           lambda: [table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"])])
 
 
 @trust_app.command("show")
-def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
+def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
     """The root in force, with every rotation accepted or refused."""
     from rich.table import Table
+    from rich.text import Text
 
     from services.settings import load_trust_root
     from services.trust_ops import current_chain
@@ -193,19 +194,18 @@ def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = typer.
 
     chain = run_async(go())
     root = chain.current
-    if as_json:
-        print_json({"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
-                    "accepted_rotations": list(chain.accepted),
-                    "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]})
-        return
-    t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
-    for c in ("keyid", "name"):
-        t.add_column(c)
-    for k in root.keys:
-        t.add_row(k.keyid, k.name)
-    console.print(t)
-    for seq, code, message in chain.refused:
-        console.print(f"refused rotation at log seq {seq}: {code}: {message}", style="red")
+
+    def render():
+        t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
+        for c in ("keyid", "name"):
+            t.add_column(c)
+        for k in root.keys:
+            t.add_row(k.keyid, k.name)
+        return [t] + [Text(f"refused rotation at log seq {seq}: {code}: {message}", style="red") for seq, code, message in chain.refused]
+
+    output(as_json, {"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
+                     "accepted_rotations": list(chain.accepted),
+                     "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]}, render)
 
 
 @trust_app.command("rotate")

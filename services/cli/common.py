@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import typer
 from rich.console import Console
@@ -106,6 +106,21 @@ def read_config_file(path: Path, what: str) -> Any:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+JsonOpt = typer.Option(False, "--json", help="JSON on stdout, for scripts (default: readable tables)")
+
+
+def output(as_json: bool, data: Any, render: Callable[[], Iterable[Any]]) -> None:
+    """What every read command prints: `data` as JSON for scripts, else `render()`'s tables and lines.
+
+    `render` is only called for people, so it may be as chatty as it likes.
+    """
+    if as_json:
+        print_json(data)
+        return
+    for part in render():
+        console.print(part)
 
 
 def scope_arg(text: str, allow_cohort: bool = True) -> tuple[str, ...]:

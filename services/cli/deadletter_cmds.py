@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from services.reader import OrderedReader
-from .common import NatsUrl, app, console, fail, print_json, run_async, session
-from .views import table
+from .common import JsonOpt, NatsUrl, app, fail, output, run_async, session
+from .views import fields_table, table
 
 deadletter_app = typer.Typer(no_args_is_help=True, help="Messages consumers could not process (kept, never retried).")
 app.add_typer(deadletter_app, name="deadletter")
@@ -26,19 +26,17 @@ async def _records(nats_url: Optional[str]) -> list[tuple[int, dict]]:
 
 
 @deadletter_app.command("list")
-def deadletter_list(as_json: bool = typer.Option(False, "--json"), nats_url: Optional[str] = NatsUrl) -> None:
+def deadletter_list(as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
     """Every dead letter: which consumer gave up on which message, and why."""
     records = run_async(_records(nats_url))
     rows = [{"id": seq, "consumer": r.get("consumer"), "stream seq": r.get("seq"), "subject": r.get("subject"),
              "deliveries": r.get("deliveries"), "reason": r.get("reason"), "at": r.get("recorded_at")} for seq, r in records]
-    if as_json:
-        print_json(rows)
-    else:
-        console.print(table("Dead letters", rows, ["id", "consumer", "stream seq", "subject", "deliveries", "reason", "at"]))
+    output(as_json, rows, lambda: [table("Dead letters", rows, ["id", "consumer", "stream seq", "subject", "deliveries", "reason", "at"])])
 
 
 @deadletter_app.command("show")
-def deadletter_show(dead_letter_id: int = typer.Argument(..., help="the id from `kxr deadletter list`"), nats_url: Optional[str] = NatsUrl) -> None:
+def deadletter_show(dead_letter_id: int = typer.Argument(..., help="the id from `kxr deadletter list`"), as_json: bool = JsonOpt,
+                    nats_url: Optional[str] = NatsUrl) -> None:
     """One dead letter in full, with the original bytes (as text when they are UTF-8)."""
     records = dict(run_async(_records(nats_url)))
     record = records.get(dead_letter_id)
@@ -49,4 +47,4 @@ def deadletter_show(dead_letter_id: int = typer.Argument(..., help="the id from 
         record["data_text"] = raw.decode("utf-8")
     except UnicodeDecodeError:
         record["data_text"] = None
-    print_json(record)
+    output(as_json, record, lambda: [fields_table(f"Dead letter {dead_letter_id}", record)])

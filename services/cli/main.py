@@ -21,6 +21,7 @@ from . import creds_cmds  # noqa: F401  (`kxr creds`)
 from . import schema_cmds  # noqa: F401  (`kxr schema`)
 from . import runtime_cmds  # noqa: F401  (`kxr runtime`)
 from . import ui_cmds  # noqa: F401  (`kxr ui`)
+from . import watch_cmd  # noqa: F401  (`kxr watch`)
 from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
 
 
@@ -82,7 +83,10 @@ def demo(
 def run() -> None:
     """Console entry: every expected failure is one line on stderr and a non-zero exit."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # without standalone mode click hands a command's `raise typer.Exit(n)` back as n
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed) as exc:

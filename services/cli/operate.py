@@ -11,15 +11,15 @@ import typer
 from events.tokens import check_token
 from services.log import AppendConflict, Entry
 from .common import (
-    NatsUrl, Rationale, parse_time, app, channel_app, console, err_console, fail, operator_actor,
-    print_json, read_config_file, release_app, run_async, scope_arg, session,
+    JsonOpt, NatsUrl, Rationale, parse_time, app, channel_app, console, err_console, fail, operator_actor,
+    output, read_config_file, release_app, run_async, scope_arg, session,
 )
 
 
 @release_app.command("show")
 def release_show(
     release_id: str = typer.Argument(...),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """A release's timeline and evidence record (the same as `kxr audit release`)."""
@@ -176,7 +176,7 @@ def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tup
 
 @app.command()
 def status(
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     all_releases: bool = typer.Option(False, "--all", help="list closed releases too"),
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
@@ -189,11 +189,8 @@ def status(
             return await load_world(js, log.subjects)
 
     world = run_async(go())
-    if as_json:
-        print_json({"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq})
-        return
-    for t in status_tables(world, all_releases):
-        console.print(t)
+    output(as_json, {"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq},
+           lambda: status_tables(world, all_releases))
 
 
 # ---- channels -----------------------------------------------------------------------------------
@@ -224,9 +221,11 @@ def channel_set(
 
 
 @channel_app.command("show")
-def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url: Optional[str] = NatsUrl) -> None:
-    """The channel's current configuration (JSON)."""
+def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
+    """The channel's current configuration: cohorts, plan, monitoring, compatibility, policy."""
     from services.log_reads import load_world
+
+    from .views import channel_tables
 
     env, channel = scope_arg(scope, allow_cohort=False)
 
@@ -237,5 +236,6 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), nats_url:
     state = run_async(go()).channel_state(env, channel)
     if state is None:
         fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
-    print_json({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
-                "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    shown = {"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
+             "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown))

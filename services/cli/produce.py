@@ -12,8 +12,10 @@ import typer
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.tokens import check_token
+from rich.text import Text
+
 from .common import (
-    NatsUrl, console, fail, keys_app, pack_app, read_json_file, release_app, run_async, scope_arg, session, settings_from,
+    JsonOpt, NatsUrl, console, fail, output, keys_app, pack_app, read_json_file, release_app, run_async, scope_arg, session, settings_from,
 )
 
 
@@ -111,6 +113,7 @@ def pack_verify(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False),
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
     trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="default: $KX_TRUST_ROOT"),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Offline: the gates that need no service state (signature, expiry, integrity, evidence)."""
     from services.offline import verify_offline
@@ -119,8 +122,8 @@ def pack_verify(
     from services.settings import load_trust_root
 
     v = verify_offline(pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(timezone.utc))
-    for o in v.outcomes:
-        console.print(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}")
+    output(as_json, {"ok": v.failure is None, "gates": [o.model_dump(mode="json") for o in v.outcomes]},
+           lambda: [Text(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}") for o in v.outcomes])
     if v.failure is not None:
         fail(f"gate {v.failure.gate} failed: {v.failure.code}: {v.failure.message}")
 

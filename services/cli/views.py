@@ -91,3 +91,63 @@ def gates_table(record: EvidenceRecord) -> Table:
     if not record.gates:
         t.add_row("(not verified)", "", "", "")
     return t
+
+
+def fields_table(title: str, record: dict[str, Any]) -> Table:
+    """One document as field/value rows (nested values as compact JSON)."""
+    import json
+
+    t = Table(title=title, title_justify="left", header_style="bold", show_header=False)
+    t.add_column("field", style="bold")
+    t.add_column("value", overflow="fold")
+    for key in sorted(record):
+        value = record[key]
+        t.add_row(key, "-" if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    return t
+
+
+def channel_tables(name: str, shown: dict[str, Any]) -> list[Any]:
+    """`kxr channel show`: who configured it, its cohorts and plan, then monitoring, compatibility and policy."""
+    cfg = shown["config"]
+    cohorts = [{"cohort": c["name"], "tenants": ", ".join(c.get("tenants") or []) or None, "regions": ", ".join(c.get("regions") or []) or None,
+                "percent": f"[{c['percent'][0]}, {c['percent'][1]})" if c.get("percent") else None} for c in cfg["cohorts"]]
+    plan = " -> ".join("+".join(stage) for stage in cfg.get("plan") or [[c["name"]] for c in cfg["cohorts"]])
+    monitoring = cfg["monitoring"]
+    settings = {
+        "plan": plan, "promote_to": cfg.get("promote_to"),
+        "window_s": monitoring["window_s"], "min_samples": monitoring.get("min_samples"),
+        **{f"threshold {k}": v for k, v in (monitoring.get("thresholds") or {}).items()},
+        **{f"compatibility {k}": v for k, v in (cfg.get("compatibility") or {}).items()},
+        **{f"policy {k}": v for k, v in (cfg.get("policy") or {}).items()},
+    }
+    at = shown["configured_at"][:19].replace("T", " ")
+    return [f"channel {name}: configured by {shown['configured_by']} at {at} (log seq {shown['seq']})",
+            table("Cohorts (first match wins)", cohorts, ["cohort", "tenants", "regions", "percent"]),
+            fields_table("Plan, monitoring and policy", settings)]
+
+
+def windows_table(record: EvidenceRecord) -> Table:
+    """Every monitoring window of a release: its verdict and each figure against its threshold."""
+    t = Table(title="Monitoring windows", title_justify="left", header_style="bold")
+    for c in ("stage", "result", "samples", "figures against thresholds", "reason"):
+        t.add_column(c, overflow="fold")
+    for w in record.windows:
+        v = w["verdict"] or {}
+        figures = "; ".join(figure_text(c) for c in v.get("comparisons") or [])
+        t.add_row(str(w["stage"] + 1), v.get("result", "open"), str(v.get("samples", "")), figures, v.get("reason", ""))
+    if not record.windows:
+        t.add_row("(none)", "", "", "", "")
+    return t
+
+
+def number_text(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def op_text(op: str) -> str:
+    return "no new" if op == "none_new" else op
+
+
+def figure_text(c: dict[str, Any]) -> str:
+    """A verdict's comparison as `error_rate 0.02 <= 0.05 ok` (or BREACH)."""
+    return f"{c['metric']} {number_text(c['value'])} {op_text(c['op'])} {number_text(c['threshold'])} {'ok' if c['ok'] else 'BREACH'}"

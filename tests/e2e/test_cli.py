@@ -157,6 +157,8 @@ def test_pack_sign_then_verify_passes(kx, signed_pack):
     assert "FAIL" not in out
     for gate in ("signature", "expiry", "identity", "integrity"):
         assert any(line.startswith("pass") and gate in line for line in out.splitlines()), (gate, out)
+    doc = json.loads(ok(kx.run("pack", "verify", "kb.pack", "kb.pack.manifest.json", "--trust-root", "tr.json", "--json", env=env)))
+    assert doc["ok"] and {"signature", "expiry", "identity", "integrity"} <= {g["gate"] for g in doc["gates"] if g["ok"]}
 
 
 @pytest.mark.parametrize("tamper, gate", [("pack_bytes", "integrity"), ("manifest_field", "signature"), ("untrusted_key", "signature")])
@@ -187,7 +189,7 @@ def test_channel_set_toml_and_json_then_show(inst):
     ok(inst.run("channel", "set", "prod/ch-toml", "--file", "canary.toml"))
     ok(inst.run("channel", "set", "prod/ch-json", "--file", "beta.json"))
 
-    shown = json.loads(ok(inst.run("channel", "show", "prod/ch-toml")))
+    shown = json.loads(ok(inst.run("channel", "show", "prod/ch-toml", "--json")))
     cfg = shown["config"]
     assert [c["name"] for c in cfg["cohorts"]] == ["internal", "eu-early", "rest"]
     assert cfg["cohorts"][1]["percent"] == [0, 500]
@@ -196,7 +198,7 @@ def test_channel_set_toml_and_json_then_show(inst):
     assert cfg["compatibility"] == {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"}
     assert shown["configured_by"] == "e2e-operator" and shown["seq"] >= 1
 
-    shown_json = json.loads(ok(inst.run("channel", "show", "prod/ch-json")))
+    shown_json = json.loads(ok(inst.run("channel", "show", "prod/ch-json", "--json")))
     assert [c["name"] for c in shown_json["config"]["cohorts"]] == ["internal", "rest"]
     assert shown_json["seq"] > shown["seq"]
 
@@ -204,8 +206,13 @@ def test_channel_set_toml_and_json_then_show(inst):
     changed = dict(CHANNEL_JSON, monitoring={"window_s": 5, "min_samples": 2})
     (inst.workdir / "beta2.json").write_text(json.dumps(changed))
     ok(inst.run("channel", "set", "prod/ch-json", "--file", "beta2.json"))
-    again = json.loads(ok(inst.run("channel", "show", "prod/ch-json")))
+    again = json.loads(ok(inst.run("channel", "show", "prod/ch-json", "--json")))
     assert (again["config"]["monitoring"]["window_s"], again["config"]["monitoring"]["min_samples"]) == (5, 2)
+
+    table = ok(inst.run("channel", "show", "prod/ch-toml"))  # for people: tables
+    for needle in ("channel prod/ch-toml: configured", "by e2e-operator", "Cohorts (first match wins)", "eu-early", "[0, 500)",
+                   "internal -> eu-early -> rest", "threshold error_rate_max", "0.05", "compatibility runtime_version"):
+        assert needle in table, f"{needle!r} not in:\n{table}"
 
 
 def test_channel_set_invalid_file_lists_every_problem(inst):

@@ -44,6 +44,8 @@ async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     keys = kx.workdir / "kx-data" / "service-keys.json"
     replay = json.loads(ok(await kx.arun("audit", "replay", "--json", "--service-keys", str(keys))))
     assert replay["violations"] == [] and replay["releases"] == {"aborted": 1, "success": 1}
+    shown = ok(await kx.arun("release", "show", "r1"))
+    assert "Monitoring windows" in shown and "error_rate" in shown and "passed" in shown
     page = kx.workdir / "r2.html"
     ok(await kx.arun("audit", "release", "r2", "--html", str(page)))
     assert "https://status.example/inc/7" in page.read_text()
@@ -53,6 +55,8 @@ async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     ok(await kx.arun("keys", "generate", "auditor.key.json", "--name", "auditor", "--trust-root", "auditors.json"))
     ok(await kx.arun("audit", "export", "r2", "--key", "auditor.key.json", "--out", "r2.bundle.json"))
     assert "valid: release r2" in ok(await kx.arun("audit", "verify", "r2.bundle.json", "--trusted", "auditors.json"))
+    verified = json.loads(ok(await kx.arun("audit", "verify", "r2.bundle.json", "--trusted", "auditors.json", "--json")))
+    assert (verified["valid"], verified["release_id"], verified["outcome"]) == (True, "r2", "aborted")
     bundle = json.loads((kx.workdir / "r2.bundle.json").read_text())
     bundle["signatures"] = []
     (kx.workdir / "forged.json").write_text(json.dumps(bundle))
@@ -74,8 +78,10 @@ async def test_deadletter_commands_list_and_show_poison(kx, rig):  # noqa: F811
     rows = await wait_until(listed, 15, "the poison message to be dead-lettered")
     row = next(r for r in rows if r["subject"] == rig.subjects.release("x1", "verified"))
     assert "malformed JSON" in row["reason"]
-    shown = json.loads(ok(await kx.arun("deadletter", "show", str(row["id"]))))
+    shown = json.loads(ok(await kx.arun("deadletter", "show", str(row["id"]), "--json")))
     assert shown["data_text"] == "{ not json"
+    table = ok(await kx.arun("deadletter", "show", str(row["id"])))
+    assert f"Dead letter {row['id']}" in table and "{ not json" in table and "malformed JSON" in table
     assert_one_line_error(await kx.arun("deadletter", "show", "999999"), "no dead letter")
 
 

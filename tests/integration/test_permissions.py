@@ -311,6 +311,36 @@ async def test_operator_writes_operator_events_only(authed, as_role):
     await operator.publish_denied(f"$O.{s.packs_bucket}.M.forged")
 
 
+async def test_operator_may_read_stored_health_for_kxr_watch_and_the_auditor_may_not(authed, as_role):
+    from datetime import datetime, timedelta, timezone
+
+    from services.health_reads import samples_between
+    from services.watch import may_read_health
+
+    s = authed.subjects
+    runtime, operator, auditor = await as_role("runtime"), await as_role("operator"), await as_role("auditor")
+    at = datetime.now(timezone.utc)
+    sample = {"runtime_id": "rt-w", "digest": None, "at": at.isoformat(), "kind": "sample", "requests": 0, "errors": 0}
+    await runtime.nc.publish(s.health("prod", "watch", "internal", "rt-w"), json.dumps(sample).encode())
+    await runtime.nc.flush()
+    stored = await wait_for_async(lambda: samples_between(operator.js, s, "prod", "watch", ["internal"], at - timedelta(minutes=1),
+                                                          at + timedelta(minutes=1)), 5, "the operator to read the sample")
+    assert [x.runtime_id for _, x in stored] == ["rt-w"]
+    assert await may_read_health(operator.nc, s) and not operator.permission_errors(), operator.errors
+    assert not await may_read_health(auditor.nc, s)
+    await auditor.violation("publish", f"$JS.API.STREAM.INFO.{s.health_stream}")
+    await operator.subscribe_denied(s.health_all())  # stored samples only: no live feed
+
+
+async def wait_for_async(read, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := await read()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
 async def test_service_cannot_take_the_operators_decisions(authed, as_role):
     s = authed.subjects
     service = await as_role("service")
