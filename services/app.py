@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import nats
@@ -131,7 +131,10 @@ class App:
                 raise TypeError(out)
 
     async def schedule(self, timer: Timer) -> None:
-        at = timer.at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = timer.at.astimezone(timezone.utc)
+        if when.microsecond:  # the schedule takes whole seconds: round up, never fire early
+            when = when.replace(microsecond=0) + timedelta(seconds=1)
+        at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         await self.js.publish(
             self.subjects.timer_schedule(timer.key),
             compact_bytes(timer.payload),

@@ -171,4 +171,4 @@ def release_request(
             return await request_release(log, release_id, data, Actor(kind="producer", id=owner))
 
     seq = run_async(go())
-    console.print(f"release {release_id} requested (log seq {seq}); follow it with: kxr release show {release_id}")
+    console.print(f"release {release_id} requested (log seq {seq}); watch it with: kxr watch {release_id}")
