@@ -1,0 +1,101 @@
+"""Batched direct gets and continuous pulls against the real server (services/direct.py, services/pull.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from services.direct import DirectGetError, SubjectStream, last_per_subject
+from services.pull import ConsumerGone, ContinuousPull
+
+
+@pytest.fixture
+async def js_stream(nats_url, prefix):
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    name = prefix.upper()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{prefix}.>"], allow_direct=True))
+    yield nc, js, name
+    await js.delete_stream(name)
+    await nc.close()
+
+
+async def test_last_per_subject_pages_through_every_subject(js_stream, prefix) -> None:
+    nc, js, stream = js_stream
+    for i in range(3):
+        for runtime in "abcde":
+            await js.publish(f"{prefix}.h.{runtime}", f"{runtime}{i}".encode())
+    await js.publish(f"{prefix}.other.x", b"not asked for")
+    got = [m async for m in last_per_subject(nc, stream, [f"{prefix}.h.>"], page=2)]  # three pages
+    assert [(m.subject.rsplit(".", 1)[-1], m.data) for m in got] == [(r, f"{r}2".encode()) for r in "abcde"]
+    assert all(m.stored_at is not None and m.seq > 0 for m in got)
+    assert [m async for m in last_per_subject(nc, stream, [f"{prefix}.nothing.>"])] == []
+
+
+async def test_subject_stream_reads_every_message_in_order_across_batches(js_stream, prefix) -> None:
+    nc, js, stream = js_stream
+    for i in range(23):
+        await js.publish(f"{prefix}.chunks", str(i).encode())
+        await js.publish(f"{prefix}.noise", b"interleaved")
+    got = [m.data async for m in SubjectStream(nc, stream, f"{prefix}.chunks", batch=5)]
+    assert got == [str(i).encode() for i in range(23)]
+    assert [m async for m in SubjectStream(nc, stream, f"{prefix}.empty", batch=5)] == []
+
+
+async def test_an_opened_stream_closed_unread_leaves_no_route(js_stream, prefix) -> None:
+    nc, js, stream = js_stream
+    await js.publish(f"{prefix}.chunks", b"x")
+    opened = await SubjectStream(nc, stream, f"{prefix}.chunks").start()
+    await opened.close()
+    from services.direct import _replies_for
+
+    assert _replies_for(nc)._routes == {}
+
+
+async def test_a_direct_get_on_a_missing_stream_fails_with_the_reason(js_stream, prefix) -> None:
+    nc, _, _ = js_stream
+    with pytest.raises(DirectGetError):
+        [m async for m in SubjectStream(nc, "NO_SUCH_STREAM_" + prefix.upper(), "x", timeout=2)]
+
+
+async def test_continuous_pull_delivers_as_stored_and_asks_again(js_stream, prefix) -> None:
+    nc, js, stream = js_stream
+    await js.add_consumer(stream, ConsumerConfig(name="w", durable_name="w", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{prefix}.work"))
+    pull = ContinuousPull(nc, stream, "w", batch=4)
+    seen = []
+
+    async def consume() -> None:
+        async for msg in pull.messages():
+            seen.append(msg.data)
+            await msg.ack()
+            if len(seen) == 10:
+                return
+
+    task = asyncio.create_task(consume())
+    for i in range(10):  # more than two batches: the pull must keep asking
+        await js.publish(f"{prefix}.work", str(i).encode())
+    await asyncio.wait_for(task, 10)
+    await pull.close()
+    assert seen == [str(i).encode() for i in range(10)]
+    info = await js.consumer_info(stream, "w")
+    assert info.num_ack_pending == 0 and info.delivered.stream_seq == 10
+
+
+async def test_continuous_pull_says_when_its_consumer_is_deleted(js_stream, prefix) -> None:
+    nc, js, stream = js_stream
+    await js.add_consumer(stream, ConsumerConfig(name="gone", durable_name="gone", ack_policy=AckPolicy.EXPLICIT))
+    pull = ContinuousPull(nc, stream, "gone", batch=4, heartbeat_s=0.2)
+
+    async def consume() -> None:
+        async for _ in pull.messages():
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    await js.delete_consumer(stream, "gone")
+    with pytest.raises(ConsumerGone):
+        await asyncio.wait_for(task, 10)
+    await pull.close()
