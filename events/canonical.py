@@ -17,12 +17,24 @@ class StrictJSONError(ValueError):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise StrictJSONError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)  # in C; only a document with a duplicate pays the search for its name
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJSONError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
+
+
+# Below this many brackets a document cannot nest deep enough to trouble the encoder.
+_SHALLOW = 200
+
+
+def _needs_round_trip(text: str) -> bool:
+    """Whether writing the parsed document back out could fail: only a \\u escape can make a
+    lone surrogate (the text itself is valid UTF-8), and only deep nesting a RecursionError."""
+    return "\\u" in text or text.count("[") + text.count("{") >= _SHALLOW
 
 
 def _no_float(text: str) -> Any:
@@ -48,7 +60,8 @@ def loads_strict(raw: bytes | str, *, allow_floats: bool = False, max_bytes: int
         doc = json.loads(raw, **kwargs)
         # Everything we accept must survive being written back out: no lone surrogates
         # ("\ud800"), and a nesting depth that the rest of the code can walk.
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        if _needs_round_trip(raw):
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except StrictJSONError:
         raise
     except UnicodeEncodeError:

@@ -10,9 +10,13 @@ can ignore the latter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
-from .signing import SigningKey, b64decode_strict, b64encode, keyid_of, verify_ed25519
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .signing import SigningKey, b64decode_strict, b64encode, keyid_of
 
 SIGNER_HEADER = "Kx-Signer"
 SIGNATURE_HEADER = "Kx-Signature"
@@ -77,6 +81,14 @@ class ServiceKeys:
             raw = b64decode_strict(sig)
         except ValueError:
             return "signature is not base64"
-        if not verify_ed25519(key.public, raw, signed_bytes(subject, payload)):
+        try:
+            _public_key(key.public).verify(raw, signed_bytes(subject, payload))
+        except (InvalidSignature, ValueError):
             return "forged: the signature does not match the stored bytes"
         return None
+
+
+@lru_cache(maxsize=64)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Loaded once per key: an auditor checks every append of a long log against a handful of keys."""
+    return Ed25519PublicKey.from_public_bytes(raw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from .evolve import evolve
 from events.model import (
     Activated, Closed, Event, MonitoringStarted, MonitoringVerdict, PackRef, Prepared,
     Requested, RollbackStarted, RolledBack, Verified, Distributed, Promoted,
@@ -130,64 +131,61 @@ def triggers_for(phases: frozenset[str]) -> tuple[str, ...]:
 def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseState:
     suffix = event.suffix
     anomalies = state.anomalies
-    if suffix not in TRANSITIONS.get(state.phase, set()):
+    if suffix not in TRANSITIONS.get(state.phase, ()):
         anomalies = anomalies + (f"{suffix} after {state.phase or 'nothing'}",)
     new_phase = PHASE_AFTER.get(suffix)
-    s = replace(
-        state,
-        phase=new_phase if new_phase is not None else state.phase,
-        last_seq=seq,
-        last_event_id=event.event_id,
-        anomalies=anomalies,
-    )
+    # one copy per event (replay cost): the common changes, then the event's own
+    changes: dict = {"phase": new_phase if new_phase is not None else state.phase, "last_seq": seq,
+                     "last_event_id": event.event_id, "anomalies": anomalies}
     data = event.data
     match suffix:
         case "requested":
             assert isinstance(data, Requested)
             if state.requested is not None:  # a release id is requested once; the first request stands
-                return replace(s, phase=state.phase)
-            return replace(s, requested=data, requested_at=event.occurred_at)
+                changes["phase"] = state.phase
+            else:
+                changes.update(requested=data, requested_at=event.occurred_at)
         case "prepared":
             assert isinstance(data, Prepared)
-            return replace(s, prepared=data)
+            changes["prepared"] = data
         case "distributed":
             assert isinstance(data, Distributed)
-            return replace(s, distributed=data)
+            changes["distributed"] = data
         case "verified":
             assert isinstance(data, Verified)
-            return replace(s, verified=data)
+            changes["verified"] = data
         case "activated":
             assert isinstance(data, Activated)
-            cohorts = s.activated + tuple(c for c in data.cohorts if c not in s.activated)
-            return replace(s, stage=data.stage, activated=cohorts, activated_at={**s.activated_at, data.stage: event.occurred_at})
+            cohorts = state.activated + tuple(c for c in data.cohorts if c not in state.activated)
+            changes.update(stage=data.stage, activated=cohorts, activated_at={**state.activated_at, data.stage: event.occurred_at})
         case "monitoring_started":
             assert isinstance(data, MonitoringStarted)
-            return replace(s, monitoring=data)
+            changes["monitoring"] = data
         case "monitoring_passed" | "monitoring_failed" | "monitoring_inconclusive":
             assert isinstance(data, MonitoringVerdict)
             reason = None if suffix == "monitoring_passed" else f"{suffix}: {data.reason}"
-            return replace(s, verdicts=s.verdicts + ((suffix, data),), failure=reason or s.failure)
+            changes.update(verdicts=state.verdicts + ((suffix, data),), failure=reason or state.failure)
         case "rollback_started":
             assert isinstance(data, RollbackStarted)
-            return replace(s, rollback=data, failure=s.failure or f"rollback: {data.reason}")
+            changes.update(rollback=data, failure=state.failure or f"rollback: {data.reason}")
         case "rolled_back":
             assert isinstance(data, RolledBack)
-            return replace(s, rolled_back=data)
+            changes["rolled_back"] = data
         case "promoted":
             assert isinstance(data, Promoted)
-            return replace(s, promoted=data)
+            changes["promoted"] = data
         case "paused":
-            return replace(s, paused=True)
+            changes["paused"] = True
         case "resumed":
-            return replace(s, paused=False)
+            changes["paused"] = False
         case "aborted":
-            return replace(s, aborted=True, failure=f"aborted: {getattr(data, 'rationale', '')}")
+            changes.update(aborted=True, failure=f"aborted: {getattr(data, 'rationale', '')}")
         case "rejected" | "verification_failed" | "activation_failed" | "escalated":
-            return replace(s, failure=f"{suffix}: {failure_text(data)}")
+            changes["failure"] = f"{suffix}: {failure_text(data)}"
         case "closed":
             assert isinstance(data, Closed)
-            return replace(s, outcome=data.outcome)
-    return s
+            changes["outcome"] = data.outcome
+    return evolve(state, changes)
 
 
 def failure_text(data) -> str:

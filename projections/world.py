@@ -15,6 +15,7 @@ from rpds import HashTrieMap, HashTrieSet
 
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
+from .evolve import evolve
 from .position import Position
 from .releases import ReleaseState, apply_release_event
 from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good
@@ -62,15 +63,16 @@ def apply(world: World, position: Position, event: Event) -> World:
     if position.seq <= world.applied_seq:
         return world  # already applied (a replay that overlaps a snapshot)
     family = event.family
-    w = replace(world, applied_seq=position.seq)
     if family == "release" and event.release_id:
-        current = w.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
+        current = world.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
         updated = apply_release_event(current, position.seq, event)
-        in_flight = w.in_flight.insert(event.release_id) if updated.in_flight else w.in_flight.discard(event.release_id)
-        w = replace(w, releases=w.releases.insert(event.release_id, updated), in_flight=in_flight)
+        in_flight = world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
+        w = evolve(world, {"applied_seq": position.seq, "releases": world.releases.insert(event.release_id, updated),
+                           "in_flight": in_flight})
         if event.suffix == "closed" and updated.outcome == "success":
             w = _mark_release_known_good(w, updated)
         return w
+    w = evolve(world, {"applied_seq": position.seq})
     if family == "scope" and event.scope:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
         current_scope = w.scopes.get(key) or ScopeState(key=key)

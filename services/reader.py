@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator
 
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
@@ -91,62 +91,50 @@ class OrderedReader:
             async for entry in self._follow():
                 yield entry
             return
-        idle = 0
+        async for entry in self._until_caught_up(idle_timeout):
+            yield entry
+
+    async def _until_caught_up(self, idle_timeout: float) -> AsyncIterator[RawEntry]:
+        """A one-off read: pull requests kept open (as `_follow`), ended by the first entry with nothing pending.
+
+        `fetch()` paid a no-wait probe and a round trip per batch, and often came back
+        with a fraction of it; a replay is a long stream of batches, so it keeps
+        `batch` messages asked for at all times instead.
+        """
         while True:
+            pull = None
             try:
                 if self._sub is None:
                     await self._open()
-                    if not follow and await self._caught_up():
-                        return  # nothing to read: answer now instead of waiting out a fetch
-                    if self._sub is None:
-                        continue  # the consumer vanished while we asked about it: open a new one
-                msgs = await self._sub.fetch(self._batch, timeout=idle_timeout)  # type: ignore[union-attr]
-            except (asyncio.TimeoutError, NatsTimeoutError):
-                if not follow:
-                    if await self._caught_up():
+                if await self._caught_up():
+                    return  # nothing (more) to read: answer now instead of waiting out a request
+                if self._sub is None:
+                    continue  # the consumer vanished while we asked about it: open a new one
+                pull = ContinuousPull(self._js._nc, self._stream, self._sub._consumer, batch=self._batch,
+                                      heartbeat_s=max(idle_timeout, 0.1))
+                async for msg in pull.messages():
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq < self.next_seq:
+                        continue  # already seen (re-created consumer overlapped)
+                    if seq > self.next_seq and self._contiguous:
+                        raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
+                    self.next_seq = seq + 1
+                    yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
+                                   stored_at=meta.timestamp, pending=meta.num_pending)
+                    if meta.num_pending == 0:
                         return
-                    continue
-                idle += 1
-                if idle % 5 == 0:
-                    await self._check_alive()
-                continue
             except ConnectionClosedError:
                 raise
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
-                if not follow:
-                    raise  # a one-off read of a stream that does not exist: say so, do not wait
-                log.warning("reader on %s: stream not available; retrying", self._stream)
-                self._sub = None
-                await asyncio.sleep(0.5)
-                continue
-            except Exception as exc:  # server restart, consumer gone, ...: re-create where we were
-                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc, self.next_seq)
+                raise  # a one-off read of a stream that does not exist: say so, do not wait
+            except Exception as exc:  # gap, server restart, consumer gone: re-create where we were
+                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq)
                 self._sub = None
                 await asyncio.sleep(0.2)
-                continue
-            idle = 0
-            for msg in msgs:
-                meta = msg.metadata
-                seq = meta.sequence.stream
-                if seq < self.next_seq:
-                    continue  # already seen (re-created consumer overlapped)
-                if seq > self.next_seq and self._contiguous:
-                    log.warning("reader on %s: gap %d -> %d; re-opening", self._stream, self.next_seq, seq)
-                    self._sub = None
-                    break
-                self.next_seq = seq + 1
-                yield RawEntry(
-                    seq=seq,
-                    subject=msg.subject,
-                    data=msg.data,
-                    headers=dict(msg.headers or {}),
-                    stored_at=meta.timestamp,
-                    pending=meta.num_pending,
-                )
-                if not follow and meta.num_pending == 0 and self._last_per_subject:
-                    return
-            if not follow and msgs and msgs[-1].metadata.num_pending == 0:
-                return
+            finally:
+                if pull is not None:
+                    await pull.close()
 
     async def _follow(self) -> AsyncIterator[RawEntry]:
         """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""
@@ -185,11 +173,3 @@ class OrderedReader:
             self._sub = None
             return False
         return info.num_pending == 0
-
-    async def _check_alive(self) -> None:
-        try:
-            await self._sub.consumer_info()  # type: ignore[union-attr]
-        except NotFoundError:
-            self._sub = None
-        except Exception:
-            self._sub = None
