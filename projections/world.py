@@ -17,7 +17,7 @@ from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
 from .evolve import evolve
 from .position import Position
-from .releases import ReleaseState, apply_release_event
+from .releases import ReleaseState, apply_release_event, archived
 from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good
 
 
@@ -56,6 +56,25 @@ class World:
 
     def releases_in_flight(self) -> list[ReleaseState]:
         return sorted((self.releases[r] for r in self.in_flight), key=lambda r: r.last_seq)
+
+
+def archive_closed(world: World, event: Event) -> World:
+    """After `event` is applied: if it closed a release, keep only its archived state."""
+    if event.family != "release" or event.suffix != "closed" or not event.release_id:
+        return world
+    state = world.releases.get(event.release_id)
+    if state is None or not state.closed:
+        return world
+    return evolve(world, {"releases": world.releases.insert(event.release_id, archived(state))})
+
+
+def archive_all(world: World) -> World:
+    """Every closed release archived: what a service's live world is, for a full replay."""
+    releases = world.releases
+    for release_id, state in world.releases.items():
+        if state.closed:
+            releases = releases.insert(release_id, archived(state))
+    return evolve(world, {"releases": releases})
 
 
 def apply(world: World, position: Position, event: Event) -> World:

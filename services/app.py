@@ -83,7 +83,7 @@ class App:
         self.subjects = Subjects(settings.prefix)
         self.log = EventLog(nc, self.js, self.subjects, signer=signer)
         self.snapshots = Snapshots(self.js, self.subjects)
-        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots)
+        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True)
         self.deadletters = DeadLetters(self.js, self.subjects)
         self.trust_root = trust_root
         self.clock = clock
@@ -159,7 +159,7 @@ class App:
         await self.ensure_layout()
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
-            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots)
+            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True)
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         await self.follower.catch_up()

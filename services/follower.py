@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from events.codec import DecodeError, decode_event
 from events.subjects import Subjects
 from projections.position import Position
-from projections.world import World, apply, apply_undecodable
+from projections.world import World, apply, apply_undecodable, archive_closed
 from .reader import OrderedReader
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,16 @@ log = logging.getLogger(__name__)
 
 class Follower:
     def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
-                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0) -> None:
+                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0, archive_closed: bool = False) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
         self.position = self.world.applied_seq
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
+        # a service keeps closed releases archived (projections.releases.archived): its memory
+        # and snapshots then grow by a small record per release, not by each one's evidence
+        self._archive_closed = archive_closed
         # a snapshot serialises the whole world on the event loop: at most this often, so a busy
         # log does not pay for it every 1000 events (a restart replays at most this much tail)
         self._snapshot_min_interval_s = snapshot_min_interval_s
@@ -56,6 +59,8 @@ class Follower:
                     event = None
                 else:
                     self.world = apply(self.world, position, event)
+                    if self._archive_closed:
+                        self.world = archive_closed(self.world, event)
                 self.position = entry.seq
                 if (self._snapshots is not None and entry.pending == 0 and self.position - self._saved_at >= self._snapshot_every
                         and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s):
