@@ -121,6 +121,9 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.run()))
         console.print("runtimes: " + ", ".join(f"{rt.id.runtime_id}->{rt.cohort}" for rt in runtimes))
+        watch_url = creds["operator"].with_server(server.url).url
+        console.print(f"watch a release from another terminal (releases demo-healthy, demo-tampered, demo-regression):\n"
+                      f"  KX_NATS_URL='{watch_url}' .venv/bin/kxr watch demo-healthy", highlight=False, markup=False, soft_wrap=True)
         await asyncio.sleep(0.6)  # a first health sample from every runtime, for pre-flight
         producer = Actor(kind="producer", id="kb-pipeline")
 
