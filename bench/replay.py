@@ -28,6 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.snapshot import dump_world, load_world
+from projections.world import archive_all
 from services.app import App, connect
 from services.audit import replay
 from services.settings import Settings
@@ -113,7 +114,7 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
             head = await generate(js, subjects, max(events - tail, 1), r.key, channels=channels, progress=progress.update)
             # the snapshot the follower would have saved, then the tail it has not seen yet
             _, folded = await timed_replay(js, subjects, None)
-            await Snapshots(js, subjects).save(folded["world"])
+            await Snapshots(js, subjects).save(archive_all(folded["world"]))  # a service's world keeps closed releases archived
             rest = await generate(js, subjects, tail, r.key, channels=channels) if tail else None
             total = head.events + (rest.events if rest else 0)
             base_s = await raw_fetch(js, subjects.releases_stream, total)
