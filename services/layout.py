@@ -18,6 +18,10 @@ from events.subjects import Subjects
 DUPLICATE_WINDOW_S = 300.0
 MIN_DUPLICATE_WINDOW_S = 120.0
 LOG_MAX_MSG_SIZE = 256 * 1024
+# Every runtime follows its scope's pointer with its own ephemeral consumer on the log, and
+# nats-server 2.15 caps a stream at 1000 consumers unless the stream sets its own limit
+# (0 and -1 mean "the server's default"): the 1000th runtime would be refused.
+LOG_MAX_CONSUMERS = 1_000_000
 
 
 class LayoutError(RuntimeError):
@@ -45,6 +49,7 @@ def release_log_config(subjects: Subjects, replicas: int) -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=replicas,
         allow_direct=True,
+        max_consumers=LOG_MAX_CONSUMERS,
     )
 
 
@@ -118,8 +123,11 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
     else:
         cfg = info.config
         added = [s for s in subjects.log_subjects() if s.endswith(".trust.rotated") and s not in (cfg.subjects or [])]
-        if added:  # a log created before trust rotation existed: capturing one more subject is additive
+        short = (cfg.max_consumers or 0) <= 0  # a log created under the server's default consumer cap
+        if added or short:  # additive: one more subject captured, room for more runtimes
             cfg.subjects = list(cfg.subjects or []) + added
+            if short:
+                cfg.max_consumers = LOG_MAX_CONSUMERS
             cfg = (await js.update_stream(cfg)).config
         problems = log_violations(cfg, subjects)
         if problems:
