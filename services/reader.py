@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from .pull import ConsumerGone, ContinuousPull
+from .pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class OrderedReader:
         start_time: datetime | None = None,
         batch: int = 256,
         contiguous: bool = False,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -57,6 +58,7 @@ class OrderedReader:
         # A reader over every subject of a stream sees consecutive sequences; a gap then
         # means the consumer skipped something and must be re-opened where we were.
         self._contiguous = contiguous
+        self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
         self._sub = None
 
     def _config(self) -> ConsumerConfig:
@@ -142,7 +144,7 @@ class OrderedReader:
             pull = None
             try:
                 info = await self._js.add_consumer(self._stream, config=self._config())
-                pull = ContinuousPull(self._js._nc, self._stream, info.name, batch=self._batch)
+                pull = ContinuousPull(self._js._nc, self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
                 async for msg in pull.messages():
                     meta = msg.metadata
                     seq = meta.sequence.stream
