@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events.service_signing import ServiceKeys
 from events.subjects import Subjects
-from projections.snapshot import dump_world, load_world
+from projections.snapshot import load_world
 from projections.world import archive_all
 from services.app import App, connect
 from services.audit import replay

@@ -8,7 +8,7 @@ auditor, not hidden by the fold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .evolve import evolve

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from .direct import connection_of
 from .pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
 
 log = logging.getLogger(__name__)
@@ -112,19 +113,11 @@ class OrderedReader:
                     return  # nothing (more) to read: answer now instead of waiting out a request
                 if self._sub is None:
                     continue  # the consumer vanished while we asked about it: open a new one
-                pull = ContinuousPull(self._js._nc, self._stream, self._sub._consumer, batch=self._batch,
+                pull = ContinuousPull(connection_of(self._js), self._stream, self._sub._consumer, batch=self._batch,
                                       heartbeat_s=max(idle_timeout, 0.1))
-                async for msg in pull.messages():
-                    meta = msg.metadata
-                    seq = meta.sequence.stream
-                    if seq < self.next_seq:
-                        continue  # already seen (re-created consumer overlapped)
-                    if seq > self.next_seq and self._contiguous:
-                        raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
-                    self.next_seq = seq + 1
-                    yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
-                                   stored_at=meta.timestamp, pending=meta.num_pending)
-                    if meta.num_pending == 0:
+                async for entry in self._in_order(pull):
+                    yield entry
+                    if entry.pending == 0:
                         return
             except ConnectionClosedError:
                 raise
@@ -138,23 +131,28 @@ class OrderedReader:
                 if pull is not None:
                     await pull.close()
 
+    async def _in_order(self, pull: ContinuousPull) -> AsyncIterator[RawEntry]:
+        """The pull's messages as entries: one already seen is skipped, a gap raises."""
+        async for msg in pull.messages():
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            if seq < self.next_seq:
+                continue  # already seen (re-created consumer overlapped)
+            if seq > self.next_seq and self._contiguous:
+                raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
+            self.next_seq = seq + 1
+            yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
+                           stored_at=meta.timestamp, pending=meta.num_pending)
+
     async def _follow(self) -> AsyncIterator[RawEntry]:
         """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""
         while True:
             pull = None
             try:
                 info = await self._js.add_consumer(self._stream, config=self._config())
-                pull = ContinuousPull(self._js._nc, self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
-                async for msg in pull.messages():
-                    meta = msg.metadata
-                    seq = meta.sequence.stream
-                    if seq < self.next_seq:
-                        continue  # already seen (re-created consumer overlapped)
-                    if seq > self.next_seq and self._contiguous:
-                        raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
-                    self.next_seq = seq + 1
-                    yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
-                                   stored_at=meta.timestamp, pending=meta.num_pending)
+                pull = ContinuousPull(connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
+                async for entry in self._in_order(pull):
+                    yield entry
             except ConnectionClosedError:
                 raise
             except asyncio.CancelledError:

@@ -8,7 +8,6 @@ SIGINT/SIGTERM and then returns cleanly.
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Callable
 
 from events.model import PackRef
@@ -16,6 +15,7 @@ from .app import connect
 from .runtime_sdk import Identity
 from .settings import ConfigError, Settings, load_service_keys, load_trust_root
 from .simulation import Behaviour, simulated_runtime
+from .tasks import SignalStop
 
 
 async def run_simulated_runtime(settings: Settings, identity: Identity, behaviour: Behaviour, interval: float,
@@ -24,18 +24,7 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
     service_keys = load_service_keys(settings.service_keys_path)
     if not settings.nats_url:
         raise ConfigError("a runtime needs NATS: set KX_NATS_URL or pass --nats-url")
-    main = asyncio.current_task()
-    assert main is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        main.cancel()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+    stop = SignalStop()
     try:
         try:
             nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}")
@@ -55,5 +44,5 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
         finally:
             await nc.close()
     except asyncio.CancelledError:
-        if not stopping:
+        if not stop.requested:
             raise

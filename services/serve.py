@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import signal
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from .embedded import EmbeddedServer, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_signing_key
+from .tasks import SignalStop
 
 log = logging.getLogger(__name__)
 NEEDS_TRUST_ROOT = {"verifier", "activator"}
@@ -196,18 +196,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     if settings.metrics_addr:
         parse_listen_address(settings.metrics_addr)
     signer = service_signing_key(settings)
-    main = asyncio.current_task()
-    assert main is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        main.cancel()  # also interrupts start-up (e.g. waiting for NATS)
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+    stop = SignalStop()
     try:
         async with nats_for(settings) as target:
             await check_privileges(target, strict)
@@ -217,5 +206,5 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
                     on_ready(redacted(target.url))
                 await app.wait()
     except asyncio.CancelledError:
-        if not stopping:
+        if not stop.requested:
             raise

@@ -9,6 +9,7 @@ has actually finished.
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Iterable
 
 
@@ -23,3 +24,21 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, 
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: a crash was already logged when it happened
+
+
+class SignalStop:
+    """SIGINT/SIGTERM cancel the task that made this; `requested` tells that clean stop
+    from any other cancellation (which must propagate)."""
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.requested = False
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop)
+
+    def _stop(self) -> None:
+        self.requested = True
+        self._task.cancel()  # also interrupts start-up (e.g. waiting for NATS)

@@ -22,7 +22,7 @@ from . import schema_cmds  # noqa: F401  (`kxr schema`)
 from . import runtime_cmds  # noqa: F401  (`kxr runtime`)
 from . import ui_cmds  # noqa: F401  (`kxr ui`)
 from . import watch_cmd  # noqa: F401  (`kxr watch`)
-from .common import CliError, NatsUrl, app, err_console, run_async, settings_from
+from .common import CliError, NatsUrl, app, run_async, settings_from
 
 
 # ---- serve / demo -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from events.channel import ChannelConfig
 from events.model import PAYLOADS, Actor, Scope
 from events.signing import SigningKey
 from projections.position import Position
-from projections.world import World, apply, fold
+from projections.world import apply, fold
 from services import operator, pinner
 from services.contracts.catalog import channels, subject_matches
 from services.contracts.envelopes import envelope_model
