@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
 
 from .deadletter import DeadLetters
 from .observability.logs import message_context
@@ -79,7 +80,13 @@ class Worker:
         (e.g. a narrower filter or a new ack wait): the server keeps its position."""
         config = self._config()
         config.name = self.durable
-        await self._js.add_consumer(self.stream, config=config)
+        try:
+            await self._js.add_consumer(self.stream, config=config)
+        except APIError as exc:
+            # an existing consumer whose fixed settings (e.g. its deliver policy) differ:
+            # keep it as it is, with its position, rather than stop consuming
+            await self._js.consumer_info(self.stream, self.durable)  # raises if it does not exist at all
+            log.warning("%s: kept the existing consumer's configuration (%s)", self.durable, exc.description)
 
     async def run(self) -> None:
         slots = asyncio.Semaphore(self._concurrency)
