@@ -50,9 +50,6 @@ class ReleaseReactor:
         worker = Worker(
             self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
             self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s, concurrency=CONCURRENCY,
-            # a new consumer starts at the log's head: the start-up sweep decides on every
-            # release in flight, so replaying the triggers of a long history would be wasted work
-            deliver_new=True,
         )
         return [worker.run(), self.reconcile()]
 
