@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from pathlib import Path
 
 from events.channel import ChannelConfig
@@ -60,14 +61,30 @@ async def _history(url: str, prefix: str, events: int, key) -> None:
     await nc.close()
 
 
+async def drained(js, stream: str, timeout: float = 900.0) -> None:
+    """Until the service's consumers have worked through the history's triggers (steady state:
+    a brand-new consumer on an old log first decides, once, on every release it ever saw)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
+        if infos and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in infos):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service's consumers did not drain the history within {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+
+
 async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0) -> dict:
     prefix = f"sc{name}"
     if history:
         await _history(r.url, prefix, history, r.key)
+    started = time.monotonic()
     proc = r.serve(name=f"serve-{prefix}", KX_PREFIX=prefix)
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
+        await drained(nc.jetstream(timeout=10), Subjects(prefix).releases_stream)
+        ready_s = time.monotonic() - started
         await nc.close()
         if scopes:
             await _configure_scopes(r.url, prefix, scopes)
@@ -76,7 +93,7 @@ async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, hi
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rss_mib": round(rss, 1)}
+    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rss_mib": round(rss, 1), "ready_s": round(ready_s, 1)}
 
 
 def slope(xs: list[int], ys: list[float]) -> float:
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     for axis, points in res["curves"].items():
         for p in points:
             rows.append((f"{axis} = {p['x']}", f"p50 {p['p50_ms']} p99 {p['p99_ms']} ms",
-                         f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x", f"rss {p['rss_mib']} MiB"))
+                         f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x", f"rss {p['rss_mib']} MiB, ready in {p['ready_s']} s"))
     for axis, s in res["slopes"].items():
         rows.append((f"slope ({axis})", ", ".join(f"{k} {v}" for k, v in s.items()), "", "flat"))
     report("scaling", res, rows)
