@@ -102,11 +102,21 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
 
 @asynccontextmanager
 async def dashboard_for(app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None) -> AsyncIterator[str | None]:
-    """The dashboard on a running App's own follower (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None."""
+    """The dashboard next to a running App (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None.
+
+    It folds the log itself, on the App's connection: the service's own fold keeps closed
+    releases archived (no window figures or gate results), the dashboard shows them whole.
+    """
     if addr is None:
         yield None
         return
-    async with dashboard(app.follower, app.js, app.subjects, *addr) as url:
-        if announce:
-            announce(url)
-        yield url
+    follower = Follower(app.js, app.subjects)  # no snapshots, no archiving
+    follow = asyncio.create_task(follower.run(), name="dashboard-follower")
+    try:
+        await follower.catch_up()
+        async with dashboard(follower, app.js, app.subjects, *addr) as url:
+            if announce:
+                announce(url)
+            yield url
+    finally:
+        await cancel_and_wait([follow])

@@ -1,4 +1,4 @@
-"""The dashboard over plain HTTP, on a running service's own follower (as `kxr serve --ui` runs it)."""
+"""The dashboard over plain HTTP, next to a running service (as `kxr serve --ui` runs it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from services import operator
-from services.dashboard.server import dashboard
+from services.dashboard.server import dashboard_for
 from services.log import Entry
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service
 
@@ -22,7 +22,7 @@ BOUND_S = 30  # an upper bound for the dashboard to show what the log says, not 
 
 @asynccontextmanager
 async def dashboard_of(svc) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    async with dashboard(svc.app.follower, svc.app.js, svc.app.subjects, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+    async with dashboard_for(svc.app, ("127.0.0.1", 0)) as url, aiohttp.ClientSession() as http:
         yield url, http
 
 
