@@ -29,6 +29,7 @@ from events.codec import decode_event, encode_event
 from events.service_signing import SIGNATURE_HEADER, SIGNER_HEADER, signed_bytes
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
+from services.direct import connection_of
 from services.layout import ensure_layout
 from .common import Rig, rig
 
@@ -184,7 +185,7 @@ async def generate(js, subjects: Subjects, events: int, key: SigningKey | None, 
     """Append whole clones of the recorded history until at least `events` entries are stored."""
     await ensure_layout(js, subjects)
     templates = templates or load_templates()
-    nc = js._nc
+    nc = connection_of(js)
     start_last = (await js.stream_info(subjects.releases_stream)).state.last_seq
     run = os.urandom(4).hex()  # ids stay unique across runs on one stream (the duplicate window would drop repeats)
     per_clone = len(templates)

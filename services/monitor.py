@@ -97,7 +97,7 @@ class Monitor(ReleaseReactor):
 
     def __init__(self, app) -> None:
         super().__init__(app)
-        self._timers_sent: set[str | None] = set()
+        self._timers_sent: dict[str, str] = {}  # release id -> its current window's timer, as published
 
     def runners(self) -> list:
         timers = Worker(
@@ -129,10 +129,16 @@ class Monitor(ReleaseReactor):
     async def decide(self, world, release, ctx):
         # A window's timer is (re)published once per process: at start-up that covers a timer
         # lost with a crash, and the sweep judges an overdue window whatever happened to it.
-        return [o for o in decide_start(release, ctx) if not (isinstance(o, Timer) and o.msg_id in self._timers_sent)]
+        sent = self._timers_sent.get(release.release_id)
+        return [o for o in decide_start(release, ctx) if not (isinstance(o, Timer) and o.msg_id == sent)]
 
     def emitted(self, outputs) -> None:
-        self._timers_sent.update(o.msg_id for o in outputs if isinstance(o, Timer))
+        for o in outputs:
+            if isinstance(o, Timer):
+                self._timers_sent[o.payload["release_id"]] = o.msg_id
+        in_flight = self.app.follower.world.in_flight
+        if len(self._timers_sent) > 2 * len(in_flight) + 100:  # forget releases that ended
+            self._timers_sent = {r: m for r, m in self._timers_sent.items() if r in in_flight}
 
     async def on_timer(self, msg) -> None:
         _, tokens = self.app.subjects.parse(msg.subject)

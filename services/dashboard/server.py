@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
@@ -16,7 +15,7 @@ from services.app import connect, utc_clock
 from services.follower import Follower
 from services.permissions import redacted
 from services.settings import ConfigError, Settings
-from services.tasks import cancel_and_wait
+from services.tasks import SignalStop, cancel_and_wait
 from .hub import LiveHub
 from .web import LOOPBACK_HOSTS, make_app
 
@@ -71,11 +70,7 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
     """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM."""
     if not settings.nats_url:
         raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
-    main = asyncio.current_task()
-    assert main is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main.cancel)
+    stop = SignalStop()
     try:
         nc = await connect(settings.nats_url, name="kxr-ui")
     except Exception as exc:
@@ -95,7 +90,8 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
         finally:
             await cancel_and_wait([follow])
     except asyncio.CancelledError:
-        pass
+        if not stop.requested:
+            raise  # cancelled by something else than SIGINT/SIGTERM: not a clean stop
     finally:
         await nc.close()
 
