@@ -116,22 +116,6 @@ class ReleaseState:
         return self.phase is not None and self.phase != TERMINAL
 
 
-def archived(state: ReleaseState) -> ReleaseState:
-    """A closed release as a long-running service keeps it: what status views, pins and a
-    repeated request need; not the evidence (gate results, checklist, window figures), which
-    the log keeps and the evidence record rebuilds (verdicts keep their kind, stage and
-    reason). Keeps a service's memory and snapshots
-    from growing with every window ever judged."""
-    if not state.closed:
-        return state
-    return evolve(state, {
-        "prepared": state.prepared.model_copy(update={"checklist": []}) if state.prepared else None,
-        "verified": state.verified.model_copy(update={"gates": []}) if state.verified else None,
-        "verdicts": tuple((kind, v.model_copy(update={"figures": {}, "comparisons": []})) for kind, v in state.verdicts),
-        "distributed": None, "monitoring": None,
-    })
-
-
 def triggers_for(phases: frozenset[str]) -> tuple[str, ...]:
     """The event types after which a release can be in one of `phases` and decided on.
 

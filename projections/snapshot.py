@@ -4,6 +4,10 @@ JSON through pydantic (never pickle: a snapshot is data, loading one must not ru
 code). The snapshot records the stream sequence it has applied, and carries a format
 version: anything unreadable, or of another format, is ignored and the log is replayed
 from sequence 1 instead, which is always correct, only slower.
+
+Tombstones (closed releases in a service's world) are plain `[id, last_seq, outcome]`
+rows: a snapshot of a long history loads in the time it takes to read them, and only the
+releases still in flight go through the full models.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from rpds import HashTrieMap, HashTrieSet
 
 from .releases import ReleaseState
 from .scopes import ScopeState
-from .world import ChannelState, World
+from .world import ChannelState, World, tombstone
 
-FORMAT = 1
+FORMAT = 2  # 2: tombstones
 
 
 @dataclass
@@ -30,6 +34,7 @@ class WorldImage:
     channels: list[tuple[tuple[str, str], ChannelState]]
     in_flight: list[str]
     trust_rotations: list[tuple[int, dict]]
+    tombstones: list[tuple[str, int, str | None]]
 
 
 _ADAPTER = TypeAdapter(WorldImage)
@@ -44,6 +49,7 @@ def dump_world(world: World) -> bytes:
         channels=sorted(world.channels.items()),
         in_flight=sorted(world.in_flight),
         trust_rotations=list(world.trust_rotations),
+        tombstones=sorted((rid, t.last_seq, t.outcome) for rid, t in world.tombstones.items()),
     )
     return zlib.compress(_ADAPTER.dump_json(image), 6)
 
@@ -63,4 +69,5 @@ def load_world(blob: bytes) -> World | None:
         channels=HashTrieMap({tuple(k): v for k, v in image.channels}),
         in_flight=HashTrieSet(image.in_flight),
         trust_rotations=tuple((seq, doc) for seq, doc in image.trust_rotations),
+        tombstones=HashTrieMap({rid: tombstone(seq, outcome) for rid, seq, outcome in image.tombstones}),
     )

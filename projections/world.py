@@ -2,10 +2,19 @@
 
 `World` is frozen; maps are persistent (rpds HashTrieMap) so that applying an
 event costs O(log n) instead of copying every release ever seen.
+
+A long-running service does not keep closed releases whole: `archive_closed` swaps
+each for a `Tombstone` (its last sequence and outcome), so the service's memory, its
+snapshots and its restarts grow with the releases in flight, not with history. The
+rare event that changes a closed release beyond its sequence (an operator's rollback
+after close, or anything illegal) cannot be folded onto a tombstone: `needs_history`
+says so, and the caller restores the release from its own log subjects first
+(`restore`). Auditors and views fold without archiving and see every release whole.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import reduce
@@ -17,7 +26,7 @@ from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
 from .evolve import evolve
 from .position import Position
-from .releases import ReleaseState, apply_release_event, archived
+from .releases import ReleaseState, apply_release_event
 from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good
 
 
@@ -30,6 +39,31 @@ class ChannelState:
 
 
 @dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A closed release in an archiving world: enough to know it exists and to append after it."""
+    last_seq: int
+    outcome: str | None
+
+
+def tombstone(last_seq: int, outcome: str | None) -> Tombstone:
+    # one shared string per outcome, not one per closed release: a service keeps 10^5 of these
+    return Tombstone(last_seq, sys.intern(outcome) if outcome is not None else None)
+
+
+# events that leave a closed release as it was but for its sequence: a repeated request
+# (the first one stands) and an annotation; anything else needs the release whole
+_TOMBSTONE_SAFE = frozenset({"requested", "annotated"})
+
+
+class NeedsHistory(LookupError):
+    """`apply` was given an event that changes a tombstoned release: restore it first."""
+
+    def __init__(self, release_id: str) -> None:
+        super().__init__(f"release {release_id} is archived; restore it from the log before applying this event")
+        self.release_id = release_id
+
+
+@dataclass(frozen=True, slots=True)
 class World:
     applied_seq: int = 0
     releases: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> ReleaseState
@@ -37,10 +71,16 @@ class World:
     channels: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelState
     in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
     trust_rotations: tuple[tuple[int, dict], ...] = ()  # (seq, signed root) as logged; see events/trust.py
+    tombstones: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> Tombstone (archiving worlds only)
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
+        """The release whole; None if unknown or (in an archiving world) closed and tombstoned."""
         return self.releases.get(release_id)
+
+    def known(self, release_id: str) -> bool:
+        """Whether this release id was ever used (requested, rejected, ...), closed ones included."""
+        return release_id in self.releases or release_id in self.tombstones
 
     def scope(self, env: str, channel: str, cohort: str) -> ScopeState:
         key = (env, channel, cohort)
@@ -59,22 +99,43 @@ class World:
 
 
 def archive_closed(world: World, event: Event) -> World:
-    """After `event` is applied: if it closed a release, keep only its archived state."""
+    """After `event` is applied: if it closed a release, keep only its tombstone."""
     if event.family != "release" or event.suffix != "closed" or not event.release_id:
         return world
     state = world.releases.get(event.release_id)
     if state is None or not state.closed:
         return world
-    return evolve(world, {"releases": world.releases.insert(event.release_id, archived(state))})
+    return _bury(world, state)
 
 
 def archive_all(world: World) -> World:
-    """Every closed release archived: what a service's live world is, for a full replay."""
-    releases = world.releases
-    for release_id, state in world.releases.items():
+    """Every closed release tombstoned: what a service's live world is, for a full replay."""
+    for state in list(world.releases.values()):
         if state.closed:
-            releases = releases.insert(release_id, archived(state))
-    return evolve(world, {"releases": releases})
+            world = _bury(world, state)
+    return world
+
+
+def _bury(world: World, state: ReleaseState) -> World:
+    return evolve(world, {"releases": world.releases.remove(state.release_id),
+                          "tombstones": world.tombstones.insert(state.release_id, tombstone(state.last_seq, state.outcome))})
+
+
+def needs_history(world: World, event: Event) -> bool:
+    """Whether `event` changes a tombstoned release beyond its sequence (see `NeedsHistory`)."""
+    return (event.family == "release" and event.release_id in world.tombstones
+            and event.suffix not in _TOMBSTONE_SAFE)
+
+
+def restore(world: World, state: ReleaseState) -> World:
+    """Put a tombstoned release back whole (folded from its own subjects, up to the world's position)."""
+    stone = world.tombstones.get(state.release_id)
+    if stone is None:
+        raise ValueError(f"release {state.release_id} is not tombstoned")
+    if stone.last_seq != state.last_seq:
+        raise ValueError(f"release {state.release_id}: its log ends at seq {state.last_seq}, the tombstone at {stone.last_seq}")
+    return evolve(world, {"releases": world.releases.insert(state.release_id, state),
+                          "tombstones": world.tombstones.remove(state.release_id)})
 
 
 def apply(world: World, position: Position, event: Event) -> World:
@@ -83,6 +144,12 @@ def apply(world: World, position: Position, event: Event) -> World:
         return world  # already applied (a replay that overlaps a snapshot)
     family = event.family
     if family == "release" and event.release_id:
+        stone = world.tombstones.get(event.release_id)
+        if stone is not None:
+            if event.suffix not in _TOMBSTONE_SAFE:
+                raise NeedsHistory(event.release_id)
+            return evolve(world, {"applied_seq": position.seq,
+                                  "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome))})
         current = world.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
         updated = apply_release_event(current, position.seq, event)
         in_flight = world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
@@ -141,6 +208,9 @@ def apply_undecodable(world: World, position: Position, subjects) -> World:
     w = replace(world, applied_seq=position.seq)
     family, tokens = subjects.parse(position.subject)
     if family == "release" and len(tokens) == 2:
+        stone = w.tombstones.get(tokens[0])
+        if stone is not None:
+            return replace(w, tombstones=w.tombstones.insert(tokens[0], tombstone(position.seq, stone.outcome)))
         current = w.releases.get(tokens[0])
         if current is not None:
             return replace(w, releases=w.releases.insert(tokens[0], replace(current, last_seq=position.seq)))

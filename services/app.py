@@ -24,6 +24,7 @@ from .deadletter import DeadLetters, watch_max_deliveries
 from .follower import Follower
 from .layout import LayoutSettings, ensure_layout
 from .log import Entry, EventLog
+from .log_reads import release_history
 from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from .settings import Settings
 from .snapshots import Snapshots
@@ -106,6 +107,15 @@ class App:
 
     def ctx(self, service: str) -> Ctx:
         return Ctx(now=self.clock(), service=service)
+
+    async def release_whole(self, release_id: str) -> ReleaseState | None:
+        """The release with all it has seen, closed ones too: the follower keeps closed releases
+        as tombstones, so one of those is folded from its own subjects (a few events)."""
+        world = self.follower.world
+        release = world.release(release_id)
+        if release is None and release_id in world.tombstones:
+            release = await release_history(self.js, self.subjects, release_id, before_seq=world.applied_seq + 1)
+        return release
 
     async def ensure_layout(self) -> None:
         await ensure_layout(self.js, self.subjects, LayoutSettings(health_max_age_s=self.settings.health_max_age_s,

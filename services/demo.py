@@ -150,8 +150,10 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
         await _runtimes_on(runtimes, healthy[2], timeout=15)  # each re-verifies the LKG pack before switching back
 
         from .cli.views import status_tables
+        from .log_reads import load_world
 
-        for t in status_tables(app.follower.world, all_releases=True):
+        # the log folded whole: the service's own world keeps closed releases as tombstones
+        for t in status_tables(await load_world(app.js, app.subjects), all_releases=True):
             console.print(t)
         on = {rt.id.runtime_id: (rt.active.version if rt.active else None) for rt in runtimes}
         console.print("runtimes now run: " + ", ".join(f"{k}={v}" for k, v in on.items()))

@@ -17,7 +17,8 @@ from nats.js import JetStreamContext
 from events.codec import DecodeError, decode_event
 from events.subjects import Subjects
 from projections.position import Position
-from projections.world import World, apply, apply_undecodable, archive_closed
+from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore
+from .log_reads import release_history
 from .reader import OrderedReader
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ class Follower:
         self.position = self.world.applied_seq
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
-        # a service keeps closed releases archived (projections.releases.archived): its memory
-        # and snapshots then grow by a small record per release, not by each one's evidence
+        # a service keeps closed releases as tombstones (projections.world.archive_closed): its
+        # memory, snapshots and restarts then grow with the releases in flight, not with history
         self._archive_closed = archive_closed
         # a snapshot serialises the whole world on the event loop: at most this often, so a busy
         # log does not pay for it every 1000 events (a restart replays at most this much tail)
@@ -58,6 +59,8 @@ class Follower:
                     self.world = apply_undecodable(self.world, position, self._subjects)
                     event = None
                 else:
+                    if self._archive_closed and needs_history(self.world, event):
+                        await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)
                     if self._archive_closed:
                         self.world = archive_closed(self.world, event)
@@ -70,6 +73,26 @@ class Follower:
                 self._wake()
         finally:
             await reader.close()
+
+    async def _restore(self, release_id: str, seq: int) -> None:
+        """A tombstoned release about to change (say, rolled back after it closed): whole again first.
+
+        Retried until the log answers: the follower cannot skip an entry, and a release
+        folded from a partial read would be wrong (restore checks the sequence matches).
+        """
+        while True:
+            try:
+                state = await release_history(self._js, self._subjects, release_id, before_seq=seq)
+                if state is None:
+                    raise LookupError(f"no events for release {release_id} before seq {seq}")
+                self.world = restore(self.world, state)
+                log.info("release %s restored from the log (closed, changed again at seq %d)", release_id, seq)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("release %s not restored yet (%s); retrying", release_id, exc)
+                await asyncio.sleep(0.5)
 
     async def save_snapshot(self) -> None:
         """Persist the world with the sequence it has applied (caught up, so it is a whole state)."""

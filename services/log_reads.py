@@ -10,7 +10,8 @@ from events.model import Event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, evidence_of
 from projections.position import Position
-from projections.world import World, apply
+from projections.releases import ReleaseState
+from projections.world import World, apply, apply_undecodable
 from .reader import OrderedReader, RawEntry
 
 
@@ -43,6 +44,20 @@ async def load_world(js, subjects: Subjects, until: datetime | None = None) -> W
         if event is not None:
             world = apply(world, position, event)
     return world
+
+
+async def release_history(js, subjects: Subjects, release_id: str, before_seq: int) -> ReleaseState | None:
+    """One release whole, folded from its own subjects up to (not including) `before_seq`.
+
+    A release's state depends on its own events alone, so this is exactly what a fold of
+    the whole log says about it at that point (how an archiving world restores a tombstone).
+    """
+    world = World()
+    async for _, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
+        if position.seq >= before_seq:
+            break
+        world = apply(world, position, event) if event is not None else apply_undecodable(world, position, subjects)
+    return world.release(release_id)
 
 
 async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceRecord:

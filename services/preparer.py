@@ -183,7 +183,7 @@ class Preparer(ReleaseReactor):
     async def on_undecodable(self, msg, release_id, problem):
         """A request that does not decode is answered with `rejected`, listing every problem."""
         suffix = msg.subject.rsplit(".", 1)[-1]
-        if suffix != "requested" or not is_token(release_id) or self.app.follower.world.release(release_id) is not None:
+        if suffix != "requested" or not is_token(release_id) or self.app.follower.world.known(release_id):
             raise Poison(str(problem))
         seq = msg.metadata.sequence.stream
         ctx = self.app.ctx(NAME)

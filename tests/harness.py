@@ -13,6 +13,7 @@ from events.signing import SigningKey, TrustRoot, b64encode
 from projections.releases import ReleaseState
 from services.app import App, connect
 from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
+from services.follower import Follower
 from services.runtime_sdk import Identity, RuntimeClient
 from events.service_signing import ServiceKeys
 from services.settings import ROLES, Settings
@@ -69,10 +70,23 @@ class Service:
     service_keys: ServiceKeys | None = None  # what runtimes and auditors trust for this service
     runtimes: list[RuntimeClient] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    # the log folded whole, as an auditor or a dashboard sees it: the service's own follower
+    # keeps closed releases as tombstones, tests look at every release's whole story
+    observer: Follower | None = None
 
     @property
     def world(self):
-        return self.app.follower.world
+        assert self.observer is not None
+        return self.observer.world
+
+    async def wait_for(self, seq: int) -> None:
+        """Until both the service and the observer have applied `seq`."""
+        await self.app.follower.wait_for(seq)
+        await self.observer.wait_for(seq)  # type: ignore[union-attr]
+
+    async def catch_up(self) -> None:
+        await self.app.follower.catch_up()
+        await self.observer.catch_up()  # type: ignore[union-attr]
 
     async def configure(self, env: str = "prod", channel: str = "canary", config: dict | None = None) -> None:
         await configure_channel(self.app.log, self.app.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR)
@@ -117,9 +131,9 @@ async def wait_for(probe, timeout: float, what: str, describe=None):
 
 @asynccontextmanager
 async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | None = None, key: SigningKey | None = None,
-                          verify_timeout_s: float = 30.0, replicas: int = 1) -> AsyncIterator[Service]:
+                          verify_timeout_s: float = 30.0, replicas: int = 1, trust_root: TrustRoot | None = None) -> AsyncIterator[Service]:
     key = key or SigningKey.generate()
-    trust_root = trust_root_for(key)
+    trust_root = trust_root or trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
     settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s, replicas=replicas)
     service_key = SigningKey.generate()
@@ -127,6 +141,9 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
     service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))
     try:
         await app.start(settings.roles if roles is None else roles)
+        service.observer = Follower(app.js, app.subjects)
+        service.tasks.append(asyncio.create_task(service.observer.run(), name="observer"))
+        await service.observer.catch_up()  # a restarted service's test sees the log so far at once
         yield service
     finally:
         await cancel_and_wait(service.tasks)

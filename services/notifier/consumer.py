@@ -62,7 +62,7 @@ class Notifier:
     async def notify(self, event: Event, still_working: Callable[[], Awaitable[None]] | None = None) -> None:
         """Post and record what `event` calls for and is not recorded yet (a redelivery posts nothing)."""
         kind = KIND_OF_EVENT.get(event.type)
-        release = self.app.follower.world.release(event.release_id or "")
+        release = await self.app.release_whole(event.release_id or "") if kind is not None else None
         if kind is None or release is None or release.requested is None:
             return
         target = release.requested.target

@@ -186,7 +186,7 @@ async def test_killing_the_log_leader_mid_release_loses_nothing(cluster: Cluster
         assert (await stream_leader(js, subjects.releases_stream)) != victim
 
         # nothing lost: the log is gapless, every acknowledged append is stored where its ack said
-        await svc.app.follower.catch_up()
+        await svc.catch_up()
         last_seq = (await js.stream_info(subjects.releases_stream)).state.last_seq
         log = await read_log(js, subjects)
         assert [seq for seq, *_ in log] == list(range(1, last_seq + 1))

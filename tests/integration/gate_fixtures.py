@@ -11,7 +11,6 @@ sharing a bench never share a digest (object names are digests).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from contextlib import asynccontextmanager, contextmanager
@@ -25,11 +24,10 @@ from events.canonical import canonical_bytes, compact_bytes
 from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, manifest_object_name, pack_object_name, sign_manifest
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
-from services.app import App, connect
+from services.app import App
 from services.packstore import PackStore
 from services.producer import build_signed, sha256_digest
 from services.runtime_sdk import RuntimeClient
-from services.settings import Settings
 from tests.harness import CHANNEL, Pack, Service, make_pack, running_service, trust_root_for, wait_for
 
 ENV, CHAN = "prod", "canary"
@@ -361,24 +359,8 @@ class Bench:
 @asynccontextmanager
 async def trusted_service(nats_url: str, prefix: str, keys: Keys, verify_timeout_s: float = 30.0) -> AsyncIterator[Service]:
     """harness.running_service, with the bench's trust root (which may need several keys)."""
-    if len(keys.trusted) == 1 and keys.threshold == 1:
-        async with running_service(nats_url, prefix, key=keys.trusted[0], verify_timeout_s=verify_timeout_s) as svc:
-            yield svc
-        return
-    trust_root = keys.trust_root
-    nc = await connect(nats_url, name=f"test-{prefix}")
-    settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s)
-    app = App(nc, settings, trust_root)
-    service = Service(app, keys.trusted[0], trust_root)
-    try:
-        await app.start(settings.roles)
-        yield service
-    finally:
-        for t in service.tasks:
-            t.cancel()
-        await asyncio.gather(*service.tasks, return_exceptions=True)
-        await app.stop()
-        await nc.close()
+    async with running_service(nats_url, prefix, key=keys.trusted[0], trust_root=keys.trust_root, verify_timeout_s=verify_timeout_s) as svc:
+        yield svc
 
 
 def new_keys(threshold: int) -> Keys:

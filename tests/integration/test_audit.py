@@ -45,7 +45,7 @@ async def test_replay_of_a_real_history_is_clean_deterministic_and_equals_live_s
         await svc.publish(tampered)
         await svc.request("r4", type(tampered)(tampered.body[::-1], tampered.manifest, tampered.digest, tampered.version))
         await svc.wait_release("r4")
-        await svc.app.follower.catch_up()
+        await svc.catch_up()
 
         first = await replay(svc.app.js, svc.app.subjects)
         second = await replay(svc.app.js, svc.app.subjects)

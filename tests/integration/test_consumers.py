@@ -66,7 +66,7 @@ async def test_two_activators_racing_on_one_scope_exactly_one_wins(nats_url, pre
         )
         assert sorted(type(r).__name__ for r in results) == ["AppendConflict", "NoneType"]
         winner = "ra" if results[0] is None else "rb"
-        await svc.app.follower.catch_up()
+        await svc.catch_up()
         pointers = await log_entries(svc.app.js, svc.app.subjects, [svc.app.subjects.all_activations()])
         assert len(pointers) == 1  # the loser's batch stored nothing
         assert svc.world.scope("prod", "canary", "internal").active.release_id == winner
@@ -79,7 +79,7 @@ async def test_loser_of_a_race_does_not_downgrade(nats_url, prefix):
         await two_verified(svc, {"r-new": "2.0.0", "r-old": "1.5.0"})
         activator = Activator(svc.app)
         await activator.settle("r-new")
-        await svc.app.follower.catch_up()
+        await svc.catch_up()
         await activator.settle("r-old")
         release = await svc.wait_release("r-old", "activation_failed", timeout=5)
         assert "superseded" in release.failure

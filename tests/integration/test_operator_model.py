@@ -22,14 +22,14 @@ STABLE = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 2}}
 
 async def act(svc, action) -> int:
     seq = await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id)))
-    await svc.app.follower.wait_for(seq)  # the next action is decided on a view that includes this one
+    await svc.wait_for(seq)  # the next action is decided on a view that includes this one
     return seq
 
 
 async def scope_act(svc, event_and_seq, scope: Scope) -> int:
     event, expected = event_and_seq
     seq = await svc.app.log.append(Entry(event, expected, svc.app.subjects.scope_filter(scope.env, scope.channel, scope.cohort)))
-    await svc.app.follower.wait_for(seq)
+    await svc.wait_for(seq)
     return seq
 
 
@@ -81,6 +81,9 @@ async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(n
         assert abs(scopes[0].active_seq - scopes[1].active_seq) == 1
         await wait_for(lambda: all(rt.active and rt.active.digest == good.digest for rt in runtimes), 5, "runtimes back on LKG")
         assert svc.world.release("r2").rollback.trigger == "tenant_impact"
+        # the service had r2 as a tombstone: it folded r2 from its own subjects to roll it back, then closed it again
+        own = await wait_for(lambda: (t := svc.app.follower.world.tombstones.get("r2")) and t.outcome == "rolled_back" and t, 5, "r2 re-closed")
+        assert own.last_seq == svc.world.release("r2").last_seq and svc.app.follower.world.release("r2") is None
 
 
 async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, prefix):
