@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -114,21 +115,25 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
             head = await generate(js, subjects, max(events - tail, 1), r.key, channels=channels, progress=progress.update)
             # the snapshot the follower would have saved, then the tail it has not seen yet
             _, folded = await timed_replay(js, subjects, None)
-            await Snapshots(js, subjects).save(archive_all(folded["world"]))  # a service's world keeps closed releases archived
+            await Snapshots(js, subjects).save(archive_all(folded["world"]))  # a service's world keeps closed releases as tombstones
+            del folded
             rest = await generate(js, subjects, tail, r.key, channels=channels) if tail else None
             total = head.events + (rest.events if rest else 0)
             base_s = await raw_fetch(js, subjects.releases_stream, total)
             ours_s, got = await timed_replay(js, subjects, None, Progress("replay", total))
             signed_s = (await timed_replay(js, subjects, keys, Progress("replay + signatures", total)))[0] if signatures else None
             cli_s, summary = cli_replay(r, None) if cli else (None, None)
+            replayed = {"events": got["events"], "releases": len(got["world"].releases)}
+            del got  # a restarting service starts with an empty heap, not with the auditor's whole world
+            gc.collect()
             restart = await warm_restart(r, subjects)
         finally:
             await nc.close()
     if summary is not None and (summary["violations"] or summary["events"] != total):
         raise RuntimeError(f"kxr audit replay reported {summary['events']} events, violations {summary['violations'][:3]}")
-    base_rate, ours_rate = total / base_s, got["events"] / ours_s
+    base_rate, ours_rate = total / base_s, replayed["events"] / ours_s
     out = {
-        "events": total, "releases": len(got["world"].releases),
+        "events": total, "releases": replayed["releases"],
         "generate": {"events_per_s": round((head.events + (rest.events if rest else 0)) / (head.seconds + (rest.seconds if rest else 0)))},
         "baseline": {"what": f"nats-py pull fetch({FETCH_BATCH}) + json.loads", "seconds": round(base_s, 3), "events_per_s": round(base_rate)},
         "ours": {"seconds": round(ours_s, 3), "events_per_s": round(ours_rate), "ratio": round(ours_rate / base_rate, 3)},
