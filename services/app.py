@@ -172,7 +172,9 @@ class App:
             self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True)
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
-        await self.follower.catch_up()
+        # consumers decide on a world at least as new as the log was at start; a cold start
+        # (no snapshot, or one of an older format) on a long log takes minutes, not a fixed 60 s
+        await self.follower.catch_up_from_start()
         for runner in build_roles(self, roles):
             self.spawn(runner, getattr(runner, "__qualname__", "role"))
 

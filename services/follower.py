@@ -137,3 +137,24 @@ class Follower:
         """Wait until everything stored in the log right now has been applied."""
         info = await self._js.stream_info(self._subjects.releases_stream)
         await self.wait_for(info.state.last_seq, timeout)
+
+    async def catch_up_from_start(self, stall_s: float = 60.0, report_every_s: float = 10.0) -> None:
+        """At start-up: as long as it takes while the fold moves (a cold start on a long log
+        takes minutes), failing only if nothing is applied for `stall_s`; logs how far it is."""
+        target = (await self._js.stream_info(self._subjects.releases_stream)).state.last_seq
+        started, start_pos = time.monotonic(), self.position
+        last_pos, last_move = self.position, time.monotonic()
+        while self.position < target:
+            try:
+                await self.wait_for(target, timeout=report_every_s)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if self.position != last_pos:
+                last_pos, last_move = self.position, now
+            elif now - last_move >= stall_s:
+                raise TimeoutError(f"the log fold stalled at seq {self.position} of {target} for {stall_s:.0f}s")
+            if self.position < target:
+                rate = (self.position - start_pos) / max(now - started, 1e-9)
+                log.info("catching up with the log: seq %d of %d (%.0f entries/s, about %.0fs left)",
+                         self.position, target, rate, (target - self.position) / rate if rate else float("inf"))

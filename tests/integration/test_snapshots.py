@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from events.subjects import Subjects
 from projections.world import archive_all
 from services.app import connect
@@ -47,3 +49,34 @@ async def test_an_unreadable_snapshot_is_ignored(nats_url, prefix):
     async with running_service(nats_url, prefix, key=key) as svc2:
         assert svc2.app.follower.started_from == 0  # replayed from sequence 1 instead
         assert svc2.world.channel_state("prod", "canary") is not None
+
+
+async def _long_log(nats_url: str, prefix: str, events: int):
+    from bench.history import generate
+    from events.signing import SigningKey
+
+    nc = await connect(nats_url)
+    js = nc.jetstream(timeout=30)
+    await generate(js, Subjects(prefix), events, SigningKey.generate(), channels=2)
+    return nc, js
+
+
+async def test_a_cold_start_catches_up_for_as_long_as_the_fold_moves(nats_url, prefix):
+    """No fixed deadline at start-up (a cold start on a long log takes minutes): only a stall fails it."""
+    import asyncio
+
+    from services.follower import Follower
+
+    nc, js = await _long_log(nats_url, prefix, 3000)
+    try:
+        follower = Follower(js, Subjects(prefix), archive_closed=True)
+        task = asyncio.create_task(follower.run())
+        await follower.catch_up_from_start(stall_s=2.0, report_every_s=0.01)
+        last = (await js.stream_info(Subjects(prefix).releases_stream)).state.last_seq
+        assert follower.position == last and follower.world.tombstones and not follower.world.in_flight
+        task.cancel()
+        stalled = Follower(js, Subjects(prefix))  # never run: nothing is applied
+        with pytest.raises(TimeoutError, match=f"stalled at seq 0 of {last} "):
+            await stalled.catch_up_from_start(stall_s=0.3, report_every_s=0.05)
+    finally:
+        await nc.close()
