@@ -25,6 +25,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from nats import errors as nats_errors
+
 from events.channel import ChannelConfig
 from events.subjects import Subjects
 from services.app import connect
@@ -129,9 +131,17 @@ async def drained(js, stream: str, timeout: float = DRAIN_BASE_S, progress: str 
     most = 0
     last_left, moved_at = None, started
     while True:
-        infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
-        left = sum(c.num_pending + c.num_ack_pending for c in infos)
+        try:
+            infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
+        except nats_errors.TimeoutError:  # a busy server (or machine) answers late: ask again; a stall still ends it
+            infos = None
         now = time.monotonic()
+        if infos is None:
+            if now > deadline or now - moved_at > DRAIN_STALL_S:
+                raise RuntimeError(f"the server did not answer consumer info within {timeout:.0f}s")
+            await asyncio.sleep(0.5)
+            continue
+        left = sum(c.num_pending + c.num_ack_pending for c in infos)
         if left != last_left or not infos:  # before its consumers exist the service is still folding the log
             last_left, moved_at = left, now
         most = max(most, left)
@@ -166,7 +176,7 @@ async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, hi
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
-        await drained(nc.jetstream(timeout=10), Subjects(prefix).releases_stream, timeout=drain_timeout(history),
+        await drained(nc.jetstream(timeout=30), Subjects(prefix).releases_stream, timeout=drain_timeout(history),
                       progress=f"{name}: the new service works through the history" if history else None,
                       proc=proc, log=r.work / f"serve-{prefix}.log")
         ready_s = time.monotonic() - started
