@@ -145,19 +145,35 @@ def _nats_server_version() -> str:
 
 
 class Progress:
-    """One line on stderr, rewritten: long benches show they are alive."""
+    """One line on stderr, rewritten: long benches show they are alive.
 
-    def __init__(self, what: str, total: int) -> None:
+    With the rate and the time left, so a slow step shows itself as slow (not hung). When
+    stderr is not a terminal (a log file), a plain line every `every_s` seconds instead.
+    """
+
+    def __init__(self, what: str, total: int, every_s: float | None = None) -> None:
         self.what, self.total, self._last = what, total, 0.0
+        self._tty = sys.stderr.isatty()
+        self._every = every_s if every_s is not None else (0.5 if self._tty else 10.0)
+        self._t0 = time.monotonic()
+        self._ended = False
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if now - self._last >= 0.5 or done == self.total:
-            self._last = now
-            sys.stderr.write(f"\r{self.what}: {done}/{self.total}")
-            if done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        end = done >= self.total
+        if self._ended or not (end or now - self._last >= self._every):
+            return
+        self._last = now
+        elapsed = now - self._t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f", {(self.total - done) / rate:.0f} s left" if rate > 0 and not end else ""
+        text = f"{self.what}: {done}/{self.total} ({elapsed:.0f} s, {rate:.0f}/s{left})"
+        if self._tty:
+            sys.stderr.write("\r" + text + "\x1b[K" + ("\n" if end else ""))
+        else:
+            sys.stderr.write(text + "\n")
+        self._ended = end
+        sys.stderr.flush()
 
 
 def report(bench: str, result: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> None:

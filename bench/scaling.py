@@ -3,11 +3,19 @@
     .venv/bin/python -m bench.scaling            # scopes 10..10,000; history 0..1M events
     .venv/bin/python -m bench.scaling --quick
 
-Each point is a fresh prefix on one file-backed server: its history (bench/history.py) or
-its scopes (channels x 10 cohorts, configured) are written first, then `kxr serve` starts
-(a full replay: no snapshot) and `bench.time_to_activate.measure` times sequential
-releases. RSS is the service process's resident set after the releases. The baseline
-(raw hops, same method as time_to_activate) is measured once in the same run.
+Each point is a fresh prefix on one file-backed server (in RAM where there is one): its
+history (bench/history.py) or its scopes (channels x 10 cohorts, configured) are written
+first, then `kxr serve` starts and `bench.time_to_activate.measure` times sequential
+releases once the service's (new, durable) consumers have worked through the history's
+triggers: ready_s is the time from the start of `kxr serve` to that point. RSS is the
+service process's resident set after the releases (ready_rss_mib: when it was ready).
+The baseline (raw hops, same method as time_to_activate) is measured once in the same run.
+
+History points start the service from a snapshot, as a restart of a long-running service
+does: the bench folds the log with the service's own follower and saves the snapshot it
+would have saved (fold_s). `--cold` starts it with a full replay instead; `kxr serve` gives
+its follower 60 s at start-up to catch up, so a cold start fails past ~200k events.
+Every long step shows its progress on stderr.
 """
 
 from __future__ import annotations
@@ -17,13 +25,17 @@ import asyncio
 import time
 from pathlib import Path
 
+from nats import errors as nats_errors
+
 from events.channel import ChannelConfig
 from events.subjects import Subjects
 from services.app import connect
 from services.log import EventLog
+from services.follower import Follower
 from services.producer import configure_channel
-from .common import OPERATOR, channel_config, latency_summary, report
-from .history import fast_rig, generate
+from services.snapshots import Snapshots
+from .common import OPERATOR, Progress, channel_config, latency_summary, report
+from .history import Generated, fast_rig, generate
 from .time_to_activate import measure, raw_hops, wait_for_layout
 
 COHORTS_PER_CHANNEL = 10
@@ -55,36 +67,120 @@ async def _configure_scopes(url: str, prefix: str, scopes: int) -> None:
     await nc.close()
 
 
-async def _history(url: str, prefix: str, events: int, key) -> None:
+async def _history(url: str, prefix: str, events: int, key) -> Generated:
     nc = await connect(url, name="bench-history")
-    await generate(nc.jetstream(timeout=30), Subjects(prefix), events, key)
-    await nc.close()
+    try:
+        progress = Progress(f"history {events}: filling the log", events)
+        return await generate(nc.jetstream(timeout=30), Subjects(prefix), events, key, progress=progress.update)
+    finally:
+        await nc.close()
 
 
-async def drained(js, stream: str, timeout: float = 900.0) -> None:
+async def seed_snapshot(url: str, prefix: str) -> float:
+    """Fold the log as the service's follower does and save the snapshot it would have saved
+    (closed releases archived); seconds it took. A service then starts from it: snapshot + tail.
+
+    `kxr serve` waits at most 60 s at start-up for its follower to catch up with the log
+    (services/app.py, `Follower.catch_up`) and exits otherwise, so a cold start cannot
+    get through a history it folds in more than a minute (~200k events here)."""
+    subjects = Subjects(prefix)
+    nc = await connect(url, name="bench-snapshot")
+    js = nc.jetstream(timeout=30)
+    snapshots = Snapshots(js, subjects)
+    follower = Follower(js, subjects, snapshots=snapshots, archive_closed=True)
+    task = asyncio.create_task(follower.run())
+    t0 = time.monotonic()
+    try:
+        last = (await js.stream_info(subjects.releases_stream)).state.last_seq
+        progress = Progress(f"{prefix}: folding the log for a snapshot", last)
+        while follower.position < last:
+            if task.done():
+                task.result()  # the follower failed: say why
+            try:
+                await follower.wait_for(last, timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            progress.update(follower.position)
+        progress.update(follower.position)
+        await snapshots.save(follower.world)
+        return time.monotonic() - t0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()
+
+
+DRAIN_BASE_S = 300.0
+DRAIN_PER_EVENT_S = 2e-3  # ~0.25-0.45 ms per history event measured; 4x+ headroom on a busy machine
+DRAIN_STALL_S = 300.0  # no consumer moved for this long: stuck, whatever the overall budget
+
+
+def drain_timeout(history: int) -> float:
+    return DRAIN_BASE_S + DRAIN_PER_EVENT_S * history
+
+
+async def drained(js, stream: str, timeout: float = DRAIN_BASE_S, progress: str | None = None, proc=None, log=None) -> None:
     """Until the service's consumers have worked through the history's triggers (steady state:
-    a brand-new consumer on an old log first decides, once, on every release it ever saw)."""
-    deadline = time.monotonic() + timeout
+    a brand-new consumer on an old log first decides, once, on every release it ever saw).
+
+    Progress counts the deliveries the service's `kxr-` consumers have worked through out of
+    the most they ever had left (consumers appear one by one as the service starts)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    bar: Progress | None = None
+    most = 0
+    last_left, moved_at = None, started
     while True:
-        infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
-        if infos and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in infos):
+        try:
+            infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
+        except nats_errors.TimeoutError:  # a busy server (or machine) answers late: ask again; a stall still ends it
+            infos = None
+        now = time.monotonic()
+        if infos is None:
+            if now > deadline or now - moved_at > DRAIN_STALL_S:
+                raise RuntimeError(f"the server did not answer consumer info within {timeout:.0f}s")
+            await asyncio.sleep(0.5)
+            continue
+        left = sum(c.num_pending + c.num_ack_pending for c in infos)
+        if left != last_left or not infos:  # before its consumers exist the service is still folding the log
+            last_left, moved_at = left, now
+        most = max(most, left)
+        if progress is not None and most:
+            bar = bar or Progress(progress, most)
+            bar.total = most
+            bar.update(most - left)
+        if infos and left == 0:
             return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the service's consumers did not drain the history within {timeout:.0f}s")
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log is not None and log.exists() else []
+            raise RuntimeError(f"the service exited ({proc.returncode}) before its consumers drained the history: {tail}")
+        if now > deadline:
+            raise RuntimeError(f"the service's consumers did not drain the history within {timeout:.0f}s ({left} deliveries left)")
+        if now - moved_at > DRAIN_STALL_S:
+            raise RuntimeError(f"the service's consumers made no progress for {DRAIN_STALL_S:.0f}s ({left} deliveries left)")
         await asyncio.sleep(0.5)
 
 
-async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0) -> dict:
+async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0, snapshot: bool = True) -> dict:
     prefix = f"sc{name}"
+    extra: dict = {}
     if history:
-        await _history(r.url, prefix, history, r.key)
+        gen = await _history(r.url, prefix, history, r.key)
+        extra["generate_events_per_s"] = round(gen.rate)
+        extra["start"] = "cold"
+        if snapshot:
+            extra["start"] = "snapshot"
+            extra["fold_s"] = round(await seed_snapshot(r.url, prefix), 1)
     started = time.monotonic()
     proc = r.serve(name=f"serve-{prefix}", KX_PREFIX=prefix)
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
-        await drained(nc.jetstream(timeout=10), Subjects(prefix).releases_stream)
+        await drained(nc.jetstream(timeout=30), Subjects(prefix).releases_stream, timeout=drain_timeout(history),
+                      progress=f"{name}: the new service works through the history" if history else None,
+                      proc=proc, log=r.work / f"serve-{prefix}.log")
         ready_s = time.monotonic() - started
+        ready_rss = rss_mib(proc.pid)
         await nc.close()
         if scopes:
             await _configure_scopes(r.url, prefix, scopes)
@@ -93,7 +189,8 @@ async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, hi
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rss_mib": round(rss, 1), "ready_s": round(ready_s, 1)}
+    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rss_mib": round(rss, 1), "ready_s": round(ready_s, 1),
+            "ready_rss_mib": round(ready_rss, 1), **extra}
 
 
 def slope(xs: list[int], ys: list[float]) -> float:
@@ -104,15 +201,15 @@ def slope(xs: list[int], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
-async def run(scope_points: list[int], history_points: list[int], releases: int, warmup: int) -> dict:
+async def run(scope_points: list[int], history_points: list[int], releases: int, warmup: int, snapshot: bool = True) -> dict:
     curves: dict[str, list[dict]] = {"scopes": [], "history": []}
     with fast_rig("scaling") as r:
         for n in scope_points:
             curves["scopes"].append({"x": n, **await point(r, f"s{n}", releases, warmup, scopes=n)})
         for n in history_points:
-            curves["history"].append({"x": n, **await point(r, f"h{n}", releases, warmup, history=n)})
+            curves["history"].append({"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot)})
         base = latency_summary(await raw_hops(r.url, max(releases, 100)))
-    out: dict = {"releases_per_point": releases, "baseline": base, "curves": curves, "slopes": {}}
+    out: dict = {"releases_per_point": releases, "history_start": "snapshot" if snapshot else "cold", "baseline": base, "curves": curves, "slopes": {}}
     for axis, rows in curves.items():
         if len(rows) >= 2:
             xs = [row["x"] for row in rows]
@@ -131,17 +228,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--history", default="0,100000,1000000")
     ap.add_argument("--releases", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--cold", action="store_true",
+                    help="history points start the service without a snapshot (a full replay: fails past ~200k events)")
     ap.add_argument("--quick", action="store_true", help="scopes 10,100; history 0,5000; 20 releases")
     args = ap.parse_args(argv)
     if args.quick:
         args.scopes, args.history, args.releases = "10,100", "0,5000", 20
     parse = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
-    res = asyncio.run(run(parse(args.scopes), parse(args.history), args.releases, args.warmup))
+    res = asyncio.run(run(parse(args.scopes), parse(args.history), args.releases, args.warmup, not args.cold))
     rows = []
     for axis, points in res["curves"].items():
         for p in points:
             rows.append((f"{axis} = {p['x']}", f"p50 {p['p50_ms']} p99 {p['p99_ms']} ms",
-                         f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x", f"rss {p['rss_mib']} MiB, ready in {p['ready_s']} s"))
+                         f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x", f"rss {p['rss_mib']} MiB, ready in {p['ready_s']} s"
+                         + (f" ({p['start']})" if "start" in p else "")))
     for axis, s in res["slopes"].items():
         rows.append((f"slope ({axis})", ", ".join(f"{k} {v}" for k, v in s.items()), "", "flat"))
     report("scaling", res, rows)
