@@ -13,8 +13,8 @@ The baseline (raw hops, same method as time_to_activate) is measured once in the
 
 History points start the service from a snapshot, as a restart of a long-running service
 does: the bench folds the log with the service's own follower and saves the snapshot it
-would have saved (fold_s). `--cold` starts it with a full replay instead; `kxr serve` gives
-its follower 60 s at start-up to catch up, so a cold start fails past ~200k events.
+would have saved (fold_s). `--cold` starts it with a full replay instead (the service folds
+the whole history before its consumers run; minutes at 1M events).
 Every long step shows its progress on stderr.
 """
 
@@ -78,11 +78,9 @@ async def _history(url: str, prefix: str, events: int, key) -> Generated:
 
 async def seed_snapshot(url: str, prefix: str) -> float:
     """Fold the log as the service's follower does and save the snapshot it would have saved
-    (closed releases archived); seconds it took. A service then starts from it: snapshot + tail.
-
-    `kxr serve` waits at most 60 s at start-up for its follower to catch up with the log
-    (services/app.py, `Follower.catch_up`) and exits otherwise, so a cold start cannot
-    get through a history it folds in more than a minute (~200k events here)."""
+    (closed releases as tombstones); seconds it took. A service then starts from it: snapshot +
+    tail, as a restarted service does. (`--cold` starts from sequence 1 instead: the service
+    folds the whole history at start-up, minutes at 1M events, before its consumers run.)"""
     subjects = Subjects(prefix)
     nc = await connect(url, name="bench-snapshot")
     js = nc.jetstream(timeout=30)
