@@ -62,7 +62,28 @@ class OrderedReader:
         self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
         self._sub = None
 
-    def _config(self) -> ConsumerConfig:
+    async def _consumer_filters(self) -> list[str]:
+        """The consumer's filters: none when ours name every subject the stream stores on.
+
+        nats-server serves a consumer with several filter subjects an order of magnitude
+        slower than one without (measured on 2.15.1: ~170 against ~17 us a message over
+        a 30k-message release log), and a whole-log reader asks for exactly the stream's
+        subjects. When each of the stream's subjects is one of our filters, every stored
+        message matches a filter, so no filter selects the same messages. Anything else
+        (a mirror, sources, a subject transform, a failed look-up) keeps the filters.
+        """
+        if len(self._filters) < 2:
+            return list(self._filters)
+        try:
+            cfg = (await self._js.stream_info(self._stream)).config
+        except Exception:  # decide nothing on a failed look-up: the consumer is created as asked
+            return list(self._filters)
+        if (cfg.subjects and set(cfg.subjects) <= set(self._filters) and not cfg.mirror and not cfg.sources
+                and getattr(cfg, "subject_transform", None) is None):
+            return []
+        return list(self._filters)
+
+    def _config(self, filters: list[str]) -> ConsumerConfig:
         if self._last_per_subject:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         elif self._start_time is not None and self.next_seq <= 1:
@@ -70,7 +91,7 @@ class OrderedReader:
         else:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.next_seq)
         cfg.ack_policy = AckPolicy.NONE
-        cfg.filter_subjects = list(self._filters)
+        cfg.filter_subjects = filters or None
         cfg.mem_storage = True
         cfg.inactive_threshold = 60.0
         cfg.max_ack_pending = -1
@@ -78,7 +99,7 @@ class OrderedReader:
 
     async def _open(self) -> None:
         await self.close()
-        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config())
+        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config(await self._consumer_filters()))
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -149,7 +170,7 @@ class OrderedReader:
         while True:
             pull = None
             try:
-                info = await self._js.add_consumer(self._stream, config=self._config())
+                info = await self._js.add_consumer(self._stream, config=self._config(await self._consumer_filters()))
                 pull = ContinuousPull(connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
                 async for entry in self._in_order(pull):
                     yield entry
