@@ -25,6 +25,18 @@ def test_header_blocks_parse_as_nats_py_parses_them(raw: bytes) -> None:
     _same(raw)
 
 
+# all-ASCII blocks take the parser's str path: every control character, both line-break halves
+_ASCII_LINE = st.lists(st.one_of(st.sampled_from([b"\r\n", b":", b" ", b"Nats-Msg-Id", b"v"]),
+                                 st.binary(max_size=4).map(lambda b: bytes(c & 0x7F for c in b))), max_size=10).map(b"".join)
+
+
+@given(st.lists(_ASCII_LINE, max_size=8).map(b"\r\n".join))
+@settings(max_examples=3000, deadline=None)
+def test_ascii_header_blocks_parse_as_nats_py_parses_them(raw: bytes) -> None:
+    assert raw.isascii()
+    _same(raw)
+
+
 @given(st.binary(max_size=200))
 @settings(max_examples=1000, deadline=None)
 def test_any_bytes_parse_as_nats_py_parses_them(raw: bytes) -> None:
