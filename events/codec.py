@@ -20,6 +20,15 @@ from .subjects import Subjects
 EVENT_MAX_BYTES = 64 * 1024
 
 
+def _validate_payload(model: type[BaseModel], data: Any) -> BaseModel:
+    return model.__pydantic_validator__.validate_python(data)  # what model_validate calls, minus its wrapper
+
+
+def _validate_envelope(doc: dict[str, Any]) -> Event:
+    """`doc` (with `data` already a payload model) as an Event; it may keep parts of `doc`."""
+    return Event.__pydantic_validator__.validate_python(doc)  # Event.model_validate, minus its wrapper
+
+
 class DecodeError(ValueError):
     """A message that is not a valid event; `reasons` lists every problem found."""
 
@@ -58,7 +67,7 @@ def decode_payload(event_type: str, data: Any) -> BaseModel:
     if model is None:
         raise DecodeError(f"unknown event type {event_type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event type {event_type!r}"}])
     try:
-        return model.model_validate(data)
+        return _validate_payload(model, data)
     except ValidationError as exc:
         reasons = _pydantic_reasons(exc, "data")
         raise DecodeError(_describe(reasons), reasons) from None
@@ -74,8 +83,9 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     if version != SCHEMA_VERSION:
         raise DecodeError(f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})", [{"code": "unsupported_schema_version", "field": "schema_version", "message": f"schema_version {version!r} is not supported"}])
     data = decode_payload(event_type, doc.get("data"))
+    doc["data"] = data  # the document is ours (just parsed): no copy
     try:
-        event = Event.model_validate({**doc, "data": data})
+        event = _validate_envelope(doc)
     except ValidationError as exc:
         reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
         raise DecodeError(_describe(reasons), reasons) from None

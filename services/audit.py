@@ -12,7 +12,8 @@ from projections.evidence import EvidenceRecord
 from events.service_signing import ServiceKeys
 from projections.invariants import Audit, audit_entry, finish, signature_violation, with_violation
 from projections.world import World
-from .log_reads import load_world, log_entries
+from .fold_gc import step as gc_step, young_collections_only
+from .log_reads import load_world, log_batches
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
 
@@ -21,12 +22,15 @@ async def replay(js, subjects: Subjects, progress: Progress | None = None, until
                  service_keys: ServiceKeys | None = None) -> Audit:
     """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
     audit = Audit()
-    async for entry, position, event in log_entries(js, subjects, until=until):
-        if service_keys is not None:
-            audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
-        audit = audit_entry(audit, position, event, subjects)
-        if progress is not None:
-            progress(audit.events + audit.undecodable, entry.pending)
+    with young_collections_only():  # the world only grows: no full collections over it while it does
+        async for batch in log_batches(js, subjects, until=until):
+            for entry, position, event in batch:
+                if service_keys is not None:
+                    audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
+                audit = audit_entry(audit, position, event, subjects)
+                if progress is not None:
+                    progress(audit.events + audit.undecodable, entry.pending)
+            gc_step()
     return finish(audit)
 
 

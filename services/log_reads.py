@@ -12,6 +12,7 @@ from projections.evidence import EvidenceRecord, evidence_of
 from projections.position import Position
 from projections.releases import ReleaseState
 from projections.world import World, apply, apply_undecodable
+from .fold_gc import step as gc_step, young_collections_only
 from .reader import OrderedReader, RawEntry
 
 
@@ -20,29 +21,63 @@ def position_of(entry: RawEntry) -> Position:
                     entry.stored_at.isoformat() if entry.stored_at else None)
 
 
+def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
+    whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
+    return OrderedReader(js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024)
+
+
+def _decoded(entry: RawEntry, subjects: Subjects) -> tuple[RawEntry, Position, Event | None]:
+    try:
+        event = decode_event(entry.data, entry.subject, subjects)
+    except DecodeError:
+        event = None
+    return entry, position_of(entry), event
+
+
+def _after(entry: RawEntry, until: datetime | None) -> bool:
+    return until is not None and entry.stored_at is not None and entry.stored_at > until
+
+
 async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
                       idle_timeout: float = 0.5) -> AsyncIterator[tuple[RawEntry, Position, Event | None]]:
     """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
-    whole_log = filters is None
-    reader = OrderedReader(js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024)
+    reader = _reader(js, subjects, filters)
     try:
-        async for entry in reader.read(follow=False, idle_timeout=idle_timeout):
-            if until is not None and entry.stored_at is not None and entry.stored_at > until:
-                return
-            try:
-                event = decode_event(entry.data, entry.subject, subjects)
-            except DecodeError:
-                event = None
-            yield entry, position_of(entry), event
+        async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
+            for entry in entries:  # decoded one by one: a caller that stops early decodes no more
+                if _after(entry, until):
+                    return
+                yield _decoded(entry, subjects)
+    finally:
+        await reader.close()
+
+
+async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
+                      idle_timeout: float = 0.5) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
+    """`log_entries`, a list at a time (in order, never empty): one generator step per batch, not per entry."""
+    reader = _reader(js, subjects, filters)
+    try:
+        async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
+            out = []
+            for entry in entries:
+                if _after(entry, until):
+                    if out:
+                        yield out
+                    return
+                out.append(_decoded(entry, subjects))
+            yield out
     finally:
         await reader.close()
 
 
 async def load_world(js, subjects: Subjects, until: datetime | None = None) -> World:
     world = World()
-    async for _, position, event in log_entries(js, subjects, until=until):
-        if event is not None:
-            world = apply(world, position, event)
+    with young_collections_only():  # the world only grows: no full collections over it while it does
+        async for batch in log_batches(js, subjects, until=until):
+            for _, position, event in batch:
+                if event is not None:
+                    world = apply(world, position, event)
+            gc_step()
     return world
 
 

@@ -75,7 +75,20 @@ class ContinuousPull:
         self._outstanding += want
 
     async def messages(self) -> AsyncIterator[Msg]:
-        """Stored messages as they arrive; raises ConsumerGone when the consumer disappears."""
+        """Stored messages as they arrive; raises ConsumerGone when the consumer disappears.
+
+        One at a time, asking for more as soon as half of what was asked for has arrived
+        (a worker acks each before the next): `batches()` is for readers of long runs."""
+        while True:
+            msg = await self._next()
+            if msg.data or msg.reply:  # a stored message (status messages have neither body nor reply)
+                self._outstanding -= 1
+                yield msg
+            else:
+                await self._on_status(msg)
+
+    async def _next(self) -> Msg:
+        """The next message or status, asking for more first when half of what was asked for came."""
         if self._sub is None:
             self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
         silent = 0
@@ -83,11 +96,11 @@ class ContinuousPull:
             if self._outstanding <= self._batch // 2:
                 await self._pull()
             try:
-                msg = self._queue.get_nowait()
+                return self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 try:
                     async with asyncio.timeout(3 * self._heartbeat_s):  # no task per wait, unlike wait_for
-                        msg = await self._queue.get()
+                        return await self._queue.get()
                 except TimeoutError:
                     # not even a heartbeat: the open requests are gone (reconnect, server restart);
                     # ask again, and if that stays silent too let the owner look the consumer up
@@ -95,25 +108,48 @@ class ContinuousPull:
                     silent += 1
                     if silent >= 3:
                         raise ConsumerGone(f"no message or heartbeat for {9 * self._heartbeat_s:.0f}s") from None
-                    continue
-            silent = 0
-            status, description = _status(msg)
-            if status is None:
-                self._outstanding -= 1
-                yield msg
-            elif status == "100":
-                continue  # idle heartbeat
-            elif status == "503" or (status == "404" and "consumer" in description.lower()):
-                raise ConsumerGone(description or "no responders: the consumer is gone")
-            elif status == "409" and ("deleted" in description.lower() or "push based" in description.lower()):
-                raise ConsumerGone(description)
-            elif status in ("408", "409"):
-                # this request ended; what it did not deliver is no longer on its way
-                left = _pending_messages(msg)
-                self._outstanding = max(0, self._outstanding - left) if left else 0
-                if status == "409" and "batch completed" not in description.lower() and "leadership" not in description.lower():
-                    await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
-            # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
+
+    async def batches(self) -> AsyncIterator[list[Msg]]:
+        """Stored messages in delivery order, as lists of whatever has arrived (never empty).
+
+        A long read (a replay) gets thousands of messages queued at once: handing them over
+        a list at a time costs one generator step per list instead of one per message.
+        """
+        queue = self._queue
+        while True:
+            msg = await self._next()
+            batch: list[Msg] = []
+            while True:
+                if msg.data or msg.reply:  # a stored message (status messages have neither body nor reply)
+                    batch.append(msg)
+                else:
+                    if batch:  # what came before a status is handed over first, in order
+                        self._outstanding -= len(batch)
+                        yield batch
+                        batch = []
+                    await self._on_status(msg)
+                if not batch or queue.empty():
+                    break  # after a status, or with nothing more queued: back to asking and waiting
+                msg = queue.get_nowait()
+            if batch:
+                self._outstanding -= len(batch)
+                yield batch
+
+    async def _on_status(self, msg: Msg) -> None:
+        status, description = _status(msg)
+        if status == "100":
+            return  # idle heartbeat
+        if status == "503" or (status == "404" and "consumer" in description.lower()):
+            raise ConsumerGone(description or "no responders: the consumer is gone")
+        if status == "409" and ("deleted" in description.lower() or "push based" in description.lower()):
+            raise ConsumerGone(description)
+        if status in ("408", "409"):
+            # this request ended; what it did not deliver is no longer on its way
+            left = _pending_messages(msg)
+            self._outstanding = max(0, self._outstanding - left) if left else 0
+            if status == "409" and "batch completed" not in description.lower() and "leadership" not in description.lower():
+                await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
+        # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
 
     async def close(self) -> None:
         if self._sub is not None:

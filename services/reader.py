@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -33,6 +34,21 @@ class RawEntry:
     headers: dict[str, str]
     stored_at: datetime | None
     pending: int  # messages left after this one when it was delivered
+
+
+def _delivery(msg: Msg) -> tuple[int, datetime, int]:
+    """(stream sequence, stored at, pending) from a JetStream message's reply subject.
+
+    The same values as nats-py's `msg.metadata`, without building its Metadata (two
+    dataclasses and seven fields) for each message: the common reply subject
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`
+    is split here, any other form (with a domain) goes through nats-py.
+    """
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), datetime.fromtimestamp(int(tokens[7]) / 1_000_000_000.0, timezone.utc), int(tokens[8])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.timestamp, meta.num_pending
 
 
 class OrderedReader:
@@ -62,7 +78,28 @@ class OrderedReader:
         self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
         self._sub = None
 
-    def _config(self) -> ConsumerConfig:
+    async def _consumer_filters(self) -> list[str]:
+        """The consumer's filters: none when ours name every subject the stream stores on.
+
+        nats-server serves a consumer with several filter subjects an order of magnitude
+        slower than one without (measured on 2.15.1: ~170 against ~17 us a message over
+        a 30k-message release log), and a whole-log reader asks for exactly the stream's
+        subjects. When each of the stream's subjects is one of our filters, every stored
+        message matches a filter, so no filter selects the same messages. Anything else
+        (a mirror, sources, a subject transform, a failed look-up) keeps the filters.
+        """
+        if len(self._filters) < 2:
+            return list(self._filters)
+        try:
+            cfg = (await self._js.stream_info(self._stream)).config
+        except Exception:  # decide nothing on a failed look-up: the consumer is created as asked
+            return list(self._filters)
+        if (cfg.subjects and set(cfg.subjects) <= set(self._filters) and not cfg.mirror and not cfg.sources
+                and getattr(cfg, "subject_transform", None) is None):
+            return []
+        return list(self._filters)
+
+    def _config(self, filters: list[str]) -> ConsumerConfig:
         if self._last_per_subject:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         elif self._start_time is not None and self.next_seq <= 1:
@@ -70,7 +107,7 @@ class OrderedReader:
         else:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.next_seq)
         cfg.ack_policy = AckPolicy.NONE
-        cfg.filter_subjects = list(self._filters)
+        cfg.filter_subjects = filters or None
         cfg.mem_storage = True
         cfg.inactive_threshold = 60.0
         cfg.max_ack_pending = -1
@@ -78,7 +115,7 @@ class OrderedReader:
 
     async def _open(self) -> None:
         await self.close()
-        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config())
+        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config(await self._consumer_filters()))
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -90,14 +127,21 @@ class OrderedReader:
 
     async def read(self, *, follow: bool, idle_timeout: float = 1.0) -> AsyncIterator[RawEntry]:
         """Yield entries in order. Without `follow`, stop once caught up with the stream."""
-        if follow:
-            async for entry in self._follow():
+        async for batch in self.read_batches(follow=follow, idle_timeout=idle_timeout):
+            for entry in batch:
+                self.next_seq = entry.seq + 1  # as far as the caller has seen, should it stop here
                 yield entry
-            return
-        async for entry in self._until_caught_up(idle_timeout):
-            yield entry
 
-    async def _until_caught_up(self, idle_timeout: float) -> AsyncIterator[RawEntry]:
+    async def read_batches(self, *, follow: bool, idle_timeout: float = 1.0) -> AsyncIterator[list[RawEntry]]:
+        """`read`, a list of entries (in order, never empty) at a time: what had arrived together."""
+        if follow:
+            async for batch in self._follow():
+                yield batch
+            return
+        async for batch in self._until_caught_up(idle_timeout):
+            yield batch
+
+    async def _until_caught_up(self, idle_timeout: float) -> AsyncIterator[list[RawEntry]]:
         """A one-off read: pull requests kept open (as `_follow`), ended by the first entry with nothing pending.
 
         `fetch()` paid a no-wait probe and a round trip per batch, and often came back
@@ -115,10 +159,13 @@ class OrderedReader:
                     continue  # the consumer vanished while we asked about it: open a new one
                 pull = ContinuousPull(connection_of(self._js), self._stream, self._sub._consumer, batch=self._batch,
                                       heartbeat_s=max(idle_timeout, 0.1))
-                async for entry in self._in_order(pull):
-                    yield entry
-                    if entry.pending == 0:
-                        return
+                async for batch in self._in_order(pull):
+                    for end, entry in enumerate(batch):
+                        if entry.pending == 0:  # caught up: what came after it is not part of this read
+                            self.next_seq = entry.seq + 1
+                            yield batch[:end + 1]
+                            return
+                    yield batch
             except ConnectionClosedError:
                 raise
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
@@ -131,28 +178,34 @@ class OrderedReader:
                 if pull is not None:
                     await pull.close()
 
-    async def _in_order(self, pull: ContinuousPull) -> AsyncIterator[RawEntry]:
-        """The pull's messages as entries: one already seen is skipped, a gap raises."""
-        async for msg in pull.messages():
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            if seq < self.next_seq:
-                continue  # already seen (re-created consumer overlapped)
-            if seq > self.next_seq and self._contiguous:
-                raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
-            self.next_seq = seq + 1
-            yield RawEntry(seq=seq, subject=msg.subject, data=msg.data, headers=dict(msg.headers or {}),
-                           stored_at=meta.timestamp, pending=meta.num_pending)
+    async def _in_order(self, pull: ContinuousPull) -> AsyncIterator[list[RawEntry]]:
+        """The pull's messages as entries, a batch at a time: one already seen is skipped, a gap raises."""
+        contiguous = self._contiguous
+        async for msgs in pull.batches():
+            batch = []
+            for msg in msgs:
+                seq, stored_at, pending = _delivery(msg)
+                if seq < self.next_seq:
+                    continue  # already seen (re-created consumer overlapped)
+                if seq > self.next_seq and contiguous:
+                    if batch:
+                        yield batch  # what was in order before the gap still counts
+                    raise ConsumerGone(f"gap {self.next_seq} -> {seq}")
+                self.next_seq = seq + 1
+                # the parser builds a fresh headers dict for each message: no copy needed
+                batch.append(RawEntry(seq, msg.subject, msg.data, msg.headers or {}, stored_at, pending))
+            if batch:
+                yield batch
 
-    async def _follow(self) -> AsyncIterator[RawEntry]:
+    async def _follow(self) -> AsyncIterator[list[RawEntry]]:
         """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""
         while True:
             pull = None
             try:
-                info = await self._js.add_consumer(self._stream, config=self._config())
+                info = await self._js.add_consumer(self._stream, config=self._config(await self._consumer_filters()))
                 pull = ContinuousPull(connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
-                async for entry in self._in_order(pull):
-                    yield entry
+                async for batch in self._in_order(pull):
+                    yield batch
             except ConnectionClosedError:
                 raise
             except asyncio.CancelledError:
