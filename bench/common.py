@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import nats
+
 from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
@@ -185,3 +187,10 @@ def report(bench: str, result: dict[str, Any], rows: list[tuple[str, str, str, s
     sys.stderr.write(line.format("figure", "value", "baseline / ratio", "target") + "\n")
     for row in rows:
         sys.stderr.write(line.format(*row) + "\n")
+
+
+async def raw_connect(url: str, name: str):
+    """A bare nats-py connection (`nats.connect`, nats-py's own header parser): what every
+    baseline runs on. The service connects through `services.client.KxClient`, whose faster
+    header parsing is part of what is measured, not part of the floor."""
+    return await nats.connect(url, name=name)

@@ -34,15 +34,17 @@ from services.app import App, connect
 from services.audit import replay
 from services.settings import Settings
 from services.snapshots import Snapshots
-from .common import Progress, report
+from .common import Progress, raw_connect, report
 from .history import fast_rig, generate
 
 SERVICE_ROLES = ["preparer", "distributor", "verifier", "activator", "monitor", "promoter"]
 FETCH_BATCH = 1024
 
 
-async def raw_fetch(js, stream: str, total: int) -> float:
+async def raw_fetch(url: str, stream: str, total: int) -> float:
     """Seconds for a bare nats-py pull consumer to fetch and `json.loads` `total` messages."""
+    nc = await raw_connect(url, name="bench-replay-baseline")
+    js = nc.jetstream(timeout=30)
     sub = await js.pull_subscribe("", stream=stream, config=ConsumerConfig(
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True, max_ack_pending=-1))
     got = 0
@@ -55,6 +57,7 @@ async def raw_fetch(js, stream: str, total: int) -> float:
         return time.perf_counter() - t0
     finally:
         await sub.unsubscribe()
+        await nc.close()
 
 
 async def timed_replay(js, subjects: Subjects, keys: ServiceKeys | None, progress: Progress | None = None) -> tuple[float, dict]:
@@ -119,7 +122,7 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
             del folded
             rest = await generate(js, subjects, tail, r.key, channels=channels) if tail else None
             total = head.events + (rest.events if rest else 0)
-            base_s = await raw_fetch(js, subjects.releases_stream, total)
+            base_s = await raw_fetch(r.url, subjects.releases_stream, total)
             ours_s, got = await timed_replay(js, subjects, None, Progress("replay", total))
             signed_s = (await timed_replay(js, subjects, keys, Progress("replay + signatures", total)))[0] if signatures else None
             cli_s, summary = cli_replay(r, None) if cli else (None, None)

@@ -33,7 +33,7 @@ from services.app import connect
 from services.log import EventLog
 from services.log_reads import log_entries
 from services.producer import configure_channel, push_pack, request_event
-from .common import OPERATOR, PRODUCER, Progress, channel_config, report, rig, signed_pack
+from .common import OPERATOR, PRODUCER, Progress, channel_config, raw_connect, report, rig, signed_pack
 from .time_to_activate import wait_for_layout
 
 STEPS = (("preparer", "release.prepared"), ("distributor", "release.distributed"),
@@ -43,7 +43,7 @@ PACK_BYTES = 64 * 1024
 
 async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
     """Messages per second through a serial consume -> publish (acknowledged) -> ack loop."""
-    nc = await connect(url, name="bench-raw-loop")
+    nc = await raw_connect(url, name="bench-raw-loop")
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BASELINE_LOOP", subjects=["baseline.loop.>"]))
     payload = os.urandom(size)
@@ -70,7 +70,7 @@ async def raw_batch_loop(url: str, messages: int, size: int = 1024) -> float:
     file-backed R1 stream the server syncs each committed batch to disk, so this is the
     disk-bound floor the activator is compared with as well as the raw loop.
     """
-    nc = await connect(url, name="bench-raw-batches")
+    nc = await raw_connect(url, name="bench-raw-batches")
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BASELINE_BATCHES", subjects=["baseline.batches.>"], allow_atomic=True))
     payload = os.urandom(size)

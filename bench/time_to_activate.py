@@ -33,7 +33,7 @@ from events.subjects import Subjects
 from services.app import connect
 from services.log import EventLog
 from services.producer import configure_channel, push_pack, request_event
-from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, report, rig, signed_pack
+from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack
 
 HOPS = 5
 PACK_BYTES = 64 * 1024
@@ -41,7 +41,7 @@ PACK_BYTES = 64 * 1024
 
 async def raw_hops(url: str, rounds: int, hops: int = HOPS, size: int = 1024) -> list[float]:
     """Per round: the time for `hops` publish->consume->publish hops with bare nats-py."""
-    nc = await connect(url, name="bench-baseline")
+    nc = await raw_connect(url, name="bench-baseline")
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BASELINE_HOPS", subjects=["baseline.hop.>"]))
     done: asyncio.Queue = asyncio.Queue()
@@ -80,7 +80,7 @@ async def raw_atomic_commits(url: str, rounds: int, size: int = 1024) -> list[fl
     On a file-backed R1 stream the server syncs an atomic batch to disk before it answers
     (plain publishes are synced on an interval), so this is the disk's share of the floor.
     """
-    nc = await connect(url, name="bench-baseline-batch")
+    nc = await raw_connect(url, name="bench-baseline-batch")
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BASELINE_BATCH", subjects=["baseline.batch.>"], allow_atomic=True))
     payload = os.urandom(size)
