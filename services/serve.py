@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from nats import errors as nats_errors
+
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from .app import App, Clock, connect, utc_clock
@@ -20,6 +22,7 @@ from .tasks import SignalStop
 
 log = logging.getLogger(__name__)
 NEEDS_TRUST_ROOT = {"verifier", "activator"}
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,38 @@ async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None
         nc = await connect(url, name=f"kxr-serve[{','.join(settings.roles)}]", **(connect_options or {}))
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {redacted(url)}: {exc.__class__.__name__}: {exc}") from None
-    app = App(nc, settings, trust_root, clock, signer)
     try:
-        await app.start(settings.roles)
+        app = await started_app(nc, settings, trust_root, clock, signer)
+    except BaseException:
+        await close_connection(nc)
+        raise
+    try:
         yield app
     finally:
         await app.stop()
         await close_connection(nc)
+
+
+async def started_app(nc, settings: Settings, trust_root: TrustRoot | None, clock: Clock, signer: SigningKey | None,
+                      attempts: int = START_ATTEMPTS, pause_s: float = 1.0) -> App:
+    """An App started; a JetStream request that times out during start-up starts it again.
+
+    On a cluster, creating streams and consumers while the meta leader is busy (another
+    process creating the same layout, an election) can take longer than a request's
+    timeout once; nothing has been decided yet, so starting again is safe.
+    """
+    for attempt in range(1, attempts + 1):
+        app = App(nc, settings, trust_root, clock, signer)
+        try:
+            await app.start(settings.roles)
+            return app
+        except BaseException as exc:
+            await app.stop()  # what it had started (the follower, ...) stops with it
+            if not isinstance(exc, nats_errors.TimeoutError) or attempt == attempts:
+                raise
+            log.warning("start-up: a NATS request timed out (%s); starting again (%d of %d)", exc, attempt + 1, attempts)
+            await asyncio.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 @asynccontextmanager
