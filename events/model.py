@@ -198,6 +198,13 @@ class MonitoringVerdict(Frozen):
     comparisons: list[Comparison] = Field(default_factory=list)
     early: StrictBool = False
     reason: StrictStr = ""
+    # Set on a failed verdict when the failure names its own rollback trigger (seed "Rollback
+    # triggers"): a runtime refusing the pack is `activation_failure`, a tenant-impact breach
+    # `tenant_impact`; None means `monitoring_failure`.
+    trigger: Literal["activation_failure", "monitoring_failure", "tenant_impact", "policy_violation"] | None = None
+    # True on a `monitoring_passed` written by an operator (`kxr release promote`): it moves the
+    # release on, but a stage passed this way never makes its pack last-known-good.
+    override: StrictBool = False
 
 
 class Expanded(Frozen):
@@ -239,7 +246,10 @@ class Escalated(Frozen):
 
 
 class Closed(Frozen):
-    outcome: Literal["success", "rolled_back", "pinned", "aborted", "rejected", "failed"]
+    # success: every stage passed monitoring on data. promoted_by_override: it moved on because an
+    # operator passed at least one window by hand (never last-known-good). pinned: every stage was
+    # skipped for pins, nothing was exposed.
+    outcome: Literal["success", "promoted_by_override", "rolled_back", "pinned", "aborted", "rejected", "failed"]
     summary: StrictStr = ""
 
 
