@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError
 
 from events.canonical import StrictJSONError, canonical_bytes, loads_strict
@@ -39,7 +37,7 @@ from events.channel import ChannelConfig, ChannelPolicy
 from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, SignedManifest
 from events.model import GateOutcome, PackRef
 from events.signing import TrustRoot, b64decode_strict
-from events.versions import parse_version
+from events.versions import SpecifierError, matches, parse_specifier, parse_version
 
 __all__ = [
     "DEADLINE_GATE", "GATES", "GATE_CODES", "INTERNAL_ERROR", "OK", "PURPOSES", "TIMEOUT_CODE",
@@ -426,19 +424,18 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
         return _reject("schema_mismatch", f"pack schema {need.schema_!r}, channel expects {compat.schema_!r}")
     if need.profile not in compat.profiles:
         return _reject("profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {compat.profiles}")
+    # One version model (events/versions.py): the runtime version means here what a pack
+    # version means to the downgrade gate (1.0.0-1 is 1.0.0.post1 in both).
     try:
-        spec = SpecifierSet(need.runtime)
-    except InvalidSpecifier as exc:
-        return _reject("runtime_specifier_invalid", f"manifest runtime {need.runtime!r} is not a version specifier: {exc}")
-    if len(spec) == 0:
-        return _reject("runtime_specifier_invalid", f"manifest runtime {need.runtime!r} states no constraint")
+        spec = parse_specifier(need.runtime)
+    except SpecifierError as exc:
+        return _reject("runtime_specifier_invalid", f"manifest runtime: {exc}")
     try:
-        runtime = Version(compat.runtime_version)
-    except InvalidVersion:
-        return _reject("runtime_version_invalid", f"channel runtime_version {compat.runtime_version!r} is not a PEP 440 version")
-    # prereleases=True: this is a concrete installed runtime, not a pick among releases, and it
-    # keeps the answer independent of the packaging release installed.
-    if not spec.contains(runtime, prereleases=True):
+        runtime = parse_version(compat.runtime_version)
+        ok = matches(runtime, spec)
+    except ValueError as exc:  # unparsable, or SemVer-only (UnmatchableVersion): no guess
+        return _reject("runtime_version_invalid", f"channel runtime_version: {exc}")
+    if not ok:
         return _reject("runtime_mismatch", f"channel runtime {runtime} does not satisfy the pack's {need.runtime!r}")
     return _ok(f"schema {need.schema_}, profile {need.profile}, runtime {runtime} in {need.runtime}")
 
