@@ -78,5 +78,5 @@ class Distributor(ReleaseReactor):
         try:
             sizes = dict(zip(names, await asyncio.gather(*(store.size(name) for name in names))))
         except Exception as exc:  # fail closed: a store we cannot read distributes nothing
-            return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}", require)
-        return decide(release, ctx, sizes, require)
+            return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}", require_attestation=require)
+        return decide(release, ctx, sizes, require_attestation=require)
