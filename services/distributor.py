@@ -58,7 +58,7 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
     distributed = Distributed(
         pack=pack.model_copy(update={"size": objects[pack_name]}),
         manifest=manifest_object_name(pack.digest),
-        objects={name: objects[name] for name, _ in required},  # type: ignore[misc]
+        objects={name: objects[name] for name in (pack_name, *(n for n, _ in required if n != pack_name))},  # type: ignore[misc]
     )
     return [Chain((release_event(ctx, release, "distributed", distributed),))]
 
