@@ -32,6 +32,8 @@ def keys_generate(
     """Generate an Ed25519 signing key (a manifest key, or with --builder a builder's attestation key)."""
     from services.keyfiles import write_secret
 
+    if builder and trust_root is None:
+        fail("--builder says which trust-root section the key goes into: give --trust-root too")
     key = SigningKey.generate()
     try:
         write_secret(out, json.dumps(key.to_file_dict(name), indent=2) + "\n")
