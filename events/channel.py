@@ -76,6 +76,9 @@ class ChannelPolicy(_Cfg):
     allowed_builders: list[StrictStr] | None = None
     forbid_downgrade: StrictBool = True
     max_pin_days: StrictInt = Field(default=30, ge=0)
+    # A DSSE-signed in-toto/SLSA provenance `sha256-<hex>.attestation` must sit beside the pack,
+    # signed by a `builders` key of the trust root trusted for the attested builder id.
+    require_attestation: StrictBool = False
 
 
 class ChannelConfig(_Cfg):

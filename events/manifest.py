@@ -90,6 +90,11 @@ def manifest_object_name(digest: str) -> str:
     return pack_object_name(digest) + ".manifest"
 
 
+def attestation_object_name(digest: str) -> str:
+    """The in-toto/SLSA provenance (a DSSE envelope) beside the pack; read when a channel requires it."""
+    return pack_object_name(digest) + ".attestation"
+
+
 def pack_object_name(digest: str) -> str:
     """`sha256:<hex>` -> `sha256-<hex>` (object names cannot hold a colon portably)."""
     algo, _, hexdigest = digest.partition(":")

@@ -93,12 +93,48 @@ class TrustedKey:
 
 
 @dataclass(frozen=True)
+class TrustedBuilder:
+    """A build system's key, trusted to attest (in-toto/SLSA) only for the builder ids it names."""
+
+    keyid: str
+    public: bytes
+    name: str
+    ids: tuple[str, ...]
+
+
+def _builders(raw: Any) -> tuple[TrustedBuilder, ...]:
+    """The `builders` section: {"<keyid>": {"public": b64, "name": str, "ids": [builder id, ...]}}."""
+    if not isinstance(raw, dict):
+        raise ValueError("trust root 'builders' must be an object")
+    out: list[TrustedBuilder] = []
+    for keyid, entry in raw.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
+            raise ValueError(f"builder key {keyid!r} needs a base64 'public'")
+        public = b64decode_strict(entry["public"])
+        if len(public) != 32:
+            raise ValueError(f"builder key {keyid!r} is not a 32-byte Ed25519 key")
+        if keyid_of(public) != keyid:
+            raise ValueError(f"builder key {keyid!r} does not match the SHA-256 of its public key")
+        ids = entry.get("ids")
+        # Fail closed: a builder key vouches for named builders only, never for "any builder".
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            raise ValueError(f"builder key {keyid!r} needs 'ids': a non-empty list of the builder ids it may attest for")
+        out.append(TrustedBuilder(keyid=keyid, public=public, name=str(entry.get("name", "")), ids=tuple(ids)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class TrustRoot:
-    """Keys trusted to sign manifests, and how many distinct ones must agree."""
+    """Keys trusted to sign manifests, and how many distinct ones must agree.
+
+    `builders` (optional section of the same file, rotated with it) are kept apart from
+    `keys`: a builder key never counts toward the manifest threshold.
+    """
 
     threshold: int
     keys: tuple[TrustedKey, ...]
     version: int = 1
+    builders: tuple[TrustedBuilder, ...] = ()
 
     @classmethod
     def from_document(cls, doc: Any) -> "TrustRoot":
@@ -130,14 +166,17 @@ class TrustRoot:
             keys.append(TrustedKey(keyid=keyid, public=public, name=str(entry.get("name", ""))))
         if threshold > len(keys):
             raise ValueError(f"trust root threshold {threshold} exceeds its {len(keys)} distinct keys")
-        return cls(threshold=threshold, keys=tuple(keys), version=version)
+        return cls(threshold=threshold, keys=tuple(keys), version=version, builders=_builders(doc.get("builders", {})))
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": self.version,
             "threshold": self.threshold,
             "keys": {k.keyid: {"public": b64encode(k.public), "name": k.name} for k in self.keys},
         }
+        if self.builders:
+            doc["builders"] = {b.keyid: {"public": b64encode(b.public), "name": b.name, "ids": list(b.ids)} for b in self.builders}
+        return doc
 
     def count_valid(self, message: bytes, signatures: list[tuple[str, bytes]]) -> set[bytes]:
         """Distinct trusted public keys with a valid signature over `message`.

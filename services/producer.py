@@ -15,13 +15,15 @@ from nats.js.errors import NotFoundError
 
 from events.channel import ChannelConfig, channel_problems, unknown_fields
 from events.codec import make_event
-from events.manifest import manifest_object_name, pack_object_name, sign_manifest
+from events.bundle import PAYLOAD_TYPE, STATEMENT_TYPE, pae
+from events.manifest import attestation_object_name, manifest_object_name, pack_object_name, sign_manifest
 from events.model import Actor, Event, Requested, Scope
-from events.signing import SigningKey
+from events.signing import SigningKey, b64decode_strict, b64encode
 from events.subjects import Subjects
-from events.canonical import compact_bytes
+from events.canonical import StrictJSONError, compact_bytes, loads_strict
 from .log import AppendConflict, Entry, EventLog
 from .packstore import PackStore
+from .verifier.gates import ATTESTATION_MAX_BYTES, SLSA_PROVENANCE_V1
 
 
 def sha256_digest(data: bytes) -> str:
@@ -50,13 +52,61 @@ def manifest_bytes(signed: dict[str, Any], keys: list[SigningKey]) -> bytes:
     return compact_bytes(sign_manifest(signed, keys))
 
 
-async def push_pack(js: JetStreamContext, subjects: Subjects, pack: bytes, manifest: bytes, digest: str | None = None) -> str:
-    """Step 1 of CONTRACT §5: the pack and its manifest into kx_packs, named by digest."""
+def provenance_statement(digest: str, *, name: str, builder_id: str, build_type: str,
+                         external_parameters: dict | None = None, invocation_id: str | None = None) -> dict[str, Any]:
+    """An in-toto Statement v1 whose subject is the pack and whose predicate is SLSA provenance v1."""
+    run: dict[str, Any] = {"builder": {"id": builder_id}}
+    if invocation_id:
+        run["metadata"] = {"invocationId": invocation_id}
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": digest.removeprefix("sha256:")}}],
+        "predicateType": SLSA_PROVENANCE_V1,
+        "predicate": {"buildDefinition": {"buildType": build_type, "externalParameters": external_parameters or {}},
+                      "runDetails": run},
+    }
+
+
+def dsse_envelope(statement: dict[str, Any], keys: list[SigningKey]) -> bytes:
+    """The statement in a DSSE envelope, Ed25519 over DSSE's pre-authentication encoding."""
+    payload = compact_bytes(statement)
+    return compact_bytes({
+        "payloadType": PAYLOAD_TYPE,
+        "payload": b64encode(payload),
+        "signatures": [{"keyid": k.keyid, "sig": b64encode(k.sign(pae(PAYLOAD_TYPE, payload)))} for k in keys],
+    })
+
+
+def attested_digests(envelope: bytes) -> list[str]:
+    """The `sha256:<hex>` subjects an attestation names (unverified: a producer's sanity check
+    before upload; the verifier checks signature and subject for real). ValueError if unreadable."""
+    try:
+        doc = loads_strict(envelope, allow_floats=True, max_bytes=ATTESTATION_MAX_BYTES)
+        statement = loads_strict(b64decode_strict(doc["payload"]), allow_floats=True)
+        return ["sha256:" + s["digest"]["sha256"] for s in statement["subject"]]
+    except (StrictJSONError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a DSSE envelope of an in-toto statement with subjects: {exc}") from None
+
+
+async def push_pack(js: JetStreamContext, subjects: Subjects, pack: bytes, manifest: bytes, digest: str | None = None,
+                    attestation: bytes | None = None) -> str:
+    """Step 1 of CONTRACT §5: the pack and its manifest (and attestation) into kx_packs, named by digest."""
     digest = digest or sha256_digest(pack)
     store = PackStore(js, subjects)
     await store.put(pack_object_name(digest), pack)
     await store.put(manifest_object_name(digest), manifest)
+    if attestation is not None:
+        await push_attestation(js, subjects, digest, attestation)
     return digest
+
+
+async def push_attestation(js: JetStreamContext, subjects: Subjects, digest: str, attestation: bytes) -> str:
+    """The attestation beside the pack it names; refused before upload if it names another pack."""
+    if digest not in attested_digests(attestation):
+        raise ValueError(f"the attestation's subjects do not include the pack {digest}")
+    name = attestation_object_name(digest)
+    await PackStore(js, subjects).put(name, attestation)
+    return name
 
 
 def request_event(release_id: str, requested: Requested | dict, actor: Actor) -> Event:

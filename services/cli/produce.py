@@ -26,10 +26,14 @@ def keys_generate(
     name: str = typer.Option("producer", "--name"),
     trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="also add the public key to this trust root file (created if absent)"),
     threshold: Optional[int] = typer.Option(None, "--threshold", help="set the trust root's threshold"),
+    builder: list[str] = typer.Option([], "--builder", help="a build system's attestation key: with --trust-root, add it to the "
+                                      "'builders' section, trusted for this builder id (repeat for several), not as a manifest key"),
 ) -> None:
-    """Generate an Ed25519 signing key."""
+    """Generate an Ed25519 signing key (a manifest key, or with --builder a builder's attestation key)."""
     from services.keyfiles import write_secret
 
+    if builder and trust_root is None:
+        fail("--builder says which trust-root section the key goes into: give --trust-root too")
     key = SigningKey.generate()
     try:
         write_secret(out, json.dumps(key.to_file_dict(name), indent=2) + "\n")
@@ -39,7 +43,10 @@ def keys_generate(
         fail(f"cannot write {out}: {exc.strerror}")
     if trust_root is not None:
         doc = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
-        doc.setdefault("keys", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name}
+        if builder:
+            doc.setdefault("builders", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name, "ids": builder}
+        else:
+            doc.setdefault("keys", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name}
         if threshold is not None:
             doc["threshold"] = threshold
         try:
@@ -47,7 +54,8 @@ def keys_generate(
         except ValueError as exc:
             fail(f"the trust root would be invalid: {exc}")
         trust_root.write_text(json.dumps(doc, indent=2) + "\n")
-    console.print(f"key {key.keyid} ({name}) written to {out}" + (f"; added to {trust_root}" if trust_root else ""))
+    section = f"builders (for {', '.join(builder)})" if builder else "keys"
+    console.print(f"key {key.keyid} ({name}) written to {out}" + (f"; added to {trust_root} {section}" if trust_root else ""))
 
 
 # ---- packs --------------------------------------------------------------------------------------
@@ -89,23 +97,70 @@ def pack_sign(
     console.print(f"manifest for {name}@{version} {signed['digest']} written to {target}")
 
 
+@pack_app.command("attest")
+def pack_attest(
+    pack: Path = typer.Argument(..., exists=True, dir_okay=False, help="the pack file"),
+    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="the builder's private key (trust root 'builders')"),
+    builder_id: str = typer.Option(..., "--builder-id", help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release"),
+    build_type: str = typer.Option("https://konnaxion.dev/releases/pack-build/v1", "--build-type", help="SLSA buildDefinition.buildType"),
+    invocation: Optional[str] = typer.Option(None, "--invocation", help="the pipeline run id (runDetails.metadata.invocationId)"),
+    source: Optional[str] = typer.Option(None, "--source", help="recorded in externalParameters"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="recorded in externalParameters"),
+    out: Optional[Path] = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
+) -> None:
+    """Write an in-toto/SLSA provenance attestation of a pack (a DSSE envelope signed by a builder key)."""
+    from services.producer import dsse_envelope, provenance_statement, sha256_digest
+
+    signer = SigningKey.from_file_dict(read_json_file(key, "key"))
+    digest = sha256_digest(pack.read_bytes())
+    params = {k: v for k, v in (("source", source), ("revision", revision)) if v is not None}
+    statement = provenance_statement(digest, name=pack.name, builder_id=builder_id, build_type=build_type,
+                                     external_parameters=params, invocation_id=invocation)
+    target = out or pack.with_name(pack.name + ".attestation.json")
+    target.write_bytes(dsse_envelope(statement, [signer]))
+    console.print(f"attestation of {digest} by builder {builder_id} (key {signer.keyid[:16]}) written to {target}")
+
+
+def _attestation_bytes(path: Optional[Path], digest: str) -> Optional[bytes]:
+    """The attestation file's bytes, refused here (nothing uploaded) if it names another pack."""
+    if path is None:
+        return None
+    from services.producer import attested_digests
+
+    data = path.read_bytes()
+    try:
+        subjects = attested_digests(data)
+    except ValueError as exc:
+        fail(f"{path}: {exc}")
+    if digest not in subjects:
+        fail(f"{path} attests {', '.join(subjects) or 'nothing'}, not the pack {digest}")
+    return data
+
+
+AttestationOpt = typer.Option(None, "--attestation", exists=True, dir_okay=False,
+                              help="also upload this attestation (kxr pack attest) beside the pack")
+
+
 @pack_app.command("push")
 def pack_push(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False),
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
+    attestation: Optional[Path] = AttestationOpt,
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
-    """Put a pack and its manifest into kx_packs, named by digest."""
+    """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
     from services.producer import push_pack, sha256_digest
 
     data = pack.read_bytes()
+    digest = sha256_digest(data)
+    attested = _attestation_bytes(attestation, digest)
 
     async def go() -> str:
         async with session(nats_url) as (_, js, log):
-            return await push_pack(js, log.subjects, data, manifest.read_bytes(), sha256_digest(data))
+            return await push_pack(js, log.subjects, data, manifest.read_bytes(), digest, attestation=attested)
 
     digest = run_async(go())
-    console.print(f"pushed {pack.name} as {digest}")
+    console.print(f"pushed {pack.name} as {digest}" + (" with its attestation" if attested is not None else ""))
 
 
 @pack_app.command("verify")
@@ -143,10 +198,11 @@ def release_request(
     rollback: str = typer.Option("lkg", "--rollback", help="lkg | pinned | none"),
     reason: str = typer.Option("", "--reason"),
     ack_no_health: bool = typer.Option(False, "--acknowledge-no-health", help="proceed even if no runtime reports health"),
+    attestation: Optional[Path] = AttestationOpt,
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """Request a release of the pack a manifest describes (CONTRACT §5)."""
-    from services.producer import push_pack, request_release
+    from services.producer import push_attestation, push_pack, request_release
 
     check_token(release_id, "release id")
     env, channel = scope_arg(target, allow_cohort=False)
@@ -163,11 +219,14 @@ def release_request(
         data["plan"] = [[c.strip() for c in stage.split(",") if c.strip()] for stage in plan.split(";")]
     if window is not None:
         data["monitoring"] = {"window_s": window, "min_samples": min_samples or 1}
+    attested = _attestation_bytes(attestation, signed["digest"])
 
     async def go() -> int:
         async with session(nats_url) as (_, js, log):
             if pack is not None:
                 await push_pack(js, log.subjects, pack.read_bytes(), manifest.read_bytes())
+            if attested is not None:  # before the request: the distributor looks for it at once
+                await push_attestation(js, log.subjects, signed["digest"], attested)
             return await request_release(log, release_id, data, Actor(kind="producer", id=owner))
 
     seq = run_async(go())

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
-from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.manifest import MANIFEST_MAX_BYTES, attestation_object_name, manifest_object_name, pack_object_name
 from events.model import GateOutcome, VerificationFailed, Verified
 from projections.releases import ReleaseState
 from projections.world import World
@@ -17,8 +18,8 @@ from ..outputs import Chain, Ctx, Output, release_event
 from ..packstore import ObjectTooLarge, PackStore
 from ..reactor import ReleaseReactor
 from .gates import (
-    DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, PackDigester, PackOversized,
-    Verification, VerifyContext, check_manifest, check_pack, check_policy,
+    ATTESTATION_MAX_BYTES, DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, PackDigester, PackOversized,
+    Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy,
 )
 
 NAME = "verifier"
@@ -53,10 +54,20 @@ def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailur
     return [Chain((release_event(ctx, release, "verified", verified),))]
 
 
+async def read_attestation(store: PackStore, digest: str) -> bytes | None:
+    """The attestation object beside the pack (None: absent); an oversized one is handed on
+    as over-cap bytes so the evidence gate refuses it by its cap, by name."""
+    try:
+        return await store.read(attestation_object_name(digest), ATTESTATION_MAX_BYTES)
+    except ObjectTooLarge:
+        return b"x" * (ATTESTATION_MAX_BYTES + 1)
+
+
 async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, policy: bool = True) -> Verification:
     """Fetch and check: manifest gates, then the pack streamed through the digester, then policy.
 
     Runtimes call this with `policy=False`: they re-check integrity, not channel policy.
+    The attestation is read only when the channel requires one, after integrity passed.
     """
     # the pack's first chunks are on their way while the manifest is read and checked
     opening = asyncio.ensure_future(store.chunks(pack_object_name(digest)))
@@ -79,7 +90,11 @@ async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, polic
         except PackOversized:
             pass
         v = check_pack(v, None if digester.oversized else digester.result(), vctx, oversized=digester.oversized)
-        return check_policy(v, vctx) if policy else v
+        if not policy or v.failure is not None:
+            return v
+        if attestation_required(vctx.channel_config):
+            vctx = replace(vctx, attestation=await read_attestation(store, digest))
+        return check_policy(v, vctx)
     finally:
         if not opening.done():
             opening.cancel()

@@ -17,7 +17,9 @@ exactly which gate refused and why, and no later gate was consulted:
     integrity   SHA-256 and size of the exact pack bytes, capped at the declared size
     compatibility  channel schema/profile/runtime expectations (unconfigured fails closed)
     policy      downgrade, source, builder, scope
-    evidence    build identity, provenance, validation, optional in-toto/SLSA attestation
+    evidence    build identity, provenance, validation; when the channel requires it
+                (policy.require_attestation), a DSSE-signed in-toto/SLSA provenance of this
+                pack by a trusted builder key (trust root `builders`) for an allowed builder
 
 A passing gate records code "ok". Any exception inside a gate is that gate's failure with
 code "internal_error": an unexpected state never turns into a pass.
@@ -30,21 +32,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Literal, Mapping
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError
 
 from events.canonical import StrictJSONError, canonical_bytes, loads_strict
 from events.channel import ChannelConfig, ChannelPolicy
-from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, SignedManifest
+from events.bundle import PAYLOAD_TYPE, pae
+from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, SignedManifest, attestation_object_name
 from events.model import GateOutcome, PackRef
-from events.signing import TrustRoot, b64decode_strict
-from events.versions import parse_version
+from events.signing import TrustRoot, b64decode_strict, verify_ed25519
+from events.versions import SpecifierError, matches, parse_specifier, parse_version
 
 __all__ = [
-    "DEADLINE_GATE", "GATES", "GATE_CODES", "INTERNAL_ERROR", "OK", "PURPOSES", "TIMEOUT_CODE",
+    "ATTESTATION_MAX_BYTES", "DEADLINE_GATE", "GATES", "GATE_CODES", "INTERNAL_ERROR", "OK", "PURPOSES", "TIMEOUT_CODE",
     "GateFailure", "PackDigester", "PackOversized", "Verification", "VerifyContext",
-    "check_manifest", "check_pack", "check_policy", "verify_bytes",
+    "attestation_required", "check_manifest", "check_pack", "check_policy", "verify_bytes",
 ]
 
 OK = "ok"
@@ -72,7 +73,8 @@ GATE_CODES: dict[str, tuple[str, ...]] = {
                       "runtime_specifier_invalid", "runtime_version_invalid", "runtime_mismatch"),
     "policy": ("purpose_invalid", "no_cohorts", "active_unknown", "same_version_other_digest",
                "downgrade", "not_newer", "source_forbidden", "builder_forbidden", "scope_forbidden"),
-    "evidence": ("evidence_missing", "validation_not_passed", "attestation_invalid",
+    "evidence": ("evidence_missing", "validation_not_passed", "attestation_missing", "attestation_malformed",
+                 "attestation_unsigned", "attestation_untrusted", "attestation_invalid",
                  "attestation_subject_mismatch", "attestation_builder_forbidden"),
 }
 
@@ -81,6 +83,7 @@ PURPOSES: tuple[str, ...] = ("rollout", "pin", "rollback")
 
 IN_TOTO_STATEMENT_V1 = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+ATTESTATION_MAX_BYTES = 1024 * 1024
 # After an allowed source prefix the URI must continue at a boundary, so that the prefix
 # "https://git.example/team" does not also allow "https://git.example/team-evil/...".
 _SOURCE_BOUNDARY = "/?#@:"
@@ -104,7 +107,9 @@ class VerifyContext:
     trust_root: TrustRoot                    # from KX_TRUST_ROOT, never from the pack
     now: datetime                            # reference time, read once by the caller
     purpose: Purpose = "rollout"
-    attestation: dict | None = None          # in-toto Statement v1 with a SLSA v1 predicate
+    # The raw `sha256-<hex>.attestation` object (a DSSE envelope), read only when the channel's
+    # policy requires one; None = not found (a failure then) or not required.
+    attestation: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -426,19 +431,18 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
         return _reject("schema_mismatch", f"pack schema {need.schema_!r}, channel expects {compat.schema_!r}")
     if need.profile not in compat.profiles:
         return _reject("profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {compat.profiles}")
+    # One version model (events/versions.py): the runtime version means here what a pack
+    # version means to the downgrade gate (1.0.0-1 is 1.0.0.post1 in both).
     try:
-        spec = SpecifierSet(need.runtime)
-    except InvalidSpecifier as exc:
-        return _reject("runtime_specifier_invalid", f"manifest runtime {need.runtime!r} is not a version specifier: {exc}")
-    if len(spec) == 0:
-        return _reject("runtime_specifier_invalid", f"manifest runtime {need.runtime!r} states no constraint")
+        spec = parse_specifier(need.runtime)
+    except SpecifierError as exc:
+        return _reject("runtime_specifier_invalid", f"manifest runtime: {exc}")
     try:
-        runtime = Version(compat.runtime_version)
-    except InvalidVersion:
-        return _reject("runtime_version_invalid", f"channel runtime_version {compat.runtime_version!r} is not a PEP 440 version")
-    # prereleases=True: this is a concrete installed runtime, not a pick among releases, and it
-    # keeps the answer independent of the packaging release installed.
-    if not spec.contains(runtime, prereleases=True):
+        runtime = parse_version(compat.runtime_version)
+        ok = matches(runtime, spec)
+    except ValueError as exc:  # unparsable, or SemVer-only (UnmatchableVersion): no guess
+        return _reject("runtime_version_invalid", f"channel runtime_version: {exc}")
+    if not ok:
         return _reject("runtime_mismatch", f"channel runtime {runtime} does not satisfy the pack's {need.runtime!r}")
     return _ok(f"schema {need.schema_}, profile {need.profile}, runtime {runtime} in {need.runtime}")
 
@@ -517,41 +521,110 @@ def _gate_evidence(w: _Work, ctx: VerifyContext) -> _Verdict:
             return _reject("evidence_missing", f"{name} is missing or blank: the release could not be audited")
     if m.build.validation != "passed":
         return _reject("validation_not_passed", f"build.validation is {m.build.validation!r}, not 'passed'")
-    if ctx.attestation is not None:
-        verdict = _attestation_rule(ctx.attestation, m, ctx)
-        if verdict is not None:
-            return verdict
-        return _ok(f"build {m.build.id} run {m.build.run} from {m.provenance.source}@{m.provenance.revision}; attestation matches")
-    return _ok(f"build {m.build.id} run {m.build.run} from {m.provenance.source}@{m.provenance.revision}")
+    summary = f"build {m.build.id} run {m.build.run} from {m.provenance.source}@{m.provenance.revision}"
+    if not attestation_required(ctx.channel_config):
+        return _ok(summary)
+    verdict = _attestation_rule(ctx.attestation, m, ctx)
+    if verdict.code != OK:
+        return verdict
+    return _ok(f"{summary}; {verdict.message}")
 
 
-def _attestation_rule(att: Any, m: SignedManifest, ctx: VerifyContext) -> _Verdict | None:
-    """An in-toto Statement v1 with a SLSA v1 predicate must be about this pack and this builder.
+def attestation_required(cfg: ChannelConfig | None) -> bool:
+    """Whether the channel's policy requires an attestation beside the pack."""
+    return cfg is not None and cfg.policy.require_attestation is True
 
-    Its own envelope signature is the caller's concern; here it is checked for consistency.
+
+def _attestation_rule(raw: Any, m: SignedManifest, ctx: VerifyContext) -> _Verdict:
+    """A DSSE envelope of an in-toto Statement v1 with a SLSA provenance v1 predicate.
+
+    Same discipline as the manifest: size cap, strict JSON, then the signature (Ed25519 over
+    DSSE's pre-authentication encoding) by a `builders` key of the trust root, and only then is
+    the payload read: about this pack, by a builder that key may speak for, that the channel allows.
     """
-    if not isinstance(att, dict) or att.get("_type") != IN_TOTO_STATEMENT_V1:
-        return _reject("attestation_invalid", f"attestation must be an in-toto Statement ({IN_TOTO_STATEMENT_V1})")
-    if att.get("predicateType") != SLSA_PROVENANCE_V1:
-        return _reject("attestation_invalid", f"attestation predicateType must be {SLSA_PROVENANCE_V1}")
-    subjects = att.get("subject")
+    if raw is None:
+        return _reject("attestation_missing", f"the channel requires an attestation and {attestation_object_name(m.digest)} was not found")
+    envelope = _dsse_envelope(raw)
+    if isinstance(envelope, _Verdict):
+        return envelope
+    payload, signatures = envelope
+    if not signatures:
+        return _reject("attestation_unsigned", "the attestation envelope carries no signatures")
+    builders = ctx.trust_root.builders
+    if not builders:
+        return _reject("attestation_untrusted", "the trust root names no builder keys (section 'builders'): no attestation can be trusted")
+    message = pae(PAYLOAD_TYPE, payload)
+    signed_by = [b for b in builders if any(verify_ed25519(b.public, sig, message) for _, sig in signatures)]
+    if not signed_by:
+        return _reject("attestation_untrusted", f"none of the {len(signatures)} signature(s) verifies under a trusted builder key")
+    try:
+        statement = loads_strict(payload, allow_floats=True, max_bytes=ATTESTATION_MAX_BYTES)
+    except StrictJSONError as exc:
+        return _reject("attestation_invalid", f"the signed payload is not JSON: {exc}")
+    verdict = _statement_rule(statement, m)
+    if isinstance(verdict, _Verdict):
+        return verdict
+    builder_id = verdict
+    keys = [b for b in signed_by if builder_id in b.ids]
+    if not keys:
+        names = ", ".join(f"{b.name or b.keyid[:16]} (for {', '.join(b.ids)})" for b in signed_by)
+        return _reject("attestation_untrusted", f"signed by {names}: no signing key is trusted for builder {builder_id!r}")
+    allowed = ctx.channel_config.policy.allowed_builders if ctx.channel_config is not None else None
+    if allowed is not None and builder_id not in allowed:
+        return _reject("attestation_builder_forbidden", f"attested builder {builder_id!r} is not one of {allowed}")
+    return _ok(f"attested by builder {builder_id} (key {keys[0].name or keys[0].keyid[:16]})")
+
+
+def _dsse_envelope(raw: Any) -> tuple[bytes, list[tuple[str, bytes]]] | _Verdict:
+    """(payload, signatures) of a DSSE envelope of an in-toto statement, or why it is not one."""
+    if not isinstance(raw, (bytes, bytearray)):
+        return _reject("attestation_malformed", f"attestation must be bytes, not {type(raw).__name__}")
+    if len(raw) > ATTESTATION_MAX_BYTES:
+        return _reject("attestation_malformed", f"attestation is {len(raw)} bytes, over the {ATTESTATION_MAX_BYTES}-byte cap")
+    try:
+        doc = loads_strict(bytes(raw))
+    except StrictJSONError as exc:
+        return _reject("attestation_malformed", f"attestation is not strict JSON: {exc}")
+    shape = '{"payloadType": "%s", "payload": base64, "signatures": [{"keyid", "sig"}]}' % PAYLOAD_TYPE
+    if not isinstance(doc, dict) or doc.get("payloadType") != PAYLOAD_TYPE or not isinstance(doc.get("payload"), str) \
+            or not isinstance(doc.get("signatures"), list):
+        return _reject("attestation_malformed", f"attestation must be a DSSE envelope {shape}")
+    if len(doc["signatures"]) > MAX_SIGNATURES:
+        return _reject("attestation_malformed", f"{len(doc['signatures'])} signatures, at most {MAX_SIGNATURES} are accepted")
+    signatures: list[tuple[str, bytes]] = []
+    try:
+        payload = b64decode_strict(doc["payload"])
+        for index, entry in enumerate(doc["signatures"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("sig"), str):
+                return _reject("attestation_malformed", f'signatures[{index}] must be {{"keyid": str, "sig": base64 str}}')
+            # DSSE keyid is optional and only a hint: every signature is tried against every builder key.
+            signatures.append((str(entry.get("keyid", "")), b64decode_strict(entry["sig"])))
+    except ValueError as exc:
+        return _reject("attestation_malformed", f"attestation envelope: {exc}")
+    return payload, signatures
+
+
+def _statement_rule(stmt: Any, m: SignedManifest) -> str | _Verdict:
+    """The attested builder id, if the statement is SLSA provenance v1 about this pack."""
+    if not isinstance(stmt, dict) or stmt.get("_type") != IN_TOTO_STATEMENT_V1:
+        return _reject("attestation_invalid", f"the payload must be an in-toto Statement ({IN_TOTO_STATEMENT_V1})")
+    if stmt.get("predicateType") != SLSA_PROVENANCE_V1:
+        return _reject("attestation_invalid", f"the statement's predicateType must be {SLSA_PROVENANCE_V1}")
+    subjects = stmt.get("subject")
     if not isinstance(subjects, list) or not subjects:
-        return _reject("attestation_invalid", "attestation has no subject")
+        return _reject("attestation_invalid", "the statement has no subject")
     digests = [s.get("digest", {}).get("sha256") if isinstance(s, dict) and isinstance(s.get("digest"), dict) else None
                for s in subjects]
     wanted = m.digest.removeprefix("sha256:")
-    if not any(isinstance(d, str) and d.lower() == wanted for d in digests):
-        return _reject("attestation_subject_mismatch", f"no attestation subject has sha256 {wanted}")
-    predicate = att.get("predicate")
+    if wanted not in digests:  # exact lowercase hex, as the manifest's digest pattern has it
+        return _reject("attestation_subject_mismatch", f"no statement subject has sha256 {wanted}")
+    predicate = stmt.get("predicate")
     run = predicate.get("runDetails") if isinstance(predicate, dict) else None
     builder = run.get("builder") if isinstance(run, dict) else None
     builder_id = builder.get("id") if isinstance(builder, dict) else None
     if not isinstance(builder_id, str) or not builder_id:
-        return _reject("attestation_invalid", "attestation predicate.runDetails.builder.id is missing")
-    allowed = ctx.channel_config.policy.allowed_builders if ctx.channel_config is not None else None
-    if allowed is not None and builder_id not in allowed:
-        return _reject("attestation_builder_forbidden", f"attested builder {builder_id!r} is not one of {allowed}")
-    return None
+        return _reject("attestation_invalid", "the statement's predicate.runDetails.builder.id is missing")
+    return builder_id
 
 
 PHASE_POLICY: tuple[_Step, ...] = (

@@ -21,12 +21,14 @@ from typing import Any, AsyncIterator, Callable, ContextManager, Iterator
 from nats.js.errors import NotFoundError
 
 from events.canonical import canonical_bytes, compact_bytes
-from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, manifest_object_name, pack_object_name, sign_manifest
+from events.manifest import (
+    MANIFEST_MAX_BYTES, MAX_SIGNATURES, attestation_object_name, manifest_object_name, pack_object_name, sign_manifest,
+)
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
 from services.app import App
 from services.packstore import PackStore
-from services.producer import build_signed, sha256_digest
+from services.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
 from services.runtime_sdk import RuntimeClient
 from tests.harness import CHANNEL, Pack, Service, make_pack, running_service, trust_root_for, wait_for
 
@@ -42,11 +44,16 @@ NEXT = "1.1.0"  # newer than the baseline: what a hostile rollout claims to be
 # ---- keys and hostile inputs -------------------------------------------------------------------
 
 
+BUILDER_ID = "kx-pipeline"            # what make_pack's manifests name, and CHANNEL allows
+OTHER_BUILDER_ID = "laptop-build"     # the builder key may attest for it, the channel does not allow it
+
+
 @dataclass(frozen=True)
 class Keys:
     trusted: tuple[SigningKey, ...]   # in the service's trust root
     threshold: int
     outsider: SigningKey              # never trusted
+    builder: SigningKey = field(default_factory=SigningKey.generate)  # trust root `builders`, for BUILDER_ID and OTHER_BUILDER_ID
 
     @property
     def signers(self) -> list[SigningKey]:
@@ -55,7 +62,10 @@ class Keys:
 
     @property
     def trust_root(self) -> TrustRoot:
-        return trust_root_for(*self.trusted, threshold=self.threshold)
+        doc = trust_root_for(*self.trusted, threshold=self.threshold).to_document()
+        doc["builders"] = {self.builder.keyid: {"public": b64encode(self.builder.public_raw), "name": "ci",
+                                                "ids": [BUILDER_ID, OTHER_BUILDER_ID]}}
+        return TrustRoot.from_document(doc)
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,51 @@ def baseline_again(keys: Keys, base: Pack, tag: str) -> Hostile:
     return Hostile(base, {})
 
 
+# -- attestation (on a bench whose channel requires one) -------------------------------------------
+
+
+def attestation_for(digest: str, signers: list[SigningKey], builder_id: str = BUILDER_ID) -> bytes:
+    """What `kxr pack attest` writes: the SLSA provenance of `digest` in a DSSE envelope."""
+    return dsse_envelope(provenance_statement(digest, name="kb.pack", builder_id=builder_id,
+                                              build_type="https://konnaxion.dev/releases/pack-build/v1"), signers)
+
+
+def attested(make: Callable[[Keys, str], bytes | None]) -> Builder:
+    """A valid pack and manifest; the attestation object holds make(keys, digest) (None: absent)."""
+    def build(keys: Keys, base: Pack, tag: str) -> Hostile:
+        body = body_for(tag)
+        h = hostile(body, valid_manifest(signed_for(body), keys))
+        data = make(keys, h.request.digest)
+        if data is None:
+            return h
+        return replace(h, objects={**h.objects, attestation_object_name(h.request.digest): data})
+    return build
+
+
+def valid_attestation(keys: Keys, digest: str) -> bytes:
+    return attestation_for(digest, [keys.builder])
+
+
+def unsigned_attestation(keys: Keys, digest: str) -> bytes:
+    return attestation_for(digest, [])
+
+
+def attestation_by_outsider(keys: Keys, digest: str) -> bytes:
+    return attestation_for(digest, [keys.outsider])
+
+
+def attestation_of_other_pack(keys: Keys, digest: str) -> bytes:
+    return attestation_for(sha256_digest(b"some other pack"), [keys.builder])
+
+
+def attestation_by_other_builder(keys: Keys, digest: str) -> bytes:
+    return attestation_for(digest, [keys.builder], builder_id=OTHER_BUILDER_ID)
+
+
+def attestation_not_dsse(keys: Keys, digest: str) -> bytes:
+    return compact_bytes({"payload": "e30=", "signatures": []})  # no payloadType: not a DSSE envelope
+
+
 # ---- the bench ---------------------------------------------------------------------------------
 
 
@@ -368,15 +423,23 @@ def new_keys(threshold: int) -> Keys:
                 outsider=SigningKey.generate())
 
 
+REQUIRE_ATTESTATION = {**ONE_STAGE, "policy": {**ONE_STAGE["policy"], "require_attestation": True}}
+
+
 @asynccontextmanager
-async def open_bench(nats_url: str, threshold: int = 1) -> AsyncIterator[Bench]:
-    """A service with v1.0.0 released to success on both cohorts, and both runtimes on it."""
+async def open_bench(nats_url: str, threshold: int = 1, require_attestation: bool = False) -> AsyncIterator[Bench]:
+    """A service with v1.0.0 released to success on both cohorts, and both runtimes on it.
+
+    `require_attestation`: the channel's policy requires one (the baseline carries a valid one).
+    """
     keys = new_keys(threshold)
     async with trusted_service(nats_url, "t" + uuid.uuid4().hex[:12], keys) as svc:
-        await svc.configure(ENV, CHAN, ONE_STAGE)
+        await svc.configure(ENV, CHAN, REQUIRE_ATTESTATION if require_attestation else ONE_STAGE)
         runtimes = {cohort: await svc.runtime(tenant) for cohort, tenant in TENANTS.items()}
         assert {c: rt.cohort for c, rt in runtimes.items()} == {c: c for c in COHORTS}
         baseline = make_pack(BASELINE_VERSION, keys.signers)
+        if require_attestation:
+            await push_attestation(svc.app.js, svc.app.subjects, baseline.digest, valid_attestation(keys, baseline.digest))
         await svc.request("baseline", baseline, rollback={"strategy": "none"})
         release = await svc.wait_release("baseline", timeout=20)
         assert release.outcome == "success", f"baseline release did not succeed: {release.failure}"
@@ -432,6 +495,6 @@ def expired(keys: Keys, base: Pack, tag: str) -> Hostile:
 
 
 __all__ = [
-    "BASELINE_VERSION", "COHORTS", "ENV", "CHAN", "NEXT", "ONE_STAGE", "Bench", "Builder", "Hostile", "Keys",
+    "BASELINE_VERSION", "BUILDER_ID", "COHORTS", "REQUIRE_ATTESTATION", "ENV", "CHAN", "NEXT", "ONE_STAGE", "Bench", "Builder", "Hostile", "Keys",
     "open_bench", "trusted_service", "new_keys",
 ]

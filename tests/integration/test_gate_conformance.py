@@ -14,7 +14,8 @@ objects go into the packs bucket, a release is requested, and once it closes:
     JetStream stores it) is exactly what it was just before the vector, and the baseline;
   * no runtime saw anything new: its history is unchanged and it still runs v1.0.0.
 
-Vectors share one bench per trust root (threshold 1, and threshold 2 with two keys); each
+Attestation vectors run on a bench whose channel requires an attestation (its baseline carried
+a valid one). Vectors share one bench per trust root (threshold 1, and threshold 2 with two keys); each
 uses its own release id and pack bytes. Positive controls run on fresh benches and must
 succeed and move the pointers, so the negative results are not an artefact of the bench.
 """
@@ -122,6 +123,18 @@ VECTORS: list[Vector] = [
     V("whitespace-provenance-revision", gf.signed_variant(revision=WS), "evidence", "evidence_missing"),
     V("validation-failed", gf.mutated(gf._set("build.validation", "failed")), "evidence", "validation_not_passed"),
     V("validation-absent", gf.mutated(gf._set("build.validation", "")), "evidence", "validation_not_passed"),
+    # -- attestation: on a bench whose channel requires one (policy.require_attestation) ----------
+    # The baseline of that bench carried a valid attestation; each vector breaks one thing.
+    V("attestation-missing", gf.attested(lambda k, d: None), "distribution", "attestation_missing", bench="attest"),
+    V("attestation-malformed-dsse", gf.attested(gf.attestation_not_dsse), "evidence", "attestation_malformed", bench="attest"),
+    V("attestation-unsigned", gf.attested(gf.unsigned_attestation), "evidence", "attestation_unsigned", bench="attest"),
+    V("attestation-wrong-key", gf.attested(gf.attestation_by_outsider), "evidence", "attestation_untrusted", bench="attest"),
+    V("attestation-by-manifest-key", gf.attested(lambda k, d: gf.attestation_for(d, k.signers)), "evidence",
+      "attestation_untrusted", bench="attest"),
+    V("attestation-wrong-subject-digest", gf.attested(gf.attestation_of_other_pack), "evidence",
+      "attestation_subject_mismatch", bench="attest"),
+    V("attestation-wrong-builder", gf.attested(gf.attestation_by_other_builder), "evidence",
+      "attestation_builder_forbidden", bench="attest"),
     # -- deadline: one verification deadline, enforced by the adapter ----------------------------
     # A pack that passes every gate, under a 1 ms deadline: the verdict must be deadline/timeout,
     # never `verified`. Repeated because a deadline that is only sometimes enforced is a bug too;
@@ -138,7 +151,7 @@ def test_vector_table_is_well_formed():
             assert v.code in GATE_CODES[v.gate] + (INTERNAL_ERROR,), v
         else:
             assert (v.gate, v.code) in {("distribution", "manifest_missing"), ("distribution", "pack_missing"),
-                                        ("deadline", "timeout")}, v
+                                        ("distribution", "attestation_missing"), ("deadline", "timeout")}, v
     # every gate of the contract order is exercised by at least one vector
     assert set(GATES) <= {v.gate for v in VECTORS}
 
@@ -155,7 +168,8 @@ class Benches:
     async def get(self, threshold: int, name: str = "shared") -> Bench:
         key = (threshold, name)
         if key not in self._open:
-            self._open[key] = await self._stack.enter_async_context(open_bench(self._url, threshold))
+            bench = open_bench(self._url, threshold, require_attestation=name == "attest")
+            self._open[key] = await self._stack.enter_async_context(bench)
         return self._open[key]
 
 

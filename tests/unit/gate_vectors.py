@@ -15,6 +15,7 @@ from events.manifest import sign_manifest
 from events.model import PackRef
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.canonical import canonical_bytes
+from services.producer import dsse_envelope
 from services.verifier.gates import VerifyContext
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -34,13 +35,19 @@ def key(seed: int) -> SigningKey:
 
 
 ALICE, BOB, MALLORY = key(1), key(2), key(66)
+CI = key(7)  # the build system's attestation key (trust root `builders`, not a manifest key)
 
 
-def trust_root(keys: list[SigningKey], threshold: int = 1) -> TrustRoot:
-    return TrustRoot.from_document({
+def trust_root(keys: list[SigningKey], threshold: int = 1,
+               builders: list[tuple[SigningKey, list[str]]] | None = None) -> TrustRoot:
+    doc: dict[str, Any] = {
         "threshold": threshold,
         "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"key-{i}"} for i, k in enumerate(keys)},
-    })
+    }
+    if builders:
+        doc["builders"] = {k.keyid: {"public": b64encode(k.public_raw), "name": f"builder-{i}", "ids": ids}
+                           for i, (k, ids) in enumerate(builders)}
+    return TrustRoot.from_document(doc)
 
 
 def signed_body(pack: bytes = PACK) -> dict[str, Any]:
@@ -75,7 +82,7 @@ def signature_entry(signer: SigningKey, signed: dict[str, Any], keyid: str | Non
     return {"keyid": keyid if keyid is not None else signer.keyid, "sig": b64encode(signer.sign(canonical_bytes(signed)))}
 
 
-def attestation(digest: str, builder_id: str = BUILDER) -> dict[str, Any]:
+def statement(digest: str, builder_id: str = BUILDER) -> dict[str, Any]:
     return {
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": "kb-core-2.0.0.pack", "digest": {"sha256": digest.removeprefix("sha256:")}}],
@@ -85,6 +92,11 @@ def attestation(digest: str, builder_id: str = BUILDER) -> dict[str, Any]:
             "runDetails": {"builder": {"id": builder_id}, "metadata": {"invocationId": "run-9001"}},
         },
     }
+
+
+def attested(digest: str, builder_id: str = BUILDER, signers: list[SigningKey] | None = None) -> bytes:
+    """A DSSE envelope (as `kxr pack attest` writes it) of the SLSA provenance of `digest`."""
+    return dsse_envelope(statement(digest, builder_id), [CI] if signers is None else signers)
 
 
 _UNSET: Any = object()
@@ -111,7 +123,8 @@ class Case:
     channel_config: ChannelConfig | None = field(default_factory=lambda: ChannelConfig.model_validate(channel_doc()))
     active: Any = field(default_factory=lambda: {"internal": pack_ref("1.9.0", b"old pack"), "rest": None})
     purpose: str = "rollout"
-    attestation: dict[str, Any] | None = None
+    builders: list[tuple[SigningKey, list[str]]] = field(default_factory=lambda: [(CI, [BUILDER])])
+    attestation: bytes | None = None        # the raw attestation object, read when the channel requires it
     now: Any = NOW
 
     def manifest_doc(self) -> dict[str, Any]:
@@ -135,7 +148,7 @@ class Case:
             cohorts=self.cohorts,
             channel_config=self.channel_config,
             active=self.active,
-            trust_root=self.root if self.root is not _UNSET else trust_root(self.trusted, self.threshold),
+            trust_root=self.root if self.root is not _UNSET else trust_root(self.trusted, self.threshold, self.builders),
             now=self.now,
             purpose=self.purpose,  # type: ignore[arg-type]
             attestation=self.attestation,

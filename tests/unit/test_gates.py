@@ -10,11 +10,12 @@ from typing import Any, Callable
 
 import pytest
 
+from events.bundle import PAYLOAD_TYPE, pae
 from events.canonical import canonical_bytes
 from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES
 from events.model import PackRef
-from events.signing import TrustedKey, TrustRoot
+from events.signing import TrustedKey, TrustRoot, b64encode
 from services.verifier import gates
 from services.verifier.gates import (
     GATE_CODES, GATES, OK, GateFailure, PackDigester, PackOversized, Verification,
@@ -22,7 +23,7 @@ from services.verifier.gates import (
 )
 
 from .gate_vectors import (
-    ALICE, BOB, BUILDER, MALLORY, PACK, SOURCE_PREFIX, Case, attestation, channel_doc, del_path,
+    ALICE, BOB, BUILDER, CI, MALLORY, PACK, SOURCE_PREFIX, Case, attested, channel_doc, del_path, statement,
     pack_ref, set_path, sha256_digest, signature_entry, signed_body,
 )
 
@@ -102,6 +103,34 @@ def swap_first_char(b64: str) -> str:
 class ExplodingMap(dict):
     def __contains__(self, item: object) -> bool:
         raise RuntimeError("projection unavailable")
+
+
+LAPTOP = "https://laptop.example/me"
+
+
+def required(make: Callable[[Case], bytes | None] | None) -> Mutator:
+    """The channel requires an attestation; the attestation object holds make(case) (None: absent)."""
+    def apply(c: Case) -> None:
+        channel(policy={"require_attestation": True})(c)
+        c.attestation = None if make is None else make(c)
+    return apply
+
+
+def envelope(c: Case, **fields: Any) -> bytes:
+    """A valid attestation of the case's pack with envelope fields replaced."""
+    doc = json.loads(attested(c.signed["digest"]))
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def signed_payload(payload: bytes) -> bytes:
+    """Any payload, correctly signed by the trusted builder key."""
+    return json.dumps({"payloadType": PAYLOAD_TYPE, "payload": b64encode(payload),
+                       "signatures": [{"keyid": CI.keyid, "sig": b64encode(CI.sign(pae(PAYLOAD_TYPE, payload)))}]}).encode()
+
+
+def signed_statement(stmt: dict[str, Any]) -> bytes:
+    return signed_payload(json.dumps(stmt).encode())
 
 
 EVIDENCE_FIELDS = ["build.id", "build.builder", "build.run", "provenance.source", "provenance.revision"]
@@ -197,20 +226,44 @@ NEGATIVE = [
     V(signed("build.builder", "https://laptop.example/me"), "policy", "builder_forbidden", id="forbidden-builder"),
     V(case(env="dev"), "policy", "scope_forbidden", id="forbidden-scope-env"),
     V(case(channel="stable-eu"), "policy", "scope_forbidden", id="forbidden-scope-channel"),
-    # evidence: present, non-blank, validated, and any attestation about this pack.
+    # evidence: present, non-blank, validated.
     # (source/builder restrictions lifted so the blank value reaches the evidence gate)
     *[V(both(channel(policy={"allowed_sources": None, "allowed_builders": None}), signed(f, "  ")),
         "evidence", "evidence_missing", id=f"evidence-blank-{f}") for f in EVIDENCE_FIELDS],
     V(signed("build.validation", "failed"), "evidence", "validation_not_passed", id="validation-not-passed"),
-    V(case(attestation=attestation(sha256_digest(b"some other pack"))), "evidence", "attestation_subject_mismatch",
-      id="attestation-subject-mismatch"),
-    V(both(channel(policy={"allowed_builders": [BUILDER]}),
-           case(attestation=lambda c: attestation(c.signed["digest"], builder_id="https://laptop.example/me"))),
-      "evidence", "attestation_builder_forbidden", id="attestation-builder-forbidden"),
-    V(case(attestation={"_type": "https://in-toto.io/Statement/v0.1"}), "evidence", "attestation_invalid",
+    V(case(sign_with=[CI]), "signature", "threshold_not_met", id="builder-key-cannot-sign-manifests"),
+    # attestation, when the channel requires one: one vector per failure mode
+    V(required(None), "evidence", "attestation_missing", id="attestation-missing-when-required"),
+    V(required(lambda c: b"not an envelope {"), "evidence", "attestation_malformed", id="attestation-not-json"),
+    V(required(lambda c: envelope(c, payloadType="application/json")), "evidence", "attestation_malformed",
+      id="attestation-wrong-payload-type"),
+    V(required(lambda c: envelope(c, payload="***")), "evidence", "attestation_malformed", id="attestation-payload-not-base64"),
+    V(required(lambda c: envelope(c, signatures=[{"keyid": CI.keyid}])), "evidence", "attestation_malformed",
+      id="attestation-signature-without-sig"),
+    V(required(lambda c: envelope(c, signatures="none")), "evidence", "attestation_malformed", id="attestation-signatures-not-list"),
+    V(required(lambda c: b" " * (gates.ATTESTATION_MAX_BYTES + 1)), "evidence", "attestation_malformed", id="attestation-oversized"),
+    V(required(lambda c: envelope(c, signatures=[])), "evidence", "attestation_unsigned", id="attestation-unsigned"),
+    V(required(lambda c: attested(c.signed["digest"], signers=[MALLORY])), "evidence", "attestation_untrusted",
+      id="attestation-wrong-key"),
+    V(required(lambda c: attested(c.signed["digest"], signers=[ALICE])), "evidence", "attestation_untrusted",
+      id="attestation-by-manifest-key-not-builder-key"),
+    V(both(required(lambda c: attested(c.signed["digest"])), case(builders=[])), "evidence", "attestation_untrusted",
+      id="attestation-trust-root-without-builders"),
+    V(required(lambda c: envelope(c, payload=b64encode(json.dumps(statement(sha256_digest(b"x"))).encode()))),
+      "evidence", "attestation_untrusted", id="attestation-payload-swapped-after-signing"),
+    V(both(required(lambda c: attested(c.signed["digest"])), case(builders=[(CI, ["https://ci.other.example/b"])])),
+      "evidence", "attestation_untrusted", id="attestation-key-trusted-for-another-builder"),
+    V(required(lambda c: attested(sha256_digest(b"some other pack"))), "evidence", "attestation_subject_mismatch",
+      id="attestation-wrong-subject-digest"),
+    V(both(required(lambda c: attested(c.signed["digest"], builder_id=LAPTOP)), case(builders=[(CI, [BUILDER, LAPTOP])])),
+      "evidence", "attestation_builder_forbidden", id="attestation-builder-not-allowed"),
+    V(required(lambda c: signed_statement({"_type": "https://in-toto.io/Statement/v0.1"})), "evidence", "attestation_invalid",
       id="attestation-not-statement-v1"),
-    V(case(attestation=lambda c: {**attestation(c.signed["digest"]), "predicate": {}}), "evidence", "attestation_invalid",
+    V(required(lambda c: signed_statement({**statement(c.signed["digest"]), "predicateType": "https://example/other"})),
+      "evidence", "attestation_invalid", id="attestation-not-slsa-provenance"),
+    V(required(lambda c: signed_statement({**statement(c.signed["digest"]), "predicate": {}})), "evidence", "attestation_invalid",
       id="attestation-without-builder"),
+    V(required(lambda c: signed_payload(b"[1, 2")), "evidence", "attestation_invalid", id="attestation-signed-payload-not-json"),
     # fail closed on surprises
     V(case(active=ExplodingMap()), "policy", "internal_error", id="exception-inside-gate-is-failure"),
 ]
@@ -321,10 +374,28 @@ def test_keyid_is_only_a_hint() -> None:
     assert passes(c).signers == [ALICE.keyid]
 
 
-def test_matching_attestation_passes() -> None:
+def test_required_attestation_by_a_trusted_builder_passes() -> None:
     c = Case()
-    c.attestation = attestation(c.signed["digest"])
+    required(lambda c: attested(c.signed["digest"]))(c)
+    v = passes(c)
+    assert "attested by builder " + BUILDER in v.outcomes[-1].message
+
+
+def test_attestation_signed_by_any_one_of_several_builder_keys_passes() -> None:
+    c = Case(builders=[(MALLORY, ["https://ci.other.example/b"]), (CI, [BUILDER])])
+    required(lambda c: attested(c.signed["digest"], signers=[MALLORY, CI]))(c)
     passes(c)
+
+
+def test_attestation_is_not_read_when_the_channel_does_not_require_it() -> None:
+    c = Case(attestation=b"garbage the verifier never looks at")
+    v = passes(c)
+    assert "attested" not in v.outcomes[-1].message
+
+
+def test_channel_policy_requires_no_attestation_by_default() -> None:
+    assert ChannelConfig.model_validate(channel_doc()).policy.require_attestation is False
+    assert gates.attestation_required(None) is False
 
 
 def test_manifest_without_scopes_goes_anywhere() -> None:
@@ -451,3 +522,36 @@ def test_a_flipped_manifest_byte_never_changes_what_passes() -> None:
             v = verify_bytes(bytes(mutated), _PACK_BYTES, _CTX)
             if v.ok:  # e.g. whitespace, or a keyid label, which signatures do not cover
                 assert canonical_bytes(json.loads(bytes(mutated))["signed"]) == canonical_bytes(_VALID.signed)
+
+
+# ---- builder keys in the trust root ------------------------------------------------------------
+
+
+def _builder_doc(ids: Any) -> dict[str, Any]:
+    return {"threshold": 1, "keys": {ALICE.keyid: {"public": b64encode(ALICE.public_raw)}},
+            "builders": {CI.keyid: {"public": b64encode(CI.public_raw), "name": "ci", "ids": ids}}}
+
+
+def test_trust_root_builders_round_trip_and_stay_apart_from_manifest_keys() -> None:
+    root = TrustRoot.from_document(_builder_doc([BUILDER]))
+    assert [(b.keyid, b.ids) for b in root.builders] == [(CI.keyid, (BUILDER,))]
+    assert [k.keyid for k in root.keys] == [ALICE.keyid]
+    assert TrustRoot.from_document(root.to_document()) == root
+
+
+@pytest.mark.parametrize("ids", [None, [], [""], "https://ci.example/b"], ids=["absent", "empty", "blank", "not-a-list"])
+def test_a_builder_key_must_name_the_builders_it_may_attest_for(ids: Any) -> None:
+    doc = _builder_doc(ids)
+    if ids is None:
+        del doc["builders"][CI.keyid]["ids"]
+    with pytest.raises(ValueError, match="ids"):
+        TrustRoot.from_document(doc)
+
+
+def test_builder_keys_rotate_with_the_root() -> None:
+    from events.trust import follow_chain, sign_root
+
+    anchor = TrustRoot.from_document(_builder_doc([BUILDER]))
+    new = {**_builder_doc(["https://ci.next.example/b"]), "version": 2}
+    chain = follow_chain(anchor, [(1, sign_root(new, [ALICE]))])
+    assert chain.refused == () and [b.ids for b in chain.current.builders] == [("https://ci.next.example/b",)]
