@@ -209,7 +209,7 @@ class Guard(ReleaseReactor):
     def __init__(self, app, sweep_every: float = SWEEP_EVERY_S) -> None:
         super().__init__(app)
         self.sweep_every = sweep_every
-        self._manifests: dict[str, bytes | None] = {}  # manifest object name -> bytes (named by digest)
+        self._manifests: dict[str, bytes] = {}  # manifest object name (named by digest) -> bytes as first read
         # (digest, env, channel, channel seq, rotations) -> (violation, expires): a pass holds until expiry
         self._verdicts: dict[tuple, tuple[Violation | None, datetime | None]] = {}
 
@@ -242,25 +242,28 @@ class Guard(ReleaseReactor):
             await asyncio.sleep(self.sweep_every)
 
     async def guard(self, keys: Iterable[ScopeKey]) -> None:
-        violations = await self.check(keys)
-        if not violations:
-            return
-        plan = decide(self.app.follower.world, violations, self.app.ctx(NAME))
-        for release_id in plan.rollbacks:
-            async def rollback(world, release, ctx):
-                return decide_release(world, release, violations, ctx)
+        violations, unchecked = await self.check(keys)
+        if violations:
+            plan = decide(self.app.follower.world, violations, self.app.ctx(NAME))
+            for release_id in plan.rollbacks:
+                async def rollback(world, release, ctx):
+                    return decide_release(world, release, violations, ctx)
 
-            await self.settle(release_id, rollback)
-        for key, _ in plan.flags:
-            await self.flag(key, violations[key])  # decided again on the state at the append
+                await self.settle(release_id, rollback)
+            for key, _ in plan.flags:
+                await self.flag(key, violations[key])  # decided again on the state at the append
+        if unchecked:  # not judged is not passed: the worker retries the trigger, the sweep comes again
+            raise RuntimeError(f"guard: {len(unchecked)} scope(s) not checked: {'; '.join(unchecked[:5])}")
 
-    async def check(self, keys: Iterable[ScopeKey]) -> dict[ScopeKey, Violation]:
+    async def check(self, keys: Iterable[ScopeKey]) -> tuple[dict[ScopeKey, Violation], list[str]]:
+        """Violations by scope, and the scopes whose manifest could not be read (with why)."""
         trust_root = self.app.current_trust_root()
         if trust_root is None:
             raise RuntimeError("the guard has no trust root (KX_TRUST_ROOT)")  # never a pass, never a guess
         world = self.app.follower.world
         now = self.app.clock()
         out: dict[ScopeKey, Violation] = {}
+        unchecked: list[str] = []
         for key in keys:
             state = world.scopes.get(key)
             if state is None or state.active is None:
@@ -270,13 +273,17 @@ class Guard(ReleaseReactor):
             known = self._verdicts.get(memo)
             if known is not None and known[0] is None and known[1] is not None and now < known[1]:
                 continue  # passed under this root and configuration, and not expired yet
-            manifest = await self.manifest(state.active.manifest)
+            try:
+                manifest = await self.manifest(state.active.manifest)
+            except Exception as exc:  # one unreadable manifest must not keep the others unchecked
+                unchecked.append(f"{'/'.join(key)}: {exc.__class__.__name__}: {exc}")
+                continue
             v = gates_now(manifest, key, state.active.pack, channel_state.config if channel_state else None, trust_root, now)
             violation = violation_of(v, state.active.pack)
             self._verdicts[memo] = (violation, v.manifest.expires if violation is None and v.manifest else None)
             if violation is not None:
                 out[key] = violation
-        return out
+        return out, unchecked
 
     async def manifest(self, name: str) -> bytes | None:
         """The manifest's bytes (None: absent, which the manifest gate refuses); IO errors propagate."""

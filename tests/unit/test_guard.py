@@ -147,3 +147,32 @@ def test_a_flag_ends_when_the_pointer_moves() -> None:
     assert world.scope(*KEY_INTERNAL).flag is None
     # a violation found on the pack that ran before is not about what runs now
     assert decide(world, {KEY_INTERNAL: VIOLATION}, CTX) == decide(world, {}, CTX)
+
+
+def test_a_switch_after_a_policy_change_is_rolled_back_as_soon_as_it_lands() -> None:
+    # verified under the old configuration, switched after the new one: caught at the switch
+    log = in_flight()
+    log.events.pop()  # no window yet: the release is `activated`
+    world = log.world()
+    assert world.release("r1").phase == "activated"
+    assert decide(world, {KEY_INTERNAL: VIOLATION}, CTX).rollbacks == ("r1",)
+
+
+def test_a_cohort_the_release_has_not_reached_yet_is_flagged_not_rolled_back() -> None:
+    # `rest` still runs the pack from before the release: rolling the release back would not change it
+    world = in_flight().world()
+    before = Violation(P0["digest"], "expiry/expired", "manifest expired")
+    plan = decide(world, {(ENV, CH, "rest"): before}, CTX)
+    assert plan.rollbacks == () and [(k, e.data.code) for k, e in plan.flags] == [((ENV, CH, "rest"), "expiry/expired")]
+    assert plan.flags[0][1].release_id is None  # put there by no release: nothing to record a webhook under
+
+
+def test_a_release_held_after_an_escalation_gets_its_scope_flagged() -> None:
+    # its rollback target was unusable: another rollback would escalate again; the flag records the violation
+    log = in_flight()
+    log.rollback_started("r1", {"internal": P0})
+    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "no target", "escalation": "pager:kb"}, release_id="r1")
+    world = log.world()
+    assert world.release("r1").phase == "held"
+    plan = decide(world, {KEY_INTERNAL: VIOLATION}, CTX)
+    assert plan.rollbacks == () and [k for k, _ in plan.flags] == [KEY_INTERNAL]
