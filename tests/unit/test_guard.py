@@ -176,3 +176,19 @@ def test_a_release_held_after_an_escalation_gets_its_scope_flagged() -> None:
     assert world.release("r1").phase == "held"
     plan = decide(world, {KEY_INTERNAL: VIOLATION}, CTX)
     assert plan.rollbacks == () and [k for k, _ in plan.flags] == [KEY_INTERNAL]
+
+
+def test_a_flag_on_a_pinned_pointer_still_makes_a_complete_webhook_body() -> None:
+    import json
+
+    from events.notifications import NotificationSink
+    from services.notifier.webhook import notification_body
+
+    log = settled()
+    log.point("internal", P1, kind="pin")  # no release put it there
+    [(_, event)] = decide(log.world(), {KEY_INTERNAL: VIOLATION}, CTX).flags
+    sink = NotificationSink(name="ops", url="https://hooks.example/kx", on=["flagged"])
+    body = json.loads(notification_body("flagged", sink, event, None))
+    assert (body["kind"], body["release_id"], body["code"], body["scope"]["cohort"]) == ("flagged", None, VIOLATION.code, "internal")
+    assert body["pack"]["digest"] == PACK.digest and body["target"] == {"env": ENV, "channel": CH}
+    assert body["summary"] == event.data.message
