@@ -279,6 +279,21 @@ class ScopeUnpinned(Frozen):
     reason: Literal["operator", "expired", "refused"] = "operator"  # refused: the pinned pack failed verification
 
 
+class ScopeFlagged(Frozen):
+    """The pack active in a scope no longer passes a gate it passed when it was activated.
+
+    Written by the guard (services/guard.py) for a scope with no release in flight on it:
+    a trust rotation dropped the keys that signed its manifest, the manifest expired, or the
+    channel's policy changed. Nothing moves; the flag is recorded and notified so an
+    operator decides (pin, roll forward, or roll back).
+    """
+
+    pack: PackRef
+    code: StrictStr = Field(min_length=1, max_length=128)  # "<gate>/<gate code>", e.g. "signature/threshold_not_met"
+    message: StrictStr
+    detected_at: AwareDatetime
+
+
 class TrustRotated(Frozen):
     """A new trust root, signed by thresholds of the old and of its own keys (events/trust.py)."""
 
@@ -319,6 +334,7 @@ SCOPE_TYPES: dict[str, type[Frozen]] = {
     "activated": ScopeActivated,
     "pinned": ScopePinned,
     "unpinned": ScopeUnpinned,
+    "flagged": ScopeFlagged,
 }
 CHANNEL_TYPES: dict[str, type[BaseModel]] = {"configured": ChannelConfig}
 

@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from .tokens import TOKEN_PATTERN
 
-NotifyKind = Literal["rolled_back", "held", "escalated"]
-# which release event makes each kind: a hold is a window that ended without a verdict
+NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
+# which event makes each kind: a hold is a window that ended without a verdict; a flag is the
+# guard finding that a settled scope's active pack now fails a gate (services/guard.py)
 KIND_OF_EVENT: dict[str, str] = {
     "release.rolled_back": "rolled_back",
     "release.monitoring_inconclusive": "held",
     "release.escalated": "escalated",
+    "scope.flagged": "flagged",
 }
 MAX_URL_CHARS = 2048
 MAX_ATTEMPTS = 10

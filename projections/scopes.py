@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from events.model import Event, PackRef, ScopeActivated, ScopePinned
+from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned
 
 ScopeKey = tuple[str, str, str]  # env, channel, cohort
 
@@ -30,11 +30,14 @@ class ScopeState:
     pin_seq: int = 0  # sequence of the last pinned/unpinned event
     pin_event_id: str | None = None
     ever_active: bool = False
+    # The guard's flag on the active pack (a gate it no longer passes); cleared when the pointer moves.
+    flag: ScopeFlagged | None = None
+    flag_seq: int = 0  # sequence of the last flagged event (part of the scope's CAS value)
 
     @property
     def last_seq(self) -> int:
-        """Last sequence on any of the scope's subjects: the CAS value for pin and unpin."""
-        return max(self.active_seq, self.pin_seq)
+        """Last sequence on any of the scope's subjects: the CAS value for pin, unpin and flag."""
+        return max(self.active_seq, self.pin_seq, self.flag_seq)
 
     @property
     def active_pack(self) -> PackRef | None:
@@ -53,13 +56,17 @@ def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str |
             if data.kind == "rollback":  # a restored pack is known good by definition of the target
                 lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
             return replace(
-                lkg, active=data, active_seq=seq, active_since=event.occurred_at, active_batch=batch_id, ever_active=True
+                lkg, active=data, active_seq=seq, active_since=event.occurred_at, active_batch=batch_id, ever_active=True,
+                flag=None,  # a flag is about the pack the pointer named
             )
         case "pinned":
             assert isinstance(data, ScopePinned)
             return replace(state, pin=data, last_pin=data, pin_seq=seq, pin_event_id=event.event_id)
         case "unpinned":
             return replace(state, pin=None, pin_seq=seq)
+        case "flagged":
+            assert isinstance(data, ScopeFlagged)
+            return replace(state, flag=data, flag_seq=seq)
     return state
 
 

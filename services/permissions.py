@@ -143,6 +143,7 @@ def service_permissions(subjects: Subjects) -> Permissions:
         f"{p}.release.*.notification.*",           # the notifier's records of webhook deliveries
         f"{p}.scope.*.*.*.activated",              # the activator's pointers (and pins switched by the pinner)
         f"{p}.scope.*.*.*.unpinned",               # pin refused or expired
+        f"{p}.scope.*.*.*.flagged",                # the guard: a settled scope's pack now fails a gate
         s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)
         s.deadletter_all(),
         f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",

@@ -21,7 +21,7 @@ from .settings import ConfigError, Settings, load_trust_root, service_signing_ke
 from .tasks import SignalStop
 
 log = logging.getLogger(__name__)
-NEEDS_TRUST_ROOT = {"verifier", "activator"}
+NEEDS_TRUST_ROOT = {"verifier", "activator", "guard"}
 START_ATTEMPTS = 3
 
 

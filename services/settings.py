@@ -9,7 +9,7 @@ from pathlib import Path
 from events.canonical import StrictJSONError, loads_strict
 from events.signing import TrustRoot
 
-ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter", "notifier")
+ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter", "notifier", "guard")
 
 
 class ConfigError(ValueError):

@@ -27,6 +27,7 @@ def scope_rows(world: World) -> list[dict[str, Any]]:
             "since": _ts(s.active_since) if s.active_since else None,
             "lkg": s.lkg.version if s.lkg else None,
             "pinned": f"{s.pin.pack.version} until {_ts(s.pin.until)}" if s.pin else None,
+            "flag": f"{s.flag.code}: {s.flag.message}" if s.flag else None,  # the guard's (services/guard.py)
         })
     return rows
 
@@ -61,7 +62,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
 
 
 def status_tables(world: World, all_releases: bool = False) -> list[Table]:
-    scope_cols = ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"]
+    scope_cols = ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned", "flag"]
     rows = scope_rows(world)
     for row in rows:
         if row["digest"]:

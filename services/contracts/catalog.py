@@ -45,6 +45,7 @@ DESCRIPTIONS: dict[str, str] = {
     "scope.activated": "THE active-pack pointer of a scope: the newest message on this subject is the pack active there. Written only by the activator inside an atomic batch. Runtimes read the last one (deliver_policy=last_per_subject) and follow new ones.",
     "scope.pinned": "An operator pinned a scope to a pack until a time, with a rationale.",
     "scope.unpinned": "A pin ended: by an operator, on expiry, or refused because the pinned pack failed verification.",
+    "scope.flagged": "The guard found that the pack active in a settled scope now fails a gate it passed at activation (a trust rotation dropped its signers, its manifest expired, or the channel's compatibility or policy changed): `code` is `<gate>/<gate code>`. Nothing moves; the flag is notified (webhook kind `flagged`) and shown until the pointer moves.",
     "channel.configured": "A channel's configuration (CONTRACT §7): cohorts, plan, monitoring, compatibility, policy. The newest one is in force.",
     "trust.rotated": "A new trust root, signed by thresholds of the previous root's keys and of its own.",
     "notification.sent": "The notifier delivered a webhook for a rollback, hold or escalation of this release (attempts, sink, status). Outside the release's lifecycle filter: it never changes the release.",

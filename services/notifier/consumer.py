@@ -37,6 +37,11 @@ MAX_CONFLICTS = 8
 log = logging.getLogger(__name__)
 
 
+def trigger_subject(prefix: str, event_type: str) -> str:
+    family, suffix = event_type.split(".", 1)
+    return f"{prefix}.scope.*.*.*.{suffix}" if family == "scope" else f"{prefix}.{family}.*.{suffix}"
+
+
 class Notifier:
     def __init__(self, app: "App", backoff: Backoff = Backoff()) -> None:
         self.app = app
@@ -44,7 +49,7 @@ class Notifier:
 
     def runners(self) -> list:
         s = self.app.subjects
-        triggers = [f"{s.prefix}.release.*.{event_type.split('.', 1)[1]}" for event_type in KIND_OF_EVENT]
+        triggers = [trigger_subject(s.prefix, event_type) for event_type in KIND_OF_EVENT]
         # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
         # once created, the durable consumer remembers where it was across restarts.
         worker = Worker(self.app.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.app.deadletters,
@@ -62,23 +67,33 @@ class Notifier:
     async def notify(self, event: Event, still_working: Callable[[], Awaitable[None]] | None = None) -> None:
         """Post and record what `event` calls for and is not recorded yet (a redelivery posts nothing)."""
         kind = KIND_OF_EVENT.get(event.type)
-        release = await self.app.release_whole(event.release_id or "") if kind is not None else None
-        if kind is None or release is None or release.requested is None:
+        release = await self.app.release_whole(event.release_id) if kind is not None and event.release_id else None
+        if kind is None:
             return
-        target = release.requested.target
-        sinks = [s for s in self.app.follower.world.channel_config(target.env, target.channel).notifications if kind in s.on]
+        if event.family == "scope" and event.scope is not None:
+            # a scope's flag: its channel's sinks; the release that put the pack there (if any)
+            # gives owner and escalation, and is where the outcome is recorded
+            env, channel = event.scope.env, event.scope.channel
+        elif release is not None and release.requested is not None:
+            env, channel = release.requested.target.env, release.requested.target.channel
+        else:
+            return
+        sinks = [s for s in self.app.follower.world.channel_config(env, channel).notifications if kind in s.on]
         if not sinks:
             return
-        done, _ = await self.recorded(release.release_id)
+        # A flag on a pinned scope names no release: its posts carry the flag's id as Idempotency-Key
+        # (receivers drop copies), but there is no release to record the outcome under.
+        done, _ = await self.recorded(release.release_id) if release is not None else (set(), 0)
         async with httpx.AsyncClient() as client:
             for sink in sinks:
                 if (event.event_id, sink.name) in done:
                     continue
                 delivery = await self.send(client, sink, kind, event, release, still_working)
-                await self.record(sink, kind, event, delivery)
+                if release is not None:
+                    await self.record(sink, kind, event, delivery)
 
     async def send(self, client: httpx.AsyncClient, sink: NotificationSink, kind: str, event: Event,
-                   release: ReleaseState, still_working: Callable[[], Awaitable[None]] | None) -> Delivery:
+                   release: ReleaseState | None, still_working: Callable[[], Awaitable[None]] | None) -> Delivery:
         secret = None
         if sink.secret_env is not None:
             secret = os.environ.get(sink.secret_env) or None

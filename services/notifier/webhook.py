@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass
 
 from events.canonical import compact_bytes
-from events.model import Event
+from events.model import Event, ScopeFlagged, Target
 from events.notifications import NotificationSink
 from projections.evidence import summary
 from projections.releases import ReleaseState
@@ -28,10 +28,14 @@ class Webhook:
     headers: dict[str, str]
 
 
-def notification_body(kind: str, sink: NotificationSink, event: Event, release: ReleaseState) -> bytes:
-    pack = release.pack
-    requested = release.requested
+def notification_body(kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None) -> bytes:
+    flag = event.data if isinstance(event.data, ScopeFlagged) else None
+    pack = flag.pack if flag else (release.pack if release else None)
+    requested = release.requested if release else None
     target = requested.target if requested else None
+    if event.scope is not None and event.family == "scope":
+        target = Target(env=event.scope.env, channel=event.scope.channel)
+    extra = {"scope": event.scope.model_dump(mode="json"), "code": flag.code} if flag and event.scope else {}
     return compact_bytes({
         "kind": kind,
         "sink": sink.name,
@@ -43,7 +47,8 @@ def notification_body(kind: str, sink: NotificationSink, event: Event, release: 
         "pack": pack.model_dump(mode="json", exclude_none=True) if pack else None,
         "owner": requested.owner if requested else None,
         "escalation": requested.escalation if requested else None,
-        "summary": summary(event),
+        "summary": flag.message if flag else summary(event),
+        **extra,
     })
 
 
@@ -51,7 +56,7 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def webhook(kind: str, sink: NotificationSink, event: Event, release: ReleaseState, secret: str | None) -> Webhook:
+def webhook(kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None, secret: str | None) -> Webhook:
     body = notification_body(kind, sink, event, release)
     headers = {"Content-Type": "application/json", "Idempotency-Key": event.event_id, "User-Agent": USER_AGENT,
                "Kx-Event-Type": event.type}

@@ -64,6 +64,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "scope.activated": {"pack": PACK, "manifest": "m", "release_id": "r1", "kind": "rollout"},
     "scope.pinned": {"pack": PACK, "until": LATER, "rationale": "freeze", "by": "ops"},
     "scope.unpinned": {},
+    "scope.flagged": {"pack": PACK, "code": "signature/threshold_not_met", "message": "no trusted signer", "detected_at": LATER},
     "channel.configured": {},
     "trust.rotated": {"root": {"signed": {"version": 2, "threshold": 1, "keys": {}}, "signatures": []}, "version": 2},
     "notification.sent": {"sink": "ops", "kind": "rolled_back", "trigger": "ev-0", "trigger_type": "release.rolled_back", "attempts": 1, "status": 200},

@@ -63,9 +63,10 @@ def test_sink_names_are_unique() -> None:
     assert "notification sink names must be unique" in problems_of(channel(HOOK, {**HOOK, "url": "https://other.example/"}))
 
 
-def test_each_kind_comes_from_one_release_event() -> None:
-    assert set(KIND_OF_EVENT.values()) == {"rolled_back", "held", "escalated"}
+def test_each_kind_comes_from_one_event() -> None:
+    assert set(KIND_OF_EVENT.values()) == {"rolled_back", "held", "escalated", "flagged"}
     assert KIND_OF_EVENT["release.monitoring_inconclusive"] == "held"
+    assert KIND_OF_EVENT["scope.flagged"] == "flagged"  # the guard's flag on a settled scope
 
 
 def _rolled_back_release() -> tuple[ReleaseState, object]:
