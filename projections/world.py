@@ -239,10 +239,12 @@ def apply_undecodable(world: World, position: Position, subjects, reason: str = 
         current = w.releases.get(tokens[0])
         if current is not None:
             return replace(w, releases=w.releases.insert(tokens[0], replace(current, last_seq=position.seq)))
-    if family == "scope" and len(tokens) == 4 and tokens[3] == "activated":
+    if family == "scope" and len(tokens) == 4 and tokens[3] in ("activated", "pinned", "unpinned"):
         key = (tokens[0], tokens[1], tokens[2])
         current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, active_seq=position.seq)))
+        # activated: the activator's CAS; pinned/unpinned: the pin verbs' (on the scope's last sequence)
+        moved = {"active_seq": position.seq} if tokens[3] == "activated" else {"pin_seq": position.seq}
+        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, **moved)))
     if family == "channel" and len(tokens) == 3 and tokens[2] == "configured":
         problem = ChannelProblem(position.seq, reason[:PROBLEM_REASON_MAX])
         return replace(w, channel_problems=w.channel_problems.insert((tokens[0], tokens[1]), problem))
