@@ -159,6 +159,19 @@ async def test_junk_on_a_release_subject_never_locks_the_operator_out(rig: Rig):
     await rig.reach(aborted, "closed", "rolled_back")
     assert rig.app.follower.world.scope("prod", "canary", "internal").active.pack.digest == base_digest
 
+    # junk on a pin subject (the operator user may publish there) does not stop pin and unpin
+    operator = await nats.connect(rig.url, **rig.creds["operator"].connect_options())
+    try:
+        ack = await operator.jetstream().publish(rig.subjects.scope("prod", "canary", "internal", "pinned"), JUNK)
+    finally:
+        await operator.close()
+    await rig.app.follower.wait_for(ack.seq)
+    junk_seqs.append(ack.seq)
+    await rig.operator("pin", "prod/canary/internal", "--version", "1.0.0", "--until", "1h", "-m", "freeze for the incident")
+    await rig.operator("unpin", "prod/canary/internal", "-m", "incident over")
+    await wait_for(lambda: rig.app.follower.world.scope("prod", "canary", "internal").pin is None
+                   and rig.app.follower.world.scope("prod", "canary", "internal").last_pin is not None, 30, "pin then unpin")
+
     # the junk is visible, never an obstacle: each entry a dead letter the operator can list
     async def listed():
         rows = json.loads(await rig.operator("deadletter", "list", "--json"))
