@@ -15,6 +15,7 @@ import json
 import subprocess
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import pytest
@@ -48,6 +49,12 @@ class Rig:
     app: App
     producer: nats.NATS
     producer_key: SigningKey
+    data_dir: Path
+
+    def service_violations(self) -> list[str]:
+        """Permission violations of the service's own connection (its dead letters need none)."""
+        log = (self.data_dir / "nats-server.log").read_text(errors="replace")
+        return [line for line in log.splitlines() if "Violation" in line and "junk-service" in line]
 
     @property
     def subjects(self) -> Subjects:
@@ -96,7 +103,7 @@ def authed(tmp_path_factory):
     config, creds = authorized_config(data_dir, prefix, url)
     server = EmbeddedServer(store_dir=data_dir / "js", port=port, config_file=config, log_file=data_dir / "nats-server.log").start()
     try:
-        yield url, prefix, creds
+        yield url, prefix, creds, data_dir
     finally:
         server.stop()
 
@@ -104,7 +111,7 @@ def authed(tmp_path_factory):
 @pytest.fixture
 async def rig(authed):
     """The whole service as the service user, runtimes as the runtime user, a producer, a configured channel."""
-    url, prefix, creds = authed
+    url, prefix, creds, data_dir = authed
     subjects = Subjects(prefix)
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
     trust_root = trust_root_for(producer_key)
@@ -122,7 +129,7 @@ async def rig(authed):
                                    interval=0.1, seed=i, service_keys=ServiceKeys.of(service_key, list(CONSUMERS)))
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.run()))
-        yield Rig(url, prefix, creds, app, conns["producer"], producer_key)
+        yield Rig(url, prefix, creds, app, conns["producer"], producer_key, data_dir)
     finally:
         await cancel_and_wait(tasks)
         await app.stop()
@@ -179,3 +186,4 @@ async def test_junk_on_a_release_subject_never_locks_the_operator_out(rig: Rig):
         return kept if set(junk_seqs) <= kept else None
 
     await wait_until(listed, 20, "every junk entry to be dead-lettered", interval=0.2)
+    assert not rig.service_violations(), rig.service_violations()
