@@ -84,6 +84,10 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
         raise DecodeError(f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})", [{"code": "unsupported_schema_version", "field": "schema_version", "message": f"schema_version {version!r} is not supported"}])
     data = decode_payload(event_type, doc.get("data"))
     doc["data"] = data  # the document is ours (just parsed): no copy
+    if doc.get("scope") is None and subject is not None:
+        scope = scope_from_subject(event_type, subject, subjects or Subjects())
+        if scope is not None:
+            doc["scope"] = scope
     try:
         event = _validate_envelope(doc)
     except ValidationError as exc:
@@ -94,10 +98,32 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     if event.family not in FAMILIES:
         raise DecodeError(f"unknown event family in {event.type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event family in {event.type!r}"}])
     if event.family in SCOPE_FAMILIES and event.scope is None:
-        raise DecodeError(f"{event.family} events need a scope", [{"code": "missing_field", "field": "scope", "message": f"{event.family} events need a scope"}])
+        msg = f"{event.family} events need a scope (or the subject that names it)"
+        raise DecodeError(msg, [{"code": "missing_field", "field": "scope", "message": msg}])
     if subject is not None:
         check_subject(event, subject, subjects or Subjects())
     return event
+
+
+# A channel event's scope names no cohort: what the service itself writes there
+CHANNEL_EVENT_COHORT = "all"
+
+
+def scope_from_subject(event_type: str, subject: str, subjects: Subjects) -> dict[str, str] | None:
+    """The scope a scope or channel subject names, for an event that leaves `scope` null.
+
+    CONTRACT §3: `scope` may be null on every event whose subject names its scope, and a
+    consumer reads env/channel/cohort from the subject. None if the subject names none
+    (then the event is judged as it is: a scope event without a scope does not decode).
+    A subject whose tokens do not fit the event is refused later by `check_subject`.
+    """
+    family, _, suffix = event_type.partition(".")
+    parsed, tokens = subjects.parse(subject)
+    if family == "scope" and parsed == "scope" and len(tokens) == 4 and tokens[3] == suffix:
+        return {"env": tokens[0], "channel": tokens[1], "cohort": tokens[2]}
+    if family == "channel" and parsed == "channel" and len(tokens) == 3 and tokens[2] == suffix:
+        return {"env": tokens[0], "channel": tokens[1], "cohort": CHANNEL_EVENT_COHORT}
+    return None
 
 
 def scope_tuple(event: Event) -> tuple[str, str, str] | None:

@@ -13,14 +13,14 @@ releases still in flight go through the full models.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError
 from rpds import HashTrieMap, HashTrieSet
 
 from .releases import ReleaseState
 from .scopes import ScopeState
-from .world import ChannelState, World, tombstone
+from .world import ChannelProblem, ChannelState, World, tombstone
 
 FORMAT = 2  # 2: tombstones
 
@@ -35,6 +35,8 @@ class WorldImage:
     in_flight: list[str]
     trust_rotations: list[tuple[int, dict]]
     tombstones: list[tuple[str, int, str | None]]
+    # optional, so a snapshot written before it existed still loads
+    channel_problems: list[tuple[tuple[str, str], ChannelProblem]] = field(default_factory=list)
 
 
 _ADAPTER = TypeAdapter(WorldImage)
@@ -50,6 +52,7 @@ def dump_world(world: World) -> bytes:
         in_flight=sorted(world.in_flight),
         trust_rotations=list(world.trust_rotations),
         tombstones=sorted((rid, t.last_seq, t.outcome) for rid, t in world.tombstones.items()),
+        channel_problems=sorted(world.channel_problems.items()),
     )
     return zlib.compress(_ADAPTER.dump_json(image), 6)
 
@@ -70,4 +73,5 @@ def load_world(blob: bytes) -> World | None:
         in_flight=HashTrieSet(image.in_flight),
         trust_rotations=tuple((seq, doc) for seq, doc in image.trust_rotations),
         tombstones=HashTrieMap({rid: tombstone(seq, outcome) for rid, seq, outcome in image.tombstones}),
+        channel_problems=HashTrieMap({tuple(k): v for k, v in image.channel_problems}),
     )

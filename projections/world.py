@@ -38,6 +38,24 @@ class ChannelState:
     configured_by: str
 
 
+PROBLEM_REASON_MAX = 500  # a decode error can list many problems: enough to act on, bounded
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelProblem:
+    """The newest entry on a channel's subject is not a valid `channel.configured`.
+
+    Absence is not configuration: until a valid configuration follows, the channel is
+    known to be misconfigured (requests are rejected naming this), never silently
+    treated as unconfigured or as still holding its older configuration.
+    """
+    seq: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"channel config at seq {self.seq} could not be decoded: {self.reason}"
+
+
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """A closed release in an archiving world: enough to know it exists and to append after it."""
@@ -72,6 +90,7 @@ class World:
     in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
     trust_rotations: tuple[tuple[int, dict], ...] = ()  # (seq, signed root) as logged; see events/trust.py
     tombstones: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> Tombstone (archiving worlds only)
+    channel_problems: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelProblem
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
@@ -88,6 +107,10 @@ class World:
 
     def channel_state(self, env: str, channel: str) -> ChannelState | None:
         return self.channels.get((env, channel))
+
+    def channel_problem(self, env: str, channel: str) -> ChannelProblem | None:
+        """Why the channel's newest configuration entry could not be read, if it could not."""
+        return self.channel_problems.get((env, channel))
 
     def channel_config(self, env: str, channel: str) -> ChannelConfig:
         """The configuration, or the contract's default (one cohort `all`, no compatibility)."""
@@ -168,7 +191,8 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
         state = ChannelState(config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id)  # type: ignore[arg-type]
-        return replace(w, channels=w.channels.insert(key2, state))
+        # a valid configuration after an unreadable one settles it
+        return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
     return w
 
 
@@ -196,12 +220,13 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
             yield state
 
 
-def apply_undecodable(world: World, position: Position, subjects) -> World:
+def apply_undecodable(world: World, position: Position, subjects, reason: str = "not a valid event") -> World:
     """A log entry that is not a valid event still moves its subject's sequence.
 
     The CAS values the consumers use must match what is stored, so a garbage
     message on a release or scope subject bumps that subject's last sequence even
-    though it changes nothing else.
+    though it changes nothing else. On a channel's subject it is recorded as that
+    channel's problem (`reason` says why it did not decode): never as "no configuration".
     """
     if position.seq <= world.applied_seq:
         return world
@@ -214,8 +239,13 @@ def apply_undecodable(world: World, position: Position, subjects) -> World:
         current = w.releases.get(tokens[0])
         if current is not None:
             return replace(w, releases=w.releases.insert(tokens[0], replace(current, last_seq=position.seq)))
-    if family == "scope" and len(tokens) == 4 and tokens[3] == "activated":
+    if family == "scope" and len(tokens) == 4 and tokens[3] in ("activated", "pinned", "unpinned"):
         key = (tokens[0], tokens[1], tokens[2])
         current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, active_seq=position.seq)))
+        # activated: the activator's CAS; pinned/unpinned: the pin verbs' (on the scope's last sequence)
+        moved = {"active_seq": position.seq} if tokens[3] == "activated" else {"pin_seq": position.seq}
+        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, **moved)))
+    if family == "channel" and len(tokens) == 3 and tokens[2] == "configured":
+        problem = ChannelProblem(position.seq, reason[:PROBLEM_REASON_MAX])
+        return replace(w, channel_problems=w.channel_problems.insert((tokens[0], tokens[1]), problem))
     return w

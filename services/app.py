@@ -85,8 +85,8 @@ class App:
         self.subjects = Subjects(settings.prefix)
         self.log = EventLog(nc, self.js, self.subjects, signer=signer)
         self.snapshots = Snapshots(self.js, self.subjects)
-        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True)
         self.deadletters = DeadLetters(self.js, self.subjects)
+        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True, deadletters=self.deadletters)
         self.trust_root = trust_root
         self.clock = clock
         self._tasks: list[asyncio.Task] = []
@@ -170,7 +170,8 @@ class App:
         await self.ensure_layout()
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
-            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True)
+            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True,
+                                     deadletters=self.deadletters)
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         # consumers decide on a world at least as new as the log was at start; a cold start

@@ -46,6 +46,28 @@ class DeadLetters:
             headers={"Nats-Msg-Id": f"{consumer}:{stream}:{seq}"},
         )
 
+    async def record_undecodable(self, stream: str, seq: int, subject: str, data: bytes, reason: str) -> bool:
+        """Keep a log entry that is not a valid event, once (consumer `UNDECODABLE`).
+
+        Every service process folds the whole log, and a restart without a snapshot folds it
+        again: the record has a subject of its own (`<p>.deadletter.undecodable.<seq>`), so
+        an entry already kept is seen (stream info with a subject filter, which the service
+        may read) and not kept twice, however long ago it was. Returns whether it wrote one.
+        """
+        where = f"{self._subjects.deadletter(UNDECODABLE)}.{seq}"
+        try:
+            info = await self._js.stream_info(self._subjects.deadletter_stream, subjects_filter=where)
+            if (info.state.subjects or {}).get(where):
+                return False
+        except Exception as exc:  # unknown: keep it (the message id still drops a recent duplicate)
+            log.info("dead letters: could not check for an earlier record of %s seq %d: %s", stream, seq, exc)
+        record = deadletter_record(UNDECODABLE, stream, seq, subject, data, reason, 1)
+        log.warning("dead letter: log entry %s seq %d (%s) is not a valid event: %s", stream, seq, subject, reason)
+        await self._js.publish(where, compact_bytes(record), headers={"Nats-Msg-Id": f"{UNDECODABLE}:{stream}:{seq}"})
+        return True
+
+
+UNDECODABLE = "undecodable"  # the "consumer" named for log entries that nothing can read
 
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 class Follower:
     def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
-                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0, archive_closed: bool = False) -> None:
+                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0, archive_closed: bool = False,
+                 deadletters=None) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
@@ -43,6 +44,10 @@ class Follower:
         self._saved_time = time.monotonic()
         self.started_from = self.position  # 0: a full replay; else the snapshot's sequence
         self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
+        # a service's follower keeps every undecodable entry as a dead letter (`kxr deadletter`):
+        # junk on a subject no consumer reads (a channel's, say) is visible too, never just skipped
+        self._deadletters = deadletters
+        self._keeping: set[asyncio.Task] = set()
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -56,7 +61,8 @@ class Follower:
                     event = decode_event(entry.data, entry.subject, self._subjects)
                 except DecodeError as exc:
                     self.undecodable[entry.seq] = exc
-                    self.world = apply_undecodable(self.world, position, self._subjects)
+                    self.world = apply_undecodable(self.world, position, self._subjects, str(exc))
+                    self._keep_dead_letter(entry, exc)
                     event = None
                 else:
                     if self._archive_closed and needs_history(self.world, event):
@@ -73,6 +79,21 @@ class Follower:
                 self._wake()
         finally:
             await reader.close()
+
+    def _keep_dead_letter(self, entry, problem: DecodeError) -> None:
+        """In the background: the fold never waits on (nor stops for) a dead-letter write."""
+        if self._deadletters is None:
+            return
+
+        async def keep() -> None:
+            try:
+                await self._deadletters.record_undecodable(self._subjects.releases_stream, entry.seq, entry.subject, entry.data, str(problem))
+            except Exception as exc:
+                log.warning("undecodable log entry at seq %d not dead-lettered: %s", entry.seq, exc)
+
+        task = asyncio.get_running_loop().create_task(keep(), name=f"dead-letter seq {entry.seq}")
+        self._keeping.add(task)
+        task.add_done_callback(self._keeping.discard)
 
     async def _restore(self, release_id: str, seq: int) -> None:
         """A tombstoned release about to change (say, rolled back after it closed): whole again first.

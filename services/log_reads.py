@@ -70,13 +70,30 @@ async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, 
         await reader.close()
 
 
+def undecodable_reason(entry: RawEntry, subjects: Subjects) -> str:
+    """Why an entry `log_entries` gave as None does not decode (decoded again: junk is rare)."""
+    try:
+        decode_event(entry.data, entry.subject, subjects)
+    except DecodeError as exc:
+        return str(exc)
+    return "not a valid event"  # unreachable for an entry that failed once: decoding is pure
+
+
+def fold_entry(world: World, entry: RawEntry, position: Position, event: Event | None, subjects: Subjects) -> World:
+    """One entry of `log_entries` into the world; one that does not decode still moves its
+    subject's sequence (and is recorded where it matters): the expected sequences an operator
+    or consumer appends with are the log's real ones, not those of what could be decoded."""
+    if event is not None:
+        return apply(world, position, event)
+    return apply_undecodable(world, position, subjects, undecodable_reason(entry, subjects))
+
+
 async def load_world(js, subjects: Subjects, until: datetime | None = None) -> World:
     world = World()
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
-            for _, position, event in batch:
-                if event is not None:
-                    world = apply(world, position, event)
+            for entry, position, event in batch:
+                world = fold_entry(world, entry, position, event, subjects)
             gc_step()
     return world
 
@@ -88,10 +105,10 @@ async def release_history(js, subjects: Subjects, release_id: str, before_seq: i
     the whole log says about it at that point (how an archiving world restores a tombstone).
     """
     world = World()
-    async for _, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
+    async for entry, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
         if position.seq >= before_seq:
             break
-        world = apply(world, position, event) if event is not None else apply_undecodable(world, position, subjects)
+        world = fold_entry(world, entry, position, event, subjects)
     return world.release(release_id)
 
 

@@ -66,8 +66,10 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
         return ok
 
     channel_state = world.channel_state(env, channel)
-    check("target_exists", channel_state is not None,
-          f"{env}/{channel} is configured" if channel_state else f"channel {env}/{channel} has no configuration (kxr channel set)")
+    unreadable = world.channel_problem(env, channel)  # an unreadable newest config is a problem, never "no config"
+    check("target_exists", channel_state is not None and unreadable is None,
+          unreadable.describe() if unreadable else f"{env}/{channel} is configured" if channel_state
+          else f"channel {env}/{channel} has no configuration (kxr channel set)")
     cfg = world.channel_config(env, channel)
 
     plan = req.plan if req.plan else cfg.effective_plan

@@ -11,8 +11,10 @@ import asyncio
 from typing import Callable
 
 from events.model import PackRef
+from events.subjects import Subjects
 from .app import connect
-from .runtime_sdk import Identity
+from .permissions import inbox_for
+from .runtime_sdk import ChannelConfigUnavailable, Identity
 from .settings import ConfigError, Settings, load_service_keys, load_trust_root
 from .simulation import Behaviour, simulated_runtime
 from .tasks import SignalStop
@@ -27,7 +29,10 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
     stop = SignalStop()
     try:
         try:
-            nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}")
+            # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
+            # without it every read is denied. Harmless where NATS has no users.
+            nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}",
+                               inbox_prefix=inbox_for(Subjects(settings.prefix), "runtime"))
         except Exception as exc:
             raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
         try:
@@ -38,7 +43,10 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
                 on_switch(pack)
 
             runtime.on_switch = switched
-            cohort = await runtime.resolve_cohort()
+            try:
+                cohort = await runtime.resolve_cohort()
+            except ChannelConfigUnavailable as exc:  # no cohort is picked on a guess
+                raise ConfigError(f"runtime {identity.runtime_id} follows no cohort: {exc}") from None
             on_ready(cohort)
             await runtime.run()
         finally:

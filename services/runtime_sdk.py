@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from events.canonical import compact_bytes
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
@@ -34,6 +35,12 @@ from .verifier.gates import VerifyContext
 
 log = logging.getLogger(__name__)
 SampleFn = Callable[[str | None], dict]
+NO_MESSAGE = 10037  # JetStream's err_code for "no message found" (the subject is empty; the stream exists)
+
+
+class ChannelConfigUnavailable(RuntimeError):
+    """The channel's configuration could not be read or decoded: the runtime cannot know its
+    cohort, so it picks none (a guessed cohort would silently follow another cohort's pointer)."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,25 @@ class RuntimeClient:
         return self.cohort
 
     async def channel_config(self) -> ChannelConfig:
+        """The channel's configuration; the contract's default only when the log holds none.
+
+        Anything else (a denied or timed-out read, a missing log, an entry that does not
+        decode) raises `ChannelConfigUnavailable`: absence of an answer is not absence of a
+        configuration.
+        """
+        where = f"{self.id.env}/{self.id.channel}"
         try:
             msg = await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.channel(self.id.env, self.id.channel))
-        except Exception:  # no configuration yet: the contract's default channel
-            return DEFAULT_CHANNEL
+        except NotFoundError as exc:
+            if exc.err_code == NO_MESSAGE:  # the log exists and holds no configuration for this channel
+                return DEFAULT_CHANNEL
+            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.description or exc!r}") from None
+        except Exception as exc:
+            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}") from None
         try:
             event = decode_event(msg.data, msg.subject, self.subjects)
-        except DecodeError:
-            return DEFAULT_CHANNEL
+        except DecodeError as exc:
+            raise ChannelConfigUnavailable(f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}") from None
         return event.data  # type: ignore[return-value]
 
     @property
@@ -134,7 +152,13 @@ class RuntimeClient:
                 except DecodeError as exc:
                     log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
                     continue
-                await self.consider(event.data)  # type: ignore[arg-type]
+                try:
+                    await self.consider(event.data)  # type: ignore[arg-type]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # one pointer that went wrong must not stop the runtime following
+                    self.history.append((event.data.pack.digest, f"error: {exc!r}"))  # type: ignore[attr-defined]
+                    log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, entry.seq, exc)
         finally:
             await reader.close()
 
@@ -145,16 +169,25 @@ class RuntimeClient:
         problem = await self.verify(pointer.pack)
         took_ms = (time.perf_counter() - started) * 1000
         if problem is not None:
-            self.history.append((pointer.pack.digest, f"refused: {problem}"))
-            log.warning("runtime %s refused %s: %s", self.id.runtime_id, pointer.pack.short(), problem)
-            await self.report({"kind": "activation", "digest": pointer.pack.digest, "ok": False, "took_ms": took_ms, "error": problem})
+            await self.refused(pointer.pack, problem, took_ms)
             return
+        if self.on_switch is not None:
+            try:
+                await self.on_switch(pointer.pack)
+            except Exception as exc:  # the host did not switch: the old pack is still the active one
+                await self.refused(pointer.pack, f"switch failed: {exc.__class__.__name__}: {exc}", (time.perf_counter() - started) * 1000)
+                return
+            took_ms = (time.perf_counter() - started) * 1000
         self.active = pointer.pack
         self.history.append((pointer.pack.digest, "activated"))
-        if self.on_switch is not None:
-            await self.on_switch(pointer.pack)
         await self.report({"kind": "activation", "ok": True, "took_ms": took_ms, "error": None})
         self.switched.set()
+
+    async def refused(self, pack: PackRef, problem: str, took_ms: float) -> None:
+        """Not switched to `pack`: recorded, logged, and reported as an `ok: false` activation of it."""
+        self.history.append((pack.digest, f"refused: {problem}"))
+        log.warning("runtime %s refused %s: %s", self.id.runtime_id, pack.short(), problem)
+        await self.report({"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem})
 
     async def verify(self, pack: PackRef) -> str | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""

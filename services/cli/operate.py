@@ -233,9 +233,22 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: 
         async with session(nats_url) as (_, js, log):
             return await load_world(js, log.subjects)
 
-    state = run_async(go()).channel_state(env, channel)
-    if state is None:
+    world = run_async(go())
+    state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)
+    if state is None and problem is None:
         fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
-    shown = {"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
-             "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    shown = channel_shown(state, problem)
     output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown))
+    if problem is not None:  # shown in full above; and a script sees it in the exit status
+        fail(f"{env}/{channel}: {problem.describe()}; requests to it are rejected until `kxr channel set` writes a valid one")
+
+
+def channel_shown(state, problem) -> dict:
+    """What `kxr channel show` prints: the last readable configuration and, if the newest entry
+    could not be read, that problem (`config` is null when no entry ever could be)."""
+    shown: dict = {"configured_at": None, "configured_by": None, "seq": None, "config": None,
+                   "problem": {"seq": problem.seq, "reason": problem.reason, "message": problem.describe()} if problem else None}
+    if state is not None:
+        shown.update({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
+                      "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    return shown

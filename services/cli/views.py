@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from projections.evidence import EvidenceRecord
@@ -108,8 +109,14 @@ def fields_table(title: str, record: dict[str, Any]) -> Table:
 
 
 def channel_tables(name: str, shown: dict[str, Any]) -> list[Any]:
-    """`kxr channel show`: who configured it, its cohorts and plan, then monitoring, compatibility and policy."""
+    """`kxr channel show`: who configured it, its cohorts and plan, then monitoring, compatibility and policy;
+    first of all, if its newest configuration could not be read, that (see `operate.channel_shown`)."""
+    problem = shown.get("problem")
+    warning = [f"[bold red]channel {name}: UNREADABLE CONFIGURATION[/]: {escape(problem['message'])}; "
+               "requests are rejected until a valid one is set"] if problem else []
     cfg = shown["config"]
+    if cfg is None:
+        return warning
     cohorts = [{"cohort": c["name"], "tenants": ", ".join(c.get("tenants") or []) or None, "regions": ", ".join(c.get("regions") or []) or None,
                 "percent": f"[{c['percent'][0]}, {c['percent'][1]})" if c.get("percent") else None} for c in cfg["cohorts"]]
     plan = " -> ".join("+".join(stage) for stage in cfg.get("plan") or [[c["name"]] for c in cfg["cohorts"]])
@@ -122,7 +129,8 @@ def channel_tables(name: str, shown: dict[str, Any]) -> list[Any]:
         **{f"policy {k}": v for k, v in (cfg.get("policy") or {}).items()},
     }
     at = shown["configured_at"][:19].replace("T", " ")
-    return [f"channel {name}: configured by {shown['configured_by']} at {at} (log seq {shown['seq']})",
+    older = " (the last readable configuration, older than the problem above)" if problem else ""
+    return [*warning, f"channel {name}: configured by {shown['configured_by']} at {at} (log seq {shown['seq']}){older}",
             table("Cohorts (first match wins)", cohorts, ["cohort", "tenants", "regions", "percent"]),
             fields_table("Plan, monitoring and policy", settings)]
 

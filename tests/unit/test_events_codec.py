@@ -365,6 +365,52 @@ def test_subject_check_honours_the_prefix() -> None:
     assert decode_event(encode_event(event), "foo.release.r1.requested", Subjects("foo")) == event
 
 
+# ---- null scope: the subject names it (CONTRACT §3) -------------------------------------------
+
+
+@pytest.mark.parametrize("subject, scope", [
+    ("kx.channel.prod.canary.configured", {"env": "prod", "channel": "canary", "cohort": "all"}),
+    ("kx.channel.staging.eu-1.configured", {"env": "staging", "channel": "eu-1", "cohort": "all"}),
+], ids=["prod-canary", "staging-eu"])
+def test_channel_configured_with_null_scope_takes_env_and_channel_from_its_subject(subject: str, scope: dict) -> None:
+    doc = envelope("channel.configured")
+    doc["scope"] = None
+    event = decode_event(raw(doc), subject)
+    assert event.scope == Scope(**scope)
+    assert event.data == event_of("channel.configured").data
+
+
+def test_scope_event_with_null_scope_takes_its_scope_from_its_subject() -> None:
+    doc = envelope("scope.unpinned")
+    doc["scope"] = None
+    event = decode_event(raw(doc), "kx.scope.prod.canary.eu-early.unpinned")
+    assert event.scope == Scope(env="prod", channel="canary", cohort="eu-early")
+
+
+def test_null_scope_on_a_foreign_prefix_uses_that_prefix() -> None:
+    doc = envelope("channel.configured")
+    doc["scope"] = None
+    assert decode_event(raw(doc), "foo.channel.prod.canary.configured", Subjects("foo")).scope == CHANNEL_SCOPE
+
+
+@pytest.mark.parametrize("event_type, subject", [
+    ("channel.configured", None),                                   # no subject to read it from
+    ("channel.configured", "kx.release.r1.requested"),              # a subject that names no channel
+    ("scope.unpinned", "kx.scope.prod.canary.internal.pinned"),     # a scope subject of another type
+], ids=["no-subject", "release-subject", "other-suffix"])
+def test_null_scope_without_a_subject_naming_it_is_refused(event_type: str, subject: str | None) -> None:
+    doc = envelope(event_type)
+    doc["scope"] = None
+    err = decode_error(raw(doc), subject)
+    assert err.reasons[0]["code"] in ("missing_field", "wrong_subject"), err.reasons
+
+
+def test_a_given_scope_still_has_to_match_the_subject() -> None:
+    doc = envelope("channel.configured")  # scope prod/canary
+    err = decode_error(raw(doc), "kx.channel.prod.stable.configured")
+    assert err.reasons[0]["code"] == "wrong_subject"
+
+
 # ---- hostile tokens ------------------------------------------------------------------------
 
 HOSTILE: list[tuple[str, Any]] = [

@@ -552,8 +552,10 @@ def test_undecodable_on_a_scope_pointer_bumps_active_seq() -> None:
 
 @pytest.mark.parametrize(
     "subject",
-    ["kx.release.unknown.requested", "kx.scope.prod.canary.internal.pinned", "kx.channel.prod.canary.configured", "other.release.r1.closed", "kx.release.r1"],
-    ids=["unknown-release", "pin-subject", "channel", "foreign-prefix", "short"],
+    # (a pin subject moves the scope's pin sequence and a channel subject records a problem:
+    # tests/unit/test_contract_edges.py)
+    ["kx.release.unknown.requested", "kx.channel.prod.canary.configured", "other.release.r1.closed", "kx.release.r1"],
+    ids=["unknown-release", "channel", "foreign-prefix", "short"],
 )
 def test_undecodable_elsewhere_only_moves_applied_seq(subject: str) -> None:
     log = Log()
