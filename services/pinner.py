@@ -132,7 +132,7 @@ class Pinner:
             return  # superseded by a later pin or unpin: nothing to do for this one
         # max_pin_days, enforced here and not only by the CLI: measured from when the pin was
         # written (the earlier of its own time and ours, so a pin dated ahead gains nothing)
-        written = decode_event(msg.data, msg.subject).occurred_at
+        written = decode_event(msg.data, msg.subject, self.app.subjects).occurred_at
         too_long = pin_too_long(self.app.follower.world, scope, state.pin.until, min(written, self.app.clock()))
         if too_long:
             refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pin refused: {too_long}")
