@@ -406,3 +406,12 @@ def test_a_release_whose_every_cohort_is_pinned_closes_pinned() -> None:
     for e in chain.events:
         log.add(e.type, e.data.model_dump(), release_id="r1")
     assert log.world().release("r1").anomalies == ()
+
+
+def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
+    """If the close was lost after `prepared` (a race with the distributor), the promoter says `pinned`, not `failed`."""
+    log = history(Log())
+    log.through_verified("r1", stages=[], targets={}, skipped={"internal": "pinned", "rest": "pinned"})
+    log.add("release.activation_failed", {"stage": 0, "code": "no_such_stage", "message": "the plan has 0 stage(s)"}, release_id="r1")
+    event = single_event(decide(log))
+    assert (event.data.outcome, "internal: pinned" in event.data.summary) == ("pinned", True)
