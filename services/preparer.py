@@ -21,6 +21,7 @@ from projections.world import World
 from .health_reads import recent_reporters
 from .log import Entry
 from .outputs import Chain, Ctx, Output, release_event
+from .promoter import pinned_summary
 from .reactor import ReleaseReactor
 from .rollback_readiness import readiness_problems, target_problems
 from .worker import Poison
@@ -225,9 +226,8 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, i
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]
     event = release_event(ctx, release, "prepared", prepared)
     if not prepared.stages:  # every cohort pinned: the record of the plan, then the close that says so
-        skipped = "; ".join(f"{c}: {why}" for c, why in prepared.skipped.items())
         closed = release_event(ctx, replace(release, last_event_id=event.event_id), "closed",
-                               Closed(outcome="pinned", summary=f"nothing exposed: every target cohort is pinned ({skipped})"))
+                               Closed(outcome="pinned", summary=pinned_summary(prepared)))
         return [Chain((event, closed))]
     return [Chain((event,))]
 

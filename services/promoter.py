@@ -22,7 +22,7 @@ from events.ids import derived_event_id
 from datetime import datetime
 from typing import Mapping
 
-from events.model import Actor, Closed, Escalated, Expanded, PackRef, Promoted, Requested, RollbackPlan, RollbackStarted, Target
+from events.model import Actor, Closed, Escalated, Expanded, PackRef, Prepared, Promoted, Requested, RollbackPlan, RollbackStarted, Target
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World, scopes_of
@@ -126,7 +126,7 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, st
         if release.activated:
             return _rollback(world, release, ctx, "activation_failure", release.failure or "activation failed")
         if release.prepared is not None and not release.prepared.stages:
-            return _close(ctx, release, "pinned", f"nothing exposed: every target cohort is pinned ({_skipped(release)})")
+            return _close(ctx, release, "pinned", pinned_summary(release.prepared))
         return _close(ctx, release, "failed", f"never activated: {release.failure}")
     if phase == "failed":
         last = release.verdicts[-1][1] if release.verdicts else None
@@ -150,9 +150,10 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, st
     return []
 
 
-def _skipped(release: ReleaseState) -> str:
-    skipped = release.prepared.skipped if release.prepared else {}
-    return "; ".join(f"{c}: {why}" for c, why in skipped.items()) or "no cohort left"
+def pinned_summary(prepared: Prepared) -> str:
+    """The close summary of a release with nothing to roll out (the preparer writes it; this module, if that close was lost)."""
+    skipped = "; ".join(f"{c}: {why}" for c, why in prepared.skipped.items()) or "no cohort left"
+    return f"nothing exposed: every target cohort is pinned ({skipped})"
 
 
 def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str) -> list[Output]:
