@@ -75,10 +75,14 @@ class ChannelPolicy(_Cfg):
     allowed_sources: list[StrictStr] | None = None
     allowed_builders: list[StrictStr] | None = None
     forbid_downgrade: StrictBool = True
-    max_pin_days: StrictInt = Field(default=30, ge=0)
+    max_pin_days: StrictInt = Field(default=30, ge=0)  # the pinner refuses a longer pin (a recorded `unpinned` refused)
     # A DSSE-signed in-toto/SLSA provenance `sha256-<hex>.attestation` must sit beside the pack,
     # signed by a `builders` key of the trust root trusted for the attested builder id.
     require_attestation: StrictBool = False
+    # "promotion": only a release promoted from the channel before (the service's linked request,
+    # confirmed by the source's `promoted` event) is accepted; a direct request is rejected at
+    # pre-flight. For stable/lts (seed pitfall "too broad too early").
+    accept: Literal["any", "promotion"] = "any"
 
 
 class ChannelConfig(_Cfg):

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from .evolve import evolve
 from events.model import (
-    Activated, Closed, Event, MonitoringStarted, MonitoringVerdict, PackRef, Prepared,
+    Activated, Actor, Closed, Event, MonitoringStarted, MonitoringVerdict, PackRef, Prepared,
     Requested, RollbackStarted, RolledBack, Verified, Distributed, Promoted,
 )
 
@@ -50,7 +50,7 @@ _OPERATOR = {"paused", "resumed", "annotated", "aborted", "escalated"}
 TRANSITIONS: dict[str | None, set[str]] = {
     None: {"requested", "rejected"},  # rejected: a request that did not decode
     "requested": {"prepared", "rejected"} | _OPERATOR,
-    "prepared": {"distributed", "verification_failed"} | _OPERATOR,
+    "prepared": {"distributed", "verification_failed", "closed"} | _OPERATOR,  # closed: `pinned`, nothing to roll out
     "distributed": {"verified", "verification_failed"} | _OPERATOR,
     "verified": {"activated", "activation_failed"} | _OPERATOR,
     "activated": {"monitoring_started", "rollback_started"} | _OPERATOR,
@@ -68,6 +68,15 @@ TRANSITIONS: dict[str | None, set[str]] = {
     "verification_failed": {"closed", "annotated"},
     "closed": {"annotated", "rollback_started"},  # an operator may still roll a finished release back
 }
+
+# Abort is final: after `aborted` a release may only be rolled back, escalate and hold, or be
+# closed as a failure. These steps move it on instead, whatever phase it is in; the fold
+# reports them (the phase table alone cannot: an aborted release that escalated is `held`,
+# the same phase an inconclusive window leaves, where passing a window is legal).
+ILLEGAL_AFTER_ABORT = frozenset({"activated", "monitoring_started", "monitoring_passed", "expanded", "promoted"})
+CLOSE_AFTER_ABORT = frozenset({"aborted", "failed", "rolled_back"})
+# the phases from which a release may close with each outcome that claims exposure went well
+_CLOSE_SUCCESS_FROM = frozenset({"passed", "promoted"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,9 @@ class ReleaseState:
     rollback: RollbackStarted | None = None
     rolled_back: RolledBack | None = None
     promoted: Promoted | None = None
+    overrides: tuple[tuple[int, str], ...] = ()  # (stage, operator) of each window passed by an operator's word
+    requested_by: Actor | None = None  # who appended the request (a promotion: the service)
+    promotion_confirmed_by: str | None = None  # the release whose `promoted` event names this one
     aborted: bool = False
     outcome: str | None = None
     failure: str | None = None  # the reason a release stopped, for status views
@@ -115,6 +127,27 @@ class ReleaseState:
     def in_flight(self) -> bool:
         return self.phase is not None and self.phase != TERMINAL
 
+    @property
+    def stages_passed_on_data(self) -> frozenset[int]:
+        """Stages whose window the monitor passed on samples (an operator's pass does not count)."""
+        return frozenset(v.stage for kind, v in self.verdicts if kind == "monitoring_passed" and not is_override(v) and v.samples > 0)
+
+    @property
+    def stages_passed_by_override(self) -> list[int]:
+        """Stages that moved on only because an operator passed their window (0-based, in order)."""
+        on_data = self.stages_passed_on_data
+        return sorted({v.stage for kind, v in self.verdicts if kind == "monitoring_passed" and v.stage not in on_data})
+
+    @property
+    def passed_on_data(self) -> bool:
+        """Every stage of the plan passed a window on its own data: the only way to known-good."""
+        return bool(self.stages) and self.stages_passed_on_data >= set(range(len(self.stages)))
+
+
+def is_override(verdict: MonitoringVerdict) -> bool:
+    # logs written before the flag existed say so only in the reason (services/operator.py wrote it)
+    return verdict.override or verdict.reason.startswith("operator override")
+
 
 def triggers_for(phases: frozenset[str]) -> tuple[str, ...]:
     """The event types after which a release can be in one of `phases` and decided on.
@@ -133,6 +166,10 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
     anomalies = state.anomalies
     if suffix not in TRANSITIONS.get(state.phase, ()):
         anomalies = anomalies + (f"{suffix} after {state.phase or 'nothing'}",)
+    elif state.aborted and (suffix in ILLEGAL_AFTER_ABORT or (suffix == "closed" and getattr(event.data, "outcome", None) not in CLOSE_AFTER_ABORT)):
+        anomalies = anomalies + (f"{suffix}{_outcome_of(event)} after aborted: abort is final",)
+    elif suffix == "closed" and getattr(event.data, "outcome", None) == "success" and not (state.phase in _CLOSE_SUCCESS_FROM and state.passed_on_data):
+        anomalies = anomalies + ("closed success without every stage passed by monitoring on data",)
     new_phase = PHASE_AFTER.get(suffix)
     # one copy per event (replay cost): the common changes, then the event's own
     changes: dict = {"phase": new_phase if new_phase is not None else state.phase, "last_seq": seq,
@@ -144,7 +181,7 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
             if state.requested is not None:  # a release id is requested once; the first request stands
                 changes["phase"] = state.phase
             else:
-                changes.update(requested=data, requested_at=event.occurred_at)
+                changes.update(requested=data, requested_at=event.occurred_at, requested_by=event.actor)
         case "prepared":
             assert isinstance(data, Prepared)
             changes["prepared"] = data
@@ -165,6 +202,8 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
             assert isinstance(data, MonitoringVerdict)
             reason = None if suffix == "monitoring_passed" else f"{suffix}: {data.reason}"
             changes.update(verdicts=state.verdicts + ((suffix, data),), failure=reason or state.failure)
+            if suffix == "monitoring_passed" and is_override(data):
+                changes["overrides"] = state.overrides + ((data.stage, event.actor.id),)
         case "rollback_started":
             assert isinstance(data, RollbackStarted)
             changes.update(rollback=data, failure=state.failure or f"rollback: {data.reason}")
@@ -186,6 +225,11 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
             assert isinstance(data, Closed)
             changes["outcome"] = data.outcome
     return evolve(state, changes)
+
+
+def _outcome_of(event: Event) -> str:
+    outcome = getattr(event.data, "outcome", None)
+    return f"({outcome})" if outcome else ""
 
 
 def failure_text(data) -> str:

@@ -178,8 +178,12 @@ def apply(world: World, position: Position, event: Event) -> World:
         in_flight = world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
         w = evolve(world, {"applied_seq": position.seq, "releases": world.releases.insert(event.release_id, updated),
                            "in_flight": in_flight})
-        if event.suffix == "closed" and updated.outcome == "success":
+        if event.suffix == "closed" and updated.outcome == "success" and updated.passed_on_data:
+            # defensively both: the outcome, and the evidence it claims (a forged or buggy
+            # `success` after an operator's pass must not make its pack a rollback target)
             w = _mark_release_known_good(w, updated)
+        elif event.suffix == "promoted":
+            w = _confirm_promotion(w, updated)
         return w
     w = evolve(world, {"applied_seq": position.seq})
     if family == "scope" and event.scope:
@@ -194,6 +198,19 @@ def apply(world: World, position: Position, event: Event) -> World:
         # a valid configuration after an unreadable one settles it
         return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
     return w
+
+
+def _confirm_promotion(world: World, source: ReleaseState) -> World:
+    """Record on the linked release that its source's `promoted` event names it.
+
+    The source closes (and is tombstoned) soon after; the linked release keeps the proof
+    that it arrived by promotion, for a channel that accepts nothing else.
+    """
+    linked_id = source.promoted.promoted_to if source.promoted else None
+    linked = world.releases.get(linked_id) if linked_id else None
+    if linked is None or linked.requested is None or linked.requested.promoted_from != source.release_id:
+        return world
+    return replace(world, releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)))
 
 
 def _mark_release_known_good(world: World, release: ReleaseState) -> World:

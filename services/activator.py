@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Mapping
 
 from events.ids import derived_event_id
-from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.manifest import manifest_object_name
 from events.versions import parse_version
 from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, ScopeActivated, VersionDigest
 from projections.releases import ReleaseState
 from projections.world import World
 from .outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
-from .packstore import PackStore
 from .reactor import ReleaseReactor
-from .verifier.gates import VerifyContext, check_manifest
+from .rollback_readiness import target_problem
 
 NAME = "activator"
 
@@ -140,30 +139,7 @@ class Activator(ReleaseReactor):
         return decide_rollout(world, release, ctx)
 
     async def target_problem(self, target: PackRef, release, ctx) -> str | None:
-        """Why a rollback target can no longer be activated (None: it can).
-
-        Fast-track, not a full re-verification: the manifest must still verify under the
-        trust root and not be expired, and the pack object must be present with its size.
-        """
-        trust_root = self.app.current_trust_root()
-        if trust_root is None:
-            return "no trust root configured for the activator"
-        store = PackStore(self.app.js, self.app.subjects)
-        try:
-            manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
-            size = await store.size(pack_object_name(target.digest))
-        except Exception as exc:  # fail closed: an unreadable target is not a target
-            return f"cannot read target objects: {exc}"
-        if size is None:
-            return "pack object missing"
+        """Why a rollback target can no longer be activated (None: it can): services/rollback_readiness.py."""
         assert release.prepared is not None
-        check = check_manifest(manifest, VerifyContext(
-            request_name=target.name, request_version=target.version, request_digest=target.digest,
-            env=release.prepared.target.env, channel=release.prepared.target.channel, cohorts=tuple(release.activated),
-            channel_config=None, active={}, trust_root=trust_root, now=ctx.now, purpose="rollback",
-        ))
-        if check.failure is not None:
-            return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
-        if check.manifest is not None and check.manifest.size != size:
-            return f"pack object is {size} bytes, manifest says {check.manifest.size}"
-        return None
+        return await target_problem(self.app, target, release.prepared.target.env, release.prepared.target.channel,
+                                    tuple(release.activated), ctx.now)

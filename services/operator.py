@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from events.codec import make_event
-from events.model import Actor, Event, MonitoringStarted, MonitoringVerdict, OperatorNote, RollbackStarted
+from events.model import Actor, Closed, Event, MonitoringStarted, MonitoringVerdict, OperatorNote, RollbackStarted
 from projections.releases import ReleaseState
 from projections.world import World
 from .outputs import Ctx
 from .promoter import rollback_targets
 
 ROLLBACK_TRIGGERS = ("operator", "policy_violation", "tenant_impact")
+CLOSE_OUTCOMES = ("failed", "aborted")  # what an operator may close a held release as: never a success
+# closed releases that still run their pack somewhere (an operator may roll them back)
+_RUNNING_OUTCOMES = ("success", "promoted_by_override")
 
 
 class OperatorError(ValueError):
@@ -78,20 +81,37 @@ def annotate(world: World, release_id: str, rationale: str, incident: str | None
     return _event(r, "annotated", OperatorNote(rationale=rationale, incident=incident), actor, now)
 
 
+def _refuse_if_aborted(r: ReleaseState, what: str) -> None:
+    if r.aborted:
+        raise OperatorError(f"release {r.release_id} was aborted and abort is final: it cannot be {what}; "
+                            f"roll it back or close it (kxr release close {r.release_id} --outcome aborted -m ...)")
+
+
 def promote(world: World, release_id: str, rationale: str, actor: Actor, now: datetime) -> Action:
-    """Pass a held (inconclusive) window on an operator's word, recorded as such."""
+    """Pass a held (inconclusive) window on an operator's word, recorded as such.
+
+    The verdict carries `override`: the release moves on, but closes `promoted_by_override`,
+    is never promoted to the next channel, and its pack never becomes last-known-good.
+    """
     r = _release(world, release_id)
+    _refuse_if_aborted(r, "promoted")
     if r.phase != "held" or r.monitoring is None:
         raise OperatorError(f"release {release_id} is {r.phase}: only a held (inconclusive) window can be promoted by hand")
-    verdict = MonitoringVerdict(stage=r.monitoring.stage, reason=f"operator override by {actor.id}: {_require_rationale(rationale)}")
+    verdict = MonitoringVerdict(stage=r.monitoring.stage, reason=f"operator override by {actor.id}: {_require_rationale(rationale)}",
+                                override=True)
     return _event(r, "monitoring_passed", verdict, actor, now)
 
 
 def extend(world: World, release_id: str, window_s: int, rationale: str, actor: Actor, now: datetime) -> Action:
-    """Open a new window for the held stage (e.g. to gather the samples it lacked)."""
+    """Open a new window for the held stage (e.g. to gather the samples it lacked), no shorter than the channel's."""
     r = _release(world, release_id)
+    _refuse_if_aborted(r, "extended")
     if r.phase != "held" or r.monitoring is None:
         raise OperatorError(f"release {release_id} is {r.phase}: only a held window can be extended")
+    if r.prepared is not None:
+        minimum = world.channel_config(r.prepared.target.env, r.prepared.target.channel).monitoring.window_s
+        if window_s < minimum:
+            raise OperatorError(f"a window of {window_s}s is shorter than the channel's minimum of {minimum}s")
     m = r.monitoring
     monitoring = m.monitoring.model_copy(update={"window_s": window_s})
     started = MonitoringStarted(stage=m.stage, cohorts=m.cohorts, digest=m.digest, starts_at=now,
@@ -101,14 +121,31 @@ def extend(world: World, release_id: str, window_s: int, rationale: str, actor: 
 
 
 def rollback(world: World, release_id: str, trigger: str, reason: str, actor: Actor, now: datetime) -> Action:
-    """Roll a release's cohorts back to pin/LKG now: policy violation, tenant impact, or judgement."""
+    """Roll a release's cohorts back now (policy violation, tenant impact, or judgement), to the
+    targets of the release's own rollback strategy (`promoter.rollback_target`)."""
     r = _release(world, release_id)
     if trigger not in ROLLBACK_TRIGGERS:
         raise OperatorError(f"trigger must be one of {', '.join(ROLLBACK_TRIGGERS)}")
     if not r.activated:
         raise OperatorError(f"release {release_id} never activated anything: nothing to roll back (abort it instead)")
-    if r.phase in ("rolling_back", "rolled_back") or (r.closed and r.outcome != "success"):
+    if r.phase in ("rolling_back", "rolled_back") or (r.closed and r.outcome not in _RUNNING_OUTCOMES):
         raise OperatorError(f"release {release_id} is {r.phase} ({r.outcome or 'in flight'}): it is not running anywhere to roll back")
     ctx = Ctx(now=now, service=actor.id)
     started = RollbackStarted(trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, ctx))  # type: ignore[arg-type]
     return _event(r, "rollback_started", started, actor, now)
+
+
+def close(world: World, release_id: str, outcome: str, rationale: str, actor: Actor, now: datetime) -> Action:
+    """End a held release (escalated or inconclusive, aborted or not) as a failure, on the record.
+
+    The way out for a release that cannot roll back (no usable target) or that an operator
+    gives up on: its cohorts stay where they are, and nothing about it counts as known-good.
+    """
+    r = _release(world, release_id)
+    if outcome not in CLOSE_OUTCOMES:
+        raise OperatorError(f"--outcome must be one of {', '.join(CLOSE_OUTCOMES)}")
+    if r.phase != "held":
+        raise OperatorError(f"release {release_id} is {r.phase or 'unknown'}: only a held release can be closed by hand")
+    why = _require_rationale(rationale)
+    summary = f"closed {outcome} by operator {actor.id} while held ({r.failure or 'held'}): {why}"
+    return _event(r, "closed", Closed(outcome=outcome, summary=summary), actor, now)  # type: ignore[arg-type]

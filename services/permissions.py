@@ -21,7 +21,7 @@ The roles (docs/permissions.md has the full allow lists):
 - runtime:  reads the log (scope pointers, channel config, trust rotations) and packs,
             publishes `<p>.health.*.*.*.*`; cannot subscribe to health nor read the
             health stream, so it cannot see another tenant's samples.
-- operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback,
+- operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback/close,
             pin/unpin, channel configuration, trust rotation); reads the log, dead letters and
             stored health (`kxr watch`).
 - auditor:  reads the log; publishes nothing.
@@ -44,7 +44,8 @@ API = "$JS.API"
 DEFAULT_INBOX = "_INBOX"
 
 # The operator's own events (services/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
-OPERATOR_RELEASE_SUFFIXES = ("paused", "resumed", "aborted", "annotated", "monitoring_passed", "monitoring_started", "rollback_started")
+OPERATOR_RELEASE_SUFFIXES = ("paused", "resumed", "aborted", "annotated", "monitoring_passed", "monitoring_started", "rollback_started",
+                             "closed")  # closed: `kxr release close` ends a held release as failed/aborted
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from datetime import datetime
 
-from events.codec import make_event
+from events.codec import decode_event, make_event
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
 from events.model import Actor, Event, PackRef, Scope, ScopeActivated, ScopePinned, ScopeUnpinned, VersionDigest
@@ -42,15 +42,27 @@ def find_pack(world: World, env: str, channel: str, version: str) -> PackRef:
     raise OperatorError(f"no pack with version {version} was ever verified for {env}/{channel}")
 
 
+def pin_too_long(world: World, scope: Scope, until: datetime, pinned_at: datetime) -> str | None:
+    """Why a pin breaks the channel's `max_pin_days` (None: it does not).
+
+    One rule for both sides: the CLI refuses to write such a pin, and the pinner refuses
+    (records `unpinned` reason `refused`) one that reached the log anyway.
+    """
+    max_days = world.channel_config(scope.env, scope.channel).policy.max_pin_days
+    if (until - pinned_at).total_seconds() > max_days * 86400:
+        return f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days); this one runs until {until.isoformat()}"
+    return None
+
+
 def pin(world: World, scope: Scope, version: str, until: datetime, rationale: str, actor: Actor, now: datetime) -> tuple[Event, int]:
     """The operator's `scope.pinned` and the scope sequence it must follow."""
     if not rationale.strip():
         raise OperatorError("a pin needs a rationale")
     if until <= now:
         raise OperatorError("--until must be in the future")
-    max_days = world.channel_config(scope.env, scope.channel).policy.max_pin_days
-    if (until - now).total_seconds() > max_days * 86400:
-        raise OperatorError(f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days)")
+    too_long = pin_too_long(world, scope, until, now)
+    if too_long:
+        raise OperatorError(too_long)
     if world.channel_state(scope.env, scope.channel) is None:
         raise OperatorError(f"channel {scope.env}/{scope.channel} is not configured")
     if scope.cohort not in world.channel_config(scope.env, scope.channel).cohort_names:
@@ -118,6 +130,14 @@ class Pinner:
         scope, state = self._scope(parts[2], parts[3], parts[4])
         if state.pin is None or state.pin_seq != seq:
             return  # superseded by a later pin or unpin: nothing to do for this one
+        # max_pin_days, enforced here and not only by the CLI: measured from when the pin was
+        # written (the earlier of its own time and ours, so a pin dated ahead gains nothing)
+        written = decode_event(msg.data, msg.subject, self.app.subjects).occurred_at
+        too_long = pin_too_long(self.app.follower.world, scope, state.pin.until, min(written, self.app.clock()))
+        if too_long:
+            refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pin refused: {too_long}")
+            await self.app.log.append(self.scope_entry(refused, scope, state))
+            return
         until = state.pin.until
         await self.app.schedule(Timer(key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=until,
                                       payload={"seq": seq}, msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}"))

@@ -8,19 +8,22 @@ otherwise `release.prepared` is the plan the rest of the release follows.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Mapping
 
 from events.codec import make_event
 from events.ids import derived_event_id
 from events.tokens import is_token
-from events.model import ChecklistItem, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
+from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
 from projections.releases import ReleaseState
 from projections.world import World
 from .health_reads import recent_reporters
 from .log import Entry
 from .outputs import Chain, Ctx, Output, release_event
+from .promoter import pinned_summary
 from .reactor import ReleaseReactor
+from .rollback_readiness import readiness_problems, target_problems
 from .worker import Poison
 
 NAME = "preparer"
@@ -54,8 +57,58 @@ def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
     return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
 
 
+def coarser_than_channel(requested: list[list[str]], channel_plan: list[list[str]]) -> str:
+    """Why a requested plan exposes more at once than the channel allows ("" when it does not).
+
+    Each requested stage must fit inside one channel stage (it may split one, never merge
+    two), and the stages must keep the channel's order.
+    """
+    stage_of = {c: i for i, stage in enumerate(channel_plan) for c in stage}
+    problems, last = [], -1
+    for n, stage in enumerate(requested, 1):
+        spans = sorted({stage_of[c] for c in stage if c in stage_of})
+        if len(spans) > 1:
+            problems.append(f"stage {n} {stage} spans channel stages {[i + 1 for i in spans]}")
+        elif spans and spans[0] < last:
+            problems.append(f"stage {n} {stage} comes before channel stage {last + 1}")
+        if spans:
+            last = max(last, spans[-1])
+    return ("plan coarser than the channel's: " + "; ".join(problems)) if problems else ""
+
+
+def promotion_confirmed(release: ReleaseState) -> bool:
+    """The request is a genuine promotion: the service wrote it, and its source's `promoted` names it."""
+    req = release.requested
+    return (req is not None and req.promoted_from is not None and release.requested_by is not None
+            and release.requested_by.kind == "service" and release.promotion_confirmed_by == req.promoted_from)
+
+
+def _promotion_gap(release: ReleaseState) -> str:
+    req = release.requested
+    if req is None or req.promoted_from is None:
+        return "names no release it was promoted from"
+    if release.requested_by is None or release.requested_by.kind != "service":
+        by = release.requested_by
+        return f"was written by {by.kind}:{by.id}, not by the service" if by else "has no known writer"
+    return f"is not named by a `promoted` event of release {req.promoted_from}"
+
+
+def awaiting_promotion(world: World, release: ReleaseState) -> bool:
+    """The source is about to record `promoted` (the service writes the linked request first)."""
+    req = release.requested
+    if req is None or req.promoted_from is None or promotion_confirmed(release):
+        return False
+    source = world.release(req.promoted_from)
+    return source is not None and source.phase == "passed" and source.promoted is None
+
+
 def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
-              health_error: str | None = None) -> tuple[list[ChecklistItem], Prepared | None]:
+              health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> tuple[list[ChecklistItem], Prepared | None]:
+    """The checklist, and the plan if every item passed.
+
+    `ready`: rollback target digest -> why it is unusable (None: usable), as the adapter
+    observed it; None when not observed (a replay), and then no readiness item is recorded.
+    """
     req = release.requested
     assert req is not None
     env, channel = req.target.env, req.target.channel
@@ -77,11 +130,13 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
     flat = [c for stage in plan for c in stage]
     unknown = sorted(set(flat) - known)
     dupes = sorted({c for c in flat if flat.count(c) > 1})
-    plan_ok = bool(plan) and all(plan) and not unknown and not dupes
+    coarser = coarser_than_channel(req.plan, cfg.effective_plan) if req.plan and not unknown else ""
+    plan_ok = bool(plan) and all(plan) and not unknown and not dupes and not coarser
     detail = "; ".join(filter(None, [
         f"unknown cohorts {unknown}" if unknown else "",
         f"cohorts named twice {dupes}" if dupes else "",
         "empty stage" if not all(plan) or not plan else "",
+        coarser,
     ]))
     check("cohort_plan_valid", plan_ok, detail or f"{len(plan)} stage(s): " + " -> ".join("+".join(s) for s in plan))
 
@@ -99,8 +154,9 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
             skipped[cohort] = f"pinned to {pin.pack.version} until {pin.until.isoformat()}: {pin.rationale}"
     stages = [[c for c in stage if c not in skipped] for stage in plan]
     stages = [s for s in stages if s]
-    check("cohorts_to_roll_out", bool(stages) or not plan_ok,
-          "every target cohort is pinned" if not stages else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped")
+    # Every cohort pinned is not a failure: nothing is exposed, and the release closes `pinned`.
+    check("cohorts_to_roll_out", True,
+          "every target cohort is pinned: nothing to roll out" if not stages else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped")
 
     strategy = req.rollback.strategy
     targets: dict[str, PackRef | None] = {}
@@ -127,6 +183,14 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
             targets[cohort] = target
     check("rollback_target", not problems, "; ".join(problems) or f"strategy {strategy}: " + ", ".join(
         f"{c}->{t.version if t else 'none'}" for c, t in targets.items()))
+    if ready is not None and not problems:
+        unready = readiness_problems(targets, strategy, ready)
+        check("rollback_target_ready", not unready, "; ".join(unready) or "every target is trusted, unexpired and present in the pack store")
+
+    if cfg.policy.accept == "promotion":
+        check("accepts_request", promotion_confirmed(release),
+              f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
+              + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"))
 
     if health_error is not None and not req.acknowledge_no_health:
         check("observability", False, f"runtime health could not be read: {health_error}")
@@ -149,17 +213,25 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
 
 
 def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
-           health_error: str | None = None) -> list[Output]:
+           health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
+    cfg = world.channel_config(release.requested.target.env, release.requested.target.channel)
+    if cfg.policy.accept == "promotion" and awaiting_promotion(world, release):
+        return []  # decided again once the source's `promoted` is in the log (the reconcile sweep)
     try:
-        items, prepared = preflight(world, release, ctx, health, health_error)
+        items, prepared = preflight(world, release, ctx, health, health_error, ready)
     except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
         items, prepared = [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")], None
     if prepared is None:
         reasons = [Reason(code=i.item, message=i.detail, field=None) for i in items if not i.ok]
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]
-    return [Chain((release_event(ctx, release, "prepared", prepared),))]
+    event = release_event(ctx, release, "prepared", prepared)
+    if not prepared.stages:  # every cohort pinned: the record of the plan, then the close that says so
+        closed = release_event(ctx, replace(release, last_event_id=event.event_id), "closed",
+                               Closed(outcome="pinned", summary=pinned_summary(prepared)))
+        return [Chain((event, closed))]
+    return [Chain((event,))]
 
 
 # ---- adapter ------------------------------------------------------------------------------------
@@ -174,13 +246,25 @@ class Preparer(ReleaseReactor):
             return []
         req = release.requested
         cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+        ready = await self.observe_targets(world, release, ctx)
         try:
             health = await recent_reporters(
                 self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
             )
         except Exception as exc:  # fail closed: unknown observability is not observability
-            return decide(world, release, ctx, None, f"{exc.__class__.__name__}: {exc}")
-        return decide(world, release, ctx, health)
+            return decide(world, release, ctx, None, f"{exc.__class__.__name__}: {exc}", ready)
+        return decide(world, release, ctx, health, None, ready)
+
+    async def observe_targets(self, world, release, ctx) -> dict[str, str | None]:
+        """Rollback readiness of the targets pre-flight would record (checked in the pack store)."""
+        try:
+            _, prepared = preflight(world, release, ctx, None)
+        except (ValueError, TypeError):
+            return {}  # the request is answered with the reason by `decide`
+        if prepared is None:
+            return {}
+        return await target_problems(self.app, prepared.rollback_targets.values(), prepared.target.env, prepared.target.channel,
+                                     tuple(c for s in prepared.stages for c in s), ctx.now)
 
     async def on_undecodable(self, msg, release_id, problem):
         """A request that does not decode is answered with `rejected`, listing every problem."""

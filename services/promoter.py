@@ -1,11 +1,16 @@
 """Promoter: moves a release on after each verdict, and closes it.
 
 - window passed -> next stage (`expanded`), or after the last stage `promoted`
-  (a linked release on the next channel, through every gate again) and `closed`
+  (a linked release on the next channel, through every gate again) and `closed`;
+  before either, every rollback the next step relies on must be ready (`observe`
+  checks the targets, a problem holds the release: `escalated` `rollback_not_ready`)
+- a stage passed on an operator's word -> `closed` `promoted_by_override`, never
+  `success` (its pack never becomes last-known-good) and never promoted
 - window failed, activation failed after exposure, abort -> `rollback_started`
-  with a deterministic target per cohort: its pin, else its last-known-good
+  with a deterministic target per cohort: the chosen strategy's, never another's
 - rejected / verification failed / nothing exposed -> `closed` (never activated)
 - inconclusive -> nothing: the release holds for an operator
+- aborted -> never moves on again: it rolls back, holds, or an operator closes it
 """
 
 from __future__ import annotations
@@ -14,31 +19,55 @@ import hashlib
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from events.model import Actor, Closed, Expanded, PackRef, Promoted, Requested, RollbackPlan, RollbackStarted, Target
+from datetime import datetime
+from typing import Mapping
+
+from events.model import Actor, Closed, Escalated, Expanded, PackRef, Prepared, Promoted, Requested, RollbackPlan, RollbackStarted, Target
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World, scopes_of
 from .outputs import Chain, Ctx, NewRelease, Output, release_event
 from .reactor import ReleaseReactor
+from .rollback_readiness import readiness_problems, target_problems
 
 NAME = "promoter"
 
 
-def rollback_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
-    """Per cohort: the pin in force, else last-known-good, else what the plan recorded."""
+def rollback_target(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:
+    """Where the release's chosen strategy sends `cohort` back to (None: nowhere; the activator escalates).
+
+    A pin in force comes first whatever the strategy: it is the operator's current word for
+    the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
+    pre-flight recorded; `lkg`: the scope's last-known-good now, unless that is this very
+    pack, else the one pre-flight recorded. A strategy never falls back to another's target:
+    an unusable choice holds and escalates.
+    """
     assert release.prepared is not None
     env, channel = release.prepared.target.env, release.prepared.target.channel
-    out: dict[str, PackRef | None] = {}
-    for cohort in release.activated:
-        scope = world.scope(env, channel, cohort)
-        pin = scope.pinned_at(ctx.now)
-        if pin is not None:
-            out[cohort] = pin.pack
-        elif scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
-            out[cohort] = scope.lkg
-        else:
-            out[cohort] = release.prepared.rollback_targets.get(cohort)
-    return out
+    scope = world.scope(env, channel, cohort)
+    pin = scope.pinned_at(now)
+    if pin is not None:
+        return pin.pack
+    recorded = release.prepared.rollback_targets.get(cohort)
+    if release.prepared.rollback_strategy == "pinned":
+        return recorded
+    if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
+        return scope.lkg
+    return recorded
+
+
+def rollback_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
+    """Per exposed cohort: `rollback_target`."""
+    return {cohort: rollback_target(world, release, cohort, ctx.now) for cohort in release.activated}
+
+
+def readiness_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
+    """The rollback targets the next step relies on: every cohort exposed so far and the next stage's."""
+    assert release.prepared is not None
+    nxt = release.stage + 1
+    upcoming = release.prepared.stages[nxt] if nxt < len(release.prepared.stages) else []
+    cohorts = list(release.activated) + [c for c in upcoming if c not in release.activated]
+    return {cohort: rollback_target(world, release, cohort, ctx.now) for cohort in cohorts}
 
 
 def promotion_blockers(release: ReleaseState) -> list[str]:
@@ -48,7 +77,7 @@ def promotion_blockers(release: ReleaseState) -> list[str]:
     stage, not a promotion), and no window may have seen an error class new to this pack.
     """
     blockers = []
-    passed_by_monitor = {v.stage for kind, v in release.verdicts if kind == "monitoring_passed" and not v.reason.startswith("operator override")}
+    passed_by_monitor = release.stages_passed_on_data
     missing = [i + 1 for i in range(len(release.stages)) if i not in passed_by_monitor]
     if missing:
         blockers.append(f"stage(s) {missing} passed on an operator's word, not on monitoring")
@@ -74,8 +103,21 @@ def _close(ctx: Ctx, release: ReleaseState, outcome: str, summary: str) -> list[
     return [Chain((release_event(ctx, release, "closed", Closed(outcome=outcome, summary=summary)),))]  # type: ignore[arg-type]
 
 
-def decide(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+def override_note(release: ReleaseState) -> str:
+    """Which stages moved on by an operator's word, and whose ("" when every one passed on data)."""
+    stages = release.stages_passed_by_override
+    if not stages:
+        return ""
+    who = sorted({actor for stage, actor in release.overrides if stage in stages}) or ["an operator"]
+    return f"stage(s) {[s + 1 for s in stages]} passed by operator override ({', '.join(who)}), not on monitoring data"
+
+
+def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None = None) -> list[Output]:
+    """`ready`: digest -> why that rollback target is unusable (None: usable), observed by the
+    adapter for the targets `readiness_targets` names; None when not observed (a replay)."""
     phase = release.phase
+    if release.aborted and phase in ("passed", "promoted"):
+        phase = "aborting"  # abort is final: a pass or promotion logged after it moves nothing on
     if phase == "rejected":
         return _close(ctx, release, "rejected", release.failure or "rejected at pre-flight")
     if phase == "verification_failed":
@@ -83,10 +125,13 @@ def decide(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
     if phase == "activation_failed":
         if release.activated:
             return _rollback(world, release, ctx, "activation_failure", release.failure or "activation failed")
+        if release.prepared is not None and not release.prepared.stages:
+            return _close(ctx, release, "pinned", pinned_summary(release.prepared))
         return _close(ctx, release, "failed", f"never activated: {release.failure}")
     if phase == "failed":
         last = release.verdicts[-1][1] if release.verdicts else None
-        return _rollback(world, release, ctx, "monitoring_failure", last.reason if last else "monitoring failed")
+        trigger = (last.trigger if last else None) or "monitoring_failure"  # the verdict names its own trigger
+        return _rollback(world, release, ctx, trigger, last.reason if last else "monitoring failed")
     if phase == "aborting":
         if release.activated:
             return _rollback(world, release, ctx, "abort", release.failure or "aborted by operator")
@@ -95,26 +140,57 @@ def decide(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
         outcome = "aborted" if release.aborted else "rolled_back"
         return _close(ctx, release, outcome, f"{release.failure}; cohorts {', '.join(release.activated)} back on their targets")
     if phase == "promoted":
-        return _close(ctx, release, "success", f"promoted to {release.promoted.to_channel if release.promoted else '?'}")
+        promoted_to = f"promoted to {release.promoted.to_channel if release.promoted else '?'}"
+        note = override_note(release)
+        if note or not release.passed_on_data:  # a promotion is only ever written on data; say so if not
+            return _close(ctx, release, "promoted_by_override", f"{promoted_to}; {note or 'not every stage passed on monitoring data'}")
+        return _close(ctx, release, "success", promoted_to)
     if phase == "passed" and not release.paused:
-        return _advance(world, release, ctx)
+        return _advance(world, release, ctx, ready)
     return []
 
 
-def _advance(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+def pinned_summary(prepared: Prepared) -> str:
+    """The close summary of a release with nothing to roll out (the preparer writes it; this module, if that close was lost)."""
+    skipped = "; ".join(f"{c}: {why}" for c, why in prepared.skipped.items()) or "no cohort left"
+    return f"nothing exposed: every target cohort is pinned ({skipped})"
+
+
+def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str) -> list[Output]:
+    """`escalated` (the release holds) when a rollback the next step relies on would not land; [] when ready."""
+    if ready is None:
+        return []
+    assert release.prepared is not None
+    problems = readiness_problems(readiness_targets(world, release, ctx), release.prepared.rollback_strategy, ready)
+    if not problems:
+        return []
+    held = Escalated(code="rollback_not_ready", message=f"{step} held, rollback not ready: {'; '.join(problems)}",
+                     escalation=release.prepared.escalation)
+    return [Chain((release_event(ctx, release, "escalated", held),))]
+
+
+def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None) -> list[Output]:
     assert release.prepared is not None
     stages = release.prepared.stages
     nxt = release.stage + 1
     if nxt < len(stages):
-        return [Chain((release_event(ctx, release, "expanded", Expanded(from_stage=release.stage, to_stage=nxt, cohorts=stages[nxt])),))]
+        return _not_ready(world, release, ctx, ready, f"stage {nxt + 1}") or [
+            Chain((release_event(ctx, release, "expanded", Expanded(from_stage=release.stage, to_stage=nxt, cohorts=stages[nxt])),))]
     target = release.prepared.target
     promote_to = world.channel_config(target.env, target.channel).promote_to
     summary = f"all {len(stages)} stage(s) passed monitoring"
+    note = override_note(release)
+    if note:
+        withheld = f"; not promoted to {promote_to}" if promote_to else ""
+        return _close(ctx, release, "promoted_by_override", f"all {len(stages)} stage(s) passed; {note}{withheld}")
     if not promote_to or release.verified is None or release.requested is None:
         return _close(ctx, release, "success", summary)
     blocked = promotion_blockers(release)
     if blocked:
         return _close(ctx, release, "success", f"{summary}; promotion to {promote_to} withheld: {'; '.join(blocked)}")
+    not_ready = _not_ready(world, release, ctx, ready, f"promotion to {promote_to}")
+    if not_ready:
+        return not_ready
     linked = linked_release_id(release.release_id, promote_to)
     req = release.requested
     # The next channel's own history decides its rollback strategy: LKG where it has run a pack.
@@ -142,4 +218,12 @@ class Promoter(ReleaseReactor):
     acts_in = frozenset({"rejected", "verification_failed", "activation_failed", "failed", "aborting", "rolled_back", "promoted", "passed"})
 
     async def decide(self, world, release, ctx):
-        return decide(world, release, ctx)
+        return decide(world, release, ctx, await self.observe(world, release, ctx))
+
+    async def observe(self, world, release, ctx) -> dict[str, str | None] | None:
+        """The facts `decide` needs before exposing more: is every rollback target still usable?"""
+        if release.phase != "passed" or release.paused or release.aborted or release.prepared is None:
+            return None
+        target = release.prepared.target
+        return await target_problems(self.app, readiness_targets(world, release, ctx).values(), target.env, target.channel,
+                                     tuple(release.activated), ctx.now)

@@ -91,7 +91,7 @@ def release_promote(release_id: str, rationale: str = Rationale, nats_url: Optio
 @release_app.command("extend")
 def release_extend(release_id: str, window: int = typer.Option(..., "--window", help="seconds"), rationale: str = Rationale,
                    nats_url: Optional[str] = NatsUrl) -> None:
-    """Open a new monitoring window for a held stage."""
+    """Open a new monitoring window for a held stage (no shorter than the channel's window)."""
     _release_action(release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now))
 
 
@@ -99,8 +99,15 @@ def release_extend(release_id: str, window: int = typer.Option(..., "--window", 
 def release_rollback(release_id: str, reason: str = typer.Option(..., "--reason"),
                      trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
                      nats_url: Optional[str] = NatsUrl) -> None:
-    """Roll every cohort of the release back to its pin or last-known-good, in one atomic switch."""
+    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""
     _release_action(release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now))
+
+
+@release_app.command("close")
+def release_close(release_id: str, outcome: str = typer.Option(..., "--outcome", help="failed | aborted"), rationale: str = Rationale,
+                  nats_url: Optional[str] = NatsUrl) -> None:
+    """End a held release as failed or aborted (e.g. escalated with no usable rollback target); never a success."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.close(w, release_id, outcome, rationale, operator_actor(), now))
 
 
 @release_app.command("annotate")

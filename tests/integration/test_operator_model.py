@@ -156,8 +156,9 @@ async def test_inconclusive_window_holds_until_an_operator_decides(nats_url, pre
                        "stage 2 to hold as well (no runtime in rest)")
         await act(svc, ops.promote(svc.world, "r1", "rest has no live tenants yet", OPERATOR, now(svc)))
         release = await svc.wait_release("r1", timeout=15)
-        assert release.outcome == "success"
-        assert "operator override" in release.verdicts[-1][1].reason
+        # issue 13: a stage passed on an operator's word closes promoted_by_override, never success
+        assert release.outcome == "promoted_by_override"
+        assert "operator override" in release.verdicts[-1][1].reason and release.verdicts[-1][1].override
 
 
 async def test_operator_abort_mid_stage_returns_activated_cohorts(nats_url, prefix):

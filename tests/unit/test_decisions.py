@@ -132,9 +132,10 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
 
 
 def test_preparer_uses_the_requested_plan_and_monitoring() -> None:
-    log = requested_log(plan=[["rest", "internal"]], monitoring={"window_s": 600, "min_samples": 5, "thresholds": {"latency_p95_ms_max": 300}})
+    # (issue 13: a requested plan may no longer merge channel stages, so this one covers `rest` alone)
+    log = requested_log(plan=[["rest"]], monitoring={"window_s": 600, "min_samples": 5, "thresholds": {"latency_p95_ms_max": 300}})
     p = single_event(prepare(log)).data
-    assert p.stages == [["rest", "internal"]]
+    assert p.stages == [["rest"]]
     assert (p.monitoring.window_s, p.monitoring.min_samples) == (600, 5)
     assert p.monitoring.thresholds.latency_p95_ms_max == 300
     assert p.monitoring.thresholds.error_rate_max == 0.05  # channel default kept, field by field
@@ -204,10 +205,6 @@ REJECTIONS = [
     ("no-health-reporters",
      lambda: requested_log(acknowledge_no_health=False),
      {"internal": 2, "rest": 0}, ["observability"], "for ['rest'] (set acknowledge_no_health to proceed)"),
-    ("every-cohort-pinned",
-     lambda: (lambda log: (log.pin("internal", P0, LATER + timedelta(days=1)), log.pin("rest", P0, LATER + timedelta(days=1)),
-                           log.requested("r1", acknowledge_no_health=True), log)[-1])(history(Log())),
-     None, ["cohorts_to_roll_out"], "every target cohort is pinned"),
     ("blank-owner",
      lambda: requested_log(owner="  "),
      None, ["owner_and_escalation"], "owner '  '"),

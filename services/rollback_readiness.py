@@ -1,0 +1,79 @@
+"""Rollback readiness: can the pack a rollback would go back to still be activated?
+
+The check (the manifest verifies under the trust root in force and has not expired, the
+pack object is present with the manifest's size) runs where a rollback is about to
+happen (the activator) and wherever a release is about to expose more: pre-flight
+(preparer) and before each expansion or promotion (promoter). One implementation for
+all three, so "ready" means the same thing at every step.
+
+`target_problems` is the IO (its answer is a fact handed to a pure decide);
+`readiness_problems` is the pure judgement over those facts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable, Mapping
+
+from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.model import PackRef
+from .packstore import PackStore
+from .verifier.gates import VerifyContext, check_manifest
+
+
+async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
+    """Why `target` can no longer be activated (None: it can).
+
+    Fast-track, not a full re-verification: the manifest must still verify under the
+    trust root and not be expired, and the pack object must be present with its size.
+    """
+    trust_root = app.current_trust_root()
+    if trust_root is None:
+        return "no trust root configured"
+    store = PackStore(app.js, app.subjects)
+    try:
+        manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
+        size = await store.size(pack_object_name(target.digest))
+    except Exception as exc:  # fail closed: an unreadable target is not a target
+        return f"cannot read target objects: {exc}"
+    if size is None:
+        return "pack object missing"
+    check = check_manifest(manifest, VerifyContext(
+        request_name=target.name, request_version=target.version, request_digest=target.digest,
+        env=env, channel=channel, cohorts=cohorts, channel_config=None, active={}, trust_root=trust_root, now=now, purpose="rollback",
+    ))
+    if check.failure is not None:
+        return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
+    if check.manifest is not None and check.manifest.size != size:
+        return f"pack object is {size} bytes, manifest says {check.manifest.size}"
+    return None
+
+
+async def target_problems(app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> dict[str, str | None]:
+    """`target_problem` for each distinct target digest (an exception is a problem, never a pass)."""
+    out: dict[str, str | None] = {}
+    for target in {t.digest: t for t in targets if t is not None}.values():
+        try:
+            out[target.digest] = await target_problem(app, target, env, channel, cohorts, now)
+        except Exception as exc:  # fail closed
+            out[target.digest] = f"readiness check failed: {exc.__class__.__name__}: {exc}"
+    return out
+
+
+def readiness_problems(targets: Mapping[str, PackRef | None], strategy: str, checked: Mapping[str, str | None]) -> list[str]:
+    """One sentence per cohort whose rollback would not land (empty: every one would).
+
+    A missing target is only acceptable under strategy `none` (pre-flight allowed it because
+    the scope never ran a pack: there is nothing to go back to). A target the caller did not
+    check is a problem: absence of evidence is not readiness.
+    """
+    problems = []
+    for cohort, target in targets.items():
+        if target is None:
+            if strategy != "none":
+                problems.append(f"{cohort}: no {strategy} rollback target")
+        elif target.digest not in checked:
+            problems.append(f"{cohort}: target {target.short()} was not checked")
+        elif checked[target.digest]:
+            problems.append(f"{cohort}: target {target.short()} is not usable: {checked[target.digest]}")
+    return problems

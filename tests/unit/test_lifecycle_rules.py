@@ -1,0 +1,417 @@
+"""Issue 13, the lifecycle decisions: overrides, abort, rollback strategy, readiness, policies.
+
+Pure: logs folded into a World, then the decide functions and operator actions over it.
+Each rule here failed on the code before issue 13 (see the docstrings for what it did).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from events.model import Actor, PackRef, Scope
+from projections.releases import ILLEGAL_AFTER_ABORT
+from services import operator as ops
+from services import preparer, promoter
+from services.operator import OperatorError
+from services.pinner import pin as pin_action, pin_too_long
+from services.rollback_readiness import readiness_problems
+
+from .test_decisions import LATER, ctx, events_of, history, single_event, state
+from .test_projections import CHANNEL_DOC, ENV, CH, OPERATOR, P0, P1, P2, SERVICE, Log
+
+RESCUER = Actor(kind="operator", id="alice")
+
+
+def override(log: Log, rid: str, stage: int, by: Actor = RESCUER) -> None:
+    """What `kxr release promote` appends: an operator's pass of a held window."""
+    verdict = ops.promote(log.world(), rid, "no traffic in that cohort yet", by, log.clock).event
+    log.add("release.monitoring_passed", verdict.data.model_dump(), release_id=rid, actor=by)
+
+
+def held_second_stage(channel: dict[str, Any] | None = None) -> Log:
+    """r0 (P0) is LKG; r1 passed stage 1 on data and its stage 2 window was inconclusive."""
+    log = Log()
+    log.channel(channel)
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"])
+    log.expanded("r1", 0, 1, ["rest"])
+    log.stage("r1", 1, ["rest"], "inconclusive")
+    return log
+
+
+def aborted_and_held(log: Log | None = None) -> Log:
+    """r1 exposed `internal`, was aborted, and its rollback escalated (no target): held."""
+    log = log or history(Log())
+    log.through_verified("r1")
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    log.note("r1", "aborted", "wrong pack")
+    log.rollback_started("r1", {"internal": None}, "abort")
+    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager:kb"}, release_id="r1")
+    return log
+
+
+def decide(log: Log, rid: str = "r1", ready=None):
+    world, release = state(log, rid)
+    return promoter.decide(world, release, ctx("promoter"), *(() if ready is None else (ready,)))
+
+
+# ---- 1. an override never becomes known-good -------------------------------------------------
+
+
+def test_operator_promote_writes_a_verdict_marked_as_override() -> None:
+    action = ops.promote(held_second_stage().world(), "r1", "rest is idle", RESCUER, LATER)
+    assert action.event.type == "release.monitoring_passed"
+    assert action.event.data.override is True
+    assert action.event.data.stage == 1
+
+
+def test_a_release_passed_by_override_closes_promoted_by_override_naming_stage_and_operator() -> None:
+    """Before: it closed `success`."""
+    log = held_second_stage()
+    override(log, "r1", 1)
+    event = single_event(decide(log))
+    assert (event.type, event.data.outcome) == ("release.closed", "promoted_by_override")
+    assert "stage(s) [2]" in event.data.summary and "alice" in event.data.summary
+
+
+def test_an_override_release_is_neither_promoted_nor_success_on_a_promoting_channel() -> None:
+    log = held_second_stage({**CHANNEL_DOC, "promote_to": "stable"})
+    override(log, "r1", 1)
+    event = single_event(decide(log))
+    assert event.data.outcome == "promoted_by_override" and "not promoted to stable" in event.data.summary
+
+
+def test_a_success_close_after_an_override_never_makes_its_pack_known_good() -> None:
+    """Defensive fold: a `success` the evidence does not back (forged, or an older promoter) is no LKG."""
+    log = held_second_stage()
+    override(log, "r1", 1)
+    log.closed("r1", "success")
+    world = log.world()
+    assert world.scope(ENV, CH, "internal").lkg.digest == P0["digest"]
+    assert world.scope(ENV, CH, "rest").lkg.digest == P0["digest"]
+    assert any("closed success without every stage passed" in a for a in world.release("r1").anomalies)
+
+
+def test_a_pass_without_samples_is_not_data() -> None:
+    log = Log()
+    log.channel()
+    log.through_verified("r1")
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    log.add("release.monitoring_passed", {"stage": 0, "samples": 0, "reason": "nothing seen"}, release_id="r1")
+    log.expanded("r1", 0, 1, ["rest"])
+    log.stage("r1", 1, ["rest"])
+    release = log.world().release("r1")
+    assert not release.passed_on_data and release.stages_passed_by_override == [0]
+
+
+def test_a_failing_release_after_an_override_rolls_back_to_the_previous_lkg() -> None:
+    log = held_second_stage()
+    override(log, "r1", 1)
+    (close,) = events_of(decide(log))  # the promoter's own close (before: `success`, which made P1 the LKG)
+    log.add(close.type, close.data.model_dump(), release_id="r1")
+    log.through_verified("r2", P2)
+    log.stage("r2", 0, ["internal"], "failed", p=P2)
+    world, release = state(log, "r2")
+    assert promoter.rollback_targets(world, release, ctx("promoter"))["internal"].digest == P0["digest"]
+
+
+def test_the_monitors_trigger_names_the_rollback_trigger() -> None:
+    log = history(Log())
+    log.through_verified("r1")
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    log.verdict("r1", "failed", 0, "runtime rt-1 refused the pack", trigger="activation_failure")
+    event = single_event(decide(log))
+    assert (event.type, event.data.trigger) == ("release.rollback_started", "activation_failure")
+
+
+# ---- 2. abort is final -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["promote", "extend"])
+def test_an_aborted_held_release_cannot_be_promoted_or_extended(action: str) -> None:
+    """Before: `kxr release promote` passed it, and it closed `success` with its pack as LKG."""
+    world = aborted_and_held().world()
+    assert world.release("r1").phase == "held"
+    with pytest.raises(OperatorError, match="abort is final"):
+        if action == "promote":
+            ops.promote(world, "r1", "ship it", RESCUER, LATER)
+        else:
+            ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
+
+
+def test_the_promoter_never_advances_an_aborted_release() -> None:
+    """A pass logged after an abort (an old client, a raw publish): the release rolls back instead."""
+    log = aborted_and_held()
+    log.add("release.monitoring_passed", {"stage": 0, "samples": 5, "reason": "forged"}, release_id="r1", actor=OPERATOR)
+    event = single_event(decide(log))
+    assert (event.type, event.data.trigger) == ("release.rollback_started", "abort")
+
+
+@pytest.mark.parametrize("suffix", sorted(ILLEGAL_AFTER_ABORT - {"activated"}) + ["closed-success"])
+def test_the_fold_flags_moving_on_after_an_abort(suffix: str) -> None:
+    log = aborted_and_held()
+    if suffix == "monitoring_passed":
+        log.verdict("r1", "passed", 0)
+    elif suffix == "monitoring_started":
+        log.started("r1", 0, ["internal"])
+    elif suffix == "expanded":
+        log.expanded("r1", 0, 1, ["rest"])
+    elif suffix == "promoted":
+        log.promoted("r1")
+    else:
+        log.closed("r1", "success")
+    anomalies = log.world().release("r1").anomalies
+    assert any("after aborted: abort is final" in a for a in anomalies), anomalies
+
+
+def test_closing_an_aborted_release_as_aborted_is_legal() -> None:
+    log = aborted_and_held()
+    action = ops.close(log.world(), "r1", "aborted", "no target; scope reset by hand", RESCUER, LATER)
+    log.add("release.closed", action.event.data.model_dump(), release_id="r1", actor=RESCUER)
+    release = log.world().release("r1")
+    assert release.outcome == "aborted" and release.anomalies == ()
+    assert "alice" in action.event.data.summary and "scope reset by hand" in action.event.data.summary
+    assert action.expected_seq == state(aborted_and_held())[1].last_seq
+
+
+def test_operator_close_is_only_for_held_releases_and_never_a_success() -> None:
+    world = aborted_and_held().world()
+    with pytest.raises(OperatorError, match="--outcome"):
+        ops.close(world, "r1", "success", "looks fine", RESCUER, LATER)
+    with pytest.raises(OperatorError, match="rationale"):
+        ops.close(world, "r1", "failed", "  ", RESCUER, LATER)
+    running = history(Log())
+    running.through_verified("r1")
+    running.activate("r1", 0, ["internal"])
+    with pytest.raises(OperatorError, match="is activated: only a held release"):
+        ops.close(running.world(), "r1", "failed", "stop", RESCUER, LATER)
+    ops.close(held_second_stage().world(), "r1", "failed", "giving up on this pack", RESCUER, LATER)  # held, not aborted: fine
+
+
+# ---- 3. strategy pinned on every rollback path -----------------------------------------------
+
+
+def pinned_prior_log(targets: dict[str, Any] | None = None) -> Log:
+    """P0 was pinned once (the pinned prior); P2 is LKG now; r1 (strategy pinned) failed on `internal`."""
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P2)
+    log.through_verified("r1", strategy="pinned", targets=targets if targets is not None else {"internal": P0, "rest": P0})
+    log.stage("r1", 0, ["internal"], "failed")
+    return log
+
+
+def test_the_automatic_rollback_of_a_pinned_strategy_goes_to_the_pinned_prior_not_lkg() -> None:
+    """Before: to the LKG (P2)."""
+    log = pinned_prior_log()
+    assert log.world().scope(ENV, CH, "internal").lkg.digest == P2["digest"]
+    event = single_event(decide(log))
+    assert event.type == "release.rollback_started"
+    assert event.data.targets["internal"].digest == P0["digest"]
+
+
+def test_the_operator_rollback_of_a_pinned_strategy_goes_to_the_pinned_prior() -> None:
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P2)
+    log.through_verified("r1", strategy="pinned", targets={"internal": P0, "rest": P0})
+    log.activate("r1", 0, ["internal"])
+    action = ops.rollback(log.world(), "r1", "tenant_impact", "tickets", RESCUER, LATER)
+    assert action.event.data.targets["internal"].digest == P0["digest"]
+
+
+def test_a_pinned_strategy_without_a_recorded_prior_holds_it_never_falls_back_to_lkg() -> None:
+    event = single_event(decide(pinned_prior_log({"internal": None, "rest": None})))
+    assert event.data.targets == {"internal": None}  # the activator escalates: held for an operator
+
+
+def test_an_lkg_strategy_still_takes_the_pin_in_force_first() -> None:
+    log = history(Log())
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"], "failed")
+    log.pin("internal", P2, LATER + timedelta(hours=1))
+    event = single_event(decide(log))
+    assert event.data.targets["internal"].digest == P2["digest"]
+
+
+# ---- 4. rollback readiness, continuously ----------------------------------------------------
+
+
+def passed_first_stage(channel: dict[str, Any] | None = None, stage: int = 0) -> Log:
+    log = Log()
+    log.channel(channel)
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"])
+    if stage == 1:
+        log.expanded("r1", 0, 1, ["rest"])
+        log.stage("r1", 1, ["rest"])
+    return log
+
+
+def test_an_expansion_waits_for_a_usable_rollback_target() -> None:
+    """Before: decide took no readiness facts and expanded whatever the target's state."""
+    event = single_event(decide(passed_first_stage(), ready={P0["digest"]: "pack object missing"}))
+    assert (event.type, event.data.code) == ("release.escalated", "rollback_not_ready")
+    assert "internal" in event.data.message and "rest" in event.data.message and "pack object missing" in event.data.message
+
+
+def test_an_unchecked_target_is_not_ready() -> None:
+    event = single_event(decide(passed_first_stage(), ready={}))
+    assert event.data.code == "rollback_not_ready" and "was not checked" in event.data.message
+
+
+def test_a_ready_target_lets_the_release_expand() -> None:
+    assert single_event(decide(passed_first_stage(), ready={P0["digest"]: None})).type == "release.expanded"
+
+
+def test_a_promotion_waits_for_a_usable_rollback_target() -> None:
+    log = passed_first_stage({**CHANNEL_DOC, "promote_to": "stable"}, stage=1)
+    event = single_event(decide(log, ready={P0["digest"]: "signature/expired: manifest expired"}))
+    assert event.data.code == "rollback_not_ready" and "promotion to stable" in event.data.message
+    assert [e.type for e in events_of(decide(log, ready={P0["digest"]: None}))] == ["release.requested", "release.promoted"]
+
+
+def test_preflight_rejects_an_unusable_rollback_target() -> None:
+    log = history(Log())
+    log.requested("r1", acknowledge_no_health=True)
+    world, release = state(log)
+    event = single_event(preparer.decide(world, release, ctx("preparer"), None, None, {P0["digest"]: "pack object missing"}))
+    assert event.type == "release.rejected"
+    assert [(r.code, "pack object missing" in r.message) for r in event.data.reasons] == [("rollback_target_ready", True)]
+
+
+def test_readiness_allows_no_target_only_under_strategy_none() -> None:
+    p0 = PackRef.model_validate(P0)
+    assert readiness_problems({"a": None}, "none", {}) == []
+    assert readiness_problems({"a": None}, "lkg", {}) == ["a: no lkg rollback target"]
+    assert readiness_problems({"a": p0}, "none", {p0.digest: None}) == []
+
+
+# ---- 5. policies -----------------------------------------------------------------------------
+
+
+def test_a_pin_longer_than_max_pin_days_is_refused_by_the_rule_the_pinner_applies() -> None:
+    log = Log()
+    log.channel({**CHANNEL_DOC, "policy": {"max_pin_days": 2}})
+    world = log.world()
+    scope = Scope(env=ENV, channel=CH, cohort="internal")
+    assert pin_too_long(world, scope, LATER + timedelta(days=3), LATER) is not None
+    assert pin_too_long(world, scope, LATER + timedelta(days=2), LATER) is None
+    with pytest.raises(OperatorError, match="max_pin_days"):
+        pin_action(world, scope, "1.0.0", LATER + timedelta(days=3), "freeze", OPERATOR, LATER)
+
+
+def test_extend_refuses_a_window_below_the_channel_minimum() -> None:
+    """Before: any window was accepted (CHANNEL_DOC's minimum is 60 s)."""
+    world = held_second_stage().world()
+    with pytest.raises(OperatorError, match="minimum of 60s"):
+        ops.extend(world, "r1", 5, "quick look", RESCUER, LATER)
+    assert ops.extend(world, "r1", 60, "another window", RESCUER, LATER).event.type == "release.monitoring_started"
+
+
+THREE = {"cohorts": [{"name": "a", "tenants": ["t-a"]}, {"name": "b", "tenants": ["t-b"]}, {"name": "c"}],
+         "plan": [["a"], ["b", "c"]], "monitoring": {"window_s": 60, "min_samples": 1}}
+
+
+@pytest.mark.parametrize(("plan", "problem"), [
+    ([["a", "b"], ["c"]], "spans channel stages [1, 2]"),
+    ([["b"], ["a"], ["c"]], "comes before channel stage 2"),
+    ([["a"], ["b"], ["c"]], None),  # finer: one channel stage split in two
+    ([["a"], ["c", "b"]], None),
+])
+def test_a_requested_plan_may_not_be_coarser_than_the_channels(plan, problem) -> None:
+    log = Log()
+    log.channel(THREE)
+    log.requested("r1", plan=plan, rollback={"strategy": "none"}, acknowledge_no_health=True)
+    world, release = state(log)
+    event = single_event(preparer.decide(world, release, ctx("preparer"), None))
+    if problem is None:
+        assert event.type == "release.prepared" and event.data.stages == plan
+    else:
+        assert event.type == "release.rejected"
+        assert event.data.reasons[0].code == "cohort_plan_valid" and problem in event.data.reasons[0].message
+
+
+PROMOTION_ONLY = {**CHANNEL_DOC, "policy": {"accept": "promotion"}}
+
+
+def _promotion_world(direct: bool = False, by: Actor = SERVICE, confirm: bool = True):
+    from events.codec import make_event
+    from projections.position import positions
+    from projections.world import fold
+
+    log = Log()
+    log.channel({**CHANNEL_DOC, "promote_to": "stable"})
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"])
+    log.expanded("r1", 0, 1, ["rest"])
+    log.stage("r1", 1, ["rest"])
+    events = list(log.events)
+    stable = Scope(env=ENV, channel="stable", cohort="all")
+    events.append(make_event("channel.configured", {**CHANNEL_DOC, "policy": {"accept": "promotion"}}, actor=OPERATOR, scope=stable,
+                             event_id="ch-stable", occurred_at=log.clock))
+    request = {"pack": P1, "target": {"env": ENV, "channel": "stable"}, "owner": "kb-team", "escalation": "pager:kb",
+               "rollback": {"strategy": "none"}, "acknowledge_no_health": True, **({} if direct else {"promoted_from": "r1"})}
+    events.append(make_event("release.requested", request, actor=by, release_id="r1-stable", event_id="req-stable", occurred_at=log.clock))
+    if confirm:
+        events.append(make_event("release.promoted", {"to_channel": "stable", "promoted_to": "r1-stable"}, actor=SERVICE, release_id="r1",
+                                 event_id="prom", occurred_at=log.clock))
+    world = fold(positions(events))
+    return world, world.release("r1-stable")
+
+
+def test_a_promotion_only_channel_accepts_a_confirmed_promotion() -> None:
+    world, release = _promotion_world()
+    assert single_event(preparer.decide(world, release, ctx("preparer"), None)).type == "release.prepared"
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"direct": True}, "names no release it was promoted from"),
+    ({"by": Actor(kind="producer", id="ci")}, "written by producer:ci, not by the service"),
+])
+def test_a_promotion_only_channel_rejects_anything_else(kwargs, needle) -> None:
+    """Before: the channel had no such policy; any request was prepared."""
+    world, release = _promotion_world(**kwargs)
+    event = single_event(preparer.decide(world, release, ctx("preparer"), None))
+    assert event.type == "release.rejected"
+    reason = next(r for r in event.data.reasons if r.code == "accepts_request")
+    assert needle in reason.message
+
+
+def test_a_promotion_not_yet_confirmed_by_its_source_waits() -> None:
+    world, release = _promotion_world(confirm=False)  # the source is `passed`: its `promoted` is on its way
+    assert preparer.decide(world, release, ctx("preparer"), None) == []
+
+
+def test_a_release_whose_every_cohort_is_pinned_closes_pinned() -> None:
+    """Before: it was rejected (`cohorts_to_roll_out`), as if the request were wrong."""
+    log = history(Log())
+    log.pin("internal", P0, LATER + timedelta(days=1))
+    log.pin("rest", P0, LATER + timedelta(days=1))
+    log.requested("r1", acknowledge_no_health=True)
+    world, release = state(log)
+    (chain,) = preparer.decide(world, release, ctx("preparer"), None)
+    prepared, closed = chain.events
+    assert (prepared.type, prepared.data.stages, sorted(prepared.data.skipped)) == ("release.prepared", [], ["internal", "rest"])
+    assert (closed.type, closed.data.outcome, closed.causation_id) == ("release.closed", "pinned", prepared.event_id)
+    for e in chain.events:
+        log.add(e.type, e.data.model_dump(), release_id="r1")
+    assert log.world().release("r1").anomalies == ()
+
+
+def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
+    """If the close was lost after `prepared` (a race with the distributor), the promoter says `pinned`, not `failed`."""
+    log = history(Log())
+    log.through_verified("r1", stages=[], targets={}, skipped={"internal": "pinned", "rest": "pinned"})
+    log.add("release.activation_failed", {"stage": 0, "code": "no_such_stage", "message": "the plan has 0 stage(s)"}, release_id="r1")
+    event = single_event(decide(log))
+    assert (event.data.outcome, "internal: pinned" in event.data.summary) == ("pinned", True)
