@@ -9,16 +9,18 @@ from events.codec import DecodeError, decode_event
 from events.model import Event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, evidence_of
+from projections.pointer_chain import entry_digest
 from projections.position import Position
 from projections.releases import ReleaseState
-from projections.world import World, apply, apply_undecodable
+from projections.invariants import apply_signed
+from projections.world import World
 from .fold_gc import step as gc_step, young_collections_only
 from .reader import OrderedReader, RawEntry
 
 
 def position_of(entry: RawEntry) -> Position:
     return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
-                    entry.stored_at.isoformat() if entry.stored_at else None)
+                    entry.stored_at.isoformat() if entry.stored_at else None, entry_digest(entry.subject, entry.data))
 
 
 def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
@@ -70,28 +72,36 @@ async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, 
         await reader.close()
 
 
-async def load_world(js, subjects: Subjects, until: datetime | None = None) -> World:
-    world = World()
+async def load_world(js, subjects: Subjects, until: datetime | None = None, service_keys=None) -> World:
+    """The log folded; with `service_keys`, signed state only (see `load_signed_world`)."""
+    return (await load_signed_world(js, subjects, service_keys, until))[0]
+
+
+async def load_signed_world(js, subjects: Subjects, service_keys, until: datetime | None = None) -> tuple[World, dict[int, str]]:
+    """The log folded as the service folds it: with `service_keys`, a pointer or service event no
+    service key signed counts for nothing (its sequence still moves); the map says which and why."""
+    world, ignored = World(), {}
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
-            for _, position, event in batch:
-                if event is not None:
-                    world = apply(world, position, event)
+            for entry, position, event in batch:
+                world, why = apply_signed(world, service_keys, position, event, entry.data, entry.headers, subjects)
+                if why is not None:
+                    ignored[position.seq] = why
             gc_step()
-    return world
+    return world, ignored
 
 
-async def release_history(js, subjects: Subjects, release_id: str, before_seq: int) -> ReleaseState | None:
+async def release_history(js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None) -> ReleaseState | None:
     """One release whole, folded from its own subjects up to (not including) `before_seq`.
 
     A release's state depends on its own events alone, so this is exactly what a fold of
     the whole log says about it at that point (how an archiving world restores a tombstone).
     """
     world = World()
-    async for _, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
+    async for entry, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
         if position.seq >= before_seq:
             break
-        world = apply(world, position, event) if event is not None else apply_undecodable(world, position, subjects)
+        world, _ = apply_signed(world, service_keys, position, event, entry.data, entry.headers, subjects)
     return world.release(release_id)
 
 
