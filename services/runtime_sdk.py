@@ -153,7 +153,8 @@ class RuntimeClient:
             log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
             return None
         pointer: ScopeActivated = event.data  # type: ignore[assignment]
-        broken = chain_break(self.chain, pointer)
+        # knowing no pointer yet (the first one read) is not knowing the scope had none: accept it
+        broken = chain_break(self.chain, pointer) if self.chain is not None else None
         if broken is not None:
             self.history.append((pointer.pack.digest, f"refused pointer at seq {entry.seq}: {broken[0]}: {broken[1]}"))
             log.warning("runtime %s: refused pointer at seq %d to %s: %s", self.id.runtime_id, entry.seq, pointer.pack.short(), broken[1])

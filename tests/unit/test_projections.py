@@ -550,6 +550,18 @@ def test_undecodable_on_a_scope_pointer_bumps_active_seq() -> None:
     assert fresh.scope(ENV, CH, "rest").active_seq == 3
 
 
+def test_a_pointer_moves_the_scope_chain_and_junk_does_not() -> None:
+    log = Log()
+    data = {"pack": P1, "manifest": manifest_of(P1), "release_id": "r1", "kind": "rollout", "generation": 4, "prev": "sha256:" + "e" * 64}
+    event = log.add("scope.activated", data, release_id="r1", cohort="internal")
+    subject = Subjects().scope(ENV, CH, "internal", "activated")
+    world = apply(World(), Position(1, subject, "b", digest="sha256:" + "d" * 64), event)
+    s = world.scope(ENV, CH, "internal")
+    assert (s.generation, s.pointer_digest) == (4, "sha256:" + "d" * 64)
+    after = apply_undecodable(world, _garbage(2, subject), Subjects()).scope(ENV, CH, "internal")
+    assert (after.generation, after.pointer_digest, after.active_seq) == (4, "sha256:" + "d" * 64, 2)
+
+
 @pytest.mark.parametrize(
     "subject",
     ["kx.release.unknown.requested", "kx.scope.prod.canary.internal.pinned", "kx.channel.prod.canary.configured", "other.release.r1.closed", "kx.release.r1"],
