@@ -116,22 +116,28 @@ def signature_violation(keys, position: Position, event: Event | None, payload: 
     return Violation(position.seq, "unsigned_or_forged", f"{event.type} on {position.subject}: {problem}") if problem else None
 
 
-def unsigned_reason(keys, subject: str, event: Event, payload: bytes, headers) -> str | None:
-    """What a reader that trusts only signed state records for an entry it ignores (None: it counts)."""
-    if keys is None:
-        return None
-    problem = signature_problem(keys, subject, event, payload, headers)
-    return f"{event.type} not signed by a service key: {problem}" if problem else None
+def ignored_reason(world: World, keys, position: Position, event: Event, payload: bytes, headers) -> str | None:
+    """Why a reader that trusts only signed, fresh state ignores this entry (None: it counts).
+
+    - a pointer or service event no service key trusted for its role signed (with `keys`);
+    - a pointer, however genuinely signed, that is not newer than its scope's last one or
+      does not chain to it (a replay): the fold never lets it move the scope either."""
+    if keys is not None:
+        problem = signature_problem(keys, position.subject, event, payload, headers)
+        if problem:
+            return f"{event.type} not signed by a service key: {problem}"
+    broken = pointer_chain_violation(world, position, event)
+    return f"{event.type} ignored: {broken.code}: {broken.message}" if broken else None
 
 
 def apply_signed(world: World, keys, position: Position, event: Event | None, payload: bytes, headers, subjects) -> tuple[World, str | None]:
-    """One log entry folded as a reader that trusts only signed state does (keys None: all of it).
+    """One log entry folded as a reader that trusts only signed state does (keys None: signatures unchecked).
 
-    An entry that needed a service signature and lacks it moves its subject's sequence (the
-    CAS values must match what is stored) and nothing else; the second value says why."""
+    An ignored entry (`ignored_reason`) moves its subject's sequence (the CAS values must
+    match what is stored) and nothing else; the second value says why."""
     if event is None:
         return apply_undecodable(world, position, subjects), None
-    why = unsigned_reason(keys, position.subject, event, payload, headers)
+    why = ignored_reason(world, keys, position, event, payload, headers)
     if why is not None:
         return apply_undecodable(world, position, subjects), why
     return apply(world, position, event), None

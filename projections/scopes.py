@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from events.model import Event, PackRef, ScopeActivated, ScopePinned
-from .pointer_chain import ChainMark, advance
+from .pointer_chain import ChainMark, advance, chain_break
 
 ScopeKey = tuple[str, str, str]  # env, channel, cohort
 
@@ -61,6 +61,10 @@ def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str |
     match event.suffix:
         case "activated":
             assert isinstance(data, ScopeActivated)
+            if chain_break(state.chain_mark, data) is not None:
+                # a stale (replayed) or forked pointer is not the scope's state: only the subject's
+                # sequence moves (the CAS value must match what is stored); the audit flags it
+                return replace(state, active_seq=seq)
             lkg = state
             if data.kind == "rollback":  # a restored pack is known good by definition of the target
                 lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)

@@ -18,7 +18,7 @@ from events.codec import DecodeError, decode_event
 from events.model import Event
 from events.service_signing import ServiceKeys
 from events.subjects import Subjects
-from projections.invariants import unsigned_reason
+from projections.invariants import ignored_reason
 from projections.position import Position
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore
 from .log_reads import position_of, release_history
@@ -47,12 +47,13 @@ class Follower:
         self._saved_time = time.monotonic()
         self.started_from = self.position  # 0: a full replay; else the snapshot's sequence
         self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
-        # Trust only signed state: with the service keys, a pointer or service event that no
-        # service key trusted for its role signed is folded as junk (its subject's sequence
-        # moves, nothing else), kept here with why, and listed in `undecodable` too so a
-        # consumer it triggers dead-letters it instead of acting on it.
+        # Trust only signed, fresh state: with the service keys, a pointer or service event that
+        # no service key trusted for its role signed, and (keys or not) a pointer that breaks its
+        # scope's chain (a replay), is folded as junk (its subject's sequence moves, nothing
+        # else), kept here with why, and listed in `undecodable` too so a consumer it triggers
+        # dead-letters it instead of acting on it.
         self._service_keys = service_keys
-        self.unsigned: dict[int, str] = {}  # seq -> why that entry is not a genuine service append
+        self.ignored: dict[int, str] = {}  # seq -> why that entry counts for nothing
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -87,12 +88,12 @@ class Follower:
             await reader.close()
 
     def _signed_or_none(self, entry, position: Position, event: Event) -> Event | None:
-        """The event, or None (folded as junk, recorded) if it needed a service signature it lacks."""
-        why = unsigned_reason(self._service_keys, entry.subject, event, entry.data, entry.headers)
+        """The event, or None (folded as junk, recorded) if it is not signed, fresh state (`ignored_reason`)."""
+        why = ignored_reason(self.world, self._service_keys, position, event, entry.data, entry.headers)
         if why is None:
             return event
         log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
-        self.unsigned[entry.seq] = why
+        self.ignored[entry.seq] = why
         self.undecodable[entry.seq] = DecodeError(why)
         self.world = apply_undecodable(self.world, position, self._subjects)
         return None

@@ -86,6 +86,10 @@ async def test_a_replayed_signed_pointer_is_refused_by_running_and_starting_runt
 
         stored = await stored_pointers(svc.app.js, svc.app.subjects, "internal")
         replays = [e.seq for e in stored[-2:]]
+        await svc.catch_up()
+        for world in (svc.app.follower.world, svc.world):  # the service's fold, and a fold without keys: neither moves
+            state = world.scope("prod", "canary", "internal")
+            assert (state.active_pack.digest, state.generation, state.active_seq) == (newer.digest, 2, replays[-1])
         audit = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
         assert chain_violations(audit) == [(replays[0], "pointer_not_newer"), (replays[1], "pointer_not_newer")]
         assert not [v for v in audit.violations if v.code == "unsigned_or_forged"]  # genuinely signed: only freshness catches it

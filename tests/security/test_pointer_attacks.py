@@ -153,14 +153,22 @@ async def test_a_replayed_signed_pointer_does_not_downgrade_runtimes_and_is_flag
     await wait_for(lambda: sum("pointer_not_newer" in why for _, why in internal.history) == 2, 10, "the runtime to refuse both replays",
                    lambda: internal.history)
     assert internal.active.digest == new_pack.digest and internal.chain.generation == head
-    # the service's own fold saw both as not newer than its signed head and still runs 1.1.0... as far as the runtimes go;
-    # its CAS value moved with the subject, so the next genuine switch is not blocked by them
+    # the service's own fold ignores both too (signed, but not newer): its state, and so kxr status and the
+    # downgrade gate, still say 1.1.0; its CAS value moved with the subject, so the next switch is not blocked
     replays = [e.seq for e in (await stored_pointers(d.app.js, d.subjects, "internal"))[-2:]]
     await d.app.follower.catch_up()
-    assert d.signed_scope("internal").active_seq == replays[-1]
+    state = d.signed_scope("internal")
+    assert (state.active_pack.digest, state.generation, state.active_seq) == (new_pack.digest, head, replays[-1])
+    assert all("pointer_not_newer" in d.app.follower.ignored[seq] for seq in replays)
 
     audit = await replay(d.app.js, d.subjects, service_keys=d.service_keys)
     assert [v for v in chain_violations(audit) if v[0] in replays] == [(replays[0], "pointer_not_newer"), (replays[1], "pointer_not_newer")]
+
+    # no freeze either: the next genuine release chains on the signed head and the runtimes follow it
+    newest = make_pack("1.2.0", d.producer_key)
+    await d.release(newest)
+    await wait_for(lambda: all(r.active and r.active.digest == newest.digest for r in d.runtimes), 10, "runtimes on 1.2.0")
+    assert internal.chain.generation == head + 1
 
 
 def kxr() -> str:
@@ -210,7 +218,7 @@ async def test_an_unsigned_pointer_moves_neither_the_service_nor_kxr_status_nor_
         after = d.signed_scope(cohort)
         assert after.active_pack.digest == current.digest and after.generation == before[cohort].generation  # the signed state
         assert after.active_seq > before[cohort].active_seq  # ...whose CAS value follows the subject
-    assert forged_seqs[0] in d.app.follower.unsigned and "unsigned" in d.app.follower.unsigned[forged_seqs[0]]
+    assert forged_seqs[0] in d.app.follower.ignored and "unsigned" in d.app.follower.ignored[forged_seqs[0]]
     # the runtimes ignored it (their own signature check), as before
     assert all(r.active.digest == current.digest for r in d.runtimes)
 

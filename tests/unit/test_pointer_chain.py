@@ -208,6 +208,31 @@ def test_an_old_signed_pointer_replayed_is_flagged_in_a_batch_or_not(batch) -> N
     assert chain_codes(log.audit(ServiceKeys.of(log.key, list(ROLES)))) == [(replayed.seq, "pointer_not_newer")]
 
 
+def test_the_fold_never_lets_a_stale_or_forked_pointer_move_the_scope() -> None:
+    log = ChainLog()
+    log.next_on(log.world(), P0)
+    old = log.entries[0][1]
+    log.next_on(log.world(), P1)
+    head = log.world().scope(ENV, CH, "internal")
+    log.store(old)  # replayed
+    log.point(pointer(P2, 3, "sha256:" + "f" * 64))  # forked
+    state = log.world().scope(ENV, CH, "internal")
+    assert (state.active_pack.digest, state.generation, state.pointer_digest) == (P1["digest"], 2, head.pointer_digest)
+    assert state.active_seq == 4  # the CAS value still follows the subject
+    # and the next genuine link (the writers build it from this state) is accepted
+    log.next_on(log.world(), P2)
+    assert log.world().scope(ENV, CH, "internal").active_pack.digest == P2["digest"]
+    assert [seq for seq, _ in chain_codes(log.audit())] == [3, 4]
+    # a reader that trusts only signed, fresh state says why it ignored them
+    world, reasons = World(), {}
+    for position, event, payload, headers in log.entries:
+        world, why = apply_signed(world, ServiceKeys.of(log.key, list(ROLES)), position, event, payload, headers, SUBJECTS)
+        if why:
+            reasons[position.seq] = why
+    assert sorted(reasons) == [3, 4] and "pointer_not_newer" in reasons[3] and "pointer_chain_broken" in reasons[4]
+    assert world.scope(ENV, CH, "internal").active_pack.digest == P2["digest"]
+
+
 def test_a_forked_pointer_is_flagged() -> None:
     log = ChainLog()
     log.next_on(log.world(), P0)
@@ -265,9 +290,11 @@ def test_the_signed_fold_ignores_unsigned_pointers_and_service_events_but_moves_
     assert state.active_seq == 3  # the CAS value still matches what is stored
     assert world.release("r1") is None
     assert sorted(ignored) == [2, 3, 4] and "unsigned" in ignored[2] and "unknown key" in ignored[3]
-    # without keys (an auditor or a tool that was given none) everything counts, as before
-    _, why = apply_signed(World(), None, *log.entries[1][:1], log.entries[1][1], log.entries[1][2], {}, SUBJECTS)
-    assert why is None
+    # without keys (an auditor or a tool that was given none) signatures are not checked, as before
+    first = apply(World(), log.entries[0][0], log.entries[0][1])
+    position, event, payload, _ = log.entries[1]
+    unchecked, why = apply_signed(first, None, position, event, payload, {}, SUBJECTS)
+    assert why is None and unchecked.scope(ENV, CH, "internal").active_pack.digest == P2["digest"]
 
 
 def test_producer_and_operator_events_need_no_signature() -> None:
