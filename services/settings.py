@@ -168,3 +168,13 @@ def service_keys_for(settings: "Settings", signer, roles: tuple[str, ...] | None
             raise ConfigError(f"service keys {settings.service_keys_path} do not trust this process's key "
                               f"{signer.keyid[:16]} for {', '.join(missing)}: its own appends would be ignored")
     return keys
+
+
+def reader_service_keys(settings: "Settings"):
+    """The service keys a reading tool (`kxr status`, `kxr ui`, operator actions) checks signatures with:
+    KX_SERVICE_KEYS, else the `service-keys.json` a `kxr serve` sharing KX_DATA_DIR wrote beside its key,
+    else None (signatures unchecked; said so where it shows)."""
+    path = settings.service_keys_path
+    if path is None and (settings.data_dir / "service-keys.json").is_file():
+        path = settings.data_dir / "service-keys.json"
+    return load_service_keys(path)

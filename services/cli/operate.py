@@ -192,7 +192,7 @@ def status(
 
     world, ignored = run_async(go())
     shown = {"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq,
-             "signatures": "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS)",
+             "signatures": "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS or KX_DATA_DIR)",
              "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())]}
 
     def tables():
@@ -204,12 +204,13 @@ def status(
 
 
 def _service_keys():
-    """KX_SERVICE_KEYS, if set: then every view and decision of kxr uses signed state only, as the service does."""
-    from services.settings import load_service_keys
+    """The service keys (settings.reader_service_keys): with them every view and decision of kxr
+    uses signed state only, as the service does."""
+    from services.settings import reader_service_keys
 
     from .common import settings_from
 
-    return load_service_keys(settings_from().service_keys_path)
+    return reader_service_keys(settings_from())
 
 
 # ---- channels -----------------------------------------------------------------------------------

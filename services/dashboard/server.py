@@ -14,7 +14,7 @@ from events.subjects import Subjects
 from services.app import connect, utc_clock
 from services.follower import Follower
 from services.permissions import redacted
-from services.settings import ConfigError, Settings, load_service_keys
+from services.settings import ConfigError, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait
 from .hub import LiveHub
 from .web import LOOPBACK_HOSTS, make_app
@@ -79,8 +79,8 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
         js = nc.jetstream(timeout=10)
         subjects = Subjects(settings.prefix)
         await js.stream_info(subjects.releases_stream)  # no log yet: one clear error, not an empty page forever
-        # no snapshots: the dashboard writes nothing, not even those; with KX_SERVICE_KEYS it shows signed state only
-        follower = Follower(js, subjects, service_keys=load_service_keys(settings.service_keys_path))
+        # no snapshots: the dashboard writes nothing, not even those; with the service keys it shows signed state only
+        follower = Follower(js, subjects, service_keys=reader_service_keys(settings))
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
             async with dashboard(follower, js, subjects, host, port) as url:

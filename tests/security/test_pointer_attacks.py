@@ -100,11 +100,17 @@ class Deployment:
         return self.app.follower.world.scope(ENV, CHANNEL_NAME, cohort)
 
 
+@pytest.fixture(scope="module")
+def keys(authed) -> tuple[SigningKey, SigningKey]:
+    """The service's signing key and the producer's: one deployment, so kept across its restarts (each test's)."""
+    return SigningKey.generate(), SigningKey.generate()
+
+
 @pytest.fixture
-async def deployment(authed):
-    """A fresh prefix-wide deployment per test would need a server each: the channel gets a fresh name instead."""
+async def deployment(authed, keys):
+    """The service started on the module's server (a restart of the same deployment for each test)."""
     s = authed.subjects
-    service_key, producer_key = SigningKey.generate(), SigningKey.generate()
+    service_key, producer_key = keys
     trust_root = trust_root_for(producer_key)
     service_keys = ServiceKeys.of(service_key, list(CONSUMERS))
 

@@ -324,3 +324,17 @@ def test_a_service_trusts_its_own_key_by_default_and_refuses_keys_that_exclude_i
     assert service_keys_for(Settings(service_keys_path=path, roles=("activator",)), own).keys.keys() == {own.keyid, other.keyid}
     with pytest.raises(ConfigError, match="verifier"):
         service_keys_for(Settings(service_keys_path=path, roles=("activator", "verifier")), own)
+
+
+def test_reading_tools_find_the_keys_kxr_serve_wrote_beside_its_key(tmp_path) -> None:
+    import json
+
+    from services.settings import reader_service_keys
+
+    assert reader_service_keys(Settings(data_dir=tmp_path)) is None  # nothing configured: signatures unchecked
+    own = SigningKey.generate()
+    (tmp_path / "service-keys.json").write_text(json.dumps(ServiceKeys.of(own, list(ROLES)).to_document()))
+    assert set(reader_service_keys(Settings(data_dir=tmp_path)).keys) == {own.keyid}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(ServiceKeys.of(SigningKey.generate(), ["activator"]).to_document()))
+    assert set(reader_service_keys(Settings(data_dir=tmp_path, service_keys_path=other)).keys) != {own.keyid}  # KX_SERVICE_KEYS wins
