@@ -262,6 +262,13 @@ class ScopeActivated(Frozen):
     release_id: StrictStr | None
     kind: Literal["rollout", "rollback", "pin"]
     previous: VersionDigest | None = None
+    # Freshness (TUF's defence against rollback and freeze attacks), covered by the service
+    # signature: a per-scope version, strictly increasing (1 for a scope's first chained
+    # pointer), and the digest of the exact stored bytes of the scope's previous pointer
+    # (null for the first). A replayed old pointer is then not newer, and a forked one does
+    # not chain. Optional: pointers written before them still fold (projections/pointer_chain.py).
+    generation: StrictInt | None = Field(default=None, ge=1)
+    prev: StrictStr | None = Field(default=None, pattern=DIGEST_PATTERN)
 
 
 class ScopePinned(Frozen):

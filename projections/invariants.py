@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from events.model import Event, RollbackStarted, ScopeActivated, ScopePinned
+from .pointer_chain import chain_break
 from .position import Position
 from .world import World, apply, apply_undecodable
 
@@ -86,21 +87,88 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects)
         return replace(audit, world=apply_undecodable(audit.world, position, subjects), undecodable=audit.undecodable + 1,
                        violations=audit.violations + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),))
     found = _check(audit.world, position, event)
+    broken = pointer_chain_violation(audit.world, position, event)
+    if broken is not None:
+        found.append(broken)
     return Audit(apply(audit.world, position, event), audit.violations + tuple(found), audit.events + 1, audit.undecodable)
 
 
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
 
 
+def signature_problem(keys, subject: str, event: Event, payload: bytes, headers) -> str | None:
+    """Why this entry is not a genuine service append (None: it is, or it need not be one).
+
+    Every pointer switch and every event claiming a service actor must be signed by a key
+    trusted for its role; producers and operators sign nothing (yet): their authority is
+    NATS permissions."""
+    if event.actor.kind != "service" and event.type != "scope.activated":
+        return None
+    role = "activator" if event.type == "scope.activated" else SERVICE_ROLE.get(event.actor.id, event.actor.id)
+    return keys.check(role, subject, payload, headers)
+
+
 def signature_violation(keys, position: Position, event: Event | None, payload: bytes, headers) -> Violation | None:
     """An append by a service (and any pointer switch) must carry a valid signature of its role."""
-    if event is not None and event.actor.kind != "service" and event.type != "scope.activated":
-        return None  # producers and operators sign nothing (yet): their authority is NATS permissions
     if event is None:
         return None  # reported as undecodable already
-    role = "activator" if event.type == "scope.activated" else SERVICE_ROLE.get(event.actor.id, event.actor.id)
-    problem = keys.check(role, position.subject, payload, headers)
+    problem = signature_problem(keys, position.subject, event, payload, headers)
     return Violation(position.seq, "unsigned_or_forged", f"{event.type} on {position.subject}: {problem}") if problem else None
+
+
+def ignored_reason(world: World, keys, position: Position, event: Event, payload: bytes, headers) -> str | None:
+    """Why a reader that trusts only signed, fresh state ignores this entry (None: it counts).
+
+    - a pointer or service event no service key trusted for its role signed (with `keys`);
+    - a pointer, however genuinely signed, that is not newer than its scope's last one or
+      does not chain to it (a replay): the fold never lets it move the scope either."""
+    if keys is not None:
+        problem = signature_problem(keys, position.subject, event, payload, headers)
+        if problem:
+            return f"{event.type} not signed by a service key: {problem}"
+    broken = pointer_chain_violation(world, position, event)
+    return f"{event.type} ignored: {broken.code}: {broken.message}" if broken else None
+
+
+def apply_signed(world: World, keys, position: Position, event: Event | None, payload: bytes, headers, subjects) -> tuple[World, str | None]:
+    """One log entry folded as a reader that trusts only signed state does (keys None: signatures unchecked).
+
+    An ignored entry (`ignored_reason`) moves its subject's sequence (the CAS values must
+    match what is stored) and nothing else; the second value says why."""
+    if event is None:
+        return apply_undecodable(world, position, subjects), None
+    why = ignored_reason(world, keys, position, event, payload, headers)
+    if why is not None:
+        return apply_undecodable(world, position, subjects, why), why
+    return apply(world, position, event), None
+
+
+def pointer_chain_violation(world: World, position: Position, event: Event) -> Violation | None:
+    """A pointer that is not newer than its scope's last one, or does not name it as `prev`.
+
+    Judged on the entry alone, batch or not: a genuinely signed old pointer replayed inside
+    a one-message atomic batch breaks the chain exactly as a plain replay does."""
+    if event.type != "scope.activated" or event.scope is None:
+        return None
+    assert isinstance(event.data, ScopeActivated)
+    scope = world.scope(event.scope.env, event.scope.channel, event.scope.cohort)
+    broken = chain_break(scope.chain_mark, event.data)
+    if broken is None:
+        return None
+    code, why = broken
+    return Violation(position.seq, code, f"{position.subject}: {event.data.pack.version}: {why}")
+
+
+def audit_signed_entry(audit: Audit, keys, position: Position, event: Event | None, payload: bytes, headers, subjects) -> Audit:
+    """`audit_entry` for an auditor with the service keys: an entry a service key did not sign
+    is reported and folded as junk (its sequence moves, its content counts for nothing), so the
+    audited state is the signed state the service itself acts on, and a forged pointer
+    neither moves a scope nor makes the next genuine one look like a chain break."""
+    violation = signature_violation(keys, position, event, payload, headers)
+    if violation is None:
+        return audit_entry(audit, position, event, subjects)
+    return replace(audit, world=apply_undecodable(audit.world, position, subjects), events=audit.events + 1,
+                   violations=audit.violations + (violation,))
 
 
 def with_violation(audit: Audit, violation: Violation | None) -> Audit:

@@ -11,6 +11,7 @@ class Position:
     subject: str
     batch_id: str | None = None
     stored_at: str | None = None  # server timestamp, RFC 3339
+    digest: str | None = None  # sha256 of the stored bytes, for pointers (the next pointer's `prev`)
 
 
 def positions(events, start: int = 1, subjects=None):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned
+from .pointer_chain import ChainMark, advance, chain_break
 
 ScopeKey = tuple[str, str, str]  # env, channel, cohort
 
@@ -33,6 +34,11 @@ class ScopeState:
     # The guard's flag on the active pack (a gate it no longer passes); cleared when the pointer moves.
     flag: ScopeFlagged | None = None
     flag_seq: int = 0  # sequence of the last flagged event (part of the scope's CAS value)
+    # the pointer chain (projections/pointer_chain.py): the last pointer's generation (None
+    # while the scope has only pre-chain pointers) and the digest of its exact stored bytes
+    # (None when the fold was not given the bytes)
+    generation: int | None = None
+    pointer_digest: str | None = None
 
     @property
     def last_seq(self) -> int:
@@ -43,21 +49,33 @@ class ScopeState:
     def active_pack(self) -> PackRef | None:
         return self.active.pack if self.active else None
 
+    @property
+    def chain_mark(self) -> ChainMark | None:
+        """The last pointer as the chain knows it; None if the scope never had one."""
+        return ChainMark(self.generation, self.pointer_digest) if self.active is not None else None
+
     def pinned_at(self, now: datetime) -> ScopePinned | None:
         return self.pin if self.pin is not None and self.pin.until > now else None
 
 
-def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str | None) -> ScopeState:
+def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str | None, digest: str | None = None) -> ScopeState:
+    """`digest`: of the entry's exact stored bytes (Position.digest), the link a next pointer names."""
     data = event.data
     match event.suffix:
         case "activated":
             assert isinstance(data, ScopeActivated)
+            if chain_break(state.chain_mark, data) is not None:
+                # a stale (replayed) or forked pointer is not the scope's state: only the subject's
+                # sequence moves (the CAS value must match what is stored); the audit flags it
+                return replace(state, active_seq=seq)
             lkg = state
             if data.kind == "rollback":  # a restored pack is known good by definition of the target
                 lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
+            mark = advance(state.chain_mark, data, digest)
             return replace(
                 lkg, active=data, active_seq=seq, active_since=event.occurred_at, active_batch=batch_id, ever_active=True,
                 flag=None,  # a flag is about the pack the pointer named
+                generation=mark.generation, pointer_digest=mark.digest,
             )
         case "pinned":
             assert isinstance(data, ScopePinned)

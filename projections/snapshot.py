@@ -22,7 +22,7 @@ from .releases import ReleaseState
 from .scopes import ScopeState
 from .world import ChannelProblem, ChannelState, World, tombstone
 
-FORMAT = 2  # 2: tombstones
+FORMAT = 3  # 2: tombstones; 3: pointer chain (scope generation and last pointer digest)
 
 
 @dataclass

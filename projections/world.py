@@ -189,7 +189,7 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "scope" and event.scope:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
         current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(w, scopes=w.scopes.insert(key, apply_scope_event(current_scope, position.seq, event, position.batch_id)))
+        return replace(w, scopes=w.scopes.insert(key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)))
     if family == "trust":
         return replace(w, trust_rotations=w.trust_rotations + ((position.seq, event.data.root),))  # type: ignore[attr-defined]
     if family == "channel" and event.scope:

@@ -12,7 +12,8 @@ from typing import Mapping
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
 from events.versions import parse_version
-from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, ScopeActivated, VersionDigest
+from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, VersionDigest
+from projections.pointer_chain import chained_pointer
 from projections.releases import ReleaseState
 from projections.world import World
 from .outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
@@ -73,7 +74,8 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output
     for cohort in cohorts:
         scope_state = world.scope(env, channel, cohort)
         previous[cohort] = _previous(world, env, channel, cohort)
-        pointer = ScopeActivated(pack=pack, manifest=release.verified.manifest, release_id=release.release_id, kind="rollout", previous=previous[cohort])
+        pointer = chained_pointer(scope_state.chain_mark, pack=pack, manifest=release.verified.manifest, release_id=release.release_id,
+                                  kind="rollout", previous=previous[cohort])
         event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
         writes.append(ScopeWrite(event, scope_state.active_seq))
     activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
@@ -113,7 +115,8 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
         scope_state = world.scope(env, channel, cohort)
         if scope_state.active_pack and scope_state.active_pack.digest == target.digest:
             continue  # already on its target (e.g. a pin switched it): nothing to move
-        pointer = ScopeActivated(pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id, kind="rollback", previous=_previous(world, env, channel, cohort))
+        pointer = chained_pointer(scope_state.chain_mark, pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id,
+                                  kind="rollback", previous=_previous(world, env, channel, cohort))
         event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
         writes.append(ScopeWrite(event, scope_state.active_seq))
         switched[cohort] = target

@@ -26,7 +26,7 @@ from .layout import LayoutSettings, ensure_layout
 from .log import Entry, EventLog
 from .log_reads import release_history
 from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
-from .settings import Settings
+from .settings import Settings, service_keys_for
 from .snapshots import Snapshots
 from .tasks import cancel_and_wait
 
@@ -85,8 +85,11 @@ class App:
         self.subjects = Subjects(settings.prefix)
         self.log = EventLog(nc, self.js, self.subjects, signer=signer)
         self.snapshots = Snapshots(self.js, self.subjects)
+        # what the service's own fold trusts: only what these keys signed counts (settings.service_keys_for)
+        self.service_keys = service_keys_for(settings, signer)
         self.deadletters = DeadLetters(self.js, self.subjects)
-        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True, deadletters=self.deadletters)
+        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True, deadletters=self.deadletters,
+                                 service_keys=self.service_keys)
         self.trust_root = trust_root
         self.clock = clock
         self._tasks: list[asyncio.Task] = []
@@ -115,7 +118,7 @@ class App:
         world = self.follower.world
         release = world.release(release_id)
         if release is None and release_id in world.tombstones:
-            release = await release_history(self.js, self.subjects, release_id, before_seq=world.applied_seq + 1)
+            release = await release_history(self.js, self.subjects, release_id, before_seq=world.applied_seq + 1, service_keys=self.service_keys)
         return release
 
     async def ensure_layout(self) -> None:
@@ -171,7 +174,7 @@ class App:
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
             self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True,
-                                     deadletters=self.deadletters)
+                                     deadletters=self.deadletters, service_keys=self.service_keys)
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         # consumers decide on a world at least as new as the log was at start; a cold start

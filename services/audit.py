@@ -10,7 +10,7 @@ from typing import Callable
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
 from events.service_signing import ServiceKeys
-from projections.invariants import Audit, audit_entry, finish, signature_violation, with_violation
+from projections.invariants import Audit, audit_entry, audit_signed_entry, finish
 from projections.world import World
 from .fold_gc import step as gc_step, young_collections_only
 from .log_reads import load_world, log_batches
@@ -25,9 +25,10 @@ async def replay(js, subjects: Subjects, progress: Progress | None = None, until
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
             for entry, position, event in batch:
-                if service_keys is not None:
-                    audit = with_violation(audit, signature_violation(service_keys, position, event, entry.data, entry.headers))
-                audit = audit_entry(audit, position, event, subjects)
+                if service_keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
+                    audit = audit_signed_entry(audit, service_keys, position, event, entry.data, entry.headers, subjects)
+                else:
+                    audit = audit_entry(audit, position, event, subjects)
                 if progress is not None:
                     progress(audit.events + audit.undecodable, entry.pending)
             gc_step()

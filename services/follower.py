@@ -15,10 +15,13 @@ import time
 from nats.js import JetStreamContext
 
 from events.codec import DecodeError, decode_event
+from events.model import Event
+from events.service_signing import ServiceKeys
 from events.subjects import Subjects
+from projections.invariants import ignored_reason
 from projections.position import Position
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore
-from .log_reads import release_history
+from .log_reads import position_of, release_history
 from .reader import OrderedReader
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 class Follower:
     def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
                  snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0, archive_closed: bool = False,
-                 deadletters=None) -> None:
+                 deadletters=None, service_keys: ServiceKeys | None = None) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
@@ -48,6 +51,13 @@ class Follower:
         # junk on a subject no consumer reads (a channel's, say) is visible too, never just skipped
         self._deadletters = deadletters
         self._keeping: set[asyncio.Task] = set()
+        # Trust only signed, fresh state: with the service keys, a pointer or service event that
+        # no service key trusted for its role signed, and (keys or not) a pointer that breaks its
+        # scope's chain (a replay), is folded as junk (its subject's sequence moves, nothing
+        # else), kept here with why, and listed in `undecodable` too so a consumer it triggers
+        # dead-letters it instead of acting on it.
+        self._service_keys = service_keys
+        self.ignored: dict[int, str] = {}  # seq -> why that entry counts for nothing
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -56,7 +66,7 @@ class Follower:
         reader = OrderedReader(self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True)
         try:
             async for entry in reader.read(follow=True):
-                position = Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"), entry.stored_at.isoformat() if entry.stored_at else None)
+                position = position_of(entry)
                 try:
                     event = decode_event(entry.data, entry.subject, self._subjects)
                 except DecodeError as exc:
@@ -65,6 +75,8 @@ class Follower:
                     self._keep_dead_letter(entry, exc)
                     event = None
                 else:
+                    event = self._signed_or_none(entry, position, event)
+                if event is not None:
                     if self._archive_closed and needs_history(self.world, event):
                         await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)
@@ -95,6 +107,18 @@ class Follower:
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
 
+    def _signed_or_none(self, entry, position: Position, event: Event) -> Event | None:
+        """The event, or None (folded as junk, recorded) if it is not signed, fresh state (`ignored_reason`)."""
+        why = ignored_reason(self.world, self._service_keys, position, event, entry.data, entry.headers)
+        if why is None:
+            return event
+        log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
+        self.ignored[entry.seq] = why
+        self.undecodable[entry.seq] = DecodeError(why)
+        self.world = apply_undecodable(self.world, position, self._subjects, why)
+        self._keep_dead_letter(entry, DecodeError(why))
+        return None
+
     async def _restore(self, release_id: str, seq: int) -> None:
         """A tombstoned release about to change (say, rolled back after it closed): whole again first.
 
@@ -103,7 +127,7 @@ class Follower:
         """
         while True:
             try:
-                state = await release_history(self._js, self._subjects, release_id, before_seq=seq)
+                state = await release_history(self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys)
                 if state is None:
                     raise LookupError(f"no events for release {release_id} before seq {seq}")
                 self.world = restore(self.world, state)

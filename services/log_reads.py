@@ -9,16 +9,18 @@ from events.codec import DecodeError, decode_event
 from events.model import Event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, evidence_of
+from projections.pointer_chain import entry_digest
 from projections.position import Position
 from projections.releases import ReleaseState
-from projections.world import World, apply, apply_undecodable
+from projections.invariants import apply_signed
+from projections.world import World, apply_undecodable
 from .fold_gc import step as gc_step, young_collections_only
 from .reader import OrderedReader, RawEntry
 
 
 def position_of(entry: RawEntry) -> Position:
     return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
-                    entry.stored_at.isoformat() if entry.stored_at else None)
+                    entry.stored_at.isoformat() if entry.stored_at else None, entry_digest(entry.subject, entry.data))
 
 
 def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
@@ -80,25 +82,41 @@ def undecodable_reason(entry: RawEntry, subjects: Subjects) -> str:
 
 
 def fold_entry(world: World, entry: RawEntry, position: Position, event: Event | None, subjects: Subjects) -> World:
-    """One entry of `log_entries` into the world; one that does not decode still moves its
-    subject's sequence (and is recorded where it matters): the expected sequences an operator
-    or consumer appends with are the log's real ones, not those of what could be decoded."""
-    if event is not None:
-        return apply(world, position, event)
-    return apply_undecodable(world, position, subjects, undecodable_reason(entry, subjects))
+    """One entry of `log_entries` into the world (signatures unchecked); see `fold_signed_entry`."""
+    return fold_signed_entry(world, None, entry, position, event, subjects)[0]
 
 
-async def load_world(js, subjects: Subjects, until: datetime | None = None) -> World:
-    world = World()
+def fold_signed_entry(world: World, service_keys, entry: RawEntry, position: Position, event: Event | None,
+                      subjects: Subjects) -> tuple[World, str | None]:
+    """One entry of `log_entries` into the world, as the service folds it. One that does not decode
+    still moves its subject's sequence (and is recorded where it matters): the expected sequences an
+    operator or consumer appends with are the log's real ones, not those of what could be decoded.
+    With `service_keys`, a pointer or service event no service key signed counts for nothing either
+    (its sequence still moves); the second value says why it was ignored."""
+    if event is None:
+        return apply_undecodable(world, position, subjects, undecodable_reason(entry, subjects)), None
+    return apply_signed(world, service_keys, position, event, entry.data, entry.headers, subjects)
+
+
+async def load_world(js, subjects: Subjects, until: datetime | None = None, service_keys=None) -> World:
+    """The log folded; with `service_keys`, signed state only (see `load_signed_world`)."""
+    return (await load_signed_world(js, subjects, service_keys, until))[0]
+
+
+async def load_signed_world(js, subjects: Subjects, service_keys, until: datetime | None = None) -> tuple[World, dict[int, str]]:
+    """The log folded as the service folds it; the map says which entries were ignored and why."""
+    world, ignored = World(), {}
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
             for entry, position, event in batch:
-                world = fold_entry(world, entry, position, event, subjects)
+                world, why = fold_signed_entry(world, service_keys, entry, position, event, subjects)
+                if why is not None:
+                    ignored[position.seq] = why
             gc_step()
-    return world
+    return world, ignored
 
 
-async def release_history(js, subjects: Subjects, release_id: str, before_seq: int) -> ReleaseState | None:
+async def release_history(js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None) -> ReleaseState | None:
     """One release whole, folded from its own subjects up to (not including) `before_seq`.
 
     A release's state depends on its own events alone, so this is exactly what a fold of
@@ -108,7 +126,7 @@ async def release_history(js, subjects: Subjects, release_id: str, before_seq: i
     async for entry, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
         if position.seq >= before_seq:
             break
-        world = fold_entry(world, entry, position, event, subjects)
+        world, _ = fold_signed_entry(world, service_keys, entry, position, event, subjects)
     return world.release(release_id)
 
 

@@ -18,7 +18,8 @@ from datetime import datetime
 from events.codec import decode_event, make_event
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
-from events.model import Actor, Event, PackRef, Scope, ScopeActivated, ScopePinned, ScopeUnpinned, VersionDigest
+from events.model import Actor, Event, PackRef, Scope, ScopePinned, ScopeUnpinned, VersionDigest
+from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
 from projections.world import World
 from .log import AppendConflict, Entry
@@ -89,7 +90,8 @@ def switch_to_pin(state: ScopeState, scope: Scope, pin_event_id: str, service: A
     if state.active_pack is not None and state.active_pack.digest == state.pin.pack.digest:
         return None
     previous = VersionDigest(version=state.active_pack.version, digest=state.active_pack.digest) if state.active_pack else None
-    data = ScopeActivated(pack=state.pin.pack, manifest=manifest_object_name(state.pin.pack.digest), release_id=None, kind="pin", previous=previous)
+    data = chained_pointer(state.chain_mark, pack=state.pin.pack, manifest=manifest_object_name(state.pin.pack.digest), release_id=None,
+                           kind="pin", previous=previous)
     return make_event("scope.activated", data, actor=service, scope=scope, event_id=derived_event_id(pin_event_id, NAME, "switch"), occurred_at=now)
 
 

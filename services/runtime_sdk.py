@@ -26,6 +26,7 @@ from events.model import PackRef, ScopeActivated
 from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
 from events.subjects import Subjects
+from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
 from .packstore import PackStore
 from .reader import OrderedReader
 from .tasks import cancel_and_wait
@@ -72,6 +73,7 @@ class RuntimeClient:
         self.sample_interval = sample_interval
         self.on_switch = on_switch
         self.service_keys = service_keys  # when set, only pointers signed by a trusted activator count
+        self.chain: ChainMark | None = None  # the newest pointer accepted: a next one must be newer and name it
         self.cohort: str | None = None
         self.active: PackRef | None = None
         self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
@@ -136,31 +138,53 @@ class RuntimeClient:
     async def follow(self) -> None:
         assert self.cohort is not None
         subject = self.subjects.scope(self.id.env, self.id.channel, self.cohort, "activated")
-        # a fleet of runtimes follows: a 5 s heartbeat keeps the server's idle cost per runtime low
-        # (a lost pull request is noticed within 15 s; a new pointer still arrives at once)
-        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], deliver_last_per_subject=True, heartbeat_s=5.0)
+        # Every pointer of the scope, oldest first, not only the newest stored: the chain is
+        # checked from the start, so an old pointer replayed last (a rollback or freeze
+        # attack) is not what a (re)starting runtime runs. Of the history read at start only
+        # the newest pointer that keeps the chain is considered. A fleet of runtimes follows:
+        # a 5 s heartbeat keeps the server's idle cost per runtime low (a lost pull request
+        # is noticed within 15 s; a new pointer still arrives at once).
+        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], heartbeat_s=5.0)
+        newest: ScopeActivated | None = None
         try:
             async for entry in reader.read(follow=True):
-                if self.service_keys is not None:
-                    problem = self.service_keys.check("activator", entry.subject, entry.data, entry.headers)
-                    if problem:
-                        self.history.append(("?", f"ignored pointer at seq {entry.seq}: {problem}"))
-                        log.warning("runtime %s: ignoring pointer at seq %d: %s", self.id.runtime_id, entry.seq, problem)
-                        continue
-                try:
-                    event = decode_event(entry.data, entry.subject, self.subjects)
-                except DecodeError as exc:
-                    log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
-                    continue
-                try:
-                    await self.consider(event.data)  # type: ignore[arg-type]
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # one pointer that went wrong must not stop the runtime following
-                    self.history.append((event.data.pack.digest, f"error: {exc!r}"))  # type: ignore[attr-defined]
-                    log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, entry.seq, exc)
+                newest = self.accept_pointer(entry) or newest
+                if entry.pending == 0 and newest is not None:
+                    pointer, newest = newest, None
+                    try:
+                        await self.consider(pointer)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # one pointer that went wrong must not stop the runtime following
+                        self.history.append((pointer.pack.digest, f"error: {exc!r}"))
+                        log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, entry.seq, exc)
         finally:
             await reader.close()
+
+    def accept_pointer(self, entry) -> ScopeActivated | None:
+        """The pointer in `entry` if it counts: signed by a trusted activator (with service keys),
+        a valid event, and newer than the chain so far (projections/pointer_chain.py). A refused
+        one is logged and kept in `history` with why; it never moves `chain`."""
+        if self.service_keys is not None:
+            problem = self.service_keys.check("activator", entry.subject, entry.data, entry.headers)
+            if problem:
+                self.history.append(("?", f"ignored pointer at seq {entry.seq}: {problem}"))
+                log.warning("runtime %s: ignoring pointer at seq %d: %s", self.id.runtime_id, entry.seq, problem)
+                return None
+        try:
+            event = decode_event(entry.data, entry.subject, self.subjects)
+        except DecodeError as exc:
+            log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
+            return None
+        pointer: ScopeActivated = event.data  # type: ignore[assignment]
+        # knowing no pointer yet (the first one read) is not knowing the scope had none: accept it
+        broken = chain_break(self.chain, pointer) if self.chain is not None else None
+        if broken is not None:
+            self.history.append((pointer.pack.digest, f"refused pointer at seq {entry.seq}: {broken[0]}: {broken[1]}"))
+            log.warning("runtime %s: refused pointer at seq %d to %s: %s", self.id.runtime_id, entry.seq, pointer.pack.short(), broken[1])
+            return None
+        self.chain = advance(self.chain, pointer, pointer_digest(entry.data))
+        return pointer
 
     async def consider(self, pointer: ScopeActivated) -> None:
         if self.active is not None and self.active.digest == pointer.pack.digest:

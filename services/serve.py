@@ -17,7 +17,7 @@ from .app import App, Clock, connect, utc_clock
 from .embedded import EmbeddedServer, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import inbox_for, redacted
-from .settings import ConfigError, Settings, load_trust_root, service_signing_key
+from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
 from .tasks import SignalStop
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     if settings.metrics_addr:
         parse_listen_address(settings.metrics_addr)
     signer = service_signing_key(settings)
+    service_keys_for(settings, signer)  # the keys its fold trusts: refused now, not after start-up, if they exclude its own
     stop = SignalStop()
     try:
         async with nats_for(settings) as target:

@@ -145,3 +145,36 @@ def service_signing_key(settings: "Settings"):
         except OSError as exc:
             raise ConfigError(f"cannot read service key {path}: {exc.strerror}") from None
     raise ConfigError(f"service key {path} is unusable (not a key file)")
+
+
+def service_keys_for(settings: "Settings", signer, roles: tuple[str, ...] | None = None):
+    """The service keys a service process trusts in its own fold (trust only signed state).
+
+    KX_SERVICE_KEYS when set: every process of a deployment then trusts the same keys, and
+    this process's own key must be among them for each role it runs (else its own appends
+    would count for nothing: refused as bad configuration). Unset: this process's key, for
+    every role (one `kxr serve`, or processes sharing a data directory and so a key).
+    None without a signing key: a process that signs nothing trusts nothing (tests, tools).
+    """
+    from events.service_signing import ServiceKeys
+
+    keys = load_service_keys(settings.service_keys_path)
+    if keys is None:
+        return ServiceKeys.of(signer, list(ROLES)) if signer is not None else None
+    if signer is not None:
+        own = keys.keys.get(signer.keyid)
+        missing = sorted(set(roles or settings.roles) - (own.roles if own else frozenset()))
+        if missing:
+            raise ConfigError(f"service keys {settings.service_keys_path} do not trust this process's key "
+                              f"{signer.keyid[:16]} for {', '.join(missing)}: its own appends would be ignored")
+    return keys
+
+
+def reader_service_keys(settings: "Settings"):
+    """The service keys a reading tool (`kxr status`, `kxr ui`, operator actions) checks signatures with:
+    KX_SERVICE_KEYS, else the `service-keys.json` a `kxr serve` sharing KX_DATA_DIR wrote beside its key,
+    else None (signatures unchecked; said so where it shows)."""
+    path = settings.service_keys_path
+    if path is None and (settings.data_dir / "service-keys.json").is_file():
+        path = settings.data_dir / "service-keys.json"
+    return load_service_keys(path)

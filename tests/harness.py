@@ -129,6 +129,11 @@ async def wait_for(probe, timeout: float, what: str, describe=None):
         await asyncio.sleep(0.02)
 
 
+# A restarted service keeps its signing key, as `kxr serve` keeps it under its data directory:
+# the service trusts only what its keys signed, so a new key would disown its own history.
+_SERVICE_KEYS: dict[str, SigningKey] = {}
+
+
 @asynccontextmanager
 async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | None = None, key: SigningKey | None = None,
                           verify_timeout_s: float = 30.0, replicas: int = 1, trust_root: TrustRoot | None = None) -> AsyncIterator[Service]:
@@ -136,7 +141,7 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
     trust_root = trust_root or trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
     settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s, replicas=replicas)
-    service_key = SigningKey.generate()
+    service_key = _SERVICE_KEYS.setdefault(prefix, SigningKey.generate())
     app = App(nc, settings, trust_root, signer=service_key)
     service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))
     try:

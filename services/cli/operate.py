@@ -36,7 +36,7 @@ def _operator_action(nats_url: Optional[str], build) -> int:
 
     async def go() -> int:
         async with session(nats_url) as (_, js, log):
-            world = await load_world(js, log.subjects)
+            world = await load_world(js, log.subjects, service_keys=_service_keys())
             try:
                 action = build(world, datetime.now(timezone.utc), log.subjects)
             except OperatorError as exc:
@@ -176,7 +176,7 @@ def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tup
 
     async def go():
         async with session(nats_url) as (_, js, log):
-            return await load_world(js, log.subjects)
+            return await load_world(js, log.subjects, service_keys=_service_keys())
 
     return _scopes_of(run_async(go()), parts)
 
@@ -187,17 +187,37 @@ def status(
     all_releases: bool = typer.Option(False, "--all", help="list closed releases too"),
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
-    """Active pack per scope, and releases in flight with their stage."""
-    from services.log_reads import load_world
+    """Active pack per scope, and releases in flight with their stage (signed state only, with KX_SERVICE_KEYS)."""
+    from services.log_reads import load_signed_world
     from .views import release_rows, scope_rows, status_tables
+
+    keys = _service_keys()
 
     async def go():
         async with session(nats_url) as (_, js, log):
-            return await load_world(js, log.subjects)
+            return await load_signed_world(js, log.subjects, keys)
 
-    world = run_async(go())
-    output(as_json, {"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq},
-           lambda: status_tables(world, all_releases))
+    world, ignored = run_async(go())
+    shown = {"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq,
+             "signatures": "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS or KX_DATA_DIR)",
+             "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())]}
+
+    def tables():
+        for seq, why in sorted(ignored.items()):
+            err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
+        return status_tables(world, all_releases)
+
+    output(as_json, shown, tables)
+
+
+def _service_keys():
+    """The service keys (settings.reader_service_keys): with them every view and decision of kxr
+    uses signed state only, as the service does."""
+    from services.settings import reader_service_keys
+
+    from .common import settings_from
+
+    return reader_service_keys(settings_from())
 
 
 # ---- channels -----------------------------------------------------------------------------------
@@ -238,7 +258,7 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: 
 
     async def go():
         async with session(nats_url) as (_, js, log):
-            return await load_world(js, log.subjects)
+            return await load_world(js, log.subjects, service_keys=_service_keys())
 
     world = run_async(go())
     state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)

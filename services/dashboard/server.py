@@ -14,7 +14,7 @@ from events.subjects import Subjects
 from services.app import connect, utc_clock
 from services.follower import Follower
 from services.permissions import redacted
-from services.settings import ConfigError, Settings
+from services.settings import ConfigError, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait
 from .hub import LiveHub
 from .web import LOOPBACK_HOSTS, make_app
@@ -79,7 +79,8 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
         js = nc.jetstream(timeout=10)
         subjects = Subjects(settings.prefix)
         await js.stream_info(subjects.releases_stream)  # no log yet: one clear error, not an empty page forever
-        follower = Follower(js, subjects)  # no snapshots: the dashboard writes nothing, not even those
+        # no snapshots: the dashboard writes nothing, not even those; with the service keys it shows signed state only
+        follower = Follower(js, subjects, service_keys=reader_service_keys(settings))
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
             async with dashboard(follower, js, subjects, host, port) as url:
@@ -106,7 +107,7 @@ async def dashboard_for(app, addr: tuple[str, int] | None, announce: Callable[[s
     if addr is None:
         yield None
         return
-    follower = Follower(app.js, app.subjects)  # no snapshots, no archiving
+    follower = Follower(app.js, app.subjects, service_keys=app.service_keys)  # no snapshots, no archiving; signed state only
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()

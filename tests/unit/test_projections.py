@@ -550,6 +550,21 @@ def test_undecodable_on_a_scope_pointer_bumps_active_seq() -> None:
     assert fresh.scope(ENV, CH, "rest").active_seq == 3
 
 
+def test_a_pointer_moves_the_scope_chain_and_junk_does_not() -> None:
+    log = Log()
+    pre_chain = log.point("internal", P0)
+    data = {"pack": P1, "manifest": manifest_of(P1), "release_id": "r1", "kind": "rollout", "generation": 4, "prev": "sha256:" + "e" * 64}
+    chained = log.add("scope.activated", data, release_id="r1", cohort="internal")
+    subject = Subjects().scope(ENV, CH, "internal", "activated")
+    world = apply(World(), Position(1, subject, "b", digest="sha256:" + "e" * 64), pre_chain)
+    assert (world.scope(ENV, CH, "internal").generation, world.scope(ENV, CH, "internal").pointer_digest) == (None, "sha256:" + "e" * 64)
+    world = apply(world, Position(2, subject, "b", digest="sha256:" + "d" * 64), chained)
+    s = world.scope(ENV, CH, "internal")
+    assert (s.active_pack.digest, s.generation, s.pointer_digest) == (P1["digest"], 4, "sha256:" + "d" * 64)
+    after = apply_undecodable(world, _garbage(3, subject), Subjects()).scope(ENV, CH, "internal")
+    assert (after.generation, after.pointer_digest, after.active_seq) == (4, "sha256:" + "d" * 64, 3)
+
+
 @pytest.mark.parametrize(
     "subject",
     # (a pin subject moves the scope's pin sequence and a channel subject records a problem:
