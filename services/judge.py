@@ -21,11 +21,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Collection, Iterable
+from typing import TYPE_CHECKING, Collection, Iterable
 
 from events.health import HealthSample
 from events.model import Comparison, Monitoring, MonitoringStarted
 from .statistics import judge_statistically
+
+if TYPE_CHECKING:
+    from projections.releases import ReleaseState
+    from projections.world import World
 
 HARD_BREACH_MIN_REQUESTS = 20
 # A runtime with fewer requests in the window is not judged on its own (its rates are noise);
@@ -129,6 +133,24 @@ def split_window(stored: Iterable[tuple[datetime, HealthSample]], window: Monito
     """(samples of the new pack inside the window, samples of the previous active pack just before it), by stored time."""
     data = window_data(stored, window, baseline_digests=baseline_digests)
     return data.samples, data.baseline
+
+
+def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
+    """The packs the window's cohorts ran before this release: each scope's previous *active* pointer, from the log.
+
+    Only a pointer this release wrote counts (a scope moved by anything else since has no
+    baseline here): never "whatever other digest a runtime claims to run".
+    """
+    m, prepared = release.monitoring, release.prepared
+    if m is None or prepared is None:
+        return frozenset()
+    out = set()
+    for cohort in m.cohorts:
+        active = world.scope(prepared.target.env, prepared.target.channel, cohort).active
+        if active is not None and active.release_id == release.release_id and active.pack.digest == m.digest \
+                and active.previous is not None and active.previous.digest != m.digest:
+            out.add(active.previous.digest)
+    return frozenset(out)
 
 
 # ---- figures ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from events.model import Event, MonitoringStarted, MonitoringVerdict
 from projections.releases import ReleaseState
 from projections.world import World
 from .health_reads import accept, samples_between, window_reports
-from .judge import CLOCK_SKEW, Breach, WindowData, breach_of, first_breach, judge_window, read_span, window_data
+from .judge import CLOCK_SKEW, Breach, WindowData, baseline_digests, breach_of, first_breach, judge_window, read_span, window_data
 from .outputs import Chain, Ctx, Output, Timer, release_event
 from .reactor import ReleaseReactor
 from .worker import Poison, Worker
@@ -54,24 +54,6 @@ def window_timer(release: ReleaseState) -> Timer | None:
 def activated_at(release: ReleaseState, stage: int, fallback):
     """When the stage's pointers moved: the `activated` event's time (the window starts there)."""
     return release.activated_at.get(stage, fallback)
-
-
-def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
-    """The packs the window's cohorts ran before this release: each scope's previous *active* pointer, from the log.
-
-    Only a pointer this release wrote counts (a scope moved by anything else since has no
-    baseline here): never "whatever other digest a runtime claims to run".
-    """
-    m, prepared = release.monitoring, release.prepared
-    if m is None or prepared is None:
-        return frozenset()
-    out = set()
-    for cohort in m.cohorts:
-        active = world.scope(prepared.target.env, prepared.target.channel, cohort).active
-        if active is not None and active.release_id == release.release_id and active.pack.digest == m.digest \
-                and active.previous is not None and active.previous.digest != m.digest:
-            out.add(active.previous.digest)
-    return frozenset(out)
 
 
 def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: MonitoringVerdict) -> Event:
