@@ -207,3 +207,21 @@ async def test_one_forged_huge_healthy_sample_cannot_pass_a_failing_window(nats_
         assert "runtimes_breaching 2 breaches <= 0" in verdict.reason
         rows = verdict.figures["per_runtime"]["runtimes"]
         assert rows["rt-t-int-1"]["breaches"] and rows["rt-t-int-2"]["breaches"] and not rows["rt-forger"]["breaches"]
+
+
+# ==== 5. seed signals: tenant impact ===============================================================
+
+
+async def test_a_tenant_impact_spike_fails_the_window_early_with_its_own_trigger(nats_url, prefix):
+    channel = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 30,
+                                         "thresholds": {**CHANNEL["monitoring"]["thresholds"], "tickets_max": 3}}}
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure(config=channel)
+        pack = make_pack("1.0.0", svc.key)
+        await svc.runtime("t-int-1", {pack.digest: Behaviour(tickets=5)})  # healthy figures, angry tenants
+        await svc.runtime("tenant-42")
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        kind, verdict = await first_verdict(svc, "r1")  # long before the 30 s window ends
+        assert kind == "monitoring_failed", verdict.reason
+        assert verdict.early and verdict.trigger == "tenant_impact"
+        assert "5 tickets in one sample" in verdict.reason
