@@ -131,11 +131,12 @@ def decide_verdict(release: ReleaseState, stage: int, samples: list[HealthSample
     return decide_window(release, stage, WindowData(list(samples), list(baseline)), ctx)
 
 
-def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx) -> list[Output]:
-    """The window's samples could not be read: no verdict on missing evidence — hold, saying why."""
+def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx,
+                       what: str = "health samples could not be read") -> list[Output]:
+    """The window could not be judged (its samples unreadable, or judging them failed): hold, saying why."""
     if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
         return []
-    verdict = MonitoringVerdict(stage=stage, reason=f"health samples could not be read: {problem}")
+    verdict = MonitoringVerdict(stage=stage, reason=f"{what}: {problem[:1000]}")
     return [Chain((release_event(ctx, release, "monitoring_inconclusive", verdict, f"verdict/{stage}"),))]
 
 
@@ -245,7 +246,11 @@ class Monitor(ReleaseReactor):
                 data = await self.window_data(world, release)
             except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
                 return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx)
-            return decide_window(release, stage, data, ctx)
+            try:
+                return decide_window(release, stage, data, ctx)
+            except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
+                log.exception("monitor: window %d of %s could not be judged", stage, release.release_id)
+                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged")
 
         return verdict
 

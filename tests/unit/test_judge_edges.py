@@ -335,3 +335,11 @@ def test_window_data_is_what_decide_window_judges() -> None:
     data = WindowData([sample("a"), sample("b")], [], frozenset({"a"}))
     event = monitor.decide_window(state(monitoring_log())[1], 0, data, ctx("monitor"))[0].events[0]
     assert event.type == "release.monitoring_inconclusive" and "a" in event.data.figures["coverage"]["missing"]
+
+
+def test_a_window_the_judge_chokes_on_is_held_with_the_reason() -> None:
+    """The monitor's adapter turns any exception while judging into this, instead of retrying a timer forever."""
+    event = monitor.decide_unjudgeable(state(monitoring_log())[1], 0, "OverflowError: int too large", ctx("monitor"),
+                                       "the window could not be judged")[0].events[0]
+    assert event.type == "release.monitoring_inconclusive"
+    assert event.data.reason == "the window could not be judged: OverflowError: int too large"
