@@ -108,7 +108,7 @@ def window_data(
     `baseline_digests` the packs the cohorts ran before (none: no baseline, so every error
     class counts as new).
     """
-    since = (activated_at or window.starts_at)
+    since = activated_at or window.starts_at
     before = min(since, window.starts_at)
     new: list[HealthSample] = []
     baseline: list[HealthSample] = []
