@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from events.canonical import StrictJSONError
 from events.codec import encode_event
@@ -51,7 +51,7 @@ def window_timer(release: ReleaseState) -> Timer | None:
                  msg_id=derived_event_id(release.release_id, NAME, f"timer/{m.stage}/{m.ends_at.isoformat()}"))
 
 
-def activated_at(release: ReleaseState, stage: int, fallback):
+def activated_at(release: ReleaseState, stage: int, fallback: datetime) -> datetime:
     """When the stage's pointers moved: the `activated` event's time (the window starts there)."""
     return release.activated_at.get(stage, fallback)
 
@@ -61,7 +61,7 @@ def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: Monito
 
     A figure that is not contract JSON (a non-finite number) or a verdict over the event
     size cap would be refused by the log writer (events/codec.py) and the window would
-    never end: fail it closed instead, keeping its stage, counts, trigger and reason.
+    never end: hold it instead (inconclusive), keeping its stage, counts and reason.
     """
     step = f"verdict/{verdict.stage}"
     event = release_event(ctx, release, outcome, verdict, step)
