@@ -119,5 +119,14 @@ def canonical_bytes(signed: Any) -> bytes:
 
 
 def compact_bytes(value: Any) -> bytes:
-    """Compact JSON for messages on the wire (not a signing format)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON for messages on the wire (not a signing format).
+
+    NaN and infinities have no JSON form: Python would write `NaN`/`Infinity`, which no
+    strict reader (ours included) accepts, so a message holding one could be stored and
+    then never read. Refuse it here, with the reason, before anything is written.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise StrictJSONError(f"not writable as JSON: {exc} (NaN or an infinity)") from None
+    return text.encode()

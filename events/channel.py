@@ -50,6 +50,9 @@ class ChannelThresholds(_Cfg):
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
     statistical: Literal["off", "report", "enforce"] = "report"
+    tickets_max: StrictInt | None = Field(default=None, ge=0)  # totals over the window (events.model.Thresholds)
+    escalations_max: StrictInt | None = Field(default=None, ge=0)
+    trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
 
 
 MAX_WINDOW_S = 30 * 24 * 3600

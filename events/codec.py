@@ -141,7 +141,20 @@ def check_subject(event: Event, subject: str, subjects: Subjects) -> None:
 
 
 def encode_event(event: Event) -> bytes:
-    return compact_bytes(event.model_dump(mode="json", by_alias=True))
+    """The bytes stored for `event`; StrictJSONError for an event no reader could decode again.
+
+    The guard of "every event written is valid contract JSON": a non-finite number (which
+    would be written as `Infinity`) or more than EVENT_MAX_BYTES (which every decoder
+    refuses) raises here, so the writer fails closed with a reason instead of storing an
+    entry every consumer dead-letters.
+    """
+    try:
+        raw = compact_bytes(event.model_dump(mode="json", by_alias=True))
+    except StrictJSONError as exc:
+        raise StrictJSONError(f"event {event.type} {event.event_id}: {exc}") from None
+    if len(raw) > EVENT_MAX_BYTES:
+        raise StrictJSONError(f"event {event.type} {event.event_id} is {len(raw)} bytes, over the {EVENT_MAX_BYTES}-byte cap")
+    return raw
 
 
 def make_event(

@@ -1,15 +1,40 @@
-"""Health samples from runtimes (CONTRACT §8)."""
+"""Health samples from runtimes (CONTRACT §8).
+
+Every figure is data the monitor does arithmetic on, so every figure is bounded here, at
+decode: finite, non-negative, under a sane maximum. A sample outside these bounds (NaN,
+1e308, 10**400, more errors than requests) is not a sample: the monitor counts it as an
+invalid report of its window, never as evidence (services/judge.py). With these bounds no
+sum or request-weighted mean over a window can overflow a float.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .manifest import DIGEST_PATTERN
 from .tokens import TOKEN_PATTERN
 
 HEALTH_MAX_BYTES = 16 * 1024
+MAX_COUNT = 10**9  # requests, errors, checks, tickets... per sample: a billion in one report is already absurd
+MAX_MS = 86_400_000.0  # a day, in milliseconds: no latency or activation time is longer
+MAX_ERROR_CLASSES = 64
+MAX_ERROR_CLASS_LENGTH = 128
+MAX_ERROR_TEXT = 2048
+
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool):  # JSON true is not 1.0
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+Millis = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False), BeforeValidator(_number)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(_number)]
+ErrorClass = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ERROR_CLASS_LENGTH)]
 
 
 class _H(BaseModel):
@@ -17,13 +42,22 @@ class _H(BaseModel):
 
 
 class Latency(_H):
-    p95: float = Field(ge=0)
-    p99: float = Field(ge=0)
+    p95: Millis
+    p99: Millis
 
 
 class Correctness(_H):
-    mismatches: StrictInt = Field(ge=0)
-    checked: StrictInt = Field(ge=0)
+    mismatches: Count
+    checked: Count
+    # share of requests whose answer could be traced to its sources (seed "correctness")
+    trace_coverage: Share | None = None
+
+
+class Signals(_H):
+    """Tenant-impact indicators (seed trigger "unexpected tenant impact"), counted since the last sample."""
+
+    tickets: Count = 0
+    escalations: Count = 0
 
 
 class HealthSample(_H):
@@ -32,13 +66,14 @@ class HealthSample(_H):
     at: AwareDatetime
     kind: Literal["activation", "sample"]
     ok: StrictBool | None = None
-    took_ms: float | None = Field(default=None, ge=0)
-    error: StrictStr | None = None
-    requests: StrictInt = Field(default=0, ge=0)
-    errors: StrictInt = Field(default=0, ge=0)
+    took_ms: Millis | None = None
+    error: StrictStr | None = Field(default=None, max_length=MAX_ERROR_TEXT)
+    requests: Count = 0
+    errors: Count = 0
     latency_ms: Latency | None = None
-    error_classes: dict[str, StrictInt] = Field(default_factory=dict)
+    error_classes: dict[ErrorClass, Count] = Field(default_factory=dict, max_length=MAX_ERROR_CLASSES)
     correctness: Correctness | None = None
+    signals: Signals | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "HealthSample":

@@ -70,6 +70,12 @@ class Thresholds(Frozen):
     # Mann-Whitney comparison with the previous pack (services/statistics.py): "report" puts
     # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
     statistical: Literal["off", "report", "enforce"] = "report"
+    # Tenant impact (health sample `signals`): totals over the window; a breach fails the window
+    # with trigger `tenant_impact`, early when a single sample already exceeds the total.
+    tickets_max: StrictInt | None = Field(default=None, ge=0)
+    escalations_max: StrictInt | None = Field(default=None, ge=0)
+    # Correctness: the request-weighted share of answers traced to their sources (0..1).
+    trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
 
 
 class Monitoring(Frozen):

@@ -63,7 +63,7 @@ from events.model import MonitoringStarted
 from projections.evidence import EvidenceRecord
 from projections.releases import ReleaseState
 from projections.world import World
-from .judge import judge, split_window
+from .judge import baseline_digests, judge_window, window_data
 
 VIEW_SCHEMA = "kxr.release-view/1"
 DEFAULT_EVENTS = 10
@@ -112,7 +112,7 @@ def release_view(
         "stages": stage_rows(release, record),
         "gates": [dict(g) for g in record.gates],
         "verification": dict(record.verification),
-        "window": window_view(release, record, now, stored_samples),
+        "window": window_view(release, record, now, stored_samples, world),
         "scopes": scope_rows(world, release, now),
         "events": [dict(e) for e in record.timeline[-events:]] if events > 0 else [],
     }
@@ -162,7 +162,7 @@ def _stage_state(release: ReleaseState, i: int, window: dict | None) -> str:
 
 
 def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
-                stored_samples: Iterable[tuple[datetime, HealthSample]] | None) -> dict[str, Any] | None:
+                stored_samples: Iterable[tuple[datetime, HealthSample]] | None, world: World | None = None) -> dict[str, Any] | None:
     """The most recent monitoring window: its clock, and each figure against its threshold."""
     m = release.monitoring
     if m is None:
@@ -186,8 +186,10 @@ def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
         return {**view, **_empty(False, f"closed without a verdict: the release went on to {release.phase}")}
     if stored_samples is None:
         return {**view, **_empty(True, "health samples not readable here: figures appear with the verdict")}
-    new, baseline = split_window(stored_samples, m)
-    v = judge(new, baseline, m.monitoring)
+    # the monitor's own split and judge (services/judge.py); the baseline is what the log says ran before
+    data = window_data(stored_samples, m, baseline_digests=baseline_digests(world, release) if world else (),
+                       activated_at=release.activated_at.get(m.stage))
+    v = judge_window(data, m.monitoring)
     return {**view, "open": True, "source": "live", "result": v.outcome.removeprefix("monitoring_"), "reason": v.reason,
             **_counts(v.samples, v.runtimes, v.figures), "figures": [c.model_dump(mode="json") for c in v.comparisons]}
 

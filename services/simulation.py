@@ -21,6 +21,9 @@ class Behaviour:
     p99_ms: float = 120.0
     error_classes: dict[str, int] = field(default_factory=dict)
     requests: int = 200
+    tickets: int = 0  # tenant-impact signals per sample (CONTRACT §8 `signals`)
+    escalations: int = 0
+    trace_coverage: float = 1.0  # share of answers traced to their sources
 
 
 def sampler(behaviours: dict[str, Behaviour], seed: int, default: Behaviour | None = None):
@@ -35,7 +38,8 @@ def sampler(behaviours: dict[str, Behaviour], seed: int, default: Behaviour | No
             "errors": errors,
             "latency_ms": {"p95": round(b.p95_ms * jitter, 1), "p99": round(b.p99_ms * jitter, 1)},
             "error_classes": dict(b.error_classes),
-            "correctness": {"mismatches": 0, "checked": 50},
+            "correctness": {"mismatches": 0, "checked": 50, "trace_coverage": b.trace_coverage},
+            "signals": {"tickets": b.tickets, "escalations": b.escalations},
         }
 
     return sample

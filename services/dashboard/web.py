@@ -76,7 +76,7 @@ async def overview_of(hub: LiveHub) -> dict[str, Any]:
     windows = {}
     for release in world.releases_in_flight():
         record = await hub.evidence(release.release_id)
-        windows[release.release_id] = window_view(release, record, now, hub.samples(release)) if record else None
+        windows[release.release_id] = window_view(release, record, now, hub.samples(release), world) if record else None
     return model.overview(world, now, windows)
 
 

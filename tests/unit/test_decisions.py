@@ -516,7 +516,8 @@ def test_monitor_start_opens_a_window() -> None:
     assert event.type == "release.monitoring_started"
     d = event.data
     assert (d.stage, d.cohorts, d.digest) == (0, ["internal"], P1["digest"])
-    assert d.starts_at == LATER and d.ends_at == LATER + timedelta(seconds=60)
+    # the window starts when the pointers moved, not when the monitor got to it (issue 13)
+    assert d.starts_at == release.activated_at[0] != LATER and d.ends_at == d.starts_at + timedelta(seconds=60)
     assert d.monitoring == release.prepared.monitoring
 
 
@@ -610,7 +611,9 @@ def test_judge_fails_naming_the_breached_metric(metric: str, thresholds: dict, s
     assert v.outcome == "monitoring_failed"
     assert reason in v.reason, v.reason
     failed = [c.metric for c in v.comparisons if not c.ok]
-    assert failed == [metric]
+    # first the metric itself; then, since issue 13/14, its echoes: the runtime judged on its own
+    # (`runtimes_breaching`) and, for a refusal, `activation_refusals` (a refusal always fails)
+    assert failed[0] == metric and set(failed[1:]) <= {"runtimes_breaching", "activation_refusals"}, failed
 
 
 @pytest.mark.parametrize(
@@ -620,7 +623,8 @@ def test_judge_fails_naming_the_breached_metric(metric: str, thresholds: dict, s
         ({"latency_p95_ms_max": 250}, [sample("a", p95=250)]),
         ({"latency_p99_ms_max": 400}, [sample("a", p99=400)]),
         ({"mismatch_rate_max": 0.01}, [sample("a", mismatches=1, checked=100)]),
-        ({"activation_success_min": 0.5}, [sample("a"), activation("a", ok=False), activation("b")]),
+        # a refusal now fails whatever the minimum (issue 13): at the limit means every activation succeeded
+        ({"activation_success_min": 1.0}, [sample("a"), activation("a"), activation("b")]),
         ({"new_error_classes": "ignore"}, [sample("a", errors=1, classes={"KeyError": 1})]),
     ],
     ids=["error-rate-at-limit", "p95-at-limit", "p99-at-limit", "mismatch-at-limit", "activation-at-min", "new-classes-ignored"],
@@ -660,7 +664,8 @@ def test_judge_breach_beats_too_few_samples() -> None:
 def test_judge_failed_activation_fails_without_a_configured_minimum() -> None:
     v = judge([sample("a"), sample("b"), activation("a"), activation("b", ok=False, error="digest mismatch")], [], monitoring())
     assert v.outcome == "monitoring_failed"
-    assert "activation_success_rate 0.5 breaches >= 1" in v.reason
+    assert "activation_refusals 1 breaches <= 0 (refused by: b)" in v.reason  # its own comparison since issue 13
+    assert v.trigger == "activation_failure"
     assert v.figures["activation_errors"] == ["digest mismatch"]
 
 
@@ -701,10 +706,13 @@ def test_compare_lists_every_configured_threshold() -> None:
     comps = compare(figures_of([sample()], []), monitoring(error_rate_max=0.1, latency_p95_ms_max=1, latency_p99_ms_max=1000, mismatch_rate_max=0.5))
     assert [(c.metric, c.op) for c in comps] == [
         ("error_rate", "<="), ("latency_p95_ms", "<="), ("latency_p99_ms", "<="), ("mismatch_rate", "<="),
-        ("activation_success_rate", ">="), ("new_error_classes", "none_new"),
+        ("activation_refusals", "<="), ("new_error_classes", "none_new"),
     ]
-    assert [c.ok for c in comps] == [True, False, True, True, True, True]
-    assert [c.metric for c in compare({}, monitoring(new_error_classes="ignore"))] == ["activation_success_rate"]
+    # sample() carries no correctness: no data for mismatch_rate is not ok (inconclusive, issue 13)
+    assert [c.ok for c in comps] == [True, False, True, False, True, True]
+    assert comps[3].value is None
+    # a refusal fails whatever is configured (issue 13): activation_success_rate only when a minimum is set
+    assert [c.metric for c in compare({}, monitoring(new_error_classes="ignore"))] == ["activation_refusals"]
 
 
 HARD_BREACHES = [

@@ -40,8 +40,8 @@ CHAIN_FIELDS = ("generation", "prev")
 
 
 def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
-    """Both payloads; a pointer recorded before pointers were chained is compared without the chain fields."""
-    a, b = mine.data.model_dump(mode="json"), theirs.data.model_dump(mode="json")
+    """Both payloads (`_comparable`); a pointer recorded before pointers were chained is compared without the chain fields."""
+    a, b = _comparable(mine), _comparable(theirs)
     if mine.type == "scope.activated" and b.get("generation") is None:
         a = {k: v for k, v in a.items() if k not in CHAIN_FIELDS}
         b = {k: v for k, v in b.items() if k not in CHAIN_FIELDS}
@@ -83,6 +83,20 @@ def redecide(world: World, event: Event) -> list[Event]:
     if service == "promoter":
         return produced(promoter.decide(world, release, ctx))
     return []  # verifier and window verdicts: IO results, replayed as recorded
+
+
+def _comparable(event: Event) -> dict:
+    """The payload, less what a deliberate change of decision moved.
+
+    Since issue 13 a window starts at its stage's activation (the `activated` event's time),
+    not when the monitor reacted: histories recorded before differ in the window's two
+    timestamps only; its length must still be the same.
+    """
+    doc = event.data.model_dump(mode="json")
+    if event.type == "release.monitoring_started":
+        doc["window_length_s"] = (event.data.ends_at - event.data.starts_at).total_seconds()
+        del doc["starts_at"], doc["ends_at"]
+    return doc
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

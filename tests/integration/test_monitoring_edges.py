@@ -1,0 +1,227 @@
+"""The monitor fails closed at every edge, against a real JetStream (issues 13 and 14).
+
+Each test drives a whole service with runtimes (real RuntimeClients) and, where the defect
+is about what a hostile or broken runtime sends, raw health messages published from
+outside, exactly as any client with a runtime's publish rights could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable
+
+from events.model import MonitoringVerdict
+from events.signing import SigningKey
+from services import operator as ops
+from services.log import Entry
+from services.runtime_sdk import Identity, RuntimeClient
+from services.settings import ROLES
+from services.tasks import cancel_and_wait
+from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, trust_root_for, wait_for
+
+WITHOUT_MONITOR = tuple(r for r in ROLES if r != "monitor")
+
+
+def verdicts(svc, release_id: str, stage: int = 0) -> list[tuple[str, MonitoringVerdict]]:
+    release = svc.world.release(release_id)
+    return [(kind, v) for kind, v in (release.verdicts if release else ()) if v.stage == stage]
+
+
+async def first_verdict(svc, release_id: str, timeout: float = 30.0) -> tuple[str, MonitoringVerdict]:
+    found = await wait_for(lambda: verdicts(svc, release_id), timeout, f"a verdict on {release_id}",
+                           lambda: svc.world.release(release_id))
+    return found[0]
+
+
+def health_subject(svc, runtime_id: str, cohort: str = "internal") -> str:
+    return svc.app.subjects.health("prod", "canary", cohort, runtime_id)
+
+
+@asynccontextmanager
+async def publishing(svc, runtime_id: str, body: Callable[[], bytes], every: float = 0.1) -> AsyncIterator[None]:
+    """Publish `body()` on `runtime_id`'s health subject (internal cohort) every `every` s while inside."""
+
+    async def loop() -> None:
+        while True:
+            await svc.app.js.publish(health_subject(svc, runtime_id), body())
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        await cancel_and_wait([task])
+
+
+def raw(runtime_id: str, digest: str | None, **fields: Any) -> Callable[[], bytes]:
+    """A hand-written health message: `fields` are spliced in as raw JSON text (10**400 stays an integer)."""
+
+    def body() -> bytes:
+        head = {"runtime_id": runtime_id, "digest": digest, "at": datetime.now(timezone.utc).isoformat(), "kind": "sample"}
+        text = json.dumps(head)[:-1]
+        for key, value in fields.items():
+            text += f', "{key}": {value if isinstance(value, str) else json.dumps(value)}'
+        return (text + "}").encode()
+
+    return body
+
+
+async def add_runtime(svc, tenant: str, *, sample=None, trust_root=None) -> RuntimeClient:
+    """A real runtime with its own sample function or trust root (harness.runtime covers the common case)."""
+    rt = RuntimeClient(svc.app.nc, Identity("prod", "canary", tenant, f"rt-{tenant}"), trust_root or svc.trust_root,
+                       prefix=svc.app.subjects.prefix, sample=sample, sample_interval=0.1, service_keys=svc.service_keys)
+    await rt.resolve_cohort()
+    svc.runtimes.append(rt)
+    svc.tasks.append(asyncio.create_task(rt.run()))
+    return rt
+
+
+async def act(svc, action) -> int:
+    seq = await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id)))
+    await svc.wait_for(seq)
+    return seq
+
+
+# ==== 1. missing data is never a pass =============================================================
+
+
+async def test_a_threshold_without_data_holds_the_window_naming_the_metric(nats_url, prefix):
+    channel = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"],
+                                         "thresholds": {"error_rate_max": 0.05, "latency_p99_ms_max": 400}}}
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure(config=channel)
+        for tenant in ("t-int-1", "tenant-42"):  # traffic, but not one latency figure
+            await add_runtime(svc, tenant, sample=lambda digest: {"requests": 100, "errors": 0})
+        pack = make_pack("1.0.0", svc.key)
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        kind, verdict = await first_verdict(svc, "r1")
+        assert kind == "monitoring_inconclusive", verdict.reason
+        assert "no data for latency_p99_ms" in verdict.reason
+        (p99,) = [c for c in verdict.comparisons if c.metric == "latency_p99_ms"]
+        assert p99.value is None and not p99.ok
+        release = await svc.wait_release("r1", "held")
+        assert release.outcome is None and release.stage == 0  # held for an operator, never expanded
+
+
+# ==== 2. coverage and refusals ====================================================================
+
+
+async def test_a_runtime_that_reported_before_the_activation_and_never_switched_holds_the_window(nats_url, prefix):
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        pack = make_pack("1.0.0", svc.key)
+        # reports health in the internal cohort like any runtime, but never follows a pointer
+        async with publishing(svc, "rt-stuck", raw("rt-stuck", None, requests=100, errors=0, latency_ms={"p95": 50, "p99": 80})):
+            await svc.request("r1", pack, rollback={"strategy": "none"})
+            kind, verdict = await first_verdict(svc, "r1")
+        assert kind == "monitoring_inconclusive", verdict.reason
+        assert "not activating the new pack: rt-stuck" in verdict.reason
+        assert verdict.figures["coverage"]["missing"] == ["rt-stuck"]
+        assert (await svc.wait_release("r1", "held")).stage == 0
+
+
+async def test_a_refusal_before_the_window_opened_fails_the_stage_as_an_activation_failure(nats_url, prefix):
+    async with running_service(nats_url, prefix, roles=WITHOUT_MONITOR) as svc:
+        await svc.configure()
+        honest = await svc.runtime("t-int-1")
+        # this runtime trusts another key: it refuses the pack the moment it sees the pointer
+        refuser = await add_runtime(svc, "t-int-2", trust_root=trust_root_for(SigningKey.generate()),
+                                    sample=lambda digest: {"requests": 100, "errors": 0, "latency_ms": {"p95": 50, "p99": 80}})
+        await svc.runtime("tenant-42")
+        pack = make_pack("1.0.0", svc.key)
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        await svc.wait_release("r1", "activated")
+        await wait_for(lambda: any(h[1].startswith("refused") for h in refuser.history), 15, "the refusal")
+        await wait_for(lambda: honest.active is not None, 15, "the honest runtime to switch")
+        # only now does a monitor look: the refusal is older than its reaction
+        async with running_service(nats_url, prefix, roles=("monitor",), trust_root=svc.trust_root):
+            kind, verdict = await first_verdict(svc, "r1")
+        assert kind == "monitoring_failed", verdict.reason
+        assert verdict.trigger == "activation_failure"
+        assert "rt-t-int-2 failed to activate" in verdict.reason
+        started = svc.world.release("r1").monitoring
+        assert started.starts_at == svc.world.release("r1").activated_at[0]  # the window starts at the activation
+
+
+# ==== 3. numbers are data, not a weapon ===========================================================
+
+
+POISON = {
+    "p95-1e308": {"requests": 200, "errors": 0, "latency_ms": '{"p95": 1e308, "p99": 1e308}'},
+    "requests-10**400": {"requests": "1" + "0" * 400, "errors": 0, "latency_ms": {"p95": 50, "p99": 80}},
+}
+
+
+async def _poisoned_window_is_judged_and_rolled_back(nats_url, prefix, poison: dict) -> None:
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        good, bad = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
+        await svc.request("r1", good, rollback={"strategy": "none"})
+        assert (await svc.wait_release("r1")).outcome == "success"
+        async with publishing(svc, "rt-poison", raw("rt-poison", bad.digest, **poison)):
+            await svc.request("r2", bad)
+            kind, verdict = await first_verdict(svc, "r2")
+        # judged, with the reason, and readable by every consumer (the fold applied it)
+        assert kind == "monitoring_inconclusive", verdict.reason
+        assert "invalid health report(s) in the window (rt-poison)" in verdict.reason
+        await svc.wait_release("r2", "held")
+        await act(svc, ops.rollback(svc.world, "r2", "operator", "poisoned health data", OPERATOR, svc.app.clock()))
+        release = await svc.wait_release("r2")
+        assert release.outcome == "rolled_back"
+        assert svc.world.scope("prod", "canary", "internal").active_pack.digest == good.digest
+        assert not svc.app.follower.undecodable  # nothing the service wrote is unreadable
+
+
+async def test_a_1e308_latency_sample_cannot_wedge_a_release(nats_url, prefix):
+    await _poisoned_window_is_judged_and_rolled_back(nats_url, prefix, POISON["p95-1e308"])
+
+
+async def test_a_10_pow_400_requests_sample_cannot_leave_a_window_unjudged(nats_url, prefix):
+    await _poisoned_window_is_judged_and_rolled_back(nats_url, prefix, POISON["requests-10**400"])
+
+
+# ==== 4. one runtime cannot outvote the cohort ====================================================
+
+
+async def test_one_forged_huge_healthy_sample_cannot_pass_a_failing_window(nats_url, prefix):
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        pack = make_pack("1.0.0", svc.key)
+        failing = Behaviour(error_rate=0.1)  # twice the 0.05 threshold: failing, not quite a hard breach
+        await svc.runtime("t-int-1", {pack.digest: failing})
+        await svc.runtime("t-int-2", {pack.digest: failing})
+        await svc.runtime("tenant-42")
+        forged = raw("rt-forger", pack.digest, requests=10**9, errors=0, latency_ms={"p95": 10, "p99": 20})
+        async with publishing(svc, "rt-forger", forged):
+            await svc.request("r1", pack, rollback={"strategy": "none"})
+            kind, verdict = await first_verdict(svc, "r1")
+        assert verdict.figures["error_rate"] < 0.05  # the aggregate alone passes: the forger outweighs everyone
+        assert kind == "monitoring_failed", verdict.reason
+        assert "runtimes_breaching 2 breaches <= 0" in verdict.reason
+        rows = verdict.figures["per_runtime"]["runtimes"]
+        assert rows["rt-t-int-1"]["breaches"] and rows["rt-t-int-2"]["breaches"] and not rows["rt-forger"]["breaches"]
+
+
+# ==== 5. seed signals: tenant impact ===============================================================
+
+
+async def test_a_tenant_impact_spike_fails_the_window_early_with_its_own_trigger(nats_url, prefix):
+    channel = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 30,
+                                         "thresholds": {**CHANNEL["monitoring"]["thresholds"], "tickets_max": 3}}}
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure(config=channel)
+        pack = make_pack("1.0.0", svc.key)
+        await svc.runtime("t-int-1", {pack.digest: Behaviour(tickets=5)})  # healthy figures, angry tenants
+        await svc.runtime("tenant-42")
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        kind, verdict = await first_verdict(svc, "r1")  # long before the 30 s window ends
+        assert kind == "monitoring_failed", verdict.reason
+        assert verdict.early and verdict.trigger == "tenant_impact"
+        assert "5 tickets in one sample" in verdict.reason
