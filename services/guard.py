@@ -55,7 +55,8 @@ from .outputs import Chain, Ctx, Output, release_event
 from .packstore import ObjectTooLarge, PackStore
 from .promoter import rollback_targets
 from .reactor import ReleaseReactor
-from .verifier.gates import Verification, VerifyContext, check_manifest, check_pack, check_policy
+from .verifier.adapter import read_attestation
+from .verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
 from .worker import Worker
 
 NAME = "guard"
@@ -79,13 +80,15 @@ class Violation:
 
 # ---- pure: the check ------------------------------------------------------------------------------
 def gates_now(manifest: bytes | None, key: ScopeKey, active: PackRef, config: ChannelConfig | None,
-              trust_root: TrustRoot, now: datetime) -> Verification:
-    """The verifier's gates on the active pack's manifest, under the root, time and channel in force now."""
+              trust_root: TrustRoot, now: datetime, attestation: bytes | None = None) -> Verification:
+    """The verifier's gates on the active pack's manifest (and its attestation, where the channel
+    requires one), under the root, time and channel in force now."""
     env, channel, cohort = key
     vctx = VerifyContext(
         request_name=active.name, request_version=active.version, request_digest=active.digest,
         env=env, channel=channel, cohorts=(cohort,), channel_config=config, active={cohort: active},
         trust_root=trust_root, now=now, purpose="rollback",  # rollback: no downgrade rule against what runs
+        attestation=attestation,
     )
     v = check_manifest(manifest, vctx)  # trust root, manifest, signature, expiry, identity
     if v.failure is not None or v.manifest is None:
@@ -104,9 +107,9 @@ def violation_of(v: Verification, active: PackRef) -> Violation | None:
 
 
 def check_active(manifest: bytes | None, key: ScopeKey, active: PackRef, config: ChannelConfig | None,
-                 trust_root: TrustRoot, now: datetime) -> Violation | None:
+                 trust_root: TrustRoot, now: datetime, attestation: bytes | None = None) -> Violation | None:
     """What the active pack violates now (None: it still passes every gate that can change)."""
-    return violation_of(gates_now(manifest, key, active, config, trust_root, now), active)
+    return violation_of(gates_now(manifest, key, active, config, trust_root, now, attestation), active)
 
 
 # ---- pure: what to do about violations -----------------------------------------------------------
@@ -273,12 +276,17 @@ class Guard(ReleaseReactor):
             known = self._verdicts.get(memo)
             if known is not None and known[0] is None and known[1] is not None and now < known[1]:
                 continue  # passed under this root and configuration, and not expired yet
+            config = channel_state.config if channel_state else None
             try:
                 manifest = await self.manifest(state.active.manifest)
+                # a channel that requires attestations requires one of what runs, too (a policy change
+                # can add the requirement after activation): read it only then, as the verifier does
+                attestation = (await read_attestation(PackStore(self.app.js, self.app.subjects), state.active.pack.digest)
+                               if attestation_required(config) else None)
             except Exception as exc:  # one unreadable manifest must not keep the others unchecked
                 unchecked.append(f"{'/'.join(key)}: {exc.__class__.__name__}: {exc}")
                 continue
-            v = gates_now(manifest, key, state.active.pack, channel_state.config if channel_state else None, trust_root, now)
+            v = gates_now(manifest, key, state.active.pack, config, trust_root, now, attestation)
             violation = violation_of(v, state.active.pack)
             self._verdicts[memo] = (violation, v.manifest.expires if violation is None and v.manifest else None)
             if violation is not None:
