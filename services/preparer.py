@@ -30,13 +30,14 @@ NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
 
 
-_AT_MOST = ("error_rate_max", "latency_p95_ms_max", "latency_p99_ms_max", "mismatch_rate_max")
+_AT_MOST = ("error_rate_max", "latency_p95_ms_max", "latency_p99_ms_max", "mismatch_rate_max", "tickets_max", "escalations_max")
+_AT_LEAST = ("activation_success_min", "trace_coverage_min")
 
 
 def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
     """The request's monitoring over the channel's: a request may tighten thresholds, never loosen them.
 
-    For each `*_max` the lower bound wins, for `activation_success_min` the higher, and
+    For each `*_max` the lower bound wins, for each `*_min` the higher, and
     new error classes fail if either side says so. Window and min_samples are checked
     against the channel's minimum by the checklist.
     """
@@ -48,8 +49,9 @@ def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
     for key in _AT_MOST:
         values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
         merged[key] = min(values) if values else None
-    floors = [v for v in (merged.get("activation_success_min"), asked.get("activation_success_min")) if v is not None]
-    merged["activation_success_min"] = max(floors) if floors else None
+    for key in _AT_LEAST:
+        floors = [v for v in (merged.get(key), asked.get(key)) if v is not None]
+        merged[key] = max(floors) if floors else None
     if asked.get("new_error_classes") == "fail":
         merged["new_error_classes"] = "fail"
     if asked.get("statistical") == "enforce":

@@ -277,6 +277,18 @@ def test_effective_monitoring() -> None:
     assert dropped.thresholds.error_rate_max == 0.05
 
 
+def test_a_request_may_tighten_the_tenant_impact_and_trace_coverage_thresholds_never_loosen_them() -> None:
+    cfg = history(Log()).world().channel_config(ENV, CH)
+    cfg = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(update={"thresholds": cfg.monitoring.thresholds.model_copy(
+        update={"tickets_max": 5, "escalations_max": 2, "trace_coverage_min": 0.9})})})
+    tighter = preparer.effective_monitoring(Monitoring.model_validate(
+        {"window_s": 90, "thresholds": {"tickets_max": 1, "escalations_max": 0, "trace_coverage_min": 0.99}}), cfg)
+    assert (tighter.thresholds.tickets_max, tighter.thresholds.escalations_max, tighter.thresholds.trace_coverage_min) == (1, 0, 0.99)
+    looser = preparer.effective_monitoring(Monitoring.model_validate(
+        {"window_s": 90, "thresholds": {"tickets_max": 50, "escalations_max": 9, "trace_coverage_min": 0.5}}), cfg)
+    assert (looser.thresholds.tickets_max, looser.thresholds.escalations_max, looser.thresholds.trace_coverage_min) == (5, 2, 0.9)
+
+
 def test_preflight_returns_the_checklist_even_when_rejecting() -> None:
     log = requested_log(with_history=False)
     world, release = state(log)
