@@ -2,8 +2,9 @@
 
 `Event` itself carries any payload (`data: BaseModel`) and leaves the per-family rules to
 the decoder (`events.codec.decode_event`): a supported `schema_version`, a `release_id` on
-release events, a `scope` on scope and channel events. Those rules are restated here as
-required fields so a schema says what the decoder enforces; tests/unit/test_contracts.py
+release events, a `scope` key on scope and channel events — null allowed there (CONTRACT §3:
+the subject names the scope, and the decoder reads it from the subject). Those rules are
+restated here as required fields so a schema says what the decoder enforces; tests/unit/test_contracts.py
 checks that schema and decoder agree on accepted and rejected messages.
 """
 
@@ -36,5 +37,5 @@ def envelope_model(event_type: str) -> type[Event]:
     if family in RELEASE_FAMILIES:
         fields["release_id"] = (Token, ...)
     if family in SCOPE_FAMILIES:
-        fields["scope"] = (Scope, ...)
+        fields["scope"] = (Scope | None, ...)  # null: read from the subject (CONTRACT §3)
     return create_model(model_name(event_type), __base__=Event, __doc__=DESCRIPTIONS[event_type], **fields)

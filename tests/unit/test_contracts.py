@@ -14,6 +14,7 @@ import pytest
 from referencing import Registry, Resource
 
 from events.canonical import compact_bytes
+from events.subjects import Subjects
 from events.codec import DecodeError, decode_event, encode_event
 from events.channel import ChannelConfig
 from events.model import PAYLOADS, Actor, Scope
@@ -159,11 +160,21 @@ def test_schemas_reject_what_the_decoder_rejects() -> None:
             decode_event(compact_bytes(bad))
         assert not EVENTS.is_valid(bad), f"the schema accepts an event the decoder rejects: {why}"
     activated = json.loads(encode_event(next(e for e in _recorded() if e.type == "scope.activated")))
-    for bad in ({**activated, "scope": None}, {**activated, "data": {**activated["data"], "pack": {**activated["data"]["pack"], "digest": "sha256:abc"}}},
+    for bad in ({**activated, "data": {**activated["data"], "pack": {**activated["data"]["pack"], "digest": "sha256:abc"}}},
                 {**activated, "data": {**activated["data"], "kind": "teleport"}}):
         with pytest.raises(DecodeError):
             decode_event(compact_bytes(bad))
         assert not EVENTS.is_valid(bad)
+
+
+def test_a_null_scope_is_valid_in_the_schema_and_read_from_the_subject_by_the_decoder() -> None:
+    """CONTRACT §3: `scope` may be null on every event whose subject names its scope."""
+    activated = json.loads(encode_event(next(e for e in _recorded() if e.type == "scope.activated")))
+    scope = activated["scope"]
+    subject = Subjects("kx").scope(scope["env"], scope["channel"], scope["cohort"], "activated")
+    nulled = {**activated, "scope": None}
+    assert EVENTS.is_valid(nulled)
+    assert decode_event(compact_bytes(nulled), subject, Subjects("kx")).scope.model_dump() == scope
 
 
 def test_every_type_schema_requires_what_the_decoder_requires() -> None:
