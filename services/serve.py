@@ -21,7 +21,9 @@ from .settings import ConfigError, Settings, load_trust_root, service_keys_for, 
 from .tasks import SignalStop
 
 log = logging.getLogger(__name__)
-NEEDS_TRUST_ROOT = {"verifier", "activator", "guard"}
+# every role that checks a signature: the gates, and the rollback-readiness check the preparer
+# (pre-flight) and the promoter (before each expansion) make on every rollback target
+NEEDS_TRUST_ROOT = {"preparer", "verifier", "activator", "promoter", "guard"}
 START_ATTEMPTS = 3
 
 

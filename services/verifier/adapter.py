@@ -108,11 +108,15 @@ class Verifier(ReleaseReactor):
     name = NAME
     acts_in = frozenset({"distributed"})
 
+    def trust_root(self):
+        """The root in force for this verifier (None: it has none, and refuses everything)."""
+        return self.app.current_trust_root()
+
     async def decide(self, world, release, ctx):
         if release.phase != "distributed" or release.prepared is None:
             return []
         empty = Verification(outcomes=[], failure=None, manifest=None, signers=[])
-        trust_root = self.app.current_trust_root()
+        trust_root = self.trust_root()
         if trust_root is None:
             return decide(release, ctx, empty, GateFailure("trust_root", "trust_root_missing", "the verifier has no trust root"))
         vctx = context_for(world, release, ctx, trust_root)

@@ -27,6 +27,7 @@ from events.manifest import (
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
 from services.app import App
+from services.verifier.adapter import Verifier
 from services.packstore import PackStore
 from services.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
 from services.runtime_sdk import RuntimeClient
@@ -478,13 +479,29 @@ def verify_deadline(seconds: float) -> AppPatch:
     return app_patch(settings=lambda app: replace(app.settings, verify_timeout_s=seconds))
 
 
+def verifier_root(make: Callable[[App], Any]) -> AppPatch:
+    """The verifier alone with another trust root (a verifier process configured so): the
+    preparer's and promoter's rollback-readiness checks keep the service's, so the request
+    reaches the gate under test."""
+    @contextmanager
+    def patch(app: App) -> Iterator[None]:
+        saved = Verifier.trust_root
+        root = make(app)
+        Verifier.trust_root = lambda self: root  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Verifier.trust_root = saved  # type: ignore[method-assign]
+    return patch
+
+
 def no_trust_root() -> AppPatch:
-    return app_patch(trust_root=lambda app: None)
+    return verifier_root(lambda app: None)
 
 
 def unreachable_threshold() -> AppPatch:
     """A trust root whose threshold exceeds its keys (bypassing from_document, which refuses it)."""
-    return app_patch(trust_root=lambda app: TrustRoot(threshold=len(app.trust_root.keys) + 1, keys=app.trust_root.keys))
+    return verifier_root(lambda app: TrustRoot(threshold=len(app.trust_root.keys) + 1, keys=app.trust_root.keys))
 
 
 def expired(keys: Keys, base: Pack, tag: str) -> Hostile:
