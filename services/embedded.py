@@ -91,20 +91,21 @@ def _die_with(parent: int):
     return preexec
 
 
-def authorized_config(data_dir: Path, prefix: str, server_url: str) -> tuple[Path, dict]:
+def authorized_config(data_dir: Path, prefix: str, server_url: str, limits=None) -> tuple[Path, dict]:
     """Write `data_dir/nats-server.conf` (0600): JetStream plus one user per role.
 
     Credentials are kept across restarts (created once, 0600, under `data_dir/creds`);
     their URLs are rewritten for `server_url`. Returns the config path and the
-    credentials by role.
+    credentials by name (each role's, and `runtime-<id>` for each runtime's own).
+    `limits` (permissions.AccountLimits) bounds what the users' account may hold.
     """
     from events.subjects import Subjects
 
-    from .permissions import ensure_credentials, render_server_config, write_server_config
+    from .permissions import AccountLimits, ensure_credentials, render_server_config, write_server_config
 
     subjects = Subjects(prefix)
     creds = ensure_credentials(data_dir, subjects, server_url)
-    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects))
+    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits()))
     return path, creds
 
 
