@@ -339,6 +339,31 @@ def read_credentials(path: Path) -> Credentials:
     return Credentials.from_document(doc)
 
 
+CREDS_ENV = "KX_NATS_CREDS"
+
+
+def env_credentials(env: dict | None = None) -> Credentials | None:
+    """The credentials file that KX_NATS_CREDS names, if set (compose hands each process its
+    own: its URL carries the user, its inbox prefix is the one that user may receive on).
+    ValueError with the reason if it cannot be used."""
+    path = (os.environ if env is None else env).get(CREDS_ENV)
+    if not path:
+        return None
+    creds = read_credentials(Path(path))
+    if not creds.url:
+        raise ValueError(f"credentials {path} ({CREDS_ENV}) name no server yet (kxr creds init --server URL)")
+    return creds
+
+
+def inbox_for_url(url: str | list[str]) -> str | None:
+    """The inbox prefix of the KX_NATS_CREDS credentials when `url` is theirs, else None."""
+    try:
+        creds = env_credentials()
+    except ValueError:
+        return None  # reported where the URL was read (Settings.from_env)
+    return creds.inbox_prefix if creds is not None and url == creds.url else None
+
+
 def ensure_credentials(data_dir: Path, subjects: Subjects, server_url: str | None = None) -> dict[str, Credentials]:
     """Every role's credentials under `data_dir/creds`: kept if present (same prefix), else created.
 

@@ -34,9 +34,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
+        """KX_NATS_URL, else the URL of the credentials file KX_NATS_CREDS names (services/permissions.py)."""
         env = os.environ
         values = {
-            "nats_url": env.get("KX_NATS_URL") or None,
+            "nats_url": env.get("KX_NATS_URL") or _creds_url(),
             "prefix": env.get("KX_PREFIX", "kx"),
             "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),
             "trust_root_path": Path(env["KX_TRUST_ROOT"]) if env.get("KX_TRUST_ROOT") else None,
@@ -145,3 +146,13 @@ def service_signing_key(settings: "Settings"):
         except OSError as exc:
             raise ConfigError(f"cannot read service key {path}: {exc.strerror}") from None
     raise ConfigError(f"service key {path} is unusable (not a key file)")
+
+
+def _creds_url() -> str | None:
+    from .permissions import env_credentials  # permissions reads this module's ROLES
+
+    try:
+        creds = env_credentials()
+    except ValueError as exc:
+        raise ConfigError(f"KX_NATS_CREDS: {exc}") from None
+    return creds.url if creds else None

@@ -117,6 +117,7 @@ def creds_init(
 def creds_runtime_add(
     runtime_id: str = typer.Argument(..., help="the runtime's id, as it reports health (kx.health.<env>.<channel>.<cohort>.<id>)"),
     server: Optional[str] = typer.Option(None, "--server", help="the NATS URL it connects to (default: the service's, from its credentials)"),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="credentials that exist already are kept (a deployment's start-up step)"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Create a runtime's own user: it may publish health under its own id only, and gets its own inbox.
@@ -137,6 +138,9 @@ def creds_runtime_add(
         fail(str(exc))
     path = runtime_creds_path(settings.data_dir, runtime_id)
     if path.exists():
+        if exist_ok:
+            sys.stdout.write(f"{path}\n")
+            return
         fail(f"runtime {runtime_id} has credentials already: {path}")
     if server is None:
         try:
