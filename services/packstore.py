@@ -25,10 +25,6 @@ class ObjectTooLarge(Exception):
     pass
 
 
-class PackConflict(Exception):
-    """An object of that name exists with other bytes."""
-
-
 def object_digest(data: bytes) -> str:
     """The digest an object store records for these bytes (nats.py's `SHA-256=<base64url>`)."""
     return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
@@ -105,10 +101,10 @@ class PackStore:
     async def put(self, name: str, data: bytes) -> None:
         """Put an object without ever purging: producers may not purge (docs/permissions.md).
 
-        The same bytes again are already there. A pack (`sha256-<hex>`) is named by the hash
-        of its bytes, so other bytes under its name are refused. A manifest may be replaced
-        (re-signed): its new metadata rolls the old one up, and the old chunks stay in the
-        stream, unreachable, since only purging would remove them.
+        The same bytes again are already there. Other bytes under an existing name (a
+        re-signed manifest) get new metadata, which rolls the old one up; the old chunks
+        stay in the stream, unreachable from the name, since only purging would remove them.
+        A pack's name is the digest of its bytes: whoever reads it hashes what it got.
         """
         store = await self._js.object_store(self._bucket)
         try:
@@ -117,12 +113,8 @@ class PackStore:
             stored = None
         if stored is None:
             await store.put(name, data)  # nothing to replace: nats.py purges nothing
-            return
-        if stored.digest == object_digest(data):
-            return
-        if not name.endswith(".manifest"):
-            raise PackConflict(f"{name} already holds other bytes in {self._bucket}: packs are append-only, never replaced")
-        await self._replace(name, data)
+        elif stored.digest != object_digest(data):
+            await self._replace(name, data)
 
     async def _replace(self, name: str, data: bytes) -> None:
         """nats.py's object put (chunks on a fresh nuid, then the metadata with a rollup) minus

@@ -209,16 +209,18 @@ def service_permissions(subjects: Subjects) -> Permissions:
     return Permissions(_unique(publish), tuple(subscribe), inbox, tuple(deny))
 
 
-def _reader(role_publish: list[str], streams: list[str], subscribe: tuple[str, ...], inbox: str) -> Permissions:
-    """A role that publishes `role_publish` and reads `streams`: never the service's durables."""
+def _reader(subjects: Subjects, role_publish: list[str], streams: list[str], subscribe: tuple[str, ...], inbox: str) -> Permissions:
+    """A role that publishes `role_publish` and reads `streams`: never the service's durables
+    (which live on the log and the timers; a consumer of that name elsewhere is not one)."""
     publish = [*role_publish, *(x for stream in streams for x in read_stream(stream))]
-    deny = [x for stream in streams for x in service_durable_denials(stream)]
+    guarded = [stream for stream in streams if stream in (subjects.releases_stream, subjects.timers_stream)]
+    deny = [x for stream in guarded for x in service_durable_denials(stream)]
     return Permissions(_unique(publish), subscribe, inbox, _unique(deny))
 
 
 def producer_permissions(subjects: Subjects) -> Permissions:
     s = subjects
-    return _reader([f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
+    return _reader(s, [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
                    [object_stream(s.packs_bucket), s.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
@@ -235,7 +237,7 @@ def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str
     parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
     health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
     inbox = inbox_for(s, "runtime", runtime_id)
-    return _reader([health], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
+    return _reader(s, [health], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
 
 
 def operator_permissions(subjects: Subjects) -> Permissions:
@@ -244,11 +246,11 @@ def operator_permissions(subjects: Subjects) -> Permissions:
     publish = [*[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
                f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated()]
     # kxr deadletter list|show; kxr watch: an open window's figures (stored samples, never live subscriptions)
-    return _reader(publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(s, publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def auditor_permissions(subjects: Subjects) -> Permissions:
-    return _reader([], [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(subjects, [], [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def role_permissions(subjects: Subjects, role: str) -> Permissions:
