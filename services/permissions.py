@@ -459,15 +459,20 @@ class AccountLimits:
 
     They bound what any user, whatever its permissions, can make the server hold: consumers
     per stream (each costs memory and start-up time: 10^4 durables took a server from 124 to
-    499 MiB and over 10 s to start), streams, and stored and in-memory bytes. `max_consumers` applies to every stream (the lower of it
-    and the stream's own `max_consumers`); one consumer per running runtime and a few per
-    `kxr` command is the budget, so raise it for more runtimes than that.
+    499 MiB and over 10 s to start) and streams. `max_consumers` applies to every stream (the
+    lower of it and the stream's own `max_consumers`); one consumer per running runtime and a
+    few per `kxr` command is the budget, so raise it for more runtimes than that.
+
+    Stored bytes are bounded by the server's own limits (`max_mem`/`max_file` -1: 75% of the
+    machine's memory, and of the store's disk up to 1 TB): nats-server refuses to start at all
+    if an account asks for more than the machine has, so a fixed figure would stop embedded
+    `kxr serve` on a small disk. Set them (e.g. "1G", "64G") to bound one deployment below that.
     """
 
     max_consumers: int = 4096
     max_streams: int = 16
-    max_mem: str = "1G"
-    max_file: str = "64G"
+    max_mem: str = "-1"
+    max_file: str = "-1"
 
     def render(self, indent: str) -> str:
         return (f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, max_streams: {self.max_streams}, "
