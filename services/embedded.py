@@ -76,6 +76,9 @@ class StoreLock:
 
 
 PR_SET_PDEATHSIG = 1
+# looked up here, not in the forked child: a child of a threaded process should only call
+# what needs no lock another thread may have held at the fork (the loader's included)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def _die_with(parent: int):
@@ -83,8 +86,8 @@ def _die_with(parent: int):
     ends now if the parent is already gone (it died between fork and here)."""
 
     def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
 
