@@ -68,6 +68,24 @@ async def test_a_producer_can_remove_no_packs_bytes(authed, as_role):
     assert after > before  # every chunk still there: the pack's bytes can be restored
     fetched = await PackStore(service.js, s).read(name, 10 ** 7)
     assert sha256_digest(fetched) != pack.digest  # what a reader gets no longer matches its name: refused
+    # the repair: the owner pushes its pack again, which points the name back at the right bytes
+    await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
+    assert await PackStore(service.js, s).read(name, 10 ** 7) == pack.body
+    assert not producer.permission_errors(), producer.errors
+
+
+async def test_a_pack_marked_deleted_is_restored_by_pushing_it_again(authed, as_role):
+    s = authed.subjects
+    producer, attacker, service = await as_role("producer"), await as_role("producer", "another-team"), await as_role("service")
+    pack = make_pack("2.1.0", SigningKey.generate())
+    await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
+    name = pack_object_name(pack.digest)
+    with pytest.raises(Exception):
+        await (await attacker.js.object_store(s.packs_bucket)).delete(name)
+    assert await PackStore(service.js, s).read(name, 10 ** 7) is None  # missing: whoever needs it fails closed
+    await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
+    assert await PackStore(service.js, s).read(name, 10 ** 7) == pack.body
+    assert not producer.permission_errors(), producer.errors
 
 
 # ---- the service's durable consumers -----------------------------------------------------------------
