@@ -19,6 +19,7 @@ from events.subjects import Subjects
 from services.app import connect
 from services.embedded import EmbeddedServer, free_port
 from services.settings import Settings
+from tests.integration.test_permissions import Serving, serve_env
 
 pytestmark = pytest.mark.security
 
@@ -84,6 +85,15 @@ async def test_the_compose_nats_refuses_anonymous_clients_and_binds_the_runtime_
         finally:
             await nc.close()
         assert any('permissions violation for publish to "kx.health.prod.canary.internal.rt-other"' in e for e in errors), errors
+        # a consumer as compose runs it: `serve --strict` with the service's credentials file
+        preparer = SERVICES["preparer"]
+        serving = Serving(preparer["command"][1:], {**serve_env(tmp_path, "kx", None),
+                                                      "KX_NATS_CREDS": volume(preparer["environment"]["KX_NATS_CREDS"])}, tmp_path)
+        try:
+            err = await serving.ready()
+        finally:
+            serving.stop()
+        assert "can do more" not in err and "cannot do all" not in err and "Traceback" not in err, err
     finally:
         server.stop()
 
