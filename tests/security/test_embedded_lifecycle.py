@@ -19,7 +19,10 @@ from pathlib import Path
 import nats
 import pytest
 
+from events.subjects import Subjects
 from services.embedded import EmbeddedServer, ServerError, StoreLock, nats_server_binary
+from services.layout import ensure_layout
+from services.permissions import creds_path, read_credentials
 from tests.integration.test_permissions import Serving, kxr, lines, serve_env
 
 pytestmark = pytest.mark.security
@@ -125,3 +128,32 @@ def test_a_server_that_exits_at_start_up_is_reported_at_once(tmp_path):
     bad.write_text("this is { not a config\n")
     with pytest.raises(ServerError, match="exited with status"):
         EmbeddedServer(store_dir=tmp_path / "js", config_file=bad, log_file=tmp_path / "nats-server.log").start()
+
+
+async def test_a_store_from_before_the_account_keeps_its_log(tmp_path):
+    """Embedded stores written while the users lived in nats-server's default account move
+    into the users' account on the next start: the log is all there."""
+    env = serve_env(tmp_path, "old", None)
+    data_dir = Path(env["KX_DATA_DIR"])
+    s = Subjects("old")
+    before = EmbeddedServer(store_dir=data_dir / "nats", log_file=tmp_path / "old-nats.log").start()  # no users: the default account
+    try:
+        nc = await nats.connect(before.url)
+        js = nc.jetstream()
+        await ensure_layout(js, s)
+        await js.publish(s.release("r-old", "requested"), b"{}")
+        await nc.close()
+    finally:
+        before.stop()
+    serving = Serving([], env, tmp_path)
+    try:
+        await serving.ready()
+        auditor = read_credentials(creds_path(data_dir, "auditor"))
+        nc = await nats.connect(auditor.url, **{k: v for k, v in auditor.connect_options().items() if k == "inbox_prefix"})
+        try:
+            info = await nc.jetstream().stream_info(s.releases_stream)
+            assert info.state.messages >= 1 and (await nc.jetstream().get_last_msg(s.releases_stream, s.release("r-old", "requested"))).data == b"{}"
+        finally:
+            await nc.close()
+    finally:
+        serving.stop()
