@@ -17,14 +17,20 @@ The roles (docs/permissions.md has the full allow lists):
             (release events, scope activated/unpinned), timers, dead letters, snapshots,
             creating its streams, reading them, acking its durable consumers, live health.
             Never deletes or purges a stream (only the internal snapshot bucket's chunks).
-- producer: `<p>.release.*.requested`, writes `<p>_packs`, reads the log.
+- producer: `<p>.release.*.requested`, writes `<p>_packs` (never purges), reads the log.
 - runtime:  reads the log (scope pointers, channel config, trust rotations) and packs,
-            publishes `<p>.health.*.*.*.*`; cannot subscribe to health nor read the
-            health stream, so it cannot see another tenant's samples.
+            publishes health: under its own id only with its own user (`kxr creds runtime
+            add ID`, `runtime-<id>.json`), under any id with the shared one; cannot
+            subscribe to health nor read the health stream, so it cannot see another
+            tenant's samples.
 - operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback,
             pin/unpin, channel configuration, trust rotation); reads the log, dead letters and
             stored health (`kxr watch`).
 - auditor:  reads the log; publishes nothing.
+
+No role but the service creates, updates or pulls from the service's durable consumers
+(`SERVICE_DURABLES`), and embedded `kxr serve` puts every user in one account with
+JetStream limits (`AccountLimits`), so no user can make the server hold without bound.
 """
 
 from __future__ import annotations
@@ -157,8 +163,8 @@ def object_stream(bucket: str) -> str:
 
 def write_bucket(bucket: str) -> list[str]:
     """Put objects: chunks and metadata. Never purge: a purge (`STREAM.PURGE.OBJ_<bucket>`,
-    with or without a subject filter) is how an object store deletes, and packs are
-    append-only for producers (services/packstore.py never replaces an existing object)."""
+    with or without a subject filter) is how an object store deletes, and no producer may
+    remove a pack's bytes (services/packstore.py puts without purging)."""
     return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
 
 
