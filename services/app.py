@@ -60,6 +60,12 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
+    if "inbox_prefix" not in kwargs:  # the KX_NATS_CREDS user may receive replies on its own prefix only
+        from .permissions import inbox_for_url
+
+        inbox = inbox_for_url(url)
+        if inbox:
+            kwargs["inbox_prefix"] = inbox
     nc = KxClient()  # what nats.connect builds, with the faster header parser
     await nc.connect(
         nats_servers(url), name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,

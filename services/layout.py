@@ -7,7 +7,7 @@ reason to refuse to start, never something to silently "fix".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -113,21 +113,33 @@ def log_violations(cfg: StreamConfig, subjects: Subjects) -> list[str]:
     return problems
 
 
+async def consumer_room(js: JetStreamContext) -> int:
+    """LOG_MAX_CONSUMERS, or the account's JetStream consumer limit if lower: a stream may not
+    ask for more than its account allows (embedded `kxr serve` caps it, services/permissions.py)."""
+    try:
+        limit = (await js.account_info()).limits.max_consumers
+    except Exception:  # no answer is no evidence of a limit: the server refuses an excess itself
+        return LOG_MAX_CONSUMERS
+    return min(LOG_MAX_CONSUMERS, limit) if limit and limit > 0 else LOG_MAX_CONSUMERS
+
+
 async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings | None = None) -> None:
     """Create the streams and the packs bucket if absent; refuse a log that breaks guarantees."""
     settings = settings or LayoutSettings()
+    room = await consumer_room(js)
     try:
         info = await js.stream_info(subjects.releases_stream)
     except NotFoundError:
-        await js.add_stream(release_log_config(subjects, settings.replicas))
+        await js.add_stream(replace(release_log_config(subjects, settings.replicas), max_consumers=room))
     else:
         cfg = info.config
         added = [s for s in subjects.log_subjects() if s.endswith(".trust.rotated") and s not in (cfg.subjects or [])]
-        short = (cfg.max_consumers or 0) <= 0  # a log created under the server's default consumer cap
+        # a log created under the server's default consumer cap, or asking more than the account allows
+        short = (cfg.max_consumers or 0) <= 0 or cfg.max_consumers > room
         if added or short:  # additive: one more subject captured, room for more runtimes
             cfg.subjects = list(cfg.subjects or []) + added
             if short:
-                cfg.max_consumers = LOG_MAX_CONSUMERS
+                cfg.max_consumers = room
             cfg = (await js.update_stream(cfg)).config
         problems = log_violations(cfg, subjects)
         if problems:

@@ -17,14 +17,20 @@ The roles (docs/permissions.md has the full allow lists):
             (release events, scope activated/unpinned), timers, dead letters, snapshots,
             creating its streams, reading them, acking its durable consumers, live health.
             Never deletes or purges a stream (only the internal snapshot bucket's chunks).
-- producer: `<p>.release.*.requested`, writes `<p>_packs`, reads the log.
+- producer: `<p>.release.*.requested`, writes `<p>_packs` (never purges), reads the log.
 - runtime:  reads the log (scope pointers, channel config, trust rotations) and packs,
-            publishes `<p>.health.*.*.*.*`; cannot subscribe to health nor read the
-            health stream, so it cannot see another tenant's samples.
+            publishes health: under its own id only with its own user (`kxr creds runtime
+            add ID`, `runtime-<id>.json`), under any id with the shared one; cannot
+            subscribe to health nor read the health stream, so it cannot see another
+            tenant's samples.
 - operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback/close,
             pin/unpin, channel configuration, trust rotation); reads the log, dead letters and
             stored health (`kxr watch`).
 - auditor:  reads the log; publishes nothing.
+
+No role but the service creates, updates or pulls from the service's durable consumers
+(`SERVICE_DURABLES`), and embedded `kxr serve` puts every user in one account with
+JetStream limits (`AccountLimits`), so no user can make the server hold without bound.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from events.subjects import Subjects
-from events.tokens import check_token
+from events.tokens import InvalidToken, check_token
+
+from .settings import ROLES as CONSUMER_ROLES
 
 ROLES = ("service", "producer", "runtime", "operator", "auditor")
 API = "$JS.API"
@@ -70,21 +78,36 @@ class Credentials:
     password: str
     inbox_prefix: str = DEFAULT_INBOX
     url: str | None = None  # nats://user:password@host:port, once the server's address is known
+    runtime_id: str | None = None  # a runtime's own credentials (`kxr creds runtime add ID`)
 
     def to_document(self) -> dict:
-        return {"role": self.role, "prefix": self.prefix, "user": self.user, "password": self.password,
-                "url": self.url, "inbox_prefix": self.inbox_prefix}
+        doc = {"role": self.role, "prefix": self.prefix, "user": self.user, "password": self.password,
+               "url": self.url, "inbox_prefix": self.inbox_prefix}
+        return doc | ({"runtime_id": self.runtime_id} if self.runtime_id else {})
 
     @classmethod
     def from_document(cls, doc: dict) -> "Credentials":
         try:
             return cls(role=str(doc["role"]), prefix=str(doc["prefix"]), user=str(doc["user"]), password=str(doc["password"]),
-                       inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX), url=doc.get("url"))
+                       inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX), url=doc.get("url"),
+                       runtime_id=check_token(str(doc["runtime_id"]), "runtime_id") if doc.get("runtime_id") else None)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a credentials document (missing {exc})") from None
+        except InvalidToken as exc:
+            raise ValueError(f"not a credentials document ({exc})") from None
 
     def with_server(self, server_url: str) -> "Credentials":
-        return Credentials(self.role, self.prefix, self.user, self.password, self.inbox_prefix, url_with_user(server_url, self.user, self.password))
+        return replace(self, url=url_with_user(server_url, self.user, self.password))
+
+    @property
+    def name(self) -> str:
+        """The file's stem under creds/: the role, or `runtime-<id>`."""
+        return f"runtime-{self.runtime_id}" if self.runtime_id else self.role
+
+    def permissions(self, subjects: Subjects) -> Permissions:
+        if self.runtime_id:
+            return runtime_permissions(subjects, runtime_id=self.runtime_id)
+        return role_permissions(subjects, self.role)
 
     def connect_options(self) -> dict:
         """Keyword arguments for `nats.connect` (besides the server URL)."""
@@ -94,17 +117,39 @@ class Credentials:
 # ---- JetStream API subjects ----------------------------------------------------------------------
 def read_stream(stream: str) -> list[str]:
     """Read a stream: info, get a message (by sequence or last-by-subject, direct or not), and
-    pull consumers (create, info, fetch). Consumers are created by name (any name)."""
+    pull consumers (create, info, fetch). Consumers are created by name, the name a token of
+    the subject (`CONSUMER.CREATE.<stream>.<name>[.<filter>]`, server 2.9+), so a deny list
+    can keep other roles off the service's durables (`service_durable_denials`).
+
+    Not the legacy `CONSUMER.CREATE.<stream>` (no name in the subject): nats-server takes the
+    consumer's name from the request body there, and a body naming an existing durable
+    *updates* it (filter, max_ack_pending, ...), which no subject permission can see."""
     return [
         f"{API}.STREAM.INFO.{stream}",
         f"{API}.STREAM.MSG.GET.{stream}",
         f"{API}.DIRECT.GET.{stream}",
         f"{API}.DIRECT.GET.{stream}.>",
-        f"{API}.CONSUMER.CREATE.{stream}",
-        f"{API}.CONSUMER.CREATE.{stream}.>",
-        f"{API}.CONSUMER.INFO.{stream}.>",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"{API}.CONSUMER.CREATE.{stream}.*",
+        f"{API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
     ]
+
+
+# The service's durable consumers (services/reactor.py `kxr-<name>`, the notifier, the
+# monitor's and pinner's timers, the pinner): only the service may create, update or pull
+# from them. Another role pulling from one would hold its messages un-acked until they are
+# redelivered (a delay) or dead-lettered (max deliveries): a denial, not just a read.
+SERVICE_DURABLES = (*(f"kxr-{name}" for name in CONSUMER_ROLES), "kxr-monitor-timers", "kxr-pinner", "kxr-pinner-timers")
+
+
+def service_durable_denials(stream: str) -> list[str]:
+    """For every role but the service: create/update and fetch on the service's durables."""
+    out: list[str] = []
+    for durable in SERVICE_DURABLES:
+        out += [f"{API}.CONSUMER.CREATE.{stream}.{durable}", f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
+                f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}"]
+    return out
 
 
 def ack_stream(stream: str) -> list[str]:
@@ -118,13 +163,17 @@ def object_stream(bucket: str) -> str:
 
 
 def write_bucket(bucket: str) -> list[str]:
-    """Put objects: chunks and metadata. Replacing an object purges its old chunks (nats.py's
-    object store protocol), so a writer may also purge that bucket's own stream."""
-    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{object_stream(bucket)}"]
+    """Put objects: chunks and metadata. Never purge: a purge (`STREAM.PURGE.OBJ_<bucket>`,
+    with or without a subject filter) is how an object store deletes, and no producer may
+    remove a pack's bytes (services/packstore.py puts without purging)."""
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
 
 
-def inbox_for(subjects: Subjects, role: str) -> str:
-    """Reply-subject prefix: private for the service and runtimes, the default for `kxr` users."""
+def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> str:
+    """Reply-subject prefix: private for the service and runtimes (one per runtime with its own
+    credentials), the default for `kxr` users."""
+    if role == "runtime" and runtime_id:
+        return f"_INBOX_{subjects.prefix}_runtime_{check_token(runtime_id, 'runtime_id')}"
     return f"_INBOX_{subjects.prefix}_{role}" if role in ("service", "runtime") else DEFAULT_INBOX
 
 
@@ -151,11 +200,14 @@ def service_permissions(subjects: Subjects) -> Permissions:
         # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
         # runs an ordered push consumer, whose flow control the client answers
         f"{API}.STREAM.NAMES", f"$JS.FC.{snapshots}.>",
+        f"{API}.INFO",                             # the account's limits: the log asks no more consumers than allowed
         *[f"{API}.STREAM.CREATE.{name}" for name in streams],   # the layout, created idempotently
         f"{API}.STREAM.UPDATE.{s.releases_stream}",              # additive migration (trust.rotated subject)
         f"{API}.STREAM.INFO.{s.deadletter_stream}",
         *read_stream(s.releases_stream), *read_stream(s.health_stream), *read_stream(s.timers_stream),
         *read_stream(packs), *read_stream(snapshots),
+        # nats.py's ordered consumers (a snapshot's object get) are created without a name
+        *[f"{API}.CONSUMER.CREATE.{name}" for name in streams],
         *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
     ]
     subscribe = [f"{inbox}.>", s.health_all(),  # replies; live health (early breach detection)
@@ -165,40 +217,48 @@ def service_permissions(subjects: Subjects) -> Permissions:
     return Permissions(_unique(publish), tuple(subscribe), inbox, tuple(deny))
 
 
+def _reader(subjects: Subjects, role_publish: list[str], streams: list[str], subscribe: tuple[str, ...], inbox: str) -> Permissions:
+    """A role that publishes `role_publish` and reads `streams`: never the service's durables
+    (which live on the log and the timers; a consumer of that name elsewhere is not one)."""
+    publish = [*role_publish, *(x for stream in streams for x in read_stream(stream))]
+    guarded = [stream for stream in streams if stream in (subjects.releases_stream, subjects.timers_stream)]
+    deny = [x for stream in guarded for x in service_durable_denials(stream)]
+    return Permissions(_unique(publish), subscribe, inbox, _unique(deny))
+
+
 def producer_permissions(subjects: Subjects) -> Permissions:
     s = subjects
-    publish = [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket),
-               *read_stream(object_stream(s.packs_bucket)), *read_stream(s.releases_stream)]
-    return Permissions(_unique(publish), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(s, [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
+                   [object_stream(s.packs_bucket), s.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str | None = None,
                         runtime_id: str | None = None) -> Permissions:
     """A runtime reads pointers and packs and reports its own health.
 
-    With env/channel/runtime_id given, it may only publish on its own health subjects
-    (`<p>.health.<env>.<channel>.*.<runtime_id>`: the cohort is resolved at start-up).
+    With runtime_id given (`kxr creds runtime add ID`), it may only publish health under its
+    own id (`<p>.health.<env>.<channel>.*.<runtime_id>`: the cohort is resolved at start-up)
+    and receives replies on its own inbox prefix, so it can neither speak for another runtime
+    nor read another runtime's replies. env/channel narrow it further.
     """
     s = subjects
     parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
     health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
-    inbox = inbox_for(s, "runtime")
-    publish = [health, *read_stream(s.releases_stream), *read_stream(object_stream(s.packs_bucket))]
-    return Permissions(_unique(publish), (f"{inbox}.>",), inbox)
+    inbox = inbox_for(s, "runtime", runtime_id)
+    return _reader(s, [health], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
 
 
 def operator_permissions(subjects: Subjects) -> Permissions:
     s = subjects
     p = s.prefix
     publish = [*[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
-               f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated(),
-               *read_stream(s.releases_stream), *read_stream(s.deadletter_stream),  # kxr deadletter list|show
-               *read_stream(s.health_stream)]  # kxr watch: an open window's figures (stored samples, never live subscriptions)
-    return Permissions(_unique(publish), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+               f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated()]
+    # kxr deadletter list|show; kxr watch: an open window's figures (stored samples, never live subscriptions)
+    return _reader(s, publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def auditor_permissions(subjects: Subjects) -> Permissions:
-    return Permissions(_unique(read_stream(subjects.releases_stream)), (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(subjects, [], [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def role_permissions(subjects: Subjects, role: str) -> Permissions:
@@ -233,7 +293,12 @@ def creds_dir(data_dir: Path) -> Path:
 
 
 def creds_path(data_dir: Path, role: str) -> Path:
+    """A role's file (`service`, ...) or a runtime's own (`runtime-<id>`)."""
     return creds_dir(data_dir) / f"{role}.json"
+
+
+def runtime_creds_path(data_dir: Path, runtime_id: str) -> Path:
+    return creds_path(data_dir, f"runtime-{check_token(runtime_id, 'runtime_id')}")
 
 
 def write_credentials(data_dir: Path, creds: Credentials) -> Path:
@@ -241,13 +306,34 @@ def write_credentials(data_dir: Path, creds: Credentials) -> Path:
     directory = creds_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    path = creds_path(data_dir, creds.role)
+    path = creds_path(data_dir, creds.name)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(creds.to_document(), indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def new_runtime_credentials(subjects: Subjects, runtime_id: str, server_url: str | None = None) -> Credentials:
+    """One runtime's own user: publishes health under its own id only, replies on its own inbox."""
+    rid = check_token(runtime_id, "runtime_id")
+    creds = Credentials(role="runtime", prefix=subjects.prefix, user=f"{user_name(subjects, 'runtime')}-{rid}",
+                        password=secrets.token_urlsafe(24), inbox_prefix=inbox_for(subjects, "runtime", rid), runtime_id=rid)
+    return creds.with_server(server_url) if server_url else creds
+
+
+def runtime_credentials(data_dir: Path, subjects: Subjects) -> list[Credentials]:
+    """Every runtime's own credentials under creds/ (`runtime-<id>.json`) of this prefix, by id."""
+    out = []
+    for path in sorted(creds_dir(data_dir).glob("runtime-*.json")):
+        try:
+            creds = read_credentials(path)
+        except ValueError:
+            continue  # not ours to render: a broken file gets no user
+        if creds.runtime_id and creds.prefix == subjects.prefix and path.name == f"runtime-{creds.runtime_id}.json":
+            out.append(creds)
+    return out
 
 
 def read_credentials(path: Path) -> Credentials:
@@ -261,6 +347,31 @@ def read_credentials(path: Path) -> Credentials:
     if not isinstance(doc, dict):
         raise ValueError(f"credentials {path} are not a JSON object")
     return Credentials.from_document(doc)
+
+
+CREDS_ENV = "KX_NATS_CREDS"
+
+
+def env_credentials(env: dict | None = None) -> Credentials | None:
+    """The credentials file that KX_NATS_CREDS names, if set (compose hands each process its
+    own: its URL carries the user, its inbox prefix is the one that user may receive on).
+    ValueError with the reason if it cannot be used."""
+    path = (os.environ if env is None else env).get(CREDS_ENV)
+    if not path:
+        return None
+    creds = read_credentials(Path(path))
+    if not creds.url:
+        raise ValueError(f"credentials {path} ({CREDS_ENV}) name no server yet (kxr creds init --server URL)")
+    return creds
+
+
+def inbox_for_url(url: str | list[str]) -> str | None:
+    """The inbox prefix of the KX_NATS_CREDS credentials when `url` is theirs, else None."""
+    try:
+        creds = env_credentials()
+    except ValueError:
+        return None  # reported where the URL was read (Settings.from_env)
+    return creds.inbox_prefix if creds is not None and url == creds.url else None
 
 
 def ensure_credentials(data_dir: Path, subjects: Subjects, server_url: str | None = None) -> dict[str, Credentials]:
@@ -288,6 +399,11 @@ def ensure_credentials(data_dir: Path, subjects: Subjects, server_url: str | Non
         if stored is None or creds != stored or not _private(path):
             write_credentials(data_dir, creds)
         out[role] = creds
+    for creds in runtime_credentials(data_dir, subjects):  # `kxr creds runtime add ID`: kept as they are, URL aside
+        moved = creds.with_server(server_url) if server_url is not None else creds
+        if moved != creds:
+            write_credentials(data_dir, moved)
+        out[moved.name] = moved
     return out
 
 
@@ -313,13 +429,13 @@ def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Su
     items = creds.values() if isinstance(creds, dict) else creds
     out: list[str] = []
     for c in items:
-        perms = role_permissions(subjects, c.role)
+        perms = c.permissions(subjects)
         i2, i3, i4 = indent + "  ", indent + "    ", indent + "      "
         publish = _subject_list("allow", perms.publish, i4)
         if perms.publish_deny:
             publish += _subject_list("deny", perms.publish_deny, i4)
         out += [
-            f"{indent}# {c.role}: inbox prefix {c.inbox_prefix}",
+            f"{indent}# {c.name}: inbox prefix {c.inbox_prefix}",
             f"{indent}{{",
             f"{i2}user: {_q(c.user)}",
             f"{i2}password: {_q(c.password)}",
@@ -345,10 +461,54 @@ def render_authorization(creds: dict[str, Credentials] | list[Credentials], subj
     )
 
 
-def render_server_config(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects) -> str:
+@dataclass(frozen=True)
+class AccountLimits:
+    """JetStream limits of the embedded server's one account (every role's user lives in it).
+
+    They bound what any user, whatever its permissions, can make the server hold: consumers
+    per stream (each costs memory and start-up time: 10^4 durables took a server from 124 to
+    499 MiB and over 10 s to start) and streams. `max_consumers` applies to every stream (the
+    lower of it and the stream's own `max_consumers`); one consumer per running runtime and a
+    few per `kxr` command is the budget, so raise it for more runtimes than that.
+
+    Stored bytes are bounded by the server's own limits (`max_mem`/`max_file` -1: 75% of the
+    machine's memory, and of the store's disk up to 1 TB): nats-server refuses to start at all
+    if an account asks for more than the machine has, so a fixed figure would stop embedded
+    `kxr serve` on a small disk. Set them (e.g. "1G", "64G") to bound one deployment below that.
+    """
+
+    max_consumers: int = 4096
+    max_streams: int = 16
+    max_mem: str = "-1"
+    max_file: str = "-1"
+
+    def render(self, indent: str) -> str:
+        return (f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, max_streams: {self.max_streams}, "
+                f"max_consumers: {self.max_consumers} }}")
+
+
+ACCOUNT = "KX"
+
+
+def render_server_config(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects,
+                         limits: AccountLimits = AccountLimits()) -> str:
     """A whole nats-server config for the embedded server: JetStream on (store dir, listen
-    address and port come from the command line) and the users of `render_authorization`."""
-    return "jetstream: {}\n\n" + render_authorization(creds, subjects)
+    address and port come from the command line) and the users of `render_users`, in one
+    account with JetStream limits (`AccountLimits`), so no user can exhaust the server."""
+    return (
+        "jetstream: {}\n\n"
+        f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege, in one\n"
+        "# account whose JetStream limits bound what any of them can make the server hold.\n"
+        "# Generated by kxr; see docs/permissions.md.\n"
+        "accounts {\n"
+        f"  {ACCOUNT}: {{\n"
+        f"{limits.render('    ')}\n"
+        "    users: [\n"
+        f"{render_users(creds, subjects, indent='      ')}\n"
+        "    ]\n"
+        "  }\n"
+        "}\n"
+    )
 
 
 def write_server_config(path: Path, text: str) -> Path:
@@ -377,7 +537,8 @@ def redacted(url: str) -> str:
 
 
 __all__ = [
-    "Credentials", "Permissions", "ROLES", "auditor_permissions", "creds_path", "ensure_credentials", "inbox_for",
+    "ACCOUNT", "AccountLimits", "Credentials", "Permissions", "ROLES", "SERVICE_DURABLES", "new_runtime_credentials",
+    "runtime_credentials", "runtime_creds_path", "service_durable_denials", "auditor_permissions", "creds_path", "ensure_credentials", "inbox_for",
     "new_credentials", "operator_permissions", "producer_permissions", "read_credentials", "redacted", "render_authorization",
     "render_server_config", "render_users", "role_permissions", "runtime_permissions", "service_permissions", "user_name",
     "write_credentials", "write_server_config",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator
@@ -202,7 +203,11 @@ class OrderedReader:
         while True:
             pull = None
             try:
-                info = await self._js.add_consumer(self._stream, config=self._config(await self._consumer_filters()))
+                config = self._config(await self._consumer_filters())
+                # named in the subject (CONSUMER.CREATE.<stream>.<name>): the only create that
+                # roles other than the service may send (services/permissions.py read_stream)
+                config.name = secrets.token_hex(8)
+                info = await self._js.add_consumer(self._stream, config=config)
                 pull = ContinuousPull(connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
                 async for batch in self._in_order(pull):
                     yield batch

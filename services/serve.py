@@ -14,9 +14,9 @@ from nats import errors as nats_errors
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from .app import App, Clock, connect, utc_clock
-from .embedded import EmbeddedServer, authorized_config, free_port
+from .embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics
-from .permissions import inbox_for, redacted
+from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
 from .tasks import SignalStop
 
@@ -48,16 +48,27 @@ async def nats_for(settings: Settings) -> AsyncIterator[NatsTarget]:
         yield NatsTarget(settings.nats_url, {"inbox_prefix": inbox})
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedServer(store_dir=settings.data_dir / "nats", log_file=settings.data_dir / "nats-server.log", port=free_port())
+    store = settings.data_dir / "nats"
+    try:  # before anything under the data dir is written: never under a running server
+        lock = StoreLock(store).acquire()
+    except ServerError as exc:
+        raise ConfigError(str(exc)) from None
+    server = EmbeddedServer(store_dir=store, log_file=settings.data_dir / "nats-server.log", port=free_port())
     try:
-        server.config_file, creds = authorized_config(settings.data_dir, settings.prefix, server.url)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the embedded NATS configuration under {settings.data_dir}: {exc.strerror}") from None
-    server.start()
-    try:
+        try:
+            server.config_file, creds = authorized_config(settings.data_dir, settings.prefix, server.url)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the embedded NATS configuration under {settings.data_dir}: {exc.strerror}") from None
+        if adopt_default_account(store, ACCOUNT):
+            log.info("moved the store's streams into the account %s (the users now live there)", ACCOUNT)
+        try:
+            server.start(lock=lock)
+        except ServerError as exc:
+            raise ConfigError(str(exc)) from None
         yield NatsTarget(server.url, creds["service"].connect_options())
     finally:
         server.stop()
+        lock.release()
 
 
 @asynccontextmanager
@@ -127,19 +138,63 @@ def trust_root_for(settings: Settings) -> TrustRoot | None:
     return load_trust_root(settings.trust_root_path) if settings.trust_root_path else None
 
 
-# ---- what the connected user can do that the service does not need --------------------------------
-async def excess_privileges(target: NatsTarget, timeout: float = 2.0) -> list[str]:
-    """Probe, harmlessly, for rights `kxr serve` never needs; empty if the user has none of them.
+# ---- what the connected user can do beyond, or short of, what the service needs -------------------
+class Probe:
+    """Harmless questions to the server about one user's rights, on a short-lived connection.
 
-    - delete a stream: a request on `$JS.API.STREAM.DELETE.KXR_PROBE_<random>` (a stream
-      that does not exist): an answer from JetStream means the request was let through;
-    - publish outside its own subjects: a request on `kxrprobe<random>.scope.x.y.z.activated`
-      (a prefix nobody uses): "no responders" means the publish was let through;
-    - subscribe outside its own subjects: a subscription on `kxrprobe<random>.>`.
-    A denial is the server's permissions violation for that subject.
-    """
+    A denial is the server's permissions violation for that subject; an allowed request is
+    one the server routed (an answer, or "no responders")."""
+
+    def __init__(self, nc, violations: list[str], timeout: float) -> None:
+        self.nc, self._violations, self._timeout = nc, violations, timeout
+
+    def denied(self, kind: str, subject: str) -> bool:
+        return any(f'{kind} to "{subject.lower()}"' in v for v in self._violations)
+
+    async def publish_allowed(self, subject: str, headers: dict | None = None) -> bool | None:
+        """True: routed; False: denied; None: no answer and no violation (no evidence either way)."""
+        from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+
+        request = asyncio.ensure_future(self.nc.request(subject, b"{}", timeout=self._timeout, headers=headers))
+        while not request.done():
+            if self.denied("publish", subject):
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+                return False
+            await asyncio.wait([request], timeout=0.01)
+        try:
+            request.result()
+        except NoRespondersError:
+            return True  # routed, nobody listening: the publish was allowed
+        except (asyncio.TimeoutError, NatsTimeoutError, asyncio.CancelledError):
+            return None
+        return True
+
+    async def subscribe_allowed(self, subject: str, echo: str | None = None) -> bool:
+        """Subscribe, then wait for the violation, our own `echo` message, or the timeout."""
+        received = asyncio.Event()
+
+        async def on_msg(_msg) -> None:
+            received.set()
+
+        sub = await self.nc.subscribe(subject, cb=on_msg)
+        if echo:  # the quick positive answer: our own message comes back
+            await self.nc.publish(echo, b"")
+        await self.nc.flush(timeout=self._timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while not received.is_set() and not self.denied("subscription", subject) and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # the violation may come after the PONG
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass
+        return not self.denied("subscription", subject)
+
+
+@asynccontextmanager
+async def probing(target: NatsTarget, timeout: float) -> AsyncIterator[Probe]:
     import nats
-    from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
     violations: list[str] = []
 
@@ -152,69 +207,78 @@ async def excess_privileges(target: NatsTarget, timeout: float = 2.0) -> list[st
                                 max_reconnect_attempts=3, reconnect_time_wait=0.5, connect_timeout=3, **target.options)
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {redacted(target.url)}: {exc.__class__.__name__}: {exc}") from None
-
-    def denied(kind: str, subject: str) -> bool:
-        return any(f'{kind} to "{subject.lower()}"' in v for v in violations)
-
-    async def publish_allowed(subject: str) -> bool:
-        request = asyncio.ensure_future(nc.request(subject, b"{}", timeout=timeout))
-        while not request.done():
-            if denied("publish", subject):
-                request.cancel()
-                return False
-            await asyncio.wait([request], timeout=0.01)
-        try:
-            request.result()
-        except NoRespondersError:
-            return True  # routed, nobody listening: the publish was allowed
-        except (asyncio.TimeoutError, NatsTimeoutError):
-            return False  # no answer and no violation seen: no evidence of excess
-        except asyncio.CancelledError:
-            return False
-        return True
-
-    token = secrets.token_hex(4)
-    excess = []
     try:
-        if await publish_allowed(f"$JS.API.STREAM.DELETE.KXR_PROBE_{token.upper()}"):
-            excess.append("it may delete streams ($JS.API.STREAM.DELETE)")
-        may_publish = await publish_allowed(f"kxrprobe{token}.scope.x.y.z.activated")
-        if may_publish:
-            excess.append("it may publish outside the service's subjects")
-        subject = f"kxrprobe{token}.>"
-        received = asyncio.Event()
-
-        async def on_msg(_msg) -> None:
-            received.set()
-
-        sub = await nc.subscribe(subject, cb=on_msg)
-        if may_publish:  # the quick positive answer: our own message comes back
-            await nc.publish(f"kxrprobe{token}.ping", b"")
-        await nc.flush(timeout=timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not received.is_set() and not denied("subscription", subject) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)  # the violation may come after the PONG
-        if not denied("subscription", subject):
-            excess.append("it may subscribe outside the service's subjects")
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
+        yield Probe(nc, violations, timeout)
     finally:
         await nc.close()
+
+
+# JetStream refuses a publish whose expected last sequence on its subject is not the real one,
+# and stores nothing: a probe of the right to append that appends nothing.
+NEVER = {"Nats-Expected-Last-Subject-Sequence": str(2 ** 62)}
+
+
+async def excess_privileges(target: NatsTarget, timeout: float = 2.0) -> list[str]:
+    """Rights `kxr serve` never needs; empty if the user has none of them.
+
+    - delete a stream: a request on `$JS.API.STREAM.DELETE.KXR_PROBE_<random>` (a stream
+      that does not exist): an answer from JetStream means the request was let through;
+    - publish outside its own subjects: a request on `kxrprobe<random>.scope.x.y.z.activated`
+      (a prefix nobody uses): "no responders" means the publish was let through;
+    - subscribe outside its own subjects: a subscription on `kxrprobe<random>.>`.
+    """
+    token = secrets.token_hex(4)
+    excess = []
+    async with probing(target, timeout) as probe:
+        if await probe.publish_allowed(f"$JS.API.STREAM.DELETE.KXR_PROBE_{token.upper()}"):
+            excess.append("it may delete streams ($JS.API.STREAM.DELETE)")
+        may_publish = bool(await probe.publish_allowed(f"kxrprobe{token}.scope.x.y.z.activated"))
+        if may_publish:
+            excess.append("it may publish outside the service's subjects")
+        if await probe.subscribe_allowed(f"kxrprobe{token}.>", echo=f"kxrprobe{token}.ping" if may_publish else None):
+            excess.append("it may subscribe outside the service's subjects")
     return excess
 
 
-async def check_privileges(target: NatsTarget, strict: bool) -> None:
+async def missing_privileges(target: NatsTarget, prefix: str, timeout: float = 2.0) -> list[str]:
+    """Rights `kxr serve` needs that the user lacks; empty if it has every one probed.
+
+    Each probe appends nothing: release events and pointers are published with an expected
+    last subject sequence no subject has (JetStream refuses them, or nobody answers before
+    the streams exist: either way the server let them through); the JetStream API requests
+    read (stream info, a consumer that does not exist); live health is subscribed and dropped.
+    """
+    s = Subjects(prefix)
+    token = f"kxrprobe{secrets.token_hex(4)}"
+    needs: dict[str, tuple[str, dict | None]] = {
+        f"append release events ({s.release(token, 'verified')})": (s.release(token, "verified"), NEVER),
+        f"publish pointers ({s.scope(token, token, token, 'activated')})": (s.scope(token, token, token, "activated"), NEVER),
+        f"read the log ($JS.API.STREAM.INFO.{s.releases_stream})": (f"$JS.API.STREAM.INFO.{s.releases_stream}", None),
+        f"run its durable consumers ($JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter)":
+            (f"$JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter", None),
+        f"read the timers ($JS.API.STREAM.INFO.{s.timers_stream})": (f"$JS.API.STREAM.INFO.{s.timers_stream}", None),
+    }
+    missing = []
+    async with probing(target, timeout) as probe:
+        for what, probe_of in needs.items():
+            if await probe.publish_allowed(*probe_of) is False:
+                missing.append(f"it may not {what}")
+        if not await probe.subscribe_allowed(s.health_all()):
+            missing.append(f"it may not subscribe to live health ({s.health_all()})")
+    return missing
+
+
+async def check_privileges(target: NatsTarget, strict: bool, prefix: str = "kx") -> None:
     excess = await excess_privileges(target)
-    if not excess:
-        return
-    what = "; ".join(excess)
-    if strict:
-        raise ConfigError(f"--strict: the NATS user at {redacted(target.url)} can do more than kxr serve needs ({what}); "
-                          "give it the service permissions of docs/permissions.md")
-    log.warning("the NATS user at %s can do more than kxr serve needs (%s); see docs/permissions.md, "
-                "or run with --strict to refuse", redacted(target.url), what)
+    missing = await missing_privileges(target, prefix)
+    for problem, what in ((excess, "can do more than kxr serve needs"), (missing, "cannot do all that kxr serve needs")):
+        if not problem:
+            continue
+        if strict:
+            raise ConfigError(f"--strict: the NATS user at {redacted(target.url)} {what} ({'; '.join(problem)}); "
+                              "give it the service permissions of docs/permissions.md")
+        log.warning("the NATS user at %s %s (%s); see docs/permissions.md, or run with --strict to refuse",
+                    redacted(target.url), what, "; ".join(problem))
 
 
 async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None, strict: bool = False,
@@ -230,7 +294,7 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     stop = SignalStop()
     try:
         async with nats_for(settings) as target:
-            await check_privileges(target, strict)
+            await check_privileges(target, strict, settings.prefix)
             async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app, \
                     dashboard_for(app, ui, on_ui), optional_metrics(app, settings.metrics_addr):
                 if on_ready:

@@ -34,9 +34,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
+        """KX_NATS_URL, else the URL of the credentials file KX_NATS_CREDS names (services/permissions.py)."""
         env = os.environ
         values = {
-            "nats_url": env.get("KX_NATS_URL") or None,
+            "nats_url": env.get("KX_NATS_URL") or _creds_url(),
             "prefix": env.get("KX_PREFIX", "kx"),
             "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),
             "trust_root_path": Path(env["KX_TRUST_ROOT"]) if env.get("KX_TRUST_ROOT") else None,
@@ -178,3 +179,13 @@ def reader_service_keys(settings: "Settings"):
     if path is None and (settings.data_dir / "service-keys.json").is_file():
         path = settings.data_dir / "service-keys.json"
     return load_service_keys(path)
+
+
+def _creds_url() -> str | None:
+    from .permissions import env_credentials  # permissions reads this module's ROLES
+
+    try:
+        creds = env_credentials()
+    except ValueError as exc:
+        raise ConfigError(f"KX_NATS_CREDS: {exc}") from None
+    return creds.url if creds else None

@@ -46,11 +46,19 @@ def _host_only(host: str) -> str:
 
 
 def _guard(allowed_hosts: frozenset[str] | None):
+    """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), and the router's
+    own 404 and 405, which aiohttp raises as exceptions past the code after `handler`."""
+
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
-        if allowed_hosts is not None and _host_only(request.host).lower() not in allowed_hosts:
-            return web.Response(status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n")
-        response = await handler(request)
+        try:
+            if allowed_hosts is not None and _host_only(request.host).lower() not in allowed_hosts:
+                response: web.StreamResponse = web.Response(status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n")
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:
+            kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}  # e.g. Allow
+            response = web.Response(status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept)
         if not response.prepared:  # a stream sent its headers (these included) already
             response.headers.update(SECURITY_HEADERS)
         return response

@@ -1,7 +1,7 @@
 """Least-privilege NATS users (services/permissions.py) against a nats-server running the generated config.
 
 One server for the module, started exactly as `kxr serve` starts its embedded one
-(`authorized_config`), one prefix. Every denial is asserted twice: nothing comes back
+(`authorized_config`, the store lock; tests/security/conftest.py), one prefix. Every denial is asserted twice: nothing comes back
 (JetStream never saw the request) and the server reports a permissions violation for
 that very subject. The suite's plain nats-server (no users) is the all-powerful case for
 `kxr serve --strict`.
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -41,118 +40,17 @@ from services.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from events.channel import ChannelConfig
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for, wait_for
-
-DENIED_WAIT_S = 3.0
-
-
-# ---- the server and its users ----------------------------------------------------------------------
-@dataclass
-class Authed:
-    url: str
-    prefix: str
-    creds: dict
-    data_dir: Path
-    server: EmbeddedServer
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects(self.prefix)
-
-    def violations(self) -> list[str]:
-        return [line for line in (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines() if "Violation" in line]
+from tests.security.conftest import Conns, start_authed, stop_authed
 
 
+# ---- the server and its users (as the attack suite's: tests/security/conftest.py) --------------------
 @pytest.fixture(scope="module")
 def authed(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("authed")
-    prefix = "p" + uuid.uuid4().hex[:10]
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    config, creds = authorized_config(data_dir, prefix, url)
-    server = EmbeddedServer(store_dir=data_dir / "js", port=port, config_file=config, log_file=data_dir / "nats-server.log").start()
+    authed, lock = start_authed(tmp_path_factory.mktemp("authed"), runtimes=())
     try:
-        yield Authed(url, prefix, creds, data_dir, server)
+        yield authed
     finally:
-        server.stop()
-
-
-@dataclass
-class Conn:
-    role: str
-    nc: nats.NATS
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def js(self):
-        return self.nc.jetstream(timeout=5)
-
-    def permission_errors(self) -> list[str]:
-        return [e for e in self.errors if "permissions violation" in e]
-
-    async def violation(self, kind: str, subject: str) -> None:
-        needle = f'permissions violation for {kind} to "{subject.lower()}"'
-        deadline = time.monotonic() + DENIED_WAIT_S
-        while not any(needle in e for e in self.errors):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.role}: no permissions violation for {kind} to {subject!r}; errors: {self.errors}")
-            await asyncio.sleep(0.02)
-
-    async def publish_denied(self, subject: str, payload: bytes = b"{}", headers: dict | None = None) -> None:
-        """The server says "not allowed" for this subject, and nothing ever answers the request.
-
-        (A denied message is dropped by the server: JetStream never sees it.)"""
-        request = asyncio.ensure_future(self.nc.request(subject, payload, headers=headers, timeout=DENIED_WAIT_S))
-        try:
-            await self.violation("publish", subject)
-            await asyncio.sleep(0.05)
-            assert not request.done() or isinstance(request.exception(), (NatsTimeoutError, asyncio.TimeoutError)), \
-                f"{self.role}: {subject} was answered: {request.result()!r}"
-        finally:
-            request.cancel()
-            await asyncio.gather(request, return_exceptions=True)
-
-    async def subscribe_denied(self, subject: str) -> None:
-        got: list = []
-
-        async def on_msg(msg) -> None:
-            got.append(msg)
-
-        sub = await self.nc.subscribe(subject, cb=on_msg)
-        await self.violation("subscription", subject)
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
-        assert not got, f"{self.role} received {len(got)} message(s) on {subject}"
-
-
-async def connect_as(authed: Authed, role: str, name: str | None = None) -> Conn:
-    conn = Conn(role, None)  # type: ignore[arg-type]
-
-    async def on_error(exc: Exception) -> None:
-        conn.errors.append(str(exc).lower())
-
-    conn.nc = await nats.connect(authed.url, name=name or f"test-{role}", error_cb=on_error, connect_timeout=3,
-                                 max_reconnect_attempts=3, **authed.creds[role].connect_options())
-    return conn
-
-
-class Conns:
-    def __init__(self, authed: Authed) -> None:
-        self.authed = authed
-        self.opened: list[Conn] = []
-
-    async def __call__(self, role: str, name: str | None = None) -> Conn:
-        conn = await connect_as(self.authed, role, name)
-        self.opened.append(conn)
-        return conn
-
-    async def close(self) -> None:
-        for conn in self.opened:
-            try:
-                await conn.nc.close()
-            except Exception:
-                pass
+        stop_authed(authed, lock)
 
 
 @pytest.fixture

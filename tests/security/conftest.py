@@ -1,0 +1,202 @@
+"""The attack suite's server: nats-server started exactly as embedded `kxr serve` starts it.
+
+`authed` (one per test module) is a nats-server under the generated configuration
+(`services.embedded.authorized_config`: one least-privilege user per role, in the account
+with JetStream limits), holding the store lock like `kxr serve`, plus two runtimes with
+their own credentials (`kxr creds runtime add rt-a` / `rt-b`). `as_role` opens connections
+as any of them (`await as_role("producer")`, `await as_role("runtime-rt-a")`) on a layout
+the service user created; `service_app` runs every consumer of `kxr serve` as the service
+user, so its durable consumers exist to be attacked.
+
+Every denial is asserted twice (`Conn.publish_denied`): nothing comes back (JetStream never
+saw the request) and the server reports a permissions violation for that very subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from events.service_signing import ServiceKeys
+from events.signing import SigningKey
+from events.subjects import Subjects
+from services.app import App
+from services.embedded import EmbeddedServer, StoreLock, authorized_config, free_port
+from services.layout import ensure_layout
+from services.permissions import AccountLimits, new_runtime_credentials, write_credentials
+from services.settings import ROLES as CONSUMERS, Settings
+from tests.harness import trust_root_for
+
+DENIED_WAIT_S = 3.0
+RUNTIMES = ("rt-a", "rt-b")  # runtimes with their own credentials
+
+
+@dataclass
+class Authed:
+    url: str
+    prefix: str
+    creds: dict  # by name: the five roles, and `runtime-<id>` for each of RUNTIMES
+    data_dir: Path
+    server: EmbeddedServer
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    def violations(self) -> list[str]:
+        return [line for line in (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines() if "Violation" in line]
+
+
+def start_authed(data_dir: Path, prefix: str | None = None, runtimes: tuple[str, ...] = RUNTIMES,
+                 limits: AccountLimits | None = None) -> tuple[Authed, StoreLock]:
+    """A server as embedded `kxr serve` runs it (store lock included); stop with `stop_authed`."""
+    prefix = prefix or "p" + uuid.uuid4().hex[:10]
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    subjects = Subjects(prefix)
+    for runtime_id in runtimes:
+        write_credentials(data_dir, new_runtime_credentials(subjects, runtime_id, url))
+    store = data_dir / "nats"
+    lock = StoreLock(store).acquire()
+    config, creds = authorized_config(data_dir, prefix, url, limits)
+    server = EmbeddedServer(store_dir=store, port=port, config_file=config, log_file=data_dir / "nats-server.log").start(lock=lock)
+    return Authed(url, prefix, creds, data_dir, server), lock
+
+
+def stop_authed(authed: Authed, lock: StoreLock) -> None:
+    authed.server.stop()
+    lock.release()
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory):
+    authed, lock = start_authed(tmp_path_factory.mktemp("authed"))
+    try:
+        yield authed
+    finally:
+        stop_authed(authed, lock)
+
+
+@dataclass
+class Conn:
+    role: str
+    nc: nats.NATS
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def js(self):
+        return self.nc.jetstream(timeout=5)
+
+    def permission_errors(self) -> list[str]:
+        return [e for e in self.errors if "permissions violation" in e]
+
+    async def violation(self, kind: str, subject: str) -> None:
+        needle = f'permissions violation for {kind} to "{subject.lower()}"'
+        deadline = time.monotonic() + DENIED_WAIT_S
+        while not any(needle in e for e in self.errors):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.role}: no permissions violation for {kind} to {subject!r}; errors: {self.errors}")
+            await asyncio.sleep(0.02)
+
+    async def publish_denied(self, subject: str, payload: bytes = b"{}", headers: dict | None = None) -> None:
+        """The server says "not allowed" for this subject, and nothing ever answers the request.
+
+        (A denied message is dropped by the server: JetStream never sees it.)"""
+        request = asyncio.ensure_future(self.nc.request(subject, payload, headers=headers, timeout=DENIED_WAIT_S))
+        try:
+            await self.violation("publish", subject)
+            await asyncio.sleep(0.05)
+            assert not request.done() or isinstance(request.exception(), (NatsTimeoutError, asyncio.TimeoutError)), \
+                f"{self.role}: {subject} was answered: {request.result()!r}"
+        finally:
+            request.cancel()
+            await asyncio.gather(request, return_exceptions=True)
+
+    async def subscribe_denied(self, subject: str) -> None:
+        got: list = []
+
+        async def on_msg(msg) -> None:
+            got.append(msg)
+
+        sub = await self.nc.subscribe(subject, cb=on_msg)
+        await self.violation("subscription", subject)
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass
+        assert not got, f"{self.role} received {len(got)} message(s) on {subject}"
+
+
+async def connect_as(authed: Authed, role: str, name: str | None = None) -> Conn:
+    """`role` is a credentials name: `service`, ..., or `runtime-<id>`."""
+    conn = Conn(role, None)  # type: ignore[arg-type]
+
+    async def on_error(exc: Exception) -> None:
+        conn.errors.append(str(exc).lower())
+
+    conn.nc = await nats.connect(authed.url, name=name or f"test-{role}", error_cb=on_error, connect_timeout=3,
+                                 max_reconnect_attempts=3, **authed.creds[role].connect_options())
+    return conn
+
+
+class Conns:
+    def __init__(self, authed: Authed) -> None:
+        self.authed = authed
+        self.opened: list[Conn] = []
+
+    async def __call__(self, role: str, name: str | None = None) -> Conn:
+        conn = await connect_as(self.authed, role, name)
+        self.opened.append(conn)
+        return conn
+
+    async def close(self) -> None:
+        for conn in self.opened:
+            try:
+                await conn.nc.close()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+async def as_role(authed):
+    conns = Conns(authed)
+    service = await conns("service")
+    await ensure_layout(service.js, authed.subjects)  # the service user creates the layout, as `kxr serve` does
+    try:
+        yield conns
+    finally:
+        await conns.close()
+
+
+@dataclass
+class ServiceApp:
+    app: App
+    conn: Conn
+    producer_key: SigningKey
+    service_keys: ServiceKeys
+
+
+@pytest.fixture(scope="module")
+async def service_app(authed):
+    """Every consumer of `kxr serve`, as the service user, for the module."""
+    conns = Conns(authed)
+    svc = await conns("service", "kxr-serve")
+    producer_key, service_key = SigningKey.generate(), SigningKey.generate()
+    app = App(svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key)
+    await app.start(CONSUMERS)
+    try:
+        yield ServiceApp(app, svc, producer_key, ServiceKeys.of(service_key, list(CONSUMERS)))
+    finally:
+        await app.stop()
+        await conns.close()
+
+
+def rid() -> str:
+    return "r" + uuid.uuid4().hex[:8]
