@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.e2e.support import assert_one_line_error, wait_closed, wait_event
-from tests.e2e.test_serve import ONE_STAGE, rig, start_world  # noqa: F401  (rig is a fixture)
+from tests.e2e.test_serve import CHANNEL_PLAN, rig, start_world  # noqa: F401  (rig is a fixture)
 from tests.harness import make_pack
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ def ok(result) -> str:
 
 async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     await start_world(kx, rig)
-    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=ONE_STAGE)
+    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=CHANNEL_PLAN)
     assert (await wait_closed(rig.js, kx, "r1"))["data"]["outcome"] == "success"
 
     await rig.request("r2", make_pack("1.1.0", kx.key), monitoring={"window_s": 30, "min_samples": 1})

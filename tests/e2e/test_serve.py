@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 COHORTS = ("internal", "rest")
 # baselines: the channel's own plan (issue 13: a request may no longer merge its two stages into one)
-ONE_STAGE = None
+CHANNEL_PLAN = None
 
 
 class Rig:
@@ -151,7 +151,7 @@ async def test_healthy_release_closes_success_and_pointer_holds_new_pack(kx, rig
 async def test_tampered_bytes_never_activate(kx, rig):
     serve, internal, rest = await start_world(kx, rig)
     good = make_pack("1.0.0", kx.key)
-    await rig.request("r1", good, plan=ONE_STAGE, rollback={"strategy": "none"})
+    await rig.request("r1", good, plan=CHANNEL_PLAN, rollback={"strategy": "none"})
     assert (await wait_closed(rig.js, kx, "r1"))["data"]["outcome"] == "success"
     before = {c: (await rig.pointer(c)).seq for c in COHORTS}
 
@@ -185,7 +185,7 @@ async def test_failing_window_rolls_back_to_last_known_good(kx, rig):
     good = make_pack("1.0.0", kx.key)
     bad = make_pack("1.1.0", kx.key)
     serve, internal, rest = await start_world(kx, rig, {bad.digest: Behaviour(error_rate=0.5)})
-    await rig.request("r1", good, plan=ONE_STAGE, rollback={"strategy": "none"})
+    await rig.request("r1", good, plan=CHANNEL_PLAN, rollback={"strategy": "none"})
     assert (await wait_closed(rig.js, kx, "r1"))["data"]["outcome"] == "success"
 
     await rig.request("r2", bad)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.e2e.support import assert_one_line_error, describe_release, wait_closed, wait_event
-from tests.e2e.test_serve import ONE_STAGE, rig, start_world  # noqa: F401  (rig is a fixture)
+from tests.e2e.test_serve import CHANNEL_PLAN, rig, start_world  # noqa: F401  (rig is a fixture)
 from tests.harness import Behaviour, make_pack
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def json_lines(stdout: str) -> list[dict]:
 
 async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, rig):  # noqa: F811
     await start_world(kx, rig)
-    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=ONE_STAGE)
+    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=CHANNEL_PLAN)
     # started while the release runs: the watch follows it to its end, whatever it has already missed
     live_json, text = await asyncio.gather(kx.arun("watch", "r1", "--json", "--interval", "0.2", timeout=60),
                                            kx.arun("watch", "r1", "--interval", "0.2", timeout=60))
@@ -34,7 +34,7 @@ async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, ri
     final = views[-1]
     assert final["schema"] == "kxr.release-view/1" and final["terminal"] and final["outcome"] == "success"
     assert [v["terminal"] for v in views].count(True) == 1
-    assert [(s["stage"], s["state"]) for s in final["stages"]] == [(1, "passed")]
+    assert [(s["stage"], s["state"]) for s in final["stages"]] == [(1, "passed"), (2, "passed")]  # the channel plan (a request may not merge its stages)
     assert final["gates"] and all(g["ok"] for g in final["gates"])
     window = final["window"]
     assert window["source"] == "verdict" and window["result"] == "passed"
@@ -58,7 +58,7 @@ async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, ri
 async def test_watch_exit_status_for_a_rollback_a_held_release_a_timeout_and_ctrl_c(kx, rig):  # noqa: F811
     bad = make_pack("1.1.0", kx.key)
     await start_world(kx, rig, {bad.digest: Behaviour(error_rate=0.5)})
-    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=ONE_STAGE)
+    await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=CHANNEL_PLAN)
     assert (await wait_closed(rig.js, kx, "r1"))["data"]["outcome"] == "success"
 
     await rig.request("r2", bad)
