@@ -25,7 +25,6 @@ from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
 from services.deadletter import UNDECODABLE
-from services.embedded import EmbeddedServer, authorized_config, free_port
 from services.log import EventLog
 from services.log_reads import load_world
 from services.producer import configure_channel
@@ -33,6 +32,7 @@ from services.runtime_sdk import ChannelConfigUnavailable, Identity, RuntimeClie
 from services.settings import Settings
 from tests.e2e.support import ServeProcess, assert_one_line_error, base_env, kxr_binary, read_log, wait_until, write_trust_root
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, trust_root_for, wait_for
+from tests.security.conftest import start_authed, stop_authed
 
 
 def channel_envelope(config: object, scope: object = None) -> bytes:
@@ -151,16 +151,11 @@ async def test_a_switch_that_raises_keeps_the_old_pack_reports_it_and_keeps_foll
 # ---- issue 14: the runtime user reads, and an unreadable config is an error --------------------------
 @pytest.fixture(scope="module")
 def authed_server(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("edges-authed")
-    prefix = "e" + uuid.uuid4().hex[:10]
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    config, creds = authorized_config(data_dir, prefix, url)
-    server = EmbeddedServer(store_dir=data_dir / "js", port=port, config_file=config, log_file=data_dir / "nats-server.log").start()
+    authed, lock = start_authed(tmp_path_factory.mktemp("edges-authed"), runtimes=())
     try:
-        yield url, prefix, creds
+        yield authed.url, authed.prefix, authed.creds
     finally:
-        server.stop()
+        stop_authed(authed, lock)
 
 
 async def test_kxr_runtime_simulate_with_the_runtime_login_reads_its_channel_and_picks_its_cohort(authed_server, tmp_path: Path):

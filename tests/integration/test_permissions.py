@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import nats
@@ -29,7 +28,6 @@ from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
 from services.app import App
 from services.embedded import EmbeddedServer, authorized_config, free_port
-from services.layout import ensure_layout
 from services.log import EventLog
 from services.log_reads import load_world
 from services.permissions import ROLES, creds_path, read_credentials, role_permissions, runtime_permissions
@@ -40,7 +38,7 @@ from services.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from events.channel import ChannelConfig
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for, wait_for
-from tests.security.conftest import Conns, start_authed, stop_authed
+from tests.security.conftest import as_role, rid, start_authed, stop_authed  # noqa: F401 (as_role: a fixture)
 
 
 # ---- the server and its users (as the attack suite's: tests/security/conftest.py) --------------------
@@ -53,22 +51,6 @@ def authed(tmp_path_factory):
         stop_authed(authed, lock)
 
 
-@pytest.fixture
-async def as_role(authed):
-    conns = Conns(authed)
-    service = await conns("service")
-    await ensure_layout(service.js, authed.subjects)  # the service user creates the layout, as `kxr serve` does
-    try:
-        yield conns
-    finally:
-        await conns.close()
-
-
-def rid() -> str:
-    return "r" + uuid.uuid4().hex[:8]
-
-
-# ---- the generated files ---------------------------------------------------------------------------
 def test_credentials_and_config_are_private_and_complete(authed):
     for role in ROLES:
         path = creds_path(authed.data_dir, role)

@@ -25,7 +25,6 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
-from services.embedded import EmbeddedServer, authorized_config, free_port
 from services.log import EventLog
 from services.producer import configure_channel, push_pack, request_release
 from services.runtime_sdk import Identity
@@ -94,24 +93,10 @@ class Rig:
                        lambda: self.app.follower.world.release(release_id))
 
 
-@pytest.fixture(scope="module")
-def authed(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("junk-lockout")
-    prefix = "j" + uuid.uuid4().hex[:10]
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    config, creds = authorized_config(data_dir, prefix, url)
-    server = EmbeddedServer(store_dir=data_dir / "js", port=port, config_file=config, log_file=data_dir / "nats-server.log").start()
-    try:
-        yield url, prefix, creds, data_dir
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 async def rig(authed):
     """The whole service as the service user, runtimes as the runtime user, a producer, a configured channel."""
-    url, prefix, creds, data_dir = authed
+    url, prefix, creds, data_dir = authed.url, authed.prefix, authed.creds, authed.data_dir  # tests/security/conftest.py
     subjects = Subjects(prefix)
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
     trust_root = trust_root_for(producer_key)

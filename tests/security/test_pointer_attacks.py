@@ -29,7 +29,6 @@ from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
 from services.audit import replay
-from services.embedded import EmbeddedServer, authorized_config, free_port
 from services.log import EventLog
 from services.producer import configure_channel, push_pack, request_release
 from services.runtime_sdk import Identity, RuntimeClient
@@ -37,6 +36,7 @@ from services.settings import ROLES as CONSUMERS, Settings
 from services.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Pack, make_pack, request_data, trust_root_for, wait_for
+from tests.security.conftest import Authed
 from tests.integration.test_fresh_pointers import chain_violations, replay_pointer, stored_pointers
 
 pytestmark = pytest.mark.security
@@ -44,31 +44,7 @@ ENV, CHANNEL_NAME = "prod", "canary"
 TENANTS = ("t-int-1", "tenant-42")  # one runtime in each cohort of the harness channel
 
 
-# ---- an authorized embedded server, as `kxr serve` starts it -------------------------------------------
-@dataclass
-class Authed:
-    url: str
-    prefix: str
-    creds: dict
-    data_dir: Path
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects(self.prefix)
-
-
-@pytest.fixture(scope="module")
-def authed(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("pointer-attacks")
-    prefix = "p" + uuid.uuid4().hex[:10]
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    config, creds = authorized_config(data_dir, prefix, url)
-    server = EmbeddedServer(store_dir=data_dir / "js", port=port, config_file=config, log_file=data_dir / "nats-server.log").start()
-    try:
-        yield Authed(url, prefix, creds, data_dir)
-    finally:
-        server.stop()
+# ---- the authorized embedded server: `authed` of tests/security/conftest.py, as `kxr serve` starts it
 
 
 @dataclass
