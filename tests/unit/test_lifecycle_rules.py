@@ -19,7 +19,7 @@ from services.operator import OperatorError
 from services.pinner import pin as pin_action, pin_too_long
 from services.rollback_readiness import readiness_problems
 
-from .test_decisions import LATER, ctx, events_of, history, single_event, state
+from .test_decisions import LATER, ctx, events_of, history, passed_log, single_event, state
 from .test_projections import CHANNEL_DOC, ENV, CH, OPERATOR, P0, P1, P2, SERVICE, Log
 
 RESCUER = Actor(kind="operator", id="alice")
@@ -245,15 +245,7 @@ def test_an_lkg_strategy_still_takes_the_pin_in_force_first() -> None:
 
 
 def passed_first_stage(channel: dict[str, Any] | None = None, stage: int = 0) -> Log:
-    log = Log()
-    log.channel(channel)
-    log.two_stage_success("r0", P0)
-    log.through_verified("r1")
-    log.stage("r1", 0, ["internal"])
-    if stage == 1:
-        log.expanded("r1", 0, 1, ["rest"])
-        log.stage("r1", 1, ["rest"])
-    return log
+    return passed_log(stage, channel)
 
 
 def test_an_expansion_waits_for_a_usable_rollback_target() -> None:
