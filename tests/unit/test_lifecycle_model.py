@@ -91,7 +91,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.configure("canary", thresholds=thresholds, min_samples=min_samples, promote=True)
 
     # -- producer and consumers --------------------------------------------------------------------
-    @rule(pack=st.integers(0, len(PACKS) - 1), channel=st.sampled_from(CHANNELS), strategy=st.sampled_from(["lkg", "pinned", "none"]),
+    @rule(pack=st.integers(0, len(PACKS) - 1), channel=st.sampled_from(CHANNELS), strategy=st.sampled_from(["lkg", "pinned", "lkg", "pinned", "none"]),
           ack=st.booleans())
     def request(self, pack: int, channel: str, strategy: str, ack: bool) -> None:
         self.m.request(PACKS[pack], channel, strategy, acknowledge_no_health=ack)
@@ -176,11 +176,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m.pin(channel, cohort, PACKS[pack].version, hours)
         self.after()
 
-    @rule(channel=st.sampled_from(CHANNELS), cohort=st.sampled_from(COHORTS), pack=st.integers(0, len(PACKS) - 1))
-    def pin_and_lift(self, channel: str, cohort: str, pack: int) -> None:
-        """A pin that was lifted again: the scope's "pinned prior" for strategy `pinned`."""
-        if self.m.pin(channel, cohort, PACKS[pack].version, 24):
-            self.m.unpin(channel, cohort)
+    @rule(channel=st.sampled_from(CHANNELS), pack=st.integers(0, len(PACKS) - 1))
+    def pin_and_lift(self, channel: str, pack: int) -> None:
+        """Every cohort pinned, and the pins lifted again: each scope's "pinned prior" for strategy `pinned`."""
+        for cohort in COHORTS:
+            if self.m.pin(channel, cohort, PACKS[pack].version, 24):
+                self.m.unpin(channel, cohort)
         self.after()
 
     @rule(channel=st.sampled_from(CHANNELS), cohort=st.sampled_from(COHORTS))
@@ -203,7 +204,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @rule(pack=st.integers(0, len(PACKS) - 1))
     def lose_pack(self, pack: int) -> None:
-        self.m.lose_pack(PACKS[pack].digest)
+        self.m.lose_pack(PACKS[-1 - pack].digest)  # the simplest choice is not the packs every LKG starts from
         self.after()
 
     # -- after every step ------------------------------------------------------------------------------
