@@ -145,10 +145,13 @@ SAFETY_CODES = (
     "success_without_data",         # closed `success` while a stage passed only on an operator's word, or never
     "aborted_release_advanced",     # an aborted release moved forward (window, stage, promotion, success)
     "rollback_off_strategy",        # a rollback target that is not the chosen strategy's (pin in force, LKG / pinned prior)
-    "held_moved_without_operator",  # a held release (inconclusive, escalated) moved by anything but an operator
+    "held_moved_without_operator",  # a held release (inconclusive, escalated) moved on by anything but an operator
     "paused_release_advanced",      # a new stage or a promotion while paused
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
+# What a service may still write on a held release: a note, or a move towards safety (a failure
+# seen late, a rollback, an escalation). Anything else moves it on, and only an operator may.
+_FAIL_CLOSED_FROM_HELD = {"annotated", "monitoring_failed", "rollback_started", "escalated"}
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,7 @@ def check_safety(world: World, position: Position, event: Event) -> list[Violati
     if release is None:
         return out
     suffix = event.suffix
-    if release.phase == "held" and event.actor.kind != "operator" and suffix != "annotated":
+    if release.phase == "held" and event.actor.kind != "operator" and suffix not in _FAIL_CLOSED_FROM_HELD:
         v("held_moved_without_operator", f"{event.release_id} was held ({release.failure or 'waiting'}), then {event.actor.kind}:{event.actor.id} wrote {suffix}")
     if release.aborted and (suffix in _ADVANCING or (suffix == "closed" and isinstance(data, Closed) and data.outcome in ("success", "promoted_by_override"))):
         v("aborted_release_advanced", f"{event.release_id} was aborted, then {suffix}" + (f" {data.outcome}" if isinstance(data, Closed) else ""))

@@ -170,3 +170,29 @@ def test_stories_cover_each_code_once_offline() -> None:
 def story_r0_end(log: Log) -> int:
     """Index of the baseline release's `closed` in the story."""
     return next(i for i, e in enumerate(log.events) if e.type == "release.closed" and e.release_id == "r0")
+
+
+def test_fail_closed_moves_and_recorded_overrides_are_no_violations() -> None:
+    """What the checks must let through: a service rolling a held release back, an operator's
+    recorded pass (it is not a pass on data, and says so), a rollback to the earned LKG."""
+    from projections.invariants import Audit, audit_entry
+
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1", P1)
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    log.verdict("r1", "inconclusive", 0)
+    log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: go", "override": True}, release_id="r1", actor=OPERATOR)
+    log.expanded("r1", 0, 1, ["rest"])
+    log.activate("r1", 1, ["rest"])
+    log.started("r1", 1, ["rest"])
+    log.verdict("r1", "inconclusive", 1)
+    log.rollback_started("r1", {"internal": P0, "rest": P0}, trigger="policy_violation")  # by the service, from held
+    log.rolled_back("r1", {"internal": P0, "rest": P0})
+    log.closed("r1", "rolled_back")
+    audit = Audit()
+    for position, event in log.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    assert not [v.line() for v in audit.violations if v.code in SAFETY_CODES]

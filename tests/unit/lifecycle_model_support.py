@@ -21,7 +21,7 @@ from events.codec import make_event, scope_tuple
 from events.health import HealthSample
 from events.ids import derived_event_id
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
-from events.model import Actor, Event, PackRef, Scope, ScopeActivated, TrustRotated
+from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import Subjects
 from events.trust import follow_chain, sign_root
