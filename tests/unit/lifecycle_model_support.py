@@ -56,8 +56,9 @@ def _root(version: int, keys: list[SigningKey]) -> dict[str, Any]:
     return {"version": version, "threshold": 1, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{KEYS.index(k) + 1}"} for k in keys}}
 
 
-# The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on.
-ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1]], [KEYS[1], KEYS[2]], [KEYS[2]]]
+# The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on:
+# v2 adds key 2, v3 drops key 1 (packs signed by it alone lose their trust) and adds key 3.
+ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1], KEYS[2]]]
 ANCHOR = TrustRoot.from_document(_root(1, ROOT_KEYS[0]))
 ROTATIONS = [sign_root(_root(v + 1, ROOT_KEYS[v]), ROOT_KEYS[v - 1] + ROOT_KEYS[v]) for v in range(1, len(ROOT_KEYS))]
 
@@ -83,11 +84,11 @@ def _pack(version: str, key: int | tuple[int, ...], expires: timedelta = timedel
     return ModelPack(version, body, manifest_bytes(signed, keys), signed["digest"])
 
 
-PACKS = [  # 1.0.0 (signed by keys 1 and 2) is what the channels ran before: trusted until the third rotation
-    _pack("1.0.0", (1, 2)), _pack("1.1.0", 1), _pack("1.2.0", 2), _pack("1.3.0", 3), _pack("2.0.0", 2),
+PACKS = [  # 1.0.0 (keys 1 and 2) is what the channels ran first: trusted by every root
+    _pack("1.0.0", (1, 2)), _pack("1.1.0", 1), _pack("1.2.0", 1), _pack("1.3.0", 2), _pack("2.0.0", 3),
     _pack("0.9.0", 1),                                      # older: a downgrade wherever something newer ran
     _pack("1.4.0", 1, source="https://evil.example/kb"),    # fails policy (source)
-    _pack("1.5.0", 2, expires=timedelta(hours=2)),           # expires while the model runs
+    _pack("1.5.0", 1, expires=timedelta(hours=2)),           # expires while the model runs
 ]
 PACK_BY_DIGEST = {p.digest: p for p in PACKS}
 

@@ -33,7 +33,7 @@ PENDING: dict[str, str] = {
     "success_without_data": "issue 13 item 3: fixed on h-lifecycle",
     "lkg_not_earned": "issue 13 item 3: fixed on h-lifecycle",
     "aborted_release_advanced": "issue 13 item 4: fixed on h-lifecycle",
-    "rollback_off_strategy": "issue 13 item 5: fixed on h-lifecycle",
+    "rollback_off_strategy": "issue 13 item 5 (pinned ignored; none falls back to an LKG earned later): fixed on h-lifecycle",
     "invalid_contract_json": "issue 13 item 6: fixed on h-monitoring",
     "decide_raised": "issue 13 item 6: fixed on h-monitoring",
     "undecodable": "issue 13 item 6: the auditor's view of invalid_contract_json (the model writes nothing else undecodable)",
@@ -82,14 +82,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         return ids[pick % len(ids)] if ids else None
 
     @initialize(thresholds=st.integers(0, len(THRESHOLDS) - 1), min_samples=st.sampled_from([1, 2]), promote=st.booleans(),
-                history=st.sampled_from(["none", "canary", "both"]))
+                history=st.sampled_from(["none", "canary", "both", "two"]))
     def channels(self, thresholds: int, min_samples: int, promote: bool, history: str) -> None:
-        """Both channels configured; the canary (or both) already ran a pack that passed (their LKG)."""
+        """Both channels configured; the canary (or both) already ran a pack that passed (their LKG);
+        "two": the canary ran 1.0.0, then 1.1.0 (its LKG now), both verified there (pins can name either)."""
         CHECKS[1] += 1
         self.m.configure("canary", thresholds=thresholds, min_samples=min_samples)
         self.m.configure("stable", thresholds=thresholds, min_samples=min_samples)
-        for channel in {"none": (), "canary": ("canary",), "both": CHANNELS}[history]:
+        for channel in {"none": (), "canary": ("canary",), "both": CHANNELS, "two": ("canary",)}[history]:
             self.m.bootstrap(channel, PACKS[0])
+        if history == "two":
+            self.m.request(PACKS[1])
+            self.m.settle()
+            self.m.healthy_window()
+            self.m.healthy_window()
         if promote:
             self.m.configure("canary", thresholds=thresholds, min_samples=min_samples, promote=True)
 
@@ -135,7 +141,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.send_samples(kind, cohorts, channel, offset, live)
         self.after()
 
-    @rule(kinds=st.lists(st.sampled_from(("good", "good", "activation_ok") + SAMPLE_KINDS), min_size=1, max_size=4),
+    @rule(kinds=st.lists(st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4),
           channel=st.sampled_from(CHANNELS))
     def window(self, kinds: list[str], channel: str) -> None:
         """Runtimes report (mostly well), then the window's time passes."""
