@@ -53,7 +53,7 @@ if os.environ.get("KX_MODEL_STRICT"):  # see what PENDING hides: every invariant
     PENDING = {}
 
 STEP_COUNT = int(os.environ.get("KX_MODEL_STEPS", "20000"))  # rule steps in one CI run (each followed by every check)
-STEPS_PER_RUN = 60
+STEPS_PER_RUN = 100
 CHECKS = [0, 0]  # invariant checks, runs (a run's first check follows its initialisation, not a step)
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -101,7 +101,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- producer and consumers --------------------------------------------------------------------
     @rule(pack=st.integers(0, len(PACKS) - 1), channel=st.sampled_from(CHANNELS), strategy=st.sampled_from(["lkg", "pinned", "lkg", "pinned", "none"]),
-          ack=st.booleans())
+          ack=st.sampled_from([True, True, False]))
     def request(self, pack: int, channel: str, strategy: str, ack: bool) -> None:
         self.m.request(PACKS[pack], channel, strategy, acknowledge_no_health=ack)
         self.after()
