@@ -12,7 +12,9 @@ import math
 
 from events.canonical import StrictJSONError, loads_strict
 from events.codec import DecodeError, decode_event, encode_event, scope_tuple
-from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, RollbackStarted, ScopeActivated, ScopePinned
+from rpds import HashTrieMap
+
+from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, RollbackStarted, ScopeActivated, ScopePinned, Verified
 from events.subjects import Subjects
 from .releases import ReleaseState
 from .position import Position
@@ -92,7 +94,7 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects)
     if event is None:
         return replace(audit, world=apply_undecodable(audit.world, position, subjects), undecodable=audit.undecodable + 1,
                        violations=audit.violations + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),))
-    found = _check(audit.world, position, event) + check_safety(audit.world, position, event)
+    found = _check(audit.world, position, event) + check_safety(audit.world, position, event, audit.safety)
     after = apply(audit.world, position, event)
     found += check_lkg(audit.safety, audit.world, after, position, event)
     return replace(audit, world=after, violations=audit.violations + tuple(found), events=audit.events + 1,
@@ -156,9 +158,11 @@ _FAIL_CLOSED_FROM_HELD = {"annotated", "monitoring_failed", "rollback_started", 
 
 @dataclass(frozen=True)
 class SafetyMemory:
-    """What the safety checks remember beyond the world: packs each channel may call known-good."""
+    """What the safety checks remember beyond the world: packs each channel may call known-good,
+    and who signed each verified pack (an index, so a pointer check never scans every release)."""
 
     earned: frozenset[tuple[str, str, str]] = frozenset()  # (env, channel, digest) that passed every window on data
+    signers: HashTrieMap = field(default_factory=HashTrieMap)  # digest -> frozenset of keyids its verifications recorded
 
 
 def is_override(verdict: MonitoringVerdict) -> bool:
@@ -236,16 +240,11 @@ def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> se
     return allowed
 
 
-def signers_of(world: World, digest: str) -> set[str]:
-    """Keyids that signed `digest`, as its verifications recorded them (empty: unknown)."""
-    return {k for r in world.releases.values() if r.verified is not None and r.verified.pack.digest == digest for k in r.verified.signers}
-
-
-def untrusted(world: World, digest: str) -> str | None:
+def untrusted(world: World, memory: SafetyMemory, digest: str) -> str | None:
     """Why the last trust root in the log no longer vouches for `digest` (None: it does, or nothing to say)."""
     if not world.trust_rotations:
         return None
-    signers = signers_of(world, digest)
+    signers = memory.signers.get(digest, frozenset())
     root = world.trust_rotations[-1][1]
     signed = root.get("signed") if isinstance(root, dict) else None
     if not signers or not isinstance(signed, dict) or not isinstance(signed.get("keys"), dict):
@@ -257,7 +256,7 @@ def untrusted(world: World, digest: str) -> str | None:
     return f"root v{signed.get('version')} holds {len(still)} of its threshold {threshold} among the signers {sorted(signers)}"
 
 
-def check_safety(world: World, position: Position, event: Event) -> list[Violation]:
+def check_safety(world: World, position: Position, event: Event, memory: SafetyMemory | None = None) -> list[Violation]:
     """The safety invariants an entry is judged by against the world before it (see SAFETY_CODES)."""
     out: list[Violation] = []
 
@@ -275,7 +274,7 @@ def check_safety(world: World, position: Position, event: Event) -> list[Violati
                 v("aborted_release_advanced", f"{position.subject}: {data.release_id} was aborted, yet switched a scope to its pack")
             if release.paused:
                 v("paused_release_advanced", f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack")
-        why = untrusted(world, data.pack.digest)
+        why = untrusted(world, memory or SafetyMemory(), data.pack.digest)
         if why:
             v("pointer_untrusted", f"{position.subject} switched to {data.pack.version}: {why}")
         return out
@@ -344,7 +343,12 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
 
 
 def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:
-    """A release that closed having passed every window on data earns its pack in its channel."""
+    """A release that closed having passed every window on data earns its pack in its channel;
+    a verification records who signed its pack."""
+    if event.type == "release.verified" and isinstance(event.data, Verified):
+        digest = event.data.pack.digest
+        known = memory.signers.get(digest, frozenset())
+        return replace(memory, signers=memory.signers.insert(digest, known | frozenset(event.data.signers)))
     if event.type != "release.closed" or not event.release_id:
         return memory
     release = after.release(event.release_id)
