@@ -1,23 +1,24 @@
 """Invariants an auditor checks while replaying the log. Pure.
 
 Each check looks at the world *before* an entry is applied and the entry itself, so a
-violation is reported at the sequence where it happened.
+violation is reported at the sequence where it happened. The safety invariants of issue 13
+(`SAFETY_CODES`, at the end) do the same; `check_lkg` also compares the world after the entry,
+since last-known-good is what the fold made of it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
-import math
+from rpds import HashTrieMap
 
 from events.canonical import StrictJSONError, loads_strict
 from events.codec import DecodeError, decode_event, encode_event, scope_tuple
-from rpds import HashTrieMap
-
 from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, RollbackStarted, ScopeActivated, ScopePinned, Verified
 from events.subjects import Subjects
-from .releases import ReleaseState
 from .position import Position
+from .releases import ReleaseState
 from .world import World, apply, apply_undecodable
 
 POINTER_WRITERS = {"activator", "pinner"}
@@ -128,7 +129,6 @@ def finish(audit: Audit) -> Audit:
         if release.phase in UNFINISHED_ENDINGS:
             found.append(Violation(release.last_seq, "not_closed", f"{release.release_id} ended {release.phase} but was never closed with an outcome"))
     return replace(audit, violations=audit.violations + tuple(found))
-
 
 
 # ==== safety invariants (issue 13) ===============================================================
