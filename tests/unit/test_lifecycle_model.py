@@ -126,10 +126,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.stale))
     @rule(which=st.integers(0, 7), again=st.booleans())
     def commit_late(self, which: int, again: bool) -> None:
-        outputs, world = self.stale[which % len(self.stale)]
+        index = which % len(self.stale)
+        outputs, world = self.stale[index]
         self.m.emit(outputs, world)  # type: ignore[arg-type]
         if not again:  # `again`: the same message redelivered later
-            self.stale.remove((outputs, world))
+            self.stale.pop(index)
         self.after()
 
     # -- health --------------------------------------------------------------------------------------
