@@ -1,16 +1,25 @@
 """Invariants an auditor checks while replaying the log. Pure.
 
 Each check looks at the world *before* an entry is applied and the entry itself, so a
-violation is reported at the sequence where it happened.
+violation is reported at the sequence where it happened. The safety invariants of issue 13
+(`SAFETY_CODES`, at the end) do the same; `check_lkg` also compares the world after the entry,
+since last-known-good is what the fold made of it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
-from events.model import Event, RollbackStarted, ScopeActivated, ScopePinned
+from rpds import HashTrieMap
+
+from events.canonical import StrictJSONError, loads_strict
+from events.codec import DecodeError, decode_event, encode_event, scope_tuple
+from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, RollbackStarted, ScopeActivated, ScopePinned, Verified
+from events.subjects import Subjects
 from .pointer_chain import chain_break
 from .position import Position
+from .releases import ReleaseState
 from .world import World, apply, apply_undecodable
 
 POINTER_WRITERS = {"activator", "pinner"}
@@ -33,6 +42,7 @@ class Audit:
     violations: tuple[Violation, ...] = ()
     events: int = 0
     undecodable: int = 0
+    safety: SafetyMemory = field(default_factory=lambda: SafetyMemory())
 
 
 def _check(world: World, position: Position, event: Event) -> list[Violation]:
@@ -86,11 +96,14 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects)
     if event is None:
         return replace(audit, world=apply_undecodable(audit.world, position, subjects), undecodable=audit.undecodable + 1,
                        violations=audit.violations + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),))
-    found = _check(audit.world, position, event)
+    found = _check(audit.world, position, event) + check_safety(audit.world, position, event, audit.safety)
     broken = pointer_chain_violation(audit.world, position, event)
     if broken is not None:
         found.append(broken)
-    return Audit(apply(audit.world, position, event), audit.violations + tuple(found), audit.events + 1, audit.undecodable)
+    after = apply(audit.world, position, event)
+    found += check_lkg(audit.safety, audit.world, after, position, event)
+    return replace(audit, world=after, violations=audit.violations + tuple(found), events=audit.events + 1,
+                   safety=remember(audit.safety, audit.world, after, event))
 
 
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
@@ -185,3 +198,250 @@ def finish(audit: Audit) -> Audit:
             found.append(Violation(release.last_seq, "not_closed", f"{release.release_id} ended {release.phase} but was never closed with an outcome"))
     return replace(audit, violations=audit.violations + tuple(found))
 
+
+# ==== safety invariants (issue 13) ===============================================================
+# The product's promise, checked on the log alone: a pack reaches a scope only after it earned it,
+# last-known-good is only a pack that passed its windows on data, and a rollback lands on the
+# chosen strategy's target or holds. The model-based test (tests/unit/test_lifecycle_model.py)
+# runs these same functions after every step of random lifecycles.
+
+SAFETY_CODES = (
+    "pointer_gate_not_passed",      # a rollout pointer for a release whose `verified` lists a failed gate
+    "pointer_untrusted",            # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
+    "lkg_not_earned",               # last-known-good set to a pack that never passed its windows on data
+    "pass_without_data",            # monitoring_passed (not an override) with no samples, or a threshold without a figure
+    "pass_despite_refusal",         # monitoring_passed while a runtime reported a failed activation in the window
+    "pass_despite_breach",          # monitoring_passed with a comparison that breaches its threshold
+    "success_without_data",         # closed `success` while a stage passed only on an operator's word, or never
+    "aborted_release_advanced",     # an aborted release moved forward (window, stage, promotion, success)
+    "rollback_off_strategy",        # a rollback target that is not the chosen strategy's (pin in force, LKG / pinned prior)
+    "held_moved_without_operator",  # a held release (inconclusive, escalated) moved on by anything but an operator
+    "paused_release_advanced",      # a new stage or a promotion while paused
+)
+_ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
+# What a service may still write on a held release: a note, or a move towards safety (a failure
+# seen late, a rollback, an escalation). Anything else moves it on, and only an operator may.
+_FAIL_CLOSED_FROM_HELD = {"annotated", "monitoring_failed", "rollback_started", "escalated"}
+
+
+@dataclass(frozen=True)
+class SafetyMemory:
+    """What the safety checks remember beyond the world: packs each channel may call known-good,
+    and who signed each verified pack (an index, so a pointer check never scans every release)."""
+
+    earned: frozenset[tuple[str, str, str]] = frozenset()  # (env, channel, digest) that passed every window on data
+    signers: HashTrieMap = field(default_factory=HashTrieMap)  # digest -> frozenset of keyids its verifications recorded
+
+
+def is_override(verdict: MonitoringVerdict) -> bool:
+    """A pass on an operator's word: flagged (`override`) or, in logs before the flag, by its reason."""
+    return verdict.override or verdict.reason.startswith("operator override")
+
+
+def _exposed(release: ReleaseState, stage: int) -> bool:
+    """Whether this release switched any cohort of `stage` (a stage whose cohorts were all pinned exposed nothing)."""
+    stages = release.stages
+    return 0 <= stage < len(stages) and any(c in release.activated for c in stages[stage])
+
+
+def _stage_passed_on_data(release: ReleaseState, stage: int) -> bool:
+    passes = [v for kind, v in release.verdicts if kind == "monitoring_passed" and v.stage == stage]
+    if not _exposed(release, stage):
+        return bool(passes)  # nothing was exposed: the monitor's pass says so, no data expected
+    return any(not is_override(v) and v.samples > 0 for v in passes)
+
+
+def passed_on_data(release: ReleaseState) -> bool:
+    """Every stage of the release passed a window on its own data (none on an operator's word)."""
+    return bool(release.stages) and all(_stage_passed_on_data(release, i) for i in range(len(release.stages)))
+
+
+def _breaches(c: Comparison) -> bool:
+    if not c.ok or c.value is None or c.threshold is None:
+        return not c.ok
+    if not (math.isfinite(c.value) and math.isfinite(c.threshold)):
+        return True
+    if c.op == "<=":
+        return c.value > c.threshold
+    if c.op == ">=":
+        return c.value < c.threshold
+    return c.value > c.threshold  # none_new: the count of new classes against 0
+
+
+def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
+    """Why a (non-override) `monitoring_passed` is not a pass: missing data, a refusal, a breach."""
+    if is_override(verdict):
+        return []
+    out = []
+    exposed = release is None or _exposed(release, verdict.stage)
+    if exposed and verdict.samples <= 0:
+        out.append(("pass_without_data", f"stage {verdict.stage + 1} passed on {verdict.samples} sample(s)"))
+    missing = sorted({c.metric for c in verdict.comparisons if c.value is None and c.threshold is not None})
+    if missing:
+        out.append(("pass_without_data", f"stage {verdict.stage + 1} passed with no figure for {', '.join(missing)}"))
+    rate = verdict.figures.get("activation_success_rate")
+    refused = verdict.figures.get("activation_errors") or []
+    if (isinstance(rate, (int, float)) and rate < 1.0) or refused:
+        out.append(("pass_despite_refusal", f"stage {verdict.stage + 1} passed although a runtime refused the pack"
+                                            + (f" ({', '.join(map(str, refused))})" if refused else "")))
+    breached = sorted({c.metric for c in verdict.comparisons if c.value is not None and _breaches(c)})
+    if breached:
+        out.append(("pass_despite_breach", f"stage {verdict.stage + 1} passed although {', '.join(breached)} breach(es) its threshold"))
+    return out
+
+
+def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> set[str | None]:
+    """Digests a rollback of `cohort` may land on: the pin in force, else the chosen strategy's target."""
+    assert release.prepared is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    scope = world.scope(env, channel, cohort)
+    recorded = release.prepared.rollback_targets.get(cohort)
+    allowed: set[str | None] = {recorded.digest if recorded else None}
+    pin = scope.pinned_at(at)
+    if pin is not None:
+        allowed.add(pin.pack.digest)
+    strategy = release.prepared.rollback_strategy
+    if strategy == "pinned" and scope.last_pin is not None:
+        allowed.add(scope.last_pin.pack.digest)
+    elif strategy == "lkg" and scope.lkg is not None and (release.pack is None or scope.lkg.digest != release.pack.digest):
+        allowed.add(scope.lkg.digest)
+    return allowed
+
+
+def untrusted(world: World, memory: SafetyMemory, digest: str) -> str | None:
+    """Why the last trust root in the log no longer vouches for `digest` (None: it does, or nothing to say)."""
+    if not world.trust_rotations:
+        return None
+    signers = memory.signers.get(digest, frozenset())
+    root = world.trust_rotations[-1][1]
+    signed = root.get("signed") if isinstance(root, dict) else None
+    if not signers or not isinstance(signed, dict) or not isinstance(signed.get("keys"), dict):
+        return None
+    threshold = signed.get("threshold") if isinstance(signed.get("threshold"), int) else 1
+    still = signers & set(signed["keys"])
+    if len(still) >= threshold:
+        return None
+    return f"root v{signed.get('version')} holds {len(still)} of its threshold {threshold} among the signers {sorted(signers)}"
+
+
+def check_safety(world: World, position: Position, event: Event, memory: SafetyMemory | None = None) -> list[Violation]:
+    """The safety invariants an entry is judged by against the world before it (see SAFETY_CODES)."""
+    out: list[Violation] = []
+
+    def v(code: str, message: str) -> None:
+        out.append(Violation(position.seq, code, message))
+
+    data = event.data
+    if event.type == "scope.activated":
+        assert isinstance(data, ScopeActivated)
+        release = world.release(data.release_id) if data.release_id else None
+        if data.kind == "rollout" and release is not None:
+            if release.verified is not None and not all(g.ok for g in release.verified.gates):
+                v("pointer_gate_not_passed", f"{position.subject}: {data.release_id}'s verification lists a failed gate")
+            if release.aborted:
+                v("aborted_release_advanced", f"{position.subject}: {data.release_id} was aborted, yet switched a scope to its pack")
+            if release.paused:
+                v("paused_release_advanced", f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack")
+        why = untrusted(world, memory or SafetyMemory(), data.pack.digest)
+        if why:
+            v("pointer_untrusted", f"{position.subject} switched to {data.pack.version}: {why}")
+        return out
+    if event.family != "release" or not event.release_id:
+        return out
+    release = world.release(event.release_id)
+    if release is None:
+        return out
+    suffix = event.suffix
+    if release.phase == "held" and event.actor.kind != "operator" and suffix not in _FAIL_CLOSED_FROM_HELD:
+        v("held_moved_without_operator", f"{event.release_id} was held ({release.failure or 'waiting'}), then {event.actor.kind}:{event.actor.id} wrote {suffix}")
+    if release.aborted and (suffix in _ADVANCING or (suffix == "closed" and isinstance(data, Closed) and data.outcome in ("success", "promoted_by_override"))):
+        v("aborted_release_advanced", f"{event.release_id} was aborted, then {suffix}" + (f" {data.outcome}" if isinstance(data, Closed) else ""))
+    if release.paused and suffix in ("expanded", "promoted"):
+        v("paused_release_advanced", f"{event.release_id} is paused, then {suffix}")
+    if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
+        for code, message in verdict_problems(release, data):
+            v(code, f"{event.release_id}: {message}")
+    elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
+        unearned = [i + 1 for i in range(len(release.stages)) if not _stage_passed_on_data(release, i)]
+        if unearned or not release.stages:
+            v("success_without_data", f"{event.release_id} closed success, but stage(s) {unearned} did not pass a window on data")
+    elif suffix == "rollback_started" and isinstance(data, RollbackStarted) and release.prepared is not None:
+        for cohort, target in sorted(data.targets.items()):
+            allowed = strategy_targets(world, release, cohort, event.occurred_at)
+            if target is not None and target.digest not in allowed:
+                v("rollback_off_strategy", f"{event.release_id}: {cohort} would roll back to {target.version}, not its "
+                                           f"{release.prepared.rollback_strategy} target or the pin in force")
+    return out
+
+
+def _lkg_changes(before: World, after: World, event: Event) -> list[tuple[tuple[str, str, str], PackRef]]:
+    """Scopes whose last-known-good the entry changed (only the scopes it can touch are looked at)."""
+    if event.scope is not None and event.family == "scope":
+        keys = [(event.scope.env, event.scope.channel, event.scope.cohort)]
+    elif event.type == "release.closed" and event.release_id:
+        release = after.release(event.release_id)
+        if release is None or release.prepared is None:
+            return []
+        keys = [(release.prepared.target.env, release.prepared.target.channel, c) for c in release.activated]
+    else:
+        return []
+    out = []
+    for key in keys:
+        old, new = before.scope(*key).lkg, after.scope(*key).lkg
+        if new is not None and (old is None or old.digest != new.digest):
+            out.append((key, new))
+    return out
+
+
+def check_lkg(memory: SafetyMemory, before: World, after: World, position: Position, event: Event) -> list[Violation]:
+    """Last-known-good only ever a pack that passed every window on its own data, or a pin/earned pack a rollback restored."""
+    out = []
+    for key, pack in _lkg_changes(before, after, event):
+        env, channel, cohort = key
+        if event.type == "release.closed":
+            release = after.release(event.release_id or "")
+            ok = release is not None and passed_on_data(release)
+        else:
+            last_pin = before.scope(*key).last_pin
+            ok = (env, channel, pack.digest) in memory.earned or (last_pin is not None and last_pin.pack.digest == pack.digest)
+        if not ok:
+            out.append(Violation(position.seq, "lkg_not_earned", f"{env}/{channel}/{cohort}: {pack.version} became last-known-good "
+                                                                  "without passing its windows on data"))
+    return out
+
+
+def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:
+    """A release that closed having passed every window on data earns its pack in its channel;
+    a verification records who signed its pack."""
+    if event.type == "release.verified" and isinstance(event.data, Verified):
+        digest = event.data.pack.digest
+        known = memory.signers.get(digest, frozenset())
+        return replace(memory, signers=memory.signers.insert(digest, known | frozenset(event.data.signers)))
+    if event.type != "release.closed" or not event.release_id:
+        return memory
+    release = after.release(event.release_id)
+    if release is None or release.prepared is None or release.verified is None or not passed_on_data(release) or release.aborted:
+        return memory
+    key = (release.prepared.target.env, release.prepared.target.channel, release.verified.pack.digest)
+    return replace(memory, earned=memory.earned | {key})
+
+
+def contract_problem(event: Event, subjects: Subjects | None = None) -> str | None:
+    """Why `event`, as the service would write it, is not valid contract JSON (None: it is).
+
+    It must encode, parse as strict JSON (no NaN/Infinity), decode on its own subject, and
+    decode to the same event.
+    """
+    subjects = subjects or Subjects()
+    try:
+        raw = encode_event(event)
+    except (ValueError, TypeError, OverflowError) as exc:
+        return f"does not encode: {exc}"
+    try:
+        loads_strict(raw, allow_floats=True)
+        back = decode_event(raw, subjects.expected_subject(event.type, event.release_id, scope_tuple(event)), subjects)
+    except (StrictJSONError, DecodeError, ValueError) as exc:
+        return f"not valid contract JSON: {exc}"
+    if back.model_dump(mode="json") != event.model_dump(mode="json"):
+        return "does not decode to the event written"
+    return None

@@ -10,7 +10,7 @@ from typing import Callable
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
 from events.service_signing import ServiceKeys
-from projections.invariants import Audit, audit_entry, audit_signed_entry, finish
+from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
 from projections.world import World
 from .fold_gc import step as gc_step, young_collections_only
 from .log_reads import load_world, log_batches
@@ -60,7 +60,17 @@ def summary(audit: Audit) -> dict:
         "scopes": scopes,
         "channels": sorted("/".join(k) for k in audit.world.channels.keys()),
         "violations": [{"seq": v.seq, "code": v.code, "message": v.message} for v in audit.violations],
+        "safety": safety_report(audit),
     }
+
+
+def safety_report(audit: Audit) -> dict[str, int]:
+    """How often each safety invariant of issue 13 was broken (every one listed: 0 means it held)."""
+    counts = {code: 0 for code in SAFETY_CODES}
+    for v in audit.violations:
+        if v.code in counts:
+            counts[v.code] += 1
+    return counts
 
 
 # ---- the archivable HTML record --------------------------------------------------------------------

@@ -59,6 +59,10 @@ def audit_replay(
                       + ", ".join(f"{k} {v}" for k, v in report["releases"].items()))
         for v in audit.violations:
             console.print(v.line(), style="red", highlight=False, markup=False)
+        broken = {code: n for code, n in report["safety"].items() if n}
+        console.print(f"safety invariants: {len(report['safety']) - len(broken)} of {len(report['safety'])} held"
+                      + ("; broken: " + ", ".join(f"{code} ({n})" for code, n in broken.items()) if broken else ""),
+                      style="red" if broken else "green", highlight=False, markup=False)
         if keys is None:
             console.print("signatures not checked: pass --service-keys or set KX_SERVICE_KEYS", style="yellow")
         if not audit.violations:

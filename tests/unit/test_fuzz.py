@@ -42,7 +42,7 @@ from events.signing import TrustRoot, b64encode, verify_ed25519
 from events.subjects import Subjects
 from events.tokens import is_token
 from events.trust import RotationError, sign_root, verify_rotation
-from projections.invariants import Audit, audit_entry, finish
+from projections.invariants import SAFETY_CODES, Audit, audit_entry, finish
 from projections.position import Position, positions
 from projections.releases import PHASE_AFTER, TRANSITIONS
 from projections.world import World, fold
@@ -934,7 +934,7 @@ def test_fold_of_legal_walks_has_no_anomalies(events: list[Event], split: int, o
 VIOLATION_CODES = {"undecodable", "pointer_outside_batch", "pointer_by_wrong_writer", "activation_without_verification",
                    "activation_of_other_digest", "rollback_without_decision", "rollback_to_other_target",
                    "pin_switch_without_pin", "pin_without_rationale_or_bound", "rollback_without_reason",
-                   "rollback_without_target", "illegal_transition", "not_closed"}
+                   "rollback_without_target", "illegal_transition", "not_closed", *SAFETY_CODES}  # issue 13's safety checks
 AUDIT_ENTRY = st.one_of(
     st.tuples(st.sampled_from(FLAT_RELEASE_POOL), st.sampled_from([None, "batch-1"]), st.just("")),
     st.tuples(st.sampled_from(OTHER_POOL), st.sampled_from([None, "batch-1", "batch-2"]), st.just("")),

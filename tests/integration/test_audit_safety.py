@@ -1,0 +1,198 @@
+"""`kxr audit replay` finds each safety invariant of issue 13 broken in a real log (real JetStream).
+
+One log holds one small story per invariant; the replay must report each code at the
+sequence of the entry that broke it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from events.codec import encode_event
+from events.subjects import Subjects
+from projections.invariants import SAFETY_CODES
+from services.app import connect
+from services.audit import replay, summary
+from services.layout import ensure_layout
+from services.log import Entry, EventLog
+from events.codec import make_event
+from tests.unit.test_projections import OPERATOR, P0, P1, P2, SERVICE, Log
+
+FIGURES_OK = [{"metric": "error_rate", "value": 0.01, "op": "<=", "threshold": 0.05, "ok": True}]
+
+
+def stories(log: Log) -> dict[str, object]:
+    """Each code -> the event that must be reported with it."""
+    log.channel()
+    log.two_stage_success("r0", P0)  # P0 earned its LKG on data: the clean baseline
+    bad: dict[str, object] = {}
+
+    log.through_verified("nodata")
+    log.activate("nodata", 0, ["internal"])
+    log.started("nodata", 0, ["internal"])
+    bad["pass_without_data"] = log.add("release.monitoring_passed", {"stage": 0, "samples": 0, "reason": "no samples", "comparisons": [
+        {"metric": "latency_p99_ms", "value": None, "op": "<=", "threshold": 400.0, "ok": True}]}, release_id="nodata")
+
+    log.through_verified("refused")
+    log.activate("refused", 0, ["internal"])
+    log.started("refused", 0, ["internal"])
+    bad["pass_despite_refusal"] = log.verdict("refused", "passed", 0, comparisons=FIGURES_OK,
+                                              figures={"activation_success_rate": 0.5, "activation_errors": ["switch raised"]})
+
+    log.through_verified("breach")
+    log.activate("breach", 0, ["internal"])
+    log.started("breach", 0, ["internal"])
+    bad["pass_despite_breach"] = log.verdict("breach", "passed", 0, comparisons=[
+        {"metric": "error_rate", "value": 0.5, "op": "<=", "threshold": 0.05, "ok": True}])
+
+    log.through_verified("ovr", P1)
+    log.activate("ovr", 0, ["internal"])
+    log.started("ovr", 0, ["internal"])
+    log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: no tenants yet", "override": True},
+            release_id="ovr", actor=OPERATOR)
+    log.expanded("ovr", 0, 1, ["rest"])
+    log.activate("ovr", 1, ["rest"])
+    log.started("ovr", 1, ["rest"])
+    log.verdict("ovr", "passed", 1, comparisons=FIGURES_OK)
+    closed = log.closed("ovr", "success")
+    bad["success_without_data"] = bad["lkg_not_earned"] = closed
+
+    log.through_verified("abrt", P2)
+    log.activate("abrt", 0, ["internal"], P2)
+    log.started("abrt", 0, ["internal"], P2)
+    log.verdict("abrt", "inconclusive", 0)
+    log.note("abrt", "aborted", "wrong pack")
+    bad["aborted_release_advanced"] = log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: go",
+                                                                           "override": True}, release_id="abrt", actor=OPERATOR)
+
+    log.through_verified("pinned", P2, strategy="pinned", targets={"internal": P1, "rest": P1})
+    log.activate("pinned", 0, ["internal"], P2)
+    log.started("pinned", 0, ["internal"], P2)
+    log.verdict("pinned", "failed", 0, comparisons=FIGURES_OK)
+    # strategy pinned recorded P1 (the pinned prior); the rollback goes to the LKG P0 instead (issue 13 item 5)
+    bad["rollback_off_strategy"] = log.rollback_started("pinned", {"internal": P0})
+
+    log.through_verified("held", P2)
+    log.activate("held", 0, ["internal"], P2)
+    log.started("held", 0, ["internal"], P2)
+    log.verdict("held", "inconclusive", 0)
+    bad["held_moved_without_operator"] = log.expanded("held", 0, 1, ["rest"])
+
+    log.through_verified("paused", P2)
+    log.activate("paused", 0, ["internal"], P2)
+    log.started("paused", 0, ["internal"], P2)
+    log.verdict("paused", "passed", 0, comparisons=FIGURES_OK)
+    log.note("paused", "paused", "investigating")
+    bad["paused_release_advanced"] = log.expanded("paused", 0, 1, ["rest"])
+
+    log.requested("gates", P2)
+    log.prepared("gates", P2)
+    log.distributed("gates", P2)
+    log.add("release.verified", {"pack": P2, "manifest": "m", "reference_time": log.clock.isoformat(), "signers": ["k0"],
+                                 "gates": [{"gate": "signature", "ok": True, "code": "ok"}, {"gate": "policy", "ok": False, "code": "downgrade"}]},
+            release_id="gates")
+    bad["pointer_gate_not_passed"] = log.point("internal", P2, "gates")
+
+    log.add("trust.rotated", {"version": 2, "rationale": "drop k0", "root": {
+        "signed": {"version": 2, "threshold": 1, "keys": {"k9": {"public": "AAAA", "name": "new"}}}, "signatures": []}})
+    bad["pointer_untrusted"] = log.point("rest", P2, "gates")
+    return bad
+
+
+async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, prefix):
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+    subjects = Subjects(prefix)
+    await ensure_layout(js, subjects)
+    log = EventLog(nc, js, subjects)
+    story = Log()
+    bad = stories(story)
+    seq_of: dict[str, int] = {}
+    for event in story.events:
+        if event.type == "scope.activated":  # pointers move in atomic batches, as the activator writes them
+            seq_of[event.event_id] = await log.commit_batch([Entry(event)], f"batch-{event.event_id}")
+        else:
+            seq_of[event.event_id] = await log.append(Entry(event))
+    # a verdict whose figure overflowed (issue 13 item 6): JSON with Infinity is no contract JSON
+    overflowed = make_event("release.monitoring_failed", {"stage": 0, "reason": "p95 inf", "comparisons": [
+        {"metric": "latency_p95_ms", "value": float("inf"), "op": "<=", "threshold": 250.0, "ok": False}]},
+                            actor=SERVICE, release_id="breach")
+    raw = encode_event(overflowed)
+    assert b"Infinity" in raw
+    ack = await js.publish(subjects.release("breach", "monitoring_failed"), raw)
+
+    audit = await replay(js, subjects)
+    found = {(v.code, v.seq) for v in audit.violations}
+    for code, event in bad.items():
+        assert (code, seq_of[event.event_id]) in found, (code, [v.line() for v in audit.violations])  # type: ignore[attr-defined]
+    assert ("undecodable", ack.seq) in found
+    assert set(bad) == set(SAFETY_CODES)  # every safety invariant has its story here
+    baseline_end = seq_of[story.events[story_r0_end(story)].event_id]
+    assert not [v.line() for v in audit.violations if v.seq <= baseline_end and v.code in SAFETY_CODES]  # the baseline is clean
+    report = summary(audit)
+    assert {v["code"] for v in report["violations"]} >= set(SAFETY_CODES)  # the JSON report lists them
+    assert set(report["safety"]) == set(SAFETY_CODES) and all(report["safety"].values())
+    await nc.close()
+
+    # and as an auditor runs it: `kxr audit replay` prints each with its sequence and exits 1
+    env = {**os.environ, "KX_NATS_URL": nats_url, "KX_PREFIX": prefix, "NO_COLOR": "1", "COLUMNS": "400"}
+    env.pop("KX_SERVICE_KEYS", None)
+    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "kxr"), "audit", "replay", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode()
+    assert proc.returncode == 1, err.decode()
+    for code, event in bad.items():
+        assert f"seq {seq_of[event.event_id]}: {code}: " in text, (code, text)  # type: ignore[attr-defined]
+    assert f"safety invariants: 0 of {len(SAFETY_CODES)} held; broken: " in text
+
+
+def test_stories_cover_each_code_once_offline() -> None:
+    """The same stories through the pure auditor: each code, and only where expected (no NATS needed)."""
+    from projections.invariants import Audit, audit_entry, finish
+
+    story = Log()
+    bad = stories(story)
+    audit = Audit()
+    for position, event in story.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    audit = finish(audit)
+    seq = {e.event_id: i + 1 for i, e in enumerate(story.events)}
+    found = {(v.code, v.seq) for v in audit.violations}
+    for code, event in bad.items():
+        assert (code, seq[event.event_id]) in found, (code, [v.line() for v in audit.violations])  # type: ignore[attr-defined]
+    assert not [v.line() for v in audit.violations if v.seq <= story_r0_end(story) + 1 and v.code in SAFETY_CODES]
+
+
+def story_r0_end(log: Log) -> int:
+    """Index of the baseline release's `closed` in the story."""
+    return next(i for i, e in enumerate(log.events) if e.type == "release.closed" and e.release_id == "r0")
+
+
+def test_fail_closed_moves_and_recorded_overrides_are_no_violations() -> None:
+    """What the checks must let through: a service rolling a held release back, an operator's
+    recorded pass (it is not a pass on data, and says so), a rollback to the earned LKG."""
+    from projections.invariants import Audit, audit_entry
+
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1", P1)
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    log.verdict("r1", "inconclusive", 0)
+    log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: go", "override": True}, release_id="r1", actor=OPERATOR)
+    log.expanded("r1", 0, 1, ["rest"])
+    log.activate("r1", 1, ["rest"])
+    log.started("r1", 1, ["rest"])
+    log.verdict("r1", "inconclusive", 1)
+    log.rollback_started("r1", {"internal": P0, "rest": P0}, trigger="policy_violation")  # by the service, from held
+    log.rolled_back("r1", {"internal": P0, "rest": P0})
+    log.closed("r1", "rolled_back")
+    audit = Audit()
+    for position, event in log.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    assert not [v.line() for v in audit.violations if v.code in SAFETY_CODES]

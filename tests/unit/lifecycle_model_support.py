@@ -1,0 +1,576 @@
+"""The release lifecycle as a pure model: the real decide functions and folds, no NATS.
+
+`Lifecycle` stands in for JetStream and the adapters' IO: it keeps the log (with positions,
+batches, per-subject sequences and duplicate ids), the health stream, the pack store and the
+timers, and hands the decide functions the facts their adapters would read. Every event
+appended goes through the auditor (`projections.invariants.audit_entry`), so the safety
+invariants checked after each step are the ones `kxr audit replay` reports.
+
+Used by tests/unit/test_lifecycle_model.py (random interleavings) and
+tests/unit/test_model_regressions.py (the minimal counter-examples, replayed by hand).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from events.codec import make_event, scope_tuple
+from events.health import HealthSample
+from events.ids import derived_event_id
+from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.model import Actor, Event, PackRef, Scope, TrustRotated
+from events.signing import SigningKey, TrustRoot, b64encode
+from events.subjects import Subjects
+from events.trust import follow_chain, sign_root
+from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
+from projections.position import Position
+from projections.releases import ReleaseState
+from projections.world import World
+from services import activator, distributor, monitor, operator, pinner, preparer, promoter
+from services.verifier import adapter as verifier_adapter
+from services.health_reads import parse_sample
+from services.judge import hard_breach, split_window, window_span
+from services.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from services.producer import build_signed, manifest_bytes
+from services.verifier.adapter import context_for
+from services.verifier.gates import VerifyContext, check_manifest, verify_bytes
+
+# ---- the known world: keys, trust roots, packs, channels ------------------------------------------
+
+T0 = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
+ENV = "prod"
+CHANNELS = ("canary", "stable")
+COHORTS = ("internal", "rest")
+RUNTIMES = {"internal": ("int-a", "int-b"), "rest": ("rest-a", "rest-b")}
+OPERATOR = Actor(kind="operator", id="ops")
+PRODUCER = Actor(kind="producer", id="ci")
+SUBJECTS = Subjects()
+
+KEYS = [SigningKey.from_raw(bytes([n]) * 32) for n in (1, 2, 3)]
+
+
+def _root(version: int, keys: list[SigningKey]) -> dict[str, Any]:
+    return {"version": version, "threshold": 1, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{KEYS.index(k) + 1}"} for k in keys}}
+
+
+# The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on:
+# v2 adds key 2, v3 drops key 1 (packs signed by it alone lose their trust) and adds key 3.
+ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1], KEYS[2]]]
+ANCHOR = TrustRoot.from_document(_root(1, ROOT_KEYS[0]))
+ROTATIONS = [sign_root(_root(v + 1, ROOT_KEYS[v]), ROOT_KEYS[v - 1] + ROOT_KEYS[v]) for v in range(1, len(ROOT_KEYS))]
+
+
+@dataclass(frozen=True)
+class ModelPack:
+    version: str
+    body: bytes
+    manifest: bytes
+    digest: str
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return {"name": "kb", "version": self.version, "digest": self.digest}
+
+
+def _pack(version: str, key: int | tuple[int, ...], expires: timedelta = timedelta(days=60), **fields: Any) -> ModelPack:
+    body = f"knowledge pack {version}\n".encode() * 4
+    base = dict(name="kb", version=version, schema="kx-pack/1", profile="standard", runtime=">=2.3,<3", build_id=f"b-{version}",
+                builder="kx-pipeline", run=f"run-{version}", source="https://git.example/kb/core", revision=f"rev-{version}")
+    signed = build_signed(body, expires=T0 + expires, **{**base, **fields})
+    keys = [KEYS[k - 1] for k in (key if isinstance(key, tuple) else (key,))]
+    return ModelPack(version, body, manifest_bytes(signed, keys), signed["digest"])
+
+
+PACKS = [  # 1.0.0 (keys 1 and 2) is what the channels ran first: trusted by every root
+    _pack("1.0.0", (1, 2)), _pack("1.1.0", 1), _pack("1.2.0", 1), _pack("1.3.0", 2), _pack("2.0.0", 3),
+    _pack("0.9.0", 1),                                      # older: a downgrade wherever something newer ran
+    _pack("1.4.0", 1, source="https://evil.example/kb"),    # fails policy (source)
+    _pack("1.5.0", 1, expires=timedelta(hours=2)),           # expires while the model runs
+]
+PACK_BY_DIGEST = {p.digest: p for p in PACKS}
+
+THRESHOLDS = [
+    {"error_rate_max": 0.05},
+    {"error_rate_max": 0.05, "latency_p95_ms_max": 250, "latency_p99_ms_max": 400},
+    {"error_rate_max": 0.05, "activation_success_min": 1.0, "mismatch_rate_max": 0.01},
+    {"latency_p99_ms_max": 400, "new_error_classes": "fail"},
+]
+
+
+def channel_doc(thresholds: int = 0, min_samples: int = 2, promote: bool = False, forbid_downgrade: bool = True) -> dict[str, Any]:
+    return {
+        "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
+        "plan": [["internal"], ["rest"]],
+        "monitoring": {"window_s": 60, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
+        "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
+        "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"],
+                   "forbid_downgrade": forbid_downgrade, "max_pin_days": 30},
+        **({"promote_to": "stable"} if promote else {}),
+    }
+
+
+# ---- health samples a runtime may send ------------------------------------------------------------
+
+SAMPLE_KINDS = ("good", "no_latency", "no_correctness", "errors", "idle", "refusal", "activation_ok",
+                "old_digest", "extreme_latency", "huge_requests", "new_error_class")
+
+
+def sample_body(kind: str, runtime_id: str, digest: str | None, at: datetime) -> dict[str, Any]:
+    body: dict[str, Any] = {"runtime_id": runtime_id, "digest": digest, "at": at.isoformat(), "kind": "sample",
+                            "requests": 100, "errors": 1, "latency_ms": {"p95": 120.0, "p99": 210.0},
+                            "correctness": {"mismatches": 0, "checked": 50}}
+    if kind == "no_latency":
+        del body["latency_ms"]
+    elif kind == "no_correctness":
+        del body["correctness"]
+    elif kind == "errors":
+        body["errors"] = 60
+    elif kind == "idle":
+        body.update(requests=0, errors=0)
+    elif kind in ("refusal", "activation_ok"):
+        ok = kind == "activation_ok"
+        body = {"runtime_id": runtime_id, "digest": digest, "at": at.isoformat(), "kind": "activation", "ok": ok,
+                "took_ms": 40.0, **({} if ok else {"error": "switch raised: disk full"})}
+    elif kind == "extreme_latency":
+        body["latency_ms"] = {"p95": 1e308, "p99": 1e308}
+    elif kind == "huge_requests":
+        body.update(requests=10**400, errors=0)
+    elif kind == "new_error_class":
+        body["error_classes"] = {"E_NEW_CLASS": 3}
+    return body
+
+
+# ---- the model -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lifecycle:
+    """One JetStream, one service, one operator, four runtimes: everything pure and in memory."""
+
+    now: datetime = T0
+    audit: Audit = field(default_factory=Audit)
+    log: list[tuple[Position, Event | None]] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    health: list[tuple[datetime, str, str, HealthSample]] = field(default_factory=list)  # stored_at, channel, cohort, sample
+    store: dict[str, bytes] = field(default_factory=dict)
+    timers: dict[str, Timer] = field(default_factory=dict)
+    fired: list[Timer] = field(default_factory=list)
+    problems: list[Violation] = field(default_factory=list)  # model-only findings (the auditor cannot see health)
+    releases: int = 0
+
+    def __post_init__(self) -> None:
+        for p in PACKS:
+            self.store[pack_object_name(p.digest)] = p.body
+            self.store[manifest_object_name(p.digest)] = p.manifest
+
+    # -- views -------------------------------------------------------------------------------------
+    @property
+    def world(self) -> World:
+        return self.audit.world
+
+    @property
+    def seq(self) -> int:
+        return len(self.log)
+
+    def trust_root(self) -> TrustRoot:
+        return follow_chain(ANCHOR, self.world.trust_rotations).current
+
+    def ctx(self, service: str) -> Ctx:
+        return Ctx(now=self.now, service=service)
+
+    def violations(self) -> list[Violation]:
+        return list(self.audit.violations) + self.problems
+
+    def anomalies(self) -> list[Violation]:
+        return [Violation(r.last_seq, "illegal_transition", f"{r.release_id}: {a}") for r in self.world.releases.values() for a in r.anomalies]
+
+    # -- the log -----------------------------------------------------------------------------------
+    def _append(self, event: Event, batch_id: str | None = None) -> None:
+        subject = SUBJECTS.expected_subject(event.type, event.release_id, scope_tuple(event))
+        position = Position(self.seq + 1, subject, batch_id)
+        problem = contract_problem(event, SUBJECTS)
+        if problem is not None:
+            # what JetStream would store and every consumer fail to decode (CONTRACT JSON has no Infinity)
+            self.problems.append(Violation(position.seq, "invalid_contract_json", f"{event.type} by {event.actor.id}: {problem}"))
+            self.audit = audit_entry(self.audit, position, None, SUBJECTS)
+            self.log.append((position, None))
+        else:
+            self.audit = audit_entry(self.audit, position, event, SUBJECTS)
+            self.log.append((position, event))
+            self._check_refusals(position, event)
+        self.ids.add(event.event_id)
+
+    def append_expected(self, event: Event, expected: int, last_seq: int) -> bool:
+        """One append guarded by the subject's expected last sequence (a stale decision stores nothing)."""
+        if expected != last_seq or event.event_id in self.ids:
+            return False
+        self._append(event)
+        return True
+
+    def emit(self, outputs: list[Output], decided_on: World) -> bool:
+        """Perform a decision as app.emit does: Chain and Atomic with CAS, NewRelease only once, timers."""
+        stored = False
+        for out in outputs:
+            if isinstance(out, Chain):
+                rid = out.events[0].release_id
+                was = decided_on.release(rid)
+                now = self.world.release(rid)
+                if was is None or now is None or was.last_seq != now.last_seq:
+                    return stored  # wrong last sequence: the decision is made again on the newer state
+                for e in out.events:
+                    if e.event_id not in self.ids:
+                        self._append(e)
+                        stored = True
+            elif isinstance(out, Atomic):
+                rid = out.release_events[0].release_id
+                was, now = decided_on.release(rid), self.world.release(rid)
+                scopes_ok = all(self.world.scope(*scope_tuple(w.event)).active_seq == w.expected_seq for w in out.scope_writes)
+                if was is None or now is None or was.last_seq != now.last_seq or not scopes_ok:
+                    return stored
+                if all(e.event_id in self.ids for e in out.release_events):
+                    continue  # the batch was stored already (a redelivery)
+                for w in out.scope_writes:
+                    self._append(w.event, out.batch_id)
+                for e in out.release_events:
+                    self._append(e, out.batch_id)
+                stored = True
+            elif isinstance(out, NewRelease):
+                if not self.world.known(out.event.release_id or "") and out.event.event_id not in self.ids:
+                    self._append(out.event)
+                    stored = True
+            elif isinstance(out, Timer):
+                self.timers[out.key] = out
+        return stored
+
+    # -- consumers -----------------------------------------------------------------------------------
+    def decide(self, consumer: str, release_id: str) -> list[Output]:
+        """What `consumer` decides on the release now, given the IO facts its adapter would read."""
+        release = self.world.release(release_id)
+        if release is None:
+            return []
+        try:
+            return CONSUMERS[consumer](self, self.world, release, self.ctx(consumer))
+        except Exception as exc:  # a decision that raises never answers: the release wedges
+            self.problems.append(Violation(self.seq, "decide_raised", f"{consumer} on {release_id}: {exc.__class__.__name__}: {exc}"))
+            return []
+
+    def step(self, consumer: str, release_id: str) -> bool:
+        world = self.world
+        return self.emit(self.decide(consumer, release_id), world)
+
+    def settle(self, rounds: int = 40) -> None:
+        """Every consumer on every release in flight until nothing changes (what `kxr serve` converges to)."""
+        for _ in range(rounds):
+            moved = False
+            for rid in sorted(self.world.in_flight):
+                for consumer in CONSUMERS:
+                    moved |= self.step(consumer, rid)
+            if not moved:
+                return
+
+    # -- producer ------------------------------------------------------------------------------------
+    def request(self, pack: ModelPack, channel: str = "canary", strategy: str = "lkg", acknowledge_no_health: bool = True) -> str:
+        self.releases += 1
+        rid = f"r{self.releases}"
+        data = {"pack": pack.ref, "target": {"env": ENV, "channel": channel}, "owner": "kb-team", "escalation": "pager:kb",
+                "rollback": {"strategy": strategy}, "acknowledge_no_health": acknowledge_no_health}
+        event = make_event("release.requested", data, actor=PRODUCER, release_id=rid, occurred_at=self.now)
+        self.append_expected(event, 0, 0)
+        return rid
+
+    # -- health --------------------------------------------------------------------------------------
+    def send_samples(self, kind: str, cohorts: tuple[str, ...] = COHORTS, channel: str = "canary", offset_s: int = 0, live: bool = True) -> None:
+        """Each runtime of `cohorts` reports once; stored `offset_s` from now (late or early clocks)."""
+        stored_at = self.now + timedelta(seconds=offset_s)
+        for cohort in cohorts:
+            scope = self.world.scope(ENV, channel, cohort)
+            digest = scope.active_pack.digest if scope.active_pack else None
+            if kind == "old_digest":
+                digest = scope.active.previous.digest if scope.active and scope.active.previous else None
+            for runtime_id in RUNTIMES[cohort]:
+                raw = json.dumps(sample_body(kind, runtime_id, digest, stored_at)).encode()
+                sample = parse_sample(raw)  # the monitor's own decode: what it refuses is never evidence
+                if sample is None:
+                    continue
+                self.health.append((stored_at, channel, cohort, sample))
+                if live:
+                    self._breach(channel, cohort, sample)
+
+    def _breach(self, channel: str, cohort: str, sample: HealthSample) -> None:
+        """The monitor's live watch (Monitor.check_breach), on the world as it stands."""
+        for rid in sorted(self.world.in_flight):
+            release = self.world.release(rid)
+            m = release.monitoring if release else None
+            if release is None or release.phase != "monitoring" or m is None or m.digest != sample.digest or cohort not in m.cohorts:
+                continue
+            if release.prepared is None or (release.prepared.target.env, release.prepared.target.channel) != (ENV, channel):
+                continue
+            try:
+                reason = hard_breach(sample, m.monitoring)
+            except Exception as exc:
+                self.problems.append(Violation(self.seq, "decide_raised", f"monitor breach check on {rid}: {exc!r}"))
+                continue
+            if reason:
+                figures = {"breach_runtime": sample.runtime_id, "breach_cohort": cohort, "sample": sample.model_dump(mode="json")}
+                world = self.world
+                self.emit(self._guard("monitor", rid, lambda: monitor.decide_breach(release, reason, figures, self.ctx("monitor"))), world)
+
+    def _guard(self, consumer: str, rid: str, decision: Callable[[], list[Output]]) -> list[Output]:
+        try:
+            return decision()
+        except Exception as exc:
+            self.problems.append(Violation(self.seq, "decide_raised", f"{consumer} on {rid}: {exc.__class__.__name__}: {exc}"))
+            return []
+
+    def reporters(self, channel: str, cohorts: list[str]) -> dict[str, int]:
+        since = self.now - timedelta(seconds=preparer.HEALTH_LOOKBACK_S)
+        return {c: len({s.runtime_id for at, ch, co, s in self.health if ch == channel and co == c and at >= since}) for c in cohorts}
+
+    def window_samples(self, release: ReleaseState):
+        m = release.monitoring
+        assert m is not None and release.prepared is not None
+        lo, hi = window_span(m)
+        channel = release.prepared.target.channel
+        stored = [(at, s) for at, ch, co, s in self.health if ch == channel and co in m.cohorts and lo <= at <= hi]
+        return split_window(stored, m)
+
+    # -- timers --------------------------------------------------------------------------------------
+    def fire(self, key: str) -> None:
+        """A scheduled message arrives (at its time: the clock moves there if it has not yet)."""
+        timer = self.timers.pop(key, None)
+        if timer is None:
+            return
+        self.now = max(self.now, timer.at)
+        self.fired.append(timer)
+        self._deliver(timer)
+
+    def redeliver(self) -> None:
+        if self.fired:
+            self._deliver(self.fired[-1])
+
+    def _deliver(self, timer: Timer) -> None:
+        if timer.key.startswith("pin."):
+            _, env, channel, cohort, seq = timer.key.split(".")
+            self.expire_pin(env, channel, cohort, int(seq))
+            return
+        rid, stage = monitor.parse_timer_key(timer.key.split("."))  # type: ignore[misc]
+        release = self.world.release(rid)
+        if release is None or release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+            return
+        world = self.world
+
+        def verdict() -> list[Output]:
+            new, baseline = self.window_samples(release)
+            return monitor.decide_verdict(release, stage, new, baseline, self.ctx("monitor"))
+
+        self.emit(self._guard("monitor", rid, verdict), world)
+
+    def sweep(self) -> None:
+        """The monitor's and the pinner's sweeps: anything overdue is handled as if its timer fired."""
+        for key, timer in sorted(self.timers.items()):
+            if timer.at <= self.now:
+                self.fire(key)
+
+    # -- operator --------------------------------------------------------------------------------------
+    def operate(self, verb: str, release_id: str, **kw: Any) -> bool:
+        """An operator verb through services/operator.py, appended at the sequence it was decided on."""
+        release = self.world.release(release_id)
+        fn = getattr(operator, verb, None)
+        if release is None or fn is None:
+            return False
+        try:
+            if verb == "rollback":
+                action = fn(self.world, release_id, kw.get("trigger", "operator"), "operator judgement", OPERATOR, self.now)
+            elif verb == "extend":
+                action = fn(self.world, release_id, kw.get("window_s", 120), "gather more samples", OPERATOR, self.now)
+            elif verb == "annotate":
+                action = fn(self.world, release_id, "note", None, OPERATOR, self.now)
+            elif verb == "close":  # `kxr release close ID --outcome failed` where a branch provides it
+                action = fn(self.world, release_id, kw.get("outcome", "failed"), "closing by hand", OPERATOR, self.now)
+            else:
+                action = fn(self.world, release_id, f"operator {verb}", OPERATOR, self.now)
+        except operator.OperatorError:
+            return False
+        return self.append_expected(action.event, action.expected_seq, release.last_seq)
+
+    # -- pins --------------------------------------------------------------------------------------------
+    def pin(self, channel: str, cohort: str, version: str, hours: int = 24) -> bool:
+        scope = Scope(env=ENV, channel=channel, cohort=cohort)
+        try:
+            event, expected = pinner.pin(self.world, scope, version, self.now + timedelta(hours=hours), "hold for audit", OPERATOR, self.now)
+        except operator.OperatorError:
+            return False
+        if not self.append_expected(event, expected, self.world.scope(ENV, channel, cohort).last_seq):
+            return False
+        self._react_to_pin(scope)
+        return True
+
+    def _react_to_pin(self, scope: Scope) -> None:
+        """Pinner.on_pinned: schedule expiry, re-verify the pinned pack (purpose pin), switch or refuse."""
+        state = self.world.scope(scope.env, scope.channel, scope.cohort)
+        assert state.pin is not None
+        seq = state.pin_seq
+        self.timers[f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}"] = Timer(
+            key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=state.pin.until, payload={"seq": seq})
+        actor = Actor(kind="service", id=pinner.NAME)
+        pin_event_id = state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{seq}"
+        switch = pinner.switch_to_pin(state, scope, pin_event_id, actor, self.now)
+        if switch is None:
+            return
+        pack = state.pin.pack
+        channel_state = self.world.channel_state(scope.env, scope.channel)
+        vctx = VerifyContext(
+            request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
+            cohorts=(scope.cohort,), channel_config=channel_state.config if channel_state else None,
+            active={scope.cohort: state.active_pack}, trust_root=self.trust_root(), now=self.now, purpose="pin",
+        )
+        v = verify_bytes(self.store.get(manifest_object_name(pack.digest)), self.store.get(pack_object_name(pack.digest)), vctx)
+        if v.failure is not None:
+            refused = pinner.expire(state, scope, actor, self.now, reason="refused", rationale=f"pinned pack refused: {v.failure.code}")
+            if refused is not None and refused.event_id not in self.ids:
+                self._append(refused)
+            return
+        if switch.event_id not in self.ids:
+            self._append(switch, derived_event_id(pin_event_id, pinner.NAME, "batch"))
+
+    def unpin(self, channel: str, cohort: str) -> bool:
+        scope = Scope(env=ENV, channel=channel, cohort=cohort)
+        try:
+            event, expected = pinner.unpin(self.world, scope, "audit done", OPERATOR, self.now)
+        except operator.OperatorError:
+            return False
+        return self.append_expected(event, expected, self.world.scope(ENV, channel, cohort).last_seq)
+
+    def expire_pin(self, env: str, channel: str, cohort: str, seq: int) -> None:
+        state = self.world.scope(env, channel, cohort)
+        if state.pin is None or state.pin_seq != seq or state.pin.until > self.now:
+            return
+        event = pinner.expire(state, Scope(env=env, channel=channel, cohort=cohort), Actor(kind="service", id=pinner.NAME), self.now)
+        if event is not None and event.event_id not in self.ids:
+            self._append(event)
+
+    # -- trust and channels ------------------------------------------------------------------------------
+    def rotate_trust(self) -> bool:
+        done = len(self.world.trust_rotations)
+        if done >= len(ROTATIONS):
+            return False
+        doc = ROTATIONS[done]
+        self._append(make_event("trust.rotated", TrustRotated(root=doc, version=doc["signed"]["version"], rationale="key rotation"),
+                                actor=OPERATOR, occurred_at=self.now))
+        return True
+
+    def configure(self, channel: str, **doc: Any) -> None:
+        self._append(make_event("channel.configured", channel_doc(**doc), actor=OPERATOR,
+                                scope=Scope(env=ENV, channel=channel, cohort="all"), occurred_at=self.now))
+
+    # -- whole stories -------------------------------------------------------------------------------
+    def healthy_window(self, channel: str = "canary", kinds: tuple[str, ...] = ("activation_ok", "good", "good")) -> None:
+        """Every runtime of the channel reports (by default: switched fine, then serves well); the window ends."""
+        for kind in kinds:
+            self.send_samples(kind, COHORTS, channel)
+        self.now += timedelta(seconds=61)
+        self.sweep()
+        self.settle()
+
+    def bootstrap(self, channel: str, pack: "ModelPack") -> str:
+        """A first release on a fresh channel (strategy none) that passes every window: its pack becomes LKG."""
+        rid = self.request(pack, channel, "none")
+        self.settle()
+        for _ in range(4):
+            release = self.world.release(rid)
+            if release is None or release.closed:
+                break
+            self.healthy_window(channel)
+        return rid
+
+    def lose_pack(self, digest: str) -> None:
+        self.store.pop(pack_object_name(digest), None)
+
+    # -- model-only invariant: a refusal after the pointer moved is never a pass ---------------------
+    def _check_refusals(self, position: Position, event: Event) -> None:
+        if event.type != "release.monitoring_passed" or is_override(event.data):  # type: ignore[arg-type]
+            return
+        release = self.world.release(event.release_id or "")
+        if release is None or release.prepared is None or release.verified is None:
+            return
+        stage = event.data.stage  # type: ignore[attr-defined]
+        cohorts = [c for c in release.stages[stage] if c in release.activated] if stage < len(release.stages) else []
+        since = release.activated_at.get(stage)
+        channel = release.prepared.target.channel
+        refusals = [s.runtime_id for at, ch, co, s in self.health
+                    if ch == channel and co in cohorts and s.kind == "activation" and s.ok is False
+                    and s.digest == release.verified.pack.digest and since is not None and since <= at <= event.occurred_at]
+        if refusals:
+            self.problems.append(Violation(position.seq, "pass_despite_refusal",
+                                           f"{release.release_id} stage {stage + 1} passed although {sorted(set(refusals))} refused its pack"))
+
+
+# ---- what each consumer's adapter reads, then its pure decision -------------------------------------
+
+
+def _prepare(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    if release.phase != "requested" or release.requested is None:
+        return []
+    req = release.requested
+    cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+    return preparer.decide(world, release, ctx, m.reporters(req.target.channel, cohorts))
+
+
+def _distribute(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    if release.phase != "prepared" or release.prepared is None:
+        return []
+    digest = release.prepared.pack.digest
+    names = [pack_object_name(digest), manifest_object_name(digest)]
+    return distributor.decide(release, ctx, {n: (len(m.store[n]) if n in m.store else None) for n in names})
+
+
+def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    if release.phase != "distributed" or release.prepared is None:
+        return []
+    vctx = context_for(world, release, ctx, m.trust_root())
+    digest = release.prepared.pack.digest
+    v = verify_bytes(m.store.get(manifest_object_name(digest)), m.store.get(pack_object_name(digest)), vctx)
+    return verifier_adapter.decide(release, ctx, v, None)
+
+
+def target_problem(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> str | None:
+    """Activator.target_problem over the model's store and trust root."""
+    manifest = m.store.get(manifest_object_name(target.digest))
+    size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None
+    if size is None:
+        return "pack object missing"
+    assert release.prepared is not None
+    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, VerifyContext(
+        request_name=target.name, request_version=target.version, request_digest=target.digest,
+        env=release.prepared.target.env, channel=release.prepared.target.channel, cohorts=tuple(release.activated),
+        channel_config=None, active={}, trust_root=m.trust_root(), now=ctx.now, purpose="rollback",
+    ))
+    if check.failure is not None:
+        return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
+    if check.manifest is not None and check.manifest.size != size:
+        return f"pack object is {size} bytes, manifest says {check.manifest.size}"
+    return None
+
+
+def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    if release.phase == "rolling_back" and release.rollback is not None:
+        targets = {t.digest: t for t in release.rollback.targets.values() if t is not None}
+        return activator.decide_rollback(world, release, ctx, {d: target_problem(m, t, release, ctx) for d, t in targets.items()})
+    return activator.decide_rollout(world, release, ctx)
+
+
+def _monitor(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    return monitor.decide_start(release, ctx)
+
+
+def _promote(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    return promoter.decide(world, release, ctx)
+
+
+CONSUMERS: dict[str, Callable[[Lifecycle, World, ReleaseState, Ctx], list[Output]]] = {
+    "preparer": _prepare, "distributor": _distribute, "verifier": _verify,
+    "activator": _activate, "monitor": _monitor, "promoter": _promote,
+}

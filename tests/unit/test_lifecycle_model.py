@@ -1,0 +1,245 @@
+"""Model-based test of the whole release lifecycle (issue 13, "How to prove it").
+
+A hypothesis state machine drives the real decide functions and folds (no NATS; see
+lifecycle_model_support.Lifecycle for the IO facts it hands them) through random
+interleavings: requests, health samples of every shape (missing metrics, refusals, old
+digests, extreme values, late and early timestamps), timers and their redeliveries, stale
+decisions that lose their race, operator verbs, pins and expiry, trust rotations, channel
+changes and packs vanishing from the store. After every step the safety invariants of
+`projections.invariants` (the auditor's own code) and the model's own checks must hold.
+
+Deterministic in CI (derandomized); KX_MODEL_STEPS=200000 runs longer, e.g.
+    KX_MODEL_STEPS=200000 .venv/bin/python -m pytest tests/unit/test_lifecycle_model.py -q
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from .lifecycle_model_support import CHANNELS, COHORTS, PACKS, SAMPLE_KINDS, THRESHOLDS, CONSUMERS, Lifecycle
+
+# Invariants today's code is known to break, each fixed on another branch of issue 13. The
+# machine tolerates exactly these (their minimal examples are xfail-strict regression tests in
+# test_model_regressions.py); empty this set once those branches are merged.
+PENDING: dict[str, str] = {
+    "pass_without_data": "issue 13 item 1: fixed on h-monitoring",
+    "pass_despite_refusal": "issue 13 item 2: fixed on h-monitoring",
+    "success_without_data": "issue 13 item 3: fixed on h-lifecycle",
+    "lkg_not_earned": "issue 13 item 3: fixed on h-lifecycle",
+    "aborted_release_advanced": "issue 13 item 4: fixed on h-lifecycle",
+    "rollback_off_strategy": "issue 13 item 5 (pinned ignored; none falls back to an LKG earned later): fixed on h-lifecycle",
+    "invalid_contract_json": "issue 13 item 6: fixed on h-monitoring",
+    "decide_raised": "issue 13 item 6: fixed on h-monitoring",
+    "undecodable": "issue 13 item 6: the auditor's view of invalid_contract_json (the model writes nothing else undecodable)",
+    "pointer_untrusted": "issue 13 'post-activation policy violations' (a stage expands after the signer's key was rotated out): no branch yet",
+    "illegal_transition: resumed after": "found by this model: operator.resume accepts a closed or aborting release: no branch yet",
+    "illegal_transition: paused after aborting": "found by this model: operator.pause accepts an aborting release: no branch yet",
+}
+
+
+def pending(violation) -> bool:
+    """Whether a violation is a known, pending one: its code, or "code: words of its message"."""
+    return any(key == violation.code or (key.startswith(violation.code + ": ") and key.split(": ", 1)[1] in violation.message)
+               for key in PENDING)
+
+
+if os.environ.get("KX_MODEL_STRICT"):  # see what PENDING hides: every invariant, no exceptions
+    PENDING = {}
+
+STEP_COUNT = int(os.environ.get("KX_MODEL_STEPS", "20000"))  # rule steps in one CI run (each followed by every check)
+STEPS_PER_RUN = 100
+CHECKS = [0, 0]  # invariant checks, runs (a run's first check follows its initialisation, not a step)
+
+VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
+releases = st.integers(min_value=0, max_value=15)
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = Lifecycle()
+        self.stale: list[tuple[list, object]] = []
+        self.slow = False  # a slow service: consumers move only in explicit steps (races, interleavings)
+
+    def after(self) -> None:
+        """The service reacts to what just happened (unless it is slow: then only explicit steps move)."""
+        if not self.slow:
+            self.m.settle()
+
+    @rule()
+    def service_speed(self) -> None:
+        self.slow = not self.slow
+
+    def _release(self, pick: int) -> str | None:
+        """The newest release first (pick 0): the older ones have mostly ended."""
+        ids = sorted(self.m.world.releases.keys(), key=lambda r: (self.m.world.releases[r].requested_at or self.m.now, r), reverse=True)
+        return ids[pick % len(ids)] if ids else None
+
+    @initialize(thresholds=st.integers(0, len(THRESHOLDS) - 1), min_samples=st.sampled_from([1, 2]), promote=st.booleans(),
+                history=st.sampled_from(["none", "canary", "both", "two"]))
+    def channels(self, thresholds: int, min_samples: int, promote: bool, history: str) -> None:
+        """Both channels configured; the canary (or both) already ran a pack that passed (their LKG);
+        "two": the canary ran 1.0.0, then 1.1.0 (its LKG now), both verified there (pins can name either)."""
+        CHECKS[1] += 1
+        self.m.configure("canary", thresholds=thresholds, min_samples=min_samples)
+        self.m.configure("stable", thresholds=thresholds, min_samples=min_samples)
+        for channel in {"none": (), "canary": ("canary",), "both": CHANNELS, "two": ("canary",)}[history]:
+            self.m.bootstrap(channel, PACKS[0])
+        if history == "two":
+            self.m.request(PACKS[1])
+            self.m.settle()
+            self.m.healthy_window()
+            self.m.healthy_window()
+        if promote:
+            self.m.configure("canary", thresholds=thresholds, min_samples=min_samples, promote=True)
+
+    # -- producer and consumers --------------------------------------------------------------------
+    @rule(pack=st.integers(0, len(PACKS) - 1), channel=st.sampled_from(CHANNELS), strategy=st.sampled_from(["lkg", "pinned", "lkg", "pinned", "none"]),
+          ack=st.sampled_from([True, True, False]))
+    def request(self, pack: int, channel: str, strategy: str, ack: bool) -> None:
+        self.m.request(PACKS[pack], channel, strategy, acknowledge_no_health=ack)
+        self.after()
+
+    @rule()
+    def settle(self) -> None:
+        self.m.settle()
+
+    @rule(consumer=st.sampled_from(sorted(CONSUMERS)), pick=releases)
+    def one_consumer(self, consumer: str, pick: int) -> None:
+        rid = self._release(pick)
+        if rid:
+            self.m.step(consumer, rid)
+
+    @rule(consumer=st.sampled_from(sorted(CONSUMERS)), pick=releases)
+    def decide_now_commit_later(self, consumer: str, pick: int) -> None:
+        """A decision whose append is delayed (a slow instance): it lands only if nothing moved since."""
+        rid = self._release(pick)
+        if rid:
+            self.stale.append((self.m.decide(consumer, rid), self.m.world))
+
+    @precondition(lambda self: bool(self.stale))
+    @rule(which=st.integers(0, 7), again=st.booleans())
+    def commit_late(self, which: int, again: bool) -> None:
+        index = which % len(self.stale)
+        outputs, world = self.stale[index]
+        self.m.emit(outputs, world)  # type: ignore[arg-type]
+        if not again:  # `again`: the same message redelivered later
+            self.stale.pop(index)
+        self.after()
+
+    # -- health --------------------------------------------------------------------------------------
+    @rule(kind=st.sampled_from(SAMPLE_KINDS), cohorts=st.sampled_from([COHORTS, COHORTS[:1], COHORTS[1:]]),
+          channel=st.sampled_from(CHANNELS), offset=st.sampled_from([0, 0, 5, -90, 30, 200]), live=st.booleans(),
+          times=st.integers(1, 3))
+    def samples(self, kind: str, cohorts: tuple[str, ...], channel: str, offset: int, live: bool, times: int) -> None:
+        for _ in range(times):
+            self.m.send_samples(kind, cohorts, channel, offset, live)
+        self.after()
+
+    @rule(kinds=st.lists(st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4),
+          channel=st.sampled_from(CHANNELS))
+    def window(self, kinds: list[str], channel: str) -> None:
+        """Runtimes report (mostly well), then the window's time passes."""
+        self.m.healthy_window(channel, tuple(kinds))
+
+    # -- time ------------------------------------------------------------------------------------------
+    @rule(seconds=st.sampled_from([1, 20, 61, 600, 3 * 3600, 2 * 86400]))
+    def tick(self, seconds: int) -> None:
+        self.m.now += timedelta(seconds=seconds)
+        self.after()
+
+    @precondition(lambda self: bool(self.m.timers))
+    @rule(which=st.integers(0, 7))
+    def fire_timer(self, which: int) -> None:
+        keys = sorted(self.m.timers)
+        self.m.fire(keys[which % len(keys)])
+        self.after()
+
+    @rule()
+    def sweep(self) -> None:
+        self.m.sweep()
+        self.after()
+
+    @rule()
+    def redeliver_timer(self) -> None:
+        self.m.redeliver()
+        self.after()
+
+    # -- operator ------------------------------------------------------------------------------------
+    @rule(verb=st.sampled_from(VERBS), pick=releases, trigger=st.sampled_from(["operator", "policy_violation", "tenant_impact"]),
+          window_s=st.sampled_from([30, 60, 300]))
+    def operate(self, verb: str, pick: int, trigger: str, window_s: int) -> None:
+        rid = self._release(pick)
+        if rid:
+            self.m.operate(verb, rid, trigger=trigger, window_s=window_s)
+        self.after()
+
+    @rule(channel=st.sampled_from(CHANNELS), cohort=st.sampled_from(COHORTS), pack=st.integers(0, len(PACKS) - 1),
+          hours=st.sampled_from([1, 24, 24 * 40]))
+    def pin(self, channel: str, cohort: str, pack: int, hours: int) -> None:
+        self.m.pin(channel, cohort, PACKS[pack].version, hours)
+        self.after()
+
+    @rule(channel=st.sampled_from(CHANNELS), pack=st.integers(0, len(PACKS) - 1))
+    def pin_and_lift(self, channel: str, pack: int) -> None:
+        """Every cohort pinned, and the pins lifted again: each scope's "pinned prior" for strategy `pinned`."""
+        for cohort in COHORTS:
+            if self.m.pin(channel, cohort, PACKS[pack].version, 24):
+                self.m.unpin(channel, cohort)
+        self.after()
+
+    @rule(channel=st.sampled_from(CHANNELS), cohort=st.sampled_from(COHORTS))
+    def unpin(self, channel: str, cohort: str) -> None:
+        self.m.unpin(channel, cohort)
+        self.after()
+
+    # -- the world changing underneath ---------------------------------------------------------------
+    @rule()
+    def rotate_trust(self) -> None:
+        self.m.rotate_trust()
+        self.after()
+
+    @rule(channel=st.sampled_from(CHANNELS), thresholds=st.integers(0, len(THRESHOLDS) - 1), min_samples=st.sampled_from([1, 2, 3]),
+          promote=st.booleans(), forbid_downgrade=st.booleans())
+    def reconfigure(self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool) -> None:
+        self.m.configure(channel, thresholds=thresholds, min_samples=min_samples, promote=promote and channel == "canary",
+                         forbid_downgrade=forbid_downgrade)
+        self.after()
+
+    @rule(pack=st.integers(0, len(PACKS) - 1))
+    def lose_pack(self, pack: int) -> None:
+        self.m.lose_pack(PACKS[-1 - pack].digest)  # the simplest choice is not the packs every LKG starts from
+        self.after()
+
+    # -- after every step ------------------------------------------------------------------------------
+    @invariant()
+    def safe(self) -> None:
+        CHECKS[0] += 1
+        broken = [v for v in self.m.violations() + self.m.anomalies() if not pending(v)]
+        assert not broken, "\n".join(v.line() for v in broken)
+
+
+@pytest.mark.timeout(max(120, STEP_COUNT // 100))  # a longer run (KX_MODEL_STEPS) gets a longer budget
+def test_lifecycle_model_keeps_every_safety_invariant() -> None:
+    CHECKS[:] = [0, 0]
+    runs = math.ceil(STEP_COUNT / STEPS_PER_RUN * 1.25)  # some runs end early
+    run_state_machine_as_test(LifecycleMachine, settings=settings(
+        derandomize=True, database=None, max_examples=runs, stateful_step_count=STEPS_PER_RUN, deadline=None,
+        suppress_health_check=list(HealthCheck), print_blob=False,
+    ))
+    steps = CHECKS[0] - CHECKS[1]
+    print(f"lifecycle model: {steps} steps in {CHECKS[1]} runs, every invariant checked after each")
+    assert steps >= STEP_COUNT, f"only {steps} steps ran, {STEP_COUNT} wanted"
+
+
+def test_pending_names_only_known_invariants() -> None:
+    from projections.invariants import SAFETY_CODES
+
+    model_codes = {"invalid_contract_json", "decide_raised", "undecodable", "illegal_transition"}
+    assert {key.split(": ", 1)[0] for key in PENDING} <= set(SAFETY_CODES) | model_codes

@@ -1,0 +1,221 @@
+"""The counter-examples the lifecycle model found, each kept as a plain story (issue 13).
+
+Each test replays the essence of a minimal failing example hypothesis printed for
+tests/unit/test_lifecycle_model.py (the steps are in its docstring) and asserts that the
+invariant it broke holds. The ones today's code still breaks are xfail(strict): once the
+branch that fixes them is merged they pass, strict xfail turns that into a failure, and the
+marker (and the code's entry in test_lifecycle_model.PENDING) comes off.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from .lifecycle_model_support import COHORTS, PACKS, Lifecycle
+
+V100, V110, V120 = PACKS[0], PACKS[1], PACKS[2]
+
+
+def codes(m: Lifecycle) -> set[str]:
+    return {v.code for v in m.violations() + m.anomalies()}
+
+
+def lines(m: Lifecycle) -> str:
+    return "\n".join(v.line() for v in m.violations() + m.anomalies())
+
+
+def model(history: bool = True, **channel) -> Lifecycle:
+    """Both channels configured; with `history` the canary already ran 1.0.0 to success (its LKG)."""
+    m = Lifecycle()
+    m.configure("canary", **channel)
+    m.configure("stable", **channel)
+    if history:
+        m.bootstrap("canary", V100)
+    return m
+
+
+def window_without_samples(m: Lifecycle) -> None:
+    m.now += timedelta(seconds=61)
+    m.sweep()
+    m.settle()
+
+
+def test_a_healthy_story_breaks_nothing() -> None:
+    """The baseline the others differ from: data for every threshold, activation reports, success."""
+    m = model(thresholds=1)
+    rid = m.request(V110)
+    m.settle()
+    m.healthy_window()
+    m.healthy_window()
+    assert m.world.release(rid).outcome == "success", lines(m)
+    assert not codes(m), lines(m)
+    assert m.world.scope("prod", "canary", "internal").lkg.digest == V110.digest
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 1: fixed on h-monitoring")
+def test_no_pass_without_an_activation_report() -> None:
+    """channels(thresholds=0, min_samples=1, history='canary'); request(pack=1); window(kinds=['good'])"""
+    m = model(min_samples=1)
+    m.request(V110)
+    m.settle()
+    m.healthy_window(kinds=("good",))
+    assert "pass_without_data" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 1: fixed on h-monitoring")
+def test_no_pass_while_a_configured_latency_threshold_has_no_data() -> None:
+    """channels(thresholds=1); request(pack=1); window(kinds=['activation_ok', 'no_latency', 'no_latency'])"""
+    m = model(thresholds=1)
+    m.request(V110)
+    m.settle()
+    m.healthy_window(kinds=("activation_ok", "no_latency", "no_latency"))
+    assert "pass_without_data" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 2: fixed on h-monitoring")
+def test_a_refusal_before_the_window_opens_is_no_pass() -> None:
+    """The pointer moves, both runtimes of `internal` refuse at once, the monitor opens the window 5 s later."""
+    m = model()
+    rid = m.request(V110)
+    for consumer in ("preparer", "distributor", "verifier", "activator"):
+        m.step(consumer, rid)
+    assert m.world.release(rid).phase == "activated"
+    m.send_samples("refusal", ("internal",))
+    m.now += timedelta(seconds=5)
+    m.settle()
+    m.healthy_window(kinds=("good", "good"))
+    assert "pass_despite_refusal" not in codes(m), lines(m)
+
+
+def _overridden_release(m: Lifecycle) -> str:
+    """Stage 1 inconclusive (no samples), passed by `kxr release promote`; stage 2 passes on data."""
+    rid = m.request(V110)
+    m.settle()
+    window_without_samples(m)
+    assert m.world.release(rid).phase == "held"
+    assert m.operate("promote", rid)
+    m.settle()
+    m.healthy_window()
+    return rid
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 3: fixed on h-lifecycle")
+def test_an_override_never_closes_success() -> None:
+    m = model()
+    rid = _overridden_release(m)
+    assert m.world.release(rid).closed
+    assert "success_without_data" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 3: fixed on h-lifecycle")
+def test_an_override_never_makes_a_pack_last_known_good() -> None:
+    m = model()
+    _overridden_release(m)
+    assert "lkg_not_earned" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 4: fixed on h-lifecycle")
+def test_an_aborted_release_is_never_promoted() -> None:
+    """channels(history='none'); request(pack=0, strategy='none'); fire_timer(); abort; promote"""
+    m = model(history=False)
+    rid = m.request(V100, strategy="none")
+    m.settle()
+    window_without_samples(m)
+    assert m.operate("abort", rid)
+    m.settle()
+    assert m.world.release(rid).phase == "held"  # escalated: no rollback target
+    m.operate("promote", rid)
+    m.settle()
+    assert "aborted_release_advanced" not in codes(m), lines(m)
+    assert m.world.release(rid).outcome not in ("success", "promoted_by_override")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 5: fixed on h-lifecycle")
+def test_strategy_pinned_rolls_back_to_the_pinned_prior() -> None:
+    m = model()
+    r2 = m.request(V110)  # 1.1.0 passes: it becomes LKG
+    m.settle()
+    m.healthy_window()
+    m.healthy_window()
+    assert m.world.release(r2).outcome == "success"
+    for cohort in COHORTS:  # 1.0.0 pinned and lifted again: the pinned prior
+        assert m.pin("canary", cohort, V100.version)
+        assert m.unpin("canary", cohort)
+    r3 = m.request(V120, strategy="pinned")
+    m.settle()
+    assert m.world.release(r3).prepared.rollback_targets["internal"].digest == V100.digest
+    m.healthy_window(kinds=("errors", "errors"))
+    assert m.world.release(r3).rollback is not None
+    assert "rollback_off_strategy" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 5 (strategy none: falls back to an LKG earned later): h-lifecycle, if its fix covers every strategy")
+def test_strategy_none_never_rolls_back_to_another_pack() -> None:
+    """channels(history='two'): r1 1.0.0 (strategy none), then r2 1.1.0 passed (LKG); operator rollback of r1"""
+    m = model()
+    m.request(V110)
+    m.settle()
+    m.healthy_window()
+    m.healthy_window()
+    assert m.world.release("r1").prepared.rollback_strategy == "none"
+    assert m.operate("rollback", "r1")
+    assert "rollback_off_strategy" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 6: fixed on h-monitoring")
+def test_a_huge_latency_never_writes_a_non_json_number() -> None:
+    """channels(thresholds=1); request(pack=1); window(kinds=['extreme_latency'])"""
+    m = model(thresholds=1, min_samples=1)
+    m.request(V110)
+    m.settle()
+    m.healthy_window(kinds=("extreme_latency",))
+    assert not codes(m) & {"invalid_contract_json", "undecodable"}, lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 6: fixed on h-monitoring")
+def test_a_huge_request_count_never_wedges_the_window() -> None:
+    """channels(thresholds=0); request(pack=1); window(kinds=['huge_requests'])"""
+    m = model(min_samples=1)
+    rid = m.request(V110)
+    m.settle()
+    m.healthy_window(kinds=("huge_requests",))
+    assert "decide_raised" not in codes(m), lines(m)
+    assert m.world.release(rid).phase != "monitoring"
+
+
+@pytest.mark.xfail(strict=True, reason="found by the lifecycle model: services/operator.py resume does not check the phase; no branch fixes it yet")
+def test_resume_only_applies_to_a_release_in_flight() -> None:
+    """request(pack=0); pause; window(['good']) (rejected and closed while paused); resume"""
+    m = model(history=False)
+    rid = m.request(V100)  # strategy lkg on a fresh channel: rejected at pre-flight
+    m.operate("pause", rid)
+    m.settle()
+    assert m.world.release(rid).closed
+    m.operate("resume", rid)
+    assert "illegal_transition" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the lifecycle model: services/operator.py pause accepts an aborting release; no branch fixes it yet")
+def test_pause_never_applies_to_an_aborting_release() -> None:
+    """channels(history='canary'); rollback r1; abort r1; (slow service) pause r1"""
+    m = model()
+    assert m.operate("rollback", "r1")
+    m.settle()
+    assert m.operate("abort", "r1")
+    m.operate("pause", "r1")  # before the promoter reacted to the abort
+    assert "illegal_transition" not in codes(m), lines(m)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 'post-activation policy violations': no branch fixes it yet")
+def test_no_stage_expands_to_a_pack_the_trust_root_dropped() -> None:
+    """rotate_trust; request(pack=0); rotate_trust (drops key 1); the first window passes; stage 2 switches."""
+    m = model(history=False)
+    m.rotate_trust()  # v2 trusts keys 1 and 2
+    rid = m.request(V110, strategy="none")  # 1.1.0: key 1 only
+    m.settle()
+    m.rotate_trust()  # v3 trusts keys 2 and 3
+    m.healthy_window()
+    assert m.world.release(rid).stage == 1
+    assert "pointer_untrusted" not in codes(m), lines(m)
