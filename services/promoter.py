@@ -38,7 +38,8 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
 
     A pin in force comes first whatever the strategy: it is the operator's current word for
     the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
-    pre-flight recorded; `lkg`: the scope's last-known-good now, unless that is this very
+    pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
+    another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
     pack, else the one pre-flight recorded. A strategy never falls back to another's target:
     an unusable choice holds and escalates.
     """
@@ -49,7 +50,7 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
     if pin is not None:
         return pin.pack
     recorded = release.prepared.rollback_targets.get(cohort)
-    if release.prepared.rollback_strategy == "pinned":
+    if release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
         return recorded
     if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
         return scope.lkg
