@@ -177,6 +177,11 @@ def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> s
     return f"_INBOX_{subjects.prefix}_{role}" if role in ("service", "runtime") else DEFAULT_INBOX
 
 
+def janitor_streams(subjects: Subjects) -> tuple[str, ...]:
+    """The streams other roles may read, so create consumers on: the janitor's beat."""
+    return (subjects.releases_stream, subjects.health_stream, subjects.deadletter_stream, object_stream(subjects.packs_bucket))
+
+
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -197,6 +202,9 @@ def service_permissions(subjects: Subjects) -> Permissions:
         s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)
         s.deadletter_all(),
         f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",
+        # a distributed pack's metadata, re-published from the log's record when a producer deleted
+        # or re-pointed it (services/pack_keeper.py): never its chunks, never a purge
+        f"$O.{s.packs_bucket}.M.>",
         # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
         # runs an ordered push consumer, whose flow control the client answers
         f"{API}.STREAM.NAMES", f"$JS.FC.{snapshots}.>",
@@ -209,6 +217,9 @@ def service_permissions(subjects: Subjects) -> Permissions:
         # nats.py's ordered consumers (a snapshot's object get) are created without a name
         *[f"{API}.CONSUMER.CREATE.{name}" for name in streams],
         *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
+        # the janitor (services/janitor.py): list the consumers on the streams other roles read,
+        # remove those that are neither the service's nor a live reader's
+        *[x for name in janitor_streams(s) for x in (f"{API}.CONSUMER.LIST.{name}", f"{API}.CONSUMER.DELETE.{name}.*")],
     ]
     subscribe = [f"{inbox}.>", s.health_all(),  # replies; live health (early breach detection)
                  *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]]

@@ -1,0 +1,105 @@
+"""Pack keeper: the service restores a distributed pack's metadata from the log's evidence.
+
+Producers may put objects in `kx_packs` but never purge (docs/permissions.md), so a pack's
+chunks stay in the stream once written. Its metadata, though, is one message per name with
+a rollup header, which subject permissions cannot tell from a put: whoever may put can mark
+a pack deleted or re-point its name to other chunks. The distributor therefore records, in
+`release.distributed` (`stored`), each object's nuid, size, chunk count and digest; where
+the service needs a pack it distributed before (rollback readiness, the activator's target
+check, the pinner, the guard's manifest read) and finds it unusable, it re-publishes that
+metadata (the service user may publish `$O.<packs>.M.>`), once the chunks it names hash to
+the recorded digest again. Only when those bytes are gone does the caller fail closed.
+
+What it did is a log line and the `kx_pack_objects_restored_total` counter, not an event:
+a restore decides nothing about a release (the caller's own decision, taken on the
+restored bytes, is the event), it is idempotent and may run from several consumers at
+once, and an event per restore would let a producer who deletes metadata in a loop grow
+the log at will.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable, Mapping, TypeVar
+
+from prometheus_client import Counter
+
+from events.model import StoredObject
+from .packstore import PackStore
+
+log = logging.getLogger(__name__)
+
+RESTORED = Counter("kx_pack_objects_restored", "Objects of distributed packs whose metadata the service checked after a failed "
+                   "read, by outcome (restored, bytes_gone).", ["outcome"])
+
+T = TypeVar("T")
+
+
+def digest_of_object(name: str) -> str | None:
+    """The pack digest an object of `kx_packs` belongs to (`sha256-<hex>[.manifest|.attestation]`)."""
+    base = name.split(".", 1)[0]
+    algo, sep, hexdigest = base.partition("-")
+    return f"{algo}:{hexdigest}" if sep and algo and hexdigest else None
+
+
+def _candidates(world, digest: str) -> list[str]:
+    """Releases that may have distributed `digest`: those in flight, then the ones that made
+    it active or last-known-good somewhere (the releases a rollback or restart needs)."""
+    ids = [rid for rid, r in world.releases.items()
+           if r.distributed is not None and r.distributed.pack.digest == digest]
+    for state in world.scopes.values():
+        if state.lkg is not None and state.lkg.digest == digest and state.lkg_release:
+            ids.append(state.lkg_release)
+        if state.active is not None and state.active.pack.digest == digest and state.active.release_id:
+            ids.append(state.active.release_id)
+    return list(dict.fromkeys(ids))
+
+
+async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
+    """What distribution recorded (object name -> StoredObject) of the pack with `digest`, as
+    the service signed it in the log (`App.release_whole` folds a closed release's own
+    subjects under the service keys); empty when no such release recorded it (events from
+    before the record, or a pack that is neither in flight, active nor last-known-good)."""
+    if digest is None:
+        return {}
+    for release_id in _candidates(app.follower.world, digest):
+        release = await app.release_whole(release_id)
+        distributed = release.distributed if release is not None else None
+        if distributed is not None and distributed.pack.digest == digest and distributed.stored:
+            return dict(distributed.stored)
+    return {}
+
+
+async def restore(app, objects: Mapping[str, StoredObject]) -> list[str]:
+    """Re-publish the metadata of every object of `objects` that no longer reads as recorded
+    (whose chunks still hash to the record); returns the names restored."""
+    store = PackStore(app.js, app.subjects)
+    restored = []
+    for name, obj in objects.items():
+        outcome = await store.restore(name, obj)
+        if outcome == "intact":
+            continue
+        RESTORED.labels(outcome).inc()
+        if outcome == "restored":
+            restored.append(name)
+            log.warning("pack keeper: %s no longer read as distributed (deleted or re-pointed in kx_packs); "
+                        "restored its metadata to nuid %s (%d bytes, %s)", name, obj.nuid, obj.size, obj.digest)
+        else:
+            log.error("pack keeper: %s no longer reads as distributed and its recorded chunks (nuid %s) are gone "
+                      "or altered: not restored", name, obj.nuid)
+    return restored
+
+
+async def checked_with_restore(app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool]) -> T:
+    """`check()`, and if `failed` says it failed: restore the recorded objects of the pack
+    with `digest` and, if any was restored, check again (the second answer stands, pass or fail)."""
+    result = await check()
+    if not failed(result):
+        return result
+    try:
+        objects = await recorded(app, digest)
+        restored = await restore(app, objects) if objects else []
+    except Exception as exc:  # a restore that cannot run changes nothing: the first answer stands
+        log.warning("pack keeper: restoring %s failed: %s: %s", digest, exc.__class__.__name__, exc)
+        return result
+    return await check() if restored else result
