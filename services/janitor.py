@@ -112,4 +112,7 @@ class Janitor:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.every_s)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception as exc:  # housekeeping: a failed sweep must not stop the distributor it rides with
+                log.warning("janitor: sweep failed: %s: %s", exc.__class__.__name__, exc)

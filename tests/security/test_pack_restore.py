@@ -22,6 +22,7 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from services.app import App
 from services.log import EventLog
+from services.guard import Guard
 from services.pack_keeper import RESTORED
 from services.packstore import PackStore
 from services.producer import configure_channel, push_pack, request_release
@@ -52,7 +53,7 @@ def restored_count() -> float:
     return RESTORED.labels("restored")._value.get()
 
 
-@pytest.mark.parametrize("how", ["delete", "repoint"])
+@pytest.mark.parametrize("how", ["delete", "repoint", "repoint-pack"])
 async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback(tmp_path, how):
     authed, lock = start_authed(tmp_path / "kx-data", runtimes=())
     conns = Conns(authed)
@@ -95,20 +96,26 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         r2 = await release(bad)
         # the bad pack is live in the first cohort; the attack lands before its window fails
         await wait_for(lambda: internal.active and internal.active.digest == bad.digest, 30, "the bad pack live")
-        for name in (pack_object_name(good.digest), manifest_object_name(good.digest)):
+        # "repoint-pack": the pack alone, at the bad pack's chunks (the same size: a size check passes)
+        targets = (pack_object_name(good.digest),) if how == "repoint-pack" else (pack_object_name(good.digest), manifest_object_name(good.digest))
+        for name in targets:
             await tamper(producer.js, s, name, how, name.replace(pack_object_name(good.digest), pack_object_name(bad.digest)))
         attacked = PackStore(producer.js, s)
         if how == "delete":
             assert await attacked.size(pack_object_name(good.digest)) is None
-        else:
+        elif how == "repoint":
             assert await attacked.read(manifest_object_name(good.digest), 1 << 20) == bad.manifest
+        else:
+            assert (await attacked.stored_object(pack_object_name(good.digest))).nuid == \
+                   (await attacked.stored_object(pack_object_name(bad.digest))).nuid
+            assert len(good.body) == len(bad.body)
         before = restored_count()
 
         rolled = await closed(r2)
         assert rolled.outcome == "rolled_back", rolled.failure
         assert rolled.rollback.targets["internal"].digest == good.digest
         assert app.follower.world.scope(ENV, CHANNEL_NAME, "internal").active_pack.digest == good.digest
-        await wait_for(lambda: internal.active and internal.active.digest == good.digest, 30, "the runtime back on the LKG")
+        await wait_for(lambda: internal.active and internal.active.digest == good.digest, 30, "the runtime back on the LKG", lambda: internal.history)
         assert restored_count() > before
         # what the service restored is the LKG's own bytes, as distributed
         assert await attacked.read(manifest_object_name(good.digest), 1 << 20) == good.manifest
@@ -119,8 +126,31 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         restarted = await start_runtime("t-int-2", {}, 2)
         await wait_for(lambda: restarted.active and restarted.active.digest == good.digest, 30, "a restarted runtime on the LKG",
                        lambda: restarted.history)
+
+        # the same attack on the now active pack's manifest: the guard's read restores it rather than
+        # flag (and roll back) a settled scope over tampered metadata
+        manifest = manifest_object_name(good.digest)
+        await tamper(producer.js, s, manifest, "delete" if how == "delete" else "repoint", manifest_object_name(bad.digest))
+        assert await attacked.read(manifest, 1 << 20) != good.manifest
+        assert await Guard(app).manifest(manifest) == good.manifest
+        assert await attacked.read(manifest, 1 << 20) == good.manifest
     finally:
         await cancel_and_wait(tasks)
         await app.stop()
         await conns.close()
         stop_authed(authed, lock)
+
+
+async def test_chunks_a_producer_appends_to_a_pack_are_not_part_of_it(authed, as_role):
+    """Whoever may put chunks may publish on an existing object's chunk subject: readers read
+    no more chunks than the metadata counts, so the pack reads as it was put."""
+    s = authed.subjects
+    producer = await as_role("producer")
+    body = b"pack bytes " * 100
+    name = f"sha256-{uuid.uuid4().hex}"
+    store = PackStore(producer.js, s)
+    await store.put(name, body)
+    nuid = (await store.stored_object(name)).nuid
+    await producer.js.publish(f"$O.{s.packs_bucket}.C.{nuid}", b"appended by an attacker")
+    chunks = await store.chunks(name)
+    assert b"".join([c async for c in chunks]) == body
