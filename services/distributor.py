@@ -16,6 +16,7 @@ from events.model import Distributed, GateOutcome, StoredObject, VerificationFai
 from projections.releases import ReleaseState
 from .janitor import Janitor
 from .outputs import Chain, Ctx, Output, release_event
+from .pack_keeper import PackKeeper
 from .packstore import PackStore
 from .reactor import ReleaseReactor
 from .verifier.gates import attestation_required
@@ -75,9 +76,10 @@ class Distributor(ReleaseReactor):
     acts_in = frozenset({"prepared"})
 
     def runners(self) -> list:
-        # the janitor rides with the distributor (one per `kxr serve`): it keeps the streams
-        # whose packs and log the distributor serves free of other roles' leftover consumers
-        return [*super().runners(), Janitor(self.app.js, self.app.subjects).run()]
+        # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
+        # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
+        # other roles' leftover consumers
+        return [*super().runners(), PackKeeper(self.app).run(), Janitor(self.app.js, self.app.subjects).run()]
 
     async def decide(self, world, release, ctx):
         if release.phase != "prepared" or release.prepared is None:

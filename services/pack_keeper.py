@@ -6,7 +6,8 @@ a rollup header, which subject permissions cannot tell from a put: whoever may p
 a pack deleted or re-point its name to other chunks. The distributor therefore records, in
 `release.distributed` (`stored`), each object's nuid, size, chunk count and digest; where
 the service needs a pack it distributed before (rollback readiness, the activator's target
-check, the pinner, the guard's manifest read) and finds it unusable, it re-publishes that
+check, the pinner, the guard's manifest read; and every 15 s for the packs scopes run, so
+restarting runtimes find them: `PackKeeper`) and finds it unusable, it re-publishes that
 metadata (the service user may publish `$O.<packs>.M.>`), once the chunks it names hash to
 the recorded digest again. Only when those bytes are gone does the caller fail closed.
 
@@ -19,6 +20,7 @@ the log at will.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable, Mapping, TypeVar
 
@@ -118,3 +120,51 @@ async def checked_with_restore(app, digest: str | None, check: Callable[[], Awai
         log.warning("pack keeper: restoring %s failed: %s: %s", digest, exc.__class__.__name__, exc)
         return result
     return await check() if restored else result
+
+
+KEEP_EVERY_S = 15.0
+
+
+class PackKeeper:
+    """Keeps every active pack fetchable for runtimes that (re)start, between the checks above.
+
+    Every `every_s`, for each pack some scope runs: its pack object is put back to the record,
+    and its manifest or attestation too if marked deleted (a re-signed manifest is its owners'
+    to write, so a present one is left to the checks that verify it). Records are cached by
+    digest: a release's `distributed` event never changes.
+    """
+
+    def __init__(self, app, every_s: float = KEEP_EVERY_S) -> None:
+        self.app = app
+        self.every_s = every_s
+        self._records: dict[str, dict[str, StoredObject]] = {}
+
+    async def _recorded(self, digest: str) -> dict[str, StoredObject]:
+        if digest not in self._records:
+            found = await recorded(self.app, digest)
+            if not found:
+                return {}  # not cached: a release distributing it may come
+            if len(self._records) > 4096:
+                self._records.clear()
+            self._records[digest] = found
+        return self._records[digest]
+
+    async def sweep(self) -> list[str]:
+        """Restore what the active packs lack now; the names restored."""
+        store = PackStore(self.app.js, self.app.subjects)
+        digests = {state.active.pack.digest for state in self.app.follower.world.scopes.values() if state.active is not None}
+        restored: list[str] = []
+        for digest in sorted(digests):
+            objects = await self._recorded(digest)
+            due = {name: obj for name, obj in objects.items()
+                   if name == pack_object_name(digest) or await store.stored_object(name) is None}
+            restored += await restore(self.app, due)
+        return restored
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.sweep()
+            except Exception as exc:  # housekeeping: a failed sweep must not stop the consumer it rides with
+                log.warning("pack keeper: sweep failed: %s: %s", exc.__class__.__name__, exc)

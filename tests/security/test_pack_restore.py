@@ -23,7 +23,7 @@ from events.signing import SigningKey
 from services.app import App
 from services.log import EventLog
 from services.guard import Guard
-from services.pack_keeper import RESTORED
+from services.pack_keeper import RESTORED, PackKeeper
 from services.packstore import PackStore
 from services.producer import configure_channel, push_pack, request_release
 from services.runtime_sdk import Identity
@@ -127,7 +127,15 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         await wait_for(lambda: restarted.active and restarted.active.digest == good.digest, 30, "a restarted runtime on the LKG",
                        lambda: restarted.history)
 
-        # the same attack on the now active pack's manifest: the guard's read restores it rather than
+        # the same attack on the now active pack: the keeper's sweep puts it back before a runtime restarts
+        await tamper(producer.js, s, pack_object_name(good.digest), "delete" if how == "delete" else "repoint",
+                     pack_object_name(bad.digest))
+        assert pack_object_name(good.digest) in await PackKeeper(app).sweep()
+        again = await start_runtime("t-int-2", {}, 3)
+        await wait_for(lambda: again.active and again.active.digest == good.digest, 30, "a runtime restarted after the sweep",
+                       lambda: again.history)
+
+        # and on its manifest: the guard's read restores it rather than
         # flag (and roll back) a settled scope over tampered metadata
         manifest = manifest_object_name(good.digest)
         await tamper(producer.js, s, manifest, "delete" if how == "delete" else "repoint", manifest_object_name(bad.digest))
