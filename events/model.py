@@ -135,10 +135,22 @@ class Rejected(Frozen):
     reasons: list[Reason]
 
 
+class StoredObject(Frozen):
+    """How `kx_packs` held one object when it was distributed: enough for the service to
+    re-publish its metadata (a producer can mark it deleted or re-point it; its chunks stay)."""
+    nuid: StrictStr = Field(min_length=1, max_length=64)
+    size: StrictInt = Field(ge=0)
+    chunks: StrictInt = Field(ge=0)
+    digest: StrictStr  # the object store's `SHA-256=<base64url>` of the bytes
+    chunk_size: StrictInt | None = Field(default=None, ge=1)
+
+
 class Distributed(Frozen):
     pack: PackRef
     manifest: StrictStr
     objects: dict[str, StrictInt] = Field(default_factory=dict)  # object name -> size seen
+    # object name -> its metadata as distributed (optional: events from before it lack it)
+    stored: dict[str, StoredObject] = Field(default_factory=dict)
 
 
 class GateOutcome(Frozen):

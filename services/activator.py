@@ -142,7 +142,8 @@ class Activator(ReleaseReactor):
         return decide_rollout(world, release, ctx)
 
     async def target_problem(self, target: PackRef, release, ctx) -> str | None:
-        """Why a rollback target can no longer be activated (None: it can): services/rollback_readiness.py."""
+        """Why a rollback target can no longer be activated (None: it can): services/rollback_readiness.py,
+        which first restores a target whose metadata a producer deleted or re-pointed (services/pack_keeper.py)."""
         assert release.prepared is not None
         return await target_problem(self.app, target, release.prepared.target.env, release.prepared.target.channel,
                                     tuple(release.activated), ctx.now)

@@ -12,9 +12,11 @@ import asyncio
 from typing import Mapping
 
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name
-from events.model import Distributed, GateOutcome, VerificationFailed
+from events.model import Distributed, GateOutcome, StoredObject, VerificationFailed
 from projections.releases import ReleaseState
+from .janitor import Janitor
 from .outputs import Chain, Ctx, Output, release_event
+from .pack_keeper import PackKeeper
 from .packstore import PackStore
 from .reactor import ReleaseReactor
 from .verifier.gates import attestation_required
@@ -31,8 +33,12 @@ def required_objects(digest: str, require_attestation: bool) -> list[tuple[str, 
 
 
 def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], store_error: str | None = None,
-           require_attestation: bool = False) -> list[Output]:
+           require_attestation: bool = False, stored: Mapping[str, StoredObject | None] | None = None) -> list[Output]:
     """`objects` maps each object name to its stored size, or None when it is absent.
+
+    `stored`: each object's metadata as read (nuid, chunks, digest), recorded in the event
+    so the service can restore it if a producer later deletes or re-points it
+    (services/pack_keeper.py).
 
     `store_error` says why the store could not even be asked: fail closed, saying so.
     `require_attestation`: the channel's policy wants `sha256-<hex>.attestation` too.
@@ -59,6 +65,7 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
         pack=pack.model_copy(update={"size": objects[pack_name]}),
         manifest=manifest_object_name(pack.digest),
         objects={name: objects[name] for name in (pack_name, *(n for n, _ in required if n != pack_name))},  # type: ignore[misc]
+        stored={name: obj for name, _ in required if (obj := (stored or {}).get(name)) is not None and obj.size == objects[name]},
     )
     return [Chain((release_event(ctx, release, "distributed", distributed),))]
 
@@ -67,6 +74,12 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
 class Distributor(ReleaseReactor):
     name = NAME
     acts_in = frozenset({"prepared"})
+
+    def runners(self) -> list:
+        # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
+        # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
+        # other roles' leftover consumers
+        return [*super().runners(), PackKeeper(self.app).run(), Janitor(self.app.js, self.app.subjects).run()]
 
     async def decide(self, world, release, ctx):
         if release.phase != "prepared" or release.prepared is None:
@@ -77,6 +90,7 @@ class Distributor(ReleaseReactor):
         names = [name for name, _ in required_objects(release.prepared.pack.digest, require)]
         try:
             sizes = dict(zip(names, await asyncio.gather(*(store.size(name) for name in names))))
+            stored = dict(zip(names, await asyncio.gather(*(store.stored_object(name) for name in names))))
         except Exception as exc:  # fail closed: a store we cannot read distributes nothing
             return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}", require_attestation=require)
-        return decide(release, ctx, sizes, require_attestation=require)
+        return decide(release, ctx, sizes, require_attestation=require, stored=stored)

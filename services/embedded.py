@@ -94,21 +94,28 @@ def _die_with(parent: int):
     return preexec
 
 
-def authorized_config(data_dir: Path, prefix: str, server_url: str, limits=None) -> tuple[Path, dict]:
+def authorized_config(data_dir: Path, prefix: str, server_url: str, limits=None, runtime_identity: str | None = None) -> tuple[Path, dict]:
     """Write `data_dir/nats-server.conf` (0600): JetStream plus one user per role.
 
     Credentials are kept across restarts (created once, 0600, under `data_dir/creds`);
     their URLs are rewritten for `server_url`. Returns the config path and the
     credentials by name (each role's, and `runtime-<id>` for each runtime's own).
     `limits` (permissions.AccountLimits) bounds what the users' account may hold.
+    `runtime_identity` ("shared"/"strict", permissions.RUNTIME_IDENTITY_MODES) is kept under
+    the data dir; None renders with the mode kept there ("shared" if never set), so a
+    restart or `kxr creds runtime add` never loosens a strict deployment by omission.
     """
     from events.subjects import Subjects
 
-    from .permissions import AccountLimits, ensure_credentials, render_server_config, write_server_config
+    from .permissions import (AccountLimits, ensure_credentials, read_runtime_identity, render_server_config, write_runtime_identity,
+                              write_server_config)
 
     subjects = Subjects(prefix)
+    if runtime_identity is not None:
+        write_runtime_identity(data_dir, runtime_identity)
+    mode = read_runtime_identity(data_dir)
     creds = ensure_credentials(data_dir, subjects, server_url)
-    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits()))
+    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits(), mode))
     return path, creds
 
 

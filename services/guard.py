@@ -52,7 +52,8 @@ from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
 from .log import AppendConflict, Entry
 from .outputs import Chain, Ctx, Output, release_event
-from .packstore import ObjectTooLarge, PackStore
+from .pack_keeper import checked_with_restore, digest_of_object, recorded
+from .packstore import ObjectTooLarge, PackStore, object_digest
 from .promoter import rollback_targets
 from .reactor import ReleaseReactor
 from .verifier.adapter import read_attestation
@@ -296,10 +297,18 @@ class Guard(ReleaseReactor):
     async def manifest(self, name: str) -> bytes | None:
         """The manifest's bytes (None: absent, which the manifest gate refuses); IO errors propagate."""
         if name not in self._manifests:
-            try:
-                data = await PackStore(self.app.js, self.app.subjects).read(name, MANIFEST_MAX_BYTES)
-            except ObjectTooLarge:
-                data = b"x" * (MANIFEST_MAX_BYTES + 1)  # refused by the manifest gate's cap, by name
+            async def read() -> bytes | None:
+                try:
+                    return await PackStore(self.app.js, self.app.subjects).read(name, MANIFEST_MAX_BYTES)
+                except ObjectTooLarge:
+                    return b"x" * (MANIFEST_MAX_BYTES + 1)  # refused by the manifest gate's cap, by name
+
+            # The manifest the pack was distributed with, as the cache keeps the first read: one a
+            # producer deleted or re-pointed since is restored from the log's record (pack_keeper),
+            # so tampering with metadata cannot make the guard flag (and roll back) a settled scope.
+            digest = digest_of_object(name)
+            kept = (await recorded(self.app, digest)).get(name)
+            data = await checked_with_restore(self.app, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest))
             if data is None:
                 return None  # not cached: a manifest pushed again later is read then
             if len(self._manifests) > 4096:

@@ -16,7 +16,9 @@ from typing import AsyncIterator
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
+from pydantic import ValidationError
 
+from events.model import StoredObject
 from events.subjects import Subjects
 from .direct import SubjectStream, connection_of
 
@@ -27,7 +29,11 @@ class ObjectTooLarge(Exception):
 
 def object_digest(data: bytes) -> str:
     """The digest an object store records for these bytes (nats.py's `SHA-256=<base64url>`)."""
-    return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    return encoded_digest(hashlib.sha256(data))
+
+
+def encoded_digest(hasher) -> str:
+    return "SHA-256=" + base64.urlsafe_b64encode(hasher.digest()).decode()
 
 
 CHUNKS_PER_REQUEST = 16  # 2 MiB of nats.py's 128 KiB chunks per request, two requests held at most
@@ -36,13 +42,20 @@ CHUNKS_PER_REQUEST = 16  # 2 MiB of nats.py's 128 KiB chunks per request, two re
 class Chunks:
     """An opened object's chunks: iterate once, or close without reading."""
 
-    def __init__(self, stream: SubjectStream | None) -> None:
+    def __init__(self, stream: SubjectStream | None, count: int | None = None) -> None:
         self._stream = stream
+        self._count = count
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The object's chunks, no more than its metadata counts: whoever may put chunks can
+        append to an object's chunk subject, and what comes after its last chunk is not its."""
         if self._stream is None:
             return
+        seen = 0
         async for stored in self._stream:
+            if self._count is not None and seen >= self._count:
+                return
+            seen += 1
             yield stored.data
 
     async def close(self) -> None:
@@ -59,13 +72,28 @@ class PackStore:
     def _meta_subject(self, name: str) -> str:
         return f"$O.{self._bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
-    async def _meta(self, name: str) -> dict | None:
+    async def stored_meta(self, name: str) -> dict | None:
+        """The object's last metadata as stored, deleted or not (None: never put)."""
         try:
             msg = await self._js.get_last_msg(self._stream, self._meta_subject(name), direct=True)
         except NotFoundError:
             return None
         meta = json.loads(msg.data or b"{}")
-        return None if meta.get("deleted") else meta
+        return meta if isinstance(meta, dict) else {"deleted": True}  # not metadata at all: as good as deleted
+
+    async def _meta(self, name: str) -> dict | None:
+        meta = await self.stored_meta(name)
+        return None if meta is None or meta.get("deleted") else meta
+
+    async def stored_object(self, name: str) -> StoredObject | None:
+        """What distribution records of an object (None: absent or not readable as one)."""
+        meta = await self._meta(name)
+        try:
+            return None if meta is None else StoredObject(
+                nuid=meta.get("nuid"), size=int(meta.get("size", 0)), chunks=int(meta.get("chunks") or 0),
+                digest=meta.get("digest"), chunk_size=(meta.get("options") or {}).get("max_chunk_size"))
+        except (ValidationError, TypeError, ValueError):
+            return None
 
     async def size(self, name: str) -> int | None:
         meta = await self._meta(name)
@@ -83,8 +111,11 @@ class PackStore:
         nuid, size = meta.get("nuid"), int(meta.get("size", 0))
         if size == 0:
             return Chunks(None)
+        return await self._open_chunks(nuid, meta.get("chunks"))
+
+    async def _open_chunks(self, nuid: str, count) -> Chunks:
         stream = SubjectStream(connection_of(self._js), self._stream, f"$O.{self._bucket}.C.{nuid}", batch=CHUNKS_PER_REQUEST)
-        return Chunks(await stream.start())
+        return Chunks(await stream.start(), int(count) if isinstance(count, int) and count > 0 else None)
 
     async def read(self, name: str, max_bytes: int) -> bytes | None:
         """A small object (a manifest) whole, refusing anything over `max_bytes`."""
@@ -119,17 +150,41 @@ class PackStore:
     async def _replace(self, name: str, data: bytes) -> None:
         """nats.py's object put (chunks on a fresh nuid, then the metadata with a rollup) minus
         its last step, purging the old chunks."""
-        from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
-        from nats.js.kv import MSG_ROLLUP_SUBJECT
-
         nuid = secrets.token_hex(11)
         chunk = 128 * 1024
         for at in range(0, len(data), chunk):
             await self._js.publish(f"$O.{self._bucket}.C.{nuid}", data[at:at + chunk])
-        info = ObjectInfo(name=name, bucket=self._bucket, nuid=nuid, size=len(data), chunks=-(-len(data) // chunk),
-                          mtime=datetime.now(timezone.utc).isoformat(), digest=object_digest(data),
-                          options=ObjectMetaOptions(max_chunk_size=chunk))
+        await self._publish_meta(name, StoredObject(nuid=nuid, size=len(data), chunks=-(-len(data) // chunk),
+                                                    digest=object_digest(data), chunk_size=chunk))
+
+    async def _publish_meta(self, name: str, obj: StoredObject) -> None:
+        """The object's metadata, as nats.py writes it: one message, rolling up the ones before."""
+        from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
+        from nats.js.kv import MSG_ROLLUP_SUBJECT
+
+        info = ObjectInfo(name=name, bucket=self._bucket, nuid=obj.nuid, size=obj.size, chunks=obj.chunks,
+                          mtime=datetime.now(timezone.utc).isoformat(), digest=obj.digest,
+                          options=ObjectMetaOptions(max_chunk_size=obj.chunk_size) if obj.chunk_size else None)
         await self._js.publish(self._meta_subject(name), json.dumps(info.as_dict()).encode(), headers={Header.ROLLUP: MSG_ROLLUP_SUBJECT})
+
+    async def restore(self, name: str, obj: StoredObject) -> str:
+        """Make `name` read as `obj` again (what distribution recorded), from its chunks.
+
+        "intact": its metadata already is `obj`; "restored": it was not (deleted, re-pointed,
+        altered) and the chunks `obj` names still hash to its digest, so the metadata was
+        re-published; "bytes_gone": they do not (or are not there), nothing was written.
+        """
+        if await self.stored_object(name) == obj:
+            return "intact"
+        hasher, size = hashlib.sha256(), 0
+        chunks = await self._open_chunks(obj.nuid, obj.chunks) if obj.size else Chunks(None)
+        async for data in chunks:
+            hasher.update(data)
+            size += len(data)
+        if size != obj.size or encoded_digest(hasher) != obj.digest:
+            return "bytes_gone"
+        await self._publish_meta(name, obj)
+        return "restored"
 
     async def exists(self, name: str) -> bool:
         store = await self._js.object_store(self._bucket)

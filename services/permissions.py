@@ -20,7 +20,8 @@ The roles (docs/permissions.md has the full allow lists):
 - producer: `<p>.release.*.requested`, writes `<p>_packs` (never purges), reads the log.
 - runtime:  reads the log (scope pointers, channel config, trust rotations) and packs,
             publishes health: under its own id only with its own user (`kxr creds runtime
-            add ID`, `runtime-<id>.json`), under any id with the shared one; cannot
+            add ID`, `runtime-<id>.json`), under any id with the shared one (none at all
+            under `--runtime-identity strict`); cannot
             subscribe to health nor read the health stream, so it cannot see another
             tenant's samples.
 - operator: operator events only (pause/resume/abort/annotate/promote/extend/rollback/close,
@@ -104,14 +105,47 @@ class Credentials:
         """The file's stem under creds/: the role, or `runtime-<id>`."""
         return f"runtime-{self.runtime_id}" if self.runtime_id else self.role
 
-    def permissions(self, subjects: Subjects) -> Permissions:
+    def permissions(self, subjects: Subjects, runtime_identity: str = "shared") -> Permissions:
         if self.runtime_id:
             return runtime_permissions(subjects, runtime_id=self.runtime_id)
+        if self.role == "runtime" and check_runtime_identity(runtime_identity) == "strict":
+            return runtime_permissions(subjects, report=False)
         return role_permissions(subjects, self.role)
 
     def connect_options(self) -> dict:
         """Keyword arguments for `nats.connect` (besides the server URL)."""
         return {"user": self.user, "password": self.password, "inbox_prefix": self.inbox_prefix}
+
+
+# ---- runtime identity ---------------------------------------------------------------------------
+# "shared" (the default, compatible with runtimes deployed before per-runtime users): the shared
+# `kx-runtime` user may report health under any runtime id. "strict": it may still read (pointers,
+# packs) but report nothing, so only per-runtime users (`kxr creds runtime add ID`) report health,
+# each under its own id (`kxr serve --runtime-identity strict`, kept under the data dir).
+RUNTIME_IDENTITY_MODES = ("shared", "strict")
+
+
+def check_runtime_identity(mode: str) -> str:
+    if mode not in RUNTIME_IDENTITY_MODES:
+        raise ValueError(f"runtime identity {mode!r}: one of {', '.join(RUNTIME_IDENTITY_MODES)}")
+    return mode
+
+
+def runtime_identity_path(data_dir: Path) -> Path:
+    return data_dir / "runtime-identity"
+
+
+def read_runtime_identity(data_dir: Path) -> str:
+    """The mode embedded `kxr serve` last rendered its users with ("shared" if never set)."""
+    try:
+        return check_runtime_identity(runtime_identity_path(data_dir).read_text().strip())
+    except FileNotFoundError:
+        return "shared"
+
+
+def write_runtime_identity(data_dir: Path, mode: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    runtime_identity_path(data_dir).write_text(check_runtime_identity(mode) + "\n")
 
 
 # ---- JetStream API subjects ----------------------------------------------------------------------
@@ -177,6 +211,11 @@ def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> s
     return f"_INBOX_{subjects.prefix}_{role}" if role in ("service", "runtime") else DEFAULT_INBOX
 
 
+def janitor_streams(subjects: Subjects) -> tuple[str, ...]:
+    """The streams other roles may read, so create consumers on: the janitor's beat."""
+    return (subjects.releases_stream, subjects.health_stream, subjects.deadletter_stream, object_stream(subjects.packs_bucket))
+
+
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -197,6 +236,9 @@ def service_permissions(subjects: Subjects) -> Permissions:
         s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)
         s.deadletter_all(),
         f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",
+        # a distributed pack's metadata, re-published from the log's record when a producer deleted
+        # or re-pointed it (services/pack_keeper.py): never its chunks, never a purge
+        f"$O.{s.packs_bucket}.M.>",
         # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
         # runs an ordered push consumer, whose flow control the client answers
         f"{API}.STREAM.NAMES", f"$JS.FC.{snapshots}.>",
@@ -209,6 +251,9 @@ def service_permissions(subjects: Subjects) -> Permissions:
         # nats.py's ordered consumers (a snapshot's object get) are created without a name
         *[f"{API}.CONSUMER.CREATE.{name}" for name in streams],
         *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
+        # the janitor (services/janitor.py): list the consumers on the streams other roles read,
+        # remove those that are neither the service's nor a live reader's
+        *[x for name in janitor_streams(s) for x in (f"{API}.CONSUMER.LIST.{name}", f"{API}.CONSUMER.DELETE.{name}.*")],
     ]
     subscribe = [f"{inbox}.>", s.health_all(),  # replies; live health (early breach detection)
                  *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]]
@@ -233,19 +278,20 @@ def producer_permissions(subjects: Subjects) -> Permissions:
 
 
 def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str | None = None,
-                        runtime_id: str | None = None) -> Permissions:
+                        runtime_id: str | None = None, report: bool = True) -> Permissions:
     """A runtime reads pointers and packs and reports its own health.
 
     With runtime_id given (`kxr creds runtime add ID`), it may only publish health under its
     own id (`<p>.health.<env>.<channel>.*.<runtime_id>`: the cohort is resolved at start-up)
     and receives replies on its own inbox prefix, so it can neither speak for another runtime
-    nor read another runtime's replies. env/channel narrow it further.
+    nor read another runtime's replies. env/channel narrow it further. `report=False` (the
+    shared user under strict runtime identity) reads only: it reports no health at all.
     """
     s = subjects
     parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
     health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
     inbox = inbox_for(s, "runtime", runtime_id)
-    return _reader(s, [health], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
+    return _reader(s, [health] if report else [], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
 
 
 def operator_permissions(subjects: Subjects) -> Permissions:
@@ -424,12 +470,13 @@ def _subject_list(key: str, subjects: tuple[str, ...], indent: str) -> list[str]
     return [f"{indent}{key}: [", *body, f"{indent}]"]
 
 
-def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, indent: str = "    ") -> str:
+def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, indent: str = "    ",
+                 runtime_identity: str = "shared") -> str:
     """The `users` entries (without brackets) for these credentials."""
     items = creds.values() if isinstance(creds, dict) else creds
     out: list[str] = []
     for c in items:
-        perms = c.permissions(subjects)
+        perms = c.permissions(subjects, runtime_identity)
         i2, i3, i4 = indent + "  ", indent + "    ", indent + "      "
         publish = _subject_list("allow", perms.publish, i4)
         if perms.publish_deny:
@@ -448,14 +495,14 @@ def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Su
     return "\n".join(out)
 
 
-def render_authorization(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects) -> str:
+def render_authorization(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, runtime_identity: str = "shared") -> str:
     """An `authorization { users [...] }` block for a server whose users live in the default account."""
     return (
         f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege.\n"
         f"# Generated by kxr; see docs/permissions.md.\n"
         "authorization {\n"
         "  users: [\n"
-        f"{render_users(creds, subjects)}\n"
+        f"{render_users(creds, subjects, runtime_identity=runtime_identity)}\n"
         "  ]\n"
         "}\n"
     )
@@ -491,7 +538,7 @@ ACCOUNT = "KX"
 
 
 def render_server_config(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects,
-                         limits: AccountLimits = AccountLimits()) -> str:
+                         limits: AccountLimits = AccountLimits(), runtime_identity: str = "shared") -> str:
     """A whole nats-server config for the embedded server: JetStream on (store dir, listen
     address and port come from the command line) and the users of `render_users`, in one
     account with JetStream limits (`AccountLimits`), so no user can exhaust the server."""
@@ -504,7 +551,7 @@ def render_server_config(creds: dict[str, Credentials] | list[Credentials], subj
         f"  {ACCOUNT}: {{\n"
         f"{limits.render('    ')}\n"
         "    users: [\n"
-        f"{render_users(creds, subjects, indent='      ')}\n"
+        f"{render_users(creds, subjects, indent='      ', runtime_identity=runtime_identity)}\n"
         "    ]\n"
         "  }\n"
         "}\n"
@@ -537,7 +584,8 @@ def redacted(url: str) -> str:
 
 
 __all__ = [
-    "ACCOUNT", "AccountLimits", "Credentials", "Permissions", "ROLES", "SERVICE_DURABLES", "new_runtime_credentials",
+    "ACCOUNT", "AccountLimits", "Credentials", "Permissions", "ROLES", "RUNTIME_IDENTITY_MODES", "SERVICE_DURABLES", "new_runtime_credentials",
+    "read_runtime_identity", "write_runtime_identity", "janitor_streams",
     "runtime_credentials", "runtime_creds_path", "service_durable_denials", "auditor_permissions", "creds_path", "ensure_credentials", "inbox_for",
     "new_credentials", "operator_permissions", "producer_permissions", "read_credentials", "redacted", "render_authorization",
     "render_server_config", "render_users", "role_permissions", "runtime_permissions", "service_permissions", "user_name",

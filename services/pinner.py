@@ -25,6 +25,7 @@ from projections.world import World
 from .log import AppendConflict, Entry
 from .operator import OperatorError
 from .outputs import Timer
+from .pack_keeper import checked_with_restore
 from .packstore import PackStore
 from .verifier.adapter import run_gates
 from .verifier.gates import VerifyContext
@@ -171,7 +172,9 @@ class Pinner:
             active={scope.cohort: state.active_pack}, trust_root=trust_root, now=self.app.clock(), purpose="pin",
         )
         try:
-            v = await asyncio.wait_for(run_gates(PackStore(self.app.js, self.app.subjects), pack.digest, ctx), self.app.settings.verify_timeout_s)
+            # a pack distributed before and deleted or re-pointed since is restored from the log's record
+            v = await asyncio.wait_for(checked_with_restore(self.app, pack.digest, lambda: run_gates(PackStore(self.app.js, self.app.subjects), pack.digest, ctx),
+                                                            lambda v: v.failure is not None), self.app.settings.verify_timeout_s)
         except asyncio.TimeoutError:
             return "deadline/timeout"
         except Exception as exc:  # fail closed

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
 from events.model import PackRef
+from .pack_keeper import checked_with_restore
 from .packstore import PackStore
 from .verifier.gates import VerifyContext, check_manifest
 
@@ -27,9 +28,15 @@ async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: 
     Fast-track, not a full re-verification: the manifest must still verify under the
     trust root and not be expired, and the pack object must be present with its size.
     """
-    trust_root = app.current_trust_root()
-    if trust_root is None:
+    if app.current_trust_root() is None:
         return "no trust root configured"
+    # a target it distributed that a producer deleted or re-pointed is restored from the log's record (services/pack_keeper.py)
+    return await checked_with_restore(app, target.digest, lambda: _target_problem(app, target, env, channel, cohorts, now),
+                                      lambda problem: problem is not None)
+
+
+async def _target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
+    trust_root = app.current_trust_root()
     store = PackStore(app.js, app.subjects)
     try:
         manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)

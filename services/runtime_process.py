@@ -13,7 +13,7 @@ from typing import Callable
 from events.model import PackRef
 from events.subjects import Subjects
 from .app import connect
-from .permissions import inbox_for
+from .permissions import inbox_for, inbox_for_url
 from .runtime_sdk import ChannelConfigUnavailable, Identity
 from .settings import ConfigError, Settings, load_service_keys, load_trust_root
 from .simulation import Behaviour, simulated_runtime
@@ -32,7 +32,7 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
             # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
             # without it every read is denied. Harmless where NATS has no users.
             nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}",
-                               inbox_prefix=inbox_for(Subjects(settings.prefix), "runtime"))
+                               inbox_prefix=inbox_for_url(settings.nats_url) or inbox_for(Subjects(settings.prefix), "runtime"))
         except Exception as exc:
             raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
         try:

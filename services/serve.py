@@ -36,12 +36,14 @@ class NatsTarget:
 
 
 @asynccontextmanager
-async def nats_for(settings: Settings) -> AsyncIterator[NatsTarget]:
+async def nats_for(settings: Settings, runtime_identity: str | None = None) -> AsyncIterator[NatsTarget]:
     """KX_NATS_URL as given, or an embedded server under KX_DATA_DIR with one user per role.
 
     The service always uses its own reply-subject prefix (`_INBOX_<prefix>_service`), so
     the generated service user works whether it comes from the embedded server or from
     `KX_NATS_URL=$(kxr creds show service)` against an existing deployment.
+    `runtime_identity` ("strict": the shared runtime user reports no health) applies to the
+    embedded server's users; None keeps the mode the data dir has ("shared" if never set).
     """
     inbox = inbox_for(Subjects(settings.prefix), "service")
     if settings.nats_url:
@@ -56,7 +58,9 @@ async def nats_for(settings: Settings) -> AsyncIterator[NatsTarget]:
     server = EmbeddedServer(store_dir=store, log_file=settings.data_dir / "nats-server.log", port=free_port())
     try:
         try:
-            server.config_file, creds = authorized_config(settings.data_dir, settings.prefix, server.url)
+            server.config_file, creds = authorized_config(settings.data_dir, settings.prefix, server.url, runtime_identity=runtime_identity)
+        except ValueError as exc:  # a mode kept under the data dir that is none
+            raise ConfigError(str(exc)) from None
         except OSError as exc:
             raise ConfigError(f"cannot write the embedded NATS configuration under {settings.data_dir}: {exc.strerror}") from None
         if adopt_default_account(store, ACCOUNT):
@@ -282,7 +286,8 @@ async def check_privileges(target: NatsTarget, strict: bool, prefix: str = "kx")
 
 
 async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None, strict: bool = False,
-                ui: tuple[str, int] | None = None, on_ui: Callable[[str], None] | None = None) -> None:
+                ui: tuple[str, int] | None = None, on_ui: Callable[[str], None] | None = None,
+                runtime_identity: str | None = None) -> None:
     """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised); with `ui`, the dashboard too."""
     from .dashboard.server import dashboard_for
 
@@ -293,7 +298,10 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     service_keys_for(settings, signer)  # the keys its fold trusts: refused now, not after start-up, if they exclude its own
     stop = SignalStop()
     try:
-        async with nats_for(settings) as target:
+        if runtime_identity is not None and settings.nats_url:
+            raise ConfigError("--runtime-identity applies to the embedded NATS: for an existing deployment, "
+                              "kxr creds init --runtime-identity MODE renders its users")
+        async with nats_for(settings, runtime_identity) as target:
             await check_privileges(target, strict, settings.prefix)
             async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app, \
                     dashboard_for(app, ui, on_ui), optional_metrics(app, settings.metrics_addr):

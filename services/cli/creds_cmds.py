@@ -87,11 +87,16 @@ def creds_show(
 def creds_init(
     server: str = typer.Option(..., "--server", help="the NATS URL clients use, e.g. nats://nats.internal:4222"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the nats-server authorization block here (0600) instead of stdout"),
+    runtime_identity: str = typer.Option("shared", "--runtime-identity", metavar="shared|strict",
+                                         help="strict: the shared runtime user reports no health, only runtimes with their own user do"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Create (or keep) every role's credentials for an existing NATS and print its `authorization` block."""
     from events.subjects import Subjects
-    from services.permissions import ensure_credentials, render_authorization, write_server_config
+    from services.permissions import RUNTIME_IDENTITY_MODES, ensure_credentials, render_authorization, write_server_config
+
+    if runtime_identity not in RUNTIME_IDENTITY_MODES:
+        fail(f"--runtime-identity {runtime_identity!r}: one of {', '.join(RUNTIME_IDENTITY_MODES)}")
 
     settings = settings_from(data_dir=data_dir)
     subjects = Subjects(settings.prefix)
@@ -102,7 +107,7 @@ def creds_init(
         creds = ensure_credentials(settings.data_dir, subjects, server)
     except OSError as exc:
         fail(f"cannot write credentials under {settings.data_dir}: {exc.strerror}")
-    text = render_authorization(creds, subjects)
+    text = render_authorization(creds, subjects, runtime_identity)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -163,7 +168,7 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
     import signal
 
     from events.subjects import Subjects
-    from services.permissions import AccountLimits, ensure_credentials, render_server_config, write_server_config
+    from services.permissions import AccountLimits, ensure_credentials, read_runtime_identity, render_server_config, write_server_config
 
     lock = _embedded_lock(data_dir)
     pid = lock.holder() if lock is not None else None
@@ -172,7 +177,8 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
         return
     subjects = Subjects(prefix)
     creds = ensure_credentials(data_dir, subjects)  # no server URL: nothing is rewritten but the new file's entry
-    write_server_config(config, render_server_config(creds, subjects, AccountLimits()))
+    # the mode the running server was started with (`kxr serve --runtime-identity`): never loosened here
+    write_server_config(config, render_server_config(creds, subjects, AccountLimits(), read_runtime_identity(data_dir)))
     try:
         os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration (users and permissions)
     except OSError as exc:

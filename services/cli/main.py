@@ -37,6 +37,9 @@ def serve(
     ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"),
     log_format: Optional[str] = typer.Option(None, "--log-format", help="json or text (default: $KX_LOG_FORMAT; json unless stderr is a terminal)"),
+    runtime_identity: Optional[str] = typer.Option(None, "--runtime-identity", metavar="shared|strict",
+                                                   help="embedded NATS: strict = only runtimes with their own user (kxr creds runtime add ID) "
+                                                        "may report health; shared = the shared runtime user may too (default: as last set, else shared)"),
 ) -> None:
     """Run the release service (every consumer, or --only some of them).
 
@@ -63,7 +66,9 @@ def serve(
 
     from services.dashboard.server import parse_addr
 
-    run_async(run_serve(settings, ready, strict=strict, ui=parse_addr(ui) if ui else None, on_ui=ui_ready))
+    if runtime_identity is not None and runtime_identity not in ("shared", "strict"):
+        raise CliError(f"--runtime-identity {runtime_identity!r}: shared or strict")
+    run_async(run_serve(settings, ready, strict=strict, ui=parse_addr(ui) if ui else None, on_ui=ui_ready, runtime_identity=runtime_identity))
 
 
 @app.command()

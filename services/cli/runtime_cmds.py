@@ -7,10 +7,34 @@ from typing import Optional
 
 import typer
 
-from .common import NatsUrl, TrustRootOpt, app, err_console, run_async, settings_from
+from .common import CliError, NatsUrl, TrustRootOpt, app, err_console, run_async, settings_from
 
 runtime_app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
 app.add_typer(runtime_app, name="runtime")
+
+
+def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix: str) -> str | None:
+    """Why a runtime connecting to `url` could not report health as `runtime_id` (None: it can).
+
+    `creds` are the KX_NATS_CREDS credentials (None if unset); `mode` the deployment's runtime
+    identity (services/permissions.py): under "strict" the shared runtime user reports nothing.
+    """
+    from urllib.parse import urlsplit
+
+    from events.subjects import Subjects
+    from services.permissions import user_name
+
+    own = "use this runtime's own credentials: kxr creds runtime add ID, then KX_NATS_CREDS=<data dir>/creds/runtime-ID.json"
+    if creds is not None and url == creds.url:
+        if creds.runtime_id:
+            return None if creds.runtime_id == runtime_id else \
+                f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
+        shared = creds.role == "runtime"
+    else:
+        shared = bool(url) and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime")
+    if mode == "strict" and shared:
+        return f"runtime identity is strict here: the shared runtime user may not report health; {own}"
+    return None
 
 
 @runtime_app.command("simulate")
@@ -38,6 +62,15 @@ def runtime_simulate(
     if service_keys is not None:
         settings = type(settings)(**{**settings.__dict__, "service_keys_path": service_keys})
     behaviour = Behaviour(error_rate=error_rate, p95_ms=p95_ms, p99_ms=p95_ms * 1.5)
+    from services.permissions import env_credentials, read_runtime_identity
+
+    try:  # refused before connecting: a runtime whose health is denied would report nothing, silently
+        problem = identity_problem(read_runtime_identity(settings.data_dir), env_credentials(), settings.nats_url, identity.runtime_id,
+                                   settings.prefix)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if problem:
+        raise CliError(f"kxr runtime simulate: {problem}")
 
     def ready(cohort: str) -> None:
         err_console.print(f"kxr runtime: {runtime_id} (tenant {tenant}) follows {env}/{channel}/{cohort} (Ctrl-C to stop)", highlight=False)

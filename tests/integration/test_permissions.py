@@ -229,7 +229,10 @@ async def test_service_cannot_take_the_operators_decisions(authed, as_role):
     await service.publish_denied(s.scope("prod", "canary", "internal", "pinned"))
     await service.publish_denied(s.channel("prod", "canary"))
     await service.publish_denied(s.trust_rotated())
-    await service.publish_denied(f"$O.{s.packs_bucket}.M.forged")  # packs are the producers'
+    # packs are the producers': the service writes no pack bytes (it may re-publish a distributed
+    # pack's metadata from the log's record, services/pack_keeper.py), nor purges them
+    await service.publish_denied(f"$O.{s.packs_bucket}.C.forged")
+    await service.publish_denied(f"$JS.API.STREAM.PURGE.OBJ_{s.packs_bucket}")
 
 
 # ---- the service user runs a whole release -------------------------------------------------------------

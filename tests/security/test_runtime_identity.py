@@ -108,3 +108,138 @@ async def test_kxr_creds_runtime_add_makes_a_user_bound_to_its_id(tmp_path):
     finally:
         await conns.close()
         stop_authed(authed, lock)
+
+
+# ---- strict runtime identity (`kxr serve --runtime-identity strict`) ------------------------------------
+async def health_stored(js, subjects, runtime_id: str, cohort: str = "internal") -> bool:
+    try:
+        await js.get_last_msg(subjects.health_stream, subjects.health("prod", "canary", cohort, runtime_id))
+    except NotFoundError:
+        return False
+    return True
+
+
+async def wait_until(probe, what: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await probe():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended ({proc.returncode}): {proc.stderr.read()}")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def simulate(authed, creds_name: str, runtime_id: str, trust_root_file: Path, cwd: Path) -> subprocess.Popen:
+    """`kxr runtime simulate` as a deployment runs it: KX_NATS_CREDS names its credentials file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
+    env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(authed.data_dir), "KX_TRUST_ROOT": str(trust_root_file),
+                "KX_NATS_CREDS": str(authed.data_dir / "creds" / f"{creds_name}.json")})
+    return subprocess.Popen([str(Path(sys.executable).parent / "kxr"), "runtime", "simulate", "--env", "prod", "--channel", "canary",
+                             "--tenant", "t-int-1", "--runtime-id", runtime_id, "--interval", "0.1"],
+                            env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+async def configured(authed, conns) -> Path:
+    """The layout and a configured channel (a runtime resolves its cohort from it); the trust root file."""
+    from events.channel import ChannelConfig
+    from events.signing import SigningKey
+    from services.log import EventLog
+    from events.signing import b64encode
+    from services.producer import configure_channel
+    from tests.harness import CHANNEL, OPERATOR
+
+    s = authed.subjects
+    service, operator = await conns("service"), await conns("operator")
+    await ensure_layout(service.js, s)
+    await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+    key = SigningKey.generate()
+    path = authed.data_dir / "trust-root.json"
+    path.write_text(json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "k0"}}}))
+    return path
+
+
+async def stopped(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def test_default_runtime_identity_stays_compatible_the_shared_user_reports(tmp_path):
+    """Without --runtime-identity, runtimes deployed with the shared user keep reporting (kxr runtime simulate too)."""
+    authed, lock = start_authed(tmp_path / "kx-data", runtimes=())
+    conns = Conns(authed)
+    proc = None
+    try:
+        trust = await configured(authed, conns)
+        shared = await conns("runtime")
+        s = authed.subjects
+        assert (await shared.js.publish(s.health("prod", "canary", "internal", "any-id"), sample("any-id"))).seq > 0
+        proc = simulate(authed, "runtime", "rt-sim", trust, tmp_path)
+        service = await conns("service")
+        await wait_until(lambda: health_stored(service.js, s, "rt-sim"), "the simulated runtime's health", proc)
+    finally:
+        if proc is not None:
+            await stopped(proc)
+        await conns.close()
+        stop_authed(authed, lock)
+
+
+async def test_strict_runtime_identity_lets_only_runtimes_with_their_own_user_report(tmp_path):
+    from services.permissions import read_runtime_identity, write_runtime_identity
+
+    data_dir = tmp_path / "kx-data"
+    data_dir.mkdir()
+    write_runtime_identity(data_dir, "strict")  # what `kxr serve --runtime-identity strict` keeps under its data dir
+    authed, lock = start_authed(data_dir, runtimes=("rt-a",))
+    conns = Conns(authed)
+    proc = None
+    try:
+        trust = await configured(authed, conns)
+        s = authed.subjects
+        shared, own, service = await conns("runtime"), await conns("runtime-rt-a"), await conns("service")
+        # the shared user reports under no id at all, its own name for an id included; it still reads what a runtime needs
+        for runtime_id in ("rt-a", "rt-b", "any-id"):
+            await shared.publish_denied(s.health("prod", "canary", "internal", runtime_id), sample(runtime_id, requests=10 ** 12))
+            assert not await health_stored(service.js, s, runtime_id)
+        await load_world(shared.js, s)
+        await shared.js.stream_info(f"OBJ_{s.packs_bucket}")
+        assert [e for e in shared.permission_errors() if "publish" not in e] == []
+        # a runtime with its own user reports under its own id
+        assert (await own.js.publish(s.health("prod", "canary", "internal", "rt-a"), sample("rt-a"))).seq > 0
+
+        # kxr runtime simulate: refused in one line with the shared credentials, runs with its own
+        refused = simulate(authed, "runtime", "rt-a", trust, tmp_path)
+        _, err = refused.communicate(timeout=60)
+        assert refused.returncode != 0 and "strict" in err and "kxr creds runtime add" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        mismatched = simulate(authed, "runtime-rt-a", "rt-b", trust, tmp_path)
+        _, err = mismatched.communicate(timeout=60)
+        assert mismatched.returncode != 0 and "rt-a" in err and "Traceback" not in err, err
+        proc = simulate(authed, "runtime-rt-a", "rt-a", trust, tmp_path)
+        await wait_until(lambda: health_stored(service.js, s, "rt-a", "internal"), "rt-a's health from kxr runtime simulate", proc)
+
+        # adding a runtime reloads the server in the same mode: the shared user is not loosened by omission
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
+        env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(data_dir)})
+        assert kxr("creds", "runtime", "add", "rt-c", env=env, cwd=tmp_path).returncode == 0
+        assert read_runtime_identity(data_dir) == "strict"
+        authed.creds["runtime-rt-c"] = read_credentials(runtime_creds_path(data_dir, "rt-c"))
+        reloaded = None
+        for _ in range(100):  # the reload has applied once the new user is accepted
+            try:
+                reloaded = await conns("runtime-rt-c")
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        assert reloaded is not None, "the server never reloaded"
+        later = await conns("runtime")
+        await later.publish_denied(s.health("prod", "canary", "internal", "rt-z"), sample("rt-z"))
+    finally:
+        if proc is not None:
+            await stopped(proc)
+        await conns.close()
+        stop_authed(authed, lock)

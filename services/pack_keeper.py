@@ -1,0 +1,170 @@
+"""Pack keeper: the service restores a distributed pack's metadata from the log's evidence.
+
+Producers may put objects in `kx_packs` but never purge (docs/permissions.md), so a pack's
+chunks stay in the stream once written. Its metadata, though, is one message per name with
+a rollup header, which subject permissions cannot tell from a put: whoever may put can mark
+a pack deleted or re-point its name to other chunks. The distributor therefore records, in
+`release.distributed` (`stored`), each object's nuid, size, chunk count and digest; where
+the service needs a pack it distributed before (rollback readiness, the activator's target
+check, the pinner, the guard's manifest read; and every 15 s for the packs scopes run, so
+restarting runtimes find them: `PackKeeper`) and finds it unusable, it re-publishes that
+metadata (the service user may publish `$O.<packs>.M.>`), once the chunks it names hash to
+the recorded digest again. Only when those bytes are gone does the caller fail closed.
+
+What it did is a log line and the `kx_pack_objects_restored_total` counter, not an event:
+a restore decides nothing about a release (the caller's own decision, taken on the
+restored bytes, is the event), it is idempotent and may run from several consumers at
+once, and an event per restore would let a producer who deletes metadata in a loop grow
+the log at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Mapping, TypeVar
+
+from prometheus_client import Counter
+
+from events.manifest import pack_object_name
+from events.model import StoredObject
+from .packstore import PackStore
+
+log = logging.getLogger(__name__)
+
+RESTORED = Counter("kx_pack_objects_restored", "Objects of distributed packs whose metadata the service checked after a failed "
+                   "read, by outcome (restored, bytes_gone).", ["outcome"])
+
+T = TypeVar("T")
+
+
+def digest_of_object(name: str) -> str | None:
+    """The pack digest an object of `kx_packs` belongs to (`sha256-<hex>[.manifest|.attestation]`)."""
+    base = name.split(".", 1)[0]
+    algo, sep, hexdigest = base.partition("-")
+    return f"{algo}:{hexdigest}" if sep and algo and hexdigest else None
+
+
+def _candidates(world, digest: str) -> list[str]:
+    """Releases that may have distributed `digest`: those in flight, then the ones that made
+    it active or last-known-good somewhere (the releases a rollback or restart needs)."""
+    ids = [rid for rid, r in world.releases.items()
+           if r.distributed is not None and r.distributed.pack.digest == digest]
+    for state in world.scopes.values():
+        if state.lkg is not None and state.lkg.digest == digest and state.lkg_release:
+            ids.append(state.lkg_release)
+        if state.active is not None and state.active.pack.digest == digest and state.active.release_id:
+            ids.append(state.active.release_id)
+    return list(dict.fromkeys(ids))
+
+
+async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
+    """What distribution recorded (object name -> StoredObject) of the pack with `digest`, as
+    the service signed it in the log (`App.release_whole` folds a closed release's own
+    subjects under the service keys); empty when no such release recorded it (events from
+    before the record, or a pack that is neither in flight, active nor last-known-good)."""
+    if digest is None:
+        return {}
+    for release_id in _candidates(app.follower.world, digest):
+        release = await app.release_whole(release_id)
+        distributed = release.distributed if release is not None else None
+        if distributed is not None and distributed.pack.digest == digest and distributed.stored:
+            return dict(distributed.stored)
+    return {}
+
+
+async def restore(app, objects: Mapping[str, StoredObject]) -> list[str]:
+    """Re-publish the metadata of every object of `objects` that no longer reads as recorded
+    (whose chunks still hash to the record); returns the names restored."""
+    store = PackStore(app.js, app.subjects)
+    restored = []
+    for name, obj in objects.items():
+        outcome = await store.restore(name, obj)
+        if outcome == "intact":
+            continue
+        RESTORED.labels(outcome).inc()
+        if outcome == "restored":
+            restored.append(name)
+            log.warning("pack keeper: %s no longer read as distributed (deleted or re-pointed in kx_packs); "
+                        "restored its metadata to nuid %s (%d bytes, %s)", name, obj.nuid, obj.size, obj.digest)
+        else:
+            log.error("pack keeper: %s no longer reads as distributed and its recorded chunks (nuid %s) are gone "
+                      "or altered: not restored", name, obj.nuid)
+    return restored
+
+
+async def checked_with_restore(app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool]) -> T:
+    """`check()` on the pack with `digest`, its recorded objects restored where needed.
+
+    The pack object itself is named by its digest, so its metadata has no legitimate reason
+    to differ from the record: it is put back first, whatever the check would say (a pack
+    re-pointed at other chunks of the same size passes a size check, and only a runtime's
+    hash would notice, too late). The manifest and attestation may be re-signed by their
+    owners, so they are restored only if `failed` says the check failed, then checked again
+    (the second answer stands, pass or fail).
+    """
+    try:
+        objects = await recorded(app, digest)
+        pack = {name: obj for name, obj in objects.items() if digest is not None and name == pack_object_name(digest)}
+        if pack:
+            await restore(app, pack)
+    except Exception as exc:  # a restore that cannot run changes nothing: the check decides
+        log.warning("pack keeper: restoring %s failed: %s: %s", digest, exc.__class__.__name__, exc)
+        objects = {}
+    result = await check()
+    if not failed(result) or not objects:
+        return result
+    try:
+        restored = await restore(app, objects)
+    except Exception as exc:  # a restore that cannot run changes nothing: the first answer stands
+        log.warning("pack keeper: restoring %s failed: %s: %s", digest, exc.__class__.__name__, exc)
+        return result
+    return await check() if restored else result
+
+
+KEEP_EVERY_S = 15.0
+
+
+class PackKeeper:
+    """Keeps every active pack fetchable for runtimes that (re)start, between the checks above.
+
+    Every `every_s`, for each pack some scope runs: its pack object is put back to the record,
+    and its manifest or attestation too if marked deleted (a re-signed manifest is its owners'
+    to write, so a present one is left to the checks that verify it). Records are cached by
+    digest: a release's `distributed` event never changes.
+    """
+
+    def __init__(self, app, every_s: float = KEEP_EVERY_S) -> None:
+        self.app = app
+        self.every_s = every_s
+        self._records: dict[str, dict[str, StoredObject]] = {}
+
+    async def _recorded(self, digest: str) -> dict[str, StoredObject]:
+        if digest not in self._records:
+            found = await recorded(self.app, digest)
+            if not found:
+                return {}  # not cached: a release distributing it may come
+            if len(self._records) > 4096:
+                self._records.clear()
+            self._records[digest] = found
+        return self._records[digest]
+
+    async def sweep(self) -> list[str]:
+        """Restore what the active packs lack now; the names restored."""
+        store = PackStore(self.app.js, self.app.subjects)
+        digests = {state.active.pack.digest for state in self.app.follower.world.scopes.values() if state.active is not None}
+        restored: list[str] = []
+        for digest in sorted(digests):
+            objects = await self._recorded(digest)
+            due = {name: obj for name, obj in objects.items()
+                   if name == pack_object_name(digest) or await store.stored_object(name) is None}
+            restored += await restore(self.app, due)
+        return restored
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.sweep()
+            except Exception as exc:  # housekeeping: a failed sweep must not stop the consumer it rides with
+                log.warning("pack keeper: sweep failed: %s: %s", exc.__class__.__name__, exc)
