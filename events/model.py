@@ -287,6 +287,10 @@ class ScopeActivated(Frozen):
     # not chain. Optional: pointers written before them still fold (projections/pointer_chain.py).
     generation: StrictInt | None = Field(default=None, ge=1)
     prev: StrictStr | None = Field(default=None, pattern=DIGEST_PATTERN)
+    # The trust-root keys (key ids) whose signatures on the manifest verified under the root in
+    # force when the pointer was written: the evidence an auditor checks "a pointer names only a
+    # pack trusted when it moved" against (projections/invariants.py). Optional (older pointers).
+    signers: list[StrictStr] | None = None
 
 
 class ScopePinned(Frozen):

@@ -308,11 +308,14 @@ def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> se
     return allowed
 
 
-def untrusted(world: World, memory: SafetyMemory, digest: str) -> str | None:
-    """Why the last trust root in the log no longer vouches for `digest` (None: it does, or nothing to say)."""
+def untrusted(world: World, memory: SafetyMemory, digest: str, evidence: list[str] | None = None) -> str | None:
+    """Why the last trust root in the log no longer vouches for `digest` (None: it does, or nothing to say).
+
+    `evidence`: the signers a pointer itself records (verified under the root in force when it
+    was written); without it, the signers its verifications recorded."""
     if not world.trust_rotations:
         return None
-    signers = memory.signers.get(digest, frozenset())
+    signers = frozenset(evidence) if evidence is not None else memory.signers.get(digest, frozenset())
     root = world.trust_rotations[-1][1]
     signed = root.get("signed") if isinstance(root, dict) else None
     if not signers or not isinstance(signed, dict) or not isinstance(signed.get("keys"), dict):
@@ -342,7 +345,7 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
                 v("aborted_release_advanced", f"{position.subject}: {data.release_id} was aborted, yet switched a scope to its pack")
             if release.paused:
                 v("paused_release_advanced", f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack")
-        why = untrusted(world, memory or SafetyMemory(), data.pack.digest)
+        why = untrusted(world, memory or SafetyMemory(), data.pack.digest, data.signers)
         if why:
             v("pointer_untrusted", f"{position.subject} switched to {data.pack.version}: {why}")
         return out

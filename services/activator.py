@@ -7,7 +7,7 @@ decision is made again on fresh state. Rollbacks use the same mechanism.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
@@ -18,7 +18,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from .outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from .reactor import ReleaseReactor
-from .rollback_readiness import target_problem
+from .rollback_readiness import TargetCheck, target_check
 
 NAME = "activator"
 
@@ -45,7 +45,21 @@ def _superseded(world: World, release: ReleaseState, cohorts: list[str]) -> str:
     return ("not newer than what runs now: " + "; ".join(problems)) if problems else ""
 
 
-def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+def needs_recheck(world: World, release: ReleaseState) -> bool:
+    """Whether the next rollout switch must check the pack again (`decide_rollout`'s `recheck`):
+    every expansion (time has passed since the verification: a rotation, an expiry), and the
+    first stage when the log holds a trust rotation (it may have come after the verification).
+    Otherwise the verification a moment ago stands, and the hot path reads nothing more."""
+    return release.phase == "expanding" or (release.phase == "verified" and bool(world.trust_rotations))
+
+
+def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:
+    """Switch the next stage's cohorts to the release's pack, in one batch.
+
+    `recheck`: the pack checked again under the trust root in force now (`needs_recheck`): a
+    stage that expands after a rotation dropped the manifest's signers, or after it expired,
+    fails (`pack_no_longer_valid`) instead of switching. None: the verification's word stands.
+    """
     if release.paused or release.verified is None or release.prepared is None:
         return []
     if release.phase == "verified":
@@ -59,6 +73,10 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output
         failed = ActivationFailed(stage=stage, code="no_such_stage", message=f"the plan has {len(release.prepared.stages)} stage(s)")
         return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     pack = release.verified.pack
+    if recheck is not None and recheck.problem is not None:
+        failed = ActivationFailed(stage=stage, code="pack_no_longer_valid", message=f"{pack.short()} checked again before the switch: {recheck.problem}")
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
+    signers = list(recheck.signers) if recheck is not None else list(release.verified.signers)
     cohorts = []
     for cohort in release.prepared.stages[stage]:
         if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
@@ -75,18 +93,20 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx) -> list[Output
         scope_state = world.scope(env, channel, cohort)
         previous[cohort] = _previous(world, env, channel, cohort)
         pointer = chained_pointer(scope_state.chain_mark, pack=pack, manifest=release.verified.manifest, release_id=release.release_id,
-                                  kind="rollout", previous=previous[cohort])
+                                  kind="rollout", previous=previous[cohort], signers=signers)
         event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
         writes.append(ScopeWrite(event, scope_state.active_seq))
     activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
     return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
 
 
-def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None]) -> list[Output]:
+def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None],
+                    target_signers: Mapping[str, Sequence[str]] | None = None) -> list[Output]:
     """Switch every cohort this release touched back to its target, in one batch.
 
     `target_problems` maps a target digest to why it can no longer be used (None: valid);
-    any problem, or a missing target, fails closed: hold and escalate.
+    any problem, or a missing target, fails closed: hold and escalate. `target_signers`: who
+    signed each target under the root in force (the pointers' `signers` evidence).
     """
     if release.phase != "rolling_back" or release.rollback is None or release.prepared is None:
         return []
@@ -115,8 +135,10 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
         scope_state = world.scope(env, channel, cohort)
         if scope_state.active_pack and scope_state.active_pack.digest == target.digest:
             continue  # already on its target (e.g. a pin switched it): nothing to move
+        signers = (target_signers or {}).get(target.digest)
         pointer = chained_pointer(scope_state.chain_mark, pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id,
-                                  kind="rollback", previous=_previous(world, env, channel, cohort))
+                                  kind="rollback", previous=_previous(world, env, channel, cohort),
+                                  signers=list(signers) if signers is not None else None)
         event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
         writes.append(ScopeWrite(event, scope_state.active_seq))
         switched[cohort] = target
@@ -135,15 +157,18 @@ class Activator(ReleaseReactor):
 
     async def decide(self, world, release, ctx):
         if release.phase == "rolling_back" and release.rollback is not None:
-            problems = {}
+            checks = {}
             for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
-                problems[target.digest] = await self.target_problem(target, release, ctx)
-            return decide_rollback(world, release, ctx, problems)
+                checks[target.digest] = await self.target_check(target, release, ctx)
+            return decide_rollback(world, release, ctx, {d: c.problem for d, c in checks.items()},
+                                   {d: c.signers for d, c in checks.items()})
+        if needs_recheck(world, release) and release.verified is not None:
+            return decide_rollout(world, release, ctx, await self.target_check(release.verified.pack, release, ctx))
         return decide_rollout(world, release, ctx)
 
-    async def target_problem(self, target: PackRef, release, ctx) -> str | None:
-        """Why a rollback target can no longer be activated (None: it can): services/rollback_readiness.py,
-        which first restores a target whose metadata a producer deleted or re-pointed (services/pack_keeper.py)."""
+    async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
+        """Whether a pack can be switched to now (services/rollback_readiness.py), which first restores
+        one whose metadata a producer deleted or re-pointed (services/pack_keeper.py)."""
         assert release.prepared is not None
-        return await target_problem(self.app, target, release.prepared.target.env, release.prepared.target.channel,
-                                    tuple(release.activated), ctx.now)
+        return await target_check(self.app, target, release.prepared.target.env, release.prepared.target.channel,
+                                  tuple(release.activated), ctx.now)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from events.codec import make_event
 from events.model import Actor, Closed, Event, MonitoringStarted, MonitoringVerdict, OperatorNote, RollbackStarted
-from projections.releases import ReleaseState
+from projections.releases import TRANSITIONS, ReleaseState
 from projections.world import World
 from .outputs import Ctx
 from .promoter import rollback_targets
@@ -42,6 +42,10 @@ def _release(world: World, release_id: str) -> ReleaseState:
 
 
 def _event(release: ReleaseState, suffix: str, data, actor: Actor, now: datetime) -> Action:
+    # the one guard every verb shares: an operator event the lifecycle does not allow here is
+    # refused, never appended (the auditor would flag it as an illegal transition)
+    if suffix not in TRANSITIONS.get(release.phase, ()):
+        raise OperatorError(f"release {release.release_id} is {release.phase or 'not requested'}: {suffix} does not apply to it now")
     event = make_event(f"release.{suffix}", data, actor=actor, release_id=release.release_id,
                        causation_id=release.last_event_id, occurred_at=now)
     return Action(event, release.last_seq)
@@ -62,8 +66,8 @@ def pause(world: World, release_id: str, rationale: str, actor: Actor, now: date
 
 def resume(world: World, release_id: str, rationale: str, actor: Actor, now: datetime) -> Action:
     r = _release(world, release_id)
-    if not r.paused:
-        raise OperatorError(f"release {release_id} is not paused")
+    if not r.paused or not r.in_flight:
+        raise OperatorError(f"release {release_id} is not paused" if not r.paused else f"release {release_id} is {r.phase}: nothing to resume")
     return _event(r, "resumed", OperatorNote(rationale=_require_rationale(rationale)), actor, now)
 
 

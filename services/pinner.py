@@ -85,14 +85,16 @@ def unpin(world: World, scope: Scope, rationale: str, actor: Actor, now: datetim
     return make_event("scope.unpinned", data, actor=actor, scope=scope, occurred_at=now), state.last_seq
 
 
-def switch_to_pin(state: ScopeState, scope: Scope, pin_event_id: str, service: Actor, now: datetime) -> Event | None:
-    """The pointer switch a pin needs (None when the scope already runs the pinned pack)."""
+def switch_to_pin(state: ScopeState, scope: Scope, pin_event_id: str, service: Actor, now: datetime,
+                  signers: list[str] | None = None) -> Event | None:
+    """The pointer switch a pin needs (None when the scope already runs the pinned pack);
+    `signers`: who signed the pinned pack under the root in force (the verification's)."""
     assert state.pin is not None
     if state.active_pack is not None and state.active_pack.digest == state.pin.pack.digest:
         return None
     previous = VersionDigest(version=state.active_pack.version, digest=state.active_pack.digest) if state.active_pack else None
     data = chained_pointer(state.chain_mark, pack=state.pin.pack, manifest=manifest_object_name(state.pin.pack.digest), release_id=None,
-                           kind="pin", previous=previous)
+                           kind="pin", previous=previous, signers=signers)
     return make_event("scope.activated", data, actor=service, scope=scope, event_id=derived_event_id(pin_event_id, NAME, "switch"), occurred_at=now)
 
 
@@ -148,23 +150,26 @@ class Pinner:
         switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock())
         if switch is None:
             return
-        problem = await self.verify_pin(scope, state)
+        problem, signers = await self.verify_pin(scope, state)
         if problem:
             refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pinned pack refused: {problem}")
             await self.app.log.append(self.scope_entry(refused, scope, state))
             return
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock(), signers)  # with its evidence
+        assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state
         try:
             await self.app.log.commit_batch([Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch"))
         except AppendConflict:
             raise RuntimeError("scope moved while switching to its pin; retrying on fresh state") from None
 
-    async def verify_pin(self, scope: Scope, state: ScopeState) -> str | None:
+    async def verify_pin(self, scope: Scope, state: ScopeState) -> tuple[str | None, list[str]]:
+        """Why the pinned pack may not be switched to (None: it may), and who signed it."""
         assert state.pin is not None
         pack = state.pin.pack
         world = self.app.follower.world
         trust_root = self.app.current_trust_root()
         if trust_root is None:
-            return "no trust root configured"
+            return "no trust root configured", []
         channel_state = world.channel_state(scope.env, scope.channel)
         ctx = VerifyContext(
             request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
@@ -176,10 +181,10 @@ class Pinner:
             v = await asyncio.wait_for(checked_with_restore(self.app, pack.digest, lambda: run_gates(PackStore(self.app.js, self.app.subjects), pack.digest, ctx),
                                                             lambda v: v.failure is not None), self.app.settings.verify_timeout_s)
         except asyncio.TimeoutError:
-            return "deadline/timeout"
+            return "deadline/timeout", []
         except Exception as exc:  # fail closed
-            return f"internal/internal_error: {exc!r}"
-        return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}" if v.failure else None
+            return f"internal/internal_error: {exc!r}", []
+        return (f"{v.failure.gate}/{v.failure.code}: {v.failure.message}" if v.failure else None), list(v.signers)
 
     async def on_timer(self, msg) -> None:
         parts = msg.subject.split(".")  # <prefix>.timer.fire.pin.<env>.<channel>.<cohort>.<seq>

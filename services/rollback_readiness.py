@@ -12,6 +12,7 @@ all three, so "ready" means the same thing at every step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Mapping
 
@@ -22,38 +23,55 @@ from .packstore import PackStore
 from .verifier.gates import VerifyContext, check_manifest
 
 
-async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
-    """Why `target` can no longer be activated (None: it can).
+@dataclass(frozen=True)
+class TargetCheck:
+    """A pack's fitness to be switched to now: why not (None: fit), and the trusted keys whose
+    signatures on its manifest verified under the root in force (the pointer's `signers`)."""
+    problem: str | None
+    signers: tuple[str, ...] = ()
 
-    Fast-track, not a full re-verification: the manifest must still verify under the
-    trust root and not be expired, and the pack object must be present with its size.
-    """
+
+def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env: str, channel: str,
+                 cohorts: tuple[str, ...], trust_root, now: datetime) -> TargetCheck:
+    """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
+    present with the manifest's size. Fast-track, not a full re-verification."""
+    if trust_root is None:
+        return TargetCheck("no trust root configured")
+    if size is None:
+        return TargetCheck("pack object missing")
+    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, VerifyContext(
+        request_name=target.name, request_version=target.version, request_digest=target.digest,
+        env=env, channel=channel, cohorts=cohorts, channel_config=None, active={}, trust_root=trust_root, now=now, purpose="rollback",
+    ))
+    if check.failure is not None:
+        return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
+    if check.manifest is not None and check.manifest.size != size:
+        return TargetCheck(f"pack object is {size} bytes, manifest says {check.manifest.size}")
+    return TargetCheck(None, tuple(check.signers))
+
+
+async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
+    """`judge_target` on the objects in the pack store; a target it distributed that a producer
+    deleted or re-pointed is restored from the log's record first (services/pack_keeper.py)."""
     if app.current_trust_root() is None:
-        return "no trust root configured"
-    # a target it distributed that a producer deleted or re-pointed is restored from the log's record (services/pack_keeper.py)
-    return await checked_with_restore(app, target.digest, lambda: _target_problem(app, target, env, channel, cohorts, now),
-                                      lambda problem: problem is not None)
+        return TargetCheck("no trust root configured")
+    return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),
+                                      lambda check: check.problem is not None)
 
 
-async def _target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
-    trust_root = app.current_trust_root()
+async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
+    """Why `target` can no longer be activated (None: it can): `target_check`'s problem."""
+    return (await target_check(app, target, env, channel, cohorts, now)).problem
+
+
+async def _target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
     store = PackStore(app.js, app.subjects)
     try:
         manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
         size = await store.size(pack_object_name(target.digest))
     except Exception as exc:  # fail closed: an unreadable target is not a target
-        return f"cannot read target objects: {exc}"
-    if size is None:
-        return "pack object missing"
-    check = check_manifest(manifest, VerifyContext(
-        request_name=target.name, request_version=target.version, request_digest=target.digest,
-        env=env, channel=channel, cohorts=cohorts, channel_config=None, active={}, trust_root=trust_root, now=now, purpose="rollback",
-    ))
-    if check.failure is not None:
-        return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
-    if check.manifest is not None and check.manifest.size != size:
-        return f"pack object is {size} bytes, manifest says {check.manifest.size}"
-    return None
+        return TargetCheck(f"cannot read target objects: {exc}")
+    return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
 
 
 async def target_problems(app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> dict[str, str | None]:

@@ -20,11 +20,12 @@ from typing import Any, Callable
 from events.codec import make_event, scope_tuple
 from events.health import HealthSample
 from events.ids import derived_event_id
-from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.manifest import manifest_object_name, pack_object_name
 from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import Subjects
 from events.trust import follow_chain, sign_root
+from services.rollback_readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
@@ -36,7 +37,7 @@ from services.judge import hard_breach, split_window, window_span
 from services.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.producer import build_signed, manifest_bytes
 from services.verifier.adapter import context_for
-from services.verifier.gates import VerifyContext, check_manifest, verify_bytes
+from services.verifier.gates import VerifyContext, verify_bytes
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
 
@@ -433,6 +434,8 @@ class Lifecycle:
             if refused is not None and refused.event_id not in self.ids:
                 self._append(refused)
             return
+        switch = pinner.switch_to_pin(state, scope, pin_event_id, actor, self.now, list(v.signers))  # as the adapter: with its evidence
+        assert switch is not None
         if switch.event_id not in self.ids:
             self._append(switch, derived_event_id(pin_event_id, pinner.NAME, "batch"))
 
@@ -536,29 +539,24 @@ def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list
     return verifier_adapter.decide(release, ctx, v, None)
 
 
-def target_problem(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> str | None:
-    """Activator.target_problem over the model's store and trust root."""
+def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> TargetCheck:
+    """services/rollback_readiness.py's pure judgement over the model's store and trust root."""
+    assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
     size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None
-    if size is None:
-        return "pack object missing"
-    assert release.prepared is not None
-    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, VerifyContext(
-        request_name=target.name, request_version=target.version, request_digest=target.digest,
-        env=release.prepared.target.env, channel=release.prepared.target.channel, cohorts=tuple(release.activated),
-        channel_config=None, active={}, trust_root=m.trust_root(), now=ctx.now, purpose="rollback",
-    ))
-    if check.failure is not None:
-        return f"{check.failure.gate}/{check.failure.code}: {check.failure.message}"
-    if check.manifest is not None and check.manifest.size != size:
-        return f"pack object is {size} bytes, manifest says {check.manifest.size}"
-    return None
+    return judge_target(manifest, size, target, release.prepared.target.env, release.prepared.target.channel,
+                        tuple(release.activated), m.trust_root(), ctx.now)
 
 
 def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
+    """The activator's adapter over the model: targets checked, the pack re-checked where it must be."""
     if release.phase == "rolling_back" and release.rollback is not None:
         targets = {t.digest: t for t in release.rollback.targets.values() if t is not None}
-        return activator.decide_rollback(world, release, ctx, {d: target_problem(m, t, release, ctx) for d, t in targets.items()})
+        checks = {d: target_check(m, t, release, ctx) for d, t in targets.items()}
+        return activator.decide_rollback(world, release, ctx, {d: c.problem for d, c in checks.items()},
+                                         {d: c.signers for d, c in checks.items()})
+    if activator.needs_recheck(world, release) and release.verified is not None:
+        return activator.decide_rollout(world, release, ctx, target_check(m, release.verified.pack, release, ctx))
     return activator.decide_rollout(world, release, ctx)
 
 

@@ -27,20 +27,10 @@ from .lifecycle_model_support import CHANNELS, COHORTS, PACKS, SAMPLE_KINDS, THR
 # Invariants today's code is known to break, each fixed on another branch of issue 13. The
 # machine tolerates exactly these (their minimal examples are xfail-strict regression tests in
 # test_model_regressions.py); empty this set once those branches are merged.
-PENDING: dict[str, str] = {
-    "pass_without_data": "issue 13 item 1: fixed on h-monitoring",
-    "pass_despite_refusal": "issue 13 item 2: fixed on h-monitoring",
-    "success_without_data": "issue 13 item 3: fixed on h-lifecycle",
-    "lkg_not_earned": "issue 13 item 3: fixed on h-lifecycle",
-    "aborted_release_advanced": "issue 13 item 4: fixed on h-lifecycle",
-    "rollback_off_strategy": "issue 13 item 5 (pinned ignored; none falls back to an LKG earned later): fixed on h-lifecycle",
-    "invalid_contract_json": "issue 13 item 6: fixed on h-monitoring",
-    "decide_raised": "issue 13 item 6: fixed on h-monitoring",
-    "undecodable": "issue 13 item 6: the auditor's view of invalid_contract_json (the model writes nothing else undecodable)",
-    "pointer_untrusted": "issue 13 'post-activation policy violations' (a stage expands after the signer's key was rotated out): no branch yet",
-    "illegal_transition: resumed after": "found by this model: operator.resume accepts a closed or aborting release: no branch yet",
-    "illegal_transition: paused after aborting": "found by this model: operator.pause accepts an aborting release: no branch yet",
-}
+# Known violations the model tolerates while a fix is pending (an invariant code, or "code: words
+# of its message"). Empty: every invariant holds; a new counter-example gets a regression test in
+# test_model_regressions.py and a fix, not an entry here.
+PENDING: dict[str, str] = {}
 
 
 def pending(violation) -> bool:

@@ -2,9 +2,9 @@
 
 Each test replays the essence of a minimal failing example hypothesis printed for
 tests/unit/test_lifecycle_model.py (the steps are in its docstring) and asserts that the
-invariant it broke holds. The ones today's code still breaks are xfail(strict): once the
-branch that fixes them is merged they pass, strict xfail turns that into a failure, and the
-marker (and the code's entry in test_lifecycle_model.PENDING) comes off.
+invariant it broke holds; each failed on the code before its fix (issue 13's branches, and
+the activator's re-check before an expansion, the operator verbs' transition guard and
+strategy `none` holding, which the model found).
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ def test_a_healthy_story_breaks_nothing() -> None:
     assert m.world.scope("prod", "canary", "internal").lkg.digest == V110.digest
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 1: fixed on h-monitoring")
 def test_no_pass_without_an_activation_report() -> None:
     """channels(thresholds=0, min_samples=1, history='canary'); request(pack=1); window(kinds=['good'])"""
     m = model(min_samples=1)
@@ -64,7 +63,6 @@ def test_no_pass_without_an_activation_report() -> None:
     assert "pass_without_data" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 1: fixed on h-monitoring")
 def test_no_pass_while_a_configured_latency_threshold_has_no_data() -> None:
     """channels(thresholds=1); request(pack=1); window(kinds=['activation_ok', 'no_latency', 'no_latency'])"""
     m = model(thresholds=1)
@@ -74,7 +72,6 @@ def test_no_pass_while_a_configured_latency_threshold_has_no_data() -> None:
     assert "pass_without_data" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 2: fixed on h-monitoring")
 def test_a_refusal_before_the_window_opens_is_no_pass() -> None:
     """The pointer moves, both runtimes of `internal` refuse at once, the monitor opens the window 5 s later."""
     m = model()
@@ -101,7 +98,6 @@ def _overridden_release(m: Lifecycle) -> str:
     return rid
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 3: fixed on h-lifecycle")
 def test_an_override_never_closes_success() -> None:
     m = model()
     rid = _overridden_release(m)
@@ -109,14 +105,12 @@ def test_an_override_never_closes_success() -> None:
     assert "success_without_data" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 3: fixed on h-lifecycle")
 def test_an_override_never_makes_a_pack_last_known_good() -> None:
     m = model()
     _overridden_release(m)
     assert "lkg_not_earned" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 4: fixed on h-lifecycle")
 def test_an_aborted_release_is_never_promoted() -> None:
     """channels(history='none'); request(pack=0, strategy='none'); fire_timer(); abort; promote"""
     m = model(history=False)
@@ -132,7 +126,6 @@ def test_an_aborted_release_is_never_promoted() -> None:
     assert m.world.release(rid).outcome not in ("success", "promoted_by_override")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 5: fixed on h-lifecycle")
 def test_strategy_pinned_rolls_back_to_the_pinned_prior() -> None:
     m = model()
     r2 = m.request(V110)  # 1.1.0 passes: it becomes LKG
@@ -151,7 +144,6 @@ def test_strategy_pinned_rolls_back_to_the_pinned_prior() -> None:
     assert "rollback_off_strategy" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 5 (strategy none: falls back to an LKG earned later): h-lifecycle, if its fix covers every strategy")
 def test_strategy_none_never_rolls_back_to_another_pack() -> None:
     """channels(history='two'): r1 1.0.0 (strategy none), then r2 1.1.0 passed (LKG); operator rollback of r1"""
     m = model()
@@ -164,7 +156,6 @@ def test_strategy_none_never_rolls_back_to_another_pack() -> None:
     assert "rollback_off_strategy" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 6: fixed on h-monitoring")
 def test_a_huge_latency_never_writes_a_non_json_number() -> None:
     """channels(thresholds=1); request(pack=1); window(kinds=['extreme_latency'])"""
     m = model(thresholds=1, min_samples=1)
@@ -174,7 +165,6 @@ def test_a_huge_latency_never_writes_a_non_json_number() -> None:
     assert not codes(m) & {"invalid_contract_json", "undecodable"}, lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 6: fixed on h-monitoring")
 def test_a_huge_request_count_never_wedges_the_window() -> None:
     """channels(thresholds=0); request(pack=1); window(kinds=['huge_requests'])"""
     m = model(min_samples=1)
@@ -185,7 +175,6 @@ def test_a_huge_request_count_never_wedges_the_window() -> None:
     assert m.world.release(rid).phase != "monitoring"
 
 
-@pytest.mark.xfail(strict=True, reason="found by the lifecycle model: services/operator.py resume does not check the phase; no branch fixes it yet")
 def test_resume_only_applies_to_a_release_in_flight() -> None:
     """request(pack=0); pause; window(['good']) (rejected and closed while paused); resume"""
     m = model(history=False)
@@ -197,7 +186,6 @@ def test_resume_only_applies_to_a_release_in_flight() -> None:
     assert "illegal_transition" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the lifecycle model: services/operator.py pause accepts an aborting release; no branch fixes it yet")
 def test_pause_never_applies_to_an_aborting_release() -> None:
     """channels(history='canary'); rollback r1; abort r1; (slow service) pause r1"""
     m = model()
@@ -208,7 +196,6 @@ def test_pause_never_applies_to_an_aborting_release() -> None:
     assert "illegal_transition" not in codes(m), lines(m)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 'post-activation policy violations': no branch fixes it yet")
 def test_no_stage_expands_to_a_pack_the_trust_root_dropped() -> None:
     """rotate_trust; request(pack=0); rotate_trust (drops key 1); the first window passes; stage 2 switches."""
     m = model(history=False)
@@ -217,5 +204,7 @@ def test_no_stage_expands_to_a_pack_the_trust_root_dropped() -> None:
     m.settle()
     m.rotate_trust()  # v3 trusts keys 2 and 3
     m.healthy_window()
-    assert m.world.release(rid).stage == 1
+    assert m.world.release(rid).stage == 0  # checked again before the switch, and refused:
+    refusals = [e for _, e in m.log if e is not None and e.type == "release.activation_failed" and e.release_id == rid]
+    assert [(e.data.stage, e.data.code) for e in refusals] == [(1, "pack_no_longer_valid")], lines(m)
     assert "pointer_untrusted" not in codes(m), lines(m)

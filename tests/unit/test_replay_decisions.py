@@ -36,7 +36,7 @@ def load(path: Path) -> list[tuple[Position, Event]]:
     return entries
 
 
-CHAIN_FIELDS = ("generation", "prev")
+CHAIN_FIELDS = ("generation", "prev", "signers")  # pointer fields added after these histories were recorded
 
 
 def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
