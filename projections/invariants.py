@@ -19,7 +19,7 @@ from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, 
 from events.subjects import Subjects
 from .pointer_chain import chain_break
 from .position import Position
-from .releases import ReleaseState
+from .releases import ReleaseState, is_override
 from .world import World, apply, apply_undecodable
 
 POINTER_WRITERS = {"activator", "pinner"}
@@ -233,29 +233,6 @@ class SafetyMemory:
     signers: HashTrieMap = field(default_factory=HashTrieMap)  # digest -> frozenset of keyids its verifications recorded
 
 
-def is_override(verdict: MonitoringVerdict) -> bool:
-    """A pass on an operator's word: flagged (`override`) or, in logs before the flag, by its reason."""
-    return verdict.override or verdict.reason.startswith("operator override")
-
-
-def _exposed(release: ReleaseState, stage: int) -> bool:
-    """Whether this release switched any cohort of `stage` (a stage whose cohorts were all pinned exposed nothing)."""
-    stages = release.stages
-    return 0 <= stage < len(stages) and any(c in release.activated for c in stages[stage])
-
-
-def _stage_passed_on_data(release: ReleaseState, stage: int) -> bool:
-    passes = [v for kind, v in release.verdicts if kind == "monitoring_passed" and v.stage == stage]
-    if not _exposed(release, stage):
-        return bool(passes)  # nothing was exposed: the monitor's pass says so, no data expected
-    return any(not is_override(v) and v.samples > 0 for v in passes)
-
-
-def passed_on_data(release: ReleaseState) -> bool:
-    """Every stage of the release passed a window on its own data (none on an operator's word)."""
-    return bool(release.stages) and all(_stage_passed_on_data(release, i) for i in range(len(release.stages)))
-
-
 def _breaches(c: Comparison) -> bool:
     if not c.ok or c.value is None or c.threshold is None:
         return not c.ok
@@ -273,7 +250,7 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
     if is_override(verdict):
         return []
     out = []
-    exposed = release is None or _exposed(release, verdict.stage)
+    exposed = release is None or release.exposed(verdict.stage)
     if exposed and verdict.samples <= 0:
         out.append(("pass_without_data", f"stage {verdict.stage + 1} passed on {verdict.samples} sample(s)"))
     missing = sorted({c.metric for c in verdict.comparisons if c.value is None and c.threshold is not None})
@@ -365,7 +342,7 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         for code, message in verdict_problems(release, data):
             v(code, f"{event.release_id}: {message}")
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
-        unearned = [i + 1 for i in range(len(release.stages)) if not _stage_passed_on_data(release, i)]
+        unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]
         if unearned or not release.stages:
             v("success_without_data", f"{event.release_id} closed success, but stage(s) {unearned} did not pass a window on data")
     elif suffix == "rollback_started" and isinstance(data, RollbackStarted) and release.prepared is not None:
@@ -403,7 +380,7 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
         env, channel, cohort = key
         if event.type == "release.closed":
             release = after.release(event.release_id or "")
-            ok = release is not None and passed_on_data(release)
+            ok = release is not None and release.passed_on_data
         else:
             last_pin = before.scope(*key).last_pin
             ok = (env, channel, pack.digest) in memory.earned or (last_pin is not None and last_pin.pack.digest == pack.digest)
@@ -423,7 +400,7 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
     if event.type != "release.closed" or not event.release_id:
         return memory
     release = after.release(event.release_id)
-    if release is None or release.prepared is None or release.verified is None or not passed_on_data(release) or release.aborted:
+    if release is None or release.prepared is None or release.verified is None or not release.passed_on_data or release.aborted:
         return memory
     key = (release.prepared.target.env, release.prepared.target.channel, release.verified.pack.digest)
     return replace(memory, earned=memory.earned | {key})

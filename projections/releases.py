@@ -129,8 +129,16 @@ class ReleaseState:
 
     @property
     def stages_passed_on_data(self) -> frozenset[int]:
-        """Stages whose window the monitor passed on samples (an operator's pass does not count)."""
-        return frozenset(v.stage for kind, v in self.verdicts if kind == "monitoring_passed" and not is_override(v) and v.samples > 0)
+        """Stages whose window the monitor passed on samples (an operator's pass does not count); a
+        stage that exposed nothing (every cohort pinned) counts once the monitor passed it, since no
+        data is expected there. The one definition the fold, the promoter and the auditor share."""
+        return frozenset(v.stage for kind, v in self.verdicts if kind == "monitoring_passed" and not is_override(v)
+                         and (v.samples > 0 or not self.exposed(v.stage)))
+
+    def exposed(self, stage: int) -> bool:
+        """Whether this release switched any cohort of `stage`."""
+        stages = self.stages
+        return 0 <= stage < len(stages) and any(c in self.activated for c in stages[stage])
 
     @property
     def stages_passed_by_override(self) -> list[int]:

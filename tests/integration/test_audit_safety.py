@@ -58,7 +58,15 @@ def stories(log: Log) -> dict[str, object]:
     log.started("ovr", 1, ["rest"])
     log.verdict("ovr", "passed", 1, comparisons=FIGURES_OK)
     closed = log.closed("ovr", "success")
-    bad["success_without_data"] = bad["lkg_not_earned"] = closed
+    bad["success_without_data"] = closed  # the fold refuses to make its pack known-good (nothing for check_lkg)
+
+    # a rollback restores a pack that never passed a window on data (ovr's P1): known-good by decree
+    log.through_verified("unearned", P2)
+    log.activate("unearned", 0, ["internal"], P2)
+    log.started("unearned", 0, ["internal"], P2)
+    log.verdict("unearned", "failed", 0, comparisons=FIGURES_OK)
+    log.rollback_started("unearned", {"internal": P1})
+    bad["lkg_not_earned"] = log.point("internal", P1, "unearned", kind="rollback")
 
     log.through_verified("abrt", P2)
     log.activate("abrt", 0, ["internal"], P2)
@@ -120,7 +128,10 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
     overflowed = make_event("release.monitoring_failed", {"stage": 0, "reason": "p95 inf", "comparisons": [
         {"metric": "latency_p95_ms", "value": float("inf"), "op": "<=", "threshold": 250.0, "ok": False}]},
                             actor=SERVICE, release_id="breach")
-    raw = encode_event(overflowed)
+    # the service's encoder refuses it now (issue 13 item 6), so write the bytes a buggy writer would
+    raw = encode_event(overflowed.model_copy(update={"data": overflowed.data.model_copy(update={"comparisons": [
+        overflowed.data.comparisons[0].model_copy(update={"value": 987654.25})]})}))
+    raw = raw.replace(b"987654.25", b"Infinity")
     assert b"Infinity" in raw
     ack = await js.publish(subjects.release("breach", "monitoring_failed"), raw)
 
