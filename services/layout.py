@@ -32,6 +32,12 @@ class LayoutError(RuntimeError):
 class LayoutSettings:
     health_max_age_s: float = 7 * 24 * 3600
     replicas: int = 1
+    # Bounds on what runtimes can make the server store (issue 14: no role can exhaust it). Each
+    # runtime reports on its own subject, so a cap per subject means a runtime flooding health
+    # pushes out only its own oldest samples (a window that then lacks data is inconclusive: fail
+    # closed), and the stream as a whole never outgrows `health_max_bytes`.
+    health_max_msgs_per_subject: int = 100_000
+    health_max_bytes: int = 4 * 1024 ** 3
 
 
 def release_log_config(subjects: Subjects, replicas: int) -> StreamConfig:
@@ -62,6 +68,8 @@ def internal_configs(subjects: Subjects, settings: LayoutSettings) -> list[Strea
             storage=StorageType.FILE,
             max_age=settings.health_max_age_s,
             max_msg_size=64 * 1024,
+            max_msgs_per_subject=settings.health_max_msgs_per_subject,
+            max_bytes=settings.health_max_bytes,
             discard=DiscardPolicy.OLD,
             num_replicas=settings.replicas,
             allow_direct=True,
