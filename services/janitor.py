@@ -16,7 +16,6 @@ decision about a release, and an event per removal would let a role grow the log
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from prometheus_client import Counter
 
 from .permissions import SERVICE_DURABLES, janitor_streams
+from .tasks import every
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,4 @@ class Janitor:
         return removed
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            try:
-                await self.sweep()
-            except Exception as exc:  # housekeeping: a failed sweep must not stop the distributor it rides with
-                log.warning("janitor: sweep failed: %s: %s", exc.__class__.__name__, exc)
+        await every(self.every_s, self.sweep, "janitor: sweep", log)

@@ -35,9 +35,11 @@ class LayoutSettings:
     # Bounds on what runtimes can make the server store (issue 14: no role can exhaust it). Each
     # runtime reports on its own subject, so a cap per subject means a runtime flooding health
     # pushes out only its own oldest samples (a window that then lacks data is inconclusive: fail
-    # closed), and the stream as a whole never outgrows `health_max_bytes`.
+    # closed). `health_max_bytes` (-1: none) caps the stream as a whole; it is off by default
+    # because JetStream reserves a stream's max_bytes up front, and a figure larger than the
+    # store's disk makes the server refuse the stream (err 10047) on a small machine.
     health_max_msgs_per_subject: int = 100_000
-    health_max_bytes: int = 4 * 1024 ** 3
+    health_max_bytes: int = -1
 
 
 def release_log_config(subjects: Subjects, replicas: int) -> StreamConfig:

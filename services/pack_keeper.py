@@ -20,7 +20,6 @@ the log at will.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Awaitable, Callable, Mapping, TypeVar
 
@@ -29,6 +28,7 @@ from prometheus_client import Counter
 from events.manifest import pack_object_name
 from events.model import StoredObject
 from .packstore import PackStore
+from .tasks import every
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,4 @@ class PackKeeper:
         return restored
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            try:
-                await self.sweep()
-            except Exception as exc:  # housekeeping: a failed sweep must not stop the consumer it rides with
-                log.warning("pack keeper: sweep failed: %s: %s", exc.__class__.__name__, exc)
+        await every(self.every_s, self.sweep, "pack keeper: sweep", log)

@@ -1,4 +1,4 @@
-"""Stopping asyncio tasks reliably.
+"""Running asyncio tasks: stopping them reliably, and housekeeping loops (`every`).
 
 On Python 3.11, `asyncio.wait_for` (used inside nats.py's fetch and request paths)
 can swallow a cancellation that arrives just as its inner future completes; a task
@@ -9,8 +9,9 @@ has actually finished.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, every: float = 0.2) -> None:
@@ -42,3 +43,15 @@ class SignalStop:
     def _stop(self) -> None:
         self.requested = True
         self._task.cancel()  # also interrupts start-up (e.g. waiting for NATS)
+
+
+async def every(seconds: float, step: Callable[[], Awaitable[object]], what: str, log: logging.Logger) -> None:
+    """Housekeeping: `step()` every `seconds`, forever. A failed step is logged and tried again at
+    the next tick: it must never stop the consumer it rides with."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step()
+        except Exception as exc:
+            log.warning("%s failed: %s: %s", what, exc.__class__.__name__, exc)
+
