@@ -86,9 +86,14 @@ def annotate(world: World, release_id: str, rationale: str, incident: str | None
 
 
 def _refuse_if_aborted(r: ReleaseState, what: str) -> None:
+    """A release that was aborted, or whose rollback was decided (a held one may be an escalated
+    rollback, even of a release that had closed), never moves forward again."""
     if r.aborted:
         raise OperatorError(f"release {r.release_id} was aborted and abort is final: it cannot be {what}; "
                             f"roll it back or close it (kxr release close {r.release_id} --outcome aborted -m ...)")
+    if r.rollback is not None:
+        raise OperatorError(f"release {r.release_id} is being rolled back ({r.rollback.trigger}): it cannot be {what}; "
+                            f"close it (kxr release close {r.release_id} --outcome failed -m ...)")
 
 
 def promote(world: World, release_id: str, rationale: str, actor: Actor, now: datetime) -> Action:

@@ -146,6 +146,26 @@ def test_an_aborted_held_release_cannot_be_promoted_or_extended(action: str) -> 
             ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
 
 
+@pytest.mark.parametrize("action", ["promote", "extend"])
+def test_a_release_held_by_an_escalated_rollback_after_it_closed_never_moves_forward(action: str) -> None:
+    """Found by the lifecycle model: a release closed `success`, rolled back by an operator, the
+    rollback escalated (held); `extend` reopened its window and it closed a second time."""
+    log = history(Log())
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"])
+    log.closed("r1", "success")
+    log.rollback_started("r1", {"internal": None}, trigger="operator")
+    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager"},
+            release_id="r1")
+    world = log.world()
+    assert world.release("r1").phase == "held"
+    with pytest.raises(OperatorError, match="being rolled back"):
+        if action == "promote":
+            ops.promote(world, "r1", "ship it", RESCUER, LATER)
+        else:
+            ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
+
+
 def test_the_promoter_never_advances_an_aborted_release() -> None:
     """A pass logged after an abort (an old client, a raw publish): the release rolls back instead."""
     log = aborted_and_held()
