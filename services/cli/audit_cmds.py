@@ -160,7 +160,7 @@ def audit_verify(
 @audit_app.command("at")
 def audit_at(
     time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
-    scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL[/COHORT]"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL\\[/COHORT]"),
     as_json: bool = JsonOpt,
     nats_url: Optional[str] = NatsUrl,
 ) -> None:

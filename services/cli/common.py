@@ -30,6 +30,23 @@ release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releas
 channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
 audit_app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from the log alone.")
 trust_app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"kxr {version('konnaxion-releases')}")
+        except PackageNotFoundError:  # run from a source tree without an install
+            console.print("kxr (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="print kxr's version and exit")) -> None:
+    """Konnaxion Releases: move signed Runtime Packs into the runtime safely."""
+
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(pack_app, name="pack")
 app.add_typer(release_app, name="release")

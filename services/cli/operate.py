@@ -134,7 +134,7 @@ def _scopes_of(world, parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
 
 @app.command()
 def pin(
-    scope: str = typer.Argument(..., help="ENV/CHANNEL[/COHORT] (a channel pins every cohort)"),
+    scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT] (a channel pins every cohort)"),
     version: str = typer.Option(..., "--version"),
     until: str = typer.Option(..., "--until", help="RFC 3339 or a duration (12h, 7d); at most the channel's max_pin_days"),
     rationale: str = Rationale,
@@ -155,7 +155,7 @@ def pin(
 
 
 @app.command()
-def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
     """Lift a pin (the scope stays on its pack until the next release)."""
     from events.model import Scope
     from services.pinner import unpin as unpin_action

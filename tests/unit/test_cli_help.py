@@ -1,0 +1,40 @@
+"""Every `kxr` help page renders (issue 16: `kxr pin --help` died on rich markup in a help text),
+and `kxr --version` answers."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from services.cli.main import app
+
+
+def command_paths(command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group below `command` (typer's click objects), as argument paths."""
+    out = [path]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        out += command_paths(sub, (*path, name))
+    return out
+
+
+PATHS = command_paths(typer.main.get_command(app))
+
+
+def test_the_cli_has_its_command_groups() -> None:
+    names = {p[0] for p in PATHS if p}
+    assert {"release", "pin", "unpin", "audit", "channel", "creds", "serve"} <= names, names
+
+
+def test_every_help_page_renders() -> None:
+    runner = CliRunner()
+    broken = {}
+    for path in PATHS:
+        result = runner.invoke(app, [*path, "--help"], prog_name="kxr")
+        if result.exit_code != 0 or result.exception is not None or "Usage" not in result.output:
+            broken[" ".join(path) or "kxr"] = repr(result.exception) if result.exception else result.output[-300:]
+    assert not broken, broken
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"], prog_name="kxr")
+    assert result.exit_code == 0 and result.output.startswith("kxr "), result.output
