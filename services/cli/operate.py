@@ -96,7 +96,9 @@ def release_extend(release_id: str, window: int = typer.Option(..., "--window", 
 
 
 @release_app.command("rollback")
-def release_rollback(release_id: str, reason: str = typer.Option(..., "--reason"),
+def release_rollback(release_id: str,
+                     reason: str = typer.Option(..., "--rationale", "-m", "--reason",
+                                                help="why: recorded with the decision (--reason: the older spelling)"),
                      trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
                      nats_url: Optional[str] = NatsUrl) -> None:
     """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""

@@ -38,3 +38,11 @@ def test_every_help_page_renders() -> None:
 def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"], prog_name="kxr")
     assert result.exit_code == 0 and result.output.startswith("kxr "), result.output
+
+
+def test_every_operator_decision_takes_its_rationale_as_m() -> None:
+    """One flag for the why of every decision (`kxr release rollback` took only --reason)."""
+    release = typer.main.get_command(app).commands["release"]
+    missing = [verb for verb in ("pause", "resume", "abort", "promote", "extend", "rollback", "close")
+               if not any("-m" in p.opts and "--rationale" in p.opts for p in release.commands[verb].params)]
+    assert not missing, missing
