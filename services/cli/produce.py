@@ -184,6 +184,28 @@ def pack_verify(
 
 
 # ---- releases -----------------------------------------------------------------------------------
+def _request_options(rollback: str, window: int | None, min_samples: int | None) -> tuple[dict, dict | None]:
+    """The request's rollback plan and monitoring, checked by the contract's own models before
+    anything is read or sent: a bad value is one line and exit 2, never a rejection later."""
+    from pydantic import ValidationError
+
+    from events.model import Monitoring, RollbackPlan
+
+    if window is None and min_samples is not None:
+        fail("--min-samples needs --window (the request then carries its own monitoring)")
+    if window is not None and min_samples is None:
+        fail("--window needs --min-samples too (at least the channel's minimum; nothing is guessed)")
+    try:
+        plan = RollbackPlan.model_validate({"strategy": rollback}).model_dump()
+        monitoring = Monitoring.model_validate({"window_s": window, "min_samples": min_samples}).model_dump(
+            exclude={"thresholds"}) if window is not None else None
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = {"strategy": "--rollback", "window_s": "--window", "min_samples": "--min-samples"}.get(str(problem["loc"][0]), "")
+        fail(f"{where} {problem['input']!r}: {problem['msg'].lower()}".strip())
+    return plan, monitoring
+
+
 @release_app.command("request")
 def release_request(
     release_id: str = typer.Argument(..., help="the release id (a token you choose)"),
@@ -206,6 +228,7 @@ def release_request(
 
     check_token(release_id, "release id")
     env, channel = scope_arg(target, allow_cohort=False)
+    rollback_plan, monitoring = _request_options(rollback, window, min_samples)
     doc = read_json_file(manifest, "manifest")
     signed = doc.get("signed") if isinstance(doc, dict) else None
     if not isinstance(signed, dict) or not all(isinstance(signed.get(k), str) for k in ("name", "version", "digest")):
@@ -213,12 +236,12 @@ def release_request(
     data: dict = {
         "pack": {"name": signed["name"], "version": signed["version"], "digest": signed["digest"]},
         "target": {"env": env, "channel": channel}, "owner": owner, "escalation": escalation,
-        "rollback": {"strategy": rollback}, "reason": reason, "acknowledge_no_health": ack_no_health,
+        "rollback": rollback_plan, "reason": reason, "acknowledge_no_health": ack_no_health,
     }
     if plan:
         data["plan"] = [[c.strip() for c in stage.split(",") if c.strip()] for stage in plan.split(";")]
-    if window is not None:
-        data["monitoring"] = {"window_s": window, "min_samples": min_samples or 1}
+    if monitoring is not None:
+        data["monitoring"] = monitoring
     attested = _attestation_bytes(attestation, signed["digest"])
 
     async def go() -> int:
