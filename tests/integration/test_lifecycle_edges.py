@@ -38,7 +38,7 @@ async def test_an_override_closes_promoted_by_override_and_the_next_rollback_ski
         assert (await svc.wait_release("r0")).outcome == "success"
         await svc.request("r1", v11, monitoring=STARVED)
         for stage in (0, 1):  # each window inconclusive; the operator passes it by hand
-            await wait_for(lambda: (r := svc.world.release("r1")).phase == "held" and r.stage == stage and r, 20, f"stage {stage + 1} held")
+            await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.stage == stage and r, 20, f"stage {stage + 1} held")
             await act(svc, ops.promote(svc.world, "r1", "traffic too low to judge", OPERATOR, now(svc)))
         r1 = await svc.wait_release("r1", timeout=20)
         assert r1.outcome == "promoted_by_override"
@@ -73,7 +73,7 @@ async def test_abort_is_final_even_when_the_rollback_holds(nats_url, prefix):
         forged = make_event("release.monitoring_passed", MonitoringVerdict(stage=0, reason="operator override by mallory: go", override=True),
                             actor=OPERATOR, release_id="r1", causation_id=held.last_event_id, occurred_at=now(svc))
         seq = await svc.app.log.append(Entry(forged, held.last_seq, svc.app.subjects.release_filter("r1")))
-        again = await wait_for(lambda: (r := svc.world.release("r1")).phase == "held" and r.last_seq > seq + 1 and r, 15, "held again")
+        again = await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.last_seq > seq + 1 and r, 15, "held again")
         assert again.stage == 0 and svc.world.scope("prod", "canary", "rest").active is None
         assert any("monitoring_passed after aborted" in a for a in again.anomalies)
         await act(svc, ops.close(svc.world, "r1", "aborted", "pointer left on 1.0.0 by decision of the owner", OPERATOR, now(svc)))

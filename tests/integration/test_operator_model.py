@@ -73,7 +73,7 @@ async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(n
         assert svc.world.scope("prod", "canary", "internal").lkg.digest == newer.digest
         # tenant impact discovered after the release closed: instant rollback to the previous LKG
         await act(svc, ops.rollback(svc.world, "r2", "tenant_impact", "support tickets spiked", OPERATOR, now(svc)))
-        await wait_for(lambda: svc.world.release("r2").phase == "closed" and svc.world.release("r2").outcome == "rolled_back", 15, "rollback")
+        await wait_for(lambda: (r := svc.world.release("r2")) is not None and r.phase == "closed" and r.outcome == "rolled_back", 15, "rollback")
         scopes = [svc.world.scope("prod", "canary", c) for c in ("internal", "rest")]
         assert all(s.active_pack.digest == good.digest and s.active.kind == "rollback" for s in scopes)
         # one atomic batch: both pointers share a batch id and sit next to each other in the log
@@ -152,7 +152,7 @@ async def test_inconclusive_window_holds_until_an_operator_decides(nats_url, pre
         assert svc.world.scope("prod", "canary", "rest").active is None
         await svc.runtime("t-int-1")
         await act(svc, ops.extend(svc.world, "r1", 1, "runtime came up; gather samples", OPERATOR, now(svc)))
-        await wait_for(lambda: svc.world.release("r1").stage == 1 and svc.world.release("r1").phase == "held", 15,
+        await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.stage == 1 and r.phase == "held", 15,
                        "stage 2 to hold as well (no runtime in rest)")
         await act(svc, ops.promote(svc.world, "r1", "rest has no live tenants yet", OPERATOR, now(svc)))
         release = await svc.wait_release("r1", timeout=15)
