@@ -46,7 +46,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from events.subjects import Subjects
 from events.tokens import InvalidToken, check_token
 
-from .settings import ROLES as CONSUMER_ROLES
+from .settings import ROLES as CONSUMER_ROLES, env_credentials_document, read_credentials_document
 
 ROLES = ("service", "producer", "runtime", "operator", "auditor")
 API = "$JS.API"
@@ -237,7 +237,7 @@ def service_permissions(subjects: Subjects) -> Permissions:
         s.deadletter_all(),
         f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",
         # a distributed pack's metadata, re-published from the log's record when a producer deleted
-        # or re-pointed it (services/pack_keeper.py): never its chunks, never a purge
+        # or re-pointed it (services/jetstream/pack_keeper.py): never its chunks, never a purge
         f"$O.{s.packs_bucket}.M.>",
         # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
         # runs an ordered push consumer, whose flow control the client answers
@@ -251,7 +251,7 @@ def service_permissions(subjects: Subjects) -> Permissions:
         # nats.py's ordered consumers (a snapshot's object get) are created without a name
         *[f"{API}.CONSUMER.CREATE.{name}" for name in streams],
         *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
-        # the janitor (services/janitor.py): list the consumers on the streams other roles read,
+        # the janitor (services/jetstream/janitor.py): list the consumers on the streams other roles read,
         # remove those that are neither the service's nor a live reader's
         *[x for name in janitor_streams(s) for x in (f"{API}.CONSUMER.LIST.{name}", f"{API}.CONSUMER.DELETE.{name}.*")],
     ]
@@ -384,31 +384,15 @@ def runtime_credentials(data_dir: Path, subjects: Subjects) -> list[Credentials]
 
 def read_credentials(path: Path) -> Credentials:
     """A credentials file; ValueError (with the reason) if it is missing or not one."""
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read credentials {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"credentials {path} are not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"credentials {path} are not a JSON object")
-    return Credentials.from_document(doc)
-
-
-CREDS_ENV = "KX_NATS_CREDS"
+    return Credentials.from_document(read_credentials_document(path))
 
 
 def env_credentials(env: dict | None = None) -> Credentials | None:
     """The credentials file that KX_NATS_CREDS names, if set (compose hands each process its
     own: its URL carries the user, its inbox prefix is the one that user may receive on).
     ValueError with the reason if it cannot be used."""
-    path = (os.environ if env is None else env).get(CREDS_ENV)
-    if not path:
-        return None
-    creds = read_credentials(Path(path))
-    if not creds.url:
-        raise ValueError(f"credentials {path} ({CREDS_ENV}) name no server yet (kxr creds init --server URL)")
-    return creds
+    found = env_credentials_document(env)
+    return Credentials.from_document(found[1]) if found else None
 
 
 def inbox_for_url(url: str | list[str]) -> str | None:

@@ -181,11 +181,39 @@ def reader_service_keys(settings: "Settings"):
     return load_service_keys(path)
 
 
-def _creds_url() -> str | None:
-    from .permissions import env_credentials  # permissions reads this module's ROLES
+CREDS_ENV = "KX_NATS_CREDS"
+
+
+def read_credentials_document(path: Path) -> dict:
+    """A credentials file's JSON object (services/permissions.py types it); ValueError with the reason."""
+    import json
 
     try:
-        creds = env_credentials()
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read credentials {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"credentials {path} are not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"credentials {path} are not a JSON object")
+    return doc
+
+
+def env_credentials_document(env=None) -> tuple[str, dict] | None:
+    """(path, object) of the credentials file KX_NATS_CREDS names, if set; ValueError if it cannot
+    be used (unreadable, or naming no server yet). Config reads it for the URL; permissions types it."""
+    path = (os.environ if env is None else env).get(CREDS_ENV)
+    if not path:
+        return None
+    doc = read_credentials_document(Path(path))
+    if not doc.get("url"):
+        raise ValueError(f"credentials {path} ({CREDS_ENV}) name no server yet (kxr creds init --server URL)")
+    return path, doc
+
+
+def _creds_url() -> str | None:
+    try:
+        found = env_credentials_document()
     except ValueError as exc:
         raise ConfigError(f"KX_NATS_CREDS: {exc}") from None
-    return creds.url if creds else None
+    return found[1]["url"] if found else None
