@@ -311,7 +311,7 @@ class ScopeUnpinned(Frozen):
 class ScopeFlagged(Frozen):
     """The pack active in a scope no longer passes a gate it passed when it was activated.
 
-    Written by the guard (services/guard.py) for a scope with no release in flight on it:
+    Written by the guard (services/consumers/guard.py) for a scope with no release in flight on it:
     a trust rotation dropped the keys that signed its manifest, the manifest expired, or the
     channel's policy changed. Nothing moves; the flag is recorded and notified so an
     operator decides (pin, roll forward, or roll back).

@@ -20,7 +20,7 @@ from .tokens import TOKEN_PATTERN
 
 NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
 # which event makes each kind: a hold is a window that ended without a verdict; a flag is the
-# guard finding that a settled scope's active pack now fails a gate (services/guard.py)
+# guard finding that a settled scope's active pack now fails a gate (services/consumers/guard.py)
 KIND_OF_EVENT: dict[str, str] = {
     "release.rolled_back": "rolled_back",
     "release.monitoring_inconclusive": "held",

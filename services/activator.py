@@ -18,7 +18,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from .outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from .reactor import ReleaseReactor
-from .rollback_readiness import TargetCheck, target_check
+from .verifier.readiness import TargetCheck, target_check
 
 NAME = "activator"
 
@@ -167,8 +167,8 @@ class Activator(ReleaseReactor):
         return decide_rollout(world, release, ctx)
 
     async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
-        """Whether a pack can be switched to now (services/rollback_readiness.py), which first restores
-        one whose metadata a producer deleted or re-pointed (services/pack_keeper.py)."""
+        """Whether a pack can be switched to now (services/verifier/readiness.py), which first restores
+        one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
         assert release.prepared is not None
         return await target_check(self.app, target, release.prepared.target.env, release.prepared.target.channel,
                                   tuple(release.activated), ctx.now)

@@ -14,9 +14,9 @@ from typing import Mapping
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name
 from events.model import Distributed, GateOutcome, StoredObject, VerificationFailed
 from projections.releases import ReleaseState
-from .janitor import Janitor
+from .jetstream.janitor import Janitor
 from .outputs import Chain, Ctx, Output, release_event
-from .pack_keeper import PackKeeper
+from .jetstream.pack_keeper import PackKeeper
 from .packstore import PackStore
 from .reactor import ReleaseReactor
 from .verifier.gates import attestation_required
@@ -38,7 +38,7 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
 
     `stored`: each object's metadata as read (nuid, chunks, digest), recorded in the event
     so the service can restore it if a producer later deletes or re-points it
-    (services/pack_keeper.py).
+    (services/jetstream/pack_keeper.py).
 
     `store_error` says why the store could not even be asked: fail closed, saying so.
     `require_attestation`: the channel's policy wants `sha256-<hex>.attestation` too.

@@ -25,7 +25,7 @@ from projections.world import World
 from .log import AppendConflict, Entry
 from .operator import OperatorError
 from .outputs import Timer
-from .pack_keeper import checked_with_restore
+from .jetstream.pack_keeper import checked_with_restore
 from .packstore import PackStore
 from .verifier.adapter import run_gates
 from .verifier.gates import VerifyContext

@@ -23,7 +23,7 @@ from .log import Entry
 from .outputs import Chain, Ctx, Output, release_event
 from .promoter import pinned_summary
 from .reactor import ReleaseReactor
-from .rollback_readiness import readiness_problems, target_problems
+from .verifier.readiness import readiness_problems, target_problems
 from .worker import Poison
 
 NAME = "preparer"

@@ -28,7 +28,7 @@ from projections.releases import ReleaseState
 from projections.world import World, scopes_of
 from .outputs import Chain, Ctx, NewRelease, Output, release_event
 from .reactor import ReleaseReactor
-from .rollback_readiness import readiness_problems, target_problems
+from .verifier.readiness import readiness_problems, target_problems
 
 NAME = "promoter"
 

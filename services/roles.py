@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from .activator import Activator
 from .distributor import Distributor
-from .guard import Guard
+from .consumers.guard import Guard
 from .monitor import Monitor
 from .notifier.consumer import Notifier
 from .pinner import Pinner

@@ -28,7 +28,7 @@ def scope_rows(world: World) -> list[dict[str, Any]]:
             "since": _ts(s.active_since) if s.active_since else None,
             "lkg": s.lkg.version if s.lkg else None,
             "pinned": f"{s.pin.pack.version} until {_ts(s.pin.until)}" if s.pin else None,
-            "flag": f"{s.flag.code}: {s.flag.message}" if s.flag else None,  # the guard's (services/guard.py)
+            "flag": f"{s.flag.code}: {s.flag.message}" if s.flag else None,  # the guard's (services/consumers/guard.py)
         })
     return rows
 

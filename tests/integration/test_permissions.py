@@ -230,7 +230,7 @@ async def test_service_cannot_take_the_operators_decisions(authed, as_role):
     await service.publish_denied(s.channel("prod", "canary"))
     await service.publish_denied(s.trust_rotated())
     # packs are the producers': the service writes no pack bytes (it may re-publish a distributed
-    # pack's metadata from the log's record, services/pack_keeper.py), nor purges them
+    # pack's metadata from the log's record, services/jetstream/pack_keeper.py), nor purges them
     await service.publish_denied(f"$O.{s.packs_bucket}.C.forged")
     await service.publish_denied(f"$JS.API.STREAM.PURGE.OBJ_{s.packs_bucket}")
 

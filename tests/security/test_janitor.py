@@ -1,6 +1,6 @@
 """Foreign consumers: whoever may read a stream may create consumers on it under names of its
 choice (the body is invisible to permissions), and a role that fills the account's cap
-locks new readers out. The service's janitor (services/janitor.py) removes every consumer
+locks new readers out. The service's janitor (services/jetstream/janitor.py) removes every consumer
 on its streams that is neither one of its durables nor a live reader's, once idle."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import ConsumerConfig
 
 from services.follower import Follower
-from services.janitor import REMOVED, Janitor, foreign
+from services.jetstream.janitor import REMOVED, Janitor, foreign
 from services.log_reads import load_world
 from services.permissions import SERVICE_DURABLES
 from services.tasks import cancel_and_wait

@@ -4,7 +4,7 @@ pack in `kx_packs`, so that a failing release cannot roll back and the bad pack 
 Producers may not purge, so the pack's chunks stay; its metadata (one rollup message per
 name) is theirs to overwrite. The distributor records each object's metadata in
 `release.distributed`, and the service restores it from there where it needs the pack
-(services/pack_keeper.py): the rollback still lands on the LKG, and runtimes that restart
+(services/jetstream/pack_keeper.py): the rollback still lands on the LKG, and runtimes that restart
 still get their pack.
 """
 
@@ -22,8 +22,8 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from services.app import App
 from services.log import EventLog
-from services.guard import Guard
-from services.pack_keeper import RESTORED, PackKeeper
+from services.consumers.guard import Guard
+from services.jetstream.pack_keeper import RESTORED, PackKeeper
 from services.packstore import PackStore
 from services.producer import configure_channel, push_pack, request_release
 from services.runtime_sdk import Identity

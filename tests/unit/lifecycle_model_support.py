@@ -25,7 +25,7 @@ from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import Subjects
 from events.trust import follow_chain, sign_root
-from services.rollback_readiness import TargetCheck, judge_target
+from services.verifier.readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
@@ -540,7 +540,7 @@ def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list
 
 
 def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> TargetCheck:
-    """services/rollback_readiness.py's pure judgement over the model's store and trust root."""
+    """services/verifier/readiness.py's pure judgement over the model's store and trust root."""
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
     size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None

@@ -10,7 +10,7 @@ import pytest
 from events.channel import ChannelConfig
 from events.model import PackRef, RollbackStarted, ScopeFlagged
 from events.signing import SigningKey
-from services.guard import Violation, check_active, decide, decide_release, flag_event
+from services.consumers.guard import Violation, check_active, decide, decide_release, flag_event
 from services.outputs import Chain, Ctx
 from tests.harness import CHANNEL, make_pack, trust_root_for
 from tests.unit.test_projections import CH, ENV, NOW, P0, Log

@@ -17,7 +17,7 @@ from services import operator as ops
 from services import preparer, promoter
 from services.operator import OperatorError
 from services.pinner import pin as pin_action, pin_too_long
-from services.rollback_readiness import readiness_problems
+from services.verifier.readiness import readiness_problems
 
 from .test_decisions import LATER, ctx, events_of, history, passed_log, single_event, state
 from .test_projections import CHANNEL_DOC, ENV, CH, OPERATOR, P0, P1, P2, SERVICE, Log
@@ -134,16 +134,21 @@ def test_the_monitors_trigger_names_the_rollback_trigger() -> None:
 # ---- 2. abort is final -----------------------------------------------------------------------
 
 
+def refused_to_move_on(world, action: str, why: str) -> None:
+    """The operator's `promote` or `extend` of r1 is refused, saying `why`."""
+    with pytest.raises(OperatorError, match=why):
+        if action == "promote":
+            ops.promote(world, "r1", "ship it", RESCUER, LATER)
+        else:
+            ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
+
+
 @pytest.mark.parametrize("action", ["promote", "extend"])
 def test_an_aborted_held_release_cannot_be_promoted_or_extended(action: str) -> None:
     """Before: `kxr release promote` passed it, and it closed `success` with its pack as LKG."""
     world = aborted_and_held().world()
     assert world.release("r1").phase == "held"
-    with pytest.raises(OperatorError, match="abort is final"):
-        if action == "promote":
-            ops.promote(world, "r1", "ship it", RESCUER, LATER)
-        else:
-            ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
+    refused_to_move_on(world, action, "abort is final")
 
 
 @pytest.mark.parametrize("action", ["promote", "extend"])
@@ -159,11 +164,7 @@ def test_a_release_held_by_an_escalated_rollback_after_it_closed_never_moves_for
             release_id="r1")
     world = log.world()
     assert world.release("r1").phase == "held"
-    with pytest.raises(OperatorError, match="being rolled back"):
-        if action == "promote":
-            ops.promote(world, "r1", "ship it", RESCUER, LATER)
-        else:
-            ops.extend(world, "r1", 60, "more samples", RESCUER, LATER)
+    refused_to_move_on(world, action, "being rolled back")
 
 
 def test_the_promoter_never_advances_an_aborted_release() -> None:
@@ -427,3 +428,4 @@ def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
     log.add("release.activation_failed", {"stage": 0, "code": "no_such_stage", "message": "the plan has 0 stage(s)"}, release_id="r1")
     event = single_event(decide(log))
     assert (event.data.outcome, "internal: pinned" in event.data.summary) == ("pinned", True)
+

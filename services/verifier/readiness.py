@@ -18,9 +18,9 @@ from typing import Iterable, Mapping
 
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
 from events.model import PackRef
-from .pack_keeper import checked_with_restore
-from .packstore import PackStore
-from .verifier.gates import VerifyContext, check_manifest
+from ..jetstream.pack_keeper import checked_with_restore
+from ..packstore import PackStore
+from .gates import VerifyContext, check_manifest
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
 
 async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
     """`judge_target` on the objects in the pack store; a target it distributed that a producer
-    deleted or re-pointed is restored from the log's record first (services/pack_keeper.py)."""
+    deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py)."""
     if app.current_trust_root() is None:
         return TargetCheck("no trust root configured")
     return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),

@@ -50,15 +50,15 @@ from events.signing import TrustRoot
 from projections.releases import ReleaseState
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
-from .log import AppendConflict, Entry
-from .outputs import Chain, Ctx, Output, release_event
-from .pack_keeper import checked_with_restore, digest_of_object, recorded
-from .packstore import ObjectTooLarge, PackStore, object_digest
-from .promoter import rollback_targets
-from .reactor import ReleaseReactor
-from .verifier.adapter import read_attestation
-from .verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
-from .worker import Worker
+from ..log import AppendConflict, Entry
+from ..outputs import Chain, Ctx, Output, release_event
+from ..jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
+from ..packstore import ObjectTooLarge, PackStore, object_digest
+from ..promoter import rollback_targets
+from ..reactor import ReleaseReactor
+from ..verifier.adapter import read_attestation
+from ..verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
+from ..worker import Worker
 
 NAME = "guard"
 SWEEP_EVERY_S = 10.0

@@ -27,8 +27,8 @@ from prometheus_client import Counter
 
 from events.manifest import pack_object_name
 from events.model import StoredObject
-from .packstore import PackStore
-from .tasks import every
+from ..packstore import PackStore
+from ..tasks import every
 
 log = logging.getLogger(__name__)
 

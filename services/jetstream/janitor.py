@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 from prometheus_client import Counter
 
-from .permissions import SERVICE_DURABLES, janitor_streams
-from .tasks import every
+from ..permissions import SERVICE_DURABLES, janitor_streams
+from ..tasks import every
 
 log = logging.getLogger(__name__)
 
