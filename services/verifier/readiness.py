@@ -52,11 +52,16 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
 
 async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
     """`judge_target` on the objects in the pack store; a target it distributed that a producer
-    deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py)."""
-    if app.current_trust_root() is None:
-        return TargetCheck("no trust root configured")
-    return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),
-                                      lambda check: check.problem is not None)
+    deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py).
+    Never raises: any failure of the check is its problem (fail closed: the activator then records
+    `activation_failed` or `escalated` saying why, the promoter holds)."""
+    try:
+        if app.current_trust_root() is None:
+            return TargetCheck("no trust root configured")
+        return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),
+                                          lambda check: check.problem is not None)
+    except Exception as exc:
+        return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
 
 
 async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
@@ -76,13 +81,8 @@ async def _target_check(app, target: PackRef, env: str, channel: str, cohorts: t
 
 async def target_problems(app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> dict[str, str | None]:
     """`target_problem` for each distinct target digest (an exception is a problem, never a pass)."""
-    out: dict[str, str | None] = {}
-    for target in {t.digest: t for t in targets if t is not None}.values():
-        try:
-            out[target.digest] = await target_problem(app, target, env, channel, cohorts, now)
-        except Exception as exc:  # fail closed
-            out[target.digest] = f"readiness check failed: {exc.__class__.__name__}: {exc}"
-    return out
+    return {target.digest: await target_problem(app, target, env, channel, cohorts, now)
+            for target in {t.digest: t for t in targets if t is not None}.values()}
 
 
 def readiness_problems(targets: Mapping[str, PackRef | None], strategy: str, checked: Mapping[str, str | None]) -> list[str]:

@@ -429,3 +429,16 @@ def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
     event = single_event(decide(log))
     assert (event.data.outcome, "internal: pinned" in event.data.summary) == ("pinned", True)
 
+
+async def test_a_readiness_check_that_raises_is_a_problem_never_a_pass() -> None:
+    """Fail closed: the activator and promoter get a reason, not an exception to retry forever."""
+    from services.verifier.readiness import target_check, target_problems
+
+    class Broken:
+        def current_trust_root(self):
+            raise RuntimeError("trust root file vanished")
+
+    target = PackRef.model_validate(P0)
+    check = await target_check(Broken(), target, ENV, CH, ("internal",), LATER)
+    assert check.problem == "readiness check failed: RuntimeError: trust root file vanished" and check.signers == ()
+    assert await target_problems(Broken(), [target, None], ENV, CH, ("internal",), LATER) == {target.digest: check.problem}
