@@ -93,9 +93,10 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         await start_runtime("tenant-42", {}, 1)
         assert (await closed(await release(good, rollback={"strategy": "none"}))).outcome == "success"
 
-        r2 = await release(bad)
-        # the bad pack is live in the first cohort; the attack lands before its window fails
-        await wait_for(lambda: internal.active and internal.active.digest == bad.digest, 30, "the bad pack live")
+        # the attack lands before the release that will need the LKG back (it used to land while the
+        # bad pack was live, racing the window's early failure and the rollback's check of the LKG):
+        # every check on the way, pre-flight and the rollback's, must see through it
+        await push_pack(producer.js, s, bad.body, bad.manifest, bad.digest)
         # "repoint-pack": the pack alone, at the bad pack's chunks (the same size: a size check passes)
         targets = (pack_object_name(good.digest),) if how == "repoint-pack" else (pack_object_name(good.digest), manifest_object_name(good.digest))
         for name in targets:
@@ -110,6 +111,9 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
                    (await attacked.stored_object(pack_object_name(bad.digest))).nuid
             assert len(good.body) == len(bad.body)
         before = restored_count()
+        r2 = await release(bad)
+        # the bad pack is live in the first cohort, its window fails, the release rolls back
+        await wait_for(lambda: internal.active and internal.active.digest == bad.digest, 30, "the bad pack live")
 
         rolled = await closed(r2)
         assert rolled.outcome == "rolled_back", rolled.failure
