@@ -89,6 +89,9 @@ class ReleaseWatch:
                 raise UnknownRelease(f"no release {self.release_id} in the log")
             while True:
                 await self._track_window()
+                # _track_window awaits (a tail starts or stops): entries the follower applied
+                # meanwhile are in the world already, so take them into the record before the view
+                self._drain(queue)
                 view = release_view(self._follower.world, self._record, now=self._clock(),
                                     stored_samples=self._window_samples(), events=self._events)
                 assert view is not None
