@@ -32,14 +32,14 @@ from events.model import Actor
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
 from services.app import connect
-from services.audit import replay
-from services.embedded import EmbeddedServer, free_port
-from services.log import EventLog
-from services.log_reads import log_entries
-from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_event, sha256_digest
-from services.runtime_sdk import Identity
-from services.simulation import simulated_runtime
-from services.snapshots import Snapshots
+from services.reads.audit import replay
+from services.jetstream.embedded import EmbeddedServer, free_port
+from services.jetstream.log import EventLog
+from services.jetstream.log_reads import log_entries
+from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_event, sha256_digest
+from services.runtime.sdk import Identity
+from services.runtime.simulation import simulated_runtime
+from services.reads.snapshots import Snapshots
 from projections.world import archive_all, fold
 from services.tasks import cancel_and_wait
 

@@ -25,8 +25,8 @@ import nats
 from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
-from services.embedded import EmbeddedServer, free_port
-from services.producer import build_signed, manifest_bytes, sha256_digest
+from services.jetstream.embedded import EmbeddedServer, free_port
+from services.actions.producer import build_signed, manifest_bytes, sha256_digest
 
 PRODUCER = Actor(kind="producer", id="bench")
 OPERATOR = Actor(kind="operator", id="bench")
@@ -138,7 +138,7 @@ def machine() -> dict[str, Any]:
 
 
 def _nats_server_version() -> str:
-    from services.embedded import nats_server_binary
+    from services.jetstream.embedded import nats_server_binary
 
     try:
         return subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -191,6 +191,6 @@ def report(bench: str, result: dict[str, Any], rows: list[tuple[str, str, str, s
 
 async def raw_connect(url: str, name: str):
     """A bare nats-py connection (`nats.connect`, nats-py's own header parser): what every
-    baseline runs on. The service connects through `services.client.KxClient`, whose faster
+    baseline runs on. The service connects through `services.jetstream.client.KxClient`, whose faster
     header parsing is part of what is measured, not part of the floor."""
     return await nats.connect(url, name=name)

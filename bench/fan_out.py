@@ -40,10 +40,10 @@ from nats.js.api import StorageType, StreamConfig
 
 from events.subjects import Subjects
 from services.app import connect
-from services.direct import last_per_subject
-from services.layout import LOG_MAX_CONSUMERS
-from services.log import EventLog
-from services.producer import configure_channel, push_pack, request_event
+from services.jetstream.direct import last_per_subject
+from services.jetstream.layout import LOG_MAX_CONSUMERS
+from services.jetstream.log import EventLog
+from services.actions.producer import configure_channel, push_pack, request_event
 from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, report, rig, signed_pack
 from .time_to_activate import wait_for_layout
 
@@ -86,7 +86,7 @@ def _say(doc: dict) -> None:
 
 
 def _runtime_class():
-    from services.runtime_sdk import RuntimeClient
+    from services.runtime.sdk import RuntimeClient
 
     class BenchRuntime(RuntimeClient):
         """The SDK's follower, timing arrivals; with `verify`, the SDK's whole path after it."""
@@ -110,7 +110,7 @@ def _runtime_class():
 
 
 async def _baseline_follower(js, seen: _Seen) -> None:
-    from services.reader import OrderedReader
+    from services.jetstream.reader import OrderedReader
 
     reader = OrderedReader(js, BASE_STREAM, [BASE_SUBJECT], deliver_last_per_subject=True)
     try:
@@ -124,7 +124,7 @@ async def _worker(spec: dict) -> None:
     """n connections, each with a baseline follower and a runtime following `channel`; on stdin
     `follow <channel> <verify>` replaces the runtimes' followers, `stop` ends."""
     from events.signing import TrustRoot
-    from services.runtime_sdk import Identity
+    from services.runtime.sdk import Identity
 
     raise_fd_limit(spec["n"] * 2 + 64)
     BenchRuntime = _runtime_class()

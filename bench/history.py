@@ -29,8 +29,8 @@ from events.codec import decode_event, encode_event
 from events.service_signing import SIGNATURE_HEADER, SIGNER_HEADER, signed_bytes
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
-from services.direct import connection_of
-from services.layout import ensure_layout
+from services.jetstream.direct import connection_of
+from services.jetstream.layout import ensure_layout
 from .common import Rig, rig
 
 RAM_DIR = Path("/dev/shm")

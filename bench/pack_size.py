@@ -9,7 +9,7 @@ never held whole) and pushed from the file with nats-py's object store, with a m
 signed for its digest and size. Then, each in a fresh child process whose peak resident
 set is read before and after (`ru_maxrss`, so growth = what the read itself held):
 
-- ours: the distributor's check (both objects' sizes) + `services.verifier.adapter.run_gates`
+- ours: the distributor's check (both objects' sizes) + `services.consumers.verifier.adapter.run_gates`
   against the real store with every gate: manifest signature under the trust root, the
   pack streamed through the digester (digest and size capped), compatibility, policy,
   evidence;
@@ -40,8 +40,8 @@ from pathlib import Path
 from events.manifest import manifest_object_name, pack_object_name
 from events.subjects import Subjects
 from services.app import connect
-from services.layout import ensure_layout
-from services.producer import build_signed, manifest_bytes
+from services.jetstream.layout import ensure_layout
+from services.actions.producer import build_signed, manifest_bytes
 from .common import COMPATIBILITY, Progress, channel_config, peak_rss_mib, report, rig
 
 MiB = 1024 * 1024
@@ -133,9 +133,9 @@ class _Discard:
 
 
 async def _read_ours(js, subjects: Subjects, spec: dict) -> dict:
-    from services.packstore import PackStore
-    from services.verifier.adapter import run_gates
-    from services.verifier.gates import VerifyContext
+    from services.jetstream.packstore import PackStore
+    from services.consumers.verifier.adapter import run_gates
+    from services.consumers.verifier.gates import VerifyContext
 
     store = PackStore(js, subjects)
     digest = spec["digest"]

@@ -5,7 +5,7 @@
 
 The log is filled with valid, signed history (bench/history.py). Then, on the same server:
 - baseline: a bare nats-py pull consumer, `fetch(1024)` + `json.loads` of every message;
-- ours: the auditor's replay (`services.audit.replay`, what `kxr audit replay` runs)
+- ours: the auditor's replay (`services.reads.audit.replay`, what `kxr audit replay` runs)
   without and with signature checks, and the command itself (`kxr audit replay --json`,
   a subprocess: process start, progress and summary included) which must report no problem;
 - warm restart: a snapshot of the world `--tail` events before the end (the follower
@@ -31,9 +31,9 @@ from events.subjects import Subjects
 from projections.snapshot import load_world
 from projections.world import archive_all
 from services.app import App, connect
-from services.audit import replay
+from services.reads.audit import replay
 from services.settings import Settings
-from services.snapshots import Snapshots
+from services.reads.snapshots import Snapshots
 from .common import Progress, raw_connect, report
 from .history import fast_rig, generate
 

@@ -30,10 +30,10 @@ from nats import errors as nats_errors
 from events.channel import ChannelConfig
 from events.subjects import Subjects
 from services.app import connect
-from services.log import EventLog
-from services.follower import Follower
-from services.producer import configure_channel
-from services.snapshots import Snapshots
+from services.jetstream.log import EventLog
+from services.reads.follower import Follower
+from services.actions.producer import configure_channel
+from services.reads.snapshots import Snapshots
 from .common import OPERATOR, Progress, channel_config, latency_summary, report
 from .history import Generated, fast_rig, generate
 from .time_to_activate import measure, raw_hops, wait_for_layout

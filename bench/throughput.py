@@ -30,9 +30,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from events.subjects import Subjects
 from services.app import connect
-from services.log import EventLog
-from services.log_reads import log_entries
-from services.producer import configure_channel, push_pack, request_event
+from services.jetstream.log import EventLog
+from services.jetstream.log_reads import log_entries
+from services.actions.producer import configure_channel, push_pack, request_event
 from .common import OPERATOR, PRODUCER, Progress, channel_config, raw_connect, report, rig, signed_pack
 from .time_to_activate import wait_for_layout
 

@@ -31,8 +31,8 @@ from nats.js.api import DeliverPolicy, StreamConfig
 
 from events.subjects import Subjects
 from services.app import connect
-from services.log import EventLog
-from services.producer import configure_channel, push_pack, request_event
+from services.jetstream.log import EventLog
+from services.actions.producer import configure_channel, push_pack, request_event
 from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack
 
 HOPS = 5

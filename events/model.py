@@ -67,7 +67,7 @@ class Thresholds(Frozen):
     activation_success_min: float | None = None
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
-    # Mann-Whitney comparison with the previous pack (services/statistics.py): "report" puts
+    # Mann-Whitney comparison with the previous pack (services/consumers/monitoring/statistics.py): "report" puts
     # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
     statistical: Literal["off", "report", "enforce"] = "report"
     # Tenant impact (health sample `signals`): totals over the window; a breach fails the window

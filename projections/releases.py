@@ -153,7 +153,7 @@ class ReleaseState:
 
 
 def is_override(verdict: MonitoringVerdict) -> bool:
-    # logs written before the flag existed say so only in the reason (services/operator.py wrote it)
+    # logs written before the flag existed say so only in the reason (services/actions/operator.py wrote it)
     return verdict.override or verdict.reason.startswith("operator override")
 
 

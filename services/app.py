@@ -19,15 +19,15 @@ from events.signing import SigningKey, TrustRoot
 from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
 from projections.releases import ReleaseState
-from .client import KxClient
-from .deadletter import DeadLetters, watch_max_deliveries
-from .follower import Follower
-from .layout import LayoutSettings, ensure_layout
-from .log import Entry, EventLog
-from .log_reads import release_history
-from .outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from services.jetstream.client import KxClient
+from services.jetstream.deadletter import DeadLetters, watch_max_deliveries
+from services.reads.follower import Follower
+from services.jetstream.layout import LayoutSettings, ensure_layout
+from services.jetstream.log import Entry, EventLog
+from services.jetstream.log_reads import release_history
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from .settings import Settings, service_keys_for
-from .snapshots import Snapshots
+from services.reads.snapshots import Snapshots
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -20,12 +20,12 @@ from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.evidence import summary
 from .app import App, connect
-from .embedded import EmbeddedServer, authorized_config, free_port
-from .log import EventLog
-from .producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
-from .runtime_sdk import Identity
+from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
+from services.jetstream.log import EventLog
+from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
+from services.runtime.sdk import Identity
 from .settings import Settings
-from .simulation import Behaviour, simulated_runtime
+from services.runtime.simulation import Behaviour, simulated_runtime
 from .tasks import cancel_and_wait
 
 console = Console()
@@ -150,7 +150,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
         await _runtimes_on(runtimes, healthy[2], timeout=15)  # each re-verifies the LKG pack before switching back
 
         from .cli.views import status_tables
-        from .log_reads import load_world
+        from services.jetstream.log_reads import load_world
 
         # the log folded whole: the service's own world keeps closed releases as tombstones
         for t in status_tables(await load_world(app.js, app.subjects), all_releases=True):

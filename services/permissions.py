@@ -52,7 +52,7 @@ ROLES = ("service", "producer", "runtime", "operator", "auditor")
 API = "$JS.API"
 DEFAULT_INBOX = "_INBOX"
 
-# The operator's own events (services/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
+# The operator's own events (services/actions/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
 OPERATOR_RELEASE_SUFFIXES = ("paused", "resumed", "aborted", "annotated", "monitoring_passed", "monitoring_started", "rollback_started",
                              "closed")  # closed: `kxr release close` ends a held release as failed/aborted
 
@@ -170,7 +170,7 @@ def read_stream(stream: str) -> list[str]:
     ]
 
 
-# The service's durable consumers (services/reactor.py `kxr-<name>`, the notifier, the
+# The service's durable consumers (services/consumers/reactor.py `kxr-<name>`, the notifier, the
 # monitor's and pinner's timers, the pinner): only the service may create, update or pull
 # from them. Another role pulling from one would hold its messages un-acked until they are
 # redelivered (a delay) or dead-lettered (max deliveries): a denial, not just a read.
@@ -199,7 +199,7 @@ def object_stream(bucket: str) -> str:
 def write_bucket(bucket: str) -> list[str]:
     """Put objects: chunks and metadata. Never purge: a purge (`STREAM.PURGE.OBJ_<bucket>`,
     with or without a subject filter) is how an object store deletes, and no producer may
-    remove a pack's bytes (services/packstore.py puts without purging)."""
+    remove a pack's bytes (services/jetstream/packstore.py puts without purging)."""
     return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
 
 

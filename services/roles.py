@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .activator import Activator
-from .distributor import Distributor
+from services.consumers.activator import Activator
+from services.consumers.distributor import Distributor
 from .consumers.guard import Guard
-from .monitor import Monitor
-from .notifier.consumer import Notifier
-from .pinner import Pinner
-from .preparer import Preparer
-from .promoter import Promoter
-from .verifier.adapter import Verifier
+from services.consumers.monitoring.monitor import Monitor
+from services.consumers.notifier.consumer import Notifier
+from services.consumers.pinner import Pinner
+from services.consumers.preparer import Preparer
+from services.consumers.promoter import Promoter
+from services.consumers.verifier.adapter import Verifier
 
 if TYPE_CHECKING:
     from .app import App

@@ -14,7 +14,7 @@ from nats import errors as nats_errors
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from .app import App, Clock, connect, utc_clock
-from .embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
+from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.embedded import EmbeddedServer, ServerError
+from services.jetstream.embedded import EmbeddedServer, ServerError
 
 
 @pytest.fixture(scope="session")

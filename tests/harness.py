@@ -12,13 +12,13 @@ from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.releases import ReleaseState
 from services.app import App, connect
-from services.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
-from services.follower import Follower
-from services.runtime_sdk import Identity, RuntimeClient
+from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
+from services.reads.follower import Follower
+from services.runtime.sdk import Identity, RuntimeClient
 from events.service_signing import ServiceKeys
 from services.settings import ROLES, Settings
 from services.tasks import cancel_and_wait
-from services.simulation import Behaviour, simulated_runtime
+from services.runtime.simulation import Behaviour, simulated_runtime
 
 PRODUCER = Actor(kind="producer", id="test-pipeline")
 OPERATOR = Actor(kind="operator", id="test-operator")

@@ -30,7 +30,7 @@ def audit_replay(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from services.audit import replay, summary
+    from services.reads.audit import replay, summary
 
     keys_path = service_keys or settings_from().service_keys_path
     keys = load_service_keys(keys_path)
@@ -73,7 +73,7 @@ def audit_replay(
 
 def evidence_or_fail(release_id: str, nats_url: Optional[str]):
     """The release's evidence record from the log, or a one-line error if it has none."""
-    from services.log_reads import load_evidence
+    from services.jetstream.log_reads import load_evidence
 
     check_token(release_id, "release id")
 
@@ -95,7 +95,7 @@ def audit_release(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """The evidence record of one release (seed terms)."""
-    from services.audit import render_html
+    from services.reads.audit import render_html
 
     from .views import gates_table, timeline_table, windows_table
 
@@ -165,7 +165,7 @@ def audit_at(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """What was active where at that moment, from the log alone."""
-    from services.audit import world_at
+    from services.reads.audit import world_at
 
     from .views import scope_rows, table
 
@@ -188,7 +188,7 @@ def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = JsonOp
     from rich.text import Text
 
     from services.settings import load_trust_root
-    from services.trust_ops import current_chain
+    from services.actions.trust import current_chain
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
 
@@ -223,7 +223,7 @@ def trust_rotate(
     """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
     from events.trust import RotationError
     from services.settings import load_trust_root
-    from services.trust_ops import rotate
+    from services.actions.trust import rotate
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
     doc = read_json_file(new_root, "new trust root")

@@ -17,7 +17,7 @@ from events.canonical import StrictJSONError, loads_strict
 from events.model import Actor
 from events.subjects import Subjects
 from services.app import connect
-from services.log import EventLog
+from services.jetstream.log import EventLog
 from services.settings import ConfigError, Settings
 
 console = Console()

@@ -42,7 +42,7 @@ def _check_role(role: str) -> str:
 
 def _embedded_lock(data_dir: Path):
     """The store lock of embedded `kxr serve` on this data dir, if it runs; else None."""
-    from services.embedded import ServerError, StoreLock
+    from services.jetstream.embedded import ServerError, StoreLock
 
     lock = StoreLock(data_dir / "nats")
     if not lock.path.exists():

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from services.reader import OrderedReader
+from services.jetstream.reader import OrderedReader
 from .common import JsonOpt, NatsUrl, app, fail, output, run_async, session
 from .views import fields_table, table
 

@@ -1,4 +1,4 @@
-"""Rendering the live view of a release (services/live_view.py) for a terminal: a frame or a line."""
+"""Rendering the live view of a release (services/reads/live_view.py) for a terminal: a frame or a line."""
 
 from __future__ import annotations
 

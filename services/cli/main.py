@@ -12,9 +12,9 @@ from nats import errors as nats_errors
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from events.tokens import InvalidToken
-from services.embedded import ServerError
-from services.layout import LayoutError
-from services.log import AppendConflict, AppendFailed
+from services.jetstream.embedded import ServerError
+from services.jetstream.layout import LayoutError
+from services.jetstream.log import AppendConflict, AppendFailed
 from services.settings import ConfigError, parse_roles
 from . import audit_cmds, deadletter_cmds, operate, produce  # noqa: F401  (they register their commands on `app`)
 from . import creds_cmds  # noqa: F401  (`kxr creds`)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from events.tokens import check_token
-from services.log import AppendConflict, Entry
+from services.jetstream.log import AppendConflict, Entry
 from .common import (
     JsonOpt, NatsUrl, Rationale, parse_time, app, channel_app, console, err_console, fail, operator_actor,
     output, read_config_file, release_app, run_async, scope_arg, session,
@@ -30,9 +30,9 @@ def release_show(
 
 def _operator_action(nats_url: Optional[str], build) -> int:
     """Rebuild the world, let `build(world, now, subjects)` decide the event, append it with its CAS."""
-    from services.operator import OperatorError
+    from services.actions.operator import OperatorError
 
-    from services.log_reads import load_world
+    from services.jetstream.log_reads import load_world
 
     async def go() -> int:
         async with session(nats_url) as (_, js, log):
@@ -52,7 +52,7 @@ def _operator_action(nats_url: Optional[str], build) -> int:
 
 
 def _release_action(release_id: str, nats_url: Optional[str], make) -> None:
-    from services import operator as ops
+    from services.actions import operator as ops
 
     check_token(release_id, "release id")
 
@@ -144,7 +144,7 @@ def pin(
 ) -> None:
     """Hold a scope on a pack until a time; a pack other than the active one is re-verified and switched atomically."""
     from events.model import Scope
-    from services.pinner import pin as pin_action
+    from services.consumers.pinner import pin as pin_action
 
     parts = scope_arg(scope)
     for env, channel, cohort in _pinned_targets(parts, nats_url):
@@ -160,7 +160,7 @@ def pin(
 def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
     """Lift a pin (the scope stays on its pack until the next release)."""
     from events.model import Scope
-    from services.pinner import unpin as unpin_action
+    from services.consumers.pinner import unpin as unpin_action
 
     for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
@@ -174,7 +174,7 @@ def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"), ratio
 def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tuple[str, str, str]]:
     if len(parts) == 3:
         return [parts]  # type: ignore[list-item]
-    from services.log_reads import load_world
+    from services.jetstream.log_reads import load_world
 
     async def go():
         async with session(nats_url) as (_, js, log):
@@ -190,7 +190,7 @@ def status(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """Active pack per scope, and releases in flight with their stage (signed state only, with KX_SERVICE_KEYS)."""
-    from services.log_reads import load_signed_world
+    from services.jetstream.log_reads import load_signed_world
     from .views import release_rows, scope_rows, status_tables
 
     keys = _service_keys()
@@ -230,7 +230,7 @@ def channel_set(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """Configure a channel; every problem with the file is listed."""
-    from services.producer import configure_channel, parse_channel_config
+    from services.actions.producer import configure_channel, parse_channel_config
 
     env, channel = scope_arg(scope, allow_cohort=False)
     try:
@@ -252,7 +252,7 @@ def channel_set(
 @channel_app.command("show")
 def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
     """The channel's current configuration: cohorts, plan, monitoring, compatibility, policy."""
-    from services.log_reads import load_world
+    from services.jetstream.log_reads import load_world
 
     from .views import channel_tables
 

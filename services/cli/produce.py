@@ -80,7 +80,7 @@ def pack_sign(
     """Write a signed manifest for a pack (CONTRACT §6)."""
     from events.tokens import check_token as _tok
     from events.versions import parse_version
-    from services.producer import build_signed, manifest_bytes
+    from services.actions.producer import build_signed, manifest_bytes
 
     _tok(name, "pack name")
     try:
@@ -109,7 +109,7 @@ def pack_attest(
     out: Optional[Path] = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
 ) -> None:
     """Write an in-toto/SLSA provenance attestation of a pack (a DSSE envelope signed by a builder key)."""
-    from services.producer import dsse_envelope, provenance_statement, sha256_digest
+    from services.actions.producer import dsse_envelope, provenance_statement, sha256_digest
 
     signer = SigningKey.from_file_dict(read_json_file(key, "key"))
     digest = sha256_digest(pack.read_bytes())
@@ -125,7 +125,7 @@ def _attestation_bytes(path: Optional[Path], digest: str) -> Optional[bytes]:
     """The attestation file's bytes, refused here (nothing uploaded) if it names another pack."""
     if path is None:
         return None
-    from services.producer import attested_digests
+    from services.actions.producer import attested_digests
 
     data = path.read_bytes()
     try:
@@ -149,7 +149,7 @@ def pack_push(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
-    from services.producer import push_pack, sha256_digest
+    from services.actions.producer import push_pack, sha256_digest
 
     data = pack.read_bytes()
     digest = sha256_digest(data)
@@ -171,7 +171,7 @@ def pack_verify(
     as_json: bool = JsonOpt,
 ) -> None:
     """Offline: the gates that need no service state (signature, expiry, integrity, evidence)."""
-    from services.offline import verify_offline
+    from services.actions.offline import verify_offline
 
     settings = settings_from(trust_root=trust_root)
     from services.settings import load_trust_root
@@ -224,7 +224,7 @@ def release_request(
     nats_url: Optional[str] = NatsUrl,
 ) -> None:
     """Request a release of the pack a manifest describes (CONTRACT §5)."""
-    from services.producer import push_attestation, push_pack, request_release
+    from services.actions.producer import push_attestation, push_pack, request_release
 
     check_token(release_id, "release id")
     env, channel = scope_arg(target, allow_cohort=False)

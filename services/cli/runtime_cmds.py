@@ -53,9 +53,9 @@ def runtime_simulate(
 ) -> None:
     """Run one simulated runtime until Ctrl-C/SIGTERM: it re-verifies every pack before switching and reports health."""
     from events.tokens import check_token
-    from services.runtime_process import run_simulated_runtime
-    from services.runtime_sdk import Identity
-    from services.simulation import Behaviour
+    from services.runtime.process import run_simulated_runtime
+    from services.runtime.sdk import Identity
+    from services.runtime.simulation import Behaviour
 
     identity = Identity(check_token(env, "env"), check_token(channel, "channel"), tenant, check_token(runtime_id, "runtime_id"), region)
     settings = settings_from(nats_url, trust_root)

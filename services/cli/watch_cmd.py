@@ -63,7 +63,7 @@ def watch(
     Without a terminal it prints a line per change and the final frame; --json prints
     one view object per line per change.
     """
-    from services.watch import ReleaseWatch, UnknownRelease
+    from services.reads.watch import ReleaseWatch, UnknownRelease
 
     check_token(release_id, "release id")
     # The view is the output: the readers' retry warnings would tear the live frame apart.

@@ -1,2 +1,3 @@
-"""Lifecycle consumers that joined after services/ grew flat (issue 15 moves the others here):
-each a pure decide plus a thin adapter on the reactor."""
+"""The lifecycle consumers, each a pure decide plus a thin adapter on the reactor (the consumer
+framework: reactor, outputs): preparer, distributor, verifier/, activator, monitoring/, promoter,
+pinner, guard, notifier/."""

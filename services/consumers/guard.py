@@ -8,7 +8,7 @@ without the pack changing (seed rollback trigger "policy violation discovered po
 - the channel: a new configuration whose compatibility or policy the active pack violates
   (gates compatibility and policy: schema/profile/runtime, allowed_sources, allowed_builders).
 
-The guard re-runs the verifier's own gates (services/verifier/gates.py) on the active
+The guard re-runs the verifier's own gates (services/consumers/verifier/gates.py) on the active
 manifest, with the trust root, time and channel configuration in force now:
 - not re-checked: integrity (the exact bytes were hashed when the pack was verified; the
   pointer names that digest, and runtimes hash what they fetch), and forbid_downgrade
@@ -50,15 +50,15 @@ from events.signing import TrustRoot
 from projections.releases import ReleaseState
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
-from ..log import AppendConflict, Entry
-from ..outputs import Chain, Ctx, Output, release_event
+from services.jetstream.log import AppendConflict, Entry
+from services.consumers.outputs import Chain, Ctx, Output, release_event
 from ..jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
-from ..packstore import ObjectTooLarge, PackStore, object_digest
-from ..promoter import rollback_targets
-from ..reactor import ReleaseReactor
-from ..verifier.adapter import read_attestation
-from ..verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
-from ..worker import Worker
+from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
+from services.consumers.promoter import rollback_targets
+from services.consumers.reactor import ReleaseReactor
+from services.consumers.verifier.adapter import read_attestation
+from services.consumers.verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
+from services.jetstream.worker import Worker
 
 NAME = "guard"
 SWEEP_EVERY_S = 10.0

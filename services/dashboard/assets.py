@@ -4,7 +4,7 @@ Kept as Python strings so they ship inside the package with no package-data setu
 are separate responses rather than inline so the pages can forbid inline scripts (CSP).
 """
 
-from services.audit import RECORD_CSS
+from services.reads.audit import RECORD_CSS
 
 CSS = RECORD_CSS + """
 body{max-width:1300px}header h1{margin-bottom:.2rem}header p{margin:.2rem 0}

@@ -20,10 +20,10 @@ from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from projections.releases import ReleaseState
 from projections.world import World
-from services.follower import Follower
-from services.health_reads import samples_between
-from services.judge import window_span
-from services.log_reads import load_evidence
+from services.reads.follower import Follower
+from services.reads.health_reads import samples_between
+from services.consumers.monitoring.judge import window_span
+from services.jetstream.log_reads import load_evidence
 
 log = logging.getLogger(__name__)
 

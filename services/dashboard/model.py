@@ -1,7 +1,7 @@
 """What the overview shows, as JSON-able dicts built from the fold (pure: no IO, time is an argument).
 
 The rows come from `services/cli/views.py` (the same rows `kxr status` prints) and each
-release's monitoring window from `services/live_view.py` (what `kxr watch` shows); this
+release's monitoring window from `services/reads/live_view.py` (what `kxr watch` shows); this
 module only groups them the way the page shows them. The release page shows
 `live_view.release_view` as it is.
 """

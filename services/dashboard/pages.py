@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from projections.evidence import EvidenceRecord
-from services.audit import record_sections
+from services.reads.audit import record_sections
 
 READ_ONLY = "Read-only: decisions (pause, promote, rollback, pin…) are made with kxr, so they carry the operator's identity and permissions."
 

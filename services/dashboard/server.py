@@ -12,7 +12,7 @@ from aiohttp import web
 
 from events.subjects import Subjects
 from services.app import connect, utc_clock
-from services.follower import Follower
+from services.reads.follower import Follower
 from services.permissions import redacted
 from services.settings import ConfigError, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait

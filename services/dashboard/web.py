@@ -17,7 +17,7 @@ from aiohttp import web
 
 from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
-from services.live_view import release_view, window_view
+from services.reads.live_view import release_view, window_view
 from . import model, pages
 from .assets import CSS, JS
 from .hub import LiveHub

@@ -1,2 +1,3 @@
-"""The service's care of JetStream state beyond the log: pack metadata restored from the log's
-record (pack_keeper), foreign consumers removed (janitor). Issue 15 moves the NATS plumbing here."""
+"""NATS and JetStream plumbing: the client, pull/direct/ordered reads, the log writer, the layout of
+streams and consumers, the pack store, the embedded server, dead letters, and the service's care of
+JetStream state beyond the log (pack_keeper restores pack metadata, janitor removes foreign consumers)."""

@@ -3,7 +3,7 @@
 Whoever may read a stream may create consumers on it (docs/permissions.md), and the
 request's body (durable or not, its inactivity threshold) is invisible to permissions. The
 account's limit bounds how many, but a role that fills it would lock every new reader out.
-Legitimate readers (services/reader.py: `kxr`, runtimes, the service's own follower) use
+Legitimate readers (services/jetstream/reader.py: `kxr`, runtimes, the service's own follower) use
 ephemeral consumers with a 60 s inactivity threshold, which the server removes by itself
 once nobody pulls; the service's durables are `SERVICE_DURABLES`. Anything else (a durable
 of another name, an ephemeral that asked never to expire or to linger for long) is removed
@@ -33,7 +33,7 @@ REMOVED = Counter("kx_foreign_consumers_removed", "Consumers on the service's st
 IDLE_ENV = "KX_JANITOR_IDLE_S"
 DEFAULT_IDLE_S = 60.0
 # An ephemeral consumer that the server removes within this long of its last pull is a
-# reader's (services/reader.py asks 60 s): the janitor leaves it to the server.
+# reader's (services/jetstream/reader.py asks 60 s): the janitor leaves it to the server.
 MAX_READER_THRESHOLD_S = 300.0
 PAGE = 256  # nats-server's consumer list page
 

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from events.manifest import pack_object_name
 from events.model import StoredObject
-from ..packstore import PackStore
+from services.jetstream.packstore import PackStore
 from ..tasks import every
 
 log = logging.getLogger(__name__)

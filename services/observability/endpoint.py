@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from ..log_reads import log_entries
+from services.jetstream.log_reads import log_entries
 from ..settings import ConfigError
 from ..tasks import cancel_and_wait
 from .metrics import PROCESSED, LagSampler, ServiceCollector

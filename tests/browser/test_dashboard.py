@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.embedded import free_port
+from services.jetstream.embedded import free_port
 from tests.e2e.support import kxr_binary
 from tests.harness import make_pack, running_service, wait_for
 

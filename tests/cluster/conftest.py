@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from services.app import connect
-from services.embedded import ServerError, free_port, nats_server_binary
+from services.jetstream.embedded import ServerError, free_port, nats_server_binary
 
 CLUSTER_NAME = "kx-test"
 READY_TIMEOUT_S = 30.0

@@ -32,15 +32,15 @@ from events.model import Actor, Scope
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import connect
-from services.audit import replay, summary
-from services.health_reads import samples_between
-from services.layout import LayoutSettings, ensure_layout
-from services.log import (BATCH_DUPLICATE_ID, DUPLICATE_IN_FLIGHT, WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT,
+from services.reads.audit import replay, summary
+from services.reads.health_reads import samples_between
+from services.jetstream.layout import LayoutSettings, ensure_layout
+from services.jetstream.log import (BATCH_DUPLICATE_ID, DUPLICATE_IN_FLIGHT, WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT,
                           AppendConflict, Entry, EventLog)
-from services.log_reads import load_world, log_entries
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity
-from services.simulation import simulated_runtime
+from services.jetstream.log_reads import load_world, log_entries
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity
+from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.e2e.support import Kx, assert_one_line_error, kxr_binary, write_trust_root
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, running_service, trust_root_for, wait_for

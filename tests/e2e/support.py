@@ -219,7 +219,7 @@ async def last_event(js, stream: str, subject: str) -> dict[str, Any] | None:
 
 async def read_log(js, stream: str, filters: list[str] | None = None) -> list[tuple[int, str, dict[str, Any], dict[str, str]]]:
     """Every message of the stream (or of `filters`) from sequence 1: (seq, subject, body, headers)."""
-    from services.reader import OrderedReader
+    from services.jetstream.reader import OrderedReader
 
     prefix = stream.rsplit("_", 1)[0].lower()
     reader = OrderedReader(js, stream, filters or [f"{prefix}.>"], batch=1024)

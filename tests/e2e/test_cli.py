@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from events.signing import SigningKey
-from services.embedded import free_port
+from services.jetstream.embedded import free_port
 
 from .support import Kx, assert_one_line_error, base_env, kxr_binary, write_trust_root
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.embedded import free_port
+from services.jetstream.embedded import free_port
 from .support import assert_one_line_error, stderr_lines
 
 pytestmark = pytest.mark.e2e

@@ -17,13 +17,13 @@ import pytest
 
 from events.channel import ChannelConfig
 from events.subjects import Subjects
-from services.log_reads import load_world
-from services.embedded import free_port
-from services.log import EventLog
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity, RuntimeClient
+from services.jetstream.log_reads import load_world
+from services.jetstream.embedded import free_port
+from services.jetstream.log import EventLog
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity, RuntimeClient
 from services.tasks import cancel_and_wait
-from services.simulation import simulated_runtime
+from services.runtime.simulation import simulated_runtime
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for
 
 from .support import (

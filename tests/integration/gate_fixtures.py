@@ -27,10 +27,10 @@ from events.manifest import (
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
 from services.app import App
-from services.verifier.adapter import Verifier
-from services.packstore import PackStore
-from services.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
-from services.runtime_sdk import RuntimeClient
+from services.consumers.verifier.adapter import Verifier
+from services.jetstream.packstore import PackStore
+from services.actions.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
+from services.runtime.sdk import RuntimeClient
 from tests.harness import CHANNEL, Pack, Service, make_pack, running_service, trust_root_for, wait_for
 
 ENV, CHAN = "prod", "canary"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from events.manifest import attestation_object_name
-from services.log_reads import load_evidence
-from services.packstore import PackStore
+from services.jetstream.log_reads import load_evidence
+from services.jetstream.packstore import PackStore
 from services.settings import load_trust_root
 from tests.harness import running_service, wait_for
 from tests.integration.gate_fixtures import BUILDER_ID, CHAN, ENV, REQUIRE_ATTESTATION, TENANTS

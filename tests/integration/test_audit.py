@@ -11,10 +11,10 @@ from events.model import Actor, Scope
 from events.subjects import Subjects
 from projections.invariants import Audit
 from services.app import connect
-from services.audit import render_html, replay, summary, world_at
-from services.log_reads import load_evidence
-from services.layout import ensure_layout
-from services.log import Entry, EventLog
+from services.reads.audit import render_html, replay, summary, world_at
+from services.jetstream.log_reads import load_evidence
+from services.jetstream.layout import ensure_layout
+from services.jetstream.log import Entry, EventLog
 from tests.harness import Behaviour, make_pack, request_data, running_service
 from events.signing import SigningKey
 

@@ -15,9 +15,9 @@ from events.codec import encode_event
 from events.subjects import Subjects
 from projections.invariants import SAFETY_CODES
 from services.app import connect
-from services.audit import replay, summary
-from services.layout import ensure_layout
-from services.log import Entry, EventLog
+from services.reads.audit import replay, summary
+from services.jetstream.layout import ensure_layout
+from services.jetstream.log import Entry, EventLog
 from events.codec import make_event
 from tests.unit.test_projections import OPERATOR, P0, P1, P2, SERVICE, Log
 

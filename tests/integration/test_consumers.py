@@ -7,12 +7,12 @@ import json
 
 from events.subjects import Subjects
 from services.app import connect
-from services.runtime_sdk import Identity
-from services.simulation import simulated_runtime
-from services.activator import Activator
-from services.log import AppendConflict
-from services.preparer import Preparer
-from services.reader import OrderedReader
+from services.runtime.sdk import Identity
+from services.runtime.simulation import simulated_runtime
+from services.consumers.activator import Activator
+from services.jetstream.log import AppendConflict
+from services.consumers.preparer import Preparer
+from services.jetstream.reader import OrderedReader
 from tests.harness import make_pack, running_service, wait_for
 
 UP_TO_VERIFIED = ("preparer", "distributor", "verifier")

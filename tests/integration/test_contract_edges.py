@@ -24,11 +24,11 @@ from events.channel import ChannelConfig
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
-from services.deadletter import UNDECODABLE
-from services.log import EventLog
-from services.log_reads import load_world
-from services.producer import configure_channel
-from services.runtime_sdk import ChannelConfigUnavailable, Identity, RuntimeClient
+from services.jetstream.deadletter import UNDECODABLE
+from services.jetstream.log import EventLog
+from services.jetstream.log_reads import load_world
+from services.actions.producer import configure_channel
+from services.runtime.sdk import ChannelConfigUnavailable, Identity, RuntimeClient
 from services.settings import Settings
 from tests.e2e.support import ServeProcess, assert_one_line_error, base_env, kxr_binary, read_log, wait_until, write_trust_root
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, trust_root_for, wait_for

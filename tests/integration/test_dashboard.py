@@ -10,9 +10,9 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from services import operator
+from services.actions import operator
 from services.dashboard.server import dashboard_for
-from services.log import Entry
+from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service
 
 HOSTILE = "<script>alert('owned')</script><img src=x onerror=alert(1)>"

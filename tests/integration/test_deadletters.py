@@ -7,7 +7,7 @@ import json
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.reader import OrderedReader
+from services.jetstream.reader import OrderedReader
 from tests.harness import running_service
 
 

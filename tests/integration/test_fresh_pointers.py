@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from events.service_signing import SIGNATURE_HEADER, SIGNER_HEADER
 from projections.pointer_chain import pointer_digest
-from services.audit import replay
-from services.reader import OrderedReader, RawEntry
+from services.reads.audit import replay
+from services.jetstream.reader import OrderedReader, RawEntry
 from tests.harness import make_pack, running_service, wait_for
 
 CHAIN_CODES = {"pointer_not_newer", "pointer_chain_broken"}

@@ -13,10 +13,10 @@ import json
 
 from events.model import ScopeFlagged
 from events.signing import SigningKey, b64encode
-from services.audit import replay
+from services.reads.audit import replay
 from services.cli.views import scope_rows
-from services.log_reads import log_entries
-from services.trust_ops import rotate
+from services.jetstream.log_reads import log_entries
+from services.actions.trust import rotate
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, trust_root_for, wait_for
 from tests.integration.webhook_server import WebhookServer
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from events.subjects import Subjects
 from services.app import connect
-from services.layout import LOG_MAX_CONSUMERS, ensure_layout, release_log_config
+from services.jetstream.layout import LOG_MAX_CONSUMERS, ensure_layout, release_log_config
 
 
 async def test_a_log_created_under_the_server_default_is_given_room_for_every_runtime(nats_url, prefix):

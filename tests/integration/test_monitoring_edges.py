@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator, Callable
 
 from events.model import MonitoringVerdict
 from events.signing import SigningKey
-from services import operator as ops
-from services.log import Entry
-from services.runtime_sdk import Identity, RuntimeClient
+from services.actions import operator as ops
+from services.jetstream.log import Entry
+from services.runtime.sdk import Identity, RuntimeClient
 from services.settings import ROLES
 from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, trust_root_for, wait_for

@@ -11,10 +11,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from events.notifications import KIND_OF_EVENT
-from services.audit import replay
-from services.log_reads import load_evidence, log_entries
-from services.notifier.consumer import Notifier
-from services.notifier.webhook import SIGNATURE_HEADER, signature
+from services.reads.audit import replay
+from services.jetstream.log_reads import load_evidence, log_entries
+from services.consumers.notifier.consumer import Notifier
+from services.consumers.notifier.webhook import SIGNATURE_HEADER, signature
 from services.observability.endpoint import serve_metrics
 from services.observability.logs import JsonFormatter
 from tests.harness import CHANNEL, Behaviour, make_pack, running_service, wait_for

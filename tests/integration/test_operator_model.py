@@ -6,9 +6,9 @@ import asyncio
 from datetime import timedelta
 
 from events.model import Scope
-from services import operator as ops
-from services.log import Entry
-from services.pinner import pin, unpin
+from services.actions import operator as ops
+from services.jetstream.log import Entry
+from services.consumers.pinner import pin, unpin
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 
 THREE_STAGES = {

@@ -27,14 +27,14 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
 from services.app import App
-from services.embedded import EmbeddedServer, authorized_config, free_port
-from services.log import EventLog
-from services.log_reads import load_world
+from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
+from services.jetstream.log import EventLog
+from services.jetstream.log_reads import load_world
 from services.permissions import ROLES, creds_path, read_credentials, role_permissions, runtime_permissions
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity
 from services.settings import ROLES as CONSUMERS, Settings
-from services.simulation import simulated_runtime
+from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from events.channel import ChannelConfig
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for, wait_for
@@ -194,8 +194,8 @@ async def test_operator_writes_operator_events_only(authed, as_role):
 async def test_operator_may_read_stored_health_for_kxr_watch_and_the_auditor_may_not(authed, as_role):
     from datetime import datetime, timedelta, timezone
 
-    from services.health_reads import samples_between
-    from services.watch import may_read_health
+    from services.reads.health_reads import samples_between
+    from services.reads.watch import may_read_health
 
     s = authed.subjects
     runtime, operator, auditor = await as_role("runtime"), await as_role("operator"), await as_role("auditor")

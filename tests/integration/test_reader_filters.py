@@ -1,4 +1,4 @@
-"""OrderedReader drops its filters only when they name every subject of the stream (services/reader.py)."""
+"""OrderedReader drops its filters only when they name every subject of the stream (services/jetstream/reader.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from services.reader import OrderedReader
+from services.jetstream.reader import OrderedReader
 
 
 @pytest.fixture

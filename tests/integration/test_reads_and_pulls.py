@@ -1,4 +1,4 @@
-"""Batched direct gets and continuous pulls against the real server (services/direct.py, services/pull.py)."""
+"""Batched direct gets and continuous pulls against the real server (services/jetstream/direct.py, services/jetstream/pull.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from services.direct import DirectGetError, SubjectStream, last_per_subject
-from services.pull import ConsumerGone, ContinuousPull
+from services.jetstream.direct import DirectGetError, SubjectStream, last_per_subject
+from services.jetstream.pull import ConsumerGone, ContinuousPull
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def test_an_opened_stream_closed_unread_leaves_no_route(js_stream, prefix)
     await js.publish(f"{prefix}.chunks", b"x")
     opened = await SubjectStream(nc, stream, f"{prefix}.chunks").start()
     await opened.close()
-    from services.direct import _replies_for
+    from services.jetstream.direct import _replies_for
 
     assert _replies_for(nc)._routes == {}
 

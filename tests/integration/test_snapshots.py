@@ -7,7 +7,7 @@ import pytest
 from events.subjects import Subjects
 from projections.world import archive_all
 from services.app import connect
-from services.audit import replay
+from services.reads.audit import replay
 from tests.harness import make_pack, running_service
 
 
@@ -65,7 +65,7 @@ async def test_a_cold_start_catches_up_for_as_long_as_the_fold_moves(nats_url, p
     """No fixed deadline at start-up (a cold start on a long log takes minutes): only a stall fails it."""
     import asyncio
 
-    from services.follower import Follower
+    from services.reads.follower import Follower
 
     nc, js = await _long_log(nats_url, prefix, 3000)
     try:

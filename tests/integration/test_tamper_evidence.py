@@ -6,7 +6,7 @@ from events.codec import encode_event, make_event
 from events.model import Actor, Scope
 from events.service_signing import signature_headers
 from events.signing import SigningKey
-from services.audit import replay
+from services.reads.audit import replay
 from tests.harness import make_pack, running_service, wait_for
 
 

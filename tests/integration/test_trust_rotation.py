@@ -7,8 +7,8 @@ import pytest
 from events.codec import make_event
 from events.signing import SigningKey, b64encode
 from events.trust import RotationError, sign_root
-from services.log import Entry
-from services.trust_ops import current_chain, rotate
+from services.jetstream.log import Entry
+from services.actions.trust import current_chain, rotate
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 
 

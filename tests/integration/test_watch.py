@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services import operator as ops
+from services.actions import operator as ops
 from services.cli.watch_cmd import EXIT_HELD, exit_status
-from services.log import Entry
-from services.watch import ReleaseWatch, UnknownRelease
+from services.jetstream.log import Entry
+from services.reads.watch import ReleaseWatch, UnknownRelease
 from tests.harness import OPERATOR, make_pack, running_service
 
 

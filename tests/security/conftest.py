@@ -1,7 +1,7 @@
 """The attack suite's server: nats-server started exactly as embedded `kxr serve` starts it.
 
 `authed` (one per test module) is a nats-server under the generated configuration
-(`services.embedded.authorized_config`: one least-privilege user per role, in the account
+(`services.jetstream.embedded.authorized_config`: one least-privilege user per role, in the account
 with JetStream limits), holding the store lock like `kxr serve`, plus two runtimes with
 their own credentials (`kxr creds runtime add rt-a` / `rt-b`). `as_role` opens connections
 as any of them (`await as_role("producer")`, `await as_role("runtime-rt-a")`) on a layout
@@ -28,8 +28,8 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
-from services.embedded import EmbeddedServer, StoreLock, authorized_config, free_port
-from services.layout import ensure_layout
+from services.jetstream.embedded import EmbeddedServer, StoreLock, authorized_config, free_port
+from services.jetstream.layout import ensure_layout
 from services.permissions import AccountLimits, new_runtime_credentials, write_credentials
 from services.settings import ROLES as CONSUMERS, Settings
 from tests.harness import trust_root_for

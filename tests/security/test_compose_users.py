@@ -17,7 +17,7 @@ import yaml
 
 from events.subjects import Subjects
 from services.app import connect
-from services.embedded import EmbeddedServer, free_port
+from services.jetstream.embedded import EmbeddedServer, free_port
 from services.settings import Settings
 from tests.integration.test_permissions import Serving, serve_env
 

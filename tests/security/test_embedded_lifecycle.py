@@ -20,8 +20,8 @@ import nats
 import pytest
 
 from events.subjects import Subjects
-from services.embedded import EmbeddedServer, ServerError, StoreLock, nats_server_binary
-from services.layout import ensure_layout
+from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, nats_server_binary
+from services.jetstream.layout import ensure_layout
 from services.permissions import creds_path, read_credentials
 from tests.integration.test_permissions import Serving, kxr, lines, serve_env
 
@@ -112,7 +112,7 @@ async def test_start_up_waits_for_a_server_that_takes_longer_than_ten_seconds(tm
     slow = tmp_path / "slow-nats-server"
     slow.write_text(f"#!/bin/sh\nsleep 11\nexec {nats_server_binary()} \"$@\"\n")
     slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr("services.embedded.nats_server_binary", lambda: str(slow))
+    monkeypatch.setattr("services.jetstream.embedded.nats_server_binary", lambda: str(slow))
     # started from this (the main) thread: the parent-death signal follows the thread that starts it
     server = EmbeddedServer(store_dir=tmp_path / "js", log_file=tmp_path / "nats-server.log").start()
     try:

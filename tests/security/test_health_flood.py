@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from services.layout import LayoutSettings, ensure_layout
+from services.jetstream.layout import LayoutSettings, ensure_layout
 from tests.security.conftest import connect_as
 
 pytestmark = pytest.mark.security

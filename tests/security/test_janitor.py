@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from nats.js.api import ConsumerConfig
 
-from services.follower import Follower
+from services.reads.follower import Follower
 from services.jetstream.janitor import REMOVED, Janitor, foreign
-from services.log_reads import load_world
+from services.jetstream.log_reads import load_world
 from services.permissions import SERVICE_DURABLES
 from services.tasks import cancel_and_wait
 

@@ -25,11 +25,11 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
-from services.log import EventLog
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity
+from services.jetstream.log import EventLog
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity
 from services.settings import ROLES as CONSUMERS, Settings
-from services.simulation import simulated_runtime
+from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.e2e.support import base_env, kxr_binary, wait_until
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for, wait_for

@@ -21,14 +21,14 @@ from events.manifest import manifest_object_name, pack_object_name
 from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from services.app import App
-from services.log import EventLog
+from services.jetstream.log import EventLog
 from services.consumers.guard import Guard
 from services.jetstream.pack_keeper import RESTORED, PackKeeper
-from services.packstore import PackStore
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity
+from services.jetstream.packstore import PackStore
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity
 from services.settings import ROLES as CONSUMERS, Settings
-from services.simulation import Behaviour, simulated_runtime
+from services.runtime.simulation import Behaviour, simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for, wait_for
 from tests.security.conftest import Conns, start_authed, stop_authed

@@ -28,12 +28,12 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
-from services.audit import replay
-from services.log import EventLog
-from services.producer import configure_channel, push_pack, request_release
-from services.runtime_sdk import Identity, RuntimeClient
+from services.reads.audit import replay
+from services.jetstream.log import EventLog
+from services.actions.producer import configure_channel, push_pack, request_release
+from services.runtime.sdk import Identity, RuntimeClient
 from services.settings import ROLES as CONSUMERS, Settings
-from services.simulation import simulated_runtime
+from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Pack, make_pack, request_data, trust_root_for, wait_for
 from tests.security.conftest import Authed

@@ -14,11 +14,11 @@ import json
 import pytest
 
 from events.signing import SigningKey
-from services.layout import ensure_layout
+from services.jetstream.layout import ensure_layout
 from events.manifest import pack_object_name
-from services.packstore import PackStore
+from services.jetstream.packstore import PackStore
 from services.permissions import SERVICE_DURABLES, AccountLimits
-from services.producer import push_pack
+from services.actions.producer import push_pack
 from tests.harness import make_pack, running_service, sha256_digest
 from tests.security.conftest import Conns, start_authed, stop_authed
 
@@ -141,7 +141,7 @@ async def test_no_other_role_may_create_update_or_pull_from_the_services_durable
 
 async def test_readers_still_read_through_their_own_consumers(authed, as_role):
     """What the deny lists leave: a consumer named by the reader (the log for the auditor)."""
-    from services.log_reads import load_world
+    from services.jetstream.log_reads import load_world
 
     auditor = await as_role("auditor")
     await load_world(auditor.js, authed.subjects)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 
-from services.layout import ensure_layout
-from services.log_reads import load_world
+from services.jetstream.layout import ensure_layout
+from services.jetstream.log_reads import load_world
 from services.permissions import read_credentials, runtime_creds_path
 from tests.security.conftest import Conns, start_authed, stop_authed
 
@@ -144,9 +144,9 @@ async def configured(authed, conns) -> Path:
     """The layout and a configured channel (a runtime resolves its cohort from it); the trust root file."""
     from events.channel import ChannelConfig
     from events.signing import SigningKey
-    from services.log import EventLog
+    from services.jetstream.log import EventLog
     from events.signing import b64encode
-    from services.producer import configure_channel
+    from services.actions.producer import configure_channel
     from tests.harness import CHANNEL, OPERATOR
 
     s = authed.subjects

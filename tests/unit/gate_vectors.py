@@ -15,8 +15,8 @@ from events.manifest import sign_manifest
 from events.model import PackRef
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.canonical import canonical_bytes
-from services.producer import dsse_envelope
-from services.verifier.gates import VerifyContext
+from services.actions.producer import dsse_envelope
+from services.consumers.verifier.gates import VerifyContext
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
 # Larger than one 64 KiB read so verify_bytes really streams in several chunks.

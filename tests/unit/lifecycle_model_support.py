@@ -25,19 +25,21 @@ from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import Subjects
 from events.trust import follow_chain, sign_root
-from services.verifier.readiness import TargetCheck, judge_target
+from services.consumers.verifier.readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
 from projections.world import World
-from services import activator, distributor, monitor, operator, pinner, preparer, promoter
-from services.verifier import adapter as verifier_adapter
-from services.health_reads import parse_sample
-from services.judge import hard_breach, split_window, window_span
-from services.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
-from services.producer import build_signed, manifest_bytes
-from services.verifier.adapter import context_for
-from services.verifier.gates import VerifyContext, verify_bytes
+from services.consumers import activator, distributor, pinner, preparer, promoter
+from services.consumers.monitoring import monitor
+from services.actions import operator
+from services.consumers.verifier import adapter as verifier_adapter
+from services.reads.health_reads import parse_sample
+from services.consumers.monitoring.judge import hard_breach, split_window, window_span
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from services.actions.producer import build_signed, manifest_bytes
+from services.consumers.verifier.adapter import context_for
+from services.consumers.verifier.gates import VerifyContext, verify_bytes
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
 
@@ -377,7 +379,7 @@ class Lifecycle:
 
     # -- operator --------------------------------------------------------------------------------------
     def operate(self, verb: str, release_id: str, **kw: Any) -> bool:
-        """An operator verb through services/operator.py, appended at the sequence it was decided on."""
+        """An operator verb through services/actions/operator.py, appended at the sequence it was decided on."""
         release = self.world.release(release_id)
         fn = getattr(operator, verb, None)
         if release is None or fn is None:
@@ -540,7 +542,7 @@ def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list
 
 
 def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> TargetCheck:
-    """services/verifier/readiness.py's pure judgement over the model's store and trust root."""
+    """services/consumers/verifier/readiness.py's pure judgement over the model's store and trust root."""
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
     size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None

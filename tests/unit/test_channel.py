@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from events.channel import BUCKETS, DEFAULT_CHANNEL, DEFAULT_COHORT, ChannelConfig, CohortRule, resolve_cohort, tenant_bucket
 from projections.world import World
-from services.producer import parse_channel_config
+from services.actions.producer import parse_channel_config
 
 # ---- builders --------------------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ from events.subjects import Subjects
 from projections.position import Position
 from projections.snapshot import dump_world, load_world
 from projections.world import PROBLEM_REASON_MAX, apply, apply_undecodable, fold
-from services import operator as ops
+from services.actions import operator as ops
 from services.cli.operate import channel_shown
-from services.log_reads import fold_entry, position_of
+from services.jetstream.log_reads import fold_entry, position_of
 from services.cli.views import channel_tables
-from services.outputs import Ctx
-from services.preparer import preflight
-from services.reader import RawEntry
+from services.consumers.outputs import Ctx
+from services.consumers.preparer import preflight
+from services.jetstream.reader import RawEntry
 from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, NOW, OPERATOR, P0, Log
 
 S = Subjects()

@@ -21,13 +21,14 @@ from events.model import PAYLOADS, Actor, Scope
 from events.signing import SigningKey
 from projections.position import Position
 from projections.world import apply, fold
-from services import operator, pinner
+from services.actions import operator
+from services.consumers import pinner
 from services.contracts.catalog import channels, subject_matches
 from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
 from services.contracts.schemas import EVENT_ANY, schema_files
-from services.producer import build_signed, manifest_bytes
-from services.verifier.gates import VerifyContext, check_manifest
+from services.actions.producer import build_signed, manifest_bytes
+from services.consumers.verifier.gates import VerifyContext, check_manifest
 from tests.harness import CHANNEL, trust_root_for
 from tests.unit.test_replay_decisions import HISTORIES, load
 

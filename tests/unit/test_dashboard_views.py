@@ -11,7 +11,7 @@ from services.dashboard import pages
 from services.dashboard.model import overview
 from services.dashboard.server import is_loopback, parse_addr
 from services.dashboard.web import _host_only
-from services.live_view import release_view, window_view
+from services.reads.live_view import release_view, window_view
 from services.settings import ConfigError
 
 from .test_decisions import history

@@ -14,9 +14,10 @@ from events.model import Monitoring
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World
-from services import activator, distributor, monitor, preparer, promoter
-from services.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
-from services.outputs import Atomic, Chain, Ctx, NewRelease, Timer
+from services.consumers import activator, distributor, preparer, promoter
+from services.consumers.monitoring import monitor
+from services.consumers.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Timer
 
 from .test_projections import CH, CHANNEL_DOC, ENV, NOW, P0, P1, P2, STAGES, Log, manifest_of
 

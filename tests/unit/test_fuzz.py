@@ -46,9 +46,9 @@ from projections.invariants import SAFETY_CODES, Audit, audit_entry, finish
 from projections.position import Position, positions
 from projections.releases import PHASE_AFTER, TRANSITIONS, ReleaseState, apply_release_event
 from projections.world import World, fold
-from services.health_reads import parse_sample
-from services.producer import parse_channel_config
-from services.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR, check_manifest, verify_bytes
+from services.reads.health_reads import parse_sample
+from services.actions.producer import parse_channel_config
+from services.consumers.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR, check_manifest, verify_bytes
 
 from .gate_vectors import ALICE, BOB, MALLORY, PACK, Case, signed_body, trust_root
 from .gate_vectors import NOW as GATE_NOW

@@ -11,7 +11,7 @@ from events.channel import ChannelConfig
 from events.model import PackRef, RollbackStarted, ScopeFlagged
 from events.signing import SigningKey
 from services.consumers.guard import Violation, check_active, decide, decide_release, flag_event
-from services.outputs import Chain, Ctx
+from services.consumers.outputs import Chain, Ctx
 from tests.harness import CHANNEL, make_pack, trust_root_for
 from tests.unit.test_projections import CH, ENV, NOW, P0, Log
 
@@ -182,7 +182,7 @@ def test_a_flag_on_a_pinned_pointer_still_makes_a_complete_webhook_body() -> Non
     import json
 
     from events.notifications import NotificationSink
-    from services.notifier.webhook import notification_body
+    from services.consumers.notifier.webhook import notification_body
 
     log = settled()
     log.point("internal", P1, kind="pin")  # no release put it there

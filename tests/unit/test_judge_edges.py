@@ -18,9 +18,9 @@ from events.canonical import StrictJSONError
 from events.codec import decode_event, encode_event
 from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample
 from events.model import Comparison, MonitoringStarted, MonitoringVerdict
-from services import monitor
-from services.health_reads import accept, check_sample, parse_sample
-from services.judge import (
+from services.consumers.monitoring import monitor
+from services.reads.health_reads import accept, check_sample, parse_sample
+from services.consumers.monitoring.judge import (
     CLOCK_SKEW, MAX_LISTED, PER_RUNTIME_MIN_REQUESTS, Invalid, WindowData, breach_of, figures_of, first_breach, judge,
     judge_window, window_data,
 )

@@ -1,4 +1,4 @@
-"""The live view model of one release (services/live_view.py): pure, from the fold and samples."""
+"""The live view model of one release (services/reads/live_view.py): pure, from the fold and samples."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from events.model import MonitoringStarted
 from projections.evidence import evidence_of
-from services.judge import judge, split_window
-from services.live_view import VIEW_SCHEMA, release_view
+from services.consumers.monitoring.judge import judge, split_window
+from services.reads.live_view import VIEW_SCHEMA, release_view
 
 from .test_decisions import history, sample
 from .test_projections import NOW, P0, P1, Log

@@ -1,11 +1,11 @@
-"""Our header parser (services/client.py) gives exactly what nats-py's own gives, on any input."""
+"""Our header parser (services/jetstream/client.py) gives exactly what nats-py's own gives, on any input."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 from nats.aio.client import Client
 
-from services.client import KxClient, parse_header_lines
+from services.jetstream.client import KxClient, parse_header_lines
 
 # bytes that matter to the parser: separators, every ASCII whitespace (with \x1c-\x1f,
 # which str.isspace counts and bytes.strip does not), non-ASCII and invalid UTF-8

@@ -14,8 +14,8 @@ from events.model import Actor
 from events.notifications import KIND_OF_EVENT
 from events.subjects import Subjects
 from projections.releases import ReleaseState, apply_release_event
-from services.notifier.webhook import SIGNATURE_HEADER, Backoff, webhook, worth_retrying
-from services.producer import parse_channel_config
+from services.consumers.notifier.webhook import SIGNATURE_HEADER, Backoff, webhook, worth_retrying
+from services.actions.producer import parse_channel_config
 
 HOOK = {"name": "ops", "url": "https://hooks.example/kx", "on": ["rolled_back"]}
 PRODUCER = Actor(kind="producer", id="ci")

@@ -17,8 +17,8 @@ from projections.pointer_chain import ChainMark, advance, chain_break, chained_p
 from projections.position import Position
 from projections.snapshot import dump_world, load_world
 from projections.world import World, apply
-from services import activator, pinner
-from services.outputs import Atomic, Ctx
+from services.consumers import activator, pinner
+from services.consumers.outputs import Atomic, Ctx
 from services.settings import ConfigError, ROLES, Settings, service_keys_for
 from tests.unit.test_projections import CH, ENV, NOW, P0, P1, P2, Log, manifest_of
 

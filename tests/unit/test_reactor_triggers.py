@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from projections.releases import PHASE_AFTER, triggers_for
-from services.reactor import ReleaseReactor
+from services.consumers.reactor import ReleaseReactor
 from services.roles import ROLE_CLASSES
 
 

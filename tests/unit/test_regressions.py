@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 
 from events.versions import parse_version
-from services import preparer
-from services.outputs import Ctx
-from services.producer import parse_channel_config
+from services.consumers import preparer
+from services.consumers.outputs import Ctx
+from services.actions.producer import parse_channel_config
 
 from .test_projections import CHANNEL_DOC, NOW, P0, Log
 
@@ -60,7 +60,7 @@ def test_a_channel_window_over_30_days_is_refused() -> None:
 
 
 def test_an_unreadable_pack_store_fails_distribution_closed_and_says_why() -> None:
-    from services import distributor
+    from services.consumers import distributor
 
     log = Log()
     log.channel()
@@ -89,7 +89,7 @@ def test_unreadable_runtime_health_rejects_unless_acknowledged() -> None:
 
 def test_an_unreadable_window_holds_the_release_with_the_reason() -> None:
     from events.model import MonitoringStarted
-    from services import monitor
+    from services.consumers.monitoring import monitor
 
     log = Log()
     log.channel()

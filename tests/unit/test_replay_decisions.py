@@ -19,8 +19,9 @@ from events.codec import decode_event
 from events.model import Distributed, Event
 from projections.position import Position
 from projections.world import World, apply
-from services import activator, distributor, monitor, preparer, promoter
-from services.outputs import Atomic, Chain, Ctx, NewRelease
+from services.consumers import activator, distributor, preparer, promoter
+from services.consumers.monitoring import monitor
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease
 
 PURE = {"preparer", "distributor", "activator", "promoter"}  # decisions with no IO input besides the log
 HISTORIES = sorted((Path(__file__).parent.parent / "fixtures" / "histories").glob("*.jsonl"))

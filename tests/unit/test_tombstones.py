@@ -18,7 +18,7 @@ from tests.unit.test_replay_decisions import HISTORIES, load
 
 
 def release_history(entries: list[tuple[Position, object]], release_id: str, before_seq: int):
-    """What services.log_reads.release_history reads from NATS: the release's own subjects, folded."""
+    """What services.jetstream.log_reads.release_history reads from NATS: the release's own subjects, folded."""
     own = [(p, e) for p, e in entries if p.seq < before_seq and p.subject.split(".")[1:3] == ["release", release_id]]
     return fold(own).release(release_id)
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from projections.evidence import evidence_of
 from services.cli.live_render import frame, summary_line
 from services.cli.watch_cmd import EXIT_HELD, EXIT_NOT_SUCCESS, EXIT_SUCCESS, change_key, exit_status
-from services.live_view import release_view
+from services.reads.live_view import release_view
 
 from .test_decisions import history, sample
 from .test_live_view import open_window, window_of

@@ -1,0 +1,174 @@
+"""Activator: the only writer of scope pointers, and only inside an atomic batch.
+
+A stage's cohorts switch together with the `release.activated` event, each scope
+subject guarded by its expected last sequence: a lost race stores nothing and the
+decision is made again on fresh state. Rollbacks use the same mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from events.ids import derived_event_id
+from events.manifest import manifest_object_name
+from events.versions import parse_version
+from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, VersionDigest
+from projections.pointer_chain import chained_pointer
+from projections.releases import ReleaseState
+from projections.world import World
+from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
+from services.consumers.reactor import ReleaseReactor
+from services.consumers.verifier.readiness import TargetCheck, target_check
+
+NAME = "activator"
+
+
+def _previous(world: World, env: str, channel: str, cohort: str) -> VersionDigest | None:
+    active = world.scope(env, channel, cohort).active_pack
+    return VersionDigest(version=active.version, digest=active.digest) if active else None
+
+
+def _superseded(world: World, release: ReleaseState, cohorts: list[str]) -> str:
+    """Forbid-downgrade, re-checked at the switch: another release may have moved a scope since verification."""
+    assert release.prepared is not None and release.verified is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    if not world.channel_config(env, channel).policy.forbid_downgrade:
+        return ""
+    mine = parse_version(release.verified.pack.version)
+    problems = []
+    for cohort in cohorts:
+        active = world.scope(env, channel, cohort).active
+        if active is None or active.release_id == release.release_id:
+            continue
+        if parse_version(active.pack.version) >= mine:
+            problems.append(f"{cohort} now runs {active.pack.version} (release {active.release_id})")
+    return ("not newer than what runs now: " + "; ".join(problems)) if problems else ""
+
+
+def needs_recheck(world: World, release: ReleaseState) -> bool:
+    """Whether the next rollout switch must check the pack again (`decide_rollout`'s `recheck`):
+    every expansion (time has passed since the verification: a rotation, an expiry), and the
+    first stage when the log holds a trust rotation (it may have come after the verification).
+    Otherwise the verification a moment ago stands, and the hot path reads nothing more."""
+    return release.phase == "expanding" or (release.phase == "verified" and bool(world.trust_rotations))
+
+
+def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:
+    """Switch the next stage's cohorts to the release's pack, in one batch.
+
+    `recheck`: the pack checked again under the trust root in force now (`needs_recheck`): a
+    stage that expands after a rotation dropped the manifest's signers, or after it expired,
+    fails (`pack_no_longer_valid`) instead of switching. None: the verification's word stands.
+    """
+    if release.paused or release.verified is None or release.prepared is None:
+        return []
+    if release.phase == "verified":
+        stage = 0
+    elif release.phase == "expanding":
+        stage = release.stage + 1
+    else:
+        return []
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    if stage >= len(release.prepared.stages):
+        failed = ActivationFailed(stage=stage, code="no_such_stage", message=f"the plan has {len(release.prepared.stages)} stage(s)")
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
+    pack = release.verified.pack
+    if recheck is not None and recheck.problem is not None:
+        failed = ActivationFailed(stage=stage, code="pack_no_longer_valid", message=f"{pack.short()} checked again before the switch: {recheck.problem}")
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
+    signers = list(recheck.signers) if recheck is not None else list(release.verified.signers)
+    cohorts = []
+    for cohort in release.prepared.stages[stage]:
+        if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
+            cohorts.append(cohort)
+    superseded = _superseded(world, release, cohorts)
+    if superseded:
+        failed = ActivationFailed(stage=stage, code="superseded", message=superseded)
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
+    batch_step = f"rollout/{stage}"
+    batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
+    writes = []
+    previous: dict[str, VersionDigest | None] = {}
+    for cohort in cohorts:
+        scope_state = world.scope(env, channel, cohort)
+        previous[cohort] = _previous(world, env, channel, cohort)
+        pointer = chained_pointer(scope_state.chain_mark, pack=pack, manifest=release.verified.manifest, release_id=release.release_id,
+                                  kind="rollout", previous=previous[cohort], signers=signers)
+        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        writes.append(ScopeWrite(event, scope_state.active_seq))
+    activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
+    return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
+
+
+def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None],
+                    target_signers: Mapping[str, Sequence[str]] | None = None) -> list[Output]:
+    """Switch every cohort this release touched back to its target, in one batch.
+
+    `target_problems` maps a target digest to why it can no longer be used (None: valid);
+    any problem, or a missing target, fails closed: hold and escalate. `target_signers`: who
+    signed each target under the root in force (the pointers' `signers` evidence).
+    """
+    if release.phase != "rolling_back" or release.rollback is None or release.prepared is None:
+        return []
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    escalation = release.prepared.escalation
+    targets = release.rollback.targets
+    problems = []
+    for cohort in release.activated:
+        target = targets.get(cohort)
+        if target is None:
+            problems.append(f"{cohort}: no rollback target")
+        elif target.digest not in target_problems:
+            problems.append(f"{cohort}: target {target.version} was not checked")
+        elif target_problems[target.digest]:
+            problems.append(f"{cohort}: target {target.version} is not valid: {target_problems[target.digest]}")
+    if problems:
+        escalated = Escalated(code="rollback_target_unusable", message="; ".join(problems), escalation=escalation)
+        return [Chain((release_event(ctx, release, "escalated", escalated),))]
+    batch_step = "rollback"
+    batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
+    writes = []
+    switched: dict[str, PackRef | None] = {}
+    for cohort in release.activated:
+        target = targets[cohort]
+        assert target is not None
+        scope_state = world.scope(env, channel, cohort)
+        if scope_state.active_pack and scope_state.active_pack.digest == target.digest:
+            continue  # already on its target (e.g. a pin switched it): nothing to move
+        signers = (target_signers or {}).get(target.digest)
+        pointer = chained_pointer(scope_state.chain_mark, pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id,
+                                  kind="rollback", previous=_previous(world, env, channel, cohort),
+                                  signers=list(signers) if signers is not None else None)
+        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        writes.append(ScopeWrite(event, scope_state.active_seq))
+        switched[cohort] = target
+    rolled_back = RolledBack(cohorts=list(release.activated), targets=dict(targets), batch_id=batch_id if writes else None)
+    done = release_event(ctx, release, "rolled_back", rolled_back, batch_step)
+    if not writes:
+        return [Chain((done,))]
+    return [Atomic(tuple(writes), (done,), batch_id)]
+
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+class Activator(ReleaseReactor):
+    name = NAME
+    acts_in = frozenset({"verified", "expanding", "rolling_back"})
+
+    async def decide(self, world, release, ctx):
+        if release.phase == "rolling_back" and release.rollback is not None:
+            checks = {}
+            for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
+                checks[target.digest] = await self.target_check(target, release, ctx)
+            return decide_rollback(world, release, ctx, {d: c.problem for d, c in checks.items()},
+                                   {d: c.signers for d, c in checks.items()})
+        if needs_recheck(world, release) and release.verified is not None:
+            return decide_rollout(world, release, ctx, await self.target_check(release.verified.pack, release, ctx))
+        return decide_rollout(world, release, ctx)
+
+    async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
+        """Whether a pack can be switched to now (services/consumers/verifier/readiness.py), which first restores
+        one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
+        assert release.prepared is not None
+        return await target_check(self.app, target, release.prepared.target.env, release.prepared.target.channel,
+                                  tuple(release.activated), ctx.now)

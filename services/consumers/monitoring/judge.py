@@ -1,0 +1,423 @@
+"""Judging a monitoring window from health samples (CONTRACT §8). Pure.
+
+What the window is judged on (README "Safety semantics"):
+- the samples of the new pack (by digest) stored in the stage's cohorts within the window,
+  which starts at the stage's activation, not at the monitor's reaction;
+- the activation reports of the new pack from the activation on: one refusal (`ok` not
+  true) fails the stage (trigger `activation_failure`), and every runtime that reported in
+  these cohorts before the activation with another pack (or none) must report activating
+  the new one, or the window is inconclusive naming the runtimes missing;
+- the baseline: samples of the pack each cohort ran before (the previous *active* pack
+  recorded in the log), just before the activation — for new error classes and statistics.
+
+Absence is never health: a configured threshold whose figure has no data, too few samples,
+a runtime that never switched, or an invalid report in the window makes it inconclusive.
+Each runtime is also judged on its own samples, so one runtime reporting huge healthy
+traffic cannot outvote runtimes that breach.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Collection, Iterable
+
+from events.health import HealthSample
+from events.model import Comparison, Monitoring, MonitoringStarted
+from services.consumers.monitoring.statistics import judge_statistically
+
+if TYPE_CHECKING:
+    from projections.releases import ReleaseState
+    from projections.world import World
+
+HARD_BREACH_MIN_REQUESTS = 20
+# A runtime with fewer requests in the window is not judged on its own (its rates are noise);
+# its samples still count in the aggregate.
+PER_RUNTIME_MIN_REQUESTS = HARD_BREACH_MIN_REQUESTS
+# An activation report stored this long before the activation's timestamp still counts:
+# the activator's clock and the NATS server's may differ a little.
+CLOCK_SKEW = timedelta(seconds=5)
+MAX_LISTED = 20  # names listed in a figure or a reason (the rest are counted): a verdict is one bounded event
+MAX_TEXT = 200  # characters kept of a runtime's error text in a verdict
+
+ACTIVATION_FAILURE = "activation_failure"
+TENANT_IMPACT = "tenant_impact"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "monitoring_passed" | "monitoring_failed" | "monitoring_inconclusive"
+    samples: int
+    runtimes: int
+    figures: dict
+    comparisons: list[Comparison]
+    reason: str
+    trigger: str | None = None  # on a failure: the rollback trigger it names (None: monitoring_failure)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A report on a window's health subjects that is not a valid sample of the runtime it names."""
+
+    runtime: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class WindowData:
+    """Everything a window is judged on, split out of the stored reports."""
+
+    samples: list[HealthSample]  # the new pack's: samples within the window, activations since the activation
+    baseline: list[HealthSample]  # the previous active pack's, before the activation
+    expected: frozenset[str] = frozenset()  # runtimes that ran something else before and must switch
+    invalid: list[Invalid] = field(default_factory=list)  # invalid reports within the window
+
+
+@dataclass(frozen=True)
+class Breach:
+    reason: str
+    trigger: str | None = None
+
+
+def window_span(window: MonitoringStarted) -> tuple[datetime, datetime]:
+    """The stored-time range whose samples judge `window`: one window length of baseline before it, then the window."""
+    return window.starts_at - timedelta(seconds=window.monitoring.window_s), window.ends_at
+
+
+def read_span(window: MonitoringStarted, activated_at: datetime | None) -> tuple[datetime, datetime]:
+    """`window_span`, reaching back to the stage's activation (an extended window starts later)."""
+    start, end = window_span(window)
+    if activated_at is not None:
+        start = min(start, activated_at - CLOCK_SKEW - timedelta(seconds=window.monitoring.window_s))
+    return start, end
+
+
+def _refusal(s: HealthSample) -> bool:
+    return s.kind == "activation" and s.ok is not True
+
+
+def window_data(
+    stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted, *,
+    baseline_digests: Collection[str] = (), activated_at: datetime | None = None,
+    invalid: Iterable[tuple[datetime, Invalid]] = (),
+) -> WindowData:
+    """Split stored (server time, sample) pairs of the window's cohorts into what judges it.
+
+    `activated_at` is when the stage's pointers moved (default: the window's start);
+    `baseline_digests` the packs the cohorts ran before (none: no baseline, so every error
+    class counts as new).
+    """
+    since = activated_at or window.starts_at
+    before = min(since, window.starts_at)
+    new: list[HealthSample] = []
+    baseline: list[HealthSample] = []
+    ran_other: set[str] = set()
+    for at, s in stored:
+        if s.digest == window.digest:
+            if s.kind == "activation":
+                if since - CLOCK_SKEW <= at <= window.ends_at:
+                    new.append(s)
+            elif window.starts_at <= at <= window.ends_at:
+                new.append(s)
+        elif at < before:
+            ran_other.add(s.runtime_id)
+            if s.digest is not None and s.digest in baseline_digests:
+                baseline.append(s)
+    bad = [i for at, i in invalid if window.starts_at <= at <= window.ends_at]
+    return WindowData(new, baseline, frozenset(ran_other), bad)
+
+
+def split_window(stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted,
+                 baseline_digests: Collection[str] = ()) -> tuple[list[HealthSample], list[HealthSample]]:
+    """(samples of the new pack inside the window, samples of the previous active pack just before it), by stored time."""
+    data = window_data(stored, window, baseline_digests=baseline_digests)
+    return data.samples, data.baseline
+
+
+def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
+    """The packs the window's cohorts ran before this release: each scope's previous *active* pointer, from the log.
+
+    Only a pointer this release wrote counts (a scope moved by anything else since has no
+    baseline here): never "whatever other digest a runtime claims to run".
+    """
+    m, prepared = release.monitoring, release.prepared
+    if m is None or prepared is None:
+        return frozenset()
+    out = set()
+    for cohort in m.cohorts:
+        active = world.scope(prepared.target.env, prepared.target.channel, cohort).active
+        if active is not None and active.release_id == release.release_id and active.pack.digest == m.digest \
+                and active.previous is not None and active.previous.digest != m.digest:
+            out.add(active.previous.digest)
+    return frozenset(out)
+
+
+# ---- figures ------------------------------------------------------------------------------------
+
+
+def _weighted(values: list[tuple[float, int]]) -> float | None:
+    """Request-weighted mean. Health figures are bounded at decode (events/health.py), so
+    neither the products nor their sum can overflow; fsum keeps the sum exact enough."""
+    if not values:
+        return None
+    total = sum(w for _, w in values)  # exact ints
+    if total == 0:
+        return math.fsum(v for v, _ in values) / len(values)
+    return math.fsum(v * w for v, w in values) / total
+
+
+def _listed(names: Iterable[str]) -> list[str]:
+    return sorted(names)[:MAX_LISTED]
+
+
+def _names(names: Collection[str]) -> str:
+    shown = ", ".join(_listed(names))
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _regular(samples: Iterable[HealthSample]) -> list[HealthSample]:
+    return [s for s in samples if s.kind == "sample" and s.requests > 0]
+
+
+def _rates(regular: list[HealthSample]) -> dict:
+    """The figures of some samples that a per-runtime judgement can use too."""
+    requests = sum(s.requests for s in regular)
+    errors = sum(s.errors for s in regular)
+    checked = sum(s.correctness.checked for s in regular if s.correctness)
+    mismatches = sum(s.correctness.mismatches for s in regular if s.correctness)
+    traced = [(s.correctness.trace_coverage, s.requests) for s in regular if s.correctness and s.correctness.trace_coverage is not None]
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": (errors / requests) if requests else None,
+        "latency_p95_ms": _weighted([(s.latency_ms.p95, s.requests) for s in regular if s.latency_ms]),
+        "latency_p99_ms": _weighted([(s.latency_ms.p99, s.requests) for s in regular if s.latency_ms]),
+        "mismatch_rate": (mismatches / checked) if checked else None,
+        "trace_coverage": _weighted(traced),
+    }
+
+
+def figures_of(samples: Iterable[HealthSample], baseline: Iterable[HealthSample]) -> dict:
+    samples = list(samples)
+    regular = _regular(samples)
+    activations = [s for s in samples if s.kind == "activation"]
+    idle = sum(1 for s in samples if s.kind == "sample" and s.requests == 0)  # served nothing: no evidence either way
+    signalled = [s.signals for s in samples if s.kind == "sample" and s.signals is not None]
+    classes = {c for s in regular for c, n in s.error_classes.items() if n > 0}
+    known = {c for s in baseline for c, n in s.error_classes.items() if n > 0}
+    new_classes = classes - known
+    took = sorted(s.took_ms for s in activations if s.took_ms is not None)
+    p95 = [s.latency_ms.p95 for s in regular if s.latency_ms]
+    p99 = [s.latency_ms.p99 for s in regular if s.latency_ms]
+    refused = {s.runtime_id for s in activations if _refusal(s)}
+    return {
+        "samples": len(regular),
+        "idle_samples": idle,
+        "runtimes": len({s.runtime_id for s in regular} | {s.runtime_id for s in activations}),
+        **_rates(regular),
+        "latency_p95_ms_worst": max(p95, default=None),
+        "latency_p99_ms_worst": max(p99, default=None),
+        "activations": len(activations),
+        "activation_success_rate": (sum(1 for s in activations if not _refusal(s)) / len(activations)) if activations else None,
+        "activation_refusals": len(refused),
+        "refused_by": _listed(refused),
+        "time_to_activate_ms_p50": took[len(took) // 2] if took else None,
+        "time_to_activate_ms_max": took[-1] if took else None,
+        "tickets": sum(s.tickets for s in signalled) if signalled else None,
+        "escalations": sum(s.escalations for s in signalled) if signalled else None,
+        "error_classes": _listed(classes),
+        "error_classes_count": len(classes),
+        "new_error_classes": _listed(new_classes),
+        "new_error_classes_count": len(new_classes),
+        "activation_errors": sorted({s.error[:MAX_TEXT] for s in activations if _refusal(s) and s.error})[:MAX_LISTED],
+    }
+
+
+# ---- comparisons --------------------------------------------------------------------------------
+
+# (metric, threshold field, op) of the rate thresholds, judged on the aggregate and per runtime
+_RATES = (
+    ("error_rate", "error_rate_max", "<="),
+    ("latency_p95_ms", "latency_p95_ms_max", "<="),
+    ("latency_p99_ms", "latency_p99_ms_max", "<="),
+    ("mismatch_rate", "mismatch_rate_max", "<="),
+    ("trace_coverage", "trace_coverage_min", ">="),
+)
+
+
+def _holds(value: float, op: str, limit: float) -> bool:
+    return value <= limit if op == "<=" else value >= limit
+
+
+def _compare(metric: str, value: float | None, op: str, limit: float) -> Comparison:
+    # No data is not a pass: ok stays False and the judge calls the window inconclusive.
+    return Comparison(metric=metric, value=value, op=op, threshold=limit, ok=value is not None and _holds(value, op, limit))
+
+
+def compare(figures: dict, monitoring: Monitoring) -> list[Comparison]:
+    """Every configured threshold against its figure; `value None` means no data (never ok)."""
+    t = monitoring.thresholds
+    out: list[Comparison] = []
+    for metric, name, op in _RATES:
+        if getattr(t, name) is not None:
+            out.append(_compare(metric, figures.get(metric), op, getattr(t, name)))
+    if t.activation_success_min is not None:
+        out.append(_compare("activation_success_rate", figures.get("activation_success_rate"), ">=", t.activation_success_min))
+    # A runtime refusing the pack fails the stage whatever the thresholds say.
+    out.append(_compare("activation_refusals", float(figures.get("activation_refusals") or 0), "<=", 0.0))
+    for metric, limit in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
+        if limit is not None:
+            value = figures.get(metric)
+            out.append(_compare(metric, float(value) if value is not None else None, "<=", float(limit)))
+    if t.new_error_classes == "fail":
+        count = figures.get("new_error_classes_count", len(figures.get("new_error_classes") or []))
+        out.append(Comparison(metric="new_error_classes", value=float(count), op="none_new", threshold=0.0, ok=not count))
+    return out
+
+
+def per_runtime(samples: Iterable[HealthSample], monitoring: Monitoring) -> dict[str, dict]:
+    """Each runtime with enough requests judged on its own samples: its rates and what it breaches."""
+    t = monitoring.thresholds
+    by_runtime: dict[str, list[HealthSample]] = {}
+    for s in _regular(samples):
+        by_runtime.setdefault(s.runtime_id, []).append(s)
+    out = {}
+    for runtime, own in by_runtime.items():
+        rates = _rates(own)
+        if rates["requests"] < PER_RUNTIME_MIN_REQUESTS:
+            continue
+        breaches = [f"{metric} {_fmt(rates[metric])} breaches {op} {_fmt(getattr(t, name))}"
+                    for metric, name, op in _RATES
+                    if getattr(t, name) is not None and rates[metric] is not None and not _holds(rates[metric], op, getattr(t, name))]
+        out[runtime] = {**{k: v for k, v in rates.items() if v is not None}, "samples": len(own), "breaches": breaches}
+    return out
+
+
+def _runtime_rows(judged: dict[str, dict]) -> dict:
+    """The per-runtime verdicts for the figures, breaching runtimes first, bounded."""
+    order = sorted(judged, key=lambda r: (not judged[r]["breaches"], r))
+    return {"judged": len(judged), "breaching": sum(1 for r in judged.values() if r["breaches"]),
+            "runtimes": {r: judged[r] for r in order[:MAX_LISTED]}}
+
+
+def per_sample(samples: Iterable[HealthSample]) -> dict[str, list[float]]:
+    regular = _regular(samples)
+    return {
+        "error_rate": [s.errors / s.requests for s in regular],
+        "latency_p95_ms": [s.latency_ms.p95 for s in regular if s.latency_ms],
+        "latency_p99_ms": [s.latency_ms.p99 for s in regular if s.latency_ms],
+    }
+
+
+def _trigger(failed: list[Comparison]) -> str | None:
+    metrics = {c.metric for c in failed}
+    if "activation_refusals" in metrics:
+        return ACTIVATION_FAILURE
+    if metrics & {"tickets", "escalations"}:
+        return TENANT_IMPACT
+    return None
+
+
+def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring: Monitoring, *,
+          expected: Collection[str] = (), invalid: Collection[Invalid] = ()) -> Verdict:
+    """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed."""
+    figures = figures_of(samples, baseline)
+    comparisons = compare(figures, monitoring)
+    judged = per_runtime(samples, monitoring)
+    if any(getattr(monitoring.thresholds, name) is not None for _, name, _ in _RATES):
+        rows = _runtime_rows(judged)
+        figures["per_runtime"] = rows
+        comparisons.append(Comparison(metric="runtimes_breaching", value=float(rows["breaching"]), op="<=", threshold=0.0,
+                                      ok=rows["breaching"] == 0))
+    mode = monitoring.thresholds.statistical
+    if mode != "off":
+        stats = judge_statistically(per_sample(samples), per_sample(baseline))
+        figures["statistical"] = stats
+        if mode == "enforce" and stats["result"] == "fail":
+            comparisons.append(Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False))
+    activated = {s.runtime_id for s in samples if s.kind == "activation" and not _refusal(s)}
+    missing_runtimes = set(expected) - activated
+    figures["coverage"] = {"expected": len(expected), "activated": len(set(expected) & activated),
+                           "missing": _listed(missing_runtimes)}
+    if invalid:
+        figures["invalid_reports"] = len(invalid)
+        figures["invalid_examples"] = [f"{i.runtime}: {i.problem[:MAX_TEXT]}" for i in list(invalid)[:3]]
+    n, runtimes = figures["samples"], figures["runtimes"]
+
+    breached = [c for c in comparisons if not c.ok and c.value is not None]
+    if breached:
+        reason = "; ".join(f"{c.metric} {_fmt(c.value)} breaches {c.op} {_fmt(c.threshold)}" for c in breached)
+        if any(c.metric == "new_error_classes" for c in breached):
+            reason += f" (new: {_names(figures['new_error_classes'])})"
+        if any(c.metric == "activation_refusals" for c in breached):
+            reason += f" (refused by: {_names(figures['refused_by'])})"
+        failing = {r: row["breaches"] for r, row in judged.items() if row["breaches"]}
+        if failing:
+            reason += "; " + "; ".join(f"runtime {r}: {', '.join(b)}" for r, b in sorted(failing.items())[:3])
+            if len(failing) > 3:
+                reason += f"; and {len(failing) - 3} more runtime(s)"
+        return Verdict("monitoring_failed", n, runtimes, figures, comparisons, reason, _trigger(breached))
+
+    gaps = [f"no data for {c.metric} (threshold {c.op} {_fmt(c.threshold)})" for c in comparisons if not c.ok]
+    if missing_runtimes:
+        gaps.append(f"{len(missing_runtimes)} runtime(s) reported before the activation but not activating the new pack: "
+                    f"{_names(missing_runtimes)}")
+    if invalid:
+        gaps.append(f"{len(invalid)} invalid health report(s) in the window ({_names({i.runtime for i in invalid})}): "
+                    f"{list(invalid)[0].problem[:MAX_TEXT]}")
+    if n < monitoring.min_samples:
+        gaps.append(f"{n} sample(s), fewer than min_samples {monitoring.min_samples}")
+    if gaps:
+        return Verdict("monitoring_inconclusive", n, runtimes, figures, comparisons, "; ".join(gaps))
+    return Verdict("monitoring_passed", n, runtimes, figures, comparisons, f"{n} sample(s) from {runtimes} runtime(s) within every threshold")
+
+
+def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
+    return judge(data.samples, data.baseline, monitoring, expected=data.expected, invalid=data.invalid)
+
+
+# ---- early failure ------------------------------------------------------------------------------
+
+
+def breach_of(sample: HealthSample, monitoring: Monitoring) -> Breach | None:
+    """A single report bad enough to fail the window before it ends (or None)."""
+    if _refusal(sample):
+        return Breach(f"runtime {sample.runtime_id} failed to activate: {(sample.error or 'no reason given')[:MAX_TEXT]}", ACTIVATION_FAILURE)
+    if sample.kind != "sample":
+        return None
+    t = monitoring.thresholds
+    if sample.signals is not None:
+        for metric, limit in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
+            value = getattr(sample.signals, metric)
+            if limit is not None and value > limit:
+                return Breach(f"runtime {sample.runtime_id} reported {value} {metric} in one sample, over the window's {metric}_max {limit}",
+                              TENANT_IMPACT)
+    limit = t.error_rate_max
+    if limit is not None and sample.requests >= HARD_BREACH_MIN_REQUESTS:
+        rate = sample.errors / sample.requests
+        if rate > min(1.0, 2 * limit):
+            return Breach(f"runtime {sample.runtime_id} error rate {rate:.3f} over twice the threshold {limit}")
+    return None
+
+
+def hard_breach(sample: HealthSample, monitoring: Monitoring) -> str | None:
+    breach = breach_of(sample, monitoring)
+    return breach.reason if breach else None
+
+
+def first_breach(stored: Iterable[tuple[datetime, HealthSample]], digest: str, monitoring: Monitoring,
+                 since: datetime) -> tuple[Breach, HealthSample] | None:
+    """The first report of pack `digest` stored since its activation that fails the window early."""
+    for at, s in sorted(stored, key=lambda pair: pair[0]):
+        if s.digest == digest and at >= since - CLOCK_SKEW:
+            breach = breach_of(s, monitoring)
+            if breach is not None:
+                return breach, s
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}"

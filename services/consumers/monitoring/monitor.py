@@ -1,0 +1,309 @@
+"""Monitor: opens a window on each activated stage and judges it when it ends.
+
+The window starts when the stage's pointers moved (the `activated` event), not when the
+monitor got to it, and its end is a JetStream scheduled message (KX_TIMERS), so a restart
+loses no timer. A hard breach (a runtime refusing the pack, an error spike, a tenant-impact
+spike) fails the window early — also one reported between the activation and the window's
+opening, found by reading the samples stored since the activation when the window opens.
+The verdict event carries every figure and every threshold compared; a verdict that could
+not be written as contract JSON is replaced by an inconclusive one saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from events.canonical import StrictJSONError
+from events.codec import encode_event
+from events.health import HealthSample
+from events.ids import derived_event_id
+from events.model import Event, MonitoringStarted, MonitoringVerdict
+from projections.releases import ReleaseState
+from projections.world import World
+from services.reads.health_reads import accept, samples_between, window_reports
+from services.consumers.monitoring.judge import CLOCK_SKEW, Breach, WindowData, baseline_digests, breach_of, first_breach, judge_window, read_span, window_data
+from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
+from services.consumers.reactor import ReleaseReactor
+from services.jetstream.worker import Poison, Worker
+
+NAME = "monitor"
+log = logging.getLogger(__name__)
+
+
+def timer_key(release_id: str, stage: int) -> str:
+    return f"{release_id}.{stage}"
+
+
+def parse_timer_key(tokens: list[str]) -> tuple[str, int] | None:
+    if len(tokens) != 2 or not tokens[1].isdigit():
+        return None
+    return tokens[0], int(tokens[1])
+
+
+def window_timer(release: ReleaseState) -> Timer | None:
+    m = release.monitoring
+    if m is None:
+        return None
+    key = timer_key(release.release_id, m.stage)
+    return Timer(key=key, at=m.ends_at, payload={"release_id": release.release_id, "stage": m.stage},
+                 msg_id=derived_event_id(release.release_id, NAME, f"timer/{m.stage}/{m.ends_at.isoformat()}"))
+
+
+def activated_at(release: ReleaseState, stage: int, fallback: datetime) -> datetime:
+    """When the stage's pointers moved: the `activated` event's time (the window starts there)."""
+    return release.activated_at.get(stage, fallback)
+
+
+def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: MonitoringVerdict) -> Event:
+    """The verdict as an event that can be written, or, failing that, an inconclusive one saying why.
+
+    A figure that is not contract JSON (a non-finite number) or a verdict over the event
+    size cap would be refused by the log writer (events/codec.py) and the window would
+    never end: hold it instead (inconclusive), keeping its stage, counts and reason.
+    """
+    step = f"verdict/{verdict.stage}"
+    event = release_event(ctx, release, outcome, verdict, step)
+    try:
+        encode_event(event)
+        return event
+    except StrictJSONError as exc:
+        problem = str(exc)
+    slim = MonitoringVerdict(stage=verdict.stage, samples=verdict.samples, runtimes=verdict.runtimes, early=verdict.early,
+                             reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; it was: {verdict.reason[:1000]}")
+    return release_event(ctx, release, "monitoring_inconclusive", slim, step)
+
+
+def _breach_verdict(stage: int, breach: Breach, figures: dict) -> MonitoringVerdict:
+    return MonitoringVerdict(stage=stage, figures=figures, early=True, reason=f"hard breach: {breach.reason}", trigger=breach.trigger)
+
+
+def breach_figures(sample: HealthSample, cohort: str | None = None) -> dict:
+    figures = {"breach_runtime": sample.runtime_id, "sample": sample.model_dump(mode="json")}
+    if cohort is not None:
+        figures["breach_cohort"] = cohort
+    return figures
+
+
+def decide_start(release: ReleaseState, ctx: Ctx, early: tuple[Breach, dict] | None = None) -> list[Output]:
+    """On an activated stage: open its window (or, while monitoring, make sure its timer exists).
+
+    The window starts at the stage's activation. `early` is a hard breach found among the
+    reports stored since the activation (a runtime that refused the pack before the window
+    opened): the window opens and fails at once.
+    """
+    if release.phase == "monitoring":
+        timer = window_timer(release)
+        return [timer] if timer else []
+    if release.phase != "activated" or release.prepared is None or release.verified is None:
+        return []
+    stage = release.stage
+    cohorts = release.prepared.stages[stage] if 0 <= stage < len(release.prepared.stages) else []
+    activated_now = [c for c in cohorts if c in release.activated]
+    monitoring = release.prepared.monitoring
+    starts_at = activated_at(release, stage, ctx.now)
+    started = MonitoringStarted(
+        stage=stage, cohorts=activated_now, digest=release.verified.pack.digest,
+        starts_at=starts_at, ends_at=starts_at + timedelta(seconds=monitoring.window_s), monitoring=monitoring,
+    )
+    events = [release_event(ctx, release, "monitoring_started", started, f"start/{stage}")]
+    if not activated_now:  # every cohort of the stage was pinned: nothing to watch, nothing exposed
+        verdict = MonitoringVerdict(stage=stage, reason="no cohort of this stage was activated (all pinned)")
+        events.append(release_event(ctx, release, "monitoring_passed", verdict, f"verdict/{stage}"))
+    elif early is not None:
+        events.append(verdict_event(ctx, release, "monitoring_failed", _breach_verdict(stage, *early)))
+    return [Chain(tuple(events))]
+
+
+def decide_window(release: ReleaseState, stage: int, data: WindowData, ctx: Ctx) -> list[Output]:
+    """The window's verdict from everything it is judged on."""
+    if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+        return []
+    v = judge_window(data, release.monitoring.monitoring)
+    verdict = MonitoringVerdict(stage=stage, samples=v.samples, runtimes=v.runtimes, figures=v.figures, comparisons=v.comparisons,
+                                reason=v.reason, trigger=v.trigger if v.outcome == "monitoring_failed" else None)
+    return [Chain((verdict_event(ctx, release, v.outcome, verdict),))]
+
+
+def decide_verdict(release: ReleaseState, stage: int, samples: list[HealthSample], baseline: list[HealthSample], ctx: Ctx) -> list[Output]:
+    """`decide_window` on the new pack's samples and the baseline alone (no coverage, no invalid reports)."""
+    return decide_window(release, stage, WindowData(list(samples), list(baseline)), ctx)
+
+
+def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx,
+                       what: str = "health samples could not be read") -> list[Output]:
+    """The window could not be judged (its samples unreadable, or judging them failed): hold, saying why."""
+    if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+        return []
+    verdict = MonitoringVerdict(stage=stage, reason=f"{what}: {problem[:1000]}")
+    return [Chain((release_event(ctx, release, "monitoring_inconclusive", verdict, f"verdict/{stage}"),))]
+
+
+def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx, trigger: str | None = None) -> list[Output]:
+    if release.phase != "monitoring" or release.monitoring is None:
+        return []
+    verdict = _breach_verdict(release.monitoring.stage, Breach(reason, trigger), figures)
+    return [Chain((verdict_event(ctx, release, "monitoring_failed", verdict),))]
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+class Monitor(ReleaseReactor):
+    name = NAME
+    acts_in = frozenset({"activated", "monitoring"})
+
+    def __init__(self, app) -> None:
+        super().__init__(app)
+        self._timers_sent: dict[str, str] = {}  # release id -> its current window's timer, as published
+        self._scanned: dict[str, str] = {}  # release id -> the window (its timer id) already scanned for early breaches
+
+    def runners(self) -> list:
+        timers = Worker(
+            self.app.js, self.app.subjects.timers_stream, "kxr-monitor-timers", [self.app.subjects.timer_fire("*.*")],
+            self.on_timer, self.app.deadletters,
+        )
+        return super().runners() + [timers.run(), self.watch_health(), self.sweep()]
+
+    async def sweep(self, every: float = 1.0, grace: float = 2.0) -> None:
+        """Safety net for timers: judge any window overdue by more than `grace` seconds.
+
+        A timer can be late (its fire message was fetched by a process that then died, and
+        waits out the ack deadline): the verdict must not wait with it. Deciding twice is
+        harmless, the verdict's id is derived.
+        """
+        while True:
+            await asyncio.sleep(every)
+            world = self.app.follower.world
+            now = self.app.clock()
+            for release_id in list(world.in_flight):
+                release = world.release(release_id)
+                m = release.monitoring if release else None
+                if release and release.phase == "monitoring" and m and (now - m.ends_at).total_seconds() > grace:
+                    try:
+                        await self.settle(release_id, self._verdict_for(m.stage))
+                    except Exception as exc:  # the next sweep tries again
+                        log.warning("monitor: overdue window of %s not judged yet: %s", release_id, exc)
+
+    async def decide(self, world, release, ctx):
+        if release.phase == "activated":
+            # a runtime may refuse the pack before the window opens: look before opening it
+            return decide_start(release, ctx, await self.early_breach(release, release.stage, release.verified.pack.digest
+                                                                    if release.verified else None))
+        timer = window_timer(release)
+        if release.phase == "monitoring" and timer is not None and self._scanned.get(release.release_id) != timer.msg_id:
+            # once per window and process: what was stored between the activation and the window's opening
+            m = release.monitoring
+            found = await self.early_breach(release, m.stage, m.digest)
+            if found is not None:
+                return decide_breach(release, found[0].reason, found[1], ctx, found[0].trigger)
+            self._scanned[release.release_id] = timer.msg_id
+        # A window's timer is (re)published once per process: at start-up that covers a timer
+        # lost with a crash, and the sweep judges an overdue window whatever happened to it.
+        sent = self._timers_sent.get(release.release_id)
+        return [o for o in decide_start(release, ctx) if not (isinstance(o, Timer) and o.msg_id == sent)]
+
+    async def early_breach(self, release: ReleaseState, stage: int, digest: str | None) -> tuple[Breach, dict] | None:
+        """A hard breach among the reports stored since the stage's activation, if any (best effort:
+        a read that fails finds nothing here, and the window's end judges every report anyway)."""
+        if release.prepared is None or digest is None or stage not in release.activated_at:
+            return None
+        since = release.activated_at[stage]
+        cohorts = [c for c in release.prepared.stages[stage] if c in release.activated] if stage < len(release.prepared.stages) else []
+        target = release.prepared.target
+        try:
+            stored = await samples_between(self.app.js, self.app.subjects, target.env, target.channel, cohorts,
+                                           since - CLOCK_SKEW, self.app.clock() + CLOCK_SKEW)
+        except Exception as exc:
+            log.info("monitor: reports since the activation of %s not read: %s", release.release_id, exc)
+            return None
+        found = first_breach(stored, digest, release.prepared.monitoring, since)
+        return (found[0], breach_figures(found[1])) if found else None
+
+    def emitted(self, outputs) -> None:
+        for o in outputs:
+            if isinstance(o, Timer):
+                self._timers_sent[o.payload["release_id"]] = o.msg_id
+        in_flight = self.app.follower.world.in_flight
+        if len(self._timers_sent) > 2 * len(in_flight) + 100:  # forget releases that ended
+            self._timers_sent = {r: m for r, m in self._timers_sent.items() if r in in_flight}
+        if len(self._scanned) > 2 * len(in_flight) + 100:
+            self._scanned = {r: m for r, m in self._scanned.items() if r in in_flight}
+
+    async def on_timer(self, msg) -> None:
+        _, tokens = self.app.subjects.parse(msg.subject)
+        parsed = parse_timer_key(tokens[1:])
+        if parsed is None:
+            raise Poison(f"not a window timer: {msg.subject}")
+        release_id, stage = parsed
+        await self.app.follower.catch_up()
+        await self.settle(release_id, self._verdict_for(stage))
+
+    def _verdict_for(self, stage: int):
+        async def verdict(world, release, ctx):
+            if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+                return []
+            try:
+                data = await self.window_data(world, release)
+            except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
+                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx)
+            try:
+                return decide_window(release, stage, data, ctx)
+            except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
+                log.exception("monitor: window %d of %s could not be judged", stage, release.release_id)
+                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged")
+
+        return verdict
+
+    async def window_data(self, world: World, release: ReleaseState) -> WindowData:
+        """Every report of the window's cohorts from a window length before the activation to the window's end."""
+        m = release.monitoring
+        assert m is not None and release.prepared is not None
+        env, channel = release.prepared.target.env, release.prepared.target.channel
+        since = release.activated_at.get(m.stage)
+        reports = await window_reports(self.app.js, self.app.subjects, env, channel, m.cohorts, *read_span(m, since))
+        return window_data(reports.valid, m, baseline_digests=baseline_digests(world, release), activated_at=since,
+                           invalid=reports.invalid)
+
+    async def watch_health(self) -> None:
+        """Live: fail a window early on a hard breach. The window's end judges everything anyway."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+
+        async def on_msg(msg) -> None:
+            if not queue.full():
+                queue.put_nowait(msg)
+
+        sub = await self.app.nc.subscribe(self.app.subjects.health_all(), cb=on_msg)
+        try:
+            while True:
+                msg = await queue.get()
+                await self.check_breach(msg.subject, msg.data)
+        finally:
+            await sub.unsubscribe()
+
+    async def check_breach(self, subject: str, data: bytes) -> None:
+        parts = subject.split(".")
+        if len(parts) != 6:
+            return
+        _, _, env, channel, cohort, runtime_id = parts
+        sample = accept(data, subject)
+        if not isinstance(sample, HealthSample) or sample.digest is None:
+            return  # an invalid report makes its window inconclusive when the window is judged
+        world = self.app.follower.world
+        for release_id in world.in_flight:
+            release = world.releases[release_id]
+            m = release.monitoring
+            if release.phase != "monitoring" or m is None or m.digest != sample.digest or cohort not in m.cohorts:
+                continue
+            if release.prepared is None or (release.prepared.target.env, release.prepared.target.channel) != (env, channel):
+                continue
+            found = breach_of(sample, m.monitoring)
+            if found:
+                figures = breach_figures(sample, cohort)
+
+                async def breach(world, current, ctx, found=found, figures=figures):
+                    return decide_breach(current, found.reason, figures, ctx, found.trigger)
+
+                try:
+                    await self.settle(release.release_id, breach)
+                except Exception as exc:  # best effort: the window's end still judges this sample
+                    log.warning("monitor: early fail of %s not recorded: %s", release.release_id, exc)

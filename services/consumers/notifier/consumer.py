@@ -1,0 +1,135 @@
+"""The notifier role: a webhook post for each rollback, hold and escalation, recorded in the log.
+
+Event-triggered (not level-triggered like the lifecycle consumers): each of those events
+is one notification per sink that asked for its kind. Before posting, the notifier reads
+what is already recorded for the release, so a redelivery (or a second instance) does not
+post and record again; the record's id is derived from (event, sink) and appended with the
+expected last sequence of the release's notification subjects, so only one outcome is ever
+stored. A webhook that fails is recorded as `notification.failed` and the release goes on:
+nothing here touches the release's own subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import httpx
+from nats.aio.msg import Msg
+
+from events.codec import DecodeError, decode_event, make_event
+from events.ids import derived_event_id
+from events.model import Event
+from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink
+from projections.releases import ReleaseState
+from services.jetstream.log import AppendConflict, Entry
+from services.jetstream.log_reads import log_entries
+from services.jetstream.worker import Poison, Worker
+from services.consumers.notifier.delivery import Delivery, deliver
+from services.consumers.notifier.webhook import Backoff, webhook
+
+if TYPE_CHECKING:
+    from services.app import App
+
+NAME = "notifier"
+MAX_CONFLICTS = 8
+log = logging.getLogger(__name__)
+
+
+def trigger_subject(prefix: str, event_type: str) -> str:
+    family, suffix = event_type.split(".", 1)
+    return f"{prefix}.scope.*.*.*.{suffix}" if family == "scope" else f"{prefix}.{family}.*.{suffix}"
+
+
+class Notifier:
+    def __init__(self, app: "App", backoff: Backoff = Backoff()) -> None:
+        self.app = app
+        self.backoff = backoff
+
+    def runners(self) -> list:
+        s = self.app.subjects
+        triggers = [trigger_subject(s.prefix, event_type) for event_type in KIND_OF_EVENT]
+        # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
+        # once created, the durable consumer remembers where it was across restarts.
+        worker = Worker(self.app.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.app.deadletters,
+                        ack_wait=self.app.settings.ack_wait_s, deliver_new=True)
+        return [worker.run()]
+
+    async def handle(self, msg: Msg) -> None:
+        await self.app.follower.wait_for(msg.metadata.sequence.stream)
+        try:
+            event = decode_event(msg.data, msg.subject, self.app.subjects)
+        except DecodeError as exc:
+            raise Poison(str(exc)) from None
+        await self.notify(event, msg.in_progress)  # retries may outlast the ack deadline: no redelivery meanwhile
+
+    async def notify(self, event: Event, still_working: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Post and record what `event` calls for and is not recorded yet (a redelivery posts nothing)."""
+        kind = KIND_OF_EVENT.get(event.type)
+        release = await self.app.release_whole(event.release_id) if kind is not None and event.release_id else None
+        if kind is None:
+            return
+        if event.family == "scope" and event.scope is not None:
+            # a scope's flag: its channel's sinks; the release that put the pack there (if any)
+            # gives owner and escalation, and is where the outcome is recorded
+            env, channel = event.scope.env, event.scope.channel
+        elif release is not None and release.requested is not None:
+            env, channel = release.requested.target.env, release.requested.target.channel
+        else:
+            return
+        sinks = [s for s in self.app.follower.world.channel_config(env, channel).notifications if kind in s.on]
+        if not sinks:
+            return
+        # A flag on a pinned scope names no release: its posts carry the flag's id as Idempotency-Key
+        # (receivers drop copies), but there is no release to record the outcome under.
+        done, _ = await self.recorded(release.release_id) if release is not None else (set(), 0)
+        async with httpx.AsyncClient() as client:
+            for sink in sinks:
+                if (event.event_id, sink.name) in done:
+                    continue
+                delivery = await self.send(client, sink, kind, event, release, still_working)
+                if release is not None:
+                    await self.record(sink, kind, event, delivery)
+
+    async def send(self, client: httpx.AsyncClient, sink: NotificationSink, kind: str, event: Event,
+                   release: ReleaseState | None, still_working: Callable[[], Awaitable[None]] | None) -> Delivery:
+        secret = None
+        if sink.secret_env is not None:
+            secret = os.environ.get(sink.secret_env) or None
+            if secret is None:  # fail closed: never send unsigned what the receiver expects signed
+                return Delivery(False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment")
+        return await deliver(client, webhook(kind, sink, event, release, secret), sink.attempts, self.backoff, still_working)
+
+    async def recorded(self, release_id: str) -> tuple[set[tuple[str, str]], int]:
+        """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""
+        done: set[tuple[str, str]] = set()
+        last = 0
+        async for entry, _, event in log_entries(self.app.js, self.app.subjects, [self.app.subjects.notification_filter(release_id)]):
+            last = entry.seq
+            if event is not None and isinstance(event.data, NotificationOutcome):
+                done.add((event.data.trigger, event.data.sink))
+        return done, last
+
+    async def record(self, sink: NotificationSink, kind: str, trigger: Event, delivery: Delivery) -> None:
+        release_id = trigger.release_id
+        assert release_id
+        outcome = NotificationOutcome(sink=sink.name, kind=kind, trigger=trigger.event_id, trigger_type=trigger.type,
+                                      attempts=delivery.attempts, status=delivery.status, error=delivery.error)
+        event = make_event("notification.sent" if delivery.ok else "notification.failed", outcome,
+                           actor=self.app.ctx(NAME).actor, release_id=release_id, causation_id=trigger.event_id,
+                           correlation_id=release_id, event_id=derived_event_id(trigger.event_id, NAME, sink.name),
+                           occurred_at=self.app.clock())
+        (log.info if delivery.ok else log.warning)(
+            "%s notification to %s %s after %d attempt(s)%s", kind, sink.name, "sent" if delivery.ok else "failed",
+            delivery.attempts, f": {delivery.error}" if delivery.error else "")
+        for _ in range(MAX_CONFLICTS):
+            done, last = await self.recorded(release_id)
+            if (trigger.event_id, sink.name) in done:
+                return  # another instance recorded it first
+            try:
+                await self.app.log.append(Entry(event, last, self.app.subjects.notification_filter(release_id)))
+                return
+            except AppendConflict:
+                continue  # another notification of this release landed in between: look again
+        raise RuntimeError(f"notifier: {release_id} kept conflicting after {MAX_CONFLICTS} attempts")

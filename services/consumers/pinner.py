@@ -1,0 +1,215 @@
+"""Pins: hold a scope on a pack for a bounded time, with a rationale (part of the activator role).
+
+- `pin`/`unpin` build the operator's events (pure; the CLI appends them).
+- On `scope.pinned`, a pack other than the active one is re-verified (every gate, purpose
+  "pin": downgrades allowed, everything else enforced) and switched atomically
+  (`scope.activated` kind `pin`); a pack that fails is refused with `scope.unpinned`
+  (reason `refused`) naming the gate, and the pointer does not move.
+- Expiry is a JetStream scheduled message at `until` that records `scope.unpinned`
+  (reason `expired`); a sweep catches any timer that was lost with a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from events.codec import decode_event, make_event
+from events.ids import derived_event_id
+from events.manifest import manifest_object_name
+from events.model import Actor, Event, PackRef, Scope, ScopePinned, ScopeUnpinned, VersionDigest
+from projections.pointer_chain import chained_pointer
+from projections.scopes import ScopeState
+from projections.world import World
+from services.jetstream.log import AppendConflict, Entry
+from services.actions.operator import OperatorError
+from services.consumers.outputs import Timer
+from services.jetstream.pack_keeper import checked_with_restore
+from services.jetstream.packstore import PackStore
+from services.consumers.verifier.adapter import run_gates
+from services.consumers.verifier.gates import VerifyContext
+from services.jetstream.worker import Poison, Worker
+
+NAME = "pinner"
+log = logging.getLogger(__name__)
+
+
+def find_pack(world: World, env: str, channel: str, version: str) -> PackRef:
+    """The verified pack with this version released to this channel (newest first)."""
+    for release in sorted(world.releases.values(), key=lambda r: -r.last_seq):
+        v = release.verified
+        if v and v.pack.version == version and release.prepared and (release.prepared.target.env, release.prepared.target.channel) == (env, channel):
+            return v.pack
+    raise OperatorError(f"no pack with version {version} was ever verified for {env}/{channel}")
+
+
+def pin_too_long(world: World, scope: Scope, until: datetime, pinned_at: datetime) -> str | None:
+    """Why a pin breaks the channel's `max_pin_days` (None: it does not).
+
+    One rule for both sides: the CLI refuses to write such a pin, and the pinner refuses
+    (records `unpinned` reason `refused`) one that reached the log anyway.
+    """
+    max_days = world.channel_config(scope.env, scope.channel).policy.max_pin_days
+    if (until - pinned_at).total_seconds() > max_days * 86400:
+        return f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days); this one runs until {until.isoformat()}"
+    return None
+
+
+def pin(world: World, scope: Scope, version: str, until: datetime, rationale: str, actor: Actor, now: datetime) -> tuple[Event, int]:
+    """The operator's `scope.pinned` and the scope sequence it must follow."""
+    if not rationale.strip():
+        raise OperatorError("a pin needs a rationale")
+    if until <= now:
+        raise OperatorError("--until must be in the future")
+    too_long = pin_too_long(world, scope, until, now)
+    if too_long:
+        raise OperatorError(too_long)
+    if world.channel_state(scope.env, scope.channel) is None:
+        raise OperatorError(f"channel {scope.env}/{scope.channel} is not configured")
+    if scope.cohort not in world.channel_config(scope.env, scope.channel).cohort_names:
+        raise OperatorError(f"{scope.env}/{scope.channel} has no cohort {scope.cohort}")
+    pack = find_pack(world, scope.env, scope.channel, version)
+    state = world.scope(scope.env, scope.channel, scope.cohort)
+    event = make_event("scope.pinned", ScopePinned(pack=pack, until=until, rationale=rationale, by=actor.id), actor=actor, scope=scope, occurred_at=now)
+    return event, state.last_seq
+
+
+def unpin(world: World, scope: Scope, rationale: str, actor: Actor, now: datetime) -> tuple[Event, int]:
+    state = world.scope(scope.env, scope.channel, scope.cohort)
+    if state.pin is None:
+        raise OperatorError(f"{scope.env}/{scope.channel}/{scope.cohort} is not pinned")
+    if not rationale.strip():
+        raise OperatorError("unpinning needs a rationale")
+    data = ScopeUnpinned(pack=state.pin.pack, until=state.pin.until, rationale=rationale, by=actor.id, reason="operator")
+    return make_event("scope.unpinned", data, actor=actor, scope=scope, occurred_at=now), state.last_seq
+
+
+def switch_to_pin(state: ScopeState, scope: Scope, pin_event_id: str, service: Actor, now: datetime,
+                  signers: list[str] | None = None) -> Event | None:
+    """The pointer switch a pin needs (None when the scope already runs the pinned pack);
+    `signers`: who signed the pinned pack under the root in force (the verification's)."""
+    assert state.pin is not None
+    if state.active_pack is not None and state.active_pack.digest == state.pin.pack.digest:
+        return None
+    previous = VersionDigest(version=state.active_pack.version, digest=state.active_pack.digest) if state.active_pack else None
+    data = chained_pointer(state.chain_mark, pack=state.pin.pack, manifest=manifest_object_name(state.pin.pack.digest), release_id=None,
+                           kind="pin", previous=previous, signers=signers)
+    return make_event("scope.activated", data, actor=service, scope=scope, event_id=derived_event_id(pin_event_id, NAME, "switch"), occurred_at=now)
+
+
+def expire(state: ScopeState, scope: Scope, service: Actor, now: datetime, reason: str = "expired", rationale: str = "") -> Event | None:
+    pin_ = state.pin
+    if pin_ is None:
+        return None
+    data = ScopeUnpinned(pack=pin_.pack, until=pin_.until, rationale=rationale or f"pin until {pin_.until.isoformat()} expired", by=service.id, reason=reason)  # type: ignore[arg-type]
+    return make_event("scope.unpinned", data, actor=service, scope=scope,
+                      event_id=derived_event_id(state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{state.pin_seq}", NAME, reason), occurred_at=now)
+
+
+class Pinner:
+    """Adapter: reacts to pins, switches pinned scopes, expires pins."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.actor = Actor(kind="service", id=NAME)
+
+    def runners(self) -> list:
+        s = self.app.subjects
+        pins = Worker(self.app.js, s.releases_stream, "kxr-pinner", [f"{s.prefix}.scope.*.*.*.pinned"], self.on_pinned, self.app.deadletters)
+        timers = Worker(self.app.js, s.timers_stream, "kxr-pinner-timers", [s.timer_fire("pin.*.*.*.*")], self.on_timer, self.app.deadletters)
+        return [pins.run(), timers.run(), self.sweep()]
+
+    def scope_entry(self, event: Event, scope: Scope, state: ScopeState) -> Entry:
+        return Entry(event, state.last_seq, self.app.subjects.scope_filter(scope.env, scope.channel, scope.cohort))
+
+    def _scope(self, env: str, channel: str, cohort: str) -> tuple[Scope, ScopeState]:
+        return Scope(env=env, channel=channel, cohort=cohort), self.app.follower.world.scope(env, channel, cohort)
+
+    async def on_pinned(self, msg) -> None:
+        seq = msg.metadata.sequence.stream
+        await self.app.follower.wait_for(seq)
+        parts = msg.subject.split(".")
+        if len(parts) != 6 or seq in self.app.follower.undecodable:
+            raise Poison(f"not a valid pin: {msg.subject}")
+        scope, state = self._scope(parts[2], parts[3], parts[4])
+        if state.pin is None or state.pin_seq != seq:
+            return  # superseded by a later pin or unpin: nothing to do for this one
+        # max_pin_days, enforced here and not only by the CLI: measured from when the pin was
+        # written (the earlier of its own time and ours, so a pin dated ahead gains nothing)
+        written = decode_event(msg.data, msg.subject, self.app.subjects).occurred_at
+        too_long = pin_too_long(self.app.follower.world, scope, state.pin.until, min(written, self.app.clock()))
+        if too_long:
+            refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pin refused: {too_long}")
+            await self.app.log.append(self.scope_entry(refused, scope, state))
+            return
+        until = state.pin.until
+        await self.app.schedule(Timer(key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=until,
+                                      payload={"seq": seq}, msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}"))
+        pin_event_id = state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{seq}"
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock())
+        if switch is None:
+            return
+        problem, signers = await self.verify_pin(scope, state)
+        if problem:
+            refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pinned pack refused: {problem}")
+            await self.app.log.append(self.scope_entry(refused, scope, state))
+            return
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock(), signers)  # with its evidence
+        assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state
+        try:
+            await self.app.log.commit_batch([Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch"))
+        except AppendConflict:
+            raise RuntimeError("scope moved while switching to its pin; retrying on fresh state") from None
+
+    async def verify_pin(self, scope: Scope, state: ScopeState) -> tuple[str | None, list[str]]:
+        """Why the pinned pack may not be switched to (None: it may), and who signed it."""
+        assert state.pin is not None
+        pack = state.pin.pack
+        world = self.app.follower.world
+        trust_root = self.app.current_trust_root()
+        if trust_root is None:
+            return "no trust root configured", []
+        channel_state = world.channel_state(scope.env, scope.channel)
+        ctx = VerifyContext(
+            request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
+            cohorts=(scope.cohort,), channel_config=channel_state.config if channel_state else None,
+            active={scope.cohort: state.active_pack}, trust_root=trust_root, now=self.app.clock(), purpose="pin",
+        )
+        try:
+            # a pack distributed before and deleted or re-pointed since is restored from the log's record
+            v = await asyncio.wait_for(checked_with_restore(self.app, pack.digest, lambda: run_gates(PackStore(self.app.js, self.app.subjects), pack.digest, ctx),
+                                                            lambda v: v.failure is not None), self.app.settings.verify_timeout_s)
+        except asyncio.TimeoutError:
+            return "deadline/timeout", []
+        except Exception as exc:  # fail closed
+            return f"internal/internal_error: {exc!r}", []
+        return (f"{v.failure.gate}/{v.failure.code}: {v.failure.message}" if v.failure else None), list(v.signers)
+
+    async def on_timer(self, msg) -> None:
+        parts = msg.subject.split(".")  # <prefix>.timer.fire.pin.<env>.<channel>.<cohort>.<seq>
+        if len(parts) != 8 or not parts[7].isdigit():
+            raise Poison(f"not a pin timer: {msg.subject}")
+        await self.app.follower.catch_up()
+        await self._expire_if_due(parts[4], parts[5], parts[6], int(parts[7]))
+
+    async def _expire_if_due(self, env: str, channel: str, cohort: str, seq: int) -> None:
+        scope, state = self._scope(env, channel, cohort)
+        now = self.app.clock()
+        if state.pin is None or state.pin_seq != seq or state.pin.until > now:
+            return
+        event = expire(state, scope, self.actor, now)
+        if event is not None:
+            await self.app.log.append(self.scope_entry(event, scope, state))
+
+    async def sweep(self, every: float = 2.0) -> None:
+        """Expire pins whose timer was lost (e.g. fetched by a process that died)."""
+        while True:
+            await asyncio.sleep(every)
+            now = self.app.clock()
+            for key, state in list(self.app.follower.world.scopes.items()):
+                if state.pin is not None and state.pin.until <= now:
+                    try:
+                        await self._expire_if_due(*key, state.pin_seq)
+                    except Exception as exc:
+                        log.warning("pinner: expiry of %s not recorded yet: %s", "/".join(key), exc)

@@ -1,0 +1,282 @@
+"""Preparer: pre-flight checklist and the operational record of a release.
+
+On `release.requested` it resolves target cohorts and stages from the channel
+configuration, the monitoring plan, and a rollback target per cohort, and runs the
+seed's pre-flight checklist. Every failed item is listed in `release.rejected`;
+otherwise `release.prepared` is the plan the rest of the release follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Mapping
+
+from events.codec import make_event
+from events.ids import derived_event_id
+from events.tokens import is_token
+from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
+from projections.releases import ReleaseState
+from projections.world import World
+from services.reads.health_reads import recent_reporters
+from services.jetstream.log import Entry
+from services.consumers.outputs import Chain, Ctx, Output, release_event
+from services.consumers.promoter import pinned_summary
+from services.consumers.reactor import ReleaseReactor
+from services.consumers.verifier.readiness import readiness_problems, target_problems
+from services.jetstream.worker import Poison
+
+NAME = "preparer"
+HEALTH_LOOKBACK_S = 15 * 60
+
+
+_AT_MOST = ("error_rate_max", "latency_p95_ms_max", "latency_p99_ms_max", "mismatch_rate_max", "tickets_max", "escalations_max")
+_AT_LEAST = ("activation_success_min", "trace_coverage_min")
+
+
+def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
+    """The request's monitoring over the channel's: a request may tighten thresholds, never loosen them.
+
+    For each `*_max` the lower bound wins, for each `*_min` the higher, and
+    new error classes fail if either side says so. Window and min_samples are checked
+    against the channel's minimum by the checklist.
+    """
+    base = channel.monitoring
+    merged = base.thresholds.model_dump()
+    if requested is None:
+        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=Thresholds(**merged))
+    asked = requested.thresholds.model_dump(exclude_unset=True)
+    for key in _AT_MOST:
+        values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
+        merged[key] = min(values) if values else None
+    for key in _AT_LEAST:
+        floors = [v for v in (merged.get(key), asked.get(key)) if v is not None]
+        merged[key] = max(floors) if floors else None
+    if asked.get("new_error_classes") == "fail":
+        merged["new_error_classes"] = "fail"
+    if asked.get("statistical") == "enforce":
+        merged["statistical"] = "enforce"
+    return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
+
+
+def coarser_than_channel(requested: list[list[str]], channel_plan: list[list[str]]) -> str:
+    """Why a requested plan exposes more at once than the channel allows ("" when it does not).
+
+    Each requested stage must fit inside one channel stage (it may split one, never merge
+    two), and the stages must keep the channel's order.
+    """
+    stage_of = {c: i for i, stage in enumerate(channel_plan) for c in stage}
+    problems, last = [], -1
+    for n, stage in enumerate(requested, 1):
+        spans = sorted({stage_of[c] for c in stage if c in stage_of})
+        if len(spans) > 1:
+            problems.append(f"stage {n} {stage} spans channel stages {[i + 1 for i in spans]}")
+        elif spans and spans[0] < last:
+            problems.append(f"stage {n} {stage} comes before channel stage {last + 1}")
+        if spans:
+            last = max(last, spans[-1])
+    return ("plan coarser than the channel's: " + "; ".join(problems)) if problems else ""
+
+
+def promotion_confirmed(release: ReleaseState) -> bool:
+    """The request is a genuine promotion: the service wrote it, and its source's `promoted` names it."""
+    req = release.requested
+    return (req is not None and req.promoted_from is not None and release.requested_by is not None
+            and release.requested_by.kind == "service" and release.promotion_confirmed_by == req.promoted_from)
+
+
+def _promotion_gap(release: ReleaseState) -> str:
+    req = release.requested
+    if req is None or req.promoted_from is None:
+        return "names no release it was promoted from"
+    if release.requested_by is None or release.requested_by.kind != "service":
+        by = release.requested_by
+        return f"was written by {by.kind}:{by.id}, not by the service" if by else "has no known writer"
+    return f"is not named by a `promoted` event of release {req.promoted_from}"
+
+
+def awaiting_promotion(world: World, release: ReleaseState) -> bool:
+    """The source is about to record `promoted` (the service writes the linked request first)."""
+    req = release.requested
+    if req is None or req.promoted_from is None or promotion_confirmed(release):
+        return False
+    source = world.release(req.promoted_from)
+    return source is not None and source.phase == "passed" and source.promoted is None
+
+
+def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
+              health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> tuple[list[ChecklistItem], Prepared | None]:
+    """The checklist, and the plan if every item passed.
+
+    `ready`: rollback target digest -> why it is unusable (None: usable), as the adapter
+    observed it; None when not observed (a replay), and then no readiness item is recorded.
+    """
+    req = release.requested
+    assert req is not None
+    env, channel = req.target.env, req.target.channel
+    items: list[ChecklistItem] = []
+
+    def check(item: str, ok: bool, detail: str = "") -> bool:
+        items.append(ChecklistItem(item=item, ok=ok, detail=detail))
+        return ok
+
+    channel_state = world.channel_state(env, channel)
+    unreadable = world.channel_problem(env, channel)  # an unreadable newest config is a problem, never "no config"
+    check("target_exists", channel_state is not None and unreadable is None,
+          unreadable.describe() if unreadable else f"{env}/{channel} is configured" if channel_state
+          else f"channel {env}/{channel} has no configuration (kxr channel set)")
+    cfg = world.channel_config(env, channel)
+
+    plan = req.plan if req.plan else cfg.effective_plan
+    known = set(cfg.cohort_names)
+    flat = [c for stage in plan for c in stage]
+    unknown = sorted(set(flat) - known)
+    dupes = sorted({c for c in flat if flat.count(c) > 1})
+    coarser = coarser_than_channel(req.plan, cfg.effective_plan) if req.plan and not unknown else ""
+    plan_ok = bool(plan) and all(plan) and not unknown and not dupes and not coarser
+    detail = "; ".join(filter(None, [
+        f"unknown cohorts {unknown}" if unknown else "",
+        f"cohorts named twice {dupes}" if dupes else "",
+        "empty stage" if not all(plan) or not plan else "",
+        coarser,
+    ]))
+    check("cohort_plan_valid", plan_ok, detail or f"{len(plan)} stage(s): " + " -> ".join("+".join(s) for s in plan))
+
+    monitoring = effective_monitoring(req.monitoring, cfg)
+    check("monitoring_window", monitoring.window_s >= cfg.monitoring.window_s,
+          f"window {monitoring.window_s}s (channel minimum {cfg.monitoring.window_s}s)")
+    check("monitoring_min_samples", monitoring.min_samples >= cfg.monitoring.min_samples,
+          f"min_samples {monitoring.min_samples} (channel minimum {cfg.monitoring.min_samples})")
+
+    # Pinned cohorts are held by an operator: the rollout skips them and says so.
+    skipped: dict[str, str] = {}
+    for cohort in flat:
+        pin = world.scope(env, channel, cohort).pinned_at(ctx.now)
+        if pin is not None:
+            skipped[cohort] = f"pinned to {pin.pack.version} until {pin.until.isoformat()}: {pin.rationale}"
+    stages = [[c for c in stage if c not in skipped] for stage in plan]
+    stages = [s for s in stages if s]
+    # Every cohort pinned is not a failure: nothing is exposed, and the release closes `pinned`.
+    check("cohorts_to_roll_out", True,
+          "every target cohort is pinned: nothing to roll out" if not stages else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped")
+
+    strategy = req.rollback.strategy
+    targets: dict[str, PackRef | None] = {}
+    problems = []
+    for cohort in (c for s in stages for c in s):
+        scope = world.scope(env, channel, cohort)
+        pin = scope.pinned_at(ctx.now)
+        if strategy == "none":
+            if scope.ever_active:
+                problems.append(f"{cohort} has had an active pack, so rollback strategy 'none' is not allowed")
+            targets[cohort] = None
+        elif strategy == "pinned":
+            # "pinned prior": back to the pack this cohort was last pinned to (a pin in force
+            # would have skipped the cohort, so this is an earlier, since-lifted pin).
+            prior = scope.last_pin
+            if prior is None:
+                problems.append(f"{cohort} has never been pinned, so there is no pinned prior to roll back to")
+            targets[cohort] = prior.pack if prior else None
+        else:
+            target = pin.pack if pin else scope.lkg
+            if target is None:
+                hint = " (request rollback strategy 'none' for a never-activated scope)" if not scope.ever_active else ""
+                problems.append(f"{cohort} has no last-known-good pack{hint}")
+            targets[cohort] = target
+    check("rollback_target", not problems, "; ".join(problems) or f"strategy {strategy}: " + ", ".join(
+        f"{c}->{t.version if t else 'none'}" for c, t in targets.items()))
+    if ready is not None and not problems:
+        unready = readiness_problems(targets, strategy, ready)
+        check("rollback_target_ready", not unready, "; ".join(unready) or "every target is trusted, unexpired and present in the pack store")
+
+    if cfg.policy.accept == "promotion":
+        check("accepts_request", promotion_confirmed(release),
+              f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
+              + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"))
+
+    if health_error is not None and not req.acknowledge_no_health:
+        check("observability", False, f"runtime health could not be read: {health_error}")
+    elif health is not None and not req.acknowledge_no_health:
+        silent = [c for s in stages for c in s if health.get(c, 0) == 0]
+        check("observability", not silent,
+              f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
+              if silent else "runtimes report health in every target cohort")
+    else:
+        check("observability", True, "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked")
+
+    check("owner_and_escalation", bool(req.owner.strip()) and bool(req.escalation.strip()), f"owner {req.owner!r}, escalation {req.escalation!r}")
+
+    if not all(i.ok for i in items):
+        return items, None
+    return items, Prepared(
+        pack=req.pack, target=req.target, stages=stages, skipped=skipped, monitoring=monitoring,
+        rollback_strategy=strategy, rollback_targets=targets, checklist=items, owner=req.owner, escalation=req.escalation,
+    )
+
+
+def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
+           health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> list[Output]:
+    if release.phase != "requested" or release.requested is None:
+        return []
+    cfg = world.channel_config(release.requested.target.env, release.requested.target.channel)
+    if cfg.policy.accept == "promotion" and awaiting_promotion(world, release):
+        return []  # decided again once the source's `promoted` is in the log (the reconcile sweep)
+    try:
+        items, prepared = preflight(world, release, ctx, health, health_error, ready)
+    except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
+        items, prepared = [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")], None
+    if prepared is None:
+        reasons = [Reason(code=i.item, message=i.detail, field=None) for i in items if not i.ok]
+        return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]
+    event = release_event(ctx, release, "prepared", prepared)
+    if not prepared.stages:  # every cohort pinned: the record of the plan, then the close that says so
+        closed = release_event(ctx, replace(release, last_event_id=event.event_id), "closed",
+                               Closed(outcome="pinned", summary=pinned_summary(prepared)))
+        return [Chain((event, closed))]
+    return [Chain((event,))]
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+
+
+class Preparer(ReleaseReactor):
+    name = NAME
+    acts_in = frozenset({"requested"})
+
+    async def decide(self, world, release, ctx):
+        if release.phase != "requested" or release.requested is None:
+            return []
+        req = release.requested
+        cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+        ready = await self.observe_targets(world, release, ctx)
+        try:
+            health = await recent_reporters(
+                self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
+            )
+        except Exception as exc:  # fail closed: unknown observability is not observability
+            return decide(world, release, ctx, None, f"{exc.__class__.__name__}: {exc}", ready)
+        return decide(world, release, ctx, health, None, ready)
+
+    async def observe_targets(self, world, release, ctx) -> dict[str, str | None]:
+        """Rollback readiness of the targets pre-flight would record (checked in the pack store)."""
+        try:
+            _, prepared = preflight(world, release, ctx, None)
+        except (ValueError, TypeError):
+            return {}  # the request is answered with the reason by `decide`
+        if prepared is None:
+            return {}
+        return await target_problems(self.app, prepared.rollback_targets.values(), prepared.target.env, prepared.target.channel,
+                                     tuple(c for s in prepared.stages for c in s), ctx.now)
+
+    async def on_undecodable(self, msg, release_id, problem):
+        """A request that does not decode is answered with `rejected`, listing every problem."""
+        suffix = msg.subject.rsplit(".", 1)[-1]
+        if suffix != "requested" or not is_token(release_id) or self.app.follower.world.known(release_id):
+            raise Poison(str(problem))
+        seq = msg.metadata.sequence.stream
+        ctx = self.app.ctx(NAME)
+        rejected = make_event(
+            "release.rejected", Rejected(reasons=[Reason(**r) for r in problem.reasons]), actor=ctx.actor,
+            release_id=release_id, event_id=derived_event_id(f"{msg.subject}@{seq}", NAME, "rejected"), occurred_at=ctx.now,
+        )
+        await self.app.log.append(Entry(rejected, seq, self.app.subjects.release_filter(release_id)))

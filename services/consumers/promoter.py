@@ -1,0 +1,230 @@
+"""Promoter: moves a release on after each verdict, and closes it.
+
+- window passed -> next stage (`expanded`), or after the last stage `promoted`
+  (a linked release on the next channel, through every gate again) and `closed`;
+  before either, every rollback the next step relies on must be ready (`observe`
+  checks the targets, a problem holds the release: `escalated` `rollback_not_ready`)
+- a stage passed on an operator's word -> `closed` `promoted_by_override`, never
+  `success` (its pack never becomes last-known-good) and never promoted
+- window failed, activation failed after exposure, abort -> `rollback_started`
+  with a deterministic target per cohort: the chosen strategy's, never another's
+- rejected / verification failed / nothing exposed -> `closed` (never activated)
+- inconclusive -> nothing: the release holds for an operator
+- aborted -> never moves on again: it rolls back, holds, or an operator closes it
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from events.codec import make_event
+from events.ids import derived_event_id
+from datetime import datetime
+from typing import Mapping
+
+from events.model import Actor, Closed, Escalated, Expanded, PackRef, Prepared, Promoted, Requested, RollbackPlan, RollbackStarted, Target
+from events.tokens import is_token
+from projections.releases import ReleaseState
+from projections.world import World, scopes_of
+from services.consumers.outputs import Chain, Ctx, NewRelease, Output, release_event
+from services.consumers.reactor import ReleaseReactor
+from services.consumers.verifier.readiness import readiness_problems, target_problems
+
+NAME = "promoter"
+
+
+def rollback_target(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:
+    """Where the release's chosen strategy sends `cohort` back to (None: nowhere; the activator escalates).
+
+    A pin in force comes first whatever the strategy: it is the operator's current word for
+    the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
+    pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
+    another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
+    pack, else the one pre-flight recorded. A strategy never falls back to another's target:
+    an unusable choice holds and escalates.
+    """
+    assert release.prepared is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    scope = world.scope(env, channel, cohort)
+    pin = scope.pinned_at(now)
+    if pin is not None:
+        return pin.pack
+    recorded = release.prepared.rollback_targets.get(cohort)
+    if release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
+        return recorded
+    if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
+        return scope.lkg
+    return recorded
+
+
+def rollback_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
+    """Per exposed cohort: `rollback_target`."""
+    return {cohort: rollback_target(world, release, cohort, ctx.now) for cohort in release.activated}
+
+
+def readiness_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
+    """The rollback targets the next step relies on: every cohort exposed so far and the next stage's."""
+    assert release.prepared is not None
+    nxt = release.stage + 1
+    upcoming = release.prepared.stages[nxt] if nxt < len(release.prepared.stages) else []
+    cohorts = list(release.activated) + [c for c in upcoming if c not in release.activated]
+    return {cohort: rollback_target(world, release, cohort, ctx.now) for cohort in cohorts}
+
+
+def promotion_blockers(release: ReleaseState) -> list[str]:
+    """Why a release that passed its stages must still not be promoted (empty: it may).
+
+    Every stage needs a window that the monitor passed (an operator override passes a
+    stage, not a promotion), and no window may have seen an error class new to this pack.
+    """
+    blockers = []
+    passed_by_monitor = release.stages_passed_on_data
+    missing = [i + 1 for i in range(len(release.stages)) if i not in passed_by_monitor]
+    if missing:
+        blockers.append(f"stage(s) {missing} passed on an operator's word, not on monitoring")
+    new_classes = sorted({c for _, v in release.verdicts for c in v.figures.get("new_error_classes", [])})
+    if new_classes:
+        blockers.append(f"new error classes seen: {', '.join(new_classes)}")
+    return blockers
+
+
+def linked_release_id(release_id: str, channel: str) -> str:
+    candidate = f"{release_id}-{channel}"
+    if is_token(candidate):
+        return candidate
+    return f"{release_id[:40]}-{hashlib.sha256(candidate.encode()).hexdigest()[:16]}"
+
+
+def _rollback(world: World, release: ReleaseState, ctx: Ctx, trigger: str, reason: str) -> list[Output]:
+    started = RollbackStarted(trigger=trigger, reason=reason, targets=rollback_targets(world, release, ctx))  # type: ignore[arg-type]
+    return [Chain((release_event(ctx, release, "rollback_started", started),))]
+
+
+def _close(ctx: Ctx, release: ReleaseState, outcome: str, summary: str) -> list[Output]:
+    return [Chain((release_event(ctx, release, "closed", Closed(outcome=outcome, summary=summary)),))]  # type: ignore[arg-type]
+
+
+def override_note(release: ReleaseState) -> str:
+    """Which stages moved on by an operator's word, and whose ("" when every one passed on data)."""
+    stages = release.stages_passed_by_override
+    if not stages:
+        return ""
+    who = sorted({actor for stage, actor in release.overrides if stage in stages}) or ["an operator"]
+    return f"stage(s) {[s + 1 for s in stages]} passed by operator override ({', '.join(who)}), not on monitoring data"
+
+
+def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None = None) -> list[Output]:
+    """`ready`: digest -> why that rollback target is unusable (None: usable), observed by the
+    adapter for the targets `readiness_targets` names; None when not observed (a replay)."""
+    phase = release.phase
+    if release.aborted and phase in ("passed", "promoted"):
+        phase = "aborting"  # abort is final: a pass or promotion logged after it moves nothing on
+    if phase == "rejected":
+        return _close(ctx, release, "rejected", release.failure or "rejected at pre-flight")
+    if phase == "verification_failed":
+        return _close(ctx, release, "failed", f"never activated: {release.failure}")
+    if phase == "activation_failed":
+        if release.activated:
+            return _rollback(world, release, ctx, "activation_failure", release.failure or "activation failed")
+        if release.prepared is not None and not release.prepared.stages:
+            return _close(ctx, release, "pinned", pinned_summary(release.prepared))
+        return _close(ctx, release, "failed", f"never activated: {release.failure}")
+    if phase == "failed":
+        last = release.verdicts[-1][1] if release.verdicts else None
+        trigger = (last.trigger if last else None) or "monitoring_failure"  # the verdict names its own trigger
+        return _rollback(world, release, ctx, trigger, last.reason if last else "monitoring failed")
+    if phase == "aborting":
+        if release.activated:
+            return _rollback(world, release, ctx, "abort", release.failure or "aborted by operator")
+        return _close(ctx, release, "aborted", release.failure or "aborted before activation")
+    if phase == "rolled_back":
+        outcome = "aborted" if release.aborted else "rolled_back"
+        return _close(ctx, release, outcome, f"{release.failure}; cohorts {', '.join(release.activated)} back on their targets")
+    if phase == "promoted":
+        promoted_to = f"promoted to {release.promoted.to_channel if release.promoted else '?'}"
+        note = override_note(release)
+        if note or not release.passed_on_data:  # a promotion is only ever written on data; say so if not
+            return _close(ctx, release, "promoted_by_override", f"{promoted_to}; {note or 'not every stage passed on monitoring data'}")
+        return _close(ctx, release, "success", promoted_to)
+    if phase == "passed" and not release.paused:
+        return _advance(world, release, ctx, ready)
+    return []
+
+
+def pinned_summary(prepared: Prepared) -> str:
+    """The close summary of a release with nothing to roll out (the preparer writes it; this module, if that close was lost)."""
+    skipped = "; ".join(f"{c}: {why}" for c, why in prepared.skipped.items()) or "no cohort left"
+    return f"nothing exposed: every target cohort is pinned ({skipped})"
+
+
+def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str) -> list[Output]:
+    """`escalated` (the release holds) when a rollback the next step relies on would not land; [] when ready."""
+    if ready is None:
+        return []
+    assert release.prepared is not None
+    problems = readiness_problems(readiness_targets(world, release, ctx), release.prepared.rollback_strategy, ready)
+    if not problems:
+        return []
+    held = Escalated(code="rollback_not_ready", message=f"{step} held, rollback not ready: {'; '.join(problems)}",
+                     escalation=release.prepared.escalation)
+    return [Chain((release_event(ctx, release, "escalated", held),))]
+
+
+def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None) -> list[Output]:
+    assert release.prepared is not None
+    stages = release.prepared.stages
+    nxt = release.stage + 1
+    if nxt < len(stages):
+        return _not_ready(world, release, ctx, ready, f"stage {nxt + 1}") or [
+            Chain((release_event(ctx, release, "expanded", Expanded(from_stage=release.stage, to_stage=nxt, cohorts=stages[nxt])),))]
+    target = release.prepared.target
+    promote_to = world.channel_config(target.env, target.channel).promote_to
+    summary = f"all {len(stages)} stage(s) passed monitoring"
+    note = override_note(release)
+    if note:
+        withheld = f"; not promoted to {promote_to}" if promote_to else ""
+        return _close(ctx, release, "promoted_by_override", f"all {len(stages)} stage(s) passed; {note}{withheld}")
+    if not promote_to or release.verified is None or release.requested is None:
+        return _close(ctx, release, "success", summary)
+    blocked = promotion_blockers(release)
+    if blocked:
+        return _close(ctx, release, "success", f"{summary}; promotion to {promote_to} withheld: {'; '.join(blocked)}")
+    not_ready = _not_ready(world, release, ctx, ready, f"promotion to {promote_to}")
+    if not_ready:
+        return not_ready
+    linked = linked_release_id(release.release_id, promote_to)
+    req = release.requested
+    # The next channel's own history decides its rollback strategy: LKG where it has run a pack.
+    ever_active = any(s.ever_active for s in scopes_of(world, target.env, promote_to))
+    rollback = req.rollback if req.rollback.strategy == "pinned" else RollbackPlan(strategy="lkg" if ever_active else "none")
+    requested = Requested(
+        pack=release.verified.pack.model_copy(update={"size": None}),
+        target=Target(env=target.env, channel=promote_to),
+        owner=req.owner, escalation=req.escalation, rollback=rollback,
+        reason=f"promoted from {target.channel} by release {release.release_id}: {summary}",
+        promoted_from=release.release_id, acknowledge_no_health=req.acknowledge_no_health,
+    )
+    new = make_event(
+        "release.requested", requested, actor=Actor(kind="service", id=ctx.service), release_id=linked,
+        causation_id=release.last_event_id, correlation_id=linked,
+        event_id=derived_event_id(release.last_event_id or release.release_id, ctx.service, "promote/request"), occurred_at=ctx.now,
+    )
+    promoted = Promoted(to_channel=promote_to, promoted_to=linked, rationale=summary)
+    return [NewRelease(new), Chain((release_event(ctx, release, "promoted", promoted),))]
+
+
+# ---- adapter ------------------------------------------------------------------------------------
+class Promoter(ReleaseReactor):
+    name = NAME
+    acts_in = frozenset({"rejected", "verification_failed", "activation_failed", "failed", "aborting", "rolled_back", "promoted", "passed"})
+
+    async def decide(self, world, release, ctx):
+        return decide(world, release, ctx, await self.observe(world, release, ctx))
+
+    async def observe(self, world, release, ctx) -> dict[str, str | None] | None:
+        """The facts `decide` needs before exposing more: is every rollback target still usable?"""
+        if release.phase != "passed" or release.paused or release.aborted or release.prepared is None:
+            return None
+        target = release.prepared.target
+        return await target_problems(self.app, readiness_targets(world, release, ctx).values(), target.env, target.channel,
+                                     tuple(release.activated), ctx.now)

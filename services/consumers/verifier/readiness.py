@@ -1,0 +1,104 @@
+"""Rollback readiness: can the pack a rollback would go back to still be activated?
+
+The check (the manifest verifies under the trust root in force and has not expired, the
+pack object is present with the manifest's size) runs where a rollback is about to
+happen (the activator) and wherever a release is about to expose more: pre-flight
+(preparer) and before each expansion or promotion (promoter). One implementation for
+all three, so "ready" means the same thing at every step.
+
+`target_problems` is the IO (its answer is a fact handed to a pure decide);
+`readiness_problems` is the pure judgement over those facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Mapping
+
+from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
+from events.model import PackRef
+from services.jetstream.pack_keeper import checked_with_restore
+from services.jetstream.packstore import PackStore
+from services.consumers.verifier.gates import VerifyContext, check_manifest
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """A pack's fitness to be switched to now: why not (None: fit), and the trusted keys whose
+    signatures on its manifest verified under the root in force (the pointer's `signers`)."""
+    problem: str | None
+    signers: tuple[str, ...] = ()
+
+
+def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env: str, channel: str,
+                 cohorts: tuple[str, ...], trust_root, now: datetime) -> TargetCheck:
+    """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
+    present with the manifest's size. Fast-track, not a full re-verification."""
+    if trust_root is None:
+        return TargetCheck("no trust root configured")
+    if size is None:
+        return TargetCheck("pack object missing")
+    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, VerifyContext(
+        request_name=target.name, request_version=target.version, request_digest=target.digest,
+        env=env, channel=channel, cohorts=cohorts, channel_config=None, active={}, trust_root=trust_root, now=now, purpose="rollback",
+    ))
+    if check.failure is not None:
+        return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
+    if check.manifest is not None and check.manifest.size != size:
+        return TargetCheck(f"pack object is {size} bytes, manifest says {check.manifest.size}")
+    return TargetCheck(None, tuple(check.signers))
+
+
+async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
+    """`judge_target` on the objects in the pack store; a target it distributed that a producer
+    deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py).
+    Never raises: any failure of the check is its problem (fail closed: the activator then records
+    `activation_failed` or `escalated` saying why, the promoter holds)."""
+    try:
+        if app.current_trust_root() is None:
+            return TargetCheck("no trust root configured")
+        return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),
+                                          lambda check: check.problem is not None)
+    except Exception as exc:
+        return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
+
+
+async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
+    """Why `target` can no longer be activated (None: it can): `target_check`'s problem."""
+    return (await target_check(app, target, env, channel, cohorts, now)).problem
+
+
+async def _target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
+    store = PackStore(app.js, app.subjects)
+    try:
+        manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
+        size = await store.size(pack_object_name(target.digest))
+    except Exception as exc:  # fail closed: an unreadable target is not a target
+        return TargetCheck(f"cannot read target objects: {exc}")
+    return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
+
+
+async def target_problems(app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> dict[str, str | None]:
+    """`target_problem` for each distinct target digest (an exception is a problem, never a pass)."""
+    return {target.digest: await target_problem(app, target, env, channel, cohorts, now)
+            for target in {t.digest: t for t in targets if t is not None}.values()}
+
+
+def readiness_problems(targets: Mapping[str, PackRef | None], strategy: str, checked: Mapping[str, str | None]) -> list[str]:
+    """One sentence per cohort whose rollback would not land (empty: every one would).
+
+    A missing target is only acceptable under strategy `none` (pre-flight allowed it because
+    the scope never ran a pack: there is nothing to go back to). A target the caller did not
+    check is a problem: absence of evidence is not readiness.
+    """
+    problems = []
+    for cohort, target in targets.items():
+        if target is None:
+            if strategy != "none":
+                problems.append(f"{cohort}: no {strategy} rollback target")
+        elif target.digest not in checked:
+            problems.append(f"{cohort}: target {target.short()} was not checked")
+        elif checked[target.digest]:
+            problems.append(f"{cohort}: target {target.short()} is not usable: {checked[target.digest]}")
+    return problems

@@ -1,0 +1,136 @@
+"""One-off reads of the release log: entries in order, decoded, with their positions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import AsyncIterator
+
+from events.codec import DecodeError, decode_event
+from events.model import Event
+from events.subjects import Subjects
+from projections.evidence import EvidenceRecord, evidence_of
+from projections.pointer_chain import entry_digest
+from projections.position import Position
+from projections.releases import ReleaseState
+from projections.invariants import apply_signed
+from projections.world import World, apply_undecodable
+from services.reads.fold_gc import step as gc_step, young_collections_only
+from services.jetstream.reader import OrderedReader, RawEntry
+
+
+def position_of(entry: RawEntry) -> Position:
+    return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
+                    entry.stored_at.isoformat() if entry.stored_at else None, entry_digest(entry.subject, entry.data))
+
+
+def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
+    whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
+    return OrderedReader(js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024)
+
+
+def _decoded(entry: RawEntry, subjects: Subjects) -> tuple[RawEntry, Position, Event | None]:
+    try:
+        event = decode_event(entry.data, entry.subject, subjects)
+    except DecodeError:
+        event = None
+    return entry, position_of(entry), event
+
+
+def _after(entry: RawEntry, until: datetime | None) -> bool:
+    return until is not None and entry.stored_at is not None and entry.stored_at > until
+
+
+async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
+                      idle_timeout: float = 0.5) -> AsyncIterator[tuple[RawEntry, Position, Event | None]]:
+    """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
+    reader = _reader(js, subjects, filters)
+    try:
+        async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
+            for entry in entries:  # decoded one by one: a caller that stops early decodes no more
+                if _after(entry, until):
+                    return
+                yield _decoded(entry, subjects)
+    finally:
+        await reader.close()
+
+
+async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
+                      idle_timeout: float = 0.5) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
+    """`log_entries`, a list at a time (in order, never empty): one generator step per batch, not per entry."""
+    reader = _reader(js, subjects, filters)
+    try:
+        async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
+            out = []
+            for entry in entries:
+                if _after(entry, until):
+                    if out:
+                        yield out
+                    return
+                out.append(_decoded(entry, subjects))
+            yield out
+    finally:
+        await reader.close()
+
+
+def undecodable_reason(entry: RawEntry, subjects: Subjects) -> str:
+    """Why an entry `log_entries` gave as None does not decode (decoded again: junk is rare)."""
+    try:
+        decode_event(entry.data, entry.subject, subjects)
+    except DecodeError as exc:
+        return str(exc)
+    return "not a valid event"  # unreachable for an entry that failed once: decoding is pure
+
+
+def fold_entry(world: World, entry: RawEntry, position: Position, event: Event | None, subjects: Subjects) -> World:
+    """One entry of `log_entries` into the world (signatures unchecked); see `fold_signed_entry`."""
+    return fold_signed_entry(world, None, entry, position, event, subjects)[0]
+
+
+def fold_signed_entry(world: World, service_keys, entry: RawEntry, position: Position, event: Event | None,
+                      subjects: Subjects) -> tuple[World, str | None]:
+    """One entry of `log_entries` into the world, as the service folds it. One that does not decode
+    still moves its subject's sequence (and is recorded where it matters): the expected sequences an
+    operator or consumer appends with are the log's real ones, not those of what could be decoded.
+    With `service_keys`, a pointer or service event no service key signed counts for nothing either
+    (its sequence still moves); the second value says why it was ignored."""
+    if event is None:
+        return apply_undecodable(world, position, subjects, undecodable_reason(entry, subjects)), None
+    return apply_signed(world, service_keys, position, event, entry.data, entry.headers, subjects)
+
+
+async def load_world(js, subjects: Subjects, until: datetime | None = None, service_keys=None) -> World:
+    """The log folded; with `service_keys`, signed state only (see `load_signed_world`)."""
+    return (await load_signed_world(js, subjects, service_keys, until))[0]
+
+
+async def load_signed_world(js, subjects: Subjects, service_keys, until: datetime | None = None) -> tuple[World, dict[int, str]]:
+    """The log folded as the service folds it; the map says which entries were ignored and why."""
+    world, ignored = World(), {}
+    with young_collections_only():  # the world only grows: no full collections over it while it does
+        async for batch in log_batches(js, subjects, until=until):
+            for entry, position, event in batch:
+                world, why = fold_signed_entry(world, service_keys, entry, position, event, subjects)
+                if why is not None:
+                    ignored[position.seq] = why
+            gc_step()
+    return world, ignored
+
+
+async def release_history(js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None) -> ReleaseState | None:
+    """One release whole, folded from its own subjects up to (not including) `before_seq`.
+
+    A release's state depends on its own events alone, so this is exactly what a fold of
+    the whole log says about it at that point (how an archiving world restores a tombstone).
+    """
+    world = World()
+    async for entry, position, event in log_entries(js, subjects, [subjects.release_filter(release_id)]):
+        if position.seq >= before_seq:
+            break
+        world, _ = fold_signed_entry(world, service_keys, entry, position, event, subjects)
+    return world.release(release_id)
+
+
+async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceRecord:
+    filters = [subjects.release_filter(release_id), subjects.notification_filter(release_id)]
+    entries = [(p, e) async for _, p, e in log_entries(js, subjects, filters) if e is not None]
+    return evidence_of(release_id, entries)

@@ -1,0 +1,231 @@
+"""The runtime side of the contract: follow a scope's pointer, verify, switch, report.
+
+A runtime resolves its cohort exactly as the service does (CONTRACT §7), reads the
+last `scope.activated` of its scope and follows new ones, re-verifies the pack
+(manifest signature under its own trust root, identity, digest and size over the
+exact bytes fetched) before switching, and reports an `activation` health message
+either way, plus periodic `sample`s from start-up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from events.canonical import compact_bytes
+from events.channel import DEFAULT_CHANNEL, ChannelConfig
+from events.codec import DecodeError, decode_event
+from events.model import PackRef, ScopeActivated
+from events.service_signing import ServiceKeys
+from events.signing import TrustRoot
+from events.subjects import Subjects
+from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
+from services.jetstream.packstore import PackStore
+from services.jetstream.reader import OrderedReader
+from services.tasks import cancel_and_wait
+from services.actions.trust import current_chain
+from services.consumers.verifier.adapter import run_gates
+from services.consumers.verifier.gates import VerifyContext
+
+log = logging.getLogger(__name__)
+SampleFn = Callable[[str | None], dict]
+NO_MESSAGE = 10037  # JetStream's err_code for "no message found" (the subject is empty; the stream exists)
+
+
+class ChannelConfigUnavailable(RuntimeError):
+    """The channel's configuration could not be read or decoded: the runtime cannot know its
+    cohort, so it picks none (a guessed cohort would silently follow another cohort's pointer)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    env: str
+    channel: str
+    tenant: str
+    runtime_id: str
+    region: str | None = None
+
+
+def rfc3339(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class RuntimeClient:
+    def __init__(
+        self, nc: Client, identity: Identity, trust_root: TrustRoot, *, prefix: str = "kx",
+        sample: SampleFn | None = None, sample_interval: float = 1.0,
+        on_switch: Callable[[PackRef], Awaitable[None]] | None = None,
+        service_keys: ServiceKeys | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.id = identity
+        self.trust_root = trust_root
+        self.subjects = Subjects(prefix)
+        self.sample = sample
+        self.sample_interval = sample_interval
+        self.on_switch = on_switch
+        self.service_keys = service_keys  # when set, only pointers signed by a trusted activator count
+        self.chain: ChainMark | None = None  # the newest pointer accepted: a next one must be newer and name it
+        self.cohort: str | None = None
+        self.active: PackRef | None = None
+        self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
+        self.switched = asyncio.Event()
+
+    async def resolve_cohort(self) -> str:
+        config = await self.channel_config()
+        self.cohort = config.resolve(self.id.env, self.id.channel, self.id.tenant, self.id.region)
+        return self.cohort
+
+    async def channel_config(self) -> ChannelConfig:
+        """The channel's configuration; the contract's default only when the log holds none.
+
+        Anything else (a denied or timed-out read, a missing log, an entry that does not
+        decode) raises `ChannelConfigUnavailable`: absence of an answer is not absence of a
+        configuration.
+        """
+        where = f"{self.id.env}/{self.id.channel}"
+        try:
+            msg = await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.channel(self.id.env, self.id.channel))
+        except NotFoundError as exc:
+            if exc.err_code == NO_MESSAGE:  # the log exists and holds no configuration for this channel
+                return DEFAULT_CHANNEL
+            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.description or exc!r}") from None
+        except Exception as exc:
+            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}") from None
+        try:
+            event = decode_event(msg.data, msg.subject, self.subjects)
+        except DecodeError as exc:
+            raise ChannelConfigUnavailable(f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}") from None
+        return event.data  # type: ignore[return-value]
+
+    @property
+    def health_subject(self) -> str:
+        assert self.cohort is not None
+        return self.subjects.health(self.id.env, self.id.channel, self.cohort, self.id.runtime_id)
+
+    async def report(self, body: dict) -> None:
+        body = {"runtime_id": self.id.runtime_id, "digest": self.active.digest if self.active else None, "at": rfc3339(datetime.now(timezone.utc)), **body}
+        await self.js.publish(self.health_subject, compact_bytes(body))
+
+    async def run(self) -> None:
+        if self.cohort is None:
+            await self.resolve_cohort()
+        tasks = [asyncio.create_task(self.follow())]
+        if self.sample is not None:
+            tasks.append(asyncio.create_task(self.report_samples()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await cancel_and_wait(tasks)
+
+    async def report_samples(self) -> None:
+        while True:
+            try:
+                body = self.sample(self.active.digest if self.active else None)  # type: ignore[misc]
+                await self.report({"kind": "sample", **body})
+            except Exception as exc:  # telemetry must never stop the runtime
+                log.warning("runtime %s: sample not sent: %s", self.id.runtime_id, exc)
+            await asyncio.sleep(self.sample_interval)
+
+    async def follow(self) -> None:
+        assert self.cohort is not None
+        subject = self.subjects.scope(self.id.env, self.id.channel, self.cohort, "activated")
+        # Every pointer of the scope, oldest first, not only the newest stored: the chain is
+        # checked from the start, so an old pointer replayed last (a rollback or freeze
+        # attack) is not what a (re)starting runtime runs. Of the history read at start only
+        # the newest pointer that keeps the chain is considered. A fleet of runtimes follows:
+        # a 5 s heartbeat keeps the server's idle cost per runtime low (a lost pull request
+        # is noticed within 15 s; a new pointer still arrives at once).
+        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], heartbeat_s=5.0)
+        newest: ScopeActivated | None = None
+        try:
+            async for entry in reader.read(follow=True):
+                newest = self.accept_pointer(entry) or newest
+                if entry.pending == 0 and newest is not None:
+                    pointer, newest = newest, None
+                    try:
+                        await self.consider(pointer)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # one pointer that went wrong must not stop the runtime following
+                        self.history.append((pointer.pack.digest, f"error: {exc!r}"))
+                        log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, entry.seq, exc)
+        finally:
+            await reader.close()
+
+    def accept_pointer(self, entry) -> ScopeActivated | None:
+        """The pointer in `entry` if it counts: signed by a trusted activator (with service keys),
+        a valid event, and newer than the chain so far (projections/pointer_chain.py). A refused
+        one is logged and kept in `history` with why; it never moves `chain`."""
+        if self.service_keys is not None:
+            problem = self.service_keys.check("activator", entry.subject, entry.data, entry.headers)
+            if problem:
+                self.history.append(("?", f"ignored pointer at seq {entry.seq}: {problem}"))
+                log.warning("runtime %s: ignoring pointer at seq %d: %s", self.id.runtime_id, entry.seq, problem)
+                return None
+        try:
+            event = decode_event(entry.data, entry.subject, self.subjects)
+        except DecodeError as exc:
+            log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
+            return None
+        pointer: ScopeActivated = event.data  # type: ignore[assignment]
+        # knowing no pointer yet (the first one read) is not knowing the scope had none: accept it
+        broken = chain_break(self.chain, pointer) if self.chain is not None else None
+        if broken is not None:
+            self.history.append((pointer.pack.digest, f"refused pointer at seq {entry.seq}: {broken[0]}: {broken[1]}"))
+            log.warning("runtime %s: refused pointer at seq %d to %s: %s", self.id.runtime_id, entry.seq, pointer.pack.short(), broken[1])
+            return None
+        self.chain = advance(self.chain, pointer, pointer_digest(entry.data))
+        return pointer
+
+    async def consider(self, pointer: ScopeActivated) -> None:
+        if self.active is not None and self.active.digest == pointer.pack.digest:
+            return
+        started = time.perf_counter()
+        problem = await self.verify(pointer.pack)
+        took_ms = (time.perf_counter() - started) * 1000
+        if problem is not None:
+            await self.refused(pointer.pack, problem, took_ms)
+            return
+        if self.on_switch is not None:
+            try:
+                await self.on_switch(pointer.pack)
+            except Exception as exc:  # the host did not switch: the old pack is still the active one
+                await self.refused(pointer.pack, f"switch failed: {exc.__class__.__name__}: {exc}", (time.perf_counter() - started) * 1000)
+                return
+            took_ms = (time.perf_counter() - started) * 1000
+        self.active = pointer.pack
+        self.history.append((pointer.pack.digest, "activated"))
+        await self.report({"kind": "activation", "ok": True, "took_ms": took_ms, "error": None})
+        self.switched.set()
+
+    async def refused(self, pack: PackRef, problem: str, took_ms: float) -> None:
+        """Not switched to `pack`: recorded, logged, and reported as an `ok: false` activation of it."""
+        self.history.append((pack.digest, f"refused: {problem}"))
+        log.warning("runtime %s refused %s: %s", self.id.runtime_id, pack.short(), problem)
+        await self.report({"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem})
+
+    async def verify(self, pack: PackRef) -> str | None:
+        """Defence in depth: the runtime re-checks what the service verified. None means good."""
+        try:
+            # the runtime's own anchor, advanced by the rotations in the log it can verify itself
+            trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
+            ctx = VerifyContext(
+                request_name=pack.name, request_version=pack.version, request_digest=pack.digest,
+                env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",), channel_config=None,
+                active={}, trust_root=trust_root, now=datetime.now(timezone.utc), purpose="pin",
+            )
+            v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
+            if v.failure is not None:
+                return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"
+        except Exception as exc:  # fail closed: anything unexpected refuses the switch
+            return f"verification error: {exc!r}"
+        return None
