@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .notifications import NotificationSink
+from .thresholds import Thresholds
 from .tokens import TOKEN_PATTERN
 
 BUCKETS = 10_000
@@ -42,26 +43,13 @@ class CohortRule(_Cfg):
         return True
 
 
-class ChannelThresholds(_Cfg):
-    error_rate_max: float | None = None
-    latency_p95_ms_max: float | None = None
-    latency_p99_ms_max: float | None = None
-    activation_success_min: float | None = None
-    mismatch_rate_max: float | None = None
-    new_error_classes: Literal["fail", "ignore"] = "fail"
-    statistical: Literal["off", "report", "enforce"] = "report"
-    tickets_max: StrictInt | None = Field(default=None, ge=0)  # totals over the window (events.model.Thresholds)
-    escalations_max: StrictInt | None = Field(default=None, ge=0)
-    trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
-
-
 MAX_WINDOW_S = 30 * 24 * 3600
 
 
 class ChannelMonitoring(_Cfg):
     window_s: StrictInt = Field(ge=1, le=MAX_WINDOW_S)
     min_samples: StrictInt = Field(default=1, ge=1)
-    thresholds: ChannelThresholds = Field(default_factory=ChannelThresholds)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
 
 
 class ChannelCompatibility(_Cfg):

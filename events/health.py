@@ -5,15 +5,26 @@ decode: finite, non-negative, under a sane maximum. A sample outside these bound
 1e308, 10**400, more errors than requests) is not a sample: the monitor counts it as an
 invalid report of its window, never as evidence (services/consumers/monitoring/judge.py). With these bounds no
 sum or request-weighted mean over a window can overflow a float.
+
+`accept_report` is the one rule every reader of KX_HEALTH applies to a report (the monitor's
+window and live watch, pre-flight, `kxr watch`): a valid, bounded sample from the runtime its
+subject names. Which accepted samples then count for a window (place, pack, time) is the
+judge's `counts_for`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
+    model_validator,
+)
 
+from .canonical import StrictJSONError
+from .codec import DecodeError, decode_json_object
 from .manifest import DIGEST_PATTERN
+from .subjects import HealthParts
 from .tokens import TOKEN_PATTERN
 
 HEALTH_MAX_BYTES = 16 * 1024
@@ -22,7 +33,6 @@ MAX_MS = 86_400_000.0  # a day, in milliseconds: no latency or activation time i
 MAX_ERROR_CLASSES = 64
 MAX_ERROR_CLASS_LENGTH = 128
 MAX_ERROR_TEXT = 2048
-
 
 
 def _number(value: object) -> object:
@@ -82,3 +92,29 @@ class HealthSample(_H):
         if self.correctness and self.correctness.mismatches > self.correctness.checked:
             raise ValueError("correctness mismatches exceed checked")
         return self
+
+
+def decode_sample(data: bytes) -> HealthSample | str:
+    """The sample in `data`, or why it is not one (oversized, not JSON, a figure out of bounds...)."""
+    try:
+        return HealthSample.model_validate(decode_json_object(data, HEALTH_MAX_BYTES))
+    except (DecodeError, StrictJSONError) as exc:
+        return str(exc)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)[:3]
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in errors)
+
+
+def accept_report(data: bytes, subject: HealthParts | None) -> HealthSample | str:
+    """A report as every reader takes it: a valid sample from the runtime its subject names, or why not.
+
+    `subject` is the report's subject parsed (events/subjects.py `Subjects.health_parts`);
+    None when it is not a health subject naming a runtime. A runtime may only speak for
+    itself: a sample naming another runtime is refused, never counted for either.
+    """
+    if subject is None:
+        return "not on a health subject naming a runtime (<prefix>.health.<env>.<channel>.<cohort>.<runtime_id>)"
+    checked = decode_sample(data)
+    if isinstance(checked, HealthSample) and checked.runtime_id != subject.runtime_id:
+        return f"runtime_id {checked.runtime_id!r} reported on the subject of runtime {subject.runtime_id!r}"
+    return checked

@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
 
 from .manifest import DIGEST_PATTERN
+from .thresholds import Thresholds  # one model for a channel's and a release's (events/thresholds.py)
 from .tokens import TOKEN_PATTERN
 
 SCHEMA_VERSION = 1
@@ -58,24 +59,6 @@ class PackRef(Frozen):
 class VersionDigest(Frozen):
     version: StrictStr
     digest: StrictStr
-
-
-class Thresholds(Frozen):
-    error_rate_max: float | None = None
-    latency_p95_ms_max: float | None = None
-    latency_p99_ms_max: float | None = None
-    activation_success_min: float | None = None
-    mismatch_rate_max: float | None = None
-    new_error_classes: Literal["fail", "ignore"] = "fail"
-    # Mann-Whitney comparison with the previous pack (services/consumers/monitoring/statistics.py): "report" puts
-    # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
-    statistical: Literal["off", "report", "enforce"] = "report"
-    # Tenant impact (health sample `signals`): totals over the window; a breach fails the window
-    # with trigger `tenant_impact`, early when a single sample already exceeds the total.
-    tickets_max: StrictInt | None = Field(default=None, ge=0)
-    escalations_max: StrictInt | None = Field(default=None, ge=0)
-    # Correctness: the request-weighted share of answers traced to their sources (0..1).
-    trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
 
 
 class Monitoring(Frozen):

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from .tokens import check_token
+from .tokens import check_token, is_token
 
+
+class HealthParts(NamedTuple):
+    """The tokens of a health subject `<prefix>.health.<env>.<channel>.<cohort>.<runtime_id>`."""
+
+    env: str
+    channel: str
+    cohort: str
+    runtime_id: str
+
+
+class ScopeParts(NamedTuple):
+    """The tokens of a scope event's subject `<prefix>.scope.<env>.<channel>.<cohort>.<suffix>`."""
+
+    env: str
+    channel: str
+    cohort: str
+    suffix: str
 
 
 @dataclass(frozen=True)
@@ -107,12 +125,43 @@ class Subjects:
         return f"{self.prefix}.deadletter.>"
 
     # -- parsing -----------------------------------------------------------------------------
+    # Each parser is the inverse of its builder above: it returns None for anything the builder
+    # could not have produced (another prefix or family, a token count off, a token that is
+    # not a CONTRACT §1 token), so a caller never indexes into a subject of the wrong shape.
     def parse(self, subject: str) -> tuple[str, list[str]]:
         """`kx.release.r1.verified` -> ("release", ["r1", "verified"]); ("", []) if not ours."""
         parts = subject.split(".")
         if len(parts) < 3 or parts[0] != self.prefix:
             return "", []
         return parts[1], parts[2:]
+
+    def _tokens(self, subject: str, family: str, count: int) -> list[str] | None:
+        kind, tokens = self.parse(subject)
+        if kind != family or len(tokens) != count or not all(is_token(t) for t in tokens):
+            return None
+        return tokens
+
+    def health_parts(self, subject: str) -> HealthParts | None:
+        """`kx.health.prod.canary.internal.rt-1` -> HealthParts("prod", "canary", "internal", "rt-1") (inverse of `health`)."""
+        tokens = self._tokens(subject, "health", 4)
+        return HealthParts(*tokens) if tokens else None
+
+    def scope_of(self, subject: str) -> ScopeParts | None:
+        """`kx.scope.prod.canary.all.pinned` -> ScopeParts("prod", "canary", "all", "pinned") (inverse of `scope`)."""
+        tokens = self._tokens(subject, "scope", 4)
+        return ScopeParts(*tokens) if tokens else None
+
+    @staticmethod
+    def release_id_of(subject: str) -> str | None:
+        """The release a subject `<any prefix>.release.<id>.…` concerns (lifecycle events and notifications), else None.
+
+        Whatever the prefix: the log context of a message (services/observability/logs.py) is
+        taken where the installation's prefix is not at hand.
+        """
+        parts = subject.split(".")
+        if len(parts) >= 4 and parts[1] == "release" and is_token(parts[2]):
+            return parts[2]
+        return None
 
     def expected_subject(self, event_type: str, release_id: str | None, scope: tuple[str, str, str] | None) -> str:
         """The only subject an event of this type (and identity) may be stored on."""

@@ -129,10 +129,10 @@ class Pinner:
     async def on_pinned(self, msg) -> None:
         seq = msg.metadata.sequence.stream
         await self.app.follower.wait_for(seq)
-        parts = msg.subject.split(".")
-        if len(parts) != 6 or seq in self.app.follower.undecodable:
+        parts = self.app.subjects.scope_of(msg.subject)
+        if parts is None or seq in self.app.follower.undecodable:
             raise Poison(f"not a valid pin: {msg.subject}")
-        scope, state = self._scope(parts[2], parts[3], parts[4])
+        scope, state = self._scope(parts.env, parts.channel, parts.cohort)
         if state.pin is None or state.pin_seq != seq:
             return  # superseded by a later pin or unpin: nothing to do for this one
         # max_pin_days, enforced here and not only by the CLI: measured from when the pin was

@@ -67,7 +67,11 @@ class Channel:
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
+    """NATS wildcard matching: `*` is one token, a trailing `>` one or more.
+
+    NATS's own semantics over any two subjects (permission patterns against concrete
+    subjects), not our layout: no `Subjects` parser applies, so the tokens are split here.
+    """
     want, have = pattern.split("."), subject.split(".")
     for index, token in enumerate(want):
         if token == ">":

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import IO, Iterator
 
+from events.subjects import Subjects
+
 from ..settings import ConfigError
 
 release_id_var: ContextVar[str | None] = ContextVar("kx_release_id", default=None)
@@ -34,9 +36,7 @@ def log_context(release_id: str | None = None, event_id: str | None = None) -> I
 
 def message_ids(subject: str, headers: dict[str, str] | None) -> tuple[str | None, str | None]:
     """(release id, event id) of a log message: `<p>.release.<id>.…` and its `Nats-Msg-Id` (= event_id)."""
-    parts = subject.split(".")
-    release_id = parts[2] if len(parts) >= 4 and parts[1] == "release" else None
-    return release_id, (headers or {}).get("Nats-Msg-Id")
+    return Subjects.release_id_of(subject), (headers or {}).get("Nats-Msg-Id")
 
 
 def message_context(msg):

@@ -1,4 +1,7 @@
-"""Reading health samples back from KX_HEALTH (for pre-flight and window verdicts)."""
+"""Reading health samples back from KX_HEALTH (for pre-flight and window verdicts).
+
+Every report read is taken by `events.health.accept_report`, the rule every reader shares.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 
-from events.canonical import StrictJSONError
-from events.codec import DecodeError, decode_json_object
-from events.health import HEALTH_MAX_BYTES, HealthSample
+from events.health import HealthSample, accept_report
 from events.subjects import Subjects
 from services.jetstream.direct import connection_of, last_per_subject
 from services.consumers.monitoring.judge import Invalid
 from services.jetstream.reader import OrderedReader
-
-
-def check_sample(data: bytes) -> HealthSample | str:
-    """The sample in `data`, or why it is not one (oversized, not JSON, a figure out of bounds...)."""
-    try:
-        return HealthSample.model_validate(decode_json_object(data, HEALTH_MAX_BYTES))
-    except (DecodeError, StrictJSONError) as exc:
-        return str(exc)
-    except ValidationError as exc:
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}" for e in exc.errors(include_url=False)[:3])
-
-
-def parse_sample(data: bytes) -> HealthSample | None:
-    checked = check_sample(data)
-    return checked if isinstance(checked, HealthSample) else None
-
-
-def accept(data: bytes, subject: str) -> HealthSample | str:
-    """The acceptance rule of every reader: a valid sample from the runtime its subject names."""
-    checked = check_sample(data)
-    owner = subject.rsplit(".", 1)[-1]
-    if isinstance(checked, HealthSample) and checked.runtime_id != owner:
-        return f"runtime_id {checked.runtime_id!r} reported on the subject of runtime {owner!r}"
-    return checked
 
 
 async def recent_reporters(js: JetStreamContext, subjects: Subjects, env: str, channel: str, cohorts: list[str], since: datetime) -> dict[str, int]:
@@ -49,9 +25,9 @@ async def recent_reporters(js: JetStreamContext, subjects: Subjects, env: str, c
     # one round trip: the last sample of every runtime in these cohorts (a batched direct get)
     filters = [subjects.health_cohort(env, channel, c) for c in cohorts]
     async for entry in last_per_subject(connection_of(js), subjects.health_stream, filters):
-        cohort = entry.subject.split(".")[4]
-        if entry.stored_at and entry.stored_at >= since and cohort in counts:
-            counts[cohort] += 1
+        parts = subjects.health_parts(entry.subject)
+        if entry.stored_at and entry.stored_at >= since and parts is not None and parts.cohort in counts:
+            counts[parts.cohort] += 1
     return counts
 
 
@@ -77,11 +53,12 @@ async def window_reports(
                 if entry.stored_at and entry.stored_at > end + timedelta(seconds=1):
                     break
                 continue
-            checked = accept(entry.data, entry.subject)
+            parts = subjects.health_parts(entry.subject)
+            checked = accept_report(entry.data, parts)
             if isinstance(checked, HealthSample):
                 out.valid.append((entry.stored_at, checked))
-            else:
-                out.invalid.append((entry.stored_at, Invalid(entry.subject.rsplit(".", 1)[-1], checked)))
+            else:  # a report that names no valid runtime is listed by its subject
+                out.invalid.append((entry.stored_at, Invalid(parts.runtime_id if parts else entry.subject, checked)))
     finally:
         await reader.close()
     return out

@@ -3,7 +3,8 @@
 `release_view(world, record, now=..., stored_samples=...)` reads only the fold (World and
 the release's EvidenceRecord) and, while a window is open, the health samples stored so
 far for its cohorts. Figures of an open window come from the monitor's own pure judge
-(`services/consumers/monitoring/judge.py`: `split_window`, `judge`), so the view shows exactly what the
+(`services/consumers/monitoring/judge.py`: `window_data`, whose `counts_for` is the monitor's
+rule for which samples count, and `judge_window`), so the view shows exactly what the
 monitor would decide on the same samples; a closed window shows the verdict the monitor
 recorded. Nothing here does IO or reads a clock.
 

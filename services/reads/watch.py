@@ -14,11 +14,11 @@ import asyncio
 from datetime import datetime
 from typing import AsyncIterator, Callable
 
+from events.health import HealthSample, accept_report
 from events.model import MonitoringStarted
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from services.reads.follower import Follower
-from services.reads.health_reads import parse_sample
 from services.consumers.monitoring.judge import window_span
 from services.reads.live_view import DEFAULT_EVENTS, release_view
 from services.jetstream.reader import OrderedReader
@@ -46,6 +46,7 @@ class HealthTail:
     def __init__(self, js, subjects: Subjects, env: str, channel: str, window: MonitoringStarted) -> None:
         self.window = window
         self.samples: list = []
+        self._subjects = subjects
         start, _ = window_span(window)
         self._reader = OrderedReader(js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in window.cohorts],
                                      start_time=start)
@@ -53,9 +54,9 @@ class HealthTail:
     async def run(self) -> None:
         try:
             async for entry in self._reader.read(follow=True, idle_timeout=0.5):
-                sample = parse_sample(entry.data)
-                # the same acceptance rule as health_reads.samples_between: a valid sample from the runtime its subject names
-                if entry.stored_at is not None and sample is not None and sample.runtime_id == entry.subject.rsplit(".", 1)[-1]:
+                # the rule of every health reader (the monitor's too): a valid sample from the runtime its subject names
+                sample = accept_report(entry.data, self._subjects.health_parts(entry.subject))
+                if entry.stored_at is not None and isinstance(sample, HealthSample):
                     self.samples.append((entry.stored_at, sample))
         finally:
             await self._reader.close()

@@ -18,12 +18,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from events.codec import make_event, scope_tuple
-from events.health import HealthSample
+from events.health import HealthSample, accept_report
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name, pack_object_name
 from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
-from events.subjects import Subjects
+from events.subjects import HealthParts, Subjects
 from events.trust import follow_chain, sign_root
 from services.consumers.verifier.readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
@@ -34,8 +34,7 @@ from services.consumers import activator, distributor, pinner, preparer, promote
 from services.consumers.monitoring import monitor
 from services.actions import operator
 from services.consumers.verifier import adapter as verifier_adapter
-from services.reads.health_reads import parse_sample
-from services.consumers.monitoring.judge import hard_breach, split_window, window_span
+from services.consumers.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.actions.producer import build_signed, manifest_bytes
 from services.consumers.verifier.adapter import context_for
@@ -295,8 +294,9 @@ class Lifecycle:
                 digest = scope.active.previous.digest if scope.active and scope.active.previous else None
             for runtime_id in RUNTIMES[cohort]:
                 raw = json.dumps(sample_body(kind, runtime_id, digest, stored_at)).encode()
-                sample = parse_sample(raw)  # the monitor's own decode: what it refuses is never evidence
-                if sample is None:
+                # the monitor's own acceptance: what it refuses is never evidence
+                sample = accept_report(raw, HealthParts(ENV, channel, cohort, runtime_id))
+                if not isinstance(sample, HealthSample):
                     continue
                 self.health.append((stored_at, channel, cohort, sample))
                 if live:
@@ -306,10 +306,9 @@ class Lifecycle:
         """The monitor's live watch (Monitor.check_breach), on the world as it stands."""
         for rid in sorted(self.world.in_flight):
             release = self.world.release(rid)
+            watch = Watch.of_release(release) if release is not None and release.phase == "monitoring" else None
             m = release.monitoring if release else None
-            if release is None or release.phase != "monitoring" or m is None or m.digest != sample.digest or cohort not in m.cohorts:
-                continue
-            if release.prepared is None or (release.prepared.target.env, release.prepared.target.channel) != (ENV, channel):
+            if watch is None or m is None or not counts_for(watch, sample, subject=HealthParts(ENV, channel, cohort, sample.runtime_id)):
                 continue
             try:
                 reason = hard_breach(sample, m.monitoring)

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.channel import BUCKETS, DEFAULT_CHANNEL, DEFAULT_COHORT, ChannelConfig, CohortRule, resolve_cohort, tenant_bucket
+from events.model import Monitoring, Thresholds
+from events.thresholds import Thresholds as TheModel
 from projections.world import World
 from services.actions.producer import parse_channel_config
 
@@ -268,3 +270,19 @@ def test_ramp_monotone_over_the_population(buckets: list[int]) -> None:
     inside_1 = {t for t, b in zip(TENANTS, buckets) if b < 100}
     inside_10 = {t for t, b in zip(TENANTS, buckets) if b < 1000}
     assert inside_1 and inside_1 < inside_10
+
+
+# ---- one thresholds model (issue 15) ----------------------------------------------------------
+
+
+def test_a_channels_thresholds_and_a_releases_are_one_model_with_the_same_json() -> None:
+    assert Thresholds is TheModel
+    doc = {"error_rate_max": 0.05, "latency_p95_ms_max": 250, "tickets_max": 3, "trace_coverage_min": 0.9,
+           "new_error_classes": "ignore", "statistical": "enforce", "a_newer_threshold": 1}
+    # as stored in `channel.configured` (the operator's file is checked strictly: services/actions/producer.py)
+    cfg = ChannelConfig.model_validate({**cohorts(), "monitoring": {"window_s": 90, "min_samples": 2, "thresholds": doc}})
+    assert type(cfg.monitoring.thresholds) is Thresholds
+    release = Monitoring.model_validate({"window_s": 90, "min_samples": 2, "thresholds": doc})
+    # what a channel stores and what a release carries serialise alike, extra fields kept
+    assert cfg.monitoring.thresholds.model_dump(mode="json") == release.thresholds.model_dump(mode="json")
+    assert cfg.monitoring.thresholds.model_dump(mode="json", exclude_unset=True) == doc

@@ -35,7 +35,7 @@ from events.bundle import PAYLOAD_TYPE, BundleError, make_bundle, pae, verify_bu
 from events.canonical import StrictJSONError, canonical_bytes, loads_strict
 from events.channel import BUCKETS, ChannelConfig, resolve_cohort, tenant_bucket
 from events.codec import DecodeError, decode_event, decode_json_object, encode_event, make_event
-from events.health import HealthSample
+from events.health import HealthSample, decode_sample
 from events.manifest import MAX_SIGNATURES, SignedManifest, sign_manifest
 from events.model import PAYLOADS, Actor, Event, Scope
 from events.signing import TrustRoot, b64encode, verify_ed25519
@@ -46,7 +46,6 @@ from projections.invariants import SAFETY_CODES, Audit, audit_entry, finish
 from projections.position import Position, positions
 from projections.releases import PHASE_AFTER, TRANSITIONS, ReleaseState, apply_release_event
 from projections.world import World, fold
-from services.reads.health_reads import parse_sample
 from services.actions.producer import parse_channel_config
 from services.consumers.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR, check_manifest, verify_bytes
 
@@ -392,7 +391,8 @@ ACTIVATION = {"runtime_id": "rt-1", "digest": None, "at": "2030-01-01T00:00:00+0
 
 
 def check_sample(raw: bytes) -> None:
-    sample = parse_sample(raw)
+    decoded = decode_sample(raw)
+    sample = decoded if isinstance(decoded, HealthSample) else None
     hypothesis_event("none" if sample is None else "sample")
     if sample is None:
         return

@@ -16,13 +16,13 @@ import pytest
 
 from events.canonical import StrictJSONError
 from events.codec import decode_event, encode_event
-from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample
+from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample, accept_report, decode_sample
 from events.model import Comparison, MonitoringStarted, MonitoringVerdict
 from services.consumers.monitoring import monitor
-from services.reads.health_reads import accept, check_sample, parse_sample
+from events.subjects import HealthParts, Subjects
 from services.consumers.monitoring.judge import (
-    CLOCK_SKEW, MAX_LISTED, PER_RUNTIME_MIN_REQUESTS, Invalid, WindowData, breach_of, figures_of, first_breach, judge,
-    judge_window, window_data,
+    CLOCK_SKEW, MAX_LISTED, PER_RUNTIME_MIN_REQUESTS, Invalid, Watch, WindowData, breach_of, counts_for, figures_of, first_breach,
+    judge, judge_window, window_data,
 )
 
 from .test_decisions import activated_log, activation, ctx, monitoring, monitoring_log, sample, state
@@ -167,13 +167,13 @@ def test_first_breach_ignores_other_packs_and_reports_before_the_activation() ->
         "bool-latency", "negative-latency", "took-1e300", "too-many-classes", "class-name-too-long", "trace-coverage-1.5",
         "negative-tickets", "tickets-10**12"])
 def test_out_of_bounds_figures_are_rejected_at_decode_with_a_reason(raw: bytes) -> None:
-    assert parse_sample(raw) is None
-    problem = check_sample(raw)
+    problem = decode_sample(raw)
     assert isinstance(problem, str) and problem
+    assert accept_report(raw, Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == problem
 
 
 def test_a_sample_on_another_runtimes_subject_is_refused() -> None:
-    assert accept(raw_sample(runtime_id="rt-2"), "kx.health.prod.canary.internal.rt-1") == \
+    assert accept_report(raw_sample(runtime_id="rt-2"), Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == \
         "runtime_id 'rt-2' reported on the subject of runtime 'rt-1'"
 
 
@@ -343,3 +343,48 @@ def test_a_window_the_judge_chokes_on_is_held_with_the_reason() -> None:
                                        "the window could not be judged")[0].events[0]
     assert event.type == "release.monitoring_inconclusive"
     assert event.data.reason == "the window could not be judged: OverflowError: int too large"
+
+
+# ==== 6. one acceptance rule for every reader (issue 15) =========================================
+
+
+def test_a_report_on_no_runtimes_subject_is_refused_not_decoded() -> None:
+    assert "not on a health subject" in accept_report(raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.*"))
+    assert accept_report(raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == \
+        HealthSample.model_validate(json.loads(raw_sample()))
+
+
+def test_counts_for_is_the_windows_pack_and_time_span_by_kind() -> None:
+    w = window()  # starts at T0, 60 s; the stage activated 10 s before the window opened
+    watch = Watch.of(w, activated_at=at(-10))
+    assert counts_for(watch, sample("a"), at(1)) and counts_for(watch, sample("a"), at(60))
+    assert not counts_for(watch, sample("a"), at(-1)), "a sample before the window's start"
+    assert not counts_for(watch, sample("a"), at(60.5)), "a sample after the window's end"
+    assert not counts_for(watch, sample("a", d=P0["digest"]), at(1)), "another pack"
+    assert counts_for(watch, activation("a"), at(-10) - CLOCK_SKEW), "an activation from the activation on, give or take the skew"
+    assert not counts_for(watch, activation("a"), at(-10) - CLOCK_SKEW - timedelta(seconds=1))
+    assert counts_for(watch, sample("a"), None), "arriving live: inside the open window"
+
+
+def test_a_placed_watch_takes_only_its_target_and_cohorts() -> None:
+    release = state(monitoring_log())[1]
+    watch = Watch.of_release(release)
+    assert watch is not None and watch.digest == release.monitoring.digest
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    s = sample("a")
+    assert counts_for(watch, s, subject=HealthParts(env, channel, "internal", "a"))
+    assert not counts_for(watch, s, subject=HealthParts(env, channel, "rest", "a")), "a cohort outside the window"
+    assert not counts_for(watch, s, subject=HealthParts(env, "other", "internal", "a")), "another channel"
+    assert not counts_for(watch, s, subject=HealthParts("other", channel, "internal", "a")), "another env"
+    assert not counts_for(watch, s), "a placed watch needs the report's subject"
+    assert Watch.of_release(state(activated_log())[1]) is None, "no window open"
+
+
+def test_the_early_scan_and_the_window_agree_on_what_counts() -> None:
+    """`first_breach` (before the window opens) and `window_data` (at its end) use the same rule."""
+    w = window()
+    refusal = activation("a", ok=False, error="boom")
+    stored = [(at(0.5), refusal), (at(2), sample("b"))]
+    found = first_breach(stored, w.digest, w.monitoring, T0)
+    assert found is not None and found[1] == refusal
+    assert refusal in window_data(stored, w).samples

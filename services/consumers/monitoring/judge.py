@@ -10,6 +10,11 @@ What the window is judged on (README "Safety semantics"):
 - the baseline: samples of the pack each cohort ran before (the previous *active* pack
   recorded in the log), just before the activation — for new error classes and statistics.
 
+Which reports count is one rule: a report is a sample at all by `events.health.accept_report`
+(bounded figures, from the runtime its subject names), and evidence for a window by
+`counts_for` (its env, channel and cohorts, its pack, its time span), whoever asks: the window's
+verdict, the early scan when it opens, the live watch, and `kxr watch`'s live view.
+
 Absence is never health: a configured threshold whose figure has no data, too few samples,
 a runtime that never switched, or an invalid report in the window makes it inconclusive.
 Each runtime is also judged on its own samples, so one runtime reporting huge healthy
@@ -19,12 +24,13 @@ traffic cannot outvote runtimes that breach.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Collection, Iterable
 
 from events.health import HealthSample
 from events.model import Comparison, Monitoring, MonitoringStarted
+from events.subjects import HealthParts
 from services.consumers.monitoring.statistics import judge_statistically
 
 if TYPE_CHECKING:
@@ -97,6 +103,55 @@ def _refusal(s: HealthSample) -> bool:
     return s.kind == "activation" and s.ok is not True
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a stage's window takes as evidence: which pack, from when to when (server stored time), and where."""
+
+    digest: str
+    activated_at: datetime  # activation reports count from CLOCK_SKEW before the stage's pointers moved
+    starts_at: datetime  # regular samples count from the window's start
+    ends_at: datetime | None = None  # None: not over yet (the scan when a window opens)
+    # (env, channel, cohorts); None when the reports were read from the window's own subjects
+    place: tuple[str, str, frozenset[str]] | None = None
+
+    @classmethod
+    def of(cls, window: MonitoringStarted, activated_at: datetime | None = None) -> "Watch":
+        """`window`'s evidence; `activated_at` is when the stage's pointers moved (default: the window's start)."""
+        return cls(window.digest, activated_at or window.starts_at, window.starts_at, window.ends_at)
+
+    @classmethod
+    def of_release(cls, release: ReleaseState) -> "Watch | None":
+        """The open window of a release, placed in its target's cohorts (None: no window)."""
+        m, prepared = release.monitoring, release.prepared
+        if m is None or prepared is None:
+            return None
+        watch = cls.of(m, release.activated_at.get(m.stage))
+        return replace(watch, place=(prepared.target.env, prepared.target.channel, frozenset(m.cohorts)))
+
+    def covers(self, at: datetime, kind: str = "sample") -> bool:
+        """Is stored time `at` inside the window for a report of `kind`? An activation report counts from
+        the activation on (a refusal before the window opened still fails it), a sample from the window's start."""
+        start = self.activated_at - CLOCK_SKEW if kind == "activation" else self.starts_at
+        return start <= at and (self.ends_at is None or at <= self.ends_at)
+
+
+def counts_for(watch: Watch, sample: HealthSample, at: datetime | None = None,
+               subject: HealthParts | None = None) -> bool:
+    """The one rule for which accepted samples (events.health.accept_report) are evidence for a window.
+
+    Its pack (by digest), within its time span by server stored time (`at`; None: arriving live,
+    so now, inside the open window), and, when the watch is placed, on its env, channel and one
+    of its cohorts by the report's `subject`.
+    """
+    if watch.place is not None:
+        env, channel, cohorts = watch.place
+        if subject is None or (subject.env, subject.channel) != (env, channel) or subject.cohort not in cohorts:
+            return False
+    if sample.digest != watch.digest:
+        return False
+    return at is None or watch.covers(at, sample.kind)
+
+
 def window_data(
     stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted, *,
     baseline_digests: Collection[str] = (), activated_at: datetime | None = None,
@@ -108,23 +163,20 @@ def window_data(
     `baseline_digests` the packs the cohorts ran before (none: no baseline, so every error
     class counts as new).
     """
-    since = activated_at or window.starts_at
-    before = min(since, window.starts_at)
+    watch = Watch.of(window, activated_at)
+    before = min(watch.activated_at, window.starts_at)
     new: list[HealthSample] = []
     baseline: list[HealthSample] = []
     ran_other: set[str] = set()
     for at, s in stored:
         if s.digest == window.digest:
-            if s.kind == "activation":
-                if since - CLOCK_SKEW <= at <= window.ends_at:
-                    new.append(s)
-            elif window.starts_at <= at <= window.ends_at:
+            if counts_for(watch, s, at):
                 new.append(s)
         elif at < before:
             ran_other.add(s.runtime_id)
             if s.digest is not None and s.digest in baseline_digests:
                 baseline.append(s)
-    bad = [i for at, i in invalid if window.starts_at <= at <= window.ends_at]
+    bad = [i for at, i in invalid if watch.covers(at)]
     return WindowData(new, baseline, frozenset(ran_other), bad)
 
 
@@ -409,8 +461,10 @@ def hard_breach(sample: HealthSample, monitoring: Monitoring) -> str | None:
 def first_breach(stored: Iterable[tuple[datetime, HealthSample]], digest: str, monitoring: Monitoring,
                  since: datetime) -> tuple[Breach, HealthSample] | None:
     """The first report of pack `digest` stored since its activation that fails the window early."""
+    # The window is not open yet: everything of the pack since the activation (give or take the clock skew).
+    watch = Watch(digest, since, since - CLOCK_SKEW)
     for at, s in sorted(stored, key=lambda pair: pair[0]):
-        if s.digest == digest and at >= since - CLOCK_SKEW:
+        if counts_for(watch, s, at):
             breach = breach_of(s, monitoring)
             if breach is not None:
                 return breach, s

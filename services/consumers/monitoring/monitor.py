@@ -17,13 +17,16 @@ from datetime import datetime, timedelta
 
 from events.canonical import StrictJSONError
 from events.codec import encode_event
-from events.health import HealthSample
+from events.health import HealthSample, accept_report
 from events.ids import derived_event_id
 from events.model import Event, MonitoringStarted, MonitoringVerdict
 from projections.releases import ReleaseState
 from projections.world import World
-from services.reads.health_reads import accept, samples_between, window_reports
-from services.consumers.monitoring.judge import CLOCK_SKEW, Breach, WindowData, baseline_digests, breach_of, first_breach, judge_window, read_span, window_data
+from services.reads.health_reads import samples_between, window_reports
+from services.consumers.monitoring.judge import (
+    CLOCK_SKEW, Breach, Watch, WindowData, baseline_digests, breach_of, counts_for, first_breach, judge_window, read_span,
+    window_data,
+)
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.jetstream.worker import Poison, Worker
@@ -281,24 +284,19 @@ class Monitor(ReleaseReactor):
             await sub.unsubscribe()
 
     async def check_breach(self, subject: str, data: bytes) -> None:
-        parts = subject.split(".")
-        if len(parts) != 6:
-            return
-        _, _, env, channel, cohort, runtime_id = parts
-        sample = accept(data, subject)
-        if not isinstance(sample, HealthSample) or sample.digest is None:
+        parts = self.app.subjects.health_parts(subject)
+        sample = accept_report(data, parts)
+        if parts is None or not isinstance(sample, HealthSample) or sample.digest is None:
             return  # an invalid report makes its window inconclusive when the window is judged
         world = self.app.follower.world
         for release_id in world.in_flight:
             release = world.releases[release_id]
-            m = release.monitoring
-            if release.phase != "monitoring" or m is None or m.digest != sample.digest or cohort not in m.cohorts:
+            watch = Watch.of_release(release) if release.phase == "monitoring" else None
+            if watch is None or release.monitoring is None or not counts_for(watch, sample, subject=parts):
                 continue
-            if release.prepared is None or (release.prepared.target.env, release.prepared.target.channel) != (env, channel):
-                continue
-            found = breach_of(sample, m.monitoring)
+            found = breach_of(sample, release.monitoring.monitoring)
             if found:
-                figures = breach_figures(sample, cohort)
+                figures = breach_figures(sample, parts.cohort)
 
                 async def breach(world, current, ctx, found=found, figures=figures):
                     return decide_breach(current, found.reason, figures, ctx, found.trigger)
