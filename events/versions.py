@@ -105,7 +105,7 @@ class PackVersion:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PackVersion) and self.key == other.key
 
-    def __lt__(self, other: "PackVersion") -> bool:
+    def __lt__(self, other: PackVersion) -> bool:
         return self.key < other.key
 
     def __hash__(self) -> int:
@@ -142,8 +142,10 @@ def matches(version: PackVersion | str, specifier: SpecifierSet | str) -> bool:
     v = version if isinstance(version, PackVersion) else parse_version(version)
     spec = specifier if isinstance(specifier, SpecifierSet) else parse_specifier(specifier)
     if v.pep440 is None:
-        raise UnmatchableVersion(f"version {v.text!r} is SemVer with pre-release identifiers PEP 440 cannot spell; "
-                                 "a PEP 440 specifier cannot be matched against it")
+        raise UnmatchableVersion(
+            f"version {v.text!r} is SemVer with pre-release identifiers PEP 440 cannot spell; "
+            "a PEP 440 specifier cannot be matched against it"
+        )
     # prereleases=True: this is a concrete installed version, not a pick among releases, and it
     # keeps the answer independent of the packaging release installed.
     return spec.contains(v.pep440, prereleases=True)

@@ -70,7 +70,10 @@ def chain_break(mark: ChainMark | None, pointer: ScopeActivated) -> tuple[str, s
     if mark is None and pointer.prev is not None:
         return "pointer_chain_broken", f"prev {pointer.prev[:19]}… but the scope had no pointer before"
     if mark is not None and mark.digest is not None and pointer.prev != mark.digest:
-        return "pointer_chain_broken", f"prev {(pointer.prev or 'null')[:19]}… is not the last pointer {mark.digest[:19]}…"
+        return (
+            "pointer_chain_broken",
+            f"prev {(pointer.prev or 'null')[:19]}… is not the last pointer {mark.digest[:19]}…",
+        )
     return None
 
 

@@ -15,15 +15,16 @@ says so, and the caller restores the release from its own log subjects first
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import reduce
-from typing import Iterable, Iterator
 
 from rpds import HashTrieMap, HashTrieSet
 
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
+
 from .evolve import evolve
 from .position import Position
 from .releases import ReleaseState, apply_release_event
@@ -49,6 +50,7 @@ class ChannelProblem:
     known to be misconfigured (requests are rejected naming this), never silently
     treated as unconfigured or as still holding its older configuration.
     """
+
     seq: int
     reason: str
 
@@ -59,6 +61,7 @@ class ChannelProblem:
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """A closed release in an archiving world: enough to know it exists and to append after it."""
+
     last_seq: int
     outcome: str | None
 
@@ -140,14 +143,18 @@ def archive_all(world: World) -> World:
 
 
 def _bury(world: World, state: ReleaseState) -> World:
-    return evolve(world, {"releases": world.releases.remove(state.release_id),
-                          "tombstones": world.tombstones.insert(state.release_id, tombstone(state.last_seq, state.outcome))})
+    return evolve(
+        world,
+        {
+            "releases": world.releases.remove(state.release_id),
+            "tombstones": world.tombstones.insert(state.release_id, tombstone(state.last_seq, state.outcome)),
+        },
+    )
 
 
 def needs_history(world: World, event: Event) -> bool:
     """Whether `event` changes a tombstoned release beyond its sequence (see `NeedsHistory`)."""
-    return (event.family == "release" and event.release_id in world.tombstones
-            and event.suffix not in _TOMBSTONE_SAFE)
+    return event.family == "release" and event.release_id in world.tombstones and event.suffix not in _TOMBSTONE_SAFE
 
 
 def restore(world: World, state: ReleaseState) -> World:
@@ -156,9 +163,16 @@ def restore(world: World, state: ReleaseState) -> World:
     if stone is None:
         raise ValueError(f"release {state.release_id} is not tombstoned")
     if stone.last_seq != state.last_seq:
-        raise ValueError(f"release {state.release_id}: its log ends at seq {state.last_seq}, the tombstone at {stone.last_seq}")
-    return evolve(world, {"releases": world.releases.insert(state.release_id, state),
-                          "tombstones": world.tombstones.remove(state.release_id)})
+        raise ValueError(
+            f"release {state.release_id}: its log ends at seq {state.last_seq}, the tombstone at {stone.last_seq}"
+        )
+    return evolve(
+        world,
+        {
+            "releases": world.releases.insert(state.release_id, state),
+            "tombstones": world.tombstones.remove(state.release_id),
+        },
+    )
 
 
 def apply(world: World, position: Position, event: Event) -> World:
@@ -171,13 +185,26 @@ def apply(world: World, position: Position, event: Event) -> World:
         if stone is not None:
             if event.suffix not in _TOMBSTONE_SAFE:
                 raise NeedsHistory(event.release_id)
-            return evolve(world, {"applied_seq": position.seq,
-                                  "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome))})
+            return evolve(
+                world,
+                {
+                    "applied_seq": position.seq,
+                    "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome)),
+                },
+            )
         current = world.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
         updated = apply_release_event(current, position.seq, event)
-        in_flight = world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
-        w = evolve(world, {"applied_seq": position.seq, "releases": world.releases.insert(event.release_id, updated),
-                           "in_flight": in_flight})
+        in_flight = (
+            world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
+        )
+        w = evolve(
+            world,
+            {
+                "applied_seq": position.seq,
+                "releases": world.releases.insert(event.release_id, updated),
+                "in_flight": in_flight,
+            },
+        )
         if event.suffix == "closed" and updated.outcome == "success" and updated.passed_on_data:
             # defensively both: the outcome, and the evidence it claims (a forged or buggy
             # `success` after an operator's pass must not make its pack a rollback target)
@@ -189,12 +216,19 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "scope" and event.scope:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
         current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(w, scopes=w.scopes.insert(key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)))
+        return replace(
+            w,
+            scopes=w.scopes.insert(
+                key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)
+            ),
+        )
     if family == "trust":
         return replace(w, trust_rotations=w.trust_rotations + ((position.seq, event.data.root),))  # type: ignore[attr-defined]
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
-        state = ChannelState(config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id)  # type: ignore[arg-type]
+        state = ChannelState(
+            config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id
+        )  # type: ignore[arg-type]
         # a valid configuration after an unreadable one settles it
         return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
     return w
@@ -210,7 +244,10 @@ def _confirm_promotion(world: World, source: ReleaseState) -> World:
     linked = world.releases.get(linked_id) if linked_id else None
     if linked is None or linked.requested is None or linked.requested.promoted_from != source.release_id:
         return world
-    return replace(world, releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)))
+    return replace(
+        world,
+        releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)),
+    )
 
 
 def _mark_release_known_good(world: World, release: ReleaseState) -> World:
@@ -223,7 +260,9 @@ def _mark_release_known_good(world: World, release: ReleaseState) -> World:
         current = scopes.get(key) or ScopeState(key=key)
         # Only if the scope still runs this release's pack: a later rollback or pin wins.
         if current.active and current.active.pack.digest == release.verified.pack.digest:
-            scopes = scopes.insert(key, mark_known_good(current, release.verified.pack, release.verified.manifest, release.release_id))
+            scopes = scopes.insert(
+                key, mark_known_good(current, release.verified.pack, release.verified.manifest, release.release_id)
+            )
     return replace(world, scopes=scopes)
 
 
