@@ -21,12 +21,14 @@ EVENT_MAX_BYTES = 64 * 1024
 
 
 def _validate_payload(model: type[BaseModel], data: Any) -> BaseModel:
-    return model.__pydantic_validator__.validate_python(data)  # what model_validate calls, minus its wrapper
+    payload: BaseModel = model.__pydantic_validator__.validate_python(data)  # model_validate, minus its wrapper
+    return payload
 
 
 def _validate_envelope(doc: dict[str, Any]) -> Event:
     """`doc` (with `data` already a payload model) as an Event; it may keep parts of `doc`."""
-    return Event.__pydantic_validator__.validate_python(doc)  # Event.model_validate, minus its wrapper
+    event: Event = Event.__pydantic_validator__.validate_python(doc)  # Event.model_validate, minus its wrapper
+    return event
 
 
 class DecodeError(ValueError):

@@ -64,7 +64,7 @@ class ServiceKeys:
     def of(cls, key: SigningKey, roles: list[str], name: str = "kxr-serve") -> ServiceKeys:
         return cls({key.keyid: ServiceKey(key.keyid, key.public_raw, name, frozenset(roles))})
 
-    def to_document(self) -> dict:
+    def to_document(self) -> dict[str, Any]:
         return {
             "keys": {
                 k.keyid: {"public": b64encode(k.public), "name": k.name, "roles": sorted(k.roles)}

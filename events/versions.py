@@ -47,7 +47,12 @@ class UnmatchableVersion(ValueError):
     """A version that parses (SemVer only) but no PEP 440 specifier can be matched against."""
 
 
-def _identifier(part: str) -> tuple[int, int, str]:
+# (epoch, release, stage, pre-release identifiers, post, dev): compared element by element
+_Identifier = tuple[int, int, str]
+_Key = tuple[int, tuple[int, ...], int, tuple[_Identifier, ...], int, tuple[int, int]]
+
+
+def _identifier(part: str) -> _Identifier:
     # SemVer §11: numeric identifiers compare numerically and sort below alphanumeric ones.
     return (0, int(part), "") if part.isdigit() else (1, 0, part)
 
@@ -59,7 +64,8 @@ def _pad(release: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(trimmed)  # 1.0 == 1.0.0
 
 
-def _pep440_key(v: Version) -> tuple:
+def _pep440_key(v: Version) -> _Key:
+    ids: tuple[_Identifier, ...]
     if v.pre is not None:
         stage, ids = _STAGE_PRE, ((1, 0, _PEP440_PRE[v.pre[0]]), (0, v.pre[1], ""))
     elif v.dev is not None and v.post is None:

@@ -24,16 +24,16 @@ class EvidenceRecord:
     target: dict[str, Any] = field(default_factory=dict)
     pack: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
-    checklist: tuple[dict, ...] = ()
-    gates: tuple[dict, ...] = ()
+    checklist: tuple[dict[str, Any], ...] = ()
+    gates: tuple[dict[str, Any], ...] = ()
     verification: dict[str, Any] = field(default_factory=dict)
-    activations: tuple[dict, ...] = ()
-    windows: tuple[dict, ...] = ()
-    decisions: tuple[dict, ...] = ()
+    activations: tuple[dict[str, Any], ...] = ()
+    windows: tuple[dict[str, Any], ...] = ()
+    decisions: tuple[dict[str, Any], ...] = ()
     incidents: tuple[str, ...] = ()
     outcome: dict[str, Any] = field(default_factory=dict)
-    timeline: tuple[dict, ...] = ()
-    notifications: tuple[dict, ...] = ()  # webhook deliveries about this release (events/notifications.py)
+    timeline: tuple[dict[str, Any], ...] = ()
+    notifications: tuple[dict[str, Any], ...] = ()  # webhook deliveries about this release (events/notifications.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,7 +61,7 @@ def _ts(event: Event) -> str:
 
 def summary(event: Event) -> str:
     """One human line per event, for timelines."""
-    d = event.data
+    d: Any = event.data  # the suffix says which payload model it is; matching on a string cannot narrow it
     s = event.suffix
     if event.family == "notification":
         how = f"after {d.attempts} attempt(s)" + (f": {d.error}" if d.error else "")
@@ -128,7 +128,7 @@ def apply_evidence(record: EvidenceRecord, position: Position, event: Event) -> 
         return replace(r, notifications=r.notifications + (row,))
     if event.family != "release":
         return r
-    d = event.data
+    d: Any = event.data  # the suffix says which payload model it is; matching on a string cannot narrow it
     dump = d.model_dump(mode="json", by_alias=True)
     match event.suffix:
         case "requested":

@@ -9,7 +9,9 @@ since last-known-good is what the fold made of it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from rpds import HashTrieMap
 
@@ -26,6 +28,7 @@ from events.model import (
     ScopePinned,
     Verified,
 )
+from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 
 from .pointer_chain import chain_break
@@ -33,6 +36,7 @@ from .position import Position
 from .releases import ReleaseState, is_override
 from .world import World, apply, apply_undecodable
 
+Headers = Mapping[str, str] | None  # a log entry's NATS headers, as the reader got them
 POINTER_WRITERS = {"activator", "pinner"}
 UNFINISHED_ENDINGS = {"rejected", "verification_failed", "rolled_back", "promoted"}
 
@@ -111,7 +115,7 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
     return out
 
 
-def audit_entry(audit: Audit, position: Position, event: Event | None, subjects) -> Audit:
+def audit_entry(audit: Audit, position: Position, event: Event | None, subjects: Subjects) -> Audit:
     """Check one log entry (None: it did not decode) against the world so far, then apply it."""
     if event is None:
         return replace(
@@ -139,7 +143,7 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects)
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
 
 
-def signature_problem(keys, subject: str, event: Event, payload: bytes, headers) -> str | None:
+def signature_problem(keys: ServiceKeys, subject: str, event: Event, payload: bytes, headers: Headers) -> str | None:
     """Why this entry is not a genuine service append (None: it is, or it need not be one).
 
     Every pointer switch and every event claiming a service actor must be signed by a key
@@ -151,7 +155,9 @@ def signature_problem(keys, subject: str, event: Event, payload: bytes, headers)
     return keys.check(role, subject, payload, headers)
 
 
-def signature_violation(keys, position: Position, event: Event | None, payload: bytes, headers) -> Violation | None:
+def signature_violation(
+    keys: ServiceKeys, position: Position, event: Event | None, payload: bytes, headers: Headers
+) -> Violation | None:
     """An append by a service (and any pointer switch) must carry a valid signature of its role."""
     if event is None:
         return None  # reported as undecodable already
@@ -163,7 +169,9 @@ def signature_violation(keys, position: Position, event: Event | None, payload: 
     )
 
 
-def ignored_reason(world: World, keys, position: Position, event: Event, payload: bytes, headers) -> str | None:
+def ignored_reason(
+    world: World, keys: ServiceKeys | None, position: Position, event: Event, payload: bytes, headers: Headers
+) -> str | None:
     """Why a reader that trusts only signed, fresh state ignores this entry (None: it counts).
 
     - a pointer or service event no service key trusted for its role signed (with `keys`);
@@ -178,7 +186,13 @@ def ignored_reason(world: World, keys, position: Position, event: Event, payload
 
 
 def apply_signed(
-    world: World, keys, position: Position, event: Event | None, payload: bytes, headers, subjects
+    world: World,
+    keys: ServiceKeys | None,
+    position: Position,
+    event: Event | None,
+    payload: bytes,
+    headers: Headers,
+    subjects: Subjects,
 ) -> tuple[World, str | None]:
     """One log entry folded as a reader that trusts only signed state does (keys None: signatures unchecked).
 
@@ -209,7 +223,13 @@ def pointer_chain_violation(world: World, position: Position, event: Event) -> V
 
 
 def audit_signed_entry(
-    audit: Audit, keys, position: Position, event: Event | None, payload: bytes, headers, subjects
+    audit: Audit,
+    keys: ServiceKeys,
+    position: Position,
+    event: Event | None,
+    payload: bytes,
+    headers: Headers,
+    subjects: Subjects,
 ) -> Audit:
     """`audit_entry` for an auditor with the service keys: an entry a service key did not sign
     is reported and folded as junk (its sequence moves, its content counts for nothing), so the
@@ -278,9 +298,8 @@ class SafetyMemory:
     and who signed each verified pack (an index, so a pointer check never scans every release)."""
 
     earned: frozenset[tuple[str, str, str]] = frozenset()  # (env, channel, digest) that passed every window on data
-    signers: HashTrieMap = field(
-        default_factory=HashTrieMap
-    )  # digest -> frozenset of keyids its verifications recorded
+    # digest -> the keyids its verifications recorded
+    signers: HashTrieMap[str, frozenset[str]] = field(default_factory=HashTrieMap)
 
 
 def _breaches(c: Comparison) -> bool:
@@ -327,7 +346,7 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
     return out
 
 
-def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> set[str | None]:
+def strategy_targets(world: World, release: ReleaseState, cohort: str, at: datetime) -> set[str | None]:
     """Digests a rollback of `cohort` may land on: the pin in force, else the chosen strategy's target."""
     assert release.prepared is not None
     env, channel = release.prepared.target.env, release.prepared.target.channel
@@ -361,7 +380,8 @@ def untrusted(world: World, memory: SafetyMemory, digest: str, evidence: list[st
     signed = root.get("signed") if isinstance(root, dict) else None
     if not signers or not isinstance(signed, dict) or not isinstance(signed.get("keys"), dict):
         return None
-    threshold = signed.get("threshold") if isinstance(signed.get("threshold"), int) else 1
+    raw_threshold = signed.get("threshold")
+    threshold = raw_threshold if isinstance(raw_threshold, int) else 1
     still = signers & set(signed["keys"])
     if len(still) >= threshold:
         return None

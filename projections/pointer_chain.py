@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from events.model import ScopeActivated
 
@@ -85,7 +86,7 @@ def advance(mark: ChainMark | None, pointer: ScopeActivated, digest: str | None)
     return ChainMark(generation, digest)
 
 
-def chained_pointer(mark: ChainMark | None, **fields) -> ScopeActivated:
+def chained_pointer(mark: ChainMark | None, **fields: Any) -> ScopeActivated:
     """A pointer that follows `mark` (the scope's `chain_mark`): what every pointer writer builds."""
     link = next_link(mark)
     return ScopeActivated(**fields, generation=link.generation, prev=link.prev)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from events.model import (
     Activated,
@@ -204,7 +205,7 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
         anomalies = anomalies + ("closed success without every stage passed by monitoring on data",)
     new_phase = PHASE_AFTER.get(suffix)
     # one copy per event (replay cost): the common changes, then the event's own
-    changes: dict = {
+    changes: dict[str, Any] = {
         "phase": new_phase if new_phase is not None else state.phase,
         "last_seq": seq,
         "last_event_id": event.event_id,
@@ -270,7 +271,7 @@ def _outcome_of(event: Event) -> str:
     return f"({outcome})" if outcome else ""
 
 
-def failure_text(data) -> str:
+def failure_text(data: Any) -> str:  # the payload of any failure event (or a test's stand-in)
     """`gate/code: message` (or the list of reasons) for a failure event's payload."""
     reasons = getattr(data, "reasons", None)
     if reasons is not None:

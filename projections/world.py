@@ -19,11 +19,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import reduce
+from typing import Any
 
 from rpds import HashTrieMap, HashTrieSet
 
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
+from events.subjects import Subjects
 
 from .evolve import evolve
 from .position import Position
@@ -87,13 +89,14 @@ class NeedsHistory(LookupError):
 @dataclass(frozen=True, slots=True)
 class World:
     applied_seq: int = 0
-    releases: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> ReleaseState
-    scopes: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel, cohort) -> ScopeState
-    channels: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelState
-    in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
-    trust_rotations: tuple[tuple[int, dict], ...] = ()  # (seq, signed root) as logged; see events/trust.py
-    tombstones: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> Tombstone (archiving worlds only)
-    channel_problems: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelProblem
+    # (HashTrieMap[...] only as a string: rpds types cannot be subscripted at run time)
+    releases: HashTrieMap[str, ReleaseState] = field(default_factory=HashTrieMap)
+    scopes: HashTrieMap[ScopeKey, ScopeState] = field(default_factory=HashTrieMap)
+    channels: HashTrieMap[tuple[str, str], ChannelState] = field(default_factory=HashTrieMap)  # (env, channel)
+    in_flight: HashTrieSet[str] = field(default_factory=HashTrieSet)  # ids of releases not closed yet
+    trust_rotations: tuple[tuple[int, dict[str, Any]], ...] = ()  # (seq, signed root) as logged; see events/trust.py
+    tombstones: HashTrieMap[str, Tombstone] = field(default_factory=HashTrieMap)  # archiving worlds only
+    channel_problems: HashTrieMap[tuple[str, str], ChannelProblem] = field(default_factory=HashTrieMap)
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
@@ -227,8 +230,11 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
         state = ChannelState(
-            config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id
-        )  # type: ignore[arg-type]
+            config=event.data,  # type: ignore[arg-type]  # channel.configured is the only channel event
+            seq=position.seq,
+            configured_at=event.occurred_at,
+            configured_by=event.actor.id,
+        )
         # a valid configuration after an unreadable one settles it
         return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
     return w
@@ -276,7 +282,7 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
             yield state
 
 
-def apply_undecodable(world: World, position: Position, subjects, reason: str = "not a valid event") -> World:
+def apply_undecodable(world: World, position: Position, subjects: Subjects, reason: str = "not a valid event") -> World:
     """A log entry that is not a valid event still moves its subject's sequence.
 
     The CAS values the consumers use must match what is stored, so a garbage
@@ -299,8 +305,11 @@ def apply_undecodable(world: World, position: Position, subjects, reason: str = 
         key = (tokens[0], tokens[1], tokens[2])
         current_scope = w.scopes.get(key) or ScopeState(key=key)
         # activated: the activator's CAS; pinned/unpinned: the pin verbs' (on the scope's last sequence)
-        moved = {"active_seq": position.seq} if tokens[3] == "activated" else {"pin_seq": position.seq}
-        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, **moved)))
+        if tokens[3] == "activated":
+            moved = replace(current_scope, active_seq=position.seq)
+        else:
+            moved = replace(current_scope, pin_seq=position.seq)
+        return replace(w, scopes=w.scopes.insert(key, moved))
     if family == "channel" and len(tokens) == 3 and tokens[2] == "configured":
         problem = ChannelProblem(position.seq, reason[:PROBLEM_REASON_MAX])
         return replace(w, channel_problems=w.channel_problems.insert((tokens[0], tokens[1]), problem))
