@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         full, quick = BENCHES[name]
         sys.stderr.write(f"\n== {name} ==\n")
         started = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", f"bench.{name}", *(quick if args.quick else full)], stdout=subprocess.PIPE, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}", *(quick if args.quick else full)], stdout=subprocess.PIPE, text=True
+        )
         if run.returncode != 0:
             failed.append(name)
             sys.stderr.write(f"bench {name} failed with status {run.returncode}\n")

@@ -31,22 +31,30 @@ from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
+from projections.world import archive_all, fold
+from services.actions.producer import (
+    build_signed,
+    configure_channel,
+    manifest_bytes,
+    push_pack,
+    request_event,
+    sha256_digest,
+)
 from services.app import connect
-from services.reads.audit import replay
 from services.jetstream.embedded import EmbeddedServer, free_port
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries
-from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_event, sha256_digest
+from services.reads.audit import replay
+from services.reads.snapshots import Snapshots
 from services.runtime.sdk import Identity
 from services.runtime.simulation import simulated_runtime
-from services.reads.snapshots import Snapshots
-from projections.world import archive_all, fold
 from services.tasks import cancel_and_wait
 
 PREFIX = "chaos"
 OPERATOR = Actor(kind="operator", id="chaos")
 CHANNEL = {
-    "cohorts": [{"name": "all"}], "plan": [["all"]],
+    "cohorts": [{"name": "all"}],
+    "plan": [["all"]],
     "monitoring": {"window_s": 4, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
     "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
     "policy": {},
@@ -67,7 +75,14 @@ class Serve:
 
     def start(self) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen([kxr(), "serve", "--verbose"], env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [kxr(), "serve", "--verbose"],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         self.starts += 1
 
     def kill(self) -> None:
@@ -99,12 +114,25 @@ class Counts:
 
 def pack_for(i: int, key: SigningKey) -> tuple[bytes, bytes, str]:
     body = f"chaos pack {i} ".encode() * 2000
-    signed = build_signed(body, name="kb", version=f"1.0.{i}", schema="kx-pack/1", profile="standard", runtime=">=2,<3",
-                          build_id=f"b{i}", builder="ci", run=f"r{i}", source="https://git.example/kb", revision=f"rev{i}")
+    signed = build_signed(
+        body,
+        name="kb",
+        version=f"1.0.{i}",
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2,<3",
+        build_id=f"b{i}",
+        builder="ci",
+        run=f"r{i}",
+        source="https://git.example/kb",
+        revision=f"rev{i}",
+    )
     return body, manifest_bytes(signed, [key]), sha256_digest(body)
 
 
-async def run_chaos(releases: int = 50, seconds: float = 25.0, seed: int = 7, workdir: Path | None = None, ack_wait: float = 2.0) -> Counts:
+async def run_chaos(
+    releases: int = 50, seconds: float = 25.0, seed: int = 7, workdir: Path | None = None, ack_wait: float = 2.0
+) -> Counts:
     rng = random.Random(seed)
     counts = Counts(releases=releases)
     tmp = tempfile.TemporaryDirectory(prefix="kx-chaos-") if workdir is None else None
@@ -113,9 +141,17 @@ async def run_chaos(releases: int = 50, seconds: float = 25.0, seed: int = 7, wo
     server = EmbeddedServer(store_dir=work / "js", port=free_port(), log_file=work / "nats.log").start()
     key = SigningKey.generate()
     trust = work / "trust.json"
-    trust.write_text(json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "chaos"}}}))
-    env = {**os.environ, "KX_NATS_URL": server.url, "KX_PREFIX": PREFIX, "KX_TRUST_ROOT": str(trust),
-           "KX_DATA_DIR": str(work / "data"), "KX_ACK_WAIT": str(ack_wait)}
+    trust.write_text(
+        json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "chaos"}}})
+    )
+    env = {
+        **os.environ,
+        "KX_NATS_URL": server.url,
+        "KX_PREFIX": PREFIX,
+        "KX_TRUST_ROOT": str(trust),
+        "KX_DATA_DIR": str(work / "data"),
+        "KX_ACK_WAIT": str(ack_wait),
+    }
     serves = [Serve(env, work, f"serve{i}") for i in range(2)]
     for s in serves:
         s.start()
@@ -133,19 +169,38 @@ async def run_chaos(releases: int = 50, seconds: float = 25.0, seed: int = 7, wo
         for i in range(releases):
             channel = f"c{i}"
             await configure_channel(log, js, "prod", channel, ChannelConfig.model_validate(CHANNEL), OPERATOR)
-            rt = simulated_runtime(nc, Identity("prod", channel, f"tenant{i}", f"rt{i}"), trust_root, {}, prefix=PREFIX, interval=0.5, seed=i)
+            rt = simulated_runtime(
+                nc,
+                Identity("prod", channel, f"tenant{i}", f"rt{i}"),
+                trust_root,
+                {},
+                prefix=PREFIX,
+                interval=0.5,
+                seed=i,
+            )
             await rt.resolve_cohort()
             runtime_tasks.append(asyncio.create_task(rt.run()))
+
         async def request_all() -> None:
             # spread over the first two thirds of the run, so kills land mid-release
             for i in range(releases):
                 body, manifest, digest = pack_for(i, key)
-                await _retrying(lambda: push_pack(js, subjects, body, manifest, digest))
-                event = request_event(f"rel{i}", {
-                    "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest}, "target": {"env": "prod", "channel": f"c{i}"},
-                    "owner": "chaos", "escalation": "pager:chaos", "rollback": {"strategy": "none"}, "acknowledge_no_health": True,
-                }, Actor(kind="producer", id="chaos"))
-                await _retrying(lambda: log.append(log.release_entry(event, 0)))  # same event id on a retry: stored once
+                # each retry's closure runs within this iteration, so binding the loop variables late is right
+                await _retrying(lambda: push_pack(js, subjects, body, manifest, digest))  # noqa: B023
+                event = request_event(
+                    f"rel{i}",
+                    {
+                        "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest},
+                        "target": {"env": "prod", "channel": f"c{i}"},
+                        "owner": "chaos",
+                        "escalation": "pager:chaos",
+                        "rollback": {"strategy": "none"},
+                        "acknowledge_no_health": True,
+                    },
+                    Actor(kind="producer", id="chaos"),
+                )
+                # same event id on a retry: stored once
+                await _retrying(lambda: log.append(log.release_entry(event, 0)))  # noqa: B023
                 await asyncio.sleep(rng.uniform(0, 2 * seconds / 3 / releases * 2))
 
         requester = asyncio.create_task(request_all())
@@ -153,7 +208,9 @@ async def run_chaos(releases: int = 50, seconds: float = 25.0, seed: int = 7, wo
         restarted_server = False
         while time.monotonic() < deadline:
             await asyncio.sleep(rng.uniform(0.5, 2.0))
-            action = rng.choice(["kill", "kill", "freeze", "server"] if not restarted_server else ["kill", "kill", "freeze"])
+            action = rng.choice(
+                ["kill", "kill", "freeze", "server"] if not restarted_server else ["kill", "kill", "freeze"]
+            )
             victim = rng.choice(serves)
             if action == "kill":
                 victim.kill()
@@ -179,7 +236,9 @@ async def run_chaos(releases: int = 50, seconds: float = 25.0, seed: int = 7, wo
         await _wait_settled(js, subjects, releases, timeout=120)
         for s in serves:
             s.term()  # a clean stop saves the live projections as a snapshot
-        counts.redeliveries = sum((work / f"{s.name}.log").read_text(errors="replace").count("redelivery:") for s in serves)
+        counts.redeliveries = sum(
+            (work / f"{s.name}.log").read_text(errors="replace").count("redelivery:") for s in serves
+        )
         await _check(js, subjects, counts)
     finally:
         await cancel_and_wait(runtime_tasks)

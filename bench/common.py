@@ -15,18 +15,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import nats
 
 from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
-from services.jetstream.embedded import EmbeddedServer, free_port
 from services.actions.producer import build_signed, manifest_bytes, sha256_digest
+from services.jetstream.embedded import EmbeddedServer, free_port
 
 PRODUCER = Actor(kind="producer", id="bench")
 OPERATOR = Actor(kind="operator", id="bench")
@@ -36,21 +37,33 @@ COMPATIBILITY = {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_versi
 def channel_config(cohorts: list[str] | None = None, window_s: int = 3600) -> ChannelConfig:
     """One stage over the given cohorts; the window is long because benches stop at activation."""
     cohorts = cohorts or ["all"]
-    return ChannelConfig.model_validate({
-        # every cohort but the last selects its own tenant; the last catches everyone else
-        "cohorts": [{"name": c, "tenants": [f"tenant-{c}"]} for c in cohorts[:-1]] + [{"name": cohorts[-1]}],
-        "plan": [cohorts],
-        "monitoring": {"window_s": window_s, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
-        "compatibility": COMPATIBILITY,
-        "policy": {"forbid_downgrade": True},
-    })
+    return ChannelConfig.model_validate(
+        {
+            # every cohort but the last selects its own tenant; the last catches everyone else
+            "cohorts": [{"name": c, "tenants": [f"tenant-{c}"]} for c in cohorts[:-1]] + [{"name": cohorts[-1]}],
+            "plan": [cohorts],
+            "monitoring": {"window_s": window_s, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
+            "compatibility": COMPATIBILITY,
+            "policy": {"forbid_downgrade": True},
+        }
+    )
 
 
 def signed_pack(key: SigningKey, version: str, body: bytes, name: str = "kb") -> tuple[bytes, str]:
     """(manifest bytes, digest) of a pack signed by `key`."""
-    signed = build_signed(body, name=name, version=version, schema="kx-pack/1", profile="standard", runtime=">=2,<3",
-                          build_id=f"b-{version}", builder="bench", run=f"r-{version}", source="https://git.example/kb",
-                          revision=f"rev-{version}")
+    signed = build_signed(
+        body,
+        name=name,
+        version=version,
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2,<3",
+        build_id=f"b-{version}",
+        builder="bench",
+        run=f"r-{version}",
+        source="https://git.example/kb",
+        revision=f"rev-{version}",
+    )
     return manifest_bytes(signed, [key]), sha256_digest(body)
 
 
@@ -81,14 +94,26 @@ class Rig:
         return self.work / "trust.json"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "KX_NATS_URL": self.url, "KX_PREFIX": self.prefix, "KX_TRUST_ROOT": str(self.trust_file),
-                "KX_DATA_DIR": str(self.work / "data"), **extra}
+        return {
+            **os.environ,
+            "KX_NATS_URL": self.url,
+            "KX_PREFIX": self.prefix,
+            "KX_TRUST_ROOT": str(self.trust_file),
+            "KX_DATA_DIR": str(self.work / "data"),
+            **extra,
+        }
 
     def serve(self, *args: str, name: str = "serve", **extra_env: str) -> subprocess.Popen:
         """`kxr serve` in its own process (the service uses the second core, as in production)."""
         log = open(self.work / f"{name}.log", "ab")
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "kxr"), "serve", *args], env=self.env(**extra_env),
-                                cwd=self.work, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "kxr"), "serve", *args],
+            env=self.env(**extra_env),
+            cwd=self.work,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -123,8 +148,13 @@ def percentile(values: list[float], p: float) -> float:
 
 def latency_summary(values_s: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values_s]
-    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p90_ms": round(percentile(ms, 90), 3),
-            "p99_ms": round(percentile(ms, 99), 3), "max_ms": round(max(ms), 3)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p90_ms": round(percentile(ms, 90), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "max_ms": round(max(ms), 3),
+    }
 
 
 def peak_rss_mib() -> float:
@@ -133,15 +163,21 @@ def peak_rss_mib() -> float:
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "nats_server": _nats_server_version()}
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "nats_server": _nats_server_version(),
+    }
 
 
 def _nats_server_version() -> str:
     from services.jetstream.embedded import nats_server_binary
 
     try:
-        return subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except Exception as exc:  # the report still prints; the version is informational
         return f"unknown ({exc})"
 
@@ -183,7 +219,7 @@ def report(bench: str, result: dict[str, Any], rows: list[tuple[str, str, str, s
     doc = {"bench": bench, "machine": machine(), **result}
     print(json.dumps(doc, sort_keys=True))
     width = [max(len(r[i]) for r in rows + [("figure", "value", "baseline / ratio", "target")]) for i in range(4)]
-    line = "  ".join("{:<%d}" % w for w in width)
+    line = "  ".join(f"{{:<{w}}}" for w in width)
     sys.stderr.write(line.format("figure", "value", "baseline / ratio", "target") + "\n")
     for row in rows:
         sys.stderr.write(line.format(*row) + "\n")

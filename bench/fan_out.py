@@ -33,17 +33,18 @@ import os
 import resource
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.api import StorageType, StreamConfig
 
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_event
 from services.app import connect
 from services.jetstream.direct import last_per_subject
 from services.jetstream.layout import LOG_MAX_CONSUMERS
 from services.jetstream.log import EventLog
-from services.actions.producer import configure_channel, push_pack, request_event
+
 from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, report, rig, signed_pack
 from .time_to_activate import wait_for_layout
 
@@ -138,8 +139,14 @@ async def _worker(spec: dict) -> None:
         await asyncio.gather(*followers, return_exceptions=True)
         followers.clear()
         for i, nc in enumerate(conns):
-            rt = BenchRuntime(nc, Identity(ENV, channel, f"tenant-{spec['index']}-{i}", f"rt-{spec['index']}-{i}"), trust,
-                              prefix=spec["prefix"], seen=seen, verify=verify)
+            rt = BenchRuntime(
+                nc,
+                Identity(ENV, channel, f"tenant-{spec['index']}-{i}", f"rt-{spec['index']}-{i}"),
+                trust,
+                prefix=spec["prefix"],
+                seen=seen,
+                verify=verify,
+            )
             await rt.resolve_cohort()
             followers.append(asyncio.create_task(rt.follow()))
         _say({"following": channel})
@@ -182,8 +189,16 @@ class Workers:
     async def start(self, specs: list[dict]) -> None:
         for spec in specs:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.fan_out", "--worker", json.dumps(spec), cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
+                sys.executable,
+                "-m",
+                "bench.fan_out",
+                "--worker",
+                json.dumps(spec),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=64 * 1024 * 1024,
+            )
             self.procs.append(proc)
             self._readers.append(asyncio.create_task(self._read(spec["index"], proc)))
 
@@ -230,7 +245,7 @@ class Workers:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if progress:
                 progress()
@@ -243,7 +258,7 @@ class Workers:
         for proc in self.procs:
             try:
                 await asyncio.wait_for(proc.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         for t in self._readers:
@@ -257,7 +272,9 @@ async def live_followers(js, stream: str, subject: str) -> int:
     while True:
         page = await js.consumers_info(stream, offset=offset)
         for info in page:
-            filters = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+            filters = info.config.filter_subjects or (
+                [info.config.filter_subject] if info.config.filter_subject else []
+            )
             if filters == [subject] and (info.num_waiting or 0) > 0:
                 live += 1
         if len(page) < 256:
@@ -277,24 +294,51 @@ async def _activate(log: EventLog, js, subjects: Subjects, key, channel: str, re
     body = os.urandom(PACK_BYTES)
     manifest, digest = signed_pack(key, version, body)
     await push_pack(js, subjects, body, manifest, digest)
-    event = request_event(release_id, {
-        "pack": {"name": "kb", "version": version, "digest": digest}, "target": {"env": ENV, "channel": channel},
-        "owner": "bench", "escalation": "pager:bench", "rollback": {"strategy": "none"}}, PRODUCER)
+    event = request_event(
+        release_id,
+        {
+            "pack": {"name": "kb", "version": version, "digest": digest},
+            "target": {"env": ENV, "channel": channel},
+            "owner": "bench",
+            "escalation": "pager:bench",
+            "rollback": {"strategy": "none"},
+        },
+        PRODUCER,
+    )
     t0 = time.time()
     await log.append(log.release_entry(event, 0))
     return t0
 
 
-async def _measure_activation(pool: Workers, nc, js, log, subjects: Subjects, key, channel: str, release_id: str,
-                              runtimes: int, timeout: float, verify: bool) -> dict:
+async def _measure_activation(
+    pool: Workers,
+    nc,
+    js,
+    log,
+    subjects: Subjects,
+    key,
+    channel: str,
+    release_id: str,
+    runtimes: int,
+    timeout: float,
+    verify: bool,
+) -> dict:
     pointer = subjects.scope(ENV, channel, "all", "activated")
-    await pool.until(lambda: _all_live(js, subjects.releases_stream, pointer, runtimes), f"followers of {channel}", timeout)
+    await pool.until(
+        lambda: _all_live(js, subjects.releases_stream, pointer, runtimes), f"followers of {channel}", timeout
+    )
     t_req = await _activate(log, js, subjects, key, channel, release_id, "1.0.1" if verify else "1.0.0")
     mark = f"switched:{release_id}" if verify else f"seen:{release_id}"
-    await pool.until(lambda: len(pool.times(mark)) == runtimes, f"activation on {channel}", timeout + (runtimes * 0.05 if verify else 0))
+    await pool.until(
+        lambda: len(pool.times(mark)) == runtimes,
+        f"activation on {channel}",
+        timeout + (runtimes * 0.05 if verify else 0),
+    )
     stored = await _stored_time(nc, subjects.releases_stream, pointer)
-    out = {"seen_from_stored": latency_summary([t - stored for t in pool.times(f"seen:{release_id}")]),
-           "seen_from_request": latency_summary([t - t_req for t in pool.times(f"seen:{release_id}")])}
+    out = {
+        "seen_from_stored": latency_summary([t - stored for t in pool.times(f"seen:{release_id}")]),
+        "seen_from_request": latency_summary([t - t_req for t in pool.times(f"seen:{release_id}")]),
+    }
     if verify:
         out["switched_from_stored"] = latency_summary([t - stored for t in pool.times(mark)])
         out["switched_from_request"] = latency_summary([t - t_req for t in pool.times(mark)])
@@ -317,24 +361,50 @@ async def run(runtimes: int = 1000, workers: int = 4, verify: bool = True, timeo
         pool = Workers()
         try:
             await wait_for_layout(js, subjects)
-            await js.add_stream(StreamConfig(name=BASE_STREAM, subjects=[BASE_SUBJECT], storage=StorageType.FILE, allow_direct=True,
-                                             max_consumers=LOG_MAX_CONSUMERS))  # like the log: one consumer per runtime
+            await js.add_stream(
+                StreamConfig(
+                    name=BASE_STREAM,
+                    subjects=[BASE_SUBJECT],
+                    storage=StorageType.FILE,
+                    allow_direct=True,
+                    max_consumers=LOG_MAX_CONSUMERS,
+                )
+            )  # like the log: one consumer per runtime
             for channel in (CHANNEL, VERIFY_CHANNEL):
                 await configure_channel(log, js, ENV, channel, channel_config(), OPERATOR)
-                await js.publish(subjects.health(ENV, channel, "all", "rt-probe"), json.dumps({
-                    "runtime_id": "rt-probe", "at": datetime.now(timezone.utc).isoformat(), "kind": "sample", "requests": 10}).encode())
+                await js.publish(
+                    subjects.health(ENV, channel, "all", "rt-probe"),
+                    json.dumps(
+                        {
+                            "runtime_id": "rt-probe",
+                            "at": datetime.now(UTC).isoformat(),
+                            "kind": "sample",
+                            "requests": 10,
+                        }
+                    ).encode(),
+                )
             trust = json.loads(r.trust_file.read_text())
             share = [runtimes // workers + (1 if i < runtimes % workers else 0) for i in range(workers)]
             t_start = time.monotonic()
-            await pool.start([{"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust, "channel": CHANNEL}
-                              for i, n in enumerate(share)])
+            await pool.start(
+                [
+                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust, "channel": CHANNEL}
+                    for i, n in enumerate(share)
+                ]
+            )
             bar = Progress("runtimes connected", runtimes)
-            await pool.until(lambda: len(pool.following) == workers, "connecting runtimes", timeout + runtimes * 0.2,
-                             lambda: bar.update(min(sum(pool.connected.values()), runtimes - 1)))
+            await pool.until(
+                lambda: len(pool.following) == workers,
+                "connecting runtimes",
+                timeout + runtimes * 0.2,
+                lambda: bar.update(min(sum(pool.connected.values()), runtimes - 1)),
+            )
             bar.update(runtimes)
             await pool.until(lambda: _all_live(js, BASE_STREAM, BASE_SUBJECT, runtimes), "baseline followers", timeout)
             pointer = subjects.scope(ENV, CHANNEL, "all", "activated")
-            await pool.until(lambda: _all_live(js, subjects.releases_stream, pointer, runtimes), "runtime followers", timeout)
+            await pool.until(
+                lambda: _all_live(js, subjects.releases_stream, pointer, runtimes), "runtime followers", timeout
+            )
             startup = time.monotonic() - t_start
 
             t_pub = time.time()
@@ -344,22 +414,31 @@ async def run(runtimes: int = 1000, workers: int = 4, verify: bool = True, timeo
             base = latency_summary([t - base_stored for t in pool.times("base:b1")])
             base_from_pub = latency_summary([t - t_pub for t in pool.times("base:b1")])
 
-            ours = await _measure_activation(pool, nc, js, log, subjects, r.key, CHANNEL, "ours", runtimes, timeout, False)
+            ours = await _measure_activation(
+                pool, nc, js, log, subjects, r.key, CHANNEL, "ours", runtimes, timeout, False
+            )
             verified = None
             if verify:
                 pool.following.clear()
                 await pool.send(f"follow {VERIFY_CHANNEL} 1")
-                await pool.until(lambda: len(pool.following) == workers, "re-subscribing runtimes", timeout + runtimes * 0.2)
-                verified = await _measure_activation(pool, nc, js, log, subjects, r.key, VERIFY_CHANNEL, "verify", runtimes,
-                                                     timeout, True)
+                await pool.until(
+                    lambda: len(pool.following) == workers, "re-subscribing runtimes", timeout + runtimes * 0.2
+                )
+                verified = await _measure_activation(
+                    pool, nc, js, log, subjects, r.key, VERIFY_CHANNEL, "verify", runtimes, timeout, True
+                )
         finally:
             await pool.stop()
             await nc.close()
     o = ours["seen_from_stored"]
     return {
-        "runtimes": runtimes, "workers": workers, "startup_s": round(startup, 2),
-        "ours": o, "ours_from_request": ours["seen_from_request"],
-        "baseline": base, "baseline_from_publish": base_from_pub,
+        "runtimes": runtimes,
+        "workers": workers,
+        "startup_s": round(startup, 2),
+        "ours": o,
+        "ours_from_request": ours["seen_from_request"],
+        "baseline": base,
+        "baseline_from_publish": base_from_pub,
         "verified": verified,
         "ratio_p50": round(o["p50_ms"] / base["p50_ms"], 2) if base["p50_ms"] > 0 else None,
         "ratio_p99": round(o["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] > 0 else None,
@@ -387,7 +466,12 @@ def main(argv: list[str] | None = None) -> None:
     o, b, q = res["ours"], res["baseline"], res["ours_from_request"]
     rows = [
         ("p50 stored -> runtime", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", ""),
-        ("p99 stored -> runtime", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", f"<= {P99_TARGET_MS:g} ms"),
+        (
+            "p99 stored -> runtime",
+            f"{o['p99_ms']} ms",
+            f"{b['p99_ms']} ms / {res['ratio_p99']}x",
+            f"<= {P99_TARGET_MS:g} ms",
+        ),
         ("max stored -> runtime", f"{o['max_ms']} ms", f"{b['max_ms']} ms", ""),
         ("p99 request -> runtime", f"{q['p99_ms']} ms", "", ""),
         ("start-up (all following)", f"{res['startup_s']} s", "", ""),

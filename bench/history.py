@@ -18,10 +18,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from nats.js.errors import NotFoundError
 
@@ -31,6 +31,7 @@ from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
 from services.jetstream.direct import connection_of
 from services.jetstream.layout import ensure_layout
+
 from .common import Rig, rig
 
 RAM_DIR = Path("/dev/shm")
@@ -122,17 +123,17 @@ def load_templates(path: Path = DEFAULT_HISTORY) -> list[Template]:
     """The recorded history as templates; every entry is decoded first (a stale recording fails here)."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     subjects = Subjects(RECORDED_PREFIX)
-    release_ids = sorted({l["event"]["release_id"] for l in lines if l["event"].get("release_id")})
-    event_ids = [l["event"]["event_id"] for l in lines]
-    channels = sorted({l["event"]["scope"]["channel"] for l in lines if l["event"].get("scope")})
-    batches = {b: i for i, b in enumerate(dict.fromkeys(l["batch_id"] for l in lines if l["batch_id"]))}
+    release_ids = sorted({rec["event"]["release_id"] for rec in lines if rec["event"].get("release_id")})
+    event_ids = [rec["event"]["event_id"] for rec in lines]
+    channels = sorted({rec["event"]["scope"]["channel"] for rec in lines if rec["event"].get("scope")})
+    batches = {b: i for i, b in enumerate(dict.fromkeys(rec["batch_id"] for rec in lines if rec["batch_id"]))}
     # Unlikely tokens stand for the variable parts while the JSON is encoded once.
     marks = {r: f"@@R{i}@@" for i, r in enumerate(release_ids)}
     marks.update({e: f"@@E{i}@@" for i, e in enumerate(event_ids)})
     marks.update({c: f"@@C{i}@@" for i, c in enumerate(channels)})
     tokens = {m: m.strip("@") for m in marks.values()}
     out = []
-    last_of_batch = {l["batch_id"]: l["seq"] for l in lines if l["batch_id"]}
+    last_of_batch = {rec["batch_id"]: rec["seq"] for rec in lines if rec["batch_id"]}
     seen_in_batch: dict[str, int] = {}
     for n, line in enumerate(lines):
         if line["batch_id"]:
@@ -149,17 +150,21 @@ def load_templates(path: Path = DEFAULT_HISTORY) -> list[Template]:
         subject = ".".join(["@@P@@", *tokens_of[1:]])
         tokens_all = {**tokens, "@@P@@": "P"}
         is_scope = subject.split(".")[1] == "scope"
-        out.append(Template(
-            subject=_split(subject, tokens_all),
-            payload=_split(json.dumps(marked, separators=(",", ":"), ensure_ascii=False), tokens),
-            signed=event.actor.kind == "service" or event.type == "scope.activated",
-            batch=batches.get(line["batch_id"]) if line["batch_id"] else None,
-            release=_Key(marks[event.release_id].strip("@")) if event.release_id and subject.split(".")[1] == "release" else None,
-            scope_subject=is_scope,
-            commit=bool(line["batch_id"]) and last_of_batch[line["batch_id"]] == line["seq"],
-            batch_index=seen_in_batch.get(line["batch_id"], 0),
-            own_event=f"E{n}",
-        ))
+        out.append(
+            Template(
+                subject=_split(subject, tokens_all),
+                payload=_split(json.dumps(marked, separators=(",", ":"), ensure_ascii=False), tokens),
+                signed=event.actor.kind == "service" or event.type == "scope.activated",
+                batch=batches.get(line["batch_id"]) if line["batch_id"] else None,
+                release=_Key(marks[event.release_id].strip("@"))
+                if event.release_id and subject.split(".")[1] == "release"
+                else None,
+                scope_subject=is_scope,
+                commit=bool(line["batch_id"]) and last_of_batch[line["batch_id"]] == line["seq"],
+                batch_index=seen_in_batch.get(line["batch_id"], 0),
+                own_event=f"E{n}",
+            )
+        )
     return out
 
 
@@ -180,8 +185,16 @@ class Generated:
         return self.events / max(self.seconds, 1e-9)
 
 
-async def generate(js, subjects: Subjects, events: int, key: SigningKey | None, *, channels: int = 10,
-                   templates: list[Template] | None = None, progress: Callable[[int], None] | None = None) -> Generated:
+async def generate(
+    js,
+    subjects: Subjects,
+    events: int,
+    key: SigningKey | None,
+    *,
+    channels: int = 10,
+    templates: list[Template] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Generated:
     """Append whole clones of the recorded history until at least `events` entries are stored."""
     await ensure_layout(js, subjects)
     templates = templates or load_templates()
@@ -191,7 +204,9 @@ async def generate(js, subjects: Subjects, events: int, key: SigningKey | None, 
     per_clone = len(templates)
     clones = max(1, -(-events // per_clone))
     release_keys = sorted({t.release.name for t in templates if t.release is not None})  # type: ignore[union-attr]
-    channel_keys = sorted({p.name for t in templates for p in t.payload if isinstance(p, _Key) and p.name.startswith("C")})
+    channel_keys = sorted(
+        {p.name for t in templates for p in t.payload if isinstance(p, _Key) and p.name.startswith("C")}
+    )
     keyid = key.keyid if key is not None else None
     prefix = subjects.prefix.encode()
     seq = start_last
@@ -250,7 +265,9 @@ async def generate(js, subjects: Subjects, events: int, key: SigningKey | None, 
     seconds = time.perf_counter() - t0
     last = (await js.stream_info(subjects.releases_stream)).state.last_seq
     if last != seq:
-        raise RuntimeError(f"generated up to seq {seq} but the stream ends at {last}: another writer, or a lost publish")
+        raise RuntimeError(
+            f"generated up to seq {seq} but the stream ends at {last}: another writer, or a lost publish"
+        )
     if progress is not None:
         progress(sent)
     return Generated(sent, clones, seconds, start_last + 1, last)
@@ -266,7 +283,7 @@ async def _last_seq(js, stream: str, subject: str) -> int:
 async def _acks(futures: list[asyncio.Future]) -> None:
     try:
         done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RuntimeError("appends of the generated history were not acknowledged within 60 s") from None
     for fut in done:
         if isinstance(fut, BaseException):

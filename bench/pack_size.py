@@ -34,14 +34,15 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from events.manifest import manifest_object_name, pack_object_name
 from events.subjects import Subjects
+from services.actions.producer import build_signed, manifest_bytes
 from services.app import connect
 from services.jetstream.layout import ensure_layout
-from services.actions.producer import build_signed, manifest_bytes
+
 from .common import COMPATIBILITY, Progress, channel_config, peak_rss_mib, report, rig
 
 MiB = 1024 * 1024
@@ -93,9 +94,19 @@ def write_pack(path: Path, size: int, seed: int, progress: Progress | None = Non
 
 def signed_manifest(key, version: str, digest: str, size: int) -> bytes:
     """A manifest signed for a pack known by digest and size only (the pack is never in memory)."""
-    signed = build_signed(b"", name="kb", version=version, schema=COMPATIBILITY["schema"], profile="standard",
-                          runtime=">=2,<3", build_id=f"b-{version}", builder="bench", run=f"r-{version}",
-                          source="https://git.example/kb", revision=f"rev-{version}")
+    signed = build_signed(
+        b"",
+        name="kb",
+        version=version,
+        schema=COMPATIBILITY["schema"],
+        profile="standard",
+        runtime=">=2,<3",
+        build_id=f"b-{version}",
+        builder="bench",
+        run=f"r-{version}",
+        source="https://git.example/kb",
+        revision=f"rev-{version}",
+    )
     signed.update(digest=digest, size=size)
     return manifest_bytes(signed, [key])
 
@@ -133,9 +144,9 @@ class _Discard:
 
 
 async def _read_ours(js, subjects: Subjects, spec: dict) -> dict:
-    from services.jetstream.packstore import PackStore
     from services.consumers.verifier.adapter import run_gates
     from services.consumers.verifier.gates import VerifyContext
+    from services.jetstream.packstore import PackStore
 
     store = PackStore(js, subjects)
     digest = spec["digest"]
@@ -145,9 +156,18 @@ async def _read_ours(js, subjects: Subjects, spec: dict) -> dict:
     if None in sizes:
         raise RuntimeError(f"distributor check: missing object(s) {names}: {sizes}")
     t1 = time.perf_counter()
-    vctx = VerifyContext(request_name="kb", request_version=spec["version"], request_digest=digest, env="prod",
-                         channel="bench", cohorts=("all",), channel_config=channel_config(), active={"all": None},
-                         trust_root=trust_root_from(spec["trust"]), now=datetime.now(timezone.utc))
+    vctx = VerifyContext(
+        request_name="kb",
+        request_version=spec["version"],
+        request_digest=digest,
+        env="prod",
+        channel="bench",
+        cohorts=("all",),
+        channel_config=channel_config(),
+        active={"all": None},
+        trust_root=trust_root_from(spec["trust"]),
+        now=datetime.now(UTC),
+    )
     v = await run_gates(store, digest, vctx)
     t2 = time.perf_counter()
     if v.failure is not None or not v.ok:
@@ -172,8 +192,11 @@ async def _read_raw_fetch(js, subjects: Subjects, spec: dict) -> dict:
     store = await js.object_store(subjects.packs_bucket)
     t0 = time.perf_counter()
     info = await store.get_info(pack_object_name(spec["digest"]))
-    sub = await js.pull_subscribe(f"$O.{subjects.packs_bucket}.C.{info.nuid}", stream=f"OBJ_{subjects.packs_bucket}",
-                                  config=ConsumerConfig(ack_policy=AckPolicy.NONE, mem_storage=True))
+    sub = await js.pull_subscribe(
+        f"$O.{subjects.packs_bucket}.C.{info.nuid}",
+        stream=f"OBJ_{subjects.packs_bucket}",
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, mem_storage=True),
+    )
     h, seen = hashlib.sha256(), 0
     try:
         while seen < info.size:
@@ -236,13 +259,22 @@ async def _child(spec: dict) -> dict:
         after = peak_rss_since_reset()
     finally:
         await nc.close()
-    return {"runs": runs, "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
-            "rss_growth_mib": round(after - before, 1)}
+    return {
+        "runs": runs,
+        "rss_before_mib": round(before, 1),
+        "rss_after_mib": round(after, 1),
+        "rss_growth_mib": round(after - before, 1),
+    }
 
 
 def measure_in_child(spec: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.pack_size", "--child", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.pack_size", "--child", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['mode']} read of {human(spec['size'])} failed:\n{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -261,11 +293,16 @@ def summarise(size: int, ours: dict, raw: dict, fetch: dict) -> dict:
     o_s, r_s, f_s = _median_s(ours), _median_s(raw), _median_s(fetch)
     o_rate, r_rate, f_rate = size / MiB / o_s, size / MiB / r_s, size / MiB / f_s
     return {
-        "bytes": size, "label": human(size), "repeats": len(ours["runs"]),
-        "ours": {"mib_s": round(o_rate, 1), "median_s": round(o_s, 4),
-                 "distribute_ms": round(statistics.median(r["distribute_s"] for r in ours["runs"]) * 1000, 3),
-                 "verify_s": round(statistics.median(r["verify_s"] for r in ours["runs"]), 4),
-                 "rss_growth_mib": ours["rss_growth_mib"]},
+        "bytes": size,
+        "label": human(size),
+        "repeats": len(ours["runs"]),
+        "ours": {
+            "mib_s": round(o_rate, 1),
+            "median_s": round(o_s, 4),
+            "distribute_ms": round(statistics.median(r["distribute_s"] for r in ours["runs"]) * 1000, 3),
+            "verify_s": round(statistics.median(r["verify_s"] for r in ours["runs"]), 4),
+            "rss_growth_mib": ours["rss_growth_mib"],
+        },
         "raw": {"mib_s": round(r_rate, 1), "median_s": round(r_s, 4), "rss_growth_mib": raw["rss_growth_mib"]},
         "raw_fetch": {"mib_s": round(f_rate, 1), "median_s": round(f_s, 4), "rss_growth_mib": fetch["rss_growth_mib"]},
         "ratio": round(o_rate / r_rate, 3),
@@ -284,11 +321,23 @@ async def run(sizes: list[int], seed: int = 8, repeats: int | None = None) -> di
                 raise RuntimeError(f"{human(size)} needs ~{human(3 * size)} free in {r.work}; {free // MiB} MiB left")
             path = r.work / f"pack-{i}.bin"
             version = f"1.0.{i}"
-            digest = write_pack(path, size, seed + i, Progress(f"generate {human(size)} (MiB)", max(1, size // MiB)) if size >= 64 * MiB else None)
+            digest = write_pack(
+                path,
+                size,
+                seed + i,
+                Progress(f"generate {human(size)} (MiB)", max(1, size // MiB)) if size >= 64 * MiB else None,
+            )
             await push_from_file(r.url, subjects, path, digest, signed_manifest(r.key, version, digest, size))
             path.unlink()
-            spec = {"url": r.url, "prefix": r.prefix, "digest": digest, "size": size, "version": version, "trust": trust,
-                    "repeats": repeats or repeats_for(size)}
+            spec = {
+                "url": r.url,
+                "prefix": r.prefix,
+                "digest": digest,
+                "size": size,
+                "version": version,
+                "trust": trust,
+                "repeats": repeats or repeats_for(size),
+            }
             timeout = 120 + size / MiB  # generous: at 1 MiB/s something else is wrong
             sys.stderr.write(f"{human(size)}: raw get, raw fetch, then ours ({spec['repeats']} reads each)\n")
             raw = await asyncio.to_thread(measure_in_child, {**spec, "mode": "raw"}, timeout)
@@ -300,9 +349,11 @@ async def run(sizes: list[int], seed: int = 8, repeats: int | None = None) -> di
     return {
         "sizes": results,
         "targets": {"rss_growth_mib_max_at_1gib": RSS_TARGET_MIB, "ratio_min": 1.0},
-        "met": {"rss_growth": largest["ours"]["rss_growth_mib"] < RSS_TARGET_MIB,
-                "rss_growth_measured_at": largest["label"],
-                "throughput_vs_raw": all(x["ratio"] >= 1.0 for x in results)},
+        "met": {
+            "rss_growth": largest["ours"]["rss_growth_mib"] < RSS_TARGET_MIB,
+            "rss_growth_measured_at": largest["label"],
+            "throughput_vs_raw": all(x["ratio"] >= 1.0 for x in results),
+        },
     }
 
 
@@ -319,12 +370,30 @@ def main(argv: list[str] | None = None) -> None:
     res = asyncio.run(run(sizes))
     rows = []
     for x in res["sizes"]:
-        rows.append((f"{x['label']} verify+distribute", f"{x['ours']['mib_s']} MiB/s",
-                     f"{x['raw']['mib_s']} MiB/s / {x['ratio']}x", ">= 1x raw get"))
-        rows.append((f"{x['label']} vs bare pull fetch", f"{x['ours']['mib_s']} MiB/s",
-                     f"{x['raw_fetch']['mib_s']} MiB/s / {x['ratio_vs_fetch']}x", "(floor, info)"))
-        rows.append((f"{x['label']} peak RSS growth", f"{x['ours']['rss_growth_mib']} MiB",
-                     f"{x['raw']['rss_growth_mib']} MiB (raw)", f"< {RSS_TARGET_MIB:g} MiB at 1 GiB"))
+        rows.append(
+            (
+                f"{x['label']} verify+distribute",
+                f"{x['ours']['mib_s']} MiB/s",
+                f"{x['raw']['mib_s']} MiB/s / {x['ratio']}x",
+                ">= 1x raw get",
+            )
+        )
+        rows.append(
+            (
+                f"{x['label']} vs bare pull fetch",
+                f"{x['ours']['mib_s']} MiB/s",
+                f"{x['raw_fetch']['mib_s']} MiB/s / {x['ratio_vs_fetch']}x",
+                "(floor, info)",
+            )
+        )
+        rows.append(
+            (
+                f"{x['label']} peak RSS growth",
+                f"{x['ours']['rss_growth_mib']} MiB",
+                f"{x['raw']['rss_growth_mib']} MiB (raw)",
+                f"< {RSS_TARGET_MIB:g} MiB at 1 GiB",
+            )
+        )
     report("pack_size", res, rows)
 
 

@@ -32,8 +32,9 @@ from projections.snapshot import load_world
 from projections.world import archive_all
 from services.app import App, connect
 from services.reads.audit import replay
-from services.settings import Settings
 from services.reads.snapshots import Snapshots
+from services.settings import Settings
+
 from .common import Progress, raw_connect, report
 from .history import fast_rig, generate
 
@@ -45,8 +46,13 @@ async def raw_fetch(url: str, stream: str, total: int) -> float:
     """Seconds for a bare nats-py pull consumer to fetch and `json.loads` `total` messages."""
     nc = await raw_connect(url, name="bench-replay-baseline")
     js = nc.jetstream(timeout=30)
-    sub = await js.pull_subscribe("", stream=stream, config=ConsumerConfig(
-        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True, max_ack_pending=-1))
+    sub = await js.pull_subscribe(
+        "",
+        stream=stream,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True, max_ack_pending=-1
+        ),
+    )
     got = 0
     t0 = time.perf_counter()
     try:
@@ -60,9 +66,13 @@ async def raw_fetch(url: str, stream: str, total: int) -> float:
         await nc.close()
 
 
-async def timed_replay(js, subjects: Subjects, keys: ServiceKeys | None, progress: Progress | None = None) -> tuple[float, dict]:
+async def timed_replay(
+    js, subjects: Subjects, keys: ServiceKeys | None, progress: Progress | None = None
+) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    audit = await replay(js, subjects, (lambda done, left: progress.update(done)) if progress else None, service_keys=keys)
+    audit = await replay(
+        js, subjects, (lambda done, left: progress.update(done)) if progress else None, service_keys=keys
+    )
     seconds = time.perf_counter() - t0
     if audit.violations:
         raise RuntimeError(f"the generated log does not replay clean: {[v.line() for v in audit.violations[:3]]}")
@@ -101,8 +111,14 @@ async def warm_restart(rig, subjects: Subjects) -> dict:
         await nc.close()
     if started_from == 0:
         raise RuntimeError("the app did not start from the snapshot")
-    return {"seconds": round(seconds, 3), "from_seq": started_from, "to_seq": position, "tail": position - started_from,
-            "snapshot_bytes": len(blob), "snapshot_load_s": round(load_s, 3)}
+    return {
+        "seconds": round(seconds, 3),
+        "from_seq": started_from,
+        "to_seq": position,
+        "tail": position - started_from,
+        "snapshot_bytes": len(blob),
+        "snapshot_load_s": round(load_s, 3),
+    }
 
 
 async def run(events: int, tail: int = 1000, channels: int = 10, signatures: bool = True, cli: bool = True) -> dict:
@@ -115,16 +131,24 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
         keys_file.write_text(json.dumps(keys.to_document()))
         try:
             progress = Progress("filling the log", events)
-            head = await generate(js, subjects, max(events - tail, 1), r.key, channels=channels, progress=progress.update)
+            head = await generate(
+                js, subjects, max(events - tail, 1), r.key, channels=channels, progress=progress.update
+            )
             # the snapshot the follower would have saved, then the tail it has not seen yet
             _, folded = await timed_replay(js, subjects, None)
-            await Snapshots(js, subjects).save(archive_all(folded["world"]))  # a service's world keeps closed releases as tombstones
+            await Snapshots(js, subjects).save(
+                archive_all(folded["world"])
+            )  # a service's world keeps closed releases as tombstones
             del folded
             rest = await generate(js, subjects, tail, r.key, channels=channels) if tail else None
             total = head.events + (rest.events if rest else 0)
             base_s = await raw_fetch(r.url, subjects.releases_stream, total)
             ours_s, got = await timed_replay(js, subjects, None, Progress("replay", total))
-            signed_s = (await timed_replay(js, subjects, keys, Progress("replay + signatures", total)))[0] if signatures else None
+            signed_s = (
+                (await timed_replay(js, subjects, keys, Progress("replay + signatures", total)))[0]
+                if signatures
+                else None
+            )
             cli_s, summary = cli_replay(r, None) if cli else (None, None)
             replayed = {"events": got["events"], "releases": len(got["world"].releases)}
             del got  # a restarting service starts with an empty heap, not with the auditor's whole world
@@ -133,22 +157,44 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
         finally:
             await nc.close()
     if summary is not None and (summary["violations"] or summary["events"] != total):
-        raise RuntimeError(f"kxr audit replay reported {summary['events']} events, violations {summary['violations'][:3]}")
+        raise RuntimeError(
+            f"kxr audit replay reported {summary['events']} events, violations {summary['violations'][:3]}"
+        )
     base_rate, ours_rate = total / base_s, replayed["events"] / ours_s
     out = {
-        "events": total, "releases": replayed["releases"],
-        "generate": {"events_per_s": round((head.events + (rest.events if rest else 0)) / (head.seconds + (rest.seconds if rest else 0)))},
-        "baseline": {"what": f"nats-py pull fetch({FETCH_BATCH}) + json.loads", "seconds": round(base_s, 3), "events_per_s": round(base_rate)},
-        "ours": {"seconds": round(ours_s, 3), "events_per_s": round(ours_rate), "ratio": round(ours_rate / base_rate, 3)},
+        "events": total,
+        "releases": replayed["releases"],
+        "generate": {
+            "events_per_s": round(
+                (head.events + (rest.events if rest else 0)) / (head.seconds + (rest.seconds if rest else 0))
+            )
+        },
+        "baseline": {
+            "what": f"nats-py pull fetch({FETCH_BATCH}) + json.loads",
+            "seconds": round(base_s, 3),
+            "events_per_s": round(base_rate),
+        },
+        "ours": {
+            "seconds": round(ours_s, 3),
+            "events_per_s": round(ours_rate),
+            "ratio": round(ours_rate / base_rate, 3),
+        },
         "warm_restart": restart,
         "targets": {"replay_ratio_min": 0.75, "warm_restart_s_max": 2.0},
     }
     if signed_s is not None:
-        out["ours_signatures"] = {"seconds": round(signed_s, 3), "events_per_s": round(total / signed_s),
-                                  "ratio": round(total / signed_s / base_rate, 3)}
+        out["ours_signatures"] = {
+            "seconds": round(signed_s, 3),
+            "events_per_s": round(total / signed_s),
+            "ratio": round(total / signed_s / base_rate, 3),
+        }
     if cli_s is not None:
-        out["cli"] = {"seconds": round(cli_s, 3), "events_per_s": round(total / cli_s), "ratio": round(total / cli_s / base_rate, 3),
-                      "violations": len(summary["violations"])}
+        out["cli"] = {
+            "seconds": round(cli_s, 3),
+            "events_per_s": round(total / cli_s),
+            "ratio": round(total / cli_s / base_rate, 3),
+            "violations": len(summary["violations"]),
+        }
     out["met"] = {"replay": out["ours"]["ratio"] >= 0.75, "warm_restart": restart["seconds"] <= 2.0}
     return out
 

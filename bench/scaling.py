@@ -29,11 +29,12 @@ from nats import errors as nats_errors
 
 from events.channel import ChannelConfig
 from events.subjects import Subjects
+from services.actions.producer import configure_channel
 from services.app import connect
 from services.jetstream.log import EventLog
 from services.reads.follower import Follower
-from services.actions.producer import configure_channel
 from services.reads.snapshots import Snapshots
+
 from .common import OPERATOR, Progress, channel_config, latency_summary, report
 from .history import Generated, fast_rig, generate
 from .time_to_activate import measure, raw_hops, wait_for_layout
@@ -96,7 +97,7 @@ async def seed_snapshot(url: str, prefix: str) -> float:
                 task.result()  # the follower failed: say why
             try:
                 await follower.wait_for(last, timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             progress.update(follower.position)
         progress.update(follower.position)
@@ -117,7 +118,9 @@ def drain_timeout(history: int) -> float:
     return DRAIN_BASE_S + DRAIN_PER_EVENT_S * history
 
 
-async def drained(js, stream: str, timeout: float = DRAIN_BASE_S, progress: str | None = None, proc=None, log=None) -> None:
+async def drained(
+    js, stream: str, timeout: float = DRAIN_BASE_S, progress: str | None = None, proc=None, log=None
+) -> None:
     """Until the service's consumers have worked through the history's triggers (steady state:
     a brand-new consumer on an old log first decides, once, on every release it ever saw).
 
@@ -151,15 +154,23 @@ async def drained(js, stream: str, timeout: float = DRAIN_BASE_S, progress: str 
             return
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log is not None and log.exists() else []
-            raise RuntimeError(f"the service exited ({proc.returncode}) before its consumers drained the history: {tail}")
+            raise RuntimeError(
+                f"the service exited ({proc.returncode}) before its consumers drained the history: {tail}"
+            )
         if now > deadline:
-            raise RuntimeError(f"the service's consumers did not drain the history within {timeout:.0f}s ({left} deliveries left)")
+            raise RuntimeError(
+                f"the service's consumers did not drain the history within {timeout:.0f}s ({left} deliveries left)"
+            )
         if now - moved_at > DRAIN_STALL_S:
-            raise RuntimeError(f"the service's consumers made no progress for {DRAIN_STALL_S:.0f}s ({left} deliveries left)")
+            raise RuntimeError(
+                f"the service's consumers made no progress for {DRAIN_STALL_S:.0f}s ({left} deliveries left)"
+            )
         await asyncio.sleep(0.5)
 
 
-async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0, snapshot: bool = True) -> dict:
+async def point(
+    r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0, snapshot: bool = True
+) -> dict:
     prefix = f"sc{name}"
     extra: dict = {}
     if history:
@@ -174,9 +185,14 @@ async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, hi
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
-        await drained(nc.jetstream(timeout=30), Subjects(prefix).releases_stream, timeout=drain_timeout(history),
-                      progress=f"{name}: the new service works through the history" if history else None,
-                      proc=proc, log=r.work / f"serve-{prefix}.log")
+        await drained(
+            nc.jetstream(timeout=30),
+            Subjects(prefix).releases_stream,
+            timeout=drain_timeout(history),
+            progress=f"{name}: the new service works through the history" if history else None,
+            proc=proc,
+            log=r.work / f"serve-{prefix}.log",
+        )
         ready_s = time.monotonic() - started
         ready_rss = rss_mib(proc.pid)
         await nc.close()
@@ -187,8 +203,14 @@ async def point(r, name: str, releases: int, warmup: int, *, scopes: int = 0, hi
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "rss_mib": round(rss, 1), "ready_s": round(ready_s, 1),
-            "ready_rss_mib": round(ready_rss, 1), **extra}
+    return {
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "rss_mib": round(rss, 1),
+        "ready_s": round(ready_s, 1),
+        "ready_rss_mib": round(ready_rss, 1),
+        **extra,
+    }
 
 
 def slope(xs: list[int], ys: list[float]) -> float:
@@ -199,22 +221,34 @@ def slope(xs: list[int], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
-async def run(scope_points: list[int], history_points: list[int], releases: int, warmup: int, snapshot: bool = True) -> dict:
+async def run(
+    scope_points: list[int], history_points: list[int], releases: int, warmup: int, snapshot: bool = True
+) -> dict:
     curves: dict[str, list[dict]] = {"scopes": [], "history": []}
     with fast_rig("scaling") as r:
         for n in scope_points:
             curves["scopes"].append({"x": n, **await point(r, f"s{n}", releases, warmup, scopes=n)})
         for n in history_points:
-            curves["history"].append({"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot)})
+            curves["history"].append(
+                {"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot)}
+            )
         base = latency_summary(await raw_hops(r.url, max(releases, 100)))
-    out: dict = {"releases_per_point": releases, "history_start": "snapshot" if snapshot else "cold", "baseline": base, "curves": curves, "slopes": {}}
+    out: dict = {
+        "releases_per_point": releases,
+        "history_start": "snapshot" if snapshot else "cold",
+        "baseline": base,
+        "curves": curves,
+        "slopes": {},
+    }
     for axis, rows in curves.items():
         if len(rows) >= 2:
             xs = [row["x"] for row in rows]
             # per 1,000 scopes / per 100k events: ms and MiB
             unit = 1000 if axis == "scopes" else 100_000
-            out["slopes"][axis] = {f"p50_ms_per_{unit}": round(slope(xs, [row["p50_ms"] for row in rows]) * unit, 3),
-                                   f"rss_mib_per_{unit}": round(slope(xs, [row["rss_mib"] for row in rows]) * unit, 2)}
+            out["slopes"][axis] = {
+                f"p50_ms_per_{unit}": round(slope(xs, [row["p50_ms"] for row in rows]) * unit, 3),
+                f"rss_mib_per_{unit}": round(slope(xs, [row["rss_mib"] for row in rows]) * unit, 2),
+            }
         for row in rows:
             row["ratio_p50"] = round(row["p50_ms"] / base["p50_ms"], 2)
     return out
@@ -226,8 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--history", default="0,100000,1000000")
     ap.add_argument("--releases", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--cold", action="store_true",
-                    help="history points start the service without a snapshot (a full replay: fails past ~200k events)")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="history points start the service without a snapshot (a full replay: fails past ~200k events)",
+    )
     ap.add_argument("--quick", action="store_true", help="scopes 10,100; history 0,5000; 20 releases")
     args = ap.parse_args(argv)
     if args.quick:
@@ -237,9 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for axis, points in res["curves"].items():
         for p in points:
-            rows.append((f"{axis} = {p['x']}", f"p50 {p['p50_ms']} p99 {p['p99_ms']} ms",
-                         f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x", f"rss {p['rss_mib']} MiB, ready in {p['ready_s']} s"
-                         + (f" ({p['start']})" if "start" in p else "")))
+            rows.append(
+                (
+                    f"{axis} = {p['x']}",
+                    f"p50 {p['p50_ms']} p99 {p['p99_ms']} ms",
+                    f"{res['baseline']['p50_ms']} ms / {p['ratio_p50']}x",
+                    f"rss {p['rss_mib']} MiB, ready in {p['ready_s']} s" + (f" ({p['start']})" if "start" in p else ""),
+                )
+            )
     for axis, s in res["slopes"].items():
         rows.append((f"slope ({axis})", ", ".join(f"{k} {v}" for k, v in s.items()), "", "flat"))
     report("scaling", res, rows)

@@ -24,20 +24,25 @@ import asyncio
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_event
 from services.app import connect
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries
-from services.actions.producer import configure_channel, push_pack, request_event
+
 from .common import OPERATOR, PRODUCER, Progress, channel_config, raw_connect, report, rig, signed_pack
 from .time_to_activate import wait_for_layout
 
-STEPS = (("preparer", "release.prepared"), ("distributor", "release.distributed"),
-         ("verifier", "release.verified"), ("activator", "release.activated"))
+STEPS = (
+    ("preparer", "release.prepared"),
+    ("distributor", "release.distributed"),
+    ("verifier", "release.verified"),
+    ("activator", "release.activated"),
+)
 PACK_BYTES = 64 * 1024
 
 
@@ -49,7 +54,9 @@ async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
     payload = os.urandom(size)
     acks = [await js.publish_async("baseline.loop.in", payload) for _ in range(messages)]
     await asyncio.gather(*acks)
-    sub = await js.pull_subscribe("baseline.loop.in", durable="raw", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+    sub = await js.pull_subscribe(
+        "baseline.loop.in", durable="raw", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+    )
     done = 0
     t0 = time.perf_counter()
     while done < messages:
@@ -76,9 +83,15 @@ async def raw_batch_loop(url: str, messages: int, size: int = 1024) -> float:
     payload = os.urandom(size)
     t0 = time.perf_counter()
     for i in range(messages):
-        await nc.publish(f"baseline.batches.{i}.a", payload, headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "1"})
-        await nc.request(f"baseline.batches.{i}.b", payload, timeout=10,
-                         headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+        await nc.publish(
+            f"baseline.batches.{i}.a", payload, headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "1"}
+        )
+        await nc.request(
+            f"baseline.batches.{i}.b",
+            payload,
+            timeout=10,
+            headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"},
+        )
     rate = messages / (time.perf_counter() - t0)
     await js.delete_stream("BASELINE_BATCHES")
     await nc.close()
@@ -93,7 +106,7 @@ class Driver:
         self.channels, self.cohorts = channels, cohorts
         self.subjects = Subjects(prefix)
 
-    async def __aenter__(self) -> "Driver":
+    async def __aenter__(self) -> Driver:
         self.nc = await connect(self.url, name="bench-throughput")
         self.js = self.nc.jetstream(timeout=30)
         self.log = EventLog(self.nc, self.js, self.subjects)
@@ -107,20 +120,32 @@ class Driver:
         await wait_for_layout(self.js, self.subjects)
         cohorts = [f"c{k}" for k in range(self.cohorts)]
         config = channel_config(cohorts)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         progress = Progress(f"{self.prefix}: channels, health and packs", self.channels)
         requests = []
         for i in range(self.channels):
             await configure_channel(self.log, self.js, "prod", f"ch{i}", config, OPERATOR)
             for c in cohorts:
-                await self.js.publish(self.subjects.health("prod", f"ch{i}", c, f"rt{i}-{c}"), json.dumps(
-                    {"runtime_id": f"rt{i}-{c}", "at": now, "kind": "sample", "requests": 10}).encode())
+                await self.js.publish(
+                    self.subjects.health("prod", f"ch{i}", c, f"rt{i}-{c}"),
+                    json.dumps({"runtime_id": f"rt{i}-{c}", "at": now, "kind": "sample", "requests": 10}).encode(),
+                )
             body = os.urandom(PACK_BYTES)
             manifest, digest = signed_pack(self.key, f"1.0.{i}", body)
             await push_pack(self.js, self.subjects, body, manifest, digest)
-            requests.append(request_event(f"tp{i}", {
-                "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest}, "target": {"env": "prod", "channel": f"ch{i}"},
-                "owner": "bench", "escalation": "pager:bench", "rollback": {"strategy": "none"}}, PRODUCER))
+            requests.append(
+                request_event(
+                    f"tp{i}",
+                    {
+                        "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest},
+                        "target": {"env": "prod", "channel": f"ch{i}"},
+                        "owner": "bench",
+                        "escalation": "pager:bench",
+                        "rollback": {"strategy": "none"},
+                    },
+                    PRODUCER,
+                )
+            )
             progress.update(i + 1)
         return requests
 
@@ -180,7 +205,9 @@ async def end_to_end(r, channels: int, cohorts: int) -> dict[str, float]:
         r.serve(name="serve-all", KX_PREFIX="tpe")
         requests = await d.prepare()
         t0 = await d.publish_all(requests)
-        times = await d.wait_count("release.activated", len(requests), f"all consumers: {len(requests)} releases to activation")
+        times = await d.wait_count(
+            "release.activated", len(requests), f"all consumers: {len(requests)} releases to activation"
+        )
         span = times[-1] - t0
         return {"releases_per_s": len(requests) / span, "scopes_per_s": len(requests) * cohorts / span, "seconds": span}
 
@@ -193,11 +220,18 @@ async def run(channels: int, cohorts: int) -> dict:
         raw_batches = await raw_batch_loop(r.url, max(channels, 200))
     ratios = {role: round(rate / raw, 3) for role, rate in consumers.items()}
     return {
-        "channels": channels, "cohorts": cohorts, "scopes": channels * cohorts, "releases": channels,
-        "consumers_per_s": {k: round(v, 1) for k, v in consumers.items()}, "raw_loop_per_s": round(raw, 1),
-        "raw_atomic_batches_per_s": round(raw_batches, 1), "activator_to_raw_batches": round(consumers["activator"] / raw_batches, 3),
-        "ratio_to_raw": ratios, "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
-        "targets": {"ratio_min": 0.5}, "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
+        "channels": channels,
+        "cohorts": cohorts,
+        "scopes": channels * cohorts,
+        "releases": channels,
+        "consumers_per_s": {k: round(v, 1) for k, v in consumers.items()},
+        "raw_loop_per_s": round(raw, 1),
+        "raw_atomic_batches_per_s": round(raw_batches, 1),
+        "activator_to_raw_batches": round(consumers["activator"] / raw_batches, 3),
+        "ratio_to_raw": ratios,
+        "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
+        "targets": {"ratio_min": 0.5},
+        "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
     }
 
 
@@ -208,12 +242,22 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     res = asyncio.run(run(args.channels, args.cohorts))
     raw = res["raw_loop_per_s"]
-    rows = [(f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
-            for role, rate in res["consumers_per_s"].items()]
-    rows.append(("activator vs raw synced batches", f"{res['consumers_per_s']['activator']}/s",
-                 f"{res['raw_atomic_batches_per_s']}/s / {res['activator_to_raw_batches']}x", "(context)"))
+    rows = [
+        (f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
+        for role, rate in res["consumers_per_s"].items()
+    ]
+    rows.append(
+        (
+            "activator vs raw synced batches",
+            f"{res['consumers_per_s']['activator']}/s",
+            f"{res['raw_atomic_batches_per_s']}/s / {res['activator_to_raw_batches']}x",
+            "(context)",
+        )
+    )
     e = res["end_to_end"]
-    rows.append(("end to end (all consumers)", f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
+    rows.append(
+        ("end to end (all consumers)", f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-")
+    )
     report("throughput", res, rows)
 
 

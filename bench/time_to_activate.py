@@ -25,14 +25,15 @@ import asyncio
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nats.js.api import DeliverPolicy, StreamConfig
 
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_event
 from services.app import connect
 from services.jetstream.log import EventLog
-from services.actions.producer import configure_channel, push_pack, request_event
+
 from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack
 
 HOPS = 5
@@ -53,11 +54,18 @@ async def raw_hops(url: str, rounds: int, hops: int = HOPS, size: int = 1024) ->
                 done.put_nowait(time.perf_counter())
             else:
                 await js.publish(f"baseline.hop.{k + 1}", msg.data)
+
         return cb
 
     for k in range(2, hops + 1):  # hop 1 is the producer's publish; consumers 2..hops relay; the last one observes
-        subs.append(await js.subscribe(f"baseline.hop.{k}", cb=relay(k), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW))
-    subs.append(await js.subscribe("baseline.hop.1", cb=relay(1), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW))
+        subs.append(
+            await js.subscribe(
+                f"baseline.hop.{k}", cb=relay(k), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+            )
+        )
+    subs.append(
+        await js.subscribe("baseline.hop.1", cb=relay(1), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    )
     payload = os.urandom(size)
     out = []
     try:
@@ -88,9 +96,15 @@ async def raw_atomic_commits(url: str, rounds: int, size: int = 1024) -> list[fl
     try:
         for i in range(rounds):
             t0 = time.perf_counter()
-            await nc.publish(f"baseline.batch.{i}.a", payload, headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "1"})
-            reply = await nc.request(f"baseline.batch.{i}.b", payload, timeout=10,
-                                     headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+            await nc.publish(
+                f"baseline.batch.{i}.a", payload, headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "1"}
+            )
+            reply = await nc.request(
+                f"baseline.batch.{i}.b",
+                payload,
+                timeout=10,
+                headers={"Nats-Batch-Id": f"b{i}", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"},
+            )
             out.append(time.perf_counter() - t0)
             if b'"error"' in reply.data:
                 raise RuntimeError(f"atomic batch baseline failed: {reply.data[:200]!r}")
@@ -109,7 +123,7 @@ async def wait_for_layout(js, subjects: Subjects, timeout: float = 30.0) -> None
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise RuntimeError("the service did not create its streams in time (see serve.log)")
+                raise RuntimeError("the service did not create its streams in time (see serve.log)") from None
             await asyncio.sleep(0.1)
 
 
@@ -125,8 +139,12 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
     for i in range(total):
         await configure_channel(log, js, "prod", f"t{i}", config, OPERATOR)
         # one runtime reports health in every target cohort: the pre-flight reads it for real
-        await js.publish(subjects.health("prod", f"t{i}", "all", f"rt{i}"), json.dumps({
-            "runtime_id": f"rt{i}", "at": datetime.now(timezone.utc).isoformat(), "kind": "sample", "requests": 10}).encode())
+        await js.publish(
+            subjects.health("prod", f"t{i}", "all", f"rt{i}"),
+            json.dumps(
+                {"runtime_id": f"rt{i}", "at": datetime.now(UTC).isoformat(), "kind": "sample", "requests": 10}
+            ).encode(),
+        )
     seen: dict[str, asyncio.Future] = {}
 
     async def on_pointer(msg) -> None:
@@ -135,8 +153,9 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
         if fut is not None and not fut.done():
             fut.set_result(time.perf_counter())
 
-    sub = await js.subscribe(f"{prefix}.scope.prod.*.all.activated", cb=on_pointer, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.NEW)
+    sub = await js.subscribe(
+        f"{prefix}.scope.prod.*.all.activated", cb=on_pointer, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+    )
     out = []
     progress = Progress("time-to-activate releases", total)
     try:
@@ -144,15 +163,23 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
             body = os.urandom(PACK_BYTES)
             manifest, digest = signed_pack(key, f"1.0.{i}", body)
             await push_pack(js, subjects, body, manifest, digest)
-            event = request_event(f"tta{i}", {
-                "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest}, "target": {"env": "prod", "channel": f"t{i}"},
-                "owner": "bench", "escalation": "pager:bench", "rollback": {"strategy": "none"}}, PRODUCER)
+            event = request_event(
+                f"tta{i}",
+                {
+                    "pack": {"name": "kb", "version": f"1.0.{i}", "digest": digest},
+                    "target": {"env": "prod", "channel": f"t{i}"},
+                    "owner": "bench",
+                    "escalation": "pager:bench",
+                    "rollback": {"strategy": "none"},
+                },
+                PRODUCER,
+            )
             fut = seen[f"tta{i}"] = asyncio.get_running_loop().create_future()
             t0 = time.perf_counter()
             await log.append(log.release_entry(event, 0))
             try:
                 t1 = await asyncio.wait_for(fut, 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RuntimeError(f"release tta{i} was not activated within 30 s (see serve.log)") from None
             if i >= warmup:
                 out.append(t1 - t0)
@@ -171,11 +198,20 @@ async def run(releases: int, warmup: int) -> dict:
         batch = await raw_atomic_commits(r.url, max(releases, 200))
     o, b, a = latency_summary(ours), latency_summary(base), latency_summary(batch)
     floor = b["p50_ms"] + a["p50_ms"]
-    return {"releases": releases, "pack_bytes": PACK_BYTES, "hops": HOPS, "ours": o, "baseline": b,
-            "raw_atomic_commit": a, "floor_p50_ms": round(floor, 3), "ratio_to_floor_p50": round(o["p50_ms"] / floor, 2),
-            "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2), "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
-            "targets": {"ratio_p50_max": 4.0, "p99_ms_max": 10.0},
-            "met": {"p50": o["p50_ms"] / b["p50_ms"] <= 4.0, "p99": o["p99_ms"] <= 10.0}}
+    return {
+        "releases": releases,
+        "pack_bytes": PACK_BYTES,
+        "hops": HOPS,
+        "ours": o,
+        "baseline": b,
+        "raw_atomic_commit": a,
+        "floor_p50_ms": round(floor, 3),
+        "ratio_to_floor_p50": round(o["p50_ms"] / floor, 2),
+        "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
+        "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
+        "targets": {"ratio_p50_max": 4.0, "p99_ms_max": 10.0},
+        "met": {"p50": o["p50_ms"] / b["p50_ms"] <= 4.0, "p99": o["p99_ms"] <= 10.0},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,11 +221,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     res = asyncio.run(run(args.releases, args.warmup))
     o, b = res["ours"], res["baseline"]
-    report("time_to_activate", res, [
-        ("p50 request -> pointer", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "<= 4x"),
-        ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
-        ("p50 vs hops + one synced atomic batch", f"{o['p50_ms']} ms", f"{res['floor_p50_ms']} ms / {res['ratio_to_floor_p50']}x", "(context)"),
-    ])
+    report(
+        "time_to_activate",
+        res,
+        [
+            ("p50 request -> pointer", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "<= 4x"),
+            ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
+            (
+                "p50 vs hops + one synced atomic batch",
+                f"{o['p50_ms']} ms",
+                f"{res['floor_p50_ms']} ms / {res['ratio_to_floor_p50']}x",
+                "(context)",
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

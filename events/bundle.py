@@ -37,7 +37,9 @@ def statement(record: dict[str, Any]) -> dict[str, Any]:
         raise BundleError("the record names no pack digest: nothing to attest")
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": f"{pack.get('name')}@{pack.get('version')}", "digest": {"sha256": digest.removeprefix("sha256:")}}],
+        "subject": [
+            {"name": f"{pack.get('name')}@{pack.get('version')}", "digest": {"sha256": digest.removeprefix("sha256:")}}
+        ],
         "predicateType": PREDICATE_TYPE,
         "predicate": record,
     }
@@ -59,7 +61,11 @@ def verify_bundle(raw: bytes, trusted: TrustRoot) -> dict[str, Any]:
         envelope = loads_strict(raw, allow_floats=True, max_bytes=16 * 1024 * 1024)
     except StrictJSONError as exc:
         raise BundleError(f"not a bundle: {exc}") from None
-    if not isinstance(envelope, dict) or envelope.get("payloadType") != PAYLOAD_TYPE or not isinstance(envelope.get("payload"), str):
+    if (
+        not isinstance(envelope, dict)
+        or envelope.get("payloadType") != PAYLOAD_TYPE
+        or not isinstance(envelope.get("payload"), str)
+    ):
         raise BundleError("not a DSSE envelope of an in-toto statement")
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
@@ -83,5 +89,3 @@ def verify_bundle(raw: bytes, trusted: TrustRoot) -> dict[str, Any]:
     if not isinstance(subject_digest, str) or "sha256:" + subject_digest != record_digest:
         raise BundleError("the subject digest is not the record's pack digest")
     return stmt
-
-

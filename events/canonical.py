@@ -80,14 +80,20 @@ def _finite_float(text: str) -> float:
 
 def reference_parse(text: str, allow_floats: bool) -> Any:
     """The plain way to write `_parse` (slow reference; tests/unit/test_decode_differential.py)."""
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-                      parse_float=_finite_float if allow_floats else _no_float)
+    return json.loads(
+        text,
+        object_pairs_hook=_no_duplicates,
+        parse_constant=_no_constant,
+        parse_float=_finite_float if allow_floats else _no_float,
+    )
 
 
 # Built once: json.loads(text, **hooks) builds a JSONDecoder (and its scanner) on every call,
 # a tenth of the parse of a log event. Same hooks, so the same results and errors.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_no_float)
-_DECODER_FLOATS = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float)
+_DECODER_FLOATS = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+)
 
 
 def _parse(text: str, allow_floats: bool) -> Any:

@@ -21,12 +21,14 @@ EVENT_MAX_BYTES = 64 * 1024
 
 
 def _validate_payload(model: type[BaseModel], data: Any) -> BaseModel:
-    return model.__pydantic_validator__.validate_python(data)  # what model_validate calls, minus its wrapper
+    payload: BaseModel = model.__pydantic_validator__.validate_python(data)  # model_validate, minus its wrapper
+    return payload
 
 
 def _validate_envelope(doc: dict[str, Any]) -> Event:
     """`doc` (with `data` already a payload model) as an Event; it may keep parts of `doc`."""
-    return Event.__pydantic_validator__.validate_python(doc)  # Event.model_validate, minus its wrapper
+    event: Event = Event.__pydantic_validator__.validate_python(doc)  # Event.model_validate, minus its wrapper
+    return event
 
 
 class DecodeError(ValueError):
@@ -41,7 +43,9 @@ def _pydantic_reasons(exc: ValidationError, prefix: str) -> list[dict[str, Any]]
     out = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        code = {"missing": "missing_field"}.get(err["type"], "wrong_type" if err["type"].endswith("_type") else "invalid_value")
+        code = {"missing": "missing_field"}.get(
+            err["type"], "wrong_type" if err["type"].endswith("_type") else "invalid_value"
+        )
         out.append({"code": code, "field": where, "message": f"{where}: {err['msg']}"})
     return out
 
@@ -52,20 +56,29 @@ def _describe(reasons: list[dict[str, Any]]) -> str:
 
 def decode_json_object(raw: bytes, max_bytes: int = EVENT_MAX_BYTES) -> dict[str, Any]:
     if len(raw) > max_bytes:
-        raise DecodeError(f"payload is {len(raw)} bytes, over the {max_bytes}-byte cap", [{"code": "oversized", "field": None, "message": f"payload over {max_bytes} bytes"}])
+        raise DecodeError(
+            f"payload is {len(raw)} bytes, over the {max_bytes}-byte cap",
+            [{"code": "oversized", "field": None, "message": f"payload over {max_bytes} bytes"}],
+        )
     try:
         doc = loads_strict(raw, allow_floats=True)
     except StrictJSONError as exc:
         raise DecodeError(str(exc), [{"code": "malformed_json", "field": None, "message": str(exc)}]) from None
     if not isinstance(doc, dict):
-        raise DecodeError("an event must be a JSON object", [{"code": "wrong_type", "field": "$", "message": "an event must be a JSON object"}])
+        raise DecodeError(
+            "an event must be a JSON object",
+            [{"code": "wrong_type", "field": "$", "message": "an event must be a JSON object"}],
+        )
     return doc
 
 
 def decode_payload(event_type: str, data: Any) -> BaseModel:
     model = PAYLOADS.get(event_type)
     if model is None:
-        raise DecodeError(f"unknown event type {event_type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event type {event_type!r}"}])
+        raise DecodeError(
+            f"unknown event type {event_type!r}",
+            [{"code": "unknown_type", "field": "type", "message": f"unknown event type {event_type!r}"}],
+        )
     try:
         return _validate_payload(model, data)
     except ValidationError as exc:
@@ -78,10 +91,22 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     doc = decode_json_object(raw)
     event_type = doc.get("type")
     if not isinstance(event_type, str):
-        raise DecodeError("type: missing or not a string", [{"code": "missing_field", "field": "type", "message": "type: missing or not a string"}])
+        raise DecodeError(
+            "type: missing or not a string",
+            [{"code": "missing_field", "field": "type", "message": "type: missing or not a string"}],
+        )
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DecodeError(f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})", [{"code": "unsupported_schema_version", "field": "schema_version", "message": f"schema_version {version!r} is not supported"}])
+        raise DecodeError(
+            f"schema_version {version!r} is not supported (expected {SCHEMA_VERSION})",
+            [
+                {
+                    "code": "unsupported_schema_version",
+                    "field": "schema_version",
+                    "message": f"schema_version {version!r} is not supported",
+                }
+            ],
+        )
     data = decode_payload(event_type, doc.get("data"))
     doc["data"] = data  # the document is ours (just parsed): no copy
     if doc.get("scope") is None and subject is not None:
@@ -94,9 +119,15 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
         reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
         raise DecodeError(_describe(reasons), reasons) from None
     if event.family in RELEASE_FAMILIES and event.release_id is None:
-        raise DecodeError(f"{event.family} events need a release_id", [{"code": "missing_field", "field": "release_id", "message": f"{event.family} events need a release_id"}])
+        raise DecodeError(
+            f"{event.family} events need a release_id",
+            [{"code": "missing_field", "field": "release_id", "message": f"{event.family} events need a release_id"}],
+        )
     if event.family not in FAMILIES:
-        raise DecodeError(f"unknown event family in {event.type!r}", [{"code": "unknown_type", "field": "type", "message": f"unknown event family in {event.type!r}"}])
+        raise DecodeError(
+            f"unknown event family in {event.type!r}",
+            [{"code": "unknown_type", "field": "type", "message": f"unknown event family in {event.type!r}"}],
+        )
     if event.family in SCOPE_FAMILIES and event.scope is None:
         msg = f"{event.family} events need a scope (or the subject that names it)"
         raise DecodeError(msg, [{"code": "missing_field", "field": "scope", "message": msg}])
@@ -153,7 +184,9 @@ def encode_event(event: Event) -> bytes:
     except StrictJSONError as exc:
         raise StrictJSONError(f"event {event.type} {event.event_id}: {exc}") from None
     if len(raw) > EVENT_MAX_BYTES:
-        raise StrictJSONError(f"event {event.type} {event.event_id} is {len(raw)} bytes, over the {EVENT_MAX_BYTES}-byte cap")
+        raise StrictJSONError(
+            f"event {event.type} {event.event_id} is {len(raw)} bytes, over the {EVENT_MAX_BYTES}-byte cap"
+        )
     return raw
 
 

@@ -76,7 +76,7 @@ def url_problem(url: str) -> str | None:
         return "must not contain whitespace"
     try:
         parts = urlsplit(url)
-        parts.port  # raises on a port that is not a number in range
+        _ = parts.port  # raises on a port that is not a number in range
     except ValueError as exc:
         return f"is not a URL ({exc})"
     if parts.scheme not in ("http", "https"):

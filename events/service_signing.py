@@ -9,9 +9,10 @@ can ignore the latter.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -43,9 +44,9 @@ class ServiceKeys:
     keys: Mapping[str, ServiceKey]
 
     @classmethod
-    def from_document(cls, doc: Any) -> "ServiceKeys":
+    def from_document(cls, doc: Any) -> ServiceKeys:
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict):
-            raise ValueError("service keys must be {\"keys\": {keyid: {public, roles}}}")
+            raise ValueError('service keys must be {"keys": {keyid: {public, roles}}}')
         out = {}
         for keyid, entry in doc["keys"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
@@ -60,11 +61,16 @@ class ServiceKeys:
         return cls(out)
 
     @classmethod
-    def of(cls, key: SigningKey, roles: list[str], name: str = "kxr-serve") -> "ServiceKeys":
+    def of(cls, key: SigningKey, roles: list[str], name: str = "kxr-serve") -> ServiceKeys:
         return cls({key.keyid: ServiceKey(key.keyid, key.public_raw, name, frozenset(roles))})
 
-    def to_document(self) -> dict:
-        return {"keys": {k.keyid: {"public": b64encode(k.public), "name": k.name, "roles": sorted(k.roles)} for k in self.keys.values()}}
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "keys": {
+                k.keyid: {"public": b64encode(k.public), "name": k.name, "roles": sorted(k.roles)}
+                for k in self.keys.values()
+            }
+        }
 
     def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None:
         """Why this entry is not a genuine append by `role` (None: it is)."""

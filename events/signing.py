@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -41,11 +42,11 @@ class SigningKey:
     private: Ed25519PrivateKey
 
     @classmethod
-    def generate(cls) -> "SigningKey":
+    def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def from_raw(cls, raw: bytes) -> "SigningKey":
+    def from_raw(cls, raw: bytes) -> SigningKey:
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
     @property
@@ -65,10 +66,15 @@ class SigningKey:
         return self.private.sign(message)
 
     def to_file_dict(self, name: str) -> dict[str, str]:
-        return {"keyid": self.keyid, "name": name, "private": b64encode(self.private_raw), "public": b64encode(self.public_raw)}
+        return {
+            "keyid": self.keyid,
+            "name": name,
+            "private": b64encode(self.private_raw),
+            "public": b64encode(self.public_raw),
+        }
 
     @classmethod
-    def from_file_dict(cls, doc: Mapping[str, Any]) -> "SigningKey":
+    def from_file_dict(cls, doc: Mapping[str, Any]) -> SigningKey:
         return cls.from_raw(b64decode_strict(str(doc["private"])))
 
 
@@ -118,7 +124,9 @@ def _builders(raw: Any) -> tuple[TrustedBuilder, ...]:
         ids = entry.get("ids")
         # Fail closed: a builder key vouches for named builders only, never for "any builder".
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-            raise ValueError(f"builder key {keyid!r} needs 'ids': a non-empty list of the builder ids it may attest for")
+            raise ValueError(
+                f"builder key {keyid!r} needs 'ids': a non-empty list of the builder ids it may attest for"
+            )
         out.append(TrustedBuilder(keyid=keyid, public=public, name=str(entry.get("name", "")), ids=tuple(ids)))
     return tuple(out)
 
@@ -137,7 +145,7 @@ class TrustRoot:
     builders: tuple[TrustedBuilder, ...] = ()
 
     @classmethod
-    def from_document(cls, doc: Any) -> "TrustRoot":
+    def from_document(cls, doc: Any) -> TrustRoot:
         """Build from the parsed trust-root file; raises ValueError naming the problem."""
         if not isinstance(doc, dict):
             raise ValueError("trust root must be a JSON object")
@@ -175,7 +183,9 @@ class TrustRoot:
             "keys": {k.keyid: {"public": b64encode(k.public), "name": k.name} for k in self.keys},
         }
         if self.builders:
-            doc["builders"] = {b.keyid: {"public": b64encode(b.public), "name": b.name, "ids": list(b.ids)} for b in self.builders}
+            doc["builders"] = {
+                b.keyid: {"public": b64encode(b.public), "name": b.name, "ids": list(b.ids)} for b in self.builders
+            }
         return doc
 
     def count_valid(self, message: bytes, signatures: list[tuple[str, bytes]]) -> set[bytes]:

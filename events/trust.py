@@ -10,12 +10,13 @@ auditor, derives the same current root from the anchor plus the log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .canonical import StrictJSONError, canonical_bytes
-from .signing import SigningKey, TrustRoot, b64decode_strict, b64encode
 from .manifest import MAX_SIGNATURES
+from .signing import SigningKey, TrustRoot, b64decode_strict, b64encode
 
 
 class RotationError(ValueError):
@@ -58,16 +59,24 @@ def verify_rotation(current: TrustRoot, doc: Any) -> TrustRoot:
     signatures = _signatures(doc)
     old_valid = current.count_valid(message, signatures)
     if len(old_valid) < current.threshold:
-        raise RotationError("old_threshold_not_met", f"{len(old_valid)} of {current.threshold} keys of root v{current.version} signed the new root")
+        raise RotationError(
+            "old_threshold_not_met",
+            f"{len(old_valid)} of {current.threshold} keys of root v{current.version} signed the new root",
+        )
     try:
         new = TrustRoot.from_document(signed)
     except ValueError as exc:
         raise RotationError("invalid_root", f"the new root is invalid: {exc}") from None
     if new.version != current.version + 1:
-        raise RotationError("wrong_version", f"root v{current.version} can only hand over to v{current.version + 1}, not v{new.version}")
+        raise RotationError(
+            "wrong_version", f"root v{current.version} can only hand over to v{current.version + 1}, not v{new.version}"
+        )
     new_valid = new.count_valid(message, signatures)
     if len(new_valid) < new.threshold:
-        raise RotationError("new_threshold_not_met", f"{len(new_valid)} of {new.threshold} keys of the new root v{new.version} signed it")
+        raise RotationError(
+            "new_threshold_not_met",
+            f"{len(new_valid)} of {new.threshold} keys of the new root v{new.version} signed it",
+        )
     return new
 
 

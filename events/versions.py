@@ -47,7 +47,12 @@ class UnmatchableVersion(ValueError):
     """A version that parses (SemVer only) but no PEP 440 specifier can be matched against."""
 
 
-def _identifier(part: str) -> tuple[int, int, str]:
+# (epoch, release, stage, pre-release identifiers, post, dev): compared element by element
+_Identifier = tuple[int, int, str]
+_Key = tuple[int, tuple[int, ...], int, tuple[_Identifier, ...], int, tuple[int, int]]
+
+
+def _identifier(part: str) -> _Identifier:
     # SemVer §11: numeric identifiers compare numerically and sort below alphanumeric ones.
     return (0, int(part), "") if part.isdigit() else (1, 0, part)
 
@@ -59,7 +64,8 @@ def _pad(release: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(trimmed)  # 1.0 == 1.0.0
 
 
-def _pep440_key(v: Version) -> tuple:
+def _pep440_key(v: Version) -> _Key:
+    ids: tuple[_Identifier, ...]
     if v.pre is not None:
         stage, ids = _STAGE_PRE, ((1, 0, _PEP440_PRE[v.pre[0]]), (0, v.pre[1], ""))
     elif v.dev is not None and v.post is None:
@@ -105,7 +111,7 @@ class PackVersion:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PackVersion) and self.key == other.key
 
-    def __lt__(self, other: "PackVersion") -> bool:
+    def __lt__(self, other: PackVersion) -> bool:
         return self.key < other.key
 
     def __hash__(self) -> int:
@@ -142,8 +148,10 @@ def matches(version: PackVersion | str, specifier: SpecifierSet | str) -> bool:
     v = version if isinstance(version, PackVersion) else parse_version(version)
     spec = specifier if isinstance(specifier, SpecifierSet) else parse_specifier(specifier)
     if v.pep440 is None:
-        raise UnmatchableVersion(f"version {v.text!r} is SemVer with pre-release identifiers PEP 440 cannot spell; "
-                                 "a PEP 440 specifier cannot be matched against it")
+        raise UnmatchableVersion(
+            f"version {v.text!r} is SemVer with pre-release identifiers PEP 440 cannot spell; "
+            "a PEP 440 specifier cannot be matched against it"
+        )
     # prereleases=True: this is a concrete installed version, not a pick among releases, and it
     # keeps the answer independent of the packaging release installed.
     return spec.contains(v.pep440, prereleases=True)

@@ -7,7 +7,7 @@ against it by the test suite, so the published schema cannot drift from the outp
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,7 +23,7 @@ class Identity(_Open):
     owner: str
     escalation: str
     reason: str = ""
-    promoted_from: Optional[str] = None
+    promoted_from: str | None = None
 
 
 class GateRow(_Open):
@@ -41,8 +41,8 @@ class ChecklistRow(_Open):
 
 class Window(_Open):
     stage: int
-    started: Optional[dict[str, Any]] = None
-    verdict: Optional[dict[str, Any]] = None
+    started: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
 
 
 class TimelineRow(_Open):
@@ -62,7 +62,7 @@ class NotificationRow(_Open):
     kind: str
     trigger: str
     attempts: int
-    status: Optional[int] = None
+    status: int | None = None
     error: str = ""
 
 

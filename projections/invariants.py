@@ -9,19 +9,34 @@ since last-known-good is what the fold made of it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from rpds import HashTrieMap
 
 from events.canonical import StrictJSONError, loads_strict
 from events.codec import DecodeError, decode_event, encode_event, scope_tuple
-from events.model import Closed, Comparison, Event, MonitoringVerdict, PackRef, RollbackStarted, ScopeActivated, ScopePinned, Verified
+from events.model import (
+    Closed,
+    Comparison,
+    Event,
+    MonitoringVerdict,
+    PackRef,
+    RollbackStarted,
+    ScopeActivated,
+    ScopePinned,
+    Verified,
+)
+from events.service_signing import ServiceKeys
 from events.subjects import Subjects
+
 from .pointer_chain import chain_break
 from .position import Position
 from .releases import ReleaseState, is_override
 from .world import World, apply, apply_undecodable
 
+Headers = Mapping[str, str] | None  # a log entry's NATS headers, as the reader got them
 POINTER_WRITERS = {"activator", "pinner"}
 UNFINISHED_ENDINGS = {"rejected", "verification_failed", "rolled_back", "promoted"}
 
@@ -62,16 +77,25 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
         release = world.release(data.release_id) if data.release_id else None
         if data.kind == "rollout":
             if release is None or release.verified is None:
-                v("activation_without_verification", f"rollout of {data.pack.version} by {data.release_id} was never verified")
+                v(
+                    "activation_without_verification",
+                    f"rollout of {data.pack.version} by {data.release_id} was never verified",
+                )
             elif release.verified.pack.digest != data.pack.digest:
-                v("activation_of_other_digest", f"{data.release_id} verified {release.verified.pack.digest}, activated {data.pack.digest}")
+                v(
+                    "activation_of_other_digest",
+                    f"{data.release_id} verified {release.verified.pack.digest}, activated {data.pack.digest}",
+                )
         elif data.kind == "rollback":
             if release is None or release.rollback is None:
                 v("rollback_without_decision", f"rollback pointer by {data.release_id} without rollback_started")
             else:
                 target = release.rollback.targets.get(event.scope.cohort if event.scope else "")
                 if target is None or target.digest != data.pack.digest:
-                    v("rollback_to_other_target", f"{position.subject} rolled back to {data.pack.digest}, not the recorded target")
+                    v(
+                        "rollback_to_other_target",
+                        f"{position.subject} rolled back to {data.pack.digest}, not the recorded target",
+                    )
         elif data.kind == "pin" and event.scope is not None:
             scope = world.scope(event.scope.env, event.scope.channel, event.scope.cohort)
             if scope.pin is None or scope.pin.pack.digest != data.pack.digest:
@@ -91,25 +115,35 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
     return out
 
 
-def audit_entry(audit: Audit, position: Position, event: Event | None, subjects) -> Audit:
+def audit_entry(audit: Audit, position: Position, event: Event | None, subjects: Subjects) -> Audit:
     """Check one log entry (None: it did not decode) against the world so far, then apply it."""
     if event is None:
-        return replace(audit, world=apply_undecodable(audit.world, position, subjects), undecodable=audit.undecodable + 1,
-                       violations=audit.violations + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),))
+        return replace(
+            audit,
+            world=apply_undecodable(audit.world, position, subjects),
+            undecodable=audit.undecodable + 1,
+            violations=audit.violations
+            + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),),
+        )
     found = _check(audit.world, position, event) + check_safety(audit.world, position, event, audit.safety)
     broken = pointer_chain_violation(audit.world, position, event)
     if broken is not None:
         found.append(broken)
     after = apply(audit.world, position, event)
     found += check_lkg(audit.safety, audit.world, after, position, event)
-    return replace(audit, world=after, violations=audit.violations + tuple(found), events=audit.events + 1,
-                   safety=remember(audit.safety, audit.world, after, event))
+    return replace(
+        audit,
+        world=after,
+        violations=audit.violations + tuple(found),
+        events=audit.events + 1,
+        safety=remember(audit.safety, audit.world, after, event),
+    )
 
 
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
 
 
-def signature_problem(keys, subject: str, event: Event, payload: bytes, headers) -> str | None:
+def signature_problem(keys: ServiceKeys, subject: str, event: Event, payload: bytes, headers: Headers) -> str | None:
     """Why this entry is not a genuine service append (None: it is, or it need not be one).
 
     Every pointer switch and every event claiming a service actor must be signed by a key
@@ -121,15 +155,23 @@ def signature_problem(keys, subject: str, event: Event, payload: bytes, headers)
     return keys.check(role, subject, payload, headers)
 
 
-def signature_violation(keys, position: Position, event: Event | None, payload: bytes, headers) -> Violation | None:
+def signature_violation(
+    keys: ServiceKeys, position: Position, event: Event | None, payload: bytes, headers: Headers
+) -> Violation | None:
     """An append by a service (and any pointer switch) must carry a valid signature of its role."""
     if event is None:
         return None  # reported as undecodable already
     problem = signature_problem(keys, position.subject, event, payload, headers)
-    return Violation(position.seq, "unsigned_or_forged", f"{event.type} on {position.subject}: {problem}") if problem else None
+    return (
+        Violation(position.seq, "unsigned_or_forged", f"{event.type} on {position.subject}: {problem}")
+        if problem
+        else None
+    )
 
 
-def ignored_reason(world: World, keys, position: Position, event: Event, payload: bytes, headers) -> str | None:
+def ignored_reason(
+    world: World, keys: ServiceKeys | None, position: Position, event: Event, payload: bytes, headers: Headers
+) -> str | None:
     """Why a reader that trusts only signed, fresh state ignores this entry (None: it counts).
 
     - a pointer or service event no service key trusted for its role signed (with `keys`);
@@ -143,7 +185,15 @@ def ignored_reason(world: World, keys, position: Position, event: Event, payload
     return f"{event.type} ignored: {broken.code}: {broken.message}" if broken else None
 
 
-def apply_signed(world: World, keys, position: Position, event: Event | None, payload: bytes, headers, subjects) -> tuple[World, str | None]:
+def apply_signed(
+    world: World,
+    keys: ServiceKeys | None,
+    position: Position,
+    event: Event | None,
+    payload: bytes,
+    headers: Headers,
+    subjects: Subjects,
+) -> tuple[World, str | None]:
     """One log entry folded as a reader that trusts only signed state does (keys None: signatures unchecked).
 
     An ignored entry (`ignored_reason`) moves its subject's sequence (the CAS values must
@@ -172,7 +222,15 @@ def pointer_chain_violation(world: World, position: Position, event: Event) -> V
     return Violation(position.seq, code, f"{position.subject}: {event.data.pack.version}: {why}")
 
 
-def audit_signed_entry(audit: Audit, keys, position: Position, event: Event | None, payload: bytes, headers, subjects) -> Audit:
+def audit_signed_entry(
+    audit: Audit,
+    keys: ServiceKeys,
+    position: Position,
+    event: Event | None,
+    payload: bytes,
+    headers: Headers,
+    subjects: Subjects,
+) -> Audit:
     """`audit_entry` for an auditor with the service keys: an entry a service key did not sign
     is reported and folded as junk (its sequence moves, its content counts for nothing), so the
     audited state is the signed state the service itself acts on, and a forged pointer
@@ -180,8 +238,12 @@ def audit_signed_entry(audit: Audit, keys, position: Position, event: Event | No
     violation = signature_violation(keys, position, event, payload, headers)
     if violation is None:
         return audit_entry(audit, position, event, subjects)
-    return replace(audit, world=apply_undecodable(audit.world, position, subjects), events=audit.events + 1,
-                   violations=audit.violations + (violation,))
+    return replace(
+        audit,
+        world=apply_undecodable(audit.world, position, subjects),
+        events=audit.events + 1,
+        violations=audit.violations + (violation,),
+    )
 
 
 def with_violation(audit: Audit, violation: Violation | None) -> Audit:
@@ -195,7 +257,13 @@ def finish(audit: Audit) -> Audit:
         for anomaly in release.anomalies:
             found.append(Violation(release.last_seq, "illegal_transition", f"{release.release_id}: {anomaly}"))
         if release.phase in UNFINISHED_ENDINGS:
-            found.append(Violation(release.last_seq, "not_closed", f"{release.release_id} ended {release.phase} but was never closed with an outcome"))
+            found.append(
+                Violation(
+                    release.last_seq,
+                    "not_closed",
+                    f"{release.release_id} ended {release.phase} but was never closed with an outcome",
+                )
+            )
     return replace(audit, violations=audit.violations + tuple(found))
 
 
@@ -206,17 +274,17 @@ def finish(audit: Audit) -> Audit:
 # runs these same functions after every step of random lifecycles.
 
 SAFETY_CODES = (
-    "pointer_gate_not_passed",      # a rollout pointer for a release whose `verified` lists a failed gate
-    "pointer_untrusted",            # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
-    "lkg_not_earned",               # last-known-good set to a pack that never passed its windows on data
-    "pass_without_data",            # monitoring_passed (not an override) with no samples, or a threshold without a figure
-    "pass_despite_refusal",         # monitoring_passed while a runtime reported a failed activation in the window
-    "pass_despite_breach",          # monitoring_passed with a comparison that breaches its threshold
-    "success_without_data",         # closed `success` while a stage passed only on an operator's word, or never
-    "aborted_release_advanced",     # an aborted release moved forward (window, stage, promotion, success)
-    "rollback_off_strategy",        # a rollback target that is not the chosen strategy's (pin in force, LKG / pinned prior)
+    "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
+    "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
+    "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
+    "pass_without_data",  # monitoring_passed (not an override) with no samples, or a threshold without a figure
+    "pass_despite_refusal",  # monitoring_passed while a runtime reported a failed activation in the window
+    "pass_despite_breach",  # monitoring_passed with a comparison that breaches its threshold
+    "success_without_data",  # closed `success` while a stage passed only on an operator's word, or never
+    "aborted_release_advanced",  # an aborted release moved forward (window, stage, promotion, success)
+    "rollback_off_strategy",  # a rollback target that is not the chosen strategy's (pin in force, LKG / pinned prior)
     "held_moved_without_operator",  # a held release (inconclusive, escalated) moved on by anything but an operator
-    "paused_release_advanced",      # a new stage or a promotion while paused
+    "paused_release_advanced",  # a new stage or a promotion while paused
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
 # What a service may still write on a held release: a note, or a move towards safety (a failure
@@ -230,7 +298,8 @@ class SafetyMemory:
     and who signed each verified pack (an index, so a pointer check never scans every release)."""
 
     earned: frozenset[tuple[str, str, str]] = frozenset()  # (env, channel, digest) that passed every window on data
-    signers: HashTrieMap = field(default_factory=HashTrieMap)  # digest -> frozenset of keyids its verifications recorded
+    # digest -> the keyids its verifications recorded
+    signers: HashTrieMap[str, frozenset[str]] = field(default_factory=HashTrieMap)
 
 
 def _breaches(c: Comparison) -> bool:
@@ -259,15 +328,25 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
     rate = verdict.figures.get("activation_success_rate")
     refused = verdict.figures.get("activation_errors") or []
     if (isinstance(rate, (int, float)) and rate < 1.0) or refused:
-        out.append(("pass_despite_refusal", f"stage {verdict.stage + 1} passed although a runtime refused the pack"
-                                            + (f" ({', '.join(map(str, refused))})" if refused else "")))
+        out.append(
+            (
+                "pass_despite_refusal",
+                f"stage {verdict.stage + 1} passed although a runtime refused the pack"
+                + (f" ({', '.join(map(str, refused))})" if refused else ""),
+            )
+        )
     breached = sorted({c.metric for c in verdict.comparisons if c.value is not None and _breaches(c)})
     if breached:
-        out.append(("pass_despite_breach", f"stage {verdict.stage + 1} passed although {', '.join(breached)} breach(es) its threshold"))
+        out.append(
+            (
+                "pass_despite_breach",
+                f"stage {verdict.stage + 1} passed although {', '.join(breached)} breach(es) its threshold",
+            )
+        )
     return out
 
 
-def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> set[str | None]:
+def strategy_targets(world: World, release: ReleaseState, cohort: str, at: datetime) -> set[str | None]:
     """Digests a rollback of `cohort` may land on: the pin in force, else the chosen strategy's target."""
     assert release.prepared is not None
     env, channel = release.prepared.target.env, release.prepared.target.channel
@@ -280,7 +359,11 @@ def strategy_targets(world: World, release: ReleaseState, cohort: str, at) -> se
     strategy = release.prepared.rollback_strategy
     if strategy == "pinned" and scope.last_pin is not None:
         allowed.add(scope.last_pin.pack.digest)
-    elif strategy == "lkg" and scope.lkg is not None and (release.pack is None or scope.lkg.digest != release.pack.digest):
+    elif (
+        strategy == "lkg"
+        and scope.lkg is not None
+        and (release.pack is None or scope.lkg.digest != release.pack.digest)
+    ):
         allowed.add(scope.lkg.digest)
     return allowed
 
@@ -297,11 +380,15 @@ def untrusted(world: World, memory: SafetyMemory, digest: str, evidence: list[st
     signed = root.get("signed") if isinstance(root, dict) else None
     if not signers or not isinstance(signed, dict) or not isinstance(signed.get("keys"), dict):
         return None
-    threshold = signed.get("threshold") if isinstance(signed.get("threshold"), int) else 1
+    raw_threshold = signed.get("threshold")
+    threshold = raw_threshold if isinstance(raw_threshold, int) else 1
     still = signers & set(signed["keys"])
     if len(still) >= threshold:
         return None
-    return f"root v{signed.get('version')} holds {len(still)} of its threshold {threshold} among the signers {sorted(signers)}"
+    return (
+        f"root v{signed.get('version')} holds {len(still)} of its threshold {threshold} "
+        f"among the signers {sorted(signers)}"
+    )
 
 
 def check_safety(world: World, position: Position, event: Event, memory: SafetyMemory | None = None) -> list[Violation]:
@@ -317,11 +404,20 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         release = world.release(data.release_id) if data.release_id else None
         if data.kind == "rollout" and release is not None:
             if release.verified is not None and not all(g.ok for g in release.verified.gates):
-                v("pointer_gate_not_passed", f"{position.subject}: {data.release_id}'s verification lists a failed gate")
+                v(
+                    "pointer_gate_not_passed",
+                    f"{position.subject}: {data.release_id}'s verification lists a failed gate",
+                )
             if release.aborted:
-                v("aborted_release_advanced", f"{position.subject}: {data.release_id} was aborted, yet switched a scope to its pack")
+                v(
+                    "aborted_release_advanced",
+                    f"{position.subject}: {data.release_id} was aborted, yet switched a scope to its pack",
+                )
             if release.paused:
-                v("paused_release_advanced", f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack")
+                v(
+                    "paused_release_advanced",
+                    f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack",
+                )
         why = untrusted(world, memory or SafetyMemory(), data.pack.digest, data.signers)
         if why:
             v("pointer_untrusted", f"{position.subject} switched to {data.pack.version}: {why}")
@@ -333,9 +429,19 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         return out
     suffix = event.suffix
     if release.phase == "held" and event.actor.kind != "operator" and suffix not in _FAIL_CLOSED_FROM_HELD:
-        v("held_moved_without_operator", f"{event.release_id} was held ({release.failure or 'waiting'}), then {event.actor.kind}:{event.actor.id} wrote {suffix}")
-    if release.aborted and (suffix in _ADVANCING or (suffix == "closed" and isinstance(data, Closed) and data.outcome in ("success", "promoted_by_override"))):
-        v("aborted_release_advanced", f"{event.release_id} was aborted, then {suffix}" + (f" {data.outcome}" if isinstance(data, Closed) else ""))
+        v(
+            "held_moved_without_operator",
+            f"{event.release_id} was held ({release.failure or 'waiting'}), "
+            f"then {event.actor.kind}:{event.actor.id} wrote {suffix}",
+        )
+    if release.aborted and (
+        suffix in _ADVANCING
+        or (suffix == "closed" and isinstance(data, Closed) and data.outcome in ("success", "promoted_by_override"))
+    ):
+        v(
+            "aborted_release_advanced",
+            f"{event.release_id} was aborted, then {suffix}" + (f" {data.outcome}" if isinstance(data, Closed) else ""),
+        )
     if release.paused and suffix in ("expanded", "promoted"):
         v("paused_release_advanced", f"{event.release_id} is paused, then {suffix}")
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
@@ -344,13 +450,19 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
         unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]
         if unearned or not release.stages:
-            v("success_without_data", f"{event.release_id} closed success, but stage(s) {unearned} did not pass a window on data")
+            v(
+                "success_without_data",
+                f"{event.release_id} closed success, but stage(s) {unearned} did not pass a window on data",
+            )
     elif suffix == "rollback_started" and isinstance(data, RollbackStarted) and release.prepared is not None:
         for cohort, target in sorted(data.targets.items()):
             allowed = strategy_targets(world, release, cohort, event.occurred_at)
             if target is not None and target.digest not in allowed:
-                v("rollback_off_strategy", f"{event.release_id}: {cohort} would roll back to {target.version}, not its "
-                                           f"{release.prepared.rollback_strategy} target or the pin in force")
+                v(
+                    "rollback_off_strategy",
+                    f"{event.release_id}: {cohort} would roll back to {target.version}, not its "
+                    f"{release.prepared.rollback_strategy} target or the pin in force",
+                )
     return out
 
 
@@ -374,7 +486,8 @@ def _lkg_changes(before: World, after: World, event: Event) -> list[tuple[tuple[
 
 
 def check_lkg(memory: SafetyMemory, before: World, after: World, position: Position, event: Event) -> list[Violation]:
-    """Last-known-good only ever a pack that passed every window on its own data, or a pin/earned pack a rollback restored."""
+    """Last-known-good only ever a pack that passed every window on its own data,
+    or a pin/earned pack a rollback restored."""
     out = []
     for key, pack in _lkg_changes(before, after, event):
         env, channel, cohort = key
@@ -383,10 +496,18 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
             ok = release is not None and release.passed_on_data
         else:
             last_pin = before.scope(*key).last_pin
-            ok = (env, channel, pack.digest) in memory.earned or (last_pin is not None and last_pin.pack.digest == pack.digest)
+            ok = (env, channel, pack.digest) in memory.earned or (
+                last_pin is not None and last_pin.pack.digest == pack.digest
+            )
         if not ok:
-            out.append(Violation(position.seq, "lkg_not_earned", f"{env}/{channel}/{cohort}: {pack.version} became last-known-good "
-                                                                  "without passing its windows on data"))
+            out.append(
+                Violation(
+                    position.seq,
+                    "lkg_not_earned",
+                    f"{env}/{channel}/{cohort}: {pack.version} became last-known-good "
+                    "without passing its windows on data",
+                )
+            )
     return out
 
 
@@ -400,7 +521,13 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
     if event.type != "release.closed" or not event.release_id:
         return memory
     release = after.release(event.release_id)
-    if release is None or release.prepared is None or release.verified is None or not release.passed_on_data or release.aborted:
+    if (
+        release is None
+        or release.prepared is None
+        or release.verified is None
+        or not release.passed_on_data
+        or release.aborted
+    ):
         return memory
     key = (release.prepared.target.env, release.prepared.target.channel, release.verified.pack.digest)
     return replace(memory, earned=memory.earned | {key})

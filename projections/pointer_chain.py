@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from events.model import ScopeActivated
 
@@ -70,7 +71,10 @@ def chain_break(mark: ChainMark | None, pointer: ScopeActivated) -> tuple[str, s
     if mark is None and pointer.prev is not None:
         return "pointer_chain_broken", f"prev {pointer.prev[:19]}… but the scope had no pointer before"
     if mark is not None and mark.digest is not None and pointer.prev != mark.digest:
-        return "pointer_chain_broken", f"prev {(pointer.prev or 'null')[:19]}… is not the last pointer {mark.digest[:19]}…"
+        return (
+            "pointer_chain_broken",
+            f"prev {(pointer.prev or 'null')[:19]}… is not the last pointer {mark.digest[:19]}…",
+        )
     return None
 
 
@@ -82,7 +86,7 @@ def advance(mark: ChainMark | None, pointer: ScopeActivated, digest: str | None)
     return ChainMark(generation, digest)
 
 
-def chained_pointer(mark: ChainMark | None, **fields) -> ScopeActivated:
+def chained_pointer(mark: ChainMark | None, **fields: Any) -> ScopeActivated:
     """A pointer that follows `mark` (the scope's `chain_mark`): what every pointer writer builds."""
     link = next_link(mark)
     return ScopeActivated(**fields, generation=link.generation, prev=link.prev)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when called: events is not needed to name a position
+    from events.model import Event
+    from events.subjects import Subjects
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +20,9 @@ class Position:
     digest: str | None = None  # sha256 of the stored bytes, for pointers (the next pointer's `prev`)
 
 
-def positions(events, start: int = 1, subjects=None):
+def positions(
+    events: Iterable[Event], start: int = 1, subjects: Subjects | None = None
+) -> Iterator[tuple[Position, Event]]:
     """Give a plain list of events synthetic positions (for tests and replays from fixtures)."""
     from events.codec import scope_tuple
     from events.subjects import Subjects

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from events.model import (
+    Activated,
+    Actor,
+    Closed,
+    Distributed,
+    Event,
+    MonitoringStarted,
+    MonitoringVerdict,
+    PackRef,
+    Prepared,
+    Promoted,
+    Requested,
+    RollbackStarted,
+    RolledBack,
+    Verified,
+)
 
 from .evolve import evolve
-from events.model import (
-    Activated, Actor, Closed, Event, MonitoringStarted, MonitoringVerdict, PackRef, Prepared,
-    Requested, RollbackStarted, RolledBack, Verified, Distributed, Promoted,
-)
 
 TERMINAL = "closed"
 
@@ -58,7 +72,8 @@ TRANSITIONS: dict[str | None, set[str]] = {
     "passed": {"expanded", "promoted", "closed", "rollback_started"} | _OPERATOR,
     "expanding": {"activated", "activation_failed", "rollback_started"} | _OPERATOR,
     "promoted": {"closed", "rollback_started"} | _OPERATOR,
-    "held": {"rollback_started", "expanded", "promoted", "closed", "monitoring_started", "monitoring_passed"} | _OPERATOR,
+    "held": {"rollback_started", "expanded", "promoted", "closed", "monitoring_started", "monitoring_passed"}
+    | _OPERATOR,
     "failed": {"rollback_started", "closed"} | _OPERATOR,
     "activation_failed": {"rollback_started", "closed"} | _OPERATOR,
     "rolling_back": {"rolled_back", "escalated", "activation_failed"} | (_OPERATOR - {"aborted"}),
@@ -132,8 +147,11 @@ class ReleaseState:
         """Stages whose window the monitor passed on samples (an operator's pass does not count); a
         stage that exposed nothing (every cohort pinned) counts once the monitor passed it, since no
         data is expected there. The one definition the fold, the promoter and the auditor share."""
-        return frozenset(v.stage for kind, v in self.verdicts if kind == "monitoring_passed" and not is_override(v)
-                         and (v.samples > 0 or not self.exposed(v.stage)))
+        return frozenset(
+            v.stage
+            for kind, v in self.verdicts
+            if kind == "monitoring_passed" and not is_override(v) and (v.samples > 0 or not self.exposed(v.stage))
+        )
 
     def exposed(self, stage: int) -> bool:
         """Whether this release switched any cohort of `stage`."""
@@ -174,14 +192,25 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
     anomalies = state.anomalies
     if suffix not in TRANSITIONS.get(state.phase, ()):
         anomalies = anomalies + (f"{suffix} after {state.phase or 'nothing'}",)
-    elif state.aborted and (suffix in ILLEGAL_AFTER_ABORT or (suffix == "closed" and getattr(event.data, "outcome", None) not in CLOSE_AFTER_ABORT)):
+    elif state.aborted and (
+        suffix in ILLEGAL_AFTER_ABORT
+        or (suffix == "closed" and getattr(event.data, "outcome", None) not in CLOSE_AFTER_ABORT)
+    ):
         anomalies = anomalies + (f"{suffix}{_outcome_of(event)} after aborted: abort is final",)
-    elif suffix == "closed" and getattr(event.data, "outcome", None) == "success" and not (state.phase in _CLOSE_SUCCESS_FROM and state.passed_on_data):
+    elif (
+        suffix == "closed"
+        and getattr(event.data, "outcome", None) == "success"
+        and not (state.phase in _CLOSE_SUCCESS_FROM and state.passed_on_data)
+    ):
         anomalies = anomalies + ("closed success without every stage passed by monitoring on data",)
     new_phase = PHASE_AFTER.get(suffix)
     # one copy per event (replay cost): the common changes, then the event's own
-    changes: dict = {"phase": new_phase if new_phase is not None else state.phase, "last_seq": seq,
-                     "last_event_id": event.event_id, "anomalies": anomalies}
+    changes: dict[str, Any] = {
+        "phase": new_phase if new_phase is not None else state.phase,
+        "last_seq": seq,
+        "last_event_id": event.event_id,
+        "anomalies": anomalies,
+    }
     data = event.data
     match suffix:
         case "requested":
@@ -202,7 +231,9 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
         case "activated":
             assert isinstance(data, Activated)
             cohorts = state.activated + tuple(c for c in data.cohorts if c not in state.activated)
-            changes.update(stage=data.stage, activated=cohorts, activated_at={**state.activated_at, data.stage: event.occurred_at})
+            changes.update(
+                stage=data.stage, activated=cohorts, activated_at={**state.activated_at, data.stage: event.occurred_at}
+            )
         case "monitoring_started":
             assert isinstance(data, MonitoringStarted)
             changes["monitoring"] = data
@@ -240,7 +271,7 @@ def _outcome_of(event: Event) -> str:
     return f"({outcome})" if outcome else ""
 
 
-def failure_text(data) -> str:
+def failure_text(data: Any) -> str:  # the payload of any failure event (or a test's stand-in)
     """`gate/code: message` (or the list of reasons) for a failure event's payload."""
     reasons = getattr(data, "reasons", None)
     if reasons is not None:

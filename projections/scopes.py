@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned
+
 from .pointer_chain import ChainMark, advance, chain_break
 
 ScopeKey = tuple[str, str, str]  # env, channel, cohort
@@ -58,7 +59,9 @@ class ScopeState:
         return self.pin if self.pin is not None and self.pin.until > now else None
 
 
-def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str | None, digest: str | None = None) -> ScopeState:
+def apply_scope_event(
+    state: ScopeState, seq: int, event: Event, batch_id: str | None, digest: str | None = None
+) -> ScopeState:
     """`digest`: of the entry's exact stored bytes (Position.digest), the link a next pointer names."""
     data = event.data
     match event.suffix:
@@ -73,9 +76,15 @@ def apply_scope_event(state: ScopeState, seq: int, event: Event, batch_id: str |
                 lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
             mark = advance(state.chain_mark, data, digest)
             return replace(
-                lkg, active=data, active_seq=seq, active_since=event.occurred_at, active_batch=batch_id, ever_active=True,
+                lkg,
+                active=data,
+                active_seq=seq,
+                active_since=event.occurred_at,
+                active_batch=batch_id,
+                ever_active=True,
                 flag=None,  # a flag is about the pack the pointer named
-                generation=mark.generation, pointer_digest=mark.digest,
+                generation=mark.generation,
+                pointer_digest=mark.digest,
             )
         case "pinned":
             assert isinstance(data, ScopePinned)

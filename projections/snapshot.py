@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from rpds import HashTrieMap, HashTrieSet
@@ -33,7 +34,7 @@ class WorldImage:
     scopes: list[ScopeState]
     channels: list[tuple[tuple[str, str], ChannelState]]
     in_flight: list[str]
-    trust_rotations: list[tuple[int, dict]]
+    trust_rotations: list[tuple[int, dict[str, Any]]]
     tombstones: list[tuple[str, int, str | None]]
     # optional, so a snapshot written before it existed still loads
     channel_problems: list[tuple[tuple[str, str], ChannelProblem]] = field(default_factory=list)
@@ -69,9 +70,9 @@ def load_world(blob: bytes) -> World | None:
         applied_seq=image.applied_seq,
         releases=HashTrieMap(image.releases),
         scopes=HashTrieMap({s.key: s for s in image.scopes}),
-        channels=HashTrieMap({tuple(k): v for k, v in image.channels}),
+        channels=HashTrieMap(dict(image.channels)),  # keys validated as tuple[str, str] already
         in_flight=HashTrieSet(image.in_flight),
         trust_rotations=tuple((seq, doc) for seq, doc in image.trust_rotations),
         tombstones=HashTrieMap({rid: tombstone(seq, outcome) for rid, seq, outcome in image.tombstones}),
-        channel_problems=HashTrieMap({tuple(k): v for k, v in image.channel_problems}),
+        channel_problems=HashTrieMap(dict(image.channel_problems)),
     )

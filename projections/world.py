@@ -15,15 +15,18 @@ says so, and the caller restores the release from its own log subjects first
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import reduce
-from typing import Iterable, Iterator
+from typing import Any
 
 from rpds import HashTrieMap, HashTrieSet
 
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.model import Event
+from events.subjects import Subjects
+
 from .evolve import evolve
 from .position import Position
 from .releases import ReleaseState, apply_release_event
@@ -49,6 +52,7 @@ class ChannelProblem:
     known to be misconfigured (requests are rejected naming this), never silently
     treated as unconfigured or as still holding its older configuration.
     """
+
     seq: int
     reason: str
 
@@ -59,6 +63,7 @@ class ChannelProblem:
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     """A closed release in an archiving world: enough to know it exists and to append after it."""
+
     last_seq: int
     outcome: str | None
 
@@ -84,13 +89,14 @@ class NeedsHistory(LookupError):
 @dataclass(frozen=True, slots=True)
 class World:
     applied_seq: int = 0
-    releases: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> ReleaseState
-    scopes: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel, cohort) -> ScopeState
-    channels: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelState
-    in_flight: HashTrieSet = field(default_factory=HashTrieSet)  # ids of releases not closed yet
-    trust_rotations: tuple[tuple[int, dict], ...] = ()  # (seq, signed root) as logged; see events/trust.py
-    tombstones: HashTrieMap = field(default_factory=HashTrieMap)  # release_id -> Tombstone (archiving worlds only)
-    channel_problems: HashTrieMap = field(default_factory=HashTrieMap)  # (env, channel) -> ChannelProblem
+    # (HashTrieMap[...] only as a string: rpds types cannot be subscripted at run time)
+    releases: HashTrieMap[str, ReleaseState] = field(default_factory=HashTrieMap)
+    scopes: HashTrieMap[ScopeKey, ScopeState] = field(default_factory=HashTrieMap)
+    channels: HashTrieMap[tuple[str, str], ChannelState] = field(default_factory=HashTrieMap)  # (env, channel)
+    in_flight: HashTrieSet[str] = field(default_factory=HashTrieSet)  # ids of releases not closed yet
+    trust_rotations: tuple[tuple[int, dict[str, Any]], ...] = ()  # (seq, signed root) as logged; see events/trust.py
+    tombstones: HashTrieMap[str, Tombstone] = field(default_factory=HashTrieMap)  # archiving worlds only
+    channel_problems: HashTrieMap[tuple[str, str], ChannelProblem] = field(default_factory=HashTrieMap)
 
     # -- queries ---------------------------------------------------------------------------
     def release(self, release_id: str) -> ReleaseState | None:
@@ -140,14 +146,18 @@ def archive_all(world: World) -> World:
 
 
 def _bury(world: World, state: ReleaseState) -> World:
-    return evolve(world, {"releases": world.releases.remove(state.release_id),
-                          "tombstones": world.tombstones.insert(state.release_id, tombstone(state.last_seq, state.outcome))})
+    return evolve(
+        world,
+        {
+            "releases": world.releases.remove(state.release_id),
+            "tombstones": world.tombstones.insert(state.release_id, tombstone(state.last_seq, state.outcome)),
+        },
+    )
 
 
 def needs_history(world: World, event: Event) -> bool:
     """Whether `event` changes a tombstoned release beyond its sequence (see `NeedsHistory`)."""
-    return (event.family == "release" and event.release_id in world.tombstones
-            and event.suffix not in _TOMBSTONE_SAFE)
+    return event.family == "release" and event.release_id in world.tombstones and event.suffix not in _TOMBSTONE_SAFE
 
 
 def restore(world: World, state: ReleaseState) -> World:
@@ -156,9 +166,16 @@ def restore(world: World, state: ReleaseState) -> World:
     if stone is None:
         raise ValueError(f"release {state.release_id} is not tombstoned")
     if stone.last_seq != state.last_seq:
-        raise ValueError(f"release {state.release_id}: its log ends at seq {state.last_seq}, the tombstone at {stone.last_seq}")
-    return evolve(world, {"releases": world.releases.insert(state.release_id, state),
-                          "tombstones": world.tombstones.remove(state.release_id)})
+        raise ValueError(
+            f"release {state.release_id}: its log ends at seq {state.last_seq}, the tombstone at {stone.last_seq}"
+        )
+    return evolve(
+        world,
+        {
+            "releases": world.releases.insert(state.release_id, state),
+            "tombstones": world.tombstones.remove(state.release_id),
+        },
+    )
 
 
 def apply(world: World, position: Position, event: Event) -> World:
@@ -171,13 +188,26 @@ def apply(world: World, position: Position, event: Event) -> World:
         if stone is not None:
             if event.suffix not in _TOMBSTONE_SAFE:
                 raise NeedsHistory(event.release_id)
-            return evolve(world, {"applied_seq": position.seq,
-                                  "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome))})
+            return evolve(
+                world,
+                {
+                    "applied_seq": position.seq,
+                    "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome)),
+                },
+            )
         current = world.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
         updated = apply_release_event(current, position.seq, event)
-        in_flight = world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
-        w = evolve(world, {"applied_seq": position.seq, "releases": world.releases.insert(event.release_id, updated),
-                           "in_flight": in_flight})
+        in_flight = (
+            world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
+        )
+        w = evolve(
+            world,
+            {
+                "applied_seq": position.seq,
+                "releases": world.releases.insert(event.release_id, updated),
+                "in_flight": in_flight,
+            },
+        )
         if event.suffix == "closed" and updated.outcome == "success" and updated.passed_on_data:
             # defensively both: the outcome, and the evidence it claims (a forged or buggy
             # `success` after an operator's pass must not make its pack a rollback target)
@@ -189,12 +219,22 @@ def apply(world: World, position: Position, event: Event) -> World:
     if family == "scope" and event.scope:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
         current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(w, scopes=w.scopes.insert(key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)))
+        return replace(
+            w,
+            scopes=w.scopes.insert(
+                key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)
+            ),
+        )
     if family == "trust":
         return replace(w, trust_rotations=w.trust_rotations + ((position.seq, event.data.root),))  # type: ignore[attr-defined]
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
-        state = ChannelState(config=event.data, seq=position.seq, configured_at=event.occurred_at, configured_by=event.actor.id)  # type: ignore[arg-type]
+        state = ChannelState(
+            config=event.data,  # type: ignore[arg-type]  # channel.configured is the only channel event
+            seq=position.seq,
+            configured_at=event.occurred_at,
+            configured_by=event.actor.id,
+        )
         # a valid configuration after an unreadable one settles it
         return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
     return w
@@ -210,7 +250,10 @@ def _confirm_promotion(world: World, source: ReleaseState) -> World:
     linked = world.releases.get(linked_id) if linked_id else None
     if linked is None or linked.requested is None or linked.requested.promoted_from != source.release_id:
         return world
-    return replace(world, releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)))
+    return replace(
+        world,
+        releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)),
+    )
 
 
 def _mark_release_known_good(world: World, release: ReleaseState) -> World:
@@ -223,7 +266,9 @@ def _mark_release_known_good(world: World, release: ReleaseState) -> World:
         current = scopes.get(key) or ScopeState(key=key)
         # Only if the scope still runs this release's pack: a later rollback or pin wins.
         if current.active and current.active.pack.digest == release.verified.pack.digest:
-            scopes = scopes.insert(key, mark_known_good(current, release.verified.pack, release.verified.manifest, release.release_id))
+            scopes = scopes.insert(
+                key, mark_known_good(current, release.verified.pack, release.verified.manifest, release.release_id)
+            )
     return replace(world, scopes=scopes)
 
 
@@ -237,7 +282,7 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
             yield state
 
 
-def apply_undecodable(world: World, position: Position, subjects, reason: str = "not a valid event") -> World:
+def apply_undecodable(world: World, position: Position, subjects: Subjects, reason: str = "not a valid event") -> World:
     """A log entry that is not a valid event still moves its subject's sequence.
 
     The CAS values the consumers use must match what is stored, so a garbage
@@ -260,8 +305,11 @@ def apply_undecodable(world: World, position: Position, subjects, reason: str = 
         key = (tokens[0], tokens[1], tokens[2])
         current_scope = w.scopes.get(key) or ScopeState(key=key)
         # activated: the activator's CAS; pinned/unpinned: the pin verbs' (on the scope's last sequence)
-        moved = {"active_seq": position.seq} if tokens[3] == "activated" else {"pin_seq": position.seq}
-        return replace(w, scopes=w.scopes.insert(key, replace(current_scope, **moved)))
+        if tokens[3] == "activated":
+            moved = replace(current_scope, active_seq=position.seq)
+        else:
+            moved = replace(current_scope, pin_seq=position.seq)
+        return replace(w, scopes=w.scopes.insert(key, moved))
     if family == "channel" and len(tokens) == 3 and tokens[2] == "configured":
         problem = ChannelProblem(position.seq, reason[:PROBLEM_REASON_MAX])
         return replace(w, channel_problems=w.channel_problems.insert((tokens[0], tokens[1]), problem))

@@ -20,6 +20,7 @@ from typing import AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 
 class DirectGetError(Exception):
@@ -56,7 +57,7 @@ class _Replies:
         self._nc = nc
         self.prefix = nc.new_inbox()
         self._routes: dict[str, asyncio.Queue] = {}
-        self._sub = None
+        self._sub: Subscription | None = None
         self._token = 0
 
     async def _on_msg(self, msg: Msg) -> None:

@@ -60,7 +60,7 @@ async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, 
     reader = _reader(js, subjects, filters)
     try:
         async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
-            out = []
+            out: list[tuple[RawEntry, Position, Event | None]] = []
             for entry in entries:
                 if _after(entry, until):
                     if out:

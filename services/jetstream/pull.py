@@ -25,6 +25,7 @@ from typing import AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 DEFAULT_BATCH = 64
 DEFAULT_EXPIRES_S = 10.0
@@ -62,7 +63,7 @@ class ContinuousPull:
         self._heartbeat_s = heartbeat_s
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._inbox = nc.new_inbox()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._outstanding = 0
 
     async def _on_msg(self, msg: Msg) -> None:

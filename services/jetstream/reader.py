@@ -77,7 +77,7 @@ class OrderedReader:
         # means the consumer skipped something and must be re-opened where we were.
         self._contiguous = contiguous
         self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
-        self._sub = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def _consumer_filters(self) -> list[str]:
         """The consumer's filters: none when ours name every subject the stream stores on.
@@ -183,7 +183,7 @@ class OrderedReader:
         """The pull's messages as entries, a batch at a time: one already seen is skipped, a gap raises."""
         contiguous = self._contiguous
         async for msgs in pull.batches():
-            batch = []
+            batch: list[RawEntry] = []
             for msg in msgs:
                 seq, stored_at, pending = _delivery(msg)
                 if seq < self.next_seq:
