@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from events.canonical import StrictJSONError, loads_strict
 from events.signing import TrustRoot
@@ -36,7 +37,7 @@ class Settings:
     def from_env(cls, **overrides) -> "Settings":
         """KX_NATS_URL, else the URL of the credentials file KX_NATS_CREDS names (services/permissions.py)."""
         env = os.environ
-        values = {
+        values: dict[str, Any] = {  # typed by the dataclass; overrides come from the CLI
             "nats_url": env.get("KX_NATS_URL") or _creds_url(),
             "prefix": env.get("KX_PREFIX", "kx"),
             "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),

@@ -145,7 +145,7 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
         cfg = info.config
         added = [s for s in subjects.log_subjects() if s.endswith(".trust.rotated") and s not in (cfg.subjects or [])]
         # a log created under the server's default consumer cap, or asking more than the account allows
-        short = (cfg.max_consumers or 0) <= 0 or cfg.max_consumers > room
+        short = (cfg.max_consumers or 0) <= 0 or (cfg.max_consumers or 0) > room
         if added or short:  # additive: one more subject captured, room for more runtimes
             cfg.subjects = list(cfg.subjects or []) + added
             if short:
@@ -154,11 +154,12 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
         problems = log_violations(cfg, subjects)
         if problems:
             raise LayoutError(f"stream {subjects.releases_stream} exists but " + "; ".join(problems))
-    for cfg in internal_configs(subjects, settings):
+    for internal in internal_configs(subjects, settings):
+        assert internal.name is not None  # internal_configs names every stream
         try:
-            await js.stream_info(cfg.name)
+            await js.stream_info(internal.name)
         except NotFoundError:
-            await js.add_stream(cfg)
+            await js.add_stream(internal)
     for bucket, description in ((subjects.packs_bucket, "Konnaxion Runtime Packs, named by digest"),
                                 (subjects.snapshots_bucket, "Konnaxion Releases: projection snapshots (internal, never the source of truth)")):
         try:

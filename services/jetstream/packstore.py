@@ -111,7 +111,8 @@ class PackStore:
         nuid, size = meta.get("nuid"), int(meta.get("size", 0))
         if size == 0:
             return Chunks(None)
-        return await self._open_chunks(nuid, meta.get("chunks"))
+        # metadata without a nuid names no chunks: the read finds none and the size check fails closed
+        return await self._open_chunks(str(nuid), meta.get("chunks"))
 
     async def _open_chunks(self, nuid: str, count) -> Chunks:
         stream = SubjectStream(connection_of(self._js), self._stream, f"$O.{self._bucket}.C.{nuid}", batch=CHUNKS_PER_REQUEST)

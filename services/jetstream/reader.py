@@ -104,7 +104,7 @@ class OrderedReader:
         if self._last_per_subject:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         elif self._start_time is not None and self.next_seq <= 1:
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._start_time.isoformat())
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._start_time)
         else:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.next_seq)
         cfg.ack_policy = AckPolicy.NONE

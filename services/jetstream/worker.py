@@ -104,7 +104,7 @@ class Worker:
                         await slots.acquire()
                         task = asyncio.create_task(self._in_context(msg))
                         self._running.add(task)
-                        task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+                        task.add_done_callback(self._finished(slots))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # server restarted or consumer gone: bind again
@@ -114,6 +114,13 @@ class Worker:
                     await pull.close()
         finally:
             await cancel_and_wait(list(self._running))
+
+    def _finished(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task], None]:
+        """A task's done callback: forget it and free its slot."""
+        def done(task: asyncio.Task) -> None:
+            self._running.discard(task)
+            slots.release()
+        return done
 
     async def _in_context(self, msg: Msg) -> None:
         with message_context(msg):  # every log line while handling it names its release and event

@@ -77,7 +77,7 @@ class Follower:
                 else:
                     event = self._signed_or_none(entry, position, event)
                 if event is not None:
-                    if self._archive_closed and needs_history(self.world, event):
+                    if self._archive_closed and event.release_id is not None and needs_history(self.world, event):
                         await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)
                     if self._archive_closed:
@@ -107,8 +107,10 @@ class Follower:
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
 
-    def _signed_or_none(self, entry, position: Position, event: Event) -> Event | None:
+    def _signed_or_none(self, entry, position: Position, event: Event | None) -> Event | None:
         """The event, or None (folded as junk, recorded) if it is not signed, fresh state (`ignored_reason`)."""
+        if event is None:  # an entry that is no event of ours (a subject outside the layout)
+            return None
         why = ignored_reason(self.world, self._service_keys, position, event, entry.data, entry.headers)
         if why is None:
             return event

@@ -131,9 +131,9 @@ class ReleaseWatch:
         release = self._follower.world.release(self.release_id)
         window = release.monitoring if release is not None and release.phase == "monitoring" else None
         if self._tail is not None and (window is None or window != self._tail.window):
-            await cancel_and_wait([self._tail_task])
+            await cancel_and_wait([t for t in (self._tail_task,) if t is not None])
             self._tail, self._tail_task = None, None
-        if window is None or self._tail is not None or release.prepared is None:
+        if window is None or self._tail is not None or release is None or release.prepared is None:
             return
         if self.health_readable is None:
             self.health_readable = await may_read_health(self._nc, self._subjects)
