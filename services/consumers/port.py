@@ -27,6 +27,7 @@ from services.jetstream.log import EventLog
 from services.settings import Settings
 
 
+@runtime_checkable
 class WorldView(Protocol):
     """The process's folded log (services/reads/follower.py): the state a consumer decides on,
     and waits for a position in."""
