@@ -49,7 +49,6 @@ CONCURRENCY = 32  # releases decided on at once per consumer (I/O-bound: reads o
 INTERNAL_ERROR = "internal_error"
 
 F = TypeVar("F")
-F_contra = TypeVar("F_contra", contravariant=True)
 T = TypeVar("T")
 
 
