@@ -52,7 +52,7 @@ from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
 from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from ..jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
+from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
 from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
 from services.consumers.promoter import rollback_targets
 from services.consumers.port import Port

@@ -203,6 +203,8 @@ class ReleaseReactor(Generic[F]):
             return
         try:
             await self.settle(release_id)
+        except Poison:
+            raise
         except Exception as exc:
             deliveries = msg.metadata.num_delivered
             if deliveries < MAX_DELIVER or not await self.give_up(release_id, exc, deliveries):
