@@ -7,6 +7,7 @@ decision is made again on fresh state. Rollbacks use the same mechanism.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from events.ids import derived_event_id
@@ -149,26 +150,49 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
     return [Atomic(tuple(writes), (done,), batch_id)]
 
 
-
 # ---- adapter ------------------------------------------------------------------------------------
-class Activator(ReleaseReactor):
+@dataclass(frozen=True)
+class TargetFacts:
+    """The packs the switch would point to, checked in the pack store under the root in force now."""
+
+    recheck: TargetCheck | None = None  # the rollout's own pack (`needs_recheck`; None: the verification stands)
+    rollback: Mapping[str, TargetCheck] = field(default_factory=dict)  # rollback target digest -> its check
+
+
+class Activator(ReleaseReactor[TargetFacts]):
     name = NAME
     acts_in = frozenset({"verified", "expanding", "rolling_back"})
 
-    async def decide(self, world, release, ctx):
+    async def observe(self, world, release, ctx) -> TargetFacts:
         if release.phase == "rolling_back" and release.rollback is not None:
             checks = {}
             for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
                 checks[target.digest] = await self.target_check(target, release, ctx)
-            return decide_rollback(world, release, ctx, {d: c.problem for d, c in checks.items()},
-                                   {d: c.signers for d, c in checks.items()})
+            return TargetFacts(rollback=checks)
+        if release.paused:
+            return TargetFacts()  # a paused rollout switches nothing (`decide_rollout`): nothing to read
         if needs_recheck(world, release) and release.verified is not None:
-            return decide_rollout(world, release, ctx, await self.target_check(release.verified.pack, release, ctx))
-        return decide_rollout(world, release, ctx)
+            return TargetFacts(recheck=await self.target_check(release.verified.pack, release, ctx))
+        return TargetFacts()
+
+    def decide(self, world, release, facts: TargetFacts, ctx):
+        if release.phase == "rolling_back":
+            return decide_rollback(world, release, ctx, {d: c.problem for d, c in facts.rollback.items()},
+                                   {d: c.signers for d, c in facts.rollback.items()})
+        return decide_rollout(world, release, ctx, facts.recheck)
+
+    def fail_closed(self, world, release, failed, ctx):
+        """A stage that could not be switched is `activation_failed` (the promoter rolls back what
+        is exposed, or closes); a rollback that could not be performed holds (`escalated`)."""
+        if release.phase in ("verified", "expanding") and release.prepared is not None:
+            stage = 0 if release.phase == "verified" else release.stage + 1
+            failed_ = ActivationFailed(stage=stage, code=failed.code, message=failed.message)
+            return [Chain((release_event(ctx, release, "activation_failed", failed_),))]
+        return super().fail_closed(world, release, failed, ctx)
 
     async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
         """Whether a pack can be switched to now (services/consumers/verifier/readiness.py), which first restores
         one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
         assert release.prepared is not None
-        return await target_check(self.app, target, release.prepared.target.env, release.prepared.target.channel,
+        return await target_check(self.port, target, release.prepared.target.env, release.prepared.target.channel,
                                   tuple(release.activated), ctx.now)

@@ -8,6 +8,7 @@ named by digest are present (and their sizes), or fails the release closed.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from typing import Mapping
 
@@ -18,7 +19,7 @@ from services.jetstream.janitor import Janitor
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.pack_keeper import PackKeeper
 from services.jetstream.packstore import PackStore
-from services.consumers.reactor import ReleaseReactor
+from services.consumers.reactor import Failed, ReleaseReactor
 from services.consumers.verifier.gates import attestation_required
 
 NAME = "distributor"
@@ -30,6 +31,15 @@ def required_objects(digest: str, require_attestation: bool) -> list[tuple[str, 
     if require_attestation:
         required.append((attestation_object_name(digest), "attestation_missing"))
     return required
+
+
+def refuse(release: ReleaseState, ctx: Ctx, code: str, message: str) -> list[Output]:
+    """`verification_failed` at gate `distribution`: the pack is not (or cannot be seen to be) in the store."""
+    failed = VerificationFailed(
+        gate="distribution", code=code, message=message, reference_time=ctx.now,
+        gates=[GateOutcome(gate="distribution", ok=False, code=code, message=message)],
+    )
+    return [Chain((release_event(ctx, release, "verification_failed", failed),))]
 
 
 def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], store_error: str | None = None,
@@ -56,11 +66,7 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
         why = " (the channel's policy requires an attestation beside the pack)" if code == "attestation_missing" else ""
         message = (f"the pack store could not be read: {store_error}" if store_error is not None else
                    f"object {name} is not in kx_packs{why}" + (f" (also missing: {', '.join(n for n, _ in missing[1:])})" if len(missing) > 1 else ""))
-        failed = VerificationFailed(
-            gate="distribution", code=code, message=message, reference_time=ctx.now,
-            gates=[GateOutcome(gate="distribution", ok=False, code=code, message=message)],
-        )
-        return [Chain((release_event(ctx, release, "verification_failed", failed),))]
+        return refuse(release, ctx, code, message)
     distributed = Distributed(
         pack=pack.model_copy(update={"size": objects[pack_name]}),
         manifest=manifest_object_name(pack.digest),
@@ -71,7 +77,16 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
 
 
 # ---- adapter ------------------------------------------------------------------------------------
-class Distributor(ReleaseReactor):
+@dataclass(frozen=True)
+class StoreFacts:
+    """What the pack store holds of the release's objects."""
+
+    sizes: Mapping[str, int | None]  # object name -> stored size (None: absent)
+    stored: Mapping[str, StoredObject | None]  # object name -> its metadata as read
+    require_attestation: bool
+
+
+class Distributor(ReleaseReactor[StoreFacts]):
     name = NAME
     acts_in = frozenset({"prepared"})
 
@@ -79,12 +94,12 @@ class Distributor(ReleaseReactor):
         # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
         # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
         # other roles' leftover consumers
-        return [*super().runners(), PackKeeper(self.app).run(), Janitor(self.app.js, self.app.subjects).run()]
+        return [*super().runners(), PackKeeper(self.port).run(), Janitor(self.port.js, self.port.subjects).run()]
 
-    async def decide(self, world, release, ctx):
-        if release.phase != "prepared" or release.prepared is None:
-            return []
-        store = PackStore(self.app.js, self.app.subjects)
+    async def observe(self, world, release, ctx) -> StoreFacts | Failed:
+        if release.prepared is None:
+            return StoreFacts({}, {}, False)
+        store = PackStore(self.port.js, self.port.subjects)
         target = release.prepared.target
         require = attestation_required(world.channel_config(target.env, target.channel))
         names = [name for name, _ in required_objects(release.prepared.pack.digest, require)]
@@ -92,5 +107,15 @@ class Distributor(ReleaseReactor):
             sizes = dict(zip(names, await asyncio.gather(*(store.size(name) for name in names))))
             stored = dict(zip(names, await asyncio.gather(*(store.stored_object(name) for name in names))))
         except Exception as exc:  # fail closed: a store we cannot read distributes nothing
-            return decide(release, ctx, {}, f"{exc.__class__.__name__}: {exc}", require_attestation=require)
-        return decide(release, ctx, sizes, require_attestation=require, stored=stored)
+            return Failed.of(exc, code="store_unreadable", step="distribution")
+        return StoreFacts(sizes, stored, require)
+
+    def decide(self, world, release, facts: StoreFacts, ctx):
+        return decide(release, ctx, facts.sizes, require_attestation=facts.require_attestation, stored=facts.stored)
+
+    def fail_closed(self, world, release, failed, ctx):
+        if release.phase != "prepared" or release.prepared is None:
+            return []
+        if failed.code == "store_unreadable":
+            return decide(release, ctx, {}, failed.message)
+        return refuse(release, ctx, failed.code, failed.message)

@@ -50,12 +50,13 @@ from events.signing import TrustRoot
 from projections.releases import ReleaseState
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
-from services.jetstream.log import AppendConflict, Entry
+from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from ..jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
+from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
 from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
 from services.consumers.promoter import rollback_targets
-from services.consumers.reactor import ReleaseReactor
+from services.consumers.port import Port
+from services.consumers.reactor import Failed, ReleaseReactor, until_stored
 from services.consumers.verifier.adapter import read_attestation
 from services.consumers.verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
 from services.jetstream.worker import Worker
@@ -204,31 +205,54 @@ def decide(world: World, violations: Mapping[ScopeKey, Violation], ctx: Ctx) -> 
 
 
 # ---- adapter ------------------------------------------------------------------------------------
-class Guard(ReleaseReactor):
-    """Checks active packs on trust, channel and pointer changes and on a sweep; appends the plan."""
+@dataclass(frozen=True)
+class PolicyRollback:
+    """The reactor step of a rollout whose pack now fails a gate: the violations are the facts (the
+    guard observed them per scope, with the scopes it checks), `decide_release` the decision."""
+
+    violations: Mapping[ScopeKey, Violation]
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> None:
+        return None
+
+    def decide(self, world: World, release: ReleaseState, facts: None, ctx: Ctx) -> list[Output]:
+        return decide_release(world, release, self.violations, ctx)
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return []  # never observed to fail; the trigger's retry and the sweep check again
+
+
+class Guard(ReleaseReactor[None]):
+    """Checks active packs on trust, channel and pointer changes and on a sweep; appends the plan.
+
+    Its triggers name scopes, not releases (a rotation, a channel, a pointer), so it has its
+    own worker and handler; a rollback it decides on runs through the reactor (`settle` with
+    `PolicyRollback`: phase guard `acts_in`, conflict retry), and a flag through the same
+    conflict retry (`until_stored`).
+    """
 
     name = NAME
     acts_in = ROLLBACK_PHASES
 
-    def __init__(self, app, sweep_every: float = SWEEP_EVERY_S) -> None:
-        super().__init__(app)
+    def __init__(self, port: Port, sweep_every: float = SWEEP_EVERY_S) -> None:
+        super().__init__(port)
         self.sweep_every = sweep_every
         self._manifests: dict[str, bytes] = {}  # manifest object name (named by digest) -> bytes as first read
         # (digest, env, channel, channel seq, rotations) -> (violation, expires): a pass holds until expiry
         self._verdicts: dict[tuple, tuple[Violation | None, datetime | None]] = {}
 
     def runners(self) -> list:
-        s = self.app.subjects
+        s = self.port.subjects
         triggers = [s.trust_rotated(), f"{s.prefix}.channel.*.*.configured", s.all_activations()]
         # NEW: on a fresh deployment the first sweep checks every scope; the log's past is not replayed
-        worker = Worker(self.app.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.app.deadletters,
-                        ack_wait=self.app.settings.ack_wait_s, deliver_new=True)
+        worker = Worker(self.port.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.port.deadletters,
+                        ack_wait=self.port.settings.ack_wait_s, deliver_new=True)
         return [worker.run(), self.sweep()]
 
     async def handle(self, msg) -> None:
-        await self.app.follower.wait_for(msg.metadata.sequence.stream)
-        family, tokens = self.app.subjects.parse(msg.subject)
-        world = self.app.follower.world
+        await self.port.follower.wait_for(msg.metadata.sequence.stream)
+        family, tokens = self.port.subjects.parse(msg.subject)
+        world = self.port.follower.world
         if family == "channel" and len(tokens) == 3:
             keys = [k for k in world.scopes.keys() if (k[0], k[1]) == (tokens[0], tokens[1])]
         elif family == "scope" and len(tokens) == 4:
@@ -240,7 +264,7 @@ class Guard(ReleaseReactor):
     async def sweep(self) -> None:
         while True:
             try:
-                await self.guard(list(self.app.follower.world.scopes.keys()))
+                await self.guard(list(self.port.follower.world.scopes.keys()))
             except Exception as exc:  # the next sweep tries again
                 log.warning("guard: sweep incomplete: %s", exc)
             await asyncio.sleep(self.sweep_every)
@@ -248,12 +272,9 @@ class Guard(ReleaseReactor):
     async def guard(self, keys: Iterable[ScopeKey]) -> None:
         violations, unchecked = await self.check(keys)
         if violations:
-            plan = decide(self.app.follower.world, violations, self.app.ctx(NAME))
+            plan = decide(self.port.follower.world, violations, self.port.ctx(NAME))
             for release_id in plan.rollbacks:
-                async def rollback(world, release, ctx):
-                    return decide_release(world, release, violations, ctx)
-
-                await self.settle(release_id, rollback)
+                await self.settle(release_id, PolicyRollback(violations))
             for key, _ in plan.flags:
                 await self.flag(key, violations[key])  # decided again on the state at the append
         if unchecked:  # not judged is not passed: the worker retries the trigger, the sweep comes again
@@ -261,11 +282,11 @@ class Guard(ReleaseReactor):
 
     async def check(self, keys: Iterable[ScopeKey]) -> tuple[dict[ScopeKey, Violation], list[str]]:
         """Violations by scope, and the scopes whose manifest could not be read (with why)."""
-        trust_root = self.app.current_trust_root()
+        trust_root = self.port.current_trust_root()
         if trust_root is None:
             raise RuntimeError("the guard has no trust root (KX_TRUST_ROOT)")  # never a pass, never a guess
-        world = self.app.follower.world
-        now = self.app.clock()
+        world = self.port.follower.world
+        now = self.port.clock()
         out: dict[ScopeKey, Violation] = {}
         unchecked: list[str] = []
         for key in keys:
@@ -282,7 +303,7 @@ class Guard(ReleaseReactor):
                 manifest = await self.manifest(state.active.manifest)
                 # a channel that requires attestations requires one of what runs, too (a policy change
                 # can add the requirement after activation): read it only then, as the verifier does
-                attestation = (await read_attestation(PackStore(self.app.js, self.app.subjects), state.active.pack.digest)
+                attestation = (await read_attestation(PackStore(self.port.js, self.port.subjects), state.active.pack.digest)
                                if attestation_required(config) else None)
             except Exception as exc:  # one unreadable manifest must not keep the others unchecked
                 unchecked.append(f"{'/'.join(key)}: {exc.__class__.__name__}: {exc}")
@@ -299,7 +320,7 @@ class Guard(ReleaseReactor):
         if name not in self._manifests:
             async def read() -> bytes | None:
                 try:
-                    return await PackStore(self.app.js, self.app.subjects).read(name, MANIFEST_MAX_BYTES)
+                    return await PackStore(self.port.js, self.port.subjects).read(name, MANIFEST_MAX_BYTES)
                 except ObjectTooLarge:
                     return b"x" * (MANIFEST_MAX_BYTES + 1)  # refused by the manifest gate's cap, by name
 
@@ -307,8 +328,8 @@ class Guard(ReleaseReactor):
             # producer deleted or re-pointed since is restored from the log's record (pack_keeper),
             # so tampering with metadata cannot make the guard flag (and roll back) a settled scope.
             digest = digest_of_object(name)
-            kept = (await recorded(self.app, digest)).get(name)
-            data = await checked_with_restore(self.app, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest))
+            kept = (await recorded(self.port, digest)).get(name)
+            data = await checked_with_restore(self.port, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest))
             if data is None:
                 return None  # not cached: a manifest pushed again later is read then
             if len(self._manifests) > 4096:
@@ -317,16 +338,14 @@ class Guard(ReleaseReactor):
         return self._manifests[name]
 
     async def flag(self, key: ScopeKey, violation: Violation, attempts: int = 5) -> None:
-        for _ in range(attempts):
-            state = _current(self.app.follower.world, key, violation)
-            event = flag_event(state, violation, self.app.ctx(NAME)) if state is not None else None
-            if event is None:
+        async def once() -> None:
+            state = _current(self.port.follower.world, key, violation)
+            event = flag_event(state, violation, self.port.ctx(NAME)) if state is not None else None
+            if state is None or event is None:
                 return
-            try:
-                await self.app.log.append(Entry(event, state.last_seq, self.app.subjects.scope_filter(*key)))
-                log.warning("guard: %s", event.data.message)  # type: ignore[attr-defined]
-                return
-            except AppendConflict:
-                await self.app.follower.catch_up()  # the scope moved: decide on what it is now
-        raise RuntimeError(f"guard: flag on {'/'.join(key)} kept conflicting")
+            await self.port.log.append(Entry(event, state.last_seq, self.port.subjects.scope_filter(*key)))
+            log.warning("guard: %s", event.data.message)  # type: ignore[attr-defined]
+
+        # the scope moved: decide on what it is now
+        await until_stored(once, f"guard: flag on {'/'.join(key)}", self.port.follower.catch_up, attempts)
 

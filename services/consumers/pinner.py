@@ -22,9 +22,11 @@ from events.model import Actor, Event, PackRef, Scope, ScopePinned, ScopeUnpinne
 from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
 from projections.world import World
-from services.jetstream.log import AppendConflict, Entry
+from services.jetstream.log import Entry
 from services.actions.operator import OperatorError
 from services.consumers.outputs import Timer
+from services.consumers.port import Port
+from services.consumers.reactor import until_stored
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
 from services.consumers.verifier.adapter import run_gates
@@ -108,78 +110,86 @@ def expire(state: ScopeState, scope: Scope, service: Actor, now: datetime, reaso
 
 
 class Pinner:
-    """Adapter: reacts to pins, switches pinned scopes, expires pins."""
+    """Adapter: reacts to pins, switches pinned scopes, expires pins.
 
-    def __init__(self, app) -> None:
-        self.app = app
+    Not a `ReleaseReactor`: a pin acts on a scope, not on a release, so there is no release
+    phase to guard and no release event to fail closed with (a pin that cannot be checked is
+    refused with `scope.unpinned`, reason `refused`). What it shares with the reactor is the
+    conflict retry (`until_stored`): a lost race on the scope is decided again on its new state.
+    """
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
         self.actor = Actor(kind="service", id=NAME)
 
     def runners(self) -> list:
-        s = self.app.subjects
-        pins = Worker(self.app.js, s.releases_stream, "kxr-pinner", [f"{s.prefix}.scope.*.*.*.pinned"], self.on_pinned, self.app.deadletters)
-        timers = Worker(self.app.js, s.timers_stream, "kxr-pinner-timers", [s.timer_fire("pin.*.*.*.*")], self.on_timer, self.app.deadletters)
+        s = self.port.subjects
+        pins = Worker(self.port.js, s.releases_stream, "kxr-pinner", [f"{s.prefix}.scope.*.*.*.pinned"], self.on_pinned, self.port.deadletters)
+        timers = Worker(self.port.js, s.timers_stream, "kxr-pinner-timers", [s.timer_fire("pin.*.*.*.*")], self.on_timer, self.port.deadletters)
         return [pins.run(), timers.run(), self.sweep()]
 
     def scope_entry(self, event: Event, scope: Scope, state: ScopeState) -> Entry:
-        return Entry(event, state.last_seq, self.app.subjects.scope_filter(scope.env, scope.channel, scope.cohort))
+        return Entry(event, state.last_seq, self.port.subjects.scope_filter(scope.env, scope.channel, scope.cohort))
 
     def _scope(self, env: str, channel: str, cohort: str) -> tuple[Scope, ScopeState]:
-        return Scope(env=env, channel=channel, cohort=cohort), self.app.follower.world.scope(env, channel, cohort)
+        return Scope(env=env, channel=channel, cohort=cohort), self.port.follower.world.scope(env, channel, cohort)
 
     async def on_pinned(self, msg) -> None:
         seq = msg.metadata.sequence.stream
-        await self.app.follower.wait_for(seq)
-        parts = self.app.subjects.scope_of(msg.subject)
-        if parts is None or seq in self.app.follower.undecodable:
+        await self.port.follower.wait_for(seq)
+        parts = self.port.subjects.scope_of(msg.subject)
+        if parts is None or seq in self.port.follower.undecodable:
             raise Poison(f"not a valid pin: {msg.subject}")
-        scope, state = self._scope(parts.env, parts.channel, parts.cohort)
-        if state.pin is None or state.pin_seq != seq:
-            return  # superseded by a later pin or unpin: nothing to do for this one
         # max_pin_days, enforced here and not only by the CLI: measured from when the pin was
         # written (the earlier of its own time and ours, so a pin dated ahead gains nothing)
-        written = decode_event(msg.data, msg.subject, self.app.subjects).occurred_at
-        too_long = pin_too_long(self.app.follower.world, scope, state.pin.until, min(written, self.app.clock()))
+        written = decode_event(msg.data, msg.subject, self.port.subjects).occurred_at
+        key = (parts.env, parts.channel, parts.cohort)
+        await until_stored(lambda: self._settle_pin(key, seq, written), f"pinner: pin of {'/'.join(key)}", self.port.follower.catch_up)
+
+    async def _settle_pin(self, key: tuple[str, str, str], seq: int, written: datetime) -> None:
+        """On the scope's current state: refuse the pin, or schedule its expiry and switch to it."""
+        scope, state = self._scope(*key)
+        if state.pin is None or state.pin_seq != seq:
+            return  # superseded by a later pin or unpin: nothing to do for this one
+        too_long = pin_too_long(self.port.follower.world, scope, state.pin.until, min(written, self.port.clock()))
         if too_long:
-            refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pin refused: {too_long}")
-            await self.app.log.append(self.scope_entry(refused, scope, state))
+            refused = expire(state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pin refused: {too_long}")
+            await self.port.log.append(self.scope_entry(refused, scope, state))
             return
         until = state.pin.until
-        await self.app.schedule(Timer(key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=until,
-                                      payload={"seq": seq}, msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}"))
+        await self.port.schedule(Timer(key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=until,
+                                       payload={"seq": seq}, msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}"))
         pin_event_id = state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{seq}"
-        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock())
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock())
         if switch is None:
             return
         problem, signers = await self.verify_pin(scope, state)
         if problem:
-            refused = expire(state, scope, self.actor, self.app.clock(), reason="refused", rationale=f"pinned pack refused: {problem}")
-            await self.app.log.append(self.scope_entry(refused, scope, state))
+            refused = expire(state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pinned pack refused: {problem}")
+            await self.port.log.append(self.scope_entry(refused, scope, state))
             return
-        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.app.clock(), signers)  # with its evidence
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock(), signers)  # with its evidence
         assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state
-        try:
-            await self.app.log.commit_batch([Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch"))
-        except AppendConflict:
-            raise RuntimeError("scope moved while switching to its pin; retrying on fresh state") from None
+        await self.port.log.commit_batch([Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch"))
 
     async def verify_pin(self, scope: Scope, state: ScopeState) -> tuple[str | None, list[str]]:
         """Why the pinned pack may not be switched to (None: it may), and who signed it."""
         assert state.pin is not None
         pack = state.pin.pack
-        world = self.app.follower.world
-        trust_root = self.app.current_trust_root()
+        world = self.port.follower.world
+        trust_root = self.port.current_trust_root()
         if trust_root is None:
             return "no trust root configured", []
         channel_state = world.channel_state(scope.env, scope.channel)
         ctx = VerifyContext(
             request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
             cohorts=(scope.cohort,), channel_config=channel_state.config if channel_state else None,
-            active={scope.cohort: state.active_pack}, trust_root=trust_root, now=self.app.clock(), purpose="pin",
+            active={scope.cohort: state.active_pack}, trust_root=trust_root, now=self.port.clock(), purpose="pin",
         )
         try:
             # a pack distributed before and deleted or re-pointed since is restored from the log's record
-            v = await asyncio.wait_for(checked_with_restore(self.app, pack.digest, lambda: run_gates(PackStore(self.app.js, self.app.subjects), pack.digest, ctx),
-                                                            lambda v: v.failure is not None), self.app.settings.verify_timeout_s)
+            v = await asyncio.wait_for(checked_with_restore(self.port, pack.digest, lambda: run_gates(PackStore(self.port.js, self.port.subjects), pack.digest, ctx),
+                                                            lambda v: v.failure is not None), self.port.settings.verify_timeout_s)
         except asyncio.TimeoutError:
             return "deadline/timeout", []
         except Exception as exc:  # fail closed
@@ -190,24 +200,27 @@ class Pinner:
         parts = msg.subject.split(".")  # <prefix>.timer.fire.pin.<env>.<channel>.<cohort>.<seq>
         if len(parts) != 8 or not parts[7].isdigit():
             raise Poison(f"not a pin timer: {msg.subject}")
-        await self.app.follower.catch_up()
+        await self.port.follower.catch_up()
         await self._expire_if_due(parts[4], parts[5], parts[6], int(parts[7]))
 
     async def _expire_if_due(self, env: str, channel: str, cohort: str, seq: int) -> None:
-        scope, state = self._scope(env, channel, cohort)
-        now = self.app.clock()
-        if state.pin is None or state.pin_seq != seq or state.pin.until > now:
-            return
-        event = expire(state, scope, self.actor, now)
-        if event is not None:
-            await self.app.log.append(self.scope_entry(event, scope, state))
+        async def once() -> None:
+            scope, state = self._scope(env, channel, cohort)
+            now = self.port.clock()
+            if state.pin is None or state.pin_seq != seq or state.pin.until > now:
+                return
+            event = expire(state, scope, self.actor, now)
+            if event is not None:
+                await self.port.log.append(self.scope_entry(event, scope, state))
+
+        await until_stored(once, f"pinner: expiry of {env}/{channel}/{cohort}", self.port.follower.catch_up)
 
     async def sweep(self, every: float = 2.0) -> None:
         """Expire pins whose timer was lost (e.g. fetched by a process that died)."""
         while True:
             await asyncio.sleep(every)
-            now = self.app.clock()
-            for key, state in list(self.app.follower.world.scopes.items()):
+            now = self.port.clock()
+            for key, state in list(self.port.follower.world.scopes.items()):
                 if state.pin is not None and state.pin.until <= now:
                     try:
                         await self._expire_if_due(*key, state.pin_seq)

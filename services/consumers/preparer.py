@@ -8,7 +8,7 @@ otherwise `release.prepared` is the plan the rest of the release follows.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Mapping
 
@@ -237,25 +237,42 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, i
 
 
 # ---- adapter ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PreflightFacts:
+    """What pre-flight reads outside the log: who reported health lately, and the rollback targets' readiness."""
+
+    health: Mapping[str, int] | None  # cohort -> runtimes that reported (None: not read)
+    health_error: str | None  # why health could not be read (a fact: `acknowledge_no_health` may waive it)
+    ready: Mapping[str, str | None]  # rollback target digest -> why it is unusable (None: usable)
 
 
-class Preparer(ReleaseReactor):
+class Preparer(ReleaseReactor[PreflightFacts]):
     name = NAME
     acts_in = frozenset({"requested"})
 
-    async def decide(self, world, release, ctx):
-        if release.phase != "requested" or release.requested is None:
-            return []
+    async def observe(self, world, release, ctx) -> PreflightFacts:
         req = release.requested
+        if req is None:
+            return PreflightFacts(None, None, {})
         cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
         ready = await self.observe_targets(world, release, ctx)
         try:
             health = await recent_reporters(
-                self.app.js, self.app.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
+                self.port.js, self.port.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
             )
         except Exception as exc:  # fail closed: unknown observability is not observability
-            return decide(world, release, ctx, None, f"{exc.__class__.__name__}: {exc}", ready)
-        return decide(world, release, ctx, health, None, ready)
+            return PreflightFacts(None, f"{exc.__class__.__name__}: {exc}", ready)
+        return PreflightFacts(health, None, ready)
+
+    def decide(self, world, release, facts: PreflightFacts, ctx):
+        return decide(world, release, ctx, facts.health, facts.health_error, facts.ready)
+
+    def fail_closed(self, world, release, failed, ctx):
+        """A request pre-flight could not get through is answered, closed: `rejected`, saying why."""
+        if release.phase != "requested":
+            return []
+        reason = Reason(code="preflight", message=f"pre-flight could not evaluate the request: {failed.message}", field=None)
+        return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=[reason])),))]
 
     async def observe_targets(self, world, release, ctx) -> dict[str, str | None]:
         """Rollback readiness of the targets pre-flight would record (checked in the pack store)."""
@@ -265,18 +282,18 @@ class Preparer(ReleaseReactor):
             return {}  # the request is answered with the reason by `decide`
         if prepared is None:
             return {}
-        return await target_problems(self.app, prepared.rollback_targets.values(), prepared.target.env, prepared.target.channel,
+        return await target_problems(self.port, prepared.rollback_targets.values(), prepared.target.env, prepared.target.channel,
                                      tuple(c for s in prepared.stages for c in s), ctx.now)
 
     async def on_undecodable(self, msg, release_id, problem):
         """A request that does not decode is answered with `rejected`, listing every problem."""
         suffix = msg.subject.rsplit(".", 1)[-1]
-        if suffix != "requested" or not is_token(release_id) or self.app.follower.world.known(release_id):
+        if suffix != "requested" or not is_token(release_id) or self.port.follower.world.known(release_id):
             raise Poison(str(problem))
         seq = msg.metadata.sequence.stream
-        ctx = self.app.ctx(NAME)
+        ctx = self.port.ctx(NAME)
         rejected = make_event(
             "release.rejected", Rejected(reasons=[Reason(**r) for r in problem.reasons]), actor=ctx.actor,
             release_id=release_id, event_id=derived_event_id(f"{msg.subject}@{seq}", NAME, "rejected"), occurred_at=ctx.now,
         )
-        await self.app.log.append(Entry(rejected, seq, self.app.subjects.release_filter(release_id)))
+        await self.port.log.append(Entry(rejected, seq, self.port.subjects.release_filter(release_id)))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from events.codec import make_event
 from events.ids import derived_event_id
@@ -214,17 +215,25 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
 
 
 # ---- adapter ------------------------------------------------------------------------------------
-class Promoter(ReleaseReactor):
+@dataclass(frozen=True)
+class ReadinessFacts:
+    """Before exposing more: digest -> why that rollback target is unusable (None: usable);
+    `ready` is None when nothing is about to be exposed (nothing was read)."""
+
+    ready: Mapping[str, str | None] | None = None
+
+
+class Promoter(ReleaseReactor[ReadinessFacts]):
     name = NAME
     acts_in = frozenset({"rejected", "verification_failed", "activation_failed", "failed", "aborting", "rolled_back", "promoted", "passed"})
 
-    async def decide(self, world, release, ctx):
-        return decide(world, release, ctx, await self.observe(world, release, ctx))
-
-    async def observe(self, world, release, ctx) -> dict[str, str | None] | None:
+    async def observe(self, world, release, ctx) -> ReadinessFacts:
         """The facts `decide` needs before exposing more: is every rollback target still usable?"""
         if release.phase != "passed" or release.paused or release.aborted or release.prepared is None:
-            return None
+            return ReadinessFacts()
         target = release.prepared.target
-        return await target_problems(self.app, readiness_targets(world, release, ctx).values(), target.env, target.channel,
-                                     tuple(release.activated), ctx.now)
+        return ReadinessFacts(await target_problems(self.port, readiness_targets(world, release, ctx).values(), target.env,
+                                                    target.channel, tuple(release.activated), ctx.now))
+
+    def decide(self, world, release, facts: ReadinessFacts, ctx):
+        return decide(world, release, ctx, facts.ready)

@@ -1,4 +1,4 @@
-"""The shared adapter of every release consumer: level-triggered, conflict-safe.
+"""The shared adapter of every release consumer: level-triggered, conflict-safe, fail-closed.
 
 Each consumer subscribes (durably) to every event on every release. For each one
 it waits until the process's world view includes that event, then decides on the
@@ -6,34 +6,128 @@ release's *current* state. Deciding on state rather than on the single trigger
 makes restarts, redeliveries, pause/resume and a second instance all converge:
 the same state gives the same derived event ids (dropped as duplicates), and a
 lost optimistic-concurrency race is re-decided on the newer state.
+
+The consumer contract (one for every lifecycle consumer):
+- `acts_in`: the phases it decides in. The reactor applies this guard, and subscribes
+  only to the events that lead into them.
+- `observe(world, release, ctx)`: the IO (pack store, health, readiness), returning the
+  consumer's facts (a small dataclass), or a `Failed` that names why it could not.
+- `decide(world, release, facts, ctx)`: pure (not async: it cannot do IO), the outputs.
+- `fail_closed(world, release, failed, ctx)`: pure, the event that leaves the release in a
+  fail-closed state saying why ([] where the lifecycle has no room for one). The default
+  escalates (the release holds for an operator) wherever the lifecycle allows `escalated`.
+The reactor runs them: phase guard, observe, decide (or fail_closed on a named failure),
+emit, and decides again on a lost race. An unexpected exception is retried by the Worker;
+on its last delivery the reactor applies `fail_closed` instead of a silent dead letter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 
 from events.codec import DecodeError
-from projections.releases import ReleaseState, triggers_for
+from events.model import Escalated
+from projections.releases import TRANSITIONS, ReleaseState, triggers_for
 from projections.world import World
+from services.consumers.outputs import Chain, Ctx, Output, release_event
+from services.consumers.port import Port
 from services.jetstream.log import AppendConflict
-from services.observability.logs import log_context
-from services.consumers.outputs import Ctx, Output
 from services.jetstream.worker import Poison, Worker
-
-if TYPE_CHECKING:
-    from services.app import App
+from services.observability.logs import log_context
+from services.observability.metrics import count_processed
 
 log = logging.getLogger(__name__)
 MAX_CONFLICTS = 8
+MAX_DELIVER = 10  # the Worker's deliveries of one trigger before the reactor fails the release closed
 RECONCILE_EVERY_S = 5.0
 CONCURRENCY = 32  # releases decided on at once per consumer (I/O-bound: reads of packs and health, appends)
+INTERNAL_ERROR = "internal_error"
+
+F = TypeVar("F")
+T = TypeVar("T")
 
 
-class ReleaseReactor:
+@dataclass(frozen=True)
+class Failed:
+    """Why a consumer could not observe (or decide): the fail-closed event says exactly this.
+
+    `step` names where it failed in the consumer's own terms (the verifier's gate, say).
+    """
+
+    code: str
+    message: str
+    step: str = "internal"
+
+    @classmethod
+    def of(cls, exc: BaseException, code: str = INTERNAL_ERROR, step: str = "internal", prefix: str = "") -> "Failed":
+        return cls(code, f"{prefix}{exc.__class__.__name__}: {exc}", step)
+
+
+class Step(Protocol[F]):
+    """One way of deciding on a release: a consumer itself, or one of its other triggers
+    (the monitor's window timer, a live breach; the guard's policy rollback)."""
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> F | Failed: ...
+
+    def decide(self, world: World, release: ReleaseState, facts: F, ctx: Ctx) -> list[Output]: ...
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]: ...
+
+
+def hold(release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+    """`escalated`: the release holds for an operator, saying why; [] where the lifecycle has no
+    room for one (a release about to close: it is left as it is, and the failure is a dead letter)."""
+    if "escalated" not in TRANSITIONS.get(release.phase, set()):
+        return []
+    contact = (release.prepared.escalation if release.prepared is not None
+               else release.requested.escalation if release.requested is not None else "")
+    held = Escalated(code=failed.code, message=f"{ctx.service} could not act on phase {release.phase}: {failed.message}",
+                     escalation=contact)
+    return [Chain((release_event(ctx, release, "escalated", held, f"fail-closed/{release.phase}"),))]
+
+
+async def until_stored(attempt: Callable[[], Awaitable[T]], what: str, catch_up: Callable[[], Awaitable[None]] | None = None,
+                       attempts: int = MAX_CONFLICTS) -> T:
+    """Run `attempt` (decide on the current state, then append) until it stores without a conflict.
+
+    A lost optimistic-concurrency race is decided again on the newer state (`catch_up` first
+    brings the world view up to it). Shared by every consumer that appends with an expected
+    sequence: the reactor, the pinner, the guard's flags, the notifier's records.
+    """
+    for n in range(attempts):
+        try:
+            return await attempt()
+        except AppendConflict as exc:
+            log.info("%s lost a race (%s); deciding again", what, exc)
+            if catch_up is not None:
+                await catch_up()
+            await asyncio.sleep(0.01 * n)
+    raise RuntimeError(f"{what} kept conflicting after {attempts} attempts")
+
+
+@dataclass(frozen=True)
+class _Recorded(Generic[F]):
+    """A step whose observation is a failure already known (the Worker gave up): fail closed."""
+
+    step: Step[F]
+    failed: Failed
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> Failed:
+        return self.failed
+
+    def decide(self, world: World, release: ReleaseState, facts: F, ctx: Ctx) -> list[Output]:  # pragma: no cover - never observed
+        return []
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return self.step.fail_closed(world, release, failed, ctx)
+
+
+class ReleaseReactor(Generic[F]):
     name = "reactor"
     # The phases this consumer decides in. Its durable consumer only receives the events
     # that lead into them (`triggers_for`): most events concern one or two consumers, and a
@@ -41,20 +135,35 @@ class ReleaseReactor:
     # reconcile sweep would still catch anything a narrower filter missed.
     acts_in: frozenset[str] = frozenset()
 
-    def __init__(self, app: "App") -> None:
-        self.app = app
+    def __init__(self, port: Port) -> None:
+        self.port = port
         # one decision at a time per release in this process: its lock and how many want it
         self._deciding: dict[str, tuple[asyncio.Lock, int]] = {}
 
+    # -- the contract: what each consumer declares ------------------------------------------------
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> F | Failed:
+        raise NotImplementedError
+
+    def decide(self, world: World, release: ReleaseState, facts: F, ctx: Ctx) -> list[Output]:
+        raise NotImplementedError
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return hold(release, failed, ctx)
+
+    def emitted(self, outputs: list[Output]) -> None:
+        """Called once `outputs` are stored (for consumers that remember what they did)."""
+
+    # -- running it ---------------------------------------------------------------------------------
     def runners(self) -> list:
         worker = Worker(
-            self.app.js, self.app.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
-            self.handle, self.app.deadletters, ack_wait=self.app.settings.ack_wait_s, concurrency=CONCURRENCY,
+            self.port.js, self.port.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
+            self.handle, self.port.deadletters, ack_wait=self.port.settings.ack_wait_s, concurrency=CONCURRENCY,
+            max_deliver=MAX_DELIVER,
         )
         return [worker.run(), self.reconcile()]
 
     def trigger_subjects(self) -> list[str]:
-        p = self.app.subjects.prefix
+        p = self.port.subjects.prefix
         if not self.acts_in:
             return [f"{p}.release.*.*"]
         return [f"{p}.release.*.{event_type}" for event_type in triggers_for(self.acts_in)]
@@ -66,7 +175,7 @@ class ReleaseReactor:
         ack deadline; deciding on the state directly means nothing waits for it.
         """
         while True:
-            world = self.app.follower.world
+            world = self.port.follower.world
             for release_id in sorted(world.in_flight):
                 if self.busy(release_id) or not self.may_act(world.release(release_id)):
                     continue
@@ -78,24 +187,48 @@ class ReleaseReactor:
             await asyncio.sleep(every)
 
     def may_act(self, release: ReleaseState | None) -> bool:
-        """Cheap pre-check for the sweep: is the release in a phase this consumer decides in?"""
+        """The phase guard: is the release in a phase this consumer decides in?"""
         return release is not None and (not self.acts_in or release.phase in self.acts_in)
-
-    def emitted(self, outputs: list[Output]) -> None:
-        """Called once `outputs` are stored (for consumers that remember what they did)."""
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        await self.app.follower.wait_for(seq)
-        family, tokens = self.app.subjects.parse(msg.subject)
+        await self.port.follower.wait_for(seq)
+        family, tokens = self.port.subjects.parse(msg.subject)
         if family != "release" or len(tokens) != 2:
             raise Poison(f"not a release subject: {msg.subject}")
         release_id = tokens[0]
-        problem = self.app.follower.undecodable.get(seq)
+        problem = self.port.follower.undecodable.get(seq)
         if problem is not None:
             await self.on_undecodable(msg, release_id, problem)
             return
-        await self.settle(release_id)
+        try:
+            await self.settle(release_id)
+        except Poison:
+            raise
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered
+            if deliveries < MAX_DELIVER or not await self.give_up(release_id, exc, deliveries):
+                raise  # retried by the Worker; on the last delivery, a dead letter
+
+    async def give_up(self, release_id: str, exc: Exception, deliveries: int) -> bool:
+        """The Worker's last delivery failed too: leave the release fail-closed, saying why.
+
+        True when an event now records it (the trigger is then done with); False when the
+        lifecycle has no room for one, or it could not be written: the trigger is kept as a
+        dead letter, and this is logged as an error.
+        """
+        failed = Failed.of(exc, prefix=f"{self.name} gave up after {deliveries} deliveries: ")
+        try:
+            stored = await self.settle(release_id, _Recorded(self, failed))
+        except Exception as again:
+            log.error("%s: %s could not be failed closed (%r) after: %s", self.name, release_id, again, failed.message)
+            return False
+        if not stored:
+            log.error("%s: %s left as it is, no fail-closed event fits its phase: %s", self.name, release_id, failed.message)
+            return False
+        log.error("%s: %s failed closed: %s", self.name, release_id, failed.message)
+        count_processed(self.port.subjects.releases_stream, f"kxr-{self.name}", "failed_closed")
+        return True
 
     async def on_undecodable(self, msg: Msg, release_id: str, problem: DecodeError) -> None:
         raise Poison(str(problem))
@@ -103,14 +236,17 @@ class ReleaseReactor:
     def busy(self, release_id: str) -> bool:
         return release_id in self._deciding
 
-    async def settle(self, release_id: str, decide=None) -> None:
-        """Decide on the release's current state and perform the result, re-deciding on conflict."""
-        decide = decide or self.decide
+    async def settle(self, release_id: str, step: Step | None = None) -> list[Output]:
+        """Decide on the release's current state and perform the result, re-deciding on conflict.
+
+        `step`: how to decide (default: this consumer's own contract). Returns what was stored.
+        """
         lock, users = self._deciding.get(release_id, (asyncio.Lock(), 0))
         self._deciding[release_id] = (lock, users + 1)
         try:
             async with lock:
-                await self._settle(release_id, decide)
+                return await until_stored(lambda: self._settle_once(release_id, step or self),
+                                          f"{self.name}: {release_id}", self.port.follower.catch_up)
         finally:
             lock, users = self._deciding[release_id]
             if users == 1:
@@ -118,24 +254,23 @@ class ReleaseReactor:
             else:
                 self._deciding[release_id] = (lock, users - 1)
 
-    async def _settle(self, release_id: str, decide) -> None:
-        for attempt in range(MAX_CONFLICTS):
-            world = self.app.follower.world
-            release = world.release(release_id)
-            if release is None:
-                return
-            outputs = await decide(world, release, self.app.ctx(self.name))
-            if not outputs:
-                return
-            try:
-                await self.app.emit(outputs, release)
-                self.emitted(outputs)
-                return
-            except AppendConflict as exc:
-                log.info("%s: %s lost a race (%s); deciding again", self.name, release_id, exc)
-                await self.app.follower.catch_up()
-                await asyncio.sleep(0.01 * attempt)
-        raise RuntimeError(f"{self.name}: {release_id} kept conflicting after {MAX_CONFLICTS} attempts")
+    async def _settle_once(self, release_id: str, step: Step) -> list[Output]:
+        world = self.port.follower.world
+        release = world.release(release_id)
+        if not self.may_act(release):
+            return []
+        assert release is not None
+        outputs = await self.decision(world, release, self.port.ctx(self.name), step)
+        if outputs:
+            await self.port.emit(outputs, release)
+            self.emitted(outputs)
+        return outputs
 
-    async def decide(self, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
-        raise NotImplementedError
+    async def decision(self, world: World, release: ReleaseState, ctx: Ctx, step: Step | None = None) -> list[Output]:
+        """What `step` decides on this state (observe, then decide or fail closed), not performed."""
+        step = step or self
+        facts = await step.observe(world, release, ctx)
+        if isinstance(facts, Failed):
+            log.warning("%s: %s: %s/%s: %s", self.name, release.release_id, facts.step, facts.code, facts.message)
+            return step.fail_closed(world, release, facts, ctx)
+        return step.decide(world, release, facts, ctx)

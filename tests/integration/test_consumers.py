@@ -35,10 +35,10 @@ async def test_redelivered_input_appends_nothing_twice(nats_url, prefix):
         await wait_for(lambda: svc.world.release("r1"), 5, "the request to be folded")
         preparer = Preparer(svc.app)
         world, release = svc.world, svc.world.release("r1")
-        first = await preparer.decide(world, release, svc.app.ctx("preparer"))
+        first = await preparer.decision(world, release, svc.app.ctx("preparer"))
         await svc.app.emit(first, release)
         await asyncio.sleep(0.05)  # a redelivery decides again on the same state, a little later
-        again = await preparer.decide(world, release, svc.app.ctx("preparer"))
+        again = await preparer.decision(world, release, svc.app.ctx("preparer"))
         assert [e.event_id for o in again for e in o.events] == [e.event_id for o in first for e in o.events]
         await svc.app.emit(again, release)
         entries = await log_entries(svc.app.js, svc.app.subjects, [svc.app.subjects.release_filter("r1")])
@@ -60,7 +60,7 @@ async def test_two_activators_racing_on_one_scope_exactly_one_wins(nats_url, pre
         world = svc.world
         ctx = svc.app.ctx("activator")
         activator = Activator(svc.app)
-        outs = [await activator.decide(world, world.release(rid), ctx) for rid in ("ra", "rb")]
+        outs = [await activator.decision(world, world.release(rid), ctx) for rid in ("ra", "rb")]
         results = await asyncio.gather(
             svc.app.emit(outs[0], world.release("ra")), svc.app.emit(outs[1], world.release("rb")), return_exceptions=True,
         )

@@ -39,20 +39,26 @@ class _Recorder(ReleaseReactor):
         self.decisions = 0
         self.most_at_once = 0
 
-    async def decide(self, world, release, ctx):
+    async def observe(self, world, release, ctx):
         self.active[release] = self.active.get(release, 0) + 1
         if self.active[release] > 1:
             self.overlaps += 1
         self.most_at_once = max(self.most_at_once, sum(1 for n in self.active.values() if n))
-        await asyncio.sleep(0.01)  # an I/O-bound decision (a pack read, say)
+        await asyncio.sleep(0.01)  # an I/O-bound observation (a pack read, say)
         self.active[release] -= 1
+        return None
+
+    def decide(self, world, release, facts, ctx):
         self.decisions += 1
         return []
 
 
 def _app() -> SimpleNamespace:
     world = SimpleNamespace(release=lambda release_id: release_id)  # the "state" is the id itself
-    return SimpleNamespace(follower=SimpleNamespace(world=world), ctx=lambda name: None)
+    async def catch_up() -> None:
+        return None
+
+    return SimpleNamespace(follower=SimpleNamespace(world=world, catch_up=catch_up), ctx=lambda name: None)
 
 
 async def test_decisions_on_one_release_never_overlap_but_releases_run_together() -> None:

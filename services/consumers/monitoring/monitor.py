@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from events.canonical import StrictJSONError
@@ -28,7 +29,8 @@ from services.consumers.monitoring.judge import (
     window_data,
 )
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
-from services.consumers.reactor import ReleaseReactor
+from services.consumers.port import Port
+from services.consumers.reactor import Failed, ReleaseReactor
 from services.jetstream.worker import Poison, Worker
 
 NAME = "monitor"
@@ -150,20 +152,83 @@ def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx, t
     return [Chain((verdict_event(ctx, release, "monitoring_failed", verdict),))]
 
 
+def decide_stage(release: ReleaseState, ctx: Ctx, facts: "StageFacts") -> list[Output]:
+    """On an activated stage or an open window: open it (failing it at once on an early breach), fail
+    the window on a breach stored before it opened, or make sure its timer exists (once per process)."""
+    if release.phase == "monitoring" and facts.early is not None:
+        breach, figures = facts.early
+        return decide_breach(release, breach.reason, figures, ctx, breach.trigger)
+    return [o for o in decide_start(release, ctx, facts.early) if not (isinstance(o, Timer) and o.msg_id == facts.timer_sent)]
+
+
 # ---- adapter ------------------------------------------------------------------------------------
-class Monitor(ReleaseReactor):
+@dataclass(frozen=True)
+class StageFacts:
+    early: tuple[Breach, dict] | None = None  # a hard breach among the reports stored since the activation
+    timer_sent: str | None = None  # the window's timer (its msg id) this process already published
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    """The window's end (its timer, or the sweep of an overdue one): read everything it is judged on, judge it."""
+
+    monitor: "Monitor"
+    stage: int
+
+    def _open(self, release: ReleaseState) -> bool:
+        return release.phase == "monitoring" and release.monitoring is not None and release.monitoring.stage == self.stage
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> WindowData | None | Failed:
+        if not self._open(release):
+            return None
+        try:
+            return await self.monitor.window_data(world, release)
+        except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
+            return Failed.of(exc)
+
+    def decide(self, world: World, release: ReleaseState, facts: WindowData | None, ctx: Ctx) -> list[Output]:
+        if facts is None:
+            return []
+        try:
+            return decide_window(release, self.stage, facts, ctx)
+        except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
+            log.exception("monitor: window %d of %s could not be judged", self.stage, release.release_id)
+            return decide_unjudgeable(release, self.stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged")
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return decide_unjudgeable(release, self.stage, failed.message, ctx)
+
+
+@dataclass(frozen=True)
+class LiveBreach:
+    """A hard breach in a report as it arrived (observed already): fail the window early."""
+
+    breach: Breach
+    figures: dict
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> None:
+        return None
+
+    def decide(self, world: World, release: ReleaseState, facts: None, ctx: Ctx) -> list[Output]:
+        return decide_breach(release, self.breach.reason, self.figures, ctx, self.breach.trigger)
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return []  # never observed to fail: the window's end judges this sample anyway
+
+
+class Monitor(ReleaseReactor[StageFacts]):
     name = NAME
     acts_in = frozenset({"activated", "monitoring"})
 
-    def __init__(self, app) -> None:
-        super().__init__(app)
+    def __init__(self, port: Port) -> None:
+        super().__init__(port)
         self._timers_sent: dict[str, str] = {}  # release id -> its current window's timer, as published
         self._scanned: dict[str, str] = {}  # release id -> the window (its timer id) already scanned for early breaches
 
     def runners(self) -> list:
         timers = Worker(
-            self.app.js, self.app.subjects.timers_stream, "kxr-monitor-timers", [self.app.subjects.timer_fire("*.*")],
-            self.on_timer, self.app.deadletters,
+            self.port.js, self.port.subjects.timers_stream, "kxr-monitor-timers", [self.port.subjects.timer_fire("*.*")],
+            self.on_timer, self.port.deadletters,
         )
         return super().runners() + [timers.run(), self.watch_health(), self.sweep()]
 
@@ -176,34 +241,42 @@ class Monitor(ReleaseReactor):
         """
         while True:
             await asyncio.sleep(every)
-            world = self.app.follower.world
-            now = self.app.clock()
+            world = self.port.follower.world
+            now = self.port.clock()
             for release_id in list(world.in_flight):
                 release = world.release(release_id)
                 m = release.monitoring if release else None
                 if release and release.phase == "monitoring" and m and (now - m.ends_at).total_seconds() > grace:
                     try:
-                        await self.settle(release_id, self._verdict_for(m.stage))
+                        await self.settle(release_id, WindowVerdict(self, m.stage))
                     except Exception as exc:  # the next sweep tries again
                         log.warning("monitor: overdue window of %s not judged yet: %s", release_id, exc)
 
-    async def decide(self, world, release, ctx):
+    async def observe(self, world, release, ctx) -> StageFacts:
         if release.phase == "activated":
             # a runtime may refuse the pack before the window opens: look before opening it
-            return decide_start(release, ctx, await self.early_breach(release, release.stage, release.verified.pack.digest
-                                                                    if release.verified else None))
+            return StageFacts(early=await self.early_breach(release, release.stage, release.verified.pack.digest
+                                                            if release.verified else None))
         timer = window_timer(release)
         if release.phase == "monitoring" and timer is not None and self._scanned.get(release.release_id) != timer.msg_id:
             # once per window and process: what was stored between the activation and the window's opening
             m = release.monitoring
             found = await self.early_breach(release, m.stage, m.digest)
             if found is not None:
-                return decide_breach(release, found[0].reason, found[1], ctx, found[0].trigger)
+                return StageFacts(early=found)
             self._scanned[release.release_id] = timer.msg_id
         # A window's timer is (re)published once per process: at start-up that covers a timer
         # lost with a crash, and the sweep judges an overdue window whatever happened to it.
-        sent = self._timers_sent.get(release.release_id)
-        return [o for o in decide_start(release, ctx) if not (isinstance(o, Timer) and o.msg_id == sent)]
+        return StageFacts(timer_sent=self._timers_sent.get(release.release_id))
+
+    def decide(self, world, release, facts: StageFacts, ctx):
+        return decide_stage(release, ctx, facts)
+
+    def fail_closed(self, world, release, failed, ctx):
+        """An open window this monitor cannot keep watching holds (inconclusive), saying why."""
+        if release.phase == "monitoring" and release.monitoring is not None:
+            return decide_unjudgeable(release, release.monitoring.stage, failed.message, ctx, "the window could not be watched")
+        return super().fail_closed(world, release, failed, ctx)
 
     async def early_breach(self, release: ReleaseState, stage: int, digest: str | None) -> tuple[Breach, dict] | None:
         """A hard breach among the reports stored since the stage's activation, if any (best effort:
@@ -214,8 +287,8 @@ class Monitor(ReleaseReactor):
         cohorts = [c for c in release.prepared.stages[stage] if c in release.activated] if stage < len(release.prepared.stages) else []
         target = release.prepared.target
         try:
-            stored = await samples_between(self.app.js, self.app.subjects, target.env, target.channel, cohorts,
-                                           since - CLOCK_SKEW, self.app.clock() + CLOCK_SKEW)
+            stored = await samples_between(self.port.js, self.port.subjects, target.env, target.channel, cohorts,
+                                           since - CLOCK_SKEW, self.port.clock() + CLOCK_SKEW)
         except Exception as exc:
             log.info("monitor: reports since the activation of %s not read: %s", release.release_id, exc)
             return None
@@ -226,36 +299,20 @@ class Monitor(ReleaseReactor):
         for o in outputs:
             if isinstance(o, Timer):
                 self._timers_sent[o.payload["release_id"]] = o.msg_id
-        in_flight = self.app.follower.world.in_flight
+        in_flight = self.port.follower.world.in_flight
         if len(self._timers_sent) > 2 * len(in_flight) + 100:  # forget releases that ended
             self._timers_sent = {r: m for r, m in self._timers_sent.items() if r in in_flight}
         if len(self._scanned) > 2 * len(in_flight) + 100:
             self._scanned = {r: m for r, m in self._scanned.items() if r in in_flight}
 
     async def on_timer(self, msg) -> None:
-        _, tokens = self.app.subjects.parse(msg.subject)
+        _, tokens = self.port.subjects.parse(msg.subject)
         parsed = parse_timer_key(tokens[1:])
         if parsed is None:
             raise Poison(f"not a window timer: {msg.subject}")
         release_id, stage = parsed
-        await self.app.follower.catch_up()
-        await self.settle(release_id, self._verdict_for(stage))
-
-    def _verdict_for(self, stage: int):
-        async def verdict(world, release, ctx):
-            if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
-                return []
-            try:
-                data = await self.window_data(world, release)
-            except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
-                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx)
-            try:
-                return decide_window(release, stage, data, ctx)
-            except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
-                log.exception("monitor: window %d of %s could not be judged", stage, release.release_id)
-                return decide_unjudgeable(release, stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged")
-
-        return verdict
+        await self.port.follower.catch_up()
+        await self.settle(release_id, WindowVerdict(self, stage))
 
     async def window_data(self, world: World, release: ReleaseState) -> WindowData:
         """Every report of the window's cohorts from a window length before the activation to the window's end."""
@@ -263,7 +320,7 @@ class Monitor(ReleaseReactor):
         assert m is not None and release.prepared is not None
         env, channel = release.prepared.target.env, release.prepared.target.channel
         since = release.activated_at.get(m.stage)
-        reports = await window_reports(self.app.js, self.app.subjects, env, channel, m.cohorts, *read_span(m, since))
+        reports = await window_reports(self.port.js, self.port.subjects, env, channel, m.cohorts, *read_span(m, since))
         return window_data(reports.valid, m, baseline_digests=baseline_digests(world, release), activated_at=since,
                            invalid=reports.invalid)
 
@@ -275,7 +332,7 @@ class Monitor(ReleaseReactor):
             if not queue.full():
                 queue.put_nowait(msg)
 
-        sub = await self.app.nc.subscribe(self.app.subjects.health_all(), cb=on_msg)
+        sub = await self.port.nc.subscribe(self.port.subjects.health_all(), cb=on_msg)
         try:
             while True:
                 msg = await queue.get()
@@ -284,11 +341,11 @@ class Monitor(ReleaseReactor):
             await sub.unsubscribe()
 
     async def check_breach(self, subject: str, data: bytes) -> None:
-        parts = self.app.subjects.health_parts(subject)
+        parts = self.port.subjects.health_parts(subject)
         sample = accept_report(data, parts)
         if parts is None or not isinstance(sample, HealthSample) or sample.digest is None:
             return  # an invalid report makes its window inconclusive when the window is judged
-        world = self.app.follower.world
+        world = self.port.follower.world
         for release_id in world.in_flight:
             release = world.releases[release_id]
             watch = Watch.of_release(release) if release.phase == "monitoring" else None
@@ -296,12 +353,7 @@ class Monitor(ReleaseReactor):
                 continue
             found = breach_of(sample, release.monitoring.monitoring)
             if found:
-                figures = breach_figures(sample, parts.cohort)
-
-                async def breach(world, current, ctx, found=found, figures=figures):
-                    return decide_breach(current, found.reason, figures, ctx, found.trigger)
-
                 try:
-                    await self.settle(release.release_id, breach)
+                    await self.settle(release.release_id, LiveBreach(found, breach_figures(sample, parts.cohort)))
                 except Exception as exc:  # best effort: the window's end still judges this sample
                     log.warning("monitor: early fail of %s not recorded: %s", release.release_id, exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import httpx
 from nats.aio.msg import Msg
@@ -23,17 +23,15 @@ from events.ids import derived_event_id
 from events.model import Event
 from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink
 from projections.releases import ReleaseState
-from services.jetstream.log import AppendConflict, Entry
+from services.jetstream.log import Entry
 from services.jetstream.log_reads import log_entries
 from services.jetstream.worker import Poison, Worker
+from services.consumers.port import Port
+from services.consumers.reactor import until_stored
 from services.consumers.notifier.delivery import Delivery, deliver
 from services.consumers.notifier.webhook import Backoff, webhook
 
-if TYPE_CHECKING:
-    from services.app import App
-
 NAME = "notifier"
-MAX_CONFLICTS = 8
 log = logging.getLogger(__name__)
 
 
@@ -43,23 +41,28 @@ def trigger_subject(prefix: str, event_type: str) -> str:
 
 
 class Notifier:
-    def __init__(self, app: "App", backoff: Backoff = Backoff()) -> None:
-        self.app = app
+    """Not a `ReleaseReactor`: it acts once per triggering event (a post per sink), not on the
+    release's state, and never moves a release, so it has no phase to guard and no fail-closed
+    release event (a post that fails is recorded as `notification.failed`). It shares the
+    reactor's conflict retry (`until_stored`) for its records."""
+
+    def __init__(self, port: Port, backoff: Backoff = Backoff()) -> None:
+        self.port = port
         self.backoff = backoff
 
     def runners(self) -> list:
-        s = self.app.subjects
+        s = self.port.subjects
         triggers = [trigger_subject(s.prefix, event_type) for event_type in KIND_OF_EVENT]
         # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
         # once created, the durable consumer remembers where it was across restarts.
-        worker = Worker(self.app.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.app.deadletters,
-                        ack_wait=self.app.settings.ack_wait_s, deliver_new=True)
+        worker = Worker(self.port.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.port.deadletters,
+                        ack_wait=self.port.settings.ack_wait_s, deliver_new=True)
         return [worker.run()]
 
     async def handle(self, msg: Msg) -> None:
-        await self.app.follower.wait_for(msg.metadata.sequence.stream)
+        await self.port.follower.wait_for(msg.metadata.sequence.stream)
         try:
-            event = decode_event(msg.data, msg.subject, self.app.subjects)
+            event = decode_event(msg.data, msg.subject, self.port.subjects)
         except DecodeError as exc:
             raise Poison(str(exc)) from None
         await self.notify(event, msg.in_progress)  # retries may outlast the ack deadline: no redelivery meanwhile
@@ -67,7 +70,7 @@ class Notifier:
     async def notify(self, event: Event, still_working: Callable[[], Awaitable[None]] | None = None) -> None:
         """Post and record what `event` calls for and is not recorded yet (a redelivery posts nothing)."""
         kind = KIND_OF_EVENT.get(event.type)
-        release = await self.app.release_whole(event.release_id) if kind is not None and event.release_id else None
+        release = await self.port.release_whole(event.release_id) if kind is not None and event.release_id else None
         if kind is None:
             return
         if event.family == "scope" and event.scope is not None:
@@ -78,7 +81,7 @@ class Notifier:
             env, channel = release.requested.target.env, release.requested.target.channel
         else:
             return
-        sinks = [s for s in self.app.follower.world.channel_config(env, channel).notifications if kind in s.on]
+        sinks = [s for s in self.port.follower.world.channel_config(env, channel).notifications if kind in s.on]
         if not sinks:
             return
         # A flag on a pinned scope names no release: its posts carry the flag's id as Idempotency-Key
@@ -105,7 +108,7 @@ class Notifier:
         """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""
         done: set[tuple[str, str]] = set()
         last = 0
-        async for entry, _, event in log_entries(self.app.js, self.app.subjects, [self.app.subjects.notification_filter(release_id)]):
+        async for entry, _, event in log_entries(self.port.js, self.port.subjects, [self.port.subjects.notification_filter(release_id)]):
             last = entry.seq
             if event is not None and isinstance(event.data, NotificationOutcome):
                 done.add((event.data.trigger, event.data.sink))
@@ -117,19 +120,19 @@ class Notifier:
         outcome = NotificationOutcome(sink=sink.name, kind=kind, trigger=trigger.event_id, trigger_type=trigger.type,
                                       attempts=delivery.attempts, status=delivery.status, error=delivery.error)
         event = make_event("notification.sent" if delivery.ok else "notification.failed", outcome,
-                           actor=self.app.ctx(NAME).actor, release_id=release_id, causation_id=trigger.event_id,
+                           actor=self.port.ctx(NAME).actor, release_id=release_id, causation_id=trigger.event_id,
                            correlation_id=release_id, event_id=derived_event_id(trigger.event_id, NAME, sink.name),
-                           occurred_at=self.app.clock())
+                           occurred_at=self.port.clock())
         (log.info if delivery.ok else log.warning)(
             "%s notification to %s %s after %d attempt(s)%s", kind, sink.name, "sent" if delivery.ok else "failed",
             delivery.attempts, f": {delivery.error}" if delivery.error else "")
-        for _ in range(MAX_CONFLICTS):
+
+        async def once() -> None:
             done, last = await self.recorded(release_id)
             if (trigger.event_id, sink.name) in done:
                 return  # another instance recorded it first
-            try:
-                await self.app.log.append(Entry(event, last, self.app.subjects.notification_filter(release_id)))
-                return
-            except AppendConflict:
-                continue  # another notification of this release landed in between: look again
-        raise RuntimeError(f"notifier: {release_id} kept conflicting after {MAX_CONFLICTS} attempts")
+            await self.port.log.append(Entry(event, last, self.port.subjects.notification_filter(release_id)))
+
+        # another notification of this release landing in between is a conflict: look again (the
+        # records are read from the log itself, so there is no world view to catch up)
+        await until_stored(once, f"notifier: {release_id}")

@@ -16,7 +16,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.packstore import ObjectTooLarge, PackStore
-from services.consumers.reactor import ReleaseReactor
+from services.consumers.reactor import Failed, ReleaseReactor
 from services.consumers.verifier.gates import (
     ATTESTATION_MAX_BYTES, DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, PackDigester, PackOversized,
     Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy,
@@ -104,35 +104,45 @@ async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, polic
             await opened.close()
 
 
-class Verifier(ReleaseReactor):
+class Verifier(ReleaseReactor[Verification]):
     name = NAME
     acts_in = frozenset({"distributed"})
 
     def trust_root(self):
         """The root in force for this verifier (None: it has none, and refuses everything)."""
-        return self.app.current_trust_root()
+        return self.port.current_trust_root()
 
-    async def decide(self, world, release, ctx):
-        if release.phase != "distributed" or release.prepared is None:
-            return []
-        empty = Verification(outcomes=[], failure=None, manifest=None, signers=[])
+    async def observe(self, world, release, ctx) -> Verification | Failed:
+        """The gates run on the stored pack, under one deadline; a failure to run them is named
+        by the gate it stands for (`trust_root`, `deadline`, `internal`)."""
+        if release.prepared is None:
+            return Failed("release_not_prepared", "the release has no plan", "internal")  # never acted on: not `distributed`
         trust_root = self.trust_root()
         if trust_root is None:
-            return decide(release, ctx, empty, GateFailure("trust_root", "trust_root_missing", "the verifier has no trust root"))
+            return Failed("trust_root_missing", "the verifier has no trust root", "trust_root")
         vctx = context_for(world, release, ctx, trust_root)
-        timeout = self.app.settings.verify_timeout_s
-        late = GateFailure(DEADLINE_GATE, TIMEOUT_CODE, f"verification did not finish within {timeout:g}s")
+        timeout = self.port.settings.verify_timeout_s
+        late = Failed(TIMEOUT_CODE, f"verification did not finish within {timeout:g}s", DEADLINE_GATE)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            v = await asyncio.wait_for(run_gates(PackStore(self.app.js, self.app.subjects), release.prepared.pack.digest, vctx), timeout)
+            v = await asyncio.wait_for(run_gates(PackStore(self.port.js, self.port.subjects), release.prepared.pack.digest, vctx), timeout)
         except asyncio.TimeoutError:
-            return decide(release, ctx, empty, late)
+            return late
         except Exception as exc:  # fail closed on anything unexpected, and say what it was
             log.exception("verifier: %s", release.release_id)
-            return decide(release, ctx, empty, GateFailure("internal", INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}"))
+            return Failed.of(exc, INTERNAL_ERROR, "internal")
         if loop.time() - started > timeout:
             # Python 3.11's wait_for can lose its cancellation inside the NATS client and hand back a
             # result after the deadline: a late verdict is a timeout all the same (fail closed).
-            return decide(release, ctx, empty, late)
-        return decide(release, ctx, v, None)
+            return late
+        return v
+
+    def decide(self, world, release, facts: Verification, ctx):
+        return decide(release, ctx, facts, None)
+
+    def fail_closed(self, world, release, failed, ctx):
+        if release.phase != "distributed" or release.prepared is None:
+            return []
+        empty = Verification(outcomes=[], failure=None, manifest=None, signers=[])
+        return decide(release, ctx, empty, GateFailure(failed.step, failed.code, failed.message))
