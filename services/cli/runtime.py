@@ -7,10 +7,9 @@ from typing import Optional
 
 import typer
 
-from .common import CliError, NatsUrl, TrustRootOpt, app, err_console, run_async, settings_from
+from .common import CliError, NatsUrl, TrustRootOpt, err_console, run_async, settings_from
 
-runtime_app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
-app.add_typer(runtime_app, name="runtime")
+app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
 
 
 def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix: str) -> str | None:
@@ -37,7 +36,7 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
     return None
 
 
-@runtime_app.command("simulate")
+@app.command("simulate")
 def runtime_simulate(
     env: str = typer.Option(..., "--env", help="environment the runtime serves"),
     channel: str = typer.Option(..., "--channel", help="channel it follows"),
