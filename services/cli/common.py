@@ -12,7 +12,7 @@ import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,7 +40,7 @@ class CliError(Exception):
     """Printed as `kxr: error: <message>` with a non-zero exit, never a traceback."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -36,7 +36,7 @@ def keys_generate(
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror}")
     if trust_root is not None:
-        doc = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
+        doc: dict[str, Any] = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
         if builder:
             doc.setdefault("builders", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name, "ids": builder}
         else:

@@ -30,7 +30,7 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
                 f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
         shared = creds.role == "runtime"
     else:
-        shared = bool(url) and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime")
+        shared = bool(url and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime"))
     if mode == "strict" and shared:
         return f"runtime identity is strict here: the shared runtime user may not report health; {own}"
     return None

@@ -18,11 +18,14 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from .common import NatsUrl, console, fail, run_async, session
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 EXIT_SUCCESS, EXIT_NOT_SUCCESS, EXIT_HELD, EXIT_TIMEOUT = 0, 1, 3, 4
 
@@ -100,7 +103,7 @@ class _Output:
         self.mode = mode
         self._last_key: str | None = None
         self._last_view: dict[str, Any] | None = None
-        self._live = None
+        self._live: Live | None = None
 
     def show(self, view: dict[str, Any]) -> None:
         from .live_render import frame, summary_line
