@@ -1,58 +1,29 @@
-"""What every `kxr` command shares: connecting, failing with one clear line, output."""
+"""What every `kxr` command shares: connecting, failing with one clear line, output.
+
+The command modules (services/cli/<group>.py, composed in main.py) import this at
+start-up, so `kxr --help` pays for whatever it imports: the event model, NATS and the
+settings are imported inside the helpers that need them.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, NoReturn
 
 import typer
 from rich.console import Console
 
-from events.canonical import StrictJSONError, loads_strict
-from events.model import Actor
-from events.subjects import Subjects
-from services.app import connect
-from services.jetstream.log import EventLog
-from services.settings import ConfigError, Settings
+if TYPE_CHECKING:
+    from events.model import Actor
+    from services.jetstream.log import EventLog
+    from services.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.")
-keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust root.")
-pack_app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
-release_app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
-channel_app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
-audit_app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from the log alone.")
-trust_app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            console.print(f"kxr {version('konnaxion-releases')}")
-        except PackageNotFoundError:  # run from a source tree without an install
-            console.print("kxr (not installed)")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                            help="print kxr's version and exit")) -> None:
-    """Konnaxion Releases: move signed Runtime Packs into the runtime safely."""
-
-
-app.add_typer(keys_app, name="keys")
-app.add_typer(pack_app, name="pack")
-app.add_typer(release_app, name="release")
-app.add_typer(channel_app, name="channel")
-app.add_typer(trust_app, name="trust")
-app.add_typer(audit_app, name="audit")
 
 NatsUrl = typer.Option(None, "--nats-url", help="NATS server URL (default: $KX_NATS_URL)")
 Rationale = typer.Option(..., "--rationale", "-m", help="why: recorded with the decision")
@@ -60,6 +31,8 @@ TrustRootOpt = typer.Option(None, "--trust-root", help="the anchor trust root (d
 
 
 def operator_actor() -> Actor:
+    from events.model import Actor
+
     return Actor(kind="operator", id=os.environ.get("KX_ACTOR") or os.environ.get("USER") or "operator")
 
 
@@ -67,7 +40,7 @@ class CliError(Exception):
     """Printed as `kxr: error: <message>` with a non-zero exit, never a traceback."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
@@ -79,6 +52,8 @@ def run_async(coro) -> Any:
     task's result. For a replay that result is the whole world (10^5 releases): formatting
     it took a third of `kxr audit replay`. The main task returns None instead.
     """
+    import asyncio
+
     box: list[Any] = []
 
     async def main() -> None:
@@ -89,12 +64,19 @@ def run_async(coro) -> Any:
 
 
 def settings_from(nats_url: str | None = None, trust_root: Path | None = None, data_dir: Path | None = None) -> Settings:
+    from services.settings import Settings
+
     return Settings.from_env(nats_url=nats_url, trust_root_path=trust_root, data_dir=data_dir)
 
 
 @asynccontextmanager
 async def session(nats_url: str | None) -> AsyncIterator[tuple[Any, Any, EventLog]]:
     """A connection for one command. Commands other than serve/demo need a running NATS."""
+    from events.subjects import Subjects
+    from services.app import connect
+    from services.jetstream.log import EventLog
+    from services.settings import ConfigError
+
     settings = settings_from(nats_url)
     if not settings.nats_url:
         raise ConfigError("no NATS to talk to: set KX_NATS_URL or pass --nats-url (kxr serve prints its URL)")
@@ -110,6 +92,8 @@ async def session(nats_url: str | None) -> AsyncIterator[tuple[Any, Any, EventLo
 
 
 def read_json_file(path: Path, what: str, max_bytes: int = 4 * 1024 * 1024) -> Any:
+    from events.canonical import StrictJSONError, loads_strict
+
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -173,3 +157,39 @@ def parse_time(text: str, what: str):
     if at.tzinfo is None:
         fail(f"{what} needs a timezone (e.g. a trailing Z)")
     return at
+
+
+def service_keys():
+    """The service keys (settings.reader_service_keys): with them every view and decision of kxr
+    uses signed state only, as the service does."""
+    from services.settings import reader_service_keys
+
+    return reader_service_keys(settings_from())
+
+
+def operator_action(nats_url: str | None, build) -> int:
+    """Rebuild the world, let `build(world, now, subjects)` decide the event, append it with its CAS.
+
+    Every operator decision goes through here: `kxr release pause|…|annotate`, `kxr pin`, `kxr unpin`.
+    """
+    from datetime import datetime, timezone
+
+    from services.actions.operator import OperatorError
+    from services.jetstream.log import AppendConflict, Entry
+    from services.jetstream.log_reads import load_world
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            world = await load_world(js, log.subjects, service_keys=service_keys())
+            try:
+                action = build(world, datetime.now(timezone.utc), log.subjects)
+            except OperatorError as exc:
+                fail(str(exc))
+            event, expected, expected_filter = action
+            try:
+                return await log.append(Entry(event, expected, expected_filter))
+            except AppendConflict:
+                fail("the log moved while this action was decided; look again (kxr status) and retry")
+        return 0
+
+    return run_async(go())

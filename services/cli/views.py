@@ -1,54 +1,21 @@
-"""Status views: rows built from the projections (pure), rendered as tables or JSON."""
+"""Terminal tables for `kxr`: status, evidence records, channels, dead letters (rich renderables).
+
+The rows they show are built elsewhere (services/reads/status.py for scopes and releases,
+the evidence record for timelines); this module only lays them out for a terminal.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from projections.evidence import EvidenceRecord
-from projections.world import World
+from services.reads.status import release_rows, scope_rows
 
-
-def _ts(value) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
-
-
-def scope_rows(world: World) -> list[dict[str, Any]]:
-    rows = []
-    for key in sorted(world.scopes.keys()):
-        s = world.scopes[key]
-        rows.append({
-            "scope": "/".join(key),
-            "version": s.active_pack.version if s.active_pack else None,
-            "digest": s.active_pack.digest if s.active_pack else None,
-            "kind": s.active.kind if s.active else None,
-            "release": s.active.release_id if s.active else None,
-            "since": _ts(s.active_since) if s.active_since else None,
-            "lkg": s.lkg.version if s.lkg else None,
-            "pinned": f"{s.pin.pack.version} until {_ts(s.pin.until)}" if s.pin else None,
-            "flag": f"{s.flag.code}: {s.flag.message}" if s.flag else None,  # the guard's (services/consumers/guard.py)
-        })
-    return rows
-
-
-def release_rows(world: World, in_flight_only: bool) -> list[dict[str, Any]]:
-    rows = []
-    for r in sorted(world.releases.values(), key=lambda r: r.last_seq):
-        if in_flight_only and not r.in_flight:
-            continue
-        stages = len(r.stages)
-        rows.append({
-            "release": r.release_id,
-            "pack": f"{r.pack.name}@{r.pack.version}" if r.pack else None,
-            "target": f"{r.requested.target.env}/{r.requested.target.channel}" if r.requested else None,
-            "phase": r.phase + (" (paused)" if r.paused else ""),
-            "stage": f"{r.stage + 1}/{stages}" if stages else "-",
-            "outcome": r.outcome,
-            "why": r.failure,
-        })
-    return rows
+if TYPE_CHECKING:
+    from projections.evidence import EvidenceRecord
+    from projections.world import World
 
 
 def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
@@ -110,7 +77,7 @@ def fields_table(title: str, record: dict[str, Any]) -> Table:
 
 def channel_tables(name: str, shown: dict[str, Any]) -> list[Any]:
     """`kxr channel show`: who configured it, its cohorts and plan, then monitoring, compatibility and policy;
-    first of all, if its newest configuration could not be read, that (see `operate.channel_shown`)."""
+    first of all, if its newest configuration could not be read, that (see `channel.channel_shown`)."""
     problem = shown.get("problem")
     warning = [f"[bold red]channel {name}: UNREADABLE CONFIGURATION[/]: {escape(problem['message'])}; "
                "requests are rejected until a valid one is set"] if problem else []

@@ -145,8 +145,9 @@ class LiveHub:
             if not self._wanted or now < retry_at:
                 continue
             for key in list(self._wanted):
-                m = open_windows[key].monitoring
-                target = open_windows[key].prepared.target if open_windows[key].prepared else None
+                release = open_windows[key]
+                m = release.monitoring
+                target = release.prepared.target if release.prepared else None
                 if m is None or target is None:
                     continue
                 try:

@@ -1,6 +1,6 @@
 """What the overview shows, as JSON-able dicts built from the fold (pure: no IO, time is an argument).
 
-The rows come from `services/cli/views.py` (the same rows `kxr status` prints) and each
+The rows come from `services/reads/status.py` (the same rows `kxr status` prints) and each
 release's monitoring window from `services/reads/live_view.py` (what `kxr watch` shows); this
 module only groups them the way the page shows them. The release page shows
 `live_view.release_view` as it is.
@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from projections.world import World
-from services.cli.views import release_rows, scope_rows
+from services.reads.status import release_rows, scope_rows
 
 RECENT = 20  # finished releases listed under the ones in flight
 

@@ -168,7 +168,8 @@ def _asset(body: str, content_type: str):
 
 
 async def _end_streams(app: web.Application) -> None:
-    for task in list(app[STREAMS]):
+    streams = app[STREAMS]  # a name first: inside list(...) mypy infers the key's type from list's argument and refuses it
+    for task in list(streams):
         task.cancel()
 
 

@@ -14,7 +14,7 @@ import json
 from events.model import ScopeFlagged
 from events.signing import SigningKey, b64encode
 from services.reads.audit import replay
-from services.cli.views import scope_rows
+from services.reads.status import scope_rows
 from services.jetstream.log_reads import log_entries
 from services.actions.trust import rotate
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, trust_root_for, wait_for

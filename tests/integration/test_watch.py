@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from services.actions import operator as ops
-from services.cli.watch_cmd import EXIT_HELD, exit_status
+from services.cli.watch import EXIT_HELD, exit_status
 from services.jetstream.log import Entry
 from services.reads.watch import ReleaseWatch, UnknownRelease
 from tests.harness import OPERATOR, make_pack, running_service

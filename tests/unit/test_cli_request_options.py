@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from services.cli.common import CliError
-from services.cli.produce import _request_options
+from services.cli.release import _request_options
 
 
 @pytest.mark.parametrize("rollback,window,min_samples,says", [

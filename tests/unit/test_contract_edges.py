@@ -13,7 +13,7 @@ from projections.position import Position
 from projections.snapshot import dump_world, load_world
 from projections.world import PROBLEM_REASON_MAX, apply, apply_undecodable, fold
 from services.actions import operator as ops
-from services.cli.operate import channel_shown
+from services.cli.channel import channel_shown
 from services.jetstream.log_reads import fold_entry, position_of
 from services.cli.views import channel_tables
 from services.consumers.outputs import Ctx

@@ -71,3 +71,19 @@ def test_loopback_and_host_headers() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
     assert [_host_only(h) for h in ("localhost:8080", "127.0.0.1", "[::1]:8080", "evil.example:80")] == [
         "localhost", "127.0.0.1", "[::1]", "evil.example"]
+
+
+def test_the_dashboard_imports_nothing_from_the_cli() -> None:
+    """Issue 15: the dashboard's rows are the status read model (services/reads/status.py), not the terminal's views."""
+    import ast
+    from pathlib import Path
+
+    import services.dashboard
+
+    borrowed = []
+    for path in Path(services.dashboard.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            borrowed += [f"{path.name}: {n}" for n in names if n.startswith("services.cli")]
+    assert not borrowed, borrowed

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from projections.evidence import evidence_of
 from services.cli.live_render import frame, summary_line
-from services.cli.watch_cmd import EXIT_HELD, EXIT_NOT_SUCCESS, EXIT_SUCCESS, change_key, exit_status
+from services.cli.watch import EXIT_HELD, EXIT_NOT_SUCCESS, EXIT_SUCCESS, change_key, exit_status
 from services.reads.live_view import release_view
 
 from .test_decisions import history, sample

@@ -1,4 +1,4 @@
-"""`kxr ui`: the read-only web dashboard, following the log of a running service."""
+"""`kxr ui`: the read-only web dashboard, following the log of a running service (main.py registers it top-level)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Optional
 
 import typer
 
-from .common import NatsUrl, app, err_console, run_async, settings_from
+from .common import NatsUrl, err_console, run_async, settings_from
 
 
-@app.command()
 def ui(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (anything but loopback exposes every release: there is no login)"),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port to listen on (0: any free port)"),

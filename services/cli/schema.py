@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from .common import app, console, fail
+from .common import console, fail
 
-schema_app = typer.Typer(no_args_is_help=True, help="Machine-readable contracts: JSON Schemas of events, manifest, channel config, health.")
-app.add_typer(schema_app, name="schema")
+app = typer.Typer(no_args_is_help=True, help="Machine-readable contracts: JSON Schemas of events, manifest, channel config, health.")
 
 
-@schema_app.command("export")
+@app.command("export")
 def schema_export(
     directory: Path = typer.Argument(..., help="where to write the schemas (docs/schemas in this repository)"),
     check: bool = typer.Option(False, "--check", help="write nothing; exit 1 if DIR differs from what the code generates"),

@@ -1,4 +1,4 @@
-"""`kxr` for auditors: replay, evidence records, time travel, bundles, the trust root."""
+"""`kxr audit …`: replay, evidence records, time travel, signed bundles: everything from the log alone."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ from typing import Optional
 
 import typer
 
-from events.signing import SigningKey
-from events.tokens import check_token
 from .common import (
-    JsonOpt, NatsUrl, parse_time, TrustRootOpt, audit_app, console, err_console, fail, operator_actor,
-    output, print_json, read_json_file, run_async, scope_arg, session, settings_from, trust_app,
+    JsonOpt, NatsUrl, console, err_console, fail, output, parse_time, print_json, read_json_file, run_async, scope_arg, session,
+    settings_from,
 )
 
+app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from the log alone.")
 
-# ---- audit --------------------------------------------------------------------------------------
-@audit_app.command("replay")
+
+@app.command("replay")
 def audit_replay(
     as_json: bool = JsonOpt,
     service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"),
@@ -73,6 +72,7 @@ def audit_replay(
 
 def evidence_or_fail(release_id: str, nats_url: Optional[str]):
     """The release's evidence record from the log, or a one-line error if it has none."""
+    from events.tokens import check_token
     from services.jetstream.log_reads import load_evidence
 
     check_token(release_id, "release id")
@@ -87,7 +87,7 @@ def evidence_or_fail(release_id: str, nats_url: Optional[str]):
     return record
 
 
-@audit_app.command("release")
+@app.command("release")
 def audit_release(
     release_id: str = typer.Argument(...),
     as_json: bool = JsonOpt,
@@ -109,7 +109,7 @@ def audit_release(
                                                    f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}"])
 
 
-@audit_app.command("schema")
+@app.command("schema")
 def audit_schema() -> None:
     """The JSON Schema of `kxr audit release ID --json` (also in docs/schemas/)."""
     from projections.evidence_schema import schema_text
@@ -117,7 +117,7 @@ def audit_schema() -> None:
     sys.stdout.write(schema_text())
 
 
-@audit_app.command("export")
+@app.command("export")
 def audit_export(
     release_id: str = typer.Argument(...),
     key: list[Path] = typer.Option(..., "--key", help="signing key(s) of the exporter"),
@@ -126,7 +126,7 @@ def audit_export(
 ) -> None:
     """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
     from events.bundle import make_bundle
-
+    from events.signing import SigningKey
 
     keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
     record = evidence_or_fail(release_id, nats_url)
@@ -134,7 +134,7 @@ def audit_export(
     console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
 
 
-@audit_app.command("verify")
+@app.command("verify")
 def audit_verify(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False),
     trusted: Path = typer.Option(..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"),
@@ -157,7 +157,7 @@ def audit_verify(
                     f"outcome {outcome}, {len(record.get('timeline', []))} events"])
 
 
-@audit_app.command("at")
+@app.command("at")
 def audit_at(
     time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
     scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL\\[/COHORT]"),
@@ -166,8 +166,9 @@ def audit_at(
 ) -> None:
     """What was active where at that moment, from the log alone."""
     from services.reads.audit import world_at
+    from services.reads.status import scope_rows
 
-    from .views import scope_rows, table
+    from .views import table
 
     at = parse_time(time_, "TIME")
     prefix = "/".join(scope_arg(scope)) if scope else ""
@@ -179,62 +180,3 @@ def audit_at(
     rows = [r for r in scope_rows(run_async(go())) if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix]
     output(as_json, {"at": at.isoformat(), "scopes": rows},
            lambda: [table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"])])
-
-
-@trust_app.command("show")
-def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
-    """The root in force, with every rotation accepted or refused."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from services.settings import load_trust_root
-    from services.actions.trust import current_chain
-
-    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
-
-    async def go():
-        async with session(nats_url) as (_, js, log):
-            return await current_chain(js, log.subjects, anchor)
-
-    chain = run_async(go())
-    root = chain.current
-
-    def render():
-        t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
-        for c in ("keyid", "name"):
-            t.add_column(c)
-        for k in root.keys:
-            t.add_row(k.keyid, k.name)
-        return [t] + [Text(f"refused rotation at log seq {seq}: {code}: {message}", style="red") for seq, code, message in chain.refused]
-
-    output(as_json, {"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
-                     "accepted_rotations": list(chain.accepted),
-                     "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]}, render)
-
-
-@trust_app.command("rotate")
-def trust_rotate(
-    new_root: Path = typer.Argument(..., exists=True, dir_okay=False, help="the new root: {version, threshold, keys}"),
-    key: list[Path] = typer.Option(..., "--key", help="signing keys: a threshold of the current root's AND of the new root's"),
-    rationale: str = typer.Option(..., "--rationale"),
-    trust_root: Optional[Path] = TrustRootOpt,
-    nats_url: Optional[str] = NatsUrl,
-) -> None:
-    """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
-    from events.trust import RotationError
-    from services.settings import load_trust_root
-    from services.actions.trust import rotate
-
-    anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
-    doc = read_json_file(new_root, "new trust root")
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
-
-    async def go():
-        async with session(nats_url) as (_, js, log):
-            return await rotate(log, js, anchor, doc, keys, operator_actor(), rationale)
-
-    try:
-        seq, new = run_async(go())
-    except RotationError as exc:
-        fail(f"rotation refused: {exc.code}: {exc}")
-    console.print(f"trust root v{new.version} in force (log seq {seq}), threshold {new.threshold}, {len(new.keys)} key(s)")

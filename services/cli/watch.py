@@ -14,17 +14,18 @@ Exit status (for scripts and pipelines):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from events.tokens import check_token
-from .common import NatsUrl, app, console, fail, run_async, session
+from .common import NatsUrl, console, fail, run_async, session
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 EXIT_SUCCESS, EXIT_NOT_SUCCESS, EXIT_HELD, EXIT_TIMEOUT = 0, 1, 3, 4
 
@@ -46,7 +47,6 @@ def change_key(view: dict[str, Any]) -> str:
     return json.dumps({**view, "at": None, "window": window}, sort_keys=True, default=str)
 
 
-@app.command()
 def watch(
     release_id: str = typer.Argument(..., help="the release to follow"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object (the view model) per line per change"),
@@ -63,6 +63,9 @@ def watch(
     Without a terminal it prints a line per change and the final frame; --json prints
     one view object per line per change.
     """
+    import asyncio
+
+    from events.tokens import check_token
     from services.reads.watch import ReleaseWatch, UnknownRelease
 
     check_token(release_id, "release id")
@@ -100,7 +103,7 @@ class _Output:
         self.mode = mode
         self._last_key: str | None = None
         self._last_view: dict[str, Any] | None = None
-        self._live = None
+        self._live: Live | None = None
 
     def show(self, view: dict[str, Any]) -> None:
         from .live_render import frame, summary_line

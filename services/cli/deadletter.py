@@ -8,15 +8,14 @@ from typing import Optional
 
 import typer
 
-from services.jetstream.reader import OrderedReader
-from .common import JsonOpt, NatsUrl, app, fail, output, run_async, session
-from .views import fields_table, table
+from .common import JsonOpt, NatsUrl, fail, output, run_async, session
 
-deadletter_app = typer.Typer(no_args_is_help=True, help="Messages consumers could not process (kept, never retried).")
-app.add_typer(deadletter_app, name="deadletter")
+app = typer.Typer(no_args_is_help=True, help="Messages consumers could not process (kept, never retried).")
 
 
 async def _records(nats_url: Optional[str]) -> list[tuple[int, dict]]:
+    from services.jetstream.reader import OrderedReader
+
     async with session(nats_url) as (_, js, log):
         reader = OrderedReader(js, log.subjects.deadletter_stream, [log.subjects.deadletter_all()])
         try:
@@ -25,19 +24,23 @@ async def _records(nats_url: Optional[str]) -> list[tuple[int, dict]]:
             await reader.close()
 
 
-@deadletter_app.command("list")
+@app.command("list")
 def deadletter_list(as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
     """Every dead letter: which consumer gave up on which message, and why."""
+    from .views import table
+
     records = run_async(_records(nats_url))
     rows = [{"id": seq, "consumer": r.get("consumer"), "stream seq": r.get("seq"), "subject": r.get("subject"),
              "deliveries": r.get("deliveries"), "reason": r.get("reason"), "at": r.get("recorded_at")} for seq, r in records]
     output(as_json, rows, lambda: [table("Dead letters", rows, ["id", "consumer", "stream seq", "subject", "deliveries", "reason", "at"])])
 
 
-@deadletter_app.command("show")
+@app.command("show")
 def deadletter_show(dead_letter_id: int = typer.Argument(..., help="the id from `kxr deadletter list`"), as_json: bool = JsonOpt,
                     nats_url: Optional[str] = NatsUrl) -> None:
     """One dead letter in full, with the original bytes (as text when they are UTF-8)."""
+    from .views import fields_table
+
     records = dict(run_async(_records(nats_url)))
     record = records.get(dead_letter_id)
     if record is None:

@@ -14,12 +14,11 @@ from typing import Optional
 
 import typer
 
-from .common import app, err_console, fail, settings_from
+from .common import err_console, fail, settings_from
 
-creds_app = typer.Typer(no_args_is_help=True, help="NATS credentials: one least-privilege user per role (service, producer, runtime, operator, auditor).")
+app = typer.Typer(no_args_is_help=True, help="NATS credentials: one least-privilege user per role (service, producer, runtime, operator, auditor).")
 runtime_creds_app = typer.Typer(no_args_is_help=True, help="A runtime's own credentials: it reports health under its own id only.")
-app.add_typer(creds_app, name="creds")
-creds_app.add_typer(runtime_creds_app, name="runtime")
+app.add_typer(runtime_creds_app, name="runtime")
 
 DataDir = typer.Option(None, "--data-dir", help="where the credentials live (default: $KX_DATA_DIR or ./.kx-data)")
 
@@ -55,7 +54,7 @@ def _embedded_lock(data_dir: Path):
     return None
 
 
-@creds_app.command("show")
+@app.command("show")
 def creds_show(
     role: str = typer.Argument(..., help="service | producer | runtime | operator | auditor | runtime-<id>"),
     as_json: bool = typer.Option(False, "--json", help="the whole credentials document (user, password, url, inbox_prefix)"),
@@ -83,7 +82,7 @@ def creds_show(
                           "kxr serve uses it by itself", highlight=False)
 
 
-@creds_app.command("init")
+@app.command("init")
 def creds_init(
     server: str = typer.Option(..., "--server", help="the NATS URL clients use, e.g. nats://nats.internal:4222"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the nats-server authorization block here (0600) instead of stdout"),

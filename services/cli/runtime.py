@@ -7,10 +7,9 @@ from typing import Optional
 
 import typer
 
-from .common import CliError, NatsUrl, TrustRootOpt, app, err_console, run_async, settings_from
+from .common import CliError, NatsUrl, TrustRootOpt, err_console, run_async, settings_from
 
-runtime_app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
-app.add_typer(runtime_app, name="runtime")
+app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
 
 
 def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix: str) -> str | None:
@@ -31,13 +30,13 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
                 f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
         shared = creds.role == "runtime"
     else:
-        shared = bool(url) and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime")
+        shared = bool(url and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime"))
     if mode == "strict" and shared:
         return f"runtime identity is strict here: the shared runtime user may not report health; {own}"
     return None
 
 
-@runtime_app.command("simulate")
+@app.command("simulate")
 def runtime_simulate(
     env: str = typer.Option(..., "--env", help="environment the runtime serves"),
     channel: str = typer.Option(..., "--channel", help="channel it follows"),

@@ -1,0 +1,76 @@
+"""`kxr pin` and `kxr unpin`: hold a scope on a pack until a time, and lift that hold.
+
+One module for both: unpin is pin's inverse, and they share how a scope argument names
+its cohorts. main.py registers them as top-level commands.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Optional
+
+import typer
+
+from .common import NatsUrl, Rationale, console, operator_action, operator_actor, parse_time, run_async, scope_arg, service_keys, session
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """RFC 3339 (`2026-12-01T00:00:00Z`) or a duration from now (`90m`, `12h`, `7d`)."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return now + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    return parse_time(text, "--until (RFC 3339, or a duration like 12h or 7d)")
+
+
+def _scopes_of(world, parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    env, channel = parts[0], parts[1]
+    if len(parts) == 3:
+        return [(env, channel, parts[2])]
+    return [(env, channel, c) for c in world.channel_config(env, channel).cohort_names]
+
+
+def pin(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT] (a channel pins every cohort)"),
+    version: str = typer.Option(..., "--version"),
+    until: str = typer.Option(..., "--until", help="RFC 3339 or a duration (12h, 7d); at most the channel's max_pin_days"),
+    rationale: str = Rationale,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Hold a scope on a pack until a time; a pack other than the active one is re-verified and switched atomically."""
+    from events.model import Scope
+    from services.consumers.pinner import pin as pin_action
+
+    parts = scope_arg(scope)
+    for env, channel, cohort in _pinned_targets(parts, nats_url):
+        def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
+            event, expected = pin_action(world, Scope(env=env, channel=channel, cohort=cohort), version, parse_until(until, now), rationale, operator_actor(), now)
+            return event, expected, subjects.scope_filter(env, channel, cohort)
+
+        seq = operator_action(nats_url, build)
+        console.print(f"{env}/{channel}/{cohort} pinned to {version} (log seq {seq})")
+
+
+def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Lift a pin (the scope stays on its pack until the next release)."""
+    from events.model import Scope
+    from services.consumers.pinner import unpin as unpin_action
+
+    for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
+        def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
+            event, expected = unpin_action(world, Scope(env=env, channel=channel, cohort=cohort), rationale, operator_actor(), now)
+            return event, expected, subjects.scope_filter(env, channel, cohort)
+
+        seq = operator_action(nats_url, build)
+        console.print(f"{env}/{channel}/{cohort} unpinned (log seq {seq})")
+
+
+def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tuple[str, str, str]]:
+    if len(parts) == 3:
+        return [parts]  # type: ignore[list-item]
+    from services.jetstream.log_reads import load_world
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects, service_keys=service_keys())
+
+    return _scopes_of(run_async(go()), parts)

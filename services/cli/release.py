@@ -1,0 +1,170 @@
+"""`kxr release …`: request a release (producers), inspect it, and the operator's decisions on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import JsonOpt, NatsUrl, Rationale, console, fail, operator_action, operator_actor, read_json_file, run_async, scope_arg, session
+from .pack import AttestationOpt, attestation_bytes
+
+app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
+
+
+# ---- inspect and decide (operators) -------------------------------------------------------------
+@app.command("show")
+def release_show(
+    release_id: str = typer.Argument(...),
+    as_json: bool = JsonOpt,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """A release's timeline and evidence record (the same as `kxr audit release`)."""
+    from .audit import audit_release
+
+    audit_release(release_id, as_json, None, nats_url)
+
+
+def _release_action(release_id: str, nats_url: Optional[str], make) -> None:
+    from events.tokens import check_token
+    from services.actions import operator as ops
+
+    check_token(release_id, "release id")
+
+    def build_release(world, now, subjects):
+        action = make(ops, world, now)
+        return action.event, action.expected_seq, subjects.release_filter(release_id)
+
+    seq = operator_action(nats_url, build_release)
+    console.print(f"recorded (log seq {seq}); follow with: kxr release show {release_id}")
+
+
+@app.command("pause")
+def release_pause(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Stop automatic progression (no new stage, no promotion); rollbacks still happen."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.pause(w, release_id, rationale, operator_actor(), now))
+
+
+@app.command("resume")
+def release_resume(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Let a paused release continue."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.resume(w, release_id, rationale, operator_actor(), now))
+
+
+@app.command("abort")
+def release_abort(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Stop the release; every cohort it activated returns to its rollback target."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.abort(w, release_id, rationale, operator_actor(), now))
+
+
+@app.command("promote")
+def release_promote(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+    """Pass a held (inconclusive) window on your word; recorded as an operator override."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.promote(w, release_id, rationale, operator_actor(), now))
+
+
+@app.command("extend")
+def release_extend(release_id: str, window: int = typer.Option(..., "--window", help="seconds"), rationale: str = Rationale,
+                   nats_url: Optional[str] = NatsUrl) -> None:
+    """Open a new monitoring window for a held stage (no shorter than the channel's window)."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now))
+
+
+@app.command("rollback")
+def release_rollback(release_id: str,
+                     reason: str = typer.Option(..., "--rationale", "-m", "--reason",
+                                                help="why: recorded with the decision (--reason: the older spelling)"),
+                     trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
+                     nats_url: Optional[str] = NatsUrl) -> None:
+    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now))
+
+
+@app.command("close")
+def release_close(release_id: str, outcome: str = typer.Option(..., "--outcome", help="failed | aborted"), rationale: str = Rationale,
+                  nats_url: Optional[str] = NatsUrl) -> None:
+    """End a held release as failed or aborted (e.g. escalated with no usable rollback target); never a success."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.close(w, release_id, outcome, rationale, operator_actor(), now))
+
+
+@app.command("annotate")
+def release_annotate(release_id: str, note: str = typer.Option("", "--note", "-m"), incident: Optional[str] = typer.Option(None, "--incident", help="incident or postmortem URL"),
+                     nats_url: Optional[str] = NatsUrl) -> None:
+    """Attach a note or an incident/postmortem link to the release's record."""
+    _release_action(release_id, nats_url, lambda ops, w, now: ops.annotate(w, release_id, note, incident, operator_actor(), now))
+
+
+# ---- request (producers) -----------------------------------------------------------------------
+def _request_options(rollback: str, window: int | None, min_samples: int | None) -> tuple[dict, dict | None]:
+    """The request's rollback plan and monitoring, checked by the contract's own models before
+    anything is read or sent: a bad value is one line and exit 2, never a rejection later."""
+    from pydantic import ValidationError
+
+    from events.model import Monitoring, RollbackPlan
+
+    if window is None and min_samples is not None:
+        fail("--min-samples needs --window (the request then carries its own monitoring)")
+    if window is not None and min_samples is None:
+        fail("--window needs --min-samples too (at least the channel's minimum; nothing is guessed)")
+    try:
+        plan = RollbackPlan.model_validate({"strategy": rollback}).model_dump()
+        monitoring = Monitoring.model_validate({"window_s": window, "min_samples": min_samples}).model_dump(
+            exclude={"thresholds"}) if window is not None else None
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = {"strategy": "--rollback", "window_s": "--window", "min_samples": "--min-samples"}.get(str(problem["loc"][0]), "")
+        fail(f"{where} {problem['input']!r}: {problem['msg'].lower()}".strip())
+    return plan, monitoring
+
+
+@app.command("request")
+def release_request(
+    release_id: str = typer.Argument(..., help="the release id (a token you choose)"),
+    target: str = typer.Option(..., "--target", help="ENV/CHANNEL"),
+    manifest: Path = typer.Option(..., "--manifest", exists=True, dir_okay=False, help="the signed manifest (names the pack)"),
+    pack: Optional[Path] = typer.Option(None, "--pack", exists=True, dir_okay=False, help="also push this pack and the manifest first"),
+    owner: str = typer.Option(..., "--owner"),
+    escalation: str = typer.Option(..., "--escalation"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="stages, e.g. 'internal;eu-early,us-early;rest'"),
+    window: Optional[int] = typer.Option(None, "--window", help="monitoring window seconds"),
+    min_samples: Optional[int] = typer.Option(None, "--min-samples"),
+    rollback: str = typer.Option("lkg", "--rollback", help="lkg | pinned | none"),
+    reason: str = typer.Option("", "--reason"),
+    ack_no_health: bool = typer.Option(False, "--acknowledge-no-health", help="proceed even if no runtime reports health"),
+    attestation: Optional[Path] = AttestationOpt,
+    nats_url: Optional[str] = NatsUrl,
+) -> None:
+    """Request a release of the pack a manifest describes (CONTRACT §5)."""
+    from events.model import Actor
+    from events.tokens import check_token
+    from services.actions.producer import push_attestation, push_pack, request_release
+
+    check_token(release_id, "release id")
+    env, channel = scope_arg(target, allow_cohort=False)
+    rollback_plan, monitoring = _request_options(rollback, window, min_samples)
+    doc = read_json_file(manifest, "manifest")
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    if not isinstance(signed, dict) or not all(isinstance(signed.get(k), str) for k in ("name", "version", "digest")):
+        fail(f"{manifest} has no signed name/version/digest")
+    data: dict = {
+        "pack": {"name": signed["name"], "version": signed["version"], "digest": signed["digest"]},
+        "target": {"env": env, "channel": channel}, "owner": owner, "escalation": escalation,
+        "rollback": rollback_plan, "reason": reason, "acknowledge_no_health": ack_no_health,
+    }
+    if plan:
+        data["plan"] = [[c.strip() for c in stage.split(",") if c.strip()] for stage in plan.split(";")]
+    if monitoring is not None:
+        data["monitoring"] = monitoring
+    attested = attestation_bytes(attestation, signed["digest"])
+
+    async def go() -> int:
+        async with session(nats_url) as (_, js, log):
+            if pack is not None:
+                await push_pack(js, log.subjects, pack.read_bytes(), manifest.read_bytes())
+            if attested is not None:  # before the request: the distributor looks for it at once
+                await push_attestation(js, log.subjects, signed["digest"], attested)
+            return await request_release(log, release_id, data, Actor(kind="producer", id=owner))
+
+    seq = run_async(go())
+    console.print(f"release {release_id} requested (log seq {seq}); watch it with: kxr watch {release_id}")
