@@ -135,6 +135,9 @@ def test_story(name: str, tmp_path: Path) -> None:
     lines = [f"README.md line {b.line}" for b in blocks]
     print(f"\nstory {name}: {len(blocks)} block(s) ({', '.join(lines)}), {took:.1f} s, exit {rc}")
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
+    for other in sorted(workdir.glob("*.log")):  # what the story's background processes wrote (serve.log, rt-1.log, …)
+        if other != log:
+            tail += f"\n---- {other.name} (last lines)\n" + "\n".join(other.read_text(errors="replace").splitlines()[-15:])
     if rc != 0:
         pytest.fail(f"story {name} {'timed out after %d s' % STORY_TIMEOUT_S if rc is None else 'exited %d' % rc} "
                     f"(script {script}); last lines:\n{tail}", pytrace=False)
