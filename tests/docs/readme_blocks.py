@@ -67,9 +67,9 @@ def parse_marker(body: str) -> tuple[dict[str, str], list[str]]:
     if unknown:
         problems.append(f"unknown marker key(s) {sorted(unknown)}")
     if ("skip" in marker) == ("story" in marker):
-        problems.append("a marker says either story=NAME or skip reason=\"…\"")
+        problems.append('a marker says either story=NAME or skip reason="…"')
     if "skip" in marker and not marker.get("reason"):
-        problems.append("a skip needs reason=\"…\"")
+        problems.append('a skip needs reason="…"')
     if "story" in marker and not marker["story"]:
         problems.append("story= needs a name")
     return marker, problems
@@ -90,7 +90,7 @@ def shell_blocks(text: str) -> list[Block]:
         if lang in SHELL_LANGS:
             found = MARKER.match(lines[start - 1]) if start > 0 else None
             marker, problems = parse_marker(found.group("body")) if found else (None, [])
-            blocks.append(Block(start + 1, lang, "\n".join(lines[start + 1:end]) + "\n", marker, tuple(problems)))
+            blocks.append(Block(start + 1, lang, "\n".join(lines[start + 1 : end]) + "\n", marker, tuple(problems)))
         i = end + 1
     return blocks
 
@@ -106,8 +106,7 @@ def stories(blocks: list[Block]) -> dict[str, list[Block]]:
 
 def script_for(blocks: list[Block]) -> str:
     """One bash script for a story: strict mode, and the README line that failed named on error."""
-    parts = ["set -euo pipefail",
-             "trap 'echo \"readme-test: exit $? at: $BASH_COMMAND\" >&2' ERR"]
+    parts = ["set -euo pipefail", "trap 'echo \"readme-test: exit $? at: $BASH_COMMAND\" >&2' ERR"]
     for block in blocks:
         parts.append(f"# ---- README.md line {block.line}")
         parts.append(block.runnable())

@@ -33,11 +33,15 @@ STOP_GRACE_S = 15
 
 
 def test_every_shell_block_is_marked() -> None:
-    problems = [f"README.md line {b.line}: ```{b.lang} block without a readme-test marker" for b in BLOCKS if b.marker is None]
+    problems = [
+        f"README.md line {b.line}: ```{b.lang} block without a readme-test marker" for b in BLOCKS if b.marker is None
+    ]
     problems += [f"README.md line {b.line}: {p}" for b in BLOCKS for p in b.problems]
     print("\nREADME blocks not run:\n" + "\n".join(f"  line {b.line}: {b.skip_reason}" for b in SKIPPED))
-    assert not problems, "mark each block with <!-- readme-test: story=NAME --> or <!-- readme-test: skip reason=\"…\" -->:\n" \
+    assert not problems, (
+        'mark each block with <!-- readme-test: story=NAME --> or <!-- readme-test: skip reason="…" -->:\n'
         + "\n".join(problems)
+    )
     assert STORIES, "no README block is run"
 
 
@@ -78,6 +82,7 @@ def _pids_mentioning(text: str) -> list[int]:
 def _stop_session(sid: int, workdir: Path) -> list[int]:
     """SIGTERM the story's session (a clean stop: `kxr serve` stops its own nats-server), then
     SIGKILL whatever is left of it or still names the story's directory; returns those."""
+
     def alive() -> list[int]:
         return sorted(set(_session_pids(sid)) | set(_pids_mentioning(str(workdir))))
 
@@ -122,8 +127,15 @@ def test_story(name: str, tmp_path: Path) -> None:
     log = workdir / "readme-story.log"
     started = time.monotonic()
     with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", str(script)], cwd=workdir, env=_environment(), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=workdir,
+            env=_environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             rc: int | None = proc.wait(timeout=STORY_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -137,9 +149,11 @@ def test_story(name: str, tmp_path: Path) -> None:
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-80:])
     for other in sorted(workdir.glob("*.log")):  # what the story's background processes wrote (serve.log, rt-1.log, …)
         if other != log:
-            tail += f"\n---- {other.name} (last lines)\n" + "\n".join(other.read_text(errors="replace").splitlines()[-15:])
+            tail += f"\n---- {other.name} (last lines)\n" + "\n".join(
+                other.read_text(errors="replace").splitlines()[-15:]
+            )
     if rc != 0:
-        pytest.fail(f"story {name} {'timed out after %d s' % STORY_TIMEOUT_S if rc is None else 'exited %d' % rc} "
-                    f"(script {script}); last lines:\n{tail}", pytrace=False)
+        ended = f"timed out after {STORY_TIMEOUT_S} s" if rc is None else f"exited {rc}"
+        pytest.fail(f"story {name} {ended} (script {script}); last lines:\n{tail}", pytrace=False)
     assert not _session_pids(proc.pid) and not _pids_mentioning(str(workdir)), f"story {name} left processes running"
     assert not stubborn, f"story {name}: processes ignored SIGTERM for {STOP_GRACE_S} s: {stubborn}"
