@@ -20,7 +20,7 @@ from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.pack_keeper import PackKeeper
 from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
-from services.consumers.verifier.gates import attestation_required
+from services.verification.gates import attestation_required
 
 NAME = "distributor"
 
