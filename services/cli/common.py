@@ -174,7 +174,7 @@ def operator_action(nats_url: str | None, build) -> int:
     """
     from datetime import datetime, timezone
 
-    from services.actions.operator import OperatorError
+    from services.errors import OperatorError
     from services.jetstream.log import AppendConflict, Entry
     from services.jetstream.log_reads import load_world
 

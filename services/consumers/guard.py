@@ -48,13 +48,13 @@ from events.manifest import MANIFEST_MAX_BYTES
 from events.model import Event, PackRef, RollbackStarted, Scope, ScopeFlagged
 from events.signing import TrustRoot
 from projections.releases import ReleaseState
+from projections.rollback import rollback_targets
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
 from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
 from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
-from services.consumers.promoter import rollback_targets
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor, until_stored
 from services.verification.context import verify_context
@@ -152,7 +152,7 @@ def decide_release(world: World, release: ReleaseState, violations: Mapping[Scop
         return []
     pack = release.verified.pack.short() if release.verified else "the active pack"
     reason = f"policy violation discovered after activation of {pack}: " + "; ".join(found)
-    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=rollback_targets(world, release, ctx))
+    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=rollback_targets(world, release, ctx.now))
     return [Chain((release_event(ctx, release, "rollback_started", started, "guard/policy_violation"),))]
 
 

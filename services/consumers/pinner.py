@@ -23,7 +23,7 @@ from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
 from projections.world import World
 from services.jetstream.log import Entry
-from services.actions.operator import OperatorError
+from services.errors import OperatorError
 from services.consumers.outputs import Timer
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
