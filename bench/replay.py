@@ -98,7 +98,7 @@ async def warm_restart(rig, subjects: Subjects) -> dict:
     try:
         app = App(nc, Settings(nats_url=rig.url, prefix=subjects.prefix, data_dir=rig.work / "data"))
         t0 = time.perf_counter()
-        await app.start(())
+        await app.start()
         seconds = time.perf_counter() - t0
         started_from, position = app.follower.started_from, app.follower.position
         await app.stop()

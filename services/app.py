@@ -1,7 +1,8 @@
-"""The composition root: one connection, one follower, the chosen consumers.
+"""What every role of a service process shares: one connection, one follower, the log writer, `emit`.
 
-`kxr serve` builds an App and runs it; tests build one against the suite's
-nats-server. Nothing connects at import time.
+The roles themselves (the consumers) are built from an App by the composition root,
+services/bootstrap.py; an App knows none of them. `kxr serve` builds an App and starts it
+there; tests build one against the suite's nats-server. Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -173,9 +174,9 @@ class App:
         self._tasks.append(task)
         return task
 
-    async def start(self, roles: tuple[str, ...]) -> None:
-        from .roles import build_roles
-
+    async def start(self) -> None:
+        """The layout, the follower (from the snapshot if there is one) caught up, the dead-letter
+        watch; the roles are spawned on top by services/bootstrap.py."""
         await self.ensure_layout()
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
@@ -186,8 +187,6 @@ class App:
         # consumers decide on a world at least as new as the log was at start; a cold start
         # (no snapshot, or one of an older format) on a long log takes minutes, not a fixed 60 s
         await self.follower.catch_up_from_start()
-        for runner in build_roles(self, roles):
-            self.spawn(runner, getattr(runner, "__qualname__", "role"))
 
     async def wait(self) -> None:
         """Run until a task fails (re-raised) or the app is stopped."""

@@ -20,6 +20,7 @@ from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.evidence import summary
 from .app import App, connect
+from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog
 from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
@@ -103,7 +104,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
     done: dict[str, str] = {}
     stack = AsyncExitStack()
     try:
-        await app.start(app.settings.roles)
+        await start_service(app, app.settings.roles)
         await stack.enter_async_context(dashboard_for(app, ui, lambda url: console.print(f"[bold]dashboard[/bold] at {url} (read-only)", highlight=False)))
         tasks.append(asyncio.create_task(_print_events(app, done)))
         cfg = ChannelConfig.model_validate({**DEMO_CHANNEL, "monitoring": {**DEMO_CHANNEL["monitoring"], "window_s": max(1, int(window_s))}})

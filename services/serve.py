@@ -14,6 +14,7 @@ from nats import errors as nats_errors
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from .app import App, Clock, connect, utc_clock
+from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
@@ -105,7 +106,7 @@ async def started_app(nc, settings: Settings, trust_root: TrustRoot | None, cloc
     for attempt in range(1, attempts + 1):
         app = App(nc, settings, trust_root, clock, signer)
         try:
-            await app.start(settings.roles)
+            await start_service(app, settings.roles)
             return app
         except BaseException as exc:
             await app.stop()  # what it had started (the follower, ...) stops with it

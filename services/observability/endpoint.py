@@ -12,21 +12,43 @@ import asyncio
 import logging
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator, Protocol
 
+from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from events.subjects import Subjects
+from projections.world import World
 from services.jetstream.log_reads import log_entries
-from ..settings import ConfigError
-from ..tasks import cancel_and_wait
-from .metrics import PROCESSED, LagSampler, ServiceCollector
-from .release_metrics import ReleaseMetrics
-
-if TYPE_CHECKING:
-    from ..app import App
+from services.observability.metrics import PROCESSED, LagSampler, ServiceCollector
+from services.observability.release_metrics import ReleaseMetrics
+from services.settings import ConfigError
+from services.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+
+class LiveFold(Protocol):
+    """The follower as the metrics use it: where it is, what it folded, and a feed of what it applies."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def world(self) -> World: ...
+    def listen(self) -> asyncio.Queue: ...
+    def unlisten(self, queue: asyncio.Queue) -> None: ...
+
+
+class Observed(Protocol):
+    """What the metrics read of a running service (an App is one): its log and its live fold."""
+
+    @property
+    def js(self) -> JetStreamContext: ...
+    @property
+    def subjects(self) -> Subjects: ...
+    @property
+    def follower(self) -> LiveFold: ...
 
 
 def parse_listen_address(raw: str) -> tuple[str, int]:
@@ -38,7 +60,7 @@ def parse_listen_address(raw: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def feed(app: "App", releases: ReleaseMetrics) -> None:
+async def feed(app: Observed, releases: ReleaseMetrics) -> None:
     """Fold the whole log into `releases`, then follow the follower."""
     queue = app.follower.listen()  # registered before reading where the follower is: nothing falls in between
     upto = app.follower.position
@@ -75,12 +97,12 @@ class MetricsEndpoint:
 
 
 @asynccontextmanager
-async def serve_metrics(app: "App", address: str, lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
+async def serve_metrics(app: Observed, address: str, lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
     host, port = parse_listen_address(address)
-    releases, lag = ReleaseMetrics(), LagSampler(app)
+    releases, lag = ReleaseMetrics(), LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()
     registry.register(PROCESSED)
-    registry.register(ServiceCollector(app, releases, lag))
+    registry.register(ServiceCollector(lambda: app.follower.world, releases, lag))
     ProcessCollector(registry=registry)
     try:
         server, thread = start_http_server(port, host, registry)
