@@ -22,6 +22,8 @@ from services.consumers.pinner import Pinner
 from services.consumers.preparer import Preparer
 from services.consumers.promoter import Promoter
 from services.consumers.verifier.adapter import Verifier
+from services.jetstream.janitor import Janitor
+from services.jetstream.pack_keeper import PackKeeper
 
 ROLE_CLASSES = {
     "preparer": Preparer,
@@ -42,6 +44,11 @@ def build_roles(app: App, roles: tuple[str, ...]) -> list[Coroutine[Any, Any, No
         runners.extend(ROLE_CLASSES[role](app).runners())
         if role == "activator":  # pins switch scope pointers, which only the activator role writes
             runners.extend(Pinner(app).runners())
+        if role == "distributor":
+            # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
+            # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
+            # other roles' leftover consumers
+            runners.extend([PackKeeper(app).run(), Janitor(app.js, app.subjects).run()])
     return runners
 
 
