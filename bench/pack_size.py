@@ -41,7 +41,7 @@ from events.manifest import manifest_object_name, pack_object_name
 from events.model import PackRef
 from events.subjects import Subjects
 from services.actions.producer import build_signed, manifest_bytes
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.layout import ensure_layout
 
 from .common import COMPATIBILITY, Progress, channel_config, peak_rss_mib, report, rig

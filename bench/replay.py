@@ -30,7 +30,8 @@ from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.snapshot import load_world
 from projections.world import archive_all
-from services.app import App, connect
+from services.app import App
+from services.jetstream.client import connect
 from services.reads.audit import replay
 from services.reads.snapshots import Snapshots
 from services.settings import Settings

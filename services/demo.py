@@ -19,7 +19,8 @@ from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.evidence import summary
-from .app import App, connect
+from .app import App
+from services.jetstream.client import connect
 from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog

@@ -13,7 +13,8 @@ from nats import errors as nats_errors
 
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
-from .app import App, Clock, connect, utc_clock
+from .app import App, Clock, utc_clock
+from services.jetstream.client import connect
 from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
 from .observability.endpoint import parse_listen_address, serve_metrics

@@ -11,7 +11,8 @@ from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.releases import ReleaseState
-from services.app import App, connect
+from services.app import App
+from services.jetstream.client import connect
 from services.bootstrap import start_service
 from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
 from services.reads.follower import Follower
