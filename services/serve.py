@@ -17,6 +17,7 @@ from .app import App, Clock, utc_clock
 from services.jetstream.client import connect
 from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
+from services.jetstream.log_reads import log_entries
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
@@ -123,7 +124,7 @@ async def optional_metrics(app: App, address: str | None) -> AsyncIterator[None]
     if not address:
         yield
         return
-    async with serve_metrics(app, address):
+    async with serve_metrics(app, address, lambda: log_entries(app.js, app.subjects)):
         yield
 
 
