@@ -10,7 +10,8 @@ so a role is wired the same way everywhere.
 
 from __future__ import annotations
 
-from typing import Any, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from services.app import App
 from services.consumers.activator import Activator
@@ -25,7 +26,16 @@ from services.consumers.verifier.adapter import Verifier
 from services.jetstream.janitor import Janitor
 from services.jetstream.pack_keeper import PackKeeper
 
-ROLE_CLASSES = {
+Runner = Coroutine[Any, Any, None]
+
+
+class Role(Protocol):
+    """A role's part of the process: the long-running coroutines it contributes."""
+
+    def runners(self) -> list[Runner]: ...
+
+
+ROLE_CLASSES: dict[str, Callable[[App], Role]] = {
     "preparer": Preparer,
     "distributor": Distributor,
     "verifier": Verifier,
@@ -37,9 +47,9 @@ ROLE_CLASSES = {
 }
 
 
-def build_roles(app: App, roles: tuple[str, ...]) -> list[Coroutine[Any, Any, None]]:
+def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:
     """The runners of `roles` (names of `ROLE_CLASSES`), not started."""
-    runners = []
+    runners: list[Runner] = []
     for role in roles:
         runners.extend(ROLE_CLASSES[role](app).runners())
         if role == "activator":  # pins switch scope pointers, which only the activator role writes

@@ -152,7 +152,8 @@ def decide_release(world: World, release: ReleaseState, violations: Mapping[Scop
         return []
     pack = release.verified.pack.short() if release.verified else "the active pack"
     reason = f"policy violation discovered after activation of {pack}: " + "; ".join(found)
-    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=rollback_targets(world, release, ctx.now))
+    targets = rollback_targets(world, release, ctx.now)
+    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=targets)
     return [Chain((release_event(ctx, release, "rollback_started", started, "guard/policy_violation"),))]
 
 

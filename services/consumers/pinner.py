@@ -180,8 +180,9 @@ class Pinner:
         trust_root = self.port.current_trust_root()
         if trust_root is None:
             return "no trust root configured", []
-        ctx = verify_context(pack, trust_root, self.port.clock(), "pin", env=scope.env, channel=scope.channel, cohorts=(scope.cohort,),
-                             channel_config=configured_channel(world, scope.env, scope.channel), active={scope.cohort: state.active_pack})
+        config = configured_channel(world, scope.env, scope.channel)
+        ctx = verify_context(pack, trust_root, self.port.clock(), "pin", env=scope.env, channel=scope.channel,
+                             cohorts=(scope.cohort,), channel_config=config, active={scope.cohort: state.active_pack})
         try:
             # a pack distributed before and deleted or re-pointed since is restored from the log's record
             v = await asyncio.wait_for(checked_with_restore(self.port, pack.digest, lambda: run_gates(PackStore(self.port.js, self.port.subjects), pack.digest, ctx),

@@ -15,7 +15,8 @@ import asyncio
 import logging
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator, Callable, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, start_http_server
@@ -102,7 +103,8 @@ class MetricsEndpoint:
 
 
 @asynccontextmanager
-async def serve_metrics(app: Observed, address: str, history: History, lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
+async def serve_metrics(app: Observed, address: str, history: History,
+                        lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
     host, port = parse_listen_address(address)
     releases, lag = ReleaseMetrics(), LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()

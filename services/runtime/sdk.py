@@ -218,8 +218,8 @@ class RuntimeClient:
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
             trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
-            ctx = verify_context(pack, trust_root, datetime.now(timezone.utc), "pin", env=self.id.env, channel=self.id.channel,
-                                 cohorts=(self.cohort or "",))
+            ctx = verify_context(pack, trust_root, datetime.now(timezone.utc), "pin",
+                                 env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",))
             v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
             if v.failure is not None:
                 return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"

@@ -15,7 +15,6 @@ from services.reads.audit import replay
 from services.jetstream.log_reads import load_evidence, log_entries
 from services.consumers.notifier.consumer import Notifier
 from services.consumers.notifier.webhook import SIGNATURE_HEADER, signature
-from services.jetstream.log_reads import log_entries
 from services.observability.endpoint import serve_metrics
 from services.observability.logs import JsonFormatter
 from tests.harness import CHANNEL, Behaviour, make_pack, running_service, wait_for

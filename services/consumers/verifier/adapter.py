@@ -16,7 +16,9 @@ from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
 from services.verification.context import configured_channel, verify_context
-from services.verification.gates import DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, Verification, VerifyContext
+from services.verification.gates import (
+    DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, Verification, VerifyContext,
+)
 from services.verification.pipeline import run_gates
 
 NAME = "verifier"

@@ -40,8 +40,8 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
         return TargetCheck("no trust root configured")
     if size is None:
         return TargetCheck("pack object missing")
-    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None,
-                           verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts))
+    vctx = verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts)
+    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
     if check.failure is not None:
         return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
     if check.manifest is not None and check.manifest.size != size:
