@@ -40,7 +40,7 @@ from services.actions.producer import (
     request_event,
     sha256_digest,
 )
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.embedded import EmbeddedServer, free_port
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries

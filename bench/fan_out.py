@@ -40,7 +40,7 @@ from nats.js.api import StorageType, StreamConfig
 
 from events.subjects import Subjects
 from services.actions.producer import configure_channel, push_pack, request_event
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.direct import last_per_subject
 from services.jetstream.layout import LOG_MAX_CONSUMERS
 from services.jetstream.log import EventLog

@@ -9,7 +9,7 @@ never held whole) and pushed from the file with nats-py's object store, with a m
 signed for its digest and size. Then, each in a fresh child process whose peak resident
 set is read before and after (`ru_maxrss`, so growth = what the read itself held):
 
-- ours: the distributor's check (both objects' sizes) + `services.consumers.verifier.adapter.run_gates`
+- ours: the distributor's check (both objects' sizes) + `services.verification.pipeline.run_gates`
   against the real store with every gate: manifest signature under the trust root, the
   pack streamed through the digester (digest and size capped), compatibility, policy,
   evidence;
@@ -38,9 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from events.manifest import manifest_object_name, pack_object_name
+from events.model import PackRef
 from events.subjects import Subjects
 from services.actions.producer import build_signed, manifest_bytes
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.layout import ensure_layout
 
 from .common import COMPATIBILITY, Progress, channel_config, peak_rss_mib, report, rig
@@ -144,9 +145,9 @@ class _Discard:
 
 
 async def _read_ours(js, subjects: Subjects, spec: dict) -> dict:
-    from services.consumers.verifier.adapter import run_gates
-    from services.consumers.verifier.gates import VerifyContext
     from services.jetstream.packstore import PackStore
+    from services.verification.context import verify_context
+    from services.verification.pipeline import run_gates
 
     store = PackStore(js, subjects)
     digest = spec["digest"]
@@ -156,17 +157,17 @@ async def _read_ours(js, subjects: Subjects, spec: dict) -> dict:
     if None in sizes:
         raise RuntimeError(f"distributor check: missing object(s) {names}: {sizes}")
     t1 = time.perf_counter()
-    vctx = VerifyContext(
-        request_name="kb",
-        request_version=spec["version"],
-        request_digest=digest,
+    pack = PackRef(name="kb", version=spec["version"], digest=digest)
+    vctx = verify_context(
+        pack,
+        trust_root_from(spec["trust"]),
+        datetime.now(UTC),
+        "rollout",
         env="prod",
         channel="bench",
         cohorts=("all",),
         channel_config=channel_config(),
         active={"all": None},
-        trust_root=trust_root_from(spec["trust"]),
-        now=datetime.now(UTC),
     )
     v = await run_gates(store, digest, vctx)
     t2 = time.perf_counter()

@@ -30,7 +30,8 @@ from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.snapshot import load_world
 from projections.world import archive_all
-from services.app import App, connect
+from services.app import App
+from services.jetstream.client import connect
 from services.reads.audit import replay
 from services.reads.snapshots import Snapshots
 from services.settings import Settings
@@ -98,7 +99,7 @@ async def warm_restart(rig, subjects: Subjects) -> dict:
     try:
         app = App(nc, Settings(nats_url=rig.url, prefix=subjects.prefix, data_dir=rig.work / "data"))
         t0 = time.perf_counter()
-        await app.start(())
+        await app.start()
         seconds = time.perf_counter() - t0
         started_from, position = app.follower.started_from, app.follower.position
         await app.stop()

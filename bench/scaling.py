@@ -30,7 +30,7 @@ from nats import errors as nats_errors
 from events.channel import ChannelConfig
 from events.subjects import Subjects
 from services.actions.producer import configure_channel
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots

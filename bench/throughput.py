@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from events.subjects import Subjects
 from services.actions.producer import configure_channel, push_pack, request_event
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries
 

@@ -31,7 +31,7 @@ from nats.js.api import DeliverPolicy, StreamConfig
 
 from events.subjects import Subjects
 from services.actions.producer import configure_channel, push_pack, request_event
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 
 from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack

@@ -1,7 +1,7 @@
 """The signed pack manifest (CONTRACT §6).
 
 `SignedManifest` is the typed view of `signed`; it is only built after the
-signature check has passed (see services/consumers/verifier/gates.py). Extra fields are
+signature check has passed (see services/verification/gates.py). Extra fields are
 kept: they are covered by the signature, as in TUF.
 """
 

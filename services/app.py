@@ -1,7 +1,8 @@
-"""The composition root: one connection, one follower, the chosen consumers.
+"""What every role of a service process shares: one connection, one follower, the log writer, `emit`.
 
-`kxr serve` builds an App and runs it; tests build one against the suite's
-nats-server. Nothing connects at import time.
+The roles themselves (the consumers) are built from an App by the composition root,
+services/bootstrap.py; an App knows none of them. `kxr serve` builds an App and starts it
+there; tests build one against the suite's nats-server. Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from events.signing import SigningKey, TrustRoot
 from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
 from projections.releases import ReleaseState
-from services.jetstream.client import KxClient
 from services.jetstream.deadletter import DeadLetters, watch_max_deliveries
 from services.reads.follower import Follower
 from services.jetstream.layout import LayoutSettings, ensure_layout
@@ -36,45 +36,6 @@ Clock = Callable[[], datetime]
 
 def utc_clock() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def nats_servers(url: str | list[str]) -> str | list[str]:
-    """What `nats.connect` takes for KX_NATS_URL: one URL, or the list a comma-separated value names."""
-    servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
-    if len(servers) > 1:
-        return servers
-    return servers[0] if servers else url
-
-
-async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever: bool = True, **kwargs) -> Client:
-    """Connect; a first connection that fails raises with the reason (after a few tries).
-
-    `url` may list a cluster's servers, comma-separated (KX_NATS_URL=nats://a:4222,nats://b:4222):
-    the client starts with any of them and fails over to the others. Once connected, a
-    service reconnects forever: a NATS restart must not stop it.
-    """
-
-    connected = False
-
-    async def _error(exc: Exception) -> None:
-        # before the first connection the caller reports the failure in one line; after it, say why
-        (log.warning if connected else log.debug)("nats: %s", exc)
-
-    if "inbox_prefix" not in kwargs:  # the KX_NATS_CREDS user may receive replies on its own prefix only
-        from .permissions import inbox_for_url
-
-        inbox = inbox_for_url(url)
-        if inbox:
-            kwargs["inbox_prefix"] = inbox
-    nc = KxClient()  # what nats.connect builds, with the faster header parser
-    await nc.connect(
-        nats_servers(url), name=name, max_reconnect_attempts=3, reconnect_time_wait=0.5,
-        error_cb=_error, allow_reconnect=True, connect_timeout=3, **kwargs,
-    )
-    connected = True
-    if reconnect_forever:
-        nc.options["max_reconnect_attempts"] = -1  # read by nats.py's reconnect loop
-    return nc
 
 
 def _report_crash(task: asyncio.Task) -> None:
@@ -173,9 +134,9 @@ class App:
         self._tasks.append(task)
         return task
 
-    async def start(self, roles: tuple[str, ...]) -> None:
-        from .roles import build_roles
-
+    async def start(self) -> None:
+        """The layout, the follower (from the snapshot if there is one) caught up, the dead-letter
+        watch; the roles are spawned on top by services/bootstrap.py."""
         await self.ensure_layout()
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
@@ -186,8 +147,6 @@ class App:
         # consumers decide on a world at least as new as the log was at start; a cold start
         # (no snapshot, or one of an older format) on a long log takes minutes, not a fixed 60 s
         await self.follower.catch_up_from_start()
-        for runner in build_roles(self, roles):
-            self.spawn(runner, getattr(runner, "__qualname__", "role"))
 
     async def wait(self) -> None:
         """Run until a task fails (re-raised) or the app is stopped."""

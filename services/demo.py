@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -19,7 +21,10 @@ from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.evidence import summary
-from .app import App, connect
+from projections.world import World
+from .app import App
+from services.jetstream.client import connect
+from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog
 from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
@@ -29,6 +34,7 @@ from services.runtime.simulation import Behaviour, simulated_runtime
 from .tasks import cancel_and_wait
 
 console = Console()
+StatusTables = Callable[[World], list[Any]]
 ENV, CHANNEL = "prod", "canary"
 DEMO_CHANNEL = {
     "cohorts": [{"name": "internal", "tenants": ["acme-internal", "qa"]}, {"name": "rest"}],
@@ -81,8 +87,10 @@ async def _runtimes_on(runtimes, digest: str, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int] | None = None) -> int:
-    """With `ui` (host, port), the dashboard follows the demo and stays up after it until Ctrl-C."""
+async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int] | None = None,
+                   status: StatusTables = lambda world: []) -> int:
+    """With `ui` (host, port), the dashboard follows the demo and stays up after it until Ctrl-C.
+    `status`: how the CLI draws `kxr status` for a world (printed at the end; handed in, the CLI sits above)."""
     from .dashboard.server import dashboard_for
 
     data_dir = Path(tempfile.mkdtemp(prefix="kxr-demo-"))
@@ -103,7 +111,7 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
     done: dict[str, str] = {}
     stack = AsyncExitStack()
     try:
-        await app.start(app.settings.roles)
+        await start_service(app, app.settings.roles)
         await stack.enter_async_context(dashboard_for(app, ui, lambda url: console.print(f"[bold]dashboard[/bold] at {url} (read-only)", highlight=False)))
         tasks.append(asyncio.create_task(_print_events(app, done)))
         cfg = ChannelConfig.model_validate({**DEMO_CHANNEL, "monitoring": {**DEMO_CHANNEL["monitoring"], "window_s": max(1, int(window_s))}})
@@ -149,11 +157,10 @@ async def run_demo(window_s: float = 3.0, keep: bool = False, ui: tuple[str, int
         await _wait_closed(done, "demo-regression", 30 + 4 * window_s)
         await _runtimes_on(runtimes, healthy[2], timeout=15)  # each re-verifies the LKG pack before switching back
 
-        from .cli.views import status_tables
         from services.jetstream.log_reads import load_world
 
         # the log folded whole: the service's own world keeps closed releases as tombstones
-        for t in status_tables(await load_world(app.js, app.subjects), all_releases=True):
+        for t in status(await load_world(app.js, app.subjects)):
             console.print(t)
         on = {rt.id.runtime_id: (rt.active.version if rt.active else None) for rt in runtimes}
         console.print("runtimes now run: " + ", ".join(f"{k}={v}" for k, v in on.items()))

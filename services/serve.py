@@ -13,8 +13,11 @@ from nats import errors as nats_errors
 
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
-from .app import App, Clock, connect, utc_clock
+from .app import App, Clock, utc_clock
+from services.jetstream.client import connect
+from .bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
+from services.jetstream.log_reads import log_entries
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
@@ -105,7 +108,7 @@ async def started_app(nc, settings: Settings, trust_root: TrustRoot | None, cloc
     for attempt in range(1, attempts + 1):
         app = App(nc, settings, trust_root, clock, signer)
         try:
-            await app.start(settings.roles)
+            await start_service(app, settings.roles)
             return app
         except BaseException as exc:
             await app.stop()  # what it had started (the follower, ...) stops with it
@@ -121,7 +124,7 @@ async def optional_metrics(app: App, address: str | None) -> AsyncIterator[None]
     if not address:
         yield
         return
-    async with serve_metrics(app, address):
+    async with serve_metrics(app, address, lambda: log_entries(app.js, app.subjects)):
         yield
 
 

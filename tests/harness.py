@@ -11,7 +11,9 @@ from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.releases import ReleaseState
-from services.app import App, connect
+from services.app import App
+from services.jetstream.client import connect
+from services.bootstrap import start_service
 from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
 from services.reads.follower import Follower
 from services.runtime.sdk import Identity, RuntimeClient
@@ -145,7 +147,7 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
     app = App(nc, settings, trust_root, signer=service_key)
     service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))
     try:
-        await app.start(settings.roles if roles is None else roles)
+        await start_service(app, settings.roles if roles is None else roles)
         service.observer = Follower(app.js, app.subjects)
         service.tasks.append(asyncio.create_task(service.observer.run(), name="observer"))
         await service.observer.catch_up()  # a restarted service's test sees the log so far at once

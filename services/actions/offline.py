@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from events.signing import TrustRoot
-from services.consumers.verifier.gates import Verification, VerifyContext, check_manifest, check_pack, PackDigester, PackOversized
+from services.verification.context import verify_context
+from services.verification.gates import PackDigester, PackOversized, Verification, check_manifest, check_pack
 
 
 def verify_offline(pack: bytes, manifest: bytes, trust_root: TrustRoot, now: datetime) -> Verification:
@@ -13,17 +14,11 @@ def verify_offline(pack: bytes, manifest: bytes, trust_root: TrustRoot, now: dat
 
     Compatibility and policy depend on a channel and what is active there: the service checks those.
     """
-    probe = check_manifest(manifest, VerifyContext(
-        request_name="", request_version="", request_digest="", env="", channel="", cohorts=(),
-        channel_config=None, active={}, trust_root=trust_root, now=now, purpose="pin",
-    ))
+    probe = check_manifest(manifest, verify_context(None, trust_root, now, "pin"))
     if probe.manifest is None:
         return probe
     m = probe.manifest
-    ctx = VerifyContext(
-        request_name=m.name, request_version=m.version, request_digest=m.digest, env="", channel="", cohorts=(),
-        channel_config=None, active={}, trust_root=trust_root, now=now, purpose="pin",
-    )
+    ctx = verify_context(m, trust_root, now, "pin")
     v = check_manifest(manifest, ctx)
     if v.failure is not None:
         return v

@@ -14,18 +14,14 @@ from datetime import datetime, timedelta
 from events.codec import make_event
 from events.model import Actor, Closed, Event, MonitoringStarted, MonitoringVerdict, OperatorNote, RollbackStarted
 from projections.releases import TRANSITIONS, ReleaseState
+from projections.rollback import rollback_targets
 from projections.world import World
-from services.consumers.outputs import Ctx
-from services.consumers.promoter import rollback_targets
+from services.errors import OperatorError
 
 ROLLBACK_TRIGGERS = ("operator", "policy_violation", "tenant_impact")
 CLOSE_OUTCOMES = ("failed", "aborted")  # what an operator may close a held release as: never a success
 # closed releases that still run their pack somewhere (an operator may roll them back)
 _RUNNING_OUTCOMES = ("success", "promoted_by_override")
-
-
-class OperatorError(ValueError):
-    """The action does not apply to the release as it stands."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +127,7 @@ def extend(world: World, release_id: str, window_s: int, rationale: str, actor: 
 
 def rollback(world: World, release_id: str, trigger: str, reason: str, actor: Actor, now: datetime) -> Action:
     """Roll a release's cohorts back now (policy violation, tenant impact, or judgement), to the
-    targets of the release's own rollback strategy (`promoter.rollback_target`)."""
+    targets of the release's own rollback strategy (projections/rollback.py)."""
     r = _release(world, release_id)
     if trigger not in ROLLBACK_TRIGGERS:
         raise OperatorError(f"trigger must be one of {', '.join(ROLLBACK_TRIGGERS)}")
@@ -139,8 +135,7 @@ def rollback(world: World, release_id: str, trigger: str, reason: str, actor: Ac
         raise OperatorError(f"release {release_id} never activated anything: nothing to roll back (abort it instead)")
     if r.phase in ("rolling_back", "rolled_back") or (r.closed and r.outcome not in _RUNNING_OUTCOMES):
         raise OperatorError(f"release {release_id} is {r.phase} ({r.outcome or 'in flight'}): it is not running anywhere to roll back")
-    ctx = Ctx(now=now, service=actor.id)
-    started = RollbackStarted(trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, ctx))  # type: ignore[arg-type]
+    started = RollbackStarted(trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, now))  # type: ignore[arg-type]
     return _event(r, "rollback_started", started, actor, now)
 
 

@@ -23,7 +23,7 @@ from events.subjects import Subjects
 from events.canonical import StrictJSONError, compact_bytes, loads_strict
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from services.jetstream.packstore import PackStore
-from services.consumers.verifier.gates import ATTESTATION_MAX_BYTES, SLSA_PROVENANCE_V1
+from services.verification.gates import ATTESTATION_MAX_BYTES, SLSA_PROVENANCE_V1
 
 
 def sha256_digest(data: bytes) -> str:

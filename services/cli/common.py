@@ -73,7 +73,7 @@ def settings_from(nats_url: str | None = None, trust_root: Path | None = None, d
 async def session(nats_url: str | None) -> AsyncIterator[tuple[Any, Any, EventLog]]:
     """A connection for one command. Commands other than serve/demo need a running NATS."""
     from events.subjects import Subjects
-    from services.app import connect
+    from services.jetstream.client import connect
     from services.jetstream.log import EventLog
     from services.settings import ConfigError
 
@@ -174,7 +174,7 @@ def operator_action(nats_url: str | None, build) -> int:
     """
     from datetime import datetime, timezone
 
-    from services.actions.operator import OperatorError
+    from services.errors import OperatorError
     from services.jetstream.log import AppendConflict, Entry
     from services.jetstream.log_reads import load_world
 

@@ -15,8 +15,10 @@ def demo(
     ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="watch it in the dashboard on ADDR (PORT or HOST:PORT); stays up until Ctrl-C"),
 ) -> None:
     """Embedded NATS, the service and simulated runtimes: a healthy release, a tampered pack, a regression."""
+    from services.cli.views import status_tables
     from services.dashboard.server import parse_addr
     from services.demo import run_demo
 
-    code = run_async(run_demo(window_s=window, keep=keep, ui=parse_addr(ui) if ui else None))
+    code = run_async(run_demo(window_s=window, keep=keep, ui=parse_addr(ui) if ui else None,
+                              status=lambda world: status_tables(world, all_releases=True)))
     raise typer.Exit(code)

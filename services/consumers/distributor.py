@@ -15,12 +15,10 @@ from typing import Mapping
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name
 from events.model import Distributed, GateOutcome, StoredObject, VerificationFailed
 from projections.releases import ReleaseState
-from services.jetstream.janitor import Janitor
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.jetstream.pack_keeper import PackKeeper
 from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
-from services.consumers.verifier.gates import attestation_required
+from services.verification.gates import attestation_required
 
 NAME = "distributor"
 
@@ -89,12 +87,6 @@ class StoreFacts:
 class Distributor(ReleaseReactor[StoreFacts]):
     name = NAME
     acts_in = frozenset({"prepared"})
-
-    def runners(self) -> list:
-        # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
-        # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
-        # other roles' leftover consumers
-        return [*super().runners(), PackKeeper(self.port).run(), Janitor(self.port.js, self.port.subjects).run()]
 
     async def observe(self, world, release, ctx) -> StoreFacts | Failed:
         if release.prepared is None:

@@ -8,7 +8,7 @@ without the pack changing (seed rollback trigger "policy violation discovered po
 - the channel: a new configuration whose compatibility or policy the active pack violates
   (gates compatibility and policy: schema/profile/runtime, allowed_sources, allowed_builders).
 
-The guard re-runs the verifier's own gates (services/consumers/verifier/gates.py) on the active
+The guard re-runs the verifier's own gates (services/verification/gates.py) on the active
 manifest, with the trust root, time and channel configuration in force now:
 - not re-checked: integrity (the exact bytes were hashed when the pack was verified; the
   pointer names that digest, and runtimes hash what they fetch), and forbid_downgrade
@@ -48,17 +48,18 @@ from events.manifest import MANIFEST_MAX_BYTES
 from events.model import Event, PackRef, RollbackStarted, Scope, ScopeFlagged
 from events.signing import TrustRoot
 from projections.releases import ReleaseState
+from projections.rollback import rollback_targets
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
 from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
 from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
-from services.consumers.promoter import rollback_targets
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor, until_stored
-from services.consumers.verifier.adapter import read_attestation
-from services.consumers.verifier.gates import Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy
+from services.verification.context import verify_context
+from services.verification.gates import Verification, attestation_required, check_manifest, check_pack, check_policy
+from services.verification.pipeline import read_attestation
 from services.jetstream.worker import Worker
 
 NAME = "guard"
@@ -86,12 +87,9 @@ def gates_now(manifest: bytes | None, key: ScopeKey, active: PackRef, config: Ch
     """The verifier's gates on the active pack's manifest (and its attestation, where the channel
     requires one), under the root, time and channel in force now."""
     env, channel, cohort = key
-    vctx = VerifyContext(
-        request_name=active.name, request_version=active.version, request_digest=active.digest,
-        env=env, channel=channel, cohorts=(cohort,), channel_config=config, active={cohort: active},
-        trust_root=trust_root, now=now, purpose="rollback",  # rollback: no downgrade rule against what runs
-        attestation=attestation,
-    )
+    vctx = verify_context(active, trust_root, now, "rollback",  # rollback: no downgrade rule against what runs
+                          env=env, channel=channel, cohorts=(cohort,), channel_config=config, active={cohort: active},
+                          attestation=attestation)
     v = check_manifest(manifest, vctx)  # trust root, manifest, signature, expiry, identity
     if v.failure is not None or v.manifest is None:
         return v
@@ -154,7 +152,8 @@ def decide_release(world: World, release: ReleaseState, violations: Mapping[Scop
         return []
     pack = release.verified.pack.short() if release.verified else "the active pack"
     reason = f"policy violation discovered after activation of {pack}: " + "; ".join(found)
-    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=rollback_targets(world, release, ctx))
+    targets = rollback_targets(world, release, ctx.now)
+    started = RollbackStarted(trigger="policy_violation", reason=reason, targets=targets)
     return [Chain((release_event(ctx, release, "rollback_started", started, "guard/policy_violation"),))]
 
 

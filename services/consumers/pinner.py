@@ -23,14 +23,14 @@ from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
 from projections.world import World
 from services.jetstream.log import Entry
-from services.actions.operator import OperatorError
+from services.errors import OperatorError
 from services.consumers.outputs import Timer
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
-from services.consumers.verifier.adapter import run_gates
-from services.consumers.verifier.gates import VerifyContext
+from services.verification.context import configured_channel, verify_context
+from services.verification.pipeline import run_gates
 from services.jetstream.worker import Poison, Worker
 
 NAME = "pinner"
@@ -180,12 +180,9 @@ class Pinner:
         trust_root = self.port.current_trust_root()
         if trust_root is None:
             return "no trust root configured", []
-        channel_state = world.channel_state(scope.env, scope.channel)
-        ctx = VerifyContext(
-            request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
-            cohorts=(scope.cohort,), channel_config=channel_state.config if channel_state else None,
-            active={scope.cohort: state.active_pack}, trust_root=trust_root, now=self.port.clock(), purpose="pin",
-        )
+        config = configured_channel(world, scope.env, scope.channel)
+        ctx = verify_context(pack, trust_root, self.port.clock(), "pin", env=scope.env, channel=scope.channel,
+                             cohorts=(scope.cohort,), channel_config=config, active={scope.cohort: state.active_pack})
         try:
             # a pack distributed before and deleted or re-pointed since is restored from the log's record
             v = await asyncio.wait_for(checked_with_restore(self.port, pack.digest, lambda: run_gates(PackStore(self.port.js, self.port.subjects), pack.digest, ctx),

@@ -20,47 +20,18 @@ from dataclasses import dataclass
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from datetime import datetime
 from typing import Mapping
 
 from events.model import Actor, Closed, Escalated, Expanded, PackRef, Prepared, Promoted, Requested, RollbackPlan, RollbackStarted, Target
 from events.tokens import is_token
 from projections.releases import ReleaseState
+from projections.rollback import rollback_target, rollback_targets
 from projections.world import World, scopes_of
 from services.consumers.outputs import Chain, Ctx, NewRelease, Output, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.consumers.verifier.readiness import readiness_problems, target_problems
 
 NAME = "promoter"
-
-
-def rollback_target(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:
-    """Where the release's chosen strategy sends `cohort` back to (None: nowhere; the activator escalates).
-
-    A pin in force comes first whatever the strategy: it is the operator's current word for
-    the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
-    pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
-    another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
-    pack, else the one pre-flight recorded. A strategy never falls back to another's target:
-    an unusable choice holds and escalates.
-    """
-    assert release.prepared is not None
-    env, channel = release.prepared.target.env, release.prepared.target.channel
-    scope = world.scope(env, channel, cohort)
-    pin = scope.pinned_at(now)
-    if pin is not None:
-        return pin.pack
-    recorded = release.prepared.rollback_targets.get(cohort)
-    if release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
-        return recorded
-    if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
-        return scope.lkg
-    return recorded
-
-
-def rollback_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
-    """Per exposed cohort: `rollback_target`."""
-    return {cohort: rollback_target(world, release, cohort, ctx.now) for cohort in release.activated}
 
 
 def readiness_targets(world: World, release: ReleaseState, ctx: Ctx) -> dict[str, PackRef | None]:
@@ -97,7 +68,7 @@ def linked_release_id(release_id: str, channel: str) -> str:
 
 
 def _rollback(world: World, release: ReleaseState, ctx: Ctx, trigger: str, reason: str) -> list[Output]:
-    started = RollbackStarted(trigger=trigger, reason=reason, targets=rollback_targets(world, release, ctx))  # type: ignore[arg-type]
+    started = RollbackStarted(trigger=trigger, reason=reason, targets=rollback_targets(world, release, ctx.now))  # type: ignore[arg-type]
     return [Chain((release_event(ctx, release, "rollback_started", started),))]
 
 

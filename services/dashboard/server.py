@@ -11,7 +11,8 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from events.subjects import Subjects
-from services.app import connect, utc_clock
+from services.app import utc_clock
+from services.jetstream.client import connect
 from services.reads.follower import Follower
 from services.permissions import redacted
 from services.settings import ConfigError, Settings, reader_service_keys

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from events.codec import DecodeError, decode_event
 from events.model import Event
@@ -41,7 +41,7 @@ def _after(entry: RawEntry, until: datetime | None) -> bool:
 
 
 async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
-                      idle_timeout: float = 0.5) -> AsyncIterator[tuple[RawEntry, Position, Event | None]]:
+                      idle_timeout: float = 0.5) -> AsyncGenerator[tuple[RawEntry, Position, Event | None], None]:
     """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
     reader = _reader(js, subjects, filters)
     try:

@@ -4,6 +4,9 @@ The release metrics are folded from the log: the prefix the follower had already
 when the endpoint started is read once from the log, everything after comes from the
 follower as it applies it. So the numbers are those of the whole log, also in a process
 that started from a snapshot.
+
+The log's history is handed in (`History`: `kxr serve` passes services.jetstream.log_reads.log_entries
+over its stream): observability sits below the NATS plumbing, whose worker counts into these metrics.
 """
 
 from __future__ import annotations
@@ -12,21 +15,46 @@ import asyncio
 import logging
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Protocol
 
+from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from services.jetstream.log_reads import log_entries
-from ..settings import ConfigError
-from ..tasks import cancel_and_wait
-from .metrics import PROCESSED, LagSampler, ServiceCollector
-from .release_metrics import ReleaseMetrics
-
-if TYPE_CHECKING:
-    from ..app import App
+from events.model import Event
+from events.subjects import Subjects
+from projections.world import World
+from services.observability.metrics import PROCESSED, LagSampler, ServiceCollector
+from services.observability.release_metrics import ReleaseMetrics
+from services.settings import ConfigError
+from services.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+# every entry of the log from its start: (entry with its `seq`, position, event or None if it does not decode)
+History = Callable[[], AsyncGenerator[tuple[Any, Any, Event | None], None]]
+
+
+class LiveFold(Protocol):
+    """The follower as the metrics use it: where it is, what it folded, and a feed of what it applies."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def world(self) -> World: ...
+    def listen(self) -> asyncio.Queue: ...
+    def unlisten(self, queue: asyncio.Queue) -> None: ...
+
+
+class Observed(Protocol):
+    """What the metrics read of a running service (an App is one): its log and its live fold."""
+
+    @property
+    def js(self) -> JetStreamContext: ...
+    @property
+    def subjects(self) -> Subjects: ...
+    @property
+    def follower(self) -> LiveFold: ...
 
 
 def parse_listen_address(raw: str) -> tuple[str, int]:
@@ -38,13 +66,13 @@ def parse_listen_address(raw: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def feed(app: "App", releases: ReleaseMetrics) -> None:
+async def feed(app: Observed, releases: ReleaseMetrics, history: History) -> None:
     """Fold the whole log into `releases`, then follow the follower."""
     queue = app.follower.listen()  # registered before reading where the follower is: nothing falls in between
     upto = app.follower.position
     try:
         if upto:
-            async with aclosing(log_entries(app.js, app.subjects)) as entries:  # closes its reader on break
+            async with aclosing(history()) as entries:  # closes its reader on break
                 async for entry, _, event in entries:
                     if entry.seq > upto:
                         break
@@ -75,19 +103,20 @@ class MetricsEndpoint:
 
 
 @asynccontextmanager
-async def serve_metrics(app: "App", address: str, lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
+async def serve_metrics(app: Observed, address: str, history: History,
+                        lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
     host, port = parse_listen_address(address)
-    releases, lag = ReleaseMetrics(), LagSampler(app)
+    releases, lag = ReleaseMetrics(), LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()
     registry.register(PROCESSED)
-    registry.register(ServiceCollector(app, releases, lag))
+    registry.register(ServiceCollector(lambda: app.follower.world, releases, lag))
     ProcessCollector(registry=registry)
     try:
         server, thread = start_http_server(port, host, registry)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     endpoint = MetricsEndpoint(host, server.server_port, releases, lag)
-    tasks = [asyncio.create_task(feed(app, releases), name="metrics-feed"),
+    tasks = [asyncio.create_task(feed(app, releases, history), name="metrics-feed"),
              asyncio.create_task(lag.run(lag_every), name="metrics-lag")]
     for task in tasks:  # metrics never stop the service, but a broken feed must say so
         task.add_done_callback(_report)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
 
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .release_metrics import ReleaseMetrics
-
-if TYPE_CHECKING:
-    from ..app import App
+from events.subjects import Subjects
+from projections.world import World
+from services.observability.release_metrics import ReleaseMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,13 @@ class LagSampler:
     ephemeral consumer (and needs a permission the service user does not have).
     """
 
-    def __init__(self, app: "App") -> None:
-        self._app = app
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
+        self._js = js
+        self._subjects = subjects
         self.lags: dict[tuple[str, str], Lag] = {}
 
     def durables(self) -> list[tuple[str, str]]:
-        s = self._app.subjects
+        s = self._subjects
         ours = {s.releases_stream, s.timers_stream, s.health_stream}
         return sorted(d for d in _DURABLES if d[0] in ours)
 
@@ -71,7 +72,7 @@ class LagSampler:
         complete = True
         for stream, durable in self.durables():
             try:
-                info = await self._app.js.consumer_info(stream, durable)
+                info = await self._js.consumer_info(stream, durable)
             except NotFoundError:
                 complete = False
                 continue
@@ -92,8 +93,10 @@ class LagSampler:
 
 
 class ServiceCollector(Collector):
-    def __init__(self, app: "App", releases: ReleaseMetrics, lag: LagSampler) -> None:
-        self._app = app
+    """`world`: the service's live fold as it is at scrape time (the follower's; read, never kept)."""
+
+    def __init__(self, world: Callable[[], World], releases: ReleaseMetrics, lag: LagSampler) -> None:
+        self._world = world
         self._releases = releases
         self._lag = lag
 
@@ -111,7 +114,7 @@ class ServiceCollector(Collector):
         latency.add_metric([], [(_bound(b), c) for b, c in view.activation_latency.buckets], view.activation_latency.total)
         yield latency
         yield GaugeMetricFamily("kx_log_applied_sequence", "Last log sequence folded into these metrics.", value=view.applied_seq)
-        world = self._app.follower.world
+        world = self._world()
         yield GaugeMetricFamily("kx_releases_in_flight", "Releases not closed.", value=len(world.in_flight))
         lags = dict(self._lag.lags)
         for name, text, field in (("kx_consumer_pending_messages", "Messages not yet delivered to a durable consumer.", "pending"),

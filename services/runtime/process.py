@@ -12,7 +12,7 @@ from typing import Callable
 
 from events.model import PackRef
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.permissions import inbox_for, inbox_for_url
 from services.runtime.sdk import ChannelConfigUnavailable, Identity
 from services.settings import ConfigError, Settings, load_service_keys, load_trust_root

@@ -31,8 +31,8 @@ from services.jetstream.packstore import PackStore
 from services.jetstream.reader import OrderedReader
 from services.tasks import cancel_and_wait
 from services.actions.trust import current_chain
-from services.consumers.verifier.adapter import run_gates
-from services.consumers.verifier.gates import VerifyContext
+from services.verification.context import verify_context
+from services.verification.pipeline import run_gates
 
 log = logging.getLogger(__name__)
 SampleFn = Callable[[str | None], dict]
@@ -218,11 +218,8 @@ class RuntimeClient:
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
             trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
-            ctx = VerifyContext(
-                request_name=pack.name, request_version=pack.version, request_digest=pack.digest,
-                env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",), channel_config=None,
-                active={}, trust_root=trust_root, now=datetime.now(timezone.utc), purpose="pin",
-            )
+            ctx = verify_context(pack, trust_root, datetime.now(timezone.utc), "pin",
+                                 env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",))
             v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
             if v.failure is not None:
                 return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"

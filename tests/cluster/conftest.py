@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.embedded import ServerError, free_port, nats_server_binary
 
 CLUSTER_NAME = "kx-test"

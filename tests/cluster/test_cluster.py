@@ -31,7 +31,7 @@ from events.codec import make_event
 from events.model import Actor, Scope
 from events.signing import SigningKey
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.reads.audit import replay, summary
 from services.reads.health_reads import samples_between
 from services.jetstream.layout import LayoutSettings, ensure_layout

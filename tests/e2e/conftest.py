@@ -6,7 +6,7 @@ import nats
 import pytest
 
 from events.signing import SigningKey
-from services.app import nats_servers
+from services.jetstream.client import nats_servers
 from .support import Kx, kxr_binary, write_trust_root
 
 

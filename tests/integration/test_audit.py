@@ -10,7 +10,7 @@ from events.codec import make_event
 from events.model import Actor, Scope
 from events.subjects import Subjects
 from projections.invariants import Audit
-from services.app import connect
+from services.jetstream.client import connect
 from services.reads.audit import render_html, replay, summary, world_at
 from services.jetstream.log_reads import load_evidence
 from services.jetstream.layout import ensure_layout

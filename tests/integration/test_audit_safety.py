@@ -14,7 +14,7 @@ from pathlib import Path
 from events.codec import encode_event
 from events.subjects import Subjects
 from projections.invariants import SAFETY_CODES
-from services.app import connect
+from services.jetstream.client import connect
 from services.reads.audit import replay, summary
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.runtime.sdk import Identity
 from services.runtime.simulation import simulated_runtime
 from services.consumers.activator import Activator

@@ -168,7 +168,7 @@ async def test_kxr_runtime_simulate_with_the_runtime_login_reads_its_channel_and
     app = App(service, Settings(nats_url=url, prefix=prefix), trust_root_for(key))
     process = None
     try:
-        await app.start(())  # the layout, created by the service user as `kxr serve` does
+        await app.start()  # the layout, created by the service user as `kxr serve` does
         await configure_channel(EventLog(operator, operator.jetstream(), subjects), operator.jetstream(), "prod", "canary",
                                 ChannelConfig.model_validate(CHANNEL), OPERATOR)
         # the SDK: a read the server never answers (replies outside the runtime's inbox prefix are denied)

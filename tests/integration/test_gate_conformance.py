@@ -31,7 +31,7 @@ import pytest_asyncio
 from events.manifest import MANIFEST_MAX_BYTES
 from services.jetstream.log_reads import load_evidence
 from services.actions.producer import request_release
-from services.consumers.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR
+from services.verification.gates import GATE_CODES, GATES, INTERNAL_ERROR
 from tests.harness import PRODUCER, make_pack, request_data, wait_for
 from tests.integration import gate_fixtures as gf
 from tests.integration.gate_fixtures import AppPatch, Bench, Builder, open_bench

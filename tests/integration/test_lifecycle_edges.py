@@ -14,7 +14,7 @@ from events.manifest import pack_object_name
 from events.model import MonitoringVerdict, Scope, ScopePinned
 from services.actions import operator as ops
 from services.jetstream.log import Entry
-from services.actions.operator import OperatorError
+from services.errors import OperatorError
 from services.consumers.pinner import pin, unpin
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 from tests.integration.test_operator_model import act, now, scope_act

@@ -8,7 +8,7 @@ from nats.js.api import StorageType, StreamConfig
 from events.codec import make_event
 from events.model import Actor, Scope
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.layout import LayoutError, ensure_layout, release_log_config
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from tests.harness import make_pack, request_data

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.layout import LOG_MAX_CONSUMERS, ensure_layout, release_log_config
 
 

@@ -56,6 +56,11 @@ def value(families, family: str, sample: str | None = None, **labels) -> float:
     return families[family].get((sample or f"{family}_total", tuple(sorted(labels.items()))), 0.0)
 
 
+def history_of(app):
+    """The log from its start, as `kxr serve` hands it to the metrics endpoint."""
+    return lambda: log_entries(app.js, app.subjects)
+
+
 async def log_events(svc, filters=None):
     return [e async for _, _, e in log_entries(svc.app.js, svc.app.subjects, filters) if e is not None]
 
@@ -72,7 +77,7 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
     try:
         with WebhookServer(fail_first={"/flaky": 2, "/down": 1_000}) as hooks:
             async with running_service(nats_url, prefix) as svc:
-                async with serve_metrics(svc.app, "127.0.0.1:0", lag_every=0.2) as endpoint:
+                async with serve_metrics(svc.app, "127.0.0.1:0", history_of(svc.app), lag_every=0.2) as endpoint:
                     await svc.configure(config={**CHANNEL, "notifications": [
                         {"name": "flaky", "url": hooks.url("/flaky"), "on": ["rolled_back", "held"], "secret_env": SECRET_ENV},
                         {"name": "down", "url": hooks.url("/down"), "on": ["rolled_back"], "attempts": 2},
@@ -147,7 +152,7 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
             # another process, started later (from the snapshot the first one saved), reports the same
             async with running_service(nats_url, prefix, roles=()) as again:
                 assert again.app.follower.started_from > 0
-                async with serve_metrics(again.app, "127.0.0.1:0") as endpoint2:
+                async with serve_metrics(again.app, "127.0.0.1:0", history_of(again.app)) as endpoint2:
                     later = await scrape_when(endpoint2.url, lambda f: value(f, "kx_log_applied_sequence", "kx_log_applied_sequence") == last_seq,
                                               "the whole log")
             assert {name: later[name] for name in RELEASE_LEVEL} == first

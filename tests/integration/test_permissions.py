@@ -27,6 +27,7 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
 from services.app import App
+from services.bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import load_world
@@ -248,7 +249,7 @@ async def test_service_user_runs_a_whole_release_with_runtimes_on_runtime_creds(
     app = App(svc.nc, settings, trust_root, signer=service_key)
     tasks: list[asyncio.Task] = []
     try:
-        await app.start(settings.roles)
+        await start_service(app, settings.roles)
         await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, env, channel, ChannelConfig.model_validate(CHANNEL), OPERATOR)
         bad = make_pack("1.1.0", producer_key)
         behaviours = {bad.digest: Behaviour(error_rate=0.5)}
@@ -285,7 +286,7 @@ async def test_service_user_runs_a_whole_release_with_runtimes_on_runtime_creds(
     # a restart: snapshot + tail, and the snapshot is replaced on the way out (its bucket's purge)
     again = App(svc.nc, settings, trust_root, signer=service_key)
     try:
-        await again.start(settings.roles)
+        await start_service(again, settings.roles)
         assert again.follower.world.tombstones[release_id].outcome == "success"
     finally:
         await again.stop()

@@ -6,7 +6,7 @@ import pytest
 
 from events.subjects import Subjects
 from projections.world import archive_all
-from services.app import connect
+from services.jetstream.client import connect
 from services.reads.audit import replay
 from tests.harness import make_pack, running_service
 

@@ -6,7 +6,7 @@ import pytest
 from nats import errors as nats_errors
 
 from services import app as app_module
-from services.app import connect
+from services.jetstream.client import connect
 from services.serve import started_app
 from services.settings import Settings
 
@@ -19,13 +19,13 @@ class FlakyStart:
         self.real = app_module.App.start
 
     def as_method(self):
-        async def start(app, roles):  # a function, so that it binds to each App
-            return await self(app, roles)
+        async def start(app):  # a function, so that it binds to each App
+            return await self(app)
         return start
 
-    async def __call__(self, app, roles):
+    async def __call__(self, app):
         self.calls += 1
-        await self.real(app, roles)  # really started: the retry must stop what it started
+        await self.real(app)  # really started: the retry must stop what it started
         if self.calls <= self.failures:
             raise self.error
 

@@ -28,6 +28,7 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
+from services.bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, StoreLock, authorized_config, free_port
 from services.jetstream.layout import ensure_layout
 from services.permissions import AccountLimits, new_runtime_credentials, write_credentials
@@ -190,7 +191,7 @@ async def service_app(authed):
     svc = await conns("service", "kxr-serve")
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
     app = App(svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key)
-    await app.start(CONSUMERS)
+    await start_service(app, CONSUMERS)
     try:
         yield ServiceApp(app, svc, producer_key, ServiceKeys.of(service_key, list(CONSUMERS)))
     finally:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from events.subjects import Subjects
-from services.app import connect
+from services.jetstream.client import connect
 from services.jetstream.embedded import EmbeddedServer, free_port
 from services.settings import Settings
 from tests.integration.test_permissions import Serving, serve_env

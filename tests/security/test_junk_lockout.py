@@ -25,6 +25,7 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
+from services.bootstrap import start_service
 from services.jetstream.log import EventLog
 from services.actions.producer import configure_channel, push_pack, request_release
 from services.runtime.sdk import Identity
@@ -105,7 +106,7 @@ async def rig(authed):
     app = App(conns["service"], Settings(nats_url=url, prefix=prefix), trust_root, signer=service_key)
     tasks: list[asyncio.Task] = []
     try:
-        await app.start(Settings(prefix=prefix).roles)
+        await start_service(app, Settings(prefix=prefix).roles)
         operator = conns["operator"]
         await configure_channel(EventLog(operator, operator.jetstream(), subjects), operator.jetstream(), "prod", "canary",
                                 ChannelConfig.model_validate(CHANNEL), OPERATOR)

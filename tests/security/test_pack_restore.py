@@ -21,6 +21,7 @@ from events.manifest import manifest_object_name, pack_object_name
 from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from services.app import App
+from services.bootstrap import start_service
 from services.jetstream.log import EventLog
 from services.consumers.guard import Guard
 from services.jetstream.pack_keeper import RESTORED, PackKeeper
@@ -85,7 +86,7 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         return await app.release_whole(release_id)
 
     try:
-        await app.start(CONSUMERS)
+        await start_service(app, CONSUMERS)
         await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, ENV, CHANNEL_NAME,
                                 ChannelConfig.model_validate(CHANNEL), OPERATOR)
         good, bad = make_pack("1.0.0", producer_key), make_pack("1.1.0", producer_key)

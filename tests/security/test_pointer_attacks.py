@@ -28,6 +28,7 @@ from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.app import App
+from services.bootstrap import start_service
 from services.reads.audit import replay
 from services.jetstream.log import EventLog
 from services.actions.producer import configure_channel, push_pack, request_release
@@ -100,7 +101,7 @@ async def deployment(authed, keys):
     app = App(svc, settings, trust_root, signer=service_key)
     deployment = Deployment(authed, app, service_keys, producer_key, [], attacker, producer)
     try:
-        await app.start(settings.roles)
+        await start_service(app, settings.roles)
         await configure_channel(EventLog(operator, operator.jetstream(), s), operator.jetstream(), ENV, CHANNEL_NAME,
                                 ChannelConfig.model_validate(CHANNEL), OPERATOR)
         for i, tenant in enumerate(TENANTS):

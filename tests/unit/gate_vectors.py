@@ -16,7 +16,7 @@ from events.model import PackRef
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.canonical import canonical_bytes
 from services.actions.producer import dsse_envelope
-from services.consumers.verifier.gates import VerifyContext
+from services.verification.gates import VerifyContext
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
 # Larger than one 64 KiB read so verify_bytes really streams in several chunks.

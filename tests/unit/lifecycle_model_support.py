@@ -38,7 +38,7 @@ from services.consumers.monitoring.judge import Watch, counts_for, hard_breach, 
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.actions.producer import build_signed, manifest_bytes
 from services.consumers.verifier.adapter import context_for
-from services.consumers.verifier.gates import VerifyContext, verify_bytes
+from services.verification.gates import VerifyContext, verify_bytes
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
 

@@ -28,7 +28,7 @@ from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
 from services.contracts.schemas import EVENT_ANY, schema_files
 from services.actions.producer import build_signed, manifest_bytes
-from services.consumers.verifier.gates import VerifyContext, check_manifest
+from services.verification.gates import VerifyContext, check_manifest
 from tests.harness import CHANNEL, trust_root_for
 from tests.unit.test_replay_decisions import HISTORIES, load
 

@@ -13,6 +13,7 @@ from events.ids import derived_event_id
 from events.model import Monitoring
 from events.tokens import is_token
 from projections.releases import ReleaseState
+from projections.rollback import rollback_targets
 from projections.world import World
 from services.consumers import activator, distributor, preparer, promoter
 from services.consumers.monitoring import monitor
@@ -892,14 +893,14 @@ def test_rollback_targets_prefer_the_pin_over_lkg() -> None:
     log.pin("internal", P2, LATER + timedelta(hours=1))
     world, release = state(log)
     assert world.scope(ENV, CH, "internal").lkg.digest == P0["digest"]
-    assert promoter.rollback_targets(world, release, ctx("promoter"))["internal"].digest == P2["digest"]
+    assert rollback_targets(world, release, LATER)["internal"].digest == P2["digest"]
 
 
 def test_rollback_targets_use_lkg_when_the_pin_has_expired() -> None:
     log = _exposed(history(Log()))
     log.pin("internal", P2, LATER)
     world, release = state(log)
-    assert promoter.rollback_targets(world, release, ctx("promoter"))["internal"].digest == P0["digest"]
+    assert rollback_targets(world, release, LATER)["internal"].digest == P0["digest"]
 
 
 def test_rollback_targets_fall_back_to_the_plan() -> None:
@@ -909,7 +910,7 @@ def test_rollback_targets_fall_back_to_the_plan() -> None:
     _exposed(log, {"internal": P2, "rest": None})
     world, release = state(log)
     assert world.scope(ENV, CH, "internal").lkg is None
-    assert promoter.rollback_targets(world, release, ctx("promoter")) == {"internal": release.prepared.rollback_targets["internal"]}
+    assert rollback_targets(world, release, LATER) == {"internal": release.prepared.rollback_targets["internal"]}
 
 
 def test_rollback_targets_never_return_the_failing_pack() -> None:
@@ -919,12 +920,12 @@ def test_rollback_targets_never_return_the_failing_pack() -> None:
     _exposed(log, {"internal": P0, "rest": P0})  # ... and is now being released again and fails
     world, release = state(log)
     assert world.scope(ENV, CH, "internal").lkg.digest == P1["digest"]
-    assert promoter.rollback_targets(world, release, ctx("promoter"))["internal"].digest == P0["digest"]
+    assert rollback_targets(world, release, LATER)["internal"].digest == P0["digest"]
 
 
 def test_rollback_targets_cover_only_exposed_cohorts() -> None:
     world, release = state(_exposed(history(Log())))
-    assert set(promoter.rollback_targets(world, release, ctx("promoter"))) == {"internal"}
+    assert set(rollback_targets(world, release, LATER)) == {"internal"}
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ from projections.position import Position, positions
 from projections.releases import PHASE_AFTER, TRANSITIONS, ReleaseState, apply_release_event
 from projections.world import World, fold
 from services.actions.producer import parse_channel_config
-from services.consumers.verifier.gates import GATE_CODES, GATES, INTERNAL_ERROR, check_manifest, verify_bytes
+from services.verification.gates import GATE_CODES, GATES, INTERNAL_ERROR, check_manifest, verify_bytes
 
 from .gate_vectors import ALICE, BOB, MALLORY, PACK, Case, signed_body, trust_root
 from .gate_vectors import NOW as GATE_NOW

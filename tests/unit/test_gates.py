@@ -16,8 +16,8 @@ from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES
 from events.model import PackRef
 from events.signing import TrustedKey, TrustRoot, b64encode
-from services.consumers.verifier import gates
-from services.consumers.verifier.gates import (
+from services.verification import gates
+from services.verification.gates import (
     GATE_CODES, GATES, OK, GateFailure, PackDigester, PackOversized, Verification,
     check_manifest, check_pack, check_policy, verify_bytes,
 )

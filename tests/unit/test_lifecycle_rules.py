@@ -13,9 +13,10 @@ import pytest
 
 from events.model import Actor, PackRef, Scope
 from projections.releases import ILLEGAL_AFTER_ABORT
+from projections.rollback import rollback_targets
 from services.actions import operator as ops
 from services.consumers import preparer, promoter
-from services.actions.operator import OperatorError
+from services.errors import OperatorError
 from services.consumers.pinner import pin as pin_action, pin_too_long
 from services.consumers.verifier.readiness import readiness_problems
 
@@ -118,7 +119,7 @@ def test_a_failing_release_after_an_override_rolls_back_to_the_previous_lkg() ->
     log.through_verified("r2", P2)
     log.stage("r2", 0, ["internal"], "failed", p=P2)
     world, release = state(log, "r2")
-    assert promoter.rollback_targets(world, release, ctx("promoter"))["internal"].digest == P0["digest"]
+    assert rollback_targets(world, release, LATER)["internal"].digest == P0["digest"]
 
 
 def test_the_monitors_trigger_names_the_rollback_trigger() -> None:

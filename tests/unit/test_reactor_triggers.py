@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from projections.releases import PHASE_AFTER, triggers_for
+from services.bootstrap import ROLE_CLASSES
 from services.consumers.reactor import ReleaseReactor
-from services.roles import ROLE_CLASSES
 
 
 def test_triggers_are_the_events_that_lead_into_the_phases_plus_resumed() -> None:

@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from events.versions import UnmatchableVersion, matches, parse_version
-from services.consumers.verifier.gates import verify_bytes
+from services.verification.gates import verify_bytes
 
 from .gate_vectors import Case, channel_doc, pack_ref
 from events.channel import ChannelConfig

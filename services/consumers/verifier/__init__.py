@@ -1,1 +1,2 @@
-"""Verifier: pure verification gates (gates.py) run before any activation."""
+"""Verifier: the consumer that verifies a distributed pack (adapter.py) and rollback-target
+readiness (readiness.py); the gates themselves live in services/verification/."""

@@ -8,34 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 
-from events.manifest import MANIFEST_MAX_BYTES, attestation_object_name, manifest_object_name, pack_object_name
 from events.model import GateOutcome, VerificationFailed, Verified
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.jetstream.packstore import ObjectTooLarge, PackStore
+from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
-from services.consumers.verifier.gates import (
-    ATTESTATION_MAX_BYTES, DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, PackDigester, PackOversized,
-    Verification, VerifyContext, attestation_required, check_manifest, check_pack, check_policy,
+from services.verification.context import configured_channel, verify_context
+from services.verification.gates import (
+    DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, Verification, VerifyContext,
 )
+from services.verification.pipeline import run_gates
 
 NAME = "verifier"
 log = logging.getLogger(__name__)
 
 
 def context_for(world: World, release: ReleaseState, ctx: Ctx, trust_root) -> VerifyContext:
+    """A rollout's context: every cohort of every stage, against what each runs now."""
     assert release.prepared is not None
     prepared = release.prepared
     env, channel = prepared.target.env, prepared.target.channel
     cohorts = tuple(c for stage in prepared.stages for c in stage)
-    return VerifyContext(
-        request_name=prepared.pack.name, request_version=prepared.pack.version, request_digest=prepared.pack.digest,
-        env=env, channel=channel, cohorts=cohorts, channel_config=world.channel_config(env, channel) if world.channel_state(env, channel) else None,
-        active={c: world.scope(env, channel, c).active_pack for c in cohorts}, trust_root=trust_root, now=ctx.now,
-    )
+    return verify_context(prepared.pack, trust_root, ctx.now, "rollout", env=env, channel=channel, cohorts=cohorts,
+                          channel_config=configured_channel(world, env, channel),
+                          active={c: world.scope(env, channel, c).active_pack for c in cohorts})
 
 
 def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailure | None) -> list[Output]:
@@ -52,56 +50,6 @@ def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailur
     assert release.distributed is not None and v.pack is not None
     verified = Verified(pack=v.pack, manifest=release.distributed.manifest, reference_time=ctx.now, gates=outcomes, signers=v.signers)
     return [Chain((release_event(ctx, release, "verified", verified),))]
-
-
-async def read_attestation(store: PackStore, digest: str) -> bytes | None:
-    """The attestation object beside the pack (None: absent); an oversized one is handed on
-    as over-cap bytes so the evidence gate refuses it by its cap, by name."""
-    try:
-        return await store.read(attestation_object_name(digest), ATTESTATION_MAX_BYTES)
-    except ObjectTooLarge:
-        return b"x" * (ATTESTATION_MAX_BYTES + 1)
-
-
-async def run_gates(store: PackStore, digest: str, vctx: VerifyContext, *, policy: bool = True) -> Verification:
-    """Fetch and check: manifest gates, then the pack streamed through the digester, then policy.
-
-    Runtimes call this with `policy=False`: they re-check integrity, not channel policy.
-    The attestation is read only when the channel requires one, after integrity passed.
-    """
-    # the pack's first chunks are on their way while the manifest is read and checked
-    opening = asyncio.ensure_future(store.chunks(pack_object_name(digest)))
-    chunks = None
-    try:
-        try:
-            manifest = await store.read(manifest_object_name(digest), MANIFEST_MAX_BYTES)
-        except ObjectTooLarge:
-            manifest = b"x" * (MANIFEST_MAX_BYTES + 1)  # let the manifest gate refuse it by its cap, by name
-        v = check_manifest(manifest, vctx)
-        if v.failure is not None or v.manifest is None:
-            return v
-        chunks = await opening
-        if chunks is None:
-            return check_pack(v, None, vctx)
-        digester = PackDigester(v.manifest.size)
-        try:
-            async for chunk in chunks:
-                digester.update(chunk)  # hashed as it streams; never the whole pack in memory
-        except PackOversized:
-            pass
-        v = check_pack(v, None if digester.oversized else digester.result(), vctx, oversized=digester.oversized)
-        if not policy or v.failure is not None:
-            return v
-        if attestation_required(vctx.channel_config):
-            vctx = replace(vctx, attestation=await read_attestation(store, digest))
-        return check_policy(v, vctx)
-    finally:
-        if not opening.done():
-            opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
-        opened = opening.result() if opening.done() and not opening.cancelled() and opening.exception() is None else None
-        if opened is not None:
-            await opened.close()
 
 
 class Verifier(ReleaseReactor[Verification]):

@@ -20,7 +20,8 @@ from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_objec
 from events.model import PackRef
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
-from services.consumers.verifier.gates import VerifyContext, check_manifest
+from services.verification.context import verify_context
+from services.verification.gates import check_manifest
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,8 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
         return TargetCheck("no trust root configured")
     if size is None:
         return TargetCheck("pack object missing")
-    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, VerifyContext(
-        request_name=target.name, request_version=target.version, request_digest=target.digest,
-        env=env, channel=channel, cohorts=cohorts, channel_config=None, active={}, trust_root=trust_root, now=now, purpose="rollback",
-    ))
+    vctx = verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts)
+    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
     if check.failure is not None:
         return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
     if check.manifest is not None and check.manifest.size != size:

@@ -1,0 +1,43 @@
+"""Where a rollback sends each cohort: the release's chosen strategy, read over the world.
+
+One rule for every writer of `release.rollback_started`: the promoter (a failed window,
+activation or abort), the guard (a policy violation found after activation) and an
+operator's `kxr release rollback`. Pure: the world, the release and the time decide.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from events.model import PackRef
+from projections.releases import ReleaseState
+from projections.world import World
+
+
+def rollback_target(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:
+    """Where the release's chosen strategy sends `cohort` back to (None: nowhere; the activator escalates).
+
+    A pin in force comes first whatever the strategy: it is the operator's current word for
+    the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
+    pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
+    another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
+    pack, else the one pre-flight recorded. A strategy never falls back to another's target:
+    an unusable choice holds and escalates.
+    """
+    assert release.prepared is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    scope = world.scope(env, channel, cohort)
+    pin = scope.pinned_at(now)
+    if pin is not None:
+        return pin.pack
+    recorded = release.prepared.rollback_targets.get(cohort)
+    if release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
+        return recorded
+    if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
+        return scope.lkg
+    return recorded
+
+
+def rollback_targets(world: World, release: ReleaseState, now: datetime) -> dict[str, PackRef | None]:
+    """Per exposed cohort: `rollback_target`."""
+    return {cohort: rollback_target(world, release, cohort, now) for cohort in release.activated}

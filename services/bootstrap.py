@@ -1,0 +1,70 @@
+"""The composition root: which roles make up a service process, each built from one App.
+
+`App` (services/app.py) is what every role shares: the connection, the follower's live fold,
+the log writer and `emit`; it knows no consumer. This module is the one place that does: it
+builds each role's runners (the lifecycle consumers, the pinner beside the activator, the
+housekeeping beside the distributor) and starts them once the App's follower has caught up.
+`kxr serve`, `kxr demo`, the benches and the tests start a service through `start_service`,
+so a role is wired the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from services.app import App
+from services.consumers.activator import Activator
+from services.consumers.distributor import Distributor
+from services.consumers.guard import Guard
+from services.consumers.monitoring.monitor import Monitor
+from services.consumers.notifier.consumer import Notifier
+from services.consumers.pinner import Pinner
+from services.consumers.preparer import Preparer
+from services.consumers.promoter import Promoter
+from services.consumers.verifier.adapter import Verifier
+from services.jetstream.janitor import Janitor
+from services.jetstream.pack_keeper import PackKeeper
+
+Runner = Coroutine[Any, Any, None]
+
+
+class Role(Protocol):
+    """A role's part of the process: the long-running coroutines it contributes."""
+
+    def runners(self) -> list[Runner]: ...
+
+
+ROLE_CLASSES: dict[str, Callable[[App], Role]] = {
+    "preparer": Preparer,
+    "distributor": Distributor,
+    "verifier": Verifier,
+    "activator": Activator,
+    "monitor": Monitor,
+    "promoter": Promoter,
+    "notifier": Notifier,
+    "guard": Guard,
+}
+
+
+def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:
+    """The runners of `roles` (names of `ROLE_CLASSES`), not started."""
+    runners: list[Runner] = []
+    for role in roles:
+        runners.extend(ROLE_CLASSES[role](app).runners())
+        if role == "activator":  # pins switch scope pointers, which only the activator role writes
+            runners.extend(Pinner(app).runners())
+        if role == "distributor":
+            # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
+            # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
+            # other roles' leftover consumers
+            runners.extend([PackKeeper(app).run(), Janitor(app.js, app.subjects).run()])
+    return runners
+
+
+async def start_service(app: App, roles: tuple[str, ...]) -> None:
+    """Start `app` (layout, follower caught up), then every runner of `roles` as one of its tasks
+    (stopped and awaited by `app.stop()`). No roles: a follower-only App."""
+    await app.start()
+    for runner in build_roles(app, roles):
+        app.spawn(runner, getattr(runner, "__qualname__", "role"))
