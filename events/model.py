@@ -113,6 +113,12 @@ class Prepared(Frozen):
     owner: StrictStr
     escalation: StrictStr
 
+    def pinned_summary(self) -> str:
+        """The close summary of a release with nothing to roll out: every target cohort is pinned
+        (the preparer closes it `pinned`; the promoter too, if that close was lost)."""
+        skipped = "; ".join(f"{c}: {why}" for c, why in self.skipped.items()) or "no cohort left"
+        return f"nothing exposed: every target cohort is pinned ({skipped})"
+
 
 class Rejected(Frozen):
     reasons: list[Reason]

@@ -21,7 +21,6 @@ from projections.world import World
 from services.reads.health_reads import recent_reporters
 from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.consumers.promoter import pinned_summary
 from services.consumers.reactor import ReleaseReactor
 from services.consumers.verifier.readiness import readiness_problems, target_problems
 from services.jetstream.worker import Poison
@@ -231,7 +230,7 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, i
     event = release_event(ctx, release, "prepared", prepared)
     if not prepared.stages:  # every cohort pinned: the record of the plan, then the close that says so
         closed = release_event(ctx, replace(release, last_event_id=event.event_id), "closed",
-                               Closed(outcome="pinned", summary=pinned_summary(prepared)))
+                               Closed(outcome="pinned", summary=prepared.pinned_summary()))
         return [Chain((event, closed))]
     return [Chain((event,))]
 

@@ -22,7 +22,7 @@ from events.codec import make_event
 from events.ids import derived_event_id
 from typing import Mapping
 
-from events.model import Actor, Closed, Escalated, Expanded, PackRef, Prepared, Promoted, Requested, RollbackPlan, RollbackStarted, Target
+from events.model import Actor, Closed, Escalated, Expanded, PackRef, Promoted, Requested, RollbackPlan, RollbackStarted, Target
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
@@ -99,7 +99,7 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, st
         if release.activated:
             return _rollback(world, release, ctx, "activation_failure", release.failure or "activation failed")
         if release.prepared is not None and not release.prepared.stages:
-            return _close(ctx, release, "pinned", pinned_summary(release.prepared))
+            return _close(ctx, release, "pinned", release.prepared.pinned_summary())
         return _close(ctx, release, "failed", f"never activated: {release.failure}")
     if phase == "failed":
         last = release.verdicts[-1][1] if release.verdicts else None
@@ -121,12 +121,6 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, st
     if phase == "passed" and not release.paused:
         return _advance(world, release, ctx, ready)
     return []
-
-
-def pinned_summary(prepared: Prepared) -> str:
-    """The close summary of a release with nothing to roll out (the preparer writes it; this module, if that close was lost)."""
-    skipped = "; ".join(f"{c}: {why}" for c, why in prepared.skipped.items()) or "no cohort left"
-    return f"nothing exposed: every target cohort is pinned ({skipped})"
 
 
 def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str) -> list[Output]:
