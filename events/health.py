@@ -3,7 +3,7 @@
 Every figure is data the monitor does arithmetic on, so every figure is bounded here, at
 decode: finite, non-negative, under a sane maximum. A sample outside these bounds (NaN,
 1e308, 10**400, more errors than requests) is not a sample: the monitor counts it as an
-invalid report of its window, never as evidence (services/consumers/monitoring/judge.py). With these bounds no
+invalid report of its window, never as evidence (services/monitoring/judge.py). With these bounds no
 sum or request-weighted mean over a window can overflow a float.
 
 `accept_report` is the one rule every reader of KX_HEALTH applies to a report (the monitor's

@@ -3,7 +3,7 @@
 A channel configures them (`channel.configured`, events/channel.py), a request may only
 tighten them (services/consumers/preparer.py `effective_monitoring`), and the prepared plan
 and every window carry the result (events/model.py `Monitoring`). The judge
-(services/consumers/monitoring/judge.py) compares a window's figures against them.
+(services/monitoring/judge.py) compares a window's figures against them.
 Change a threshold here and every one of those places sees it.
 """
 
@@ -24,7 +24,7 @@ class Thresholds(BaseModel):
     activation_success_min: float | None = None
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
-    # Mann-Whitney comparison with the previous pack (services/consumers/monitoring/statistics.py): "report" puts
+    # Mann-Whitney comparison with the previous pack (services/monitoring/statistics.py): "report" puts
     # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
     statistical: Literal["off", "report", "enforce"] = "report"
     # Tenant impact (health sample `signals`): totals over the window; a breach fails the window

@@ -17,12 +17,12 @@ from services.app import App
 from services.consumers.activator import Activator
 from services.consumers.distributor import Distributor
 from services.consumers.guard import Guard
-from services.consumers.monitoring.monitor import Monitor
+from services.consumers.monitor import Monitor
 from services.consumers.notifier.consumer import Notifier
 from services.consumers.pinner import Pinner
 from services.consumers.preparer import Preparer
 from services.consumers.promoter import Promoter
-from services.consumers.verifier.adapter import Verifier
+from services.consumers.verifier import Verifier
 from services.jetstream.janitor import Janitor
 from services.jetstream.pack_keeper import PackKeeper
 

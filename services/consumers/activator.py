@@ -19,7 +19,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
-from services.consumers.verifier.readiness import TargetCheck, target_check
+from services.verification.readiness import TargetCheck, target_check
 
 NAME = "activator"
 
@@ -191,7 +191,7 @@ class Activator(ReleaseReactor[TargetFacts]):
         return super().fail_closed(world, release, failed, ctx)
 
     async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
-        """Whether a pack can be switched to now (services/consumers/verifier/readiness.py), which first restores
+        """Whether a pack can be switched to now (services/verification/readiness.py), which first restores
         one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
         assert release.prepared is not None
         return await target_check(self.port, target, release.prepared.target.env, release.prepared.target.channel,

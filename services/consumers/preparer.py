@@ -22,7 +22,7 @@ from services.reads.health_reads import recent_reporters
 from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.consumers.reactor import ReleaseReactor
-from services.consumers.verifier.readiness import readiness_problems, target_problems
+from services.verification.readiness import readiness_problems, target_problems
 from services.jetstream.worker import Poison
 
 NAME = "preparer"

@@ -29,7 +29,7 @@ from projections.rollback import rollback_target, rollback_targets
 from projections.world import World, scopes_of
 from services.consumers.outputs import Chain, Ctx, NewRelease, Output, release_event
 from services.consumers.reactor import ReleaseReactor
-from services.consumers.verifier.readiness import readiness_problems, target_problems
+from services.verification.readiness import readiness_problems, target_problems
 
 NAME = "promoter"
 

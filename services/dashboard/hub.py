@@ -22,7 +22,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
-from services.consumers.monitoring.judge import window_span
+from services.monitoring.judge import window_span
 from services.jetstream.log_reads import load_evidence
 
 log = logging.getLogger(__name__)

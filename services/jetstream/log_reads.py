@@ -14,7 +14,7 @@ from projections.position import Position
 from projections.releases import ReleaseState
 from projections.invariants import apply_signed
 from projections.world import World, apply_undecodable
-from services.reads.fold_gc import step as gc_step, young_collections_only
+from services.jetstream.fold_gc import step as gc_step, young_collections_only
 from services.jetstream.reader import OrderedReader, RawEntry
 
 

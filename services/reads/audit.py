@@ -12,7 +12,7 @@ from projections.evidence import EvidenceRecord
 from events.service_signing import ServiceKeys
 from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
 from projections.world import World
-from services.reads.fold_gc import step as gc_step, young_collections_only
+from services.jetstream.fold_gc import step as gc_step, young_collections_only
 from services.jetstream.log_reads import load_world, log_batches
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)

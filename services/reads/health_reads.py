@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from events.health import HealthSample, accept_report
 from events.subjects import Subjects
 from services.jetstream.direct import connection_of, last_per_subject
-from services.consumers.monitoring.judge import Invalid
+from services.monitoring.judge import Invalid
 from services.jetstream.reader import OrderedReader
 
 

@@ -3,7 +3,7 @@
 `release_view(world, record, now=..., stored_samples=...)` reads only the fold (World and
 the release's EvidenceRecord) and, while a window is open, the health samples stored so
 far for its cohorts. Figures of an open window come from the monitor's own pure judge
-(`services/consumers/monitoring/judge.py`: `window_data`, whose `counts_for` is the monitor's
+(`services/monitoring/judge.py`: `window_data`, whose `counts_for` is the monitor's
 rule for which samples count, and `judge_window`), so the view shows exactly what the
 monitor would decide on the same samples; a closed window shows the verdict the monitor
 recorded. Nothing here does IO or reads a clock.
@@ -64,7 +64,7 @@ from events.model import MonitoringStarted
 from projections.evidence import EvidenceRecord
 from projections.releases import ReleaseState
 from projections.world import World
-from services.consumers.monitoring.judge import baseline_digests, judge_window, window_data
+from services.monitoring.judge import baseline_digests, judge_window, window_data
 
 VIEW_SCHEMA = "kxr.release-view/1"
 DEFAULT_EVENTS = 10
@@ -86,7 +86,7 @@ def release_view(
     """The view of `record.release_id`, or None if the fold has never seen it.
 
     `stored_samples` are (server stored time, sample) pairs from the window's cohorts over
-    `services.consumers.monitoring.judge.window_span(window)`; None means they could not be read.
+    `services.monitoring.judge.window_span(window)`; None means they could not be read.
     """
     release = world.release(record.release_id)
     if release is None:
@@ -187,7 +187,7 @@ def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
         return {**view, **_empty(False, f"closed without a verdict: the release went on to {release.phase}")}
     if stored_samples is None:
         return {**view, **_empty(True, "health samples not readable here: figures appear with the verdict")}
-    # the monitor's own split and judge (services/consumers/monitoring/judge.py); the baseline is what the log says ran before
+    # the monitor's own split and judge (services/monitoring/judge.py); the baseline is what the log says ran before
     data = window_data(stored_samples, m, baseline_digests=baseline_digests(world, release) if world else (),
                        activated_at=release.activated_at.get(m.stage))
     v = judge_window(data, m.monitoring)

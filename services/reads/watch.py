@@ -19,7 +19,7 @@ from events.model import MonitoringStarted
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from services.reads.follower import Follower
-from services.consumers.monitoring.judge import window_span
+from services.monitoring.judge import window_span
 from services.reads.live_view import DEFAULT_EVENTS, release_view
 from services.jetstream.reader import OrderedReader
 from services.tasks import cancel_and_wait

@@ -27,7 +27,7 @@ from events.manifest import (
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
 from services.app import App
-from services.consumers.verifier.adapter import Verifier
+from services.consumers.verifier import Verifier
 from services.jetstream.packstore import PackStore
 from services.actions.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
 from services.runtime.sdk import RuntimeClient

@@ -25,19 +25,19 @@ from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import HealthParts, Subjects
 from events.trust import follow_chain, sign_root
-from services.consumers.verifier.readiness import TargetCheck, judge_target
+from services.verification.readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers import activator, distributor, pinner, preparer, promoter
-from services.consumers.monitoring import monitor
+from services.consumers import monitor
 from services.actions import operator
-from services.consumers.verifier import adapter as verifier_adapter
-from services.consumers.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
+from services.consumers import verifier as verifier_adapter
+from services.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.actions.producer import build_signed, manifest_bytes
-from services.consumers.verifier.adapter import context_for
+from services.consumers.verifier import context_for
 from services.verification.gates import VerifyContext, verify_bytes
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
@@ -541,7 +541,7 @@ def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list
 
 
 def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> TargetCheck:
-    """services/consumers/verifier/readiness.py's pure judgement over the model's store and trust root."""
+    """services/verification/readiness.py's pure judgement over the model's store and trust root."""
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
     size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None

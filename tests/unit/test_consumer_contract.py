@@ -18,12 +18,12 @@ from events.subjects import Subjects
 from services.app import App
 from services.consumers.activator import Activator
 from services.consumers.distributor import Distributor
-from services.consumers.monitoring.monitor import Monitor
+from services.consumers.monitor import Monitor
 from services.consumers.port import Port, WorldView
 from services.consumers.preparer import Preparer
 from services.consumers.promoter import Promoter
 from services.consumers.reactor import MAX_DELIVER, Failed, ReleaseReactor
-from services.consumers.verifier.adapter import Verifier
+from services.consumers.verifier import Verifier
 from services.settings import Settings
 
 from .test_decisions import LATER, ctx, history, monitoring_log, prepared_release, requested_log, rolling_back_log, single_event, state, verified_log

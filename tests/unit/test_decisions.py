@@ -16,8 +16,8 @@ from projections.releases import ReleaseState
 from projections.rollback import rollback_targets
 from projections.world import World
 from services.consumers import activator, distributor, preparer, promoter
-from services.consumers.monitoring import monitor
-from services.consumers.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
+from services.consumers import monitor
+from services.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Timer
 
 from .test_projections import CH, CHANNEL_DOC, ENV, NOW, P0, P1, P2, STAGES, Log, manifest_of

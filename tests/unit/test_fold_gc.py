@@ -1,10 +1,10 @@
-"""services/reads/fold_gc.py: the collector is paused for full collections only while folds run, then restored."""
+"""services/jetstream/fold_gc.py: the collector is paused for full collections only while folds run, then restored."""
 
 from __future__ import annotations
 
 import gc
 
-from services.reads.fold_gc import step, young_collections_only
+from services.jetstream.fold_gc import step, young_collections_only
 
 
 def _cycle() -> None:

@@ -18,9 +18,9 @@ from events.canonical import StrictJSONError
 from events.codec import decode_event, encode_event
 from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample, accept_report, decode_sample
 from events.model import Comparison, MonitoringStarted, MonitoringVerdict
-from services.consumers.monitoring import monitor
+from services.consumers import monitor
 from events.subjects import HealthParts, Subjects
-from services.consumers.monitoring.judge import (
+from services.monitoring.judge import (
     CLOCK_SKEW, MAX_LISTED, PER_RUNTIME_MIN_REQUESTS, Invalid, Watch, WindowData, breach_of, counts_for, figures_of, first_breach,
     judge, judge_window, window_data,
 )

@@ -18,7 +18,7 @@ from services.actions import operator as ops
 from services.consumers import preparer, promoter
 from services.errors import OperatorError
 from services.consumers.pinner import pin as pin_action, pin_too_long
-from services.consumers.verifier.readiness import readiness_problems
+from services.verification.readiness import readiness_problems
 
 from .test_decisions import LATER, ctx, events_of, history, passed_log, single_event, state
 from .test_projections import CHANNEL_DOC, ENV, CH, OPERATOR, P0, P1, P2, SERVICE, Log
@@ -433,7 +433,7 @@ def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
 
 async def test_a_readiness_check_that_raises_is_a_problem_never_a_pass() -> None:
     """Fail closed: the activator and promoter get a reason, not an exception to retry forever."""
-    from services.consumers.verifier.readiness import target_check, target_problems
+    from services.verification.readiness import target_check, target_problems
 
     class Broken:
         def current_trust_root(self):

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from events.model import MonitoringStarted
 from projections.evidence import evidence_of
-from services.consumers.monitoring.judge import judge, split_window
+from services.monitoring.judge import judge, split_window
 from services.reads.live_view import VIEW_SCHEMA, release_view
 
 from .test_decisions import history, sample

@@ -89,7 +89,7 @@ def test_unreadable_runtime_health_rejects_unless_acknowledged() -> None:
 
 def test_an_unreadable_window_holds_the_release_with_the_reason() -> None:
     from events.model import MonitoringStarted
-    from services.consumers.monitoring import monitor
+    from services.consumers import monitor
 
     log = Log()
     log.channel()

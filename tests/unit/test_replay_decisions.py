@@ -20,7 +20,7 @@ from events.model import Distributed, Event
 from projections.position import Position
 from projections.world import World, apply
 from services.consumers import activator, distributor, preparer, promoter
-from services.consumers.monitoring import monitor
+from services.consumers import monitor
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease
 
 PURE = {"preparer", "distributor", "activator", "promoter"}  # decisions with no IO input besides the log

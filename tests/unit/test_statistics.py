@@ -1,4 +1,4 @@
-"""The optional Mann-Whitney judgement (services/consumers/monitoring/statistics.py)."""
+"""The optional Mann-Whitney judgement (services/monitoring/statistics.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 
-from services.consumers.monitoring.statistics import ALPHA, EXACT_MAX_N, judge_statistically, mann_whitney, mann_whitney_worse
+from services.monitoring.statistics import ALPHA, EXACT_MAX_N, judge_statistically, mann_whitney, mann_whitney_worse
 
 
 def test_u_matches_a_hand_computed_example() -> None:

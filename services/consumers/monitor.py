@@ -24,7 +24,7 @@ from events.model import Event, MonitoringStarted, MonitoringVerdict
 from projections.releases import ReleaseState
 from projections.world import World
 from services.reads.health_reads import samples_between, window_reports
-from services.consumers.monitoring.judge import (
+from services.monitoring.judge import (
     CLOCK_SKEW, Breach, Watch, WindowData, baseline_digests, breach_of, counts_for, first_breach, judge_window, read_span,
     window_data,
 )

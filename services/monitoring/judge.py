@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Collection, Iterable
 from events.health import HealthSample
 from events.model import Comparison, Monitoring, MonitoringStarted
 from events.subjects import HealthParts
-from services.consumers.monitoring.statistics import judge_statistically
+from services.monitoring.statistics import judge_statistically
 
 if TYPE_CHECKING:
     from projections.releases import ReleaseState

@@ -1,1 +1,0 @@
-"""Monitoring: the window over health samples (monitor), the verdict rules (judge) and their statistics."""
