@@ -86,7 +86,7 @@ class ChannelConfig(_Cfg):
     notifications: list[NotificationSink] = Field(default_factory=list)  # webhooks (events/notifications.py)
 
     @model_validator(mode="after")
-    def _coherent(self) -> "ChannelConfig":
+    def _coherent(self) -> ChannelConfig:
         problems = channel_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -120,7 +120,9 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
         if rule.percent is not None:
             lo, hi = rule.percent
             if not (0 <= lo < hi <= BUCKETS):
-                problems.append(f"cohort {rule.name}: percent range [{lo}, {hi}) must lie inside 0..{BUCKETS} with lo < hi")
+                problems.append(
+                    f"cohort {rule.name}: percent range [{lo}, {hi}) must lie inside 0..{BUCKETS} with lo < hi"
+                )
             else:
                 ranges.append((lo, hi, rule.name))
     ranges.sort()

@@ -17,7 +17,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
     model_validator,
 )
 
@@ -86,7 +94,7 @@ class HealthSample(_H):
     signals: Signals | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "HealthSample":
+    def _consistent(self) -> HealthSample:
         if self.errors > self.requests:
             raise ValueError(f"errors ({self.errors}) exceed requests ({self.requests})")
         if self.correctness and self.correctness.mismatches > self.correctness.checked:

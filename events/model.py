@@ -7,12 +7,20 @@ an older consumer; the fields named here are checked strictly.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from typing import Annotated
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SerializeAsAny, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from .manifest import DIGEST_PATTERN
 from .thresholds import Thresholds  # one model for a channel's and a release's (events/thresholds.py)
@@ -127,6 +135,7 @@ class Rejected(Frozen):
 class StoredObject(Frozen):
     """How `kx_packs` held one object when it was distributed: enough for the service to
     re-publish its metadata (a producer can mark it deleted or re-point it; its chunks stay)."""
+
     nuid: StrictStr = Field(min_length=1, max_length=64)
     size: StrictInt = Field(ge=0)
     chunks: StrictInt = Field(ge=0)
@@ -228,8 +237,13 @@ class Promoted(Frozen):
 
 class RollbackStarted(Frozen):
     trigger: Literal[
-        "verification_failure", "activation_failure", "monitoring_failure",
-        "policy_violation", "tenant_impact", "operator", "abort",
+        "verification_failure",
+        "activation_failure",
+        "monitoring_failure",
+        "policy_violation",
+        "tenant_impact",
+        "operator",
+        "abort",
     ]
     reason: StrictStr
     targets: dict[str, PackRef | None]
@@ -366,7 +380,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Event(BaseModel):
@@ -391,7 +405,7 @@ class Event(BaseModel):
         if value.tzinfo is None:
             raise ValueError("occurred_at must carry a timezone (RFC 3339 UTC)")
         try:
-            return value.astimezone(timezone.utc)
+            return value.astimezone(UTC)
         except OverflowError:
             raise ValueError("occurred_at is out of range") from None
 

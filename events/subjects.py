@@ -176,4 +176,6 @@ class Subjects:
             return self.channel(scope[0], scope[1])
         if event_type == "trust.rotated":
             return self.trust_rotated()
-        raise ValueError(f"event type {event_type!r} needs a {'release_id' if family in ('release', 'notification') else 'scope'}")
+        raise ValueError(
+            f"event type {event_type!r} needs a {'release_id' if family in ('release', 'notification') else 'scope'}"
+        )

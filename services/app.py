@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from events.canonical import compact_bytes
 from events.signing import SigningKey, TrustRoot
-from events.trust import TrustChain, follow_chain
 from events.subjects import Subjects
+from events.trust import TrustChain, follow_chain
 from projections.releases import ReleaseState
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.jetstream.deadletter import DeadLetters, watch_max_deliveries
-from services.reads.follower import Follower
 from services.jetstream.layout import LayoutSettings, ensure_layout
 from services.jetstream.log import Entry, EventLog
 from services.jetstream.log_reads import release_history
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
-from .settings import Settings, service_keys_for
+from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots
+
+from .settings import Settings, service_keys_for
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ Clock = Callable[[], datetime]
 
 
 def utc_clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _report_crash(task: asyncio.Task) -> None:
@@ -44,8 +45,14 @@ def _report_crash(task: asyncio.Task) -> None:
 
 
 class App:
-    def __init__(self, nc: Client, settings: Settings, trust_root: TrustRoot | None = None, clock: Clock = utc_clock,
-                 signer: SigningKey | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        settings: Settings,
+        trust_root: TrustRoot | None = None,
+        clock: Clock = utc_clock,
+        signer: SigningKey | None = None,
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=10)
         self.settings = settings
@@ -55,8 +62,14 @@ class App:
         # what the service's own fold trusts: only what these keys signed counts (settings.service_keys_for)
         self.service_keys = service_keys_for(settings, signer)
         self.deadletters = DeadLetters(self.js, self.subjects)
-        self.follower = Follower(self.js, self.subjects, snapshots=self.snapshots, archive_closed=True, deadletters=self.deadletters,
-                                 service_keys=self.service_keys)
+        self.follower = Follower(
+            self.js,
+            self.subjects,
+            snapshots=self.snapshots,
+            archive_closed=True,
+            deadletters=self.deadletters,
+            service_keys=self.service_keys,
+        )
         self.trust_root = trust_root
         self.clock = clock
         self._tasks: list[asyncio.Task] = []
@@ -85,12 +98,17 @@ class App:
         world = self.follower.world
         release = world.release(release_id)
         if release is None and release_id in world.tombstones:
-            release = await release_history(self.js, self.subjects, release_id, before_seq=world.applied_seq + 1, service_keys=self.service_keys)
+            release = await release_history(
+                self.js, self.subjects, release_id, before_seq=world.applied_seq + 1, service_keys=self.service_keys
+            )
         return release
 
     async def ensure_layout(self) -> None:
-        await ensure_layout(self.js, self.subjects, LayoutSettings(health_max_age_s=self.settings.health_max_age_s,
-                                                                   replicas=self.settings.replicas))
+        await ensure_layout(
+            self.js,
+            self.subjects,
+            LayoutSettings(health_max_age_s=self.settings.health_max_age_s, replicas=self.settings.replicas),
+        )
 
     # -- performing decisions -----------------------------------------------------------------
     async def emit(self, outputs: list[Output], release: ReleaseState | None) -> None:
@@ -112,7 +130,7 @@ class App:
                 raise TypeError(out)
 
     async def schedule(self, timer: Timer) -> None:
-        when = timer.at.astimezone(timezone.utc)
+        when = timer.at.astimezone(UTC)
         if when.microsecond:  # the schedule takes whole seconds: round up, never fire early
             when = when.replace(microsecond=0) + timedelta(seconds=1)
         at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -140,8 +158,15 @@ class App:
         await self.ensure_layout()
         world = await self.snapshots.load()
         if world is not None:  # snapshot + tail instead of the whole log
-            self.follower = Follower(self.js, self.subjects, world, snapshots=self.snapshots, archive_closed=True,
-                                     deadletters=self.deadletters, service_keys=self.service_keys)
+            self.follower = Follower(
+                self.js,
+                self.subjects,
+                world,
+                snapshots=self.snapshots,
+                archive_closed=True,
+                deadletters=self.deadletters,
+                service_keys=self.service_keys,
+            )
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         # consumers decide on a world at least as new as the log was at start; a cold start

@@ -46,15 +46,24 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from events.subjects import Subjects
 from events.tokens import InvalidToken, check_token
 
-from .settings import ROLES as CONSUMER_ROLES, env_credentials_document, read_credentials_document
+from .settings import ROLES as CONSUMER_ROLES
+from .settings import env_credentials_document, read_credentials_document
 
 ROLES = ("service", "producer", "runtime", "operator", "auditor")
 API = "$JS.API"
 DEFAULT_INBOX = "_INBOX"
 
 # The operator's own events (services/actions/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
-OPERATOR_RELEASE_SUFFIXES = ("paused", "resumed", "aborted", "annotated", "monitoring_passed", "monitoring_started", "rollback_started",
-                             "closed")  # closed: `kxr release close` ends a held release as failed/aborted
+OPERATOR_RELEASE_SUFFIXES = (
+    "paused",
+    "resumed",
+    "aborted",
+    "annotated",
+    "monitoring_passed",
+    "monitoring_started",
+    "rollback_started",
+    "closed",
+)  # closed: `kxr release close` ends a held release as failed/aborted
 
 
 @dataclass(frozen=True)
@@ -82,22 +91,34 @@ class Credentials:
     runtime_id: str | None = None  # a runtime's own credentials (`kxr creds runtime add ID`)
 
     def to_document(self) -> dict:
-        doc = {"role": self.role, "prefix": self.prefix, "user": self.user, "password": self.password,
-               "url": self.url, "inbox_prefix": self.inbox_prefix}
+        doc = {
+            "role": self.role,
+            "prefix": self.prefix,
+            "user": self.user,
+            "password": self.password,
+            "url": self.url,
+            "inbox_prefix": self.inbox_prefix,
+        }
         return doc | ({"runtime_id": self.runtime_id} if self.runtime_id else {})
 
     @classmethod
-    def from_document(cls, doc: dict) -> "Credentials":
+    def from_document(cls, doc: dict) -> Credentials:
         try:
-            return cls(role=str(doc["role"]), prefix=str(doc["prefix"]), user=str(doc["user"]), password=str(doc["password"]),
-                       inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX), url=doc.get("url"),
-                       runtime_id=check_token(str(doc["runtime_id"]), "runtime_id") if doc.get("runtime_id") else None)
+            return cls(
+                role=str(doc["role"]),
+                prefix=str(doc["prefix"]),
+                user=str(doc["user"]),
+                password=str(doc["password"]),
+                inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX),
+                url=doc.get("url"),
+                runtime_id=check_token(str(doc["runtime_id"]), "runtime_id") if doc.get("runtime_id") else None,
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a credentials document (missing {exc})") from None
         except InvalidToken as exc:
             raise ValueError(f"not a credentials document ({exc})") from None
 
-    def with_server(self, server_url: str) -> "Credentials":
+    def with_server(self, server_url: str) -> Credentials:
         return replace(self, url=url_with_user(server_url, self.user, self.password))
 
     @property
@@ -174,15 +195,23 @@ def read_stream(stream: str) -> list[str]:
 # monitor's and pinner's timers, the pinner): only the service may create, update or pull
 # from them. Another role pulling from one would hold its messages un-acked until they are
 # redelivered (a delay) or dead-lettered (max deliveries): a denial, not just a read.
-SERVICE_DURABLES = (*(f"kxr-{name}" for name in CONSUMER_ROLES), "kxr-monitor-timers", "kxr-pinner", "kxr-pinner-timers")
+SERVICE_DURABLES = (
+    *(f"kxr-{name}" for name in CONSUMER_ROLES),
+    "kxr-monitor-timers",
+    "kxr-pinner",
+    "kxr-pinner-timers",
+)
 
 
 def service_durable_denials(stream: str) -> list[str]:
     """For every role but the service: create/update and fetch on the service's durables."""
     out: list[str] = []
     for durable in SERVICE_DURABLES:
-        out += [f"{API}.CONSUMER.CREATE.{stream}.{durable}", f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
-                f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}"]
+        out += [
+            f"{API}.CONSUMER.CREATE.{stream}.{durable}",
+            f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        ]
     return out
 
 
@@ -213,7 +242,12 @@ def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> s
 
 def janitor_streams(subjects: Subjects) -> tuple[str, ...]:
     """The streams other roles may read, so create consumers on: the janitor's beat."""
-    return (subjects.releases_stream, subjects.health_stream, subjects.deadletter_stream, object_stream(subjects.packs_bucket))
+    return (
+        subjects.releases_stream,
+        subjects.health_stream,
+        subjects.deadletter_stream,
+        object_stream(subjects.packs_bucket),
+    )
 
 
 def _unique(items: list[str]) -> tuple[str, ...]:
@@ -228,41 +262,53 @@ def service_permissions(subjects: Subjects) -> Permissions:
     streams = (s.releases_stream, s.health_stream, s.timers_stream, s.deadletter_stream, packs, snapshots)
     inbox = inbox_for(s, "service")
     publish = [
-        f"{p}.release.*.*",                       # release events (the promoter also requests linked releases)
-        f"{p}.release.*.notification.*",           # the notifier's records of webhook deliveries
-        f"{p}.scope.*.*.*.activated",              # the activator's pointers (and pins switched by the pinner)
-        f"{p}.scope.*.*.*.unpinned",               # pin refused or expired
-        f"{p}.scope.*.*.*.flagged",                # the guard: a settled scope's pack now fails a gate
-        s.timers_all(),                            # monitoring windows and pin expiries (scheduled messages)
+        f"{p}.release.*.*",  # release events (the promoter also requests linked releases)
+        f"{p}.release.*.notification.*",  # the notifier's records of webhook deliveries
+        f"{p}.scope.*.*.*.activated",  # the activator's pointers (and pins switched by the pinner)
+        f"{p}.scope.*.*.*.unpinned",  # pin refused or expired
+        f"{p}.scope.*.*.*.flagged",  # the guard: a settled scope's pack now fails a gate
+        s.timers_all(),  # monitoring windows and pin expiries (scheduled messages)
         s.deadletter_all(),
-        f"$O.{s.snapshots_bucket}.C.>", f"$O.{s.snapshots_bucket}.M.>", f"{API}.STREAM.PURGE.{snapshots}",
+        f"$O.{s.snapshots_bucket}.C.>",
+        f"$O.{s.snapshots_bucket}.M.>",
+        f"{API}.STREAM.PURGE.{snapshots}",
         # a distributed pack's metadata, re-published from the log's record when a producer deleted
         # or re-pointed it (services/jetstream/pack_keeper.py): never its chunks, never a purge
         f"$O.{s.packs_bucket}.M.>",
         # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
         # runs an ordered push consumer, whose flow control the client answers
-        f"{API}.STREAM.NAMES", f"$JS.FC.{snapshots}.>",
-        f"{API}.INFO",                             # the account's limits: the log asks no more consumers than allowed
-        *[f"{API}.STREAM.CREATE.{name}" for name in streams],   # the layout, created idempotently
-        f"{API}.STREAM.UPDATE.{s.releases_stream}",              # additive migration (trust.rotated subject)
+        f"{API}.STREAM.NAMES",
+        f"$JS.FC.{snapshots}.>",
+        f"{API}.INFO",  # the account's limits: the log asks no more consumers than allowed
+        *[f"{API}.STREAM.CREATE.{name}" for name in streams],  # the layout, created idempotently
+        f"{API}.STREAM.UPDATE.{s.releases_stream}",  # additive migration (trust.rotated subject)
         f"{API}.STREAM.INFO.{s.deadletter_stream}",
-        *read_stream(s.releases_stream), *read_stream(s.health_stream), *read_stream(s.timers_stream),
-        *read_stream(packs), *read_stream(snapshots),
+        *read_stream(s.releases_stream),
+        *read_stream(s.health_stream),
+        *read_stream(s.timers_stream),
+        *read_stream(packs),
+        *read_stream(snapshots),
         # nats.py's ordered consumers (a snapshot's object get) are created without a name
         *[f"{API}.CONSUMER.CREATE.{name}" for name in streams],
-        *ack_stream(s.releases_stream), *ack_stream(s.timers_stream),
+        *ack_stream(s.releases_stream),
+        *ack_stream(s.timers_stream),
         # the janitor (services/jetstream/janitor.py): list the consumers on the streams other roles read,
         # remove those that are neither the service's nor a live reader's
         *[x for name in janitor_streams(s) for x in (f"{API}.CONSUMER.LIST.{name}", f"{API}.CONSUMER.DELETE.{name}.*")],
     ]
-    subscribe = [f"{inbox}.>", s.health_all(),  # replies; live health (early breach detection)
-                 *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]]
+    subscribe = [
+        f"{inbox}.>",
+        s.health_all(),  # replies; live health (early breach detection)
+        *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*" for stream in (s.releases_stream, s.timers_stream)],
+    ]
     # release events are the service's, except the operator's own decisions
     deny = [f"{p}.release.*.{suffix}" for suffix in ("paused", "resumed", "aborted", "annotated")]
     return Permissions(_unique(publish), tuple(subscribe), inbox, tuple(deny))
 
 
-def _reader(subjects: Subjects, role_publish: list[str], streams: list[str], subscribe: tuple[str, ...], inbox: str) -> Permissions:
+def _reader(
+    subjects: Subjects, role_publish: list[str], streams: list[str], subscribe: tuple[str, ...], inbox: str
+) -> Permissions:
     """A role that publishes `role_publish` and reads `streams`: never the service's durables
     (which live on the log and the timers; a consumer of that name elsewhere is not one)."""
     publish = [*role_publish, *(x for stream in streams for x in read_stream(stream))]
@@ -273,12 +319,22 @@ def _reader(subjects: Subjects, role_publish: list[str], streams: list[str], sub
 
 def producer_permissions(subjects: Subjects) -> Permissions:
     s = subjects
-    return _reader(s, [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
-                   [object_stream(s.packs_bucket), s.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(
+        s,
+        [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
+        [object_stream(s.packs_bucket), s.releases_stream],
+        (f"{DEFAULT_INBOX}.>",),
+        DEFAULT_INBOX,
+    )
 
 
-def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str | None = None,
-                        runtime_id: str | None = None, report: bool = True) -> Permissions:
+def runtime_permissions(
+    subjects: Subjects,
+    env: str | None = None,
+    channel: str | None = None,
+    runtime_id: str | None = None,
+    report: bool = True,
+) -> Permissions:
     """A runtime reads pointers and packs and reports its own health.
 
     With runtime_id given (`kxr creds runtime add ID`), it may only publish health under its
@@ -291,16 +347,25 @@ def runtime_permissions(subjects: Subjects, env: str | None = None, channel: str
     parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
     health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
     inbox = inbox_for(s, "runtime", runtime_id)
-    return _reader(s, [health] if report else [], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox)
+    return _reader(
+        s, [health] if report else [], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox
+    )
 
 
 def operator_permissions(subjects: Subjects) -> Permissions:
     s = subjects
     p = s.prefix
-    publish = [*[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
-               f"{p}.scope.*.*.*.pinned", f"{p}.scope.*.*.*.unpinned", f"{p}.channel.*.*.configured", s.trust_rotated()]
+    publish = [
+        *[f"{p}.release.*.{suffix}" for suffix in OPERATOR_RELEASE_SUFFIXES],
+        f"{p}.scope.*.*.*.pinned",
+        f"{p}.scope.*.*.*.unpinned",
+        f"{p}.channel.*.*.configured",
+        s.trust_rotated(),
+    ]
     # kxr deadletter list|show; kxr watch: an open window's figures (stored samples, never live subscriptions)
-    return _reader(s, publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(
+        s, publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX
+    )
 
 
 def auditor_permissions(subjects: Subjects) -> Permissions:
@@ -308,8 +373,13 @@ def auditor_permissions(subjects: Subjects) -> Permissions:
 
 
 def role_permissions(subjects: Subjects, role: str) -> Permissions:
-    builders = {"service": service_permissions, "producer": producer_permissions, "runtime": runtime_permissions,
-                "operator": operator_permissions, "auditor": auditor_permissions}
+    builders = {
+        "service": service_permissions,
+        "producer": producer_permissions,
+        "runtime": runtime_permissions,
+        "operator": operator_permissions,
+        "auditor": auditor_permissions,
+    }
     if role not in builders:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     return builders[role](subjects)
@@ -323,8 +393,13 @@ def user_name(subjects: Subjects, role: str) -> str:
 def new_credentials(subjects: Subjects, role: str) -> Credentials:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
-    return Credentials(role=role, prefix=subjects.prefix, user=user_name(subjects, role),
-                       password=secrets.token_urlsafe(24), inbox_prefix=inbox_for(subjects, role))
+    return Credentials(
+        role=role,
+        prefix=subjects.prefix,
+        user=user_name(subjects, role),
+        password=secrets.token_urlsafe(24),
+        inbox_prefix=inbox_for(subjects, role),
+    )
 
 
 def url_with_user(server_url: str, user: str, password: str) -> str:
@@ -364,8 +439,14 @@ def write_credentials(data_dir: Path, creds: Credentials) -> Path:
 def new_runtime_credentials(subjects: Subjects, runtime_id: str, server_url: str | None = None) -> Credentials:
     """One runtime's own user: publishes health under its own id only, replies on its own inbox."""
     rid = check_token(runtime_id, "runtime_id")
-    creds = Credentials(role="runtime", prefix=subjects.prefix, user=f"{user_name(subjects, 'runtime')}-{rid}",
-                        password=secrets.token_urlsafe(24), inbox_prefix=inbox_for(subjects, "runtime", rid), runtime_id=rid)
+    creds = Credentials(
+        role="runtime",
+        prefix=subjects.prefix,
+        user=f"{user_name(subjects, 'runtime')}-{rid}",
+        password=secrets.token_urlsafe(24),
+        inbox_prefix=inbox_for(subjects, "runtime", rid),
+        runtime_id=rid,
+    )
     return creds.with_server(server_url) if server_url else creds
 
 
@@ -423,7 +504,9 @@ def ensure_credentials(data_dir: Path, subjects: Subjects, server_url: str | Non
         if stored is None:
             creds = new_credentials(subjects, role)
         else:
-            creds = Credentials(role, stored.prefix, stored.user, stored.password, inbox_for(subjects, role), stored.url)
+            creds = Credentials(
+                role, stored.prefix, stored.user, stored.password, inbox_for(subjects, role), stored.url
+            )
         if server_url is not None:
             creds = creds.with_server(server_url)
         if stored is None or creds != stored or not _private(path):
@@ -454,8 +537,12 @@ def _subject_list(key: str, subjects: tuple[str, ...], indent: str) -> list[str]
     return [f"{indent}{key}: [", *body, f"{indent}]"]
 
 
-def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, indent: str = "    ",
-                 runtime_identity: str = "shared") -> str:
+def render_users(
+    creds: dict[str, Credentials] | list[Credentials],
+    subjects: Subjects,
+    indent: str = "    ",
+    runtime_identity: str = "shared",
+) -> str:
     """The `users` entries (without brackets) for these credentials."""
     items = creds.values() if isinstance(creds, dict) else creds
     out: list[str] = []
@@ -471,15 +558,21 @@ def render_users(creds: dict[str, Credentials] | list[Credentials], subjects: Su
             f"{i2}user: {_q(c.user)}",
             f"{i2}password: {_q(c.password)}",
             f"{i2}permissions: {{",
-            f"{i3}publish: {{", *publish, f"{i3}}}",
-            f"{i3}subscribe: {{", *_subject_list("allow", perms.subscribe, i4), f"{i3}}}",
+            f"{i3}publish: {{",
+            *publish,
+            f"{i3}}}",
+            f"{i3}subscribe: {{",
+            *_subject_list("allow", perms.subscribe, i4),
+            f"{i3}}}",
             f"{i2}}}",
             f"{indent}}}",
         ]
     return "\n".join(out)
 
 
-def render_authorization(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, runtime_identity: str = "shared") -> str:
+def render_authorization(
+    creds: dict[str, Credentials] | list[Credentials], subjects: Subjects, runtime_identity: str = "shared"
+) -> str:
     """An `authorization { users [...] }` block for a server whose users live in the default account."""
     return (
         f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege.\n"
@@ -514,15 +607,21 @@ class AccountLimits:
     max_file: str = "-1"
 
     def render(self, indent: str) -> str:
-        return (f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, max_streams: {self.max_streams}, "
-                f"max_consumers: {self.max_consumers} }}")
+        return (
+            f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, max_streams: {self.max_streams}, "
+            f"max_consumers: {self.max_consumers} }}"
+        )
 
 
 ACCOUNT = "KX"
 
 
-def render_server_config(creds: dict[str, Credentials] | list[Credentials], subjects: Subjects,
-                         limits: AccountLimits = AccountLimits(), runtime_identity: str = "shared") -> str:
+def render_server_config(
+    creds: dict[str, Credentials] | list[Credentials],
+    subjects: Subjects,
+    limits: AccountLimits = AccountLimits(),
+    runtime_identity: str = "shared",
+) -> str:
     """A whole nats-server config for the embedded server: JetStream on (store dir, listen
     address and port come from the command line) and the users of `render_users`, in one
     account with JetStream limits (`AccountLimits`), so no user can exhaust the server."""
@@ -568,11 +667,36 @@ def redacted(url: str) -> str:
 
 
 __all__ = [
-    "ACCOUNT", "AccountLimits", "Credentials", "Permissions", "ROLES", "RUNTIME_IDENTITY_MODES", "SERVICE_DURABLES", "new_runtime_credentials",
-    "read_runtime_identity", "write_runtime_identity", "janitor_streams",
-    "runtime_credentials", "runtime_creds_path", "service_durable_denials", "auditor_permissions", "creds_path", "ensure_credentials", "inbox_for",
-    "new_credentials", "operator_permissions", "producer_permissions", "read_credentials", "redacted", "render_authorization",
-    "render_server_config", "render_users", "role_permissions", "runtime_permissions", "service_permissions", "user_name",
-    "write_credentials", "write_server_config",
+    "ACCOUNT",
+    "AccountLimits",
+    "Credentials",
+    "Permissions",
+    "ROLES",
+    "RUNTIME_IDENTITY_MODES",
+    "SERVICE_DURABLES",
+    "new_runtime_credentials",
+    "read_runtime_identity",
+    "write_runtime_identity",
+    "janitor_streams",
+    "runtime_credentials",
+    "runtime_creds_path",
+    "service_durable_denials",
+    "auditor_permissions",
+    "creds_path",
+    "ensure_credentials",
+    "inbox_for",
+    "new_credentials",
+    "operator_permissions",
+    "producer_permissions",
+    "read_credentials",
+    "redacted",
+    "render_authorization",
+    "render_server_config",
+    "render_users",
+    "role_permissions",
+    "runtime_permissions",
+    "service_permissions",
+    "user_name",
+    "write_credentials",
+    "write_server_config",
 ]
-

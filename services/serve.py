@@ -5,19 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 from nats import errors as nats_errors
 
 from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
-from .app import App, Clock, utc_clock
 from services.jetstream.client import connect
-from .bootstrap import start_service
-from services.jetstream.embedded import EmbeddedServer, ServerError, StoreLock, adopt_default_account, authorized_config, free_port
+from services.jetstream.embedded import (
+    EmbeddedServer,
+    ServerError,
+    StoreLock,
+    adopt_default_account,
+    authorized_config,
+    free_port,
+)
 from services.jetstream.log_reads import log_entries
+
+from .app import App, Clock, utc_clock
+from .bootstrap import start_service
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
@@ -61,11 +69,15 @@ async def nats_for(settings: Settings, runtime_identity: str | None = None) -> A
     server = EmbeddedServer(store_dir=store, log_file=settings.data_dir / "nats-server.log", port=free_port())
     try:
         try:
-            server.config_file, creds = authorized_config(settings.data_dir, settings.prefix, server.url, runtime_identity=runtime_identity)
+            server.config_file, creds = authorized_config(
+                settings.data_dir, settings.prefix, server.url, runtime_identity=runtime_identity
+            )
         except ValueError as exc:  # a mode kept under the data dir that is none
             raise ConfigError(str(exc)) from None
         except OSError as exc:
-            raise ConfigError(f"cannot write the embedded NATS configuration under {settings.data_dir}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot write the embedded NATS configuration under {settings.data_dir}: {exc.strerror}"
+            ) from None
         if adopt_default_account(store, ACCOUNT):
             log.info("moved the store's streams into the account %s (the users now live there)", ACCOUNT)
         try:
@@ -79,8 +91,14 @@ async def nats_for(settings: Settings, runtime_identity: str | None = None) -> A
 
 
 @asynccontextmanager
-async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None, clock: Clock = utc_clock,
-                      signer: SigningKey | None = None, connect_options: dict | None = None) -> AsyncIterator[App]:
+async def running_app(
+    settings: Settings,
+    url: str,
+    trust_root: TrustRoot | None,
+    clock: Clock = utc_clock,
+    signer: SigningKey | None = None,
+    connect_options: dict | None = None,
+) -> AsyncIterator[App]:
     try:
         nc = await connect(url, name=f"kxr-serve[{','.join(settings.roles)}]", **(connect_options or {}))
     except Exception as exc:
@@ -97,8 +115,15 @@ async def running_app(settings: Settings, url: str, trust_root: TrustRoot | None
         await close_connection(nc)
 
 
-async def started_app(nc, settings: Settings, trust_root: TrustRoot | None, clock: Clock, signer: SigningKey | None,
-                      attempts: int = START_ATTEMPTS, pause_s: float = 1.0) -> App:
+async def started_app(
+    nc,
+    settings: Settings,
+    trust_root: TrustRoot | None,
+    clock: Clock,
+    signer: SigningKey | None,
+    attempts: int = START_ATTEMPTS,
+    pause_s: float = 1.0,
+) -> App:
     """An App started; a JetStream request that times out during start-up starts it again.
 
     On a cluster, creating streams and consumers while the meta leader is busy (another
@@ -114,7 +139,9 @@ async def started_app(nc, settings: Settings, trust_root: TrustRoot | None, cloc
             await app.stop()  # what it had started (the follower, ...) stops with it
             if not isinstance(exc, nats_errors.TimeoutError) or attempt == attempts:
                 raise
-            log.warning("start-up: a NATS request timed out (%s); starting again (%d of %d)", exc, attempt + 1, attempts)
+            log.warning(
+                "start-up: a NATS request timed out (%s); starting again (%d of %d)", exc, attempt + 1, attempts
+            )
             await asyncio.sleep(pause_s)
     raise AssertionError("unreachable")
 
@@ -160,7 +187,8 @@ class Probe:
 
     async def publish_allowed(self, subject: str, headers: dict | None = None) -> bool | None:
         """True: routed; False: denied; None: no answer and no violation (no evidence either way)."""
-        from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeoutError
 
         request = asyncio.ensure_future(self.nc.request(subject, b"{}", timeout=self._timeout, headers=headers))
         while not request.done():
@@ -173,7 +201,7 @@ class Probe:
             request.result()
         except NoRespondersError:
             return True  # routed, nobody listening: the publish was allowed
-        except (asyncio.TimeoutError, NatsTimeoutError, asyncio.CancelledError):
+        except (TimeoutError, NatsTimeoutError, asyncio.CancelledError):
             return None
         return True
 
@@ -210,8 +238,16 @@ async def probing(target: NatsTarget, timeout: float) -> AsyncIterator[Probe]:
 
     try:
         servers = [u.strip() for u in target.url.split(",") if u.strip()]  # KX_NATS_URL may list a cluster's servers
-        nc = await nats.connect(servers if len(servers) > 1 else target.url, name="kxr-serve-probe", error_cb=on_error, allow_reconnect=True,
-                                max_reconnect_attempts=3, reconnect_time_wait=0.5, connect_timeout=3, **target.options)
+        nc = await nats.connect(
+            servers if len(servers) > 1 else target.url,
+            name="kxr-serve-probe",
+            error_cb=on_error,
+            allow_reconnect=True,
+            max_reconnect_attempts=3,
+            reconnect_time_wait=0.5,
+            connect_timeout=3,
+            **target.options,
+        )
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {redacted(target.url)}: {exc.__class__.__name__}: {exc}") from None
     try:
@@ -222,7 +258,7 @@ async def probing(target: NatsTarget, timeout: float) -> AsyncIterator[Probe]:
 
 # JetStream refuses a publish whose expected last sequence on its subject is not the real one,
 # and stores nothing: a probe of the right to append that appends nothing.
-NEVER = {"Nats-Expected-Last-Subject-Sequence": str(2 ** 62)}
+NEVER = {"Nats-Expected-Last-Subject-Sequence": str(2**62)}
 
 
 async def excess_privileges(target: NatsTarget, timeout: float = 2.0) -> list[str]:
@@ -259,10 +295,15 @@ async def missing_privileges(target: NatsTarget, prefix: str, timeout: float = 2
     token = f"kxrprobe{secrets.token_hex(4)}"
     needs: dict[str, tuple[str, dict | None]] = {
         f"append release events ({s.release(token, 'verified')})": (s.release(token, "verified"), NEVER),
-        f"publish pointers ({s.scope(token, token, token, 'activated')})": (s.scope(token, token, token, "activated"), NEVER),
+        f"publish pointers ({s.scope(token, token, token, 'activated')})": (
+            s.scope(token, token, token, "activated"),
+            NEVER,
+        ),
         f"read the log ($JS.API.STREAM.INFO.{s.releases_stream})": (f"$JS.API.STREAM.INFO.{s.releases_stream}", None),
-        f"run its durable consumers ($JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter)":
-            (f"$JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter", None),
+        f"run its durable consumers ($JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter)": (
+            f"$JS.API.CONSUMER.INFO.{s.releases_stream}.kxr-promoter",
+            None,
+        ),
         f"read the timers ($JS.API.STREAM.INFO.{s.timers_stream})": (f"$JS.API.STREAM.INFO.{s.timers_stream}", None),
     }
     missing = []
@@ -278,19 +319,33 @@ async def missing_privileges(target: NatsTarget, prefix: str, timeout: float = 2
 async def check_privileges(target: NatsTarget, strict: bool, prefix: str = "kx") -> None:
     excess = await excess_privileges(target)
     missing = await missing_privileges(target, prefix)
-    for problem, what in ((excess, "can do more than kxr serve needs"), (missing, "cannot do all that kxr serve needs")):
+    for problem, what in (
+        (excess, "can do more than kxr serve needs"),
+        (missing, "cannot do all that kxr serve needs"),
+    ):
         if not problem:
             continue
         if strict:
-            raise ConfigError(f"--strict: the NATS user at {redacted(target.url)} {what} ({'; '.join(problem)}); "
-                              "give it the service permissions of docs/permissions.md")
-        log.warning("the NATS user at %s %s (%s); see docs/permissions.md, or run with --strict to refuse",
-                    redacted(target.url), what, "; ".join(problem))
+            raise ConfigError(
+                f"--strict: the NATS user at {redacted(target.url)} {what} ({'; '.join(problem)}); "
+                "give it the service permissions of docs/permissions.md"
+            )
+        log.warning(
+            "the NATS user at %s %s (%s); see docs/permissions.md, or run with --strict to refuse",
+            redacted(target.url),
+            what,
+            "; ".join(problem),
+        )
 
 
-async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None, strict: bool = False,
-                ui: tuple[str, int] | None = None, on_ui: Callable[[str], None] | None = None,
-                runtime_identity: str | None = None) -> None:
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[str], None] | None = None,
+    strict: bool = False,
+    ui: tuple[str, int] | None = None,
+    on_ui: Callable[[str], None] | None = None,
+    runtime_identity: str | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised); with `ui`, the dashboard too."""
     from .dashboard.server import dashboard_for
 
@@ -298,16 +353,23 @@ async def serve(settings: Settings, on_ready: Callable[[str], None] | None = Non
     if settings.metrics_addr:
         parse_listen_address(settings.metrics_addr)
     signer = service_signing_key(settings)
-    service_keys_for(settings, signer)  # the keys its fold trusts: refused now, not after start-up, if they exclude its own
+    service_keys_for(
+        settings, signer
+    )  # the keys its fold trusts: refused now, not after start-up, if they exclude its own
     stop = SignalStop()
     try:
         if runtime_identity is not None and settings.nats_url:
-            raise ConfigError("--runtime-identity applies to the embedded NATS: for an existing deployment, "
-                              "kxr creds init --runtime-identity MODE renders its users")
+            raise ConfigError(
+                "--runtime-identity applies to the embedded NATS: for an existing deployment, "
+                "kxr creds init --runtime-identity MODE renders its users"
+            )
         async with nats_for(settings, runtime_identity) as target:
             await check_privileges(target, strict, settings.prefix)
-            async with running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app, \
-                    dashboard_for(app, ui, on_ui), optional_metrics(app, settings.metrics_addr):
+            async with (
+                running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app,
+                dashboard_for(app, ui, on_ui),
+                optional_metrics(app, settings.metrics_addr),
+            ):
                 if on_ready:
                     on_ready(redacted(target.url))
                 await app.wait()

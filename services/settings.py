@@ -34,7 +34,7 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """KX_NATS_URL, else the URL of the credentials file KX_NATS_CREDS names (services/permissions.py)."""
         env = os.environ
         values: dict[str, Any] = {  # typed by the dataclass; overrides come from the CLI
@@ -79,13 +79,17 @@ def parse_roles(only: str | None) -> tuple[str, ...]:
     roles = tuple(r.strip() for r in only.split(",") if r.strip())
     unknown = [r for r in roles if r not in ROLES]
     if unknown or not roles:
-        raise ConfigError(f"--only takes a comma-separated subset of {','.join(ROLES)}; unknown: {','.join(unknown) or '(empty)'}")
+        raise ConfigError(
+            f"--only takes a comma-separated subset of {','.join(ROLES)}; unknown: {','.join(unknown) or '(empty)'}"
+        )
     return roles
 
 
 def load_trust_root(path: Path | None) -> TrustRoot:
     if path is None:
-        raise ConfigError("no trust root: set KX_TRUST_ROOT or pass --trust-root (the verifier never trusts keys from a pack)")
+        raise ConfigError(
+            "no trust root: set KX_TRUST_ROOT or pass --trust-root (the verifier never trusts keys from a pack)"
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -110,7 +114,7 @@ def load_service_keys(path: Path | None):
         raise ConfigError(f"service keys {path} are invalid: {exc}") from None
 
 
-def service_signing_key(settings: "Settings"):
+def service_signing_key(settings: Settings):
     """This process's signing key: KX_SERVICE_KEY, else one kept under KX_DATA_DIR (created once).
 
     Beside a created key, `service-keys.json` lists its public half for every role, ready
@@ -133,7 +137,9 @@ def service_signing_key(settings: "Settings"):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_secret(path, json.dumps(key.to_file_dict("kxr-serve"), indent=2) + "\n")
-            (path.parent / "service-keys.json").write_text(json.dumps(ServiceKeys.of(key, list(ROLES)).to_document(), indent=2) + "\n")
+            (path.parent / "service-keys.json").write_text(
+                json.dumps(ServiceKeys.of(key, list(ROLES)).to_document(), indent=2) + "\n"
+            )
             return key
         except FileExistsError:
             pass  # another process sharing the data directory created it first: read theirs
@@ -149,7 +155,7 @@ def service_signing_key(settings: "Settings"):
     raise ConfigError(f"service key {path} is unusable (not a key file)")
 
 
-def service_keys_for(settings: "Settings", signer, roles: tuple[str, ...] | None = None):
+def service_keys_for(settings: Settings, signer, roles: tuple[str, ...] | None = None):
     """The service keys a service process trusts in its own fold (trust only signed state).
 
     KX_SERVICE_KEYS when set: every process of a deployment then trusts the same keys, and
@@ -167,12 +173,14 @@ def service_keys_for(settings: "Settings", signer, roles: tuple[str, ...] | None
         own = keys.keys.get(signer.keyid)
         missing = sorted(set(roles or settings.roles) - (own.roles if own else frozenset()))
         if missing:
-            raise ConfigError(f"service keys {settings.service_keys_path} do not trust this process's key "
-                              f"{signer.keyid[:16]} for {', '.join(missing)}: its own appends would be ignored")
+            raise ConfigError(
+                f"service keys {settings.service_keys_path} do not trust this process's key "
+                f"{signer.keyid[:16]} for {', '.join(missing)}: its own appends would be ignored"
+            )
     return keys
 
 
-def reader_service_keys(settings: "Settings"):
+def reader_service_keys(settings: Settings):
     """The service keys a reading tool (`kxr status`, `kxr ui`, operator actions) checks signatures with:
     KX_SERVICE_KEYS, else the `service-keys.json` a `kxr serve` sharing KX_DATA_DIR wrote beside its key,
     else None (signatures unchecked; said so where it shows)."""

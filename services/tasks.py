@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, every: float = 0.2) -> None:
@@ -54,4 +54,3 @@ async def every(seconds: float, step: Callable[[], Awaitable[object]], what: str
             await step()
         except Exception as exc:
             log.warning("%s failed: %s: %s", what, exc.__class__.__name__, exc)
-

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from events.channel import ChannelConfig
 from events.model import Actor
+from events.service_signing import ServiceKeys
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.releases import ReleaseState
+from services.actions.producer import (
+    build_signed,
+    configure_channel,
+    manifest_bytes,
+    push_pack,
+    request_release,
+    sha256_digest,
+)
 from services.app import App
-from services.jetstream.client import connect
 from services.bootstrap import start_service
-from services.actions.producer import build_signed, configure_channel, manifest_bytes, push_pack, request_release, sha256_digest
+from services.jetstream.client import connect
 from services.reads.follower import Follower
 from services.runtime.sdk import Identity, RuntimeClient
-from events.service_signing import ServiceKeys
+from services.runtime.simulation import Behaviour, simulated_runtime
 from services.settings import ROLES, Settings
 from services.tasks import cancel_and_wait
-from services.runtime.simulation import Behaviour, simulated_runtime
 
 PRODUCER = Actor(kind="producer", id="test-pipeline")
 OPERATOR = Actor(kind="operator", id="test-operator")
@@ -30,12 +38,21 @@ CHANNEL: dict[str, Any] = {
     "plan": [["internal"], ["rest"]],
     "monitoring": {"window_s": 1, "min_samples": 1, "thresholds": {"error_rate_max": 0.05, "latency_p95_ms_max": 250}},
     "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
-    "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"], "forbid_downgrade": True},
+    "policy": {
+        "allowed_sources": ["https://git.example/kb"],
+        "allowed_builders": ["kx-pipeline"],
+        "forbid_downgrade": True,
+    },
 }
 
 
 def trust_root_for(*keys: SigningKey, threshold: int = 1) -> TrustRoot:
-    return TrustRoot.from_document({"threshold": threshold, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)}})
+    return TrustRoot.from_document(
+        {
+            "threshold": threshold,
+            "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)},
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -49,8 +66,18 @@ class Pack:
 
 def make_pack(version: str, key: SigningKey | list[SigningKey], body: bytes | None = None, **overrides) -> Pack:
     body = body if body is not None else f"pack {version} ".encode() * 1000
-    fields = dict(name="kb", version=version, schema="kx-pack/1", profile="standard", runtime=">=2.3,<3",
-                  build_id=f"b-{version}", builder="kx-pipeline", run=f"r-{version}", source="https://git.example/kb/core", revision=f"rev-{version}")
+    fields = dict(
+        name="kb",
+        version=version,
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2.3,<3",
+        build_id=f"b-{version}",
+        builder="kx-pipeline",
+        run=f"r-{version}",
+        source="https://git.example/kb/core",
+        revision=f"rev-{version}",
+    )
     fields.update(overrides)
     signed = build_signed(body, **fields)
     keys = key if isinstance(key, list) else [key]
@@ -58,8 +85,14 @@ def make_pack(version: str, key: SigningKey | list[SigningKey], body: bytes | No
 
 
 def request_data(pack: Pack, env: str = "prod", channel: str = "canary", **extra) -> dict:
-    data = {"pack": {"name": pack.name, "version": pack.version, "digest": pack.digest}, "target": {"env": env, "channel": channel},
-            "owner": "kb-team", "escalation": "pager:kb", "reason": "test", "acknowledge_no_health": True}
+    data = {
+        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+        "target": {"env": env, "channel": channel},
+        "owner": "kb-team",
+        "escalation": "pager:kb",
+        "reason": "test",
+        "acknowledge_no_health": True,
+    }
     data.update(extra)
     return data
 
@@ -91,7 +124,9 @@ class Service:
         await self.observer.catch_up()  # type: ignore[union-attr]
 
     async def configure(self, env: str = "prod", channel: str = "canary", config: dict | None = None) -> None:
-        await configure_channel(self.app.log, self.app.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR)
+        await configure_channel(
+            self.app.log, self.app.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR
+        )
 
     async def publish(self, pack: Pack, push: bool = True) -> None:
         if push:
@@ -101,17 +136,31 @@ class Service:
         await self.publish(pack, push)
         await request_release(self.app.log, release_id, request_data(pack, **extra), PRODUCER)
 
-    async def runtime(self, tenant: str, behaviours: dict[str, Behaviour] | None = None, env: str = "prod", channel: str = "canary") -> RuntimeClient:
-        rt = simulated_runtime(self.app.nc, Identity(env, channel, tenant, f"rt-{tenant}"), self.trust_root, behaviours or {},
-                               prefix=self.app.subjects.prefix, interval=0.1, seed=len(self.runtimes), service_keys=self.service_keys)
+    async def runtime(
+        self, tenant: str, behaviours: dict[str, Behaviour] | None = None, env: str = "prod", channel: str = "canary"
+    ) -> RuntimeClient:
+        rt = simulated_runtime(
+            self.app.nc,
+            Identity(env, channel, tenant, f"rt-{tenant}"),
+            self.trust_root,
+            behaviours or {},
+            prefix=self.app.subjects.prefix,
+            interval=0.1,
+            seed=len(self.runtimes),
+            service_keys=self.service_keys,
+        )
         await rt.resolve_cohort()
         self.runtimes.append(rt)
         self.tasks.append(asyncio.create_task(rt.run()))
         return rt
 
     async def wait_release(self, release_id: str, phase: str = "closed", timeout: float = 30.0) -> ReleaseState:
-        return await wait_for(lambda: _phase_is(self.world.release(release_id), phase), timeout, f"release {release_id} to reach {phase}",
-                              lambda: self.world.release(release_id))
+        return await wait_for(
+            lambda: _phase_is(self.world.release(release_id), phase),
+            timeout,
+            f"release {release_id} to reach {phase}",
+            lambda: self.world.release(release_id),
+        )
 
 
 def _phase_is(release: ReleaseState | None, phase: str) -> ReleaseState | None:
@@ -137,8 +186,15 @@ _SERVICE_KEYS: dict[str, SigningKey] = {}
 
 
 @asynccontextmanager
-async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | None = None, key: SigningKey | None = None,
-                          verify_timeout_s: float = 30.0, replicas: int = 1, trust_root: TrustRoot | None = None) -> AsyncIterator[Service]:
+async def running_service(
+    nats_url: str,
+    prefix: str,
+    roles: tuple[str, ...] | None = None,
+    key: SigningKey | None = None,
+    verify_timeout_s: float = 30.0,
+    replicas: int = 1,
+    trust_root: TrustRoot | None = None,
+) -> AsyncIterator[Service]:
     key = key or SigningKey.generate()
     trust_root = trust_root or trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
@@ -158,4 +214,14 @@ async def running_service(nats_url: str, prefix: str, roles: tuple[str, ...] | N
         await nc.close()
 
 
-__all__ = ["Behaviour", "CHANNEL", "Pack", "make_pack", "request_data", "running_service", "sha256_digest", "trust_root_for", "wait_for"]
+__all__ = [
+    "Behaviour",
+    "CHANNEL",
+    "Pack",
+    "make_pack",
+    "request_data",
+    "running_service",
+    "sha256_digest",
+    "trust_root_for",
+    "wait_for",
+]

@@ -41,9 +41,17 @@ def _event(release: ReleaseState, suffix: str, data, actor: Actor, now: datetime
     # the one guard every verb shares: an operator event the lifecycle does not allow here is
     # refused, never appended (the auditor would flag it as an illegal transition)
     if suffix not in TRANSITIONS.get(release.phase, ()):
-        raise OperatorError(f"release {release.release_id} is {release.phase or 'not requested'}: {suffix} does not apply to it now")
-    event = make_event(f"release.{suffix}", data, actor=actor, release_id=release.release_id,
-                       causation_id=release.last_event_id, occurred_at=now)
+        raise OperatorError(
+            f"release {release.release_id} is {release.phase or 'not requested'}: {suffix} does not apply to it now"
+        )
+    event = make_event(
+        f"release.{suffix}",
+        data,
+        actor=actor,
+        release_id=release.release_id,
+        causation_id=release.last_event_id,
+        occurred_at=now,
+    )
     return Action(event, release.last_seq)
 
 
@@ -63,7 +71,11 @@ def pause(world: World, release_id: str, rationale: str, actor: Actor, now: date
 def resume(world: World, release_id: str, rationale: str, actor: Actor, now: datetime) -> Action:
     r = _release(world, release_id)
     if not r.paused or not r.in_flight:
-        raise OperatorError(f"release {release_id} is not paused" if not r.paused else f"release {release_id} is {r.phase}: nothing to resume")
+        raise OperatorError(
+            f"release {release_id} is not paused"
+            if not r.paused
+            else f"release {release_id} is {r.phase}: nothing to resume"
+        )
     return _event(r, "resumed", OperatorNote(rationale=_require_rationale(rationale)), actor, now)
 
 
@@ -74,7 +86,9 @@ def abort(world: World, release_id: str, rationale: str, actor: Actor, now: date
     return _event(r, "aborted", OperatorNote(rationale=_require_rationale(rationale)), actor, now)
 
 
-def annotate(world: World, release_id: str, rationale: str, incident: str | None, actor: Actor, now: datetime) -> Action:
+def annotate(
+    world: World, release_id: str, rationale: str, incident: str | None, actor: Actor, now: datetime
+) -> Action:
     r = _release(world, release_id)
     if not rationale.strip() and not incident:
         raise OperatorError("an annotation needs a note or an --incident link")
@@ -85,11 +99,15 @@ def _refuse_if_aborted(r: ReleaseState, what: str) -> None:
     """A release that was aborted, or whose rollback was decided (a held one may be an escalated
     rollback, even of a release that had closed), never moves forward again."""
     if r.aborted:
-        raise OperatorError(f"release {r.release_id} was aborted and abort is final: it cannot be {what}; "
-                            f"roll it back or close it (kxr release close {r.release_id} --outcome aborted -m ...)")
+        raise OperatorError(
+            f"release {r.release_id} was aborted and abort is final: it cannot be {what}; "
+            f"roll it back or close it (kxr release close {r.release_id} --outcome aborted -m ...)"
+        )
     if r.rollback is not None:
-        raise OperatorError(f"release {r.release_id} is being rolled back ({r.rollback.trigger}): it cannot be {what}; "
-                            f"close it (kxr release close {r.release_id} --outcome failed -m ...)")
+        raise OperatorError(
+            f"release {r.release_id} is being rolled back ({r.rollback.trigger}): it cannot be {what}; "
+            f"close it (kxr release close {r.release_id} --outcome failed -m ...)"
+        )
 
 
 def promote(world: World, release_id: str, rationale: str, actor: Actor, now: datetime) -> Action:
@@ -101,9 +119,14 @@ def promote(world: World, release_id: str, rationale: str, actor: Actor, now: da
     r = _release(world, release_id)
     _refuse_if_aborted(r, "promoted")
     if r.phase != "held" or r.monitoring is None:
-        raise OperatorError(f"release {release_id} is {r.phase}: only a held (inconclusive) window can be promoted by hand")
-    verdict = MonitoringVerdict(stage=r.monitoring.stage, reason=f"operator override by {actor.id}: {_require_rationale(rationale)}",
-                                override=True)
+        raise OperatorError(
+            f"release {release_id} is {r.phase}: only a held (inconclusive) window can be promoted by hand"
+        )
+    verdict = MonitoringVerdict(
+        stage=r.monitoring.stage,
+        reason=f"operator override by {actor.id}: {_require_rationale(rationale)}",
+        override=True,
+    )
     return _event(r, "monitoring_passed", verdict, actor, now)
 
 
@@ -119,8 +142,14 @@ def extend(world: World, release_id: str, window_s: int, rationale: str, actor: 
             raise OperatorError(f"a window of {window_s}s is shorter than the channel's minimum of {minimum}s")
     m = r.monitoring
     monitoring = m.monitoring.model_copy(update={"window_s": window_s})
-    started = MonitoringStarted(stage=m.stage, cohorts=m.cohorts, digest=m.digest, starts_at=now,
-                                ends_at=now + timedelta(seconds=window_s), monitoring=monitoring)
+    started = MonitoringStarted(
+        stage=m.stage,
+        cohorts=m.cohorts,
+        digest=m.digest,
+        starts_at=now,
+        ends_at=now + timedelta(seconds=window_s),
+        monitoring=monitoring,
+    )
     _require_rationale(rationale)
     return _event(r, "monitoring_started", started, actor, now)
 
@@ -134,8 +163,12 @@ def rollback(world: World, release_id: str, trigger: str, reason: str, actor: Ac
     if not r.activated:
         raise OperatorError(f"release {release_id} never activated anything: nothing to roll back (abort it instead)")
     if r.phase in ("rolling_back", "rolled_back") or (r.closed and r.outcome not in _RUNNING_OUTCOMES):
-        raise OperatorError(f"release {release_id} is {r.phase} ({r.outcome or 'in flight'}): it is not running anywhere to roll back")
-    started = RollbackStarted(trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, now))  # type: ignore[arg-type]
+        raise OperatorError(
+            f"release {release_id} is {r.phase} ({r.outcome or 'in flight'}): it is not running anywhere to roll back"
+        )
+    started = RollbackStarted(
+        trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, now)
+    )  # type: ignore[arg-type]
     return _event(r, "rollback_started", started, actor, now)
 
 
@@ -149,7 +182,9 @@ def close(world: World, release_id: str, outcome: str, rationale: str, actor: Ac
     if outcome not in CLOSE_OUTCOMES:
         raise OperatorError(f"--outcome must be one of {', '.join(CLOSE_OUTCOMES)}")
     if r.phase != "held":
-        raise OperatorError(f"release {release_id} is {r.phase or 'unknown'}: only a held release can be closed by hand")
+        raise OperatorError(
+            f"release {release_id} is {r.phase or 'unknown'}: only a held release can be closed by hand"
+        )
     why = _require_rationale(rationale)
     summary = f"closed {outcome} by operator {actor.id} while held ({r.failure or 'held'}): {why}"
     return _event(r, "closed", Closed(outcome=outcome, summary=summary), actor, now)  # type: ignore[arg-type]

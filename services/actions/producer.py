@@ -7,20 +7,20 @@ consumers, and they follow the contract exactly as an outside producer would.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from events.bundle import PAYLOAD_TYPE, STATEMENT_TYPE, pae
+from events.canonical import StrictJSONError, compact_bytes, loads_strict
 from events.channel import ChannelConfig, channel_problems, unknown_fields
 from events.codec import make_event
-from events.bundle import PAYLOAD_TYPE, STATEMENT_TYPE, pae
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name, sign_manifest
 from events.model import Actor, Event, Requested, Scope
 from events.signing import SigningKey, b64decode_strict, b64encode
 from events.subjects import Subjects
-from events.canonical import StrictJSONError, compact_bytes, loads_strict
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from services.jetstream.packstore import PackStore
 from services.verification.gates import ATTESTATION_MAX_BYTES, SLSA_PROVENANCE_V1
@@ -31,13 +31,29 @@ def sha256_digest(data: bytes) -> str:
 
 
 def build_signed(
-    pack: bytes, *, name: str, version: str, schema: str, profile: str, runtime: str,
-    build_id: str, builder: str, run: str, source: str, revision: str,
-    refs: list[str] | None = None, expires: datetime | None = None, scopes: dict | None = None, extra: dict | None = None,
+    pack: bytes,
+    *,
+    name: str,
+    version: str,
+    schema: str,
+    profile: str,
+    runtime: str,
+    build_id: str,
+    builder: str,
+    run: str,
+    source: str,
+    revision: str,
+    refs: list[str] | None = None,
+    expires: datetime | None = None,
+    scopes: dict | None = None,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     signed: dict[str, Any] = {
-        "name": name, "version": version, "digest": sha256_digest(pack), "size": len(pack),
-        "expires": (expires or datetime.now(timezone.utc) + timedelta(days=90)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "name": name,
+        "version": version,
+        "digest": sha256_digest(pack),
+        "size": len(pack),
+        "expires": (expires or datetime.now(UTC) + timedelta(days=90)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "compatibility": {"schema": schema, "profile": profile, "runtime": runtime},
         "build": {"id": build_id, "builder": builder, "validation": "passed", "run": run},
         "provenance": {"source": source, "revision": revision, "refs": refs or []},
@@ -52,8 +68,15 @@ def manifest_bytes(signed: dict[str, Any], keys: list[SigningKey]) -> bytes:
     return compact_bytes(sign_manifest(signed, keys))
 
 
-def provenance_statement(digest: str, *, name: str, builder_id: str, build_type: str,
-                         external_parameters: dict | None = None, invocation_id: str | None = None) -> dict[str, Any]:
+def provenance_statement(
+    digest: str,
+    *,
+    name: str,
+    builder_id: str,
+    build_type: str,
+    external_parameters: dict | None = None,
+    invocation_id: str | None = None,
+) -> dict[str, Any]:
     """An in-toto Statement v1 whose subject is the pack and whose predicate is SLSA provenance v1."""
     run: dict[str, Any] = {"builder": {"id": builder_id}}
     if invocation_id:
@@ -62,19 +85,23 @@ def provenance_statement(digest: str, *, name: str, builder_id: str, build_type:
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": digest.removeprefix("sha256:")}}],
         "predicateType": SLSA_PROVENANCE_V1,
-        "predicate": {"buildDefinition": {"buildType": build_type, "externalParameters": external_parameters or {}},
-                      "runDetails": run},
+        "predicate": {
+            "buildDefinition": {"buildType": build_type, "externalParameters": external_parameters or {}},
+            "runDetails": run,
+        },
     }
 
 
 def dsse_envelope(statement: dict[str, Any], keys: list[SigningKey]) -> bytes:
     """The statement in a DSSE envelope, Ed25519 over DSSE's pre-authentication encoding."""
     payload = compact_bytes(statement)
-    return compact_bytes({
-        "payloadType": PAYLOAD_TYPE,
-        "payload": b64encode(payload),
-        "signatures": [{"keyid": k.keyid, "sig": b64encode(k.sign(pae(PAYLOAD_TYPE, payload)))} for k in keys],
-    })
+    return compact_bytes(
+        {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": b64encode(payload),
+            "signatures": [{"keyid": k.keyid, "sig": b64encode(k.sign(pae(PAYLOAD_TYPE, payload)))} for k in keys],
+        }
+    )
 
 
 def attested_digests(envelope: bytes) -> list[str]:
@@ -88,8 +115,14 @@ def attested_digests(envelope: bytes) -> list[str]:
         raise ValueError(f"not a DSSE envelope of an in-toto statement with subjects: {exc}") from None
 
 
-async def push_pack(js: JetStreamContext, subjects: Subjects, pack: bytes, manifest: bytes, digest: str | None = None,
-                    attestation: bytes | None = None) -> str:
+async def push_pack(
+    js: JetStreamContext,
+    subjects: Subjects,
+    pack: bytes,
+    manifest: bytes,
+    digest: str | None = None,
+    attestation: bytes | None = None,
+) -> str:
     """Step 1 of CONTRACT §5: the pack and its manifest (and attestation) into kx_packs, named by digest."""
     digest = digest or sha256_digest(pack)
     store = PackStore(js, subjects)
@@ -140,7 +173,9 @@ def parse_channel_config(doc: Any, channel: str) -> ChannelConfig:
     return cfg
 
 
-async def configure_channel(log: EventLog, js: JetStreamContext, env: str, channel: str, config: ChannelConfig, actor: Actor) -> int:
+async def configure_channel(
+    log: EventLog, js: JetStreamContext, env: str, channel: str, config: ChannelConfig, actor: Actor
+) -> int:
     """Append channel.configured, expecting the channel's current last sequence (no lost update)."""
     subject = log.subjects.channel(env, channel)
     try:
@@ -149,4 +184,3 @@ async def configure_channel(log: EventLog, js: JetStreamContext, env: str, chann
         current = 0
     event = make_event("channel.configured", config, actor=actor, scope=Scope(env=env, channel=channel, cohort="all"))
     return await log.append(Entry(event, current))
-

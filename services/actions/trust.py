@@ -17,15 +17,24 @@ from services.jetstream.log_reads import log_entries
 
 
 async def logged_rotations(js: JetStreamContext, subjects: Subjects) -> list[tuple[int, Any]]:
-    return [(p.seq, e.data.root) async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()]) if e is not None]  # type: ignore[attr-defined]
+    return [
+        (p.seq, e.data.root) async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()]) if e is not None
+    ]  # type: ignore[attr-defined]
 
 
 async def current_chain(js: JetStreamContext, subjects: Subjects, anchor: TrustRoot) -> TrustChain:
     return follow_chain(anchor, await logged_rotations(js, subjects))
 
 
-async def rotate(log: EventLog, js: JetStreamContext, anchor: TrustRoot, new_root: dict[str, Any], keys: list[SigningKey],
-                 actor: Actor, rationale: str = "") -> tuple[int, TrustRoot]:
+async def rotate(
+    log: EventLog,
+    js: JetStreamContext,
+    anchor: TrustRoot,
+    new_root: dict[str, Any],
+    keys: list[SigningKey],
+    actor: Actor,
+    rationale: str = "",
+) -> tuple[int, TrustRoot]:
     """Sign `new_root` with `keys`, check it would be accepted, and append `trust.rotated`."""
     chain = await current_chain(js, log.subjects, anchor)
     doc = sign_root(new_root, keys)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .common import (
-    JsonOpt, NatsUrl, console, err_console, fail, output, parse_time, print_json, read_json_file, run_async, scope_arg, session,
+    JsonOpt,
+    NatsUrl,
+    console,
+    err_console,
+    fail,
+    output,
+    parse_time,
+    print_json,
+    read_json_file,
+    run_async,
+    scope_arg,
+    session,
     settings_from,
 )
 
@@ -20,22 +30,32 @@ app = typer.Typer(no_args_is_help=True, help="Rebuild and check everything from 
 @app.command("replay")
 def audit_replay(
     as_json: bool = JsonOpt,
-    service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"),
-    nats_url: Optional[str] = NatsUrl,
+    service_keys: Path | None = typer.Option(
+        None, "--service-keys", help="public service keys (default: $KX_SERVICE_KEYS)"
+    ),
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Replay KX_RELEASES from sequence 1: rebuild every projection, check every invariant and signature."""
-    from services.settings import load_service_keys
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from services.reads.audit import replay, summary
+    from services.settings import load_service_keys
 
     keys_path = service_keys or settings_from().service_keys_path
     keys = load_service_keys(keys_path)
     started = time.perf_counter()
-    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    ) as bar:
         task = bar.add_task("replay", total=None, rate="")
 
         def progress(done: int, left: int) -> None:
@@ -53,15 +73,21 @@ def audit_replay(
         print_json(report)
     else:
         elapsed = time.perf_counter() - started
-        console.print(f"replayed {report['events']} events (log seq {report['log_seq']}) in {elapsed:.2f}s "
-                      f"({report['events'] / max(elapsed, 1e-9):,.0f} events/s); releases: "
-                      + ", ".join(f"{k} {v}" for k, v in report["releases"].items()))
+        console.print(
+            f"replayed {report['events']} events (log seq {report['log_seq']}) in {elapsed:.2f}s "
+            f"({report['events'] / max(elapsed, 1e-9):,.0f} events/s); releases: "
+            + ", ".join(f"{k} {v}" for k, v in report["releases"].items())
+        )
         for v in audit.violations:
             console.print(v.line(), style="red", highlight=False, markup=False)
         broken = {code: n for code, n in report["safety"].items() if n}
-        console.print(f"safety invariants: {len(report['safety']) - len(broken)} of {len(report['safety'])} held"
-                      + ("; broken: " + ", ".join(f"{code} ({n})" for code, n in broken.items()) if broken else ""),
-                      style="red" if broken else "green", highlight=False, markup=False)
+        console.print(
+            f"safety invariants: {len(report['safety']) - len(broken)} of {len(report['safety'])} held"
+            + ("; broken: " + ", ".join(f"{code} ({n})" for code, n in broken.items()) if broken else ""),
+            style="red" if broken else "green",
+            highlight=False,
+            markup=False,
+        )
         if keys is None:
             console.print("signatures not checked: pass --service-keys or set KX_SERVICE_KEYS", style="yellow")
         if not audit.violations:
@@ -70,7 +96,7 @@ def audit_replay(
         raise typer.Exit(1)
 
 
-def evidence_or_fail(release_id: str, nats_url: Optional[str]):
+def evidence_or_fail(release_id: str, nats_url: str | None):
     """The release's evidence record from the log, or a one-line error if it has none."""
     from events.tokens import check_token
     from services.jetstream.log_reads import load_evidence
@@ -91,8 +117,8 @@ def evidence_or_fail(release_id: str, nats_url: Optional[str]):
 def audit_release(
     release_id: str = typer.Argument(...),
     as_json: bool = JsonOpt,
-    html_file: Optional[Path] = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
-    nats_url: Optional[str] = NatsUrl,
+    html_file: Path | None = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """The evidence record of one release (seed terms)."""
     from services.reads.audit import render_html
@@ -105,8 +131,16 @@ def audit_release(
         console.print(f"evidence record of {release_id} written to {html_file}")
     else:
         outcome = record.outcome.get("outcome", "in flight")
-        output(as_json, record.to_json(), lambda: [timeline_table(record), gates_table(record), windows_table(record),
-                                                   f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}"])
+        output(
+            as_json,
+            record.to_json(),
+            lambda: [
+                timeline_table(record),
+                gates_table(record),
+                windows_table(record),
+                f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}",
+            ],
+        )
 
 
 @app.command("schema")
@@ -122,7 +156,7 @@ def audit_export(
     release_id: str = typer.Argument(...),
     key: list[Path] = typer.Option(..., "--key", help="signing key(s) of the exporter"),
     out: Path = typer.Option(..., "--out", help="where to write the bundle (JSON)"),
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
     from events.bundle import make_bundle
@@ -137,7 +171,9 @@ def audit_export(
 @app.command("verify")
 def audit_verify(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False),
-    trusted: Path = typer.Option(..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"),
+    trusted: Path = typer.Option(
+        ..., "--trusted", help="keys trusted to sign bundles (trust-root format: threshold + keys)"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Verify an evidence bundle offline: signatures, statement, subject = the pack's digest."""
@@ -151,18 +187,28 @@ def audit_verify(
     record = stmt["predicate"]
     subject = stmt["subject"][0]
     outcome = record.get("outcome", {}).get("outcome", "in flight")
-    output(as_json, {"valid": True, "release_id": record.get("release_id"), "subject": subject, "outcome": outcome,
-                     "events": len(record.get("timeline", []))},
-           lambda: [f"valid: release {record.get('release_id')} of {subject['name']} sha256:{subject['digest']['sha256'][:16]}…, "
-                    f"outcome {outcome}, {len(record.get('timeline', []))} events"])
+    output(
+        as_json,
+        {
+            "valid": True,
+            "release_id": record.get("release_id"),
+            "subject": subject,
+            "outcome": outcome,
+            "events": len(record.get("timeline", [])),
+        },
+        lambda: [
+            f"valid: release {record.get('release_id')} of {subject['name']} sha256:{subject['digest']['sha256'][:16]}…, "
+            f"outcome {outcome}, {len(record.get('timeline', []))} events"
+        ],
+    )
 
 
 @app.command("at")
 def audit_at(
     time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
-    scope: Optional[str] = typer.Option(None, "--scope", help="ENV/CHANNEL\\[/COHORT]"),
+    scope: str | None = typer.Option(None, "--scope", help="ENV/CHANNEL\\[/COHORT]"),
     as_json: bool = JsonOpt,
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """What was active where at that moment, from the log alone."""
     from services.reads.audit import world_at
@@ -177,6 +223,19 @@ def audit_at(
         async with session(nats_url) as (_, js, log):
             return await world_at(js, log.subjects, at)
 
-    rows = [r for r in scope_rows(run_async(go())) if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix]
-    output(as_json, {"at": at.isoformat(), "scopes": rows},
-           lambda: [table(f"Active packs at {at.isoformat()}", rows, ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"])])
+    rows = [
+        r
+        for r in scope_rows(run_async(go()))
+        if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix
+    ]
+    output(
+        as_json,
+        {"at": at.isoformat(), "scopes": rows},
+        lambda: [
+            table(
+                f"Active packs at {at.isoformat()}",
+                rows,
+                ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"],
+            )
+        ],
+    )

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .common import (
-    JsonOpt, NatsUrl, console, err_console, fail, operator_actor, output, read_config_file, run_async, scope_arg, service_keys, session,
+    JsonOpt,
+    NatsUrl,
+    console,
+    err_console,
+    fail,
+    operator_actor,
+    output,
+    read_config_file,
+    run_async,
+    scope_arg,
+    service_keys,
+    session,
 )
 
 app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
@@ -18,7 +28,7 @@ app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, pl
 def channel_set(
     scope: str = typer.Argument(..., help="ENV/CHANNEL"),
     file: Path = typer.Option(..., "--file", exists=True, dir_okay=False, help="TOML or JSON (CONTRACT §7)"),
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Configure a channel; every problem with the file is listed."""
     from services.actions.producer import configure_channel, parse_channel_config
@@ -41,7 +51,9 @@ def channel_set(
 
 
 @app.command("show")
-def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
+def channel_show(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: bool = JsonOpt, nats_url: str | None = NatsUrl
+) -> None:
     """The channel's current configuration: cohorts, plan, monitoring, compatibility, policy."""
     from services.jetstream.log_reads import load_world
 
@@ -56,19 +68,34 @@ def channel_show(scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: 
     world = run_async(go())
     state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)
     if state is None and problem is None:
-        fail(f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)")
+        fail(
+            f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)"
+        )
     shown = channel_shown(state, problem)
     output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown))
     if problem is not None:  # shown in full above; and a script sees it in the exit status
-        fail(f"{env}/{channel}: {problem.describe()}; requests to it are rejected until `kxr channel set` writes a valid one")
+        fail(
+            f"{env}/{channel}: {problem.describe()}; requests to it are rejected until `kxr channel set` writes a valid one"
+        )
 
 
 def channel_shown(state, problem) -> dict:
     """What `kxr channel show` prints: the last readable configuration and, if the newest entry
     could not be read, that problem (`config` is null when no entry ever could be)."""
-    shown: dict = {"configured_at": None, "configured_by": None, "seq": None, "config": None,
-                   "problem": {"seq": problem.seq, "reason": problem.reason, "message": problem.describe()} if problem else None}
+    shown: dict = {
+        "configured_at": None,
+        "configured_by": None,
+        "seq": None,
+        "config": None,
+        "problem": {"seq": problem.seq, "reason": problem.reason, "message": problem.describe()} if problem else None,
+    }
     if state is not None:
-        shown.update({"configured_at": state.configured_at.isoformat(), "configured_by": state.configured_by, "seq": state.seq,
-                      "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True)})
+        shown.update(
+            {
+                "configured_at": state.configured_at.isoformat(),
+                "configured_by": state.configured_by,
+                "seq": state.seq,
+                "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True),
+            }
+        )
     return shown

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -63,7 +65,9 @@ def run_async(coro) -> Any:
     return box[0]
 
 
-def settings_from(nats_url: str | None = None, trust_root: Path | None = None, data_dir: Path | None = None) -> Settings:
+def settings_from(
+    nats_url: str | None = None, trust_root: Path | None = None, data_dir: Path | None = None
+) -> Settings:
     from services.settings import Settings
 
     return Settings.from_env(nats_url=nats_url, trust_root_path=trust_root, data_dir=data_dir)
@@ -172,7 +176,7 @@ def operator_action(nats_url: str | None, build) -> int:
 
     Every operator decision goes through here: `kxr release pause|…|annotate`, `kxr pin`, `kxr unpin`.
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from services.errors import OperatorError
     from services.jetstream.log import AppendConflict, Entry
@@ -182,7 +186,7 @@ def operator_action(nats_url: str | None, build) -> int:
         async with session(nats_url) as (_, js, log):
             world = await load_world(js, log.subjects, service_keys=service_keys())
             try:
-                action = build(world, datetime.now(timezone.utc), log.subjects)
+                action = build(world, datetime.now(UTC), log.subjects)
             except OperatorError as exc:
                 fail(str(exc))
             event, expected, expected_filter = action

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .common import err_console, fail, settings_from
 
-app = typer.Typer(no_args_is_help=True, help="NATS credentials: one least-privilege user per role (service, producer, runtime, operator, auditor).")
-runtime_creds_app = typer.Typer(no_args_is_help=True, help="A runtime's own credentials: it reports health under its own id only.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="NATS credentials: one least-privilege user per role (service, producer, runtime, operator, auditor).",
+)
+runtime_creds_app = typer.Typer(
+    no_args_is_help=True, help="A runtime's own credentials: it reports health under its own id only."
+)
 app.add_typer(runtime_creds_app, name="runtime")
 
 DataDir = typer.Option(None, "--data-dir", help="where the credentials live (default: $KX_DATA_DIR or ./.kx-data)")
@@ -57,8 +61,10 @@ def _embedded_lock(data_dir: Path):
 @app.command("show")
 def creds_show(
     role: str = typer.Argument(..., help="service | producer | runtime | operator | auditor | runtime-<id>"),
-    as_json: bool = typer.Option(False, "--json", help="the whole credentials document (user, password, url, inbox_prefix)"),
-    data_dir: Optional[Path] = DataDir,
+    as_json: bool = typer.Option(
+        False, "--json", help="the whole credentials document (user, password, url, inbox_prefix)"
+    ),
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Print a role's NATS URL with its user and password (for KX_NATS_URL), or --json."""
     from services.permissions import creds_path, read_credentials
@@ -66,7 +72,9 @@ def creds_show(
     settings = settings_from(data_dir=data_dir)
     path = creds_path(settings.data_dir, _check_role(role))
     if not path.exists():
-        fail(f"no credentials for {role} at {path} (kxr serve creates them in embedded mode; kxr creds init for an existing NATS)")
+        fail(
+            f"no credentials for {role} at {path} (kxr serve creates them in embedded mode; kxr creds init for an existing NATS)"
+        )
     try:
         creds = read_credentials(path)
     except ValueError as exc:
@@ -78,21 +86,35 @@ def creds_show(
         fail(f"credentials {path} name no server yet (kxr creds init --server URL)")
     sys.stdout.write(creds.url + "\n")
     if creds.inbox_prefix != "_INBOX":
-        err_console.print(f"connect with inbox prefix {creds.inbox_prefix} (nats.connect(..., inbox_prefix=...)); "
-                          "kxr serve uses it by itself", highlight=False)
+        err_console.print(
+            f"connect with inbox prefix {creds.inbox_prefix} (nats.connect(..., inbox_prefix=...)); "
+            "kxr serve uses it by itself",
+            highlight=False,
+        )
 
 
 @app.command("init")
 def creds_init(
     server: str = typer.Option(..., "--server", help="the NATS URL clients use, e.g. nats://nats.internal:4222"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the nats-server authorization block here (0600) instead of stdout"),
-    runtime_identity: str = typer.Option("shared", "--runtime-identity", metavar="shared|strict",
-                                         help="strict: the shared runtime user reports no health, only runtimes with their own user do"),
-    data_dir: Optional[Path] = DataDir,
+    out: Path | None = typer.Option(
+        None, "--out", help="write the nats-server authorization block here (0600) instead of stdout"
+    ),
+    runtime_identity: str = typer.Option(
+        "shared",
+        "--runtime-identity",
+        metavar="shared|strict",
+        help="strict: the shared runtime user reports no health, only runtimes with their own user do",
+    ),
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Create (or keep) every role's credentials for an existing NATS and print its `authorization` block."""
     from events.subjects import Subjects
-    from services.permissions import RUNTIME_IDENTITY_MODES, ensure_credentials, render_authorization, write_server_config
+    from services.permissions import (
+        RUNTIME_IDENTITY_MODES,
+        ensure_credentials,
+        render_authorization,
+        write_server_config,
+    )
 
     if runtime_identity not in RUNTIME_IDENTITY_MODES:
         fail(f"--runtime-identity {runtime_identity!r}: one of {', '.join(RUNTIME_IDENTITY_MODES)}")
@@ -100,8 +122,10 @@ def creds_init(
     settings = settings_from(data_dir=data_dir)
     subjects = Subjects(settings.prefix)
     if _embedded_lock(settings.data_dir) is not None:
-        fail(f"kxr serve runs an embedded NATS on {settings.data_dir}: its credentials are not rewritten under it "
-             "(use another --data-dir for an existing deployment)")
+        fail(
+            f"kxr serve runs an embedded NATS on {settings.data_dir}: its credentials are not rewritten under it "
+            "(use another --data-dir for an existing deployment)"
+        )
     try:
         creds = ensure_credentials(settings.data_dir, subjects, server)
     except OSError as exc:
@@ -114,15 +138,23 @@ def creds_init(
             write_server_config(out, text)
         except OSError as exc:
             fail(f"cannot write {out}: {exc.strerror}")
-        err_console.print(f"wrote {out}; credentials in {settings.data_dir / 'creds'} (kxr creds show ROLE)", highlight=False)
+        err_console.print(
+            f"wrote {out}; credentials in {settings.data_dir / 'creds'} (kxr creds show ROLE)", highlight=False
+        )
 
 
 @runtime_creds_app.command("add")
 def creds_runtime_add(
-    runtime_id: str = typer.Argument(..., help="the runtime's id, as it reports health (kx.health.<env>.<channel>.<cohort>.<id>)"),
-    server: Optional[str] = typer.Option(None, "--server", help="the NATS URL it connects to (default: the service's, from its credentials)"),
-    exist_ok: bool = typer.Option(False, "--exist-ok", help="credentials that exist already are kept (a deployment's start-up step)"),
-    data_dir: Optional[Path] = DataDir,
+    runtime_id: str = typer.Argument(
+        ..., help="the runtime's id, as it reports health (kx.health.<env>.<channel>.<cohort>.<id>)"
+    ),
+    server: str | None = typer.Option(
+        None, "--server", help="the NATS URL it connects to (default: the service's, from its credentials)"
+    ),
+    exist_ok: bool = typer.Option(
+        False, "--exist-ok", help="credentials that exist already are kept (a deployment's start-up step)"
+    ),
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Create a runtime's own user: it may publish health under its own id only, and gets its own inbox.
 
@@ -132,7 +164,13 @@ def creds_runtime_add(
     """
     from events.subjects import Subjects
     from events.tokens import InvalidToken, check_token
-    from services.permissions import creds_path, new_runtime_credentials, read_credentials, runtime_creds_path, write_credentials
+    from services.permissions import (
+        creds_path,
+        new_runtime_credentials,
+        read_credentials,
+        runtime_creds_path,
+        write_credentials,
+    )
 
     settings = settings_from(data_dir=data_dir)
     subjects = Subjects(settings.prefix)
@@ -167,7 +205,13 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
     import signal
 
     from events.subjects import Subjects
-    from services.permissions import AccountLimits, ensure_credentials, read_runtime_identity, render_server_config, write_server_config
+    from services.permissions import (
+        AccountLimits,
+        ensure_credentials,
+        read_runtime_identity,
+        render_server_config,
+        write_server_config,
+    )
 
     lock = _embedded_lock(data_dir)
     pid = lock.holder() if lock is not None else None

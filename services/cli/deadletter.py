@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ from .common import JsonOpt, NatsUrl, fail, output, run_async, session
 app = typer.Typer(no_args_is_help=True, help="Messages consumers could not process (kept, never retried).")
 
 
-async def _records(nats_url: Optional[str]) -> list[tuple[int, dict]]:
+async def _records(nats_url: str | None) -> list[tuple[int, dict]]:
     from services.jetstream.reader import OrderedReader
 
     async with session(nats_url) as (_, js, log):
@@ -25,19 +24,38 @@ async def _records(nats_url: Optional[str]) -> list[tuple[int, dict]]:
 
 
 @app.command("list")
-def deadletter_list(as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
+def deadletter_list(as_json: bool = JsonOpt, nats_url: str | None = NatsUrl) -> None:
     """Every dead letter: which consumer gave up on which message, and why."""
     from .views import table
 
     records = run_async(_records(nats_url))
-    rows = [{"id": seq, "consumer": r.get("consumer"), "stream seq": r.get("seq"), "subject": r.get("subject"),
-             "deliveries": r.get("deliveries"), "reason": r.get("reason"), "at": r.get("recorded_at")} for seq, r in records]
-    output(as_json, rows, lambda: [table("Dead letters", rows, ["id", "consumer", "stream seq", "subject", "deliveries", "reason", "at"])])
+    rows = [
+        {
+            "id": seq,
+            "consumer": r.get("consumer"),
+            "stream seq": r.get("seq"),
+            "subject": r.get("subject"),
+            "deliveries": r.get("deliveries"),
+            "reason": r.get("reason"),
+            "at": r.get("recorded_at"),
+        }
+        for seq, r in records
+    ]
+    output(
+        as_json,
+        rows,
+        lambda: [
+            table("Dead letters", rows, ["id", "consumer", "stream seq", "subject", "deliveries", "reason", "at"])
+        ],
+    )
 
 
 @app.command("show")
-def deadletter_show(dead_letter_id: int = typer.Argument(..., help="the id from `kxr deadletter list`"), as_json: bool = JsonOpt,
-                    nats_url: Optional[str] = NatsUrl) -> None:
+def deadletter_show(
+    dead_letter_id: int = typer.Argument(..., help="the id from `kxr deadletter list`"),
+    as_json: bool = JsonOpt,
+    nats_url: str | None = NatsUrl,
+) -> None:
     """One dead letter in full, with the original bytes (as text when they are UTF-8)."""
     from .views import fields_table
 

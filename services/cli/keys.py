@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,10 +17,16 @@ app = typer.Typer(no_args_is_help=True, help="Signing keys and the trust root.")
 def keys_generate(
     out: Path = typer.Argument(..., help="where to write the private key (JSON, mode 0600)"),
     name: str = typer.Option("producer", "--name"),
-    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="also add the public key to this trust root file (created if absent)"),
-    threshold: Optional[int] = typer.Option(None, "--threshold", help="set the trust root's threshold"),
-    builder: list[str] = typer.Option([], "--builder", help="a build system's attestation key: with --trust-root, add it to the "
-                                      "'builders' section, trusted for this builder id (repeat for several), not as a manifest key"),
+    trust_root: Path | None = typer.Option(
+        None, "--trust-root", help="also add the public key to this trust root file (created if absent)"
+    ),
+    threshold: int | None = typer.Option(None, "--threshold", help="set the trust root's threshold"),
+    builder: list[str] = typer.Option(
+        [],
+        "--builder",
+        help="a build system's attestation key: with --trust-root, add it to the "
+        "'builders' section, trusted for this builder id (repeat for several), not as a manifest key",
+    ),
 ) -> None:
     """Generate an Ed25519 signing key (a manifest key, or with --builder a builder's attestation key)."""
     from events.signing import SigningKey, TrustRoot, b64encode
@@ -36,9 +42,17 @@ def keys_generate(
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror}")
     if trust_root is not None:
-        doc: dict[str, Any] = read_json_file(trust_root, "trust root") if trust_root.exists() else {"version": 1, "threshold": 1, "keys": {}}
+        doc: dict[str, Any] = (
+            read_json_file(trust_root, "trust root")
+            if trust_root.exists()
+            else {"version": 1, "threshold": 1, "keys": {}}
+        )
         if builder:
-            doc.setdefault("builders", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name, "ids": builder}
+            doc.setdefault("builders", {})[key.keyid] = {
+                "public": b64encode(key.public_raw),
+                "name": name,
+                "ids": builder,
+            }
         else:
             doc.setdefault("keys", {})[key.keyid] = {"public": b64encode(key.public_raw), "name": name}
         if threshold is not None:
@@ -49,4 +63,6 @@ def keys_generate(
             fail(f"the trust root would be invalid: {exc}")
         trust_root.write_text(json.dumps(doc, indent=2) + "\n")
     section = f"builders (for {', '.join(builder)})" if builder else "keys"
-    console.print(f"key {key.keyid} ({name}) written to {out}" + (f"; added to {trust_root} {section}" if trust_root else ""))
+    console.print(
+        f"key {key.keyid} ({name}) written to {out}" + (f"; added to {trust_root} {section}" if trust_root else "")
+    )

@@ -12,11 +12,17 @@ from rich.text import Text
 from .views import figure_text, number_text, op_text, table
 
 STATE_STYLE = {
-    "passed": "green", "success": "green", "monitoring": "cyan", "activated": "cyan", "activating": "cyan",
-    "held": "yellow", "rolling_back": "magenta", "rolled_back": "magenta", "failed": "red", "pending": "dim",
+    "passed": "green",
+    "success": "green",
+    "monitoring": "cyan",
+    "activated": "cyan",
+    "activating": "cyan",
+    "held": "yellow",
+    "rolling_back": "magenta",
+    "rolled_back": "magenta",
+    "failed": "red",
+    "pending": "dim",
 }
-
-
 
 
 def headline(view: dict[str, Any]) -> str:
@@ -24,7 +30,9 @@ def headline(view: dict[str, Any]) -> str:
     what = f"{pack['name']}@{pack['version']}" if pack else "?"
     state = view["outcome"] or view["phase"] or "?"
     extras = [x for x in ("paused" if view["paused"] else None, "held for an operator" if view["held"] else None) if x]
-    return f"release {view['release_id']}: {what} -> {view['target'] or '?'} — {state}" + (f" ({', '.join(extras)})" if extras else "")
+    return f"release {view['release_id']}: {what} -> {view['target'] or '?'} — {state}" + (
+        f" ({', '.join(extras)})" if extras else ""
+    )
 
 
 def window_line(window: dict[str, Any] | None) -> str:
@@ -61,7 +69,9 @@ def _styled(state: str | None) -> Text:
 
 def frame(view: dict[str, Any]) -> Group:
     """The whole picture: stages, gates, the window against its thresholds, scopes, last events."""
-    parts: list[Any] = [Text(headline(view), style="bold " + STATE_STYLE.get(view["outcome"] or view["phase"] or "", ""))]
+    parts: list[Any] = [
+        Text(headline(view), style="bold " + STATE_STYLE.get(view["outcome"] or view["phase"] or "", ""))
+    ]
     stages = Table(title="Stages", title_justify="left", header_style="bold")
     for c in ("stage", "cohorts", "state", "verdict"):
         stages.add_column(c, overflow="fold")
@@ -73,16 +83,31 @@ def frame(view: dict[str, Any]) -> Group:
     parts.append(stages)
     gates = view["gates"]
     if gates:
-        parts.append(Text("gates: " + "  ".join(f"{g['gate']} {'pass' if g['ok'] else 'FAIL ' + g['code']}" for g in gates),
-                          style="green" if all(g["ok"] for g in gates) else "red"))
+        parts.append(
+            Text(
+                "gates: " + "  ".join(f"{g['gate']} {'pass' if g['ok'] else 'FAIL ' + g['code']}" for g in gates),
+                style="green" if all(g["ok"] for g in gates) else "red",
+            )
+        )
     else:
         parts.append(Text("gates: not verified yet", style="dim"))
     parts += _window_parts(view["window"])
-    scopes = [{"scope": r["scope"], "active": r["active"], "release": r["active_release"], "lkg": r["lkg"],
-               "pinned": f"{r['pinned']['version']} until {r['pinned']['until'][:16]}Z" if r["pinned"] else None,
-               "rollback to": r["rollback_target"]} for r in view["scopes"]]
+    scopes = [
+        {
+            "scope": r["scope"],
+            "active": r["active"],
+            "release": r["active_release"],
+            "lkg": r["lkg"],
+            "pinned": f"{r['pinned']['version']} until {r['pinned']['until'][:16]}Z" if r["pinned"] else None,
+            "rollback to": r["rollback_target"],
+        }
+        for r in view["scopes"]
+    ]
     parts.append(table("Scopes", scopes, ["scope", "active", "release", "lkg", "pinned", "rollback to"]))
-    events = [{"seq": e["seq"], "at": e["at"][11:23], "event": e["type"].removeprefix("release."), "detail": e["summary"]} for e in view["events"]]
+    events = [
+        {"seq": e["seq"], "at": e["at"][11:23], "event": e["type"].removeprefix("release."), "detail": e["summary"]}
+        for e in view["events"]
+    ]
     parts.append(table("Last events", events, ["seq", "at", "event", "detail"]))
     if view["why"]:
         parts.append(Text(f"why: {view['why']}", style="yellow"))
@@ -92,8 +117,12 @@ def frame(view: dict[str, Any]) -> Group:
 def _window_parts(window: dict[str, Any] | None) -> list[Any]:
     if window is None:
         return [Text("no monitoring window yet", style="dim")]
-    bar = ProgressBar(total=1.0, completed=window["fraction"], width=40,
-                      complete_style="cyan" if window["open"] else ("green" if window["result"] == "passed" else "red"))
+    bar = ProgressBar(
+        total=1.0,
+        completed=window["fraction"],
+        width=40,
+        complete_style="cyan" if window["open"] else ("green" if window["result"] == "passed" else "red"),
+    )
     gauge = Table.grid(padding=(0, 1))
     gauge.add_row(bar, Text(f"{window['fraction']:.0%} of {window['window_s']}s"))
     out: list[Any] = [Text(window_line(window)), gauge]
@@ -102,7 +131,12 @@ def _window_parts(window: dict[str, Any] | None) -> list[Any]:
         for c in ("metric", "value", "threshold", "result"):
             t.add_column(c)
         for f in window["figures"]:
-            t.add_row(f["metric"], number_text(f["value"]), f"{op_text(f['op'])} {number_text(f['threshold'])}", Text("ok", style="green") if f["ok"] else Text("BREACH", style="bold red"))
+            t.add_row(
+                f["metric"],
+                number_text(f["value"]),
+                f"{op_text(f['op'])} {number_text(f['threshold'])}",
+                Text("ok", style="green") if f["ok"] else Text("BREACH", style="bold red"),
+            )
         out.append(t)
     if window["reason"]:
         out.append(Text(window["reason"], style="dim"))

@@ -15,7 +15,24 @@ import sys
 
 import typer
 
-from . import audit, channel, creds, deadletter, demo, keys, pack, pin, release, runtime, schema, serve, status, trust, ui, watch
+from . import (
+    audit,
+    channel,
+    creds,
+    deadletter,
+    demo,
+    keys,
+    pack,
+    pin,
+    release,
+    runtime,
+    schema,
+    serve,
+    status,
+    trust,
+    ui,
+    watch,
+)
 from .common import CliError, console
 
 
@@ -30,12 +47,19 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.",
+)
 
 
 @app.callback()
-def _main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                            help="print kxr's version and exit")) -> None:
+def _main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print kxr's version and exit"
+    ),
+) -> None:
     """Konnaxion Releases: move signed Runtime Packs into the runtime safely."""
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,7 @@ def pack_sign(
     revision: str = typer.Option(..., "--revision"),
     ref: list[str] = typer.Option([], "--ref", help="provenance reference URI(s)"),
     expires_days: int = typer.Option(90, "--expires-days"),
-    out: Optional[Path] = typer.Option(None, "--out", help="manifest path (default: PACK.manifest.json)"),
+    out: Path | None = typer.Option(None, "--out", help="manifest path (default: PACK.manifest.json)"),
 ) -> None:
     """Write a signed manifest for a pack (CONTRACT §6)."""
     from events.signing import SigningKey
@@ -44,9 +43,21 @@ def pack_sign(
         fail(str(exc))
     keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
     data = pack.read_bytes()
-    signed = build_signed(data, name=name, version=version, schema=schema, profile=profile, runtime=runtime,
-                          build_id=build_id, builder=builder, run=run, source=source, revision=revision, refs=ref,
-                          expires=datetime.now(timezone.utc) + timedelta(days=expires_days))
+    signed = build_signed(
+        data,
+        name=name,
+        version=version,
+        schema=schema,
+        profile=profile,
+        runtime=runtime,
+        build_id=build_id,
+        builder=builder,
+        run=run,
+        source=source,
+        revision=revision,
+        refs=ref,
+        expires=datetime.now(UTC) + timedelta(days=expires_days),
+    )
     target = out or pack.with_name(pack.name + ".manifest.json")
     target.write_bytes(manifest_bytes(signed, keys))
     console.print(f"manifest for {name}@{version} {signed['digest']} written to {target}")
@@ -55,13 +66,21 @@ def pack_sign(
 @app.command("attest")
 def pack_attest(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False, help="the pack file"),
-    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="the builder's private key (trust root 'builders')"),
-    builder_id: str = typer.Option(..., "--builder-id", help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release"),
-    build_type: str = typer.Option("https://konnaxion.dev/releases/pack-build/v1", "--build-type", help="SLSA buildDefinition.buildType"),
-    invocation: Optional[str] = typer.Option(None, "--invocation", help="the pipeline run id (runDetails.metadata.invocationId)"),
-    source: Optional[str] = typer.Option(None, "--source", help="recorded in externalParameters"),
-    revision: Optional[str] = typer.Option(None, "--revision", help="recorded in externalParameters"),
-    out: Optional[Path] = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
+    key: Path = typer.Option(
+        ..., "--key", exists=True, dir_okay=False, help="the builder's private key (trust root 'builders')"
+    ),
+    builder_id: str = typer.Option(
+        ..., "--builder-id", help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release"
+    ),
+    build_type: str = typer.Option(
+        "https://konnaxion.dev/releases/pack-build/v1", "--build-type", help="SLSA buildDefinition.buildType"
+    ),
+    invocation: str | None = typer.Option(
+        None, "--invocation", help="the pipeline run id (runDetails.metadata.invocationId)"
+    ),
+    source: str | None = typer.Option(None, "--source", help="recorded in externalParameters"),
+    revision: str | None = typer.Option(None, "--revision", help="recorded in externalParameters"),
+    out: Path | None = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
 ) -> None:
     """Write an in-toto/SLSA provenance attestation of a pack (a DSSE envelope signed by a builder key)."""
     from events.signing import SigningKey
@@ -70,14 +89,20 @@ def pack_attest(
     signer = SigningKey.from_file_dict(read_json_file(key, "key"))
     digest = sha256_digest(pack.read_bytes())
     params = {k: v for k, v in (("source", source), ("revision", revision)) if v is not None}
-    statement = provenance_statement(digest, name=pack.name, builder_id=builder_id, build_type=build_type,
-                                     external_parameters=params, invocation_id=invocation)
+    statement = provenance_statement(
+        digest,
+        name=pack.name,
+        builder_id=builder_id,
+        build_type=build_type,
+        external_parameters=params,
+        invocation_id=invocation,
+    )
     target = out or pack.with_name(pack.name + ".attestation.json")
     target.write_bytes(dsse_envelope(statement, [signer]))
     console.print(f"attestation of {digest} by builder {builder_id} (key {signer.keyid[:16]}) written to {target}")
 
 
-def attestation_bytes(path: Optional[Path], digest: str) -> Optional[bytes]:
+def attestation_bytes(path: Path | None, digest: str) -> bytes | None:
     """The attestation file's bytes, refused here (nothing uploaded) if it names another pack."""
     if path is None:
         return None
@@ -93,16 +118,21 @@ def attestation_bytes(path: Optional[Path], digest: str) -> Optional[bytes]:
     return data
 
 
-AttestationOpt = typer.Option(None, "--attestation", exists=True, dir_okay=False,
-                              help="also upload this attestation (kxr pack attest) beside the pack")
+AttestationOpt = typer.Option(
+    None,
+    "--attestation",
+    exists=True,
+    dir_okay=False,
+    help="also upload this attestation (kxr pack attest) beside the pack",
+)
 
 
 @app.command("push")
 def pack_push(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False),
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
-    attestation: Optional[Path] = AttestationOpt,
-    nats_url: Optional[str] = NatsUrl,
+    attestation: Path | None = AttestationOpt,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
     from services.actions.producer import push_pack, sha256_digest
@@ -123,7 +153,7 @@ def pack_push(
 def pack_verify(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False),
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False),
-    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="default: $KX_TRUST_ROOT"),
+    trust_root: Path | None = typer.Option(None, "--trust-root", help="default: $KX_TRUST_ROOT"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Offline: the gates that need no service state (signature, expiry, integrity, evidence)."""
@@ -134,8 +164,13 @@ def pack_verify(
     settings = settings_from(trust_root=trust_root)
     from services.settings import load_trust_root
 
-    v = verify_offline(pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(timezone.utc))
-    output(as_json, {"ok": v.failure is None, "gates": [o.model_dump(mode="json") for o in v.outcomes]},
-           lambda: [Text(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}") for o in v.outcomes])
+    v = verify_offline(
+        pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(UTC)
+    )
+    output(
+        as_json,
+        {"ok": v.failure is None, "gates": [o.model_dump(mode="json") for o in v.outcomes]},
+        lambda: [Text(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}") for o in v.outcomes],
+    )
     if v.failure is not None:
         fail(f"gate {v.failure.gate} failed: {v.failure.code}: {v.failure.message}")

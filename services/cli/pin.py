@@ -7,11 +7,21 @@ its cohorts. main.py registers them as top-level commands.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Optional
 
 import typer
 
-from .common import NatsUrl, Rationale, console, operator_action, operator_actor, parse_time, run_async, scope_arg, service_keys, session
+from .common import (
+    NatsUrl,
+    Rationale,
+    console,
+    operator_action,
+    operator_actor,
+    parse_time,
+    run_async,
+    scope_arg,
+    service_keys,
+    session,
+)
 
 
 def parse_until(text: str, now: datetime) -> datetime:
@@ -32,9 +42,11 @@ def _scopes_of(world, parts: tuple[str, ...]) -> list[tuple[str, str, str]]:
 def pin(
     scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT] (a channel pins every cohort)"),
     version: str = typer.Option(..., "--version"),
-    until: str = typer.Option(..., "--until", help="RFC 3339 or a duration (12h, 7d); at most the channel's max_pin_days"),
+    until: str = typer.Option(
+        ..., "--until", help="RFC 3339 or a duration (12h, 7d); at most the channel's max_pin_days"
+    ),
     rationale: str = Rationale,
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Hold a scope on a pack until a time; a pack other than the active one is re-verified and switched atomically."""
     from events.model import Scope
@@ -42,29 +54,45 @@ def pin(
 
     parts = scope_arg(scope)
     for env, channel, cohort in _pinned_targets(parts, nats_url):
+
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
-            event, expected = pin_action(world, Scope(env=env, channel=channel, cohort=cohort), version, parse_until(until, now), rationale, operator_actor(), now)
+            event, expected = pin_action(
+                world,
+                Scope(env=env, channel=channel, cohort=cohort),
+                version,
+                parse_until(until, now),
+                rationale,
+                operator_actor(),
+                now,
+            )
             return event, expected, subjects.scope_filter(env, channel, cohort)
 
         seq = operator_action(nats_url, build)
         console.print(f"{env}/{channel}/{cohort} pinned to {version} (log seq {seq})")
 
 
-def unpin(scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"), rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def unpin(
+    scope: str = typer.Argument(..., help="ENV/CHANNEL\\[/COHORT]"),
+    rationale: str = Rationale,
+    nats_url: str | None = NatsUrl,
+) -> None:
     """Lift a pin (the scope stays on its pack until the next release)."""
     from events.model import Scope
     from services.consumers.pinner import unpin as unpin_action
 
     for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
+
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
-            event, expected = unpin_action(world, Scope(env=env, channel=channel, cohort=cohort), rationale, operator_actor(), now)
+            event, expected = unpin_action(
+                world, Scope(env=env, channel=channel, cohort=cohort), rationale, operator_actor(), now
+            )
             return event, expected, subjects.scope_filter(env, channel, cohort)
 
         seq = operator_action(nats_url, build)
         console.print(f"{env}/{channel}/{cohort} unpinned (log seq {seq})")
 
 
-def _pinned_targets(parts: tuple[str, ...], nats_url: Optional[str]) -> list[tuple[str, str, str]]:
+def _pinned_targets(parts: tuple[str, ...], nats_url: str | None) -> list[tuple[str, str, str]]:
     if len(parts) == 3:
         return [parts]  # type: ignore[list-item]
     from services.jetstream.log_reads import load_world

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import JsonOpt, NatsUrl, Rationale, console, fail, operator_action, operator_actor, read_json_file, run_async, scope_arg, session
+from .common import (
+    JsonOpt,
+    NatsUrl,
+    Rationale,
+    console,
+    fail,
+    operator_action,
+    operator_actor,
+    read_json_file,
+    run_async,
+    scope_arg,
+    session,
+)
 from .pack import AttestationOpt, attestation_bytes
 
 app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
@@ -18,7 +29,7 @@ app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 def release_show(
     release_id: str = typer.Argument(...),
     as_json: bool = JsonOpt,
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """A release's timeline and evidence record (the same as `kxr audit release`)."""
     from .audit import audit_release
@@ -26,7 +37,7 @@ def release_show(
     audit_release(release_id, as_json, None, nats_url)
 
 
-def _release_action(release_id: str, nats_url: Optional[str], make) -> None:
+def _release_action(release_id: str, nats_url: str | None, make) -> None:
     from events.tokens import check_token
     from services.actions import operator as ops
 
@@ -41,58 +52,89 @@ def _release_action(release_id: str, nats_url: Optional[str], make) -> None:
 
 
 @app.command("pause")
-def release_pause(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def release_pause(release_id: str, rationale: str = Rationale, nats_url: str | None = NatsUrl) -> None:
     """Stop automatic progression (no new stage, no promotion); rollbacks still happen."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.pause(w, release_id, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.pause(w, release_id, rationale, operator_actor(), now)
+    )
 
 
 @app.command("resume")
-def release_resume(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def release_resume(release_id: str, rationale: str = Rationale, nats_url: str | None = NatsUrl) -> None:
     """Let a paused release continue."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.resume(w, release_id, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.resume(w, release_id, rationale, operator_actor(), now)
+    )
 
 
 @app.command("abort")
-def release_abort(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def release_abort(release_id: str, rationale: str = Rationale, nats_url: str | None = NatsUrl) -> None:
     """Stop the release; every cohort it activated returns to its rollback target."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.abort(w, release_id, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.abort(w, release_id, rationale, operator_actor(), now)
+    )
 
 
 @app.command("promote")
-def release_promote(release_id: str, rationale: str = Rationale, nats_url: Optional[str] = NatsUrl) -> None:
+def release_promote(release_id: str, rationale: str = Rationale, nats_url: str | None = NatsUrl) -> None:
     """Pass a held (inconclusive) window on your word; recorded as an operator override."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.promote(w, release_id, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.promote(w, release_id, rationale, operator_actor(), now)
+    )
 
 
 @app.command("extend")
-def release_extend(release_id: str, window: int = typer.Option(..., "--window", help="seconds"), rationale: str = Rationale,
-                   nats_url: Optional[str] = NatsUrl) -> None:
+def release_extend(
+    release_id: str,
+    window: int = typer.Option(..., "--window", help="seconds"),
+    rationale: str = Rationale,
+    nats_url: str | None = NatsUrl,
+) -> None:
     """Open a new monitoring window for a held stage (no shorter than the channel's window)."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now)
+    )
 
 
 @app.command("rollback")
-def release_rollback(release_id: str,
-                     reason: str = typer.Option(..., "--rationale", "-m", "--reason",
-                                                help="why: recorded with the decision (--reason: the older spelling)"),
-                     trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
-                     nats_url: Optional[str] = NatsUrl) -> None:
+def release_rollback(
+    release_id: str,
+    reason: str = typer.Option(
+        ..., "--rationale", "-m", "--reason", help="why: recorded with the decision (--reason: the older spelling)"
+    ),
+    trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
+    nats_url: str | None = NatsUrl,
+) -> None:
     """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now)
+    )
 
 
 @app.command("close")
-def release_close(release_id: str, outcome: str = typer.Option(..., "--outcome", help="failed | aborted"), rationale: str = Rationale,
-                  nats_url: Optional[str] = NatsUrl) -> None:
+def release_close(
+    release_id: str,
+    outcome: str = typer.Option(..., "--outcome", help="failed | aborted"),
+    rationale: str = Rationale,
+    nats_url: str | None = NatsUrl,
+) -> None:
     """End a held release as failed or aborted (e.g. escalated with no usable rollback target); never a success."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.close(w, release_id, outcome, rationale, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.close(w, release_id, outcome, rationale, operator_actor(), now)
+    )
 
 
 @app.command("annotate")
-def release_annotate(release_id: str, note: str = typer.Option("", "--note", "-m"), incident: Optional[str] = typer.Option(None, "--incident", help="incident or postmortem URL"),
-                     nats_url: Optional[str] = NatsUrl) -> None:
+def release_annotate(
+    release_id: str,
+    note: str = typer.Option("", "--note", "-m"),
+    incident: str | None = typer.Option(None, "--incident", help="incident or postmortem URL"),
+    nats_url: str | None = NatsUrl,
+) -> None:
     """Attach a note or an incident/postmortem link to the release's record."""
-    _release_action(release_id, nats_url, lambda ops, w, now: ops.annotate(w, release_id, note, incident, operator_actor(), now))
+    _release_action(
+        release_id, nats_url, lambda ops, w, now: ops.annotate(w, release_id, note, incident, operator_actor(), now)
+    )
 
 
 # ---- request (producers) -----------------------------------------------------------------------
@@ -109,11 +151,18 @@ def _request_options(rollback: str, window: int | None, min_samples: int | None)
         fail("--window needs --min-samples too (at least the channel's minimum; nothing is guessed)")
     try:
         plan = RollbackPlan.model_validate({"strategy": rollback}).model_dump()
-        monitoring = Monitoring.model_validate({"window_s": window, "min_samples": min_samples}).model_dump(
-            exclude={"thresholds"}) if window is not None else None
+        monitoring = (
+            Monitoring.model_validate({"window_s": window, "min_samples": min_samples}).model_dump(
+                exclude={"thresholds"}
+            )
+            if window is not None
+            else None
+        )
     except ValidationError as exc:
         problem = exc.errors()[0]
-        where = {"strategy": "--rollback", "window_s": "--window", "min_samples": "--min-samples"}.get(str(problem["loc"][0]), "")
+        where = {"strategy": "--rollback", "window_s": "--window", "min_samples": "--min-samples"}.get(
+            str(problem["loc"][0]), ""
+        )
         fail(f"{where} {problem['input']!r}: {problem['msg'].lower()}".strip())
     return plan, monitoring
 
@@ -122,18 +171,24 @@ def _request_options(rollback: str, window: int | None, min_samples: int | None)
 def release_request(
     release_id: str = typer.Argument(..., help="the release id (a token you choose)"),
     target: str = typer.Option(..., "--target", help="ENV/CHANNEL"),
-    manifest: Path = typer.Option(..., "--manifest", exists=True, dir_okay=False, help="the signed manifest (names the pack)"),
-    pack: Optional[Path] = typer.Option(None, "--pack", exists=True, dir_okay=False, help="also push this pack and the manifest first"),
+    manifest: Path = typer.Option(
+        ..., "--manifest", exists=True, dir_okay=False, help="the signed manifest (names the pack)"
+    ),
+    pack: Path | None = typer.Option(
+        None, "--pack", exists=True, dir_okay=False, help="also push this pack and the manifest first"
+    ),
     owner: str = typer.Option(..., "--owner"),
     escalation: str = typer.Option(..., "--escalation"),
-    plan: Optional[str] = typer.Option(None, "--plan", help="stages, e.g. 'internal;eu-early,us-early;rest'"),
-    window: Optional[int] = typer.Option(None, "--window", help="monitoring window seconds"),
-    min_samples: Optional[int] = typer.Option(None, "--min-samples"),
+    plan: str | None = typer.Option(None, "--plan", help="stages, e.g. 'internal;eu-early,us-early;rest'"),
+    window: int | None = typer.Option(None, "--window", help="monitoring window seconds"),
+    min_samples: int | None = typer.Option(None, "--min-samples"),
     rollback: str = typer.Option("lkg", "--rollback", help="lkg | pinned | none"),
     reason: str = typer.Option("", "--reason"),
-    ack_no_health: bool = typer.Option(False, "--acknowledge-no-health", help="proceed even if no runtime reports health"),
-    attestation: Optional[Path] = AttestationOpt,
-    nats_url: Optional[str] = NatsUrl,
+    ack_no_health: bool = typer.Option(
+        False, "--acknowledge-no-health", help="proceed even if no runtime reports health"
+    ),
+    attestation: Path | None = AttestationOpt,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Request a release of the pack a manifest describes (CONTRACT §5)."""
     from events.model import Actor
@@ -149,8 +204,12 @@ def release_request(
         fail(f"{manifest} has no signed name/version/digest")
     data: dict = {
         "pack": {"name": signed["name"], "version": signed["version"], "digest": signed["digest"]},
-        "target": {"env": env, "channel": channel}, "owner": owner, "escalation": escalation,
-        "rollback": rollback_plan, "reason": reason, "acknowledge_no_health": ack_no_health,
+        "target": {"env": env, "channel": channel},
+        "owner": owner,
+        "escalation": escalation,
+        "rollback": rollback_plan,
+        "reason": reason,
+        "acknowledge_no_health": ack_no_health,
     }
     if plan:
         data["plan"] = [[c.strip() for c in stage.split(",") if c.strip()] for stage in plan.split(";")]

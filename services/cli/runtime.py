@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,8 +25,11 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
     own = "use this runtime's own credentials: kxr creds runtime add ID, then KX_NATS_CREDS=<data dir>/creds/runtime-ID.json"
     if creds is not None and url == creds.url:
         if creds.runtime_id:
-            return None if creds.runtime_id == runtime_id else \
-                f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
+            return (
+                None
+                if creds.runtime_id == runtime_id
+                else f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
+            )
         shared = creds.role == "runtime"
     else:
         shared = bool(url and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime"))
@@ -40,15 +42,21 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
 def runtime_simulate(
     env: str = typer.Option(..., "--env", help="environment the runtime serves"),
     channel: str = typer.Option(..., "--channel", help="channel it follows"),
-    tenant: str = typer.Option(..., "--tenant", help="its tenant: the cohort is resolved from the channel config (CONTRACT §7)"),
+    tenant: str = typer.Option(
+        ..., "--tenant", help="its tenant: the cohort is resolved from the channel config (CONTRACT §7)"
+    ),
     runtime_id: str = typer.Option(..., "--runtime-id", help="its id in health subjects"),
-    region: Optional[str] = typer.Option(None, "--region", help="its region, for cohorts that select regions"),
+    region: str | None = typer.Option(None, "--region", help="its region, for cohorts that select regions"),
     interval: float = typer.Option(5.0, "--interval", min=0.05, help="seconds between health samples"),
-    error_rate: float = typer.Option(0.0, "--error-rate", min=0.0, max=1.0, help="share of requests it reports as errors"),
+    error_rate: float = typer.Option(
+        0.0, "--error-rate", min=0.0, max=1.0, help="share of requests it reports as errors"
+    ),
     p95_ms: float = typer.Option(80.0, "--p95-ms", min=0.0, help="p95 latency it reports (p99 is 1.5 times that)"),
-    nats_url: Optional[str] = NatsUrl,
-    trust_root: Optional[Path] = TrustRootOpt,
-    service_keys: Optional[Path] = typer.Option(None, "--service-keys", help="only follow pointers signed by these activator keys (default: $KX_SERVICE_KEYS)"),
+    nats_url: str | None = NatsUrl,
+    trust_root: Path | None = TrustRootOpt,
+    service_keys: Path | None = typer.Option(
+        None, "--service-keys", help="only follow pointers signed by these activator keys (default: $KX_SERVICE_KEYS)"
+    ),
 ) -> None:
     """Run one simulated runtime until Ctrl-C/SIGTERM: it re-verifies every pack before switching and reports health."""
     from events.tokens import check_token
@@ -56,7 +64,9 @@ def runtime_simulate(
     from services.runtime.sdk import Identity
     from services.runtime.simulation import Behaviour
 
-    identity = Identity(check_token(env, "env"), check_token(channel, "channel"), tenant, check_token(runtime_id, "runtime_id"), region)
+    identity = Identity(
+        check_token(env, "env"), check_token(channel, "channel"), tenant, check_token(runtime_id, "runtime_id"), region
+    )
     settings = settings_from(nats_url, trust_root)
     if service_keys is not None:
         settings = type(settings)(**{**settings.__dict__, "service_keys_path": service_keys})
@@ -64,15 +74,23 @@ def runtime_simulate(
     from services.permissions import env_credentials, read_runtime_identity
 
     try:  # refused before connecting: a runtime whose health is denied would report nothing, silently
-        problem = identity_problem(read_runtime_identity(settings.data_dir), env_credentials(), settings.nats_url, identity.runtime_id,
-                                   settings.prefix)
+        problem = identity_problem(
+            read_runtime_identity(settings.data_dir),
+            env_credentials(),
+            settings.nats_url,
+            identity.runtime_id,
+            settings.prefix,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if problem:
         raise CliError(f"kxr runtime simulate: {problem}")
 
     def ready(cohort: str) -> None:
-        err_console.print(f"kxr runtime: {runtime_id} (tenant {tenant}) follows {env}/{channel}/{cohort} (Ctrl-C to stop)", highlight=False)
+        err_console.print(
+            f"kxr runtime: {runtime_id} (tenant {tenant}) follows {env}/{channel}/{cohort} (Ctrl-C to stop)",
+            highlight=False,
+        )
 
     def switched(pack) -> None:
         print(f"switched to {pack.name}@{pack.version} {pack.digest}", flush=True)

@@ -8,13 +8,17 @@ import typer
 
 from .common import console, fail
 
-app = typer.Typer(no_args_is_help=True, help="Machine-readable contracts: JSON Schemas of events, manifest, channel config, health.")
+app = typer.Typer(
+    no_args_is_help=True, help="Machine-readable contracts: JSON Schemas of events, manifest, channel config, health."
+)
 
 
 @app.command("export")
 def schema_export(
     directory: Path = typer.Argument(..., help="where to write the schemas (docs/schemas in this repository)"),
-    check: bool = typer.Option(False, "--check", help="write nothing; exit 1 if DIR differs from what the code generates"),
+    check: bool = typer.Option(
+        False, "--check", help="write nothing; exit 1 if DIR differs from what the code generates"
+    ),
 ) -> None:
     """Write one JSON Schema per event type, the manifest, channel config, health sample, evidence record and index.json."""
     from services.contracts.export import drift, write
@@ -38,4 +42,7 @@ def schema_export(
         found = write(directory, files)
     except OSError as exc:
         fail(f"cannot write schemas to {directory}: {exc.strerror or exc}")
-    console.print(f"{directory}: {len(files)} files, {len(found.changed)} written, {len(found.stale)} stale removed", highlight=False)
+    console.print(
+        f"{directory}: {len(files)} files, {len(found.changed)} written, {len(found.stale)} stale removed",
+        highlight=False,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,18 +10,35 @@ from .common import CliError, NatsUrl, run_async, settings_from
 
 
 def serve(
-    nats_url: Optional[str] = NatsUrl,
-    trust_root: Optional[Path] = typer.Option(None, "--trust-root", help="trust root file (default: $KX_TRUST_ROOT)"),
-    only: Optional[str] = typer.Option(None, "--only", help="comma-separated consumers to run (default: all)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="embedded NATS data (default: $KX_DATA_DIR or ./.kx-data)"),
+    nats_url: str | None = NatsUrl,
+    trust_root: Path | None = typer.Option(None, "--trust-root", help="trust root file (default: $KX_TRUST_ROOT)"),
+    only: str | None = typer.Option(None, "--only", help="comma-separated consumers to run (default: all)"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="embedded NATS data (default: $KX_DATA_DIR or ./.kx-data)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
-    strict: bool = typer.Option(False, "--strict", help="refuse to start if the NATS user can do more than the service needs (default: warn)"),
-    ui: Optional[str] = typer.Option(None, "--ui", metavar="ADDR", help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"),
-    log_format: Optional[str] = typer.Option(None, "--log-format", help="json or text (default: $KX_LOG_FORMAT; json unless stderr is a terminal)"),
-    runtime_identity: Optional[str] = typer.Option(None, "--runtime-identity", metavar="shared|strict",
-                                                   help="embedded NATS: strict = only runtimes with their own user (kxr creds runtime add ID) "
-                                                        "may report health; shared = the shared runtime user may too (default: as last set, else shared)"),
+    strict: bool = typer.Option(
+        False, "--strict", help="refuse to start if the NATS user can do more than the service needs (default: warn)"
+    ),
+    ui: str | None = typer.Option(
+        None,
+        "--ui",
+        metavar="ADDR",
+        help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)",
+    ),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"
+    ),
+    log_format: str | None = typer.Option(
+        None, "--log-format", help="json or text (default: $KX_LOG_FORMAT; json unless stderr is a terminal)"
+    ),
+    runtime_identity: str | None = typer.Option(
+        None,
+        "--runtime-identity",
+        metavar="shared|strict",
+        help="embedded NATS: strict = only runtimes with their own user (kxr creds runtime add ID) "
+        "may report health; shared = the shared runtime user may too (default: as last set, else shared)",
+    ),
 ) -> None:
     """Run the release service (every consumer, or --only some of them).
 
@@ -32,19 +48,26 @@ def serve(
     import logging
     import os
 
-    from services.observability.logs import configure_logging, log_format as chosen_log_format
+    from services.observability.logs import configure_logging
+    from services.observability.logs import log_format as chosen_log_format
     from services.serve import serve as run_serve
     from services.settings import parse_roles
 
-    configure_logging(chosen_log_format(log_format or os.environ.get("KX_LOG_FORMAT")), logging.INFO if verbose else logging.WARNING)
+    configure_logging(
+        chosen_log_format(log_format or os.environ.get("KX_LOG_FORMAT")), logging.INFO if verbose else logging.WARNING
+    )
     ready_log = logging.getLogger("kxr.serve")
     ready_log.setLevel(logging.INFO)  # the ready line shows at any verbosity, in the chosen log format
     settings = settings_from(nats_url, trust_root, data_dir)
-    settings = type(settings)(**{**settings.__dict__, "roles": parse_roles(only), "metrics_addr": metrics or settings.metrics_addr})
+    settings = type(settings)(
+        **{**settings.__dict__, "roles": parse_roles(only), "metrics_addr": metrics or settings.metrics_addr}
+    )
 
     def ready(url: str) -> None:
         metrics_at = f"; metrics on http://{settings.metrics_addr}/metrics" if settings.metrics_addr else ""
-        ready_log.info("kxr serve: %s running against %s%s (Ctrl-C to stop)", ", ".join(settings.roles), url, metrics_at)
+        ready_log.info(
+            "kxr serve: %s running against %s%s (Ctrl-C to stop)", ", ".join(settings.roles), url, metrics_at
+        )
 
     def ui_ready(url: str) -> None:
         ready_log.info("kxr serve: dashboard at %s (read-only)", url)
@@ -53,4 +76,13 @@ def serve(
 
     if runtime_identity is not None and runtime_identity not in ("shared", "strict"):
         raise CliError(f"--runtime-identity {runtime_identity!r}: shared or strict")
-    run_async(run_serve(settings, ready, strict=strict, ui=parse_addr(ui) if ui else None, on_ui=ui_ready, runtime_identity=runtime_identity))
+    run_async(
+        run_serve(
+            settings,
+            ready,
+            strict=strict,
+            ui=parse_addr(ui) if ui else None,
+            on_ui=ui_ready,
+            runtime_identity=runtime_identity,
+        )
+    )

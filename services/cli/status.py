@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from .common import JsonOpt, NatsUrl, err_console, output, run_async, service_keys, session
@@ -12,7 +10,7 @@ from .common import JsonOpt, NatsUrl, err_console, output, run_async, service_ke
 def status(
     as_json: bool = JsonOpt,
     all_releases: bool = typer.Option(False, "--all", help="list closed releases too"),
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Active pack per scope, and releases in flight with their stage (signed state only, with KX_SERVICE_KEYS)."""
     from services.jetstream.log_reads import load_signed_world
@@ -27,9 +25,13 @@ def status(
             return await load_signed_world(js, log.subjects, keys)
 
     world, ignored = run_async(go())
-    shown = {"scopes": scope_rows(world), "releases": release_rows(world, not all_releases), "log_seq": world.applied_seq,
-             "signatures": "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS or KX_DATA_DIR)",
-             "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())]}
+    shown = {
+        "scopes": scope_rows(world),
+        "releases": release_rows(world, not all_releases),
+        "log_seq": world.applied_seq,
+        "signatures": "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS or KX_DATA_DIR)",
+        "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())],
+    }
 
     def tables():
         for seq, why in sorted(ignored.items()):

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import JsonOpt, NatsUrl, TrustRootOpt, console, fail, operator_actor, output, read_json_file, run_async, session, settings_from
+from .common import (
+    JsonOpt,
+    NatsUrl,
+    TrustRootOpt,
+    console,
+    fail,
+    operator_actor,
+    output,
+    read_json_file,
+    run_async,
+    session,
+    settings_from,
+)
 
-app = typer.Typer(no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log.")
+app = typer.Typer(
+    no_args_is_help=True, help="The trust root in force: the KX_TRUST_ROOT anchor plus rotations in the log."
+)
 
 
 @app.command("show")
-def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = JsonOpt, nats_url: Optional[str] = NatsUrl) -> None:
+def trust_show(trust_root: Path | None = TrustRootOpt, as_json: bool = JsonOpt, nats_url: str | None = NatsUrl) -> None:
     """The root in force, with every rotation accepted or refused."""
     from rich.table import Table
     from rich.text import Text
 
-    from services.settings import load_trust_root
     from services.actions.trust import current_chain
+    from services.settings import load_trust_root
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
 
@@ -31,31 +44,46 @@ def trust_show(trust_root: Optional[Path] = TrustRootOpt, as_json: bool = JsonOp
     root = chain.current
 
     def render():
-        t = Table(title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold")
+        t = Table(
+            title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold"
+        )
         for c in ("keyid", "name"):
             t.add_column(c)
         for k in root.keys:
             t.add_row(k.keyid, k.name)
-        return [t] + [Text(f"refused rotation at log seq {seq}: {code}: {message}", style="red") for seq, code, message in chain.refused]
+        return [t] + [
+            Text(f"refused rotation at log seq {seq}: {code}: {message}", style="red")
+            for seq, code, message in chain.refused
+        ]
 
-    output(as_json, {"version": root.version, "threshold": root.threshold, "keys": root.to_document()["keys"],
-                     "accepted_rotations": list(chain.accepted),
-                     "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused]}, render)
+    output(
+        as_json,
+        {
+            "version": root.version,
+            "threshold": root.threshold,
+            "keys": root.to_document()["keys"],
+            "accepted_rotations": list(chain.accepted),
+            "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused],
+        },
+        render,
+    )
 
 
 @app.command("rotate")
 def trust_rotate(
     new_root: Path = typer.Argument(..., exists=True, dir_okay=False, help="the new root: {version, threshold, keys}"),
-    key: list[Path] = typer.Option(..., "--key", help="signing keys: a threshold of the current root's AND of the new root's"),
+    key: list[Path] = typer.Option(
+        ..., "--key", help="signing keys: a threshold of the current root's AND of the new root's"
+    ),
     rationale: str = typer.Option(..., "--rationale"),
-    trust_root: Optional[Path] = TrustRootOpt,
-    nats_url: Optional[str] = NatsUrl,
+    trust_root: Path | None = TrustRootOpt,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
     from events.signing import SigningKey
     from events.trust import RotationError
-    from services.settings import load_trust_root
     from services.actions.trust import rotate
+    from services.settings import load_trust_root
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
     doc = read_json_file(new_root, "new trust root")
@@ -69,4 +97,6 @@ def trust_rotate(
         seq, new = run_async(go())
     except RotationError as exc:
         fail(f"rotation refused: {exc.code}: {exc}")
-    console.print(f"trust root v{new.version} in force (log seq {seq}), threshold {new.threshold}, {len(new.keys)} key(s)")
+    console.print(
+        f"trust root v{new.version} in force (log seq {seq}), threshold {new.threshold}, {len(new.keys)} key(s)"
+    )

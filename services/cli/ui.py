@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from .common import NatsUrl, err_console, run_async, settings_from
 
 
 def ui(
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (anything but loopback exposes every release: there is no login)"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="address to listen on (anything but loopback exposes every release: there is no login)",
+    ),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port to listen on (0: any free port)"),
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Serve the dashboard: scopes, releases in flight, evidence pages, updated live from the log.
 

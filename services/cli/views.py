@@ -38,7 +38,9 @@ def status_tables(world: World, all_releases: bool = False) -> list[Table]:
     release_cols = ["release", "pack", "target", "phase", "stage", "outcome", "why"]
     return [
         table("Active packs by scope", rows, scope_cols),
-        table("Releases" if all_releases else "Releases in flight", release_rows(world, not all_releases), release_cols),
+        table(
+            "Releases" if all_releases else "Releases in flight", release_rows(world, not all_releases), release_cols
+        ),
     ]
 
 
@@ -79,27 +81,45 @@ def channel_tables(name: str, shown: dict[str, Any]) -> list[Any]:
     """`kxr channel show`: who configured it, its cohorts and plan, then monitoring, compatibility and policy;
     first of all, if its newest configuration could not be read, that (see `channel.channel_shown`)."""
     problem = shown.get("problem")
-    warning = [f"[bold red]channel {name}: UNREADABLE CONFIGURATION[/]: {escape(problem['message'])}; "
-               "requests are rejected until a valid one is set"] if problem else []
+    warning = (
+        [
+            f"[bold red]channel {name}: UNREADABLE CONFIGURATION[/]: {escape(problem['message'])}; "
+            "requests are rejected until a valid one is set"
+        ]
+        if problem
+        else []
+    )
     cfg = shown["config"]
     if cfg is None:
         return warning
-    cohorts = [{"cohort": c["name"], "tenants": ", ".join(c.get("tenants") or []) or None, "regions": ", ".join(c.get("regions") or []) or None,
-                "percent": f"[{c['percent'][0]}, {c['percent'][1]})" if c.get("percent") else None} for c in cfg["cohorts"]]
+    cohorts = [
+        {
+            "cohort": c["name"],
+            "tenants": ", ".join(c.get("tenants") or []) or None,
+            "regions": ", ".join(c.get("regions") or []) or None,
+            "percent": f"[{c['percent'][0]}, {c['percent'][1]})" if c.get("percent") else None,
+        }
+        for c in cfg["cohorts"]
+    ]
     plan = " -> ".join("+".join(stage) for stage in cfg.get("plan") or [[c["name"]] for c in cfg["cohorts"]])
     monitoring = cfg["monitoring"]
     settings = {
-        "plan": plan, "promote_to": cfg.get("promote_to"),
-        "window_s": monitoring["window_s"], "min_samples": monitoring.get("min_samples"),
+        "plan": plan,
+        "promote_to": cfg.get("promote_to"),
+        "window_s": monitoring["window_s"],
+        "min_samples": monitoring.get("min_samples"),
         **{f"threshold {k}": v for k, v in (monitoring.get("thresholds") or {}).items()},
         **{f"compatibility {k}": v for k, v in (cfg.get("compatibility") or {}).items()},
         **{f"policy {k}": v for k, v in (cfg.get("policy") or {}).items()},
     }
     at = shown["configured_at"][:19].replace("T", " ")
     older = " (the last readable configuration, older than the problem above)" if problem else ""
-    return [*warning, f"channel {name}: configured by {shown['configured_by']} at {at} (log seq {shown['seq']}){older}",
-            table("Cohorts (first match wins)", cohorts, ["cohort", "tenants", "regions", "percent"]),
-            fields_table("Plan, monitoring and policy", settings)]
+    return [
+        *warning,
+        f"channel {name}: configured by {shown['configured_by']} at {at} (log seq {shown['seq']}){older}",
+        table("Cohorts (first match wins)", cohorts, ["cohort", "tenants", "regions", "percent"]),
+        fields_table("Plan, monitoring and policy", settings),
+    ]
 
 
 def windows_table(record: EvidenceRecord) -> Table:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -50,11 +50,15 @@ def change_key(view: dict[str, Any]) -> str:
 def watch(
     release_id: str = typer.Argument(..., help="the release to follow"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object (the view model) per line per change"),
-    interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between refreshes of the window's clock and figures"),
+    interval: float = typer.Option(
+        1.0, "--interval", min=0.1, help="seconds between refreshes of the window's clock and figures"
+    ),
     until_held: bool = typer.Option(False, "--until-held", help="exit 3 as soon as the release waits for an operator"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, help="exit 4 if the release has not ended after this many seconds"),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0.0, help="exit 4 if the release has not ended after this many seconds"
+    ),
     events: int = typer.Option(8, "--events", min=0, help="how many of the last events to show"),
-    nats_url: Optional[str] = NatsUrl,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """Follow a release live: stages, gates, the monitoring window against its thresholds, last events.
 
@@ -75,7 +79,9 @@ def watch(
 
     async def go() -> int:
         async with session(nats_url) as (nc, js, log):
-            w = ReleaseWatch(nc, js, log.subjects, release_id, clock=lambda: datetime.now(timezone.utc), interval=interval, events=events)
+            w = ReleaseWatch(
+                nc, js, log.subjects, release_id, clock=lambda: datetime.now(UTC), interval=interval, events=events
+            )
             out = _Output(mode)
             try:
                 async with asyncio.timeout(timeout):

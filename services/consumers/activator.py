@@ -7,13 +7,13 @@ decision is made again on fresh state. Rollbacks use the same mechanism.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
-from events.versions import parse_version
 from events.model import Activated, ActivationFailed, Escalated, PackRef, RolledBack, Scope, VersionDigest
+from events.versions import parse_version
 from projections.pointer_chain import chained_pointer
 from projections.releases import ReleaseState
 from projections.world import World
@@ -71,11 +71,17 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
         return []
     env, channel = release.prepared.target.env, release.prepared.target.channel
     if stage >= len(release.prepared.stages):
-        failed = ActivationFailed(stage=stage, code="no_such_stage", message=f"the plan has {len(release.prepared.stages)} stage(s)")
+        failed = ActivationFailed(
+            stage=stage, code="no_such_stage", message=f"the plan has {len(release.prepared.stages)} stage(s)"
+        )
         return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     pack = release.verified.pack
     if recheck is not None and recheck.problem is not None:
-        failed = ActivationFailed(stage=stage, code="pack_no_longer_valid", message=f"{pack.short()} checked again before the switch: {recheck.problem}")
+        failed = ActivationFailed(
+            stage=stage,
+            code="pack_no_longer_valid",
+            message=f"{pack.short()} checked again before the switch: {recheck.problem}",
+        )
         return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     signers = list(recheck.signers) if recheck is not None else list(release.verified.signers)
     cohorts = []
@@ -93,16 +99,30 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
     for cohort in cohorts:
         scope_state = world.scope(env, channel, cohort)
         previous[cohort] = _previous(world, env, channel, cohort)
-        pointer = chained_pointer(scope_state.chain_mark, pack=pack, manifest=release.verified.manifest, release_id=release.release_id,
-                                  kind="rollout", previous=previous[cohort], signers=signers)
-        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        pointer = chained_pointer(
+            scope_state.chain_mark,
+            pack=pack,
+            manifest=release.verified.manifest,
+            release_id=release.release_id,
+            kind="rollout",
+            previous=previous[cohort],
+            signers=signers,
+        )
+        event = scope_event(
+            ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step
+        )
         writes.append(ScopeWrite(event, scope_state.active_seq))
     activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
     return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
 
 
-def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_problems: Mapping[str, str | None],
-                    target_signers: Mapping[str, Sequence[str]] | None = None) -> list[Output]:
+def decide_rollback(
+    world: World,
+    release: ReleaseState,
+    ctx: Ctx,
+    target_problems: Mapping[str, str | None],
+    target_signers: Mapping[str, Sequence[str]] | None = None,
+) -> list[Output]:
     """Switch every cohort this release touched back to its target, in one batch.
 
     `target_problems` maps a target digest to why it can no longer be used (None: valid);
@@ -137,13 +157,23 @@ def decide_rollback(world: World, release: ReleaseState, ctx: Ctx, target_proble
         if scope_state.active_pack and scope_state.active_pack.digest == target.digest:
             continue  # already on its target (e.g. a pin switched it): nothing to move
         signers = (target_signers or {}).get(target.digest)
-        pointer = chained_pointer(scope_state.chain_mark, pack=target, manifest=manifest_object_name(target.digest), release_id=release.release_id,
-                                  kind="rollback", previous=_previous(world, env, channel, cohort),
-                                  signers=list(signers) if signers is not None else None)
-        event = scope_event(ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step)
+        pointer = chained_pointer(
+            scope_state.chain_mark,
+            pack=target,
+            manifest=manifest_object_name(target.digest),
+            release_id=release.release_id,
+            kind="rollback",
+            previous=_previous(world, env, channel, cohort),
+            signers=list(signers) if signers is not None else None,
+        )
+        event = scope_event(
+            ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step
+        )
         writes.append(ScopeWrite(event, scope_state.active_seq))
         switched[cohort] = target
-    rolled_back = RolledBack(cohorts=list(release.activated), targets=dict(targets), batch_id=batch_id if writes else None)
+    rolled_back = RolledBack(
+        cohorts=list(release.activated), targets=dict(targets), batch_id=batch_id if writes else None
+    )
     done = release_event(ctx, release, "rolled_back", rolled_back, batch_step)
     if not writes:
         return [Chain((done,))]
@@ -177,8 +207,13 @@ class Activator(ReleaseReactor[TargetFacts]):
 
     def decide(self, world, release, facts: TargetFacts, ctx):
         if release.phase == "rolling_back":
-            return decide_rollback(world, release, ctx, {d: c.problem for d, c in facts.rollback.items()},
-                                   {d: c.signers for d, c in facts.rollback.items()})
+            return decide_rollback(
+                world,
+                release,
+                ctx,
+                {d: c.problem for d, c in facts.rollback.items()},
+                {d: c.signers for d, c in facts.rollback.items()},
+            )
         return decide_rollout(world, release, ctx, facts.recheck)
 
     def fail_closed(self, world, release, failed, ctx):
@@ -194,5 +229,11 @@ class Activator(ReleaseReactor[TargetFacts]):
         """Whether a pack can be switched to now (services/verification/readiness.py), which first restores
         one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
         assert release.prepared is not None
-        return await target_check(self.port, target, release.prepared.target.env, release.prepared.target.channel,
-                                  tuple(release.activated), ctx.now)
+        return await target_check(
+            self.port,
+            target,
+            release.prepared.target.env,
+            release.prepared.target.channel,
+            tuple(release.activated),
+            ctx.now,
+        )

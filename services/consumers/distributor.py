@@ -8,16 +8,15 @@ named by digest are present (and their sizes), or fails the release closed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-from typing import Mapping
 
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name
 from events.model import Distributed, GateOutcome, StoredObject, VerificationFailed
 from projections.releases import ReleaseState
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
+from services.jetstream.packstore import PackStore
 from services.verification.gates import attestation_required
 
 NAME = "distributor"
@@ -34,14 +33,23 @@ def required_objects(digest: str, require_attestation: bool) -> list[tuple[str, 
 def refuse(release: ReleaseState, ctx: Ctx, code: str, message: str) -> list[Output]:
     """`verification_failed` at gate `distribution`: the pack is not (or cannot be seen to be) in the store."""
     failed = VerificationFailed(
-        gate="distribution", code=code, message=message, reference_time=ctx.now,
+        gate="distribution",
+        code=code,
+        message=message,
+        reference_time=ctx.now,
         gates=[GateOutcome(gate="distribution", ok=False, code=code, message=message)],
     )
     return [Chain((release_event(ctx, release, "verification_failed", failed),))]
 
 
-def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], store_error: str | None = None,
-           require_attestation: bool = False, stored: Mapping[str, StoredObject | None] | None = None) -> list[Output]:
+def decide(
+    release: ReleaseState,
+    ctx: Ctx,
+    objects: Mapping[str, int | None],
+    store_error: str | None = None,
+    require_attestation: bool = False,
+    stored: Mapping[str, StoredObject | None] | None = None,
+) -> list[Output]:
     """`objects` maps each object name to its stored size, or None when it is absent.
 
     `stored`: each object's metadata as read (nuid, chunks, digest), recorded in the event
@@ -62,14 +70,22 @@ def decide(release: ReleaseState, ctx: Ctx, objects: Mapping[str, int | None], s
     if missing:
         name, code = missing[0]
         why = " (the channel's policy requires an attestation beside the pack)" if code == "attestation_missing" else ""
-        message = (f"the pack store could not be read: {store_error}" if store_error is not None else
-                   f"object {name} is not in kx_packs{why}" + (f" (also missing: {', '.join(n for n, _ in missing[1:])})" if len(missing) > 1 else ""))
+        message = (
+            f"the pack store could not be read: {store_error}"
+            if store_error is not None
+            else f"object {name} is not in kx_packs{why}"
+            + (f" (also missing: {', '.join(n for n, _ in missing[1:])})" if len(missing) > 1 else "")
+        )
         return refuse(release, ctx, code, message)
     distributed = Distributed(
         pack=pack.model_copy(update={"size": objects[pack_name]}),
         manifest=manifest_object_name(pack.digest),
         objects={name: objects[name] for name in (pack_name, *(n for n, _ in required if n != pack_name))},  # type: ignore[misc]
-        stored={name: obj for name, _ in required if (obj := (stored or {}).get(name)) is not None and obj.size == objects[name]},
+        stored={
+            name: obj
+            for name, _ in required
+            if (obj := (stored or {}).get(name)) is not None and obj.size == objects[name]
+        },
     )
     return [Chain((release_event(ctx, release, "distributed", distributed),))]
 

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Mapping
 
 from events.channel import ChannelConfig
 from events.codec import make_event
@@ -51,16 +51,16 @@ from projections.releases import ReleaseState
 from projections.rollback import rollback_targets
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
-from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
-from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor, until_stored
+from services.jetstream.log import Entry
+from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
+from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest
+from services.jetstream.worker import Worker
 from services.verification.context import verify_context
 from services.verification.gates import Verification, attestation_required, check_manifest, check_pack, check_policy
 from services.verification.pipeline import read_attestation
-from services.jetstream.worker import Worker
 
 NAME = "guard"
 SWEEP_EVERY_S = 10.0
@@ -82,14 +82,30 @@ class Violation:
 
 
 # ---- pure: the check ------------------------------------------------------------------------------
-def gates_now(manifest: bytes | None, key: ScopeKey, active: PackRef, config: ChannelConfig | None,
-              trust_root: TrustRoot, now: datetime, attestation: bytes | None = None) -> Verification:
+def gates_now(
+    manifest: bytes | None,
+    key: ScopeKey,
+    active: PackRef,
+    config: ChannelConfig | None,
+    trust_root: TrustRoot,
+    now: datetime,
+    attestation: bytes | None = None,
+) -> Verification:
     """The verifier's gates on the active pack's manifest (and its attestation, where the channel
     requires one), under the root, time and channel in force now."""
     env, channel, cohort = key
-    vctx = verify_context(active, trust_root, now, "rollback",  # rollback: no downgrade rule against what runs
-                          env=env, channel=channel, cohorts=(cohort,), channel_config=config, active={cohort: active},
-                          attestation=attestation)
+    vctx = verify_context(
+        active,
+        trust_root,
+        now,
+        "rollback",  # rollback: no downgrade rule against what runs
+        env=env,
+        channel=channel,
+        cohorts=(cohort,),
+        channel_config=config,
+        active={cohort: active},
+        attestation=attestation,
+    )
     v = check_manifest(manifest, vctx)  # trust root, manifest, signature, expiry, identity
     if v.failure is not None or v.manifest is None:
         return v
@@ -106,8 +122,15 @@ def violation_of(v: Verification, active: PackRef) -> Violation | None:
     return None
 
 
-def check_active(manifest: bytes | None, key: ScopeKey, active: PackRef, config: ChannelConfig | None,
-                 trust_root: TrustRoot, now: datetime, attestation: bytes | None = None) -> Violation | None:
+def check_active(
+    manifest: bytes | None,
+    key: ScopeKey,
+    active: PackRef,
+    config: ChannelConfig | None,
+    trust_root: TrustRoot,
+    now: datetime,
+    attestation: bytes | None = None,
+) -> Violation | None:
     """What the active pack violates now (None: it still passes every gate that can change)."""
     return violation_of(gates_now(manifest, key, active, config, trust_root, now, attestation), active)
 
@@ -136,7 +159,9 @@ def _current(world: World, key: ScopeKey, violation: Violation) -> ScopeState | 
     return state
 
 
-def decide_release(world: World, release: ReleaseState, violations: Mapping[ScopeKey, Violation], ctx: Ctx) -> list[Output]:
+def decide_release(
+    world: World, release: ReleaseState, violations: Mapping[ScopeKey, Violation], ctx: Ctx
+) -> list[Output]:
     """`rollback_started` (trigger policy_violation) for a rollout in flight whose pack now fails a gate."""
     if release.prepared is None or not _rollout_eligible(release):
         return []
@@ -165,13 +190,23 @@ def flag_event(state: ScopeState, violation: Violation, ctx: Ctx) -> Event | Non
     if state.flag is not None and state.flag.pack.digest == violation.digest and state.flag.code == violation.code:
         return None
     env, channel, cohort = state.key
-    data = ScopeFlagged(pack=active.pack, code=violation.code, detected_at=ctx.now,
-                        message=f"{active.pack.short()} active on {env}/{channel}/{cohort} now fails gate {violation.code}: {violation.message}")
+    data = ScopeFlagged(
+        pack=active.pack,
+        code=violation.code,
+        detected_at=ctx.now,
+        message=f"{active.pack.short()} active on {env}/{channel}/{cohort} now fails gate {violation.code}: {violation.message}",
+    )
     return make_event(
-        "scope.flagged", data, actor=ctx.actor, scope=Scope(env=env, channel=channel, cohort=cohort),
-        release_id=active.release_id, correlation_id=active.release_id,
+        "scope.flagged",
+        data,
+        actor=ctx.actor,
+        scope=Scope(env=env, channel=channel, cohort=cohort),
+        release_id=active.release_id,
+        correlation_id=active.release_id,
         # one flag per pointer and violation, whoever finds it and however often
-        event_id=derived_event_id(f"{env}/{channel}/{cohort}@{state.active_seq}", ctx.service, f"flag/{violation.code}"),
+        event_id=derived_event_id(
+            f"{env}/{channel}/{cohort}@{state.active_seq}", ctx.service, f"flag/{violation.code}"
+        ),
         occurred_at=ctx.now,
     )
 
@@ -244,8 +279,16 @@ class Guard(ReleaseReactor[None]):
         s = self.port.subjects
         triggers = [s.trust_rotated(), f"{s.prefix}.channel.*.*.configured", s.all_activations()]
         # NEW: on a fresh deployment the first sweep checks every scope; the log's past is not replayed
-        worker = Worker(self.port.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.port.deadletters,
-                        ack_wait=self.port.settings.ack_wait_s, deliver_new=True)
+        worker = Worker(
+            self.port.js,
+            s.releases_stream,
+            f"kxr-{NAME}",
+            triggers,
+            self.handle,
+            self.port.deadletters,
+            ack_wait=self.port.settings.ack_wait_s,
+            deliver_new=True,
+        )
         return [worker.run(), self.sweep()]
 
     async def handle(self, msg) -> None:
@@ -293,7 +336,13 @@ class Guard(ReleaseReactor[None]):
             if state is None or state.active is None:
                 continue
             channel_state = world.channel_state(key[0], key[1])
-            memo = (state.active.pack.digest, key[0], key[1], channel_state.seq if channel_state else 0, len(world.trust_rotations))
+            memo = (
+                state.active.pack.digest,
+                key[0],
+                key[1],
+                channel_state.seq if channel_state else 0,
+                len(world.trust_rotations),
+            )
             known = self._verdicts.get(memo)
             if known is not None and known[0] is None and known[1] is not None and now < known[1]:
                 continue  # passed under this root and configuration, and not expired yet
@@ -302,8 +351,11 @@ class Guard(ReleaseReactor[None]):
                 manifest = await self.manifest(state.active.manifest)
                 # a channel that requires attestations requires one of what runs, too (a policy change
                 # can add the requirement after activation): read it only then, as the verifier does
-                attestation = (await read_attestation(PackStore(self.port.js, self.port.subjects), state.active.pack.digest)
-                               if attestation_required(config) else None)
+                attestation = (
+                    await read_attestation(PackStore(self.port.js, self.port.subjects), state.active.pack.digest)
+                    if attestation_required(config)
+                    else None
+                )
             except Exception as exc:  # one unreadable manifest must not keep the others unchecked
                 unchecked.append(f"{'/'.join(key)}: {exc.__class__.__name__}: {exc}")
                 continue
@@ -317,6 +369,7 @@ class Guard(ReleaseReactor[None]):
     async def manifest(self, name: str) -> bytes | None:
         """The manifest's bytes (None: absent, which the manifest gate refuses); IO errors propagate."""
         if name not in self._manifests:
+
             async def read() -> bytes | None:
                 try:
                     return await PackStore(self.port.js, self.port.subjects).read(name, MANIFEST_MAX_BYTES)
@@ -328,7 +381,9 @@ class Guard(ReleaseReactor[None]):
             # so tampering with metadata cannot make the guard flag (and roll back) a settled scope.
             digest = digest_of_object(name)
             kept = (await recorded(self.port, digest)).get(name)
-            data = await checked_with_restore(self.port, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest))
+            data = await checked_with_restore(
+                self.port, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest)
+            )
             if data is None:
                 return None  # not cached: a manifest pushed again later is read then
             if len(self._manifests) > 4096:
@@ -347,4 +402,3 @@ class Guard(ReleaseReactor[None]):
 
         # the scope moved: decide on what it is now
         await until_stored(once, f"guard: flag on {'/'.join(key)}", self.port.follower.catch_up, attempts)
-

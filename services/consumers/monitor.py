@@ -23,15 +23,24 @@ from events.ids import derived_event_id
 from events.model import Event, MonitoringStarted, MonitoringVerdict
 from projections.releases import ReleaseState
 from projections.world import World
-from services.reads.health_reads import samples_between, window_reports
-from services.monitoring.judge import (
-    CLOCK_SKEW, Breach, Watch, WindowData, baseline_digests, breach_of, counts_for, first_breach, judge_window, read_span,
-    window_data,
-)
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor
 from services.jetstream.worker import Poison, Worker
+from services.monitoring.judge import (
+    CLOCK_SKEW,
+    Breach,
+    Watch,
+    WindowData,
+    baseline_digests,
+    breach_of,
+    counts_for,
+    first_breach,
+    judge_window,
+    read_span,
+    window_data,
+)
+from services.reads.health_reads import samples_between, window_reports
 
 NAME = "monitor"
 log = logging.getLogger(__name__)
@@ -52,8 +61,12 @@ def window_timer(release: ReleaseState) -> Timer | None:
     if m is None:
         return None
     key = timer_key(release.release_id, m.stage)
-    return Timer(key=key, at=m.ends_at, payload={"release_id": release.release_id, "stage": m.stage},
-                 msg_id=derived_event_id(release.release_id, NAME, f"timer/{m.stage}/{m.ends_at.isoformat()}"))
+    return Timer(
+        key=key,
+        at=m.ends_at,
+        payload={"release_id": release.release_id, "stage": m.stage},
+        msg_id=derived_event_id(release.release_id, NAME, f"timer/{m.stage}/{m.ends_at.isoformat()}"),
+    )
 
 
 def activated_at(release: ReleaseState, stage: int, fallback: datetime) -> datetime:
@@ -75,13 +88,20 @@ def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: Monito
         return event
     except StrictJSONError as exc:
         problem = str(exc)
-    slim = MonitoringVerdict(stage=verdict.stage, samples=verdict.samples, runtimes=verdict.runtimes, early=verdict.early,
-                             reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; it was: {verdict.reason[:1000]}")
+    slim = MonitoringVerdict(
+        stage=verdict.stage,
+        samples=verdict.samples,
+        runtimes=verdict.runtimes,
+        early=verdict.early,
+        reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; it was: {verdict.reason[:1000]}",
+    )
     return release_event(ctx, release, "monitoring_inconclusive", slim, step)
 
 
 def _breach_verdict(stage: int, breach: Breach, figures: dict) -> MonitoringVerdict:
-    return MonitoringVerdict(stage=stage, figures=figures, early=True, reason=f"hard breach: {breach.reason}", trigger=breach.trigger)
+    return MonitoringVerdict(
+        stage=stage, figures=figures, early=True, reason=f"hard breach: {breach.reason}", trigger=breach.trigger
+    )
 
 
 def breach_figures(sample: HealthSample, cohort: str | None = None) -> dict:
@@ -109,8 +129,12 @@ def decide_start(release: ReleaseState, ctx: Ctx, early: tuple[Breach, dict] | N
     monitoring = release.prepared.monitoring
     starts_at = activated_at(release, stage, ctx.now)
     started = MonitoringStarted(
-        stage=stage, cohorts=activated_now, digest=release.verified.pack.digest,
-        starts_at=starts_at, ends_at=starts_at + timedelta(seconds=monitoring.window_s), monitoring=monitoring,
+        stage=stage,
+        cohorts=activated_now,
+        digest=release.verified.pack.digest,
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(seconds=monitoring.window_s),
+        monitoring=monitoring,
     )
     events = [release_event(ctx, release, "monitoring_started", started, f"start/{stage}")]
     if not activated_now:  # every cohort of the stage was pinned: nothing to watch, nothing exposed
@@ -126,18 +150,28 @@ def decide_window(release: ReleaseState, stage: int, data: WindowData, ctx: Ctx)
     if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
         return []
     v = judge_window(data, release.monitoring.monitoring)
-    verdict = MonitoringVerdict(stage=stage, samples=v.samples, runtimes=v.runtimes, figures=v.figures, comparisons=v.comparisons,
-                                reason=v.reason, trigger=v.trigger if v.outcome == "monitoring_failed" else None)
+    verdict = MonitoringVerdict(
+        stage=stage,
+        samples=v.samples,
+        runtimes=v.runtimes,
+        figures=v.figures,
+        comparisons=v.comparisons,
+        reason=v.reason,
+        trigger=v.trigger if v.outcome == "monitoring_failed" else None,
+    )
     return [Chain((verdict_event(ctx, release, v.outcome, verdict),))]
 
 
-def decide_verdict(release: ReleaseState, stage: int, samples: list[HealthSample], baseline: list[HealthSample], ctx: Ctx) -> list[Output]:
+def decide_verdict(
+    release: ReleaseState, stage: int, samples: list[HealthSample], baseline: list[HealthSample], ctx: Ctx
+) -> list[Output]:
     """`decide_window` on the new pack's samples and the baseline alone (no coverage, no invalid reports)."""
     return decide_window(release, stage, WindowData(list(samples), list(baseline)), ctx)
 
 
-def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx,
-                       what: str = "health samples could not be read") -> list[Output]:
+def decide_unjudgeable(
+    release: ReleaseState, stage: int, problem: str, ctx: Ctx, what: str = "health samples could not be read"
+) -> list[Output]:
     """The window could not be judged (its samples unreadable, or judging them failed): hold, saying why."""
     if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
         return []
@@ -145,20 +179,26 @@ def decide_unjudgeable(release: ReleaseState, stage: int, problem: str, ctx: Ctx
     return [Chain((release_event(ctx, release, "monitoring_inconclusive", verdict, f"verdict/{stage}"),))]
 
 
-def decide_breach(release: ReleaseState, reason: str, figures: dict, ctx: Ctx, trigger: str | None = None) -> list[Output]:
+def decide_breach(
+    release: ReleaseState, reason: str, figures: dict, ctx: Ctx, trigger: str | None = None
+) -> list[Output]:
     if release.phase != "monitoring" or release.monitoring is None:
         return []
     verdict = _breach_verdict(release.monitoring.stage, Breach(reason, trigger), figures)
     return [Chain((verdict_event(ctx, release, "monitoring_failed", verdict),))]
 
 
-def decide_stage(release: ReleaseState, ctx: Ctx, facts: "StageFacts") -> list[Output]:
+def decide_stage(release: ReleaseState, ctx: Ctx, facts: StageFacts) -> list[Output]:
     """On an activated stage or an open window: open it (failing it at once on an early breach), fail
     the window on a breach stored before it opened, or make sure its timer exists (once per process)."""
     if release.phase == "monitoring" and facts.early is not None:
         breach, figures = facts.early
         return decide_breach(release, breach.reason, figures, ctx, breach.trigger)
-    return [o for o in decide_start(release, ctx, facts.early) if not (isinstance(o, Timer) and o.msg_id == facts.timer_sent)]
+    return [
+        o
+        for o in decide_start(release, ctx, facts.early)
+        if not (isinstance(o, Timer) and o.msg_id == facts.timer_sent)
+    ]
 
 
 # ---- adapter ------------------------------------------------------------------------------------
@@ -172,11 +212,13 @@ class StageFacts:
 class WindowVerdict:
     """The window's end (its timer, or the sweep of an overdue one): read everything it is judged on, judge it."""
 
-    monitor: "Monitor"
+    monitor: Monitor
     stage: int
 
     def _open(self, release: ReleaseState) -> bool:
-        return release.phase == "monitoring" and release.monitoring is not None and release.monitoring.stage == self.stage
+        return (
+            release.phase == "monitoring" and release.monitoring is not None and release.monitoring.stage == self.stage
+        )
 
     async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> WindowData | None | Failed:
         if not self._open(release):
@@ -193,7 +235,9 @@ class WindowVerdict:
             return decide_window(release, self.stage, facts, ctx)
         except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
             log.exception("monitor: window %d of %s could not be judged", self.stage, release.release_id)
-            return decide_unjudgeable(release, self.stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged")
+            return decide_unjudgeable(
+                release, self.stage, f"{exc.__class__.__name__}: {exc}", ctx, "the window could not be judged"
+            )
 
     def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
         return decide_unjudgeable(release, self.stage, failed.message, ctx)
@@ -227,8 +271,12 @@ class Monitor(ReleaseReactor[StageFacts]):
 
     def runners(self) -> list:
         timers = Worker(
-            self.port.js, self.port.subjects.timers_stream, "kxr-monitor-timers", [self.port.subjects.timer_fire("*.*")],
-            self.on_timer, self.port.deadletters,
+            self.port.js,
+            self.port.subjects.timers_stream,
+            "kxr-monitor-timers",
+            [self.port.subjects.timer_fire("*.*")],
+            self.on_timer,
+            self.port.deadletters,
         )
         return super().runners() + [timers.run(), self.watch_health(), self.sweep()]
 
@@ -255,10 +303,17 @@ class Monitor(ReleaseReactor[StageFacts]):
     async def observe(self, world, release, ctx) -> StageFacts:
         if release.phase == "activated":
             # a runtime may refuse the pack before the window opens: look before opening it
-            return StageFacts(early=await self.early_breach(release, release.stage, release.verified.pack.digest
-                                                            if release.verified else None))
+            return StageFacts(
+                early=await self.early_breach(
+                    release, release.stage, release.verified.pack.digest if release.verified else None
+                )
+            )
         timer = window_timer(release)
-        if release.phase == "monitoring" and timer is not None and self._scanned.get(release.release_id) != timer.msg_id:
+        if (
+            release.phase == "monitoring"
+            and timer is not None
+            and self._scanned.get(release.release_id) != timer.msg_id
+        ):
             # once per window and process: what was stored between the activation and the window's opening
             m = release.monitoring
             found = await self.early_breach(release, m.stage, m.digest)
@@ -275,7 +330,9 @@ class Monitor(ReleaseReactor[StageFacts]):
     def fail_closed(self, world, release, failed, ctx):
         """An open window this monitor cannot keep watching holds (inconclusive), saying why."""
         if release.phase == "monitoring" and release.monitoring is not None:
-            return decide_unjudgeable(release, release.monitoring.stage, failed.message, ctx, "the window could not be watched")
+            return decide_unjudgeable(
+                release, release.monitoring.stage, failed.message, ctx, "the window could not be watched"
+            )
         return super().fail_closed(world, release, failed, ctx)
 
     async def early_breach(self, release: ReleaseState, stage: int, digest: str | None) -> tuple[Breach, dict] | None:
@@ -284,11 +341,22 @@ class Monitor(ReleaseReactor[StageFacts]):
         if release.prepared is None or digest is None or stage not in release.activated_at:
             return None
         since = release.activated_at[stage]
-        cohorts = [c for c in release.prepared.stages[stage] if c in release.activated] if stage < len(release.prepared.stages) else []
+        cohorts = (
+            [c for c in release.prepared.stages[stage] if c in release.activated]
+            if stage < len(release.prepared.stages)
+            else []
+        )
         target = release.prepared.target
         try:
-            stored = await samples_between(self.port.js, self.port.subjects, target.env, target.channel, cohorts,
-                                           since - CLOCK_SKEW, self.port.clock() + CLOCK_SKEW)
+            stored = await samples_between(
+                self.port.js,
+                self.port.subjects,
+                target.env,
+                target.channel,
+                cohorts,
+                since - CLOCK_SKEW,
+                self.port.clock() + CLOCK_SKEW,
+            )
         except Exception as exc:
             log.info("monitor: reports since the activation of %s not read: %s", release.release_id, exc)
             return None
@@ -321,8 +389,13 @@ class Monitor(ReleaseReactor[StageFacts]):
         env, channel = release.prepared.target.env, release.prepared.target.channel
         since = release.activated_at.get(m.stage)
         reports = await window_reports(self.port.js, self.port.subjects, env, channel, m.cohorts, *read_span(m, since))
-        return window_data(reports.valid, m, baseline_digests=baseline_digests(world, release), activated_at=since,
-                           invalid=reports.invalid)
+        return window_data(
+            reports.valid,
+            m,
+            baseline_digests=baseline_digests(world, release),
+            activated_at=since,
+            invalid=reports.invalid,
+        )
 
     async def watch_health(self) -> None:
         """Live: fail a window early on a hard breach. The window's end judges everything anyway."""

@@ -22,16 +22,16 @@ from events.model import Actor, Event, PackRef, Scope, ScopePinned, ScopeUnpinne
 from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
 from projections.world import World
-from services.jetstream.log import Entry
-from services.errors import OperatorError
 from services.consumers.outputs import Timer
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
+from services.errors import OperatorError
+from services.jetstream.log import Entry
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
+from services.jetstream.worker import Poison, Worker
 from services.verification.context import configured_channel, verify_context
 from services.verification.pipeline import run_gates
-from services.jetstream.worker import Poison, Worker
 
 NAME = "pinner"
 log = logging.getLogger(__name__)
@@ -41,7 +41,12 @@ def find_pack(world: World, env: str, channel: str, version: str) -> PackRef:
     """The verified pack with this version released to this channel (newest first)."""
     for release in sorted(world.releases.values(), key=lambda r: -r.last_seq):
         v = release.verified
-        if v and v.pack.version == version and release.prepared and (release.prepared.target.env, release.prepared.target.channel) == (env, channel):
+        if (
+            v
+            and v.pack.version == version
+            and release.prepared
+            and (release.prepared.target.env, release.prepared.target.channel) == (env, channel)
+        ):
             return v.pack
     raise OperatorError(f"no pack with version {version} was ever verified for {env}/{channel}")
 
@@ -58,7 +63,9 @@ def pin_too_long(world: World, scope: Scope, until: datetime, pinned_at: datetim
     return None
 
 
-def pin(world: World, scope: Scope, version: str, until: datetime, rationale: str, actor: Actor, now: datetime) -> tuple[Event, int]:
+def pin(
+    world: World, scope: Scope, version: str, until: datetime, rationale: str, actor: Actor, now: datetime
+) -> tuple[Event, int]:
     """The operator's `scope.pinned` and the scope sequence it must follow."""
     if not rationale.strip():
         raise OperatorError("a pin needs a rationale")
@@ -73,7 +80,13 @@ def pin(world: World, scope: Scope, version: str, until: datetime, rationale: st
         raise OperatorError(f"{scope.env}/{scope.channel} has no cohort {scope.cohort}")
     pack = find_pack(world, scope.env, scope.channel, version)
     state = world.scope(scope.env, scope.channel, scope.cohort)
-    event = make_event("scope.pinned", ScopePinned(pack=pack, until=until, rationale=rationale, by=actor.id), actor=actor, scope=scope, occurred_at=now)
+    event = make_event(
+        "scope.pinned",
+        ScopePinned(pack=pack, until=until, rationale=rationale, by=actor.id),
+        actor=actor,
+        scope=scope,
+        occurred_at=now,
+    )
     return event, state.last_seq
 
 
@@ -83,30 +96,65 @@ def unpin(world: World, scope: Scope, rationale: str, actor: Actor, now: datetim
         raise OperatorError(f"{scope.env}/{scope.channel}/{scope.cohort} is not pinned")
     if not rationale.strip():
         raise OperatorError("unpinning needs a rationale")
-    data = ScopeUnpinned(pack=state.pin.pack, until=state.pin.until, rationale=rationale, by=actor.id, reason="operator")
+    data = ScopeUnpinned(
+        pack=state.pin.pack, until=state.pin.until, rationale=rationale, by=actor.id, reason="operator"
+    )
     return make_event("scope.unpinned", data, actor=actor, scope=scope, occurred_at=now), state.last_seq
 
 
-def switch_to_pin(state: ScopeState, scope: Scope, pin_event_id: str, service: Actor, now: datetime,
-                  signers: list[str] | None = None) -> Event | None:
+def switch_to_pin(
+    state: ScopeState, scope: Scope, pin_event_id: str, service: Actor, now: datetime, signers: list[str] | None = None
+) -> Event | None:
     """The pointer switch a pin needs (None when the scope already runs the pinned pack);
     `signers`: who signed the pinned pack under the root in force (the verification's)."""
     assert state.pin is not None
     if state.active_pack is not None and state.active_pack.digest == state.pin.pack.digest:
         return None
-    previous = VersionDigest(version=state.active_pack.version, digest=state.active_pack.digest) if state.active_pack else None
-    data = chained_pointer(state.chain_mark, pack=state.pin.pack, manifest=manifest_object_name(state.pin.pack.digest), release_id=None,
-                           kind="pin", previous=previous, signers=signers)
-    return make_event("scope.activated", data, actor=service, scope=scope, event_id=derived_event_id(pin_event_id, NAME, "switch"), occurred_at=now)
+    previous = (
+        VersionDigest(version=state.active_pack.version, digest=state.active_pack.digest) if state.active_pack else None
+    )
+    data = chained_pointer(
+        state.chain_mark,
+        pack=state.pin.pack,
+        manifest=manifest_object_name(state.pin.pack.digest),
+        release_id=None,
+        kind="pin",
+        previous=previous,
+        signers=signers,
+    )
+    return make_event(
+        "scope.activated",
+        data,
+        actor=service,
+        scope=scope,
+        event_id=derived_event_id(pin_event_id, NAME, "switch"),
+        occurred_at=now,
+    )
 
 
-def expire(state: ScopeState, scope: Scope, service: Actor, now: datetime, reason: str = "expired", rationale: str = "") -> Event | None:
+def expire(
+    state: ScopeState, scope: Scope, service: Actor, now: datetime, reason: str = "expired", rationale: str = ""
+) -> Event | None:
     pin_ = state.pin
     if pin_ is None:
         return None
-    data = ScopeUnpinned(pack=pin_.pack, until=pin_.until, rationale=rationale or f"pin until {pin_.until.isoformat()} expired", by=service.id, reason=reason)  # type: ignore[arg-type]
-    return make_event("scope.unpinned", data, actor=service, scope=scope,
-                      event_id=derived_event_id(state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{state.pin_seq}", NAME, reason), occurred_at=now)
+    data = ScopeUnpinned(
+        pack=pin_.pack,
+        until=pin_.until,
+        rationale=rationale or f"pin until {pin_.until.isoformat()} expired",
+        by=service.id,
+        reason=reason,
+    )  # type: ignore[arg-type]
+    return make_event(
+        "scope.unpinned",
+        data,
+        actor=service,
+        scope=scope,
+        event_id=derived_event_id(
+            state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{state.pin_seq}", NAME, reason
+        ),
+        occurred_at=now,
+    )
 
 
 class Pinner:
@@ -124,8 +172,22 @@ class Pinner:
 
     def runners(self) -> list:
         s = self.port.subjects
-        pins = Worker(self.port.js, s.releases_stream, "kxr-pinner", [f"{s.prefix}.scope.*.*.*.pinned"], self.on_pinned, self.port.deadletters)
-        timers = Worker(self.port.js, s.timers_stream, "kxr-pinner-timers", [s.timer_fire("pin.*.*.*.*")], self.on_timer, self.port.deadletters)
+        pins = Worker(
+            self.port.js,
+            s.releases_stream,
+            "kxr-pinner",
+            [f"{s.prefix}.scope.*.*.*.pinned"],
+            self.on_pinned,
+            self.port.deadletters,
+        )
+        timers = Worker(
+            self.port.js,
+            s.timers_stream,
+            "kxr-pinner-timers",
+            [s.timer_fire("pin.*.*.*.*")],
+            self.on_timer,
+            self.port.deadletters,
+        )
         return [pins.run(), timers.run(), self.sweep()]
 
     def scope_entry(self, event: Event, scope: Scope, state: ScopeState) -> Entry:
@@ -144,7 +206,9 @@ class Pinner:
         # written (the earlier of its own time and ours, so a pin dated ahead gains nothing)
         written = decode_event(msg.data, msg.subject, self.port.subjects).occurred_at
         key = (parts.env, parts.channel, parts.cohort)
-        await until_stored(lambda: self._settle_pin(key, seq, written), f"pinner: pin of {'/'.join(key)}", self.port.follower.catch_up)
+        await until_stored(
+            lambda: self._settle_pin(key, seq, written), f"pinner: pin of {'/'.join(key)}", self.port.follower.catch_up
+        )
 
     async def _settle_pin(self, key: tuple[str, str, str], seq: int, written: datetime) -> None:
         """On the scope's current state: refuse the pin, or schedule its expiry and switch to it."""
@@ -153,24 +217,41 @@ class Pinner:
             return  # superseded by a later pin or unpin: nothing to do for this one
         too_long = pin_too_long(self.port.follower.world, scope, state.pin.until, min(written, self.port.clock()))
         if too_long:
-            refused = expire(state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pin refused: {too_long}")
+            refused = expire(
+                state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pin refused: {too_long}"
+            )
             await self.port.log.append(self.scope_entry(refused, scope, state))
             return
         until = state.pin.until
-        await self.port.schedule(Timer(key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=until,
-                                       payload={"seq": seq}, msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}"))
+        await self.port.schedule(
+            Timer(
+                key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}",
+                at=until,
+                payload={"seq": seq},
+                msg_id=f"pin-expiry:{scope.env}/{scope.channel}/{scope.cohort}@{seq}",
+            )
+        )
         pin_event_id = state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{seq}"
         switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock())
         if switch is None:
             return
         problem, signers = await self.verify_pin(scope, state)
         if problem:
-            refused = expire(state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pinned pack refused: {problem}")
+            refused = expire(
+                state,
+                scope,
+                self.actor,
+                self.port.clock(),
+                reason="refused",
+                rationale=f"pinned pack refused: {problem}",
+            )
             await self.port.log.append(self.scope_entry(refused, scope, state))
             return
         switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock(), signers)  # with its evidence
         assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state
-        await self.port.log.commit_batch([Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch"))
+        await self.port.log.commit_batch(
+            [Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch")
+        )
 
     async def verify_pin(self, scope: Scope, state: ScopeState) -> tuple[str | None, list[str]]:
         """Why the pinned pack may not be switched to (None: it may), and who signed it."""
@@ -181,13 +262,29 @@ class Pinner:
         if trust_root is None:
             return "no trust root configured", []
         config = configured_channel(world, scope.env, scope.channel)
-        ctx = verify_context(pack, trust_root, self.port.clock(), "pin", env=scope.env, channel=scope.channel,
-                             cohorts=(scope.cohort,), channel_config=config, active={scope.cohort: state.active_pack})
+        ctx = verify_context(
+            pack,
+            trust_root,
+            self.port.clock(),
+            "pin",
+            env=scope.env,
+            channel=scope.channel,
+            cohorts=(scope.cohort,),
+            channel_config=config,
+            active={scope.cohort: state.active_pack},
+        )
         try:
             # a pack distributed before and deleted or re-pointed since is restored from the log's record
-            v = await asyncio.wait_for(checked_with_restore(self.port, pack.digest, lambda: run_gates(PackStore(self.port.js, self.port.subjects), pack.digest, ctx),
-                                                            lambda v: v.failure is not None), self.port.settings.verify_timeout_s)
-        except asyncio.TimeoutError:
+            v = await asyncio.wait_for(
+                checked_with_restore(
+                    self.port,
+                    pack.digest,
+                    lambda: run_gates(PackStore(self.port.js, self.port.subjects), pack.digest, ctx),
+                    lambda v: v.failure is not None,
+                ),
+                self.port.settings.verify_timeout_s,
+            )
+        except TimeoutError:
             return "deadline/timeout", []
         except Exception as exc:  # fail closed
             return f"internal/internal_error: {exc!r}", []

@@ -8,28 +8,35 @@ otherwise `release.prepared` is the plan the rest of the release follows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Mapping
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from events.tokens import is_token
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
+from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World
-from services.reads.health_reads import recent_reporters
-from services.jetstream.log import Entry
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.consumers.reactor import ReleaseReactor
-from services.verification.readiness import readiness_problems, target_problems
+from services.jetstream.log import Entry
 from services.jetstream.worker import Poison
+from services.reads.health_reads import recent_reporters
+from services.verification.readiness import readiness_problems, target_problems
 
 NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
 
 
-_AT_MOST = ("error_rate_max", "latency_p95_ms_max", "latency_p99_ms_max", "mismatch_rate_max", "tickets_max", "escalations_max")
+_AT_MOST = (
+    "error_rate_max",
+    "latency_p95_ms_max",
+    "latency_p99_ms_max",
+    "mismatch_rate_max",
+    "tickets_max",
+    "escalations_max",
+)
 _AT_LEAST = ("activation_success_min", "trace_coverage_min")
 
 
@@ -80,8 +87,13 @@ def coarser_than_channel(requested: list[list[str]], channel_plan: list[list[str
 def promotion_confirmed(release: ReleaseState) -> bool:
     """The request is a genuine promotion: the service wrote it, and its source's `promoted` names it."""
     req = release.requested
-    return (req is not None and req.promoted_from is not None and release.requested_by is not None
-            and release.requested_by.kind == "service" and release.promotion_confirmed_by == req.promoted_from)
+    return (
+        req is not None
+        and req.promoted_from is not None
+        and release.requested_by is not None
+        and release.requested_by.kind == "service"
+        and release.promotion_confirmed_by == req.promoted_from
+    )
 
 
 def _promotion_gap(release: ReleaseState) -> str:
@@ -103,8 +115,14 @@ def awaiting_promotion(world: World, release: ReleaseState) -> bool:
     return source is not None and source.phase == "passed" and source.promoted is None
 
 
-def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
-              health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> tuple[list[ChecklistItem], Prepared | None]:
+def preflight(
+    world: World,
+    release: ReleaseState,
+    ctx: Ctx,
+    health: Mapping[str, int] | None,
+    health_error: str | None = None,
+    ready: Mapping[str, str | None] | None = None,
+) -> tuple[list[ChecklistItem], Prepared | None]:
     """The checklist, and the plan if every item passed.
 
     `ready`: rollback target digest -> why it is unusable (None: usable), as the adapter
@@ -121,9 +139,15 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
 
     channel_state = world.channel_state(env, channel)
     unreadable = world.channel_problem(env, channel)  # an unreadable newest config is a problem, never "no config"
-    check("target_exists", channel_state is not None and unreadable is None,
-          unreadable.describe() if unreadable else f"{env}/{channel} is configured" if channel_state
-          else f"channel {env}/{channel} has no configuration (kxr channel set)")
+    check(
+        "target_exists",
+        channel_state is not None and unreadable is None,
+        unreadable.describe()
+        if unreadable
+        else f"{env}/{channel} is configured"
+        if channel_state
+        else f"channel {env}/{channel} has no configuration (kxr channel set)",
+    )
     cfg = world.channel_config(env, channel)
 
     plan = req.plan if req.plan else cfg.effective_plan
@@ -133,19 +157,30 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
     dupes = sorted({c for c in flat if flat.count(c) > 1})
     coarser = coarser_than_channel(req.plan, cfg.effective_plan) if req.plan and not unknown else ""
     plan_ok = bool(plan) and all(plan) and not unknown and not dupes and not coarser
-    detail = "; ".join(filter(None, [
-        f"unknown cohorts {unknown}" if unknown else "",
-        f"cohorts named twice {dupes}" if dupes else "",
-        "empty stage" if not all(plan) or not plan else "",
-        coarser,
-    ]))
+    detail = "; ".join(
+        filter(
+            None,
+            [
+                f"unknown cohorts {unknown}" if unknown else "",
+                f"cohorts named twice {dupes}" if dupes else "",
+                "empty stage" if not all(plan) or not plan else "",
+                coarser,
+            ],
+        )
+    )
     check("cohort_plan_valid", plan_ok, detail or f"{len(plan)} stage(s): " + " -> ".join("+".join(s) for s in plan))
 
     monitoring = effective_monitoring(req.monitoring, cfg)
-    check("monitoring_window", monitoring.window_s >= cfg.monitoring.window_s,
-          f"window {monitoring.window_s}s (channel minimum {cfg.monitoring.window_s}s)")
-    check("monitoring_min_samples", monitoring.min_samples >= cfg.monitoring.min_samples,
-          f"min_samples {monitoring.min_samples} (channel minimum {cfg.monitoring.min_samples})")
+    check(
+        "monitoring_window",
+        monitoring.window_s >= cfg.monitoring.window_s,
+        f"window {monitoring.window_s}s (channel minimum {cfg.monitoring.window_s}s)",
+    )
+    check(
+        "monitoring_min_samples",
+        monitoring.min_samples >= cfg.monitoring.min_samples,
+        f"min_samples {monitoring.min_samples} (channel minimum {cfg.monitoring.min_samples})",
+    )
 
     # Pinned cohorts are held by an operator: the rollout skips them and says so.
     skipped: dict[str, str] = {}
@@ -156,8 +191,13 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
     stages = [[c for c in stage if c not in skipped] for stage in plan]
     stages = [s for s in stages if s]
     # Every cohort pinned is not a failure: nothing is exposed, and the release closes `pinned`.
-    check("cohorts_to_roll_out", True,
-          "every target cohort is pinned: nothing to roll out" if not stages else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped")
+    check(
+        "cohorts_to_roll_out",
+        True,
+        "every target cohort is pinned: nothing to roll out"
+        if not stages
+        else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped",
+    )
 
     strategy = req.rollback.strategy
     targets: dict[str, PackRef | None] = {}
@@ -179,42 +219,81 @@ def preflight(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str
         else:
             target = pin.pack if pin else scope.lkg
             if target is None:
-                hint = " (request rollback strategy 'none' for a never-activated scope)" if not scope.ever_active else ""
+                hint = (
+                    " (request rollback strategy 'none' for a never-activated scope)" if not scope.ever_active else ""
+                )
                 problems.append(f"{cohort} has no last-known-good pack{hint}")
             targets[cohort] = target
-    check("rollback_target", not problems, "; ".join(problems) or f"strategy {strategy}: " + ", ".join(
-        f"{c}->{t.version if t else 'none'}" for c, t in targets.items()))
+    check(
+        "rollback_target",
+        not problems,
+        "; ".join(problems)
+        or f"strategy {strategy}: " + ", ".join(f"{c}->{t.version if t else 'none'}" for c, t in targets.items()),
+    )
     if ready is not None and not problems:
         unready = readiness_problems(targets, strategy, ready)
-        check("rollback_target_ready", not unready, "; ".join(unready) or "every target is trusted, unexpired and present in the pack store")
+        check(
+            "rollback_target_ready",
+            not unready,
+            "; ".join(unready) or "every target is trusted, unexpired and present in the pack store",
+        )
 
     if cfg.policy.accept == "promotion":
-        check("accepts_request", promotion_confirmed(release),
-              f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
-              + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"))
+        check(
+            "accepts_request",
+            promotion_confirmed(release),
+            f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
+            + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"),
+        )
 
     if health_error is not None and not req.acknowledge_no_health:
         check("observability", False, f"runtime health could not be read: {health_error}")
     elif health is not None and not req.acknowledge_no_health:
         silent = [c for s in stages for c in s if health.get(c, 0) == 0]
-        check("observability", not silent,
-              f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
-              if silent else "runtimes report health in every target cohort")
+        check(
+            "observability",
+            not silent,
+            f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
+            if silent
+            else "runtimes report health in every target cohort",
+        )
     else:
-        check("observability", True, "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked")
+        check(
+            "observability",
+            True,
+            "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked",
+        )
 
-    check("owner_and_escalation", bool(req.owner.strip()) and bool(req.escalation.strip()), f"owner {req.owner!r}, escalation {req.escalation!r}")
+    check(
+        "owner_and_escalation",
+        bool(req.owner.strip()) and bool(req.escalation.strip()),
+        f"owner {req.owner!r}, escalation {req.escalation!r}",
+    )
 
     if not all(i.ok for i in items):
         return items, None
     return items, Prepared(
-        pack=req.pack, target=req.target, stages=stages, skipped=skipped, monitoring=monitoring,
-        rollback_strategy=strategy, rollback_targets=targets, checklist=items, owner=req.owner, escalation=req.escalation,
+        pack=req.pack,
+        target=req.target,
+        stages=stages,
+        skipped=skipped,
+        monitoring=monitoring,
+        rollback_strategy=strategy,
+        rollback_targets=targets,
+        checklist=items,
+        owner=req.owner,
+        escalation=req.escalation,
     )
 
 
-def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, int] | None,
-           health_error: str | None = None, ready: Mapping[str, str | None] | None = None) -> list[Output]:
+def decide(
+    world: World,
+    release: ReleaseState,
+    ctx: Ctx,
+    health: Mapping[str, int] | None,
+    health_error: str | None = None,
+    ready: Mapping[str, str | None] | None = None,
+) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
     cfg = world.channel_config(release.requested.target.env, release.requested.target.channel)
@@ -223,14 +302,21 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, health: Mapping[str, i
     try:
         items, prepared = preflight(world, release, ctx, health, health_error, ready)
     except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
-        items, prepared = [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")], None
+        items, prepared = (
+            [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")],
+            None,
+        )
     if prepared is None:
         reasons = [Reason(code=i.item, message=i.detail, field=None) for i in items if not i.ok]
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=reasons)),))]
     event = release_event(ctx, release, "prepared", prepared)
     if not prepared.stages:  # every cohort pinned: the record of the plan, then the close that says so
-        closed = release_event(ctx, replace(release, last_event_id=event.event_id), "closed",
-                               Closed(outcome="pinned", summary=prepared.pinned_summary()))
+        closed = release_event(
+            ctx,
+            replace(release, last_event_id=event.event_id),
+            "closed",
+            Closed(outcome="pinned", summary=prepared.pinned_summary()),
+        )
         return [Chain((event, closed))]
     return [Chain((event,))]
 
@@ -253,11 +339,20 @@ class Preparer(ReleaseReactor[PreflightFacts]):
         req = release.requested
         if req is None:
             return PreflightFacts(None, None, {})
-        cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+        cohorts = [
+            c
+            for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan)
+            for c in stage
+        ]
         ready = await self.observe_targets(world, release, ctx)
         try:
             health = await recent_reporters(
-                self.port.js, self.port.subjects, req.target.env, req.target.channel, cohorts, ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S)
+                self.port.js,
+                self.port.subjects,
+                req.target.env,
+                req.target.channel,
+                cohorts,
+                ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S),
             )
         except Exception as exc:  # fail closed: unknown observability is not observability
             return PreflightFacts(None, f"{exc.__class__.__name__}: {exc}", ready)
@@ -270,7 +365,9 @@ class Preparer(ReleaseReactor[PreflightFacts]):
         """A request pre-flight could not get through is answered, closed: `rejected`, saying why."""
         if release.phase != "requested":
             return []
-        reason = Reason(code="preflight", message=f"pre-flight could not evaluate the request: {failed.message}", field=None)
+        reason = Reason(
+            code="preflight", message=f"pre-flight could not evaluate the request: {failed.message}", field=None
+        )
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=[reason])),))]
 
     async def observe_targets(self, world, release, ctx) -> dict[str, str | None]:
@@ -281,8 +378,14 @@ class Preparer(ReleaseReactor[PreflightFacts]):
             return {}  # the request is answered with the reason by `decide`
         if prepared is None:
             return {}
-        return await target_problems(self.port, prepared.rollback_targets.values(), prepared.target.env, prepared.target.channel,
-                                     tuple(c for s in prepared.stages for c in s), ctx.now)
+        return await target_problems(
+            self.port,
+            prepared.rollback_targets.values(),
+            prepared.target.env,
+            prepared.target.channel,
+            tuple(c for s in prepared.stages for c in s),
+            ctx.now,
+        )
 
     async def on_undecodable(self, msg, release_id, problem):
         """A request that does not decode is answered with `rejected`, listing every problem."""
@@ -292,7 +395,11 @@ class Preparer(ReleaseReactor[PreflightFacts]):
         seq = msg.metadata.sequence.stream
         ctx = self.port.ctx(NAME)
         rejected = make_event(
-            "release.rejected", Rejected(reasons=[Reason(**r) for r in problem.reasons]), actor=ctx.actor,
-            release_id=release_id, event_id=derived_event_id(f"{msg.subject}@{seq}", NAME, "rejected"), occurred_at=ctx.now,
+            "release.rejected",
+            Rejected(reasons=[Reason(**r) for r in problem.reasons]),
+            actor=ctx.actor,
+            release_id=release_id,
+            event_id=derived_event_id(f"{msg.subject}@{seq}", NAME, "rejected"),
+            occurred_at=ctx.now,
         )
         await self.port.log.append(Entry(rejected, seq, self.port.subjects.release_filter(release_id)))

@@ -16,13 +16,23 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from typing import Mapping
-
-from events.model import Actor, Closed, Escalated, Expanded, PackRef, Promoted, Requested, RollbackPlan, RollbackStarted, Target
+from events.model import (
+    Actor,
+    Closed,
+    Escalated,
+    Expanded,
+    PackRef,
+    Promoted,
+    Requested,
+    RollbackPlan,
+    RollbackStarted,
+    Target,
+)
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
@@ -85,7 +95,9 @@ def override_note(release: ReleaseState) -> str:
     return f"stage(s) {[s + 1 for s in stages]} passed by operator override ({', '.join(who)}), not on monitoring data"
 
 
-def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None = None) -> list[Output]:
+def decide(
+    world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None = None
+) -> list[Output]:
     """`ready`: digest -> why that rollback target is unusable (None: usable), observed by the
     adapter for the targets `readiness_targets` names; None when not observed (a replay)."""
     phase = release.phase
@@ -111,19 +123,28 @@ def decide(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, st
         return _close(ctx, release, "aborted", release.failure or "aborted before activation")
     if phase == "rolled_back":
         outcome = "aborted" if release.aborted else "rolled_back"
-        return _close(ctx, release, outcome, f"{release.failure}; cohorts {', '.join(release.activated)} back on their targets")
+        return _close(
+            ctx, release, outcome, f"{release.failure}; cohorts {', '.join(release.activated)} back on their targets"
+        )
     if phase == "promoted":
         promoted_to = f"promoted to {release.promoted.to_channel if release.promoted else '?'}"
         note = override_note(release)
         if note or not release.passed_on_data:  # a promotion is only ever written on data; say so if not
-            return _close(ctx, release, "promoted_by_override", f"{promoted_to}; {note or 'not every stage passed on monitoring data'}")
+            return _close(
+                ctx,
+                release,
+                "promoted_by_override",
+                f"{promoted_to}; {note or 'not every stage passed on monitoring data'}",
+            )
         return _close(ctx, release, "success", promoted_to)
     if phase == "passed" and not release.paused:
         return _advance(world, release, ctx, ready)
     return []
 
 
-def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str) -> list[Output]:
+def _not_ready(
+    world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None, step: str
+) -> list[Output]:
     """`escalated` (the release holds) when a rollback the next step relies on would not land; [] when ready."""
     if ready is None:
         return []
@@ -131,8 +152,11 @@ def _not_ready(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str
     problems = readiness_problems(readiness_targets(world, release, ctx), release.prepared.rollback_strategy, ready)
     if not problems:
         return []
-    held = Escalated(code="rollback_not_ready", message=f"{step} held, rollback not ready: {'; '.join(problems)}",
-                     escalation=release.prepared.escalation)
+    held = Escalated(
+        code="rollback_not_ready",
+        message=f"{step} held, rollback not ready: {'; '.join(problems)}",
+        escalation=release.prepared.escalation,
+    )
     return [Chain((release_event(ctx, release, "escalated", held),))]
 
 
@@ -142,7 +166,14 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
     nxt = release.stage + 1
     if nxt < len(stages):
         return _not_ready(world, release, ctx, ready, f"stage {nxt + 1}") or [
-            Chain((release_event(ctx, release, "expanded", Expanded(from_stage=release.stage, to_stage=nxt, cohorts=stages[nxt])),))]
+            Chain(
+                (
+                    release_event(
+                        ctx, release, "expanded", Expanded(from_stage=release.stage, to_stage=nxt, cohorts=stages[nxt])
+                    ),
+                )
+            )
+        ]
     target = release.prepared.target
     promote_to = world.channel_config(target.env, target.channel).promote_to
     summary = f"all {len(stages)} stage(s) passed monitoring"
@@ -162,18 +193,28 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
     req = release.requested
     # The next channel's own history decides its rollback strategy: LKG where it has run a pack.
     ever_active = any(s.ever_active for s in scopes_of(world, target.env, promote_to))
-    rollback = req.rollback if req.rollback.strategy == "pinned" else RollbackPlan(strategy="lkg" if ever_active else "none")
+    rollback = (
+        req.rollback if req.rollback.strategy == "pinned" else RollbackPlan(strategy="lkg" if ever_active else "none")
+    )
     requested = Requested(
         pack=release.verified.pack.model_copy(update={"size": None}),
         target=Target(env=target.env, channel=promote_to),
-        owner=req.owner, escalation=req.escalation, rollback=rollback,
+        owner=req.owner,
+        escalation=req.escalation,
+        rollback=rollback,
         reason=f"promoted from {target.channel} by release {release.release_id}: {summary}",
-        promoted_from=release.release_id, acknowledge_no_health=req.acknowledge_no_health,
+        promoted_from=release.release_id,
+        acknowledge_no_health=req.acknowledge_no_health,
     )
     new = make_event(
-        "release.requested", requested, actor=Actor(kind="service", id=ctx.service), release_id=linked,
-        causation_id=release.last_event_id, correlation_id=linked,
-        event_id=derived_event_id(release.last_event_id or release.release_id, ctx.service, "promote/request"), occurred_at=ctx.now,
+        "release.requested",
+        requested,
+        actor=Actor(kind="service", id=ctx.service),
+        release_id=linked,
+        causation_id=release.last_event_id,
+        correlation_id=linked,
+        event_id=derived_event_id(release.last_event_id or release.release_id, ctx.service, "promote/request"),
+        occurred_at=ctx.now,
     )
     promoted = Promoted(to_channel=promote_to, promoted_to=linked, rationale=summary)
     return [NewRelease(new), Chain((release_event(ctx, release, "promoted", promoted),))]
@@ -190,15 +231,34 @@ class ReadinessFacts:
 
 class Promoter(ReleaseReactor[ReadinessFacts]):
     name = NAME
-    acts_in = frozenset({"rejected", "verification_failed", "activation_failed", "failed", "aborting", "rolled_back", "promoted", "passed"})
+    acts_in = frozenset(
+        {
+            "rejected",
+            "verification_failed",
+            "activation_failed",
+            "failed",
+            "aborting",
+            "rolled_back",
+            "promoted",
+            "passed",
+        }
+    )
 
     async def observe(self, world, release, ctx) -> ReadinessFacts:
         """The facts `decide` needs before exposing more: is every rollback target still usable?"""
         if release.phase != "passed" or release.paused or release.aborted or release.prepared is None:
             return ReadinessFacts()
         target = release.prepared.target
-        return ReadinessFacts(await target_problems(self.port, readiness_targets(world, release, ctx).values(), target.env,
-                                                    target.channel, tuple(release.activated), ctx.now))
+        return ReadinessFacts(
+            await target_problems(
+                self.port,
+                readiness_targets(world, release, ctx).values(),
+                target.env,
+                target.channel,
+                tuple(release.activated),
+                ctx.now,
+            )
+        )
 
     def decide(self, world, release, facts: ReadinessFacts, ctx):
         return decide(world, release, ctx, facts.ready)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -64,7 +65,7 @@ class Failed:
     step: str = "internal"
 
     @classmethod
-    def of(cls, exc: BaseException, code: str = INTERNAL_ERROR, step: str = "internal", prefix: str = "") -> "Failed":
+    def of(cls, exc: BaseException, code: str = INTERNAL_ERROR, step: str = "internal", prefix: str = "") -> Failed:
         return cls(code, f"{prefix}{exc.__class__.__name__}: {exc}", step)
 
 
@@ -84,15 +85,27 @@ def hold(release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
     room for one (a release about to close: it is left as it is, and the failure is a dead letter)."""
     if "escalated" not in TRANSITIONS.get(release.phase, set()):
         return []
-    contact = (release.prepared.escalation if release.prepared is not None
-               else release.requested.escalation if release.requested is not None else "")
-    held = Escalated(code=failed.code, message=f"{ctx.service} could not act on phase {release.phase}: {failed.message}",
-                     escalation=contact)
+    contact = (
+        release.prepared.escalation
+        if release.prepared is not None
+        else release.requested.escalation
+        if release.requested is not None
+        else ""
+    )
+    held = Escalated(
+        code=failed.code,
+        message=f"{ctx.service} could not act on phase {release.phase}: {failed.message}",
+        escalation=contact,
+    )
     return [Chain((release_event(ctx, release, "escalated", held, f"fail-closed/{release.phase}"),))]
 
 
-async def until_stored(attempt: Callable[[], Awaitable[T]], what: str, catch_up: Callable[[], Awaitable[None]] | None = None,
-                       attempts: int = MAX_CONFLICTS) -> T:
+async def until_stored(
+    attempt: Callable[[], Awaitable[T]],
+    what: str,
+    catch_up: Callable[[], Awaitable[None]] | None = None,
+    attempts: int = MAX_CONFLICTS,
+) -> T:
     """Run `attempt` (decide on the current state, then append) until it stores without a conflict.
 
     A lost optimistic-concurrency race is decided again on the newer state (`catch_up` first
@@ -120,7 +133,9 @@ class _Recorded(Generic[F]):
     async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> Failed:
         return self.failed
 
-    def decide(self, world: World, release: ReleaseState, facts: F, ctx: Ctx) -> list[Output]:  # pragma: no cover - never observed
+    def decide(
+        self, world: World, release: ReleaseState, facts: F, ctx: Ctx
+    ) -> list[Output]:  # pragma: no cover - never observed
         return []
 
     def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
@@ -156,8 +171,14 @@ class ReleaseReactor(Generic[F]):
     # -- running it ---------------------------------------------------------------------------------
     def runners(self) -> list:
         worker = Worker(
-            self.port.js, self.port.subjects.releases_stream, f"kxr-{self.name}", self.trigger_subjects(),
-            self.handle, self.port.deadletters, ack_wait=self.port.settings.ack_wait_s, concurrency=CONCURRENCY,
+            self.port.js,
+            self.port.subjects.releases_stream,
+            f"kxr-{self.name}",
+            self.trigger_subjects(),
+            self.handle,
+            self.port.deadletters,
+            ack_wait=self.port.settings.ack_wait_s,
+            concurrency=CONCURRENCY,
             max_deliver=MAX_DELIVER,
         )
         return [worker.run(), self.reconcile()]
@@ -224,7 +245,9 @@ class ReleaseReactor(Generic[F]):
             log.error("%s: %s could not be failed closed (%r) after: %s", self.name, release_id, again, failed.message)
             return False
         if not stored:
-            log.error("%s: %s left as it is, no fail-closed event fits its phase: %s", self.name, release_id, failed.message)
+            log.error(
+                "%s: %s left as it is, no fail-closed event fits its phase: %s", self.name, release_id, failed.message
+            )
             return False
         log.error("%s: %s failed closed: %s", self.name, release_id, failed.message)
         count_processed(self.port.subjects.releases_stream, f"kxr-{self.name}", "failed_closed")
@@ -245,8 +268,11 @@ class ReleaseReactor(Generic[F]):
         self._deciding[release_id] = (lock, users + 1)
         try:
             async with lock:
-                return await until_stored(lambda: self._settle_once(release_id, step or self),
-                                          f"{self.name}: {release_id}", self.port.follower.catch_up)
+                return await until_stored(
+                    lambda: self._settle_once(release_id, step or self),
+                    f"{self.name}: {release_id}",
+                    self.port.follower.catch_up,
+                )
         finally:
             lock, users = self._deciding[release_id]
             if users == 1:

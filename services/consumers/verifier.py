@@ -13,11 +13,16 @@ from events.model import GateOutcome, VerificationFailed, Verified
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.jetstream.packstore import PackStore
 from services.consumers.reactor import Failed, ReleaseReactor
+from services.jetstream.packstore import PackStore
 from services.verification.context import configured_channel, verify_context
 from services.verification.gates import (
-    DEADLINE_GATE, INTERNAL_ERROR, TIMEOUT_CODE, GateFailure, Verification, VerifyContext,
+    DEADLINE_GATE,
+    INTERNAL_ERROR,
+    TIMEOUT_CODE,
+    GateFailure,
+    Verification,
+    VerifyContext,
 )
 from services.verification.pipeline import run_gates
 
@@ -31,9 +36,17 @@ def context_for(world: World, release: ReleaseState, ctx: Ctx, trust_root) -> Ve
     prepared = release.prepared
     env, channel = prepared.target.env, prepared.target.channel
     cohorts = tuple(c for stage in prepared.stages for c in stage)
-    return verify_context(prepared.pack, trust_root, ctx.now, "rollout", env=env, channel=channel, cohorts=cohorts,
-                          channel_config=configured_channel(world, env, channel),
-                          active={c: world.scope(env, channel, c).active_pack for c in cohorts})
+    return verify_context(
+        prepared.pack,
+        trust_root,
+        ctx.now,
+        "rollout",
+        env=env,
+        channel=channel,
+        cohorts=cohorts,
+        channel_config=configured_channel(world, env, channel),
+        active={c: world.scope(env, channel, c).active_pack for c in cohorts},
+    )
 
 
 def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailure | None) -> list[Output]:
@@ -45,10 +58,14 @@ def decide(release: ReleaseState, ctx: Ctx, v: Verification, failure: GateFailur
     if failure is not None:
         if not outcomes or outcomes[-1].ok:
             outcomes.append(GateOutcome(gate=failure.gate, ok=False, code=failure.code, message=failure.message))
-        failed = VerificationFailed(gate=failure.gate, code=failure.code, message=failure.message, reference_time=ctx.now, gates=outcomes)
+        failed = VerificationFailed(
+            gate=failure.gate, code=failure.code, message=failure.message, reference_time=ctx.now, gates=outcomes
+        )
         return [Chain((release_event(ctx, release, "verification_failed", failed),))]
     assert release.distributed is not None and v.pack is not None
-    verified = Verified(pack=v.pack, manifest=release.distributed.manifest, reference_time=ctx.now, gates=outcomes, signers=v.signers)
+    verified = Verified(
+        pack=v.pack, manifest=release.distributed.manifest, reference_time=ctx.now, gates=outcomes, signers=v.signers
+    )
     return [Chain((release_event(ctx, release, "verified", verified),))]
 
 
@@ -64,7 +81,9 @@ class Verifier(ReleaseReactor[Verification]):
         """The gates run on the stored pack, under one deadline; a failure to run them is named
         by the gate it stands for (`trust_root`, `deadline`, `internal`)."""
         if release.prepared is None:
-            return Failed("release_not_prepared", "the release has no plan", "internal")  # never acted on: not `distributed`
+            return Failed(
+                "release_not_prepared", "the release has no plan", "internal"
+            )  # never acted on: not `distributed`
         trust_root = self.trust_root()
         if trust_root is None:
             return Failed("trust_root_missing", "the verifier has no trust root", "trust_root")
@@ -74,8 +93,10 @@ class Verifier(ReleaseReactor[Verification]):
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            v = await asyncio.wait_for(run_gates(PackStore(self.port.js, self.port.subjects), release.prepared.pack.digest, vctx), timeout)
-        except asyncio.TimeoutError:
+            v = await asyncio.wait_for(
+                run_gates(PackStore(self.port.js, self.port.subjects), release.prepared.pack.digest, vctx), timeout
+            )
+        except TimeoutError:
             return late
         except Exception as exc:  # fail closed on anything unexpected, and say what it was
             log.exception("verifier: %s", release.release_id)

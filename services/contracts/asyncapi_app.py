@@ -75,13 +75,20 @@ def _declare() -> None:
         stream, model = _streams[channel.stream], _payload(channel)
         if "service" in channel.writers:
             router = NatsRouter()
-            router.publisher(channel.subject, stream=stream, title=channel.name, description=_describe(channel, "release service"), schema=model)
+            router.publisher(
+                channel.subject,
+                stream=stream,
+                title=channel.name,
+                description=_describe(channel, "release service"),
+                schema=model,
+            )
             broker.include_router(router)
         for writer in (w for w in channel.writers if w != "service"):
             title = f"{channel.name}-by-{writer}" if "service" in channel.writers else channel.name
             router = NatsRouter()
             router.subscriber(channel.subject, stream=stream, title=title, description=_describe(channel, writer))(
-                _receiver(model, f"{channel.name.replace('.', '_')}_by_{writer}"))
+                _receiver(model, f"{channel.name.replace('.', '_')}_by_{writer}")
+            )
             broker.include_router(router)
 
 

@@ -16,8 +16,13 @@ from services import permissions
 WRITER_ROLES = ("service", "producer", "operator", "runtime")  # the auditor publishes nothing
 
 # Subject tokens become AsyncAPI parameters: built with placeholder tokens, then renamed.
-_PLACEHOLDERS = {"P-release_id": "{release_id}", "P-env": "{env}", "P-channel": "{channel}",
-                 "P-cohort": "{cohort}", "P-runtime_id": "{runtime_id}"}
+_PLACEHOLDERS = {
+    "P-release_id": "{release_id}",
+    "P-env": "{env}",
+    "P-channel": "{channel}",
+    "P-cohort": "{cohort}",
+    "P-runtime_id": "{runtime_id}",
+}
 
 DESCRIPTIONS: dict[str, str] = {
     "release.requested": "A producer asks for a signed pack to be rolled out to a channel (CONTRACT §5); the promoter also requests the linked release on `promote_to`.",
@@ -51,16 +56,18 @@ DESCRIPTIONS: dict[str, str] = {
     "notification.sent": "The notifier delivered a webhook for a rollback, hold or escalation of this release (attempts, sink, status). Outside the release's lifecycle filter: it never changes the release.",
     "notification.failed": "The notifier gave up on a webhook for this release (attempts, last error). Recorded, never blocking: the release goes on as it would.",
 }
-HEALTH_DESCRIPTION = ("A runtime's health report (CONTRACT §8): `activation` after each switch it attempted, "
-                      "periodic `sample`s from start-up on (digest null while it has no active pack).")
+HEALTH_DESCRIPTION = (
+    "A runtime's health report (CONTRACT §8): `activation` after each switch it attempted, "
+    "periodic `sample`s from start-up on (digest null while it has no active pack)."
+)
 
 
 @dataclass(frozen=True)
 class Channel:
     """One subject of the contract: the messages on it, their stream, and who may publish them."""
 
-    name: str          # the event type, or "health.sample"
-    subject: str       # with {parameters} for the tokens
+    name: str  # the event type, or "health.sample"
+    subject: str  # with {parameters} for the tokens
     stream: str
     writers: tuple[str, ...]
     description: str
@@ -85,7 +92,9 @@ def writers_of(subject: str, subjects: Subjects) -> tuple[str, ...]:
     out = []
     for role in WRITER_ROLES:
         perms = permissions.role_permissions(subjects, role)
-        if any(subject_matches(p, subject) for p in perms.publish) and not any(subject_matches(p, subject) for p in perms.publish_deny):
+        if any(subject_matches(p, subject) for p in perms.publish) and not any(
+            subject_matches(p, subject) for p in perms.publish_deny
+        ):
             out.append(role)
     return tuple(out)
 
@@ -102,7 +111,11 @@ def channels(prefix: str = "kx") -> list[Channel]:
     out = []
     for event_type in sorted(PAYLOADS):
         concrete = s.expected_subject(event_type, "P-release_id", ("P-env", "P-channel", "P-cohort"))
-        out.append(Channel(event_type, _template(concrete), s.releases_stream, writers_of(concrete, s), DESCRIPTIONS[event_type]))
+        out.append(
+            Channel(
+                event_type, _template(concrete), s.releases_stream, writers_of(concrete, s), DESCRIPTIONS[event_type]
+            )
+        )
     health = s.health("P-env", "P-channel", "P-cohort", "P-runtime_id")
     out.append(Channel("health.sample", _template(health), s.health_stream, writers_of(health, s), HEALTH_DESCRIPTION))
     return out

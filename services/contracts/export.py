@@ -8,8 +8,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Drift:
-    changed: tuple[str, ...]   # generated files missing or different on disk
-    stale: tuple[str, ...]     # files on disk in a generated folder that the code no longer generates
+    changed: tuple[str, ...]  # generated files missing or different on disk
+    stale: tuple[str, ...]  # files on disk in a generated folder that the code no longer generates
 
 
 def drift(directory: Path, files: dict[str, str]) -> Drift:
@@ -17,7 +17,13 @@ def drift(directory: Path, files: dict[str, str]) -> Drift:
     # Only folders the export owns entirely (events/) are checked for leftovers; the top level
     # may hold hand-written files beside the generated ones.
     owned = {Path(p).parent for p in files if Path(p).parent != Path(".")}
-    on_disk = {str(f.relative_to(directory)) for d in owned if (directory / d).is_dir() for f in (directory / d).iterdir() if f.is_file()}
+    on_disk = {
+        str(f.relative_to(directory))
+        for d in owned
+        if (directory / d).is_dir()
+        for f in (directory / d).iterdir()
+        if f.is_file()
+    }
     return Drift(changed, tuple(sorted(on_disk - set(files))))
 
 

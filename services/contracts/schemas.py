@@ -68,19 +68,27 @@ def _published(schema: dict[str, Any], path: str, description: str | None = None
 
 def _event_description(event_type: str) -> str:
     doc = envelope_model(event_type).__doc__ or ""
-    return (f"{doc} One JSON object of at most {EVENT_MAX_BYTES} bytes in the release log; "
-            "strict JSON (a duplicate key is refused); fields not named here are allowed and kept.")
+    return (
+        f"{doc} One JSON object of at most {EVENT_MAX_BYTES} bytes in the release log; "
+        "strict JSON (a duplicate key is refused); fields not named here are allowed and kept."
+    )
 
 
-MANIFEST_NOTE = (f"The signed pack manifest (CONTRACT §6), at most {MANIFEST_MAX_BYTES} bytes, strict JSON: no duplicate keys "
-                 "and no floats anywhere. `signatures` are Ed25519 over the canonical bytes of `signed` "
-                 "(sorted keys, no whitespace, UTF-8); extra fields inside `signed` are covered by the signature and kept.")
-CHANNEL_NOTE = ("A channel configuration (CONTRACT §7), the `data` of `channel.configured`. Beyond this shape a configuration "
-                "must be coherent (events/channel.py `channel_problems`): unique cohort names, the last cohort a catch-all with "
-                "no criteria and no other, percent ranges inside 0..10000 that do not overlap, a plan naming every cohort once, "
-                "`promote_to` another channel. `kxr channel set` also refuses unknown fields.")
-HEALTH_NOTE = (f"A runtime's health message (CONTRACT §8), at most {HEALTH_MAX_BYTES} bytes; `errors` may not exceed `requests` "
-               "nor `correctness.mismatches` exceed `correctness.checked`.")
+MANIFEST_NOTE = (
+    f"The signed pack manifest (CONTRACT §6), at most {MANIFEST_MAX_BYTES} bytes, strict JSON: no duplicate keys "
+    "and no floats anywhere. `signatures` are Ed25519 over the canonical bytes of `signed` "
+    "(sorted keys, no whitespace, UTF-8); extra fields inside `signed` are covered by the signature and kept."
+)
+CHANNEL_NOTE = (
+    "A channel configuration (CONTRACT §7), the `data` of `channel.configured`. Beyond this shape a configuration "
+    "must be coherent (events/channel.py `channel_problems`): unique cohort names, the last cohort a catch-all with "
+    "no criteria and no other, percent ranges inside 0..10000 that do not overlap, a plan naming every cohort once, "
+    "`promote_to` another channel. `kxr channel set` also refuses unknown fields."
+)
+HEALTH_NOTE = (
+    f"A runtime's health message (CONTRACT §8), at most {HEALTH_MAX_BYTES} bytes; `errors` may not exceed `requests` "
+    "nor `correctness.mismatches` exceed `correctness.checked`."
+)
 
 
 def schema_files() -> dict[str, str]:
@@ -90,23 +98,54 @@ def schema_files() -> dict[str, str]:
         where = {"subject": channel.subject, "stream": channel.stream, "writers": list(channel.writers)}
         if channel.name in PAYLOADS:
             path = event_path(channel.name)
-            files[path] = _published(envelope_model(channel.name).model_json_schema(), path, _event_description(channel.name))
+            files[path] = _published(
+                envelope_model(channel.name).model_json_schema(), path, _event_description(channel.name)
+            )
             entries.append({"name": channel.name, "kind": "event", "path": path, **where})
         else:
-            files["health-sample.schema.json"] = _published(HealthSample.model_json_schema(), "health-sample.schema.json", HEALTH_NOTE)
+            files["health-sample.schema.json"] = _published(
+                HealthSample.model_json_schema(), "health-sample.schema.json", HEALTH_NOTE
+            )
             entries.append({"name": channel.name, "kind": "message", "path": "health-sample.schema.json", **where})
     any_event = {"title": "Event", "oneOf": [{"$ref": event_path(t)} for t in sorted(PAYLOADS)]}
-    files[EVENT_ANY] = _published(any_event, EVENT_ANY, "Any message of the release log (KX_RELEASES): exactly one event type's schema applies, chosen by `type`.")
-    files["manifest.schema.json"] = _published(ManifestDocument.model_json_schema(), "manifest.schema.json", MANIFEST_NOTE)
-    files["channel-config.schema.json"] = _published(ChannelConfig.model_json_schema(), "channel-config.schema.json", CHANNEL_NOTE)
+    files[EVENT_ANY] = _published(
+        any_event,
+        EVENT_ANY,
+        "Any message of the release log (KX_RELEASES): exactly one event type's schema applies, chosen by `type`.",
+    )
+    files["manifest.schema.json"] = _published(
+        ManifestDocument.model_json_schema(), "manifest.schema.json", MANIFEST_NOTE
+    )
+    files["channel-config.schema.json"] = _published(
+        ChannelConfig.model_json_schema(), "channel-config.schema.json", CHANNEL_NOTE
+    )
     files[EVIDENCE] = evidence_schema_text()
     entries += [
         {"name": "event", "kind": "union", "path": EVENT_ANY},
-        {"name": "manifest", "kind": "object", "path": "manifest.schema.json", "where": "pack store object sha256-<hex>.manifest (bucket kx_packs)"},
-        {"name": "channel-config", "kind": "document", "path": "channel-config.schema.json", "where": "data of channel.configured; the file `kxr channel set` reads"},
-        {"name": "evidence-record", "kind": "document", "path": EVIDENCE, "where": "output of `kxr audit release ID --json`"},
+        {
+            "name": "manifest",
+            "kind": "object",
+            "path": "manifest.schema.json",
+            "where": "pack store object sha256-<hex>.manifest (bucket kx_packs)",
+        },
+        {
+            "name": "channel-config",
+            "kind": "document",
+            "path": "channel-config.schema.json",
+            "where": "data of channel.configured; the file `kxr channel set` reads",
+        },
+        {
+            "name": "evidence-record",
+            "kind": "document",
+            "path": EVIDENCE,
+            "where": "output of `kxr audit release ID --json`",
+        },
     ]
-    index = {"base": BASE, "dialect": DIALECT, "schemas": sorted(entries, key=lambda e: e["path"]),
-             "note": "Generated by `kxr schema export DIR` from the code's models; subjects use the default prefix kx (KX_PREFIX changes it)."}
+    index = {
+        "base": BASE,
+        "dialect": DIALECT,
+        "schemas": sorted(entries, key=lambda e: e["path"]),
+        "note": "Generated by `kxr schema export DIR` from the code's models; subjects use the default prefix kx (KX_PREFIX changes it).",
+    }
     files[INDEX] = json.dumps(index, indent=2, sort_keys=True) + "\n"
     return dict(sorted(files.items()))

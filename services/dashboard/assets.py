@@ -6,7 +6,9 @@ are separate responses rather than inline so the pages can forbid inline scripts
 
 from services.reads.audit import RECORD_CSS
 
-CSS = RECORD_CSS + """
+CSS = (
+    RECORD_CSS
+    + """
 body{max-width:1300px}header h1{margin-bottom:.2rem}header p{margin:.2rem 0}
 .readonly{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px;display:inline-block;border-radius:4px}
 #live.ok{color:#1a7f37}#live.stale{color:#cf222e}
@@ -14,6 +16,7 @@ progress{width:140px;vertical-align:middle}.pct{font-variant-numeric:tabular-num
 ul.figs{margin:0;padding-left:1rem}ul.figs li{white-space:nowrap}
 table.facts{width:auto}table.facts th{width:9rem}
 """
+)
 
 # Swaps in the sections the server renders (already escaped) and ticks open windows'
 # progress between pushes, correcting for the offset between the browser's and the server's clocks.

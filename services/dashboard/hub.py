@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from projections.releases import ReleaseState
 from projections.world import World
+from services.jetstream.log_reads import load_evidence
+from services.monitoring.judge import window_span
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
-from services.monitoring.judge import window_span
-from services.jetstream.log_reads import load_evidence
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def window_key(release: ReleaseState) -> WindowKey | None:
 
 
 class LiveHub:
-    def __init__(self, follower: Follower, js, subjects: Subjects, clock: Callable[[], datetime], cache_size: int = 1024) -> None:
+    def __init__(
+        self, follower: Follower, js, subjects: Subjects, clock: Callable[[], datetime], cache_size: int = 1024
+    ) -> None:
         self.follower = follower
         self.js = js
         self.subjects = subjects
@@ -92,7 +94,7 @@ class LiveHub:
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.version > seen), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         return True
 
@@ -152,11 +154,16 @@ class LiveHub:
                     continue
                 try:
                     self._samples[key] = await asyncio.wait_for(
-                        samples_between(self.js, self.subjects, target.env, target.channel, list(m.cohorts), *window_span(m)),
-                        SAMPLES_READ_TIMEOUT_S)
+                        samples_between(
+                            self.js, self.subjects, target.env, target.channel, list(m.cohorts), *window_span(m)
+                        ),
+                        SAMPLES_READ_TIMEOUT_S,
+                    )
                     self.health_note = None
                 except Exception as exc:  # no read access to health, NATS away: say so, retry later
-                    self.health_note = f"health samples not readable by this dashboard's NATS user ({exc.__class__.__name__})"
+                    self.health_note = (
+                        f"health samples not readable by this dashboard's NATS user ({exc.__class__.__name__})"
+                    )
                     log.info("dashboard: %s; retrying in %.0f s", self.health_note, HEALTH_RETRY_S)
                     retry_at = now + HEALTH_RETRY_S
                     break

@@ -8,8 +8,9 @@ module only groups them the way the page shows them. The release page shows
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from projections.world import World
 from services.reads.status import release_rows, scope_rows
@@ -31,5 +32,10 @@ def overview(world: World, now: datetime, windows: Mapping[str, dict[str, Any] |
     rows = release_rows(world, in_flight_only=False)
     in_flight = [{**row, "window": windows.get(row["release"])} for row in rows if row["release"] in world.in_flight]
     recent = [row for row in rows if row["release"] not in world.in_flight][-RECENT:]
-    return {"log_seq": world.applied_seq, "at": now.isoformat(), "scopes": scope_groups(world), "releases": in_flight,
-            "recent": list(reversed(recent))}
+    return {
+        "log_seq": world.applied_seq,
+        "at": now.isoformat(),
+        "scopes": scope_groups(world),
+        "releases": in_flight,
+        "recent": list(reversed(recent)),
+    }

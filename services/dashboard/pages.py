@@ -30,12 +30,18 @@ def window_cell(window: dict[str, Any] | None) -> str:
     """A `live_view` window: its clock as a progress bar (ticking in the browser while open) and its state."""
     if window is None:
         return "<span class='muted'>no window yet</span>"
-    state = ("open, so far: " + _e(window["result"]) if window["result"] else "open") if window["open"] else _e(window["result"] or "ended")
+    state = (
+        ("open, so far: " + _e(window["result"]) if window["result"] else "open")
+        if window["open"]
+        else _e(window["result"] or "ended")
+    )
     ticking = f" data-starts='{_e(window['starts_at'])}' data-ends='{_e(window['ends_at'])}'" if window["open"] else ""
     fraction = float(window["fraction"])
     samples = f"; {window['samples']} of ≥{window['min_samples']} samples" if window["source"] != "unavailable" else ""
-    return (f"<progress max='1' value='{fraction}'{ticking}></progress> <span class='pct'>{fraction * 100:.0f}%</span> "
-            f"<span class='muted'>stage {window['stage']} ({_e(', '.join(window['cohorts']))}): {state}{_e(samples)}</span>")
+    return (
+        f"<progress max='1' value='{fraction}'{ticking}></progress> <span class='pct'>{fraction * 100:.0f}%</span> "
+        f"<span class='muted'>stage {window['stage']} ({_e(', '.join(window['cohorts']))}): {state}{_e(samples)}</span>"
+    )
 
 
 def figures_cell(window: dict[str, Any] | None) -> str:
@@ -65,8 +71,11 @@ def releases_section(releases: list[dict[str, Any]]) -> str:
         f"<td>{figures_cell(r['window'])}</td><td>{_e(r['why'])}</td></tr>"
         for r in releases
     ]
-    return "<h2>Releases in flight</h2>" + _table(["release", "pack", "target", "phase", "stage", "window", "figures vs thresholds", "why"],
-                                                  rows, "no release in flight")
+    return "<h2>Releases in flight</h2>" + _table(
+        ["release", "pack", "target", "phase", "stage", "window", "figures vs thresholds", "why"],
+        rows,
+        "no release in flight",
+    )
 
 
 def scopes_section(groups: list[dict[str, Any]]) -> str:
@@ -82,41 +91,79 @@ def scopes_section(groups: list[dict[str, Any]]) -> str:
             for c in g["cohorts"]
         ]
         out.append(f"<h3>{_e(g['env'])} / {_e(g['channel'])}</h3>")
-        out.append(_table(["cohort", "active", "digest", "kind", "release", "since", "pinned (until)", "last-known-good"], rows, ""))
+        out.append(
+            _table(
+                ["cohort", "active", "digest", "kind", "release", "since", "pinned (until)", "last-known-good"],
+                rows,
+                "",
+            )
+        )
     return "".join(out)
 
 
 def recent_section(recent: list[dict[str, Any]]) -> str:
-    rows = [f"<tr><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
-            f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td><td>{_e(r['why'])}</td></tr>" for r in recent]
+    rows = [
+        f"<tr><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
+        f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td><td>{_e(r['why'])}</td></tr>"
+        for r in recent
+    ]
     return "<h2>Recently finished</h2>" + _table(["release", "pack", "target", "outcome", "why"], rows, "none yet")
 
 
 def overview_sections(model: dict[str, Any]) -> dict[str, str]:
-    return {"releases": releases_section(model["releases"]), "scopes": scopes_section(model["scopes"]),
-            "recent": recent_section(model["recent"])}
+    return {
+        "releases": releases_section(model["releases"]),
+        "scopes": scopes_section(model["scopes"]),
+        "recent": recent_section(model["recent"]),
+    }
 
 
 def summary_section(view: dict[str, Any]) -> str:
     pack = view["pack"]
-    state = view["phase"] + (" (paused)" if view["paused"] else "") + (" — held for an operator" if view["held"] else "")
-    facts = [("pack", f"{pack['name']}@{pack['version']}" if pack else None), ("digest", pack["digest"] if pack else None),
-             ("target", view["target"]), ("owner", view["owner"]), ("escalation", view["escalation"]), ("phase", state),
-             ("outcome", view["outcome"] or "in flight"), ("why", view["why"]), ("promoted to", view["promoted_to"])]
-    rows = "".join(f"<tr><th>{_e(k)}</th><td class='{_e(k.replace(' ', '-'))}'>{_e(v)}</td></tr>" for k, v in facts if v is not None or k == "why")
-    stages = [f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td><td class='{_e(s['state'])}'>{_e(s['state'])}</td>"
-              f"<td>{_e(s['verdict'])}</td><td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
-              for s in view["stages"]]
-    return (f"<h2>Now</h2><table class='facts'>{rows}</table>"
-            "<h3>Stages</h3>" + _table(["stage", "cohorts", "state", "verdict", "skipped"], stages, "not planned yet", " id='stages'"))
+    state = (
+        view["phase"] + (" (paused)" if view["paused"] else "") + (" — held for an operator" if view["held"] else "")
+    )
+    facts = [
+        ("pack", f"{pack['name']}@{pack['version']}" if pack else None),
+        ("digest", pack["digest"] if pack else None),
+        ("target", view["target"]),
+        ("owner", view["owner"]),
+        ("escalation", view["escalation"]),
+        ("phase", state),
+        ("outcome", view["outcome"] or "in flight"),
+        ("why", view["why"]),
+        ("promoted to", view["promoted_to"]),
+    ]
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td class='{_e(k.replace(' ', '-'))}'>{_e(v)}</td></tr>"
+        for k, v in facts
+        if v is not None or k == "why"
+    )
+    stages = [
+        f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td><td class='{_e(s['state'])}'>{_e(s['state'])}</td>"
+        f"<td>{_e(s['verdict'])}</td><td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
+        for s in view["stages"]
+    ]
+    return f"<h2>Now</h2><table class='facts'>{rows}</table><h3>Stages</h3>" + _table(
+        ["stage", "cohorts", "state", "verdict", "skipped"], stages, "not planned yet", " id='stages'"
+    )
 
 
 def window_section(view: dict[str, Any]) -> str:
     window = view["window"]
-    source = {"live": "figures so far, judged as the monitor would judge them now", "verdict": "the verdict the monitor recorded",
-              "unavailable": ""}.get(window["source"], "") if window else ""
-    return (f"<h2>Monitoring window</h2><p>{window_cell(window)}</p>"
-            f"<p class='muted'>{_e(source or None)}</p>{figures_cell(window)}")
+    source = (
+        {
+            "live": "figures so far, judged as the monitor would judge them now",
+            "verdict": "the verdict the monitor recorded",
+            "unavailable": "",
+        }.get(window["source"], "")
+        if window
+        else ""
+    )
+    return (
+        f"<h2>Monitoring window</h2><p>{window_cell(window)}</p>"
+        f"<p class='muted'>{_e(source or None)}</p>{figures_cell(window)}"
+    )
 
 
 def scopes_of_release_section(view: dict[str, Any]) -> str:
@@ -124,16 +171,24 @@ def scopes_of_release_section(view: dict[str, Any]) -> str:
     for s in view["scopes"]:
         pin = s["pinned"]
         pinned = f"{pin['version']} until {pin['until']} by {pin['by']}: {pin['rationale']}" if pin else None
-        rows.append(f"<tr data-scope='{_e(s['scope'])}'><td>{_e(s['scope'])}</td><td class='version'>{_e(s['active'])}</td>"
-                    f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg'])}</td><td>{_e(s['rollback_target'])}</td>"
-                    f"<td class='pin'>{_e(pinned)}</td></tr>")
-    return "<h2>Its scopes</h2>" + _table(["scope", "active", "kind", "last-known-good", "rollback target", "pinned"], rows, "not planned yet")
+        rows.append(
+            f"<tr data-scope='{_e(s['scope'])}'><td>{_e(s['scope'])}</td><td class='version'>{_e(s['active'])}</td>"
+            f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg'])}</td><td>{_e(s['rollback_target'])}</td>"
+            f"<td class='pin'>{_e(pinned)}</td></tr>"
+        )
+    return "<h2>Its scopes</h2>" + _table(
+        ["scope", "active", "kind", "last-known-good", "rollback target", "pinned"], rows, "not planned yet"
+    )
 
 
 def release_sections(view: dict[str, Any], record: EvidenceRecord) -> dict[str, str]:
     """The release page: `live_view.release_view` (now), then the whole evidence record (timeline, gates, charts)."""
-    return {"summary": summary_section(view), "window": window_section(view), "release-scopes": scopes_of_release_section(view),
-            "record": record_sections(record)}
+    return {
+        "summary": summary_section(view),
+        "window": window_section(view),
+        "release-scopes": scopes_of_release_section(view),
+        "record": record_sections(record),
+    }
 
 
 def page(title: str, stream: str, sections: dict[str, str], *, back: bool = False) -> str:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
 from events.subjects import Subjects
 from services.app import utc_clock
 from services.jetstream.client import connect
-from services.reads.follower import Follower
 from services.permissions import redacted
+from services.reads.follower import Follower
 from services.settings import ConfigError, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait
+
 from .hub import LiveHub
 from .web import LOOPBACK_HOSTS, make_app
 
@@ -44,14 +45,21 @@ def parse_addr(text: str) -> tuple[str, int]:
 
 
 @asynccontextmanager
-async def dashboard(follower: Follower, js, subjects: Subjects, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                    clock=utc_clock) -> AsyncIterator[str]:
+async def dashboard(
+    follower: Follower, js, subjects: Subjects, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, clock=utc_clock
+) -> AsyncIterator[str]:
     """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one)."""
     if not is_loopback(host):
-        log.warning("the dashboard has no login: bound to %s, anyone who can reach that address sees every release", host)
+        log.warning(
+            "the dashboard has no login: bound to %s, anyone who can reach that address sees every release", host
+        )
     hub = LiveHub(follower, js, subjects, clock)
-    runner = web.AppRunner(make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None), access_log=None,
-                           handler_cancellation=True, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=2.0,
+    )
     await runner.setup()
     task = asyncio.create_task(hub.run(), name="dashboard-hub")
     try:
@@ -75,7 +83,9 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
     try:
         nc = await connect(settings.nats_url, name="kxr-ui")
     except Exception as exc:
-        raise ConfigError(f"cannot reach NATS at {redacted(settings.nats_url)}: {exc.__class__.__name__}: {exc}") from None
+        raise ConfigError(
+            f"cannot reach NATS at {redacted(settings.nats_url)}: {exc.__class__.__name__}: {exc}"
+        ) from None
     try:
         js = nc.jetstream(timeout=10)
         subjects = Subjects(settings.prefix)
@@ -99,7 +109,9 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
 
 
 @asynccontextmanager
-async def dashboard_for(app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None) -> AsyncIterator[str | None]:
+async def dashboard_for(
+    app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None
+) -> AsyncIterator[str | None]:
     """The dashboard next to a running App (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None.
 
     It folds the log itself, on the App's connection: the service's own fold keeps closed
@@ -108,7 +120,9 @@ async def dashboard_for(app, addr: tuple[str, int] | None, announce: Callable[[s
     if addr is None:
         yield None
         return
-    follower = Follower(app.js, app.subjects, service_keys=app.service_keys)  # no snapshots, no archiving; signed state only
+    follower = Follower(
+        app.js, app.subjects, service_keys=app.service_keys
+    )  # no snapshots, no archiving; signed state only
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()

@@ -18,6 +18,7 @@ from aiohttp import web
 from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
 from services.reads.live_view import release_view, window_view
+
 from . import model, pages
 from .assets import CSS, JS
 from .hub import LiveHub
@@ -31,7 +32,7 @@ COALESCE_S = 0.2  # after a change, let the rest of a burst land: one render per
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -53,12 +54,18 @@ def _guard(allowed_hosts: frozenset[str] | None):
     async def guard(request: web.Request, handler) -> web.StreamResponse:
         try:
             if allowed_hosts is not None and _host_only(request.host).lower() not in allowed_hosts:
-                response: web.StreamResponse = web.Response(status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n")
+                response: web.StreamResponse = web.Response(
+                    status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n"
+                )
             else:
                 response = await handler(request)
         except web.HTTPException as exc:
-            kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}  # e.g. Allow
-            response = web.Response(status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept)
+            kept = {
+                k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
+            }  # e.g. Allow
+            response = web.Response(
+                status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept
+            )
         if not response.prepared:  # a stream sent its headers (these included) already
             response.headers.update(SECURITY_HEADERS)
         return response
@@ -76,7 +83,9 @@ def _release_id(request: web.Request) -> str | None:
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(value, indent=2, sort_keys=True, default=str), content_type="application/json")
+    return web.Response(
+        status=status, text=json.dumps(value, indent=2, sort_keys=True, default=str), content_type="application/json"
+    )
 
 
 async def overview_of(hub: LiveHub) -> dict[str, Any]:
@@ -107,11 +116,15 @@ async def overview_page(request: web.Request) -> web.Response:
 async def release_page(request: web.Request) -> web.Response:
     release_id = _release_id(request)
     if release_id is None:
-        return web.Response(status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html")
+        return web.Response(
+            status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html"
+        )
     view, record = await release_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
-    return web.Response(text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
-                        content_type="text/html")
+    return web.Response(
+        text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
+        content_type="text/html",
+    )
 
 
 async def overview_json(request: web.Request) -> web.Response:
@@ -139,7 +152,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         release_id = _release_id(request)
         if release_id is None:
             return _json({"error": "no release by that id in the log"}, 404)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS}
+    )
     await response.prepare(request)
     request.app[STREAMS].add(asyncio.current_task())
     try:
@@ -168,7 +183,9 @@ def _asset(body: str, content_type: str):
 
 
 async def _end_streams(app: web.Application) -> None:
-    streams = app[STREAMS]  # a name first: inside list(...) mypy infers the key's type from list's argument and refuses it
+    streams = app[
+        STREAMS
+    ]  # a name first: inside list(...) mypy infers the key's type from list's argument and refuses it
     for task in list(streams):
         task.cancel()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
@@ -19,7 +19,9 @@ from events.subjects import Subjects
 log = logging.getLogger(__name__)
 
 
-def deadletter_record(consumer: str, stream: str, seq: int, subject: str, data: bytes, reason: str, deliveries: int) -> dict:
+def deadletter_record(
+    consumer: str, stream: str, seq: int, subject: str, data: bytes, reason: str, deliveries: int
+) -> dict:
     return {
         "consumer": consumer,
         "stream": stream,
@@ -27,7 +29,7 @@ def deadletter_record(consumer: str, stream: str, seq: int, subject: str, data: 
         "subject": subject,
         "reason": reason,
         "deliveries": deliveries,
-        "recorded_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "recorded_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data_b64": base64.b64encode(data).decode("ascii"),
     }
 
@@ -37,7 +39,9 @@ class DeadLetters:
         self._js = js
         self._subjects = subjects
 
-    async def record(self, consumer: str, stream: str, seq: int, subject: str, data: bytes, reason: str, deliveries: int = 1) -> None:
+    async def record(
+        self, consumer: str, stream: str, seq: int, subject: str, data: bytes, reason: str, deliveries: int = 1
+    ) -> None:
         record = deadletter_record(consumer, stream, seq, subject, data, reason, deliveries)
         log.warning("dead letter: %s could not process %s seq %d (%s): %s", consumer, stream, seq, subject, reason)
         await self._js.publish(
@@ -82,8 +86,10 @@ async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, dea
     import asyncio
 
     queue: asyncio.Queue = asyncio.Queue()
-    subs = [await nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", cb=queue.put)
-            for stream in (subjects.releases_stream, subjects.timers_stream)]
+    subs = [
+        await nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", cb=queue.put)
+        for stream in (subjects.releases_stream, subjects.timers_stream)
+    ]
     try:
         while True:
             msg = await queue.get()
@@ -92,7 +98,11 @@ async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, dea
                 stream, consumer, seq = advisory["stream"], advisory["consumer"], int(advisory["stream_seq"])
                 original = await js.get_msg(stream, seq)
                 await deadletters.record(
-                    consumer, stream, seq, original.subject or "", original.data or b"",
+                    consumer,
+                    stream,
+                    seq,
+                    original.subject or "",
+                    original.data or b"",
                     f"JetStream gave up after {advisory.get('deliveries')} deliveries without an ack (max-deliver advisory)",
                     int(advisory.get("deliveries") or 0),
                 )

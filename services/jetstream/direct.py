@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,8 +39,13 @@ class Stored:
 def _stored(msg: Msg) -> Stored:
     h = msg.headers or {}
     stamp = h.get("Nats-Time-Stamp")
-    return Stored(seq=int(h["Nats-Sequence"]), subject=h.get("Nats-Subject", ""), data=msg.data,
-                  stored_at=_parse_time(stamp) if stamp else None, pending=int(h.get("Nats-Num-Pending", 0)))
+    return Stored(
+        seq=int(h["Nats-Sequence"]),
+        subject=h.get("Nats-Subject", ""),
+        data=msg.data,
+        stored_at=_parse_time(stamp) if stamp else None,
+        pending=int(h.get("Nats-Num-Pending", 0)),
+    )
 
 
 def _parse_time(value: str) -> datetime:
@@ -67,7 +72,9 @@ class _Replies:
 
     async def open(self, queue: asyncio.Queue) -> str:
         if self._sub is None:
-            self._sub = await self._nc.subscribe(f"{self.prefix}.*", cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            self._sub = await self._nc.subscribe(
+                f"{self.prefix}.*", cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+            )
         self._token += 1
         token = str(self._token)
         self._routes[token] = queue
@@ -77,7 +84,7 @@ class _Replies:
         self._routes.pop(inbox.rsplit(".", 1)[-1], None)
 
 
-_MUXES: "weakref.WeakKeyDictionary[Client, _Replies]" = weakref.WeakKeyDictionary()
+_MUXES: weakref.WeakKeyDictionary[Client, _Replies] = weakref.WeakKeyDictionary()
 
 
 def _replies_for(nc: Client) -> _Replies:
@@ -122,7 +129,9 @@ class _Batch:
                     yield None, {}
                     return
                 else:
-                    raise DirectGetError(f"direct get failed: {status} {(msg.headers or {}).get('Description', '')}".strip())
+                    raise DirectGetError(
+                        f"direct get failed: {status} {(msg.headers or {}).get('Description', '')}".strip()
+                    )
         finally:
             await self.close()
 
@@ -136,8 +145,9 @@ def _api(stream: str, api_prefix: str) -> str:
     return f"{api_prefix}.DIRECT.GET.{stream}"
 
 
-async def last_per_subject(nc: Client, stream: str, subjects: list[str], *, timeout: float = 5.0, page: int = 1024,
-                           api_prefix: str = "$JS.API") -> AsyncIterator[Stored]:
+async def last_per_subject(
+    nc: Client, stream: str, subjects: list[str], *, timeout: float = 5.0, page: int = 1024, api_prefix: str = "$JS.API"
+) -> AsyncIterator[Stored]:
     """The last stored message on every subject matching `subjects` (wildcards allowed)."""
     start_seq = 0
     up_to: int | None = None
@@ -169,8 +179,17 @@ class SubjectStream:
     arrived, so at most two batches are held. `close()` releases what is open.
     """
 
-    def __init__(self, nc: Client, stream: str, subject: str, *, start_seq: int = 1, batch: int = 16,
-                 timeout: float = 10.0, api_prefix: str = "$JS.API") -> None:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        subject: str,
+        *,
+        start_seq: int = 1,
+        batch: int = 16,
+        timeout: float = 10.0,
+        api_prefix: str = "$JS.API",
+    ) -> None:
         self._nc = nc
         self._api = _api(stream, api_prefix)
         self._subject = subject
@@ -185,7 +204,7 @@ class SubjectStream:
         await b.send(self._api, {"seq": seq, "next_by_subj": self._subject, "batch": self._batch})
         return b
 
-    async def start(self) -> "SubjectStream":
+    async def start(self) -> SubjectStream:
         if not self._open:
             await self._request(self._start_seq)
         return self

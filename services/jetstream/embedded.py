@@ -44,7 +44,7 @@ class StoreLock:
         self.path = store_dir.with_name(store_dir.name + ".lock")
         self.fd: int | None = None
 
-    def acquire(self) -> "StoreLock":
+    def acquire(self) -> StoreLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -52,8 +52,10 @@ class StoreLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
-            raise ServerError(f"another nats-server{f' (pid {holder})' if holder else ''} runs on the store {self.path.with_suffix('')}: "
-                              "stop it (or the kxr serve that started it) first") from None
+            raise ServerError(
+                f"another nats-server{f' (pid {holder})' if holder else ''} runs on the store {self.path.with_suffix('')}: "
+                "stop it (or the kxr serve that started it) first"
+            ) from None
         os.set_inheritable(fd, True)
         self.fd = fd
         return self
@@ -94,7 +96,9 @@ def _die_with(parent: int):
     return preexec
 
 
-def authorized_config(data_dir: Path, prefix: str, server_url: str, limits=None, runtime_identity: str | None = None) -> tuple[Path, dict]:
+def authorized_config(
+    data_dir: Path, prefix: str, server_url: str, limits=None, runtime_identity: str | None = None
+) -> tuple[Path, dict]:
     """Write `data_dir/nats-server.conf` (0600): JetStream plus one user per role.
 
     Credentials are kept across restarts (created once, 0600, under `data_dir/creds`);
@@ -106,16 +110,23 @@ def authorized_config(data_dir: Path, prefix: str, server_url: str, limits=None,
     restart or `kxr creds runtime add` never loosens a strict deployment by omission.
     """
     from events.subjects import Subjects
-
-    from services.permissions import (AccountLimits, ensure_credentials, read_runtime_identity, render_server_config, write_runtime_identity,
-                              write_server_config)
+    from services.permissions import (
+        AccountLimits,
+        ensure_credentials,
+        read_runtime_identity,
+        render_server_config,
+        write_runtime_identity,
+        write_server_config,
+    )
 
     subjects = Subjects(prefix)
     if runtime_identity is not None:
         write_runtime_identity(data_dir, runtime_identity)
     mode = read_runtime_identity(data_dir)
     creds = ensure_credentials(data_dir, subjects, server_url)
-    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits(), mode))
+    path = write_server_config(
+        data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits(), mode)
+    )
     return path, creds
 
 
@@ -161,7 +172,7 @@ class EmbeddedServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float | None = None, lock: StoreLock | None = None) -> "EmbeddedServer":
+    def start(self, timeout: float | None = None, lock: StoreLock | None = None) -> EmbeddedServer:
         """Start it and wait until it accepts connections (JetStream recovered) or exits.
 
         `timeout` None (the default) waits as long as the server is alive and starting; with
@@ -177,14 +188,22 @@ class EmbeddedServer:
         log_target = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         # its own session: a Ctrl-C in the terminal reaches kxr serve, which stops it after
         # saving its state; the parent-death signal covers a kxr serve that cannot
-        self.proc = subprocess.Popen(args, stdout=log_target, stderr=log_target, start_new_session=True,
-                                     preexec_fn=_die_with(os.getpid()), pass_fds=(lock.fd,) if lock and lock.fd is not None else ())
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log_target,
+            stderr=log_target,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
+            pass_fds=(lock.fd,) if lock and lock.fd is not None else (),
+        )
         if lock is not None:
             lock.record(self.proc.pid)
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"nats-server exited with status {self.proc.returncode} (see {self.log_file or 'its output'})")
+                raise ServerError(
+                    f"nats-server exited with status {self.proc.returncode} (see {self.log_file or 'its output'})"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

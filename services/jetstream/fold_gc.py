@@ -16,8 +16,8 @@ outermost found it.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 _holders = 0  # folds running now (several tasks may replay at once)
 _was_enabled = False

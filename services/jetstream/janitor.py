@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prometheus_client import Counter
 
-from ..permissions import SERVICE_DURABLES, janitor_streams
-from ..tasks import every
+from services.permissions import SERVICE_DURABLES, janitor_streams
+from services.tasks import every
 
 log = logging.getLogger(__name__)
 
-REMOVED = Counter("kx_foreign_consumers_removed", "Consumers on the service's streams that were neither the service's "
-                  "nor a live reader's, removed by the janitor.", ["stream"])
+REMOVED = Counter(
+    "kx_foreign_consumers_removed",
+    "Consumers on the service's streams that were neither the service's nor a live reader's, removed by the janitor.",
+    ["stream"],
+)
 
 IDLE_ENV = "KX_JANITOR_IDLE_S"
 DEFAULT_IDLE_S = 60.0
@@ -48,8 +51,15 @@ def idle_from_env(env: dict | None = None) -> float:
 
 
 def _last_active(info) -> datetime | None:
-    times = [t for t in (info.created, getattr(info.delivered, "last_active", None), getattr(info.ack_floor, "last_active", None))
-             if isinstance(t, datetime)]
+    times = [
+        t
+        for t in (
+            info.created,
+            getattr(info.delivered, "last_active", None),
+            getattr(info.ack_floor, "last_active", None),
+        )
+        if isinstance(t, datetime)
+    ]
     return max(times) if times else None
 
 
@@ -94,7 +104,7 @@ class Janitor:
             except Exception as exc:  # a stream not there yet, a timeout: the next sweep
                 log.info("janitor: cannot list consumers of %s: %s", stream, exc)
                 continue
-            at = now or datetime.now(timezone.utc)
+            at = now or datetime.now(UTC)
             for info in infos:
                 why = foreign(info, at, self.idle_s)
                 if why is None:

@@ -160,9 +160,13 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
             await js.stream_info(internal.name)
         except NotFoundError:
             await js.add_stream(internal)
-    for bucket, description in ((subjects.packs_bucket, "Konnaxion Runtime Packs, named by digest"),
-                                (subjects.snapshots_bucket, "Konnaxion Releases: projection snapshots (internal, never the source of truth)")):
+    for bucket, description in (
+        (subjects.packs_bucket, "Konnaxion Runtime Packs, named by digest"),
+        (subjects.snapshots_bucket, "Konnaxion Releases: projection snapshots (internal, never the source of truth)"),
+    ):
         try:
             await js.object_store(bucket)
         except (BucketNotFoundError, NotFoundError):
-            await js.create_object_store(bucket, storage=StorageType.FILE, replicas=settings.replicas, description=description)
+            await js.create_object_store(
+                bucket, storage=StorageType.FILE, replicas=settings.replicas, description=description
+            )

@@ -62,7 +62,14 @@ class Entry:
 
 
 class EventLog:
-    def __init__(self, nc: Client, js: JetStreamContext, subjects: Subjects, timeout: float = 5.0, signer: SigningKey | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        subjects: Subjects,
+        timeout: float = 5.0,
+        signer: SigningKey | None = None,
+    ) -> None:
         self._nc = nc
         self._js = js
         self.subjects = subjects
@@ -104,7 +111,7 @@ class EventLog:
                     await asyncio.sleep(_pause(attempt))
                     continue
                 raise AppendFailed(f"{subject}: {exc.description}") from None
-            except (asyncio.TimeoutError, NatsTimeoutError) as exc:
+            except (TimeoutError, NatsTimeoutError) as exc:
                 raise AppendFailed(f"{subject}: no answer from JetStream ({exc.__class__.__name__})") from None
             return ack.seq
         raise AppendFailed(f"{subject}: event {entry.event.event_id} still in flight; outcome unknown")
@@ -136,7 +143,7 @@ class EventLog:
                 else:
                     headers["Nats-Batch-Commit"] = "1"
                     reply = await self._nc.request(subject, payload, headers=headers, timeout=self._timeout)
-        except (asyncio.TimeoutError, NatsTimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             raise AppendFailed(f"batch {batch_id}: no answer from JetStream") from None
         answer = json.loads(reply.data)
         error = answer.get("error")
@@ -170,4 +177,4 @@ class EventLog:
 
 
 def _pause(attempt: int) -> float:
-    return min(0.01 * 2 ** attempt, 0.5)
+    return min(0.01 * 2**attempt, 0.5)

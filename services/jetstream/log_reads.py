@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
 
 from events.codec import DecodeError, decode_event
 from events.model import Event
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, evidence_of
+from projections.invariants import apply_signed
 from projections.pointer_chain import entry_digest
 from projections.position import Position
 from projections.releases import ReleaseState
-from projections.invariants import apply_signed
 from projections.world import World, apply_undecodable
-from services.jetstream.fold_gc import step as gc_step, young_collections_only
+from services.jetstream.fold_gc import step as gc_step
+from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.reader import OrderedReader, RawEntry
 
 
 def position_of(entry: RawEntry) -> Position:
-    return Position(entry.seq, entry.subject, entry.headers.get("Nats-Batch-Id"),
-                    entry.stored_at.isoformat() if entry.stored_at else None, entry_digest(entry.subject, entry.data))
+    return Position(
+        entry.seq,
+        entry.subject,
+        entry.headers.get("Nats-Batch-Id"),
+        entry.stored_at.isoformat() if entry.stored_at else None,
+        entry_digest(entry.subject, entry.data),
+    )
 
 
 def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
     whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
-    return OrderedReader(js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024)
+    return OrderedReader(
+        js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024
+    )
 
 
 def _decoded(entry: RawEntry, subjects: Subjects) -> tuple[RawEntry, Position, Event | None]:
@@ -40,8 +48,14 @@ def _after(entry: RawEntry, until: datetime | None) -> bool:
     return until is not None and entry.stored_at is not None and entry.stored_at > until
 
 
-async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
-                      idle_timeout: float = 0.5) -> AsyncGenerator[tuple[RawEntry, Position, Event | None], None]:
+async def log_entries(
+    js,
+    subjects: Subjects,
+    filters: list[str] | None = None,
+    *,
+    until: datetime | None = None,
+    idle_timeout: float = 0.5,
+) -> AsyncGenerator[tuple[RawEntry, Position, Event | None], None]:
     """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
     reader = _reader(js, subjects, filters)
     try:
@@ -54,8 +68,14 @@ async def log_entries(js, subjects: Subjects, filters: list[str] | None = None, 
         await reader.close()
 
 
-async def log_batches(js, subjects: Subjects, filters: list[str] | None = None, *, until: datetime | None = None,
-                      idle_timeout: float = 0.5) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
+async def log_batches(
+    js,
+    subjects: Subjects,
+    filters: list[str] | None = None,
+    *,
+    until: datetime | None = None,
+    idle_timeout: float = 0.5,
+) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
     """`log_entries`, a list at a time (in order, never empty): one generator step per batch, not per entry."""
     reader = _reader(js, subjects, filters)
     try:
@@ -86,8 +106,9 @@ def fold_entry(world: World, entry: RawEntry, position: Position, event: Event |
     return fold_signed_entry(world, None, entry, position, event, subjects)[0]
 
 
-def fold_signed_entry(world: World, service_keys, entry: RawEntry, position: Position, event: Event | None,
-                      subjects: Subjects) -> tuple[World, str | None]:
+def fold_signed_entry(
+    world: World, service_keys, entry: RawEntry, position: Position, event: Event | None, subjects: Subjects
+) -> tuple[World, str | None]:
     """One entry of `log_entries` into the world, as the service folds it. One that does not decode
     still moves its subject's sequence (and is recorded where it matters): the expected sequences an
     operator or consumer appends with are the log's real ones, not those of what could be decoded.
@@ -103,7 +124,9 @@ async def load_world(js, subjects: Subjects, until: datetime | None = None, serv
     return (await load_signed_world(js, subjects, service_keys, until))[0]
 
 
-async def load_signed_world(js, subjects: Subjects, service_keys, until: datetime | None = None) -> tuple[World, dict[int, str]]:
+async def load_signed_world(
+    js, subjects: Subjects, service_keys, until: datetime | None = None
+) -> tuple[World, dict[int, str]]:
     """The log folded as the service folds it; the map says which entries were ignored and why."""
     world, ignored = World(), {}
     with young_collections_only():  # the world only grows: no full collections over it while it does
@@ -116,7 +139,9 @@ async def load_signed_world(js, subjects: Subjects, service_keys, until: datetim
     return world, ignored
 
 
-async def release_history(js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None) -> ReleaseState | None:
+async def release_history(
+    js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None
+) -> ReleaseState | None:
     """One release whole, folded from its own subjects up to (not including) `before_seq`.
 
     A release's state depends on its own events alone, so this is exactly what a fold of

@@ -21,19 +21,24 @@ the log at will.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, Mapping, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from prometheus_client import Counter
 
 from events.manifest import pack_object_name
 from events.model import StoredObject
 from services.jetstream.packstore import PackStore
-from ..tasks import every
+from services.tasks import every
 
 log = logging.getLogger(__name__)
 
-RESTORED = Counter("kx_pack_objects_restored", "Objects of distributed packs whose metadata the service checked after a failed "
-                   "read, by outcome (restored, bytes_gone).", ["outcome"])
+RESTORED = Counter(
+    "kx_pack_objects_restored",
+    "Objects of distributed packs whose metadata the service checked after a failed "
+    "read, by outcome (restored, bytes_gone).",
+    ["outcome"],
+)
 
 T = TypeVar("T")
 
@@ -48,8 +53,9 @@ def digest_of_object(name: str) -> str | None:
 def _candidates(world, digest: str) -> list[str]:
     """Releases that may have distributed `digest`: those in flight, then the ones that made
     it active or last-known-good somewhere (the releases a rollback or restart needs)."""
-    ids = [rid for rid, r in world.releases.items()
-           if r.distributed is not None and r.distributed.pack.digest == digest]
+    ids = [
+        rid for rid, r in world.releases.items() if r.distributed is not None and r.distributed.pack.digest == digest
+    ]
     for state in world.scopes.values():
         if state.lkg is not None and state.lkg.digest == digest and state.lkg_release:
             ids.append(state.lkg_release)
@@ -85,15 +91,27 @@ async def restore(app, objects: Mapping[str, StoredObject]) -> list[str]:
         RESTORED.labels(outcome).inc()
         if outcome == "restored":
             restored.append(name)
-            log.warning("pack keeper: %s no longer read as distributed (deleted or re-pointed in kx_packs); "
-                        "restored its metadata to nuid %s (%d bytes, %s)", name, obj.nuid, obj.size, obj.digest)
+            log.warning(
+                "pack keeper: %s no longer read as distributed (deleted or re-pointed in kx_packs); "
+                "restored its metadata to nuid %s (%d bytes, %s)",
+                name,
+                obj.nuid,
+                obj.size,
+                obj.digest,
+            )
         else:
-            log.error("pack keeper: %s no longer reads as distributed and its recorded chunks (nuid %s) are gone "
-                      "or altered: not restored", name, obj.nuid)
+            log.error(
+                "pack keeper: %s no longer reads as distributed and its recorded chunks (nuid %s) are gone "
+                "or altered: not restored",
+                name,
+                obj.nuid,
+            )
     return restored
 
 
-async def checked_with_restore(app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool]) -> T:
+async def checked_with_restore(
+    app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool]
+) -> T:
     """`check()` on the pack with `digest`, its recorded objects restored where needed.
 
     The pack object itself is named by its digest, so its metadata has no legitimate reason
@@ -152,12 +170,17 @@ class PackKeeper:
     async def sweep(self) -> list[str]:
         """Restore what the active packs lack now; the names restored."""
         store = PackStore(self.app.js, self.app.subjects)
-        digests = {state.active.pack.digest for state in self.app.follower.world.scopes.values() if state.active is not None}
+        digests = {
+            state.active.pack.digest for state in self.app.follower.world.scopes.values() if state.active is not None
+        }
         restored: list[str] = []
         for digest in sorted(digests):
             objects = await self._recorded(digest)
-            due = {name: obj for name, obj in objects.items()
-                   if name == pack_object_name(digest) or await store.stored_object(name) is None}
+            due = {
+                name: obj
+                for name, obj in objects.items()
+                if name == pack_object_name(digest) or await store.stored_object(name) is None
+            }
             restored += await restore(self.app, due)
         return restored
 

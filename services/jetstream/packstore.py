@@ -11,8 +11,8 @@ import base64
 import hashlib
 import json
 import secrets
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
@@ -89,9 +89,17 @@ class PackStore:
         """What distribution records of an object (None: absent or not readable as one)."""
         meta = await self._meta(name)
         try:
-            return None if meta is None else StoredObject(
-                nuid=meta.get("nuid"), size=int(meta.get("size", 0)), chunks=int(meta.get("chunks") or 0),
-                digest=meta.get("digest"), chunk_size=(meta.get("options") or {}).get("max_chunk_size"))
+            return (
+                None
+                if meta is None
+                else StoredObject(
+                    nuid=meta.get("nuid"),
+                    size=int(meta.get("size", 0)),
+                    chunks=int(meta.get("chunks") or 0),
+                    digest=meta.get("digest"),
+                    chunk_size=(meta.get("options") or {}).get("max_chunk_size"),
+                )
+            )
         except (ValidationError, TypeError, ValueError):
             return None
 
@@ -99,7 +107,7 @@ class PackStore:
         meta = await self._meta(name)
         return int(meta.get("size", 0)) if meta else None
 
-    async def chunks(self, name: str) -> "Chunks | None":
+    async def chunks(self, name: str) -> Chunks | None:
         """The object's bytes as they are stored, chunk by chunk; None if absent.
 
         The first batch of chunks is already requested when this returns: open the pack,
@@ -115,7 +123,9 @@ class PackStore:
         return await self._open_chunks(str(nuid), meta.get("chunks"))
 
     async def _open_chunks(self, nuid: str, count) -> Chunks:
-        stream = SubjectStream(connection_of(self._js), self._stream, f"$O.{self._bucket}.C.{nuid}", batch=CHUNKS_PER_REQUEST)
+        stream = SubjectStream(
+            connection_of(self._js), self._stream, f"$O.{self._bucket}.C.{nuid}", batch=CHUNKS_PER_REQUEST
+        )
         return Chunks(await stream.start(), int(count) if isinstance(count, int) and count > 0 else None)
 
     async def read(self, name: str, max_bytes: int) -> bytes | None:
@@ -154,19 +164,32 @@ class PackStore:
         nuid = secrets.token_hex(11)
         chunk = 128 * 1024
         for at in range(0, len(data), chunk):
-            await self._js.publish(f"$O.{self._bucket}.C.{nuid}", data[at:at + chunk])
-        await self._publish_meta(name, StoredObject(nuid=nuid, size=len(data), chunks=-(-len(data) // chunk),
-                                                    digest=object_digest(data), chunk_size=chunk))
+            await self._js.publish(f"$O.{self._bucket}.C.{nuid}", data[at : at + chunk])
+        await self._publish_meta(
+            name,
+            StoredObject(
+                nuid=nuid, size=len(data), chunks=-(-len(data) // chunk), digest=object_digest(data), chunk_size=chunk
+            ),
+        )
 
     async def _publish_meta(self, name: str, obj: StoredObject) -> None:
         """The object's metadata, as nats.py writes it: one message, rolling up the ones before."""
         from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
         from nats.js.kv import MSG_ROLLUP_SUBJECT
 
-        info = ObjectInfo(name=name, bucket=self._bucket, nuid=obj.nuid, size=obj.size, chunks=obj.chunks,
-                          mtime=datetime.now(timezone.utc).isoformat(), digest=obj.digest,
-                          options=ObjectMetaOptions(max_chunk_size=obj.chunk_size) if obj.chunk_size else None)
-        await self._js.publish(self._meta_subject(name), json.dumps(info.as_dict()).encode(), headers={Header.ROLLUP: MSG_ROLLUP_SUBJECT})
+        info = ObjectInfo(
+            name=name,
+            bucket=self._bucket,
+            nuid=obj.nuid,
+            size=obj.size,
+            chunks=obj.chunks,
+            mtime=datetime.now(UTC).isoformat(),
+            digest=obj.digest,
+            options=ObjectMetaOptions(max_chunk_size=obj.chunk_size) if obj.chunk_size else None,
+        )
+        await self._js.publish(
+            self._meta_subject(name), json.dumps(info.as_dict()).encode(), headers={Header.ROLLUP: MSG_ROLLUP_SUBJECT}
+        )
 
     async def restore(self, name: str, obj: StoredObject) -> str:
         """Make `name` read as `obj` again (what distribution recorded), from its chunks.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -54,8 +54,17 @@ def _pending_messages(msg: Msg) -> int:
 class ContinuousPull:
     """Messages of one pull consumer, in delivery order, with requests kept open."""
 
-    def __init__(self, nc: Client, stream: str, consumer: str, *, api_prefix: str = "$JS.API", batch: int = DEFAULT_BATCH,
-                 expires_s: float = DEFAULT_EXPIRES_S, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        *,
+        api_prefix: str = "$JS.API",
+        batch: int = DEFAULT_BATCH,
+        expires_s: float = DEFAULT_EXPIRES_S,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    ) -> None:
         self._nc = nc
         self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._batch = batch
@@ -91,7 +100,9 @@ class ContinuousPull:
     async def _next(self) -> Msg:
         """The next message or status, asking for more first when half of what was asked for came."""
         if self._sub is None:
-            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            self._sub = await self._nc.subscribe(
+                self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+            )
         silent = 0
         while True:
             if self._outstanding <= self._batch // 2:
@@ -148,7 +159,11 @@ class ContinuousPull:
             # this request ended; what it did not deliver is no longer on its way
             left = _pending_messages(msg)
             self._outstanding = max(0, self._outstanding - left) if left else 0
-            if status == "409" and "batch completed" not in description.lower() and "leadership" not in description.lower():
+            if (
+                status == "409"
+                and "batch completed" not in description.lower()
+                and "leadership" not in description.lower()
+            ):
                 await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
         # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
 

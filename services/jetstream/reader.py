@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
@@ -47,7 +47,7 @@ def _delivery(msg: Msg) -> tuple[int, datetime, int]:
     """
     tokens = msg.reply.split(".")
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5]), datetime.fromtimestamp(int(tokens[7]) / 1_000_000_000.0, timezone.utc), int(tokens[8])
+        return int(tokens[5]), datetime.fromtimestamp(int(tokens[7]) / 1_000_000_000.0, UTC), int(tokens[8])
     meta = msg.metadata
     return meta.sequence.stream, meta.timestamp, meta.num_pending
 
@@ -95,8 +95,13 @@ class OrderedReader:
             cfg = (await self._js.stream_info(self._stream)).config
         except Exception:  # decide nothing on a failed look-up: the consumer is created as asked
             return list(self._filters)
-        if (cfg.subjects and set(cfg.subjects) <= set(self._filters) and not cfg.mirror and not cfg.sources
-                and getattr(cfg, "subject_transform", None) is None):
+        if (
+            cfg.subjects
+            and set(cfg.subjects) <= set(self._filters)
+            and not cfg.mirror
+            and not cfg.sources
+            and getattr(cfg, "subject_transform", None) is None
+        ):
             return []
         return list(self._filters)
 
@@ -116,7 +121,9 @@ class OrderedReader:
 
     async def _open(self) -> None:
         await self.close()
-        self._sub = await self._js.pull_subscribe("", stream=self._stream, config=self._config(await self._consumer_filters()))
+        self._sub = await self._js.pull_subscribe(
+            "", stream=self._stream, config=self._config(await self._consumer_filters())
+        )
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -158,13 +165,18 @@ class OrderedReader:
                     return  # nothing (more) to read: answer now instead of waiting out a request
                 if self._sub is None:
                     continue  # the consumer vanished while we asked about it: open a new one
-                pull = ContinuousPull(connection_of(self._js), self._stream, self._sub._consumer, batch=self._batch,
-                                      heartbeat_s=max(idle_timeout, 0.1))
+                pull = ContinuousPull(
+                    connection_of(self._js),
+                    self._stream,
+                    self._sub._consumer,
+                    batch=self._batch,
+                    heartbeat_s=max(idle_timeout, 0.1),
+                )
                 async for batch in self._in_order(pull):
                     for end, entry in enumerate(batch):
                         if entry.pending == 0:  # caught up: what came after it is not part of this read
                             self.next_seq = entry.seq + 1
-                            yield batch[:end + 1]
+                            yield batch[: end + 1]
                             return
                     yield batch
             except ConnectionClosedError:
@@ -172,7 +184,9 @@ class OrderedReader:
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
                 raise  # a one-off read of a stream that does not exist: say so, do not wait
             except Exception as exc:  # gap, server restart, consumer gone: re-create where we were
-                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq)
+                log.warning(
+                    "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
+                )
                 self._sub = None
                 await asyncio.sleep(0.2)
             finally:
@@ -208,7 +222,9 @@ class OrderedReader:
                 # roles other than the service may send (services/permissions.py read_stream)
                 config.name = secrets.token_hex(8)
                 info = await self._js.add_consumer(self._stream, config=config)
-                pull = ContinuousPull(connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s)
+                pull = ContinuousPull(
+                    connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s
+                )
                 async for batch in self._in_order(pull):
                     yield batch
             except ConnectionClosedError:
@@ -216,7 +232,9 @@ class OrderedReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # gap, server restart, consumer gone, stream not there yet: again from next_seq
-                log.warning("reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq)
+                log.warning(
+                    "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
+                )
                 await asyncio.sleep(0.2)
             finally:
                 # not deleted: roles may not delete consumers; without pull requests the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,10 +18,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from services.jetstream.deadletter import DeadLetters
-from services.observability.logs import message_context
-from services.observability.metrics import count_processed, track_consumer
 from services.jetstream.direct import connection_of
 from services.jetstream.pull import ContinuousPull
+from services.observability.logs import message_context
+from services.observability.metrics import count_processed, track_consumer
 from services.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,11 @@ class Worker:
 
     def _finished(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task], None]:
         """A task's done callback: forget it and free its slot."""
+
         def done(task: asyncio.Task) -> None:
             self._running.discard(task)
             slots.release()
+
         return done
 
     async def _in_context(self, msg: Msg) -> None:
@@ -133,7 +135,9 @@ class Worker:
         try:
             await self._handler(msg)
         except Poison as exc:
-            await self._dead.record(self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data, str(exc), meta.num_delivered)
+            await self._dead.record(
+                self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data, str(exc), meta.num_delivered
+            )
             await msg.term()
             count_processed(self.stream, self.durable, "dead_lettered")
         except asyncio.CancelledError:
@@ -141,13 +145,18 @@ class Worker:
         except Exception as exc:
             if meta.num_delivered >= self._max_deliver:
                 await self._dead.record(
-                    self.durable, self.stream, meta.sequence.stream, msg.subject, msg.data,
-                    f"gave up after {meta.num_delivered} deliveries: {exc!r}", meta.num_delivered,
+                    self.durable,
+                    self.stream,
+                    meta.sequence.stream,
+                    msg.subject,
+                    msg.data,
+                    f"gave up after {meta.num_delivered} deliveries: {exc!r}",
+                    meta.num_delivered,
                 )
                 await msg.term()
                 count_processed(self.stream, self.durable, "dead_lettered")
             else:
-                delay = min(0.2 * 2 ** meta.num_delivered, 10.0)
+                delay = min(0.2 * 2**meta.num_delivered, 10.0)
                 log.warning("%s: seq %d failed (%r); retry in %.1fs", self.durable, meta.sequence.stream, exc, delay)
                 await msg.nak(delay=delay)
                 count_processed(self.stream, self.durable, "nak")

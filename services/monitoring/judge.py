@@ -24,9 +24,10 @@ traffic cannot outvote runtimes that breach.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Collection, Iterable
+from typing import TYPE_CHECKING
 
 from events.health import HealthSample
 from events.model import Comparison, Monitoring, MonitoringStarted
@@ -115,12 +116,12 @@ class Watch:
     place: tuple[str, str, frozenset[str]] | None = None
 
     @classmethod
-    def of(cls, window: MonitoringStarted, activated_at: datetime | None = None) -> "Watch":
+    def of(cls, window: MonitoringStarted, activated_at: datetime | None = None) -> Watch:
         """`window`'s evidence; `activated_at` is when the stage's pointers moved (default: the window's start)."""
         return cls(window.digest, activated_at or window.starts_at, window.starts_at, window.ends_at)
 
     @classmethod
-    def of_release(cls, release: ReleaseState) -> "Watch | None":
+    def of_release(cls, release: ReleaseState) -> Watch | None:
         """The open window of a release, placed in its target's cohorts (None: no window)."""
         m, prepared = release.monitoring, release.prepared
         if m is None or prepared is None:
@@ -135,8 +136,9 @@ class Watch:
         return start <= at and (self.ends_at is None or at <= self.ends_at)
 
 
-def counts_for(watch: Watch, sample: HealthSample, at: datetime | None = None,
-               subject: HealthParts | None = None) -> bool:
+def counts_for(
+    watch: Watch, sample: HealthSample, at: datetime | None = None, subject: HealthParts | None = None
+) -> bool:
     """The one rule for which accepted samples (events.health.accept_report) are evidence for a window.
 
     Its pack (by digest), within its time span by server stored time (`at`; None: arriving live,
@@ -153,8 +155,11 @@ def counts_for(watch: Watch, sample: HealthSample, at: datetime | None = None,
 
 
 def window_data(
-    stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted, *,
-    baseline_digests: Collection[str] = (), activated_at: datetime | None = None,
+    stored: Iterable[tuple[datetime, HealthSample]],
+    window: MonitoringStarted,
+    *,
+    baseline_digests: Collection[str] = (),
+    activated_at: datetime | None = None,
     invalid: Iterable[tuple[datetime, Invalid]] = (),
 ) -> WindowData:
     """Split stored (server time, sample) pairs of the window's cohorts into what judges it.
@@ -180,8 +185,9 @@ def window_data(
     return WindowData(new, baseline, frozenset(ran_other), bad)
 
 
-def split_window(stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted,
-                 baseline_digests: Collection[str] = ()) -> tuple[list[HealthSample], list[HealthSample]]:
+def split_window(
+    stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted, baseline_digests: Collection[str] = ()
+) -> tuple[list[HealthSample], list[HealthSample]]:
     """(samples of the new pack inside the window, samples of the previous active pack just before it), by stored time."""
     data = window_data(stored, window, baseline_digests=baseline_digests)
     return data.samples, data.baseline
@@ -199,8 +205,13 @@ def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
     out = set()
     for cohort in m.cohorts:
         active = world.scope(prepared.target.env, prepared.target.channel, cohort).active
-        if active is not None and active.release_id == release.release_id and active.pack.digest == m.digest \
-                and active.previous is not None and active.previous.digest != m.digest:
+        if (
+            active is not None
+            and active.release_id == release.release_id
+            and active.pack.digest == m.digest
+            and active.previous is not None
+            and active.previous.digest != m.digest
+        ):
             out.add(active.previous.digest)
     return frozenset(out)
 
@@ -238,7 +249,11 @@ def _rates(regular: list[HealthSample]) -> dict:
     errors = sum(s.errors for s in regular)
     checked = sum(s.correctness.checked for s in regular if s.correctness)
     mismatches = sum(s.correctness.mismatches for s in regular if s.correctness)
-    traced = [(s.correctness.trace_coverage, s.requests) for s in regular if s.correctness and s.correctness.trace_coverage is not None]
+    traced = [
+        (s.correctness.trace_coverage, s.requests)
+        for s in regular
+        if s.correctness and s.correctness.trace_coverage is not None
+    ]
     return {
         "requests": requests,
         "errors": errors,
@@ -271,7 +286,9 @@ def figures_of(samples: Iterable[HealthSample], baseline: Iterable[HealthSample]
         "latency_p95_ms_worst": max(p95, default=None),
         "latency_p99_ms_worst": max(p99, default=None),
         "activations": len(activations),
-        "activation_success_rate": (sum(1 for s in activations if not _refusal(s)) / len(activations)) if activations else None,
+        "activation_success_rate": (sum(1 for s in activations if not _refusal(s)) / len(activations))
+        if activations
+        else None,
         "activation_refusals": len(refused),
         "refused_by": _listed(refused),
         "time_to_activate_ms_p50": took[len(took) // 2] if took else None,
@@ -304,7 +321,9 @@ def _holds(value: float, op: str, limit: float) -> bool:
 
 def _compare(metric: str, value: float | None, op: str, limit: float) -> Comparison:
     # No data is not a pass: ok stays False and the judge calls the window inconclusive.
-    return Comparison(metric=metric, value=value, op=op, threshold=limit, ok=value is not None and _holds(value, op, limit))
+    return Comparison(
+        metric=metric, value=value, op=op, threshold=limit, ok=value is not None and _holds(value, op, limit)
+    )
 
 
 def compare(figures: dict, monitoring: Monitoring) -> list[Comparison]:
@@ -315,7 +334,9 @@ def compare(figures: dict, monitoring: Monitoring) -> list[Comparison]:
         if getattr(t, name) is not None:
             out.append(_compare(metric, figures.get(metric), op, getattr(t, name)))
     if t.activation_success_min is not None:
-        out.append(_compare("activation_success_rate", figures.get("activation_success_rate"), ">=", t.activation_success_min))
+        out.append(
+            _compare("activation_success_rate", figures.get("activation_success_rate"), ">=", t.activation_success_min)
+        )
     # A runtime refusing the pack fails the stage whatever the thresholds say.
     out.append(_compare("activation_refusals", float(figures.get("activation_refusals") or 0), "<=", 0.0))
     for metric, limit in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
@@ -324,7 +345,9 @@ def compare(figures: dict, monitoring: Monitoring) -> list[Comparison]:
             out.append(_compare(metric, float(value) if value is not None else None, "<=", float(limit)))
     if t.new_error_classes == "fail":
         count = figures.get("new_error_classes_count", len(figures.get("new_error_classes") or []))
-        out.append(Comparison(metric="new_error_classes", value=float(count), op="none_new", threshold=0.0, ok=not count))
+        out.append(
+            Comparison(metric="new_error_classes", value=float(count), op="none_new", threshold=0.0, ok=not count)
+        )
     return out
 
 
@@ -339,9 +362,13 @@ def per_runtime(samples: Iterable[HealthSample], monitoring: Monitoring) -> dict
         rates = _rates(own)
         if rates["requests"] < PER_RUNTIME_MIN_REQUESTS:
             continue
-        breaches = [f"{metric} {_fmt(rates[metric])} breaches {op} {_fmt(getattr(t, name))}"
-                    for metric, name, op in _RATES
-                    if getattr(t, name) is not None and rates[metric] is not None and not _holds(rates[metric], op, getattr(t, name))]
+        breaches = [
+            f"{metric} {_fmt(rates[metric])} breaches {op} {_fmt(getattr(t, name))}"
+            for metric, name, op in _RATES
+            if getattr(t, name) is not None
+            and rates[metric] is not None
+            and not _holds(rates[metric], op, getattr(t, name))
+        ]
         out[runtime] = {**{k: v for k, v in rates.items() if v is not None}, "samples": len(own), "breaches": breaches}
     return out
 
@@ -349,8 +376,11 @@ def per_runtime(samples: Iterable[HealthSample], monitoring: Monitoring) -> dict
 def _runtime_rows(judged: dict[str, dict]) -> dict:
     """The per-runtime verdicts for the figures, breaching runtimes first, bounded."""
     order = sorted(judged, key=lambda r: (not judged[r]["breaches"], r))
-    return {"judged": len(judged), "breaching": sum(1 for r in judged.values() if r["breaches"]),
-            "runtimes": {r: judged[r] for r in order[:MAX_LISTED]}}
+    return {
+        "judged": len(judged),
+        "breaching": sum(1 for r in judged.values() if r["breaches"]),
+        "runtimes": {r: judged[r] for r in order[:MAX_LISTED]},
+    }
 
 
 def per_sample(samples: Iterable[HealthSample]) -> dict[str, list[float]]:
@@ -371,8 +401,14 @@ def _trigger(failed: list[Comparison]) -> str | None:
     return None
 
 
-def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring: Monitoring, *,
-          expected: Collection[str] = (), invalid: Collection[Invalid] = ()) -> Verdict:
+def judge(
+    samples: list[HealthSample],
+    baseline: list[HealthSample],
+    monitoring: Monitoring,
+    *,
+    expected: Collection[str] = (),
+    invalid: Collection[Invalid] = (),
+) -> Verdict:
     """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed."""
     figures = figures_of(samples, baseline)
     comparisons = compare(figures, monitoring)
@@ -380,18 +416,30 @@ def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring:
     if any(getattr(monitoring.thresholds, name) is not None for _, name, _ in _RATES):
         rows = _runtime_rows(judged)
         figures["per_runtime"] = rows
-        comparisons.append(Comparison(metric="runtimes_breaching", value=float(rows["breaching"]), op="<=", threshold=0.0,
-                                      ok=rows["breaching"] == 0))
+        comparisons.append(
+            Comparison(
+                metric="runtimes_breaching",
+                value=float(rows["breaching"]),
+                op="<=",
+                threshold=0.0,
+                ok=rows["breaching"] == 0,
+            )
+        )
     mode = monitoring.thresholds.statistical
     if mode != "off":
         stats = judge_statistically(per_sample(samples), per_sample(baseline))
         figures["statistical"] = stats
         if mode == "enforce" and stats["result"] == "fail":
-            comparisons.append(Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False))
+            comparisons.append(
+                Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False)
+            )
     activated = {s.runtime_id for s in samples if s.kind == "activation" and not _refusal(s)}
     missing_runtimes = set(expected) - activated
-    figures["coverage"] = {"expected": len(expected), "activated": len(set(expected) & activated),
-                           "missing": _listed(missing_runtimes)}
+    figures["coverage"] = {
+        "expected": len(expected),
+        "activated": len(set(expected) & activated),
+        "missing": _listed(missing_runtimes),
+    }
     if invalid:
         figures["invalid_reports"] = len(invalid)
         figures["invalid_examples"] = [f"{i.runtime}: {i.problem[:MAX_TEXT]}" for i in list(invalid)[:3]]
@@ -413,16 +461,27 @@ def judge(samples: list[HealthSample], baseline: list[HealthSample], monitoring:
 
     gaps = [f"no data for {c.metric} (threshold {c.op} {_fmt(c.threshold)})" for c in comparisons if not c.ok]
     if missing_runtimes:
-        gaps.append(f"{len(missing_runtimes)} runtime(s) reported before the activation but not activating the new pack: "
-                    f"{_names(missing_runtimes)}")
+        gaps.append(
+            f"{len(missing_runtimes)} runtime(s) reported before the activation but not activating the new pack: "
+            f"{_names(missing_runtimes)}"
+        )
     if invalid:
-        gaps.append(f"{len(invalid)} invalid health report(s) in the window ({_names({i.runtime for i in invalid})}): "
-                    f"{list(invalid)[0].problem[:MAX_TEXT]}")
+        gaps.append(
+            f"{len(invalid)} invalid health report(s) in the window ({_names({i.runtime for i in invalid})}): "
+            f"{list(invalid)[0].problem[:MAX_TEXT]}"
+        )
     if n < monitoring.min_samples:
         gaps.append(f"{n} sample(s), fewer than min_samples {monitoring.min_samples}")
     if gaps:
         return Verdict("monitoring_inconclusive", n, runtimes, figures, comparisons, "; ".join(gaps))
-    return Verdict("monitoring_passed", n, runtimes, figures, comparisons, f"{n} sample(s) from {runtimes} runtime(s) within every threshold")
+    return Verdict(
+        "monitoring_passed",
+        n,
+        runtimes,
+        figures,
+        comparisons,
+        f"{n} sample(s) from {runtimes} runtime(s) within every threshold",
+    )
 
 
 def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
@@ -435,7 +494,10 @@ def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
 def breach_of(sample: HealthSample, monitoring: Monitoring) -> Breach | None:
     """A single report bad enough to fail the window before it ends (or None)."""
     if _refusal(sample):
-        return Breach(f"runtime {sample.runtime_id} failed to activate: {(sample.error or 'no reason given')[:MAX_TEXT]}", ACTIVATION_FAILURE)
+        return Breach(
+            f"runtime {sample.runtime_id} failed to activate: {(sample.error or 'no reason given')[:MAX_TEXT]}",
+            ACTIVATION_FAILURE,
+        )
     if sample.kind != "sample":
         return None
     t = monitoring.thresholds
@@ -443,8 +505,10 @@ def breach_of(sample: HealthSample, monitoring: Monitoring) -> Breach | None:
         for metric, limit in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
             value = getattr(sample.signals, metric)
             if limit is not None and value > limit:
-                return Breach(f"runtime {sample.runtime_id} reported {value} {metric} in one sample, over the window's {metric}_max {limit}",
-                              TENANT_IMPACT)
+                return Breach(
+                    f"runtime {sample.runtime_id} reported {value} {metric} in one sample, over the window's {metric}_max {limit}",
+                    TENANT_IMPACT,
+                )
     limit = t.error_rate_max
     if limit is not None and sample.requests >= HARD_BREACH_MIN_REQUESTS:
         rate = sample.errors / sample.requests
@@ -458,8 +522,9 @@ def hard_breach(sample: HealthSample, monitoring: Monitoring) -> str | None:
     return breach.reason if breach else None
 
 
-def first_breach(stored: Iterable[tuple[datetime, HealthSample]], digest: str, monitoring: Monitoring,
-                 since: datetime) -> tuple[Breach, HealthSample] | None:
+def first_breach(
+    stored: Iterable[tuple[datetime, HealthSample]], digest: str, monitoring: Monitoring, since: datetime
+) -> tuple[Breach, HealthSample] | None:
     """The first report of pack `digest` stored since its activation that fails the window early."""
     # The window is not open yet: everything of the pack since the activation (give or take the clock skew).
     watch = Watch(digest, since, since - CLOCK_SKEW)

@@ -54,7 +54,7 @@ def _doubled_midranks(pooled: list[float]) -> tuple[list[int], float]:
         for k in range(i, j + 1):
             ranks[k] = i + j + 2  # 2 * ((i + 1) + (j + 1)) / 2
         t = j - i + 1
-        tie_term += t ** 3 - t
+        tie_term += t**3 - t
         i = j + 1
     return ranks, tie_term
 
@@ -73,7 +73,7 @@ def _rank_sum_counts(ranks: list[int], k: int) -> list[int]:
     top = sum(sorted(ranks)[-k:]) if k else 0
     raw = poly[k].to_bytes(width // 8 * (top + 1), "little")
     step = width // 8
-    return [int.from_bytes(raw[s * step:(s + 1) * step], "little") for s in range(top + 1)]
+    return [int.from_bytes(raw[s * step : (s + 1) * step], "little") for s in range(top + 1)]
 
 
 def _exact(ranks_new: int, ranks: list[int], n1: int) -> tuple[float, float]:
@@ -120,8 +120,17 @@ def judge_statistically(new: dict[str, list[float]], baseline: dict[str, list[fl
             t = mann_whitney(a, b)
             tests.append(MetricTest(metric, t.n_new, t.n_baseline, t.u, t.p_worse, t.p_min, t.exact))
     rows = [
-        {"metric": t.metric, "n_new": t.n_new, "n_baseline": t.n_baseline, "u": t.u, "p_worse": round(t.p_worse, 6),
-         "p_min": round(t.p_min, 6), "exact": t.exact, "decisive": t.decisive, "worse": t.worse}
+        {
+            "metric": t.metric,
+            "n_new": t.n_new,
+            "n_baseline": t.n_baseline,
+            "u": t.u,
+            "p_worse": round(t.p_worse, 6),
+            "p_min": round(t.p_min, 6),
+            "exact": t.exact,
+            "decisive": t.decisive,
+            "worse": t.worse,
+        }
         for t in tests
     ]
     decisive = [t for t in tests if t.decisive]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
@@ -103,8 +103,9 @@ class MetricsEndpoint:
 
 
 @asynccontextmanager
-async def serve_metrics(app: Observed, address: str, history: History,
-                        lag_every: float = 5.0) -> AsyncIterator[MetricsEndpoint]:
+async def serve_metrics(
+    app: Observed, address: str, history: History, lag_every: float = 5.0
+) -> AsyncIterator[MetricsEndpoint]:
     host, port = parse_listen_address(address)
     releases, lag = ReleaseMetrics(), LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()
@@ -116,8 +117,10 @@ async def serve_metrics(app: Observed, address: str, history: History,
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     endpoint = MetricsEndpoint(host, server.server_port, releases, lag)
-    tasks = [asyncio.create_task(feed(app, releases, history), name="metrics-feed"),
-             asyncio.create_task(lag.run(lag_every), name="metrics-lag")]
+    tasks = [
+        asyncio.create_task(feed(app, releases, history), name="metrics-feed"),
+        asyncio.create_task(lag.run(lag_every), name="metrics-lag"),
+    ]
     for task in tasks:  # metrics never stop the service, but a broken feed must say so
         task.add_done_callback(_report)
     log.info("metrics on %s", endpoint.url)

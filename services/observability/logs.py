@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
-from typing import IO, Iterator
+from datetime import UTC, datetime
+from typing import IO
 
 from events.subjects import Subjects
-
-from ..settings import ConfigError
+from services.settings import ConfigError
 
 release_id_var: ContextVar[str | None] = ContextVar("kx_release_id", default=None)
 event_id_var: ContextVar[str | None] = ContextVar("kx_event_id", default=None)
@@ -46,15 +46,17 @@ def message_context(msg):
 
 def _context(record: logging.LogRecord) -> tuple[str | None, str | None]:
     # an explicit `extra={"release_id": …}` wins over the ambient context
-    return (getattr(record, "release_id", None) or release_id_var.get(),
-            getattr(record, "event_id", None) or event_id_var.get())
+    return (
+        getattr(record, "release_id", None) or release_id_var.get(),
+        getattr(record, "event_id", None) or event_id_var.get(),
+    )
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         release_id, event_id = _context(record)
         doc = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

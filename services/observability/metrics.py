@@ -25,8 +25,12 @@ from services.observability.release_metrics import ReleaseMetrics
 
 log = logging.getLogger(__name__)
 
-PROCESSED = Counter("kx_events_processed", "Messages a durable consumer finished, by outcome (acked, nak, dead_lettered).",
-                    ["stream", "consumer", "outcome"], registry=None)
+PROCESSED = Counter(
+    "kx_events_processed",
+    "Messages a durable consumer finished, by outcome (acked, nak, dead_lettered).",
+    ["stream", "consumer", "outcome"],
+    registry=None,
+)
 
 
 # (stream, durable) of every worker this process has built: the consumers whose lag it reports
@@ -104,22 +108,38 @@ class ServiceCollector(Collector):
         view = self._releases.view()
         yield _counter("kx_log_events", "Events in the release log, by type.", ["type"], view.events_by_type)
         yield _counter("kx_releases_closed", "Releases closed, by outcome.", ["outcome"], view.outcomes)
-        yield _counter("kx_gate_failures", "Verifications that failed, by gate and code.", ["gate", "code"], view.gate_failures)
+        yield _counter(
+            "kx_gate_failures", "Verifications that failed, by gate and code.", ["gate", "code"], view.gate_failures
+        )
         yield _counter("kx_rollbacks_started", "Rollbacks started, by trigger.", ["trigger"], view.rollbacks)
-        yield _counter("kx_release_holds", "Monitoring windows that ended inconclusive (the release holds).", [], {(): view.holds})
+        yield _counter(
+            "kx_release_holds", "Monitoring windows that ended inconclusive (the release holds).", [], {(): view.holds}
+        )
         yield _counter("kx_release_escalations", "Releases that escalated.", [], {(): view.escalations})
-        yield _counter("kx_notifications", "Webhook notifications recorded, by kind and result.", ["kind", "result"], view.notifications)
-        latency = HistogramMetricFamily("kx_activation_latency_seconds",
-                                        "release.requested to its first activation, from the events' timestamps.")
-        latency.add_metric([], [(_bound(b), c) for b, c in view.activation_latency.buckets], view.activation_latency.total)
+        yield _counter(
+            "kx_notifications",
+            "Webhook notifications recorded, by kind and result.",
+            ["kind", "result"],
+            view.notifications,
+        )
+        latency = HistogramMetricFamily(
+            "kx_activation_latency_seconds", "release.requested to its first activation, from the events' timestamps."
+        )
+        latency.add_metric(
+            [], [(_bound(b), c) for b, c in view.activation_latency.buckets], view.activation_latency.total
+        )
         yield latency
-        yield GaugeMetricFamily("kx_log_applied_sequence", "Last log sequence folded into these metrics.", value=view.applied_seq)
+        yield GaugeMetricFamily(
+            "kx_log_applied_sequence", "Last log sequence folded into these metrics.", value=view.applied_seq
+        )
         world = self._world()
         yield GaugeMetricFamily("kx_releases_in_flight", "Releases not closed.", value=len(world.in_flight))
         lags = dict(self._lag.lags)
-        for name, text, field in (("kx_consumer_pending_messages", "Messages not yet delivered to a durable consumer.", "pending"),
-                                  ("kx_consumer_ack_pending_messages", "Messages delivered and not yet acked.", "ack_pending"),
-                                  ("kx_consumer_redelivered_messages", "Messages delivered more than once.", "redelivered")):
+        for name, text, field in (
+            ("kx_consumer_pending_messages", "Messages not yet delivered to a durable consumer.", "pending"),
+            ("kx_consumer_ack_pending_messages", "Messages delivered and not yet acked.", "ack_pending"),
+            ("kx_consumer_redelivered_messages", "Messages delivered more than once.", "redelivered"),
+        ):
             gauge = GaugeMetricFamily(name, text, labels=["stream", "consumer"])
             for (stream, consumer), lag in sorted(lags.items()):
                 gauge.add_metric([stream, consumer], getattr(lag, field))

@@ -107,8 +107,13 @@ class ReleaseMetrics:
                 cumulative += count
                 buckets.append((bound, cumulative))
             return MetricsView(
-                applied_seq=self.applied_seq, events_by_type=dict(self._by_type), outcomes=dict(self._outcomes),
-                gate_failures=dict(self._gates), rollbacks=dict(self._rollbacks), holds=self._holds,
-                escalations=self._escalations, notifications=dict(self._notifications),
+                applied_seq=self.applied_seq,
+                events_by_type=dict(self._by_type),
+                outcomes=dict(self._outcomes),
+                gate_failures=dict(self._gates),
+                rollbacks=dict(self._rollbacks),
+                holds=self._holds,
+                escalations=self._escalations,
+                notifications=dict(self._notifications),
                 activation_latency=Histogram(tuple(buckets), self._latency_sum, self._latency_count),
             )

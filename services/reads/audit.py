@@ -4,29 +4,37 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
+from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
-from events.service_signing import ServiceKeys
 from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
 from projections.world import World
-from services.jetstream.fold_gc import step as gc_step, young_collections_only
+from services.jetstream.fold_gc import step as gc_step
+from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.log_reads import load_world, log_batches
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
 
 
-async def replay(js, subjects: Subjects, progress: Progress | None = None, until: datetime | None = None,
-                 service_keys: ServiceKeys | None = None) -> Audit:
+async def replay(
+    js,
+    subjects: Subjects,
+    progress: Progress | None = None,
+    until: datetime | None = None,
+    service_keys: ServiceKeys | None = None,
+) -> Audit:
     """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
     audit = Audit()
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
             for entry, position, event in batch:
                 if service_keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
-                    audit = audit_signed_entry(audit, service_keys, position, event, entry.data, entry.headers, subjects)
+                    audit = audit_signed_entry(
+                        audit, service_keys, position, event, entry.data, entry.headers, subjects
+                    )
                 else:
                     audit = audit_entry(audit, position, event, subjects)
                 if progress is not None:
@@ -47,9 +55,14 @@ def summary(audit: Audit) -> dict:
         key = r.outcome or f"in flight ({r.phase})"
         outcomes[key] = outcomes.get(key, 0) + 1
     scopes = {
-        "/".join(k): {"version": s.active_pack.version if s.active_pack else None, "digest": s.active_pack.digest if s.active_pack else None,
-                      "kind": s.active.kind if s.active else None, "release": s.active.release_id if s.active else None,
-                      "lkg": s.lkg.digest if s.lkg else None, "pinned": s.pin.pack.digest if s.pin else None}
+        "/".join(k): {
+            "version": s.active_pack.version if s.active_pack else None,
+            "digest": s.active_pack.digest if s.active_pack else None,
+            "kind": s.active.kind if s.active else None,
+            "release": s.active.release_id if s.active else None,
+            "lkg": s.lkg.digest if s.lkg else None,
+            "pinned": s.pin.pack.digest if s.pin else None,
+        }
         for k, s in sorted(audit.world.scopes.items())
     }
     return {
@@ -99,8 +112,12 @@ def _chart(comparisons: list[dict]) -> str:
         y = 22 * i + 2
         parts.append(f'<text x="0" y="{y + 14}" font-size="12">{_e(c["metric"])}</text>')
         parts.append(f'<rect x="170" y="{y}" width="{width:.1f}" height="16" fill="{color}"/>')
-        parts.append(f'<line x1="{170 + 256}" y1="{y - 1}" x2="{170 + 256}" y2="{y + 17}" stroke="#1b1f24" stroke-dasharray="3,2"/>')
-        parts.append(f'<text x="{170 + 330}" y="{y + 14}" font-size="11" text-anchor="end">{float(c["value"]):.4g} / {float(c["threshold"]):.4g}</text>')
+        parts.append(
+            f'<line x1="{170 + 256}" y1="{y - 1}" x2="{170 + 256}" y2="{y + 17}" stroke="#1b1f24" stroke-dasharray="3,2"/>'
+        )
+        parts.append(
+            f'<text x="{170 + 330}" y="{y + 14}" font-size="11" text-anchor="end">{float(c["value"]):.4g} / {float(c["threshold"]):.4g}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -116,47 +133,81 @@ def record_sections(record: EvidenceRecord) -> str:
     r = record.to_json()
     out = []
     outcome = r["outcome"].get("outcome", "in flight")
-    out.append(f"<h1>Release {_e(r['release_id'])} — <span class='{'ok' if outcome == 'success' else 'fail'}'>{_e(outcome)}</span></h1>")
+    out.append(
+        f"<h1>Release {_e(r['release_id'])} — <span class='{'ok' if outcome == 'success' else 'fail'}'>{_e(outcome)}</span></h1>"
+    )
     out.append(f"<p class='muted'>{_e(r['outcome'].get('summary', ''))}</p>")
     ident, pack, target = r["identity"], r["pack"], r["target"]
     out.append("<h2>Identity, target and pack</h2><table>")
-    for k, val in [("requested by", ident.get("requested_by")), ("requested at", ident.get("requested_at")), ("owner", ident.get("owner")),
-                   ("escalation", ident.get("escalation")), ("reason", ident.get("reason")), ("promoted from", ident.get("promoted_from")),
-                   ("target", f"{target.get('env')}/{target.get('channel')}"), ("pack", f"{pack.get('name')}@{pack.get('version')}"),
-                   ("digest", pack.get("digest")), ("size", pack.get("size"))]:
+    for k, val in [
+        ("requested by", ident.get("requested_by")),
+        ("requested at", ident.get("requested_at")),
+        ("owner", ident.get("owner")),
+        ("escalation", ident.get("escalation")),
+        ("reason", ident.get("reason")),
+        ("promoted from", ident.get("promoted_from")),
+        ("target", f"{target.get('env')}/{target.get('channel')}"),
+        ("pack", f"{pack.get('name')}@{pack.get('version')}"),
+        ("digest", pack.get("digest")),
+        ("size", pack.get("size")),
+    ]:
         out.append(f"<tr><th>{_e(k)}</th><td><code>{_e(val)}</code></td></tr>")
     out.append("</table>")
     out.append("<h2>Pre-flight checklist</h2><table><tr><th>item</th><th>result</th><th>detail</th></tr>")
     for c in r["checklist"]:
-        out.append(f"<tr><td>{_e(c['item'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'pass' if c['ok'] else 'FAIL'}</td><td>{_e(c.get('detail'))}</td></tr>")
-    out.append("</table><h2>Verification gates</h2><table><tr><th>gate</th><th>result</th><th>code</th><th>detail</th></tr>")
+        out.append(
+            f"<tr><td>{_e(c['item'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'pass' if c['ok'] else 'FAIL'}</td><td>{_e(c.get('detail'))}</td></tr>"
+        )
+    out.append(
+        "</table><h2>Verification gates</h2><table><tr><th>gate</th><th>result</th><th>code</th><th>detail</th></tr>"
+    )
     for g in r["gates"]:
-        out.append(f"<tr><td>{_e(g['gate'])}</td><td class='{'ok' if g['ok'] else 'fail'}'>{'pass' if g['ok'] else 'FAIL'}</td><td>{_e(g['code'])}</td><td>{_e(g.get('message'))}</td></tr>")
+        out.append(
+            f"<tr><td>{_e(g['gate'])}</td><td class='{'ok' if g['ok'] else 'fail'}'>{'pass' if g['ok'] else 'FAIL'}</td><td>{_e(g['code'])}</td><td>{_e(g.get('message'))}</td></tr>"
+        )
     out.append("</table><h2>Monitoring windows</h2>")
     for w in r["windows"]:
         verdict = w.get("verdict") or {}
         started = w.get("started") or {}
         out.append(f"<h3>Stage {int(w['stage']) + 1}: {_e(verdict.get('result', 'open'))}</h3>")
-        out.append(f"<p class='muted'>{_e(started.get('starts_at'))} → {_e(started.get('ends_at'))}; cohorts {_e(', '.join(started.get('cohorts', [])))}; {_e(verdict.get('reason'))}</p>")
+        out.append(
+            f"<p class='muted'>{_e(started.get('starts_at'))} → {_e(started.get('ends_at'))}; cohorts {_e(', '.join(started.get('cohorts', [])))}; {_e(verdict.get('reason'))}</p>"
+        )
         comps = verdict.get("comparisons", [])
         out.append(_chart(comps))
         if comps:
             out.append("<table><tr><th>metric</th><th>value</th><th>op</th><th>threshold</th><th>result</th></tr>")
             for c in comps:
-                out.append(f"<tr><td>{_e(c['metric'])}</td><td>{_e(c['value'])}</td><td>{_e(c['op'])}</td><td>{_e(c['threshold'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'breach'}</td></tr>")
+                out.append(
+                    f"<tr><td>{_e(c['metric'])}</td><td>{_e(c['value'])}</td><td>{_e(c['op'])}</td><td>{_e(c['threshold'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'breach'}</td></tr>"
+                )
             out.append("</table>")
-    out.append("<h2>Activations</h2><table><tr><th>seq</th><th>at</th><th>event</th><th>cohorts</th><th>batch</th></tr>")
+    out.append(
+        "<h2>Activations</h2><table><tr><th>seq</th><th>at</th><th>event</th><th>cohorts</th><th>batch</th></tr>"
+    )
     for a in r["activations"]:
-        out.append(f"<tr><td>{a['seq']}</td><td>{_e(a['at'])}</td><td>{_e(a['type'])}</td><td>{_e(', '.join(a.get('cohorts', [])))}</td><td><code>{_e(a.get('batch'))}</code></td></tr>")
-    out.append("</table><h2>Decisions</h2><table><tr><th>seq</th><th>at</th><th>decision</th><th>by</th><th>rationale</th></tr>")
+        out.append(
+            f"<tr><td>{a['seq']}</td><td>{_e(a['at'])}</td><td>{_e(a['type'])}</td><td>{_e(', '.join(a.get('cohorts', [])))}</td><td><code>{_e(a.get('batch'))}</code></td></tr>"
+        )
+    out.append(
+        "</table><h2>Decisions</h2><table><tr><th>seq</th><th>at</th><th>decision</th><th>by</th><th>rationale</th></tr>"
+    )
     for d in r["decisions"]:
         why = d.get("rationale") or d.get("reason") or d.get("message") or ""
-        out.append(f"<tr><td>{d['seq']}</td><td>{_e(d['at'])}</td><td>{_e(d['decision'])}</td><td>{_e(d['by'])}</td><td>{_e(why)}</td></tr>")
+        out.append(
+            f"<tr><td>{d['seq']}</td><td>{_e(d['at'])}</td><td>{_e(d['decision'])}</td><td>{_e(d['by'])}</td><td>{_e(why)}</td></tr>"
+        )
     out.append("</table>")
     if r["incidents"]:
         out.append("<h2>Incidents</h2><ul>" + "".join(f"<li>{_e(i)}</li>" for i in r["incidents"]) + "</ul>")
-    out.append("<h2>Timeline</h2><table id='timeline'><tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>")
+    out.append(
+        "<h2>Timeline</h2><table id='timeline'><tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>"
+    )
     for t in r["timeline"]:
-        out.append(f"<tr><td>{t['seq']}</td><td>{_e(t['at'])}</td><td>{_e(t['type'])}</td><td>{_e(t['actor'])}</td><td>{_e(t['summary'])}</td></tr>")
-    out.append("</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre>")
+        out.append(
+            f"<tr><td>{t['seq']}</td><td>{_e(t['at'])}</td><td>{_e(t['type'])}</td><td>{_e(t['actor'])}</td><td>{_e(t['summary'])}</td></tr>"
+        )
+    out.append(
+        "</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre>"
+    )
     return "\n".join(out)

@@ -28,9 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, js: JetStreamContext, subjects: Subjects, world: World | None = None, snapshots=None,
-                 snapshot_every: int = 1000, snapshot_min_interval_s: float = 10.0, archive_closed: bool = False,
-                 deadletters=None, service_keys: ServiceKeys | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        world: World | None = None,
+        snapshots=None,
+        snapshot_every: int = 1000,
+        snapshot_min_interval_s: float = 10.0,
+        archive_closed: bool = False,
+        deadletters=None,
+        service_keys: ServiceKeys | None = None,
+    ) -> None:
         self._js = js
         self._subjects = subjects
         self.world = world or World()
@@ -63,7 +72,9 @@ class Follower:
         self._listeners: list[asyncio.Queue] = []
 
     async def run(self) -> None:
-        reader = OrderedReader(self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True)
+        reader = OrderedReader(
+            self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True
+        )
         try:
             async for entry in reader.read(follow=True):
                 position = position_of(entry)
@@ -83,8 +94,12 @@ class Follower:
                     if self._archive_closed:
                         self.world = archive_closed(self.world, event)
                 self.position = entry.seq
-                if (self._snapshots is not None and entry.pending == 0 and self.position - self._saved_at >= self._snapshot_every
-                        and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s):
+                if (
+                    self._snapshots is not None
+                    and entry.pending == 0
+                    and self.position - self._saved_at >= self._snapshot_every
+                    and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s
+                ):
                     await self.save_snapshot()
                 for queue in self._listeners:
                     queue.put_nowait((position, event))
@@ -99,7 +114,9 @@ class Follower:
 
         async def keep() -> None:
             try:
-                await self._deadletters.record_undecodable(self._subjects.releases_stream, entry.seq, entry.subject, entry.data, str(problem))
+                await self._deadletters.record_undecodable(
+                    self._subjects.releases_stream, entry.seq, entry.subject, entry.data, str(problem)
+                )
             except Exception as exc:
                 log.warning("undecodable log entry at seq %d not dead-lettered: %s", entry.seq, exc)
 
@@ -129,7 +146,9 @@ class Follower:
         """
         while True:
             try:
-                state = await release_history(self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys)
+                state = await release_history(
+                    self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys
+                )
                 if state is None:
                     raise LookupError(f"no events for release {release_id} before seq {seq}")
                 self.world = restore(self.world, state)
@@ -194,7 +213,7 @@ class Follower:
         while self.position < target:
             try:
                 await self.wait_for(target, timeout=report_every_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = time.monotonic()
             if self.position != last_pos:
@@ -203,5 +222,10 @@ class Follower:
                 raise TimeoutError(f"the log fold stalled at seq {self.position} of {target} for {stall_s:.0f}s")
             if self.position < target:
                 rate = (self.position - start_pos) / max(now - started, 1e-9)
-                log.info("catching up with the log: seq %d of %d (%.0f entries/s, about %.0fs left)",
-                         self.position, target, rate, (target - self.position) / rate if rate else float("inf"))
+                log.info(
+                    "catching up with the log: seq %d of %d (%.0f entries/s, about %.0fs left)",
+                    self.position,
+                    target,
+                    rate,
+                    (target - self.position) / rate if rate else float("inf"),
+                )

@@ -13,11 +13,13 @@ from nats.js import JetStreamContext
 from events.health import HealthSample, accept_report
 from events.subjects import Subjects
 from services.jetstream.direct import connection_of, last_per_subject
-from services.monitoring.judge import Invalid
 from services.jetstream.reader import OrderedReader
+from services.monitoring.judge import Invalid
 
 
-async def recent_reporters(js: JetStreamContext, subjects: Subjects, env: str, channel: str, cohorts: list[str], since: datetime) -> dict[str, int]:
+async def recent_reporters(
+    js: JetStreamContext, subjects: Subjects, env: str, channel: str, cohorts: list[str], since: datetime
+) -> dict[str, int]:
     """Per cohort: how many runtimes published health since `since` (last message per runtime)."""
     if not cohorts:
         return {}
@@ -46,7 +48,9 @@ async def window_reports(
     out = Reports()
     if not cohorts:
         return out
-    reader = OrderedReader(js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in cohorts], start_time=start)
+    reader = OrderedReader(
+        js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in cohorts], start_time=start
+    )
     try:
         async for entry in reader.read(follow=False, idle_timeout=0.25):
             if entry.stored_at is None or entry.stored_at > end:

@@ -56,8 +56,9 @@ Output (schema `VIEW_SCHEMA`; fields are only ever added, never renamed or remov
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from events.health import HealthSample
 from events.model import MonitoringStarted
@@ -135,13 +136,15 @@ def stage_rows(release: ReleaseState, record: EvidenceRecord) -> list[dict[str, 
     for i, cohorts in enumerate(release.stages):
         window = windows.get(i)
         verdict = window["verdict"] if window else None
-        rows.append({
-            "stage": i + 1,
-            "cohorts": list(cohorts),
-            "skipped": {c: skipped[c] for c in cohorts if c in skipped},
-            "state": _stage_state(release, i, window),
-            "verdict": verdict.get("reason") if verdict else None,
-        })
+        rows.append(
+            {
+                "stage": i + 1,
+                "cohorts": list(cohorts),
+                "skipped": {c: skipped[c] for c in cohorts if c in skipped},
+                "state": _stage_state(release, i, window),
+                "verdict": verdict.get("reason") if verdict else None,
+            }
+        )
     return rows
 
 
@@ -162,8 +165,13 @@ def _stage_state(release: ReleaseState, i: int, window: dict | None) -> str:
     return "pending"
 
 
-def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
-                stored_samples: Iterable[tuple[datetime, HealthSample]] | None, world: World | None = None) -> dict[str, Any] | None:
+def window_view(
+    release: ReleaseState,
+    record: EvidenceRecord,
+    now: datetime,
+    stored_samples: Iterable[tuple[datetime, HealthSample]] | None,
+    world: World | None = None,
+) -> dict[str, Any] | None:
     """The most recent monitoring window: its clock, and each figure against its threshold."""
     m = release.monitoring
     if m is None:
@@ -175,10 +183,18 @@ def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
     span = (m.ends_at - m.starts_at).total_seconds()
     elapsed = min(max((clock - m.starts_at).total_seconds(), 0.0), span)
     view: dict[str, Any] = {
-        "stage": m.stage + 1, "cohorts": list(m.cohorts), "digest": m.digest,
-        "starts_at": _ts(m.starts_at), "ends_at": _ts(m.ends_at), "window_s": m.monitoring.window_s,
-        "elapsed_s": round(elapsed, 3), "fraction": round(elapsed / span, 4) if span > 0 else 1.0,
-        "verdict_at": _ts(verdict_at), "min_samples": m.monitoring.min_samples, "early": False, "note": None,
+        "stage": m.stage + 1,
+        "cohorts": list(m.cohorts),
+        "digest": m.digest,
+        "starts_at": _ts(m.starts_at),
+        "ends_at": _ts(m.ends_at),
+        "window_s": m.monitoring.window_s,
+        "elapsed_s": round(elapsed, 3),
+        "fraction": round(elapsed / span, 4) if span > 0 else 1.0,
+        "verdict_at": _ts(verdict_at),
+        "min_samples": m.monitoring.min_samples,
+        "early": False,
+        "note": None,
     }
     if recorded is not None:
         return {**view, **_from_verdict(recorded)}
@@ -188,11 +204,22 @@ def window_view(release: ReleaseState, record: EvidenceRecord, now: datetime,
     if stored_samples is None:
         return {**view, **_empty(True, "health samples not readable here: figures appear with the verdict")}
     # the monitor's own split and judge (services/monitoring/judge.py); the baseline is what the log says ran before
-    data = window_data(stored_samples, m, baseline_digests=baseline_digests(world, release) if world else (),
-                       activated_at=release.activated_at.get(m.stage))
+    data = window_data(
+        stored_samples,
+        m,
+        baseline_digests=baseline_digests(world, release) if world else (),
+        activated_at=release.activated_at.get(m.stage),
+    )
     v = judge_window(data, m.monitoring)
-    return {**view, "open": True, "source": "live", "result": v.outcome.removeprefix("monitoring_"), "reason": v.reason,
-            **_counts(v.samples, v.runtimes, v.figures), "figures": [c.model_dump(mode="json") for c in v.comparisons]}
+    return {
+        **view,
+        "open": True,
+        "source": "live",
+        "result": v.outcome.removeprefix("monitoring_"),
+        "reason": v.reason,
+        **_counts(v.samples, v.runtimes, v.figures),
+        "figures": [c.model_dump(mode="json") for c in v.comparisons],
+    }
 
 
 def _recorded_verdict(record: EvidenceRecord, m: MonitoringStarted) -> dict | None:
@@ -201,7 +228,9 @@ def _recorded_verdict(record: EvidenceRecord, m: MonitoringStarted) -> dict | No
         if w["stage"] != m.stage:
             continue
         started = w["started"]
-        if w["verdict"] is None or (started is not None and started.get("starts_at") != m.model_dump(mode="json")["starts_at"]):
+        if w["verdict"] is None or (
+            started is not None and started.get("starts_at") != m.model_dump(mode="json")["starts_at"]
+        ):
             return None  # the window that is open now (or an older one of an extended stage)
         return w["verdict"]
     return None
@@ -217,19 +246,38 @@ def _last_verdict_at(record: EvidenceRecord) -> datetime | None:
 
 def _from_verdict(verdict: dict) -> dict[str, Any]:
     figures = verdict.get("figures") or {}
-    return {"open": False, "source": "verdict", "result": verdict["result"], "reason": verdict.get("reason"),
-            "early": bool(verdict.get("early")), **_counts(verdict.get("samples", 0), verdict.get("runtimes"), figures),
-            "figures": [dict(c) for c in verdict.get("comparisons") or []]}
+    return {
+        "open": False,
+        "source": "verdict",
+        "result": verdict["result"],
+        "reason": verdict.get("reason"),
+        "early": bool(verdict.get("early")),
+        **_counts(verdict.get("samples", 0), verdict.get("runtimes"), figures),
+        "figures": [dict(c) for c in verdict.get("comparisons") or []],
+    }
 
 
 def _counts(samples: int, runtimes: int | None, figures: dict) -> dict[str, Any]:
-    return {"samples": samples, "runtimes": runtimes, "requests": figures.get("requests"), "errors": figures.get("errors"),
-            "new_error_classes": list(figures.get("new_error_classes") or []), "statistical": figures.get("statistical")}
+    return {
+        "samples": samples,
+        "runtimes": runtimes,
+        "requests": figures.get("requests"),
+        "errors": figures.get("errors"),
+        "new_error_classes": list(figures.get("new_error_classes") or []),
+        "statistical": figures.get("statistical"),
+    }
 
 
 def _empty(is_open: bool, note: str) -> dict[str, Any]:
-    return {"open": is_open, "source": "unavailable", "result": None, "reason": None, **_counts(0, None, {}),
-            "figures": [], "note": note}
+    return {
+        "open": is_open,
+        "source": "unavailable",
+        "result": None,
+        "reason": None,
+        **_counts(0, None, {}),
+        "figures": [],
+        "note": note,
+    }
 
 
 def scope_rows(world: World, release: ReleaseState, now: datetime) -> list[dict[str, Any]]:
@@ -243,14 +291,25 @@ def scope_rows(world: World, release: ReleaseState, now: datetime) -> list[dict[
         s = world.scope(env, channel, cohort)
         pin = s.pinned_at(now)
         target = targets.get(cohort)
-        rows.append({
-            "scope": f"{env}/{channel}/{cohort}", "cohort": cohort,
-            "active": s.active_pack.version if s.active_pack else None,
-            "active_digest": s.active_pack.digest if s.active_pack else None,
-            "active_release": s.active.release_id if s.active else None,
-            "active_kind": s.active.kind if s.active else None,
-            "lkg": s.lkg.version if s.lkg else None, "lkg_release": s.lkg_release,
-            "pinned": {"version": pin.pack.version, "until": _ts(pin.until), "rationale": pin.rationale, "by": pin.by} if pin else None,
-            "rollback_target": target.version if target else None,
-        })
+        rows.append(
+            {
+                "scope": f"{env}/{channel}/{cohort}",
+                "cohort": cohort,
+                "active": s.active_pack.version if s.active_pack else None,
+                "active_digest": s.active_pack.digest if s.active_pack else None,
+                "active_release": s.active.release_id if s.active else None,
+                "active_kind": s.active.kind if s.active else None,
+                "lkg": s.lkg.version if s.lkg else None,
+                "lkg_release": s.lkg_release,
+                "pinned": {
+                    "version": pin.pack.version,
+                    "until": _ts(pin.until),
+                    "rationale": pin.rationale,
+                    "by": pin.by,
+                }
+                if pin
+                else None,
+                "rollback_target": target.version if target else None,
+            }
+        )
     return rows

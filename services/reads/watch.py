@@ -11,17 +11,17 @@ window then says its figures appear with the verdict.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import AsyncIterator, Callable
 
 from events.health import HealthSample, accept_report
 from events.model import MonitoringStarted
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
-from services.reads.follower import Follower
-from services.monitoring.judge import window_span
-from services.reads.live_view import DEFAULT_EVENTS, release_view
 from services.jetstream.reader import OrderedReader
+from services.monitoring.judge import window_span
+from services.reads.follower import Follower
+from services.reads.live_view import DEFAULT_EVENTS, release_view
 from services.tasks import cancel_and_wait
 
 HEALTH_PROBE_TIMEOUT_S = 2.0
@@ -48,8 +48,12 @@ class HealthTail:
         self.samples: list = []
         self._subjects = subjects
         start, _ = window_span(window)
-        self._reader = OrderedReader(js, subjects.health_stream, [subjects.health_cohort(env, channel, c) for c in window.cohorts],
-                                     start_time=start)
+        self._reader = OrderedReader(
+            js,
+            subjects.health_stream,
+            [subjects.health_cohort(env, channel, c) for c in window.cohorts],
+            start_time=start,
+        )
 
     async def run(self) -> None:
         try:
@@ -63,8 +67,17 @@ class HealthTail:
 
 
 class ReleaseWatch:
-    def __init__(self, nc, js, subjects: Subjects, release_id: str, *, clock: Callable[[], datetime], interval: float = 1.0,
-                 events: int = DEFAULT_EVENTS) -> None:
+    def __init__(
+        self,
+        nc,
+        js,
+        subjects: Subjects,
+        release_id: str,
+        *,
+        clock: Callable[[], datetime],
+        interval: float = 1.0,
+        events: int = DEFAULT_EVENTS,
+    ) -> None:
         self._nc = nc
         self._js = js
         self._subjects = subjects
@@ -93,8 +106,13 @@ class ReleaseWatch:
                 # _track_window awaits (a tail starts or stops): entries the follower applied
                 # meanwhile are in the world already, so take them into the record before the view
                 self._drain(queue)
-                view = release_view(self._follower.world, self._record, now=self._clock(),
-                                    stored_samples=self._window_samples(), events=self._events)
+                view = release_view(
+                    self._follower.world,
+                    self._record,
+                    now=self._clock(),
+                    stored_samples=self._window_samples(),
+                    events=self._events,
+                )
                 assert view is not None
                 yield view
                 if view["terminal"]:

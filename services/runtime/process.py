@@ -8,20 +8,26 @@ SIGINT/SIGTERM and then returns cleanly.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from events.model import PackRef
 from events.subjects import Subjects
 from services.jetstream.client import connect
 from services.permissions import inbox_for, inbox_for_url
 from services.runtime.sdk import ChannelConfigUnavailable, Identity
-from services.settings import ConfigError, Settings, load_service_keys, load_trust_root
 from services.runtime.simulation import Behaviour, simulated_runtime
+from services.settings import ConfigError, Settings, load_service_keys, load_trust_root
 from services.tasks import SignalStop
 
 
-async def run_simulated_runtime(settings: Settings, identity: Identity, behaviour: Behaviour, interval: float,
-                                on_ready: Callable[[str], None], on_switch: Callable[[PackRef], None]) -> None:
+async def run_simulated_runtime(
+    settings: Settings,
+    identity: Identity,
+    behaviour: Behaviour,
+    interval: float,
+    on_ready: Callable[[str], None],
+    on_switch: Callable[[PackRef], None],
+) -> None:
     trust_root = load_trust_root(settings.trust_root_path)  # bad configuration fails before connecting
     service_keys = load_service_keys(settings.service_keys_path)
     if not settings.nats_url:
@@ -31,13 +37,24 @@ async def run_simulated_runtime(settings: Settings, identity: Identity, behaviou
         try:
             # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
             # without it every read is denied. Harmless where NATS has no users.
-            nc = await connect(settings.nats_url, name=f"kxr-runtime-{identity.runtime_id}",
-                               inbox_prefix=inbox_for_url(settings.nats_url) or inbox_for(Subjects(settings.prefix), "runtime"))
+            nc = await connect(
+                settings.nats_url,
+                name=f"kxr-runtime-{identity.runtime_id}",
+                inbox_prefix=inbox_for_url(settings.nats_url) or inbox_for(Subjects(settings.prefix), "runtime"),
+            )
         except Exception as exc:
             raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
         try:
-            runtime = simulated_runtime(nc, identity, trust_root, {}, prefix=settings.prefix, interval=interval,
-                                        service_keys=service_keys, default=behaviour)
+            runtime = simulated_runtime(
+                nc,
+                identity,
+                trust_root,
+                {},
+                prefix=settings.prefix,
+                interval=interval,
+                service_keys=service_keys,
+                default=behaviour,
+            )
 
             async def switched(pack: PackRef) -> None:
                 on_switch(pack)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -27,10 +27,10 @@ from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
 from events.subjects import Subjects
 from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
+from services.actions.trust import current_chain
 from services.jetstream.packstore import PackStore
 from services.jetstream.reader import OrderedReader
 from services.tasks import cancel_and_wait
-from services.actions.trust import current_chain
 from services.verification.context import verify_context
 from services.verification.pipeline import run_gates
 
@@ -54,13 +54,19 @@ class Identity:
 
 
 def rfc3339(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class RuntimeClient:
     def __init__(
-        self, nc: Client, identity: Identity, trust_root: TrustRoot, *, prefix: str = "kx",
-        sample: SampleFn | None = None, sample_interval: float = 1.0,
+        self,
+        nc: Client,
+        identity: Identity,
+        trust_root: TrustRoot,
+        *,
+        prefix: str = "kx",
+        sample: SampleFn | None = None,
+        sample_interval: float = 1.0,
         on_switch: Callable[[PackRef], Awaitable[None]] | None = None,
         service_keys: ServiceKeys | None = None,
     ) -> None:
@@ -93,17 +99,25 @@ class RuntimeClient:
         """
         where = f"{self.id.env}/{self.id.channel}"
         try:
-            msg = await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.channel(self.id.env, self.id.channel))
+            msg = await self.js.get_last_msg(
+                self.subjects.releases_stream, self.subjects.channel(self.id.env, self.id.channel)
+            )
         except NotFoundError as exc:
             if exc.err_code == NO_MESSAGE:  # the log exists and holds no configuration for this channel
                 return DEFAULT_CHANNEL
-            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.description or exc!r}") from None
+            raise ChannelConfigUnavailable(
+                f"channel config of {where} could not be read: {exc.description or exc!r}"
+            ) from None
         except Exception as exc:
-            raise ChannelConfigUnavailable(f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}") from None
+            raise ChannelConfigUnavailable(
+                f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}"
+            ) from None
         try:
             event = decode_event(msg.data, msg.subject, self.subjects)
         except DecodeError as exc:
-            raise ChannelConfigUnavailable(f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}") from None
+            raise ChannelConfigUnavailable(
+                f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}"
+            ) from None
         return event.data  # type: ignore[return-value]
 
     @property
@@ -112,7 +126,12 @@ class RuntimeClient:
         return self.subjects.health(self.id.env, self.id.channel, self.cohort, self.id.runtime_id)
 
     async def report(self, body: dict) -> None:
-        body = {"runtime_id": self.id.runtime_id, "digest": self.active.digest if self.active else None, "at": rfc3339(datetime.now(timezone.utc)), **body}
+        body = {
+            "runtime_id": self.id.runtime_id,
+            "digest": self.active.digest if self.active else None,
+            "at": rfc3339(datetime.now(UTC)),
+            **body,
+        }
         await self.js.publish(self.health_subject, compact_bytes(body))
 
     async def run(self) -> None:
@@ -181,7 +200,13 @@ class RuntimeClient:
         broken = chain_break(self.chain, pointer) if self.chain is not None else None
         if broken is not None:
             self.history.append((pointer.pack.digest, f"refused pointer at seq {entry.seq}: {broken[0]}: {broken[1]}"))
-            log.warning("runtime %s: refused pointer at seq %d to %s: %s", self.id.runtime_id, entry.seq, pointer.pack.short(), broken[1])
+            log.warning(
+                "runtime %s: refused pointer at seq %d to %s: %s",
+                self.id.runtime_id,
+                entry.seq,
+                pointer.pack.short(),
+                broken[1],
+            )
             return None
         self.chain = advance(self.chain, pointer, pointer_digest(entry.data))
         return pointer
@@ -199,7 +224,11 @@ class RuntimeClient:
             try:
                 await self.on_switch(pointer.pack)
             except Exception as exc:  # the host did not switch: the old pack is still the active one
-                await self.refused(pointer.pack, f"switch failed: {exc.__class__.__name__}: {exc}", (time.perf_counter() - started) * 1000)
+                await self.refused(
+                    pointer.pack,
+                    f"switch failed: {exc.__class__.__name__}: {exc}",
+                    (time.perf_counter() - started) * 1000,
+                )
                 return
             took_ms = (time.perf_counter() - started) * 1000
         self.active = pointer.pack
@@ -211,15 +240,24 @@ class RuntimeClient:
         """Not switched to `pack`: recorded, logged, and reported as an `ok: false` activation of it."""
         self.history.append((pack.digest, f"refused: {problem}"))
         log.warning("runtime %s refused %s: %s", self.id.runtime_id, pack.short(), problem)
-        await self.report({"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem})
+        await self.report(
+            {"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem}
+        )
 
     async def verify(self, pack: PackRef) -> str | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
             trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
-            ctx = verify_context(pack, trust_root, datetime.now(timezone.utc), "pin",
-                                 env=self.id.env, channel=self.id.channel, cohorts=(self.cohort or "",))
+            ctx = verify_context(
+                pack,
+                trust_root,
+                datetime.now(UTC),
+                "pin",
+                env=self.id.env,
+                channel=self.id.channel,
+                cohorts=(self.cohort or "",),
+            )
             v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
             if v.failure is not None:
                 return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"

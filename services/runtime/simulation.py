@@ -46,9 +46,23 @@ def sampler(behaviours: dict[str, Behaviour], seed: int, default: Behaviour | No
 
 
 def simulated_runtime(
-    nc: Client, identity: Identity, trust_root: TrustRoot, behaviours: dict[str, Behaviour], *,
-    prefix: str = "kx", interval: float = 0.25, seed: int = 0, service_keys: ServiceKeys | None = None,
+    nc: Client,
+    identity: Identity,
+    trust_root: TrustRoot,
+    behaviours: dict[str, Behaviour],
+    *,
+    prefix: str = "kx",
+    interval: float = 0.25,
+    seed: int = 0,
+    service_keys: ServiceKeys | None = None,
     default: Behaviour | None = None,
 ) -> RuntimeClient:
-    return RuntimeClient(nc, identity, trust_root, prefix=prefix, sample=sampler(behaviours, seed, default), sample_interval=interval,
-                         service_keys=service_keys)
+    return RuntimeClient(
+        nc,
+        identity,
+        trust_root,
+        prefix=prefix,
+        sample=sampler(behaviours, seed, default),
+        sample_interval=interval,
+        service_keys=service_keys,
+    )

@@ -28,24 +28,40 @@ code "internal_error": an unexpected state never turns into a pass.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from events.bundle import PAYLOAD_TYPE, pae
 from events.canonical import StrictJSONError, canonical_bytes, loads_strict
 from events.channel import ChannelConfig, ChannelPolicy
-from events.bundle import PAYLOAD_TYPE, pae
 from events.manifest import MANIFEST_MAX_BYTES, MAX_SIGNATURES, SignedManifest, attestation_object_name
 from events.model import GateOutcome, PackRef
 from events.signing import TrustRoot, b64decode_strict, verify_ed25519
 from events.versions import SpecifierError, matches, parse_specifier, parse_version
 
 __all__ = [
-    "ATTESTATION_MAX_BYTES", "DEADLINE_GATE", "GATES", "GATE_CODES", "INTERNAL_ERROR", "OK", "PURPOSES", "TIMEOUT_CODE",
-    "GateFailure", "PackDigester", "PackOversized", "Verification", "VerifyContext",
-    "attestation_required", "check_manifest", "check_pack", "check_policy", "verify_bytes",
+    "ATTESTATION_MAX_BYTES",
+    "DEADLINE_GATE",
+    "GATES",
+    "GATE_CODES",
+    "INTERNAL_ERROR",
+    "OK",
+    "PURPOSES",
+    "TIMEOUT_CODE",
+    "GateFailure",
+    "PackDigester",
+    "PackOversized",
+    "Verification",
+    "VerifyContext",
+    "attestation_required",
+    "check_manifest",
+    "check_pack",
+    "check_policy",
+    "verify_bytes",
 ]
 
 OK = "ok"
@@ -56,26 +72,65 @@ DEADLINE_GATE = "deadline"
 TIMEOUT_CODE = "timeout"
 
 GATES: tuple[str, ...] = (
-    "trust_root", "manifest", "signature", "expiry", "identity",
-    "integrity", "compatibility", "policy", "evidence",
+    "trust_root",
+    "manifest",
+    "signature",
+    "expiry",
+    "identity",
+    "integrity",
+    "compatibility",
+    "policy",
+    "evidence",
 )
 
 # Every reason code a gate can give (besides "internal_error", which any gate can give).
 GATE_CODES: dict[str, tuple[str, ...]] = {
     "trust_root": ("trust_root_missing", "trust_root_invalid"),
-    "manifest": ("manifest_missing", "manifest_oversized", "malformed_json", "duplicate_key",
-                 "float_forbidden", "bad_shape", "too_many_signatures", "schema_invalid"),
+    "manifest": (
+        "manifest_missing",
+        "manifest_oversized",
+        "malformed_json",
+        "duplicate_key",
+        "float_forbidden",
+        "bad_shape",
+        "too_many_signatures",
+        "schema_invalid",
+    ),
     "signature": ("no_signatures", "threshold_not_met"),
     "expiry": ("reference_time_invalid", "expired"),
     "identity": ("name_mismatch", "version_mismatch", "digest_mismatch"),
     "integrity": (GATE_ORDER_CODE, "pack_oversized", "pack_missing", "size_mismatch", "digest_mismatch"),
-    "compatibility": (GATE_ORDER_CODE, "channel_unconfigured", "schema_mismatch", "profile_mismatch",
-                      "runtime_specifier_invalid", "runtime_version_invalid", "runtime_mismatch"),
-    "policy": ("purpose_invalid", "no_cohorts", "active_unknown", "same_version_other_digest",
-               "downgrade", "not_newer", "source_forbidden", "builder_forbidden", "scope_forbidden"),
-    "evidence": ("evidence_missing", "validation_not_passed", "attestation_missing", "attestation_malformed",
-                 "attestation_unsigned", "attestation_untrusted", "attestation_invalid",
-                 "attestation_subject_mismatch", "attestation_builder_forbidden"),
+    "compatibility": (
+        GATE_ORDER_CODE,
+        "channel_unconfigured",
+        "schema_mismatch",
+        "profile_mismatch",
+        "runtime_specifier_invalid",
+        "runtime_version_invalid",
+        "runtime_mismatch",
+    ),
+    "policy": (
+        "purpose_invalid",
+        "no_cohorts",
+        "active_unknown",
+        "same_version_other_digest",
+        "downgrade",
+        "not_newer",
+        "source_forbidden",
+        "builder_forbidden",
+        "scope_forbidden",
+    ),
+    "evidence": (
+        "evidence_missing",
+        "validation_not_passed",
+        "attestation_missing",
+        "attestation_malformed",
+        "attestation_unsigned",
+        "attestation_untrusted",
+        "attestation_invalid",
+        "attestation_subject_mismatch",
+        "attestation_builder_forbidden",
+    ),
 }
 
 Purpose = Literal["rollout", "pin", "rollback"]
@@ -101,11 +156,11 @@ class VerifyContext:
     request_digest: str
     env: str
     channel: str
-    cohorts: tuple[str, ...]                 # the target cohorts this verification covers
-    channel_config: ChannelConfig | None     # None: the channel was never configured
-    active: Mapping[str, PackRef | None]     # cohort -> active pack; None = never activated
-    trust_root: TrustRoot                    # from KX_TRUST_ROOT, never from the pack
-    now: datetime                            # reference time, read once by the caller
+    cohorts: tuple[str, ...]  # the target cohorts this verification covers
+    channel_config: ChannelConfig | None  # None: the channel was never configured
+    active: Mapping[str, PackRef | None]  # cohort -> active pack; None = never activated
+    trust_root: TrustRoot  # from KX_TRUST_ROOT, never from the pack
+    now: datetime  # reference time, read once by the caller
     purpose: Purpose = "rollout"
     # The raw `sha256-<hex>.attestation` object (a DSSE envelope), read only when the channel's
     # policy requires one; None = not found (a failure then) or not required.
@@ -219,9 +274,9 @@ class _Work:
     """Scratch state of one phase; only the runner copies results back into a Verification."""
 
     manifest_bytes: bytes | None = None
-    signed: Any = None                                   # raw `signed`: opaque until signatures pass
+    signed: Any = None  # raw `signed`: opaque until signatures pass
     signatures: list[tuple[str, bytes]] = field(default_factory=list)
-    message: bytes = b""                                 # canonical bytes of `signed`
+    message: bytes = b""  # canonical bytes of `signed`
     manifest: SignedManifest | None = None
     signers: list[str] = field(default_factory=list)
     observed: tuple[str, int] | None = None
@@ -238,15 +293,20 @@ class _Step:
     records_pass: bool = True  # False for a second step of a gate that already recorded its pass
 
 
-def _run(v: Verification, steps: tuple[_Step, ...], w: _Work, ctx: VerifyContext,
-         requires: tuple[str, ...] = ()) -> Verification:
+def _run(
+    v: Verification, steps: tuple[_Step, ...], w: _Work, ctx: VerifyContext, requires: tuple[str, ...] = ()
+) -> Verification:
     out = Verification(list(v.outcomes), v.failure, v.manifest, list(v.signers))
     if out.failure is not None:
         return out  # short-circuit across phases too: nothing after a failure is evaluated
     if out.passed != requires or (requires and out.manifest is None):
         # Called out of order (e.g. check_policy before check_pack): refuse rather than assume.
-        return _fail(out, steps[0].gate, GATE_ORDER_CODE,
-                     f"needs gates {', '.join(requires) or '(none)'} passed first; passed so far: {', '.join(out.passed) or '(none)'}")
+        return _fail(
+            out,
+            steps[0].gate,
+            GATE_ORDER_CODE,
+            f"needs gates {', '.join(requires) or '(none)'} passed first; passed so far: {', '.join(out.passed) or '(none)'}",
+        )
     for step in steps:
         try:
             verdict = step.check(w, ctx)
@@ -304,10 +364,17 @@ def _gate_manifest_envelope(w: _Work, ctx: VerifyContext) -> _Verdict:
         doc = loads_strict(bytes(raw))
     except StrictJSONError as exc:
         text = str(exc)  # events.canonical has one error type; its message prefixes name the cause
-        code = "duplicate_key" if text.startswith("duplicate key") else (
-            "float_forbidden" if text.startswith("floats are not allowed") else "malformed_json")
+        code = (
+            "duplicate_key"
+            if text.startswith("duplicate key")
+            else ("float_forbidden" if text.startswith("floats are not allowed") else "malformed_json")
+        )
         return _reject(code, text)
-    if not isinstance(doc, dict) or not isinstance(doc.get("signed"), dict) or not isinstance(doc.get("signatures"), list):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("signed"), dict)
+        or not isinstance(doc.get("signatures"), list)
+    ):
         return _reject("bad_shape", 'manifest must be {"signed": {...}, "signatures": [...]}')
     entries = doc["signatures"]
     if len(entries) > MAX_SIGNATURES:
@@ -315,7 +382,11 @@ def _gate_manifest_envelope(w: _Work, ctx: VerifyContext) -> _Verdict:
         return _reject("too_many_signatures", f"{len(entries)} signatures, at most {MAX_SIGNATURES} are accepted")
     signatures: list[tuple[str, bytes]] = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) or not isinstance(entry.get("sig"), str):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("keyid"), str)
+            or not isinstance(entry.get("sig"), str)
+        ):
             return _reject("bad_shape", f'signatures[{index}] must be {{"keyid": str, "sig": base64 str}}')
         try:
             signatures.append((entry["keyid"], b64decode_strict(entry["sig"])))
@@ -338,9 +409,11 @@ def _gate_signature(w: _Work, ctx: VerifyContext) -> _Verdict:
     # and counts each distinct public key once (TUF: a threshold met by one key listed twice).
     valid = root.count_valid(w.message, w.signatures)
     if len(valid) < root.threshold:
-        return _reject("threshold_not_met",
-                       f"{len(valid)} of {root.threshold} required distinct trusted keys signed "
-                       f"({len(w.signatures)} signature(s) present)")
+        return _reject(
+            "threshold_not_met",
+            f"{len(valid)} of {root.threshold} required distinct trusted keys signed "
+            f"({len(w.signatures)} signature(s) present)",
+        )
     seen: set[bytes] = set()
     signers = []
     for key in root.keys:
@@ -424,13 +497,17 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
     compat = None if cfg is None else cfg.compatibility
     if compat is None or not compat.configured:
         # No expectations is not "anything goes": an unconfigured gate fails closed.
-        return _reject("channel_unconfigured",
-                       f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version)")
+        return _reject(
+            "channel_unconfigured",
+            f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version)",
+        )
     need = w.manifest.compatibility
     if need.schema_ != compat.schema_:
         return _reject("schema_mismatch", f"pack schema {need.schema_!r}, channel expects {compat.schema_!r}")
     if need.profile not in compat.profiles:
-        return _reject("profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {compat.profiles}")
+        return _reject(
+            "profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {compat.profiles}"
+        )
     # One version model (events/versions.py): the runtime version means here what a pack
     # version means to the downgrade gate (1.0.0-1 is 1.0.0.post1 in both).
     try:
@@ -457,8 +534,13 @@ def _gate_policy(w: _Work, ctx: VerifyContext) -> _Verdict:
     verdict = _version_rule(m, ctx, policy.forbid_downgrade)
     if verdict is not None:
         return verdict
-    if policy.allowed_sources is not None and not any(_source_allowed(m.provenance.source, p) for p in policy.allowed_sources):
-        return _reject("source_forbidden", f"source {m.provenance.source!r} is not under any allowed prefix {policy.allowed_sources}")
+    if policy.allowed_sources is not None and not any(
+        _source_allowed(m.provenance.source, p) for p in policy.allowed_sources
+    ):
+        return _reject(
+            "source_forbidden",
+            f"source {m.provenance.source!r} is not under any allowed prefix {policy.allowed_sources}",
+        )
     if policy.allowed_builders is not None and m.build.builder not in policy.allowed_builders:
         return _reject("builder_forbidden", f"builder {m.build.builder!r} is not one of {policy.allowed_builders}")
     if m.scopes is not None:
@@ -466,7 +548,9 @@ def _gate_policy(w: _Work, ctx: VerifyContext) -> _Verdict:
         if m.scopes.envs is not None and ctx.env not in m.scopes.envs:
             return _reject("scope_forbidden", f"env {ctx.env!r} is outside the manifest's envs {m.scopes.envs}")
         if m.scopes.channels is not None and ctx.channel not in m.scopes.channels:
-            return _reject("scope_forbidden", f"channel {ctx.channel!r} is outside the manifest's channels {m.scopes.channels}")
+            return _reject(
+                "scope_forbidden", f"channel {ctx.channel!r} is outside the manifest's channels {m.scopes.channels}"
+            )
     return _ok(f"{ctx.purpose} to {ctx.env}/{ctx.channel} cohorts {', '.join(ctx.cohorts)}")
 
 
@@ -487,14 +571,18 @@ def _version_rule(m: SignedManifest, ctx: VerifyContext, forbid_downgrade: bool)
             continue
         current = parse_version(active.version)
         if new == current and m.digest != active.digest:
-            return _reject("same_version_other_digest",
-                           f"version {m.version} is active on cohort {cohort} with other bytes ({active.digest})")
+            return _reject(
+                "same_version_other_digest",
+                f"version {m.version} is active on cohort {cohort} with other bytes ({active.digest})",
+            )
         if not forbid_downgrade or ctx.purpose != "rollout":
             continue
         if new < current:
             return _reject("downgrade", f"version {m.version} is older than {active.version} active on cohort {cohort}")
         if new == current:
-            return _reject("not_newer", f"version {m.version} is already active on cohort {cohort}; a rollout must be newer")
+            return _reject(
+                "not_newer", f"version {m.version} is already active on cohort {cohort}; a rollout must be newer"
+            )
     return None
 
 
@@ -543,7 +631,10 @@ def _attestation_rule(raw: Any, m: SignedManifest, ctx: VerifyContext) -> _Verdi
     the payload read: about this pack, by a builder that key may speak for, that the channel allows.
     """
     if raw is None:
-        return _reject("attestation_missing", f"the channel requires an attestation and {attestation_object_name(m.digest)} was not found")
+        return _reject(
+            "attestation_missing",
+            f"the channel requires an attestation and {attestation_object_name(m.digest)} was not found",
+        )
     envelope = _dsse_envelope(raw)
     if isinstance(envelope, _Verdict):
         return envelope
@@ -552,11 +643,16 @@ def _attestation_rule(raw: Any, m: SignedManifest, ctx: VerifyContext) -> _Verdi
         return _reject("attestation_unsigned", "the attestation envelope carries no signatures")
     builders = ctx.trust_root.builders
     if not builders:
-        return _reject("attestation_untrusted", "the trust root names no builder keys (section 'builders'): no attestation can be trusted")
+        return _reject(
+            "attestation_untrusted",
+            "the trust root names no builder keys (section 'builders'): no attestation can be trusted",
+        )
     message = pae(PAYLOAD_TYPE, payload)
     signed_by = [b for b in builders if any(verify_ed25519(b.public, sig, message) for _, sig in signatures)]
     if not signed_by:
-        return _reject("attestation_untrusted", f"none of the {len(signatures)} signature(s) verifies under a trusted builder key")
+        return _reject(
+            "attestation_untrusted", f"none of the {len(signatures)} signature(s) verifies under a trusted builder key"
+        )
     try:
         statement = loads_strict(payload, allow_floats=True, max_bytes=ATTESTATION_MAX_BYTES)
     except StrictJSONError as exc:
@@ -568,7 +664,9 @@ def _attestation_rule(raw: Any, m: SignedManifest, ctx: VerifyContext) -> _Verdi
     keys = [b for b in signed_by if builder_id in b.ids]
     if not keys:
         names = ", ".join(f"{b.name or b.keyid[:16]} (for {', '.join(b.ids)})" for b in signed_by)
-        return _reject("attestation_untrusted", f"signed by {names}: no signing key is trusted for builder {builder_id!r}")
+        return _reject(
+            "attestation_untrusted", f"signed by {names}: no signing key is trusted for builder {builder_id!r}"
+        )
     allowed = ctx.channel_config.policy.allowed_builders if ctx.channel_config is not None else None
     if allowed is not None and builder_id not in allowed:
         return _reject("attestation_builder_forbidden", f"attested builder {builder_id!r} is not one of {allowed}")
@@ -580,23 +678,33 @@ def _dsse_envelope(raw: Any) -> tuple[bytes, list[tuple[str, bytes]]] | _Verdict
     if not isinstance(raw, (bytes, bytearray)):
         return _reject("attestation_malformed", f"attestation must be bytes, not {type(raw).__name__}")
     if len(raw) > ATTESTATION_MAX_BYTES:
-        return _reject("attestation_malformed", f"attestation is {len(raw)} bytes, over the {ATTESTATION_MAX_BYTES}-byte cap")
+        return _reject(
+            "attestation_malformed", f"attestation is {len(raw)} bytes, over the {ATTESTATION_MAX_BYTES}-byte cap"
+        )
     try:
         doc = loads_strict(bytes(raw))
     except StrictJSONError as exc:
         return _reject("attestation_malformed", f"attestation is not strict JSON: {exc}")
     shape = '{"payloadType": "%s", "payload": base64, "signatures": [{"keyid", "sig"}]}' % PAYLOAD_TYPE
-    if not isinstance(doc, dict) or doc.get("payloadType") != PAYLOAD_TYPE or not isinstance(doc.get("payload"), str) \
-            or not isinstance(doc.get("signatures"), list):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("payloadType") != PAYLOAD_TYPE
+        or not isinstance(doc.get("payload"), str)
+        or not isinstance(doc.get("signatures"), list)
+    ):
         return _reject("attestation_malformed", f"attestation must be a DSSE envelope {shape}")
     if len(doc["signatures"]) > MAX_SIGNATURES:
-        return _reject("attestation_malformed", f"{len(doc['signatures'])} signatures, at most {MAX_SIGNATURES} are accepted")
+        return _reject(
+            "attestation_malformed", f"{len(doc['signatures'])} signatures, at most {MAX_SIGNATURES} are accepted"
+        )
     signatures: list[tuple[str, bytes]] = []
     try:
         payload = b64decode_strict(doc["payload"])
         for index, entry in enumerate(doc["signatures"]):
             if not isinstance(entry, dict) or not isinstance(entry.get("sig"), str):
-                return _reject("attestation_malformed", f'signatures[{index}] must be {{"keyid": str, "sig": base64 str}}')
+                return _reject(
+                    "attestation_malformed", f'signatures[{index}] must be {{"keyid": str, "sig": base64 str}}'
+                )
             # DSSE keyid is optional and only a hint: every signature is tried against every builder key.
             signatures.append((str(entry.get("keyid", "")), b64decode_strict(entry["sig"])))
     except ValueError as exc:
@@ -613,8 +721,10 @@ def _statement_rule(stmt: Any, m: SignedManifest) -> str | _Verdict:
     subjects = stmt.get("subject")
     if not isinstance(subjects, list) or not subjects:
         return _reject("attestation_invalid", "the statement has no subject")
-    digests = [s.get("digest", {}).get("sha256") if isinstance(s, dict) and isinstance(s.get("digest"), dict) else None
-               for s in subjects]
+    digests = [
+        s.get("digest", {}).get("sha256") if isinstance(s, dict) and isinstance(s.get("digest"), dict) else None
+        for s in subjects
+    ]
     wanted = m.digest.removeprefix("sha256:")
     if wanted not in digests:  # exact lowercase hex, as the manifest's digest pattern has it
         return _reject("attestation_subject_mismatch", f"no statement subject has sha256 {wanted}")
@@ -642,8 +752,9 @@ def check_manifest(manifest_bytes: bytes | None, ctx: VerifyContext) -> Verifica
     return _run(Verification(), PHASE_MANIFEST, _Work(manifest_bytes=manifest_bytes), ctx)
 
 
-def check_pack(v: Verification, observed: tuple[str, int] | None, ctx: VerifyContext,
-               oversized: bool = False) -> Verification:
+def check_pack(
+    v: Verification, observed: tuple[str, int] | None, ctx: VerifyContext, oversized: bool = False
+) -> Verification:
     """Phase 2: integrity. `observed` is PackDigester.result(); None means the pack was not found;
     `oversized` means the digester aborted."""
     w = _Work(manifest=v.manifest, signers=list(v.signers), observed=observed, oversized=oversized)
@@ -672,13 +783,17 @@ def verify_bytes(manifest_bytes: bytes | None, pack_bytes: bytes | None, ctx: Ve
             view = memoryview(pack_bytes)
             try:
                 for start in range(0, len(view), _CHUNK):
-                    digester.update(view[start:start + _CHUNK])
+                    digester.update(view[start : start + _CHUNK])
                 observed = digester.result()
             except PackOversized:
                 oversized = True
         except Exception as exc:  # fail closed, reported where it happened
-            return _fail(Verification(list(v.outcomes), None, v.manifest, list(v.signers)),
-                         "integrity", INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return _fail(
+                Verification(list(v.outcomes), None, v.manifest, list(v.signers)),
+                "integrity",
+                INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc}",
+            )
     v = check_pack(v, observed, ctx, oversized=oversized)
     return check_policy(v, ctx)
 

@@ -12,9 +12,9 @@ all three, so "ready" means the same thing at every step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Mapping
 
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
 from events.model import PackRef
@@ -28,12 +28,21 @@ from services.verification.gates import check_manifest
 class TargetCheck:
     """A pack's fitness to be switched to now: why not (None: fit), and the trusted keys whose
     signatures on its manifest verified under the root in force (the pointer's `signers`)."""
+
     problem: str | None
     signers: tuple[str, ...] = ()
 
 
-def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env: str, channel: str,
-                 cohorts: tuple[str, ...], trust_root, now: datetime) -> TargetCheck:
+def judge_target(
+    manifest: bytes | None,
+    size: int | None,
+    target: PackRef,
+    env: str,
+    channel: str,
+    cohorts: tuple[str, ...],
+    trust_root,
+    now: datetime,
+) -> TargetCheck:
     """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
     present with the manifest's size. Fast-track, not a full re-verification."""
     if trust_root is None:
@@ -41,7 +50,7 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
     if size is None:
         return TargetCheck("pack object missing")
     vctx = verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts)
-    check = check_manifest(manifest[:MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
+    check = check_manifest(manifest[: MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
     if check.failure is not None:
         return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
     if check.manifest is not None and check.manifest.size != size:
@@ -49,7 +58,9 @@ def judge_target(manifest: bytes | None, size: int | None, target: PackRef, env:
     return TargetCheck(None, tuple(check.signers))
 
 
-async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
+async def target_check(
+    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+) -> TargetCheck:
     """`judge_target` on the objects in the pack store; a target it distributed that a producer
     deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py).
     Never raises: any failure of the check is its problem (fail closed: the activator then records
@@ -57,18 +68,26 @@ async def target_check(app, target: PackRef, env: str, channel: str, cohorts: tu
     try:
         if app.current_trust_root() is None:
             return TargetCheck("no trust root configured")
-        return await checked_with_restore(app, target.digest, lambda: _target_check(app, target, env, channel, cohorts, now),
-                                          lambda check: check.problem is not None)
+        return await checked_with_restore(
+            app,
+            target.digest,
+            lambda: _target_check(app, target, env, channel, cohorts, now),
+            lambda check: check.problem is not None,
+        )
     except Exception as exc:
         return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
 
 
-async def target_problem(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> str | None:
+async def target_problem(
+    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+) -> str | None:
     """Why `target` can no longer be activated (None: it can): `target_check`'s problem."""
     return (await target_check(app, target, env, channel, cohorts, now)).problem
 
 
-async def _target_check(app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> TargetCheck:
+async def _target_check(
+    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+) -> TargetCheck:
     store = PackStore(app.js, app.subjects)
     try:
         manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
@@ -78,13 +97,19 @@ async def _target_check(app, target: PackRef, env: str, channel: str, cohorts: t
     return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
 
 
-async def target_problems(app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime) -> dict[str, str | None]:
+async def target_problems(
+    app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+) -> dict[str, str | None]:
     """`target_problem` for each distinct target digest (an exception is a problem, never a pass)."""
-    return {target.digest: await target_problem(app, target, env, channel, cohorts, now)
-            for target in {t.digest: t for t in targets if t is not None}.values()}
+    return {
+        target.digest: await target_problem(app, target, env, channel, cohorts, now)
+        for target in {t.digest: t for t in targets if t is not None}.values()
+    }
 
 
-def readiness_problems(targets: Mapping[str, PackRef | None], strategy: str, checked: Mapping[str, str | None]) -> list[str]:
+def readiness_problems(
+    targets: Mapping[str, PackRef | None], strategy: str, checked: Mapping[str, str | None]
+) -> list[str]:
     """One sentence per cohort whose rollback would not land (empty: every one would).
 
     A missing target is only acceptable under strategy `none` (pre-flight allowed it because

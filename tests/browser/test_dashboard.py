@@ -24,8 +24,18 @@ from tests.harness import make_pack, running_service, wait_for
 pytestmark = pytest.mark.browser
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1100"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1100",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BROWSER_WAIT_S = 30  # an upper bound for the page to show what the log says, not a measured speed
 
@@ -33,8 +43,11 @@ BROWSER_WAIT_S = 30  # an upper bound for the page to show what the log says, no
 def chrome(profile: Path):
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
-            pytest.fail(f"{path} is missing: the browser test needs Debian's chromium and chromium-driver "
-                        "(apt-get install -y chromium chromium-driver)", pytrace=False)
+            pytest.fail(
+                f"{path} is missing: the browser test needs Debian's chromium and chromium-driver "
+                "(apt-get install -y chromium chromium-driver)",
+                pytrace=False,
+            )
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -49,7 +62,9 @@ def chrome(profile: Path):
 async def start_ui(nats_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "KX_NATS_URL": nats_url, "KX_PREFIX": prefix}
-    proc = subprocess.Popen([kxr_binary(), "ui", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [kxr_binary(), "ui", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}/"
 
     async def answers() -> bool:
@@ -89,7 +104,9 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
         try:
             return await asyncio.to_thread(WebDriverWait(driver, BROWSER_WAIT_S, poll_frequency=0.1).until, condition)
         except Exception as exc:
-            raise AssertionError(f"the page never showed {what}; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text}") from exc
+            raise AssertionError(
+                f"the page never showed {what}; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text}"
+            ) from exc
 
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
@@ -106,15 +123,28 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
             await asyncio.to_thread(driver.execute_script, "window.kxNotReloaded = true")
 
             await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
-            await until(driver, lambda d: text_of(d, "tr[data-scope='prod/canary/internal'] td.version") == "1.0.0",
-                        "prod/canary/internal on 1.0.0")
-            assert await asyncio.to_thread(driver.execute_script, "return window.kxNotReloaded === true"), "the page reloaded"
+            await until(
+                driver,
+                lambda d: text_of(d, "tr[data-scope='prod/canary/internal'] td.version") == "1.0.0",
+                "prod/canary/internal on 1.0.0",
+            )
+            assert await asyncio.to_thread(driver.execute_script, "return window.kxNotReloaded === true"), (
+                "the page reloaded"
+            )
 
             assert (await svc.wait_release("r1")).outcome == "success"
-            await until(driver, lambda d: text_of(d, "tr[data-scope='prod/canary/rest'] td.lkg") == "1.0.0", "rest's last-known-good")
-            await asyncio.to_thread(lambda: driver.find_element(By.CSS_SELECTOR, "#recent a[href='/releases/r1']").click())
+            await until(
+                driver,
+                lambda d: text_of(d, "tr[data-scope='prod/canary/rest'] td.lkg") == "1.0.0",
+                "rest's last-known-good",
+            )
+            await asyncio.to_thread(
+                lambda: driver.find_element(By.CSS_SELECTOR, "#recent a[href='/releases/r1']").click()
+            )
             await until(driver, lambda d: "outcome success" in text_of(d, "#timeline"), "the timeline up to closed")
-            charts = await asyncio.to_thread(driver.find_elements, By.CSS_SELECTOR, "svg[aria-label='figures against thresholds']")
+            charts = await asyncio.to_thread(
+                driver.find_elements, By.CSS_SELECTOR, "svg[aria-label='figures against thresholds']"
+            )
             assert len(charts) == 2, "one chart of figures against thresholds per stage's window"
             assert "error_rate" in charts[0].text
 
@@ -122,11 +152,15 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
             shot = ARTIFACTS / "dashboard.png"
             shot.unlink(missing_ok=True)
             # tall enough for the page down to the timeline: the charts and the timeline in one picture
-            bottom = await asyncio.to_thread(driver.execute_script, "return document.getElementById('timeline').getBoundingClientRect().bottom")
+            bottom = await asyncio.to_thread(
+                driver.execute_script, "return document.getElementById('timeline').getBoundingClientRect().bottom"
+            )
             await asyncio.to_thread(driver.set_window_size, 1400, min(int(bottom) + 150, 8000))
             assert await asyncio.to_thread(driver.save_screenshot, str(shot))
             data = shot.read_bytes()
-            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, f"{shot} is not a real PNG ({len(data)} bytes)"
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (
+                f"{shot} is not a real PNG ({len(data)} bytes)"
+            )
         finally:
             await asyncio.to_thread(driver.quit)
             stop(proc)

@@ -64,8 +64,12 @@ class Node:
 
     def start(self) -> None:
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(self.root / f"{self.name}.conf")],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.root / f"{self.name}.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     def kill(self) -> None:
@@ -125,7 +129,9 @@ class Cluster:
         await self.wait_ready()
 
     def describe(self) -> str:
-        return "\n".join(f"--- {n.name} ({'up' if n.running else 'down'}) {n.log_file}\n{n.log_tail()}" for n in self.nodes)
+        return "\n".join(
+            f"--- {n.name} ({'up' if n.running else 'down'}) {n.log_file}\n{n.log_tail()}" for n in self.nodes
+        )
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Every running node answers JetStream, and the cluster can place a stream on every node."""
@@ -157,8 +163,11 @@ class Cluster:
         try:
             js = nc.jetstream(timeout=5)
             name = "KX_CLUSTER_PROBE"
-            await js.add_stream(StreamConfig(name=name, subjects=["kxclusterprobe.>"], storage=StorageType.MEMORY,
-                                             num_replicas=len(self.nodes)))
+            await js.add_stream(
+                StreamConfig(
+                    name=name, subjects=["kxclusterprobe.>"], storage=StorageType.MEMORY, num_replicas=len(self.nodes)
+                )
+            )
             await js.publish("kxclusterprobe.x", b"1", timeout=5)  # a quorum answers
             await js.delete_stream(name)
         finally:
@@ -211,7 +220,11 @@ async def move_leader(nc, js, stream: str, to: str, timeout: float = 30.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"could not move the leader of {stream} to {to}")
         try:
-            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", json.dumps({"placement": {"preferred": to}}).encode(), timeout=5)
+            await nc.request(
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                json.dumps({"placement": {"preferred": to}}).encode(),
+                timeout=5,
+            )
         except Exception:
             pass
         await asyncio.sleep(0.5)

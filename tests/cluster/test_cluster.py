@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.js.errors import APIError
@@ -31,19 +31,36 @@ from events.codec import make_event
 from events.model import Actor, Scope
 from events.signing import SigningKey
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_release
 from services.jetstream.client import connect
+from services.jetstream.layout import LayoutSettings, ensure_layout
+from services.jetstream.log import (
+    BATCH_DUPLICATE_ID,
+    DUPLICATE_IN_FLIGHT,
+    WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_IN_FLIGHT,
+    AppendConflict,
+    Entry,
+    EventLog,
+)
+from services.jetstream.log_reads import load_world, log_entries
 from services.reads.audit import replay, summary
 from services.reads.health_reads import samples_between
-from services.jetstream.layout import LayoutSettings, ensure_layout
-from services.jetstream.log import (BATCH_DUPLICATE_ID, DUPLICATE_IN_FLIGHT, WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT,
-                          AppendConflict, Entry, EventLog)
-from services.jetstream.log_reads import load_world, log_entries
-from services.actions.producer import configure_channel, push_pack, request_release
 from services.runtime.sdk import Identity
 from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 from tests.e2e.support import Kx, assert_one_line_error, kxr_binary, write_trust_root
-from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, running_service, trust_root_for, wait_for
+from tests.harness import (
+    CHANNEL,
+    OPERATOR,
+    PRODUCER,
+    Behaviour,
+    make_pack,
+    request_data,
+    running_service,
+    trust_root_for,
+    wait_for,
+)
 
 from .conftest import Cluster, move_leader, stream_leader, wait_peer_current
 
@@ -58,11 +75,18 @@ FAILOVER_WINDOW_S = 10
 
 # ---- the release spine on R3 ------------------------------------------------------------------
 
+
 async def test_release_spine_on_r3_streams(cluster: Cluster, prefix):
     async with running_service(cluster.url, prefix, replicas=3) as svc:
         js, subjects = svc.app.js, svc.app.subjects
-        for stream in (subjects.releases_stream, subjects.health_stream, subjects.timers_stream, subjects.deadletter_stream,
-                       f"OBJ_{subjects.packs_bucket}", f"OBJ_{subjects.snapshots_bucket}"):
+        for stream in (
+            subjects.releases_stream,
+            subjects.health_stream,
+            subjects.timers_stream,
+            subjects.deadletter_stream,
+            f"OBJ_{subjects.packs_bucket}",
+            f"OBJ_{subjects.snapshots_bucket}",
+        ):
             info = await js.stream_info(stream)
             assert info.config.num_replicas == 3, stream
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2, (stream, info.cluster)
@@ -89,11 +113,18 @@ async def test_release_spine_on_r3_streams(cluster: Cluster, prefix):
 
 # ---- `kxr serve`, unchanged, pointed at the cluster ----------------------------------------------
 
+
 async def test_kxr_serve_runs_unchanged_against_the_cluster(cluster: Cluster, prefix, tmp_path):
     """Only configuration differs: KX_NATS_URL lists the three servers, KX_REPLICAS=3."""
     key = SigningKey.generate()
-    kx = Kx(nats_url=cluster.url, prefix=prefix, workdir=tmp_path, key=key,
-            trust_root_path=write_trust_root(tmp_path / "trust-root.json", key), binary=kxr_binary())
+    kx = Kx(
+        nats_url=cluster.url,
+        prefix=prefix,
+        workdir=tmp_path,
+        key=key,
+        trust_root_path=write_trust_root(tmp_path / "trust-root.json", key),
+        binary=kxr_binary(),
+    )
     bad = kx.run("serve", env=kx.env(KX_REPLICAS="7"))
     assert_one_line_error(bad, "KX_REPLICAS")
 
@@ -106,8 +137,15 @@ async def test_kxr_serve_runs_unchanged_against_the_cluster(cluster: Cluster, pr
         assert (await js.stream_info(subjects.releases_stream)).config.num_replicas == 3
         await configure_channel(log, js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
         for tenant in ("t-int-1", "tenant-42"):
-            rt = simulated_runtime(nc, Identity("prod", "canary", tenant, f"rt-{tenant}"), trust_root_for(key), {},
-                                   prefix=prefix, interval=0.1, seed=len(tasks))
+            rt = simulated_runtime(
+                nc,
+                Identity("prod", "canary", tenant, f"rt-{tenant}"),
+                trust_root_for(key),
+                {},
+                prefix=prefix,
+                interval=0.1,
+                seed=len(tasks),
+            )
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.run()))
         pack = make_pack("1.0.0", key)
@@ -126,7 +164,9 @@ async def test_kxr_serve_runs_unchanged_against_the_cluster(cluster: Cluster, pr
         status = await kx.arun("status", "--json", "--all")
         assert status.returncode == 0, status.stderr
         assert {row["scope"]: row["version"] for row in json.loads(status.stdout)["scopes"]} == {
-            "prod/canary/internal": "1.0.0", "prod/canary/rest": "1.0.0"}
+            "prod/canary/internal": "1.0.0",
+            "prod/canary/rest": "1.0.0",
+        }
     finally:
         await cancel_and_wait(tasks)
         kx.cleanup()
@@ -134,6 +174,7 @@ async def test_kxr_serve_runs_unchanged_against_the_cluster(cluster: Cluster, pr
 
 
 # ---- kill -9 the log's leader in the middle of a release ---------------------------------------
+
 
 def record_acknowledged(log: EventLog) -> list[tuple[int, str]]:
     """(seq, event_id) of every append JetStream acknowledged, through our own port."""
@@ -198,9 +239,20 @@ async def test_killing_the_log_leader_mid_release_loses_nothing(cluster: Cluster
         events = [e async for _, _, e in log_entries(js, subjects)]
         assert None not in events
         r1 = [e.type for e in events if e.release_id == "r1" and e.type.startswith("release.")]
-        assert r1 == ["release.requested", "release.prepared", "release.distributed", "release.verified",
-                      "release.activated", "release.monitoring_started", "release.monitoring_passed", "release.expanded",
-                      "release.activated", "release.monitoring_started", "release.monitoring_passed", "release.closed"], r1
+        assert r1 == [
+            "release.requested",
+            "release.prepared",
+            "release.distributed",
+            "release.verified",
+            "release.activated",
+            "release.monitoring_started",
+            "release.monitoring_passed",
+            "release.expanded",
+            "release.activated",
+            "release.monitoring_started",
+            "release.monitoring_passed",
+            "release.closed",
+        ], r1
         assert [e.data.stage for e in events if e.type == "release.activated"] == [0, 1]
         pointers = Counter(e.scope.cohort for e in events if e.type == "scope.activated" and e.data.release_id == "r1")
         assert pointers == {"internal": 1, "rest": 1}
@@ -226,12 +278,15 @@ async def wait_for_samples(svc, cohort: str, digest: str, since: datetime, count
         if time.monotonic() > deadline:
             raise AssertionError(f"only {seen} sample(s) of {digest[:19]} from {cohort} after {timeout:.0f}s")
         await asyncio.sleep(0.1)
-        now = datetime.now(timezone.utc) + timedelta(seconds=1)
+        now = datetime.now(UTC) + timedelta(seconds=1)
         samples = await samples_between(svc.app.js, svc.app.subjects, "prod", "canary", [cohort], since, now)
-        seen = sum(1 for _, sample in samples if sample.kind == "sample" and sample.digest == digest and sample.requests)
+        seen = sum(
+            1 for _, sample in samples if sample.kind == "sample" and sample.digest == digest and sample.requests
+        )
 
 
 # ---- retried appends and batches on R3 ---------------------------------------------------------
+
 
 @pytest.fixture
 async def r3_log(cluster: Cluster, prefix):
@@ -244,15 +299,30 @@ async def r3_log(cluster: Cluster, prefix):
 
 
 def requested(release_id: str, event_id: str | None = None):
-    return make_event("release.requested", request_data(make_pack("1.0.0", SigningKey.generate())),
-                      actor=ACTOR, release_id=release_id, event_id=event_id)
+    return make_event(
+        "release.requested",
+        request_data(make_pack("1.0.0", SigningKey.generate())),
+        actor=ACTOR,
+        release_id=release_id,
+        event_id=event_id,
+    )
 
 
 def pointer(cohort: str, release_id: str, event_id: str | None = None):
-    data = {"pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "0" * 64, "size": 1}, "manifest": "m",
-            "release_id": release_id, "kind": "rollout"}
-    return make_event("scope.activated", data, actor=ACTOR, release_id=release_id,
-                      scope=Scope(env="prod", channel="canary", cohort=cohort), event_id=event_id)
+    data = {
+        "pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "0" * 64, "size": 1},
+        "manifest": "m",
+        "release_id": release_id,
+        "kind": "rollout",
+    }
+    return make_event(
+        "scope.activated",
+        data,
+        actor=ACTOR,
+        release_id=release_id,
+        scope=Scope(env="prod", channel="canary", cohort=cohort),
+        event_id=event_id,
+    )
 
 
 async def stored_messages(log: EventLog) -> int:
@@ -263,8 +333,11 @@ async def test_cluster_checks_duplicates_before_the_expected_sequence(r3_log):
     """The raw server behaviour EventLog relies on (a single server answers the retry with 10071)."""
     js, subjects = r3_log._js, r3_log.subjects
     subject = subjects.release("r1", "requested")
-    headers = {"Nats-Msg-Id": "e-1", "Nats-Expected-Last-Subject-Sequence": "0",
-               "Nats-Expected-Last-Subject-Sequence-Subject": subjects.release_filter("r1")}
+    headers = {
+        "Nats-Msg-Id": "e-1",
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        "Nats-Expected-Last-Subject-Sequence-Subject": subjects.release_filter("r1"),
+    }
     first = await js.publish(subject, b"{}", headers=headers)
     retry = await js.publish(subject, b"{}", headers=headers)  # the expectation is stale now, the id is known
     assert (retry.seq, retry.duplicate) == (first.seq, True)
@@ -272,20 +345,30 @@ async def test_cluster_checks_duplicates_before_the_expected_sequence(r3_log):
         await js.publish(subjects.release("r1", "annotated"), b"{}", headers={**headers, "Nats-Msg-Id": "e-2"})
     assert stale.value.err_code == WRONG_LAST_SEQUENCE
 
-    batch = {"Nats-Msg-Id": "p-1", "Nats-Batch-Id": "b-1", "Nats-Batch-Sequence": "1", "Nats-Batch-Commit": "1",
-             "Nats-Expected-Last-Subject-Sequence": "0"}
+    batch = {
+        "Nats-Msg-Id": "p-1",
+        "Nats-Batch-Id": "b-1",
+        "Nats-Batch-Sequence": "1",
+        "Nats-Batch-Commit": "1",
+        "Nats-Expected-Last-Subject-Sequence": "0",
+    }
     scope_subject = subjects.scope("prod", "canary", "a", "activated")
     ok = json.loads((await r3_log._nc.request(scope_subject, b"{}", headers=batch, timeout=5)).data)
     again = json.loads((await r3_log._nc.request(scope_subject, b"{}", headers=batch, timeout=5)).data)
     assert "error" not in ok, ok
-    assert again["error"]["err_code"] == BATCH_DUPLICATE_ID, again  # "atomic publish batch contains duplicate message id"
+    assert again["error"]["err_code"] == BATCH_DUPLICATE_ID, (
+        again
+    )  # "atomic publish batch contains duplicate message id"
 
     # While the first copy is still being replicated (two publishes in one go). Whether the
     # second one finds the first in flight or already applied is a matter of timing, so look
     # at a few pairs: each answer is one of the two, and the in-flight answer does show up.
     async def raw(release_id: str, suffix: str, msg_id: str):
-        h = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": "0",
-             "Nats-Expected-Last-Subject-Sequence-Subject": subjects.release_filter(release_id)}
+        h = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.release_filter(release_id),
+        }
         try:
             ack = await js.publish(subjects.release(release_id, suffix), b"{}", headers=h)
             return "duplicate" if ack.duplicate else ack.seq
@@ -349,13 +432,17 @@ async def test_concurrent_copies_and_rivals_of_an_append(r3_log):
     log = r3_log
     for n in range(3):
         event = requested(f"c{n}")
-        first, copy = await asyncio.gather(log.append(log.release_entry(event, 0)), log.append(log.release_entry(event, 0)))
+        first, copy = await asyncio.gather(
+            log.append(log.release_entry(event, 0)), log.append(log.release_entry(event, 0))
+        )
         assert first == copy
     assert await stored_messages(log) == 3
 
     for n in range(3):
         a, b = requested(f"r{n}"), requested(f"r{n}")
-        results = await asyncio.gather(log.append(log.release_entry(a, 0)), log.append(log.release_entry(b, 0)), return_exceptions=True)
+        results = await asyncio.gather(
+            log.append(log.release_entry(a, 0)), log.append(log.release_entry(b, 0)), return_exceptions=True
+        )
         assert sum(isinstance(r, int) for r in results) == 1, results
         assert sum(isinstance(r, AppendConflict) for r in results) == 1, results  # a lost race, never "failed"
     assert await stored_messages(log) == 6
@@ -364,13 +451,21 @@ async def test_concurrent_copies_and_rivals_of_an_append(r3_log):
 async def test_concurrent_copies_and_rivals_of_an_atomic_batch(r3_log):
     log = r3_log
     for n in range(3):
-        entries = [Entry(pointer(f"a{n}", f"r{n}", event_id=f"pa-{n}"), 0), Entry(pointer(f"b{n}", f"r{n}", event_id=f"pb-{n}"), 0)]
-        first, copy = await asyncio.gather(log.commit_batch(entries, f"batch-{n}"), log.commit_batch(entries, f"batch-{n}"))
+        entries = [
+            Entry(pointer(f"a{n}", f"r{n}", event_id=f"pa-{n}"), 0),
+            Entry(pointer(f"b{n}", f"r{n}", event_id=f"pb-{n}"), 0),
+        ]
+        first, copy = await asyncio.gather(
+            log.commit_batch(entries, f"batch-{n}"), log.commit_batch(entries, f"batch-{n}")
+        )
         assert first == copy
     assert await stored_messages(log) == 6
 
     for n in range(3):
-        rivals = [[Entry(pointer(f"x{n}{side}", f"q{n}{side}"), 0), Entry(pointer(f"shared{n}", f"q{n}{side}"), 0)] for side in "ab"]
+        rivals = [
+            [Entry(pointer(f"x{n}{side}", f"q{n}{side}"), 0), Entry(pointer(f"shared{n}", f"q{n}{side}"), 0)]
+            for side in "ab"
+        ]
         results = await asyncio.gather(*(log.commit_batch(r) for r in rivals), return_exceptions=True)
         assert sum(isinstance(r, int) for r in results) == 1, results
         assert sum(isinstance(r, AppendConflict) for r in results) == 1, results

@@ -7,6 +7,7 @@ import pytest
 
 from events.signing import SigningKey
 from services.jetstream.client import nats_servers
+
 from .support import Kx, kxr_binary, write_trust_root
 
 
@@ -19,8 +20,15 @@ def kx_env_extra() -> dict[str, str]:
 @pytest.fixture
 def kx(nats_url, prefix, tmp_path, kx_env_extra):
     key = SigningKey.generate()
-    inst = Kx(nats_url=nats_url, prefix=prefix, workdir=tmp_path, key=key,
-              trust_root_path=write_trust_root(tmp_path / "trust-root.json", key), binary=kxr_binary(), extra_env=kx_env_extra)
+    inst = Kx(
+        nats_url=nats_url,
+        prefix=prefix,
+        workdir=tmp_path,
+        key=key,
+        trust_root_path=write_trust_root(tmp_path / "trust-root.json", key),
+        binary=kxr_binary(),
+        extra_env=kx_env_extra,
+    )
     try:
         yield inst
     finally:

@@ -37,7 +37,9 @@ def kxr_binary() -> str:
     found = shutil.which("kxr")
     if found:
         return found
-    pytest.fail("the kxr console script is not installed beside this Python nor on PATH (pip install -e .)", pytrace=False)
+    pytest.fail(
+        "the kxr console script is not installed beside this Python nor on PATH (pip install -e .)", pytrace=False
+    )
 
 
 def base_env() -> dict[str, str]:
@@ -47,8 +49,11 @@ def base_env() -> dict[str, str]:
 
 
 def write_trust_root(path: Path, *keys: SigningKey, threshold: int = 1) -> Path:
-    doc = {"version": 1, "threshold": threshold,
-           "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"key{i}"} for i, k in enumerate(keys)}}
+    doc = {
+        "version": 1,
+        "threshold": threshold,
+        "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"key{i}"} for i, k in enumerate(keys)},
+    }
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -79,8 +84,15 @@ class ServeProcess:
         self.out_path = workdir / f"{name}.stdout"
         self._err = open(self.err_path, "wb")
         self._out = open(self.out_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=self._err, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -96,9 +108,11 @@ class ServeProcess:
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise AssertionError(f"kxr serve ({self.name}) exited with {self.proc.returncode} before being ready:\n{self.stderr()}")
+            raise AssertionError(
+                f"kxr serve ({self.name}) exited with {self.proc.returncode} before being ready:\n{self.stderr()}"
+            )
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "ServeProcess":
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> ServeProcess:
         deadline = time.monotonic() + timeout
         while not self.is_ready():
             self._check_alive()
@@ -107,7 +121,7 @@ class ServeProcess:
             time.sleep(0.05)
         return self
 
-    async def ready(self, timeout: float = READY_TIMEOUT_S) -> "ServeProcess":
+    async def ready(self, timeout: float = READY_TIMEOUT_S) -> ServeProcess:
         """Like wait_ready, without blocking the event loop (in-process runtimes keep running)."""
         deadline = time.monotonic() + timeout
         while not self.is_ready():
@@ -158,8 +172,16 @@ class Kx:
 
     def env(self, **overrides: str | None) -> dict[str, str]:
         env = base_env()
-        env.update({"KX_NATS_URL": self.nats_url, "KX_PREFIX": self.prefix, "KX_TRUST_ROOT": str(self.trust_root_path),
-                    "KX_DATA_DIR": str(self.workdir / "kx-data"), "KX_ACTOR": "e2e-operator", **self.extra_env})
+        env.update(
+            {
+                "KX_NATS_URL": self.nats_url,
+                "KX_PREFIX": self.prefix,
+                "KX_TRUST_ROOT": str(self.trust_root_path),
+                "KX_DATA_DIR": str(self.workdir / "kx-data"),
+                "KX_ACTOR": "e2e-operator",
+                **self.extra_env,
+            }
+        )
         for k, v in overrides.items():
             if v is None:
                 env.pop(k, None)
@@ -168,15 +190,26 @@ class Kx:
         return env
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([self.binary, *args], env=env or self.env(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [self.binary, *args],
+            env=env or self.env(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    async def arun(self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    async def arun(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess:
         """`run` in a thread, so in-process runtimes keep reporting meanwhile."""
         return await asyncio.to_thread(self.run, *args, env=env, timeout=timeout)
 
     def serve(self, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        p = ServeProcess([self.binary, "serve", *args], env or self.env(), self.workdir, f"serve{len(self.processes) + 1}")
+        p = ServeProcess(
+            [self.binary, "serve", *args], env or self.env(), self.workdir, f"serve{len(self.processes) + 1}"
+        )
         self.processes.append(p)
         return p
 
@@ -217,7 +250,9 @@ async def last_event(js, stream: str, subject: str) -> dict[str, Any] | None:
     return json.loads(msg.data) if msg is not None else None
 
 
-async def read_log(js, stream: str, filters: list[str] | None = None) -> list[tuple[int, str, dict[str, Any], dict[str, str]]]:
+async def read_log(
+    js, stream: str, filters: list[str] | None = None
+) -> list[tuple[int, str, dict[str, Any], dict[str, str]]]:
     """Every message of the stream (or of `filters`) from sequence 1: (seq, subject, body, headers)."""
     from services.jetstream.reader import OrderedReader
 
@@ -246,14 +281,25 @@ async def describe_release(js, kx: Kx, release_id: str) -> str:
 
 async def wait_closed(js, kx: Kx, release_id: str, timeout: float = 30.0) -> dict[str, Any]:
     subject = f"{kx.prefix}.release.{release_id}.closed"
-    return await wait_until(lambda: last_event(js, kx.stream, subject), timeout, f"release {release_id} to close",
-                            lambda: describe_release(js, kx, release_id))
+    return await wait_until(
+        lambda: last_event(js, kx.stream, subject),
+        timeout,
+        f"release {release_id} to close",
+        lambda: describe_release(js, kx, release_id),
+    )
 
 
-async def wait_event(js, kx: Kx, release_id: str, suffix: str, timeout: float = 30.0, interval: float = 0.02) -> dict[str, Any]:
+async def wait_event(
+    js, kx: Kx, release_id: str, suffix: str, timeout: float = 30.0, interval: float = 0.02
+) -> dict[str, Any]:
     subject = f"{kx.prefix}.release.{release_id}.{suffix}"
-    return await wait_until(lambda: last_event(js, kx.stream, subject), timeout, f"release {release_id} {suffix}",
-                            lambda: describe_release(js, kx, release_id), interval=interval)
+    return await wait_until(
+        lambda: last_event(js, kx.stream, subject),
+        timeout,
+        f"release {release_id} {suffix}",
+        lambda: describe_release(js, kx, release_id),
+        interval=interval,
+    )
 
 
 def duplicate_event_ids(entries) -> dict[str, int]:
@@ -262,8 +308,11 @@ def duplicate_event_ids(entries) -> dict[str, int]:
 
 
 def activations_per_cohort(entries, release_id: str) -> Counter:
-    return Counter(body["scope"]["cohort"] for _, _, body, _ in entries
-                   if body.get("type") == "scope.activated" and body["data"].get("release_id") == release_id)
+    return Counter(
+        body["scope"]["cohort"]
+        for _, _, body, _ in entries
+        if body.get("type") == "scope.activated" and body["data"].get("release_id") == release_id
+    )
 
 
 def count_types(entries, release_id: str) -> Counter:
@@ -271,7 +320,21 @@ def count_types(entries, release_id: str) -> Counter:
 
 
 __all__ = [
-    "Kx", "ServeProcess", "activations_per_cohort", "assert_one_line_error", "base_env", "count_types", "duplicate_event_ids",
-    "kxr_binary", "last_event", "last_msg", "read_log", "release_events", "stderr_lines", "wait_closed", "wait_event",
-    "wait_until", "write_trust_root",
+    "Kx",
+    "ServeProcess",
+    "activations_per_cohort",
+    "assert_one_line_error",
+    "base_env",
+    "count_types",
+    "duplicate_event_ids",
+    "kxr_binary",
+    "last_event",
+    "last_msg",
+    "read_log",
+    "release_events",
+    "stderr_lines",
+    "wait_closed",
+    "wait_event",
+    "wait_until",
+    "write_trust_root",
 ]

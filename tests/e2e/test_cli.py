@@ -23,9 +23,26 @@ from .support import Kx, assert_one_line_error, base_env, kxr_binary, write_trus
 
 pytestmark = pytest.mark.e2e
 
-SIGN_ARGS = ["--name", "kb", "--schema", "kx-pack/1", "--profile", "standard", "--runtime", ">=2.3,<3",
-             "--build-id", "b-1", "--builder", "kx-pipeline", "--run", "run-1",
-             "--source", "https://git.example/kb/core", "--revision", "3f2a9c1"]
+SIGN_ARGS = [
+    "--name",
+    "kb",
+    "--schema",
+    "kx-pack/1",
+    "--profile",
+    "standard",
+    "--runtime",
+    ">=2.3,<3",
+    "--build-id",
+    "b-1",
+    "--builder",
+    "kx-pipeline",
+    "--run",
+    "run-1",
+    "--source",
+    "https://git.example/kb/core",
+    "--revision",
+    "3f2a9c1",
+]
 
 CHANNEL_TOML = """\
 plan = [["internal"], ["eu-early"], ["rest"]]
@@ -66,7 +83,11 @@ CHANNEL_JSON = {
     "plan": [["internal"], ["rest"]],
     "monitoring": {"window_s": 1, "min_samples": 1, "thresholds": {"error_rate_max": 0.05}},
     "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
-    "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"], "forbid_downgrade": True},
+    "policy": {
+        "allowed_sources": ["https://git.example/kb"],
+        "allowed_builders": ["kx-pipeline"],
+        "forbid_downgrade": True,
+    },
     "promote_to": None,
 }
 
@@ -79,8 +100,14 @@ def inst(nats_url, tmp_path_factory):
     key_file = workdir / "producer.key.json"
     key_file.write_text(json.dumps(key.to_file_dict("producer")))
     key_file.chmod(0o600)
-    kx = Kx(nats_url=nats_url, prefix="c" + uuid.uuid4().hex[:12], workdir=workdir, key=key,
-            trust_root_path=write_trust_root(workdir / "trust-root.json", key), binary=kxr_binary())
+    kx = Kx(
+        nats_url=nats_url,
+        prefix="c" + uuid.uuid4().hex[:12],
+        workdir=workdir,
+        key=key,
+        trust_root_path=write_trust_root(workdir / "trust-root.json", key),
+        binary=kxr_binary(),
+    )
     try:
         kx.serve().wait_ready()
         yield kx
@@ -104,7 +131,20 @@ def sign(kx: Kx, pack_name: str, version: str, body: bytes | None = None) -> tup
     pack = kx.workdir / pack_name
     pack.write_bytes(body if body is not None else f"{pack_name} {version} ".encode() * 500)
     manifest = kx.workdir / f"{pack_name}.manifest.json"
-    ok(kx.run("pack", "sign", pack.name, "--key", "producer.key.json", "--version", version, *SIGN_ARGS, "--out", manifest.name))
+    ok(
+        kx.run(
+            "pack",
+            "sign",
+            pack.name,
+            "--key",
+            "producer.key.json",
+            "--version",
+            version,
+            *SIGN_ARGS,
+            "--out",
+            manifest.name,
+        )
+    )
     return pack.name, manifest.name
 
 
@@ -157,11 +197,17 @@ def test_pack_sign_then_verify_passes(kx, signed_pack):
     assert "FAIL" not in out
     for gate in ("signature", "expiry", "identity", "integrity"):
         assert any(line.startswith("pass") and gate in line for line in out.splitlines()), (gate, out)
-    doc = json.loads(ok(kx.run("pack", "verify", "kb.pack", "kb.pack.manifest.json", "--trust-root", "tr.json", "--json", env=env)))
-    assert doc["ok"] and {"signature", "expiry", "identity", "integrity"} <= {g["gate"] for g in doc["gates"] if g["ok"]}
+    doc = json.loads(
+        ok(kx.run("pack", "verify", "kb.pack", "kb.pack.manifest.json", "--trust-root", "tr.json", "--json", env=env))
+    )
+    assert doc["ok"] and {"signature", "expiry", "identity", "integrity"} <= {
+        g["gate"] for g in doc["gates"] if g["ok"]
+    }
 
 
-@pytest.mark.parametrize("tamper, gate", [("pack_bytes", "integrity"), ("manifest_field", "signature"), ("untrusted_key", "signature")])
+@pytest.mark.parametrize(
+    "tamper, gate", [("pack_bytes", "integrity"), ("manifest_field", "signature"), ("untrusted_key", "signature")]
+)
 def test_pack_verify_of_tampered_pack_fails_naming_the_gate(kx, signed_pack, tamper, gate):
     pack, manifest, env = signed_pack
     root = "tr.json"
@@ -210,8 +256,17 @@ def test_channel_set_toml_and_json_then_show(inst):
     assert (again["config"]["monitoring"]["window_s"], again["config"]["monitoring"]["min_samples"]) == (5, 2)
 
     table = ok(inst.run("channel", "show", "prod/ch-toml"))  # for people: tables
-    for needle in ("channel prod/ch-toml: configured", "by e2e-operator", "Cohorts (first match wins)", "eu-early", "[0, 500)",
-                   "internal -> eu-early -> rest", "threshold error_rate_max", "0.05", "compatibility runtime_version"):
+    for needle in (
+        "channel prod/ch-toml: configured",
+        "by e2e-operator",
+        "Cohorts (first match wins)",
+        "eu-early",
+        "[0, 500)",
+        "internal -> eu-early -> rest",
+        "threshold error_rate_max",
+        "0.05",
+        "compatibility runtime_version",
+    ):
         assert needle in table, f"{needle!r} not in:\n{table}"
 
 
@@ -229,7 +284,10 @@ def test_channel_set_invalid_file_lists_every_problem(inst):
     for where in ("cohorts.0.name", "monitoring.window_s", "policy.max_pin_days"):
         assert where in err, f"{where} not reported:\n{err}"
 
-    semantic = {"cohorts": [{"name": "rest"}, {"name": "internal", "tenants": ["t1"]}], "plan": [["internal"], ["nope"]]}
+    semantic = {
+        "cohorts": [{"name": "rest"}, {"name": "internal", "tenants": ["t1"]}],
+        "plan": [["internal"], ["nope"]],
+    }
     (inst.workdir / "semantic.json").write_text(json.dumps(semantic))
     result = inst.run("channel", "set", "prod/ch-bad", "--file", "semantic.json")
     assert result.returncode != 0
@@ -255,9 +313,32 @@ def test_release_request_show_timeline_and_status(inst):
     (inst.workdir / "rel.json").write_text(json.dumps(CHANNEL_JSON))
     ok(inst.run("channel", "set", "prod/ch-rel", "--file", "rel.json"))
     pack, manifest = sign(inst, "rel.pack", "2.0.0")
-    out = ok(inst.run("release", "request", "rel-1", "--target", "prod/ch-rel", "--manifest", manifest, "--pack", pack,
-                      "--owner", "kb-team", "--escalation", "pager:kb", "--window", "1", "--min-samples", "1",
-                      "--rollback", "none", "--acknowledge-no-health", "--reason", "e2e"))
+    out = ok(
+        inst.run(
+            "release",
+            "request",
+            "rel-1",
+            "--target",
+            "prod/ch-rel",
+            "--manifest",
+            manifest,
+            "--pack",
+            pack,
+            "--owner",
+            "kb-team",
+            "--escalation",
+            "pager:kb",
+            "--window",
+            "1",
+            "--min-samples",
+            "1",
+            "--rollback",
+            "none",
+            "--acknowledge-no-health",
+            "--reason",
+            "e2e",
+        )
+    )
     assert "rel-1" in out
 
     # No runtime reports health: the first window ends inconclusive and the release holds.
@@ -268,10 +349,18 @@ def test_release_request_show_timeline_and_status(inst):
         if "release.monitoring_inconclusive" in types or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert types[:6] == ["release.requested", "release.prepared", "release.distributed", "release.verified",
-                         "release.activated", "release.monitoring_started"], types
+    assert types[:6] == [
+        "release.requested",
+        "release.prepared",
+        "release.distributed",
+        "release.verified",
+        "release.activated",
+        "release.monitoring_started",
+    ], types
     assert "release.monitoring_inconclusive" in types, types
-    assert "release.expanded" not in types and "release.closed" not in types, "an inconclusive window must never promote"
+    assert "release.expanded" not in types and "release.closed" not in types, (
+        "an inconclusive window must never promote"
+    )
     seqs = [t["seq"] for t in record["timeline"]]
     assert seqs == sorted(seqs) and all(t["event_id"] and t["at"] for t in record["timeline"])
     assert record["pack"]["version"] == "2.0.0" and record["identity"]["owner"] == "kb-team"
@@ -289,8 +378,21 @@ def test_release_request_show_timeline_and_status(inst):
     in_flight = {r["release"]: r for r in status["releases"]}
     assert in_flight["rel-1"]["outcome"] is None and in_flight["rel-1"]["stage"] == "1/2"
 
-    again = inst.run("release", "request", "rel-1", "--target", "prod/ch-rel", "--manifest", manifest,
-                     "--owner", "kb-team", "--escalation", "pager:kb", "--rollback", "none")
+    again = inst.run(
+        "release",
+        "request",
+        "rel-1",
+        "--target",
+        "prod/ch-rel",
+        "--manifest",
+        manifest,
+        "--owner",
+        "kb-team",
+        "--escalation",
+        "pager:kb",
+        "--rollback",
+        "none",
+    )
     assert_one_line_error(again, "rel-1")
 
 
@@ -298,8 +400,26 @@ def test_status_json_parses_and_lists_scopes(inst):
     (inst.workdir / "st.json").write_text(json.dumps(dict(CHANNEL_JSON, plan=[["internal", "rest"]])))
     ok(inst.run("channel", "set", "prod/ch-status", "--file", "st.json"))
     pack, manifest = sign(inst, "st.pack", "3.0.0")
-    ok(inst.run("release", "request", "st-1", "--target", "prod/ch-status", "--manifest", manifest, "--pack", pack,
-                "--owner", "kb-team", "--escalation", "pager:kb", "--rollback", "none", "--acknowledge-no-health"))
+    ok(
+        inst.run(
+            "release",
+            "request",
+            "st-1",
+            "--target",
+            "prod/ch-status",
+            "--manifest",
+            manifest,
+            "--pack",
+            pack,
+            "--owner",
+            "kb-team",
+            "--escalation",
+            "pager:kb",
+            "--rollback",
+            "none",
+            "--acknowledge-no-health",
+        )
+    )
     deadline = time.monotonic() + 15
     while True:
         status = json.loads(ok(inst.run("status", "--json", "--all")))
@@ -325,14 +445,31 @@ HOSTILE = [
     (["channel", "show", "prod/can ary"], "can ary"),
     (["channel", "show", "prod/canary/extra"], "ENV/CHANNEL"),
     (["channel", "set", "pr.od/canary", "--file", "cfg.json"], "pr.od"),
-    (["release", "request", "r 1", "--target", "prod/canary", "--manifest", "m.json", "--owner", "o", "--escalation", "e"], "r 1"),
+    (
+        [
+            "release",
+            "request",
+            "r 1",
+            "--target",
+            "prod/canary",
+            "--manifest",
+            "m.json",
+            "--owner",
+            "o",
+            "--escalation",
+            "e",
+        ],
+        "r 1",
+    ),
 ]
 
 
 @pytest.mark.parametrize("args, named", HOSTILE, ids=[" ".join(a[:3]) for a, _ in HOSTILE])
 def test_hostile_tokens_are_refused_before_nats_with_one_line(kx, args, named):
     (kx.workdir / "cfg.json").write_text(json.dumps(CHANNEL_JSON))
-    (kx.workdir / "m.json").write_text(json.dumps({"signed": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "0" * 64}}))
+    (kx.workdir / "m.json").write_text(
+        json.dumps({"signed": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "0" * 64}})
+    )
     # Nothing listens there: an error about the token proves it never tried to reach NATS.
     env = kx.env(KX_NATS_URL=f"nats://127.0.0.1:{free_port()}")
     line = assert_one_line_error(kx.run(*args, env=env, timeout=20), named)
@@ -343,7 +480,9 @@ def test_hostile_prefix_is_refused(kx):
     assert_one_line_error(kx.run("status", env=kx.env(KX_PREFIX="kx.>")), "kx.>")
 
 
-@pytest.mark.parametrize("args", [["status"], ["release", "show", "r1"], ["channel", "show", "prod/canary"]], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "args", [["status"], ["release", "show", "r1"], ["channel", "show", "prod/canary"]], ids=lambda a: a[0]
+)
 def test_no_nats_url_is_a_one_line_error(kx, args):
     assert_one_line_error(kx.run(*args, env=kx.env(KX_NATS_URL=None)), "KX_NATS_URL")
 
@@ -353,7 +492,9 @@ def test_unreachable_nats_is_a_one_line_error(kx):
     assert_one_line_error(result, "cannot reach NATS")
 
 
-@pytest.mark.parametrize("args", [["status", "--json"], ["channel", "set", "prod/canary", "--file", "cfg.json"]], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "args", [["status", "--json"], ["channel", "set", "prod/canary", "--file", "cfg.json"]], ids=lambda a: a[0]
+)
 def test_commands_before_any_serve_end_with_one_line(kx, args):
     """A fresh prefix: `kxr serve` never created the log. The command says so, and ends."""
     (kx.workdir / "cfg.json").write_text(json.dumps(CHANNEL_JSON))

@@ -15,7 +15,7 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
@@ -30,13 +30,32 @@ pytestmark = pytest.mark.e2e
 
 ENV, CHANNEL = "prod", "canary"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ENVELOPE_KEYS = {"event_id", "type", "schema_version", "occurred_at", "actor", "causation_id", "correlation_id", "release_id", "scope", "data"}
+ENVELOPE_KEYS = {
+    "event_id",
+    "type",
+    "schema_version",
+    "occurred_at",
+    "actor",
+    "causation_id",
+    "correlation_id",
+    "release_id",
+    "scope",
+    "data",
+}
 CHANNEL_CONFIG = {
-    "cohorts": [{"name": "internal", "tenants": ["t-int-1"]}, {"name": "early", "percent": [0, 5000]}, {"name": "rest"}],
+    "cohorts": [
+        {"name": "internal", "tenants": ["t-int-1"]},
+        {"name": "early", "percent": [0, 5000]},
+        {"name": "rest"},
+    ],
     "plan": [["internal"], ["early", "rest"]],
     "monitoring": {"window_s": 1, "min_samples": 1, "thresholds": {"error_rate_max": 0.05, "latency_p95_ms_max": 250}},
     "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
-    "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"], "forbid_downgrade": True},
+    "policy": {
+        "allowed_sources": ["https://git.example/kb"],
+        "allowed_builders": ["kx-pipeline"],
+        "forbid_downgrade": True,
+    },
 }
 
 
@@ -56,19 +75,31 @@ def keyid(raw: bytes) -> str:
 
 
 def rfc3339(at: datetime | None = None) -> str:
-    return (at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def signed_manifest(pack: bytes, key: Ed25519PrivateKey, version: str) -> tuple[str, bytes]:
     digest = "sha256:" + hashlib.sha256(pack).hexdigest()
     signed = {
-        "name": "kb-core", "version": version, "digest": digest, "size": len(pack),
-        "expires": (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "name": "kb-core",
+        "version": version,
+        "digest": digest,
+        "size": len(pack),
+        "expires": (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "compatibility": {"schema": "kx-pack/1", "profile": "standard", "runtime": ">=2.3,<3"},
         "build": {"id": f"b-{version}", "builder": "kx-pipeline", "validation": "passed", "run": f"run-{version}"},
-        "provenance": {"source": "https://git.example/kb/core", "revision": "3f2a9c1", "refs": ["https://git.example/kb/core/pull/7"]},
+        "provenance": {
+            "source": "https://git.example/kb/core",
+            "revision": "3f2a9c1",
+            "refs": ["https://git.example/kb/core/pull/7"],
+        },
     }
-    doc = {"signed": signed, "signatures": [{"keyid": keyid(public_raw(key)), "sig": base64.b64encode(key.sign(canonical(signed))).decode()}]}
+    doc = {
+        "signed": signed,
+        "signatures": [
+            {"keyid": keyid(public_raw(key)), "sig": base64.b64encode(key.sign(canonical(signed))).decode()}
+        ],
+    }
     return digest, json.dumps(doc).encode()
 
 
@@ -106,7 +137,9 @@ def tenant_in(config: dict, cohort: str) -> str:
 class ContractRuntime:
     """Follows its scope's pointer (last_per_subject), verifies before switching, reports health."""
 
-    def __init__(self, js, prefix: str, tenant: str, config: dict, trusted: dict[str, bytes], threshold: int = 1) -> None:
+    def __init__(
+        self, js, prefix: str, tenant: str, config: dict, trusted: dict[str, bytes], threshold: int = 1
+    ) -> None:
         self.js = js
         self.prefix = prefix
         self.runtime_id = f"rt-{tenant}"
@@ -123,8 +156,13 @@ class ContractRuntime:
 
     async def start(self) -> None:
         subject = f"{self.prefix}.scope.{ENV}.{CHANNEL}.{self.cohort}.activated"
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
-                                filter_subject=subject, inactive_threshold=30.0, mem_storage=True)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
         self.sub = await self.js.pull_subscribe(subject, stream=f"{self.prefix.upper()}_RELEASES", config=config)
         self.tasks = [asyncio.create_task(self.follow()), asyncio.create_task(self.report_samples())]
 
@@ -141,7 +179,7 @@ class ContractRuntime:
         while True:
             try:
                 msgs = await self.sub.fetch(10, timeout=0.5)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             for msg in msgs:
                 await self.consider(json.loads(msg.data))
@@ -159,7 +197,15 @@ class ContractRuntime:
             self.history.append((pack["digest"], "activated"))
         else:
             self.history.append((pack["digest"], f"refused: {problem}"))
-        await self.report({"kind": "activation", "digest": pack["digest"], "ok": problem is None, "took_ms": took_ms, "error": problem})
+        await self.report(
+            {
+                "kind": "activation",
+                "digest": pack["digest"],
+                "ok": problem is None,
+                "took_ms": took_ms,
+                "error": problem,
+            }
+        )
 
     async def verify(self, pack: dict, manifest_name: str) -> str | None:
         hexdigest = pack["digest"].removeprefix("sha256:")
@@ -192,8 +238,16 @@ class ContractRuntime:
 
     async def report_samples(self) -> None:
         while True:
-            await self.report({"kind": "sample", "requests": 200, "errors": 0, "latency_ms": {"p95": 80, "p99": 120},
-                               "error_classes": {}, "correctness": {"mismatches": 0, "checked": 50}})
+            await self.report(
+                {
+                    "kind": "sample",
+                    "requests": 200,
+                    "errors": 0,
+                    "latency_ms": {"p95": 80, "p99": 120},
+                    "error_classes": {},
+                    "correctness": {"mismatches": 0, "checked": 50},
+                }
+            )
             await asyncio.sleep(0.1)
 
 
@@ -222,13 +276,22 @@ async def poll(probe, timeout: float, what: str):
 
 def requested_event(release_id: str, digest: str, version: str) -> dict:
     return {
-        "event_id": str(uuid.uuid4()), "type": "release.requested", "schema_version": 1, "occurred_at": rfc3339(),
-        "actor": {"kind": "producer", "id": "contract-client"}, "causation_id": None, "correlation_id": release_id,
-        "release_id": release_id, "scope": None,
+        "event_id": str(uuid.uuid4()),
+        "type": "release.requested",
+        "schema_version": 1,
+        "occurred_at": rfc3339(),
+        "actor": {"kind": "producer", "id": "contract-client"},
+        "causation_id": None,
+        "correlation_id": release_id,
+        "release_id": release_id,
+        "scope": None,
         "data": {
             "pack": {"name": "kb-core", "version": version, "digest": digest},
-            "target": {"env": ENV, "channel": CHANNEL}, "owner": "kb-team", "escalation": "pager:kb-oncall",
-            "rollback": {"strategy": "none"}, "reason": "contract client e2e",
+            "target": {"env": ENV, "channel": CHANNEL},
+            "owner": "kb-team",
+            "escalation": "pager:kb-oncall",
+            "rollback": {"strategy": "none"},
+            "reason": "contract client e2e",
         },
     }
 
@@ -236,15 +299,21 @@ def requested_event(release_id: str, digest: str, version: str) -> dict:
 async def publish_requested(js, prefix: str, event: dict):
     release_id = event["release_id"]
     return await js.publish(
-        f"{prefix}.release.{release_id}.requested", json.dumps(event).encode(),
-        headers={"Nats-Msg-Id": event["event_id"], "Nats-Expected-Last-Subject-Sequence": "0",
-                 "Nats-Expected-Last-Subject-Sequence-Subject": f"{prefix}.release.{release_id}.*"},
+        f"{prefix}.release.{release_id}.requested",
+        json.dumps(event).encode(),
+        headers={
+            "Nats-Msg-Id": event["event_id"],
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": f"{prefix}.release.{release_id}.*",
+        },
     )
 
 
 async def read_everything(js, stream: str) -> list:
     """The auditor's replay: every message of the log from sequence 1."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True)
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True
+    )
     sub = await js.pull_subscribe("", stream=stream, config=config)
     total = (await js.stream_info(stream)).state.last_seq
     out = []
@@ -264,7 +333,11 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
     releases = f"{prefix.upper()}_RELEASES"
     key = Ed25519PrivateKey.generate()
     pub = public_raw(key)
-    kx.trust_root_path.write_text(json.dumps({"threshold": 1, "keys": {keyid(pub): {"public": base64.b64encode(pub).decode(), "name": "contract"}}}))
+    kx.trust_root_path.write_text(
+        json.dumps(
+            {"threshold": 1, "keys": {keyid(pub): {"public": base64.b64encode(pub).decode(), "name": "contract"}}}
+        )
+    )
     serve = kx.serve()
     await serve.ready()
     (kx.workdir / "channel.json").write_text(json.dumps(CHANNEL_CONFIG))
@@ -282,7 +355,11 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
             runtimes.append(rt)
         assert [rt.cohort for rt in runtimes] == ["internal", "early", "rest"]
         for rt in runtimes:
-            await poll(lambda rt=rt: last(js, f"{prefix.upper()}_HEALTH", rt.health_subject), 5, f"{rt.runtime_id} health in the stream")
+            await poll(
+                lambda rt=rt: last(js, f"{prefix.upper()}_HEALTH", rt.health_subject),
+                5,
+                f"{rt.runtime_id} health in the stream",
+            )
 
         # Producer §5 step 1: pack and signed manifest into <prefix>_packs, named by digest.
         pack = b"kb-core 1.4.0 " * 4000
@@ -297,16 +374,24 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
         ack = await publish_requested(js, prefix, event)
         assert ack.seq > 0 and not ack.duplicate
 
-        closed = await poll(lambda: last(js, releases, f"{prefix}.release.rel-contract-1.closed"), 30, "the release to close")
+        closed = await poll(
+            lambda: last(js, releases, f"{prefix}.release.rel-contract-1.closed"), 30, "the release to close"
+        )
         closed_event = json.loads(closed.data)
         assert closed_event["type"] == "release.closed" and closed_event["data"]["outcome"] == "success", closed_event
 
         for rt in runtimes:
-            pointer = json.loads((await last(js, releases, f"{prefix}.scope.{ENV}.{CHANNEL}.{rt.cohort}.activated")).data)
+            pointer = json.loads(
+                (await last(js, releases, f"{prefix}.scope.{ENV}.{CHANNEL}.{rt.cohort}.activated")).data
+            )
             data = pointer["data"]
             assert data["pack"] == {"name": "kb-core", "version": "1.4.0", "digest": digest, "size": len(pack)}, data
             assert (data["manifest"], data["release_id"], data["kind"], data["previous"]) == (
-                f"sha256-{hexdigest}.manifest", "rel-contract-1", "rollout", None), data
+                f"sha256-{hexdigest}.manifest",
+                "rel-contract-1",
+                "rollout",
+                None,
+            ), data
             await poll(lambda rt=rt: rt.active == digest, 5, f"{rt.runtime_id} to switch")
             assert rt.history == [(digest, "activated")], rt.history
 
@@ -341,18 +426,32 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
                 assert parts[2] == body["release_id"] == body["correlation_id"], (m.subject, body)
                 types.append(body["type"])
             elif family == "scope":
-                assert body["scope"] == {"env": parts[2], "channel": parts[3], "cohort": parts[4]}, (m.subject, body["scope"])
+                assert body["scope"] == {"env": parts[2], "channel": parts[3], "cohort": parts[4]}, (
+                    m.subject,
+                    body["scope"],
+                )
             else:
-                assert body["scope"] == {"env": parts[2], "channel": parts[3], "cohort": "all"}, (m.subject, body["scope"])
+                assert body["scope"] == {"env": parts[2], "channel": parts[3], "cohort": "all"}, (
+                    m.subject,
+                    body["scope"],
+                )
             if body["type"] in ("scope.activated", "release.activated"):
                 batch = (m.headers or {}).get("Nats-Batch-Id")
                 assert batch, f"{body['type']} at seq {m.metadata.sequence.stream} was not written in an atomic batch"
                 batch_of.setdefault(batch, []).append(body["type"])
-        assert types[:5] == ["release.requested", "release.prepared", "release.distributed", "release.verified", "release.activated"], types
+        assert types[:5] == [
+            "release.requested",
+            "release.prepared",
+            "release.distributed",
+            "release.verified",
+            "release.activated",
+        ], types
         assert types[-1] == "release.closed" and types.count("release.activated") == 2, types
         # each stage's pointers and its release.activated were one batch: 1 + 2 cohorts
         assert sorted(sorted(v) for v in batch_of.values()) == [
-            ["release.activated", "scope.activated"], ["release.activated", "scope.activated", "scope.activated"]], batch_of
+            ["release.activated", "scope.activated"],
+            ["release.activated", "scope.activated", "scope.activated"],
+        ], batch_of
         assert serve.proc.poll() is None, serve.stderr()
     finally:
         for rt in runtimes:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.jetstream.embedded import free_port
+
 from .support import assert_one_line_error, stderr_lines
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +23,12 @@ def consumers_with_lag(url: str) -> set[str]:
         text = httpx.get(url, timeout=2).text
     except httpx.HTTPError:
         return set()
-    return {s.labels["consumer"] for f in text_string_to_metric_families(text) if f.name == "kx_consumer_pending_messages"
-            for s in f.samples}
+    return {
+        s.labels["consumer"]
+        for f in text_string_to_metric_families(text)
+        if f.name == "kx_consumer_pending_messages"
+        for s in f.samples
+    }
 
 
 def test_serve_only_the_notifier_logs_json_on_a_pipe_and_serves_metrics(kx):
@@ -43,11 +48,14 @@ def test_serve_only_the_notifier_logs_json_on_a_pipe_and_serves_metrics(kx):
     assert len(ready) == 1 and f"metrics on http://127.0.0.1:{port}/metrics" in ready[0]["message"]
 
 
-@pytest.mark.parametrize("env, args, expect", [
-    ({"KX_METRICS_ADDR": "nonsense"}, [], "HOST:PORT"),
-    ({}, ["--metrics", "127.0.0.1:99999"], "HOST:PORT"),
-    ({"KX_LOG_FORMAT": "yaml"}, [], "KX_LOG_FORMAT"),
-])
+@pytest.mark.parametrize(
+    "env, args, expect",
+    [
+        ({"KX_METRICS_ADDR": "nonsense"}, [], "HOST:PORT"),
+        ({}, ["--metrics", "127.0.0.1:99999"], "HOST:PORT"),
+        ({"KX_LOG_FORMAT": "yaml"}, [], "KX_LOG_FORMAT"),
+    ],
+)
 def test_bad_observability_settings_exit_non_zero_with_one_line(kx, env, args, expect):
     result = kx.run("serve", *args, env=kx.env(**env), timeout=15)
     assert assert_one_line_error(result, expect).startswith("kxr: error:")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -38,8 +38,12 @@ async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     status = json.loads(ok(await kx.arun("status", "--json")))
     assert any(row["scope"] == "prod/canary/internal" for row in status["scopes"])
     ok(await kx.arun("unpin", "prod/canary/internal", "-m", "audit done"))
-    assert_one_line_error(await kx.arun("pin", "prod/canary/internal", "--version", "9.9.9", "--until", "2h", "-m", "x"), "9.9.9")
-    assert_one_line_error(await kx.arun("pin", "prod/canary/internal", "--version", "1.0.0", "--until", "90d", "-m", "x"), "max_pin_days")
+    assert_one_line_error(
+        await kx.arun("pin", "prod/canary/internal", "--version", "9.9.9", "--until", "2h", "-m", "x"), "9.9.9"
+    )
+    assert_one_line_error(
+        await kx.arun("pin", "prod/canary/internal", "--version", "1.0.0", "--until", "90d", "-m", "x"), "max_pin_days"
+    )
 
     keys = kx.workdir / "kx-data" / "service-keys.json"
     replay = json.loads(ok(await kx.arun("audit", "replay", "--json", "--service-keys", str(keys))))
@@ -49,13 +53,18 @@ async def test_operator_and_auditor_commands_end_to_end(kx, rig):  # noqa: F811
     page = kx.workdir / "r2.html"
     ok(await kx.arun("audit", "release", "r2", "--html", str(page)))
     assert "https://status.example/inc/7" in page.read_text()
-    at = json.loads(ok(await kx.arun("audit", "at", datetime.now(timezone.utc).isoformat(), "--scope", "prod/canary", "--json")))
-    assert {r["scope"]: r["version"] for r in at["scopes"]} == {"prod/canary/internal": "1.0.0", "prod/canary/rest": "1.0.0"}
+    at = json.loads(ok(await kx.arun("audit", "at", datetime.now(UTC).isoformat(), "--scope", "prod/canary", "--json")))
+    assert {r["scope"]: r["version"] for r in at["scopes"]} == {
+        "prod/canary/internal": "1.0.0",
+        "prod/canary/rest": "1.0.0",
+    }
 
     ok(await kx.arun("keys", "generate", "auditor.key.json", "--name", "auditor", "--trust-root", "auditors.json"))
     ok(await kx.arun("audit", "export", "r2", "--key", "auditor.key.json", "--out", "r2.bundle.json"))
     assert "valid: release r2" in ok(await kx.arun("audit", "verify", "r2.bundle.json", "--trusted", "auditors.json"))
-    verified = json.loads(ok(await kx.arun("audit", "verify", "r2.bundle.json", "--trusted", "auditors.json", "--json")))
+    verified = json.loads(
+        ok(await kx.arun("audit", "verify", "r2.bundle.json", "--trusted", "auditors.json", "--json"))
+    )
     assert (verified["valid"], verified["release_id"], verified["outcome"]) == (True, "r2", "aborted")
     bundle = json.loads((kx.workdir / "r2.bundle.json").read_text())
     bundle["signatures"] = []
@@ -91,8 +100,15 @@ def test_the_readme_demo_runs_to_its_expected_outcomes(tmp_path):
 
     from tests.e2e.support import base_env, kxr_binary
 
-    result = subprocess.run([kxr_binary(), "demo", "--window", "1"], env={**base_env(), "COLUMNS": "150"}, cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [kxr_binary(), "demo", "--window", "1"],
+        env={**base_env(), "COLUMNS": "150"},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     for line in ("demo-healthy", "verification_failed", "rolled_back", "demo finished as expected"):
         assert line in result.stdout

@@ -11,24 +11,35 @@ import json
 import signal
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from events.channel import ChannelConfig
 from events.subjects import Subjects
-from services.jetstream.log_reads import load_world
+from services.actions.producer import configure_channel, push_pack, request_release
 from services.jetstream.embedded import free_port
 from services.jetstream.log import EventLog
-from services.actions.producer import configure_channel, push_pack, request_release
+from services.jetstream.log_reads import load_world
 from services.runtime.sdk import Identity, RuntimeClient
-from services.tasks import cancel_and_wait
 from services.runtime.simulation import simulated_runtime
+from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for
 
 from .support import (
-    Kx, activations_per_cohort, assert_one_line_error, count_types, describe_release, duplicate_event_ids, last_event,
-    last_msg, read_log, stderr_lines, wait_closed, wait_event, wait_until,
+    Kx,
+    activations_per_cohort,
+    assert_one_line_error,
+    count_types,
+    describe_release,
+    duplicate_event_ids,
+    last_event,
+    last_msg,
+    read_log,
+    stderr_lines,
+    wait_closed,
+    wait_event,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -52,11 +63,20 @@ class Rig:
         self.tasks: list[asyncio.Task] = []
 
     async def configure(self, config: dict | None = None, env: str = "prod", channel: str = "canary") -> None:
-        await configure_channel(self.log, self.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR)
+        await configure_channel(
+            self.log, self.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR
+        )
 
     async def runtime(self, tenant: str, behaviours: dict[str, Behaviour] | None = None) -> RuntimeClient:
-        rt = simulated_runtime(self.nc, Identity("prod", "canary", tenant, f"rt-{tenant}"), self.trust_root, behaviours or {},
-                               prefix=self.kx.prefix, interval=0.1, seed=len(self.runtimes))
+        rt = simulated_runtime(
+            self.nc,
+            Identity("prod", "canary", tenant, f"rt-{tenant}"),
+            self.trust_root,
+            behaviours or {},
+            prefix=self.kx.prefix,
+            interval=0.1,
+            seed=len(self.runtimes),
+        )
         await rt.resolve_cohort()
         self.runtimes.append(rt)
         self.tasks.append(asyncio.create_task(rt.run()))
@@ -127,8 +147,12 @@ async def test_healthy_release_closes_success_and_pointer_holds_new_pack(kx, rig
     assert closed["data"]["outcome"] == "success", await describe_release(rig.js, kx, "r1")
     for cohort in COHORTS:
         await assert_pointer(rig, cohort, pack.digest, "r1", "rollout")
-    await wait_until(lambda: on(internal, pack.digest) and on(rest, pack.digest), 5, "runtimes to end on the new pack",
-                     lambda: [(rt.cohort, rt.history) for rt in rig.runtimes])
+    await wait_until(
+        lambda: on(internal, pack.digest) and on(rest, pack.digest),
+        5,
+        "runtimes to end on the new pack",
+        lambda: [(rt.cohort, rt.history) for rt in rig.runtimes],
+    )
 
     world = await load_world(rig.js, rig.subjects)
     release = world.release("r1")
@@ -156,7 +180,9 @@ async def test_tampered_bytes_never_activate(kx, rig):
     before = {c: (await rig.pointer(c)).seq for c in COHORTS}
 
     bad = make_pack("1.1.0", kx.key)
-    await push_pack(rig.js, rig.subjects, bad.body[:-1] + b"!", bad.manifest, bad.digest)  # bytes differ from the signed digest
+    await push_pack(
+        rig.js, rig.subjects, bad.body[:-1] + b"!", bad.manifest, bad.digest
+    )  # bytes differ from the signed digest
     await rig.request("r2", bad, push=False)
 
     closed = await wait_closed(rig.js, kx, "r2")
@@ -197,7 +223,9 @@ async def test_failing_window_rolls_back_to_last_known_good(kx, rig):
 
     await assert_pointer(rig, "internal", good.digest, "r2", "rollback")
     await assert_pointer(rig, "rest", good.digest, "r1", "rollout")  # the second stage was never exposed
-    await wait_until(lambda: on(internal, good.digest), 5, "the internal runtime back on last-known-good", lambda: internal.history)
+    await wait_until(
+        lambda: on(internal, good.digest), 5, "the internal runtime back on last-known-good", lambda: internal.history
+    )
     assert (bad.digest, "activated") in internal.history  # it did run the bad pack, then went back
     assert bad.digest not in [d for d, _ in rest.history]
     assert_alive(serve)
@@ -215,12 +243,16 @@ async def test_sigkill_mid_release_then_restart_finishes_from_the_log(kx, rig, k
     trigger = await wait_event(rig.js, kx, "r1", kill_after, interval=0.01)
     first.kill()  # SIGKILL: no shutdown code runs
     at_kill = count_types(await read_log(rig.js, kx.stream), "r1")
-    assert at_kill["release.activated"] == 1 and at_kill["release.monitoring_passed"] == 0 and at_kill["release.closed"] == 0, at_kill
+    assert (
+        at_kill["release.activated"] == 1
+        and at_kill["release.monitoring_passed"] == 0
+        and at_kill["release.closed"] == 0
+    ), at_kill
 
     if kill_after == "monitoring_started":
         # Leave the service down until the window's end has passed: the timer must not be lost.
         ends_at = datetime.fromisoformat(trigger["data"]["ends_at"].replace("Z", "+00:00"))
-        await wait_until(lambda: datetime.now(timezone.utc) > ends_at + timedelta(milliseconds=300), 10, "the window to end")
+        await wait_until(lambda: datetime.now(UTC) > ends_at + timedelta(milliseconds=300), 10, "the window to end")
 
     second = kx.serve()
     await second.ready()
@@ -232,12 +264,24 @@ async def test_sigkill_mid_release_then_restart_finishes_from_the_log(kx, rig, k
     assert duplicate_event_ids(entries) == {}
     assert activations_per_cohort(entries, "r1") == {"internal": 1, "rest": 1}
     counts = count_types(entries, "r1")
-    for event_type, n in {"release.requested": 1, "release.prepared": 1, "release.distributed": 1, "release.verified": 1,
-                          "release.activated": 2, "release.monitoring_started": 2, "release.monitoring_passed": 2,
-                          "release.expanded": 1, "release.closed": 1}.items():
+    for event_type, n in {
+        "release.requested": 1,
+        "release.prepared": 1,
+        "release.distributed": 1,
+        "release.verified": 1,
+        "release.activated": 2,
+        "release.monitoring_started": 2,
+        "release.monitoring_passed": 2,
+        "release.expanded": 1,
+        "release.closed": 1,
+    }.items():
         assert counts[event_type] == n, (event_type, counts)
-    await wait_until(lambda: on(internal, pack.digest) and on(rest, pack.digest), 5, "runtimes to end on the pack",
-                     lambda: [rt.history for rt in rig.runtimes])
+    await wait_until(
+        lambda: on(internal, pack.digest) and on(rest, pack.digest),
+        5,
+        "runtimes to end on the pack",
+        lambda: [rt.history for rt in rig.runtimes],
+    )
     assert_alive(second)
 
 
@@ -287,7 +331,12 @@ async def test_monitor_killed_while_holding_an_event_does_not_stall_the_release(
         await wait_event(rig.js, kx, release_id, "activated", interval=0.01)
         activated_seq = (await last_msg(rig.js, kx.stream, f"{kx.prefix}.release.{release_id}.activated")).seq
         try:
-            await wait_until(lambda: held_by_frozen_monitor(activated_seq), 2, "the frozen monitor to hold release.activated", interval=0.02)
+            await wait_until(
+                lambda: held_by_frozen_monitor(activated_seq),
+                2,
+                "the frozen monitor to hold release.activated",
+                interval=0.02,
+            )
             break
         except AssertionError:  # the moment was missed: let this release finish and try again
             monitor.signal(signal.SIGCONT)
@@ -343,9 +392,28 @@ async def test_request_window_override_keeps_channel_thresholds(kx, rig):
     serve, internal, rest = await start_world(kx, rig, {bad.digest: Behaviour(error_rate=0.5)})
     (kx.workdir / "p.pack").write_bytes(bad.body)
     (kx.workdir / "p.manifest.json").write_bytes(bad.manifest)
-    result = await kx.arun("release", "request", "r1", "--target", "prod/canary", "--manifest", "p.manifest.json", "--pack", "p.pack",
-                           "--owner", "kb-team", "--escalation", "pager:kb", "--window", "1", "--min-samples", "1",
-                           "--rollback", "none", "--acknowledge-no-health")
+    result = await kx.arun(
+        "release",
+        "request",
+        "r1",
+        "--target",
+        "prod/canary",
+        "--manifest",
+        "p.manifest.json",
+        "--pack",
+        "p.pack",
+        "--owner",
+        "kb-team",
+        "--escalation",
+        "pager:kb",
+        "--window",
+        "1",
+        "--min-samples",
+        "1",
+        "--rollback",
+        "none",
+        "--acknowledge-no-health",
+    )
     assert result.returncode == 0, result.stderr
 
     async def verdict():
@@ -378,7 +446,9 @@ def test_sigterm_and_sigint_exit_0_promptly(kx):
             results[sig.name] = p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             results[sig.name] = "still running 10 s after the signal"
-    assert results == {"SIGTERM": 0, "SIGINT": 0}, {k: (v, procs[getattr(signal, k)].stderr()[-400:]) for k, v in results.items()}
+    assert results == {"SIGTERM": 0, "SIGINT": 0}, {
+        k: (v, procs[getattr(signal, k)].stderr()[-400:]) for k, v in results.items()
+    }
     for p in procs.values():
         assert "Traceback" not in p.stderr(), p.stderr()
 
@@ -419,8 +489,10 @@ def test_unreachable_nats_exits_non_zero_with_one_line(kx):
         except subprocess.TimeoutExpired:
             after = "and it ignored SIGTERM too"
         lines = stderr_lines(proc.stderr())
-        pytest.fail(f"kxr serve against an unreachable NATS neither failed nor stopped within 6 s ({after}); "
-                    f"{len(lines)} stderr lines, last: {lines[-1:]}")
+        pytest.fail(
+            f"kxr serve against an unreachable NATS neither failed nor stopped within 6 s ({after}); "
+            f"{len(lines)} stderr lines, last: {lines[-1:]}"
+        )
     err = proc.stderr()
     assert rc != 0 and "Traceback" not in err, err
     lines = stderr_lines(err)

@@ -26,15 +26,20 @@ async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, ri
     await start_world(kx, rig)
     await rig.request("r1", make_pack("1.0.0", kx.key), rollback={"strategy": "none"}, plan=CHANNEL_PLAN)
     # started while the release runs: the watch follows it to its end, whatever it has already missed
-    live_json, text = await asyncio.gather(kx.arun("watch", "r1", "--json", "--interval", "0.2", timeout=60),
-                                           kx.arun("watch", "r1", "--interval", "0.2", timeout=60))
+    live_json, text = await asyncio.gather(
+        kx.arun("watch", "r1", "--json", "--interval", "0.2", timeout=60),
+        kx.arun("watch", "r1", "--interval", "0.2", timeout=60),
+    )
     assert (live_json.returncode, text.returncode) == (0, 0), live_json.stderr + text.stderr
     assert "Traceback" not in live_json.stderr + text.stderr
     views = json_lines(live_json.stdout)  # every line parses
     final = views[-1]
     assert final["schema"] == "kxr.release-view/1" and final["terminal"] and final["outcome"] == "success"
     assert [v["terminal"] for v in views].count(True) == 1
-    assert [(s["stage"], s["state"]) for s in final["stages"]] == [(1, "passed"), (2, "passed")]  # the channel plan (a request may not merge its stages)
+    assert [(s["stage"], s["state"]) for s in final["stages"]] == [
+        (1, "passed"),
+        (2, "passed"),
+    ]  # the channel plan (a request may not merge its stages)
     assert final["gates"] and all(g["ok"] for g in final["gates"])
     window = final["window"]
     assert window["source"] == "verdict" and window["result"] == "passed"
@@ -44,8 +49,21 @@ async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, ri
     # text: a line per change, then the final frame with stages, gates, the window's figures and thresholds
     out = text.stdout
     assert "release r1: kb@1.0.0 -> prod/canary — success" in out
-    for needle in ("Stages", "passed", "gates: trust_root pass", "Window figures against thresholds", "error_rate", "<= 0.05",
-                   "latency_p95_ms", "<= 250", "Scopes", "prod/canary/internal", "Last events", "closed", "outcome success"):
+    for needle in (
+        "Stages",
+        "passed",
+        "gates: trust_root pass",
+        "Window figures against thresholds",
+        "error_rate",
+        "<= 0.05",
+        "latency_p95_ms",
+        "<= 250",
+        "Scopes",
+        "prod/canary/internal",
+        "Last events",
+        "closed",
+        "outcome success",
+    ):
         assert needle in out, f"{needle!r} not in the output:\n{out}"
 
     again = json_lines((await kx.arun("watch", "r1", "--json")).stdout)
@@ -78,8 +96,15 @@ async def test_watch_exit_status_for_a_rollback_a_held_release_a_timeout_and_ctr
 
     assert (await kx.arun("watch", "r3", "--timeout", "0.5", "--json")).returncode == 4
 
-    proc = subprocess.Popen([kx.binary, "watch", "r3", "--json"], env=kx.env(), cwd=kx.workdir, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [kx.binary, "watch", "r3", "--json"],
+        env=kx.env(),
+        cwd=kx.workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = await asyncio.to_thread(proc.stdout.readline)  # it is watching
         assert json.loads(first)["release_id"] == "r3"

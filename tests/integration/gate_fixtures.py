@@ -13,23 +13,29 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Callable, ContextManager, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, ContextManager
 
 from nats.js.errors import NotFoundError
 
 from events.canonical import canonical_bytes, compact_bytes
 from events.manifest import (
-    MANIFEST_MAX_BYTES, MAX_SIGNATURES, attestation_object_name, manifest_object_name, pack_object_name, sign_manifest,
+    MANIFEST_MAX_BYTES,
+    MAX_SIGNATURES,
+    attestation_object_name,
+    manifest_object_name,
+    pack_object_name,
+    sign_manifest,
 )
 from events.signing import SigningKey, TrustRoot, b64encode
 from projections.world import scopes_of
+from services.actions.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
 from services.app import App
 from services.consumers.verifier import Verifier
 from services.jetstream.packstore import PackStore
-from services.actions.producer import build_signed, dsse_envelope, provenance_statement, push_attestation, sha256_digest
 from services.runtime.sdk import RuntimeClient
 from tests.harness import CHANNEL, Pack, Service, make_pack, running_service, trust_root_for, wait_for
 
@@ -45,16 +51,18 @@ NEXT = "1.1.0"  # newer than the baseline: what a hostile rollout claims to be
 # ---- keys and hostile inputs -------------------------------------------------------------------
 
 
-BUILDER_ID = "kx-pipeline"            # what make_pack's manifests name, and CHANNEL allows
-OTHER_BUILDER_ID = "laptop-build"     # the builder key may attest for it, the channel does not allow it
+BUILDER_ID = "kx-pipeline"  # what make_pack's manifests name, and CHANNEL allows
+OTHER_BUILDER_ID = "laptop-build"  # the builder key may attest for it, the channel does not allow it
 
 
 @dataclass(frozen=True)
 class Keys:
-    trusted: tuple[SigningKey, ...]   # in the service's trust root
+    trusted: tuple[SigningKey, ...]  # in the service's trust root
     threshold: int
-    outsider: SigningKey              # never trusted
-    builder: SigningKey = field(default_factory=SigningKey.generate)  # trust root `builders`, for BUILDER_ID and OTHER_BUILDER_ID
+    outsider: SigningKey  # never trusted
+    builder: SigningKey = field(
+        default_factory=SigningKey.generate
+    )  # trust root `builders`, for BUILDER_ID and OTHER_BUILDER_ID
 
     @property
     def signers(self) -> list[SigningKey]:
@@ -64,15 +72,20 @@ class Keys:
     @property
     def trust_root(self) -> TrustRoot:
         doc = trust_root_for(*self.trusted, threshold=self.threshold).to_document()
-        doc["builders"] = {self.builder.keyid: {"public": b64encode(self.builder.public_raw), "name": "ci",
-                                                "ids": [BUILDER_ID, OTHER_BUILDER_ID]}}
+        doc["builders"] = {
+            self.builder.keyid: {
+                "public": b64encode(self.builder.public_raw),
+                "name": "ci",
+                "ids": [BUILDER_ID, OTHER_BUILDER_ID],
+            }
+        }
         return TrustRoot.from_document(doc)
 
 
 @dataclass(frozen=True)
 class Hostile:
-    request: Pack                 # name, version and digest the release request names
-    objects: dict[str, bytes]     # raw puts into the packs bucket: object name -> bytes
+    request: Pack  # name, version and digest the release request names
+    objects: dict[str, bytes]  # raw puts into the packs bucket: object name -> bytes
 
 
 Builder = Callable[[Keys, Pack, str], Hostile]
@@ -85,9 +98,16 @@ def body_for(tag: str, repeat: int = 400) -> bytes:
 def signed_for(body: bytes, version: str = NEXT, **overrides: Any) -> dict[str, Any]:
     """A `signed` document exactly like harness.make_pack's, with field overrides."""
     fields: dict[str, Any] = dict(
-        name="kb", version=version, schema="kx-pack/1", profile="standard", runtime=">=2.3,<3",
-        build_id=f"b-{version}", builder="kx-pipeline", run=f"r-{version}",
-        source="https://git.example/kb/core", revision=f"rev-{version}",
+        name="kb",
+        version=version,
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2.3,<3",
+        build_id=f"b-{version}",
+        builder="kx-pipeline",
+        run=f"r-{version}",
+        source="https://git.example/kb/core",
+        revision=f"rev-{version}",
     )
     fields.update(overrides)
     return build_signed(body, **fields)
@@ -107,8 +127,15 @@ def valid_manifest(signed: dict[str, Any], keys: Keys) -> bytes:
     return compact_bytes(sign_manifest(signed, keys.signers))
 
 
-def hostile(body: bytes, manifest: bytes | None, *, stored_pack: bytes | None = ..., digest: str | None = None,
-            name: str = "kb", version: str = NEXT) -> Hostile:
+def hostile(
+    body: bytes,
+    manifest: bytes | None,
+    *,
+    stored_pack: bytes | None = ...,
+    digest: str | None = None,
+    name: str = "kb",
+    version: str = NEXT,
+) -> Hostile:
     """Objects stored under `digest` (default: the digest of `body`); `None` leaves one out."""
     digest = digest or sha256_digest(body)
     pack_bytes = body if stored_pack is ... else stored_pack
@@ -122,19 +149,23 @@ def hostile(body: bytes, manifest: bytes | None, *, stored_pack: bytes | None = 
 
 def signed_variant(version: str = NEXT, **overrides: Any) -> Builder:
     """A correctly signed manifest whose content says something the service must refuse."""
+
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         body = body_for(tag)
         return hostile(body, valid_manifest(signed_for(body, version, **overrides), keys), version=version)
+
     return build
 
 
 def mutated(mutate: Callable[[dict[str, Any]], None], version: str = NEXT) -> Builder:
     """A correctly signed manifest whose `signed` was edited (any nesting) before signing."""
+
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         body = body_for(tag)
         signed = signed_for(body, version)
         mutate(signed)
         return hostile(body, valid_manifest(signed, keys), version=version)
+
     return build
 
 
@@ -144,6 +175,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         for p in parents:
             doc = doc[p]
         doc[last] = value
+
     return mutate
 
 
@@ -153,6 +185,7 @@ def _del(path: str) -> Callable[[dict[str, Any]], None]:
         for p in parents:
             doc = doc[p]
         del doc[last]
+
     return mutate
 
 
@@ -183,6 +216,7 @@ def nothing_uploaded(keys: Keys, base: Pack, tag: str) -> Hostile:
 def raw_manifest(raw: bytes) -> Builder:
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         return hostile(body_for(tag), raw)
+
     return build
 
 
@@ -277,7 +311,9 @@ def trusted_plus_outsider(keys: Keys, base: Pack, tag: str) -> Hostile:
     """Threshold 2 met only if an untrusted key counts."""
     body = body_for(tag)
     signed = signed_for(body)
-    return hostile(body, envelope(signed, [sig(keys.trusted[0], signed), sig(keys.outsider, signed, keyid=keys.trusted[1].keyid)]))
+    return hostile(
+        body, envelope(signed, [sig(keys.trusted[0], signed), sig(keys.outsider, signed, keyid=keys.trusted[1].keyid)])
+    )
 
 
 # -- identity ------------------------------------------------------------------------------------
@@ -285,10 +321,12 @@ def trusted_plus_outsider(keys: Keys, base: Pack, tag: str) -> Hostile:
 
 def request_names(name: str | None = None, version: str | None = None) -> Builder:
     """A valid pack, requested under another name or version."""
+
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         body = body_for(tag)
         h = hostile(body, valid_manifest(signed_for(body), keys))
         return replace(h, request=replace(h.request, name=name or h.request.name, version=version or h.request.version))
+
     return build
 
 
@@ -304,9 +342,11 @@ def manifest_of_other_pack(keys: Keys, base: Pack, tag: str) -> Hostile:
 
 def stored_pack(transform: Callable[[bytes], bytes]) -> Builder:
     """A valid manifest for `body`, but the bucket holds transform(body) under its digest."""
+
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         body = body_for(tag)
         return hostile(body, valid_manifest(signed_for(body), keys), stored_pack=transform(body))
+
     return build
 
 
@@ -320,6 +360,7 @@ def declared_size(delta: int) -> Builder:
         signed = signed_for(body)
         signed["size"] = len(body) + delta
         return hostile(body, valid_manifest(signed, keys))
+
     return build
 
 
@@ -336,12 +377,17 @@ def baseline_again(keys: Keys, base: Pack, tag: str) -> Hostile:
 
 def attestation_for(digest: str, signers: list[SigningKey], builder_id: str = BUILDER_ID) -> bytes:
     """What `kxr pack attest` writes: the SLSA provenance of `digest` in a DSSE envelope."""
-    return dsse_envelope(provenance_statement(digest, name="kb.pack", builder_id=builder_id,
-                                              build_type="https://konnaxion.dev/releases/pack-build/v1"), signers)
+    return dsse_envelope(
+        provenance_statement(
+            digest, name="kb.pack", builder_id=builder_id, build_type="https://konnaxion.dev/releases/pack-build/v1"
+        ),
+        signers,
+    )
 
 
 def attested(make: Callable[[Keys, str], bytes | None]) -> Builder:
     """A valid pack and manifest; the attestation object holds make(keys, digest) (None: absent)."""
+
     def build(keys: Keys, base: Pack, tag: str) -> Hostile:
         body = body_for(tag)
         h = hostile(body, valid_manifest(signed_for(body), keys))
@@ -349,6 +395,7 @@ def attested(make: Callable[[Keys, str], bytes | None]) -> Builder:
         if data is None:
             return h
         return replace(h, objects={**h.objects, attestation_object_name(h.request.digest): data})
+
     return build
 
 
@@ -403,25 +450,37 @@ class Bench:
         for cohort in sorted(cohorts):
             scope = self.svc.world.scope(ENV, CHAN, cohort)
             try:
-                msg = await app.js.get_last_msg(app.subjects.releases_stream, app.subjects.scope(ENV, CHAN, cohort, "activated"))
+                msg = await app.js.get_last_msg(
+                    app.subjects.releases_stream, app.subjects.scope(ENV, CHAN, cohort, "activated")
+                )
                 stored = (json.loads(msg.data)["data"]["pack"]["digest"], msg.seq)
             except NotFoundError:
                 stored = None
-            out[cohort] = {"digest": scope.active_pack.digest if scope.active_pack else None,
-                           "active_seq": scope.active_seq, "stored": stored}
+            out[cohort] = {
+                "digest": scope.active_pack.digest if scope.active_pack else None,
+                "active_seq": scope.active_seq,
+                "stored": stored,
+            }
         return out
 
 
 @asynccontextmanager
-async def trusted_service(nats_url: str, prefix: str, keys: Keys, verify_timeout_s: float = 30.0) -> AsyncIterator[Service]:
+async def trusted_service(
+    nats_url: str, prefix: str, keys: Keys, verify_timeout_s: float = 30.0
+) -> AsyncIterator[Service]:
     """harness.running_service, with the bench's trust root (which may need several keys)."""
-    async with running_service(nats_url, prefix, key=keys.trusted[0], trust_root=keys.trust_root, verify_timeout_s=verify_timeout_s) as svc:
+    async with running_service(
+        nats_url, prefix, key=keys.trusted[0], trust_root=keys.trust_root, verify_timeout_s=verify_timeout_s
+    ) as svc:
         yield svc
 
 
 def new_keys(threshold: int) -> Keys:
-    return Keys(trusted=tuple(SigningKey.generate() for _ in range(max(1, threshold))), threshold=threshold,
-                outsider=SigningKey.generate())
+    return Keys(
+        trusted=tuple(SigningKey.generate() for _ in range(max(1, threshold))),
+        threshold=threshold,
+        outsider=SigningKey.generate(),
+    )
 
 
 REQUIRE_ATTESTATION = {**ONE_STAGE, "policy": {**ONE_STAGE["policy"], "require_attestation": True}}
@@ -440,12 +499,17 @@ async def open_bench(nats_url: str, threshold: int = 1, require_attestation: boo
         assert {c: rt.cohort for c, rt in runtimes.items()} == {c: c for c in COHORTS}
         baseline = make_pack(BASELINE_VERSION, keys.signers)
         if require_attestation:
-            await push_attestation(svc.app.js, svc.app.subjects, baseline.digest, valid_attestation(keys, baseline.digest))
+            await push_attestation(
+                svc.app.js, svc.app.subjects, baseline.digest, valid_attestation(keys, baseline.digest)
+            )
         await svc.request("baseline", baseline, rollback={"strategy": "none"})
         release = await svc.wait_release("baseline", timeout=20)
         assert release.outcome == "success", f"baseline release did not succeed: {release.failure}"
-        await wait_for(lambda: all(rt.active and rt.active.digest == baseline.digest for rt in runtimes.values()),
-                       10, "runtimes on the baseline")
+        await wait_for(
+            lambda: all(rt.active and rt.active.digest == baseline.digest for rt in runtimes.values()),
+            10,
+            "runtimes on the baseline",
+        )
         bench = Bench(svc, keys, baseline, runtimes)
         bench.baseline_pointers = await bench.pointers()
         for cohort in COHORTS:
@@ -462,6 +526,7 @@ AppPatch = Callable[[App], ContextManager[None]]
 
 def app_patch(**changes: Callable[[App], Any]) -> AppPatch:
     """Replace App attributes (computed from the app) for one vector, then restore them."""
+
     @contextmanager
     def patch(app: App) -> Iterator[None]:
         saved = {name: getattr(app, name) for name in changes}
@@ -472,6 +537,7 @@ def app_patch(**changes: Callable[[App], Any]) -> AppPatch:
         finally:
             for name, value in saved.items():
                 setattr(app, name, value)
+
     return patch
 
 
@@ -483,6 +549,7 @@ def verifier_root(make: Callable[[App], Any]) -> AppPatch:
     """The verifier alone with another trust root (a verifier process configured so): the
     preparer's and promoter's rollback-readiness checks keep the service's, so the request
     reaches the gate under test."""
+
     @contextmanager
     def patch(app: App) -> Iterator[None]:
         saved = Verifier.trust_root
@@ -492,6 +559,7 @@ def verifier_root(make: Callable[[App], Any]) -> AppPatch:
             yield
         finally:
             Verifier.trust_root = saved  # type: ignore[method-assign]
+
     return patch
 
 
@@ -507,11 +575,24 @@ def unreachable_threshold() -> AppPatch:
 def expired(keys: Keys, base: Pack, tag: str) -> Hostile:
     """Validly signed, expired yesterday (a freeze attack replays such a manifest)."""
     body = body_for(tag)
-    signed = signed_for(body, expires=datetime.now(timezone.utc) - timedelta(days=1))
+    signed = signed_for(body, expires=datetime.now(UTC) - timedelta(days=1))
     return hostile(body, valid_manifest(signed, keys))
 
 
 __all__ = [
-    "BASELINE_VERSION", "BUILDER_ID", "COHORTS", "REQUIRE_ATTESTATION", "ENV", "CHAN", "NEXT", "ONE_STAGE", "Bench", "Builder", "Hostile", "Keys",
-    "open_bench", "trusted_service", "new_keys",
+    "BASELINE_VERSION",
+    "BUILDER_ID",
+    "COHORTS",
+    "REQUIRE_ATTESTATION",
+    "ENV",
+    "CHAN",
+    "NEXT",
+    "ONE_STAGE",
+    "Bench",
+    "Builder",
+    "Hostile",
+    "Keys",
+    "open_bench",
+    "trusted_service",
+    "new_keys",
 ]

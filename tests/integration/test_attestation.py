@@ -43,23 +43,69 @@ class Kxr:
         self.env.update({"KX_PREFIX": prefix, "KX_NATS_URL": nats_url, "COLUMNS": "200"})
 
     async def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        done = await asyncio.to_thread(subprocess.run, [kxr_path(), *args], cwd=self.workdir, env=self.env,
-                                       capture_output=True, text=True, timeout=120)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [kxr_path(), *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert (done.returncode == 0) == ok, (args, done.returncode, done.stdout, done.stderr)
         return done
 
 
 async def sign(kxr: Kxr, pack: Path, version: str) -> None:
-    await kxr("pack", "sign", str(pack), "--key", "release.key.json", "--name", "kb", "--version", version,
-              "--schema", "kx-pack/1", "--profile", "standard", "--runtime", ">=2.3,<3", "--build-id", f"b-{version}",
-              "--builder", BUILDER_ID, "--run", f"r-{version}", "--source", "https://git.example/kb/core",
-              "--revision", f"rev-{version}")
+    await kxr(
+        "pack",
+        "sign",
+        str(pack),
+        "--key",
+        "release.key.json",
+        "--name",
+        "kb",
+        "--version",
+        version,
+        "--schema",
+        "kx-pack/1",
+        "--profile",
+        "standard",
+        "--runtime",
+        ">=2.3,<3",
+        "--build-id",
+        f"b-{version}",
+        "--builder",
+        BUILDER_ID,
+        "--run",
+        f"r-{version}",
+        "--source",
+        "https://git.example/kb/core",
+        "--revision",
+        f"rev-{version}",
+    )
 
 
 def request_args(release_id: str, pack: Path, *extra: str, rollback: str = "lkg") -> list[str]:
-    return ["release", "request", release_id, "--target", f"{ENV}/{CHAN}", "--manifest", f"{pack.name}.manifest.json",
-            "--pack", pack.name, "--owner", "kb-team", "--escalation", "pager:kb", "--rollback", rollback,
-            "--acknowledge-no-health", *extra]
+    return [
+        "release",
+        "request",
+        release_id,
+        "--target",
+        f"{ENV}/{CHAN}",
+        "--manifest",
+        f"{pack.name}.manifest.json",
+        "--pack",
+        pack.name,
+        "--owner",
+        "kb-team",
+        "--escalation",
+        "pager:kb",
+        "--rollback",
+        rollback,
+        "--acknowledge-no-health",
+        *extra,
+    ]
 
 
 async def test_attested_pack_activates_and_unattested_one_fails_closed(nats_url, prefix, tmp_path):
@@ -76,10 +122,19 @@ async def test_attested_pack_activates_and_unattested_one_fails_closed(nats_url,
     bare.write_bytes(b"knowledge pack 1.2.0 " * 4000)
     await sign(kxr, attested, "1.1.0")
     await sign(kxr, bare, "1.2.0")
-    await kxr("pack", "attest", attested.name, "--key", "ci.key.json", "--builder-id", BUILDER_ID, "--invocation", "r-1.1.0")
+    await kxr(
+        "pack", "attest", attested.name, "--key", "ci.key.json", "--builder-id", BUILDER_ID, "--invocation", "r-1.1.0"
+    )
     # an attestation of another pack is refused before anything is uploaded
-    refused = await kxr("pack", "push", bare.name, f"{bare.name}.manifest.json",
-                        "--attestation", f"{attested.name}.attestation.json", ok=False)
+    refused = await kxr(
+        "pack",
+        "push",
+        bare.name,
+        f"{bare.name}.manifest.json",
+        "--attestation",
+        f"{attested.name}.attestation.json",
+        ok=False,
+    )
     assert "not the pack" in refused.stdout + refused.stderr
 
     async with running_service(nats_url, prefix, trust_root=trust_root) as svc:
@@ -91,24 +146,34 @@ async def test_attested_pack_activates_and_unattested_one_fails_closed(nats_url,
         assert not await store.exists(attestation_object_name(bare_digest))
 
         # -- attested: every gate passes, the evidence gate names the attested builder, pointers move
-        await kxr(*request_args("attested", attested, "--attestation", f"{attested.name}.attestation.json", rollback="none"))
+        await kxr(
+            *request_args("attested", attested, "--attestation", f"{attested.name}.attestation.json", rollback="none")
+        )
         release = await svc.wait_release("attested", timeout=30)
         assert release.outcome == "success", release.failure
         evidence = await load_evidence(app.js, app.subjects, "attested")
         assert evidence.verification["result"] == "verified"
         last = evidence.gates[-1]
-        assert (last["gate"], last["ok"]) == ("evidence", True) and f"attested by builder {BUILDER_ID}" in last["message"]
+        assert (last["gate"], last["ok"]) == ("evidence", True) and f"attested by builder {BUILDER_ID}" in last[
+            "message"
+        ]
         digest = release.prepared.pack.digest
         assert await store.exists(attestation_object_name(digest))
         for cohort in ("internal", "rest"):
             assert svc.world.scope(ENV, CHAN, cohort).active_pack.digest == digest
-        await wait_for(lambda: all(rt.active and rt.active.digest == digest for rt in runtimes), 10, "runtimes on the attested pack")
+        await wait_for(
+            lambda: all(rt.active and rt.active.digest == digest for rt in runtimes),
+            10,
+            "runtimes on the attested pack",
+        )
         pointers = {c: svc.world.scope(ENV, CHAN, c).active_seq for c in ("internal", "rest")}
 
         # -- the same channel, a newer pack without attestation: refused at distribution, nothing moves
         await kxr(*request_args("bare", bare))
         release = await svc.wait_release("bare", timeout=30)
         assert release.outcome == "failed" and release.activated == (), release.failure
-        assert (release.failure or "").startswith("verification_failed: distribution/attestation_missing:"), release.failure
+        assert (release.failure or "").startswith("verification_failed: distribution/attestation_missing:"), (
+            release.failure
+        )
         assert {c: svc.world.scope(ENV, CHAN, c).active_seq for c in ("internal", "rest")} == pointers
         assert all(rt.active.digest == digest for rt in runtimes)

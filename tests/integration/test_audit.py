@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from events.codec import make_event
 from events.model import Actor, Scope
+from events.signing import SigningKey
 from events.subjects import Subjects
 from projections.invariants import Audit
 from services.jetstream.client import connect
-from services.reads.audit import render_html, replay, summary, world_at
-from services.jetstream.log_reads import load_evidence
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
+from services.jetstream.log_reads import load_evidence
+from services.reads.audit import render_html, replay, summary, world_at
 from tests.harness import Behaviour, make_pack, request_data, running_service
-from events.signing import SigningKey
 
 SERVICE = Actor(kind="service", id="activator")
 ROGUE = Actor(kind="runtime", id="rt-evil")
@@ -35,7 +35,7 @@ async def test_replay_of_a_real_history_is_clean_deterministic_and_equals_live_s
         await svc.runtime("tenant-42")
         await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
         await svc.wait_release("r1")
-        t_between = datetime.now(timezone.utc)
+        t_between = datetime.now(UTC)
         await asyncio.sleep(0.05)
         await svc.request("r2", make_pack("1.1.0", svc.key))
         await svc.wait_release("r2")
@@ -43,7 +43,9 @@ async def test_replay_of_a_real_history_is_clean_deterministic_and_equals_live_s
         assert (await svc.wait_release("r3")).outcome == "rolled_back"
         tampered = make_pack("1.3.0", svc.key)
         await svc.publish(tampered)
-        await svc.request("r4", type(tampered)(tampered.body[::-1], tampered.manifest, tampered.digest, tampered.version))
+        await svc.request(
+            "r4", type(tampered)(tampered.body[::-1], tampered.manifest, tampered.digest, tampered.version)
+        )
         await svc.wait_release("r4")
         await svc.catch_up()
 
@@ -58,11 +60,17 @@ async def test_replay_of_a_real_history_is_clean_deterministic_and_equals_live_s
 
         # time travel: between r1 and r2 both cohorts ran 1.0.0; now they run 1.1.0
         then = await world_at(svc.app.js, svc.app.subjects, t_between)
-        assert {c: then.scope("prod", "canary", c).active_pack.version for c in ("internal", "rest")} == {"internal": "1.0.0", "rest": "1.0.0"}
+        assert {c: then.scope("prod", "canary", c).active_pack.version for c in ("internal", "rest")} == {
+            "internal": "1.0.0",
+            "rest": "1.0.0",
+        }
         before_all = await world_at(svc.app.js, svc.app.subjects, t_between - timedelta(hours=1))
         assert before_all.scopes.get(("prod", "canary", "internal")) is None
-        now = await world_at(svc.app.js, svc.app.subjects, datetime.now(timezone.utc))
-        assert {c: now.scope("prod", "canary", c).active_pack.version for c in ("internal", "rest")} == {"internal": "1.1.0", "rest": "1.1.0"}
+        now = await world_at(svc.app.js, svc.app.subjects, datetime.now(UTC))
+        assert {c: now.scope("prod", "canary", c).active_pack.version for c in ("internal", "rest")} == {
+            "internal": "1.1.0",
+            "rest": "1.1.0",
+        }
 
         page = render_html(await load_evidence(svc.app.js, svc.app.subjects, "r2"))
         assert "<svg" in page and "Verification gates" in page and "error_rate" in page  # figures against thresholds
@@ -83,23 +91,66 @@ async def test_invariant_checker_catches_each_seeded_violation(nats_url, prefix)
         return await log.append(Entry(event, expected))
 
     # 1. a pointer moved outside a batch, by a runtime, for a release that was never verified
-    await put(make_event("scope.activated", {"pack": p1, "manifest": "m", "release_id": "ghost", "kind": "rollout"}, actor=ROGUE, scope=scope))
+    await put(
+        make_event(
+            "scope.activated",
+            {"pack": p1, "manifest": "m", "release_id": "ghost", "kind": "rollout"},
+            actor=ROGUE,
+            scope=scope,
+        )
+    )
     # 2. a release whose activation skips verification (illegal transition) and is never closed after rejection
-    await put(make_event("release.requested", request_data(make_pack("1.0.0", SigningKey.generate())), actor=SERVICE, release_id="r1"))
-    await put(make_event("release.activated", {"stage": 0, "cohorts": ["all"], "pack": p1, "batch_id": "b"}, actor=SERVICE, release_id="r1"))
-    await put(make_event("release.rejected", {"reasons": [{"code": "x", "message": "y"}]}, actor=SERVICE, release_id="r2"))
+    await put(
+        make_event(
+            "release.requested", request_data(make_pack("1.0.0", SigningKey.generate())), actor=SERVICE, release_id="r1"
+        )
+    )
+    await put(
+        make_event(
+            "release.activated",
+            {"stage": 0, "cohorts": ["all"], "pack": p1, "batch_id": "b"},
+            actor=SERVICE,
+            release_id="r1",
+        )
+    )
+    await put(
+        make_event("release.rejected", {"reasons": [{"code": "x", "message": "y"}]}, actor=SERVICE, release_id="r2")
+    )
     # 3. a pin without a real rationale, a rollback without reason or target
-    await put(make_event("scope.pinned", {"pack": p1, "until": "2020-01-01T00:00:00Z", "rationale": " ", "by": "ops"}, actor=SERVICE, scope=scope))
-    await put(make_event("release.rollback_started", {"trigger": "operator", "reason": " ", "targets": {}}, actor=SERVICE, release_id="r1"))
+    await put(
+        make_event(
+            "scope.pinned",
+            {"pack": p1, "until": "2020-01-01T00:00:00Z", "rationale": " ", "by": "ops"},
+            actor=SERVICE,
+            scope=scope,
+        )
+    )
+    await put(
+        make_event(
+            "release.rollback_started",
+            {"trigger": "operator", "reason": " ", "targets": {}},
+            actor=SERVICE,
+            release_id="r1",
+        )
+    )
     # 4. garbage in the log
     await js.publish(subjects.release("r9", "closed"), b"\xff not an event")
 
     audit = await replay(js, subjects)
     codes = {v.code for v in audit.violations}
     assert {
-        "pointer_outside_batch", "pointer_by_wrong_writer", "activation_without_verification", "illegal_transition",
-        "not_closed", "pin_without_rationale_or_bound", "rollback_without_reason", "rollback_without_target", "undecodable",
+        "pointer_outside_batch",
+        "pointer_by_wrong_writer",
+        "activation_without_verification",
+        "illegal_transition",
+        "not_closed",
+        "pin_without_rationale_or_bound",
+        "rollback_without_reason",
+        "rollback_without_target",
+        "undecodable",
     } <= codes
     lines = [v.line() for v in audit.violations]
-    assert any(line.startswith("seq 1: pointer_outside_batch") for line in lines)  # reported at the sequence it happened
+    assert any(
+        line.startswith("seq 1: pointer_outside_batch") for line in lines
+    )  # reported at the sequence it happened
     await nc.close()

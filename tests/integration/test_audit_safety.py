@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from events.codec import encode_event
+from events.codec import encode_event, make_event
 from events.subjects import Subjects
 from projections.invariants import SAFETY_CODES
 from services.jetstream.client import connect
-from services.reads.audit import replay, summary
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
-from events.codec import make_event
+from services.reads.audit import replay, summary
 from tests.unit.test_projections import OPERATOR, P0, P1, P2, SERVICE, Log
 
 FIGURES_OK = [{"metric": "error_rate", "value": 0.01, "op": "<=", "threshold": 0.05, "ok": True}]
@@ -33,26 +32,47 @@ def stories(log: Log) -> dict[str, object]:
     log.through_verified("nodata")
     log.activate("nodata", 0, ["internal"])
     log.started("nodata", 0, ["internal"])
-    bad["pass_without_data"] = log.add("release.monitoring_passed", {"stage": 0, "samples": 0, "reason": "no samples", "comparisons": [
-        {"metric": "latency_p99_ms", "value": None, "op": "<=", "threshold": 400.0, "ok": True}]}, release_id="nodata")
+    bad["pass_without_data"] = log.add(
+        "release.monitoring_passed",
+        {
+            "stage": 0,
+            "samples": 0,
+            "reason": "no samples",
+            "comparisons": [{"metric": "latency_p99_ms", "value": None, "op": "<=", "threshold": 400.0, "ok": True}],
+        },
+        release_id="nodata",
+    )
 
     log.through_verified("refused")
     log.activate("refused", 0, ["internal"])
     log.started("refused", 0, ["internal"])
-    bad["pass_despite_refusal"] = log.verdict("refused", "passed", 0, comparisons=FIGURES_OK,
-                                              figures={"activation_success_rate": 0.5, "activation_errors": ["switch raised"]})
+    bad["pass_despite_refusal"] = log.verdict(
+        "refused",
+        "passed",
+        0,
+        comparisons=FIGURES_OK,
+        figures={"activation_success_rate": 0.5, "activation_errors": ["switch raised"]},
+    )
 
     log.through_verified("breach")
     log.activate("breach", 0, ["internal"])
     log.started("breach", 0, ["internal"])
-    bad["pass_despite_breach"] = log.verdict("breach", "passed", 0, comparisons=[
-        {"metric": "error_rate", "value": 0.5, "op": "<=", "threshold": 0.05, "ok": True}])
+    bad["pass_despite_breach"] = log.verdict(
+        "breach",
+        "passed",
+        0,
+        comparisons=[{"metric": "error_rate", "value": 0.5, "op": "<=", "threshold": 0.05, "ok": True}],
+    )
 
     log.through_verified("ovr", P1)
     log.activate("ovr", 0, ["internal"])
     log.started("ovr", 0, ["internal"])
-    log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: no tenants yet", "override": True},
-            release_id="ovr", actor=OPERATOR)
+    log.add(
+        "release.monitoring_passed",
+        {"stage": 0, "reason": "operator override by ops: no tenants yet", "override": True},
+        release_id="ovr",
+        actor=OPERATOR,
+    )
     log.expanded("ovr", 0, 1, ["rest"])
     log.activate("ovr", 1, ["rest"])
     log.started("ovr", 1, ["rest"])
@@ -73,8 +93,12 @@ def stories(log: Log) -> dict[str, object]:
     log.started("abrt", 0, ["internal"], P2)
     log.verdict("abrt", "inconclusive", 0)
     log.note("abrt", "aborted", "wrong pack")
-    bad["aborted_release_advanced"] = log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: go",
-                                                                           "override": True}, release_id="abrt", actor=OPERATOR)
+    bad["aborted_release_advanced"] = log.add(
+        "release.monitoring_passed",
+        {"stage": 0, "reason": "operator override by ops: go", "override": True},
+        release_id="abrt",
+        actor=OPERATOR,
+    )
 
     log.through_verified("pinned", P2, strategy="pinned", targets={"internal": P1, "rest": P1})
     log.activate("pinned", 0, ["internal"], P2)
@@ -99,13 +123,33 @@ def stories(log: Log) -> dict[str, object]:
     log.requested("gates", P2)
     log.prepared("gates", P2)
     log.distributed("gates", P2)
-    log.add("release.verified", {"pack": P2, "manifest": "m", "reference_time": log.clock.isoformat(), "signers": ["k0"],
-                                 "gates": [{"gate": "signature", "ok": True, "code": "ok"}, {"gate": "policy", "ok": False, "code": "downgrade"}]},
-            release_id="gates")
+    log.add(
+        "release.verified",
+        {
+            "pack": P2,
+            "manifest": "m",
+            "reference_time": log.clock.isoformat(),
+            "signers": ["k0"],
+            "gates": [
+                {"gate": "signature", "ok": True, "code": "ok"},
+                {"gate": "policy", "ok": False, "code": "downgrade"},
+            ],
+        },
+        release_id="gates",
+    )
     bad["pointer_gate_not_passed"] = log.point("internal", P2, "gates")
 
-    log.add("trust.rotated", {"version": 2, "rationale": "drop k0", "root": {
-        "signed": {"version": 2, "threshold": 1, "keys": {"k9": {"public": "AAAA", "name": "new"}}}, "signatures": []}})
+    log.add(
+        "trust.rotated",
+        {
+            "version": 2,
+            "rationale": "drop k0",
+            "root": {
+                "signed": {"version": 2, "threshold": 1, "keys": {"k9": {"public": "AAAA", "name": "new"}}},
+                "signatures": [],
+            },
+        },
+    )
     bad["pointer_untrusted"] = log.point("rest", P2, "gates")
     return bad
 
@@ -125,12 +169,28 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
         else:
             seq_of[event.event_id] = await log.append(Entry(event))
     # a verdict whose figure overflowed (issue 13 item 6): JSON with Infinity is no contract JSON
-    overflowed = make_event("release.monitoring_failed", {"stage": 0, "reason": "p95 inf", "comparisons": [
-        {"metric": "latency_p95_ms", "value": float("inf"), "op": "<=", "threshold": 250.0, "ok": False}]},
-                            actor=SERVICE, release_id="breach")
+    overflowed = make_event(
+        "release.monitoring_failed",
+        {
+            "stage": 0,
+            "reason": "p95 inf",
+            "comparisons": [
+                {"metric": "latency_p95_ms", "value": float("inf"), "op": "<=", "threshold": 250.0, "ok": False}
+            ],
+        },
+        actor=SERVICE,
+        release_id="breach",
+    )
     # the service's encoder refuses it now (issue 13 item 6), so write the bytes a buggy writer would
-    raw = encode_event(overflowed.model_copy(update={"data": overflowed.data.model_copy(update={"comparisons": [
-        overflowed.data.comparisons[0].model_copy(update={"value": 987654.25})]})}))
+    raw = encode_event(
+        overflowed.model_copy(
+            update={
+                "data": overflowed.data.model_copy(
+                    update={"comparisons": [overflowed.data.comparisons[0].model_copy(update={"value": 987654.25})]}
+                )
+            }
+        )
+    )
     raw = raw.replace(b"987654.25", b"Infinity")
     assert b"Infinity" in raw
     ack = await js.publish(subjects.release("breach", "monitoring_failed"), raw)
@@ -142,7 +202,9 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
     assert ("undecodable", ack.seq) in found
     assert set(bad) == set(SAFETY_CODES)  # every safety invariant has its story here
     baseline_end = seq_of[story.events[story_r0_end(story)].event_id]
-    assert not [v.line() for v in audit.violations if v.seq <= baseline_end and v.code in SAFETY_CODES]  # the baseline is clean
+    assert not [
+        v.line() for v in audit.violations if v.seq <= baseline_end and v.code in SAFETY_CODES
+    ]  # the baseline is clean
     report = summary(audit)
     assert {v["code"] for v in report["violations"]} >= set(SAFETY_CODES)  # the JSON report lists them
     assert set(report["safety"]) == set(SAFETY_CODES) and all(report["safety"].values())
@@ -151,8 +213,14 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
     # and as an auditor runs it: `kxr audit replay` prints each with its sequence and exits 1
     env = {**os.environ, "KX_NATS_URL": nats_url, "KX_PREFIX": prefix, "NO_COLOR": "1", "COLUMNS": "400"}
     env.pop("KX_SERVICE_KEYS", None)
-    proc = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "kxr"), "audit", "replay", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "kxr"),
+        "audit",
+        "replay",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     assert proc.returncode == 1, err.decode()
@@ -195,7 +263,12 @@ def test_fail_closed_moves_and_recorded_overrides_are_no_violations() -> None:
     log.activate("r1", 0, ["internal"])
     log.started("r1", 0, ["internal"])
     log.verdict("r1", "inconclusive", 0)
-    log.add("release.monitoring_passed", {"stage": 0, "reason": "operator override by ops: go", "override": True}, release_id="r1", actor=OPERATOR)
+    log.add(
+        "release.monitoring_passed",
+        {"stage": 0, "reason": "operator override by ops: go", "override": True},
+        release_id="r1",
+        actor=OPERATOR,
+    )
     log.expanded("r1", 0, 1, ["rest"])
     log.activate("r1", 1, ["rest"])
     log.started("r1", 1, ["rest"])

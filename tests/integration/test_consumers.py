@@ -6,13 +6,13 @@ import asyncio
 import json
 
 from events.subjects import Subjects
+from services.consumers.activator import Activator
+from services.consumers.preparer import Preparer
 from services.jetstream.client import connect
+from services.jetstream.log import AppendConflict
+from services.jetstream.reader import OrderedReader
 from services.runtime.sdk import Identity
 from services.runtime.simulation import simulated_runtime
-from services.consumers.activator import Activator
-from services.jetstream.log import AppendConflict
-from services.consumers.preparer import Preparer
-from services.jetstream.reader import OrderedReader
 from tests.harness import make_pack, running_service, wait_for
 
 UP_TO_VERIFIED = ("preparer", "distributor", "verifier")
@@ -62,7 +62,9 @@ async def test_two_activators_racing_on_one_scope_exactly_one_wins(nats_url, pre
         activator = Activator(svc.app)
         outs = [await activator.decision(world, world.release(rid), ctx) for rid in ("ra", "rb")]
         results = await asyncio.gather(
-            svc.app.emit(outs[0], world.release("ra")), svc.app.emit(outs[1], world.release("rb")), return_exceptions=True,
+            svc.app.emit(outs[0], world.release("ra")),
+            svc.app.emit(outs[1], world.release("rb")),
+            return_exceptions=True,
         )
         assert sorted(type(r).__name__ for r in results) == ["AppendConflict", "NoneType"]
         winner = "ra" if results[0] is None else "rb"
@@ -90,9 +92,11 @@ async def test_malformed_request_is_rejected_with_reasons_and_closed(nats_url, p
     async with running_service(nats_url, prefix) as svc:
         js, subjects = svc.app.js, svc.app.subjects
         await js.publish(subjects.release("bad1", "requested"), b'{"type": "release.requested", "oops": ')
-        await js.publish(subjects.release("bad2", "requested"),
-                         b'{"event_id":"x","type":"release.requested","schema_version":1,"occurred_at":"2026-01-01T00:00:00Z",'
-                         b'"actor":{"kind":"producer","id":"p"},"release_id":"bad2","data":{"pack":{"name":"kb"}}}')
+        await js.publish(
+            subjects.release("bad2", "requested"),
+            b'{"event_id":"x","type":"release.requested","schema_version":1,"occurred_at":"2026-01-01T00:00:00Z",'
+            b'"actor":{"kind":"producer","id":"p"},"release_id":"bad2","data":{"pack":{"name":"kb"}}}',
+        )
         for rid in ("bad1", "bad2"):
             release = await svc.wait_release(rid)
             assert release.outcome == "rejected"
@@ -142,11 +146,19 @@ async def test_window_timer_fires_across_a_service_restart(nats_url, prefix):
     try:
         async with running_service(nats_url, prefix) as svc:
             await svc.configure()
-            rt = simulated_runtime(nc, Identity("prod", "canary", "t-int-1", "rt-1"), svc.trust_root, {}, prefix=prefix, interval=0.1)
+            rt = simulated_runtime(
+                nc, Identity("prod", "canary", "t-int-1", "rt-1"), svc.trust_root, {}, prefix=prefix, interval=0.1
+            )
             await rt.resolve_cohort()
             runtime_task = asyncio.create_task(rt.run())
             pack = make_pack("1.0.0", svc.key)
-            await svc.request("r1", pack, rollback={"strategy": "none"}, plan=[["internal"]], monitoring={"window_s": 2, "min_samples": 1})
+            await svc.request(
+                "r1",
+                pack,
+                rollback={"strategy": "none"},
+                plan=[["internal"]],
+                monitoring={"window_s": 2, "min_samples": 1},
+            )
             await svc.wait_release("r1", "monitoring")
             key = svc.key
         # the service is down when the window ends; its timer is a stored scheduled message

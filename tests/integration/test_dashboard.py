@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -49,7 +49,7 @@ async def test_json_endpoints_escaping_and_read_only(nats_url, prefix):
         await svc.runtime("tenant-42")
         await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"}, reason=HOSTILE)
         assert (await svc.wait_release("r1")).outcome == "success"
-        action = operator.annotate(svc.world, "r1", HOSTILE, None, OPERATOR, datetime.now(timezone.utc))
+        action = operator.annotate(svc.world, "r1", HOSTILE, None, OPERATOR, datetime.now(UTC))
         await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter("r1")))
 
         async def annotated():
@@ -57,23 +57,33 @@ async def test_json_endpoints_escaping_and_read_only(nats_url, prefix):
             return body if body["evidence"]["timeline"][-1]["type"] == "release.annotated" else None
 
         body = await eventually(annotated, "the annotation")
-        assert body["view"]["outcome"] == "success" and [s["state"] for s in body["view"]["stages"]] == ["passed", "passed"]
+        assert body["view"]["outcome"] == "success" and [s["state"] for s in body["view"]["stages"]] == [
+            "passed",
+            "passed",
+        ]
         assert body["view"]["window"]["source"] == "verdict" and body["view"]["window"]["figures"]
-        assert body["evidence"]["identity"]["reason"] == HOSTILE and body["evidence"]["decisions"][-1]["rationale"] == HOSTILE
+        assert (
+            body["evidence"]["identity"]["reason"] == HOSTILE
+            and body["evidence"]["decisions"][-1]["rationale"] == HOSTILE
+        )
 
         overview = await get_json(http, url + "api/overview")
         [group] = overview["scopes"]
         assert (group["env"], group["channel"]) == ("prod", "canary")
         assert [(c["cohort"], c["version"], c["lkg"], c["release"]) for c in group["cohorts"]] == [
-            ("internal", "1.0.0", "1.0.0", "r1"), ("rest", "1.0.0", "1.0.0", "r1")]
-        assert overview["releases"] == [] and [(r["release"], r["outcome"]) for r in overview["recent"]] == [("r1", "success")]
+            ("internal", "1.0.0", "1.0.0", "r1"),
+            ("rest", "1.0.0", "1.0.0", "r1"),
+        ]
+        assert overview["releases"] == [] and [(r["release"], r["outcome"]) for r in overview["recent"]] == [
+            ("r1", "success")
+        ]
 
         async with http.get(url + "releases/r1") as response:
             page = await response.text()
             assert response.status == 200 and "script-src 'self'" in response.headers["Content-Security-Policy"]
         assert HOSTILE not in page and "<script>alert" not in page
         assert page.count(ESCAPED) >= 2  # the request's reason and the operator's rationale, shown as text
-        assert "id='timeline'" in page and "aria-label=\"figures against thresholds\"" in page
+        assert "id='timeline'" in page and 'aria-label="figures against thresholds"' in page
 
         await get_json(http, url + "api/releases/nope", 404)
         await get_json(http, url + "api/releases/..%2Fetc", 404)
@@ -117,7 +127,10 @@ async def test_stream_pushes_log_changes_and_an_open_windows_live_figures(nats_u
             return window if window and window["source"] == "live" and window["samples"] > 0 else None
 
         window = await eventually(live_window, "figures of the open window")
-        assert window["open"] and window["result"] in ("passed", "inconclusive")  # so far: what the monitor would say now
+        assert window["open"] and window["result"] in (
+            "passed",
+            "inconclusive",
+        )  # so far: what the monitor would say now
         assert {f["metric"] for f in window["figures"]} >= {"error_rate", "latency_p95_ms"}
         async with http.get(url + "releases/r1") as response:
             assert "figures so far" in await response.text()

@@ -24,13 +24,18 @@ async def test_a_message_the_server_gave_up_on_is_dead_lettered(nats_url, prefix
         js, subjects = svc.app.js, svc.app.subjects
         await js.publish(subjects.release("r1", "annotated"), b"payload of a message nobody can handle")
         # a consumer that receives it and dies every time (never acks) until max_deliver
-        sub = await js.pull_subscribe("", durable="kxr-crashy", stream=subjects.releases_stream,
-                                      config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=0.3, max_deliver=2,
-                                                            filter_subjects=[f"{prefix}.release.*.*"]))
+        sub = await js.pull_subscribe(
+            "",
+            durable="kxr-crashy",
+            stream=subjects.releases_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=0.3, max_deliver=2, filter_subjects=[f"{prefix}.release.*.*"]
+            ),
+        )
         for _ in range(4):
             try:
                 await sub.fetch(1, timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         records: list[dict] = []
         for _ in range(50):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from events.service_signing import SIGNATURE_HEADER, SIGNER_HEADER
 from projections.pointer_chain import pointer_digest
-from services.reads.audit import replay
 from services.jetstream.reader import OrderedReader, RawEntry
+from services.reads.audit import replay
 from tests.harness import make_pack, running_service, wait_for
 
 CHAIN_CODES = {"pointer_not_newer", "pointer_chain_broken"}
@@ -23,7 +23,11 @@ async def stored_pointers(js, subjects, cohort: str, env: str = "prod", channel:
 async def replay_pointer(nc, entry: RawEntry, msg_id: str, batch: bool) -> None:
     """Publish a stored pointer again: the same subject, bytes and (genuine) signature; a new message id
     (the signature does not cover it), plainly or as a one-message atomic batch."""
-    headers = {"Nats-Msg-Id": msg_id, SIGNER_HEADER: entry.headers[SIGNER_HEADER], SIGNATURE_HEADER: entry.headers[SIGNATURE_HEADER]}
+    headers = {
+        "Nats-Msg-Id": msg_id,
+        SIGNER_HEADER: entry.headers[SIGNER_HEADER],
+        SIGNATURE_HEADER: entry.headers[SIGNATURE_HEADER],
+    }
     if batch:
         headers.update({"Nats-Batch-Id": msg_id, "Nats-Batch-Sequence": "1", "Nats-Batch-Commit": "1"})
     reply = await nc.request(entry.subject, entry.data, headers=headers, timeout=5)
@@ -75,13 +79,21 @@ async def test_a_replayed_signed_pointer_is_refused_by_running_and_starting_runt
 
         await replay_pointer(svc.app.nc, old, "replay-plain", batch=False)
         await replay_pointer(svc.app.nc, old, "replay-batch", batch=True)
-        await wait_for(lambda: sum("refused pointer" in why and "pointer_not_newer" in why for _, why in rt.history) == 2, 10,
-                       "the runtime to refuse both replays", lambda: rt.history)
+        await wait_for(
+            lambda: sum("refused pointer" in why and "pointer_not_newer" in why for _, why in rt.history) == 2,
+            10,
+            "the runtime to refuse both replays",
+            lambda: rt.history,
+        )
         assert rt.active.digest == newer.digest and rt.chain.generation == 2
         # a runtime (re)starting now reads the replay as the newest message stored: it still runs the chain's head
         late = await svc.runtime("t-int-2")
-        await wait_for(lambda: late.active is not None and len([h for h in late.history if "refused pointer" in h[1]]) == 2, 10,
-                       "the late runtime to run the chain's head", lambda: late.history)
+        await wait_for(
+            lambda: late.active is not None and len([h for h in late.history if "refused pointer" in h[1]]) == 2,
+            10,
+            "the late runtime to run the chain's head",
+            lambda: late.history,
+        )
         assert late.active.digest == newer.digest
 
         stored = await stored_pointers(svc.app.js, svc.app.subjects, "internal")
@@ -92,4 +104,6 @@ async def test_a_replayed_signed_pointer_is_refused_by_running_and_starting_runt
             assert (state.active_pack.digest, state.generation, state.active_seq) == (newer.digest, 2, replays[-1])
         audit = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
         assert chain_violations(audit) == [(replays[0], "pointer_not_newer"), (replays[1], "pointer_not_newer")]
-        assert not [v for v in audit.violations if v.code == "unsigned_or_forged"]  # genuinely signed: only freshness catches it
+        assert not [
+            v for v in audit.violations if v.code == "unsigned_or_forged"
+        ]  # genuinely signed: only freshness catches it

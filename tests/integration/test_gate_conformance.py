@@ -29,8 +29,8 @@ import pytest
 import pytest_asyncio
 
 from events.manifest import MANIFEST_MAX_BYTES
-from services.jetstream.log_reads import load_evidence
 from services.actions.producer import request_release
+from services.jetstream.log_reads import load_evidence
 from services.verification.gates import GATE_CODES, GATES, INTERNAL_ERROR
 from tests.harness import PRODUCER, make_pack, request_data, wait_for
 from tests.integration import gate_fixtures as gf
@@ -43,10 +43,10 @@ class Vector:
     build: Builder
     gate: str
     code: str
-    threshold: int = 1                # which bench: trust root threshold 1 (one key) or 2 (two keys)
-    patch: AppPatch | None = None     # a temporary change to the running service (deadline, trust root)
-    bench: str = "shared"             # "shared" per threshold, or a name for a bench of its own
-    repeat: int = 1                   # independent releases (own id and bytes), each must fail the same way
+    threshold: int = 1  # which bench: trust root threshold 1 (one key) or 2 (two keys)
+    patch: AppPatch | None = None  # a temporary change to the running service (deadline, trust root)
+    bench: str = "shared"  # "shared" per threshold, or a name for a bench of its own
+    repeat: int = 1  # independent releases (own id and bytes), each must fail the same way
 
 
 V = Vector
@@ -55,14 +55,25 @@ WS = " \t "
 VECTORS: list[Vector] = [
     # -- trust_root: the verifier's own configuration ------------------------------------------
     V("trust-root-missing", gf.valid, "trust_root", "trust_root_missing", patch=gf.no_trust_root()),
-    V("trust-root-threshold-unreachable", gf.valid, "trust_root", "trust_root_invalid", patch=gf.unreachable_threshold()),
+    V(
+        "trust-root-threshold-unreachable",
+        gf.valid,
+        "trust_root",
+        "trust_root_invalid",
+        patch=gf.unreachable_threshold(),
+    ),
     # -- distribution: objects absent from the packs bucket ------------------------------------
     V("manifest-missing", gf.manifest_absent, "distribution", "manifest_missing"),
     V("pack-missing", gf.pack_absent, "distribution", "pack_missing"),
     V("nothing-uploaded", gf.nothing_uploaded, "distribution", "manifest_missing"),
     # -- manifest: envelope, before anything inside `signed` is trusted ------------------------
     V("manifest-garbage", gf.raw_manifest(b"this is not a manifest {"), "manifest", "malformed_json"),
-    V("manifest-not-utf8", gf.raw_manifest(b'{"signed":{"name":"\xff\xfe"},"signatures":[]}'), "manifest", "malformed_json"),
+    V(
+        "manifest-not-utf8",
+        gf.raw_manifest(b'{"signed":{"name":"\xff\xfe"},"signatures":[]}'),
+        "manifest",
+        "malformed_json",
+    ),
     V("manifest-nan", gf.raw_manifest(b'{"signed":{"size":NaN},"signatures":[]}'), "manifest", "malformed_json"),
     V("manifest-empty-bytes", gf.raw_manifest(b""), "manifest", "malformed_json"),
     V("manifest-oversized", gf.manifest_oversized, "manifest", "manifest_oversized"),
@@ -107,10 +118,20 @@ VECTORS: list[Vector] = [
     V("runtime-specifier-invalid", gf.signed_variant(runtime="banana"), "compatibility", "runtime_specifier_invalid"),
     # -- policy: versions against the active pack, source, builder, scopes ---------------------
     V("downgrade", gf.signed_variant(version="0.9.0"), "policy", "downgrade"),
-    V("same-version-other-bytes", gf.signed_variant(version=gf.BASELINE_VERSION), "policy", "same_version_other_digest"),
+    V(
+        "same-version-other-bytes",
+        gf.signed_variant(version=gf.BASELINE_VERSION),
+        "policy",
+        "same_version_other_digest",
+    ),
     V("not-newer", gf.baseline_again, "policy", "not_newer"),
     V("source-forbidden", gf.signed_variant(source="https://evil.example/kb/core"), "policy", "source_forbidden"),
-    V("source-prefix-lookalike", gf.signed_variant(source="https://git.example/kb-evil/core"), "policy", "source_forbidden"),
+    V(
+        "source-prefix-lookalike",
+        gf.signed_variant(source="https://git.example/kb-evil/core"),
+        "policy",
+        "source_forbidden",
+    ),
     V("builder-forbidden", gf.signed_variant(builder="laptop"), "policy", "builder_forbidden"),
     V("scope-env-forbidden", gf.signed_variant(scopes={"envs": ["staging"]}), "policy", "scope_forbidden"),
     V("scope-channel-forbidden", gf.signed_variant(scopes={"channels": ["stable"]}), "policy", "scope_forbidden"),
@@ -126,20 +147,55 @@ VECTORS: list[Vector] = [
     # -- attestation: on a bench whose channel requires one (policy.require_attestation) ----------
     # The baseline of that bench carried a valid attestation; each vector breaks one thing.
     V("attestation-missing", gf.attested(lambda k, d: None), "distribution", "attestation_missing", bench="attest"),
-    V("attestation-malformed-dsse", gf.attested(gf.attestation_not_dsse), "evidence", "attestation_malformed", bench="attest"),
+    V(
+        "attestation-malformed-dsse",
+        gf.attested(gf.attestation_not_dsse),
+        "evidence",
+        "attestation_malformed",
+        bench="attest",
+    ),
     V("attestation-unsigned", gf.attested(gf.unsigned_attestation), "evidence", "attestation_unsigned", bench="attest"),
-    V("attestation-wrong-key", gf.attested(gf.attestation_by_outsider), "evidence", "attestation_untrusted", bench="attest"),
-    V("attestation-by-manifest-key", gf.attested(lambda k, d: gf.attestation_for(d, k.signers)), "evidence",
-      "attestation_untrusted", bench="attest"),
-    V("attestation-wrong-subject-digest", gf.attested(gf.attestation_of_other_pack), "evidence",
-      "attestation_subject_mismatch", bench="attest"),
-    V("attestation-wrong-builder", gf.attested(gf.attestation_by_other_builder), "evidence",
-      "attestation_builder_forbidden", bench="attest"),
+    V(
+        "attestation-wrong-key",
+        gf.attested(gf.attestation_by_outsider),
+        "evidence",
+        "attestation_untrusted",
+        bench="attest",
+    ),
+    V(
+        "attestation-by-manifest-key",
+        gf.attested(lambda k, d: gf.attestation_for(d, k.signers)),
+        "evidence",
+        "attestation_untrusted",
+        bench="attest",
+    ),
+    V(
+        "attestation-wrong-subject-digest",
+        gf.attested(gf.attestation_of_other_pack),
+        "evidence",
+        "attestation_subject_mismatch",
+        bench="attest",
+    ),
+    V(
+        "attestation-wrong-builder",
+        gf.attested(gf.attestation_by_other_builder),
+        "evidence",
+        "attestation_builder_forbidden",
+        bench="attest",
+    ),
     # -- deadline: one verification deadline, enforced by the adapter ----------------------------
     # A pack that passes every gate, under a 1 ms deadline: the verdict must be deadline/timeout,
     # never `verified`. Repeated because a deadline that is only sometimes enforced is a bug too;
     # on a bench of its own because a deadline that fails open activates the pack.
-    V("verification-times-out", gf.valid, "deadline", "timeout", patch=gf.verify_deadline(0.001), bench="deadline", repeat=6),
+    V(
+        "verification-times-out",
+        gf.valid,
+        "deadline",
+        "timeout",
+        patch=gf.verify_deadline(0.001),
+        bench="deadline",
+        repeat=6,
+    ),
 ]
 
 
@@ -150,8 +206,12 @@ def test_vector_table_is_well_formed():
         if v.gate in GATES:
             assert v.code in GATE_CODES[v.gate] + (INTERNAL_ERROR,), v
         else:
-            assert (v.gate, v.code) in {("distribution", "manifest_missing"), ("distribution", "pack_missing"),
-                                        ("distribution", "attestation_missing"), ("deadline", "timeout")}, v
+            assert (v.gate, v.code) in {
+                ("distribution", "manifest_missing"),
+                ("distribution", "pack_missing"),
+                ("distribution", "attestation_missing"),
+                ("deadline", "timeout"),
+            }, v
     # every gate of the contract order is exercised by at least one vector
     assert set(GATES) <= {v.gate for v in VECTORS}
 
@@ -216,7 +276,9 @@ async def run_vector(bench: Bench, vector: Vector, tag: str) -> None:
     assert types.count("release.verification_failed") == 1, types
     assert evidence.outcome["outcome"] == "failed"
     got = (evidence.verification.get("gate"), evidence.verification.get("code"))
-    assert got == (vector.gate, vector.code), f"{got} != {(vector.gate, vector.code)}: {evidence.verification.get('message')}"
+    assert got == (vector.gate, vector.code), (
+        f"{got} != {(vector.gate, vector.code)}: {evidence.verification.get('message')}"
+    )
     assert evidence.verification["result"] == "failed"
     assert (release.failure or "").startswith(f"verification_failed: {vector.gate}/{vector.code}:"), release.failure
 
@@ -245,10 +307,16 @@ async def run_vector(bench: Bench, vector: Vector, tag: str) -> None:
 
 
 def extra_signed_fields(bench: Bench):
-    return make_pack("1.1.0", bench.keys.signers, extra={
-        "notes": "extra signed fields are kept and covered by the signature",
-        "labels": {"team": "kb", "tier": "gold"}, "sbom": ["pkg:pypi/x@1"], "build_number": 812,
-    })
+    return make_pack(
+        "1.1.0",
+        bench.keys.signers,
+        extra={
+            "notes": "extra signed fields are kept and covered by the signature",
+            "labels": {"team": "kb", "tier": "gold"},
+            "sbom": ["pkg:pypi/x@1"],
+            "build_number": 812,
+        },
+    )
 
 
 def two_distinct_keys(bench: Bench):
@@ -256,8 +324,11 @@ def two_distinct_keys(bench: Bench):
     return make_pack("1.1.0", bench.keys.signers)
 
 
-@pytest.mark.parametrize("make, threshold", [(extra_signed_fields, 1), (two_distinct_keys, 2)],
-                         ids=["extra-signed-fields", "t2-two-distinct-keys"])
+@pytest.mark.parametrize(
+    "make, threshold",
+    [(extra_signed_fields, 1), (two_distinct_keys, 2)],
+    ids=["extra-signed-fields", "t2-two-distinct-keys"],
+)
 async def test_positive_control_activates_and_moves_pointers(nats_url, make, threshold):
     async with open_bench(nats_url, threshold) as bench:
         svc, app = bench.svc, bench.svc.app
@@ -278,8 +349,11 @@ async def test_positive_control_activates_and_moves_pointers(nats_url, make, thr
             assert after[cohort]["digest"] == pack.digest
             assert after[cohort]["active_seq"] > before[cohort]["active_seq"]
             assert after[cohort]["stored"] == (pack.digest, after[cohort]["active_seq"])
-        await wait_for(lambda: all(rt.active and rt.active.digest == pack.digest for rt in bench.runtimes.values()),
-                       10, "runtimes to switch to the control pack")
+        await wait_for(
+            lambda: all(rt.active and rt.active.digest == pack.digest for rt in bench.runtimes.values()),
+            10,
+            "runtimes to switch to the control pack",
+        )
 
 
 def test_oversized_manifest_vector_is_really_oversized():

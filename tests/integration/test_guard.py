@@ -13,16 +13,20 @@ import json
 
 from events.model import ScopeFlagged
 from events.signing import SigningKey, b64encode
+from services.actions.trust import rotate
+from services.jetstream.log_reads import log_entries
 from services.reads.audit import replay
 from services.reads.status import scope_rows
-from services.jetstream.log_reads import log_entries
-from services.actions.trust import rotate
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, trust_root_for, wait_for
 from tests.integration.webhook_server import WebhookServer
 
 
 def root_doc(keys, version: int) -> dict:
-    return {"version": version, "threshold": 1, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{version}-{i}"} for i, k in enumerate(keys)}}
+    return {
+        "version": version,
+        "threshold": 1,
+        "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{version}-{i}"} for i, k in enumerate(keys)},
+    }
 
 
 async def log_events(svc, filters=None):
@@ -56,9 +60,16 @@ async def test_a_rotation_that_drops_the_active_packs_signer_rolls_the_release_b
         release = await svc.wait_release("r-doomed")
         assert release.outcome == "rolled_back"
         assert release.rollback is not None and release.rollback.trigger == "policy_violation"
-        assert "signature/threshold_not_met" in release.rollback.reason and "prod/canary/internal" in release.rollback.reason
+        assert (
+            "signature/threshold_not_met" in release.rollback.reason
+            and "prod/canary/internal" in release.rollback.reason
+        )
         assert release.rolled_back is not None and release.rolled_back.targets["internal"].digest == lkg.digest
-        started = [e for e in await log_events(svc, [svc.app.subjects.release_filter("r-doomed")]) if e.type == "release.rollback_started"]
+        started = [
+            e
+            for e in await log_events(svc, [svc.app.subjects.release_filter("r-doomed")])
+            if e.type == "release.rollback_started"
+        ]
         assert [e.actor.id for e in started] == ["guard"]  # exactly one, by the guard
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == lkg.digest
         assert svc.world.scope("prod", "canary", "rest").active_pack.digest == lkg.digest  # never exposed
@@ -82,22 +93,35 @@ async def test_a_settled_scope_that_a_policy_change_leaves_in_violation_is_flagg
             pointers = {c: svc.world.scope("prod", "canary", c).active_seq for c in ("internal", "rest")}
 
             # the channel now only admits another builder: the pack that runs was built by kx-pipeline
-            await svc.configure(config={**config, "policy": {**CHANNEL["policy"], "allowed_builders": ["other-pipeline"]}})
+            await svc.configure(
+                config={**config, "policy": {**CHANNEL["policy"], "allowed_builders": ["other-pipeline"]}}
+            )
 
-            flags = await wait_for(lambda: [s for s in svc.world.scopes.values() if s.flag] if all(
-                svc.world.scope("prod", "canary", c).flag for c in ("internal", "rest")) else None, 20, "both cohorts flagged")
+            flags = await wait_for(
+                lambda: (
+                    [s for s in svc.world.scopes.values() if s.flag]
+                    if all(svc.world.scope("prod", "canary", c).flag for c in ("internal", "rest"))
+                    else None
+                ),
+                20,
+                "both cohorts flagged",
+            )
             for state in flags:
                 assert state.flag.code == "policy/builder_forbidden" and state.flag.pack.digest == pack.digest
                 assert state.active_seq == pointers[state.key[2]]  # nothing moved
             events = [e for e in await log_events(svc) if e.type == "scope.flagged"]
             assert sorted(e.scope.cohort for e in events) == ["internal", "rest"]  # once each
-            assert all(isinstance(e.data, ScopeFlagged) and e.actor.id == "guard" and e.release_id == "r-settled" for e in events)
+            assert all(
+                isinstance(e.data, ScopeFlagged) and e.actor.id == "guard" and e.release_id == "r-settled"
+                for e in events
+            )
 
             # notified: one post per flag, recorded under the release that put the pack there
             await wait_for(lambda: len(hooks.posts("/flags")) == 2, 20, "a webhook per flag")
             bodies = sorted((json.loads(p.body) for p in hooks.posts("/flags")), key=lambda b: b["scope"]["cohort"])
             assert [(b["kind"], b["code"], b["scope"]["cohort"], b["pack"]["digest"]) for b in bodies] == [
-                ("flagged", "policy/builder_forbidden", c, pack.digest) for c in ("internal", "rest")]
+                ("flagged", "policy/builder_forbidden", c, pack.digest) for c in ("internal", "rest")
+            ]
             assert {p.headers["idempotency-key"] for p in hooks.posts("/flags")} == {e.event_id for e in events}
             recorded = await wait_for_notes(svc, "r-settled", 2)
             assert {(n.data.kind, n.data.trigger) for n in recorded} == {("flagged", e.event_id) for e in events}

@@ -13,9 +13,9 @@ from events.codec import decode_event, make_event
 from events.manifest import pack_object_name
 from events.model import MonitoringVerdict, Scope, ScopePinned
 from services.actions import operator as ops
-from services.jetstream.log import Entry
-from services.errors import OperatorError
 from services.consumers.pinner import pin, unpin
+from services.errors import OperatorError
+from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 from tests.integration.test_operator_model import act, now, scope_act
 
@@ -38,7 +38,11 @@ async def test_an_override_closes_promoted_by_override_and_the_next_rollback_ski
         assert (await svc.wait_release("r0")).outcome == "success"
         await svc.request("r1", v11, monitoring=STARVED)
         for stage in (0, 1):  # each window inconclusive; the operator passes it by hand
-            await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.stage == stage and r, 20, f"stage {stage + 1} held")
+            await wait_for(
+                lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.stage == stage and r,
+                20,
+                f"stage {stage + 1} held",
+            )
             await act(svc, ops.promote(svc.world, "r1", "traffic too low to judge", OPERATOR, now(svc)))
         r1 = await svc.wait_release("r1", timeout=20)
         assert r1.outcome == "promoted_by_override"
@@ -65,18 +69,33 @@ async def test_abort_is_final_even_when_the_rollback_holds(nats_url, prefix):
         # strategy none: no target to go back to, so the rollback escalates and the release holds
         held = await svc.wait_release("r1", "held", timeout=15)
         assert held.aborted and "rollback_target_unusable" in held.failure
-        for refused in (lambda: ops.promote(svc.world, "r1", "ship it anyway", OPERATOR, now(svc)),
-                        lambda: ops.extend(svc.world, "r1", 30, "more samples", OPERATOR, now(svc))):
+        for refused in (
+            lambda: ops.promote(svc.world, "r1", "ship it anyway", OPERATOR, now(svc)),
+            lambda: ops.extend(svc.world, "r1", 30, "more samples", OPERATOR, now(svc)),
+        ):
             with pytest.raises(OperatorError, match="abort is final"):
                 refused()
         # a pass appended anyway (an old client, a raw publish) moves nothing on: the promoter rolls back again
-        forged = make_event("release.monitoring_passed", MonitoringVerdict(stage=0, reason="operator override by mallory: go", override=True),
-                            actor=OPERATOR, release_id="r1", causation_id=held.last_event_id, occurred_at=now(svc))
+        forged = make_event(
+            "release.monitoring_passed",
+            MonitoringVerdict(stage=0, reason="operator override by mallory: go", override=True),
+            actor=OPERATOR,
+            release_id="r1",
+            causation_id=held.last_event_id,
+            occurred_at=now(svc),
+        )
         seq = await svc.app.log.append(Entry(forged, held.last_seq, svc.app.subjects.release_filter("r1")))
-        again = await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.last_seq > seq + 1 and r, 15, "held again")
+        again = await wait_for(
+            lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.last_seq > seq + 1 and r,
+            15,
+            "held again",
+        )
         assert again.stage == 0 and svc.world.scope("prod", "canary", "rest").active is None
         assert any("monitoring_passed after aborted" in a for a in again.anomalies)
-        await act(svc, ops.close(svc.world, "r1", "aborted", "pointer left on 1.0.0 by decision of the owner", OPERATOR, now(svc)))
+        await act(
+            svc,
+            ops.close(svc.world, "r1", "aborted", "pointer left on 1.0.0 by decision of the owner", OPERATOR, now(svc)),
+        )
         closed = await svc.wait_release("r1")
         assert closed.outcome == "aborted" and closed.anomalies == again.anomalies  # the close itself is legal
         assert svc.world.scope("prod", "canary", "internal").lkg is None  # never known-good
@@ -95,12 +114,26 @@ async def test_strategy_pinned_is_honoured_by_the_operator_and_the_automatic_rol
         assert (await svc.wait_release("r1")).outcome == "success"
         for cohort in ("internal", "rest"):  # pinned once to 1.0.0 (the pinned prior), then lifted
             scope = Scope(env="prod", channel="canary", cohort=cohort)
-            await scope_act(svc, pin(svc.world, scope, "1.0.0", now(svc) + timedelta(hours=1), "audit baseline", OPERATOR, now(svc)), scope)
-            await wait_for(lambda: svc.world.scope("prod", "canary", cohort).active.kind == "pin", 10, f"{cohort} switched to its pin")
+            await scope_act(
+                svc,
+                pin(svc.world, scope, "1.0.0", now(svc) + timedelta(hours=1), "audit baseline", OPERATOR, now(svc)),
+                scope,
+            )
+            await wait_for(
+                lambda: svc.world.scope("prod", "canary", cohort).active.kind == "pin",
+                10,
+                f"{cohort} switched to its pin",
+            )
             await scope_act(svc, unpin(svc.world, scope, "baseline done", OPERATOR, now(svc)), scope)
         assert svc.world.scope("prod", "canary", "internal").lkg.digest == v11.digest
         # the operator's rollback
-        await svc.request("r2", v12, plan=[["internal"]], rollback={"strategy": "pinned"}, monitoring={"window_s": 30, "min_samples": 1})
+        await svc.request(
+            "r2",
+            v12,
+            plan=[["internal"]],
+            rollback={"strategy": "pinned"},
+            monitoring={"window_s": 30, "min_samples": 1},
+        )
         await svc.wait_release("r2", "monitoring", timeout=15)
         await act(svc, ops.rollback(svc.world, "r2", "operator", "wrong week", OPERATOR, now(svc)))
         r2 = await svc.wait_release("r2", timeout=15)
@@ -128,7 +161,11 @@ async def test_a_rollback_target_that_disappears_holds_the_release_before_it_exp
         await svc.wait_release("r1", "monitoring", timeout=15)
         await delete_pack(svc, v1.digest)  # the LKG both cohorts would roll back to
         held = await svc.wait_release("r1", "held", timeout=20)
-        assert "rollback_not_ready" in held.failure and "internal" in held.failure and "pack object missing" in held.failure
+        assert (
+            "rollback_not_ready" in held.failure
+            and "internal" in held.failure
+            and "pack object missing" in held.failure
+        )
         assert held.stage == 0 and svc.world.scope("prod", "canary", "rest").active_pack.digest == v1.digest
         # and pre-flight refuses a new release whose target is gone
         await svc.request("r2", v12)
@@ -146,10 +183,17 @@ async def test_the_pinner_refuses_a_pin_longer_than_max_pin_days(nats_url, prefi
         await svc.request("r0", v1, rollback={"strategy": "none"})
         r0 = await svc.wait_release("r0")
         scope = Scope(env="prod", channel="canary", cohort="internal")
-        long_pin = make_event("scope.pinned", ScopePinned(pack=r0.verified.pack, until=now(svc) + timedelta(days=3), rationale="freeze", by=OPERATOR.id),
-                              actor=OPERATOR, scope=scope, occurred_at=now(svc))
+        long_pin = make_event(
+            "scope.pinned",
+            ScopePinned(pack=r0.verified.pack, until=now(svc) + timedelta(days=3), rationale="freeze", by=OPERATOR.id),
+            actor=OPERATOR,
+            scope=scope,
+            occurred_at=now(svc),
+        )
         await scope_act(svc, (long_pin, svc.world.scope("prod", "canary", "internal").last_seq), scope)
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").pin is None, 10, "the pin to be refused")
-        msg = await svc.app.js.get_last_msg(svc.app.subjects.releases_stream, f"{svc.app.subjects.prefix}.scope.prod.canary.internal.unpinned")
+        msg = await svc.app.js.get_last_msg(
+            svc.app.subjects.releases_stream, f"{svc.app.subjects.prefix}.scope.prod.canary.internal.unpinned"
+        )
         refusal = decode_event(msg.data, msg.subject, svc.app.subjects).data
         assert refusal.reason == "refused" and "max_pin_days" in refusal.rationale

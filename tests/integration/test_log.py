@@ -7,12 +7,12 @@ from nats.js.api import StorageType, StreamConfig
 
 from events.codec import make_event
 from events.model import Actor, Scope
+from events.signing import SigningKey
 from events.subjects import Subjects
 from services.jetstream.client import connect
 from services.jetstream.layout import LayoutError, ensure_layout, release_log_config
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from tests.harness import make_pack, request_data
-from events.signing import SigningKey
 
 ACTOR = Actor(kind="service", id="test")
 
@@ -35,8 +35,20 @@ def requested(release_id: str, event_id: str | None = None):
 def pointer(prefix_scope: tuple[str, str, str], release_id: str, event_id: str | None = None):
     pack = make_pack("1.0.0", SigningKey.generate())
     env, channel, cohort = prefix_scope
-    data = {"pack": {"name": "kb", "version": "1.0.0", "digest": pack.digest, "size": 1}, "manifest": "m", "release_id": release_id, "kind": "rollout"}
-    return make_event("scope.activated", data, actor=ACTOR, release_id=release_id, scope=Scope(env=env, channel=channel, cohort=cohort), event_id=event_id)
+    data = {
+        "pack": {"name": "kb", "version": "1.0.0", "digest": pack.digest, "size": 1},
+        "manifest": "m",
+        "release_id": release_id,
+        "kind": "rollout",
+    }
+    return make_event(
+        "scope.activated",
+        data,
+        actor=ACTOR,
+        release_id=release_id,
+        scope=Scope(env=env, channel=channel, cohort=cohort),
+        event_id=event_id,
+    )
 
 
 async def test_layout_is_idempotent_and_matches_the_contract(log):
@@ -52,21 +64,32 @@ async def test_layout_is_idempotent_and_matches_the_contract(log):
     await js.object_store(subjects.packs_bucket)
 
 
-@pytest.mark.parametrize("breakage, reason", [
-    ({"deny_delete": False}, "deny_delete is off"),
-    ({"deny_purge": False}, "deny_purge is off"),
-    ({"max_age": 3600.0}, "max_age"),
-    ({"allow_atomic": False}, "allow_atomic is off"),
-    ({"duplicate_window": 10.0}, "duplicate window"),
-    ({"max_msgs_per_subject": 1}, "max_msgs_per_subject"),
-])
+@pytest.mark.parametrize(
+    "breakage, reason",
+    [
+        ({"deny_delete": False}, "deny_delete is off"),
+        ({"deny_purge": False}, "deny_purge is off"),
+        ({"max_age": 3600.0}, "max_age"),
+        ({"allow_atomic": False}, "allow_atomic is off"),
+        ({"duplicate_window": 10.0}, "duplicate window"),
+        ({"max_msgs_per_subject": 1}, "max_msgs_per_subject"),
+    ],
+)
 async def test_refuses_a_log_that_breaks_the_guarantees(nats_url, prefix, breakage, reason):
     nc = await connect(nats_url)
     js = nc.jetstream()
     subjects = Subjects(prefix)
     cfg = release_log_config(subjects, 1)
-    await js.add_stream(StreamConfig(**{**cfg.as_dict(), **breakage, "duplicate_window": breakage.get("duplicate_window", 300.0),
-                                        "max_age": breakage.get("max_age", 0)}))
+    await js.add_stream(
+        StreamConfig(
+            **{
+                **cfg.as_dict(),
+                **breakage,
+                "duplicate_window": breakage.get("duplicate_window", 300.0),
+                "max_age": breakage.get("max_age", 0),
+            }
+        )
+    )
     with pytest.raises(LayoutError, match=reason):
         await ensure_layout(js, subjects)
     await nc.close()

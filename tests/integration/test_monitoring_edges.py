@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from events.model import MonitoringVerdict
 from events.signing import SigningKey
@@ -31,8 +32,9 @@ def verdicts(svc, release_id: str, stage: int = 0) -> list[tuple[str, Monitoring
 
 
 async def first_verdict(svc, release_id: str, timeout: float = 30.0) -> tuple[str, MonitoringVerdict]:
-    found = await wait_for(lambda: verdicts(svc, release_id), timeout, f"a verdict on {release_id}",
-                           lambda: svc.world.release(release_id))
+    found = await wait_for(
+        lambda: verdicts(svc, release_id), timeout, f"a verdict on {release_id}", lambda: svc.world.release(release_id)
+    )
     return found[0]
 
 
@@ -60,7 +62,7 @@ def raw(runtime_id: str, digest: str | None, **fields: Any) -> Callable[[], byte
     """A hand-written health message: `fields` are spliced in as raw JSON text (10**400 stays an integer)."""
 
     def body() -> bytes:
-        head = {"runtime_id": runtime_id, "digest": digest, "at": datetime.now(timezone.utc).isoformat(), "kind": "sample"}
+        head = {"runtime_id": runtime_id, "digest": digest, "at": datetime.now(UTC).isoformat(), "kind": "sample"}
         text = json.dumps(head)[:-1]
         for key, value in fields.items():
             text += f', "{key}": {value if isinstance(value, str) else json.dumps(value)}'
@@ -71,8 +73,15 @@ def raw(runtime_id: str, digest: str | None, **fields: Any) -> Callable[[], byte
 
 async def add_runtime(svc, tenant: str, *, sample=None, trust_root=None) -> RuntimeClient:
     """A real runtime with its own sample function or trust root (harness.runtime covers the common case)."""
-    rt = RuntimeClient(svc.app.nc, Identity("prod", "canary", tenant, f"rt-{tenant}"), trust_root or svc.trust_root,
-                       prefix=svc.app.subjects.prefix, sample=sample, sample_interval=0.1, service_keys=svc.service_keys)
+    rt = RuntimeClient(
+        svc.app.nc,
+        Identity("prod", "canary", tenant, f"rt-{tenant}"),
+        trust_root or svc.trust_root,
+        prefix=svc.app.subjects.prefix,
+        sample=sample,
+        sample_interval=0.1,
+        service_keys=svc.service_keys,
+    )
     await rt.resolve_cohort()
     svc.runtimes.append(rt)
     svc.tasks.append(asyncio.create_task(rt.run()))
@@ -80,7 +89,9 @@ async def add_runtime(svc, tenant: str, *, sample=None, trust_root=None) -> Runt
 
 
 async def act(svc, action) -> int:
-    seq = await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id)))
+    seq = await svc.app.log.append(
+        Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id))
+    )
     await svc.wait_for(seq)
     return seq
 
@@ -89,8 +100,10 @@ async def act(svc, action) -> int:
 
 
 async def test_a_threshold_without_data_holds_the_window_naming_the_metric(nats_url, prefix):
-    channel = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"],
-                                         "thresholds": {"error_rate_max": 0.05, "latency_p99_ms_max": 400}}}
+    channel = {
+        **CHANNEL,
+        "monitoring": {**CHANNEL["monitoring"], "thresholds": {"error_rate_max": 0.05, "latency_p99_ms_max": 400}},
+    }
     async with running_service(nats_url, prefix) as svc:
         await svc.configure(config=channel)
         for tenant in ("t-int-1", "tenant-42"):  # traffic, but not one latency figure
@@ -116,7 +129,9 @@ async def test_a_runtime_that_reported_before_the_activation_and_never_switched_
         await svc.runtime("tenant-42")
         pack = make_pack("1.0.0", svc.key)
         # reports health in the internal cohort like any runtime, but never follows a pointer
-        async with publishing(svc, "rt-stuck", raw("rt-stuck", None, requests=100, errors=0, latency_ms={"p95": 50, "p99": 80})):
+        async with publishing(
+            svc, "rt-stuck", raw("rt-stuck", None, requests=100, errors=0, latency_ms={"p95": 50, "p99": 80})
+        ):
             await svc.request("r1", pack, rollback={"strategy": "none"})
             kind, verdict = await first_verdict(svc, "r1")
         assert kind == "monitoring_inconclusive", verdict.reason
@@ -130,8 +145,12 @@ async def test_a_refusal_before_the_window_opened_fails_the_stage_as_an_activati
         await svc.configure()
         honest = await svc.runtime("t-int-1")
         # this runtime trusts another key: it refuses the pack the moment it sees the pointer
-        refuser = await add_runtime(svc, "t-int-2", trust_root=trust_root_for(SigningKey.generate()),
-                                    sample=lambda digest: {"requests": 100, "errors": 0, "latency_ms": {"p95": 50, "p99": 80}})
+        refuser = await add_runtime(
+            svc,
+            "t-int-2",
+            trust_root=trust_root_for(SigningKey.generate()),
+            sample=lambda digest: {"requests": 100, "errors": 0, "latency_ms": {"p95": 50, "p99": 80}},
+        )
         await svc.runtime("tenant-42")
         pack = make_pack("1.0.0", svc.key)
         await svc.request("r1", pack, rollback={"strategy": "none"})
@@ -213,8 +232,14 @@ async def test_one_forged_huge_healthy_sample_cannot_pass_a_failing_window(nats_
 
 
 async def test_a_tenant_impact_spike_fails_the_window_early_with_its_own_trigger(nats_url, prefix):
-    channel = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 30,
-                                         "thresholds": {**CHANNEL["monitoring"]["thresholds"], "tickets_max": 3}}}
+    channel = {
+        **CHANNEL,
+        "monitoring": {
+            **CHANNEL["monitoring"],
+            "window_s": 30,
+            "thresholds": {**CHANNEL["monitoring"]["thresholds"], "tickets_max": 3},
+        },
+    }
     async with running_service(nats_url, prefix) as svc:
         await svc.configure(config=channel)
         pack = make_pack("1.0.0", svc.key)

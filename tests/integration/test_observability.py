@@ -11,19 +11,35 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from events.notifications import KIND_OF_EVENT
-from services.reads.audit import replay
-from services.jetstream.log_reads import load_evidence, log_entries
 from services.consumers.notifier.consumer import Notifier
 from services.consumers.notifier.webhook import SIGNATURE_HEADER, signature
+from services.jetstream.log_reads import load_evidence, log_entries
 from services.observability.endpoint import serve_metrics
 from services.observability.logs import JsonFormatter
+from services.reads.audit import replay
 from tests.harness import CHANNEL, Behaviour, make_pack, running_service, wait_for
 from tests.integration.webhook_server import WebhookServer
 
 SECRET_ENV = "KX_TEST_WEBHOOK_SECRET"
-LIFECYCLE = {"kxr-preparer", "kxr-distributor", "kxr-verifier", "kxr-activator", "kxr-monitor", "kxr-promoter", "kxr-notifier"}
-RELEASE_LEVEL = ("kx_log_events", "kx_releases_closed", "kx_gate_failures", "kx_rollbacks_started", "kx_release_holds",
-                 "kx_release_escalations", "kx_notifications", "kx_activation_latency_seconds")
+LIFECYCLE = {
+    "kxr-preparer",
+    "kxr-distributor",
+    "kxr-verifier",
+    "kxr-activator",
+    "kxr-monitor",
+    "kxr-promoter",
+    "kxr-notifier",
+}
+RELEASE_LEVEL = (
+    "kx_log_events",
+    "kx_releases_closed",
+    "kx_gate_failures",
+    "kx_rollbacks_started",
+    "kx_release_holds",
+    "kx_release_escalations",
+    "kx_notifications",
+    "kx_activation_latency_seconds",
+)
 
 
 async def scrape(url: str) -> dict[str, dict[tuple, float]]:
@@ -78,11 +94,21 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
         with WebhookServer(fail_first={"/flaky": 2, "/down": 1_000}) as hooks:
             async with running_service(nats_url, prefix) as svc:
                 async with serve_metrics(svc.app, "127.0.0.1:0", history_of(svc.app), lag_every=0.2) as endpoint:
-                    await svc.configure(config={**CHANNEL, "notifications": [
-                        {"name": "flaky", "url": hooks.url("/flaky"), "on": ["rolled_back", "held"], "secret_env": SECRET_ENV},
-                        {"name": "down", "url": hooks.url("/down"), "on": ["rolled_back"], "attempts": 2},
-                        {"name": "quiet", "url": hooks.url("/quiet"), "on": ["escalated"]},
-                    ]})
+                    await svc.configure(
+                        config={
+                            **CHANNEL,
+                            "notifications": [
+                                {
+                                    "name": "flaky",
+                                    "url": hooks.url("/flaky"),
+                                    "on": ["rolled_back", "held"],
+                                    "secret_env": SECRET_ENV,
+                                },
+                                {"name": "down", "url": hooks.url("/down"), "on": ["rolled_back"], "attempts": 2},
+                                {"name": "quiet", "url": hooks.url("/quiet"), "on": ["escalated"]},
+                            ],
+                        }
+                    )
                     good, bad = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
                     await svc.runtime("t-int-1", {bad.digest: Behaviour(error_rate=0.5)})
                     await svc.runtime("tenant-42")
@@ -92,15 +118,22 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                     assert (await svc.wait_release("r2")).outcome == "rolled_back"
                     tampered = make_pack("1.2.0", svc.key)
                     await svc.publish(tampered)
-                    tampered = type(tampered)(tampered.body[:-1] + b"!", tampered.manifest, tampered.digest, tampered.version)
+                    tampered = type(tampered)(
+                        tampered.body[:-1] + b"!", tampered.manifest, tampered.digest, tampered.version
+                    )
                     await svc.request("r3", tampered)
                     assert (await svc.wait_release("r3")).outcome == "failed"
 
                     # ---- notifications: retried, signed, recorded once, the release untouched
-                    await wait_for(lambda: len(endpoint.releases.view().notifications) == 2, 20, "both outcomes recorded")
+                    await wait_for(
+                        lambda: len(endpoint.releases.view().notifications) == 2, 20, "both outcomes recorded"
+                    )
                     evidence = (await load_evidence(svc.app.js, svc.app.subjects, "r2")).to_json()
-                    rolled_back = next(e for e in await log_events(svc, [svc.app.subjects.release_filter("r2")])
-                                       if e.type == "release.rolled_back")
+                    rolled_back = next(
+                        e
+                        for e in await log_events(svc, [svc.app.subjects.release_filter("r2")])
+                        if e.type == "release.rolled_back"
+                    )
                     by_sink = {n["sink"]: n for n in evidence["notifications"]}
                     assert by_sink["flaky"]["result"] == "sent" and by_sink["flaky"]["attempts"] == 3
                     assert by_sink["flaky"]["status"] == 200 and by_sink["flaky"]["trigger"] == rolled_back.event_id
@@ -112,7 +145,11 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                     for post in flaky:
                         assert post.headers[SIGNATURE_HEADER.lower()] == signature("s3cret", post.body)
                         body = json.loads(post.body)
-                        assert (body["kind"], body["release_id"], body["event_id"]) == ("rolled_back", "r2", rolled_back.event_id)
+                        assert (body["kind"], body["release_id"], body["event_id"]) == (
+                            "rolled_back",
+                            "r2",
+                            rolled_back.event_id,
+                        )
                     assert "kx-signature-256" not in hooks.posts("/down")[0].headers
 
                     # a redelivery of the same event (here: a second notifier) posts nothing and records nothing
@@ -126,10 +163,19 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                     # ---- metrics, scraped over HTTP, match what happened
                     last_seq = (await svc.app.js.stream_info(svc.app.subjects.releases_stream)).state.last_seq
                     stream = svc.app.subjects.releases_stream
-                    families = await scrape_when(endpoint.url, lambda f: (
-                        value(f, "kx_log_applied_sequence", "kx_log_applied_sequence") == last_seq
-                        and LIFECYCLE <= {dict(k[1])["consumer"] for k in f["kx_consumer_pending_messages"] if dict(k[1])["stream"] == stream}
-                    ), "the whole log and every consumer's lag")
+                    families = await scrape_when(
+                        endpoint.url,
+                        lambda f: (
+                            value(f, "kx_log_applied_sequence", "kx_log_applied_sequence") == last_seq
+                            and LIFECYCLE
+                            <= {
+                                dict(k[1])["consumer"]
+                                for k in f["kx_consumer_pending_messages"]
+                                if dict(k[1])["stream"] == stream
+                            }
+                        ),
+                        "the whole log and every consumer's lag",
+                    )
                     assert value(families, "kx_releases_closed", outcome="success") == 1
                     assert value(families, "kx_releases_closed", outcome="rolled_back") == 1
                     assert value(families, "kx_releases_closed", outcome="failed") == 1
@@ -141,10 +187,20 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                     assert value(families, "kx_notifications", kind="rolled_back", result="sent") == 1
                     assert value(families, "kx_notifications", kind="rolled_back", result="failed") == 1
                     assert value(families, "kx_activation_latency_seconds", "kx_activation_latency_seconds_count") == 2
-                    assert value(families, "kx_activation_latency_seconds", "kx_activation_latency_seconds_bucket", le="+Inf") == 2
+                    assert (
+                        value(
+                            families, "kx_activation_latency_seconds", "kx_activation_latency_seconds_bucket", le="+Inf"
+                        )
+                        == 2
+                    )
                     triggers = [e for e in await log_events(svc) if e.type in KIND_OF_EVENT]
-                    assert value(families, "kx_events_processed", stream=stream, consumer="kxr-notifier", outcome="acked") == len(triggers)
-                    assert value(families, "kx_events_processed", stream=stream, consumer="kxr-promoter", outcome="acked") > 0
+                    assert value(
+                        families, "kx_events_processed", stream=stream, consumer="kxr-notifier", outcome="acked"
+                    ) == len(triggers)
+                    assert (
+                        value(families, "kx_events_processed", stream=stream, consumer="kxr-promoter", outcome="acked")
+                        > 0
+                    )
                     log_types = {dict(k[1])["type"]: v for k, v in families["kx_log_events"].items()}
                     assert log_types["release.closed"] == 3 and log_types["notification.sent"] == 1
             first = {name: families[name] for name in RELEASE_LEVEL}
@@ -153,8 +209,11 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
             async with running_service(nats_url, prefix, roles=()) as again:
                 assert again.app.follower.started_from > 0
                 async with serve_metrics(again.app, "127.0.0.1:0", history_of(again.app)) as endpoint2:
-                    later = await scrape_when(endpoint2.url, lambda f: value(f, "kx_log_applied_sequence", "kx_log_applied_sequence") == last_seq,
-                                              "the whole log")
+                    later = await scrape_when(
+                        endpoint2.url,
+                        lambda f: value(f, "kx_log_applied_sequence", "kx_log_applied_sequence") == last_seq,
+                        "the whole log",
+                    )
             assert {name: later[name] for name in RELEASE_LEVEL} == first
     finally:
         services_log.removeHandler(handler)

@@ -7,13 +7,17 @@ from datetime import timedelta
 
 from events.model import Scope
 from services.actions import operator as ops
-from services.jetstream.log import Entry
 from services.consumers.pinner import pin, unpin
+from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 
 THREE_STAGES = {
     **CHANNEL,
-    "cohorts": [{"name": "internal", "tenants": ["t-int-1"]}, {"name": "early", "tenants": ["t-early"]}, {"name": "rest"}],
+    "cohorts": [
+        {"name": "internal", "tenants": ["t-int-1"]},
+        {"name": "early", "tenants": ["t-early"]},
+        {"name": "rest"},
+    ],
     "plan": [["internal"], ["early"], ["rest"]],
     "promote_to": "stable",
 }
@@ -21,14 +25,18 @@ STABLE = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 2}}
 
 
 async def act(svc, action) -> int:
-    seq = await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id)))
+    seq = await svc.app.log.append(
+        Entry(action.event, action.expected_seq, svc.app.subjects.release_filter(action.event.release_id))
+    )
     await svc.wait_for(seq)  # the next action is decided on a view that includes this one
     return seq
 
 
 async def scope_act(svc, event_and_seq, scope: Scope) -> int:
     event, expected = event_and_seq
-    seq = await svc.app.log.append(Entry(event, expected, svc.app.subjects.scope_filter(scope.env, scope.channel, scope.cohort)))
+    seq = await svc.app.log.append(
+        Entry(event, expected, svc.app.subjects.scope_filter(scope.env, scope.channel, scope.cohort))
+    )
     await svc.wait_for(seq)
     return seq
 
@@ -73,16 +81,26 @@ async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(n
         assert svc.world.scope("prod", "canary", "internal").lkg.digest == newer.digest
         # tenant impact discovered after the release closed: instant rollback to the previous LKG
         await act(svc, ops.rollback(svc.world, "r2", "tenant_impact", "support tickets spiked", OPERATOR, now(svc)))
-        await wait_for(lambda: (r := svc.world.release("r2")) is not None and r.phase == "closed" and r.outcome == "rolled_back", 15, "rollback")
+        await wait_for(
+            lambda: (r := svc.world.release("r2")) is not None and r.phase == "closed" and r.outcome == "rolled_back",
+            15,
+            "rollback",
+        )
         scopes = [svc.world.scope("prod", "canary", c) for c in ("internal", "rest")]
         assert all(s.active_pack.digest == good.digest and s.active.kind == "rollback" for s in scopes)
         # one atomic batch: both pointers share a batch id and sit next to each other in the log
         assert scopes[0].active_batch == scopes[1].active_batch is not None
         assert abs(scopes[0].active_seq - scopes[1].active_seq) == 1
-        await wait_for(lambda: all(rt.active and rt.active.digest == good.digest for rt in runtimes), 5, "runtimes back on LKG")
+        await wait_for(
+            lambda: all(rt.active and rt.active.digest == good.digest for rt in runtimes), 5, "runtimes back on LKG"
+        )
         assert svc.world.release("r2").rollback.trigger == "tenant_impact"
         # the service had r2 as a tombstone: it folded r2 from its own subjects to roll it back, then closed it again
-        own = await wait_for(lambda: (t := svc.app.follower.world.tombstones.get("r2")) and t.outcome == "rolled_back" and t, 5, "r2 re-closed")
+        own = await wait_for(
+            lambda: (t := svc.app.follower.world.tombstones.get("r2")) and t.outcome == "rolled_back" and t,
+            5,
+            "r2 re-closed",
+        )
         assert own.last_seq == svc.world.release("r2").last_seq and svc.app.follower.world.release("r2") is None
 
 
@@ -98,12 +116,18 @@ async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, p
         await svc.wait_release("r2")
         # hold `internal` on 1.0.0: a pin to a pack other than the active one re-verifies and switches (kind pin)
         internal = Scope(env="prod", channel="canary", cohort="internal")
-        await scope_act(svc, pin(svc.world, internal, "1.0.0", now(svc) + timedelta(days=1), "audit baseline", OPERATOR, now(svc)), internal)
+        await scope_act(
+            svc,
+            pin(svc.world, internal, "1.0.0", now(svc) + timedelta(days=1), "audit baseline", OPERATOR, now(svc)),
+            internal,
+        )
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").active.kind == "pin", 10, "pin switch")
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == v1.digest
         await svc.request("r3", bad)
         release = await svc.wait_release("r3")
-        assert release.prepared.skipped.keys() == {"internal"} and "audit baseline" in release.prepared.skipped["internal"]
+        assert (
+            release.prepared.skipped.keys() == {"internal"} and "audit baseline" in release.prepared.skipped["internal"]
+        )
         assert release.outcome == "rolled_back" and release.activated == ("rest",)
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == v1.digest  # never touched
         assert svc.world.scope("prod", "canary", "rest").active_pack.digest == v11.digest
@@ -112,9 +136,15 @@ async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, p
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").pin is None, 5, "unpin")
         await svc.request("r4", make_pack("1.3.0", svc.key), monitoring={"window_s": 5, "min_samples": 1})
         await svc.wait_release("r4", "monitoring", timeout=15)
-        await scope_act(svc, pin(svc.world, internal, "1.0.0", now(svc) + timedelta(hours=1), "incident 42", OPERATOR, now(svc)), internal)
+        await scope_act(
+            svc,
+            pin(svc.world, internal, "1.0.0", now(svc) + timedelta(hours=1), "incident 42", OPERATOR, now(svc)),
+            internal,
+        )
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").pin is not None, 5, "pin on internal")
-        await act(svc, ops.rollback(svc.world, "r4", "operator", "hold internal on the audited pack", OPERATOR, now(svc)))
+        await act(
+            svc, ops.rollback(svc.world, "r4", "operator", "hold internal on the audited pack", OPERATOR, now(svc))
+        )
         rolled = await svc.wait_release("r4")
         assert rolled.outcome == "rolled_back"
         assert rolled.rollback.targets["internal"].digest == v1.digest  # the pin, not LKG (1.1.0)
@@ -131,12 +161,22 @@ async def test_pin_expiry_fires_after_a_service_restart(nats_url, prefix):
         await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
         await svc.wait_release("r1")
         internal = Scope(env="prod", channel="canary", cohort="internal")
-        await scope_act(svc, pin(svc.world, internal, "1.0.0", now(svc) + timedelta(seconds=2), "short freeze", OPERATOR, now(svc)), internal)
+        await scope_act(
+            svc,
+            pin(svc.world, internal, "1.0.0", now(svc) + timedelta(seconds=2), "short freeze", OPERATOR, now(svc)),
+            internal,
+        )
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").pin is not None, 5, "pin")
     await asyncio.sleep(2.5)  # the pin expires while no service runs
     async with running_service(nats_url, prefix, key=key) as svc2:
-        state = await wait_for(lambda: svc2.world.scope("prod", "canary", "internal").pin is None and svc2.world.scope("prod", "canary", "internal"),
-                               15, "the pin to be lifted")
+        state = await wait_for(
+            lambda: (
+                svc2.world.scope("prod", "canary", "internal").pin is None
+                and svc2.world.scope("prod", "canary", "internal")
+            ),
+            15,
+            "the pin to be lifted",
+        )
         assert state.last_pin is not None and state.pin_seq > 0
 
 
@@ -152,8 +192,11 @@ async def test_inconclusive_window_holds_until_an_operator_decides(nats_url, pre
         assert svc.world.scope("prod", "canary", "rest").active is None
         await svc.runtime("t-int-1")
         await act(svc, ops.extend(svc.world, "r1", 1, "runtime came up; gather samples", OPERATOR, now(svc)))
-        await wait_for(lambda: (r := svc.world.release("r1")) is not None and r.stage == 1 and r.phase == "held", 15,
-                       "stage 2 to hold as well (no runtime in rest)")
+        await wait_for(
+            lambda: (r := svc.world.release("r1")) is not None and r.stage == 1 and r.phase == "held",
+            15,
+            "stage 2 to hold as well (no runtime in rest)",
+        )
         await act(svc, ops.promote(svc.world, "r1", "rest has no live tenants yet", OPERATOR, now(svc)))
         release = await svc.wait_release("r1", timeout=15)
         # issue 13: a stage passed on an operator's word closes promoted_by_override, never success
@@ -183,7 +226,13 @@ async def test_preflight_lists_every_failed_item(nats_url, prefix):
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
         pack = make_pack("1.0.0", svc.key)
-        await svc.request("r1", pack, plan=[["internal", "nowhere"]], monitoring={"window_s": 1, "min_samples": 1}, acknowledge_no_health=False)
+        await svc.request(
+            "r1",
+            pack,
+            plan=[["internal", "nowhere"]],
+            monitoring={"window_s": 1, "min_samples": 1},
+            acknowledge_no_health=False,
+        )
         release = await svc.wait_release("r1")
         assert release.outcome == "rejected"
         for item in ("cohort_plan_valid", "rollback_target", "observability"):

@@ -17,27 +17,29 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from events.channel import ChannelConfig
 from events.service_signing import ServiceKeys
 from events.signing import SigningKey, b64encode
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_release
 from services.app import App
 from services.bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import load_world
 from services.permissions import ROLES, creds_path, read_credentials, role_permissions, runtime_permissions
-from services.actions.producer import configure_channel, push_pack, request_release
 from services.runtime.sdk import Identity
-from services.settings import ROLES as CONSUMERS, Settings
 from services.runtime.simulation import simulated_runtime
+from services.settings import ROLES as CONSUMERS
+from services.settings import Settings
 from services.tasks import cancel_and_wait
-from events.channel import ChannelConfig
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, Behaviour, make_pack, request_data, trust_root_for, wait_for
 from tests.security.conftest import as_role, rid, start_authed, stop_authed  # noqa: F401 (as_role: a fixture)
 
@@ -73,7 +75,9 @@ def test_permission_sets_follow_the_prefix():
     assert "ACME_RELEASES" in everything and "OBJ_acme_packs" in everything
     for role in ROLES:  # nobody may delete a stream, nor purge the log or the telemetry
         perms = role_permissions(s, role)
-        assert not any(".STREAM.DELETE." in p or p.startswith("$JS.API.STREAM.PURGE.ACME_") for p in perms.publish), role
+        assert not any(".STREAM.DELETE." in p or p.startswith("$JS.API.STREAM.PURGE.ACME_") for p in perms.publish), (
+            role
+        )
         assert not any(p in (">", "$JS.API.>", "$JS.>") for p in perms.publish + perms.subscribe), role
     narrowed = runtime_permissions(s, env="prod", channel="canary", runtime_id="rt-1")
     assert "acme.health.prod.canary.*.rt-1" in narrowed.publish and "acme.health.*.*.*.*" not in narrowed.publish
@@ -87,7 +91,9 @@ async def test_runtime_cannot_publish_scope_activated(authed, as_role):
     pointer = s.scope("prod", "canary", "internal", "activated")
     await rt.publish_denied(pointer, headers={"Nats-Msg-Id": "forged-1"})
     # nor inside an atomic batch, nor a pin, nor a release event
-    await rt.publish_denied(pointer, headers={"Nats-Batch-Id": "forged", "Nats-Batch-Sequence": "1", "Nats-Batch-Commit": "1"})
+    await rt.publish_denied(
+        pointer, headers={"Nats-Batch-Id": "forged", "Nats-Batch-Sequence": "1", "Nats-Batch-Commit": "1"}
+    )
     await rt.publish_denied(s.scope("prod", "canary", "internal", "pinned"))
     await rt.publish_denied(s.release("r-forged", "verified"))
     with pytest.raises(nats.js.errors.NotFoundError):
@@ -130,10 +136,17 @@ async def test_runtime_cannot_read_another_tenants_health(authed, as_role):
     await other.subscribe_denied(f"_INBOX_{s.prefix}_service.>")  # the service reads health into its private inbox
     await other.subscribe_denied("_INBOX.>")
     # stored: no consumer, no message get, no direct get on the health stream
-    create = json.dumps({"stream_name": s.health_stream, "config": {"name": "peek", "ack_policy": "none", "filter_subjects": [s.health_all()]}})
+    create = json.dumps(
+        {
+            "stream_name": s.health_stream,
+            "config": {"name": "peek", "ack_policy": "none", "filter_subjects": [s.health_all()]},
+        }
+    )
     await other.publish_denied(f"$JS.API.CONSUMER.CREATE.{s.health_stream}.peek", create.encode())
     await other.publish_denied(f"$JS.API.CONSUMER.CREATE.{s.health_stream}", create.encode())
-    await other.publish_denied(f"$JS.API.STREAM.MSG.GET.{s.health_stream}", json.dumps({"last_by_subj": theirs}).encode())
+    await other.publish_denied(
+        f"$JS.API.STREAM.MSG.GET.{s.health_stream}", json.dumps({"last_by_subj": theirs}).encode()
+    )
     await other.publish_denied(f"$JS.API.DIRECT.GET.{s.health_stream}.{theirs}")
     await other.publish_denied(f"$JS.API.STREAM.INFO.{s.health_stream}")
     with pytest.raises(Exception):
@@ -147,7 +160,9 @@ async def test_producer_requests_releases_and_writes_packs_only(authed, as_role)
     key = SigningKey.generate()
     pack = make_pack("1.0.0", key)
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
-    await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)  # again: replacing an object purges its old chunks
+    await push_pack(
+        producer.js, s, pack.body, pack.manifest, pack.digest
+    )  # again: replacing an object purges its old chunks
     release_id = rid()
     seq = await request_release(EventLog(producer.nc, producer.js, s), release_id, request_data(pack), PRODUCER)
     assert seq > 0
@@ -193,19 +208,24 @@ async def test_operator_writes_operator_events_only(authed, as_role):
 
 
 async def test_operator_may_read_stored_health_for_kxr_watch_and_the_auditor_may_not(authed, as_role):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from services.reads.health_reads import samples_between
     from services.reads.watch import may_read_health
 
     s = authed.subjects
     runtime, operator, auditor = await as_role("runtime"), await as_role("operator"), await as_role("auditor")
-    at = datetime.now(timezone.utc)
+    at = datetime.now(UTC)
     sample = {"runtime_id": "rt-w", "digest": None, "at": at.isoformat(), "kind": "sample", "requests": 0, "errors": 0}
     await runtime.nc.publish(s.health("prod", "watch", "internal", "rt-w"), json.dumps(sample).encode())
     await runtime.nc.flush()
-    stored = await wait_for_async(lambda: samples_between(operator.js, s, "prod", "watch", ["internal"], at - timedelta(minutes=1),
-                                                          at + timedelta(minutes=1)), 5, "the operator to read the sample")
+    stored = await wait_for_async(
+        lambda: samples_between(
+            operator.js, s, "prod", "watch", ["internal"], at - timedelta(minutes=1), at + timedelta(minutes=1)
+        ),
+        5,
+        "the operator to read the sample",
+    )
     assert [x.runtime_id for _, x in stored] == ["rt-w"]
     assert await may_read_health(operator.nc, s) and not operator.permission_errors(), operator.errors
     assert not await may_read_health(auditor.nc, s)
@@ -242,19 +262,41 @@ async def test_service_user_runs_a_whole_release_with_runtimes_on_runtime_creds(
     service_key, producer_key = SigningKey.generate(), SigningKey.generate()
     trust_root = trust_root_for(producer_key)
     service_keys = ServiceKeys.of(service_key, list(CONSUMERS))
-    svc, rt, producer, operator = (await as_role("service", "kxr-serve"), await as_role("runtime", "runtimes"),
-                                   await as_role("producer"), await as_role("operator"))
+    svc, rt, producer, operator = (
+        await as_role("service", "kxr-serve"),
+        await as_role("runtime", "runtimes"),
+        await as_role("producer"),
+        await as_role("operator"),
+    )
     settings = Settings(nats_url=authed.url, prefix=s.prefix)
     env, channel = "prod", "canary"
     app = App(svc.nc, settings, trust_root, signer=service_key)
     tasks: list[asyncio.Task] = []
     try:
         await start_service(app, settings.roles)
-        await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, env, channel, ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        await configure_channel(
+            EventLog(operator.nc, operator.js, s),
+            operator.js,
+            env,
+            channel,
+            ChannelConfig.model_validate(CHANNEL),
+            OPERATOR,
+        )
         bad = make_pack("1.1.0", producer_key)
         behaviours = {bad.digest: Behaviour(error_rate=0.5)}
-        runtimes = [simulated_runtime(rt.nc, Identity(env, channel, tenant, f"rt-{tenant}"), trust_root, behaviours, prefix=s.prefix,
-                                      interval=0.1, seed=i, service_keys=service_keys) for i, tenant in enumerate(("t-int-1", "tenant-42"))]
+        runtimes = [
+            simulated_runtime(
+                rt.nc,
+                Identity(env, channel, tenant, f"rt-{tenant}"),
+                trust_root,
+                behaviours,
+                prefix=s.prefix,
+                interval=0.1,
+                seed=i,
+                service_keys=service_keys,
+            )
+            for i, tenant in enumerate(("t-int-1", "tenant-42"))
+        ]
         for r in runtimes:
             await r.resolve_cohort()
             tasks.append(asyncio.create_task(r.run()))
@@ -262,24 +304,41 @@ async def test_service_user_runs_a_whole_release_with_runtimes_on_runtime_creds(
         pack = make_pack("1.0.0", producer_key)
         await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
         release_id = rid()
-        await request_release(EventLog(producer.nc, producer.js, s), release_id, request_data(pack, rollback={"strategy": "none"}), PRODUCER)
+        await request_release(
+            EventLog(producer.nc, producer.js, s),
+            release_id,
+            request_data(pack, rollback={"strategy": "none"}),
+            PRODUCER,
+        )
         # the service keeps a closed release as a tombstone; `release_whole` folds it from the log (as this user)
-        await wait_for(lambda: release_id in app.follower.world.tombstones, 60, f"release {release_id} to close",
-                       lambda: app.follower.world.release(release_id))
+        await wait_for(
+            lambda: release_id in app.follower.world.tombstones,
+            60,
+            f"release {release_id} to close",
+            lambda: app.follower.world.release(release_id),
+        )
         release = await app.release_whole(release_id)
         assert release.outcome == "success", release.failure
         assert release.activated == ("internal", "rest")
-        await wait_for(lambda: all(r.active and r.active.digest == pack.digest for r in runtimes), 10, "runtimes to switch")
+        await wait_for(
+            lambda: all(r.active and r.active.digest == pack.digest for r in runtimes), 10, "runtimes to switch"
+        )
         # a regression: its window fails and the service rolls back (an atomic batch of rollback pointers)
         await push_pack(producer.js, s, bad.body, bad.manifest, bad.digest)
         regression = rid()
         await request_release(EventLog(producer.nc, producer.js, s), regression, request_data(bad), PRODUCER)
-        await wait_for(lambda: regression in app.follower.world.tombstones, 60, f"release {regression} to close",
-                       lambda: app.follower.world.release(regression))
+        await wait_for(
+            lambda: regression in app.follower.world.tombstones,
+            60,
+            f"release {regression} to close",
+            lambda: app.follower.world.release(regression),
+        )
         rolled = await app.release_whole(regression)
         assert rolled.outcome == "rolled_back", rolled.failure
         assert app.follower.world.scope(env, channel, "internal").active_pack.digest == pack.digest
-        await wait_for(lambda: runtimes[0].active and runtimes[0].active.digest == pack.digest, 10, "runtime back on LKG")
+        await wait_for(
+            lambda: runtimes[0].active and runtimes[0].active.digest == pack.digest, 10, "runtime back on LKG"
+        )
     finally:
         await cancel_and_wait(tasks)
         await app.stop()
@@ -292,7 +351,9 @@ async def test_service_user_runs_a_whole_release_with_runtimes_on_runtime_creds(
         await again.stop()
     assert not svc.permission_errors(), svc.permission_errors()
     assert not rt.permission_errors(), rt.permission_errors()
-    assert not any('python3:kxr-serve"' in v or 'python3:runtimes"' in v for v in authed.violations()), authed.violations()
+    assert not any('python3:kxr-serve"' in v or 'python3:runtimes"' in v for v in authed.violations()), (
+        authed.violations()
+    )
 
 
 # ---- kxr serve and kxr creds -------------------------------------------------------------------------------
@@ -306,9 +367,18 @@ def kxr() -> str:
 def serve_env(workdir: Path, prefix: str, nats_url: str | None) -> dict[str, str]:
     key = SigningKey.generate()
     root = workdir / "trust-root.json"
-    root.write_text(json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "k"}}}))
+    root.write_text(
+        json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "k"}}})
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KX_") and k not in ("COLUMNS", "LINES")}
-    env.update({"KX_PREFIX": prefix, "KX_TRUST_ROOT": str(root), "KX_DATA_DIR": str(workdir / "kx-data"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "KX_PREFIX": prefix,
+            "KX_TRUST_ROOT": str(root),
+            "KX_DATA_DIR": str(workdir / "kx-data"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if nats_url:
         env["KX_NATS_URL"] = nats_url
     return env
@@ -324,8 +394,15 @@ class Serving:
     def __init__(self, args: list[str], env: dict[str, str], workdir: Path) -> None:
         self.err_path = workdir / "serve.stderr"
         self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen([kxr(), "serve", *args], env=env, cwd=workdir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [kxr(), "serve", *args],
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            start_new_session=True,
+        )
 
     def stderr(self) -> str:
         self._err.flush()
@@ -353,8 +430,15 @@ class Serving:
 
 
 def test_strict_serve_refuses_an_all_powerful_user(nats_url, prefix, tmp_path):
-    result = subprocess.run([kxr(), "serve", "--strict"], env=serve_env(tmp_path, prefix, nats_url), cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [kxr(), "serve", "--strict"],
+        env=serve_env(tmp_path, prefix, nats_url),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0, result.stderr
     err = lines(result.stderr)
     assert len(err) == 1, result.stderr
@@ -394,15 +478,27 @@ async def test_embedded_serve_generates_users_and_creds_show_prints_them(tmp_pat
         data_dir = Path(env["KX_DATA_DIR"])
         for role in ROLES:
             assert stat.S_IMODE(creds_path(data_dir, role).stat().st_mode) == 0o600
-        shown = subprocess.run([kxr(), "creds", "show", "auditor"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        shown = subprocess.run(
+            [kxr(), "creds", "show", "auditor"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
         assert shown.returncode == 0, shown.stderr
         url = shown.stdout.strip()
         assert url.startswith("nats://emb-auditor:")
-        doc = json.loads(subprocess.run([kxr(), "creds", "show", "runtime", "--json"], env=env, cwd=tmp_path,
-                                        capture_output=True, text=True, timeout=30).stdout)
+        doc = json.loads(
+            subprocess.run(
+                [kxr(), "creds", "show", "runtime", "--json"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        )
         assert doc["user"] == "emb-runtime" and doc["inbox_prefix"] == "_INBOX_emb_runtime"
         # the auditor's URL works as KX_NATS_URL for kxr (reads) ...
-        status = subprocess.run([kxr(), "status"], env={**env, "KX_NATS_URL": url}, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            [kxr(), "status"], env={**env, "KX_NATS_URL": url}, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
         assert status.returncode == 0, status.stderr
         # ... and cannot append
         errors: list[str] = []
@@ -419,7 +515,9 @@ async def test_embedded_serve_generates_users_and_creds_show_prints_them(tmp_pat
         assert any("permissions violation" in e for e in errors), errors
     finally:
         serving.stop()
-    bad = subprocess.run([kxr(), "creds", "show", "nobody"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [kxr(), "creds", "show", "nobody"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert bad.returncode != 0 and len(lines(bad.stderr)) == 1 and "nobody" in bad.stderr
 
 
@@ -428,15 +526,27 @@ async def test_creds_init_for_an_existing_deployment(tmp_path):
     port = free_port()
     env = serve_env(tmp_path, "ext", None)
     users = tmp_path / "kx-users.conf"
-    result = subprocess.run([kxr(), "creds", "init", "--server", f"nats://127.0.0.1:{port}", "--out", str(users)],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [kxr(), "creds", "init", "--server", f"nats://127.0.0.1:{port}", "--out", str(users)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
     (tmp_path / "nats-server.conf").write_text("jetstream: {}\ninclude ./kx-users.conf\n")
-    server = EmbeddedServer(store_dir=tmp_path / "js", port=port, config_file=tmp_path / "nats-server.conf",
-                            log_file=tmp_path / "nats-server.log").start()
+    server = EmbeddedServer(
+        store_dir=tmp_path / "js",
+        port=port,
+        config_file=tmp_path / "nats-server.conf",
+        log_file=tmp_path / "nats-server.log",
+    ).start()
     try:
-        shown = subprocess.run([kxr(), "creds", "show", "service"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        shown = subprocess.run(
+            [kxr(), "creds", "show", "service"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
         assert shown.returncode == 0, shown.stderr
         serving = Serving(["--strict"], {**env, "KX_NATS_URL": shown.stdout.strip()}, tmp_path)
         try:
@@ -445,6 +555,8 @@ async def test_creds_init_for_an_existing_deployment(tmp_path):
             serving.stop()
         assert "can do more" not in err, err
         with pytest.raises(Exception):  # no user, no entry
-            await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+            await nats.connect(
+                f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
+            )
     finally:
         server.stop()

@@ -51,7 +51,11 @@ async def test_filters_missing_a_stream_subject_are_kept(js, prefix) -> None:
         filters = [f"{prefix}.a.>", f"{prefix}.b.>"]
         assert await OrderedReader(js, stream, filters)._consumer_filters() == filters
         got = await _read(js, stream, filters)
-        assert [(seq, subject) for seq, subject, _ in got] == [(1, f"{prefix}.a.1"), (3, f"{prefix}.b.2"), (5, f"{prefix}.a.3")]
+        assert [(seq, subject) for seq, subject, _ in got] == [
+            (1, f"{prefix}.a.1"),
+            (3, f"{prefix}.b.2"),
+            (5, f"{prefix}.a.3"),
+        ]
     finally:
         await js.delete_stream(stream)
 

@@ -63,7 +63,10 @@ async def test_a_direct_get_on_a_missing_stream_fails_with_the_reason(js_stream,
 
 async def test_continuous_pull_delivers_as_stored_and_asks_again(js_stream, prefix) -> None:
     nc, js, stream = js_stream
-    await js.add_consumer(stream, ConsumerConfig(name="w", durable_name="w", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{prefix}.work"))
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(name="w", durable_name="w", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{prefix}.work"),
+    )
     pull = ContinuousPull(nc, stream, "w", batch=4)
     seen = []
 

@@ -18,7 +18,9 @@ async def test_restart_from_snapshot_plus_tail_equals_full_replay(nats_url, pref
         await svc.runtime("t-int-1")
         await svc.runtime("tenant-42")
         for i in range(3):
-            await svc.request(f"r{i}", make_pack(f"1.{i}.0", svc.key), rollback={"strategy": "none" if i == 0 else "lkg"})
+            await svc.request(
+                f"r{i}", make_pack(f"1.{i}.0", svc.key), rollback={"strategy": "none" if i == 0 else "lkg"}
+            )
             await svc.wait_release(f"r{i}")
         first_end = svc.app.follower.position
     # stopping saved a snapshot at `first_end`; the next process starts there, not at 1

@@ -21,6 +21,7 @@ class FlakyStart:
     def as_method(self):
         async def start(app):  # a function, so that it binds to each App
             return await self(app)
+
         return start
 
     async def __call__(self, app):
@@ -55,7 +56,9 @@ async def test_other_start_up_errors_are_not_retried(nats_url, prefix, monkeypat
     nc = await connect(nats_url)
     try:
         with pytest.raises(PermissionError):
-            await started_app(nc, Settings(nats_url=nats_url, prefix=prefix, roles=("preparer",)), None, app_module.utc_clock, None)
+            await started_app(
+                nc, Settings(nats_url=nats_url, prefix=prefix, roles=("preparer",)), None, app_module.utc_clock, None
+            )
         assert flaky.calls == 1
     finally:
         await nc.close()

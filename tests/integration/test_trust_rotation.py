@@ -7,13 +7,17 @@ import pytest
 from events.codec import make_event
 from events.signing import SigningKey, b64encode
 from events.trust import RotationError, sign_root
-from services.jetstream.log import Entry
 from services.actions.trust import current_chain, rotate
+from services.jetstream.log import Entry
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 
 
 def root_doc(keys, version: int, threshold: int = 1) -> dict:
-    return {"version": version, "threshold": threshold, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{version}"} for k in keys}}
+    return {
+        "version": version,
+        "threshold": threshold,
+        "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{version}"} for k in keys},
+    }
 
 
 async def test_rotation_moves_trust_to_the_new_keys_and_refuses_forged_ones(nats_url, prefix):
@@ -27,16 +31,22 @@ async def test_rotation_moves_trust_to_the_new_keys_and_refuses_forged_ones(nats
         with pytest.raises(RotationError) as refused:
             await rotate(app.log, app.js, svc.trust_root, root_doc([new_key], 2), [new_key], OPERATOR)
         assert refused.value.code == "old_threshold_not_met"
-        seq, new = await rotate(app.log, app.js, svc.trust_root, root_doc([new_key], 2), [old_key, new_key], OPERATOR, "yearly rotation")
+        seq, new = await rotate(
+            app.log, app.js, svc.trust_root, root_doc([new_key], 2), [old_key, new_key], OPERATOR, "yearly rotation"
+        )
         assert new.version == 2
         # a forged rotation written straight to the log (only the rogue key signed v3) is ignored
-        forged = make_event("trust.rotated", {"root": sign_root(root_doc([rogue], 3), [rogue]), "version": 3}, actor=OPERATOR)
+        forged = make_event(
+            "trust.rotated", {"root": sign_root(root_doc([rogue], 3), [rogue]), "version": 3}, actor=OPERATOR
+        )
         await app.log.append(Entry(forged, seq))
         await wait_for(lambda: len(app.follower.world.trust_rotations) == 2, 5, "both rotations folded")
         chain = app.trust_chain()
         assert chain.current.version == 2 and chain.accepted == (2,)
         assert [code for _, code, _ in chain.refused] == ["old_threshold_not_met"]
-        assert (await current_chain(app.js, app.subjects, svc.trust_root)).current.version == 2  # what `kxr trust show` reads
+        assert (
+            await current_chain(app.js, app.subjects, svc.trust_root)
+        ).current.version == 2  # what `kxr trust show` reads
 
         await svc.request("old-signed", make_pack("1.0.0", old_key), rollback={"strategy": "none"})
         release = await svc.wait_release("old-signed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,7 +15,7 @@ from tests.harness import OPERATOR, make_pack, running_service
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def test_an_open_window_shows_live_figures_then_the_watch_ends_with_the_release(nats_url, prefix):
@@ -24,7 +24,12 @@ async def test_an_open_window_shows_live_figures_then_the_watch_ends_with_the_re
         await svc.runtime("t-int-1")
         await svc.runtime("tenant-42")
         # a long window: the watch sees it open whatever the machine's speed; the abort below ends it
-        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"}, monitoring={"window_s": 120, "min_samples": 1})
+        await svc.request(
+            "r1",
+            make_pack("1.0.0", svc.key),
+            rollback={"strategy": "none"},
+            monitoring={"window_s": 120, "min_samples": 1},
+        )
         watch = ReleaseWatch(svc.app.nc, svc.app.js, svc.app.subjects, "r1", clock=now, interval=0.2)
         seen_live, last = None, None
         async with asyncio.timeout(60):  # a hang is a failure with a reason, not a stuck suite
@@ -34,16 +39,27 @@ async def test_an_open_window_shows_live_figures_then_the_watch_ends_with_the_re
                 if seen_live is None and window and window["source"] == "live" and window["samples"] >= 1:
                     seen_live = view
                     action = ops.abort(svc.world, "r1", "seen enough", OPERATOR, now())
-                    await svc.app.log.append(Entry(action.event, action.expected_seq, svc.app.subjects.release_filter("r1")))
+                    await svc.app.log.append(
+                        Entry(action.event, action.expected_seq, svc.app.subjects.release_filter("r1"))
+                    )
                 if exit_status(view, until_held=True) is not None:
                     break
         assert watch.health_readable is True and seen_live is not None
         window = seen_live["window"]
-        assert window["open"] and window["stage"] == 1 and window["cohorts"] == ["internal"] and 0 <= window["fraction"] < 1
+        assert (
+            window["open"]
+            and window["stage"] == 1
+            and window["cohorts"] == ["internal"]
+            and 0 <= window["fraction"] < 1
+        )
         figures = {f["metric"]: f for f in window["figures"]}
         assert figures["error_rate"]["threshold"] == 0.05 and figures["error_rate"]["ok"] is True
         assert figures["latency_p95_ms"]["threshold"] == 250 and figures["latency_p95_ms"]["value"] is not None
-        assert seen_live["stages"][0]["state"] == "monitoring" and all(g["ok"] for g in seen_live["gates"]) and seen_live["gates"]
+        assert (
+            seen_live["stages"][0]["state"] == "monitoring"
+            and all(g["ok"] for g in seen_live["gates"])
+            and seen_live["gates"]
+        )
         # aborted with nothing to roll back to (strategy none): the release holds for an operator, escalated
         assert last["waiting"] and last["phase"] == "held" and "escalated" in last["why"]
         assert exit_status(last, until_held=True) == EXIT_HELD and exit_status(last, until_held=False) is None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from services.jetstream.embedded import free_port
 from services.consumers.notifier.delivery import deliver
 from services.consumers.notifier.webhook import Backoff, Webhook
+from services.jetstream.embedded import free_port
 from tests.integration.webhook_server import WebhookServer
 
 QUICK = Backoff(first_s=0.01, cap_s=0.02)

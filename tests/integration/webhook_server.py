@@ -27,7 +27,7 @@ class WebhookServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with owner._lock:
                     owner.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
@@ -51,7 +51,7 @@ class WebhookServer:
         with self._lock:
             return [r for r in self.received if r.path == path]
 
-    def __enter__(self) -> "WebhookServer":
+    def __enter__(self) -> WebhookServer:
         self._thread.start()
         return self
 

@@ -32,7 +32,8 @@ from services.bootstrap import start_service
 from services.jetstream.embedded import EmbeddedServer, StoreLock, authorized_config, free_port
 from services.jetstream.layout import ensure_layout
 from services.permissions import AccountLimits, new_runtime_credentials, write_credentials
-from services.settings import ROLES as CONSUMERS, Settings
+from services.settings import ROLES as CONSUMERS
+from services.settings import Settings
 from tests.harness import trust_root_for
 
 DENIED_WAIT_S = 3.0
@@ -52,11 +53,16 @@ class Authed:
         return Subjects(self.prefix)
 
     def violations(self) -> list[str]:
-        return [line for line in (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines() if "Violation" in line]
+        return [
+            line
+            for line in (self.data_dir / "nats-server.log").read_text(errors="replace").splitlines()
+            if "Violation" in line
+        ]
 
 
-def start_authed(data_dir: Path, prefix: str | None = None, runtimes: tuple[str, ...] = RUNTIMES,
-                 limits: AccountLimits | None = None) -> tuple[Authed, StoreLock]:
+def start_authed(
+    data_dir: Path, prefix: str | None = None, runtimes: tuple[str, ...] = RUNTIMES, limits: AccountLimits | None = None
+) -> tuple[Authed, StoreLock]:
     """A server as embedded `kxr serve` runs it (store lock included); stop with `stop_authed`."""
     prefix = prefix or "p" + uuid.uuid4().hex[:10]
     port = free_port()
@@ -67,7 +73,9 @@ def start_authed(data_dir: Path, prefix: str | None = None, runtimes: tuple[str,
     store = data_dir / "nats"
     lock = StoreLock(store).acquire()
     config, creds = authorized_config(data_dir, prefix, url, limits)
-    server = EmbeddedServer(store_dir=store, port=port, config_file=config, log_file=data_dir / "nats-server.log").start(lock=lock)
+    server = EmbeddedServer(
+        store_dir=store, port=port, config_file=config, log_file=data_dir / "nats-server.log"
+    ).start(lock=lock)
     return Authed(url, prefix, creds, data_dir, server), lock
 
 
@@ -103,7 +111,9 @@ class Conn:
         deadline = time.monotonic() + DENIED_WAIT_S
         while not any(needle in e for e in self.errors):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.role}: no permissions violation for {kind} to {subject!r}; errors: {self.errors}")
+                raise AssertionError(
+                    f"{self.role}: no permissions violation for {kind} to {subject!r}; errors: {self.errors}"
+                )
             await asyncio.sleep(0.02)
 
     async def publish_denied(self, subject: str, payload: bytes = b"{}", headers: dict | None = None) -> None:
@@ -114,8 +124,9 @@ class Conn:
         try:
             await self.violation("publish", subject)
             await asyncio.sleep(0.05)
-            assert not request.done() or isinstance(request.exception(), (NatsTimeoutError, asyncio.TimeoutError)), \
+            assert not request.done() or isinstance(request.exception(), (NatsTimeoutError, asyncio.TimeoutError)), (
                 f"{self.role}: {subject} was answered: {request.result()!r}"
+            )
         finally:
             request.cancel()
             await asyncio.gather(request, return_exceptions=True)
@@ -142,8 +153,14 @@ async def connect_as(authed: Authed, role: str, name: str | None = None) -> Conn
     async def on_error(exc: Exception) -> None:
         conn.errors.append(str(exc).lower())
 
-    conn.nc = await nats.connect(authed.url, name=name or f"test-{role}", error_cb=on_error, connect_timeout=3,
-                                 max_reconnect_attempts=3, **authed.creds[role].connect_options())
+    conn.nc = await nats.connect(
+        authed.url,
+        name=name or f"test-{role}",
+        error_cb=on_error,
+        connect_timeout=3,
+        max_reconnect_attempts=3,
+        **authed.creds[role].connect_options(),
+    )
     return conn
 
 
@@ -190,7 +207,9 @@ async def service_app(authed):
     conns = Conns(authed)
     svc = await conns("service", "kxr-serve")
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
-    app = App(svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key)
+    app = App(
+        svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key
+    )
     await start_service(app, CONSUMERS)
     try:
         yield ServiceApp(app, svc, producer_key, ServiceKeys.of(service_key, list(CONSUMERS)))

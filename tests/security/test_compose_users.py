@@ -53,15 +53,21 @@ async def test_the_compose_nats_refuses_anonymous_clients_and_binds_the_runtime_
 
     for step in ("runtime-creds", "creds"):
         command = [volume(a) for a in SERVICES[step]["command"]]
-        done = subprocess.run([str(Path(sys.executable).parent / "kxr"), *command], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "kxr"), *command], env=env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, (step, done.stderr)
     args = [volume(a) for a in SERVICES["nats"]["command"]]
     config = Path(args[args.index("--config") + 1])
     assert config.exists()
-    server = EmbeddedServer(store_dir=tmp_path / "js", port=port, config_file=config, log_file=tmp_path / "nats-server.log").start()
+    server = EmbeddedServer(
+        store_dir=tmp_path / "js", port=port, config_file=config, log_file=tmp_path / "nats-server.log"
+    ).start()
     try:
         with pytest.raises(Exception):  # no user, no entry
-            await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+            await nats.connect(
+                f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
+            )
         runtime_env = {**env, "KX_NATS_CREDS": volume(SERVICES["runtime"]["environment"]["KX_NATS_CREDS"])}
         os.environ["KX_NATS_CREDS"] = runtime_env["KX_NATS_CREDS"]
         try:
@@ -75,7 +81,9 @@ async def test_the_compose_nats_refuses_anonymous_clients_and_binds_the_runtime_
             s = Subjects("kx")
             with pytest.raises(nats.errors.NoRespondersError):  # no stream yet: routed to nobody, so allowed
                 await nc.request(s.health("prod", "canary", "internal", "rt-sim-1"), b"{}", timeout=2)
-            watcher = await nats.connect(settings.nats_url, inbox_prefix=nc._inbox_prefix.decode(), error_cb=_collect(errors))
+            watcher = await nats.connect(
+                settings.nats_url, inbox_prefix=nc._inbox_prefix.decode(), error_cb=_collect(errors)
+            )
             try:
                 with pytest.raises(nats.errors.TimeoutError):
                     await watcher.request(s.health("prod", "canary", "internal", "rt-other"), b"{}", timeout=1)
@@ -84,11 +92,16 @@ async def test_the_compose_nats_refuses_anonymous_clients_and_binds_the_runtime_
                 await watcher.close()
         finally:
             await nc.close()
-        assert any('permissions violation for publish to "kx.health.prod.canary.internal.rt-other"' in e for e in errors), errors
+        assert any(
+            'permissions violation for publish to "kx.health.prod.canary.internal.rt-other"' in e for e in errors
+        ), errors
         # a consumer as compose runs it: `serve --strict` with the service's credentials file
         preparer = SERVICES["preparer"]
-        serving = Serving(preparer["command"][1:], {**serve_env(tmp_path, "kx", None),
-                                                      "KX_NATS_CREDS": volume(preparer["environment"]["KX_NATS_CREDS"])}, tmp_path)
+        serving = Serving(
+            preparer["command"][1:],
+            {**serve_env(tmp_path, "kx", None), "KX_NATS_CREDS": volume(preparer["environment"]["KX_NATS_CREDS"])},
+            tmp_path,
+        )
         try:
             err = await serving.ready()
         finally:

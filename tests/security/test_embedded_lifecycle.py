@@ -82,11 +82,21 @@ async def test_a_second_kxr_serve_on_the_same_store_is_refused_and_rewrites_noth
     try:
         await first.ready()
         files = {p: p.read_bytes() for p in [data_dir / "nats-server.conf", *sorted((data_dir / "creds").iterdir())]}
-        second = subprocess.run([kxr(), "serve"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [kxr(), "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode != 0
         err = lines(second.stderr)
         assert len(err) == 1 and "another nats-server" in err[0] and str(server_pid(data_dir)) in err[0], second.stderr
-        assert {p: p.read_bytes() for p in files} == files  # not one credentials file rewritten under the running server
+        assert {
+            p: p.read_bytes() for p in files
+        } == files  # not one credentials file rewritten under the running server
         assert first.proc.poll() is None
     finally:
         first.stop()
@@ -110,7 +120,7 @@ async def test_start_up_waits_for_a_server_that_takes_longer_than_ten_seconds(tm
     """A store with many consumers took the server more than 10 s to recover: the wait now
     follows the server (ready or exited), with no fixed deadline."""
     slow = tmp_path / "slow-nats-server"
-    slow.write_text(f"#!/bin/sh\nsleep 11\nexec {nats_server_binary()} \"$@\"\n")
+    slow.write_text(f'#!/bin/sh\nsleep 11\nexec {nats_server_binary()} "$@"\n')
     slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr("services.jetstream.embedded.nats_server_binary", lambda: str(slow))
     # started from this (the main) thread: the parent-death signal follows the thread that starts it
@@ -136,7 +146,9 @@ async def test_a_store_from_before_the_account_keeps_its_log(tmp_path):
     env = serve_env(tmp_path, "old", None)
     data_dir = Path(env["KX_DATA_DIR"])
     s = Subjects("old")
-    before = EmbeddedServer(store_dir=data_dir / "nats", log_file=tmp_path / "old-nats.log").start()  # no users: the default account
+    before = EmbeddedServer(
+        store_dir=data_dir / "nats", log_file=tmp_path / "old-nats.log"
+    ).start()  # no users: the default account
     try:
         nc = await nats.connect(before.url)
         js = nc.jetstream()
@@ -149,10 +161,16 @@ async def test_a_store_from_before_the_account_keeps_its_log(tmp_path):
     try:
         await serving.ready()
         auditor = read_credentials(creds_path(data_dir, "auditor"))
-        nc = await nats.connect(auditor.url, **{k: v for k, v in auditor.connect_options().items() if k == "inbox_prefix"})
+        nc = await nats.connect(
+            auditor.url, **{k: v for k, v in auditor.connect_options().items() if k == "inbox_prefix"}
+        )
         try:
             info = await nc.jetstream().stream_info(s.releases_stream)
-            assert info.state.messages >= 1 and (await nc.jetstream().get_last_msg(s.releases_stream, s.release("r-old", "requested"))).data == b"{}"
+            assert (
+                info.state.messages >= 1
+                and (await nc.jetstream().get_last_msg(s.releases_stream, s.release("r-old", "requested"))).data
+                == b"{}"
+            )
         finally:
             await nc.close()
     finally:

@@ -8,7 +8,7 @@ Tried with the real per-role users of an embedded server, on small limits.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,8 +21,16 @@ PER_SUBJECT = 5
 
 
 def sample(runtime_id: str, n: int) -> bytes:
-    return json.dumps({"runtime_id": runtime_id, "digest": None, "at": datetime.now(timezone.utc).isoformat(),
-                       "kind": "sample", "requests": n, "errors": 0}).encode()
+    return json.dumps(
+        {
+            "runtime_id": runtime_id,
+            "digest": None,
+            "at": datetime.now(UTC).isoformat(),
+            "kind": "sample",
+            "requests": n,
+            "errors": 0,
+        }
+    ).encode()
 
 
 async def test_a_flooding_runtime_pushes_out_only_its_own_samples(authed):
@@ -30,12 +38,17 @@ async def test_a_flooding_runtime_pushes_out_only_its_own_samples(authed):
     service = await connect_as(authed, "service")
     try:
         # this module's server is new: the layout is created here, with small limits to reach
-        await ensure_layout(service.js, s, LayoutSettings(health_max_msgs_per_subject=PER_SUBJECT, health_max_bytes=1024 * 1024))
+        await ensure_layout(
+            service.js, s, LayoutSettings(health_max_msgs_per_subject=PER_SUBJECT, health_max_bytes=1024 * 1024)
+        )
         cfg = (await service.js.stream_info(s.health_stream)).config
         assert (cfg.max_msgs_per_subject, cfg.max_bytes) == (PER_SUBJECT, 1024 * 1024)
 
         quiet, loud = await connect_as(authed, "runtime-rt-a"), await connect_as(authed, "runtime-rt-b")
-        quiet_subject, loud_subject = s.health("prod", "canary", "internal", "rt-a"), s.health("prod", "canary", "internal", "rt-b")
+        quiet_subject, loud_subject = (
+            s.health("prod", "canary", "internal", "rt-a"),
+            s.health("prod", "canary", "internal", "rt-b"),
+        )
         for n in range(3):
             await quiet.js.publish(quiet_subject, sample("rt-a", n))
         for n in range(200):  # the flood: far past its own cap

@@ -6,15 +6,15 @@ on its streams that is neither one of its durables nor a live reader's, once idl
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.js.api import ConsumerConfig
 
-from services.reads.follower import Follower
 from services.jetstream.janitor import REMOVED, Janitor, foreign
 from services.jetstream.log_reads import load_world
 from services.permissions import SERVICE_DURABLES
+from services.reads.follower import Follower
 from services.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.security
@@ -37,9 +37,13 @@ async def test_the_janitor_removes_other_roles_consumers_and_keeps_readers_readi
         for i, name in enumerate(planted):
             role = runtime if i % 2 else auditor
             await role.js.add_consumer(s.releases_stream, config=ConsumerConfig(name=name, durable_name=name))
-        await auditor.js.add_consumer(s.releases_stream, config=ConsumerConfig(name="evil-forever", inactive_threshold=10 ** 7))
+        await auditor.js.add_consumer(
+            s.releases_stream, config=ConsumerConfig(name="evil-forever", inactive_threshold=10**7)
+        )
         planted.append("evil-forever")
-        await runtime.js.add_consumer(f"OBJ_{s.packs_bucket}", config=ConsumerConfig(name="evil-packs", durable_name="evil-packs"))
+        await runtime.js.add_consumer(
+            f"OBJ_{s.packs_bucket}", config=ConsumerConfig(name="evil-packs", durable_name="evil-packs")
+        )
         before = await consumer_names(svc.js, s.releases_stream)
         assert set(planted) <= before
 
@@ -65,7 +69,7 @@ async def test_the_janitor_removes_other_roles_consumers_and_keeps_readers_readi
 
 
 def test_foreign_is_idle_durables_and_lingering_ephemerals_only():
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     class Info:
         def __init__(self, name, durable=None, threshold=None, waiting=0, age_s=1000.0):
@@ -78,5 +82,5 @@ def test_foreign_is_idle_durables_and_lingering_ephemerals_only():
     assert foreign(Info("evil", durable="evil", waiting=1), now, 60) is None  # someone pulls from it now
     assert foreign(Info("evil", durable="evil", age_s=10), now, 60) is None  # not idle long enough yet
     assert foreign(Info("evil", durable="evil"), now, 60)
-    assert foreign(Info("evil", threshold=10.0 ** 7), now, 60)
+    assert foreign(Info("evil", threshold=10.0**7), now, 60)
     assert foreign(Info("evil"), now, 60)

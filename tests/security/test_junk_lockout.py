@@ -24,13 +24,14 @@ from events.channel import ChannelConfig
 from events.service_signing import ServiceKeys
 from events.signing import SigningKey
 from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_release
 from services.app import App
 from services.bootstrap import start_service
 from services.jetstream.log import EventLog
-from services.actions.producer import configure_channel, push_pack, request_release
 from services.runtime.sdk import Identity
-from services.settings import ROLES as CONSUMERS, Settings
 from services.runtime.simulation import simulated_runtime
+from services.settings import ROLES as CONSUMERS
+from services.settings import Settings
 from services.tasks import cancel_and_wait
 from tests.e2e.support import base_env, kxr_binary, wait_until
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for, wait_for
@@ -63,7 +64,9 @@ class Rig:
     def kxr(self, role: str, *args: str) -> subprocess.CompletedProcess:
         """`kxr` as that role's user, with nothing but its URL (as `kxr creds show <role>` prints it)."""
         env = {**base_env(), "KX_NATS_URL": self.creds[role].url, "KX_PREFIX": self.prefix, "KX_ACTOR": "oncall"}
-        return subprocess.run([kxr_binary(), *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [kxr_binary(), *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
 
     async def operator(self, *args: str) -> str:
         result = await asyncio.to_thread(self.kxr, "operator", *args)
@@ -73,7 +76,12 @@ class Rig:
     async def request(self, release_id: str, version: str, **extra) -> str:
         pack = make_pack(version, self.producer_key)
         await push_pack(self.producer.jetstream(), self.subjects, pack.body, pack.manifest, pack.digest)
-        await request_release(EventLog(self.producer, self.producer.jetstream(), self.subjects), release_id, request_data(pack, **extra), PRODUCER)
+        await request_release(
+            EventLog(self.producer, self.producer.jetstream(), self.subjects),
+            release_id,
+            request_data(pack, **extra),
+            PRODUCER,
+        )
         return pack.digest
 
     async def junk(self, release_id: str) -> int:
@@ -90,29 +98,54 @@ class Rig:
         return release.phase if release else None
 
     async def reach(self, release_id: str, *phases: str, timeout: float = 60) -> None:
-        await wait_for(lambda: self.phase(release_id) in phases, timeout, f"{release_id} to reach {phases}",
-                       lambda: self.app.follower.world.release(release_id))
+        await wait_for(
+            lambda: self.phase(release_id) in phases,
+            timeout,
+            f"{release_id} to reach {phases}",
+            lambda: self.app.follower.world.release(release_id),
+        )
 
 
 @pytest.fixture
 async def rig(authed):
     """The whole service as the service user, runtimes as the runtime user, a producer, a configured channel."""
-    url, prefix, creds, data_dir = authed.url, authed.prefix, authed.creds, authed.data_dir  # tests/security/conftest.py
+    url, prefix, creds, data_dir = (
+        authed.url,
+        authed.prefix,
+        authed.creds,
+        authed.data_dir,
+    )  # tests/security/conftest.py
     subjects = Subjects(prefix)
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
     trust_root = trust_root_for(producer_key)
-    conns = {role: await nats.connect(url, name=f"junk-{role}", **creds[role].connect_options())
-             for role in ("service", "producer", "runtime", "operator")}
+    conns = {
+        role: await nats.connect(url, name=f"junk-{role}", **creds[role].connect_options())
+        for role in ("service", "producer", "runtime", "operator")
+    }
     app = App(conns["service"], Settings(nats_url=url, prefix=prefix), trust_root, signer=service_key)
     tasks: list[asyncio.Task] = []
     try:
         await start_service(app, Settings(prefix=prefix).roles)
         operator = conns["operator"]
-        await configure_channel(EventLog(operator, operator.jetstream(), subjects), operator.jetstream(), "prod", "canary",
-                                ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        await configure_channel(
+            EventLog(operator, operator.jetstream(), subjects),
+            operator.jetstream(),
+            "prod",
+            "canary",
+            ChannelConfig.model_validate(CHANNEL),
+            OPERATOR,
+        )
         for i, tenant in enumerate(("t-int-1", "tenant-42")):  # one runtime per cohort: windows get their samples
-            rt = simulated_runtime(conns["runtime"], Identity("prod", "canary", tenant, f"rt-{tenant}"), trust_root, {}, prefix=prefix,
-                                   interval=0.1, seed=i, service_keys=ServiceKeys.of(service_key, list(CONSUMERS)))
+            rt = simulated_runtime(
+                conns["runtime"],
+                Identity("prod", "canary", tenant, f"rt-{tenant}"),
+                trust_root,
+                {},
+                prefix=prefix,
+                interval=0.1,
+                seed=i,
+                service_keys=ServiceKeys.of(service_key, list(CONSUMERS)),
+            )
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.run()))
         yield Rig(url, prefix, creds, app, conns["producer"], producer_key, data_dir)
@@ -160,10 +193,18 @@ async def test_junk_on_a_release_subject_never_locks_the_operator_out(rig: Rig):
         await operator.close()
     await rig.app.follower.wait_for(ack.seq)
     junk_seqs.append(ack.seq)
-    await rig.operator("pin", "prod/canary/internal", "--version", "1.0.0", "--until", "1h", "-m", "freeze for the incident")
+    await rig.operator(
+        "pin", "prod/canary/internal", "--version", "1.0.0", "--until", "1h", "-m", "freeze for the incident"
+    )
     await rig.operator("unpin", "prod/canary/internal", "-m", "incident over")
-    await wait_for(lambda: rig.app.follower.world.scope("prod", "canary", "internal").pin is None
-                   and rig.app.follower.world.scope("prod", "canary", "internal").last_pin is not None, 30, "pin then unpin")
+    await wait_for(
+        lambda: (
+            rig.app.follower.world.scope("prod", "canary", "internal").pin is None
+            and rig.app.follower.world.scope("prod", "canary", "internal").last_pin is not None
+        ),
+        30,
+        "pin then unpin",
+    )
 
     # the junk is visible, never an obstacle: each entry a dead letter the operator can list
     async def listed():

@@ -20,16 +20,17 @@ from events.channel import ChannelConfig
 from events.manifest import manifest_object_name, pack_object_name
 from events.service_signing import ServiceKeys
 from events.signing import SigningKey
+from services.actions.producer import configure_channel, push_pack, request_release
 from services.app import App
 from services.bootstrap import start_service
-from services.jetstream.log import EventLog
 from services.consumers.guard import Guard
+from services.jetstream.log import EventLog
 from services.jetstream.pack_keeper import RESTORED, PackKeeper
 from services.jetstream.packstore import PackStore
-from services.actions.producer import configure_channel, push_pack, request_release
 from services.runtime.sdk import Identity
-from services.settings import ROLES as CONSUMERS, Settings
 from services.runtime.simulation import Behaviour, simulated_runtime
+from services.settings import ROLES as CONSUMERS
+from services.settings import Settings
 from services.tasks import cancel_and_wait
 from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for, wait_for
 from tests.security.conftest import Conns, start_authed, stop_authed
@@ -62,14 +63,26 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
     trust_root = trust_root_for(producer_key)
     service_keys = ServiceKeys.of(service_key, list(CONSUMERS))
-    svc, producer, operator, runtime = (await conns("service", "kxr-serve"), await conns("producer"), await conns("operator"),
-                                        await conns("runtime"))
+    svc, producer, operator, runtime = (
+        await conns("service", "kxr-serve"),
+        await conns("producer"),
+        await conns("operator"),
+        await conns("runtime"),
+    )
     app = App(svc.nc, Settings(nats_url=authed.url, prefix=s.prefix), trust_root, signer=service_key)
     tasks: list[asyncio.Task] = []
 
     async def start_runtime(tenant: str, behaviours: dict, seed: int):
-        rt = simulated_runtime(runtime.nc, Identity(ENV, CHANNEL_NAME, tenant, f"rt-{tenant}-{seed}"), trust_root, behaviours,
-                               prefix=s.prefix, interval=0.1, seed=seed, service_keys=service_keys)
+        rt = simulated_runtime(
+            runtime.nc,
+            Identity(ENV, CHANNEL_NAME, tenant, f"rt-{tenant}-{seed}"),
+            trust_root,
+            behaviours,
+            prefix=s.prefix,
+            interval=0.1,
+            seed=seed,
+            service_keys=service_keys,
+        )
         await rt.resolve_cohort()
         tasks.append(asyncio.create_task(rt.run()))
         return rt
@@ -81,14 +94,24 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         return release_id
 
     async def closed(release_id: str):
-        await wait_for(lambda: release_id in app.follower.world.tombstones, 60, f"release {release_id} to close",
-                       lambda: app.follower.world.release(release_id))
+        await wait_for(
+            lambda: release_id in app.follower.world.tombstones,
+            60,
+            f"release {release_id} to close",
+            lambda: app.follower.world.release(release_id),
+        )
         return await app.release_whole(release_id)
 
     try:
         await start_service(app, CONSUMERS)
-        await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, ENV, CHANNEL_NAME,
-                                ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        await configure_channel(
+            EventLog(operator.nc, operator.js, s),
+            operator.js,
+            ENV,
+            CHANNEL_NAME,
+            ChannelConfig.model_validate(CHANNEL),
+            OPERATOR,
+        )
         good, bad = make_pack("1.0.0", producer_key), make_pack("1.1.0", producer_key)
         internal = await start_runtime("t-int-1", {bad.digest: Behaviour(error_rate=0.5)}, 0)
         await start_runtime("tenant-42", {}, 1)
@@ -99,17 +122,24 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         # every check on the way, pre-flight and the rollback's, must see through it
         await push_pack(producer.js, s, bad.body, bad.manifest, bad.digest)
         # "repoint-pack": the pack alone, at the bad pack's chunks (the same size: a size check passes)
-        targets = (pack_object_name(good.digest),) if how == "repoint-pack" else (pack_object_name(good.digest), manifest_object_name(good.digest))
+        targets = (
+            (pack_object_name(good.digest),)
+            if how == "repoint-pack"
+            else (pack_object_name(good.digest), manifest_object_name(good.digest))
+        )
         for name in targets:
-            await tamper(producer.js, s, name, how, name.replace(pack_object_name(good.digest), pack_object_name(bad.digest)))
+            await tamper(
+                producer.js, s, name, how, name.replace(pack_object_name(good.digest), pack_object_name(bad.digest))
+            )
         attacked = PackStore(producer.js, s)
         if how == "delete":
             assert await attacked.size(pack_object_name(good.digest)) is None
         elif how == "repoint":
             assert await attacked.read(manifest_object_name(good.digest), 1 << 20) == bad.manifest
         else:
-            assert (await attacked.stored_object(pack_object_name(good.digest))).nuid == \
-                   (await attacked.stored_object(pack_object_name(bad.digest))).nuid
+            assert (await attacked.stored_object(pack_object_name(good.digest))).nuid == (
+                await attacked.stored_object(pack_object_name(bad.digest))
+            ).nuid
             assert len(good.body) == len(bad.body)
         before = restored_count()
         r2 = await release(bad)
@@ -120,7 +150,12 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         assert rolled.outcome == "rolled_back", rolled.failure
         assert rolled.rollback.targets["internal"].digest == good.digest
         assert app.follower.world.scope(ENV, CHANNEL_NAME, "internal").active_pack.digest == good.digest
-        await wait_for(lambda: internal.active and internal.active.digest == good.digest, 30, "the runtime back on the LKG", lambda: internal.history)
+        await wait_for(
+            lambda: internal.active and internal.active.digest == good.digest,
+            30,
+            "the runtime back on the LKG",
+            lambda: internal.history,
+        )
         assert restored_count() > before
         # what the service restored is the LKG's own bytes, as distributed
         assert await attacked.read(manifest_object_name(good.digest), 1 << 20) == good.manifest
@@ -129,21 +164,36 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
 
         # a runtime that restarts (a fresh one: nothing cached) gets its pack
         restarted = await start_runtime("t-int-2", {}, 2)
-        await wait_for(lambda: restarted.active and restarted.active.digest == good.digest, 30, "a restarted runtime on the LKG",
-                       lambda: restarted.history)
+        await wait_for(
+            lambda: restarted.active and restarted.active.digest == good.digest,
+            30,
+            "a restarted runtime on the LKG",
+            lambda: restarted.history,
+        )
 
         # the same attack on the now active pack: the keeper's sweep puts it back before a runtime restarts
-        await tamper(producer.js, s, pack_object_name(good.digest), "delete" if how == "delete" else "repoint",
-                     pack_object_name(bad.digest))
+        await tamper(
+            producer.js,
+            s,
+            pack_object_name(good.digest),
+            "delete" if how == "delete" else "repoint",
+            pack_object_name(bad.digest),
+        )
         assert pack_object_name(good.digest) in await PackKeeper(app).sweep()
         again = await start_runtime("t-int-2", {}, 3)
-        await wait_for(lambda: again.active and again.active.digest == good.digest, 30, "a runtime restarted after the sweep",
-                       lambda: again.history)
+        await wait_for(
+            lambda: again.active and again.active.digest == good.digest,
+            30,
+            "a runtime restarted after the sweep",
+            lambda: again.history,
+        )
 
         # and on its manifest: the guard's read restores it rather than
         # flag (and roll back) a settled scope over tampered metadata
         manifest = manifest_object_name(good.digest)
-        await tamper(producer.js, s, manifest, "delete" if how == "delete" else "repoint", manifest_object_name(bad.digest))
+        await tamper(
+            producer.js, s, manifest, "delete" if how == "delete" else "repoint", manifest_object_name(bad.digest)
+        )
         assert await attacked.read(manifest, 1 << 20) != good.manifest
         assert await Guard(app).manifest(manifest) == good.manifest
         assert await attacked.read(manifest, 1 << 20) == good.manifest

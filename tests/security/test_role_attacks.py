@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-from events.signing import SigningKey
-from services.jetstream.layout import ensure_layout
 from events.manifest import pack_object_name
+from events.signing import SigningKey
+from services.actions.producer import push_pack
+from services.jetstream.layout import ensure_layout
 from services.jetstream.packstore import PackStore
 from services.permissions import SERVICE_DURABLES, AccountLimits
-from services.actions.producer import push_pack
 from tests.harness import make_pack, running_service, sha256_digest
 from tests.security.conftest import Conns, start_authed, stop_authed
 
@@ -38,7 +38,9 @@ async def test_no_role_but_the_service_may_purge_or_delete_in_the_packs_bucket(a
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
     before = (await service.js.stream_info(packs)).state.messages
     await attacker.publish_denied(f"{API}.STREAM.PURGE.{packs}")  # the whole bucket
-    await attacker.publish_denied(f"{API}.STREAM.PURGE.{packs}", json.dumps({"filter": f"$O.{s.packs_bucket}.C.>"}).encode())
+    await attacker.publish_denied(
+        f"{API}.STREAM.PURGE.{packs}", json.dumps({"filter": f"$O.{s.packs_bucket}.C.>"}).encode()
+    )
     await attacker.publish_denied(f"{API}.STREAM.MSG.DELETE.{packs}", json.dumps({"seq": 1}).encode())
     await attacker.publish_denied(f"{API}.STREAM.DELETE.{packs}")
     await attacker.publish_denied(f"{API}.STREAM.UPDATE.{packs}")
@@ -51,7 +53,11 @@ async def test_a_producer_can_remove_no_packs_bytes(authed, as_role):
     in the stream, and whoever reads the pack hashes it against the digest that names it."""
     s = authed.subjects
     chunks = f"$O.{s.packs_bucket}.C.>"
-    producer, attacker, service = await as_role("producer"), await as_role("producer", "another-team"), await as_role("service")
+    producer, attacker, service = (
+        await as_role("producer"),
+        await as_role("producer", "another-team"),
+        await as_role("service"),
+    )
     pack = make_pack("2.0.0", SigningKey.generate())
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)  # again: nothing to do, nothing purged
@@ -66,25 +72,29 @@ async def test_a_producer_can_remove_no_packs_bytes(authed, as_role):
     assert not [e for e in attacker.permission_errors() if "purge" not in e], attacker.errors
     after = (await service.js.stream_info(f"OBJ_{s.packs_bucket}", subjects_filter=chunks)).state.messages
     assert after > before  # every chunk still there: the pack's bytes can be restored
-    fetched = await PackStore(service.js, s).read(name, 10 ** 7)
+    fetched = await PackStore(service.js, s).read(name, 10**7)
     assert sha256_digest(fetched) != pack.digest  # what a reader gets no longer matches its name: refused
     # the repair: the owner pushes its pack again, which points the name back at the right bytes
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
-    assert await PackStore(service.js, s).read(name, 10 ** 7) == pack.body
+    assert await PackStore(service.js, s).read(name, 10**7) == pack.body
     assert not producer.permission_errors(), producer.errors
 
 
 async def test_a_pack_marked_deleted_is_restored_by_pushing_it_again(authed, as_role):
     s = authed.subjects
-    producer, attacker, service = await as_role("producer"), await as_role("producer", "another-team"), await as_role("service")
+    producer, attacker, service = (
+        await as_role("producer"),
+        await as_role("producer", "another-team"),
+        await as_role("service"),
+    )
     pack = make_pack("2.1.0", SigningKey.generate())
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
     name = pack_object_name(pack.digest)
     with pytest.raises(Exception):
         await (await attacker.js.object_store(s.packs_bucket)).delete(name)
-    assert await PackStore(service.js, s).read(name, 10 ** 7) is None  # missing: whoever needs it fails closed
+    assert await PackStore(service.js, s).read(name, 10**7) is None  # missing: whoever needs it fails closed
     await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
-    assert await PackStore(service.js, s).read(name, 10 ** 7) == pack.body
+    assert await PackStore(service.js, s).read(name, 10**7) == pack.body
     assert not producer.permission_errors(), producer.errors
 
 
@@ -108,8 +118,12 @@ async def test_every_durable_of_the_service_is_guarded(nats_url, prefix):
     a new one must be added to SERVICE_DURABLES."""
     async with running_service(nats_url, prefix) as svc:
         s = svc.app.subjects
-        durables = {info.name for stream in (s.releases_stream, s.timers_stream, s.health_stream, s.deadletter_stream)
-                    for info in await svc.app.js.consumers_info(stream) if info.config.durable_name}
+        durables = {
+            info.name
+            for stream in (s.releases_stream, s.timers_stream, s.health_stream, s.deadletter_stream)
+            for info in await svc.app.js.consumers_info(stream)
+            if info.config.durable_name
+        }
     assert durables and durables <= set(SERVICE_DURABLES), sorted(durables - set(SERVICE_DURABLES))
 
 
@@ -120,21 +134,31 @@ async def test_no_other_role_may_create_update_or_pull_from_the_services_durable
         attacker = await conns(role)
         before = await _durables(service_app.app.js, authed.subjects)
         for durable, (stream, config) in before.items():
-            hostile = {"durable_name": durable, "name": durable, "ack_policy": "explicit", "max_ack_pending": 1,
-                       "filter_subject": f"{authed.prefix}.nothing"}
+            hostile = {
+                "durable_name": durable,
+                "name": durable,
+                "ack_policy": "explicit",
+                "max_ack_pending": 1,
+                "filter_subject": f"{authed.prefix}.nothing",
+            }
             body = json.dumps({"stream_name": stream, "config": hostile}).encode()
             await attacker.publish_denied(f"{API}.CONSUMER.CREATE.{stream}.{durable}", body)
             await attacker.publish_denied(f"{API}.CONSUMER.CREATE.{stream}.{durable}.{authed.prefix}.nothing", body)
             await attacker.publish_denied(f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}", body)
             # the legacy create takes the name from the body, and a body naming a durable updates it
-            legacy = json.dumps({"stream_name": stream, "config": {k: v for k, v in hostile.items() if k != "durable_name"}}).encode()
+            legacy = json.dumps(
+                {"stream_name": stream, "config": {k: v for k, v in hostile.items() if k != "durable_name"}}
+            ).encode()
             await attacker.publish_denied(f"{API}.CONSUMER.CREATE.{stream}", legacy)
             # pulling would hold the service's messages un-acked until redelivered or dead-lettered
-            await attacker.publish_denied(f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}", json.dumps({"batch": 10}).encode())
+            await attacker.publish_denied(
+                f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}", json.dumps({"batch": 10}).encode()
+            )
             await attacker.publish_denied(f"{API}.CONSUMER.DELETE.{stream}.{durable}")
         after = await _durables(service_app.app.js, authed.subjects)
-        assert {n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in after.items()} == \
-               {n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in before.items()}
+        assert {n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in after.items()} == {
+            n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in before.items()
+        }
     finally:
         await conns.close()
 
@@ -162,8 +186,16 @@ async def test_no_role_can_make_the_server_hold_more_consumers_than_the_account_
         refused = None
         for i in range(limits.max_consumers + 5):
             name = f"flood{i}"
-            body = json.dumps({"stream_name": s.releases_stream, "config": {"durable_name": name, "name": name, "ack_policy": "none"}})
-            reply = json.loads((await runtime.nc.request(f"{API}.CONSUMER.CREATE.{s.releases_stream}.{name}", body.encode(), timeout=5)).data)
+            body = json.dumps(
+                {"stream_name": s.releases_stream, "config": {"durable_name": name, "name": name, "ack_policy": "none"}}
+            )
+            reply = json.loads(
+                (
+                    await runtime.nc.request(
+                        f"{API}.CONSUMER.CREATE.{s.releases_stream}.{name}", body.encode(), timeout=5
+                    )
+                ).data
+            )
             if "error" in reply:
                 refused = (i, reply["error"])
                 break

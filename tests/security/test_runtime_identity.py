@@ -10,7 +10,7 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,16 @@ pytestmark = pytest.mark.security
 
 
 def sample(runtime_id: str, requests: int = 10, errors: int = 0) -> bytes:
-    return json.dumps({"runtime_id": runtime_id, "digest": None, "at": datetime.now(timezone.utc).isoformat(), "kind": "sample",
-                       "requests": requests, "errors": errors}).encode()
+    return json.dumps(
+        {
+            "runtime_id": runtime_id,
+            "digest": None,
+            "at": datetime.now(UTC).isoformat(),
+            "kind": "sample",
+            "requests": requests,
+            "errors": errors,
+        }
+    ).encode()
 
 
 async def test_a_runtime_cannot_report_health_as_another(authed, as_role):
@@ -36,8 +44,8 @@ async def test_a_runtime_cannot_report_health_as_another(authed, as_role):
     ack = await rt_a.js.publish(own, sample("rt-a"))  # its own samples are stored
     assert ack.seq > 0 and ack.stream == s.health_stream
     forged = s.health("prod", "canary", "internal", "rt-b")
-    await rt_a.publish_denied(forged, sample("rt-b", requests=10 ** 12))
-    await rt_a.publish_denied(s.health("prod", "canary", "rest", "rt-b"), sample("rt-b", requests=10 ** 12))
+    await rt_a.publish_denied(forged, sample("rt-b", requests=10**12))
+    await rt_a.publish_denied(s.health("prod", "canary", "rest", "rt-b"), sample("rt-b", requests=10**12))
     await rt_a.publish_denied(s.health("prod", "canary", "internal", "rt-a-evil"), sample("rt-a-evil"))
     service = await as_role("service")
     with pytest.raises(NotFoundError):
@@ -62,7 +70,9 @@ async def test_a_runtime_with_its_own_credentials_reads_what_a_runtime_needs(aut
 
 
 def kxr(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 async def test_kxr_creds_runtime_add_makes_a_user_bound_to_its_id(tmp_path):
@@ -78,7 +88,11 @@ async def test_kxr_creds_runtime_add_makes_a_user_bound_to_its_id(tmp_path):
         path = runtime_creds_path(tmp_path / "kx-data", "rt-new")
         assert added.stdout.strip() == str(path) and stat.S_IMODE(path.stat().st_mode) == 0o600
         creds = read_credentials(path)
-        assert creds.runtime_id == "rt-new" and creds.user == f"{authed.prefix}-runtime-rt-new" and creds.url.endswith(authed.url.split("//")[1])
+        assert (
+            creds.runtime_id == "rt-new"
+            and creds.user == f"{authed.prefix}-runtime-rt-new"
+            and creds.url.endswith(authed.url.split("//")[1])
+        )
         again = kxr("creds", "runtime", "add", "rt-new", env=env, cwd=tmp_path)
         assert again.returncode != 0 and "already" in again.stderr
         bad = kxr("creds", "runtime", "add", "rt new/..", env=env, cwd=tmp_path)
@@ -133,29 +147,62 @@ async def wait_until(probe, what: str, proc: subprocess.Popen | None = None, tim
 def simulate(authed, creds_name: str, runtime_id: str, trust_root_file: Path, cwd: Path) -> subprocess.Popen:
     """`kxr runtime simulate` as a deployment runs it: KX_NATS_CREDS names its credentials file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
-    env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(authed.data_dir), "KX_TRUST_ROOT": str(trust_root_file),
-                "KX_NATS_CREDS": str(authed.data_dir / "creds" / f"{creds_name}.json")})
-    return subprocess.Popen([str(Path(sys.executable).parent / "kxr"), "runtime", "simulate", "--env", "prod", "--channel", "canary",
-                             "--tenant", "t-int-1", "--runtime-id", runtime_id, "--interval", "0.1"],
-                            env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env.update(
+        {
+            "KX_PREFIX": authed.prefix,
+            "KX_DATA_DIR": str(authed.data_dir),
+            "KX_TRUST_ROOT": str(trust_root_file),
+            "KX_NATS_CREDS": str(authed.data_dir / "creds" / f"{creds_name}.json"),
+        }
+    )
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "kxr"),
+            "runtime",
+            "simulate",
+            "--env",
+            "prod",
+            "--channel",
+            "canary",
+            "--tenant",
+            "t-int-1",
+            "--runtime-id",
+            runtime_id,
+            "--interval",
+            "0.1",
+        ],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 async def configured(authed, conns) -> Path:
     """The layout and a configured channel (a runtime resolves its cohort from it); the trust root file."""
     from events.channel import ChannelConfig
-    from events.signing import SigningKey
-    from services.jetstream.log import EventLog
-    from events.signing import b64encode
+    from events.signing import SigningKey, b64encode
     from services.actions.producer import configure_channel
+    from services.jetstream.log import EventLog
     from tests.harness import CHANNEL, OPERATOR
 
     s = authed.subjects
     service, operator = await conns("service"), await conns("operator")
     await ensure_layout(service.js, s)
-    await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+    await configure_channel(
+        EventLog(operator.nc, operator.js, s),
+        operator.js,
+        "prod",
+        "canary",
+        ChannelConfig.model_validate(CHANNEL),
+        OPERATOR,
+    )
     key = SigningKey.generate()
     path = authed.data_dir / "trust-root.json"
-    path.write_text(json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "k0"}}}))
+    path.write_text(
+        json.dumps({"threshold": 1, "keys": {key.keyid: {"public": b64encode(key.public_raw), "name": "k0"}}})
+    )
     return path
 
 
@@ -203,7 +250,9 @@ async def test_strict_runtime_identity_lets_only_runtimes_with_their_own_user_re
         shared, own, service = await conns("runtime"), await conns("runtime-rt-a"), await conns("service")
         # the shared user reports under no id at all, its own name for an id included; it still reads what a runtime needs
         for runtime_id in ("rt-a", "rt-b", "any-id"):
-            await shared.publish_denied(s.health("prod", "canary", "internal", runtime_id), sample(runtime_id, requests=10 ** 12))
+            await shared.publish_denied(
+                s.health("prod", "canary", "internal", runtime_id), sample(runtime_id, requests=10**12)
+            )
             assert not await health_stored(service.js, s, runtime_id)
         await load_world(shared.js, s)
         await shared.js.stream_info(f"OBJ_{s.packs_bucket}")
@@ -220,7 +269,9 @@ async def test_strict_runtime_identity_lets_only_runtimes_with_their_own_user_re
         _, err = mismatched.communicate(timeout=60)
         assert mismatched.returncode != 0 and "rt-a" in err and "Traceback" not in err, err
         proc = simulate(authed, "runtime-rt-a", "rt-a", trust, tmp_path)
-        await wait_until(lambda: health_stored(service.js, s, "rt-a", "internal"), "rt-a's health from kxr runtime simulate", proc)
+        await wait_until(
+            lambda: health_stored(service.js, s, "rt-a", "internal"), "rt-a's health from kxr runtime simulate", proc
+        )
 
         # adding a runtime reloads the server in the same mode: the shared user is not loosened by omission
         env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}

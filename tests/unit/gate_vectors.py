@@ -6,19 +6,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
+from events.canonical import canonical_bytes
 from events.channel import ChannelConfig
 from events.manifest import sign_manifest
 from events.model import PackRef
 from events.signing import SigningKey, TrustRoot, b64encode
-from events.canonical import canonical_bytes
 from services.actions.producer import dsse_envelope
 from services.verification.gates import VerifyContext
 
-NOW = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 # Larger than one 64 KiB read so verify_bytes really streams in several chunks.
 PACK = bytes(range(256)) * 300
 BUILDER = "https://ci.konnaxion.example/builders/release"
@@ -38,15 +39,18 @@ ALICE, BOB, MALLORY = key(1), key(2), key(66)
 CI = key(7)  # the build system's attestation key (trust root `builders`, not a manifest key)
 
 
-def trust_root(keys: list[SigningKey], threshold: int = 1,
-               builders: list[tuple[SigningKey, list[str]]] | None = None) -> TrustRoot:
+def trust_root(
+    keys: list[SigningKey], threshold: int = 1, builders: list[tuple[SigningKey, list[str]]] | None = None
+) -> TrustRoot:
     doc: dict[str, Any] = {
         "threshold": threshold,
         "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"key-{i}"} for i, k in enumerate(keys)},
     }
     if builders:
-        doc["builders"] = {k.keyid: {"public": b64encode(k.public_raw), "name": f"builder-{i}", "ids": ids}
-                           for i, (k, ids) in enumerate(builders)}
+        doc["builders"] = {
+            k.keyid: {"public": b64encode(k.public_raw), "name": f"builder-{i}", "ids": ids}
+            for i, (k, ids) in enumerate(builders)
+        }
     return TrustRoot.from_document(doc)
 
 
@@ -59,8 +63,11 @@ def signed_body(pack: bytes = PACK) -> dict[str, Any]:
         "expires": "2030-07-01T00:00:00Z",
         "compatibility": {"schema": "kx-schema-3", "profile": "standard", "runtime": ">=2.3,<3"},
         "build": {"id": "build-42", "builder": BUILDER, "validation": "passed", "run": "run-9001"},
-        "provenance": {"source": f"{SOURCE_PREFIX}/core", "revision": "0f1e2d3c4b5a69788796a5b4c3d2e1f0a1b2c3d4",
-                       "refs": ["https://git.konnaxion.example/kb/core/-/merge_requests/7"]},
+        "provenance": {
+            "source": f"{SOURCE_PREFIX}/core",
+            "revision": "0f1e2d3c4b5a69788796a5b4c3d2e1f0a1b2c3d4",
+            "refs": ["https://git.konnaxion.example/kb/core/-/merge_requests/7"],
+        },
         "scopes": {"envs": ["prod", "staging"], "channels": ["canary", "stable"]},
     }
 
@@ -79,7 +86,10 @@ def pack_ref(version: str, data: bytes) -> PackRef:
 
 def signature_entry(signer: SigningKey, signed: dict[str, Any], keyid: str | None = None) -> dict[str, str]:
     """A signature by `signer` over `signed`, labelled with any keyid we like."""
-    return {"keyid": keyid if keyid is not None else signer.keyid, "sig": b64encode(signer.sign(canonical_bytes(signed)))}
+    return {
+        "keyid": keyid if keyid is not None else signer.keyid,
+        "sig": b64encode(signer.sign(canonical_bytes(signed))),
+    }
 
 
 def statement(digest: str, builder_id: str = BUILDER) -> dict[str, Any]:
@@ -110,11 +120,11 @@ class Case:
     sign_with: list[SigningKey] = field(default_factory=lambda: [ALICE])
     trusted: list[SigningKey] = field(default_factory=lambda: [ALICE, BOB])
     threshold: int = 1
-    root: Any = _UNSET                      # a TrustRoot (or junk) that replaces `trusted`
+    root: Any = _UNSET  # a TrustRoot (or junk) that replaces `trusted`
     doc_edits: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # after signing
-    raw_manifest: Any = _UNSET              # bytes/None replacing the whole manifest
+    raw_manifest: Any = _UNSET  # bytes/None replacing the whole manifest
     pack: bytes | None = PACK
-    request_name: str | None = None         # None: what the manifest says
+    request_name: str | None = None  # None: what the manifest says
     request_version: str | None = None
     request_digest: str | None = None
     env: str = "prod"
@@ -124,7 +134,7 @@ class Case:
     active: Any = field(default_factory=lambda: {"internal": pack_ref("1.9.0", b"old pack"), "rest": None})
     purpose: str = "rollout"
     builders: list[tuple[SigningKey, list[str]]] = field(default_factory=lambda: [(CI, [BUILDER])])
-    attestation: bytes | None = None        # the raw attestation object, read when the channel requires it
+    attestation: bytes | None = None  # the raw attestation object, read when the channel requires it
     now: Any = NOW
 
     def manifest_doc(self) -> dict[str, Any]:
@@ -148,7 +158,9 @@ class Case:
             cohorts=self.cohorts,
             channel_config=self.channel_config,
             active=self.active,
-            trust_root=self.root if self.root is not _UNSET else trust_root(self.trusted, self.threshold, self.builders),
+            trust_root=self.root
+            if self.root is not _UNSET
+            else trust_root(self.trusted, self.threshold, self.builders),
             now=self.now,
             purpose=self.purpose,  # type: ignore[arg-type]
             attestation=self.attestation,

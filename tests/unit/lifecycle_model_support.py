@@ -13,9 +13,10 @@ tests/unit/test_model_regressions.py (the minimal counter-examples, replayed by 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from events.codec import make_event, scope_tuple
 from events.health import HealthSample, accept_report
@@ -25,24 +26,23 @@ from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import HealthParts, Subjects
 from events.trust import follow_chain, sign_root
-from services.verification.readiness import TargetCheck, judge_target
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
 from projections.world import World
-from services.consumers import activator, distributor, pinner, preparer, promoter
-from services.consumers import monitor
 from services.actions import operator
-from services.consumers import verifier as verifier_adapter
-from services.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.actions.producer import build_signed, manifest_bytes
+from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
+from services.consumers import verifier as verifier_adapter
+from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.consumers.verifier import context_for
+from services.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
 from services.verification.gates import VerifyContext, verify_bytes
+from services.verification.readiness import TargetCheck, judge_target
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
 
-T0 = datetime(2031, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 ENV = "prod"
 CHANNELS = ("canary", "stable")
 COHORTS = ("internal", "rest")
@@ -55,7 +55,11 @@ KEYS = [SigningKey.from_raw(bytes([n]) * 32) for n in (1, 2, 3)]
 
 
 def _root(version: int, keys: list[SigningKey]) -> dict[str, Any]:
-    return {"version": version, "threshold": 1, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{KEYS.index(k) + 1}"} for k in keys}}
+    return {
+        "version": version,
+        "threshold": 1,
+        "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{KEYS.index(k) + 1}"} for k in keys},
+    }
 
 
 # The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on:
@@ -77,20 +81,36 @@ class ModelPack:
         return {"name": "kb", "version": self.version, "digest": self.digest}
 
 
-def _pack(version: str, key: int | tuple[int, ...], expires: timedelta = timedelta(days=60), **fields: Any) -> ModelPack:
+def _pack(
+    version: str, key: int | tuple[int, ...], expires: timedelta = timedelta(days=60), **fields: Any
+) -> ModelPack:
     body = f"knowledge pack {version}\n".encode() * 4
-    base = dict(name="kb", version=version, schema="kx-pack/1", profile="standard", runtime=">=2.3,<3", build_id=f"b-{version}",
-                builder="kx-pipeline", run=f"run-{version}", source="https://git.example/kb/core", revision=f"rev-{version}")
+    base = dict(
+        name="kb",
+        version=version,
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2.3,<3",
+        build_id=f"b-{version}",
+        builder="kx-pipeline",
+        run=f"run-{version}",
+        source="https://git.example/kb/core",
+        revision=f"rev-{version}",
+    )
     signed = build_signed(body, expires=T0 + expires, **{**base, **fields})
     keys = [KEYS[k - 1] for k in (key if isinstance(key, tuple) else (key,))]
     return ModelPack(version, body, manifest_bytes(signed, keys), signed["digest"])
 
 
 PACKS = [  # 1.0.0 (keys 1 and 2) is what the channels ran first: trusted by every root
-    _pack("1.0.0", (1, 2)), _pack("1.1.0", 1), _pack("1.2.0", 1), _pack("1.3.0", 2), _pack("2.0.0", 3),
-    _pack("0.9.0", 1),                                      # older: a downgrade wherever something newer ran
-    _pack("1.4.0", 1, source="https://evil.example/kb"),    # fails policy (source)
-    _pack("1.5.0", 1, expires=timedelta(hours=2)),           # expires while the model runs
+    _pack("1.0.0", (1, 2)),
+    _pack("1.1.0", 1),
+    _pack("1.2.0", 1),
+    _pack("1.3.0", 2),
+    _pack("2.0.0", 3),
+    _pack("0.9.0", 1),  # older: a downgrade wherever something newer ran
+    _pack("1.4.0", 1, source="https://evil.example/kb"),  # fails policy (source)
+    _pack("1.5.0", 1, expires=timedelta(hours=2)),  # expires while the model runs
 ]
 PACK_BY_DIGEST = {p.digest: p for p in PACKS}
 
@@ -102,28 +122,52 @@ THRESHOLDS = [
 ]
 
 
-def channel_doc(thresholds: int = 0, min_samples: int = 2, promote: bool = False, forbid_downgrade: bool = True) -> dict[str, Any]:
+def channel_doc(
+    thresholds: int = 0, min_samples: int = 2, promote: bool = False, forbid_downgrade: bool = True
+) -> dict[str, Any]:
     return {
         "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
         "plan": [["internal"], ["rest"]],
         "monitoring": {"window_s": 60, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
         "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
-        "policy": {"allowed_sources": ["https://git.example/kb"], "allowed_builders": ["kx-pipeline"],
-                   "forbid_downgrade": forbid_downgrade, "max_pin_days": 30},
+        "policy": {
+            "allowed_sources": ["https://git.example/kb"],
+            "allowed_builders": ["kx-pipeline"],
+            "forbid_downgrade": forbid_downgrade,
+            "max_pin_days": 30,
+        },
         **({"promote_to": "stable"} if promote else {}),
     }
 
 
 # ---- health samples a runtime may send ------------------------------------------------------------
 
-SAMPLE_KINDS = ("good", "no_latency", "no_correctness", "errors", "idle", "refusal", "activation_ok",
-                "old_digest", "extreme_latency", "huge_requests", "new_error_class")
+SAMPLE_KINDS = (
+    "good",
+    "no_latency",
+    "no_correctness",
+    "errors",
+    "idle",
+    "refusal",
+    "activation_ok",
+    "old_digest",
+    "extreme_latency",
+    "huge_requests",
+    "new_error_class",
+)
 
 
 def sample_body(kind: str, runtime_id: str, digest: str | None, at: datetime) -> dict[str, Any]:
-    body: dict[str, Any] = {"runtime_id": runtime_id, "digest": digest, "at": at.isoformat(), "kind": "sample",
-                            "requests": 100, "errors": 1, "latency_ms": {"p95": 120.0, "p99": 210.0},
-                            "correctness": {"mismatches": 0, "checked": 50}}
+    body: dict[str, Any] = {
+        "runtime_id": runtime_id,
+        "digest": digest,
+        "at": at.isoformat(),
+        "kind": "sample",
+        "requests": 100,
+        "errors": 1,
+        "latency_ms": {"p95": 120.0, "p99": 210.0},
+        "correctness": {"mismatches": 0, "checked": 50},
+    }
     if kind == "no_latency":
         del body["latency_ms"]
     elif kind == "no_correctness":
@@ -134,8 +178,15 @@ def sample_body(kind: str, runtime_id: str, digest: str | None, at: datetime) ->
         body.update(requests=0, errors=0)
     elif kind in ("refusal", "activation_ok"):
         ok = kind == "activation_ok"
-        body = {"runtime_id": runtime_id, "digest": digest, "at": at.isoformat(), "kind": "activation", "ok": ok,
-                "took_ms": 40.0, **({} if ok else {"error": "switch raised: disk full"})}
+        body = {
+            "runtime_id": runtime_id,
+            "digest": digest,
+            "at": at.isoformat(),
+            "kind": "activation",
+            "ok": ok,
+            "took_ms": 40.0,
+            **({} if ok else {"error": "switch raised: disk full"}),
+        }
     elif kind == "extreme_latency":
         body["latency_ms"] = {"p95": 1e308, "p99": 1e308}
     elif kind == "huge_requests":
@@ -156,7 +207,9 @@ class Lifecycle:
     audit: Audit = field(default_factory=Audit)
     log: list[tuple[Position, Event | None]] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
-    health: list[tuple[datetime, str, str, HealthSample]] = field(default_factory=list)  # stored_at, channel, cohort, sample
+    health: list[tuple[datetime, str, str, HealthSample]] = field(
+        default_factory=list
+    )  # stored_at, channel, cohort, sample
     store: dict[str, bytes] = field(default_factory=dict)
     timers: dict[str, Timer] = field(default_factory=dict)
     fired: list[Timer] = field(default_factory=list)
@@ -187,7 +240,11 @@ class Lifecycle:
         return list(self.audit.violations) + self.problems
 
     def anomalies(self) -> list[Violation]:
-        return [Violation(r.last_seq, "illegal_transition", f"{r.release_id}: {a}") for r in self.world.releases.values() for a in r.anomalies]
+        return [
+            Violation(r.last_seq, "illegal_transition", f"{r.release_id}: {a}")
+            for r in self.world.releases.values()
+            for a in r.anomalies
+        ]
 
     # -- the log -----------------------------------------------------------------------------------
     def _append(self, event: Event, batch_id: str | None = None) -> None:
@@ -196,7 +253,9 @@ class Lifecycle:
         problem = contract_problem(event, SUBJECTS)
         if problem is not None:
             # what JetStream would store and every consumer fail to decode (CONTRACT JSON has no Infinity)
-            self.problems.append(Violation(position.seq, "invalid_contract_json", f"{event.type} by {event.actor.id}: {problem}"))
+            self.problems.append(
+                Violation(position.seq, "invalid_contract_json", f"{event.type} by {event.actor.id}: {problem}")
+            )
             self.audit = audit_entry(self.audit, position, None, SUBJECTS)
             self.log.append((position, None))
         else:
@@ -229,7 +288,9 @@ class Lifecycle:
             elif isinstance(out, Atomic):
                 rid = out.release_events[0].release_id
                 was, now = decided_on.release(rid), self.world.release(rid)
-                scopes_ok = all(self.world.scope(*scope_tuple(w.event)).active_seq == w.expected_seq for w in out.scope_writes)
+                scopes_ok = all(
+                    self.world.scope(*scope_tuple(w.event)).active_seq == w.expected_seq for w in out.scope_writes
+                )
                 if was is None or now is None or was.last_seq != now.last_seq or not scopes_ok:
                     return stored
                 if all(e.event_id in self.ids for e in out.release_events):
@@ -256,7 +317,9 @@ class Lifecycle:
         try:
             return CONSUMERS[consumer](self, self.world, release, self.ctx(consumer))
         except Exception as exc:  # a decision that raises never answers: the release wedges
-            self.problems.append(Violation(self.seq, "decide_raised", f"{consumer} on {release_id}: {exc.__class__.__name__}: {exc}"))
+            self.problems.append(
+                Violation(self.seq, "decide_raised", f"{consumer} on {release_id}: {exc.__class__.__name__}: {exc}")
+            )
             return []
 
     def step(self, consumer: str, release_id: str) -> bool:
@@ -274,17 +337,32 @@ class Lifecycle:
                 return
 
     # -- producer ------------------------------------------------------------------------------------
-    def request(self, pack: ModelPack, channel: str = "canary", strategy: str = "lkg", acknowledge_no_health: bool = True) -> str:
+    def request(
+        self, pack: ModelPack, channel: str = "canary", strategy: str = "lkg", acknowledge_no_health: bool = True
+    ) -> str:
         self.releases += 1
         rid = f"r{self.releases}"
-        data = {"pack": pack.ref, "target": {"env": ENV, "channel": channel}, "owner": "kb-team", "escalation": "pager:kb",
-                "rollback": {"strategy": strategy}, "acknowledge_no_health": acknowledge_no_health}
+        data = {
+            "pack": pack.ref,
+            "target": {"env": ENV, "channel": channel},
+            "owner": "kb-team",
+            "escalation": "pager:kb",
+            "rollback": {"strategy": strategy},
+            "acknowledge_no_health": acknowledge_no_health,
+        }
         event = make_event("release.requested", data, actor=PRODUCER, release_id=rid, occurred_at=self.now)
         self.append_expected(event, 0, 0)
         return rid
 
     # -- health --------------------------------------------------------------------------------------
-    def send_samples(self, kind: str, cohorts: tuple[str, ...] = COHORTS, channel: str = "canary", offset_s: int = 0, live: bool = True) -> None:
+    def send_samples(
+        self,
+        kind: str,
+        cohorts: tuple[str, ...] = COHORTS,
+        channel: str = "canary",
+        offset_s: int = 0,
+        live: bool = True,
+    ) -> None:
         """Each runtime of `cohorts` reports once; stored `offset_s` from now (late or early clocks)."""
         stored_at = self.now + timedelta(seconds=offset_s)
         for cohort in cohorts:
@@ -308,7 +386,11 @@ class Lifecycle:
             release = self.world.release(rid)
             watch = Watch.of_release(release) if release is not None and release.phase == "monitoring" else None
             m = release.monitoring if release else None
-            if watch is None or m is None or not counts_for(watch, sample, subject=HealthParts(ENV, channel, cohort, sample.runtime_id)):
+            if (
+                watch is None
+                or m is None
+                or not counts_for(watch, sample, subject=HealthParts(ENV, channel, cohort, sample.runtime_id))
+            ):
                 continue
             try:
                 reason = hard_breach(sample, m.monitoring)
@@ -316,20 +398,34 @@ class Lifecycle:
                 self.problems.append(Violation(self.seq, "decide_raised", f"monitor breach check on {rid}: {exc!r}"))
                 continue
             if reason:
-                figures = {"breach_runtime": sample.runtime_id, "breach_cohort": cohort, "sample": sample.model_dump(mode="json")}
+                figures = {
+                    "breach_runtime": sample.runtime_id,
+                    "breach_cohort": cohort,
+                    "sample": sample.model_dump(mode="json"),
+                }
                 world = self.world
-                self.emit(self._guard("monitor", rid, lambda: monitor.decide_breach(release, reason, figures, self.ctx("monitor"))), world)
+                self.emit(
+                    self._guard(
+                        "monitor", rid, lambda: monitor.decide_breach(release, reason, figures, self.ctx("monitor"))
+                    ),
+                    world,
+                )
 
     def _guard(self, consumer: str, rid: str, decision: Callable[[], list[Output]]) -> list[Output]:
         try:
             return decision()
         except Exception as exc:
-            self.problems.append(Violation(self.seq, "decide_raised", f"{consumer} on {rid}: {exc.__class__.__name__}: {exc}"))
+            self.problems.append(
+                Violation(self.seq, "decide_raised", f"{consumer} on {rid}: {exc.__class__.__name__}: {exc}")
+            )
             return []
 
     def reporters(self, channel: str, cohorts: list[str]) -> dict[str, int]:
         since = self.now - timedelta(seconds=preparer.HEALTH_LOOKBACK_S)
-        return {c: len({s.runtime_id for at, ch, co, s in self.health if ch == channel and co == c and at >= since}) for c in cohorts}
+        return {
+            c: len({s.runtime_id for at, ch, co, s in self.health if ch == channel and co == c and at >= since})
+            for c in cohorts
+        }
 
     def window_samples(self, release: ReleaseState):
         m = release.monitoring
@@ -360,7 +456,12 @@ class Lifecycle:
             return
         rid, stage = monitor.parse_timer_key(timer.key.split("."))  # type: ignore[misc]
         release = self.world.release(rid)
-        if release is None or release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
+        if (
+            release is None
+            or release.phase != "monitoring"
+            or release.monitoring is None
+            or release.monitoring.stage != stage
+        ):
             return
         world = self.world
 
@@ -385,7 +486,9 @@ class Lifecycle:
             return False
         try:
             if verb == "rollback":
-                action = fn(self.world, release_id, kw.get("trigger", "operator"), "operator judgement", OPERATOR, self.now)
+                action = fn(
+                    self.world, release_id, kw.get("trigger", "operator"), "operator judgement", OPERATOR, self.now
+                )
             elif verb == "extend":
                 action = fn(self.world, release_id, kw.get("window_s", 120), "gather more samples", OPERATOR, self.now)
             elif verb == "annotate":
@@ -402,7 +505,9 @@ class Lifecycle:
     def pin(self, channel: str, cohort: str, version: str, hours: int = 24) -> bool:
         scope = Scope(env=ENV, channel=channel, cohort=cohort)
         try:
-            event, expected = pinner.pin(self.world, scope, version, self.now + timedelta(hours=hours), "hold for audit", OPERATOR, self.now)
+            event, expected = pinner.pin(
+                self.world, scope, version, self.now + timedelta(hours=hours), "hold for audit", OPERATOR, self.now
+            )
         except operator.OperatorError:
             return False
         if not self.append_expected(event, expected, self.world.scope(ENV, channel, cohort).last_seq):
@@ -416,7 +521,8 @@ class Lifecycle:
         assert state.pin is not None
         seq = state.pin_seq
         self.timers[f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}"] = Timer(
-            key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=state.pin.until, payload={"seq": seq})
+            key=f"pin.{scope.env}.{scope.channel}.{scope.cohort}.{seq}", at=state.pin.until, payload={"seq": seq}
+        )
         actor = Actor(kind="service", id=pinner.NAME)
         pin_event_id = state.pin_event_id or f"{scope.env}/{scope.channel}/{scope.cohort}@{seq}"
         switch = pinner.switch_to_pin(state, scope, pin_event_id, actor, self.now)
@@ -425,17 +531,31 @@ class Lifecycle:
         pack = state.pin.pack
         channel_state = self.world.channel_state(scope.env, scope.channel)
         vctx = VerifyContext(
-            request_name=pack.name, request_version=pack.version, request_digest=pack.digest, env=scope.env, channel=scope.channel,
-            cohorts=(scope.cohort,), channel_config=channel_state.config if channel_state else None,
-            active={scope.cohort: state.active_pack}, trust_root=self.trust_root(), now=self.now, purpose="pin",
+            request_name=pack.name,
+            request_version=pack.version,
+            request_digest=pack.digest,
+            env=scope.env,
+            channel=scope.channel,
+            cohorts=(scope.cohort,),
+            channel_config=channel_state.config if channel_state else None,
+            active={scope.cohort: state.active_pack},
+            trust_root=self.trust_root(),
+            now=self.now,
+            purpose="pin",
         )
-        v = verify_bytes(self.store.get(manifest_object_name(pack.digest)), self.store.get(pack_object_name(pack.digest)), vctx)
+        v = verify_bytes(
+            self.store.get(manifest_object_name(pack.digest)), self.store.get(pack_object_name(pack.digest)), vctx
+        )
         if v.failure is not None:
-            refused = pinner.expire(state, scope, actor, self.now, reason="refused", rationale=f"pinned pack refused: {v.failure.code}")
+            refused = pinner.expire(
+                state, scope, actor, self.now, reason="refused", rationale=f"pinned pack refused: {v.failure.code}"
+            )
             if refused is not None and refused.event_id not in self.ids:
                 self._append(refused)
             return
-        switch = pinner.switch_to_pin(state, scope, pin_event_id, actor, self.now, list(v.signers))  # as the adapter: with its evidence
+        switch = pinner.switch_to_pin(
+            state, scope, pin_event_id, actor, self.now, list(v.signers)
+        )  # as the adapter: with its evidence
         assert switch is not None
         if switch.event_id not in self.ids:
             self._append(switch, derived_event_id(pin_event_id, pinner.NAME, "batch"))
@@ -452,7 +572,9 @@ class Lifecycle:
         state = self.world.scope(env, channel, cohort)
         if state.pin is None or state.pin_seq != seq or state.pin.until > self.now:
             return
-        event = pinner.expire(state, Scope(env=env, channel=channel, cohort=cohort), Actor(kind="service", id=pinner.NAME), self.now)
+        event = pinner.expire(
+            state, Scope(env=env, channel=channel, cohort=cohort), Actor(kind="service", id=pinner.NAME), self.now
+        )
         if event is not None and event.event_id not in self.ids:
             self._append(event)
 
@@ -462,16 +584,31 @@ class Lifecycle:
         if done >= len(ROTATIONS):
             return False
         doc = ROTATIONS[done]
-        self._append(make_event("trust.rotated", TrustRotated(root=doc, version=doc["signed"]["version"], rationale="key rotation"),
-                                actor=OPERATOR, occurred_at=self.now))
+        self._append(
+            make_event(
+                "trust.rotated",
+                TrustRotated(root=doc, version=doc["signed"]["version"], rationale="key rotation"),
+                actor=OPERATOR,
+                occurred_at=self.now,
+            )
+        )
         return True
 
     def configure(self, channel: str, **doc: Any) -> None:
-        self._append(make_event("channel.configured", channel_doc(**doc), actor=OPERATOR,
-                                scope=Scope(env=ENV, channel=channel, cohort="all"), occurred_at=self.now))
+        self._append(
+            make_event(
+                "channel.configured",
+                channel_doc(**doc),
+                actor=OPERATOR,
+                scope=Scope(env=ENV, channel=channel, cohort="all"),
+                occurred_at=self.now,
+            )
+        )
 
     # -- whole stories -------------------------------------------------------------------------------
-    def healthy_window(self, channel: str = "canary", kinds: tuple[str, ...] = ("activation_ok", "good", "good")) -> None:
+    def healthy_window(
+        self, channel: str = "canary", kinds: tuple[str, ...] = ("activation_ok", "good", "good")
+    ) -> None:
         """Every runtime of the channel reports (by default: switched fine, then serves well); the window ends."""
         for kind in kinds:
             self.send_samples(kind, COHORTS, channel)
@@ -479,7 +616,7 @@ class Lifecycle:
         self.sweep()
         self.settle()
 
-    def bootstrap(self, channel: str, pack: "ModelPack") -> str:
+    def bootstrap(self, channel: str, pack: ModelPack) -> str:
         """A first release on a fresh channel (strategy none) that passes every window: its pack becomes LKG."""
         rid = self.request(pack, channel, "none")
         self.settle()
@@ -504,12 +641,25 @@ class Lifecycle:
         cohorts = [c for c in release.stages[stage] if c in release.activated] if stage < len(release.stages) else []
         since = release.activated_at.get(stage)
         channel = release.prepared.target.channel
-        refusals = [s.runtime_id for at, ch, co, s in self.health
-                    if ch == channel and co in cohorts and s.kind == "activation" and s.ok is False
-                    and s.digest == release.verified.pack.digest and since is not None and since <= at <= event.occurred_at]
+        refusals = [
+            s.runtime_id
+            for at, ch, co, s in self.health
+            if ch == channel
+            and co in cohorts
+            and s.kind == "activation"
+            and s.ok is False
+            and s.digest == release.verified.pack.digest
+            and since is not None
+            and since <= at <= event.occurred_at
+        ]
         if refusals:
-            self.problems.append(Violation(position.seq, "pass_despite_refusal",
-                                           f"{release.release_id} stage {stage + 1} passed although {sorted(set(refusals))} refused its pack"))
+            self.problems.append(
+                Violation(
+                    position.seq,
+                    "pass_despite_refusal",
+                    f"{release.release_id} stage {stage + 1} passed although {sorted(set(refusals))} refused its pack",
+                )
+            )
 
 
 # ---- what each consumer's adapter reads, then its pure decision -------------------------------------
@@ -519,7 +669,11 @@ def _prepare(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> lis
     if release.phase != "requested" or release.requested is None:
         return []
     req = release.requested
-    cohorts = [c for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan) for c in stage]
+    cohorts = [
+        c
+        for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan)
+        for c in stage
+    ]
     return preparer.decide(world, release, ctx, m.reporters(req.target.channel, cohorts))
 
 
@@ -545,8 +699,16 @@ def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx)
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
     size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None
-    return judge_target(manifest, size, target, release.prepared.target.env, release.prepared.target.channel,
-                        tuple(release.activated), m.trust_root(), ctx.now)
+    return judge_target(
+        manifest,
+        size,
+        target,
+        release.prepared.target.env,
+        release.prepared.target.channel,
+        tuple(release.activated),
+        m.trust_root(),
+        ctx.now,
+    )
 
 
 def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
@@ -554,8 +716,9 @@ def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> li
     if release.phase == "rolling_back" and release.rollback is not None:
         targets = {t.digest: t for t in release.rollback.targets.values() if t is not None}
         checks = {d: target_check(m, t, release, ctx) for d, t in targets.items()}
-        return activator.decide_rollback(world, release, ctx, {d: c.problem for d, c in checks.items()},
-                                         {d: c.signers for d, c in checks.items()})
+        return activator.decide_rollback(
+            world, release, ctx, {d: c.problem for d, c in checks.items()}, {d: c.signers for d, c in checks.items()}
+        )
     if activator.needs_recheck(world, release) and release.verified is not None:
         return activator.decide_rollout(world, release, ctx, target_check(m, release.verified.pack, release, ctx))
     return activator.decide_rollout(world, release, ctx)
@@ -570,6 +733,10 @@ def _promote(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> lis
 
 
 CONSUMERS: dict[str, Callable[[Lifecycle, World, ReleaseState, Ctx], list[Output]]] = {
-    "preparer": _prepare, "distributor": _distribute, "verifier": _verify,
-    "activator": _activate, "monitor": _monitor, "promoter": _promote,
+    "preparer": _prepare,
+    "distributor": _distribute,
+    "verifier": _verify,
+    "activator": _activate,
+    "monitor": _monitor,
+    "promoter": _promote,
 }

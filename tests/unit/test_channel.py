@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events.channel import BUCKETS, DEFAULT_CHANNEL, DEFAULT_COHORT, ChannelConfig, CohortRule, resolve_cohort, tenant_bucket
+from events.channel import (
+    BUCKETS,
+    DEFAULT_CHANNEL,
+    DEFAULT_COHORT,
+    ChannelConfig,
+    CohortRule,
+    resolve_cohort,
+    tenant_bucket,
+)
 from events.model import Monitoring, Thresholds
 from events.thresholds import Thresholds as TheModel
 from projections.world import World
@@ -49,24 +57,60 @@ TENANTS = [f"tenant-{i}" for i in range(100_000)]
 INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("last-not-catch-all", {"cohorts": [{"name": "a", "tenants": ["t1"]}]}, ["last cohort (a) must be a catch-all"]),
     ("catch-all-not-last", {"cohorts": [{"name": "a"}, REST]}, ["cohort a has no criteria but is not last"]),
-    ("percent-above-10000", cohorts({"name": "a", "percent": [0, 10001]}), ["cohort a: percent range [0, 10001) must lie inside 0..10000"]),
-    ("percent-negative", cohorts({"name": "a", "percent": [-1, 10]}), ["cohort a: percent range [-1, 10) must lie inside 0..10000"]),
+    (
+        "percent-above-10000",
+        cohorts({"name": "a", "percent": [0, 10001]}),
+        ["cohort a: percent range [0, 10001) must lie inside 0..10000"],
+    ),
+    (
+        "percent-negative",
+        cohorts({"name": "a", "percent": [-1, 10]}),
+        ["cohort a: percent range [-1, 10) must lie inside 0..10000"],
+    ),
     ("percent-empty", cohorts({"name": "a", "percent": [10, 10]}), ["cohort a: percent range [10, 10)", "lo < hi"]),
     ("percent-reversed", cohorts({"name": "a", "percent": [500, 100]}), ["cohort a: percent range [500, 100)"]),
-    ("percent-overlap", cohorts({"name": "a", "percent": [0, 500]}, {"name": "b", "percent": [499, 600]}), ["percent ranges of cohorts a and b overlap"]),
-    ("percent-nested", cohorts({"name": "wide", "percent": [0, 5000]}, {"name": "narrow", "percent": [100, 200]}), ["percent ranges of cohorts wide and narrow overlap"]),
+    (
+        "percent-overlap",
+        cohorts({"name": "a", "percent": [0, 500]}, {"name": "b", "percent": [499, 600]}),
+        ["percent ranges of cohorts a and b overlap"],
+    ),
+    (
+        "percent-nested",
+        cohorts({"name": "wide", "percent": [0, 5000]}, {"name": "narrow", "percent": [100, 200]}),
+        ["percent ranges of cohorts wide and narrow overlap"],
+    ),
     ("percent-float", cohorts({"name": "a", "percent": [0.5, 10]}), ["cohorts.0.percent.0"]),
     ("percent-three", cohorts({"name": "a", "percent": [0, 10, 20]}), ["cohorts.0.percent"]),
-    ("plan-unknown", {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], ["zz"]]}, ["plan names unknown cohort 'zz'"]),
-    ("plan-twice", {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], ["a", "rest"]]}, ["plan names cohort 'a' twice"]),
-    ("plan-empty-stage", {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], []]}, ["a plan stage must name at least one cohort"]),
-    ("duplicate-names", {"cohorts": [{"name": "a", "tenants": ["t1"]}, {"name": "a"}]}, ["cohort names must be unique"]),
+    (
+        "plan-unknown",
+        {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], ["zz"]]},
+        ["plan names unknown cohort 'zz'"],
+    ),
+    (
+        "plan-twice",
+        {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], ["a", "rest"]]},
+        ["plan names cohort 'a' twice"],
+    ),
+    (
+        "plan-empty-stage",
+        {**cohorts({"name": "a", "tenants": ["t1"]}), "plan": [["a"], []]},
+        ["a plan stage must name at least one cohort"],
+    ),
+    (
+        "duplicate-names",
+        {"cohorts": [{"name": "a", "tenants": ["t1"]}, {"name": "a"}]},
+        ["cohort names must be unique"],
+    ),
     ("promote-to-self", {"promote_to": CHANNEL}, ["promote_to must name another channel"]),
     ("promote-to-not-token", {"promote_to": "stable.>"}, ["promote_to"]),
     ("cohort-name-not-token", {"cohorts": [{"name": "a.b"}]}, ["cohorts.0.name"]),
     ("no-cohorts", {"cohorts": []}, ["cohorts"]),
     ("window-zero", {"monitoring": {"window_s": 0}}, ["monitoring.window_s"]),
-    ("threshold-mode", {"monitoring": {"window_s": 5, "thresholds": {"new_error_classes": "warn"}}}, ["monitoring.thresholds.new_error_classes"]),
+    (
+        "threshold-mode",
+        {"monitoring": {"window_s": 5, "thresholds": {"new_error_classes": "warn"}}},
+        ["monitoring.thresholds.new_error_classes"],
+    ),
     ("tenants-not-list", cohorts({"name": "a", "tenants": "t1"}), ["cohorts.0.tenants"]),
 ]
 
@@ -84,7 +128,12 @@ def test_every_problem_is_reported_at_once() -> None:
         "plan": [["ghost"]],
     }
     message = problems_of(doc)
-    for needle in ("cohort names must be unique", "must be a catch-all", "percent range [0, 20000)", "unknown cohort 'ghost'"):
+    for needle in (
+        "cohort names must be unique",
+        "must be a catch-all",
+        "percent range [0, 20000)",
+        "unknown cohort 'ghost'",
+    ):
         assert needle in message, message
 
 
@@ -128,7 +177,12 @@ def test_an_unconfigured_channel_reads_as_the_default() -> None:
 
 @pytest.mark.parametrize(
     "compat",
-    [{}, {"schema": "kx-pack/1"}, {"schema": "kx-pack/1", "profiles": [], "runtime_version": "2.4.0"}, {"profiles": ["standard"], "runtime_version": "2.4.0"}],
+    [
+        {},
+        {"schema": "kx-pack/1"},
+        {"schema": "kx-pack/1", "profiles": [], "runtime_version": "2.4.0"},
+        {"profiles": ["standard"], "runtime_version": "2.4.0"},
+    ],
     ids=["empty", "schema-only", "no-profiles", "no-schema"],
 )
 def test_partial_compatibility_is_not_configured(compat: dict[str, Any]) -> None:
@@ -136,7 +190,9 @@ def test_partial_compatibility_is_not_configured(compat: dict[str, Any]) -> None
 
 
 def test_complete_compatibility_is_configured() -> None:
-    cfg = parse_channel_config({"compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"}}, CHANNEL)
+    cfg = parse_channel_config(
+        {"compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"}}, CHANNEL
+    )
     assert cfg.compatibility.configured is True
 
 
@@ -162,13 +218,21 @@ RESOLUTION = [
     ("all-criteria-match", [{"name": "eu-early", "regions": ["eu"], "percent": [0, 500]}], LOW, "eu", "eu-early"),
     ("region-ok-percent-not", [{"name": "eu-early", "regions": ["eu"], "percent": [0, 500]}], HIGH, "eu", "rest"),
     ("percent-ok-region-not", [{"name": "eu-early", "regions": ["eu"], "percent": [0, 500]}], LOW, "us", "rest"),
-    ("first-match-wins", [{"name": "internal", "tenants": ["t-int"]}, {"name": "eu", "regions": ["eu"]}], "t-int", "eu", "internal"),
+    (
+        "first-match-wins",
+        [{"name": "internal", "tenants": ["t-int"]}, {"name": "eu", "regions": ["eu"]}],
+        "t-int",
+        "eu",
+        "internal",
+    ),
     ("second-rule", [{"name": "internal", "tenants": ["t-int"]}, {"name": "eu", "regions": ["eu"]}], "t-x", "eu", "eu"),
     ("empty-tenant-list", [{"name": "nobody", "tenants": []}], "t1", None, "rest"),
 ]
 
 
-@pytest.mark.parametrize(("rules", "tenant", "region", "expected"), [r[1:] for r in RESOLUTION], ids=[r[0] for r in RESOLUTION])
+@pytest.mark.parametrize(
+    ("rules", "tenant", "region", "expected"), [r[1:] for r in RESOLUTION], ids=[r[0] for r in RESOLUTION]
+)
 def test_cohort_resolution(rules: list[dict[str, Any]], tenant: str, region: str | None, expected: str) -> None:
     cfg = config(*rules)
     assert cfg.resolve(ENV, CHANNEL, tenant, region) == expected
@@ -197,7 +261,9 @@ def test_bucket_follows_the_contract_formula(tenant: str) -> None:
 def test_bucket_depends_on_env_and_channel() -> None:
     sample = TENANTS[:200]
     assert [tenant_bucket("prod", "canary", t) for t in sample] != [tenant_bucket("prod", "stable", t) for t in sample]
-    assert [tenant_bucket("prod", "canary", t) for t in sample] != [tenant_bucket("staging", "canary", t) for t in sample]
+    assert [tenant_bucket("prod", "canary", t) for t in sample] != [
+        tenant_bucket("staging", "canary", t) for t in sample
+    ]
 
 
 # ---- distribution -----------------------------------------------------------------------------
@@ -208,7 +274,11 @@ def buckets() -> list[int]:
     return [tenant_bucket(ENV, CHANNEL, t) for t in TENANTS]
 
 
-@pytest.mark.parametrize(("lo", "hi"), [(0, 1000), (0, 100), (0, 5000), (2500, 5000), (9000, 10000)], ids=["10%", "1%", "50%", "mid-25%", "top-10%"])
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(0, 1000), (0, 100), (0, 5000), (2500, 5000), (9000, 10000)],
+    ids=["10%", "1%", "50%", "mid-25%", "top-10%"],
+)
 def test_percent_cohort_gets_its_share_within_one_point(buckets: list[int], lo: int, hi: int) -> None:
     share = sum(lo <= b < hi for b in buckets) / len(buckets)
     expected = (hi - lo) / BUCKETS
@@ -238,7 +308,11 @@ IN_FIRST_PERCENT = [t for t in TENANTS[:20_000] if tenant_bucket(ENV, CHANNEL, t
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(tenant=st.text(min_size=1, max_size=20), above=st.integers(min_value=1, max_value=BUCKETS), grow=st.integers(min_value=0, max_value=BUCKETS))
+@given(
+    tenant=st.text(min_size=1, max_size=20),
+    above=st.integers(min_value=1, max_value=BUCKETS),
+    grow=st.integers(min_value=0, max_value=BUCKETS),
+)
 def test_growing_a_ramp_never_drops_a_tenant(tenant: str, above: int, grow: int) -> None:
     """A ramp [0, hi) that holds the tenant still holds it once widened to [0, hi + grow)."""
     hi = min(BUCKETS, tenant_bucket(ENV, CHANNEL, tenant) + above)  # the tenant is inside by construction
@@ -248,7 +322,11 @@ def test_growing_a_ramp_never_drops_a_tenant(tenant: str, above: int, grow: int)
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(tenant=st.text(min_size=1, max_size=20), hi=st.integers(min_value=1, max_value=BUCKETS), grow=st.integers(min_value=0, max_value=BUCKETS))
+@given(
+    tenant=st.text(min_size=1, max_size=20),
+    hi=st.integers(min_value=1, max_value=BUCKETS),
+    grow=st.integers(min_value=0, max_value=BUCKETS),
+)
 def test_ramp_membership_is_monotone_in_the_upper_bound(tenant: str, hi: int, grow: int) -> None:
     wider = min(BUCKETS, hi + grow)
     in_narrow = config({"name": "early", "percent": [0, hi]}).resolve(ENV, CHANNEL, tenant) == "early"
@@ -277,10 +355,19 @@ def test_ramp_monotone_over_the_population(buckets: list[int]) -> None:
 
 def test_a_channels_thresholds_and_a_releases_are_one_model_with_the_same_json() -> None:
     assert Thresholds is TheModel
-    doc = {"error_rate_max": 0.05, "latency_p95_ms_max": 250, "tickets_max": 3, "trace_coverage_min": 0.9,
-           "new_error_classes": "ignore", "statistical": "enforce", "a_newer_threshold": 1}
+    doc = {
+        "error_rate_max": 0.05,
+        "latency_p95_ms_max": 250,
+        "tickets_max": 3,
+        "trace_coverage_min": 0.9,
+        "new_error_classes": "ignore",
+        "statistical": "enforce",
+        "a_newer_threshold": 1,
+    }
     # as stored in `channel.configured` (the operator's file is checked strictly: services/actions/producer.py)
-    cfg = ChannelConfig.model_validate({**cohorts(), "monitoring": {"window_s": 90, "min_samples": 2, "thresholds": doc}})
+    cfg = ChannelConfig.model_validate(
+        {**cohorts(), "monitoring": {"window_s": 90, "min_samples": 2, "thresholds": doc}}
+    )
     assert type(cfg.monitoring.thresholds) is Thresholds
     release = Monitoring.model_validate({"window_s": 90, "min_samples": 2, "thresholds": doc})
     # what a channel stores and what a release carries serialise alike, extra fields kept

@@ -7,6 +7,7 @@ from services.cli.common import run_async
 
 class Huge:
     """Stands for a replayed world: formatting it is the cost to avoid."""
+
     reprs = 0
 
     def __repr__(self) -> str:

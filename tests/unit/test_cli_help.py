@@ -43,8 +43,11 @@ def test_version() -> None:
 def test_every_operator_decision_takes_its_rationale_as_m() -> None:
     """One flag for the why of every decision (`kxr release rollback` took only --reason)."""
     release = typer.main.get_command(app).commands["release"]
-    missing = [verb for verb in ("pause", "resume", "abort", "promote", "extend", "rollback", "close")
-               if not any("-m" in p.opts and "--rationale" in p.opts for p in release.commands[verb].params)]
+    missing = [
+        verb
+        for verb in ("pause", "resume", "abort", "promote", "extend", "rollback", "close")
+        if not any("-m" in p.opts and "--rationale" in p.opts for p in release.commands[verb].params)
+    ]
     assert not missing, missing
 
 
@@ -71,7 +74,9 @@ def test_help_loads_neither_nats_nor_the_event_model() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys; import services.cli.main; "
-             "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'aiohttp', 'pydantic', 'events', 'projections'}))")
+    probe = (
+        "import sys; import services.cli.main; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'aiohttp', 'pydantic', 'events', 'projections'}))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

@@ -10,13 +10,16 @@ from services.cli.common import CliError
 from services.cli.release import _request_options
 
 
-@pytest.mark.parametrize("rollback,window,min_samples,says", [
-    ("sideways", None, None, "--rollback 'sideways'"),
-    ("lkg", -1, 2, "--window -1"),
-    ("lkg", 60, 0, "--min-samples 0"),
-    ("lkg", 60, None, "--window needs --min-samples"),
-    ("lkg", None, 3, "--min-samples needs --window"),
-])
+@pytest.mark.parametrize(
+    "rollback,window,min_samples,says",
+    [
+        ("sideways", None, None, "--rollback 'sideways'"),
+        ("lkg", -1, 2, "--window -1"),
+        ("lkg", 60, 0, "--min-samples 0"),
+        ("lkg", 60, None, "--window needs --min-samples"),
+        ("lkg", None, 3, "--min-samples needs --window"),
+    ],
+)
 def test_a_bad_option_is_one_clear_error(rollback, window, min_samples, says) -> None:
     with pytest.raises(CliError) as refused:
         _request_options(rollback, window, min_samples)

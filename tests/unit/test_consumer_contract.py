@@ -26,7 +26,18 @@ from services.consumers.reactor import MAX_DELIVER, Failed, ReleaseReactor
 from services.consumers.verifier import Verifier
 from services.settings import Settings
 
-from .test_decisions import LATER, ctx, history, monitoring_log, prepared_release, requested_log, rolling_back_log, single_event, state, verified_log
+from .test_decisions import (
+    LATER,
+    ctx,
+    history,
+    monitoring_log,
+    prepared_release,
+    requested_log,
+    rolling_back_log,
+    single_event,
+    state,
+    verified_log,
+)
 from .test_projections import P1, Log
 
 CONSUMERS = Path(__file__).resolve().parents[2] / "services" / "consumers"
@@ -59,7 +70,10 @@ def test_no_consumer_imports_the_app() -> None:
             else:
                 continue
             for name in names:
-                assert name not in ("services.app", "..app", "...app") and not name.endswith("services.app"), (path, name)
+                assert name not in ("services.app", "..app", "...app") and not name.endswith("services.app"), (
+                    path,
+                    name,
+                )
 
 
 # ---- what each consumer writes when it cannot go on (pure) ---------------------------------------
@@ -70,16 +84,24 @@ def _fail(consumer: type[ReleaseReactor], release, world=None, failed: Failed = 
 def test_preparer_fails_closed_with_a_rejection_that_says_why() -> None:
     event = single_event(_fail(Preparer, state(requested_log())[1]))
     assert event.type == "release.rejected"
-    assert [(r.code, r.message) for r in event.data.reasons] == [("preflight", "pre-flight could not evaluate the request: RuntimeError: boom")]
+    assert [(r.code, r.message) for r in event.data.reasons] == [
+        ("preflight", "pre-flight could not evaluate the request: RuntimeError: boom")
+    ]
 
 
 def test_distributor_fails_closed_on_an_unreadable_store_as_before() -> None:
-    event = single_event(_fail(Distributor, prepared_release(), failed=Failed("store_unreadable", "TimeoutError: x", "distribution")))
+    event = single_event(
+        _fail(Distributor, prepared_release(), failed=Failed("store_unreadable", "TimeoutError: x", "distribution"))
+    )
     assert event.type == "release.verification_failed"
     assert (event.data.gate, event.data.code) == ("distribution", "store_unreadable")
     assert event.data.message == "the pack store could not be read: TimeoutError: x"
     other = single_event(_fail(Distributor, prepared_release()))
-    assert (other.data.gate, other.data.code, other.data.message) == ("distribution", "internal_error", "RuntimeError: boom")
+    assert (other.data.gate, other.data.code, other.data.message) == (
+        "distribution",
+        "internal_error",
+        "RuntimeError: boom",
+    )
 
 
 def test_verifier_fails_closed_at_the_gate_it_names() -> None:
@@ -127,8 +149,11 @@ class _Port(SimpleNamespace):
         async def wait_for(seq, timeout=None) -> None:
             return None
 
-        super().__init__(follower=SimpleNamespace(world=world, undecodable={}, catch_up=catch_up, wait_for=wait_for),
-                         subjects=Subjects("kx"), emitted=[])
+        super().__init__(
+            follower=SimpleNamespace(world=world, undecodable={}, catch_up=catch_up, wait_for=wait_for),
+            subjects=Subjects("kx"),
+            emitted=[],
+        )
 
     def ctx(self, service: str):
         return ctx(service)
@@ -157,7 +182,8 @@ async def test_an_exception_is_retried_then_fails_the_release_closed_saying_why(
     event = single_event(port.emitted)
     assert event.type == "release.rejected"
     assert event.data.reasons[0].message == (
-        f"pre-flight could not evaluate the request: preparer gave up after {MAX_DELIVER} deliveries: RuntimeError: boom")
+        f"pre-flight could not evaluate the request: preparer gave up after {MAX_DELIVER} deliveries: RuntimeError: boom"
+    )
     assert event.occurred_at == LATER
 
 
@@ -172,7 +198,9 @@ async def test_without_a_fitting_event_the_last_failure_stays_a_dead_letter() ->
 
     port = _Port(log.world())
     with pytest.raises(RuntimeError, match="boom"):
-        await Broken(port).handle(SimpleNamespace(subject="kx.release.r1.rejected", metadata=_msg(MAX_DELIVER).metadata))
+        await Broken(port).handle(
+            SimpleNamespace(subject="kx.release.r1.rejected", metadata=_msg(MAX_DELIVER).metadata)
+        )
     assert port.emitted == []
 
 

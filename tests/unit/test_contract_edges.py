@@ -14,10 +14,10 @@ from projections.snapshot import dump_world, load_world
 from projections.world import PROBLEM_REASON_MAX, apply, apply_undecodable, fold
 from services.actions import operator as ops
 from services.cli.channel import channel_shown
-from services.jetstream.log_reads import fold_entry, position_of
 from services.cli.views import channel_tables
 from services.consumers.outputs import Ctx
 from services.consumers.preparer import preflight
+from services.jetstream.log_reads import fold_entry, position_of
 from services.jetstream.reader import RawEntry
 from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, NOW, OPERATOR, P0, Log
 
@@ -41,7 +41,9 @@ def test_an_undecodable_channel_config_is_a_problem_over_the_older_config() -> N
     world = junk(log.world(), 7, CHANNEL_SUBJECT)
     problem = world.channel_problem(ENV, CH)
     assert (problem.seq, problem.reason) == (7, "data.cohorts: Input should be a valid list")
-    assert problem.describe() == "channel config at seq 7 could not be decoded: data.cohorts: Input should be a valid list"
+    assert (
+        problem.describe() == "channel config at seq 7 could not be decoded: data.cohorts: Input should be a valid list"
+    )
     assert world.channel_state(ENV, CH).seq == 1  # the readable one is kept, and shown as older
     assert world.applied_seq == 7
 
@@ -55,7 +57,9 @@ def test_a_valid_config_after_the_problem_settles_it() -> None:
 
 
 def test_load_worlds_step_records_why_a_channel_entry_did_not_decode() -> None:
-    entry = RawEntry(seq=3, subject=CHANNEL_SUBJECT, data=b'{"type": "channel.configured"', headers={}, stored_at=None, pending=0)
+    entry = RawEntry(
+        seq=3, subject=CHANNEL_SUBJECT, data=b'{"type": "channel.configured"', headers={}, stored_at=None, pending=0
+    )
     problem = fold_entry(fold([]), entry, position_of(entry), None, S).channel_problem(ENV, CH)
     assert problem.seq == 3 and "malformed JSON" in problem.reason
 
@@ -110,11 +114,16 @@ def test_operator_actions_follow_junk_on_the_release_subject() -> None:
     log.through_verified("r1")
     log.activate("r1", 0, ["internal"])
     log.started("r1", 0, ["internal"])
-    entry = RawEntry(seq=50, subject=S.release("r1", "requested"), data=b"\x00junk", headers={}, stored_at=None, pending=0)
+    entry = RawEntry(
+        seq=50, subject=S.release("r1", "requested"), data=b"\x00junk", headers={}, stored_at=None, pending=0
+    )
     world = fold_entry(log.world(), entry, position_of(entry), None, S)
     now = NOW + timedelta(hours=1)
-    for action in (ops.pause(world, "r1", "look", OPERATOR, now), ops.abort(world, "r1", "stop", OPERATOR, now),
-                   ops.rollback(world, "r1", "operator", "why", OPERATOR, now)):
+    for action in (
+        ops.pause(world, "r1", "look", OPERATOR, now),
+        ops.abort(world, "r1", "stop", OPERATOR, now),
+        ops.rollback(world, "r1", "operator", "why", OPERATOR, now),
+    ):
         assert action.expected_seq == 50  # the log's real last sequence on kx.release.r1.*
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -14,20 +14,20 @@ import pytest
 from referencing import Registry, Resource
 
 from events.canonical import compact_bytes
-from events.subjects import Subjects
-from events.codec import DecodeError, decode_event, encode_event
 from events.channel import ChannelConfig
+from events.codec import DecodeError, decode_event, encode_event
 from events.model import PAYLOADS, Actor, Scope
 from events.signing import SigningKey
+from events.subjects import Subjects
 from projections.position import Position
 from projections.world import apply, fold
 from services.actions import operator
+from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import pinner
 from services.contracts.catalog import channels, subject_matches
 from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
 from services.contracts.schemas import EVENT_ANY, schema_files
-from services.actions.producer import build_signed, manifest_bytes
 from services.verification.gates import VerifyContext, check_manifest
 from tests.harness import CHANNEL, trust_root_for
 from tests.unit.test_replay_decisions import HISTORIES, load
@@ -61,16 +61,29 @@ def test_committed_schemas_are_the_generated_ones() -> None:
     found = drift(SCHEMAS, FILES)
     assert not found.changed and not found.stale, (
         f"docs/schemas is out of date (differs: {list(found.changed)}, stale: {list(found.stale)}); "
-        "regenerate with: kxr schema export docs/schemas")
+        "regenerate with: kxr schema export docs/schemas"
+    )
 
 
 @pytest.mark.parametrize("name,flags", [("asyncapi.json", []), ("asyncapi.yaml", ["--yaml"])])
 def test_committed_asyncapi_is_what_faststream_generates(tmp_path: Path, name: str, flags: list[str]) -> None:
     out = tmp_path / name
-    command = ["faststream", "docs", "gen", "services.contracts.asyncapi_app:app", *flags, "--out", f"docs/asyncapi/{name}"]
-    run = subprocess.run([sys.executable, "-m", *command[:-1], str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    command = [
+        "faststream",
+        "docs",
+        "gen",
+        "services.contracts.asyncapi_app:app",
+        *flags,
+        "--out",
+        f"docs/asyncapi/{name}",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", *command[:-1], str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, f"faststream docs gen failed: {run.stderr[-2000:]}"
-    assert (ASYNCAPI / name).read_text() == out.read_text(), f"docs/asyncapi/{name} is out of date; regenerate with: {' '.join(command)}"
+    assert (ASYNCAPI / name).read_text() == out.read_text(), (
+        f"docs/asyncapi/{name} is out of date; regenerate with: {' '.join(command)}"
+    )
 
 
 def test_export_writes_exactly_the_generated_files_and_removes_stale_ones(tmp_path: Path) -> None:
@@ -109,18 +122,32 @@ def test_subject_matching_follows_nats_wildcards() -> None:
 # ---- real events validate -----------------------------------------------------------------------------
 def _made_by_operators(entries) -> list:
     """Operator and pin decisions the code makes on a recorded world (types the recording lacks)."""
-    in_flight = next(i for i, (_, e) in enumerate(entries) if e.release_id == "regressed" and e.type == "release.monitoring_started")
+    in_flight = next(
+        i for i, (_, e) in enumerate(entries) if e.release_id == "regressed" and e.type == "release.monitoring_started"
+    )
     world = fold(entries[: in_flight + 1])
     now = entries[in_flight][1].occurred_at
     paused = operator.pause(world, "regressed", "looking at a graph", OPERATOR, now).event
-    made = [paused, operator.annotate(world, "regressed", "", "https://status.example/1", OPERATOR, now).event,
-            operator.abort(world, "regressed", "wrong pack", OPERATOR, now).event,
-            operator.rollback(world, "regressed", "tenant_impact", "tickets", OPERATOR, now).event]
-    made.append(operator.resume(apply(world, Position(10_000, "kx.release.regressed.paused"), paused), "regressed", "ok", OPERATOR, now).event)
+    made = [
+        paused,
+        operator.annotate(world, "regressed", "", "https://status.example/1", OPERATOR, now).event,
+        operator.abort(world, "regressed", "wrong pack", OPERATOR, now).event,
+        operator.rollback(world, "regressed", "tenant_impact", "tickets", OPERATOR, now).event,
+    ]
+    made.append(
+        operator.resume(
+            apply(world, Position(10_000, "kx.release.regressed.paused"), paused), "regressed", "ok", OPERATOR, now
+        ).event
+    )
     end = fold(entries)
     scope = Scope(env="prod", channel="canary", cohort="internal")
     pinned, _ = pinner.pin(end, scope, "1.0.0", now + timedelta(days=1), "audit baseline", OPERATOR, now)
-    made += [pinned, pinner.unpin(apply(end, Position(10_001, "kx.scope.prod.canary.internal.pinned"), pinned), scope, "done", OPERATOR, now)[0]]
+    made += [
+        pinned,
+        pinner.unpin(
+            apply(end, Position(10_001, "kx.scope.prod.canary.internal.pinned"), pinned), scope, "done", OPERATOR, now
+        )[0],
+    ]
     return made
 
 
@@ -134,7 +161,13 @@ def test_every_event_of_a_recorded_run_and_of_operator_decisions_fits_its_schema
         doc = json.loads(encode_event(event))
         EVENTS.validate(doc)
         validator(f"events/{event.type}.schema.json").validate(doc)
-    assert {e.type for e in events} >= {"release.paused", "release.resumed", "scope.pinned", "scope.unpinned", "release.closed"}
+    assert {e.type for e in events} >= {
+        "release.paused",
+        "release.resumed",
+        "scope.pinned",
+        "scope.unpinned",
+        "release.closed",
+    }
 
 
 def _mutations(doc: dict) -> dict[str, dict]:
@@ -161,8 +194,10 @@ def test_schemas_reject_what_the_decoder_rejects() -> None:
             decode_event(compact_bytes(bad))
         assert not EVENTS.is_valid(bad), f"the schema accepts an event the decoder rejects: {why}"
     activated = json.loads(encode_event(next(e for e in _recorded() if e.type == "scope.activated")))
-    for bad in ({**activated, "data": {**activated["data"], "pack": {**activated["data"]["pack"], "digest": "sha256:abc"}}},
-                {**activated, "data": {**activated["data"], "kind": "teleport"}}):
+    for bad in (
+        {**activated, "data": {**activated["data"], "pack": {**activated["data"]["pack"], "digest": "sha256:abc"}}},
+        {**activated, "data": {**activated["data"], "kind": "teleport"}},
+    ):
         with pytest.raises(DecodeError):
             decode_event(compact_bytes(bad))
         assert not EVENTS.is_valid(bad)
@@ -192,15 +227,36 @@ KEY = SigningKey.from_raw(bytes(range(32)))
 
 
 def _signed() -> dict:
-    return build_signed(b"pack", name="kb", version="1.0.0", schema="kx-pack/1", profile="standard", runtime=">=2.3,<3",
-                        build_id="b1", builder="kx-pipeline", run="r1", source="https://git.example/kb", revision="abc")
+    return build_signed(
+        b"pack",
+        name="kb",
+        version="1.0.0",
+        schema="kx-pack/1",
+        profile="standard",
+        runtime=">=2.3,<3",
+        build_id="b1",
+        builder="kx-pipeline",
+        run="r1",
+        source="https://git.example/kb",
+        revision="abc",
+    )
 
 
 def _verifier_accepts(doc: dict) -> bool:
     """The verifier's verdict on shape and schema alone (signatures made valid, later gates ignored)."""
     signed = doc.get("signed") if isinstance(doc, dict) else None
-    ctx = VerifyContext(request_name="kb", request_version="1.0.0", request_digest="", env="prod", channel="canary", cohorts=("all",),
-                        channel_config=None, active={}, trust_root=trust_root_for(KEY), now=datetime.now(timezone.utc))
+    ctx = VerifyContext(
+        request_name="kb",
+        request_version="1.0.0",
+        request_digest="",
+        env="prod",
+        channel="canary",
+        cohorts=("all",),
+        channel_config=None,
+        active={},
+        trust_root=trust_root_for(KEY),
+        now=datetime.now(UTC),
+    )
     v = check_manifest(compact_bytes(doc), ctx)
     assert v.failure is None or v.failure.gate in ("manifest", "identity"), (signed, v.failure)
     return v.failure is None or v.failure.gate != "manifest"
@@ -234,7 +290,8 @@ def test_channel_config_schema_agrees_with_the_model_on_shape() -> None:
     schema = validator("channel-config.schema.json")
     good = ChannelConfig.model_validate(CHANNEL).model_dump(mode="json", by_alias=True)
     cases = {
-        "as configured": good, "the default": {},
+        "as configured": good,
+        "the default": {},
         "window_s zero": {**good, "monitoring": {**good["monitoring"], "window_s": 0}},
         "cohort name with a space": {**good, "cohorts": [{"name": "a b"}]},
         "percent of three": {**good, "cohorts": [{"name": "a", "percent": [0, 1, 2]}, {"name": "rest"}], "plan": None},

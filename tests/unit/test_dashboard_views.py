@@ -30,7 +30,11 @@ def test_overview_groups_scopes_and_splits_in_flight_from_finished() -> None:
     window = window_view(world.release("r1"), evidence_of("r1", log.entries()), log.clock, None)
     model = overview(world, log.clock, {"r1": window})
     [group] = model["scopes"]
-    assert (group["env"], group["channel"], [c["cohort"] for c in group["cohorts"]]) == ("prod", "canary", ["internal", "rest"])
+    assert (group["env"], group["channel"], [c["cohort"] for c in group["cohorts"]]) == (
+        "prod",
+        "canary",
+        ["internal", "rest"],
+    )
     internal = group["cohorts"][0]
     assert (internal["version"], internal["lkg"], internal["release"]) == ("1.0.0", "0.9.0", "r1")
     assert internal["pinned"].startswith("1.0.0 until ")
@@ -51,12 +55,29 @@ def test_every_value_from_the_log_is_escaped() -> None:
     html = "".join(pages.release_sections(view, evidence_of("r1", log.entries())).values())
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "href='javascript" not in html and 'href="javascript' not in html
-    row = {"release": "r1", "pack": HOSTILE, "target": "a/b", "phase": "monitoring", "stage": "1/2", "why": HOSTILE, "window": None}
-    assert "<script>" not in pages.releases_section([row]) and "<script>" not in pages.page(HOSTILE, "/api/stream", {"x": ""})
+    row = {
+        "release": "r1",
+        "pack": HOSTILE,
+        "target": "a/b",
+        "phase": "monitoring",
+        "stage": "1/2",
+        "why": HOSTILE,
+        "window": None,
+    }
+    assert "<script>" not in pages.releases_section([row]) and "<script>" not in pages.page(
+        HOSTILE, "/api/stream", {"x": ""}
+    )
 
 
-@pytest.mark.parametrize("text, addr", [("8080", ("127.0.0.1", 8080)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
-                                        ("[::1]:8081", ("::1", 8081)), ("localhost:0", ("localhost", 0))])
+@pytest.mark.parametrize(
+    "text, addr",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        ("[::1]:8081", ("::1", 8081)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
 def test_dashboard_addresses(text, addr) -> None:
     assert parse_addr(text) == addr
 
@@ -70,7 +91,11 @@ def test_bad_dashboard_addresses_are_one_clear_error(text) -> None:
 def test_loopback_and_host_headers() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
     assert [_host_only(h) for h in ("localhost:8080", "127.0.0.1", "[::1]:8080", "evil.example:80")] == [
-        "localhost", "127.0.0.1", "[::1]", "evil.example"]
+        "localhost",
+        "127.0.0.1",
+        "[::1]",
+        "evil.example",
+    ]
 
 
 def test_the_dashboard_imports_nothing_from_the_cli() -> None:
@@ -83,7 +108,12 @@ def test_the_dashboard_imports_nothing_from_the_cli() -> None:
     borrowed = []
     for path in Path(services.dashboard.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             borrowed += [f"{path.name}: {n}" for n in names if n.startswith("services.cli")]
     assert not borrowed, borrowed

@@ -15,10 +15,9 @@ from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_targets
 from projections.world import World
-from services.consumers import activator, distributor, preparer, promoter
-from services.consumers import monitor
-from services.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
+from services.consumers import activator, distributor, monitor, preparer, promoter
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Timer
+from services.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
 
 from .test_projections import CH, CHANNEL_DOC, ENV, NOW, P0, P1, P2, STAGES, Log, manifest_of
 
@@ -80,18 +79,44 @@ def ids_of(outputs: list) -> list[str]:
     return out
 
 
-def sample(rid: str = "rt-1", requests: int = 100, errors: int = 0, p95: float = 100.0, p99: float = 200.0,
-           classes: dict[str, int] | None = None, mismatches: int | None = None, checked: int | None = None, d: str = P1["digest"]) -> HealthSample:
-    body: dict[str, Any] = {"runtime_id": rid, "digest": d, "at": NOW.isoformat(), "kind": "sample", "requests": requests, "errors": errors,
-                            "latency_ms": {"p95": p95, "p99": p99}, "error_classes": classes or {}}
+def sample(
+    rid: str = "rt-1",
+    requests: int = 100,
+    errors: int = 0,
+    p95: float = 100.0,
+    p99: float = 200.0,
+    classes: dict[str, int] | None = None,
+    mismatches: int | None = None,
+    checked: int | None = None,
+    d: str = P1["digest"],
+) -> HealthSample:
+    body: dict[str, Any] = {
+        "runtime_id": rid,
+        "digest": d,
+        "at": NOW.isoformat(),
+        "kind": "sample",
+        "requests": requests,
+        "errors": errors,
+        "latency_ms": {"p95": p95, "p99": p99},
+        "error_classes": classes or {},
+    }
     if checked is not None:
         body["correctness"] = {"mismatches": mismatches or 0, "checked": checked}
     return HealthSample.model_validate(body)
 
 
 def activation(rid: str = "rt-1", ok: bool = True, error: str | None = None, took_ms: float = 50.0) -> HealthSample:
-    return HealthSample.model_validate({"runtime_id": rid, "digest": P1["digest"], "at": NOW.isoformat(), "kind": "activation",
-                                        "ok": ok, "error": error, "took_ms": took_ms})
+    return HealthSample.model_validate(
+        {
+            "runtime_id": rid,
+            "digest": P1["digest"],
+            "at": NOW.isoformat(),
+            "kind": "activation",
+            "ok": ok,
+            "error": error,
+            "took_ms": took_ms,
+        }
+    )
 
 
 def monitoring(min_samples: int = 1, **thresholds: Any) -> Monitoring:
@@ -125,8 +150,14 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
     assert p.pack.digest == P1["digest"] and (p.target.env, p.target.channel) == (ENV, CH)
     assert (p.owner, p.escalation) == ("kb-team", "pager:kb")
     assert [i.item for i in p.checklist] == [
-        "target_exists", "cohort_plan_valid", "monitoring_window", "monitoring_min_samples",
-        "cohorts_to_roll_out", "rollback_target", "observability", "owner_and_escalation",
+        "target_exists",
+        "cohort_plan_valid",
+        "monitoring_window",
+        "monitoring_min_samples",
+        "cohorts_to_roll_out",
+        "rollback_target",
+        "observability",
+        "owner_and_escalation",
     ]
     assert all(i.ok for i in p.checklist)
     assert event.release_id == "r1" and event.causation_id == state(requested_log())[1].last_event_id
@@ -135,7 +166,9 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
 
 def test_preparer_uses_the_requested_plan_and_monitoring() -> None:
     # (issue 13: a requested plan may no longer merge channel stages, so this one covers `rest` alone)
-    log = requested_log(plan=[["rest"]], monitoring={"window_s": 600, "min_samples": 5, "thresholds": {"latency_p95_ms_max": 300}})
+    log = requested_log(
+        plan=[["rest"]], monitoring={"window_s": 600, "min_samples": 5, "thresholds": {"latency_p95_ms_max": 300}}
+    )
     p = single_event(prepare(log)).data
     assert p.stages == [["rest"]]
     assert (p.monitoring.window_s, p.monitoring.min_samples) == (600, 5)
@@ -183,37 +216,69 @@ def test_preparer_ignores_an_expired_pin() -> None:
 
 REJECTIONS = [
     # (id, log builder, health, expected failed items, needle in the first reason)
-    ("unconfigured-channel",
-     lambda: requested_log(with_history=False, rollback={"strategy": "none"}),
-     None, ["target_exists"], "channel prod/canary has no configuration"),
-    ("unknown-cohort-in-plan",
-     lambda: requested_log(plan=[["ghost"]], rollback={"strategy": "none"}),
-     None, ["cohort_plan_valid"], "unknown cohorts ['ghost']"),
-    ("cohort-named-twice",
-     lambda: requested_log(plan=[["internal"], ["internal", "rest"]]),
-     None, ["cohort_plan_valid"], "cohorts named twice ['internal']"),
-    ("window-below-channel-minimum",
-     lambda: requested_log(monitoring={"window_s": 30, "min_samples": 2}),
-     None, ["monitoring_window"], "window 30s (channel minimum 60s)"),
-    ("min-samples-below-channel-minimum",
-     lambda: requested_log(monitoring={"window_s": 60, "min_samples": 1}),
-     None, ["monitoring_min_samples"], "min_samples 1 (channel minimum 2)"),
-    ("strategy-none-on-an-active-scope",
-     lambda: requested_log(rollback={"strategy": "none"}),
-     None, ["rollback_target"], "internal has had an active pack, so rollback strategy 'none' is not allowed"),
-    ("no-lkg-never-activated-with-hint",
-     lambda: (lambda log: (log.channel(), log.requested("r1", acknowledge_no_health=True), log)[-1])(Log()),
-     None, ["rollback_target"], "internal has no last-known-good pack (request rollback strategy 'none' for a never-activated scope)"),
-    ("no-health-reporters",
-     lambda: requested_log(acknowledge_no_health=False),
-     {"internal": 2, "rest": 0}, ["observability"], "for ['rest'] (set acknowledge_no_health to proceed)"),
-    ("blank-owner",
-     lambda: requested_log(owner="  "),
-     None, ["owner_and_escalation"], "owner '  '"),
+    (
+        "unconfigured-channel",
+        lambda: requested_log(with_history=False, rollback={"strategy": "none"}),
+        None,
+        ["target_exists"],
+        "channel prod/canary has no configuration",
+    ),
+    (
+        "unknown-cohort-in-plan",
+        lambda: requested_log(plan=[["ghost"]], rollback={"strategy": "none"}),
+        None,
+        ["cohort_plan_valid"],
+        "unknown cohorts ['ghost']",
+    ),
+    (
+        "cohort-named-twice",
+        lambda: requested_log(plan=[["internal"], ["internal", "rest"]]),
+        None,
+        ["cohort_plan_valid"],
+        "cohorts named twice ['internal']",
+    ),
+    (
+        "window-below-channel-minimum",
+        lambda: requested_log(monitoring={"window_s": 30, "min_samples": 2}),
+        None,
+        ["monitoring_window"],
+        "window 30s (channel minimum 60s)",
+    ),
+    (
+        "min-samples-below-channel-minimum",
+        lambda: requested_log(monitoring={"window_s": 60, "min_samples": 1}),
+        None,
+        ["monitoring_min_samples"],
+        "min_samples 1 (channel minimum 2)",
+    ),
+    (
+        "strategy-none-on-an-active-scope",
+        lambda: requested_log(rollback={"strategy": "none"}),
+        None,
+        ["rollback_target"],
+        "internal has had an active pack, so rollback strategy 'none' is not allowed",
+    ),
+    (
+        "no-lkg-never-activated-with-hint",
+        lambda: (lambda log: (log.channel(), log.requested("r1", acknowledge_no_health=True), log)[-1])(Log()),
+        None,
+        ["rollback_target"],
+        "internal has no last-known-good pack (request rollback strategy 'none' for a never-activated scope)",
+    ),
+    (
+        "no-health-reporters",
+        lambda: requested_log(acknowledge_no_health=False),
+        {"internal": 2, "rest": 0},
+        ["observability"],
+        "for ['rest'] (set acknowledge_no_health to proceed)",
+    ),
+    ("blank-owner", lambda: requested_log(owner="  "), None, ["owner_and_escalation"], "owner '  '"),
 ]
 
 
-@pytest.mark.parametrize(("build", "health", "failed", "needle"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS])
+@pytest.mark.parametrize(
+    ("build", "health", "failed", "needle"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS]
+)
 def test_preparer_rejects_naming_the_failed_item(build, health, failed: list[str], needle: str) -> None:
     event = single_event(prepare(build(), health))
     assert event.type == "release.rejected"
@@ -232,14 +297,31 @@ def test_preparer_no_lkg_without_hint_for_a_scope_that_was_active() -> None:
 
 
 def test_preparer_rejection_lists_every_failed_item() -> None:
-    log = requested_log(plan=[["internal"], ["ghost"]], monitoring={"window_s": 10, "min_samples": 1},
-                        rollback={"strategy": "none"}, owner=" ", acknowledge_no_health=False)
+    log = requested_log(
+        plan=[["internal"], ["ghost"]],
+        monitoring={"window_s": 10, "min_samples": 1},
+        rollback={"strategy": "none"},
+        owner=" ",
+        acknowledge_no_health=False,
+    )
     reasons = single_event(prepare(log, {"internal": 1})).data.reasons
     assert [r.code for r in reasons] == [
-        "cohort_plan_valid", "monitoring_window", "monitoring_min_samples", "rollback_target", "observability", "owner_and_escalation",
+        "cohort_plan_valid",
+        "monitoring_window",
+        "monitoring_min_samples",
+        "rollback_target",
+        "observability",
+        "owner_and_escalation",
     ]
     text = " | ".join(r.message for r in reasons)
-    for needle in ("unknown cohorts ['ghost']", "window 10s", "min_samples 1", "internal has had an active pack", "['ghost']", "owner ' '"):
+    for needle in (
+        "unknown cohorts ['ghost']",
+        "window 10s",
+        "min_samples 1",
+        "internal has had an active pack",
+        "['ghost']",
+        "owner ' '",
+    ):
         assert needle in text, text
 
 
@@ -266,29 +348,66 @@ def test_preparer_acts_only_on_requested(phase_story: str) -> None:
 
 def test_effective_monitoring() -> None:
     cfg = history(Log()).world().channel_config(ENV, CH)
-    assert preparer.effective_monitoring(None, cfg) == Monitoring(window_s=60, min_samples=2, thresholds={"error_rate_max": 0.05})
+    assert preparer.effective_monitoring(None, cfg) == Monitoring(
+        window_s=60, min_samples=2, thresholds={"error_rate_max": 0.05}
+    )
     no_thresholds = preparer.effective_monitoring(Monitoring(window_s=90, min_samples=3), cfg)
     assert (no_thresholds.window_s, no_thresholds.min_samples, no_thresholds.thresholds.error_rate_max) == (90, 3, 0.05)
-    merged = preparer.effective_monitoring(Monitoring.model_validate({"window_s": 90, "thresholds": {"error_rate_max": 0.01, "new_error_classes": "ignore"}}), cfg)
+    merged = preparer.effective_monitoring(
+        Monitoring.model_validate(
+            {"window_s": 90, "thresholds": {"error_rate_max": 0.01, "new_error_classes": "ignore"}}
+        ),
+        cfg,
+    )
     assert merged.thresholds.error_rate_max == 0.01  # a request may tighten a threshold...
     assert merged.thresholds.new_error_classes == "fail"  # ...but not switch a check off
-    looser = preparer.effective_monitoring(Monitoring.model_validate({"window_s": 90, "thresholds": {"error_rate_max": 0.5, "latency_p95_ms_max": 300}}), cfg)
+    looser = preparer.effective_monitoring(
+        Monitoring.model_validate({"window_s": 90, "thresholds": {"error_rate_max": 0.5, "latency_p95_ms_max": 300}}),
+        cfg,
+    )
     assert looser.thresholds.error_rate_max == 0.05  # ...nor loosen one
     assert looser.thresholds.latency_p95_ms_max == 300  # a threshold the channel did not set may be added
-    dropped = preparer.effective_monitoring(Monitoring.model_validate({"window_s": 90, "thresholds": {"error_rate_max": None}}), cfg)
+    dropped = preparer.effective_monitoring(
+        Monitoring.model_validate({"window_s": 90, "thresholds": {"error_rate_max": None}}), cfg
+    )
     assert dropped.thresholds.error_rate_max == 0.05
 
 
 def test_a_request_may_tighten_the_tenant_impact_and_trace_coverage_thresholds_never_loosen_them() -> None:
     cfg = history(Log()).world().channel_config(ENV, CH)
-    cfg = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(update={"thresholds": cfg.monitoring.thresholds.model_copy(
-        update={"tickets_max": 5, "escalations_max": 2, "trace_coverage_min": 0.9})})})
-    tighter = preparer.effective_monitoring(Monitoring.model_validate(
-        {"window_s": 90, "thresholds": {"tickets_max": 1, "escalations_max": 0, "trace_coverage_min": 0.99}}), cfg)
-    assert (tighter.thresholds.tickets_max, tighter.thresholds.escalations_max, tighter.thresholds.trace_coverage_min) == (1, 0, 0.99)
-    looser = preparer.effective_monitoring(Monitoring.model_validate(
-        {"window_s": 90, "thresholds": {"tickets_max": 50, "escalations_max": 9, "trace_coverage_min": 0.5}}), cfg)
-    assert (looser.thresholds.tickets_max, looser.thresholds.escalations_max, looser.thresholds.trace_coverage_min) == (5, 2, 0.9)
+    cfg = cfg.model_copy(
+        update={
+            "monitoring": cfg.monitoring.model_copy(
+                update={
+                    "thresholds": cfg.monitoring.thresholds.model_copy(
+                        update={"tickets_max": 5, "escalations_max": 2, "trace_coverage_min": 0.9}
+                    )
+                }
+            )
+        }
+    )
+    tighter = preparer.effective_monitoring(
+        Monitoring.model_validate(
+            {"window_s": 90, "thresholds": {"tickets_max": 1, "escalations_max": 0, "trace_coverage_min": 0.99}}
+        ),
+        cfg,
+    )
+    assert (
+        tighter.thresholds.tickets_max,
+        tighter.thresholds.escalations_max,
+        tighter.thresholds.trace_coverage_min,
+    ) == (1, 0, 0.99)
+    looser = preparer.effective_monitoring(
+        Monitoring.model_validate(
+            {"window_s": 90, "thresholds": {"tickets_max": 50, "escalations_max": 9, "trace_coverage_min": 0.5}}
+        ),
+        cfg,
+    )
+    assert (looser.thresholds.tickets_max, looser.thresholds.escalations_max, looser.thresholds.trace_coverage_min) == (
+        5,
+        2,
+        0.9,
+    )
 
 
 def test_preflight_returns_the_checklist_even_when_rejecting() -> None:
@@ -313,7 +432,9 @@ def prepared_release() -> ReleaseState:
 
 
 def test_distributor_records_both_objects_with_sizes() -> None:
-    event = single_event(distributor.decide(prepared_release(), ctx("distributor"), {PACK_OBJ: 4096, MANIFEST_OBJ: 900}))
+    event = single_event(
+        distributor.decide(prepared_release(), ctx("distributor"), {PACK_OBJ: 4096, MANIFEST_OBJ: 900})
+    )
     assert event.type == "release.distributed"
     assert event.data.pack.size == 4096 and event.data.pack.digest == P1["digest"]
     assert event.data.manifest == MANIFEST_OBJ == manifest_of(P1)
@@ -362,7 +483,12 @@ def test_activator_stage_zero_on_verified() -> None:
     assert (write.event.scope.env, write.event.scope.channel, write.event.scope.cohort) == (ENV, CH, "internal")
     assert write.expected_seq == world.scope(ENV, CH, "internal").active_seq > 0
     pointer = write.event.data
-    assert (pointer.pack.digest, pointer.kind, pointer.release_id, pointer.manifest) == (P1["digest"], "rollout", "r1", manifest_of(P1))
+    assert (pointer.pack.digest, pointer.kind, pointer.release_id, pointer.manifest) == (
+        P1["digest"],
+        "rollout",
+        "r1",
+        manifest_of(P1),
+    )
     assert pointer.previous.digest == P0["digest"]
     (activated,) = atomic.release_events
     assert activated.type == "release.activated"
@@ -465,7 +591,11 @@ def test_activator_rolls_back_every_cohort_in_one_atomic_batch() -> None:
     for w in atomic.scope_writes:
         scope = world.scope(ENV, CH, w.event.scope.cohort)
         assert w.expected_seq == scope.active_seq
-        assert (w.event.data.kind, w.event.data.pack.digest, w.event.data.manifest) == ("rollback", P0["digest"], manifest_of(P0))
+        assert (w.event.data.kind, w.event.data.pack.digest, w.event.data.manifest) == (
+            "rollback",
+            P0["digest"],
+            manifest_of(P0),
+        )
         assert w.event.data.previous.digest == P1["digest"]
     (done,) = atomic.release_events
     assert done.type == "release.rolled_back"
@@ -478,7 +608,11 @@ def test_activator_rolls_back_every_cohort_in_one_atomic_batch() -> None:
     [
         ({"internal": P0, "rest": None}, {}, "rest: no rollback target"),
         ({"internal": P0}, {}, "rest: no rollback target"),
-        ({"internal": P0, "rest": P2}, {P2["digest"]: "manifest expired"}, "rest: target 2.0.0 is not valid: manifest expired"),
+        (
+            {"internal": P0, "rest": P2},
+            {P2["digest"]: "manifest expired"},
+            "rest: target 2.0.0 is not valid: manifest expired",
+        ),
     ],
     ids=["none-target", "missing-target", "invalid-target"],
 )
@@ -590,7 +724,11 @@ def test_monitor_verdict_only_for_the_matching_stage() -> None:
 
 def test_monitor_breach_fails_the_window_early() -> None:
     release = state(monitoring_log())[1]
-    event = single_event(monitor.decide_breach(release, "runtime rt-1 failed to activate: boom", {"breach_runtime": "rt-1"}, ctx("monitor")))
+    event = single_event(
+        monitor.decide_breach(
+            release, "runtime rt-1 failed to activate: boom", {"breach_runtime": "rt-1"}, ctx("monitor")
+        )
+    )
     assert event.type == "release.monitoring_failed"
     assert event.data.early is True and event.data.stage == 0
     assert event.data.reason == "hard breach: runtime rt-1 failed to activate: boom"
@@ -612,15 +750,33 @@ THRESHOLD_BREACHES = [
     ("error_rate", {"error_rate_max": 0.05}, [sample("a", requests=100, errors=10)], "error_rate 0.1 breaches <= 0.05"),
     ("latency_p95_ms", {"latency_p95_ms_max": 250}, [sample("a", p95=300)], "latency_p95_ms 300 breaches <= 250"),
     ("latency_p99_ms", {"latency_p99_ms_max": 400}, [sample("a", p99=500)], "latency_p99_ms 500 breaches <= 400"),
-    ("mismatch_rate", {"mismatch_rate_max": 0.01}, [sample("a", mismatches=5, checked=100)], "mismatch_rate 0.05 breaches <= 0.01"),
-    ("activation_success_rate", {"activation_success_min": 0.9}, [sample("a"), activation("a", ok=False, error="boom"), activation("b")],
-     "activation_success_rate 0.5 breaches >= 0.9"),
-    ("new_error_classes", {}, [sample("a", errors=1, classes={"KeyError": 1})], "new_error_classes 1 breaches none_new 0 (new: KeyError)"),
+    (
+        "mismatch_rate",
+        {"mismatch_rate_max": 0.01},
+        [sample("a", mismatches=5, checked=100)],
+        "mismatch_rate 0.05 breaches <= 0.01",
+    ),
+    (
+        "activation_success_rate",
+        {"activation_success_min": 0.9},
+        [sample("a"), activation("a", ok=False, error="boom"), activation("b")],
+        "activation_success_rate 0.5 breaches >= 0.9",
+    ),
+    (
+        "new_error_classes",
+        {},
+        [sample("a", errors=1, classes={"KeyError": 1})],
+        "new_error_classes 1 breaches none_new 0 (new: KeyError)",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("metric", "thresholds", "samples", "reason"), THRESHOLD_BREACHES, ids=[t[0] for t in THRESHOLD_BREACHES])
-def test_judge_fails_naming_the_breached_metric(metric: str, thresholds: dict, samples: list[HealthSample], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("metric", "thresholds", "samples", "reason"), THRESHOLD_BREACHES, ids=[t[0] for t in THRESHOLD_BREACHES]
+)
+def test_judge_fails_naming_the_breached_metric(
+    metric: str, thresholds: dict, samples: list[HealthSample], reason: str
+) -> None:
     v = judge(samples, [], monitoring(**thresholds))
     assert v.outcome == "monitoring_failed"
     assert reason in v.reason, v.reason
@@ -641,7 +797,14 @@ def test_judge_fails_naming_the_breached_metric(metric: str, thresholds: dict, s
         ({"activation_success_min": 1.0}, [sample("a"), activation("a"), activation("b")]),
         ({"new_error_classes": "ignore"}, [sample("a", errors=1, classes={"KeyError": 1})]),
     ],
-    ids=["error-rate-at-limit", "p95-at-limit", "p99-at-limit", "mismatch-at-limit", "activation-at-min", "new-classes-ignored"],
+    ids=[
+        "error-rate-at-limit",
+        "p95-at-limit",
+        "p99-at-limit",
+        "mismatch-at-limit",
+        "activation-at-min",
+        "new-classes-ignored",
+    ],
 )
 def test_judge_passes_at_the_limit(thresholds: dict, samples: list[HealthSample]) -> None:
     v = judge(samples, [], monitoring(**thresholds))
@@ -676,7 +839,11 @@ def test_judge_breach_beats_too_few_samples() -> None:
 
 
 def test_judge_failed_activation_fails_without_a_configured_minimum() -> None:
-    v = judge([sample("a"), sample("b"), activation("a"), activation("b", ok=False, error="digest mismatch")], [], monitoring())
+    v = judge(
+        [sample("a"), sample("b"), activation("a"), activation("b", ok=False, error="digest mismatch")],
+        [],
+        monitoring(),
+    )
     assert v.outcome == "monitoring_failed"
     assert "activation_refusals 1 breaches <= 0 (refused by: b)" in v.reason  # its own comparison since issue 13
     assert v.trigger == "activation_failure"
@@ -692,9 +859,13 @@ def test_judge_passed_reason_and_counts() -> None:
 
 def test_figures() -> None:
     f = figures_of(
-        [sample("a", requests=100, errors=2, p95=100, p99=300, mismatches=1, checked=50),
-         sample("b", requests=300, errors=6, p95=200, p99=500, mismatches=1, checked=50),
-         activation("a", took_ms=30), activation("b", took_ms=10), activation("c", ok=False, error="boom", took_ms=90)],
+        [
+            sample("a", requests=100, errors=2, p95=100, p99=300, mismatches=1, checked=50),
+            sample("b", requests=300, errors=6, p95=200, p99=500, mismatches=1, checked=50),
+            activation("a", took_ms=30),
+            activation("b", took_ms=10),
+            activation("c", ok=False, error="boom", took_ms=90),
+        ],
         [],
     )
     assert (f["samples"], f["runtimes"], f["requests"], f["errors"]) == (2, 3, 400, 8)
@@ -717,10 +888,17 @@ def test_figures_without_traffic() -> None:
 
 
 def test_compare_lists_every_configured_threshold() -> None:
-    comps = compare(figures_of([sample()], []), monitoring(error_rate_max=0.1, latency_p95_ms_max=1, latency_p99_ms_max=1000, mismatch_rate_max=0.5))
+    comps = compare(
+        figures_of([sample()], []),
+        monitoring(error_rate_max=0.1, latency_p95_ms_max=1, latency_p99_ms_max=1000, mismatch_rate_max=0.5),
+    )
     assert [(c.metric, c.op) for c in comps] == [
-        ("error_rate", "<="), ("latency_p95_ms", "<="), ("latency_p99_ms", "<="), ("mismatch_rate", "<="),
-        ("activation_refusals", "<="), ("new_error_classes", "none_new"),
+        ("error_rate", "<="),
+        ("latency_p95_ms", "<="),
+        ("latency_p99_ms", "<="),
+        ("mismatch_rate", "<="),
+        ("activation_refusals", "<="),
+        ("new_error_classes", "none_new"),
     ]
     # sample() carries no correctness: no data for mismatch_rate is not ok (inconclusive, issue 13)
     assert [c.ok for c in comps] == [True, False, True, False, True, True]
@@ -730,19 +908,36 @@ def test_compare_lists_every_configured_threshold() -> None:
 
 
 HARD_BREACHES = [
-    ("activation-failed", activation("rt-9", ok=False, error="bad digest"), {}, "runtime rt-9 failed to activate: bad digest"),
+    (
+        "activation-failed",
+        activation("rt-9", ok=False, error="bad digest"),
+        {},
+        "runtime rt-9 failed to activate: bad digest",
+    ),
     ("activation-failed-no-reason", activation("rt-9", ok=False), {}, "failed to activate: no reason given"),
-    ("error-spike", sample("rt-9", requests=HARD_BREACH_MIN_REQUESTS, errors=3), {"error_rate_max": 0.05}, "error rate 0.150 over twice the threshold 0.05"),
+    (
+        "error-spike",
+        sample("rt-9", requests=HARD_BREACH_MIN_REQUESTS, errors=3),
+        {"error_rate_max": 0.05},
+        "error rate 0.150 over twice the threshold 0.05",
+    ),
     ("activation-ok", activation("rt-9"), {"error_rate_max": 0.05}, None),
     ("exactly-twice", sample(requests=20, errors=2), {"error_rate_max": 0.05}, None),
     ("too-few-requests", sample(requests=HARD_BREACH_MIN_REQUESTS - 1, errors=19), {"error_rate_max": 0.05}, None),
     ("no-error-threshold", sample(requests=100, errors=100), {}, None),
     ("high-threshold-caps-at-100pct", sample(requests=100, errors=100), {"error_rate_max": 0.6}, None),
-    ("zero-threshold", sample(requests=20, errors=1), {"error_rate_max": 0.0}, "error rate 0.050 over twice the threshold 0.0"),
+    (
+        "zero-threshold",
+        sample(requests=20, errors=1),
+        {"error_rate_max": 0.0},
+        "error rate 0.050 over twice the threshold 0.0",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("s", "thresholds", "expected"), [h[1:] for h in HARD_BREACHES], ids=[h[0] for h in HARD_BREACHES])
+@pytest.mark.parametrize(
+    ("s", "thresholds", "expected"), [h[1:] for h in HARD_BREACHES], ids=[h[0] for h in HARD_BREACHES]
+)
 def test_hard_breach(s: HealthSample, thresholds: dict, expected: str | None) -> None:
     got = hard_breach(s, monitoring(**thresholds))
     if expected is None:
@@ -816,19 +1011,57 @@ def _failed(log: Log) -> Log:
 
 
 CLOSING = [
-    ("rejected", lambda log: (log.requested("r1"), log.add("release.rejected", {"reasons": [{"code": "target_exists", "message": "unconfigured"}]}, release_id="r1")),
-     "rejected", "rejected: target_exists: unconfigured"),
-    ("verification-failed", lambda log: (log.requested("r1"), log.prepared("r1"), log.distributed("r1"), log.verification_failed("r1")),
-     "failed", "never activated: verification_failed: signature/bad_signature"),
-    ("activation-failed-before-exposure", lambda log: (log.through_verified("r1"), log.activation_failed("r1", 0)),
-     "failed", "never activated: activation_failed: superseded: lost"),
-    ("aborted-before-activation", lambda log: (log.through_verified("r1"), log.note("r1", "aborted", "wrong pack")),
-     "aborted", "aborted: wrong pack"),
-    ("rolled-back", lambda log: (_failed(log), log.rollback_started("r1", {"internal": P0}), log.rolled_back("r1", {"internal": P0})),
-     "rolled_back", "cohorts internal back on their targets"),
-    ("rolled-back-after-abort", lambda log: (log.through_verified("r1"), log.activate("r1", 0, ["internal"]), log.note("r1", "aborted", "stop"),
-                                             log.rollback_started("r1", {"internal": P0}, "abort"), log.rolled_back("r1", {"internal": P0})),
-     "aborted", "aborted: stop; cohorts internal back"),
+    (
+        "rejected",
+        lambda log: (
+            log.requested("r1"),
+            log.add(
+                "release.rejected", {"reasons": [{"code": "target_exists", "message": "unconfigured"}]}, release_id="r1"
+            ),
+        ),
+        "rejected",
+        "rejected: target_exists: unconfigured",
+    ),
+    (
+        "verification-failed",
+        lambda log: (log.requested("r1"), log.prepared("r1"), log.distributed("r1"), log.verification_failed("r1")),
+        "failed",
+        "never activated: verification_failed: signature/bad_signature",
+    ),
+    (
+        "activation-failed-before-exposure",
+        lambda log: (log.through_verified("r1"), log.activation_failed("r1", 0)),
+        "failed",
+        "never activated: activation_failed: superseded: lost",
+    ),
+    (
+        "aborted-before-activation",
+        lambda log: (log.through_verified("r1"), log.note("r1", "aborted", "wrong pack")),
+        "aborted",
+        "aborted: wrong pack",
+    ),
+    (
+        "rolled-back",
+        lambda log: (
+            _failed(log),
+            log.rollback_started("r1", {"internal": P0}),
+            log.rolled_back("r1", {"internal": P0}),
+        ),
+        "rolled_back",
+        "cohorts internal back on their targets",
+    ),
+    (
+        "rolled-back-after-abort",
+        lambda log: (
+            log.through_verified("r1"),
+            log.activate("r1", 0, ["internal"]),
+            log.note("r1", "aborted", "stop"),
+            log.rollback_started("r1", {"internal": P0}, "abort"),
+            log.rolled_back("r1", {"internal": P0}),
+        ),
+        "aborted",
+        "aborted: stop; cohorts internal back",
+    ),
 ]
 
 
@@ -844,9 +1077,22 @@ def test_promoter_closes(story, outcome: str, needle: str) -> None:
 
 ROLLBACKS = [
     ("monitoring-failed", lambda log: log.stage("r1", 0, ["internal"], "failed"), "monitoring_failure", "failed"),
-    ("activation-failed-after-exposure", lambda log: (log.stage("r1", 0, ["internal"]), log.expanded("r1", 0, 1, ["rest"]),
-                                                      log.activation_failed("r1", 1)), "activation_failure", "activation_failed: superseded: lost"),
-    ("aborted-after-exposure", lambda log: (log.activate("r1", 0, ["internal"]), log.note("r1", "aborted", "bad data")), "abort", "aborted: bad data"),
+    (
+        "activation-failed-after-exposure",
+        lambda log: (
+            log.stage("r1", 0, ["internal"]),
+            log.expanded("r1", 0, 1, ["rest"]),
+            log.activation_failed("r1", 1),
+        ),
+        "activation_failure",
+        "activation_failed: superseded: lost",
+    ),
+    (
+        "aborted-after-exposure",
+        lambda log: (log.activate("r1", 0, ["internal"]), log.note("r1", "aborted", "bad data")),
+        "abort",
+        "aborted: bad data",
+    ),
 ]
 
 
@@ -958,12 +1204,21 @@ def _decisions() -> list[tuple[str, Any]]:
     return [
         ("preparer-prepared", lambda: prepare(requested_log())),
         ("preparer-rejected", lambda: prepare(requested_log(with_history=False))),
-        ("distributor", lambda: distributor.decide(prepared_release(), ctx("distributor"), {PACK_OBJ: 1, MANIFEST_OBJ: 1})),
+        (
+            "distributor",
+            lambda: distributor.decide(prepared_release(), ctx("distributor"), {PACK_OBJ: 1, MANIFEST_OBJ: 1}),
+        ),
         ("activator-rollout", lambda: activator.decide_rollout(*state(verified_log()), ctx("activator"))),
-        ("activator-rollback", lambda: activator.decide_rollback(*state(rolled), ctx("activator"), {P0["digest"]: None})),
+        (
+            "activator-rollback",
+            lambda: activator.decide_rollback(*state(rolled), ctx("activator"), {P0["digest"]: None}),
+        ),
         ("monitor-start", lambda: monitor.decide_start(state(activated_log())[1], ctx("monitor"))),
         ("monitor-timer", lambda: monitor.decide_start(state(mon)[1], ctx("monitor"))),
-        ("monitor-verdict", lambda: monitor.decide_verdict(state(mon)[1], 0, [sample("a"), sample("b")], [], ctx("monitor"))),
+        (
+            "monitor-verdict",
+            lambda: monitor.decide_verdict(state(mon)[1], 0, [sample("a"), sample("b")], [], ctx("monitor")),
+        ),
         ("promoter-expand", lambda: promote(passed_log(0))),
         ("promoter-promote", lambda: promote(passed_log(1, {**CHANNEL_DOC, "promote_to": "stable"}))),
         ("promoter-rollback", lambda: promote(_failed(history(Log())))),
@@ -984,7 +1239,9 @@ def test_ids_change_with_the_state_and_the_consumer() -> None:
     after = ids_of(prepare(log))
     assert before != after  # derived from the event that put the release where it is
     world, release = state(verified_log())
-    assert ids_of(activator.decide_rollout(world, release, ctx("activator"))) != ids_of(activator.decide_rollout(world, release, ctx("activator-2")))
+    assert ids_of(activator.decide_rollout(world, release, ctx("activator"))) != ids_of(
+        activator.decide_rollout(world, release, ctx("activator-2"))
+    )
 
 
 def test_ids_do_not_depend_on_the_clock() -> None:
@@ -999,4 +1256,3 @@ def test_scope_event_ids_are_distinct_per_cohort() -> None:
     atomic = only(activator.decide_rollout(world, release, ctx("activator")), Atomic)
     ids = ids_of([atomic])
     assert len(ids) == len(set(ids)) == 3
-

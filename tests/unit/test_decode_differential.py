@@ -11,12 +11,14 @@ must change nothing on any input: real recorded events, mutated ones, and hostil
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from events import canonical, codec
 from events.canonical import StrictJSONError, loads_strict
@@ -26,7 +28,12 @@ from events.model import Event
 from .test_fuzz import EVENT_DOCS, JSON_VALUES, SUBJECT_CHOICES, VALID_BYTES, byte_mutated, dumps, fuzz, mutated
 
 HISTORIES = Path(__file__).resolve().parent.parent / "fixtures" / "histories"
-RECORDED = [json.loads(line) for path in sorted(HISTORIES.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
+RECORDED = [
+    json.loads(line)
+    for path in sorted(HISTORIES.glob("*.jsonl"))
+    for line in path.read_text().splitlines()
+    if line.strip()
+]
 RECORDED_BYTES = [(json.dumps(r["event"], separators=(",", ":")).encode(), r["subject"]) for r in RECORDED]
 
 
@@ -75,14 +82,44 @@ def _hostile() -> list[bytes]:
     base = json.dumps(RECORDED[0]["event"]).encode()
     deep = lambda n: b"[" * n + b"]" * n  # noqa: E731
     return [
-        b'{"a":1,"a":2}', b'{"x":{"y":{"a":1,"a":1}}}', b'[{"k":[{"d":0,"d":0}]}]', base[:-1] + b', "type": "release.closed"}',
+        b'{"a":1,"a":2}',
+        b'{"x":{"y":{"a":1,"a":1}}}',
+        b'[{"k":[{"d":0,"d":0}]}]',
+        base[:-1] + b', "type": "release.closed"}',
         base.replace(b'"data": {', b'"data": {"pack": null, ', 1),  # a duplicate inside data
-        b'{"a":1.5}', b'{"a":-0.0}', b'{"a":1e400}', b'{"a":-1e400}', b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}',
-        b'{"a":' + b"9" * 4300 + b"}", b'{"a":' + b"9" * 4301 + b"}", b'{"a":1' + b"0" * 400 + b'.0}',
-        b'{"a":"\\ud800"}', b'{"\\udfff":1}', b'{"a":"\\ud83d\\ude00"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\xff"}',
-        deep(150), deep(199), deep(200), deep(5000), deep(100_000), b'{"a":' + b'{"b":' * 300 + b"1" + b"}" * 301,
-        b"\xef\xbb\xbf" + base, b" " + base + b" \n", base + b" x", b"", b"null", b"[]", b'"x"', b"1", b"{}",
-        b'{"type": 1}', b'{"type": "release.requested", "schema_version": true}', b'{"type": "nope.x", "schema_version": 1}',
+        b'{"a":1.5}',
+        b'{"a":-0.0}',
+        b'{"a":1e400}',
+        b'{"a":-1e400}',
+        b'{"a":NaN}',
+        b'{"a":Infinity}',
+        b'{"a":-Infinity}',
+        b'{"a":' + b"9" * 4300 + b"}",
+        b'{"a":' + b"9" * 4301 + b"}",
+        b'{"a":1' + b"0" * 400 + b".0}",
+        b'{"a":"\\ud800"}',
+        b'{"\\udfff":1}',
+        b'{"a":"\\ud83d\\ude00"}',
+        b'{"a":"\xed\xa0\x80"}',
+        b'{"a":"\xff"}',
+        deep(150),
+        deep(199),
+        deep(200),
+        deep(5000),
+        deep(100_000),
+        b'{"a":' + b'{"b":' * 300 + b"1" + b"}" * 301,
+        b"\xef\xbb\xbf" + base,
+        b" " + base + b" \n",
+        base + b" x",
+        b"",
+        b"null",
+        b"[]",
+        b'"x"',
+        b"1",
+        b"{}",
+        b'{"type": 1}',
+        b'{"type": "release.requested", "schema_version": true}',
+        b'{"type": "nope.x", "schema_version": 1}',
     ]
 
 
@@ -114,7 +151,7 @@ def test_mutated_events_decode_the_same(data) -> None:
         if at:
             i = data.draw(st.sampled_from(at), label="where")
             key = data.draw(st.sampled_from([b'"type"', b'"data"', b'"pack"', b'"name"', b'"x"']), label="key")
-            raw = raw[:i + 1] + key + b":0," + raw[i + 1:]
+            raw = raw[: i + 1] + key + b":0," + raw[i + 1 :]
     assert_same_decode(raw, data.draw(SUBJECT_CHOICES, label="subject"))
 
 
@@ -133,6 +170,9 @@ def test_any_json_parses_the_same(doc: Any, ascii_only: bool, allow_floats: bool
 
 
 @fuzz("differential_text", 1000)
-@given(text=st.text(st.sampled_from('{}[]":,.-+eE0123456789 \t\n\\u\ufeffabdNInfinity'), max_size=40), allow_floats=st.booleans())
+@given(
+    text=st.text(st.sampled_from('{}[]":,.-+eE0123456789 \t\n\\u\ufeffabdNInfinity'), max_size=40),
+    allow_floats=st.booleans(),
+)
 def test_json_shaped_text_parses_the_same(text: str, allow_floats: bool) -> None:
     assert_same_parse(text, allow_floats)

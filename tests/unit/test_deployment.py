@@ -58,7 +58,7 @@ def test_every_service_has_an_image_or_a_build_and_depends_on_existing_services(
     for name, svc in SERVICES.items():
         assert svc.get("build") or svc.get("image"), f"service {name} has neither build nor image"
         depends = svc.get("depends_on") or []
-        for other in (depends if isinstance(depends, list) else depends.keys()):
+        for other in depends if isinstance(depends, list) else depends.keys():
             assert other in SERVICES, f"service {name} depends on {other!r}, which is not a service"
 
 
@@ -80,7 +80,9 @@ def test_nats_runs_jetstream_with_its_store_on_a_named_volume() -> None:
     assert flag, f"NATS has no store dir: {command}"
     store = command[command.index(flag) + 1]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in nats[0].get("volumes", [])}
-    assert mounts.get(store) in set(COMPOSE.get("volumes") or {}), f"the JetStream store {store} is not on a named volume"
+    assert mounts.get(store) in set(COMPOSE.get("volumes") or {}), (
+        f"the JetStream store {store} is not on a named volume"
+    )
 
 
 def test_every_consumer_role_has_its_own_service() -> None:
@@ -119,16 +121,21 @@ def test_environment_variables_are_ones_the_settings_read() -> None:
 
 def _instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_the_image_runs_kxr_and_copies_only_what_exists() -> None:
     instructions = _instructions()
     entry = [json.loads(arg) for op, arg in instructions if op == "ENTRYPOINT"]
     cmd = [json.loads(arg) for op, arg in instructions if op == "CMD"]
-    assert entry == [["kxr"]], f"ENTRYPOINT must be the exec form [\"kxr\"], got {entry}"
-    assert len(cmd) == 1 and kxr_problem(cmd[0]) is None, f"CMD {cmd} is not a kxr command: {kxr_problem(cmd[0]) if cmd else ''}"
+    assert entry == [["kxr"]], f'ENTRYPOINT must be the exec form ["kxr"], got {entry}'
+    assert len(cmd) == 1 and kxr_problem(cmd[0]) is None, (
+        f"CMD {cmd} is not a kxr command: {kxr_problem(cmd[0]) if cmd else ''}"
+    )
     copies = [arg.split() for op, arg in instructions if op == "COPY"]
     assert copies, "the Dockerfile copies nothing"
     for args in copies:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from events.versions import parse_version
 
 # ---- builders --------------------------------------------------------------------------------
 
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = "2030-01-02T12:00:00Z"
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -37,17 +37,40 @@ NOTE: dict[str, Any] = {}
 MINIMAL: dict[str, dict[str, Any]] = {
     "release.requested": {"pack": PACK, "target": TARGET, "owner": "kb-team", "escalation": "pager:kb"},
     "release.prepared": {
-        "pack": PACK, "target": TARGET, "stages": [["internal"]], "monitoring": MON, "rollback_strategy": "none",
-        "rollback_targets": {"internal": None}, "checklist": [{"item": "target_exists", "ok": True}],
-        "owner": "kb-team", "escalation": "pager:kb",
+        "pack": PACK,
+        "target": TARGET,
+        "stages": [["internal"]],
+        "monitoring": MON,
+        "rollback_strategy": "none",
+        "rollback_targets": {"internal": None},
+        "checklist": [{"item": "target_exists", "ok": True}],
+        "owner": "kb-team",
+        "escalation": "pager:kb",
     },
     "release.rejected": {"reasons": [{"code": "target_exists", "message": "no such channel"}]},
     "release.distributed": {"pack": PACK, "manifest": "sha256-" + "1" * 64 + ".manifest"},
-    "release.verified": {"pack": PACK, "manifest": "m", "reference_time": LATER, "gates": [{"gate": "signature", "ok": True, "code": "ok"}]},
-    "release.verification_failed": {"gate": "signature", "code": "bad_signature", "message": "no", "reference_time": LATER},
+    "release.verified": {
+        "pack": PACK,
+        "manifest": "m",
+        "reference_time": LATER,
+        "gates": [{"gate": "signature", "ok": True, "code": "ok"}],
+    },
+    "release.verification_failed": {
+        "gate": "signature",
+        "code": "bad_signature",
+        "message": "no",
+        "reference_time": LATER,
+    },
     "release.activated": {"stage": 0, "cohorts": ["internal"], "pack": PACK, "batch_id": "b1"},
     "release.activation_failed": {"stage": 0, "code": "superseded", "message": "no"},
-    "release.monitoring_started": {"stage": 0, "cohorts": ["internal"], "digest": D1, "starts_at": LATER, "ends_at": LATER, "monitoring": MON},
+    "release.monitoring_started": {
+        "stage": 0,
+        "cohorts": ["internal"],
+        "digest": D1,
+        "starts_at": LATER,
+        "ends_at": LATER,
+        "monitoring": MON,
+    },
     "release.monitoring_passed": VERDICT,
     "release.monitoring_failed": VERDICT,
     "release.monitoring_inconclusive": VERDICT,
@@ -64,11 +87,30 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "scope.activated": {"pack": PACK, "manifest": "m", "release_id": "r1", "kind": "rollout"},
     "scope.pinned": {"pack": PACK, "until": LATER, "rationale": "freeze", "by": "ops"},
     "scope.unpinned": {},
-    "scope.flagged": {"pack": PACK, "code": "signature/threshold_not_met", "message": "no trusted signer", "detected_at": LATER},
+    "scope.flagged": {
+        "pack": PACK,
+        "code": "signature/threshold_not_met",
+        "message": "no trusted signer",
+        "detected_at": LATER,
+    },
     "channel.configured": {},
     "trust.rotated": {"root": {"signed": {"version": 2, "threshold": 1, "keys": {}}, "signatures": []}, "version": 2},
-    "notification.sent": {"sink": "ops", "kind": "rolled_back", "trigger": "ev-0", "trigger_type": "release.rolled_back", "attempts": 1, "status": 200},
-    "notification.failed": {"sink": "ops", "kind": "held", "trigger": "ev-0", "trigger_type": "release.monitoring_inconclusive", "attempts": 3, "error": "HTTP 503"},
+    "notification.sent": {
+        "sink": "ops",
+        "kind": "rolled_back",
+        "trigger": "ev-0",
+        "trigger_type": "release.rolled_back",
+        "attempts": 1,
+        "status": 200,
+    },
+    "notification.failed": {
+        "sink": "ops",
+        "kind": "held",
+        "trigger": "ev-0",
+        "trigger_type": "release.monitoring_inconclusive",
+        "attempts": 3,
+        "error": "HTTP 503",
+    },
 }
 
 
@@ -85,7 +127,14 @@ def identity_of(event_type: str) -> dict[str, Any]:
 
 def event_of(event_type: str, data: dict[str, Any] | None = None, **extra: Any) -> Event:
     fields = {**identity_of(event_type), **extra}
-    return make_event(event_type, MINIMAL[event_type] if data is None else data, actor=SERVICE, event_id="ev-1", occurred_at=NOW, **fields)
+    return make_event(
+        event_type,
+        MINIMAL[event_type] if data is None else data,
+        actor=SERVICE,
+        event_id="ev-1",
+        occurred_at=NOW,
+        **fields,
+    )
 
 
 def subject_of(event: Event) -> str:
@@ -127,7 +176,18 @@ def test_round_trip_every_event_type(event_type: str) -> None:
 
 def test_envelope_fields_on_the_wire() -> None:
     doc = json.loads(encode_event(event_of("release.requested")))
-    assert set(doc) == {"event_id", "type", "schema_version", "occurred_at", "actor", "causation_id", "correlation_id", "release_id", "scope", "data"}
+    assert set(doc) == {
+        "event_id",
+        "type",
+        "schema_version",
+        "occurred_at",
+        "actor",
+        "causation_id",
+        "correlation_id",
+        "release_id",
+        "scope",
+        "data",
+    }
     assert doc["schema_version"] == SCHEMA_VERSION == 1
     assert doc["occurred_at"] == "2030-01-01T12:00:00Z"
     assert doc["correlation_id"] == "r1"  # defaults to the release id
@@ -368,10 +428,14 @@ def test_subject_check_honours_the_prefix() -> None:
 # ---- null scope: the subject names it (CONTRACT §3) -------------------------------------------
 
 
-@pytest.mark.parametrize("subject, scope", [
-    ("kx.channel.prod.canary.configured", {"env": "prod", "channel": "canary", "cohort": "all"}),
-    ("kx.channel.staging.eu-1.configured", {"env": "staging", "channel": "eu-1", "cohort": "all"}),
-], ids=["prod-canary", "staging-eu"])
+@pytest.mark.parametrize(
+    "subject, scope",
+    [
+        ("kx.channel.prod.canary.configured", {"env": "prod", "channel": "canary", "cohort": "all"}),
+        ("kx.channel.staging.eu-1.configured", {"env": "staging", "channel": "eu-1", "cohort": "all"}),
+    ],
+    ids=["prod-canary", "staging-eu"],
+)
 def test_channel_configured_with_null_scope_takes_env_and_channel_from_its_subject(subject: str, scope: dict) -> None:
     doc = envelope("channel.configured")
     doc["scope"] = None
@@ -393,11 +457,15 @@ def test_null_scope_on_a_foreign_prefix_uses_that_prefix() -> None:
     assert decode_event(raw(doc), "foo.channel.prod.canary.configured", Subjects("foo")).scope == CHANNEL_SCOPE
 
 
-@pytest.mark.parametrize("event_type, subject", [
-    ("channel.configured", None),                                   # no subject to read it from
-    ("channel.configured", "kx.release.r1.requested"),              # a subject that names no channel
-    ("scope.unpinned", "kx.scope.prod.canary.internal.pinned"),     # a scope subject of another type
-], ids=["no-subject", "release-subject", "other-suffix"])
+@pytest.mark.parametrize(
+    "event_type, subject",
+    [
+        ("channel.configured", None),  # no subject to read it from
+        ("channel.configured", "kx.release.r1.requested"),  # a subject that names no channel
+        ("scope.unpinned", "kx.scope.prod.canary.internal.pinned"),  # a scope subject of another type
+    ],
+    ids=["no-subject", "release-subject", "other-suffix"],
+)
 def test_null_scope_without_a_subject_naming_it_is_refused(event_type: str, subject: str | None) -> None:
     doc = envelope(event_type)
     doc["scope"] = None
@@ -466,7 +534,9 @@ BUILDERS = [
 
 
 @pytest.mark.parametrize("build", [b for _, b in BUILDERS], ids=[n for n, _ in BUILDERS])
-@pytest.mark.parametrize("value", ["a.b", ">", "*", "a b", "a" * 65, "", None], ids=["dot", "gt", "star", "space", "len-65", "empty", "none"])
+@pytest.mark.parametrize(
+    "value", ["a.b", ">", "*", "a b", "a" * 65, "", None], ids=["dot", "gt", "star", "space", "len-65", "empty", "none"]
+)
 def test_subject_builders_reject_hostile_tokens(build, value: Any) -> None:
     with pytest.raises(InvalidToken):
         build(Subjects(), value)
@@ -489,7 +559,9 @@ def test_subject_prefix_is_a_token(prefix: str) -> None:
         Subjects(prefix)
 
 
-@pytest.mark.parametrize("value", ["a.b", ">", "*", "a b", "a" * 65, ""], ids=["dot", "gt", "star", "space", "len-65", "empty"])
+@pytest.mark.parametrize(
+    "value", ["a.b", ">", "*", "a b", "a" * 65, ""], ids=["dot", "gt", "star", "space", "len-65", "empty"]
+)
 @pytest.mark.parametrize("where", ["release_id", "env", "channel", "cohort"])
 def test_hostile_tokens_cannot_enter_an_event(where: str, value: str) -> None:
     scope = {"env": "prod", "channel": "canary", "cohort": "internal"}
@@ -569,8 +641,14 @@ def test_loads_strict_floats_when_allowed() -> None:
 
 
 JSON_NO_FLOATS = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63) | st.text(st.characters(exclude_categories=("Cs",)), max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=6), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -624,7 +702,11 @@ def test_version_ordering(lower: str, higher: str) -> None:
     assert not b < a
 
 
-@pytest.mark.parametrize(("a", "b"), [("1.0", "1.0.0"), ("1.0.0-rc.1", "1.0.0rc1"), ("1.0.0-alpha.0", "1.0.0a0"), ("1.0.0", "1.0.0+build.7")], ids=["padding", "rc", "alpha", "build-metadata"])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("1.0", "1.0.0"), ("1.0.0-rc.1", "1.0.0rc1"), ("1.0.0-alpha.0", "1.0.0a0"), ("1.0.0", "1.0.0+build.7")],
+    ids=["padding", "rc", "alpha", "build-metadata"],
+)
 def test_equal_versions(a: str, b: str) -> None:
     assert parse_version(a) == parse_version(b)
     assert hash(parse_version(a)) == hash(parse_version(b))
@@ -632,19 +714,35 @@ def test_equal_versions(a: str, b: str) -> None:
 
 
 def test_sorting_a_shuffled_semver_chain() -> None:
-    chain = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0"]
+    chain = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+    ]
     shuffled = [chain[i] for i in (5, 0, 7, 2, 4, 1, 6, 3)]
     assert [str(v) for v in sorted(map(parse_version, shuffled))] == chain
 
 
-@pytest.mark.parametrize("text", ["", "latest", "1.2.3.4.5-", "v1..2", "1.0.0-", "01.2.3-x.y"], ids=["empty", "word", "dash", "dots", "trailing-dash", "leading-zero"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "latest", "1.2.3.4.5-", "v1..2", "1.0.0-", "01.2.3-x.y"],
+    ids=["empty", "word", "dash", "dots", "trailing-dash", "leading-zero"],
+)
 def test_invalid_versions_are_named(text: str) -> None:
     with pytest.raises(ValueError, match="neither PEP 440 nor SemVer"):
         parse_version(text)
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)), st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)))
+@given(
+    st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)),
+    st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)),
+)
 def test_release_triples_compare_like_tuples(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
     va, vb = parse_version(".".join(map(str, a))), parse_version(".".join(map(str, b)))
     assert (va < vb) == (a < b)

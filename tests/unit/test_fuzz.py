@@ -23,8 +23,9 @@ import base64
 import copy
 import json
 import math
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -61,34 +62,84 @@ EXAMPLES: dict[str, int] = {}  # test name -> max_examples (checked by test_fuzz
 def fuzz(name: str, n: int) -> Callable:
     EXAMPLES[name] = n
     return settings(
-        max_examples=n, deadline=None, database=None, derandomize=True,
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
 
 
 SUBJECTS = Subjects()
-DECODE_CODES = {"oversized", "malformed_json", "wrong_type", "missing_field", "unsupported_schema_version",
-                "unknown_type", "invalid_value", "wrong_subject", "invalid"}
+DECODE_CODES = {
+    "oversized",
+    "malformed_json",
+    "wrong_type",
+    "missing_field",
+    "unsupported_schema_version",
+    "unknown_type",
+    "invalid_value",
+    "wrong_subject",
+    "invalid",
+}
 
 # ---- generic strategies ------------------------------------------------------------------------
 
 TOKENS = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
 HOSTILE_TOKENS = [
-    "", ".", "a.b", "*", ">", "a b", "a\tb", "a\nb", "x" * 65, "ü", "r1\x00", "../etc", "kx.release.r1",
-    "$SYS", "r1 ", " r1", "\u200b", "null", "🙂", "a,b", "a>b", "a*", "r1.*", "A" * 64, "-", "_",
+    "",
+    ".",
+    "a.b",
+    "*",
+    ">",
+    "a b",
+    "a\tb",
+    "a\nb",
+    "x" * 65,
+    "ü",
+    "r1\x00",
+    "../etc",
+    "kx.release.r1",
+    "$SYS",
+    "r1 ",
+    " r1",
+    "\u200b",
+    "null",
+    "🙂",
+    "a,b",
+    "a>b",
+    "a*",
+    "r1.*",
+    "A" * 64,
+    "-",
+    "_",
 ]
 DATETIMES = [
-    "2030-01-01T12:00:00Z", "2030-01-01T12:00:00+05:30", "2030-01-01T12:00:00-08:00", "2030-01-01T12:00:00",
-    "2030-01-01", "2030-13-01T00:00:00Z", "2030-01-01T25:00:00Z", "2030-01-01T12:00:00.123456Z",
-    "1999-12-31T23:59:59.999999+00:00", "2030-01-01 12:00:00Z", "20300101T120000Z", "not a date", "",
+    "2030-01-01T12:00:00Z",
+    "2030-01-01T12:00:00+05:30",
+    "2030-01-01T12:00:00-08:00",
+    "2030-01-01T12:00:00",
+    "2030-01-01",
+    "2030-13-01T00:00:00Z",
+    "2030-01-01T25:00:00Z",
+    "2030-01-01T12:00:00.123456Z",
+    "1999-12-31T23:59:59.999999+00:00",
+    "2030-01-01 12:00:00Z",
+    "20300101T120000Z",
+    "not a date",
+    "",
     # Deliberately no year-1 / year-9999 values with an offset: they hit BUG 1 (see the xfail tests).
 ]
 SURROGATES = ["\ud800", "x\udfffy", "\udc00"]  # lone surrogates: valid JSON escapes, no UTF-8 form
 HUGE_FLOAT = "@@HUGE_FLOAT@@"  # placeholder, replaced by the literal 1e999 after json.dumps
 
 JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**40), max_value=10**40),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
 )
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
@@ -114,8 +165,25 @@ JUNK = st.one_of(
     st.builds(nested, st.integers(1, 40)),
 )
 RARE_JUNK = st.one_of(st.sampled_from(SURROGATES), st.just(HUGE_FLOAT), st.builds(lambda n: "B" * n, st.just(70_000)))
-KEYS = st.one_of(st.text(max_size=10), st.sampled_from(["data", "type", "extra", "family", "suffix", "model_config",
-                                                         "__class__", "__dict__", "name", "pack", "until", "size"]))
+KEYS = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(
+        [
+            "data",
+            "type",
+            "extra",
+            "family",
+            "suffix",
+            "model_config",
+            "__class__",
+            "__dict__",
+            "name",
+            "pack",
+            "until",
+            "size",
+        ]
+    ),
+)
 
 
 def dumps(doc: Any, ascii_only: bool = True) -> bytes:
@@ -147,8 +215,23 @@ def get_at(doc: Any, path: tuple) -> Any:
 
 # Destructive edits, plus "extra" and "same-type" edits that often keep a document valid, so that
 # the accepting side of every property (round trip, pass, accepted) is exercised too.
-MUTATIONS = ["drop", "replace", "insert", "float", "stringify", "wrap", "hostile", "unicode", "rare", "retype",
-             "extra", "extra", "same-type", "same-type", "same-type"]
+MUTATIONS = [
+    "drop",
+    "replace",
+    "insert",
+    "float",
+    "stringify",
+    "wrap",
+    "hostile",
+    "unicode",
+    "rare",
+    "retype",
+    "extra",
+    "extra",
+    "same-type",
+    "same-type",
+    "same-type",
+]
 
 
 def mutate_once(draw: Callable, doc: Any) -> Any:
@@ -233,11 +316,11 @@ def byte_mutated(draw, bases: list[bytes]) -> bytes:
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete" and data:
-            del data[at:at + draw(st.integers(1, 8))]
+            del data[at : at + draw(st.integers(1, 8))]
         elif op == "truncate":
             del data[at:]
         elif op == "duplicate":
-            data[at:at] = data[at:at + draw(st.integers(1, 32))]
+            data[at:at] = data[at : at + draw(st.integers(1, 32))]
     return bytes(data)
 
 
@@ -269,8 +352,12 @@ def known_roundtrip_bug(event: Event) -> bool:
 def well_shaped_statement(stmt: Any) -> bool:
     """A statement verify_bundle can inspect without crashing (BUG 5 covers the others)."""
     try:
-        return (isinstance(stmt, dict) and isinstance(stmt["subject"][0]["digest"]["sha256"], str)
-                and isinstance(stmt["predicate"], dict) and isinstance(stmt["predicate"].get("pack", {}), dict))
+        return (
+            isinstance(stmt, dict)
+            and isinstance(stmt["subject"][0]["digest"]["sha256"], str)
+            and isinstance(stmt["predicate"], dict)
+            and isinstance(stmt["predicate"].get("pack", {}), dict)
+        )
     except (KeyError, IndexError, TypeError):
         return False
 
@@ -305,8 +392,11 @@ def assert_round_trip(event: Event, subject: str | None) -> None:
 VALID_EVENTS = {t: event_of(t) for t in sorted(PAYLOADS)}
 VALID_BYTES = [encode_event(e) for e in VALID_EVENTS.values()]
 SUBJECT_CHOICES = st.one_of(
-    st.none(), st.sampled_from([subject_of(e) for e in VALID_EVENTS.values()]),
-    st.sampled_from(["", "kx", "kx.release", "kx.release.r1", "kx.release.*.requested", "kx.>", "foo.release.r1.requested"]),
+    st.none(),
+    st.sampled_from([subject_of(e) for e in VALID_EVENTS.values()]),
+    st.sampled_from(
+        ["", "kx", "kx.release", "kx.release.r1", "kx.release.*.requested", "kx.>", "foo.release.r1.requested"]
+    ),
     st.text(max_size=40),
 )
 
@@ -333,7 +423,9 @@ def test_decode_event_any_bytes_raises_only_decode_error(raw: bytes, subject: st
 
 ENVELOPE_PARTS = {
     "event_id": st.one_of(st.just("ev-1"), JUNK),
-    "type": st.one_of(st.sampled_from(sorted(PAYLOADS)), st.sampled_from(["release", "release.", ".x", "trust.x", "x.y"]), JUNK),
+    "type": st.one_of(
+        st.sampled_from(sorted(PAYLOADS)), st.sampled_from(["release", "release.", ".x", "trust.x", "x.y"]), JUNK
+    ),
     "schema_version": st.sampled_from([1, 1.0, True, "1", 2, 0, None]),
     "occurred_at": st.one_of(st.sampled_from(DATETIMES), JUNK),
     "actor": st.one_of(st.just({"kind": "service", "id": "svc"}), JUNK),
@@ -346,8 +438,11 @@ ENVELOPE_PARTS = {
 
 
 @fuzz("decode_event_json_documents", 900)
-@given(doc=st.one_of(JSON_VALUES, st.fixed_dictionaries({}, optional=ENVELOPE_PARTS)), subject=SUBJECT_CHOICES,
-       ascii_only=st.booleans())
+@given(
+    doc=st.one_of(JSON_VALUES, st.fixed_dictionaries({}, optional=ENVELOPE_PARTS)),
+    subject=SUBJECT_CHOICES,
+    ascii_only=st.booleans(),
+)
 def test_decode_event_json_documents_raise_only_decode_error(doc: Any, subject: str | None, ascii_only: bool) -> None:
     event = decode_or_error(dumps(doc, ascii_only), subject)
     if event is not None:
@@ -355,7 +450,9 @@ def test_decode_event_json_documents_raise_only_decode_error(doc: Any, subject: 
 
 
 @fuzz("decode_json_object", 500)
-@given(raw=st.one_of(st.binary(max_size=300), st.builds(dumps, JSON_VALUES)), cap=st.sampled_from([0, 5, 100, 64 * 1024]))
+@given(
+    raw=st.one_of(st.binary(max_size=300), st.builds(dumps, JSON_VALUES)), cap=st.sampled_from([0, 5, 100, 64 * 1024])
+)
 def test_decode_json_object_raises_only_decode_error(raw: bytes, cap: int) -> None:
     try:
         doc = decode_json_object(raw, cap)
@@ -366,9 +463,16 @@ def test_decode_json_object_raises_only_decode_error(raw: bytes, cap: int) -> No
 
 
 @fuzz("loads_strict", 800)
-@given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=300), st.builds(dumps, JSON_VALUES),
-                     st.builds(lambda d: dumps(d).replace(b"{", b'{"k": 1, "k": 2, ', 1), JSON_VALUES)),
-       allow_floats=st.booleans(), cap=st.sampled_from([None, 0, 10, 1000]))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=300),
+        st.builds(dumps, JSON_VALUES),
+        st.builds(lambda d: dumps(d).replace(b"{", b'{"k": 1, "k": 2, ', 1), JSON_VALUES),
+    ),
+    allow_floats=st.booleans(),
+    cap=st.sampled_from([None, 0, 10, 1000]),
+)
 def test_loads_strict_raises_only_strict_json_error(raw: bytes | str, allow_floats: bool, cap: int | None) -> None:
     try:
         value = loads_strict(raw, allow_floats=allow_floats, max_bytes=cap)
@@ -383,11 +487,26 @@ def test_loads_strict_raises_only_strict_json_error(raw: bytes | str, allow_floa
 # ---- health samples ----------------------------------------------------------------------------
 
 D1 = "sha256:" + "1" * 64
-SAMPLE = {"runtime_id": "rt-1", "digest": D1, "at": "2030-01-01T00:00:00Z", "kind": "sample", "requests": 100,
-          "errors": 1, "latency_ms": {"p95": 10.5, "p99": 20}, "error_classes": {"Timeout": 1},
-          "correctness": {"mismatches": 0, "checked": 10}}
-ACTIVATION = {"runtime_id": "rt-1", "digest": None, "at": "2030-01-01T00:00:00+02:00", "kind": "activation",
-              "ok": False, "took_ms": 12, "error": "boom"}
+SAMPLE = {
+    "runtime_id": "rt-1",
+    "digest": D1,
+    "at": "2030-01-01T00:00:00Z",
+    "kind": "sample",
+    "requests": 100,
+    "errors": 1,
+    "latency_ms": {"p95": 10.5, "p99": 20},
+    "error_classes": {"Timeout": 1},
+    "correctness": {"mismatches": 0, "checked": 10},
+}
+ACTIVATION = {
+    "runtime_id": "rt-1",
+    "digest": None,
+    "at": "2030-01-01T00:00:00+02:00",
+    "kind": "activation",
+    "ok": False,
+    "took_ms": 12,
+    "error": "boom",
+}
 
 
 def check_sample(raw: bytes) -> None:
@@ -404,8 +523,13 @@ def check_sample(raw: bytes) -> None:
 
 
 @fuzz("health_sample_any_bytes", 500)
-@given(raw=st.one_of(st.binary(max_size=400), byte_mutated([dumps(SAMPLE), dumps(ACTIVATION)]),
-                     st.builds(lambda n: b'{"x": "' + b"a" * n + b'"}', st.just(17 * 1024))))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=400),
+        byte_mutated([dumps(SAMPLE), dumps(ACTIVATION)]),
+        st.builds(lambda n: b'{"x": "' + b"a" * n + b'"}', st.just(17 * 1024)),
+    )
+)
 def test_parse_sample_any_bytes_never_raises(raw: bytes) -> None:
     check_sample(raw)
 
@@ -447,8 +571,14 @@ def test_check_manifest_any_bytes_never_raises(raw: bytes) -> None:
     assert full.failure is not None or full.ok
 
 
-SIGNERS = {"alice": [ALICE], "bob": [BOB], "mallory": [MALLORY], "none": [], "alice+mallory": [MALLORY, ALICE],
-           "alice-twice": [ALICE, ALICE]}
+SIGNERS = {
+    "alice": [ALICE],
+    "bob": [BOB],
+    "mallory": [MALLORY],
+    "none": [],
+    "alice+mallory": [MALLORY, ALICE],
+    "alice-twice": [ALICE, ALICE],
+}
 
 
 def sign_entries(body: Any, who: str) -> list[dict[str, str]]:
@@ -461,7 +591,16 @@ def sign_entries(body: Any, who: str) -> list[dict[str, str]]:
     return [{"keyid": k.keyid, "sig": b64encode(k.sign(message))} for k in SIGNERS[who]]
 
 
-ENVELOPE_EDITS = ["none", "relabel", "junk-entry", "non-dict-entry", "bad-base64", "extra-key", "too-many", "drop-signatures"]
+ENVELOPE_EDITS = [
+    "none",
+    "relabel",
+    "junk-entry",
+    "non-dict-entry",
+    "bad-base64",
+    "extra-key",
+    "too-many",
+    "drop-signatures",
+]
 
 
 def expected_manifest_verdict(raw: bytes) -> SignedManifest | None:
@@ -485,7 +624,11 @@ def expected_manifest_verdict(raw: bytes) -> SignedManifest | None:
         return None
     if not GATE_NOW < manifest.expires:
         return None
-    if (manifest.name, manifest.version, manifest.digest) != (CTX.request_name, CTX.request_version, CTX.request_digest):
+    if (manifest.name, manifest.version, manifest.digest) != (
+        CTX.request_name,
+        CTX.request_version,
+        CTX.request_digest,
+    ):
         return None
     return manifest
 
@@ -537,8 +680,13 @@ V2_DOC = sign_root(V2_ROOT, [ALICE, BOB])
 
 
 @fuzz("verify_rotation_any_doc", 500)
-@given(doc=st.one_of(JSON_VALUES, st.fixed_dictionaries({}, optional={"signed": JSON_VALUES, "signatures": JSON_VALUES}),
-                     st.builds(lambda s: {"signed": s, "signatures": V2_DOC["signatures"]}, JSON_VALUES)))
+@given(
+    doc=st.one_of(
+        JSON_VALUES,
+        st.fixed_dictionaries({}, optional={"signed": JSON_VALUES, "signatures": JSON_VALUES}),
+        st.builds(lambda s: {"signed": s, "signatures": V2_DOC["signatures"]}, JSON_VALUES),
+    )
+)
 def test_verify_rotation_any_doc_raises_only_rotation_error(doc: Any) -> None:
     with pytest.raises(RotationError) as err:
         verify_rotation(ANCHOR, doc)
@@ -551,7 +699,9 @@ def test_verify_rotation_mutated_rotations(data) -> None:
     doc = data.draw(mutated(V2_DOC, max_edits=2), label="doc")
     if data.draw(st.booleans(), label="re-sign") and isinstance(doc, dict) and isinstance(doc.get("signed"), dict):
         try:
-            keys = data.draw(st.sampled_from([[ALICE, BOB], [ALICE], [BOB], [MALLORY, BOB], [ALICE, ALICE]]), label="keys")
+            keys = data.draw(
+                st.sampled_from([[ALICE, BOB], [ALICE], [BOB], [MALLORY, BOB], [ALICE, ALICE]]), label="keys"
+            )
             doc = {**doc, **sign_root(doc["signed"], keys)}
         except StrictJSONError:
             pass
@@ -564,7 +714,13 @@ def test_verify_rotation_mutated_rotations(data) -> None:
         new = verify_rotation(ANCHOR, doc)
     except RotationError as exc:
         hypothesis_event(f"refused: {exc.code}")
-        assert exc.code in {"bad_shape", "old_threshold_not_met", "invalid_root", "wrong_version", "new_threshold_not_met"}
+        assert exc.code in {
+            "bad_shape",
+            "old_threshold_not_met",
+            "invalid_root",
+            "wrong_version",
+            "new_threshold_not_met",
+        }
         return
     hypothesis_event("accepted")
     # Accepted: ALICE (old root) and a threshold of the new root's own keys signed exactly `signed`.
@@ -579,15 +735,22 @@ def test_verify_rotation_mutated_rotations(data) -> None:
 
 BUNDLE_KEY, BUNDLE_OTHER = BOB, MALLORY
 BUNDLE_TRUST = trust_root([BUNDLE_KEY])
-RECORD = {"release_id": "r1", "pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "ab" * 32},
-          "outcome": {"outcome": "success"}, "windows": [{"figures": {"error_rate": 0.01}}]}
+RECORD = {
+    "release_id": "r1",
+    "pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "ab" * 32},
+    "outcome": {"outcome": "success"},
+    "windows": [{"figures": {"error_rate": 0.01}}],
+}
 BUNDLE = make_bundle(RECORD, [BUNDLE_KEY])
 STATEMENT = json.loads(base64.b64decode(BUNDLE["payload"]))
 
 
 def signed_bundle(payload: bytes, key=BUNDLE_KEY) -> dict[str, Any]:
-    return {"payloadType": PAYLOAD_TYPE, "payload": b64encode(payload),
-            "signatures": [{"keyid": key.keyid, "sig": b64encode(key.sign(pae(PAYLOAD_TYPE, payload)))}]}
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": b64encode(payload),
+        "signatures": [{"keyid": key.keyid, "sig": b64encode(key.sign(pae(PAYLOAD_TYPE, payload)))}],
+    }
 
 
 def known_bundle_sig_bug(raw: bytes) -> bool:
@@ -597,8 +760,9 @@ def known_bundle_sig_bug(raw: bytes) -> bool:
         entries = envelope["signatures"]
     except Exception:
         return False
-    return isinstance(entries, list) and any(isinstance(e, dict) and "keyid" in e and "sig" in e and not isinstance(e["sig"], str)
-                                             for e in entries)
+    return isinstance(entries, list) and any(
+        isinstance(e, dict) and "keyid" in e and "sig" in e and not isinstance(e["sig"], str) for e in entries
+    )
 
 
 def check_bundle(raw: bytes) -> None:
@@ -617,11 +781,18 @@ def check_bundle(raw: bytes) -> None:
 
 
 @fuzz("verify_bundle_any_bytes", 500)
-@given(raw=st.one_of(
-    st.binary(max_size=300), byte_mutated([dumps(BUNDLE)]), st.builds(dumps, JSON_VALUES),
-    st.builds(lambda p, s: dumps({"payloadType": PAYLOAD_TYPE, "payload": p, "signatures": s}),
-              st.one_of(st.builds(lambda b: base64.b64encode(b).decode(), st.binary(max_size=64)), JUNK), JUNK),
-))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        byte_mutated([dumps(BUNDLE)]),
+        st.builds(dumps, JSON_VALUES),
+        st.builds(
+            lambda p, s: dumps({"payloadType": PAYLOAD_TYPE, "payload": p, "signatures": s}),
+            st.one_of(st.builds(lambda b: base64.b64encode(b).decode(), st.binary(max_size=64)), JUNK),
+            JUNK,
+        ),
+    )
+)
 def test_verify_bundle_any_bytes_raises_only_bundle_error(raw: bytes) -> None:
     check_bundle(raw)
 
@@ -646,20 +817,46 @@ def test_verify_bundle_mutated_bundles(data) -> None:
 
 # ---- channel configuration ------------------------------------------------------------------------
 
-CHANNEL_KEYS = ["cohorts", "plan", "monitoring", "compatibility", "policy", "promote_to", "name", "tenants", "regions",
-                "percent", "window_s", "min_samples", "thresholds", "schema", "profiles", "runtime_version",
-                "allowed_sources", "allowed_builders", "forbid_downgrade", "max_pin_days"]
+CHANNEL_KEYS = [
+    "cohorts",
+    "plan",
+    "monitoring",
+    "compatibility",
+    "policy",
+    "promote_to",
+    "name",
+    "tenants",
+    "regions",
+    "percent",
+    "window_s",
+    "min_samples",
+    "thresholds",
+    "schema",
+    "profiles",
+    "runtime_version",
+    "allowed_sources",
+    "allowed_builders",
+    "forbid_downgrade",
+    "max_pin_days",
+]
 CFG_KEYS = st.one_of(st.sampled_from(CHANNEL_KEYS), st.text(max_size=8))
 CFG_VALUES = st.recursive(
-    JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(CFG_KEYS, inner, max_size=4)),
+    JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(CFG_KEYS, inner, max_size=4)),
     max_leaves=15,
 )
-COHORT_DOCS = st.lists(st.fixed_dictionaries({}, optional={
-    "name": st.one_of(st.sampled_from(["a", "b", "rest", "all"]), JUNK),
-    "tenants": st.one_of(st.lists(st.sampled_from(["t1", "t2"]), max_size=2), JUNK),
-    "regions": st.one_of(st.lists(st.sampled_from(["eu", "us"]), max_size=2), JUNK),
-    "percent": st.one_of(st.tuples(st.integers(-5, BUCKETS + 5), st.integers(-5, BUCKETS + 5)).map(list), JUNK),
-}), max_size=4)
+COHORT_DOCS = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": st.one_of(st.sampled_from(["a", "b", "rest", "all"]), JUNK),
+            "tenants": st.one_of(st.lists(st.sampled_from(["t1", "t2"]), max_size=2), JUNK),
+            "regions": st.one_of(st.lists(st.sampled_from(["eu", "us"]), max_size=2), JUNK),
+            "percent": st.one_of(st.tuples(st.integers(-5, BUCKETS + 5), st.integers(-5, BUCKETS + 5)).map(list), JUNK),
+        },
+    ),
+    max_size=4,
+)
 
 
 def check_channel_doc(doc: Any, channel: str) -> None:
@@ -676,9 +873,14 @@ def check_channel_doc(doc: Any, channel: str) -> None:
 
 
 @fuzz("parse_channel_config_any_doc", 500)
-@given(doc=st.one_of(CFG_VALUES, st.dictionaries(CFG_KEYS, CFG_VALUES, max_size=6),
-                     st.fixed_dictionaries({"cohorts": COHORT_DOCS}, optional={"plan": CFG_VALUES, "promote_to": JUNK})),
-       channel=st.sampled_from(["canary", "stable", "rest"]))
+@given(
+    doc=st.one_of(
+        CFG_VALUES,
+        st.dictionaries(CFG_KEYS, CFG_VALUES, max_size=6),
+        st.fixed_dictionaries({"cohorts": COHORT_DOCS}, optional={"plan": CFG_VALUES, "promote_to": JUNK}),
+    ),
+    channel=st.sampled_from(["canary", "stable", "rest"]),
+)
 def test_parse_channel_config_raises_only_value_error(doc: Any, channel: str) -> None:
     check_channel_doc(doc, channel)
 
@@ -729,9 +931,13 @@ def test_parse_channel_config_mutated_configs(doc: Any) -> None:
 
 
 @fuzz("resolve_cohort", 350)
-@given(doc=channel_docs(), env=TOKENS, channel=TOKENS,
-       tenants=st.lists(st.one_of(st.sampled_from(TENANT_POOL), st.text(max_size=12)), min_size=1, max_size=8),
-       region=st.one_of(st.none(), st.sampled_from(REGION_POOL), st.text(max_size=4)))
+@given(
+    doc=channel_docs(),
+    env=TOKENS,
+    channel=TOKENS,
+    tenants=st.lists(st.one_of(st.sampled_from(TENANT_POOL), st.text(max_size=12)), min_size=1, max_size=8),
+    region=st.one_of(st.none(), st.sampled_from(REGION_POOL), st.text(max_size=4)),
+)
 def test_resolve_cohort_always_names_a_configured_cohort(doc, env, channel, tenants, region) -> None:
     cfg = parse_channel_config(doc, "some-other-channel")  # a sound config is accepted as is
     names = cfg.cohort_names
@@ -741,10 +947,17 @@ def test_resolve_cohort_always_names_a_configured_cohort(doc, env, channel, tena
         assert got == resolve_cohort(cfg.cohorts, env, channel, tenant, region)  # deterministic
         bucket = tenant_bucket(env, channel, tenant)
         assert 0 <= bucket < BUCKETS
-        first = next(r for r in doc["cohorts"] if all((
-            "tenants" not in r or tenant in r["tenants"],
-            "regions" not in r or region in r["regions"],
-            "percent" not in r or r["percent"][0] <= bucket < r["percent"][1])))
+        first = next(
+            r
+            for r in doc["cohorts"]
+            if all(
+                (
+                    "tenants" not in r or tenant in r["tenants"],
+                    "regions" not in r or region in r["regions"],
+                    "percent" not in r or r["percent"][0] <= bucket < r["percent"][1],
+                )
+            )
+        )
         assert got == first["name"]  # reference model: the first rule whose criteria all match
 
 
@@ -771,7 +984,9 @@ def test_mutated_events_are_refused_with_reasons_or_round_trip(data) -> None:
         raw = b"\xef\xbb\xbf" + raw
     elif injection == "nan":
         raw = raw.replace(b"0", b"NaN", 1)
-    subject = data.draw(st.sampled_from([subject_of(VALID_EVENTS[event_type])] * 6 + [None, "hostile"]), label="subject")
+    subject = data.draw(
+        st.sampled_from([subject_of(VALID_EVENTS[event_type])] * 6 + [None, "hostile"]), label="subject"
+    )
     if subject == "hostile":
         subject = data.draw(st.sampled_from(HOSTILE_TOKENS), label="hostile subject")
     event = decode_or_error(raw, subject)
@@ -797,16 +1012,37 @@ SERVICE = Actor(kind="service", id="activator")
 
 def release_event(suffix: str, rid: str, data: dict[str, Any] | None = None, n: int = 0) -> Event:
     event_type = f"release.{suffix}"
-    return make_event(event_type, MINIMAL[event_type] if data is None else data, actor=SERVICE, release_id=rid,
-                      event_id=f"{rid}-{suffix}-{n}", occurred_at=NOW)
+    return make_event(
+        event_type,
+        MINIMAL[event_type] if data is None else data,
+        actor=SERVICE,
+        release_id=rid,
+        event_id=f"{rid}-{suffix}-{n}",
+        occurred_at=NOW,
+    )
 
 
 def release_variants(suffix: str, rid: str) -> list[Event]:
     out = [release_event(suffix, rid)]
     if suffix == "closed":
-        out += [release_event("closed", rid, {"outcome": o}, i) for i, o in enumerate(["rolled_back", "aborted", "rejected", "failed"], 1)]
+        out += [
+            release_event("closed", rid, {"outcome": o}, i)
+            for i, o in enumerate(["rolled_back", "aborted", "rejected", "failed"], 1)
+        ]
     elif suffix == "activated":
-        out.append(release_event("activated", rid, {"stage": 1, "cohorts": ["rest", "internal"], "pack": MINIMAL["release.activated"]["pack"], "batch_id": "b2"}, 1))
+        out.append(
+            release_event(
+                "activated",
+                rid,
+                {
+                    "stage": 1,
+                    "cohorts": ["rest", "internal"],
+                    "pack": MINIMAL["release.activated"]["pack"],
+                    "batch_id": "b2",
+                },
+                1,
+            )
+        )
     elif suffix == "rollback_started":
         out.append(release_event("rollback_started", rid, {"trigger": "abort", "reason": " ", "targets": {}}, 1))
     return out
@@ -816,10 +1052,23 @@ RELEASE_POOL = {(s, rid): release_variants(s, rid) for s in RELEASE_SUFFIXES for
 FLAT_RELEASE_POOL = [e for events in RELEASE_POOL.values() for e in events]
 
 
-def scope_event(event_type: str, data: dict[str, Any], cohort: str = "internal", actor: Actor = SERVICE,
-                rid: str | None = None, n: int = 0) -> Event:
-    return make_event(event_type, data, actor=actor, release_id=rid, event_id=f"{event_type}-{n}", occurred_at=NOW,
-                      scope=Scope(env="prod", channel="canary", cohort=cohort))
+def scope_event(
+    event_type: str,
+    data: dict[str, Any],
+    cohort: str = "internal",
+    actor: Actor = SERVICE,
+    rid: str | None = None,
+    n: int = 0,
+) -> Event:
+    return make_event(
+        event_type,
+        data,
+        actor=actor,
+        release_id=rid,
+        event_id=f"{event_type}-{n}",
+        occurred_at=NOW,
+        scope=Scope(env="prod", channel="canary", cohort=cohort),
+    )
 
 
 PACK_1 = MINIMAL["scope.activated"]["pack"]
@@ -827,17 +1076,46 @@ PACK_2 = {**PACK_1, "version": "2.0.0", "digest": "sha256:" + "2" * 64}
 OTHER_POOL: list[Event] = []
 for _i, (_kind, _rid, _cohort, _pack, _actor) in enumerate(
     (k, r, c, p, a)
-    for k in ("rollout", "rollback", "pin") for r in ("r1", "r2", None, "ghost") for c in ("internal", "rest")
-    for p in (PACK_1, PACK_2) for a in (SERVICE, Actor(kind="operator", id="ops"))
+    for k in ("rollout", "rollback", "pin")
+    for r in ("r1", "r2", None, "ghost")
+    for c in ("internal", "rest")
+    for p in (PACK_1, PACK_2)
+    for a in (SERVICE, Actor(kind="operator", id="ops"))
 ):
-    OTHER_POOL.append(scope_event("scope.activated", {"pack": _pack, "manifest": "m", "release_id": _rid, "kind": _kind},
-                                  _cohort, _actor, _rid, _i))
-for _i, (_until, _why) in enumerate([(NOW + timedelta(days=1), "freeze"), (NOW - timedelta(days=1), "freeze"), (NOW, " ")]):
-    OTHER_POOL.append(scope_event("scope.pinned", {"pack": PACK_2, "until": _until.isoformat(), "rationale": _why, "by": "ops"}, n=_i))
-OTHER_POOL += [scope_event("scope.unpinned", {}, n=1), scope_event("scope.unpinned", {"reason": "expired"}, "rest", n=2),
-               event_of("channel.configured"), event_of("trust.rotated")]
-UNDECODABLE_SUBJECTS = ["kx.release.r1.requested", "kx.release.r2.closed", "kx.release.ghost.x", "kx.scope.prod.canary.internal.activated",
-                        "kx.scope.prod.canary.rest.pinned", "kx.channel.prod.canary.configured", "kx.trust.rotated", "junk", "", "kx.release"]
+    OTHER_POOL.append(
+        scope_event(
+            "scope.activated",
+            {"pack": _pack, "manifest": "m", "release_id": _rid, "kind": _kind},
+            _cohort,
+            _actor,
+            _rid,
+            _i,
+        )
+    )
+for _i, (_until, _why) in enumerate(
+    [(NOW + timedelta(days=1), "freeze"), (NOW - timedelta(days=1), "freeze"), (NOW, " ")]
+):
+    OTHER_POOL.append(
+        scope_event("scope.pinned", {"pack": PACK_2, "until": _until.isoformat(), "rationale": _why, "by": "ops"}, n=_i)
+    )
+OTHER_POOL += [
+    scope_event("scope.unpinned", {}, n=1),
+    scope_event("scope.unpinned", {"reason": "expired"}, "rest", n=2),
+    event_of("channel.configured"),
+    event_of("trust.rotated"),
+]
+UNDECODABLE_SUBJECTS = [
+    "kx.release.r1.requested",
+    "kx.release.r2.closed",
+    "kx.release.ghost.x",
+    "kx.scope.prod.canary.internal.activated",
+    "kx.scope.prod.canary.rest.pinned",
+    "kx.channel.prod.canary.configured",
+    "kx.trust.rotated",
+    "junk",
+    "",
+    "kx.release",
+]
 
 
 def sized_lists(elements: st.SearchStrategy, max_size: int) -> st.SearchStrategy:
@@ -875,23 +1153,30 @@ def check_world(world: World, events: list[Event]) -> None:
         assert release.last_seq == last_seq  # the seq of the release's last event
         # the phase table's anomalies, plus the fold's rules beyond it (issue 13: abort is final, `success`
         # only on data), which a table of phases cannot express and tests/unit/test_lifecycle_rules.py covers
-        beyond = [a for a in release.anomalies if a.endswith("abort is final") or a.startswith("closed success without")]
+        beyond = [
+            a for a in release.anomalies if a.endswith("abort is final") or a.startswith("closed success without")
+        ]
         assert len(release.anomalies) - len(beyond) == anomalies, release.anomalies
     # In flight = every release with a phase other than "closed". (A release known only from
     # paused/resumed/annotated has no phase yet and is not in flight.)
     assert set(world.in_flight) == {rid for rid, r in world.releases.items() if r.phase not in (None, "closed")}
-    assert [r.release_id for r in world.releases_in_flight()] == sorted(world.in_flight, key=lambda rid: world.releases[rid].last_seq)
+    assert [r.release_id for r in world.releases_in_flight()] == sorted(
+        world.in_flight, key=lambda rid: world.releases[rid].last_seq
+    )
 
 
 def check_idempotent(world: World, entries: list[tuple[Position, Event]], split: int, overlap: int) -> None:
     assert fold(entries, world) == world  # applying the same positions again changes nothing
     head = fold(entries[:split])
-    assert fold(entries[max(split - overlap, 0):], head) == world  # snapshot + overlapping tail
+    assert fold(entries[max(split - overlap, 0) :], head) == world  # snapshot + overlapping tail
 
 
 @fuzz("fold_arbitrary_sequences", 450)
-@given(events=sized_lists(st.one_of(st.sampled_from(FLAT_RELEASE_POOL), st.sampled_from(OTHER_POOL)), 40),
-       split=st.integers(0, 40), overlap=st.integers(0, 10))
+@given(
+    events=sized_lists(st.one_of(st.sampled_from(FLAT_RELEASE_POOL), st.sampled_from(OTHER_POOL)), 40),
+    split=st.integers(0, 40),
+    overlap=st.integers(0, 10),
+)
 def test_fold_of_arbitrary_release_events(events: list[Event], split: int, overlap: int) -> None:
     entries = entries_of(events)
     world = fold(entries)
@@ -942,10 +1227,22 @@ def test_fold_of_legal_walks_has_no_anomalies(events: list[Event], split: int, o
 # 4. The invariant checker
 # =================================================================================================
 
-VIOLATION_CODES = {"undecodable", "pointer_outside_batch", "pointer_by_wrong_writer", "activation_without_verification",
-                   "activation_of_other_digest", "rollback_without_decision", "rollback_to_other_target",
-                   "pin_switch_without_pin", "pin_without_rationale_or_bound", "rollback_without_reason",
-                   "rollback_without_target", "illegal_transition", "not_closed", *SAFETY_CODES}  # issue 13's safety checks
+VIOLATION_CODES = {
+    "undecodable",
+    "pointer_outside_batch",
+    "pointer_by_wrong_writer",
+    "activation_without_verification",
+    "activation_of_other_digest",
+    "rollback_without_decision",
+    "rollback_to_other_target",
+    "pin_switch_without_pin",
+    "pin_without_rationale_or_bound",
+    "rollback_without_reason",
+    "rollback_without_target",
+    "illegal_transition",
+    "not_closed",
+    *SAFETY_CODES,
+}  # issue 13's safety checks
 AUDIT_ENTRY = st.one_of(
     st.tuples(st.sampled_from(FLAT_RELEASE_POOL), st.sampled_from([None, "batch-1"]), st.just("")),
     st.tuples(st.sampled_from(OTHER_POOL), st.sampled_from([None, "batch-1", "batch-2"]), st.just("")),
@@ -959,8 +1256,11 @@ def test_invariant_checker_never_raises(entries) -> None:
     audit = Audit()
     for seq, (event, batch, subject) in enumerate(entries, 1):
         if event is not None:
-            subject = SUBJECTS.expected_subject(event.type, event.release_id,
-                                                (event.scope.env, event.scope.channel, event.scope.cohort) if event.scope else None)
+            subject = SUBJECTS.expected_subject(
+                event.type,
+                event.release_id,
+                (event.scope.env, event.scope.channel, event.scope.cohort) if event.scope else None,
+            )
         audit = audit_entry(audit, Position(seq=seq, subject=subject, batch_id=batch), event, SUBJECTS)
     audit = finish(audit)
     for code in {v.code for v in audit.violations}:
@@ -1047,18 +1347,25 @@ def test_bug_naive_pin_until_crashes_the_invariant_checker() -> None:
     assert finish(audit).world.applied_seq == 1
 
 
-_STATEMENT_HEAD = {"_type": "https://in-toto.io/Statement/v1", "predicateType": "https://konnaxion.dev/releases/evidence-record/v1"}
+_STATEMENT_HEAD = {
+    "_type": "https://in-toto.io/Statement/v1",
+    "predicateType": "https://konnaxion.dev/releases/evidence-record/v1",
+}
 
 
-@pytest.mark.parametrize("statement", [
-    [],
-    "x",
-    _STATEMENT_HEAD,  # no subject
-    {**_STATEMENT_HEAD, "subject": [], "predicate": {}},
-    {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": 1}}], "predicate": {}},
-    {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": "ab"}}], "predicate": []},
-    {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": "ab"}}], "predicate": {"pack": "x"}},
-], ids=["list", "string", "no-subject", "empty-subject", "int-digest", "list-predicate", "string-pack"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        [],
+        "x",
+        _STATEMENT_HEAD,  # no subject
+        {**_STATEMENT_HEAD, "subject": [], "predicate": {}},
+        {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": 1}}], "predicate": {}},
+        {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": "ab"}}], "predicate": []},
+        {**_STATEMENT_HEAD, "subject": [{"digest": {"sha256": "ab"}}], "predicate": {"pack": "x"}},
+    ],
+    ids=["list", "string", "no-subject", "empty-subject", "int-digest", "list-predicate", "string-pack"],
+)
 def test_bug_trusted_malformed_statement_escapes_verify_bundle(statement: Any) -> None:
     raw = dumps(signed_bundle(json.dumps(statement).encode()))
     with pytest.raises(BundleError):

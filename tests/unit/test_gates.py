@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -18,13 +19,37 @@ from events.model import PackRef
 from events.signing import TrustedKey, TrustRoot, b64encode
 from services.verification import gates
 from services.verification.gates import (
-    GATE_CODES, GATES, OK, GateFailure, PackDigester, PackOversized, Verification,
-    check_manifest, check_pack, check_policy, verify_bytes,
+    GATE_CODES,
+    GATES,
+    OK,
+    GateFailure,
+    PackDigester,
+    PackOversized,
+    Verification,
+    check_manifest,
+    check_pack,
+    check_policy,
+    verify_bytes,
 )
 
 from .gate_vectors import (
-    ALICE, BOB, BUILDER, CI, MALLORY, PACK, SOURCE_PREFIX, Case, attested, channel_doc, del_path, statement,
-    pack_ref, set_path, sha256_digest, signature_entry, signed_body,
+    ALICE,
+    BOB,
+    BUILDER,
+    CI,
+    MALLORY,
+    PACK,
+    SOURCE_PREFIX,
+    Case,
+    attested,
+    channel_doc,
+    del_path,
+    pack_ref,
+    set_path,
+    sha256_digest,
+    signature_entry,
+    signed_body,
+    statement,
 )
 
 Mutator = Callable[[Case], None]
@@ -37,6 +62,7 @@ def case(**fields: Any) -> Mutator:
     def apply(c: Case) -> None:
         for name, value in fields.items():
             setattr(c, name, value(c) if callable(value) else value)
+
     return apply
 
 
@@ -55,16 +81,19 @@ def doc(edit: Callable[[dict[str, Any]], None]) -> Mutator:
 def raw(make: Callable[[Case], Any]) -> Mutator:
     def apply(c: Case) -> None:
         c.raw_manifest = make(c)
+
     return apply
 
 
 def channel(**sections: dict[str, Any]) -> Mutator:
     """Override parts of the channel's compatibility/policy sections."""
+
     def apply(c: Case) -> None:
         body = channel_doc()
         for section, values in sections.items():
             body[section] = {**body[section], **values}
         c.channel_config = ChannelConfig.model_validate(body)
+
     return apply
 
 
@@ -72,6 +101,7 @@ def both(*mutators: Mutator) -> Mutator:
     def apply(c: Case) -> None:
         for m in mutators:
             m(c)
+
     return apply
 
 
@@ -79,15 +109,18 @@ def sigs(make: Callable[[Case], list[dict[str, str]]]) -> Mutator:
     def apply(c: Case) -> None:
         entries = make(c)
         c.doc_edits.append(lambda d: d.__setitem__("signatures", entries))
+
     return apply
 
 
 def text_edit(old: str, new: str) -> Mutator:
     """Rewrite the serialized manifest text (for inputs no JSON encoder would produce)."""
+
     def make(c: Case) -> bytes:
         text = json.dumps(c.manifest_doc())
         assert old in text
         return text.replace(old, new, 1).encode()
+
     return raw(make)
 
 
@@ -110,9 +143,11 @@ LAPTOP = "https://laptop.example/me"
 
 def required(make: Callable[[Case], bytes | None] | None) -> Mutator:
     """The channel requires an attestation; the attestation object holds make(case) (None: absent)."""
+
     def apply(c: Case) -> None:
         channel(policy={"require_attestation": True})(c)
         c.attestation = None if make is None else make(c)
+
     return apply
 
 
@@ -125,8 +160,13 @@ def envelope(c: Case, **fields: Any) -> bytes:
 
 def signed_payload(payload: bytes) -> bytes:
     """Any payload, correctly signed by the trusted builder key."""
-    return json.dumps({"payloadType": PAYLOAD_TYPE, "payload": b64encode(payload),
-                       "signatures": [{"keyid": CI.keyid, "sig": b64encode(CI.sign(pae(PAYLOAD_TYPE, payload)))}]}).encode()
+    return json.dumps(
+        {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": b64encode(payload),
+            "signatures": [{"keyid": CI.keyid, "sig": b64encode(CI.sign(pae(PAYLOAD_TYPE, payload)))}],
+        }
+    ).encode()
 
 
 def signed_statement(stmt: dict[str, Any]) -> bytes:
@@ -142,42 +182,111 @@ NEGATIVE = [
     # trust_root: only the caller's root counts, and it must be usable.
     V(case(root=None), "trust_root", "trust_root_missing", id="trust-root-missing"),
     V(case(root=TrustRoot(threshold=0, keys=())), "trust_root", "trust_root_invalid", id="trust-root-threshold-zero"),
-    V(case(root=TrustRoot(threshold=2, keys=(TrustedKey(ALICE.keyid, ALICE.public_raw, "a"),
-                                             TrustedKey("alias", ALICE.public_raw, "a-again")))),
-      "trust_root", "trust_root_invalid", id="trust-root-one-key-listed-twice-threshold-2"),
+    V(
+        case(
+            root=TrustRoot(
+                threshold=2,
+                keys=(TrustedKey(ALICE.keyid, ALICE.public_raw, "a"), TrustedKey("alias", ALICE.public_raw, "a-again")),
+            )
+        ),
+        "trust_root",
+        "trust_root_invalid",
+        id="trust-root-one-key-listed-twice-threshold-2",
+    ),
     # manifest envelope: nothing inside `signed` is read here.
     V(raw(lambda c: None), "manifest", "manifest_missing", id="manifest-missing"),
-    V(raw(lambda c: c.manifest_bytes() + b" " * MANIFEST_MAX_BYTES), "manifest", "manifest_oversized", id="manifest-oversized"),
+    V(
+        raw(lambda c: c.manifest_bytes() + b" " * MANIFEST_MAX_BYTES),
+        "manifest",
+        "manifest_oversized",
+        id="manifest-oversized",
+    ),
     V(raw(lambda c: b"\x00\xffPK\x03\x04 garbage"), "manifest", "malformed_json", id="garbage-manifest"),
     V(raw(lambda c: b'{"signed": {"name": "kb-core"'), "manifest", "malformed_json", id="truncated-manifest-json"),
     V(raw(lambda c: b'{"signed": {"size": NaN}, "signatures": []}'), "manifest", "malformed_json", id="nan-constant"),
     V(text_edit('"size": 76800', '"size": ' + "7" * 5000), "manifest", "malformed_json", id="integer-over-4300-digits"),
-    V(text_edit('"id": "build-42"', '"id": "\\ud800"'), "manifest", "malformed_json", id="lone-surrogate-no-canonical-form"),
+    V(
+        text_edit('"id": "build-42"', '"id": "\\ud800"'),
+        "manifest",
+        "malformed_json",
+        id="lone-surrogate-no-canonical-form",
+    ),
     V(text_edit('"size": 76800', '"size": 76800.0'), "manifest", "float_forbidden", id="float-in-signed"),
-    V(text_edit('{"signed": {', '{"signed": {"version": "9.9.9", '), "manifest", "duplicate_key", id="duplicate-key-in-signed"),
-    V(text_edit('{"signed": {', '{"signatures": [], "signed": {'), "manifest", "duplicate_key", id="duplicate-top-level-key"),
+    V(
+        text_edit('{"signed": {', '{"signed": {"version": "9.9.9", '),
+        "manifest",
+        "duplicate_key",
+        id="duplicate-key-in-signed",
+    ),
+    V(
+        text_edit('{"signed": {', '{"signatures": [], "signed": {'),
+        "manifest",
+        "duplicate_key",
+        id="duplicate-top-level-key",
+    ),
     V(raw(lambda c: b'[{"signed": {}, "signatures": []}]'), "manifest", "bad_shape", id="top-level-array"),
     V(doc(lambda d: d.pop("signed")), "manifest", "bad_shape", id="signed-absent"),
-    V(doc(lambda d: d.__setitem__("signed", json.dumps(d["signed"]))), "manifest", "bad_shape", id="signed-is-a-string"),
-    V(doc(lambda d: d.__setitem__("signatures", d["signatures"][0])), "manifest", "bad_shape", id="signatures-not-a-list"),
+    V(
+        doc(lambda d: d.__setitem__("signed", json.dumps(d["signed"]))),
+        "manifest",
+        "bad_shape",
+        id="signed-is-a-string",
+    ),
+    V(
+        doc(lambda d: d.__setitem__("signatures", d["signatures"][0])),
+        "manifest",
+        "bad_shape",
+        id="signatures-not-a-list",
+    ),
     V(doc(lambda d: d["signatures"][0].pop("keyid")), "manifest", "bad_shape", id="signature-without-keyid"),
-    V(doc(lambda d: d["signatures"][0].__setitem__("sig", "not base64!")), "manifest", "bad_shape", id="signature-not-base64"),
-    V(doc(lambda d: d.__setitem__("signatures", d["signatures"] * (MAX_SIGNATURES + 1))),
-      "manifest", "too_many_signatures", id="too-many-signatures"),
+    V(
+        doc(lambda d: d["signatures"][0].__setitem__("sig", "not base64!")),
+        "manifest",
+        "bad_shape",
+        id="signature-not-base64",
+    ),
+    V(
+        doc(lambda d: d.__setitem__("signatures", d["signatures"] * (MAX_SIGNATURES + 1))),
+        "manifest",
+        "too_many_signatures",
+        id="too-many-signatures",
+    ),
     # signature: distinct trusted keys over the canonical bytes; keyid is only a label.
     V(case(sign_with=[]), "signature", "no_signatures", id="no-signatures"),
     V(case(sign_with=[MALLORY]), "signature", "threshold_not_met", id="untrusted-key"),
-    V(sigs(lambda c: [signature_entry(MALLORY, c.signed, keyid=ALICE.keyid)]),
-      "signature", "threshold_not_met", id="keyid-spoof-trusted-label-other-key"),
-    V(both(case(threshold=2),
-           sigs(lambda c: [signature_entry(ALICE, c.signed), signature_entry(ALICE, c.signed, keyid=BOB.keyid)])),
-      "signature", "threshold_not_met", id="same-key-twice-threshold-2"),
-    V(sigs(lambda c: [signature_entry(ALICE, {**c.signed, "version": "2.0.1"})]),
-      "signature", "threshold_not_met", id="signature-over-other-content"),
-    V(doc(lambda d: set_path(d["signed"], "provenance.source", "https://evil.example/kb")),
-      "signature", "threshold_not_met", id="signed-content-tampered-after-signing"),
-    V(doc(lambda d: d["signatures"][0].__setitem__("sig", swap_first_char(d["signatures"][0]["sig"]))),
-      "signature", "threshold_not_met", id="signature-bytes-corrupted"),
+    V(
+        sigs(lambda c: [signature_entry(MALLORY, c.signed, keyid=ALICE.keyid)]),
+        "signature",
+        "threshold_not_met",
+        id="keyid-spoof-trusted-label-other-key",
+    ),
+    V(
+        both(
+            case(threshold=2),
+            sigs(lambda c: [signature_entry(ALICE, c.signed), signature_entry(ALICE, c.signed, keyid=BOB.keyid)]),
+        ),
+        "signature",
+        "threshold_not_met",
+        id="same-key-twice-threshold-2",
+    ),
+    V(
+        sigs(lambda c: [signature_entry(ALICE, {**c.signed, "version": "2.0.1"})]),
+        "signature",
+        "threshold_not_met",
+        id="signature-over-other-content",
+    ),
+    V(
+        doc(lambda d: set_path(d["signed"], "provenance.source", "https://evil.example/kb")),
+        "signature",
+        "threshold_not_met",
+        id="signed-content-tampered-after-signing",
+    ),
+    V(
+        doc(lambda d: d["signatures"][0].__setitem__("sig", swap_first_char(d["signatures"][0]["sig"]))),
+        "signature",
+        "threshold_not_met",
+        id="signature-bytes-corrupted",
+    ),
     # manifest schema: typed only once the signatures are good.
     *[V(drop(f), "manifest", "schema_invalid", id=f"evidence-absent-{f}") for f in EVIDENCE_FIELDS],
     V(signed("size", "76800"), "manifest", "schema_invalid", id="schema-size-is-string"),
@@ -206,64 +315,181 @@ NEGATIVE = [
     V(signed("compatibility.schema", "kx-schema-4"), "compatibility", "schema_mismatch", id="schema-mismatch"),
     V(signed("compatibility.profile", "heavy"), "compatibility", "profile_mismatch", id="profile-mismatch"),
     V(channel(compatibility={"runtime_version": "3.1.0"}), "compatibility", "runtime_mismatch", id="runtime-mismatch"),
-    V(signed("compatibility.runtime", "~>2.3"), "compatibility", "runtime_specifier_invalid", id="runtime-specifier-invalid"),
+    V(
+        signed("compatibility.runtime", "~>2.3"),
+        "compatibility",
+        "runtime_specifier_invalid",
+        id="runtime-specifier-invalid",
+    ),
     V(signed("compatibility.runtime", " "), "compatibility", "runtime_specifier_invalid", id="runtime-specifier-empty"),
-    V(channel(compatibility={"runtime_version": "two"}), "compatibility", "runtime_version_invalid", id="channel-runtime-version-invalid"),
+    V(
+        channel(compatibility={"runtime_version": "two"}),
+        "compatibility",
+        "runtime_version_invalid",
+        id="channel-runtime-version-invalid",
+    ),
     # policy
-    V(case(active={"internal": pack_ref("1.9.0", b"old"), "rest": pack_ref("2.1.0", b"newer")}),
-      "policy", "downgrade", id="downgrade-on-one-cohort"),
-    V(case(active={"internal": None, "rest": pack_ref("2.0.0", PACK)}), "policy", "not_newer", id="same-version-same-bytes-rollout"),
-    V(case(active={"internal": pack_ref("2.0.0", b"other bytes"), "rest": None}),
-      "policy", "same_version_other_digest", id="same-version-other-bytes"),
-    V(case(purpose="pin", active={"internal": pack_ref("2.0", b"other bytes"), "rest": None}),
-      "policy", "same_version_other_digest", id="same-version-other-bytes-even-when-pinning"),
+    V(
+        case(active={"internal": pack_ref("1.9.0", b"old"), "rest": pack_ref("2.1.0", b"newer")}),
+        "policy",
+        "downgrade",
+        id="downgrade-on-one-cohort",
+    ),
+    V(
+        case(active={"internal": None, "rest": pack_ref("2.0.0", PACK)}),
+        "policy",
+        "not_newer",
+        id="same-version-same-bytes-rollout",
+    ),
+    V(
+        case(active={"internal": pack_ref("2.0.0", b"other bytes"), "rest": None}),
+        "policy",
+        "same_version_other_digest",
+        id="same-version-other-bytes",
+    ),
+    V(
+        case(purpose="pin", active={"internal": pack_ref("2.0", b"other bytes"), "rest": None}),
+        "policy",
+        "same_version_other_digest",
+        id="same-version-other-bytes-even-when-pinning",
+    ),
     V(case(purpose="hotfix"), "policy", "purpose_invalid", id="purpose-unknown"),
     V(case(cohorts=()), "policy", "no_cohorts", id="no-target-cohorts"),
     V(case(active={"internal": None}), "policy", "active_unknown", id="active-pack-of-cohort-not-given"),
-    V(signed("provenance.source", "https://github.com/someone/kb"), "policy", "source_forbidden", id="forbidden-source"),
-    V(signed("provenance.source", f"{SOURCE_PREFIX}-evil/core"), "policy", "source_forbidden", id="source-prefix-without-boundary"),
+    V(
+        signed("provenance.source", "https://github.com/someone/kb"),
+        "policy",
+        "source_forbidden",
+        id="forbidden-source",
+    ),
+    V(
+        signed("provenance.source", f"{SOURCE_PREFIX}-evil/core"),
+        "policy",
+        "source_forbidden",
+        id="source-prefix-without-boundary",
+    ),
     V(channel(policy={"allowed_sources": []}), "policy", "source_forbidden", id="allowed-sources-empty-list"),
     V(signed("build.builder", "https://laptop.example/me"), "policy", "builder_forbidden", id="forbidden-builder"),
     V(case(env="dev"), "policy", "scope_forbidden", id="forbidden-scope-env"),
     V(case(channel="stable-eu"), "policy", "scope_forbidden", id="forbidden-scope-channel"),
     # evidence: present, non-blank, validated.
     # (source/builder restrictions lifted so the blank value reaches the evidence gate)
-    *[V(both(channel(policy={"allowed_sources": None, "allowed_builders": None}), signed(f, "  ")),
-        "evidence", "evidence_missing", id=f"evidence-blank-{f}") for f in EVIDENCE_FIELDS],
+    *[
+        V(
+            both(channel(policy={"allowed_sources": None, "allowed_builders": None}), signed(f, "  ")),
+            "evidence",
+            "evidence_missing",
+            id=f"evidence-blank-{f}",
+        )
+        for f in EVIDENCE_FIELDS
+    ],
     V(signed("build.validation", "failed"), "evidence", "validation_not_passed", id="validation-not-passed"),
     V(case(sign_with=[CI]), "signature", "threshold_not_met", id="builder-key-cannot-sign-manifests"),
     # attestation, when the channel requires one: one vector per failure mode
     V(required(None), "evidence", "attestation_missing", id="attestation-missing-when-required"),
     V(required(lambda c: b"not an envelope {"), "evidence", "attestation_malformed", id="attestation-not-json"),
-    V(required(lambda c: envelope(c, payloadType="application/json")), "evidence", "attestation_malformed",
-      id="attestation-wrong-payload-type"),
-    V(required(lambda c: envelope(c, payload="***")), "evidence", "attestation_malformed", id="attestation-payload-not-base64"),
-    V(required(lambda c: envelope(c, signatures=[{"keyid": CI.keyid}])), "evidence", "attestation_malformed",
-      id="attestation-signature-without-sig"),
-    V(required(lambda c: envelope(c, signatures="none")), "evidence", "attestation_malformed", id="attestation-signatures-not-list"),
-    V(required(lambda c: b" " * (gates.ATTESTATION_MAX_BYTES + 1)), "evidence", "attestation_malformed", id="attestation-oversized"),
+    V(
+        required(lambda c: envelope(c, payloadType="application/json")),
+        "evidence",
+        "attestation_malformed",
+        id="attestation-wrong-payload-type",
+    ),
+    V(
+        required(lambda c: envelope(c, payload="***")),
+        "evidence",
+        "attestation_malformed",
+        id="attestation-payload-not-base64",
+    ),
+    V(
+        required(lambda c: envelope(c, signatures=[{"keyid": CI.keyid}])),
+        "evidence",
+        "attestation_malformed",
+        id="attestation-signature-without-sig",
+    ),
+    V(
+        required(lambda c: envelope(c, signatures="none")),
+        "evidence",
+        "attestation_malformed",
+        id="attestation-signatures-not-list",
+    ),
+    V(
+        required(lambda c: b" " * (gates.ATTESTATION_MAX_BYTES + 1)),
+        "evidence",
+        "attestation_malformed",
+        id="attestation-oversized",
+    ),
     V(required(lambda c: envelope(c, signatures=[])), "evidence", "attestation_unsigned", id="attestation-unsigned"),
-    V(required(lambda c: attested(c.signed["digest"], signers=[MALLORY])), "evidence", "attestation_untrusted",
-      id="attestation-wrong-key"),
-    V(required(lambda c: attested(c.signed["digest"], signers=[ALICE])), "evidence", "attestation_untrusted",
-      id="attestation-by-manifest-key-not-builder-key"),
-    V(both(required(lambda c: attested(c.signed["digest"])), case(builders=[])), "evidence", "attestation_untrusted",
-      id="attestation-trust-root-without-builders"),
-    V(required(lambda c: envelope(c, payload=b64encode(json.dumps(statement(sha256_digest(b"x"))).encode()))),
-      "evidence", "attestation_untrusted", id="attestation-payload-swapped-after-signing"),
-    V(both(required(lambda c: attested(c.signed["digest"])), case(builders=[(CI, ["https://ci.other.example/b"])])),
-      "evidence", "attestation_untrusted", id="attestation-key-trusted-for-another-builder"),
-    V(required(lambda c: attested(sha256_digest(b"some other pack"))), "evidence", "attestation_subject_mismatch",
-      id="attestation-wrong-subject-digest"),
-    V(both(required(lambda c: attested(c.signed["digest"], builder_id=LAPTOP)), case(builders=[(CI, [BUILDER, LAPTOP])])),
-      "evidence", "attestation_builder_forbidden", id="attestation-builder-not-allowed"),
-    V(required(lambda c: signed_statement({"_type": "https://in-toto.io/Statement/v0.1"})), "evidence", "attestation_invalid",
-      id="attestation-not-statement-v1"),
-    V(required(lambda c: signed_statement({**statement(c.signed["digest"]), "predicateType": "https://example/other"})),
-      "evidence", "attestation_invalid", id="attestation-not-slsa-provenance"),
-    V(required(lambda c: signed_statement({**statement(c.signed["digest"]), "predicate": {}})), "evidence", "attestation_invalid",
-      id="attestation-without-builder"),
-    V(required(lambda c: signed_payload(b"[1, 2")), "evidence", "attestation_invalid", id="attestation-signed-payload-not-json"),
+    V(
+        required(lambda c: attested(c.signed["digest"], signers=[MALLORY])),
+        "evidence",
+        "attestation_untrusted",
+        id="attestation-wrong-key",
+    ),
+    V(
+        required(lambda c: attested(c.signed["digest"], signers=[ALICE])),
+        "evidence",
+        "attestation_untrusted",
+        id="attestation-by-manifest-key-not-builder-key",
+    ),
+    V(
+        both(required(lambda c: attested(c.signed["digest"])), case(builders=[])),
+        "evidence",
+        "attestation_untrusted",
+        id="attestation-trust-root-without-builders",
+    ),
+    V(
+        required(lambda c: envelope(c, payload=b64encode(json.dumps(statement(sha256_digest(b"x"))).encode()))),
+        "evidence",
+        "attestation_untrusted",
+        id="attestation-payload-swapped-after-signing",
+    ),
+    V(
+        both(required(lambda c: attested(c.signed["digest"])), case(builders=[(CI, ["https://ci.other.example/b"])])),
+        "evidence",
+        "attestation_untrusted",
+        id="attestation-key-trusted-for-another-builder",
+    ),
+    V(
+        required(lambda c: attested(sha256_digest(b"some other pack"))),
+        "evidence",
+        "attestation_subject_mismatch",
+        id="attestation-wrong-subject-digest",
+    ),
+    V(
+        both(
+            required(lambda c: attested(c.signed["digest"], builder_id=LAPTOP)),
+            case(builders=[(CI, [BUILDER, LAPTOP])]),
+        ),
+        "evidence",
+        "attestation_builder_forbidden",
+        id="attestation-builder-not-allowed",
+    ),
+    V(
+        required(lambda c: signed_statement({"_type": "https://in-toto.io/Statement/v0.1"})),
+        "evidence",
+        "attestation_invalid",
+        id="attestation-not-statement-v1",
+    ),
+    V(
+        required(
+            lambda c: signed_statement({**statement(c.signed["digest"]), "predicateType": "https://example/other"})
+        ),
+        "evidence",
+        "attestation_invalid",
+        id="attestation-not-slsa-provenance",
+    ),
+    V(
+        required(lambda c: signed_statement({**statement(c.signed["digest"]), "predicate": {}})),
+        "evidence",
+        "attestation_invalid",
+        id="attestation-without-builder",
+    ),
+    V(
+        required(lambda c: signed_payload(b"[1, 2")),
+        "evidence",
+        "attestation_invalid",
+        id="attestation-signed-payload-not-json",
+    ),
     # fail closed on surprises
     V(case(active=ExplodingMap()), "policy", "internal_error", id="exception-inside-gate-is-failure"),
 ]
@@ -297,7 +523,10 @@ def test_negative_vector(release: Case, mutate: Mutator, gate: str, code: str) -
 
 
 def test_every_reason_code_has_a_vector() -> None:
-    covered = {(p.values[1], p.values[2]) for p in NEGATIVE} | {("integrity", "gate_order"), ("compatibility", "gate_order")}
+    covered = {(p.values[1], p.values[2]) for p in NEGATIVE} | {
+        ("integrity", "gate_order"),
+        ("compatibility", "gate_order"),
+    }
     declared = {(g, c) for g, codes in GATE_CODES.items() for c in codes}
     assert declared - covered == set()
     assert covered - declared == {("policy", "internal_error")}
@@ -367,10 +596,15 @@ def test_first_activation_has_nothing_to_compare() -> None:
 
 def test_keyid_is_only_a_hint() -> None:
     c = Case(sign_with=[])
-    c.doc_edits.append(lambda d: d.__setitem__("signatures", [
-        signature_entry(MALLORY, c.signed),                    # unknown key: ignored
-        signature_entry(ALICE, c.signed, keyid="not-a-keyid"),  # mislabelled but valid: counts
-    ]))
+    c.doc_edits.append(
+        lambda d: d.__setitem__(
+            "signatures",
+            [
+                signature_entry(MALLORY, c.signed),  # unknown key: ignored
+                signature_entry(ALICE, c.signed, keyid="not-a-keyid"),  # mislabelled but valid: counts
+            ],
+        )
+    )
     assert passes(c).signers == [ALICE.keyid]
 
 
@@ -423,7 +657,7 @@ def test_phases_compose_like_verify_bytes() -> None:
     assert [o.gate for o in v.outcomes] == list(GATES[:5]) and v.failure is None
     digester = PackDigester(v.manifest.size)
     for i in range(0, len(pack), 1000):
-        digester.update(pack[i:i + 1000])
+        digester.update(pack[i : i + 1000])
     v = check_policy(check_pack(v, digester.result(), ctx), ctx)
     assert v.ok and v.outcomes == verify_bytes(manifest, pack, ctx).outcomes
 
@@ -528,8 +762,11 @@ def test_a_flipped_manifest_byte_never_changes_what_passes() -> None:
 
 
 def _builder_doc(ids: Any) -> dict[str, Any]:
-    return {"threshold": 1, "keys": {ALICE.keyid: {"public": b64encode(ALICE.public_raw)}},
-            "builders": {CI.keyid: {"public": b64encode(CI.public_raw), "name": "ci", "ids": ids}}}
+    return {
+        "threshold": 1,
+        "keys": {ALICE.keyid: {"public": b64encode(ALICE.public_raw)}},
+        "builders": {CI.keyid: {"public": b64encode(CI.public_raw), "name": "ci", "ids": ids}},
+    }
 
 
 def test_trust_root_builders_round_trip_and_stay_apart_from_manifest_keys() -> None:
@@ -539,7 +776,9 @@ def test_trust_root_builders_round_trip_and_stay_apart_from_manifest_keys() -> N
     assert TrustRoot.from_document(root.to_document()) == root
 
 
-@pytest.mark.parametrize("ids", [None, [], [""], "https://ci.example/b"], ids=["absent", "empty", "blank", "not-a-list"])
+@pytest.mark.parametrize(
+    "ids", [None, [], [""], "https://ci.example/b"], ids=["absent", "empty", "blank", "not-a-list"]
+)
 def test_a_builder_key_must_name_the_builders_it_may_attest_for(ids: Any) -> None:
     doc = _builder_doc(ids)
     if ids is None:

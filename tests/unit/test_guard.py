@@ -29,8 +29,14 @@ def channel(**sections: dict[str, Any]) -> ChannelConfig:
 
 
 def check(**overrides: Any) -> Violation | None:
-    args: dict[str, Any] = dict(manifest=PACK.manifest, key=KEY_INTERNAL, active=ACTIVE, config=channel(),
-                                trust_root=trust_root_for(KEY), now=NOW)
+    args: dict[str, Any] = dict(
+        manifest=PACK.manifest,
+        key=KEY_INTERNAL,
+        active=ACTIVE,
+        config=channel(),
+        trust_root=trust_root_for(KEY),
+        now=NOW,
+    )
     args.update(overrides)
     return check_active(**args)
 
@@ -40,23 +46,28 @@ def test_an_active_pack_that_still_passes_has_no_violation() -> None:
     assert check() is None
 
 
-@pytest.mark.parametrize("overrides, code", [
-    # a rotation that drops every key that signed the active manifest
-    (dict(trust_root=trust_root_for(OTHER)), "signature/threshold_not_met"),
-    # the manifest expires while the pack runs
-    (dict(now=NOW + timedelta(days=31)), "expiry/expired"),
-    # the channel's policy changes under the active pack
-    (dict(config=channel(policy={"allowed_builders": ["other-pipeline"]})), "policy/builder_forbidden"),
-    (dict(config=channel(policy={"allowed_sources": ["https://git.example/other"]})), "policy/source_forbidden"),
-    (dict(config=channel(compatibility={"runtime_version": "3.1.0"})), "compatibility/runtime_mismatch"),
-    (dict(config=channel(compatibility={"profiles": ["lite"]})), "compatibility/profile_mismatch"),
-    # what can no longer be checked is not a pass
-    (dict(manifest=None), "manifest/manifest_missing"),
-    (dict(active=ACTIVE.model_copy(update={"digest": "sha256:" + "0" * 64})), "identity/digest_mismatch"),
-])
+@pytest.mark.parametrize(
+    "overrides, code",
+    [
+        # a rotation that drops every key that signed the active manifest
+        (dict(trust_root=trust_root_for(OTHER)), "signature/threshold_not_met"),
+        # the manifest expires while the pack runs
+        (dict(now=NOW + timedelta(days=31)), "expiry/expired"),
+        # the channel's policy changes under the active pack
+        (dict(config=channel(policy={"allowed_builders": ["other-pipeline"]})), "policy/builder_forbidden"),
+        (dict(config=channel(policy={"allowed_sources": ["https://git.example/other"]})), "policy/source_forbidden"),
+        (dict(config=channel(compatibility={"runtime_version": "3.1.0"})), "compatibility/runtime_mismatch"),
+        (dict(config=channel(compatibility={"profiles": ["lite"]})), "compatibility/profile_mismatch"),
+        # what can no longer be checked is not a pass
+        (dict(manifest=None), "manifest/manifest_missing"),
+        (dict(active=ACTIVE.model_copy(update={"digest": "sha256:" + "0" * 64})), "identity/digest_mismatch"),
+    ],
+)
 def test_each_violation_names_its_gate_and_code(overrides: dict, code: str) -> None:
     violation = check(**overrides)
-    assert violation is not None and violation.code == code and violation.digest == overrides.get("active", ACTIVE).digest
+    assert (
+        violation is not None and violation.code == code and violation.digest == overrides.get("active", ACTIVE).digest
+    )
     assert violation.message
 
 
@@ -95,7 +106,10 @@ def test_a_rollout_in_flight_is_rolled_back_with_trigger_policy_violation() -> N
     assert "signature/threshold_not_met" in data.reason and "prod/canary/internal" in data.reason
     assert data.targets == {"internal": PackRef.model_validate(P0)}
     # a second instance, or a redelivery, decides the same event
-    assert decide_release(world, world.release("r1"), {KEY_INTERNAL: VIOLATION}, CTX)[0].events[0].event_id == event.event_id
+    assert (
+        decide_release(world, world.release("r1"), {KEY_INTERNAL: VIOLATION}, CTX)[0].events[0].event_id
+        == event.event_id
+    )
 
 
 def test_a_release_already_failing_is_left_to_the_promoter() -> None:
@@ -127,7 +141,10 @@ def test_a_settled_scope_is_flagged_once() -> None:
     assert isinstance(data, ScopeFlagged) and data.code == VIOLATION.code and data.pack.digest == PACK.digest
     assert data.detected_at == NOW and "prod/canary/internal" in data.message
     # the same flag decided again later (another instance) has the same id
-    assert flag_event(world.scope(*KEY_INTERNAL), VIOLATION, Ctx(now=NOW + timedelta(seconds=5), service="guard")).event_id == event.event_id
+    assert (
+        flag_event(world.scope(*KEY_INTERNAL), VIOLATION, Ctx(now=NOW + timedelta(seconds=5), service="guard")).event_id
+        == event.event_id
+    )
 
     log.add("scope.flagged", data.model_dump(mode="json"), cohort="internal", release_id="r1")
     flagged = log.world()
@@ -140,7 +157,11 @@ def test_a_settled_scope_is_flagged_once() -> None:
 
 def test_a_flag_ends_when_the_pointer_moves() -> None:
     log = settled()
-    log.add("scope.flagged", {"pack": P1, "code": VIOLATION.code, "message": "m", "detected_at": NOW.isoformat()}, cohort="internal")
+    log.add(
+        "scope.flagged",
+        {"pack": P1, "code": VIOLATION.code, "message": "m", "detected_at": NOW.isoformat()},
+        cohort="internal",
+    )
     assert log.world().scope(*KEY_INTERNAL).flag is not None
     log.point("internal", P0, kind="pin")
     world = log.world()
@@ -171,7 +192,11 @@ def test_a_release_held_after_an_escalation_gets_its_scope_flagged() -> None:
     # its rollback target was unusable: another rollback would escalate again; the flag records the violation
     log = in_flight()
     log.rollback_started("r1", {"internal": P0})
-    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "no target", "escalation": "pager:kb"}, release_id="r1")
+    log.add(
+        "release.escalated",
+        {"code": "rollback_target_unusable", "message": "no target", "escalation": "pager:kb"},
+        release_id="r1",
+    )
     world = log.world()
     assert world.release("r1").phase == "held"
     plan = decide(world, {KEY_INTERNAL: VIOLATION}, CTX)
@@ -189,6 +214,11 @@ def test_a_flag_on_a_pinned_pointer_still_makes_a_complete_webhook_body() -> Non
     [(_, event)] = decide(log.world(), {KEY_INTERNAL: VIOLATION}, CTX).flags
     sink = NotificationSink(name="ops", url="https://hooks.example/kx", on=["flagged"])
     body = json.loads(notification_body("flagged", sink, event, None))
-    assert (body["kind"], body["release_id"], body["code"], body["scope"]["cohort"]) == ("flagged", None, VIOLATION.code, "internal")
+    assert (body["kind"], body["release_id"], body["code"], body["scope"]["cohort"]) == (
+        "flagged",
+        None,
+        VIOLATION.code,
+        "internal",
+    )
     assert body["pack"]["digest"] == PACK.digest and body["target"] == {"env": ENV, "channel": CH}
     assert body["summary"] == event.data.message

@@ -18,11 +18,22 @@ from events.canonical import StrictJSONError
 from events.codec import decode_event, encode_event
 from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample, accept_report, decode_sample
 from events.model import Comparison, MonitoringStarted, MonitoringVerdict
-from services.consumers import monitor
 from events.subjects import HealthParts, Subjects
+from services.consumers import monitor
 from services.monitoring.judge import (
-    CLOCK_SKEW, MAX_LISTED, PER_RUNTIME_MIN_REQUESTS, Invalid, Watch, WindowData, breach_of, counts_for, figures_of, first_breach,
-    judge, judge_window, window_data,
+    CLOCK_SKEW,
+    MAX_LISTED,
+    PER_RUNTIME_MIN_REQUESTS,
+    Invalid,
+    Watch,
+    WindowData,
+    breach_of,
+    counts_for,
+    figures_of,
+    first_breach,
+    judge,
+    judge_window,
+    window_data,
 )
 
 from .test_decisions import activated_log, activation, ctx, monitoring, monitoring_log, sample, state
@@ -32,8 +43,14 @@ T0 = NOW + timedelta(minutes=5)  # the stage's activation
 
 
 def window(start: datetime = T0, window_s: int = 60, **thresholds: Any) -> MonitoringStarted:
-    return MonitoringStarted(stage=0, cohorts=["internal"], digest=P1["digest"], starts_at=start,
-                             ends_at=start + timedelta(seconds=window_s), monitoring=monitoring(**thresholds))
+    return MonitoringStarted(
+        stage=0,
+        cohorts=["internal"],
+        digest=P1["digest"],
+        starts_at=start,
+        ends_at=start + timedelta(seconds=window_s),
+        monitoring=monitoring(**thresholds),
+    )
 
 
 def at(seconds: float) -> datetime:
@@ -41,8 +58,15 @@ def at(seconds: float) -> datetime:
 
 
 def raw_sample(**fields: Any) -> bytes:
-    body = {"runtime_id": "rt-1", "digest": P1["digest"], "at": NOW.isoformat(), "kind": "sample", "requests": 100, "errors": 0,
-            "latency_ms": {"p95": 10, "p99": 20}}
+    body = {
+        "runtime_id": "rt-1",
+        "digest": P1["digest"],
+        "at": NOW.isoformat(),
+        "kind": "sample",
+        "requests": 100,
+        "errors": 0,
+        "latency_ms": {"p95": 10, "p99": 20},
+    }
     body.update(fields)
     return json.dumps(body).encode()
 
@@ -50,18 +74,29 @@ def raw_sample(**fields: Any) -> bytes:
 # ==== 1. missing data is never a pass ============================================================
 
 
-@pytest.mark.parametrize(("thresholds", "metric"), [
-    ({"latency_p99_ms_max": 400}, "latency_p99_ms"),
-    ({"latency_p95_ms_max": 250}, "latency_p95_ms"),
-    ({"mismatch_rate_max": 0.01}, "mismatch_rate"),
-    ({"activation_success_min": 0.9}, "activation_success_rate"),
-    ({"trace_coverage_min": 0.5}, "trace_coverage"),
-    ({"tickets_max": 3}, "tickets"),
-    ({"escalations_max": 1}, "escalations"),
-])
+@pytest.mark.parametrize(
+    ("thresholds", "metric"),
+    [
+        ({"latency_p99_ms_max": 400}, "latency_p99_ms"),
+        ({"latency_p95_ms_max": 250}, "latency_p95_ms"),
+        ({"mismatch_rate_max": 0.01}, "mismatch_rate"),
+        ({"activation_success_min": 0.9}, "activation_success_rate"),
+        ({"trace_coverage_min": 0.5}, "trace_coverage"),
+        ({"tickets_max": 3}, "tickets"),
+        ({"escalations_max": 1}, "escalations"),
+    ],
+)
 def test_a_configured_threshold_without_data_is_inconclusive_naming_it(thresholds: dict, metric: str) -> None:
-    bare = HealthSample.model_validate({"runtime_id": "a", "digest": P1["digest"], "at": NOW.isoformat(), "kind": "sample",
-                                        "requests": 100, "errors": 0})
+    bare = HealthSample.model_validate(
+        {
+            "runtime_id": "a",
+            "digest": P1["digest"],
+            "at": NOW.isoformat(),
+            "kind": "sample",
+            "requests": 100,
+            "errors": 0,
+        }
+    )
     v = judge([bare, bare.model_copy(update={"runtime_id": "b"})], [], monitoring(**thresholds))
     assert v.outcome == "monitoring_inconclusive", v.reason
     assert f"no data for {metric}" in v.reason
@@ -81,8 +116,12 @@ def test_an_error_rate_without_traffic_is_inconclusive() -> None:
 def test_a_runtime_that_ran_another_pack_before_and_never_switched_makes_the_window_inconclusive() -> None:
     w = window()
     stored = [
-        (at(-10), sample("a", d=P0["digest"])), (at(-9), sample("b", d=P0["digest"])), (at(-8), sample("c", d=None)),
-        (at(1), activation("a")), (at(2), sample("a")), (at(3), sample("a")),
+        (at(-10), sample("a", d=P0["digest"])),
+        (at(-9), sample("b", d=P0["digest"])),
+        (at(-8), sample("c", d=None)),
+        (at(1), activation("a")),
+        (at(2), sample("a")),
+        (at(3), sample("a")),
     ]
     data = window_data(stored, w, baseline_digests={P0["digest"]})
     assert data.expected == {"a", "b", "c"}
@@ -98,8 +137,12 @@ def test_a_refusal_before_the_window_opened_fails_the_stage_with_its_own_trigger
     """The runtime refused the moment it saw the pointer; the monitor opened the window later."""
     activated = T0
     late_window = window(start=T0 + timedelta(seconds=30))  # e.g. an extended window, or the old ctx.now start
-    stored = [(at(-5), sample("a", d=P0["digest"])), (at(0.5), activation("a", ok=False, error="signature: unknown key")),
-              (at(31), sample("b")), (at(32), sample("b"))]
+    stored = [
+        (at(-5), sample("a", d=P0["digest"])),
+        (at(0.5), activation("a", ok=False, error="signature: unknown key")),
+        (at(31), sample("b")),
+        (at(32), sample("b")),
+    ]
     data = window_data(stored, late_window, activated_at=activated)
     v = judge_window(data, late_window.monitoring)
     assert v.outcome == "monitoring_failed"
@@ -125,8 +168,12 @@ def test_the_window_starts_at_the_activation_not_at_the_monitors_reaction() -> N
 def test_a_refusal_found_when_the_window_opens_fails_it_at_once() -> None:
     release = state(activated_log())[1]
     refusal = activation("rt-7", ok=False, error="manifest expired")
-    found = first_breach([(release.activated_at[0] + timedelta(seconds=1), refusal)], P1["digest"], release.prepared.monitoring,
-                         release.activated_at[0])
+    found = first_breach(
+        [(release.activated_at[0] + timedelta(seconds=1), refusal)],
+        P1["digest"],
+        release.prepared.monitoring,
+        release.activated_at[0],
+    )
     assert found is not None
     chain = monitor.decide_start(release, ctx("monitor"), (found[0], monitor.breach_figures(found[1])))[0]
     assert [e.type for e in chain.events] == ["release.monitoring_started", "release.monitoring_failed"]
@@ -139,7 +186,9 @@ def test_a_refusal_found_when_the_window_opens_fails_it_at_once() -> None:
 
 def test_first_breach_ignores_other_packs_and_reports_before_the_activation() -> None:
     mon = monitoring()
-    refusal_of_other = HealthSample.model_validate({**activation("a", ok=False).model_dump(mode="json"), "digest": P2["digest"]})
+    refusal_of_other = HealthSample.model_validate(
+        {**activation("a", ok=False).model_dump(mode="json"), "digest": P2["digest"]}
+    )
     stored = [(at(2), refusal_of_other), (T0 - CLOCK_SKEW - timedelta(seconds=1), activation("b", ok=False))]
     assert first_breach(stored, P1["digest"], mon, T0) is None
 
@@ -147,25 +196,43 @@ def test_first_breach_ignores_other_packs_and_reports_before_the_activation() ->
 # ==== 3. numbers are data, not a weapon ==========================================================
 
 
-@pytest.mark.parametrize("raw", [
-    raw_sample(latency_ms={"p95": 1e308, "p99": 1e308}),
-    raw_sample(latency_ms={"p95": MAX_MS * 2, "p99": 1}),
-    raw_sample(requests=MAX_COUNT + 1),
-    b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","requests":1' + b"0" * 400 + b"}",
-    b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","latency_ms":{"p95":NaN,"p99":1}}',
-    b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","latency_ms":{"p95":1e999,"p99":1}}',
-    raw_sample(requests=5, errors=6),
-    raw_sample(latency_ms={"p95": True, "p99": 1}),
-    raw_sample(latency_ms={"p95": -1, "p99": 1}),
-    raw_sample(kind="activation", ok=True, took_ms=1e300),
-    raw_sample(error_classes={f"E{i}": 1 for i in range(MAX_ERROR_CLASSES + 1)}),
-    raw_sample(error_classes={"x" * 500: 1}),
-    raw_sample(correctness={"mismatches": 0, "checked": 10, "trace_coverage": 1.5}),
-    raw_sample(signals={"tickets": -1}),
-    raw_sample(signals={"tickets": 10**12}),
-], ids=["p95-1e308", "p95-over-a-day", "requests-over-1e9", "requests-10**400", "NaN", "inf-literal", "errors-over-requests",
-        "bool-latency", "negative-latency", "took-1e300", "too-many-classes", "class-name-too-long", "trace-coverage-1.5",
-        "negative-tickets", "tickets-10**12"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        raw_sample(latency_ms={"p95": 1e308, "p99": 1e308}),
+        raw_sample(latency_ms={"p95": MAX_MS * 2, "p99": 1}),
+        raw_sample(requests=MAX_COUNT + 1),
+        b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","requests":1' + b"0" * 400 + b"}",
+        b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","latency_ms":{"p95":NaN,"p99":1}}',
+        b'{"runtime_id":"rt-1","at":"2030-01-01T12:00:00Z","kind":"sample","latency_ms":{"p95":1e999,"p99":1}}',
+        raw_sample(requests=5, errors=6),
+        raw_sample(latency_ms={"p95": True, "p99": 1}),
+        raw_sample(latency_ms={"p95": -1, "p99": 1}),
+        raw_sample(kind="activation", ok=True, took_ms=1e300),
+        raw_sample(error_classes={f"E{i}": 1 for i in range(MAX_ERROR_CLASSES + 1)}),
+        raw_sample(error_classes={"x" * 500: 1}),
+        raw_sample(correctness={"mismatches": 0, "checked": 10, "trace_coverage": 1.5}),
+        raw_sample(signals={"tickets": -1}),
+        raw_sample(signals={"tickets": 10**12}),
+    ],
+    ids=[
+        "p95-1e308",
+        "p95-over-a-day",
+        "requests-over-1e9",
+        "requests-10**400",
+        "NaN",
+        "inf-literal",
+        "errors-over-requests",
+        "bool-latency",
+        "negative-latency",
+        "took-1e300",
+        "too-many-classes",
+        "class-name-too-long",
+        "trace-coverage-1.5",
+        "negative-tickets",
+        "tickets-10**12",
+    ],
+)
 def test_out_of_bounds_figures_are_rejected_at_decode_with_a_reason(raw: bytes) -> None:
     problem = decode_sample(raw)
     assert isinstance(problem, str) and problem
@@ -173,26 +240,35 @@ def test_out_of_bounds_figures_are_rejected_at_decode_with_a_reason(raw: bytes) 
 
 
 def test_a_sample_on_another_runtimes_subject_is_refused() -> None:
-    assert accept_report(raw_sample(runtime_id="rt-2"), Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == \
-        "runtime_id 'rt-2' reported on the subject of runtime 'rt-1'"
+    assert (
+        accept_report(raw_sample(runtime_id="rt-2"), Subjects().health_parts("kx.health.prod.canary.internal.rt-1"))
+        == "runtime_id 'rt-2' reported on the subject of runtime 'rt-1'"
+    )
 
 
 def test_the_largest_valid_figures_cannot_overflow() -> None:
-    biggest = HealthSample.model_validate(json.loads(raw_sample(requests=MAX_COUNT, errors=MAX_COUNT,
-                                                                latency_ms={"p95": MAX_MS, "p99": MAX_MS})))
+    biggest = HealthSample.model_validate(
+        json.loads(raw_sample(requests=MAX_COUNT, errors=MAX_COUNT, latency_ms={"p95": MAX_MS, "p99": MAX_MS}))
+    )
     f = figures_of([biggest] * 10_000, [])
     assert f["requests"] == MAX_COUNT * 10_000  # exact ints
     assert math.isfinite(f["latency_p95_ms"]) and f["latency_p95_ms"] == pytest.approx(MAX_MS)
     v = judge([biggest] * 10_000, [], monitoring(latency_p95_ms_max=1))
-    decode_event(encode_event(monitor.decide_verdict(state(monitoring_log())[1], 0, [biggest] * 3, [], ctx("monitor"))[0].events[0]))
+    decode_event(
+        encode_event(
+            monitor.decide_verdict(state(monitoring_log())[1], 0, [biggest] * 3, [], ctx("monitor"))[0].events[0]
+        )
+    )
     assert v.outcome == "monitoring_failed"
 
 
 def test_invalid_reports_in_the_window_make_it_inconclusive_not_ignored() -> None:
     w = window()
     stored = [(at(1), activation("a")), (at(2), sample("a")), (at(3), sample("a"))]
-    bad = [(at(2), Invalid("b", "latency_ms.p95: Input should be less than or equal to 86400000")),
-           (at(-20), Invalid("c", "before the window: not this window's business"))]
+    bad = [
+        (at(2), Invalid("b", "latency_ms.p95: Input should be less than or equal to 86400000")),
+        (at(-20), Invalid("c", "before the window: not this window's business")),
+    ]
     v = judge_window(window_data(stored, w, invalid=bad), w.monitoring)
     assert v.outcome == "monitoring_inconclusive"
     assert "1 invalid health report(s) in the window (b): latency_ms.p95" in v.reason
@@ -201,7 +277,9 @@ def test_invalid_reports_in_the_window_make_it_inconclusive_not_ignored() -> Non
 
 def test_the_encoder_refuses_a_non_finite_number() -> None:
     release = state(monitoring_log())[1]
-    verdict = MonitoringVerdict(stage=0, comparisons=[Comparison(metric="latency_p95_ms", value=math.inf, op="<=", threshold=1.0, ok=False)])
+    verdict = MonitoringVerdict(
+        stage=0, comparisons=[Comparison(metric="latency_p95_ms", value=math.inf, op="<=", threshold=1.0, ok=False)]
+    )
     event = monitor.release_event(ctx("monitor"), release, "monitoring_failed", verdict, "verdict/0")
     with pytest.raises(StrictJSONError, match="NaN or an infinity"):
         encode_event(event)
@@ -210,15 +288,23 @@ def test_the_encoder_refuses_a_non_finite_number() -> None:
 def test_an_unwritable_verdict_becomes_an_inconclusive_one_with_the_reason() -> None:
     """Instead of a verdict no consumer can read (the release wedged), the window is held, saying why."""
     release = state(monitoring_log())[1]
-    poisoned = MonitoringVerdict(stage=0, samples=3, runtimes=2, reason="latency_p95_ms inf breaches <= 250",
-                                 comparisons=[Comparison(metric="latency_p95_ms", value=math.inf, op="<=", threshold=250.0, ok=False)])
+    poisoned = MonitoringVerdict(
+        stage=0,
+        samples=3,
+        runtimes=2,
+        reason="latency_p95_ms inf breaches <= 250",
+        comparisons=[Comparison(metric="latency_p95_ms", value=math.inf, op="<=", threshold=250.0, ok=False)],
+    )
     event = monitor.verdict_event(ctx("monitor"), release, "monitoring_failed", poisoned)
     assert event.type == "release.monitoring_inconclusive"
     assert "could not be written" in event.data.reason and "NaN or an infinity" in event.data.reason
     assert (event.data.samples, event.data.runtimes) == (3, 2)
     assert decode_event(encode_event(event)).type == "release.monitoring_inconclusive"
     # same id as the verdict it replaces: a second instance writing either one is a duplicate
-    assert event.event_id == monitor.release_event(ctx("monitor"), release, "monitoring_failed", poisoned, "verdict/0").event_id
+    assert (
+        event.event_id
+        == monitor.release_event(ctx("monitor"), release, "monitoring_failed", poisoned, "verdict/0").event_id
+    )
 
 
 def test_an_oversized_verdict_is_refused_by_the_encoder_and_held() -> None:
@@ -226,12 +312,18 @@ def test_an_oversized_verdict_is_refused_by_the_encoder_and_held() -> None:
     huge = MonitoringVerdict(stage=0, figures={"blob": "x" * 70_000}, reason="big")
     with pytest.raises(StrictJSONError, match="over the 65536-byte cap"):
         encode_event(monitor.release_event(ctx("monitor"), release, "monitoring_passed", huge, "verdict/0"))
-    assert monitor.verdict_event(ctx("monitor"), release, "monitoring_passed", huge).type == "release.monitoring_inconclusive"
+    assert (
+        monitor.verdict_event(ctx("monitor"), release, "monitoring_passed", huge).type
+        == "release.monitoring_inconclusive"
+    )
 
 
 def test_a_verdict_over_thousands_of_runtimes_and_error_classes_stays_one_bounded_event() -> None:
     release = state(monitoring_log())[1]
-    samples = [sample(f"rt-{i}", requests=100, errors=10, classes={f"Err{i}-{j}-{'x' * 100}": 1 for j in range(10)}) for i in range(2000)]
+    samples = [
+        sample(f"rt-{i}", requests=100, errors=10, classes={f"Err{i}-{j}-{'x' * 100}": 1 for j in range(10)})
+        for i in range(2000)
+    ]
     event = monitor.decide_verdict(release, 0, samples, [], ctx("monitor"))[0].events[0]
     assert event.type == "release.monitoring_failed"
     assert len(encode_event(event)) < 64 * 1024
@@ -256,7 +348,11 @@ def test_one_forged_huge_healthy_sample_cannot_turn_a_failing_window_into_a_pass
 
 
 def test_a_runtime_with_too_little_traffic_is_not_judged_alone() -> None:
-    v = judge([sample("a", requests=PER_RUNTIME_MIN_REQUESTS - 1, errors=5), sample("b", requests=1000)], [], monitoring(error_rate_max=0.05))
+    v = judge(
+        [sample("a", requests=PER_RUNTIME_MIN_REQUESTS - 1, errors=5), sample("b", requests=1000)],
+        [],
+        monitoring(error_rate_max=0.05),
+    )
     assert v.outcome == "monitoring_passed", v.reason
     assert v.figures["per_runtime"]["judged"] == 1
 
@@ -264,9 +360,12 @@ def test_a_runtime_with_too_little_traffic_is_not_judged_alone() -> None:
 def test_the_baseline_is_the_previous_active_pack_not_any_other_digest() -> None:
     """A forged sample claiming an older pack cannot invent a baseline that hides a new error class."""
     w = window()
-    stored = [(at(-5), sample("a", errors=1, classes={"KeyError": 1}, d=P2["digest"])),  # forged: P2 never ran here
-              (at(-4), sample("a", d=P0["digest"])),
-              (at(1), activation("a")), (at(2), sample("a", errors=1, classes={"KeyError": 1}))]
+    stored = [
+        (at(-5), sample("a", errors=1, classes={"KeyError": 1}, d=P2["digest"])),  # forged: P2 never ran here
+        (at(-4), sample("a", d=P0["digest"])),
+        (at(1), activation("a")),
+        (at(2), sample("a", errors=1, classes={"KeyError": 1})),
+    ]
     data = window_data(stored, w, baseline_digests={P0["digest"]})
     assert [s.digest for s in data.baseline] == [P0["digest"]]
     v = judge_window(data, w.monitoring)
@@ -289,7 +388,9 @@ def test_baseline_digests_come_from_the_scopes_previous_pointer_in_the_log() -> 
 # ==== 5. seed signals: tenant impact and trace coverage ==========================================
 
 
-def with_signals(rid: str, tickets: int = 0, escalations: int = 0, trace: float | None = None, **kw: Any) -> HealthSample:
+def with_signals(
+    rid: str, tickets: int = 0, escalations: int = 0, trace: float | None = None, **kw: Any
+) -> HealthSample:
     s = sample(rid, **kw)
     extra: dict[str, Any] = {"signals": {"tickets": tickets, "escalations": escalations}}
     if trace is not None:
@@ -324,7 +425,9 @@ def test_trace_coverage_below_its_minimum_fails_without_a_trigger() -> None:
 
 def test_a_failed_verdict_carries_its_trigger_into_the_event() -> None:
     release = state(monitoring_log())[1]
-    release = replace(release, monitoring=release.monitoring.model_copy(update={"monitoring": monitoring(tickets_max=1)}))
+    release = replace(
+        release, monitoring=release.monitoring.model_copy(update={"monitoring": monitoring(tickets_max=1)})
+    )
     event = monitor.decide_verdict(release, 0, [with_signals("a", tickets=2)] * 2, [], ctx("monitor"))[0].events[0]
     assert event.type == "release.monitoring_failed" and event.data.trigger == "tenant_impact"
     passed = monitor.decide_verdict(release, 0, [with_signals("a"), with_signals("b")], [], ctx("monitor"))[0].events[0]
@@ -339,8 +442,9 @@ def test_window_data_is_what_decide_window_judges() -> None:
 
 def test_a_window_the_judge_chokes_on_is_held_with_the_reason() -> None:
     """The monitor's adapter turns any exception while judging into this, instead of retrying a timer forever."""
-    event = monitor.decide_unjudgeable(state(monitoring_log())[1], 0, "OverflowError: int too large", ctx("monitor"),
-                                       "the window could not be judged")[0].events[0]
+    event = monitor.decide_unjudgeable(
+        state(monitoring_log())[1], 0, "OverflowError: int too large", ctx("monitor"), "the window could not be judged"
+    )[0].events[0]
     assert event.type == "release.monitoring_inconclusive"
     assert event.data.reason == "the window could not be judged: OverflowError: int too large"
 
@@ -349,9 +453,12 @@ def test_a_window_the_judge_chokes_on_is_held_with_the_reason() -> None:
 
 
 def test_a_report_on_no_runtimes_subject_is_refused_not_decoded() -> None:
-    assert "not on a health subject" in accept_report(raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.*"))
-    assert accept_report(raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == \
-        HealthSample.model_validate(json.loads(raw_sample()))
+    assert "not on a health subject" in accept_report(
+        raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.*")
+    )
+    assert accept_report(
+        raw_sample(), Subjects().health_parts("kx.health.prod.canary.internal.rt-1")
+    ) == HealthSample.model_validate(json.loads(raw_sample()))
 
 
 def test_counts_for_is_the_windows_pack_and_time_span_by_kind() -> None:
@@ -361,7 +468,9 @@ def test_counts_for_is_the_windows_pack_and_time_span_by_kind() -> None:
     assert not counts_for(watch, sample("a"), at(-1)), "a sample before the window's start"
     assert not counts_for(watch, sample("a"), at(60.5)), "a sample after the window's end"
     assert not counts_for(watch, sample("a", d=P0["digest"]), at(1)), "another pack"
-    assert counts_for(watch, activation("a"), at(-10) - CLOCK_SKEW), "an activation from the activation on, give or take the skew"
+    assert counts_for(watch, activation("a"), at(-10) - CLOCK_SKEW), (
+        "an activation from the activation on, give or take the skew"
+    )
     assert not counts_for(watch, activation("a"), at(-10) - CLOCK_SKEW - timedelta(seconds=1))
     assert counts_for(watch, sample("a"), None), "arriving live: inside the open window"
 

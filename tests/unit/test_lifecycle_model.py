@@ -19,10 +19,18 @@ import os
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from .lifecycle_model_support import CHANNELS, COHORTS, PACKS, SAMPLE_KINDS, THRESHOLDS, CONSUMERS, Lifecycle
+from .lifecycle_model_support import CHANNELS, COHORTS, CONSUMERS, PACKS, SAMPLE_KINDS, THRESHOLDS, Lifecycle
 
 # Invariants today's code is known to break, each fixed on another branch of issue 13. The
 # machine tolerates exactly these (their minimal examples are xfail-strict regression tests in
@@ -35,8 +43,10 @@ PENDING: dict[str, str] = {}
 
 def pending(violation) -> bool:
     """Whether a violation is a known, pending one: its code, or "code: words of its message"."""
-    return any(key == violation.code or (key.startswith(violation.code + ": ") and key.split(": ", 1)[1] in violation.message)
-               for key in PENDING)
+    return any(
+        key == violation.code or (key.startswith(violation.code + ": ") and key.split(": ", 1)[1] in violation.message)
+        for key in PENDING
+    )
 
 
 if os.environ.get("KX_MODEL_STRICT"):  # see what PENDING hides: every invariant, no exceptions
@@ -68,11 +78,19 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
-        ids = sorted(self.m.world.releases.keys(), key=lambda r: (self.m.world.releases[r].requested_at or self.m.now, r), reverse=True)
+        ids = sorted(
+            self.m.world.releases.keys(),
+            key=lambda r: (self.m.world.releases[r].requested_at or self.m.now, r),
+            reverse=True,
+        )
         return ids[pick % len(ids)] if ids else None
 
-    @initialize(thresholds=st.integers(0, len(THRESHOLDS) - 1), min_samples=st.sampled_from([1, 2]), promote=st.booleans(),
-                history=st.sampled_from(["none", "canary", "both", "two"]))
+    @initialize(
+        thresholds=st.integers(0, len(THRESHOLDS) - 1),
+        min_samples=st.sampled_from([1, 2]),
+        promote=st.booleans(),
+        history=st.sampled_from(["none", "canary", "both", "two"]),
+    )
     def channels(self, thresholds: int, min_samples: int, promote: bool, history: str) -> None:
         """Both channels configured; the canary (or both) already ran a pack that passed (their LKG);
         "two": the canary ran 1.0.0, then 1.1.0 (its LKG now), both verified there (pins can name either)."""
@@ -90,8 +108,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.configure("canary", thresholds=thresholds, min_samples=min_samples, promote=True)
 
     # -- producer and consumers --------------------------------------------------------------------
-    @rule(pack=st.integers(0, len(PACKS) - 1), channel=st.sampled_from(CHANNELS), strategy=st.sampled_from(["lkg", "pinned", "lkg", "pinned", "none"]),
-          ack=st.sampled_from([True, True, False]))
+    @rule(
+        pack=st.integers(0, len(PACKS) - 1),
+        channel=st.sampled_from(CHANNELS),
+        strategy=st.sampled_from(["lkg", "pinned", "lkg", "pinned", "none"]),
+        ack=st.sampled_from([True, True, False]),
+    )
     def request(self, pack: int, channel: str, strategy: str, ack: bool) -> None:
         self.m.request(PACKS[pack], channel, strategy, acknowledge_no_health=ack)
         self.after()
@@ -124,16 +146,25 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.after()
 
     # -- health --------------------------------------------------------------------------------------
-    @rule(kind=st.sampled_from(SAMPLE_KINDS), cohorts=st.sampled_from([COHORTS, COHORTS[:1], COHORTS[1:]]),
-          channel=st.sampled_from(CHANNELS), offset=st.sampled_from([0, 0, 5, -90, 30, 200]), live=st.booleans(),
-          times=st.integers(1, 3))
+    @rule(
+        kind=st.sampled_from(SAMPLE_KINDS),
+        cohorts=st.sampled_from([COHORTS, COHORTS[:1], COHORTS[1:]]),
+        channel=st.sampled_from(CHANNELS),
+        offset=st.sampled_from([0, 0, 5, -90, 30, 200]),
+        live=st.booleans(),
+        times=st.integers(1, 3),
+    )
     def samples(self, kind: str, cohorts: tuple[str, ...], channel: str, offset: int, live: bool, times: int) -> None:
         for _ in range(times):
             self.m.send_samples(kind, cohorts, channel, offset, live)
         self.after()
 
-    @rule(kinds=st.lists(st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4),
-          channel=st.sampled_from(CHANNELS))
+    @rule(
+        kinds=st.lists(
+            st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4
+        ),
+        channel=st.sampled_from(CHANNELS),
+    )
     def window(self, kinds: list[str], channel: str) -> None:
         """Runtimes report (mostly well), then the window's time passes."""
         self.m.healthy_window(channel, tuple(kinds))
@@ -162,16 +193,24 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.after()
 
     # -- operator ------------------------------------------------------------------------------------
-    @rule(verb=st.sampled_from(VERBS), pick=releases, trigger=st.sampled_from(["operator", "policy_violation", "tenant_impact"]),
-          window_s=st.sampled_from([30, 60, 300]))
+    @rule(
+        verb=st.sampled_from(VERBS),
+        pick=releases,
+        trigger=st.sampled_from(["operator", "policy_violation", "tenant_impact"]),
+        window_s=st.sampled_from([30, 60, 300]),
+    )
     def operate(self, verb: str, pick: int, trigger: str, window_s: int) -> None:
         rid = self._release(pick)
         if rid:
             self.m.operate(verb, rid, trigger=trigger, window_s=window_s)
         self.after()
 
-    @rule(channel=st.sampled_from(CHANNELS), cohort=st.sampled_from(COHORTS), pack=st.integers(0, len(PACKS) - 1),
-          hours=st.sampled_from([1, 24, 24 * 40]))
+    @rule(
+        channel=st.sampled_from(CHANNELS),
+        cohort=st.sampled_from(COHORTS),
+        pack=st.integers(0, len(PACKS) - 1),
+        hours=st.sampled_from([1, 24, 24 * 40]),
+    )
     def pin(self, channel: str, cohort: str, pack: int, hours: int) -> None:
         self.m.pin(channel, cohort, PACKS[pack].version, hours)
         self.after()
@@ -195,11 +234,23 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m.rotate_trust()
         self.after()
 
-    @rule(channel=st.sampled_from(CHANNELS), thresholds=st.integers(0, len(THRESHOLDS) - 1), min_samples=st.sampled_from([1, 2, 3]),
-          promote=st.booleans(), forbid_downgrade=st.booleans())
-    def reconfigure(self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool) -> None:
-        self.m.configure(channel, thresholds=thresholds, min_samples=min_samples, promote=promote and channel == "canary",
-                         forbid_downgrade=forbid_downgrade)
+    @rule(
+        channel=st.sampled_from(CHANNELS),
+        thresholds=st.integers(0, len(THRESHOLDS) - 1),
+        min_samples=st.sampled_from([1, 2, 3]),
+        promote=st.booleans(),
+        forbid_downgrade=st.booleans(),
+    )
+    def reconfigure(
+        self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool
+    ) -> None:
+        self.m.configure(
+            channel,
+            thresholds=thresholds,
+            min_samples=min_samples,
+            promote=promote and channel == "canary",
+            forbid_downgrade=forbid_downgrade,
+        )
         self.after()
 
     @rule(pack=st.integers(0, len(PACKS) - 1))
@@ -219,10 +270,18 @@ class LifecycleMachine(RuleBasedStateMachine):
 def test_lifecycle_model_keeps_every_safety_invariant() -> None:
     CHECKS[:] = [0, 0]
     runs = math.ceil(STEP_COUNT / STEPS_PER_RUN * 1.25)  # some runs end early
-    run_state_machine_as_test(LifecycleMachine, settings=settings(
-        derandomize=True, database=None, max_examples=runs, stateful_step_count=STEPS_PER_RUN, deadline=None,
-        suppress_health_check=list(HealthCheck), print_blob=False,
-    ))
+    run_state_machine_as_test(
+        LifecycleMachine,
+        settings=settings(
+            derandomize=True,
+            database=None,
+            max_examples=runs,
+            stateful_step_count=STEPS_PER_RUN,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+        ),
+    )
     steps = CHECKS[0] - CHECKS[1]
     print(f"lifecycle model: {steps} steps in {CHECKS[1]} runs, every invariant checked after each")
     assert steps >= STEP_COUNT, f"only {steps} steps ran, {STEP_COUNT} wanted"

@@ -16,12 +16,13 @@ from projections.releases import ILLEGAL_AFTER_ABORT
 from projections.rollback import rollback_targets
 from services.actions import operator as ops
 from services.consumers import preparer, promoter
+from services.consumers.pinner import pin as pin_action
+from services.consumers.pinner import pin_too_long
 from services.errors import OperatorError
-from services.consumers.pinner import pin as pin_action, pin_too_long
 from services.verification.readiness import readiness_problems
 
 from .test_decisions import LATER, ctx, events_of, history, passed_log, single_event, state
-from .test_projections import CHANNEL_DOC, ENV, CH, OPERATOR, P0, P1, P2, SERVICE, Log
+from .test_projections import CH, CHANNEL_DOC, ENV, OPERATOR, P0, P1, P2, SERVICE, Log
 
 RESCUER = Actor(kind="operator", id="alice")
 
@@ -52,7 +53,11 @@ def aborted_and_held(log: Log | None = None) -> Log:
     log.started("r1", 0, ["internal"])
     log.note("r1", "aborted", "wrong pack")
     log.rollback_started("r1", {"internal": None}, "abort")
-    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager:kb"}, release_id="r1")
+    log.add(
+        "release.escalated",
+        {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager:kb"},
+        release_id="r1",
+    )
     return log
 
 
@@ -161,8 +166,11 @@ def test_a_release_held_by_an_escalated_rollback_after_it_closed_never_moves_for
     log.stage("r1", 0, ["internal"])
     log.closed("r1", "success")
     log.rollback_started("r1", {"internal": None}, trigger="operator")
-    log.add("release.escalated", {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager"},
-            release_id="r1")
+    log.add(
+        "release.escalated",
+        {"code": "rollback_target_unusable", "message": "internal: no rollback target", "escalation": "pager"},
+        release_id="r1",
+    )
     world = log.world()
     assert world.release("r1").phase == "held"
     refused_to_move_on(world, action, "being rolled back")
@@ -171,7 +179,9 @@ def test_a_release_held_by_an_escalated_rollback_after_it_closed_never_moves_for
 def test_the_promoter_never_advances_an_aborted_release() -> None:
     """A pass logged after an abort (an old client, a raw publish): the release rolls back instead."""
     log = aborted_and_held()
-    log.add("release.monitoring_passed", {"stage": 0, "samples": 5, "reason": "forged"}, release_id="r1", actor=OPERATOR)
+    log.add(
+        "release.monitoring_passed", {"stage": 0, "samples": 5, "reason": "forged"}, release_id="r1", actor=OPERATOR
+    )
     event = single_event(decide(log))
     assert (event.type, event.data.trigger) == ("release.rollback_started", "abort")
 
@@ -214,7 +224,9 @@ def test_operator_close_is_only_for_held_releases_and_never_a_success() -> None:
     running.activate("r1", 0, ["internal"])
     with pytest.raises(OperatorError, match="is activated: only a held release"):
         ops.close(running.world(), "r1", "failed", "stop", RESCUER, LATER)
-    ops.close(held_second_stage().world(), "r1", "failed", "giving up on this pack", RESCUER, LATER)  # held, not aborted: fine
+    ops.close(
+        held_second_stage().world(), "r1", "failed", "giving up on this pack", RESCUER, LATER
+    )  # held, not aborted: fine
 
 
 # ---- 3. strategy pinned on every rollback path -----------------------------------------------
@@ -225,7 +237,9 @@ def pinned_prior_log(targets: dict[str, Any] | None = None) -> Log:
     log = Log()
     log.channel()
     log.two_stage_success("r0", P2)
-    log.through_verified("r1", strategy="pinned", targets=targets if targets is not None else {"internal": P0, "rest": P0})
+    log.through_verified(
+        "r1", strategy="pinned", targets=targets if targets is not None else {"internal": P0, "rest": P0}
+    )
     log.stage("r1", 0, ["internal"], "failed")
     return log
 
@@ -274,7 +288,11 @@ def test_an_expansion_waits_for_a_usable_rollback_target() -> None:
     """Before: decide took no readiness facts and expanded whatever the target's state."""
     event = single_event(decide(passed_first_stage(), ready={P0["digest"]: "pack object missing"}))
     assert (event.type, event.data.code) == ("release.escalated", "rollback_not_ready")
-    assert "internal" in event.data.message and "rest" in event.data.message and "pack object missing" in event.data.message
+    assert (
+        "internal" in event.data.message
+        and "rest" in event.data.message
+        and "pack object missing" in event.data.message
+    )
 
 
 def test_an_unchecked_target_is_not_ready() -> None:
@@ -290,16 +308,23 @@ def test_a_promotion_waits_for_a_usable_rollback_target() -> None:
     log = passed_first_stage({**CHANNEL_DOC, "promote_to": "stable"}, stage=1)
     event = single_event(decide(log, ready={P0["digest"]: "signature/expired: manifest expired"}))
     assert event.data.code == "rollback_not_ready" and "promotion to stable" in event.data.message
-    assert [e.type for e in events_of(decide(log, ready={P0["digest"]: None}))] == ["release.requested", "release.promoted"]
+    assert [e.type for e in events_of(decide(log, ready={P0["digest"]: None}))] == [
+        "release.requested",
+        "release.promoted",
+    ]
 
 
 def test_preflight_rejects_an_unusable_rollback_target() -> None:
     log = history(Log())
     log.requested("r1", acknowledge_no_health=True)
     world, release = state(log)
-    event = single_event(preparer.decide(world, release, ctx("preparer"), None, None, {P0["digest"]: "pack object missing"}))
+    event = single_event(
+        preparer.decide(world, release, ctx("preparer"), None, None, {P0["digest"]: "pack object missing"})
+    )
     assert event.type == "release.rejected"
-    assert [(r.code, "pack object missing" in r.message) for r in event.data.reasons] == [("rollback_target_ready", True)]
+    assert [(r.code, "pack object missing" in r.message) for r in event.data.reasons] == [
+        ("rollback_target_ready", True)
+    ]
 
 
 def test_readiness_allows_no_target_only_under_strategy_none() -> None:
@@ -331,16 +356,22 @@ def test_extend_refuses_a_window_below_the_channel_minimum() -> None:
     assert ops.extend(world, "r1", 60, "another window", RESCUER, LATER).event.type == "release.monitoring_started"
 
 
-THREE = {"cohorts": [{"name": "a", "tenants": ["t-a"]}, {"name": "b", "tenants": ["t-b"]}, {"name": "c"}],
-         "plan": [["a"], ["b", "c"]], "monitoring": {"window_s": 60, "min_samples": 1}}
+THREE = {
+    "cohorts": [{"name": "a", "tenants": ["t-a"]}, {"name": "b", "tenants": ["t-b"]}, {"name": "c"}],
+    "plan": [["a"], ["b", "c"]],
+    "monitoring": {"window_s": 60, "min_samples": 1},
+}
 
 
-@pytest.mark.parametrize(("plan", "problem"), [
-    ([["a", "b"], ["c"]], "spans channel stages [1, 2]"),
-    ([["b"], ["a"], ["c"]], "comes before channel stage 2"),
-    ([["a"], ["b"], ["c"]], None),  # finer: one channel stage split in two
-    ([["a"], ["c", "b"]], None),
-])
+@pytest.mark.parametrize(
+    ("plan", "problem"),
+    [
+        ([["a", "b"], ["c"]], "spans channel stages [1, 2]"),
+        ([["b"], ["a"], ["c"]], "comes before channel stage 2"),
+        ([["a"], ["b"], ["c"]], None),  # finer: one channel stage split in two
+        ([["a"], ["c", "b"]], None),
+    ],
+)
 def test_a_requested_plan_may_not_be_coarser_than_the_channels(plan, problem) -> None:
     log = Log()
     log.channel(THREE)
@@ -371,14 +402,41 @@ def _promotion_world(direct: bool = False, by: Actor = SERVICE, confirm: bool = 
     log.stage("r1", 1, ["rest"])
     events = list(log.events)
     stable = Scope(env=ENV, channel="stable", cohort="all")
-    events.append(make_event("channel.configured", {**CHANNEL_DOC, "policy": {"accept": "promotion"}}, actor=OPERATOR, scope=stable,
-                             event_id="ch-stable", occurred_at=log.clock))
-    request = {"pack": P1, "target": {"env": ENV, "channel": "stable"}, "owner": "kb-team", "escalation": "pager:kb",
-               "rollback": {"strategy": "none"}, "acknowledge_no_health": True, **({} if direct else {"promoted_from": "r1"})}
-    events.append(make_event("release.requested", request, actor=by, release_id="r1-stable", event_id="req-stable", occurred_at=log.clock))
+    events.append(
+        make_event(
+            "channel.configured",
+            {**CHANNEL_DOC, "policy": {"accept": "promotion"}},
+            actor=OPERATOR,
+            scope=stable,
+            event_id="ch-stable",
+            occurred_at=log.clock,
+        )
+    )
+    request = {
+        "pack": P1,
+        "target": {"env": ENV, "channel": "stable"},
+        "owner": "kb-team",
+        "escalation": "pager:kb",
+        "rollback": {"strategy": "none"},
+        "acknowledge_no_health": True,
+        **({} if direct else {"promoted_from": "r1"}),
+    }
+    events.append(
+        make_event(
+            "release.requested", request, actor=by, release_id="r1-stable", event_id="req-stable", occurred_at=log.clock
+        )
+    )
     if confirm:
-        events.append(make_event("release.promoted", {"to_channel": "stable", "promoted_to": "r1-stable"}, actor=SERVICE, release_id="r1",
-                                 event_id="prom", occurred_at=log.clock))
+        events.append(
+            make_event(
+                "release.promoted",
+                {"to_channel": "stable", "promoted_to": "r1-stable"},
+                actor=SERVICE,
+                release_id="r1",
+                event_id="prom",
+                occurred_at=log.clock,
+            )
+        )
     world = fold(positions(events))
     return world, world.release("r1-stable")
 
@@ -388,10 +446,13 @@ def test_a_promotion_only_channel_accepts_a_confirmed_promotion() -> None:
     assert single_event(preparer.decide(world, release, ctx("preparer"), None)).type == "release.prepared"
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"direct": True}, "names no release it was promoted from"),
-    ({"by": Actor(kind="producer", id="ci")}, "written by producer:ci, not by the service"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"direct": True}, "names no release it was promoted from"),
+        ({"by": Actor(kind="producer", id="ci")}, "written by producer:ci, not by the service"),
+    ],
+)
 def test_a_promotion_only_channel_rejects_anything_else(kwargs, needle) -> None:
     """Before: the channel had no such policy; any request was prepared."""
     world, release = _promotion_world(**kwargs)
@@ -415,7 +476,11 @@ def test_a_release_whose_every_cohort_is_pinned_closes_pinned() -> None:
     world, release = state(log)
     (chain,) = preparer.decide(world, release, ctx("preparer"), None)
     prepared, closed = chain.events
-    assert (prepared.type, prepared.data.stages, sorted(prepared.data.skipped)) == ("release.prepared", [], ["internal", "rest"])
+    assert (prepared.type, prepared.data.stages, sorted(prepared.data.skipped)) == (
+        "release.prepared",
+        [],
+        ["internal", "rest"],
+    )
     assert (closed.type, closed.data.outcome, closed.causation_id) == ("release.closed", "pinned", prepared.event_id)
     for e in chain.events:
         log.add(e.type, e.data.model_dump(), release_id="r1")
@@ -426,7 +491,11 @@ def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
     """If the close was lost after `prepared` (a race with the distributor), the promoter says `pinned`, not `failed`."""
     log = history(Log())
     log.through_verified("r1", stages=[], targets={}, skipped={"internal": "pinned", "rest": "pinned"})
-    log.add("release.activation_failed", {"stage": 0, "code": "no_such_stage", "message": "the plan has 0 stage(s)"}, release_id="r1")
+    log.add(
+        "release.activation_failed",
+        {"stage": 0, "code": "no_such_stage", "message": "the plan has 0 stage(s)"},
+        release_id="r1",
+    )
     event = single_event(decide(log))
     assert (event.data.outcome, "internal: pinned" in event.data.summary) == ("pinned", True)
 
@@ -442,4 +511,6 @@ async def test_a_readiness_check_that_raises_is_a_problem_never_a_pass() -> None
     target = PackRef.model_validate(P0)
     check = await target_check(Broken(), target, ENV, CH, ("internal",), LATER)
     assert check.problem == "readiness check failed: RuntimeError: trust root file vanished" and check.signers == ()
-    assert await target_problems(Broken(), [target, None], ENV, CH, ("internal",), LATER) == {target.digest: check.problem}
+    assert await target_problems(Broken(), [target, None], ENV, CH, ("internal",), LATER) == {
+        target.digest: check.problem
+    }

@@ -42,14 +42,23 @@ def test_a_successful_release_shows_stages_gates_recorded_window_scopes_and_last
     v = view(log, events=3)
     assert v["schema"] == VIEW_SCHEMA and v["terminal"] and v["outcome"] == "success" and not v["held"]
     assert v["pack"] == {"name": "kb", "version": "1.0.0", "digest": P1["digest"]} and v["target"] == "prod/canary"
-    assert [(s["stage"], s["cohorts"], s["state"]) for s in v["stages"]] == [(1, ["internal"], "passed"), (2, ["rest"], "passed")]
+    assert [(s["stage"], s["cohorts"], s["state"]) for s in v["stages"]] == [
+        (1, ["internal"], "passed"),
+        (2, ["rest"], "passed"),
+    ]
     assert [(g["gate"], g["ok"]) for g in v["gates"]] == [("signature", True), ("digest", True)]
     w = v["window"]
     assert (w["stage"], w["open"], w["source"], w["result"], w["samples"]) == (2, False, "verdict", "passed", 3)
     assert (w["elapsed_s"], w["verdict_at"]) == (1.0, v["events"][1]["at"])  # the clock stopped at the verdict
     assert [(s["cohort"], s["active"], s["lkg"], s["lkg_release"], s["rollback_target"]) for s in v["scopes"]] == [
-        ("internal", "1.0.0", "1.0.0", "r1", "0.9.0"), ("rest", "1.0.0", "1.0.0", "r1", "0.9.0")]
-    assert [e["type"] for e in v["events"]] == ["release.monitoring_started", "release.monitoring_passed", "release.closed"]
+        ("internal", "1.0.0", "1.0.0", "r1", "0.9.0"),
+        ("rest", "1.0.0", "1.0.0", "r1", "0.9.0"),
+    ]
+    assert [e["type"] for e in v["events"]] == [
+        "release.monitoring_started",
+        "release.monitoring_passed",
+        "release.closed",
+    ]
     assert json.loads(json.dumps(v)) == v  # JSON-able as is
 
 
@@ -58,10 +67,10 @@ def test_an_open_window_is_judged_by_the_monitors_own_functions() -> None:
     m = window_of(log)
     now = m.starts_at + timedelta(seconds=15)
     stored = [
-        (m.starts_at - timedelta(seconds=5), sample("rt-1", d=P0["digest"])),                       # baseline: previous pack
-        (m.starts_at - timedelta(seconds=1), sample("rt-1", errors=90)),                             # new pack, before the window: ignored
+        (m.starts_at - timedelta(seconds=5), sample("rt-1", d=P0["digest"])),  # baseline: previous pack
+        (m.starts_at - timedelta(seconds=1), sample("rt-1", errors=90)),  # new pack, before the window: ignored
         (m.starts_at + timedelta(seconds=2), sample("rt-1", errors=1)),
-        (m.starts_at + timedelta(seconds=4), sample("rt-2", errors=9, classes={"Timeout": 9})),     # new error class
+        (m.starts_at + timedelta(seconds=4), sample("rt-2", errors=9, classes={"Timeout": 9})),  # new error class
     ]
     w = view(log, now=now, stored_samples=stored)["window"]
     expected = judge(*split_window(stored, m), m.monitoring)
@@ -91,8 +100,13 @@ def test_a_regression_rolled_back_marks_every_reached_stage_and_the_scopes_retur
     log.through_verified("r1")
     log.activate("r1", 0, ["internal"])
     log.started("r1", 0, ["internal"])
-    log.verdict("r1", "failed", 0, reason="error_rate 0.2 breaches <= 0.05", comparisons=[
-        {"metric": "error_rate", "value": 0.2, "op": "<=", "threshold": 0.05, "ok": False}])
+    log.verdict(
+        "r1",
+        "failed",
+        0,
+        reason="error_rate 0.2 breaches <= 0.05",
+        comparisons=[{"metric": "error_rate", "value": 0.2, "op": "<=", "threshold": 0.05, "ok": False}],
+    )
     log.rollback_started("r1", {"internal": P0})
     during = view(log)
     assert during["stages"][0]["state"] == "rolling_back" and during["phase"] == "rolling_back"
@@ -103,9 +117,15 @@ def test_a_regression_rolled_back_marks_every_reached_stage_and_the_scopes_retur
     assert [s["state"] for s in v["stages"]] == ["rolled_back", "pending"]
     assert v["stages"][0]["verdict"] == "error_rate 0.2 breaches <= 0.05"
     w = v["window"]
-    assert (w["source"], w["result"], w["figures"]) == ("verdict", "failed", [
-        {"metric": "error_rate", "value": 0.2, "op": "<=", "threshold": 0.05, "ok": False}])
-    assert [(s["cohort"], s["active"], s["active_kind"]) for s in v["scopes"]] == [("internal", "0.9.0", "rollback"), ("rest", "0.9.0", "rollout")]
+    assert (w["source"], w["result"], w["figures"]) == (
+        "verdict",
+        "failed",
+        [{"metric": "error_rate", "value": 0.2, "op": "<=", "threshold": 0.05, "ok": False}],
+    )
+    assert [(s["cohort"], s["active"], s["active_kind"]) for s in v["scopes"]] == [
+        ("internal", "0.9.0", "rollback"),
+        ("rest", "0.9.0", "rollout"),
+    ]
 
 
 def test_a_held_window_then_an_extension_is_live_again() -> None:
@@ -118,7 +138,11 @@ def test_a_held_window_then_an_extension_is_live_again() -> None:
     m = window_of(log)
     extended = view(log, now=m.starts_at, stored_samples=[(m.starts_at, sample()), (m.starts_at, sample("rt-2"))])
     assert not extended["held"] and extended["stages"][0]["state"] == "monitoring"
-    assert (extended["window"]["source"], extended["window"]["result"], extended["window"]["fraction"]) == ("live", "passed", 0.0)
+    assert (extended["window"]["source"], extended["window"]["result"], extended["window"]["fraction"]) == (
+        "live",
+        "passed",
+        0.0,
+    )
 
 
 def test_a_window_that_ended_without_a_verdict_is_not_guessed() -> None:
@@ -154,6 +178,11 @@ def test_pins_and_skipped_cohorts_are_shown() -> None:
     v = view(log)
     assert v["stages"][1]["skipped"] == {"rest": "pinned to 0.9.0"}
     rest = v["scopes"][1]
-    assert rest["pinned"] == {"version": "0.9.0", "until": until.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "rationale": "audit baseline", "by": "ops"}
+    assert rest["pinned"] == {
+        "version": "0.9.0",
+        "until": until.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "rationale": "audit baseline",
+        "by": "ops",
+    }
     assert view(log, now=until + timedelta(seconds=1))["scopes"][1]["pinned"] is None  # expired
     assert view(log, events=0)["events"] == []

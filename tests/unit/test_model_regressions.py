@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from .lifecycle_model_support import COHORTS, PACKS, Lifecycle
 
 V100, V110, V120 = PACKS[0], PACKS[1], PACKS[2]

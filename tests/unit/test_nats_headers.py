@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from services.jetstream.client import KxClient, parse_header_lines
 
 # bytes that matter to the parser: separators, every ASCII whitespace (with \x1c-\x1f,
 # which str.isspace counts and bytes.strip does not), non-ASCII and invalid UTF-8
-_INTERESTING = st.sampled_from([b"\r\n", b"\r", b"\n", b":", b": ", b" ", b"\t", b"\x0b", b"\x0c", b"\x1c", b"\x1d",
-                                b"\x1e", b"\x1f", b"\x85", b"\xa0", b"\xc2\xa0", b"\xe2\x80\x83", b"\xff", b"\xc3",
-                                b"\xe9", b"\x00", b"Nats-Msg-Id", b"Kx-Signature", b"value", b"\xc3\xa9"])
+_INTERESTING = st.sampled_from(
+    [
+        b"\r\n",
+        b"\r",
+        b"\n",
+        b":",
+        b": ",
+        b" ",
+        b"\t",
+        b"\x0b",
+        b"\x0c",
+        b"\x1c",
+        b"\x1d",
+        b"\x1e",
+        b"\x1f",
+        b"\x85",
+        b"\xa0",
+        b"\xc2\xa0",
+        b"\xe2\x80\x83",
+        b"\xff",
+        b"\xc3",
+        b"\xe9",
+        b"\x00",
+        b"Nats-Msg-Id",
+        b"Kx-Signature",
+        b"value",
+        b"\xc3\xa9",
+    ]
+)
 _LINE = st.lists(st.one_of(_INTERESTING, st.binary(max_size=6)), max_size=8).map(b"".join)
 
 
@@ -26,8 +53,13 @@ def test_header_blocks_parse_as_nats_py_parses_them(raw: bytes) -> None:
 
 
 # all-ASCII blocks take the parser's str path: every control character, both line-break halves
-_ASCII_LINE = st.lists(st.one_of(st.sampled_from([b"\r\n", b":", b" ", b"Nats-Msg-Id", b"v"]),
-                                 st.binary(max_size=4).map(lambda b: bytes(c & 0x7F for c in b))), max_size=10).map(b"".join)
+_ASCII_LINE = st.lists(
+    st.one_of(
+        st.sampled_from([b"\r\n", b":", b" ", b"Nats-Msg-Id", b"v"]),
+        st.binary(max_size=4).map(lambda b: bytes(c & 0x7F for c in b)),
+    ),
+    max_size=10,
+).map(b"".join)
 
 
 @given(st.lists(_ASCII_LINE, max_size=8).map(b"\r\n".join))
@@ -44,9 +76,15 @@ def test_any_bytes_parse_as_nats_py_parses_them(raw: bytes) -> None:
 
 
 def test_log_headers_and_edge_cases() -> None:
-    for raw in [b"Nats-Msg-Id: abc\r\nNats-Batch-Id: b1\r\nKx-Signer: activator\r\n\r\n",
-                b"Name:Value\r\nName:\tother\r\n", b"Bad Name: x\r\n\x1cName: y\r\nName\x1f: z\r\n",
-                b": empty name\r\n", b"Caf\xc3\xa9: x\r\nok: caf\xc3\xa9 \xff\r\n", b"no colon\r\n\r\n", b""]:
+    for raw in [
+        b"Nats-Msg-Id: abc\r\nNats-Batch-Id: b1\r\nKx-Signer: activator\r\n\r\n",
+        b"Name:Value\r\nName:\tother\r\n",
+        b"Bad Name: x\r\n\x1cName: y\r\nName\x1f: z\r\n",
+        b": empty name\r\n",
+        b"Caf\xc3\xa9: x\r\nok: caf\xc3\xa9 \xff\r\n",
+        b"no colon\r\n\r\n",
+        b"",
+    ]:
         _same(raw)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,13 +14,13 @@ from events.model import Actor
 from events.notifications import KIND_OF_EVENT
 from events.subjects import Subjects
 from projections.releases import ReleaseState, apply_release_event
-from services.consumers.notifier.webhook import SIGNATURE_HEADER, Backoff, webhook, worth_retrying
 from services.actions.producer import parse_channel_config
+from services.consumers.notifier.webhook import SIGNATURE_HEADER, Backoff, webhook, worth_retrying
 
 HOOK = {"name": "ops", "url": "https://hooks.example/kx", "on": ["rolled_back"]}
 PRODUCER = Actor(kind="producer", id="ci")
 SERVICE = Actor(kind="service", id="activator")
-NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def channel(*sinks: dict) -> dict:
@@ -34,33 +34,45 @@ def problems_of(doc: dict) -> str:
 
 
 def test_a_sound_sink_is_kept_with_its_defaults() -> None:
-    cfg = parse_channel_config(channel({**HOOK, "on": ["rolled_back", "held", "escalated"], "secret_env": "KX_HOOK_SECRET"}), "canary")
+    cfg = parse_channel_config(
+        channel({**HOOK, "on": ["rolled_back", "held", "escalated"], "secret_env": "KX_HOOK_SECRET"}), "canary"
+    )
     (sink,) = cfg.notifications
-    assert (sink.name, sink.on, sink.secret_env, sink.attempts) == ("ops", ["rolled_back", "held", "escalated"], "KX_HOOK_SECRET", 5)
+    assert (sink.name, sink.on, sink.secret_env, sink.attempts) == (
+        "ops",
+        ["rolled_back", "held", "escalated"],
+        "KX_HOOK_SECRET",
+        5,
+    )
     assert parse_channel_config({"cohorts": [{"name": "all"}]}, "canary").notifications == []
 
 
-@pytest.mark.parametrize("sink, expected", [
-    ({**HOOK, "retries": 3}, "notifications[0].retries: unknown field"),
-    ({**HOOK, "url": "ftp://hooks.example/kx"}, "must be an http:// or https:// URL"),
-    ({**HOOK, "url": "https://user:pw@hooks.example/kx"}, "must not carry credentials"),
-    ({**HOOK, "url": "https:///kx"}, "must name a host"),
-    ({**HOOK, "url": "https://hooks.example:70000/kx"}, "is not a URL"),
-    ({**HOOK, "url": "https://hooks.example/ kx"}, "must not contain whitespace"),
-    ({**HOOK, "on": []}, "notifications.0.on"),
-    ({**HOOK, "on": ["rolled_back", "rolled_back"]}, "names a kind twice"),
-    ({**HOOK, "on": ["promoted"]}, "notifications.0.on.0"),
-    ({**HOOK, "secret_env": "not a name"}, "is not an environment variable name"),
-    ({**HOOK, "attempts": 0}, "notifications.0.attempts"),
-    ({**HOOK, "attempts": 11}, "notifications.0.attempts"),
-    ({**HOOK, "name": "a.b"}, "notifications.0.name"),
-])
+@pytest.mark.parametrize(
+    "sink, expected",
+    [
+        ({**HOOK, "retries": 3}, "notifications[0].retries: unknown field"),
+        ({**HOOK, "url": "ftp://hooks.example/kx"}, "must be an http:// or https:// URL"),
+        ({**HOOK, "url": "https://user:pw@hooks.example/kx"}, "must not carry credentials"),
+        ({**HOOK, "url": "https:///kx"}, "must name a host"),
+        ({**HOOK, "url": "https://hooks.example:70000/kx"}, "is not a URL"),
+        ({**HOOK, "url": "https://hooks.example/ kx"}, "must not contain whitespace"),
+        ({**HOOK, "on": []}, "notifications.0.on"),
+        ({**HOOK, "on": ["rolled_back", "rolled_back"]}, "names a kind twice"),
+        ({**HOOK, "on": ["promoted"]}, "notifications.0.on.0"),
+        ({**HOOK, "secret_env": "not a name"}, "is not an environment variable name"),
+        ({**HOOK, "attempts": 0}, "notifications.0.attempts"),
+        ({**HOOK, "attempts": 11}, "notifications.0.attempts"),
+        ({**HOOK, "name": "a.b"}, "notifications.0.name"),
+    ],
+)
 def test_a_bad_sink_is_one_clear_problem(sink: dict, expected: str) -> None:
     assert expected in problems_of(channel(sink))
 
 
 def test_sink_names_are_unique() -> None:
-    assert "notification sink names must be unique" in problems_of(channel(HOOK, {**HOOK, "url": "https://other.example/"}))
+    assert "notification sink names must be unique" in problems_of(
+        channel(HOOK, {**HOOK, "url": "https://other.example/"})
+    )
 
 
 def test_each_kind_comes_from_one_event() -> None:
@@ -70,11 +82,26 @@ def test_each_kind_comes_from_one_event() -> None:
 
 
 def _rolled_back_release() -> tuple[ReleaseState, object]:
-    requested = make_event("release.requested", {"pack": {"name": "kb", "version": "1.1.0", "digest": "sha256:" + "a" * 64},
-                                                 "target": {"env": "prod", "channel": "canary"}, "owner": "kb-team",
-                                                 "escalation": "pager:kb"}, actor=PRODUCER, release_id="r2", occurred_at=NOW)
-    rolled = make_event("release.rolled_back", {"cohorts": ["internal"], "targets": {"internal": None}},
-                        actor=SERVICE, release_id="r2", event_id="ev-rb", occurred_at=NOW)
+    requested = make_event(
+        "release.requested",
+        {
+            "pack": {"name": "kb", "version": "1.1.0", "digest": "sha256:" + "a" * 64},
+            "target": {"env": "prod", "channel": "canary"},
+            "owner": "kb-team",
+            "escalation": "pager:kb",
+        },
+        actor=PRODUCER,
+        release_id="r2",
+        occurred_at=NOW,
+    )
+    rolled = make_event(
+        "release.rolled_back",
+        {"cohorts": ["internal"], "targets": {"internal": None}},
+        actor=SERVICE,
+        release_id="r2",
+        event_id="ev-rb",
+        occurred_at=NOW,
+    )
     release = apply_release_event(ReleaseState(release_id="r2"), 1, requested)
     return release, rolled
 
@@ -87,7 +114,12 @@ def test_the_webhook_names_the_event_and_is_signed_over_its_exact_bytes() -> Non
     expected = "sha256=" + hmac.new(b"s3cret", hook.body, hashlib.sha256).hexdigest()
     assert hook.headers[SIGNATURE_HEADER] == expected
     body = json.loads(hook.body)
-    assert (body["kind"], body["release_id"], body["event_id"], body["event_type"]) == ("rolled_back", "r2", "ev-rb", "release.rolled_back")
+    assert (body["kind"], body["release_id"], body["event_id"], body["event_type"]) == (
+        "rolled_back",
+        "r2",
+        "ev-rb",
+        "release.rolled_back",
+    )
     assert body["target"] == {"env": "prod", "channel": "canary"} and body["pack"]["version"] == "1.1.0"
     assert body["owner"] == "kb-team" and body["escalation"] == "pager:kb"
     unsigned = webhook("rolled_back", cfg.notifications[0], rolled, release, None)
@@ -103,9 +135,19 @@ def test_backoff_doubles_up_to_its_cap_and_only_transient_failures_are_retried()
 
 def test_notification_outcomes_live_under_the_release_outside_its_lifecycle_filter() -> None:
     subjects = Subjects()
-    event = make_event("notification.failed", {"sink": "ops", "kind": "held", "trigger": "ev-1",
-                                               "trigger_type": "release.monitoring_inconclusive", "attempts": 2, "error": "HTTP 503"},
-                       actor=Actor(kind="service", id="notifier"), release_id="r1")
+    event = make_event(
+        "notification.failed",
+        {
+            "sink": "ops",
+            "kind": "held",
+            "trigger": "ev-1",
+            "trigger_type": "release.monitoring_inconclusive",
+            "attempts": 2,
+            "error": "HTTP 503",
+        },
+        actor=Actor(kind="service", id="notifier"),
+        release_id="r1",
+    )
     subject = subjects.expected_subject(event.type, event.release_id, None)
     assert subject == "kx.release.r1.notification.failed" == subjects.notification("r1", "failed")
     assert decode_event(encode_event(event), subject, subjects) == event

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,7 +16,7 @@ from services.observability.logs import JsonFormatter, TextFormatter, log_contex
 from services.observability.release_metrics import ReleaseMetrics
 from services.settings import ConfigError
 
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SERVICE = Actor(kind="service", id="test")
 PACK = {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "1" * 64}
 
@@ -26,26 +26,51 @@ def ev(event_type: str, release_id: str, data: dict, at: float = 0.0):
 
 
 def requested(release_id: str, at: float = 0.0):
-    return ev("release.requested", release_id, {"pack": PACK, "target": {"env": "prod", "channel": "canary"},
-                                                 "owner": "o", "escalation": "e"}, at)
+    return ev(
+        "release.requested",
+        release_id,
+        {"pack": PACK, "target": {"env": "prod", "channel": "canary"}, "owner": "o", "escalation": "e"},
+        at,
+    )
 
 
 def activated(release_id: str, at: float, stage: int = 0):
-    return ev("release.activated", release_id, {"stage": stage, "cohorts": ["internal"], "pack": PACK, "batch_id": "b"}, at)
+    return ev(
+        "release.activated", release_id, {"stage": stage, "cohorts": ["internal"], "pack": PACK, "batch_id": "b"}, at
+    )
 
 
 def test_the_fold_counts_outcomes_gates_rollbacks_holds_and_first_activation_latency() -> None:
     m = ReleaseMetrics()
     events = [
-        requested("r1"), activated("r1", 4.0), activated("r1", 50.0, stage=1),  # only the first activation counts
+        requested("r1"),
+        activated("r1", 4.0),
+        activated("r1", 50.0, stage=1),  # only the first activation counts
         ev("release.closed", "r1", {"outcome": "success"}, 60),
-        requested("r2", 100), ev("release.verification_failed", "r2", {"gate": "signature", "code": "threshold_not_met",
-                                                                       "message": "no", "reference_time": "2030-01-01T00:00:00Z"}, 101),
+        requested("r2", 100),
+        ev(
+            "release.verification_failed",
+            "r2",
+            {
+                "gate": "signature",
+                "code": "threshold_not_met",
+                "message": "no",
+                "reference_time": "2030-01-01T00:00:00Z",
+            },
+            101,
+        ),
         ev("release.closed", "r2", {"outcome": "failed"}, 102),
-        requested("r3", 200), activated("r3", 290.0), ev("release.monitoring_inconclusive", "r3", {"stage": 0}, 300),
+        requested("r3", 200),
+        activated("r3", 290.0),
+        ev("release.monitoring_inconclusive", "r3", {"stage": 0}, 300),
         ev("release.rollback_started", "r3", {"trigger": "operator", "reason": "why", "targets": {}}, 310),
         ev("release.escalated", "r3", {"code": "c", "message": "m", "escalation": "e"}, 320),
-        ev("notification.sent", "r3", {"sink": "ops", "kind": "escalated", "trigger": "x", "trigger_type": "release.escalated", "attempts": 1}, 321),
+        ev(
+            "notification.sent",
+            "r3",
+            {"sink": "ops", "kind": "escalated", "trigger": "x", "trigger_type": "release.escalated", "attempts": 1},
+            321,
+        ),
     ]
     for seq, event in enumerate(events, 1):
         m.apply(seq, event)
@@ -73,7 +98,12 @@ def _line(formatter: logging.Formatter, message: str = "hello", **extra) -> str:
 def test_json_lines_carry_the_context_of_the_event_being_handled() -> None:
     outside = json.loads(_line(JsonFormatter()))
     assert set(outside) == {"ts", "level", "logger", "message", "release_id", "event_id"}
-    assert (outside["release_id"], outside["event_id"], outside["level"], outside["logger"]) == (None, None, "INFO", "services.x")
+    assert (outside["release_id"], outside["event_id"], outside["level"], outside["logger"]) == (
+        None,
+        None,
+        "INFO",
+        "services.x",
+    )
     with log_context("r1", "ev-1"):
         inside = json.loads(_line(JsonFormatter()))
         with log_context("r2"):
@@ -111,8 +141,9 @@ def test_log_format_defaults_to_json_unless_a_person_is_watching() -> None:
         log_format("yaml", _Stream(tty=False))
 
 
-@pytest.mark.parametrize("raw, expected", [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:0", ("::1", 0)),
-                                           ("0.0.0.0:80", ("0.0.0.0", 80))])
+@pytest.mark.parametrize(
+    "raw, expected", [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:0", ("::1", 0)), ("0.0.0.0:80", ("0.0.0.0", 80))]
+)
 def test_metrics_address(raw: str, expected: tuple[str, int]) -> None:
     assert parse_listen_address(raw) == expected
 

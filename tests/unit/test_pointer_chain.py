@@ -13,22 +13,44 @@ from events.service_signing import ServiceKeys, signature_headers
 from events.signing import SigningKey
 from events.subjects import Subjects
 from projections.invariants import Audit, apply_signed, audit_entry, audit_signed_entry
-from projections.pointer_chain import ChainMark, advance, chain_break, chained_pointer, entry_digest, next_link, pointer_digest
+from projections.pointer_chain import (
+    ChainMark,
+    advance,
+    chain_break,
+    chained_pointer,
+    entry_digest,
+    next_link,
+    pointer_digest,
+)
 from projections.position import Position
 from projections.snapshot import dump_world, load_world
 from projections.world import World, apply
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Ctx
-from services.settings import ConfigError, ROLES, Settings, service_keys_for
+from services.settings import ROLES, ConfigError, Settings, service_keys_for
 from tests.unit.test_projections import CH, ENV, NOW, P0, P1, P2, Log, manifest_of
 
 SUBJECTS = Subjects()
 ACTIVATOR = Actor(kind="service", id="activator")
 
 
-def pointer(p: dict, generation: int | None = None, prev: str | None = None, kind: str = "rollout", release_id: str | None = "r1") -> ScopeActivated:
-    return ScopeActivated.model_validate({"pack": p, "manifest": manifest_of(p), "release_id": release_id, "kind": kind,
-                                          "generation": generation, "prev": prev})
+def pointer(
+    p: dict,
+    generation: int | None = None,
+    prev: str | None = None,
+    kind: str = "rollout",
+    release_id: str | None = "r1",
+) -> ScopeActivated:
+    return ScopeActivated.model_validate(
+        {
+            "pack": p,
+            "manifest": manifest_of(p),
+            "release_id": release_id,
+            "kind": kind,
+            "generation": generation,
+            "prev": prev,
+        }
+    )
 
 
 class ChainLog:
@@ -39,7 +61,11 @@ class ChainLog:
         self.key = key or SigningKey.generate()
 
     def store(self, event, batch: str | None = "b", signer: SigningKey | None | bool = True, cohort: str = "internal"):
-        subject = SUBJECTS.scope(ENV, CH, cohort, "activated") if event.type == "scope.activated" else SUBJECTS.expected_subject(event.type, event.release_id, None)
+        subject = (
+            SUBJECTS.scope(ENV, CH, cohort, "activated")
+            if event.type == "scope.activated"
+            else SUBJECTS.expected_subject(event.type, event.release_id, None)
+        )
         payload = encode_event(event)
         key = self.key if signer is True else signer
         headers = signature_headers(key, subject, payload) if key else {}
@@ -48,13 +74,29 @@ class ChainLog:
         return position
 
     def point(self, data: ScopeActivated, cohort: str = "internal", **kw):
-        event = make_event("scope.activated", data, actor=ACTIVATOR, release_id=data.release_id, scope=Scope(env=ENV, channel=CH, cohort=cohort),
-                           occurred_at=NOW + timedelta(seconds=len(self.entries)))
+        event = make_event(
+            "scope.activated",
+            data,
+            actor=ACTIVATOR,
+            release_id=data.release_id,
+            scope=Scope(env=ENV, channel=CH, cohort=cohort),
+            occurred_at=NOW + timedelta(seconds=len(self.entries)),
+        )
         return self.store(event, cohort=cohort, **kw)
 
     def next_on(self, world: World, p: dict, cohort: str = "internal", **kw):
         """A pointer as a writer builds it: the next link after the scope's projected chain."""
-        return self.point(chained_pointer(world.scope(ENV, CH, cohort).chain_mark, pack=p, manifest=manifest_of(p), release_id="r1", kind="rollout"), cohort, **kw)
+        return self.point(
+            chained_pointer(
+                world.scope(ENV, CH, cohort).chain_mark,
+                pack=p,
+                manifest=manifest_of(p),
+                release_id="r1",
+                kind="rollout",
+            ),
+            cohort,
+            **kw,
+        )
 
     def world(self) -> World:
         w = World()
@@ -65,32 +107,43 @@ class ChainLog:
     def audit(self, keys: ServiceKeys | None = None) -> Audit:
         audit = Audit()
         for position, event, payload, headers in self.entries:
-            audit = audit_signed_entry(audit, keys, position, event, payload, headers, SUBJECTS) if keys else audit_entry(audit, position, event, SUBJECTS)
+            audit = (
+                audit_signed_entry(audit, keys, position, event, payload, headers, SUBJECTS)
+                if keys
+                else audit_entry(audit, position, event, SUBJECTS)
+            )
         return audit
 
 
 def chain_codes(audit: Audit) -> list[tuple[int, str]]:
-    return [(v.seq, v.code) for v in audit.violations if v.code.startswith("pointer_not_newer") or v.code == "pointer_chain_broken"]
+    return [
+        (v.seq, v.code)
+        for v in audit.violations
+        if v.code.startswith("pointer_not_newer") or v.code == "pointer_chain_broken"
+    ]
 
 
 # ---- the rules ------------------------------------------------------------------------------------
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
-@pytest.mark.parametrize("mark, data, code", [
-    (None, pointer(P1, 1, None), None),  # a scope's first pointer
-    (None, pointer(P1), None),  # a pre-chain pointer on a fresh scope (old logs still fold)
-    (ChainMark(None, D1), pointer(P1), None),  # pre-chain after pre-chain
-    (ChainMark(None, D1), pointer(P1, 1, D1), None),  # the first chained pointer after pre-chain ones
-    (ChainMark(3, D1), pointer(P1, 4, D1), None),
-    (ChainMark(3, None), pointer(P1, 4, D2), None),  # the last digest unknown: generation only
-    (ChainMark(3, D1), pointer(P1, 3, D1), "pointer_not_newer"),  # a replay of the same generation
-    (ChainMark(3, D1), pointer(P1, 2, D2), "pointer_not_newer"),  # an old pointer replayed
-    (ChainMark(3, D1), pointer(P1), "pointer_not_newer"),  # a pre-chain pointer replayed after chaining began
-    (ChainMark(3, D1), pointer(P1, 4, D2), "pointer_chain_broken"),  # newer, but forked from another link
-    (ChainMark(3, D1), pointer(P1, 4, None), "pointer_chain_broken"),
-    (None, pointer(P1, 1, D1), "pointer_chain_broken"),  # names a previous pointer the scope never had
-])
+@pytest.mark.parametrize(
+    "mark, data, code",
+    [
+        (None, pointer(P1, 1, None), None),  # a scope's first pointer
+        (None, pointer(P1), None),  # a pre-chain pointer on a fresh scope (old logs still fold)
+        (ChainMark(None, D1), pointer(P1), None),  # pre-chain after pre-chain
+        (ChainMark(None, D1), pointer(P1, 1, D1), None),  # the first chained pointer after pre-chain ones
+        (ChainMark(3, D1), pointer(P1, 4, D1), None),
+        (ChainMark(3, None), pointer(P1, 4, D2), None),  # the last digest unknown: generation only
+        (ChainMark(3, D1), pointer(P1, 3, D1), "pointer_not_newer"),  # a replay of the same generation
+        (ChainMark(3, D1), pointer(P1, 2, D2), "pointer_not_newer"),  # an old pointer replayed
+        (ChainMark(3, D1), pointer(P1), "pointer_not_newer"),  # a pre-chain pointer replayed after chaining began
+        (ChainMark(3, D1), pointer(P1, 4, D2), "pointer_chain_broken"),  # newer, but forked from another link
+        (ChainMark(3, D1), pointer(P1, 4, None), "pointer_chain_broken"),
+        (None, pointer(P1, 1, D1), "pointer_chain_broken"),  # names a previous pointer the scope never had
+    ],
+)
 def test_chain_break(mark, data, code) -> None:
     broken = chain_break(mark, data)
     assert (broken[0] if broken else None) == code
@@ -130,14 +183,20 @@ def test_a_snapshot_keeps_the_chain() -> None:
     log.next_on(log.world(), P1)
     world = log.world()
     again = load_world(dump_world(world))
-    assert again.scope(ENV, CH, "internal").chain_mark == world.scope(ENV, CH, "internal").chain_mark == ChainMark(2, log.entries[-1][0].digest)
+    assert (
+        again.scope(ENV, CH, "internal").chain_mark
+        == world.scope(ENV, CH, "internal").chain_mark
+        == ChainMark(2, log.entries[-1][0].digest)
+    )
 
 
 # ---- the writers ----------------------------------------------------------------------------------
 def _on_chain(world: World, generation: int, digest: str) -> World:
     """`world` with the internal scope at a chained pointer to P0 (generation, digest)."""
     state = world.scope(ENV, CH, "internal")
-    state = replace(state, active=pointer(P0, generation, None, release_id=None), generation=generation, pointer_digest=digest)
+    state = replace(
+        state, active=pointer(P0, generation, None, release_id=None), generation=generation, pointer_digest=digest
+    )
     return replace(world, scopes=world.scopes.insert((ENV, CH, "internal"), state))
 
 
@@ -174,8 +233,14 @@ def test_the_rollback_pointer_is_chained_too() -> None:
     digest = "sha256:" + "a" * 64
     state = replace(world.scope(ENV, CH, "internal"), generation=9, pointer_digest=digest)
     world = replace(world, scopes=world.scopes.insert((ENV, CH, "internal"), state))
-    written = _pointers(activator.decide_rollback(world, world.release("r1"), Ctx(now=NOW, service="activator"), {P0["digest"]: None}))
-    assert (written["internal"].generation, written["internal"].prev, written["internal"].kind) == (10, digest, "rollback")
+    written = _pointers(
+        activator.decide_rollback(world, world.release("r1"), Ctx(now=NOW, service="activator"), {P0["digest"]: None})
+    )
+    assert (written["internal"].generation, written["internal"].prev, written["internal"].kind) == (
+        10,
+        digest,
+        "rollback",
+    )
 
 
 def test_the_pin_switch_is_chained() -> None:
@@ -184,7 +249,9 @@ def test_the_pin_switch_is_chained() -> None:
     world = _on_chain(log.world(), 3, D2)
     state = world.scope(ENV, CH, "internal")
     state = replace(state, active=pointer(P1, 3, None))
-    event = pinner.switch_to_pin(state, Scope(env=ENV, channel=CH, cohort="internal"), "pin-1", Actor(kind="service", id="pinner"), NOW)
+    event = pinner.switch_to_pin(
+        state, Scope(env=ENV, channel=CH, cohort="internal"), "pin-1", Actor(kind="service", id="pinner"), NOW
+    )
     assert (event.data.generation, event.data.prev, event.data.kind) == (4, D2, "pin")
 
 
@@ -226,7 +293,9 @@ def test_the_fold_never_lets_a_stale_or_forked_pointer_move_the_scope() -> None:
     # a reader that trusts only signed, fresh state says why it ignored them
     world, reasons = World(), {}
     for position, event, payload, headers in log.entries:
-        world, why = apply_signed(world, ServiceKeys.of(log.key, list(ROLES)), position, event, payload, headers, SUBJECTS)
+        world, why = apply_signed(
+            world, ServiceKeys.of(log.key, list(ROLES)), position, event, payload, headers, SUBJECTS
+        )
         if why:
             reasons[position.seq] = why
     assert sorted(reasons) == [3, 4] and "pointer_not_newer" in reasons[3] and "pointer_chain_broken" in reasons[4]
@@ -265,8 +334,11 @@ def test_with_the_keys_an_unsigned_pointer_is_flagged_and_does_not_break_the_nex
     # ...so its next genuine pointer follows the signed one; the auditor with the keys agrees
     log.next_on(signed_world, P1)
     audit = log.audit(keys)
-    assert [(v.seq, v.code) for v in audit.violations if v.code in ("unsigned_or_forged", "pointer_not_newer", "pointer_chain_broken")] \
-        == [(forged.seq, "unsigned_or_forged")]
+    assert [
+        (v.seq, v.code)
+        for v in audit.violations
+        if v.code in ("unsigned_or_forged", "pointer_not_newer", "pointer_chain_broken")
+    ] == [(forged.seq, "unsigned_or_forged")]
     assert audit.world.scope(ENV, CH, "internal").active_pack.digest == P1["digest"]
 
 
@@ -277,8 +349,12 @@ def test_the_signed_fold_ignores_unsigned_pointers_and_service_events_but_moves_
     log.next_on(log.world(), P0)
     log.next_on(log.world(), P2, signer=None)
     log.next_on(log.world(), P2, signer=SigningKey.generate())  # a key nobody trusts
-    forged_release_event = make_event("release.activation_failed", {"stage": 0, "code": "x", "message": "y"},
-                                      actor=Actor(kind="service", id="activator"), release_id="r1")
+    forged_release_event = make_event(
+        "release.activation_failed",
+        {"stage": 0, "code": "x", "message": "y"},
+        actor=Actor(kind="service", id="activator"),
+        release_id="r1",
+    )
     log.store(forged_release_event, signer=None, batch=None)
     world, ignored = World(), {}
     for position, event, payload, headers in log.entries:
@@ -300,8 +376,12 @@ def test_the_signed_fold_ignores_unsigned_pointers_and_service_events_but_moves_
 def test_producer_and_operator_events_need_no_signature() -> None:
     log = ChainLog()
     keys = ServiceKeys.of(log.key, list(ROLES))
-    event = make_event("release.requested", {"pack": P1, "target": {"env": ENV, "channel": CH}, "owner": "o", "escalation": "e"},
-                       actor=Actor(kind="producer", id="ci"), release_id="r1")
+    event = make_event(
+        "release.requested",
+        {"pack": P1, "target": {"env": ENV, "channel": CH}, "owner": "o", "escalation": "e"},
+        actor=Actor(kind="producer", id="ci"),
+        release_id="r1",
+    )
     position = log.store(event, signer=None, batch=None)
     world, why = apply_signed(World(), keys, position, event, log.entries[0][2], {}, SUBJECTS)
     assert why is None and world.release("r1") is not None
@@ -319,9 +399,17 @@ def test_a_service_trusts_its_own_key_by_default_and_refuses_keys_that_exclude_i
     path.write_text(json.dumps(ServiceKeys.of(other, list(ROLES)).to_document()))
     with pytest.raises(ConfigError, match="do not trust this process's key"):
         service_keys_for(Settings(service_keys_path=path), own)
-    both = {"keys": {**ServiceKeys.of(other, list(ROLES)).to_document()["keys"], **ServiceKeys.of(own, ["activator"]).to_document()["keys"]}}
+    both = {
+        "keys": {
+            **ServiceKeys.of(other, list(ROLES)).to_document()["keys"],
+            **ServiceKeys.of(own, ["activator"]).to_document()["keys"],
+        }
+    }
     path.write_text(json.dumps(both))
-    assert service_keys_for(Settings(service_keys_path=path, roles=("activator",)), own).keys.keys() == {own.keyid, other.keyid}
+    assert service_keys_for(Settings(service_keys_path=path, roles=("activator",)), own).keys.keys() == {
+        own.keyid,
+        other.keyid,
+    }
     with pytest.raises(ConfigError, match="verifier"):
         service_keys_for(Settings(service_keys_path=path, roles=("activator", "verifier")), own)
 
@@ -337,4 +425,6 @@ def test_reading_tools_find_the_keys_kxr_serve_wrote_beside_its_key(tmp_path) ->
     assert set(reader_service_keys(Settings(data_dir=tmp_path)).keys) == {own.keyid}
     other = tmp_path / "other.json"
     other.write_text(json.dumps(ServiceKeys.of(SigningKey.generate(), ["activator"]).to_document()))
-    assert set(reader_service_keys(Settings(data_dir=tmp_path, service_keys_path=other)).keys) != {own.keyid}  # KX_SERVICE_KEYS wins
+    assert set(reader_service_keys(Settings(data_dir=tmp_path, service_keys_path=other)).keys) != {
+        own.keyid
+    }  # KX_SERVICE_KEYS wins

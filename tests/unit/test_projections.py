@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from projections.world import World, apply, apply_undecodable, fold
 
 # ---- builders (test_decisions.py imports these too) -------------------------------------------
 
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ENV, CH = "prod", "canary"
 SERVICE = Actor(kind="service", id="svc")
 OPERATOR = Actor(kind="operator", id="ops")
@@ -58,11 +58,25 @@ class Log:
     def clock(self) -> datetime:
         return NOW + timedelta(seconds=len(self.events))
 
-    def add(self, event_type: str, data: dict[str, Any], *, release_id: str | None = None, cohort: str | None = None,
-            actor: Actor = SERVICE) -> Event:
+    def add(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        release_id: str | None = None,
+        cohort: str | None = None,
+        actor: Actor = SERVICE,
+    ) -> Event:
         scope = Scope(env=ENV, channel=CH, cohort=cohort) if cohort else None
-        event = make_event(event_type, data, actor=actor, release_id=release_id, scope=scope,
-                           event_id=f"ev-{len(self.events) + 1}", occurred_at=self.clock)
+        event = make_event(
+            event_type,
+            data,
+            actor=actor,
+            release_id=release_id,
+            scope=scope,
+            event_id=f"ev-{len(self.events) + 1}",
+            occurred_at=self.clock,
+        )
         self.events.append(event)
         return event
 
@@ -79,12 +93,19 @@ class Log:
     def channel(self, doc: dict[str, Any] | None = None) -> Event:
         return self.add("channel.configured", doc or CHANNEL_DOC, cohort="all", actor=OPERATOR)
 
-    def point(self, cohort: str, p: dict[str, Any], release_id: str | None = None, kind: str = "rollout", previous=None) -> Event:
+    def point(
+        self, cohort: str, p: dict[str, Any], release_id: str | None = None, kind: str = "rollout", previous=None
+    ) -> Event:
         data = {"pack": p, "manifest": manifest_of(p), "release_id": release_id, "kind": kind, "previous": previous}
         return self.add("scope.activated", data, release_id=release_id, cohort=cohort)
 
     def pin(self, cohort: str, p: dict[str, Any], until: datetime, rationale: str = "freeze") -> Event:
-        return self.add("scope.pinned", {"pack": p, "until": until.isoformat(), "rationale": rationale, "by": "ops"}, cohort=cohort, actor=OPERATOR)
+        return self.add(
+            "scope.pinned",
+            {"pack": p, "until": until.isoformat(), "rationale": rationale, "by": "ops"},
+            cohort=cohort,
+            actor=OPERATOR,
+        )
 
     def unpin(self, cohort: str) -> Event:
         return self.add("scope.unpinned", {"by": "ops"}, cohort=cohort, actor=OPERATOR)
@@ -94,70 +115,132 @@ class Log:
         data = {"pack": p, "target": {"env": ENV, "channel": CH}, "owner": "kb-team", "escalation": "pager:kb", **extra}
         return self.add("release.requested", data, release_id=rid, actor=PRODUCER)
 
-    def prepared(self, rid: str, p: dict[str, Any] = P1, stages: list[list[str]] | None = None,
-                 targets: dict[str, Any] | None = None, strategy: str = "lkg", window_s: int = 60, **extra: Any) -> Event:
+    def prepared(
+        self,
+        rid: str,
+        p: dict[str, Any] = P1,
+        stages: list[list[str]] | None = None,
+        targets: dict[str, Any] | None = None,
+        strategy: str = "lkg",
+        window_s: int = 60,
+        **extra: Any,
+    ) -> Event:
         stages = stages if stages is not None else STAGES
         cohorts = [c for s in stages for c in s]
         data = {
-            "pack": p, "target": {"env": ENV, "channel": CH}, "stages": stages,
+            "pack": p,
+            "target": {"env": ENV, "channel": CH},
+            "stages": stages,
             "monitoring": {"window_s": window_s, "min_samples": 2, "thresholds": {"error_rate_max": 0.05}},
-            "rollback_strategy": strategy, "rollback_targets": targets if targets is not None else {c: P0 for c in cohorts},
+            "rollback_strategy": strategy,
+            "rollback_targets": targets if targets is not None else {c: P0 for c in cohorts},
             "checklist": [{"item": "target_exists", "ok": True, "detail": "configured"}],
-            "owner": "kb-team", "escalation": "pager:kb", **extra,
+            "owner": "kb-team",
+            "escalation": "pager:kb",
+            **extra,
         }
         return self.add("release.prepared", data, release_id=rid)
 
     def distributed(self, rid: str, p: dict[str, Any] = P1) -> Event:
-        return self.add("release.distributed", {"pack": {**p, "size": 4000}, "manifest": manifest_of(p)}, release_id=rid)
+        return self.add(
+            "release.distributed", {"pack": {**p, "size": 4000}, "manifest": manifest_of(p)}, release_id=rid
+        )
 
     def verified(self, rid: str, p: dict[str, Any] = P1) -> Event:
         gates = [{"gate": "signature", "ok": True, "code": "ok"}, {"gate": "digest", "ok": True, "code": "ok"}]
-        return self.add("release.verified", {"pack": {**p, "size": 4000}, "manifest": manifest_of(p), "reference_time": self.clock.isoformat(),
-                                             "gates": gates, "signers": ["k0"]}, release_id=rid)
+        return self.add(
+            "release.verified",
+            {
+                "pack": {**p, "size": 4000},
+                "manifest": manifest_of(p),
+                "reference_time": self.clock.isoformat(),
+                "gates": gates,
+                "signers": ["k0"],
+            },
+            release_id=rid,
+        )
 
     def verification_failed(self, rid: str, gate: str = "signature", code: str = "bad_signature") -> Event:
-        return self.add("release.verification_failed", {"gate": gate, "code": code, "message": "no valid signature",
-                                                        "reference_time": self.clock.isoformat(),
-                                                        "gates": [{"gate": gate, "ok": False, "code": code}]}, release_id=rid)
+        return self.add(
+            "release.verification_failed",
+            {
+                "gate": gate,
+                "code": code,
+                "message": "no valid signature",
+                "reference_time": self.clock.isoformat(),
+                "gates": [{"gate": gate, "ok": False, "code": code}],
+            },
+            release_id=rid,
+        )
 
     def activate(self, rid: str, stage: int, cohorts: list[str], p: dict[str, Any] = P1, batch: str = "b") -> Event:
         for cohort in cohorts:
             self.point(cohort, p, rid)
-        return self.add("release.activated", {"stage": stage, "cohorts": cohorts, "pack": p, "batch_id": f"{batch}{stage}"}, release_id=rid)
+        return self.add(
+            "release.activated",
+            {"stage": stage, "cohorts": cohorts, "pack": p, "batch_id": f"{batch}{stage}"},
+            release_id=rid,
+        )
 
     def activation_failed(self, rid: str, stage: int, code: str = "superseded") -> Event:
         return self.add("release.activation_failed", {"stage": stage, "code": code, "message": "lost"}, release_id=rid)
 
     def started(self, rid: str, stage: int, cohorts: list[str], p: dict[str, Any] = P1, window_s: int = 60) -> Event:
         mon = {"window_s": window_s, "min_samples": 2, "thresholds": {"error_rate_max": 0.05}}
-        return self.add("release.monitoring_started", {"stage": stage, "cohorts": cohorts, "digest": p["digest"], "starts_at": self.clock.isoformat(),
-                                                       "ends_at": (self.clock + timedelta(seconds=window_s)).isoformat(), "monitoring": mon}, release_id=rid)
+        return self.add(
+            "release.monitoring_started",
+            {
+                "stage": stage,
+                "cohorts": cohorts,
+                "digest": p["digest"],
+                "starts_at": self.clock.isoformat(),
+                "ends_at": (self.clock + timedelta(seconds=window_s)).isoformat(),
+                "monitoring": mon,
+            },
+            release_id=rid,
+        )
 
     def verdict(self, rid: str, outcome: str, stage: int, reason: str = "", **extra: Any) -> Event:
-        return self.add(f"release.monitoring_{outcome}", {"stage": stage, "samples": 3, "runtimes": 2, "reason": reason or outcome, **extra}, release_id=rid)
+        return self.add(
+            f"release.monitoring_{outcome}",
+            {"stage": stage, "samples": 3, "runtimes": 2, "reason": reason or outcome, **extra},
+            release_id=rid,
+        )
 
     def expanded(self, rid: str, frm: int, to: int, cohorts: list[str]) -> Event:
         return self.add("release.expanded", {"from_stage": frm, "to_stage": to, "cohorts": cohorts}, release_id=rid)
 
     def promoted(self, rid: str, to_channel: str = "stable") -> Event:
-        return self.add("release.promoted", {"to_channel": to_channel, "promoted_to": f"{rid}-{to_channel}"}, release_id=rid)
+        return self.add(
+            "release.promoted", {"to_channel": to_channel, "promoted_to": f"{rid}-{to_channel}"}, release_id=rid
+        )
 
     def rollback_started(self, rid: str, targets: dict[str, Any], trigger: str = "monitoring_failure") -> Event:
-        return self.add("release.rollback_started", {"trigger": trigger, "reason": "window failed", "targets": targets}, release_id=rid)
+        return self.add(
+            "release.rollback_started",
+            {"trigger": trigger, "reason": "window failed", "targets": targets},
+            release_id=rid,
+        )
 
     def rolled_back(self, rid: str, targets: dict[str, Any]) -> Event:
         for cohort, target in targets.items():
             self.point(cohort, target, rid, kind="rollback")
-        return self.add("release.rolled_back", {"cohorts": list(targets), "targets": targets, "batch_id": "rb"}, release_id=rid)
+        return self.add(
+            "release.rolled_back", {"cohorts": list(targets), "targets": targets, "batch_id": "rb"}, release_id=rid
+        )
 
     def closed(self, rid: str, outcome: str = "success") -> Event:
         return self.add("release.closed", {"outcome": outcome, "summary": outcome}, release_id=rid)
 
     def note(self, rid: str, suffix: str, rationale: str = "", incident: str | None = None) -> Event:
-        return self.add(f"release.{suffix}", {"rationale": rationale, "incident": incident}, release_id=rid, actor=OPERATOR)
+        return self.add(
+            f"release.{suffix}", {"rationale": rationale, "incident": incident}, release_id=rid, actor=OPERATOR
+        )
 
     # -- whole stories ---------------------------------------------------------------------------
-    def through_verified(self, rid: str, p: dict[str, Any] = P1, stages: list[list[str]] | None = None, **prepared: Any) -> None:
+    def through_verified(
+        self, rid: str, p: dict[str, Any] = P1, stages: list[list[str]] | None = None, **prepared: Any
+    ) -> None:
         self.requested(rid, p)
         self.prepared(rid, p, stages, **prepared)
         self.distributed(rid, p)
@@ -205,9 +288,18 @@ def test_whole_successful_two_stage_life() -> None:
     log.point("rest", P0)
     log.two_stage_success("r1")
     assert phases_of(log, "r1") == [
-        "requested", "prepared", "distributed", "verified",
-        "activated", "monitoring", "passed", "expanding",
-        "activated", "monitoring", "passed", "closed",
+        "requested",
+        "prepared",
+        "distributed",
+        "verified",
+        "activated",
+        "monitoring",
+        "passed",
+        "expanding",
+        "activated",
+        "monitoring",
+        "passed",
+        "closed",
     ]
     r = log.world().release("r1")
     assert r.anomalies == ()
@@ -244,22 +336,76 @@ def test_in_flight_releases_are_ordered_by_last_sequence() -> None:
 
 ILLEGAL = [
     ("prepared-first", lambda log: log.prepared("r1"), "prepared after nothing"),
-    ("activated-after-requested", lambda log: (log.requested("r1"), log.activate("r1", 0, ["internal"])), "activated after requested"),
-    ("verdict-after-verified", lambda log: (log.through_verified("r1"), log.verdict("r1", "passed", 0)), "monitoring_passed after verified"),
-    ("promoted-after-failed", lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed"), log.promoted("r1")), "promoted after failed"),
-    ("activated-after-closed", lambda log: (log.requested("r1"), log.closed("r1", "rejected"), log.activate("r1", 0, ["internal"])), "activated after closed"),
-    ("abort-while-rolling-back", lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed"),
-                                             log.rollback_started("r1", {"internal": P0}), log.note("r1", "aborted")), "aborted after rolling_back"),
+    (
+        "activated-after-requested",
+        lambda log: (log.requested("r1"), log.activate("r1", 0, ["internal"])),
+        "activated after requested",
+    ),
+    (
+        "verdict-after-verified",
+        lambda log: (log.through_verified("r1"), log.verdict("r1", "passed", 0)),
+        "monitoring_passed after verified",
+    ),
+    (
+        "promoted-after-failed",
+        lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed"), log.promoted("r1")),
+        "promoted after failed",
+    ),
+    (
+        "activated-after-closed",
+        lambda log: (log.requested("r1"), log.closed("r1", "rejected"), log.activate("r1", 0, ["internal"])),
+        "activated after closed",
+    ),
+    (
+        "abort-while-rolling-back",
+        lambda log: (
+            log.through_verified("r1"),
+            log.stage("r1", 0, ["internal"], "failed"),
+            log.rollback_started("r1", {"internal": P0}),
+            log.note("r1", "aborted"),
+        ),
+        "aborted after rolling_back",
+    ),
     ("second-request", lambda log: (log.requested("r1"), log.requested("r1")), "requested after requested"),
-    ("activated-without-verification", lambda log: (log.requested("r1"), log.prepared("r1"), log.distributed("r1"), log.activate("r1", 0, ["internal"])),
-     "activated after distributed"),
-    ("activated-after-prepared", lambda log: (log.requested("r1"), log.prepared("r1"), log.activate("r1", 0, ["internal"])), "activated after prepared"),
-    ("activated-after-pass-without-expand", lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"]), log.activate("r1", 1, ["rest"])),
-     "activated after passed"),
-    ("expanded-after-failed", lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed"), log.expanded("r1", 0, 1, ["rest"])),
-     "expanded after failed"),
-    ("closed-while-monitoring", lambda log: (log.through_verified("r1"), log.activate("r1", 0, ["internal"]), log.started("r1", 0, ["internal"]),
-                                             log.closed("r1")), "closed after monitoring"),
+    (
+        "activated-without-verification",
+        lambda log: (
+            log.requested("r1"),
+            log.prepared("r1"),
+            log.distributed("r1"),
+            log.activate("r1", 0, ["internal"]),
+        ),
+        "activated after distributed",
+    ),
+    (
+        "activated-after-prepared",
+        lambda log: (log.requested("r1"), log.prepared("r1"), log.activate("r1", 0, ["internal"])),
+        "activated after prepared",
+    ),
+    (
+        "activated-after-pass-without-expand",
+        lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"]), log.activate("r1", 1, ["rest"])),
+        "activated after passed",
+    ),
+    (
+        "expanded-after-failed",
+        lambda log: (
+            log.through_verified("r1"),
+            log.stage("r1", 0, ["internal"], "failed"),
+            log.expanded("r1", 0, 1, ["rest"]),
+        ),
+        "expanded after failed",
+    ),
+    (
+        "closed-while-monitoring",
+        lambda log: (
+            log.through_verified("r1"),
+            log.activate("r1", 0, ["internal"]),
+            log.started("r1", 0, ["internal"]),
+            log.closed("r1"),
+        ),
+        "closed after monitoring",
+    ),
 ]
 
 
@@ -333,12 +479,24 @@ def test_pause_resume_and_abort_flags() -> None:
 @pytest.mark.parametrize(
     ("story", "failure"),
     [
-        (lambda log: log.add("release.rejected", {"reasons": [{"code": "target_exists", "message": "unconfigured"}]}, release_id="r1"),
-         "rejected: target_exists: unconfigured"),
-        (lambda log: (log.requested("r1"), log.prepared("r1"), log.distributed("r1"), log.verification_failed("r1")),
-         "verification_failed: signature/bad_signature: no valid signature"),
-        (lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed")), "monitoring_failed: failed"),
-        (lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "inconclusive")), "monitoring_inconclusive: inconclusive"),
+        (
+            lambda log: log.add(
+                "release.rejected", {"reasons": [{"code": "target_exists", "message": "unconfigured"}]}, release_id="r1"
+            ),
+            "rejected: target_exists: unconfigured",
+        ),
+        (
+            lambda log: (log.requested("r1"), log.prepared("r1"), log.distributed("r1"), log.verification_failed("r1")),
+            "verification_failed: signature/bad_signature: no valid signature",
+        ),
+        (
+            lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "failed")),
+            "monitoring_failed: failed",
+        ),
+        (
+            lambda log: (log.through_verified("r1"), log.stage("r1", 0, ["internal"], "inconclusive")),
+            "monitoring_inconclusive: inconclusive",
+        ),
     ],
     ids=["rejected", "verification-failed", "monitoring-failed", "inconclusive"],
 )
@@ -369,7 +527,9 @@ def test_scope_pointer_active_seq_and_since() -> None:
 def test_scope_batch_comes_from_the_position() -> None:
     log = Log()
     event = log.point("internal", P1, "r1")
-    world = apply(World(), Position(seq=7, subject=Subjects().scope(ENV, CH, "internal", "activated"), batch_id="batch-1"), event)
+    world = apply(
+        World(), Position(seq=7, subject=Subjects().scope(ENV, CH, "internal", "activated"), batch_id="batch-1"), event
+    )
     s = world.scope(ENV, CH, "internal")
     assert (s.active_seq, s.active_batch) == (7, "batch-1")
 
@@ -553,11 +713,21 @@ def test_undecodable_on_a_scope_pointer_bumps_active_seq() -> None:
 def test_a_pointer_moves_the_scope_chain_and_junk_does_not() -> None:
     log = Log()
     pre_chain = log.point("internal", P0)
-    data = {"pack": P1, "manifest": manifest_of(P1), "release_id": "r1", "kind": "rollout", "generation": 4, "prev": "sha256:" + "e" * 64}
+    data = {
+        "pack": P1,
+        "manifest": manifest_of(P1),
+        "release_id": "r1",
+        "kind": "rollout",
+        "generation": 4,
+        "prev": "sha256:" + "e" * 64,
+    }
     chained = log.add("scope.activated", data, release_id="r1", cohort="internal")
     subject = Subjects().scope(ENV, CH, "internal", "activated")
     world = apply(World(), Position(1, subject, "b", digest="sha256:" + "e" * 64), pre_chain)
-    assert (world.scope(ENV, CH, "internal").generation, world.scope(ENV, CH, "internal").pointer_digest) == (None, "sha256:" + "e" * 64)
+    assert (world.scope(ENV, CH, "internal").generation, world.scope(ENV, CH, "internal").pointer_digest) == (
+        None,
+        "sha256:" + "e" * 64,
+    )
     world = apply(world, Position(2, subject, "b", digest="sha256:" + "d" * 64), chained)
     s = world.scope(ENV, CH, "internal")
     assert (s.active_pack.digest, s.generation, s.pointer_digest) == (P1["digest"], 4, "sha256:" + "d" * 64)
@@ -631,7 +801,11 @@ def test_evidence_record_of_a_rolled_back_release() -> None:
     assert [c["item"] for c in rec.checklist] == ["target_exists"]
     assert [g["gate"] for g in rec.gates] == ["signature", "digest"]
     assert rec.verification["result"] == "verified" and rec.verification["signers"] == ["k0"]
-    assert [(a["type"], a["stage"] if "stage" in a else None) for a in rec.activations] == [("activated", 0), ("activated", 1), ("rolled_back", None)]
+    assert [(a["type"], a["stage"] if "stage" in a else None) for a in rec.activations] == [
+        ("activated", 0),
+        ("activated", 1),
+        ("rolled_back", None),
+    ]
     assert [(w["stage"], w["verdict"]["result"]) for w in rec.windows] == [(0, "passed"), (1, "failed")]
     assert all(w["started"] is not None for w in rec.windows)
     assert rec.windows[1]["verdict"]["figures"] == {"error_rate": 0.2}
@@ -648,12 +822,22 @@ def test_evidence_record_of_a_rolled_back_release() -> None:
 def test_evidence_of_a_rejected_request_lists_the_reasons() -> None:
     log = Log()
     log.requested("r1")
-    log.add("release.rejected", {"reasons": [{"code": "target_exists", "message": "unconfigured"},
-                                             {"code": "rollback_target", "message": "no lkg"}]}, release_id="r1")
+    log.add(
+        "release.rejected",
+        {
+            "reasons": [
+                {"code": "target_exists", "message": "unconfigured"},
+                {"code": "rollback_target", "message": "no lkg"},
+            ]
+        },
+        release_id="r1",
+    )
     log.closed("r1", "rejected")
     rec = evidence_of("r1", log.entries())
-    assert rec.checklist == ({"item": "target_exists", "ok": False, "detail": "unconfigured"},
-                             {"item": "rollback_target", "ok": False, "detail": "no lkg"})
+    assert rec.checklist == (
+        {"item": "target_exists", "ok": False, "detail": "unconfigured"},
+        {"item": "rollback_target", "ok": False, "detail": "no lkg"},
+    )
     assert rec.outcome["outcome"] == "rejected"
     assert rec.activations == () and rec.windows == ()
 
@@ -700,7 +884,10 @@ def test_a_second_verdict_never_overwrites_the_first() -> None:
     log.verdict("r1", "failed", 0, "hard breach", early=True)
     log.verdict("r1", "passed", 0, "late duplicate")
     rec = evidence_of("r1", log.entries())
-    assert [(w["started"] is not None, w["verdict"]["result"]) for w in rec.windows] == [(True, "failed"), (False, "passed")]
+    assert [(w["started"] is not None, w["verdict"]["result"]) for w in rec.windows] == [
+        (True, "failed"),
+        (False, "passed"),
+    ]
 
 
 def test_evidence_ignores_other_releases() -> None:

@@ -55,6 +55,7 @@ class _Recorder(ReleaseReactor):
 
 def _app() -> SimpleNamespace:
     world = SimpleNamespace(release=lambda release_id: release_id)  # the "state" is the id itself
+
     async def catch_up() -> None:
         return None
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 
 from events.versions import parse_version
+from services.actions.producer import parse_channel_config
 from services.consumers import preparer
 from services.consumers.outputs import Ctx
-from services.actions.producer import parse_channel_config
 
 from .test_projections import CHANNEL_DOC, NOW, P0, Log
 
@@ -40,7 +40,10 @@ def test_rollback_strategy_pinned_targets_the_pinned_prior() -> None:
     out = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None)
     event = out[0].events[0]
     assert event.type == "release.prepared", event.data
-    assert {c: t.digest for c, t in event.data.rollback_targets.items()} == {"internal": P0["digest"], "rest": P0["digest"]}
+    assert {c: t.digest for c, t in event.data.rollback_targets.items()} == {
+        "internal": P0["digest"],
+        "rest": P0["digest"],
+    }
 
 
 def test_rollback_strategy_pinned_without_any_pin_is_rejected() -> None:
@@ -71,7 +74,9 @@ def test_an_unreadable_pack_store_fails_distribution_closed_and_says_why() -> No
     from projections.world import apply
 
     world = apply(world, Position(world.applied_seq + 1, "kx.release.r1.prepared"), prepared)
-    event = distributor.decide(world.release("r1"), Ctx(now=LATER, service="distributor"), {}, "TimeoutError: no answer")[0].events[0]
+    event = distributor.decide(
+        world.release("r1"), Ctx(now=LATER, service="distributor"), {}, "TimeoutError: no answer"
+    )[0].events[0]
     assert event.type == "release.verification_failed"
     assert (event.data.gate, event.data.code) == ("distribution", "store_unreadable")
     assert "no answer" in event.data.message
@@ -82,7 +87,9 @@ def test_unreadable_runtime_health_rejects_unless_acknowledged() -> None:
     log.channel()
     log.requested("r1", rollback={"strategy": "none"})
     world = log.world()
-    event = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None, "TimeoutError")[0].events[0]
+    event = preparer.decide(world, world.release("r1"), Ctx(now=LATER, service="preparer"), None, "TimeoutError")[
+        0
+    ].events[0]
     assert event.type == "release.rejected"
     assert any(r.code == "observability" and "could not be read" in r.message for r in event.data.reasons)
 
@@ -96,12 +103,17 @@ def test_an_unreadable_window_holds_the_release_with_the_reason() -> None:
     log.two_stage_success("r0", P0)
     world = log.world()
     release = world.release("r0")
-    m = MonitoringStarted(stage=0, cohorts=["internal"], digest=P0["digest"], starts_at=NOW, ends_at=LATER,
-                          monitoring={"window_s": 60})
+    m = MonitoringStarted(
+        stage=0, cohorts=["internal"], digest=P0["digest"], starts_at=NOW, ends_at=LATER, monitoring={"window_s": 60}
+    )
     from dataclasses import replace
 
     watching = replace(release, phase="monitoring", monitoring=m)
-    event = monitor.decide_unjudgeable(watching, 0, "TimeoutError: KX_HEALTH", Ctx(now=LATER, service="monitor"))[0].events[0]
+    event = monitor.decide_unjudgeable(watching, 0, "TimeoutError: KX_HEALTH", Ctx(now=LATER, service="monitor"))[
+        0
+    ].events[0]
     assert event.type == "release.monitoring_inconclusive"
     assert "could not be read" in event.data.reason and "KX_HEALTH" in event.data.reason
-    assert monitor.decide_unjudgeable(watching, 1, "x", Ctx(now=LATER, service="monitor")) == []  # another stage: nothing
+    assert (
+        monitor.decide_unjudgeable(watching, 1, "x", Ctx(now=LATER, service="monitor")) == []
+    )  # another stage: nothing

@@ -19,8 +19,7 @@ from events.codec import decode_event
 from events.model import Distributed, Event
 from projections.position import Position
 from projections.world import World, apply
-from services.consumers import activator, distributor, preparer, promoter
-from services.consumers import monitor
+from services.consumers import activator, distributor, monitor, preparer, promoter
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease
 
 PURE = {"preparer", "distributor", "activator", "promoter"}  # decisions with no IO input besides the log
@@ -32,8 +31,12 @@ def load(path: Path) -> list[tuple[Position, Event]]:
     for line in path.read_text().splitlines():
         doc = json.loads(line)
         # "digest": of the stored bytes (recorded since pointers are chained): the next pointer's `prev`
-        entries.append((Position(doc["seq"], doc["subject"], doc["batch_id"], digest=doc.get("digest")),
-                        decode_event(json.dumps(doc["event"]).encode(), doc["subject"])))
+        entries.append(
+            (
+                Position(doc["seq"], doc["subject"], doc["batch_id"], digest=doc.get("digest")),
+                decode_event(json.dumps(doc["event"]).encode(), doc["subject"]),
+            )
+        )
     return entries
 
 
@@ -111,15 +114,23 @@ def test_recorded_history_is_decided_the_same_today(path: Path) -> None:
         position, event = entries[i]
         # a batch is one decision: replay it against the world before its first entry
         group = [entries[i]]
-        while position.batch_id and i + len(group) < len(entries) and entries[i + len(group)][0].batch_id == position.batch_id:
+        while (
+            position.batch_id
+            and i + len(group) < len(entries)
+            and entries[i + len(group)][0].batch_id == position.batch_id
+        ):
             group.append(entries[i + len(group)])
         decided_on = group[-1][1]
-        replayable = decided_on.actor.kind == "service" and (decided_on.actor.id in PURE or decided_on.type == "release.monitoring_started")
+        replayable = decided_on.actor.kind == "service" and (
+            decided_on.actor.id in PURE or decided_on.type == "release.monitoring_started"
+        )
         if replayable:
             again = redecide(world, decided_on)
             if again:
                 recorded = [e for _, e in group]
-                assert [(e.type, e.event_id) for e in again[: len(recorded)]] == [(e.type, e.event_id) for e in recorded], f"seq {position.seq}"
+                assert [(e.type, e.event_id) for e in again[: len(recorded)]] == [
+                    (e.type, e.event_id) for e in recorded
+                ], f"seq {position.seq}"
                 for mine, theirs in zip(again, recorded):
                     a, b = comparable(mine, theirs)
                     assert a == b, f"seq {position.seq}: {mine.type}"

@@ -37,20 +37,26 @@ def test_better_is_not_worse() -> None:
     assert p > 0.5
 
 
-@pytest.mark.parametrize("new, base", [({"error_rate": [0.1, 0.2]}, {"error_rate": [0.1, 0.2, 0.3]}), ({"error_rate": [0.1] * 5}, {})])
+@pytest.mark.parametrize(
+    "new, base", [({"error_rate": [0.1, 0.2]}, {"error_rate": [0.1, 0.2, 0.3]}), ({"error_rate": [0.1] * 5}, {})]
+)
 def test_too_few_samples_is_insufficient_not_a_verdict(new, base) -> None:
     assert judge_statistically(new, base)["result"] == "insufficient_data"
 
 
 # ---- exact p-values for small samples (issue 13) ------------------------------------------------
 
-@pytest.mark.parametrize(("new", "base", "p"), [
-    ([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], 1 / 20),  # every split as extreme: 1 of C(6, 3)
-    ([5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0], 1 / 70),
-    ([6.0, 7.0, 8.0, 9.0, 10.0], [1.0, 2.0, 3.0, 4.0, 5.0], 1 / 252),
-    ([3.0, 4.0], [1.0, 2.0], 1 / 6),
-    ([3.0, 5.0, 6.0], [1.0, 2.0, 4.0], 2 / 20),  # rank sums 14 and 15 of C(6, 3) = 20
-])
+
+@pytest.mark.parametrize(
+    ("new", "base", "p"),
+    [
+        ([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], 1 / 20),  # every split as extreme: 1 of C(6, 3)
+        ([5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0], 1 / 70),
+        ([6.0, 7.0, 8.0, 9.0, 10.0], [1.0, 2.0, 3.0, 4.0, 5.0], 1 / 252),
+        ([3.0, 4.0], [1.0, 2.0], 1 / 6),
+        ([3.0, 5.0, 6.0], [1.0, 2.0, 4.0], 2 / 20),  # rank sums 14 and 15 of C(6, 3) = 20
+    ],
+)
 def test_exact_p_values_of_known_cases(new, base, p) -> None:
     t = mann_whitney(new, base)
     assert t.exact
@@ -63,14 +69,19 @@ def _brute_force_p(new: list[float], base: list[float]) -> float:
     rank = {v: (pooled.index(v) + 1 + len(pooled) - pooled[::-1].index(v)) / 2 for v in pooled}
     observed = sum(rank[v] for v in new)
     splits = list(combinations(range(len(pooled)), len(new)))
-    return sum(1 for idx in splits if sum(rank[pooled[i]] for i in idx) >= observed - 1e-9) / comb(len(pooled), len(new))
+    return sum(1 for idx in splits if sum(rank[pooled[i]] for i in idx) >= observed - 1e-9) / comb(
+        len(pooled), len(new)
+    )
 
 
-@pytest.mark.parametrize(("new", "base"), [
-    ([0.1, 0.1, 0.2, 0.3], [0.0, 0.1, 0.1, 0.2, 0.2]),  # ties across both sides
-    ([1.0, 1.0, 1.0], [1.0, 1.0, 2.0]),
-    ([0.0, 0.5, 0.5, 0.9, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5, 0.9]),
-])
+@pytest.mark.parametrize(
+    ("new", "base"),
+    [
+        ([0.1, 0.1, 0.2, 0.3], [0.0, 0.1, 0.1, 0.2, 0.2]),  # ties across both sides
+        ([1.0, 1.0, 1.0], [1.0, 1.0, 2.0]),
+        ([0.0, 0.5, 0.5, 0.9, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5, 0.9]),
+    ],
+)
 def test_exact_p_values_with_ties_match_counting_every_split(new, base) -> None:
     assert mann_whitney(new, base).p_worse == pytest.approx(_brute_force_p(new, base), rel=1e-12)
 

@@ -11,7 +11,16 @@ from events.subjects import Subjects
 from projections.position import Position
 from projections.snapshot import FORMAT, dump_world, load_world
 from projections.world import (
-    NeedsHistory, Tombstone, World, apply, apply_undecodable, archive_all, archive_closed, fold, needs_history, restore,
+    NeedsHistory,
+    Tombstone,
+    World,
+    apply,
+    apply_undecodable,
+    archive_all,
+    archive_closed,
+    fold,
+    needs_history,
+    restore,
 )
 from tests.unit.test_projections import P0, P1, P2, Log
 from tests.unit.test_replay_decisions import HISTORIES, load

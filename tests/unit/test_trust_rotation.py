@@ -12,7 +12,11 @@ NEW = [SigningKey.generate() for _ in range(2)]
 
 
 def root_doc(keys: list[SigningKey], threshold: int, version: int) -> dict:
-    return {"version": version, "threshold": threshold, "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)}}
+    return {
+        "version": version,
+        "threshold": threshold,
+        "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)},
+    }
 
 
 ANCHOR = TrustRoot.from_document(root_doc(OLD, 2, 1))
@@ -24,13 +28,17 @@ def test_rotation_signed_by_both_thresholds_installs_the_new_root() -> None:
     assert new.version == 2 and {k.public for k in new.keys} == {k.public_raw for k in NEW}
 
 
-@pytest.mark.parametrize("signers, code", [
-    (NEW, "old_threshold_not_met"),  # the new keys alone cannot take over
-    (OLD[:1] + NEW, "old_threshold_not_met"),  # one old key is under the old threshold of 2
-    (OLD[:1] + OLD[:1] + NEW, "old_threshold_not_met"),  # the same old key twice counts once
-    (OLD, "new_threshold_not_met"),  # the old keys alone cannot install keys nobody holds
-    (OLD[:2] + NEW[:1], "new_threshold_not_met"),
-], ids=["new-only", "one-old", "same-old-twice", "old-only", "one-new"])
+@pytest.mark.parametrize(
+    "signers, code",
+    [
+        (NEW, "old_threshold_not_met"),  # the new keys alone cannot take over
+        (OLD[:1] + NEW, "old_threshold_not_met"),  # one old key is under the old threshold of 2
+        (OLD[:1] + OLD[:1] + NEW, "old_threshold_not_met"),  # the same old key twice counts once
+        (OLD, "new_threshold_not_met"),  # the old keys alone cannot install keys nobody holds
+        (OLD[:2] + NEW[:1], "new_threshold_not_met"),
+    ],
+    ids=["new-only", "one-old", "same-old-twice", "old-only", "one-new"],
+)
 def test_rotation_without_both_thresholds_is_refused(signers, code) -> None:
     with pytest.raises(RotationError) as err:
         verify_rotation(ANCHOR, sign_root(V2, signers))
@@ -51,7 +59,9 @@ def test_tampered_rotation_is_refused() -> None:
     assert err.value.code == "old_threshold_not_met"
 
 
-@pytest.mark.parametrize("doc", [None, [], {"signed": []}, {"signed": {}, "signatures": "x"}, {"signed": {"a": 1.5}, "signatures": []}])
+@pytest.mark.parametrize(
+    "doc", [None, [], {"signed": []}, {"signed": {}, "signatures": "x"}, {"signed": {"a": 1.5}, "signatures": []}]
+)
 def test_malformed_rotation_is_refused(doc) -> None:
     with pytest.raises(RotationError):
         verify_rotation(ANCHOR, doc)
@@ -67,4 +77,7 @@ def test_chain_applies_valid_rotations_and_records_refused_ones() -> None:
     ]
     chain = follow_chain(ANCHOR, rotations)
     assert chain.current.version == 3 and chain.accepted == (2, 3)
-    assert [(seq, code) for seq, code, _ in chain.refused] == [(10, "old_threshold_not_met"), (12, "old_threshold_not_met")]
+    assert [(seq, code) for seq, code, _ in chain.refused] == [
+        (10, "old_threshold_not_met"),
+        (12, "old_threshold_not_met"),
+    ]

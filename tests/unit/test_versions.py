@@ -11,17 +11,17 @@ import itertools
 
 import pytest
 
+from events.channel import ChannelConfig
 from events.versions import UnmatchableVersion, matches, parse_version
 from services.verification.gates import verify_bytes
 
 from .gate_vectors import Case, channel_doc, pack_ref
-from events.channel import ChannelConfig
 
 # spelling, what it means (a PEP 440 normal form or the SemVer text), its relation to 1.0.0
 TRICKY = [
-    ("1.0.0-1", "1.0.0.post1", ">"),         # PEP 440 parses it first: a post-release, not a SemVer pre-release
+    ("1.0.0-1", "1.0.0.post1", ">"),  # PEP 440 parses it first: a post-release, not a SemVer pre-release
     ("1.0.0-rc.1", "1.0.0rc1", "<"),
-    ("1.0.0+build", "1.0.0", "="),           # build metadata / local label never orders
+    ("1.0.0+build", "1.0.0", "="),  # build metadata / local label never orders
     ("1.0", "1.0.0", "="),
     ("v1.0", "1.0.0", "="),
     ("1.0.0-alpha.1", "1.0.0a1", "<"),
@@ -59,8 +59,11 @@ def test_ordering_path_reads_the_version_as_its_meaning(text: str, meaning: str,
     assert policy_outcome(text, BASE) == expected[relation]
 
 
-@pytest.mark.parametrize(("text", "meaning", "relation"), [t for t in TRICKY if parse_version(t[0]).scheme == "pep440"],
-                         ids=[t for t in IDS if parse_version(t).scheme == "pep440"])
+@pytest.mark.parametrize(
+    ("text", "meaning", "relation"),
+    [t for t in TRICKY if parse_version(t[0]).scheme == "pep440"],
+    ids=[t for t in IDS if parse_version(t).scheme == "pep440"],
+)
 def test_compatibility_path_reads_the_version_as_its_meaning(text: str, meaning: str, relation: str) -> None:
     assert compatibility_outcome(text, f"=={meaning}") == ("pass", "ok")
     # >= and <= select purely by order: they agree with the downgrade rule's relation to 1.0.0.
@@ -84,8 +87,20 @@ def test_the_model_itself(text: str, meaning: str, relation: str) -> None:
     assert {">": v > base, "<": v < base, "=": v == base}[relation]
 
 
-ORDER_SET = ["1.0.dev0", "1.0.0a1", "1.0.0-rc.1", "1.0", "v1.0", "1.0.0+build", "1.0.0-1", "1.0.0.post2.dev1",
-             "1.0.0.post2", "1.0.1", "2.0", "1!0.1"]
+ORDER_SET = [
+    "1.0.dev0",
+    "1.0.0a1",
+    "1.0.0-rc.1",
+    "1.0",
+    "v1.0",
+    "1.0.0+build",
+    "1.0.0-1",
+    "1.0.0.post2.dev1",
+    "1.0.0.post2",
+    "1.0.1",
+    "2.0",
+    "1!0.1",
+]
 PUBLIC = [v for v in ORDER_SET if "+" not in v]  # a local label is only allowed in == / != specifiers
 
 

@@ -64,9 +64,23 @@ def test_the_frame_and_the_line_show_stages_gates_window_figures_scopes_and_even
     m = window_of(log)
     v = view_of(log, now=m.starts_at + timedelta(seconds=30), stored_samples=[(m.starts_at, sample(errors=20))])
     text = rendered(v)
-    for needle in ("release r1: kb@1.0.0 -> prod/canary — monitoring", "Stages", "monitoring", "pending",
-                   "gates: signature pass  digest pass", "stage 1 window 30s/60s (50%) live", "would be failed now",
-                   "error_rate", "0.2", "<= 0.05", "BREACH", "Scopes", "prod/canary/internal", "Last events", "monitoring_started"):
+    for needle in (
+        "release r1: kb@1.0.0 -> prod/canary — monitoring",
+        "Stages",
+        "monitoring",
+        "pending",
+        "gates: signature pass  digest pass",
+        "stage 1 window 30s/60s (50%) live",
+        "would be failed now",
+        "error_rate",
+        "0.2",
+        "<= 0.05",
+        "BREACH",
+        "Scopes",
+        "prod/canary/internal",
+        "Last events",
+        "monitoring_started",
+    ):
         assert needle in text, f"{needle!r} not in:\n{text}"
     line = summary_line(v)
     assert "stages 1:monitoring 2:pending" in line and "error_rate 0.2 <= 0.05 BREACH" in line and "\n" not in line

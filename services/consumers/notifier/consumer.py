@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 from nats.aio.msg import Msg
@@ -23,13 +23,13 @@ from events.ids import derived_event_id
 from events.model import Event
 from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink
 from projections.releases import ReleaseState
+from services.consumers.notifier.delivery import Delivery, deliver
+from services.consumers.notifier.webhook import Backoff, webhook
+from services.consumers.port import Port
+from services.consumers.reactor import until_stored
 from services.jetstream.log import Entry
 from services.jetstream.log_reads import log_entries
 from services.jetstream.worker import Poison, Worker
-from services.consumers.port import Port
-from services.consumers.reactor import until_stored
-from services.consumers.notifier.delivery import Delivery, deliver
-from services.consumers.notifier.webhook import Backoff, webhook
 
 NAME = "notifier"
 log = logging.getLogger(__name__)
@@ -55,8 +55,16 @@ class Notifier:
         triggers = [trigger_subject(s.prefix, event_type) for event_type in KIND_OF_EVENT]
         # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
         # once created, the durable consumer remembers where it was across restarts.
-        worker = Worker(self.port.js, s.releases_stream, f"kxr-{NAME}", triggers, self.handle, self.port.deadletters,
-                        ack_wait=self.port.settings.ack_wait_s, deliver_new=True)
+        worker = Worker(
+            self.port.js,
+            s.releases_stream,
+            f"kxr-{NAME}",
+            triggers,
+            self.handle,
+            self.port.deadletters,
+            ack_wait=self.port.settings.ack_wait_s,
+            deliver_new=True,
+        )
         return [worker.run()]
 
     async def handle(self, msg: Msg) -> None:
@@ -95,20 +103,33 @@ class Notifier:
                 if release is not None:
                     await self.record(sink, kind, event, delivery)
 
-    async def send(self, client: httpx.AsyncClient, sink: NotificationSink, kind: str, event: Event,
-                   release: ReleaseState | None, still_working: Callable[[], Awaitable[None]] | None) -> Delivery:
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        sink: NotificationSink,
+        kind: str,
+        event: Event,
+        release: ReleaseState | None,
+        still_working: Callable[[], Awaitable[None]] | None,
+    ) -> Delivery:
         secret = None
         if sink.secret_env is not None:
             secret = os.environ.get(sink.secret_env) or None
             if secret is None:  # fail closed: never send unsigned what the receiver expects signed
-                return Delivery(False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment")
-        return await deliver(client, webhook(kind, sink, event, release, secret), sink.attempts, self.backoff, still_working)
+                return Delivery(
+                    False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment"
+                )
+        return await deliver(
+            client, webhook(kind, sink, event, release, secret), sink.attempts, self.backoff, still_working
+        )
 
     async def recorded(self, release_id: str) -> tuple[set[tuple[str, str]], int]:
         """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""
         done: set[tuple[str, str]] = set()
         last = 0
-        async for entry, _, event in log_entries(self.port.js, self.port.subjects, [self.port.subjects.notification_filter(release_id)]):
+        async for entry, _, event in log_entries(
+            self.port.js, self.port.subjects, [self.port.subjects.notification_filter(release_id)]
+        ):
             last = entry.seq
             if event is not None and isinstance(event.data, NotificationOutcome):
                 done.add((event.data.trigger, event.data.sink))
@@ -117,15 +138,33 @@ class Notifier:
     async def record(self, sink: NotificationSink, kind: str, trigger: Event, delivery: Delivery) -> None:
         release_id = trigger.release_id
         assert release_id
-        outcome = NotificationOutcome(sink=sink.name, kind=kind, trigger=trigger.event_id, trigger_type=trigger.type,
-                                      attempts=delivery.attempts, status=delivery.status, error=delivery.error)
-        event = make_event("notification.sent" if delivery.ok else "notification.failed", outcome,
-                           actor=self.port.ctx(NAME).actor, release_id=release_id, causation_id=trigger.event_id,
-                           correlation_id=release_id, event_id=derived_event_id(trigger.event_id, NAME, sink.name),
-                           occurred_at=self.port.clock())
+        outcome = NotificationOutcome(
+            sink=sink.name,
+            kind=kind,
+            trigger=trigger.event_id,
+            trigger_type=trigger.type,
+            attempts=delivery.attempts,
+            status=delivery.status,
+            error=delivery.error,
+        )
+        event = make_event(
+            "notification.sent" if delivery.ok else "notification.failed",
+            outcome,
+            actor=self.port.ctx(NAME).actor,
+            release_id=release_id,
+            causation_id=trigger.event_id,
+            correlation_id=release_id,
+            event_id=derived_event_id(trigger.event_id, NAME, sink.name),
+            occurred_at=self.port.clock(),
+        )
         (log.info if delivery.ok else log.warning)(
-            "%s notification to %s %s after %d attempt(s)%s", kind, sink.name, "sent" if delivery.ok else "failed",
-            delivery.attempts, f": {delivery.error}" if delivery.error else "")
+            "%s notification to %s %s after %d attempt(s)%s",
+            kind,
+            sink.name,
+            "sent" if delivery.ok else "failed",
+            delivery.attempts,
+            f": {delivery.error}" if delivery.error else "",
+        )
 
         async def once() -> None:
             done, last = await self.recorded(release_id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import httpx
 
@@ -23,8 +23,13 @@ class Delivery:
     error: str  # why the last attempt failed ("" when ok)
 
 
-async def deliver(client: httpx.AsyncClient, hook: Webhook, attempts: int, backoff: Backoff,
-                  before_retry: Callable[[], Awaitable[None]] | None = None) -> Delivery:
+async def deliver(
+    client: httpx.AsyncClient,
+    hook: Webhook,
+    attempts: int,
+    backoff: Backoff,
+    before_retry: Callable[[], Awaitable[None]] | None = None,
+) -> Delivery:
     """Post until a 2xx, a refusal that retrying cannot fix, or `attempts` tries.
 
     Redirects are not followed: the configured URL is the one that was validated.
@@ -34,8 +39,9 @@ async def deliver(client: httpx.AsyncClient, hook: Webhook, attempts: int, backo
     error = ""
     for attempt in range(1, attempts + 1):
         try:
-            response = await client.post(hook.url, content=hook.body, headers=hook.headers, timeout=ATTEMPT_TIMEOUT_S,
-                                         follow_redirects=False)
+            response = await client.post(
+                hook.url, content=hook.body, headers=hook.headers, timeout=ATTEMPT_TIMEOUT_S, follow_redirects=False
+            )
         except httpx.HTTPError as exc:
             status, error = None, f"{exc.__class__.__name__}: {exc}".rstrip(": ")
         else:

@@ -36,30 +36,38 @@ def notification_body(kind: str, sink: NotificationSink, event: Event, release: 
     if event.scope is not None and event.family == "scope":
         target = Target(env=event.scope.env, channel=event.scope.channel)
     extra = {"scope": event.scope.model_dump(mode="json"), "code": flag.code} if flag and event.scope else {}
-    return compact_bytes({
-        "kind": kind,
-        "sink": sink.name,
-        "release_id": event.release_id,
-        "event_id": event.event_id,
-        "event_type": event.type,
-        "occurred_at": event.occurred_at.isoformat().replace("+00:00", "Z"),
-        "target": target.model_dump(mode="json") if target else None,
-        "pack": pack.model_dump(mode="json", exclude_none=True) if pack else None,
-        "owner": requested.owner if requested else None,
-        "escalation": requested.escalation if requested else None,
-        "summary": flag.message if flag else summary(event),
-        **extra,
-    })
+    return compact_bytes(
+        {
+            "kind": kind,
+            "sink": sink.name,
+            "release_id": event.release_id,
+            "event_id": event.event_id,
+            "event_type": event.type,
+            "occurred_at": event.occurred_at.isoformat().replace("+00:00", "Z"),
+            "target": target.model_dump(mode="json") if target else None,
+            "pack": pack.model_dump(mode="json", exclude_none=True) if pack else None,
+            "owner": requested.owner if requested else None,
+            "escalation": requested.escalation if requested else None,
+            "summary": flag.message if flag else summary(event),
+            **extra,
+        }
+    )
 
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def webhook(kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None, secret: str | None) -> Webhook:
+def webhook(
+    kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None, secret: str | None
+) -> Webhook:
     body = notification_body(kind, sink, event, release)
-    headers = {"Content-Type": "application/json", "Idempotency-Key": event.event_id, "User-Agent": USER_AGENT,
-               "Kx-Event-Type": event.type}
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": event.event_id,
+        "User-Agent": USER_AGENT,
+        "Kx-Event-Type": event.type,
+    }
     if secret is not None:
         headers[SIGNATURE_HEADER] = signature(secret, body)
     return Webhook(sink.url, body, headers)
