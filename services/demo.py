@@ -44,7 +44,7 @@ from .tasks import cancel_and_wait
 console = Console()
 StatusTables = Callable[[World], list[Any]]
 ENV, CHANNEL = "prod", "canary"
-DEMO_CHANNEL = {
+DEMO_CHANNEL: dict[str, Any] = {
     "cohorts": [{"name": "internal", "tenants": ["acme-internal", "qa"]}, {"name": "rest"}],
     "plan": [["internal"], ["rest"]],
     "monitoring": {
@@ -98,7 +98,7 @@ async def _print_events(app: App, done: dict[str, str]) -> None:
         line = f"{position.seq:>4}  {event.release_id:<16} {event.suffix:<24} {summary(event)}"
         console.print(line, style=style, highlight=False, markup=False)
         if event.suffix == "closed":
-            done[event.release_id] = event.data.outcome  # type: ignore[attr-defined]
+            done[event.release_id] = event.data.outcome
 
 
 async def _wait_closed(done: dict[str, str], release_id: str, timeout: float) -> str:

@@ -168,7 +168,7 @@ def rollback(world: World, release_id: str, trigger: str, reason: str, actor: Ac
         )
     started = RollbackStarted(
         trigger=trigger, reason=_require_rationale(reason), targets=rollback_targets(world, r, now)
-    )  # type: ignore[arg-type]
+    )
     return _event(r, "rollback_started", started, actor, now)
 
 
@@ -187,4 +187,4 @@ def close(world: World, release_id: str, outcome: str, rationale: str, actor: Ac
         )
     why = _require_rationale(rationale)
     summary = f"closed {outcome} by operator {actor.id} while held ({r.failure or 'held'}): {why}"
-    return _event(r, "closed", Closed(outcome=outcome, summary=summary), actor, now)  # type: ignore[arg-type]
+    return _event(r, "closed", Closed(outcome=outcome, summary=summary), actor, now)

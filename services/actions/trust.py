@@ -18,8 +18,10 @@ from services.jetstream.log_reads import log_entries
 
 async def logged_rotations(js: JetStreamContext, subjects: Subjects) -> list[tuple[int, Any]]:
     return [
-        (p.seq, e.data.root) async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()]) if e is not None
-    ]  # type: ignore[attr-defined]
+        (p.seq, e.data.root)  # type: ignore[attr-defined]  # a trust.rotated event's data is a RootModel
+        async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()])
+        if e is not None
+    ]
 
 
 async def current_chain(js: JetStreamContext, subjects: Subjects, anchor: TrustRoot) -> TrustChain:

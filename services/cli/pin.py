@@ -94,7 +94,7 @@ def unpin(
 
 def _pinned_targets(parts: tuple[str, ...], nats_url: str | None) -> list[tuple[str, str, str]]:
     if len(parts) == 3:
-        return [parts]  # type: ignore[list-item]
+        return [parts]
     from services.jetstream.log_reads import load_world
 
     async def go():

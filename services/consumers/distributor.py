@@ -80,7 +80,7 @@ def decide(
     distributed = Distributed(
         pack=pack.model_copy(update={"size": objects[pack_name]}),
         manifest=manifest_object_name(pack.digest),
-        objects={name: objects[name] for name in (pack_name, *(n for n, _ in required if n != pack_name))},  # type: ignore[misc]
+        objects={name: objects[name] for name in (pack_name, *(n for n, _ in required if n != pack_name))},
         stored={
             name: obj
             for name, _ in required

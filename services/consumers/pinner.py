@@ -144,7 +144,7 @@ def expire(
         rationale=rationale or f"pin until {pin_.until.isoformat()} expired",
         by=service.id,
         reason=reason,
-    )  # type: ignore[arg-type]
+    )
     return make_event(
         "scope.unpinned",
         data,
@@ -220,7 +220,8 @@ class Pinner:
             refused = expire(
                 state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pin refused: {too_long}"
             )
-            await self.port.log.append(self.scope_entry(refused, scope, state))
+            if refused is not None:  # the pin is in force (checked above): expire() answers an event
+                await self.port.log.append(self.scope_entry(refused, scope, state))
             return
         until = state.pin.until
         await self.port.schedule(
@@ -245,7 +246,8 @@ class Pinner:
                 reason="refused",
                 rationale=f"pinned pack refused: {problem}",
             )
-            await self.port.log.append(self.scope_entry(refused, scope, state))
+            if refused is not None:  # the pin is in force (checked above): expire() answers an event
+                await self.port.log.append(self.scope_entry(refused, scope, state))
             return
         switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock(), signers)  # with its evidence
         assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state

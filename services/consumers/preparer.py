@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from events.codec import make_event
 from events.ids import derived_event_id
-from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected, Thresholds
+from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
+from events.thresholds import Thresholds
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World

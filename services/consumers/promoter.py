@@ -78,12 +78,12 @@ def linked_release_id(release_id: str, channel: str) -> str:
 
 
 def _rollback(world: World, release: ReleaseState, ctx: Ctx, trigger: str, reason: str) -> list[Output]:
-    started = RollbackStarted(trigger=trigger, reason=reason, targets=rollback_targets(world, release, ctx.now))  # type: ignore[arg-type]
+    started = RollbackStarted(trigger=trigger, reason=reason, targets=rollback_targets(world, release, ctx.now))
     return [Chain((release_event(ctx, release, "rollback_started", started),))]
 
 
 def _close(ctx: Ctx, release: ReleaseState, outcome: str, summary: str) -> list[Output]:
-    return [Chain((release_event(ctx, release, "closed", Closed(outcome=outcome, summary=summary)),))]  # type: ignore[arg-type]
+    return [Chain((release_event(ctx, release, "closed", Closed(outcome=outcome, summary=summary)),))]
 
 
 def override_note(release: ReleaseState) -> str:

@@ -100,7 +100,7 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         nats_servers(url),
         name=name,
         max_reconnect_attempts=3,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
         error_cb=_error,
         allow_reconnect=True,
         connect_timeout=3,

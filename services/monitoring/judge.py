@@ -502,11 +502,12 @@ def breach_of(sample: HealthSample, monitoring: Monitoring) -> Breach | None:
         return None
     t = monitoring.thresholds
     if sample.signals is not None:
-        for metric, limit in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
+        for metric, cap in (("tickets", t.tickets_max), ("escalations", t.escalations_max)):
             value = getattr(sample.signals, metric)
-            if limit is not None and value > limit:
+            if cap is not None and value > cap:
                 return Breach(
-                    f"runtime {sample.runtime_id} reported {value} {metric} in one sample, over the window's {metric}_max {limit}",
+                    f"runtime {sample.runtime_id} reported {value} {metric} in one sample, "
+                    f"over the window's {metric}_max {cap}",
                     TENANT_IMPACT,
                 )
     limit = t.error_rate_max

@@ -51,7 +51,7 @@ def release_rows(world: World, in_flight_only: bool) -> list[dict[str, Any]]:
                 "release": r.release_id,
                 "pack": f"{r.pack.name}@{r.pack.version}" if r.pack else None,
                 "target": f"{r.requested.target.env}/{r.requested.target.channel}" if r.requested else None,
-                "phase": r.phase + (" (paused)" if r.paused else ""),
+                "phase": f"{r.phase}{' (paused)' if r.paused else ''}",
                 "stage": f"{r.stage + 1}/{stages}" if stages else "-",
                 "outcome": r.outcome,
                 "why": r.failure,

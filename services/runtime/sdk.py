@@ -113,7 +113,7 @@ class RuntimeClient:
                 f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}"
             ) from None
         try:
-            event = decode_event(msg.data, msg.subject, self.subjects)
+            event = decode_event(msg.data or b"", msg.subject, self.subjects)
         except DecodeError as exc:
             raise ChannelConfigUnavailable(
                 f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}"

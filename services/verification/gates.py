@@ -282,6 +282,13 @@ class _Work:
     observed: tuple[str, int] | None = None
     oversized: bool = False
 
+    @property
+    def typed(self) -> SignedManifest:
+        """The typed manifest, for the gates that run after the schema gate (which sets it)."""
+        if self.manifest is None:
+            raise RuntimeError("a gate ran before the manifest was typed")  # a wrong step order, not bad input
+        return self.manifest
+
 
 Check = Callable[[_Work, VerifyContext], _Verdict]
 
@@ -436,7 +443,7 @@ def _gate_manifest_schema(w: _Work, ctx: VerifyContext) -> _Verdict:
 
 def _gate_expiry(w: _Work, ctx: VerifyContext) -> _Verdict:
     # TUF freeze-attack lesson: a validly signed but stale manifest must stop working.
-    now, expires = ctx.now, w.manifest.expires
+    now, expires = ctx.now, w.typed.expires
     if not isinstance(now, datetime) or now.utcoffset() is None:
         return _reject("reference_time_invalid", f"reference time must be a timezone-aware datetime, not {now!r}")
     if now >= expires:
@@ -447,7 +454,7 @@ def _gate_expiry(w: _Work, ctx: VerifyContext) -> _Verdict:
 def _gate_identity(w: _Work, ctx: VerifyContext) -> _Verdict:
     # The manifest must describe the pack that was requested, not merely some validly signed pack
     # (TUF mix-and-match lesson).
-    m = w.manifest
+    m = w.typed
     for code, what, requested, signed in (
         ("name_mismatch", "name", ctx.request_name, m.name),
         ("version_mismatch", "version", ctx.request_version, m.version),
@@ -472,7 +479,7 @@ PHASE_MANIFEST: tuple[_Step, ...] = (
 
 
 def _gate_integrity(w: _Work, ctx: VerifyContext) -> _Verdict:
-    m = w.manifest
+    m = w.typed
     if w.oversized:
         return _reject("pack_oversized", f"more than the {m.size} bytes the manifest declares arrived; reading stopped")
     if w.observed is None:
@@ -501,13 +508,12 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
             "channel_unconfigured",
             f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version)",
         )
-    need = w.manifest.compatibility
+    need = w.typed.compatibility
+    profiles, runtime_version = compat.profiles or [], compat.runtime_version or ""  # `configured` checked both
     if need.schema_ != compat.schema_:
         return _reject("schema_mismatch", f"pack schema {need.schema_!r}, channel expects {compat.schema_!r}")
-    if need.profile not in compat.profiles:
-        return _reject(
-            "profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {compat.profiles}"
-        )
+    if need.profile not in profiles:
+        return _reject("profile_mismatch", f"pack profile {need.profile!r} is not one of the channel's {profiles}")
     # One version model (events/versions.py): the runtime version means here what a pack
     # version means to the downgrade gate (1.0.0-1 is 1.0.0.post1 in both).
     try:
@@ -515,7 +521,7 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
     except SpecifierError as exc:
         return _reject("runtime_specifier_invalid", f"manifest runtime: {exc}")
     try:
-        runtime = parse_version(compat.runtime_version)
+        runtime = parse_version(runtime_version)
         ok = matches(runtime, spec)
     except ValueError as exc:  # unparsable, or SemVer-only (UnmatchableVersion): no guess
         return _reject("runtime_version_invalid", f"channel runtime_version: {exc}")
@@ -525,7 +531,7 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
 
 
 def _gate_policy(w: _Work, ctx: VerifyContext) -> _Verdict:
-    m = w.manifest
+    m = w.typed
     policy = ctx.channel_config.policy if ctx.channel_config is not None else ChannelPolicy()
     if ctx.purpose not in PURPOSES:
         return _reject("purpose_invalid", f"purpose {ctx.purpose!r} is not one of {', '.join(PURPOSES)}")
@@ -602,7 +608,7 @@ _EVIDENCE: tuple[tuple[str, Callable[[SignedManifest], Any]], ...] = (
 
 
 def _gate_evidence(w: _Work, ctx: VerifyContext) -> _Verdict:
-    m = w.manifest
+    m = w.typed
     for name, get in _EVIDENCE:
         value = get(m)
         if not isinstance(value, str) or not value.strip():
@@ -773,7 +779,7 @@ _CHUNK = 64 * 1024
 def verify_bytes(manifest_bytes: bytes | None, pack_bytes: bytes | None, ctx: VerifyContext) -> Verification:
     """All three phases over bytes in memory, stopping at the first failure."""
     v = check_manifest(manifest_bytes, ctx)
-    if v.failure is not None:
+    if v.failure is not None or v.manifest is None:
         return v
     observed: tuple[str, int] | None = None
     oversized = False
