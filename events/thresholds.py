@@ -1,7 +1,7 @@
 """The monitoring thresholds (CONTRACT §7, §8): one model for a channel's and a release's.
 
 A channel configures them (`channel.configured`, events/channel.py), a request may only
-tighten them (services/consumers/preparer.py `effective_monitoring`), and the prepared plan
+tighten them (`Thresholds.tightened_by`, applied by the preparer), and the prepared plan
 and every window carry the result (events/model.py `Monitoring`). The judge
 (services/monitoring/judge.py) compares a window's figures against them.
 Change a threshold here and every one of those places sees it.
@@ -33,3 +33,22 @@ class Thresholds(BaseModel):
     escalations_max: StrictInt | None = Field(default=None, ge=0)
     # Correctness: the request-weighted share of answers traced to their sources (0..1).
     trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
+
+    def tightened_by(self, request: Thresholds) -> Thresholds:
+        """These (a channel's) thresholds with a request's on top: a request may tighten, never loosen.
+
+        The direction is in the name: for each `*_max` the lower bound wins, for each `*_min` the
+        higher; new error classes fail, and the statistics enforce, if either side says so. So a
+        new threshold named that way is tightened here without another change.
+        """
+        merged = self.model_dump()
+        asked = request.model_dump(exclude_unset=True)
+        for key in type(self).model_fields:
+            if key.endswith(("_max", "_min")):
+                values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
+                merged[key] = (min if key.endswith("_max") else max)(values) if values else None
+        if asked.get("new_error_classes") == "fail":
+            merged["new_error_classes"] = "fail"
+        if asked.get("statistical") == "enforce":
+            merged["statistical"] = "enforce"
+        return Thresholds(**merged)

@@ -59,7 +59,10 @@ def pin_too_long(world: World, scope: Scope, until: datetime, pinned_at: datetim
     """
     max_days = world.channel_config(scope.env, scope.channel).policy.max_pin_days
     if (until - pinned_at).total_seconds() > max_days * 86400:
-        return f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days); this one runs until {until.isoformat()}"
+        return (
+            f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days); "
+            f"this one runs until {until.isoformat()}"
+        )
     return None
 
 

@@ -15,7 +15,6 @@ from datetime import timedelta
 from events.codec import make_event
 from events.ids import derived_event_id
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
-from events.thresholds import Thresholds
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World
@@ -30,40 +29,19 @@ NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
 
 
-_AT_MOST = (
-    "error_rate_max",
-    "latency_p95_ms_max",
-    "latency_p99_ms_max",
-    "mismatch_rate_max",
-    "tickets_max",
-    "escalations_max",
-)
-_AT_LEAST = ("activation_success_min", "trace_coverage_min")
-
-
 def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
-    """The request's monitoring over the channel's: a request may tighten thresholds, never loosen them.
-
-    For each `*_max` the lower bound wins, for each `*_min` the higher, and
-    new error classes fail if either side says so. Window and min_samples are checked
-    against the channel's minimum by the checklist.
+    """The request's monitoring over the channel's: a request may tighten thresholds, never loosen
+    them (`Thresholds.tightened_by`). Window and min_samples are checked against the channel's
+    minimum by the checklist.
     """
     base = channel.monitoring
-    merged = base.thresholds.model_dump()
     if requested is None:
-        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=Thresholds(**merged))
-    asked = requested.thresholds.model_dump(exclude_unset=True)
-    for key in _AT_MOST:
-        values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
-        merged[key] = min(values) if values else None
-    for key in _AT_LEAST:
-        floors = [v for v in (merged.get(key), asked.get(key)) if v is not None]
-        merged[key] = max(floors) if floors else None
-    if asked.get("new_error_classes") == "fail":
-        merged["new_error_classes"] = "fail"
-    if asked.get("statistical") == "enforce":
-        merged["statistical"] = "enforce"
-    return Monitoring(window_s=requested.window_s, min_samples=requested.min_samples, thresholds=Thresholds(**merged))
+        return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=base.thresholds)
+    return Monitoring(
+        window_s=requested.window_s,
+        min_samples=requested.min_samples,
+        thresholds=base.thresholds.tightened_by(requested.thresholds),
+    )
 
 
 def coarser_than_channel(requested: list[list[str]], channel_plan: list[list[str]]) -> str:
@@ -254,7 +232,8 @@ def preflight(
         check(
             "observability",
             not silent,
-            f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} (set acknowledge_no_health to proceed)"
+            f"no runtime reported health in the last {HEALTH_LOOKBACK_S // 60} min for {silent} "
+            "(set acknowledge_no_health to proceed)"
             if silent
             else "runtimes report health in every target cohort",
         )

@@ -188,7 +188,8 @@ def window_data(
 def split_window(
     stored: Iterable[tuple[datetime, HealthSample]], window: MonitoringStarted, baseline_digests: Collection[str] = ()
 ) -> tuple[list[HealthSample], list[HealthSample]]:
-    """(samples of the new pack inside the window, samples of the previous active pack just before it), by stored time."""
+    """(samples of the new pack inside the window, samples of the previous active pack just before it),
+    by stored time."""
     data = window_data(stored, window, baseline_digests=baseline_digests)
     return data.samples, data.baseline
 

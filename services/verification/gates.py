@@ -312,7 +312,8 @@ def _run(
             out,
             steps[0].gate,
             GATE_ORDER_CODE,
-            f"needs gates {', '.join(requires) or '(none)'} passed first; passed so far: {', '.join(out.passed) or '(none)'}",
+            f"needs gates {', '.join(requires) or '(none)'} passed first; "
+            f"passed so far: {', '.join(out.passed) or '(none)'}",
         )
     for step in steps:
         try:
@@ -691,7 +692,7 @@ def _dsse_envelope(raw: Any) -> tuple[bytes, list[tuple[str, bytes]]] | _Verdict
         doc = loads_strict(bytes(raw))
     except StrictJSONError as exc:
         return _reject("attestation_malformed", f"attestation is not strict JSON: {exc}")
-    shape = '{"payloadType": "%s", "payload": base64, "signatures": [{"keyid", "sig"}]}' % PAYLOAD_TYPE
+    shape = f'{{"payloadType": "{PAYLOAD_TYPE}", "payload": base64, "signatures": [{{"keyid", "sig"}}]}}'
     if (
         not isinstance(doc, dict)
         or doc.get("payloadType") != PAYLOAD_TYPE
