@@ -105,7 +105,7 @@ def release_rollback(
     trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
     nats_url: str | None = NatsUrl,
 ) -> None:
-    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""
+    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""  # noqa: E501 (help text)
     _release_action(
         release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now)
     )
