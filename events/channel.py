@@ -126,7 +126,7 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
             else:
                 ranges.append((lo, hi, rule.name))
     ranges.sort()
-    for (lo1, hi1, n1), (lo2, hi2, n2) in zip(ranges, ranges[1:]):
+    for (_lo1, hi1, n1), (lo2, _hi2, n2) in zip(ranges, ranges[1:]):
         if lo2 < hi1:
             problems.append(f"percent ranges of cohorts {n1} and {n2} overlap")
     if cfg.plan is not None:

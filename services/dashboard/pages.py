@@ -15,7 +15,10 @@ from urllib.parse import quote
 from projections.evidence import EvidenceRecord
 from services.reads.audit import record_sections
 
-READ_ONLY = "Read-only: decisions (pause, promote, rollback, pin…) are made with kxr, so they carry the operator's identity and permissions."
+READ_ONLY = (
+    "Read-only: decisions (pause, promote, rollback, pin…) are made with kxr, "
+    "so they carry the operator's identity and permissions."
+)
 
 
 def _e(value: Any) -> str:
@@ -66,7 +69,8 @@ def _table(headers: list[str], rows: list[str], empty: str, attrs: str = "") -> 
 
 def releases_section(releases: list[dict[str, Any]]) -> str:
     rows = [
-        f"<tr data-release='{_e(r['release'])}'><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
+        f"<tr data-release='{_e(r['release'])}'><td>{release_link(r['release'])}</td>"
+        f"<td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
         f"<td class='phase'>{_e(r['phase'])}</td><td>{_e(r['stage'])}</td><td>{window_cell(r['window'])}</td>"
         f"<td>{figures_cell(r['window'])}</td><td>{_e(r['why'])}</td></tr>"
         for r in releases
@@ -104,7 +108,8 @@ def scopes_section(groups: list[dict[str, Any]]) -> str:
 def recent_section(recent: list[dict[str, Any]]) -> str:
     rows = [
         f"<tr><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
-        f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td><td>{_e(r['why'])}</td></tr>"
+        f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td>"
+        f"<td>{_e(r['why'])}</td></tr>"
         for r in recent
     ]
     return "<h2>Recently finished</h2>" + _table(["release", "pack", "target", "outcome", "why"], rows, "none yet")
@@ -140,8 +145,9 @@ def summary_section(view: dict[str, Any]) -> str:
         if v is not None or k == "why"
     )
     stages = [
-        f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td><td class='{_e(s['state'])}'>{_e(s['state'])}</td>"
-        f"<td>{_e(s['verdict'])}</td><td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
+        f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td>"
+        f"<td class='{_e(s['state'])}'>{_e(s['state'])}</td><td>{_e(s['verdict'])}</td>"
+        f"<td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
         for s in view["stages"]
     ]
     return f"<h2>Now</h2><table class='facts'>{rows}</table><h3>Stages</h3>" + _table(

@@ -1,4 +1,5 @@
-"""Batched direct gets and continuous pulls against the real server (services/jetstream/direct.py, services/jetstream/pull.py)."""
+"""Batched direct gets and continuous pulls against the real server
+(services/jetstream/direct.py, services/jetstream/pull.py)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ CHAIN_FIELDS = ("generation", "prev", "signers")  # pointer fields added after t
 
 
 def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
-    """Both payloads (`_comparable`); a pointer recorded before pointers were chained is compared without the chain fields."""
+    """Both payloads (`_comparable`); a pointer recorded before pointers were chained is compared
+    without the chain fields."""
     a, b = _comparable(mine), _comparable(theirs)
     if mine.type == "scope.activated" and b.get("generation") is None:
         a = {k: v for k, v in a.items() if k not in CHAIN_FIELDS}
