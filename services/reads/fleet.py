@@ -266,7 +266,10 @@ class FleetTail:
     async def _read(self) -> None:
         from services.jetstream.direct import connection_of, last_per_subject
         from services.jetstream.reader import OrderedReader
+        from services.reads.watch import may_read_health
 
+        if not await may_read_health(connection_of(self.js), self.subjects):  # a denied request is never answered
+            raise PermissionError(f"no answer to STREAM.INFO of {self.subjects.health_stream}")
         stream = self.subjects.health_stream
         start_seq = self.fleet.last_seq + 1
         if not self.ready:
