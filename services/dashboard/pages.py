@@ -362,7 +362,11 @@ def series_section(series: dict[str, Any] | None) -> str:
         "the threshold as a dashed line; a window with a hard breach (what fails it early) is shaded red.</p>"
     )
     for metric in series["metrics"]:
-        out.append(f"<figure>{series_chart(metric, series['windows'])}</figure>")
+        threshold = "" if metric["threshold"] is None else f" (threshold {metric['threshold']:.4g})"
+        out.append(
+            f"<figure><figcaption>{_e(metric['label'])}{_e(threshold)}</figcaption>"
+            f"{series_chart(metric, series['windows'])}</figure>"
+        )
     return "".join(out)
 
 
