@@ -246,7 +246,7 @@ def window_series(windows: list[dict[str, Any]], stored: Mapping[int, Stored | N
         )
     note = None
     if unreadable:
-        note = f"health samples of {unreadable} window(s) not readable by this dashboard's NATS user"
+        note = f"health samples of {unreadable} window(s) not read yet, or not readable by this dashboard's NATS user"
     return {"windows": out_windows, "metrics": metrics, "note": note}
 
 

@@ -216,6 +216,9 @@ def not_found_page(what: str) -> str:
 
 
 # ---- the fleet (/fleet) --------------------------------------------------------------------------
+FLEET_ROWS_SHOWN = 500  # rows on the page (those not ok first); the JSON has every one
+
+
 def _short(digest: str | None) -> str | None:
     return digest[7:19] if digest and digest.startswith("sha256:") else digest
 
@@ -242,7 +245,8 @@ def fleet_section(fleet: dict[str, Any]) -> str:
         f"runtime's latest samples; last seen by the server's stored time.</p>"
     )
     cells = []
-    for r in rows:
+    shown = sorted(rows, key=lambda r: r["status"] == "ok")[:FLEET_ROWS_SHOWN]  # stable: by scope within each
+    for r in shown:
         act = r["activation"]
         activation = (
             f"<span class='{'ok' if act['result'] == 'ok' else 'fail'}'>{_e(act['result'])}</span> "
@@ -290,6 +294,11 @@ def fleet_section(fleet: dict[str, Any]) -> str:
             " id='fleet-table'",
         )
     )
+    if len(rows) > len(shown):
+        out.append(
+            f"<p class='muted'>{len(rows) - len(shown)} more runtime(s) not shown (those not ok come first): "
+            "every row is in /api/fleet.</p>"
+        )
     if fleet["unattributed"]:
         out.append(f"<p class='muted'>{_e(fleet['unattributed'])} report(s) on no runtime's health subject.</p>")
     return "".join(out)

@@ -288,3 +288,14 @@ def test_the_chart_of_an_empty_or_degenerate_series_is_nan_free(metric) -> None:
 def test_a_release_without_windows_has_no_chart() -> None:
     assert "no monitoring window yet" in pages.series_section(window_series([], {}))
     assert "no monitoring window yet" in pages.series_section(None)
+
+
+def test_a_large_fleet_shows_problems_first_and_says_how_many_more() -> None:
+    fleet = Fleet()
+    for i in range(pages.FLEET_ROWS_SHOWN + 3):
+        fleet = observe(fleet, i + 1, NOW, parts(f"rt-{i:04d}"), sample(f"rt-{i:04d}", P0, requests=10))
+    fleet = observe(fleet, 10_000, NOW, parts("rt-zz"), sample("rt-zz", P0, "activation", ok=False))
+    rows = fleet_rows(fleet, Log().world(), NOW)
+    html = pages.fleet_section({"ready": True, "problem": None, "rows": rows, "unattributed": 0})
+    assert html.count("<tr data-runtime=") == pages.FLEET_ROWS_SHOWN and "data-runtime='rt-zz'" in html
+    assert "4 more runtime(s) not shown" in html
