@@ -225,6 +225,8 @@ def record_sections(record: EvidenceRecord) -> str:
             f"<tr><td>{t['seq']}</td><td>{_e(t['at'])}</td><td>{_e(t['type'])}</td><td>{_e(t['actor'])}</td><td>{_e(t['summary'])}</td></tr>"
         )
     out.append(
-        "</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre>"
+        "</table><h2>Record (JSON)</h2><details><summary>the raw record</summary><pre><code>"
+        + _e(json.dumps(r, indent=2, sort_keys=True))
+        + "</code></pre></details>"
     )
     return "\n".join(out)
