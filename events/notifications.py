@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from .tokens import TOKEN_PATTERN
 
 NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
+# the body posted: the notifier's own JSON document, or a message for a chat's incoming webhook
+NotifyFormat = Literal["json", "slack", "teams"]
 # which event makes each kind: a hold is a window that ended without a verdict; a flag is the
 # guard finding that a settled scope's active pack now fails a gate (services/consumers/guard.py)
 KIND_OF_EVENT: dict[str, str] = {
@@ -33,7 +35,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class NotificationSink(BaseModel):
-    """One webhook: where, for which kinds, and (optionally) the env var holding its HMAC secret.
+    """One webhook: where, for which kinds, in which format, and (optionally) the env var holding its secret.
 
     The secret itself is never in the log (the channel configuration is): only the name of
     the variable the notifier reads it from.
@@ -46,6 +48,7 @@ class NotificationSink(BaseModel):
     on: list[NotifyKind] = Field(min_length=1)
     secret_env: StrictStr | None = None
     attempts: StrictInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
+    format: NotifyFormat = "json"  # optional (issue 16): configurations written before it post `json`
 
     @field_validator("url")
     @classmethod

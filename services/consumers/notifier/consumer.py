@@ -119,9 +119,11 @@ class Notifier:
                 return Delivery(
                     False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment"
                 )
-        return await deliver(
-            client, webhook(kind, sink, event, release, secret), sink.attempts, self.backoff, still_working
-        )
+        try:
+            hook = webhook(kind, sink, event, release, secret)
+        except ValueError as exc:  # fail closed here too: a secret that cannot sign sends nothing
+            return Delivery(False, 0, None, f"secret_env {sink.secret_env}: {exc}")
+        return await deliver(client, hook, sink.attempts, self.backoff, still_working)
 
     async def recorded(self, release_id: str) -> tuple[set[tuple[str, str]], int]:
         """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""
