@@ -73,6 +73,6 @@ async def deliver(
             step = min(pause, KEEPALIVE_S)
             await asyncio.sleep(step)
             pause -= step
-            if pause <= 0:
+            if pause <= 1e-6:  # not a sliver of float left over
                 break
     return Delivery(False, attempts, status, error)  # attempts < 1: nothing tried
