@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from email.utils import formatdate
 
@@ -12,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from services.actions.producer import parse_channel_config
 from services.consumers.notifier import delivery
+from services.consumers.notifier.consumer import Notifier
 from services.consumers.notifier.delivery import deliver
 from services.consumers.notifier.signing import verify
 from services.consumers.notifier.webhook import Backoff, Webhook, webhook
@@ -131,3 +133,22 @@ async def test_a_long_pause_keeps_telling_jetstream_it_is_still_working(monkeypa
             result = await delivery.deliver(client, hook(server.url("/slow")), 2, slow, still_working)
     assert (result.ok, result.attempts) == (True, 2)
     assert len(beats) == 5 and all(0.08 <= b - a < 0.3 for a, b in zip(beats, beats[1:]))
+
+
+async def test_the_notifier_fills_a_urls_secret_from_its_environment_and_fails_closed_without_it(
+    monkeypatch,
+) -> None:
+    release, rolled = _rolled_back_release()
+    notifier = Notifier(None, QUICK)  # type: ignore[arg-type]  # send() uses no port
+    with WebhookServer() as server:
+        url = server.url("/services/${KX_TEST_HOOK_PATH}")
+        sink = parse_channel_config(channel({**HOOK, "url": url, "format": "slack"}), "canary").notifications[0]
+        async with httpx.AsyncClient() as client:
+            monkeypatch.delenv("KX_TEST_HOOK_PATH", raising=False)
+            unset = await notifier.send(client, sink, "rolled_back", rolled, release, None)
+            monkeypatch.setenv("KX_TEST_HOOK_PATH", "T0/B0/s3cret")
+            sent = await notifier.send(client, sink, "rolled_back", rolled, release, None)
+        assert (unset.ok, unset.attempts) == (False, 0) and "${KX_TEST_HOOK_PATH}" in unset.error
+        assert (sent.ok, sent.attempts) == (True, 1)
+        (post,) = server.received
+        assert post.path == "/services/T0/B0/s3cret" and "blocks" in json.loads(post.body)

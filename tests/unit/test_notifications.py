@@ -11,7 +11,7 @@ import pytest
 
 from events.codec import decode_event, encode_event, make_event
 from events.model import Actor
-from events.notifications import KIND_OF_EVENT
+from events.notifications import KIND_OF_EVENT, expand_url
 from events.subjects import Subjects
 from projections.releases import ReleaseState, apply_release_event
 from services.actions.producer import parse_channel_config
@@ -176,3 +176,25 @@ def test_retry_after_is_honoured_as_seconds_or_an_http_date_and_capped() -> None
     assert backoff.pause(3, 0.5, draw=0.0) == 2.0  # shorter: the back-off still applies
     assert backoff.pause(1, 3600.0, draw=0.0) == 20.0  # capped: an hour's pause would stall the notifier
     assert backoff.pause(1, None, draw=0.0) == 0.5
+
+
+def test_a_url_may_take_its_secret_part_from_the_notifiers_environment() -> None:
+    slack = {**HOOK, "url": "https://hooks.slack.example/services/${KX_SLACK_PATH}?x=${KX_Q}", "format": "slack"}
+    (sink,) = parse_channel_config(channel(slack), "canary").notifications
+    assert expand_url(sink.url, {"KX_SLACK_PATH": "T0/B0/s3cret", "KX_Q": "1"}) == (
+        "https://hooks.slack.example/services/T0/B0/s3cret?x=1"
+    )
+    with pytest.raises(ValueError) as unset:
+        expand_url(sink.url, {"KX_Q": "1", "KX_SLACK_PATH": ""})
+    assert str(unset.value) == "url names ${KX_SLACK_PATH}, not set in the notifier's environment"
+    for value, why in (("a#frag", "must not have a #fragment"), ("a b", "must not contain whitespace")):
+        with pytest.raises(ValueError, match=why) as bad:
+            expand_url(sink.url, {"KX_SLACK_PATH": value, "KX_Q": "1"})
+        assert value not in str(bad.value)  # the secret never reaches the recorded error
+    for url, why in (
+        ("https://${KX_HOST}/hook", "only in its path or query"),
+        ("https://u${KX_PW}@hooks.example/", "only in its path or query"),
+        ("https://hooks.example/${lower-case}", "not ${ENV_VAR_NAME}"),
+        ("https://hooks.example/${KX", "not ${ENV_VAR_NAME}"),
+    ):
+        assert why in problems_of(channel({**HOOK, "url": url}))

@@ -55,6 +55,8 @@ async def deliver(
             )
         except httpx.HTTPError as exc:
             status, error = None, f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+            if hook.shown:  # the error is recorded in the log: never the URL with its secret filled in
+                error = error.replace(hook.url, hook.shown)
         else:
             status = response.status_code
             if 200 <= status < 300:
@@ -65,7 +67,12 @@ async def deliver(
             return Delivery(False, attempt, status, error)
         pause = backoff.pause(attempt, wait)
         log.warning(
-            "webhook %s: attempt %d of %d failed (%s); retrying in %.1f s", hook.url, attempt, attempts, error, pause
+            "webhook %s: attempt %d of %d failed (%s); retrying in %.1f s",
+            hook.shown or hook.url,
+            attempt,
+            attempts,
+            error,
+            pause,
         )
         while True:
             if before_retry is not None:

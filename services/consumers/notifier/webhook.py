@@ -38,6 +38,7 @@ class Webhook:
     headers: dict[str, str]  # the same on every attempt
     webhook_id: str = ""  # the Standard Webhooks id ("": no webhook-* headers)
     keys: list[bytes] = field(default_factory=list)  # Standard Webhooks keys, newest first
+    shown: str = ""  # the URL as configured, for logs (`url` may carry a secret filled in from the environment)
 
     def attempt_headers(self, now: float) -> dict[str, str]:
         """The headers of one attempt made at `now` (unix seconds): each retry carries its own timestamp."""
@@ -103,7 +104,7 @@ def webhook(
     keys = [secret_key(s) for s in secrets]
     if secrets:
         headers[SIGNATURE_HEADER] = signature(secrets[0], body)
-    return Webhook(sink.url, body, headers, event.event_id, keys)
+    return Webhook(sink.url, body, headers, event.event_id, keys, shown=sink.url)
 
 
 # ---- retry policy -----------------------------------------------------------------------------
