@@ -1,4 +1,4 @@
-"""What a webhook receives, and when to try again. Pure: no IO (the clock and the dice are passed in).
+"""What a webhook receives, and when to try again. No IO (the jitter draws at random unless told).
 
 The body is compact JSON (the exact bytes the signatures cover) in the sink's `format`:
 the notifier's own document (`json`), or a Slack or Teams message built from it
