@@ -185,7 +185,7 @@ def release_list(
     def tables():
         for seq, why in sorted(ignored.items()):
             err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
-        columns = ["release", "pack", "target", "outcome", "stages", "requested", "closed"]
+        columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
         title = f"Releases (newest first, {len(shown)} of {len(fold.items)})"
         return [table(title, [table_row(s) for s in shown], columns)]
 

@@ -194,7 +194,8 @@ def summary(item: HistoryItem) -> dict[str, Any]:
 
 
 def table_row(s: dict[str, Any]) -> dict[str, Any]:
-    """A summary as short table cells (the terminal's `kxr release list`)."""
+    """A summary as short table cells (the terminal's `kxr release list`, meant to fit 80 columns):
+    the request time without the year, how long it took to close (`--json` has both times whole)."""
     pack = s["pack"]
     stages = s["stages"]
     return {
@@ -203,13 +204,28 @@ def table_row(s: dict[str, Any]) -> dict[str, Any]:
         "target": s["target"],
         "outcome": s["outcome"] or f"({s['phase'] or '?'}{', paused' if s['paused'] else ''})",
         "stages": f"{stages['passed']}/{stages['total']}",
-        "requested": _short_time(s["requested_at"]),
-        "closed": _short_time(s["closed_at"]),
+        "requested": f"{s['requested_at'][5:10]} {s['requested_at'][11:16]}" if s["requested_at"] else None,
+        "took": _took(s["requested_at"], s["closed_at"]),
     }
 
 
-def _short_time(value: str | None) -> str | None:
-    return f"{value[:10]} {value[11:16]}" if value else None
+def _took(start: str | None, end: str | None) -> str | None:
+    if not start or not end:
+        return None
+    seconds = int((_parse(end) - _parse(start)).total_seconds())
+    if seconds < 0:
+        return None  # clocks of different writers
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # ---- reading the log -----------------------------------------------------------------------------

@@ -167,6 +167,17 @@ def test_the_summary_shape() -> None:
     assert json.loads(json.dumps(r0)) == r0
     assert table_row(r3)["outcome"] == "(passed)" and table_row(r0)["stages"] == "2/2"
     assert table_row(r0)["pack"] == "kb@0.9.0"
+    assert (table_row(r0)["took"], table_row(r3)["took"]) == (f"{log.events.index(closed_r0(log)) - 1}s", None)
+    assert table_row(r0)["requested"] == "01-01 12:00"
+    assert [
+        table_row({**r0, "requested_at": "2030-01-01T12:00:00.000000Z", "closed_at": end})["took"]
+        for end in ("2030-01-01T12:59:00.5Z", "2030-01-01T15:05:00Z", "2030-01-04T12:00:00Z", "2030-01-01T11:00:00Z")
+    ] == ["59m", "3h05m", "3d", None]
+
+
+def closed_r0(log: Log):
+    """(the story's clock: event i occurred at NOW + i s; r0's request is event 1)"""
+    return next(e for e in log.events if e.type == "release.closed" and e.release_id == "r0")
 
 
 def test_a_promotion_names_both_ends() -> None:
