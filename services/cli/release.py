@@ -158,7 +158,7 @@ def release_list(
     """Release history, newest first: closed releases too (`kxr status` shows those in flight)."""
     from datetime import UTC, datetime
 
-    from services.reads.history import check_outcome, load_history, parse_since, select, summary, table_row
+    from services.reads.history import check_outcome, load_history, parse_since, summary, table_row
 
     from .views import table
 
@@ -175,18 +175,18 @@ def release_list(
 
     async def go():
         async with session(nats_url) as (_, js, log):
-            return await load_history(js, log.subjects, keys)
+            return await load_history(
+                js, log.subjects, keys, channel=target, outcome=wanted, since=since_at, limit=limit
+            )
 
-    fold, ignored = run_async(go())
-    shown = [
-        summary(i) for i in select(fold.items.values(), channel=target, outcome=wanted, since=since_at, limit=limit)
-    ]
+    history = run_async(go())
+    shown = [summary(i) for i in history.items]
 
     def tables():
-        for seq, why in sorted(ignored.items()):
+        for seq, why in sorted(history.ignored.items()):
             err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
         columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
-        title = f"Releases (newest first, {len(shown)} of {len(fold.items)})"
+        title = f"Releases, newest first ({len(shown)} shown, {history.total} in the log)"
         return [table(title, [table_row(s) for s in shown], columns)]
 
     output(as_json, shown, tables)

@@ -2,11 +2,11 @@
 
 A service's follower keeps a closed release only as a tombstone (its last sequence and
 outcome: projections/world.py), too little for a history line (pack, target, owner, when).
-So the history is its own light fold: only the release lifecycle subjects
-(`<prefix>.release.<id>.<event>`, no pointers, channels or notifications), each release
-folded by the same `apply_release_event` the world uses, plus the time it closed (the
-world keeps no such field). `HistoryFold` is pure and can be fed by any reader (a
-follower's listener too); `load_history` is the one-off reader for the CLI.
+So the history is its own light fold over release events only (no pointers, channels or
+notifications), each release folded by the same `apply_release_event` the world uses,
+plus the time it closed (the world keeps no such field). `HistoryFold` is pure and can be
+fed by any reader (a follower's listener too); `load_history` is the one-off reader for
+the CLI: an index of three events per release, then the chosen releases whole.
 
 Output of `summary` (fields are only ever added):
 
@@ -229,32 +229,75 @@ def _parse(value: str) -> datetime:
 
 
 # ---- reading the log -----------------------------------------------------------------------------
-def lifecycle_filter(subjects: Subjects) -> str:
-    """Every release's lifecycle subjects (`<prefix>.release.<id>.<event>`): notifications are one token deeper."""
-    return f"{subjects.prefix}.release.*.*"
+# The events that decide whether a release matches a filter: its request (target, time, order),
+# its close (outcome, time) and a rollback after close (open again). Folded alone they give
+# every release's `matches` exactly as its whole fold does (tests/unit/test_history.py).
+INDEX_EVENTS = ("requested", "closed", "rollback_started")
+WHOLE_READS_AT_ONCE = 8
 
 
-async def load_history(js, subjects: Subjects, service_keys=None) -> tuple[HistoryFold, dict[int, str]]:
-    """The history folded from the log's release subjects only.
+@dataclass(frozen=True)
+class History:
+    items: list[HistoryItem]  # the selected releases, whole, newest first
+    total: int  # releases in the log
+    ignored: dict[int, str]  # log seq -> why that entry counted for nothing (unsigned service event)
 
-    With `service_keys`, an event claiming a service actor that no service key trusted for
-    its role signed counts for nothing (as in `kxr status`); the map says which and why."""
+
+async def load_history(
+    js,
+    subjects: Subjects,
+    service_keys=None,
+    *,
+    channel: tuple[str, str] | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> History:
+    """The newest `limit` releases that match, each folded whole from its own subjects.
+
+    Two steps, so the cost grows with three events per release and `limit` whole releases,
+    not with the whole log: the index (`INDEX_EVENTS`, one single-subject read each: a
+    server filters one wildcard subject from its index, where a consumer with several
+    filters scans the stream), then the chosen releases' own subjects. With `service_keys`,
+    an event claiming a service actor that no service key trusted for its role signed
+    counts for nothing (as in `kxr status`)."""
+    import asyncio
+    import heapq
+
+    ignored: dict[int, str] = {}
+    reads = [
+        _read(js, subjects, f"{subjects.prefix}.release.*.{suffix}", service_keys, ignored) for suffix in INDEX_EVENTS
+    ]
+    index = fold_history(heapq.merge(*await asyncio.gather(*reads), key=lambda pe: pe[0].seq))
+    chosen = select(index.items.values(), channel=channel, outcome=outcome, since=since, limit=limit)
+    gate = asyncio.Semaphore(WHOLE_READS_AT_ONCE)
+
+    async def whole(release_id: str) -> HistoryItem | None:
+        async with gate:
+            entries = await _read(js, subjects, subjects.release_filter(release_id), service_keys, ignored)
+        return fold_history(entries).items.get(release_id)
+
+    folded = await asyncio.gather(*(whole(i.state.release_id) for i in chosen))
+    # the whole fold has the last word (a release that moved between the two reads)
+    items = [i for i in folded if i is not None and matches(i, channel=channel, outcome=outcome, since=since)]
+    return History(items, len(index.items), ignored)
+
+
+async def _read(
+    js, subjects: Subjects, flt: str, service_keys, ignored: dict[int, str]
+) -> list[tuple[Position, Event]]:
     from projections.invariants import signature_problem
-    from services.jetstream.fold_gc import step as gc_step
-    from services.jetstream.fold_gc import young_collections_only
     from services.jetstream.log_reads import log_batches
 
-    fold, ignored = HistoryFold(), {}
-    with young_collections_only():
-        async for batch in log_batches(js, subjects, [lifecycle_filter(subjects)]):
-            for entry, position, event in batch:
-                if event is None:
+    out: list[tuple[Position, Event]] = []
+    async for batch in log_batches(js, subjects, [flt]):
+        for entry, position, event in batch:
+            if event is None:
+                continue
+            if service_keys is not None:
+                problem = signature_problem(service_keys, position.subject, event, entry.data, entry.headers)
+                if problem:
+                    ignored[position.seq] = f"{event.type} not signed by a service key: {problem}"
                     continue
-                if service_keys is not None:
-                    problem = signature_problem(service_keys, position.subject, event, entry.data, entry.headers)
-                    if problem:
-                        ignored[position.seq] = f"{event.type} not signed by a service key: {problem}"
-                        continue
-                fold.apply(position, event)
-            gc_step()
-    return fold, ignored
+            out.append((position, event))
+    return out

@@ -9,6 +9,9 @@ from datetime import timedelta
 import pytest
 
 from services.reads.history import (
+    IN_FLIGHT,
+    INDEX_EVENTS,
+    OUTCOMES,
     HistoryFold,
     check_outcome,
     fold_history,
@@ -201,3 +204,21 @@ def test_an_operator_rollback_after_close_reopens_the_release() -> None:
     item = fold_history(log.entries()).items["r1"]
     assert (item.closed_at, summary(item)["outcome"]) == (None, None)
     assert ids(select([item], outcome="in-flight")) == ["r1"]
+
+
+def test_the_index_events_alone_select_what_the_whole_fold_selects() -> None:
+    """`load_history` chooses releases from `INDEX_EVENTS` only, then folds the chosen ones whole."""
+    log = story()
+    log.rollback_started("r0", {"internal": P0, "rest": P0}, trigger="operator")  # closed, then open again
+    log.two_stage_success("r4", P1)
+    whole = fold_history(log.entries())
+    index = fold_history((p, e) for p, e in log.entries() if e.family == "release" and e.suffix in INDEX_EVENTS)
+    assert set(index.items) == set(whole.items)
+    r1_closed = whole.items["r1"].closed_at
+    for outcome in (None, IN_FLIGHT, *OUTCOMES):
+        for channel in (None, ("prod", "canary"), ("prod", "stable")):
+            for since in (None, NOW, r1_closed, r1_closed + timedelta(seconds=1), NOW + timedelta(days=1)):
+                for limit in (1, 2, 50):
+                    kw = {"outcome": outcome, "channel": channel, "since": since, "limit": limit}
+                    assert ids(select(index.items.values(), **kw)) == ids(select(whole.items.values(), **kw)), kw
+    assert ids(select(index.items.values(), outcome=IN_FLIGHT)) == ["r3", "r0"]
