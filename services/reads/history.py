@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events.model import Event
@@ -164,7 +164,8 @@ def select(
 
 # ---- the summary ----------------------------------------------------------------------------------
 def rfc3339(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+    """RFC 3339 in UTC with `Z` and microseconds (the evidence record's and `kxr watch`'s form)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
 def stages_passed(state: ReleaseState) -> int:

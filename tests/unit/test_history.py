@@ -124,6 +124,16 @@ def test_parse_since_takes_rfc3339_or_a_duration() -> None:
             parse_since(bad, NOW)
 
 
+def test_times_are_utc_with_z() -> None:
+    from datetime import timezone
+
+    from services.reads.history import rfc3339
+
+    paris = timezone(timedelta(hours=1))
+    assert rfc3339(NOW.astimezone(paris)) == "2030-01-01T12:00:00.000000Z" == rfc3339(NOW)
+    assert rfc3339(None) is None
+
+
 def test_check_outcome_names_the_choices() -> None:
     assert check_outcome("in-flight") == "in-flight"
     assert check_outcome("promoted_by_override") == "promoted_by_override"
