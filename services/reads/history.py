@@ -111,6 +111,9 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def check_outcome(outcome: str) -> str:
+    """One of `OUTCOMES` or `in-flight` (`in_flight`, the dashboard's spelling, too)."""
+    if outcome == "in_flight":
+        return IN_FLIGHT
     if outcome not in (*OUTCOMES, IN_FLIGHT):
         raise ValueError(f"--outcome {outcome!r}: expected one of {', '.join((*OUTCOMES, IN_FLIGHT))}")
     return outcome

@@ -135,7 +135,7 @@ def test_times_are_utc_with_z() -> None:
 
 
 def test_check_outcome_names_the_choices() -> None:
-    assert check_outcome("in-flight") == "in-flight"
+    assert check_outcome("in-flight") == "in-flight" == check_outcome("in_flight")
     assert check_outcome("promoted_by_override") == "promoted_by_override"
     with pytest.raises(ValueError, match="expected one of success, promoted_by_override"):
         check_outcome("sucess")
