@@ -86,6 +86,9 @@ app.add_typer(runtime.app, name="runtime")
 
 def run() -> None:
     """Console entry: every expected failure is one line on stderr and a non-zero exit."""
+    from .deferred import defer_import
+
+    defer_import("aiohttp")  # start-up time: see deferred.py
     try:
         code = app(standalone_mode=False)
         # without standalone mode click hands a command's `raise typer.Exit(n)` back as n

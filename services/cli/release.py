@@ -11,12 +11,15 @@ from .common import (
     NatsUrl,
     Rationale,
     console,
+    err_console,
     fail,
     operator_action,
     operator_actor,
+    output,
     read_json_file,
     run_async,
     scope_arg,
+    service_keys,
     session,
 )
 from .pack import AttestationOpt, attestation_bytes
@@ -135,6 +138,58 @@ def release_annotate(
     _release_action(
         release_id, nats_url, lambda ops, w, now: ops.annotate(w, release_id, note, incident, operator_actor(), now)
     )
+
+
+@app.command("list")
+def release_list(
+    channel: str | None = typer.Option(None, "--channel", help="only releases targeting ENV/CHANNEL"),
+    outcome: str | None = typer.Option(
+        None,
+        "--outcome",
+        help="success | promoted_by_override | rolled_back | pinned | aborted | rejected | failed | in-flight",
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="requested or still open since: RFC 3339 time or a duration (7d, 12h, 30m)"
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, help="at most this many, newest first"),
+    as_json: bool = JsonOpt,
+    nats_url: str | None = NatsUrl,
+) -> None:
+    """Release history, newest first: closed releases too (`kxr status` shows those in flight)."""
+    from datetime import UTC, datetime
+
+    from services.reads.history import check_outcome, load_history, parse_since, summary, table_row
+
+    from .views import table
+
+    try:
+        wanted = check_outcome(outcome) if outcome is not None else None
+        since_at = parse_since(since, datetime.now(UTC)) if since is not None else None
+    except ValueError as exc:
+        fail(str(exc))
+    target = None
+    if channel is not None:
+        env, name = scope_arg(channel, allow_cohort=False)
+        target = (env, name)
+    keys = service_keys()
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_history(
+                js, log.subjects, keys, channel=target, outcome=wanted, since=since_at, limit=limit
+            )
+
+    history = run_async(go())
+    shown = [summary(i) for i in history.items]
+
+    def tables():
+        for seq, why in sorted(history.ignored.items()):
+            err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
+        columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
+        title = f"Releases, newest first ({len(shown)} shown, {history.total} in the log)"
+        return [table(title, [table_row(s) for s in shown], columns)]
+
+    output(as_json, shown, tables)
 
 
 # ---- request (producers) -----------------------------------------------------------------------

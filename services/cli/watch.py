@@ -6,9 +6,9 @@ Exit status (for scripts and pipelines):
 |---|---|
 | 0 | the release closed with outcome `success` |
 | 1 | it closed otherwise: `rolled_back`, `aborted`, `rejected`, `failed` (or `pinned`) |
-| 2 | it could not be watched: unknown release, bad arguments, NATS unreachable (one line on stderr) |
+| 2 | it could not be watched: unknown release (without `--wait`), bad arguments, NATS unreachable (one line) |
 | 3 | `--until-held` and it waits for an operator (a held window or escalation, or paused after a passed stage) |
-| 4 | `--timeout` passed before it ended |
+| 4 | `--timeout` passed before it ended (with `--wait`: the time waiting for the request counts) |
 | 130 | interrupted (Ctrl-C) |
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .common import NatsUrl, console, fail, run_async, session
+from .common import NatsUrl, console, err_console, fail, run_async, session
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -58,12 +58,15 @@ def watch(
         None, "--timeout", min=0.0, help="exit 4 if the release has not ended after this many seconds"
     ),
     events: int = typer.Option(8, "--events", min=0, help="how many of the last events to show"),
+    wait: bool = typer.Option(
+        False, "--wait", help="if the release is not requested yet, wait for it (bound it with --timeout)"
+    ),
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Follow a release live: stages, gates, the monitoring window against its thresholds, last events.
 
     Exits with the release's outcome: 0 success, 1 rolled back/aborted/rejected/failed,
-    2 cannot watch it, 3 waiting for an operator (--until-held), 4 --timeout, 130 Ctrl-C.
+    2 cannot watch it (unknown without --wait), 3 waiting for an operator (--until-held), 4 --timeout, 130 Ctrl-C.
     Without a terminal it prints a line per change and the final frame; --json prints
     one view object per line per change.
     """
@@ -80,7 +83,15 @@ def watch(
     async def go() -> int:
         async with session(nats_url) as (nc, js, log):
             w = ReleaseWatch(
-                nc, js, log.subjects, release_id, clock=lambda: datetime.now(UTC), interval=interval, events=events
+                nc,
+                js,
+                log.subjects,
+                release_id,
+                clock=lambda: datetime.now(UTC),
+                interval=interval,
+                events=events,
+                wait=wait,
+                on_waiting=lambda: err_console.print(f"waiting for release {release_id} to be requested…"),
             )
             out = _Output(mode)
             try:

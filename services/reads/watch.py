@@ -2,10 +2,11 @@
 
 `ReleaseWatch.views()` yields the release's view (services/reads/live_view.py) whenever the log
 moves or `interval` passes (the window's clock and new samples), and stops once the
-release is closed. It reads KX_RELEASES from sequence 1 like `kxr status` and, for an
-open window, KX_HEALTH from one window length before it (what the monitor reads). A user
-that may not read KX_HEALTH (the auditor) still gets every stage, gate and verdict: the
-window then says its figures appear with the verdict.
+release is closed (with `wait`, a release not in the log yet is waited for first). It
+reads KX_RELEASES from sequence 1 like `kxr status` and, for an open window, KX_HEALTH
+from one window length before it (what the monitor reads). A user that may not read
+KX_HEALTH (the auditor) still gets every stage, gate and verdict: the window then says
+its figures appear with the verdict.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class ReleaseWatch:
         clock: Callable[[], datetime],
         interval: float = 1.0,
         events: int = DEFAULT_EVENTS,
+        wait: bool = False,
+        on_waiting: Callable[[], None] | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -85,6 +88,10 @@ class ReleaseWatch:
         self._clock = clock
         self._interval = interval
         self._events = events
+        # wait: a release not in the log yet is waited for (the log is followed until it is
+        # requested) instead of being UnknownRelease; `on_waiting` is told once when that starts
+        self._wait_for_it = wait
+        self._on_waiting = on_waiting
         self._follower = Follower(js, subjects)
         self._record = EvidenceRecord(release_id=release_id)
         self._tail: HealthTail | None = None
@@ -100,7 +107,12 @@ class ReleaseWatch:
             await self._follower.catch_up()
             self._drain(queue)
             if self._follower.world.release(self.release_id) is None:
-                raise UnknownRelease(f"no release {self.release_id} in the log")
+                if not self._wait_for_it:
+                    raise UnknownRelease(f"no release {self.release_id} in the log")
+                if self._on_waiting is not None:
+                    self._on_waiting()
+                while self._follower.world.release(self.release_id) is None:
+                    await self._wait(queue, follow)
             while True:
                 await self._track_window()
                 # _track_window awaits (a tail starts or stops): entries the follower applied

@@ -1,0 +1,49 @@
+"""`kxr` defers aiohttp (services/cli/deferred.py, from main.run): a command that talks NATS never
+loads it; ws:// and the dashboard still get it whole on first use. Each check runs in a fresh
+interpreter (this one has aiohttp loaded), deferring as `kxr` does before anything else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+DEFER = "import sys, services.cli.deferred as d; d.defer_import('aiohttp')\n"
+
+
+def fresh(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", DEFER + code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_nats_command_path_never_loads_aiohttp() -> None:
+    out = fresh(
+        "import services.cli.main, services.jetstream.log_reads, services.jetstream.client, nats\n"
+        "import services.reads.history, services.reads.watch\n"
+        "print(type(sys.modules['aiohttp']).__name__, 'aiohttp.client' in sys.modules)"
+    )
+    assert out == "_Deferred False"
+
+
+def test_aiohttp_loads_whole_on_first_use() -> None:
+    out = fresh(
+        "import services.cli.main, nats.aio.transport as t\n"
+        "from aiohttp import web\n"
+        "print(web.Application.__module__, type(sys.modules['aiohttp']).__name__, t.aiohttp.WSMsgType.BINARY.name)"
+    )
+    assert out == "aiohttp.web_app module BINARY"
+    out = fresh(
+        "import services.cli.main, nats.aio.transport as t\n"
+        "print(t.aiohttp.ClientSession.__name__, type(sys.modules['aiohttp']).__name__)"
+    )
+    assert out == "ClientSession module"
+
+
+def test_without_the_deferral_importing_the_cli_changes_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, services.cli.main; print('aiohttp' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "False", done.stderr
