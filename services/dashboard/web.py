@@ -1,9 +1,12 @@
 """The dashboard's HTTP side (aiohttp): pages, JSON, and a server-sent-events stream.
 
-GET only: the dashboard never writes to the log (decisions go through `kxr`, with the
-operator's own NATS user). Every response forbids inline scripts, framing and any origin
-but this one; with a loopback bind, requests naming another Host are refused, so a web
-page cannot reach the dashboard through DNS rebinding.
+GET only by default: the dashboard never writes to the log (decisions go through `kxr`,
+with the operator's own NATS user). With actions on (`make_app(..., actions_server=URL)`,
+actions.py), POST reaches the login and action routes only, each behind a session and
+its CSRF token; forms may then post to this origin (CSP form-action 'self').
+Every response forbids inline scripts, framing and any origin but this one; with a
+loopback bind, requests naming another Host are refused, so a web page cannot reach the
+dashboard through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
 from services.reads.live_view import release_view, window_view
 
-from . import model, pages
+from . import actions, model, pages
 from .assets import CSS, JS
 from .hub import LiveHub
 
@@ -46,7 +49,7 @@ def _host_only(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _guard(allowed_hosts: frozenset[str] | None):
+def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECURITY_HEADERS):
     """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), and the router's
     own 404 and 405, which aiohttp raises as exceptions past the code after `handler`."""
 
@@ -67,7 +70,7 @@ def _guard(allowed_hosts: frozenset[str] | None):
                 status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept
             )
         if not response.prepared:  # a stream sent its headers (these included) already
-            response.headers.update(SECURITY_HEADERS)
+            response.headers.update(headers)
         return response
 
     return guard
@@ -110,7 +113,11 @@ async def release_of(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], Evi
 
 async def overview_page(request: web.Request) -> web.Response:
     sections = pages.overview_sections(await overview_of(request.app[HUB]))
-    return web.Response(text=pages.page("Konnaxion Releases", "/api/stream", sections), content_type="text/html")
+    extra, banner = await actions.page_extras(request)
+    return web.Response(
+        text=pages.page("Konnaxion Releases", "/api/stream", {**sections, **extra}, banner=banner),
+        content_type="text/html",
+    )
 
 
 async def release_page(request: web.Request) -> web.Response:
@@ -121,8 +128,10 @@ async def release_page(request: web.Request) -> web.Response:
         )
     view, record = await release_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
+    extra, banner = await actions.page_extras(request, release_id)
+    sections = {**pages.release_sections(view, record), **extra}
     return web.Response(
-        text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
+        text=pages.page(f"Release {release_id}", stream, sections, back=True, banner=banner),
         content_type="text/html",
     )
 
@@ -190,9 +199,17 @@ async def _end_streams(app: web.Application) -> None:
         task.cancel()
 
 
-def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> web.Application:
-    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind)."""
-    app = web.Application(middlewares=[_guard(allowed_hosts)])
+def make_app(
+    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: str | None = None
+) -> web.Application:
+    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind).
+
+    `actions_server`: the NATS URL (no credentials) signed-in operators act through (None: read-only)."""
+    headers = SECURITY_HEADERS
+    if actions_server is not None:
+        csp = headers["Content-Security-Policy"].replace("form-action 'none'", "form-action 'self'")
+        headers = {**headers, "Content-Security-Policy": csp}
+    app = web.Application(middlewares=[_guard(allowed_hosts, headers)], client_max_size=actions.MAX_FORM_BYTES)
     app[HUB] = hub
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
@@ -204,4 +221,6 @@ def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
     app.router.add_get("/healthz", health)
     app.router.add_get("/assets/dashboard.css", _asset(CSS, "text/css"))
     app.router.add_get("/assets/dashboard.js", _asset(JS, "text/javascript"))
+    if actions_server is not None:
+        actions.register(app, hub, actions_server)
     return app
