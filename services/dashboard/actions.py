@@ -130,8 +130,9 @@ def parse_until(text: str, now: datetime) -> datetime:
     return at
 
 
-def _back(to: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(location=to)
+def _back(to: str) -> web.Response:
+    """303 to a page of this dashboard (returned, not raised: the guard rebuilds raised ones without cookies)."""
+    return web.Response(status=303, headers={"Location": to}, text=f"see {to}\n")
 
 
 # ---- login, logout ----------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ async def _open_connection(server_url: str, user: str, password: str, session_er
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
-        text = str(exc).strip().strip("'\"") or exc.__class__.__name__
+        text = str(exc).strip().removeprefix("nats:").strip().strip("'\"") or exc.__class__.__name__
         errors.append(text)
         if "permissions violation" in text.lower():
             session_errors.append(text)
@@ -193,7 +194,7 @@ async def login(request: web.Request) -> web.Response:
     log.info("dashboard: %s signed in", user)
     response = _back(next_path)
     _set_cookie(response, request, signed_in)
-    raise response
+    return response
 
 
 def _login_refused(request: web.Request, session: Session, next_path: str, message: str) -> web.Response:
@@ -211,8 +212,8 @@ async def logout(request: web.Request) -> web.Response:
     if user:
         log.info("dashboard: %s signed out", user)
     response = _back("/")
-    response.del_cookie(COOKIE, path="/")
-    raise response
+    response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+    return response
 
 
 # ---- the actions ----------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ async def release_action(request: web.Request) -> web.Response:
             return action.event, action.expected_seq, subjects.release_filter(release_id)
 
         session.flash = await _record(actions, session, build)
-    raise _back(f"/releases/{release_id}")
+    return _back(f"/releases/{release_id}")
 
 
 async def scope_action(request: web.Request) -> web.Response:
@@ -303,7 +304,7 @@ async def scope_action(request: web.Request) -> web.Response:
         )
     except (InvalidToken, ValueError):
         session.flash = "refused: pick a cohort (ENV/CHANNEL/COHORT)"
-        raise _back("/") from None
+        return _back("/")
     scope = Scope(env=env, channel=channel, cohort=cohort)
     if what == "pin":
         version, until = _text(form, "version").strip(), _text(form, "until").strip()
@@ -322,14 +323,14 @@ async def scope_action(request: web.Request) -> web.Response:
 
     else:
         session.flash = f"refused: no action {what!r} (pin or unpin)"
-        raise _back("/")
+        return _back("/")
 
     def build(world, now, subjects):
         event, expected = decide(world, now)
         return event, expected, subjects.scope_filter(env, channel, cohort)
 
     session.flash = await _record(actions, session, build)
-    raise _back("/")
+    return _back("/")
 
 
 # ---- what web.py asks for its pages -------------------------------------------------------------------------
