@@ -28,12 +28,12 @@ from nats.aio.client import Client
 
 from events.model import Actor, Scope
 from events.tokens import InvalidToken, check_token
+from projections.world import World
 from services.actions import operator as ops
 from services.consumers.pinner import pin as pin_action
 from services.consumers.pinner import unpin as unpin_action
 from services.errors import OperatorError
 from services.jetstream.log import AppendConflict, AppendFailed, Entry, EventLog
-from services.reads.status import scope_rows
 
 from . import pages
 from .hub import LiveHub
@@ -45,6 +45,8 @@ CONNECT_TIMEOUT_S = 3
 APPEND_TIMEOUT_S = 5.0
 CATCH_UP_S = 10.0  # the fold must hold everything stored before an action is decided on it
 MAX_FORM_BYTES = 16 * 1024
+LOGIN_REFUSED_PAUSE_S = 0.5  # each refused login costs the guesser this long
+MAX_DENIALS_KEPT = 16
 
 
 @dataclass
@@ -155,6 +157,7 @@ async def _open_connection(server_url: str, user: str, password: str, session_er
         errors.append(text)
         if "permissions violation" in text.lower():
             session_errors.append(text)
+            del session_errors[:-MAX_DENIALS_KEPT]
 
     nc = Client()
     try:
@@ -187,6 +190,7 @@ async def login(request: web.Request) -> web.Response:
         nc = await _open_connection(actions.server_url, user, password, denied)
     except ConnectionError as exc:
         log.warning("dashboard login refused for NATS user %r: %s", user, exc)  # never the password
+        await asyncio.sleep(LOGIN_REFUSED_PAUSE_S)
         return _login_refused(request, session, next_path, f"login refused: NATS said {exc}")
     del password
     signed_in = await actions.sessions.sign_in(session, user, nc)
@@ -349,8 +353,19 @@ async def page_extras(request: web.Request, release_id: str | None = None) -> tu
     banner = pages.account_banner(session.user, session.csrf, flash, here)
     if release_id is not None:
         return {"actions": pages.release_actions_section(release_id, session.csrf)}, banner
-    scopes = [row["scope"] for row in scope_rows(actions.hub.world)]
-    return {"pins": pages.scope_actions_section(scopes, session.csrf)}, banner
+    return {"pins": pages.scope_actions_section(cohorts_of(actions.hub.world), session.csrf)}, banner
+
+
+def cohorts_of(world: World) -> list[str]:
+    """Every cohort of every configured channel (pinnable before it ever ran a pack), and every scope seen."""
+    cohorts = {"/".join(key) for key in world.scopes.keys()}
+    for env, channel in world.channels.keys():
+        try:
+            names = world.channel_config(env, channel).cohort_names
+        except Exception:  # a channel whose configuration does not decode: only its scopes seen so far
+            continue
+        cohorts.update(f"{env}/{channel}/{cohort}" for cohort in names)
+    return sorted(cohorts)
 
 
 async def _end_sessions(app: web.Application) -> None:

@@ -9,6 +9,7 @@ password, so NATS itself grants or refuses each action.
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -141,7 +142,7 @@ def csrf_of(page: str) -> str:
 
 def flash_of(page: str) -> str | None:
     found = re.search(r"id='flash' class='flash (?:ok|fail)' role='(?:status|alert)'>([^<]*)<", page)
-    return found.group(1) if found else None
+    return html.unescape(found.group(1)) if found else None
 
 
 class Browser:
@@ -307,3 +308,47 @@ async def test_nats_refuses_what_the_signed_in_user_may_not_do(tmp_path):
         assert flash and flash.startswith(f"refused: permission denied: NATS user {stack.user('auditor')}:"), flash
         assert "permissions violation for publish" in flash.lower(), flash
         assert not any(e.type == "release.paused" for e in await stack.events("r1"))
+
+
+async def test_pin_unpin_and_annotate_from_the_dashboard(tmp_path):
+    async with authed_service(tmp_path) as stack, dashboard(stack) as browser:
+        await stack.request("r1")
+        b = browser()
+        await b.login(stack.user("operator"), stack.password("operator"))
+        page = await b.get("/")
+        assert "<option value='prod/canary/rest'>" in page and "id='do-pin'" in page
+        csrf = csrf_of(page)
+        operator = f"{stack.user('operator')}@dashboard"
+        pin = {"csrf": csrf, "action": "pin", "scope": "prod/canary/rest", "version": "1.0.0", "until": "2h"}
+
+        await b.post("/actions/scopes", {**pin, "rationale": ""})
+        assert flash_of(await b.get("/")) == "refused: a pin needs a rationale"
+        await b.post("/actions/scopes", {**pin, "until": "soon", "rationale": "freeze"})
+        assert (
+            flash_of(await b.get("/")) == "refused: until 'soon' is not an RFC 3339 time nor a duration like 12h or 7d"
+        )
+        await b.post("/actions/scopes", {**pin, "rationale": "freeze for the audit"})
+        assert (flash_of(await b.get("/")) or "").startswith(f"scope.pinned recorded as {operator} (log seq ")
+        await wait_for(
+            lambda: stack.app.follower.world.scope("prod", "canary", "rest").pin is not None, 10, "rest pinned"
+        )
+        pinned = stack.app.follower.world.scope("prod", "canary", "rest").pin
+        assert pinned is not None and pinned.rationale == "freeze for the audit" and pinned.by == operator
+
+        await b.post(
+            "/actions/scopes", {"csrf": csrf, "action": "unpin", "scope": "prod/canary/rest", "rationale": "done"}
+        )
+        assert (flash_of(await b.get("/")) or "").startswith(f"scope.unpinned recorded as {operator}")
+        await wait_for(
+            lambda: stack.app.follower.world.scope("prod", "canary", "rest").pin is None, 10, "rest unpinned"
+        )
+
+        # annotate takes a note or an incident link; rollback is refused with the lifecycle's reason before activation
+        csrf = csrf_of(await b.get("/releases/r1"))
+        link = "https://incidents.example/INC-7"
+        await b.post("/actions/releases/r1", {"csrf": csrf, "action": "annotate", "rationale": "", "incident": link})
+        assert (flash_of(await b.get("/releases/r1")) or "").startswith(f"release.annotated recorded as {operator}")
+        await b.post("/actions/releases/r1", {"csrf": csrf, "action": "sideways", "rationale": "x"})
+        assert (flash_of(await b.get("/releases/r1")) or "").startswith("refused: no action 'sideways'")
+        annotated = [e for e in await stack.events("r1") if e.type == "release.annotated"]
+        assert [(e.actor.id, e.data.incident) for e in annotated] == [(operator, link)]  # type: ignore[union-attr]
