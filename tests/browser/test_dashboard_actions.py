@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from services.jetstream.embedded import free_port
-from tests.browser.test_dashboard import BROWSER_WAIT_S, chrome, stop
+from tests.browser.test_dashboard import ARTIFACTS, BROWSER_WAIT_S, chrome, stop
 from tests.e2e.support import kxr_binary
 from tests.harness import wait_for
 from tests.integration.test_dashboard_actions import authed_service
@@ -54,12 +54,16 @@ async def start_ui_with_actions(nats_url: str, prefix: str) -> tuple[subprocess.
 
 
 async def test_log_in_pause_and_resume_a_release_and_see_it_live(tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def text_of(driver, css: str) -> str:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:  # the live feed replaced the section meanwhile: look again
+            return ""
 
     async def until(driver, condition, what: str):
         try:
@@ -109,6 +113,10 @@ async def test_log_in_pause_and_resume_a_release_and_see_it_live(tmp_path):
 
             await asyncio.to_thread(act, driver, "pause", "holding for the partner demo")
             await until(driver, lambda d: "release.paused recorded" in text_of(d, "#flash"), "the pause recorded")
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / "dashboard-actions.png"
+            assert await asyncio.to_thread(driver.save_screenshot, str(shot))
+            assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
             await asyncio.to_thread(driver.switch_to.window, watching)
             await until(driver, lambda d: "(paused)" in text_of(d, "#summary td.phase"), "r1 paused, live")
