@@ -129,7 +129,8 @@ async def release_page(request: web.Request) -> web.Response:
     view, record = await release_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
     extra, banner = await actions.page_extras(request, release_id)
-    sections = {**pages.release_sections(view, record), **extra}
+    base = pages.release_sections(view, record)
+    sections = {"summary": base["summary"], **extra, **base}  # the actions (if any) right under "Now"
     return web.Response(
         text=pages.page(f"Release {release_id}", stream, sections, back=True, banner=banner),
         content_type="text/html",
