@@ -197,7 +197,8 @@ def audit_verify(
             "events": len(record.get("timeline", [])),
         },
         lambda: [
-            f"valid: release {record.get('release_id')} of {subject['name']} sha256:{subject['digest']['sha256'][:16]}…, "
+            f"valid: release {record.get('release_id')} of {subject['name']} "
+            f"sha256:{subject['digest']['sha256'][:16]}…, "
             f"outcome {outcome}, {len(record.get('timeline', []))} events"
         ],
     )

@@ -69,13 +69,15 @@ def channel_show(
     state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)
     if state is None and problem is None:
         fail(
-            f"channel {env}/{channel} is not configured (it has the default single cohort 'all' and fails compatibility closed)"
+            f"channel {env}/{channel} is not configured "
+            "(it has the default single cohort 'all' and fails compatibility closed)"
         )
     shown = channel_shown(state, problem)
     output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown))
     if problem is not None:  # shown in full above; and a script sees it in the exit status
         fail(
-            f"{env}/{channel}: {problem.describe()}; requests to it are rejected until `kxr channel set` writes a valid one"
+            f"{env}/{channel}: {problem.describe()}; "
+            "requests to it are rejected until `kxr channel set` writes a valid one"
         )
 
 

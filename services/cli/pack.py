@@ -137,13 +137,13 @@ def pack_push(
     """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
     from services.actions.producer import push_pack, sha256_digest
 
-    data = pack.read_bytes()
+    data, manifest_data = pack.read_bytes(), manifest.read_bytes()  # read here, not on the event loop
     digest = sha256_digest(data)
     attested = attestation_bytes(attestation, digest)
 
     async def go() -> str:
         async with session(nats_url) as (_, js, log):
-            return await push_pack(js, log.subjects, data, manifest.read_bytes(), digest, attestation=attested)
+            return await push_pack(js, log.subjects, data, manifest_data, digest, attestation=attested)
 
     digest = run_async(go())
     console.print(f"pushed {pack.name} as {digest}" + (" with its attestation" if attested is not None else ""))

@@ -146,4 +146,7 @@ def op_text(op: str) -> str:
 
 def figure_text(c: dict[str, Any]) -> str:
     """A verdict's comparison as `error_rate 0.02 <= 0.05 ok` (or BREACH)."""
-    return f"{c['metric']} {number_text(c['value'])} {op_text(c['op'])} {number_text(c['threshold'])} {'ok' if c['ok'] else 'BREACH'}"
+    return (
+        f"{c['metric']} {number_text(c['value'])} {op_text(c['op'])} {number_text(c['threshold'])} "
+        f"{'ok' if c['ok'] else 'BREACH'}"
+    )

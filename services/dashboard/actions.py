@@ -68,7 +68,7 @@ def actor_of(user: str) -> Actor:
 
 def _safe_next(path: str | None) -> str:
     """Only a path of this dashboard (never `//host` or a scheme): no open redirect after login."""
-    if path and re.fullmatch(r"/(releases/[A-Za-z0-9._~%-]{1,200})?", path):
+    if path and re.fullmatch(r"/(releases/[A-Za-z0-9._~%-]{1,200}|fleet|history)?", path):
         return path
     return "/"
 
@@ -354,6 +354,18 @@ async def page_extras(request: web.Request, release_id: str | None = None) -> tu
     if release_id is not None:
         return {"actions": pages.release_actions_section(release_id, session.csrf)}, banner
     return {"pins": pages.scope_actions_section(cohorts_of(actions.hub.world), session.csrf)}, banner
+
+
+async def banner_only(request: web.Request, here: str) -> str | None:
+    """The banner of a page with no action of its own (fleet, history): who is signed in, or a login link."""
+    actions = request.app.get(ACTIONS)
+    if actions is None:
+        return None
+    session = await _session(request)
+    if session is None or not session.signed_in:
+        return pages.account_banner(None, None, None, here)
+    flash, session.flash = session.flash, None
+    return pages.account_banner(session.user, session.csrf, flash, here)
 
 
 def cohorts_of(world: World) -> list[str]:
