@@ -37,7 +37,7 @@ from services.jetstream.log import AppendConflict, AppendFailed, Entry, EventLog
 
 from . import pages
 from .hub import LiveHub
-from .session import COOKIE, IDLE_S, Session, Sessions
+from .session import COOKIE, IDLE_S, Denials, Session, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ APPEND_TIMEOUT_S = 5.0
 CATCH_UP_S = 10.0  # the fold must hold everything stored before an action is decided on it
 MAX_FORM_BYTES = 16 * 1024
 LOGIN_REFUSED_PAUSE_S = 0.5  # each refused login costs the guesser this long
-MAX_DENIALS_KEPT = 16
 
 
 @dataclass
@@ -148,7 +147,7 @@ async def login_page(request: web.Request) -> web.Response:
     return response
 
 
-async def _open_connection(server_url: str, user: str, password: str, session_errors: list[str]) -> Client:
+async def _open_connection(server_url: str, user: str, password: str, denied: Denials) -> Client:
     """A NATS connection as `user`; raises with the server's reason (the password is in no message)."""
     errors: list[str] = []
 
@@ -156,8 +155,7 @@ async def _open_connection(server_url: str, user: str, password: str, session_er
         text = str(exc).strip().removeprefix("nats:").strip().strip("'\"") or exc.__class__.__name__
         errors.append(text)
         if "permissions violation" in text.lower():
-            session_errors.append(text)
-            del session_errors[:-MAX_DENIALS_KEPT]
+            denied.count, denied.last = denied.count + 1, text
 
     nc = Client()
     try:
@@ -173,6 +171,10 @@ async def _open_connection(server_url: str, user: str, password: str, session_er
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
         )
     except Exception as exc:
+        try:
+            await nc.close()
+        except Exception:  # never connected: nothing to close
+            pass
         reason = next((e for e in errors if "authorization" in e.lower()), None) or errors[-1] if errors else str(exc)
         raise ConnectionError(reason or exc.__class__.__name__) from None
     return nc
@@ -185,7 +187,7 @@ async def login(request: web.Request) -> web.Response:
     next_path = _safe_next(_text(form, "next"))
     if not user or not password:
         return _login_refused(request, session, next_path, "login refused: a NATS user and its password are needed")
-    denied: list[str] = []
+    denied = Denials()
     try:
         nc = await _open_connection(actions.server_url, user, password, denied)
     except ConnectionError as exc:
@@ -245,15 +247,15 @@ async def _record(actions: Actions, session: Session, build) -> str:
     if nc is None or not nc.is_connected:
         return "refused: the NATS connection of this session is gone; log out and in again"
     log_ = EventLog(nc, nc.jetstream(timeout=APPEND_TIMEOUT_S), hub.subjects, timeout=APPEND_TIMEOUT_S)
-    seen = len(session.denied)
+    seen = session.denied.count
     append = asyncio.ensure_future(log_.append(Entry(event, expected, expected_filter)))
     # a publish NATS refuses gets no answer at all, only an error on the connection: stop waiting at that
-    while not append.done() and len(session.denied) == seen:
+    while not append.done() and session.denied.count == seen:
         await asyncio.wait({append}, timeout=0.05)
     if not append.done():
         append.cancel()
         await asyncio.gather(append, return_exceptions=True)
-        return f"refused: permission denied: NATS user {session.user}: {session.denied[-1]}"
+        return f"refused: permission denied: NATS user {session.user}: {session.denied.last}"
     try:
         seq = append.result()
     except AppendConflict:

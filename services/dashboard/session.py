@@ -25,6 +25,14 @@ MAX_SESSIONS = 512  # anonymous login-page sessions are cheap to create: the old
 
 
 @dataclass
+class Denials:
+    """Permission violations NATS reported on a session's connection: how many, and the last one."""
+
+    count: int = 0
+    last: str = ""
+
+
+@dataclass
 class Session:
     sid: str
     csrf: str
@@ -33,7 +41,7 @@ class Session:
     user: str | None = None  # the NATS user, once signed in
     nc: Any = None  # its NATS connection (nats.aio.client.Client), once signed in
     flash: str | None = None  # the last action's one-line result, shown once
-    denied: list[str] = field(default_factory=list)  # permission violations the server reported on nc
+    denied: Denials = field(default_factory=Denials)  # permission violations the server reported on nc
 
     @property
     def signed_in(self) -> bool:

@@ -307,6 +307,9 @@ async def test_nats_refuses_what_the_signed_in_user_may_not_do(tmp_path):
         flash = flash_of(await b.get("/releases/r1"))
         assert flash and flash.startswith(f"refused: permission denied: NATS user {stack.user('auditor')}:"), flash
         assert "permissions violation for publish" in flash.lower(), flash
+        await b.post("/actions/releases/r1", {"action": "annotate", "rationale": "me neither?", "csrf": csrf})
+        flash = flash_of(await b.get("/releases/r1"))
+        assert flash and "release.r1.annotated" in flash and flash.startswith("refused: permission denied"), flash
         assert not any(e.type == "release.paused" for e in await stack.events("r1"))
 
 
