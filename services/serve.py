@@ -347,8 +347,10 @@ async def serve(
     ui: tuple[str, int] | None = None,
     on_ui: Callable[[str], None] | None = None,
     runtime_identity: str | None = None,
+    ui_actions: bool = False,
 ) -> None:
-    """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised); with `ui`, the dashboard too."""
+    """Run until SIGINT/SIGTERM (clean return) or a consumer fails (raised); with `ui`, the dashboard too
+    (`ui_actions`: with operator actions after login)."""
     from .dashboard.server import dashboard_for
 
     trust_root = trust_root_for(settings)  # bad configuration fails before anything starts
@@ -369,7 +371,7 @@ async def serve(
             await check_privileges(target, strict, settings.prefix)
             async with (
                 running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app,
-                dashboard_for(app, ui, on_ui),
+                dashboard_for(app, ui, on_ui, actions=ui_actions),
                 optional_metrics(app, settings.metrics_addr),
             ):
                 if on_ready:

@@ -26,6 +26,11 @@ def serve(
         metavar="ADDR",
         help="also serve the read-only dashboard on ADDR: PORT or HOST:PORT (loopback by default)",
     ),
+    ui_actions: bool = typer.Option(
+        False,
+        "--ui-actions",
+        help="with --ui: operators who log in with their NATS user may act from the dashboard (default: read-only)",
+    ),
     metrics: str | None = typer.Option(
         None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"
     ),
@@ -70,10 +75,13 @@ def serve(
         )
 
     def ui_ready(url: str) -> None:
-        ready_log.info("kxr serve: dashboard at %s (read-only)", url)
+        mode = "operator actions after login at /login" if ui_actions else "read-only"
+        ready_log.info("kxr serve: dashboard at %s (%s)", url, mode)
 
     from services.dashboard.server import parse_addr
 
+    if ui_actions and not ui:
+        raise CliError("--ui-actions needs --ui ADDR (the dashboard to act from)")
     if runtime_identity is not None and runtime_identity not in ("shared", "strict"):
         raise CliError(f"--runtime-identity {runtime_identity!r}: shared or strict")
     run_async(
@@ -83,6 +91,7 @@ def serve(
             strict=strict,
             ui=parse_addr(ui) if ui else None,
             on_ui=ui_ready,
+            ui_actions=ui_actions,
             runtime_identity=runtime_identity,
         )
     )

@@ -15,15 +15,24 @@ def ui(
     ),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port to listen on (0: any free port)"),
     nats_url: str | None = NatsUrl,
+    actions: bool = typer.Option(
+        False,
+        "--actions",
+        help="let an operator who logs in with their NATS user and password pause, resume, abort, promote, "
+        "roll back, pin, unpin and annotate from the browser (default: read-only)",
+    ),
 ) -> None:
     """Serve the dashboard: scopes, releases in flight, evidence pages, updated live from the log.
 
-    Read-only: it reads the release log (the auditor's NATS user is enough:
-    `--nats-url "$(kxr creds show auditor)"`) and never writes to it.
+    Read-only by default: it reads the release log (the auditor's NATS user is enough:
+    `--nats-url "$(kxr creds show auditor)"`) and never writes to it. With --actions, an
+    operator logs in with the operator's NATS user (`kxr creds show operator`) and acts
+    with that user's permissions, each action recorded as `USER@dashboard`.
     """
     from services.dashboard.server import run_ui
 
     def ready(url: str) -> None:
-        err_console.print(f"kxr ui: dashboard at {url} (read-only; Ctrl-C to stop)", highlight=False)
+        mode = "operator actions after login at /login" if actions else "read-only"
+        err_console.print(f"kxr ui: dashboard at {url} ({mode}; Ctrl-C to stop)", highlight=False)
 
-    run_async(run_ui(settings_from(nats_url), host, port, ready))
+    run_async(run_ui(settings_from(nats_url), host, port, ready, actions=actions))

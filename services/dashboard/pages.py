@@ -204,15 +204,17 @@ def release_sections(
     }
 
 
-def page(title: str, stream: str, sections: dict[str, str], *, back: bool = False) -> str:
+def page(title: str, stream: str, sections: dict[str, str], *, back: bool = False, banner: str | None = None) -> str:
+    """`banner`: HTML (escaped by its maker) in place of the read-only note (actions mode: `account_banner`)."""
     nav = ("<a href='/'>← all scopes and releases</a> · " if back else "") + NAV
+    banner = f"<p class='readonly'>{_e(READ_ONLY)}</p>" if banner is None else banner
     body = "".join(f"<section id='{_e(name)}'>{fragment}</section>" for name, fragment in sections.items())
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
         "<link rel='stylesheet' href='/assets/dashboard.css'><script src='/assets/dashboard.js' defer></script></head>"
         f"<body data-stream='{_e(stream)}'><header><h1>{_e(title)}</h1>"
-        f"<p>{nav}<span id='live' class='muted'>connecting…</span></p><p class='readonly'>{_e(READ_ONLY)}</p></header>"
+        f"<p>{nav}<span id='live' class='muted'>connecting…</span></p>{banner}</header>"
         f"{body}</body></html>"
     )
 
@@ -387,3 +389,83 @@ def series_section(series: dict[str, Any] | None) -> str:
 
 def bad_filter(message: str) -> str:
     return f"<p class='fail'>{_e(message)}</p><p><a href='/history'>all releases</a></p>"
+
+
+# ---- operator actions (services/dashboard/actions.py): only with `--actions`, only once signed in -----------
+
+RELEASE_ACTIONS = ("pause", "resume", "abort", "promote", "rollback", "annotate")
+ROLLBACK_TRIGGERS = ("operator", "policy_violation", "tenant_impact")
+
+
+def _csrf_field(csrf: str) -> str:
+    return f"<input type='hidden' name='csrf' value='{_e(csrf)}'>"
+
+
+def account_banner(user: str | None, csrf: str | None, flash: str | None, here: str) -> str:
+    """The header line in actions mode: who acts (or a login link), and the last action's one-line result."""
+    if user is None or csrf is None:
+        who = (
+            "<p class='readonly'>Read-only until you log in with the operator's NATS user "
+            f"(<a id='login' href='/login?next={quote(here, safe='/')}'>log in</a>).</p>"
+        )
+    else:
+        who = (
+            f"<div class='account'>Signed in as <b id='user'>{_e(user)}</b>: actions are recorded as "
+            f"<code>{_e(user)}@dashboard</code>, with this NATS user's permissions. "
+            f"<form class='inline' method='post' action='/logout'>{_csrf_field(csrf)}"
+            "<button id='logout' type='submit'>log out</button></form></div>"
+        )
+    if flash:
+        refused = flash.startswith("refused")
+        who += f"<p id='flash' class='flash {'fail' if refused else 'ok'}' role='status'>{_e(flash)}</p>"
+    return who
+
+
+def release_actions_section(release_id: str, csrf: str) -> str:
+    """One form: a rationale (required, except for an annotation with an incident link) and a button per action."""
+    buttons = "".join(
+        f"<button type='submit' name='action' value='{a}' id='do-{a}'>{a}</button> " for a in RELEASE_ACTIONS
+    )
+    triggers = "".join(f"<option value='{t}'>{t}</option>" for t in ROLLBACK_TRIGGERS)
+    return (
+        "<h2>Act on this release</h2>"
+        f"<form method='post' action='/actions/releases/{quote(release_id, safe='')}' class='actions'>"
+        f"{_csrf_field(csrf)}"
+        "<p><label>rationale (recorded with the decision) <textarea name='rationale' id='rationale' rows='2' "
+        "cols='70' maxlength='2000'></textarea></label></p>"
+        f"<p><label>rollback trigger <select name='trigger'>{triggers}</select></label> "
+        "<label>incident link (annotate) <input name='incident' type='url' size='40' maxlength='500'></label></p>"
+        f"<p>{buttons}</p>"
+        "<p class='muted'>The same decisions as <code>kxr release pause|resume|abort|promote|rollback|annotate</code>; "
+        "one that does not apply to the release as it stands now is refused with the reason.</p></form>"
+    )
+
+
+def scope_actions_section(scopes: list[str], csrf: str) -> str:
+    """Pin a cohort to a version until a time (RFC 3339 or 12h, 7d), or lift its pin."""
+    options = "".join(f"<option value='{_e(s)}'>{_e(s)}</option>" for s in scopes)
+    return (
+        "<h2>Pin or unpin a cohort</h2>"
+        f"<form method='post' action='/actions/scopes' class='actions'>{_csrf_field(csrf)}"
+        f"<p><label>cohort <select name='scope'>{options}</select></label> "
+        "<label>version <input name='version' size='12' maxlength='128'></label> "
+        "<label>until <input name='until' size='22' maxlength='64' placeholder='12h, 7d or RFC 3339'></label></p>"
+        "<p><label>rationale <textarea name='rationale' rows='2' cols='70' maxlength='2000'></textarea></label></p>"
+        "<p><button type='submit' name='action' value='pin' id='do-pin'>pin</button> "
+        "<button type='submit' name='action' value='unpin' id='do-unpin'>unpin</button></p></form>"
+    )
+
+
+def login_page(csrf: str, next_path: str, message: str | None = None) -> str:
+    refused = f"<p id='flash' class='flash fail' role='alert'>{_e(message)}</p>" if message else ""
+    form = (
+        f"{refused}<form method='post' action='/login' class='login'>{_csrf_field(csrf)}"
+        f"<input type='hidden' name='next' value='{_e(next_path)}'>"
+        "<p><label>NATS user <input name='user' id='user' autocomplete='username' required maxlength='256'></label></p>"
+        "<p><label>password <input name='password' id='password' type='password' autocomplete='current-password' "
+        "required maxlength='1024'></label></p><p><button type='submit' id='sign-in'>log in</button></p>"
+        "<p class='muted'>The operator's user and password, as <code>kxr creds show operator</code> prints them "
+        "(nats://USER:PASSWORD@…). The dashboard connects to NATS as that user for your actions, so NATS allows "
+        "exactly what it allows <code>kxr</code>; the password stays in that connection only.</p></form>"
+    )
+    return page("Log in to act", "", {"login": form}, back=True, banner="")

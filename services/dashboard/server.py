@@ -44,18 +44,38 @@ def parse_addr(text: str) -> tuple[str, int]:
     return (host.strip("[]") or DEFAULT_HOST), int(port)
 
 
+def server_of(nc) -> str:
+    """The NATS server a connection is on, without its credentials: where signed-in operators connect."""
+    url = nc.connected_url
+    host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+    return f"{url.scheme}://{host}:{url.port}"
+
+
 @asynccontextmanager
 async def dashboard(
-    follower: Follower, js, subjects: Subjects, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, clock=utc_clock
+    follower: Follower,
+    js,
+    subjects: Subjects,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    clock=utc_clock,
+    actions_server: str | None = None,
 ) -> AsyncIterator[str]:
-    """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one)."""
+    """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one).
+
+    `actions_server`: the NATS URL operators sign in to for actions (services/dashboard/actions.py); None: read-only."""
     if not is_loopback(host):
         log.warning(
-            "the dashboard has no login: bound to %s, anyone who can reach that address sees every release", host
+            "the dashboard has no login to read: bound to %s, anyone who can reach that address sees every release",
+            host,
         )
+        if actions_server is not None:
+            log.warning(
+                "dashboard actions on %s over plain HTTP: passwords cross the network in clear (use a TLS proxy)", host
+            )
     hub = LiveHub(follower, js, subjects, clock)
     runner = web.AppRunner(
-        make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None),
+        make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None, actions_server),
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=2.0,
@@ -75,8 +95,16 @@ async def dashboard(
         await cancel_and_wait([task])
 
 
-async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
-    """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM."""
+async def run_ui(
+    settings: Settings,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], None] | None = None,
+    actions: bool = False,
+) -> None:
+    """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM.
+
+    `actions` (`kxr ui --actions`): signed-in operators may act, each on their own NATS connection."""
     if not settings.nats_url:
         raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
     stop = SignalStop()
@@ -94,7 +122,8 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
         follower = Follower(js, subjects, service_keys=reader_service_keys(settings))
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
-            async with dashboard(follower, js, subjects, host, port) as url:
+            actions_server = server_of(nc) if actions else None
+            async with dashboard(follower, js, subjects, host, port, actions_server=actions_server) as url:
                 await follower.catch_up()
                 if on_ready:
                     on_ready(url)
@@ -110,7 +139,7 @@ async def run_ui(settings: Settings, host: str, port: int, on_ready: Callable[[s
 
 @asynccontextmanager
 async def dashboard_for(
-    app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None
+    app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None, actions: bool = False
 ) -> AsyncIterator[str | None]:
     """The dashboard next to a running App (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None.
 
@@ -126,7 +155,8 @@ async def dashboard_for(
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()
-        async with dashboard(follower, app.js, app.subjects, *addr) as url:
+        actions_server = server_of(app.nc) if actions else None
+        async with dashboard(follower, app.js, app.subjects, *addr, actions_server=actions_server) as url:
             if announce:
                 announce(url)
             yield url

@@ -1,9 +1,12 @@
 """The dashboard's HTTP side (aiohttp): pages, JSON, and a server-sent-events stream.
 
-GET only: the dashboard never writes to the log (decisions go through `kxr`, with the
-operator's own NATS user). Every response forbids inline scripts, framing and any origin
-but this one; with a loopback bind, requests naming another Host are refused, so a web
-page cannot reach the dashboard through DNS rebinding.
+GET only by default: the dashboard never writes to the log (decisions go through `kxr`,
+with the operator's own NATS user). With actions on (`make_app(..., actions_server=URL)`,
+actions.py), POST reaches the login and action routes only, each behind a session and
+its CSRF token; forms may then post to this origin (CSP form-action 'self').
+Every response forbids inline scripts, framing and any origin but this one; with a
+loopback bind, requests naming another Host are refused, so a web page cannot reach the
+dashboard through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from projections.evidence import EvidenceRecord
 from services.reads.fleet import fleet_rows
 from services.reads.live_view import release_view, window_view
 
-from . import model, pages
+from . import actions, model, pages
 from .assets import CSS, JS
 from .hub import LiveHub
 
@@ -48,7 +51,7 @@ def _host_only(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _guard(allowed_hosts: frozenset[str] | None):
+def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECURITY_HEADERS):
     """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), and the router's
     own 404 and 405, which aiohttp raises as exceptions past the code after `handler`."""
 
@@ -69,7 +72,7 @@ def _guard(allowed_hosts: frozenset[str] | None):
                 status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept
             )
         if not response.prepared:  # a stream sent its headers (these included) already
-            response.headers.update(SECURITY_HEADERS)
+            response.headers.update(headers)
         return response
 
     return guard
@@ -112,7 +115,11 @@ async def release_of(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], Evi
 
 async def overview_page(request: web.Request) -> web.Response:
     sections = pages.overview_sections(await overview_of(request.app[HUB]))
-    return web.Response(text=pages.page("Konnaxion Releases", "/api/stream", sections), content_type="text/html")
+    extra, banner = await actions.page_extras(request)
+    return web.Response(
+        text=pages.page("Konnaxion Releases", "/api/stream", {**sections, **extra}, banner=banner),
+        content_type="text/html",
+    )
 
 
 async def release_page(request: web.Request) -> web.Response:
@@ -121,10 +128,12 @@ async def release_page(request: web.Request) -> web.Response:
         return web.Response(
             status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html"
         )
-    sections = await release_sections_of(request.app[HUB], release_id)
+    base = await release_sections_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
+    extra, banner = await actions.page_extras(request, release_id)
+    sections = {"summary": base["summary"], **extra, **base}  # the actions (if any) right under "Now"
     return web.Response(
-        text=pages.page(f"Release {release_id}", stream, sections, back=True),
+        text=pages.page(f"Release {release_id}", stream, sections, back=True, banner=banner),
         content_type="text/html",
     )
 
@@ -170,8 +179,10 @@ def history_sections(hub: LiveHub, query) -> dict[str, str]:
 
 async def fleet_page(request: web.Request) -> web.Response:
     sections = {"fleet": pages.fleet_section(fleet_of(request.app[HUB]))}
+    banner = await actions.banner_only(request, "/fleet")
     return web.Response(
-        text=pages.page("Fleet", "/api/stream?view=fleet", sections, back=True), content_type="text/html"
+        text=pages.page("Fleet", "/api/stream?view=fleet", sections, back=True, banner=banner),
+        content_type="text/html",
     )
 
 
@@ -185,7 +196,10 @@ async def history_page(request: web.Request) -> web.Response:
             content_type="text/html",
         )
     stream = "/api/stream?" + urlencode({"view": "history", **{k: v for k, v in _filters(request.query).items() if v}})
-    return web.Response(text=pages.page("Release history", stream, sections, back=True), content_type="text/html")
+    banner = await actions.banner_only(request, "/history")
+    return web.Response(
+        text=pages.page("Release history", stream, sections, back=True, banner=banner), content_type="text/html"
+    )
 
 
 async def fleet_json(request: web.Request) -> web.Response:
@@ -275,9 +289,18 @@ async def _end_streams(app: web.Application) -> None:
         task.cancel()
 
 
-def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> web.Application:
-    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind)."""
-    app = web.Application(middlewares=[_guard(allowed_hosts)])
+def make_app(
+    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: str | None = None
+) -> web.Application:
+    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind).
+
+    `actions_server`: the NATS URL (no credentials) signed-in operators act through (None: read-only)."""
+    headers = SECURITY_HEADERS
+    if actions_server is not None:
+        csp = headers["Content-Security-Policy"].replace("form-action 'none'", "form-action 'self'")
+        # a browser's Origin on a form post is "null" under no-referrer; same-origin still tells no other site
+        headers = {**headers, "Content-Security-Policy": csp, "Referrer-Policy": "same-origin"}
+    app = web.Application(middlewares=[_guard(allowed_hosts, headers)], client_max_size=actions.MAX_FORM_BYTES)
     app[HUB] = hub
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
@@ -293,4 +316,6 @@ def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
     app.router.add_get("/healthz", health)
     app.router.add_get("/assets/dashboard.css", _asset(CSS, "text/css"))
     app.router.add_get("/assets/dashboard.js", _asset(JS, "text/javascript"))
+    if actions_server is not None:
+        actions.register(app, hub, actions_server)
     return app
