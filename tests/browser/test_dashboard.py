@@ -93,12 +93,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 async def test_watching_a_release_in_the_browser(nats_url, prefix):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def text_of(driver, css: str) -> str:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
+        # a live update may replace the section between finding it and reading it: read it next poll
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            return ""
 
     async def until(driver, condition, what: str):
         try:
