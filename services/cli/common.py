@@ -127,18 +127,23 @@ def print_json(value: Any) -> None:
 
 
 JsonOpt = typer.Option(False, "--json", help="JSON on stdout, for scripts (default: readable tables)")
+WideOpt = typer.Option(False, "--wide", help="tables in full: whole digests and times, every column, long lines")
 
 
-def output(as_json: bool, data: Any, render: Callable[[], Iterable[Any]]) -> None:
+def output(as_json: bool, data: Any, render: Callable[[], Iterable[Any]], wide: bool = False) -> None:
     """What every read command prints: `data` as JSON for scripts, else `render()`'s tables and lines.
 
-    `render` is only called for people, so it may be as chatty as it likes.
+    `render` is only called for people, so it may be as chatty as it likes. `wide`: lines as long
+    as they need (`kxr … --wide`), else the terminal's width (80 without a terminal).
     """
     if as_json:
         print_json(data)
         return
     for part in render():
-        console.print(part)
+        if wide:
+            console.print(part, width=100_000, crop=False, soft_wrap=isinstance(part, str))
+        else:
+            console.print(part)
 
 
 def scope_arg(text: str, allow_cohort: bool = True) -> tuple[str, ...]:

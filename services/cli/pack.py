@@ -137,13 +137,13 @@ def pack_push(
     """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
     from services.actions.producer import push_pack, sha256_digest
 
-    data = pack.read_bytes()
+    data, manifest_data = pack.read_bytes(), manifest.read_bytes()
     digest = sha256_digest(data)
     attested = attestation_bytes(attestation, digest)
 
     async def go() -> str:
         async with session(nats_url) as (_, js, log):
-            return await push_pack(js, log.subjects, data, manifest.read_bytes(), digest, attestation=attested)
+            return await push_pack(js, log.subjects, data, manifest_data, digest, attestation=attested)
 
     digest = run_async(go())
     console.print(f"pushed {pack.name} as {digest}" + (" with its attestation" if attested is not None else ""))
@@ -160,17 +160,41 @@ def pack_verify(
     from rich.text import Text
 
     from services.actions.offline import verify_offline
-
-    settings = settings_from(trust_root=trust_root)
+    from services.actions.producer import sha256_digest
+    from services.reads.shapes import Gate, Pack, PackVerify, dump
     from services.settings import load_trust_root
 
-    v = verify_offline(
-        pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(UTC)
+    settings = settings_from(trust_root=trust_root)
+    data, manifest_data = pack.read_bytes(), manifest.read_bytes()
+    v = verify_offline(data, manifest_data, load_trust_root(settings.trust_root_path), datetime.now(UTC))
+    signed = _signed_part(manifest_data)
+    shown = dump(
+        PackVerify(
+            ok=v.failure is None,
+            pack=Pack(name=_text(signed.get("name")), version=_text(signed.get("version")), digest=sha256_digest(data)),
+            gates=[Gate(**o.model_dump(mode="json")) for o in v.outcomes],
+        )
     )
     output(
         as_json,
-        {"ok": v.failure is None, "gates": [o.model_dump(mode="json") for o in v.outcomes]},
+        shown,
         lambda: [Text(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}") for o in v.outcomes],
     )
     if v.failure is not None:
         fail(f"gate {v.failure.gate} failed: {v.failure.code}: {v.failure.message}")
+
+
+def _signed_part(manifest: bytes) -> dict:
+    """The manifest's `signed` object as far as it parses (for naming the pack; the gates judge it)."""
+    import json
+
+    try:
+        doc = json.loads(manifest)
+    except ValueError:
+        return {}
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    return signed if isinstance(signed, dict) else {}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None

@@ -10,6 +10,7 @@ from .common import (
     JsonOpt,
     NatsUrl,
     Rationale,
+    WideOpt,
     console,
     fail,
     operator_action,
@@ -29,12 +30,13 @@ app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 def release_show(
     release_id: str = typer.Argument(...),
     as_json: bool = JsonOpt,
+    wide: bool = WideOpt,
     nats_url: str | None = NatsUrl,
 ) -> None:
     """A release's timeline and evidence record (the same as `kxr audit release`)."""
     from .audit import audit_release
 
-    audit_release(release_id, as_json, None, nats_url)
+    audit_release(release_id, as_json, None, nats_url, wide)
 
 
 def _release_action(release_id: str, nats_url: str | None, make) -> None:
