@@ -18,7 +18,7 @@ from .common import (
     output,
     parse_time,
     print_json,
-    read_json_file,
+    read_key_file,
     run_async,
     scope_arg,
     session,
@@ -180,9 +180,8 @@ def audit_export(
 ) -> None:
     """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
     from events.bundle import make_bundle
-    from events.signing import SigningKey
 
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
     record = evidence_or_fail(release_id, nats_url)
     out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
     console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
@@ -242,7 +241,7 @@ def audit_at(
     from services.reads.audit import world_at
     from services.reads.shapes import AuditAt, dump, rfc3339, scopes
 
-    from .views import scope_table
+    from .views import scope_tables
 
     at = parse_time(time_, "TIME")
     prefix = "/".join(scope_arg(scope)) if scope else ""
@@ -256,6 +255,6 @@ def audit_at(
     output(
         as_json,
         shown,
-        lambda: [scope_table(f"Active packs at {shown['at']}", shown["scopes"], wide, flag=False)],
+        lambda: scope_tables(f"Active packs at {shown['at']}", shown["scopes"], wide, flag=False),
         wide,
     )

@@ -28,7 +28,7 @@ def deadletter_list(as_json: bool = JsonOpt, wide: bool = WideOpt, nats_url: str
     """Every dead letter: which consumer gave up on which message, and why."""
     from services.reads.shapes import DeadLetterRow, dump, rfc3339
 
-    from .views import short_time, table
+    from .views import table
 
     records = run_async(_records(nats_url))
     rows = dump(
@@ -46,11 +46,20 @@ def deadletter_list(as_json: bool = JsonOpt, wide: bool = WideOpt, nats_url: str
             for seq, r in records
         ]
     )
-    columns = ["id", "consumer", "stream seq", "subject", "deliveries", "at", "reason"]
 
     def render():
-        shown = rows if wide else [{**r, "at": short_time(r["at"])} for r in rows]
-        return [table("Dead letters", shown, columns if wide else [c for c in columns if c != "deliveries"], wide)]
+        if wide:
+            columns = ["id", "consumer", "stream seq", "subject", "deliveries", "at", "reason"]
+            return [table("Dead letters", rows, columns, wide)]
+        shown = [  # the reason's first clause ("malformed JSON"): in full with --wide or `deadletter show`
+            {
+                **r,
+                "at": r["at"][5:19].replace("T", " ") if r["at"] else None,
+                "reason": (r["reason"] or "").split(": ")[0],
+            }
+            for r in rows
+        ]
+        return [table("Dead letters", shown, ["id", "consumer", "subject", "at", "reason"])]
 
     output(as_json, rows, render, wide)
 

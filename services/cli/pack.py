@@ -7,7 +7,18 @@ from pathlib import Path
 
 import typer
 
-from .common import JsonOpt, NatsUrl, console, fail, output, read_json_file, run_async, session, settings_from
+from . import checks
+from .common import (
+    JsonOpt,
+    NatsUrl,
+    console,
+    fail,
+    output,
+    read_key_file,
+    run_async,
+    session,
+    settings_from,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
 
@@ -17,21 +28,22 @@ def pack_sign(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False, help="the pack file"),
     key: list[Path] = typer.Option(..., "--key", help="private key file(s); repeat for several signatures"),
     name: str = typer.Option(..., "--name"),
-    version: str = typer.Option(..., "--version"),
+    version: str = typer.Option(..., "--version", callback=checks.pack_version),
     schema: str = typer.Option(..., "--schema"),
     profile: str = typer.Option(..., "--profile"),
-    runtime: str = typer.Option(..., "--runtime", help="runtime version specifier, e.g. '>=2.3,<3'"),
+    runtime: str = typer.Option(
+        ..., "--runtime", callback=checks.runtime_specifier, help="runtime version specifier, e.g. '>=2.3,<3'"
+    ),
     build_id: str = typer.Option(..., "--build-id"),
     builder: str = typer.Option(..., "--builder"),
     run: str = typer.Option(..., "--run", help="pipeline run id"),
-    source: str = typer.Option(..., "--source", help="provenance source URI"),
+    source: str = typer.Option(..., "--source", callback=checks.uri, help="provenance source URI"),
     revision: str = typer.Option(..., "--revision"),
-    ref: list[str] = typer.Option([], "--ref", help="provenance reference URI(s)"),
-    expires_days: int = typer.Option(90, "--expires-days"),
+    ref: list[str] = typer.Option([], "--ref", callback=checks.uris, help="provenance reference URI(s)"),
+    expires_days: int = typer.Option(90, "--expires-days", min=1, help="the manifest expires this many days from now"),
     out: Path | None = typer.Option(None, "--out", help="manifest path (default: PACK.manifest.json)"),
 ) -> None:
     """Write a signed manifest for a pack (CONTRACT §6)."""
-    from events.signing import SigningKey
     from events.tokens import check_token as _tok
     from events.versions import parse_version
     from services.actions.producer import build_signed, manifest_bytes
@@ -41,7 +53,7 @@ def pack_sign(
         parse_version(version)
     except ValueError as exc:
         fail(str(exc))
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
     data = pack.read_bytes()
     signed = build_signed(
         data,
@@ -70,10 +82,16 @@ def pack_attest(
         ..., "--key", exists=True, dir_okay=False, help="the builder's private key (trust root 'builders')"
     ),
     builder_id: str = typer.Option(
-        ..., "--builder-id", help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release"
+        ...,
+        "--builder-id",
+        callback=checks.uri,
+        help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release",
     ),
     build_type: str = typer.Option(
-        "https://konnaxion.dev/releases/pack-build/v1", "--build-type", help="SLSA buildDefinition.buildType"
+        "https://konnaxion.dev/releases/pack-build/v1",
+        "--build-type",
+        callback=checks.uri,
+        help="SLSA buildDefinition.buildType",
     ),
     invocation: str | None = typer.Option(
         None, "--invocation", help="the pipeline run id (runDetails.metadata.invocationId)"
@@ -83,10 +101,9 @@ def pack_attest(
     out: Path | None = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
 ) -> None:
     """Write an in-toto/SLSA provenance attestation of a pack (a DSSE envelope signed by a builder key)."""
-    from events.signing import SigningKey
     from services.actions.producer import dsse_envelope, provenance_statement, sha256_digest
 
-    signer = SigningKey.from_file_dict(read_json_file(key, "key"))
+    signer = read_key_file(key)
     digest = sha256_digest(pack.read_bytes())
     params = {k: v for k, v in (("source", source), ("revision", revision)) if v is not None}
     statement = provenance_statement(

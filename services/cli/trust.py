@@ -16,6 +16,7 @@ from .common import (
     operator_actor,
     output,
     read_json_file,
+    read_key_file,
     run_async,
     session,
     settings_from,
@@ -92,14 +93,13 @@ def trust_rotate(
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
-    from events.signing import SigningKey
     from events.trust import RotationError
     from services.actions.trust import rotate
     from services.settings import load_trust_root
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
     doc = read_json_file(new_root, "new trust root")
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
 
     async def go():
         async with session(nats_url) as (_, js, log):

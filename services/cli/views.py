@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 FREE_TEXT = {
     "why",
     "flag",
-    "notes",
+    "pinned",
     "reason",
     "detail",
     "figures against thresholds",
@@ -65,7 +65,16 @@ def cell(value: Any, wide: bool = False) -> str:
 
 def new_table(title: str | None, **kw: Any) -> Table:
     """Every kxr table: a title on the left, a rule under the header, no side borders (80 columns go far)."""
-    return Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, **kw)
+    return Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        **kw,
+    )
 
 
 def add_columns(t: Table, columns: list[str], wide: bool = False) -> None:
@@ -86,9 +95,10 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str], wide: bool
     return t
 
 
-def scope_table(title: str, scopes: list[dict[str, Any]], wide: bool = False, flag: bool = True) -> Table:
-    """Scopes (services/reads/shapes.py `Scope` dumps): narrow, the active pack, since when and the LKG,
-    with kind, pin and flag as notes; `--wide`, every field in its own column."""
+def scope_tables(title: str, scopes: list[dict[str, Any]], wide: bool = False, flag: bool = True) -> list[Table]:
+    """Scopes (services/reads/shapes.py `Scope` dumps). Narrow, two tables that fit 80 columns: what is
+    active where (version, short digest, release, since), then how it got there and where it would
+    go back to (kind, LKG, pin, the guard's flag). `--wide`: one table, every field in full."""
     if wide:
         rows = [
             {
@@ -101,23 +111,23 @@ def scope_table(title: str, scopes: list[dict[str, Any]], wide: bool = False, fl
             for s in scopes
         ]
         cols = ["scope", "version", "digest", "kind", "release", "since", "lkg", "lkg digest", "pinned"]
-        return table(title, rows, cols + (["flag"] if flag else []), wide=True)
-    rows = []
-    for s in scopes:
-        notes = [s["kind"]] if s["kind"] and s["kind"] != "rollout" else []
-        if s["pinned"]:
-            notes.append(f"pinned {s['pinned']['pack']['version']} until {short_time(s['pinned']['until'])}")
-        if s["flag"] and flag:
-            notes.append(f"FLAG {s['flag']['code']}: {s['flag']['message']}")
-        rows.append(
-            {
-                **s,
-                "since": s["since"][:16].replace("T", " ") + "Z" if s["since"] else None,
-                "lkg": s["lkg"]["version"] if s["lkg"] else None,
-                "notes": "; ".join(notes) or None,
-            }
-        )
-    return table(title, rows, ["scope", "version", "digest", "release", "since", "lkg", "notes"])
+        return [table(title, rows, cols + (["flag"] if flag else []), wide=True)]
+    rows = [
+        {
+            **s,
+            "since": s["since"][:16].replace("T", " ") + "Z" if s["since"] else None,
+            "lkg": s["lkg"]["version"] if s["lkg"] else None,
+            "pinned": f"{s['pinned']['pack']['version']} until {short_time(s['pinned']['until'])}"
+            if s["pinned"]
+            else None,
+            "flag": f"{s['flag']['code']}: {s['flag']['message']}" if s["flag"] else None,
+        }
+        for s in scopes
+    ]
+    return [
+        table(title, rows, ["scope", "version", "digest", "release", "since"]),
+        table("How they got there, and back", rows, ["scope", "kind", "lkg", "pinned"] + ["flag"] * flag),
+    ]
 
 
 def release_table(title: str, releases: list[dict[str, Any]], wide: bool = False) -> Table:
@@ -144,7 +154,7 @@ def status_tables_of(
     scopes: list[dict[str, Any]], releases: list[dict[str, Any]], all_releases: bool = False, wide: bool = False
 ) -> list[Table]:
     return [
-        scope_table("Active packs by scope", scopes, wide),
+        *scope_tables("Active packs by scope", scopes, wide),
         release_table("Releases" if all_releases else "Releases in flight", releases, wide),
     ]
 
@@ -155,7 +165,8 @@ def timeline_table(record: EvidenceRecord, wide: bool = False) -> Table:
     for entry in record.timeline:
         event = entry["type"] if wide else entry["type"].removeprefix("release.")
         at = entry["at"] if wide else entry["at"][5:19].replace("T", " ")
-        t.add_row(str(entry["seq"]), at, event, escape(entry["actor"]), escape(cell(entry["summary"], wide)))
+        actor = entry["actor"] if wide else entry["actor"].removeprefix("service:")  # consumers by their name
+        t.add_row(str(entry["seq"]), at, event, escape(actor), escape(cell(entry["summary"], wide)))
     return t
 
 
