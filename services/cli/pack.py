@@ -84,7 +84,6 @@ def pack_attest(
     builder_id: str = typer.Option(
         ...,
         "--builder-id",
-        callback=checks.uri,
         help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release",
     ),
     build_type: str = typer.Option(

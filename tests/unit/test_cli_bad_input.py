@@ -98,9 +98,8 @@ BAD: list[tuple[list[str], str]] = [
     (sign_with("--source", "git.example/kb"), "--source"),
     (sign_with("--ref", "nowhere"), "--ref"),
     (["release", "annotate", "r1", "--incident", "inc-7"], "--incident"),
-    (["pack", "attest", "p.pack", "--key", "k.json", "--builder-id", "ci"], "--builder-id"),
     (
-        ["pack", "attest", "p.pack", "--key", "k.json", "--builder-id", "https://ci", "--build-type", "x"],
+        ["pack", "attest", "p.pack", "--key", "k.json", "--builder-id", "ci", "--build-type", "x"],
         "--build-type",
     ),
     # versions and runtime specifiers
