@@ -74,6 +74,12 @@ class ChannelPolicy(_Cfg):
     # confirmed by the source's `promoted` event) is accepted; a direct request is rejected at
     # pre-flight. For stable/lts (seed pitfall "too broad too early").
     accept: Literal["any", "promotion"] = "any"
+    # Pre-flight's `alert_route` item (seed: "confirm alerting is in place"): a release that can roll
+    # back should reach someone through a [[notifications]] sink on `rolled_back` and `escalated`.
+    # Without one, a recorded reason here waives it; otherwise the item is a recorded warning, or a
+    # rejection when `require_alert_route` is set. Both optional: older configurations validate as before.
+    alert_waiver: StrictStr | None = Field(default=None, min_length=1, max_length=500)
+    require_alert_route: StrictBool = False
 
 
 class ChannelConfig(_Cfg):
@@ -126,7 +132,7 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
             else:
                 ranges.append((lo, hi, rule.name))
     ranges.sort()
-    for (lo1, hi1, n1), (lo2, hi2, n2) in zip(ranges, ranges[1:]):
+    for (_lo1, hi1, n1), (lo2, _hi2, n2) in zip(ranges, ranges[1:]):
         if lo2 < hi1:
             problems.append(f"percent ranges of cohorts {n1} and {n2} overlap")
     if cfg.plan is not None:
@@ -146,6 +152,8 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
     sinks = [s.name for s in cfg.notifications]
     if len(set(sinks)) != len(sinks):
         problems.append("notification sink names must be unique")
+    if cfg.policy.alert_waiver is not None and not cfg.policy.alert_waiver.strip():
+        problems.append("policy.alert_waiver must give a reason (it is recorded in each release's checklist)")
     if own_channel is not None and cfg.promote_to == own_channel:
         problems.append("promote_to must name another channel")
     return problems

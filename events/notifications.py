@@ -11,6 +11,7 @@ optimistic concurrency: recording one cannot block or change the release.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from .tokens import TOKEN_PATTERN
 
 NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
+# the body posted: the notifier's own JSON document, or a message for a chat's incoming webhook
+NotifyFormat = Literal["json", "slack", "teams"]
 # which event makes each kind: a hold is a window that ended without a verdict; a flag is the
 # guard finding that a settled scope's active pack now fails a gate (services/consumers/guard.py)
 KIND_OF_EVENT: dict[str, str] = {
@@ -30,10 +33,13 @@ KIND_OF_EVENT: dict[str, str] = {
 MAX_URL_CHARS = 2048
 MAX_ATTEMPTS = 10
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# `${NAME}` in a URL's path or query: the notifier puts the variable's value there when it posts,
+# so a URL that is itself a credential (a Slack or Teams incoming webhook) stays out of the log
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]{0,127})\}")
 
 
 class NotificationSink(BaseModel):
-    """One webhook: where, for which kinds, and (optionally) the env var holding its HMAC secret.
+    """One webhook: where, for which kinds, in which format, and (optionally) the env var holding its secret.
 
     The secret itself is never in the log (the channel configuration is): only the name of
     the variable the notifier reads it from.
@@ -46,6 +52,7 @@ class NotificationSink(BaseModel):
     on: list[NotifyKind] = Field(min_length=1)
     secret_env: StrictStr | None = None
     attempts: StrictInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
+    format: NotifyFormat = "json"  # optional (issue 16): configurations written before it post `json`
 
     @field_validator("url")
     @classmethod
@@ -74,11 +81,15 @@ def url_problem(url: str) -> str | None:
     """Why a webhook URL is unusable, or None. Credentials in the URL would be written to the log."""
     if any(c.isspace() for c in url):
         return "must not contain whitespace"
+    if "${" in PLACEHOLDER.sub("", url):
+        return "has a ${...} that is not ${ENV_VAR_NAME}"
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises on a port that is not a number in range
     except ValueError as exc:
         return f"is not a URL ({exc})"
+    if "${" in parts.scheme + parts.netloc:
+        return "may have a ${VAR} only in its path or query (where it goes is always in the log)"
     if parts.scheme not in ("http", "https"):
         return "must be an http:// or https:// URL"
     if not parts.hostname:
@@ -88,6 +99,21 @@ def url_problem(url: str) -> str | None:
     if parts.fragment:
         return "must not have a #fragment"
     return None
+
+
+def expand_url(url: str, env: Mapping[str, str]) -> str:
+    """The URL with each `${NAME}` replaced by the variable's value; ValueError naming what is
+    unset or what the value would break (never the value: it is a secret)."""
+    unset = sorted({name for name in PLACEHOLDER.findall(url) if not env.get(name)})
+    if unset:
+        raise ValueError(f"url names {', '.join('${' + n + '}' for n in unset)}, not set in the notifier's environment")
+    expanded = PLACEHOLDER.sub(lambda m: env[m.group(1)], url)
+    problem = url_problem(expanded)
+    if problem is None and urlsplit(expanded).netloc != urlsplit(url).netloc:
+        problem = "changes the host"
+    if problem is not None:
+        raise ValueError(f"url with its ${{...}} filled in {problem}")
+    return expanded
 
 
 class NotificationOutcome(BaseModel):

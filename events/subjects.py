@@ -69,7 +69,10 @@ class Subjects:
 
     def notification(self, release_id: str, outcome: str) -> str:
         """Under the release, outside its lifecycle filter `release_filter` (one token deeper)."""
-        return f"{self.prefix}.release.{check_token(release_id, 'release_id')}.notification.{check_token(outcome, 'event suffix')}"
+        return (
+            f"{self.prefix}.release.{check_token(release_id, 'release_id')}"
+            f".notification.{check_token(outcome, 'event suffix')}"
+        )
 
     def notification_filter(self, release_id: str) -> str:
         return self.notification(release_id, "x").rsplit(".", 1)[0] + ".*"
@@ -103,7 +106,10 @@ class Subjects:
         )
 
     def health_cohort(self, env: str, channel: str, cohort: str) -> str:
-        return f"{self.prefix}.health.{check_token(env, 'env')}.{check_token(channel, 'channel')}.{check_token(cohort, 'cohort')}.*"
+        return (
+            f"{self.prefix}.health.{check_token(env, 'env')}.{check_token(channel, 'channel')}"
+            f".{check_token(cohort, 'cohort')}.*"
+        )
 
     def health_all(self) -> str:
         return f"{self.prefix}.health.>"
@@ -142,7 +148,8 @@ class Subjects:
         return tokens
 
     def health_parts(self, subject: str) -> HealthParts | None:
-        """`kx.health.prod.canary.internal.rt-1` -> HealthParts("prod", "canary", "internal", "rt-1") (inverse of `health`)."""
+        """`kx.health.prod.canary.internal.rt-1` -> HealthParts("prod", "canary", "internal", "rt-1")
+        (inverse of `health`)."""
         tokens = self._tokens(subject, "health", 4)
         return HealthParts(*tokens) if tokens else None
 

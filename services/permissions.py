@@ -608,8 +608,8 @@ class AccountLimits:
 
     def render(self, indent: str) -> str:
         return (
-            f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, max_streams: {self.max_streams}, "
-            f"max_consumers: {self.max_consumers} }}"
+            f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, "
+            f"max_streams: {self.max_streams}, max_consumers: {self.max_consumers} }}"
         )
 
 

@@ -218,8 +218,10 @@ class Probe:
         await self.nc.flush(timeout=self._timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        while not received.is_set() and not self.denied("subscription", subject) and loop.time() < deadline:
-            await asyncio.sleep(0.01)  # the violation may come after the PONG
+        # a poll, not an Event: the violation may come after the PONG, into the list the connection's
+        # error_cb fills, which wakes nobody; this is a one-shot startup probe bounded by the deadline
+        while not received.is_set() and not self.denied("subscription", subject) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         try:
             await sub.unsubscribe()
         except Exception:

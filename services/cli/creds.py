@@ -73,7 +73,8 @@ def creds_show(
     path = creds_path(settings.data_dir, _check_role(role))
     if not path.exists():
         fail(
-            f"no credentials for {role} at {path} (kxr serve creates them in embedded mode; kxr creds init for an existing NATS)"
+            f"no credentials for {role} at {path} "
+            "(kxr serve creates them in embedded mode; kxr creds init for an existing NATS)"
         )
     try:
         creds = read_credentials(path)

@@ -113,7 +113,7 @@ def release_rollback(
     ),
     nats_url: str | None = NatsUrl,
 ) -> None:
-    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""
+    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""  # noqa: E501 (help text)
     _release_action(
         release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now)
     )
@@ -230,11 +230,13 @@ def release_request(
     if monitoring is not None:
         data["monitoring"] = monitoring
     attested = attestation_bytes(attestation, signed["digest"])
+    # read here, not on the event loop
+    pushed = (pack.read_bytes(), manifest.read_bytes()) if pack is not None else None
 
     async def go() -> int:
         async with session(nats_url) as (_, js, log):
-            if pack is not None:
-                await push_pack(js, log.subjects, pack.read_bytes(), manifest.read_bytes())
+            if pushed is not None:
+                await push_pack(js, log.subjects, *pushed)
             if attested is not None:  # before the request: the distributor looks for it at once
                 await push_attestation(js, log.subjects, signed["digest"], attested)
             return await request_release(log, release_id, data, Actor(kind="producer", id=owner))

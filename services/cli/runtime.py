@@ -22,13 +22,17 @@ def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix:
     from events.subjects import Subjects
     from services.permissions import user_name
 
-    own = "use this runtime's own credentials: kxr creds runtime add ID, then KX_NATS_CREDS=<data dir>/creds/runtime-ID.json"
+    own = (
+        "use this runtime's own credentials: kxr creds runtime add ID, "
+        "then KX_NATS_CREDS=<data dir>/creds/runtime-ID.json"
+    )
     if creds is not None and url == creds.url:
         if creds.runtime_id:
             return (
                 None
                 if creds.runtime_id == runtime_id
-                else f"the credentials are runtime {creds.runtime_id}'s: they report as --runtime-id {creds.runtime_id} only"
+                else f"the credentials are runtime {creds.runtime_id}'s: "
+                f"they report as --runtime-id {creds.runtime_id} only"
             )
         shared = creds.role == "runtime"
     else:

@@ -20,7 +20,7 @@ def schema_export(
         False, "--check", help="write nothing; exit 1 if DIR differs from what the code generates"
     ),
 ) -> None:
-    """Write one JSON Schema per event type, the manifest, channel config, health sample, evidence record and index.json."""
+    """Write one JSON Schema per event type, the manifest, channel config, health sample, evidence record and index.json."""  # noqa: E501 (help text)
     from services.contracts.export import drift, write
     from services.contracts.schemas import schema_files
 

@@ -194,7 +194,8 @@ def flag_event(state: ScopeState, violation: Violation, ctx: Ctx) -> Event | Non
         pack=active.pack,
         code=violation.code,
         detected_at=ctx.now,
-        message=f"{active.pack.short()} active on {env}/{channel}/{cohort} now fails gate {violation.code}: {violation.message}",
+        message=f"{active.pack.short()} active on {env}/{channel}/{cohort} "
+        f"now fails gate {violation.code}: {violation.message}",
     )
     return make_event(
         "scope.flagged",

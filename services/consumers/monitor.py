@@ -93,7 +93,8 @@ def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: Monito
         samples=verdict.samples,
         runtimes=verdict.runtimes,
         early=verdict.early,
-        reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; it was: {verdict.reason[:1000]}",
+        reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; "
+        f"it was: {verdict.reason[:1000]}",
     )
     return release_event(ctx, release, "monitoring_inconclusive", slim, step)
 

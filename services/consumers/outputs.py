@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -54,7 +54,7 @@ class Timer:
     msg_id: str = ""
 
 
-Output = Union[Chain, Atomic, NewRelease, Timer]
+Output = Chain | Atomic | NewRelease | Timer
 
 
 @dataclass(frozen=True)

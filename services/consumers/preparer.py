@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from events.channel import ChannelConfig
 from events.codec import make_event
 from events.ids import derived_event_id
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
@@ -244,6 +245,9 @@ def preflight(
             "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked",
         )
 
+    if strategy != "none":  # a release that can roll back: who hears of it?
+        check("alert_route", *alert_route(cfg))
+
     check(
         "owner_and_escalation",
         bool(req.owner.strip()) and bool(req.escalation.strip()),
@@ -264,6 +268,30 @@ def preflight(
         owner=req.owner,
         escalation=req.escalation,
     )
+
+
+ALERT_KINDS = ("rolled_back", "escalated")
+
+
+def alert_route(cfg: ChannelConfig) -> tuple[bool, str]:
+    """Whether a rollback or an escalation of this channel's releases reaches someone (ok, detail).
+
+    A missing route is a recorded warning (ok, the detail says so), not a rejection: the default
+    rollback strategy is `lkg`, so rejecting would stop every release of every channel configured
+    before notifications existed. A channel that wants the gate sets `require_alert_route`; one
+    that alerts some other way records why in `alert_waiver`.
+    """
+    covering = sorted(s.name for s in cfg.notifications if set(s.on) & set(ALERT_KINDS))
+    missing = [k for k in ALERT_KINDS if not any(k in s.on for s in cfg.notifications)]
+    if not missing:
+        return True, f"rollbacks and escalations notify {', '.join(covering)}"
+    gap = f"no notification sink is subscribed to {' or '.join(missing)}"
+    if cfg.policy.alert_waiver is not None:
+        return True, f"{gap}; waived by the channel: {cfg.policy.alert_waiver}"
+    hint = "add a [[notifications]] sink, or record [policy] alert_waiver"
+    if cfg.policy.require_alert_route:
+        return False, f"{gap} and the channel requires an alert route ({hint})"
+    return True, f"warning: {gap}, so it would reach nobody ({hint})"
 
 
 def decide(

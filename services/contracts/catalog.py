@@ -25,16 +25,24 @@ _PLACEHOLDERS = {
 }
 
 DESCRIPTIONS: dict[str, str] = {
-    "release.requested": "A producer asks for a signed pack to be rolled out to a channel (CONTRACT §5); the promoter also requests the linked release on `promote_to`.",
+    "release.requested": (
+        "A producer asks for a signed pack to be rolled out to a channel (CONTRACT §5); "
+        "the promoter also requests the linked release on `promote_to`."
+    ),
     "release.prepared": "Pre-flight passed: stages, monitoring, rollback target per cohort and the checklist.",
-    "release.rejected": "The request is malformed, ineligible or failed pre-flight; `reasons` lists every problem. Nothing is activated.",
+    "release.rejected": (
+        "The request is malformed, ineligible or failed pre-flight; `reasons` lists every problem. "
+        "Nothing is activated."
+    ),
     "release.distributed": "The pack and its manifest are present in the pack store.",
     "release.verified": "Every verification gate passed, at one reference time.",
     "release.verification_failed": "A gate refused (fail closed): which gate, a reason code and a sentence.",
     "release.activated": "A stage's cohorts switched to the pack in one atomic batch (or a rollback/pin switch).",
     "release.activation_failed": "The activator could not switch a stage.",
     "release.monitoring_started": "A monitoring window opened for a stage (or an operator extended a held one).",
-    "release.monitoring_passed": "The window's figures met every threshold (or an operator passed a held window, recorded as an override).",
+    "release.monitoring_passed": (
+        "The window's figures met every threshold (or an operator passed a held window, recorded as an override)."
+    ),
     "release.monitoring_failed": "A threshold was breached (at the window's end or early on a hard breach).",
     "release.monitoring_inconclusive": "Too few samples: the release holds for an operator and is never promoted.",
     "release.expanded": "The next stage of the plan starts.",
@@ -47,14 +55,32 @@ DESCRIPTIONS: dict[str, str] = {
     "release.annotated": "An operator's note or incident link.",
     "release.escalated": "No valid rollback target: the release holds and names its escalation path.",
     "release.closed": "The release ended: success, rolled_back, pinned, aborted, rejected or failed.",
-    "scope.activated": "THE active-pack pointer of a scope: the newest message on this subject is the pack active there. Written only by the activator inside an atomic batch. Runtimes read the last one (deliver_policy=last_per_subject) and follow new ones.",
+    "scope.activated": (
+        "THE active-pack pointer of a scope: the newest message on this subject is the pack active there. "
+        "Written only by the activator inside an atomic batch. "
+        "Runtimes read the last one (deliver_policy=last_per_subject) and follow new ones."
+    ),
     "scope.pinned": "An operator pinned a scope to a pack until a time, with a rationale.",
     "scope.unpinned": "A pin ended: by an operator, on expiry, or refused because the pinned pack failed verification.",
-    "scope.flagged": "The guard found that the pack active in a settled scope now fails a gate it passed at activation (a trust rotation dropped its signers, its manifest expired, or the channel's compatibility or policy changed): `code` is `<gate>/<gate code>`. Nothing moves; the flag is notified (webhook kind `flagged`) and shown until the pointer moves.",
-    "channel.configured": "A channel's configuration (CONTRACT §7): cohorts, plan, monitoring, compatibility, policy. The newest one is in force.",
+    "scope.flagged": (
+        "The guard found that the pack active in a settled scope now fails a gate it passed at activation "
+        "(a trust rotation dropped its signers, its manifest expired, or the channel's compatibility or policy "
+        "changed): `code` is `<gate>/<gate code>`. "
+        "Nothing moves; the flag is notified (webhook kind `flagged`) and shown until the pointer moves."
+    ),
+    "channel.configured": (
+        "A channel's configuration (CONTRACT §7): cohorts, plan, monitoring, compatibility, policy. "
+        "The newest one is in force."
+    ),
     "trust.rotated": "A new trust root, signed by thresholds of the previous root's keys and of its own.",
-    "notification.sent": "The notifier delivered a webhook for a rollback, hold or escalation of this release (attempts, sink, status). Outside the release's lifecycle filter: it never changes the release.",
-    "notification.failed": "The notifier gave up on a webhook for this release (attempts, last error). Recorded, never blocking: the release goes on as it would.",
+    "notification.sent": (
+        "The notifier delivered a webhook for a rollback, hold or escalation of this release (attempts, sink, status). "
+        "Outside the release's lifecycle filter: it never changes the release."
+    ),
+    "notification.failed": (
+        "The notifier gave up on a webhook for this release (attempts, last error). "
+        "Recorded, never blocking: the release goes on as it would."
+    ),
 }
 HEALTH_DESCRIPTION = (
     "A runtime's health report (CONTRACT §8): `activation` after each switch it attempted, "

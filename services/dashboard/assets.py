@@ -15,6 +15,10 @@ body{max-width:1300px}header h1{margin-bottom:.2rem}header p{margin:.2rem 0}
 progress{width:140px;vertical-align:middle}.pct{font-variant-numeric:tabular-nums}
 ul.figs{margin:0;padding-left:1rem}ul.figs li{white-space:nowrap}
 table.facts{width:auto}table.facts th{width:9rem}
+p.filters a{margin:0 .15rem}p.filters a.on{font-weight:600;color:#1b1f24;text-decoration:none}
+figure{margin:.5rem 0}svg.series{display:block;max-width:100%;height:auto}
+tr.status-refused td.runtime,tr.status-invalid td.runtime{color:#cf222e;font-weight:600}tr.status-stale{color:#57606a}
+details summary{cursor:pointer;color:#57606a}
 """
 )
 

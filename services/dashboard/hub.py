@@ -16,12 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
+from events.model import MonitoringStarted
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from projections.releases import ReleaseState
 from projections.world import World
 from services.jetstream.log_reads import load_evidence
 from services.monitoring.judge import window_span
+from services.reads.fleet import FleetTail
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
 
@@ -31,6 +33,8 @@ SAMPLES_EVERY_S = 2.0  # how often an open window's figures are recomputed
 SAMPLES_READ_TIMEOUT_S = 5.0
 HEALTH_RETRY_S = 60.0  # after a failed health read (e.g. the auditor's user may not read health)
 WANTED_FOR_S = 30.0  # a window's samples are kept fresh this long after a page last showed it
+FLEET_EVERY_S = 2.0  # how often a change of the fleet (health reports) wakes the pages
+CLOSED_WINDOWS_CACHED = 256  # closed windows' samples kept for the release pages' charts
 
 WindowKey = tuple[str, int, datetime]  # release id, stage, start: one monitoring window
 
@@ -63,13 +67,26 @@ class LiveHub:
         self._loading: dict[str, list] = {}
         self._samples: dict[WindowKey, list] = {}
         self._wanted: dict[WindowKey, float] = {}  # window -> loop time a page last asked for it
+        self.fleet = FleetTail(js, subjects, clock)  # every runtime seen on KX_HEALTH, kept live
+        # closed windows' samples (they no longer change), least recently shown first
+        self._closed: OrderedDict[WindowKey, list] = OrderedDict()
+        self._closed_retry_at = 0.0  # after a failed read, charts do not read again before this loop time
 
     @property
     def world(self) -> World:
         return self.follower.world
 
     async def run(self) -> None:
-        await asyncio.gather(self._follow_log(), self._refresh_samples())
+        await asyncio.gather(self._follow_log(), self._refresh_samples(), self.fleet.run(), self._fleet_changes())
+
+    async def _fleet_changes(self) -> None:
+        """Health reports arrive far more often than log entries: at most one re-render every FLEET_EVERY_S."""
+        seen = self.fleet.version
+        while True:
+            await asyncio.sleep(FLEET_EVERY_S)
+            if self.fleet.version != seen:
+                seen = self.fleet.version
+                await self._bump()
 
     async def _bump(self) -> None:
         self.version += 1
@@ -168,3 +185,51 @@ class LiveHub:
                     retry_at = now + HEALTH_RETRY_S
                     break
             await self._bump()
+
+    # -- every window of a release, for its charts -------------------------------------------------
+    async def window_samples(self, record: EvidenceRecord) -> dict[int, list | None]:
+        """Per window of the record (its index): the samples stored on its cohorts over its span.
+
+        The open window's come from the live refresh above; a closed window's are read once
+        and kept (bounded). None: not readable (no access to KX_HEALTH, or NATS away).
+        """
+        release = self.world.release(record.release_id)
+        if release is None or release.prepared is None:
+            return {}
+        env, channel = release.prepared.target.env, release.prepared.target.channel
+        open_key = window_key(release)
+        out: dict[int, list | None] = {}
+        for i, w in enumerate(record.windows):
+            if not w.get("started"):
+                continue
+            started = MonitoringStarted.model_validate(w["started"])
+            key = (record.release_id, started.stage, started.starts_at)
+            if key == open_key and w.get("verdict") is None:
+                out[i] = self.samples(release)
+                continue
+            cached = self._closed.get(key)
+            if cached is not None:
+                self._closed.move_to_end(key)
+                out[i] = cached
+                continue
+            now = asyncio.get_running_loop().time()
+            if now < self._closed_retry_at or self.fleet.problem is not None:  # KX_HEALTH not readable
+                out[i] = None
+                continue
+            try:
+                out[i] = await asyncio.wait_for(
+                    samples_between(
+                        self.js, self.subjects, env, channel, list(started.cohorts), started.starts_at, started.ends_at
+                    ),
+                    SAMPLES_READ_TIMEOUT_S,
+                )
+            except Exception as exc:  # no read access to health, NATS away: the chart says so
+                log.info("dashboard: samples of %s not readable (%s)", key, exc.__class__.__name__)
+                self._closed_retry_at = now + HEALTH_RETRY_S
+                out[i] = None
+                continue
+            if w.get("verdict") is not None:
+                self._closed[key] = out[i] or []
+                while len(self._closed) > CLOSED_WINDOWS_CACHED:
+                    self._closed.popitem(last=False)
+        return out

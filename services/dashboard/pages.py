@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import html
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from projections.evidence import EvidenceRecord
 from services.reads.audit import record_sections
 
-READ_ONLY = "Read-only: decisions (pause, promote, rollback, pin…) are made with kxr, so they carry the operator's identity and permissions."
+READ_ONLY = (
+    "Read-only: decisions (pause, promote, rollback, pin…) are made with kxr, "
+    "so they carry the operator's identity and permissions."
+)
+
+
+NAV = "<a href='/fleet'>fleet</a> · <a href='/history'>release history</a> · "
 
 
 def _e(value: Any) -> str:
@@ -66,7 +72,8 @@ def _table(headers: list[str], rows: list[str], empty: str, attrs: str = "") -> 
 
 def releases_section(releases: list[dict[str, Any]]) -> str:
     rows = [
-        f"<tr data-release='{_e(r['release'])}'><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
+        f"<tr data-release='{_e(r['release'])}'><td>{release_link(r['release'])}</td>"
+        f"<td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
         f"<td class='phase'>{_e(r['phase'])}</td><td>{_e(r['stage'])}</td><td>{window_cell(r['window'])}</td>"
         f"<td>{figures_cell(r['window'])}</td><td>{_e(r['why'])}</td></tr>"
         for r in releases
@@ -104,7 +111,8 @@ def scopes_section(groups: list[dict[str, Any]]) -> str:
 def recent_section(recent: list[dict[str, Any]]) -> str:
     rows = [
         f"<tr><td>{release_link(r['release'])}</td><td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td>"
-        f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td><td>{_e(r['why'])}</td></tr>"
+        f"<td class='{'ok' if r['outcome'] == 'success' else 'fail'}'>{_e(r['outcome'])}</td>"
+        f"<td>{_e(r['why'])}</td></tr>"
         for r in recent
     ]
     return "<h2>Recently finished</h2>" + _table(["release", "pack", "target", "outcome", "why"], rows, "none yet")
@@ -140,8 +148,9 @@ def summary_section(view: dict[str, Any]) -> str:
         if v is not None or k == "why"
     )
     stages = [
-        f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td><td class='{_e(s['state'])}'>{_e(s['state'])}</td>"
-        f"<td>{_e(s['verdict'])}</td><td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
+        f"<tr><td>{s['stage']}</td><td>{_e(', '.join(s['cohorts']))}</td>"
+        f"<td class='{_e(s['state'])}'>{_e(s['state'])}</td><td>{_e(s['verdict'])}</td>"
+        f"<td>{_e('; '.join(f'{c}: {why}' for c, why in s['skipped'].items()) or None)}</td></tr>"
         for s in view["stages"]
     ]
     return f"<h2>Now</h2><table class='facts'>{rows}</table><h3>Stages</h3>" + _table(
@@ -181,18 +190,22 @@ def scopes_of_release_section(view: dict[str, Any]) -> str:
     )
 
 
-def release_sections(view: dict[str, Any], record: EvidenceRecord) -> dict[str, str]:
-    """The release page: `live_view.release_view` (now), then the whole evidence record (timeline, gates, charts)."""
+def release_sections(
+    view: dict[str, Any], record: EvidenceRecord, series: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The release page: `live_view.release_view` (now), its windows over time (`model.window_series`),
+    then the whole evidence record (timeline, gates, charts)."""
     return {
         "summary": summary_section(view),
         "window": window_section(view),
+        "series": series_section(series),
         "release-scopes": scopes_of_release_section(view),
         "record": record_sections(record),
     }
 
 
 def page(title: str, stream: str, sections: dict[str, str], *, back: bool = False) -> str:
-    nav = "<a href='/'>← all scopes and releases</a> · " if back else ""
+    nav = ("<a href='/'>← all scopes and releases</a> · " if back else "") + NAV
     body = "".join(f"<section id='{_e(name)}'>{fragment}</section>" for name, fragment in sections.items())
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -206,3 +219,171 @@ def page(title: str, stream: str, sections: dict[str, str], *, back: bool = Fals
 
 def not_found_page(what: str) -> str:
     return page("Not found", "", {"missing": f"<p>{_e(what)}</p>"}, back=True)
+
+
+# ---- the fleet (/fleet) --------------------------------------------------------------------------
+FLEET_ROWS_SHOWN = 500  # rows on the page (those not ok first); the JSON has every one
+
+
+def _short(digest: str | None) -> str | None:
+    return digest[7:19] if digest and digest.startswith("sha256:") else digest
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def fleet_section(fleet: dict[str, Any]) -> str:
+    """Every runtime seen (`reads/fleet.py` rows), or why none can be shown."""
+    out = ["<h2>Fleet</h2>"]
+    if fleet["problem"]:
+        out.append(f"<p class='fail' id='fleet-problem'>{_e(fleet['problem'])}</p>")
+        return "".join(out)
+    if not fleet["ready"]:
+        return out[0] + "<p class='muted'>reading the runtimes' health reports…</p>"
+    rows = fleet["rows"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    out.append(
+        f"<p class='muted'>{len(rows)} runtime(s) seen: {_e(summary)}. Health: error rate and p95 latency of each "
+        f"runtime's latest samples; last seen by the server's stored time.</p>"
+    )
+    cells = []
+    shown = sorted(rows, key=lambda r: r["status"] == "ok")[:FLEET_ROWS_SHOWN]  # stable: by scope within each
+    for r in shown:
+        act = r["activation"]
+        activation = (
+            f"<span class='{'ok' if act['result'] == 'ok' else 'fail'}'>{_e(act['result'])}</span> "
+            f"{_e(act['version'] or _short(act['digest']))}"
+            + (f"<br><span class='muted'>{_e(act['reason'])}</span>" if act["reason"] else "")
+            if act
+            else "<span class='muted'>-</span>"
+        )
+        sync = {True: "in sync", False: f"scope on {r['scope_version']}", None: "no pointer"}[r["in_sync"]]
+        h = r["health"]
+        p95 = "-" if h["latency_p95_ms"] is None else f"{h['latency_p95_ms']:.4g} ms"
+        invalid = (
+            f"{r['invalid_reports']}: {_e(r['last_invalid'])}"
+            if r["invalid_reports"]
+            else "<span class='muted'>0</span>"
+        )
+        cells.append(
+            f"<tr data-runtime='{_e(r['runtime'])}' class='status-{_e(r['status'])}'>"
+            f"<td class='runtime'>{_e(r['runtime'])}</td>"
+            f"<td>{_e(r['scope'])}</td><td class='version'>{_e(r['version'])}</td>"
+            f"<td><code>{_e(_short(r['digest']))}</code></td><td class='sync'>{_e(sync)}</td>"
+            f"<td class='activation'>{activation}</td><td class='seen'>{_e(r['last_seen'])} "
+            f"<span class='muted'>({_e(r['age_s'])} s ago)</span></td>"
+            f"<td class='health'>{_e(_rate(h['error_rate']))} · {_e(p95)} "
+            f"<span class='muted'>({_e(h['samples'])} samples, {_e(h['requests'])} req)</span></td>"
+            f"<td class='status {'ok' if r['status'] == 'ok' else 'fail'}'>{_e(r['status'])}</td>"
+            f"<td>{invalid}</td></tr>"
+        )
+    out.append(
+        _table(
+            [
+                "runtime",
+                "scope",
+                "version",
+                "digest",
+                "pointer",
+                "last activation",
+                "last seen",
+                "health (errors · p95)",
+                "status",
+                "invalid reports",
+            ],
+            cells,
+            "no runtime has reported health yet",
+            " id='fleet-table'",
+        )
+    )
+    if len(rows) > len(shown):
+        out.append(
+            f"<p class='muted'>{len(rows) - len(shown)} more runtime(s) not shown (those not ok come first): "
+            "every row is in /api/fleet.</p>"
+        )
+    if fleet["unattributed"]:
+        out.append(f"<p class='muted'>{_e(fleet['unattributed'])} report(s) on no runtime's health subject.</p>")
+    return "".join(out)
+
+
+# ---- release history (/history) ------------------------------------------------------------------
+def _history_href(flt: dict[str, Any], **change: str | None) -> str:
+    query = {k: v for k, v in {**flt, **change}.items() if v}
+    return "/history" + ("?" + urlencode(query) if query else "")
+
+
+def history_filters(flt: dict[str, Any], channels: list[str], outcomes: tuple[str, ...]) -> str:
+    """Filters as links (the page's CSP allows no form submission and no script): channel, outcome, since.
+
+    Each link changes one filter and keeps the others; any value works in the URL too
+    (`/history?channel=canary&outcome=rolled_back&since=6h`).
+    """
+
+    def links(name: str, values: list[str]) -> str:
+        current = flt.get(name)
+        any_on = "" if current else " class='on'"
+        items = [f"<a href='{_e(_history_href(flt, **{name: None}))}'{any_on}>any</a>"]
+        for v in values:
+            on = " class='on'" if current == v else ""
+            items.append(f"<a href='{_e(_history_href(flt, **{name: v}))}'{on}>{_e(v)}</a>")
+        return f"<p class='filters' data-filter='{_e(name)}'><b>{_e(name)}</b> " + " · ".join(items) + "</p>"
+
+    since = ["1h", "24h", "7d", "30d"]
+    if flt.get("since") and flt["since"] not in since:
+        since.append(flt["since"])
+    return links("channel", channels) + links("outcome", [*outcomes, "in_flight"]) + links("since", since)
+
+
+def _outcome_class(outcome: str | None) -> str:
+    return "" if outcome is None else "ok" if outcome == "success" else "fail"
+
+
+def history_section(history: dict[str, Any]) -> str:
+    rows = [
+        f"<tr data-release='{_e(r['release'])}'>"
+        f"<td>{release_link(r['release']) if not r['archived'] else _e(r['release'])}</td>"
+        f"<td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td><td>{_e(r['requested_at'])}</td>"
+        f"<td>{_e(r['requested_by'])}</td><td>{_e(r['stages'])}</td>"
+        f"<td class='outcome {_outcome_class(r['outcome'])}'>{_e(r['outcome'] or r['phase'])}</td>"
+        f"<td>{_e(r['why'])}</td><td>{_e(r['promoted_to'])}</td></tr>"
+        for r in history["rows"]
+    ]
+    shown = len(history["rows"])
+    more = f" (the newest {shown} shown)" if history["total"] > shown else ""
+    return f"<h2>Releases</h2><p class='muted'>{_e(history['total'])} match{_e(more)}</p>" + _table(
+        ["release", "pack", "target", "requested", "by", "stages", "outcome", "why", "promoted to"],
+        rows,
+        "no release matches",
+        " id='history-table'",
+    )
+
+
+# ---- a release's windows as time series (/releases/<id>) -------------------------------------------
+def series_section(series: dict[str, Any] | None) -> str:
+    """One chart per metric (error rate, p95 latency): a line per runtime, the threshold, hard-breach windows."""
+    from .charts import series_chart
+
+    out = ["<h2>Windows over time, per runtime</h2>"]
+    if series is None or not series["windows"]:
+        return out[0] + "<p class='muted'>no monitoring window yet</p>"
+    if series["note"]:
+        out.append(f"<p class='muted'>{_e(series['note'])}; the verdicts' figures are in the record below.</p>")
+    out.append(
+        "<p class='muted'>Each runtime's samples that count for a window (its pack, inside the window), "
+        "the threshold as a dashed line; a window with a hard breach (what fails it early) is shaded red.</p>"
+    )
+    for metric in series["metrics"]:
+        threshold = "" if metric["threshold"] is None else f" (threshold {metric['threshold']:.4g})"
+        out.append(
+            f"<figure><figcaption>{_e(metric['label'])}{_e(threshold)}</figcaption>"
+            f"{series_chart(metric, series['windows'])}</figure>"
+        )
+    return "".join(out)
+
+
+def bad_filter(message: str) -> str:
+    return f"<p class='fail'>{_e(message)}</p><p><a href='/history'>all releases</a></p>"

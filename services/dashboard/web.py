@@ -12,11 +12,13 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
+from services.reads.fleet import fleet_rows
 from services.reads.live_view import release_view, window_view
 
 from . import model, pages
@@ -31,8 +33,8 @@ KEEPALIVE_S = 15.0  # an SSE comment this often lets proxies and the server noti
 COALESCE_S = 0.2  # after a change, let the rest of a burst land: one render per burst, not per event
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -119,12 +121,82 @@ async def release_page(request: web.Request) -> web.Response:
         return web.Response(
             status=404, text=pages.not_found_page("No release by that id in the log."), content_type="text/html"
         )
-    view, record = await release_of(request.app[HUB], release_id)
+    sections = await release_sections_of(request.app[HUB], release_id)
     stream = f"/api/stream?release={release_id}"  # a checked token: nothing to escape in a URL
     return web.Response(
-        text=pages.page(f"Release {release_id}", stream, pages.release_sections(view, record), back=True),
+        text=pages.page(f"Release {release_id}", stream, sections, back=True),
         content_type="text/html",
     )
+
+
+async def series_of(hub: LiveHub, record: EvidenceRecord) -> dict[str, Any]:
+    """The release's windows as time series per runtime (`model.window_series`)."""
+    return model.window_series(list(record.windows), await hub.window_samples(record))
+
+
+async def release_sections_of(hub: LiveHub, release_id: str) -> dict[str, str]:
+    view, record = await release_of(hub, release_id)
+    return pages.release_sections(view, record, await series_of(hub, record))
+
+
+def fleet_of(hub: LiveHub) -> dict[str, Any]:
+    tail = hub.fleet
+    rows = fleet_rows(tail.fleet, hub.world, hub.clock()) if tail.problem is None else []
+    return {
+        "at": hub.clock().isoformat(),
+        "ready": tail.ready,
+        "problem": tail.problem,
+        "rows": rows,
+        "unattributed": tail.fleet.unattributed,
+    }
+
+
+def history_of(hub: LiveHub, query) -> dict[str, Any]:
+    """Raises model.FilterError on a filter that does not parse."""
+    return model.history_rows(hub.world, model.parse_filter(query, hub.clock()))
+
+
+def _filters(query) -> dict[str, str | None]:
+    return {k: (query.get(k) or "").strip() or None for k in ("channel", "outcome", "since")}
+
+
+def history_sections(hub: LiveHub, query) -> dict[str, str]:
+    history = history_of(hub, query)
+    return {
+        "filters": pages.history_filters(_filters(query), history["channels"], model.OUTCOMES),
+        "history": pages.history_section(history),
+    }
+
+
+async def fleet_page(request: web.Request) -> web.Response:
+    sections = {"fleet": pages.fleet_section(fleet_of(request.app[HUB]))}
+    return web.Response(
+        text=pages.page("Fleet", "/api/stream?view=fleet", sections, back=True), content_type="text/html"
+    )
+
+
+async def history_page(request: web.Request) -> web.Response:
+    try:
+        sections = history_sections(request.app[HUB], request.query)
+    except model.FilterError as exc:
+        return web.Response(
+            status=400,
+            text=pages.page("Bad filter", "", {"missing": pages.bad_filter(str(exc))}, back=True),
+            content_type="text/html",
+        )
+    stream = "/api/stream?" + urlencode({"view": "history", **{k: v for k, v in _filters(request.query).items() if v}})
+    return web.Response(text=pages.page("Release history", stream, sections, back=True), content_type="text/html")
+
+
+async def fleet_json(request: web.Request) -> web.Response:
+    return _json(fleet_of(request.app[HUB]))
+
+
+async def history_json(request: web.Request) -> web.Response:
+    try:
+        return _json(history_of(request.app[HUB], request.query))
+    except model.FilterError as exc:
+        return _json({"error": str(exc)}, 400)
 
 
 async def overview_json(request: web.Request) -> web.Response:
@@ -135,8 +207,9 @@ async def release_json(request: web.Request) -> web.Response:
     release_id = _release_id(request)
     if release_id is None:
         return _json({"error": "no release by that id in the log"}, 404)
-    view, record = await release_of(request.app[HUB], release_id)
-    return _json({"view": view, "evidence": record.to_json()})
+    hub = request.app[HUB]
+    view, record = await release_of(hub, release_id)
+    return _json({"view": view, "evidence": record.to_json(), "series": await series_of(hub, record)})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -148,10 +221,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the page's sections now, then again after every change to the log."""
     hub = request.app[HUB]
     release_id = None
+    view = request.query.get("view")
     if "release" in request.query:
         release_id = _release_id(request)
         if release_id is None:
             return _json({"error": "no release by that id in the log"}, 404)
+    elif view == "history":
+        try:
+            history_of(hub, request.query)
+        except model.FilterError as exc:
+            return _json({"error": str(exc)}, 400)
+    elif view not in (None, "fleet"):
+        return _json({"error": "view: fleet or history"}, 400)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS}
     )
@@ -160,10 +241,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             seen = hub.version
-            if release_id is None:
-                sections = pages.overview_sections(await overview_of(hub))
+            if release_id is not None:
+                sections = await release_sections_of(hub, release_id)
+            elif view == "fleet":
+                sections = {"fleet": pages.fleet_section(fleet_of(hub))}
+            elif view == "history":
+                sections = history_sections(hub, request.query)
             else:
-                sections = pages.release_sections(*(await release_of(hub, release_id)))
+                sections = pages.overview_sections(await overview_of(hub))
             update = {"seq": hub.seq, "now": hub.clock().isoformat(), "sections": sections}
             await response.write(f"event: sections\ndata: {json.dumps(update)}\n\n".encode())
             while not await hub.wait_newer(seen, KEEPALIVE_S):
@@ -201,6 +286,10 @@ def make_app(hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
     app.router.add_get("/api/overview", overview_json)
     app.router.add_get("/api/releases/{release_id}", release_json)
     app.router.add_get("/api/stream", stream)
+    app.router.add_get("/fleet", fleet_page)
+    app.router.add_get("/history", history_page)
+    app.router.add_get("/api/fleet", fleet_json)
+    app.router.add_get("/api/history", history_json)
     app.router.add_get("/healthz", health)
     app.router.add_get("/assets/dashboard.css", _asset(CSS, "text/css"))
     app.router.add_get("/assets/dashboard.js", _asset(JS, "text/javascript"))

@@ -103,7 +103,8 @@ async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, dea
                     seq,
                     original.subject or "",
                     original.data or b"",
-                    f"JetStream gave up after {advisory.get('deliveries')} deliveries without an ack (max-deliver advisory)",
+                    f"JetStream gave up after {advisory.get('deliveries')} deliveries without an ack "
+                    "(max-deliver advisory)",
                     int(advisory.get("deliveries") or 0),
                 )
             except Exception as exc:  # an advisory we cannot act on is logged, never fatal

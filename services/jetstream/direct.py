@@ -161,7 +161,8 @@ async def last_per_subject(
         await batch.send(_api(stream, api_prefix), request)
         last = 0
         end: dict = {}
-        async for item, end in batch.replies(timeout):
+        async for item, headers in batch.replies(timeout):
+            end = headers  # the final (None, headers) reply carries the end-of-batch headers
             if item is not None:
                 last = item.seq
                 yield item

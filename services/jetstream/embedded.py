@@ -53,8 +53,8 @@ class StoreLock:
             holder = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
             raise ServerError(
-                f"another nats-server{f' (pid {holder})' if holder else ''} runs on the store {self.path.with_suffix('')}: "
-                "stop it (or the kxr serve that started it) first"
+                f"another nats-server{f' (pid {holder})' if holder else ''} "
+                f"runs on the store {self.path.with_suffix('')}: stop it (or the kxr serve that started it) first"
             ) from None
         os.set_inheritable(fd, True)
         self.fd = fd

@@ -87,9 +87,11 @@ def safety_report(audit: Audit) -> dict[str, int]:
 
 
 # ---- the archivable HTML record --------------------------------------------------------------------
+# (a trailing backslash joins two lines of the literal: the CSS itself has no line break there)
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1b1f24;max-width:1100px}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
-table{border-collapse:collapse;width:100%;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%;margin:.5rem 0}\
+td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}.ok{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.muted{color:#57606a}code{font-size:12px}"""
 RECORD_CSS = _CSS  # the dashboard shows records with the same look
 
@@ -113,10 +115,12 @@ def _chart(comparisons: list[dict]) -> str:
         parts.append(f'<text x="0" y="{y + 14}" font-size="12">{_e(c["metric"])}</text>')
         parts.append(f'<rect x="170" y="{y}" width="{width:.1f}" height="16" fill="{color}"/>')
         parts.append(
-            f'<line x1="{170 + 256}" y1="{y - 1}" x2="{170 + 256}" y2="{y + 17}" stroke="#1b1f24" stroke-dasharray="3,2"/>'
+            f'<line x1="{170 + 256}" y1="{y - 1}" x2="{170 + 256}" y2="{y + 17}" '
+            'stroke="#1b1f24" stroke-dasharray="3,2"/>'
         )
         parts.append(
-            f'<text x="{170 + 330}" y="{y + 14}" font-size="11" text-anchor="end">{float(c["value"]):.4g} / {float(c["threshold"]):.4g}</text>'
+            f'<text x="{170 + 330}" y="{y + 14}" font-size="11" text-anchor="end">'
+            f"{float(c['value']):.4g} / {float(c['threshold']):.4g}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -124,7 +128,10 @@ def _chart(comparisons: list[dict]) -> str:
 
 def render_html(record: EvidenceRecord) -> str:
     r = record.to_json()
-    head = f"<!doctype html><html><head><meta charset='utf-8'><title>Release {_e(r['release_id'])}</title><style>{_CSS}</style></head><body>"
+    head = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Release {_e(r['release_id'])}</title>"
+        f"<style>{_CSS}</style></head><body>"
+    )
     return "\n".join([head, record_sections(record), "</body></html>"])
 
 
@@ -134,7 +141,8 @@ def record_sections(record: EvidenceRecord) -> str:
     out = []
     outcome = r["outcome"].get("outcome", "in flight")
     out.append(
-        f"<h1>Release {_e(r['release_id'])} — <span class='{'ok' if outcome == 'success' else 'fail'}'>{_e(outcome)}</span></h1>"
+        f"<h1>Release {_e(r['release_id'])} — "
+        f"<span class='{'ok' if outcome == 'success' else 'fail'}'>{_e(outcome)}</span></h1>"
     )
     out.append(f"<p class='muted'>{_e(r['outcome'].get('summary', ''))}</p>")
     ident, pack, target = r["identity"], r["pack"], r["target"]
@@ -156,14 +164,18 @@ def record_sections(record: EvidenceRecord) -> str:
     out.append("<h2>Pre-flight checklist</h2><table><tr><th>item</th><th>result</th><th>detail</th></tr>")
     for c in r["checklist"]:
         out.append(
-            f"<tr><td>{_e(c['item'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'pass' if c['ok'] else 'FAIL'}</td><td>{_e(c.get('detail'))}</td></tr>"
+            f"<tr><td>{_e(c['item'])}</td>"
+            f"<td class='{'ok' if c['ok'] else 'fail'}'>{'pass' if c['ok'] else 'FAIL'}</td>"
+            f"<td>{_e(c.get('detail'))}</td></tr>"
         )
     out.append(
         "</table><h2>Verification gates</h2><table><tr><th>gate</th><th>result</th><th>code</th><th>detail</th></tr>"
     )
     for g in r["gates"]:
         out.append(
-            f"<tr><td>{_e(g['gate'])}</td><td class='{'ok' if g['ok'] else 'fail'}'>{'pass' if g['ok'] else 'FAIL'}</td><td>{_e(g['code'])}</td><td>{_e(g.get('message'))}</td></tr>"
+            f"<tr><td>{_e(g['gate'])}</td>"
+            f"<td class='{'ok' if g['ok'] else 'fail'}'>{'pass' if g['ok'] else 'FAIL'}</td>"
+            f"<td>{_e(g['code'])}</td><td>{_e(g.get('message'))}</td></tr>"
         )
     out.append("</table><h2>Monitoring windows</h2>")
     for w in r["windows"]:
@@ -171,7 +183,8 @@ def record_sections(record: EvidenceRecord) -> str:
         started = w.get("started") or {}
         out.append(f"<h3>Stage {int(w['stage']) + 1}: {_e(verdict.get('result', 'open'))}</h3>")
         out.append(
-            f"<p class='muted'>{_e(started.get('starts_at'))} → {_e(started.get('ends_at'))}; cohorts {_e(', '.join(started.get('cohorts', [])))}; {_e(verdict.get('reason'))}</p>"
+            f"<p class='muted'>{_e(started.get('starts_at'))} → {_e(started.get('ends_at'))}; "
+            f"cohorts {_e(', '.join(started.get('cohorts', [])))}; {_e(verdict.get('reason'))}</p>"
         )
         comps = verdict.get("comparisons", [])
         out.append(_chart(comps))
@@ -179,7 +192,9 @@ def record_sections(record: EvidenceRecord) -> str:
             out.append("<table><tr><th>metric</th><th>value</th><th>op</th><th>threshold</th><th>result</th></tr>")
             for c in comps:
                 out.append(
-                    f"<tr><td>{_e(c['metric'])}</td><td>{_e(c['value'])}</td><td>{_e(c['op'])}</td><td>{_e(c['threshold'])}</td><td class='{'ok' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'breach'}</td></tr>"
+                    f"<tr><td>{_e(c['metric'])}</td><td>{_e(c['value'])}</td><td>{_e(c['op'])}</td>"
+                    f"<td>{_e(c['threshold'])}</td>"
+                    f"<td class='{'ok' if c['ok'] else 'fail'}'>{'ok' if c['ok'] else 'breach'}</td></tr>"
                 )
             out.append("</table>")
     out.append(
@@ -187,7 +202,8 @@ def record_sections(record: EvidenceRecord) -> str:
     )
     for a in r["activations"]:
         out.append(
-            f"<tr><td>{a['seq']}</td><td>{_e(a['at'])}</td><td>{_e(a['type'])}</td><td>{_e(', '.join(a.get('cohorts', [])))}</td><td><code>{_e(a.get('batch'))}</code></td></tr>"
+            f"<tr><td>{a['seq']}</td><td>{_e(a['at'])}</td><td>{_e(a['type'])}</td>"
+            f"<td>{_e(', '.join(a.get('cohorts', [])))}</td><td><code>{_e(a.get('batch'))}</code></td></tr>"
         )
     out.append(
         "</table><h2>Decisions</h2><table><tr><th>seq</th><th>at</th><th>decision</th><th>by</th><th>rationale</th></tr>"
@@ -201,13 +217,16 @@ def record_sections(record: EvidenceRecord) -> str:
     if r["incidents"]:
         out.append("<h2>Incidents</h2><ul>" + "".join(f"<li>{_e(i)}</li>" for i in r["incidents"]) + "</ul>")
     out.append(
-        "<h2>Timeline</h2><table id='timeline'><tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>"
+        "<h2>Timeline</h2><table id='timeline'>"
+        "<tr><th>seq</th><th>at</th><th>event</th><th>actor</th><th>summary</th></tr>"
     )
     for t in r["timeline"]:
         out.append(
             f"<tr><td>{t['seq']}</td><td>{_e(t['at'])}</td><td>{_e(t['type'])}</td><td>{_e(t['actor'])}</td><td>{_e(t['summary'])}</td></tr>"
         )
     out.append(
-        "</table><h2>Record (JSON)</h2><pre><code>" + _e(json.dumps(r, indent=2, sort_keys=True)) + "</code></pre>"
+        "</table><h2>Record (JSON)</h2><details><summary>the raw record</summary><pre><code>"
+        + _e(json.dumps(r, indent=2, sort_keys=True))
+        + "</code></pre></details>"
     )
     return "\n".join(out)

@@ -42,7 +42,8 @@ Output (schema `VIEW_SCHEMA`; fields are only ever added, never renamed or remov
           "reason": str | null, "early": bool,
           "samples": int, "min_samples": int, "runtimes": int | null,
           "requests": int | null, "errors": int | null,
-          "figures": [ {"metric", "value": float | null, "op": "<=" | ">=" | "none_new", "threshold": float | null, "ok": bool} ],
+          "figures": [ {"metric", "value": float | null, "op": "<=" | ">=" | "none_new",
+                        "threshold": float | null, "ok": bool} ],
           "new_error_classes": [str], "statistical": {"score", "result", ...} | null,
           "note": str | null
       },

@@ -147,6 +147,20 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
             )
             assert len(charts) == 2, "one chart of figures against thresholds per stage's window"
             assert "error_rate" in charts[0].text
+            # the windows over time: one chart per metric, a line per runtime, the threshold as a line
+            series = await until(
+                driver,
+                lambda d: (found := d.find_elements(By.CSS_SELECTOR, "svg.series")) and len(found) == 2 and found,
+                "the time series charts",
+            )
+            assert series[0].get_attribute("data-metric") == "error_rate"
+            lines = await asyncio.to_thread(series[0].find_elements, By.CSS_SELECTOR, "polyline.runtime")
+            assert len(lines) == 2, "one line per runtime (rt-t-int-1 and rt-tenant-42)"
+            assert await asyncio.to_thread(series[0].find_elements, By.CSS_SELECTOR, "line.threshold")
+            legend = " ".join(t.text for t in series[0].find_elements(By.CSS_SELECTOR, "text.legend"))
+            assert "rt-t-int-1" in legend and "rt-tenant-42" in legend
+            raw = driver.find_element(By.CSS_SELECTOR, "#record details")
+            assert raw.get_attribute("open") is None and not raw.find_element(By.TAG_NAME, "pre").is_displayed()
 
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "dashboard.png"
@@ -161,6 +175,25 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
             assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (
                 f"{shot} is not a real PNG ({len(data)} bytes)"
             )
+
+            # the fleet: every runtime, what it runs, its last activation and health, live
+            await asyncio.to_thread(lambda: driver.find_element(By.CSS_SELECTOR, "a[href='/fleet']").click())
+            await until(
+                driver,
+                lambda d: text_of(d, "tr[data-runtime='rt-tenant-42'] td.version") == "1.0.0",
+                "rt-tenant-42 on 1.0.0 in the fleet",
+            )
+            row = text_of(driver, "tr[data-runtime='rt-t-int-1']")
+            assert "prod/canary/internal" in row and "in sync" in row and "ok" in row, row
+            assert await asyncio.to_thread(driver.save_screenshot, str(ARTIFACTS / "fleet.png"))
+            await until(driver, lambda d: "live" in text_of(d, "#live"), "the fleet page's live feed")
+            await asyncio.to_thread(lambda: driver.find_element(By.CSS_SELECTOR, "a[href='/history']").click())
+            await asyncio.to_thread(
+                lambda: driver.find_element(
+                    By.CSS_SELECTOR, "p[data-filter='outcome'] a[href*='outcome=success']"
+                ).click()
+            )
+            await until(driver, lambda d: "r1" in text_of(d, "#history-table"), "r1 in the history filtered by success")
         finally:
             await asyncio.to_thread(driver.quit)
             stop(proc)

@@ -45,9 +45,11 @@ def test_every_shell_block_is_marked() -> None:
     assert STORIES, "no README block is run"
 
 
-@pytest.mark.parametrize("block", SKIPPED, ids=[f"line{b.line}" for b in SKIPPED])
-def test_skipped_block(block) -> None:
-    pytest.skip(f"README.md line {block.line}: {block.skip_reason}")
+def test_a_block_not_run_says_why_and_runs_nothing_a_story_needs() -> None:
+    # not a pytest skip: the suite stays free of skips, and this fails if a reason goes missing
+    for b in SKIPPED:
+        assert len(b.skip_reason.strip()) >= 10, f"README.md line {b.line}: say why the block is not run"
+        assert b.story is None, f"README.md line {b.line}: a block is either run in a story or not run"
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -337,7 +337,7 @@ async def test_monitor_killed_while_holding_an_event_does_not_stall_the_release(
         activated_seq = (await last_msg(rig.js, kx.stream, f"{kx.prefix}.release.{release_id}.activated")).seq
         try:
             await wait_until(
-                lambda: held_by_frozen_monitor(activated_seq),
+                lambda seq=activated_seq: held_by_frozen_monitor(seq),
                 2,
                 "the frozen monitor to hold release.activated",
                 interval=0.02,

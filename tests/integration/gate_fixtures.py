@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, ContextManager
+from typing import Any
 
 from nats.js.errors import NotFoundError
 
@@ -521,7 +521,7 @@ async def open_bench(nats_url: str, threshold: int = 1, require_attestation: boo
 # ---- temporary changes to the running service --------------------------------------------------
 
 
-AppPatch = Callable[[App], ContextManager[None]]
+AppPatch = Callable[[App], AbstractContextManager[None]]
 
 
 def app_patch(**changes: Callable[[App], Any]) -> AppPatch:

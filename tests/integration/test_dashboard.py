@@ -14,6 +14,7 @@ from services.actions import operator
 from services.dashboard.server import dashboard_for
 from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, make_pack, running_service
+from tests.security.conftest import as_role, authed  # noqa: F401 (fixtures: a server with per-role users)
 
 HOSTILE = "<script>alert('owned')</script><img src=x onerror=alert(1)>"
 ESCAPED = "&lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
@@ -134,3 +135,90 @@ async def test_stream_pushes_log_changes_and_an_open_windows_live_figures(nats_u
         assert {f["metric"] for f in window["figures"]} >= {"error_rate", "latency_p95_ms"}
         async with http.get(url + "releases/r1") as response:
             assert "figures so far" in await response.text()
+
+
+async def test_fleet_history_and_a_releases_charts(nats_url, prefix):
+    async with running_service(nats_url, prefix) as svc, dashboard_of(svc) as (url, http):
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        s = svc.app.subjects
+        # a refusal with a hostile reason, on a channel no release here touches: shown as text
+        refusal = {
+            "runtime_id": "rt-evil",
+            "digest": None,
+            "at": datetime.now(UTC).isoformat(),
+            "kind": "activation",
+            "ok": False,
+            "error": HOSTILE,
+        }
+        await svc.app.nc.publish(s.health("prod", "stable", "internal", "rt-evil"), json.dumps(refusal).encode())
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        assert (await svc.wait_release("r1")).outcome == "success"
+
+        async def fleet_on_1_0_0():
+            body = await get_json(http, url + "api/fleet")
+            rows = {r["runtime"]: r for r in body["rows"]}
+            ours = [rows.get("rt-t-int-1"), rows.get("rt-tenant-42")]
+            if not all(r and r["version"] == "1.0.0" and r["health"]["samples"] for r in ours):
+                return None
+            return body
+
+        body = await eventually(fleet_on_1_0_0, "both runtimes on 1.0.0 with health")
+        assert body["problem"] is None and body["ready"]
+        rows = {r["runtime"]: r for r in body["rows"]}
+        for rid, scope in (("rt-t-int-1", "prod/canary/internal"), ("rt-tenant-42", "prod/canary/rest")):
+            row = rows[rid]
+            assert (row["scope"], row["in_sync"], row["status"]) == (scope, True, "ok"), row
+            assert row["activation"]["result"] == "ok" and row["activation"]["version"] == "1.0.0"
+            assert row["health"]["error_rate"] == 0 and row["health"]["latency_p95_ms"] > 0
+        assert rows["rt-evil"]["status"] == "refused" and rows["rt-evil"]["activation"]["reason"] == HOSTILE
+
+        async with http.get(url + "fleet") as response:
+            page = await response.text()
+            assert response.status == 200 and "script-src 'self'" in response.headers["Content-Security-Policy"]
+        assert "<script>alert" not in page and ESCAPED in page
+        assert "data-runtime='rt-t-int-1'" in page and "/api/stream?view=fleet" in page
+
+        history = await get_json(http, url + "api/history?outcome=success&channel=canary&since=1h")
+        assert [r["release"] for r in history["rows"]] == ["r1"]
+        assert (await get_json(http, url + "api/history?outcome=rolled_back"))["rows"] == []
+        assert "outcome" in (await get_json(http, url + "api/history?outcome=%3Cb%3E", 400))["error"]
+        async with http.get(url + "history?outcome=%3Cb%3E") as response:
+            assert response.status == 400 and "<b>" not in await response.text()
+        async with http.get(url + "history?channel=prod/canary") as response:
+            assert "href='/releases/r1'" in await response.text()
+
+        series = (await get_json(http, url + "api/releases/r1"))["series"]
+        assert [w["stage"] for w in series["windows"]] == [1, 2] and series["note"] is None
+        rate = series["metrics"][0]
+        assert rate["metric"] == "error_rate" and set(rate["runtimes"]) == {"rt-t-int-1", "rt-tenant-42"}
+        async with http.get(url + "releases/r1") as response:
+            page = await response.text()
+        assert page.count('<svg class="series"') == 2 and "<details><summary>" in page
+
+
+async def test_a_dashboard_that_may_not_read_health_says_so(as_role):  # noqa: F811 (the fixture)
+    from services.dashboard.server import dashboard
+    from services.reads.follower import Follower
+
+    auditor = await as_role("auditor")
+    subjects, js = as_role.authed.subjects, auditor.js
+    follower = Follower(js, subjects)
+    follow = asyncio.create_task(follower.run())
+    try:
+        await follower.catch_up()
+        async with dashboard(follower, js, subjects, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+
+            async def refused():
+                body = await get_json(http, url + "api/fleet")
+                return body if body["problem"] else None
+
+            body = await eventually(refused, "that the fleet is not readable")
+            assert "not readable by this dashboard's NATS user" in body["problem"] and body["rows"] == []
+            async with http.get(url + "fleet") as response:
+                page = await response.text()
+            assert "id='fleet-problem'" in page and "no runtime has reported" not in page
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)

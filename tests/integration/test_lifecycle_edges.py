@@ -39,7 +39,9 @@ async def test_an_override_closes_promoted_by_override_and_the_next_rollback_ski
         await svc.request("r1", v11, monitoring=STARVED)
         for stage in (0, 1):  # each window inconclusive; the operator passes it by hand
             await wait_for(
-                lambda: (r := svc.world.release("r1")) is not None and r.phase == "held" and r.stage == stage and r,
+                lambda stage=stage: (
+                    (r := svc.world.release("r1")) is not None and r.phase == "held" and r.stage == stage and r
+                ),
                 20,
                 f"stage {stage + 1} held",
             )
@@ -120,7 +122,7 @@ async def test_strategy_pinned_is_honoured_by_the_operator_and_the_automatic_rol
                 scope,
             )
             await wait_for(
-                lambda: svc.world.scope("prod", "canary", cohort).active.kind == "pin",
+                lambda cohort=cohort: svc.world.scope("prod", "canary", cohort).active.kind == "pin",
                 10,
                 f"{cohort} switched to its pin",
             )

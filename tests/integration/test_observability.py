@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from events.notifications import KIND_OF_EVENT
 from services.consumers.notifier.consumer import Notifier
+from services.consumers.notifier.signing import verify
 from services.consumers.notifier.webhook import SIGNATURE_HEADER, signature
 from services.jetstream.log_reads import load_evidence, log_entries
 from services.observability.endpoint import serve_metrics
@@ -144,6 +145,8 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                     assert len(flaky) == 3 and len(hooks.posts("/down")) == 2 and hooks.posts("/quiet") == []
                     for post in flaky:
                         assert post.headers[SIGNATURE_HEADER.lower()] == signature("s3cret", post.body)
+                        # Standard Webhooks: one id across the retries, each attempt verifiable now
+                        assert verify(post.headers, post.body, "s3cret") == rolled_back.event_id
                         body = json.loads(post.body)
                         assert (body["kind"], body["release_id"], body["event_id"]) == (
                             "rolled_back",

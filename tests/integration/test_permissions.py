@@ -1,8 +1,9 @@
 """Least-privilege NATS users (services/permissions.py) against a nats-server running the generated config.
 
 One server for the module, started exactly as `kxr serve` starts its embedded one
-(`authorized_config`, the store lock; tests/security/conftest.py), one prefix. Every denial is asserted twice: nothing comes back
-(JetStream never saw the request) and the server reports a permissions violation for
+(`authorized_config`, the store lock; tests/security/conftest.py), one prefix. Every denial is
+asserted twice: nothing comes back (JetStream never saw the request) and the server reports a
+permissions violation for
 that very subject. The suite's plain nats-server (no users) is the all-powerful case for
 `kxr serve --strict`.
 """

@@ -1,4 +1,5 @@
-"""Batched direct gets and continuous pulls against the real server (services/jetstream/direct.py, services/jetstream/pull.py)."""
+"""Batched direct gets and continuous pulls against the real server
+(services/jetstream/direct.py, services/jetstream/pull.py)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,13 @@ async def test_continuous_pull_delivers_as_stored_and_asks_again(js_stream, pref
     await asyncio.wait_for(task, 10)
     await pull.close()
     assert seen == [str(i).encode() for i in range(10)]
-    info = await js.consumer_info(stream, "w")
+    # acks are fire-and-forget and the server applies them on the consumer's own loop, after the
+    # API may already have answered an info request: ask until they land (or the deadline says they did not)
+    for _ in range(100):
+        info = await js.consumer_info(stream, "w")
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
     assert info.num_ack_pending == 0 and info.delivered.stream_seq == 10
 
 

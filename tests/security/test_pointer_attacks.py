@@ -227,7 +227,8 @@ async def test_an_unsigned_pointer_moves_neither_the_service_nor_kxr_status_nor_
     )
     before = {c: d.signed_scope(c) for c in ("internal", "rest")}
 
-    # the attacker switches both cohorts to an old version in a well-formed, batched, unsigned pointer claiming the activator
+    # the attacker switches both cohorts to an old version in a well-formed, batched, unsigned pointer
+    # claiming the activator
     forged_pack = make_pack("0.1.0", d.producer_key)
     await push_pack(d.producer.jetstream(), d.subjects, forged_pack.body, forged_pack.manifest, forged_pack.digest)
     batch = "forged-" + uuid.uuid4().hex[:6]

@@ -133,7 +133,7 @@ async def test_no_other_role_may_create_update_or_pull_from_the_services_durable
     try:
         attacker = await conns(role)
         before = await _durables(service_app.app.js, authed.subjects)
-        for durable, (stream, config) in before.items():
+        for durable, (stream, _config) in before.items():
             hostile = {
                 "durable_name": durable,
                 "name": durable,

@@ -248,7 +248,8 @@ async def test_strict_runtime_identity_lets_only_runtimes_with_their_own_user_re
         trust = await configured(authed, conns)
         s = authed.subjects
         shared, own, service = await conns("runtime"), await conns("runtime-rt-a"), await conns("service")
-        # the shared user reports under no id at all, its own name for an id included; it still reads what a runtime needs
+        # the shared user reports under no id at all, its own name for an id included;
+        # it still reads what a runtime needs
         for runtime_id in ("rt-a", "rt-b", "any-id"):
             await shared.publish_denied(
                 s.health("prod", "canary", "internal", runtime_id), sample(runtime_id, requests=10**12)

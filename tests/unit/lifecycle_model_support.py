@@ -406,7 +406,11 @@ class Lifecycle:
                 world = self.world
                 self.emit(
                     self._guard(
-                        "monitor", rid, lambda: monitor.decide_breach(release, reason, figures, self.ctx("monitor"))
+                        "monitor",
+                        rid,
+                        lambda release=release, reason=reason, figures=figures: monitor.decide_breach(
+                            release, reason, figures, self.ctx("monitor")
+                        ),
                     ),
                     world,
                 )

@@ -76,7 +76,8 @@ def test_help_loads_neither_nats_nor_the_event_model() -> None:
 
     probe = (
         "import sys; import services.cli.main; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'aiohttp', 'pydantic', 'events', 'projections'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'nats', 'aiohttp', 'pydantic', 'events', 'projections'}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

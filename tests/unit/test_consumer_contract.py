@@ -182,7 +182,8 @@ async def test_an_exception_is_retried_then_fails_the_release_closed_saying_why(
     event = single_event(port.emitted)
     assert event.type == "release.rejected"
     assert event.data.reasons[0].message == (
-        f"pre-flight could not evaluate the request: preparer gave up after {MAX_DELIVER} deliveries: RuntimeError: boom"
+        "pre-flight could not evaluate the request: "
+        f"preparer gave up after {MAX_DELIVER} deliveries: RuntimeError: boom"
     )
     assert event.occurred_at == LATER
 

@@ -157,6 +157,7 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
         "cohorts_to_roll_out",
         "rollback_target",
         "observability",
+        "alert_route",  # a warning here: CHANNEL_DOC has no sink (tests/unit/test_alert_route.py)
         "owner_and_escalation",
     ]
     assert all(i.ok for i in p.checklist)
@@ -416,7 +417,7 @@ def test_preflight_returns_the_checklist_even_when_rejecting() -> None:
     items, prepared = preparer.preflight(world, release, ctx("preparer"), None)
     assert prepared is None
     assert {i.item: i.ok for i in items}["target_exists"] is False
-    assert len(items) == 8
+    assert len(items) == 9
 
 
 # ==== distributor ==============================================================================

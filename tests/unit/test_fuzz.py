@@ -805,7 +805,8 @@ def test_verify_bundle_mutated_bundles(data) -> None:
         raw = dumps(data.draw(mutated(BUNDLE, max_edits=2), label="envelope"))
     else:
         payload = dumps(data.draw(mutated(STATEMENT, max_edits=2), label="statement"))
-        # Only a statement verify_bundle can read gets a trusted signature half of the time (the rest is BUG 5's ground).
+        # Only a statement verify_bundle can read gets a trusted signature half of the time
+        # (the rest is BUG 5's ground).
         try:
             well_shaped = well_shaped_statement(loads_strict(payload, allow_floats=True))
         except StrictJSONError:

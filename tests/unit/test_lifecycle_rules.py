@@ -488,7 +488,8 @@ def test_a_release_whose_every_cohort_is_pinned_closes_pinned() -> None:
 
 
 def test_a_pinned_release_that_reached_activation_still_closes_pinned() -> None:
-    """If the close was lost after `prepared` (a race with the distributor), the promoter says `pinned`, not `failed`."""
+    """If the close was lost after `prepared` (a race with the distributor), the promoter says `pinned`,
+    not `failed`."""
     log = history(Log())
     log.through_verified("r1", stages=[], targets={}, skipped={"internal": "pinned", "rest": "pinned"})
     log.add(

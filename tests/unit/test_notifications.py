@@ -11,11 +11,11 @@ import pytest
 
 from events.codec import decode_event, encode_event, make_event
 from events.model import Actor
-from events.notifications import KIND_OF_EVENT
+from events.notifications import KIND_OF_EVENT, expand_url
 from events.subjects import Subjects
 from projections.releases import ReleaseState, apply_release_event
 from services.actions.producer import parse_channel_config
-from services.consumers.notifier.webhook import SIGNATURE_HEADER, Backoff, webhook, worth_retrying
+from services.consumers.notifier.webhook import SIGNATURE_HEADER, Backoff, retry_after, webhook, worth_retrying
 
 HOOK = {"name": "ops", "url": "https://hooks.example/kx", "on": ["rolled_back"]}
 PRODUCER = Actor(kind="producer", id="ci")
@@ -38,12 +38,15 @@ def test_a_sound_sink_is_kept_with_its_defaults() -> None:
         channel({**HOOK, "on": ["rolled_back", "held", "escalated"], "secret_env": "KX_HOOK_SECRET"}), "canary"
     )
     (sink,) = cfg.notifications
-    assert (sink.name, sink.on, sink.secret_env, sink.attempts) == (
+    assert (sink.name, sink.on, sink.secret_env, sink.attempts, sink.format) == (
         "ops",
         ["rolled_back", "held", "escalated"],
         "KX_HOOK_SECRET",
         5,
+        "json",  # a configuration written before formats existed posts what it always posted
     )
+    slack = parse_channel_config(channel({**HOOK, "format": "slack"}), "canary").notifications[0]
+    assert slack.format == "slack"
     assert parse_channel_config({"cohorts": [{"name": "all"}]}, "canary").notifications == []
 
 
@@ -63,6 +66,7 @@ def test_a_sound_sink_is_kept_with_its_defaults() -> None:
         ({**HOOK, "attempts": 0}, "notifications.0.attempts"),
         ({**HOOK, "attempts": 11}, "notifications.0.attempts"),
         ({**HOOK, "name": "a.b"}, "notifications.0.name"),
+        ({**HOOK, "format": "discord"}, "notifications.0.format"),
     ],
 )
 def test_a_bad_sink_is_one_clear_problem(sink: dict, expected: str) -> None:
@@ -126,9 +130,14 @@ def test_the_webhook_names_the_event_and_is_signed_over_its_exact_bytes() -> Non
     assert SIGNATURE_HEADER not in unsigned.headers and unsigned.body == hook.body
 
 
-def test_backoff_doubles_up_to_its_cap_and_only_transient_failures_are_retried() -> None:
+def test_backoff_doubles_up_to_its_cap_with_jitter_and_only_transient_failures_are_retried() -> None:
     backoff = Backoff(first_s=0.5, cap_s=3.0)
-    assert [backoff.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff.ceiling(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff.delay(n, draw=0.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff.delay(n, draw=0.999) for n in range(1, 4)] == pytest.approx([0.25, 0.5, 1.0], abs=0.01)
+    # the dice are really thrown: jittered pauses spread over ((1 - jitter)·d, d]
+    pauses = {backoff.delay(3) for _ in range(50)}
+    assert len(pauses) > 40 and all(1.0 < p <= 2.0 for p in pauses)
     assert all(worth_retrying(s) for s in (None, 408, 425, 429, 500, 503))
     assert not any(worth_retrying(s) for s in (301, 400, 401, 404, 410))
 
@@ -154,3 +163,38 @@ def test_notification_outcomes_live_under_the_release_outside_its_lifecycle_filt
     # one token deeper than kx.release.r1.*: never part of the release's optimistic concurrency
     assert subjects.notification_filter("r1") == "kx.release.r1.notification.*"
     assert subject.count(".") == subjects.release_filter("r1").count(".") + 1
+
+
+def test_retry_after_is_honoured_as_seconds_or_an_http_date_and_capped() -> None:
+    now = NOW.timestamp()
+    assert retry_after("7", now) == 7.0
+    assert retry_after("Tue, 01 Jan 2030 00:00:30 GMT", now) == 30.0
+    assert retry_after("Mon, 31 Dec 2029 23:00:00 GMT", now) == 0.0  # a date past: no wait asked
+    assert retry_after(None, now) is None and retry_after("soon", now) is None and retry_after("-3", now) is None
+    backoff = Backoff(first_s=0.5, cap_s=3.0, retry_after_cap_s=20.0)
+    assert backoff.pause(1, 7.0, draw=0.0) == 7.0  # longer than the back-off: the receiver's word
+    assert backoff.pause(3, 0.5, draw=0.0) == 2.0  # shorter: the back-off still applies
+    assert backoff.pause(1, 3600.0, draw=0.0) == 20.0  # capped: an hour's pause would stall the notifier
+    assert backoff.pause(1, None, draw=0.0) == 0.5
+
+
+def test_a_url_may_take_its_secret_part_from_the_notifiers_environment() -> None:
+    slack = {**HOOK, "url": "https://hooks.slack.example/services/${KX_SLACK_PATH}?x=${KX_Q}", "format": "slack"}
+    (sink,) = parse_channel_config(channel(slack), "canary").notifications
+    assert expand_url(sink.url, {"KX_SLACK_PATH": "T0/B0/s3cret", "KX_Q": "1"}) == (
+        "https://hooks.slack.example/services/T0/B0/s3cret?x=1"
+    )
+    with pytest.raises(ValueError) as unset:
+        expand_url(sink.url, {"KX_Q": "1", "KX_SLACK_PATH": ""})
+    assert str(unset.value) == "url names ${KX_SLACK_PATH}, not set in the notifier's environment"
+    for value, why in (("a#frag", "must not have a #fragment"), ("a b", "must not contain whitespace")):
+        with pytest.raises(ValueError, match=why) as bad:
+            expand_url(sink.url, {"KX_SLACK_PATH": value, "KX_Q": "1"})
+        assert value not in str(bad.value)  # the secret never reaches the recorded error
+    for url, why in (
+        ("https://${KX_HOST}/hook", "only in its path or query"),
+        ("https://u${KX_PW}@hooks.example/", "only in its path or query"),
+        ("https://hooks.example/${lower-case}", "not ${ENV_VAR_NAME}"),
+        ("https://hooks.example/${KX", "not ${ENV_VAR_NAME}"),
+    ):
+        assert why in problems_of(channel({**HOOK, "url": url}))

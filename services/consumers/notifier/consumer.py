@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import httpx
 from nats.aio.msg import Msg
@@ -21,7 +22,7 @@ from nats.aio.msg import Msg
 from events.codec import DecodeError, decode_event, make_event
 from events.ids import derived_event_id
 from events.model import Event
-from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink
+from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink, expand_url
 from projections.releases import ReleaseState
 from services.consumers.notifier.delivery import Delivery, deliver
 from services.consumers.notifier.webhook import Backoff, webhook
@@ -119,9 +120,15 @@ class Notifier:
                 return Delivery(
                     False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment"
                 )
-        return await deliver(
-            client, webhook(kind, sink, event, release, secret), sink.attempts, self.backoff, still_working
-        )
+        try:
+            hook = webhook(kind, sink, event, release, secret)
+        except ValueError as exc:  # fail closed here too: a secret that cannot sign sends nothing
+            return Delivery(False, 0, None, f"secret_env {sink.secret_env}: {exc}")
+        try:  # a ${VAR} in the URL: filled in here, never in the log (the message names only the variable)
+            hook = replace(hook, url=expand_url(sink.url, os.environ))
+        except ValueError as exc:
+            return Delivery(False, 0, None, str(exc))
+        return await deliver(client, hook, sink.attempts, self.backoff, still_working)
 
     async def recorded(self, release_id: str) -> tuple[set[tuple[str, str]], int]:
         """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""
