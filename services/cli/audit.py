@@ -11,13 +11,14 @@ import typer
 from .common import (
     JsonOpt,
     NatsUrl,
+    WideOpt,
     console,
     err_console,
     fail,
     output,
     parse_time,
     print_json,
-    read_json_file,
+    read_key_file,
     run_async,
     scope_arg,
     session,
@@ -68,7 +69,7 @@ def audit_replay(
                 return await replay(js, log.subjects, progress, service_keys=keys)
 
         audit = run_async(go())
-    report = summary(audit)
+    report = replay_report(audit, summary(audit))
     if as_json:
         print_json(report)
     else:
@@ -96,6 +97,21 @@ def audit_replay(
         raise typer.Exit(1)
 
 
+def replay_report(audit, report: dict) -> dict:
+    """`summary`'s report in the CLI's shapes: each scope's lkg and pin as a pack `{name, version, digest}`."""
+    from services.reads.shapes import AuditReplay, ReplayScope, dump, pack
+
+    scopes = {
+        "/".join(key): ReplayScope(
+            **{k: v for k, v in report["scopes"]["/".join(key)].items() if k not in ("lkg", "pinned")},
+            lkg=pack(s.lkg),
+            pinned=pack(s.pin.pack) if s.pin else None,
+        )
+        for key, s in sorted(audit.world.scopes.items())
+    }
+    return dump(AuditReplay(**{**report, "scopes": scopes}))
+
+
 def evidence_or_fail(release_id: str, nats_url: str | None):
     """The release's evidence record from the log, or a one-line error if it has none."""
     from events.tokens import check_token
@@ -119,8 +135,11 @@ def audit_release(
     as_json: bool = JsonOpt,
     html_file: Path | None = typer.Option(None, "--html", help="write a self-contained page an auditor can archive"),
     nats_url: str | None = NatsUrl,
+    wide: bool = WideOpt,
 ) -> None:
     """The evidence record of one release (seed terms)."""
+    from rich.markup import escape
+
     from services.reads.audit import render_html
 
     from .views import gates_table, timeline_table, windows_table
@@ -135,11 +154,12 @@ def audit_release(
             as_json,
             record.to_json(),
             lambda: [
-                timeline_table(record),
-                gates_table(record),
-                windows_table(record),
-                f"outcome: [bold]{outcome}[/bold] {record.outcome.get('summary', '')}",
+                timeline_table(record, wide),
+                gates_table(record, wide),
+                windows_table(record, wide),
+                f"outcome: [bold]{outcome}[/bold] {escape(record.outcome.get('summary', ''))}",
             ],
+            wide,
         )
 
 
@@ -160,9 +180,8 @@ def audit_export(
 ) -> None:
     """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
     from events.bundle import make_bundle
-    from events.signing import SigningKey
 
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
     record = evidence_or_fail(release_id, nats_url)
     out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
     console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
@@ -184,22 +203,28 @@ def audit_verify(
         stmt = verify_bundle(bundle.read_bytes(), load_trust_root(trusted))
     except BundleError as exc:
         fail(f"{bundle}: {exc}")
+    from services.reads.shapes import AuditVerify, Pack, dump
+
+    from .views import cell
+
     record = stmt["predicate"]
-    subject = stmt["subject"][0]
-    outcome = record.get("outcome", {}).get("outcome", "in flight")
+    digest = "sha256:" + stmt["subject"][0]["digest"]["sha256"]
+    named = record.get("pack") or {}
+    shown = dump(
+        AuditVerify(
+            valid=True,
+            release_id=record.get("release_id"),
+            pack=Pack(name=named.get("name"), version=named.get("version"), digest=digest),
+            outcome=record.get("outcome", {}).get("outcome", "in flight"),
+            events=len(record.get("timeline", [])),
+        )
+    )
     output(
         as_json,
-        {
-            "valid": True,
-            "release_id": record.get("release_id"),
-            "subject": subject,
-            "outcome": outcome,
-            "events": len(record.get("timeline", [])),
-        },
+        shown,
         lambda: [
-            f"valid: release {record.get('release_id')} of {subject['name']} "
-            f"sha256:{subject['digest']['sha256'][:16]}…, "
-            f"outcome {outcome}, {len(record.get('timeline', []))} events"
+            f"valid: release {shown['release_id']} of {shown['pack']['name']}@{shown['pack']['version']} "
+            f"{cell(digest)}, outcome {shown['outcome']}, {shown['events']} events"
         ],
     )
 
@@ -209,13 +234,14 @@ def audit_at(
     time_: str = typer.Argument(..., metavar="TIME", help="RFC 3339, e.g. 2026-11-27T10:00:00Z"),
     scope: str | None = typer.Option(None, "--scope", help="ENV/CHANNEL\\[/COHORT]"),
     as_json: bool = JsonOpt,
+    wide: bool = WideOpt,
     nats_url: str | None = NatsUrl,
 ) -> None:
     """What was active where at that moment, from the log alone."""
     from services.reads.audit import world_at
-    from services.reads.status import scope_rows
+    from services.reads.shapes import AuditAt, dump, rfc3339, scopes
 
-    from .views import table
+    from .views import scope_tables
 
     at = parse_time(time_, "TIME")
     prefix = "/".join(scope_arg(scope)) if scope else ""
@@ -224,19 +250,11 @@ def audit_at(
         async with session(nats_url) as (_, js, log):
             return await world_at(js, log.subjects, at)
 
-    rows = [
-        r
-        for r in scope_rows(run_async(go()))
-        if r["scope"] == prefix or r["scope"].startswith(prefix + "/") or not prefix
-    ]
+    rows = [r for r in scopes(run_async(go())) if r.scope == prefix or r.scope.startswith(prefix + "/") or not prefix]
+    shown = dump(AuditAt(at=rfc3339(at), scope=prefix or None, scopes=rows))
     output(
         as_json,
-        {"at": at.isoformat(), "scopes": rows},
-        lambda: [
-            table(
-                f"Active packs at {at.isoformat()}",
-                rows,
-                ["scope", "version", "digest", "kind", "release", "since", "lkg", "pinned"],
-            )
-        ],
+        shown,
+        lambda: scope_tables(f"Active packs at {shown['at']}", shown["scopes"], wide, flag=False),
+        wide,
     )

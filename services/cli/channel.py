@@ -9,6 +9,7 @@ import typer
 from .common import (
     JsonOpt,
     NatsUrl,
+    WideOpt,
     console,
     err_console,
     fail,
@@ -52,7 +53,10 @@ def channel_set(
 
 @app.command("show")
 def channel_show(
-    scope: str = typer.Argument(..., help="ENV/CHANNEL"), as_json: bool = JsonOpt, nats_url: str | None = NatsUrl
+    scope: str = typer.Argument(..., help="ENV/CHANNEL"),
+    as_json: bool = JsonOpt,
+    wide: bool = WideOpt,
+    nats_url: str | None = NatsUrl,
 ) -> None:
     """The channel's current configuration: cohorts, plan, monitoring, compatibility, policy."""
     from services.jetstream.log_reads import load_world
@@ -72,8 +76,8 @@ def channel_show(
             f"channel {env}/{channel} is not configured "
             "(it has the default single cohort 'all' and fails compatibility closed)"
         )
-    shown = channel_shown(state, problem)
-    output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown))
+    shown = channel_shown(state, problem, env, channel)
+    output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown, wide), wide)
     if problem is not None:  # shown in full above; and a script sees it in the exit status
         fail(
             f"{env}/{channel}: {problem.describe()}; "
@@ -81,23 +85,21 @@ def channel_show(
         )
 
 
-def channel_shown(state, problem) -> dict:
-    """What `kxr channel show` prints: the last readable configuration and, if the newest entry
-    could not be read, that problem (`config` is null when no entry ever could be)."""
-    shown: dict = {
-        "configured_at": None,
-        "configured_by": None,
-        "seq": None,
-        "config": None,
-        "problem": {"seq": problem.seq, "reason": problem.reason, "message": problem.describe()} if problem else None,
-    }
-    if state is not None:
-        shown.update(
-            {
-                "configured_at": state.configured_at.isoformat(),
-                "configured_by": state.configured_by,
-                "seq": state.seq,
-                "config": state.config.model_dump(mode="json", by_alias=True, exclude_none=True),
-            }
+def channel_shown(state, problem, env: str, channel: str) -> dict:
+    """What `kxr channel show` prints (services/reads/shapes.py `ChannelShow`): the last readable
+    configuration and, if the newest entry could not be read, that problem (`config` is null when
+    no entry ever could be)."""
+    from services.reads.shapes import ChannelShow, Problem, dump, rfc3339
+
+    return dump(
+        ChannelShow(
+            scope=f"{env}/{channel}",
+            env=env,
+            channel=channel,
+            configured_at=rfc3339(state.configured_at) if state else None,
+            configured_by=state.configured_by if state else None,
+            seq=state.seq if state else None,
+            config=state.config.model_dump(mode="json", by_alias=True, exclude_none=True) if state else None,
+            problem=Problem(seq=problem.seq, reason=problem.reason, message=problem.describe()) if problem else None,
         )
-    return shown
+    )

@@ -108,6 +108,19 @@ def read_json_file(path: Path, what: str, max_bytes: int = 4 * 1024 * 1024) -> A
         raise CliError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
+def read_key_file(path: Path):
+    """A private signing key file (`kxr keys generate`), or one line saying why it is not one."""
+    from events.signing import SigningKey
+
+    doc = read_json_file(path, "key")
+    if not isinstance(doc, dict) or not isinstance(doc.get("private"), str):
+        raise CliError(f"key {path} has no private key (write one with: kxr keys generate {path.name})")
+    try:
+        return SigningKey.from_file_dict(doc)
+    except ValueError as exc:
+        raise CliError(f"key {path} is not an Ed25519 private key: {exc}") from None
+
+
 def read_config_file(path: Path, what: str) -> Any:
     """TOML (by extension) or JSON."""
     if path.suffix.lower() == ".toml":
@@ -127,18 +140,21 @@ def print_json(value: Any) -> None:
 
 
 JsonOpt = typer.Option(False, "--json", help="JSON on stdout, for scripts (default: readable tables)")
+WideOpt = typer.Option(False, "--wide", help="tables in full: whole digests and times, every column, long lines")
 
 
-def output(as_json: bool, data: Any, render: Callable[[], Iterable[Any]]) -> None:
+def output(as_json: bool, data: Any, render: Callable[[], Iterable[Any]], wide: bool = False) -> None:
     """What every read command prints: `data` as JSON for scripts, else `render()`'s tables and lines.
 
-    `render` is only called for people, so it may be as chatty as it likes.
+    `render` is only called for people, so it may be as chatty as it likes. `wide`: lines as long
+    as they need (`kxr … --wide`), else the terminal's width (80 without a terminal).
     """
     if as_json:
         print_json(data)
         return
+    out = Console(width=100_000) if wide else console  # print(width=) is capped at the terminal's width
     for part in render():
-        console.print(part)
+        out.print(part)
 
 
 def scope_arg(text: str, allow_cohort: bool = True) -> tuple[str, ...]:

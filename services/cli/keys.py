@@ -20,7 +20,7 @@ def keys_generate(
     trust_root: Path | None = typer.Option(
         None, "--trust-root", help="also add the public key to this trust root file (created if absent)"
     ),
-    threshold: int | None = typer.Option(None, "--threshold", help="set the trust root's threshold"),
+    threshold: int | None = typer.Option(None, "--threshold", min=1, help="set the trust root's threshold"),
     builder: list[str] = typer.Option(
         [],
         "--builder",

@@ -9,7 +9,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .views import figure_text, number_text, op_text, table
+from .views import add_columns, figure_text, new_table, number_text, op_text, table
 
 STATE_STYLE = {
     "passed": "green",
@@ -72,9 +72,8 @@ def frame(view: dict[str, Any]) -> Group:
     parts: list[Any] = [
         Text(headline(view), style="bold " + STATE_STYLE.get(view["outcome"] or view["phase"] or "", ""))
     ]
-    stages = Table(title="Stages", title_justify="left", header_style="bold")
-    for c in ("stage", "cohorts", "state", "verdict"):
-        stages.add_column(c, overflow="fold")
+    stages = new_table("Stages")
+    add_columns(stages, ["stage", "cohorts", "state", "verdict"])
     for s in view["stages"]:
         cohorts = ", ".join(c + (" (skipped)" if c in s["skipped"] else "") for c in s["cohorts"])
         stages.add_row(str(s["stage"]), cohorts, _styled(s["state"]), s["verdict"] or "")
@@ -127,9 +126,9 @@ def _window_parts(window: dict[str, Any] | None) -> list[Any]:
     gauge.add_row(bar, Text(f"{window['fraction']:.0%} of {window['window_s']}s"))
     out: list[Any] = [Text(window_line(window)), gauge]
     if window["figures"]:
-        t = Table(title="Window figures against thresholds", title_justify="left", header_style="bold")
+        t = new_table("Window figures against thresholds")
         for c in ("metric", "value", "threshold", "result"):
-            t.add_column(c)
+            t.add_column(c, no_wrap=True, overflow="ellipsis")
         for f in window["figures"]:
             t.add_row(
                 f["metric"],

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import typer
 
-from .common import JsonOpt, NatsUrl, console, fail, output, read_json_file, run_async, session, settings_from
+from . import checks
+from .common import (
+    JsonOpt,
+    NatsUrl,
+    console,
+    fail,
+    output,
+    read_key_file,
+    run_async,
+    session,
+    settings_from,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Sign, push and verify Runtime Packs.")
 
@@ -17,21 +28,22 @@ def pack_sign(
     pack: Path = typer.Argument(..., exists=True, dir_okay=False, help="the pack file"),
     key: list[Path] = typer.Option(..., "--key", help="private key file(s); repeat for several signatures"),
     name: str = typer.Option(..., "--name"),
-    version: str = typer.Option(..., "--version"),
+    version: str = typer.Option(..., "--version", callback=checks.pack_version),
     schema: str = typer.Option(..., "--schema"),
     profile: str = typer.Option(..., "--profile"),
-    runtime: str = typer.Option(..., "--runtime", help="runtime version specifier, e.g. '>=2.3,<3'"),
+    runtime: str = typer.Option(
+        ..., "--runtime", callback=checks.runtime_specifier, help="runtime version specifier, e.g. '>=2.3,<3'"
+    ),
     build_id: str = typer.Option(..., "--build-id"),
     builder: str = typer.Option(..., "--builder"),
     run: str = typer.Option(..., "--run", help="pipeline run id"),
-    source: str = typer.Option(..., "--source", help="provenance source URI"),
+    source: str = typer.Option(..., "--source", callback=checks.uri, help="provenance source URI"),
     revision: str = typer.Option(..., "--revision"),
-    ref: list[str] = typer.Option([], "--ref", help="provenance reference URI(s)"),
-    expires_days: int = typer.Option(90, "--expires-days"),
+    ref: list[str] = typer.Option([], "--ref", callback=checks.uris, help="provenance reference URI(s)"),
+    expires_days: int = typer.Option(90, "--expires-days", min=1, help="the manifest expires this many days from now"),
     out: Path | None = typer.Option(None, "--out", help="manifest path (default: PACK.manifest.json)"),
 ) -> None:
     """Write a signed manifest for a pack (CONTRACT §6)."""
-    from events.signing import SigningKey
     from events.tokens import check_token as _tok
     from events.versions import parse_version
     from services.actions.producer import build_signed, manifest_bytes
@@ -41,7 +53,7 @@ def pack_sign(
         parse_version(version)
     except ValueError as exc:
         fail(str(exc))
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
     data = pack.read_bytes()
     signed = build_signed(
         data,
@@ -70,10 +82,15 @@ def pack_attest(
         ..., "--key", exists=True, dir_okay=False, help="the builder's private key (trust root 'builders')"
     ),
     builder_id: str = typer.Option(
-        ..., "--builder-id", help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release"
+        ...,
+        "--builder-id",
+        help="SLSA runDetails.builder.id, e.g. https://ci.example/builders/release",
     ),
     build_type: str = typer.Option(
-        "https://konnaxion.dev/releases/pack-build/v1", "--build-type", help="SLSA buildDefinition.buildType"
+        "https://konnaxion.dev/releases/pack-build/v1",
+        "--build-type",
+        callback=checks.uri,
+        help="SLSA buildDefinition.buildType",
     ),
     invocation: str | None = typer.Option(
         None, "--invocation", help="the pipeline run id (runDetails.metadata.invocationId)"
@@ -83,10 +100,9 @@ def pack_attest(
     out: Path | None = typer.Option(None, "--out", help="attestation path (default: PACK.attestation.json)"),
 ) -> None:
     """Write an in-toto/SLSA provenance attestation of a pack (a DSSE envelope signed by a builder key)."""
-    from events.signing import SigningKey
     from services.actions.producer import dsse_envelope, provenance_statement, sha256_digest
 
-    signer = SigningKey.from_file_dict(read_json_file(key, "key"))
+    signer = read_key_file(key)
     digest = sha256_digest(pack.read_bytes())
     params = {k: v for k, v in (("source", source), ("revision", revision)) if v is not None}
     statement = provenance_statement(
@@ -137,7 +153,7 @@ def pack_push(
     """Put a pack and its manifest (and attestation) into kx_packs, named by digest."""
     from services.actions.producer import push_pack, sha256_digest
 
-    data, manifest_data = pack.read_bytes(), manifest.read_bytes()  # read here, not on the event loop
+    data, manifest_data = pack.read_bytes(), manifest.read_bytes()
     digest = sha256_digest(data)
     attested = attestation_bytes(attestation, digest)
 
@@ -160,17 +176,41 @@ def pack_verify(
     from rich.text import Text
 
     from services.actions.offline import verify_offline
-
-    settings = settings_from(trust_root=trust_root)
+    from services.actions.producer import sha256_digest
+    from services.reads.shapes import Gate, Pack, PackVerify, dump
     from services.settings import load_trust_root
 
-    v = verify_offline(
-        pack.read_bytes(), manifest.read_bytes(), load_trust_root(settings.trust_root_path), datetime.now(UTC)
+    settings = settings_from(trust_root=trust_root)
+    data, manifest_data = pack.read_bytes(), manifest.read_bytes()
+    v = verify_offline(data, manifest_data, load_trust_root(settings.trust_root_path), datetime.now(UTC))
+    signed = _signed_part(manifest_data)
+    shown = dump(
+        PackVerify(
+            ok=v.failure is None,
+            pack=Pack(name=_text(signed.get("name")), version=_text(signed.get("version")), digest=sha256_digest(data)),
+            gates=[Gate(**o.model_dump(mode="json")) for o in v.outcomes],
+        )
     )
     output(
         as_json,
-        {"ok": v.failure is None, "gates": [o.model_dump(mode="json") for o in v.outcomes]},
+        shown,
         lambda: [Text(f"{'pass' if o.ok else 'FAIL'}  {o.gate:<10} {o.code}  {o.message}") for o in v.outcomes],
     )
     if v.failure is not None:
         fail(f"gate {v.failure.gate} failed: {v.failure.code}: {v.failure.message}")
+
+
+def _signed_part(manifest: bytes) -> dict:
+    """The manifest's `signed` object as far as it parses (for naming the pack; the gates judge it)."""
+    import json
+
+    try:
+        doc = json.loads(manifest)
+    except ValueError:
+        return {}
+    signed = doc.get("signed") if isinstance(doc, dict) else None
+    return signed if isinstance(signed, dict) else {}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None

@@ -6,7 +6,7 @@ its cohorts. main.py registers them as top-level commands.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import typer
 
@@ -53,6 +53,7 @@ def pin(
     from services.consumers.pinner import pin as pin_action
 
     parts = scope_arg(scope)
+    parse_until(until, datetime.now(UTC))  # a bad --until is one line before anything is read
     for env, channel, cohort in _pinned_targets(parts, nats_url):
 
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from . import checks
 from .common import (
     JsonOpt,
     NatsUrl,
     Rationale,
+    WideOpt,
     console,
     err_console,
     fail,
@@ -32,12 +34,13 @@ app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 def release_show(
     release_id: str = typer.Argument(...),
     as_json: bool = JsonOpt,
+    wide: bool = WideOpt,
     nats_url: str | None = NatsUrl,
 ) -> None:
     """A release's timeline and evidence record (the same as `kxr audit release`)."""
     from .audit import audit_release
 
-    audit_release(release_id, as_json, None, nats_url)
+    audit_release(release_id, as_json, None, nats_url, wide)
 
 
 def _release_action(release_id: str, nats_url: str | None, make) -> None:
@@ -89,7 +92,7 @@ def release_promote(release_id: str, rationale: str = Rationale, nats_url: str |
 @app.command("extend")
 def release_extend(
     release_id: str,
-    window: int = typer.Option(..., "--window", help="seconds"),
+    window: int = typer.Option(..., "--window", min=1, help="seconds"),
     rationale: str = Rationale,
     nats_url: str | None = NatsUrl,
 ) -> None:
@@ -105,7 +108,12 @@ def release_rollback(
     reason: str = typer.Option(
         ..., "--rationale", "-m", "--reason", help="why: recorded with the decision (--reason: the older spelling)"
     ),
-    trigger: str = typer.Option("operator", "--trigger", help="operator | policy_violation | tenant_impact"),
+    trigger: str = typer.Option(
+        "operator",
+        "--trigger",
+        callback=checks.one_of(*checks.ROLLBACK_TRIGGERS),
+        help="operator | policy_violation | tenant_impact",
+    ),
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""  # noqa: E501 (help text)
@@ -117,7 +125,9 @@ def release_rollback(
 @app.command("close")
 def release_close(
     release_id: str,
-    outcome: str = typer.Option(..., "--outcome", help="failed | aborted"),
+    outcome: str = typer.Option(
+        ..., "--outcome", callback=checks.one_of(*checks.CLOSE_OUTCOMES), help="failed | aborted"
+    ),
     rationale: str = Rationale,
     nats_url: str | None = NatsUrl,
 ) -> None:
@@ -131,7 +141,7 @@ def release_close(
 def release_annotate(
     release_id: str,
     note: str = typer.Option("", "--note", "-m"),
-    incident: str | None = typer.Option(None, "--incident", help="incident or postmortem URL"),
+    incident: str | None = typer.Option(None, "--incident", callback=checks.uri, help="incident or postmortem URL"),
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Attach a note or an incident/postmortem link to the release's record."""
@@ -234,10 +244,14 @@ def release_request(
     ),
     owner: str = typer.Option(..., "--owner"),
     escalation: str = typer.Option(..., "--escalation"),
-    plan: str | None = typer.Option(None, "--plan", help="stages, e.g. 'internal;eu-early,us-early;rest'"),
-    window: int | None = typer.Option(None, "--window", help="monitoring window seconds"),
-    min_samples: int | None = typer.Option(None, "--min-samples"),
-    rollback: str = typer.Option("lkg", "--rollback", help="lkg | pinned | none"),
+    plan: str | None = typer.Option(
+        None, "--plan", callback=checks.plan, help="stages, e.g. 'internal;eu-early,us-early;rest'"
+    ),
+    window: int | None = typer.Option(None, "--window", min=1, help="monitoring window seconds"),
+    min_samples: int | None = typer.Option(None, "--min-samples", min=1),
+    rollback: str = typer.Option(
+        "lkg", "--rollback", callback=checks.one_of(*checks.ROLLBACK_STRATEGIES), help="lkg | pinned | none"
+    ),
     reason: str = typer.Option("", "--reason"),
     ack_no_health: bool = typer.Option(
         False, "--acknowledge-no-health", help="proceed even if no runtime reports health"

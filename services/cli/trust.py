@@ -10,11 +10,13 @@ from .common import (
     JsonOpt,
     NatsUrl,
     TrustRootOpt,
+    WideOpt,
     console,
     fail,
     operator_actor,
     output,
     read_json_file,
+    read_key_file,
     run_async,
     session,
     settings_from,
@@ -26,13 +28,20 @@ app = typer.Typer(
 
 
 @app.command("show")
-def trust_show(trust_root: Path | None = TrustRootOpt, as_json: bool = JsonOpt, nats_url: str | None = NatsUrl) -> None:
+def trust_show(
+    trust_root: Path | None = TrustRootOpt,
+    as_json: bool = JsonOpt,
+    wide: bool = WideOpt,
+    nats_url: str | None = NatsUrl,
+) -> None:
     """The root in force, with every rotation accepted or refused."""
-    from rich.table import Table
     from rich.text import Text
 
     from services.actions.trust import current_chain
+    from services.reads.shapes import Builder, RefusedRotation, TrustKey, TrustShow, dump
     from services.settings import load_trust_root
+
+    from .views import table
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
 
@@ -43,30 +52,34 @@ def trust_show(trust_root: Path | None = TrustRootOpt, as_json: bool = JsonOpt, 
     chain = run_async(go())
     root = chain.current
 
-    def render():
-        t = Table(
-            title=f"Trust root v{root.version} (threshold {root.threshold})", title_justify="left", header_style="bold"
+    doc = root.to_document()
+    shown = dump(
+        TrustShow(
+            version=root.version,
+            threshold=root.threshold,
+            keys=[TrustKey(keyid=keyid, **k) for keyid, k in sorted(doc["keys"].items())],
+            builders=[Builder(keyid=keyid, **b) for keyid, b in sorted(doc.get("builders", {}).items())],
+            accepted_rotations=list(chain.accepted),
+            refused_rotations=[RefusedRotation(seq=s, code=c, message=m) for s, c, m in chain.refused],
         )
-        for c in ("keyid", "name"):
-            t.add_column(c)
-        for k in root.keys:
-            t.add_row(k.keyid, k.name)
-        return [t] + [
+    )
+
+    def render():
+        def short(keyid: str) -> str:
+            return keyid if wide else keyid[:16] + "…"
+
+        rows = [{"keyid": short(k["keyid"]), "name": k["name"], "trusted for": "manifests"} for k in shown["keys"]]
+        rows += [
+            {"keyid": short(b["keyid"]), "name": b["name"], "trusted for": "builds by " + ", ".join(b["ids"])}
+            for b in shown["builders"]
+        ]
+        title = f"Trust root v{root.version} (threshold {root.threshold})"
+        return [table(title, rows, ["keyid", "name", "trusted for"], wide)] + [
             Text(f"refused rotation at log seq {seq}: {code}: {message}", style="red")
             for seq, code, message in chain.refused
         ]
 
-    output(
-        as_json,
-        {
-            "version": root.version,
-            "threshold": root.threshold,
-            "keys": root.to_document()["keys"],
-            "accepted_rotations": list(chain.accepted),
-            "refused_rotations": [{"seq": s, "code": c, "message": m} for s, c, m in chain.refused],
-        },
-        render,
-    )
+    output(as_json, shown, render, wide)
 
 
 @app.command("rotate")
@@ -80,14 +93,13 @@ def trust_rotate(
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Hand the trust root over to a new version (recorded in the log as trust.rotated)."""
-    from events.signing import SigningKey
     from events.trust import RotationError
     from services.actions.trust import rotate
     from services.settings import load_trust_root
 
     anchor = load_trust_root(settings_from(trust_root=trust_root).trust_root_path)
     doc = read_json_file(new_root, "new trust root")
-    keys = [SigningKey.from_file_dict(read_json_file(k, "key")) for k in key]
+    keys = [read_key_file(k) for k in key]
 
     async def go():
         async with session(nats_url) as (_, js, log):

@@ -1,9 +1,8 @@
 """The status read model: one row per scope and one per release, as JSON-able dicts (pure).
 
-One shape for every reader that lists them, so they never disagree: `kxr status` (its
-tables and its --json), `kxr audit at` and the dashboard's overview. Terminal tables
-live in services/cli/views.py, HTML in services/dashboard/pages.py; both only format
-these rows.
+The dashboard's overview lists these (HTML in services/dashboard/pages.py). `kxr status`,
+`kxr audit at` and `audit replay` print services/reads/shapes.py's models instead (the JSON
+shapes of issue 16: lkg a pack object, RFC 3339 times), and their tables format those.
 """
 
 from __future__ import annotations

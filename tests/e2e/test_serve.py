@@ -165,7 +165,12 @@ async def test_healthy_release_closes_success_and_pointer_holds_new_pack(kx, rig
     rows = {row["scope"]: row for row in json.loads(status.stdout)["scopes"]}
     for cohort in COHORTS:
         row = rows[f"prod/canary/{cohort}"]
-        assert (row["version"], row["digest"], row["release"], row["lkg"]) == ("1.0.0", pack.digest, "r1", "1.0.0"), row
+        assert (row["version"], row["digest"], row["release"], row["lkg"]["version"]) == (
+            "1.0.0",
+            pack.digest,
+            "r1",
+            "1.0.0",
+        ), row
     assert_alive(serve)
 
 

@@ -98,12 +98,12 @@ def test_channel_show_renders_the_problem_with_or_without_an_older_config() -> N
     log = Log()
     log.channel()
     world = junk(log.world(), 5, CHANNEL_SUBJECT, "bad [markup] reason")
-    shown = channel_shown(world.channel_state(ENV, CH), world.channel_problem(ENV, CH))
+    shown = channel_shown(world.channel_state(ENV, CH), world.channel_problem(ENV, CH), ENV, CH)
     assert shown["problem"]["seq"] == 5 and shown["seq"] == 1 and shown["config"]["plan"] == CHANNEL_DOC["plan"]
     parts = channel_tables(f"{ENV}/{CH}", shown)
     assert "UNREADABLE CONFIGURATION" in parts[0] and "\\[markup]" in parts[0]  # escaped: printed as written
     assert "older than the problem" in parts[1]
-    alone = channel_shown(None, junk(fold([]), 2, CHANNEL_SUBJECT).channel_problem(ENV, CH))
+    alone = channel_shown(None, junk(fold([]), 2, CHANNEL_SUBJECT).channel_problem(ENV, CH), ENV, CH)
     assert alone["config"] is None and len(channel_tables(f"{ENV}/{CH}", alone)) == 1
 
 

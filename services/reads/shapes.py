@@ -1,0 +1,365 @@
+"""The JSON shapes of `kxr … --json`: one model per output, one shape per concept (issue 16).
+
+Every read command serialises its `--json` through these models (`dump`), and the schemas in
+docs/schemas/cli/ are generated from them (`python -m services.reads.shapes docs/schemas/cli`;
+tests/unit/test_cli_shapes.py fails when a file is stale), so output and schema cannot drift.
+
+The concepts, the same wherever they appear:
+- a pack is `{name, version, digest}`, the digest `sha256:<64 hex>` (`Pack`);
+- a time is RFC 3339 in UTC with a `Z` (`rfc3339`), e.g. `2026-11-27T10:00:00.000000Z`;
+- a scope is its `env/channel/cohort` string plus `env`, `channel`, `cohort` (`Scope`);
+- `lkg` (last known good) is a `Pack` or null, in every command.
+
+Only the commands import this module (pydantic): `kxr --help` stays free of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from projections.world import World
+
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?Z$"
+
+Digest = Annotated[str, Field(pattern=DIGEST_PATTERN, description="sha256:<64 lowercase hex>")]
+Time = Annotated[str, Field(pattern=TIME_PATTERN, description="RFC 3339, UTC, with Z")]
+
+
+def rfc3339(value: datetime | str | None) -> str | None:
+    """A time as RFC 3339 in UTC with `Z` and microseconds (the evidence record's form)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pack(Shape):
+    """A Runtime Pack, everywhere: `{name, version, digest}`."""
+
+    name: str | None = Field(description="null only where it cannot be read (`pack verify` of a broken manifest)")
+    version: str | None
+    digest: Digest
+
+
+def pack(ref) -> Pack | None:
+    """From a PackRef (or anything with name/version/digest), or None."""
+    return None if ref is None else Pack(name=ref.name, version=ref.version, digest=ref.digest)
+
+
+class Pin(Shape):
+    pack: Pack
+    until: Time
+
+
+class Flag(Shape):
+    code: str
+    message: str
+
+
+class Scope(Shape):
+    """One cohort's state: the active pack, since when, by which release, its LKG and pin."""
+
+    scope: str = Field(description="env/channel/cohort")
+    env: str
+    channel: str
+    cohort: str
+    pack: Pack | None = Field(description="the active pack")
+    version: str | None = Field(description="the active pack's version (= pack.version)")
+    digest: Digest | None = Field(description="the active pack's digest (= pack.digest)")
+    kind: str | None = Field(description="how it became active: rollout, rollback, pin, …")
+    release: str | None
+    since: Time | None
+    lkg: Pack | None = Field(description="last known good")
+    lkg_release: str | None
+    pinned: Pin | None
+    flag: Flag | None = Field(description="the guard's flag on the active pack")
+
+
+class Release(Shape):
+    release: str
+    pack: Pack | None
+    target: str | None = Field(description="env/channel")
+    phase: str | None
+    paused: bool
+    stage: str | None = Field(description="current stage of all, e.g. 1/3")
+    outcome: str | None
+    why: str | None
+
+
+class Ignored(Shape):
+    seq: int
+    why: str
+
+
+class Status(Shape):
+    """`kxr status --json`."""
+
+    scopes: list[Scope]
+    releases: list[Release]
+    log_seq: int
+    signatures: str
+    ignored: list[Ignored]
+
+
+class AuditAt(Shape):
+    """`kxr audit at TIME --json`."""
+
+    at: Time
+    scope: str | None = Field(description="the --scope asked for (env/channel[/cohort])")
+    scopes: list[Scope]
+
+
+class Problem(Shape):
+    seq: int
+    reason: str
+    message: str
+
+
+class ChannelShow(Shape):
+    """`kxr channel show ENV/CHANNEL --json` (config: docs/schemas/channel-config.schema.json)."""
+
+    scope: str = Field(description="env/channel")
+    env: str
+    channel: str
+    configured_at: Time | None
+    configured_by: str | None
+    seq: int | None
+    config: dict[str, Any] | None
+    problem: Problem | None
+
+
+class TrustKey(Shape):
+    keyid: str
+    name: str
+    public: str
+
+
+class Builder(TrustKey):
+    ids: list[str]
+
+
+class RefusedRotation(Shape):
+    seq: int
+    code: str
+    message: str
+
+
+class TrustShow(Shape):
+    """`kxr trust show --json`."""
+
+    version: int
+    threshold: int
+    keys: list[TrustKey]
+    builders: list[Builder]
+    accepted_rotations: list[int] = Field(description="log seqs of the rotations in force")
+    refused_rotations: list[RefusedRotation]
+
+
+class DeadLetterRow(Shape):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: int
+    consumer: str | None
+    stream_seq: int | None
+    stream_seq_old: int | None = Field(alias="stream seq", description="the older spelling of stream_seq")
+    subject: str | None
+    deliveries: int | None
+    reason: str | None
+    at: Time | None
+
+
+class DeadLetterShow(Shape):
+    """`kxr deadletter show ID --json`: the record as stored, with its time in RFC 3339."""
+
+    id: int
+    consumer: str | None
+    stream: str | None
+    seq: int | None
+    subject: str | None
+    reason: str | None
+    deliveries: int | None
+    recorded_at: Time | None
+    data_b64: str
+    data_text: str | None = Field(description="the bytes as text, null when not UTF-8")
+
+
+class Gate(Shape):
+    model_config = ConfigDict(extra="allow")
+
+    gate: str
+    ok: bool
+    code: str
+    message: str = ""
+
+
+class PackVerify(Shape):
+    """`kxr pack verify PACK MANIFEST --json`."""
+
+    ok: bool
+    pack: Pack = Field(description="the pack file's digest, with the manifest's name and version when readable")
+    gates: list[Gate]
+
+
+class AuditVerify(Shape):
+    """`kxr audit verify BUNDLE --json`."""
+
+    valid: bool
+    release_id: str | None
+    pack: Pack = Field(description="the bundle's subject: the pack the release moved")
+    outcome: str
+    events: int
+
+
+class ReplayScope(Shape):
+    version: str | None
+    digest: Digest | None
+    kind: str | None
+    release: str | None
+    lkg: Pack | None
+    pinned: Pack | None
+
+
+class Violation(Shape):
+    seq: int
+    code: str
+    message: str
+
+
+class AuditReplay(Shape):
+    """`kxr audit replay --json`: deterministic (the same log gives the same bytes)."""
+
+    log_seq: int
+    events: int
+    undecodable: int
+    releases: dict[str, int] = Field(description="outcome (or 'in flight (phase)') -> count")
+    scopes: dict[str, ReplayScope] = Field(description="env/channel/cohort -> state")
+    channels: list[str]
+    violations: list[Violation]
+    safety: dict[str, int]
+
+
+# ---- builders from the fold -----------------------------------------------------------------------
+def scope_shape(key: tuple[str, ...], s) -> Scope:
+    active = s.active_pack
+    return Scope(
+        scope="/".join(key),
+        env=key[0],
+        channel=key[1],
+        cohort=key[2],
+        pack=pack(active),
+        version=active.version if active else None,
+        digest=active.digest if active else None,
+        kind=s.active.kind if s.active else None,
+        release=s.active.release_id if s.active else None,
+        since=rfc3339(s.active_since),
+        lkg=pack(s.lkg),
+        lkg_release=s.lkg_release if s.lkg else None,
+        pinned=Pin(pack=pack(s.pin.pack), until=rfc3339(s.pin.until)) if s.pin else None,
+        flag=Flag(code=s.flag.code, message=s.flag.message) if s.flag else None,
+    )
+
+
+def scopes(world: World) -> list[Scope]:
+    return [scope_shape(key, world.scopes[key]) for key in sorted(world.scopes.keys())]
+
+
+def releases(world: World, in_flight_only: bool) -> list[Release]:
+    rows = []
+    for r in sorted(world.releases.values(), key=lambda r: r.last_seq):
+        if in_flight_only and not r.in_flight:
+            continue
+        stages = len(r.stages)
+        target = r.requested.target if r.requested else None
+        rows.append(
+            Release(
+                release=r.release_id,
+                pack=pack(r.pack),
+                target=f"{target.env}/{target.channel}" if target else None,
+                phase=r.phase,
+                paused=r.paused,
+                stage=f"{r.stage + 1}/{stages}" if stages else None,
+                outcome=r.outcome,
+                why=r.failure,
+            )
+        )
+    return rows
+
+
+def dump(shape: BaseModel | Sequence[BaseModel]) -> Any:
+    """What `--json` prints: JSON-able, by alias (keys as documented)."""
+    if not isinstance(shape, BaseModel):
+        return [s.model_dump(mode="json", by_alias=True) for s in shape]
+    return shape.model_dump(mode="json", by_alias=True)
+
+
+# ---- the schemas ------------------------------------------------------------------------------------
+SCHEMAS: dict[str, tuple[str, Any]] = {
+    # file stem -> (the command, its model; a list output is `list[Model]`)
+    "status": ("kxr status", Status),
+    "audit-at": ("kxr audit at", AuditAt),
+    "audit-replay": ("kxr audit replay", AuditReplay),
+    "audit-verify": ("kxr audit verify", AuditVerify),
+    "channel-show": ("kxr channel show", ChannelShow),
+    "trust-show": ("kxr trust show", TrustShow),
+    "deadletter-list": ("kxr deadletter list", list[DeadLetterRow]),
+    "deadletter-show": ("kxr deadletter show", DeadLetterShow),
+    "pack-verify": ("kxr pack verify", PackVerify),
+}
+# `kxr release show` and `kxr audit release`: the evidence record, docs/schemas/evidence-record.schema.json
+# (projections/evidence_schema.py); written here too as release-show.schema.json.
+
+
+def schema(stem: str) -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    from projections.evidence_schema import schema_text
+
+    if stem == "release-show":
+        doc = json.loads(schema_text())
+        doc["title"] = "kxr release show --json, kxr audit release --json (the evidence record)"
+        doc["$id"] = "https://konnaxion.dev/releases/schemas/cli/release-show.schema.json"
+        return doc
+    command, model = SCHEMAS[stem]
+    doc = TypeAdapter(model).json_schema(by_alias=True, mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://konnaxion.dev/releases/schemas/cli/{stem}.schema.json",
+        "title": f"{command} --json",
+        **doc,
+    }
+
+
+def schema_files() -> dict[str, str]:
+    """file name -> text, for docs/schemas/cli/."""
+    return {
+        f"{stem}.schema.json": json.dumps(schema(stem), indent=2, sort_keys=True) + "\n"
+        for stem in [*SCHEMAS, "release-show"]
+    }
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0] if argv else "docs/schemas/cli")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in schema_files().items():
+        (out / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
