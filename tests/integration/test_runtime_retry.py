@@ -9,11 +9,13 @@ without any new pointer. A pack whose bytes were tampered with is refused once, 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 from events.manifest import pack_object_name
 from events.model import Scope
 from services.consumers.pinner import pin
+from services.jetstream.reader import OrderedReader
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 from tests.integration.test_fresh_pointers import stored_pointers
 from tests.integration.test_operator_model import now, scope_act
@@ -28,6 +30,15 @@ async def released(svc, release_id: str, version: str, **extra):
     state = await svc.wait_release(release_id)
     assert state.outcome == "success", state.failure
     return pack
+
+
+async def health(svc, rt) -> list[dict]:
+    """The runtime's health messages as stored, oldest first."""
+    reader = OrderedReader(svc.app.js, svc.app.subjects.health_stream, [rt.health_subject])
+    try:
+        return [json.loads(e.data) async for e in reader.read(follow=False, idle_timeout=0.5)]
+    finally:
+        await reader.close()
 
 
 def refusals(rt, digest: str) -> list[str]:
@@ -63,6 +74,11 @@ async def test_a_runtime_retries_a_pack_it_could_not_read_and_ends_on_it_without
         tries = len(rt.history)
         await asyncio.sleep(1.0)
         assert len(rt.history) == tries  # switched: the retrying stopped
+        # on KX_HEALTH: one ok:false per failed attempt, with one stable error text, then ok:true
+        reports = [r for r in await health(svc, rt) if r["kind"] == "activation"]
+        assert [r["ok"] for r in reports] == [False] * (tries - 1) + [True], reports
+        assert {r["error"] for r in reports[:-1]} == {refusals(rt, pack.digest)[0].removeprefix("refused: ")}
+        assert reports[-1]["digest"] == pack.digest
 
 
 async def test_a_newer_pointer_supersedes_one_being_retried(nats_url, prefix):
