@@ -254,7 +254,9 @@ class RuntimeClient:
             except Exception as exc:  # one pointer that went wrong must not stop the runtime following
                 self.history.append((pointer.pack.digest, f"error: {exc!r}"))
                 log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, seq, exc)
-                return
+                # a report that could not be sent is IO too: tried again (a switch that happened is
+                # not redone: the next attempt finds the pack active)
+                refusal = Refusal(f"error: {exc!r}", refusal_kind(error=exc))
             if refusal is None or not refusal.transient:
                 return
             failed += 1
