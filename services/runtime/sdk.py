@@ -5,17 +5,24 @@ last `scope.activated` of its scope and follows new ones, re-verifies the pack
 (manifest signature under its own trust root, identity, digest and size over the
 exact bytes fetched) before switching, and reports an `activation` health message
 either way, plus periodic `sample`s from start-up on.
+
+A refusal is final (the pointer or its pack is bad: it is never retried) or transient (the
+pack could not be read just now: the same pointer is retried with back-off until it
+switches, a newer pointer supersedes it, or the runtime stops) — see `refusal_kind`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
@@ -44,6 +51,51 @@ class ChannelConfigUnavailable(RuntimeError):
     cohort, so it picks none (a guessed cohort would silently follow another cohort's pointer)."""
 
 
+RefusalKind = Literal["final", "transient"]
+# Gate failures that say "not there now", not "bad": a genuine pointer names a pack the service
+# verified in the store before it wrote the pointer, so its objects missing is a store that is
+# briefly unreadable (or being restored). Every other gate failure is about the bytes that were read.
+TRANSIENT_FAILURES = frozenset({("manifest", "manifest_missing"), ("integrity", "pack_missing")})
+# Errors of reading, not of what was read: the store or the log did not answer (nats.py's
+# timeouts, closed or draining connections, no responders and JetStream API errors are all
+# nats.errors.Error), or a socket failed.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
+
+
+def refusal_kind(gate: str | None = None, code: str | None = None, error: BaseException | None = None) -> RefusalKind:
+    """Is a refused switch worth trying again with the same pointer? Pure.
+
+    `gate`/`code`: the verification gate that failed and its reason code; `error`: what the
+    verification raised instead of answering. "final": the pointer or pack is bad (a signature,
+    key, expiry, identity, digest or size over bytes read in full) or the failure is not known
+    to be passing (an unexpected error): never retried. "transient": an input could not be
+    read: the same pointer is retried. Either way nothing switches until verification passes.
+    """
+    if error is not None:
+        return "transient" if isinstance(error, TRANSIENT_ERRORS) else "final"
+    return "transient" if (gate, code) in TRANSIENT_FAILURES else "final"
+
+
+def retry_pause(failed_attempts: int, draw: float, *, first_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """The pause after the n-th failed attempt (n >= 1): a ceiling of first_s, 2·first_s, 4·first_s …
+    never above cap_s, jittered into (ceiling/2, ceiling] by `draw` in [0, 1), so runtimes that
+    failed together do not come back together. Pure."""
+    ceiling = min(first_s * 2 ** min(max(failed_attempts, 1) - 1, 32), cap_s)
+    return ceiling * (1 - 0.5 * draw)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a switch did not happen, and whether the same pointer is worth another attempt."""
+
+    problem: str
+    kind: RefusalKind = "final"
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "transient"
+
+
 @dataclass(frozen=True)
 class Identity:
     env: str
@@ -69,6 +121,8 @@ class RuntimeClient:
         sample_interval: float = 1.0,
         on_switch: Callable[[PackRef], Awaitable[None]] | None = None,
         service_keys: ServiceKeys | None = None,
+        retry_first_s: float = 0.5,
+        retry_cap_s: float = 30.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
@@ -84,6 +138,9 @@ class RuntimeClient:
         self.active: PackRef | None = None
         self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
         self.switched = asyncio.Event()
+        self.retry_first_s = retry_first_s  # a transient refusal is retried after this, doubling up to retry_cap_s
+        self.retry_cap_s = retry_cap_s
+        self._jitter = random.Random()
 
     async def resolve_cohort(self) -> str:
         config = await self.channel_config()
@@ -165,20 +222,58 @@ class RuntimeClient:
         # is noticed within 15 s; a new pointer still arrives at once).
         reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], heartbeat_s=5.0)
         newest: ScopeActivated | None = None
+        # the pointer being applied (retried while its refusals are transient), and how to tell it
+        # a newer pointer superseded it
+        applying: asyncio.Task | None = None
+        superseded = asyncio.Event()
         try:
             async for entry in reader.read(follow=True):
                 newest = self.accept_pointer(entry) or newest
                 if entry.pending == 0 and newest is not None:
                     pointer, newest = newest, None
-                    try:
-                        await self.consider(pointer)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # one pointer that went wrong must not stop the runtime following
-                        self.history.append((pointer.pack.digest, f"error: {exc!r}"))
-                        log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, entry.seq, exc)
+                    if applying is not None:
+                        superseded.set()  # it stops retrying; an attempt under way ends first, as before
+                        await applying
+                    superseded = asyncio.Event()
+                    applying = asyncio.create_task(self.apply(pointer, entry.seq, superseded))
         finally:
+            if applying is not None:
+                await cancel_and_wait([applying])
             await reader.close()
+
+    async def apply(self, pointer: ScopeActivated, seq: int, superseded: asyncio.Event) -> None:
+        """Consider `pointer` until it is switched to or finally refused; a transient refusal is
+        tried again after a jittered, doubling pause (reported once per attempt), until
+        `superseded` is set by a newer pointer or the runtime stops."""
+        failed = 0
+        while True:
+            try:
+                refusal = await self.consider(pointer, failed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one pointer that went wrong must not stop the runtime following
+                self.history.append((pointer.pack.digest, f"error: {exc!r}"))
+                log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, seq, exc)
+                # a report that could not be sent is IO too: tried again (a switch that happened is
+                # not redone: the next attempt finds the pack active)
+                refusal = Refusal(f"error: {exc!r}", refusal_kind(error=exc))
+            if refusal is None or not refusal.transient:
+                return
+            failed += 1
+            pause = retry_pause(failed, self._jitter.random(), first_s=self.retry_first_s, cap_s=self.retry_cap_s)
+            log.info(
+                "runtime %s: retrying %s in %.1f s (attempt %d failed: %s)",
+                self.id.runtime_id,
+                pointer.pack.short(),
+                pause,
+                failed,
+                refusal.problem,
+            )
+            try:
+                await asyncio.wait_for(superseded.wait(), pause)
+                return  # a newer pointer is what this runtime should run now
+            except TimeoutError:
+                continue
 
     def accept_pointer(self, entry) -> ScopeActivated | None:
         """The pointer in `entry` if it counts: signed by a trusted activator (with service keys),
@@ -211,40 +306,48 @@ class RuntimeClient:
         self.chain = advance(self.chain, pointer, pointer_digest(entry.data))
         return pointer
 
-    async def consider(self, pointer: ScopeActivated) -> None:
+    async def consider(self, pointer: ScopeActivated, failed_before: int = 0) -> Refusal | None:
+        """Verify and switch to `pointer`'s pack; None when it is the active pack now, else why not
+        (already reported). `failed_before`: transient refusals of this pointer so far."""
         if self.active is not None and self.active.digest == pointer.pack.digest:
-            return
+            return None
         started = time.perf_counter()
-        problem = await self.verify(pointer.pack)
+        refusal = await self.verify(pointer.pack)
         took_ms = (time.perf_counter() - started) * 1000
-        if problem is not None:
-            await self.refused(pointer.pack, problem, took_ms)
-            return
+        if refusal is not None:
+            await self.refused(pointer.pack, refusal, took_ms, failed_before)
+            return refusal
         if self.on_switch is not None:
             try:
                 await self.on_switch(pointer.pack)
             except Exception as exc:  # the host did not switch: the old pack is still the active one
-                await self.refused(
-                    pointer.pack,
-                    f"switch failed: {exc.__class__.__name__}: {exc}",
-                    (time.perf_counter() - started) * 1000,
-                )
-                return
+                refusal = Refusal(f"switch failed: {exc.__class__.__name__}: {exc}")
+                await self.refused(pointer.pack, refusal, (time.perf_counter() - started) * 1000)
+                return refusal
             took_ms = (time.perf_counter() - started) * 1000
         self.active = pointer.pack
         self.history.append((pointer.pack.digest, "activated"))
         await self.report({"kind": "activation", "ok": True, "took_ms": took_ms, "error": None})
         self.switched.set()
+        return None
 
-    async def refused(self, pack: PackRef, problem: str, took_ms: float) -> None:
-        """Not switched to `pack`: recorded, logged, and reported as an `ok: false` activation of it."""
+    async def refused(self, pack: PackRef, refusal: Refusal, took_ms: float, failed_before: int = 0) -> None:
+        """Not switched to `pack`: recorded, logged, and reported as an `ok: false` activation of it.
+        A transient refusal says so in its error (one stable text, whatever the attempt)."""
+        problem = f"transient, retrying: {refusal.problem}" if refusal.transient else refusal.problem
         self.history.append((pack.digest, f"refused: {problem}"))
-        log.warning("runtime %s refused %s: %s", self.id.runtime_id, pack.short(), problem)
+        log.warning(
+            "runtime %s refused %s: %s%s",
+            self.id.runtime_id,
+            pack.short(),
+            problem,
+            f" (attempt {failed_before + 1})" if refusal.transient else "",
+        )
         await self.report(
             {"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem}
         )
 
-    async def verify(self, pack: PackRef) -> str | None:
+    async def verify(self, pack: PackRef) -> Refusal | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
@@ -260,7 +363,8 @@ class RuntimeClient:
             )
             v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
             if v.failure is not None:
-                return f"{v.failure.gate}/{v.failure.code}: {v.failure.message}"
+                f = v.failure
+                return Refusal(f"{f.gate}/{f.code}: {f.message}", refusal_kind(f.gate, f.code))
         except Exception as exc:  # fail closed: anything unexpected refuses the switch
-            return f"verification error: {exc!r}"
+            return Refusal(f"verification error: {exc!r}", refusal_kind(error=exc))
         return None
