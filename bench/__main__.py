@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "pack_size": ([], ["--quick"]),
     "fan_out": ([], ["--quick"]),
     "scaling": ([], ["--quick"]),
+    "rollback": ([], ["--quick"]),
 }
 RESULTS = Path(__file__).parent / "results"
 
