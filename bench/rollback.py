@@ -6,7 +6,7 @@
 
 The service runs as `kxr serve` (every consumer, durable consumers, signed events) in its
 own process against a file-backed nats-server. One channel, one cohort: a first release
-passes a 1 s window on data and becomes the last-known-good (LKG). N runtimes, each its own
+passes a 3 s window on data and becomes the last-known-good (LKG). N runtimes, each its own
 connection running the runtime SDK (`RuntimeClient.follow`: re-verify the pack, switch,
 report an `activation`), spread over `--workers` processes, follow the scope.
 
@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -71,6 +75,7 @@ PROBE = "rt-probe"  # the runtime id the bench reports as (pre-flight's sample, 
 ERROR_RATE_MAX = 0.05
 BREACH = {"requests": 100, "errors": 50}  # 0.5 > 2 x 0.05, requests >= HARD_BREACH_MIN_REQUESTS
 ROUND_WINDOW_S = 3600  # only the breach ends a round's window
+LKG_WINDOW_S = 3  # the first release's window: passed on the probe's data, it makes the LKG
 PACK_BYTES = 64 * 1024
 RAW_LOG, RAW_HEALTH = "RAWRB_LOG", "RAWRB_HEALTH"
 RAW_POINTER, RAW_FAILED, RAW_ROLLBACK, RAW_ROLLED = (
@@ -225,10 +230,11 @@ class Reports:
         self.n, self.key_of = n, key_of
         self.stored: dict[str, dict[str, float]] = {}  # key -> runtime id -> stored time (epoch s)
         self.samples: list[tuple[float, dict]] = []  # the probe's samples as stored
+        self.took_ms: dict[str, list[float]] = {}  # key -> each runtime's own `took_ms` (verify + switch)
         self._waiting: dict[str, asyncio.Future] = {}
 
     def expect(self, key: str) -> asyncio.Future:
-        self.stored[key] = {}
+        self.stored[key], self.took_ms[key] = {}, []
         fut = self._waiting[key] = asyncio.get_running_loop().create_future()
         return fut
 
@@ -245,6 +251,8 @@ class Reports:
         if got is None or body["runtime_id"] in got:
             return
         got[body["runtime_id"]] = at
+        if isinstance(body.get("took_ms"), (int, float)):
+            self.took_ms[key].append(body["took_ms"])  # type: ignore[index]
         fut = self._waiting.get(key)  # type: ignore[arg-type]
         if len(got) == self.n and fut is not None and not fut.done():
             fut.set_result(max(got.values()))
@@ -302,8 +310,9 @@ async def _request(log: EventLog, rid: str, version: str, digest: str, extra: di
     await log.append(log.release_entry(request_event(rid, requested, PRODUCER), 0))
 
 
-async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float) -> tuple[list, list]:
-    """(per-round latencies in s, per-round hop times) of the service's rollback."""
+async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float) -> tuple[list, list, list]:
+    """(per-round latencies in s, per-round hop times, every runtime's own verify+switch time in s)
+    of the service's rollback."""
     subjects = Subjects(r.prefix)
     js = nc.jetstream(timeout=10)
     log = EventLog(nc, js, subjects)
@@ -318,12 +327,14 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
     )
     health = subjects.health(ENV, CHANNEL, COHORT, PROBE)
     try:
-        # the LKG: a first release (nothing to roll back to: strategy none) that passes its 1 s window on data
+        # the LKG: a first release (nothing to roll back to: strategy none) that passes its short window on data
         lkg_rid = "rb-lkg"
         lkg = await _push(js, subjects, r.key, "1.0.0")
         lkg_done = reports.expect(lkg)
-        await _request(log, lkg_rid, "1.0.0", lkg, {"rollback": {"strategy": "none"}})
-        await asyncio.wait_for(lkg_done, timeout + runtimes * 0.05)
+        window = {"window_s": LKG_WINDOW_S, "min_samples": 1, "thresholds": {"error_rate_max": ERROR_RATE_MAX}}
+        await _request(log, lkg_rid, "1.0.0", lkg, {"rollback": {"strategy": "none"}, "monitoring": window})
+        # the probe's data for the window at once: the window may end before N runtimes have re-verified
+        await _until_stored(js, stream, subjects.release(lkg_rid, "monitoring_started"), "LKG window", timeout)
         await js.publish(
             health,
             json.dumps(
@@ -331,15 +342,15 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
                 | {"took_ms": 1.0, "error": None}
             ).encode(),
         )
-        await _until_stored(js, stream, subjects.release(lkg_rid, "monitoring_started"), "LKG window", timeout)
         await js.publish(health, sample_body(lkg, 100, 0))
+        await asyncio.wait_for(lkg_done, timeout + runtimes * 0.05)
         closed = await _until_stored(js, stream, subjects.release(lkg_rid, "closed"), "LKG release", timeout + 10)
         outcome = getattr(decode_event(closed.data or b"", closed.subject or "", subjects).data, "outcome", None)
         if outcome != "success":
             raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
 
-        latencies, hops = [], []
-        quiet = 0.1 + runtimes * 0.001  # the monitor reads every report of the switch before the breach
+        latencies, hops, took = [], [], []
+        quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
         progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
         for i in range(1, rounds + 1):
             rid = f"rb-{i}"
@@ -373,6 +384,7 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
                 ) from None
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[lkg].values())
+            took += [ms / 1000 for ms in reports.took_ms[lkg]]
             seen = pool.times(f"seen:{rid}:rollback")
             sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
             hops.append(
@@ -396,7 +408,7 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
             )
             await _until_stored(js, stream, subjects.release(rid, "closed"), f"round {i} close", timeout)
             progress.update(i)
-        return latencies, hops
+        return latencies, hops, took
     finally:
         await sub.unsubscribe()
 
@@ -505,12 +517,40 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
         await admin.close()
 
 
-async def run_one(runtimes: int, rounds: int, workers: int = 1, timeout: float = 60.0) -> dict:
-    """Ours and the raw chain with `runtimes` runtimes, `rounds` rollbacks each, on one fresh server."""
+def _serve(r, profile: Path | None) -> None:
+    """`kxr serve`; with `profile`, under cProfile (its SIGTERM is a clean return, so the stats are written)."""
+    if profile is None:
+        r.serve(name="serve")
+        return
+    code = (
+        "import cProfile, sys; sys.argv = ['kxr', 'serve']; from services.cli.main import run; "
+        f"cProfile.run('run()', {str(profile / 'serve.prof')!r})"
+    )
+    log = open(r.work / "serve.log", "ab")
+    r.procs.append(
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=r.env(), cwd=r.work, stdout=log, stderr=log, start_new_session=True
+        )
+    )
+
+
+def _profile_tables(profile: Path) -> None:
+    """Next to each .prof, the top functions by cumulative and by own time, as text."""
+    for prof in sorted(profile.glob("*.prof")):
+        with open(prof.with_suffix(".txt"), "w") as out:
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(str(prof), stream=out).strip_dirs().sort_stats(order).print_stats(40)
+
+
+async def run_one(
+    runtimes: int, rounds: int, workers: int = 1, timeout: float = 60.0, profile: Path | None = None
+) -> dict:
+    """Ours and the raw chain with `runtimes` runtimes, `rounds` rollbacks each, on one fresh server.
+    With `profile` (a directory), the service and the runtime processes run under cProfile."""
     raise_fd_limit(runtimes * 3 + 256)  # the nats-server child inherits it: one socket per runtime
     workers = max(1, min(workers, runtimes))
     with rig(prefix="rb") as r:
-        r.serve(name="serve")
+        _serve(r, profile)
         subjects = Subjects(r.prefix)
         nc = await connect(r.url, name="bench-rollback")
         js = nc.jetstream(timeout=10)
@@ -541,11 +581,13 @@ async def run_one(runtimes: int, rounds: int, workers: int = 1, timeout: float =
                 return await live_followers(js, subjects.releases_stream, pointer) >= runtimes
 
             await pool.until(all_live, "runtime followers", timeout)
-            ours, ours_hops = await measure_ours(r, pool, nc, runtimes, rounds, timeout)
+            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout)
             raw, raw_hops = await measure_raw(r.url, pool, runtimes, rounds, timeout)
         finally:
             await pool.stop()
             await nc.close()
+    if profile is not None:
+        _profile_tables(profile)
     o, b = latency_summary(ours), latency_summary(raw)
     target = target_ms(runtimes)
     return {
@@ -557,18 +599,26 @@ async def run_one(runtimes: int, rounds: int, workers: int = 1, timeout: float =
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "hops_ms_since_sample": {"ours": hop_summary(ours_hops), "baseline": hop_summary(raw_hops)},
+        "runtime_verify_and_switch": latency_summary(took),  # each runtime's own `took_ms`, every round
         "target_p99_ms": target,
+        "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
         "met": None if target is None else o["p99_ms"] <= target,
     }
 
 
-async def run(sizes: list[tuple[int, int]], workers: int = 4, timeout: float = 60.0) -> dict:
+async def run(
+    sizes: list[tuple[int, int]], workers: int = 4, timeout: float = 60.0, profile: Path | None = None
+) -> dict:
     """One `run_one` per (runtimes, rounds), each on its own server and service."""
     results = []
     for runtimes, rounds in sizes:
         sys.stderr.write(f"-- {runtimes} runtime(s), {rounds} round(s)\n")
         w = 1 if runtimes <= 20 else workers
-        results.append(await run_one(runtimes, rounds, w, timeout))
+        where = None
+        if profile is not None:
+            where = profile / f"n{runtimes}"
+            where.mkdir(parents=True, exist_ok=True)
+        results.append(await run_one(runtimes, rounds, w, timeout, where))
     return {
         "pack_bytes": PACK_BYTES,
         "sizes": results,
@@ -593,10 +643,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", default="50,20", help="rollbacks per run: one number, or one per --runtimes")
     ap.add_argument("--workers", type=int, default=4, help="processes the runtimes are spread over (above 20)")
     ap.add_argument("--quick", action="store_true", help="3 runtimes, 5 rounds")
+    ap.add_argument("--profile", type=Path, help="a directory: run the service and the runtimes under cProfile")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process, JSON spec
     args = ap.parse_args(argv)
     if args.worker:
-        asyncio.run(_worker(json.loads(args.worker)))
+        spec = json.loads(args.worker)
+        if spec.get("profile"):
+            cProfile.runctx("asyncio.run(_worker(spec))", globals(), {"spec": spec}, spec["profile"])
+        else:
+            asyncio.run(_worker(spec))
         return
     if args.quick:
         args.runtimes, args.rounds = "3", "5"
@@ -606,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(rounds) != len(runtimes) or args.workers < 1:
         print("bench.rollback: give one --rounds, or one per --runtimes; --workers at least 1", file=sys.stderr)
         raise SystemExit(2)
-    res = asyncio.run(run(list(zip(runtimes, rounds, strict=True)), args.workers))
+    res = asyncio.run(run(list(zip(runtimes, rounds, strict=True)), args.workers, profile=args.profile))
     rows = []
     for s in res["sizes"]:
         o, b, n = s["ours"], s["baseline"], s["runtimes"]
