@@ -113,23 +113,64 @@ def sample_body(digest: str | None, requests: int, errors: int) -> bytes:
 
 
 # ---- worker process: n runtimes, then n raw subscribers ------------------------------------------------
+PARTS = ("trust_chain", "gates", "report")  # where a runtime's switch spends its time (s each)
+_SPENT: dict[asyncio.Task | None, dict[str, float]] = {}  # follow task -> part -> seconds, this pointer
+
+
+def _timed(part: str, fn):
+    """`fn` (a coroutine function), timing each call under `part` for the task that called it."""
+
+    async def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return await fn(*a, **kw)
+        finally:
+            _SPENT.setdefault(asyncio.current_task(), {})[part] = time.perf_counter() - t0
+
+    return timed
+
+
 def _runtime_class():
-    from services.runtime.sdk import RuntimeClient
+    from services.runtime import sdk
 
-    class BenchRuntime(RuntimeClient):
-        """The SDK's runtime; marks when each pointer arrived (the report is timed by its stored time)."""
+    # the two awaits of `RuntimeClient.verify`: the trust chain read from the log, the gates over the pack
+    sdk.current_chain = _timed("trust_chain", sdk.current_chain)
+    sdk.run_gates = _timed("gates", sdk.run_gates)
 
-        def __init__(self, *a, seen: _Seen, **kw) -> None:
+    class BenchRuntime(sdk.RuntimeClient):
+        """The SDK's runtime; marks when each pointer arrived and what its switch spent where
+        (the report itself is timed by its stored time)."""
+
+        def __init__(self, *a, seen: _Seen, parts: _Values, **kw) -> None:
             super().__init__(*a, **kw)
-            self._seen = seen
+            self._seen, self._parts = seen, parts
+
+        async def report(self, body: dict) -> None:
+            timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
+            await timed(body)
 
         async def consider(self, pointer) -> None:
-            self._seen.mark(f"seen:{pointer.release_id}:{pointer.kind}")
+            key = f"{pointer.release_id}:{pointer.kind}"
+            self._seen.mark(f"seen:{key}")
+            _SPENT.pop(asyncio.current_task(), None)
             await super().consider(pointer)
+            spent = _SPENT.pop(asyncio.current_task(), {})
+            for part in PARTS:
+                self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
             if self.active is None or self.active.digest != pointer.pack.digest:
                 _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
 
     return BenchRuntime
+
+
+class _Values(_Seen):
+    """Values per key; a line on stdout once all n runtimes of this process gave one."""
+
+    def add(self, key: str, value: float) -> None:
+        got = self.times.setdefault(key, [])
+        got.append(value)
+        if len(got) == self.n:
+            _say({"key": key, "times": got})
 
 
 async def _worker(spec: dict) -> None:
@@ -140,7 +181,7 @@ async def _worker(spec: dict) -> None:
     raise_fd_limit(spec["n"] * 2 + 64)
     BenchRuntime = _runtime_class()
     trust = TrustRoot.from_document(spec["trust"])
-    seen = _Seen(spec["n"])
+    seen, parts = _Seen(spec["n"]), _Values(spec["n"])
     conns: list = []
     tasks: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -184,6 +225,7 @@ async def _worker(spec: dict) -> None:
                 trust,
                 prefix=spec["prefix"],
                 seen=seen,
+                parts=parts,
             )
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.follow()))
@@ -310,9 +352,11 @@ async def _request(log: EventLog, rid: str, version: str, digest: str, extra: di
     await log.append(log.release_entry(request_event(rid, requested, PRODUCER), 0))
 
 
-async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float) -> tuple[list, list, list]:
-    """(per-round latencies in s, per-round hop times, every runtime's own verify+switch time in s)
-    of the service's rollback."""
+async def measure_ours(
+    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float
+) -> tuple[list, list, dict[str, list[float]]]:
+    """(per-round latencies in s, per-round hop times, per runtime and round: its own `took_ms` and
+    the time in each of PARTS, in s) of the service's rollback."""
     subjects = Subjects(r.prefix)
     js = nc.jetstream(timeout=10)
     log = EventLog(nc, js, subjects)
@@ -350,6 +394,7 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
             raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
 
         latencies, hops, took = [], [], []
+        spent: dict[str, list[float]] = {part: [] for part in PARTS}
         quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
         progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
         for i in range(1, rounds + 1):
@@ -385,6 +430,12 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[lkg].values())
             took += [ms / 1000 for ms in reports.took_ms[lkg]]
+            # a runtime says where its time went after its report is stored: wait for the last word
+            await pool.until(
+                lambda rid=rid: len(pool.times(f"{PARTS[-1]}:{rid}:rollback")) == runtimes, f"round {i} parts", timeout
+            )
+            for part in PARTS:
+                spent[part] += pool.times(f"{part}:{rid}:rollback")
             seen = pool.times(f"seen:{rid}:rollback")
             sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
             hops.append(
@@ -408,7 +459,7 @@ async def measure_ours(r, pool: Workers, nc, runtimes: int, rounds: int, timeout
             )
             await _until_stored(js, stream, subjects.release(rid, "closed"), f"round {i} close", timeout)
             progress.update(i)
-        return latencies, hops, took
+        return latencies, hops, {"took": took, **spent}
     finally:
         await sub.unsubscribe()
 
@@ -565,7 +616,11 @@ async def run_one(
             trust = json.loads(r.trust_file.read_text())
             share = [runtimes // workers + (1 if i < runtimes % workers else 0) for i in range(workers)]
             await pool.start(
-                [{"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust} for i, n in enumerate(share)]
+                [
+                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust}
+                    | ({"profile": str(profile / f"runtimes-{i}.prof")} if profile else {})
+                    for i, n in enumerate(share)
+                ]
             )
             bar = Progress("runtimes connected", runtimes)
             await pool.until(
@@ -599,7 +654,9 @@ async def run_one(
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "hops_ms_since_sample": {"ours": hop_summary(ours_hops), "baseline": hop_summary(raw_hops)},
-        "runtime_verify_and_switch": latency_summary(took),  # each runtime's own `took_ms`, every round
+        # per runtime and round: its own `took_ms` (verify + switch), and where that time went
+        "runtime_verify_and_switch": latency_summary(took["took"]),
+        "runtime_parts": {part: latency_summary(took[part]) for part in PARTS},
         "target_p99_ms": target,
         "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
         "met": None if target is None else o["p99_ms"] <= target,
@@ -640,7 +697,7 @@ def _ints(text: str, what: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runtimes", default="5,1000", help="comma-separated runtime counts, one run each")
-    ap.add_argument("--rounds", default="50,20", help="rollbacks per run: one number, or one per --runtimes")
+    ap.add_argument("--rounds", default="100,20", help="rollbacks per run: one number, or one per --runtimes")
     ap.add_argument("--workers", type=int, default=4, help="processes the runtimes are spread over (above 20)")
     ap.add_argument("--quick", action="store_true", help="3 runtimes, 5 rounds")
     ap.add_argument("--profile", type=Path, help="a directory: run the service and the runtimes under cProfile")

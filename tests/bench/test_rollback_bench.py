@@ -24,5 +24,8 @@ async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
         assert all(_positive(hops[h]["p50_ms"]) for h in order + ["last_report_stored"])
         assert [hops[h]["p50_ms"] for h in order] == sorted(hops[h]["p50_ms"] for h in order)
         assert hops["last_report_stored"]["p50_ms"] == size[side]["p50_ms"]
+    # each runtime said where its switch back went: trust chain read, gates over the pack, the report
+    assert all(size["runtime_parts"][part]["n"] == 4 for part in ("trust_chain", "gates", "report"))
+    assert size["runtime_verify_and_switch"]["n"] == 4 and not size["profiled"]
     assert _positive(size["ratio_p50"]) and size["target_p99_ms"] == 25.0
     assert res["met"] == {"p99_2": size["met"]} and isinstance(size["met"], bool)
