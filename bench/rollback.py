@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.rollback                            # 5 and 1,000 runtimes
     .venv/bin/python -m bench.rollback --runtimes 5 --rounds 50
     .venv/bin/python -m bench.rollback --quick                    # 3 runtimes, 5 rounds
+    .venv/bin/python -m bench.rollback --runtimes 5 --profile /tmp/prof   # service + runtimes under cProfile
 
 The service runs as `kxr serve` (every consumer, durable consumers, signed events) in its
 own process against a file-backed nats-server. One channel, one cohort: a first release
@@ -26,7 +27,8 @@ consumer) commits a synced two-message atomic batch (pointer + event); N subscri
 connection each, receive the pointer and each publishes an activation report; the clock
 stops at the stored time of the last report.
 
-Each hop's stored time (server timestamps, same host clock) is kept per round, so a miss
+Each hop's stored time (server timestamps, same host clock) is kept per round, and each
+runtime times its own switch (trust-chain read, gates over the pack, report), so a miss
 shows where the time goes.
 """
 
@@ -685,12 +687,14 @@ async def run(
 
 
 def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated counts, each at least 1; anything else is one line on stderr and exit 2."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"bench.rollback: {what} must be comma-separated whole numbers, not {text!r}") from None
+        values = []
     if not values or min(values) < 1:
-        raise SystemExit(f"bench.rollback: {what} must be at least 1")
+        print(f"bench.rollback: {what} takes comma-separated whole numbers >= 1, not {text!r}", file=sys.stderr)
+        raise SystemExit(2)
     return values
 
 
