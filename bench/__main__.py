@@ -26,6 +26,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "fan_out": ([], ["--quick"]),
     "scaling": ([], ["--quick"]),
     "cli_start": ([], ["--quick"]),
+    "rollback": ([], ["--quick"]),
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,0 +1,736 @@
+"""Fast-track rollback: a breaching health sample -> every runtime of the cohort runs the LKG again.
+
+    .venv/bin/python -m bench.rollback                            # 5 and 1,000 runtimes
+    .venv/bin/python -m bench.rollback --runtimes 5 --rounds 50
+    .venv/bin/python -m bench.rollback --quick                    # 3 runtimes, 5 rounds
+    .venv/bin/python -m bench.rollback --runtimes 5 --profile /tmp/prof   # service + runtimes under cProfile
+
+The service runs as `kxr serve` (every consumer, durable consumers, signed events) in its
+own process against a file-backed nats-server. One channel, one cohort: a first release
+passes a 3 s window on data and becomes the last-known-good (LKG). N runtimes, each its own
+connection running the runtime SDK (`RuntimeClient.follow`: re-verify the pack, switch,
+report an `activation`), spread over `--workers` processes, follow the scope.
+
+Each round requests a fresh release (rollback strategy `lkg`, a window of an hour, so only
+the breach ends it), waits until it is monitored and every runtime runs it, then publishes
+ONE health sample that is a hard breach (100 requests, 50 errors: over twice
+`error_rate_max`). The clock starts just before that publish and stops at the server's
+stored time of the last of the N `kind: activation, ok: true` reports of the LKG digest in
+KX_HEALTH. Our path: monitor (live health subscription) -> `monitoring_failed` ->
+promoter -> `rollback_started` -> activator (readiness, one synced atomic batch: pointer +
+`rolled_back`) -> N runtimes (re-verify, switch, report).
+
+Baseline, same run, same server, bare nats-py: the raw chain of the same shape. The sample
+is published to a raw health stream; a "monitor" (core subscription) publishes a JetStream
+event; a "promoter" (ordered consumer) publishes the next; an "activator" (ordered
+consumer) commits a synced two-message atomic batch (pointer + event); N subscribers, one
+connection each, receive the pointer and each publishes an activation report; the clock
+stops at the stored time of the last report.
+
+Each hop's stored time (server timestamps, same host clock) is kept per round, and each
+runtime times its own switch (trust-chain read, gates over the pack, report), so a miss
+shows where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from events.codec import decode_event
+from events.subjects import Subjects
+from services.actions.producer import configure_channel, push_pack, request_event
+from services.jetstream.client import connect
+from services.jetstream.layout import LOG_MAX_CONSUMERS
+from services.jetstream.log import EventLog
+
+from .common import (
+    OPERATOR,
+    PRODUCER,
+    Progress,
+    channel_config,
+    latency_summary,
+    percentile,
+    raw_connect,
+    report,
+    rig,
+    signed_pack,
+)
+from .fan_out import Workers, _say, _Seen, live_followers, raise_fd_limit
+from .time_to_activate import wait_for_layout
+
+ENV, CHANNEL, COHORT = "prod", "rb", "all"
+PROBE = "rt-probe"  # the runtime id the bench reports as (pre-flight's sample, the LKG's data, the breach)
+ERROR_RATE_MAX = 0.05
+BREACH = {"requests": 100, "errors": 50}  # 0.5 > 2 x 0.05, requests >= HARD_BREACH_MIN_REQUESTS
+ROUND_WINDOW_S = 3600  # only the breach ends a round's window
+LKG_WINDOW_S = 3  # the first release's window: passed on the probe's data, it makes the LKG
+PACK_BYTES = 64 * 1024
+RAW_LOG, RAW_HEALTH = "RAWRB_LOG", "RAWRB_HEALTH"
+RAW_POINTER, RAW_FAILED, RAW_ROLLBACK, RAW_ROLLED = (
+    "rawrb.log.scope.pointer",
+    "rawrb.log.failed",
+    "rawrb.log.rollback",
+    "rawrb.log.rolled_back",
+)
+
+
+def target_ms(runtimes: int) -> float | None:
+    """The issue's p99 targets: 25 ms with 5 runtimes, 300 ms with 1,000 connections."""
+    if runtimes <= 5:
+        return 25.0
+    if runtimes <= 1000:
+        return 300.0
+    return None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def sample_body(digest: str | None, requests: int, errors: int) -> bytes:
+    return json.dumps(
+        {
+            "runtime_id": PROBE,
+            "digest": digest,
+            "at": now_rfc3339(),
+            "kind": "sample",
+            "requests": requests,
+            "errors": errors,
+        }
+    ).encode()
+
+
+# ---- worker process: n runtimes, then n raw subscribers ------------------------------------------------
+PARTS = ("trust_chain", "gates", "report")  # where a runtime's switch spends its time (s each)
+_SPENT: dict[asyncio.Task | None, dict[str, float]] = {}  # follow task -> part -> seconds, this pointer
+
+
+def _timed(part: str, fn):
+    """`fn` (a coroutine function), timing each call under `part` for the task that called it."""
+
+    async def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return await fn(*a, **kw)
+        finally:
+            _SPENT.setdefault(asyncio.current_task(), {})[part] = time.perf_counter() - t0
+
+    return timed
+
+
+def _runtime_class():
+    from services.runtime import sdk
+
+    # the two awaits of `RuntimeClient.verify`: the trust chain read from the log, the gates over the pack
+    sdk.current_chain = _timed("trust_chain", sdk.current_chain)
+    sdk.run_gates = _timed("gates", sdk.run_gates)
+
+    class BenchRuntime(sdk.RuntimeClient):
+        """The SDK's runtime; marks when each pointer arrived and what its switch spent where
+        (the report itself is timed by its stored time)."""
+
+        def __init__(self, *a, seen: _Seen, parts: _Values, **kw) -> None:
+            super().__init__(*a, **kw)
+            self._seen, self._parts = seen, parts
+
+        async def report(self, body: dict) -> None:
+            timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
+            await timed(body)
+
+        async def consider(self, pointer) -> None:
+            key = f"{pointer.release_id}:{pointer.kind}"
+            self._seen.mark(f"seen:{key}")
+            _SPENT.pop(asyncio.current_task(), None)
+            await super().consider(pointer)
+            spent = _SPENT.pop(asyncio.current_task(), {})
+            for part in PARTS:
+                self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
+            if self.active is None or self.active.digest != pointer.pack.digest:
+                _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
+
+    return BenchRuntime
+
+
+class _Values(_Seen):
+    """Values per key; a line on stdout once all n runtimes of this process gave one."""
+
+    def add(self, key: str, value: float) -> None:
+        got = self.times.setdefault(key, [])
+        got.append(value)
+        if len(got) == self.n:
+            _say({"key": key, "times": got})
+
+
+async def _worker(spec: dict) -> None:
+    """n runtimes following the channel; on stdin `raw` replaces them with n raw subscribers, `stop` ends."""
+    from events.signing import TrustRoot
+    from services.runtime.sdk import Identity
+
+    raise_fd_limit(spec["n"] * 2 + 64)
+    BenchRuntime = _runtime_class()
+    trust = TrustRoot.from_document(spec["trust"])
+    seen, parts = _Seen(spec["n"]), _Values(spec["n"])
+    conns: list = []
+    tasks: list[asyncio.Task] = []
+    loop = asyncio.get_running_loop()
+
+    async def close_all() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
+        for nc in conns:
+            await nc.close()
+        conns.clear()
+
+    async def raw_subscribers() -> None:
+        for i in range(spec["n"]):
+            nc = await raw_connect(spec["url"], name=f"bench-raw-{spec['index']}-{i}")
+            conns.append(nc)
+            js = nc.jetstream()
+            rt = f"raw-{spec['index']}-{i}"
+
+            def on_pointer(js=js, rt=rt):
+                async def cb(msg) -> None:
+                    pointer = json.loads(msg.data)
+                    seen.mark(f"seen:{pointer['round']}")
+                    body = {"runtime_id": rt, "digest": pointer["digest"], "at": now_rfc3339(), "kind": "activation"}
+                    body.update(ok=True, took_ms=0.0, error=None, round=pointer["round"])
+                    await js.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
+
+                return cb
+
+            await js.subscribe(RAW_POINTER, cb=on_pointer(), ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        _say({"following": "raw"})
+
+    try:
+        for i in range(spec["n"]):
+            nc = await connect(spec["url"], name=f"bench-rt-{spec['index']}-{i}")
+            conns.append(nc)
+            rt = BenchRuntime(
+                nc,
+                Identity(ENV, CHANNEL, f"tenant-{spec['index']}-{i}", f"rt-{spec['index']}-{i}"),
+                trust,
+                prefix=spec["prefix"],
+                seen=seen,
+                parts=parts,
+            )
+            await rt.resolve_cohort()
+            tasks.append(asyncio.create_task(rt.follow()))
+            _say({"connected": i + 1})
+        _say({"following": CHANNEL})
+        while True:
+            command = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+            if not command or command[0] == "stop":
+                return
+            if command[0] == "raw":
+                await close_all()
+                await raw_subscribers()
+    finally:
+        await close_all()
+
+
+class RollbackWorkers(Workers):
+    """fan_out's worker pool, running this module's workers."""
+
+    async def start(self, specs: list[dict]) -> None:
+        from .fan_out import ROOT
+
+        for spec in specs:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.rollback",
+                "--worker",
+                json.dumps(spec),
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=64 * 1024 * 1024,
+            )
+            self.procs.append(proc)
+            self._readers.append(asyncio.create_task(self._read(spec["index"], proc)))
+
+
+# ---- parent: what is stored, with its stored time -------------------------------------------------------
+class Reports:
+    """Activation reports (`ok: true`) as stored, by the key they answer; a future per awaited key."""
+
+    def __init__(self, n: int, key_of: Callable[[dict], str | None]) -> None:
+        self.n, self.key_of = n, key_of
+        self.stored: dict[str, dict[str, float]] = {}  # key -> runtime id -> stored time (epoch s)
+        self.samples: list[tuple[float, dict]] = []  # the probe's samples as stored
+        self.took_ms: dict[str, list[float]] = {}  # key -> each runtime's own `took_ms` (verify + switch)
+        self._waiting: dict[str, asyncio.Future] = {}
+
+    def expect(self, key: str) -> asyncio.Future:
+        self.stored[key], self.took_ms[key] = {}, []
+        fut = self._waiting[key] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def on_msg(self, msg) -> None:
+        at = msg.metadata.timestamp.timestamp()
+        body = json.loads(msg.data)
+        if body.get("runtime_id") == PROBE:
+            self.samples.append((at, body))
+            return
+        if body.get("kind") != "activation" or body.get("ok") is not True:
+            return
+        key = self.key_of(body)
+        got = self.stored.get(key) if key is not None else None
+        if got is None or body["runtime_id"] in got:
+            return
+        got[body["runtime_id"]] = at
+        if isinstance(body.get("took_ms"), (int, float)):
+            self.took_ms[key].append(body["took_ms"])  # type: ignore[index]
+        fut = self._waiting.get(key)  # type: ignore[arg-type]
+        if len(got) == self.n and fut is not None and not fut.done():
+            fut.set_result(max(got.values()))
+
+
+async def _stored_at(js, stream: str, subject: str) -> float | None:
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None
+    return msg.time.timestamp() if msg.time else None
+
+
+async def _until_stored(js, stream: str, subject: str, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: nothing on {subject} within {timeout:.0f}s (see serve.log)") from None
+            await asyncio.sleep(0.02)
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round((b - a) * 1000, 3)
+
+
+def hop_summary(rounds: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Per hop (ms since the sample's publish): p50 and max over the rounds."""
+    out = {}
+    for hop in rounds[0] if rounds else {}:
+        values = [v for r in rounds if (v := r.get(hop)) is not None]
+        if values:
+            out[hop] = {"p50_ms": round(percentile(values, 50), 3), "max_ms": round(max(values), 3)}
+    return out
+
+
+async def _push(js, subjects: Subjects, key, version: str) -> str:
+    """A signed 64 KiB pack in the pack store; its digest."""
+    body = os.urandom(PACK_BYTES)
+    manifest, digest = signed_pack(key, version, body)
+    await push_pack(js, subjects, body, manifest, digest)
+    return digest
+
+
+async def _request(log: EventLog, rid: str, version: str, digest: str, extra: dict) -> None:
+    requested = {
+        "pack": {"name": "kb", "version": version, "digest": digest},
+        "target": {"env": ENV, "channel": CHANNEL},
+        "owner": "bench",
+        "escalation": "pager:bench",
+        **extra,
+    }
+    await log.append(log.release_entry(request_event(rid, requested, PRODUCER), 0))
+
+
+async def measure_ours(
+    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float
+) -> tuple[list, list, dict[str, list[float]]]:
+    """(per-round latencies in s, per-round hop times, per runtime and round: its own `took_ms` and
+    the time in each of PARTS, in s) of the service's rollback."""
+    subjects = Subjects(r.prefix)
+    js = nc.jetstream(timeout=10)
+    log = EventLog(nc, js, subjects)
+    stream = subjects.releases_stream
+    # a report answers the pack it names; which round it belongs to is whichever is expected
+    reports = Reports(runtimes, lambda body: body.get("digest"))
+    sub = await js.subscribe(
+        subjects.health_cohort(ENV, CHANNEL, COHORT),
+        cb=reports.on_msg,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
+    health = subjects.health(ENV, CHANNEL, COHORT, PROBE)
+    try:
+        # the LKG: a first release (nothing to roll back to: strategy none) that passes its short window on data
+        lkg_rid = "rb-lkg"
+        lkg = await _push(js, subjects, r.key, "1.0.0")
+        lkg_done = reports.expect(lkg)
+        window = {"window_s": LKG_WINDOW_S, "min_samples": 1, "thresholds": {"error_rate_max": ERROR_RATE_MAX}}
+        await _request(log, lkg_rid, "1.0.0", lkg, {"rollback": {"strategy": "none"}, "monitoring": window})
+        # the probe's data for the window at once: the window may end before N runtimes have re-verified
+        await _until_stored(js, stream, subjects.release(lkg_rid, "monitoring_started"), "LKG window", timeout)
+        await js.publish(
+            health,
+            json.dumps(
+                {"runtime_id": PROBE, "digest": lkg, "at": now_rfc3339(), "kind": "activation", "ok": True}
+                | {"took_ms": 1.0, "error": None}
+            ).encode(),
+        )
+        await js.publish(health, sample_body(lkg, 100, 0))
+        await asyncio.wait_for(lkg_done, timeout + runtimes * 0.05)
+        closed = await _until_stored(js, stream, subjects.release(lkg_rid, "closed"), "LKG release", timeout + 10)
+        outcome = getattr(decode_event(closed.data or b"", closed.subject or "", subjects).data, "outcome", None)
+        if outcome != "success":
+            raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
+
+        latencies, hops, took = [], [], []
+        spent: dict[str, list[float]] = {part: [] for part in PARTS}
+        quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
+        progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
+        for i in range(1, rounds + 1):
+            rid = f"rb-{i}"
+            digest = await _push(js, subjects, r.key, f"1.0.{i}")
+            switched = reports.expect(digest)
+            await _request(
+                log,
+                rid,
+                f"1.0.{i}",
+                digest,
+                {
+                    "rollback": {"strategy": "lkg"},
+                    "monitoring": {
+                        "window_s": ROUND_WINDOW_S,
+                        "min_samples": 1,
+                        "thresholds": {"error_rate_max": ERROR_RATE_MAX},
+                    },
+                },
+            )
+            await asyncio.wait_for(switched, timeout + runtimes * 0.05)
+            await _until_stored(js, stream, subjects.release(rid, "monitoring_started"), f"round {i} window", timeout)
+            await asyncio.sleep(quiet)
+            back = reports.expect(lkg)
+            t0 = time.time()
+            await js.publish(health, sample_body(digest, **BREACH))
+            try:
+                t_end = await asyncio.wait_for(back, timeout + runtimes * 0.05)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"round {i}: {len(reports.stored[lkg])}/{runtimes} runtimes back on the LKG within the timeout"
+                ) from None
+            latencies.append(t_end - t0)
+            stored = sorted(reports.stored[lkg].values())
+            took += [ms / 1000 for ms in reports.took_ms[lkg]]
+            # a runtime says where its time went after its report is stored: wait for the last word
+            await pool.until(
+                lambda rid=rid: len(pool.times(f"{PARTS[-1]}:{rid}:rollback")) == runtimes, f"round {i} parts", timeout
+            )
+            for part in PARTS:
+                spent[part] += pool.times(f"{part}:{rid}:rollback")
+            seen = pool.times(f"seen:{rid}:rollback")
+            sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
+            hops.append(
+                {
+                    "sample_stored": _ms(t0, sample_at),
+                    "monitoring_failed": _ms(
+                        t0, await _stored_at(js, stream, subjects.release(rid, "monitoring_failed"))
+                    ),
+                    "rollback_started": _ms(
+                        t0, await _stored_at(js, stream, subjects.release(rid, "rollback_started"))
+                    ),
+                    "pointer_and_rolled_back": _ms(
+                        t0, await _stored_at(js, stream, subjects.release(rid, "rolled_back"))
+                    ),
+                    "first_runtime_has_pointer": _ms(t0, min(seen) if seen else None),
+                    "last_runtime_has_pointer": _ms(t0, max(seen) if seen else None),
+                    "first_report_stored": _ms(t0, stored[0]),
+                    "median_report_stored": _ms(t0, percentile(stored, 50)),
+                    "last_report_stored": _ms(t0, stored[-1]),
+                }
+            )
+            await _until_stored(js, stream, subjects.release(rid, "closed"), f"round {i} close", timeout)
+            progress.update(i)
+        return latencies, hops, {"took": took, **spent}
+    finally:
+        await sub.unsubscribe()
+
+
+async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeout: float) -> tuple[list, list]:
+    """(per-round latencies in s, per-round hop times) of the raw chain of the same shape."""
+    admin = await raw_connect(url, name="bench-raw-admin")
+    js = admin.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name=RAW_LOG,
+            subjects=["rawrb.log.>"],
+            storage=StorageType.FILE,
+            allow_atomic=True,
+            max_consumers=LOG_MAX_CONSUMERS,
+        )
+    )
+    await js.add_stream(StreamConfig(name=RAW_HEALTH, subjects=["rawrb.health.>"], storage=StorageType.FILE))
+    conns = [await raw_connect(url, name=f"bench-raw-{role}") for role in ("monitor", "promoter", "activator")]
+    monitor, promoter, activator = conns
+    mjs, pjs = monitor.jetstream(), promoter.jetstream()
+
+    async def on_sample(msg) -> None:  # the monitor: a live (core) subscription on every health message
+        body = json.loads(msg.data)
+        if body.get("kind") == "sample" and body.get("requests", 0) >= 20:
+            if body["errors"] / body["requests"] > 2 * ERROR_RATE_MAX:
+                await mjs.publish(RAW_FAILED, msg.data)
+
+    async def on_failed(msg) -> None:  # the promoter
+        await pjs.publish(RAW_ROLLBACK, msg.data)
+
+    async def on_rollback(msg) -> None:  # the activator: pointer + event in one synced atomic batch
+        body = json.loads(msg.data)
+        pointer = json.dumps({"round": body["round"], "digest": body["lkg"], "kind": "rollback"}).encode()
+        batch = f"rb{body['round']}"
+        await activator.publish(RAW_POINTER, pointer, headers={"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "1"})
+        reply = await activator.request(
+            RAW_ROLLED,
+            msg.data,
+            timeout=10,
+            headers={"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"},
+        )
+        if b'"error"' in reply.data:
+            raise RuntimeError(f"raw atomic batch failed: {reply.data[:200]!r}")
+
+    log_times: dict[tuple[str, int], float] = {}
+
+    async def on_log(msg) -> None:  # the bench: stored time of each hop
+        log_times[(msg.subject, json.loads(msg.data)["round"])] = msg.metadata.timestamp.timestamp()
+
+    reports = Reports(runtimes, lambda body: str(body.get("round")))
+    subs = [
+        await monitor.subscribe("rawrb.health.>", cb=on_sample),
+        await pjs.subscribe(RAW_FAILED, cb=on_failed, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW),
+        await activator.jetstream().subscribe(
+            RAW_ROLLBACK, cb=on_rollback, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        ),
+        await js.subscribe(
+            "rawrb.health.>", cb=reports.on_msg, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        ),
+        await js.subscribe("rawrb.log.>", cb=on_log, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW),
+    ]
+    try:
+        pool.following.clear()
+        await pool.send("raw")
+        await pool.until(lambda: len(pool.following) == len(pool.procs), "raw subscribers", timeout + runtimes * 0.2)
+        latencies, hops = [], []
+        quiet = 0.1 + runtimes * 0.001
+        progress = Progress(f"raw chains with {runtimes} subscribers", rounds)
+        for i in range(1, rounds + 1):
+            await asyncio.sleep(quiet)
+            done = reports.expect(str(i))
+            body = {"runtime_id": PROBE, "digest": "d", "lkg": "lkg", "kind": "sample", "round": i, **BREACH}
+            t0 = time.time()
+            await js.publish(f"rawrb.health.{PROBE}", json.dumps(body).encode())
+            try:
+                t_end = await asyncio.wait_for(done, timeout + runtimes * 0.05)
+            except TimeoutError:
+                raise RuntimeError(f"raw round {i}: {len(reports.stored[str(i)])}/{runtimes} reports") from None
+            latencies.append(t_end - t0)
+            stored = sorted(reports.stored[str(i)].values())
+            seen = pool.times(f"seen:{i}")
+            sample_at = next((at for at, b in reversed(reports.samples) if b.get("round") == i), None)
+            hops.append(
+                {
+                    "sample_stored": _ms(t0, sample_at),
+                    "monitoring_failed": _ms(t0, log_times.get((RAW_FAILED, i))),
+                    "rollback_started": _ms(t0, log_times.get((RAW_ROLLBACK, i))),
+                    "pointer_and_rolled_back": _ms(t0, log_times.get((RAW_ROLLED, i))),
+                    "first_runtime_has_pointer": _ms(t0, min(seen) if seen else None),
+                    "last_runtime_has_pointer": _ms(t0, max(seen) if seen else None),
+                    "first_report_stored": _ms(t0, stored[0]),
+                    "median_report_stored": _ms(t0, percentile(stored, 50)),
+                    "last_report_stored": _ms(t0, stored[-1]),
+                }
+            )
+            progress.update(i)
+        return latencies, hops
+    finally:
+        for s in subs:
+            await s.unsubscribe()
+        for c in conns:
+            await c.close()
+        await js.delete_stream(RAW_LOG)
+        await js.delete_stream(RAW_HEALTH)
+        await admin.close()
+
+
+def _serve(r, profile: Path | None) -> None:
+    """`kxr serve`; with `profile`, under cProfile (its SIGTERM is a clean return, so the stats are written)."""
+    if profile is None:
+        r.serve(name="serve")
+        return
+    code = (
+        "import cProfile, sys; sys.argv = ['kxr', 'serve']; from services.cli.main import run; "
+        f"cProfile.run('run()', {str(profile / 'serve.prof')!r})"
+    )
+    log = open(r.work / "serve.log", "ab")
+    r.procs.append(
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=r.env(), cwd=r.work, stdout=log, stderr=log, start_new_session=True
+        )
+    )
+
+
+def _profile_tables(profile: Path) -> None:
+    """Next to each .prof, the top functions by cumulative and by own time, as text."""
+    for prof in sorted(profile.glob("*.prof")):
+        with open(prof.with_suffix(".txt"), "w") as out:
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(str(prof), stream=out).strip_dirs().sort_stats(order).print_stats(40)
+
+
+async def run_one(
+    runtimes: int, rounds: int, workers: int = 1, timeout: float = 60.0, profile: Path | None = None
+) -> dict:
+    """Ours and the raw chain with `runtimes` runtimes, `rounds` rollbacks each, on one fresh server.
+    With `profile` (a directory), the service and the runtime processes run under cProfile."""
+    raise_fd_limit(runtimes * 3 + 256)  # the nats-server child inherits it: one socket per runtime
+    workers = max(1, min(workers, runtimes))
+    with rig(prefix="rb") as r:
+        _serve(r, profile)
+        subjects = Subjects(r.prefix)
+        nc = await connect(r.url, name="bench-rollback")
+        js = nc.jetstream(timeout=10)
+        pool = RollbackWorkers()
+        try:
+            await wait_for_layout(js, subjects)
+            await configure_channel(
+                EventLog(nc, js, subjects), js, ENV, CHANNEL, channel_config([COHORT], window_s=1), OPERATOR
+            )
+            # pre-flight wants a runtime that reported in the cohort: the probe
+            await js.publish(subjects.health(ENV, CHANNEL, COHORT, PROBE), sample_body(None, 10, 0))
+            trust = json.loads(r.trust_file.read_text())
+            share = [runtimes // workers + (1 if i < runtimes % workers else 0) for i in range(workers)]
+            await pool.start(
+                [
+                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust}
+                    | ({"profile": str(profile / f"runtimes-{i}.prof")} if profile else {})
+                    for i, n in enumerate(share)
+                ]
+            )
+            bar = Progress("runtimes connected", runtimes)
+            await pool.until(
+                lambda: len(pool.following) == workers,
+                "connecting runtimes",
+                timeout + runtimes * 0.2,
+                lambda: bar.update(min(sum(pool.connected.values()), runtimes - 1)),
+            )
+            bar.update(runtimes)
+            pointer = subjects.scope(ENV, CHANNEL, COHORT, "activated")
+
+            async def all_live() -> bool:
+                return await live_followers(js, subjects.releases_stream, pointer) >= runtimes
+
+            await pool.until(all_live, "runtime followers", timeout)
+            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout)
+            raw, raw_hops = await measure_raw(r.url, pool, runtimes, rounds, timeout)
+        finally:
+            await pool.stop()
+            await nc.close()
+    if profile is not None:
+        _profile_tables(profile)
+    o, b = latency_summary(ours), latency_summary(raw)
+    target = target_ms(runtimes)
+    return {
+        "runtimes": runtimes,
+        "rounds": rounds,
+        "workers": workers,
+        "ours": o,
+        "baseline": b,
+        "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
+        "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
+        "hops_ms_since_sample": {"ours": hop_summary(ours_hops), "baseline": hop_summary(raw_hops)},
+        # per runtime and round: its own `took_ms` (verify + switch), and where that time went
+        "runtime_verify_and_switch": latency_summary(took["took"]),
+        "runtime_parts": {part: latency_summary(took[part]) for part in PARTS},
+        "target_p99_ms": target,
+        "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
+        "met": None if target is None else o["p99_ms"] <= target,
+    }
+
+
+async def run(
+    sizes: list[tuple[int, int]], workers: int = 4, timeout: float = 60.0, profile: Path | None = None
+) -> dict:
+    """One `run_one` per (runtimes, rounds), each on its own server and service."""
+    results = []
+    for runtimes, rounds in sizes:
+        sys.stderr.write(f"-- {runtimes} runtime(s), {rounds} round(s)\n")
+        w = 1 if runtimes <= 20 else workers
+        where = None
+        if profile is not None:
+            where = profile / f"n{runtimes}"
+            where.mkdir(parents=True, exist_ok=True)
+        results.append(await run_one(runtimes, rounds, w, timeout, where))
+    return {
+        "pack_bytes": PACK_BYTES,
+        "sizes": results,
+        "targets": {f"p99_ms_max_{s['runtimes']}": s["target_p99_ms"] for s in results},
+        "met": {f"p99_{s['runtimes']}": s["met"] for s in results},
+    }
+
+
+def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated counts, each at least 1; anything else is one line on stderr and exit 2."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        print(f"bench.rollback: {what} takes comma-separated whole numbers >= 1, not {text!r}", file=sys.stderr)
+        raise SystemExit(2)
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtimes", default="5,1000", help="comma-separated runtime counts, one run each")
+    ap.add_argument("--rounds", default="100,20", help="rollbacks per run: one number, or one per --runtimes")
+    ap.add_argument("--workers", type=int, default=4, help="processes the runtimes are spread over (above 20)")
+    ap.add_argument("--quick", action="store_true", help="3 runtimes, 5 rounds")
+    ap.add_argument("--profile", type=Path, help="a directory: run the service and the runtimes under cProfile")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process, JSON spec
+    args = ap.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        if spec.get("profile"):
+            cProfile.runctx("asyncio.run(_worker(spec))", globals(), {"spec": spec}, spec["profile"])
+        else:
+            asyncio.run(_worker(spec))
+        return
+    if args.quick:
+        args.runtimes, args.rounds = "3", "5"
+    runtimes, rounds = _ints(args.runtimes, "--runtimes"), _ints(args.rounds, "--rounds")
+    if len(rounds) == 1:
+        rounds = rounds * len(runtimes)
+    if len(rounds) != len(runtimes) or args.workers < 1:
+        print("bench.rollback: give one --rounds, or one per --runtimes; --workers at least 1", file=sys.stderr)
+        raise SystemExit(2)
+    res = asyncio.run(run(list(zip(runtimes, rounds, strict=True)), args.workers, profile=args.profile))
+    rows = []
+    for s in res["sizes"]:
+        o, b, n = s["ours"], s["baseline"], s["runtimes"]
+        target = f"<= {s['target_p99_ms']:g} ms" if s["target_p99_ms"] is not None else ""
+        rows.append((f"p50 breach -> {n} on LKG", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {s['ratio_p50']}x", ""))
+        rows.append((f"p99 breach -> {n} on LKG", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {s['ratio_p99']}x", target))
+    report("rollback", res, rows)
+
+
+if __name__ == "__main__":
+    main()

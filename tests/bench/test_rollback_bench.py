@@ -1,0 +1,31 @@
+"""bench.rollback runs end to end with a few runtimes and reports every figure (no timing asserted)."""
+
+from __future__ import annotations
+
+import math
+
+from bench.rollback import run
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+
+
+async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
+    res = await run([(2, 2)], workers=1, timeout=60)
+    (size,) = res["sizes"]
+    assert size["runtimes"] == 2 and size["rounds"] == 2
+    for side in ("ours", "baseline"):
+        assert size[side]["n"] == 2  # every round ended with every runtime back on the LKG, reported and stored
+        assert all(_positive(size[side][k]) for k in ("p50_ms", "p99_ms", "max_ms"))
+        hops = size["hops_ms_since_sample"][side]
+        # every hop of the chain was seen, in the order of the chain
+        order = ["monitoring_failed", "rollback_started", "pointer_and_rolled_back", "first_runtime_has_pointer"]
+        assert all(_positive(hops[h]["p50_ms"]) for h in order + ["last_report_stored"])
+        assert [hops[h]["p50_ms"] for h in order] == sorted(hops[h]["p50_ms"] for h in order)
+        assert hops["last_report_stored"]["p50_ms"] == size[side]["p50_ms"]
+    # each runtime said where its switch back went: trust chain read, gates over the pack, the report
+    assert all(size["runtime_parts"][part]["n"] == 4 for part in ("trust_chain", "gates", "report"))
+    assert size["runtime_verify_and_switch"]["n"] == 4 and not size["profiled"]
+    assert _positive(size["ratio_p50"]) and size["target_p99_ms"] == 25.0
+    assert res["met"] == {"p99_2": size["met"]} and isinstance(size["met"], bool)
