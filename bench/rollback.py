@@ -135,13 +135,15 @@ def _timed(part: str, fn):
 def _runtime_class():
     from services.runtime import sdk
 
-    # the two awaits of `RuntimeClient.verify`: the trust chain read from the log, the gates over the pack
-    sdk.current_chain = _timed("trust_chain", sdk.current_chain)
+    # the two awaits of `RuntimeClient.verify`: the trust root in force (the chain, read again only
+    # after a rotation), the gates over the pack
     sdk.run_gates = _timed("gates", sdk.run_gates)
 
     class BenchRuntime(sdk.RuntimeClient):
         """The SDK's runtime; marks when each pointer arrived and what its switch spent where
         (the report itself is timed by its stored time)."""
+
+        trust_root_now = _timed("trust_chain", sdk.RuntimeClient.trust_root_now)
 
         def __init__(self, *a, seen: _Seen, parts: _Values, **kw) -> None:
             super().__init__(*a, **kw)
@@ -151,16 +153,17 @@ def _runtime_class():
             timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
             await timed(body)
 
-        async def consider(self, pointer) -> None:
+        async def consider(self, pointer, failed_before: int = 0):
             key = f"{pointer.release_id}:{pointer.kind}"
             self._seen.mark(f"seen:{key}")
             _SPENT.pop(asyncio.current_task(), None)
-            await super().consider(pointer)
+            refusal = await super().consider(pointer, failed_before)
             spent = _SPENT.pop(asyncio.current_task(), {})
             for part in PARTS:
                 self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
             if self.active is None or self.active.digest != pointer.pack.digest:
                 _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
+            return refusal
 
     return BenchRuntime
 

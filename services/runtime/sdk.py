@@ -33,6 +33,7 @@ from events.model import PackRef, ScopeActivated
 from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
 from events.subjects import Subjects
+from events.trust import TrustChain
 from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
 from services.actions.trust import current_chain
 from services.jetstream.packstore import PackStore
@@ -141,6 +142,7 @@ class RuntimeClient:
         self.retry_first_s = retry_first_s  # a transient refusal is retried after this, doubling up to retry_cap_s
         self.retry_cap_s = retry_cap_s
         self._jitter = random.Random()
+        self._trust: tuple[int, TrustChain] | None = None  # (seq of the last rotation read, the chain)
 
     async def resolve_cohort(self) -> str:
         config = await self.channel_config()
@@ -347,11 +349,27 @@ class RuntimeClient:
             {"kind": "activation", "digest": pack.digest, "ok": False, "took_ms": took_ms, "error": problem}
         )
 
+    async def trust_root_now(self) -> TrustRoot:
+        """The runtime's own anchor advanced by the rotations in the log it can verify itself.
+
+        The chain is read again only when a rotation was appended since the last read: one
+        last-message get per switch instead of a consumer over the log (bench.rollback: the
+        chain read was 4 ms of a 9 ms switch, and 1,000 consumers per rollback of 1,000 runtimes).
+        Rotations only append, so an unchanged last sequence is an unchanged chain.
+        """
+        try:
+            last = (await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.trust_rotated())).seq or 0
+        except NotFoundError:
+            last = 0  # no rotation in the log: the anchor is the root
+        if self._trust is None or self._trust[0] != last:
+            self._trust = (last, await current_chain(self.js, self.subjects, self.trust_root))
+        return self._trust[1].current
+
     async def verify(self, pack: PackRef) -> Refusal | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
-            trust_root = (await current_chain(self.js, self.subjects, self.trust_root)).current
+            trust_root = await self.trust_root_now()
             ctx = verify_context(
                 pack,
                 trust_root,

@@ -60,3 +60,26 @@ async def test_rotation_moves_trust_to_the_new_keys_and_refuses_forged_ones(nats
         assert (await svc.wait_release("new-signed")).outcome == "success"
         # the runtime's anchor is still v1: it followed the logged rotation to accept the new key
         await wait_for(lambda: rt.active and rt.active.digest == good.digest, 5, "runtime on the new-key pack")
+
+
+async def test_a_runtime_reads_the_chain_again_after_a_rotation(nats_url, prefix):
+    # the runtime keeps the chain it verified with and reads it again only when a rotation was
+    # appended (services/runtime/sdk.py `trust_root_now`): a stale cache would refuse the new key
+    old_key, new_key = SigningKey.generate(), SigningKey.generate()
+    async with running_service(nats_url, prefix, key=old_key) as svc:
+        await svc.configure()
+        rt = await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        first = make_pack("1.0.0", old_key)
+        await svc.request("before", first, rollback={"strategy": "none"})
+        assert (await svc.wait_release("before")).outcome == "success"
+        await wait_for(lambda: rt.active and rt.active.digest == first.digest, 5, "runtime on the first pack")
+        assert rt._trust is not None and rt._trust[1].current.version == 1  # the chain it verified with
+        # v2 keeps the old key (the LKG stays a trusted rollback target) and adds one only v2 trusts
+        app = svc.app
+        await rotate(app.log, app.js, svc.trust_root, root_doc([old_key, new_key], 2), [old_key, new_key], OPERATOR)
+        second = make_pack("1.1.0", new_key)
+        await svc.request("after", second)
+        assert (await svc.wait_release("after")).outcome == "success"
+        await wait_for(lambda: rt.active and rt.active.digest == second.digest, 5, "runtime on the new-key pack")
+        assert rt._trust[1].current.version == 2
