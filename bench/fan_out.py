@@ -96,16 +96,18 @@ def _runtime_class():
             super().__init__(*a, **kw)
             self._seen, self._verify = seen, verify
 
-        async def consider(self, pointer) -> None:
+        async def consider(self, pointer, failed_before: int = 0):
             key = pointer.release_id or pointer.pack.digest
             self._seen.mark(f"seen:{key}")
             if not self._verify:
-                return
-            await super().consider(pointer)  # re-verify (signature, digest, size), switch, report health
+                return None
+            # re-verify (signature, digest, size), switch, report health
+            refusal = await super().consider(pointer, failed_before)
             if self.active is not None and self.active.digest == pointer.pack.digest:
                 self._seen.mark(f"switched:{key}")
             else:
                 _say({"error": f"{self.id.runtime_id} refused {key}: {self.history[-1:]}"})
+            return refusal
 
     return BenchRuntime
 
