@@ -2,7 +2,7 @@
 # each consumer (`serve --only ROLE`), the dashboard (`ui`) and simulated runtimes (`runtime simulate`).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY events ./events
 COPY projections ./projections
 COPY services ./services
