@@ -2,14 +2,16 @@
 # each consumer (`serve --only ROLE`), the dashboard (`ui`) and simulated runtimes (`runtime simulate`).
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY events ./events
 COPY projections ./projections
 COPY services ./services
 RUN pip install --no-cache-dir . \
-    && mkdir -p /data/kx && chown 65534:65534 /data/kx
-# /data/kx holds the service signing key; compose mounts one volume there for every consumer,
-# so they share a key and its public half (service-keys.json) for runtimes and auditors.
+    && mkdir -p /data/kx /data/service && chown 65534:65534 /data/kx /data/service
+# /data/kx: the NATS credentials (compose mounts each container's own file there, and kx-data whole
+# only into the one-shots that write it); /data/service: the service signing key, on a volume only
+# the consumers mount (they share one key; its public half, service-keys.json, is all that the
+# dashboard and runtimes get). Both owned by the image's user, so fresh named volumes are too.
 ENV KX_DATA_DIR=/data/kx
 USER 65534
 ENTRYPOINT ["kxr"]

@@ -21,6 +21,7 @@ from . import (
     creds,
     deadletter,
     demo,
+    health,
     keys,
     pack,
     pin,
@@ -71,6 +72,7 @@ app.command()(ui.ui)
 app.command()(watch.watch)
 app.command()(serve.serve)
 app.command()(demo.demo)
+app.command()(health.health)
 # command groups
 app.add_typer(keys.app, name="keys")
 app.add_typer(pack.app, name="pack")

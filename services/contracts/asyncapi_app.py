@@ -10,6 +10,9 @@ runtimes publish. Who may publish what comes from the NATS permissions of each r
 (services/permissions.py), so a subject both the service and an operator write (an
 operator's override of a held window, say) appears once per side.
 
+The document FastStream builds is passed through `asyncapi_doc.conform` (valid component keys,
+declared address parameters) by `ContractAsyncAPI`, inside `faststream docs gen` itself.
+
 Regenerate (from the repository root):
     faststream docs gen services.contracts.asyncapi_app:app --out docs/asyncapi/asyncapi.json
     faststream docs gen services.contracts.asyncapi_app:app --yaml --out docs/asyncapi/asyncapi.yaml
@@ -17,6 +20,7 @@ Regenerate (from the repository root):
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 from faststream import FastStream
@@ -26,6 +30,7 @@ from faststream.specification import AsyncAPI
 from events.health import HealthSample
 from events.model import PAYLOADS, SCHEMA_VERSION
 
+from .asyncapi_doc import conform
 from .catalog import Channel, channels
 from .envelopes import envelope_model
 
@@ -92,8 +97,41 @@ def _declare() -> None:
             broker.include_router(router)
 
 
+class ConformingDocument:
+    """A FastStream `Specification` holding the conforming JSON form of FastStream's own document."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self._doc = doc
+
+    @property
+    def title(self) -> str:
+        return str(self._doc["info"]["title"])
+
+    def to_jsonable(self) -> Any:
+        return self._doc
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self._doc)
+
+    def to_yaml(self) -> str:  # as FastStream writes it (faststream/specification/base/schema.py)
+        import yaml  # type: ignore[import-untyped]
+
+        io = StringIO(initial_value="", newline="\n")
+        yaml.dump(self._doc, io, sort_keys=False)
+        return io.getvalue()
+
+
+class ContractAsyncAPI(AsyncAPI):
+    """FastStream's AsyncAPI factory, its document made conforming (`asyncapi_doc.conform`)."""
+
+    def to_specification(self) -> Any:
+        return ConformingDocument(conform(super().to_specification().to_jsonable()))
+
+
 _declare()
-app = FastStream(broker, specification=AsyncAPI(broker, title=TITLE, version=VERSION, description=DESCRIPTION))
+app = FastStream(broker, specification=ContractAsyncAPI(broker, title=TITLE, version=VERSION, description=DESCRIPTION))
 
 
 @app.on_startup

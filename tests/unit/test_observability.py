@@ -152,3 +152,38 @@ def test_metrics_address(raw: str, expected: tuple[str, int]) -> None:
 def test_a_bad_metrics_address_is_one_clear_error(raw: str) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_listen_address(raw)
+
+
+def test_json_lines_keep_the_extra_fields_of_a_log_call() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("tests.extra")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        marker = object()
+        log.warning(
+            "redelivered",
+            extra={
+                "durable": "kxr-verifier",
+                "delivery": 3,
+                "lag": {"pending": 2, 7: [1.5, float("nan")]},
+                "obj": marker,
+                "ts": "mine",  # a field of the line itself: kept beside it, never over it
+                "release_id": "r9",
+                "_private": 1,
+            },
+        )
+    finally:
+        log.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "redelivered" and line["level"] == "WARNING"
+    assert (line["durable"], line["delivery"]) == ("kxr-verifier", 3)
+    assert line["lag"] == {"pending": 2, "7": [1.5, "nan"]}  # JSON-safe: str keys, NaN as text
+    assert line["obj"] == str(marker)
+    assert line["extra_ts"] == "mine" and line["ts"] != "mine"
+    assert line["release_id"] == "r9" and "extra_release_id" not in line
+    assert "_private" not in line
+    # a plain record has exactly the line's own fields (nothing of LogRecord's internals leaks)
+    assert set(json.loads(_line(JsonFormatter()))) == {"ts", "level", "logger", "message", "release_id", "event_id"}
