@@ -53,7 +53,7 @@ ROLES = ("service", "producer", "runtime", "operator", "auditor")
 API = "$JS.API"
 DEFAULT_INBOX = "_INBOX"
 
-# The operator's own events (services/actions/operator.py, pinner.pin/unpin, producer.configure_channel, trust_ops).
+# The operator's own events (services/actions/: operator.py, pins.py, producer.configure_channel, trust.py).
 OPERATOR_RELEASE_SUFFIXES = (
     "paused",
     "resumed",

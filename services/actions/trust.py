@@ -1,4 +1,6 @@
-"""Trust-root operations: read the chain from the log, publish a rotation."""
+"""Trust-root rotation: sign a new root with the old and new keys, check it, append `trust.rotated`.
+
+Reading the chain in force is a log read (services/jetstream/log_reads.py `current_chain`)."""
 
 from __future__ import annotations
 
@@ -10,22 +12,9 @@ from nats.js.errors import NotFoundError
 from events.codec import make_event
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot
-from events.subjects import Subjects
-from events.trust import TrustChain, follow_chain, sign_root, verify_rotation
+from events.trust import sign_root, verify_rotation
 from services.jetstream.log import Entry, EventLog
-from services.jetstream.log_reads import log_entries
-
-
-async def logged_rotations(js: JetStreamContext, subjects: Subjects) -> list[tuple[int, Any]]:
-    return [
-        (p.seq, e.data.root)  # type: ignore[attr-defined]  # a trust.rotated event's data is a RootModel
-        async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()])
-        if e is not None
-    ]
-
-
-async def current_chain(js: JetStreamContext, subjects: Subjects, anchor: TrustRoot) -> TrustChain:
-    return follow_chain(anchor, await logged_rotations(js, subjects))
+from services.jetstream.log_reads import current_chain
 
 
 async def rotate(

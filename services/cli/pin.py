@@ -50,7 +50,7 @@ def pin(
 ) -> None:
     """Hold a scope on a pack until a time; a pack other than the active one is re-verified and switched atomically."""
     from events.model import Scope
-    from services.consumers.pinner import pin as pin_action
+    from services.actions.pins import pin as pin_action
 
     parts = scope_arg(scope)
     parse_until(until, datetime.now(UTC))  # a bad --until is one line before anything is read
@@ -79,7 +79,7 @@ def unpin(
 ) -> None:
     """Lift a pin (the scope stays on its pack until the next release)."""
     from events.model import Scope
-    from services.consumers.pinner import unpin as unpin_action
+    from services.actions.pins import unpin as unpin_action
 
     for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
 

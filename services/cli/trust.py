@@ -37,7 +37,7 @@ def trust_show(
     """The root in force, with every rotation accepted or refused."""
     from rich.text import Text
 
-    from services.actions.trust import current_chain
+    from services.jetstream.log_reads import current_chain
     from services.reads.shapes import Builder, RefusedRotation, TrustKey, TrustShow, dump
     from services.settings import load_trust_root
 

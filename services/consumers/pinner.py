@@ -1,6 +1,6 @@
 """Pins: hold a scope on a pack for a bounded time, with a rationale (part of the activator role).
 
-- `pin`/`unpin` build the operator's events (pure; the CLI appends them).
+- The operator's `pin`/`unpin` events are built in services/actions/pins.py (kxr, the dashboard).
 - On `scope.pinned`, a pack other than the active one is re-verified (every gate, purpose
   "pin": downgrades allowed, everything else enforced) and switched atomically
   (`scope.activated` kind `pin`); a pack that fails is refused with `scope.unpinned`
@@ -18,14 +18,13 @@ from datetime import datetime
 from events.codec import decode_event, make_event
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
-from events.model import Actor, Event, PackRef, Scope, ScopePinned, ScopeUnpinned, VersionDigest
+from events.model import Actor, Event, Scope, ScopeUnpinned, VersionDigest
+from projections.pins import pin_too_long
 from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
-from projections.world import World
 from services.consumers.outputs import Timer
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
-from services.errors import OperatorError
 from services.jetstream.log import Entry
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
@@ -35,74 +34,6 @@ from services.verification.pipeline import run_gates
 
 NAME = "pinner"
 log = logging.getLogger(__name__)
-
-
-def find_pack(world: World, env: str, channel: str, version: str) -> PackRef:
-    """The verified pack with this version released to this channel (newest first)."""
-    for release in sorted(world.releases.values(), key=lambda r: -r.last_seq):
-        v = release.verified
-        if (
-            v
-            and v.pack.version == version
-            and release.prepared
-            and (release.prepared.target.env, release.prepared.target.channel) == (env, channel)
-        ):
-            return v.pack
-    raise OperatorError(f"no pack with version {version} was ever verified for {env}/{channel}")
-
-
-def pin_too_long(world: World, scope: Scope, until: datetime, pinned_at: datetime) -> str | None:
-    """Why a pin breaks the channel's `max_pin_days` (None: it does not).
-
-    One rule for both sides: the CLI refuses to write such a pin, and the pinner refuses
-    (records `unpinned` reason `refused`) one that reached the log anyway.
-    """
-    max_days = world.channel_config(scope.env, scope.channel).policy.max_pin_days
-    if (until - pinned_at).total_seconds() > max_days * 86400:
-        return (
-            f"pins on {scope.env}/{scope.channel} may last at most {max_days} days (max_pin_days); "
-            f"this one runs until {until.isoformat()}"
-        )
-    return None
-
-
-def pin(
-    world: World, scope: Scope, version: str, until: datetime, rationale: str, actor: Actor, now: datetime
-) -> tuple[Event, int]:
-    """The operator's `scope.pinned` and the scope sequence it must follow."""
-    if not rationale.strip():
-        raise OperatorError("a pin needs a rationale")
-    if until <= now:
-        raise OperatorError("--until must be in the future")
-    too_long = pin_too_long(world, scope, until, now)
-    if too_long:
-        raise OperatorError(too_long)
-    if world.channel_state(scope.env, scope.channel) is None:
-        raise OperatorError(f"channel {scope.env}/{scope.channel} is not configured")
-    if scope.cohort not in world.channel_config(scope.env, scope.channel).cohort_names:
-        raise OperatorError(f"{scope.env}/{scope.channel} has no cohort {scope.cohort}")
-    pack = find_pack(world, scope.env, scope.channel, version)
-    state = world.scope(scope.env, scope.channel, scope.cohort)
-    event = make_event(
-        "scope.pinned",
-        ScopePinned(pack=pack, until=until, rationale=rationale, by=actor.id),
-        actor=actor,
-        scope=scope,
-        occurred_at=now,
-    )
-    return event, state.last_seq
-
-
-def unpin(world: World, scope: Scope, rationale: str, actor: Actor, now: datetime) -> tuple[Event, int]:
-    state = world.scope(scope.env, scope.channel, scope.cohort)
-    if state.pin is None:
-        raise OperatorError(f"{scope.env}/{scope.channel}/{scope.cohort} is not pinned")
-    if not rationale.strip():
-        raise OperatorError("unpinning needs a rationale")
-    data = ScopeUnpinned(
-        pack=state.pin.pack, until=state.pin.until, rationale=rationale, by=actor.id, reason="operator"
-    )
-    return make_event("scope.unpinned", data, actor=actor, scope=scope, occurred_at=now), state.last_seq
 
 
 def switch_to_pin(

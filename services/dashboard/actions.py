@@ -30,8 +30,8 @@ from events.model import Actor, Scope
 from events.tokens import InvalidToken, check_token
 from projections.world import World
 from services.actions import operator as ops
-from services.consumers.pinner import pin as pin_action
-from services.consumers.pinner import unpin as unpin_action
+from services.actions.pins import pin as pin_action
+from services.actions.pins import unpin as unpin_action
 from services.errors import OperatorError
 from services.jetstream.log import AppendConflict, AppendFailed, Entry, EventLog
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
+from typing import Any
+
+from nats.js import JetStreamContext
 
 from events.codec import DecodeError, decode_event
 from events.model import Event
+from events.signing import TrustRoot
 from events.subjects import Subjects
+from events.trust import TrustChain, follow_chain
 from projections.evidence import EvidenceRecord, evidence_of
 from projections.invariants import apply_signed
 from projections.pointer_chain import entry_digest
@@ -159,3 +164,17 @@ async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceReco
     filters = [subjects.release_filter(release_id), subjects.notification_filter(release_id)]
     entries = [(p, e) async for _, p, e in log_entries(js, subjects, filters) if e is not None]
     return evidence_of(release_id, entries)
+
+
+async def logged_rotations(js: JetStreamContext, subjects: Subjects) -> list[tuple[int, Any]]:
+    """Every `trust.rotated` in the log: (sequence, the signed root document), in log order."""
+    return [
+        (p.seq, e.data.root)  # type: ignore[attr-defined]  # a trust.rotated event's data is a RootModel
+        async for _, p, e in log_entries(js, subjects, [subjects.trust_rotated()])
+        if e is not None
+    ]
+
+
+async def current_chain(js: JetStreamContext, subjects: Subjects, anchor: TrustRoot) -> TrustChain:
+    """The anchor advanced by every valid rotation in the log (what runtimes and `kxr trust show` trust)."""
+    return follow_chain(anchor, await logged_rotations(js, subjects))

@@ -35,7 +35,7 @@ from events.signing import TrustRoot
 from events.subjects import Subjects
 from events.trust import TrustChain
 from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
-from services.actions.trust import current_chain
+from services.jetstream.log_reads import current_chain
 from services.jetstream.packstore import PackStore
 from services.jetstream.reader import OrderedReader
 from services.tasks import cancel_and_wait

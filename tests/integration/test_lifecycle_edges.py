@@ -13,7 +13,7 @@ from events.codec import decode_event, make_event
 from events.manifest import pack_object_name
 from events.model import MonitoringVerdict, Scope, ScopePinned
 from services.actions import operator as ops
-from services.consumers.pinner import pin, unpin
+from services.actions.pins import pin, unpin
 from services.errors import OperatorError
 from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from events.model import Scope
 from services.actions import operator as ops
-from services.consumers.pinner import pin, unpin
+from services.actions.pins import pin, unpin
 from services.jetstream.log import Entry
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 

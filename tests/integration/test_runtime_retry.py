@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from events.manifest import pack_object_name
 from events.model import Scope
-from services.consumers.pinner import pin
+from services.actions.pins import pin
 from services.jetstream.reader import OrderedReader
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 from tests.integration.test_fresh_pointers import stored_pointers

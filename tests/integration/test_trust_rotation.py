@@ -7,8 +7,9 @@ import pytest
 from events.codec import make_event
 from events.signing import SigningKey, b64encode
 from events.trust import RotationError, sign_root
-from services.actions.trust import current_chain, rotate
+from services.actions.trust import rotate
 from services.jetstream.log import Entry
+from services.jetstream.log_reads import current_chain
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 
 

@@ -30,7 +30,7 @@ from projections.invariants import Audit, Violation, audit_entry, contract_probl
 from projections.position import Position
 from projections.releases import ReleaseState
 from projections.world import World
-from services.actions import operator
+from services.actions import operator, pins
 from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
@@ -509,7 +509,7 @@ class Lifecycle:
     def pin(self, channel: str, cohort: str, version: str, hours: int = 24) -> bool:
         scope = Scope(env=ENV, channel=channel, cohort=cohort)
         try:
-            event, expected = pinner.pin(
+            event, expected = pins.pin(
                 self.world, scope, version, self.now + timedelta(hours=hours), "hold for audit", OPERATOR, self.now
             )
         except operator.OperatorError:
@@ -567,7 +567,7 @@ class Lifecycle:
     def unpin(self, channel: str, cohort: str) -> bool:
         scope = Scope(env=ENV, channel=channel, cohort=cohort)
         try:
-            event, expected = pinner.unpin(self.world, scope, "audit done", OPERATOR, self.now)
+            event, expected = pins.unpin(self.world, scope, "audit done", OPERATOR, self.now)
         except operator.OperatorError:
             return False
         return self.append_expected(event, expected, self.world.scope(ENV, channel, cohort).last_seq)

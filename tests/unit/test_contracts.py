@@ -21,9 +21,8 @@ from events.signing import SigningKey
 from events.subjects import Subjects
 from projections.position import Position
 from projections.world import apply, fold
-from services.actions import operator
+from services.actions import operator, pins
 from services.actions.producer import build_signed, manifest_bytes
-from services.consumers import pinner
 from services.contracts.catalog import channels, subject_matches
 from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
@@ -141,10 +140,10 @@ def _made_by_operators(entries) -> list:
     )
     end = fold(entries)
     scope = Scope(env="prod", channel="canary", cohort="internal")
-    pinned, _ = pinner.pin(end, scope, "1.0.0", now + timedelta(days=1), "audit baseline", OPERATOR, now)
+    pinned, _ = pins.pin(end, scope, "1.0.0", now + timedelta(days=1), "audit baseline", OPERATOR, now)
     made += [
         pinned,
-        pinner.unpin(
+        pins.unpin(
             apply(end, Position(10_001, "kx.scope.prod.canary.internal.pinned"), pinned), scope, "done", OPERATOR, now
         )[0],
     ]

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from events.model import Actor, PackRef, Scope
+from projections.pins import pin_too_long
 from projections.releases import ILLEGAL_AFTER_ABORT
 from projections.rollback import rollback_targets
 from services.actions import operator as ops
+from services.actions.pins import pin as pin_action
 from services.consumers import preparer, promoter
-from services.consumers.pinner import pin as pin_action
-from services.consumers.pinner import pin_too_long
 from services.errors import OperatorError
 from services.verification.readiness import readiness_problems
 
