@@ -1,5 +1,10 @@
-"""Our NATS client and how every process connects with it (`connect`: KX_NATS_URL, a cluster's
-servers, the user's own reply prefix, reconnecting forever once connected).
+"""Our NATS client and how every process connects with it (`connect_with`: the servers, identity
+and TLS that services/settings.py `connection_from` resolved; `connect`: a URL and options; both
+with a cluster's servers, the user's own reply prefix, reconnecting forever once connected).
+
+A request whose publish the server denies fails at once with `PermissionDenied` (naming the
+subject), instead of waiting for a reply that cannot come: NATS only reports the violation
+asynchronously, so the client matches it to the requests waiting on that subject.
 
 The client is nats-py's, with a header parser that does the same work in C.
 
@@ -16,10 +21,15 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING, Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from services.permissions import inbox_for_url
+
+if TYPE_CHECKING:
+    from services.settings import Connection
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +75,66 @@ def _parse_ascii(raw: bytes) -> dict[str, str]:
     return out
 
 
+class PermissionDenied(nats_errors.Error):
+    """The server refused this user a publish or a subscription a request needed."""
+
+    def __init__(self, action: str, subject: str) -> None:
+        super().__init__(action, subject)
+        self.action, self.subject = action, subject
+
+    def __str__(self) -> str:
+        return f"permission denied: this NATS user may not {self.action} {self.subject}"
+
+
+_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s']+)", re.IGNORECASE)
+
+
 class KxClient(Client):
     _parse_header_lines = staticmethod(parse_header_lines)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._request_subjects: dict[str, str] = {}  # reply inbox -> subject, while a reply may come
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
+        if reply:
+            requests = self._request_subjects
+            requests[reply] = subject
+            if len(requests) > 2 * len(self._resp_map) + 256:
+                self._forget_answered()
+        await super().publish(subject, payload, reply, headers)
+
+    def _forget_answered(self) -> None:
+        prefix = self._resp_sub_prefix.decode() if self._resp_sub_prefix else None
+        if prefix is None:
+            self._request_subjects.clear()
+            return
+        n = len(prefix)
+        self._request_subjects = {
+            r: s for r, s in self._request_subjects.items() if r.startswith(prefix) and r[n:] in self._resp_map
+        }
+
+    def fail_denied(self, message: str) -> bool:
+        """For a permissions violation the server reported: fail the requests it leaves without a
+        reply (those published to the denied subject; every one if our reply inbox is denied) with
+        `PermissionDenied`. True if it was a violation that failed at least one request."""
+        m = _VIOLATION.search(message)
+        if m is None:
+            return False
+        kind, denied = m.group(1).lower(), m.group(2).lower()  # nats-py lower-cases the server's -ERR
+        prefix = self._resp_sub_prefix.decode() if self._resp_sub_prefix else None
+        failed = False
+        for token, future in list(self._resp_map.items()):
+            if future.done():
+                continue
+            subject = self._request_subjects.get(f"{prefix}{token}") if prefix else None
+            if kind == "publish" and subject is not None and subject.lower() == denied:
+                future.set_exception(PermissionDenied("publish to", subject))
+                failed = True
+            elif kind == "subscription" and prefix and prefix.lower().startswith(denied.rstrip(">*.")):
+                future.set_exception(PermissionDenied("subscribe to", f"{denied} (its reply inbox)"))
+                failed = True
+        return failed
 
 
 def nats_servers(url: str | list[str]) -> str | list[str]:
@@ -86,8 +154,12 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
     """
 
     connected = False
+    nc = KxClient()  # what nats.connect builds, with the faster header parser
 
     async def _error(exc: Exception) -> None:
+        if nc.fail_denied(str(exc)):
+            log.debug("nats: %s", exc)  # the request it denied fails with it: the caller says so
+            return
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
@@ -95,7 +167,6 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         inbox = inbox_for_url(url)
         if inbox:
             kwargs["inbox_prefix"] = inbox
-    nc = KxClient()  # what nats.connect builds, with the faster header parser
     await nc.connect(
         nats_servers(url),
         name=name,
@@ -110,3 +181,22 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
     if reconnect_forever:
         nc.options["max_reconnect_attempts"] = -1  # read by nats.py's reconnect loop
     return nc
+
+
+async def connect_with(
+    connection: Connection, name: str = "kxr", *, reconnect_forever: bool = True, **kwargs
+) -> Client:
+    """Connect as `connection` says (servers, identity, inbox prefix, TLS); `kwargs` add to or
+    override its options (e.g. a default inbox prefix: pass `default_inbox`). Raises ConfigError
+    for an unusable file (credentials, CA, certificate), else what `connect` raises."""
+    from services.settings import ConfigError
+
+    if not connection.url:
+        raise ConfigError("no NATS server named")
+    default_inbox = kwargs.pop("default_inbox", None)
+    options = connection.connect_options()
+    if default_inbox and "inbox_prefix" not in options:
+        options["inbox_prefix"] = default_inbox
+    options.update(kwargs)
+    options.setdefault("inbox_prefix", "_INBOX")  # never guessed from KX_NATS_CREDS: the connection says
+    return await connect(connection.url, name, reconnect_forever=reconnect_forever, **options)

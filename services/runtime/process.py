@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from events.model import PackRef
 from events.subjects import Subjects
-from services.jetstream.client import connect
-from services.permissions import inbox_for, inbox_for_url
+from services.jetstream.client import connect_with
+from services.permissions import inbox_for
 from services.runtime.sdk import ChannelConfigUnavailable, Identity
 from services.runtime.simulation import Behaviour, simulated_runtime
 from services.settings import ConfigError, Settings, load_service_keys, load_trust_root
@@ -37,13 +37,18 @@ async def run_simulated_runtime(
         try:
             # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
             # without it every read is denied. Harmless where NATS has no users.
-            nc = await connect(
-                settings.nats_url,
+            connection = settings.nats_connection()
+            nc = await connect_with(
+                connection,
                 name=f"kxr-runtime-{identity.runtime_id}",
-                inbox_prefix=inbox_for_url(settings.nats_url) or inbox_for(Subjects(settings.prefix), "runtime"),
+                default_inbox=inbox_for(Subjects(settings.prefix), "runtime"),  # unless its credentials name one
             )
+        except ConfigError:
+            raise
         except Exception as exc:
-            raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
+            raise ConfigError(
+                f"cannot reach NATS at {connection.describe()}: {exc.__class__.__name__}: {exc}"
+            ) from None
         try:
             runtime = simulated_runtime(
                 nc,
