@@ -126,7 +126,7 @@ def denied_line(exc: Exception, settings: Settings) -> str:
     if action == "publish to":
         roles = roles_allowed_to_publish(Subjects(settings.prefix), subject)
         if roles:
-            line += f" (that is for: {', '.join(roles)}; kxr --creds <data dir>/creds/ROLE.json)"
+            line += f" (a right of: {', '.join(roles)}; connect as one: kxr --creds <data dir>/creds/ROLE.json)"
     else:
         line += " (connect with the inbox prefix of its credentials: kxr --creds FILE)"
     return line
@@ -144,11 +144,12 @@ def _matches(pattern: str, subject: str) -> bool:
 
 
 def roles_allowed_to_publish(subjects: Any, subject: str) -> list[str]:
-    """The kxr roles whose user may publish `subject` (services/permissions.py), the service last."""
+    """The roles whose user may publish `subject` (services/permissions.py); the service's own user
+    is no one's to borrow, so it is not named."""
     from services.permissions import ROLES, role_permissions
 
     out = []
-    for role in (*[r for r in ROLES if r != "service"], "service"):
+    for role in (r for r in ROLES if r != "service"):
         perms = role_permissions(subjects, role)
         if any(_matches(p, subject) for p in perms.publish) and not any(
             _matches(p, subject) for p in perms.publish_deny
