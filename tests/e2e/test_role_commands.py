@@ -15,7 +15,6 @@ non-zero exit: never a 10-second hang on a reply that cannot come.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
