@@ -19,6 +19,8 @@ search over the name's bytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from services.settings import Connection
 
 log = logging.getLogger(__name__)
+
+FIRST_CONNECT_S = 6.0  # what a first connection may take before it fails with its last error
+FIRST_CONNECT_PER_SERVER_S = 4.0  # and this much per server of a cluster's list
 
 _CRLF = b"\r\n"
 # The ASCII characters `str.isspace` counts as whitespace: \t \n \v \f \r, the
@@ -155,11 +160,13 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
 
     connected = False
     nc = KxClient()  # what nats.connect builds, with the faster header parser
+    errors: list[Exception] = []
 
     async def _error(exc: Exception) -> None:
         if nc.fail_denied(str(exc)):
             log.debug("nats: %s", exc)  # the request it denied fails with it: the caller says so
             return
+        errors.append(exc)
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
@@ -167,8 +174,9 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         inbox = inbox_for_url(url)
         if inbox:
             kwargs["inbox_prefix"] = inbox
-    await nc.connect(
-        nats_servers(url),
+    servers = nats_servers(url)
+    first = nc.connect(
+        servers,
         name=name,
         max_reconnect_attempts=3,
         reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
@@ -177,6 +185,20 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         connect_timeout=3,
         **kwargs,
     )
+    # nats-py 2.16 can wait forever after a failed TLS handshake (a server certificate no CA here
+    # signs): the first connection gets a bound, and the last error it saw as its reason
+    bound = FIRST_CONNECT_S + FIRST_CONNECT_PER_SERVER_S * (len(servers) if isinstance(servers, list) else 1)
+    try:
+        await asyncio.wait_for(first, bound)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reason = f": {errors[-1]}" if errors else ""
+        raise ConnectionError(f"no connection within {bound:.0f} s{reason}") from None
+    except nats_errors.NoServersError:
+        if not errors:
+            raise
+        raise ConnectionError(f"no server accepted the connection: {errors[-1]}") from None  # say why
     connected = True
     if reconnect_forever:
         nc.options["max_reconnect_attempts"] = -1  # read by nats.py's reconnect loop
