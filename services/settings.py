@@ -40,7 +40,8 @@ class Settings:
         cls, connection_flags: ConnectionFlags | None = None, use_selected_context: bool = False, **overrides
     ) -> Settings:
         """The environment, with the CLI's overrides; the connection from flags, environment and a
-        `nats` context (`connection_from`): `nats_url` is its servers, without any password."""
+        `nats` context (`connection_from`): `nats_url` is the chosen URL as written (connect with
+        `nats_connection()`, which carries the identity and TLS too, and prints no password)."""
         env = os.environ
         flags = connection_flags or ConnectionFlags()
         url = overrides.pop("nats_url", None)
@@ -48,7 +49,7 @@ class Settings:
             flags = replace(flags, url=url)
         connection = connection_from(flags, env, use_selected_context=use_selected_context)
         values: dict[str, Any] = {  # typed by the dataclass; overrides come from the CLI
-            "nats_url": connection.url,
+            "nats_url": connection.given_url,  # as written: code that connects with a bare URL keeps working
             "connection": connection,
             "prefix": env.get("KX_PREFIX", "kx"),
             "data_dir": Path(env.get("KX_DATA_DIR", ".kx-data")),
@@ -64,7 +65,7 @@ class Settings:
 
     def nats_connection(self) -> Connection:
         """The connection to use: the resolved one, or one for `nats_url` as given (settings built in code)."""
-        if self.connection is not None and self.connection.url == self.nats_url:
+        if self.connection is not None and self.connection.given_url == self.nats_url:
             return self.connection
         if not self.nats_url:
             return Connection()
@@ -300,9 +301,12 @@ class Identity:
 
 @dataclass(frozen=True)
 class Connection:
-    """The resolved options of one NATS connection. `url` holds no password (safe to print)."""
+    """The resolved options of one NATS connection. `url` holds no password (safe to print);
+    `given_url` is the chosen URL as it was written (a password in it included), for code that
+    still connects with a bare URL (Settings.nats_url)."""
 
     url: str | None = None
+    given_url: str | None = None
     identity: Identity | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -388,6 +392,8 @@ class _Layer:
     tls_ca: Path | None = None
     tls_pair: tuple[Path, Path | None] | None = None
     tls_first: bool = False
+    given_url: str | None = None  # url and fallback_url as written (with any password)
+    given_fallback: str | None = None
 
 
 def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
@@ -430,16 +436,17 @@ def _url_layer(url: str | None, origin: str) -> tuple[str | None, Identity | Non
     return servers, Identity(origin, user=user, password=password)
 
 
-def read_creds_file(path: Path, origin: str) -> tuple[str | None, Identity]:
+def read_creds_file(path: Path, origin: str) -> tuple[str | None, Identity, str | None]:
     """A credentials file: the NATS ecosystem's `.creds` (user JWT + NKey seed, from nsc or a NATS
     operator), or kxr's own JSON per role (`kxr creds show ROLE --json`: url, user, password, inbox
-    prefix). Returns (the server it names, if any; the identity). ConfigError with the reason."""
+    prefix). Returns (the server it names, if any; the identity; that server's URL as written, with
+    the password kxr's files put in it). ConfigError with the reason."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read credentials {path} ({origin}): {exc.strerror}") from None
     if b"-----BEGIN NATS USER JWT-----" in raw:
-        return None, Identity(origin, creds_file=path)
+        return None, Identity(origin, creds_file=path), None
     try:
         doc = read_credentials_document(path)
     except ValueError as exc:
@@ -452,13 +459,12 @@ def read_creds_file(path: Path, origin: str) -> tuple[str | None, Identity]:
     inbox = doc.get("inbox_prefix")
     url = doc.get("url")
     servers = split_userinfo(url)[0] if isinstance(url, str) and url else None
-    return servers, Identity(
-        origin, user=user, password=password, inbox_prefix=inbox if isinstance(inbox, str) else None
-    )
+    identity = Identity(origin, user=user, password=password, inbox_prefix=inbox if isinstance(inbox, str) else None)
+    return servers, identity, url if servers else None
 
 
-def _creds_layer_part(path: Path | None, origin: str) -> tuple[str | None, Identity | None]:
-    return read_creds_file(path, origin) if path is not None else (None, None)
+def _creds_layer_part(path: Path | None, origin: str) -> tuple[str | None, Identity | None, str | None]:
+    return read_creds_file(path, origin) if path is not None else (None, None, None)
 
 
 def _tls_pair(cert: Path | None, key: Path | None, where: str) -> tuple[Path, Path | None] | None:
@@ -471,13 +477,15 @@ def _tls_pair(cert: Path | None, key: Path | None, where: str) -> tuple[Path, Pa
 
 def _flag_layer(flags: ConnectionFlags) -> _Layer:
     url, url_id = _url_layer(flags.url, "--nats-url")
-    creds_url, creds_id = _creds_layer_part(flags.creds, f"--creds {flags.creds}")
+    creds_url, creds_id, creds_given = _creds_layer_part(flags.creds, f"--creds {flags.creds}")
     return _Layer(
         url,
         creds_url,
         creds_id or url_id,
         flags.tls_ca,
         _tls_pair(flags.tls_cert, flags.tls_key, "--tls-cert/--tls-key"),
+        given_url=flags.url,
+        given_fallback=creds_given,
     )
 
 
@@ -489,7 +497,7 @@ def _env_layer(env: Mapping[str, str]) -> _Layer:
     url, url_id = _url_layer(env.get("KX_NATS_URL"), "KX_NATS_URL")
     name = "KX_CREDS" if env.get("KX_CREDS") else CREDS_ENV  # KX_NATS_CREDS: the older name, for kxr's JSON
     path = _env_path(env, name)
-    creds_url, creds_id = _creds_layer_part(path, f"{name}={path}")
+    creds_url, creds_id, creds_given = _creds_layer_part(path, f"{name}={path}")
     if (
         name == CREDS_ENV
         and path is not None
@@ -504,6 +512,8 @@ def _env_layer(env: Mapping[str, str]) -> _Layer:
         creds_id or url_id,
         _env_path(env, "KX_TLS_CA"),
         _tls_pair(_env_path(env, "KX_TLS_CERT"), _env_path(env, "KX_TLS_KEY"), "KX_TLS_CERT/KX_TLS_KEY"),
+        given_url=env.get("KX_NATS_URL") or None,
+        given_fallback=creds_given,
     )
 
 
@@ -576,7 +586,7 @@ def _context_layer(name: str, env: Mapping[str, str], origin: str) -> _Layer:
     if doc.get("user"):
         identity = Identity(where, user=doc["user"], password=doc.get("password") or "", token=doc.get("token") or None)
     elif doc.get("creds"):
-        _, identity = read_creds_file(_expand(doc["creds"]), where)
+        _, identity, _ = read_creds_file(_expand(doc["creds"]), where)
     elif doc.get("nkey"):
         identity = Identity(where, nkey_file=_expand(doc["nkey"]), token=doc.get("token") or None)
     elif doc.get("token"):
@@ -592,6 +602,7 @@ def _context_layer(name: str, env: Mapping[str, str], origin: str) -> _Layer:
         _expand(doc["ca"]) if doc.get("ca") else None,
         _tls_pair(cert, key, where),
         bool(doc.get("tls_first")),
+        given_url=url,
     )
 
 
@@ -614,11 +625,20 @@ def connection_from(
         chosen = selected_context(env)
         if chosen:
             layers.append(_context_layer(chosen, env, "the nats CLI's selected context"))
-    url = next((u for layer in layers for u in (layer.url, layer.fallback_url) if u), None)
+    url, given = next(
+        (
+            (u, g)
+            for layer in layers
+            for u, g in ((layer.url, layer.given_url), (layer.fallback_url, layer.given_fallback))
+            if u
+        ),
+        (None, None),
+    )
     identity = next((layer.identity for layer in layers if layer.identity is not None), None)
     pair = next((layer.tls_pair for layer in layers if layer.tls_pair is not None), None)
     return Connection(
         url=url,
+        given_url=given,
         identity=identity,
         tls_ca=next((layer.tls_ca for layer in layers if layer.tls_ca is not None), None),
         tls_cert=pair[0] if pair else None,

@@ -290,7 +290,9 @@ def test_root_options_reach_every_command_settings(tmp_path, monkeypatch):
     assert common.root_connection_flags == ConnectionFlags(creds=creds, tls_ca=Path("ca.pem"))
     settings = common.settings_from()
     assert isinstance(settings, Settings)
-    assert settings.nats_url == "nats://nats.creds:4222" and settings.nats_connection().user == "kx-auditor"
+    assert settings.nats_connection().url == "nats://nats.creds:4222"
+    assert settings.nats_connection().user == "kx-auditor"
+    assert settings.nats_url == "nats://kx-x:pw@nats.creds:4222"  # as written, for code that connects with a URL
 
 
 # ---- TLS -----------------------------------------------------------------------------------------
