@@ -100,9 +100,12 @@ class KxClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._request_subjects: dict[str, str] = {}  # reply inbox -> subject, while a reply may come
+        self.inbox_denied: PermissionDenied | None = None  # our inbox prefix is not this user's: no reply comes
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
         if reply:
+            if self.inbox_denied is not None:
+                raise self.inbox_denied  # a request, or a pull, whose reply could never arrive
             requests = self._request_subjects
             requests[reply] = subject
             if len(requests) > 2 * len(self._resp_map) + 256:
@@ -129,15 +132,20 @@ class KxClient(Client):
         kind, denied = m.group(1).lower(), m.group(2).lower()  # nats-py lower-cases the server's -ERR
         prefix = self._resp_sub_prefix.decode() if self._resp_sub_prefix else None
         failed = False
+        inbox = self._inbox_prefix.decode().lower() + "."
+        if kind == "subscription" and denied.startswith(inbox):
+            # every reply, of requests and pulls alike, comes to this prefix: none can arrive
+            self.inbox_denied = PermissionDenied("subscribe to", f"{self._inbox_prefix.decode()}.> (its replies)")
+            for future in self._resp_map.values():
+                if not future.done():
+                    future.set_exception(self.inbox_denied)
+            return True
         for token, future in list(self._resp_map.items()):
             if future.done():
                 continue
             subject = self._request_subjects.get(f"{prefix}{token}") if prefix else None
             if kind == "publish" and subject is not None and subject.lower() == denied:
                 future.set_exception(PermissionDenied("publish to", subject))
-                failed = True
-            elif kind == "subscription" and prefix and prefix.lower().startswith(denied.rstrip(">*.")):
-                future.set_exception(PermissionDenied("subscribe to", f"{denied} (its reply inbox)"))
                 failed = True
         return failed
 

@@ -323,3 +323,40 @@ def test_a_nats_context_and_the_old_url_way_connect_as_the_role(inst: Install):
     url = inst.ok(None, "creds", "show", "operator").stdout.strip()
     inst.ok(None, "status", env={"KX_NATS_URL": url})
     assert_one_line_error(inst.run(None, "--context", "nope", "status"), "unknown context 'nope'")
+
+
+def test_a_user_on_the_wrong_reply_inbox_is_denied_at_once_and_a_runtime_url_finds_its_own(inst: Install):
+    """The runtime user may receive replies on its own inbox only: a command that connects it with
+    the default inbox gets `permission denied` at once (not a timeout); `kxr runtime simulate`
+    with a runtime's own user in a bare URL picks that runtime's inbox by itself."""
+    url = inst.ok(None, "creds", "show", "runtime").stdout.strip()
+    started = time.monotonic()
+    line = assert_one_line_error(inst.run(None, "status", env={"KX_NATS_URL": url}), "permission denied")
+    assert "subscribe" in line and "kx-runtime" in line, line
+    assert time.monotonic() - started < DENIED_WITHIN_S
+    path = inst.ok(None, "creds", "runtime", "add", "rt-own").stdout.strip()
+    own_url = json.loads((inst.workdir / path).read_text())["url"]
+    proc = subprocess.Popen(
+        [
+            kxr_binary(),
+            "runtime",
+            "simulate",
+            "--env",
+            "prod",
+            "--channel",
+            "canary",
+            "--runtime-id",
+            "rt-own",
+            "--tenant",
+            "globex",
+            "--interval",
+            "0.2",
+        ],
+        cwd=inst.workdir,
+        env={**inst.env, "KX_NATS_URL": own_url},
+        stdout=(inst.workdir / "rt-own.log").open("w"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    inst.procs.append(proc)
+    inst.wait_log("rt-own", "follows prod/canary/rest")
