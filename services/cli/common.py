@@ -22,7 +22,7 @@ from rich.console import Console
 if TYPE_CHECKING:
     from events.model import Actor
     from services.jetstream.log import EventLog
-    from services.settings import ConnectionFlags, Settings
+    from services.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -67,7 +67,7 @@ def run_async(coro) -> Any:
 
 # The root options (`kxr --creds F --context N --tls-ca … COMMAND`, main.py) of this invocation:
 # every command's settings take its connection from them, the environment and a context.
-root_connection_flags: ConnectionFlags | None = None
+root_connection_options: dict[str, Any] = {}
 
 NO_NATS = (
     "no NATS to talk to: set KX_NATS_URL, pass --nats-url, kxr --creds FILE or kxr --context NAME, "
@@ -85,10 +85,10 @@ def settings_from(
     """The settings of one command: the environment, its flags and the root connection options.
     `use_selected_context`: with no server named anywhere, the nats CLI's selected context names it
     (every command but `kxr serve`, which then starts its embedded server)."""
-    from services.settings import Settings
+    from services.settings import ConnectionFlags, Settings
 
     return Settings.from_env(
-        connection_flags=root_connection_flags,
+        connection_flags=ConnectionFlags(**root_connection_options),
         use_selected_context=use_selected_context,
         nats_url=nats_url,
         trust_root_path=trust_root,

@@ -90,13 +90,16 @@ def _main(
     environment (KX_NATS_URL, KX_CREDS, KX_TLS_*), then a nats context (--context,
     KX_CONTEXT, else the one `nats context select` chose).
     """
-    from services.settings import ConnectionFlags
-
     # root options, not per command: every command connects the same way, and this way they do
-    # without each declaring five more options (click passes a group's options before the command)
-    common.root_connection_flags = ConnectionFlags(
-        creds=creds, context=context, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
-    )
+    # without each declaring five more options (click passes a group's options before the command).
+    # Kept as given: the settings (and what they import) load only in commands that need them.
+    common.root_connection_options = {
+        "creds": creds,
+        "context": context,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
 
 
 # top-level commands

@@ -85,7 +85,7 @@ def _root_flags_restored(monkeypatch):
     """The CLI's root options live in a module global for one invocation: none leaks to other tests."""
     from services.cli import common
 
-    monkeypatch.setattr(common, "root_connection_flags", None)
+    monkeypatch.setattr(common, "root_connection_options", {})
 
 
 # ---- URLs ----------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_root_options_reach_every_command_settings(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(app, ["--creds", str(creds), "--tls-ca", "ca.pem", "creds", "--help"])
     assert result.exit_code == 0
-    assert common.root_connection_flags == ConnectionFlags(creds=creds, tls_ca=Path("ca.pem"))
+    assert ConnectionFlags(**common.root_connection_options) == ConnectionFlags(creds=creds, tls_ca=Path("ca.pem"))
     settings = common.settings_from()
     assert isinstance(settings, Settings)
     assert settings.nats_connection().url == "nats://nats.creds:4222"
