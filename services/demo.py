@@ -33,6 +33,7 @@ from services.actions.producer import (
 from services.jetstream.client import connect
 from services.jetstream.embedded import EmbeddedServer, authorized_config, free_port
 from services.jetstream.log import EventLog
+from services.permissions import creds_path
 from services.runtime.sdk import Identity
 from services.runtime.simulation import Behaviour, simulated_runtime
 
@@ -177,10 +178,11 @@ async def run_demo(
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.run()))
         console.print("runtimes: " + ", ".join(f"{rt.id.runtime_id}->{rt.cohort}" for rt in runtimes))
-        watch_url = creds["operator"].with_server(server.url).url
+        # the operator's credentials file, never its password: the file holds the server, user and password
+        operator_creds = creds_path(data_dir, "operator")
         console.print(
             f"watch a release from another terminal (releases demo-healthy, demo-tampered, demo-regression):\n"
-            f"  KX_NATS_URL='{watch_url}' .venv/bin/kxr watch demo-healthy",
+            f"  .venv/bin/kxr --creds {operator_creds} watch demo-healthy",
             highlight=False,
             markup=False,
             soft_wrap=True,

@@ -57,8 +57,10 @@ async def nats_for(settings: Settings, runtime_identity: str | None = None) -> A
     embedded server's users; None keeps the mode the data dir has ("shared" if never set).
     """
     inbox = inbox_for(Subjects(settings.prefix), "service")
-    if settings.nats_url:
-        yield NatsTarget(settings.nats_url, {"inbox_prefix": inbox})
+    if settings.nats_url:  # the connection services/settings.py resolved: servers, identity, TLS
+        connection = settings.nats_connection()
+        assert connection.url is not None
+        yield NatsTarget(connection.url, {"inbox_prefix": inbox, **connection.connect_options()})
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.data_dir / "nats"

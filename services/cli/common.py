@@ -65,32 +65,114 @@ def run_async(coro) -> Any:
     return box[0]
 
 
-def settings_from(
-    nats_url: str | None = None, trust_root: Path | None = None, data_dir: Path | None = None
-) -> Settings:
-    from services.settings import Settings
+# The root options (`kxr --creds F --context N --tls-ca … COMMAND`, main.py) of this invocation:
+# every command's settings take its connection from them, the environment and a context.
+root_connection_options: dict[str, Any] = {}
 
-    return Settings.from_env(nats_url=nats_url, trust_root_path=trust_root, data_dir=data_dir)
+NO_NATS = (
+    "no NATS to talk to: set KX_NATS_URL, pass --nats-url, kxr --creds FILE or kxr --context NAME, "
+    "or select a nats context (kxr serve prints its URL)"
+)
+
+
+def settings_from(
+    nats_url: str | None = None,
+    trust_root: Path | None = None,
+    data_dir: Path | None = None,
+    *,
+    use_selected_context: bool = True,
+) -> Settings:
+    """The settings of one command: the environment, its flags and the root connection options.
+    `use_selected_context`: with no server named anywhere, the nats CLI's selected context names it
+    (every command but `kxr serve`, which then starts its embedded server)."""
+    from services.settings import ConnectionFlags, Settings
+
+    return Settings.from_env(
+        connection_flags=ConnectionFlags(**root_connection_options),
+        use_selected_context=use_selected_context,
+        nats_url=nats_url,
+        trust_root_path=trust_root,
+        data_dir=data_dir,
+    )
+
+
+async def connect_settings(settings: Settings, name: str = "kxr-cli", **kwargs) -> Any:
+    """A connection for a command (fails fast: no reconnecting forever), or ConfigError in one line."""
+    from services.jetstream.client import connect_with
+    from services.settings import ConfigError
+
+    connection = settings.nats_connection()
+    if not connection.url:
+        raise ConfigError(NO_NATS)
+    try:
+        return await connect_with(connection, name=name, reconnect_forever=False, **kwargs)
+    except ConfigError:
+        raise  # an unusable credentials, CA or certificate file: its own line
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot reach NATS at {connection.describe()}: {exc.__class__.__name__}: {exc}".rstrip(": ")
+        ) from None
+
+
+def denied_line(exc: Exception, settings: Settings) -> str:
+    """`permission denied: …` and which roles may (services/permissions.py), for a PermissionDenied."""
+    from events.subjects import Subjects
+
+    line = str(exc)
+    who = settings.nats_connection().user
+    if who:
+        line = line.replace("this NATS user", f"user {who}")
+    action, subject = getattr(exc, "action", ""), getattr(exc, "subject", "")
+    if action == "publish to":
+        roles = roles_allowed_to_publish(Subjects(settings.prefix), subject)
+        if roles:
+            line += f" (a right of: {', '.join(roles)}; connect as one: kxr --creds <data dir>/creds/ROLE.json)"
+    else:
+        line += " (connect with the inbox prefix of its credentials: kxr --creds FILE)"
+    return line
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def roles_allowed_to_publish(subjects: Any, subject: str) -> list[str]:
+    """The roles whose user may publish `subject` (services/permissions.py); the service's own user
+    is no one's to borrow, so it is not named."""
+    from services.permissions import ROLES, role_permissions
+
+    out = []
+    for role in (r for r in ROLES if r != "service"):
+        perms = role_permissions(subjects, role)
+        if any(_matches(p, subject) for p in perms.publish) and not any(
+            _matches(p, subject) for p in perms.publish_deny
+        ):
+            out.append(role)
+    return out
 
 
 @asynccontextmanager
 async def session(nats_url: str | None) -> AsyncIterator[tuple[Any, Any, EventLog]]:
-    """A connection for one command. Commands other than serve/demo need a running NATS."""
+    """A connection for one command. Commands other than serve/demo need a running NATS.
+    A request this user may not make ends the command with `permission denied: …` at once."""
     from events.subjects import Subjects
-    from services.jetstream.client import connect
+    from services.jetstream.client import PermissionDenied
     from services.jetstream.log import EventLog
-    from services.settings import ConfigError
 
     settings = settings_from(nats_url)
-    if not settings.nats_url:
-        raise ConfigError("no NATS to talk to: set KX_NATS_URL or pass --nats-url (kxr serve prints its URL)")
-    try:
-        nc = await connect(settings.nats_url, name="kxr-cli", reconnect_forever=False)
-    except Exception as exc:
-        raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
+    nc = await connect_settings(settings)
     try:
         js = nc.jetstream(timeout=10)
         yield nc, js, EventLog(nc, js, Subjects(settings.prefix))
+    except PermissionDenied as exc:
+        raise CliError(denied_line(exc, settings)) from None
     finally:
         await nc.close()
 

@@ -12,12 +12,14 @@ typer, rich and common.py at the top, so `kxr --help` does not load NATS or the 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
 from . import (
     audit,
     channel,
+    common,
     creds,
     deadletter,
     demo,
@@ -60,8 +62,45 @@ def _main(
     show_version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="print kxr's version and exit"
     ),
+    creds: Path | None = typer.Option(
+        None,
+        "--creds",
+        metavar="FILE",
+        help="who to connect as: a NATS .creds file, or kxr's per-role credentials "
+        "(KX_DATA_DIR/creds/ROLE.json); env KX_CREDS",
+    ),
+    context: str | None = typer.Option(
+        None,
+        "--context",
+        metavar="NAME",
+        help="a nats CLI context (~/.config/nats/context/NAME.json): server, credentials, TLS; env KX_CONTEXT",
+    ),
+    tls_ca: Path | None = typer.Option(
+        None, "--tls-ca", metavar="FILE", help="CA certificate(s) that sign the NATS server's; env KX_TLS_CA"
+    ),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", metavar="FILE", help="TLS client certificate; env KX_TLS_CERT"
+    ),
+    tls_key: Path | None = typer.Option(
+        None, "--tls-key", metavar="FILE", help="the TLS client certificate's key; env KX_TLS_KEY"
+    ),
 ) -> None:
-    """Konnaxion Releases: move signed Runtime Packs into the runtime safely."""
+    """Konnaxion Releases: move signed Runtime Packs into the runtime safely.
+
+    How a command connects: flags first (--nats-url, and the options above), then the
+    environment (KX_NATS_URL, KX_CREDS, KX_TLS_*), then a nats context (--context,
+    KX_CONTEXT, else the one `nats context select` chose).
+    """
+    # root options, not per command: every command connects the same way, and this way they do
+    # without each declaring five more options (click passes a group's options before the command).
+    # Kept as given: the settings (and what they import) load only in commands that need them.
+    common.root_connection_options = {
+        "creds": creds,
+        "context": context,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
 
 
 # top-level commands
@@ -119,12 +158,15 @@ def _failure(exc: Exception) -> tuple[str, int]:
     from nats.js.errors import NoStreamResponseError, NotFoundError
 
     from events.tokens import InvalidToken
+    from services.jetstream.client import PermissionDenied
     from services.jetstream.embedded import ServerError
     from services.jetstream.layout import LayoutError
     from services.jetstream.log import AppendConflict, AppendFailed
     from services.settings import ConfigError
 
     if isinstance(exc, (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed)):
+        return f"kxr: error: {exc}", 2
+    if isinstance(exc, PermissionDenied):
         return f"kxr: error: {exc}", 2
     if isinstance(exc, nats_errors.Error):
         if isinstance(exc, (NoStreamResponseError, NotFoundError, nats_errors.NoRespondersError)):

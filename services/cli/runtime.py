@@ -11,33 +11,27 @@ from .common import CliError, NatsUrl, TrustRootOpt, err_console, run_async, set
 app = typer.Typer(no_args_is_help=True, help="Runtimes: follow a scope's active pack and report health.")
 
 
-def identity_problem(mode: str, creds, url: str | None, runtime_id: str, prefix: str) -> str | None:
-    """Why a runtime connecting to `url` could not report health as `runtime_id` (None: it can).
+def identity_problem(mode: str, user: str | None, runtime_id: str, prefix: str) -> str | None:
+    """Why a runtime connecting as NATS `user` could not report health as `runtime_id` (None: it can).
 
-    `creds` are the KX_NATS_CREDS credentials (None if unset); `mode` the deployment's runtime
-    identity (services/permissions.py): under "strict" the shared runtime user reports nothing.
+    `user` comes from wherever the connection's identity does (--creds, KX_NATS_CREDS, the URL, a
+    context); `mode` is the deployment's runtime identity (services/permissions.py): under
+    "strict" the shared runtime user reports nothing. A runtime's own user is `<shared>-<id>`.
     """
-    from urllib.parse import urlsplit
-
     from events.subjects import Subjects
     from services.permissions import user_name
 
     own = (
         "use this runtime's own credentials: kxr creds runtime add ID, "
-        "then KX_NATS_CREDS=<data dir>/creds/runtime-ID.json"
+        "then kxr --creds <data dir>/creds/runtime-ID.json runtime simulate …"
     )
-    if creds is not None and url == creds.url:
-        if creds.runtime_id:
-            return (
-                None
-                if creds.runtime_id == runtime_id
-                else f"the credentials are runtime {creds.runtime_id}'s: "
-                f"they report as --runtime-id {creds.runtime_id} only"
-            )
-        shared = creds.role == "runtime"
-    else:
-        shared = bool(url and urlsplit(url.split(",")[0]).username == user_name(Subjects(prefix), "runtime"))
-    if mode == "strict" and shared:
+    shared_user = user_name(Subjects(prefix), "runtime")
+    if user and user.startswith(f"{shared_user}-"):
+        theirs = user.removeprefix(f"{shared_user}-")
+        if theirs != runtime_id:
+            return f"the credentials are runtime {theirs}'s: they report as --runtime-id {theirs} only"
+        return None
+    if mode == "strict" and user == shared_user:
         return f"runtime identity is strict here: the shared runtime user may not report health; {own}"
     return None
 
@@ -75,13 +69,12 @@ def runtime_simulate(
     if service_keys is not None:
         settings = type(settings)(**{**settings.__dict__, "service_keys_path": service_keys})
     behaviour = Behaviour(error_rate=error_rate, p95_ms=p95_ms, p99_ms=p95_ms * 1.5)
-    from services.permissions import env_credentials, read_runtime_identity
+    from services.permissions import read_runtime_identity
 
     try:  # refused before connecting: a runtime whose health is denied would report nothing, silently
         problem = identity_problem(
             read_runtime_identity(settings.data_dir),
-            env_credentials(),
-            settings.nats_url,
+            settings.nats_connection().user,
             identity.runtime_id,
             settings.prefix,
         )

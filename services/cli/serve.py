@@ -63,7 +63,7 @@ def serve(
     )
     ready_log = logging.getLogger("kxr.serve")
     ready_log.setLevel(logging.INFO)  # the ready line shows at any verbosity, in the chosen log format
-    settings = settings_from(nats_url, trust_root, data_dir)
+    settings = settings_from(nats_url, trust_root, data_dir, use_selected_context=False)  # else: embedded
     settings = type(settings)(
         **{**settings.__dict__, "roles": parse_roles(only), "metrics_addr": metrics or settings.metrics_addr}
     )

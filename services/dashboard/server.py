@@ -12,7 +12,7 @@ from aiohttp import web
 
 from events.subjects import Subjects
 from services.app import utc_clock
-from services.jetstream.client import connect
+from services.jetstream.client import connect_with
 from services.permissions import redacted
 from services.reads.follower import Follower
 from services.settings import ConfigError, Settings, reader_service_keys
@@ -109,7 +109,7 @@ async def run_ui(
         raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
     stop = SignalStop()
     try:
-        nc = await connect(settings.nats_url, name="kxr-ui")
+        nc = await connect_with(settings.nats_connection(), name="kxr-ui")
     except Exception as exc:
         raise ConfigError(
             f"cannot reach NATS at {redacted(settings.nats_url)}: {exc.__class__.__name__}: {exc}"

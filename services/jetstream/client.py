@@ -1,5 +1,10 @@
-"""Our NATS client and how every process connects with it (`connect`: KX_NATS_URL, a cluster's
-servers, the user's own reply prefix, reconnecting forever once connected).
+"""Our NATS client and how every process connects with it (`connect_with`: the servers, identity
+and TLS that services/settings.py `connection_from` resolved; `connect`: a URL and options; both
+with a cluster's servers, the user's own reply prefix, reconnecting forever once connected).
+
+A request whose publish the server denies fails at once with `PermissionDenied` (naming the
+subject), instead of waiting for a reply that cannot come: NATS only reports the violation
+asynchronously, so the client matches it to the requests waiting on that subject.
 
 The client is nats-py's, with a header parser that does the same work in C.
 
@@ -14,14 +19,24 @@ search over the name's bytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+from typing import TYPE_CHECKING, Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from services.permissions import inbox_for_url
 
+if TYPE_CHECKING:
+    from services.settings import Connection
+
 log = logging.getLogger(__name__)
+
+FIRST_CONNECT_S = 6.0  # what a first connection may take before it fails with its last error
+FIRST_CONNECT_PER_SERVER_S = 4.0  # and this much per server of a cluster's list
 
 _CRLF = b"\r\n"
 # The ASCII characters `str.isspace` counts as whitespace: \t \n \v \f \r, the
@@ -65,8 +80,74 @@ def _parse_ascii(raw: bytes) -> dict[str, str]:
     return out
 
 
+class PermissionDenied(nats_errors.Error):
+    """The server refused this user a publish or a subscription a request needed."""
+
+    def __init__(self, action: str, subject: str) -> None:
+        super().__init__(action, subject)
+        self.action, self.subject = action, subject
+
+    def __str__(self) -> str:
+        return f"permission denied: this NATS user may not {self.action} {self.subject}"
+
+
+_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \"?([^\"\s']+)", re.IGNORECASE)
+
+
 class KxClient(Client):
     _parse_header_lines = staticmethod(parse_header_lines)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._request_subjects: dict[str, str] = {}  # reply inbox -> subject, while a reply may come
+        self.inbox_denied: PermissionDenied | None = None  # our inbox prefix is not this user's: no reply comes
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "", headers: Any = None) -> None:
+        if reply:
+            if self.inbox_denied is not None:
+                raise self.inbox_denied  # a request, or a pull, whose reply could never arrive
+            requests = self._request_subjects
+            requests[reply] = subject
+            if len(requests) > 2 * len(self._resp_map) + 256:
+                self._forget_answered()
+        await super().publish(subject, payload, reply, headers)
+
+    def _forget_answered(self) -> None:
+        prefix = self._resp_sub_prefix.decode() if self._resp_sub_prefix else None
+        if prefix is None:
+            self._request_subjects.clear()
+            return
+        n = len(prefix)
+        self._request_subjects = {
+            r: s for r, s in self._request_subjects.items() if r.startswith(prefix) and r[n:] in self._resp_map
+        }
+
+    def fail_denied(self, message: str) -> bool:
+        """For a permissions violation the server reported: fail the requests it leaves without a
+        reply (those published to the denied subject; every one if our reply inbox is denied) with
+        `PermissionDenied`. True if it was a violation that failed at least one request."""
+        m = _VIOLATION.search(message)
+        if m is None:
+            return False
+        kind, denied = m.group(1).lower(), m.group(2).lower()  # nats-py lower-cases the server's -ERR
+        prefix = self._resp_sub_prefix.decode() if self._resp_sub_prefix else None
+        failed = False
+        inbox = self._inbox_prefix.decode().lower() + "."
+        if kind == "subscription" and denied.startswith(inbox):
+            # every reply, of requests and pulls alike, comes to this prefix: none can arrive
+            self.inbox_denied = PermissionDenied("subscribe to", f"{self._inbox_prefix.decode()}.> (its replies)")
+            for future in self._resp_map.values():
+                if not future.done():
+                    future.set_exception(self.inbox_denied)
+            return True
+        for token, future in list(self._resp_map.items()):
+            if future.done():
+                continue
+            subject = self._request_subjects.get(f"{prefix}{token}") if prefix else None
+            if kind == "publish" and subject is not None and subject.lower() == denied:
+                future.set_exception(PermissionDenied("publish to", subject))
+                failed = True
+        return failed
 
 
 def nats_servers(url: str | list[str]) -> str | list[str]:
@@ -86,8 +167,14 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
     """
 
     connected = False
+    nc = KxClient()  # what nats.connect builds, with the faster header parser
+    errors: list[Exception] = []
 
     async def _error(exc: Exception) -> None:
+        if nc.fail_denied(str(exc)):
+            log.debug("nats: %s", exc)  # the request it denied fails with it: the caller says so
+            return
+        errors.append(exc)
         # before the first connection the caller reports the failure in one line; after it, say why
         (log.warning if connected else log.debug)("nats: %s", exc)
 
@@ -95,9 +182,9 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         inbox = inbox_for_url(url)
         if inbox:
             kwargs["inbox_prefix"] = inbox
-    nc = KxClient()  # what nats.connect builds, with the faster header parser
-    await nc.connect(
-        nats_servers(url),
+    servers = nats_servers(url)
+    first = nc.connect(
+        servers,
         name=name,
         max_reconnect_attempts=3,
         reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
@@ -106,7 +193,40 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         connect_timeout=3,
         **kwargs,
     )
+    # nats-py 2.16 can wait forever after a failed TLS handshake (a server certificate no CA here
+    # signs): the first connection gets a bound, and the last error it saw as its reason
+    bound = FIRST_CONNECT_S + FIRST_CONNECT_PER_SERVER_S * (len(servers) if isinstance(servers, list) else 1)
+    try:
+        await asyncio.wait_for(first, bound)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reason = f": {errors[-1]}" if errors else ""
+        raise ConnectionError(f"no connection within {bound:.0f} s{reason}") from None
+    except nats_errors.NoServersError:
+        if not errors:
+            raise
+        raise ConnectionError(f"no server accepted the connection: {errors[-1]}") from None  # say why
     connected = True
     if reconnect_forever:
         nc.options["max_reconnect_attempts"] = -1  # read by nats.py's reconnect loop
     return nc
+
+
+async def connect_with(
+    connection: Connection, name: str = "kxr", *, reconnect_forever: bool = True, **kwargs
+) -> Client:
+    """Connect as `connection` says (servers, identity, inbox prefix, TLS); `kwargs` add to or
+    override its options (e.g. a default inbox prefix: pass `default_inbox`). Raises ConfigError
+    for an unusable file (credentials, CA, certificate), else what `connect` raises."""
+    from services.settings import ConfigError
+
+    if not connection.url:
+        raise ConfigError("no NATS server named")
+    default_inbox = kwargs.pop("default_inbox", None)
+    options = connection.connect_options()
+    if default_inbox and "inbox_prefix" not in options:
+        options["inbox_prefix"] = default_inbox
+    options.update(kwargs)
+    options.setdefault("inbox_prefix", "_INBOX")  # never guessed from KX_NATS_CREDS: the connection says
+    return await connect(connection.url, name, reconnect_forever=reconnect_forever, **options)

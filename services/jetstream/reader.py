@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from services.jetstream.client import PermissionDenied
 from services.jetstream.direct import connection_of
 from services.jetstream.pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
 
@@ -179,7 +180,7 @@ class OrderedReader:
                             yield batch[: end + 1]
                             return
                     yield batch
-            except ConnectionClosedError:
+            except (ConnectionClosedError, PermissionDenied):  # a denial does not pass by itself: say so
                 raise
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
                 raise  # a one-off read of a stream that does not exist: say so, do not wait
@@ -227,7 +228,7 @@ class OrderedReader:
                 )
                 async for batch in self._in_order(pull):
                     yield batch
-            except ConnectionClosedError:
+            except (ConnectionClosedError, PermissionDenied):
                 raise
             except asyncio.CancelledError:
                 raise

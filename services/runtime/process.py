@@ -12,12 +12,26 @@ from collections.abc import Callable
 
 from events.model import PackRef
 from events.subjects import Subjects
-from services.jetstream.client import connect
-from services.permissions import inbox_for, inbox_for_url
+from events.tokens import InvalidToken
+from services.jetstream.client import connect_with
+from services.permissions import inbox_for, user_name
 from services.runtime.sdk import ChannelConfigUnavailable, Identity
 from services.runtime.simulation import Behaviour, simulated_runtime
 from services.settings import ConfigError, Settings, load_service_keys, load_trust_root
 from services.tasks import SignalStop
+
+
+def runtime_inbox(subjects: Subjects, user: str | None) -> str:
+    """The inbox prefix a runtime user may receive on, for a connection whose credentials name none
+    (a bare URL): a runtime's own user (`<prefix>-runtime-<id>`) has its own, the shared one the
+    runtime's. Credentials that name one (--creds, a context) win over this."""
+    shared = user_name(subjects, "runtime")
+    if user and user.startswith(f"{shared}-"):
+        try:
+            return inbox_for(subjects, "runtime", user.removeprefix(f"{shared}-"))
+        except InvalidToken:
+            pass
+    return inbox_for(subjects, "runtime")
 
 
 async def run_simulated_runtime(
@@ -37,13 +51,18 @@ async def run_simulated_runtime(
         try:
             # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
             # without it every read is denied. Harmless where NATS has no users.
-            nc = await connect(
-                settings.nats_url,
+            connection = settings.nats_connection()
+            nc = await connect_with(
+                connection,
                 name=f"kxr-runtime-{identity.runtime_id}",
-                inbox_prefix=inbox_for_url(settings.nats_url) or inbox_for(Subjects(settings.prefix), "runtime"),
+                default_inbox=runtime_inbox(Subjects(settings.prefix), connection.user),
             )
+        except ConfigError:
+            raise
         except Exception as exc:
-            raise ConfigError(f"cannot reach NATS at {settings.nats_url}: {exc.__class__.__name__}: {exc}") from None
+            raise ConfigError(
+                f"cannot reach NATS at {connection.describe()}: {exc.__class__.__name__}: {exc}"
+            ) from None
         try:
             runtime = simulated_runtime(
                 nc,
