@@ -7,11 +7,17 @@ reason to refuse to start, never something to silently "fix".
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from events.subjects import Subjects
 
@@ -133,6 +139,32 @@ async def consumer_room(js: JetStreamContext) -> int:
     return min(LOG_MAX_CONSUMERS, limit) if limit and limit > 0 else LOG_MAX_CONSUMERS
 
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PLACEMENT_WAIT_S = 30.0
+NO_SUITABLE_PEERS = 10005  # JetStream's err_code for "no suitable peers for placement"
+
+
+async def placed(create: Callable[[], Awaitable[T]], what: str, wait_s: float = PLACEMENT_WAIT_S) -> T:
+    """`create()` (a stream or bucket), waiting out a cluster that cannot place its replicas yet.
+
+    A peer that is still starting, or missed a heartbeat under load, makes the meta leader answer
+    "no suitable peers for placement" for a moment. The layout is created once, at start: waiting
+    a bounded time for the peers beats failing the start (seen on the 3-node test cluster under
+    load, right after it could place a probe stream). Any other error, or the same one after
+    `wait_s`, is raised as it is.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await create()
+        except APIError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS or time.monotonic() >= deadline:
+                raise
+            log.info("%s: %s; waiting for the cluster's peers", what, exc.description)
+            await asyncio.sleep(0.5)
+
+
 async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings | None = None) -> None:
     """Create the streams and the packs bucket if absent; refuse a log that breaks guarantees."""
     settings = settings or LayoutSettings()
@@ -140,7 +172,8 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
     try:
         info = await js.stream_info(subjects.releases_stream)
     except NotFoundError:
-        await js.add_stream(replace(release_log_config(subjects, settings.replicas), max_consumers=room))
+        log_config = replace(release_log_config(subjects, settings.replicas), max_consumers=room)
+        await placed(partial(js.add_stream, log_config), f"stream {subjects.releases_stream}")
     else:
         cfg = info.config
         added = [s for s in subjects.log_subjects() if s.endswith(".trust.rotated") and s not in (cfg.subjects or [])]
@@ -159,7 +192,7 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
         try:
             await js.stream_info(internal.name)
         except NotFoundError:
-            await js.add_stream(internal)
+            await placed(partial(js.add_stream, internal), f"stream {internal.name}")
     for bucket, description in (
         (subjects.packs_bucket, "Konnaxion Runtime Packs, named by digest"),
         (subjects.snapshots_bucket, "Konnaxion Releases: projection snapshots (internal, never the source of truth)"),
@@ -167,6 +200,11 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
         try:
             await js.object_store(bucket)
         except (BucketNotFoundError, NotFoundError):
-            await js.create_object_store(
-                bucket, storage=StorageType.FILE, replicas=settings.replicas, description=description
+            create = partial(
+                js.create_object_store,
+                bucket,
+                storage=StorageType.FILE,
+                replicas=settings.replicas,
+                description=description,
             )
+            await placed(create, f"bucket {bucket}")
