@@ -42,7 +42,9 @@ async def test_the_client_connects_with_the_ca_and_its_certificate_only(tls_serv
         await nc.close()
     # no client certificate; no CA either (nats-py would wait forever there: connect bounds it)
     for without, reason in (
-        (Connection(url=url, tls_ca=pki.ca), "CERTIFICATE_REQUIRED"),
+        # TLS 1.3: the server refuses a missing client certificate after the client's side of the
+        # handshake is done, so the client reads the alert or finds the pipe closed, by timing
+        (Connection(url=url, tls_ca=pki.ca), "CERTIFICATE_REQUIRED|Broken pipe|Connection reset"),
         (Connection(url=url), "CERTIFICATE_VERIFY_FAILED"),
     ):
         with pytest.raises(ConnectionError, match=reason):
