@@ -188,6 +188,17 @@ class Workers:
         self._readers: list[asyncio.Task] = []
         self._changed = asyncio.Event()
 
+    async def until_following(self, workers: int, runtimes: int, timeout: float) -> None:
+        """Until every worker process's runtimes follow their scope, with a progress bar of connections."""
+        bar = Progress("runtimes connected", runtimes)
+        await self.until(
+            lambda: len(self.following) == workers,
+            "connecting runtimes",
+            timeout + runtimes * 0.2,
+            lambda: bar.update(min(sum(self.connected.values()), runtimes - 1)),
+        )
+        bar.update(runtimes)
+
     async def start(self, specs: list[dict]) -> None:
         for spec in specs:
             proc = await asyncio.create_subprocess_exec(
@@ -394,14 +405,7 @@ async def run(runtimes: int = 1000, workers: int = 4, verify: bool = True, timeo
                     for i, n in enumerate(share)
                 ]
             )
-            bar = Progress("runtimes connected", runtimes)
-            await pool.until(
-                lambda: len(pool.following) == workers,
-                "connecting runtimes",
-                timeout + runtimes * 0.2,
-                lambda: bar.update(min(sum(pool.connected.values()), runtimes - 1)),
-            )
-            bar.update(runtimes)
+            await pool.until_following(workers, runtimes, timeout)
             await pool.until(lambda: _all_live(js, BASE_STREAM, BASE_SUBJECT, runtimes), "baseline followers", timeout)
             pointer = subjects.scope(ENV, CHANNEL, "all", "activated")
             await pool.until(

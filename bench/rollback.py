@@ -627,14 +627,7 @@ async def run_one(
                     for i, n in enumerate(share)
                 ]
             )
-            bar = Progress("runtimes connected", runtimes)
-            await pool.until(
-                lambda: len(pool.following) == workers,
-                "connecting runtimes",
-                timeout + runtimes * 0.2,
-                lambda: bar.update(min(sum(pool.connected.values()), runtimes - 1)),
-            )
-            bar.update(runtimes)
+            await pool.until_following(workers, runtimes, timeout)
             pointer = subjects.scope(ENV, CHANNEL, COHORT, "activated")
 
             async def all_live() -> bool:
