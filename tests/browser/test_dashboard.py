@@ -59,17 +59,18 @@ def chrome(profile: Path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-async def start_ui(nats_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
+async def start_ui(nats_url: str, prefix: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`kxr ui` (with `extra` options, e.g. `--actions`) on a free port, once it answers /healthz."""
     port = free_port()
     env = {**os.environ, "KX_NATS_URL": nats_url, "KX_PREFIX": prefix}
-    proc = subprocess.Popen(
-        [kxr_binary(), "ui", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    command = [kxr_binary(), "ui", "--port", str(port), *extra]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/"
+    what = " ".join(["kxr ui", *extra])
 
     async def answers() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"kxr ui exited {proc.returncode}: {proc.stderr.read().decode()}")
+            raise AssertionError(f"{what} exited {proc.returncode}: {proc.stderr.read().decode()}")
         try:
             async with aiohttp.ClientSession() as http, http.get(url + "healthz") as response:
                 return response.status == 200
@@ -78,7 +79,7 @@ async def start_ui(nats_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
 
     deadline = asyncio.get_running_loop().time() + 30
     while not await answers():
-        assert asyncio.get_running_loop().time() < deadline, "kxr ui did not answer within 30 s"
+        assert asyncio.get_running_loop().time() < deadline, f"{what} did not answer within 30 s"
         await asyncio.sleep(0.1)
     return proc, url
 

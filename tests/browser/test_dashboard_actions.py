@@ -8,18 +8,14 @@ second tab, left open on the release's page, shows each change live (no reload).
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from services.jetstream.embedded import free_port
-from tests.browser.test_dashboard import ARTIFACTS, BROWSER_WAIT_S, chrome, stop
-from tests.e2e.support import kxr_binary
+from tests.browser.test_dashboard import ARTIFACTS, BROWSER_WAIT_S, chrome, start_ui, stop
 from tests.harness import wait_for
 from tests.integration.test_dashboard_actions import authed_service
 
@@ -27,30 +23,7 @@ pytestmark = pytest.mark.browser
 
 
 async def start_ui_with_actions(nats_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "KX_NATS_URL": nats_url, "KX_PREFIX": prefix}
-    proc = subprocess.Popen(
-        [kxr_binary(), "ui", "--port", str(port), "--actions"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/"
-
-    async def answers() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"kxr ui --actions exited {proc.returncode}: {proc.stderr.read().decode()}")
-        try:
-            async with aiohttp.ClientSession() as http, http.get(url + "healthz") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
-    deadline = asyncio.get_running_loop().time() + 30
-    while not await answers():
-        assert asyncio.get_running_loop().time() < deadline, "kxr ui --actions did not answer within 30 s"
-        await asyncio.sleep(0.1)
-    return proc, url
+    return await start_ui(nats_url, prefix, "--actions")
 
 
 async def test_log_in_pause_and_resume_a_release_and_see_it_live(tmp_path):
