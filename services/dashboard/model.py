@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from events.health import HealthSample
@@ -19,6 +19,7 @@ from events.model import MonitoringStarted
 from events.tokens import InvalidToken, check_token
 from projections.world import World
 from services.monitoring.judge import Watch, counts_for, hard_breach
+from services.reads.history import parse_since
 from services.reads.status import release_rows, scope_rows
 
 RECENT = 20  # finished releases listed under the ones in flight
@@ -50,7 +51,6 @@ def overview(world: World, now: datetime, windows: Mapping[str, dict[str, Any] |
 # ---- release history (/releases) ------------------------------------------------------------------
 OUTCOMES = ("success", "promoted_by_override", "rolled_back", "pinned", "aborted", "rejected", "failed")
 HISTORY_LIMIT = 200  # rows on one page, newest first
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class FilterError(ValueError):
@@ -80,18 +80,11 @@ def parse_filter(query: Mapping[str, str], now: datetime) -> HistoryFilter:
         raise FilterError(f"outcome {outcome!r}: one of {', '.join((*OUTCOMES, 'in_flight'))}")
     text = (query.get("since") or "").strip()
     since = None
-    if text:
-        if text[:-1].isdigit() and text[-1] in _UNITS:
-            since = now - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
-        else:
-            try:
-                since = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T"))
-            except ValueError:
-                raise FilterError(
-                    f"since {text!r}: expected RFC 3339 (2026-01-31T12:00:00Z) or an age (30m, 6h, 2d)"
-                ) from None
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
+    if text:  # the same rule as `kxr release list --since` (an age, or RFC 3339 with a timezone)
+        try:
+            since = parse_since(text, now)
+        except ValueError as exc:
+            raise FilterError(str(exc).replace("--since", "since", 1)) from None
     return HistoryFilter(channel, outcome, since)
 
 
