@@ -19,7 +19,7 @@ from events.model import MonitoringStarted
 from events.tokens import InvalidToken, check_token
 from projections.world import World
 from services.monitoring.judge import Watch, counts_for, hard_breach
-from services.reads.history import parse_since
+from services.reads.history import OUTCOMES, parse_since
 from services.reads.status import release_rows, scope_rows
 
 RECENT = 20  # finished releases listed under the ones in flight
@@ -49,7 +49,7 @@ def overview(world: World, now: datetime, windows: Mapping[str, dict[str, Any] |
 
 
 # ---- release history (/releases) ------------------------------------------------------------------
-OUTCOMES = ("success", "promoted_by_override", "rolled_back", "pinned", "aborted", "rejected", "failed")
+
 HISTORY_LIMIT = 200  # rows on one page, newest first
 
 
