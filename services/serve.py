@@ -149,11 +149,11 @@ async def started_app(
 
 
 @asynccontextmanager
-async def optional_metrics(app: App, address: str | None) -> AsyncIterator[None]:
+async def optional_metrics(app: App, address: str | None, log_series: bool = True) -> AsyncIterator[None]:
     if not address:
         yield
         return
-    async with serve_metrics(app, address, lambda: log_entries(app.js, app.subjects)):
+    async with serve_metrics(app, address, lambda: log_entries(app.js, app.subjects), log_series=log_series):
         yield
 
 
@@ -374,7 +374,7 @@ async def serve(
             async with (
                 running_app(settings, target.url, trust_root, signer=signer, connect_options=target.options) as app,
                 dashboard_for(app, ui, on_ui, actions=ui_actions),
-                optional_metrics(app, settings.metrics_addr),
+                optional_metrics(app, settings.metrics_addr, settings.metrics_log),
             ):
                 if on_ready:
                     on_ready(redacted(target.url))

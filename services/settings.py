@@ -32,6 +32,7 @@ class Settings:
     replicas: int = 1  # JetStream replicas of every stream and bucket created (KX_REPLICAS; 3 on a cluster)
     ack_wait_s: float = 30.0  # how long a fetched message may stay unacked before redelivery (KX_ACK_WAIT)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus' /metrics (KX_METRICS_ADDR; off when unset)
+    metrics_log: bool = True  # /metrics has the log-derived series (KX_METRICS_LOG; off: in all processes but one)
     extra: dict = field(default_factory=dict)
     connection: Connection | None = None  # how to connect (connection_from); None: nats_url as it is
 
@@ -59,6 +60,7 @@ class Settings:
             "replicas": parse_replicas(env.get("KX_REPLICAS") or "1"),
             "ack_wait_s": parse_seconds("KX_ACK_WAIT", env.get("KX_ACK_WAIT") or "30"),
             "metrics_addr": env.get("KX_METRICS_ADDR") or None,
+            "metrics_log": parse_switch("KX_METRICS_LOG", env.get("KX_METRICS_LOG") or "on"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -81,6 +83,13 @@ def parse_seconds(name: str, raw: str) -> float:
     if not 0.1 <= value <= 3600:
         raise ConfigError(f"{name} must be a number of seconds from 0.1 to 3600, not {raw!r}")
     return value
+
+
+def parse_switch(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigError(f"{name} takes on or off, not {raw!r}")
+    return value == "on"
 
 
 def parse_replicas(raw: str) -> int:

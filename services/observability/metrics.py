@@ -4,6 +4,12 @@
   (process-wide, like any Prometheus client counter);
 - consumer lag, sampled from JetStream's consumer info every few seconds (`LagSampler`);
 - release-level figures, rendered at scrape time from the `ReleaseMetrics` fold.
+
+The release-level figures (and `kx_releases_in_flight`, `kx_log_applied_sequence`) are a fold of
+the whole log: every process that folds it reports the same numbers, so a deployment of several
+processes exports them from one (`KX_METRICS_LOG=on`; the others `off`, compose.yaml: the
+activator) and Prometheus' usual `sum()` counts each release once. The per-process series
+(`kx_events_processed`, the consumers' lag, process_*) come from every process.
 """
 
 from __future__ import annotations
@@ -96,16 +102,37 @@ class LagSampler:
             await asyncio.sleep(every if complete else min(every, 0.5))
 
 
-class ServiceCollector(Collector):
-    """`world`: the service's live fold as it is at scrape time (the follower's; read, never kept)."""
+# the families only a process with the log-derived series exports (KX_METRICS_LOG=on)
+LOG_DERIVED = (
+    "kx_log_events",
+    "kx_releases_closed",
+    "kx_gate_failures",
+    "kx_rollbacks_started",
+    "kx_release_holds",
+    "kx_release_escalations",
+    "kx_notifications",
+    "kx_activation_latency_seconds",
+    "kx_log_applied_sequence",
+    "kx_releases_in_flight",
+)
 
-    def __init__(self, world: Callable[[], World], releases: ReleaseMetrics, lag: LagSampler) -> None:
+
+class ServiceCollector(Collector):
+    """`world`: the service's live fold as it is at scrape time (the follower's; read, never kept).
+    `releases` None: this process exports no log-derived series (KX_METRICS_LOG=off), its lag only."""
+
+    def __init__(self, world: Callable[[], World], releases: ReleaseMetrics | None, lag: LagSampler) -> None:
         self._world = world
         self._releases = releases
         self._lag = lag
 
     def collect(self) -> Iterable[Metric]:
-        view = self._releases.view()
+        if self._releases is not None:
+            yield from self._log_derived(self._releases)
+        yield from self._lags()
+
+    def _log_derived(self, releases: ReleaseMetrics) -> Iterable[Metric]:
+        view = releases.view()
         yield _counter("kx_log_events", "Events in the release log, by type.", ["type"], view.events_by_type)
         yield _counter("kx_releases_closed", "Releases closed, by outcome.", ["outcome"], view.outcomes)
         yield _counter(
@@ -134,6 +161,8 @@ class ServiceCollector(Collector):
         )
         world = self._world()
         yield GaugeMetricFamily("kx_releases_in_flight", "Releases not closed.", value=len(world.in_flight))
+
+    def _lags(self) -> Iterable[Metric]:
         lags = dict(self._lag.lags)
         for name, text, field in (
             ("kx_consumer_pending_messages", "Messages not yet delivered to a durable consumer.", "pending"),

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 SHELL_LANGS = {"bash", "sh", "shell"}
 MARKER = re.compile(r"^<!--\s*readme-test:(?P<body>.*?)-->\s*$")
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
-# the install prefix of the README's first commands: the test runs in an installed venv already
-VENV_INSTALL = re.compile(r"python3 -m venv \.venv && \.venv/bin/pip install [^&]*&&\s*")
+# the install prefix of the README's first commands (one pip install, or the locked install and then
+# the project's: `pip install --require-hashes -r requirements/test.txt && pip install --no-deps -e .`):
+# the test runs in an installed venv already
+VENV_INSTALL = re.compile(r"python3 -m venv \.venv(?:\s*&&\s*\.venv/bin/pip install [^&]*)+&&\s*")
 
 
 @dataclass(frozen=True)

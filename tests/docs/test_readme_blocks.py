@@ -57,6 +57,19 @@ def test_a_marker_must_sit_right_before_the_fence() -> None:
     assert block.marker is None
 
 
+def test_a_venv_block_drops_the_locked_install_and_the_project_install_alike() -> None:
+    (block,) = shell_blocks(
+        doc(
+            "<!-- readme-test: story=demo venv -->",
+            f"{FENCE}bash",
+            "python3 -m venv .venv && .venv/bin/pip install -q --require-hashes -r requirements/test.txt"
+            " && .venv/bin/pip install -q --no-deps -e . && .venv/bin/kxr demo",
+            FENCE,
+        )
+    )
+    assert block.runnable() == ".venv/bin/kxr demo\n"
+
+
 def test_a_venv_block_runs_in_the_installed_venv_and_a_story_is_one_strict_script() -> None:
     (block,) = shell_blocks(
         doc(
