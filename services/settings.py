@@ -32,6 +32,8 @@ class Settings:
     replicas: int = 1  # JetStream replicas of every stream and bucket created (KX_REPLICAS; 3 on a cluster)
     ack_wait_s: float = 30.0  # how long a fetched message may stay unacked before redelivery (KX_ACK_WAIT)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus' /metrics (KX_METRICS_ADDR; off when unset)
+    # the Prometheus a channel's `monitoring.prometheus` queries when it names no url (KX_PROMETHEUS_URL)
+    prometheus_url: str | None = None
     extra: dict = field(default_factory=dict)
     connection: Connection | None = None  # how to connect (connection_from); None: nats_url as it is
 
@@ -59,6 +61,7 @@ class Settings:
             "replicas": parse_replicas(env.get("KX_REPLICAS") or "1"),
             "ack_wait_s": parse_seconds("KX_ACK_WAIT", env.get("KX_ACK_WAIT") or "30"),
             "metrics_addr": env.get("KX_METRICS_ADDR") or None,
+            "prometheus_url": env.get("KX_PROMETHEUS_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
