@@ -219,6 +219,16 @@ def test_a_verdict_without_queries_is_written_as_before_and_one_with_them_round_
     assert MonitoringVerdict.model_validate(doc) == with_queries
 
 
+def test_a_request_may_tighten_a_custom_threshold_never_loosen_it():
+    channel = Thresholds(error_rate_max=0.05, queue_depth_max=100, backlog_min=2)  # type: ignore[call-arg]
+    tighter = channel.tightened_by(Thresholds(queue_depth_max=10, backlog_min=5))  # type: ignore[call-arg]
+    assert (tighter.queue_depth_max, tighter.backlog_min) == (10, 5)  # type: ignore[attr-defined]
+    looser = channel.tightened_by(Thresholds(queue_depth_max=1000, backlog_min=0, other_max="x"))  # type: ignore[call-arg]
+    assert (looser.queue_depth_max, looser.backlog_min) == (100, 2)  # type: ignore[attr-defined]
+    assert "other_max" not in looser.model_dump()  # not a number: ignored
+    assert channel.tightened_by(Thresholds()) == channel
+
+
 # ---- channel configuration ----------------------------------------------------------------------
 
 
