@@ -74,7 +74,8 @@ class ChannelMonitoring(_Cfg):
     window_s: StrictInt = Field(ge=1, le=MAX_WINDOW_S)
     min_samples: StrictInt = Field(default=1, ge=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
-    prometheus: PrometheusSource | None = None  # optional: older configurations validate as before
+    # optional: older configurations validate as before, and one without it is written as before
+    prometheus: PrometheusSource | None = Field(default=None, exclude_if=lambda source: source is None)
 
 
 class ChannelCompatibility(_Cfg):

@@ -253,6 +253,7 @@ def test_a_channel_with_queries_and_their_thresholds_is_sound():
 def test_older_configurations_validate_as_before():
     cfg = ChannelConfig.model_validate({"monitoring": {"window_s": 60, "thresholds": {"error_rate_max": 0.05}}})
     assert cfg.monitoring.prometheus is None and channel_problems(cfg) == []
+    assert "prometheus" not in cfg.model_dump(mode="json")["monitoring"]  # written byte for byte as before
 
 
 @pytest.mark.parametrize(
