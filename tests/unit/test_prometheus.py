@@ -295,3 +295,16 @@ def test_kxr_channel_set_names_the_query_without_a_threshold_in_one_line_and_exi
     assert done.returncode == 2, done
     assert "Traceback" not in done.stderr + done.stdout
     assert "monitoring.prometheus.queries.queue_depth: no threshold to judge it against" in done.stderr + done.stdout
+
+
+def test_the_services_prometheus_url_comes_from_kx_prometheus_url(monkeypatch):
+    from services.reads.prometheus import base_url
+    from services.settings import Settings
+
+    monkeypatch.setenv("KX_PROMETHEUS_URL", "http://prom.internal:9090/")
+    fallback = Settings.from_env().prometheus_url
+    assert fallback == "http://prom.internal:9090/"
+    assert base_url(PrometheusSource(queries={"a": "q"}), fallback) == "http://prom.internal:9090"
+    assert base_url(PrometheusSource(url="http://own:9090", queries={"a": "q"}), fallback) == "http://own:9090"
+    monkeypatch.delenv("KX_PROMETHEUS_URL")
+    assert Settings.from_env().prometheus_url is None
