@@ -7,6 +7,8 @@ runtime SDK (which scope a runtime follows), so both sides always agree.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
@@ -46,10 +48,34 @@ class CohortRule(_Cfg):
 MAX_WINDOW_S = 30 * 24 * 3600
 
 
+# Prometheus as a monitoring source (services/monitoring/prometheus.py renders and judges, services/reads/
+# prometheus.py asks). A query template may name these placeholders; everything else in it is PromQL.
+PROMQL_PLACEHOLDERS = ("env", "channel", "cohort", "digest", "window")
+QUERY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_QUERIES = 20
+MAX_QUERY_CHARS = 2000
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PrometheusSource(_Cfg):
+    """Named PromQL queries judged at a window's end against the thresholds named after them.
+
+    A query named `error_rate` is judged against `error_rate_max` (and/or `error_rate_min`);
+    a custom name such as `queue_depth` needs `queue_depth_max` or `queue_depth_min` among the
+    channel's thresholds. The base URL falls back to the service's KX_PROMETHEUS_URL.
+    """
+
+    url: StrictStr | None = Field(default=None, max_length=500)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    queries: dict[StrictStr, StrictStr] = Field(min_length=1, max_length=MAX_QUERIES)
+
+
 class ChannelMonitoring(_Cfg):
     window_s: StrictInt = Field(ge=1, le=MAX_WINDOW_S)
     min_samples: StrictInt = Field(default=1, ge=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    # optional: older configurations validate as before, and one without it is written as before
+    prometheus: PrometheusSource | None = Field(default=None, exclude_if=lambda source: source is None)
 
 
 class ChannelCompatibility(_Cfg):
@@ -156,7 +182,69 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
         problems.append("policy.alert_waiver must give a reason (it is recorded in each release's checklist)")
     if own_channel is not None and cfg.promote_to == own_channel:
         problems.append("promote_to must name another channel")
+    if cfg.monitoring.prometheus is not None:
+        problems += prometheus_problems(cfg.monitoring.prometheus, cfg.monitoring.thresholds)
     return problems
+
+
+def query_limits(thresholds: Thresholds, name: str) -> list[tuple[str, object]]:
+    """(op, limit) of every threshold named after query `name`: `<name>_max` (<=) and `<name>_min` (>=),
+    declared fields and a channel's custom (extra) ones alike; a limit may be anything the file held."""
+    extra = thresholds.__pydantic_extra__ or {}
+    out = []
+    for suffix, op in (("_max", "<="), ("_min", ">=")):
+        key = name + suffix
+        value = getattr(thresholds, key) if key in type(thresholds).model_fields else extra.get(key)
+        if value is not None:
+            out.append((op, value))
+    return out
+
+
+def is_limit(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def prometheus_problems(source: PrometheusSource, thresholds: Thresholds) -> list[str]:
+    """What is wrong with a channel's Prometheus queries, one sentence each."""
+    problems: list[str] = []
+    if source.url is not None and not re.match(r"^https?://[^\s/]+", source.url):
+        problems.append(f"monitoring.prometheus.url must be an http:// or https:// URL, not {source.url[:80]!r}")
+    for name, template in source.queries.items():
+        where = f"monitoring.prometheus.queries.{name[:64]}"
+        if not re.match(QUERY_NAME_PATTERN, name):
+            problems.append(f"{where}: a query name is a letter or _ then letters, digits or _ (at most 64)")
+            continue
+        if not template.strip():
+            problems.append(f"{where}: the query is empty")
+        if len(template) > MAX_QUERY_CHARS:
+            problems.append(f"{where}: the query is longer than {MAX_QUERY_CHARS} characters")
+        unknown = sorted({m for m in _PLACEHOLDER.findall(template) if m not in PROMQL_PLACEHOLDERS})
+        if unknown:
+            problems.append(
+                f"{where}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} "
+                f"(known: {', '.join('{' + p + '}' for p in PROMQL_PLACEHOLDERS)})"
+            )
+        limits = query_limits(thresholds, name)
+        if not limits:
+            problems.append(
+                f"{where}: no threshold to judge it against: set monitoring.thresholds.{name}_max or {name}_min"
+            )
+        for op, value in limits:
+            if not is_limit(value):
+                key = f"{name}_{'max' if op == '<=' else 'min'}"
+                problems.append(f"monitoring.thresholds.{key} must be a finite number, not {value!r}")
+    return problems
+
+
+def _custom_thresholds(model: BaseModel) -> set[str]:
+    """The extra threshold paths a channel's Prometheus queries give a meaning to."""
+    if not isinstance(model, ChannelConfig) or model.monitoring.prometheus is None:
+        return set()
+    return {
+        f"monitoring.thresholds.{name}{suffix}"
+        for name in model.monitoring.prometheus.queries
+        for suffix in ("_max", "_min")
+    }
 
 
 def unknown_fields(model: BaseModel, path: str = "") -> list[str]:
@@ -173,7 +261,8 @@ def unknown_fields(model: BaseModel, path: str = "") -> list[str]:
             if isinstance(item, BaseModel):
                 where = f"{path}{name}[{index}]." if isinstance(value, (list, tuple)) else f"{path}{name}."
                 found += unknown_fields(item, where)
-    return found
+    known = _custom_thresholds(model)  # `queue_depth_max` is a threshold when a query is named `queue_depth`
+    return [f for f in found if f not in known]
 
 
 def tenant_bucket(env: str, channel: str, tenant: str) -> int:

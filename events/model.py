@@ -206,6 +206,27 @@ class Comparison(Frozen):
     ok: StrictBool
 
 
+class QueryAnswer(Frozen):
+    """One query a window was judged on and what its source answered (evidence, bounded).
+
+    `value` is the figure judged (the worst series: the highest against a `_max` threshold, the lowest
+    against a `_min` one alone); None is no data,
+    and `no_data` says why (an error, a timeout, an empty or non-finite answer): never a pass.
+    `result` holds the answer's series as answered, values as Prometheus' text ("NaN" stays "NaN").
+    """
+
+    source: Literal["prometheus"] = "prometheus"
+    name: StrictStr
+    query: StrictStr  # as sent, placeholders filled in
+    at: AwareDatetime  # the evaluation time: the window's end
+    status: StrictStr  # "success", or what went wrong: "error", "timeout", "unreachable", "invalid", "not_configured"
+    result: list[dict[str, Any]] = Field(default_factory=list)  # [{"metric": {...}, "value": "0.01"}], at most 20
+    series: StrictInt = 0  # how many series the answer held (result lists at most 20)
+    value: float | None = None
+    lowest: float | None = None  # with both a `_max` and a `_min` threshold: the lowest series, for the `_min`
+    no_data: StrictStr | None = None
+
+
 class MonitoringVerdict(Frozen):
     stage: StrictInt = Field(ge=0)
     samples: StrictInt = 0
@@ -221,6 +242,9 @@ class MonitoringVerdict(Frozen):
     # True on a `monitoring_passed` written by an operator (`kxr release promote`): it moves the
     # release on, but a stage passed this way never makes its pack last-known-good.
     override: StrictBool = False
+    # Every query to a metrics system (the channel's `monitoring.prometheus`) and its answer.
+    # (left out when empty: a window judged without a metrics system is written byte for byte as before)
+    queries: list[QueryAnswer] = Field(default_factory=list, exclude_if=lambda queries: not queries)
 
 
 class Expanded(Frozen):

@@ -9,6 +9,7 @@ Change a threshold here and every one of those places sees it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -47,8 +48,23 @@ class Thresholds(BaseModel):
             if key.endswith(("_max", "_min")):
                 values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
                 merged[key] = (min if key.endswith("_max") else max)(values) if values else None
+        # A custom threshold (a channel's Prometheus query `queue_depth` is judged on `queue_depth_max`)
+        # tightens the same way; a request's value that is not a finite number is ignored.
+        for key in request.__pydantic_extra__ or {}:
+            if not key.endswith(("_max", "_min")) or not _finite(asked.get(key)):
+                continue
+            mine = merged.get(key)
+            if mine is None:
+                merged[key] = asked[key]
+            elif _finite(mine):
+                merged[key] = (min if key.endswith("_max") else max)(mine, asked[key])
+            # else the channel's own value is unusable: left as it is (the judge holds the window on it)
         if asked.get("new_error_classes") == "fail":
             merged["new_error_classes"] = "fail"
         if asked.get("statistical") == "enforce":
             merged["statistical"] = "enforce"
         return Thresholds(**merged)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -33,6 +33,8 @@ class Settings:
     ack_wait_s: float = 30.0  # how long a fetched message may stay unacked before redelivery (KX_ACK_WAIT)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus' /metrics (KX_METRICS_ADDR; off when unset)
     metrics_log: bool = True  # /metrics has the log-derived series (KX_METRICS_LOG; off: in all processes but one)
+    # the Prometheus a channel's `monitoring.prometheus` queries when it names no url (KX_PROMETHEUS_URL)
+    prometheus_url: str | None = None
     extra: dict = field(default_factory=dict)
     connection: Connection | None = None  # how to connect (connection_from); None: nats_url as it is
 
@@ -61,6 +63,7 @@ class Settings:
             "ack_wait_s": parse_seconds("KX_ACK_WAIT", env.get("KX_ACK_WAIT") or "30"),
             "metrics_addr": env.get("KX_METRICS_ADDR") or None,
             "metrics_log": parse_switch("KX_METRICS_LOG", env.get("KX_METRICS_LOG") or "on"),
+            "prometheus_url": env.get("KX_PROMETHEUS_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

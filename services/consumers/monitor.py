@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from events.canonical import StrictJSONError
 from events.codec import encode_event
 from events.health import HealthSample, accept_report
 from events.ids import derived_event_id
-from events.model import Event, MonitoringStarted, MonitoringVerdict
+from events.model import Event, MonitoringStarted, MonitoringVerdict, QueryAnswer
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
@@ -40,7 +40,9 @@ from services.monitoring.judge import (
     read_span,
     window_data,
 )
+from services.monitoring.prometheus import Place, queries_for
 from services.reads.health_reads import samples_between, window_reports
+from services.reads.prometheus import ask_all
 
 NAME = "monitor"
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ def verdict_event(ctx: Ctx, release: ReleaseState, outcome: str, verdict: Monito
         early=verdict.early,
         reason=f"the window's verdict ({outcome}) could not be written: {problem[:300]}; "
         f"it was: {verdict.reason[:1000]}",
+        queries=[q.model_copy(update={"result": []}) for q in verdict.queries],  # what was asked, and the figures
     )
     return release_event(ctx, release, "monitoring_inconclusive", slim, step)
 
@@ -159,6 +162,7 @@ def decide_window(release: ReleaseState, stage: int, data: WindowData, ctx: Ctx)
         comparisons=v.comparisons,
         reason=v.reason,
         trigger=v.trigger if v.outcome == "monitoring_failed" else None,
+        queries=list(data.queries),
     )
     return [Chain((verdict_event(ctx, release, v.outcome, verdict),))]
 
@@ -390,13 +394,30 @@ class Monitor(ReleaseReactor[StageFacts]):
         env, channel = release.prepared.target.env, release.prepared.target.channel
         since = release.activated_at.get(m.stage)
         reports = await window_reports(self.port.js, self.port.subjects, env, channel, m.cohorts, *read_span(m, since))
-        return window_data(
+        data = window_data(
             reports.valid,
             m,
             baseline_digests=baseline_digests(world, release),
             activated_at=since,
             invalid=reports.invalid,
         )
+        return replace(data, queries=await self.prometheus_answers(world, release))
+
+    async def prometheus_answers(self, world: World, release: ReleaseState) -> tuple[QueryAnswer, ...]:
+        """The channel's Prometheus queries for the window, asked at its end (none configured: none).
+
+        The queries are the channel's as configured when the window ends; the verdict records each
+        one as sent with its answer, so the evidence says exactly what judged the window.
+        """
+        m = release.monitoring
+        assert m is not None and release.prepared is not None
+        env, channel = release.prepared.target.env, release.prepared.target.channel
+        source = world.channel_config(env, channel).monitoring.prometheus
+        if source is None:
+            return ()
+        place = Place(env, channel, tuple(m.cohorts), m.digest, m.monitoring.window_s)
+        asked = queries_for(source, place, m.ends_at)
+        return await ask_all(source, asked, m.monitoring.thresholds, self.port.settings.prometheus_url)
 
     async def watch_health(self) -> None:
         """Live: fail a window early on a hard breach. The window's end judges everything anyway."""

@@ -30,8 +30,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from events.health import HealthSample
-from events.model import Comparison, Monitoring, MonitoringStarted
+from events.model import Comparison, Monitoring, MonitoringStarted, QueryAnswer
 from events.subjects import HealthParts
+from services.monitoring import prometheus
 from services.monitoring.statistics import judge_statistically
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class WindowData:
     baseline: list[HealthSample]  # the previous active pack's, before the activation
     expected: frozenset[str] = frozenset()  # runtimes that ran something else before and must switch
     invalid: list[Invalid] = field(default_factory=list)  # invalid reports within the window
+    # the channel's Prometheus queries as asked at the window's end, each with its figure or why none
+    queries: tuple[QueryAnswer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -409,10 +412,20 @@ def judge(
     *,
     expected: Collection[str] = (),
     invalid: Collection[Invalid] = (),
+    queries: Collection[QueryAnswer] = (),
 ) -> Verdict:
-    """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed."""
+    """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed.
+
+    `queries`: the channel's Prometheus queries with their figures, judged against the thresholds named
+    after them. A query named like a figure of the samples (`error_rate`, `latency_p99_ms`, ...) speaks
+    for it: when the samples hold no such figure, that is not a gap (when they do, both must hold).
+    """
     figures = figures_of(samples, baseline)
-    comparisons = compare(figures, monitoring)
+    answers = list(queries)
+    spoken_for = prometheus.covered(answers)
+    comparisons = [
+        c for c in compare(figures, monitoring) if not (c.value is None and c.metric in spoken_for)
+    ] + prometheus.comparisons(answers, monitoring.thresholds)
     judged = per_runtime(samples, monitoring)
     if any(getattr(monitoring.thresholds, name) is not None for _, name, _ in _RATES):
         rows = _runtime_rows(judged)
@@ -460,7 +473,11 @@ def judge(
                 reason += f"; and {len(failing) - 3} more runtime(s)"
         return Verdict("monitoring_failed", n, runtimes, figures, comparisons, reason, _trigger(breached))
 
-    gaps = [f"no data for {c.metric} (threshold {c.op} {_fmt(c.threshold)})" for c in comparisons if not c.ok]
+    gaps = [
+        f"no data for {c.metric} (threshold {c.op} {_fmt(c.threshold)})"
+        for c in comparisons
+        if not c.ok and not c.metric.startswith(prometheus.METRIC_PREFIX)
+    ] + prometheus.gaps(answers, monitoring.thresholds)
     if missing_runtimes:
         gaps.append(
             f"{len(missing_runtimes)} runtime(s) reported before the activation but not activating the new pack: "
@@ -481,12 +498,16 @@ def judge(
         runtimes,
         figures,
         comparisons,
-        f"{n} sample(s) from {runtimes} runtime(s) within every threshold",
+        f"{n} sample(s) from {runtimes} runtime(s)"
+        + (f" and {len(answers)} Prometheus quer{'y' if len(answers) == 1 else 'ies'}" if answers else "")
+        + " within every threshold",
     )
 
 
 def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
-    return judge(data.samples, data.baseline, monitoring, expected=data.expected, invalid=data.invalid)
+    return judge(
+        data.samples, data.baseline, monitoring, expected=data.expected, invalid=data.invalid, queries=data.queries
+    )
 
 
 # ---- early failure ------------------------------------------------------------------------------
