@@ -131,18 +131,39 @@ def trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _getter() -> Any:
-    from opentelemetry.propagators.textmap import Getter
+class _Otel:
+    """OpenTelemetry's pieces, imported and built once, on first use (never when tracing is off)."""
 
-    class HeaderGetter(Getter[Mapping[str, str]]):
-        def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
-            value = trace_headers(carrier).get(key)
-            return None if value is None else [value]
+    def __init__(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.context import Context
+        from opentelemetry.propagators.textmap import Getter
+        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        def keys(self, carrier: Mapping[str, str]) -> list[str]:
-            return list(carrier)
+        class HeaderGetter(Getter[Mapping[str, str]]):
+            def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+                value = carrier.get(key)
+                return None if value is None else [value]
 
-    return HeaderGetter()
+            def keys(self, carrier: Mapping[str, str]) -> list[str]:
+                return list(carrier)
+
+        self.trace = trace
+        self.Context = Context
+        self.SpanKind = SpanKind
+        self.propagator = TraceContextTextMapPropagator()
+        self.getter = HeaderGetter()
+
+
+_otel_parts: _Otel | None = None
+
+
+def _otel() -> _Otel:
+    global _otel_parts
+    if _otel_parts is None:
+        _otel_parts = _Otel()
+    return _otel_parts
 
 
 def extract(headers: Mapping[str, str] | None) -> Context | None:
@@ -150,11 +171,9 @@ def extract(headers: Mapping[str, str] | None) -> Context | None:
     found = trace_headers(headers)
     if TRACEPARENT not in found:
         return None
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    context = TraceContextTextMapPropagator().extract(found, getter=_getter())
-    return context if trace.get_current_span(context).get_span_context().is_valid else None
+    otel = _otel()
+    context = otel.propagator.extract(found, getter=otel.getter)  # `found` has lower-case names
+    return context if otel.trace.get_current_span(context).get_span_context().is_valid else None
 
 
 def valid_trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -162,10 +181,8 @@ def valid_trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     context = extract(headers)
     if context is None:
         return {}
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     out: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(out, context=context)
+    _otel().propagator.inject(out, context=context)
     return out
 
 
@@ -176,11 +193,9 @@ def inject(headers: dict[str, str]) -> None:
         if carried:
             headers.update(carried)
         return
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    if trace.get_current_span().get_span_context().is_valid:
-        TraceContextTextMapPropagator().inject(headers)
+    otel = _otel()
+    if otel.trace.get_current_span().get_span_context().is_valid:
+        otel.propagator.inject(headers)
 
 
 # -- what decisions follow from ---------------------------------------------------------------------
@@ -256,9 +271,7 @@ def _span(
     kind: str,
     start_ns: int | None = None,
 ) -> Iterator[Span]:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import SpanKind
-
+    otel = _otel()
     tracer = _tracer()
     assert tracer is not None
     attrs: dict[str, str] = {}
@@ -266,8 +279,8 @@ def _span(
         attrs[ATTR_RELEASE_ID] = release_id
     if event_id:
         attrs[ATTR_EVENT_ID] = event_id
-    parent = extract(parent_headers) or Context()  # never the ambient context: no parent is a new trace
-    span_kind = SpanKind.PRODUCER if kind == "producer" else SpanKind.CONSUMER
+    parent = extract(parent_headers) or otel.Context()  # never the ambient context: no parent is a new trace
+    span_kind = otel.SpanKind.PRODUCER if kind == "producer" else otel.SpanKind.CONSUMER
     with tracer.start_as_current_span(
         name, context=parent, kind=span_kind, attributes=attrs, start_time=start_ns
     ) as span:
