@@ -4,6 +4,14 @@ tracing changes no event byte and no signature."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -164,3 +172,67 @@ def spans_provider(exporter: InMemorySpanExporter) -> TracerProvider:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
+
+
+class Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that keeps what it is sent."""
+
+    received: list[tuple[str, bytes]] = []
+
+    def do_POST(self) -> None:
+        self.received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+async def test_kxr_release_request_carries_the_ci_trace_context(nats_url, prefix, tmp_path):
+    """`kxr release request` under a CI job's TRACEPARENT: without an endpoint the context is passed on
+    verbatim (no span); with one, the request is a span of that trace, exported, and its own context
+    is what the stored event carries. The CLI is the real console script."""
+    subjects = Subjects(prefix)
+    nc = await connect(nats_url, name="test-trace-cli")
+    js = nc.jetstream()
+    await ensure_layout(js, subjects, LayoutSettings())
+    pack = make_pack("1.0.0", SigningKey.generate())
+    (tmp_path / "m.json").write_bytes(pack.manifest)
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    Collector.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KX_", "OTEL_"))}
+    env.update({"KX_PREFIX": prefix, "KX_NATS_URL": nats_url, "TRACEPARENT": PARENT, "TRACESTATE": STATE})
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for release_id, extra in (("plain", {}), ("traced", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})):
+            args = ["release", "request", release_id, "--manifest", "m.json", "--target", "prod/canary"]
+            args += ["--owner", "kb-team", "--escalation", "pager:kb"]
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [str(Path(sys.executable).parent / "kxr"), *args],
+                cwd=tmp_path,
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+        entries = {decode_event(e.data, e.subject, subjects).release_id: e for e in await stored(js, subjects)}
+    finally:
+        await nc.close()
+        server.shutdown()
+        thread.join()
+    assert {k: entries["plain"].headers.get(k) for k in ("traceparent", "tracestate")} == {
+        "traceparent": PARENT,
+        "tracestate": STATE,
+    }
+    version, trace_id, span_id, flags = entries["traced"].headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01") and span_id != CI_SPAN
+    assert entries["traced"].headers["tracestate"] == STATE
+    [(path, body)] = Collector.received  # one export, from the traced request only, flushed at exit
+    assert path == "/v1/traces"
+    for part in (b"kxr release request", b"traced", bytes.fromhex(span_id), bytes.fromhex(CI_SPAN)):
+        assert part in body
