@@ -297,7 +297,7 @@ class ReleaseReactor(Generic[F]):
             # leaves no span.
             cause = release.last_event_id
             with tracing.decision_span(
-                f"{self.name} decide", release_id, cause, tracing.headers_of(cause), start_ns=started
+                f"{self.name} decide", release_id, cause, tracing.headers_of(release_id, cause), start_ns=started
             ) as span:
                 if span is not None:
                     span.set_attribute("kx.consumer", self.name)

@@ -31,6 +31,8 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from events.model import Event
+
 if TYPE_CHECKING:  # imported only when tracing is used: `kxr` without it never loads OpenTelemetry
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -41,7 +43,7 @@ TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 DEFAULT_SERVICE_NAME = "konnaxion-releases"
 INSTRUMENTATION = "konnaxion-releases"
-REMEMBERED = 20_000  # trace contexts of recent events kept for the decisions that follow from them
+REMEMBERED = 20_000  # releases whose latest trace context is kept for the decisions that follow from it
 
 ATTR_RELEASE_ID = "kx.release_id"
 ATTR_EVENT_ID = "kx.event_id"  # the event the decision follows from (its causation)
@@ -59,7 +61,8 @@ class _State:
 
 _OFF = _State()
 _state: _State | None = None  # None: not decided yet (the environment is read on first use)
-_traces: dict[str, tuple[str, str | None]] = {}  # event id -> (traceparent, tracestate) as stored
+# release id -> (its latest event's id, traceparent, tracestate) as stored
+_traces: dict[str, tuple[str, str, str | None]] = {}
 # headers passed on verbatim by a producer that records no spans itself (no provider)
 _carried: ContextVar[dict[str, str] | None] = ContextVar("kx_trace_carried", default=None)
 
@@ -199,28 +202,30 @@ def inject(headers: dict[str, str]) -> None:
 
 
 # -- what decisions follow from ---------------------------------------------------------------------
-def remember(event_id: str, headers: Mapping[str, str] | None) -> None:
-    """Keep the trace context an event was stored with (a follower calls this for each event it
-    folds), so a decision that follows from it, triggered by a message or not, can be its child."""
-    if not headers or _tracer() is None:
+def remember(event: Event, headers: Mapping[str, str] | None) -> None:
+    """Keep the trace context a release's latest event was stored with (a follower calls this for
+    each event it folds), so the decision that follows from it, triggered by a message or by a
+    reconcile round, minutes later or not, can be its child. One entry per release, the least
+    recently moved dropped first beyond REMEMBERED releases."""
+    if not headers or _tracer() is None or event.release_id is None or not event.type.startswith("release."):
         return
     found = trace_headers(headers)
     parent = found.get(TRACEPARENT)
     if parent is None:
+        _traces.pop(event.release_id, None)  # its latest event has none: nothing to follow from
         return
+    _traces.pop(event.release_id, None)  # re-inserted last: the dict's order is least recently moved first
     if len(_traces) >= REMEMBERED:
-        del _traces[next(iter(_traces))]  # the oldest: insertion order
-    _traces[event_id] = (parent, found.get(TRACESTATE))
+        del _traces[next(iter(_traces))]
+    _traces[event.release_id] = (event.event_id, parent, found.get(TRACESTATE))
 
 
-def headers_of(event_id: str | None) -> dict[str, str] | None:
-    """The trace headers `event_id` was stored with, if remembered."""
-    if event_id is None:
+def headers_of(release_id: str, event_id: str | None) -> dict[str, str] | None:
+    """The trace headers the release's event `event_id` was stored with, if it is the one remembered."""
+    found = _traces.get(release_id)
+    if found is None or found[0] != event_id:
         return None
-    found = _traces.get(event_id)
-    if found is None:
-        return None
-    parent, state = found
+    _, parent, state = found
     return {TRACEPARENT: parent} if state is None else {TRACEPARENT: parent, TRACESTATE: state}
 
 

@@ -89,7 +89,7 @@ class Follower:
                 else:
                     event = self._signed_or_none(entry, position, event)
                 if event is not None:
-                    tracing.remember(event.event_id, entry.headers)  # the parent of decisions that follow
+                    tracing.remember(event, entry.headers)  # the parent of decisions that follow
                     if self._archive_closed and event.release_id is not None and needs_history(self.world, event):
                         await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)

@@ -118,18 +118,29 @@ def test_no_parent_headers_is_a_root_even_inside_another_span(spans):
     assert inner.parent is None  # a decision never borrows an ambient parent
 
 
-def test_decisions_follow_the_remembered_context_of_their_causing_event(spans):
-    tracing.remember("e1", {"Nats-Msg-Id": "e1", "traceparent": PARENT, "tracestate": STATE})
-    tracing.remember("e2", {"Nats-Msg-Id": "e2"})  # stored without a trace context
-    assert tracing.headers_of("e1") == {"traceparent": PARENT, "tracestate": STATE}
-    assert tracing.headers_of("e2") is None and tracing.headers_of(None) is None
+def released(release_id: str):
+    return make_event("release.rejected", {"reasons": []}, actor=Actor(kind="service", id="t"), release_id=release_id)
 
 
-def test_the_remembered_contexts_are_bounded(spans, monkeypatch):
+def test_decisions_follow_the_remembered_context_of_the_release_latest_event(spans):
+    first, second = released("r1"), released("r1")
+    tracing.remember(first, {"Nats-Msg-Id": first.event_id, "traceparent": PARENT, "tracestate": STATE})
+    assert tracing.headers_of("r1", first.event_id) == {"traceparent": PARENT, "tracestate": STATE}
+    # a later event of the release is what decisions follow from now; one without a context leaves none
+    tracing.remember(second, {"Nats-Msg-Id": second.event_id})
+    assert tracing.headers_of("r1", first.event_id) is None and tracing.headers_of("r1", second.event_id) is None
+    assert tracing.headers_of("r1", None) is None and tracing.headers_of("r2", first.event_id) is None
+
+
+def test_the_remembered_contexts_are_bounded_by_releases_least_recently_moved_first(spans, monkeypatch):
     monkeypatch.setattr(tracing, "REMEMBERED", 3)
-    for n in range(5):
-        tracing.remember(f"e{n}", {"traceparent": PARENT})
-    assert [tracing.headers_of(f"e{n}") is not None for n in range(5)] == [False, False, True, True, True]
+    events = {rid: released(rid) for rid in ("a", "b", "c", "d")}
+    for rid in ("a", "b", "c"):
+        tracing.remember(events[rid], {"traceparent": PARENT})
+    tracing.remember(events["a"], {"traceparent": PARENT})  # "a" moved again: "b" is now the oldest
+    tracing.remember(events["d"], {"traceparent": PARENT})
+    kept = {rid for rid, e in events.items() if tracing.headers_of(rid, e.event_id) is not None}
+    assert kept == {"a", "c", "d"}
 
 
 def test_off_costs_nothing_and_writes_nothing(off):
@@ -139,8 +150,9 @@ def test_off_costs_nothing_and_writes_nothing(off):
         out: dict[str, str] = {}
         tracing.inject(out)
     assert span is None and out == {}
-    tracing.remember("e1", headers)
-    assert tracing.headers_of("e1") is None
+    event = released("r1")
+    tracing.remember(event, headers)
+    assert tracing.headers_of("r1", event.event_id) is None
 
 
 def test_a_producer_without_a_provider_passes_a_valid_traceparent_on_verbatim(off, monkeypatch):
@@ -202,7 +214,10 @@ def test_without_an_endpoint_no_exporter_is_created_and_opentelemetry_is_not_eve
         "h = {}\n"
         "with tracing.decision_span('d', 'r1', 'e1', {'traceparent': PARENT}) as s:\n"
         "    tracing.inject(h)\n"
-        "tracing.remember('e1', {'traceparent': PARENT})\n"
+        "from events.codec import make_event\n"
+        "from events.model import Actor\n"
+        "e = make_event('release.rejected', {'reasons': []}, actor=Actor(kind='service', id='t'), release_id='r1')\n"
+        "tracing.remember(e, {'traceparent': PARENT})\n"
         "print(json.dumps([tracing.enabled(), tracing.exporter() is None, s is None, h,\n"
         "    sorted(m for m in sys.modules if m.startswith('opentelemetry'))]))"
     ).replace("PARENT", repr(PARENT))
