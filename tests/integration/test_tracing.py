@@ -28,7 +28,7 @@ from services.jetstream.log import Entry, EventLog
 from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.settings import ROLES
-from tests.harness import PRODUCER, make_pack, request_data, running_service, wait_for
+from tests.harness import CHANNEL, PRODUCER, make_pack, request_data, running_service, wait_for
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CI_SPAN = "b7ad6b7169203331"  # the producer's CI job: the remote parent of the whole release
@@ -65,20 +65,31 @@ async def stored(js, subjects: Subjects) -> list:
 
 
 async def test_a_release_requested_with_a_trace_context_is_one_connected_trace(nats_url, prefix, spans, monkeypatch):
+    """Two stages on canary, then promotion: the linked release on stable continues the same trace."""
     monkeypatch.setenv("TRACEPARENT", PARENT)  # what a CI job exports for the tools it runs
     monkeypatch.setenv("TRACESTATE", STATE)
     async with running_service(nats_url, prefix) as svc:
-        await svc.configure()
+        await svc.configure(channel="canary", config={**CHANNEL, "promote_to": "stable"})
+        await svc.configure(channel="stable", config={**CHANNEL, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
         pack = make_pack("1.0.0", svc.key)
         runtimes = [await svc.runtime("t-int-1"), await svc.runtime("tenant-42")]
+        runtimes.append(await svc.runtime("tenant-42", channel="stable"))
         await svc.request("r1", pack, rollback={"strategy": "none"})
         release = await svc.wait_release("r1")
         assert release.outcome == "success", release.failure
+        assert release.promoted is not None
+        linked = release.promoted.promoted_to
+        assert (await svc.wait_release(linked)).outcome == "success"
         switched = lambda: [s for s in spans.get_finished_spans() if s.name == "runtime switch"]  # noqa: E731
-        await wait_for(lambda: len(switched()) == 2, 10, "both runtimes' switch spans")
-        entries = [e for e in await stored(svc.app.js, svc.app.subjects) if b'"r1"' in e.data]
+        await wait_for(lambda: len(switched()) == 3, 10, "the three runtimes' switch spans")
+        entries = []
+        for entry in await stored(svc.app.js, svc.app.subjects):
+            event = decode_event(entry.data, entry.subject, svc.app.subjects)
+            if event.release_id in ("r1", linked):
+                entries.append((entry, event))
 
-    ours = [s for s in spans.get_finished_spans() if (s.attributes or {}).get(tracing.ATTR_RELEASE_ID) == "r1"]
+    releases = {"r1", linked}
+    ours = [s for s in spans.get_finished_spans() if (s.attributes or {}).get(tracing.ATTR_RELEASE_ID) in releases]
     by_id = {hex_span(s): s for s in ours}
     names = {s.name for s in ours}
     assert {
@@ -91,6 +102,7 @@ async def test_a_release_requested_with_a_trace_context_is_one_connected_trace(n
         "promoter decide",
         "runtime switch",
     } <= names, names
+    assert {(s.attributes or {})[tracing.ATTR_RELEASE_ID] for s in ours if s.name == "activator decide"} == releases
     # one trace: the producer's; every span's parent is the CI job (the request only) or another span of it
     assert {hex_trace(s) for s in ours} == {TRACE_ID}
     roots = [s for s in ours if s.parent is not None and f"{s.parent.span_id:016x}" == CI_SPAN]
@@ -99,26 +111,28 @@ async def test_a_release_requested_with_a_trace_context_is_one_connected_trace(n
         assert span.parent is not None, span.name
         assert span in roots or f"{span.parent.span_id:016x}" in by_id, f"{span.name} hangs off no span of the trace"
 
-    # every stored event of the release (each event of the pointer batches too) names the span that decided
-    # it, that span follows from the event that caused it, and the CI job's tracestate rides along
+    # every stored event of both releases (each event of the pointer batches too) names the span that
+    # decided it, that span follows from the event that caused it, and the CI job's tracestate rides along
     pointers = 0
-    for entry in entries:
-        event = decode_event(entry.data, entry.subject, svc.app.subjects)
+    for entry, event in entries:
         version, trace_id, parent_id, flags = entry.headers["traceparent"].split("-")
         assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
         assert entry.headers["tracestate"] == STATE
         decider = by_id[parent_id]
-        if event.type == "release.requested":
+        if event.type == "release.requested" and event.release_id == "r1":
             assert decider.name == "kxr release request"
             continue
         assert event.event_id in (decider.attributes or {})[tracing.ATTR_EMITTED]
+        if event.type == "release.requested":  # the linked release on stable: the promoter asked for it
+            assert decider.name == "promoter decide" and (decider.attributes or {})[tracing.ATTR_RELEASE_ID] == "r1"
+            continue
         cause = (decider.attributes or {})[tracing.ATTR_EVENT_ID]
         assert cause == event.causation_id  # the decision's span records the event it follows from
         assert decider.parent is not None
-        causing_entry = next(e for e in entries if e.headers["Nats-Msg-Id"] == cause)
-        assert causing_entry.headers["traceparent"].split("-")[2] == f"{decider.parent.span_id:016x}"
+        causing = next(e for e, _ in entries if e.headers["Nats-Msg-Id"] == cause)
+        assert causing.headers["traceparent"].split("-")[2] == f"{decider.parent.span_id:016x}"
         pointers += event.type == "scope.activated"
-    assert pointers == 2  # one per cohort, each in an atomic batch with its release event
+    assert pointers == 3  # one per cohort and channel, each in an atomic batch with its release event
     # a runtime's switch is a child of the activator span that wrote its pointer
     for span in switched():
         assert span.parent is not None and by_id[f"{span.parent.span_id:016x}"].name == "activator decide"
