@@ -25,6 +25,7 @@ one check of a module flag. `use_provider` hands spans to any SDK TracerProvider
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # imported only when tracing is used: `kxr` without it never 
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
+log = logging.getLogger(__name__)
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
@@ -87,15 +89,21 @@ def _configure_from_env() -> _State:
     if not endpoint or disabled:
         _state = _OFF
         return _state
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    provider = SdkTracerProvider(resource=Resource.create({} if named else {"service.name": DEFAULT_SERVICE_NAME}))
-    exporter = OTLPSpanExporter()  # endpoint, headers, timeout, compression: from the environment
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+        named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+        resource = Resource.create({} if named else {"service.name": DEFAULT_SERVICE_NAME})
+        provider = SdkTracerProvider(resource=resource)
+        exporter = OTLPSpanExporter()  # endpoint, headers, timeout, compression: from the environment
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    except Exception as exc:  # tracing is an aid: a bad OTEL_* setting must never stop the service
+        log.warning("tracing off: OpenTelemetry could not be set up from the environment: %r", exc)
+        _state = _OFF
+        return _state
     atexit.register(provider.shutdown)  # a short-lived `kxr release request` still sends its span
     _state = _State(provider.get_tracer(INSTRUMENTATION), provider, exporter)
     return _state

@@ -272,3 +272,17 @@ def test_otel_sdk_disabled_wins_over_an_endpoint(monkeypatch):
         assert not tracing.enabled() and tracing.exporter() is None
     finally:
         tracing.reset()
+
+
+def test_a_bad_otel_setting_turns_tracing_off_with_a_warning_never_an_error(monkeypatch, caplog):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "0")  # the SDK's BatchSpanProcessor raises ValueError
+    tracing.reset()
+    try:
+        assert not tracing.enabled() and tracing.exporter() is None
+        assert "tracing off" in caplog.text and "max_queue_size" in caplog.text
+        with tracing.decision_span("d", "r1", "e1", {"traceparent": PARENT}) as span:
+            tracing.inject(out := {})
+        assert span is None and out == {}
+    finally:
+        tracing.reset()
