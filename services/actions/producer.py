@@ -23,6 +23,7 @@ from events.signing import SigningKey, b64decode_strict, b64encode
 from events.subjects import Subjects
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from services.jetstream.packstore import PackStore
+from services.observability import tracing
 from services.verification.gates import ATTESTATION_MAX_BYTES, SLSA_PROVENANCE_V1
 
 
@@ -150,7 +151,8 @@ async def request_release(log: EventLog, release_id: str, requested: Requested |
     """Step 2 of CONTRACT §5: publish release.requested; a release id can be requested once."""
     event = request_event(release_id, requested, actor)
     try:
-        return await log.append(log.release_entry(event, 0))
+        with tracing.producer_span("kxr release request", release_id, event.event_id):  # TRACEPARENT from env
+            return await log.append(log.release_entry(event, 0))
     except AppendConflict:
         raise AppendConflict(f"release {release_id} was already requested") from None
 

@@ -57,6 +57,19 @@ class Timer:
 Output = Chain | Atomic | NewRelease | Timer
 
 
+def event_ids(outputs: list[Output]) -> list[str]:
+    """The ids of the events `outputs` append, in order (what a decision span records)."""
+    ids: list[str] = []
+    for out in outputs:
+        if isinstance(out, Chain):
+            ids += [e.event_id for e in out.events]
+        elif isinstance(out, Atomic):
+            ids += [w.event.event_id for w in out.scope_writes] + [e.event_id for e in out.release_events]
+        elif isinstance(out, NewRelease):
+            ids.append(out.event.event_id)
+    return ids
+
+
 @dataclass(frozen=True)
 class Ctx:
     """Everything a decision may depend on besides the world and the trigger."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -35,10 +36,11 @@ from events.codec import DecodeError
 from events.model import Escalated
 from projections.releases import TRANSITIONS, ReleaseState, triggers_for
 from projections.world import World
-from services.consumers.outputs import Chain, Ctx, Output, release_event
+from services.consumers.outputs import Chain, Ctx, Output, event_ids, release_event
 from services.consumers.port import Port
 from services.jetstream.log import AppendConflict
 from services.jetstream.worker import Poison, Worker
+from services.observability import tracing
 from services.observability.logs import log_context
 from services.observability.metrics import count_processed
 
@@ -286,10 +288,22 @@ class ReleaseReactor(Generic[F]):
         if not self.may_act(release):
             return []
         assert release is not None
+        started = time.time_ns()
         outputs = await self.decision(world, release, self.port.ctx(self.name), step)
         if outputs:
-            await self.port.emit(outputs, release)
-            self.emitted(outputs)
+            # a decision that stores something is one span (from observe on), child of the trace
+            # context of the release's last event, the causation of what is decided; every event
+            # it appends carries the span's own. Deciding that nothing is due (a reconcile round)
+            # leaves no span.
+            cause = release.last_event_id
+            with tracing.decision_span(
+                f"{self.name} decide", release_id, cause, tracing.headers_of(release_id, cause), start_ns=started
+            ) as span:
+                if span is not None:
+                    span.set_attribute("kx.consumer", self.name)
+                    span.set_attribute(tracing.ATTR_EMITTED, event_ids(outputs))
+                await self.port.emit(outputs, release)
+                self.emitted(outputs)
         return outputs
 
     async def decision(self, world: World, release: ReleaseState, ctx: Ctx, step: Step | None = None) -> list[Output]:

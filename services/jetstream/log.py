@@ -35,6 +35,7 @@ from events.model import Event
 from events.service_signing import signature_headers
 from events.signing import SigningKey
 from events.subjects import Subjects
+from services.observability import tracing
 
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164  # replicated streams: another write to the subject is being proposed
@@ -91,6 +92,7 @@ class EventLog:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
             if entry.expected_filter:
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = entry.expected_filter
+        tracing.inject(headers)  # the deciding span's traceparent, if tracing; never part of what is signed
         return headers
 
     async def append(self, entry: Entry) -> int:

@@ -23,6 +23,7 @@ from projections.position import Position
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore
 from services.jetstream.log_reads import position_of, release_history
 from services.jetstream.reader import OrderedReader
+from services.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Follower:
                 else:
                     event = self._signed_or_none(entry, position, event)
                 if event is not None:
+                    tracing.remember(event, entry.headers)  # the parent of decisions that follow
                     if self._archive_closed and event.release_id is not None and needs_history(self.world, event):
                         await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)

@@ -38,6 +38,7 @@ from projections.pointer_chain import ChainMark, advance, chain_break, pointer_d
 from services.jetstream.log_reads import current_chain
 from services.jetstream.packstore import PackStore
 from services.jetstream.reader import OrderedReader
+from services.observability import tracing
 from services.tasks import cancel_and_wait
 from services.verification.context import verify_context
 from services.verification.pipeline import run_gates
@@ -224,29 +225,43 @@ class RuntimeClient:
         # is noticed within 15 s; a new pointer still arrives at once).
         reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], heartbeat_s=5.0)
         newest: ScopeActivated | None = None
+        newest_headers: dict[str, str] | None = None  # the pointer message's (its trace context)
         # the pointer being applied (retried while its refusals are transient), and how to tell it
         # a newer pointer superseded it
         applying: asyncio.Task | None = None
         superseded = asyncio.Event()
         try:
             async for entry in reader.read(follow=True):
-                newest = self.accept_pointer(entry) or newest
+                accepted = self.accept_pointer(entry)
+                if accepted is not None:
+                    newest, newest_headers = accepted, entry.headers
                 if entry.pending == 0 and newest is not None:
                     pointer, newest = newest, None
                     if applying is not None:
                         superseded.set()  # it stops retrying; an attempt under way ends first, as before
                         await applying
                     superseded = asyncio.Event()
-                    applying = asyncio.create_task(self.apply(pointer, entry.seq, superseded))
+                    applying = asyncio.create_task(self.apply(pointer, entry.seq, superseded, newest_headers))
         finally:
             if applying is not None:
                 await cancel_and_wait([applying])
             await reader.close()
 
-    async def apply(self, pointer: ScopeActivated, seq: int, superseded: asyncio.Event) -> None:
+    async def apply(
+        self, pointer: ScopeActivated, seq: int, superseded: asyncio.Event, headers: dict[str, str] | None = None
+    ) -> None:
         """Consider `pointer` until it is switched to or finally refused; a transient refusal is
         tried again after a jittered, doubling pause (reported once per attempt), until
-        `superseded` is set by a newer pointer or the runtime stops."""
+        `superseded` is set by a newer pointer or the runtime stops. With tracing, one span
+        under the pointer's trace context (`headers`: its message's)."""
+        event_id = (headers or {}).get("Nats-Msg-Id")
+        with tracing.decision_span("runtime switch", pointer.release_id, event_id, headers) as span:
+            if span is not None:
+                span.set_attribute("kx.runtime_id", self.id.runtime_id)
+                span.set_attribute("kx.pack_digest", pointer.pack.digest)
+            await self._apply(pointer, seq, superseded)
+
+    async def _apply(self, pointer: ScopeActivated, seq: int, superseded: asyncio.Event) -> None:
         failed = 0
         while True:
             try:
