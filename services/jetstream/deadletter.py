@@ -123,18 +123,18 @@ class MaxDeliveriesWatcher:
         except Exception as exc:
             log.warning("max-deliver advisory not recorded: %s", exc)
 
-    def subscribe(self, registrator: Any) -> None:
-        """Declare the watcher's subscribers on `registrator` (a broker or router): the service runs
-        them, services/contracts/asyncapi_app.py documents them."""
-        for subject in self.advisory_subjects():
-            stream = subject.split(".")[-2]
+    def subscribe(self, registrator: Any, subject: str | None = None) -> None:
+        """Declare the watcher's subscribers (or only the one on `subject`) on `registrator`, a broker
+        or router: the service runs them, services/contracts/asyncapi_app.py documents them."""
+        for each in [subject] if subject is not None else self.advisory_subjects():
+            stream = each.split(".")[-2]
 
             async def on_advisory(advisory: MaxDeliveriesAdvisory) -> None:
                 await self.on_advisory(advisory)
 
             on_advisory.__name__ = on_advisory.__qualname__ = f"max_deliveries_{stream}"
             registrator.subscriber(
-                subject,
+                each,
                 title=f"{WATCHER}-{stream}",
                 description=(
                     f"The dead-letter watcher: a consumer of {stream} delivered a message max_deliver times "

@@ -30,7 +30,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from faststream._internal.middlewares import BaseMiddleware
+from faststream import BaseMiddleware
 from faststream.exceptions import HandlerException, NackMessage, RejectMessage
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware

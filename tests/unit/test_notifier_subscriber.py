@@ -198,3 +198,16 @@ async def test_the_broker_never_closes_the_connection_it_shares() -> None:
     await broker.stop()
     nc.drain.assert_not_called()
     nc.close.assert_not_called()
+
+
+def test_the_faststream_internals_the_shared_broker_relies_on_are_there() -> None:
+    """services/jetstream/subscribers.py `SharedConnectionBroker` overrides `NatsBroker._connect` and
+    clears `_connection` before `NatsBroker.stop` (which drains it); a FastStream that renames either
+    would open a second connection or close the process's own. faststream is pinned exactly for this."""
+    import inspect
+
+    from faststream.nats import NatsBroker
+
+    assert "_connect" in NatsBroker.__dict__ and inspect.iscoroutinefunction(NatsBroker._connect)
+    assert "self._connection.drain()" in inspect.getsource(NatsBroker.stop)
+    assert "self._connection = await self._connect()" in inspect.getsource(NatsBroker.connect)
