@@ -26,6 +26,7 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 
+from events.cloudevents import source_of
 from events.codec import DecodeError, decode_event, make_event
 from events.ids import derived_event_id
 from events.model import Event
@@ -33,7 +34,7 @@ from events.notifications import KIND_OF_EVENT, NotificationOutcome, Notificatio
 from events.subjects import Subjects
 from projections.releases import ReleaseState
 from services.consumers.notifier.delivery import Delivery, deliver
-from services.consumers.notifier.webhook import Backoff, webhook
+from services.consumers.notifier.webhook import DEFAULT_SOURCE, Backoff, webhook
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
 from services.jetstream.log import Entry
@@ -117,11 +118,12 @@ class Notifier:
         # A flag on a pinned scope names no release: its posts carry the flag's id as Idempotency-Key
         # (receivers drop copies), but there is no release to record the outcome under.
         done, _ = await self.recorded(release.release_id) if release is not None else (set(), 0)
+        source = source_of(self.port.subjects.prefix)  # a CloudEvent's source: this log
         async with httpx.AsyncClient() as client:
             for sink in sinks:
                 if (event.event_id, sink.name) in done:
                     continue
-                delivery = await self.send(client, sink, kind, event, release, still_working)
+                delivery = await self.send(client, sink, kind, event, release, still_working, source)
                 if release is not None:
                     await self.record(sink, kind, event, delivery)
 
@@ -133,6 +135,7 @@ class Notifier:
         event: Event,
         release: ReleaseState | None,
         still_working: Callable[[], Awaitable[None]] | None,
+        source: str = DEFAULT_SOURCE,
     ) -> Delivery:
         secret = None
         if sink.secret_env is not None:
@@ -142,7 +145,7 @@ class Notifier:
                     False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment"
                 )
         try:
-            hook = webhook(kind, sink, event, release, secret)
+            hook = webhook(kind, sink, event, release, secret, source)
         except ValueError as exc:  # fail closed here too: a secret that cannot sign sends nothing
             return Delivery(False, 0, None, f"secret_env {sink.secret_env}: {exc}")
         try:  # a ${VAR} in the URL: filled in here, never in the log (the message names only the variable)
