@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from types import TracebackType
@@ -40,7 +40,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from prometheus_client import CollectorRegistry
 
 from services.observability.logs import message_context
@@ -142,15 +142,43 @@ async def bind_durable(js: JetStreamContext, stream: str, config: ConsumerConfig
         log.warning("%s: kept the existing consumer's configuration (%s)", config.durable_name, exc.description)
 
 
-async def run_broker(broker: NatsBroker, before: Callable[[], Any] | None = None) -> None:
-    """Start `broker` (after `before`, e.g. binding its durable), run until cancelled, then stop it."""
-    if before is not None:
-        await before()
+KEEP_EVERY_S = 5.0  # how often a running broker's durable is checked, and bound again if it is gone
+
+
+async def run_broker(broker: NatsBroker, keep: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Start `broker` (after `keep`, e.g. binding its durable), run until cancelled, then stop it.
+
+    `keep` runs again every KEEP_EVERY_S: FastStream's pull loop restarts a failed fetch but never
+    creates its durable again, so a consumer removed under a running service (by hand, or with its
+    stream) would be fetched from in vain; the worker re-binds in that case, and so does this."""
+    if keep is not None:
+        await keep()
     await broker.start()
     try:
-        await asyncio.Event().wait()
+        while True:
+            await asyncio.sleep(KEEP_EVERY_S)
+            if keep is None:
+                continue
+            try:
+                await keep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away for a moment: the next round tries again
+                log.info("could not check the durable consumer: %s", exc)
     finally:
         await asyncio.shield(broker.stop())
+
+
+async def keep_durable(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Bind the durable when it does not exist (at start, or removed since); otherwise one info request."""
+    assert config.durable_name is not None
+    try:
+        await js.consumer_info(stream, config.durable_name)
+        return
+    except NotFoundError:
+        pass
+    await bind_durable(js, stream, config)
+    log.warning("%s: the durable consumer was missing and is bound again", config.durable_name)
 
 
 class WorkerPolicy:

@@ -39,7 +39,14 @@ from services.consumers.port import Port
 from services.consumers.reactor import until_stored
 from services.jetstream.log import Entry
 from services.jetstream.log_reads import log_entries
-from services.jetstream.subscribers import WorkerPolicy, bind_durable, inbox_prefix, run_broker, service_broker
+from services.jetstream.subscribers import (
+    WorkerPolicy,
+    bind_durable,
+    inbox_prefix,
+    keep_durable,
+    run_broker,
+    service_broker,
+)
 from services.jetstream.worker import Poison
 from services.observability.metrics import track_consumer
 
@@ -73,7 +80,8 @@ class Notifier:
         s = self.port.subjects
         config = consumer_config(s, self.port.settings.ack_wait_s)
         track_consumer(s.releases_stream, DURABLE)  # its lag is sampled for /metrics
-        await run_broker(self.broker(), lambda: bind_durable(self.port.js, s.releases_stream, config))
+        await bind_durable(self.port.js, s.releases_stream, config)  # created, or brought to this configuration
+        await run_broker(self.broker(), lambda: keep_durable(self.port.js, s.releases_stream, config))
 
     def broker(self, registry: CollectorRegistry | None = None) -> NatsBroker:
         """A broker holding the notifier's subscriber, acking as the worker does (services/jetstream/subscribers.py).
