@@ -1,7 +1,8 @@
-"""The notifier as a FastStream subscriber, in memory (`TestNatsBroker`): which messages reach it,
-how each is decoded, and how it is acked, nak'ed or dead-lettered (services/jetstream/subscribers.py
-`WorkerPolicy`, the worker's policy). No NATS server: the transport is FastStream's test broker; the
-delivery logic behind `notify` has its own tests (test_notifications.py, integration/test_webhook_delivery.py)."""
+"""The notifier and the dead-letter watcher as FastStream subscribers, in memory (`TestNatsBroker`):
+which messages reach them, how each is decoded, and how it is acked, nak'ed or dead-lettered
+(services/jetstream/subscribers.py `WorkerPolicy`, the worker's policy). No NATS server: the
+transport is FastStream's test broker; the delivery logic behind `notify` has its own tests
+(test_notifications.py, integration/test_webhook_delivery.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from events.codec import encode_event, make_event
 from events.model import Actor, Event
 from events.subjects import Subjects
 from services.consumers.notifier.consumer import DURABLE, MAX_DELIVER, Notifier, consumer_config
+from services.jetstream.deadletter import WATCHER, MaxDeliveriesWatcher
+from services.jetstream.subscribers import service_broker
 from services.observability.metrics import PROCESSED
 from services.settings import Settings
 
@@ -211,3 +214,48 @@ def test_the_faststream_internals_the_shared_broker_relies_on_are_there() -> Non
     assert "_connect" in NatsBroker.__dict__ and inspect.iscoroutinefunction(NatsBroker._connect)
     assert "self._connection.drain()" in inspect.getsource(NatsBroker.stop)
     assert "self._connection = await self._connect()" in inspect.getsource(NatsBroker.connect)
+
+
+@dataclass
+class FakeJs:
+    stored: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
+
+    async def get_msg(self, stream: str, seq: int):
+        if (stream, seq) not in self.stored:
+            raise LookupError(f"no message {seq} in {stream}")
+        subject, data = self.stored[(stream, seq)]
+        return type("Raw", (), {"subject": subject, "data": data})()
+
+
+async def test_the_dead_letter_watcher_keeps_what_jetstream_gave_up_on() -> None:
+    js, dead = FakeJs({(STREAM, 12): ("tn.release.r1.annotated", b"junk")}), FakeDeadLetters()
+    watcher = MaxDeliveriesWatcher(js, SUBJECTS, dead)  # type: ignore[arg-type]
+    broker = service_broker(None, WATCHER, registry=CollectorRegistry())
+    watcher.subscribe(broker)
+    advisory = {
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": STREAM,
+        "consumer": "kxr-crashy",
+        "stream_seq": 12,
+        "deliveries": 3,
+    }
+    async with TestNatsBroker(broker) as br:
+        await br.publish(advisory, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.kxr-crashy")
+        # one it cannot act on (the message is gone): logged, nothing kept, the watcher goes on
+        await br.publish({**advisory, "stream_seq": 13}, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.x")
+        with pytest.raises(SubscriberNotFound):  # only the streams the service consumes are watched
+            await br.request(advisory, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OTHER.kxr-crashy")
+    ((consumer, stream, seq, subject, data, reason, deliveries),) = dead.records
+    assert (consumer, stream, seq, subject, data, deliveries) == (
+        "kxr-crashy",
+        STREAM,
+        12,
+        "tn.release.r1.annotated",
+        b"junk",
+        3,
+    )
+    assert "max-deliver advisory" in reason
+    assert sorted(watcher.advisory_subjects()) == [
+        f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{SUBJECTS.releases_stream}.*",
+        f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{SUBJECTS.timers_stream}.*",
+    ]
