@@ -98,13 +98,19 @@ class _NamedHandler(NatsMetricsSettingsProvider):
 
 
 def service_broker(
-    nc: Client | None, name: str, policy: WorkerPolicy | None = None, registry: CollectorRegistry | None = None
+    nc: Client | None,
+    name: str,
+    policy: WorkerPolicy | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
 ) -> SharedConnectionBroker:
     """A broker for one of the service's FastStream subscribers (`name`: its metrics label): logs
     through `services.…` at debug level (a line per message would drown the service's own),
     OpenTelemetry, Prometheus, and `policy`."""
     middlewares: list[Any] = [
-        NatsTelemetryMiddleware(),  # the global tracer provider: a no-op until one is configured
+        # a consumer span per message, parented on its `traceparent` header; None: the global tracer
+        # provider (a no-op until one is configured)
+        NatsTelemetryMiddleware(tracer_provider=tracer_provider),
         PrometheusMiddleware(
             settings_provider_factory=lambda msg: _NamedHandler(name) if isinstance(msg, Msg) or msg is None else None,
             registry=registry if registry is not None else FASTSTREAM_METRICS,

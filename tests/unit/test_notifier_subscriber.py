@@ -259,3 +259,34 @@ async def test_the_dead_letter_watcher_keeps_what_jetstream_gave_up_on() -> None
         f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{SUBJECTS.releases_stream}.*",
         f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{SUBJECTS.timers_stream}.*",
     ]
+
+
+async def test_each_message_gets_a_consumer_span_in_the_trace_its_traceparent_names() -> None:
+    from faststream.nats.testing import build_message
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    notifier = Recording(FakePort())
+    broker = notifier.broker(CollectorRegistry(), tracer_provider=provider)
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with TestNatsBroker(broker):
+        # as a message from NATS arrives (published by nats-py with the header, not through FastStream,
+        # whose own publish would start a trace of its own)
+        msg = await build_message(
+            encode_event(rolled_back()),
+            SUBJECTS.release("r1", "rolled_back"),
+            reply_to=ack_reply(5),
+            headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+        )
+        (subscriber,) = broker.subscribers
+        await subscriber.process_message(msg)
+    consumer_spans = [s for s in exporter.get_finished_spans() if s.kind.name == "CONSUMER"]
+    assert consumer_spans, [s.name for s in exporter.get_finished_spans()]
+    (span,) = consumer_spans
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == parent
+    assert notifier.notified  # and the handler ran inside it

@@ -83,13 +83,13 @@ class Notifier:
         await bind_durable(self.port.js, s.releases_stream, config)  # created, or brought to this configuration
         await run_broker(self.broker(), lambda: keep_durable(self.port.js, s.releases_stream, config))
 
-    def broker(self, registry: CollectorRegistry | None = None) -> NatsBroker:
+    def broker(self, registry: CollectorRegistry | None = None, tracer_provider: Any = None) -> NatsBroker:
         """A broker holding the notifier's subscriber, acking as the worker does (services/jetstream/subscribers.py).
         Not started: `run` starts it on the process's connection, a test under `TestNatsBroker`."""
         s = self.port.subjects
         policy = WorkerPolicy(s.releases_stream, DURABLE, self.port.deadletters, Poison, MAX_DELIVER)
         nc = getattr(self.port, "nc", None)
-        broker = service_broker(nc, DURABLE, policy, registry)
+        broker = service_broker(nc, DURABLE, policy, registry, tracer_provider)
         subscribe(broker, s, self.on_trigger, self.decode, self.port.settings.ack_wait_s, nc)
         return broker
 
