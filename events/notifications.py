@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from .tokens import TOKEN_PATTERN
 
 NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
-# the body posted: the notifier's own JSON document, or a message for a chat's incoming webhook
-NotifyFormat = Literal["json", "slack", "teams"]
+# the body posted: the notifier's own JSON document, a message for a chat's incoming webhook, or
+# the triggering event as a CloudEvent (events/cloudevents.py)
+NotifyFormat = Literal["json", "slack", "teams", "cloudevents"]
 # which event makes each kind: a hold is a window that ended without a verdict; a flag is the
 # guard finding that a settled scope's active pack now fails a gate (services/consumers/guard.py)
 KIND_OF_EVENT: dict[str, str] = {

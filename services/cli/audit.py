@@ -171,20 +171,72 @@ def audit_schema() -> None:
     sys.stdout.write(schema_text())
 
 
+EXPORT_FORMATS = ("bundle", "cloudevents")
+
+
 @app.command("export")
 def audit_export(
     release_id: str = typer.Argument(...),
-    key: list[Path] = typer.Option(..., "--key", help="signing key(s) of the exporter"),
-    out: Path = typer.Option(..., "--out", help="where to write the bundle (JSON)"),
+    key: list[Path] | None = typer.Option(None, "--key", help="signing key(s) of the exporter (bundle)"),
+    out: Path | None = typer.Option(None, "--out", help="where to write it (bundle: required; cloudevents: stdout)"),
+    fmt: str = typer.Option(
+        "bundle",
+        "--format",
+        help="bundle: a signed evidence bundle (in-toto Statement in a DSSE envelope); "
+        "cloudevents: the release's events as CloudEvents 1.0, one JSON object per line",
+    ),
     nats_url: str | None = NatsUrl,
 ) -> None:
-    """Write a signed evidence bundle (in-toto Statement in a DSSE envelope) for offline checks."""
+    """Write a signed evidence bundle for offline checks, or the release's events as CloudEvents (NDJSON)."""
+    if fmt not in EXPORT_FORMATS:
+        fail(f"--format takes {' or '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    if fmt == "cloudevents":
+        lines = cloudevents_or_fail(release_id, nats_url)
+        text = "".join(line + "\n" for line in lines)
+        if out is None:
+            sys.stdout.write(text)
+            return
+        out.write_text(text)
+        err_console.print(f"{len(lines)} events of {release_id} written to {out} as CloudEvents")
+        return
+    if not key:
+        fail("a bundle is signed: give --key (the exporter's signing key file)")
+    if out is None:
+        fail("a bundle is written to a file: give --out")
     from events.bundle import make_bundle
 
     keys = [read_key_file(k) for k in key]
     record = evidence_or_fail(release_id, nats_url)
     out.write_text(json.dumps(make_bundle(record.to_json(), keys), indent=2) + "\n")
     console.print(f"evidence bundle of {release_id} written to {out}, signed by {len(keys)} key(s)")
+
+
+def cloudevents_or_fail(release_id: str, nats_url: str | None) -> list[str]:
+    """The release's events (its own subjects and its notification records), in log order, each as a
+    CloudEvent (events/cloudevents.py) on one compact JSON line; a one-line error if it has none.
+    `data` is each envelope as logged (the log's bytes, parsed): an entry that is not a valid
+    event is left out, as every reader of the log leaves it out."""
+    from events.canonical import compact_bytes
+    from events.cloudevents import source_of, to_cloudevent
+    from events.tokens import check_token
+    from services.jetstream.log_reads import log_entries
+
+    check_token(release_id, "release id")
+
+    async def go() -> list[str]:
+        async with session(nats_url) as (_, js, log):
+            s = log.subjects
+            filters = [s.release_filter(release_id), s.notification_filter(release_id)]
+            return [
+                compact_bytes(to_cloudevent(event, source_of(s.prefix), envelope=json.loads(entry.data))).decode()
+                async for entry, _, event in log_entries(js, s, filters)
+                if event is not None
+            ]
+
+    lines = run_async(go())
+    if not lines:
+        fail(f"no release {release_id} in the log")
+    return lines
 
 
 @app.command("verify")

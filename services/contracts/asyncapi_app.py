@@ -1,8 +1,12 @@
 """The contract as a FastStream app, for `faststream docs gen` (AsyncAPI 3.0): docs/asyncapi/.
 
 It declares every subject of the contract with its payload model and stream, and exists to
-generate the document, never to run: the consumers are nats-py code in services/ (see
-ARCHITECTURE.md on FastStream's ack and batch semantics), and starting this app fails.
+generate the document, never to run: starting this app fails. Two of the service's consumers
+are FastStream subscribers, and the document holds them as they run, declared by their own
+code on this app's broker: the notifier (`kxr-notifier`, services/consumers/notifier/consumer.py
+`subscribe`) and the dead-letter watcher (`kxr-max-deliveries-<stream>`,
+services/jetstream/deadletter.py `MaxDeliveriesWatcher.subscribe`). The lifecycle consumers are
+nats-py code (services/jetstream/subscribers.py says why) and appear as the subjects they read.
 
 Operations are the release service's side of each subject: `send` for what the service
 appends (runtimes consume `scope.activated`), `receive` for what producers, operators and
@@ -29,6 +33,9 @@ from faststream.specification import AsyncAPI
 
 from events.health import HealthSample
 from events.model import PAYLOADS, SCHEMA_VERSION
+from events.subjects import Subjects
+from services.consumers.notifier.consumer import Notifier, subscribe
+from services.jetstream.deadletter import MaxDeliveriesWatcher
 
 from .asyncapi_doc import conform
 from .catalog import Channel, channels
@@ -95,6 +102,17 @@ def _declare() -> None:
                 _receiver(model, f"{channel.name.replace('.', '_')}_by_{writer}")
             )
             broker.include_router(router)
+    # the service's FastStream subscribers, declared by the code that runs them (never started here)
+    subjects = Subjects("kx")
+    notifier = Notifier(None)  # type: ignore[arg-type]  # declaring its subscriber uses no port
+    router = NatsRouter()
+    subscribe(router, subjects, notifier.on_trigger, notifier.decode)
+    broker.include_router(router)
+    watcher = MaxDeliveriesWatcher(None, subjects, None)  # type: ignore[arg-type]
+    for subject in watcher.advisory_subjects():
+        router = NatsRouter()
+        watcher.subscribe(router, subject)
+        broker.include_router(router)
 
 
 class ConformingDocument:

@@ -3,8 +3,9 @@
 FastStream 0.7 writes two things the AsyncAPI 3.0.0 specification does not allow:
 
 - component keys such as `release.requested:Message`: the specification restricts every key of
-  `components` (and the ids of channels and operations) to `^[a-zA-Z0-9\\.\\-_]+$`; the `:` becomes `.`
-  and every `$ref` to a renamed key follows it;
+  `components` (and the ids of channels and operations) to `^[a-zA-Z0-9\\.\\-_]+$`; the `:` becomes `.`,
+  a subject wildcard (`*`, `>`, in the keys of a subscriber on several filter subjects) `_`, and
+  every `$ref` to a renamed key follows it (FastStream percent-encodes a wildcard in a `$ref`);
 - channel addresses with `{env}`, `{release_id}`, … and no `parameters`: the specification
   requires a Parameter Object for every expression in an address; each gets one, describing the
   subject token it stands for (events/tokens.py).
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from events.tokens import TOKEN_PATTERN
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9\.\-_]+$")  # the specification's Components Object key pattern
 _NOT_KEY = re.compile(r"[^A-Za-z0-9\.\-_]")
+_WILDCARD = re.compile(r"[*>]")
 _EXPRESSION = re.compile(r"\{([^{}]+)\}")
 # what each subject token of the contract's addresses is (CONTRACT §2); a new one fails `conform` until described
 PARAMETERS = {
@@ -39,7 +42,7 @@ class ConformError(ValueError):
 
 
 def valid_key(key: str) -> str:
-    return _NOT_KEY.sub(".", key)
+    return _NOT_KEY.sub(".", _WILDCARD.sub("_", key))
 
 
 def address_parameters(address: str) -> list[str]:
@@ -97,9 +100,10 @@ def _rewrite_refs(node: Any, renamed: dict[str, str]) -> Any:
 
 
 def _moved(ref: str, renamed: dict[str, str]) -> str:
+    plain = unquote(ref)  # a URI fragment: `*` may come as `%2A`
     for old, new in renamed.items():
-        if ref == old or ref.startswith(old + "/"):
-            return new + ref[len(old) :]
+        if plain == old or plain.startswith(old + "/"):
+            return new + plain[len(old) :]
     return ref
 
 

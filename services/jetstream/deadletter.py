@@ -7,11 +7,12 @@ consumer that gave up and the reason. `kxr deadletter list|show` reads them.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
+from pydantic import BaseModel, ConfigDict
 
 from events.canonical import compact_bytes
 from events.subjects import Subjects
@@ -74,41 +75,78 @@ class DeadLetters:
 UNDECODABLE = "undecodable"  # the "consumer" named for log entries that nothing can read
 
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+WATCHER = "kxr-max-deliveries"  # the watcher's name in metrics and the AsyncAPI document
 
 
-async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, deadletters: DeadLetters) -> None:
+class MaxDeliveriesAdvisory(BaseModel):
+    """The server's `io.nats.jetstream.advisory.v1.max_deliver`: the fields the watcher uses (the rest kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int = 0
+
+
+class MaxDeliveriesWatcher:
     """Dead-letter what JetStream gave up on: a message delivered max_deliver times, never acked.
 
     A worker dead-letters a message that keeps failing on its own last attempt; this catches
     the ones whose handler never got that far (the process died each time), from the
-    server's own max-deliver advisory.
+    server's own max-deliver advisory: a FastStream subscriber (core NATS, no ack) per stream
+    whose consumers the service runs.
     """
-    import asyncio
 
-    queue: asyncio.Queue = asyncio.Queue()
-    subs = [
-        await nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", cb=queue.put)
-        for stream in (subjects.releases_stream, subjects.timers_stream)
-    ]
-    try:
-        while True:
-            msg = await queue.get()
-            try:
-                advisory = json.loads(msg.data)
-                stream, consumer, seq = advisory["stream"], advisory["consumer"], int(advisory["stream_seq"])
-                original = await js.get_msg(stream, seq)
-                await deadletters.record(
-                    consumer,
-                    stream,
-                    seq,
-                    original.subject or "",
-                    original.data or b"",
-                    f"JetStream gave up after {advisory.get('deliveries')} deliveries without an ack "
-                    "(max-deliver advisory)",
-                    int(advisory.get("deliveries") or 0),
-                )
-            except Exception as exc:  # an advisory we cannot act on is logged, never fatal
-                log.warning("max-deliver advisory not recorded: %s", exc)
-    finally:
-        for sub in subs:
-            await sub.unsubscribe()
+    def __init__(self, js: JetStreamContext, subjects: Subjects, deadletters: DeadLetters) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._dead = deadletters
+
+    def advisory_subjects(self) -> list[str]:
+        s = self._subjects
+        return [f"{MAX_DELIVERIES_ADVISORY}.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]
+
+    async def on_advisory(self, advisory: MaxDeliveriesAdvisory) -> None:
+        """Keep the message the advisory names, with why; an advisory it cannot act on is logged, never fatal."""
+        try:
+            original = await self._js.get_msg(advisory.stream, advisory.stream_seq)
+            await self._dead.record(
+                advisory.consumer,
+                advisory.stream,
+                advisory.stream_seq,
+                original.subject or "",
+                original.data or b"",
+                f"JetStream gave up after {advisory.deliveries} deliveries without an ack (max-deliver advisory)",
+                advisory.deliveries,
+            )
+        except Exception as exc:
+            log.warning("max-deliver advisory not recorded: %s", exc)
+
+    def subscribe(self, registrator: Any, subject: str | None = None) -> None:
+        """Declare the watcher's subscribers (or only the one on `subject`) on `registrator`, a broker
+        or router: the service runs them, services/contracts/asyncapi_app.py documents them."""
+        for each in [subject] if subject is not None else self.advisory_subjects():
+            stream = each.split(".")[-2]
+
+            async def on_advisory(advisory: MaxDeliveriesAdvisory) -> None:
+                await self.on_advisory(advisory)
+
+            on_advisory.__name__ = on_advisory.__qualname__ = f"max_deliveries_{stream}"
+            registrator.subscriber(
+                each,
+                title=f"{WATCHER}-{stream}",
+                description=(
+                    f"The dead-letter watcher: a consumer of {stream} delivered a message max_deliver times "
+                    f"without an ack; the message is kept in the dead-letter stream with why."
+                ),
+            )(on_advisory)
+
+
+async def watch_max_deliveries(nc, js: JetStreamContext, subjects: Subjects, deadletters: DeadLetters) -> None:
+    """Run the max-deliver watcher on the process's connection until cancelled."""
+    from services.jetstream.subscribers import run_broker, service_broker
+
+    broker = service_broker(nc, WATCHER)
+    MaxDeliveriesWatcher(js, subjects, deadletters).subscribe(broker)
+    await run_broker(broker)

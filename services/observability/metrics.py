@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,9 @@ PROCESSED = Counter(
     registry=None,
 )
 
+# What FastStream's Prometheus middleware counts for the service's FastStream subscribers (the
+# notifier, the dead-letter watcher: `kx_faststream_*`): process-wide like PROCESSED, served by /metrics.
+FASTSTREAM_METRICS = CollectorRegistry(auto_describe=True)
 
 # (stream, durable) of every worker this process has built: the consumers whose lag it reports
 _DURABLES: set[tuple[str, str]] = set()

@@ -204,6 +204,16 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                         value(families, "kx_events_processed", stream=stream, consumer="kxr-promoter", outcome="acked")
                         > 0
                     )
+                    # FastStream's own middleware counts the notifier's messages too (process-wide, all prefixes)
+                    handled = value(
+                        families,
+                        "kx_faststream_received_processed_messages",
+                        app_name="konnaxion-releases",
+                        broker="nats",
+                        handler="kxr-notifier",
+                        status="acked",
+                    )
+                    assert handled >= len(triggers), families.get("kx_faststream_received_processed_messages")
                     log_types = {dict(k[1])["type"]: v for k, v in families["kx_log_events"].items()}
                     assert log_types["release.closed"] == 3 and log_types["notification.sent"] == 1
             first = {name: families[name] for name in RELEASE_LEVEL}

@@ -93,6 +93,10 @@ BAD: list[tuple[list[str], str]] = [
     (["audit", "at", "2026-11-27T10:00:00"], "timezone"),
     (["audit", "at", NOW, "--scope", "prod"], "ENV/CHANNEL"),
     (["audit", "release", "r/1"], "r/1"),
+    (["audit", "export", "r1", "--format", "xml"], "--format takes bundle or cloudevents"),
+    (["audit", "export", "r1", "--out", "b.json"], "give --key"),
+    (["audit", "export", "r1", "--key", "k.json"], "give --out"),
+    (["audit", "export", "r/1", "--format", "cloudevents"], "r/1"),
     # sources, references and builder ids that are not URIs
     (sign_with("--source", "not a uri"), "--source"),
     (sign_with("--source", "git.example/kb"), "--source"),

@@ -23,10 +23,12 @@ from projections.position import Position
 from projections.world import apply, fold
 from services.actions import operator, pins
 from services.actions.producer import build_signed, manifest_bytes
+from services.consumers.notifier.consumer import consumer_config
 from services.contracts.catalog import channels, subject_matches
 from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
 from services.contracts.schemas import EVENT_ANY, schema_files
+from services.jetstream.deadletter import MaxDeliveriesWatcher
 from services.verification.gates import VerifyContext, check_manifest
 from tests.harness import CHANNEL, trust_root_for
 from tests.unit.test_replay_decisions import HISTORIES, load
@@ -102,7 +104,13 @@ def test_every_event_type_and_the_health_sample_have_a_schema_and_a_channel() ->
     assert all(e["path"] in FILES for e in index["schemas"])
     asyncapi = json.loads((ASYNCAPI / "asyncapi.json").read_text())
     addresses = {c["address"] for c in asyncapi["channels"].values()}
-    assert addresses == {c.subject for c in channels()}
+    # the service's FastStream subscribers, as they run: the notifier's filter subjects, the watcher's advisories
+    notifier = set(consumer_config(Subjects("kx")).filter_subjects or ())
+    watcher = set(MaxDeliveriesWatcher(None, Subjects("kx"), None).advisory_subjects())  # type: ignore[arg-type]
+    assert len(notifier) == 4 and len(watcher) == 2
+    handlers = {c["address"] for k, c in asyncapi["channels"].items() if k.startswith(("kxr-notifier", "kxr-max-"))}
+    assert handlers == notifier | watcher
+    assert addresses - handlers == {c.subject for c in channels()}
     # who writes what follows the NATS permissions of each role
     writers = {c.name: c.writers for c in channels()}
     assert writers["scope.activated"] == ("service",)

@@ -15,24 +15,45 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import httpx
-from nats.aio.msg import Msg
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from faststream.nats.message import NatsMessage as NatsStreamMessage
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import CollectorRegistry
 
+from events.cloudevents import source_of
 from events.codec import DecodeError, decode_event, make_event
 from events.ids import derived_event_id
 from events.model import Event
 from events.notifications import KIND_OF_EVENT, NotificationOutcome, NotificationSink, expand_url
+from events.subjects import Subjects
 from projections.releases import ReleaseState
 from services.consumers.notifier.delivery import Delivery, deliver
-from services.consumers.notifier.webhook import Backoff, webhook
+from services.consumers.notifier.webhook import DEFAULT_SOURCE, Backoff, webhook
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
 from services.jetstream.log import Entry
 from services.jetstream.log_reads import log_entries
-from services.jetstream.worker import Poison, Worker
+from services.jetstream.subscribers import (
+    WorkerPolicy,
+    bind_durable,
+    inbox_prefix,
+    keep_durable,
+    run_broker,
+    service_broker,
+)
+from services.jetstream.worker import Poison
+from services.observability.metrics import track_consumer
 
 NAME = "notifier"
+DURABLE = f"kxr-{NAME}"
+MAX_DELIVER = 10
+PULL_TIMEOUT_S = 5.0  # one pull request waits this long for a message before the next is sent
 log = logging.getLogger(__name__)
 
 
@@ -52,28 +73,37 @@ class Notifier:
         self.backoff = backoff
 
     def runners(self) -> list:
-        s = self.port.subjects
-        triggers = [trigger_subject(s.prefix, event_type) for event_type in KIND_OF_EVENT]
-        # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
-        # once created, the durable consumer remembers where it was across restarts.
-        worker = Worker(
-            self.port.js,
-            s.releases_stream,
-            f"kxr-{NAME}",
-            triggers,
-            self.handle,
-            self.port.deadletters,
-            ack_wait=self.port.settings.ack_wait_s,
-            deliver_new=True,
-        )
-        return [worker.run()]
+        return [self.run()]
 
-    async def handle(self, msg: Msg) -> None:
-        await self.port.follower.wait_for(msg.metadata.sequence.stream)
+    async def run(self) -> None:
+        """The notifier's FastStream subscriber on the process's connection, until cancelled."""
+        s = self.port.subjects
+        config = consumer_config(s, self.port.settings.ack_wait_s)
+        track_consumer(s.releases_stream, DURABLE)  # its lag is sampled for /metrics
+        await bind_durable(self.port.js, s.releases_stream, config)  # created, or brought to this configuration
+        await run_broker(self.broker(), lambda: keep_durable(self.port.js, s.releases_stream, config))
+
+    def broker(self, registry: CollectorRegistry | None = None, tracer_provider: Any = None) -> NatsBroker:
+        """A broker holding the notifier's subscriber, acking as the worker does (services/jetstream/subscribers.py).
+        Not started: `run` starts it on the process's connection, a test under `TestNatsBroker`."""
+        s = self.port.subjects
+        policy = WorkerPolicy(s.releases_stream, DURABLE, self.port.deadletters, Poison, MAX_DELIVER)
+        nc = getattr(self.port, "nc", None)
+        broker = service_broker(nc, DURABLE, policy, registry, tracer_provider)
+        subscribe(broker, s, self.on_trigger, self.decode, self.port.settings.ack_wait_s, nc)
+        return broker
+
+    def decode(self, msg: NatsStreamMessage) -> Event:
+        """The message as an event, decoded as strictly as the log's own readers do (a message
+        that is not a valid event is poison: dead-lettered, never retried)."""
         try:
-            event = decode_event(msg.data, msg.subject, self.port.subjects)
+            return decode_event(msg.body, msg.raw_message.subject, self.port.subjects)
         except DecodeError as exc:
             raise Poison(str(exc)) from None
+
+    async def on_trigger(self, event: Event, msg: NatsMessage) -> None:
+        """A rollback, hold, escalation or flag: post to the sinks that asked for it, record each outcome."""
+        await self.port.follower.wait_for(msg.raw_message.metadata.sequence.stream)
         await self.notify(event, msg.in_progress)  # retries may outlast the ack deadline: no redelivery meanwhile
 
     async def notify(self, event: Event, still_working: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -96,11 +126,12 @@ class Notifier:
         # A flag on a pinned scope names no release: its posts carry the flag's id as Idempotency-Key
         # (receivers drop copies), but there is no release to record the outcome under.
         done, _ = await self.recorded(release.release_id) if release is not None else (set(), 0)
+        source = source_of(self.port.subjects.prefix)  # a CloudEvent's source: this log
         async with httpx.AsyncClient() as client:
             for sink in sinks:
                 if (event.event_id, sink.name) in done:
                     continue
-                delivery = await self.send(client, sink, kind, event, release, still_working)
+                delivery = await self.send(client, sink, kind, event, release, still_working, source)
                 if release is not None:
                     await self.record(sink, kind, event, delivery)
 
@@ -112,6 +143,7 @@ class Notifier:
         event: Event,
         release: ReleaseState | None,
         still_working: Callable[[], Awaitable[None]] | None,
+        source: str = DEFAULT_SOURCE,
     ) -> Delivery:
         secret = None
         if sink.secret_env is not None:
@@ -121,7 +153,7 @@ class Notifier:
                     False, 0, None, f"secret_env {sink.secret_env} is not set in the notifier's environment"
                 )
         try:
-            hook = webhook(kind, sink, event, release, secret)
+            hook = webhook(kind, sink, event, release, secret, source)
         except ValueError as exc:  # fail closed here too: a secret that cannot sign sends nothing
             return Delivery(False, 0, None, f"secret_env {sink.secret_env}: {exc}")
         try:  # a ${VAR} in the URL: filled in here, never in the log (the message names only the variable)
@@ -182,3 +214,46 @@ class Notifier:
         # another notification of this release landing in between is a conflict: look again (the
         # records are read from the log itself, so there is no world view to catch up)
         await until_stored(once, f"notifier: {release_id}")
+
+
+def consumer_config(subjects: Subjects, ack_wait_s: float = 30.0) -> ConsumerConfig:
+    """The notifier's durable consumer, as it has always been configured (its name and filter
+    unchanged, so an existing deployment keeps its position)."""
+    return ConsumerConfig(
+        durable_name=DURABLE,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=MAX_DELIVER,
+        filter_subjects=[trigger_subject(subjects.prefix, event_type) for event_type in KIND_OF_EVENT],
+        # NEW: a notifier deployed on an old log must not page anyone about last year's rollbacks;
+        # once created, the durable consumer remembers where it was across restarts.
+        deliver_policy=DeliverPolicy.NEW,
+        max_ack_pending=1000,
+    )
+
+
+def subscribe(
+    registrator: Any,
+    subjects: Subjects,
+    handler: Callable[..., Awaitable[None]],
+    decoder: Callable[[NatsStreamMessage], Event],
+    ack_wait_s: float = 30.0,
+    nc: Any = None,
+) -> Any:
+    """Declare the notifier's subscriber on `registrator` (a broker or router): the service runs it,
+    services/contracts/asyncapi_app.py documents it."""
+    inbox = {"inbox_prefix": inbox_prefix(nc)} if nc is not None else {}
+    return registrator.subscriber(
+        config=consumer_config(subjects, ack_wait_s),
+        durable=DURABLE,
+        stream=JStream(subjects.releases_stream, declare=False),
+        pull_sub=PullSub(batch_size=1, timeout=PULL_TIMEOUT_S),  # one at a time, in log order
+        ack_policy=AckPolicy.NACK_ON_ERROR,  # what escapes WorkerPolicy is redelivered, never acked
+        decoder=decoder,
+        title=DURABLE,
+        description=(
+            "The notifier: a webhook post per sink for each rollback, hold, escalation and flag, "
+            "recorded as notification.sent/failed (durable pull consumer kxr-notifier on KX_RELEASES)."
+        ),
+        **inbox,
+    )(handler)

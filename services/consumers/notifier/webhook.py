@@ -1,8 +1,11 @@
 """What a webhook receives, and when to try again. No IO (the jitter draws at random unless told).
 
 The body is compact JSON (the exact bytes the signatures cover) in the sink's `format`:
-the notifier's own document (`json`), or a Slack or Teams message built from it
-(formats.py). `Idempotency-Key` and `webhook-id` are the id of the event notified about,
+the notifier's own document (`json`), a Slack or Teams message built from it
+(formats.py), or the triggering event as a CloudEvents 1.0 structured-mode event
+(`cloudevents`, events/cloudevents.py: `data` is the envelope as logged, the notification's
+kind and sink ride as the extensions `kxkind` and `kxsink`; Content-Type
+`application/cloudevents+json`). `Idempotency-Key` and `webhook-id` are the id of the event notified about,
 so a receiver can drop the copies a retry or a second notifier instance sends. With a
 secret, each attempt is signed at its own time (Standard Webhooks, signing.py), and the
 body alone is also signed in the legacy `Kx-Signature-256` header, unchanged since before
@@ -20,6 +23,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from events.canonical import compact_bytes
+from events.cloudevents import CONTENT_TYPE as CLOUDEVENTS_TYPE
+from events.cloudevents import source_of, to_cloudevent
 from events.model import Event, ScopeFlagged, Target
 from events.notifications import NotificationSink
 from projections.evidence import summary
@@ -71,8 +76,15 @@ def notification_doc(kind: str, sink: NotificationSink, event: Event, release: R
     }
 
 
-def notification_body(kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None) -> bytes:
-    """The bytes posted to `sink`, in its format."""
+DEFAULT_SOURCE = source_of("kx")
+
+
+def notification_body(
+    kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None, source: str = DEFAULT_SOURCE
+) -> bytes:
+    """The bytes posted to `sink`, in its format (`source`: the CloudEvents source, the log's)."""
+    if sink.format == "cloudevents":
+        return compact_bytes(to_cloudevent(event, source, extensions={"kxkind": kind, "kxsink": sink.name}))
     doc = notification_doc(kind, sink, event, release)
     if sink.format == "slack":
         return compact_bytes(slack_payload(doc))
@@ -87,13 +99,19 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def webhook(
-    kind: str, sink: NotificationSink, event: Event, release: ReleaseState | None, secret: str | None
+    kind: str,
+    sink: NotificationSink,
+    event: Event,
+    release: ReleaseState | None,
+    secret: str | None,
+    source: str = DEFAULT_SOURCE,
 ) -> Webhook:
     """`secret`: the value of the sink's `secret_env` (one secret, or several separated by spaces,
-    newest first, while a rotation is under way). Raises ValueError for a secret that is unusable."""
-    body = notification_body(kind, sink, event, release)
+    newest first, while a rotation is under way). Raises ValueError for a secret that is unusable.
+    `source`: the CloudEvents source of the log the event is from (`cloudevents` format)."""
+    body = notification_body(kind, sink, event, release, source)
     headers = {
-        "Content-Type": "application/json",
+        "Content-Type": CLOUDEVENTS_TYPE if sink.format == "cloudevents" else "application/json",
         "Idempotency-Key": event.event_id,
         "User-Agent": USER_AGENT,
         "Kx-Event-Type": event.type,
