@@ -182,7 +182,8 @@ def scopes_of_release_section(view: dict[str, Any]) -> str:
         pinned = f"{pin['version']} until {pin['until']} by {pin['by']}: {pin['rationale']}" if pin else None
         rows.append(
             f"<tr data-scope='{_e(s['scope'])}'><td>{_e(s['scope'])}</td><td class='version'>{_e(s['active'])}</td>"
-            f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg'])}</td><td>{_e(s['rollback_target'])}</td>"
+            f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg_version'])}</td>"
+            f"<td>{_e(s['rollback_target'])}</td>"
             f"<td class='pin'>{_e(pinned)}</td></tr>"
         )
     return "<h2>Its scopes</h2>" + _table(
@@ -345,20 +346,25 @@ def _outcome_class(outcome: str | None) -> str:
 
 
 def history_section(history: dict[str, Any]) -> str:
-    rows = [
-        f"<tr data-release='{_e(r['release'])}'>"
-        f"<td>{release_link(r['release']) if not r['archived'] else _e(r['release'])}</td>"
-        f"<td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td><td>{_e(r['requested_at'])}</td>"
-        f"<td>{_e(r['requested_by'])}</td><td>{_e(r['stages'])}</td>"
-        f"<td class='outcome {_outcome_class(r['outcome'])}'>{_e(r['outcome'] or r['phase'])}</td>"
-        f"<td>{_e(r['why'])}</td><td>{_e(r['promoted_to'])}</td></tr>"
-        for r in history["rows"]
-    ]
+    """`history["rows"]`: `kxr release list --json`'s summaries (services/reads/history.py), cells as it prints them."""
+    from services.reads.history import table_row
+
+    out = []
+    for r in history["rows"]:
+        cells = table_row(r)
+        out.append(
+            f"<tr data-release='{_e(r['release_id'])}'>"
+            f"<td>{release_link(r['release_id'])}</td>"
+            f"<td>{_e(cells['pack'])}</td><td>{_e(r['target'])}</td><td>{_e(r['requested_at'])}</td>"
+            f"<td>{_e(cells['took'])}</td><td>{_e(r['owner'])}</td><td>{_e(cells['stages'])}</td>"
+            f"<td class='outcome {_outcome_class(r['outcome'])}'>{_e(cells['outcome'])}</td>"
+            f"<td>{_e(r['why'])}</td><td>{_e(r['promoted_to'])}</td></tr>"
+        )
     shown = len(history["rows"])
     more = f" (the newest {shown} shown)" if history["total"] > shown else ""
     return f"<h2>Releases</h2><p class='muted'>{_e(history['total'])} match{_e(more)}</p>" + _table(
-        ["release", "pack", "target", "requested", "by", "stages", "outcome", "why", "promoted to"],
-        rows,
+        ["release", "pack", "target", "requested", "took", "owner", "stages passed", "outcome", "why", "promoted to"],
+        out,
         "no release matches",
         " id='history-table'",
     )

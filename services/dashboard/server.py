@@ -74,6 +74,7 @@ async def dashboard(
                 "dashboard actions on %s over plain HTTP: passwords cross the network in clear (use a TLS proxy)", host
             )
     hub = LiveHub(follower, js, subjects, clock)
+    await hub.prepare()
     runner = web.AppRunner(
         make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None, actions_server),
         access_log=None,

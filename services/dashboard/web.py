@@ -22,6 +22,7 @@ from aiohttp import web
 from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
 from services.reads.fleet import fleet_rows
+from services.reads.history import OUTCOMES
 from services.reads.live_view import release_view, window_view
 
 from . import actions, model, pages
@@ -162,7 +163,7 @@ def fleet_of(hub: LiveHub) -> dict[str, Any]:
 
 def history_of(hub: LiveHub, query) -> dict[str, Any]:
     """Raises model.FilterError on a filter that does not parse."""
-    return model.history_rows(hub.world, model.parse_filter(query, hub.clock()))
+    return model.history_rows(hub.history, model.parse_filter(query, hub.clock()), model.channels_of(hub.world))
 
 
 def _filters(query) -> dict[str, str | None]:
@@ -172,7 +173,7 @@ def _filters(query) -> dict[str, str | None]:
 def history_sections(hub: LiveHub, query) -> dict[str, str]:
     history = history_of(hub, query)
     return {
-        "filters": pages.history_filters(_filters(query), history["channels"], model.OUTCOMES),
+        "filters": pages.history_filters(_filters(query), history["channels"], OUTCOMES),
         "history": pages.history_section(history),
     }
 
