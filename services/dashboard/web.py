@@ -24,6 +24,7 @@ from projections.evidence import EvidenceRecord
 from services.reads.fleet import fleet_rows
 from services.reads.history import OUTCOMES
 from services.reads.live_view import release_view, window_view
+from services.settings import Connection
 
 from . import actions, model, pages
 from .assets import CSS, JS
@@ -291,11 +292,12 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def make_app(
-    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: str | None = None
+    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: Connection | None = None
 ) -> web.Application:
     """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind).
 
-    `actions_server`: the NATS URL (no credentials) signed-in operators act through (None: read-only)."""
+    `actions_server`: the NATS server (and TLS options, no identity) signed-in operators act through
+    (None: read-only)."""
     headers = SECURITY_HEADERS
     if actions_server is not None:
         csp = headers["Content-Security-Policy"].replace("form-action 'none'", "form-action 'self'")
