@@ -1,4 +1,5 @@
-"""Operator actions from the dashboard: pause, resume, abort, promote, rollback, annotate, pin, unpin.
+"""Operator actions from the dashboard: pause, resume, abort, promote, extend, rollback, close, annotate,
+pin, unpin.
 
 Only with `kxr ui --actions` / `kxr serve --ui ADDR --ui-actions`, and only once signed in
 with a NATS user and password (the operator's, as `kxr creds show operator` prints them).
@@ -47,6 +48,7 @@ LOGIN_CONNECT_BOUND_S = 10.0  # a login's connection, retries included
 APPEND_TIMEOUT_S = 5.0
 CATCH_UP_S = 10.0  # the fold must hold everything stored before an action is decided on it
 MAX_FORM_BYTES = 16 * 1024
+MAX_WINDOW_S = 365 * 86400  # an extension's window (the form's bound; kxr takes any positive)
 LOGIN_REFUSED_PAUSE_S = 0.5  # each refused login costs the guesser this long
 
 
@@ -298,12 +300,22 @@ async def release_action(request: web.Request) -> web.Response:
     actor = actor_of(session.user or "")
     incident = _text(form, "incident").strip() or None
     trigger = _text(form, "trigger") or "operator"
+    outcome = _text(form, "outcome").strip()
+
+    def extend(w, now):
+        window = _text(form, "window").strip()
+        if not window.isdigit() or not 1 <= int(window) <= MAX_WINDOW_S:
+            raise OperatorError(f"extend needs the new window in seconds (1 to {MAX_WINDOW_S}), got {window!r}")
+        return ops.extend(w, release_id, int(window), rationale, actor, now)
+
     deciders = {
         "pause": lambda w, now: ops.pause(w, release_id, rationale, actor, now),
         "resume": lambda w, now: ops.resume(w, release_id, rationale, actor, now),
         "abort": lambda w, now: ops.abort(w, release_id, rationale, actor, now),
         "promote": lambda w, now: ops.promote(w, release_id, rationale, actor, now),
+        "extend": extend,
         "rollback": lambda w, now: ops.rollback(w, release_id, trigger, rationale, actor, now),
+        "close": lambda w, now: ops.close(w, release_id, outcome, rationale, actor, now),
         "annotate": lambda w, now: ops.annotate(w, release_id, rationale, incident, actor, now),
     }
     decide = deciders.get(what)

@@ -399,8 +399,7 @@ def bad_filter(message: str) -> str:
 
 # ---- operator actions (services/dashboard/actions.py): only with `--actions`, only once signed in -----------
 
-RELEASE_ACTIONS = ("pause", "resume", "abort", "promote", "rollback", "annotate")
-ROLLBACK_TRIGGERS = ("operator", "policy_violation", "tenant_impact")
+RELEASE_ACTIONS = ("pause", "resume", "abort", "promote", "extend", "rollback", "close", "annotate")
 
 
 def _csrf_field(csrf: str) -> str:
@@ -432,7 +431,10 @@ def release_actions_section(release_id: str, csrf: str) -> str:
     buttons = "".join(
         f"<button type='submit' name='action' value='{a}' id='do-{a}'>{a}</button> " for a in RELEASE_ACTIONS
     )
+    from services.actions.operator import CLOSE_OUTCOMES, ROLLBACK_TRIGGERS  # the values kxr takes
+
     triggers = "".join(f"<option value='{t}'>{t}</option>" for t in ROLLBACK_TRIGGERS)
+    outcomes = "".join(f"<option value='{o}'>{o}</option>" for o in CLOSE_OUTCOMES)
     return (
         "<h2>Act on this release</h2>"
         f"<form method='post' action='/actions/releases/{quote(release_id, safe='')}' class='actions'>"
@@ -441,8 +443,12 @@ def release_actions_section(release_id: str, csrf: str) -> str:
         "cols='70' maxlength='2000'></textarea></label></p>"
         f"<p><label>rollback trigger <select name='trigger'>{triggers}</select></label> "
         "<label>incident link (annotate) <input name='incident' type='url' size='40' maxlength='500'></label></p>"
+        "<p><label>new window, seconds (extend a held stage) <input name='window' id='window' type='number' min='1' "
+        "max='31536000' size='8'></label> "
+        f"<label>close a held release as <select name='outcome' id='outcome'>{outcomes}</select></label></p>"
         f"<p>{buttons}</p>"
-        "<p class='muted'>The same decisions as <code>kxr release pause|resume|abort|promote|rollback|annotate</code>; "
+        "<p class='muted'>The same decisions as <code>kxr release "
+        "pause|resume|abort|promote|extend|rollback|close|annotate</code>; "
         "one that does not apply to the release as it stands now is refused with the reason.</p></form>"
     )
 
