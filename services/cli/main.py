@@ -175,8 +175,12 @@ def app_for(argv: list[str]) -> typer.Typer:
 
 def run() -> None:
     """Console entry: every expected failure is one line on stderr and a non-zero exit."""
+    import gc
+
     from .deferred import defer_import
 
+    gc.disable()  # start-up time: see common.collector_paused (on again in run_async)
+    common.collector_paused = True
     defer_import("aiohttp")  # start-up time: see deferred.py
     # kxr uses no pydantic plugins: not looking for them saves scanning every installed package's entry points
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
