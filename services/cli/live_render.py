@@ -96,7 +96,7 @@ def frame(view: dict[str, Any]) -> Group:
             "scope": r["scope"],
             "active": r["active"],
             "release": r["active_release"],
-            "lkg": r["lkg"],
+            "lkg": r["lkg_version"],
             "pinned": f"{r['pinned']['version']} until {r['pinned']['until'][:16]}Z" if r["pinned"] else None,
             "rollback to": r["rollback_target"],
         }

@@ -11,7 +11,9 @@ typer, rich and common.py at the top, so `kxr --help` does not load NATS or the 
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -50,11 +52,14 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.",
-)
+def _typer() -> typer.Typer:
+    return typer.Typer(
+        no_args_is_help=True,
+        help="Konnaxion Releases: move signed Runtime Packs into the runtime safely.",
+    )
+
+
+app = _typer()
 
 
 @app.callback()
@@ -103,35 +108,84 @@ def _main(
     }
 
 
-# top-level commands
-app.command()(pin.pin)
-app.command()(pin.unpin)
-app.command()(status.status)
-app.command()(ui.ui)
-app.command()(watch.watch)
-app.command()(serve.serve)
-app.command()(demo.demo)
-app.command()(health.health)
-# command groups
-app.add_typer(keys.app, name="keys")
-app.add_typer(pack.app, name="pack")
-app.add_typer(release.app, name="release")
-app.add_typer(channel.app, name="channel")
-app.add_typer(trust.app, name="trust")
-app.add_typer(audit.app, name="audit")
-app.add_typer(deadletter.app, name="deadletter")
-app.add_typer(creds.app, name="creds")
-app.add_typer(schema.app, name="schema")
-app.add_typer(runtime.app, name="runtime")
+# The command map, in `kxr --help`'s order: top-level commands, then command groups.
+COMMANDS: dict[str, Callable[..., None]] = {
+    "pin": pin.pin,
+    "unpin": pin.unpin,
+    "status": status.status,
+    "ui": ui.ui,
+    "watch": watch.watch,
+    "serve": serve.serve,
+    "demo": demo.demo,
+    "health": health.health,
+}
+GROUPS: dict[str, typer.Typer] = {
+    "keys": keys.app,
+    "pack": pack.app,
+    "release": release.app,
+    "channel": channel.app,
+    "trust": trust.app,
+    "audit": audit.app,
+    "deadletter": deadletter.app,
+    "creds": creds.app,
+    "schema": schema.app,
+    "runtime": runtime.app,
+}
+
+
+def _register(target: typer.Typer, names: list[str]) -> typer.Typer:
+    for name in names:
+        if name in COMMANDS:
+            target.command(name=name)(COMMANDS[name])
+        else:
+            target.add_typer(GROUPS[name], name=name)
+    return target
+
+
+_register(app, [*COMMANDS, *GROUPS])
+
+# Root options that take a value: what `_invoked` skips to find the command's name.
+_VALUED_ROOT_OPTIONS = {"--creds", "--context", "--tls-ca", "--tls-cert", "--tls-key"}
+
+
+def _invoked(argv: list[str]) -> str | None:
+    """The command (or group) `argv` runs, or None when it runs none (`kxr --help`, `kxr --version`)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUED_ROOT_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The root app with only the command `argv` runs (start-up time: typer builds every command's
+    click object, signature and options on each invocation, ~15 ms for all of kxr's); the whole
+    map for help, completion, an unknown name, or no command at all. What the command does, its
+    options and its errors are the same either way: the callback and the command are the same."""
+    name = _invoked(argv)
+    completing = any(key.endswith("_COMPLETE") for key in os.environ)
+    if name is None or completing or (name not in COMMANDS and name not in GROUPS):
+        return app
+    slim = _typer()
+    slim.callback()(_main)
+    return _register(slim, [name])
 
 
 def run() -> None:
     """Console entry: every expected failure is one line on stderr and a non-zero exit."""
+    import gc
+
     from .deferred import defer_import
 
+    gc.disable()  # start-up time: see common.collector_paused (on again in run_async)
+    common.collector_paused = True
     defer_import("aiohttp")  # start-up time: see deferred.py
+    # kxr uses no pydantic plugins: not looking for them saves scanning every installed package's entry points
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
-        code = app(standalone_mode=False)
+        code = app_for(sys.argv[1:])(standalone_mode=False, prog_name="kxr")
         # without standalone mode click hands a command's `raise typer.Exit(n)` back as n
         if isinstance(code, int) and code:
             sys.exit(code)

@@ -152,7 +152,9 @@ def release_annotate(
 
 @app.command("list")
 def release_list(
-    channel: str | None = typer.Option(None, "--channel", help="only releases targeting ENV/CHANNEL"),
+    channel: str | None = typer.Option(
+        None, "--channel", help="only releases targeting ENV/CHANNEL (or CHANNEL, in any env)"
+    ),
     outcome: str | None = typer.Option(
         None,
         "--outcome",
@@ -168,29 +170,25 @@ def release_list(
     """Release history, newest first: closed releases too (`kxr status` shows those in flight)."""
     from datetime import UTC, datetime
 
-    from services.reads.history import check_outcome, load_history, parse_since, summary, table_row
+    from services.reads.history import load_history, parse_filter, summary, table_row
+    from services.reads.shapes import ReleaseSummary, dump
 
     from .views import table
 
     try:
-        wanted = check_outcome(outcome) if outcome is not None else None
-        since_at = parse_since(since, datetime.now(UTC)) if since is not None else None
+        flt = parse_filter(channel, outcome, since, now=datetime.now(UTC))
     except ValueError as exc:
         fail(str(exc))
-    target = None
-    if channel is not None:
-        env, name = scope_arg(channel, allow_cohort=False)
-        target = (env, name)
     keys = service_keys()
 
     async def go():
         async with session(nats_url) as (_, js, log):
             return await load_history(
-                js, log.subjects, keys, channel=target, outcome=wanted, since=since_at, limit=limit
+                js, log.subjects, keys, channel=flt.channel, outcome=flt.outcome, since=flt.since, limit=limit
             )
 
     history = run_async(go())
-    shown = [summary(i) for i in history.items]
+    shown = dump([ReleaseSummary.model_validate(summary(i)) for i in history.items])  # its documented shape
 
     def tables():
         for seq, why in sorted(history.ignored.items()):

@@ -137,6 +137,7 @@ def release_table(title: str, releases: list[dict[str, Any]], wide: bool = False
             "pack": (f"{r['pack']['name']}@{r['pack']['version']}" if r["pack"] else None),
             "digest": r["pack"]["digest"] if r["pack"] else None,
             "phase": f"{r['phase']}{' (paused)' if r['paused'] else ''}",
+            "release": r["release_id"],
         }
         for r in releases
     ]

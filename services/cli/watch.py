@@ -49,7 +49,9 @@ def change_key(view: dict[str, Any]) -> str:
 
 def watch(
     release_id: str = typer.Argument(..., help="the release to follow"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object (the view model) per line per change"),
+    as_json: bool = typer.Option(
+        False, "--json", help="one JSON object per line per change (docs/schemas/cli/watch.schema.json)"
+    ),
     interval: float = typer.Option(
         1.0, "--interval", min=0.1, help="seconds between refreshes of the window's clock and figures"
     ),
@@ -139,7 +141,11 @@ class _Output:
             return
         self._last_key = key
         if self.mode == "json":
-            sys.stdout.write(json.dumps(view, sort_keys=True, separators=(",", ":")) + "\n")
+            from services.reads.shapes import WatchFrame, dump
+
+            # through its documented shape (docs/schemas/cli/watch.schema.json): a frame that drifted fails here
+            frame_doc = dump(WatchFrame.model_validate(view))
+            sys.stdout.write(json.dumps(frame_doc, sort_keys=True, separators=(",", ":")) + "\n")
         else:
             sys.stdout.write(f"{(view['at'] or '')[11:19]} {summary_line(view)}\n")
         sys.stdout.flush()

@@ -1,4 +1,5 @@
-"""Operator actions from the dashboard: pause, resume, abort, promote, rollback, annotate, pin, unpin.
+"""Operator actions from the dashboard: pause, resume, abort, promote, extend, rollback, close, annotate,
+pin, unpin.
 
 Only with `kxr ui --actions` / `kxr serve --ui ADDR --ui-actions`, and only once signed in
 with a NATS user and password (the operator's, as `kxr creds show operator` prints them).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from services.actions.pins import pin as pin_action
 from services.actions.pins import unpin as unpin_action
 from services.errors import OperatorError
 from services.jetstream.log import AppendConflict, AppendFailed, Entry, EventLog
+from services.settings import ConfigError, Connection, Identity
 
 from . import pages
 from .hub import LiveHub
@@ -42,18 +44,21 @@ from .session import COOKIE, IDLE_S, Denials, Session, Sessions
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3
+LOGIN_CONNECT_BOUND_S = 10.0  # a login's connection, retries included
 APPEND_TIMEOUT_S = 5.0
 CATCH_UP_S = 10.0  # the fold must hold everything stored before an action is decided on it
 MAX_FORM_BYTES = 16 * 1024
+MAX_WINDOW_S = 365 * 86400  # an extension's window (the form's bound; kxr takes any positive)
 LOGIN_REFUSED_PAUSE_S = 0.5  # each refused login costs the guesser this long
 
 
 @dataclass
 class Actions:
-    """What the action routes share: the hub (the fold), the sessions, and where to connect (no credentials)."""
+    """What the action routes share: the hub (the fold), the sessions, and where to connect: the server
+    and its TLS options as kxr resolves them (services/settings.connection_from), without an identity."""
 
     hub: LiveHub
-    server_url: str
+    server: Connection
     sessions: Sessions
 
 
@@ -147,7 +152,13 @@ async def login_page(request: web.Request) -> web.Response:
     return response
 
 
-async def _open_connection(server_url: str, user: str, password: str, denied: Denials) -> Client:
+def login_connection(server: Connection, user: str, password: str) -> Connection:
+    """The server and TLS options the dashboard connects with (CA, client certificate: `--tls-*`,
+    KX_TLS_*, a context), as `user`: what `kxr --tls-… ` would open for that user."""
+    return replace(server, identity=Identity("dashboard login", user=user, password=password))
+
+
+async def _open_connection(server: Connection, user: str, password: str, denied: Denials) -> Client:
     """A NATS connection as `user`; raises with the server's reason (the password is in no message)."""
     errors: list[str] = []
 
@@ -157,19 +168,28 @@ async def _open_connection(server_url: str, user: str, password: str, denied: De
         if "permissions violation" in text.lower():
             denied.count, denied.last = denied.count + 1, text
 
+    options = login_connection(server, user, password).connect_options()  # ConfigError: an unusable TLS file
     nc = Client()
     try:
-        await nc.connect(
-            servers=[server_url],
-            user=user,
-            password=password,
-            name="kxr-ui-actions",
-            error_cb=on_error,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=True,
-            max_reconnect_attempts=3,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
-        )
+        # bounded: nats-py can wait forever on a TLS handshake that never completes (a server that
+        # requires TLS, reached without it)
+        async with asyncio.timeout(LOGIN_CONNECT_BOUND_S):
+            await nc.connect(
+                servers=[server.url or ""],
+                **options,
+                name="kxr-ui-actions",
+                error_cb=on_error,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                allow_reconnect=True,
+                max_reconnect_attempts=3,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
+            )
+    except TimeoutError:
+        try:
+            await nc.close()
+        except Exception:  # never connected: nothing to close
+            pass
+        raise ConnectionError(f"no answer from {server.url} within {LOGIN_CONNECT_BOUND_S:.0f} s") from None
     except Exception as exc:
         try:
             await nc.close()
@@ -189,7 +209,10 @@ async def login(request: web.Request) -> web.Response:
         return _login_refused(request, session, next_path, "login refused: a NATS user and its password are needed")
     denied = Denials()
     try:
-        nc = await _open_connection(actions.server_url, user, password, denied)
+        nc = await _open_connection(actions.server, user, password, denied)
+    except ConfigError as exc:  # the dashboard's own TLS files: its operator's to fix, not the user's password
+        log.warning("dashboard login for NATS user %r cannot connect: %s", user, exc)
+        return _login_refused(request, session, next_path, f"login refused: {exc}")
     except ConnectionError as exc:
         log.warning("dashboard login refused for NATS user %r: %s", user, exc)  # never the password
         await asyncio.sleep(LOGIN_REFUSED_PAUSE_S)
@@ -277,12 +300,22 @@ async def release_action(request: web.Request) -> web.Response:
     actor = actor_of(session.user or "")
     incident = _text(form, "incident").strip() or None
     trigger = _text(form, "trigger") or "operator"
+    outcome = _text(form, "outcome").strip()
+
+    def extend(w, now):
+        window = _text(form, "window").strip()
+        if not window.isdigit() or not 1 <= int(window) <= MAX_WINDOW_S:
+            raise OperatorError(f"extend needs the new window in seconds (1 to {MAX_WINDOW_S}), got {window!r}")
+        return ops.extend(w, release_id, int(window), rationale, actor, now)
+
     deciders = {
         "pause": lambda w, now: ops.pause(w, release_id, rationale, actor, now),
         "resume": lambda w, now: ops.resume(w, release_id, rationale, actor, now),
         "abort": lambda w, now: ops.abort(w, release_id, rationale, actor, now),
         "promote": lambda w, now: ops.promote(w, release_id, rationale, actor, now),
+        "extend": extend,
         "rollback": lambda w, now: ops.rollback(w, release_id, trigger, rationale, actor, now),
+        "close": lambda w, now: ops.close(w, release_id, outcome, rationale, actor, now),
         "annotate": lambda w, now: ops.annotate(w, release_id, rationale, incident, actor, now),
     }
     decide = deciders.get(what)
@@ -386,9 +419,9 @@ async def _end_sessions(app: web.Application) -> None:
     await app[ACTIONS].sessions.end_all()
 
 
-def register(app: web.Application, hub: LiveHub, server_url: str) -> None:
+def register(app: web.Application, hub: LiveHub, server: Connection) -> None:
     """Add the login and action routes (POST only on these) to the dashboard's app."""
-    app[ACTIONS] = Actions(hub, server_url, Sessions())
+    app[ACTIONS] = Actions(hub, server, Sessions())
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)

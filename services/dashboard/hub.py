@@ -26,6 +26,7 @@ from services.monitoring.judge import window_span
 from services.reads.fleet import FleetTail
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
+from services.reads.history import HistoryFold, load_fold
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class LiveHub:
         self._samples: dict[WindowKey, list] = {}
         self._wanted: dict[WindowKey, float] = {}  # window -> loop time a page last asked for it
         self.fleet = FleetTail(js, subjects, clock)  # every runtime seen on KX_HEALTH, kept live
+        # the release history (/history): `kxr release list`'s fold of release events, kept live;
+        # a hub that starts after its follower has applied entries reads those first (`_history_from_log`)
+        self.history = HistoryFold()
+        self._history_from_start = follower.position > 0
         # closed windows' samples (they no longer change), least recently shown first
         self._closed: OrderedDict[WindowKey, list] = OrderedDict()
         self._closed_retry_at = 0.0  # after a failed read, charts do not read again before this loop time
@@ -93,9 +98,24 @@ class LiveHub:
         async with self._changed:
             self._changed.notify_all()
 
+    async def prepare(self) -> None:
+        """Before the pages are served: the release events the follower applied before this hub listened
+        (`kxr serve --ui` catches up first). Read before the queue is taken: the fold then skips the
+        entries it has already applied."""
+        if not self._history_from_start:
+            return
+        self._history_from_start = False
+        try:
+            self.history = await load_fold(self.js, self.subjects, self.follower.service_keys)
+        except Exception as exc:  # the page says less, the dashboard stays up
+            log.warning("release history not read from the log (%s): it shows releases from now on", exc)
+
     async def _follow_log(self) -> None:
+        await self.prepare()  # a no-op once done (the dashboard does it before it serves)
         while True:
             position, event = await self._queue.get()
+            if event is not None:
+                self.history.apply(position, event)
             # only release subjects: what load_evidence reads (scope events may name a release too)
             if event is not None and event.family == "release" and event.release_id:
                 if event.release_id in self._loading:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from events.health import HealthSample
 from events.model import MonitoringStarted
-from events.tokens import InvalidToken, check_token
 from projections.world import World
 from services.monitoring.judge import Watch, counts_for, hard_breach
-from services.reads.history import OUTCOMES, parse_since
+from services.reads.history import Filter, HistoryFold, matching, rfc3339, summary
+from services.reads.history import parse_filter as history_filter
 from services.reads.status import release_rows, scope_rows
 
 RECENT = 20  # finished releases listed under the ones in flight
@@ -48,115 +47,46 @@ def overview(world: World, now: datetime, windows: Mapping[str, dict[str, Any] |
     }
 
 
-# ---- release history (/releases) ------------------------------------------------------------------
+# ---- release history (/history) -------------------------------------------------------------------
+# The rows and the filter are `kxr release list`'s (services/reads/history.py): the hub keeps the
+# same light fold of release events live (`LiveHub.history`), this only picks and counts.
 
 HISTORY_LIMIT = 200  # rows on one page, newest first
+HistoryFilter = Filter
 
 
 class FilterError(ValueError):
     """A history filter that does not parse: one line for the page, shown as a 400."""
 
 
-@dataclass(frozen=True)
-class HistoryFilter:
-    channel: str | None = None  # "canary" or "prod/canary"
-    outcome: str | None = None  # one of OUTCOMES, or "in_flight"
-    since: datetime | None = None  # requested at or after
+def parse_filter(query: Mapping[str, str], now: datetime) -> Filter:
+    """`?channel=&outcome=&since=` as `kxr release list` takes them (channel: ENV/CHANNEL or CHANNEL;
+    outcome: one of OUTCOMES or in-flight/in_flight; since: RFC 3339 or an age such as 30m, 6h, 2d);
+    empty means any."""
+    try:
+        return history_filter(query.get("channel"), query.get("outcome"), query.get("since"), now=now)
+    except ValueError as exc:
+        raise FilterError(str(exc).replace("--", "", 1)) from None
 
 
-def parse_filter(query: Mapping[str, str], now: datetime) -> HistoryFilter:
-    """`?channel=&outcome=&since=` (since: RFC 3339, or an age such as 30m, 6h, 2d); empty means any."""
-    channel = (query.get("channel") or "").strip() or None
-    if channel is not None:
-        for token in channel.split("/"):
-            try:
-                check_token(token, "channel")
-            except InvalidToken:
-                raise FilterError(f"channel {channel!r}: expected CHANNEL or ENV/CHANNEL") from None
-        if channel.count("/") > 1:
-            raise FilterError(f"channel {channel!r}: expected CHANNEL or ENV/CHANNEL")
-    outcome = (query.get("outcome") or "").strip() or None
-    if outcome is not None and outcome not in (*OUTCOMES, "in_flight"):
-        raise FilterError(f"outcome {outcome!r}: one of {', '.join((*OUTCOMES, 'in_flight'))}")
-    text = (query.get("since") or "").strip()
-    since = None
-    if text:  # the same rule as `kxr release list --since` (an age, or RFC 3339 with a timezone)
-        try:
-            since = parse_since(text, now)
-        except ValueError as exc:
-            raise FilterError(str(exc).replace("--since", "since", 1)) from None
-    return HistoryFilter(channel, outcome, since)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
-
-
-def history_rows(world: World, flt: HistoryFilter, limit: int = HISTORY_LIMIT) -> dict[str, Any]:
-    """Every release the fold knows, newest first, filtered: in flight, closed whole, and tombstones.
-
-    A tombstone (a closed release an archiving fold keeps only as its last sequence and
-    outcome) shows what it carries: its id and outcome; its target and time are unknown,
-    so a channel or since filter leaves it out.
-    """
-    rows: list[dict[str, Any]] = []
-    for r in world.releases.values():
-        target = r.requested.target if r.requested else None
-        outcome = r.outcome if r.closed else None
-        if flt.outcome is not None and (outcome or "in_flight") != flt.outcome:
-            continue
-        if flt.channel is not None and (
-            target is None or flt.channel not in (target.channel, f"{target.env}/{target.channel}")
-        ):
-            continue
-        if flt.since is not None and (r.requested_at is None or r.requested_at < flt.since):
-            continue
-        stages = len(r.stages)
-        rows.append(
-            {
-                "release": r.release_id,
-                "seq": r.last_seq,
-                "pack": f"{r.pack.name}@{r.pack.version}" if r.pack else None,
-                "digest": r.pack.digest if r.pack else None,
-                "target": f"{target.env}/{target.channel}" if target else None,
-                "requested_at": _iso(r.requested_at),
-                "requested_by": r.requested_by.id if r.requested_by else None,
-                "phase": f"{r.phase}{' (paused)' if r.paused else ''}",
-                "stages": f"{r.stage + 1}/{stages}" if stages else "-",
-                "outcome": outcome,
-                "why": r.failure,
-                "promoted_to": r.promoted.promoted_to if r.promoted else None,
-                "archived": False,
-            }
-        )
-    if flt.channel is None and flt.since is None:
-        for release_id, stone in world.tombstones.items():
-            if flt.outcome is not None and stone.outcome != flt.outcome:
-                continue
-            rows.append(
-                {
-                    "release": release_id,
-                    "seq": stone.last_seq,
-                    "pack": None,
-                    "digest": None,
-                    "target": None,
-                    "requested_at": None,
-                    "requested_by": None,
-                    "phase": "closed",
-                    "stages": "-",
-                    "outcome": stone.outcome,
-                    "why": None,
-                    "promoted_to": None,
-                    "archived": True,
-                }
-            )
-    rows.sort(key=lambda row: row["seq"], reverse=True)
+def history_rows(
+    fold: HistoryFold, flt: Filter, channels: list[str] | None = None, limit: int = HISTORY_LIMIT
+) -> dict[str, Any]:
+    """The releases that match, newest first, as `kxr release list --json` shows them (`summary`)."""
+    chosen = matching(fold.items.values(), flt)
+    channel = None
+    if flt.channel is not None:
+        channel = "/".join(c for c in flt.channel if c is not None)
     return {
-        "filter": {"channel": flt.channel, "outcome": flt.outcome, "since": _iso(flt.since)},
-        "total": len(rows),
-        "rows": rows[:limit],
-        "channels": sorted({f"{env}/{channel}" for env, channel in world.channels.keys()}),
+        "filter": {"channel": channel, "outcome": flt.outcome, "since": rfc3339(flt.since)},
+        "total": len(chosen),
+        "rows": [summary(i) for i in chosen[:limit]],
+        "channels": channels or [],
     }
+
+
+def channels_of(world: World) -> list[str]:
+    return sorted({f"{env}/{channel}" for env, channel in world.channels.keys()})
 
 
 # ---- a release's windows as time series per runtime (/releases/<id>) -------------------------------

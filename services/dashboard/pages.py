@@ -182,7 +182,8 @@ def scopes_of_release_section(view: dict[str, Any]) -> str:
         pinned = f"{pin['version']} until {pin['until']} by {pin['by']}: {pin['rationale']}" if pin else None
         rows.append(
             f"<tr data-scope='{_e(s['scope'])}'><td>{_e(s['scope'])}</td><td class='version'>{_e(s['active'])}</td>"
-            f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg'])}</td><td>{_e(s['rollback_target'])}</td>"
+            f"<td>{_e(s['active_kind'])}</td><td class='lkg'>{_e(s['lkg_version'])}</td>"
+            f"<td>{_e(s['rollback_target'])}</td>"
             f"<td class='pin'>{_e(pinned)}</td></tr>"
         )
     return "<h2>Its scopes</h2>" + _table(
@@ -345,20 +346,25 @@ def _outcome_class(outcome: str | None) -> str:
 
 
 def history_section(history: dict[str, Any]) -> str:
-    rows = [
-        f"<tr data-release='{_e(r['release'])}'>"
-        f"<td>{release_link(r['release']) if not r['archived'] else _e(r['release'])}</td>"
-        f"<td>{_e(r['pack'])}</td><td>{_e(r['target'])}</td><td>{_e(r['requested_at'])}</td>"
-        f"<td>{_e(r['requested_by'])}</td><td>{_e(r['stages'])}</td>"
-        f"<td class='outcome {_outcome_class(r['outcome'])}'>{_e(r['outcome'] or r['phase'])}</td>"
-        f"<td>{_e(r['why'])}</td><td>{_e(r['promoted_to'])}</td></tr>"
-        for r in history["rows"]
-    ]
+    """`history["rows"]`: `kxr release list --json`'s summaries (services/reads/history.py), cells as it prints them."""
+    from services.reads.history import table_row
+
+    out = []
+    for r in history["rows"]:
+        cells = table_row(r)
+        out.append(
+            f"<tr data-release='{_e(r['release_id'])}'>"
+            f"<td>{release_link(r['release_id'])}</td>"
+            f"<td>{_e(cells['pack'])}</td><td>{_e(r['target'])}</td><td>{_e(r['requested_at'])}</td>"
+            f"<td>{_e(cells['took'])}</td><td>{_e(r['owner'])}</td><td>{_e(cells['stages'])}</td>"
+            f"<td class='outcome {_outcome_class(r['outcome'])}'>{_e(cells['outcome'])}</td>"
+            f"<td>{_e(r['why'])}</td><td>{_e(r['promoted_to'])}</td></tr>"
+        )
     shown = len(history["rows"])
     more = f" (the newest {shown} shown)" if history["total"] > shown else ""
     return f"<h2>Releases</h2><p class='muted'>{_e(history['total'])} match{_e(more)}</p>" + _table(
-        ["release", "pack", "target", "requested", "by", "stages", "outcome", "why", "promoted to"],
-        rows,
+        ["release", "pack", "target", "requested", "took", "owner", "stages passed", "outcome", "why", "promoted to"],
+        out,
         "no release matches",
         " id='history-table'",
     )
@@ -393,8 +399,7 @@ def bad_filter(message: str) -> str:
 
 # ---- operator actions (services/dashboard/actions.py): only with `--actions`, only once signed in -----------
 
-RELEASE_ACTIONS = ("pause", "resume", "abort", "promote", "rollback", "annotate")
-ROLLBACK_TRIGGERS = ("operator", "policy_violation", "tenant_impact")
+RELEASE_ACTIONS = ("pause", "resume", "abort", "promote", "extend", "rollback", "close", "annotate")
 
 
 def _csrf_field(csrf: str) -> str:
@@ -426,7 +431,10 @@ def release_actions_section(release_id: str, csrf: str) -> str:
     buttons = "".join(
         f"<button type='submit' name='action' value='{a}' id='do-{a}'>{a}</button> " for a in RELEASE_ACTIONS
     )
+    from services.actions.operator import CLOSE_OUTCOMES, ROLLBACK_TRIGGERS  # the values kxr takes
+
     triggers = "".join(f"<option value='{t}'>{t}</option>" for t in ROLLBACK_TRIGGERS)
+    outcomes = "".join(f"<option value='{o}'>{o}</option>" for o in CLOSE_OUTCOMES)
     return (
         "<h2>Act on this release</h2>"
         f"<form method='post' action='/actions/releases/{quote(release_id, safe='')}' class='actions'>"
@@ -435,8 +443,12 @@ def release_actions_section(release_id: str, csrf: str) -> str:
         "cols='70' maxlength='2000'></textarea></label></p>"
         f"<p><label>rollback trigger <select name='trigger'>{triggers}</select></label> "
         "<label>incident link (annotate) <input name='incident' type='url' size='40' maxlength='500'></label></p>"
+        "<p><label>new window, seconds (extend a held stage) <input name='window' id='window' type='number' min='1' "
+        "max='31536000' size='8'></label> "
+        f"<label>close a held release as <select name='outcome' id='outcome'>{outcomes}</select></label></p>"
         f"<p>{buttons}</p>"
-        "<p class='muted'>The same decisions as <code>kxr release pause|resume|abort|promote|rollback|annotate</code>; "
+        "<p class='muted'>The same decisions as <code>kxr release "
+        "pause|resume|abort|promote|extend|rollback|close|annotate</code>; "
         "one that does not apply to the release as it stands now is refused with the reason.</p></form>"
     )
 

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from services.app import utc_clock
 from services.jetstream.client import connect_with
 from services.permissions import redacted
 from services.reads.follower import Follower
-from services.settings import ConfigError, Settings, reader_service_keys
+from services.settings import ConfigError, Connection, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait
 
 from .hub import LiveHub
@@ -44,11 +45,16 @@ def parse_addr(text: str) -> tuple[str, int]:
     return (host.strip("[]") or DEFAULT_HOST), int(port)
 
 
-def server_of(nc) -> str:
-    """The NATS server a connection is on, without its credentials: where signed-in operators connect."""
+def server_of(nc, connection: Connection | None = None) -> Connection:
+    """Where signed-in operators connect: the NATS server `nc` is on, without its credentials, with the
+    TLS options (CA, client certificate, TLS first) of `connection`, the one the dashboard itself
+    opened from the flags, environment and context (services/settings.connection_from)."""
     url = nc.connected_url
     host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
-    return f"{url.scheme}://{host}:{url.port}"
+    server = f"{url.scheme}://{host}:{url.port}"
+    if connection is None:
+        return Connection(url=server, given_url=server)
+    return replace(connection, url=server, given_url=server, identity=None)
 
 
 @asynccontextmanager
@@ -59,7 +65,7 @@ async def dashboard(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     clock=utc_clock,
-    actions_server: str | None = None,
+    actions_server: Connection | None = None,
 ) -> AsyncIterator[str]:
     """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one).
 
@@ -74,6 +80,7 @@ async def dashboard(
                 "dashboard actions on %s over plain HTTP: passwords cross the network in clear (use a TLS proxy)", host
             )
     hub = LiveHub(follower, js, subjects, clock)
+    await hub.prepare()
     runner = web.AppRunner(
         make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None, actions_server),
         access_log=None,
@@ -122,7 +129,7 @@ async def run_ui(
         follower = Follower(js, subjects, service_keys=reader_service_keys(settings))
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
-            actions_server = server_of(nc) if actions else None
+            actions_server = server_of(nc, settings.nats_connection()) if actions else None
             async with dashboard(follower, js, subjects, host, port, actions_server=actions_server) as url:
                 await follower.catch_up()
                 if on_ready:
@@ -155,7 +162,7 @@ async def dashboard_for(
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()
-        actions_server = server_of(app.nc) if actions else None
+        actions_server = server_of(app.nc, app.settings.nats_connection()) if actions else None
         async with dashboard(follower, app.js, app.subjects, *addr, actions_server=actions_server) as url:
             if announce:
                 announce(url)

@@ -22,7 +22,9 @@ from aiohttp import web
 from events.tokens import InvalidToken, check_token
 from projections.evidence import EvidenceRecord
 from services.reads.fleet import fleet_rows
+from services.reads.history import OUTCOMES
 from services.reads.live_view import release_view, window_view
+from services.settings import Connection
 
 from . import actions, model, pages
 from .assets import CSS, JS
@@ -162,7 +164,7 @@ def fleet_of(hub: LiveHub) -> dict[str, Any]:
 
 def history_of(hub: LiveHub, query) -> dict[str, Any]:
     """Raises model.FilterError on a filter that does not parse."""
-    return model.history_rows(hub.world, model.parse_filter(query, hub.clock()))
+    return model.history_rows(hub.history, model.parse_filter(query, hub.clock()), model.channels_of(hub.world))
 
 
 def _filters(query) -> dict[str, str | None]:
@@ -172,7 +174,7 @@ def _filters(query) -> dict[str, str | None]:
 def history_sections(hub: LiveHub, query) -> dict[str, str]:
     history = history_of(hub, query)
     return {
-        "filters": pages.history_filters(_filters(query), history["channels"], model.OUTCOMES),
+        "filters": pages.history_filters(_filters(query), history["channels"], OUTCOMES),
         "history": pages.history_section(history),
     }
 
@@ -290,11 +292,12 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def make_app(
-    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: str | None = None
+    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: Connection | None = None
 ) -> web.Application:
     """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind).
 
-    `actions_server`: the NATS URL (no credentials) signed-in operators act through (None: read-only)."""
+    `actions_server`: the NATS server (and TLS options, no identity) signed-in operators act through
+    (None: read-only)."""
     headers = SECURITY_HEADERS
     if actions_server is not None:
         csp = headers["Content-Security-Policy"].replace("form-action 'none'", "form-action 'self'")

@@ -72,6 +72,11 @@ class Follower:
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
 
+    @property
+    def service_keys(self) -> ServiceKeys | None:
+        """The keys this fold trusts service events by (None: signatures not checked)."""
+        return self._service_keys
+
     async def run(self) -> None:
         reader = OrderedReader(
             self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True

@@ -119,20 +119,66 @@ def check_outcome(outcome: str) -> str:
     return outcome
 
 
+Channel = tuple[str | None, str]  # (env, channel); env None: that channel in any env
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which releases a history shows: `kxr release list` and the dashboard's /history, one rule."""
+
+    channel: Channel | None = None
+    outcome: str | None = None  # one of OUTCOMES or IN_FLIGHT
+    since: datetime | None = None
+
+
+def parse_channel(text: str) -> Channel:
+    """`ENV/CHANNEL`, or `CHANNEL` alone (in any env). Raises ValueError with a one-line reason."""
+    from events.tokens import InvalidToken, check_token
+
+    parts = text.strip().split("/")
+    try:
+        if len(parts) == 2:
+            return check_token(parts[0], "env"), check_token(parts[1], "channel")
+        if len(parts) == 1:
+            return None, check_token(parts[0], "channel")
+    except InvalidToken:
+        pass
+    raise ValueError(f"--channel {text!r}: expected ENV/CHANNEL or CHANNEL")
+
+
+def parse_filter(
+    channel: str | None = None, outcome: str | None = None, since: str | None = None, *, now: datetime
+) -> Filter:
+    """The filter from its three texts (None or blank: any). Raises ValueError with a one-line reason."""
+
+    def given(text: str | None) -> str | None:
+        return text.strip() or None if text is not None else None
+
+    channel, outcome, since = given(channel), given(outcome), given(since)
+    return Filter(
+        parse_channel(channel) if channel else None,
+        check_outcome(outcome) if outcome else None,
+        parse_since(since, now) if since else None,
+    )
+
+
 def matches(
     item: HistoryItem,
     *,
-    channel: tuple[str, str] | None = None,
+    channel: Channel | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
 ) -> bool:
     """Whether a release belongs in the list.
 
-    `since`: the releases of that period: requested at or after it, or still open at it
-    (closed after it, or not closed yet)."""
+    `channel`: (env, channel), env None for that channel in any env. `since`: the releases
+    of that period: requested at or after it, or still open at it (closed after it, or not
+    closed yet)."""
     state = item.state
-    if channel is not None and item.target != channel:
-        return False
+    if channel is not None:
+        target = item.target
+        if target is None or target[1] != channel[1] or channel[0] not in (None, target[0]):
+            return False
     if outcome is not None:
         closed = state.closed
         if outcome == IN_FLIGHT:
@@ -151,18 +197,23 @@ def matches(
     return True
 
 
+def matching(items: Iterable[HistoryItem], flt: Filter) -> list[HistoryItem]:
+    """Every release that matches `flt`, newest (by first log sequence) first."""
+    chosen = [i for i in items if matches(i, channel=flt.channel, outcome=flt.outcome, since=flt.since)]
+    chosen.sort(key=lambda i: i.first_seq, reverse=True)
+    return chosen
+
+
 def select(
     items: Iterable[HistoryItem],
     *,
-    channel: tuple[str, str] | None = None,
+    channel: Channel | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
 ) -> list[HistoryItem]:
     """The newest `limit` releases that match, newest (by first log sequence) first."""
-    chosen = [i for i in items if matches(i, channel=channel, outcome=outcome, since=since)]
-    chosen.sort(key=lambda i: i.first_seq, reverse=True)
-    return chosen[: max(limit, 0)]
+    return matching(items, Filter(channel, outcome, since))[: max(limit, 0)]
 
 
 # ---- the summary ----------------------------------------------------------------------------------
@@ -252,7 +303,7 @@ async def load_history(
     subjects: Subjects,
     service_keys=None,
     *,
-    channel: tuple[str, str] | None = None,
+    channel: Channel | None = None,
     outcome: str | None = None,
     since: datetime | None = None,
     limit: int = DEFAULT_LIMIT,
@@ -305,3 +356,10 @@ async def _read(
                     continue
             out.append((position, event))
     return out
+
+
+async def load_fold(js, subjects: Subjects, service_keys=None) -> HistoryFold:
+    """Every release's lifecycle events in the log, folded: where a live history (the dashboard's)
+    starts before it follows the log (`HistoryFold.apply` skips what it has already applied)."""
+    ignored: dict[int, str] = {}
+    return fold_history(await _read(js, subjects, f"{subjects.prefix}.release.*.*", service_keys, ignored))

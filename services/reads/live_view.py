@@ -8,10 +8,11 @@ rule for which samples count, and `judge_window`), so the view shows exactly wha
 monitor would decide on the same samples; a closed window shows the verdict the monitor
 recorded. Nothing here does IO or reads a clock.
 
-Output (schema `VIEW_SCHEMA`; fields are only ever added, never renamed or removed):
+Output (schema `VIEW_SCHEMA`; the model and JSON Schema of `kxr watch --json` are shapes.py's
+`WatchFrame`, docs/schemas/cli/watch.schema.json; version 2 made a scope's `lkg` a pack object):
 
     {
-      "schema": "kxr.release-view/1",
+      "schema": "kxr.release-view/2",
       "release_id": str, "log_seq": int (the log sequence the fold has applied), "at": RFC 3339 (`now`),
       "phase": str | null          # projections/releases.py PHASE_AFTER, e.g. "monitoring", "held", "closed"
       "paused": bool, "terminal": bool (closed), "held": bool (phase "held": inconclusive window or escalation),
@@ -48,8 +49,9 @@ Output (schema `VIEW_SCHEMA`; fields are only ever added, never renamed or remov
           "note": str | null
       },
       "scopes": [ {"scope": "env/channel/cohort", "cohort", "active": version | null, "active_digest",
-                   "active_release", "active_kind", "lkg": version | null, "lkg_release",
-                   "pinned": {"version", "until", "rationale", "by"} | null,
+                   "active_release", "active_kind", "lkg": {"name", "version", "digest"} | null,
+                   "lkg_version": version | null, "lkg_release",
+                   "pinned": {"pack": {"name", "version", "digest"}, "version", "until", "rationale", "by"} | null,
                    "rollback_target": version | null} ],
       "events": [ {"seq", "at", "type", "actor", "event_id", "summary"} ]   # the last `events` entries, oldest first
     }
@@ -68,7 +70,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.monitoring.judge import baseline_digests, judge_window, window_data
 
-VIEW_SCHEMA = "kxr.release-view/1"
+VIEW_SCHEMA = "kxr.release-view/2"  # 2: a scope's lkg is a pack {name, version, digest}, as in every command
 DEFAULT_EVENTS = 10
 _VERDICT_TYPES = {"release.monitoring_passed", "release.monitoring_failed", "release.monitoring_inconclusive"}
 
@@ -107,7 +109,7 @@ def release_view(
         "waiting": waiting_for_operator(release),
         "outcome": release.outcome,
         "why": release.failure,
-        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest} if pack else None,
+        "pack": _pack(pack),
         "target": f"{req.target.env}/{req.target.channel}" if req else None,
         "owner": req.owner if req else None,
         "escalation": req.escalation if req else None,
@@ -119,6 +121,11 @@ def release_view(
         "scopes": scope_rows(world, release, now),
         "events": [dict(e) for e in record.timeline[-events:]] if events > 0 else [],
     }
+
+
+def _pack(ref) -> dict[str, Any] | None:
+    """A pack as every command shows one: `{name, version, digest}` (services/reads/shapes.py `Pack`)."""
+    return None if ref is None else {"name": ref.name, "version": ref.version, "digest": ref.digest}
 
 
 def waiting_for_operator(release: ReleaseState) -> bool:
@@ -300,9 +307,11 @@ def scope_rows(world: World, release: ReleaseState, now: datetime) -> list[dict[
                 "active_digest": s.active_pack.digest if s.active_pack else None,
                 "active_release": s.active.release_id if s.active else None,
                 "active_kind": s.active.kind if s.active else None,
-                "lkg": s.lkg.version if s.lkg else None,
+                "lkg": _pack(s.lkg),
+                "lkg_version": s.lkg.version if s.lkg else None,
                 "lkg_release": s.lkg_release,
                 "pinned": {
+                    "pack": _pack(pin.pack),
                     "version": pin.pack.version,
                     "until": _ts(pin.until),
                     "rationale": pin.rationale,

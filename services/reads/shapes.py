@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +46,9 @@ def rfc3339(value: datetime | str | None) -> str | None:
 
 
 class Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a model's validator and serializer are built when a command first uses it, not
+    # when this module is imported (~35 models: ~20 ms of every `kxr status`, which uses seven)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Pack(Shape):
@@ -92,7 +94,9 @@ class Scope(Shape):
 
 
 class Release(Shape):
-    release: str
+    """A release row of `kxr status` (its id `release_id`, as in `kxr release list`, `kxr watch` and the contract)."""
+
+    release_id: str
     pack: Pack | None
     target: str | None = Field(description="env/channel")
     phase: str | None
@@ -100,6 +104,32 @@ class Release(Shape):
     stage: str | None = Field(description="current stage of all, e.g. 1/3")
     outcome: str | None
     why: str | None
+
+
+class StagesPassed(Shape):
+    passed: int = Field(ge=0, description="stages whose window passed (an operator's pass too)")
+    total: int = Field(ge=0)
+
+
+class ReleaseSummary(Shape):
+    """`kxr release list --json` (a list, newest first) and the dashboard's history: services/reads/history.py."""
+
+    release_id: str
+    pack: Pack | None
+    target: str | None = Field(description="env/channel")
+    owner: str | None
+    phase: str | None
+    paused: bool
+    outcome: (
+        Literal["success", "promoted_by_override", "rolled_back", "pinned", "aborted", "rejected", "failed"] | None
+    ) = Field(description="null while in flight")
+    requested_at: Time | None
+    closed_at: Time | None
+    stages: StagesPassed
+    promoted_to: str | None
+    promoted_from: str | None
+    why: str | None = Field(description="why it stopped or failed, if it did")
+    seq: int = Field(description="log sequence of its first event (the order: newest first)")
 
 
 class Ignored(Shape):
@@ -172,7 +202,7 @@ class TrustShow(Shape):
 
 
 class DeadLetterRow(Shape):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     id: int
     consumer: str | None
@@ -200,7 +230,7 @@ class DeadLetterShow(Shape):
 
 
 class Gate(Shape):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     gate: str
     ok: bool
@@ -254,6 +284,118 @@ class AuditReplay(Shape):
     safety: dict[str, int]
 
 
+class StageRow(Shape):
+    stage: int = Field(ge=1, description="1-based")
+    cohorts: list[str]
+    skipped: dict[str, str] = Field(description="cohort -> why preparation skipped it")
+    state: Literal[
+        "pending", "activating", "activated", "monitoring", "passed", "failed", "held", "rolling_back", "rolled_back"
+    ]
+    verdict: str | None = Field(description="the last window's reason")
+
+
+class Figure(Shape):
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    metric: str
+    value: float | None
+    op: Literal["<=", ">=", "none_new"]
+    threshold: float | None
+    ok: bool
+
+
+class Window(Shape):
+    """The most recent monitoring window: its clock, and each figure against its threshold."""
+
+    stage: int = Field(ge=1)
+    cohorts: list[str]
+    digest: Digest
+    starts_at: Time
+    ends_at: Time
+    window_s: int
+    elapsed_s: float
+    fraction: float = Field(ge=0, le=1, description="of the window's length; a judged window stops at its verdict")
+    verdict_at: Time | None
+    open: bool = Field(description="true until the monitor records a verdict")
+    source: Literal["live", "verdict", "unavailable"] = Field(
+        description="live: judged now from stored samples; verdict: the monitor's record; unavailable: see note"
+    )
+    result: Literal["passed", "failed", "inconclusive"] | None
+    reason: str | None
+    early: bool
+    samples: int
+    min_samples: int
+    runtimes: int | None
+    requests: int | None
+    errors: int | None
+    figures: list[Figure]
+    new_error_classes: list[str]
+    statistical: dict[str, Any] | None
+    note: str | None
+
+
+class FramePin(Shape):
+    pack: Pack
+    version: str | None = Field(description="= pack.version")
+    until: Time
+    rationale: str | None
+    by: str | None
+
+
+class FrameScope(Shape):
+    """A cohort the release plans to touch: what runs there, its last-known-good and pin."""
+
+    scope: str = Field(description="env/channel/cohort")
+    cohort: str
+    active: str | None = Field(description="the active pack's version")
+    active_digest: Digest | None
+    active_release: str | None
+    active_kind: str | None
+    lkg: Pack | None = Field(description="last known good (as in every command: a pack, its digest sha256:)")
+    lkg_version: str | None = Field(description="= lkg.version")
+    lkg_release: str | None
+    pinned: FramePin | None
+    rollback_target: str | None = Field(description="the version a rollback would put back here")
+
+
+class TimelineEntry(Shape):
+    seq: int
+    at: Time
+    type: str
+    actor: str = Field(description="kind:id")
+    event_id: str
+    summary: str
+
+
+class WatchFrame(Shape):
+    """`kxr watch RELEASE --json`: one frame (the live view, services/reads/live_view.py) per line per change."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
+
+    schema_: Literal["kxr.release-view/2"] = Field(alias="schema")
+    release_id: str
+    log_seq: int = Field(description="the log sequence the fold has applied")
+    at: Time
+    phase: str | None
+    paused: bool
+    terminal: bool = Field(description="closed: the last frame")
+    held: bool
+    waiting: bool = Field(description="nothing moves it on but an operator: held, or paused after a passed stage")
+    outcome: Literal["success", "rolled_back", "aborted", "rejected", "failed", "pinned"] | None
+    why: str | None
+    pack: Pack | None
+    target: str | None = Field(description="env/channel")
+    owner: str | None
+    escalation: str | None
+    promoted_to: str | None
+    stages: list[StageRow]
+    gates: list[Gate] = Field(description="in the verifier's order; [] before verification")
+    verification: dict[str, Any]
+    window: Window | None
+    scopes: list[FrameScope]
+    events: list[TimelineEntry] = Field(description="the last --events entries, oldest first")
+
+
 # ---- builders from the fold -----------------------------------------------------------------------
 def scope_shape(key: tuple[str, ...], s) -> Scope:
     active = s.active_pack
@@ -288,7 +430,7 @@ def releases(world: World, in_flight_only: bool) -> list[Release]:
         target = r.requested.target if r.requested else None
         rows.append(
             Release(
-                release=r.release_id,
+                release_id=r.release_id,
                 pack=pack(r.pack),
                 target=f"{target.env}/{target.channel}" if target else None,
                 phase=r.phase,
@@ -320,6 +462,8 @@ SCHEMAS: dict[str, tuple[str, Any]] = {
     "deadletter-list": ("kxr deadletter list", list[DeadLetterRow]),
     "deadletter-show": ("kxr deadletter show", DeadLetterShow),
     "pack-verify": ("kxr pack verify", PackVerify),
+    "watch": ("kxr watch", WatchFrame),
+    "release-list": ("kxr release list", list[ReleaseSummary]),
 }
 # `kxr release show` and `kxr audit release`: the evidence record, docs/schemas/evidence-record.schema.json
 # (projections/evidence_schema.py); written here too as release-show.schema.json.

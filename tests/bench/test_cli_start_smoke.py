@@ -15,6 +15,7 @@ def test_cli_start_bench_times_every_command_against_a_baseline():
     for figures in [res["baseline"], *res["commands"].values()]:
         assert figures["n"] == 2
         assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]
+        assert 0 < figures["cpu_median_ms"]  # the process's own CPU time (user + system)
     for figures in res["commands"].values():
         assert figures["over_baseline_ms"] == round(figures["median_ms"] - res["baseline"]["median_ms"], 1)
 

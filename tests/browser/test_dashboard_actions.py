@@ -105,6 +105,25 @@ async def test_log_in_pause_and_resume_a_release_and_see_it_live(tmp_path):
             await asyncio.to_thread(act, driver, "resume", "demo over")
             await until(driver, lambda d: "release.resumed recorded" in text_of(d, "#flash"), "the resume recorded")
 
+            # extend and close (kxr release extend|close) take their window and outcome from the form;
+            # r1 is not held, so kxr's own decisions refuse both, with kxr's reasons
+            def extend_and_close(driver, step: str) -> None:
+                if step == "extend":
+                    field = driver.find_element(By.ID, "window")
+                    field.clear()
+                    field.send_keys("600")
+                    act(driver, "extend", "more samples")
+                else:
+                    driver.find_element(By.CSS_SELECTOR, "#outcome option[value='failed']").click()
+                    act(driver, "close", "give up")
+
+            await asyncio.to_thread(extend_and_close, driver, "extend")
+            await until(
+                driver, lambda d: "only a held window can be extended" in text_of(d, "#flash"), "extend refused"
+            )
+            await asyncio.to_thread(extend_and_close, driver, "close")
+            await until(driver, lambda d: "only a held release can be closed" in text_of(d, "#flash"), "close refused")
+
             await asyncio.to_thread(driver.switch_to.window, watching)
             await until(
                 driver,

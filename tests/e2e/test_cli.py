@@ -375,7 +375,7 @@ def test_release_request_show_timeline_and_status(inst):
     rows = {r["scope"]: r for r in status["scopes"]}
     assert rows["prod/ch-rel/internal"]["version"] == "2.0.0" and rows["prod/ch-rel/internal"]["release"] == "rel-1"
     assert "prod/ch-rel/rest" not in rows or rows["prod/ch-rel/rest"]["version"] is None
-    in_flight = {r["release"]: r for r in status["releases"]}
+    in_flight = {r["release_id"]: r for r in status["releases"]}
     assert in_flight["rel-1"]["outcome"] is None and in_flight["rel-1"]["stage"] == "1/2"
 
     again = inst.run(
@@ -432,7 +432,7 @@ def test_status_json_parses_and_lists_scopes(inst):
         assert (row["version"], row["release"], row["kind"]) == ("3.0.0", "st-1", "rollout"), row
         assert row["digest"].startswith("sha256:") and row["since"]
     assert isinstance(status["log_seq"], int) and status["log_seq"] > 0
-    assert any(r["release"] == "st-1" for r in status["releases"])
+    assert any(r["release_id"] == "st-1" for r in status["releases"])
     assert ok(inst.run("status")).strip()  # the human view renders too
 
 

@@ -98,6 +98,7 @@ async def test_every_json_output_has_one_shape_and_validates_against_its_schema(
         "deadletter-list": ["deadletter", "list", "--json"],
         "deadletter-show": ["deadletter", "show", world["dead_letter"], "--json"],
         "pack-verify": ["pack", "verify", "p1.pack", "p1.manifest.json", "--json"],
+        "release-list": ["release", "list", "--json"],
     }
     docs = {}
     for stem, args in outputs.items():
@@ -111,6 +112,14 @@ async def test_every_json_output_has_one_shape_and_validates_against_its_schema(
         docs[stem] = json.loads(ok(result))
         validate(stem, docs[stem])
     validate("release-show", json.loads(ok(await kx.arun("audit", "release", "r2", "--json"))))
+    # kxr watch --json: a frame per line; r1 ended (one frame), r2 in its window (exit 4 at --timeout)
+    frames = [json.loads(line) for line in ok(await kx.arun("watch", "r1", "--json")).splitlines()]
+    live = await kx.arun("watch", "r2", "--json", "--timeout", "1", "--interval", "0.2")
+    assert live.returncode == 4 and "Traceback" not in live.stderr, live.stderr
+    frames += [json.loads(line) for line in live.stdout.splitlines()]
+    for frame in frames:
+        validate("watch", frame)
+    docs["watch"] = frames
 
     # one shape per concept: every digest is sha256:<64 hex>, every time RFC 3339 UTC with Z
     for stem, doc in docs.items():
@@ -132,8 +141,18 @@ async def test_every_json_output_has_one_shape_and_validates_against_its_schema(
     assert docs["audit-replay"]["scopes"]["prod/canary/internal"]["lkg"] == pack
     assert docs["audit-verify"]["pack"] == pack and docs["pack-verify"]["pack"] == pack
     assert docs["release-show"]["pack"]["digest"] == p1.digest
-    releases = {r["release"]: r for r in docs["status"]["releases"]}
+    releases = {r["release_id"]: r for r in docs["status"]["releases"]}
     assert releases["r1"]["pack"] == pack and releases["r2"]["target"] == "prod/canary"
+    # one id field across commands: release_id (status, release list, watch, the contract)
+    assert [r["release_id"] for r in docs["release-list"]] == ["r2", "r1"]
+    assert docs["release-list"][1]["pack"] == pack and docs["release-list"][1]["outcome"] == "success"
+    r1_frame, r2_frame = frames[0], frames[-1]
+    assert r1_frame["release_id"] == "r1" and r1_frame["terminal"] and r1_frame["window"]["source"] == "verdict"
+    assert r2_frame["release_id"] == "r2" and r2_frame["window"]["open"]
+    frame_scopes = {s["scope"]: s for s in r2_frame["scopes"]}
+    assert frame_scopes["prod/canary/internal"]["lkg"] == pack  # lkg: the same pack object as status's
+    assert frame_scopes["prod/canary/internal"]["lkg_version"] == "1.0.0"
+    assert frame_scopes["prod/canary/rest"]["pinned"]["pack"] == pack
     assert docs["channel-show"]["scope"] == "prod/canary" and TIME.match(docs["channel-show"]["configured_at"])
     letter = docs["deadletter-list"][0]
     assert letter["stream_seq"] == letter["stream seq"] and TIME.match(letter["at"])

@@ -80,7 +80,7 @@ async def test_release_list_shows_history_newest_first_with_filters_and_json(kx,
         (("--outcome", "sucess"), "expected one of"),
         (("--since", "yesterday"), "RFC 3339"),
         (("--since", "2030-01-01T00:00:00"), "timezone"),
-        (("--channel", "prod"), "ENV/CHANNEL"),
+        (("--channel", "prod/canary/rest"), "ENV/CHANNEL"),
         (("--limit", "0"), "--limit"),
     ]:
         result = await kx.arun("release", "list", *args)

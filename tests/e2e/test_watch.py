@@ -34,7 +34,7 @@ async def test_watch_a_release_to_success_then_as_json_and_an_unknown_one(kx, ri
     assert "Traceback" not in live_json.stderr + text.stderr
     views = json_lines(live_json.stdout)  # every line parses
     final = views[-1]
-    assert final["schema"] == "kxr.release-view/1" and final["terminal"] and final["outcome"] == "success"
+    assert final["schema"] == "kxr.release-view/2" and final["terminal"] and final["outcome"] == "success"
     assert [v["terminal"] for v in views].count(True) == 1
     assert [(s["stage"], s["state"]) for s in final["stages"]] == [
         (1, "passed"),

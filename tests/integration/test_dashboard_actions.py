@@ -62,19 +62,23 @@ class Stack:
         self.conns.append(nc)
         return nc
 
-    async def request(self, release_id: str, version: str = "1.0.0") -> None:
-        """A release as the producer user; it stays in its first monitoring window for two minutes."""
+    async def request(
+        self, release_id: str, version: str = "1.0.0", monitoring: dict | None = None, until: str = "monitoring"
+    ) -> None:
+        """A release as the producer user; by default it stays in its first monitoring window for two
+        minutes. `monitoring`: the request's own; `until`: the phase to wait for."""
         producer = await self.connect("producer")
         js, s = producer.jetstream(timeout=10), self.authed.subjects
         pack = make_pack(version, self.producer_key)
         await push_pack(js, s, pack.body, pack.manifest, pack.digest)
+        extra = {"monitoring": monitoring} if monitoring else {}
         await request_release(
-            EventLog(producer, js, s), release_id, request_data(pack, rollback={"strategy": "none"}), PRODUCER
+            EventLog(producer, js, s), release_id, request_data(pack, rollback={"strategy": "none"}, **extra), PRODUCER
         )
         await wait_for(
-            lambda: (r := self.app.follower.world.release(release_id)) is not None and r.phase == "monitoring",
+            lambda: (r := self.app.follower.world.release(release_id)) is not None and r.phase == until,
             BOUND_S,
-            f"release {release_id} in its monitoring window",
+            f"release {release_id} {until}",
             lambda: self.app.follower.world.release(release_id),
         )
 
@@ -355,3 +359,68 @@ async def test_pin_unpin_and_annotate_from_the_dashboard(tmp_path):
         assert (flash_of(await b.get("/releases/r1")) or "").startswith("refused: no action 'sideways'")
         annotated = [e for e in await stack.events("r1") if e.type == "release.annotated"]
         assert [(e.actor.id, e.data.incident) for e in annotated] == [(operator, link)]  # type: ignore[union-attr]
+
+
+async def test_extend_then_close_a_held_release_from_the_dashboard(tmp_path):
+    """A held release (an inconclusive window) has two ways on besides promote and rollback, as in kxr:
+    `extend` (a new window, no shorter than the channel's) and `close --outcome failed|aborted`."""
+    async with authed_service(tmp_path) as stack, dashboard(stack) as browser:
+        operator_nc = await stack.connect("operator")
+        s = stack.authed.subjects
+        quick = {**SLOW, "monitoring": {**SLOW["monitoring"], "window_s": 1}}  # windows of a second
+        await configure_channel(
+            EventLog(operator_nc, operator_nc.jetstream(timeout=10), s),
+            operator_nc.jetstream(timeout=10),
+            "prod",
+            "canary",
+            ChannelConfig.model_validate(quick),
+            OPERATOR,
+        )
+        await wait_for(
+            lambda: stack.app.follower.world.channel_config("prod", "canary").monitoring.window_s == 1,
+            BOUND_S,
+            "the one-second channel configuration",
+        )
+        # more samples than a one-second window holds: inconclusive, held for an operator
+        await stack.request("r1", monitoring={"window_s": 1, "min_samples": 100000}, until="held")
+        b = browser()
+        await b.login(stack.user("operator"), stack.password("operator"))
+        page = await b.get("/releases/r1")
+        assert "id='do-extend'" in page and "id='do-close'" in page and "<option value='aborted'>" in page
+        csrf = csrf_of(page)
+        operator = f"{stack.user('operator')}@dashboard"
+
+        async def act(form: dict) -> str:
+            await b.post("/actions/releases/r1", {**form, "csrf": csrf})
+            return flash_of(await b.get("/releases/r1")) or ""
+
+        extend = {"action": "extend", "rationale": "gather more samples"}
+        assert await act({**extend, "window": "soon"}) == (
+            "refused: extend needs the new window in seconds (1 to 31536000), got 'soon'"
+        )
+        assert (await act({**extend, "window": "2"})).startswith(f"release.monitoring_started recorded as {operator}")
+        await wait_for(lambda: stack.app.follower.world.release("r1").phase != "held", 10, "r1 monitoring again")
+        # kxr's own refusal, word for word: only a held release can be closed by hand
+        refused = await act({"action": "close", "outcome": "failed", "rationale": "x"})
+        assert refused.startswith("refused: release r1 is monitoring: only a held release") or refused.startswith(
+            "refused: release r1 is held"  # the two-second window may already be judged again
+        ), refused
+        await wait_for(lambda: stack.app.follower.world.release("r1").phase == "held", BOUND_S, "r1 held again")
+        assert (await act({"action": "close", "outcome": "sideways", "rationale": "no"})).startswith(
+            "refused: --outcome must be one of failed, aborted"
+        )
+        assert (await act({"action": "close", "outcome": "aborted", "rationale": "not worth the wait"})).startswith(
+            f"release.closed recorded as {operator}"
+        )
+        # the service keeps a closed release as a tombstone (its outcome)
+        await wait_for(lambda: "r1" in stack.app.follower.world.tombstones, 10, "r1 closed")
+        assert stack.app.follower.world.tombstones["r1"].outcome == "aborted"
+
+        # the same events, permissions and actor as kxr's: the operator's user, as <user>@dashboard
+        decisions = [(e.type, e.actor.kind, e.actor.id) for e in await stack.events("r1") if e.actor.kind == "operator"]
+        assert decisions == [
+            ("release.monitoring_started", "operator", operator),
+            ("release.closed", "operator", operator),
+        ]
+        closed = [e for e in await stack.events("r1") if e.type == "release.closed"][-1]
+        assert closed.data.outcome == "aborted" and "not worth the wait" in closed.data.summary  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from events.model import MonitoringStarted
 from projections.evidence import evidence_of
 from services.monitoring.judge import judge, split_window
 from services.reads.live_view import VIEW_SCHEMA, release_view
+from services.reads.shapes import WatchFrame
 
 from .test_decisions import history, sample
 from .test_projections import NOW, P0, P1, Log
@@ -50,7 +51,9 @@ def test_a_successful_release_shows_stages_gates_recorded_window_scopes_and_last
     w = v["window"]
     assert (w["stage"], w["open"], w["source"], w["result"], w["samples"]) == (2, False, "verdict", "passed", 3)
     assert (w["elapsed_s"], w["verdict_at"]) == (1.0, v["events"][1]["at"])  # the clock stopped at the verdict
-    assert [(s["cohort"], s["active"], s["lkg"], s["lkg_release"], s["rollback_target"]) for s in v["scopes"]] == [
+    assert [
+        (s["cohort"], s["active"], s["lkg_version"], s["lkg_release"], s["rollback_target"]) for s in v["scopes"]
+    ] == [
         ("internal", "1.0.0", "1.0.0", "r1", "0.9.0"),
         ("rest", "1.0.0", "1.0.0", "r1", "0.9.0"),
     ]
@@ -59,7 +62,9 @@ def test_a_successful_release_shows_stages_gates_recorded_window_scopes_and_last
         "release.monitoring_passed",
         "release.closed",
     ]
+    assert all(s["lkg"] == {"name": "kb", "version": "1.0.0", "digest": P1["digest"]} for s in v["scopes"])
     assert json.loads(json.dumps(v)) == v  # JSON-able as is
+    WatchFrame.model_validate(v)  # `kxr watch --json`'s documented shape (docs/schemas/cli/watch.schema.json)
 
 
 def test_an_open_window_is_judged_by_the_monitors_own_functions() -> None:
@@ -179,6 +184,7 @@ def test_pins_and_skipped_cohorts_are_shown() -> None:
     assert v["stages"][1]["skipped"] == {"rest": "pinned to 0.9.0"}
     rest = v["scopes"][1]
     assert rest["pinned"] == {
+        "pack": {"name": P0["name"], "version": "0.9.0", "digest": P0["digest"]},
         "version": "0.9.0",
         "until": until.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "rationale": "audit baseline",
