@@ -451,7 +451,7 @@ class RuntimeClient:
         if self.active is not None and self.active.digest == pointer.pack.digest:
             return None
         started = time.perf_counter()
-        refusal, record = await self._verify(pointer.pack)
+        refusal, record = await self._verify_with_record(pointer.pack)
         took_ms = (time.perf_counter() - started) * 1000
         if refusal is not None:
             await self.refused(pointer.pack, refusal, took_ms, failed_before)
@@ -520,9 +520,9 @@ class RuntimeClient:
 
     async def verify(self, pack: PackRef) -> Refusal | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
-        return (await self._verify(pack))[0]
+        return (await self._verify_with_record(pack))[0]
 
-    async def _verify(self, pack: PackRef) -> tuple[Refusal | None, VerifiedPack | None]:
+    async def _verify_with_record(self, pack: PackRef) -> tuple[Refusal | None, VerifiedPack | None]:
         """(None, the record of the pack) when it verifies, else (why not, None).
 
         A pack this runtime verified and ran before is answered from its record when the record
