@@ -288,7 +288,8 @@ async def live_followers(js, stream: str, subject: str) -> int:
             filters = info.config.filter_subjects or (
                 [info.config.filter_subject] if info.config.filter_subject else []
             )
-            if filters == [subject] and (info.num_waiting or 0) > 0:
+            # a runtime's reader filters on its scope's pointers (and the log's trust rotations)
+            if subject in filters and (info.num_waiting or 0) > 0:
                 live += 1
         if len(page) < 256:
             return live

@@ -29,7 +29,10 @@ stops at the stored time of the last report.
 
 Each hop's stored time (server timestamps, same host clock) is kept per round, and each
 runtime times its own switch (trust-chain read, gates over the pack, report), so a miss
-shows where the time goes.
+shows where the time goes. A runtime ran the LKG before, so its record of the pack answers
+(services/runtime/sdk.py `VerifiedPacks`): `switches_read_from_store` counts the switches
+back that still read the pack from the store (0 expected), and the trust chain is read
+only after a rotation (none here).
 """
 
 from __future__ import annotations
@@ -159,6 +162,8 @@ def _runtime_class():
             _SPENT.pop(asyncio.current_task(), None)
             refusal = await super().consider(pointer, failed_before)
             spent = _SPENT.pop(asyncio.current_task(), {})
+            # 1 when the pack was read from the store, 0 when its record answered (a pack it ran before)
+            self._parts.add(f"store_read:{key}", 1.0 if "gates" in spent else 0.0)
             for part in PARTS:
                 self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
             if self.active is None or self.active.digest != pointer.pack.digest:
@@ -399,7 +404,7 @@ async def measure_ours(
             raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
 
         latencies, hops, took = [], [], []
-        spent: dict[str, list[float]] = {part: [] for part in PARTS}
+        spent: dict[str, list[float]] = {part: [] for part in (*PARTS, "store_read")}
         quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
         progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
         for i in range(1, rounds + 1):
@@ -439,7 +444,7 @@ async def measure_ours(
             await pool.until(
                 lambda rid=rid: len(pool.times(f"{PARTS[-1]}:{rid}:rollback")) == runtimes, f"round {i} parts", timeout
             )
-            for part in PARTS:
+            for part in (*PARTS, "store_read"):
                 spent[part] += pool.times(f"{part}:{rid}:rollback")
             seen = pool.times(f"seen:{rid}:rollback")
             sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
@@ -655,6 +660,8 @@ async def run_one(
         # per runtime and round: its own `took_ms` (verify + switch), and where that time went
         "runtime_verify_and_switch": latency_summary(took["took"]),
         "runtime_parts": {part: latency_summary(took[part]) for part in PARTS},
+        # switches back to the LKG that read it from the store (the rest: answered from the runtime's record)
+        "switches_read_from_store": int(sum(took["store_read"])),
         "target_p99_ms": target,
         "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
         "met": None if target is None else o["p99_ms"] <= target,

@@ -21,6 +21,7 @@ the log at will.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -64,17 +65,34 @@ def _candidates(world, digest: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+# app -> digest -> its record: a release's `distributed` event never changes (as `PackKeeper`'s cache).
+# Without it, each rollback to a closed release's pack folded that release from the log again and
+# checked every event's signature: most of the activator's readiness check (bench.rollback).
+_RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+RECORDS_CACHED = 4096
+
+
 async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
     """What distribution recorded (object name -> StoredObject) of the pack with `digest`, as
     the service signed it in the log (`App.release_whole` folds a closed release's own
     subjects under the service keys); empty when no such release recorded it (events from
-    before the record, or a pack that is neither in flight, active nor last-known-good)."""
+    before the record, or a pack that is neither in flight, active nor last-known-good).
+    A record found is kept per app: it never changes."""
     if digest is None:
         return {}
+    try:
+        cache = _RECORDS.setdefault(app, {})
+    except TypeError:  # an app that cannot be weakly referenced: nothing kept
+        cache = {}
+    if digest in cache:
+        return dict(cache[digest])
     for release_id in _candidates(app.follower.world, digest):
         release = await app.release_whole(release_id)
         distributed = release.distributed if release is not None else None
         if distributed is not None and distributed.pack.digest == digest and distributed.stored:
+            if len(cache) >= RECORDS_CACHED:
+                cache.clear()
+            cache[digest] = dict(distributed.stored)
             return dict(distributed.stored)
     return {}
 

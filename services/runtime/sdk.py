@@ -9,14 +9,23 @@ either way, plus periodic `sample`s from start-up on.
 A refusal is final (the pointer or its pack is bad: it is never retried) or transient (the
 pack could not be read just now: the same pointer is retried with back-off until it
 switches, a newer pointer supersedes it, or the runtime stops) — see `refusal_kind`.
+
+Fast-track rollback: a runtime keeps a record of the last few packs it verified and ran
+(`VerifiedPacks`, TUF-style: the pack's digest and its manifest's bytes are the identity).
+A pointer back to one of them (a rollback to the LKG, a pin to an earlier pack) still has
+its pointer checked (service signature, generation and `prev`) and the manifest's trust,
+expiry and identity checked in memory, but neither the manifest nor the pack is fetched
+from the store again. Every "no" goes back to the store: a record only ever says yes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +38,7 @@ from nats.js.errors import NotFoundError
 from events.canonical import compact_bytes
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
 from events.codec import DecodeError, decode_event
+from events.manifest import manifest_object_name
 from events.model import PackRef, ScopeActivated
 from events.service_signing import ServiceKeys
 from events.signing import TrustRoot
@@ -41,6 +51,7 @@ from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.tasks import cancel_and_wait
 from services.verification.context import verify_context
+from services.verification.gates import Verification, VerifyContext, check_manifest
 from services.verification.pipeline import run_gates
 
 log = logging.getLogger(__name__)
@@ -107,6 +118,104 @@ class Identity:
     region: str | None = None
 
 
+@dataclass(frozen=True)
+class VerifiedPack:
+    """A pack this runtime verified in full (its manifest and every byte of it) and switched to.
+
+    The pack's digest (the SHA-256 of the bytes that were hashed) and the manifest's exact
+    bytes (`manifest_digest`: their SHA-256) are what it is; `trust_root` is the root its
+    signatures were last checked under."""
+
+    digest: str
+    size: int
+    manifest_bytes: bytes
+    manifest_digest: str
+    verification: Verification  # the passing record: the typed manifest, the keys that signed
+    trust_root: TrustRoot
+
+    def answers(self, pack: PackRef, ctx: VerifyContext) -> bool:
+        """True when this record alone proves `pack` good under `ctx`, without the store: the same
+        trust root (signatures were checked under it), not expired at `ctx.now`, the identity the
+        pointer names (name, version, digest, and size where the pointer gives one). Pure."""
+        m = self.verification.manifest
+        return (
+            m is not None
+            and (ctx.trust_root is self.trust_root or ctx.trust_root == self.trust_root)
+            and ctx.now < m.expires
+            and (pack.name, pack.version, pack.digest)
+            == (m.name, m.version, m.digest)
+            == (m.name, m.version, self.digest)
+            and (pack.size is None or pack.size == self.size)
+        )
+
+
+class VerifiedPacks:
+    """The last `limit` packs a runtime verified and ran, newest last (a runtime follows one scope,
+    so this is per scope). A pointer back to one of them is answered in memory; a record is
+    dropped when it stops answering (`answers` False) or fails a new trust root's signature check."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self._packs: OrderedDict[str, VerifiedPack] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._packs)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._packs
+
+    def get(self, digest: str) -> VerifiedPack | None:
+        return self._packs.get(digest)
+
+    def add(self, record: VerifiedPack) -> None:
+        self._packs[record.digest] = record
+        self._packs.move_to_end(record.digest)
+        while len(self._packs) > self.limit:
+            self._packs.popitem(last=False)
+
+    def drop(self, digest: str) -> None:
+        self._packs.pop(digest, None)
+
+    def rekey(self, trust_root: TrustRoot, now: datetime) -> list[str]:
+        """After a trust rotation: each record's manifest checked again under `trust_root` (in memory,
+        from its recorded bytes: envelope, signatures, expiry); kept under the new root if it passes,
+        dropped otherwise. The digests dropped."""
+        dropped = []
+        for digest, record in list(self._packs.items()):
+            if record.trust_root is trust_root or record.trust_root == trust_root:
+                continue
+            m = record.verification.manifest
+            v = check_manifest(record.manifest_bytes, verify_context(m, trust_root, now, "pin")) if m else None
+            if v is None or v.failure is not None or v.manifest != m:
+                self._packs.pop(digest)
+                dropped.append(digest)
+            else:
+                self._packs[digest] = VerifiedPack(
+                    record.digest,
+                    record.size,
+                    record.manifest_bytes,
+                    record.manifest_digest,
+                    record.verification,
+                    trust_root,
+                )
+        return dropped
+
+
+class _RecordingStore(PackStore):
+    """The pack store, keeping the manifest bytes of `digest` that the gates read (to record them)."""
+
+    def __init__(self, js, subjects: Subjects, digest: str) -> None:
+        super().__init__(js, subjects)
+        self._manifest_name = manifest_object_name(digest)
+        self.manifest: bytes | None = None
+
+    async def read(self, name: str, max_bytes: int) -> bytes | None:
+        data = await super().read(name, max_bytes)
+        if name == self._manifest_name:
+            self.manifest = data
+        return data
+
+
 def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -125,6 +234,7 @@ class RuntimeClient:
         service_keys: ServiceKeys | None = None,
         retry_first_s: float = 0.5,
         retry_cap_s: float = 30.0,
+        verified_packs: int = 3,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
@@ -144,6 +254,12 @@ class RuntimeClient:
         self.retry_cap_s = retry_cap_s
         self._jitter = random.Random()
         self._trust: tuple[int, TrustChain] | None = None  # (seq of the last rotation read, the chain)
+        # the packs verified and run: a pointer back to one (a rollback) is checked without the store
+        self.verified = VerifiedPacks(verified_packs)
+        # while `follow` runs, its reader also delivers the log's trust rotations, in log order with
+        # the pointers: the newest one's seq, so the chain is read again only after a rotation
+        self._rotations_followed = False
+        self._rotation_seen = 0
 
     async def resolve_cohort(self) -> str:
         config = await self.channel_config()
@@ -223,17 +339,22 @@ class RuntimeClient:
         # the newest pointer that keeps the chain is considered. A fleet of runtimes follows:
         # a 5 s heartbeat keeps the server's idle cost per runtime low (a lost pull request
         # is noticed within 15 s; a new pointer still arrives at once).
-        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject], heartbeat_s=5.0)
+        # The trust rotations come through the same reader: a rotation logged before a pointer is
+        # seen before it, so the trust root a pointer is verified under needs no read of its own.
+        rotations = self.subjects.trust_rotated()
+        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject, rotations], heartbeat_s=5.0)
         newest: ScopeActivated | None = None
         newest_headers: dict[str, str] | None = None  # the pointer message's (its trace context)
         # the pointer being applied (retried while its refusals are transient), and how to tell it
         # a newer pointer superseded it
         applying: asyncio.Task | None = None
         superseded = asyncio.Event()
+        self._rotations_followed = True
         try:
             async for entry in reader.read(follow=True):
-                accepted = self.accept_pointer(entry)
-                if accepted is not None:
+                if entry.subject == rotations:
+                    self._rotation_seen = max(self._rotation_seen, entry.seq)
+                elif (accepted := self.accept_pointer(entry)) is not None:
                     newest, newest_headers = accepted, entry.headers
                 if entry.pending == 0 and newest is not None:
                     pointer, newest = newest, None
@@ -243,6 +364,7 @@ class RuntimeClient:
                     superseded = asyncio.Event()
                     applying = asyncio.create_task(self.apply(pointer, entry.seq, superseded, newest_headers))
         finally:
+            self._rotations_followed = False
             if applying is not None:
                 await cancel_and_wait([applying])
             await reader.close()
@@ -329,7 +451,7 @@ class RuntimeClient:
         if self.active is not None and self.active.digest == pointer.pack.digest:
             return None
         started = time.perf_counter()
-        refusal = await self.verify(pointer.pack)
+        refusal, record = await self._verify_with_record(pointer.pack)
         took_ms = (time.perf_counter() - started) * 1000
         if refusal is not None:
             await self.refused(pointer.pack, refusal, took_ms, failed_before)
@@ -343,6 +465,8 @@ class RuntimeClient:
                 return refusal
             took_ms = (time.perf_counter() - started) * 1000
         self.active = pointer.pack
+        if record is not None:
+            self.verified.add(record)
         self.history.append((pointer.pack.digest, "activated"))
         await self.report({"kind": "activation", "ok": True, "took_ms": took_ms, "error": None})
         self.switched.set()
@@ -367,21 +491,45 @@ class RuntimeClient:
     async def trust_root_now(self) -> TrustRoot:
         """The runtime's own anchor advanced by the rotations in the log it can verify itself.
 
-        The chain is read again only when a rotation was appended since the last read: one
-        last-message get per switch instead of a consumer over the log (bench.rollback: the
-        chain read was 4 ms of a 9 ms switch, and 1,000 consumers per rollback of 1,000 runtimes).
-        Rotations only append, so an unchanged last sequence is an unchanged chain.
+        The chain is read again only when a rotation was appended since the last read. While
+        `follow` runs, its reader delivers the rotations in log order with the pointers, so a
+        switch costs no read at all (bench.rollback: one last-message get per switch was 4 ms of
+        a 9 ms switch with 5 runtimes, 0.4 s with 1,000); without it (a caller verifying on its
+        own), one last-message get per call. Rotations only append, so an unchanged last
+        sequence is an unchanged chain. When the root changes, the verified packs are checked
+        again under it (`VerifiedPacks.rekey`).
         """
-        try:
-            last = (await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.trust_rotated())).seq or 0
-        except NotFoundError:
-            last = 0  # no rotation in the log: the anchor is the root
-        if self._trust is None or self._trust[0] != last:
+        if self._rotations_followed:
+            last = self._rotation_seen
+            stale = self._trust is None or last > self._trust[0]
+        else:
+            try:
+                last = (
+                    await self.js.get_last_msg(self.subjects.releases_stream, self.subjects.trust_rotated())
+                ).seq or 0
+            except NotFoundError:
+                last = 0  # no rotation in the log: the anchor is the root
+            stale = self._trust is None or self._trust[0] != last
+        if stale:
             self._trust = (last, await current_chain(self.js, self.subjects, self.trust_root))
+            dropped = self.verified.rekey(self._trust[1].current, datetime.now(UTC))
+            for digest in dropped:
+                log.info("runtime %s: %s no longer verifies under the new trust root", self.id.runtime_id, digest)
+        assert self._trust is not None
         return self._trust[1].current
 
     async def verify(self, pack: PackRef) -> Refusal | None:
         """Defence in depth: the runtime re-checks what the service verified. None means good."""
+        return (await self._verify_with_record(pack))[0]
+
+    async def _verify_with_record(self, pack: PackRef) -> tuple[Refusal | None, VerifiedPack | None]:
+        """(None, the record of the pack) when it verifies, else (why not, None).
+
+        A pack this runtime verified and ran before is answered from its record when the record
+        proves it under the trust root in force now (`VerifiedPack.answers`): nothing is read
+        from the store. Anything else, a record's "no" included, verifies from the store: the
+        manifest read and checked, the pack's bytes hashed as they stream.
+        """
         try:
             # the runtime's own anchor, advanced by the rotations in the log it can verify itself
             trust_root = await self.trust_root_now()
@@ -394,10 +542,24 @@ class RuntimeClient:
                 channel=self.id.channel,
                 cohorts=(self.cohort or "",),
             )
-            v = await run_gates(PackStore(self.js, self.subjects), pack.digest, ctx, policy=False)
+            record = self.verified.get(pack.digest)
+            if record is not None:
+                if record.answers(pack, ctx):
+                    return None, record
+                self.verified.drop(pack.digest)  # expired, or named otherwise: the store decides
+            store = _RecordingStore(self.js, self.subjects, pack.digest)
+            v = await run_gates(store, pack.digest, ctx, policy=False)
             if v.failure is not None:
                 f = v.failure
-                return Refusal(f"{f.gate}/{f.code}: {f.message}", refusal_kind(f.gate, f.code))
+                return Refusal(f"{f.gate}/{f.code}: {f.message}", refusal_kind(f.gate, f.code)), None
+            return None, self._record(v, store.manifest, trust_root)
         except Exception as exc:  # fail closed: anything unexpected refuses the switch
-            return Refusal(f"verification error: {exc!r}", refusal_kind(error=exc))
-        return None
+            return Refusal(f"verification error: {exc!r}", refusal_kind(error=exc)), None
+
+    @staticmethod
+    def _record(v: Verification, manifest: bytes | None, trust_root: TrustRoot) -> VerifiedPack | None:
+        """The record of a passing verification (None: not one every gate up to integrity passed)."""
+        m = v.manifest
+        if m is None or manifest is None or v.failure is not None or "integrity" not in v.passed:
+            return None
+        return VerifiedPack(m.digest, m.size, manifest, "sha256:" + hashlib.sha256(manifest).hexdigest(), v, trust_root)

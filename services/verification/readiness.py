@@ -12,6 +12,7 @@ all three, so "ready" means the same thing at every step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,11 +90,18 @@ async def _target_check(
     app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
 ) -> TargetCheck:
     store = PackStore(app.js, app.subjects)
-    try:
-        manifest = await store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES)
-        size = await store.size(pack_object_name(target.digest))
-    except Exception as exc:  # fail closed: an unreadable target is not a target
-        return TargetCheck(f"cannot read target objects: {exc}")
+    # both reads at once: a rollback waits on this check (bench.rollback)
+    manifest, size = await asyncio.gather(
+        store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
+        store.size(pack_object_name(target.digest)),
+        return_exceptions=True,
+    )
+    for got in (manifest, size):
+        if isinstance(got, BaseException):  # fail closed: an unreadable target is not a target
+            if not isinstance(got, Exception):
+                raise got
+            return TargetCheck(f"cannot read target objects: {got}")
+    assert not isinstance(manifest, BaseException) and not isinstance(size, BaseException)
     return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
 
 

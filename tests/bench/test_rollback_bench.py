@@ -27,5 +27,7 @@ async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
     # each runtime said where its switch back went: trust chain read, gates over the pack, the report
     assert all(size["runtime_parts"][part]["n"] == 4 for part in ("trust_chain", "gates", "report"))
     assert size["runtime_verify_and_switch"]["n"] == 4 and not size["profiled"]
+    # every runtime ran the LKG before: its record answered, nothing was read from the store
+    assert size["switches_read_from_store"] == 0
     assert _positive(size["ratio_p50"]) and size["target_p99_ms"] == 25.0
     assert res["met"] == {"p99_2": size["met"]} and isinstance(size["met"], bool)
