@@ -1,0 +1,188 @@
+"""The projector: keeps the operator's read models (services/reads/read_models.py) in their KV bucket.
+
+It rides in the activator's process (services/bootstrap.py), beside the follower that folds the
+log for the consumers: the process that moves scope pointers publishes where they point, and
+`kxr serve --only …` without the activator writes nothing. It reads the follower's world and
+never sits on a consumer's path: it takes the follower's entries from a listener queue, and
+writes at most every `interval_s` (and at once when the follower has caught up), in the
+background.
+
+Releases: the service's world keeps a closed release only as a tombstone, too little for its
+history line, so the projector keeps its own `HistoryFold` (services/reads/history.py) of the
+release events, started from the log and fed by the follower's listener.
+
+Several writers (two `kxr serve` processes) never make a value go backwards: each value carries
+the log sequence it reflects and is written with the key's expected revision (KV compare and
+set); a writer that finds a newer value leaves it. Before a fold's keys, the writer checks that
+the bucket holds only its own last writes (its last revision is the bucket's last); if another
+writer wrote since, it reads the bucket again instead of trusting what it wrote. `position` is
+written last. After a restart the model is rewritten from the follower's world: values that did
+not change are left as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+
+from services.jetstream.direct import connection_of, last_per_subject
+from services.reads import read_models as rm
+from services.reads.history import HistoryFold, load_fold
+from services.reads.model_reads import keys_id
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 0.15
+WRITES_AT_ONCE = 256
+
+
+class Projector:
+    def __init__(self, app, interval_s: float = INTERVAL_S) -> None:
+        self._app = app
+        self._interval_s = interval_s
+        self._stored: dict[str, tuple[int, int, dict[str, Any]]] = {}  # key -> (revision, seq, content)
+        self._last_revision = 0  # the bucket's last revision this writer made (or read)
+        self._scopes: dict[Any, Any] = {}  # the world's state objects written (persistent: `is` means unchanged)
+        self._channels: dict[Any, Any] = {}
+        self._dirty: set[str] = set()  # release ids with events since the last write
+        self.history = HistoryFold()
+        self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
+        self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
+
+    def runners(self) -> list:
+        return [self.run()]
+
+    async def run(self) -> None:
+        app = self._app
+        queue = app.follower.listen()
+        try:
+            self._kv = await app.js.key_value(app.subjects.read_bucket)
+            self.history = await load_fold(app.js, app.subjects, app.follower.service_keys)
+            self._dirty.update(self.history.items)
+            await self._read_bucket()
+            while True:
+                self._drain(queue)
+                await self.write()
+                await queue.put(await queue.get())  # something new: wait for it, then gather more
+                await asyncio.sleep(self._interval_s)
+        finally:
+            app.follower.unlisten(queue)
+
+    def _drain(self, queue: asyncio.Queue) -> None:
+        while True:
+            try:
+                position, event = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if event is not None:
+                self.history.apply(position, event)
+                if event.release_id is not None:
+                    self._dirty.add(event.release_id)
+
+    async def _read_bucket(self) -> None:
+        """What the bucket holds now (after a restart, or when another writer wrote)."""
+        stream = f"KV_{self._app.subjects.read_bucket}"
+        prefix = f"$KV.{self._app.subjects.read_bucket}."
+        self._stored.clear()
+        self._scopes.clear()
+        self._channels.clear()
+        last = 0
+        async for stored in last_per_subject(connection_of(self._app.js), stream, [f"{prefix}>"]):
+            if not stored.data:  # a delete marker
+                continue
+            seq, doc = rm.content(stored.data)
+            self._stored[stored.subject.removeprefix(prefix)] = (stored.seq, seq, doc)
+            last = max(last, stored.seq)
+        info = await self._app.js.stream_info(stream)
+        self._last_revision = info.state.last_seq
+
+    async def write(self) -> None:
+        """One write of the model at the follower's position (no await until its values are built)."""
+        follower = self._app.follower
+        seq, world = follower.position, follower.world
+        if seq <= self.position and not self._dirty:
+            return
+        values: dict[str, dict[str, Any]] = {}
+        for key, s in world.scopes.items():
+            if self._scopes.get(key) is not s:
+                self._scopes[key] = s
+                values[rm.scope_key(*key)] = {"generation": s.generation, "scope": rm.dump(rm.scope_shape(key, s))}
+        for env_channel in {*world.channels.keys(), *world.channel_problems.keys()}:
+            now = (world.channels.get(env_channel), world.channel_problems.get(env_channel))
+            if self._channels.get(env_channel) != now:
+                self._channels[env_channel] = now
+                values[rm.channel_key(*env_channel)] = {
+                    "show": rm.channel_show(*now, *env_channel),
+                    "cohorts": list(world.channel_config(*env_channel).cohort_names),
+                }
+        dirty = self._dirty | set(world.in_flight)
+        self._dirty = set()
+        items = [self.history.items[r] for r in dirty if r in self.history.items]
+        values.update(rm.release_values(items, world))
+        ignored = {**follower.ignored}
+        values[rm.POSITION] = rm.position_value(world, ignored, keys_id(follower.service_keys))
+        position = values.pop(rm.POSITION)
+        changed = {k: v for k, v in values.items() if k not in self._stored or self._stored[k][2] != v}
+        if changed:
+            if await self._others_wrote():
+                await self._read_bucket()
+                changed = {k: v for k, v in values.items() if k not in self._stored or self._stored[k][2] != v}
+            keys = list(changed)
+            for i in range(0, len(keys), WRITES_AT_ONCE):
+                await asyncio.gather(*(self._put(k, changed[k], seq) for k in keys[i : i + WRITES_AT_ONCE]))
+        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, None))[2] != position:
+            await self._put(rm.POSITION, position, seq)
+        self.position = max(self.position, seq)
+        self.flushed.set()
+        self.flushed = asyncio.Event()
+
+    async def _others_wrote(self) -> bool:
+        info = await self._app.js.stream_info(f"KV_{self._app.subjects.read_bucket}")
+        return info.state.last_seq != self._last_revision
+
+    async def _put(self, key: str, value: dict[str, Any], seq: int) -> None:
+        """Write `value` as of `seq` unless the bucket holds a value as new or newer (compare and set)."""
+        data = rm.encode(value, seq)
+        for _ in range(10):
+            stored = self._stored.get(key)
+            if stored is not None and stored[1] > seq:
+                return  # another writer is further along: never backwards
+            try:
+                if stored is None:
+                    revision = await self._kv.create(key, data)
+                else:
+                    revision = await self._kv.update(key, data, last=stored[0])
+            except (KeyWrongLastSequenceError, NotFoundError) as exc:  # someone else wrote: look again
+                log.debug("read model %s: %s; reading it again", key, exc)
+                try:
+                    entry = await self._kv.get(key)
+                except NotFoundError:
+                    self._stored.pop(key, None)
+                    continue
+                if entry.value:
+                    theirs, doc = rm.content(entry.value)
+                    self._stored[key] = (entry.revision or 0, theirs, doc)
+                continue
+            self._stored[key] = (revision, seq, value)
+            self._last_revision = max(self._last_revision, revision)
+            return
+        log.warning("read model %s not written after 10 tries (others keep writing it)", key)
+
+
+async def project_once(app, timeout: float = 60.0) -> Projector:
+    """A model written once at the follower's position (benches and tests: a log with no service)."""
+    projector = Projector(app)
+    task = asyncio.get_running_loop().create_task(projector.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while projector.position < app.follower.position:
+            if task.done():
+                task.result()
+            await asyncio.wait_for(projector.flushed.wait(), max(deadline - time.monotonic(), 0.01))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return projector
