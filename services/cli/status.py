@@ -19,8 +19,6 @@ def status(
 
     Read from the service's read models when they are at the log's last sequence, else (or with
     --fold) folded from the log."""
-    from .views import status_tables_of
-
     keys = service_keys()
     signatures = "checked" if keys is not None else "not checked (set KX_SERVICE_KEYS or KX_DATA_DIR)"
     shown = None if fold else from_model(nats_url, keys, lambda view: model_status(view, all_releases))
@@ -29,6 +27,8 @@ def status(
     shown["signatures"] = signatures
 
     def tables():
+        from .views import status_tables_of
+
         for item in shown["ignored"]:
             err_console.print(f"[red]ignored log seq {item['seq']}: {item['why']}[/red]")
         return status_tables_of(shown["scopes"], shown["releases"], all_releases, wide)
