@@ -18,11 +18,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from services.jetstream.direct import DirectGetError, last_per_subject
+from services.jetstream.direct import DirectGetError, SubjectStream, last_per_subject
 
 WAIT_S = 1.0
 POLL_S = 0.05
 TIMEOUT_S = 2.0
+BATCH = 1024
 
 
 class NoView(Exception):
@@ -46,18 +47,20 @@ class View:
         self.position = position
         self.seq: int = position["seq"]
 
-    async def _last(self, patterns: list[str]) -> dict[str, dict[str, Any]]:
-        prefix = f"$KV.{self._bucket}."
+    def _value(self, out: dict[str, dict[str, Any]], stored) -> None:
+        if not stored.data:  # a delete marker (the service deletes nothing; another tool might)
+            return
+        value = json.loads(stored.data)
+        if value.get("seq", 0) > self.seq:
+            raise _Moved()
+        out[stored.subject.removeprefix(f"$KV.{self._bucket}.")] = value
+
+    async def _last(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The last value of each of `keys` (no wildcards: a server answers at most 1024 subjects)."""
         out: dict[str, dict[str, Any]] = {}
-        async for stored in last_per_subject(
-            self._nc, f"KV_{self._bucket}", [prefix + p for p in patterns], timeout=TIMEOUT_S
-        ):
-            if not stored.data:
-                continue
-            value = json.loads(stored.data)
-            if value.get("seq", 0) > self.seq:
-                raise _Moved()
-            out[stored.subject.removeprefix(prefix)] = value
+        subjects = [f"$KV.{self._bucket}.{k}" for k in keys]
+        async for stored in last_per_subject(self._nc, f"KV_{self._bucket}", subjects, timeout=TIMEOUT_S):
+            self._value(out, stored)
         return out
 
     async def get(self, key: str) -> dict[str, Any] | None:
@@ -70,8 +73,16 @@ class View:
         return out
 
     async def under(self, prefix: str) -> dict[str, dict[str, Any]]:
-        """Every key `prefix.…` (e.g. `scope`, `release`)."""
-        return await self._last([f"{prefix}.>"])
+        """Every key `prefix.…` (e.g. `scope`, `release`). The bucket keeps one value per key
+        (history 1), so its messages on `prefix.>` in order are the values: read in batches
+        (a key rewritten meanwhile is seen again later; the newer value wins)."""
+        out: dict[str, dict[str, Any]] = {}
+        reader = SubjectStream(
+            self._nc, f"KV_{self._bucket}", f"$KV.{self._bucket}.{prefix}.>", batch=BATCH, timeout=TIMEOUT_S
+        )
+        async for stored in reader:
+            self._value(out, stored)
+        return out
 
 
 class _Moved(Exception):
@@ -189,9 +200,14 @@ def matches(value: dict[str, Any], channel, outcome: str | None, since: datetime
     return True
 
 
+def select(values: list[dict[str, Any]], channel, outcome: str | None, since: datetime | None, limit: int):
+    """services/reads/history.py `select`, on stored release values: the newest `limit` summaries that match."""
+    chosen = [v for v in values if matches(v, channel, outcome, since)]
+    chosen.sort(key=lambda v: v["summary"]["seq"], reverse=True)
+    return [v["summary"] for v in chosen[: max(limit, 0)]]
+
+
 async def release_list(view: View, channel, outcome: str | None, since: datetime | None, limit: int):
     """(the newest `limit` summaries that match, newest first; how many releases the log holds)."""
     values = list((await view.under("release")).values())
-    chosen = [v for v in values if matches(v, channel, outcome, since)]
-    chosen.sort(key=lambda v: v["summary"]["seq"], reverse=True)
-    return [v["summary"] for v in chosen[:limit]], len(values)
+    return select(values, channel, outcome, since, limit), len(values)

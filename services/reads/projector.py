@@ -29,13 +29,14 @@ from typing import Any
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
-from services.jetstream.direct import connection_of, last_per_subject
+from services.jetstream.direct import SubjectStream, connection_of
 from services.reads import read_models as rm
 from services.reads.history import HistoryFold, load_fold
 from services.reads.model_reads import keys_id
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 0.15
+MAX_SPACING_S = 0.5
 WRITES_AT_ONCE = 256
 
 
@@ -48,7 +49,9 @@ class Projector:
         self._scopes: dict[Any, Any] = {}  # the world's state objects written (persistent: `is` means unchanged)
         self._channels: dict[Any, Any] = {}
         self._dirty: set[str] = set()  # release ids with events since the last write
+        self._releases: dict[str, tuple[Any, Any]] = {}  # release id -> (history item, world state) written
         self.history = HistoryFold()
+        self.write_s = 0.0  # how long the last write took (it spaces the next)
         self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
         self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
 
@@ -67,7 +70,9 @@ class Projector:
                 self._drain(queue)
                 await self.write()
                 await queue.put(await queue.get())  # something new: wait for it, then gather more
-                await asyncio.sleep(self._interval_s)
+                # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
+                # the event loop's time; never so long apart that a reader (who waits a second) gives up
+                await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
         finally:
             app.follower.unlisten(queue)
 
@@ -83,20 +88,24 @@ class Projector:
                     self._dirty.add(event.release_id)
 
     async def _read_bucket(self) -> None:
-        """What the bucket holds now (after a restart, or when another writer wrote)."""
+        """What the bucket holds now (after a restart, or when another writer wrote): every key is
+        compared with it again."""
         stream = f"KV_{self._app.subjects.read_bucket}"
         prefix = f"$KV.{self._app.subjects.read_bucket}."
         self._stored.clear()
         self._scopes.clear()
         self._channels.clear()
-        last = 0
-        async for stored in last_per_subject(connection_of(self._app.js), stream, [f"{prefix}>"]):
+        self._releases.clear()
+        info = await self._app.js.stream_info(stream)
+        # one value per key (history 1): the bucket's messages in order are its values
+        async for stored in SubjectStream(connection_of(self._app.js), stream, f"{prefix}>", batch=1024):
+            key = stored.subject.removeprefix(prefix)
             if not stored.data:  # a delete marker
+                self._stored.pop(key, None)
                 continue
             seq, doc = rm.content(stored.data)
-            self._stored[stored.subject.removeprefix(prefix)] = (stored.seq, seq, doc)
-            last = max(last, stored.seq)
-        info = await self._app.js.stream_info(stream)
+            self._stored[key] = (stored.seq, seq, doc)
+        # what was written before the read began (a write meanwhile is seen as another writer's)
         self._last_revision = info.state.last_seq
 
     async def write(self) -> None:
@@ -105,6 +114,14 @@ class Projector:
         seq, world = follower.position, follower.world
         if seq <= self.position and not self._dirty:
             return
+        started = time.perf_counter()
+        try:
+            await self._write(seq, world)
+        finally:
+            self.write_s = time.perf_counter() - started
+
+    async def _write(self, seq: int, world) -> None:
+        follower = self._app.follower
         values: dict[str, dict[str, Any]] = {}
         for key, s in world.scopes.items():
             if self._scopes.get(key) is not s:
@@ -120,8 +137,15 @@ class Projector:
                 }
         dirty = self._dirty | set(world.in_flight)
         self._dirty = set()
-        items = [self.history.items[r] for r in dirty if r in self.history.items]
-        values.update(rm.release_values(items, world))
+        for release_id in dirty:
+            item, state = self.history.items.get(release_id), world.releases.get(release_id)
+            if item is None:
+                continue
+            seen = self._releases.get(release_id)
+            if seen is not None and seen[0] is item and seen[1] is state:
+                continue  # neither the history nor the world changed it since the last write
+            self._releases[release_id] = (item, state)
+            values[rm.release_key(release_id)] = rm.release_value(item, state)
         ignored = {**follower.ignored}
         values[rm.POSITION] = rm.position_value(world, ignored, keys_id(follower.service_keys))
         position = values.pop(rm.POSITION)
@@ -179,9 +203,16 @@ async def project_once(app, timeout: float = 60.0) -> Projector:
     deadline = time.monotonic() + timeout
     try:
         while projector.position < app.follower.position:
-            if task.done():
-                task.result()
-            await asyncio.wait_for(projector.flushed.wait(), max(deadline - time.monotonic(), 0.01))
+            flushed = asyncio.ensure_future(projector.flushed.wait())
+            done, _ = await asyncio.wait(
+                {task, flushed}, timeout=max(deadline - time.monotonic(), 0.01), return_when=asyncio.FIRST_COMPLETED
+            )
+            flushed.cancel()
+            if task in done:
+                task.result()  # its error
+                raise RuntimeError("the projector stopped")
+            if not done:
+                raise TimeoutError(f"read models not written within {timeout:.0f}s")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
