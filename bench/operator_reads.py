@@ -59,8 +59,8 @@ async def project(url: str, work, prefix: str) -> tuple[float, str, str, int]:
         await app.stop()
     finally:
         await nc.close()
-    newest = max(projector.history.items.values(), key=lambda i: i.first_seq)
-    return seconds, newest.state.release_id, channel, len(projector.history.items)
+    assert projector.newest is not None, "no release in the log"
+    return seconds, projector.newest[1], channel, projector.releases
 
 
 def timed(argv: list[str], env: dict[str, str], expect_fold: bool) -> float:

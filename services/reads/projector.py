@@ -30,8 +30,9 @@ from typing import Any
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from services.jetstream.direct import SubjectStream, connection_of
+from services.jetstream.log_reads import release_history
 from services.reads import read_models as rm
-from services.reads.history import HistoryFold, load_fold
+from services.reads.history import HistoryFold, HistoryItem, load_fold
 from services.reads.model_reads import keys_id
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,18 @@ class Projector:
     def __init__(self, app, interval_s: float = INTERVAL_S) -> None:
         self._app = app
         self._interval_s = interval_s
-        self._stored: dict[str, tuple[int, int, dict[str, Any]]] = {}  # key -> (revision, seq, content)
+        self._stored: dict[str, tuple[int, int, bytes]] = {}  # key -> (revision, seq, fingerprint of the content)
         self._last_revision = 0  # the bucket's last revision this writer made (or read)
         self._scopes: dict[Any, Any] = {}  # the world's state objects written (persistent: `is` means unchanged)
         self._channels: dict[Any, Any] = {}
         self._dirty: set[str] = set()  # release ids with events since the last write
         self._releases: dict[str, tuple[Any, Any]] = {}  # release id -> (history item, world state) written
+        # closed releases, once written, leave the history (memory grows with releases in flight, as the
+        # follower's does): (first seq, closed at), to put one back whole if it changes again
+        self._evicted: dict[str, tuple[int, Any]] = {}
         self.history = HistoryFold()
+        self.newest: tuple[int, str] | None = None  # (first seq, id) of the newest release seen (benches)
+        self.releases = 0  # how many releases the model holds
         self.write_s = 0.0  # how long the last write took (it spaces the next)
         self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
         self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
@@ -67,7 +73,7 @@ class Projector:
             self._dirty.update(self.history.items)
             await self._read_bucket()
             while True:
-                self._drain(queue)
+                await self._drain(queue)
                 await self.write()
                 await queue.put(await queue.get())  # something new: wait for it, then gather more
                 # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
@@ -76,16 +82,45 @@ class Projector:
         finally:
             app.follower.unlisten(queue)
 
-    def _drain(self, queue: asyncio.Queue) -> None:
+    async def _drain(self, queue: asyncio.Queue) -> None:
         while True:
             try:
                 position, event = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if event is not None:
-                self.history.apply(position, event)
-                if event.release_id is not None:
-                    self._dirty.add(event.release_id)
+            if event is None:
+                continue
+            release_id = event.release_id
+            if release_id in self._evicted and event.family == "release":
+                await self._restore(release_id, position.seq)
+            self.history.apply(position, event)
+            if release_id is not None:
+                self._dirty.add(release_id)
+
+    async def _restore(self, release_id: str, seq: int) -> None:
+        """A closed (evicted) release changes again: whole from its own events first, as the follower does."""
+        first_seq, closed_at = self._evicted.pop(release_id)
+        while True:
+            try:
+                state = await release_history(
+                    self._app.js, self._app.subjects, release_id, seq, self._app.follower.service_keys
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("read model of release %s not restored yet (%s); retrying", release_id, exc)
+                await asyncio.sleep(0.5)
+        if state is not None:
+            self.history.items[release_id] = HistoryItem(state, first_seq, closed_at)
+
+    def _evict_closed(self, written: list[str]) -> None:
+        for release_id in written:
+            item = self.history.items.get(release_id)
+            if item is not None and item.state.closed:
+                del self.history.items[release_id]
+                self._releases.pop(release_id, None)
+                self._evicted[release_id] = (item.first_seq, item.closed_at)
 
     async def _read_bucket(self) -> None:
         """What the bucket holds now (after a restart, or when another writer wrote): every key is
@@ -104,7 +139,7 @@ class Projector:
                 self._stored.pop(key, None)
                 continue
             seq, doc = rm.content(stored.data)
-            self._stored[key] = (stored.seq, seq, doc)
+            self._stored[key] = (stored.seq, seq, rm.fingerprint(doc))
         # what was written before the read began (a write meanwhile is seen as another writer's)
         self._last_revision = info.state.last_seq
 
@@ -137,6 +172,7 @@ class Projector:
                 }
         dirty = self._dirty | set(world.in_flight)
         self._dirty = set()
+        written: list[str] = []
         for release_id in dirty:
             item, state = self.history.items.get(release_id), world.releases.get(release_id)
             if item is None:
@@ -146,19 +182,24 @@ class Projector:
                 continue  # neither the history nor the world changed it since the last write
             self._releases[release_id] = (item, state)
             values[rm.release_key(release_id)] = rm.release_value(item, state)
+            written.append(release_id)
+            if self.newest is None or item.first_seq > self.newest[0]:
+                self.newest = (item.first_seq, release_id)
         ignored = {**follower.ignored}
         values[rm.POSITION] = rm.position_value(world, ignored, keys_id(follower.service_keys))
         position = values.pop(rm.POSITION)
-        changed = {k: v for k, v in values.items() if k not in self._stored or self._stored[k][2] != v}
+        prints = {k: rm.fingerprint(v) for k, v in values.items()}
+        changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
         if changed:
             if await self._others_wrote():
                 await self._read_bucket()
-                changed = {k: v for k, v in values.items() if k not in self._stored or self._stored[k][2] != v}
-            keys = list(changed)
-            for i in range(0, len(keys), WRITES_AT_ONCE):
-                await asyncio.gather(*(self._put(k, changed[k], seq) for k in keys[i : i + WRITES_AT_ONCE]))
-        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, None))[2] != position:
+                changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
+            for i in range(0, len(changed), WRITES_AT_ONCE):
+                await asyncio.gather(*(self._put(k, values[k], seq) for k in changed[i : i + WRITES_AT_ONCE]))
+        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
             await self._put(rm.POSITION, position, seq)
+        self._evict_closed(written)
+        self.releases = sum(1 for k in self._stored if k.startswith("release."))
         self.position = max(self.position, seq)
         self.flushed.set()
         self.flushed = asyncio.Event()
@@ -188,9 +229,9 @@ class Projector:
                     continue
                 if entry.value:
                     theirs, doc = rm.content(entry.value)
-                    self._stored[key] = (entry.revision or 0, theirs, doc)
+                    self._stored[key] = (entry.revision or 0, theirs, rm.fingerprint(doc))
                 continue
-            self._stored[key] = (revision, seq, value)
+            self._stored[key] = (revision, seq, rm.fingerprint(value))
             self._last_revision = max(self._last_revision, revision)
             return
         log.warning("read model %s not written after 10 tries (others keep writing it)", key)

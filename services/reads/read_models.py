@@ -21,6 +21,7 @@ them (by their last sequence).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,11 @@ def position_value(world: World, ignored: dict[int, str], trusted: str | None) -
 
 def encode(value: dict[str, Any], seq: int) -> bytes:
     return json.dumps({"seq": seq, **value}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(value: dict[str, Any]) -> bytes:
+    """What a writer remembers of a value it wrote (16 bytes, not the value: memory grows with keys)."""
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
 
 
 def content(raw: bytes) -> tuple[int, dict[str, Any]]:

@@ -120,6 +120,10 @@ async def test_read_models_equal_the_fold_after_every_step(kx, rig):  # noqa: F8
     shown = await same(rig, kx, "r2 aborted")
     assert shown["status all=False"]["releases"] == []
     assert {r["release_id"] for r in shown["status all=True"]["releases"]} == {"r1", "r2"}
+    # a closed release (out of the projector's memory) changes again: it is read back whole, and moves
+    ok(await kx.arun("release", "annotate", "r1", "-m", "postmortem done"))
+    shown = await same(rig, kx, "r1 annotated after close")
+    assert [r["release_id"] for r in shown["status all=True"]["releases"]] == ["r2", "r1"]
 
     # the commands themselves: from the model (no fold said), the same JSON as --fold
     for args in (["status"], ["status", "--all"], ["release", "list"], ["channel", "show", "prod/canary"]):
