@@ -32,7 +32,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from services.jetstream.direct import SubjectStream, connection_of
 from services.jetstream.log_reads import release_history
 from services.reads import read_models as rm
-from services.reads.history import HistoryFold, HistoryItem, load_fold
+from services.reads.history import HistoryFold, HistoryItem
 from services.reads.model_reads import keys_id
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,8 @@ class Projector:
         queue = app.follower.listen()
         try:
             self._kv = await app.js.key_value(app.subjects.read_bucket)
-            self.history = await load_fold(app.js, app.subjects, app.follower.service_keys)
-            self._dirty.update(self.history.items)
             await self._read_bucket()
+            await self._load()
             while True:
                 await self._drain(queue)
                 await self.write()
@@ -96,6 +95,48 @@ class Projector:
             self.history.apply(position, event)
             if release_id is not None:
                 self._dirty.add(release_id)
+
+    async def _load(self) -> None:
+        """The release history from the log, at start-up: release events only, batch by batch; each
+        batch's closed releases are written (if they changed) and leave memory at once, so a long
+        history is never held whole. What is still open is written with the first whole write."""
+        from projections.invariants import signature_problem
+        from services.jetstream.log_reads import log_batches
+
+        app, keys = self._app, self._app.follower.service_keys
+        async for batch in log_batches(app.js, app.subjects, [f"{app.subjects.prefix}.release.*.*"]):
+            touched: set[str] = set()
+            for entry, position, event in batch:
+                if event is None or not event.release_id:
+                    continue
+                if keys is not None and signature_problem(keys, position.subject, event, entry.data, entry.headers):
+                    continue  # as the follower: an unsigned service event counts for nothing
+                if event.release_id in self._evicted:
+                    await self._restore(event.release_id, position.seq)
+                self.history.apply(position, event)
+                touched.add(event.release_id)
+            closed = [r for r in touched if self.history.items[r].state.closed]
+            values = {rm.release_key(r): rm.release_value(self.history.items[r]) for r in closed}
+            await self._put_changed(values, self._app.follower.position)
+            for release_id in closed:
+                item = self.history.items[release_id]
+                self._note_newest(item, release_id)
+                self._evict_closed([release_id])
+        self._dirty.update(self.history.items)  # in flight (or reopened): written whole with the world
+
+    def _note_newest(self, item: HistoryItem, release_id: str) -> None:
+        if self.newest is None or item.first_seq > self.newest[0]:
+            self.newest = (item.first_seq, release_id)
+
+    async def _put_changed(self, values: dict[str, dict[str, Any]], seq: int) -> None:
+        """Write each value whose content the bucket does not hold yet (as of `seq`)."""
+        prints = {k: rm.fingerprint(v) for k, v in values.items()}
+        changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
+        if changed and await self._others_wrote():
+            await self._read_bucket()
+            changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
+        for i in range(0, len(changed), WRITES_AT_ONCE):
+            await asyncio.gather(*(self._put(k, values[k], seq) for k in changed[i : i + WRITES_AT_ONCE]))
 
     async def _restore(self, release_id: str, seq: int) -> None:
         """A closed (evicted) release changes again: whole from its own events first, as the follower does."""
@@ -183,19 +224,11 @@ class Projector:
             self._releases[release_id] = (item, state)
             values[rm.release_key(release_id)] = rm.release_value(item, state)
             written.append(release_id)
-            if self.newest is None or item.first_seq > self.newest[0]:
-                self.newest = (item.first_seq, release_id)
+            self._note_newest(item, release_id)
         ignored = {**follower.ignored}
         values[rm.POSITION] = rm.position_value(world, ignored, keys_id(follower.service_keys))
         position = values.pop(rm.POSITION)
-        prints = {k: rm.fingerprint(v) for k, v in values.items()}
-        changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
-        if changed:
-            if await self._others_wrote():
-                await self._read_bucket()
-                changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
-            for i in range(0, len(changed), WRITES_AT_ONCE):
-                await asyncio.gather(*(self._put(k, values[k], seq) for k in changed[i : i + WRITES_AT_ONCE]))
+        await self._put_changed(values, seq)
         if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
             await self._put(rm.POSITION, position, seq)
         self._evict_closed(written)
