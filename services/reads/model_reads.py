@@ -175,39 +175,55 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def matches(value: dict[str, Any], channel, outcome: str | None, since: datetime | None) -> bool:
-    """services/reads/history.py `matches`, on a stored release value."""
-    s = value["summary"]
-    closed = value["closed"]
+# An index row of one release (read_models.index_row): what `kxr release list` filters and orders by.
+SEQ, ID, TARGET, CLOSED, OUTCOME, REQUESTED_AT, CLOSED_AT = range(7)
+
+
+def matches(row: list[Any], channel, outcome: str | None, since: datetime | None) -> bool:
+    """services/reads/history.py `matches`, on an index row."""
+    closed = row[CLOSED]
     if channel is not None:
-        target = s["target"].split("/") if s["target"] else None
+        target = row[TARGET].split("/") if row[TARGET] else None
         if target is None or target[1] != channel[1] or channel[0] not in (None, target[0]):
             return False
     if outcome is not None:
         if outcome == "in-flight":
             if closed:
                 return False
-        elif not closed or s["outcome"] != outcome:
+        elif not closed or row[OUTCOME] != outcome:
             return False
     if since is not None:
-        requested = s["requested_at"]
+        requested = row[REQUESTED_AT]
         if not (
             (requested is not None and _time(requested) >= since)
             or not closed
-            or (s["closed_at"] is not None and _time(s["closed_at"]) >= since)
+            or (row[CLOSED_AT] is not None and _time(row[CLOSED_AT]) >= since)
         ):
             return False
     return True
 
 
-def select(values: list[dict[str, Any]], channel, outcome: str | None, since: datetime | None, limit: int):
-    """services/reads/history.py `select`, on stored release values: the newest `limit` summaries that match."""
-    chosen = [v for v in values if matches(v, channel, outcome, since)]
-    chosen.sort(key=lambda v: v["summary"]["seq"], reverse=True)
-    return [v["summary"] for v in chosen[: max(limit, 0)]]
+def select(rows: list[list[Any]], channel, outcome: str | None, since: datetime | None, limit: int) -> list[str]:
+    """services/reads/history.py `select`, on index rows: the ids of the newest `limit` that match."""
+    chosen = sorted((r for r in rows if matches(r, channel, outcome, since)), key=lambda r: r[SEQ], reverse=True)
+    return [r[ID] for r in chosen[: max(limit, 0)]]
 
 
 async def release_list(view: View, channel, outcome: str | None, since: datetime | None, limit: int):
-    """(the newest `limit` summaries that match, newest first; how many releases the log holds)."""
-    values = list((await view.under("release")).values())
-    return select(values, channel, outcome, since, limit), len(values)
+    """(the newest `limit` summaries that match, newest first; how many releases the log holds).
+
+    The index is sharded by the log sequence of each release's first event (`index.<n>`, newest
+    shard first): reading stops at the shard that fills `limit`, so the newest releases cost one
+    shard whatever the history's length (a filter that matches little reads more of them)."""
+    ids: list[str] = []
+    for shard in sorted(view.position["shards"], reverse=True):
+        value = await view.get(f"index.{shard}")
+        if value is None:
+            raise _Moved()
+        ids += select(value["rows"], channel, outcome, since, limit - len(ids))
+        if len(ids) >= limit:
+            break
+    found = await view.many([f"release.{r}" for r in ids])
+    if len(found) != len(ids):
+        raise _Moved()
+    return [found[f"release.{r}"]["summary"] for r in ids], view.position["releases"]

@@ -55,6 +55,8 @@ class Projector:
         # follower's does): (first seq, closed at), to put one back whole if it changes again
         self._evicted: dict[str, tuple[int, Any]] = {}
         self.history = HistoryFold()
+        self._index: dict[int, dict[str, list[Any]]] = {}  # shard -> release id -> its row in the list index
+        self._index_dirty: set[int] = set()
         self.newest: tuple[int, str] | None = None  # (first seq, id) of the newest release seen (benches)
         self.releases = 0  # how many releases the model holds
         self.write_s = 0.0  # how long the last write took (it spaces the next)
@@ -117,12 +119,27 @@ class Projector:
                 touched.add(event.release_id)
             closed = [r for r in touched if self.history.items[r].state.closed]
             values = {rm.release_key(r): rm.release_value(self.history.items[r]) for r in closed}
+            for value in list(values.values()):
+                self._indexed(value)
+            values.update(self._index_values())
             await self._put_changed(values, self._app.follower.position)
             for release_id in closed:
                 item = self.history.items[release_id]
                 self._note_newest(item, release_id)
                 self._evict_closed([release_id])
         self._dirty.update(self.history.items)  # in flight (or reopened): written whole with the world
+
+    def _indexed(self, value: dict[str, Any]) -> None:
+        row = rm.index_row(value)
+        shard = rm.shard_of(row[0])
+        if self._index.setdefault(shard, {}).get(row[1]) != row:
+            self._index[shard][row[1]] = row
+            self._index_dirty.add(shard)
+
+    def _index_values(self) -> dict[str, dict[str, Any]]:
+        out = {rm.index_key(n): rm.index_value(self._index[n].values()) for n in self._index_dirty}
+        self._index_dirty.clear()
+        return out
 
     def _note_newest(self, item: HistoryItem, release_id: str) -> None:
         if self.newest is None or item.first_seq > self.newest[0]:
@@ -222,17 +239,23 @@ class Projector:
             if seen is not None and seen[0] is item and seen[1] is state:
                 continue  # neither the history nor the world changed it since the last write
             self._releases[release_id] = (item, state)
-            values[rm.release_key(release_id)] = rm.release_value(item, state)
+            values[rm.release_key(release_id)] = value = rm.release_value(item, state)
+            self._indexed(value)
             written.append(release_id)
             self._note_newest(item, release_id)
-        ignored = {**follower.ignored}
-        values[rm.POSITION] = rm.position_value(world, ignored, keys_id(follower.service_keys))
-        position = values.pop(rm.POSITION)
+        values.update(self._index_values())
+        position = rm.position_value(
+            world,
+            {**follower.ignored},
+            keys_id(follower.service_keys),
+            self._index.keys(),
+            sum(len(rows) for rows in self._index.values()),
+        )
         await self._put_changed(values, seq)
         if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
             await self._put(rm.POSITION, position, seq)
         self._evict_closed(written)
-        self.releases = sum(1 for k in self._stored if k.startswith("release."))
+        self.releases = position["releases"]
         self.position = max(self.position, seq)
         self.flushed.set()
         self.flushed = asyncio.Event()

@@ -8,7 +8,11 @@ services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr 
     release.<id>                    {"seq", "last_seq", "closed", "row": <shapes.Release>,
                                      "summary": <shapes.ReleaseSummary>}
     channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names]}
-    position                        {"seq", "keys", "ignored": [<shapes.Ignored>], "in_flight": [ids]}
+    index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
+                                     requested_at, closed_at], ...]}: the releases whose first
+                                     event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
+    position                        {"seq", "keys", "ignored": [<shapes.Ignored>], "in_flight": [ids],
+                                     "shards": [n, ...], "releases": how many}
 
 `seq` is the log sequence the writer had folded when it wrote the value (a value is rewritten
 only when its content changes, so it reflects every sequence from its `seq` up to the one a
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
     from projections.world import ChannelProblem, ChannelState, World
 
 POSITION = "position"
+# `kxr release list` reads the index newest shard first: one shard holds the releases whose first
+# event falls in SHARD_SEQS log sequences (a few hundred releases, well under the 1 MB a value may hold)
+SHARD_SEQS = 5_000
 
 
 def scope_key(env: str, channel: str, cohort: str) -> str:
@@ -112,11 +119,33 @@ def release_values(items: Iterable[HistoryItem], world: World) -> dict[str, dict
     return {release_key(i.state.release_id): release_value(i, world.releases.get(i.state.release_id)) for i in items}
 
 
-def position_value(world: World, ignored: dict[int, str], trusted: str | None) -> dict[str, Any]:
+def index_row(value: dict[str, Any]) -> list[Any]:
+    """A release's row in the list index (services/reads/model_reads.py: SEQ, ID, TARGET, ...)."""
+    s = value["summary"]
+    return [s["seq"], s["release_id"], s["target"], value["closed"], s["outcome"], s["requested_at"], s["closed_at"]]
+
+
+def shard_of(first_seq: int) -> int:
+    return first_seq // SHARD_SEQS
+
+
+def index_key(shard: int) -> str:
+    return f"index.{shard}"
+
+
+def index_value(rows: Iterable[list[Any]]) -> dict[str, Any]:
+    return {"rows": sorted(rows, key=lambda r: r[0])}
+
+
+def position_value(
+    world: World, ignored: dict[int, str], trusted: str | None, shards: Iterable[int] = (), releases: int = 0
+) -> dict[str, Any]:
     return {
         "keys": trusted,
         "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())],
         "in_flight": [r.release_id for r in world.releases_in_flight()],
+        "shards": sorted(shards),
+        "releases": releases,
     }
 
 
