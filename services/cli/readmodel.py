@@ -21,10 +21,11 @@ FoldOpt = typer.Option(
 
 
 class Folding:
-    """The read models did not answer: `reason` says why (already printed on stderr)."""
+    """The read models did not answer: `reason` says why (printed on stderr unless `quiet`)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, quiet: bool = False) -> None:
         self.reason = reason
+        self.quiet = quiet
 
 
 def from_model(nats_url: str | None, keys, use: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -43,13 +44,15 @@ def from_model(nats_url: str | None, keys, use: Callable[[Any], Awaitable[Any]])
         try:
             return await read_view(nc, subjects.releases_stream, subjects.read_bucket, keys_id(keys), use)
         except NoView as exc:
-            return Folding(str(exc))
-        except PermissionDenied as exc:
-            return Folding(f"{exc} (the read models)")
+            return Folding(str(exc), exc.quiet)
+        except (
+            PermissionDenied
+        ) as exc:  # not the bucket's rights (its replies, say): the fold meets it too, and says so
+            return Folding(f"{exc} (the read models)", quiet=exc.action != "publish to")
         finally:
             await nc.close()
 
     answer = run_async(go())
-    if isinstance(answer, Folding):
+    if isinstance(answer, Folding) and not answer.quiet:
         err_console.print(f"kxr: folding the log: {answer.reason}", highlight=False, markup=False, soft_wrap=True)
     return answer

@@ -27,7 +27,12 @@ BATCH = 1024
 
 
 class NoView(Exception):
-    """Why the read models cannot answer now (the command folds the log instead)."""
+    """Why the read models cannot answer now (the command folds the log instead). `quiet`: nothing
+    worth saying, the fold will say it (there is no log at all)."""
+
+    def __init__(self, reason: str, quiet: bool = False) -> None:
+        super().__init__(reason)
+        self.quiet = quiet
 
 
 def keys_id(service_keys) -> str | None:
@@ -93,7 +98,7 @@ async def _log_last_seq(nc, stream: str) -> int:
     msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=TIMEOUT_S)
     doc = json.loads(msg.data)
     if "error" in doc:
-        raise NoView(f"the log {stream}: {doc['error'].get('description', 'no stream info')}")
+        raise NoView(f"the log {stream}: {doc['error'].get('description', 'no stream info')}", quiet=True)
     return int(doc["state"]["last_seq"])
 
 
