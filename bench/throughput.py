@@ -15,6 +15,8 @@ Two measurements, each against a file-backed nats-server and `kxr serve` process
   synced two-message batches.
 - end to end: every consumer in one `kxr serve`, all requests published at once; releases
   (and scope pointers) per second from the first request to the last pointer stored.
+  `--processes 1,2` also runs it with two `kxr serve` processes sharing the durable consumers
+  (a report, no target: on a 2-core machine the two share the cores the server also needs).
 """
 
 from __future__ import annotations
@@ -200,9 +202,11 @@ async def per_consumer(r, channels: int, cohorts: int) -> dict[str, float]:
         return rates
 
 
-async def end_to_end(r, channels: int, cohorts: int) -> dict[str, float]:
-    async with Driver(r.url, "tpe", r.key, channels, cohorts) as d:
-        r.serve(name="serve-all", KX_PREFIX="tpe")
+async def end_to_end(r, channels: int, cohorts: int, processes: int = 1) -> dict[str, float]:
+    prefix = f"tpe{processes}"
+    async with Driver(r.url, prefix, r.key, channels, cohorts) as d:
+        for n in range(processes):  # several processes share every durable consumer
+            r.serve(name=f"serve-all-{processes}-{n}", KX_PREFIX=prefix)
         requests = await d.prepare()
         t0 = await d.publish_all(requests)
         times = await d.wait_count(
@@ -212,10 +216,11 @@ async def end_to_end(r, channels: int, cohorts: int) -> dict[str, float]:
         return {"releases_per_s": len(requests) / span, "scopes_per_s": len(requests) * cohorts / span, "seconds": span}
 
 
-async def run(channels: int, cohorts: int) -> dict:
+async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,)) -> dict:
     with rig(prefix="tpc") as r:
         consumers = await per_consumer(r, channels, cohorts)
-        e2e = await end_to_end(r, channels, cohorts)
+        e2e_by = {n: await end_to_end(r, channels, cohorts, n) for n in processes}
+        e2e = e2e_by[processes[0]]
         raw = await raw_loop(r.url, max(channels, 1000))
         raw_batches = await raw_batch_loop(r.url, max(channels, 200))
     ratios = {role: round(rate / raw, 3) for role, rate in consumers.items()}
@@ -230,6 +235,7 @@ async def run(channels: int, cohorts: int) -> dict:
         "activator_to_raw_batches": round(consumers["activator"] / raw_batches, 3),
         "ratio_to_raw": ratios,
         "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
+        "end_to_end_by_processes": {str(n): {k: round(v, 2) for k, v in e.items()} for n, e in e2e_by.items()},
         "targets": {"ratio_min": 0.5},
         "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
     }
@@ -239,8 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--channels", type=int, default=200)
     ap.add_argument("--cohorts", type=int, default=5)
+    ap.add_argument(
+        "--processes",
+        default="1",
+        help="end to end with these numbers of `kxr serve` processes, e.g. 1,2 (the first gives the figure)",
+    )
     args = ap.parse_args(argv)
-    res = asyncio.run(run(args.channels, args.cohorts))
+    processes = tuple(int(n) for n in args.processes.split(","))
+    if not processes or min(processes) < 1:
+        ap.error("--processes: positive numbers, comma-separated")
+    res = asyncio.run(run(args.channels, args.cohorts, processes))
     raw = res["raw_loop_per_s"]
     rows = [
         (f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
@@ -254,10 +268,9 @@ def main(argv: list[str] | None = None) -> None:
             "(context)",
         )
     )
-    e = res["end_to_end"]
-    rows.append(
-        ("end to end (all consumers)", f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-")
-    )
+    for n, e in res["end_to_end_by_processes"].items():
+        what = "end to end (all consumers)" + ("" if n == "1" else f", {n} serve processes")
+        rows.append((what, f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
     report("throughput", res, rows)
 
 

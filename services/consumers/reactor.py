@@ -182,8 +182,24 @@ class ReleaseReactor(Generic[F]):
             ack_wait=self.port.settings.ack_wait_s,
             concurrency=CONCURRENCY,
             max_deliver=MAX_DELIVER,
+            start_at=self.first_open_seq,
         )
         return [worker.run(), self.reconcile()]
+
+    def first_open_seq(self) -> int:
+        """Where a brand-new durable of this consumer starts: the oldest entry that may still need it.
+
+        A reactor decides on a release's state, not on the message that woke it, and its reconcile
+        round decides on every release in flight at start. So a new durable (a consumer added to a
+        deployment with a long log, or one removed and created again) skips closed releases and
+        starts at the last entry of the oldest release in flight, or of the oldest entry that did
+        not decode (a junk request the preparer still answers), else after the log as folded.
+        Without this, a new consumer on a 1M-event log first walked ~733k no-op deliveries (262 s).
+        """
+        follower = self.port.follower
+        world = follower.world
+        open_seqs = [r.last_seq for rid in world.in_flight if (r := world.release(rid)) is not None]
+        return min([*open_seqs, *follower.undecodable], default=world.applied_seq + 1)
 
     def trigger_subjects(self) -> list[str]:
         p = self.port.subjects.prefix

@@ -149,10 +149,11 @@ async def placed(create: Callable[[], Awaitable[T]], what: str, wait_s: float = 
     """`create()` (a stream or bucket), waiting out a cluster that cannot place its replicas yet.
 
     A peer that is still starting, or missed a heartbeat under load, makes the meta leader answer
-    "no suitable peers for placement" for a moment. The layout is created once, at start: waiting
-    a bounded time for the peers beats failing the start (seen on the 3-node test cluster under
-    load, right after it could place a probe stream). Any other error, or the same one after
-    `wait_s`, is raised as it is.
+    "no suitable peers for placement" for a moment; a loaded cluster may also not answer the create
+    request within its timeout while the replicas agree. The layout is created once, at start:
+    waiting a bounded time for the peers beats failing the start (both seen on the 3-node test
+    cluster under load). Asking again is safe: creating a stream or bucket with the config it
+    already has answers with it. Any other error, or the same one after `wait_s`, is raised as it is.
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -162,7 +163,11 @@ async def placed(create: Callable[[], Awaitable[T]], what: str, wait_s: float = 
             if exc.err_code != NO_SUITABLE_PEERS or time.monotonic() >= deadline:
                 raise
             log.info("%s: %s; waiting for the cluster's peers", what, exc.description)
-            await asyncio.sleep(0.5)
+        except TimeoutError:  # nats-py's TimeoutError is one (asyncio.TimeoutError is the builtin on 3.11)
+            if time.monotonic() >= deadline:
+                raise
+            log.info("%s: no answer in time; asking again", what)
+        await asyncio.sleep(0.5)
 
 
 async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings | None = None) -> None:

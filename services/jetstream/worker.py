@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from services.jetstream.deadletter import DeadLetters
 from services.jetstream.direct import connection_of
@@ -47,6 +47,7 @@ class Worker:
         ack_wait: float = 30.0,
         max_deliver: int = 10,
         deliver_new: bool = False,
+        start_at: Callable[[], int] | None = None,
         concurrency: int = 1,
     ) -> None:
         self._js = js
@@ -59,6 +60,7 @@ class Worker:
         self._ack_wait = ack_wait
         self._max_deliver = max_deliver
         self._deliver_new = deliver_new
+        self._start_at = start_at
         self._concurrency = max(1, concurrency)
         self._running: set[asyncio.Task] = set()
         self.processed = 0
@@ -77,14 +79,31 @@ class Worker:
 
     async def _bind(self) -> None:
         """Create the durable consumer, or bring an existing one to this configuration
-        (e.g. a narrower filter or a new ack wait): the server keeps its position."""
+        (e.g. a narrower filter or a new ack wait): the server keeps its position.
+
+        Where it starts is fixed when it is created: an existing consumer keeps its deliver policy.
+        A new one starts at `start_at()` when given (the first log sequence that may still need
+        this consumer: a brand-new consumer on a long log need not walk every closed release),
+        else with the first message (or the next one, `deliver_new`).
+        """
         config = self._config()
         config.name = self.durable
         try:
+            existing: ConsumerConfig | None = (await self._js.consumer_info(self.stream, self.durable)).config
+        except NotFoundError:
+            existing = None
+        if existing is not None:
+            config.deliver_policy = existing.deliver_policy
+            config.opt_start_seq, config.opt_start_time = existing.opt_start_seq, existing.opt_start_time
+        elif self._start_at is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(1, self._start_at())
+            log.info("%s: new consumer, from log sequence %d", self.durable, config.opt_start_seq)
+        try:
             await self._js.add_consumer(self.stream, config=config)
         except APIError as exc:
-            # an existing consumer whose fixed settings (e.g. its deliver policy) differ:
-            # keep it as it is, with its position, rather than stop consuming
+            # an existing consumer whose fixed settings differ (another process created it meanwhile,
+            # from another sequence): keep it as it is, with its position, rather than stop consuming
             await self._js.consumer_info(self.stream, self.durable)  # raises if it does not exist at all
             log.warning("%s: kept the existing consumer's configuration (%s)", self.durable, exc.description)
 

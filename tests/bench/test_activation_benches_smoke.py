@@ -19,8 +19,10 @@ async def test_time_to_activate_bench_runs_on_a_tiny_size() -> None:
 
 
 async def test_throughput_bench_runs_on_a_tiny_size() -> None:
-    res = await throughput.run(channels=4, cohorts=2)
+    res = await throughput.run(channels=4, cohorts=2, processes=(1, 2))
     assert res["scopes"] == 8 and res["releases"] == 4
     assert set(res["consumers_per_s"]) == {"preparer", "distributor", "verifier", "activator"}
     assert all(_positive(v) for v in res["consumers_per_s"].values()) and _positive(res["raw_loop_per_s"])
     assert _positive(res["end_to_end"]["releases_per_s"])
+    assert set(res["end_to_end_by_processes"]) == {"1", "2"}  # two serve processes sharing the durables
+    assert all(_positive(e["releases_per_s"]) for e in res["end_to_end_by_processes"].values())

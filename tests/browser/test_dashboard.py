@@ -93,6 +93,21 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+# Every chart matching a selector, read in one script (one moment of the page): its metric, its lines
+# per runtime, its threshold lines, its legend and its text.
+CHARTS_JS = """return Array.from(document.querySelectorAll(arguments[0])).map(s => ({
+  metric: s.getAttribute('data-metric'),
+  runtimes: s.querySelectorAll('polyline.runtime').length,
+  thresholds: s.querySelectorAll('line.threshold').length,
+  legend: Array.from(s.querySelectorAll('text.legend')).map(t => t.textContent).join(' '),
+  text: s.textContent,
+}))"""
+
+
+def charts_on(driver, css: str) -> list[dict]:
+    return driver.execute_script(CHARTS_JS, css)
+
+
 async def test_watching_a_release_in_the_browser(nats_url, prefix):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -148,23 +163,20 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
                 lambda: driver.find_element(By.CSS_SELECTOR, "#recent a[href='/releases/r1']").click()
             )
             await until(driver, lambda d: "outcome success" in text_of(d, "#timeline"), "the timeline up to closed")
-            charts = await asyncio.to_thread(
-                driver.find_elements, By.CSS_SELECTOR, "svg[aria-label='figures against thresholds']"
-            )
+            # each chart read in one script: the live feed may replace a section between two WebDriver calls
+            charts = await asyncio.to_thread(charts_on, driver, "svg[aria-label='figures against thresholds']")
             assert len(charts) == 2, "one chart of figures against thresholds per stage's window"
-            assert "error_rate" in charts[0].text
+            assert "error_rate" in charts[0]["text"]
             # the windows over time: one chart per metric, a line per runtime, the threshold as a line
             series = await until(
                 driver,
-                lambda d: (found := d.find_elements(By.CSS_SELECTOR, "svg.series")) and len(found) == 2 and found,
+                lambda d: (found := charts_on(d, "svg.series")) and len(found) == 2 and found,
                 "the time series charts",
             )
-            assert series[0].get_attribute("data-metric") == "error_rate"
-            lines = await asyncio.to_thread(series[0].find_elements, By.CSS_SELECTOR, "polyline.runtime")
-            assert len(lines) == 2, "one line per runtime (rt-t-int-1 and rt-tenant-42)"
-            assert await asyncio.to_thread(series[0].find_elements, By.CSS_SELECTOR, "line.threshold")
-            legend = " ".join(t.text for t in series[0].find_elements(By.CSS_SELECTOR, "text.legend"))
-            assert "rt-t-int-1" in legend and "rt-tenant-42" in legend
+            assert series[0]["metric"] == "error_rate"
+            assert series[0]["runtimes"] == 2, "one line per runtime (rt-t-int-1 and rt-tenant-42)"
+            assert series[0]["thresholds"] > 0
+            assert "rt-t-int-1" in series[0]["legend"] and "rt-tenant-42" in series[0]["legend"]
             raw = driver.find_element(By.CSS_SELECTOR, "#record details")
             assert raw.get_attribute("open") is None and not raw.find_element(By.TAG_NAME, "pre").is_displayed()
 

@@ -78,3 +78,59 @@ async def test_a_stored_event_altered_after_signing_is_forged(nats_url, prefix):
         "activator", subject.replace("all", "other"), payload, headers
     )  # the subject is signed too
     assert "not trusted for" in keys.check("verifier", subject, payload, headers)
+
+
+async def serial_audit(js, subjects, keys):
+    """The reference: every signature verified in line, entry by entry, as replay did before its pool."""
+    from projections.invariants import Audit, audit_signed_entry, finish
+    from services.jetstream.log_reads import log_batches
+
+    audit = Audit()
+    async for batch in log_batches(js, subjects):
+        for entry, position, event in batch:
+            audit = audit_signed_entry(audit, keys, position, event, entry.data, entry.headers, subjects)
+    return finish(audit)
+
+
+async def test_the_pooled_signature_checks_audit_exactly_as_checks_in_line(nats_url, prefix, monkeypatch):
+    """Replay verifies each batch's signatures in worker processes, a batch ahead of the fold: the
+    violations and the rebuilt world equal those of verifying every entry in line, over a log with
+    genuine appends and every kind of bad signature, spread over many small batches."""
+    from services.jetstream import log_reads
+    from services.reads import signature_pool
+    from tests.harness import _SERVICE_KEYS
+
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        await svc.wait_release("r1")
+        subject = svc.app.subjects.scope("prod", "canary", "internal", "unpinned")
+        stranger = SigningKey.generate()
+        trusted = _SERVICE_KEYS[prefix]  # the key this service signs with
+        for n, sign in enumerate(
+            (
+                lambda p: {},  # unsigned
+                lambda p: signature_headers(stranger, subject, p),  # a key nobody trusts
+                lambda p: signature_headers(trusted, subject, p + b" "),  # the service's key, other bytes
+                lambda p: {**signature_headers(trusted, subject, p), "Kx-Signature": "not base64!"},
+                lambda p: signature_headers(trusted, subject, p),  # genuine bytes, signed by the service's key
+            )
+        ):
+            event = make_event(
+                "scope.unpinned",
+                {"reason": "expired", "rationale": f"probe {n}"},
+                actor=Actor(kind="service", id="pinner"),
+                scope=Scope(env="prod", channel="canary", cohort="internal"),
+            )
+            payload = encode_event(event)
+            await svc.app.nc.request(subject, payload, headers={"Nats-Msg-Id": event.event_id, **sign(payload)})
+        monkeypatch.setattr(log_reads, "LOG_READ_BATCH", 3)  # many batches: the pipeline crosses each edge
+        monkeypatch.setattr(signature_pool, "POOL_MIN_BATCH", 1)  # and every batch goes to the workers
+        pooled = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
+        inline = await serial_audit(svc.app.js, svc.app.subjects, svc.service_keys)
+    assert pooled.violations == inline.violations
+    assert pooled.world == inline.world and pooled.events == inline.events
+    codes = [v.message for v in pooled.violations if v.code == "unsigned_or_forged"]
+    assert len(codes) >= 3 and any("forged" in m for m in codes) and any("base64" in m for m in codes)

@@ -8,14 +8,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
 from events.codec import decode_event, encode_event, make_event
 from events.service_signing import ServiceKeys, signature_headers
@@ -28,22 +24,16 @@ from services.jetstream.log import Entry, EventLog
 from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.settings import ROLES
+from tests import otel_support
 from tests.harness import CHANNEL, PRODUCER, make_pack, request_data, running_service, wait_for
+from tests.otel_support import otlp_collector, spans_provider
+
+spans = otel_support.spans  # the fixture: tracing on, every finished span in memory
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CI_SPAN = "b7ad6b7169203331"  # the producer's CI job: the remote parent of the whole release
 PARENT = f"00-{TRACE_ID}-{CI_SPAN}-01"
 STATE = "ci=job-42,vendor=x"
-
-
-@pytest.fixture
-def spans():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
-    yield exporter
-    tracing.reset()
 
 
 def hex_span(span: ReadableSpan) -> str:
@@ -182,27 +172,6 @@ async def test_tracing_changes_headers_only_never_the_event_bytes_or_signatures(
         assert rest == {k: v for k, v in same.items() if k != "Kx-Signature"}
 
 
-def spans_provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider
-
-
-class Collector(BaseHTTPRequestHandler):
-    """An OTLP/HTTP endpoint that keeps what it is sent."""
-
-    received: list[tuple[str, bytes]] = []
-
-    def do_POST(self) -> None:
-        self.received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 async def test_kxr_release_request_carries_the_ci_trace_context(nats_url, prefix, tmp_path):
     """`kxr release request` under a CI job's TRACEPARENT: without an endpoint the context is passed on
     verbatim (no span); with one, the request is a span of that trace, exported, and its own context
@@ -213,15 +182,12 @@ async def test_kxr_release_request_carries_the_ci_trace_context(nats_url, prefix
     await ensure_layout(js, subjects, LayoutSettings())
     pack = make_pack("1.0.0", SigningKey.generate())
     (tmp_path / "m.json").write_bytes(pack.manifest)
-    server = HTTPServer(("127.0.0.1", 0), Collector)
-    Collector.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    stack = ExitStack()
+    collector = stack.enter_context(otlp_collector())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KX_", "OTEL_"))}
     env.update({"KX_PREFIX": prefix, "KX_NATS_URL": nats_url, "TRACEPARENT": PARENT, "TRACESTATE": STATE})
-    endpoint = f"http://127.0.0.1:{server.server_port}"
     try:
-        for release_id, extra in (("plain", {}), ("traced", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})):
+        for release_id, extra in (("plain", {}), ("traced", {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})):
             args = ["release", "request", release_id, "--manifest", "m.json", "--target", "prod/canary"]
             args += ["--owner", "kb-team", "--escalation", "pager:kb"]
             done = await asyncio.to_thread(
@@ -237,8 +203,7 @@ async def test_kxr_release_request_carries_the_ci_trace_context(nats_url, prefix
         entries = {decode_event(e.data, e.subject, subjects).release_id: e for e in await stored(js, subjects)}
     finally:
         await nc.close()
-        server.shutdown()
-        thread.join()
+        stack.close()
     assert {k: entries["plain"].headers.get(k) for k in ("traceparent", "tracestate")} == {
         "traceparent": PARENT,
         "tracestate": STATE,
@@ -246,7 +211,7 @@ async def test_kxr_release_request_carries_the_ci_trace_context(nats_url, prefix
     version, trace_id, span_id, flags = entries["traced"].headers["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "01") and span_id != CI_SPAN
     assert entries["traced"].headers["tracestate"] == STATE
-    [(path, body)] = Collector.received  # one export, from the traced request only, flushed at exit
-    assert path == "/v1/traces"
+    [export] = collector.received  # one export, from the traced request only, flushed at exit
+    assert export.path == "/v1/traces"
     for part in (b"kxr release request", b"traced", bytes.fromhex(span_id), bytes.fromhex(CI_SPAN)):
-        assert part in body
+        assert part in export.body

@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from events.codec import make_event
 from events.model import Actor
 from services.consumers.outputs import Atomic, Chain, NewRelease, ScopeWrite, Timer, event_ids
 from services.observability import tracing
+from tests import otel_support
+from tests.otel_support import otlp_collector
+
+spans = otel_support.spans  # the fixture: tracing on, every finished span in memory
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -37,16 +36,6 @@ MALFORMED = [
     f"00_{TRACE_ID}_{SPAN_ID}_01",
     "00-" + "x" * 600,
 ]
-
-
-@pytest.fixture
-def spans():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
-    yield exporter
-    tracing.reset()
 
 
 @pytest.fixture
@@ -226,25 +215,8 @@ def test_without_an_endpoint_no_exporter_is_created_and_opentelemetry_is_not_eve
 
 
 def test_with_an_endpoint_spans_are_exported_over_otlp_http():
-    received: list[tuple[str, str, bytes]] = []
-
-    class Collector(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, self.headers["Content-Type"], body))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.server_port}"
+    with otlp_collector() as collector:
+        endpoint = collector.endpoint
         out = _python(
             "from services.observability import tracing\n"
             "with tracing.producer_span('kxr release request', 'r-otlp', 'e-otlp') as span:\n"
@@ -252,12 +224,10 @@ def test_with_an_endpoint_spans_are_exported_over_otlp_http():
             "print(type(tracing.exporter()).__name__, tracing.exporter()._endpoint, span is not None)",
             _env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="kx-test", TRACEPARENT=PARENT),
         )
-    finally:
-        server.shutdown()
-        thread.join()
     assert out == f"OTLPSpanExporter {endpoint}/v1/traces True"
-    assert len(received) == 1  # the exit of the process flushed the batch
-    path, content_type, body = received[0]
+    assert len(collector.received) == 1  # the exit of the process flushed the batch
+    export = collector.received[0]
+    path, content_type, body = export.path, export.content_type, export.body
     assert (path, content_type) == ("/v1/traces", "application/x-protobuf")
     # the protobuf body names the span, its attributes, the service and the producer's trace id
     for part in (b"kxr release request", b"r-otlp", b"e-otlp", b"kx-test", bytes.fromhex(TRACE_ID)):
