@@ -9,7 +9,10 @@ background.
 
 Releases: the service's world keeps a closed release only as a tombstone, too little for its
 history line, so the projector keeps its own `HistoryFold` (services/reads/history.py) of the
-release events, started from the log and fed by the follower's listener.
+release events, started from the log (batch by batch) and fed by the follower's listener. A
+closed release leaves it once its value is written (a release that changes again after it closed
+is read back whole from its own events, as the follower restores a tombstone), so its memory grows
+with the releases in flight, plus a 16-byte fingerprint and an index row per release.
 
 Several writers (two `kxr serve` processes) never make a value go backwards: each value carries
 the log sequence it reflects and is written with the key's expected revision (KV compare and
@@ -38,6 +41,7 @@ from services.reads.model_reads import keys_id
 log = logging.getLogger(__name__)
 INTERVAL_S = 0.15
 MAX_SPACING_S = 0.5
+RETRY_S = 1.0
 WRITES_AT_ONCE = 256
 
 
@@ -62,26 +66,48 @@ class Projector:
         self.write_s = 0.0  # how long the last write took (it spaces the next)
         self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
         self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
+        self.last_error: Exception | None = None  # why it last started over
 
     def runners(self) -> list:
         return [self.run()]
 
     async def run(self) -> None:
-        app = self._app
-        queue = app.follower.listen()
+        """Until cancelled. A failure (the server busy, a write timed out) starts it over after a pause,
+        from the log and the bucket: meanwhile readers find `position` behind the log and fold."""
+        queue = self._app.follower.listen()
         try:
-            self._kv = await app.js.key_value(app.subjects.read_bucket)
-            await self._read_bucket()
-            await self._load()
             while True:
-                await self._drain(queue)
-                await self.write()
-                await queue.put(await queue.get())  # something new: wait for it, then gather more
-                # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
-                # the event loop's time; never so long apart that a reader (who waits a second) gives up
-                await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
+                try:
+                    await self._run(queue)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.last_error = exc
+                    log.warning("read models: %s: %s; starting over in %.0fs", type(exc).__name__, exc, RETRY_S)
+                    await asyncio.sleep(RETRY_S)
+                    self._forget()
         finally:
-            app.follower.unlisten(queue)
+            self._app.follower.unlisten(queue)
+
+    def _forget(self) -> None:
+        self.history = HistoryFold()
+        for cache in (self._evicted, self._index, self._releases, self._scopes, self._channels, self._stored):
+            cache.clear()
+        self._index_dirty.clear()
+        self._dirty.clear()
+
+    async def _run(self, queue: asyncio.Queue) -> None:
+        app = self._app
+        self._kv = await app.js.key_value(app.subjects.read_bucket)
+        await self._read_bucket()
+        await self._load()
+        while True:
+            await self._drain(queue)
+            await self.write()
+            await queue.put(await queue.get())  # something new: wait for it, then gather more
+            # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
+            # the event loop's time; never so long apart that a reader (who waits a second) gives up
+            await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
 
     async def _drain(self, queue: asyncio.Queue) -> None:
         while True:
@@ -301,14 +327,14 @@ async def project_once(app, timeout: float = 60.0) -> Projector:
     try:
         while projector.position < app.follower.position:
             flushed = asyncio.ensure_future(projector.flushed.wait())
-            done, _ = await asyncio.wait(
-                {task, flushed}, timeout=max(deadline - time.monotonic(), 0.01), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({task, flushed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             flushed.cancel()
             if task in done:
                 task.result()  # its error
                 raise RuntimeError("the projector stopped")
-            if not done:
+            if projector.last_error is not None:  # a bench or test wants the error, not a retry
+                raise projector.last_error
+            if not done and time.monotonic() > deadline:
                 raise TimeoutError(f"read models not written within {timeout:.0f}s")
     finally:
         task.cancel()

@@ -72,3 +72,44 @@ async def test_two_writers_never_move_a_value_back_and_both_reach_the_end(nats_u
         for app in apps:
             await app.stop()
             await app.nc.close()
+
+
+async def test_the_projector_starts_over_when_the_bucket_fails_it(nats_url, prefix):
+    from services.jetstream.layout import ensure_layout
+
+    app = await _app(nats_url, prefix)
+    s = Subjects(prefix)
+    projector = Projector(app, interval_s=0.01)
+    task = asyncio.create_task(projector.run())
+    try:
+        await configure_channel(app.log, app.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        while projector.position < 1:
+            await asyncio.wait_for(projector.flushed.wait(), 10)
+        await app.js.delete_key_value(s.read_bucket)  # gone under it: its writes fail
+        await configure_channel(app.log, app.js, "prod", "other", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        for _ in range(100):
+            if projector.last_error is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert projector.last_error is not None
+        await ensure_layout(app.js, s)  # the bucket again (as the next `kxr serve` start creates it)
+        last = (await app.js.stream_info(s.releases_stream)).state.last_seq
+        kv = await app.js.key_value(s.read_bucket)
+
+        async def rewritten() -> bool:
+            try:
+                return json.loads((await kv.get(rm.POSITION)).value)["seq"] == last
+            except Exception:
+                return False
+
+        for _ in range(200):
+            if await rewritten():
+                break
+            await asyncio.sleep(0.05)
+        assert await rewritten(), "the model was not written again"
+        assert (await kv.get(rm.channel_key("prod", "canary"))).value  # every key, not only the newest
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await app.stop()
+        await app.nc.close()
