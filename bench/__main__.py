@@ -27,6 +27,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "scaling": ([], ["--quick"]),
     "cli_start": ([], ["--quick"]),
     "rollback": ([], ["--quick"]),
+    "operator_reads": ([], ["--quick"]),
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -60,6 +60,11 @@ class Subjects:
     def snapshots_bucket(self) -> str:
         return f"{self.prefix}_snapshots"
 
+    @property
+    def read_bucket(self) -> str:
+        """The operator's read models (a KV bucket the service keeps: services/reads/projector.py)."""
+        return f"{self.prefix}_read"
+
     # -- the release log --------------------------------------------------------------------
     def release(self, release_id: str, suffix: str) -> str:
         return f"{self.prefix}.release.{check_token(release_id, 'release_id')}.{check_token(suffix, 'event suffix')}"

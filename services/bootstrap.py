@@ -25,6 +25,7 @@ from services.consumers.promoter import Promoter
 from services.consumers.verifier import Verifier
 from services.jetstream.janitor import Janitor
 from services.jetstream.pack_keeper import PackKeeper
+from services.reads.projector import Projector
 
 Runner = Coroutine[Any, Any, None]
 
@@ -54,6 +55,8 @@ def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:
         runners.extend(ROLE_CLASSES[role](app).runners())
         if role == "activator":  # pins switch scope pointers, which only the activator role writes
             runners.extend(Pinner(app).runners())
+            # the operator's read models: written where the pointers move (one writer per process that activates)
+            runners.extend(Projector(app).runners())
         if role == "distributor":
             # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
             # packs it distributed and scopes run fetchable, the janitor keeps the streams free of

@@ -232,6 +232,18 @@ def write_bucket(bucket: str) -> list[str]:
     return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
 
 
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def read_models(subjects: Subjects) -> list[str]:
+    """Read the read models' bucket (services/reads/model_reads.py): its stream's info and direct
+    gets (a key's last value, the last value of every key under a prefix). No consumer on it, and
+    never a put, delete or purge (`$KV.<bucket>.>`, `STREAM.PURGE.KV_<bucket>`): only the service writes."""
+    stream = kv_stream(subjects.read_bucket)
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"]
+
+
 def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> str:
     """Reply-subject prefix: private for the service and runtimes (one per runtime with its own
     credentials), the default for `kxr` users."""
@@ -272,6 +284,10 @@ def service_permissions(subjects: Subjects) -> Permissions:
         f"$O.{s.snapshots_bucket}.C.>",
         f"$O.{s.snapshots_bucket}.M.>",
         f"{API}.STREAM.PURGE.{snapshots}",
+        # the read models (services/reads/projector.py): puts with the expected revision, never a purge
+        f"$KV.{s.read_bucket}.>",
+        f"{API}.STREAM.CREATE.{kv_stream(s.read_bucket)}",
+        *read_models(s),
         # a distributed pack's metadata, re-published from the log's record when a producer deleted
         # or re-pointed it (services/jetstream/pack_keeper.py): never its chunks, never a purge
         f"$O.{s.packs_bucket}.M.>",
@@ -363,13 +379,18 @@ def operator_permissions(subjects: Subjects) -> Permissions:
         s.trust_rotated(),
     ]
     # kxr deadletter list|show; kxr watch: an open window's figures (stored samples, never live subscriptions)
+    # kxr status, release list, channel show, pin: the read models (read only)
     return _reader(
-        s, publish, [s.releases_stream, s.deadletter_stream, s.health_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX
+        s,
+        [*publish, *read_models(s)],
+        [s.releases_stream, s.deadletter_stream, s.health_stream],
+        (f"{DEFAULT_INBOX}.>",),
+        DEFAULT_INBOX,
     )
 
 
 def auditor_permissions(subjects: Subjects) -> Permissions:
-    return _reader(subjects, [], [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    return _reader(subjects, read_models(subjects), [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
 
 
 def role_permissions(subjects: Subjects, role: str) -> Permissions:

@@ -6,10 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.canonical import StrictJSONError, loads_strict
-from events.signing import TrustRoot
+
+if TYPE_CHECKING:  # cryptography is loaded by what verifies: `kxr status` from the read models needs none
+    from events.signing import TrustRoot
 
 ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promoter", "notifier", "guard")
 
@@ -119,6 +121,8 @@ def parse_roles(only: str | None) -> tuple[str, ...]:
 
 
 def load_trust_root(path: Path | None) -> TrustRoot:
+    from events.signing import TrustRoot
+
     if path is None:
         raise ConfigError(
             "no trust root: set KX_TRUST_ROOT or pass --trust-root (the verifier never trusts keys from a pack)"
@@ -135,10 +139,10 @@ def load_trust_root(path: Path | None) -> TrustRoot:
 
 def load_service_keys(path: Path | None):
     """The public keys auditors and runtimes trust for each service role (None: not configured)."""
-    from events.service_signing import ServiceKeys
-
     if path is None:
         return None
+    from events.service_signing import ServiceKeys
+
     try:
         return ServiceKeys.from_document(loads_strict(path.read_bytes(), max_bytes=1024 * 1024))
     except OSError as exc:

@@ -21,6 +21,7 @@ from .common import (
     service_keys,
     session,
 )
+from .readmodel import Folding, FoldOpt, from_model
 
 app = typer.Typer(no_args_is_help=True, help="Channel configuration (cohorts, plan, monitoring, policy).")
 
@@ -56,50 +57,57 @@ def channel_show(
     scope: str = typer.Argument(..., help="ENV/CHANNEL"),
     as_json: bool = JsonOpt,
     wide: bool = WideOpt,
+    fold: bool = FoldOpt,
     nats_url: str | None = NatsUrl,
 ) -> None:
     """The channel's current configuration: cohorts, plan, monitoring, compatibility, policy."""
-    from services.jetstream.log_reads import load_world
-
     from .views import channel_tables
 
     env, channel = scope_arg(scope, allow_cohort=False)
-
-    async def go():
-        async with session(nats_url) as (_, js, log):
-            return await load_world(js, log.subjects, service_keys=service_keys())
-
-    world = run_async(go())
-    state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)
-    if state is None and problem is None:
+    keys = service_keys()
+    answer = None if fold else from_model(nats_url, keys, lambda view: model_channel(view, env, channel))
+    if answer is None or isinstance(answer, Folding):
+        shown = folded_channel(nats_url, keys, env, channel)
+    else:
+        shown = answer["value"]["show"] if answer["value"] else None
+    if shown is None:
         fail(
             f"channel {env}/{channel} is not configured "
             "(it has the default single cohort 'all' and fails compatibility closed)"
         )
-    shown = channel_shown(state, problem, env, channel)
     output(as_json, shown, lambda: channel_tables(f"{env}/{channel}", shown, wide), wide)
+    problem = shown["problem"]
     if problem is not None:  # shown in full above; and a script sees it in the exit status
         fail(
-            f"{env}/{channel}: {problem.describe()}; "
+            f"{env}/{channel}: {problem['message']}; "
             "requests to it are rejected until `kxr channel set` writes a valid one"
         )
 
 
-def channel_shown(state, problem, env: str, channel: str) -> dict:
-    """What `kxr channel show` prints (services/reads/shapes.py `ChannelShow`): the last readable
-    configuration and, if the newest entry could not be read, that problem (`config` is null when
-    no entry ever could be)."""
-    from services.reads.shapes import ChannelShow, Problem, dump, rfc3339
+async def model_channel(view, env: str, channel: str) -> dict:
+    from services.reads.model_reads import channel as from_view
 
-    return dump(
-        ChannelShow(
-            scope=f"{env}/{channel}",
-            env=env,
-            channel=channel,
-            configured_at=rfc3339(state.configured_at) if state else None,
-            configured_by=state.configured_by if state else None,
-            seq=state.seq if state else None,
-            config=state.config.model_dump(mode="json", by_alias=True, exclude_none=True) if state else None,
-            problem=Problem(seq=problem.seq, reason=problem.reason, message=problem.describe()) if problem else None,
-        )
-    )
+    return {"value": await from_view(view, env, channel)}
+
+
+def folded_channel(nats_url: str | None, keys, env: str, channel: str) -> dict | None:
+    """`kxr channel show --json` from a fold of the whole log (None: never configured)."""
+    from services.jetstream.log_reads import load_world
+    from services.reads.read_models import channel_show as shown
+
+    async def go():
+        async with session(nats_url) as (_, js, log):
+            return await load_world(js, log.subjects, service_keys=keys)
+
+    world = run_async(go())
+    state, problem = world.channel_state(env, channel), world.channel_problem(env, channel)
+    if state is None and problem is None:
+        return None
+    return shown(state, problem, env, channel)
+
+
+def channel_shown(state, problem, env: str, channel: str) -> dict:
+    """What `kxr channel show` prints (services/reads/shapes.py `ChannelShow`; the read models store the same)."""
+    from services.reads.read_models import channel_show
+
+    return channel_show(state, problem, env, channel)

@@ -22,6 +22,7 @@ from .common import (
     service_keys,
     session,
 )
+from .readmodel import Folding, from_model
 
 
 def parse_until(text: str, now: datetime) -> datetime:
@@ -94,12 +95,26 @@ def unpin(
 
 
 def _pinned_targets(parts: tuple[str, ...], nats_url: str | None) -> list[tuple[str, str, str]]:
+    """The scopes a pin or unpin names: a cohort, or every cohort of the channel (from the read
+    models when they are current, else a fold of the log)."""
     if len(parts) == 3:
         return [parts]
+    env, channel = parts[0], parts[1]
+    keys = service_keys()
+
+    async def cohorts(view):
+        from services.reads.model_reads import channel as from_view
+
+        value = await from_view(view, env, channel)
+        return {"cohorts": value["cohorts"] if value else ["all"]}  # unconfigured: the default cohort
+
+    answer = from_model(nats_url, keys, cohorts)
+    if not isinstance(answer, Folding):
+        return [(env, channel, c) for c in answer["cohorts"]]
     from services.jetstream.log_reads import load_world
 
     async def go():
         async with session(nats_url) as (_, js, log):
-            return await load_world(js, log.subjects, service_keys=service_keys())
+            return await load_world(js, log.subjects, service_keys=keys)
 
     return _scopes_of(run_async(go()), parts)

@@ -25,6 +25,7 @@ from .common import (
     session,
 )
 from .pack import AttestationOpt, attestation_bytes
+from .readmodel import Folding, FoldOpt, from_model
 
 app = typer.Typer(no_args_is_help=True, help="Request and inspect releases.")
 
@@ -165,13 +166,13 @@ def release_list(
     ),
     limit: int = typer.Option(50, "--limit", min=1, help="at most this many, newest first"),
     as_json: bool = JsonOpt,
+    fold: bool = FoldOpt,
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Release history, newest first: closed releases too (`kxr status` shows those in flight)."""
     from datetime import UTC, datetime
 
-    from services.reads.history import load_history, parse_filter, summary, table_row
-    from services.reads.shapes import ReleaseSummary, dump
+    from services.reads.history import parse_filter, table_row
 
     from .views import table
 
@@ -181,6 +182,34 @@ def release_list(
         fail(str(exc))
     keys = service_keys()
 
+    async def model_list(view):
+        from services.reads.model_reads import release_list as from_view
+
+        return await from_view(view, flt.channel, flt.outcome, flt.since, limit)
+
+    answer = None if fold else from_model(nats_url, keys, model_list)
+    ignored: dict[int, str] = {}
+    if answer is None or isinstance(answer, Folding):
+        shown, total, ignored = folded_list(nats_url, keys, flt, limit)
+    else:
+        shown, total = answer
+
+    def tables():
+        for seq, why in sorted(ignored.items()):
+            err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
+        columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
+        title = f"Releases, newest first ({len(shown)} shown, {total} in the log)"
+        return [table(title, [table_row(s) for s in shown], columns)]
+
+    output(as_json, shown, tables)
+
+
+def folded_list(nats_url: str | None, keys, flt, limit: int) -> tuple[list[dict], int, dict[int, str]]:
+    """`kxr release list --json` from the log (the index of each release's request and close, then
+    the chosen releases whole), with the number of releases and the entries ignored."""
+    from services.reads.history import load_history, summary
+    from services.reads.shapes import ReleaseSummary, dump
+
     async def go():
         async with session(nats_url) as (_, js, log):
             return await load_history(
@@ -189,15 +218,7 @@ def release_list(
 
     history = run_async(go())
     shown = dump([ReleaseSummary.model_validate(summary(i)) for i in history.items])  # its documented shape
-
-    def tables():
-        for seq, why in sorted(history.ignored.items()):
-            err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
-        columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
-        title = f"Releases, newest first ({len(shown)} shown, {history.total} in the log)"
-        return [table(title, [table_row(s) for s in shown], columns)]
-
-    output(as_json, shown, tables)
+    return shown, history.total, history.ignored
 
 
 # ---- request (producers) -----------------------------------------------------------------------

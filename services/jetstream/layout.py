@@ -16,7 +16,7 @@ from functools import partial
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from events.subjects import Subjects
@@ -213,3 +213,29 @@ async def ensure_layout(js: JetStreamContext, subjects: Subjects, settings: Layo
                 description=description,
             )
             await placed(create, f"bucket {bucket}")
+    await ensure_read_bucket(js, subjects, settings)
+
+
+def read_bucket_config(subjects: Subjects, replicas: int) -> KeyValueConfig:
+    """The read models' bucket: the last value per key only (history 1), on file, direct gets
+    allowed (the operator and auditor read it with `$JS.API.DIRECT.GET`, never a consumer)."""
+    return KeyValueConfig(
+        bucket=subjects.read_bucket,
+        description="Konnaxion Releases: read models for operators (kept by the service; the log is the truth)",
+        history=1,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=True,
+    )
+
+
+async def ensure_read_bucket(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings) -> None:
+    try:
+        await js.key_value(subjects.read_bucket)
+    except (BucketNotFoundError, NotFoundError):
+        config = read_bucket_config(subjects, settings.replicas)
+        try:
+            await placed(partial(js.create_key_value, config), f"bucket {subjects.read_bucket}")
+        except APIError as exc:  # another process created it meanwhile
+            if exc.err_code != 10058:  # stream name already in use (with another config)
+                raise

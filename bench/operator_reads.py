@@ -1,0 +1,149 @@
+"""Operator reads as the log grows: from the service's read models against a fold of the log (issue 18).
+
+    .venv/bin/python -m bench.operator_reads                     # logs of 1k, 10k, 100k events
+    .venv/bin/python -m bench.operator_reads --sizes 1000,1000000
+    .venv/bin/python -m bench.operator_reads --quick             # 1k and 10k, fewer runs
+
+One file-backed server (in RAM where there is one); the log grows through `--sizes` with clones
+of the recorded history (bench/history.py). At each size the read models are written as the
+service writes them (services/reads/projector.py, from a follower that has folded the log:
+`project_s` is that start-up, what a restarted service pays once in the background), then each
+command runs as a new `kxr` process, as an operator runs it: from the read models, and with
+`--fold` (the whole log folded per call, the way every one of them worked before). Times are
+the whole process (start-up included), median of `--runs` (the fold: of `--fold-runs`).
+Target (issue 18): at most 1 s at 1M events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import time
+
+from events.subjects import Subjects
+from services.app import App
+from services.jetstream.client import connect
+from services.reads.projector import project_once
+from services.settings import Settings
+
+from .cli_start import kxr_binary
+from .common import Progress, report
+from .history import fast_rig, generate
+
+TARGET_S = 1.0
+DEFAULT_SIZES = (1_000, 10_000, 100_000)
+QUICK_SIZES = (1_000, 10_000)
+
+
+def commands(release_id: str, channel: str) -> dict[str, list[str]]:
+    return {
+        "kxr status": ["status", "--json"],
+        "kxr release list": ["release", "list", "--json"],
+        "kxr channel show": ["channel", "show", channel, "--json"],
+        "kxr release show": ["release", "show", release_id, "--json"],
+    }
+
+
+async def project(url: str, work, prefix: str) -> tuple[float, str, str, int]:
+    """The read models written at the log's end: (seconds, the newest release id, a channel, releases)."""
+    nc = await connect(url, name="bench-operator-reads")
+    try:
+        app = App(nc, Settings(nats_url=url, prefix=prefix, data_dir=work / "data"))
+        t0 = time.perf_counter()
+        await app.start()
+        projector = await project_once(app, timeout=3600)
+        seconds = time.perf_counter() - t0
+        channel = "/".join(sorted(app.follower.world.channels.keys())[0])
+        await app.stop()
+    finally:
+        await nc.close()
+    assert projector.newest is not None, "no release in the log"
+    return seconds, projector.newest[1], channel, projector.releases
+
+
+def timed(argv: list[str], env: dict[str, str], expect_fold: bool) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=3600)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+    folded = b"folding the log" in done.stderr
+    if folded and not expect_fold:
+        raise RuntimeError(f"{' '.join(argv)} folded the log: {done.stderr.decode()[-300:]}")
+    return seconds
+
+
+def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
+    points = []
+    with fast_rig("reads") as r:
+        subjects = Subjects(r.prefix)
+        env = r.env(COLUMNS="100")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(r.work / "pycache")
+        stored = 0
+        for size in sizes:
+
+            async def fill(size: int = size, stored: int = stored) -> int:
+                nc = await connect(r.url, name="bench-operator-reads-fill")
+                try:
+                    progress = Progress(f"log to {size:,} events", size)
+                    done = await generate(
+                        nc.jetstream(timeout=60),
+                        subjects,
+                        size - stored,
+                        None,
+                        channels=10,
+                        progress=lambda n: progress.update(stored + n),
+                    )
+                    return done.last_seq
+                finally:
+                    await nc.close()
+
+            stored = asyncio.run(fill()) if size > stored else stored
+            project_s, newest, channel, releases = asyncio.run(project(r.url, r.work, r.prefix))
+            point: dict = {"events": stored, "releases": releases, "project_s": round(project_s, 2), "commands": {}}
+            for name, args in commands(newest, channel).items():
+                argv = [kxr_binary(), *args]
+                timed(argv, env, expect_fold=name == "kxr release show")  # warm the page cache
+                model = [timed(argv, env, expect_fold=name == "kxr release show") for _ in range(runs)]
+                row = {"model_s": round(statistics.median(model), 3)}
+                if name != "kxr release show":  # it reads the release's own events: no --fold, no model
+                    folded = [timed([*argv, "--fold"], env, expect_fold=True) for _ in range(fold_runs)]
+                    row["fold_s"] = round(statistics.median(folded), 3)
+                    row["speedup"] = round(row["fold_s"] / row["model_s"], 1)
+                point["commands"][name] = row
+            points.append(point)
+    largest = points[-1]
+    return {
+        "runs": runs,
+        "fold_runs": fold_runs,
+        "points": points,
+        "target_s": TARGET_S,
+        "met_at_largest": {n: c["model_s"] <= TARGET_S for n, c in largest["commands"].items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="log sizes in events, ascending")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs from the read models (median)")
+    ap.add_argument("--fold-runs", type=int, default=1, help="timed runs with --fold (median)")
+    ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 3 runs")
+    args = ap.parse_args(argv)
+    sizes = QUICK_SIZES if args.quick else tuple(int(s) for s in args.sizes.split(",") if s)
+    if not sizes or sorted(sizes) != list(sizes) or sizes[0] < 1 or args.runs < 1 or args.fold_runs < 1:
+        ap.error("--sizes: ascending positive integers; --runs and --fold-runs at least 1")
+    res = run(sizes, 3 if args.quick else args.runs, args.fold_runs)
+    rows = []
+    for p in res["points"]:
+        for name, c in p["commands"].items():
+            fold = f"fold {c['fold_s']} s, {c['speedup']}x" if "fold_s" in c else "(its own events only)"
+            rows.append((f"{name} @ {p['events']:,} events", f"{c['model_s']} s", fold, f"<= {TARGET_S:.0f} s"))
+        rows.append((f"read models written @ {p['events']:,}", f"{p['project_s']} s", "-", "-"))
+    report("operator_reads", res, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Reading the operator's read models (services/reads/read_models.py) without folding the log.
+
+Light on purpose: JSON, direct gets and the stream's info; no event model, no pydantic, so
+`kxr status` starts fast. A view is used only when it is the log's state: its `position` has
+reached the log's last sequence (waiting up to `WAIT_S` for the service to write it), the
+service trusted the same service keys as the reader (or, unchecked, ignored nothing), and every
+value read is no newer than `position` (else a write was under way: read again). Otherwise
+`open_view` says why, and the command folds the log as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from services.jetstream.direct import DirectGetError, SubjectStream, last_per_subject
+
+WAIT_S = 1.0
+POLL_S = 0.05
+TIMEOUT_S = 2.0
+BATCH = 1024
+
+
+class NoView(Exception):
+    """Why the read models cannot answer now (the command folds the log instead). `quiet`: nothing
+    worth saying, the fold will say it (there is no log at all)."""
+
+    def __init__(self, reason: str, quiet: bool = False) -> None:
+        super().__init__(reason)
+        self.quiet = quiet
+
+
+def keys_id(service_keys) -> str | None:
+    """Which service keys a fold trusted: the SHA-256 of their document (None: unchecked)."""
+    if service_keys is None:
+        return None
+    doc = json.dumps(service_keys.to_document(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
+
+
+class View:
+    """The read models at one log position (`seq`)."""
+
+    def __init__(self, nc, bucket: str, position: dict[str, Any]) -> None:
+        self._nc = nc
+        self._bucket = bucket
+        self.position = position
+        self.seq: int = position["seq"]
+
+    def _value(self, out: dict[str, dict[str, Any]], stored) -> None:
+        if not stored.data:  # a delete marker (the service deletes nothing; another tool might)
+            return
+        value = json.loads(stored.data)
+        if value.get("seq", 0) > self.seq:
+            raise _Moved()
+        out[stored.subject.removeprefix(f"$KV.{self._bucket}.")] = value
+
+    async def _last(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The last value of each of `keys` (no wildcards: a server answers at most 1024 subjects)."""
+        out: dict[str, dict[str, Any]] = {}
+        subjects = [f"$KV.{self._bucket}.{k}" for k in keys]
+        async for stored in last_per_subject(self._nc, f"KV_{self._bucket}", subjects, timeout=TIMEOUT_S):
+            self._value(out, stored)
+        return out
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return (await self._last([key])).get(key)
+
+    async def many(self, keys: list[str], chunk: int = 256) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), chunk):
+            out.update(await self._last(keys[i : i + chunk]))
+        return out
+
+    async def under(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every key `prefix.…` (e.g. `scope`, `release`). The bucket keeps one value per key
+        (history 1), so its messages on `prefix.>` in order are the values: read in batches
+        (a key rewritten meanwhile is seen again later; the newer value wins)."""
+        out: dict[str, dict[str, Any]] = {}
+        reader = SubjectStream(
+            self._nc, f"KV_{self._bucket}", f"$KV.{self._bucket}.{prefix}.>", batch=BATCH, timeout=TIMEOUT_S
+        )
+        async for stored in reader:
+            self._value(out, stored)
+        return out
+
+
+class _Moved(Exception):
+    """A value newer than the position read: the writer is between two keys."""
+
+
+async def _log_last_seq(nc, stream: str) -> int:
+    msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=TIMEOUT_S)
+    doc = json.loads(msg.data)
+    if "error" in doc:
+        raise NoView(f"the log {stream}: {doc['error'].get('description', 'no stream info')}", quiet=True)
+    return int(doc["state"]["last_seq"])
+
+
+async def _position(nc, bucket: str) -> dict[str, Any] | None:
+    try:
+        async for stored in last_per_subject(nc, f"KV_{bucket}", [f"$KV.{bucket}.position"], timeout=TIMEOUT_S):
+            return json.loads(stored.data) if stored.data else None
+    except DirectGetError as exc:
+        raise NoView(f"no read models in {bucket} ({exc})") from None
+    return None
+
+
+async def read_view(
+    nc,
+    log_stream: str,
+    bucket: str,
+    trusted: str | None,
+    use: Callable[[View], Any],
+    wait_s: float = WAIT_S,
+) -> Any:
+    """`await use(view)` on the read models at the log's last sequence, or NoView saying why not."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
+    deadline = time.monotonic() + wait_s
+    try:
+        last = await _log_last_seq(nc, log_stream)
+        while True:
+            position = await _position(nc, bucket)
+            if position is None:  # the bucket is there (a service created it) but not written yet
+                if time.monotonic() >= deadline:
+                    raise NoView(f"no read models in {bucket} yet (does a `kxr serve` with the activator run?)")
+            elif position["seq"] >= last:
+                if position.get("keys") != trusted and not (trusted is None and not position.get("ignored")):
+                    raise NoView("the service trusts other service keys than this command")
+                try:
+                    return await use(View(nc, bucket, position))
+                except _Moved:
+                    pass
+            elif time.monotonic() >= deadline:
+                raise NoView(f"read models at log seq {position['seq']}, the log at {last}")
+            if time.monotonic() >= deadline:
+                raise NoView("read models being written for longer than a second")
+            await asyncio.sleep(POLL_S)
+    except (NoRespondersError, NatsTimeout, DirectGetError) as exc:
+        raise NoView(f"read models not readable: {exc.__class__.__name__}") from None
+
+
+# ---- what the commands print, from a view ----------------------------------------------------------
+async def status(view: View, all_releases: bool) -> dict[str, Any]:
+    """`kxr status --json` but `signatures` (the command's own): scopes, releases, log_seq, ignored."""
+    scopes = await view.under("scope")
+    if all_releases:
+        rows = sorted((await view.under("release")).values(), key=lambda v: v["last_seq"])
+    else:
+        found = await view.many([f"release.{r}" for r in view.position["in_flight"]])
+        rows = [found[f"release.{r}"] for r in view.position["in_flight"] if f"release.{r}" in found]
+        if len(rows) != len(view.position["in_flight"]):
+            raise _Moved()
+    return {
+        "scopes": [
+            v["scope"]
+            for v in sorted(
+                scopes.values(), key=lambda v: (v["scope"]["env"], v["scope"]["channel"], v["scope"]["cohort"])
+            )
+        ],
+        "releases": [v["row"] for v in rows],
+        "log_seq": view.seq,
+        "ignored": view.position["ignored"],
+    }
+
+
+async def channel(view: View, env: str, name: str) -> dict[str, Any] | None:
+    """The channel's value: `show` (`kxr channel show --json`) and its `cohorts`; None if never configured."""
+    return await view.get(f"channel.{env}.{name}")
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# An index row of one release (read_models.index_row): what `kxr release list` filters and orders by.
+SEQ, ID, TARGET, CLOSED, OUTCOME, REQUESTED_AT, CLOSED_AT = range(7)
+
+
+def matches(row: list[Any], channel, outcome: str | None, since: datetime | None) -> bool:
+    """services/reads/history.py `matches`, on an index row."""
+    closed = row[CLOSED]
+    if channel is not None:
+        target = row[TARGET].split("/") if row[TARGET] else None
+        if target is None or target[1] != channel[1] or channel[0] not in (None, target[0]):
+            return False
+    if outcome is not None:
+        if outcome == "in-flight":
+            if closed:
+                return False
+        elif not closed or row[OUTCOME] != outcome:
+            return False
+    if since is not None:
+        requested = row[REQUESTED_AT]
+        if not (
+            (requested is not None and _time(requested) >= since)
+            or not closed
+            or (row[CLOSED_AT] is not None and _time(row[CLOSED_AT]) >= since)
+        ):
+            return False
+    return True
+
+
+def select(rows: list[list[Any]], channel, outcome: str | None, since: datetime | None, limit: int) -> list[str]:
+    """services/reads/history.py `select`, on index rows: the ids of the newest `limit` that match."""
+    chosen = sorted((r for r in rows if matches(r, channel, outcome, since)), key=lambda r: r[SEQ], reverse=True)
+    return [r[ID] for r in chosen[: max(limit, 0)]]
+
+
+async def release_list(view: View, channel, outcome: str | None, since: datetime | None, limit: int):
+    """(the newest `limit` summaries that match, newest first; how many releases the log holds).
+
+    The index is sharded by the log sequence of each release's first event (`index.<n>`, newest
+    shard first): reading stops at the shard that fills `limit`, so the newest releases cost one
+    shard whatever the history's length (a filter that matches little reads more of them)."""
+    ids: list[str] = []
+    for shard in sorted(view.position["shards"], reverse=True):
+        value = await view.get(f"index.{shard}")
+        if value is None:
+            raise _Moved()
+        ids += select(value["rows"], channel, outcome, since, limit - len(ids))
+        if len(ids) >= limit:
+            break
+    found = await view.many([f"release.{r}" for r in ids])
+    if len(found) != len(ids):
+        raise _Moved()
+    return [found[f"release.{r}"]["summary"] for r in ids], view.position["releases"]

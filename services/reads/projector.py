@@ -1,0 +1,342 @@
+"""The projector: keeps the operator's read models (services/reads/read_models.py) in their KV bucket.
+
+It rides in the activator's process (services/bootstrap.py), beside the follower that folds the
+log for the consumers: the process that moves scope pointers publishes where they point, and
+`kxr serve --only …` without the activator writes nothing. It reads the follower's world and
+never sits on a consumer's path: it takes the follower's entries from a listener queue, and
+writes at most every `interval_s` (and at once when the follower has caught up), in the
+background.
+
+Releases: the service's world keeps a closed release only as a tombstone, too little for its
+history line, so the projector keeps its own `HistoryFold` (services/reads/history.py) of the
+release events, started from the log (batch by batch) and fed by the follower's listener. A
+closed release leaves it once its value is written (a release that changes again after it closed
+is read back whole from its own events, as the follower restores a tombstone), so its memory grows
+with the releases in flight, plus a 16-byte fingerprint and an index row per release.
+
+Several writers (two `kxr serve` processes) never make a value go backwards: each value carries
+the log sequence it reflects and is written with the key's expected revision (KV compare and
+set); a writer that finds a newer value leaves it. Before a fold's keys, the writer checks that
+the bucket holds only its own last writes (its last revision is the bucket's last); if another
+writer wrote since, it reads the bucket again instead of trusting what it wrote. `position` is
+written last. After a restart the model is rewritten from the follower's world: values that did
+not change are left as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+
+from services.jetstream.direct import SubjectStream, connection_of
+from services.jetstream.log_reads import release_history
+from services.reads import read_models as rm
+from services.reads.history import HistoryFold, HistoryItem
+from services.reads.model_reads import keys_id
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 0.15
+MAX_SPACING_S = 0.5
+RETRY_S = 1.0
+WRITES_AT_ONCE = 256
+
+
+class Projector:
+    def __init__(self, app, interval_s: float = INTERVAL_S) -> None:
+        self._app = app
+        self._interval_s = interval_s
+        self._stored: dict[str, tuple[int, int, bytes]] = {}  # key -> (revision, seq, fingerprint of the content)
+        self._last_revision = 0  # the bucket's last revision this writer made (or read)
+        self._scopes: dict[Any, Any] = {}  # the world's state objects written (persistent: `is` means unchanged)
+        self._channels: dict[Any, Any] = {}
+        self._dirty: set[str] = set()  # release ids with events since the last write
+        self._releases: dict[str, tuple[Any, Any]] = {}  # release id -> (history item, world state) written
+        # closed releases, once written, leave the history (memory grows with releases in flight, as the
+        # follower's does): (first seq, closed at), to put one back whole if it changes again
+        self._evicted: dict[str, tuple[int, Any]] = {}
+        self.history = HistoryFold()
+        self._index: dict[int, dict[str, list[Any]]] = {}  # shard -> release id -> its row in the list index
+        self._index_dirty: set[int] = set()
+        self.newest: tuple[int, str] | None = None  # (first seq, id) of the newest release seen (benches)
+        self.releases = 0  # how many releases the model holds
+        self.write_s = 0.0  # how long the last write took (it spaces the next)
+        self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
+        self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
+        self.last_error: Exception | None = None  # why it last started over
+
+    def runners(self) -> list:
+        return [self.run()]
+
+    async def run(self) -> None:
+        """Until cancelled. A failure (the server busy, a write timed out) starts it over after a pause,
+        from the log and the bucket: meanwhile readers find `position` behind the log and fold."""
+        queue = self._app.follower.listen()
+        try:
+            while True:
+                try:
+                    await self._run(queue)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.last_error = exc
+                    log.warning("read models: %s: %s; starting over in %.0fs", type(exc).__name__, exc, RETRY_S)
+                    await asyncio.sleep(RETRY_S)
+                    self._forget()
+        finally:
+            self._app.follower.unlisten(queue)
+
+    def _forget(self) -> None:
+        self.history = HistoryFold()
+        for cache in (self._evicted, self._index, self._releases, self._scopes, self._channels, self._stored):
+            cache.clear()
+        self._index_dirty.clear()
+        self._dirty.clear()
+
+    async def _run(self, queue: asyncio.Queue) -> None:
+        app = self._app
+        self._kv = await app.js.key_value(app.subjects.read_bucket)
+        await self._read_bucket()
+        await self._load()
+        while True:
+            await self._drain(queue)
+            await self.write()
+            await queue.put(await queue.get())  # something new: wait for it, then gather more
+            # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
+            # the event loop's time; never so long apart that a reader (who waits a second) gives up
+            await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
+
+    async def _drain(self, queue: asyncio.Queue) -> None:
+        while True:
+            try:
+                position, event = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if event is None:
+                continue
+            release_id = event.release_id
+            if release_id in self._evicted and event.family == "release":
+                await self._restore(release_id, position.seq)
+            self.history.apply(position, event)
+            if release_id is not None:
+                self._dirty.add(release_id)
+
+    async def _load(self) -> None:
+        """The release history from the log, at start-up: release events only, batch by batch; each
+        batch's closed releases are written (if they changed) and leave memory at once, so a long
+        history is never held whole. What is still open is written with the first whole write."""
+        from projections.invariants import signature_problem
+        from services.jetstream.log_reads import log_batches
+
+        app, keys = self._app, self._app.follower.service_keys
+        async for batch in log_batches(app.js, app.subjects, [f"{app.subjects.prefix}.release.*.*"]):
+            touched: set[str] = set()
+            for entry, position, event in batch:
+                if event is None or not event.release_id:
+                    continue
+                if keys is not None and signature_problem(keys, position.subject, event, entry.data, entry.headers):
+                    continue  # as the follower: an unsigned service event counts for nothing
+                if event.release_id in self._evicted:
+                    await self._restore(event.release_id, position.seq)
+                self.history.apply(position, event)
+                touched.add(event.release_id)
+            closed = [r for r in touched if self.history.items[r].state.closed]
+            values = {rm.release_key(r): rm.release_value(self.history.items[r]) for r in closed}
+            for value in list(values.values()):
+                self._indexed(value)
+            values.update(self._index_values())
+            await self._put_changed(values, self._app.follower.position)
+            for release_id in closed:
+                item = self.history.items[release_id]
+                self._note_newest(item, release_id)
+                self._evict_closed([release_id])
+        self._dirty.update(self.history.items)  # in flight (or reopened): written whole with the world
+
+    def _indexed(self, value: dict[str, Any]) -> None:
+        row = rm.index_row(value)
+        shard = rm.shard_of(row[0])
+        if self._index.setdefault(shard, {}).get(row[1]) != row:
+            self._index[shard][row[1]] = row
+            self._index_dirty.add(shard)
+
+    def _index_values(self) -> dict[str, dict[str, Any]]:
+        out = {rm.index_key(n): rm.index_value(self._index[n].values()) for n in self._index_dirty}
+        self._index_dirty.clear()
+        return out
+
+    def _note_newest(self, item: HistoryItem, release_id: str) -> None:
+        if self.newest is None or item.first_seq > self.newest[0]:
+            self.newest = (item.first_seq, release_id)
+
+    async def _put_changed(self, values: dict[str, dict[str, Any]], seq: int) -> None:
+        """Write each value whose content the bucket does not hold yet (as of `seq`)."""
+        prints = {k: rm.fingerprint(v) for k, v in values.items()}
+        changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
+        if changed and await self._others_wrote():
+            await self._read_bucket()
+            changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
+        for i in range(0, len(changed), WRITES_AT_ONCE):
+            await asyncio.gather(*(self._put(k, values[k], seq) for k in changed[i : i + WRITES_AT_ONCE]))
+
+    async def _restore(self, release_id: str, seq: int) -> None:
+        """A closed (evicted) release changes again: whole from its own events first, as the follower does."""
+        first_seq, closed_at = self._evicted.pop(release_id)
+        while True:
+            try:
+                state = await release_history(
+                    self._app.js, self._app.subjects, release_id, seq, self._app.follower.service_keys
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("read model of release %s not restored yet (%s); retrying", release_id, exc)
+                await asyncio.sleep(0.5)
+        if state is not None:
+            self.history.items[release_id] = HistoryItem(state, first_seq, closed_at)
+
+    def _evict_closed(self, written: list[str]) -> None:
+        for release_id in written:
+            item = self.history.items.get(release_id)
+            if item is not None and item.state.closed:
+                del self.history.items[release_id]
+                self._releases.pop(release_id, None)
+                self._evicted[release_id] = (item.first_seq, item.closed_at)
+
+    async def _read_bucket(self) -> None:
+        """What the bucket holds now (after a restart, or when another writer wrote): every key is
+        compared with it again."""
+        stream = f"KV_{self._app.subjects.read_bucket}"
+        prefix = f"$KV.{self._app.subjects.read_bucket}."
+        self._stored.clear()
+        self._scopes.clear()
+        self._channels.clear()
+        self._releases.clear()
+        info = await self._app.js.stream_info(stream)
+        # one value per key (history 1): the bucket's messages in order are its values
+        async for stored in SubjectStream(connection_of(self._app.js), stream, f"{prefix}>", batch=1024):
+            key = stored.subject.removeprefix(prefix)
+            if not stored.data:  # a delete marker
+                self._stored.pop(key, None)
+                continue
+            seq, doc = rm.content(stored.data)
+            self._stored[key] = (stored.seq, seq, rm.fingerprint(doc))
+        # what was written before the read began (a write meanwhile is seen as another writer's)
+        self._last_revision = info.state.last_seq
+
+    async def write(self) -> None:
+        """One write of the model at the follower's position (no await until its values are built)."""
+        follower = self._app.follower
+        seq, world = follower.position, follower.world
+        if seq <= self.position and not self._dirty:
+            return
+        started = time.perf_counter()
+        try:
+            await self._write(seq, world)
+        finally:
+            self.write_s = time.perf_counter() - started
+
+    async def _write(self, seq: int, world) -> None:
+        follower = self._app.follower
+        values: dict[str, dict[str, Any]] = {}
+        for key, s in world.scopes.items():
+            if self._scopes.get(key) is not s:
+                self._scopes[key] = s
+                values[rm.scope_key(*key)] = {"generation": s.generation, "scope": rm.dump(rm.scope_shape(key, s))}
+        for env_channel in {*world.channels.keys(), *world.channel_problems.keys()}:
+            now = (world.channels.get(env_channel), world.channel_problems.get(env_channel))
+            if self._channels.get(env_channel) != now:
+                self._channels[env_channel] = now
+                values[rm.channel_key(*env_channel)] = {
+                    "show": rm.channel_show(*now, *env_channel),
+                    "cohorts": list(world.channel_config(*env_channel).cohort_names),
+                }
+        dirty = self._dirty | set(world.in_flight)
+        self._dirty = set()
+        written: list[str] = []
+        for release_id in dirty:
+            item, state = self.history.items.get(release_id), world.releases.get(release_id)
+            if item is None:
+                continue
+            seen = self._releases.get(release_id)
+            if seen is not None and seen[0] is item and seen[1] is state:
+                continue  # neither the history nor the world changed it since the last write
+            self._releases[release_id] = (item, state)
+            values[rm.release_key(release_id)] = value = rm.release_value(item, state)
+            self._indexed(value)
+            written.append(release_id)
+            self._note_newest(item, release_id)
+        values.update(self._index_values())
+        position = rm.position_value(
+            world,
+            {**follower.ignored},
+            keys_id(follower.service_keys),
+            self._index.keys(),
+            sum(len(rows) for rows in self._index.values()),
+        )
+        await self._put_changed(values, seq)
+        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
+            await self._put(rm.POSITION, position, seq)
+        self._evict_closed(written)
+        self.releases = position["releases"]
+        self.position = max(self.position, seq)
+        self.flushed.set()
+        self.flushed = asyncio.Event()
+
+    async def _others_wrote(self) -> bool:
+        info = await self._app.js.stream_info(f"KV_{self._app.subjects.read_bucket}")
+        return info.state.last_seq != self._last_revision
+
+    async def _put(self, key: str, value: dict[str, Any], seq: int) -> None:
+        """Write `value` as of `seq` unless the bucket holds a value as new or newer (compare and set)."""
+        data = rm.encode(value, seq)
+        for _ in range(10):
+            stored = self._stored.get(key)
+            if stored is not None and stored[1] > seq:
+                return  # another writer is further along: never backwards
+            try:
+                if stored is None:
+                    revision = await self._kv.create(key, data)
+                else:
+                    revision = await self._kv.update(key, data, last=stored[0])
+            except (KeyWrongLastSequenceError, NotFoundError) as exc:  # someone else wrote: look again
+                log.debug("read model %s: %s; reading it again", key, exc)
+                try:
+                    entry = await self._kv.get(key)
+                except NotFoundError:
+                    self._stored.pop(key, None)
+                    continue
+                if entry.value:
+                    theirs, doc = rm.content(entry.value)
+                    self._stored[key] = (entry.revision or 0, theirs, rm.fingerprint(doc))
+                continue
+            self._stored[key] = (revision, seq, rm.fingerprint(value))
+            self._last_revision = max(self._last_revision, revision)
+            return
+        log.warning("read model %s not written after 10 tries (others keep writing it)", key)
+
+
+async def project_once(app, timeout: float = 60.0) -> Projector:
+    """A model written once at the follower's position (benches and tests: a log with no service)."""
+    projector = Projector(app)
+    task = asyncio.get_running_loop().create_task(projector.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while projector.position < app.follower.position:
+            flushed = asyncio.ensure_future(projector.flushed.wait())
+            done, _ = await asyncio.wait({task, flushed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            flushed.cancel()
+            if task in done:
+                task.result()  # its error
+                raise RuntimeError("the projector stopped")
+            if projector.last_error is not None:  # a bench or test wants the error, not a retry
+                raise projector.last_error
+            if not done and time.monotonic() > deadline:
+                raise TimeoutError(f"read models not written within {timeout:.0f}s")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return projector

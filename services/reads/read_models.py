@@ -1,0 +1,165 @@
+"""The operator's read models as KV values (pure): the fold's state in the shapes `--json` prints.
+
+The service keeps them in the bucket `Subjects.read_bucket` (services/reads/projector.py writes,
+services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr channel show` and
+`kxr pin` answer in a few direct gets instead of folding the log. Keys and values (JSON):
+
+    scope.<env>.<channel>.<cohort>  {"seq", "generation", "scope": <shapes.Scope>}
+    release.<id>                    {"seq", "last_seq", "closed", "row": <shapes.Release>,
+                                     "summary": <shapes.ReleaseSummary>}
+    channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names]}
+    index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
+                                     requested_at, closed_at], ...]}: the releases whose first
+                                     event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
+    position                        {"seq", "keys", "ignored": [<shapes.Ignored>], "in_flight": [ids],
+                                     "shards": [n, ...], "releases": how many}
+
+`seq` is the log sequence the writer had folded when it wrote the value (a value is rewritten
+only when its content changes, so it reflects every sequence from its `seq` up to the one a
+newer value of the key carries). `position` is written last, after every other key of the
+same fold: when it says `seq` P, every key holds its state at P. `keys` names the service keys
+the fold trusted (None: signatures not checked), so a reader folds the log itself when it
+would trust other keys. `in_flight`: the releases in flight, in the order `kxr status` lists
+them (by their last sequence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from services.reads.history import HistoryItem, summary
+from services.reads.shapes import ChannelShow, Problem, Release, ReleaseSummary, dump, pack, rfc3339, scope_shape
+
+if TYPE_CHECKING:
+    from projections.releases import ReleaseState
+    from projections.world import ChannelProblem, ChannelState, World
+
+POSITION = "position"
+# `kxr release list` reads the index newest shard first: one shard holds the releases whose first
+# event falls in SHARD_SEQS log sequences (a few hundred releases, well under the 1 MB a value may hold)
+SHARD_SEQS = 5_000
+
+
+def scope_key(env: str, channel: str, cohort: str) -> str:
+    return f"scope.{env}.{channel}.{cohort}"
+
+
+def release_key(release_id: str) -> str:
+    return f"release.{release_id}"
+
+
+def channel_key(env: str, channel: str) -> str:
+    return f"channel.{env}.{channel}"
+
+
+def release_row(r: ReleaseState) -> dict[str, Any]:
+    """A release as `kxr status` lists it (shapes.releases, for one release)."""
+    stages = len(r.stages)
+    target = r.requested.target if r.requested else None
+    return dump(
+        Release(
+            release_id=r.release_id,
+            pack=pack(r.pack),
+            target=f"{target.env}/{target.channel}" if target else None,
+            phase=r.phase,
+            paused=r.paused,
+            stage=f"{r.stage + 1}/{stages}" if stages else None,
+            outcome=r.outcome,
+            why=r.failure,
+        )
+    )
+
+
+def release_value(item: HistoryItem, world_state: ReleaseState | None = None) -> dict[str, Any]:
+    """`world_state`: the world's own state of a release in flight (what `kxr status` shows), else the history's."""
+    state = world_state or item.state
+    return {
+        "last_seq": state.last_seq,
+        "closed": item.state.closed,
+        "row": release_row(state),
+        "summary": dump(ReleaseSummary.model_validate(summary(item))),
+    }
+
+
+def channel_show(state: ChannelState | None, problem: ChannelProblem | None, env: str, channel: str) -> dict:
+    """What `kxr channel show` prints: the last readable configuration and, if the newest entry
+    could not be read, that problem (`config` is null when no entry ever could be)."""
+    return dump(
+        ChannelShow(
+            scope=f"{env}/{channel}",
+            env=env,
+            channel=channel,
+            configured_at=rfc3339(state.configured_at) if state else None,
+            configured_by=state.configured_by if state else None,
+            seq=state.seq if state else None,
+            config=state.config.model_dump(mode="json", by_alias=True, exclude_none=True) if state else None,
+            problem=Problem(seq=problem.seq, reason=problem.reason, message=problem.describe()) if problem else None,
+        )
+    )
+
+
+def world_values(world: World) -> dict[str, dict[str, Any]]:
+    """Every scope and channel key of the world, and the in-flight release rows (without `seq`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, s in world.scopes.items():
+        out[scope_key(*key)] = {"generation": s.generation, "scope": dump(scope_shape(key, s))}
+    for env, channel in {*world.channels.keys(), *world.channel_problems.keys()}:
+        state, problem = world.channels.get((env, channel)), world.channel_problems.get((env, channel))
+        out[channel_key(env, channel)] = {
+            "show": channel_show(state, problem, env, channel),
+            "cohorts": list(world.channel_config(env, channel).cohort_names),
+        }
+    return out
+
+
+def release_values(items: Iterable[HistoryItem], world: World) -> dict[str, dict[str, Any]]:
+    return {release_key(i.state.release_id): release_value(i, world.releases.get(i.state.release_id)) for i in items}
+
+
+def index_row(value: dict[str, Any]) -> list[Any]:
+    """A release's row in the list index (services/reads/model_reads.py: SEQ, ID, TARGET, ...)."""
+    s = value["summary"]
+    return [s["seq"], s["release_id"], s["target"], value["closed"], s["outcome"], s["requested_at"], s["closed_at"]]
+
+
+def shard_of(first_seq: int) -> int:
+    return first_seq // SHARD_SEQS
+
+
+def index_key(shard: int) -> str:
+    return f"index.{shard}"
+
+
+def index_value(rows: Iterable[list[Any]]) -> dict[str, Any]:
+    return {"rows": sorted(rows, key=lambda r: r[0])}
+
+
+def position_value(
+    world: World, ignored: dict[int, str], trusted: str | None, shards: Iterable[int] = (), releases: int = 0
+) -> dict[str, Any]:
+    return {
+        "keys": trusted,
+        "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())],
+        "in_flight": [r.release_id for r in world.releases_in_flight()],
+        "shards": sorted(shards),
+        "releases": releases,
+    }
+
+
+def encode(value: dict[str, Any], seq: int) -> bytes:
+    return json.dumps({"seq": seq, **value}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(value: dict[str, Any]) -> bytes:
+    """What a writer remembers of a value it wrote (16 bytes, not the value: memory grows with keys)."""
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
+
+
+def content(raw: bytes) -> tuple[int, dict[str, Any]]:
+    """A stored value's `seq` and the rest (what the writer compares)."""
+    doc = json.loads(raw)
+    seq = int(doc.pop("seq", 0))
+    return seq, doc

@@ -1,0 +1,158 @@
+"""Issue 18: the operator's read models say what a fold of the log says, after every step of a story.
+
+A `kxr serve` keeps the read models (services/reads/projector.py); after each step the test reads
+`kxr status` (in flight and --all), `kxr release list` (all, and filtered) and `kxr channel show`
+from them (services/reads/model_reads.py) and from a fold of the whole log, and compares the JSON.
+At the end the `kxr` commands themselves answer from the model (no "folding the log" line) with the
+output of `--fold`, and after a restart of the service the model is rewritten as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.jetstream.log_reads import load_signed_world
+from services.reads import model_reads
+from services.reads.history import load_history, summary
+from services.reads.read_models import channel_show
+from services.reads.shapes import Ignored, ReleaseSummary, Status, dump, releases, scopes
+from services.settings import load_service_keys
+from tests.e2e.support import wait_closed, wait_event
+from tests.e2e.test_serve import rig, start_world  # noqa: F401  (rig is a fixture)
+from tests.harness import make_pack
+
+pytestmark = pytest.mark.e2e
+
+FILTERS = [
+    (None, None, None),
+    (None, "in-flight", None),
+    ((None, "canary"), "success", None),
+    (("prod", "x"), None, None),
+]
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+async def both(rig, kx) -> tuple[dict, dict]:  # noqa: F811
+    """(from the read models, from a fold of the log) of every read, at the log's last sequence."""
+    keys = load_service_keys(kx.workdir / "kx-data" / "service-keys.json")
+    s = rig.subjects
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    async def use(view):
+        out = {}
+        for all_releases in (False, True):
+            out[f"status all={all_releases}"] = await model_reads.status(view, all_releases)
+        for channel, outcome, _ in FILTERS:
+            out[f"list {channel} {outcome}"] = (await model_reads.release_list(view, channel, outcome, None, 50))[0]
+        out["list since"] = (await model_reads.release_list(view, None, None, since, 2))[0]
+        value = await model_reads.channel(view, "prod", "canary")
+        out["channel"] = value["show"] if value else None
+        out["cohorts"] = value["cohorts"] if value else None
+        return out
+
+    model = await model_reads.read_view(
+        rig.nc, s.releases_stream, s.read_bucket, model_reads.keys_id(keys), use, wait_s=20
+    )
+    world, ignored = await load_signed_world(rig.js, s, keys)
+    fold = {}
+    for all_releases in (False, True):
+        fold[f"status all={all_releases}"] = {
+            k: v
+            for k, v in dump(
+                Status(
+                    scopes=scopes(world),
+                    releases=releases(world, not all_releases),
+                    log_seq=world.applied_seq,
+                    signatures="",
+                    ignored=[Ignored(seq=seq, why=why) for seq, why in sorted(ignored.items())],
+                )
+            ).items()
+            if k != "signatures"
+        }
+    for channel, outcome, _ in FILTERS:
+        history = await load_history(rig.js, s, keys, channel=channel, outcome=outcome, limit=50)
+        fold[f"list {channel} {outcome}"] = dump([ReleaseSummary.model_validate(summary(i)) for i in history.items])
+    history = await load_history(rig.js, s, keys, since=since, limit=2)
+    fold["list since"] = dump([ReleaseSummary.model_validate(summary(i)) for i in history.items])
+    state, problem = world.channel_state("prod", "canary"), world.channel_problem("prod", "canary")
+    fold["channel"] = channel_show(state, problem, "prod", "canary") if state or problem else None
+    fold["cohorts"] = list(world.channel_config("prod", "canary").cohort_names) if state or problem else None
+    return model, fold
+
+
+async def same(rig, kx, step: str) -> dict:  # noqa: F811
+    model, fold = await both(rig, kx)
+    for what in fold:
+        assert model[what] == fold[what], f"after {step}: {what} differs\nmodel: {model[what]}\nfold:  {fold[what]}"
+    return model
+
+
+async def test_read_models_equal_the_fold_after_every_step(kx, rig):  # noqa: F811
+    serve, _, _ = await start_world(kx, rig)
+    await same(rig, kx, "start")
+    p1 = make_pack("1.0.0", kx.key)
+    await rig.request("r1", p1, rollback={"strategy": "none"})
+    await wait_event(rig.js, kx, "r1", "verified")
+    await same(rig, kx, "r1 verified")
+    assert (await wait_closed(rig.js, kx, "r1"))["data"]["outcome"] == "success"
+    await same(rig, kx, "r1 closed")
+    p2 = make_pack("1.1.0", kx.key)
+    await rig.request("r2", p2, monitoring={"window_s": 600, "min_samples": 1})
+    await wait_event(rig.js, kx, "r2", "monitoring_started")
+    shown = await same(rig, kx, "r2 monitoring")
+    assert [r["release_id"] for r in shown["status all=False"]["releases"]] == ["r2"]
+    ok(await kx.arun("pin", "prod/canary/rest", "--version", "1.0.0", "--until", "2h", "-m", "hold the rest"))
+    await same(rig, kx, "pin")
+    ok(await kx.arun("release", "pause", "r2", "-m", "look first"))
+    await same(rig, kx, "pause")
+    ok(await kx.arun("release", "abort", "r2", "-m", "enough"))
+    await wait_closed(rig.js, kx, "r2")
+    shown = await same(rig, kx, "r2 aborted")
+    assert shown["status all=False"]["releases"] == []
+    assert {r["release_id"] for r in shown["status all=True"]["releases"]} == {"r1", "r2"}
+    # a closed release (out of the projector's memory) changes again: it is read back whole, and moves
+    ok(await kx.arun("release", "annotate", "r1", "-m", "postmortem done"))
+    shown = await same(rig, kx, "r1 annotated after close")
+    assert [r["release_id"] for r in shown["status all=True"]["releases"]] == ["r2", "r1"]
+
+    # the commands themselves: from the model (no fold said), the same JSON as --fold
+    for args in (["status"], ["status", "--all"], ["release", "list"], ["channel", "show", "prod/canary"]):
+        from_model = await kx.arun(*args, "--json")
+        assert "folding the log" not in from_model.stderr, from_model.stderr
+        folded = await kx.arun(*args, "--json", "--fold")
+        assert json.loads(ok(from_model)) == json.loads(ok(folded)), args
+    # a channel pin's pre-check reads the channel's cohorts from the model
+    pinned = await kx.arun("pin", "prod/canary", "--version", "1.0.0", "--until", "1h", "-m", "all of it")
+    assert "folding the log" not in ok(pinned) + pinned.stderr
+    await same(rig, kx, "channel pin")
+
+    # a restart rewrites the model from the follower's world: the same values, nothing goes back
+    before = await both(rig, kx)
+    serve.signal(signal.SIGTERM)
+    await asyncio.to_thread(serve.proc.wait, 30)
+    await kx.serve().ready()
+    after = await both(rig, kx)
+    assert after == before
+
+
+async def test_without_a_service_the_commands_fold_and_say_so(kx, rig):  # noqa: F811
+    from services.jetstream.layout import ensure_layout
+
+    await ensure_layout(rig.js, rig.subjects)  # the streams and an empty read-model bucket: nobody writes it
+    await rig.configure()
+    result = await kx.arun("status", "--json")
+    assert "kxr: folding the log: " in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    assert json.loads(ok(result))["log_seq"] >= 1
+    shown = json.loads(ok(await kx.arun("channel", "show", "prod/canary", "--json")))
+    assert shown["scope"] == "prod/canary"

@@ -1,0 +1,115 @@
+"""Two service processes keep the read models at once (two `kxr serve` with the activator): every
+value only moves forward, and both end at the log's last sequence (services/reads/projector.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from events.channel import ChannelConfig
+from events.subjects import Subjects
+from services.actions.producer import configure_channel
+from services.app import App
+from services.bootstrap import start_service
+from services.jetstream.client import connect
+from services.reads import read_models as rm
+from services.reads.projector import Projector
+from services.settings import Settings
+from tests.harness import CHANNEL, OPERATOR, trust_root_for
+
+
+async def _app(nats_url: str, prefix: str) -> App:
+    from events.signing import SigningKey
+
+    nc = await connect(nats_url, name=f"writer-{prefix}")
+    app = App(nc, Settings(nats_url=nats_url, prefix=prefix), trust_root_for(SigningKey.generate()))
+    await start_service(app, ())  # the follower alone: the projector is what is tested
+    return app
+
+
+async def test_two_writers_never_move_a_value_back_and_both_reach_the_end(nats_url, prefix):
+    apps = [await _app(nats_url, prefix), await _app(nats_url, prefix)]
+    s = Subjects(prefix)
+    kv = await apps[0].js.key_value(s.read_bucket)
+    seen: dict[str, list[int]] = {}
+
+    async def watch() -> None:
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                seen.setdefault(entry.key, []).append(json.loads(entry.value)["seq"])
+
+    watching = asyncio.create_task(watch())
+    projectors = [Projector(app, interval_s=0.01) for app in apps]
+    tasks = [asyncio.create_task(p.run()) for p in projectors]
+    try:
+        config = CHANNEL
+        for i in range(12):  # a channel reconfigured again and again: its value changes with every event
+            config = {**config, "monitoring": {**config["monitoring"], "window_s": 60 + i}}
+            await configure_channel(
+                apps[i % 2].log, apps[0].js, "prod", "canary", ChannelConfig.model_validate(config), OPERATOR
+            )
+            await asyncio.sleep(0.02)
+        last = (await apps[0].js.stream_info(s.releases_stream)).state.last_seq
+        for p in projectors:
+            while p.position < last:
+                await asyncio.wait_for(p.flushed.wait(), 10)
+        assert all(p.position == last for p in projectors)
+        await asyncio.sleep(0.2)  # let the watcher see the last writes
+        for key, seqs in seen.items():
+            assert seqs == sorted(seqs), f"{key} went back: {seqs}"
+        assert seen[rm.POSITION][-1] == last
+        value = json.loads((await kv.get(rm.channel_key("prod", "canary"))).value)
+        assert value["show"]["config"]["monitoring"]["window_s"] == 71  # the last configuration
+        assert value["seq"] <= last
+        # a writer that is behind leaves a newer value alone
+        await projectors[1]._put(rm.POSITION, {"stale": True}, 1)
+        assert json.loads((await kv.get(rm.POSITION)).value)["seq"] == last
+    finally:
+        for t in [*tasks, watching]:
+            t.cancel()
+        await asyncio.gather(*tasks, watching, return_exceptions=True)
+        for app in apps:
+            await app.stop()
+            await app.nc.close()
+
+
+async def test_the_projector_starts_over_when_the_bucket_fails_it(nats_url, prefix):
+    from services.jetstream.layout import ensure_layout
+
+    app = await _app(nats_url, prefix)
+    s = Subjects(prefix)
+    projector = Projector(app, interval_s=0.01)
+    task = asyncio.create_task(projector.run())
+    try:
+        await configure_channel(app.log, app.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        while projector.position < 1:
+            await asyncio.wait_for(projector.flushed.wait(), 10)
+        await app.js.delete_key_value(s.read_bucket)  # gone under it: its writes fail
+        await configure_channel(app.log, app.js, "prod", "other", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        for _ in range(100):
+            if projector.last_error is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert projector.last_error is not None
+        await ensure_layout(app.js, s)  # the bucket again (as the next `kxr serve` start creates it)
+        last = (await app.js.stream_info(s.releases_stream)).state.last_seq
+        kv = await app.js.key_value(s.read_bucket)
+
+        async def rewritten() -> bool:
+            try:
+                return json.loads((await kv.get(rm.POSITION)).value)["seq"] == last
+            except Exception:
+                return False
+
+        for _ in range(200):
+            if await rewritten():
+                break
+            await asyncio.sleep(0.05)
+        assert await rewritten(), "the model was not written again"
+        assert (await kv.get(rm.channel_key("prod", "canary"))).value  # every key, not only the newest
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await app.stop()
+        await app.nc.close()
