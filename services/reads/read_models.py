@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from services.reads.history import HistoryItem, summary
-from services.reads.shapes import ChannelShow, Problem, Release, ReleaseSummary, dump, pack, rfc3339, scope_shape
+from services.reads.shapes import ChannelShow, Problem, ReleaseSummary, dump, release_shape, rfc3339, scope_shape
 
 if TYPE_CHECKING:
     from projections.releases import ReleaseState
@@ -57,20 +57,7 @@ def channel_key(env: str, channel: str) -> str:
 
 def release_row(r: ReleaseState) -> dict[str, Any]:
     """A release as `kxr status` lists it (shapes.releases, for one release)."""
-    stages = len(r.stages)
-    target = r.requested.target if r.requested else None
-    return dump(
-        Release(
-            release_id=r.release_id,
-            pack=pack(r.pack),
-            target=f"{target.env}/{target.channel}" if target else None,
-            phase=r.phase,
-            paused=r.paused,
-            stage=f"{r.stage + 1}/{stages}" if stages else None,
-            outcome=r.outcome,
-            why=r.failure,
-        )
-    )
+    return dump(release_shape(r))
 
 
 def release_value(item: HistoryItem, world_state: ReleaseState | None = None) -> dict[str, Any]:

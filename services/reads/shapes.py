@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from projections.releases import ReleaseState
     from projections.world import World
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -421,26 +422,25 @@ def scopes(world: World) -> list[Scope]:
     return [scope_shape(key, world.scopes[key]) for key in sorted(world.scopes.keys())]
 
 
+def release_shape(r: ReleaseState) -> Release:
+    """A release as `kxr status` lists it."""
+    stages = len(r.stages)
+    target = r.requested.target if r.requested else None
+    return Release(
+        release_id=r.release_id,
+        pack=pack(r.pack),
+        target=f"{target.env}/{target.channel}" if target else None,
+        phase=r.phase,
+        paused=r.paused,
+        stage=f"{r.stage + 1}/{stages}" if stages else None,
+        outcome=r.outcome,
+        why=r.failure,
+    )
+
+
 def releases(world: World, in_flight_only: bool) -> list[Release]:
-    rows = []
-    for r in sorted(world.releases.values(), key=lambda r: r.last_seq):
-        if in_flight_only and not r.in_flight:
-            continue
-        stages = len(r.stages)
-        target = r.requested.target if r.requested else None
-        rows.append(
-            Release(
-                release_id=r.release_id,
-                pack=pack(r.pack),
-                target=f"{target.env}/{target.channel}" if target else None,
-                phase=r.phase,
-                paused=r.paused,
-                stage=f"{r.stage + 1}/{stages}" if stages else None,
-                outcome=r.outcome,
-                why=r.failure,
-            )
-        )
-    return rows
+    ordered = sorted(world.releases.values(), key=lambda r: r.last_seq)
+    return [release_shape(r) for r in ordered if r.in_flight or not in_flight_only]
 
 
 def dump(shape: BaseModel | Sequence[BaseModel]) -> Any:
