@@ -45,19 +45,11 @@ async def model_status(view, all_releases: bool) -> dict:
 def folded_status(nats_url: str | None, keys, all_releases: bool) -> dict:
     """`kxr status --json` from a fold of the whole log."""
     from services.jetstream.log_reads import load_signed_world
-    from services.reads.shapes import Ignored, Status, dump, releases, scopes
+    from services.reads.shapes import status_of
 
     async def go():
         async with session(nats_url) as (_, js, log):
             return await load_signed_world(js, log.subjects, keys)
 
     world, ignored = run_async(go())
-    return dump(
-        Status(
-            scopes=scopes(world),
-            releases=releases(world, not all_releases),
-            log_seq=world.applied_seq,
-            signatures="",
-            ignored=[Ignored(seq=seq, why=why) for seq, why in sorted(ignored.items())],
-        )
-    )
+    return status_of(world, ignored, all_releases)

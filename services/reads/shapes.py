@@ -507,3 +507,16 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def status_of(world: World, ignored: dict[int, str], all_releases: bool) -> dict:
+    """`kxr status --json` of a folded world (`signatures` is the caller's to say)."""
+    return dump(
+        Status(
+            scopes=scopes(world),
+            releases=releases(world, not all_releases),
+            log_seq=world.applied_seq,
+            signatures="",
+            ignored=[Ignored(seq=seq, why=why) for seq, why in sorted(ignored.items())],
+        )
+    )

@@ -20,7 +20,7 @@ from services.jetstream.log_reads import load_signed_world
 from services.reads import model_reads
 from services.reads.history import load_history, summary
 from services.reads.read_models import channel_show
-from services.reads.shapes import Ignored, ReleaseSummary, Status, dump, releases, scopes
+from services.reads.shapes import ReleaseSummary, dump, status_of
 from services.settings import load_service_keys
 from tests.e2e.support import wait_closed, wait_event
 from tests.e2e.test_serve import rig, start_world  # noqa: F401  (rig is a fixture)
@@ -66,19 +66,8 @@ async def both(rig, kx) -> tuple[dict, dict]:  # noqa: F811
     world, ignored = await load_signed_world(rig.js, s, keys)
     fold = {}
     for all_releases in (False, True):
-        fold[f"status all={all_releases}"] = {
-            k: v
-            for k, v in dump(
-                Status(
-                    scopes=scopes(world),
-                    releases=releases(world, not all_releases),
-                    log_seq=world.applied_seq,
-                    signatures="",
-                    ignored=[Ignored(seq=seq, why=why) for seq, why in sorted(ignored.items())],
-                )
-            ).items()
-            if k != "signatures"
-        }
+        folded = status_of(world, ignored, all_releases)
+        fold[f"status all={all_releases}"] = {k: v for k, v in folded.items() if k != "signatures"}
     for channel, outcome, _ in FILTERS:
         history = await load_history(rig.js, s, keys, channel=channel, outcome=outcome, limit=50)
         fold[f"list {channel} {outcome}"] = dump([ReleaseSummary.model_validate(summary(i)) for i in history.items])
