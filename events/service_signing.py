@@ -10,7 +10,7 @@ can ignore the latter.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -39,15 +39,9 @@ class ServiceKey:
     roles: frozenset[str]
 
 
-# A signature check decided ahead (keyid, raw signature, signed bytes) -> valid: an auditor verifies a
-# batch of entries on other threads while it folds the previous one (services/reads/signature_pool.py).
-Verdicts = Mapping[tuple[str, bytes, bytes], bool]
-
-
 @dataclass(frozen=True)
 class ServiceKeys:
     keys: Mapping[str, ServiceKey]
-    verdicts: Verdicts = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_document(cls, doc: Any) -> ServiceKeys:
@@ -78,10 +72,6 @@ class ServiceKeys:
             }
         }
 
-    def with_verdicts(self, verdicts: Verdicts) -> ServiceKeys:
-        """The same keys, with signature checks decided ahead (the same verification, done earlier)."""
-        return replace(self, verdicts=verdicts)
-
     def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None:
         """Why this entry is not a genuine append by `role` (None: it is)."""
         headers = headers or {}
@@ -97,55 +87,14 @@ class ServiceKeys:
             raw = b64decode_strict(sig)
         except ValueError:
             return "signature is not base64"
-        message = signed_bytes(subject, payload)
-        valid = self.verdicts.get((keyid, raw, message))
-        if valid is None:
-            valid = verifies(key.public, raw, message)
-        return None if valid else "forged: the signature does not match the stored bytes"
-
-    def to_verify(self, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> Pending | None:
-        """The signature check `check` would make on this entry, for any role (None: it makes none)."""
-        headers = headers or {}
-        keyid, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)
-        key = self.keys.get(keyid) if keyid and sig else None
-        if key is None or sig is None:
-            return None
         try:
-            raw = b64decode_strict(sig)
-        except ValueError:
-            return None
-        return Pending(key.keyid, key.public, raw, signed_bytes(subject, payload))
-
-
-@dataclass(frozen=True)
-class Pending:
-    """One signature to verify: by `keyid` (public key `public`), `signature` over `message`."""
-
-    keyid: str
-    public: bytes
-    signature: bytes
-    message: bytes
-
-    @property
-    def verdict_key(self) -> tuple[str, bytes, bytes]:
-        return (self.keyid, self.signature, self.message)
-
-
-def verifies(public: bytes, signature: bytes, message: bytes) -> bool:
-    """Ed25519: does `signature` by `public` cover exactly `message`?"""
-    try:
-        _public_key(public).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+            _public_key(key.public).verify(raw, signed_bytes(subject, payload))
+        except (InvalidSignature, ValueError):
+            return "forged: the signature does not match the stored bytes"
+        return None
 
 
 @lru_cache(maxsize=64)
 def _public_key(raw: bytes) -> Ed25519PublicKey:
     """Loaded once per key: an auditor checks every append of a long log against a handful of keys."""
     return Ed25519PublicKey.from_public_bytes(raw)
-
-
-def verify_all(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    """`verifies` over (public, signature, message) triples: one call per chunk a worker process checks."""
-    return [verifies(public, signature, message) for public, signature, message in items]

@@ -34,13 +34,10 @@ def position_of(entry: RawEntry) -> Position:
     )
 
 
-LOG_READ_BATCH = 1024  # entries asked for at a time by one-off whole-log reads
-
-
 def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
     whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
     return OrderedReader(
-        js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=LOG_READ_BATCH
+        js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024
     )
 
 

@@ -5,21 +5,16 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable
-from contextlib import ExitStack
 from datetime import datetime
 
-from events.model import Event
 from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
 from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
-from projections.position import Position
 from projections.world import World
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.log_reads import load_world, log_batches
-from services.jetstream.reader import RawEntry
-from services.reads.signature_pool import SignaturePool, Ticket
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
 
@@ -31,46 +26,21 @@ async def replay(
     until: datetime | None = None,
     service_keys: ServiceKeys | None = None,
 ) -> Audit:
-    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature).
-
-    With keys, each batch's signatures are verified in worker processes while the previous batch
-    is folded (services/reads/signature_pool.py); the audit is the same as checking in line.
-    """
+    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
     audit = Audit()
-    with young_collections_only(), ExitStack() as stack:  # the world only grows: no full collections over it
-        pool = stack.enter_context(SignaturePool(service_keys)) if service_keys is not None else None
-        ahead: tuple[Batch, Ticket] | None = None
+    with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):
-            ticket = pool.submit((entry, position.subject) for entry, position, _ in batch) if pool else []
-            if ahead is not None:
-                audit = await _fold(audit, *ahead, pool, subjects, progress)
-            ahead = (batch, ticket)
-        if ahead is not None:
-            audit = await _fold(audit, *ahead, pool, subjects, progress)
+            for entry, position, event in batch:
+                if service_keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
+                    audit = audit_signed_entry(
+                        audit, service_keys, position, event, entry.data, entry.headers, subjects
+                    )
+                else:
+                    audit = audit_entry(audit, position, event, subjects)
+                if progress is not None:
+                    progress(audit.events + audit.undecodable, entry.pending)
+            gc_step()
     return finish(audit)
-
-
-Batch = list[tuple[RawEntry, Position, Event | None]]
-
-
-async def _fold(
-    audit: Audit,
-    batch: Batch,
-    ticket: Ticket,
-    pool: SignaturePool | None,
-    subjects: Subjects,
-    progress: Progress | None,
-) -> Audit:
-    keys = pool.keys.with_verdicts(await pool.verdicts(ticket)) if pool is not None else None
-    for entry, position, event in batch:
-        if keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
-            audit = audit_signed_entry(audit, keys, position, event, entry.data, entry.headers, subjects)
-        else:
-            audit = audit_entry(audit, position, event, subjects)
-        if progress is not None:
-            progress(audit.events + audit.undecodable, entry.pending)
-    gc_step()
-    return audit
 
 
 async def world_at(js, subjects: Subjects, at: datetime) -> World:
