@@ -43,6 +43,7 @@ INTERVAL_S = 0.15
 MAX_SPACING_S = 0.5
 RETRY_S = 1.0
 WRITES_AT_ONCE = 256
+LOAD_YIELD_EVERY = 16  # entries folded between two turns of the event loop at start-up
 
 
 class Projector:
@@ -133,8 +134,13 @@ class Projector:
 
         app, keys = self._app, self._app.follower.service_keys
         async for batch in log_batches(app.js, app.subjects, [f"{app.subjects.prefix}.release.*.*"]):
+            started = time.monotonic()
             touched: set[str] = set()
-            for entry, position, event in batch:
+            for n, (entry, position, event) in enumerate(batch):
+                if n % LOAD_YIELD_EVERY == 0:
+                    # this runs in the activator's event loop: a batch folded in one go (a signature
+                    # check per service event) held the loop for hundreds of ms after a restart
+                    await asyncio.sleep(0)
                 if event is None or not event.release_id:
                     continue
                 if keys is not None and signature_problem(keys, position.subject, event, entry.data, entry.headers):
@@ -153,6 +159,8 @@ class Projector:
                 item = self.history.items[release_id]
                 self._note_newest(item, release_id)
                 self._evict_closed([release_id])
+            # about half of the loop at most: a long history loads in the background, activations first
+            await asyncio.sleep(min(time.monotonic() - started, MAX_SPACING_S))
         self._dirty.update(self.history.items)  # in flight (or reopened): written whole with the world
 
     def _indexed(self, value: dict[str, Any]) -> None:
