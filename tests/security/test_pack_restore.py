@@ -144,7 +144,12 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
         before = restored_count()
         r2 = await release(bad)
         # the bad pack is live in the first cohort, its window fails, the release rolls back
-        await wait_for(lambda: internal.active and internal.active.digest == bad.digest, 30, "the bad pack live")
+        await wait_for(
+            lambda: internal.active and internal.active.digest == bad.digest,
+            30,
+            "the bad pack live",
+            lambda: (app.follower.world.release(r2) or app.follower.world.tombstones.get(r2), internal.history[-3:]),
+        )
 
         rolled = await closed(r2)
         assert rolled.outcome == "rolled_back", rolled.failure
