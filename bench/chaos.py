@@ -50,6 +50,8 @@ from services.runtime.sdk import Identity
 from services.runtime.simulation import simulated_runtime
 from services.tasks import cancel_and_wait
 
+from .common import kxr_binary
+
 PREFIX = "chaos"
 OPERATOR = Actor(kind="operator", id="chaos")
 CHANNEL = {
@@ -59,10 +61,6 @@ CHANNEL = {
     "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
     "policy": {},
 }
-
-
-def kxr() -> str:
-    return str(Path(sys.executable).parent / "kxr")
 
 
 @dataclass
@@ -76,7 +74,7 @@ class Serve:
     def start(self) -> None:
         log = open(self.workdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [kxr(), "serve", "--verbose"],
+            [kxr_binary(), "serve", "--verbose"],
             env=self.env,
             cwd=self.workdir,
             stdout=log,

@@ -34,9 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from .common import percentile, report, rig
+from .common import kxr_binary, percentile, report, rig
 
 TARGET_MS = 250.0
 DEFAULT_RUNS = 15
@@ -48,10 +47,6 @@ COMMANDS: dict[str, list[str]] = {
     "kxr status --fold": ["status", "--fold"],  # the whole log folded (how it worked before issue 18)
 }
 TARGETED = ("kxr --help", "kxr status")
-
-
-def kxr_binary() -> str:
-    return str(Path(sys.executable).parent / "kxr")
 
 
 async def _fill(url: str, prefix: str, events: int) -> int:

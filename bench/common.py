@@ -75,6 +75,11 @@ def trust_root(key: SigningKey) -> TrustRoot:
     return TrustRoot.from_document(trust_document(key))
 
 
+def kxr_binary() -> str:
+    """The `kxr` console script of the running interpreter's environment."""
+    return str(Path(sys.executable).parent / "kxr")
+
+
 @dataclass
 class Rig:
     """A nats-server on a private store and the environment a `kxr serve` needs to use it."""
@@ -107,7 +112,7 @@ class Rig:
         """`kxr serve` in its own process (the service uses the second core, as in production)."""
         log = open(self.work / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "kxr"), "serve", *args],
+            [kxr_binary(), "serve", *args],
             env=self.env(**extra_env),
             cwd=self.work,
             stdout=log,

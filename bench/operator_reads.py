@@ -28,8 +28,7 @@ from services.jetstream.client import connect
 from services.reads.projector import project_once
 from services.settings import Settings
 
-from .cli_start import kxr_binary
-from .common import Progress, report
+from .common import Progress, kxr_binary, report
 from .history import fast_rig, generate
 
 TARGET_S = 1.0

@@ -20,7 +20,6 @@ import asyncio
 import gc
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from services.reads.audit import replay
 from services.reads.snapshots import Snapshots
 from services.settings import Settings
 
-from .common import Progress, raw_connect, report
+from .common import Progress, kxr_binary, raw_connect, report
 from .history import fast_rig, generate
 
 SERVICE_ROLES = ["preparer", "distributor", "verifier", "activator", "monitor", "promoter"]
@@ -82,7 +81,7 @@ async def timed_replay(
 
 def cli_replay(rig, keys_file: Path | None) -> tuple[float, dict]:
     """`kxr audit replay --json` as an auditor runs it; wall seconds and its summary."""
-    args = [str(Path(sys.executable).parent / "kxr"), "audit", "replay", "--json"]
+    args = [kxr_binary(), "audit", "replay", "--json"]
     if keys_file is not None:
         args += ["--service-keys", str(keys_file)]
     t0 = time.perf_counter()
