@@ -28,6 +28,10 @@ MAX_SERIES = 20  # series of one answer kept in the evidence (the rest are count
 MAX_LABELS = 20  # labels kept per series
 MAX_TEXT = 200  # characters kept of a label value or an error
 METRIC_PREFIX = "prometheus."  # a query's comparisons are named prometheus.<query>
+# A sample's value text is judged from what is kept: Prometheus writes floats in full decimal
+# (1e70 is "1" and 70 zeros; the smallest double ~330 characters), so a cut below that would make a
+# huge figure small. 400 keeps every float64 whole; longer text is no number, hence no data.
+VALUE_MAX = 400
 
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PROMQL_PLACEHOLDERS) + r")\}")
 _RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
@@ -102,7 +106,7 @@ def _series(item: object) -> dict[str, Any] | None:
     if not isinstance(value, list) or len(value) != 2 or not isinstance(value[1], str):
         return None
     labels = dict(sorted((_text(k), _text(v)) for k, v in item["metric"].items())[:MAX_LABELS])
-    return {"metric": labels, "value": value[1][:64]}
+    return {"metric": labels, "value": value[1][:VALUE_MAX]}
 
 
 def unanswered(asked: Asked, status: str, problem: str) -> QueryAnswer:
@@ -149,7 +153,7 @@ def parse_answer(asked: Asked, http_status: int, body: object, thresholds: Thres
                 return unanswered(asked, "invalid", "a series of the answer is malformed")
             series.append(one)
     elif kind == "scalar" and isinstance(result, list) and len(result) == 2 and isinstance(result[1], str):
-        series.append({"metric": {}, "value": result[1][:64]})
+        series.append({"metric": {}, "value": result[1][:VALUE_MAX]})
     else:
         # a range vector (matrix) or a string is not one figure: aggregate it over time in the query
         return unanswered(asked, "invalid", f"result type {_text(kind)!r}, not an instant vector or a scalar")

@@ -102,6 +102,14 @@ def test_a_vector_is_judged_on_its_worst_series():
     assert (band.value, band.lowest) == (9.0, 3.0)
 
 
+def test_a_huge_figure_in_full_decimal_is_judged_whole_not_cut_small():
+    """Prometheus writes 1e70 as "1" and 70 zeros: judged from a cut text it would read 1e63."""
+    huge = "1" + "0" * 70
+    a = answer("queue", vector("5", huge), Thresholds(queue_max=1e65))  # type: ignore[call-arg]
+    assert a.value == 1e70 and a.no_data is None
+    assert a.result[0]["value"] == huge  # the evidence keeps it whole too
+
+
 def test_a_scalar_answer_is_one_figure():
     a = answer("error_rate", {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "0.5"]}}, MAX)
     assert (a.value, a.result) == (0.5, [{"metric": {}, "value": "0.5"}])
