@@ -145,27 +145,17 @@ def denied_line(exc: Exception, settings: Settings) -> str:
     return line
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` one token, `>` the rest."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
-
-
 def roles_allowed_to_publish(subjects: Any, subject: str) -> list[str]:
     """The roles whose user may publish `subject` (services/permissions.py); the service's own user
     is no one's to borrow, so it is not named."""
+    from services.contracts.catalog import subject_matches
     from services.permissions import ROLES, role_permissions
 
     out = []
     for role in (r for r in ROLES if r != "service"):
         perms = role_permissions(subjects, role)
-        if any(_matches(p, subject) for p in perms.publish) and not any(
-            _matches(p, subject) for p in perms.publish_deny
+        if any(subject_matches(p, subject) for p in perms.publish) and not any(
+            subject_matches(p, subject) for p in perms.publish_deny
         ):
             out.append(role)
     return out

@@ -45,14 +45,9 @@ def pack_sign(
 ) -> None:
     """Write a signed manifest for a pack (CONTRACT §6)."""
     from events.tokens import check_token as _tok
-    from events.versions import parse_version
     from services.actions.producer import build_signed, manifest_bytes
 
-    _tok(name, "pack name")
-    try:
-        parse_version(version)
-    except ValueError as exc:
-        fail(str(exc))
+    _tok(name, "pack name")  # the version: checked by its option's callback (checks.pack_version)
     keys = [read_key_file(k) for k in key]
     data = pack.read_bytes()
     signed = build_signed(

@@ -407,11 +407,7 @@ def cohorts_of(world: World) -> list[str]:
     """Every cohort of every configured channel (pinnable before it ever ran a pack), and every scope seen."""
     cohorts = {"/".join(key) for key in world.scopes.keys()}
     for env, channel in world.channels.keys():
-        try:
-            names = world.channel_config(env, channel).cohort_names
-        except Exception:  # a channel whose configuration does not decode: only its scopes seen so far
-            continue
-        cohorts.update(f"{env}/{channel}/{cohort}" for cohort in names)
+        cohorts.update(f"{env}/{channel}/{cohort}" for cohort in world.channel_config(env, channel).cohort_names)
     return sorted(cohorts)
 
 

@@ -174,9 +174,13 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         if nc.fail_denied(str(exc)):
             log.debug("nats: %s", exc)  # the request it denied fails with it: the caller says so
             return
+        # before the first connection the caller reports the failure in one line (the last error kept
+        # here); after it, say why in the log: a service reconnecting for days keeps no list of them
+        if connected:
+            log.warning("nats: %s", exc)
+            return
         errors.append(exc)
-        # before the first connection the caller reports the failure in one line; after it, say why
-        (log.warning if connected else log.debug)("nats: %s", exc)
+        log.debug("nats: %s", exc)
 
     if "inbox_prefix" not in kwargs:  # the KX_NATS_CREDS user may receive replies on its own prefix only
         inbox = inbox_for_url(url)
