@@ -211,6 +211,13 @@ def gaps(answers: list[QueryAnswer], thresholds: Thresholds) -> list[str]:
             out.append(f"no data from Prometheus query {a.name}: {a.no_data or 'no value'}")
         elif not any(is_limit(limit) for _, limit in query_limits(thresholds, a.name)):
             out.append(f"Prometheus query {a.name} has no numeric threshold to be judged against")
+    # a custom threshold (no runtime figure stands for it) judged by nothing is no pass: e.g. the
+    # channel's query was removed while the release's window, with its thresholds, was open
+    asked = {a.name for a in answers}
+    for key in sorted(thresholds.__pydantic_extra__ or {}):
+        name = key.removesuffix("_max").removesuffix("_min")
+        if name != key and name not in asked:
+            out.append(f"threshold {key} has no figure: no Prometheus query {name} was asked")
     return out
 
 

@@ -200,6 +200,11 @@ def test_a_window_passes_fails_and_holds_on_the_queries():
     assert v.outcome == "monitoring_inconclusive"
     assert "no data from Prometheus query error_rate: unreachable: ConnectError" in v.reason
 
+    # the channel's queries were removed while the window was open: its custom threshold judges nothing
+    v = judge([sample()], [], m, queries=[])
+    assert v.outcome == "monitoring_inconclusive"
+    assert "threshold queue_depth_max has no figure: no Prometheus query queue_depth was asked" in v.reason
+
 
 def test_a_query_named_like_a_sample_figure_speaks_for_it_when_the_samples_have_none():
     m = monitoring(error_rate_max=0.05, latency_p99_ms_max=300)
