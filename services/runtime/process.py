@@ -48,10 +48,10 @@ async def run_simulated_runtime(
         raise ConfigError("a runtime needs NATS: set KX_NATS_URL or pass --nats-url")
     stop = SignalStop()
     try:
+        connection = settings.nats_connection()  # a bad file or option: a ConfigError of its own
         try:
             # the runtime user may only receive replies under its own inbox prefix (services/permissions.py):
             # without it every read is denied. Harmless where NATS has no users.
-            connection = settings.nats_connection()
             nc = await connect_with(
                 connection,
                 name=f"kxr-runtime-{identity.runtime_id}",
