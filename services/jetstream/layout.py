@@ -230,12 +230,24 @@ def read_bucket_config(subjects: Subjects, replicas: int) -> KeyValueConfig:
 
 
 async def ensure_read_bucket(js: JetStreamContext, subjects: Subjects, settings: LayoutSettings) -> None:
+    """Create the read models' bucket if absent; refuse one whose config readers cannot rely on."""
     try:
         await js.key_value(subjects.read_bucket)
     except (BucketNotFoundError, NotFoundError):
         config = read_bucket_config(subjects, settings.replicas)
         try:
             await placed(partial(js.create_key_value, config), f"bucket {subjects.read_bucket}")
-        except APIError as exc:  # another process created it meanwhile
-            if exc.err_code != 10058:  # stream name already in use (with another config)
+        except APIError as exc:  # another process created it meanwhile (checked below, like any existing one)
+            if exc.err_code != 10058:  # stream name already in use
                 raise
+    cfg = (await js.stream_info(f"KV_{subjects.read_bucket}")).config
+    problems = [
+        why
+        for bad, why in (
+            (cfg.max_msgs_per_subject != 1, f"keeps {cfg.max_msgs_per_subject} values per key, not 1"),
+            (not cfg.allow_direct, "does not allow direct gets (how operators read it)"),
+        )
+        if bad
+    ]
+    if problems:
+        raise LayoutError(f"bucket {subjects.read_bucket} exists but " + "; ".join(problems))

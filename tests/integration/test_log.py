@@ -10,7 +10,7 @@ from events.model import Actor, Scope
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.jetstream.client import connect
-from services.jetstream.layout import LayoutError, ensure_layout, release_log_config
+from services.jetstream.layout import LayoutError, ensure_layout, read_bucket_config, release_log_config
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from tests.harness import make_pack, request_data
 
@@ -90,6 +90,23 @@ async def test_refuses_a_log_that_breaks_the_guarantees(nats_url, prefix, breaka
             }
         )
     )
+    with pytest.raises(LayoutError, match=reason):
+        await ensure_layout(js, subjects)
+    await nc.close()
+
+
+@pytest.mark.parametrize(
+    "breakage, reason",
+    [({"history": 5}, "keeps 5 values per key"), ({"direct": False}, "does not allow direct gets")],
+)
+async def test_refuses_a_read_model_bucket_readers_cannot_rely_on(nats_url, prefix, breakage, reason):
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+    subjects = Subjects(prefix)
+    cfg = read_bucket_config(subjects, 1)
+    for field, value in breakage.items():
+        setattr(cfg, field, value)
+    await js.create_key_value(cfg)
     with pytest.raises(LayoutError, match=reason):
         await ensure_layout(js, subjects)
     await nc.close()
