@@ -7,14 +7,13 @@ runtime SDK (which scope a runtime follows), so both sides always agree.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .notifications import NotificationSink
-from .thresholds import Thresholds
+from .thresholds import Thresholds, is_limit
 from .tokens import TOKEN_PATTERN
 
 BUCKETS = 10_000
@@ -198,10 +197,6 @@ def query_limits(thresholds: Thresholds, name: str) -> list[tuple[str, object]]:
         if value is not None:
             out.append((op, value))
     return out
-
-
-def is_limit(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def prometheus_problems(source: PrometheusSource, thresholds: Thresholds) -> list[str]:

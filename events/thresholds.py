@@ -51,12 +51,12 @@ class Thresholds(BaseModel):
         # A custom threshold (a channel's Prometheus query `queue_depth` is judged on `queue_depth_max`)
         # tightens the same way; a request's value that is not a finite number is ignored.
         for key in request.__pydantic_extra__ or {}:
-            if not key.endswith(("_max", "_min")) or not _finite(asked.get(key)):
+            if not key.endswith(("_max", "_min")) or not is_limit(asked.get(key)):
                 continue
             mine = merged.get(key)
             if mine is None:
                 merged[key] = asked[key]
-            elif _finite(mine):
+            elif is_limit(mine):
                 merged[key] = (min if key.endswith("_max") else max)(mine, asked[key])
             # else the channel's own value is unusable: left as it is (the judge holds the window on it)
         if asked.get("new_error_classes") == "fail":
@@ -66,5 +66,6 @@ class Thresholds(BaseModel):
         return Thresholds(**merged)
 
 
-def _finite(value: object) -> bool:
+def is_limit(value: object) -> bool:
+    """A threshold value that can judge: a finite int or float (a bool is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

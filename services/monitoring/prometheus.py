@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from events.channel import PROMQL_PLACEHOLDERS, PrometheusSource, is_limit, query_limits
+from events.channel import PROMQL_PLACEHOLDERS, PrometheusSource, query_limits
 from events.model import Comparison, QueryAnswer
-from events.thresholds import Thresholds
+from events.thresholds import Thresholds, is_limit
 
 MAX_SERIES = 20  # series of one answer kept in the evidence (the rest are counted)
 MAX_LABELS = 20  # labels kept per series
