@@ -64,34 +64,27 @@ def health(
 async def _check(settings, roles: tuple[str, ...], urls: list[str], timeout: float) -> list[str]:
     import asyncio
 
-    import nats
     from nats.js.errors import NotFoundError
 
     from events.subjects import Subjects
-    from services.jetstream.client import nats_servers
-    from services.permissions import inbox_for_url
+    from services.jetstream.client import connect_with
+    from services.settings import ConfigError
 
     subjects = Subjects(settings.prefix)
-    options = {"inbox_prefix": inbox} if (inbox := inbox_for_url(settings.nats_url)) else {}
-    seen: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:  # nats-py reports each failed attempt here, then raises its own
-        seen.append(exc)
-
+    connection = settings.nats_connection()  # --creds, --context, --tls-*: as every kxr command connects
     try:
-        nc = await nats.connect(
-            nats_servers(settings.nats_url),
-            name="kxr-health",
+        nc = await connect_with(
+            connection,
+            "kxr-health",
+            reconnect_forever=False,
             connect_timeout=timeout,
-            allow_reconnect=False,
             max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
             reconnect_time_wait=0.05,  # seconds between the two attempts
-            error_cb=on_error,
-            **options,
         )
-    except Exception as exc:
-        cause = seen[-1] if seen else exc
-        return [f"NATS at {_safe(settings.nats_url)} unreachable: {cause.__class__.__name__}: {cause}"]
+    except ConfigError:
+        raise
+    except Exception as exc:  # connect() names the last error the server or the network gave
+        return [f"NATS at {connection.describe()} unreachable: {exc.__class__.__name__}: {exc}"]
     problems: list[str] = []
     try:
         js = nc.jetstream(timeout=timeout)
@@ -128,15 +121,3 @@ def _get(url: str, timeout: float) -> str | None:
         return f"{url} answered {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         return f"{url} unreachable: {getattr(exc, 'reason', exc)}"
-
-
-def _safe(url: str) -> str:
-    """The URL without its password (credentials URLs carry one)."""
-    from urllib.parse import urlsplit
-
-    parts = []
-    for one in url.split(","):
-        split = urlsplit(one.strip())
-        host = split.hostname or ""
-        parts.append(f"{split.scheme}://{host}{f':{split.port}' if split.port else ''}")
-    return ",".join(parts)

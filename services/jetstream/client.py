@@ -187,16 +187,9 @@ async def connect(url: str | list[str], name: str = "kxr", *, reconnect_forever:
         if inbox:
             kwargs["inbox_prefix"] = inbox
     servers = nats_servers(url)
-    first = nc.connect(
-        servers,
-        name=name,
-        max_reconnect_attempts=3,
-        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps this float
-        error_cb=_error,
-        allow_reconnect=True,
-        connect_timeout=3,
-        **kwargs,
-    )
+    # the first connection's attempts and timeouts: a caller may bound them tighter (kxr health)
+    options = {"max_reconnect_attempts": 3, "reconnect_time_wait": 0.5, "allow_reconnect": True, "connect_timeout": 3}
+    first = nc.connect(servers, name=name, error_cb=_error, **{**options, **kwargs})
     # nats-py 2.16 can wait forever after a failed TLS handshake (a server certificate no CA here
     # signs): the first connection gets a bound, and the last error it saw as its reason
     bound = FIRST_CONNECT_S + FIRST_CONNECT_PER_SERVER_S * (len(servers) if isinstance(servers, list) else 1)

@@ -360,3 +360,9 @@ def test_a_user_on_the_wrong_reply_inbox_is_denied_at_once_and_a_runtime_url_fin
     )
     inst.procs.append(proc)
     inst.wait_log("rt-own", "follows prod/canary/rest")
+
+
+def test_kxr_health_connects_with_the_credentials_given(inst: Install):
+    """`kxr health` in a container connects as its role's user (`--creds`), as every kxr command does."""
+    healthy = inst.ok("service", "health", "--only", "preparer", "--timeout", "5")
+    assert healthy.stdout.startswith("kxr health: ok (NATS, release log, kxr-preparer)")
