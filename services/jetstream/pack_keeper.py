@@ -166,24 +166,13 @@ class PackKeeper:
 
     Every `every_s`, for each pack some scope runs: its pack object is put back to the record,
     and its manifest or attestation too if marked deleted (a re-signed manifest is its owners'
-    to write, so a present one is left to the checks that verify it). Records are cached by
-    digest: a release's `distributed` event never changes.
+    to write, so a present one is left to the checks that verify it). Records come from
+    `recorded`, which keeps each one found: a release's `distributed` event never changes.
     """
 
     def __init__(self, app, every_s: float = KEEP_EVERY_S) -> None:
         self.app = app
         self.every_s = every_s
-        self._records: dict[str, dict[str, StoredObject]] = {}
-
-    async def _recorded(self, digest: str) -> dict[str, StoredObject]:
-        if digest not in self._records:
-            found = await recorded(self.app, digest)
-            if not found:
-                return {}  # not cached: a release distributing it may come
-            if len(self._records) > 4096:
-                self._records.clear()
-            self._records[digest] = found
-        return self._records[digest]
 
     async def sweep(self) -> list[str]:
         """Restore what the active packs lack now; the names restored."""
@@ -193,7 +182,7 @@ class PackKeeper:
         }
         restored: list[str] = []
         for digest in sorted(digests):
-            objects = await self._recorded(digest)
+            objects = await recorded(self.app, digest)  # kept per app once found (`recorded`)
             due = {
                 name: obj
                 for name, obj in objects.items()

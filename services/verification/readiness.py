@@ -90,18 +90,13 @@ async def _target_check(
     app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
 ) -> TargetCheck:
     store = PackStore(app.js, app.subjects)
-    # both reads at once: a rollback waits on this check (bench.rollback)
-    manifest, size = await asyncio.gather(
-        store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
-        store.size(pack_object_name(target.digest)),
-        return_exceptions=True,
-    )
-    for got in (manifest, size):
-        if isinstance(got, BaseException):  # fail closed: an unreadable target is not a target
-            if not isinstance(got, Exception):
-                raise got
-            return TargetCheck(f"cannot read target objects: {got}")
-    assert not isinstance(manifest, BaseException) and not isinstance(size, BaseException)
+    try:  # both reads at once: a rollback waits on this check (bench.rollback)
+        manifest, size = await asyncio.gather(
+            store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
+            store.size(pack_object_name(target.digest)),
+        )
+    except Exception as exc:  # fail closed: an unreadable target is not a target
+        return TargetCheck(f"cannot read target objects: {exc}")
     return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
 
 
