@@ -15,6 +15,10 @@ History points start the service from a snapshot, as a restart of a long-running
 does: the bench folds the log with the service's own follower and saves the snapshot it
 would have saved (fold_s). `--cold` starts it with a full replay instead (the service folds
 the whole history before its consumers run; minutes at 1M events).
+`--restart` starts the service once first (its projector writes the read models), stops it,
+and measures the second start: a long-running service's restart, which resumes its read
+models from the bucket instead of reading the release history again (first_start_model_s:
+how long the first start took to write them).
 Every long step shows its progress on stderr.
 """
 
@@ -22,18 +26,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from pathlib import Path
 
 from nats import errors as nats_errors
 
 from events.channel import ChannelConfig
+from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from services.actions.producer import configure_channel
 from services.jetstream.client import connect
 from services.jetstream.log import EventLog
+from services.keyfiles import write_secret
 from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots
+from services.settings import ROLES
 
 from .common import OPERATOR, Progress, channel_config, latency_summary, report
 from .history import Generated, fast_rig, generate
@@ -168,8 +176,71 @@ async def drained(
         await asyncio.sleep(0.5)
 
 
+def service_signs_as_history(r) -> None:
+    """The service's signing key is the one the generated history was signed with (bench/history.py),
+    so its fold trusts that history: otherwise every service event of it counts for nothing and each
+    of its releases looks stuck at `requested` to a signature-checking reader (the read models)."""
+    data = r.work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_secret(data / "service.key.json", json.dumps(r.key.to_file_dict("kxr-serve")))
+    (data / "service-keys.json").write_text(json.dumps(ServiceKeys.of(r.key, list(ROLES)).to_document()))
+
+
+async def model_written(js, subjects: Subjects, timeout: float, proc=None) -> None:
+    """Until the read models' `position` is the log's last sequence (the projector has written them)."""
+    deadline = time.monotonic() + timeout
+    last = (await js.stream_info(subjects.releases_stream)).state.last_seq
+    bar = Progress("the read models are written", last)
+    while True:
+        try:
+            kv = await js.key_value(subjects.read_bucket)
+            at = json.loads((await kv.get("position")).value)["seq"]
+        except (nats_errors.Error, KeyError, ValueError, TypeError):  # not there yet
+            at = 0
+        bar.update(min(at, last))
+        if at >= last:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the service exited ({proc.returncode}) before writing its read models")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the read models were not written within {timeout:.0f}s (at {at} of {last})")
+        await asyncio.sleep(0.5)
+
+
+async def said_ready(log, proc, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while "running against" not in (log.read_text(errors="replace") if log.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the service did not say it was ready ({proc.poll()=})")
+        await asyncio.sleep(0.05)
+
+
+async def first_start(r, prefix: str, history: int) -> float:
+    """A service started and stopped once its read models are written; seconds from start to written."""
+    started = time.monotonic()
+    proc = r.serve(name=f"serve-{prefix}-first", KX_PREFIX=prefix)
+    try:
+        nc = await connect(r.url, name="bench-first-start")
+        js = nc.jetstream(timeout=30)
+        await wait_for_layout(js, Subjects(prefix), timeout=600)
+        await model_written(js, Subjects(prefix), drain_timeout(history), proc)
+        await nc.close()
+        return time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 async def point(
-    r, name: str, releases: int, warmup: int, *, scopes: int = 0, history: int = 0, snapshot: bool = True
+    r,
+    name: str,
+    releases: int,
+    warmup: int,
+    *,
+    scopes: int = 0,
+    history: int = 0,
+    snapshot: bool = True,
+    restart: bool = False,
 ) -> dict:
     prefix = f"sc{name}"
     extra: dict = {}
@@ -180,11 +251,18 @@ async def point(
         if snapshot:
             extra["start"] = "snapshot"
             extra["fold_s"] = round(await seed_snapshot(r.url, prefix), 1)
+    if history and restart:
+        # a long-running service's restart: the read models are in the bucket already (the first
+        # start's projector wrote them); the measured start resumes them from the bucket's position
+        extra["start"] += "+restart"
+        extra["first_start_model_s"] = round(await first_start(r, prefix, history), 1)
     started = time.monotonic()
     proc = r.serve(name=f"serve-{prefix}", KX_PREFIX=prefix)
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
+        if restart:  # its durables exist (the first start's): drained at once, so wait for it to say ready
+            await said_ready(r.work / f"serve-{prefix}.log", proc)
         await drained(
             nc.jetstream(timeout=30),
             Subjects(prefix).releases_stream,
@@ -222,20 +300,26 @@ def slope(xs: list[int], ys: list[float]) -> float:
 
 
 async def run(
-    scope_points: list[int], history_points: list[int], releases: int, warmup: int, snapshot: bool = True
+    scope_points: list[int],
+    history_points: list[int],
+    releases: int,
+    warmup: int,
+    snapshot: bool = True,
+    restart: bool = False,
 ) -> dict:
     curves: dict[str, list[dict]] = {"scopes": [], "history": []}
     with fast_rig("scaling") as r:
+        service_signs_as_history(r)
         for n in scope_points:
             curves["scopes"].append({"x": n, **await point(r, f"s{n}", releases, warmup, scopes=n)})
         for n in history_points:
             curves["history"].append(
-                {"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot)}
+                {"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot, restart=restart)}
             )
         base = latency_summary(await raw_hops(r.url, max(releases, 100)))
     out: dict = {
         "releases_per_point": releases,
-        "history_start": "snapshot" if snapshot else "cold",
+        "history_start": ("snapshot" if snapshot else "cold") + ("+restart" if restart else ""),
         "baseline": base,
         "curves": curves,
         "slopes": {},
@@ -265,12 +349,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="history points start the service without a snapshot (a full replay: fails past ~200k events)",
     )
+    ap.add_argument(
+        "--restart",
+        action="store_true",
+        help="history points: start the service once (it writes its read models), stop it, measure the restart",
+    )
     ap.add_argument("--quick", action="store_true", help="scopes 10,100; history 0,5000; 20 releases")
     args = ap.parse_args(argv)
     if args.quick:
         args.scopes, args.history, args.releases = "10,100", "0,5000", 20
     parse = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
-    res = asyncio.run(run(parse(args.scopes), parse(args.history), args.releases, args.warmup, not args.cold))
+    res = asyncio.run(
+        run(parse(args.scopes), parse(args.history), args.releases, args.warmup, not args.cold, args.restart)
+    )
     rows = []
     for axis, points in res["curves"].items():
         for p in points:

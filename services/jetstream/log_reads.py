@@ -34,10 +34,10 @@ def position_of(entry: RawEntry) -> Position:
     )
 
 
-def _reader(js, subjects: Subjects, filters: list[str] | None) -> OrderedReader:
+def _reader(js, subjects: Subjects, filters: list[str] | None, start_seq: int = 1) -> OrderedReader:
     whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
     return OrderedReader(
-        js, subjects.releases_stream, filters or subjects.log_subjects(), contiguous=whole_log, batch=1024
+        js, subjects.releases_stream, filters or subjects.log_subjects(), start_seq, contiguous=whole_log, batch=1024
     )
 
 
@@ -80,9 +80,10 @@ async def log_batches(
     *,
     until: datetime | None = None,
     idle_timeout: float = 0.5,
+    start_seq: int = 1,
 ) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
-    """`log_entries`, a list at a time (in order, never empty): one generator step per batch, not per entry."""
-    reader = _reader(js, subjects, filters)
+    """`log_entries`, a list at a time (in order, never empty), from `start_seq`: one generator step per batch."""
+    reader = _reader(js, subjects, filters, start_seq)
     try:
         async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
             out: list[tuple[RawEntry, Position, Event | None]] = []

@@ -20,7 +20,8 @@ set); a writer that finds a newer value leaves it. Before a fold's keys, the wri
 the bucket holds only its own last writes (its last revision is the bucket's last); if another
 writer wrote since, it reads the bucket again instead of trusting what it wrote. `position` is
 written last. After a restart the model is rewritten from the follower's world: values that did
-not change are left as they are.
+not change are left as they are. The release history resumes from the bucket (`_resume`): only
+the log's tail after `position` is read, plus the releases in flight there from their own events.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ MAX_SPACING_S = 0.5
 RETRY_S = 1.0
 WRITES_AT_ONCE = 256
 LOAD_YIELD_EVERY = 16  # entries folded between two turns of the event loop at start-up
+RESTORES_AT_ONCE = 16  # releases in flight read back at once when resuming
 
 
 class Projector:
@@ -68,6 +70,7 @@ class Projector:
         self.position = -1  # the log sequence the model reflects (written); -1: nothing yet, not even an empty log
         self.flushed = asyncio.Event()  # set after every write of `position` (tests, benches)
         self.last_error: Exception | None = None  # why it last started over
+        self.resumed_at: int | None = None  # the bucket's position the last start resumed from (None: from seq 1)
 
     def runners(self) -> list:
         return [self.run()]
@@ -92,6 +95,7 @@ class Projector:
 
     def _forget(self) -> None:
         self.history = HistoryFold()
+        self.resumed_at = None
         for cache in (self._evicted, self._index, self._releases, self._scopes, self._channels, self._stored):
             cache.clear()
         self._index_dirty.clear()
@@ -100,8 +104,7 @@ class Projector:
     async def _run(self, queue: asyncio.Queue) -> None:
         app = self._app
         self._kv = await app.js.key_value(app.subjects.read_bucket)
-        await self._read_bucket()
-        await self._load()
+        await self._load(await self._resume(await self._read_bucket()))
         while True:
             await self._drain(queue)
             await self.write()
@@ -125,15 +128,59 @@ class Projector:
             if release_id is not None:
                 self._dirty.add(release_id)
 
-    async def _load(self) -> None:
-        """The release history from the log, at start-up: release events only, batch by batch; each
-        batch's closed releases are written (if they changed) and leave memory at once, so a long
-        history is never held whole. What is still open is written with the first whole write."""
+    async def _resume(self, kept: dict[str, tuple[int, dict[str, Any]]]) -> int:
+        """Where the release history's load starts: after the bucket's `position` when the bucket holds a
+        whole fold (its index and the releases open there, read back from their own events), else 1.
+
+        A restart then reads the log's tail, not its whole history (which held the activator's event
+        loop for seconds at 100k events). Values written after `position` by a writer that stopped
+        before writing it are harmless: the tail is folded again from `position`, and a release the
+        index already calls closed is read back whole when the tail changes it."""
+        app, keys = self._app, self._app.follower.service_keys
+        stored = kept.get(rm.POSITION)
+        if stored is None:
+            return 1
+        seq, position = stored
+        last = (await app.js.stream_info(app.subjects.releases_stream)).state.last_seq
+        if position.get("keys") != keys_id(keys) or seq > last:
+            # folded under other service keys, or the log is not the one it folded: fold it all again
+            log.info("read models: not resumed at seq %d (other keys or another log); folding the log", seq)
+            return 1
+        open_rows: list[list[Any]] = []
+        for key, (_, doc) in kept.items():
+            if not key.startswith("index."):
+                continue
+            shard = int(key.removeprefix("index."))
+            for row in doc["rows"]:
+                self._index.setdefault(shard, {})[row[1]] = row
+                if row[3]:  # closed: out of memory, read back whole if it changes again (as after a write)
+                    self._evicted[row[1]] = (row[0], rm.index_closed_at(row))
+                else:
+                    open_rows.append(row)
+                self._note_newest(row[0], row[1])
+        for i in range(0, len(open_rows), RESTORES_AT_ONCE):
+            rows = open_rows[i : i + RESTORES_AT_ONCE]
+            states = await asyncio.gather(
+                *(release_history(app.js, app.subjects, row[1], seq + 1, keys) for row in rows)
+            )
+            for row, state in zip(rows, states):
+                if state is not None:  # None: first written after `position` (its events are in the tail)
+                    self.history.items[row[1]] = HistoryItem(state, row[0])
+        self.history.applied_seq = seq
+        self.resumed_at = seq
+        log.info("read models: resumed at seq %d (%d releases in flight read back)", seq, len(open_rows))
+        return seq + 1
+
+    async def _load(self, start_seq: int = 1) -> None:
+        """The release history from the log (from `start_seq`), at start-up: release events only, batch
+        by batch; each batch's closed releases are written (if they changed) and leave memory at once, so
+        a long history is never held whole. What is still open is written with the first whole write."""
         from projections.invariants import signature_problem
         from services.jetstream.log_reads import log_batches
 
         app, keys = self._app, self._app.follower.service_keys
-        async for batch in log_batches(app.js, app.subjects, [f"{app.subjects.prefix}.release.*.*"]):
+        filters = [f"{app.subjects.prefix}.release.*.*"]
+        async for batch in log_batches(app.js, app.subjects, filters, start_seq=start_seq):
             started = time.monotonic()
             touched: set[str] = set()
             for n, (entry, position, event) in enumerate(batch):
@@ -157,7 +204,7 @@ class Projector:
             await self._put_changed(values, self._app.follower.position)
             for release_id in closed:
                 item = self.history.items[release_id]
-                self._note_newest(item, release_id)
+                self._note_newest(item.first_seq, release_id)
                 self._evict_closed([release_id])
             # about half of the loop at most: a long history loads in the background, activations first
             await asyncio.sleep(min(time.monotonic() - started, MAX_SPACING_S))
@@ -175,9 +222,9 @@ class Projector:
         self._index_dirty.clear()
         return out
 
-    def _note_newest(self, item: HistoryItem, release_id: str) -> None:
-        if self.newest is None or item.first_seq > self.newest[0]:
-            self.newest = (item.first_seq, release_id)
+    def _note_newest(self, first_seq: int, release_id: str) -> None:
+        if self.newest is None or first_seq > self.newest[0]:
+            self.newest = (first_seq, release_id)
 
     async def _put_changed(self, values: dict[str, dict[str, Any]], seq: int) -> None:
         """Write each value whose content the bucket does not hold yet (as of `seq`)."""
@@ -214,15 +261,17 @@ class Projector:
                 self._releases.pop(release_id, None)
                 self._evicted[release_id] = (item.first_seq, item.closed_at)
 
-    async def _read_bucket(self) -> None:
+    async def _read_bucket(self) -> dict[str, tuple[int, dict[str, Any]]]:
         """What the bucket holds now (after a restart, or when another writer wrote): every key is
-        compared with it again."""
+        compared with it again. Returns `position` and the index shards ((seq, value) each): what a
+        restart resumes from."""
         stream = f"KV_{self._app.subjects.read_bucket}"
         prefix = f"$KV.{self._app.subjects.read_bucket}."
         self._stored.clear()
         self._scopes.clear()
         self._channels.clear()
         self._releases.clear()
+        kept: dict[str, tuple[int, dict[str, Any]]] = {}
         info = await self._app.js.stream_info(stream)
         # one value per key (history 1): the bucket's messages in order are its values
         async for stored in SubjectStream(connection_of(self._app.js), stream, f"{prefix}>", batch=1024):
@@ -232,8 +281,11 @@ class Projector:
                 continue
             seq, doc = rm.content(stored.data)
             self._stored[key] = (stored.seq, seq, rm.fingerprint(doc))
+            if key == rm.POSITION or key.startswith("index."):
+                kept[key] = (seq, doc)
         # what was written before the read began (a write meanwhile is seen as another writer's)
         self._last_revision = info.state.last_seq
+        return kept
 
     async def write(self) -> None:
         """One write of the model at the follower's position (no await until its values are built)."""
@@ -276,7 +328,7 @@ class Projector:
             values[rm.release_key(release_id)] = value = rm.release_value(item, state)
             self._indexed(value)
             written.append(release_id)
-            self._note_newest(item, release_id)
+            self._note_newest(item.first_seq, release_id)
         values.update(self._index_values())
         position = rm.position_value(
             world,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from services.reads.history import HistoryItem, summary
@@ -110,6 +111,11 @@ def index_row(value: dict[str, Any]) -> list[Any]:
     """A release's row in the list index (services/reads/model_reads.py: SEQ, ID, TARGET, ...)."""
     s = value["summary"]
     return [s["seq"], s["release_id"], s["target"], value["closed"], s["outcome"], s["requested_at"], s["closed_at"]]
+
+
+def index_closed_at(row: list[Any]) -> datetime | None:
+    """When an index row's release closed, as the history keeps it (`summary` writes it back the same)."""
+    return datetime.fromisoformat(row[6].replace("Z", "+00:00")) if row[6] else None
 
 
 def shard_of(first_seq: int) -> int:
