@@ -113,3 +113,43 @@ async def test_the_projector_starts_over_when_the_bucket_fails_it(nats_url, pref
         await asyncio.gather(task, return_exceptions=True)
         await app.stop()
         await app.nc.close()
+
+
+async def test_a_restarted_projector_resumes_only_from_a_bucket_it_can_trust(nats_url, prefix):
+    """Resumed at the bucket's position when it was written under the same service keys from this log;
+    a position written under other keys (or ahead of the log) makes it fold the release history again."""
+    app = await _app(nats_url, prefix)
+    s = Subjects(prefix)
+    kv = await app.js.key_value(s.read_bucket)
+
+    async def one_run() -> Projector:
+        projector = Projector(app, interval_s=0.01)
+        task = asyncio.create_task(projector.run())
+        try:
+            last = (await app.js.stream_info(s.releases_stream)).state.last_seq
+            while projector.position < last:
+                await asyncio.wait_for(projector.flushed.wait(), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return projector
+
+    async def position_says(**changes) -> int:
+        entry = await kv.get(rm.POSITION)
+        doc = {**json.loads(entry.value), **changes}
+        await kv.update(rm.POSITION, json.dumps(doc).encode(), last=entry.revision)
+        return doc["seq"]
+
+    try:
+        await configure_channel(app.log, app.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
+        assert (await one_run()).resumed_at is None  # an empty bucket: the whole (one-entry) log
+        at = json.loads((await kv.get(rm.POSITION)).value)["seq"]
+        assert (await one_run()).resumed_at == at
+        await position_says(keys="sha256:" + "0" * 64)  # written by a service trusting other keys
+        assert (await one_run()).resumed_at is None
+        assert json.loads((await kv.get(rm.POSITION)).value)["keys"] is None  # rewritten under ours
+        await position_says(seq=at + 1000)  # ahead of this log (another log under the same prefix)
+        assert (await one_run()).resumed_at is None
+    finally:
+        await app.stop()
+        await app.nc.close()
