@@ -42,6 +42,7 @@ from events.subjects import Subjects
 from services.actions.producer import configure_channel, push_pack, request_event
 from services.jetstream.client import connect
 from services.jetstream.direct import last_per_subject
+from services.jetstream.janitor import all_consumers
 from services.jetstream.layout import LOG_MAX_CONSUMERS
 from services.jetstream.log import EventLog
 
@@ -281,19 +282,13 @@ class Workers:
 
 async def live_followers(js, stream: str, subject: str) -> int:
     """Consumers on `subject` with a pull request open: followers that will get the next message."""
-    live, offset = 0, 0
-    while True:
-        page = await js.consumers_info(stream, offset=offset)
-        for info in page:
-            filters = info.config.filter_subjects or (
-                [info.config.filter_subject] if info.config.filter_subject else []
-            )
-            # a runtime's reader filters on its scope's pointers (and the log's trust rotations)
-            if subject in filters and (info.num_waiting or 0) > 0:
-                live += 1
-        if len(page) < 256:
-            return live
-        offset += len(page)
+    live = 0
+    for info in await all_consumers(js, stream):
+        filters = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+        # a runtime's reader filters on its scope's pointers (and the log's trust rotations)
+        if subject in filters and (info.num_waiting or 0) > 0:
+            live += 1
+    return live
 
 
 async def _stored_time(nc, stream: str, subject: str) -> float:

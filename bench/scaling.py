@@ -37,6 +37,7 @@ from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from services.actions.producer import configure_channel
 from services.jetstream.client import connect
+from services.jetstream.janitor import all_consumers
 from services.jetstream.log import EventLog
 from services.keyfiles import write_secret
 from services.reads.follower import Follower
@@ -85,7 +86,7 @@ async def _history(url: str, prefix: str, events: int, key) -> Generated:
         await nc.close()
 
 
-async def seed_snapshot(url: str, prefix: str) -> float:
+async def seed_snapshot(url: str, prefix: str, service_keys=None) -> float:
     """Fold the log as the service's follower does and save the snapshot it would have saved
     (closed releases as tombstones); seconds it took. A service then starts from it: snapshot +
     tail, as a restarted service does. (`--cold` starts from sequence 1 instead: the service
@@ -94,7 +95,7 @@ async def seed_snapshot(url: str, prefix: str) -> float:
     nc = await connect(url, name="bench-snapshot")
     js = nc.jetstream(timeout=30)
     snapshots = Snapshots(js, subjects)
-    follower = Follower(js, subjects, snapshots=snapshots, archive_closed=True)
+    follower = Follower(js, subjects, snapshots=snapshots, archive_closed=True, service_keys=service_keys)
     task = asyncio.create_task(follower.run())
     t0 = time.monotonic()
     try:
@@ -141,7 +142,7 @@ async def drained(
     last_left, moved_at = None, started
     while True:
         try:
-            infos = [c for c in await js.consumers_info(stream) if (c.config.durable_name or "").startswith("kxr-")]
+            infos = [c for c in await all_consumers(js, stream) if (c.config.durable_name or "").startswith("kxr-")]
         except nats_errors.TimeoutError:  # a busy server (or machine) answers late: ask again; a stall still ends it
             infos = None
         now = time.monotonic()
@@ -250,7 +251,7 @@ async def point(
         extra["start"] = "cold"
         if snapshot:
             extra["start"] = "snapshot"
-            extra["fold_s"] = round(await seed_snapshot(r.url, prefix), 1)
+            extra["fold_s"] = round(await seed_snapshot(r.url, prefix, ServiceKeys.of(r.key, list(ROLES))), 1)
     if history and restart:
         # a long-running service's restart: the read models are in the bucket already (the first
         # start's projector wrote them); the measured start resumes them from the bucket's position
@@ -263,6 +264,7 @@ async def point(
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
         if restart:  # its durables exist (the first start's): drained at once, so wait for it to say ready
             await said_ready(r.work / f"serve-{prefix}.log", proc)
+            extra["said_ready_s"] = round(time.monotonic() - started, 1)
         await drained(
             nc.jetstream(timeout=30),
             Subjects(prefix).releases_stream,

@@ -41,6 +41,16 @@ MAX_READER_THRESHOLD_S = 300.0
 PAGE = 256  # nats-server's consumer list page
 
 
+async def all_consumers(js, stream: str) -> list:
+    """Every consumer of `stream` (nats-py's `consumers_info` answers one page of 256)."""
+    out: list = []
+    while True:
+        page = await js.consumers_info(stream, offset=len(out) or None)
+        out += page
+        if len(page) < PAGE:
+            return out
+
+
 def idle_from_env(env: dict | None = None) -> float:
     raw = (os.environ if env is None else env).get(IDLE_ENV)
     try:
@@ -88,12 +98,7 @@ class Janitor:
         self.streams = janitor_streams(subjects)  # the streams other roles may read (and so create consumers on)
 
     async def consumers(self, stream: str) -> list:
-        out: list = []
-        while True:
-            page = await self._js.consumers_info(stream, offset=len(out) or None)
-            out += page
-            if len(page) < PAGE:
-                return out
+        return await all_consumers(self._js, stream)
 
     async def sweep(self, now: datetime | None = None) -> list[tuple[str, str]]:
         """Remove every foreign consumer now; (stream, name) of those removed."""
