@@ -80,6 +80,16 @@ def kxr_binary() -> str:
     return str(Path(sys.executable).parent / "kxr")
 
 
+def profile_tables(profile: Path) -> None:
+    """Next to each .prof, the top functions by cumulative and by own time, as text."""
+    import pstats
+
+    for prof in sorted(profile.glob("*.prof")):
+        with open(prof.with_suffix(".txt"), "w") as out:
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(str(prof), stream=out).strip_dirs().sort_stats(order).print_stats(40)
+
+
 @dataclass
 class Rig:
     """A nats-server on a private store and the environment a `kxr serve` needs to use it."""
@@ -108,11 +118,20 @@ class Rig:
             **extra,
         }
 
-    def serve(self, *args: str, name: str = "serve", **extra_env: str) -> subprocess.Popen:
-        """`kxr serve` in its own process (the service uses the second core, as in production)."""
+    def serve(self, *args: str, name: str = "serve", profile: Path | None = None, **extra_env: str) -> subprocess.Popen:
+        """`kxr serve` in its own process (the service uses the second core, as in production); with
+        `profile` (a directory), under cProfile into `<profile>/<name>.prof` (its SIGTERM is a clean
+        return, so the stats are written)."""
         log = open(self.work / f"{name}.log", "ab")
+        argv = [kxr_binary(), "serve", *args]
+        if profile is not None:
+            code = (
+                f"import cProfile, sys; sys.argv = {['kxr', 'serve', *args]!r}; from services.cli.main import run; "
+                f"cProfile.run('run()', {str(profile / f'{name}.prof')!r})"
+            )
+            argv = [sys.executable, "-c", code]
         proc = subprocess.Popen(
-            [kxr_binary(), "serve", *args],
+            argv,
             env=self.env(**extra_env),
             cwd=self.work,
             stdout=log,

@@ -42,8 +42,6 @@ import asyncio
 import cProfile
 import json
 import os
-import pstats
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +65,7 @@ from .common import (
     channel_config,
     latency_summary,
     percentile,
+    profile_tables,
     raw_connect,
     report,
     rig,
@@ -579,28 +578,7 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
 
 
 def _serve(r, profile: Path | None) -> None:
-    """`kxr serve`; with `profile`, under cProfile (its SIGTERM is a clean return, so the stats are written)."""
-    if profile is None:
-        r.serve(name="serve")
-        return
-    code = (
-        "import cProfile, sys; sys.argv = ['kxr', 'serve']; from services.cli.main import run; "
-        f"cProfile.run('run()', {str(profile / 'serve.prof')!r})"
-    )
-    log = open(r.work / "serve.log", "ab")
-    r.procs.append(
-        subprocess.Popen(
-            [sys.executable, "-c", code], env=r.env(), cwd=r.work, stdout=log, stderr=log, start_new_session=True
-        )
-    )
-
-
-def _profile_tables(profile: Path) -> None:
-    """Next to each .prof, the top functions by cumulative and by own time, as text."""
-    for prof in sorted(profile.glob("*.prof")):
-        with open(prof.with_suffix(".txt"), "w") as out:
-            for order in ("cumulative", "tottime"):
-                pstats.Stats(str(prof), stream=out).strip_dirs().sort_stats(order).print_stats(40)
+    r.serve(name="serve", profile=profile)
 
 
 async def run_one(
@@ -645,7 +623,7 @@ async def run_one(
             await pool.stop()
             await nc.close()
     if profile is not None:
-        _profile_tables(profile)
+        profile_tables(profile)
     o, b = latency_summary(ours), latency_summary(raw)
     target = target_ms(runtimes)
     return {

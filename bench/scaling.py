@@ -44,7 +44,7 @@ from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots
 from services.settings import ROLES
 
-from .common import OPERATOR, Progress, channel_config, latency_summary, report
+from .common import OPERATOR, Progress, channel_config, latency_summary, profile_tables, report
 from .history import Generated, fast_rig, generate
 from .time_to_activate import measure, raw_hops, wait_for_layout
 
@@ -242,6 +242,7 @@ async def point(
     history: int = 0,
     snapshot: bool = True,
     restart: bool = False,
+    profile: Path | None = None,
 ) -> dict:
     prefix = f"sc{name}"
     extra: dict = {}
@@ -258,7 +259,7 @@ async def point(
         extra["start"] += "+restart"
         extra["first_start_model_s"] = round(await first_start(r, prefix, history), 1)
     started = time.monotonic()
-    proc = r.serve(name=f"serve-{prefix}", KX_PREFIX=prefix)
+    proc = r.serve(name=f"serve-{prefix}", profile=profile, KX_PREFIX=prefix)
     try:
         nc = await connect(r.url, name="bench-wait")
         await wait_for_layout(nc.jetstream(timeout=10), Subjects(prefix), timeout=600)
@@ -308,6 +309,7 @@ async def run(
     warmup: int,
     snapshot: bool = True,
     restart: bool = False,
+    profile: Path | None = None,
 ) -> dict:
     curves: dict[str, list[dict]] = {"scopes": [], "history": []}
     with fast_rig("scaling") as r:
@@ -316,7 +318,12 @@ async def run(
             curves["scopes"].append({"x": n, **await point(r, f"s{n}", releases, warmup, scopes=n)})
         for n in history_points:
             curves["history"].append(
-                {"x": n, **await point(r, f"h{n}", releases, warmup, history=n, snapshot=snapshot, restart=restart)}
+                {
+                    "x": n,
+                    **await point(
+                        r, f"h{n}", releases, warmup, history=n, snapshot=snapshot, restart=restart, profile=profile
+                    ),
+                }
             )
         base = latency_summary(await raw_hops(r.url, max(releases, 100)))
     out: dict = {
@@ -356,14 +363,25 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="history points: start the service once (it writes its read models), stop it, measure the restart",
     )
+    ap.add_argument("--profile", type=Path, help="a directory: history points' measured service under cProfile")
     ap.add_argument("--quick", action="store_true", help="scopes 10,100; history 0,5000; 20 releases")
     args = ap.parse_args(argv)
     if args.quick:
         args.scopes, args.history, args.releases = "10,100", "0,5000", 20
     parse = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
     res = asyncio.run(
-        run(parse(args.scopes), parse(args.history), args.releases, args.warmup, not args.cold, args.restart)
+        run(
+            parse(args.scopes),
+            parse(args.history),
+            args.releases,
+            args.warmup,
+            not args.cold,
+            args.restart,
+            args.profile,
+        )
     )
+    if args.profile:
+        profile_tables(args.profile)
     rows = []
     for axis, points in res["curves"].items():
         for p in points:
