@@ -70,6 +70,19 @@ def _candidates(world, digest: str) -> list[str]:
 # checked every event's signature: most of the activator's readiness check (bench.rollback).
 _RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 RECORDS_CACHED = 4096
+# app -> closed release id -> its `distributed` (None: it never distributed). A closed release never
+# distributes again, so what its own events say is kept, a "none" too: without it, a pack with no
+# record (one a closed release named but never distributed, a manifest gone) folded every candidate
+# release from the log at each look, the guard's sweep and each scope event included (bench.scaling:
+# 1,774 release reads in a 100-release run on a 100k-event log, +12 ms p50 to time to activate).
+_CLOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _kept(caches: weakref.WeakKeyDictionary, app) -> dict:
+    try:
+        return caches.setdefault(app, {})
+    except TypeError:  # an app that cannot be weakly referenced: nothing kept
+        return {}
 
 
 async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
@@ -80,15 +93,23 @@ async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
     A record found is kept per app: it never changes."""
     if digest is None:
         return {}
-    try:
-        cache = _RECORDS.setdefault(app, {})
-    except TypeError:  # an app that cannot be weakly referenced: nothing kept
-        cache = {}
+    cache, closed = _kept(_RECORDS, app), _kept(_CLOSED, app)
     if digest in cache:
         return dict(cache[digest])
-    for release_id in _candidates(app.follower.world, digest):
-        release = await app.release_whole(release_id)
-        distributed = release.distributed if release is not None else None
+    world = app.follower.world
+    for release_id in _candidates(world, digest):
+        in_flight = world.releases.get(release_id)
+        if in_flight is not None:
+            distributed = in_flight.distributed
+        elif release_id in closed:
+            distributed = closed[release_id]
+        else:
+            release = await app.release_whole(release_id)
+            distributed = release.distributed if release is not None else None
+            if release is not None and release.closed:
+                if len(closed) >= RECORDS_CACHED:
+                    closed.clear()
+                closed[release_id] = distributed
         if distributed is not None and distributed.pack.digest == digest and distributed.stored:
             if len(cache) >= RECORDS_CACHED:
                 cache.clear()

@@ -1,0 +1,63 @@
+"""The pack keeper reads a closed release's distribution record from the log once (services/jetstream/pack_keeper.py).
+
+A closed release never distributes again, so what its own events say is kept — that it never
+distributed too. Before, a pack with no record (a closed release named it but never distributed
+it, or its manifest was gone) folded every candidate release from the log at each look: the
+guard's sweep and every scope event did it again (bench.scaling, 100k events: +12 ms p50).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from events.model import StoredObject
+from services.jetstream.pack_keeper import recorded
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _scope(release_id: str) -> SimpleNamespace:
+    active = SimpleNamespace(pack=SimpleNamespace(digest=DIGEST), release_id=release_id)
+    return SimpleNamespace(lkg=None, lkg_release=None, active=active)
+
+
+class _App:
+    def __init__(self, releases: dict, whole: dict) -> None:
+        self.follower = SimpleNamespace(world=SimpleNamespace(releases=releases, scopes={"k": _scope("r-old")}))
+        self._whole = whole
+        self.reads: list[str] = []
+
+    async def release_whole(self, release_id: str):
+        self.reads.append(release_id)
+        return self._whole.get(release_id)
+
+
+def _closed(distributed) -> SimpleNamespace:
+    return SimpleNamespace(closed=True, distributed=distributed)
+
+
+async def test_a_closed_release_that_never_distributed_is_read_from_the_log_once() -> None:
+    app = _App({}, {"r-old": _closed(None)})
+    for _ in range(5):
+        assert await recorded(app, DIGEST) == {}
+    assert app.reads == ["r-old"]
+
+
+async def test_a_closed_release_record_is_found_once_and_kept() -> None:
+    obj = StoredObject(nuid="n1", size=3, chunks=1, digest="SHA-256=" + "A" * 43 + "=")
+    distributed = SimpleNamespace(pack=SimpleNamespace(digest=DIGEST), stored={"sha256-x": obj})
+    app = _App({}, {"r-old": _closed(distributed)})
+    assert await recorded(app, DIGEST) == {"sha256-x": obj}
+    assert await recorded(app, DIGEST) == {"sha256-x": obj}
+    assert app.reads == ["r-old"]
+
+
+async def test_a_release_in_flight_is_taken_from_the_world_and_never_kept() -> None:
+    """In flight, it may still distribute: the world's state of it, read again at each look."""
+    in_flight = SimpleNamespace(closed=False, distributed=None)
+    app = _App({"r-old": in_flight}, {})
+    assert await recorded(app, DIGEST) == {}
+    obj = StoredObject(nuid="n2", size=3, chunks=1, digest="SHA-256=" + "B" * 43 + "=")
+    in_flight.distributed = SimpleNamespace(pack=SimpleNamespace(digest=DIGEST), stored={"sha256-y": obj})
+    assert await recorded(app, DIGEST) == {"sha256-y": obj}
+    assert app.reads == []
