@@ -24,6 +24,16 @@ def test_scaling_bench_cold_start_on_a_small_history():
     assert row["start"] == "cold" and "fold_s" not in row and row["ready_s"] >= 0
 
 
+def test_scaling_bench_restart_with_read_models_in_the_bucket(tmp_path):
+    """--restart: a first start writes the read models, the measured second start resumes them;
+    --profile: that service runs under cProfile and leaves its stats."""
+    res = asyncio.run(run([], [300], releases=2, warmup=1, restart=True, profile=tmp_path))
+    (row,) = res["curves"]["history"]
+    assert row["start"] == "snapshot+restart" and row["first_start_model_s"] > 0 and row["said_ready_s"] > 0
+    assert res["history_start"] == "snapshot+restart"
+    assert (tmp_path / "serve-sch300.prof").stat().st_size > 0
+
+
 def test_drain_timeout_grows_with_the_history():
     assert drain_timeout(1_000_000) > drain_timeout(100_000) > drain_timeout(0) > 0
 
