@@ -31,6 +31,9 @@ def status(
 
         for item in shown["ignored"]:
             err_console.print(f"[red]ignored log seq {item['seq']}: {item['why']}[/red]")
+        if shown["ignored_total"] > len(shown["ignored"]):
+            more = shown["ignored_total"] - len(shown["ignored"])
+            err_console.print(f"[red]… and {more} older ignored entries (kxr audit replay lists every one)[/red]")
         return status_tables_of(shown["scopes"], shown["releases"], all_releases, wide)
 
     output(as_json, shown, tables, wide)

@@ -168,6 +168,7 @@ async def status(view: View, all_releases: bool) -> dict[str, Any]:
         "releases": [v["row"] for v in rows],
         "log_seq": view.seq,
         "ignored": view.position["ignored"],
+        "ignored_total": view.position.get("ignored_total", len(view.position["ignored"])),  # older writers
     }
 
 

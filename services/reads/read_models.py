@@ -11,8 +11,9 @@ services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr 
     index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
                                      requested_at, closed_at], ...]}: the releases whose first
                                      event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
-    position                        {"seq", "keys", "ignored": [<shapes.Ignored>], "in_flight": [ids],
-                                     "shards": [n, ...], "releases": how many}
+    position                        {"seq", "keys", "ignored": [<shapes.Ignored>] (the newest 100),
+                                     "ignored_total", "in_flight": [ids], "shards": [n, ...],
+                                     "releases": how many}
 
 `seq` is the log sequence the writer had folded when it wrote the value (a value is rewritten
 only when its content changes, so it reflects every sequence from its `seq` up to the one a
@@ -32,7 +33,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from services.reads.history import HistoryItem, summary
-from services.reads.shapes import ChannelShow, Problem, ReleaseSummary, dump, release_shape, rfc3339, scope_shape
+from services.reads.shapes import (
+    ChannelShow,
+    Problem,
+    ReleaseSummary,
+    dump,
+    newest_ignored,
+    release_shape,
+    rfc3339,
+    scope_shape,
+)
 
 if TYPE_CHECKING:
     from projections.releases import ReleaseState
@@ -135,7 +145,8 @@ def position_value(
 ) -> dict[str, Any]:
     return {
         "keys": trusted,
-        "ignored": [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())],
+        "ignored": newest_ignored(ignored),
+        "ignored_total": len(ignored),
         "in_flight": [r.release_id for r in world.releases_in_flight()],
         "shards": sorted(shards),
         "releases": releases,

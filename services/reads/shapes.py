@@ -138,6 +138,12 @@ class Ignored(Shape):
     why: str
 
 
+# `kxr status` lists the newest ignored entries, and how many there are in all: anyone who may append
+# (a producer's forged "service" events, say) can make the list grow without bound, and the read
+# models' `position` value that carries it must stay well under a message's 1 MB
+IGNORED_SHOWN = 100
+
+
 class Status(Shape):
     """`kxr status --json`."""
 
@@ -145,7 +151,13 @@ class Status(Shape):
     releases: list[Release]
     log_seq: int
     signatures: str
-    ignored: list[Ignored]
+    ignored: list[Ignored]  # the newest IGNORED_SHOWN, oldest first (`kxr audit replay` lists every one)
+    ignored_total: int = 0  # how many entries were ignored in all
+
+
+def newest_ignored(ignored: dict[int, str]) -> list[dict[str, Any]]:
+    """The newest IGNORED_SHOWN ignored entries, oldest first, as `kxr status` lists them."""
+    return [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())[-IGNORED_SHOWN:]]
 
 
 class AuditAt(Shape):
@@ -517,6 +529,7 @@ def status_of(world: World, ignored: dict[int, str], all_releases: bool) -> dict
             releases=releases(world, not all_releases),
             log_seq=world.applied_seq,
             signatures="",
-            ignored=[Ignored(seq=seq, why=why) for seq, why in sorted(ignored.items())],
+            ignored=[Ignored.model_validate(i) for i in newest_ignored(ignored)],
+            ignored_total=len(ignored),
         )
     )

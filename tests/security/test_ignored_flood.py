@@ -1,0 +1,63 @@
+"""Resource exhaustion through ignored entries: a producer may append `release.*.requested`, and an
+event claiming a service actor that no service key signed counts for nothing, listed as ignored.
+A flood of them must not grow what the service writes per value without bound: the read models'
+`position` (one KV value, under a message's 1 MB) carries the newest 100 and the total, so the
+projector keeps writing and `kxr status` keeps answering from it (services/reads/shapes.py
+IGNORED_SHOWN)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from events.codec import encode_event
+from events.model import Actor
+from services.actions.producer import request_event
+from services.reads import model_reads
+from services.reads.shapes import IGNORED_SHOWN
+from tests.harness import make_pack, request_data
+from tests.security.conftest import Conns, rid
+
+pytestmark = pytest.mark.security
+
+FLOOD = IGNORED_SHOWN + 60
+
+
+async def test_a_flood_of_forged_service_events_keeps_the_read_models_bounded(authed, service_app):
+    s = authed.subjects
+    conns = Conns(authed)
+    try:
+        producer = await conns("producer")
+        pack = make_pack("1.0.0", service_app.producer_key)
+        forged_seqs = []
+        for _ in range(FLOOD):
+            release_id = rid()
+            event = request_event(release_id, request_data(pack), Actor(kind="service", id="preparer"))
+            ack = await producer.js.publish(s.release(release_id, "requested"), encode_event(event))
+            forged_seqs.append(ack.seq)
+        app = service_app.app
+        await app.follower.wait_for(forged_seqs[-1])
+        assert all(seq in app.follower.ignored for seq in forged_seqs), "a forged service event counted"
+
+        kv = await service_app.conn.js.key_value(s.read_bucket)
+        deadline = time.monotonic() + 30
+        while True:  # the projector still writes its position past the flood
+            position = json.loads((await kv.get("position")).value)
+            if position["seq"] >= forged_seqs[-1]:
+                break
+            assert time.monotonic() < deadline, f"read models stuck at {position['seq']}"
+            await asyncio.sleep(0.1)
+        assert len(position["ignored"]) == IGNORED_SHOWN and position["ignored_total"] >= FLOOD
+        assert [i["seq"] for i in position["ignored"]][-1] == forged_seqs[-1]  # the newest kept
+
+        reader = await conns("operator")
+        shown = await model_reads.read_view(
+            reader.nc, s.releases_stream, s.read_bucket, model_reads.keys_id(service_app.service_keys),
+            lambda v: model_reads.status(v, True), wait_s=10,
+        )  # fmt: skip
+        assert len(shown["ignored"]) == IGNORED_SHOWN and shown["ignored_total"] == position["ignored_total"]
+    finally:
+        await conns.close()
