@@ -272,10 +272,13 @@ def service_keys():
     return reader_service_keys(settings_from())
 
 
-def operator_action(nats_url: str | None, build) -> int:
+def operator_action(nats_url: str | None, build, world_from=None) -> int:
     """Rebuild the world, let `build(world, now, subjects)` decide the event, append it with its CAS.
 
     Every operator decision goes through here: `kxr release pause|…|annotate`, `kxr pin`, `kxr unpin`.
+    `world_from(js, subjects)`: the part of the world the decision reads, when the caller has it
+    cheaper than a fold of the whole log (`kxr pin` from the read models); the append's expected
+    sequence refuses a decision taken on a stale one, as on a fold.
     """
     from datetime import datetime
 
@@ -285,7 +288,10 @@ def operator_action(nats_url: str | None, build) -> int:
 
     async def go() -> int:
         async with session(nats_url) as (_, js, log):
-            world = await load_world(js, log.subjects, service_keys=service_keys())
+            if world_from is not None:
+                world = await world_from(js, log.subjects)
+            else:
+                world = await load_world(js, log.subjects, service_keys=service_keys())
             try:
                 action = build(world, datetime.now(UTC), log.subjects)
             except OperatorError as exc:

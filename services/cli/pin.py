@@ -55,7 +55,8 @@ def pin(
 
     parts = scope_arg(scope)
     parse_until(until, datetime.now(UTC))  # a bad --until is one line before anything is read
-    for env, channel, cohort in _pinned_targets(parts, nats_url):
+    targets, world_from = _decided_on(parts, nats_url, version)
+    for env, channel, cohort in targets:
 
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
             event, expected = pin_action(
@@ -69,7 +70,7 @@ def pin(
             )
             return event, expected, subjects.scope_filter(env, channel, cohort)
 
-        seq = operator_action(nats_url, build)
+        seq = operator_action(nats_url, build, world_from)
         console.print(f"{env}/{channel}/{cohort} pinned to {version} (log seq {seq})")
 
 
@@ -82,7 +83,8 @@ def unpin(
     from events.model import Scope
     from services.actions.pins import unpin as unpin_action
 
-    for env, channel, cohort in _pinned_targets(scope_arg(scope), nats_url):
+    targets, world_from = _decided_on(scope_arg(scope), nats_url, None)
+    for env, channel, cohort in targets:
 
         def build(world, now, subjects, env=env, channel=channel, cohort=cohort):
             event, expected = unpin_action(
@@ -90,27 +92,25 @@ def unpin(
             )
             return event, expected, subjects.scope_filter(env, channel, cohort)
 
-        seq = operator_action(nats_url, build)
+        seq = operator_action(nats_url, build, world_from)
         console.print(f"{env}/{channel}/{cohort} unpinned (log seq {seq})")
 
 
-def _pinned_targets(parts: tuple[str, ...], nats_url: str | None) -> list[tuple[str, str, str]]:
-    """The scopes a pin or unpin names: a cohort, or every cohort of the channel (from the read
-    models when they are current, else a fold of the log)."""
+def _decided_on(parts: tuple[str, ...], nats_url: str | None, version: str | None):
+    """The scopes a pin or unpin names, and how to build the world it decides on: from the read models
+    when they are current (services/reads/model_world.py), else None (a fold of the whole log)."""
+    from services.reads.model_world import pin_facts, pin_world
+
+    keys = service_keys()
+    answer = from_model(nats_url, keys, lambda view: pin_facts(view, parts, version))
+    if isinstance(answer, Folding):
+        return _folded_targets(parts, nats_url, keys), None
+    return answer["targets"], lambda js, subjects: pin_world(js, subjects, keys, answer, version)
+
+
+def _folded_targets(parts: tuple[str, ...], nats_url: str | None, keys) -> list[tuple[str, str, str]]:
     if len(parts) == 3:
         return [parts]
-    env, channel = parts[0], parts[1]
-    keys = service_keys()
-
-    async def cohorts(view):
-        from services.reads.model_reads import channel as from_view
-
-        value = await from_view(view, env, channel)
-        return {"cohorts": value["cohorts"] if value else ["all"]}  # unconfigured: the default cohort
-
-    answer = from_model(nats_url, keys, cohorts)
-    if not isinstance(answer, Folding):
-        return [(env, channel, c) for c in answer["cohorts"]]
     from services.jetstream.log_reads import load_world
 
     async def go():

@@ -305,15 +305,12 @@ class Projector:
         for key, s in world.scopes.items():
             if self._scopes.get(key) is not s:
                 self._scopes[key] = s
-                values[rm.scope_key(*key)] = {"generation": s.generation, "scope": rm.dump(rm.scope_shape(key, s))}
+                values[rm.scope_key(*key)] = rm.scope_value(key, s)
         for env_channel in {*world.channels.keys(), *world.channel_problems.keys()}:
             now = (world.channels.get(env_channel), world.channel_problems.get(env_channel))
             if self._channels.get(env_channel) != now:
                 self._channels[env_channel] = now
-                values[rm.channel_key(*env_channel)] = {
-                    "show": rm.channel_show(*now, *env_channel),
-                    "cohorts": list(world.channel_config(*env_channel).cohort_names),
-                }
+                values[rm.channel_key(*env_channel)] = rm.channel_value(world, *env_channel)
         dirty = self._dirty | set(world.in_flight)
         self._dirty = set()
         written: list[str] = []

@@ -4,10 +4,12 @@ The service keeps them in the bucket `Subjects.read_bucket` (services/reads/proj
 services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr channel show` and
 `kxr pin` answer in a few direct gets instead of folding the log. Keys and values (JSON):
 
-    scope.<env>.<channel>.<cohort>  {"seq", "generation", "scope": <shapes.Scope>}
+    scope.<env>.<channel>.<cohort>  {"seq", "generation", "scope": <shapes.Scope>,
+                                     "state": the fold's ScopeState (model_states.py)}
     release.<id>                    {"seq", "last_seq", "closed", "row": <shapes.Release>,
                                      "summary": <shapes.ReleaseSummary>}
-    channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names]}
+    channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names],
+                                     "state": the fold's ChannelState or null}
     index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
                                      requested_at, closed_at], ...]}: the releases whose first
                                      event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
@@ -46,6 +48,7 @@ from services.reads.shapes import (
 
 if TYPE_CHECKING:
     from projections.releases import ReleaseState
+    from projections.scopes import ScopeState
     from projections.world import ChannelProblem, ChannelState, World
 
 POSITION = "position"
@@ -99,17 +102,30 @@ def channel_show(state: ChannelState | None, problem: ChannelProblem | None, env
     )
 
 
+def scope_value(key: tuple[str, str, str], s: ScopeState) -> dict[str, Any]:
+    """A scope's value: what `kxr status` shows of it, and the fold's own state (`kxr pin` decides on it)."""
+    from services.reads.model_states import dump_scope  # pydantic: the writer's and pin's, never status's
+
+    return {"generation": s.generation, "scope": dump(scope_shape(key, s)), "state": dump_scope(s)}
+
+
+def channel_value(world: World, env: str, channel: str) -> dict[str, Any]:
+    """A channel's value: `kxr channel show`, its cohorts, and the fold's own state of it."""
+    from services.reads.model_states import dump_channel
+
+    state, problem = world.channels.get((env, channel)), world.channel_problems.get((env, channel))
+    return {
+        "show": channel_show(state, problem, env, channel),
+        "cohorts": list(world.channel_config(env, channel).cohort_names),
+        "state": dump_channel(state),
+    }
+
+
 def world_values(world: World) -> dict[str, dict[str, Any]]:
-    """Every scope and channel key of the world, and the in-flight release rows (without `seq`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, s in world.scopes.items():
-        out[scope_key(*key)] = {"generation": s.generation, "scope": dump(scope_shape(key, s))}
+    """Every scope and channel key of the world (without `seq`)."""
+    out: dict[str, dict[str, Any]] = {scope_key(*key): scope_value(key, s) for key, s in world.scopes.items()}
     for env, channel in {*world.channels.keys(), *world.channel_problems.keys()}:
-        state, problem = world.channels.get((env, channel)), world.channel_problems.get((env, channel))
-        out[channel_key(env, channel)] = {
-            "show": channel_show(state, problem, env, channel),
-            "cohorts": list(world.channel_config(env, channel).cohort_names),
-        }
+        out[channel_key(env, channel)] = channel_value(world, env, channel)
     return out
 
 

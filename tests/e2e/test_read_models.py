@@ -129,6 +129,7 @@ async def test_read_models_equal_the_fold_after_every_step(kx, rig):  # noqa: F8
     pinned = await kx.arun("pin", "prod/canary", "--version", "1.0.0", "--until", "1h", "-m", "all of it")
     assert "folding the log" not in ok(pinned) + pinned.stderr
     await same(rig, kx, "channel pin")
+    await decides_as_the_fold(rig, kx)
 
     # a restart resumes the model: the same values, nothing goes back; a closed release (known to the
     # restarted projector from the bucket's index only) that changes again is read back whole
@@ -139,6 +140,59 @@ async def test_read_models_equal_the_fold_after_every_step(kx, rig):  # noqa: F8
     ok(await kx.arun("release", "annotate", "r2", "-m", "after the restart"))
     shown = await same(rig, kx, "r2 annotated after a restart")
     assert [r["release_id"] for r in shown["status all=True"]["releases"]] == ["r1", "r2"]  # by last seq
+
+
+async def decides_as_the_fold(rig, kx) -> None:  # noqa: F811
+    """`kxr pin`/`unpin` decide on the read models (services/reads/model_world.py): the scopes, the channel
+    and the pack they find are what a fold of the whole log has, and so is every decision taken on them."""
+    from events.model import Scope
+    from services.actions.pins import find_pack, pin, unpin
+    from services.errors import OperatorError
+    from services.jetstream.log_reads import load_world
+    from services.reads.model_world import pin_facts, pin_world
+    from tests.harness import OPERATOR
+
+    keys = load_service_keys(kx.workdir / "kx-data" / "service-keys.json")
+    s, now = rig.subjects, datetime.now(UTC)
+    folded = await load_world(rig.js, s, service_keys=keys)
+    for parts, version in ((("prod", "canary"), "1.0.0"), (("prod", "canary", "rest"), None), (("prod", "x"), "9")):
+        facts = await model_reads.read_view(
+            rig.nc, s.releases_stream, s.read_bucket, model_reads.keys_id(keys),
+            lambda view, p=parts, v=version: pin_facts(view, p, v), wait_s=20,
+        )  # fmt: skip
+        world = await pin_world(rig.js, s, keys, facts, version)
+        assert facts["targets"] == (
+            [("prod", "canary", c) for c in folded.channel_config("prod", "canary").cohort_names]
+            if parts == ("prod", "canary")
+            else [parts]
+            if len(parts) == 3
+            else [("prod", "x", "all")]
+        )
+        assert world.channel_state(*parts[:2]) == folded.channel_state(*parts[:2])
+        for target in facts["targets"]:
+            assert world.scope(*target) == folded.scope(*target), target
+            scope = Scope(env=target[0], channel=target[1], cohort=target[2])
+            decisions = [lambda w, sc=scope: unpin(w, sc, "why", OPERATOR, now)]
+            if version is not None:  # what a pin of that version reads (an unpin reads no release)
+                decisions.append(
+                    lambda w, sc=scope, v=version: pin(w, sc, v, now + timedelta(hours=1), "why", OPERATOR, now)
+                )
+            for decide in decisions:
+                try:
+                    mine = decide(world)
+                except OperatorError as exc:
+                    mine = str(exc)
+                try:
+                    theirs = decide(folded)
+                except OperatorError as exc:
+                    theirs = str(exc)
+                if isinstance(mine, tuple):  # an event and its expected sequence: the same but for ids
+                    assert mine[1] == theirs[1] and mine[0].data == theirs[0].data, target
+                else:
+                    assert mine == theirs, target
+        if version == "1.0.0":  # from the model: the newest verified release of it alone, not a fold
+            assert set(world.releases) == {"r1"} and len(folded.releases) == 2
+            assert find_pack(world, "prod", "canary", "1.0.0") == find_pack(folded, "prod", "canary", "1.0.0")
 
 
 async def restarted(rig, kx, serve):  # noqa: F811

@@ -1,0 +1,84 @@
+"""The part of the world a pin or unpin decides on, from the read models (no fold of the whole log).
+
+A pin reads its channel (configuration, cohorts), its scopes (pin, sequences) and, for the pack, the
+newest verified release of that version to the channel (services/actions/pins.py); each depends on its
+own subjects alone. The read models carry the fold's state of scopes and channels (model_states.py)
+and their index finds the releases, which are then folded from their own events with signatures
+checked. A fold of the whole log took ~90 s at 1M events; this reads a few keys and a few releases.
+The append's expected sequence refuses a decision taken on a stale view, as on a fold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.world import World
+from services.reads import read_models as rm
+
+CANDIDATES = 5  # releases of the version, newest first, folded to find the verified pack
+
+
+async def pin_facts(view, parts: tuple[str, ...], version: str | None) -> dict[str, Any]:
+    """What a pin (with `version`) or unpin (None) of ENV/CHANNEL[/COHORT] reads, from a view at the log's end."""
+    from services.reads.model_reads import NoView
+
+    env, channel = parts[0], parts[1]
+    chan = await view.get(rm.channel_key(env, channel))
+    cohorts = [parts[2]] if len(parts) == 3 else (chan["cohorts"] if chan else ["all"])  # unconfigured: default
+    scopes = await view.many([rm.scope_key(env, channel, c) for c in cohorts])
+    if (chan is not None and "state" not in chan) or any("state" not in v for v in scopes.values()):
+        raise NoView("the read models carry no scope state yet (written by an older service)")
+    found = await _releases_of(view, f"{env}/{channel}", version) if version is not None else []
+    return {
+        "seq": view.seq,
+        "env_channel": (env, channel),
+        "channel": chan,
+        "scopes": scopes,
+        "targets": [(env, channel, c) for c in cohorts],
+        "releases": found,
+    }
+
+
+async def _releases_of(view, target: str, version: str) -> list[str]:
+    """The newest CANDIDATES releases to `target` whose pack has `version`, newest first (the index's
+    shards newest first, then those releases' summaries)."""
+    found: list[str] = []
+    for shard in sorted(view.position.get("shards", []), reverse=True):
+        index = await view.get(rm.index_key(shard))
+        rows = sorted((r for r in (index or {}).get("rows", []) if r[2] == target), key=lambda r: -r[0])
+        values = await view.many([rm.release_key(r[1]) for r in rows])
+        for row in rows:
+            pack = (values.get(rm.release_key(row[1])) or {}).get("summary", {}).get("pack")
+            if pack and pack["version"] == version:
+                found.append(row[1])
+                if len(found) == CANDIDATES:
+                    return found
+    return found
+
+
+async def pin_world(js, subjects, service_keys, facts: dict[str, Any], version: str | None) -> World:
+    """The world a pin decides on: the model's scopes and channel, the candidate releases folded from
+    their own events; when none of them was verified, a fold of the whole log (it says which, if any)."""
+    from rpds import HashTrieMap
+
+    from services.jetstream.log_reads import load_world, release_history
+    from services.reads.model_states import load_channel, load_scope
+
+    releases = {}
+    for release_id in facts["releases"]:
+        state = await release_history(js, subjects, release_id, facts["seq"] + 1, service_keys)
+        if state is not None:
+            releases[release_id] = state
+            if state.verified is not None and state.verified.pack.version == version:
+                break  # the newest verified one is what a pin takes (services/actions/pins.py find_pack)
+    verified = any(r.verified is not None and r.verified.pack.version == version for r in releases.values())
+    if version is not None and not verified:
+        return await load_world(js, subjects, service_keys=service_keys)
+    channel_state = load_channel(facts["channel"]["state"]) if facts["channel"] else None
+    scopes = {tuple(v["state"]["key"]): load_scope(v["state"]) for v in facts["scopes"].values()}
+    return World(
+        applied_seq=facts["seq"],
+        releases=HashTrieMap(releases),
+        scopes=HashTrieMap(scopes),
+        channels=HashTrieMap({tuple(facts["env_channel"]): channel_state} if channel_state else {}),
+    )
