@@ -11,6 +11,8 @@ service writes them (services/reads/projector.py, from a follower that has folde
 command runs as a new `kxr` process, as an operator runs it: from the read models, and with
 `--fold` (the whole log folded per call, the way every one of them worked before). Times are
 the whole process (start-up included), median of `--runs` (the fold: of `--fold-runs`).
+`kxr pin` runs once per size, last (it appends: the models then lag until the next size's
+projection); before this bench it folded the whole log, as `--fold` does for the others.
 Target (issue 18): at most 1 s at 1M events.
 """
 
@@ -45,8 +47,11 @@ def commands(release_id: str, channel: str) -> dict[str, list[str]]:
     }
 
 
-async def project(url: str, work, prefix: str) -> tuple[float, str, str, int]:
-    """The read models written at the log's end: (seconds, the newest release id, a channel, releases)."""
+async def project(url: str, work, prefix: str) -> tuple[float, str, str, int, list[str]]:
+    """The read models written at the log's end: (seconds, the newest release id, a channel, releases,
+    what `kxr pin` then pins: a scope and the version of the newest verified release to it)."""
+    from services.reads.history import load_history
+
     nc = await connect(url, name="bench-operator-reads")
     try:
         app = App(nc, Settings(nats_url=url, prefix=prefix, data_dir=work / "data"))
@@ -55,11 +60,16 @@ async def project(url: str, work, prefix: str) -> tuple[float, str, str, int]:
         projector = await project_once(app, timeout=3600)
         seconds = time.perf_counter() - t0
         channel = "/".join(sorted(app.follower.world.channels.keys())[0])
+        recent = (await load_history(app.js, app.subjects, None, limit=20)).items
+        verified = next(i.state for i in recent if i.state.verified is not None and i.state.prepared is not None)
+        target = verified.prepared.target  # type: ignore[union-attr]
+        cohort = app.follower.world.channel_config(target.env, target.channel).cohort_names[0]
+        pin = [f"{target.env}/{target.channel}/{cohort}", verified.verified.pack.version]  # type: ignore[union-attr]
         await app.stop()
     finally:
         await nc.close()
     assert projector.newest is not None, "no release in the log"
-    return seconds, projector.newest[1], channel, projector.releases
+    return seconds, projector.newest[1], channel, projector.releases, pin
 
 
 def timed(argv: list[str], env: dict[str, str], expect_fold: bool) -> float:
@@ -101,7 +111,7 @@ def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
                     await nc.close()
 
             stored = asyncio.run(fill()) if size > stored else stored
-            project_s, newest, channel, releases = asyncio.run(project(r.url, r.work, r.prefix))
+            project_s, newest, channel, releases, (scope, version) = asyncio.run(project(r.url, r.work, r.prefix))
             point: dict = {"events": stored, "releases": releases, "project_s": round(project_s, 2), "commands": {}}
             for name, args in commands(newest, channel).items():
                 argv = [kxr_binary(), *args]
@@ -113,6 +123,10 @@ def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
                     row["fold_s"] = round(statistics.median(folded), 3)
                     row["speedup"] = round(row["fold_s"] / row["model_s"], 1)
                 point["commands"][name] = row
+            # last, once: it appends (the models then lag, with no service here to write them) and
+            # decides on the models (the scope's and channel's state, the newest releases of the version)
+            pin = [kxr_binary(), "pin", scope, "--version", version, "--until", "1h", "-m", "bench"]
+            point["commands"]["kxr pin"] = {"model_s": round(timed(pin, env, expect_fold=False), 3), "runs": 1}
             points.append(point)
     largest = points[-1]
     return {
@@ -138,7 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for p in res["points"]:
         for name, c in p["commands"].items():
-            fold = f"fold {c['fold_s']} s, {c['speedup']}x" if "fold_s" in c else "(its own events only)"
+            fold = (
+                f"fold {c['fold_s']} s, {c['speedup']}x"
+                if "fold_s" in c
+                else "(once; it folded the whole log before)"
+                if name == "kxr pin"
+                else "(its own events only)"
+            )
             rows.append((f"{name} @ {p['events']:,} events", f"{c['model_s']} s", fold, f"<= {TARGET_S:.0f} s"))
         rows.append((f"read models written @ {p['events']:,}", f"{p['project_s']} s", "-", "-"))
     report("operator_reads", res, rows)
