@@ -87,6 +87,21 @@ async def test_a_stale_expectation_in_a_group_refuses_only_its_own_batch(log):
         assert f'"release_id":"{rid}"'.encode() in (await stored(log, ch, "b")).data
 
 
+async def test_a_refused_group_is_split_until_each_batch_gets_its_own_answer(log):
+    await log.commit_batch(switch("held1", "h1"))
+    await log.commit_batch(switch("held2", "h2"))
+    asked = [("g0", None), ("held1", "g1"), ("g2", None), ("g3", None), ("held2", "g4"), ("g5", None)]
+    results = await asyncio.gather(
+        *(log.commit_batch(switch(ch, rid or ch)) for ch, rid in asked), return_exceptions=True
+    )
+    refused = [i for i, r in enumerate(results) if isinstance(r, AppendConflict)]
+    assert refused == [1, 4], results  # the two stale ones, and only they
+    for i in (0, 2, 3, 5):
+        channel = asked[i][0]
+        last = await stored(log, channel, "b")
+        assert last.seq == results[i] and f'"release_id":"{channel}"'.encode() in last.data
+
+
 async def test_two_batches_on_one_scope_are_never_grouped_and_exactly_one_wins(log):
     results = await asyncio.gather(
         log.commit_batch(switch("same", "ra")), log.commit_batch(switch("same", "rb")), return_exceptions=True
