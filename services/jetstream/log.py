@@ -89,6 +89,7 @@ class EventLog:
         self._coalesce = coalesce
         self._waiting: list[_Part] = []  # atomic batches waiting for the one being committed
         self._committer: asyncio.Task | None = None
+        self._committing = False  # a caller is committing its own batch (nothing else was in flight)
 
     def subject_of(self, event: Event) -> str:
         return self.subjects.expected_subject(event.type, event.release_id, scope_tuple(event))
@@ -156,12 +157,24 @@ class EventLog:
             messages.append((subject, payload, self._headers(entry, subject, payload)))
         if not self._coalesce:
             return await self._commit_alone(_Part(entries, batch_id, messages))
+        if not self._committing and not self._waiting and (self._committer is None or self._committer.done()):
+            # nothing in flight: sent at once from here (a lone switch waits for no other task);
+            # what is asked for meanwhile waits, and goes in one group once this is answered
+            self._committing = True
+            try:
+                return await self._commit_alone(_Part(entries, batch_id, messages))
+            finally:
+                self._committing = False
+                self._start_committer()
         part = _Part(entries, batch_id, messages, asyncio.get_running_loop().create_future())
         self._waiting.append(part)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting(), name="commit-batches")
+        self._start_committer()
         assert part.done is not None
         return await part.done
+
+    def _start_committer(self) -> None:
+        if self._waiting and not self._committing and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_waiting(), name="commit-batches")
 
     async def _commit_waiting(self) -> None:
         """Commit the waiting batches, several at a time: on a file-backed stream the server syncs
