@@ -192,6 +192,10 @@ class TargetFacts:
 class Activator(ReleaseReactor[TargetFacts]):
     name = NAME
     acts_in = frozenset({"verified", "expanding", "rolling_back"})
+    # Switches decided while one atomic batch is being committed wait and go together in the next
+    # (EventLog's group commit): more in flight, fewer synced commits. Measured on a 200-release
+    # backlog: 128 drained 1.5x faster than 32 and with less CPU (fewer commits and sends).
+    concurrency = 128
 
     async def observe(self, world, release, ctx) -> TargetFacts:
         if release.phase == "rolling_back" and release.rollback is not None:

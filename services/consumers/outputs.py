@@ -36,7 +36,9 @@ class Atomic:
 
     scope_writes: tuple[ScopeWrite, ...]
     release_events: tuple[Event, ...]
-    batch_id: str = ""  # the Nats-Batch-Id; the release event records the same id
+    # the Nats-Batch-Id, recorded by the release event too; committed in a group with other releases'
+    # switches (EventLog's group commit, services/jetstream/log.py), the stored header is the group's id
+    batch_id: str = ""
 
 
 @dataclass(frozen=True)

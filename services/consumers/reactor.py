@@ -151,6 +151,7 @@ class ReleaseReactor(Generic[F]):
     # delivery that cannot change a decision still costs a fetch, a wait and an ack. The
     # reconcile sweep would still catch anything a narrower filter missed.
     acts_in: frozenset[str] = frozenset()
+    concurrency = CONCURRENCY  # releases decided on at once (the Worker's slots)
 
     def __init__(self, port: Port) -> None:
         self.port = port
@@ -180,7 +181,7 @@ class ReleaseReactor(Generic[F]):
             self.handle,
             self.port.deadletters,
             ack_wait=self.port.settings.ack_wait_s,
-            concurrency=CONCURRENCY,
+            concurrency=self.concurrency,
             max_deliver=MAX_DELIVER,
             start_at=self.first_open_seq,
         )
