@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from events.codec import make_event
 from events.model import Actor, Scope
-from events.subjects import Subjects
 from services.consumers.activator import Activator
-from services.jetstream.client import connect
-from services.jetstream.layout import ensure_layout
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from services.reads.audit import replay
 from tests.harness import CHANNEL, make_pack, running_service
 
 ACTOR = Actor(kind="service", id="activator")
-
-
-@pytest.fixture
-async def log(nats_url, prefix):
-    nc = await connect(nats_url)
-    js = nc.jetstream()
-    subjects = Subjects(prefix)
-    await ensure_layout(js, subjects)
-    yield EventLog(nc, js, subjects)
-    await nc.close()
 
 
 def pointer(channel: str, cohort: str, release_id: str, event_id: str | None = None):

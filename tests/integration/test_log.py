@@ -11,20 +11,10 @@ from events.signing import SigningKey
 from events.subjects import Subjects
 from services.jetstream.client import connect
 from services.jetstream.layout import LayoutError, ensure_layout, read_bucket_config, release_log_config
-from services.jetstream.log import AppendConflict, Entry, EventLog
+from services.jetstream.log import AppendConflict, Entry
 from tests.harness import make_pack, request_data
 
 ACTOR = Actor(kind="service", id="test")
-
-
-@pytest.fixture
-async def log(nats_url, prefix):
-    nc = await connect(nats_url)
-    js = nc.jetstream()
-    subjects = Subjects(prefix)
-    await ensure_layout(js, subjects)
-    yield EventLog(nc, js, subjects)
-    await nc.close()
 
 
 def requested(release_id: str, event_id: str | None = None):
