@@ -44,17 +44,23 @@ def release_show(
     audit_release(release_id, as_json, None, nats_url, wide)
 
 
-def _release_action(release_id: str, nats_url: str | None, make) -> None:
+def _release_action(release_id: str, nats_url: str | None, make, reads: str = "release") -> None:
+    """Decide on the release's own events (and its channel or scopes, per `reads`:
+    services/reads/model_world.py release_world), never a fold of the whole log, and append."""
     from events.tokens import check_token
     from services.actions import operator as ops
+    from services.reads.model_world import release_world
 
     check_token(release_id, "release id")
+    keys = service_keys()
 
     def build_release(world, now, subjects):
         action = make(ops, world, now)
         return action.event, action.expected_seq, subjects.release_filter(release_id)
 
-    seq = operator_action(nats_url, build_release)
+    seq = operator_action(
+        nats_url, build_release, lambda js, subjects: release_world(js, subjects, keys, release_id, reads)
+    )
     console.print(f"recorded (log seq {seq}); follow with: kxr release show {release_id}")
 
 
@@ -99,7 +105,10 @@ def release_extend(
 ) -> None:
     """Open a new monitoring window for a held stage (no shorter than the channel's window)."""
     _release_action(
-        release_id, nats_url, lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now)
+        release_id,
+        nats_url,
+        lambda ops, w, now: ops.extend(w, release_id, window, rationale, operator_actor(), now),
+        reads="channel",
     )
 
 
@@ -119,7 +128,10 @@ def release_rollback(
 ) -> None:
     """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""  # noqa: E501 (help text)
     _release_action(
-        release_id, nats_url, lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now)
+        release_id,
+        nats_url,
+        lambda ops, w, now: ops.rollback(w, release_id, trigger, reason, operator_actor(), now),
+        reads="scopes",
     )
 
 

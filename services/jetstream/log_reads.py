@@ -145,6 +145,23 @@ async def load_signed_world(
     return world, ignored
 
 
+async def fold_subjects(js, subjects: Subjects, filters: list[str], service_keys=None) -> World:
+    """The log's entries on `filters` (disjoint) folded in log order, as the service folds them (signatures checked
+    with `service_keys`): exactly what a fold of the whole log says about whatever depends on those
+    subjects alone (a release, a channel, a scope). Each filter is its own single-subject read, merged
+    by sequence: nats-server serves a consumer with several filters an order of magnitude slower."""
+    import heapq
+
+    async def read(flt: str) -> list[tuple[RawEntry, Position, Event | None]]:
+        return [item async for batch in log_batches(js, subjects, [flt]) for item in batch]
+
+    reads = [await read(flt) for flt in dict.fromkeys(filters)]
+    world = World()
+    for entry, position, event in heapq.merge(*reads, key=lambda item: item[1].seq):
+        world, _ = fold_signed_entry(world, service_keys, entry, position, event, subjects)
+    return world
+
+
 async def release_history(
     js, subjects: Subjects, release_id: str, before_seq: int, service_keys=None
 ) -> ReleaseState | None:

@@ -1,4 +1,9 @@
-"""The part of the world a pin or unpin decides on, from the read models (no fold of the whole log).
+"""The part of the world an operator action decides on, without a fold of the whole log.
+
+Release actions (`release_world`): a release's own events, plus its channel (extend) or the scopes
+of its activated cohorts (rollback), folded from those subjects alone — each of those depends on its
+own subjects only, so this is exactly what a whole fold says about them. Pins (`pin_facts`,
+`pin_world`), from the read models:
 
 A pin reads its channel (configuration, cohorts), its scopes (pin, sequences) and, for the pack, the
 newest verified release of that version to the channel (services/actions/pins.py); each depends on its
@@ -82,3 +87,22 @@ async def pin_world(js, subjects, service_keys, facts: dict[str, Any], version: 
         scopes=HashTrieMap(scopes),
         channels=HashTrieMap({tuple(facts["env_channel"]): channel_state} if channel_state else {}),
     )
+
+
+async def release_world(js, subjects, service_keys, release_id: str, reads: str = "release") -> World:
+    """What a release action decides on: the release's own events; with `reads` "channel" its target
+    channel's too (extend: the minimum window), with "scopes" the scopes of its activated cohorts
+    (rollback: pins and last-known-good)."""
+    from services.jetstream.log_reads import fold_subjects
+
+    own = [subjects.release_filter(release_id)]
+    world = await fold_subjects(js, subjects, own, service_keys)
+    release = world.release(release_id)
+    target = release.prepared.target if release is not None and release.prepared is not None else None
+    if reads == "release" or target is None:
+        return world
+    if reads == "channel":
+        more = [subjects.channel(target.env, target.channel)]
+    else:
+        more = [subjects.scope_filter(target.env, target.channel, c) for c in release.activated]  # type: ignore[union-attr]
+    return await fold_subjects(js, subjects, own + more, service_keys)

@@ -194,6 +194,51 @@ async def decides_as_the_fold(rig, kx) -> None:  # noqa: F811
             assert set(world.releases) == {"r1"} and len(folded.releases) == 2
             assert find_pack(world, "prod", "canary", "1.0.0") == find_pack(folded, "prod", "canary", "1.0.0")
 
+    # release actions decide on the release's own events (+ its channel, + its activated scopes)
+    from services.actions import operator as ops
+    from services.reads.model_world import release_world
+
+    for release_id in ("r1", "r2", "nope"):
+        for reads in ("release", "channel", "scopes"):
+            world = await release_world(rig.js, s, keys, release_id, reads)
+            assert world.release(release_id) == folded.release(release_id), (release_id, reads)
+            release = folded.release(release_id)
+            target = release.prepared.target if release and release.prepared else None
+            if target and reads == "channel":
+                assert world.channel_state(target.env, target.channel) == folded.channel_state(
+                    target.env, target.channel
+                )
+            if target and reads == "scopes":
+                for cohort in release.activated:
+                    assert world.scope(target.env, target.channel, cohort) == folded.scope(
+                        target.env, target.channel, cohort
+                    )
+            actions = {
+                "release": [
+                    lambda w, r=release_id: ops.pause(w, r, "why", OPERATOR, now),
+                    lambda w, r=release_id: ops.resume(w, r, "why", OPERATOR, now),
+                    lambda w, r=release_id: ops.abort(w, r, "why", OPERATOR, now),
+                    lambda w, r=release_id: ops.annotate(w, r, "why", None, OPERATOR, now),
+                    lambda w, r=release_id: ops.promote(w, r, "why", OPERATOR, now),
+                    lambda w, r=release_id: ops.close(w, r, "failed", "why", OPERATOR, now),
+                ],
+                "channel": [lambda w, r=release_id: ops.extend(w, r, 900, "why", OPERATOR, now)],
+                "scopes": [lambda w, r=release_id: ops.rollback(w, r, "operator", "why", OPERATOR, now)],
+            }[reads]
+            for decide in actions:
+                assert _decided(decide, world) == _decided(decide, folded), (release_id, reads)
+
+
+def _decided(decide, world):
+    """A decision as comparable data: the event's type, data and expected sequence, or the refusal."""
+    from services.errors import OperatorError
+
+    try:
+        action = decide(world)
+    except OperatorError as exc:
+        return str(exc)
+    return action.event.type, action.event.data, action.expected_seq
+
 
 async def restarted(rig, kx, serve):  # noqa: F811
     """The service stopped and started again (verbose: its log says where the read models resumed)."""
