@@ -11,8 +11,8 @@ service writes them (services/reads/projector.py, from a follower that has folde
 command runs as a new `kxr` process, as an operator runs it: from the read models, and with
 `--fold` (the whole log folded per call, the way every one of them worked before). Times are
 the whole process (start-up included), median of `--runs` (the fold: of `--fold-runs`).
-`kxr pin` runs once per size, last (it appends: the models then lag until the next size's
-projection); before this bench it folded the whole log, as `--fold` does for the others.
+`kxr pin` and `kxr release annotate` run once per size, last (they append: the models then lag
+until the next size's projection); before session 7 both folded the whole log, as `--fold` does.
 Target (issue 18): at most 1 s at 1M events.
 """
 
@@ -127,6 +127,9 @@ def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
             # decides on the models (the scope's and channel's state, the newest releases of the version)
             pin = [kxr_binary(), "pin", scope, "--version", version, "--until", "1h", "-m", "bench"]
             point["commands"]["kxr pin"] = {"model_s": round(timed(pin, env, expect_fold=False), 3), "runs": 1}
+            # a release action decides on the release's own events (services/reads/model_world.py)
+            note = [kxr_binary(), "release", "annotate", newest, "-m", "bench"]
+            point["commands"]["kxr release annotate"] = {"model_s": round(timed(note, env, True), 3), "runs": 1}
             points.append(point)
     largest = points[-1]
     return {
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"fold {c['fold_s']} s, {c['speedup']}x"
                 if "fold_s" in c
                 else "(once; it folded the whole log before)"
-                if name == "kxr pin"
+                if name in ("kxr pin", "kxr release annotate")
                 else "(its own events only)"
             )
             rows.append((f"{name} @ {p['events']:,} events", f"{c['model_s']} s", fold, f"<= {TARGET_S:.0f} s"))

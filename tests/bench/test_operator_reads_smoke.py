@@ -19,10 +19,11 @@ def test_operator_reads_bench_times_the_model_and_the_fold_at_each_size():
             "kxr channel show",
             "kxr release show",
             "kxr pin",  # from the read models too (`timed` fails on a "folding the log" line)
+            "kxr release annotate",
         }
         for name, figures in point["commands"].items():
             assert figures["model_s"] > 0
-            if name not in ("kxr release show", "kxr pin"):
+            if name not in ("kxr release show", "kxr pin", "kxr release annotate"):
                 assert figures["fold_s"] > 0 and figures["speedup"] > 0
     assert set(res["met_at_largest"]) == set(res["points"][-1]["commands"])
 
