@@ -28,7 +28,7 @@ from events.model import (
     ScopePinned,
     Verified,
 )
-from events.service_signing import ServiceKeys
+from events.service_signing import ServiceKeys, SignatureChecker
 from events.subjects import Subjects
 
 from .pointer_chain import chain_break
@@ -143,20 +143,25 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects:
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
 
 
-def signature_problem(keys: ServiceKeys, subject: str, event: Event, payload: bytes, headers: Headers) -> str | None:
-    """Why this entry is not a genuine service append (None: it is, or it need not be one).
-
-    Every pointer switch and every event claiming a service actor must be signed by a key
+def needs_signature(event: Event) -> bool:
+    """Every pointer switch and every event claiming a service actor must be signed by a key
     trusted for its role; producers and operators sign nothing (yet): their authority is
     NATS permissions."""
-    if event.actor.kind != "service" and event.type != "scope.activated":
+    return event.actor.kind == "service" or event.type == "scope.activated"
+
+
+def signature_problem(
+    keys: SignatureChecker, subject: str, event: Event, payload: bytes, headers: Headers
+) -> str | None:
+    """Why this entry is not a genuine service append (None: it is, or it need not be one: `needs_signature`)."""
+    if not needs_signature(event):
         return None
     role = "activator" if event.type == "scope.activated" else SERVICE_ROLE.get(event.actor.id, event.actor.id)
     return keys.check(role, subject, payload, headers)
 
 
 def signature_violation(
-    keys: ServiceKeys, position: Position, event: Event | None, payload: bytes, headers: Headers
+    keys: SignatureChecker, position: Position, event: Event | None, payload: bytes, headers: Headers
 ) -> Violation | None:
     """An append by a service (and any pointer switch) must carry a valid signature of its role."""
     if event is None:
@@ -224,7 +229,7 @@ def pointer_chain_violation(world: World, position: Position, event: Event) -> V
 
 def audit_signed_entry(
     audit: Audit,
-    keys: ServiceKeys,
+    keys: SignatureChecker,
     position: Position,
     event: Event | None,
     payload: bytes,

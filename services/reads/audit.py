@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
+import logging
+import os
+import pickle
+import sys
 from collections.abc import Callable
 from datetime import datetime
 
-from events.service_signing import ServiceKeys
+from events.model import Event
+from events.service_signing import Prechecked, ServiceKeys
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
-from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
+from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish, needs_signature
+from projections.position import Position
 from projections.world import World
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.log_reads import load_world, log_batches
+from services.jetstream.reader import RawEntry
+from services.reads.verify_worker import HEADER
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
+Batch = list[tuple[RawEntry, Position, Event | None]]
+Job = tuple[bytes, str, str, bytes]
+
+# A replay with signature checks verifies in worker processes once this many entries are left to read:
+# below it, starting a process (an interpreter, ~0.5 s of a core) costs more than it saves.
+PARALLEL_MIN_ENTRIES = 20_000
 
 
 async def replay(
@@ -25,22 +42,177 @@ async def replay(
     progress: Progress | None = None,
     until: datetime | None = None,
     service_keys: ServiceKeys | None = None,
+    *,
+    parallel: bool | None = None,
 ) -> Audit:
-    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
+    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature).
+
+    With keys, the Ed25519 verifications (most of such a replay's time) run in worker processes,
+    a batch ahead of the fold (`parallel`: None decides by the log's length). The fold stays here,
+    in log order, and takes each entry's outcome as `ServiceKeys.check` would find it: the same
+    problems at the same sequences as the serial check.
+    """
     audit = Audit()
-    with young_collections_only():  # the world only grows: no full collections over it while it does
-        async for batch in log_batches(js, subjects, until=until):
-            for entry, position, event in batch:
-                if service_keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
-                    audit = audit_signed_entry(
-                        audit, service_keys, position, event, entry.data, entry.headers, subjects
-                    )
+    checker = Prechecked(service_keys) if service_keys is not None else None
+    ahead: _Ahead | None = None
+    pending: tuple[Batch, asyncio.Future[list[bool | None]]] | None = None
+
+    def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
+        nonlocal audit
+        for i, (entry, position, event) in enumerate(batch):
+            if checker is not None:  # then only what a service key signed counts (see audit_signed_entry)
+                checker.expect(entry.subject, entry.data, outcomes[i] if outcomes is not None else None)
+                audit = audit_signed_entry(audit, checker, position, event, entry.data, entry.headers, subjects)
+            else:
+                audit = audit_entry(audit, position, event, subjects)
+            if progress is not None:
+                progress(audit.events + audit.undecodable, entry.pending)
+
+    try:
+        with young_collections_only():  # the world only grows: no full collections over it while it does
+            async for batch in log_batches(js, subjects, until=until):
+                if service_keys is not None and ahead is None and parallel is not False:
+                    left = batch[-1][0].pending
+                    if parallel or left >= PARALLEL_MIN_ENTRIES:
+                        ahead = _Ahead(service_keys)
+                        if parallel:
+                            await ahead.wait_ready()  # asked for: no batch verified here while they start
+                if ahead is None or not ahead.ready():  # (verified here while the workers start)
+                    if pending is not None:
+                        fold(pending[0], await pending[1])
+                        pending = None
+                    fold(batch, None)
                 else:
-                    audit = audit_entry(audit, position, event, subjects)
-                if progress is not None:
-                    progress(audit.events + audit.undecodable, entry.pending)
-            gc_step()
+                    submitted = ahead.submit(batch)
+                    if pending is not None:
+                        fold(pending[0], await pending[1])
+                    pending = (batch, submitted)
+                gc_step()
+            if pending is not None:
+                fold(pending[0], await pending[1])
+                pending = None
+    finally:
+        if pending is not None:
+            pending[1].cancel()
+        if ahead is not None:
+            await ahead.close()
     return finish(audit)
+
+
+class _Ahead:
+    """Ed25519 verifications of a replay's batches in worker processes (each batch split among them).
+
+    `cryptography` holds the GIL while it verifies; libsodium's C call does not, but each call then
+    waits for the GIL again behind the busy event loop: threads did not gain (measured), processes
+    do. A failing worker is not an error: its batches are verified by the fold (the same function).
+    """
+
+    def __init__(self, keys: ServiceKeys) -> None:
+        self._keys = keys
+        self._workers: list[_Worker] = []
+        count = max(1, min(4, (os.cpu_count() or 2) - 1))
+        self._starting: asyncio.Task[None] | None = asyncio.ensure_future(self._start(count))
+        self._failed = False
+
+    async def _start(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                self._workers.append(await _Worker.start())
+            await asyncio.gather(*(w.verify([]) for w in self._workers))  # answered: imported and ready
+        except Exception as exc:  # no processes here (a sandbox, a limit): the fold verifies
+            self._fail(f"worker processes did not start ({exc})")
+
+    async def wait_ready(self) -> None:
+        if self._starting is not None:
+            await self._starting
+
+    def ready(self) -> bool:
+        """Whether the workers answer (until then the fold verifies its batches itself)."""
+        return not self._failed and self._starting is not None and self._starting.done() and bool(self._workers)
+
+    def submit(self, batch: Batch) -> asyncio.Future[list[bool | None]]:
+        """Each entry's verification outcome (None where the fold's check verifies nothing, or itself)."""
+        slots: list[int] = []
+        jobs: list[Job] = []
+        for i, (entry, _, event) in enumerate(batch):
+            if event is not None and needs_signature(event):
+                job = self._keys.job(entry.subject, entry.data, entry.headers)
+                if job is not None:
+                    slots.append(i)
+                    jobs.append(job)
+        return asyncio.ensure_future(self._outcomes(len(batch), slots, jobs))
+
+    async def _outcomes(self, size: int, slots: list[int], jobs: list[Job]) -> list[bool | None]:
+        out: list[bool | None] = [None] * size
+        workers = self._workers
+        if not jobs or not workers:
+            return out
+        step = -(-len(jobs) // len(workers))
+        try:
+            parts = await asyncio.gather(*(w.verify(jobs[i * step : (i + 1) * step]) for i, w in enumerate(workers)))
+        except Exception as exc:  # a worker died: this batch's entries are verified by the fold itself
+            self._fail(f"a signature worker failed ({exc})")
+            return out
+        for slot, valid in zip(slots, (v for part in parts for v in part), strict=True):
+            out[slot] = valid
+        return out
+
+    def _fail(self, why: str) -> None:
+        if not self._failed:
+            log.warning("replay: %s; signatures verified in this process", why)
+        self._failed = True
+
+    async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        await asyncio.gather(*(w.close() for w in self._workers), return_exceptions=True)
+        self._workers = []
+
+
+class _Worker:
+    """One `python -m services.reads.verify_worker` process; one request at a time."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.reads.verify_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return cls(proc)
+
+    async def verify(self, jobs: list[Job]) -> list[bool]:
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None and stdout is not None
+        blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
+        async with self._lock:
+            stdin.write(HEADER.pack(len(blob)) + blob)
+            await stdin.drain()
+            try:
+                (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+                answer = await stdout.readexactly(size)
+            except asyncio.IncompleteReadError:
+                raise RuntimeError(f"the worker exited ({await self._proc.wait()})") from None
+        if size != len(jobs):
+            raise RuntimeError(f"the worker answered {size} outcomes for {len(jobs)} signatures")
+        return [b == 1 for b in answer]
+
+    async def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()  # the worker ends at EOF
+        try:
+            async with asyncio.timeout(2):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
 
 
 async def world_at(js, subjects: Subjects, at: datetime) -> World:
