@@ -89,6 +89,8 @@ class ServiceKeys:
             return f"signed by unknown key {keyid[:16]}"
         if role not in key.roles:
             return f"key {key.name or keyid[:16]} is not trusted for {role}"
+        if valid is True:
+            return None  # verify_job decoded it (so it is base64) and it verified
         try:
             raw = b64decode_strict(sig)
         except ValueError:
