@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import sys
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,6 +26,11 @@ from services.jetstream.log_reads import load_world, log_batches
 from services.jetstream.reader import RawEntry
 from services.reads.verify_worker import HEADER
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
@@ -34,6 +40,8 @@ Job = tuple[bytes, str, str, bytes]
 # A replay with signature checks verifies in worker processes once this many entries are left to read:
 # below it, starting a process (an interpreter, ~0.5 s of a core) costs more than it saves.
 PARALLEL_MIN_ENTRIES = 20_000
+AHEAD_ENTRIES = 4096  # how far (in entries) the verifications may run ahead of the fold
+PIPE_BYTES = 1 << 20  # a worker's stdin: room for about five batches' requests
 
 
 async def replay(
@@ -55,7 +63,8 @@ async def replay(
     audit = Audit()
     checker = Prechecked(service_keys) if service_keys is not None else None
     ahead: _Ahead | None = None
-    pending: tuple[Batch, asyncio.Future[list[bool | None]]] | None = None
+    pending: deque[tuple[Batch, asyncio.Future[list[bool | None]]]] = deque()  # submitted, not folded yet
+    in_flight = 0  # entries in `pending`
 
     def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
         nonlocal audit
@@ -68,6 +77,12 @@ async def replay(
             if progress is not None:
                 progress(audit.events + audit.undecodable, entry.pending)
 
+    async def fold_oldest() -> None:
+        nonlocal in_flight
+        batch, outcomes = pending.popleft()
+        in_flight -= len(batch)
+        fold(batch, await outcomes)
+
     try:
         with young_collections_only():  # the world only grows: no full collections over it while it does
             async for batch in log_batches(js, subjects, until=until):
@@ -78,22 +93,22 @@ async def replay(
                         if parallel:
                             await ahead.wait_ready()  # asked for: no batch verified here while they start
                 if ahead is None or not ahead.ready():  # (verified here while the workers start)
-                    if pending is not None:
-                        fold(pending[0], await pending[1])
-                        pending = None
+                    while pending:
+                        await fold_oldest()
                     fold(batch, None)
                 else:
-                    submitted = ahead.submit(batch)
-                    if pending is not None:
-                        fold(pending[0], await pending[1])
-                    pending = (batch, submitted)
+                    pending.append((batch, ahead.submit(batch)))
+                    in_flight += len(batch)
+                    # the workers stay up to AHEAD_ENTRIES ahead: a worker that lost its core for a
+                    # moment (a shared machine) catches up without the fold waiting for it
+                    while in_flight > AHEAD_ENTRIES:
+                        await fold_oldest()
                 gc_step()
-            if pending is not None:
-                fold(pending[0], await pending[1])
-                pending = None
+            while pending:
+                await fold_oldest()
     finally:
-        if pending is not None:
-            pending[1].cancel()
+        for _, outcomes in pending:
+            outcomes.cancel()
         if ahead is not None:
             await ahead.close()
     return finish(audit)
@@ -170,11 +185,13 @@ class _Ahead:
 
 
 class _Worker:
-    """One `python -m services.reads.verify_worker` process; one request at a time."""
+    """One `python -m services.reads.verify_worker` process. Requests are written as they come (the
+    worker always has the next one queued: no idle round trip), answers read back in order."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
-        self._lock = asyncio.Lock()
+        self._waiting: deque[tuple[int, asyncio.Future[list[bool]]]] = deque()  # (jobs, answer) in order
+        self._reader: asyncio.Task[None] = asyncio.ensure_future(self._read_answers())
 
     @classmethod
     async def start(cls) -> _Worker:
@@ -186,23 +203,43 @@ class _Worker:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
+        _widen_pipe(proc.stdin)
         return cls(proc)
 
     async def verify(self, jobs: list[Job]) -> list[bool]:
-        stdin, stdout = self._proc.stdin, self._proc.stdout
-        assert stdin is not None and stdout is not None
+        stdin = self._proc.stdin
+        assert stdin is not None
+        answer: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        if self._reader.done():
+            raise RuntimeError(f"the worker exited ({self._proc.returncode})")
         blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
-        async with self._lock:
-            stdin.write(HEADER.pack(len(blob)) + blob)
+        self._waiting.append((len(jobs), answer))
+        try:
+            stdin.write(HEADER.pack(len(blob)) + blob)  # whole messages, in order: writes do not interleave
             await stdin.drain()
-            try:
+        except BaseException:
+            answer.cancel()  # (the reader skips it; nobody waits for it)
+            raise
+        return await answer
+
+    async def _read_answers(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        try:
+            while True:
                 (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
                 answer = await stdout.readexactly(size)
-            except asyncio.IncompleteReadError:
-                raise RuntimeError(f"the worker exited ({await self._proc.wait()})") from None
-        if size != len(jobs):
-            raise RuntimeError(f"the worker answered {size} outcomes for {len(jobs)} signatures")
-        return [b == 1 for b in answer]
+                count, future = self._waiting.popleft()
+                if size != count:
+                    raise RuntimeError(f"the worker answered {size} outcomes for {count} signatures")
+                if not future.done():
+                    future.set_result([b == 1 for b in answer])
+        except (asyncio.IncompleteReadError, RuntimeError, IndexError) as exc:
+            why = exc if not isinstance(exc, asyncio.IncompleteReadError) else "it exited"
+            for _, future in self._waiting:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"signature worker: {why}"))
+            self._waiting.clear()
 
     async def close(self) -> None:
         if self._proc.stdin is not None:
@@ -213,6 +250,20 @@ class _Worker:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+        self._reader.cancel()
+
+
+def _widen_pipe(stdin: asyncio.StreamWriter | None) -> None:
+    """Let a few batches' requests (~200 KB each) wait in the pipe, not in our process: the worker
+    reads on while the event loop folds (Linux; elsewhere the default size, and shorter strides)."""
+    pipe = stdin.get_extra_info("pipe") if stdin is not None else None
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if pipe is None or setsize is None:
+        return
+    try:
+        fcntl.fcntl(pipe.fileno(), setsize, PIPE_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size for an unprivileged user: keep the default
+        pass
 
 
 async def world_at(js, subjects: Subjects, at: datetime) -> World:
