@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 from .signing import SigningKey, b64decode_strict, b64encode, keyid_of
 
@@ -74,6 +74,12 @@ class ServiceKeys:
 
     def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None:
         """Why this entry is not a genuine append by `role` (None: it is)."""
+        return self.judge(role, subject, payload, headers, None)
+
+    def judge(
+        self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None, valid: bool | None
+    ) -> str | None:
+        """`check`, given what `verify_job(*self.job(...))` said of this entry (None: verified here)."""
         headers = headers or {}
         keyid, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)
         if not keyid or not sig:
@@ -83,18 +89,79 @@ class ServiceKeys:
             return f"signed by unknown key {keyid[:16]}"
         if role not in key.roles:
             return f"key {key.name or keyid[:16]} is not trusted for {role}"
+        if valid is True:
+            return None  # verify_job decoded it (so it is base64) and it verified
         try:
             raw = b64decode_strict(sig)
         except ValueError:
             return "signature is not base64"
-        try:
-            _public_key(key.public).verify(raw, signed_bytes(subject, payload))
-        except (InvalidSignature, ValueError):
-            return "forged: the signature does not match the stored bytes"
-        return None
+        if valid is None:
+            valid = verify_signature(key.public, raw, signed_bytes(subject, payload))
+        return None if valid else "forged: the signature does not match the stored bytes"
+
+    def job(
+        self, subject: str, payload: bytes, headers: Mapping[str, str] | None
+    ) -> tuple[bytes, str, str, bytes] | None:
+        """The verification `check` would make for this entry whatever the role, as arguments of
+        `verify_job` (plain values: it may run in another process); None if `check` verifies nothing."""
+        headers = headers or {}
+        keyid, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)
+        key = self.keys.get(keyid) if keyid and sig else None
+        return None if key is None or sig is None else (key.public, sig, subject, payload)
+
+
+class SignatureChecker(Protocol):
+    """What judges an entry's service signature: `ServiceKeys`, or `Prechecked` over them."""
+
+    def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None: ...
+
+
+class Prechecked:
+    """`ServiceKeys.check` with the Ed25519 verification of the entry at hand done ahead (in bulk,
+    possibly in another process): the owner announces each entry's outcome with `expect` before the
+    check; a check of any other payload verifies as `ServiceKeys.check` does. Verdicts are the same."""
+
+    def __init__(self, keys: ServiceKeys) -> None:
+        self.keys = keys
+        self._payload: bytes | None = None
+        self._subject = ""
+        self._valid: bool | None = None
+
+    def expect(self, subject: str, payload: bytes, valid: bool | None) -> None:
+        self._subject, self._payload, self._valid = subject, payload, valid
+
+    def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None:
+        known = payload is self._payload and subject == self._subject
+        return self.keys.judge(role, subject, payload, headers, self._valid if known else None)
+
+
+def verify_job(public: bytes, signature_b64: str, subject: str, payload: bytes) -> bool:
+    """Whether the signature header verifies (False also when it is not base64: `check` says so first)."""
+    try:
+        raw = b64decode_strict(signature_b64)
+    except ValueError:
+        return False
+    return verify_signature(public, raw, signed_bytes(subject, payload))
+
+
+def verify_jobs(jobs: list[tuple[bytes, str, str, bytes]]) -> list[bool]:
+    """`verify_job` over a list (what a worker process runs for a batch of a replay)."""
+    return [verify_job(*job) for job in jobs]
+
+
+def verify_signature(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Ed25519 by libsodium (PyNaCl): strict RFC 8032 checks (a canonical `s`, no small-order key or
+    R), about twice as fast here as `cryptography`'s, and the C call runs without the GIL."""
+    if len(signature) != 64:  # crypto_sign_open reads signature+message as one buffer: no other length
+        return False
+    try:
+        _verify_key(public).verify(message, signature)
+    except (CryptoError, ValueError, TypeError):
+        return False
+    return True
 
 
 @lru_cache(maxsize=64)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
+def _verify_key(raw: bytes) -> VerifyKey:
     """Loaded once per key: an auditor checks every append of a long log against a handful of keys."""
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return VerifyKey(raw)

@@ -4,35 +4,57 @@
 the fold copies a release or the world for every log entry, so a replay of a long log
 spends much of its time there. Only for the projections' plain state classes: no
 `__post_init__`, no `InitVar`, no `init=False` fields (checked once per class).
+
+Each class gets its own copier, generated once: one line per field, with the field's name
+as a constant and a direct slot read, instead of a loop that looks every name up again
+(2.9 -> 2.2 us for a release's 26 fields, 1.1 -> 0.9 us for the world's 8, on this machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-_FIELDS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
-_set = object.__setattr__
+_COPIERS: dict[type, Callable[[Any, dict[str, Any]], Any]] = {}
 
 
-def _fields(cls: type) -> tuple[tuple[str, ...], frozenset[str]]:
-    known = _FIELDS.get(cls)
-    if known is None:
-        fields = dataclasses.fields(cls)
-        if hasattr(cls, "__post_init__") or any(not f.init for f in fields) or not hasattr(cls, "__slots__"):
-            raise TypeError(f"evolve() needs a plain slotted dataclass, not {cls.__name__}")
-        names = tuple(f.name for f in fields)
-        known = _FIELDS[cls] = (names, frozenset(names))
-    return known
+def _copier(cls: type) -> Callable[[Any, dict[str, Any]], Any]:
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(not f.init for f in fields) or not hasattr(cls, "__slots__"):
+        raise TypeError(f"evolve() needs a plain slotted dataclass, not {cls.__name__}")
+    names = tuple(f.name for f in fields)
+    if not all(name.isidentifier() for name in names):  # (a dataclass field always is one)
+        raise TypeError(f"evolve() cannot copy {cls.__name__}")
+    lines = [f"    _set(new, {n!r}, changes[{n!r}] if {n!r} in changes else obj.{n})" for n in names]
+    source = "\n".join(
+        [
+            "def copy(obj, changes):",
+            "    if not changes.keys() <= known:",
+            "        raise TypeError(f'{cls.__name__} has no field(s) {sorted(changes.keys() - known)}')",
+            "    new = _new(cls)",
+            *lines,
+            "    return new",
+        ]
+    )
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "known": frozenset(names),
+        "_new": object.__new__,
+        "_set": object.__setattr__,
+        "sorted": sorted,
+        "TypeError": TypeError,
+    }
+    exec(source, namespace)  # our own source, built from a dataclass's field names
+    copy: Callable[[Any, dict[str, Any]], Any] = namespace["copy"]
+    return copy
 
 
 def evolve(obj: T, changes: dict[str, Any]) -> T:
     cls = type(obj)
-    names, known = _fields(cls)
-    if not changes.keys() <= known:
-        raise TypeError(f"{cls.__name__} has no field(s) {sorted(changes.keys() - known)}")
-    new = object.__new__(cls)
-    for name in names:
-        _set(new, name, changes[name] if name in changes else getattr(obj, name))
+    copy = _COPIERS.get(cls)
+    if copy is None:
+        copy = _COPIERS[cls] = _copier(cls)
+    new: T = copy(obj, changes)
     return new

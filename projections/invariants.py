@@ -28,9 +28,10 @@ from events.model import (
     ScopePinned,
     Verified,
 )
-from events.service_signing import ServiceKeys
+from events.service_signing import ServiceKeys, SignatureChecker
 from events.subjects import Subjects
 
+from .evolve import evolve
 from .pointer_chain import chain_break
 from .position import Position
 from .releases import ReleaseState, is_override
@@ -51,7 +52,7 @@ class Violation:
         return f"seq {self.seq}: {self.code}: {self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Audit:
     world: World = field(default_factory=World)
     violations: tuple[Violation, ...] = ()
@@ -118,12 +119,14 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
 def audit_entry(audit: Audit, position: Position, event: Event | None, subjects: Subjects) -> Audit:
     """Check one log entry (None: it did not decode) against the world so far, then apply it."""
     if event is None:
-        return replace(
+        return evolve(
             audit,
-            world=apply_undecodable(audit.world, position, subjects),
-            undecodable=audit.undecodable + 1,
-            violations=audit.violations
-            + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),),
+            {
+                "world": apply_undecodable(audit.world, position, subjects),
+                "undecodable": audit.undecodable + 1,
+                "violations": audit.violations
+                + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),),
+            },
         )
     found = _check(audit.world, position, event) + check_safety(audit.world, position, event, audit.safety)
     broken = pointer_chain_violation(audit.world, position, event)
@@ -131,32 +134,39 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects:
         found.append(broken)
     after = apply(audit.world, position, event)
     found += check_lkg(audit.safety, audit.world, after, position, event)
-    return replace(
+    return evolve(
         audit,
-        world=after,
-        violations=audit.violations + tuple(found),
-        events=audit.events + 1,
-        safety=remember(audit.safety, audit.world, after, event),
+        {
+            "world": after,
+            "violations": audit.violations + tuple(found) if found else audit.violations,
+            "events": audit.events + 1,
+            "safety": remember(audit.safety, audit.world, after, event),
+        },
     )
 
 
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
 
 
-def signature_problem(keys: ServiceKeys, subject: str, event: Event, payload: bytes, headers: Headers) -> str | None:
-    """Why this entry is not a genuine service append (None: it is, or it need not be one).
-
-    Every pointer switch and every event claiming a service actor must be signed by a key
+def needs_signature(event: Event) -> bool:
+    """Every pointer switch and every event claiming a service actor must be signed by a key
     trusted for its role; producers and operators sign nothing (yet): their authority is
     NATS permissions."""
-    if event.actor.kind != "service" and event.type != "scope.activated":
+    return event.actor.kind == "service" or event.type == "scope.activated"
+
+
+def signature_problem(
+    keys: SignatureChecker, subject: str, event: Event, payload: bytes, headers: Headers
+) -> str | None:
+    """Why this entry is not a genuine service append (None: it is, or it need not be one: `needs_signature`)."""
+    if not needs_signature(event):
         return None
     role = "activator" if event.type == "scope.activated" else SERVICE_ROLE.get(event.actor.id, event.actor.id)
     return keys.check(role, subject, payload, headers)
 
 
 def signature_violation(
-    keys: ServiceKeys, position: Position, event: Event | None, payload: bytes, headers: Headers
+    keys: SignatureChecker, position: Position, event: Event | None, payload: bytes, headers: Headers
 ) -> Violation | None:
     """An append by a service (and any pointer switch) must carry a valid signature of its role."""
     if event is None:
@@ -224,7 +234,7 @@ def pointer_chain_violation(world: World, position: Position, event: Event) -> V
 
 def audit_signed_entry(
     audit: Audit,
-    keys: ServiceKeys,
+    keys: SignatureChecker,
     position: Position,
     event: Event | None,
     payload: bytes,
@@ -238,11 +248,13 @@ def audit_signed_entry(
     violation = signature_violation(keys, position, event, payload, headers)
     if violation is None:
         return audit_entry(audit, position, event, subjects)
-    return replace(
+    return evolve(
         audit,
-        world=apply_undecodable(audit.world, position, subjects),
-        events=audit.events + 1,
-        violations=audit.violations + (violation,),
+        {
+            "world": apply_undecodable(audit.world, position, subjects),
+            "events": audit.events + 1,
+            "violations": audit.violations + (violation,),
+        },
     )
 
 
@@ -292,7 +304,7 @@ _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monito
 _FAIL_CLOSED_FROM_HELD = {"annotated", "monitoring_failed", "rollback_started", "escalated"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SafetyMemory:
     """What the safety checks remember beyond the world: packs each channel may call known-good,
     and who signed each verified pack (an index, so a pointer check never scans every release)."""
@@ -517,7 +529,7 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
     if event.type == "release.verified" and isinstance(event.data, Verified):
         digest = event.data.pack.digest
         known = memory.signers.get(digest, frozenset())
-        return replace(memory, signers=memory.signers.insert(digest, known | frozenset(event.data.signers)))
+        return evolve(memory, {"signers": memory.signers.insert(digest, known | frozenset(event.data.signers))})
     if event.type != "release.closed" or not event.release_id:
         return memory
     release = after.release(event.release_id)

@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
+import logging
+import os
+import pickle
+import sys
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
-from events.service_signing import ServiceKeys
+from events.model import Event
+from events.service_signing import Prechecked, ServiceKeys
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
-from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish
+from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish, needs_signature
+from projections.position import Position
 from projections.world import World
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.log_reads import load_world, log_batches
+from services.jetstream.reader import RawEntry
+from services.reads.verify_worker import HEADER
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (entries read, entries left)
+Batch = list[tuple[RawEntry, Position, Event | None]]
+Job = tuple[bytes, str, str, bytes]
+
+# A replay with signature checks verifies in worker processes once this many entries are left to read:
+# below it, starting a process (an interpreter, ~0.5 s of a core) costs more than it saves.
+PARALLEL_MIN_ENTRIES = 20_000
+AHEAD_ENTRIES = 4096  # how far (in entries) the verifications may run ahead of the fold
+PIPE_BYTES = 1 << 20  # a worker's stdin: room for about five batches' requests
 
 
 async def replay(
@@ -25,22 +50,220 @@ async def replay(
     progress: Progress | None = None,
     until: datetime | None = None,
     service_keys: ServiceKeys | None = None,
+    *,
+    parallel: bool | None = None,
 ) -> Audit:
-    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature)."""
+    """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature).
+
+    With keys, the Ed25519 verifications (most of such a replay's time) run in worker processes,
+    a batch ahead of the fold (`parallel`: None decides by the log's length). The fold stays here,
+    in log order, and takes each entry's outcome as `ServiceKeys.check` would find it: the same
+    problems at the same sequences as the serial check.
+    """
     audit = Audit()
-    with young_collections_only():  # the world only grows: no full collections over it while it does
-        async for batch in log_batches(js, subjects, until=until):
-            for entry, position, event in batch:
-                if service_keys is not None:  # then only what a service key signed counts (see audit_signed_entry)
-                    audit = audit_signed_entry(
-                        audit, service_keys, position, event, entry.data, entry.headers, subjects
-                    )
+    checker = Prechecked(service_keys) if service_keys is not None else None
+    ahead: _Ahead | None = None
+    pending: deque[tuple[Batch, asyncio.Future[list[bool | None]]]] = deque()  # submitted, not folded yet
+    in_flight = 0  # entries in `pending`
+
+    def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
+        nonlocal audit
+        for i, (entry, position, event) in enumerate(batch):
+            if checker is not None:  # then only what a service key signed counts (see audit_signed_entry)
+                checker.expect(entry.subject, entry.data, outcomes[i] if outcomes is not None else None)
+                audit = audit_signed_entry(audit, checker, position, event, entry.data, entry.headers, subjects)
+            else:
+                audit = audit_entry(audit, position, event, subjects)
+            if progress is not None:
+                progress(audit.events + audit.undecodable, entry.pending)
+
+    async def fold_oldest() -> None:
+        nonlocal in_flight
+        batch, outcomes = pending.popleft()
+        in_flight -= len(batch)
+        fold(batch, await outcomes)
+
+    try:
+        with young_collections_only():  # the world only grows: no full collections over it while it does
+            async for batch in log_batches(js, subjects, until=until):
+                if service_keys is not None and ahead is None and parallel is not False:
+                    left = batch[-1][0].pending
+                    if parallel or left >= PARALLEL_MIN_ENTRIES:
+                        ahead = _Ahead(service_keys)
+                        if parallel:
+                            await ahead.wait_ready()  # asked for: no batch verified here while they start
+                if ahead is None or not ahead.ready():  # (verified here while the workers start)
+                    while pending:
+                        await fold_oldest()
+                    fold(batch, None)
                 else:
-                    audit = audit_entry(audit, position, event, subjects)
-                if progress is not None:
-                    progress(audit.events + audit.undecodable, entry.pending)
-            gc_step()
+                    pending.append((batch, ahead.submit(batch)))
+                    in_flight += len(batch)
+                    # the workers stay up to AHEAD_ENTRIES ahead: a worker that lost its core for a
+                    # moment (a shared machine) catches up without the fold waiting for it
+                    while in_flight > AHEAD_ENTRIES:
+                        await fold_oldest()
+                gc_step()
+            while pending:
+                await fold_oldest()
+    finally:
+        for _, outcomes in pending:
+            outcomes.cancel()
+        if ahead is not None:
+            await ahead.close()
     return finish(audit)
+
+
+class _Ahead:
+    """Ed25519 verifications of a replay's batches in worker processes (each batch split among them).
+
+    `cryptography` holds the GIL while it verifies; libsodium's C call does not, but each call then
+    waits for the GIL again behind the busy event loop: threads did not gain (measured), processes
+    do. A failing worker is not an error: its batches are verified by the fold (the same function).
+    """
+
+    def __init__(self, keys: ServiceKeys) -> None:
+        self._keys = keys
+        self._workers: list[_Worker] = []
+        count = max(1, min(4, (os.cpu_count() or 2) - 1))
+        self._starting: asyncio.Task[None] | None = asyncio.ensure_future(self._start(count))
+        self._failed = False
+
+    async def _start(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                self._workers.append(await _Worker.start())
+            await asyncio.gather(*(w.verify([]) for w in self._workers))  # answered: imported and ready
+        except Exception as exc:  # no processes here (a sandbox, a limit): the fold verifies
+            self._fail(f"worker processes did not start ({exc})")
+
+    async def wait_ready(self) -> None:
+        if self._starting is not None:
+            await self._starting
+
+    def ready(self) -> bool:
+        """Whether the workers answer (until then the fold verifies its batches itself)."""
+        return not self._failed and self._starting is not None and self._starting.done() and bool(self._workers)
+
+    def submit(self, batch: Batch) -> asyncio.Future[list[bool | None]]:
+        """Each entry's verification outcome (None where the fold's check verifies nothing, or itself)."""
+        slots: list[int] = []
+        jobs: list[Job] = []
+        for i, (entry, _, event) in enumerate(batch):
+            if event is not None and needs_signature(event):
+                job = self._keys.job(entry.subject, entry.data, entry.headers)
+                if job is not None:
+                    slots.append(i)
+                    jobs.append(job)
+        return asyncio.ensure_future(self._outcomes(len(batch), slots, jobs))
+
+    async def _outcomes(self, size: int, slots: list[int], jobs: list[Job]) -> list[bool | None]:
+        out: list[bool | None] = [None] * size
+        workers = self._workers
+        if not jobs or not workers:
+            return out
+        step = -(-len(jobs) // len(workers))
+        try:
+            parts = await asyncio.gather(*(w.verify(jobs[i * step : (i + 1) * step]) for i, w in enumerate(workers)))
+        except Exception as exc:  # a worker died: this batch's entries are verified by the fold itself
+            self._fail(f"a signature worker failed ({exc})")
+            return out
+        for slot, valid in zip(slots, (v for part in parts for v in part), strict=True):
+            out[slot] = valid
+        return out
+
+    def _fail(self, why: str) -> None:
+        if not self._failed:
+            log.warning("replay: %s; signatures verified in this process", why)
+        self._failed = True
+
+    async def close(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        await asyncio.gather(*(w.close() for w in self._workers), return_exceptions=True)
+        self._workers = []
+
+
+class _Worker:
+    """One `python -m services.reads.verify_worker` process. Requests are written as they come (the
+    worker always has the next one queued: no idle round trip), answers read back in order."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._waiting: deque[tuple[int, asyncio.Future[list[bool]]]] = deque()  # (jobs, answer) in order
+        self._reader: asyncio.Task[None] = asyncio.ensure_future(self._read_answers())
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.reads.verify_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        _widen_pipe(proc.stdin)
+        return cls(proc)
+
+    async def verify(self, jobs: list[Job]) -> list[bool]:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        answer: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        if self._reader.done():
+            raise RuntimeError(f"the worker exited ({self._proc.returncode})")
+        blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
+        self._waiting.append((len(jobs), answer))
+        try:
+            stdin.write(HEADER.pack(len(blob)) + blob)  # whole messages, in order: writes do not interleave
+            await stdin.drain()
+        except BaseException:
+            answer.cancel()  # (the reader skips it; nobody waits for it)
+            raise
+        return await answer
+
+    async def _read_answers(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        try:
+            while True:
+                (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+                answer = await stdout.readexactly(size)
+                count, future = self._waiting.popleft()
+                if size != count:
+                    raise RuntimeError(f"the worker answered {size} outcomes for {count} signatures")
+                if not future.done():
+                    future.set_result([b == 1 for b in answer])
+        except (asyncio.IncompleteReadError, RuntimeError, IndexError) as exc:
+            why = exc if not isinstance(exc, asyncio.IncompleteReadError) else "it exited"
+            for _, future in self._waiting:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"signature worker: {why}"))
+            self._waiting.clear()
+
+    async def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()  # the worker ends at EOF
+        try:
+            async with asyncio.timeout(2):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        self._reader.cancel()
+
+
+def _widen_pipe(stdin: asyncio.StreamWriter | None) -> None:
+    """Let a few batches' requests (~200 KB each) wait in the pipe, not in our process: the worker
+    reads on while the event loop folds (Linux; elsewhere the default size, and shorter strides)."""
+    pipe = stdin.get_extra_info("pipe") if stdin is not None else None
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if pipe is None or setsize is None:
+        return
+    try:
+        fcntl.fcntl(pipe.fileno(), setsize, PIPE_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size for an unprivileged user: keep the default
+        pass
 
 
 async def world_at(js, subjects: Subjects, at: datetime) -> World:

@@ -1,0 +1,69 @@
+"""Service signatures are verified by libsodium (PyNaCl) now: it must accept and refuse exactly what
+`cryptography` (OpenSSL) did for every signature an honest service key can be judged on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from events.service_signing import ServiceKeys, signature_headers, signed_bytes, verify_job, verify_signature
+from events.signing import SigningKey, b64encode
+
+L = 2**252 + 27742317777372353535851937790883648493  # the order of the Ed25519 base point
+
+
+def openssl_verifies(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def cases():
+    key, other = SigningKey.generate(), SigningKey.generate()
+    for size in (0, 1, 63, 64, 65, 1300, 70_000):
+        message = os.urandom(size)
+        sig = key.sign(message)
+        flipped = bytes([sig[0] ^ 1]) + sig[1:]
+        s = int.from_bytes(sig[32:], "little")
+        malleable = sig[:32] + (s + L).to_bytes(32, "little")  # the same point, s not reduced: refused by both
+        yield "valid", key.public_raw, sig, message
+        yield "tampered message", key.public_raw, sig, message + b"x"
+        yield "flipped signature bit", key.public_raw, flipped, message
+        yield "other key", other.public_raw, sig, message
+        yield "non-canonical s", key.public_raw, malleable, message
+        yield "short signature", key.public_raw, sig[:63], message
+        yield "long signature", key.public_raw, sig + b"\0", message
+        yield "signature moved into the message", key.public_raw, sig[:63], sig[63:] + message
+        yield "empty signature", key.public_raw, b"", message
+
+
+@pytest.mark.parametrize("case", list(cases()), ids=lambda c: f"{c[0]}-{len(c[3])}")
+def test_libsodium_and_openssl_agree(case):
+    what, public, signature, message = case
+    assert verify_signature(public, signature, message) is openssl_verifies(public, signature, message)
+    assert verify_signature(public, signature, message) is (what == "valid")
+
+
+def test_a_job_verifies_as_check_does():
+    key = SigningKey.generate()
+    keys = ServiceKeys.of(key, ["activator"])
+    subject, payload = "kx.scope.prod.canary.all.activated", b'{"x":1}'
+    headers = signature_headers(key, subject, payload)
+    job = keys.job(subject, payload, headers)
+    assert job is not None and verify_job(*job) is True
+    assert verify_job(*keys.job(subject, b'{"x":2}', headers)) is False
+    assert keys.job(subject, payload, {}) is None  # unsigned: check verifies nothing
+    assert keys.job(subject, payload, signature_headers(SigningKey.generate(), subject, payload)) is None
+    bad = {**headers, "Kx-Signature": "not base64!"}
+    assert verify_job(*keys.job(subject, payload, bad)) is False
+    assert keys.judge("activator", subject, payload, bad, False) == "signature is not base64"
+    assert keys.judge("activator", subject, payload, headers, False).startswith("forged")
+    assert keys.judge("activator", subject, payload, headers, True) is None
+    assert keys.judge("verifier", subject, payload, headers, True).endswith("not trusted for verifier")
+    short = {**headers, "Kx-Signature": b64encode(key.sign(signed_bytes(subject, payload))[:63])}
+    assert keys.check("activator", subject, payload, short).startswith("forged")
