@@ -143,9 +143,10 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
             assert len(good.body) == len(bad.body)
         before = restored_count()
         r2 = await release(bad)
-        # the bad pack is live in the first cohort, its window fails, the release rolls back
+        # the bad pack is live in the first cohort, its window fails, the release rolls back (it was
+        # live: the runtime's history says so; "active now" raced a fast window on a busy machine)
         await wait_for(
-            lambda: internal.active and internal.active.digest == bad.digest,
+            lambda: (bad.digest, "activated") in internal.history,
             30,
             "the bad pack live",
             lambda: (app.follower.world.release(r2) or app.follower.world.tombstones.get(r2), internal.history[-3:]),
