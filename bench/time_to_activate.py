@@ -190,9 +190,10 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
     return out
 
 
-async def run(releases: int, warmup: int) -> dict:
+async def run(releases: int, warmup: int, processes: int = 1) -> dict:
     with rig(prefix="tta") as r:
-        r.serve(name="serve")
+        for n in range(processes):  # several `kxr serve` share the durable consumers (issue 18: report)
+            r.serve(name=f"serve{n + 1}" if n else "serve")
         ours = await measure(r.url, r.prefix, r.key, releases, warmup)
         base = await raw_hops(r.url, max(releases, 200))
         batch = await raw_atomic_commits(r.url, max(releases, 200))
@@ -209,8 +210,11 @@ async def run(releases: int, warmup: int) -> dict:
         "ratio_to_floor_p50": round(o["p50_ms"] / floor, 2),
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
-        "targets": {"ratio_p50_max": 4.0, "p99_ms_max": 10.0},
-        "met": {"p50": o["p50_ms"] / b["p50_ms"] <= 4.0, "p99": o["p99_ms"] <= 10.0},
+        "processes": processes,
+        # issue 18: p50 within 1.5x of raw hops + one synced two-message atomic batch (the same shape as
+        # ours: the batch's sync is physics); p99 under 10 ms
+        "targets": {"ratio_to_floor_p50_max": 1.5, "p99_ms_max": 10.0},
+        "met": {"p50": o["p50_ms"] / floor <= 1.5, "p99": o["p99_ms"] <= 10.0},
     }
 
 
@@ -218,21 +222,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--releases", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--processes", type=int, default=1, help="kxr serve processes sharing the consumers")
     args = ap.parse_args(argv)
-    res = asyncio.run(run(args.releases, args.warmup))
+    if args.processes < 1:
+        ap.error("--processes: at least 1")
+    res = asyncio.run(run(args.releases, args.warmup, args.processes))
     o, b = res["ours"], res["baseline"]
     report(
         "time_to_activate",
         res,
         [
-            ("p50 request -> pointer", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "<= 4x"),
-            ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
             (
                 "p50 vs hops + one synced atomic batch",
                 f"{o['p50_ms']} ms",
                 f"{res['floor_p50_ms']} ms / {res['ratio_to_floor_p50']}x",
-                "(context)",
+                "<= 1.5x",
             ),
+            ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
+            ("p50 vs raw hops alone", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "(context)"),
         ],
     )
 

@@ -18,6 +18,12 @@ async def test_time_to_activate_bench_runs_on_a_tiny_size() -> None:
     assert _positive(res["ratio_p50"]) and set(res["met"]) == {"p50", "p99"}
 
 
+async def test_time_to_activate_bench_with_two_serve_processes() -> None:
+    """Issue 18: time to activate with two `kxr serve` sharing the durable consumers (a report)."""
+    res = await time_to_activate.run(releases=3, warmup=1, processes=2)
+    assert res["processes"] == 2 and res["ours"]["n"] == 3 and _positive(res["ratio_to_floor_p50"])
+
+
 async def test_throughput_bench_runs_on_a_tiny_size() -> None:
     res = await throughput.run(channels=4, cohorts=2, processes=(1, 2))
     assert res["scopes"] == 8 and res["releases"] == 4
