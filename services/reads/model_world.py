@@ -89,20 +89,52 @@ async def pin_world(js, subjects, service_keys, facts: dict[str, Any], version: 
     )
 
 
-async def release_world(js, subjects, service_keys, release_id: str, reads: str = "release") -> World:
+async def release_world(
+    js, subjects, service_keys, release_id: str, reads: str = "release", use_model: bool = True
+) -> World:
     """What a release action decides on: the release's own events; with `reads` "channel" its target
     channel's too (extend: the minimum window), with "scopes" the scopes of its activated cohorts
-    (rollback: pins and last-known-good)."""
+    (rollback: pins and last-known-good) — from the read models' scope states when they are current
+    (`use_model`), else folded from those scopes' whole pointer history (seconds at 1M events)."""
+    from dataclasses import replace
+
+    from rpds import HashTrieMap
+
     from services.jetstream.log_reads import fold_subjects
 
     own = [subjects.release_filter(release_id)]
     world = await fold_subjects(js, subjects, own, service_keys)
     release = world.release(release_id)
     target = release.prepared.target if release is not None and release.prepared is not None else None
-    if reads == "release" or target is None:
+    if reads == "release" or release is None or target is None:
         return world
     if reads == "channel":
         more = [subjects.channel(target.env, target.channel)]
     else:
-        more = [subjects.scope_filter(target.env, target.channel, c) for c in release.activated]  # type: ignore[union-attr]
+        keys = [(target.env, target.channel, c) for c in release.activated]
+        scopes = await _model_scopes(js, subjects, service_keys, keys) if use_model else None
+        if scopes is not None:
+            return replace(world, scopes=HashTrieMap(scopes))
+        more = [subjects.scope_filter(*key) for key in keys]
     return await fold_subjects(js, subjects, own + more, service_keys)
+
+
+async def _model_scopes(js, subjects, service_keys, keys: list[tuple[str, str, str]]) -> dict | None:
+    """The fold's state of these scopes from the read models at the log's end; None when they cannot
+    say (no service writes them, they lag, other keys, no state yet, any error): the caller folds."""
+    from services.jetstream.direct import connection_of
+    from services.reads import model_reads
+    from services.reads.model_states import load_scope
+
+    async def use(view):
+        found = await view.many([rm.scope_key(*key) for key in keys])
+        if any("state" not in value for value in found.values()):
+            raise model_reads.NoView("no scope state in the read models yet")
+        return {tuple(v["state"]["key"]): load_scope(v["state"]) for v in found.values()}
+
+    try:
+        return await model_reads.read_view(
+            connection_of(js), subjects.releases_stream, subjects.read_bucket, model_reads.keys_id(service_keys), use
+        )
+    except Exception:  # the models are a shortcut: the fold of the scopes' own subjects is exact
+        return None

@@ -196,37 +196,43 @@ async def decides_as_the_fold(rig, kx) -> None:  # noqa: F811
 
     # release actions decide on the release's own events (+ its channel, + its activated scopes)
     from services.actions import operator as ops
-    from services.reads.model_world import release_world
+    from services.reads.model_world import _model_scopes, release_world
 
-    for release_id in ("r1", "r2", "nope"):
-        for reads in ("release", "channel", "scopes"):
-            world = await release_world(rig.js, s, keys, release_id, reads)
-            assert world.release(release_id) == folded.release(release_id), (release_id, reads)
-            release = folded.release(release_id)
-            target = release.prepared.target if release and release.prepared else None
-            if target and reads == "channel":
-                assert world.channel_state(target.env, target.channel) == folded.channel_state(
-                    target.env, target.channel
+    # a rollback reads its scopes from the models when they are current: those states are the fold's
+    r1 = folded.release("r1")
+    r1_scopes = [("prod", "canary", c) for c in r1.activated]
+    from_models = await _model_scopes(rig.js, s, keys, r1_scopes)
+    assert from_models is not None and set(from_models) == set(r1_scopes)
+    assert all(from_models[k] == folded.scope(*k) for k in r1_scopes)
+    for release_id, reads, use_model in [
+        *((r, reads, True) for r in ("r1", "r2", "nope") for reads in ("release", "channel", "scopes")),
+        *((r, "scopes", False) for r in ("r1", "r2")),  # the fold of the scopes' own subjects
+    ]:
+        world = await release_world(rig.js, s, keys, release_id, reads, use_model)
+        assert world.release(release_id) == folded.release(release_id), (release_id, reads)
+        release = folded.release(release_id)
+        target = release.prepared.target if release and release.prepared else None
+        if target and reads == "channel":
+            assert world.channel_state(target.env, target.channel) == folded.channel_state(target.env, target.channel)
+        if target and reads == "scopes":
+            for cohort in release.activated:
+                assert world.scope(target.env, target.channel, cohort) == folded.scope(
+                    target.env, target.channel, cohort
                 )
-            if target and reads == "scopes":
-                for cohort in release.activated:
-                    assert world.scope(target.env, target.channel, cohort) == folded.scope(
-                        target.env, target.channel, cohort
-                    )
-            actions = {
-                "release": [
-                    lambda w, r=release_id: ops.pause(w, r, "why", OPERATOR, now),
-                    lambda w, r=release_id: ops.resume(w, r, "why", OPERATOR, now),
-                    lambda w, r=release_id: ops.abort(w, r, "why", OPERATOR, now),
-                    lambda w, r=release_id: ops.annotate(w, r, "why", None, OPERATOR, now),
-                    lambda w, r=release_id: ops.promote(w, r, "why", OPERATOR, now),
-                    lambda w, r=release_id: ops.close(w, r, "failed", "why", OPERATOR, now),
-                ],
-                "channel": [lambda w, r=release_id: ops.extend(w, r, 900, "why", OPERATOR, now)],
-                "scopes": [lambda w, r=release_id: ops.rollback(w, r, "operator", "why", OPERATOR, now)],
-            }[reads]
-            for decide in actions:
-                assert _decided(decide, world) == _decided(decide, folded), (release_id, reads)
+        actions = {
+            "release": [
+                lambda w, r=release_id: ops.pause(w, r, "why", OPERATOR, now),
+                lambda w, r=release_id: ops.resume(w, r, "why", OPERATOR, now),
+                lambda w, r=release_id: ops.abort(w, r, "why", OPERATOR, now),
+                lambda w, r=release_id: ops.annotate(w, r, "why", None, OPERATOR, now),
+                lambda w, r=release_id: ops.promote(w, r, "why", OPERATOR, now),
+                lambda w, r=release_id: ops.close(w, r, "failed", "why", OPERATOR, now),
+            ],
+            "channel": [lambda w, r=release_id: ops.extend(w, r, 900, "why", OPERATOR, now)],
+            "scopes": [lambda w, r=release_id: ops.rollback(w, r, "operator", "why", OPERATOR, now)],
+        }[reads]
+        for decide in actions:
+            assert _decided(decide, world) == _decided(decide, folded), (release_id, reads)
 
 
 def _decided(decide, world):
