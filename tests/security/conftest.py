@@ -201,6 +201,40 @@ class ServiceApp:
     service_keys: ServiceKeys
 
 
+async def durables_bound(app: App, quiet_s: float = 1.0, timeout: float = 30.0) -> None:
+    """Until the service's durable consumers exist: each runner binds its own in its task, after
+    `start_service` returns (a test that lists them at once saw some missing on a loaded machine).
+    Done when the set of `kxr-` durables has not changed for `quiet_s`."""
+    from nats.js.errors import NotFoundError
+
+    from services.permissions import SERVICE_DURABLES
+
+    async def exists(stream: str, name: str) -> bool:  # the service user may not list consumers: ask each
+        try:
+            await app.js.consumer_info(stream, name)
+            return True
+        except NotFoundError:
+            return False
+
+    s = app.subjects
+    deadline = time.monotonic() + timeout
+    seen: set[tuple[str, str]] | None = None
+    since = time.monotonic()
+    while True:
+        names = {
+            (stream, name)
+            for stream in (s.releases_stream, s.timers_stream)
+            for name in SERVICE_DURABLES
+            if await exists(stream, name)
+        }
+        if names != seen:
+            seen, since = names, time.monotonic()
+        elif names and time.monotonic() - since >= quiet_s:
+            return
+        assert time.monotonic() < deadline, f"the service's durables kept changing: {sorted(names)}"
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 async def service_app(authed):
     """Every consumer of `kxr serve`, as the service user, for the module."""
@@ -211,6 +245,7 @@ async def service_app(authed):
         svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key
     )
     await start_service(app, CONSUMERS)
+    await durables_bound(app)
     try:
         yield ServiceApp(app, svc, producer_key, ServiceKeys.of(service_key, list(CONSUMERS)))
     finally:
