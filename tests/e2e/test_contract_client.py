@@ -261,7 +261,7 @@ async def last(js, stream: str, subject: str):
         return None
 
 
-async def poll(probe, timeout: float, what: str):
+async def poll(probe, timeout: float, what: str, describe=None):
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -270,8 +270,20 @@ async def poll(probe, timeout: float, what: str):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            where = await describe() if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{where}")
         await asyncio.sleep(0.05)
+
+
+async def release_so_far(js, releases: str, prefix: str, release_id: str, serve) -> str:
+    """Where a release stopped: its events' types in the log, and the service's last log lines."""
+    types = []
+    for suffix in ("prepared", "rejected", "distributed", "verified", "verification_failed", "activated",
+                   "activation_failed", "monitoring_started", "monitoring_passed", "monitoring_failed",
+                   "monitoring_inconclusive", "expanded", "rollback_started", "rolled_back"):  # fmt: skip
+        if await last(js, releases, f"{prefix}.release.{release_id}.{suffix}"):
+            types.append(suffix)
+    return f"; events so far: {types}; service log tail: {serve.stderr()[-1500:]}"
 
 
 def requested_event(release_id: str, digest: str, version: str) -> dict:
@@ -374,8 +386,12 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx):
         ack = await publish_requested(js, prefix, event)
         assert ack.seq > 0 and not ack.duplicate
 
+        # ~7 s here alone; a 3-node cluster beside two other test workers on 2 cores once took longer than 30
         closed = await poll(
-            lambda: last(js, releases, f"{prefix}.release.rel-contract-1.closed"), 30, "the release to close"
+            lambda: last(js, releases, f"{prefix}.release.rel-contract-1.closed"),
+            90,
+            "the release to close",
+            lambda: release_so_far(js, releases, prefix, "rel-contract-1", serve),
         )
         closed_event = json.loads(closed.data)
         assert closed_event["type"] == "release.closed" and closed_event["data"]["outcome"] == "success", closed_event
