@@ -120,7 +120,10 @@ class Projector:
                 position, event = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if event is None:
+            if event is None or position.seq <= self.history.applied_seq:
+                # already folded (the start-up load read it too): a closed release it names must not
+                # be "restored" as of this older entry — that dropped it from memory, and its next
+                # event then started a release with no request (no target, no pack) in the model
                 continue
             release_id = event.release_id
             if release_id in self._evicted and event.family == "release":

@@ -1,0 +1,57 @@
+"""The projector's queue repeats entries its start-up load already folded (services/reads/projector.py).
+
+A closed release leaves the projector's memory once written ("evicted"), and is read back whole when it
+changes again. A repeated entry of such a release must be skipped, not taken as a change: restoring it
+as of that older entry dropped the release from memory, and its next event then started a release with
+no request in the model (`kxr release list` showed it with no target: seen once in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from projections.position import Position
+from services.reads.projector import Projector
+
+
+def _entry(seq: int, release_id: str):
+    return Position(seq, f"kx.release.{release_id}.closed"), SimpleNamespace(release_id=release_id, family="release")
+
+
+async def test_an_entry_already_folded_is_skipped_and_an_evicted_release_stays_evicted() -> None:
+    projector = Projector(SimpleNamespace())
+    projector.history.applied_seq = 10
+    projector._evicted["r0"] = (5, None)
+
+    async def restore(release_id: str, seq: int) -> None:
+        raise AssertionError(f"restored {release_id} as of seq {seq}, an entry already folded")
+
+    projector._restore = restore  # type: ignore[method-assign]
+    queue: asyncio.Queue = asyncio.Queue()
+    for seq in (6, 7, 10):  # the load's own entries, seen again through the listener
+        queue.put_nowait(_entry(seq, "r0"))
+    await projector._drain(queue)
+    assert projector._evicted == {"r0": (5, None)} and "r0" not in projector.history.items
+    assert projector.history.applied_seq == 10 and not projector._dirty
+
+
+async def test_a_new_entry_of_an_evicted_release_restores_it_first() -> None:
+    projector = Projector(SimpleNamespace())
+    projector.history.applied_seq = 10
+    projector._evicted["r0"] = (5, None)
+    restored: list[tuple[str, int]] = []
+
+    async def restore(release_id: str, seq: int) -> None:
+        restored.append((release_id, seq))
+        projector._evicted.pop(release_id)
+
+    projector._restore = restore  # type: ignore[method-assign]
+    queue: asyncio.Queue = asyncio.Queue()
+    queue.put_nowait((Position(11, "kx.release.r0.annotated"), SimpleNamespace(release_id="r0", family="other")))
+    await projector._drain(queue)
+    assert restored == [] and projector._dirty == {"r0"}  # not a release event: nothing to restore
+    queue.put_nowait(_entry(12, "r0"))
+    projector.history.apply = lambda position, event: None  # type: ignore[method-assign]
+    await projector._drain(queue)
+    assert restored == [("r0", 12)]
