@@ -201,32 +201,32 @@ class ServiceApp:
     service_keys: ServiceKeys
 
 
-async def durables_bound(app: App, quiet_s: float = 1.0, timeout: float = 30.0) -> None:
-    """Until the service's durable consumers exist: each runner binds its own in its task, after
-    `start_service` returns (a test that lists them at once saw some missing on a loaded machine).
-    Done when the set of `kxr-` durables has not changed for `quiet_s`."""
+async def service_durables(js, s: Subjects) -> dict[str, tuple[str, object]]:
+    """The service's durable consumers that exist, by name: (stream, config). Asked one by one: the
+    service user may not list consumers."""
     from nats.js.errors import NotFoundError
 
     from services.permissions import SERVICE_DURABLES
 
-    async def exists(stream: str, name: str) -> bool:  # the service user may not list consumers: ask each
-        try:
-            await app.js.consumer_info(stream, name)
-            return True
-        except NotFoundError:
-            return False
+    out = {}
+    for stream in (s.releases_stream, s.timers_stream):
+        for name in SERVICE_DURABLES:
+            try:
+                out[name] = (stream, (await js.consumer_info(stream, name)).config)
+            except NotFoundError:
+                pass
+    return out
 
-    s = app.subjects
+
+async def durables_bound(app: App, quiet_s: float = 1.0, timeout: float = 30.0) -> None:
+    """Until the service's durable consumers exist: each runner binds its own in its task, after
+    `start_service` returns (a test that lists them at once saw some missing on a loaded machine).
+    Done when the set of them has not changed for `quiet_s`."""
     deadline = time.monotonic() + timeout
-    seen: set[tuple[str, str]] | None = None
+    seen: set[str] | None = None
     since = time.monotonic()
     while True:
-        names = {
-            (stream, name)
-            for stream in (s.releases_stream, s.timers_stream)
-            for name in SERVICE_DURABLES
-            if await exists(stream, name)
-        }
+        names = set(await service_durables(app.js, app.subjects))
         if names != seen:
             seen, since = names, time.monotonic()
         elif names and time.monotonic() - since >= quiet_s:

@@ -20,7 +20,7 @@ from services.jetstream.layout import ensure_layout
 from services.jetstream.packstore import PackStore
 from services.permissions import SERVICE_DURABLES, AccountLimits
 from tests.harness import make_pack, running_service, sha256_digest
-from tests.security.conftest import Conns, start_authed, stop_authed
+from tests.security.conftest import Conns, service_durables, start_authed, stop_authed
 
 pytestmark = pytest.mark.security
 
@@ -99,20 +99,6 @@ async def test_a_pack_marked_deleted_is_restored_by_pushing_it_again(authed, as_
 
 
 # ---- the service's durable consumers -----------------------------------------------------------------
-async def _durables(js, s) -> dict[str, tuple[str, object]]:
-    """The service's durable consumers that exist, by name: (stream, config)."""
-    from nats.js.errors import NotFoundError
-
-    out = {}
-    for stream in (s.releases_stream, s.timers_stream):
-        for name in SERVICE_DURABLES:
-            try:
-                out[name] = (stream, (await js.consumer_info(stream, name)).config)
-            except NotFoundError:
-                pass
-    return out
-
-
 async def test_every_durable_of_the_service_is_guarded(nats_url, prefix):
     """The deny lists name every durable `kxr serve` creates (listed on a server without users):
     a new one must be added to SERVICE_DURABLES."""
@@ -132,7 +118,7 @@ async def test_no_other_role_may_create_update_or_pull_from_the_services_durable
     conns = Conns(authed)
     try:
         attacker = await conns(role)
-        before = await _durables(service_app.app.js, authed.subjects)
+        before = await service_durables(service_app.app.js, authed.subjects)
         for durable, (stream, _config) in before.items():
             hostile = {
                 "durable_name": durable,
@@ -155,7 +141,7 @@ async def test_no_other_role_may_create_update_or_pull_from_the_services_durable
                 f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}", json.dumps({"batch": 10}).encode()
             )
             await attacker.publish_denied(f"{API}.CONSUMER.DELETE.{stream}.{durable}")
-        after = await _durables(service_app.app.js, authed.subjects)
+        after = await service_durables(service_app.app.js, authed.subjects)
         assert {n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in after.items()} == {
             n: (st, c.max_ack_pending, c.filter_subject, c.filter_subjects) for n, (st, c) in before.items()
         }
