@@ -255,15 +255,17 @@ async def _signed_in(request: web.Request) -> tuple[Session, Any]:
     return session, form
 
 
-async def _record(actions: Actions, session: Session, build) -> str:
-    """Decide on the fold caught up with the log, append on the user's connection; the one-line result."""
+async def _record(actions: Actions, session: Session, build, world_of) -> str:
+    """Decide on the fold caught up with the log (`await world_of()`: the part a decision reads whole,
+    LiveHub.world_with / pin_world), append on the user's connection; the one-line result."""
     hub = actions.hub
     try:
         await hub.follower.catch_up(CATCH_UP_S)
+        world = await world_of()
     except Exception as exc:
         return f"refused: the dashboard could not catch up with the log ({exc.__class__.__name__}); retry"
     try:
-        event, expected, expected_filter = build(hub.world, hub.clock(), hub.subjects)
+        event, expected, expected_filter = build(world, hub.clock(), hub.subjects)
     except OperatorError as exc:
         return f"refused: {exc}"
     nc = session.nc
@@ -327,7 +329,7 @@ async def release_action(request: web.Request) -> web.Response:
             action = decide(world, now)
             return action.event, action.expected_seq, subjects.release_filter(release_id)
 
-        session.flash = await _record(actions, session, build)
+        session.flash = await _record(actions, session, build, lambda: actions.hub.world_with(release_id))
     return _back(f"/releases/{release_id}")
 
 
@@ -345,6 +347,7 @@ async def scope_action(request: web.Request) -> web.Response:
         session.flash = "refused: pick a cohort (ENV/CHANNEL/COHORT)"
         return _back("/")
     scope = Scope(env=env, channel=channel, cohort=cohort)
+    version: str | None = None
     if what == "pin":
         version, until = _text(form, "version").strip(), _text(form, "until").strip()
 
@@ -368,7 +371,7 @@ async def scope_action(request: web.Request) -> web.Response:
         event, expected = decide(world, now)
         return event, expected, subjects.scope_filter(env, channel, cohort)
 
-    session.flash = await _record(actions, session, build)
+    session.flash = await _record(actions, session, build, lambda: actions.hub.pin_world(env, channel, version))
     return _back("/")
 
 

@@ -15,18 +15,24 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from events.model import MonitoringStarted
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord, apply_evidence
 from projections.releases import ReleaseState
-from projections.world import World
-from services.jetstream.log_reads import load_evidence
+from projections.world import World, restore
+from services.actions.pins import find_pack
+from services.dashboard.model import HISTORY_LIMIT, channels_of, history_rows, history_view
+from services.jetstream.direct import connection_of
+from services.jetstream.log_reads import load_evidence, load_world, release_history
 from services.monitoring.judge import window_span
 from services.reads.fleet import FleetTail
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
-from services.reads.history import HistoryFold, load_fold
+from services.reads.history import Filter, HistoryFold, load_fold
+from services.reads.model_reads import keys_id, read_view, release_matches
+from services.reads.model_world import releases_of
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ HEALTH_RETRY_S = 60.0  # after a failed health read (e.g. the auditor's user may
 WANTED_FOR_S = 30.0  # a window's samples are kept fresh this long after a page last showed it
 FLEET_EVERY_S = 2.0  # how often a change of the fleet (health reports) wakes the pages
 CLOSED_WINDOWS_CACHED = 256  # closed windows' samples kept for the release pages' charts
+MODEL_HISTORY_EVERY_S = 1.0  # /history from the read models: read again at most this often per filter
+MODEL_HISTORY_KEPT = 64  # filters whose last answer is kept
 
 WindowKey = tuple[str, int, datetime]  # release id, stage, start: one monitoring window
 
@@ -50,7 +58,13 @@ def window_key(release: ReleaseState) -> WindowKey | None:
 
 class LiveHub:
     def __init__(
-        self, follower: Follower, js, subjects: Subjects, clock: Callable[[], datetime], cache_size: int = 1024
+        self,
+        follower: Follower,
+        js,
+        subjects: Subjects,
+        clock: Callable[[], datetime],
+        cache_size: int = 1024,
+        from_models: bool = False,
     ) -> None:
         self.follower = follower
         self.js = js
@@ -69,10 +83,16 @@ class LiveHub:
         self._samples: dict[WindowKey, list] = {}
         self._wanted: dict[WindowKey, float] = {}  # window -> loop time a page last asked for it
         self.fleet = FleetTail(js, subjects, clock)  # every runtime seen on KX_HEALTH, kept live
+        # `from_models`: the follower started from the read models (model_world.start_world), its world
+        # holds closed releases as tombstones: a closed release is read back whole when a page asks
+        # (`world_with`), and /history reads the read models as `kxr release list` does (`history_rows`)
+        self.from_models = from_models
+        self._closed_states: OrderedDict[str, ReleaseState] = OrderedDict()  # tombstoned, read back
+        self._model_history: dict[tuple[Filter, int], tuple[float, dict[str, Any]]] = {}  # filter -> (when, rows)
         # the release history (/history): `kxr release list`'s fold of release events, kept live;
         # a hub that starts after its follower has applied entries reads those first (`_history_from_log`)
         self.history = HistoryFold()
-        self._history_from_start = follower.position > 0
+        self._history_from_start = follower.position > 0 and not from_models
         # closed windows' samples (they no longer change), least recently shown first
         self._closed: OrderedDict[WindowKey, list] = OrderedDict()
         self._closed_retry_at = 0.0  # after a failed read, charts do not read again before this loop time
@@ -114,7 +134,7 @@ class LiveHub:
         await self.prepare()  # a no-op once done (the dashboard does it before it serves)
         while True:
             position, event = await self._queue.get()
-            if event is not None:
+            if event is not None and not self.from_models:
                 self.history.apply(position, event)
             # only release subjects: what load_evidence reads (scope events may name a release too)
             if event is not None and event.family == "release" and event.release_id:
@@ -138,7 +158,7 @@ class LiveHub:
     # -- evidence records -------------------------------------------------------------------------
     async def evidence(self, release_id: str) -> EvidenceRecord | None:
         """The release's evidence record as of now, or None if the log never named it."""
-        if self.world.release(release_id) is None:
+        if not self.world.known(release_id):
             return None
         cached = self._records.get(release_id)
         if cached is not None:
@@ -162,6 +182,80 @@ class LiveHub:
         while len(self._records) > self._cache_size:
             self._records.popitem(last=False)
         return record
+
+    # -- closed releases a world started from the read models keeps as tombstones ---------------------
+    async def world_with(self, *release_ids: str) -> World:
+        """The world now, with these releases whole (a tombstoned one read back from its own events,
+        as of its tombstone: what a whole fold holds). Pages and decisions about a release use this."""
+        world = self.world
+        for release_id in release_ids:
+            stone = world.tombstones.get(release_id)
+            if stone is None:
+                continue
+            state = self._closed_states.get(release_id)
+            if state is None or state.last_seq != stone.last_seq:
+                state = await release_history(
+                    self.js, self.subjects, release_id, stone.last_seq + 1, self.follower.service_keys
+                )
+                if state is None or state.last_seq != stone.last_seq:  # the log disagrees: say so, show nothing
+                    log.warning("dashboard: release %s not read back as of seq %d", release_id, stone.last_seq)
+                    continue
+            self._closed_states[release_id] = state
+            self._closed_states.move_to_end(release_id)
+            while len(self._closed_states) > self._cache_size:
+                self._closed_states.popitem(last=False)
+            world = restore(world, state)
+        return world
+
+    async def pin_world(self, env: str, channel: str, version: str | None) -> World:
+        """What a pin of ENV/CHANNEL to `version` (None: an unpin) decides on. From the read models, the
+        newest releases of that version to the channel are read back whole (`releases_of`, as `kxr pin`);
+        when none of them was verified, the whole fold says which one was, if any (slow, rare)."""
+        world = await self.world_with()
+        if not self.from_models or version is None:
+            return world
+        try:
+            ids = await read_view(
+                connection_of(self.js),
+                self.subjects.releases_stream,
+                self.subjects.read_bucket,
+                keys_id(self.follower.service_keys),
+                lambda view: releases_of(view, f"{env}/{channel}", version),
+            )
+            world = await self.world_with(*ids)
+            find_pack(world, env, channel, version)
+            return world
+        except Exception as exc:  # no verified candidate, models behind: the whole fold decides
+            log.info("dashboard: pin of %s/%s decided on a fold of the whole log (%s)", env, channel, exc)
+            return await load_world(self.js, self.subjects, service_keys=self.follower.service_keys)
+
+    async def history_rows(self, flt: Filter, limit: int = HISTORY_LIMIT) -> dict[str, Any]:
+        """/history: the releases that match, newest first, with how many match (`kxr release list`'s)."""
+        channels = channels_of(self.world)
+        if not self.from_models:
+            return history_rows(self.history, flt, channels, limit)
+        key = (flt, limit)
+        kept = self._model_history.get(key)
+        now = asyncio.get_running_loop().time()
+        if kept is not None and now - kept[0] < MODEL_HISTORY_EVERY_S:
+            return {**kept[1], "channels": channels}  # a busy log re-renders on every entry: read at most this often
+        try:
+            rows, total = await read_view(
+                connection_of(self.js),
+                self.subjects.releases_stream,
+                self.subjects.read_bucket,
+                keys_id(self.follower.service_keys),
+                lambda view: release_matches(view, flt.channel, flt.outcome, flt.since, limit),
+            )
+        except Exception as exc:  # NoView (the models lag, other keys), NATS away: say so with what was shown
+            problem = f"the release history is as of an earlier read: {exc}"
+            shown = kept[1] if kept is not None else history_view(flt, 0, [], channels)
+            return {**shown, "channels": channels, "problem": problem}
+        result = history_view(flt, total, rows, channels)
+        self._model_history[key] = (now, result)
+        while len(self._model_history) > MODEL_HISTORY_KEPT:
+            del self._model_history[next(iter(self._model_history))]
+        return result
 
     # -- health samples of open windows ------------------------------------------------------------
     def samples(self, release: ReleaseState) -> list | None:
@@ -213,7 +307,7 @@ class LiveHub:
         The open window's come from the live refresh above; a closed window's are read once
         and kept (bounded). None: not readable (no access to KX_HEALTH, or NATS away).
         """
-        release = self.world.release(record.release_id)
+        release = (await self.world_with(record.release_id)).release(record.release_id)
         if release is None or release.prepared is None:
             return {}
         env, channel = release.prepared.target.env, release.prepared.target.channel

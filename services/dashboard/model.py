@@ -47,6 +47,14 @@ def overview(world: World, now: datetime, windows: Mapping[str, dict[str, Any] |
     }
 
 
+def recent_closed(world: World) -> list[str]:
+    """The releases the overview lists under those in flight, tombstoned ones included (a world started
+    from the read models keeps older closed releases so): the newest RECENT by last sequence."""
+    done = [(r.last_seq, r.release_id) for r in world.releases.values() if r.release_id not in world.in_flight]
+    done += [(stone.last_seq, release_id) for release_id, stone in world.tombstones.items()]
+    return [release_id for _, release_id in sorted(done)[-RECENT:]]
+
+
 # ---- release history (/history) -------------------------------------------------------------------
 # The rows and the filter are `kxr release list`'s (services/reads/history.py): the hub keeps the
 # same light fold of release events live (`LiveHub.history`), this only picks and counts.
@@ -74,15 +82,24 @@ def history_rows(
 ) -> dict[str, Any]:
     """The releases that match, newest first, as `kxr release list --json` shows them (`summary`)."""
     chosen = matching(fold.items.values(), flt)
+    return history_view(flt, len(chosen), [summary(i) for i in chosen[:limit]], channels)
+
+
+def history_view(
+    flt: Filter, total: int, rows: list[dict[str, Any]], channels: list[str] | None, problem: str | None = None
+) -> dict[str, Any]:
+    """/history's content: `rows` (the newest that match, `summary`s) of `total` that match.
+    `problem`: why the rows are not the log's latest (the read models did not answer), if so."""
     channel = None
     if flt.channel is not None:
         channel = "/".join(c for c in flt.channel if c is not None)
-    return {
+    view = {
         "filter": {"channel": channel, "outcome": flt.outcome, "since": rfc3339(flt.since)},
-        "total": len(chosen),
-        "rows": [summary(i) for i in chosen[:limit]],
+        "total": total,
+        "rows": rows,
         "channels": channels or [],
     }
+    return {**view, "problem": problem} if problem else view
 
 
 def channels_of(world: World) -> list[str]:

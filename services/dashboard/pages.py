@@ -362,7 +362,8 @@ def history_section(history: dict[str, Any]) -> str:
         )
     shown = len(history["rows"])
     more = f" (the newest {shown} shown)" if history["total"] > shown else ""
-    return f"<h2>Releases</h2><p class='muted'>{_e(history['total'])} match{_e(more)}</p>" + _table(
+    problem = f"<p class='fail'>{_e(history['problem'])}</p>" if history.get("problem") else ""
+    return f"<h2>Releases</h2>{problem}<p class='muted'>{_e(history['total'])} match{_e(more)}</p>" + _table(
         ["release", "pack", "target", "requested", "took", "owner", "stages passed", "outcome", "why", "promoted to"],
         out,
         "no release matches",

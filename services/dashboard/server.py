@@ -66,8 +66,10 @@ async def dashboard(
     port: int = DEFAULT_PORT,
     clock=utc_clock,
     actions_server: Connection | None = None,
+    from_models: bool = False,
 ) -> AsyncIterator[str]:
     """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one).
+    `from_models`: the follower started from the read models (`start_follower`).
 
     `actions_server`: the NATS URL operators sign in to for actions (services/dashboard/actions.py); None: read-only."""
     if not is_loopback(host):
@@ -79,7 +81,7 @@ async def dashboard(
             log.warning(
                 "dashboard actions on %s over plain HTTP: passwords cross the network in clear (use a TLS proxy)", host
             )
-    hub = LiveHub(follower, js, subjects, clock)
+    hub = LiveHub(follower, js, subjects, clock, from_models=from_models)
     await hub.prepare()
     runner = web.AppRunner(
         make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None, actions_server),
@@ -100,6 +102,27 @@ async def dashboard(
     finally:
         await runner.cleanup()
         await cancel_and_wait([task])
+
+
+async def start_follower(js, subjects: Subjects, service_keys) -> tuple[Follower, bool]:
+    """The dashboard's follower (no snapshots, no archiving; signed state only) and whether it starts from
+    the service's read models (services/reads/model_world.py start_world: the releases in flight and the
+    newest closed ones read back, the log's tail folded) — else from seq 1 (~90 s at 1M events)."""
+    from services.dashboard.model import RECENT
+    from services.reads.model_world import start_world
+
+    try:
+        world = await start_world(js, subjects, service_keys, RECENT)
+    except Exception as exc:  # NoView (no service writes them, other keys, an older writer), no rights
+        log.info("dashboard: folding the log from seq 1 (the read models: %s)", exc)
+        return Follower(js, subjects, service_keys=service_keys), False
+    log.info(
+        "dashboard: started from the read models at log seq %d (%d releases whole, %d closed ones by id)",
+        world.applied_seq,
+        len(world.releases),
+        len(world.tombstones),
+    )
+    return Follower(js, subjects, world=world, service_keys=service_keys), True
 
 
 async def run_ui(
@@ -126,11 +149,13 @@ async def run_ui(
         subjects = Subjects(settings.prefix)
         await js.stream_info(subjects.releases_stream)  # no log yet: one clear error, not an empty page forever
         # no snapshots: the dashboard writes nothing, not even those; with the service keys it shows signed state only
-        follower = Follower(js, subjects, service_keys=reader_service_keys(settings))
+        follower, from_models = await start_follower(js, subjects, reader_service_keys(settings))
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
             actions_server = server_of(nc, settings.nats_connection()) if actions else None
-            async with dashboard(follower, js, subjects, host, port, actions_server=actions_server) as url:
+            async with dashboard(
+                follower, js, subjects, host, port, actions_server=actions_server, from_models=from_models
+            ) as url:
                 await follower.catch_up()
                 if on_ready:
                     on_ready(url)
@@ -156,14 +181,14 @@ async def dashboard_for(
     if addr is None:
         yield None
         return
-    follower = Follower(
-        app.js, app.subjects, service_keys=app.service_keys
-    )  # no snapshots, no archiving; signed state only
+    follower, from_models = await start_follower(app.js, app.subjects, app.service_keys)
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()
         actions_server = server_of(app.nc, app.settings.nats_connection()) if actions else None
-        async with dashboard(follower, app.js, app.subjects, *addr, actions_server=actions_server) as url:
+        async with dashboard(
+            follower, app.js, app.subjects, *addr, actions_server=actions_server, from_models=from_models
+        ) as url:
             if announce:
                 announce(url)
             yield url

@@ -86,7 +86,7 @@ def _release_id(request: web.Request) -> str | None:
         release_id = check_token(request.match_info.get("release_id") or request.query.get("release", ""), "release_id")
     except InvalidToken:
         return None
-    return release_id if request.app[HUB].world.release(release_id) is not None else None
+    return release_id if request.app[HUB].world.known(release_id) else None
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -96,7 +96,8 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 async def overview_of(hub: LiveHub) -> dict[str, Any]:
-    world, now = hub.world, hub.clock()  # one immutable fold for the whole page
+    # one immutable fold for the whole page, with the newest closed releases whole (tombstoned ones read back)
+    world, now = await hub.world_with(*model.recent_closed(hub.world)), hub.clock()
     windows = {}
     for release in world.releases_in_flight():
         record = await hub.evidence(release.release_id)
@@ -107,7 +108,7 @@ async def overview_of(hub: LiveHub) -> dict[str, Any]:
 async def release_of(hub: LiveHub, release_id: str) -> tuple[dict[str, Any], EvidenceRecord]:
     """`live_view.release_view` of the release (the caller checked the log names it) and its evidence record."""
     record = await hub.evidence(release_id)
-    world = hub.world
+    world = await hub.world_with(release_id)
     release = world.release(release_id)
     assert record is not None and release is not None
     view = release_view(world, record, now=hub.clock(), stored_samples=hub.samples(release))
@@ -162,17 +163,17 @@ def fleet_of(hub: LiveHub) -> dict[str, Any]:
     }
 
 
-def history_of(hub: LiveHub, query) -> dict[str, Any]:
+async def history_of(hub: LiveHub, query) -> dict[str, Any]:
     """Raises model.FilterError on a filter that does not parse."""
-    return model.history_rows(hub.history, model.parse_filter(query, hub.clock()), model.channels_of(hub.world))
+    return await hub.history_rows(model.parse_filter(query, hub.clock()))
 
 
 def _filters(query) -> dict[str, str | None]:
     return {k: (query.get(k) or "").strip() or None for k in ("channel", "outcome", "since")}
 
 
-def history_sections(hub: LiveHub, query) -> dict[str, str]:
-    history = history_of(hub, query)
+async def history_sections(hub: LiveHub, query) -> dict[str, str]:
+    history = await history_of(hub, query)
     return {
         "filters": pages.history_filters(_filters(query), history["channels"], OUTCOMES),
         "history": pages.history_section(history),
@@ -190,7 +191,7 @@ async def fleet_page(request: web.Request) -> web.Response:
 
 async def history_page(request: web.Request) -> web.Response:
     try:
-        sections = history_sections(request.app[HUB], request.query)
+        sections = await history_sections(request.app[HUB], request.query)
     except model.FilterError as exc:
         return web.Response(
             status=400,
@@ -210,7 +211,7 @@ async def fleet_json(request: web.Request) -> web.Response:
 
 async def history_json(request: web.Request) -> web.Response:
     try:
-        return _json(history_of(request.app[HUB], request.query))
+        return _json(await history_of(request.app[HUB], request.query))
     except model.FilterError as exc:
         return _json({"error": str(exc)}, 400)
 
@@ -244,7 +245,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             return _json({"error": "no release by that id in the log"}, 404)
     elif view == "history":
         try:
-            history_of(hub, request.query)
+            model.parse_filter(request.query, hub.clock())
         except model.FilterError as exc:
             return _json({"error": str(exc)}, 400)
     elif view not in (None, "fleet"):
@@ -262,7 +263,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             elif view == "fleet":
                 sections = {"fleet": pages.fleet_section(fleet_of(hub))}
             elif view == "history":
-                sections = history_sections(hub, request.query)
+                sections = await history_sections(hub, request.query)
             else:
                 sections = pages.overview_sections(await overview_of(hub))
             update = {"seq": hub.seq, "now": hub.clock().isoformat(), "sections": sections}

@@ -95,7 +95,8 @@ class Follower:
                     event = self._signed_or_none(entry, position, event)
                 if event is not None:
                     tracing.remember(event, entry.headers)  # the parent of decisions that follow
-                    if self._archive_closed and event.release_id is not None and needs_history(self.world, event):
+                    # a tombstone (an archiving world's, or one a reader started from: start_world) changes
+                    if event.release_id is not None and needs_history(self.world, event):
                         await self._restore(event.release_id, entry.seq)
                     self.world = apply(self.world, position, event)
                     if self._archive_closed:

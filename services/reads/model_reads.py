@@ -182,7 +182,7 @@ def _time(value: str) -> datetime:
 
 
 # An index row of one release (read_models.index_row): what `kxr release list` filters and orders by.
-SEQ, ID, TARGET, CLOSED, OUTCOME, REQUESTED_AT, CLOSED_AT = range(7)
+SEQ, ID, TARGET, CLOSED, OUTCOME, REQUESTED_AT, CLOSED_AT, LAST_SEQ = range(8)
 
 
 def matches(row: list[Any], channel, outcome: str | None, since: datetime | None) -> bool:
@@ -233,3 +233,17 @@ async def release_list(view: View, channel, outcome: str | None, since: datetime
     if len(found) != len(ids):
         raise _Moved()
     return [found[f"release.{r}"]["summary"] for r in ids], view.position["releases"]
+
+
+async def release_matches(view: View, channel, outcome: str | None, since: datetime | None, limit: int):
+    """(the newest `limit` summaries that match, newest first; how many match): `release_list` with a
+    count, so every shard of the index is read (the dashboard's /history says how many match)."""
+    shards = await view.many([f"index.{n}" for n in view.position["shards"]])
+    if len(shards) != len(view.position["shards"]):
+        raise _Moved()
+    rows = [row for value in shards.values() for row in value["rows"]]
+    ids = select(rows, channel, outcome, since, len(rows))
+    found = await view.many([f"release.{r}" for r in ids[:limit]])
+    if len(found) != len(ids[:limit]):
+        raise _Moved()
+    return [found[f"release.{r}"]["summary"] for r in ids[:limit]], len(ids)

@@ -150,6 +150,14 @@ class Projector:
             # folded under other service keys, or the log is not the one it folded: fold it all again
             log.info("read models: not resumed at seq %d (other keys or another log); folding the log", seq)
             return 1
+        if any(
+            len(row) < rm.INDEX_COLUMNS
+            for key, (_, doc) in kept.items()
+            if key.startswith("index.")
+            for row in doc["rows"]
+        ):
+            log.info("read models: not resumed at seq %d (an older writer's index); folding the log", seq)
+            return 1
         open_rows: list[list[Any]] = []
         for key, (_, doc) in kept.items():
             if not key.startswith("index."):

@@ -11,8 +11,8 @@ services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr 
     channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names],
                                      "state": the fold's ChannelState or null}
     index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
-                                     requested_at, closed_at], ...]}: the releases whose first
-                                     event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
+                                     requested_at, closed_at, last seq], ...]}: the releases
+                                     whose first event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
     position                        {"seq", "keys", "ignored": [<shapes.Ignored>] (the newest 100),
                                      "ignored_total", "in_flight": [ids], "shards": [n, ...],
                                      "releases": how many}
@@ -136,7 +136,19 @@ def release_values(items: Iterable[HistoryItem], world: World) -> dict[str, dict
 def index_row(value: dict[str, Any]) -> list[Any]:
     """A release's row in the list index (services/reads/model_reads.py: SEQ, ID, TARGET, ...)."""
     s = value["summary"]
-    return [s["seq"], s["release_id"], s["target"], value["closed"], s["outcome"], s["requested_at"], s["closed_at"]]
+    return [
+        s["seq"],
+        s["release_id"],
+        s["target"],
+        value["closed"],
+        s["outcome"],
+        s["requested_at"],
+        s["closed_at"],
+        value["last_seq"],  # a closed release's tombstone (services/reads/model_world.py start_world)
+    ]
+
+
+INDEX_COLUMNS = 8  # an older writer's rows have 7 (no last seq): a resuming projector folds again
 
 
 def index_closed_at(row: list[Any]) -> datetime | None:
