@@ -11,6 +11,8 @@ service writes them (services/reads/projector.py, from a follower that has folde
 command runs as a new `kxr` process, as an operator runs it: from the read models, and with
 `--fold` (the whole log folded per call, the way every one of them worked before). Times are
 the whole process (start-up included), median of `--runs` (the fold: of `--fold-runs`).
+The dashboard's first paint: `kxr ui` started until its overview page is served (`--fold`: the
+whole log folded first, as every dashboard did before session 8).
 `kxr pin` and `kxr release annotate` run once per size, last (they append: the models then lag
 until the next size's projection); before session 7 both folded the whole log, as `--fold` does.
 Target (issue 18): at most 1 s at 1M events.
@@ -84,6 +86,39 @@ def timed(argv: list[str], env: dict[str, str], expect_fold: bool) -> float:
     return seconds
 
 
+def first_paint(env: dict[str, str], fold: bool) -> float:
+    """`kxr ui` started → its overview page served (the first paint), in seconds; the process is stopped.
+
+    From the read models unless `fold` (`kxr ui --fold`: the whole log folded first, as it always did);
+    a short log too (KX_UI_FOLD_BELOW=0: `kxr ui` would fold one under 10k entries)."""
+    import re
+    import urllib.request
+
+    argv = [kxr_binary(), "ui", "--port", "0", *(["--fold"] if fold else [])]
+    t0 = time.perf_counter()
+    ui = subprocess.Popen(
+        argv,
+        env={**env, "KX_UI_FOLD_BELOW": "0"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert ui.stderr is not None
+        line = ui.stderr.readline().decode()  # "kxr ui: dashboard at URL (read-only; <how it started>; …)"
+        found = re.search(r"dashboard at (\S+) \(read-only; ([^;]+);", line)
+        if found is None:
+            raise RuntimeError(f"kxr ui did not start: {line}{ui.stderr.read().decode()[-500:]}")
+        if ("folded the log" in found[2]) != fold:
+            raise RuntimeError(f"kxr ui {'did not fold' if fold else 'folded the log'}: {line}")
+        with urllib.request.urlopen(found[1], timeout=600) as page:
+            page.read()
+        return time.perf_counter() - t0
+    finally:
+        ui.terminate()
+        ui.wait(30)
+
+
 def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
     points = []
     with fast_rig("reads") as r:
@@ -123,6 +158,11 @@ def run(sizes: tuple[int, ...], runs: int, fold_runs: int) -> dict:
                     row["fold_s"] = round(statistics.median(folded), 3)
                     row["speedup"] = round(row["fold_s"] / row["model_s"], 1)
                 point["commands"][name] = row
+            # the dashboard's first paint: `kxr ui` started until its overview page is served
+            paint = [first_paint(env, fold=False) for _ in range(runs)]
+            folded_paint = [first_paint(env, fold=True) for _ in range(fold_runs)]
+            row = {"model_s": round(statistics.median(paint), 3), "fold_s": round(statistics.median(folded_paint), 3)}
+            point["commands"]["kxr ui (first paint)"] = {**row, "speedup": round(row["fold_s"] / row["model_s"], 1)}
             # last, once: it appends (the models then lag, with no service here to write them) and
             # decides on the models (the scope's and channel's state, the newest releases of the version)
             pin = [kxr_binary(), "pin", scope, "--version", version, "--until", "1h", "-m", "bench"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .common import NatsUrl, err_console, run_async, settings_from
+from .readmodel import FoldOpt
 
 
 def ui(
@@ -21,6 +22,7 @@ def ui(
         help="let an operator who logs in with their NATS user and password pause, resume, abort, promote, "
         "roll back, pin, unpin and annotate from the browser (default: read-only)",
     ),
+    fold: bool = FoldOpt,
 ) -> None:
     """Serve the dashboard: scopes, releases in flight, evidence pages, updated live from the log.
 
@@ -28,11 +30,15 @@ def ui(
     `--nats-url "$(kxr creds show auditor)"`) and never writes to it. With --actions, an
     operator logs in with the operator's NATS user (`kxr creds show operator`) and acts
     with that user's permissions, each action recorded as `USER@dashboard`.
+
+    It starts from the service's read models when they are current (the releases in flight
+    and the newest closed ones read back, the log's tail followed), else it folds the whole
+    log first; --fold always folds (the auditor's way: nothing taken from the service).
     """
     from services.dashboard.server import run_ui
 
-    def ready(url: str) -> None:
+    def ready(url: str, start: str) -> None:
         mode = "operator actions after login at /login" if actions else "read-only"
-        err_console.print(f"kxr ui: dashboard at {url} ({mode}; Ctrl-C to stop)", highlight=False)
+        err_console.print(f"kxr ui: dashboard at {url} ({mode}; {start}; Ctrl-C to stop)", highlight=False)
 
-    run_async(run_ui(settings_from(nats_url), host, port, ready, actions=actions))
+    run_async(run_ui(settings_from(nats_url), host, port, ready, actions=actions, fold=fold))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -24,6 +25,7 @@ from .web import LOOPBACK_HOSTS, make_app
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+FOLD_BELOW = 10_000  # log entries: a fold of fewer takes about a second (~80 µs each)
 
 
 def is_loopback(host: str) -> bool:
@@ -104,13 +106,28 @@ async def dashboard(
         await cancel_and_wait([task])
 
 
-async def start_follower(js, subjects: Subjects, service_keys) -> tuple[Follower, bool]:
+def fold_below() -> int:
+    """FOLD_BELOW, or $KX_UI_FOLD_BELOW (benches and tests: 0 starts from the read models at any size)."""
+    text = os.environ.get("KX_UI_FOLD_BELOW", "")
+    if not text:
+        return FOLD_BELOW
+    if not text.isdigit():
+        raise ConfigError(f"KX_UI_FOLD_BELOW={text!r}: expected a number of log entries")
+    return int(text)
+
+
+async def start_follower(
+    js, subjects: Subjects, service_keys, use_models: bool = True, fold_below: int = FOLD_BELOW
+) -> tuple[Follower, bool]:
     """The dashboard's follower (no snapshots, no archiving; signed state only) and whether it starts from
     the service's read models (services/reads/model_world.py start_world: the releases in flight and the
-    newest closed ones read back, the log's tail folded) — else from seq 1 (~90 s at 1M events)."""
+    newest closed ones read back, the log's tail folded) — else from seq 1 (~90 s at 1M events). A log
+    shorter than `fold_below` entries is folded: faster than waiting for a fresh service's first models."""
     from services.dashboard.model import RECENT
     from services.reads.model_world import start_world
 
+    if not use_models or (await js.stream_info(subjects.releases_stream)).state.last_seq < fold_below:
+        return Follower(js, subjects, service_keys=service_keys), False
     try:
         world = await start_world(js, subjects, service_keys, RECENT)
     except Exception as exc:  # NoView (no service writes them, other keys, an older writer), no rights
@@ -129,12 +146,14 @@ async def run_ui(
     settings: Settings,
     host: str,
     port: int,
-    on_ready: Callable[[str], None] | None = None,
+    on_ready: Callable[[str, str], None] | None = None,
     actions: bool = False,
+    fold: bool = False,
 ) -> None:
     """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM.
 
-    `actions` (`kxr ui --actions`): signed-in operators may act, each on their own NATS connection."""
+    `actions` (`kxr ui --actions`): signed-in operators may act, each on their own NATS connection.
+    `on_ready(url, how it started)`. `fold` (`--fold`): fold the whole log, never the read models."""
     if not settings.nats_url:
         raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
     stop = SignalStop()
@@ -149,7 +168,8 @@ async def run_ui(
         subjects = Subjects(settings.prefix)
         await js.stream_info(subjects.releases_stream)  # no log yet: one clear error, not an empty page forever
         # no snapshots: the dashboard writes nothing, not even those; with the service keys it shows signed state only
-        follower, from_models = await start_follower(js, subjects, reader_service_keys(settings))
+        keys = reader_service_keys(settings)
+        follower, from_models = await start_follower(js, subjects, keys, use_models=not fold, fold_below=fold_below())
         follow = asyncio.create_task(follower.run(), name="dashboard-follower")
         try:
             actions_server = server_of(nc, settings.nats_connection()) if actions else None
@@ -158,7 +178,10 @@ async def run_ui(
             ) as url:
                 await follower.catch_up()
                 if on_ready:
-                    on_ready(url)
+                    on_ready(
+                        url,
+                        f"from the read models at log seq {follower.started_from}" if from_models else "folded the log",
+                    )
                 await follow  # runs until cancelled; a failure of the follower stops the dashboard with its reason
         finally:
             await cancel_and_wait([follow])
@@ -181,7 +204,7 @@ async def dashboard_for(
     if addr is None:
         yield None
         return
-    follower, from_models = await start_follower(app.js, app.subjects, app.service_keys)
+    follower, from_models = await start_follower(app.js, app.subjects, app.service_keys, fold_below=fold_below())
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
         await follower.catch_up()

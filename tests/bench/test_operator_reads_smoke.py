@@ -20,6 +20,7 @@ def test_operator_reads_bench_times_the_model_and_the_fold_at_each_size():
             "kxr release show",
             "kxr pin",  # from the read models too (`timed` fails on a "folding the log" line)
             "kxr release annotate",
+            "kxr ui (first paint)",  # from the read models (`first_paint` fails if it folded), and --fold
         }
         for name, figures in point["commands"].items():
             assert figures["model_s"] > 0

@@ -37,7 +37,7 @@ FILTERS = ("", "?outcome=success", "?outcome=in-flight", "?channel=prod/canary",
 @asynccontextmanager
 async def a_dashboard(svc, from_models: bool) -> AsyncIterator[tuple[str, Follower, bool]]:
     if from_models:
-        follower, started = await start_follower(svc.app.js, svc.app.subjects, svc.app.service_keys)
+        follower, started = await start_follower(svc.app.js, svc.app.subjects, svc.app.service_keys, fold_below=0)
     else:
         follower, started = Follower(svc.app.js, svc.app.subjects, service_keys=svc.app.service_keys), False
     task = asyncio.create_task(follower.run())

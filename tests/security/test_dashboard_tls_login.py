@@ -28,7 +28,9 @@ PREFIX = "tlsui"
 async def kxr_ui(settings: Settings):
     """`kxr ui --actions` in this process (run_ui), until the block ends; yields a Browser factory."""
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_ui(settings, "127.0.0.1", 0, on_ready=ready.set_result, actions=True))
+    task = asyncio.create_task(
+        run_ui(settings, "127.0.0.1", 0, on_ready=lambda url, _: ready.set_result(url), actions=True)
+    )
     try:
         done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
