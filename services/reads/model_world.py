@@ -143,7 +143,7 @@ async def _model_scopes(js, subjects, service_keys, keys: list[tuple[str, str, s
 
 # ---- a long-lived reader's start (the dashboard) -------------------------------------------------
 START_WAIT_S = 3.0  # how long a start waits for the models to reach the log's end (else it folds)
-READS_AT_ONCE = 16  # releases read back from their own events at once
+READS_AT_ONCE = 32  # releases read back from their own events at once
 
 
 async def start_world(js, subjects, service_keys, recent: int) -> World:
@@ -161,7 +161,7 @@ async def start_world(js, subjects, service_keys, recent: int) -> World:
 
     from projections.world import ChannelProblem, tombstone
     from services.jetstream.direct import connection_of
-    from services.jetstream.log_reads import logged_rotations, release_history
+    from services.jetstream.log_reads import logged_rotations
     from services.reads import model_reads
     from services.reads.model_reads import CLOSED, ID, LAST_SEQ, OUTCOME
     from services.reads.model_states import load_channel, load_scope
@@ -185,15 +185,20 @@ async def start_world(js, subjects, service_keys, recent: int) -> World:
         raise model_reads.NoView("the read models carry no scope or channel state yet (an older writer)")
     closed = sorted((row for row in rows if row[CLOSED]), key=lambda row: row[LAST_SEQ])
     whole = {row[ID] for row in rows if not row[CLOSED]} | {row[ID] for row in closed[len(closed) - recent :]}
-    releases = {}
-    wanted = sorted(whole)
-    for i in range(0, len(wanted), READS_AT_ONCE):
-        part = wanted[i : i + READS_AT_ONCE]
-        for state in await asyncio.gather(*(release_history(js, subjects, r, seq + 1, service_keys) for r in part)):
-            if state is not None:
-                releases[state.release_id] = state
-    if len(releases) != len(whole):
-        raise model_reads.NoView(f"{len(whole) - len(releases)} releases the read models name have no events")
+    # the reads go out first: the server answers them while this process builds the tombstones
+    reads = asyncio.ensure_future(_read_back(js, subjects, service_keys, sorted(whole), seq))
+    rotations = asyncio.ensure_future(logged_rotations(js, subjects))
+    await asyncio.sleep(0)
+    tombstones = HashTrieMap(
+        {row[ID]: tombstone(row[LAST_SEQ], row[OUTCOME]) for row in rows if row[CLOSED] and row[ID] not in whole}
+    )
+    try:
+        releases = await reads
+        if len(releases) != len(whole):
+            raise model_reads.NoView(f"{len(whole) - len(releases)} releases the read models name have no events")
+        root_docs = await rotations
+    finally:
+        rotations.cancel()  # a no-op once done; else (a read failed) no task left behind
     problems = {
         (v["show"]["env"], v["show"]["channel"]): ChannelProblem(p["seq"], p["reason"])
         for v in channels.values()
@@ -211,9 +216,20 @@ async def start_world(js, subjects, service_keys, recent: int) -> World:
             }
         ),
         in_flight=HashTrieSet(r for r, state in releases.items() if state.in_flight),
-        trust_rotations=tuple((s, root) for s, root in await logged_rotations(js, subjects) if s <= seq),
-        tombstones=HashTrieMap(
-            {row[ID]: tombstone(row[LAST_SEQ], row[OUTCOME]) for row in rows if row[CLOSED] and row[ID] not in whole}
-        ),
+        trust_rotations=tuple((s, root) for s, root in root_docs if s <= seq),
+        tombstones=tombstones,
         channel_problems=HashTrieMap(problems),
     )
+
+
+async def _read_back(js, subjects, service_keys, release_ids: list[str], seq: int) -> dict:
+    """These releases whole as of `seq`, each from its own events, READS_AT_ONCE at a time."""
+    from services.jetstream.log_reads import release_history
+
+    releases = {}
+    for i in range(0, len(release_ids), READS_AT_ONCE):
+        part = release_ids[i : i + READS_AT_ONCE]
+        for state in await asyncio.gather(*(release_history(js, subjects, r, seq + 1, service_keys) for r in part)):
+            if state is not None:
+                releases[state.release_id] = state
+    return releases
