@@ -25,7 +25,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,7 @@ from services.verification.gates import Verification, VerifyContext, check_manif
 from services.verification.pipeline import run_gates
 
 log = logging.getLogger(__name__)
+HISTORY_KEPT = 1000  # switches, refusals and ignored pointers a RuntimeClient remembers (`history`)
 SampleFn = Callable[[str | None], dict]
 NO_MESSAGE = 10037  # JetStream's err_code for "no message found" (the subject is empty; the stream exists)
 
@@ -248,7 +249,9 @@ class RuntimeClient:
         self.chain: ChainMark | None = None  # the newest pointer accepted: a next one must be newer and name it
         self.cohort: str | None = None
         self.active: PackRef | None = None
-        self.history: list[tuple[str, str]] = []  # (digest, "activated" | "refused: why")
+        # (digest, "activated" | "refused: why" | "ignored pointer …"), the newest HISTORY_KEPT: a runtime
+        # lives for months, and a stream of junk on its scope's subject must not grow its memory
+        self.history: deque[tuple[str, str]] = deque(maxlen=HISTORY_KEPT)
         self.switched = asyncio.Event()
         self.retry_first_s = retry_first_s  # a transient refusal is retried after this, doubling up to retry_cap_s
         self.retry_cap_s = retry_cap_s

@@ -7,10 +7,12 @@ from events.model import Actor, Scope
 from events.service_signing import signature_headers
 from events.signing import SigningKey
 from services.reads.audit import replay
+from services.runtime import sdk
 from tests.harness import make_pack, running_service, wait_for
 
 
-async def test_forged_pointer_is_flagged_by_the_auditor_and_ignored_by_runtimes(nats_url, prefix):
+async def test_forged_pointer_is_flagged_by_the_auditor_and_ignored_by_runtimes(nats_url, prefix, monkeypatch):
+    monkeypatch.setattr(sdk, "HISTORY_KEPT", 2)  # the runtime remembers its newest two: bounded, not every entry
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
         rt = await svc.runtime("t-int-1")
@@ -54,6 +56,7 @@ async def test_forged_pointer_is_flagged_by_the_auditor_and_ignored_by_runtimes(
             5,
             "the runtime to ignore both forgeries",
         )
+        assert len(rt.history) == 2  # the activation of r1 before them is no longer kept
         assert rt.active.digest == good.digest  # never switched
         audit = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
         forged_lines = [v for v in audit.violations if v.code == "unsigned_or_forged"]

@@ -149,7 +149,10 @@ async def test_a_producer_tampering_with_the_lkg_pack_does_not_stop_the_rollback
             lambda: (bad.digest, "activated") in internal.history,
             30,
             "the bad pack live",
-            lambda: (app.follower.world.release(r2) or app.follower.world.tombstones.get(r2), internal.history[-3:]),
+            lambda: (
+                app.follower.world.release(r2) or app.follower.world.tombstones.get(r2),
+                list(internal.history)[-3:],
+            ),
         )
 
         rolled = await closed(r2)
