@@ -112,6 +112,7 @@ async def test_a_tombstone_the_log_disagrees_with_takes_the_logs_word(nats_url, 
         assert snapshot is not None
         stone = snapshot.world.tombstones["r0"]
         moved = snapshot.world.tombstones.insert("r0", tombstone(stone.last_seq - 1, stone.outcome))
+        moved = moved.insert("rghost", tombstone(stone.last_seq, "success"))  # and one the log never saw
         await snapshots.save(replace(snapshot.world, tombstones=moved), keys)
     finally:
         await nc.close()
@@ -132,6 +133,18 @@ async def test_a_tombstone_the_log_disagrees_with_takes_the_logs_word(nats_url, 
             await svc2.observer.wait_for(seq)
             assert svc2.app.follower.world.release("r0") == svc2.world.release("r0")
             assert "taking the log's word" in caplog.text
+            ghost = make_event(
+                "release.rollback_started",
+                RollbackStarted(trigger="operator", reason="never requested", targets={}),
+                actor=OPERATOR,
+                release_id="rghost",
+            )
+            seq = await svc2.app.log.append(svc2.app.log.release_entry(ghost, 0))
+            await svc2.app.follower.wait_for(seq, timeout=10)
+            await svc2.observer.wait_for(seq)
+            assert "rghost" not in svc2.app.follower.world.tombstones  # no such release before: as a whole fold
+            assert svc2.app.follower.world.release("rghost") == svc2.world.release("rghost")
+            assert "taking the log's word (no such release)" in caplog.text
 
 
 async def test_a_restore_that_cannot_read_the_log_stops_after_a_few_tries(nats_url, prefix, monkeypatch, caplog):
