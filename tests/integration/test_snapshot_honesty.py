@@ -25,6 +25,7 @@ from events.subjects import Subjects
 from projections.world import World, archive_all, tombstone
 from services.actions.producer import request_event
 from services.jetstream.client import connect
+from services.jetstream.janitor import all_consumers
 from services.jetstream.log_reads import load_signed_world
 from services.reads import follower as follower_module
 from services.reads import model_reads
@@ -127,10 +128,14 @@ async def test_a_tombstone_the_log_disagrees_with_takes_the_logs_word(nats_url, 
                 release_id="r0",
                 causation_id=r0.last_event_id,
             )
+            readers = len(await all_consumers(svc2.app.js, svc2.app.subjects.releases_stream))
             seq = await svc2.app.log.append(svc2.app.log.release_entry(event, r0.last_seq))
-            # r0 changes after close: restored whole first (it was retried every 0.5 s, forever)
+            # r0 changes after close: restored whole first (it was retried every 0.5 s, forever,
+            # each try leaving a reader on the server for a minute)
             await svc2.app.follower.wait_for(seq, timeout=10)
             await svc2.observer.wait_for(seq)
+            await asyncio.sleep(1.0)  # what a retry loop would have added meanwhile
+            assert len(await all_consumers(svc2.app.js, svc2.app.subjects.releases_stream)) <= readers + 1
             assert svc2.app.follower.world.release("r0") == svc2.world.release("r0")
             assert "taking the log's word" in caplog.text
             ghost = make_event(
