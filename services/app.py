@@ -156,17 +156,7 @@ class App:
         """The layout, the follower (from the snapshot if there is one) caught up, the dead-letter
         watch; the roles are spawned on top by services/bootstrap.py."""
         await self.ensure_layout()
-        world = await self.snapshots.load()
-        if world is not None:  # snapshot + tail instead of the whole log
-            self.follower = Follower(
-                self.js,
-                self.subjects,
-                world,
-                snapshots=self.snapshots,
-                archive_closed=True,
-                deadletters=self.deadletters,
-                service_keys=self.service_keys,
-            )
+        await self.follower.start_from_snapshot()  # snapshot + tail instead of the whole log, if it may
         self.spawn(self.follower.run(), "follower")
         self.spawn(watch_max_deliveries(self.nc, self.js, self.subjects, self.deadletters), "max-deliveries")
         # consumers decide on a world at least as new as the log was at start; a cold start

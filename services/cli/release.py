@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -200,7 +201,7 @@ def release_list(
         return await from_view(view, flt.channel, flt.outcome, flt.since, limit)
 
     answer = None if fold else from_model(nats_url, keys, model_list)
-    ignored: dict[int, str] = {}
+    ignored: Mapping[int, str] = {}
     if answer is None or isinstance(answer, Folding):
         shown, total, ignored = folded_list(nats_url, keys, flt, limit)
     else:
@@ -209,6 +210,9 @@ def release_list(
     def tables():
         for seq, why in sorted(ignored.items()):
             err_console.print(f"[red]ignored log seq {seq}: {why}[/red]")
+        if getattr(ignored, "total", 0) > len(ignored):
+            more = getattr(ignored, "total", 0) - len(ignored)
+            err_console.print(f"[red]… and {more} older ignored entries (kxr audit replay lists every one)[/red]")
         columns = ["release", "pack", "target", "outcome", "stages", "requested", "took"]
         title = f"Releases, newest first ({len(shown)} shown, {total} in the log)"
         return [table(title, [table_row(s) for s in shown], columns)]
@@ -216,7 +220,7 @@ def release_list(
     output(as_json, shown, tables)
 
 
-def folded_list(nats_url: str | None, keys, flt, limit: int) -> tuple[list[dict], int, dict[int, str]]:
+def folded_list(nats_url: str | None, keys, flt, limit: int) -> tuple[list[dict], int, Mapping[int, str]]:
     """`kxr release list --json` from the log (the index of each release's request and close, then
     the chosen releases whole), with the number of releases and the entries ignored."""
     from services.reads.history import load_history, summary

@@ -18,6 +18,7 @@ from projections.invariants import apply_signed
 from projections.pointer_chain import entry_digest
 from projections.position import Position
 from projections.releases import ReleaseState
+from projections.snapshot import undecodable_why
 from projections.world import World, apply_undecodable
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
@@ -119,9 +120,10 @@ def fold_signed_entry(
     still moves its subject's sequence (and is recorded where it matters): the expected sequences an
     operator or consumer appends with are the log's real ones, not those of what could be decoded.
     With `service_keys`, a pointer or service event no service key signed counts for nothing either
-    (its sequence still moves); the second value says why it was ignored."""
+    (its sequence still moves); the second value says why it counts for nothing (undecodable too)."""
     if event is None:
-        return apply_undecodable(world, position, subjects, undecodable_reason(entry, subjects)), None
+        reason = undecodable_reason(entry, subjects)
+        return apply_undecodable(world, position, subjects, reason), undecodable_why(reason)
     return apply_signed(world, service_keys, position, event, entry.data, entry.headers, subjects)
 
 
@@ -133,7 +135,7 @@ async def load_world(js, subjects: Subjects, until: datetime | None = None, serv
 async def load_signed_world(
     js, subjects: Subjects, service_keys, until: datetime | None = None
 ) -> tuple[World, dict[int, str]]:
-    """The log folded as the service folds it; the map says which entries were ignored and why."""
+    """The log folded as the service folds it; the map says which entries counted for nothing and why."""
     world, ignored = World(), {}
     with young_collections_only():  # the world only grows: no full collections over it while it does
         async for batch in log_batches(js, subjects, until=until):

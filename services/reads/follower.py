@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import logging
 import time
+from dataclasses import replace
 
 from nats.js import JetStreamContext
 
@@ -20,12 +21,20 @@ from events.service_signing import ServiceKeys
 from events.subjects import Subjects
 from projections.invariants import ignored_reason
 from projections.position import Position
-from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore
+from projections.snapshot import Noted, undecodable_why
+from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore, tombstone
 from services.jetstream.log_reads import position_of, release_history
 from services.jetstream.reader import OrderedReader
 from services.observability import tracing
+from services.reads.shapes import IGNORED_SHOWN
 
 log = logging.getLogger(__name__)
+
+# restoring a tombstoned release: a read of its events that fails is tried again this many times in
+# all, 0.5 s, 1 s, 2 s, 4 s apart (~8 s), then the follower stops (and the service with it, to be
+# restarted): it cannot skip the entry, and waiting forever hid the fault (one reader per try)
+RESTORE_TRIES = 5
+RESTORE_FIRST_DELAY_S = 0.5
 
 
 class Follower:
@@ -67,7 +76,9 @@ class Follower:
         # else), kept here with why, and listed in `undecodable` too so a consumer it triggers
         # dead-letters it instead of acting on it.
         self._service_keys = service_keys
-        self.ignored: dict[int, str] = {}  # seq -> why that entry counts for nothing
+        # seq -> why that entry counts for nothing (undecodable ones too): the newest IGNORED_SHOWN and
+        # how many in all (`total`); kept in the snapshot, so a restart lists what a whole fold lists
+        self.ignored: Noted = Noted(IGNORED_SHOWN)
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -88,6 +99,7 @@ class Follower:
                     event = decode_event(entry.data, entry.subject, self._subjects)
                 except DecodeError as exc:
                     self.undecodable[entry.seq] = exc
+                    self.ignored[entry.seq] = undecodable_why(str(exc))
                     self.world = apply_undecodable(self.world, position, self._subjects, str(exc))
                     self._keep_dead_letter(entry, exc)
                     event = None
@@ -149,31 +161,75 @@ class Follower:
     async def _restore(self, release_id: str, seq: int) -> None:
         """A tombstoned release about to change (say, rolled back after it closed): whole again first.
 
-        Retried until the log answers: the follower cannot skip an entry, and a release
-        folded from a partial read would be wrong (restore checks the sequence matches).
+        Whole as its own events before `seq` say, judged with this fold's keys: what a whole fold
+        says about it. A tombstone that disagrees with them (a snapshot of another history) is not
+        a transient fault: the log's word is taken, with a warning (retrying it forever, every 0.5 s,
+        piled up a reader per try). A read that fails is tried RESTORE_TRIES times with backoff,
+        then raised: the follower cannot skip the entry, and a release folded from a partial read
+        would be wrong.
         """
-        while True:
+        delay = RESTORE_FIRST_DELAY_S
+        for attempt in range(1, RESTORE_TRIES + 1):
             try:
                 state = await release_history(
                     self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys
                 )
-                if state is None:
-                    raise LookupError(f"no events for release {release_id} before seq {seq}")
-                self.world = restore(self.world, state)
-                log.info("release %s restored from the log (closed, changed again at seq %d)", release_id, seq)
-                return
+                break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("release %s not restored yet (%s); retrying", release_id, exc)
-                await asyncio.sleep(0.5)
+                if attempt == RESTORE_TRIES:
+                    raise RuntimeError(
+                        f"release {release_id} (closed, changed again at seq {seq}) could not be read from the log "
+                        f"in {RESTORE_TRIES} tries: {exc or exc.__class__.__name__}"
+                    ) from exc
+                log.warning("release %s not restored yet (%s); trying again in %.1fs", release_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        stone = self.world.tombstones.get(release_id)
+        if state is None:  # none of its events before seq: a whole fold knows no such release there
+            log.warning(
+                "release %s: a tombstone (last seq %s) but no events of it in the log before seq %d; "
+                "taking the log's word (no such release)",
+                release_id,
+                stone.last_seq if stone else "?",
+                seq,
+            )
+            self.world = replace(self.world, tombstones=self.world.tombstones.discard(release_id))
+            return
+        if stone is not None and stone.last_seq != state.last_seq:
+            log.warning(
+                "release %s: the tombstone says its last seq is %d, its own events end at %d; taking the log's word",
+                release_id,
+                stone.last_seq,
+                state.last_seq,
+            )
+            self.world = replace(
+                self.world,
+                tombstones=self.world.tombstones.insert(release_id, tombstone(state.last_seq, stone.outcome)),
+            )
+        self.world = restore(self.world, state)
+        log.info("release %s restored from the log (closed, changed again at seq %d)", release_id, seq)
+
+    async def start_from_snapshot(self) -> bool:
+        """Before `run`: start from the saved snapshot (the world, what its fold noted as counting for
+        nothing) if there is one this fold may trust (`Snapshots.read`); False: from sequence 1."""
+        if self._snapshots is None or self.position:
+            return False
+        snapshot = await self._snapshots.read(self._service_keys)
+        if snapshot is None:
+            return False
+        self.world = snapshot.world
+        self.position = self.started_from = self._saved_at = snapshot.world.applied_seq
+        self.ignored = Noted(IGNORED_SHOWN, snapshot.ignored, snapshot.ignored_total)
+        return True
 
     async def save_snapshot(self) -> None:
         """Persist the world with the sequence it has applied (caught up, so it is a whole state)."""
         if self._snapshots is None or self.position == self._saved_at:
             return
         try:
-            await self._snapshots.save(self.world)
+            await self._snapshots.save(self.world, self._service_keys, self.ignored)
             self._saved_at = self.position
             self._saved_time = time.monotonic()
         except Exception as exc:  # a snapshot is an optimisation: never stop following for it

@@ -30,12 +30,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.model import Event
 from events.subjects import Subjects
 from projections.position import Position
 from projections.releases import ReleaseState, apply_release_event
+
+if TYPE_CHECKING:  # `kxr release list` from the read models does not load the snapshot's models
+    from projections.snapshot import Noted
 
 OUTCOMES = ("success", "promoted_by_override", "rolled_back", "pinned", "aborted", "rejected", "failed")
 IN_FLIGHT = "in-flight"
@@ -295,7 +298,9 @@ WHOLE_READS_AT_ONCE = 8
 class History:
     items: list[HistoryItem]  # the selected releases, whole, newest first
     total: int  # releases in the log
-    ignored: dict[int, str]  # log seq -> why that entry counted for nothing (unsigned service event)
+    # log seq -> why an entry it read counted for nothing (an unsigned service event, or one that does not
+    # decode): the newest IGNORED_SHOWN, and `ignored.total`, how many in all (anyone may append junk)
+    ignored: Noted
 
 
 async def load_history(
@@ -315,11 +320,14 @@ async def load_history(
     server filters one wildcard subject from its index, where a consumer with several
     filters scans the stream), then the chosen releases' own subjects. With `service_keys`,
     an event claiming a service actor that no service key trusted for its role signed
-    counts for nothing (as in `kxr status`)."""
+    counts for nothing (as in `kxr status`); an entry that does not decode too, and both are listed."""
     import asyncio
     import heapq
 
-    ignored: dict[int, str] = {}
+    from projections.snapshot import Noted
+    from services.reads.shapes import IGNORED_SHOWN
+
+    ignored = Noted(IGNORED_SHOWN)
     reads = [
         _read(js, subjects, f"{subjects.prefix}.release.*.{suffix}", service_keys, ignored) for suffix in INDEX_EVENTS
     ]
@@ -329,7 +337,10 @@ async def load_history(
 
     async def whole(release_id: str) -> HistoryItem | None:
         async with gate:
-            entries = await _read(js, subjects, subjects.release_filter(release_id), service_keys, ignored)
+            # its index events were noted by the index's reads: each entry is counted once
+            entries = await _read(
+                js, subjects, subjects.release_filter(release_id), service_keys, ignored, noted=INDEX_EVENTS
+            )
         return fold_history(entries).items.get(release_id)
 
     folded = await asyncio.gather(*(whole(i.state.release_id) for i in chosen))
@@ -339,20 +350,26 @@ async def load_history(
 
 
 async def _read(
-    js, subjects: Subjects, flt: str, service_keys, ignored: dict[int, str]
+    js, subjects: Subjects, flt: str, service_keys, ignored: Noted, noted: tuple[str, ...] = ()
 ) -> list[tuple[Position, Event]]:
+    """The events on `flt` that count; those that do not (undecodable, or unsigned with `service_keys`)
+    go to `ignored` with why, but for those on a suffix in `noted` (another read noted them)."""
     from projections.invariants import signature_problem
-    from services.jetstream.log_reads import log_batches
+    from projections.snapshot import undecodable_why
+    from services.jetstream.log_reads import log_batches, undecodable_reason
 
     out: list[tuple[Position, Event]] = []
     async for batch in log_batches(js, subjects, [flt]):
         for entry, position, event in batch:
             if event is None:
+                if position.subject.rpartition(".")[2] not in noted:
+                    ignored[position.seq] = undecodable_why(undecodable_reason(entry, subjects))
                 continue
             if service_keys is not None:
                 problem = signature_problem(service_keys, position.subject, event, entry.data, entry.headers)
                 if problem:
-                    ignored[position.seq] = f"{event.type} not signed by a service key: {problem}"
+                    if position.subject.rpartition(".")[2] not in noted:
+                        ignored[position.seq] = f"{event.type} not signed by a service key: {problem}"
                     continue
             out.append((position, event))
     return out
@@ -361,5 +378,7 @@ async def _read(
 async def load_fold(js, subjects: Subjects, service_keys=None) -> HistoryFold:
     """Every release's lifecycle events in the log, folded: where a live history (the dashboard's)
     starts before it follows the log (`HistoryFold.apply` skips what it has already applied)."""
-    ignored: dict[int, str] = {}
+    from projections.snapshot import Noted
+
+    ignored = Noted(1)  # not shown: bounded
     return fold_history(await _read(js, subjects, f"{subjects.prefix}.release.*.*", service_keys, ignored))

@@ -341,7 +341,7 @@ class Projector:
         values.update(self._index_values())
         position = rm.position_value(
             world,
-            {**follower.ignored},
+            follower.ignored,
             keys_id(follower.service_keys),
             self._index.keys(),
             sum(len(rows) for rows in self._index.values()),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from services.reads.shapes import (
     Problem,
     ReleaseSummary,
     dump,
+    ignored_total,
     newest_ignored,
     release_shape,
     rfc3339,
@@ -169,12 +170,12 @@ def index_value(rows: Iterable[list[Any]]) -> dict[str, Any]:
 
 
 def position_value(
-    world: World, ignored: dict[int, str], trusted: str | None, shards: Iterable[int] = (), releases: int = 0
+    world: World, ignored: Mapping[int, str], trusted: str | None, shards: Iterable[int] = (), releases: int = 0
 ) -> dict[str, Any]:
     return {
         "keys": trusted,
         "ignored": newest_ignored(ignored),
-        "ignored_total": len(ignored),
+        "ignored_total": ignored_total(ignored),
         "in_flight": [r.release_id for r in world.releases_in_flight()],
         "shards": sorted(shards),
         "releases": releases,

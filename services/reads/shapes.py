@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -140,8 +140,10 @@ class Ignored(Shape):
 
 # `kxr status` lists the newest ignored entries, and how many there are in all: anyone who may append
 # (a producer's forged "service" events, say) can make the list grow without bound, and the read
-# models' `position` value that carries it must stay well under a message's 1 MB
+# models' `position` value that carries it must stay well under a message's 1 MB. Entries that do not
+# decode are listed with them ("undecodable: …"): never silently treated as absent.
 IGNORED_SHOWN = 100
+WHY_SHOWN = 500  # characters of a why (projections.world.PROBLEM_REASON_MAX): a decode error quotes its input
 
 
 class Status(Shape):
@@ -151,13 +153,21 @@ class Status(Shape):
     releases: list[Release]
     log_seq: int
     signatures: str
-    ignored: list[Ignored]  # the newest IGNORED_SHOWN, oldest first (`kxr audit replay` lists every one)
-    ignored_total: int = 0  # how many entries were ignored in all
+    # the newest IGNORED_SHOWN entries that count for nothing (ignored or undecodable), oldest first
+    # (`kxr audit replay` lists every one)
+    ignored: list[Ignored]
+    ignored_total: int = 0  # how many entries were ignored in all (undecodable ones too)
 
 
-def newest_ignored(ignored: dict[int, str]) -> list[dict[str, Any]]:
+def newest_ignored(ignored: Mapping[int, str]) -> list[dict[str, Any]]:
     """The newest IGNORED_SHOWN ignored entries, oldest first, as `kxr status` lists them."""
-    return [{"seq": seq, "why": why} for seq, why in sorted(ignored.items())[-IGNORED_SHOWN:]]
+    return [{"seq": seq, "why": why[:WHY_SHOWN]} for seq, why in sorted(ignored.items())[-IGNORED_SHOWN:]]
+
+
+def ignored_total(ignored: Mapping[int, str]) -> int:
+    """How many entries counted for nothing in all: a bounded map (projections.snapshot.Noted) keeps
+    only the newest and says its `total`; a plain map (a one-off fold) keeps every one."""
+    return max(getattr(ignored, "total", 0), len(ignored))
 
 
 class AuditAt(Shape):
@@ -521,7 +531,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-def status_of(world: World, ignored: dict[int, str], all_releases: bool) -> dict:
+def status_of(world: World, ignored: Mapping[int, str], all_releases: bool) -> dict:
     """`kxr status --json` of a folded world (`signatures` is the caller's to say)."""
     return dump(
         Status(
@@ -530,6 +540,6 @@ def status_of(world: World, ignored: dict[int, str], all_releases: bool) -> dict
             log_seq=world.applied_seq,
             signatures="",
             ignored=[Ignored.model_validate(i) for i in newest_ignored(ignored)],
-            ignored_total=len(ignored),
+            ignored_total=ignored_total(ignored),
         )
     )

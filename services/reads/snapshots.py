@@ -1,8 +1,8 @@
 """Projection snapshots in an internal object-store bucket: restart from snapshot + tail.
 
 The log stays the source of truth: a snapshot that is missing, unreadable, of another
-format, or ahead of the log (the stream was recreated) is ignored and the log is
-replayed from sequence 1.
+format, ahead of the log (the stream was recreated) or folded under other service keys than
+the reader's is ignored and the log is replayed from sequence 1.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from events.subjects import Subjects
-from projections.snapshot import dump_world, load_world
+from projections.snapshot import Noted, Snapshot, dump_world, load_snapshot
 from projections.world import World
+from services.reads.model_reads import keys_id
 
 log = logging.getLogger(__name__)
 OBJECT = "world"
@@ -27,7 +28,31 @@ class Snapshots:
         self._js = js
         self._subjects = subjects
 
+    async def read(self, service_keys) -> Snapshot | None:
+        """The snapshot a fold trusting `service_keys` (None: signatures unchecked) may start from, or None.
+
+        A snapshot folded under other keys counted other entries (a service event signed by a key
+        no longer trusted, or one newly trusted) and is not this fold's state: one warning, and the
+        log is replayed from sequence 1, as for one ahead of the log."""
+        snapshot = await self._fetch()
+        if snapshot is None:
+            return None
+        trusted = keys_id(service_keys)
+        if snapshot.keys != trusted:
+            log.warning(
+                "snapshot ignored: folded under service keys %s, this process trusts %s; replaying from 1",
+                snapshot.keys or "none (signatures unchecked)",
+                trusted or "none (signatures unchecked)",
+            )
+            return None
+        return snapshot
+
     async def load(self) -> World | None:
+        """The snapshot's world, whatever keys it was folded under (a bench comparing it with a replay)."""
+        snapshot = await self._fetch()
+        return snapshot.world if snapshot is not None else None
+
+    async def _fetch(self) -> Snapshot | None:
         try:
             store = await self._js.object_store(self._subjects.snapshots_bucket)
             blob = (await store.get(OBJECT)).data
@@ -37,15 +62,18 @@ class Snapshots:
         except Exception as exc:  # any doubt: replay from 1
             log.warning("snapshot not loaded (%s); replaying the log from sequence 1", exc)
             return None
-        world = load_world(blob or b"")
-        if world is None or world.applied_seq > last:
+        snapshot = load_snapshot(blob or b"")
+        if snapshot is None or snapshot.world.applied_seq > last:
             log.warning("snapshot ignored (unreadable, other format, or ahead of the log); replaying from 1")
             return None
-        return world
+        return snapshot
 
-    async def save(self, world: World) -> None:
+    async def save(self, world: World, service_keys=None, ignored: Noted | None = None) -> None:
+        """Save `world`, folded trusting `service_keys`, with the entries that fold noted as counting for nothing."""
         # serialised in a worker thread: the world is immutable, and the event loop keeps
-        # switching while 10^5 tombstones are written (~0.4 s of Python that blocked it)
-        blob = await asyncio.to_thread(dump_world, world)
+        # switching while 10^5 tombstones are written (~0.4 s of Python that blocked it);
+        # `ignored` is copied here, on the loop, as the fold keeps noting
+        noted = ignored.copy() if ignored is not None else None
+        blob = await asyncio.to_thread(dump_world, world, keys_id(service_keys), noted)
         store = await self._js.object_store(self._subjects.snapshots_bucket)
         await store.put(OBJECT, blob)

@@ -3,7 +3,7 @@ event claiming a service actor that no service key signed counts for nothing, li
 A flood of them must not grow what the service writes per value without bound: the read models'
 `position` (one KV value, under a message's 1 MB) carries the newest 100 and the total, so the
 projector keeps writing and `kxr status` keeps answering from it (services/reads/shapes.py
-IGNORED_SHOWN)."""
+IGNORED_SHOWN). The service's follower and its snapshot keep the same newest entries and the total."""
 
 from __future__ import annotations
 
@@ -40,7 +40,14 @@ async def test_a_flood_of_forged_service_events_keeps_the_read_models_bounded(au
             forged_seqs.append(ack.seq)
         app = service_app.app
         await app.follower.wait_for(forged_seqs[-1])
-        assert all(seq in app.follower.ignored for seq in forged_seqs), "a forged service event counted"
+        assert all(seq in app.follower.undecodable for seq in forged_seqs), "a forged service event counted"
+        # the follower keeps the newest IGNORED_SHOWN and counts the rest; so does its snapshot
+        assert list(app.follower.ignored) == forged_seqs[-IGNORED_SHOWN:] and app.follower.ignored.total >= FLOOD
+        await app.follower.save_snapshot()
+        snapshot = await app.snapshots.read(app.service_keys)
+        assert snapshot is not None and snapshot.world.applied_seq >= forged_seqs[-1]
+        assert [seq for seq, _ in snapshot.ignored][-IGNORED_SHOWN:] == forged_seqs[-IGNORED_SHOWN:]
+        assert len(snapshot.ignored) == IGNORED_SHOWN and snapshot.ignored_total >= FLOOD
 
         kv = await service_app.conn.js.key_value(s.read_bucket)
         deadline = time.monotonic() + 30
