@@ -46,7 +46,12 @@ JS = """(function () {
     offset = Date.now() - Date.parse(update.now);
     Object.keys(update.sections).forEach(function (id) {
       var section = document.getElementById(id);
-      if (section) { section.innerHTML = update.sections[id]; }
+      if (!section) { return; }
+      // only a section that changed is swapped: a swap replaces every element in it, so a link
+      // someone is about to click (the page's first push repeats what the page was served with) stays
+      var next = document.createElement('template');
+      next.innerHTML = update.sections[id];
+      if (next.innerHTML !== section.innerHTML) { section.innerHTML = update.sections[id]; }
     });
     document.body.setAttribute('data-seq', String(update.seq));
     live.textContent = 'live \\u00b7 log sequence ' + update.seq;
