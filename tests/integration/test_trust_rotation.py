@@ -10,7 +10,7 @@ from events.trust import RotationError, sign_root
 from services.actions.trust import rotate
 from services.jetstream.log import Entry
 from services.jetstream.log_reads import current_chain
-from tests.harness import OPERATOR, make_pack, running_service, wait_for
+from tests.harness import CHANNEL, OPERATOR, make_pack, running_service, wait_for
 
 
 def root_doc(keys, version: int, threshold: int = 1) -> dict:
@@ -68,7 +68,9 @@ async def test_a_runtime_reads_the_chain_again_after_a_rotation(nats_url, prefix
     # appended (services/runtime/sdk.py `trust_root_now`): a stale cache would refuse the new key
     old_key, new_key = SigningKey.generate(), SigningKey.generate()
     async with running_service(nats_url, prefix, key=old_key) as svc:
-        await svc.configure()
+        # a 3 s window: the runtime reads the chain again, then fetches and verifies before its first
+        # sample of the new pack; a 1 s window held the release once on a loaded machine (no sample yet)
+        await svc.configure(config={**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 3}})
         rt = await svc.runtime("t-int-1")
         await svc.runtime("tenant-42")
         first = make_pack("1.0.0", old_key)
