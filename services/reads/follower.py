@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # all, 0.5 s, 1 s, 2 s, 4 s apart (~8 s), then the follower stops (and the service with it, to be
 # restarted): it cannot skip the entry, and waiting forever hid the fault (one reader per try)
 RESTORE_TRIES = 5
+UNDECODABLE_KEPT = 10_000  # entries that did not count (`undecodable`) a follower remembers
 RESTORE_FIRST_DELAY_S = 0.5
 
 
@@ -65,7 +66,9 @@ class Follower:
         self._saved_at = self.position
         self._saved_time = time.monotonic()
         self.started_from = self.position  # 0: a full replay; else the snapshot's sequence
-        self.undecodable: dict[int, DecodeError] = {}  # seq -> why that log entry is not a valid event
+        # seq -> why that log entry is not a valid event, for the consumers it triggers (they dead-letter
+        # it): the newest UNDECODABLE_KEPT, in log order — anyone who may append can make such entries
+        self.undecodable: dict[int, DecodeError] = {}
         # a service's follower keeps every undecodable entry as a dead letter (`kxr deadletter`):
         # junk on a subject no consumer reads (a channel's, say) is visible too, never just skipped
         self._deadletters = deadletters
@@ -98,7 +101,7 @@ class Follower:
                 try:
                     event = decode_event(entry.data, entry.subject, self._subjects)
                 except DecodeError as exc:
-                    self.undecodable[entry.seq] = exc
+                    self._note_undecodable(entry.seq, exc)
                     self.ignored[entry.seq] = undecodable_why(str(exc))
                     self.world = apply_undecodable(self.world, position, self._subjects, str(exc))
                     self._keep_dead_letter(entry, exc)
@@ -127,6 +130,15 @@ class Follower:
         finally:
             await reader.close()
 
+    def _note_undecodable(self, seq: int, problem: DecodeError) -> None:
+        """Kept for the consumers an entry triggers, which look it up soon after the fold (a flood of junk
+        must not grow every process's memory: one older than the newest UNDECODABLE_KEPT is forgotten
+        here, still dead-lettered and counted in `ignored`; a consumer that meets it that late finds no
+        release it names, or fails to decode it itself and dead-letters it)."""
+        self.undecodable[seq] = problem
+        while len(self.undecodable) > UNDECODABLE_KEPT:
+            del self.undecodable[next(iter(self.undecodable))]  # in log order: the oldest first
+
     def _keep_dead_letter(self, entry, problem: DecodeError) -> None:
         """In the background: the fold never waits on (nor stops for) a dead-letter write."""
         if self._deadletters is None:
@@ -153,7 +165,7 @@ class Follower:
             return event
         log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
         self.ignored[entry.seq] = why
-        self.undecodable[entry.seq] = DecodeError(why)
+        self._note_undecodable(entry.seq, DecodeError(why))
         self.world = apply_undecodable(self.world, position, self._subjects, why)
         self._keep_dead_letter(entry, DecodeError(why))
         return None

@@ -16,6 +16,7 @@ import pytest
 from events.codec import encode_event
 from events.model import Actor
 from services.actions.producer import request_event
+from services.reads import follower as follower_module
 from services.reads import model_reads
 from services.reads.shapes import IGNORED_SHOWN
 from tests.harness import make_pack, request_data
@@ -24,9 +25,11 @@ from tests.security.conftest import Conns, rid
 pytestmark = pytest.mark.security
 
 FLOOD = IGNORED_SHOWN + 60
+KEPT = 50
 
 
-async def test_a_flood_of_forged_service_events_keeps_the_read_models_bounded(authed, service_app):
+async def test_a_flood_of_forged_service_events_keeps_the_read_models_bounded(authed, service_app, monkeypatch):
+    monkeypatch.setattr(follower_module, "UNDECODABLE_KEPT", KEPT)  # what the consumers may look up: bounded too
     s = authed.subjects
     conns = Conns(authed)
     try:
@@ -40,7 +43,8 @@ async def test_a_flood_of_forged_service_events_keeps_the_read_models_bounded(au
             forged_seqs.append(ack.seq)
         app = service_app.app
         await app.follower.wait_for(forged_seqs[-1])
-        assert all(seq in app.follower.undecodable for seq in forged_seqs), "a forged service event counted"
+        assert all(seq in app.follower.undecodable for seq in forged_seqs[-KEPT:]), "a forged service event counted"
+        assert len(app.follower.undecodable) == KEPT  # the older ones forgotten (still counted in `ignored`)
         # the follower keeps the newest IGNORED_SHOWN and counts the rest; so does its snapshot
         assert list(app.follower.ignored) == forged_seqs[-IGNORED_SHOWN:] and app.follower.ignored.total >= FLOOD
         await app.follower.save_snapshot()
