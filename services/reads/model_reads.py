@@ -111,6 +111,15 @@ async def _position(nc, bucket: str) -> dict[str, Any] | None:
     return None
 
 
+def _nothing_unsigned(position: dict[str, Any]) -> bool:
+    """Whether the writer's fold ignored no entry a fold without service keys would count: then a reader
+    without keys sees the same. Entries that do not decode count for nothing either way (projections
+    .snapshot.undecodable_why); any other listed one, or more than are listed, may be unsigned."""
+    ignored = position.get("ignored") or []
+    listed_all = position.get("ignored_total", len(ignored)) == len(ignored)
+    return listed_all and all(item["why"].startswith("undecodable: ") for item in ignored)
+
+
 async def read_view(
     nc,
     log_stream: str,
@@ -132,7 +141,7 @@ async def read_view(
                 if time.monotonic() >= deadline:
                     raise NoView(f"no read models in {bucket} yet (does a `kxr serve` with the activator run?)")
             elif position["seq"] >= last:
-                if position.get("keys") != trusted and not (trusted is None and not position.get("ignored")):
+                if position.get("keys") != trusted and not (trusted is None and _nothing_unsigned(position)):
                     raise NoView("the service trusts other service keys than this command")
                 try:
                     return await use(View(nc, bucket, position))

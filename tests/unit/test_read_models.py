@@ -104,3 +104,15 @@ async def test_release_list_reads_the_index_newest_shard_first(monkeypatch) -> N
         expected = select(fold.items.values(), channel=channel, outcome=outcome, limit=limit)
         assert [s["release_id"] for s in got] == [i.state.release_id for i in expected], (channel, outcome, limit)
         assert total == 4
+
+
+def test_a_reader_without_keys_uses_the_models_only_when_nothing_unsigned_was_ignored() -> None:
+    """An entry that does not decode counts for nothing with or without keys; any other ignored entry,
+    or more of them than the position lists, may be one a fold without keys would count."""
+    undecodable = {"seq": 7, "why": "undecodable: not JSON"}
+    unsigned = {"seq": 8, "why": "release.requested not signed by a service key: unsigned"}
+    assert model_reads._nothing_unsigned({"ignored": [], "ignored_total": 0})
+    assert model_reads._nothing_unsigned({})  # an older writer that listed nothing
+    assert model_reads._nothing_unsigned({"ignored": [undecodable], "ignored_total": 1})
+    assert not model_reads._nothing_unsigned({"ignored": [undecodable, unsigned], "ignored_total": 2})
+    assert not model_reads._nothing_unsigned({"ignored": [undecodable], "ignored_total": 2})  # one not listed
