@@ -182,7 +182,7 @@ async def run_ui(
             async with dashboard(
                 follower, js, subjects, host, port, actions_server=actions_server, from_models=from_models
             ) as url:
-                await follower.catch_up()
+                await follower.catch_up_from_start()  # a fold of a long log: as long as it moves, with progress
                 if on_ready:
                     on_ready(
                         url,
@@ -213,7 +213,7 @@ async def dashboard_for(
     follower, from_models = await start_follower(app.js, app.subjects, app.service_keys, fold_below=fold_below())
     follow = asyncio.create_task(follower.run(), name="dashboard-follower")
     try:
-        await follower.catch_up()
+        await follower.catch_up_from_start()
         actions_server = server_of(app.nc, app.settings.nats_connection()) if actions else None
         async with dashboard(
             follower, app.js, app.subjects, *addr, actions_server=actions_server, from_models=from_models
