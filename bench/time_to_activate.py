@@ -26,6 +26,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from nats.js.api import DeliverPolicy, StreamConfig
 
@@ -34,7 +35,18 @@ from services.actions.producer import configure_channel, push_pack, request_even
 from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 
-from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack
+from .common import (
+    OPERATOR,
+    PRODUCER,
+    Progress,
+    channel_config,
+    latency_summary,
+    profile_tables,
+    raw_connect,
+    report,
+    rig,
+    signed_pack,
+)
 
 HOPS = 5
 PACK_BYTES = 64 * 1024
@@ -190,11 +202,17 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
     return out
 
 
-async def run(releases: int, warmup: int, processes: int = 1) -> dict:
+async def run(releases: int, warmup: int, processes: int = 1, profile: Path | None = None) -> dict:
     with rig(prefix="tta") as r:
-        for n in range(processes):  # several `kxr serve` share the durable consumers (issue 18: report)
-            r.serve(name=f"serve{n + 1}" if n else "serve")
+        procs = [  # several `kxr serve` share the durable consumers (issue 18: report)
+            r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile) for n in range(processes)
+        ]
         ours = await measure(r.url, r.prefix, r.key, releases, warmup)
+        if profile is not None:  # the stats are written when `kxr serve` returns (SIGTERM is a clean stop)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+            profile_tables(profile)
         base = await raw_hops(r.url, max(releases, 200))
         batch = await raw_atomic_commits(r.url, max(releases, 200))
     o, b, a = latency_summary(ours), latency_summary(base), latency_summary(batch)
@@ -211,6 +229,7 @@ async def run(releases: int, warmup: int, processes: int = 1) -> dict:
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "processes": processes,
+        "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
         # issue 18: p50 within 1.5x of raw hops + one synced two-message atomic batch (the same shape as
         # ours: the batch's sync is physics); p99 under 10 ms
         "targets": {"ratio_to_floor_p50_max": 1.5, "p99_ms_max": 10.0},
@@ -223,10 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--releases", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--processes", type=int, default=1, help="kxr serve processes sharing the consumers")
+    ap.add_argument("--profile", type=Path, help="a directory: run `kxr serve` under cProfile (.prof and .txt there)")
     args = ap.parse_args(argv)
     if args.processes < 1:
         ap.error("--processes: at least 1")
-    res = asyncio.run(run(args.releases, args.warmup, args.processes))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile))
     o, b = res["ours"], res["baseline"]
     report(
         "time_to_activate",
