@@ -135,6 +135,73 @@ class Prechecked:
         return self.keys.judge(role, subject, payload, headers, self._valid if known else None)
 
 
+class OwnAppends:
+    """The entries this process signed and the log acknowledged, by stream sequence: what its own
+    follower need not verify again.
+
+    An entry whose stored subject, payload and signature headers are byte for byte what this
+    process signed with its own key verifies by construction (Ed25519 over those very bytes), so
+    `ServiceKeys.judge(..., valid=True)` gives the verdict the verification would: the keyid, the
+    key's roles and the pointer chain are still checked. Anything else at that sequence (other
+    bytes, another signature, another signer) is verified as before. Bounded: an entry is dropped
+    once the follower has checked its sequence, and at most `cap` are kept (the oldest go first).
+    """
+
+    def __init__(self, keyid: str, cap: int = 4096) -> None:
+        self.keyid = keyid
+        self._cap = cap
+        self._by_seq: dict[int, tuple[str, bytes, str]] = {}  # seq -> (subject, payload, signature)
+        self._checked = 0  # the highest sequence the follower has asked about (it folds in order)
+        self.vouched = 0  # entries the follower folded without an Ed25519 verification
+        self.late = 0  # acknowledgements that came after the follower had checked their entry
+
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    def remember(self, seq: int, subject: str, payload: bytes, headers: Mapping[str, str]) -> None:
+        """`seq` acknowledged for this subject, payload and the headers this process sent (signed by it)."""
+        signature = headers.get(SIGNATURE_HEADER)
+        if signature is None or headers.get(SIGNER_HEADER) != self.keyid:
+            return
+        if seq <= self._checked:  # folded already (the follower read it before the ack came back)
+            self.late += 1
+            return
+        self._by_seq[seq] = (subject, payload, signature)
+        if len(self._by_seq) > self._cap:
+            del self._by_seq[next(iter(self._by_seq))]
+
+    def vouches(self, seq: int, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> bool:
+        """Whether the stored entry at `seq` is exactly what this process signed and was acknowledged
+        at `seq` (then forgotten: each sequence is checked once)."""
+        self._checked = max(self._checked, seq)
+        mine = self._by_seq.pop(seq, None)
+        if self._by_seq:  # one stale entry per call (its sequence never came to be checked): bounded sweep
+            oldest = next(iter(self._by_seq))
+            if oldest < seq:
+                del self._by_seq[oldest]
+        if mine is None or headers is None:
+            return False
+        ok = (
+            mine[0] == subject
+            and mine[1] == payload
+            and headers.get(SIGNATURE_HEADER) == mine[2]
+            and headers.get(SIGNER_HEADER) == self.keyid
+        )
+        self.vouched += ok
+        return ok
+
+
+class OwnSigned:
+    """`ServiceKeys.check` for an entry `OwnAppends.vouches` for: every check but the Ed25519
+    verification itself (which this process's own signature over these bytes passes)."""
+
+    def __init__(self, keys: ServiceKeys) -> None:
+        self.keys = keys
+
+    def check(self, role: str, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> str | None:
+        return self.keys.judge(role, subject, payload, headers, True)
+
+
 def verify_job(public: bytes, signature_b64: str, subject: str, payload: bytes) -> bool:
     """Whether the signature header verifies (False also when it is not base64: `check` says so first)."""
     try:

@@ -1,0 +1,148 @@
+"""A process trusts the entries it appended itself: its follower folds them without an Ed25519
+verification, and only those (issue 18: the per-event fold cost), on a real server.
+
+"Its own" means: the entry stored at sequence S is byte for byte the subject, payload and
+signature headers this process signed and got acknowledged at S. Anything else there is
+verified as before, and the fold (world and ignored entries) is the one that verifies all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import events.service_signing as service_signing
+from events.codec import encode_event, make_event
+from events.model import Actor, Scope
+from events.service_signing import OwnAppends, ServiceKeys, signature_headers
+from events.signing import SigningKey
+from events.subjects import Subjects
+from services.jetstream.client import connect
+from services.jetstream.layout import ensure_layout
+from services.jetstream.log import Entry, EventLog
+from services.reads.follower import Follower
+
+
+def pointer(channel: str, cohort: str, release_id: str):
+    data = {
+        "pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "ab" * 32, "size": 1},
+        "manifest": "m",
+        "release_id": release_id,
+        "kind": "rollout",
+        "generation": 1,  # each scope's first pointer: one more there is not newer (a replay)
+    }
+    scope = Scope(env="prod", channel=channel, cohort=cohort)
+    actor = Actor(kind="service", id="activator")
+    return make_event("scope.activated", data, actor=actor, release_id=release_id, scope=scope)
+
+
+@pytest.fixture
+def verifications(monkeypatch) -> list[int]:
+    """Every Ed25519 verification a ServiceKeys check makes, counted."""
+    calls: list[int] = []
+    real = service_signing.verify_signature
+
+    def counted(public: bytes, signature: bytes, message: bytes) -> bool:
+        calls.append(1)
+        return real(public, signature, message)
+
+    monkeypatch.setattr(service_signing, "verify_signature", counted)
+    return calls
+
+
+async def fold(js, subjects: Subjects, keys: ServiceKeys, last_seq: int, own: OwnAppends | None) -> Follower:
+    follower = Follower(js, subjects, service_keys=keys, own_appends=own)
+    task = asyncio.create_task(follower.run())
+    try:
+        await follower.wait_for(last_seq, timeout=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return follower
+
+
+async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_the_fold_is_identical(
+    nats_url, prefix, verifications
+):
+    key = SigningKey.generate()
+    keys = ServiceKeys.of(key, ["activator"])
+    subjects = Subjects(prefix)
+    nc_mine, nc_other = await connect(nats_url), await connect(nats_url)
+    try:
+        js = nc_mine.jetstream()
+        await ensure_layout(js, subjects)
+        mine = EventLog(nc_mine, js, subjects, signer=key)
+        other_js = nc_other.jetstream()
+        same_key_elsewhere = EventLog(nc_other, other_js, subjects, signer=key)  # verifies: not in mine's memory
+        unsigned = EventLog(nc_other, other_js, subjects)
+        untrusted = EventLog(nc_other, other_js, subjects, signer=SigningKey.generate())
+        assert mine.own_appends is not None
+
+        own = [await mine.append(Entry(pointer("c1", "a", "r1")))]  # a plain append
+        own.append(await mine.commit_batch([Entry(pointer("c2", "a", "r2")), Entry(pointer("c2", "b", "r2"))]))
+        own.append(own[-1] - 1)
+        grouped = await asyncio.gather(  # batches waiting behind one in flight: one group commit
+            *(mine.commit_batch([Entry(pointer(f"g{i}", c, f"rg{i}")) for c in ("a", "b")]) for i in range(4))
+        )
+        own += [s for last in grouped for s in (last - 1, last)]
+        replayed = await mine.append(Entry(pointer("c1", "a", "r1-again")))  # signed by us, breaks c1.a's chain
+        own.append(replayed)
+        elsewhere = await same_key_elsewhere.append(Entry(pointer("c3", "a", "r3")))
+        forged = await unsigned.append(Entry(pointer("c4", "a", "r4")))
+        resigned = await untrusted.append(Entry(pointer("c5", "a", "r5")))
+        # our key's genuine signature of other bytes, stored over a tampered payload (by someone with publish rights)
+        subject6 = subjects.scope("prod", "c6", "a", "activated")
+        genuine, tampered = encode_event(pointer("c6", "a", "r6")), encode_event(pointer("c6", "a", "evil"))
+        copied = signature_headers(key, subject6, genuine)
+        tampered_seq = (await other_js.publish(subject6, tampered, headers=copied)).seq
+        assert len(mine.own_appends) == len(own) == 12
+
+        # the memory claims the other entries' sequences with our bytes/signatures: they are still verified
+        for seq, channel in ((elsewhere, "c3"), (forged, "c4"), (resigned, "c5")):
+            stored = await js.get_msg(subjects.releases_stream, seq)
+            assert stored.data is not None
+            ours = stored.data if channel != "c3" else encode_event(pointer("c3", "a", "r3"))  # c3: other bytes
+            mine.own_appends.remember(seq, stored.subject, ours, signature_headers(key, stored.subject, ours))
+        mine.own_appends.remember(tampered_seq, subject6, genuine, copied)  # the same signature, other bytes stored
+        last = tampered_seq
+
+        verifications.clear()
+        trusting = await fold(js, subjects, keys, last, mine.own_appends)
+        checks_trusting = len(verifications)
+        verifications.clear()
+        checking = await fold(js, subjects, keys, last, None)
+        checks_all = len(verifications)
+
+        # verifying all: our 12, the same key's from elsewhere and the tampered one (unsigned and
+        # unknown-key ones are refused before any verification); trusting our own: those two only
+        assert (checks_all, checks_trusting) == (14, 2)
+        assert mine.own_appends.vouched == len(own)
+        assert trusting.world == checking.world
+        assert trusting.ignored == checking.ignored
+        assert set(checking.ignored) == {replayed, forged, resigned, tampered_seq}  # the chain check stays for our own
+        assert "forged" in checking.ignored[tampered_seq]
+        assert len(mine.own_appends) == 0  # each dropped once folded
+    finally:
+        await nc_mine.close()
+        await nc_other.close()
+
+
+def test_own_appends_stay_bounded_and_forget_what_was_checked():
+    key = SigningKey.generate()
+    own = OwnAppends(key.keyid, cap=3)
+    headers = signature_headers(key, "s", b"p")
+    for seq in range(1, 6):
+        own.remember(seq, "s", b"p", headers)
+    assert len(own) == 3  # the oldest went first
+    assert not own.vouches(1, "s", b"p", headers)  # evicted: verified as ever
+    assert own.vouches(3, "s", b"p", headers) and len(own) == 2
+    assert not own.vouches(3, "s", b"p", headers)  # checked once, then forgotten
+    own.remember(2, "s", b"p", headers)  # acknowledged after the follower passed it: not kept
+    assert own.late == 1 and len(own) == 2
+    own.remember(9, "s", b"p", {})  # not signed by this process: nothing to vouch for
+    own.remember(9, "s", b"p", signature_headers(SigningKey.generate(), "s", b"p"))
+    assert len(own) == 2
+    assert not own.vouches(4, "s", b"q", headers)  # other bytes
+    assert not own.vouches(5, "s", b"p", {**headers, "Kx-Signature": "x"})  # another signature
+    assert len(own) == 0
