@@ -86,7 +86,7 @@ class EventLog:
         self.subjects = subjects
         self._timeout = timeout
         self._signer = signer  # a service signs every append (tamper evidence, events/service_signing.py)
-        # what it signed and got acknowledged, by sequence: its own follower skips their Ed25519 check
+        # what it signed: its own follower skips their Ed25519 verification
         self.own_appends = OwnAppends(signer.keyid) if signer is not None else None
         self._coalesce = coalesce
         self._waiting: list[_Part] = []  # atomic batches waiting for the one being committed
@@ -104,6 +104,8 @@ class EventLog:
         headers = {"Nats-Msg-Id": entry.event.event_id}
         if self._signer is not None:
             headers.update(signature_headers(self._signer, subject, payload))
+            if self.own_appends is not None:
+                self.own_appends.remember(subject, payload, headers)
         if entry.expected_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
             if entry.expected_filter:
@@ -131,7 +133,6 @@ class EventLog:
                 raise AppendFailed(f"{subject}: {exc.description}") from None
             except (TimeoutError, NatsTimeoutError) as exc:
                 raise AppendFailed(f"{subject}: no answer from JetStream ({exc.__class__.__name__})") from None
-            self._acked([(subject, payload, headers)], ack.seq)
             return ack.seq
         raise AppendFailed(f"{subject}: event {entry.event.event_id} still in flight; outcome unknown")
 
@@ -223,7 +224,6 @@ class EventLog:
         last = int(answer["seq"]) - sum(len(part.messages) for part in group)
         for part in group:  # an atomic batch is stored in consecutive sequences, in order
             last += len(part.messages)
-            self._acked(part.messages, last)
             if part.done is not None and not part.done.done():
                 part.done.set_result(last)
 
@@ -246,7 +246,6 @@ class EventLog:
         answer = await self._send(part.batch_id, part.messages)
         error = answer.get("error")
         if not error:
-            self._acked(part.messages, int(answer["seq"]))
             return int(answer["seq"])
         final = part.entries[-1]
         final_subject = part.messages[-1][0]
@@ -264,17 +263,6 @@ class EventLog:
                 if stored is not None:
                     return stored
         raise AppendFailed(f"batch {part.batch_id}: {error.get('description')}")
-
-    def _acked(self, messages: list[tuple[str, bytes, dict[str, str]]], last_seq: int) -> None:
-        """Messages sent in this order and stored up to `last_seq` (a batch: consecutive sequences).
-
-        Only the answer to an append we sent is taken: an entry found stored after a lost race
-        or a retry may be another writer's bytes (its own follower then verifies it as ever)."""
-        if self.own_appends is None:
-            return
-        first = last_seq - len(messages) + 1
-        for offset, (subject, payload, headers) in enumerate(messages):
-            self.own_appends.remember(first + offset, subject, payload, headers)
 
     async def _stored_seq(self, subject: str, event_id: str) -> int | None:
         try:

@@ -166,11 +166,7 @@ class Follower:
         service_keys = self._service_keys
         keys: SignatureChecker | None = service_keys
         own = self._own_appends
-        if (
-            service_keys is not None
-            and own is not None
-            and own.vouches(entry.seq, entry.subject, entry.data, entry.headers)
-        ):
+        if service_keys is not None and own is not None and own.vouches(entry.subject, entry.data, entry.headers):
             keys = OwnSigned(service_keys)
         why = ignored_reason(self.world, keys, position, event, entry.data, entry.headers)
         if why is None:

@@ -1,9 +1,10 @@
 """A process trusts the entries it appended itself: its follower folds them without an Ed25519
 verification, and only those (issue 18: the per-event fold cost), on a real server.
 
-"Its own" means: the entry stored at sequence S is byte for byte the subject, payload and
-signature headers this process signed and got acknowledged at S. Anything else there is
-verified as before, and the fold (world and ignored entries) is the one that verifies all.
+"Its own" means: the stored entry carries this process's keyid and a signature this process
+made, over byte for byte the stored subject and payload. Anything else is verified as before
+(other bytes under our signature, another signature, another key, a second copy of one of
+ours), and the fold (world and ignored entries) is the one that verifies all.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_th
         own += [s for last in grouped for s in (last - 1, last)]
         replayed = await mine.append(Entry(pointer("c1", "a", "r1-again")))  # signed by us, breaks c1.a's chain
         own.append(replayed)
-        elsewhere = await same_key_elsewhere.append(Entry(pointer("c3", "a", "r3")))
+        await same_key_elsewhere.append(Entry(pointer("c3", "a", "r3")))
+        c3_subject, c3_other = subjects.scope("prod", "c3", "a", "activated"), encode_event(pointer("c3", "a", "r3"))
+        other_bytes = (c3_other, signature_headers(key, c3_subject, c3_other))
         forged = await unsigned.append(Entry(pointer("c4", "a", "r4")))
         resigned = await untrusted.append(Entry(pointer("c5", "a", "r5")))
         # our key's genuine signature of other bytes, stored over a tampered payload (by someone with publish rights)
@@ -98,14 +101,15 @@ async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_th
         tampered_seq = (await other_js.publish(subject6, tampered, headers=copied)).seq
         assert len(mine.own_appends) == len(own) == 12
 
-        # the memory claims the other entries' sequences with our bytes/signatures: they are still verified
-        for seq, channel in ((elsewhere, "c3"), (forged, "c4"), (resigned, "c5")):
-            stored = await js.get_msg(subjects.releases_stream, seq)
-            assert stored.data is not None
-            ours = stored.data if channel != "c3" else encode_event(pointer("c3", "a", "r3"))  # c3: other bytes
-            mine.own_appends.remember(seq, stored.subject, ours, signature_headers(key, stored.subject, ours))
-        mine.own_appends.remember(tampered_seq, subject6, genuine, copied)  # the same signature, other bytes stored
-        last = tampered_seq
+        # the memory holds other bytes of the same-key append made elsewhere (not its signature)
+        mine.own_appends.remember(c3_subject, *other_bytes)
+        mine.own_appends.remember(subject6, genuine, copied)  # our signature of `genuine`, `tampered` stored
+        # an exact copy of our first pointer (bytes and signature) stored again by someone else: a replay
+        first = await js.get_msg(subjects.releases_stream, own[0])
+        assert first.data is not None and first.headers is not None
+        signature_only = {k: v for k, v in first.headers.items() if k.startswith("Kx-")}
+        copy = (await other_js.publish(first.subject, first.data, headers=signature_only)).seq
+        last = copy
 
         verifications.clear()
         trusting = await fold(js, subjects, keys, last, mine.own_appends)
@@ -114,35 +118,35 @@ async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_th
         checking = await fold(js, subjects, keys, last, None)
         checks_all = len(verifications)
 
-        # verifying all: our 12, the same key's from elsewhere and the tampered one (unsigned and
-        # unknown-key ones are refused before any verification); trusting our own: those two only
-        assert (checks_all, checks_trusting) == (14, 2)
+        # verifying all: our 12, the same key's from elsewhere, the tampered one and the copy (unsigned
+        # and unknown-key ones are refused before any verification); trusting our own: those three only
+        assert (checks_all, checks_trusting) == (15, 3)
         assert mine.own_appends.vouched == len(own)
         assert trusting.world == checking.world
         assert trusting.ignored == checking.ignored
-        assert set(checking.ignored) == {replayed, forged, resigned, tampered_seq}  # the chain check stays for our own
+        # the chain check stays for our own (the replay) and for the copy
+        assert set(checking.ignored) == {replayed, forged, resigned, tampered_seq, copy}
         assert "forged" in checking.ignored[tampered_seq]
-        assert len(mine.own_appends) == 0  # each dropped once folded
+        assert len(mine.own_appends) == 2  # each of ours forgotten once vouched for; the two planted stay
     finally:
         await nc_mine.close()
         await nc_other.close()
 
 
-def test_own_appends_stay_bounded_and_forget_what_was_checked():
+def test_own_appends_stay_bounded_and_forget_what_they_vouched_for():
     key = SigningKey.generate()
     own = OwnAppends(key.keyid, cap=3)
-    headers = signature_headers(key, "s", b"p")
-    for seq in range(1, 6):
-        own.remember(seq, "s", b"p", headers)
+    signed = {n: signature_headers(key, "s", f"p{n}".encode()) for n in range(5)}
+    for n, headers in signed.items():
+        own.remember("s", f"p{n}".encode(), headers)
     assert len(own) == 3  # the oldest went first
-    assert not own.vouches(1, "s", b"p", headers)  # evicted: verified as ever
-    assert own.vouches(3, "s", b"p", headers) and len(own) == 2
-    assert not own.vouches(3, "s", b"p", headers)  # checked once, then forgotten
-    own.remember(2, "s", b"p", headers)  # acknowledged after the follower passed it: not kept
-    assert own.late == 1 and len(own) == 2
-    own.remember(9, "s", b"p", {})  # not signed by this process: nothing to vouch for
-    own.remember(9, "s", b"p", signature_headers(SigningKey.generate(), "s", b"p"))
-    assert len(own) == 2
-    assert not own.vouches(4, "s", b"q", headers)  # other bytes
-    assert not own.vouches(5, "s", b"p", {**headers, "Kx-Signature": "x"})  # another signature
-    assert len(own) == 0
+    assert not own.vouches("s", b"p0", signed[0])  # evicted: verified as ever
+    assert own.vouches("s", b"p3", signed[3]) and len(own) == 2
+    assert not own.vouches("s", b"p3", signed[3])  # vouched once, then forgotten: a copy is verified
+    assert not own.vouches("s", b"p4", {**signed[4], "Kx-Signer": "other"})  # another signer
+    assert not own.vouches("s", b"other", signed[4])  # other bytes under our signature
+    assert not own.vouches("t", b"p4", signed[4])  # another subject
+    assert not own.vouches("s", b"p4", None)
+    own.remember("s", b"x", {})  # nothing signed: nothing to vouch for
+    own.remember("s", b"x", signature_headers(SigningKey.generate(), "s", b"x"))  # not this process's key
+    assert len(own) == 2 and own.vouched == 1
