@@ -22,7 +22,9 @@ from events.subjects import Subjects
 from services.jetstream.client import connect
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
+from services.jetstream.log_reads import log_entries
 from services.reads.follower import Follower
+from tests.harness import make_pack, running_service
 
 
 def pointer(channel: str, cohort: str, release_id: str):
@@ -52,8 +54,11 @@ def verifications(monkeypatch) -> list[int]:
     return calls
 
 
-async def fold(js, subjects: Subjects, keys: ServiceKeys, last_seq: int, own: OwnAppends | None) -> Follower:
-    follower = Follower(js, subjects, service_keys=keys, own_appends=own)
+async def fold(
+    js, subjects: Subjects, keys: ServiceKeys, last_seq: int, own: OwnAppends | None, archive: bool = False
+) -> Follower:
+    """The log up to `last_seq` folded by a follower trusting `keys` (and `own`'s appends)."""
+    follower = Follower(js, subjects, service_keys=keys, own_appends=own, archive_closed=archive)
     task = asyncio.create_task(follower.run())
     try:
         await follower.wait_for(last_seq, timeout=10)
@@ -150,3 +155,26 @@ def test_own_appends_stay_bounded_and_forget_what_they_vouched_for():
     own.remember("s", b"x", {})  # nothing signed: nothing to vouch for
     own.remember("s", b"x", signature_headers(SigningKey.generate(), "s", b"x"))  # not this process's key
     assert len(own) == 2 and own.vouched == 1
+
+
+async def test_a_service_folds_every_append_of_its_own_unverified_and_as_a_checking_fold_does(nats_url, prefix):
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        await svc.wait_release("r1")
+        await svc.catch_up()
+        own = svc.app.log.own_appends
+        assert own is not None and svc.service_keys is not None
+        service = svc.app.follower
+        signed_here = 0
+        async for entry, _, _ in log_entries(svc.app.js, svc.app.subjects):
+            if entry.seq <= service.position and entry.headers.get("Kx-Signer") == own.keyid:
+                signed_here += 1
+        # the lifecycle's appends (prepared ... closed, pointers): each one folded without a verification,
+        # also those the follower read before the append's acknowledgement came back
+        assert signed_here >= 8 and own.vouched == signed_here
+        checking = await fold(svc.app.js, svc.app.subjects, svc.service_keys, service.position, None, archive=True)
+        assert checking.position == service.position
+        assert checking.world == service.world and checking.ignored == service.ignored == {}
