@@ -147,12 +147,15 @@ class OwnAppends:
     as before. Remembered when signed, not when acknowledged: the follower usually reads an
     entry before its append's acknowledgement has resumed the appender (78% of them in
     bench.time_to_activate), and the verdict does not depend on where the entry is stored.
-    Bounded: forgotten once vouched for, and at most `cap` kept (the oldest go first).
+    Bounded: forgotten once vouched for, and at most `cap` entries and `max_bytes` of payload
+    kept (the oldest go first: a follower far behind verifies those as ever).
     """
 
-    def __init__(self, keyid: str, cap: int = 4096) -> None:
+    def __init__(self, keyid: str, cap: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.keyid = keyid
         self._cap = cap
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._signed: dict[str, tuple[str, bytes]] = {}  # signature (base64) -> (subject, payload)
         self.vouched = 0  # entries the follower folded without an Ed25519 verification
 
@@ -164,9 +167,13 @@ class OwnAppends:
         signature = headers.get(SIGNATURE_HEADER)
         if signature is None or headers.get(SIGNER_HEADER) != self.keyid:
             return
+        kept = self._signed.pop(signature, None)  # signed again (a retry): the same bytes, kept once
+        if kept is not None:
+            self._bytes -= len(kept[1])
         self._signed[signature] = (subject, payload)
-        if len(self._signed) > self._cap:
-            del self._signed[next(iter(self._signed))]
+        self._bytes += len(payload)
+        while self._signed and (len(self._signed) > self._cap or self._bytes > self._max_bytes):
+            self._bytes -= len(self._signed.pop(next(iter(self._signed)))[1])
 
     def vouches(self, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> bool:
         """Whether this stored entry is exactly what this process signed (then forgotten: a copy
@@ -178,6 +185,7 @@ class OwnAppends:
         if mine is None or mine[0] != subject or mine[1] != payload:
             return False
         del self._signed[signature]  # type: ignore[arg-type]
+        self._bytes -= len(payload)
         self.vouched += 1
         return True
 

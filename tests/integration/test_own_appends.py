@@ -155,6 +155,23 @@ def test_own_appends_stay_bounded_and_forget_what_they_vouched_for():
     own.remember("s", b"x", {})  # nothing signed: nothing to vouch for
     own.remember("s", b"x", signature_headers(SigningKey.generate(), "s", b"x"))  # not this process's key
     assert len(own) == 2 and own.vouched == 1
+    own.remember("s", b"p4", signed[4])  # signed again (a retry): kept once
+    assert len(own) == 2
+
+
+def test_own_appends_stay_within_their_byte_bound():
+    key = SigningKey.generate()
+    own = OwnAppends(key.keyid, cap=100, max_bytes=250)
+    payloads = [bytes([n]) * 100 for n in range(3)]
+    signed = [signature_headers(key, "s", p) for p in payloads]
+    for payload, headers in zip(payloads, signed):
+        own.remember("s", payload, headers)
+    assert len(own) == 2  # 300 bytes over 250: the oldest went
+    assert not own.vouches("s", payloads[0], signed[0])
+    assert own.vouches("s", payloads[1], signed[1]) and own.vouches("s", payloads[2], signed[2])
+    assert len(own) == 0
+    own.remember("s", b"x" * 300, signature_headers(key, "s", b"x" * 300))  # alone over the bound: not kept
+    assert len(own) == 0
 
 
 async def test_a_service_folds_every_append_of_its_own_unverified_and_as_a_checking_fold_does(nats_url, prefix):
