@@ -41,7 +41,7 @@ from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries
 
 from .common import OPERATOR, PRODUCER, Progress, channel_config, profile_tables, raw_connect, report, rig, signed_pack
-from .time_to_activate import wait_for_layout
+from .time_to_activate import CpuMeter, wait_for_layout
 
 STEPS = (
     ("preparer", "release.prepared"),
@@ -238,15 +238,26 @@ async def end_to_end(
 ) -> dict[str, float]:
     prefix = f"tpe{processes}"
     async with Driver(r.url, prefix, r.key, channels, cohorts) as d:
-        for n in range(processes):  # several processes share every durable consumer
-            r.serve(name=f"serve-all-{processes}-{n}", profile=profile, KX_PREFIX=prefix)
+        procs = [  # several processes share every durable consumer
+            r.serve(name=f"serve-all-{processes}-{n}", profile=profile, KX_PREFIX=prefix) for n in range(processes)
+        ]
         requests = await d.prepare()
+        cpu = CpuMeter([proc.pid for proc in procs])
+        cpu.start()
         t0 = await d.publish_all(requests)
         times = await d.wait_count(
             "release.activated", len(requests), f"all consumers: {len(requests)} releases to activation"
         )
+        await asyncio.sleep(0.3)  # what the last activations set off counts too
+        cpu.stop()
         span = times[-1] - t0
-        return {"releases_per_s": len(requests) / span, "scopes_per_s": len(requests) * cohorts / span, "seconds": span}
+        return {
+            "releases_per_s": len(requests) / span,
+            "scopes_per_s": len(requests) * cohorts / span,
+            "seconds": span,
+            # the `kxr serve` processes' user+system CPU per release, start to the last activation's tail
+            "service_cpu_ms_per_release": cpu.ms_per(len(requests)) or float("nan"),
+        }
 
 
 async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), profile: Path | None = None) -> dict:
@@ -331,6 +342,14 @@ def main(argv: list[str] | None = None) -> None:
     for n, e in res["end_to_end_by_processes"].items():
         what = "end to end (all consumers)" + ("" if n == "1" else f", {n} serve processes")
         rows.append((what, f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
+        rows.append(
+            (
+                f"  service CPU per release ({n} process{'es' if n != '1' else ''})",
+                f"{e['service_cpu_ms_per_release']} ms",
+                "-",
+                "(context)",
+            )
+        )
     report("throughput", res, rows)
 
 
