@@ -151,8 +151,9 @@ class OwnAppends:
     kept (the oldest go first: a follower far behind verifies those as ever).
     """
 
-    def __init__(self, keyid: str, cap: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
-        self.keyid = keyid
+    def __init__(self, key: SigningKey, cap: int = 4096, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.keyid = key.keyid
+        self._public = key.public_raw
         self._cap = cap
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -161,6 +162,13 @@ class OwnAppends:
 
     def __len__(self) -> int:
         return len(self._signed)
+
+    def known_to(self, keys: ServiceKeys) -> bool:
+        """Whether `keys` hold this process's key under its keyid (then their verification of what it
+        signed succeeds, and `OwnSigned` may stand for it); a key listed under our keyid with other
+        bytes (never from a validated document) verifies nothing of ours, so nothing is vouched for."""
+        listed = keys.keys.get(self.keyid)
+        return listed is not None and listed.public == self._public
 
     def remember(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> None:
         """This process signed `subject` + `payload` with the signature headers in `headers`."""

@@ -87,7 +87,7 @@ class EventLog:
         self._timeout = timeout
         self._signer = signer  # a service signs every append (tamper evidence, events/service_signing.py)
         # what it signed: its own follower skips their Ed25519 verification
-        self.own_appends = OwnAppends(signer.keyid) if signer is not None else None
+        self.own_appends = OwnAppends(signer) if signer is not None else None
         self._coalesce = coalesce
         self._waiting: list[_Part] = []  # atomic batches waiting for the one being committed
         self._committer: asyncio.Task | None = None

@@ -83,8 +83,10 @@ class Follower:
         # seq -> why that entry counts for nothing (undecodable ones too): the newest IGNORED_SHOWN and
         # how many in all (`total`); kept in the snapshot, so a restart lists what a whole fold lists
         self.ignored: Noted = Noted(IGNORED_SHOWN)
-        # what this process appended itself (services.jetstream.log): no Ed25519 verification again
-        self._own_appends = own_appends
+        # what this process appended itself (services.jetstream.log): no Ed25519 verification again,
+        # where the keys this fold trusts hold the very key it signed with
+        known = own_appends is not None and service_keys is not None and own_appends.known_to(service_keys)
+        self._own_appends = own_appends if known else None
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []

@@ -16,7 +16,7 @@ import pytest
 import events.service_signing as service_signing
 from events.codec import encode_event, make_event
 from events.model import Actor, Scope
-from events.service_signing import OwnAppends, ServiceKeys, signature_headers
+from events.service_signing import OwnAppends, ServiceKey, ServiceKeys, signature_headers
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.jetstream.client import connect
@@ -133,6 +133,20 @@ async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_th
         assert set(checking.ignored) == {replayed, forged, resigned, tampered_seq, copy}
         assert "forged" in checking.ignored[tampered_seq]
         assert len(mine.own_appends) == 2  # each of ours forgotten once vouched for; the two planted stay
+
+        # keys that list our keyid with other key bytes: our memory stands for nothing, all is verified
+        other_bytes_key = ServiceKey(key.keyid, SigningKey.generate().public_raw, "x", frozenset({"activator"}))
+        wrong = ServiceKeys({key.keyid: other_bytes_key})
+        memory = OwnAppends(key)
+        for seq in own:  # what we signed, remembered again (the stored bytes are exactly those)
+            stored = await js.get_msg(subjects.releases_stream, seq)
+            assert stored.data is not None and stored.headers is not None
+            memory.remember(stored.subject, stored.data, stored.headers)
+        verifications.clear()
+        misled = await fold(js, subjects, wrong, last, memory)
+        assert len(verifications) == 15 and memory.vouched == 0
+        assert misled.ignored == (await fold(js, subjects, wrong, last, None)).ignored
+        assert set(own) <= set(misled.ignored)  # ours are forgeries under those keys
     finally:
         await nc_mine.close()
         await nc_other.close()
@@ -140,7 +154,7 @@ async def test_own_appends_are_folded_unverified_anything_else_is_checked_and_th
 
 def test_own_appends_stay_bounded_and_forget_what_they_vouched_for():
     key = SigningKey.generate()
-    own = OwnAppends(key.keyid, cap=3)
+    own = OwnAppends(key, cap=3)
     signed = {n: signature_headers(key, "s", f"p{n}".encode()) for n in range(5)}
     for n, headers in signed.items():
         own.remember("s", f"p{n}".encode(), headers)
@@ -161,7 +175,7 @@ def test_own_appends_stay_bounded_and_forget_what_they_vouched_for():
 
 def test_own_appends_stay_within_their_byte_bound():
     key = SigningKey.generate()
-    own = OwnAppends(key.keyid, cap=100, max_bytes=250)
+    own = OwnAppends(key, cap=100, max_bytes=250)
     payloads = [bytes([n]) * 100 for n in range(3)]
     signed = [signature_headers(key, "s", p) for p in payloads]
     for payload, headers in zip(payloads, signed):
@@ -195,3 +209,13 @@ async def test_a_service_folds_every_append_of_its_own_unverified_and_as_a_check
         checking = await fold(svc.app.js, svc.app.subjects, svc.service_keys, service.position, None, archive=True)
         assert checking.position == service.position
         assert checking.world == service.world and checking.ignored == service.ignored == {}
+
+
+def test_own_appends_stand_only_for_keys_that_hold_this_process_key():
+    key, other = SigningKey.generate(), SigningKey.generate()
+    own = OwnAppends(key)
+    assert own.known_to(ServiceKeys.of(key, ["activator"]))
+    assert not own.known_to(ServiceKeys.of(other, ["activator"]))  # not listed
+    # our keyid listed with other key bytes (never from a validated document): verifies nothing of ours
+    forged = ServiceKeys({key.keyid: ServiceKey(key.keyid, other.public_raw, "x", frozenset({"activator"}))})
+    assert not own.known_to(forged)
