@@ -30,6 +30,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -39,8 +40,8 @@ from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 from services.jetstream.log_reads import log_entries
 
-from .common import OPERATOR, PRODUCER, Progress, channel_config, raw_connect, report, rig, signed_pack
-from .time_to_activate import wait_for_layout
+from .common import OPERATOR, PRODUCER, Progress, channel_config, profile_tables, raw_connect, report, rig, signed_pack
+from .time_to_activate import CpuMeter, wait_for_layout
 
 STEPS = (
     ("preparer", "release.prepared"),
@@ -215,7 +216,7 @@ def rate_of(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-async def per_consumer(r, channels: int, cohorts: int) -> dict[str, float]:
+async def per_consumer(r, channels: int, cohorts: int, profile: Path | None = None) -> dict[str, float]:
     async with Driver(r.url, "tpc", r.key, channels, cohorts) as d:
         layout = r.serve("--only", "preparer", name="layout", KX_PREFIX="tpc")  # creates the streams
         requests = await d.prepare()
@@ -224,7 +225,7 @@ async def per_consumer(r, channels: int, cohorts: int) -> dict[str, float]:
         await d.publish_all(requests)
         rates = {}
         for role, event_type in STEPS:
-            proc = r.serve("--only", role, name=role, KX_PREFIX="tpc")
+            proc = r.serve("--only", role, name=role, profile=profile, KX_PREFIX="tpc")
             times = await d.wait_count(event_type, len(requests), f"{role} draining {len(requests)} releases")
             proc.terminate()
             proc.wait(10)
@@ -232,24 +233,43 @@ async def per_consumer(r, channels: int, cohorts: int) -> dict[str, float]:
         return rates
 
 
-async def end_to_end(r, channels: int, cohorts: int, processes: int = 1) -> dict[str, float]:
+async def end_to_end(
+    r, channels: int, cohorts: int, processes: int = 1, profile: Path | None = None
+) -> dict[str, float]:
     prefix = f"tpe{processes}"
     async with Driver(r.url, prefix, r.key, channels, cohorts) as d:
-        for n in range(processes):  # several processes share every durable consumer
-            r.serve(name=f"serve-all-{processes}-{n}", KX_PREFIX=prefix)
+        procs = [  # several processes share every durable consumer
+            r.serve(name=f"serve-all-{processes}-{n}", profile=profile, KX_PREFIX=prefix) for n in range(processes)
+        ]
         requests = await d.prepare()
+        cpu = CpuMeter([proc.pid for proc in procs])
+        cpu.start()
         t0 = await d.publish_all(requests)
         times = await d.wait_count(
             "release.activated", len(requests), f"all consumers: {len(requests)} releases to activation"
         )
+        await asyncio.sleep(0.3)  # what the last activations set off counts too
+        cpu.stop()
         span = times[-1] - t0
-        return {"releases_per_s": len(requests) / span, "scopes_per_s": len(requests) * cohorts / span, "seconds": span}
+        return {
+            "releases_per_s": len(requests) / span,
+            "scopes_per_s": len(requests) * cohorts / span,
+            "seconds": span,
+            # the `kxr serve` processes' user+system CPU per release, start to the last activation's tail
+            "service_cpu_ms_per_release": cpu.ms_per(len(requests)) or float("nan"),
+        }
 
 
-async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,)) -> dict:
+async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), profile: Path | None = None) -> dict:
     with rig(prefix="tpc") as r:
-        consumers = await per_consumer(r, channels, cohorts)
-        e2e_by = {n: await end_to_end(r, channels, cohorts, n) for n in processes}
+        consumers = await per_consumer(r, channels, cohorts, profile)
+        e2e_by = {n: await end_to_end(r, channels, cohorts, n, profile) for n in processes}
+        if profile is not None:  # each `kxr serve` writes its stats when it stops (SIGTERM is a clean return)
+            for proc in r.procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(30)
+            profile_tables(profile)
         e2e = e2e_by[processes[0]]
         raw = await raw_loop(r.url, max(channels, 1000))
         raw_batches = await raw_batch_loop(r.url, max(channels, 200))
@@ -269,6 +289,7 @@ async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,)) ->
         "raw_switches_16_per_batch_per_s": round(raw_grouped, 1),
         "ratio_to_raw": ratios,
         "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
+        "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
         "end_to_end_by_processes": {str(n): {k: round(v, 2) for k, v in e.items()} for n, e in e2e_by.items()},
         "targets": {"ratio_min": 0.5},
         "met": {role: ratio >= 0.5 for role, ratio in ratios.items()},
@@ -284,11 +305,19 @@ def main(argv: list[str] | None = None) -> None:
         default="1",
         help="end to end with these numbers of `kxr serve` processes, e.g. 1,2 (the first gives the figure)",
     )
+    ap.add_argument(
+        "--profile", type=Path, help="a directory: run each `kxr serve` under cProfile (.prof and .txt there)"
+    )
     args = ap.parse_args(argv)
-    processes = tuple(int(n) for n in args.processes.split(","))
+    try:
+        processes = tuple(int(n) for n in args.processes.split(","))
+    except ValueError:
+        processes = ()
     if not processes or min(processes) < 1:
         ap.error("--processes: positive numbers, comma-separated")
-    res = asyncio.run(run(args.channels, args.cohorts, processes))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    res = asyncio.run(run(args.channels, args.cohorts, processes, args.profile))
     raw = res["raw_loop_per_s"]
     rows = [
         (f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
@@ -313,6 +342,14 @@ def main(argv: list[str] | None = None) -> None:
     for n, e in res["end_to_end_by_processes"].items():
         what = "end to end (all consumers)" + ("" if n == "1" else f", {n} serve processes")
         rows.append((what, f"{e['releases_per_s']} releases/s", f"{e['scopes_per_s']} scopes/s", "-"))
+        rows.append(
+            (
+                f"  service CPU per release ({n} process{'es' if n != '1' else ''})",
+                f"{e['service_cpu_ms_per_release']} ms",
+                "-",
+                "(context)",
+            )
+        )
     report("throughput", res, rows)
 
 

@@ -26,6 +26,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from nats.js.api import DeliverPolicy, StreamConfig
 
@@ -34,7 +35,18 @@ from services.actions.producer import configure_channel, push_pack, request_even
 from services.jetstream.client import connect
 from services.jetstream.log import EventLog
 
-from .common import OPERATOR, PRODUCER, Progress, channel_config, latency_summary, raw_connect, report, rig, signed_pack
+from .common import (
+    OPERATOR,
+    PRODUCER,
+    Progress,
+    channel_config,
+    latency_summary,
+    profile_tables,
+    raw_connect,
+    report,
+    rig,
+    signed_pack,
+)
 
 HOPS = 5
 PACK_BYTES = 64 * 1024
@@ -127,8 +139,39 @@ async def wait_for_layout(js, subjects: Subjects, timeout: float = 30.0) -> None
             await asyncio.sleep(0.1)
 
 
-async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> list[float]:
-    """Activation latency of `releases` sequential releases (after `warmup` unmeasured ones)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc; clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """The CPU the service processes spend between `start()` and `stop()`: on a shared, busy machine
+    it moves far less than latency does, so a change's effect shows in it first."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.seconds: float | None = None
+        self._at: float | None = None
+
+    def _now(self) -> float:
+        return sum(process_cpu_s(pid) for pid in self.pids)
+
+    def start(self) -> None:
+        self._at = self._now()
+
+    def stop(self) -> None:
+        if self._at is not None:
+            self.seconds = self._now() - self._at
+
+    def ms_per(self, count: int) -> float | None:
+        return None if self.seconds is None or count <= 0 else round(self.seconds / count * 1000, 3)
+
+
+async def measure(url: str, prefix: str, key, releases: int, warmup: int, cpu: CpuMeter | None = None) -> list[float]:
+    """Activation latency of `releases` sequential releases (after `warmup` unmeasured ones); with
+    `cpu`, the service's CPU from the first measured request until the last release's tail is done."""
     subjects = Subjects(prefix)
     nc = await connect(url, name="bench-producer-runtime")
     js = nc.jetstream(timeout=10)
@@ -175,6 +218,8 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
                 PRODUCER,
             )
             fut = seen[f"tta{i}"] = asyncio.get_running_loop().create_future()
+            if cpu is not None and i == warmup:
+                cpu.start()
             t0 = time.perf_counter()
             await log.append(log.release_entry(event, 0))
             try:
@@ -184,17 +229,27 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int) -> lis
             if i >= warmup:
                 out.append(t1 - t0)
             progress.update(i + 1)
+        if cpu is not None:  # what the last release set off (monitor, guard, read models) counts too
+            await asyncio.sleep(0.3)
+            cpu.stop()
     finally:
         await sub.unsubscribe()
         await nc.close()
     return out
 
 
-async def run(releases: int, warmup: int, processes: int = 1) -> dict:
+async def run(releases: int, warmup: int, processes: int = 1, profile: Path | None = None) -> dict:
     with rig(prefix="tta") as r:
-        for n in range(processes):  # several `kxr serve` share the durable consumers (issue 18: report)
-            r.serve(name=f"serve{n + 1}" if n else "serve")
-        ours = await measure(r.url, r.prefix, r.key, releases, warmup)
+        procs = [  # several `kxr serve` share the durable consumers (issue 18: report)
+            r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile) for n in range(processes)
+        ]
+        cpu = CpuMeter([proc.pid for proc in procs])
+        ours = await measure(r.url, r.prefix, r.key, releases, warmup, cpu)
+        if profile is not None:  # the stats are written when `kxr serve` returns (SIGTERM is a clean stop)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+            profile_tables(profile)
         base = await raw_hops(r.url, max(releases, 200))
         batch = await raw_atomic_commits(r.url, max(releases, 200))
     o, b, a = latency_summary(ours), latency_summary(base), latency_summary(batch)
@@ -211,6 +266,9 @@ async def run(releases: int, warmup: int, processes: int = 1) -> dict:
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "processes": processes,
+        # the `kxr serve` processes' user+system CPU per measured release (its whole tail included)
+        "service_cpu_ms_per_release": cpu.ms_per(releases),
+        "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
         # issue 18: p50 within 1.5x of raw hops + one synced two-message atomic batch (the same shape as
         # ours: the batch's sync is physics); p99 under 10 ms
         "targets": {"ratio_to_floor_p50_max": 1.5, "p99_ms_max": 10.0},
@@ -223,10 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--releases", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--processes", type=int, default=1, help="kxr serve processes sharing the consumers")
+    ap.add_argument("--profile", type=Path, help="a directory: run `kxr serve` under cProfile (.prof and .txt there)")
     args = ap.parse_args(argv)
     if args.processes < 1:
         ap.error("--processes: at least 1")
-    res = asyncio.run(run(args.releases, args.warmup, args.processes))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile))
     o, b = res["ours"], res["baseline"]
     report(
         "time_to_activate",
@@ -240,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
             ("p50 vs raw hops alone", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "(context)"),
+            ("service CPU per release", f"{res['service_cpu_ms_per_release']} ms", "-", "(context)"),
         ],
     )
 

@@ -180,7 +180,7 @@ def signature_violation(
 
 
 def ignored_reason(
-    world: World, keys: ServiceKeys | None, position: Position, event: Event, payload: bytes, headers: Headers
+    world: World, keys: SignatureChecker | None, position: Position, event: Event, payload: bytes, headers: Headers
 ) -> str | None:
     """Why a reader that trusts only signed, fresh state ignores this entry (None: it counts).
 

@@ -69,6 +69,7 @@ class App:
             archive_closed=True,
             deadletters=self.deadletters,
             service_keys=self.service_keys,
+            own_appends=self.log.own_appends,
         )
         self.trust_root = trust_root
         self.clock = clock

@@ -41,7 +41,7 @@ from nats.js.errors import APIError, NotFoundError
 from events.codec import encode_event, scope_tuple
 from events.ids import derived_event_id
 from events.model import Event
-from events.service_signing import signature_headers
+from events.service_signing import OwnAppends, signature_headers
 from events.signing import SigningKey
 from events.subjects import Subjects
 from services.observability import tracing
@@ -86,6 +86,8 @@ class EventLog:
         self.subjects = subjects
         self._timeout = timeout
         self._signer = signer  # a service signs every append (tamper evidence, events/service_signing.py)
+        # what it signed: its own follower skips their Ed25519 verification
+        self.own_appends = OwnAppends(signer) if signer is not None else None
         self._coalesce = coalesce
         self._waiting: list[_Part] = []  # atomic batches waiting for the one being committed
         self._committer: asyncio.Task | None = None
@@ -102,6 +104,8 @@ class EventLog:
         headers = {"Nats-Msg-Id": entry.event.event_id}
         if self._signer is not None:
             headers.update(signature_headers(self._signer, subject, payload))
+            if self.own_appends is not None:
+                self.own_appends.remember(subject, payload, headers)
         if entry.expected_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
             if entry.expected_filter:

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from events.codec import DecodeError, decode_event
 from events.model import Event
-from events.service_signing import ServiceKeys
+from events.service_signing import OwnAppends, OwnSigned, ServiceKeys, SignatureChecker
 from events.subjects import Subjects
 from projections.invariants import ignored_reason
 from projections.position import Position
@@ -50,6 +50,7 @@ class Follower:
         archive_closed: bool = False,
         deadletters=None,
         service_keys: ServiceKeys | None = None,
+        own_appends: OwnAppends | None = None,
     ) -> None:
         self._js = js
         self._subjects = subjects
@@ -82,6 +83,10 @@ class Follower:
         # seq -> why that entry counts for nothing (undecodable ones too): the newest IGNORED_SHOWN and
         # how many in all (`total`); kept in the snapshot, so a restart lists what a whole fold lists
         self.ignored: Noted = Noted(IGNORED_SHOWN)
+        # what this process appended itself (services.jetstream.log): no Ed25519 verification again,
+        # where the keys this fold trusts hold the very key it signed with
+        known = own_appends is not None and service_keys is not None and own_appends.known_to(service_keys)
+        self._own_appends = own_appends if known else None
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -160,7 +165,12 @@ class Follower:
         """The event, or None (folded as junk, recorded) if it is not signed, fresh state (`ignored_reason`)."""
         if event is None:  # an entry that is no event of ours (a subject outside the layout)
             return None
-        why = ignored_reason(self.world, self._service_keys, position, event, entry.data, entry.headers)
+        service_keys = self._service_keys
+        keys: SignatureChecker | None = service_keys
+        own = self._own_appends
+        if service_keys is not None and own is not None and own.vouches(entry.subject, entry.data, entry.headers):
+            keys = OwnSigned(service_keys)
+        why = ignored_reason(self.world, keys, position, event, entry.data, entry.headers)
         if why is None:
             return event
         log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
