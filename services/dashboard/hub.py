@@ -88,6 +88,7 @@ class LiveHub:
         # (`world_with`), and /history reads the read models as `kxr release list` does (`history_rows`)
         self.from_models = from_models
         self._closed_states: OrderedDict[str, ReleaseState] = OrderedDict()  # tombstoned, read back
+        self.stirred: set[str] = set()  # tombstoned releases with an event since the start (model.recent_closed)
         self._model_history: dict[tuple[Filter, int], tuple[float, dict[str, Any]]] = {}  # filter -> (when, rows)
         # the release history (/history): `kxr release list`'s fold of release events, kept live;
         # a hub that starts after its follower has applied entries reads those first (`_history_from_log`)
@@ -136,6 +137,8 @@ class LiveHub:
             position, event = await self._queue.get()
             if event is not None and not self.from_models:
                 self.history.apply(position, event)
+            if event is not None and event.release_id in self.world.tombstones:
+                self.stirred.add(event.release_id)  # an annotated closed release: among the newest again
             # only release subjects: what load_evidence reads (scope events may name a release too)
             if event is not None and event.family == "release" and event.release_id:
                 if event.release_id in self._loading:

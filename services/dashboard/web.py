@@ -97,7 +97,7 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 async def overview_of(hub: LiveHub) -> dict[str, Any]:
     # one immutable fold for the whole page, with the newest closed releases whole (tombstoned ones read back)
-    world, now = await hub.world_with(*model.recent_closed(hub.world)), hub.clock()
+    world, now = await hub.world_with(*model.recent_closed(hub.world, hub.stirred)), hub.clock()
     windows = {}
     for release in world.releases_in_flight():
         record = await hub.evidence(release.release_id)
