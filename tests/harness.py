@@ -154,6 +154,15 @@ class Service:
         self.tasks.append(asyncio.create_task(rt.run()))
         return rt
 
+    async def first_release(self, release_id: str = "r1", version: str = "1.0.0") -> ReleaseState:
+        """The usual start: the channel configured, a runtime in each of its cohorts, and a first release
+        (no last-known-good yet, so no rollback) closed."""
+        await self.configure()
+        await self.runtime("t-int-1")
+        await self.runtime("tenant-42")
+        await self.request(release_id, make_pack(version, self.key), rollback={"strategy": "none"})
+        return await self.wait_release(release_id)
+
     async def wait_release(self, release_id: str, phase: str = "closed", timeout: float = 30.0) -> ReleaseState:
         return await wait_for(
             lambda: _phase_is(self.world.release(release_id), phase),

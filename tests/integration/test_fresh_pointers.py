@@ -40,11 +40,7 @@ def chain_violations(audit) -> list[tuple[int, str]]:
 
 async def test_every_pointer_names_the_digest_of_the_previous_one_as_stored(nats_url, prefix):
     async with running_service(nats_url, prefix) as svc:
-        await svc.configure()
-        await svc.runtime("t-int-1")
-        await svc.runtime("tenant-42")
-        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
-        await svc.wait_release("r1")
+        await svc.first_release("r1")
         await svc.request("r2", make_pack("1.1.0", svc.key))
         await svc.wait_release("r2")
         for cohort in ("internal", "rest"):

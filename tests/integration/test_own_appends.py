@@ -24,7 +24,7 @@ from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
 from services.jetstream.log_reads import log_entries
 from services.reads.follower import Follower
-from tests.harness import make_pack, running_service
+from tests.harness import running_service
 
 
 def pointer(channel: str, cohort: str, release_id: str):
@@ -190,11 +190,7 @@ def test_own_appends_stay_within_their_byte_bound():
 
 async def test_a_service_folds_every_append_of_its_own_unverified_and_as_a_checking_fold_does(nats_url, prefix):
     async with running_service(nats_url, prefix) as svc:
-        await svc.configure()
-        await svc.runtime("t-int-1")
-        await svc.runtime("tenant-42")
-        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
-        await svc.wait_release("r1")
+        await svc.first_release("r1")
         await svc.catch_up()
         own = svc.app.log.own_appends
         assert own is not None and svc.service_keys is not None
