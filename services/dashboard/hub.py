@@ -90,6 +90,7 @@ class LiveHub:
         self._closed_states: OrderedDict[str, ReleaseState] = OrderedDict()  # tombstoned, read back
         self.stirred: set[str] = set()  # tombstoned releases with an event since the start (model.recent_closed)
         self._model_history: dict[tuple[Filter, int], tuple[float, dict[str, Any]]] = {}  # filter -> (when, rows)
+        self._index_kept: dict[int, tuple[int, list]] = {}  # index shard -> (seq, rows): read again when changed
         # the release history (/history): `kxr release list`'s fold of release events, kept live;
         # a hub that starts after its follower has applied entries reads those first (`_history_from_log`)
         self.history = HistoryFold()
@@ -248,7 +249,7 @@ class LiveHub:
                 self.subjects.releases_stream,
                 self.subjects.read_bucket,
                 keys_id(self.follower.service_keys),
-                lambda view: release_matches(view, flt.channel, flt.outcome, flt.since, limit),
+                lambda view: release_matches(view, flt.channel, flt.outcome, flt.since, limit, self._index_kept),
             )
         except Exception as exc:  # NoView (the models lag, other keys), NATS away: say so with what was shown
             problem = f"the release history is as of an earlier read: {exc}"

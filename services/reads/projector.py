@@ -339,14 +339,14 @@ class Projector:
             written.append(release_id)
             self._note_newest(item.first_seq, release_id)
         values.update(self._index_values())
+        await self._put_changed(values, seq)
         position = rm.position_value(
             world,
             follower.ignored,
             keys_id(follower.service_keys),
-            self._index.keys(),
+            {n: self._stored.get(rm.index_key(n), (0, 0, b""))[1] for n in self._index},
             sum(len(rows) for rows in self._index.values()),
         )
-        await self._put_changed(values, seq)
         if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
             await self._put(rm.POSITION, position, seq)
         self._evict_closed(written)

@@ -15,6 +15,7 @@ services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr 
                                      whose first event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
     position                        {"seq", "keys", "ignored": [<shapes.Ignored>] (the newest 100),
                                      "ignored_total", "in_flight": [ids], "shards": [n, ...],
+                                     "shard_seqs": {"n": the seq its value carries},
                                      "releases": how many}
 
 `seq` is the log sequence the writer had folded when it wrote the value (a value is rewritten
@@ -170,9 +171,15 @@ def index_value(rows: Iterable[list[Any]]) -> dict[str, Any]:
 
 
 def position_value(
-    world: World, ignored: Mapping[int, str], trusted: str | None, shards: Iterable[int] = (), releases: int = 0
+    world: World,
+    ignored: Mapping[int, str],
+    trusted: str | None,
+    shards: Mapping[int, int] | Iterable[int] = (),
+    releases: int = 0,
 ) -> dict[str, Any]:
-    return {
+    """`shards`: the index shards, or shard -> the `seq` its stored value carries (then `shard_seqs`
+    too: a reader that keeps shards reads again only those that changed, services/dashboard/hub.py)."""
+    value: dict[str, Any] = {
         "keys": trusted,
         "ignored": newest_ignored(ignored),
         "ignored_total": ignored_total(ignored),
@@ -180,6 +187,9 @@ def position_value(
         "shards": sorted(shards),
         "releases": releases,
     }
+    if isinstance(shards, Mapping):
+        value["shard_seqs"] = {str(n): seq for n, seq in sorted(shards.items())}
+    return value
 
 
 def encode(value: dict[str, Any], seq: int) -> bytes:

@@ -116,3 +116,44 @@ def test_a_reader_without_keys_uses_the_models_only_when_nothing_unsigned_was_ig
     assert model_reads._nothing_unsigned({"ignored": [undecodable], "ignored_total": 1})
     assert not model_reads._nothing_unsigned({"ignored": [undecodable, unsigned], "ignored_total": 2})
     assert not model_reads._nothing_unsigned({"ignored": [undecodable], "ignored_total": 2})  # one not listed
+
+
+class _View:
+    """model_reads.View's reads, from a dict (the keys read are counted)."""
+
+    def __init__(self, values: dict, position: dict) -> None:
+        self.values, self.position, self.seq, self.read = values, position, position["seq"], []
+
+    async def many(self, keys):
+        self.read += keys
+        return {k: self.values[k] for k in keys if k in self.values}
+
+
+def test_the_dashboard_reads_again_only_the_index_shards_that_changed() -> None:
+    import asyncio
+
+    def row(seq: int, rid: str, closed: bool) -> list:
+        return [seq, rid, "prod/canary", closed, "success" if closed else None, None, None, seq + 5]
+
+    summary = {"seq": 0}
+    values = {
+        "index.0": {"seq": 10, "rows": [row(1, "a", True), row(2, "b", True)]},
+        "index.1": {"seq": 20, "rows": [row(5001, "c", False)]},
+        **{f"release.{r}": {"summary": {**summary, "release_id": r}} for r in "abcd"},
+    }
+    position = {"seq": 20, "shards": [0, 1], "shard_seqs": {"0": 10, "1": 20}}
+    kept: dict = {}
+    view = _View(values, position)
+    rows, total = asyncio.run(model_reads.release_matches(view, None, None, None, 2, kept))
+    assert [r["release_id"] for r in rows] == ["c", "b"] and total == 3
+    assert sorted(k for k in view.read if k.startswith("index.")) == ["index.0", "index.1"]
+    # the newest shard changes (d requested), the older one does not: only index.1 is read again
+    values["index.1"] = {"seq": 30, "rows": [row(5001, "c", False), row(5002, "d", False)]}
+    view = _View(values, {"seq": 30, "shards": [0, 1], "shard_seqs": {"0": 10, "1": 30}})
+    rows, total = asyncio.run(model_reads.release_matches(view, None, "in-flight", None, 5, kept))
+    assert [r["release_id"] for r in rows] == ["d", "c"] and total == 2
+    assert [k for k in view.read if k.startswith("index.")] == ["index.1"]
+    # an older writer names no shard seqs: every shard is read
+    view = _View(values, {"seq": 30, "shards": [0, 1]})
+    asyncio.run(model_reads.release_matches(view, None, None, None, 5, kept))
+    assert sorted(k for k in view.read if k.startswith("index.")) == ["index.0", "index.1"]
