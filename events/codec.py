@@ -32,7 +32,10 @@ def _validate_envelope(doc: dict[str, Any]) -> Event:
 
 
 class DecodeError(ValueError):
-    """A message that is not a valid event; `reasons` lists every problem found."""
+    """A message that is not a valid event; `reasons` lists every problem found. `subject`: where the
+    entry was stored, when the reader noted it (services/reads/follower.py)."""
+
+    subject: str | None = None
 
     def __init__(self, message: str, reasons: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)

@@ -395,10 +395,15 @@ class Preparer(ReleaseReactor[PreflightFacts]):
             ctx.now,
         )
 
+    def answers_junk(self, world, problem) -> bool:
+        """A junk request not answered yet (its release id unknown): `on_undecodable` answers it."""
+        parts = self.port.subjects.parse(problem.subject) if problem.subject else None
+        return parts is not None and _unanswered(world, parts[0], parts[1])
+
     async def on_undecodable(self, msg, release_id, problem):
         """A request that does not decode is answered with `rejected`, listing every problem."""
-        suffix = msg.subject.rsplit(".", 1)[-1]
-        if suffix != "requested" or not is_token(release_id) or self.port.follower.world.known(release_id):
+        family, tokens = self.port.subjects.parse(msg.subject)
+        if not _unanswered(self.port.follower.world, family, tokens):
             raise Poison(str(problem))
         seq = msg.metadata.sequence.stream
         ctx = self.port.ctx(NAME)
@@ -411,3 +416,14 @@ class Preparer(ReleaseReactor[PreflightFacts]):
             occurred_at=ctx.now,
         )
         await self.port.log.append(Entry(rejected, seq, self.port.subjects.release_filter(release_id)))
+
+
+def _unanswered(world, family: str, tokens: list[str]) -> bool:
+    """A `release.<id>.requested` entry whose id is a valid token no release has used yet."""
+    return (
+        family == "release"
+        and len(tokens) == 2
+        and tokens[1] == "requested"
+        and is_token(tokens[0])
+        and not world.known(tokens[0])
+    )

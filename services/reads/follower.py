@@ -106,7 +106,7 @@ class Follower:
                 try:
                     event = decode_event(entry.data, entry.subject, self._subjects)
                 except DecodeError as exc:
-                    self._note_undecodable(entry.seq, exc)
+                    self._note_undecodable(entry.seq, exc, entry.subject)
                     self.ignored[entry.seq] = undecodable_why(str(exc))
                     self.world = apply_undecodable(self.world, position, self._subjects, str(exc))
                     self._keep_dead_letter(entry, exc)
@@ -135,11 +135,12 @@ class Follower:
         finally:
             await reader.close()
 
-    def _note_undecodable(self, seq: int, problem: DecodeError) -> None:
+    def _note_undecodable(self, seq: int, problem: DecodeError, subject: str) -> None:
         """Kept for the consumers an entry triggers, which look it up soon after the fold (a flood of junk
         must not grow every process's memory: one older than the newest UNDECODABLE_KEPT is forgotten
         here, still dead-lettered and counted in `ignored`; a consumer that meets it that late finds no
         release it names, or fails to decode it itself and dead-letters it)."""
+        problem.subject = subject  # which request a junk entry was (the preparer answers those: first_open_seq)
         self.undecodable[seq] = problem
         while len(self.undecodable) > UNDECODABLE_KEPT:
             del self.undecodable[next(iter(self.undecodable))]  # in log order: the oldest first
@@ -175,7 +176,7 @@ class Follower:
             return event
         log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
         self.ignored[entry.seq] = why
-        self._note_undecodable(entry.seq, DecodeError(why))
+        self._note_undecodable(entry.seq, DecodeError(why), entry.subject)
         self.world = apply_undecodable(self.world, position, self._subjects, why)
         self._keep_dead_letter(entry, DecodeError(why))
         return None

@@ -69,3 +69,33 @@ async def test_decisions_on_one_release_never_overlap_but_releases_run_together(
     assert reactor.most_at_once == 4  # different releases are decided on side by side
     assert reactor._deciding == {}  # nothing left behind
     assert not reactor.busy("r0")
+
+
+def test_a_new_durable_starts_behind_junk_only_when_it_still_answers_it() -> None:
+    """A brand-new preparer starts at the oldest junk request nobody answered yet; junk already answered
+    (its release id now known) or that no consumer answers (not a request) does not pull it back, and
+    other consumers only dead-letter junk, which the follower did already."""
+    from events.codec import DecodeError
+    from events.subjects import Subjects
+    from projections.world import World, tombstone
+    from services.consumers.preparer import Preparer
+    from services.consumers.verifier import Verifier
+
+    subjects = Subjects("kx")
+
+    def junk(subject: str) -> DecodeError:
+        problem = DecodeError("not JSON")
+        problem.subject = subject
+        return problem
+
+    world = World(applied_seq=1000, tombstones=World().tombstones.insert("answered", tombstone(40, "rejected")))
+    undecodable = {
+        30: junk("kx.release.answered.requested"),  # answered since: `rejected` made the id known
+        50: junk("kx.release.r9.verified"),  # not a request: dead-lettered, nobody answers it
+        70: junk("kx.release.waiting.requested"),  # unanswered: the new preparer must see it
+    }
+    port = SimpleNamespace(follower=SimpleNamespace(world=world, undecodable=undecodable), subjects=subjects)
+    assert Preparer(port).first_open_seq() == 70
+    assert Verifier(port).first_open_seq() == 1001  # after the log as folded
+    del undecodable[70]
+    assert Preparer(port).first_open_seq() == 1001
