@@ -11,6 +11,7 @@ they render from what the hub holds in memory.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,15 +25,16 @@ from projections.releases import ReleaseState
 from projections.world import World, restore
 from services.actions.pins import find_pack
 from services.dashboard.model import HISTORY_LIMIT, channels_of, history_rows, history_view
-from services.jetstream.direct import connection_of
+from services.jetstream.direct import connection_of, last_per_subject
 from services.jetstream.log_reads import load_evidence, load_world, release_history
 from services.monitoring.judge import window_span
-from services.reads.fleet import FleetTail
+from services.reads.fleet import FleetTail, digest_versions
 from services.reads.follower import Follower
 from services.reads.health_reads import samples_between
 from services.reads.history import Filter, HistoryFold, load_fold
 from services.reads.model_reads import keys_id, read_view, release_matches
 from services.reads.model_world import releases_of
+from services.reads.read_models import pack_key
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ FLEET_EVERY_S = 2.0  # how often a change of the fleet (health reports) wakes th
 CLOSED_WINDOWS_CACHED = 256  # closed windows' samples kept for the release pages' charts
 MODEL_HISTORY_EVERY_S = 1.0  # /history from the read models: read again at most this often per filter
 MODEL_HISTORY_KEPT = 64  # filters whose last answer is kept
+PACKS_KEPT = 4096  # digests the read models were asked about and do not name
 
 WindowKey = tuple[str, int, datetime]  # release id, stage, start: one monitoring window
 
@@ -91,6 +94,8 @@ class LiveHub:
         self.stirred: set[str] = set()  # tombstoned releases with an event since the start (model.recent_closed)
         self._model_history: dict[tuple[Filter, int], tuple[float, dict[str, Any]]] = {}  # filter -> (when, rows)
         self._index_kept: dict[int, tuple[int, list]] = {}  # index shard -> (seq, rows): read again when changed
+        self.pack_versions: dict[str, str] = {}  # digest -> version, from the read models (`_name_packs`)
+        self._unnamed: set[str] = set()  # digests the read models do not name
         # the release history (/history): `kxr release list`'s fold of release events, kept live;
         # a hub that starts after its follower has applied entries reads those first (`_history_from_log`)
         self.history = HistoryFold()
@@ -113,7 +118,36 @@ class LiveHub:
             await asyncio.sleep(FLEET_EVERY_S)
             if self.fleet.version != seen:
                 seen = self.fleet.version
+                if self.from_models:
+                    await self._name_packs()
                 await self._bump()
+
+    async def _name_packs(self) -> None:
+        """A world started from the read models holds older closed releases as tombstones: a runtime
+        still on a pack only such a release named would show its digest without a version. The read
+        models name every pack a release named (`pack.<digest>`): those are read once, and kept."""
+        digests = {r.digest for r in self.fleet.fleet.runtimes.values() if r.digest}
+        digests |= {
+            r.activation.digest for r in self.fleet.fleet.runtimes.values() if r.activation and r.activation.digest
+        }
+        unknown = digests - set(digest_versions(self.world)) - set(self.pack_versions) - self._unnamed
+        if not unknown:
+            return
+        bucket = self.subjects.read_bucket
+        prefix = f"$KV.{bucket}."
+        try:
+            async for stored in last_per_subject(
+                connection_of(self.js), f"KV_{bucket}", [prefix + pack_key(d) for d in sorted(unknown)]
+            ):
+                if stored.data:
+                    doc = json.loads(stored.data)
+                    self.pack_versions[doc["digest"]] = doc["version"]
+        except Exception as exc:  # the page shows the digest alone, as before
+            log.info("dashboard: pack versions not read from the read models (%s)", exc)
+            return
+        self._unnamed |= unknown - set(self.pack_versions)  # no release named it: not asked again
+        if len(self._unnamed) > PACKS_KEPT:  # digests runtimes made up: forget, ask again later
+            self._unnamed.clear()
 
     async def _bump(self) -> None:
         self.version += 1

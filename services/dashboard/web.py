@@ -153,7 +153,7 @@ async def release_sections_of(hub: LiveHub, release_id: str) -> dict[str, str]:
 
 def fleet_of(hub: LiveHub) -> dict[str, Any]:
     tail = hub.fleet
-    rows = fleet_rows(tail.fleet, hub.world, hub.clock()) if tail.problem is None else []
+    rows = fleet_rows(tail.fleet, hub.world, hub.clock(), hub.pack_versions) if tail.problem is None else []
     return {
         "at": hub.clock().isoformat(),
         "ready": tail.ready,

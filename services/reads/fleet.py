@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -173,14 +173,16 @@ def digest_versions(world: World) -> dict[str, str]:
     return out
 
 
-def fleet_rows(fleet: Fleet, world: World, now: datetime) -> list[dict[str, Any]]:
+def fleet_rows(
+    fleet: Fleet, world: World, now: datetime, known: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One JSON-able row per runtime, by scope then runtime id.
 
     `status`: "refused" (its last activation failed), "stale" (no report for STALE_AFTER),
     "invalid" (its newest report was not a valid sample), else "ok". `in_sync`: whether it
     runs what its scope's pointer says (None when the log has no pointer there).
     """
-    versions = digest_versions(world)
+    versions = {**(known or {}), **digest_versions(world)}  # `known`: digest -> version named elsewhere
     rows = []
     for r in sorted(fleet.runtimes.values(), key=lambda r: (r.env, r.channel, r.cohort, r.runtime_id)):
         pointer = world.scope(r.env, r.channel, r.cohort).active_pack

@@ -212,6 +212,7 @@ class Projector:
             values = {rm.release_key(r): rm.release_value(self.history.items[r]) for r in closed}
             for value in list(values.values()):
                 self._indexed(value)
+            values.update(rm.pack_values(list(values.values())))
             values.update(self._index_values())
             await self._put_changed(values, self._app.follower.position)
             for release_id in closed:
@@ -338,6 +339,7 @@ class Projector:
             self._indexed(value)
             written.append(release_id)
             self._note_newest(item.first_seq, release_id)
+        values.update(rm.pack_values([values[rm.release_key(r)] for r in written]))
         values.update(self._index_values())
         await self._put_changed(values, seq)
         position = rm.position_value(

@@ -10,6 +10,8 @@ services/reads/model_reads.py reads), so `kxr status`, `kxr release list`, `kxr 
                                      "summary": <shapes.ReleaseSummary>}
     channel.<env>.<channel>         {"seq", "show": <shapes.ChannelShow>, "cohorts": [names],
                                      "state": the fold's ChannelState or null}
+    pack.<algo>-<hex>               {"seq", "digest", "name", "version"}: a pack a release named (the
+                                     dashboard's fleet names a runtime's digest by it)
     index.<n>                       {"seq", "rows": [[first seq, id, target, closed, outcome,
                                      requested_at, closed_at, last seq], ...]}: the releases
                                      whose first event is in log seqs [n*SHARD_SEQS, (n+1)*SHARD_SEQS)
@@ -65,6 +67,17 @@ def scope_key(env: str, channel: str, cohort: str) -> str:
 
 def release_key(release_id: str) -> str:
     return f"release.{release_id}"
+
+
+def pack_key(digest: str) -> str:
+    """`sha256:ab…` -> `pack.sha256-ab…` (a KV key has no colon)."""
+    return "pack." + digest.replace(":", "-", 1)
+
+
+def pack_values(values: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pack keys of these release values: each pack a release names, once."""
+    packs = (v["summary"]["pack"] for v in values if v["summary"].get("pack"))
+    return {pack_key(p["digest"]): {"digest": p["digest"], "name": p["name"], "version": p["version"]} for p in packs}
 
 
 def channel_key(env: str, channel: str) -> str:

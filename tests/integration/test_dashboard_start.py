@@ -11,6 +11,7 @@ after every step, including closed releases that change after the start.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -84,6 +85,18 @@ async def same_pages(http, models_url: str, fold_url: str, release_ids: list[str
         await asyncio.sleep(0.2)
 
 
+async def fleet_names(http, url: str, runtime: str, version: str) -> None:
+    """The dashboard's fleet lists `runtime` on `version` (health reports re-render every 2 s)."""
+    deadline = asyncio.get_running_loop().time() + BOUND_S
+    while True:
+        async with http.get(url + "api/fleet") as response:
+            rows = {r["runtime"]: r for r in (await response.json())["rows"]}
+        if runtime in rows and rows[runtime]["version"] == version:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{url} fleet: {rows.get(runtime)}"
+        await asyncio.sleep(0.2)
+
+
 async def until_models_current(svc) -> None:
     """The read models have reached the log's end (read_view waits for that, up to its bound)."""
     subjects = svc.app.subjects
@@ -102,9 +115,12 @@ async def test_a_dashboard_from_the_read_models_shows_what_a_whole_fold_shows(na
         await svc.runtime("t-int-1")
         await svc.runtime("tenant-42")
         versions = {"r1": "1.0.0", "r2": "1.1.0", "r3": "1.2.0", "r4": "1.3.0"}
+        digests: dict[str, str] = {}
         for release_id, version in versions.items():
             first = {"rollback": {"strategy": "none"}} if release_id == "r1" else {}  # no last-known-good yet
-            await svc.request(release_id, make_pack(version, svc.key), **first)
+            pack = make_pack(version, svc.key)
+            digests[release_id] = pack.digest
+            await svc.request(release_id, pack, **first)
             assert (await svc.wait_release(release_id)).outcome == "success"
         await until_models_current(svc)
 
@@ -113,6 +129,13 @@ async def test_a_dashboard_from_the_read_models_shows_what_a_whole_fold_shows(na
             assert set(models.world.tombstones.keys()) == {"r1", "r2"}  # r3, r4: the two newest closed, whole
             ids = [*versions, "nope"]
             await same_pages(http, models_url, fold_url, ids, svc)
+
+            # a runtime still on r1's pack (only a tombstoned release names it): both fleets name its version
+            stale = {"runtime_id": "rt-stale", "digest": digests["r1"], "kind": "sample", "requests": 10, "errors": 0}
+            subject = svc.app.subjects.health("prod", "canary", "internal", "rt-stale")
+            await svc.app.js.publish(subject, json.dumps({**stale, "at": datetime.now(UTC).isoformat()}).encode())
+            for url in (models_url, fold_url):
+                await fleet_names(http, url, "rt-stale", "1.0.0")
 
             # a tombstoned release annotated (it stays a tombstone, its sequence moves), another one
             # rolled back after it closed (read back whole), a new release in flight
