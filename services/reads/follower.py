@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RESTORE_TRIES = 5
 UNDECODABLE_KEPT = 10_000  # entries that did not count (`undecodable`) a follower remembers
 RESTORE_FIRST_DELAY_S = 0.5
+EMPTY_READS = 3  # reads that find none of a tombstoned release's events before "no such release" is believed
 
 
 class Follower:
@@ -197,6 +198,8 @@ class Follower:
                 state = await release_history(
                     self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys
                 )
+                if state is None and attempt < EMPTY_READS:  # a tombstone has events: a short read, or truly none?
+                    raise LookupError(f"no events of release {release_id} before seq {seq} (read again to be sure)")
                 break
             except asyncio.CancelledError:
                 raise

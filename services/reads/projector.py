@@ -176,8 +176,11 @@ class Projector:
                 *(release_history(app.js, app.subjects, row[1], seq + 1, keys) for row in rows)
             )
             for row, state in zip(rows, states):
-                if state is not None:  # None: first written after `position` (its events are in the tail)
+                if state is not None:
                     self.history.items[row[1]] = HistoryItem(state, row[0])
+                elif row[0] <= seq:  # its first event is at or before `position`: the read came back short
+                    raise LookupError(f"release {row[1]} (first seq {row[0]}) read back with no events; reading again")
+                # else first written after `position` by a writer that stopped: its events are in the tail
         self.history.applied_seq = seq
         self.resumed_at = seq
         log.info("read models: resumed at seq %d (%d releases in flight read back)", seq, len(open_rows))
@@ -257,13 +260,15 @@ class Projector:
                 state = await release_history(
                     self._app.js, self._app.subjects, release_id, seq, self._app.follower.service_keys
                 )
+                if state is None and first_seq < seq:  # it has events before seq: the read came back short
+                    raise LookupError(f"no events of release {release_id} before seq {seq} (its first: {first_seq})")
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("read model of release %s not restored yet (%s); retrying", release_id, exc)
                 await asyncio.sleep(0.5)
-        if state is not None:
+        if state is not None:  # None: this is its first event (a stopped writer indexed it ahead of `position`)
             self.history.items[release_id] = HistoryItem(state, first_seq, closed_at)
 
     def _evict_closed(self, written: list[str]) -> None:

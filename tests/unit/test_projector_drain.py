@@ -55,3 +55,35 @@ async def test_a_new_entry_of_an_evicted_release_restores_it_first() -> None:
     projector.history.apply = lambda position, event: None  # type: ignore[method-assign]
     await projector._drain(queue)
     assert restored == [("r0", 12)]
+
+
+async def test_a_restore_that_reads_none_of_an_evicted_releases_events_reads_again(monkeypatch) -> None:
+    """An evicted release has events before a later one of its own: a read that finds none came back short
+    (a busy server), and the release is read again, never started over from that one event (which is
+    how a closed release showed no target). A release whose first event this is (a stopped writer
+    indexed it ahead of the bucket's position) has none before it, rightly."""
+    from projections.releases import ReleaseState
+    from services.reads import projector as projector_module
+
+    answers = [None, ReleaseState(release_id="r0", last_seq=9)]
+    asked: list[tuple[str, int]] = []
+
+    async def release_history(js, subjects, release_id, before_seq, service_keys=None):
+        asked.append((release_id, before_seq))
+        return answers.pop(0)
+
+    async def no_pause(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(projector_module, "release_history", release_history)
+    monkeypatch.setattr(projector_module.asyncio, "sleep", no_pause)
+    app = SimpleNamespace(js=None, subjects=None, follower=SimpleNamespace(service_keys=None))
+    projector = Projector(app)
+    projector._evicted["r0"] = (5, None)
+    await projector._restore("r0", 12)
+    assert asked == [("r0", 12), ("r0", 12)] and projector.history.items["r0"].state.last_seq == 9
+
+    answers[:] = [None]
+    projector._evicted["r1"] = (12, None)  # its first event is the one being applied
+    await projector._restore("r1", 12)
+    assert "r1" not in projector.history.items and not answers
