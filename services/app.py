@@ -29,14 +29,10 @@ from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots
 
 from .settings import Settings, service_keys_for
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, utc_clock
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-
-
-def utc_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def _report_crash(task: asyncio.Task) -> None:

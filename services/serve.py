@@ -24,12 +24,12 @@ from services.jetstream.embedded import (
 )
 from services.jetstream.log_reads import log_entries
 
-from .app import App, Clock, utc_clock
+from .app import App, Clock
 from .bootstrap import start_service
 from .observability.endpoint import parse_listen_address, serve_metrics
 from .permissions import ACCOUNT, inbox_for, redacted
 from .settings import ConfigError, Settings, load_trust_root, service_keys_for, service_signing_key
-from .tasks import SignalStop
+from .tasks import SignalStop, utc_clock
 
 log = logging.getLogger(__name__)
 # every role that checks a signature: the gates, and the rollback-readiness check the preparer

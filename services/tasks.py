@@ -1,4 +1,5 @@
-"""Running asyncio tasks: stopping them reliably, and housekeeping loops (`every`).
+"""Running asyncio tasks: stopping them reliably, housekeeping loops (`every`), and the wall clock
+they run on (`utc_clock`).
 
 On Python 3.11, `asyncio.wait_for` (used inside nats.py's fetch and request paths)
 can swallow a cancellation that arrives just as its inner future completes; a task
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, every: float = 0.2) -> None:
@@ -54,3 +56,9 @@ async def every(seconds: float, step: Callable[[], Awaitable[object]], what: str
             await step()
         except Exception as exc:
             log.warning("%s failed: %s: %s", what, exc.__class__.__name__, exc)
+
+
+def utc_clock() -> datetime:
+    """The service's clock (tests pass their own): here, not in services/app.py, so `kxr ui` gets it
+    without importing the whole service."""
+    return datetime.now(UTC)

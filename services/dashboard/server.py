@@ -9,7 +9,6 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -18,17 +17,13 @@ from services.jetstream.client import connect_with
 from services.permissions import redacted
 from services.reads.follower import Follower
 from services.settings import ConfigError, Connection, Settings, reader_service_keys
-from services.tasks import SignalStop, cancel_and_wait
+from services.tasks import SignalStop, cancel_and_wait, utc_clock
 
 from .hub import LiveHub
 from .web import LOOPBACK_HOSTS, make_app
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
-
-
-def utc_clock() -> datetime:
-    return datetime.now(UTC)  # services.app's, without importing the whole service into `kxr ui`
 
 
 FOLD_BELOW = 10_000  # log entries: a fold of fewer takes about a second (~80 µs each)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -23,6 +25,8 @@ from projections.world import World, apply_undecodable
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.reader import OrderedReader, RawEntry
+
+log = logging.getLogger(__name__)
 
 
 def position_of(entry: RawEntry) -> Position:
@@ -178,6 +182,47 @@ async def release_history(
             break
         world, _ = fold_signed_entry(world, service_keys, entry, position, event, subjects)
     return world.release(release_id)
+
+
+READ_BACK_TRIES = 5  # reads of one release's events before a read back gives up (0.5, 1, 2, 4 s apart)
+READ_BACK_FIRST_DELAY_S = 0.5
+
+
+async def read_back(
+    js,
+    subjects: Subjects,
+    release_id: str,
+    before_seq: int,
+    service_keys=None,
+    *,
+    believe_empty_after: int,
+    tries: int = READ_BACK_TRIES,
+    first_delay: float = READ_BACK_FIRST_DELAY_S,
+) -> ReleaseState | None:
+    """`release_history`, read again when it fails or comes back with none of the release's events before
+    the `believe_empty_after`-th read (a reader that knows the release has some passes more than
+    `tries`: "none" is then never believed): a short read is never taken for "no such release".
+    Raises RuntimeError after `tries` reads (the caller cannot skip what it folds).
+    A follower's tombstone and the projector's closed releases are read back through here."""
+    delay = first_delay
+    for attempt in range(1, tries + 1):
+        try:
+            state = await release_history(js, subjects, release_id, before_seq, service_keys)
+            if state is None and attempt < believe_empty_after:
+                raise LookupError(f"no events of release {release_id} before seq {before_seq}")
+            return state
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt == tries:
+                raise RuntimeError(
+                    f"release {release_id} (closed, changed again at seq {before_seq}) could not be read from "
+                    f"the log in {tries} tries: {exc or exc.__class__.__name__}"
+                ) from exc
+            log.warning("release %s not restored yet (%s); trying again in %.1fs", release_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 async def load_evidence(js, subjects: Subjects, release_id: str) -> EvidenceRecord:

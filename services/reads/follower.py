@@ -23,20 +23,20 @@ from projections.invariants import ignored_reason
 from projections.position import Position
 from projections.snapshot import Noted, undecodable_why
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore, tombstone
-from services.jetstream.log_reads import position_of, release_history
+from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIES, position_of, read_back
 from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.reads.shapes import IGNORED_SHOWN
 
 log = logging.getLogger(__name__)
 
-# restoring a tombstoned release: a read of its events that fails is tried again this many times in
-# all, 0.5 s, 1 s, 2 s, 4 s apart (~8 s), then the follower stops (and the service with it, to be
-# restarted): it cannot skip the entry, and waiting forever hid the fault (one reader per try)
-RESTORE_TRIES = 5
 UNDECODABLE_KEPT = 10_000  # entries that did not count (`undecodable`) a follower remembers
-RESTORE_FIRST_DELAY_S = 0.5
-EMPTY_READS = 3  # reads that find none of a tombstoned release's events before "no such release" is believed
+# restoring a tombstoned release (log_reads.read_back): a read that fails is tried again this many times
+# in all, 0.5 s, 1 s, 2 s, 4 s apart (~8 s), then the follower stops (and the service with it, to be
+# restarted): it cannot skip the entry, and waiting forever hid the fault (one reader per try)
+RESTORE_TRIES = READ_BACK_TRIES
+RESTORE_FIRST_DELAY_S = READ_BACK_FIRST_DELAY_S
+EMPTY_READS = 3  # reads that find none of its events before "no such release" is believed
 
 
 class Follower:
@@ -188,30 +188,21 @@ class Follower:
         Whole as its own events before `seq` say, judged with this fold's keys: what a whole fold
         says about it. A tombstone that disagrees with them (a snapshot of another history) is not
         a transient fault: the log's word is taken, with a warning (retrying it forever, every 0.5 s,
-        piled up a reader per try). A read that fails is tried RESTORE_TRIES times with backoff,
-        then raised: the follower cannot skip the entry, and a release folded from a partial read
-        would be wrong.
+        piled up a reader per try). A read that fails is tried again with backoff, then raised
+        (log_reads.read_back): the follower cannot skip the entry, and a release folded from a
+        partial read would be wrong.
         """
-        delay = RESTORE_FIRST_DELAY_S
-        for attempt in range(1, RESTORE_TRIES + 1):
-            try:
-                state = await release_history(
-                    self._js, self._subjects, release_id, before_seq=seq, service_keys=self._service_keys
-                )
-                if state is None and attempt < EMPTY_READS:  # a tombstone has events: a short read, or truly none?
-                    raise LookupError(f"no events of release {release_id} before seq {seq} (read again to be sure)")
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if attempt == RESTORE_TRIES:
-                    raise RuntimeError(
-                        f"release {release_id} (closed, changed again at seq {seq}) could not be read from the log "
-                        f"in {RESTORE_TRIES} tries: {exc or exc.__class__.__name__}"
-                    ) from exc
-                log.warning("release %s not restored yet (%s); trying again in %.1fs", release_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
+        # a tombstone has events: "none" is believed only after EMPTY_READS reads that found none
+        state = await read_back(
+            self._js,
+            self._subjects,
+            release_id,
+            seq,
+            self._service_keys,
+            believe_empty_after=EMPTY_READS,
+            tries=RESTORE_TRIES,
+            first_delay=RESTORE_FIRST_DELAY_S,
+        )
         stone = self.world.tombstones.get(release_id)
         if state is None:  # none of its events before seq: a whole fold knows no such release there
             log.warning(

@@ -34,7 +34,7 @@ from typing import Any
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from services.jetstream.direct import SubjectStream, connection_of, last_per_subject
-from services.jetstream.log_reads import release_history
+from services.jetstream.log_reads import READ_BACK_TRIES, read_back, release_history
 from services.reads import read_models as rm
 from services.reads.history import HistoryFold, HistoryItem
 from services.reads.model_reads import keys_id
@@ -255,19 +255,17 @@ class Projector:
     async def _restore(self, release_id: str, seq: int) -> None:
         """A closed (evicted) release changes again: whole from its own events first, as the follower does."""
         first_seq, closed_at = self._evicted.pop(release_id)
-        while True:
-            try:
-                state = await release_history(
-                    self._app.js, self._app.subjects, release_id, seq, self._app.follower.service_keys
-                )
-                if state is None and first_seq < seq:  # it has events before seq: the read came back short
-                    raise LookupError(f"no events of release {release_id} before seq {seq} (its first: {first_seq})")
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("read model of release %s not restored yet (%s); retrying", release_id, exc)
-                await asyncio.sleep(0.5)
+        # it has events before seq unless this is its first (a stopped writer indexed it ahead of `position`):
+        # "none" is then a short read, read again; a read back that gives up starts the projector over
+        never = READ_BACK_TRIES + 1
+        state = await read_back(
+            self._app.js,
+            self._app.subjects,
+            release_id,
+            seq,
+            self._app.follower.service_keys,
+            believe_empty_after=1 if first_seq >= seq else never,
+        )
         if state is not None:  # None: this is its first event (a stopped writer indexed it ahead of `position`)
             self.history.items[release_id] = HistoryItem(state, first_seq, closed_at)
 

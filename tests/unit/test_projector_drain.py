@@ -63,6 +63,7 @@ async def test_a_restore_that_reads_none_of_an_evicted_releases_events_reads_aga
     how a closed release showed no target). A release whose first event this is (a stopped writer
     indexed it ahead of the bucket's position) has none before it, rightly."""
     from projections.releases import ReleaseState
+    from services.jetstream import log_reads
     from services.reads import projector as projector_module
 
     answers = [None, ReleaseState(release_id="r0", last_seq=9)]
@@ -75,7 +76,7 @@ async def test_a_restore_that_reads_none_of_an_evicted_releases_events_reads_aga
     async def no_pause(_: float) -> None:
         return None
 
-    monkeypatch.setattr(projector_module, "release_history", release_history)
+    monkeypatch.setattr(log_reads, "release_history", release_history)  # what read_back reads with
     monkeypatch.setattr(projector_module.asyncio, "sleep", no_pause)
     app = SimpleNamespace(js=None, subjects=None, follower=SimpleNamespace(service_keys=None))
     projector = Projector(app)
