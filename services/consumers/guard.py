@@ -349,7 +349,7 @@ class Guard(ReleaseReactor[None]):
                 continue  # passed under this root and configuration, and not expired yet
             config = channel_state.config if channel_state else None
             try:
-                manifest = await self.manifest(state.active.manifest)
+                manifest = await self.manifest(state.active.manifest, state.active.release_id)
                 # a channel that requires attestations requires one of what runs, too (a policy change
                 # can add the requirement after activation): read it only then, as the verifier does
                 attestation = (
@@ -367,8 +367,9 @@ class Guard(ReleaseReactor[None]):
                 out[key] = violation
         return out, unchecked
 
-    async def manifest(self, name: str) -> bytes | None:
-        """The manifest's bytes (None: absent, which the manifest gate refuses); IO errors propagate."""
+    async def manifest(self, name: str, release_id: str | None = None) -> bytes | None:
+        """The manifest's bytes (None: absent, which the manifest gate refuses); IO errors propagate.
+        `release_id`: the release that activated it (its record is looked up first)."""
         if name not in self._manifests:
 
             async def read() -> bytes | None:
@@ -381,9 +382,13 @@ class Guard(ReleaseReactor[None]):
             # producer deleted or re-pointed since is restored from the log's record (pack_keeper),
             # so tampering with metadata cannot make the guard flag (and roll back) a settled scope.
             digest = digest_of_object(name)
-            kept = (await recorded(self.port, digest)).get(name)
+            kept = (await recorded(self.port, digest, release_id)).get(name)
             data = await checked_with_restore(
-                self.port, digest, read, lambda d: d is None or (kept is not None and object_digest(d) != kept.digest)
+                self.port,
+                digest,
+                read,
+                lambda d: d is None or (kept is not None and object_digest(d) != kept.digest),
+                release_id,
             )
             if data is None:
                 return None  # not cached: a manifest pushed again later is read then

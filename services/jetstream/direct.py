@@ -16,7 +16,7 @@ import json
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -52,6 +52,11 @@ def _parse_time(value: str) -> datetime:
     # RFC 3339 with nanoseconds: Python takes at most microseconds
     head, _, frac = value.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def _rfc3339(at: datetime) -> str:
+    """A time as the server reads it in a request (RFC 3339, UTC; a naive time is taken as UTC)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at.tzinfo else at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Replies:
@@ -173,7 +178,8 @@ async def last_per_subject(
 
 
 class SubjectStream:
-    """Every message on one subject from `start_seq`, in order, a batch at a time.
+    """Every message on one subject (wildcards allowed) from `start_seq`, or from the first stored
+    at or after `start_time`, in order, a batch at a time.
 
     `start()` sends the first request (so the transfer can begin while the caller does
     something else); each next batch is requested as soon as the previous one has
@@ -187,6 +193,7 @@ class SubjectStream:
         subject: str,
         *,
         start_seq: int = 1,
+        start_time: datetime | None = None,
         batch: int = 16,
         timeout: float = 10.0,
         api_prefix: str = "$JS.API",
@@ -195,19 +202,25 @@ class SubjectStream:
         self._api = _api(stream, api_prefix)
         self._subject = subject
         self._start_seq = start_seq
+        self._start_time = start_time
         self._batch = batch
         self._timeout = timeout
         self._open: list[_Batch] = []
 
-    async def _request(self, seq: int) -> _Batch:
+    async def _request(self, seq: int, start_time: datetime | None = None) -> _Batch:
         b = _Batch(self._nc)
         self._open.append(b)
-        await b.send(self._api, {"seq": seq, "next_by_subj": self._subject, "batch": self._batch})
+        request: dict = {"next_by_subj": self._subject, "batch": self._batch}
+        if start_time is not None:  # the server finds the first message stored at or after it
+            request["start_time"] = _rfc3339(start_time)
+        else:
+            request["seq"] = seq
+        await b.send(self._api, request)
         return b
 
     async def start(self) -> SubjectStream:
         if not self._open:
-            await self._request(self._start_seq)
+            await self._request(self._start_seq, self._start_time)
         return self
 
     async def __aiter__(self) -> AsyncIterator[Stored]:

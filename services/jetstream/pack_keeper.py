@@ -51,9 +51,18 @@ def digest_of_object(name: str) -> str | None:
     return f"{algo}:{hexdigest}" if sep and algo and hexdigest else None
 
 
-def _candidates(world, digest: str) -> list[str]:
+def _candidates(world, digest: str, closed: dict, hint: str | None = None) -> list[str]:
     """Releases that may have distributed `digest`: those in flight, then the ones that made
-    it active or last-known-good somewhere (the releases a rollback or restart needs)."""
+    it active or last-known-good somewhere (the releases a rollback or restart needs).
+
+    `hint` (the release the caller has in hand, e.g. the one whose pointer names the pack) alone
+    when its record is at hand (in flight, or a closed one already read): the scan of every
+    release and scope is ~1 ms per new pack with a thousand scopes, on each activation."""
+    if hint is not None and (hint in closed or hint in world.releases):
+        known = world.releases.get(hint)
+        distributed = known.distributed if known is not None else closed[hint]
+        if distributed is not None and distributed.pack.digest == digest and distributed.stored:
+            return [hint]
     ids = [
         rid for rid, r in world.releases.items() if r.distributed is not None and r.distributed.pack.digest == digest
     ]
@@ -85,19 +94,19 @@ def _kept(caches: weakref.WeakKeyDictionary, app) -> dict:
         return {}
 
 
-async def recorded(app, digest: str | None) -> dict[str, StoredObject]:
+async def recorded(app, digest: str | None, hint: str | None = None) -> dict[str, StoredObject]:
     """What distribution recorded (object name -> StoredObject) of the pack with `digest`, as
     the service signed it in the log (`App.release_whole` folds a closed release's own
     subjects under the service keys); empty when no such release recorded it (events from
     before the record, or a pack that is neither in flight, active nor last-known-good).
-    A record found is kept per app: it never changes."""
+    A record found is kept per app: it never changes. `hint`: see `_candidates`."""
     if digest is None:
         return {}
     cache, closed = _kept(_RECORDS, app), _kept(_CLOSED, app)
     if digest in cache:
         return dict(cache[digest])
     world = app.follower.world
-    for release_id in _candidates(world, digest):
+    for release_id in _candidates(world, digest, closed, hint):
         in_flight = world.releases.get(release_id)
         if in_flight is not None:
             distributed = in_flight.distributed
@@ -149,7 +158,7 @@ async def restore(app, objects: Mapping[str, StoredObject]) -> list[str]:
 
 
 async def checked_with_restore(
-    app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool]
+    app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool], hint: str | None = None
 ) -> T:
     """`check()` on the pack with `digest`, its recorded objects restored where needed.
 
@@ -161,7 +170,7 @@ async def checked_with_restore(
     (the second answer stands, pass or fail).
     """
     try:
-        objects = await recorded(app, digest)
+        objects = await recorded(app, digest, hint)
         pack = {name: obj for name, obj in objects.items() if digest is not None and name == pack_object_name(digest)}
         if pack:
             await restore(app, pack)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
@@ -109,3 +111,58 @@ async def test_continuous_pull_says_when_its_consumer_is_deleted(js_stream, pref
     with pytest.raises(ConsumerGone):
         await asyncio.wait_for(task, 10)
     await pull.close()
+
+
+async def test_subject_stream_from_a_start_time_reads_what_was_stored_since(js_stream, prefix) -> None:
+    """`start_time`: the server finds the first message stored at or after it; wildcards filter."""
+    nc, js, stream = js_stream
+    for i in range(3):
+        await js.publish(f"{prefix}.h.a.rt{i}", f"before{i}".encode())
+    await asyncio.sleep(0.05)
+    mark = [m async for m in SubjectStream(nc, stream, f"{prefix}.h.a.rt2")][-1].stored_at
+    assert mark is not None
+    start = mark + timedelta(milliseconds=20)
+    await asyncio.sleep(0.05)
+    for i in range(7):
+        await js.publish(f"{prefix}.h.a.rt{i % 2}", f"after{i}".encode())
+        await js.publish(f"{prefix}.h.b.rt{i}", b"other cohort")
+    got = [m.data async for m in SubjectStream(nc, stream, f"{prefix}.h.a.*", start_time=start, batch=3)]
+    assert got == [f"after{i}".encode() for i in range(7)]  # three batches, in order, nothing from before
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert [m async for m in SubjectStream(nc, stream, f"{prefix}.h.a.*", start_time=later)] == []
+
+
+async def test_window_reports_merges_cohorts_in_stored_order_within_the_span(nats_url, prefix) -> None:
+    """The monitor's read: several cohorts side by side, merged by sequence; nothing before
+    `start` or after `end`; an invalid report listed by its runtime, never dropped."""
+    from events.subjects import Subjects
+    from services.reads.health_reads import window_reports
+
+    s = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=s.health_stream, subjects=[s.health_all()], allow_direct=True))
+    try:
+
+        async def report(cohort: str, runtime: str, requests: int) -> datetime:
+            at = datetime.now(UTC)
+            body = {"runtime_id": runtime, "at": at.isoformat(), "kind": "sample", "requests": requests}
+            await js.publish(s.health("prod", "c1", cohort, runtime), json.dumps(body).encode())
+            return at
+
+        await report("a", "rt-early", 1)
+        await asyncio.sleep(0.05)
+        start = datetime.now(UTC)
+        for i in range(5):
+            await report("a" if i % 2 else "b", f"rt{i}", 10 + i)
+        await js.publish(s.health("prod", "c1", "a", "rt-bad"), b"not json")
+        await report("c", "rt-other-cohort", 99)
+        end = datetime.now(UTC)
+        await asyncio.sleep(0.05)
+        got = await window_reports(js, s, "prod", "c1", ["a", "b"], start, end)
+        assert [sample.requests for _, sample in got.valid] == [10, 11, 12, 13, 14]
+        assert [bad.runtime for _, bad in got.invalid] == ["rt-bad"]
+        assert all(start <= at <= end for at, _ in got.valid)
+    finally:
+        await js.delete_stream(s.health_stream)
+        await nc.close()
