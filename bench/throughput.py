@@ -52,8 +52,9 @@ STEPS = (
 PACK_BYTES = 64 * 1024
 
 
-async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
-    """Messages per second through a serial consume -> publish (acknowledged) -> ack loop."""
+async def raw_loop(url: str, messages: int, size: int = 1024, server: CpuMeter | None = None) -> float:
+    """Messages per second through a serial consume -> publish (acknowledged) -> ack loop
+    (`server`: metered over the loop, for the server's CPU per message)."""
     nc = await raw_connect(url, name="bench-raw-loop")
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="BASELINE_LOOP", subjects=["baseline.loop.>"]))
@@ -64,6 +65,8 @@ async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
         "baseline.loop.in", durable="raw", config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
     )
     done = 0
+    if server is not None:
+        server.start()
     t0 = time.perf_counter()
     while done < messages:
         for msg in await sub.fetch(min(256, messages - done), timeout=5):
@@ -71,6 +74,8 @@ async def raw_loop(url: str, messages: int, size: int = 1024) -> float:
             await msg.ack()
             done += 1
     rate = messages / (time.perf_counter() - t0)
+    if server is not None:
+        server.stop()
     await js.delete_stream("BASELINE_LOOP")
     await nc.close()
     return rate
@@ -190,8 +195,13 @@ class Driver:
         )
         return sum((info.state.subjects or {}).values())
 
-    async def wait_count(self, event_type: str, want: int, what: str, timeout: float = 600.0) -> list[float]:
+    async def wait_count(
+        self, event_type: str, want: int, what: str, timeout: float = 600.0, meters: tuple[CpuMeter, ...] = ()
+    ) -> list[float]:
         """Wait for `want` events of this type, then return their server timestamps.
+
+        `meters` run from the first such event seen to the last (so a process's start-up is not
+        counted); each one's `counted` is how many events it saw appended meanwhile.
 
         While the consumers work, only the stream's per-subject counts are asked for (one small
         request every 0.1 s): decoding the whole log every half second, as this did before, took
@@ -199,10 +209,18 @@ class Driver:
         """
         progress = Progress(what, want)
         deadline = time.monotonic() + timeout
+        first: int | None = None
         while True:
             count = await self.stored_count(event_type)
             progress.update(min(count, want))
+            if first is None and count > 0:
+                first = count
+                for meter in meters:
+                    meter.start()
             if count >= want:
+                for meter in meters:
+                    meter.stop()
+                    meter.counted = count - (first or 0)
                 return await self.stored_times(event_type)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what}: only {count}/{want} after {timeout:.0f}s (see the serve logs)")
@@ -216,7 +234,11 @@ def rate_of(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-async def per_consumer(r, channels: int, cohorts: int, profile: Path | None = None) -> dict[str, float]:
+async def per_consumer(
+    r, channels: int, cohorts: int, profile: Path | None = None, cpu: dict | None = None
+) -> dict[str, float]:
+    """Each consumer's rate alone; with `cpu`, also the CPU per release its process and the
+    nats-server spent while it drained (`<role>`: {"service_ms", "server_ms"})."""
     async with Driver(r.url, "tpc", r.key, channels, cohorts) as d:
         layout = r.serve("--only", "preparer", name="layout", KX_PREFIX="tpc")  # creates the streams
         requests = await d.prepare()
@@ -226,10 +248,15 @@ async def per_consumer(r, channels: int, cohorts: int, profile: Path | None = No
         rates = {}
         for role, event_type in STEPS:
             proc = r.serve("--only", role, name=role, profile=profile, KX_PREFIX="tpc")
-            times = await d.wait_count(event_type, len(requests), f"{role} draining {len(requests)} releases")
+            meters = (CpuMeter([proc.pid]), CpuMeter([r.server.proc.pid]))
+            times = await d.wait_count(
+                event_type, len(requests), f"{role} draining {len(requests)} releases", meters=meters
+            )
             proc.terminate()
             proc.wait(10)
             rates[role] = rate_of(times)
+            if cpu is not None:
+                cpu[role] = {name: m.ms_per(m.counted) for name, m in zip(("service_ms", "server_ms"), meters)}
         return rates
 
 
@@ -261,8 +288,9 @@ async def end_to_end(
 
 
 async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), profile: Path | None = None) -> dict:
+    cpu: dict[str, dict] = {}
     with rig(prefix="tpc") as r:
-        consumers = await per_consumer(r, channels, cohorts, profile)
+        consumers = await per_consumer(r, channels, cohorts, profile, cpu)
         e2e_by = {n: await end_to_end(r, channels, cohorts, n, profile) for n in processes}
         if profile is not None:  # each `kxr serve` writes its stats when it stops (SIGTERM is a clean return)
             for proc in r.procs:
@@ -271,7 +299,8 @@ async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), pr
                     proc.wait(30)
             profile_tables(profile)
         e2e = e2e_by[processes[0]]
-        raw = await raw_loop(r.url, max(channels, 1000))
+        raw_server = CpuMeter([r.server.proc.pid])
+        raw = await raw_loop(r.url, max(channels, 1000), server=raw_server)
         raw_batches = await raw_batch_loop(r.url, max(channels, 200))
         raw_side_by_side = await raw_batch_loop(r.url, max(channels, 200), in_flight=16)
         raw_grouped = await raw_batch_loop(r.url, max(channels, 1000), switches_per_batch=16)
@@ -288,6 +317,11 @@ async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), pr
         "raw_atomic_batches_16_in_flight_per_s": round(raw_side_by_side, 1),
         "raw_switches_16_per_batch_per_s": round(raw_grouped, 1),
         "ratio_to_raw": ratios,
+        # where each consumer's time went while it drained alone: its process's and the nats-server's
+        # CPU per release (the raw loop: the server's per message); a rate held down by the server,
+        # not by Python, shows here
+        "cpu_ms_per_release": cpu,
+        "raw_loop_server_cpu_ms_per_message": raw_server.ms_per(max(channels, 1000)),
         "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
         "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
         "end_to_end_by_processes": {str(n): {k: round(v, 2) for k, v in e.items()} for n, e in e2e_by.items()},
@@ -323,6 +357,15 @@ def main(argv: list[str] | None = None) -> None:
         (f"{role} alone", f"{rate}/s", f"{raw}/s / {res['ratio_to_raw'][role]}x", ">= 0.5x")
         for role, rate in res["consumers_per_s"].items()
     ]
+    for role, spent in res["cpu_ms_per_release"].items():
+        rows.append(
+            (
+                f"  {role}: CPU per release",
+                f"{spent['service_ms']} ms its process",
+                f"{spent['server_ms']} ms nats-server (raw loop: {res['raw_loop_server_cpu_ms_per_message']} ms/msg)",
+                "(context)",
+            )
+        )
     rows.append(
         (
             "activator vs raw synced batches",

@@ -154,6 +154,7 @@ class CpuMeter:
         self.pids = pids
         self.seconds: float | None = None
         self._at: float | None = None
+        self.counted = 0  # what the metered span did (set by whoever stops it), for `ms_per`
 
     def _now(self) -> float:
         return sum(process_cpu_s(pid) for pid in self.pids)

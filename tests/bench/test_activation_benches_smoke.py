@@ -32,3 +32,7 @@ async def test_throughput_bench_runs_on_a_tiny_size() -> None:
     assert _positive(res["end_to_end"]["releases_per_s"])
     assert set(res["end_to_end_by_processes"]) == {"1", "2"}  # two serve processes sharing the durables
     assert all(_positive(e["releases_per_s"]) for e in res["end_to_end_by_processes"].values())
+    # where each consumer's time went (a few releases may all land between two polls: not metered then)
+    assert set(res["cpu_ms_per_release"]) == set(res["consumers_per_s"])
+    assert all(set(v) == {"service_ms", "server_ms"} for v in res["cpu_ms_per_release"].values())
+    assert _positive(res["raw_loop_server_cpu_ms_per_message"])
