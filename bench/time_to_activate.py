@@ -239,11 +239,18 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int, cpu: C
     return out
 
 
-async def run(releases: int, warmup: int, processes: int = 1, profile: Path | None = None) -> dict:
+# `--split`: the lifecycle's path in one process, what follows an activation in another
+SPLIT = ("preparer,distributor,verifier,activator", "monitor,promoter,notifier,guard")
+
+
+async def run(releases: int, warmup: int, processes: int = 1, profile: Path | None = None, split: bool = False) -> dict:
     with rig(prefix="tta") as r:
-        procs = [  # several `kxr serve` share the durable consumers (issue 18: report)
-            r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile) for n in range(processes)
-        ]
+        if split:
+            procs = [r.serve("--only", roles, name=f"serve-{roles.split(',')[0]}", profile=profile) for roles in SPLIT]
+        else:
+            procs = [  # several `kxr serve` share the durable consumers (issue 18: report)
+                r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile) for n in range(processes)
+            ]
         cpu = CpuMeter([proc.pid for proc in procs])
         ours = await measure(r.url, r.prefix, r.key, releases, warmup, cpu)
         if profile is not None:  # the stats are written when `kxr serve` returns (SIGTERM is a clean stop)
@@ -266,7 +273,8 @@ async def run(releases: int, warmup: int, processes: int = 1, profile: Path | No
         "ratio_to_floor_p50": round(o["p50_ms"] / floor, 2),
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
-        "processes": processes,
+        "processes": len(procs),
+        "split": list(SPLIT) if split else None,
         # the `kxr serve` processes' user+system CPU per measured release (its whole tail included)
         "service_cpu_ms_per_release": cpu.ms_per(releases),
         "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
@@ -282,13 +290,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--releases", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--processes", type=int, default=1, help="kxr serve processes sharing the consumers")
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="two `kxr serve --only` processes: " + " | ".join(SPLIT) + " (the path alone in one)",
+    )
     ap.add_argument("--profile", type=Path, help="a directory: run `kxr serve` under cProfile (.prof and .txt there)")
     args = ap.parse_args(argv)
     if args.processes < 1:
         ap.error("--processes: at least 1")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile))
+    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile, args.split))
     o, b = res["ours"], res["baseline"]
     report(
         "time_to_activate",

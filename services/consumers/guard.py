@@ -64,6 +64,7 @@ from services.verification.pipeline import read_attestation
 
 NAME = "guard"
 SWEEP_EVERY_S = 10.0
+YIELD_EVERY = 100  # scopes checked between two turns of the event loop
 log = logging.getLogger(__name__)
 
 # A rollout in these phases is still being tried on its cohorts: the guard rolls it back.
@@ -332,7 +333,9 @@ class Guard(ReleaseReactor[None]):
         now = self.port.clock()
         out: dict[ScopeKey, Violation] = {}
         unchecked: list[str] = []
-        for key in keys:
+        for n, key in enumerate(keys):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:  # a sweep of thousands of scopes lets activations through
+                await asyncio.sleep(0)
             state = world.scopes.get(key)
             if state is None or state.active is None:
                 continue

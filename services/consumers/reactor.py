@@ -224,6 +224,10 @@ class ReleaseReactor(Generic[F]):
         while True:
             world = self.port.follower.world
             for release_id in sorted(world.in_flight):
+                # a decision that finds nothing due awaits nothing: without this, a round over
+                # thousands of releases in flight would hold the event loop (and every activation
+                # waiting on it) for the whole round
+                await asyncio.sleep(0)
                 if self.busy(release_id) or not self.may_act(world.release(release_id)):
                     continue
                 try:
