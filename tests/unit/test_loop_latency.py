@@ -1,8 +1,12 @@
-"""Rounds over everything in flight let the event loop turn (services/consumers/reactor.py, guard.py).
+"""What runs beside the activations does not hold the event loop for long.
+
+Rounds over everything in flight let the event loop turn (services/consumers/reactor.py, guard.py).
 
 A decision that finds nothing due awaits nothing, so a reconcile round over thousands of
 releases in flight, or a guard sweep over thousands of scopes, used to hold the event loop for
 the whole round: every activation in flight waited behind it (a p99 spike every 5 or 10 s).
+A snapshot's dump in its worker thread shortens the GIL's switch interval while it runs
+(services/reads/snapshots.py).
 """
 
 from __future__ import annotations
@@ -82,3 +86,18 @@ async def test_a_guard_sweep_lets_other_tasks_run_between_scopes() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert ran_beside - before >= RELEASES // 100 - 1  # a turn of the loop every 100 scopes
+
+
+async def test_a_snapshot_dump_runs_with_a_short_switch_interval_and_puts_it_back(monkeypatch) -> None:
+    """The dump holds the GIL in a worker thread: the event loop's wait for it after each send or
+    poll is bounded by the switch interval, short while the dump runs, as it was after."""
+    import sys
+
+    from services.reads import snapshots
+
+    seen: list[float] = []
+    monkeypatch.setattr(snapshots, "dump_world", lambda *a: seen.append(sys.getswitchinterval()) or b"{}")
+    before = sys.getswitchinterval()
+    assert await asyncio.to_thread(snapshots._dump_aside, None, None, None) == b"{}"
+    assert seen == [snapshots.DUMP_SWITCH_INTERVAL_S] and snapshots.DUMP_SWITCH_INTERVAL_S < before
+    assert sys.getswitchinterval() == before
