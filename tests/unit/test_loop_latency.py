@@ -101,3 +101,17 @@ async def test_a_snapshot_dump_runs_with_a_short_switch_interval_and_puts_it_bac
     assert await asyncio.to_thread(snapshots._dump_aside, None, None, None) == b"{}"
     assert seen == [snapshots.DUMP_SWITCH_INTERVAL_S] and snapshots.DUMP_SWITCH_INTERVAL_S < before
     assert sys.getswitchinterval() == before
+
+
+def test_a_started_service_puts_what_start_up_loaded_out_of_the_collectors_reach() -> None:
+    """`serve` calls `settle_heap` once ready: full collections no longer walk the loaded world."""
+    import gc
+
+    from services.serve import settle_heap
+
+    held = [{"release": i} for i in range(1000)]  # as a world loaded at start-up
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= len(held)
+    finally:
+        gc.unfreeze()
