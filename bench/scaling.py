@@ -110,7 +110,9 @@ async def seed_snapshot(url: str, prefix: str, service_keys=None) -> float:
                 pass
             progress.update(follower.position)
         progress.update(follower.position)
-        await snapshots.save(follower.world)
+        # under the keys it was folded with: a service loads only a snapshot of the keys it trusts
+        # (without them it was ignored, and every history point measured a fold from sequence 1)
+        await snapshots.save(follower.world, service_keys, follower.ignored)
         return time.monotonic() - t0
     finally:
         task.cancel()
