@@ -278,6 +278,10 @@ async def point(
         )
         ready_s = time.monotonic() - started
         ready_rss = rss_mib(proc.pid)
+        if history and snapshot:
+            ignored = [line for line in _log_lines(r.work / f"serve-{prefix}.log") if "snapshot ignored" in line]
+            if ignored:  # the point would measure a fold from sequence 1, not a start from the snapshot
+                raise RuntimeError(f"the service did not start from the seeded snapshot: {ignored[0][:300]}")
         await nc.close()
         if scopes:
             await _configure_scopes(r.url, prefix, scopes)
@@ -294,6 +298,10 @@ async def point(
         "ready_rss_mib": round(ready_rss, 1),
         **extra,
     }
+
+
+def _log_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
 def slope(xs: list[int], ys: list[float]) -> float:
