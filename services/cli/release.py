@@ -196,16 +196,18 @@ def release_list(
     keys = service_keys()
 
     async def model_list(view):
+        from services.reads.model_reads import ignored_of
         from services.reads.model_reads import release_list as from_view
 
-        return await from_view(view, flt.channel, flt.outcome, flt.since, limit)
+        shown, total = await from_view(view, flt.channel, flt.outcome, flt.since, limit)
+        return shown, total, ignored_of(view.position)
 
     answer = None if fold else from_model(nats_url, keys, model_list)
     ignored: Mapping[int, str] = {}
     if answer is None or isinstance(answer, Folding):
         shown, total, ignored = folded_list(nats_url, keys, flt, limit)
-    else:
-        shown, total = answer
+    else:  # the service's fold noted what counts for nothing (e.g. what does not decode): listed as the fold does
+        shown, total, ignored = answer
 
     def tables():
         for seq, why in sorted(ignored.items()):

@@ -224,6 +224,21 @@ def select(rows: list[list[Any]], channel, outcome: str | None, since: datetime 
     return [r[ID] for r in chosen[: max(limit, 0)]]
 
 
+class Listed(dict):
+    """seq -> why: the newest entries a fold noted as counting for nothing, and `total`, how many in all
+    (a `projections.snapshot.Noted` as the read models carry it; this read path loads no event model)."""
+
+    total = 0
+
+
+def ignored_of(position: dict[str, Any]) -> Listed:
+    """The entries the writer's fold noted as counting for nothing (the newest listed, how many in
+    all), as a fold of the log reports them: a reader of the models says so too, never nothing."""
+    listed = Listed((int(item["seq"]), str(item["why"])) for item in position.get("ignored") or [])
+    listed.total = max(len(listed), int(position.get("ignored_total", len(listed))))
+    return listed
+
+
 async def release_list(view: View, channel, outcome: str | None, since: datetime | None, limit: int):
     """(the newest `limit` summaries that match, newest first; how many releases the log holds).
 

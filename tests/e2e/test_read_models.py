@@ -271,3 +271,21 @@ async def test_without_a_service_the_commands_fold_and_say_so(kx, rig):  # noqa:
     assert json.loads(ok(result))["log_seq"] >= 1
     shown = json.loads(ok(await kx.arun("channel", "show", "prod/canary", "--json")))
     assert shown["scope"] == "prod/canary"
+
+
+async def test_release_list_from_the_models_lists_what_does_not_decode(kx, rig):  # noqa: F811
+    """Anything the service could not decode is reported, never silently absent: `kxr release list`
+    answered from the read models lists the ignored entries the service's fold noted, as `--fold` does."""
+    await kx.serve().ready()
+    ack = await rig.js.publish(rig.subjects.release("rjunk", "requested"), b"{not json")
+    line = f"ignored log seq {ack.seq}: undecodable"
+    for _ in range(100):  # until the read models reflect the junk entry
+        from_model = await kx.arun("release", "list")
+        if "folding the log" not in from_model.stderr and line in from_model.stderr:
+            break
+        await asyncio.sleep(0.1)
+    ok(from_model)
+    assert "folding the log" not in from_model.stderr and line in from_model.stderr, from_model.stderr
+    folded = await kx.arun("release", "list", "--fold")
+    ok(folded)
+    assert line in folded.stderr, folded.stderr
