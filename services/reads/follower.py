@@ -27,6 +27,7 @@ from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIE
 from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.reads.shapes import IGNORED_SHOWN
+from services.tasks import Turns
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ class Follower:
         reader = OrderedReader(
             self._js, self._subjects.releases_stream, self._subjects.log_subjects(), self.position + 1, contiguous=True
         )
+        turn = Turns()
         try:
             async for entry in reader.read(follow=True):
+                await turn.maybe()  # a batch of a thousand entries is folded without awaiting anything
                 position = position_of(entry)
                 try:
                     event = decode_event(entry.data, entry.subject, self._subjects)

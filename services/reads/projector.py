@@ -38,12 +38,14 @@ from services.jetstream.log_reads import READ_BACK_TRIES, read_back, release_his
 from services.reads import read_models as rm
 from services.reads.history import HistoryFold, HistoryItem
 from services.reads.model_reads import keys_id
+from services.tasks import Turns
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 0.15
 MAX_SPACING_S = 0.5
 RETRY_S = 1.0
 WRITES_AT_ONCE = 256
+TURN_EVERY_S = 0.005  # building a write lets the event loop turn this often (`services.tasks.Turns`)
 LOAD_YIELD_EVERY = 16  # entries folded between two turns of the event loop at start-up
 RESTORES_AT_ONCE = 16  # releases in flight read back at once when resuming
 
@@ -115,11 +117,19 @@ class Projector:
             await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
 
     async def _drain(self, queue: asyncio.Queue) -> None:
+        """Fold into the history everything the follower has queued. The event loop may turn while a
+        long backlog is folded, but never after the last entry: the write that follows takes the
+        follower's position and world at once, and they must be the history's own."""
+        turn = Turns(TURN_EVERY_S)
+        backlog = queue.qsize()
         while True:
             try:
                 position, event = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            if backlog > 0:  # only within what was queued at the start: the rest is folded without a turn
+                backlog -= 1
+                await turn.maybe()
             if event is None or position.seq <= self.history.applied_seq:
                 # already folded (the start-up load read it too): a closed release it names must not
                 # be "restored" as of this older entry — that dropped it from memory, and its next
@@ -244,7 +254,11 @@ class Projector:
 
     async def _put_changed(self, values: dict[str, dict[str, Any]], seq: int) -> None:
         """Write each value whose content the bucket does not hold yet (as of `seq`)."""
-        prints = {k: rm.fingerprint(v) for k, v in values.items()}
+        prints: dict[str, bytes] = {}
+        turn = Turns(TURN_EVERY_S)
+        for k, v in values.items():
+            prints[k] = rm.fingerprint(v)
+            await turn.maybe()
         changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
         if changed and await self._others_wrote():
             await self._read_keys(list(values))
@@ -304,7 +318,8 @@ class Projector:
         return kept
 
     async def write(self) -> None:
-        """One write of the model at the follower's position (no await until its values are built)."""
+        """One write of the model at the follower's position: its values are built from the world of
+        that position (immutable), letting the event loop turn every few milliseconds meanwhile."""
         follower = self._app.follower
         seq, world = follower.position, follower.world
         if seq <= self.position and not self._dirty:
@@ -318,19 +333,23 @@ class Projector:
     async def _write(self, seq: int, world) -> None:
         follower = self._app.follower
         values: dict[str, dict[str, Any]] = {}
+        turn = Turns(TURN_EVERY_S)
         for key, s in world.scopes.items():
             if self._scopes.get(key) is not s:
                 self._scopes[key] = s
                 values[rm.scope_key(*key)] = rm.scope_value(key, s)
+                await turn.maybe()
         for env_channel in {*world.channels.keys(), *world.channel_problems.keys()}:
             now = (world.channels.get(env_channel), world.channel_problems.get(env_channel))
             if self._channels.get(env_channel) != now:
                 self._channels[env_channel] = now
                 values[rm.channel_key(*env_channel)] = rm.channel_value(world, *env_channel)
+                await turn.maybe()
         dirty = self._dirty | set(world.in_flight)
         self._dirty = set()
         written: list[str] = []
         for release_id in dirty:
+            await turn.maybe()
             item, state = self.history.items.get(release_id), world.releases.get(release_id)
             if item is None:
                 continue

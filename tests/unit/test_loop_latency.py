@@ -115,3 +115,31 @@ def test_a_started_service_puts_what_start_up_loaded_out_of_the_collectors_reach
         assert gc.get_freeze_count() >= len(held)
     finally:
         gc.unfreeze()
+
+
+async def test_a_read_model_write_lets_the_loop_turn_while_it_builds_many_values() -> None:
+    """The projector builds a write's values from one immutable world, turning the event loop every
+    few ms (services/tasks.py `Turns`): a thousand channels built at once held it ~250 ms."""
+    import time
+
+    from services.tasks import Turns
+
+    turns = Turns(every_s=0.002)
+    ran_beside = 0
+
+    async def beside() -> None:
+        nonlocal ran_beside
+        while True:
+            ran_beside += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(beside())
+    await asyncio.sleep(0)
+    before = ran_beside
+    deadline = time.perf_counter() + 0.05
+    while time.perf_counter() < deadline:  # 50 ms of building, in small steps
+        sum(range(1000))
+        await turns.maybe()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 10 <= ran_beside - before <= 30  # about every 2 ms, not at every step
