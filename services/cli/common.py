@@ -72,10 +72,31 @@ def run_async(coro) -> Any:
     box: list[Any] = []
 
     async def main() -> None:
-        box.append(await coro)
+        guard = asyncio.create_task(_cancel_until_done(asyncio.current_task()))
+        try:
+            box.append(await coro)
+        finally:
+            guard.cancel()
 
     asyncio.run(main())
     return box[0]
+
+
+async def _cancel_until_done(task, every_s: float = 0.2) -> None:
+    """Ctrl-C cancels the main task once (asyncio.run's handler). On Python 3.11 a cancellation that
+    arrives as an inner `asyncio.wait_for` completes (nats.py's request and fetch paths) can be
+    swallowed, and the command ran on: a `kxr watch` of a held release never ended (seen under load).
+    A task still asked to stop (`cancelling()`) at two checks in a row is cancelled again, until it
+    does (a timeout's own cancellation is taken back within a turn of the loop, never seen twice)."""
+    import asyncio
+
+    asked_before = False
+    while True:
+        await asyncio.sleep(every_s)
+        asked = task is not None and bool(task.cancelling()) and not task.done()
+        if asked and asked_before:
+            task.cancel()
+        asked_before = asked
 
 
 # The root options (`kxr --creds F --context N --tls-ca … COMMAND`, main.py) of this invocation:

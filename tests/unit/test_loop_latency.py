@@ -143,3 +143,47 @@ async def test_a_read_model_write_lets_the_loop_turn_while_it_builds_many_values
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert 10 <= ran_beside - before <= 30  # about every 2 ms, not at every step
+
+
+def test_a_cancellation_the_command_swallowed_is_repeated_until_it_stops() -> None:
+    """Ctrl-C cancels a `kxr` command's main task once; on Python 3.11 a cancellation that meets an
+    inner wait_for completing can be swallowed (nats.py), and the command ran on (`kxr watch` of a
+    held release, once under load). `run_async` cancels again while the task is still asked to stop."""
+    import time
+
+    import pytest
+
+    from services.cli.common import run_async
+
+    async def stubborn() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.05, task.cancel)  # as asyncio.run's SIGINT handler does
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        await asyncio.sleep(10)  # and on it runs
+
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        run_async(stubborn())
+    assert time.monotonic() - started < 2
+
+
+def test_a_timeout_inside_a_command_is_not_turned_into_a_cancellation() -> None:
+    """The repeat acts only on a request to stop seen twice in a row: asyncio.timeout's own
+    cancellation is taken back at once and still ends as a TimeoutError."""
+    from services.cli.common import run_async
+
+    async def timeouts() -> int:
+        caught = 0
+        for _ in range(40):
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(1)
+            except TimeoutError:
+                caught += 1
+        return caught
+
+    assert run_async(timeouts()) == 40
