@@ -90,9 +90,13 @@ async def _cancel_until_done(task, every_s: float = 0.2) -> None:
     does (a timeout's own cancellation is taken back within a turn of the loop, never seen twice)."""
     import asyncio
 
+    from services.tasks import STOPPING_CLEANLY
+
     asked_before = False
     while True:
         await asyncio.sleep(every_s)
+        if task in STOPPING_CLEANLY:
+            return  # `kxr serve`, `kxr ui`: a clean stop of their own, never cut short
         asked = task is not None and bool(task.cancelling()) and not task.done()
         if asked and asked_before:
             task.cancel()

@@ -187,3 +187,24 @@ def test_a_timeout_inside_a_command_is_not_turned_into_a_cancellation() -> None:
         return caught
 
     assert run_async(timeouts()) == 40
+
+
+def test_a_clean_stop_of_its_own_is_never_cut_short() -> None:
+    """`kxr serve` / `kxr ui` (SignalStop) shut down while their cancellation propagates (consumers
+    stopped, a snapshot saved): that shutdown is not cancelled again, however long it takes."""
+    from services.cli.common import run_async
+    from services.tasks import STOPPING_CLEANLY
+
+    async def serving() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        STOPPING_CLEANLY.add(task)
+        asyncio.get_running_loop().call_later(0.05, task.cancel)  # SIGTERM
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.6)  # the clean shutdown, past two of the repeat's checks
+            return "stopped cleanly"
+        return "not stopped"
+
+    assert run_async(serving()) == "stopped cleanly"
