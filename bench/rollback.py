@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.rollback --runtimes 5 --rounds 50
     .venv/bin/python -m bench.rollback --quick                    # 3 runtimes, 5 rounds
     .venv/bin/python -m bench.rollback --runtimes 5 --profile /tmp/prof   # service + runtimes under cProfile
+                                                                           # (runtimes: only on the rollback pointer)
 
 The service runs as `kxr serve` (every consumer, durable consumers, signed events) in its
 own process against a file-backed nats-server. One channel, one cohort: a first release
@@ -33,6 +34,11 @@ shows where the time goes. A runtime ran the LKG before, so its record of the pa
 (services/runtime/sdk.py `VerifiedPacks`): `switches_read_from_store` counts the switches
 back that still read the pack from the store (0 expected), and the trust chain is read
 only after a rotation (none here).
+
+Where the 2 cores go: each worker measures its CPU from its first runtime's arrival of the rollback
+pointer to its last runtime's acked report (`runtime_cpu`: us per runtime and pointer, with the
+garbage collector's part), and `cpu_per_round` is each role's CPU (nats-server, service, runtimes'
+workers, this bench) from the breach to the last report stored, from /proc.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import sys
@@ -147,9 +154,9 @@ def _runtime_class():
 
         trust_root_now = _timed("trust_chain", sdk.RuntimeClient.trust_root_now)
 
-        def __init__(self, *a, seen: _Seen, parts: _Values, **kw) -> None:
+        def __init__(self, *a, seen: _Seen, parts: _Values, window: _Window, **kw) -> None:
             super().__init__(*a, **kw)
-            self._seen, self._parts = seen, parts
+            self._seen, self._parts, self._window = seen, parts, window
 
         async def report(self, body: dict) -> None:
             timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
@@ -157,6 +164,8 @@ def _runtime_class():
 
         async def consider(self, pointer, failed_before: int = 0):
             key = f"{pointer.release_id}:{pointer.kind}"
+            if pointer.kind == "rollback":
+                self._window.arrived("ours", key)
             self._seen.mark(f"seen:{key}")
             _SPENT.pop(asyncio.current_task(), None)
             refusal = await super().consider(pointer, failed_before)
@@ -167,9 +176,61 @@ def _runtime_class():
                 self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
             if self.active is None or self.active.digest != pointer.pack.digest:
                 _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
+            self._window.finished(key)
             return refusal
 
     return BenchRuntime
+
+
+class _Window:
+    """One worker's CPU on one pointer: from its first runtime's arrival to its last runtime's report
+    (acked), in CPU time (`time.process_time`), with the part of it the garbage collector took; a line
+    on stdout per window (`cpu:<key>`, `gc:<key>`: seconds). With `--profile`, cProfile (CPU time)
+    runs only inside these windows, one profile per side (ours, raw): the figure per pointer compares
+    like with like, not the set-up, the forward switches or the idle heartbeats."""
+
+    def __init__(self, n: int, path: str | None) -> None:
+        self.n, self.path = n, path
+        self.profiles: dict[str, cProfile.Profile] = {}
+        self._open: cProfile.Profile | None = None
+        self._counts: dict[str, int] = {}
+        self._cpu0 = self._gc0 = 0.0
+        self._gc_s, self._gc_start = 0.0, 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.process_time()
+        else:
+            self._gc_s += time.process_time() - self._gc_start
+
+    def arrived(self, side: str, key: str) -> None:
+        if key in self._counts:
+            return
+        self._counts[key] = 0
+        self._cpu0, self._gc0 = time.process_time(), self._gc_s
+        if self.path is not None and self._open is None:
+            # CPU time, not wall time: 4 workers share 2 cores with the server, and a profile in wall
+            # time charges whatever call was running when the process was preempted
+            self._open = self.profiles.setdefault(side, cProfile.Profile(time.process_time))
+            self._open.enable()
+
+    def finished(self, key: str) -> None:
+        if key not in self._counts:
+            return
+        self._counts[key] += 1
+        if self._counts[key] == self.n:
+            if self._open is not None:
+                self._open.disable()
+                self._open = None
+            _say({"key": f"cpu:{key}", "times": [time.process_time() - self._cpu0]})
+            _say({"key": f"gc:{key}", "times": [self._gc_s - self._gc0]})
+
+    def dump(self) -> None:
+        if self._open is not None:
+            self._open.disable()
+        for side, prof in self.profiles.items():
+            prof.dump_stats(f"{self.path}-{side}.prof")
 
 
 class _Values(_Seen):
@@ -191,6 +252,7 @@ async def _worker(spec: dict) -> None:
     BenchRuntime = _runtime_class()
     trust = TrustRoot.from_document(spec["trust"])
     seen, parts = _Seen(spec["n"]), _Values(spec["n"])
+    window = _Window(spec["n"], spec.get("profile"))
     conns: list = []
     tasks: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -214,10 +276,13 @@ async def _worker(spec: dict) -> None:
             def on_pointer(js=js, rt=rt):
                 async def cb(msg) -> None:
                     pointer = json.loads(msg.data)
+                    key = f"raw:{pointer['round']}"
+                    window.arrived("raw", key)
                     seen.mark(f"seen:{pointer['round']}")
                     body = {"runtime_id": rt, "digest": pointer["digest"], "at": now_rfc3339(), "kind": "activation"}
                     body.update(ok=True, took_ms=0.0, error=None, round=pointer["round"])
                     await js.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
+                    window.finished(key)
 
                 return cb
 
@@ -235,6 +300,7 @@ async def _worker(spec: dict) -> None:
                 prefix=spec["prefix"],
                 seen=seen,
                 parts=parts,
+                window=window,
             )
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.follow()))
@@ -249,6 +315,7 @@ async def _worker(spec: dict) -> None:
                 await raw_subscribers()
     finally:
         await close_all()
+        window.dump()
 
 
 class RollbackWorkers(Workers):
@@ -328,6 +395,60 @@ async def _until_stored(js, stream: str, subject: str, what: str, timeout: float
             await asyncio.sleep(0.02)
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a live process has used so far; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class CpuMeter:
+    """CPU spent by each role's processes (the nats-server, the service, the runtimes' workers, this
+    bench) over a window: where the 2 cores went between the breach and the last report."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.spent: dict[str, list[float]] = {role: [] for role in pids}  # role -> seconds, per window
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {role: sum(cpu_s(pid) for pid in pids) for role, pids in self.pids.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        for role, now in self._now().items():
+            self.spent[role].append(now - self._start[role])
+
+    def summary(self) -> dict[str, float]:
+        """Mean CPU ms per round and role (clock ticks are 10 ms: the mean over rounds, not one round)."""
+        return {f"{role}_ms": round(sum(v) / len(v) * 1000, 1) for role, v in self.spent.items() if v}
+
+
+def pointer_cpu(cpu: list[float], gc_s: list[float], runtimes: int) -> dict[str, float]:
+    """A runtime's CPU per pointer (us, median over rounds; each round: the workers' windows summed and
+    divided by the runtimes), and the garbage collector's part of it."""
+    if not cpu:
+        return {}
+    return {
+        "us_per_pointer": round(percentile(cpu, 50) / runtimes * 1e6, 1),
+        "gc_us_per_pointer": round(percentile(gc_s, 50) / runtimes * 1e6, 1),
+    }
+
+
+async def _window_cpu(pool: Workers, key: str, timeout: float) -> tuple[float, float]:
+    """(CPU s, of it GC s) of every worker's window on pointer `key`, summed over the workers."""
+    await pool.until(lambda: len(pool.times(f"gc:{key}")) == len(pool.procs), f"{key} cpu", timeout)
+    return sum(pool.times(f"cpu:{key}")), sum(pool.times(f"gc:{key}"))
+
+
 def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000, 3)
 
@@ -362,7 +483,7 @@ async def _request(log: EventLog, rid: str, version: str, digest: str, extra: di
 
 
 async def measure_ours(
-    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float
+    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float, cpu: CpuMeter
 ) -> tuple[list, list, dict[str, list[float]]]:
     """(per-round latencies in s, per-round hop times, per runtime and round: its own `took_ms` and
     the time in each of PARTS, in s) of the service's rollback."""
@@ -403,7 +524,7 @@ async def measure_ours(
             raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
 
         latencies, hops, took = [], [], []
-        spent: dict[str, list[float]] = {part: [] for part in (*PARTS, "store_read")}
+        spent: dict[str, list[float]] = {part: [] for part in (*PARTS, "store_read", "cpu", "gc")}
         quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
         progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
         for i in range(1, rounds + 1):
@@ -428,6 +549,7 @@ async def measure_ours(
             await _until_stored(js, stream, subjects.release(rid, "monitoring_started"), f"round {i} window", timeout)
             await asyncio.sleep(quiet)
             back = reports.expect(lkg)
+            cpu.start()
             t0 = time.time()
             await js.publish(health, sample_body(digest, **BREACH))
             try:
@@ -436,6 +558,7 @@ async def measure_ours(
                 raise RuntimeError(
                     f"round {i}: {len(reports.stored[lkg])}/{runtimes} runtimes back on the LKG within the timeout"
                 ) from None
+            cpu.stop()
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[lkg].values())
             took += [ms / 1000 for ms in reports.took_ms[lkg]]
@@ -445,6 +568,9 @@ async def measure_ours(
             )
             for part in (*PARTS, "store_read"):
                 spent[part] += pool.times(f"{part}:{rid}:rollback")
+            cpu_s, gc_s = await _window_cpu(pool, f"{rid}:rollback", timeout)
+            spent["cpu"].append(cpu_s)
+            spent["gc"].append(gc_s)
             seen = pool.times(f"seen:{rid}:rollback")
             sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
             hops.append(
@@ -473,8 +599,11 @@ async def measure_ours(
         await sub.unsubscribe()
 
 
-async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeout: float) -> tuple[list, list]:
-    """(per-round latencies in s, per-round hop times) of the raw chain of the same shape."""
+async def measure_raw(
+    url: str, pool: Workers, runtimes: int, rounds: int, timeout: float, cpu: CpuMeter
+) -> tuple[list, list, dict[str, list[float]]]:
+    """(per-round latencies in s, per-round hop times, the workers' CPU and GC s per round) of the raw
+    chain of the same shape."""
     admin = await raw_connect(url, name="bench-raw-admin")
     js = admin.jetstream()
     await js.add_stream(
@@ -536,18 +665,21 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
         await pool.send("raw")
         await pool.until(lambda: len(pool.following) == len(pool.procs), "raw subscribers", timeout + runtimes * 0.2)
         latencies, hops = [], []
+        spent: dict[str, list[float]] = {"cpu": [], "gc": []}
         quiet = 0.1 + runtimes * 0.001
         progress = Progress(f"raw chains with {runtimes} subscribers", rounds)
         for i in range(1, rounds + 1):
             await asyncio.sleep(quiet)
             done = reports.expect(str(i))
             body = {"runtime_id": PROBE, "digest": "d", "lkg": "lkg", "kind": "sample", "round": i, **BREACH}
+            cpu.start()
             t0 = time.time()
             await js.publish(f"rawrb.health.{PROBE}", json.dumps(body).encode())
             try:
                 t_end = await asyncio.wait_for(done, timeout + runtimes * 0.05)
             except TimeoutError:
                 raise RuntimeError(f"raw round {i}: {len(reports.stored[str(i)])}/{runtimes} reports") from None
+            cpu.stop()
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[str(i)].values())
             seen = pool.times(f"seen:{i}")
@@ -565,8 +697,11 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
                     "last_report_stored": _ms(t0, stored[-1]),
                 }
             )
+            cpu_s, gc_s = await _window_cpu(pool, f"raw:{i}", timeout)
+            spent["cpu"].append(cpu_s)
+            spent["gc"].append(gc_s)
             progress.update(i)
-        return latencies, hops
+        return latencies, hops, spent
     finally:
         for s in subs:
             await s.unsubscribe()
@@ -606,7 +741,7 @@ async def run_one(
             await pool.start(
                 [
                     {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust}
-                    | ({"profile": str(profile / f"runtimes-{i}.prof")} if profile else {})
+                    | ({"profile": str(profile / f"runtimes-{i}")} if profile else {})
                     for i, n in enumerate(share)
                 ]
             )
@@ -617,8 +752,15 @@ async def run_one(
                 return await live_followers(js, subjects.releases_stream, pointer) >= runtimes
 
             await pool.until(all_live, "runtime followers", timeout)
-            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout)
-            raw, raw_hops = await measure_raw(r.url, pool, runtimes, rounds, timeout)
+            pids = {
+                "nats_server": [r.server.proc.pid] if r.server.proc else [],
+                "service": [p.pid for p in r.procs],
+                "runtimes": [p.pid for p in pool.procs],
+                "bench": [os.getpid()],
+            }
+            ours_cpu, raw_cpu = CpuMeter(pids), CpuMeter(pids)
+            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout, ours_cpu)
+            raw, raw_hops, raw_spent = await measure_raw(r.url, pool, runtimes, rounds, timeout, raw_cpu)
         finally:
             await pool.stop()
             await nc.close()
@@ -635,6 +777,14 @@ async def run_one(
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "hops_ms_since_sample": {"ours": hop_summary(ours_hops), "baseline": hop_summary(raw_hops)},
+        # CPU per round from the breach to the last report stored, by role (the raw chain's "service"
+        # is idle: its hops run in this bench's process), and the runtimes' per runtime and pointer
+        "cpu_per_round": {"ours": ours_cpu.summary(), "baseline": raw_cpu.summary()},
+        # one runtime's CPU on the pointer (arrival to acked report), measured in its worker process
+        "runtime_cpu": {
+            "ours": pointer_cpu(took["cpu"], took["gc"], runtimes),
+            "baseline": pointer_cpu(raw_spent["cpu"], raw_spent["gc"], runtimes),
+        },
         # per runtime and round: its own `took_ms` (verify + switch), and where that time went
         "runtime_verify_and_switch": latency_summary(took["took"]),
         "runtime_parts": {part: latency_summary(took[part]) for part in PARTS},
@@ -689,11 +839,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process, JSON spec
     args = ap.parse_args(argv)
     if args.worker:
-        spec = json.loads(args.worker)
-        if spec.get("profile"):
-            cProfile.runctx("asyncio.run(_worker(spec))", globals(), {"spec": spec}, spec["profile"])
-        else:
-            asyncio.run(_worker(spec))
+        asyncio.run(_worker(json.loads(args.worker)))  # with a "profile", cProfile in its rollback windows
         return
     if args.quick:
         args.runtimes, args.rounds = "3", "5"

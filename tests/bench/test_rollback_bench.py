@@ -29,5 +29,10 @@ async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
     assert size["runtime_verify_and_switch"]["n"] == 4 and not size["profiled"]
     # every runtime ran the LKG before: its record answered, nothing was read from the store
     assert size["switches_read_from_store"] == 0
+    # where the CPU went: each side's runtimes measured their own CPU per pointer (GC part included)
+    for side in ("ours", "baseline"):
+        cpu = size["runtime_cpu"][side]
+        assert _positive(cpu["us_per_pointer"]) and 0 <= cpu["gc_us_per_pointer"] <= cpu["us_per_pointer"]
+        assert set(size["cpu_per_round"][side]) == {"nats_server_ms", "service_ms", "runtimes_ms", "bench_ms"}
     assert _positive(size["ratio_p50"]) and size["target_p99_ms"] == 25.0
     assert res["met"] == {"p99_2": size["met"]} and isinstance(size["met"], bool)
