@@ -25,7 +25,8 @@ Baseline, same run, same server, bare nats-py: the raw chain of the same shape. 
 is published to a raw health stream; a "monitor" (core subscription) publishes a JetStream
 event; a "promoter" (ordered consumer) publishes the next; an "activator" (ordered
 consumer) commits a synced two-message atomic batch (pointer + event); N subscribers, one
-connection each, receive the pointer and each publishes an activation report; the clock
+connection each, receive the pointer and each publishes an activation report (to the raw
+health stream, not waiting for its acknowledgement, as the runtime SDK reports); the clock
 stops at the stored time of the last report.
 
 Each hop's stored time (server timestamps, same host clock) is kept per round, and each
@@ -125,18 +126,19 @@ def sample_body(digest: str | None, requests: int, errors: int) -> bytes:
 
 # ---- worker process: n runtimes, then n raw subscribers ------------------------------------------------
 PARTS = ("trust_chain", "gates", "report")  # where a runtime's switch spends its time (s each)
-_SPENT: dict[asyncio.Task | None, dict[str, float]] = {}  # follow task -> part -> seconds, this pointer
+_GATES: dict[asyncio.Task | None, float] = {}  # apply task -> seconds in the gates over the pack, this pointer
 
 
-def _timed(part: str, fn):
-    """`fn` (a coroutine function), timing each call under `part` for the task that called it."""
+def _timed_gates(fn):
+    """`run_gates`, timing each call for the task that called it (only a switch that reads the store
+    calls it: nothing is kept for the others)."""
 
     async def timed(*a, **kw):
         t0 = time.perf_counter()
         try:
             return await fn(*a, **kw)
         finally:
-            _SPENT.setdefault(asyncio.current_task(), {})[part] = time.perf_counter() - t0
+            _GATES[asyncio.current_task()] = time.perf_counter() - t0
 
     return timed
 
@@ -146,34 +148,46 @@ def _runtime_class():
 
     # the two awaits of `RuntimeClient.verify`: the trust root in force (the chain, read again only
     # after a rotation), the gates over the pack
-    sdk.run_gates = _timed("gates", sdk.run_gates)
+    sdk.run_gates = _timed_gates(sdk.run_gates)
 
     class BenchRuntime(sdk.RuntimeClient):
         """The SDK's runtime; marks when each pointer arrived and what its switch spent where
-        (the report itself is timed by its stored time)."""
-
-        trust_root_now = _timed("trust_chain", sdk.RuntimeClient.trust_root_now)
+        (the report itself is timed by its stored time). What it adds per pointer is kept small:
+        250 of them share a process and a core."""
 
         def __init__(self, *a, seen: _Seen, parts: _Values, window: _Window, **kw) -> None:
             super().__init__(*a, **kw)
             self._seen, self._parts, self._window = seen, parts, window
+            self._trust_s = self._report_s = 0.0
+
+        async def trust_root_now(self):
+            t0 = time.perf_counter()
+            try:
+                return await super().trust_root_now()
+            finally:
+                self._trust_s = time.perf_counter() - t0
 
         async def report(self, body: dict) -> None:
-            timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
-            await timed(body)
+            t0 = time.perf_counter()
+            try:
+                await super().report(body)
+            finally:
+                if body.get("kind") == "activation":
+                    self._report_s = time.perf_counter() - t0
 
         async def consider(self, pointer, failed_before: int = 0):
             key = f"{pointer.release_id}:{pointer.kind}"
             if pointer.kind == "rollback":
                 self._window.arrived("ours", key)
             self._seen.mark(f"seen:{key}")
-            _SPENT.pop(asyncio.current_task(), None)
+            self._trust_s = self._report_s = 0.0
             refusal = await super().consider(pointer, failed_before)
-            spent = _SPENT.pop(asyncio.current_task(), {})
+            gates = _GATES.pop(asyncio.current_task(), None)
             # 1 when the pack was read from the store, 0 when its record answered (a pack it ran before)
-            self._parts.add(f"store_read:{key}", 1.0 if "gates" in spent else 0.0)
-            for part in PARTS:
-                self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
+            self._parts.add(f"store_read:{key}", 0.0 if gates is None else 1.0)
+            self._parts.add(f"trust_chain:{key}", self._trust_s)
+            self._parts.add(f"gates:{key}", gates or 0.0)
+            self._parts.add(f"report:{key}", self._report_s)
             if self.active is None or self.active.digest != pointer.pack.digest:
                 _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
             self._window.finished(key)
@@ -245,12 +259,24 @@ class _Values(_Seen):
 
 async def _worker(spec: dict) -> None:
     """n runtimes following the channel; on stdin `raw` replaces them with n raw subscribers, `stop` ends."""
+    from events.service_signing import ServiceKeys
     from events.signing import TrustRoot
     from services.runtime.sdk import Identity
 
     raise_fd_limit(spec["n"] * 2 + 64)
+    if spec.get("gc_scaled", True):
+        # n runtimes share this process, as one runtime would not: the collector's young generation
+        # holds every runtime's live objects (each one's waiting reads and requests), so each
+        # collection walks n runtimes' worth and is paid n times as often per runtime. Scaled by n,
+        # a collection comes as often per runtime's allocations as in a process of its own. Ours
+        # and the raw subscribers run in this same process: both sides get the same setting.
+        gen0, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0 * spec["n"], gen1, gen2)
     BenchRuntime = _runtime_class()
     trust = TrustRoot.from_document(spec["trust"])
+    # the service's public keys, as a deployed runtime has them (KX_SERVICE_KEYS): each pointer's
+    # activator signature is checked, an unsigned or forged one refused (CONTRACT; tests/security)
+    service_keys = ServiceKeys.from_document(spec["service_keys"]) if spec.get("service_keys") else None
     seen, parts = _Seen(spec["n"]), _Values(spec["n"])
     window = _Window(spec["n"], spec.get("profile"))
     conns: list = []
@@ -273,7 +299,7 @@ async def _worker(spec: dict) -> None:
             js = nc.jetstream()
             rt = f"raw-{spec['index']}-{i}"
 
-            def on_pointer(js=js, rt=rt):
+            def on_pointer(nc=nc, rt=rt):
                 async def cb(msg) -> None:
                     pointer = json.loads(msg.data)
                     key = f"raw:{pointer['round']}"
@@ -281,7 +307,8 @@ async def _worker(spec: dict) -> None:
                     seen.mark(f"seen:{pointer['round']}")
                     body = {"runtime_id": rt, "digest": pointer["digest"], "at": now_rfc3339(), "kind": "activation"}
                     body.update(ok=True, took_ms=0.0, error=None, round=pointer["round"])
-                    await js.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
+                    # not acknowledged, as the runtimes' reports (services/runtime/sdk.py `report`)
+                    await nc.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
                     window.finished(key)
 
                 return cb
@@ -298,6 +325,7 @@ async def _worker(spec: dict) -> None:
                 Identity(ENV, CHANNEL, f"tenant-{spec['index']}-{i}", f"rt-{spec['index']}-{i}"),
                 trust,
                 prefix=spec["prefix"],
+                service_keys=service_keys,
                 seen=seen,
                 parts=parts,
                 window=window,
@@ -717,7 +745,13 @@ def _serve(r, profile: Path | None) -> None:
 
 
 async def run_one(
-    runtimes: int, rounds: int, workers: int = 1, timeout: float = 60.0, profile: Path | None = None
+    runtimes: int,
+    rounds: int,
+    workers: int = 1,
+    timeout: float = 60.0,
+    profile: Path | None = None,
+    gc_scaled: bool = True,
+    signed_pointers: bool = True,
 ) -> dict:
     """Ours and the raw chain with `runtimes` runtimes, `rounds` rollbacks each, on one fresh server.
     With `profile` (a directory), the service and the runtime processes run under cProfile."""
@@ -737,10 +771,14 @@ async def run_one(
             # pre-flight wants a runtime that reported in the cohort: the probe
             await js.publish(subjects.health(ENV, CHANNEL, COHORT, PROBE), sample_body(None, 10, 0))
             trust = json.loads(r.trust_file.read_text())
+            # written by `kxr serve` beside its key when it created it (services/settings.py)
+            keys_file = r.work / "data" / "service-keys.json"
+            service_keys = json.loads(keys_file.read_text()) if signed_pointers else None
             share = [runtimes // workers + (1 if i < runtimes % workers else 0) for i in range(workers)]
             await pool.start(
                 [
-                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust}
+                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust, "gc_scaled": gc_scaled}
+                    | {"service_keys": service_keys}
                     | ({"profile": str(profile / f"runtimes-{i}")} if profile else {})
                     for i, n in enumerate(share)
                 ]
@@ -792,12 +830,21 @@ async def run_one(
         "switches_read_from_store": int(sum(took["store_read"])),
         "target_p99_ms": target,
         "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
+        # the workers' collector thresholds: "scaled" by the runtimes per process (see _worker), or "default"
+        "worker_gc": "scaled" if gc_scaled else "default",
+        # the runtimes check each pointer's service signature (a deployed runtime with KX_SERVICE_KEYS)
+        "runtimes_check_signatures": signed_pointers,
         "met": None if target is None else o["p99_ms"] <= target,
     }
 
 
 async def run(
-    sizes: list[tuple[int, int]], workers: int = 4, timeout: float = 60.0, profile: Path | None = None
+    sizes: list[tuple[int, int]],
+    workers: int = 4,
+    timeout: float = 60.0,
+    profile: Path | None = None,
+    gc_scaled: bool = True,
+    signed_pointers: bool = True,
 ) -> dict:
     """One `run_one` per (runtimes, rounds), each on its own server and service."""
     results = []
@@ -808,7 +855,7 @@ async def run(
         if profile is not None:
             where = profile / f"n{runtimes}"
             where.mkdir(parents=True, exist_ok=True)
-        results.append(await run_one(runtimes, rounds, w, timeout, where))
+        results.append(await run_one(runtimes, rounds, w, timeout, where, gc_scaled, signed_pointers))
     return {
         "pack_bytes": PACK_BYTES,
         "sizes": results,
@@ -836,6 +883,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=4, help="processes the runtimes are spread over (above 20)")
     ap.add_argument("--quick", action="store_true", help="3 runtimes, 5 rounds")
     ap.add_argument("--profile", type=Path, help="a directory: run the service and the runtimes under cProfile")
+    ap.add_argument(
+        "--worker-gc",
+        choices=("scaled", "default"),
+        default="scaled",
+        help="the workers' GC thresholds: scaled by the runtimes per process (as one runtime per process), or default",
+    )
+    ap.add_argument(
+        "--unsigned-pointers",
+        action="store_true",
+        help="runtimes without the service's keys: pointer signatures unchecked (as before session 9)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process, JSON spec
     args = ap.parse_args(argv)
     if args.worker:
@@ -849,7 +907,16 @@ def main(argv: list[str] | None = None) -> None:
     if len(rounds) != len(runtimes) or args.workers < 1:
         print("bench.rollback: give one --rounds, or one per --runtimes; --workers at least 1", file=sys.stderr)
         raise SystemExit(2)
-    res = asyncio.run(run(list(zip(runtimes, rounds, strict=True)), args.workers, profile=args.profile))
+    sizes = list(zip(runtimes, rounds, strict=True))
+    res = asyncio.run(
+        run(
+            sizes,
+            args.workers,
+            profile=args.profile,
+            gc_scaled=args.worker_gc == "scaled",
+            signed_pointers=not args.unsigned_pointers,
+        )
+    )
     rows = []
     for s in res["sizes"]:
         o, b, n = s["ours"], s["baseline"], s["runtimes"]

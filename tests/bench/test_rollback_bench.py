@@ -27,6 +27,8 @@ async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
     # each runtime said where its switch back went: trust chain read, gates over the pack, the report
     assert all(size["runtime_parts"][part]["n"] == 4 for part in ("trust_chain", "gates", "report"))
     assert size["runtime_verify_and_switch"]["n"] == 4 and not size["profiled"]
+    # the runtimes ran as deployed: each pointer's service signature checked (and the chain, always)
+    assert size["runtimes_check_signatures"] is True and size["worker_gc"] == "scaled"
     # every runtime ran the LKG before: its record answered, nothing was read from the store
     assert size["switches_read_from_store"] == 0
     # where the CPU went: each side's runtimes measured their own CPU per pointer (GC part included)
