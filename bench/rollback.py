@@ -175,10 +175,16 @@ def _runtime_class():
                 if body.get("kind") == "activation":
                     self._report_s = time.perf_counter() - t0
 
+        def accept_pointer(self, entry):
+            pointer = super().accept_pointer(entry)
+            if pointer is not None and pointer.kind == "rollback":
+                # the window opens at the first arrival (decoded, signature and chain checked): the
+                # reader hands over what arrived together, so runtimes accept before any considers
+                self._window.arrived("ours", f"{pointer.release_id}:{pointer.kind}")
+            return pointer
+
         async def consider(self, pointer, failed_before: int = 0):
             key = f"{pointer.release_id}:{pointer.kind}"
-            if pointer.kind == "rollback":
-                self._window.arrived("ours", key)
             self._seen.mark(f"seen:{key}")
             self._trust_s = self._report_s = 0.0
             refusal = await super().consider(pointer, failed_before)
