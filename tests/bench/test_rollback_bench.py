@@ -38,3 +38,14 @@ async def test_rollback_bench_runs_with_a_few_runtimes() -> None:
         assert set(size["cpu_per_round"][side]) == {"nats_server_ms", "service_ms", "runtimes_ms", "bench_ms"}
     assert _positive(size["ratio_p50"]) and size["target_p99_ms"] == 25.0
     assert res["met"] == {"p99_2": size["met"]} and isinstance(size["met"], bool)
+
+
+async def test_rollback_profile_covers_the_service_and_each_side_of_the_runtimes_on_the_pointer(tmp_path) -> None:
+    res = await run([(2, 1)], workers=1, timeout=60, profile=tmp_path)
+    (size,) = res["sizes"]
+    assert size["profiled"] and size["ours"]["n"] == 1 and size["baseline"]["n"] == 1
+    where = tmp_path / "n2"
+    # the service's whole run; the runtimes' worker only while it handled a rollback pointer, one per side
+    for name in ("serve", "runtimes-0-ours", "runtimes-0-raw"):
+        assert (where / f"{name}.prof").stat().st_size > 0, name
+        assert "function calls" in (where / f"{name}.txt").read_text(), name
