@@ -414,8 +414,9 @@ class RuntimeClient:
             except Exception as exc:  # one pointer that went wrong must not stop the runtime following
                 self.history.append((pointer.pack.digest, f"error: {exc!r}"))
                 log.error("runtime %s: pointer at seq %d not handled: %r", self.id.runtime_id, seq, exc)
-                # a report that could not be sent is IO too: tried again (a switch that happened is
-                # not redone: the next attempt finds the pack active)
+                # a report that could not be sent (a closed connection) is IO too: tried again — but a
+                # switch that happened is neither redone nor reported again: the next attempt finds
+                # the pack active and returns (see `report`)
                 refusal = Refusal(f"error: {exc!r}", refusal_kind(error=exc))
             if refusal is None or not refusal.transient:
                 return
