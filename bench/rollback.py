@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.rollback --runtimes 5 --rounds 50
     .venv/bin/python -m bench.rollback --quick                    # 3 runtimes, 5 rounds
     .venv/bin/python -m bench.rollback --runtimes 5 --profile /tmp/prof   # service + runtimes under cProfile
+                                                                           # (runtimes: only on the rollback pointer)
 
 The service runs as `kxr serve` (every consumer, durable consumers, signed events) in its
 own process against a file-backed nats-server. One channel, one cohort: a first release
@@ -24,7 +25,8 @@ Baseline, same run, same server, bare nats-py: the raw chain of the same shape. 
 is published to a raw health stream; a "monitor" (core subscription) publishes a JetStream
 event; a "promoter" (ordered consumer) publishes the next; an "activator" (ordered
 consumer) commits a synced two-message atomic batch (pointer + event); N subscribers, one
-connection each, receive the pointer and each publishes an activation report; the clock
+connection each, receive the pointer and each publishes an activation report (to the raw
+health stream, not waiting for its acknowledgement, as the runtime SDK reports); the clock
 stops at the stored time of the last report.
 
 Each hop's stored time (server timestamps, same host clock) is kept per round, and each
@@ -33,6 +35,11 @@ shows where the time goes. A runtime ran the LKG before, so its record of the pa
 (services/runtime/sdk.py `VerifiedPacks`): `switches_read_from_store` counts the switches
 back that still read the pack from the store (0 expected), and the trust chain is read
 only after a rotation (none here).
+
+Where the 2 cores go: each worker measures its CPU from its first runtime's arrival of the rollback
+pointer to its last runtime's acked report (`runtime_cpu`: us per runtime and pointer, with the
+garbage collector's part), and `cpu_per_round` is each role's CPU (nats-server, service, runtimes'
+workers, this bench) from the breach to the last report stored, from /proc.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import sys
@@ -118,18 +126,19 @@ def sample_body(digest: str | None, requests: int, errors: int) -> bytes:
 
 # ---- worker process: n runtimes, then n raw subscribers ------------------------------------------------
 PARTS = ("trust_chain", "gates", "report")  # where a runtime's switch spends its time (s each)
-_SPENT: dict[asyncio.Task | None, dict[str, float]] = {}  # follow task -> part -> seconds, this pointer
+_GATES: dict[asyncio.Task | None, float] = {}  # apply task -> seconds in the gates over the pack, this pointer
 
 
-def _timed(part: str, fn):
-    """`fn` (a coroutine function), timing each call under `part` for the task that called it."""
+def _timed_gates(fn):
+    """`run_gates`, timing each call for the task that called it (only a switch that reads the store
+    calls it: nothing is kept for the others)."""
 
     async def timed(*a, **kw):
         t0 = time.perf_counter()
         try:
             return await fn(*a, **kw)
         finally:
-            _SPENT.setdefault(asyncio.current_task(), {})[part] = time.perf_counter() - t0
+            _GATES[asyncio.current_task()] = time.perf_counter() - t0
 
     return timed
 
@@ -139,37 +148,109 @@ def _runtime_class():
 
     # the two awaits of `RuntimeClient.verify`: the trust root in force (the chain, read again only
     # after a rotation), the gates over the pack
-    sdk.run_gates = _timed("gates", sdk.run_gates)
+    sdk.run_gates = _timed_gates(sdk.run_gates)
 
     class BenchRuntime(sdk.RuntimeClient):
         """The SDK's runtime; marks when each pointer arrived and what its switch spent where
-        (the report itself is timed by its stored time)."""
+        (the report itself is timed by its stored time). What it adds per pointer is kept small:
+        250 of them share a process and a core."""
 
-        trust_root_now = _timed("trust_chain", sdk.RuntimeClient.trust_root_now)
-
-        def __init__(self, *a, seen: _Seen, parts: _Values, **kw) -> None:
+        def __init__(self, *a, seen: _Seen, parts: _Values, window: _Window, **kw) -> None:
             super().__init__(*a, **kw)
-            self._seen, self._parts = seen, parts
+            self._seen, self._parts, self._window = seen, parts, window
+            self._trust_s = self._report_s = 0.0
+
+        async def trust_root_now(self):
+            t0 = time.perf_counter()
+            try:
+                return await super().trust_root_now()
+            finally:
+                self._trust_s = time.perf_counter() - t0
 
         async def report(self, body: dict) -> None:
-            timed = _timed("report", super().report) if body.get("kind") == "activation" else super().report
-            await timed(body)
+            t0 = time.perf_counter()
+            try:
+                await super().report(body)
+            finally:
+                if body.get("kind") == "activation":
+                    self._report_s = time.perf_counter() - t0
+
+        def accept_pointer(self, entry):
+            pointer = super().accept_pointer(entry)
+            if pointer is not None and pointer.kind == "rollback":
+                # the window opens at the first arrival (decoded, signature and chain checked): the
+                # reader hands over what arrived together, so runtimes accept before any considers
+                self._window.arrived("ours", f"{pointer.release_id}:{pointer.kind}")
+            return pointer
 
         async def consider(self, pointer, failed_before: int = 0):
             key = f"{pointer.release_id}:{pointer.kind}"
             self._seen.mark(f"seen:{key}")
-            _SPENT.pop(asyncio.current_task(), None)
+            self._trust_s = self._report_s = 0.0
             refusal = await super().consider(pointer, failed_before)
-            spent = _SPENT.pop(asyncio.current_task(), {})
+            gates = _GATES.pop(asyncio.current_task(), None)
             # 1 when the pack was read from the store, 0 when its record answered (a pack it ran before)
-            self._parts.add(f"store_read:{key}", 1.0 if "gates" in spent else 0.0)
-            for part in PARTS:
-                self._parts.add(f"{part}:{key}", spent.get(part, 0.0))
+            self._parts.add(f"store_read:{key}", 0.0 if gates is None else 1.0)
+            self._parts.add(f"trust_chain:{key}", self._trust_s)
+            self._parts.add(f"gates:{key}", gates or 0.0)
+            self._parts.add(f"report:{key}", self._report_s)
             if self.active is None or self.active.digest != pointer.pack.digest:
                 _say({"error": f"{self.id.runtime_id} did not switch to {pointer.pack.short()}: {self.history[-1:]}"})
+            self._window.finished(key)
             return refusal
 
     return BenchRuntime
+
+
+class _Window:
+    """One worker's CPU on one pointer: from its first runtime's arrival to its last runtime's report
+    (acked), in CPU time (`time.process_time`), with the part of it the garbage collector took; a line
+    on stdout per window (`cpu:<key>`, `gc:<key>`: seconds). With `--profile`, cProfile (CPU time)
+    runs only inside these windows, one profile per side (ours, raw): the figure per pointer compares
+    like with like, not the set-up, the forward switches or the idle heartbeats."""
+
+    def __init__(self, n: int, path: str | None) -> None:
+        self.n, self.path = n, path
+        self.profiles: dict[str, cProfile.Profile] = {}
+        self._open: cProfile.Profile | None = None
+        self._counts: dict[str, int] = {}
+        self._cpu0 = self._gc0 = 0.0
+        self._gc_s, self._gc_start = 0.0, 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.process_time()
+        else:
+            self._gc_s += time.process_time() - self._gc_start
+
+    def arrived(self, side: str, key: str) -> None:
+        if key in self._counts:
+            return
+        self._counts[key] = 0
+        self._cpu0, self._gc0 = time.process_time(), self._gc_s
+        if self.path is not None and self._open is None:
+            # CPU time, not wall time: 4 workers share 2 cores with the server, and a profile in wall
+            # time charges whatever call was running when the process was preempted
+            self._open = self.profiles.setdefault(side, cProfile.Profile(time.process_time))
+            self._open.enable()
+
+    def finished(self, key: str) -> None:
+        if key not in self._counts:
+            return
+        self._counts[key] += 1
+        if self._counts[key] == self.n:
+            if self._open is not None:
+                self._open.disable()
+                self._open = None
+            _say({"key": f"cpu:{key}", "times": [time.process_time() - self._cpu0]})
+            _say({"key": f"gc:{key}", "times": [self._gc_s - self._gc0]})
+
+    def dump(self) -> None:
+        if self._open is not None:
+            self._open.disable()
+        for side, prof in self.profiles.items():
+            prof.dump_stats(f"{self.path}-{side}.prof")
 
 
 class _Values(_Seen):
@@ -184,13 +265,26 @@ class _Values(_Seen):
 
 async def _worker(spec: dict) -> None:
     """n runtimes following the channel; on stdin `raw` replaces them with n raw subscribers, `stop` ends."""
+    from events.service_signing import ServiceKeys
     from events.signing import TrustRoot
     from services.runtime.sdk import Identity
 
     raise_fd_limit(spec["n"] * 2 + 64)
+    if spec.get("gc_scaled", True):
+        # n runtimes share this process, as one runtime would not: the collector's young generation
+        # holds every runtime's live objects (each one's waiting reads and requests), so each
+        # collection walks n runtimes' worth and is paid n times as often per runtime. Scaled by n,
+        # a collection comes as often per runtime's allocations as in a process of its own. Ours
+        # and the raw subscribers run in this same process: both sides get the same setting.
+        gen0, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0 * spec["n"], gen1, gen2)
     BenchRuntime = _runtime_class()
     trust = TrustRoot.from_document(spec["trust"])
+    # the service's public keys, as a deployed runtime has them (KX_SERVICE_KEYS): each pointer's
+    # activator signature is checked, an unsigned or forged one refused (CONTRACT; tests/security)
+    service_keys = ServiceKeys.from_document(spec["service_keys"]) if spec.get("service_keys") else None
     seen, parts = _Seen(spec["n"]), _Values(spec["n"])
+    window = _Window(spec["n"], spec.get("profile"))
     conns: list = []
     tasks: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -211,13 +305,17 @@ async def _worker(spec: dict) -> None:
             js = nc.jetstream()
             rt = f"raw-{spec['index']}-{i}"
 
-            def on_pointer(js=js, rt=rt):
+            def on_pointer(nc=nc, rt=rt):
                 async def cb(msg) -> None:
                     pointer = json.loads(msg.data)
+                    key = f"raw:{pointer['round']}"
+                    window.arrived("raw", key)
                     seen.mark(f"seen:{pointer['round']}")
                     body = {"runtime_id": rt, "digest": pointer["digest"], "at": now_rfc3339(), "kind": "activation"}
                     body.update(ok=True, took_ms=0.0, error=None, round=pointer["round"])
-                    await js.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
+                    # not acknowledged, as the runtimes' reports (services/runtime/sdk.py `report`)
+                    await nc.publish(f"rawrb.health.{rt}", json.dumps(body).encode())
+                    window.finished(key)
 
                 return cb
 
@@ -233,8 +331,10 @@ async def _worker(spec: dict) -> None:
                 Identity(ENV, CHANNEL, f"tenant-{spec['index']}-{i}", f"rt-{spec['index']}-{i}"),
                 trust,
                 prefix=spec["prefix"],
+                service_keys=service_keys,
                 seen=seen,
                 parts=parts,
+                window=window,
             )
             await rt.resolve_cohort()
             tasks.append(asyncio.create_task(rt.follow()))
@@ -249,6 +349,7 @@ async def _worker(spec: dict) -> None:
                 await raw_subscribers()
     finally:
         await close_all()
+        window.dump()
 
 
 class RollbackWorkers(Workers):
@@ -328,6 +429,60 @@ async def _until_stored(js, stream: str, subject: str, what: str, timeout: float
             await asyncio.sleep(0.02)
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a live process has used so far; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class CpuMeter:
+    """CPU spent by each role's processes (the nats-server, the service, the runtimes' workers, this
+    bench) over a window: where the 2 cores went between the breach and the last report."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.spent: dict[str, list[float]] = {role: [] for role in pids}  # role -> seconds, per window
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {role: sum(cpu_s(pid) for pid in pids) for role, pids in self.pids.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        for role, now in self._now().items():
+            self.spent[role].append(now - self._start[role])
+
+    def summary(self) -> dict[str, float]:
+        """Mean CPU ms per round and role (clock ticks are 10 ms: the mean over rounds, not one round)."""
+        return {f"{role}_ms": round(sum(v) / len(v) * 1000, 1) for role, v in self.spent.items() if v}
+
+
+def pointer_cpu(cpu: list[float], gc_s: list[float], runtimes: int) -> dict[str, float]:
+    """A runtime's CPU per pointer (us, median over rounds; each round: the workers' windows summed and
+    divided by the runtimes), and the garbage collector's part of it."""
+    if not cpu:
+        return {}
+    return {
+        "us_per_pointer": round(percentile(cpu, 50) / runtimes * 1e6, 1),
+        "gc_us_per_pointer": round(percentile(gc_s, 50) / runtimes * 1e6, 1),
+    }
+
+
+async def _window_cpu(pool: Workers, key: str, timeout: float) -> tuple[float, float]:
+    """(CPU s, of it GC s) of every worker's window on pointer `key`, summed over the workers."""
+    await pool.until(lambda: len(pool.times(f"gc:{key}")) == len(pool.procs), f"{key} cpu", timeout)
+    return sum(pool.times(f"cpu:{key}")), sum(pool.times(f"gc:{key}"))
+
+
 def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000, 3)
 
@@ -362,7 +517,7 @@ async def _request(log: EventLog, rid: str, version: str, digest: str, extra: di
 
 
 async def measure_ours(
-    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float
+    r, pool: Workers, nc, runtimes: int, rounds: int, timeout: float, cpu: CpuMeter
 ) -> tuple[list, list, dict[str, list[float]]]:
     """(per-round latencies in s, per-round hop times, per runtime and round: its own `took_ms` and
     the time in each of PARTS, in s) of the service's rollback."""
@@ -403,7 +558,7 @@ async def measure_ours(
             raise RuntimeError(f"the LKG release closed {outcome}, not success (see serve.log)")
 
         latencies, hops, took = [], [], []
-        spent: dict[str, list[float]] = {part: [] for part in (*PARTS, "store_read")}
+        spent: dict[str, list[float]] = {part: [] for part in (*PARTS, "store_read", "cpu", "gc")}
         quiet = 0.1 + runtimes * 0.001  # a switch ends with N reports the monitor reads one by one: drained first
         progress = Progress(f"rollbacks with {runtimes} runtimes", rounds)
         for i in range(1, rounds + 1):
@@ -428,6 +583,7 @@ async def measure_ours(
             await _until_stored(js, stream, subjects.release(rid, "monitoring_started"), f"round {i} window", timeout)
             await asyncio.sleep(quiet)
             back = reports.expect(lkg)
+            cpu.start()
             t0 = time.time()
             await js.publish(health, sample_body(digest, **BREACH))
             try:
@@ -436,6 +592,7 @@ async def measure_ours(
                 raise RuntimeError(
                     f"round {i}: {len(reports.stored[lkg])}/{runtimes} runtimes back on the LKG within the timeout"
                 ) from None
+            cpu.stop()
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[lkg].values())
             took += [ms / 1000 for ms in reports.took_ms[lkg]]
@@ -445,6 +602,9 @@ async def measure_ours(
             )
             for part in (*PARTS, "store_read"):
                 spent[part] += pool.times(f"{part}:{rid}:rollback")
+            cpu_s, gc_s = await _window_cpu(pool, f"{rid}:rollback", timeout)
+            spent["cpu"].append(cpu_s)
+            spent["gc"].append(gc_s)
             seen = pool.times(f"seen:{rid}:rollback")
             sample_at = next((at for at, b in reversed(reports.samples) if b.get("digest") == digest), None)
             hops.append(
@@ -473,8 +633,11 @@ async def measure_ours(
         await sub.unsubscribe()
 
 
-async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeout: float) -> tuple[list, list]:
-    """(per-round latencies in s, per-round hop times) of the raw chain of the same shape."""
+async def measure_raw(
+    url: str, pool: Workers, runtimes: int, rounds: int, timeout: float, cpu: CpuMeter
+) -> tuple[list, list, dict[str, list[float]]]:
+    """(per-round latencies in s, per-round hop times, the workers' CPU and GC s per round) of the raw
+    chain of the same shape."""
     admin = await raw_connect(url, name="bench-raw-admin")
     js = admin.jetstream()
     await js.add_stream(
@@ -536,18 +699,21 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
         await pool.send("raw")
         await pool.until(lambda: len(pool.following) == len(pool.procs), "raw subscribers", timeout + runtimes * 0.2)
         latencies, hops = [], []
+        spent: dict[str, list[float]] = {"cpu": [], "gc": []}
         quiet = 0.1 + runtimes * 0.001
         progress = Progress(f"raw chains with {runtimes} subscribers", rounds)
         for i in range(1, rounds + 1):
             await asyncio.sleep(quiet)
             done = reports.expect(str(i))
             body = {"runtime_id": PROBE, "digest": "d", "lkg": "lkg", "kind": "sample", "round": i, **BREACH}
+            cpu.start()
             t0 = time.time()
             await js.publish(f"rawrb.health.{PROBE}", json.dumps(body).encode())
             try:
                 t_end = await asyncio.wait_for(done, timeout + runtimes * 0.05)
             except TimeoutError:
                 raise RuntimeError(f"raw round {i}: {len(reports.stored[str(i)])}/{runtimes} reports") from None
+            cpu.stop()
             latencies.append(t_end - t0)
             stored = sorted(reports.stored[str(i)].values())
             seen = pool.times(f"seen:{i}")
@@ -565,8 +731,11 @@ async def measure_raw(url: str, pool: Workers, runtimes: int, rounds: int, timeo
                     "last_report_stored": _ms(t0, stored[-1]),
                 }
             )
+            cpu_s, gc_s = await _window_cpu(pool, f"raw:{i}", timeout)
+            spent["cpu"].append(cpu_s)
+            spent["gc"].append(gc_s)
             progress.update(i)
-        return latencies, hops
+        return latencies, hops, spent
     finally:
         for s in subs:
             await s.unsubscribe()
@@ -582,7 +751,13 @@ def _serve(r, profile: Path | None) -> None:
 
 
 async def run_one(
-    runtimes: int, rounds: int, workers: int = 1, timeout: float = 60.0, profile: Path | None = None
+    runtimes: int,
+    rounds: int,
+    workers: int = 1,
+    timeout: float = 60.0,
+    profile: Path | None = None,
+    gc_scaled: bool = True,
+    signed_pointers: bool = True,
 ) -> dict:
     """Ours and the raw chain with `runtimes` runtimes, `rounds` rollbacks each, on one fresh server.
     With `profile` (a directory), the service and the runtime processes run under cProfile."""
@@ -602,11 +777,15 @@ async def run_one(
             # pre-flight wants a runtime that reported in the cohort: the probe
             await js.publish(subjects.health(ENV, CHANNEL, COHORT, PROBE), sample_body(None, 10, 0))
             trust = json.loads(r.trust_file.read_text())
+            # written by `kxr serve` beside its key when it created it (services/settings.py)
+            keys_file = r.work / "data" / "service-keys.json"
+            service_keys = json.loads(keys_file.read_text()) if signed_pointers else None
             share = [runtimes // workers + (1 if i < runtimes % workers else 0) for i in range(workers)]
             await pool.start(
                 [
-                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust}
-                    | ({"profile": str(profile / f"runtimes-{i}.prof")} if profile else {})
+                    {"index": i, "n": n, "url": r.url, "prefix": r.prefix, "trust": trust, "gc_scaled": gc_scaled}
+                    | {"service_keys": service_keys}
+                    | ({"profile": str(profile / f"runtimes-{i}")} if profile else {})
                     for i, n in enumerate(share)
                 ]
             )
@@ -617,8 +796,15 @@ async def run_one(
                 return await live_followers(js, subjects.releases_stream, pointer) >= runtimes
 
             await pool.until(all_live, "runtime followers", timeout)
-            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout)
-            raw, raw_hops = await measure_raw(r.url, pool, runtimes, rounds, timeout)
+            pids = {
+                "nats_server": [r.server.proc.pid] if r.server.proc else [],
+                "service": [p.pid for p in r.procs],
+                "runtimes": [p.pid for p in pool.procs],
+                "bench": [os.getpid()],
+            }
+            ours_cpu, raw_cpu = CpuMeter(pids), CpuMeter(pids)
+            ours, ours_hops, took = await measure_ours(r, pool, nc, runtimes, rounds, timeout, ours_cpu)
+            raw, raw_hops, raw_spent = await measure_raw(r.url, pool, runtimes, rounds, timeout, raw_cpu)
         finally:
             await pool.stop()
             await nc.close()
@@ -635,6 +821,14 @@ async def run_one(
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
         "hops_ms_since_sample": {"ours": hop_summary(ours_hops), "baseline": hop_summary(raw_hops)},
+        # CPU per round from the breach to the last report stored, by role (the raw chain's "service"
+        # is idle: its hops run in this bench's process), and the runtimes' per runtime and pointer
+        "cpu_per_round": {"ours": ours_cpu.summary(), "baseline": raw_cpu.summary()},
+        # one runtime's CPU on the pointer (arrival to acked report), measured in its worker process
+        "runtime_cpu": {
+            "ours": pointer_cpu(took["cpu"], took["gc"], runtimes),
+            "baseline": pointer_cpu(raw_spent["cpu"], raw_spent["gc"], runtimes),
+        },
         # per runtime and round: its own `took_ms` (verify + switch), and where that time went
         "runtime_verify_and_switch": latency_summary(took["took"]),
         "runtime_parts": {part: latency_summary(took[part]) for part in PARTS},
@@ -642,12 +836,21 @@ async def run_one(
         "switches_read_from_store": int(sum(took["store_read"])),
         "target_p99_ms": target,
         "profiled": profile is not None,  # under cProfile: the figures are slower than the plain run's
+        # the workers' collector thresholds: "scaled" by the runtimes per process (see _worker), or "default"
+        "worker_gc": "scaled" if gc_scaled else "default",
+        # the runtimes check each pointer's service signature (a deployed runtime with KX_SERVICE_KEYS)
+        "runtimes_check_signatures": signed_pointers,
         "met": None if target is None else o["p99_ms"] <= target,
     }
 
 
 async def run(
-    sizes: list[tuple[int, int]], workers: int = 4, timeout: float = 60.0, profile: Path | None = None
+    sizes: list[tuple[int, int]],
+    workers: int = 4,
+    timeout: float = 60.0,
+    profile: Path | None = None,
+    gc_scaled: bool = True,
+    signed_pointers: bool = True,
 ) -> dict:
     """One `run_one` per (runtimes, rounds), each on its own server and service."""
     results = []
@@ -658,7 +861,7 @@ async def run(
         if profile is not None:
             where = profile / f"n{runtimes}"
             where.mkdir(parents=True, exist_ok=True)
-        results.append(await run_one(runtimes, rounds, w, timeout, where))
+        results.append(await run_one(runtimes, rounds, w, timeout, where, gc_scaled, signed_pointers))
     return {
         "pack_bytes": PACK_BYTES,
         "sizes": results,
@@ -686,14 +889,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=4, help="processes the runtimes are spread over (above 20)")
     ap.add_argument("--quick", action="store_true", help="3 runtimes, 5 rounds")
     ap.add_argument("--profile", type=Path, help="a directory: run the service and the runtimes under cProfile")
+    ap.add_argument(
+        "--worker-gc",
+        choices=("scaled", "default"),
+        default="scaled",
+        help="the workers' GC thresholds: scaled by the runtimes per process (as one runtime per process), or default",
+    )
+    ap.add_argument(
+        "--unsigned-pointers",
+        action="store_true",
+        help="runtimes without the service's keys: pointer signatures unchecked (as before session 9)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one worker process, JSON spec
     args = ap.parse_args(argv)
     if args.worker:
-        spec = json.loads(args.worker)
-        if spec.get("profile"):
-            cProfile.runctx("asyncio.run(_worker(spec))", globals(), {"spec": spec}, spec["profile"])
-        else:
-            asyncio.run(_worker(spec))
+        asyncio.run(_worker(json.loads(args.worker)))  # with a "profile", cProfile in its rollback windows
         return
     if args.quick:
         args.runtimes, args.rounds = "3", "5"
@@ -703,7 +913,16 @@ def main(argv: list[str] | None = None) -> None:
     if len(rounds) != len(runtimes) or args.workers < 1:
         print("bench.rollback: give one --rounds, or one per --runtimes; --workers at least 1", file=sys.stderr)
         raise SystemExit(2)
-    res = asyncio.run(run(list(zip(runtimes, rounds, strict=True)), args.workers, profile=args.profile))
+    sizes = list(zip(runtimes, rounds, strict=True))
+    res = asyncio.run(
+        run(
+            sizes,
+            args.workers,
+            profile=args.profile,
+            gc_scaled=args.worker_gc == "scaled",
+            signed_pointers=not args.unsigned_pointers,
+        )
+    )
     rows = []
     for s in res["sizes"]:
         o, b, n = s["ours"], s["baseline"], s["runtimes"]
