@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
@@ -31,12 +30,6 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task], timeout: float = 10.0, 
             task.exception()  # retrieved: a crash was already logged when it happened
 
 
-# Tasks that stop cleanly on SIGINT/SIGTERM themselves (`SignalStop`): their shutdown (a snapshot saved,
-# consumers stopped) runs while the cancellation propagates, and must not be cancelled again midway
-# (services/cli/common.py repeats a Ctrl-C that a command swallowed, for every other task).
-STOPPING_CLEANLY: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
-
-
 class SignalStop:
     """SIGINT/SIGTERM cancel the task that made this; `requested` tells that clean stop
     from any other cancellation (which must propagate)."""
@@ -45,7 +38,6 @@ class SignalStop:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        STOPPING_CLEANLY.add(task)
         self.requested = False
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -61,6 +61,7 @@ def run_async(coro) -> Any:
     it took a third of `kxr audit replay`. The main task returns None instead.
     """
     import asyncio
+    import signal
 
     global collector_paused
     if collector_paused:  # start-up is over: what it loaded is not walked again, cyclic garbage is collected
@@ -70,37 +71,45 @@ def run_async(coro) -> Any:
         gc.enable()
         collector_paused = False
     box: list[Any] = []
+    interrupted = False
 
     async def main() -> None:
-        guard = asyncio.create_task(_cancel_until_done(asyncio.current_task()))
+        nonlocal interrupted
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_sigint() -> None:  # (a command with a clean stop of its own, SignalStop, replaces this)
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()  # type: ignore[union-attr]
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        guard = asyncio.create_task(_cancel_until_done(task, lambda: interrupted))
         try:
             box.append(await coro)
         finally:
             guard.cancel()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None  # Ctrl-C: exit 130, as asyncio.run's own handler does
+        raise
     return box[0]
 
 
-async def _cancel_until_done(task, every_s: float = 0.2) -> None:
-    """Ctrl-C cancels the main task once (asyncio.run's handler). On Python 3.11 a cancellation that
-    arrives as an inner `asyncio.wait_for` completes (nats.py's request and fetch paths) can be
-    swallowed, and the command ran on: a `kxr watch` of a held release never ended (seen under load).
-    A task still asked to stop (`cancelling()`) at two checks in a row is cancelled again, until it
-    does (a timeout's own cancellation is taken back within a turn of the loop, never seen twice)."""
+async def _cancel_until_done(task, interrupted: Callable[[], bool], every_s: float = 0.2) -> None:
+    """After Ctrl-C, cancel the main task again every `every_s` until it has stopped. asyncio.run's
+    own handler cancels it once, and on Python 3.11 a cancellation that arrives as an inner
+    `asyncio.wait_for` completes (nats.py's request and fetch paths) can be swallowed: the command
+    ran on (a `kxr watch` of a held release never ended, seen under load)."""
     import asyncio
 
-    from services.tasks import STOPPING_CLEANLY
-
-    asked_before = False
     while True:
         await asyncio.sleep(every_s)
-        if task in STOPPING_CLEANLY:
-            return  # `kxr serve`, `kxr ui`: a clean stop of their own, never cut short
-        asked = task is not None and bool(task.cancelling()) and not task.done()
-        if asked and asked_before:
+        if interrupted() and task is not None and not task.done():
             task.cancel()
-        asked_before = asked
 
 
 # The root options (`kxr --creds F --context N --tls-ca … COMMAND`, main.py) of this invocation:
