@@ -68,14 +68,17 @@ async def replay(
 
     def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
         nonlocal audit
-        for i, (entry, position, event) in enumerate(batch):
-            if checker is not None:  # then only what a service key signed counts (see audit_signed_entry)
+        state = audit
+        if checker is None:
+            for _, position, event in batch:
+                state = audit_entry(state, position, event, subjects)
+        else:  # then only what a service key signed counts (see audit_signed_entry)
+            for i, (entry, position, event) in enumerate(batch):
                 checker.expect(entry.subject, entry.data, outcomes[i] if outcomes is not None else None)
-                audit = audit_signed_entry(audit, checker, position, event, entry.data, entry.headers, subjects)
-            else:
-                audit = audit_entry(audit, position, event, subjects)
-            if progress is not None:
-                progress(audit.events + audit.undecodable, entry.pending)
+                state = audit_signed_entry(state, checker, position, event, entry.data, entry.headers, subjects)
+        audit = state
+        if progress is not None:  # once a batch (a few hundred entries): a progress line is all it feeds
+            progress(state.events + state.undecodable, batch[-1][0].pending)
 
     async def fold_oldest() -> None:
         nonlocal in_flight
