@@ -148,7 +148,7 @@ def _plain_subject(event: Event, family: str, subjects: Subjects) -> str | None:
     """`subjects.expected_subject` for a decoded event, without checking its tokens again: the
     envelope's validation already matched release_id and the scope's tokens against TOKEN_PATTERN,
     the prefix was checked when `subjects` was made, and every known type's suffix is a token
-    (tests/unit/test_events_codec.py). Equal to the entry's subject: the check passes as
+    (tests/unit/test_replay_equivalence.py). Equal to the entry's subject: the check passes as
     `check_subject` would; anything else (None: no fast form) is judged by `check_subject`."""
     suffix = event.type[len(family) + 1 :]
     if family == "release":
