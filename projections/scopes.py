@@ -7,11 +7,12 @@ restored: it is what a deterministic rollback goes back to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned
 
+from .evolve import evolve
 from .pointer_chain import ChainMark, advance, chain_break
 
 ScopeKey = tuple[str, str, str]  # env, channel, cohort
@@ -64,38 +65,39 @@ def apply_scope_event(
 ) -> ScopeState:
     """`digest`: of the entry's exact stored bytes (Position.digest), the link a next pointer names."""
     data = event.data
+    # (evolve: dataclasses.replace without its __init__, one copy per event: see projections/evolve.py)
     match event.suffix:
         case "activated":
             assert isinstance(data, ScopeActivated)
-            if chain_break(state.chain_mark, data) is not None:
+            mark = state.chain_mark
+            if chain_break(mark, data) is not None:
                 # a stale (replayed) or forked pointer is not the scope's state: only the subject's
                 # sequence moves (the CAS value must match what is stored); the audit flags it
-                return replace(state, active_seq=seq)
-            lkg = state
+                return evolve(state, {"active_seq": seq})
+            advanced = advance(mark, data, digest)
+            changes = {
+                "active": data,
+                "active_seq": seq,
+                "active_since": event.occurred_at,
+                "active_batch": batch_id,
+                "ever_active": True,
+                "flag": None,  # a flag is about the pack the pointer named
+                "generation": advanced.generation,
+                "pointer_digest": advanced.digest,
+            }
             if data.kind == "rollback":  # a restored pack is known good by definition of the target
-                lkg = replace(state, lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
-            mark = advance(state.chain_mark, data, digest)
-            return replace(
-                lkg,
-                active=data,
-                active_seq=seq,
-                active_since=event.occurred_at,
-                active_batch=batch_id,
-                ever_active=True,
-                flag=None,  # a flag is about the pack the pointer named
-                generation=mark.generation,
-                pointer_digest=mark.digest,
-            )
+                changes.update(lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
+            return evolve(state, changes)
         case "pinned":
             assert isinstance(data, ScopePinned)
-            return replace(state, pin=data, last_pin=data, pin_seq=seq, pin_event_id=event.event_id)
+            return evolve(state, {"pin": data, "last_pin": data, "pin_seq": seq, "pin_event_id": event.event_id})
         case "unpinned":
-            return replace(state, pin=None, pin_seq=seq)
+            return evolve(state, {"pin": None, "pin_seq": seq})
         case "flagged":
             assert isinstance(data, ScopeFlagged)
-            return replace(state, flag=data, flag_seq=seq)
+            return evolve(state, {"flag": data, "flag_seq": seq})
     return state
 
 
 def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, release_id: str) -> ScopeState:
-    return replace(state, lkg=pack, lkg_manifest=manifest, lkg_release=release_id)
+    return evolve(state, {"lkg": pack, "lkg_manifest": manifest, "lkg_release": release_id})

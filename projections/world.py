@@ -182,51 +182,53 @@ def apply(world: World, position: Position, event: Event) -> World:
     """Fold one log entry into the world. Pure; positions must be applied in order."""
     if position.seq <= world.applied_seq:
         return world  # already applied (a replay that overlaps a snapshot)
-    family = event.family
-    if family == "release" and event.release_id:
-        stone = world.tombstones.get(event.release_id)
+    family, _, suffix = event.type.partition(".")  # (event.family and event.suffix, split once)
+    release_id = event.release_id
+    if family == "release" and release_id:
+        stone = world.tombstones.get(release_id)
         if stone is not None:
-            if event.suffix not in _TOMBSTONE_SAFE:
-                raise NeedsHistory(event.release_id)
+            if suffix not in _TOMBSTONE_SAFE:
+                raise NeedsHistory(release_id)
             return evolve(
                 world,
                 {
                     "applied_seq": position.seq,
-                    "tombstones": world.tombstones.insert(event.release_id, tombstone(position.seq, stone.outcome)),
+                    "tombstones": world.tombstones.insert(release_id, tombstone(position.seq, stone.outcome)),
                 },
             )
-        current = world.releases.get(event.release_id) or ReleaseState(release_id=event.release_id)
+        current = world.releases.get(release_id) or ReleaseState(release_id=release_id)
         updated = apply_release_event(current, position.seq, event)
-        in_flight = (
-            world.in_flight.insert(event.release_id) if updated.in_flight else world.in_flight.discard(event.release_id)
-        )
+        in_flight = world.in_flight
+        # (a set that already says so is kept: the same members, one persistent map fewer per event)
+        if updated.in_flight:
+            if release_id not in in_flight:
+                in_flight = in_flight.insert(release_id)
+        elif release_id in in_flight:
+            in_flight = in_flight.discard(release_id)
         w = evolve(
             world,
             {
                 "applied_seq": position.seq,
-                "releases": world.releases.insert(event.release_id, updated),
+                "releases": world.releases.insert(release_id, updated),
                 "in_flight": in_flight,
             },
         )
-        if event.suffix == "closed" and updated.outcome == "success" and updated.passed_on_data:
+        if suffix == "closed" and updated.outcome == "success" and updated.passed_on_data:
             # defensively both: the outcome, and the evidence it claims (a forged or buggy
             # `success` after an operator's pass must not make its pack a rollback target)
             w = _mark_release_known_good(w, updated)
-        elif event.suffix == "promoted":
+        elif suffix == "promoted":
             w = _confirm_promotion(w, updated)
         return w
-    w = evolve(world, {"applied_seq": position.seq})
+    # one copy of the world per entry: its position and what the entry changed, together
     if family == "scope" and event.scope:
         key: ScopeKey = (event.scope.env, event.scope.channel, event.scope.cohort)
-        current_scope = w.scopes.get(key) or ScopeState(key=key)
-        return replace(
-            w,
-            scopes=w.scopes.insert(
-                key, apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)
-            ),
-        )
+        current_scope = world.scopes.get(key) or ScopeState(key=key)
+        scope_state = apply_scope_event(current_scope, position.seq, event, position.batch_id, position.digest)
+        return evolve(world, {"applied_seq": position.seq, "scopes": world.scopes.insert(key, scope_state)})
     if family == "trust":
-        return replace(w, trust_rotations=w.trust_rotations + ((position.seq, event.data.root),))  # type: ignore[attr-defined]
+        rotation = (position.seq, event.data.root)  # type: ignore[attr-defined]
+        return evolve(world, {"applied_seq": position.seq, "trust_rotations": world.trust_rotations + (rotation,)})
     if family == "channel" and event.scope:
         key2 = (event.scope.env, event.scope.channel)
         state = ChannelState(
@@ -236,8 +238,15 @@ def apply(world: World, position: Position, event: Event) -> World:
             configured_by=event.actor.id,
         )
         # a valid configuration after an unreadable one settles it
-        return replace(w, channels=w.channels.insert(key2, state), channel_problems=w.channel_problems.discard(key2))
-    return w
+        return evolve(
+            world,
+            {
+                "applied_seq": position.seq,
+                "channels": world.channels.insert(key2, state),
+                "channel_problems": world.channel_problems.discard(key2),
+            },
+        )
+    return evolve(world, {"applied_seq": position.seq})
 
 
 def _confirm_promotion(world: World, source: ReleaseState) -> World:
