@@ -61,6 +61,26 @@ async def test_a_reconcile_round_lets_other_tasks_run_between_releases() -> None
     assert len(ticks_during_round) > RELEASES // 2
 
 
+async def _turns_beside(work):
+    """(what `work` gave, how many times a task beside it ran while it did)."""
+    ran = 0
+
+    async def beside() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(beside())
+    await asyncio.sleep(0)
+    before = ran
+    try:
+        return await work, ran - before
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_guard_sweep_lets_other_tasks_run_between_scopes() -> None:
     from services.consumers.guard import Guard
 
@@ -71,21 +91,9 @@ async def test_a_guard_sweep_lets_other_tasks_run_between_scopes() -> None:
         clock=lambda: None,
     )
     guard = Guard(port)
-    ran_beside = 0
-
-    async def beside() -> None:
-        nonlocal ran_beside
-        while True:
-            ran_beside += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(beside())
-    await asyncio.sleep(0)
-    before = ran_beside
-    assert await guard.check(list(scopes)) == ({}, [])
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert ran_beside - before >= RELEASES // 100 - 1  # a turn of the loop every 100 scopes
+    result, turns = await _turns_beside(guard.check(list(scopes)))
+    assert result == ({}, [])
+    assert turns >= RELEASES // 100 - 1  # a turn of the loop every 100 scopes
 
 
 async def test_a_snapshot_dump_runs_with_a_short_switch_interval_and_puts_it_back(monkeypatch) -> None:
@@ -126,23 +134,14 @@ async def test_a_read_model_write_lets_the_loop_turn_while_it_builds_many_values
     clock = [0.0]  # a clock the test moves a step of building at a time (exact binary fractions)
     monkeypatch.setattr(tasks.time, "perf_counter", lambda: clock[0])
     turns = Turns(every_s=2.0)
-    ran_beside = 0
 
-    async def beside() -> None:
-        nonlocal ran_beside
-        while True:
-            ran_beside += 1
-            await asyncio.sleep(0)
+    async def build() -> None:
+        for _ in range(100):
+            clock[0] += 0.5
+            await turns.maybe()
 
-    task = asyncio.create_task(beside())
-    await asyncio.sleep(0)
-    before = ran_beside
-    for _ in range(100):
-        clock[0] += 0.5
-        await turns.maybe()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert ran_beside - before == 25  # once every four steps, not at every step
+    _, turned = await _turns_beside(build())
+    assert turned == 25  # once every four steps, not at every step
 
 
 def test_a_ctrl_c_the_command_swallowed_is_repeated_until_it_stops() -> None:
