@@ -440,15 +440,12 @@ class Monitor(ReleaseReactor[StageFacts]):
         if parts is None:
             return  # an invalid report makes its window inconclusive when the window is judged
         world = self.port.follower.world
-        watches = [  # the open windows on the report's cohort (what `counts_for` places them on)
+        watches = [  # the open windows on the report's cohort
             (release, watch)
             for release_id in world.in_flight
             if (release := world.releases[release_id]).phase == "monitoring"
-            and release.monitoring is not None
-            and release.prepared is not None
-            and (release.prepared.target.env, release.prepared.target.channel) == (parts.env, parts.channel)
-            and parts.cohort in release.monitoring.cohorts
             and (watch := Watch.of_release(release)) is not None
+            and watch.placed_on(parts)
         ]
         if not watches:
             # no open window on its cohort: not decoded at all (a thousand runtimes reporting a rollback

@@ -132,6 +132,14 @@ class Watch:
         watch = cls.of(m, release.activated_at.get(m.stage))
         return replace(watch, place=(prepared.target.env, prepared.target.channel, frozenset(m.cohorts)))
 
+    def placed_on(self, subject: HealthParts | None) -> bool:
+        """Whether a report on `subject` is on this window's env, channel and one of its cohorts
+        (a watch not placed takes any: its reports were read from its own subjects)."""
+        if self.place is None:
+            return True
+        env, channel, cohorts = self.place
+        return subject is not None and (subject.env, subject.channel) == (env, channel) and subject.cohort in cohorts
+
     def covers(self, at: datetime, kind: str = "sample") -> bool:
         """Is stored time `at` inside the window for a report of `kind`? An activation report counts from
         the activation on (a refusal before the window opened still fails it), a sample from the window's start."""
@@ -148,10 +156,8 @@ def counts_for(
     so now, inside the open window), and, when the watch is placed, on its env, channel and one
     of its cohorts by the report's `subject`.
     """
-    if watch.place is not None:
-        env, channel, cohorts = watch.place
-        if subject is None or (subject.env, subject.channel) != (env, channel) or subject.cohort not in cohorts:
-            return False
+    if not watch.placed_on(subject):
+        return False
     if sample.digest != watch.digest:
         return False
     return at is None or watch.covers(at, sample.kind)

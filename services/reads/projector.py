@@ -45,8 +45,6 @@ INTERVAL_S = 0.15
 MAX_SPACING_S = 0.5
 RETRY_S = 1.0
 WRITES_AT_ONCE = 256
-TURN_EVERY_S = 0.005  # building a write lets the event loop turn this often (`services.tasks.Turns`)
-LOAD_YIELD_EVERY = 16  # entries folded between two turns of the event loop at start-up
 RESTORES_AT_ONCE = 16  # releases in flight read back at once when resuming
 
 
@@ -120,7 +118,7 @@ class Projector:
         """Fold into the history everything the follower has queued. The event loop may turn while a
         long backlog is folded, but never after the last entry: the write that follows takes the
         follower's position and world at once, and they must be the history's own."""
-        turn = Turns(TURN_EVERY_S)
+        turn = Turns()
         backlog = queue.qsize()
         while True:
             try:
@@ -208,11 +206,11 @@ class Projector:
         async for batch in log_batches(app.js, app.subjects, filters, start_seq=start_seq):
             started = time.monotonic()
             touched: set[str] = set()
-            for n, (entry, position, event) in enumerate(batch):
-                if n % LOAD_YIELD_EVERY == 0:
-                    # this runs in the activator's event loop: a batch folded in one go (a signature
-                    # check per service event) held the loop for hundreds of ms after a restart
-                    await asyncio.sleep(0)
+            turn = Turns()
+            for entry, position, event in batch:
+                # this runs in the activator's event loop: a batch folded in one go (a signature
+                # check per service event) held the loop for hundreds of ms after a restart
+                await turn.maybe()
                 if event is None or not event.release_id:
                     continue
                 if keys is not None and signature_problem(keys, position.subject, event, entry.data, entry.headers):
@@ -255,7 +253,7 @@ class Projector:
     async def _put_changed(self, values: dict[str, dict[str, Any]], seq: int) -> None:
         """Write each value whose content the bucket does not hold yet (as of `seq`)."""
         prints: dict[str, bytes] = {}
-        turn = Turns(TURN_EVERY_S)
+        turn = Turns()
         for k, v in values.items():
             prints[k] = rm.fingerprint(v)
             await turn.maybe()
@@ -333,7 +331,7 @@ class Projector:
     async def _write(self, seq: int, world) -> None:
         follower = self._app.follower
         values: dict[str, dict[str, Any]] = {}
-        turn = Turns(TURN_EVERY_S)
+        turn = Turns()
         for key, s in world.scopes.items():
             if self._scopes.get(key) is not s:
                 self._scopes[key] = s

@@ -220,10 +220,15 @@ async def test_a_live_report_with_no_open_window_on_its_cohort_is_not_decoded(mo
     decoded: list[bytes] = []
     monkeypatch.setattr(monitor_module, "accept_report", lambda data, parts: decoded.append(data))
 
+    from datetime import UTC, datetime
+
     def release(phase: str, channel: str, cohorts: list[str]) -> SimpleNamespace:
+        now = datetime.now(UTC)
+        window = SimpleNamespace(cohorts=cohorts, stage=0, digest="sha256:" + "ab" * 32, starts_at=now, ends_at=now)
         return SimpleNamespace(
             phase=phase,
-            monitoring=SimpleNamespace(cohorts=cohorts),
+            monitoring=window,
+            activated_at={0: now},
             prepared=SimpleNamespace(target=SimpleNamespace(env="prod", channel=channel)),
         )
 
