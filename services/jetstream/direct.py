@@ -7,11 +7,19 @@ the first byte; a batched direct get (`$JS.API.DIRECT.GET.<stream>` with `batch`
 for pack chunks (pipelined: the next batch is asked for as soon as the current one
 ends, so hashing overlaps the transfer) and for the last health sample per runtime.
 The stream must allow direct gets (ours and nats.py's object stores do).
+
+A direct get is answered by whichever server holds the stream: its leader, any replica, or a
+mirror of it (nats-server gives a mirror of a stream that allows direct gets the same
+`mirror_direct`). Replicas and mirrors may lag behind the leader, and a lagging one ends a
+read early, short of what is stored: a 3-node cluster under load once judged a monitoring
+window on such a read and called it inconclusive. A replica holds a prefix of the leader's
+log, so `SubjectStream` confirms each read that runs to its end with the leader (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import weakref
 from collections.abc import AsyncIterator
@@ -21,6 +29,8 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 
 class DirectGetError(Exception):
@@ -150,6 +160,35 @@ def _api(stream: str, api_prefix: str) -> str:
     return f"{api_prefix}.DIRECT.GET.{stream}"
 
 
+async def leader_next(
+    nc: Client, stream: str, subject: str, request: dict, *, timeout: float, api_prefix: str = "$JS.API"
+) -> Stored | None:
+    """The first message on `subject` from `request`'s `seq` or `start_time`, as the stream's
+    leader has it (`STREAM.MSG.GET`, which only the leader answers); None if there is none."""
+    try:
+        msg = await nc.request(
+            f"{api_prefix}.STREAM.MSG.GET.{stream}",
+            json.dumps({**request, "next_by_subj": subject}).encode(),
+            timeout=timeout,
+        )
+    except (NatsTimeoutError, NoRespondersError) as exc:
+        raise DirectGetError(f"the leader of {stream} did not answer within {timeout:.0f}s ({exc!r})") from None
+    doc = json.loads(msg.data or b"{}")
+    error = doc.get("error")
+    if error:
+        if error.get("err_code") == 10037:  # no message found
+            return None
+        raise DirectGetError(f"reading {stream} from its leader failed: {error.get('description', error)}")
+    found = doc["message"]
+    return Stored(
+        seq=int(found["seq"]),
+        subject=found["subject"],
+        data=base64.b64decode(found.get("data") or ""),
+        stored_at=_parse_time(found["time"]),
+        pending=0,  # not counted by this API
+    )
+
+
 async def last_per_subject(
     nc: Client, stream: str, subjects: list[str], *, timeout: float = 5.0, page: int = 1024, api_prefix: str = "$JS.API"
 ) -> AsyncIterator[Stored]:
@@ -184,6 +223,13 @@ class SubjectStream:
     `start()` sends the first request (so the transfer can begin while the caller does
     something else); each next batch is requested as soon as the previous one has
     arrived, so at most two batches are held. `close()` releases what is open.
+
+    `confirm`: when the read runs to its end (not when the caller stops early), the stream's
+    leader is asked for the next message after the last one read. A lagging replica or mirror
+    that answered the direct gets holds a prefix of the log, so what the leader has beyond it
+    is taken and the read goes on from there (by direct gets again, confirmed again): the read
+    is then as complete as the leader was when asked. One request per read; off only where
+    the reader may not ask the leader (the read models' bucket, eventually consistent anyway).
     """
 
     def __init__(
@@ -197,8 +243,12 @@ class SubjectStream:
         batch: int = 16,
         timeout: float = 10.0,
         api_prefix: str = "$JS.API",
+        confirm: bool = True,
     ) -> None:
         self._nc = nc
+        self._stream = stream
+        self._api_prefix = api_prefix
+        self._confirm = confirm
         self._api = _api(stream, api_prefix)
         self._subject = subject
         self._start_seq = start_seq
@@ -227,6 +277,7 @@ class SubjectStream:
         await self.start()
         current: _Batch | None = self._open[-1]
         held: list[Stored] = []
+        last = 0  # the last sequence read
         try:
             while current is not None:
                 following = None
@@ -235,12 +286,31 @@ class SubjectStream:
                         held.append(item)
                     elif int(end.get("Nats-Num-Pending", 0) or 0) and held:
                         following = await self._request(held[-1].seq + 1)
+                if held:
+                    last = held[-1].seq
                 for item in held:
                     yield item
                 held.clear()
+                if following is None and self._confirm:
+                    beyond = await self._leader_next(last)
+                    if beyond is not None:  # the answer came from behind the leader: go on
+                        last = beyond.seq
+                        yield beyond
+                        following = await self._request(beyond.seq + 1)
                 current = following
         finally:
             await self.close()
+
+    async def _leader_next(self, last: int) -> Stored | None:
+        if last:
+            request: dict = {"seq": last + 1}
+        elif self._start_time is not None:
+            request = {"start_time": _rfc3339(self._start_time)}
+        else:
+            request = {"seq": self._start_seq}
+        return await leader_next(
+            self._nc, self._stream, self._subject, request, timeout=self._timeout, api_prefix=self._api_prefix
+        )
 
     async def close(self) -> None:
         for b in self._open:

@@ -53,10 +53,10 @@ class Chunks:
             return
         seen = 0
         async for stored in self._stream:
-            if self._count is not None and seen >= self._count:
-                return
             seen += 1
             yield stored.data
+            if seen == self._count:  # all of it: no need to read on to the end (and confirm it)
+                return
 
     async def close(self) -> None:
         if self._stream is not None:
@@ -73,11 +73,17 @@ class PackStore:
         return f"$O.{self._bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
     async def stored_meta(self, name: str) -> dict | None:
-        """The object's last metadata as stored, deleted or not (None: never put)."""
+        """The object's last metadata as stored, deleted or not (None: never put).
+
+        Read by a direct get; "not found" from one is confirmed with the stream's leader, since a
+        lagging replica or mirror may answer a direct get (services/jetstream/direct.py)."""
         try:
             msg = await self._js.get_last_msg(self._stream, self._meta_subject(name), direct=True)
         except NotFoundError:
-            return None
+            try:
+                msg = await self._js.get_last_msg(self._stream, self._meta_subject(name))
+            except NotFoundError:
+                return None
         meta = json.loads(msg.data or b"{}")
         return meta if isinstance(meta, dict) else {"deleted": True}  # not metadata at all: as good as deleted
 

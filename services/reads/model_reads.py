@@ -82,8 +82,15 @@ class View:
         (history 1), so its messages on `prefix.>` in order are the values: read in batches
         (a key rewritten meanwhile is seen again later; the newer value wins)."""
         out: dict[str, dict[str, Any]] = {}
+        # not confirmed with the stream's leader: readers may only direct-get this bucket, and
+        # read models trail the log anyway (the log is the truth: `--fold`)
         reader = SubjectStream(
-            self._nc, f"KV_{self._bucket}", f"$KV.{self._bucket}.{prefix}.>", batch=BATCH, timeout=TIMEOUT_S
+            self._nc,
+            f"KV_{self._bucket}",
+            f"$KV.{self._bucket}.{prefix}.>",
+            batch=BATCH,
+            timeout=TIMEOUT_S,
+            confirm=False,
         )
         async for stored in reader:
             self._value(out, stored)

@@ -301,8 +301,12 @@ class Projector:
         self._releases.clear()
         kept: dict[str, tuple[int, dict[str, Any]]] = {}
         info = await self._app.js.stream_info(stream)
-        # one value per key (history 1): the bucket's messages in order are its values
-        async for stored in SubjectStream(connection_of(self._app.js), stream, f"{prefix}>", batch=1024):
+        # one value per key (history 1): the bucket's messages in order are its values. Not
+        # confirmed with the leader (the service may only direct-get the bucket): a value a lagging
+        # replica lacks or has older is taken for another writer's (`_put`: the compare and set is refused,
+        # the value read again), and an older `position` only means more of the log is read again
+        reader = SubjectStream(connection_of(self._app.js), stream, f"{prefix}>", batch=1024, confirm=False)
+        async for stored in reader:
             key = stored.subject.removeprefix(prefix)
             if not stored.data:  # a delete marker
                 self._stored.pop(key, None)

@@ -108,26 +108,41 @@ def charts_on(driver, css: str) -> list[dict]:
     return driver.execute_script(CHARTS_JS, css)
 
 
-async def test_watching_a_release_in_the_browser(nats_url, prefix):
-    from selenium.common.exceptions import StaleElementReferenceException
+def text_of(driver, css: str) -> str:
+    """The text of the first element `css` selects ("" if none), for a condition polled until it holds.
+
+    A live update may replace the section between finding it and reading it (a stale element), and
+    a submitted form reloads the page under the read (Chromium: "Cannot find context with specified
+    id", an unknown error): either way there is nothing to read this poll, so read it at the next."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.common.by import By
+
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+    except WebDriverException as exc:
+        if "context" in str(exc).lower() or "inspector" in str(exc).lower():
+            return ""
+        raise
+
+
+async def until(driver, condition, what: str):
+    """Poll `condition` until it holds; else fail showing what the page shows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def text_of(driver, css: str) -> str:
-        # a live update may replace the section between finding it and reading it: read it next poll
-        try:
-            found = driver.find_elements(By.CSS_SELECTOR, css)
-            return found[0].text if found else ""
-        except StaleElementReferenceException:
-            return ""
+    try:
+        return await asyncio.to_thread(WebDriverWait(driver, BROWSER_WAIT_S, poll_frequency=0.1).until, condition)
+    except Exception as exc:
+        raise AssertionError(
+            f"the page never showed {what}; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text}"
+        ) from exc
 
-    async def until(driver, condition, what: str):
-        try:
-            return await asyncio.to_thread(WebDriverWait(driver, BROWSER_WAIT_S, poll_frequency=0.1).until, condition)
-        except Exception as exc:
-            raise AssertionError(
-                f"the page never showed {what}; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text}"
-            ) from exc
+
+async def test_watching_a_release_in_the_browser(nats_url, prefix):
+    from selenium.webdriver.common.by import By
 
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_dashboard import ARTIFACTS, BROWSER_WAIT_S, chrome, start_ui, stop
+from tests.browser.test_dashboard import ARTIFACTS, chrome, start_ui, stop, text_of, until
 from tests.harness import wait_for
 from tests.integration.test_dashboard_actions import authed_service
 
@@ -27,24 +27,7 @@ async def start_ui_with_actions(nats_url: str, prefix: str) -> tuple[subprocess.
 
 
 async def test_log_in_pause_and_resume_a_release_and_see_it_live(tmp_path):
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def text_of(driver, css: str) -> str:
-        try:
-            found = driver.find_elements(By.CSS_SELECTOR, css)
-            return found[0].text if found else ""
-        except StaleElementReferenceException:  # the live feed replaced the section meanwhile: look again
-            return ""
-
-    async def until(driver, condition, what: str):
-        try:
-            return await asyncio.to_thread(WebDriverWait(driver, BROWSER_WAIT_S, poll_frequency=0.1).until, condition)
-        except Exception as exc:
-            raise AssertionError(
-                f"the page never showed {what}; it shows:\n{driver.find_element(By.TAG_NAME, 'body').text}"
-            ) from exc
 
     def act(driver, action: str, rationale: str) -> None:
         box = driver.find_element(By.ID, "rationale")

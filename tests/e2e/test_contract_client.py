@@ -281,8 +281,11 @@ async def release_so_far(js, releases: str, prefix: str, release_id: str, serve)
     for suffix in ("prepared", "rejected", "distributed", "verified", "verification_failed", "activated",
                    "activation_failed", "monitoring_started", "monitoring_passed", "monitoring_failed",
                    "monitoring_inconclusive", "expanded", "rollback_started", "rolled_back"):  # fmt: skip
-        if await last(js, releases, f"{prefix}.release.{release_id}.{suffix}"):
-            types.append(suffix)
+        msg = await last(js, releases, f"{prefix}.release.{release_id}.{suffix}")
+        if msg:
+            # a verdict's or a failure's reason says why a release stopped where it did
+            reason = json.loads(msg.data).get("data", {}).get("reason")
+            types.append(f"{suffix} ({reason})" if reason else suffix)
     return f"; events so far: {types}; service log tail: {serve.stderr()[-1500:]}"
 
 

@@ -166,3 +166,88 @@ async def test_window_reports_merges_cohorts_in_stored_order_within_the_span(nat
     finally:
         await js.delete_stream(s.health_stream)
         await nc.close()
+
+
+# ---- a lagging answerer: a mirror inherits direct gets (`mirror_direct`) ------------------------
+
+
+async def _lagging_mirror(js, stream: str, prefix: str) -> str:
+    """A mirror of `stream` holding only `<prefix>.early.>`: to a direct get on anything else it is a
+    replica that has not caught up. nats-server makes a mirror of a stream that allows direct gets
+    answer them too (in the same queue group as the stream), once it has mirrored a message."""
+    from nats.js.api import StreamSource
+
+    mirror = f"{stream}_MIRROR"
+    await js.add_stream(StreamConfig(name=mirror, mirror=StreamSource(name=stream, filter_subject=f"{prefix}.early.>")))
+    await js.publish(f"{prefix}.early.x", b"mirrored")
+    for _ in range(100):
+        if (await js.stream_info(mirror)).state.messages:
+            break
+        await asyncio.sleep(0.05)
+    assert (await js.stream_info(mirror)).config.mirror_direct, "the mirror did not inherit direct gets"
+    return mirror
+
+
+async def test_a_read_answered_by_a_lagging_mirror_is_completed_from_the_leader(js_stream, prefix) -> None:
+    """Half the direct gets go to a mirror that lacks the messages: unconfirmed reads come back short
+    (so the mirror does answer), confirmed ones whole, from a sequence and from a start time."""
+    nc, js, stream = js_stream
+    mirror = await _lagging_mirror(js, stream, prefix)
+    try:
+        start = datetime.now(UTC)
+        for i in range(12):
+            await js.publish(f"{prefix}.h.a", str(i).encode())
+        expected = [str(i).encode() for i in range(12)]
+
+        unconfirmed = []
+        for _ in range(20):
+            reader = SubjectStream(nc, stream, f"{prefix}.h.a", batch=4, confirm=False)
+            unconfirmed.append([m.data async for m in reader])
+        assert any(read != expected for read in unconfirmed), "no direct get reached the lagging mirror"
+        for _ in range(20):
+            assert [m.data async for m in SubjectStream(nc, stream, f"{prefix}.h.a", batch=4)] == expected
+            timed = SubjectStream(nc, stream, f"{prefix}.h.a", start_time=start, batch=4)
+            got = [m async for m in timed]
+            assert [m.data for m in got] == expected
+            assert [m.seq for m in got] == sorted(m.seq for m in got) and all(m.stored_at for m in got)
+    finally:
+        await js.delete_stream(mirror)
+
+
+async def test_a_pack_is_found_when_a_lagging_mirror_answers_its_metadata(nats_url, prefix) -> None:
+    """The object store's metadata is read by a direct get: "not found" from a mirror that lacks it
+    is asked of the leader before the pack is called absent; its chunks are read whole."""
+    from events.subjects import Subjects
+    from services.jetstream.packstore import PackStore
+
+    s = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    store = await js.create_object_store(s.packs_bucket)
+    stream = f"OBJ_{s.packs_bucket}"
+    mirror = None
+    try:
+        from nats.js.api import StreamSource
+
+        packs = PackStore(js, s)
+        await store.put("early", b"x")  # all the mirror holds: this object's metadata
+        mirror = f"{stream}_MIRROR"
+        await js.add_stream(
+            StreamConfig(name=mirror, mirror=StreamSource(name=stream, filter_subject=packs._meta_subject("early")))
+        )
+        for _ in range(100):
+            if (await js.stream_info(mirror)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        data = bytes(range(256)) * 2048  # 4 chunks of 128 KiB
+        await packs.put("pack", data)
+        for _ in range(12):
+            assert await packs.stored_meta("pack") is not None
+            chunks = await packs.chunks("pack")
+            assert chunks is not None
+            assert b"".join([c async for c in chunks]) == data
+    finally:
+        if mirror:
+            await js.delete_stream(mirror)
+        await js.delete_object_store(s.packs_bucket)
+        await nc.close()
