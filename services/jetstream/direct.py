@@ -161,10 +161,19 @@ def _api(stream: str, api_prefix: str) -> str:
 
 
 async def leader_next(
-    nc: Client, stream: str, subject: str, request: dict, *, timeout: float, api_prefix: str = "$JS.API"
+    nc: Client,
+    stream: str,
+    subject: str,
+    *,
+    seq: int = 1,
+    start_time: datetime | None = None,
+    timeout: float = 5.0,
+    api_prefix: str = "$JS.API",
 ) -> Stored | None:
-    """The first message on `subject` from `request`'s `seq` or `start_time`, as the stream's
-    leader has it (`STREAM.MSG.GET`, which only the leader answers); None if there is none."""
+    """The first message on `subject` (wildcards allowed) from `seq`, or stored at or after
+    `start_time`, as the stream's leader has it (`STREAM.MSG.GET`, which only the leader
+    answers): the check on what a direct get's answerer may lack. None if there is none."""
+    request: dict = {"start_time": _rfc3339(start_time)} if start_time is not None else {"seq": seq}
     try:
         msg = await nc.request(
             f"{api_prefix}.STREAM.MSG.GET.{stream}",
@@ -302,14 +311,14 @@ class SubjectStream:
             await self.close()
 
     async def _leader_next(self, last: int) -> Stored | None:
-        if last:
-            request: dict = {"seq": last + 1}
-        elif self._start_time is not None:
-            request = {"start_time": _rfc3339(self._start_time)}
-        else:
-            request = {"seq": self._start_seq}
         return await leader_next(
-            self._nc, self._stream, self._subject, request, timeout=self._timeout, api_prefix=self._api_prefix
+            self._nc,
+            self._stream,
+            self._subject,
+            seq=last + 1 if last else self._start_seq,
+            start_time=None if last else self._start_time,
+            timeout=self._timeout,
+            api_prefix=self._api_prefix,
         )
 
     async def close(self) -> None:

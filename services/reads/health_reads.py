@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from events.health import HealthSample, accept_report
 from events.subjects import Subjects
-from services.jetstream.direct import Stored, SubjectStream, connection_of, last_per_subject
+from services.jetstream.direct import Stored, SubjectStream, connection_of, last_per_subject, leader_next
 from services.monitoring.judge import Invalid
 
 READ_BATCH = 256  # reports per direct-get answer
@@ -23,16 +23,27 @@ READ_BATCH = 256  # reports per direct-get answer
 async def recent_reporters(
     js: JetStreamContext, subjects: Subjects, env: str, channel: str, cohorts: list[str], since: datetime
 ) -> dict[str, int]:
-    """Per cohort: how many runtimes published health since `since` (last message per runtime)."""
+    """Per cohort: how many runtimes published health since `since` (last message per runtime;
+    a cohort found only by asking the leader counts 1, "at least one")."""
     if not cohorts:
         return {}
     counts = {c: 0 for c in cohorts}
     # one round trip: the last sample of every runtime in these cohorts (a batched direct get)
     filters = [subjects.health_cohort(env, channel, c) for c in cohorts]
-    async for entry in last_per_subject(connection_of(js), subjects.health_stream, filters):
+    nc = connection_of(js)
+    async for entry in last_per_subject(nc, subjects.health_stream, filters):
         parts = subjects.health_parts(entry.subject)
         if entry.stored_at and entry.stored_at >= since and parts is not None and parts.cohort in counts:
             counts[parts.cohort] += 1
+    # A lagging replica or mirror may have answered (services/jetstream/direct.py), and no leader
+    # answers "the last of each": a cohort silent in that answer is asked of the stream's leader
+    # (anything stored there since `since`) before pre-flight refuses a release for it.
+    for cohort in [c for c, n in counts.items() if n == 0]:
+        first = await leader_next(
+            nc, subjects.health_stream, subjects.health_cohort(env, channel, cohort), start_time=since
+        )
+        if first is not None and subjects.health_parts(first.subject) is not None:
+            counts[cohort] = 1  # at least one runtime: how many, the leader does not say in one request
     return counts
 
 

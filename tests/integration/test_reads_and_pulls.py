@@ -251,3 +251,35 @@ async def test_a_pack_is_found_when_a_lagging_mirror_answers_its_metadata(nats_u
             await js.delete_stream(mirror)
         await js.delete_object_store(s.packs_bucket)
         await nc.close()
+
+
+async def test_pre_flight_asks_the_leader_before_calling_a_cohort_silent(nats_url, prefix) -> None:
+    """Pre-flight counts reporters with one "last of each subject" direct get, which a lagging mirror
+    may answer with nothing: a cohort silent in that answer is asked of the leader before a refusal."""
+    from events.subjects import Subjects
+    from services.reads.health_reads import recent_reporters
+
+    s = Subjects(prefix)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=s.health_stream, subjects=[s.health_all()], allow_direct=True))
+    mirror = None
+    try:
+        mirror = await _lagging_mirror(js, s.health_stream, f"{prefix}.health.prod.c0")
+        since = datetime.now(UTC) - timedelta(minutes=5)
+        for runtime in ("rt1", "rt2"):
+            body = {"runtime_id": runtime, "at": datetime.now(UTC).isoformat(), "kind": "sample", "requests": 1}
+            await js.publish(s.health("prod", "c1", "a", runtime), json.dumps(body).encode())
+        alone = [
+            [m async for m in last_per_subject(nc, s.health_stream, [s.health_cohort("prod", "c1", "a")])]
+            for _ in range(20)
+        ]
+        assert any(not found for found in alone), "no direct get reached the lagging mirror"
+        for _ in range(20):
+            counts = await recent_reporters(js, s, "prod", "c1", ["a", "b"], since)
+            assert counts["a"] >= 1 and counts["b"] == 0, counts
+    finally:
+        if mirror:
+            await js.delete_stream(mirror)
+        await js.delete_stream(s.health_stream)
+        await nc.close()
