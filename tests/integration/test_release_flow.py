@@ -58,3 +58,57 @@ async def test_failing_window_rolls_back_to_last_known_good(nats_url, prefix):
         # the second stage was never exposed
         assert svc.world.scope("prod", "canary", "rest").active.release_id == "r1"
         await wait_for(lambda: rt.active and rt.active.digest == good.digest, 5, "runtime back on LKG")
+
+
+async def _lagging_mirror(js, origin: str, holds: str) -> str:
+    """A mirror of `origin` holding only `holds` (one message on it is already stored): to the direct
+    gets of the service it answers half the time (nats-server gives a mirror of a stream that allows
+    direct gets `mirror_direct`), and lacks everything else, as a replica or mirror far behind."""
+    import asyncio
+
+    from nats.js.api import StreamConfig, StreamSource
+
+    mirror = f"{origin}_AUDIT_MIRROR"
+    await js.add_stream(StreamConfig(name=mirror, mirror=StreamSource(name=origin, filter_subject=holds)))
+    for _ in range(100):
+        if (await js.stream_info(mirror)).state.messages:
+            return mirror
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the mirror of {origin} mirrored nothing")
+
+
+async def test_lagging_mirrors_of_health_and_packs_change_no_decision(nats_url, prefix):
+    """An auditor's mirrors of the health stream and the pack store, far behind: every read the
+    service makes by direct get is confirmed with the stream's leader, so a healthy release still
+    passes on its data (not inconclusive, not a missing pack) and a breaching one still rolls back."""
+    import json
+    from datetime import UTC, datetime
+
+    async with running_service(nats_url, prefix) as svc:
+        js, s = svc.app.js, svc.app.subjects
+        await js.publish(
+            s.health("elsewhere", "c", "k", "early"), json.dumps({"at": datetime.now(UTC).isoformat()}).encode()
+        )
+        store = await js.object_store(s.packs_bucket)
+        await store.put("early", b"x")
+        mirrors = [
+            await _lagging_mirror(js, s.health_stream, s.health("elsewhere", "c", "k", "early")),
+            await _lagging_mirror(js, f"OBJ_{s.packs_bucket}", "$O." + s.packs_bucket + ".M.ZWFybHk="),
+        ]
+        try:
+            await svc.configure()
+            good, bad = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
+            rt = await svc.runtime("t-int-1", {bad.digest: Behaviour(error_rate=0.5)})
+            await svc.runtime("tenant-42")
+            await svc.request("r1", good, rollback={"strategy": "none"})
+            release = await svc.wait_release("r1")
+            assert release.outcome == "success", release.failure
+            assert svc.world.scope("prod", "canary", "internal").lkg.digest == good.digest
+            await svc.request("r2", bad)
+            release = await svc.wait_release("r2")
+            assert release.outcome == "rolled_back", release.failure
+            assert release.rollback.trigger == "monitoring_failure"
+            await wait_for(lambda: rt.active and rt.active.digest == good.digest, 5, "runtime back on LKG")
+        finally:
+            for mirror in mirrors:
+                await js.delete_stream(mirror)
