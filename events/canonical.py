@@ -34,7 +34,8 @@ _SHALLOW = 200
 def _needs_round_trip(text: str) -> bool:
     """Whether writing the parsed document back out could fail: only a \\u escape can make a
     lone surrogate (the text itself is valid UTF-8), and only deep nesting a RecursionError."""
-    return "\\u" in text or text.count("[") + text.count("{") >= _SHALLOW
+    # ("\\" first: one memchr over the text, where the two-character search costs ~30x more)
+    return ("\\" in text and "\\u" in text) or text.count("[") + text.count("{") >= _SHALLOW
 
 
 def _no_float(text: str) -> Any:
