@@ -80,8 +80,8 @@ class ContinuousPull:
         """Subscribe without a callback and read nats.py's own queue of the subscription: a callback
         runs in a task of its own that takes each message off that queue to hand it on, one more
         queue and one more task switch per message (~10% of a runtime's CPU per pointer). What is
-        taken off is marked done (`task_done`, so a connection's `drain()` never waits on it) and
-        leaves the pending count, as nats.py's own reader does."""
+        taken off is marked done (`task_done`; `close` marks what was never taken, so a connection's
+        `drain()` never waits on this queue) and leaves the pending count, as nats.py's own reader does."""
         self._sub = await self._nc.subscribe(self._inbox, pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._queue = self._sub._pending_queue
 
@@ -185,3 +185,6 @@ class ContinuousPull:
             except Exception:  # a closed connection has no subscription left to remove
                 pass
             self._sub = None
+        while not self._queue.empty():  # what came and was never taken: done with (see `_subscribe`)
+            self._queue.get_nowait()
+            self._queue.task_done()

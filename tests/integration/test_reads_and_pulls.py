@@ -283,3 +283,25 @@ async def test_pre_flight_asks_the_leader_before_calling_a_cohort_silent(nats_ur
             await js.delete_stream(mirror)
         await js.delete_stream(s.health_stream)
         await nc.close()
+
+
+async def test_a_closed_pull_leaves_nothing_for_a_drain_to_wait_on(js_stream, nats_url, prefix) -> None:
+    """The pull reads nats.py's own subscription queue: what it took is marked done, and what it never
+    took is marked done at close, so the connection's `drain()` (which joins every subscription's
+    queue) does not sit out its timeout."""
+    _, js, stream = js_stream
+    nc = await nats.connect(nats_url)  # its own: drained (and so closed) at the end
+    await js.add_consumer(stream, ConsumerConfig(name="d", durable_name="d", ack_policy=AckPolicy.NONE))
+    for i in range(10):
+        await js.publish(f"{prefix}.x", str(i).encode())
+    pull = ContinuousPull(nc, stream, "d", batch=8, heartbeat_s=0.2)
+    got = []
+    async for msg in pull.messages():
+        got.append(msg.data)
+        if len(got) == 3:
+            break
+    await asyncio.sleep(0.2)  # the rest of the batch arrives, untaken
+    queue = pull._queue
+    await pull.close()
+    assert queue._unfinished_tasks == 0 and queue.empty()
+    await asyncio.wait_for(nc.drain(), 5)
