@@ -67,3 +67,23 @@ def test_a_job_verifies_as_check_does():
     assert keys.judge("verifier", subject, payload, headers, True).endswith("not trusted for verifier")
     short = {**headers, "Kx-Signature": b64encode(key.sign(signed_bytes(subject, payload))[:63])}
     assert keys.check("activator", subject, payload, short).startswith("forged")
+
+
+def test_manifests_are_checked_by_the_same_libsodium_check():
+    from events.signing import verify_ed25519
+
+    assert verify_signature is verify_ed25519  # one Ed25519 check for manifests and service signatures
+
+
+def test_a_small_order_key_in_a_trust_root_verifies_no_forgery():
+    """OpenSSL accepts, under the identity point as a public key, the "signature" (R = identity, s = 0)
+    for any message; libsodium refuses small-order keys. A trust root (or a builder key) that lists
+    such a key must not let anyone sign manifests: no signature counts under it."""
+    from events.signing import TrustedKey, TrustRoot, verify_ed25519
+
+    identity = (1).to_bytes(32, "little")  # the encoding of the neutral point: order 1
+    forged = identity + bytes(32)
+    assert openssl_verifies(identity, forged, b"any manifest at all") is True  # what the check used to be
+    assert verify_ed25519(identity, forged, b"any manifest at all") is False
+    root = TrustRoot(threshold=1, keys=(TrustedKey(keyid="weak", public=identity, name="weak"),))
+    assert root.count_valid(b"any manifest at all", [("weak", forged)]) == set()
