@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .signing import SigningKey, b64decode_strict, b64encode, keyid_of, verify_ed25519
+from .signing import SigningKey, b64decode_strict, b64encode, listed_public_key, verify_ed25519
 
 SIGNER_HEADER = "Kx-Signer"
 SIGNATURE_HEADER = "Kx-Signature"
@@ -47,9 +47,7 @@ class ServiceKeys:
         for keyid, entry in doc["keys"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
                 raise ValueError(f"service key {keyid!r} needs a base64 'public'")
-            public = b64decode_strict(entry["public"])
-            if len(public) != 32 or keyid_of(public) != keyid:
-                raise ValueError(f"service key {keyid!r} is not the SHA-256 of a 32-byte Ed25519 key")
+            public = listed_public_key(keyid, entry["public"], "service key")
             roles = entry.get("roles")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
                 raise ValueError(f"service key {keyid!r} needs 'roles': a list of consumer names")

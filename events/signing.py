@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
@@ -34,6 +35,24 @@ def b64decode_strict(text: str) -> bytes:
 
 def keyid_of(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
+
+
+def listed_public_key(keyid: str, public_b64: str, what: str) -> bytes:
+    """A public key as a trust root, a builder list or the service keys list it, checked: base64 of
+    32 bytes, named by the SHA-256 of them, and a point a signature can be checked under. A
+    small-order point (the identity, say) is refused here: OpenSSL's Ed25519 accepts a "signature"
+    under it for any message, and though our check (libsodium) refuses those, such a key can only be
+    a mistake or an attack, and a threshold counting on it could never be met."""
+    public = b64decode_strict(public_b64)
+    if len(public) != 32:
+        raise ValueError(f"{what} {keyid!r} is not a 32-byte Ed25519 key")
+    if keyid_of(public) != keyid:
+        raise ValueError(f"{what} {keyid!r} does not match the SHA-256 of its public key")
+    if not crypto_core_ed25519_is_valid_point(public):
+        raise ValueError(
+            f"{what} {keyid!r} is not a usable Ed25519 public key (a small-order point, or not on the curve)"
+        )
+    return public
 
 
 @dataclass(frozen=True)
@@ -124,11 +143,7 @@ def _builders(raw: Any) -> tuple[TrustedBuilder, ...]:
     for keyid, entry in raw.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
             raise ValueError(f"builder key {keyid!r} needs a base64 'public'")
-        public = b64decode_strict(entry["public"])
-        if len(public) != 32:
-            raise ValueError(f"builder key {keyid!r} is not a 32-byte Ed25519 key")
-        if keyid_of(public) != keyid:
-            raise ValueError(f"builder key {keyid!r} does not match the SHA-256 of its public key")
+        public = listed_public_key(keyid, entry["public"], "builder key")
         ids = entry.get("ids")
         # Fail closed: a builder key vouches for named builders only, never for "any builder".
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
@@ -171,11 +186,7 @@ class TrustRoot:
         for keyid, entry in raw_keys.items():
             if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
                 raise ValueError(f"trust root key {keyid!r} needs a base64 'public'")
-            public = b64decode_strict(entry["public"])
-            if len(public) != 32:
-                raise ValueError(f"trust root key {keyid!r} is not a 32-byte Ed25519 key")
-            if keyid_of(public) != keyid:
-                raise ValueError(f"trust root key {keyid!r} does not match the SHA-256 of its public key")
+            public = listed_public_key(keyid, entry["public"], "trust root key")
             if public in seen_public:
                 continue
             seen_public.add(public)

@@ -87,3 +87,24 @@ def test_a_small_order_key_in_a_trust_root_verifies_no_forgery():
     assert verify_ed25519(identity, forged, b"any manifest at all") is False
     root = TrustRoot(threshold=1, keys=(TrustedKey(keyid="weak", public=identity, name="weak"),))
     assert root.count_valid(b"any manifest at all", [("weak", forged)]) == set()
+
+
+@pytest.mark.parametrize("what", ["trust root", "builders", "service keys"])
+def test_a_small_order_key_is_refused_where_keys_are_listed(what):
+    """Fail closed at configuration: a trust root, a builder list or the service keys naming a
+    small-order point is refused with the reason, not loaded with a key no signature counts under."""
+    from events.signing import TrustRoot, keyid_of
+
+    good = SigningKey.generate()
+    identity = (1).to_bytes(32, "little")
+    weak = {keyid_of(identity): {"public": b64encode(identity), "name": "weak"}}
+    strong = {good.keyid: {"public": b64encode(good.public_raw), "name": "good"}}
+    with pytest.raises(ValueError, match="not a usable Ed25519 public key"):
+        if what == "trust root":
+            TrustRoot.from_document({"threshold": 1, "keys": {**strong, **weak}})
+        elif what == "builders":
+            builder = {k: {**v, "ids": ["kx-pipeline"]} for k, v in weak.items()}
+            TrustRoot.from_document({"threshold": 1, "keys": strong, "builders": builder})
+        else:
+            ServiceKeys.from_document({"keys": {k: {**v, "roles": ["activator"]} for k, v in weak.items()}})
+    TrustRoot.from_document({"threshold": 1, "keys": strong})  # the good key alone is fine
