@@ -29,6 +29,8 @@ async def test_throughput_bench_runs_on_a_tiny_size() -> None:
     assert res["scopes"] == 8 and res["releases"] == 4
     assert set(res["consumers_per_s"]) == {"preparer", "distributor", "verifier", "activator"}
     assert all(_positive(v) for v in res["consumers_per_s"].values()) and _positive(res["raw_loop_per_s"])
+    runs = res["raw_loop_runs_per_s"]
+    assert len(runs) == 3 and sorted(runs)[1] == res["raw_loop_per_s"]  # the baseline: the runs' median
     assert _positive(res["end_to_end"]["releases_per_s"])
     assert set(res["end_to_end_by_processes"]) == {"1", "2"}  # two serve processes sharing the durables
     assert all(_positive(e["releases_per_s"]) for e in res["end_to_end_by_processes"].values())
