@@ -81,3 +81,17 @@ def test_chain_applies_valid_rotations_and_records_refused_ones() -> None:
         (10, "old_threshold_not_met"),
         (12, "old_threshold_not_met"),
     ]
+
+
+def test_a_rotation_to_a_root_listing_a_small_order_key_is_refused() -> None:
+    """The new root lists the identity point beside real keys (under which OpenSSL would accept a forged
+    signature for any message): refused as an invalid root, before `kxr trust rotate` publishes it and
+    by every fold that meets it in the log."""
+    from events.signing import keyid_of
+
+    identity = (1).to_bytes(32, "little")
+    doc = root_doc(NEW, 2, 2)
+    doc["keys"][keyid_of(identity)] = {"public": b64encode(identity), "name": "weak"}
+    with pytest.raises(RotationError) as err:
+        verify_rotation(ANCHOR, sign_root(doc, OLD[:2] + NEW))
+    assert err.value.code == "invalid_root" and "not a usable Ed25519 public key" in str(err.value)
