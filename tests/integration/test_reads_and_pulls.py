@@ -180,11 +180,13 @@ async def _lagging_mirror(js, stream: str, prefix: str) -> str:
     mirror = f"{stream}_MIRROR"
     await js.add_stream(StreamConfig(name=mirror, mirror=StreamSource(name=stream, filter_subject=f"{prefix}.early.>")))
     await js.publish(f"{prefix}.early.x", b"mirrored")
-    for _ in range(100):
+    for _ in range(400):  # (a loaded machine: up to 20 s)
         if (await js.stream_info(mirror)).state.messages:
             break
         await asyncio.sleep(0.05)
-    assert (await js.stream_info(mirror)).config.mirror_direct, "the mirror did not inherit direct gets"
+    info = await js.stream_info(mirror)
+    assert info.state.messages, "the mirror mirrored nothing"  # it answers direct gets once it has
+    assert info.config.mirror_direct, "the mirror did not inherit direct gets"
     return mirror
 
 
@@ -235,10 +237,11 @@ async def test_a_pack_is_found_when_a_lagging_mirror_answers_its_metadata(nats_u
         await js.add_stream(
             StreamConfig(name=mirror, mirror=StreamSource(name=stream, filter_subject=packs._meta_subject("early")))
         )
-        for _ in range(100):
+        for _ in range(400):  # (a loaded machine: up to 20 s)
             if (await js.stream_info(mirror)).state.messages:
                 break
             await asyncio.sleep(0.05)
+        assert (await js.stream_info(mirror)).state.messages, "the mirror mirrored nothing"
         data = bytes(range(256)) * 2048  # 4 chunks of 128 KiB
         await packs.put("pack", data)
         for _ in range(12):

@@ -70,7 +70,7 @@ async def _lagging_mirror(js, origin: str, holds: str) -> str:
 
     mirror = f"{origin}_AUDIT_MIRROR"
     await js.add_stream(StreamConfig(name=mirror, mirror=StreamSource(name=origin, filter_subject=holds)))
-    for _ in range(100):
+    for _ in range(400):  # (a loaded machine: up to 20 s)
         if (await js.stream_info(mirror)).state.messages:
             return mirror
         await asyncio.sleep(0.05)
