@@ -63,6 +63,8 @@ def run_async(coro) -> Any:
     import asyncio
     import signal
 
+    from services.tasks import cancel_and_wait
+
     global collector_paused
     if collector_paused:  # start-up is over: what it loaded is not walked again, cyclic garbage is collected
         import gc
@@ -80,15 +82,17 @@ def run_async(coro) -> Any:
 
         def on_sigint() -> None:  # (a command with a clean stop of its own, SignalStop, replaces this)
             nonlocal interrupted
+            if interrupted:
+                return
             interrupted = True
-            task.cancel()  # type: ignore[union-attr]
+            # cancelled again until it has stopped (services/tasks.py: on Python 3.11 a cancellation
+            # that meets an inner wait_for completing can be swallowed; a `kxr watch` of a held
+            # release ran on after Ctrl-C under load)
+            stops.append(loop.create_task(cancel_and_wait([task], timeout=float("inf"))))  # type: ignore[list-item]
 
+        stops: list[asyncio.Task] = []
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-        guard = asyncio.create_task(_cancel_until_done(task, lambda: interrupted))
-        try:
-            box.append(await coro)
-        finally:
-            guard.cancel()
+        box.append(await coro)
 
     try:
         asyncio.run(main())
@@ -97,19 +101,6 @@ def run_async(coro) -> Any:
             raise KeyboardInterrupt from None  # Ctrl-C: exit 130, as asyncio.run's own handler does
         raise
     return box[0]
-
-
-async def _cancel_until_done(task, interrupted: Callable[[], bool], every_s: float = 0.2) -> None:
-    """After Ctrl-C, cancel the main task again every `every_s` until it has stopped. asyncio.run's
-    own handler cancels it once, and on Python 3.11 a cancellation that arrives as an inner
-    `asyncio.wait_for` completes (nats.py's request and fetch paths) can be swallowed: the command
-    ran on (a `kxr watch` of a held release never ended, seen under load)."""
-    import asyncio
-
-    while True:
-        await asyncio.sleep(every_s)
-        if interrupted() and task is not None and not task.done():
-            task.cancel()
 
 
 # The root options (`kxr --creds F --context N --tls-ca … COMMAND`, main.py) of this invocation:
