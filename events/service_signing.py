@@ -45,9 +45,7 @@ class ServiceKeys:
             raise ValueError('service keys must be {"keys": {keyid: {public, roles}}}')
         out = {}
         for keyid, entry in doc["keys"].items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
-                raise ValueError(f"service key {keyid!r} needs a base64 'public'")
-            public = listed_public_key(keyid, entry["public"], "service key")
+            public = listed_public_key(keyid, entry, "service key")
             roles = entry.get("roles")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
                 raise ValueError(f"service key {keyid!r} needs 'roles': a list of consumer names")

@@ -37,13 +37,16 @@ def keyid_of(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
 
 
-def listed_public_key(keyid: str, public_b64: str, what: str) -> bytes:
-    """A public key as a trust root, a builder list or the service keys list it, checked: base64 of
-    32 bytes, named by the SHA-256 of them, and a point a signature can be checked under. A
+def listed_public_key(keyid: str, entry: Any, what: str) -> bytes:
+    """The public key of an entry `{"public": base64, ...}` as a trust root, a builder list or the
+    service keys list it, checked: base64 of 32 bytes, named by the SHA-256 of them (`keyid`), and a
+    point a signature can be checked under. A
     small-order point (the identity, say) is refused here: OpenSSL's Ed25519 accepts a "signature"
     under it for any message, and though our check (libsodium) refuses those, such a key can only be
     a mistake or an attack, and a threshold counting on it could never be met."""
-    public = b64decode_strict(public_b64)
+    if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
+        raise ValueError(f"{what} {keyid!r} needs a base64 'public'")
+    public = b64decode_strict(entry["public"])
     if len(public) != 32:
         raise ValueError(f"{what} {keyid!r} is not a 32-byte Ed25519 key")
     if keyid_of(public) != keyid:
@@ -141,9 +144,7 @@ def _builders(raw: Any) -> tuple[TrustedBuilder, ...]:
         raise ValueError("trust root 'builders' must be an object")
     out: list[TrustedBuilder] = []
     for keyid, entry in raw.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
-            raise ValueError(f"builder key {keyid!r} needs a base64 'public'")
-        public = listed_public_key(keyid, entry["public"], "builder key")
+        public = listed_public_key(keyid, entry, "builder key")
         ids = entry.get("ids")
         # Fail closed: a builder key vouches for named builders only, never for "any builder".
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
@@ -184,9 +185,7 @@ class TrustRoot:
         keys: list[TrustedKey] = []
         seen_public: set[bytes] = set()
         for keyid, entry in raw_keys.items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
-                raise ValueError(f"trust root key {keyid!r} needs a base64 'public'")
-            public = listed_public_key(keyid, entry["public"], "trust root key")
+            public = listed_public_key(keyid, entry, "trust root key")
             if public in seen_public:
                 continue
             seen_public.add(public)
