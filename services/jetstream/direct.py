@@ -182,20 +182,23 @@ async def leader_next(
         )
     except (NatsTimeoutError, NoRespondersError) as exc:
         raise DirectGetError(f"the leader of {stream} did not answer within {timeout:.0f}s ({exc!r})") from None
-    doc = json.loads(msg.data or b"{}")
-    error = doc.get("error")
-    if error:
-        if error.get("err_code") == 10037:  # no message found
-            return None
-        raise DirectGetError(f"reading {stream} from its leader failed: {error.get('description', error)}")
-    found = doc["message"]
-    return Stored(
-        seq=int(found["seq"]),
-        subject=found["subject"],
-        data=base64.b64decode(found.get("data") or ""),
-        stored_at=_parse_time(found["time"]),
-        pending=0,  # not counted by this API
-    )
+    try:
+        doc = json.loads(msg.data or b"{}")
+        error = doc.get("error")
+        if error:
+            if error.get("err_code") == 10037:  # no message found
+                return None
+            raise DirectGetError(f"reading {stream} from its leader failed: {error.get('description', error)}")
+        found = doc["message"]
+        return Stored(
+            seq=int(found["seq"]),
+            subject=found["subject"],
+            data=base64.b64decode(found.get("data") or ""),
+            stored_at=_parse_time(found["time"]),
+            pending=0,  # not counted by this API
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # an answer that is not one: named, as any
+        raise DirectGetError(f"the leader of {stream} answered what is not a message: {exc!r}") from None
 
 
 async def last_per_subject(

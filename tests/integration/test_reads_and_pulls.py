@@ -308,3 +308,20 @@ async def test_a_closed_pull_leaves_nothing_for_a_drain_to_wait_on(js_stream, na
     await pull.close()
     assert queue._unfinished_tasks == 0 and queue.empty()
     await asyncio.wait_for(nc.drain(), 5)
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[]", b'{"message": {"seq": 1}}', b'{"message": null}'])
+async def test_an_answer_from_the_leader_that_is_not_a_message_is_a_named_read_error(answer) -> None:
+    """Whatever the leader's answer is, a read that cannot use it fails as a DirectGetError naming it
+    (the readers' fail-closed paths name their cause), never as a stray KeyError or JSON error."""
+    from services.jetstream.direct import leader_next
+
+    class Answer:
+        data = answer
+
+    class Client:
+        async def request(self, subject, payload, timeout):
+            return Answer()
+
+    with pytest.raises(DirectGetError, match="answered what is not a message"):
+        await leader_next(Client(), "S", "x.>", seq=1)  # type: ignore[arg-type]
