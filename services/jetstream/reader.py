@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from services.jetstream.client import PermissionDenied
-from services.jetstream.direct import connection_of
+from services.jetstream.direct import connection_of, leader_next
 from services.jetstream.pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class OrderedReader:
         self._contiguous = contiguous
         self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._ahead = 0  # a sequence the leader said is on our filters, not delivered yet (`_ends_here`)
 
     async def _consumer_filters(self) -> list[str]:
         """The consumer's filters: none when ours name every subject the stream stores on.
@@ -151,21 +152,20 @@ class OrderedReader:
             yield batch
 
     async def _until_caught_up(self, idle_timeout: float) -> AsyncIterator[list[RawEntry]]:
-        """A one-off read: pull requests kept open (as `_follow`), ended by the first entry with nothing pending.
-
-        `fetch()` paid a no-wait probe and a round trip per batch, and often came back
-        with a fraction of it; a replay is a long stream of batches, so it keeps
-        `batch` messages asked for at all times instead.
-        """
+        """A one-off read: everything on the filters up to the stream's last sequence as the read
+        begins (`target`), and what follows while the consumer says more is pending. Pull requests
+        are kept open (as `_follow`): `fetch()` paid a no-wait probe and a round trip per batch, and
+        often came back with a fraction of it; a replay is a long stream of batches. The end is
+        never the consumer's pending count alone (`_ends_here`)."""
+        target = await self._last_seq()
+        if await self._ends_here(self.next_seq, target, told_caught_up=False):
+            return  # nothing to read: no consumer made, no request waited out
         while True:
             pull = None
             try:
                 if self._sub is None:
                     await self._open()
-                if await self._caught_up():
-                    return  # nothing (more) to read: answer now instead of waiting out a request
-                if self._sub is None:
-                    continue  # the consumer vanished while we asked about it: open a new one
+                assert self._sub is not None
                 pull = ContinuousPull(
                     connection_of(self._js),
                     self._stream,
@@ -175,7 +175,14 @@ class OrderedReader:
                 )
                 async for batch in self._in_order(pull):
                     for end, entry in enumerate(batch):
-                        if entry.pending == 0:  # caught up: what came after it is not part of this read
+                        try:
+                            done = (entry.pending == 0 or entry.seq >= target) and await self._ends_here(
+                                entry.seq + 1, target
+                            )
+                        except Exception:
+                            self.next_seq = batch[0].seq  # none of this batch was handed over: read it again
+                            raise
+                        if done:  # what came after it is not part of this read
                             self.next_seq = entry.seq + 1
                             yield batch[: end + 1]
                             return
@@ -193,6 +200,47 @@ class OrderedReader:
             finally:
                 if pull is not None:
                     await pull.close()
+
+    async def _last_seq(self) -> int:
+        """The stream's last sequence as a one-off read starts: what it must reach at least."""
+        return (await self._js.stream_info(self._stream)).state.last_seq
+
+    async def _ends_here(self, next_seq: int, target: int, told_caught_up: bool = True) -> bool:
+        """Whether nothing on our filters lies from `next_seq` to `target` (the stream's last sequence
+        when the read began), as the stream's leader says (`STREAM.MSG.GET`, leader only).
+
+        A consumer's pending count is the server's running estimate, not a count: seen under load
+        on one server, a read's last messages came with "0 pending" while a release's `closed`
+        was still to come (`kxr release list` then listed it in flight). A consumer delivers in
+        stream order, so what it delivered before `next_seq` is complete; only what follows is asked.
+        Not for a last-per-subject read (it skips older messages by design: its count is trusted)."""
+        if next_seq > target or self._last_per_subject:
+            return True
+        if next_seq <= self._ahead:  # the leader named a later message already: no need to ask again
+            return False
+        if self._contiguous:  # every sequence is ours: the stream holds target - next_seq + 1 more
+            found_at: int | None = next_seq
+        else:
+            nc = connection_of(self._js)
+            start = self._start_time if self._start_time is not None and next_seq <= 1 else None
+            found = [
+                await leader_next(nc, self._stream, subject, seq=next_seq, start_time=start)
+                for subject in self._filters
+            ]
+            found_at = min((f.seq for f in found if f is not None), default=None)
+        if found_at is None or found_at > target:
+            return True
+        self._ahead = found_at
+        if told_caught_up:
+            log.warning(
+                "reader on %s: the consumer said nothing is pending after seq %d; the stream holds seq %d (of %d):"
+                " reading on",
+                self._stream,
+                next_seq - 1,
+                found_at,
+                target,
+            )
+        return False
 
     async def _in_order(self, pull: ContinuousPull) -> AsyncIterator[list[RawEntry]]:
         """The pull's messages as entries, a batch at a time: one already seen is skipped, a gap raises."""
@@ -242,11 +290,3 @@ class OrderedReader:
                 # ephemeral consumer is removed after its inactivity threshold
                 if pull is not None:
                     await pull.close()
-
-    async def _caught_up(self) -> bool:
-        try:
-            info = await self._sub.consumer_info()  # type: ignore[union-attr]
-        except Exception:
-            self._sub = None
-            return False
-        return info.num_pending == 0

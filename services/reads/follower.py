@@ -126,6 +126,11 @@ class Follower:
                     if self._archive_closed:
                         self.world = archive_closed(self.world, event)
                 self.position = entry.seq
+                # the listeners get the entry with the position, before anything awaits: the projector
+                # writes the read models at this position, and its history must hold the entry by then
+                for queue in self._listeners:
+                    queue.put_nowait((position, event))
+                self._wake()
                 if (
                     self._snapshots is not None
                     and entry.pending == 0
@@ -133,9 +138,6 @@ class Follower:
                     and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s
                 ):
                     await self.save_snapshot()
-                for queue in self._listeners:
-                    queue.put_nowait((position, event))
-                self._wake()
         finally:
             await reader.close()
 

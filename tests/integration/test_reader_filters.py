@@ -1,12 +1,18 @@
-"""OrderedReader drops its filters only when they name every subject of the stream (services/jetstream/reader.py)."""
+"""OrderedReader (services/jetstream/reader.py): drops its filters only when they name every subject of
+the stream; a one-off read ends only where the stream's leader says nothing more is on its filters."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
+from services.jetstream import reader as reader_module
 from services.jetstream.reader import OrderedReader
 
 
@@ -63,3 +69,93 @@ async def test_filters_missing_a_stream_subject_are_kept(js, prefix) -> None:
 async def test_a_missing_stream_still_fails_a_one_off_read(js, prefix) -> None:
     with pytest.raises(NotFoundError):
         await _read(js, f"{prefix.upper()}_NOPE", [f"{prefix}.a", f"{prefix}.b"])
+
+
+# ---- a consumer's pending count is an estimate: the read's end is the leader's word -----------------
+def _says_caught_up_at(monkeypatch, seqs: set[int]) -> None:
+    """The server's pending estimate, wrong: "0 pending" on the messages at `seqs` (seen under load on one
+    server: a release's last events never read). Everything else is the real server's."""
+    real = reader_module._delivery
+
+    def delivery(msg):
+        seq, stored_at, pending = real(msg)
+        return seq, stored_at, 0 if seq in seqs else pending
+
+    monkeypatch.setattr(reader_module, "_delivery", delivery)
+
+
+async def test_a_read_told_it_is_caught_up_too_soon_reads_on_to_what_the_leader_holds(
+    js, prefix, monkeypatch, caplog
+) -> None:
+    stream = f"{prefix.upper()}_EST"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.a.>", f"{prefix}.b"]))
+    try:
+        sent = []
+        for i in range(10):
+            sent.append((await js.publish(f"{prefix}.a.{i}", b"%d" % i)).seq)
+            await js.publish(f"{prefix}.b", b"other")
+        _says_caught_up_at(monkeypatch, {sent[3], 12})
+        with caplog.at_level(logging.WARNING, logger=reader_module.__name__):
+            filtered = await _read(js, stream, [f"{prefix}.a.>"])
+            whole = await _read(js, stream, [f"{prefix}.a.>", f"{prefix}.b"], contiguous=True)
+        assert [seq for seq, _, _ in filtered] == sent  # ended at sent[3] without the leader's word
+        assert [seq for seq, _, _ in whole] == list(range(1, 21))  # ended at 12
+        assert f"nothing is pending after seq {sent[3]}; the stream holds seq {sent[4]}" in caplog.text
+        assert [seq for seq, _, _ in await _read(js, stream, [f"{prefix}.a.>"], start_seq=sent[8])] == sent[8:]
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_a_read_from_a_start_time_reads_what_was_stored_since(js, prefix, monkeypatch) -> None:
+    stream = f"{prefix.upper()}_EST_T"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.a.>", f"{prefix}.b"]))
+    try:
+        for i in range(3):
+            await js.publish(f"{prefix}.a.{i}", b"before")
+        await asyncio.sleep(0.05)
+        since = datetime.now(UTC)
+        assert await _read(js, stream, [f"{prefix}.a.>"], start_time=since) == []  # the leader: nothing since
+        await asyncio.sleep(0.05)
+        after = [(await js.publish(f"{prefix}.a.{i}", b"after")).seq for i in range(3)]
+        await js.publish(f"{prefix}.b", b"other")
+        _says_caught_up_at(monkeypatch, {after[0]})
+        got = await _read(js, stream, [f"{prefix}.a.>"], start_time=since)
+        assert [seq for seq, _, _ in got] == after
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_a_one_off_read_ends_at_the_stream_end_it_began_with(js, prefix, monkeypatch) -> None:
+    """The leader is asked about the span from the read's start to the stream's last sequence then:
+    messages stored later are no reason to read on (a busy log would keep a one-off read going), and
+    an empty span is answered without a consumer."""
+    stream = f"{prefix.upper()}_EST_END"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.a.>", f"{prefix}.b"]))
+    try:
+        assert await _read(js, stream, [f"{prefix}.a.>"]) == []  # an empty stream
+        sent = [(await js.publish(f"{prefix}.a.{i}", b"x")).seq for i in range(4)]
+        asked: list[int] = []
+        real = reader_module.leader_next
+
+        async def leader_next(nc, stream_name, subject, **kwargs):
+            asked.append(kwargs["seq"])
+            return await real(nc, stream_name, subject, **kwargs)
+
+        monkeypatch.setattr(reader_module, "leader_next", leader_next)
+        assert [seq for seq, _, _ in await _read(js, stream, [f"{prefix}.a.>"])] == sent
+        assert asked == [1]  # anything at all? then the last delivered was the stream's last: nothing more
+        await js.publish(f"{prefix}.b", b"later, not ours")
+        asked.clear()
+        assert [seq for seq, _, _ in await _read(js, stream, [f"{prefix}.a.>"])] == sent
+        assert asked == [1, sent[-1] + 1]  # and: is anything of ours after the last delivered?
+        asked.clear()
+        assert await _read(js, stream, [f"{prefix}.a.>"], start_seq=sent[-1] + 1) == []
+        assert asked == [sent[-1] + 1]
+
+        # a consumer that says more is pending (stored after the read began): the read still ends
+        real_delivery = reader_module._delivery
+        monkeypatch.setattr(reader_module, "_delivery", lambda msg: (*real_delivery(msg)[:2], 7))
+        got = await asyncio.wait_for(_read(js, stream, [f"{prefix}.a.>", f"{prefix}.b"], contiguous=True), 10)
+        assert [seq for seq, _, _ in got] == [*sent, sent[-1] + 1]
+    finally:
+        await js.delete_stream(stream)

@@ -82,3 +82,40 @@ async def test_a_cold_start_catches_up_for_as_long_as_the_fold_moves(nats_url, p
             await stalled.catch_up_from_start(stall_s=0.3, report_every_s=0.05)
     finally:
         await nc.close()
+
+
+async def test_listeners_hold_an_entry_before_a_snapshot_save_awaits(log, prefix):
+    """The projector writes the read models at the follower's position from its listener queue: while a
+    snapshot is being saved, that queue must already hold the entry the position names (it got it
+    after the save, and a release closed at that position read as still open meanwhile)."""
+    import asyncio
+
+    from events.channel import ChannelConfig
+    from services.actions.producer import configure_channel
+    from services.reads.follower import Follower
+    from tests.harness import CHANNEL, OPERATOR
+
+    class SlowStore:  # the follower's snapshot store, as slow as a loaded object store
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int | None]] = []
+
+        async def save(self, world, keys, ignored) -> None:
+            queued = list(queue._queue)  # type: ignore[attr-defined]
+            self.seen.append((follower.position, queued[-1][0].seq if queued else None))
+            await asyncio.sleep(0.05)
+
+    js = log._js
+    store = SlowStore()
+    follower = Follower(js, log.subjects, snapshots=store, snapshot_every=1, snapshot_min_interval_s=0)
+    queue = follower.listen()
+    task = asyncio.create_task(follower.run())
+    try:
+        for i in range(3):
+            config = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 60 + i}}
+            await configure_channel(log, js, "prod", "canary", ChannelConfig.model_validate(config), OPERATOR)
+            await follower.wait_for((await js.stream_info(log.subjects.releases_stream)).state.last_seq)
+            await asyncio.sleep(0.1)
+        assert store.seen, "no snapshot saved"
+        assert all(position == queued for position, queued in store.seen), store.seen
+    finally:
+        task.cancel()
