@@ -80,6 +80,7 @@ class OrderedReader:
         self._heartbeat_s = heartbeat_s  # live reads: how soon a lost pull request is noticed
         self._sub: JetStreamContext.PullSubscription | None = None
         self._ahead = 0  # a sequence the leader said is on our filters, not delivered yet (`_ends_here`)
+        self._history_end: int | None = None  # following: the stream's last sequence as the read began
 
     async def _consumer_filters(self) -> list[str]:
         """The consumer's filters: none when ours name every subject the stream stores on.
@@ -260,6 +261,24 @@ class OrderedReader:
                 batch.append(RawEntry(seq, msg.subject, msg.data, msg.headers or {}, stored_at, pending))
             if batch:
                 yield batch
+
+    async def settled(self, entry: RawEntry) -> bool:
+        """Following: whether `entry` is the newest on our filters the stream held when the read began
+        or, past that, has nothing pending. Where a follower acts on the newest of its history only (a
+        runtime's pointer at start), a "0 pending" estimate met early in the history is no reason to
+        act on an older entry: the stream's leader is asked first (`_ends_here`); past the history, the count.
+        The history's end is the stream's last sequence when this is first asked."""
+        if entry.pending != 0:
+            return False
+        try:
+            if self._history_end is None:
+                self._history_end = await self._last_seq()
+            return await self._ends_here(entry.seq + 1, self._history_end)
+        except (ConnectionClosedError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the count then decides, as it did before the leader was asked
+            log.warning("reader on %s: the leader not asked after seq %d (%s)", self._stream, entry.seq, exc)
+            return True
 
     async def _follow(self) -> AsyncIterator[list[RawEntry]]:
         """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""

@@ -377,7 +377,7 @@ class RuntimeClient:
                         self._rotation_seen = max(self._rotation_seen, entry.seq)
                     elif (accepted := self.accept_pointer(entry)) is not None:
                         newest, newest_headers = accepted, entry.headers
-                    if entry.pending == 0 and newest is not None:
+                    if newest is not None and await reader.settled(entry):
                         pointer, newest = newest, None
                         if applying is not None:
                             superseded.set()  # it stops retrying; an attempt under way ends first, as before

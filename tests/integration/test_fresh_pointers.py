@@ -103,3 +103,35 @@ async def test_a_replayed_signed_pointer_is_refused_by_running_and_starting_runt
         assert not [
             v for v in audit.violations if v.code == "unsigned_or_forged"
         ]  # genuinely signed: only freshness catches it
+
+
+async def test_a_starting_runtime_told_nothing_is_pending_at_an_older_pointer_runs_only_the_newest(
+    nats_url, prefix, monkeypatch
+):
+    """The consumer's pending count is the server's estimate: a "0 pending" on an older pointer of the
+    history (seen under load) must not make a (re)starting runtime switch to that older pack first."""
+    from services.jetstream import reader as reader_module
+
+    async with running_service(nats_url, prefix) as svc:
+        await svc.first_release("r1")
+        newer = make_pack("1.1.0", svc.key)
+        await svc.request("r2", newer)
+        await svc.wait_release("r2")
+        stored = await stored_pointers(svc.app.js, svc.app.subjects, "rest")
+        assert len(stored) == 2
+        real = reader_module._delivery
+
+        def delivery(msg):
+            seq, stored_at, pending = real(msg)
+            return seq, stored_at, 0 if seq == stored[0].seq else pending
+
+        monkeypatch.setattr(reader_module, "_delivery", delivery)
+        late = await svc.runtime("tenant-77")
+        assert late.cohort == "rest"
+        await wait_for(
+            lambda: late.active is not None and late.active.digest == newer.digest,
+            15,
+            "the newest pack",
+            lambda: late.history,
+        )
+        assert [digest for digest, _ in late.history] == [newer.digest], late.history
