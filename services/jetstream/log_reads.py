@@ -34,7 +34,7 @@ def position_of(entry: RawEntry) -> Position:
         entry.seq,
         entry.subject,
         entry.headers.get("Nats-Batch-Id"),
-        entry.stored_at.isoformat() if entry.stored_at else None,
+        entry.stored_at,
         entry_digest(entry.subject, entry.data),
     )
 
