@@ -224,10 +224,9 @@ class OrderedReader:
         else:
             nc = connection_of(self._js)
             start = self._start_time if self._start_time is not None and next_seq <= 1 else None
-            found = [
-                await leader_next(nc, self._stream, subject, seq=next_seq, start_time=start)
-                for subject in self._filters
-            ]
+            found = await asyncio.gather(  # one round trip for every filter (a runtime's: pointers, rotations)
+                *(leader_next(nc, self._stream, subject, seq=next_seq, start_time=start) for subject in self._filters)
+            )
             found_at = min((f.seq for f in found if f is not None), default=None)
         if found_at is None or found_at > target:
             return True
