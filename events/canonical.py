@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
+
+import jiter
 
 
 class StrictJSONError(ValueError):
@@ -51,6 +54,9 @@ def loads_strict(raw: bytes | str, *, allow_floats: bool = False, max_bytes: int
     if max_bytes is not None and len(raw) > max_bytes:
         raise StrictJSONError(f"document is {len(raw)} bytes, over the {max_bytes}-byte cap")
     if isinstance(raw, bytes):
+        doc = _fast_parse(raw, allow_floats)
+        if doc is not _UNSURE:
+            return doc
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -95,6 +101,40 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no
 _DECODER_FLOATS = json.JSONDecoder(
     object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
 )
+
+
+# The fast path (events are parsed on every read of the log: a third of a replay was decoding).
+# jiter (pydantic's Rust JSON parser) reads the bytes without a Python call per object, and
+# refuses on its own everything the reference refuses but two things: an overflowing number
+# (`1e400` becomes inf) and, where floats are forbidden, any float. `_unfit` looks for those in
+# what it returns. Everything else it refuses (bad UTF-8, duplicate keys after unescaping, NaN,
+# lone surrogates, deep nesting, big numbers, a BOM...) goes to the reference parser below, which
+# gives the verdict and its message: what jiter accepts, the reference accepts with an equal
+# value, and the rest is the reference's own answer (tests/unit/test_decode_differential.py).
+_UNSURE = object()
+
+
+def _unfit(container: dict[str, Any] | list[Any], allow_floats: bool) -> bool:
+    """A float the reference would refuse in `container`: any, without `allow_floats`; else one not
+    finite. (Scalars are looked at here, not in a call each: a call per value was most of the walk.)"""
+    items: Iterable[Any] = container.values() if type(container) is dict else container
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            if _unfit(item, allow_floats):
+                return True
+        elif kind is float and (not allow_floats or item - item != 0.0):  # inf - inf is nan
+            return True
+    return False
+
+
+def _fast_parse(raw: bytes, allow_floats: bool) -> Any:
+    """The document, or `_UNSURE`: then only the reference parser may judge it."""
+    try:
+        doc = jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys")
+    except ValueError:
+        return _UNSURE
+    return _UNSURE if _unfit([doc], allow_floats) else doc
 
 
 def _parse(text: str, allow_floats: bool) -> Any:

@@ -39,14 +39,15 @@ RECORDED_BYTES = [(json.dumps(r["event"], separators=(",", ":")).encode(), r["su
 
 @contextmanager
 def reference() -> Iterator[None]:
-    saved = canonical._parse, codec._validate_payload, codec._validate_envelope
+    saved = canonical._fast_parse, canonical._parse, codec._validate_payload, codec._validate_envelope
+    canonical._fast_parse = lambda raw, allow_floats: canonical._UNSURE
     canonical._parse = canonical.reference_parse
     codec._validate_payload = lambda model, data: model.model_validate(data)
     codec._validate_envelope = lambda doc: Event.model_validate({**doc})
     try:
         yield
     finally:
-        canonical._parse, codec._validate_payload, codec._validate_envelope = saved
+        canonical._fast_parse, canonical._parse, codec._validate_payload, codec._validate_envelope = saved
 
 
 def _outcome(call) -> tuple[str, Any]:
@@ -120,7 +121,37 @@ def _hostile() -> list[bytes]:
         b'{"type": 1}',
         b'{"type": "release.requested", "schema_version": true}',
         b'{"type": "nope.x", "schema_version": 1}',
+        # where the fast parser (jiter) and the reference could part ways
+        b'{"a":1,"\\u0061":2}',  # a duplicate only once unescaped
+        b'{"\\u00e9":1,"\xc3\xa9":2}',
+        b'{"":1,"":2}',
+        b'{"a":1E400}',
+        b'{"a":[1,2,-1e400]}',
+        b'{"a":' + b"1" * 400 + b"}",  # a big int, not a float
+        b'{"a":-' + b"9" * 4300 + b"}",
+        b'{"a":1e-400}',  # underflows to 0.0 in both
+        b'{"a":5e-324}',
+        b'{"a":1.7976931348623157e308}',
+        b'{"a":1.7976931348623159e308}',  # rounds past the largest double: inf
+        base[:-1] + b', "extra": {"x": [1e999]}}',  # an overflow in a field no model reads
+        base[:-1] + b', "extra": 0.5}',
+        deep(253),
+        deep(254),
+        deep(255),
+        deep(256),
+        b'{"a":"\\u0000"}',
+        b"\t\r\n " + base,
+        b"\x0c" + base,
     ]
+
+
+def test_the_fast_parser_takes_real_events_and_leaves_the_rest_to_the_reference() -> None:
+    """Without this, a fast path that never answered would pass every differential test above."""
+    raw = RECORDED_BYTES[0][0]
+    assert canonical._fast_parse(raw, True) == json.loads(raw)
+    assert canonical._fast_parse(b'{"a":1.5}', False) is canonical._UNSURE  # a float where none may be
+    assert canonical._fast_parse(b'{"a":[1e400]}', True) is canonical._UNSURE  # jiter reads it as inf
+    assert canonical._fast_parse(b'{"a":1,"a":1}', True) is canonical._UNSURE
 
 
 @pytest.mark.parametrize("index", range(len(RECORDED_BYTES)))
