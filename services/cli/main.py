@@ -216,9 +216,12 @@ def _failure(exc: Exception) -> tuple[str, int]:
     from services.jetstream.embedded import ServerError
     from services.jetstream.layout import LayoutError
     from services.jetstream.log import AppendConflict, AppendFailed
+    from services.jetstream.reader import ReadRefused
     from services.settings import ConfigError
 
-    if isinstance(exc, (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed)):
+    if isinstance(
+        exc, (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed, ReadRefused)
+    ):
         return f"kxr: error: {exc}", 2
     if isinstance(exc, PermissionDenied):
         return f"kxr: error: {exc}", 2

@@ -19,13 +19,46 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from services.jetstream.client import PermissionDenied
 from services.jetstream.direct import connection_of, leader_next
 from services.jetstream.pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
 
 log = logging.getLogger(__name__)
+
+
+RETRY_FIRST_S = 0.2  # a reader re-opens after this, doubling while it keeps failing ...
+RETRY_MAX_S = 5.0  # ... up to this (a server that refuses every consumer is not asked 5 times a second)
+REFUSED_FOR_S = 5.0  # a one-off read the server keeps refusing a consumer gives up after this
+
+
+class ReadRefused(RuntimeError):
+    """The server kept refusing a one-off read its consumer (the stream's or the account's consumer
+    limit, most often): the read fails saying so, where it used to wait for ever."""
+
+
+class _Backoff:
+    """The pause before a reader re-opens: RETRY_FIRST_S, doubling to RETRY_MAX_S until `reset()`
+    (the consumer was made), and how long the server has refused the consumer without a break."""
+
+    def __init__(self) -> None:
+        self._delay = RETRY_FIRST_S
+        self._refused_since: float | None = None
+
+    def reset(self) -> None:
+        self._delay, self._refused_since = RETRY_FIRST_S, None
+
+    def refused_for(self) -> float:
+        """Note a refused consumer; the seconds since the first refusal of this run of them."""
+        now = asyncio.get_running_loop().time()
+        if self._refused_since is None:
+            self._refused_since = now
+        return now - self._refused_since
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, RETRY_MAX_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +194,18 @@ class OrderedReader:
         target = await self._last_seq()
         if await self._ends_here(self.next_seq, target, told_caught_up=False):
             return  # nothing to read: no consumer made, no request waited out
+        backoff = _Backoff()
         while True:
             pull = None
             try:
                 if self._sub is None:
-                    await self._open()
+                    try:
+                        await self._open()
+                    except APIError as exc:
+                        if not isinstance(exc, NotFoundError):
+                            self._refused(exc, backoff)
+                        raise
+                    backoff.reset()
                 assert self._sub is not None
                 pull = ContinuousPull(
                     connection_of(self._js),
@@ -188,7 +228,7 @@ class OrderedReader:
                             yield batch[: end + 1]
                             return
                     yield batch
-            except (ConnectionClosedError, PermissionDenied):  # a denial does not pass by itself: say so
+            except (ConnectionClosedError, PermissionDenied, ReadRefused):  # a denial does not pass by itself: say so
                 raise
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
                 raise  # a one-off read of a stream that does not exist: say so, do not wait
@@ -197,10 +237,21 @@ class OrderedReader:
                     "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
                 )
                 self._sub = None
-                await asyncio.sleep(0.2)
+                await backoff.wait()
             finally:
                 if pull is not None:
                     await pull.close()
+
+    def _refused(self, exc: APIError, backoff: _Backoff) -> None:
+        """A one-off read's consumer refused by the server: raises ReadRefused once that has gone on
+        for REFUSED_FOR_S. An operator's command then says why in one line; a consumer limit used up
+        (by runtimes' consumers, say) frees only as idle consumers expire, a minute after their last use."""
+        waited = backoff.refused_for()
+        if waited >= REFUSED_FOR_S:
+            raise ReadRefused(
+                f"the server refused a consumer to read {self._stream} for {waited:.0f} s:"
+                f" {exc.description or exc.__class__.__name__} (error {exc.err_code})"
+            ) from None
 
     async def _last_seq(self) -> int:
         """The stream's last sequence as a one-off read starts: what it must reach at least."""
@@ -280,7 +331,9 @@ class OrderedReader:
             return True
 
     async def _follow(self) -> AsyncIterator[list[RawEntry]]:
-        """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes."""
+        """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes
+        (a follower never gives up: it waits longer between tries, up to RETRY_MAX_S)."""
+        backoff = _Backoff()
         while True:
             pull = None
             try:
@@ -289,6 +342,7 @@ class OrderedReader:
                 # roles other than the service may send (services/permissions.py read_stream)
                 config.name = secrets.token_hex(8)
                 info = await self._js.add_consumer(self._stream, config=config)
+                backoff.reset()
                 pull = ContinuousPull(
                     connection_of(self._js), self._stream, info.name, batch=self._batch, heartbeat_s=self._heartbeat_s
                 )
@@ -302,7 +356,7 @@ class OrderedReader:
                 log.warning(
                     "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
                 )
-                await asyncio.sleep(0.2)
+                await backoff.wait()
             finally:
                 # not deleted: roles may not delete consumers; without pull requests the
                 # ephemeral consumer is removed after its inactivity threshold

@@ -15,6 +15,7 @@ saw the request) and the server reports a permissions violation for that very su
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -255,3 +256,18 @@ async def service_app(authed):
 
 def rid() -> str:
     return "r" + uuid.uuid4().hex[:8]
+
+
+async def fill_consumer_limit(conn: Conn, s: Subjects, stream: str, limit: int) -> tuple[int, dict, list[str]]:
+    """Durables made by `conn` until the server refuses one: (how many it made, the refusal, their names)."""
+    names: list[str] = []
+    for i in range(limit + 5):
+        name = f"flood{i}"
+        body = json.dumps({"stream_name": stream, "config": {"durable_name": name, "name": name, "ack_policy": "none"}})
+        reply = json.loads(
+            (await conn.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{name}", body.encode(), timeout=5)).data
+        )
+        if "error" in reply:
+            return i, reply["error"], names
+        names.append(name)
+    raise AssertionError(f"the account let {conn.role} create consumers past its limit of {limit}")

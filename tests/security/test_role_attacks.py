@@ -20,7 +20,7 @@ from services.jetstream.layout import ensure_layout
 from services.jetstream.packstore import PackStore
 from services.permissions import SERVICE_DURABLES, AccountLimits
 from tests.harness import make_pack, running_service, sha256_digest
-from tests.security.conftest import Conns, service_durables, start_authed, stop_authed
+from tests.security.conftest import Conns, fill_consumer_limit, service_durables, start_authed, stop_authed
 
 pytestmark = pytest.mark.security
 
@@ -169,23 +169,7 @@ async def test_no_role_can_make_the_server_hold_more_consumers_than_the_account_
         await ensure_layout(service.js, authed.subjects)
         s = authed.subjects
         assert (await service.js.stream_info(s.releases_stream)).config.max_consumers == limits.max_consumers
-        refused = None
-        for i in range(limits.max_consumers + 5):
-            name = f"flood{i}"
-            body = json.dumps(
-                {"stream_name": s.releases_stream, "config": {"durable_name": name, "name": name, "ack_policy": "none"}}
-            )
-            reply = json.loads(
-                (
-                    await runtime.nc.request(
-                        f"{API}.CONSUMER.CREATE.{s.releases_stream}.{name}", body.encode(), timeout=5
-                    )
-                ).data
-            )
-            if "error" in reply:
-                refused = (i, reply["error"])
-                break
-        assert refused is not None, "the account let the runtime create consumers past its limit"
+        refused = await fill_consumer_limit(runtime, s, s.releases_stream, limits.max_consumers)
         assert refused[0] <= limits.max_consumers and "maximum consumers" in refused[1]["description"], refused
         assert (await service.js.stream_info(s.releases_stream)).state.consumer_count <= limits.max_consumers
     finally:
