@@ -37,6 +37,11 @@ class DirectGetError(Exception):
     pass
 
 
+class Behind(DirectGetError):
+    """A direct get answered by a server whose copy of the stream does not reach the sequence the
+    reader asked for (`last_per_subject`'s `at_least`): a lagging replica or a mirror. Ask again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     seq: int
@@ -202,25 +207,52 @@ async def leader_next(
 
 
 async def last_per_subject(
-    nc: Client, stream: str, subjects: list[str], *, timeout: float = 5.0, page: int = 1024, api_prefix: str = "$JS.API"
+    nc: Client,
+    stream: str,
+    subjects: list[str],
+    *,
+    timeout: float = 5.0,
+    page: int = 1024,
+    api_prefix: str = "$JS.API",
+    at_least: int = 0,
 ) -> AsyncIterator[Stored]:
-    """The last stored message on every subject matching `subjects` (wildcards allowed)."""
+    """The last stored message on every subject matching `subjects` (wildcards allowed).
+
+    `at_least`: only as answered by a server whose copy of the stream reaches that sequence, else
+    `Behind` (nothing of that page is yielded). A multi_last page ends with the answerer's last
+    sequence (`Nats-UpTo-Sequence`, when the request names no `up_to_seq`), and a replica holds a
+    prefix of the leader's log, so an answerer that reaches `at_least` answers as of then or later.
+    Its pages are then not pinned to the first one's moment (a pinned page's end names the pin, not
+    its answerer), and "nothing matched" cannot be checked: ask for a subject that must be there.
+    (A filtered mirror is not a prefix: it passes this check for what it holds; a mirror of the
+    read models' bucket is no deployment of ours, and roles may not create streams.)
+    """
     start_seq = 0
     up_to: int | None = None
     while True:
         request: dict = {"multi_last": subjects, "batch": page}
         if start_seq:
             request["seq"] = start_seq
-        if up_to:
+        if up_to and not at_least:
             request["up_to_seq"] = up_to  # later pages see the same moment as the first
         batch = _Batch(nc)
         await batch.send(_api(stream, api_prefix), request)
         last = 0
         end: dict = {}
+        held: list[Stored] = []
         async for item, headers in batch.replies(timeout):
             end = headers  # the final (None, headers) reply carries the end-of-batch headers
             if item is not None:
                 last = item.seq
+                if at_least:
+                    held.append(item)  # handed over once the answerer is known to be far enough
+                else:
+                    yield item
+        if at_least:
+            reaches = int(end.get("Nats-UpTo-Sequence", 0) or 0)
+            if reaches < at_least:
+                raise Behind(f"{stream}: answered up to seq {reaches}, {at_least} asked for")
+            for item in held:
                 yield item
         if not int(end.get("Nats-Num-Pending", 0) or 0) or not last:
             return

@@ -3,8 +3,10 @@
 Light on purpose: JSON, direct gets and the stream's info; no event model, no pydantic, so
 `kxr status` starts fast. A view is used only when it is the log's state: its `position` has
 reached the log's last sequence (waiting up to `WAIT_S` for the service to write it), the
-service trusted the same service keys as the reader (or, unchecked, ignored nothing), and every
-value read is no newer than `position` (else a write was under way: read again). Otherwise
+service trusted the same service keys as the reader (or, unchecked, ignored nothing), every
+value read is no newer than `position` (else a write was under way: read again), and every
+answer came from a server that holds that `position` (a replica behind it would answer with
+older values or none, under a position that says "current": read again). Otherwise
 `open_view` says why, and the command folds the log as before.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from services.jetstream.direct import DirectGetError, SubjectStream, last_per_subject
+from services.jetstream.direct import Behind, DirectGetError, Stored, last_per_subject
 
 WAIT_S = 1.0
 POLL_S = 0.05
@@ -44,29 +46,42 @@ def keys_id(service_keys) -> str | None:
 
 
 class View:
-    """The read models at one log position (`seq`)."""
+    """The read models at one log position (`seq`), stored in the bucket at `kv_seq`."""
 
-    def __init__(self, nc, bucket: str, position: dict[str, Any]) -> None:
+    def __init__(self, nc, bucket: str, position: dict[str, Any], kv_seq: int) -> None:
         self._nc = nc
         self._bucket = bucket
         self.position = position
         self.seq: int = position["seq"]
+        self._kv_seq = kv_seq
+        self._position_subject = f"$KV.{bucket}.position"
 
-    def _value(self, out: dict[str, dict[str, Any]], stored) -> None:
-        if not stored.data:  # a delete marker (the service deletes nothing; another tool might)
+    def _value(self, out: dict[str, dict[str, Any]], stored: Stored) -> None:
+        if not stored.data or stored.subject == self._position_subject:  # a delete marker; the position
             return
         value = json.loads(stored.data)
         if value.get("seq", 0) > self.seq:
             raise _Moved()
         out[stored.subject.removeprefix(f"$KV.{self._bucket}.")] = value
 
-    async def _last(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The last value of each of `keys` (no wildcards: a server answers at most 1024 subjects)."""
+    async def _read(self, subjects: list[str]) -> dict[str, dict[str, Any]]:
+        """The last value on each of `subjects`, every page answered by a server that holds the
+        position read (the position is asked for too: a page always has something to match)."""
         out: dict[str, dict[str, Any]] = {}
-        subjects = [f"$KV.{self._bucket}.{k}" for k in keys]
-        async for stored in last_per_subject(self._nc, f"KV_{self._bucket}", subjects, timeout=TIMEOUT_S):
+        async for stored in last_per_subject(
+            self._nc,
+            f"KV_{self._bucket}",
+            [*subjects, self._position_subject],
+            timeout=TIMEOUT_S,
+            page=BATCH,
+            at_least=self._kv_seq,
+        ):
             self._value(out, stored)
         return out
+
+    async def _last(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The last value of each of `keys` (no wildcards: a server answers at most 1024 subjects)."""
+        return await self._read([f"$KV.{self._bucket}.{k}" for k in keys])
 
     async def get(self, key: str) -> dict[str, Any] | None:
         return (await self._last([key])).get(key)
@@ -78,23 +93,9 @@ class View:
         return out
 
     async def under(self, prefix: str) -> dict[str, dict[str, Any]]:
-        """Every key `prefix.…` (e.g. `scope`, `release`). The bucket keeps one value per key
-        (history 1), so its messages on `prefix.>` in order are the values: read in batches
-        (a key rewritten meanwhile is seen again later; the newer value wins)."""
-        out: dict[str, dict[str, Any]] = {}
-        # not confirmed with the stream's leader: readers may only direct-get this bucket, and
-        # read models trail the log anyway (the log is the truth: `--fold`)
-        reader = SubjectStream(
-            self._nc,
-            f"KV_{self._bucket}",
-            f"$KV.{self._bucket}.{prefix}.>",
-            batch=BATCH,
-            timeout=TIMEOUT_S,
-            confirm=False,
-        )
-        async for stored in reader:
-            self._value(out, stored)
-        return out
+        """Every key `prefix.…` (e.g. `scope`, `release`): the last message on each, a page at a time
+        (a key rewritten between pages is seen again later; the newer value wins)."""
+        return await self._read([f"$KV.{self._bucket}.{prefix}.>"])
 
 
 class _Moved(Exception):
@@ -109,10 +110,11 @@ async def _log_last_seq(nc, stream: str) -> int:
     return int(doc["state"]["last_seq"])
 
 
-async def _position(nc, bucket: str) -> dict[str, Any] | None:
+async def _position(nc, bucket: str) -> tuple[dict[str, Any], int] | None:
+    """The position the read models were written at, and where the bucket stored it (None: not yet)."""
     try:
         async for stored in last_per_subject(nc, f"KV_{bucket}", [f"$KV.{bucket}.position"], timeout=TIMEOUT_S):
-            return json.loads(stored.data) if stored.data else None
+            return (json.loads(stored.data), stored.seq) if stored.data else None
     except DirectGetError as exc:
         raise NoView(f"no read models in {bucket} ({exc})") from None
     return None
@@ -140,23 +142,29 @@ async def read_view(
     from nats.errors import TimeoutError as NatsTimeout
 
     deadline = time.monotonic() + wait_s
+    behind = 0  # answers from a server behind the position read (asked again)
     try:
         last = await _log_last_seq(nc, log_stream)
         while True:
-            position = await _position(nc, bucket)
-            if position is None:  # the bucket is there (a service created it) but not written yet
+            found = await _position(nc, bucket)
+            if found is None:  # the bucket is there (a service created it) but not written yet
                 if time.monotonic() >= deadline:
                     raise NoView(f"no read models in {bucket} yet (does a `kxr serve` with the activator run?)")
-            elif position["seq"] >= last:
+            elif found[0]["seq"] >= last:
+                position, kv_seq = found
                 if position.get("keys") != trusted and not (trusted is None and _nothing_unsigned(position)):
                     raise NoView("the service trusts other service keys than this command")
                 try:
-                    return await use(View(nc, bucket, position))
+                    return await use(View(nc, bucket, position, kv_seq))
                 except _Moved:
                     pass
+                except Behind:
+                    behind += 1
             elif time.monotonic() >= deadline:
-                raise NoView(f"read models at log seq {position['seq']}, the log at {last}")
+                raise NoView(f"read models at log seq {found[0]['seq']}, the log at {last}")
             if time.monotonic() >= deadline:
+                if behind:
+                    raise NoView(f"read models answered by a server behind their position ({behind} times)")
                 raise NoView("read models being written for longer than a second")
             await asyncio.sleep(POLL_S)
     except (NoRespondersError, NatsTimeout, DirectGetError) as exc:

@@ -216,6 +216,59 @@ async def test_a_read_answered_by_a_lagging_mirror_is_completed_from_the_leader(
         await js.delete_stream(mirror)
 
 
+async def test_read_models_answered_from_behind_their_position_are_read_again(js_stream, prefix) -> None:
+    """A server behind the read models' position (a lagging replica; here a mirror that holds one early
+    key) answers the operator's direct gets with older values or none, under a position read from the
+    leader that says "current": `kxr status` listed fewer scopes. Each page must now come from a
+    server that holds the position (its end-of-batch sequence), else it is asked again."""
+    from nats.js.api import KeyValueConfig, StreamSource
+
+    from services.jetstream.direct import Behind
+    from services.reads import model_reads
+
+    nc, js, log = js_stream
+    await js.publish(f"{prefix}.log.x", b"the log's last entry: seq 1")
+    bucket = f"{prefix}_read"
+    kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, direct=True))
+    stream, mirror = f"KV_{bucket}", f"KV_{bucket}_MIRROR"
+    keys = ["scope.early", *(f"scope.s{i}" for i in range(5))]
+    try:
+        for key in keys:
+            await kv.put(key, json.dumps({"seq": 1, "key": key}).encode())
+        position_seq = await kv.put("position", json.dumps({"seq": 1, "ignored": [], "in_flight": []}).encode())
+        await js.add_stream(
+            StreamConfig(name=mirror, mirror=StreamSource(name=stream, filter_subject=f"$KV.{bucket}.scope.early"))
+        )
+        for _ in range(400):  # (a loaded machine: up to 20 s)
+            if (await js.stream_info(mirror)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info(mirror)).config.mirror_direct, "the mirror does not answer direct gets"
+
+        async def last(at_least: int) -> list[str]:
+            return [m.subject async for m in last_per_subject(nc, stream, [f"$KV.{bucket}.scope.>"], at_least=at_least)]
+
+        short = [await last(0) for _ in range(20)]
+        assert any(len(read) < len(keys) for read in short), "no direct get reached the mirror"
+        refused = 0
+        for _ in range(20):
+            try:
+                assert len(await last(position_seq)) == len(keys)
+            except Behind:
+                refused += 1
+        assert refused, "the mirror's answers were not told apart"
+
+        async def scopes_and_many(view: model_reads.View) -> tuple[list[str], list[str]]:
+            return sorted(await view.under("scope")), sorted(await view.many(keys))
+
+        for _ in range(10):  # every view whole: a page from behind is asked again
+            got = await model_reads.read_view(nc, log, bucket, None, scopes_and_many, wait_s=10)
+            assert got == (sorted(keys), sorted(keys))
+    finally:
+        await js.delete_stream(mirror)
+        await js.delete_key_value(bucket)
+
+
 async def test_a_pack_is_found_when_a_lagging_mirror_answers_its_metadata(nats_url, prefix) -> None:
     """The object store's metadata is read by a direct get: "not found" from a mirror that lacks it
     is asked of the leader before the pack is called absent; its chunks are read whole."""
