@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-from nacl.bindings import crypto_core_ed25519_is_valid_point
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign, crypto_sign_BYTES, crypto_sign_seed_keypair
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
@@ -85,8 +85,15 @@ class SigningKey:
     def keyid(self) -> str:
         return keyid_of(self.public_raw)
 
+    @cached_property
+    def _sodium_secret(self) -> bytes:
+        return crypto_sign_seed_keypair(self.private_raw)[1]
+
     def sign(self, message: bytes) -> bytes:
-        return self.private.sign(message)
+        # libsodium's (pynacl): a service signs every append, ~18 us here against ~27 us for
+        # cryptography's. Ed25519 signatures are deterministic: the same bytes either way
+        # (tests/unit/test_signing.py)
+        return crypto_sign(message, self._sodium_secret)[:crypto_sign_BYTES]
 
     def to_file_dict(self, name: str) -> dict[str, str]:
         return {

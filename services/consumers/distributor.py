@@ -112,12 +112,10 @@ class Distributor(ReleaseReactor[StoreFacts]):
         require = attestation_required(world.channel_config(target.env, target.channel))
         names = [name for name, _ in required_objects(release.prepared.pack.digest, require)]
         try:
-            # the same reads as one after the other, asked for at once: one round trip on the path to activation
-            size_list, stored_list = await asyncio.gather(
-                asyncio.gather(*(store.size(name) for name in names)),
-                asyncio.gather(*(store.stored_object(name) for name in names)),
-            )
-            sizes, stored = dict(zip(names, size_list)), dict(zip(names, stored_list))
+            # every object's metadata read once, all at once: one round trip on the path to activation
+            described = dict(zip(names, await asyncio.gather(*(store.described(name) for name in names))))
+            sizes = {name: size for name, (size, _) in described.items()}
+            stored = {name: obj for name, (_, obj) in described.items()}
         except Exception as exc:  # fail closed: a store we cannot read distributes nothing
             return Failed.of(exc, code="store_unreadable", step="distribution")
         return StoreFacts(sizes, stored, require)

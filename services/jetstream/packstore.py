@@ -63,6 +63,23 @@ class Chunks:
             await self._stream.close()
 
 
+def _as_stored_object(meta: dict | None) -> StoredObject | None:
+    try:
+        return (
+            None
+            if meta is None
+            else StoredObject(
+                nuid=meta.get("nuid"),
+                size=int(meta.get("size", 0)),
+                chunks=int(meta.get("chunks") or 0),
+                digest=meta.get("digest"),
+                chunk_size=(meta.get("options") or {}).get("max_chunk_size"),
+            )
+        )
+    except (ValidationError, TypeError, ValueError):
+        return None
+
+
 class PackStore:
     def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
         self._js = js
@@ -93,25 +110,16 @@ class PackStore:
 
     async def stored_object(self, name: str) -> StoredObject | None:
         """What distribution records of an object (None: absent or not readable as one)."""
-        meta = await self._meta(name)
-        try:
-            return (
-                None
-                if meta is None
-                else StoredObject(
-                    nuid=meta.get("nuid"),
-                    size=int(meta.get("size", 0)),
-                    chunks=int(meta.get("chunks") or 0),
-                    digest=meta.get("digest"),
-                    chunk_size=(meta.get("options") or {}).get("max_chunk_size"),
-                )
-            )
-        except (ValidationError, TypeError, ValueError):
-            return None
+        return _as_stored_object(await self._meta(name))
 
     async def size(self, name: str) -> int | None:
         meta = await self._meta(name)
         return int(meta.get("size", 0)) if meta else None
+
+    async def described(self, name: str) -> tuple[int | None, StoredObject | None]:
+        """`size` and `stored_object` from one read of the metadata (one round trip, not two)."""
+        meta = await self._meta(name)
+        return (int(meta.get("size", 0)) if meta else None), _as_stored_object(meta)
 
     async def chunks(self, name: str) -> Chunks | None:
         """The object's bytes as they are stored, chunk by chunk; None if absent.

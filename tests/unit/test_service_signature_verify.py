@@ -108,3 +108,14 @@ def test_a_small_order_key_is_refused_where_keys_are_listed(what):
         else:
             ServiceKeys.from_document({"keys": {k: {**v, "roles": ["activator"]} for k, v in weak.items()}})
     TrustRoot.from_document({"threshold": 1, "keys": strong})  # the good key alone is fine
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 1300, 70_000])
+def test_libsodium_signs_the_same_bytes_as_openssl(size: int) -> None:
+    """`SigningKey.sign` runs on libsodium (faster here); Ed25519 is deterministic, so every signature
+    is the one `cryptography` (OpenSSL) makes with the same key, and OpenSSL verifies it."""
+    key = SigningKey.generate()
+    message = os.urandom(size)
+    signature = key.sign(message)
+    assert signature == key.private.sign(message)
+    assert openssl_verifies(key.public_raw, signature, message)
