@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
@@ -39,6 +39,10 @@ from services.reads import read_models as rm
 from services.reads.history import HistoryFold, HistoryItem
 from services.reads.model_reads import keys_id
 from services.tasks import Turns
+
+if TYPE_CHECKING:
+    from events.model import Event
+    from projections.position import Position
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 0.15
@@ -106,25 +110,34 @@ class Projector:
         app = self._app
         self._kv = await app.js.key_value(app.subjects.read_bucket)
         await self._load(await self._resume(await self._read_bucket()))
+        first = None
         while True:
-            await self._drain(queue)
+            await self._drain(queue, first)
             await self.write()
-            await queue.put(await queue.get())  # something new: wait for it, then gather more
+            # something new: wait for it, then gather more. The entry waited for is folded first: put
+            # back on the queue it went behind whatever the follower had queued with it (a batch folded
+            # in one turn), and those entries, folded before it, made it look folded already: skipped
+            # (a release's `monitoring_failed`, `closed` or `requested` missing from its history line)
+            first = await queue.get()
             # at most every interval_s and, when writes are long (a burst of releases), about a fifth of
             # the event loop's time; never so long apart that a reader (who waits a second) gives up
             await asyncio.sleep(max(self._interval_s, min(4 * self.write_s, MAX_SPACING_S)))
 
-    async def _drain(self, queue: asyncio.Queue) -> None:
-        """Fold into the history everything the follower has queued. The event loop may turn while a
-        long backlog is folded, but never after the last entry: the write that follows takes the
-        follower's position and world at once, and they must be the history's own."""
+    async def _drain(self, queue: asyncio.Queue, first: tuple[Position, Event | None] | None = None) -> None:
+        """Fold into the history `first` (an entry already taken off the queue), then everything the
+        follower has queued, in its order. The event loop may turn while a long backlog is folded, but
+        never after the last entry: the write that follows takes the follower's position and world at
+        once, and they must be the history's own."""
         turn = Turns()
         backlog = queue.qsize()
         while True:
-            try:
-                position, event = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
+            if first is not None:
+                (position, event), first = first, None
+            else:
+                try:
+                    position, event = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
             if backlog > 0:  # only within what was queued at the start: the rest is folded without a turn
                 backlog -= 1
                 await turn.maybe()

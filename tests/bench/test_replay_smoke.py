@@ -15,4 +15,5 @@ def test_replay_bench_reports_every_figure():
     restart = res["warm_restart"]
     assert restart["seconds"] > 0 and restart["snapshot_bytes"] > 0
     assert restart["to_seq"] == res["events"] and restart["tail"] >= 200  # started from the snapshot, caught up
-    assert set(res["met"]) == {"replay", "warm_restart"}
+    assert set(res["met"]) == {"replay", "signatures", "warm_restart"}  # each target judged
+    assert all(isinstance(met, bool) for met in res["met"].values())

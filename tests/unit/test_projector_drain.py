@@ -88,3 +88,58 @@ async def test_a_restore_that_reads_none_of_an_evicted_releases_events_reads_aga
     projector._evicted["r1"] = (12, None)  # its first event is the one being applied
     await projector._restore("r1", 12)
     assert "r1" not in projector.history.items and not answers
+
+
+async def test_the_entry_waited_for_is_folded_before_those_queued_with_it() -> None:
+    """The projector waits for the follower's next entry, then gathers more. It used to put the entry it
+    waited for back on the queue: behind whatever the follower had queued in the same turn (a batch),
+    so those were folded first and it was skipped as folded already. CI listed a rolled-back release
+    in flight (its `closed` skipped), with no target (`requested` skipped) and with the wrong reason
+    (`monitoring_failed` skipped): each its read models' history line missing one event."""
+    writes: list[list[int]] = []
+    applied: list[int] = []
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def key_value(bucket: str):
+        return object()
+
+    app = SimpleNamespace(js=SimpleNamespace(key_value=key_value), subjects=SimpleNamespace(read_bucket="kx_read"))
+    projector = Projector(app, interval_s=0.0)
+
+    async def nothing_kept() -> dict:
+        return {}
+
+    async def from_start(kept: dict) -> int:
+        return 1
+
+    async def loaded(start_seq: int = 1) -> None:
+        return None
+
+    wrote = asyncio.Event()
+
+    async def write() -> None:
+        writes.append(list(applied))
+        wrote.set()
+
+    real_apply = projector.history.apply
+
+    def apply(position, event) -> None:
+        applied.append(position.seq)
+        real_apply(position, event)
+
+    projector._read_bucket = nothing_kept  # type: ignore[method-assign]
+    projector._resume = from_start  # type: ignore[method-assign]
+    projector._load = loaded  # type: ignore[method-assign]
+    projector.write = write  # type: ignore[method-assign]
+    projector.history.apply = apply  # type: ignore[method-assign]
+    task = asyncio.create_task(projector._run(queue))
+    try:
+        await asyncio.wait_for(wrote.wait(), 5)  # the start-up write, then it waits for the follower
+        wrote.clear()
+        for seq in (26, 27, 28):  # one follower turn: three entries queued before the projector wakes
+            queue.put_nowait((Position(seq, f"kx.release.r2.e{seq}"), SimpleNamespace(release_id="r2", family="x")))
+        await asyncio.wait_for(wrote.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert writes[1] == [26, 27, 28], writes
