@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.2  # a reader re-opens after this, doubling while it keeps failing ...
 RETRY_MAX_S = 5.0  # ... up to this (a server that refuses every consumer is not asked 5 times a second)
-REFUSED_FOR_S = 5.0  # a one-off read the server keeps refusing a consumer gives up after this
+LIMIT_REACHED = 10026  # JSMaximumConsumersLimitErr: the stream's or the account's consumer limit
+REFUSED_FOR_S = 5.0  # a one-off read refused a consumer by that limit gives up after this (it frees in a minute)
+FAILING_FOR_S = 30.0  # ... and after this when refused for anything else (a leader election takes seconds)
 
 
 class ReadRefused(RuntimeError):
@@ -244,10 +246,11 @@ class OrderedReader:
 
     def _refused(self, exc: APIError, backoff: _Backoff) -> None:
         """A one-off read's consumer refused by the server: raises ReadRefused once that has gone on
-        for REFUSED_FOR_S. An operator's command then says why in one line; a consumer limit used up
-        (by runtimes' consumers, say) frees only as idle consumers expire, a minute after their last use."""
+        for REFUSED_FOR_S (the consumer limit) or FAILING_FOR_S (anything else). An operator's command
+        then says why in one line; a consumer limit used up (by runtimes' consumers, say) frees only as
+        idle consumers expire, a minute after their last use."""
         waited = backoff.refused_for()
-        if waited >= REFUSED_FOR_S:
+        if waited >= (REFUSED_FOR_S if exc.err_code == LIMIT_REACHED else FAILING_FOR_S):
             raise ReadRefused(
                 f"the server refused a consumer to read {self._stream} for {waited:.0f} s:"
                 f" {exc.description or exc.__class__.__name__} (error {exc.err_code})"
