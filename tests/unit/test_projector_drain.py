@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from projections.position import Position
 from services.reads.projector import Projector
 
@@ -143,3 +146,83 @@ async def test_the_entry_waited_for_is_folded_before_those_queued_with_it() -> N
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert writes[1] == [26, 27, 28], writes
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_history_folds_every_entry_once_in_log_order_whatever_the_follower_batches(data) -> None:
+    """The invariant behind the test above, over any interleaving: the follower starts queueing at some
+    entry (the projector listens), the start-up load folds the log up to at least the entry before it
+    (it reads after listening), and the rest arrives in batches of any size between the projector's
+    writes. The history must fold 1..N, each once, in order: what a fold of the log does."""
+    total = data.draw(st.integers(1, 40), label="entries")
+    listened_at = data.draw(st.integers(1, total), label="first queued")
+    loaded_to = data.draw(st.integers(listened_at - 1, total), label="load reads up to")
+    cuts = (
+        sorted(data.draw(st.sets(st.integers(listened_at + 1, total), max_size=10), label="batch starts"))
+        if listened_at < total
+        else []
+    )
+    bounds = [listened_at, *cuts, total + 1]
+    batches = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
+    assert asyncio.run(_fold_through_run(loaded_to, batches)) == list(range(1, total + 1))
+
+
+async def _fold_through_run(loaded_to: int, batches: list[list[int]]) -> list[int]:
+    """What the real `Projector._run` folds: a load up to `loaded_to`, then `batches` queued one follower
+    turn at a time (each after the projector's previous write)."""
+    applied: list[int] = []
+    queue: asyncio.Queue = asyncio.Queue()
+    wrote = asyncio.Event()
+
+    def entry(seq: int):
+        return Position(seq, f"kx.release.r{seq % 3}.e"), SimpleNamespace(release_id=f"r{seq % 3}", family="x")
+
+    async def key_value(bucket: str):
+        return object()
+
+    app = SimpleNamespace(js=SimpleNamespace(key_value=key_value), subjects=SimpleNamespace(read_bucket="kx_read"))
+    projector = Projector(app, interval_s=0.0)
+    real_apply = projector.history.apply
+
+    def apply(position, event) -> None:
+        if position.seq > projector.history.applied_seq:
+            applied.append(position.seq)
+        real_apply(position, event)
+
+    async def nothing_kept() -> dict:
+        return {}
+
+    async def from_start(kept: dict) -> int:
+        return 1
+
+    async def load(start_seq: int = 1) -> None:
+        for seq in range(start_seq, loaded_to + 1):
+            projector.history.apply(*entry(seq))
+
+    async def write() -> None:
+        wrote.set()
+
+    projector.history.apply = apply  # type: ignore[method-assign]
+    projector._read_bucket = nothing_kept  # type: ignore[method-assign]
+    projector._resume = from_start  # type: ignore[method-assign]
+    projector._load = load  # type: ignore[method-assign]
+    projector.write = write  # type: ignore[method-assign]
+    first, rest = batches[0], batches[1:]
+    for seq in first:  # queued while the load was reading
+        queue.put_nowait(entry(seq))
+    task = asyncio.create_task(projector._run(queue))
+    try:
+        for batch in rest:
+            await asyncio.wait_for(wrote.wait(), 5)
+            wrote.clear()
+            for seq in batch:  # one follower turn
+                queue.put_nowait(entry(seq))
+        await asyncio.wait_for(wrote.wait(), 5)
+        while not queue.empty():  # the last batch's write: until the queue is folded
+            wrote.clear()
+            await asyncio.wait_for(wrote.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return applied
