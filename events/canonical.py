@@ -132,7 +132,7 @@ def _fast_parse(raw: bytes, allow_floats: bool) -> Any:
     """The document, or `_UNSURE`: then only the reference parser may judge it."""
     try:
         doc = jiter.from_json(raw, allow_inf_nan=False, catch_duplicate_keys=True, cache_mode="keys")
-    except ValueError:
+    except Exception:  # its refusals are ValueErrors; anything else it raises is for the reference to judge too
         return _UNSURE
     return _UNSURE if _unfit([doc], allow_floats) else doc
 

@@ -92,7 +92,7 @@ class SigningKey:
     def sign(self, message: bytes) -> bytes:
         # libsodium's (pynacl): a service signs every append, ~18 us here against ~27 us for
         # cryptography's. Ed25519 signatures are deterministic: the same bytes either way
-        # (tests/unit/test_signing.py)
+        # (tests/unit/test_service_signature_verify.py)
         return crypto_sign(message, self._sodium_secret)[:crypto_sign_BYTES]
 
     def to_file_dict(self, name: str) -> dict[str, str]:

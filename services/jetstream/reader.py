@@ -264,10 +264,11 @@ class OrderedReader:
         """Whether nothing on our filters lies from `next_seq` to `target` (the stream's last sequence
         when the read began), as the stream's leader says (`STREAM.MSG.GET`, leader only).
 
-        A consumer's pending count is the server's running estimate, not a count: seen under load
-        on one server, a read's last messages came with "0 pending" while a release's `closed`
-        was still to come (`kxr release list` then listed it in flight). A consumer delivers in
-        stream order, so what it delivered before `next_seq` is complete; only what follows is asked.
+        A consumer's pending count is the server's running estimate, not a count (nats-server's
+        `checkNumPending` names races in it), so a read never ends on it alone. (The CI failure first
+        blamed on it, a rolled-back release listed in flight, was the projector skipping an entry:
+        services/reads/projector.py `_run`.) A consumer delivers in stream order, so what it delivered
+        before `next_seq` is complete; only what follows is asked.
         Not for a last-per-subject read (it skips older messages by design: its count is trusted)."""
         if next_seq > target or self._last_per_subject:
             return True

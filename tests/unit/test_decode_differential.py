@@ -207,3 +207,18 @@ def test_any_json_parses_the_same(doc: Any, ascii_only: bool, allow_floats: bool
 )
 def test_json_shaped_text_parses_the_same(text: str, allow_floats: bool) -> None:
     assert_same_parse(text, allow_floats)
+
+
+def test_anything_the_fast_parser_raises_leaves_the_verdict_to_the_reference(monkeypatch) -> None:
+    """jiter refuses with ValueError; should it raise anything else, `decode_event` must still raise
+    nothing but DecodeError (and accept what the reference accepts): the reference judges."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not a ValueError")
+
+    monkeypatch.setattr(canonical.jiter, "from_json", broken)
+    raw, subject = RECORDED_BYTES[0]
+    assert canonical._fast_parse(raw, True) is canonical._UNSURE
+    assert decode_event(raw, subject) == decode_event(raw, None)
+    with pytest.raises(DecodeError):
+        decode_event(b'{"a":1,"a":2}', subject)
