@@ -12,6 +12,10 @@ again when half have arrived, and reads status messages as they come:
   its unfilled part (`Nats-Pending-Messages`) no longer counts as outstanding.
 - `409 Consumer Deleted` / `Consumer is push based` and a missing consumer: raise
   `ConsumerGone`, so the owner re-creates the consumer where it was.
+- `503` no responders: nobody took the request. In a cluster that is routine just after a
+  consumer is created or changes leader (the interest of its new leader has not reached our
+  server yet), so ask again, waiting longer each time; only when nobody answers for
+  `NO_RESPONDERS_FOR_S` is the consumer gone.
 
 Durable consumers stay exactly what they were (same names and configuration): only
 how the client asks for messages changed.
@@ -30,6 +34,7 @@ from nats.aio.subscription import Subscription
 DEFAULT_BATCH = 64
 DEFAULT_EXPIRES_S = 10.0
 DEFAULT_HEARTBEAT_S = 1.0
+NO_RESPONDERS_FOR_S = 2.0
 
 
 class ConsumerGone(Exception):
@@ -41,7 +46,10 @@ def _status(msg: Msg) -> tuple[str | None, str]:
     if msg.data or msg.reply:
         return None, ""  # a stored message (status messages have neither body nor reply)
     status = headers.get("Status")
-    return status, str(headers.get("Description", ""))
+    # nats.py reads a status line followed by headers (newer servers send `503` with Nats-Subject)
+    # as a description spanning lines: only its first line is one
+    description = str(headers.get("Description", "")).strip().split("\n", 1)[0].strip()
+    return status, description
 
 
 def _pending_messages(msg: Msg) -> int:
@@ -75,6 +83,8 @@ class ContinuousPull:
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._outstanding = 0
+        self._unanswered_since: float | None = None  # the first of the 503s in a row (none since)
+        self._unanswered_pause = 0.05
 
     async def _subscribe(self) -> None:
         """Subscribe without a callback and read nats.py's own queue of the subscription: a callback
@@ -106,6 +116,7 @@ class ContinuousPull:
             msg = await self._next()
             if msg.data or msg.reply:  # a stored message (status messages have neither body nor reply)
                 self._outstanding -= 1
+                self._unanswered_since = None
                 yield msg
             else:
                 await self._on_status(msg)
@@ -156,14 +167,19 @@ class ContinuousPull:
                 msg = self._taken(queue.get_nowait())
             if batch:
                 self._outstanding -= len(batch)
+                self._unanswered_since = None
                 yield batch
 
     async def _on_status(self, msg: Msg) -> None:
         status, description = _status(msg)
+        if status == "503":
+            await self._unanswered()
+            return
+        self._unanswered_since = None  # the server answered: somebody took the request
         if status == "100":
             return  # idle heartbeat
-        if status == "503" or (status == "404" and "consumer" in description.lower()):
-            raise ConsumerGone(description or "no responders: the consumer is gone")
+        if status == "404" and "consumer" in description.lower():
+            raise ConsumerGone(description)
         if status == "409" and ("deleted" in description.lower() or "push based" in description.lower()):
             raise ConsumerGone(description)
         if status in ("408", "409"):
@@ -177,6 +193,18 @@ class ContinuousPull:
             ):
                 await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
         # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
+
+    async def _unanswered(self) -> None:
+        """A `503`: the request went nowhere, so none of it is outstanding. Ask again after a pause
+        (doubling from 50 ms, at most 0.5 s) until NO_RESPONDERS_FOR_S have passed without an answer."""
+        self._outstanding = 0
+        now = asyncio.get_running_loop().time()
+        if self._unanswered_since is None:
+            self._unanswered_since, self._unanswered_pause = now, 0.05
+        elif now - self._unanswered_since >= NO_RESPONDERS_FOR_S:
+            raise ConsumerGone(f"no responders for {now - self._unanswered_since:.1f} s: the consumer is gone")
+        await asyncio.sleep(self._unanswered_pause)
+        self._unanswered_pause = min(self._unanswered_pause * 2, 0.5)
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -197,6 +197,7 @@ class OrderedReader:
         if await self._ends_here(self.next_seq, target, told_caught_up=False):
             return  # nothing to read: no consumer made, no request waited out
         backoff = _Backoff()
+        reopened = 0
         while True:
             pull = None
             try:
@@ -235,14 +236,20 @@ class OrderedReader:
             except (NotFoundError, NoStreamResponseError, NoRespondersError):
                 raise  # a one-off read of a stream that does not exist: say so, do not wait
             except Exception as exc:  # gap, server restart, consumer gone: re-create where we were
-                log.warning(
-                    "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
-                )
+                # once in a read is routine (a cluster's consumer changing leader) and a command's
+                # output is its own: said at info; more often, a warning
+                self._reopening(exc, logging.WARNING if reopened else logging.INFO)
+                reopened += 1
                 self._sub = None
                 await backoff.wait()
             finally:
                 if pull is not None:
                     await pull.close()
+
+    def _reopening(self, exc: Exception, level: int) -> None:
+        """One log line (an error's text may span lines: a status message's headers) saying why."""
+        why = " ".join(str(exc).split()) or exc.__class__.__name__
+        log.log(level, "reader on %s: %s; re-opening at seq %d", self._stream, why, self.next_seq)
 
     def _refused(self, exc: APIError, backoff: _Backoff) -> None:
         """A one-off read's consumer refused by the server: raises ReadRefused once that has gone on
@@ -357,9 +364,7 @@ class OrderedReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # gap, server restart, consumer gone, stream not there yet: again from next_seq
-                log.warning(
-                    "reader on %s: %s; re-opening at seq %d", self._stream, exc or exc.__class__.__name__, self.next_seq
-                )
+                self._reopening(exc, logging.WARNING)
                 await backoff.wait()
             finally:
                 # not deleted: roles may not delete consumers; without pull requests the

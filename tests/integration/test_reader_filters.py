@@ -159,3 +159,38 @@ async def test_a_one_off_read_ends_at_the_stream_end_it_began_with(js, prefix, m
         assert [seq for seq, _, _ in got] == [*sent, sent[-1] + 1]
     finally:
         await js.delete_stream(stream)
+
+
+async def test_a_one_off_read_re_made_once_says_so_in_one_info_line(js, prefix, monkeypatch, caplog) -> None:
+    """A command's stderr is its own (one line when it fails): a read whose consumer had to be made
+    again once (routine in a cluster) says so at info, in one line whatever the error's text; a
+    second time in the same read is a warning."""
+    stream = f"{prefix.upper()}_REOPEN"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.a.>"]))
+    try:
+        sent = [(await js.publish(f"{prefix}.a.{i}", b"x")).seq for i in range(3)]
+        real = reader_module.ContinuousPull.batches
+        failures = {"left": 1}
+
+        async def batches(self):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise reader_module.ConsumerGone("\nNats-Subject: $JS.API.CONSUMER.MSG.NEXT.X.y")
+            async for batch in real(self):
+                yield batch
+
+        monkeypatch.setattr(reader_module.ContinuousPull, "batches", batches)
+        with caplog.at_level(logging.INFO, logger=reader_module.__name__):
+            assert [seq for seq, _, _ in await _read(js, stream, [f"{prefix}.a.>"])] == sent
+        reopens = [r for r in caplog.records if "re-opening" in r.getMessage()]
+        assert [(r.levelno, r.getMessage().count("\n")) for r in reopens] == [(logging.INFO, 0)]
+        assert "Nats-Subject: $JS.API.CONSUMER.MSG.NEXT.X.y; re-opening at seq 1" in reopens[0].getMessage()
+
+        caplog.clear()
+        failures["left"] = 2
+        with caplog.at_level(logging.INFO, logger=reader_module.__name__):
+            assert [seq for seq, _, _ in await _read(js, stream, [f"{prefix}.a.>"])] == sent
+        levels = [r.levelno for r in caplog.records if "re-opening" in r.getMessage()]
+        assert levels == [logging.INFO, logging.WARNING]
+    finally:
+        await js.delete_stream(stream)

@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from services.jetstream.direct import DirectGetError, SubjectStream, last_per_subject
-from services.jetstream.pull import ConsumerGone, ContinuousPull
+from services.jetstream.pull import NO_RESPONDERS_FOR_S, ConsumerGone, ContinuousPull
 
 
 @pytest.fixture
@@ -111,6 +111,34 @@ async def test_continuous_pull_says_when_its_consumer_is_deleted(js_stream, pref
     with pytest.raises(ConsumerGone):
         await asyncio.wait_for(task, 10)
     await pull.close()
+
+
+async def test_continuous_pull_asks_again_while_nobody_answers_yet(js_stream, prefix) -> None:
+    """A `503` (no responders) is what a cluster answers while a new consumer's leader is not yet
+    known to our server (CI, stop 24: a command's read re-made its consumer and printed the status's
+    headers as the reason). The pull asks again until the consumer answers."""
+    nc, js, stream = js_stream
+    await js.publish(f"{prefix}.early", b"x")
+    pull = ContinuousPull(nc, stream, "late", batch=4, heartbeat_s=0.2)
+    task = asyncio.create_task(anext(pull.batches()))
+    await asyncio.sleep(0.6)  # several requests unanswered by now
+    assert not task.done()
+    await js.add_consumer(stream, ConsumerConfig(name="late", durable_name="late", ack_policy=AckPolicy.NONE))
+    batch = await asyncio.wait_for(task, 10)
+    await pull.close()
+    assert [m.data for m in batch] == [b"x"]
+
+
+async def test_continuous_pull_says_in_one_line_when_nobody_ever_answers(js_stream) -> None:
+    nc, _, stream = js_stream
+    pull = ContinuousPull(nc, stream, "never", batch=4, heartbeat_s=0.2)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConsumerGone) as gone:
+        await asyncio.wait_for(anext(pull.batches()), 10)
+    waited = asyncio.get_running_loop().time() - started
+    await pull.close()
+    assert NO_RESPONDERS_FOR_S <= waited < NO_RESPONDERS_FOR_S + 2
+    assert "\n" not in str(gone.value) and "no responders" in str(gone.value)
 
 
 async def test_subject_stream_from_a_start_time_reads_what_was_stored_since(js_stream, prefix) -> None:
