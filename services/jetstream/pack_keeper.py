@@ -51,9 +51,28 @@ def digest_of_object(name: str) -> str | None:
     return f"{algo}:{hexdigest}" if sep and algo and hexdigest else None
 
 
-def _candidates(world, digest: str, closed: dict, hint: str | None = None) -> list[str]:
-    """Releases that may have distributed `digest`: those in flight, then the ones that made
-    it active or last-known-good somewhere (the releases a rollback or restart needs).
+def candidate_index(world) -> dict[str, list[str]]:
+    """Pack digest -> the releases that may have distributed it: those in flight with it, then the
+    ones that made it active or last-known-good somewhere (the releases a rollback or restart
+    needs), each once, in that order. One pass over every release and scope: a sweep of the pack
+    keeper looks up each active pack in one index instead of scanning once per pack (e2e bench,
+    3,000 distinct packs: 8% of the service's CPU went to those scans)."""
+    index: dict[str, list[str]] = {}
+    for rid, r in world.releases.items():
+        if r.distributed is not None:
+            index.setdefault(r.distributed.pack.digest, []).append(rid)
+    for state in world.scopes.values():
+        if state.lkg is not None and state.lkg_release:
+            index.setdefault(state.lkg.digest, []).append(state.lkg_release)
+        if state.active is not None and state.active.release_id:
+            index.setdefault(state.active.pack.digest, []).append(state.active.release_id)
+    return {digest: list(dict.fromkeys(ids)) for digest, ids in index.items()}
+
+
+def _candidates(
+    world, digest: str, closed: dict, hint: str | None = None, index: dict[str, list[str]] | None = None
+) -> list[str]:
+    """The releases that may have distributed `digest` (`candidate_index`; `index`: one built already).
 
     `hint` (the release the caller has in hand, e.g. the one whose pointer names the pack) alone
     when its record is at hand (in flight, or a closed one already read): the scan of every
@@ -63,15 +82,7 @@ def _candidates(world, digest: str, closed: dict, hint: str | None = None) -> li
         distributed = known.distributed if known is not None else closed[hint]
         if distributed is not None and distributed.pack.digest == digest and distributed.stored:
             return [hint]
-    ids = [
-        rid for rid, r in world.releases.items() if r.distributed is not None and r.distributed.pack.digest == digest
-    ]
-    for state in world.scopes.values():
-        if state.lkg is not None and state.lkg.digest == digest and state.lkg_release:
-            ids.append(state.lkg_release)
-        if state.active is not None and state.active.pack.digest == digest and state.active.release_id:
-            ids.append(state.active.release_id)
-    return list(dict.fromkeys(ids))
+    return (index if index is not None else candidate_index(world)).get(digest, [])
 
 
 # app -> digest -> its record: a release's `distributed` event never changes (as `PackKeeper`'s cache).
@@ -94,19 +105,21 @@ def _kept(caches: weakref.WeakKeyDictionary, app) -> dict:
         return {}
 
 
-async def recorded(app, digest: str | None, hint: str | None = None) -> dict[str, StoredObject]:
+async def recorded(
+    app, digest: str | None, hint: str | None = None, index: dict[str, list[str]] | None = None
+) -> dict[str, StoredObject]:
     """What distribution recorded (object name -> StoredObject) of the pack with `digest`, as
     the service signed it in the log (`App.release_whole` folds a closed release's own
     subjects under the service keys); empty when no such release recorded it (events from
     before the record, or a pack that is neither in flight, active nor last-known-good).
-    A record found is kept per app: it never changes. `hint`: see `_candidates`."""
+    A record found is kept per app: it never changes. `hint`, `index`: see `_candidates`."""
     if digest is None:
         return {}
     cache, closed = _kept(_RECORDS, app), _kept(_CLOSED, app)
     if digest in cache:
         return dict(cache[digest])
     world = app.follower.world
-    for release_id in _candidates(world, digest, closed, hint):
+    for release_id in _candidates(world, digest, closed, hint, index):
         in_flight = world.releases.get(release_id)
         if in_flight is not None:
             distributed = in_flight.distributed
@@ -207,12 +220,12 @@ class PackKeeper:
     async def sweep(self) -> list[str]:
         """Restore what the active packs lack now; the names restored."""
         store = PackStore(self.app.js, self.app.subjects)
-        digests = {
-            state.active.pack.digest for state in self.app.follower.world.scopes.values() if state.active is not None
-        }
+        world = self.app.follower.world
+        digests = {state.active.pack.digest for state in world.scopes.values() if state.active is not None}
+        index = candidate_index(world)  # as the sweep starts: what changes meanwhile, the next one sees
         restored: list[str] = []
         for digest in sorted(digests):
-            objects = await recorded(self.app, digest)  # kept per app once found (`recorded`)
+            objects = await recorded(self.app, digest, index=index)  # kept per app once found (`recorded`)
             due = {
                 name: obj
                 for name, obj in objects.items()

@@ -88,3 +88,56 @@ async def test_a_hint_in_hand_skips_the_scan_of_every_release_and_scope() -> Non
     app2 = _App(_CountingReleases({"r-other": other, "r-mine": mine}), {})
     assert await recorded(app2, DIGEST, "r-other") == {"o": obj}  # the hint has no record: scanned
     assert _CountingReleases.scans == 1
+
+
+async def test_a_sweep_scans_the_world_once_whatever_the_number_of_packs(monkeypatch) -> None:
+    """Each active pack's record is looked up in one index built as the sweep starts. Before, each
+    pack not yet kept scanned every release and scope again: quadratic in the packs running (the
+    end-to-end bench with 3,000 distinct packs spent 8% of the service's CPU there)."""
+    from events.manifest import pack_object_name
+    from services.jetstream import pack_keeper
+
+    digests = [f"sha256:{i:064x}" for i in range(40)]
+    releases: dict = {}
+    scopes: dict = {}
+    for i, digest in enumerate(digests):
+        obj = StoredObject(nuid=f"n{i}", size=3, chunks=1, digest="SHA-256=" + "D" * 43 + "=")
+        pack = SimpleNamespace(digest=digest)
+        releases[f"r{i}"] = SimpleNamespace(
+            closed=False, distributed=SimpleNamespace(pack=pack, stored={pack_object_name(digest): obj})
+        )
+        scopes[f"s{i}"] = SimpleNamespace(
+            lkg=None, lkg_release=None, active=SimpleNamespace(pack=pack, release_id=f"r{i}")
+        )
+    counting = _CountingReleases(releases)
+    app = SimpleNamespace(follower=SimpleNamespace(world=SimpleNamespace(releases=counting, scopes=scopes)))
+    app.js, app.subjects = None, SimpleNamespace(packs_bucket="kx_packs")
+    restored: list[str] = []
+
+    async def restore(_app, objects):
+        restored.extend(objects)
+        return list(objects)
+
+    monkeypatch.setattr(pack_keeper, "restore", restore)
+    _CountingReleases.scans = 0
+    assert sorted(await pack_keeper.PackKeeper(app).sweep()) == sorted(pack_object_name(d) for d in digests)
+    assert _CountingReleases.scans == 1
+    assert sorted(restored) == sorted(pack_object_name(d) for d in digests)
+
+
+def test_the_index_keeps_releases_in_flight_first_then_those_scopes_name_each_once() -> None:
+    from services.jetstream.pack_keeper import candidate_index
+
+    pack = SimpleNamespace(digest=DIGEST)
+    world = SimpleNamespace(
+        releases={
+            "r-new": SimpleNamespace(distributed=SimpleNamespace(pack=pack)),
+            "r-none": SimpleNamespace(distributed=None),
+        },
+        scopes={
+            "a": SimpleNamespace(lkg=pack, lkg_release="r-lkg", active=SimpleNamespace(pack=pack, release_id="r-new")),
+            "b": SimpleNamespace(lkg=None, lkg_release=None, active=SimpleNamespace(pack=pack, release_id="r-lkg")),
+            "c": SimpleNamespace(lkg=pack, lkg_release="", active=None),
+        },
+    )
+    assert candidate_index(world) == {DIGEST: ["r-new", "r-lkg"]}
