@@ -194,7 +194,7 @@ class OrderedReader:
         often came back with a fraction of it; a replay is a long stream of batches. The end is
         never the consumer's pending count alone (`_ends_here`)."""
         target = await self._last_seq()
-        if await self._ends_here(self.next_seq, target, told_caught_up=False):
+        if await self._ends_here(self.next_seq, target, told=None):
             return  # nothing to read: no consumer made, no request waited out
         backoff = _Backoff()
         reopened = 0
@@ -220,8 +220,9 @@ class OrderedReader:
                 async for batch in self._in_order(pull):
                     for end, entry in enumerate(batch):
                         try:
+                            # an estimate corrected is routine: at info, as a re-open (a command's stderr is its own)
                             done = (entry.pending == 0 or entry.seq >= target) and await self._ends_here(
-                                entry.seq + 1, target
+                                entry.seq + 1, target, told=logging.INFO
                             )
                         except Exception:
                             self.next_seq = batch[0].seq  # none of this batch was handed over: read it again
@@ -267,7 +268,7 @@ class OrderedReader:
         """The stream's last sequence as a one-off read starts: what it must reach at least."""
         return (await self._js.stream_info(self._stream)).state.last_seq
 
-    async def _ends_here(self, next_seq: int, target: int, told_caught_up: bool = True) -> bool:
+    async def _ends_here(self, next_seq: int, target: int, told: int | None = logging.WARNING) -> bool:
         """Whether nothing on our filters lies from `next_seq` to `target` (the stream's last sequence
         when the read began), as the stream's leader says (`STREAM.MSG.GET`, leader only).
 
@@ -276,7 +277,9 @@ class OrderedReader:
         blamed on it, a rolled-back release listed in flight, was the projector skipping an entry:
         services/reads/projector.py `_run`.) A consumer delivers in stream order, so what it delivered
         before `next_seq` is complete; only what follows is asked.
-        Not for a last-per-subject read (it skips older messages by design: its count is trusted)."""
+        Not for a last-per-subject read (it skips older messages by design: its count is trusted).
+        `told`: the level to log at when the consumer said nothing was pending but the leader holds more
+        (None: the consumer was not asked)."""
         if next_seq > target or self._last_per_subject:
             return True
         if next_seq <= self._ahead:  # the leader named a later message already: no need to ask again
@@ -293,8 +296,9 @@ class OrderedReader:
         if found_at is None or found_at > target:
             return True
         self._ahead = found_at
-        if told_caught_up:
-            log.warning(
+        if told is not None:
+            log.log(
+                told,
                 "reader on %s: the consumer said nothing is pending after seq %d; the stream holds seq %d (of %d):"
                 " reading on",
                 self._stream,
