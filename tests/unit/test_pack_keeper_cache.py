@@ -141,3 +141,8 @@ def test_the_index_keeps_releases_in_flight_first_then_those_scopes_name_each_on
         },
     )
     assert candidate_index(world) == {DIGEST: ["r-new", "r-lkg"]}
+    # one lookup indexes that digest alone (the readiness check's, on the activation path)
+    other = SimpleNamespace(digest="sha256:" + "cd" * 32)
+    world.releases["r-other"] = SimpleNamespace(distributed=SimpleNamespace(pack=other))
+    assert candidate_index(world, frozenset({DIGEST})) == {DIGEST: ["r-new", "r-lkg"]}
+    assert set(candidate_index(world)) == {DIGEST, other.digest}
