@@ -82,3 +82,28 @@ class Turns:
         if now - self._since >= self._every_s:
             await asyncio.sleep(0)
             self._since = time.perf_counter()
+
+
+class Backoff:
+    """A pause doubling from `first_s` to `max_s` while something keeps failing (`reset()` once it
+    works), and how long it has kept failing. The readers' re-opens and the pulls' unanswered
+    requests (services/jetstream/reader.py, pull.py)."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self._first_s, self._max_s = first_s, max_s
+        self._delay = first_s
+        self._failing_since: float | None = None
+
+    def reset(self) -> None:
+        self._delay, self._failing_since = self._first_s, None
+
+    def failing_for(self) -> float:
+        """Note a failure; the seconds since the first failure of this run of them."""
+        now = asyncio.get_running_loop().time()
+        if self._failing_since is None:
+            self._failing_since = now
+        return now - self._failing_since
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, self._max_s)

@@ -31,6 +31,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from services.tasks import Backoff
+
 DEFAULT_BATCH = 64
 DEFAULT_EXPIRES_S = 10.0
 DEFAULT_HEARTBEAT_S = 1.0
@@ -83,8 +85,7 @@ class ContinuousPull:
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._outstanding = 0
-        self._unanswered_since: float | None = None  # the first of the 503s in a row (none since)
-        self._unanswered_pause = 0.05
+        self._unanswered = Backoff(0.05, 0.5)  # 503s in a row: the pause before asking again, and since when
 
     async def _subscribe(self) -> None:
         """Subscribe without a callback and read nats.py's own queue of the subscription: a callback
@@ -116,7 +117,7 @@ class ContinuousPull:
             msg = await self._next()
             if msg.data or msg.reply:  # a stored message (status messages have neither body nor reply)
                 self._outstanding -= 1
-                self._unanswered_since = None
+                self._unanswered.reset()
                 yield msg
             else:
                 await self._on_status(msg)
@@ -167,15 +168,19 @@ class ContinuousPull:
                 msg = self._taken(queue.get_nowait())
             if batch:
                 self._outstanding -= len(batch)
-                self._unanswered_since = None
+                self._unanswered.reset()
                 yield batch
 
     async def _on_status(self, msg: Msg) -> None:
         status, description = _status(msg)
-        if status == "503":
-            await self._unanswered()
+        if status == "503":  # nobody took the request: none of it is outstanding; ask again after a pause
+            self._outstanding = 0
+            waited = self._unanswered.failing_for()
+            if waited >= NO_RESPONDERS_FOR_S:
+                raise ConsumerGone(f"no responders for {waited:.1f} s: the consumer is gone")
+            await self._unanswered.wait()
             return
-        self._unanswered_since = None  # the server answered: somebody took the request
+        self._unanswered.reset()  # the server answered: somebody took the request
         if status == "100":
             return  # idle heartbeat
         if status == "404" and "consumer" in description.lower():
@@ -193,18 +198,6 @@ class ContinuousPull:
             ):
                 await asyncio.sleep(0.1)  # e.g. max waiting exceeded: do not spin asking again
         # any other status (a 404 "No Messages" never comes: we do not send no-wait requests)
-
-    async def _unanswered(self) -> None:
-        """A `503`: the request went nowhere, so none of it is outstanding. Ask again after a pause
-        (doubling from 50 ms, at most 0.5 s) until NO_RESPONDERS_FOR_S have passed without an answer."""
-        self._outstanding = 0
-        now = asyncio.get_running_loop().time()
-        if self._unanswered_since is None:
-            self._unanswered_since, self._unanswered_pause = now, 0.05
-        elif now - self._unanswered_since >= NO_RESPONDERS_FOR_S:
-            raise ConsumerGone(f"no responders for {now - self._unanswered_since:.1f} s: the consumer is gone")
-        await asyncio.sleep(self._unanswered_pause)
-        self._unanswered_pause = min(self._unanswered_pause * 2, 0.5)
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -24,6 +24,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from services.jetstream.client import PermissionDenied
 from services.jetstream.direct import connection_of, leader_next
 from services.jetstream.pull import DEFAULT_HEARTBEAT_S, ConsumerGone, ContinuousPull
+from services.tasks import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +39,6 @@ FAILING_FOR_S = 30.0  # ... and after this when refused for anything else (a lea
 class ReadRefused(RuntimeError):
     """The server kept refusing a one-off read its consumer (the stream's or the account's consumer
     limit, most often): the read fails saying so, where it used to wait for ever."""
-
-
-class _Backoff:
-    """The pause before a reader re-opens: RETRY_FIRST_S, doubling to RETRY_MAX_S until `reset()`
-    (the consumer was made), and how long the server has refused the consumer without a break."""
-
-    def __init__(self) -> None:
-        self._delay = RETRY_FIRST_S
-        self._refused_since: float | None = None
-
-    def reset(self) -> None:
-        self._delay, self._refused_since = RETRY_FIRST_S, None
-
-    def refused_for(self) -> float:
-        """Note a refused consumer; the seconds since the first refusal of this run of them."""
-        now = asyncio.get_running_loop().time()
-        if self._refused_since is None:
-            self._refused_since = now
-        return now - self._refused_since
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self._delay)
-        self._delay = min(self._delay * 2, RETRY_MAX_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +174,7 @@ class OrderedReader:
         target = await self._last_seq()
         if await self._ends_here(self.next_seq, target, told=None):
             return  # nothing to read: no consumer made, no request waited out
-        backoff = _Backoff()
+        backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         reopened = 0
         while True:
             pull = None
@@ -252,12 +230,12 @@ class OrderedReader:
         why = " ".join(str(exc).split()) or exc.__class__.__name__
         log.log(level, "reader on %s: %s; re-opening at seq %d", self._stream, why, self.next_seq)
 
-    def _refused(self, exc: APIError, backoff: _Backoff) -> None:
+    def _refused(self, exc: APIError, backoff: Backoff) -> None:
         """A one-off read's consumer refused by the server: raises ReadRefused once that has gone on
         for REFUSED_FOR_S (the consumer limit) or FAILING_FOR_S (anything else). An operator's command
         then says why in one line; a consumer limit used up (by runtimes' consumers, say) frees only as
         idle consumers expire, a minute after their last use."""
-        waited = backoff.refused_for()
+        waited = backoff.failing_for()
         if waited >= (REFUSED_FOR_S if exc.err_code == LIMIT_REACHED else FAILING_FOR_S):
             raise ReadRefused(
                 f"the server refused a consumer to read {self._stream} for {waited:.0f} s:"
@@ -348,7 +326,7 @@ class OrderedReader:
     async def _follow(self) -> AsyncIterator[list[RawEntry]]:
         """Live: open pull requests on an ephemeral consumer, re-created where we were when it goes
         (a follower never gives up: it waits longer between tries, up to RETRY_MAX_S)."""
-        backoff = _Backoff()
+        backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             pull = None
             try:
