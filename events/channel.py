@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from .notifications import NotificationSink
+from .schema_patterns import NOT_BLANK, WHITESPACE
 from .thresholds import Thresholds, is_limit
 from .tokens import TOKEN_PATTERN
 
@@ -54,6 +55,21 @@ QUERY_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_QUERIES = 20
 MAX_QUERY_CHARS = 2000
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# What `prometheus_problems` checks of a URL and a query, as patterns for the schema (events/schema_patterns.py):
+# the URL starts with a scheme and a host; a query holds something, and a `{name}` in it is a known placeholder
+# (a `{` not followed by a name and `}`, as in a label matcher `{job="api"}`, is PromQL's own; a `{` right
+# after `{` or after `{name` is refused, stricter than the check, for want of lookahead)
+PROMETHEUS_URL = f"^https?://[^{WHITESPACE}/]"
+_IDENT = "[A-Za-z_][A-Za-z0-9_]*"
+PROMQL_TEMPLATE = (
+    f"^(?:[^{{]|\\{{(?:[^A-Za-z_{{]|{_IDENT}(?:[^A-Za-z0-9_{{}}]|$)|$)|\\{{(?:{'|'.join(PROMQL_PLACEHOLDERS)})\\}})*$"
+)
+QUERIES_NOTE = (
+    "Named PromQL queries. A name is a letter or _ then letters, digits or _ (at most 64); a query is not "
+    f"blank, at most {MAX_QUERY_CHARS} characters, and a `{{name}}` in it is one of the known placeholders "
+    f"({', '.join('{' + p + '}' for p in PROMQL_PLACEHOLDERS)}). Each query needs a threshold named after it "
+    "in monitoring.thresholds (`<name>_max` and/or `<name>_min`), a finite number."
+)
 
 
 class PrometheusSource(_Cfg):
@@ -64,9 +80,21 @@ class PrometheusSource(_Cfg):
     channel's thresholds. The base URL falls back to the service's KX_PROMETHEUS_URL.
     """
 
-    url: StrictStr | None = Field(default=None, max_length=500)
+    url: StrictStr | None = Field(default=None, max_length=500, json_schema_extra={"pattern": PROMETHEUS_URL})
     timeout_s: float = Field(default=5.0, gt=0, le=60)
-    queries: dict[StrictStr, StrictStr] = Field(min_length=1, max_length=MAX_QUERIES)
+    queries: dict[StrictStr, StrictStr] = Field(
+        min_length=1,
+        max_length=MAX_QUERIES,
+        description=QUERIES_NOTE,
+        json_schema_extra={
+            "propertyNames": {"pattern": QUERY_NAME_PATTERN},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_QUERY_CHARS,
+                "allOf": [{"pattern": NOT_BLANK}, {"pattern": PROMQL_TEMPLATE}],
+            },
+        },
+    )
 
 
 class ChannelMonitoring(_Cfg):
@@ -103,11 +131,15 @@ class ChannelPolicy(_Cfg):
     # back should reach someone through a [[notifications]] sink on `rolled_back` and `escalated`.
     # Without one, a recorded reason here waives it; otherwise the item is a recorded warning, or a
     # rejection when `require_alert_route` is set. Both optional: older configurations validate as before.
-    alert_waiver: StrictStr | None = Field(default=None, min_length=1, max_length=500)
+    alert_waiver: StrictStr | None = Field(
+        default=None, min_length=1, max_length=500, json_schema_extra={"pattern": NOT_BLANK}
+    )
     require_alert_route: StrictBool = False
 
 
 class ChannelConfig(_Cfg):
+    """Beyond this shape a configuration must be coherent (`channel_problems`): unique cohort names, the last cohort a catch-all with no criteria and no other, percent ranges inside 0..10000 that do not overlap, a plan naming every cohort once, `promote_to` another channel, unique notification sink names, and a threshold named after each Prometheus query (see `queries`)."""  # noqa: E501 (one line: it is the schema's description, word for word)
+
     cohorts: list[CohortRule] = Field(default_factory=lambda: [CohortRule(name=DEFAULT_COHORT)], min_length=1)
     plan: list[list[StrictStr]] | None = None
     monitoring: ChannelMonitoring = Field(default_factory=lambda: ChannelMonitoring(window_s=60))
@@ -202,7 +234,7 @@ def query_limits(thresholds: Thresholds, name: str) -> list[tuple[str, object]]:
 def prometheus_problems(source: PrometheusSource, thresholds: Thresholds) -> list[str]:
     """What is wrong with a channel's Prometheus queries, one sentence each."""
     problems: list[str] = []
-    if source.url is not None and not re.match(r"^https?://[^\s/]+", source.url):
+    if source.url is not None and not re.match(PROMETHEUS_URL, source.url):
         problems.append(f"monitoring.prometheus.url must be an http:// or https:// URL, not {source.url[:80]!r}")
     for name, template in source.queries.items():
         where = f"monitoring.prometheus.queries.{name[:64]}"

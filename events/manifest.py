@@ -51,7 +51,14 @@ class ManifestScopes(_Strict):
 
 class SignedManifest(_Strict):
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    version: StrictStr = Field(min_length=1, max_length=64)
+    version: StrictStr = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "PEP 440 where it parses (`1.0`, `v1.0`, `1.0.0-1`, `1.0.0-rc.1`), else SemVer 2.0.0 "
+            "(`1.0.0-alpha.beta`); a version that is neither is refused at the manifest gate (events/versions.py)"
+        ),
+    )
     digest: StrictStr = Field(pattern=DIGEST_PATTERN)
     size: StrictInt = Field(ge=0)
     expires: datetime
@@ -71,7 +78,8 @@ class SignedManifest(_Strict):
     def _expires_is_rfc3339_utc(cls, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError("expires must be an RFC 3339 string")
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # RFC 3339 allows `z` (and `t`) in lower case; fromisoformat takes any separator but only `Z`
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
         if parsed.tzinfo is None:
             raise ValueError("expires must carry a timezone")
         return parsed

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from .schema_patterns import WEBHOOK_URL, WEBHOOK_URL_NOTE
 from .tokens import TOKEN_PATTERN
 
 NotifyKind = Literal["rolled_back", "held", "escalated", "flagged"]
@@ -49,9 +50,16 @@ class NotificationSink(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     name: StrictStr = Field(pattern=TOKEN_PATTERN)
-    url: StrictStr = Field(min_length=1, max_length=MAX_URL_CHARS)
-    on: list[NotifyKind] = Field(min_length=1)
-    secret_env: StrictStr | None = None
+    # (the schema states what `url_problem` and the validators below check, as far as a pattern can:
+    # events/schema_patterns.py)
+    url: StrictStr = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description=WEBHOOK_URL_NOTE,
+        json_schema_extra={"pattern": WEBHOOK_URL},
+    )
+    on: list[NotifyKind] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
+    secret_env: StrictStr | None = Field(default=None, json_schema_extra={"pattern": ENV_NAME.pattern})
     attempts: StrictInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
     format: NotifyFormat = "json"  # optional (issue 16): configurations written before it post `json`
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from events.channel import ChannelConfig
@@ -29,6 +30,7 @@ from services.runtime.sdk import Identity, RuntimeClient
 from services.runtime.simulation import Behaviour, simulated_runtime
 from services.settings import ROLES, Settings
 from services.tasks import cancel_and_wait
+from services.verification.gates import GateFailure, VerifyContext, check_manifest
 
 PRODUCER = Actor(kind="producer", id="test-pipeline")
 OPERATOR = Actor(kind="operator", id="test-operator")
@@ -53,6 +55,24 @@ def trust_root_for(*keys: SigningKey, threshold: int = 1) -> TrustRoot:
             "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{i}"} for i, k in enumerate(keys)},
         }
     )
+
+
+def manifest_gate(manifest: bytes, key: SigningKey) -> GateFailure | None:
+    """The manifest gate's verdict on `manifest` alone, `key` trusted: a request for any `kb` 1.0.0
+    pack on prod/canary (a later gate's failure is not this gate's: look at `.gate`)."""
+    ctx = VerifyContext(
+        request_name="kb",
+        request_version="1.0.0",
+        request_digest="",
+        env="prod",
+        channel="canary",
+        cohorts=("all",),
+        channel_config=None,
+        active={},
+        trust_root=trust_root_for(key),
+        now=datetime.now(UTC),
+    )
+    return check_manifest(manifest, ctx).failure
 
 
 @dataclass(frozen=True)

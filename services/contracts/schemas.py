@@ -59,11 +59,18 @@ def event_path(event_type: str) -> str:
     return f"events/{event_type}.schema.json"
 
 
+def _visible(text: str) -> str:
+    """JSON text with every invisible character past ASCII (Unicode spaces, U+0085, U+FEFF: the
+    whitespace classes of events/schema_patterns.py) written as a \\u escape, which a JSON reader
+    turns back into the same character: the file stays readable and means the same."""
+    return "".join(f"\\u{ord(c):04x}" if ord(c) > 0x7E and (c.isspace() or not c.isprintable()) else c for c in text)
+
+
 def _published(schema: dict[str, Any], path: str, description: str | None = None) -> str:
     schema = {**schema, "$id": BASE + path, "$schema": DIALECT}
     if description:
         schema["description"] = description
-    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return _visible(json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False)) + "\n"
 
 
 def _event_description(event_type: str) -> str:
@@ -80,10 +87,8 @@ MANIFEST_NOTE = (
     "(sorted keys, no whitespace, UTF-8); extra fields inside `signed` are covered by the signature and kept."
 )
 CHANNEL_NOTE = (
-    "A channel configuration (CONTRACT §7), the `data` of `channel.configured`. Beyond this shape a configuration "
-    "must be coherent (events/channel.py `channel_problems`): unique cohort names, the last cohort a catch-all with "
-    "no criteria and no other, percent ranges inside 0..10000 that do not overlap, a plan naming every cohort once, "
-    "`promote_to` another channel. `kxr channel set` also refuses unknown fields."
+    f"A channel configuration (CONTRACT §7), the `data` of `channel.configured`. {ChannelConfig.__doc__} "
+    "`kxr channel set` also refuses unknown fields."
 )
 HEALTH_NOTE = (
     f"A runtime's health message (CONTRACT §8), at most {HEALTH_MAX_BYTES} bytes; `errors` may not exceed `requests` "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
@@ -29,8 +29,7 @@ from services.contracts.envelopes import envelope_model
 from services.contracts.export import drift, write
 from services.contracts.schemas import EVENT_ANY, schema_files
 from services.jetstream.deadletter import MaxDeliveriesWatcher
-from services.verification.gates import VerifyContext, check_manifest
-from tests.harness import CHANNEL, trust_root_for
+from tests.harness import CHANNEL, manifest_gate
 from tests.unit.test_replay_decisions import HISTORIES, load
 
 ROOT = Path(__file__).parent.parent.parent
@@ -252,21 +251,9 @@ def _signed() -> dict:
 def _verifier_accepts(doc: dict) -> bool:
     """The verifier's verdict on shape and schema alone (signatures made valid, later gates ignored)."""
     signed = doc.get("signed") if isinstance(doc, dict) else None
-    ctx = VerifyContext(
-        request_name="kb",
-        request_version="1.0.0",
-        request_digest="",
-        env="prod",
-        channel="canary",
-        cohorts=("all",),
-        channel_config=None,
-        active={},
-        trust_root=trust_root_for(KEY),
-        now=datetime.now(UTC),
-    )
-    v = check_manifest(compact_bytes(doc), ctx)
-    assert v.failure is None or v.failure.gate in ("manifest", "identity"), (signed, v.failure)
-    return v.failure is None or v.failure.gate != "manifest"
+    failure = manifest_gate(compact_bytes(doc), KEY)
+    assert failure is None or failure.gate in ("manifest", "identity"), (signed, failure)
+    return failure is None or failure.gate != "manifest"
 
 
 def test_manifest_schema_agrees_with_the_verifier() -> None:

@@ -296,6 +296,10 @@ NEGATIVE = [
     # expiry
     V(signed("expires", "2030-05-01T00:00:00Z"), "expiry", "expired", id="expired"),
     V(signed("expires", "2030-06-01T12:00:00Z"), "expiry", "expired", id="expires-exactly-now"),
+    # RFC 3339 in every form it allows (lower-case t and z, nine fraction digits, an offset): read as the
+    # instant it names, not refused as unparsable (found by tests/unit/test_schema_acceptance.py)
+    V(signed("expires", "2030-05-01t00:00:00z"), "expiry", "expired", id="expires-lower-case-t-and-z"),
+    V(signed("expires", "2030-06-01T14:00:00.000000001+02:00"), "expiry", "expired", id="expires-ns-and-offset"),
     V(case(now=datetime(2030, 6, 1, 12, 0)), "expiry", "reference_time_invalid", id="naive-reference-time"),
     # identity: the request and the manifest name the same pack.
     V(case(request_name="kb-other"), "identity", "name_mismatch", id="request-name-mismatch"),
