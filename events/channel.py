@@ -238,7 +238,7 @@ def prometheus_problems(source: PrometheusSource, thresholds: Thresholds) -> lis
         problems.append(f"monitoring.prometheus.url must be an http:// or https:// URL, not {source.url[:80]!r}")
     for name, template in source.queries.items():
         where = f"monitoring.prometheus.queries.{name[:64]}"
-        if not re.match(QUERY_NAME_PATTERN, name):
+        if not re.fullmatch(QUERY_NAME_PATTERN, name):  # (match: Python's `$` also takes a final newline)
             problems.append(f"{where}: a query name is a letter or _ then letters, digits or _ (at most 64)")
             continue
         if not template.strip():

@@ -88,7 +88,7 @@ def to_cloudevent(
         extra["correlationid"] = event.correlation_id
     extra.update(extensions or {})
     for name, value in extra.items():
-        if not EXTENSION_NAME.match(name) or name in CONTEXT_ATTRIBUTES:
+        if not EXTENSION_NAME.fullmatch(name) or name in CONTEXT_ATTRIBUTES:
             raise ValueError(f"{name!r} is not a CloudEvents extension name (lowercase letters and digits, ≤ 20)")
         if not isinstance(value, (str, int, bool)):
             raise ValueError(f"extension {name}: {type(value).__name__} is not a CloudEvents attribute type")

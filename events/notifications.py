@@ -81,7 +81,7 @@ class NotificationSink(BaseModel):
     @field_validator("secret_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME.match(value):
+        if value is not None and not ENV_NAME.fullmatch(value):  # (match: Python's `$` also takes a final newline)
             raise ValueError(f"{value!r} is not an environment variable name")
         return value
 

@@ -63,6 +63,9 @@ def test_a_sound_sink_is_kept_with_its_defaults() -> None:
         ({**HOOK, "on": ["rolled_back", "rolled_back"]}, "names a kind twice"),
         ({**HOOK, "on": ["promoted"]}, "notifications.0.on.0"),
         ({**HOOK, "secret_env": "not a name"}, "is not an environment variable name"),
+        # Python's `$` also matches before a final newline: the name is checked whole (as the schema's
+        # pattern is read by ECMA-262, which found it: tests/unit/test_schema_acceptance.py)
+        ({**HOOK, "secret_env": "KX_HOOK_SECRET\n"}, "is not an environment variable name"),
         ({**HOOK, "attempts": 0}, "notifications.0.attempts"),
         ({**HOOK, "attempts": 11}, "notifications.0.attempts"),
         ({**HOOK, "name": "a.b"}, "notifications.0.name"),

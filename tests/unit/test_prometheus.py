@@ -282,6 +282,7 @@ def test_older_configurations_validate_as_before():
             "unknown placeholder(s) {environment}",
         ),
         ({"queries": {"bad-name": "q"}}, {}, "a query name is a letter or _"),
+        ({"queries": {"error_rate\n": "q"}}, {}, "a query name is a letter or _"),  # (checked whole)
         ({"queries": {"error_rate": "  "}}, {"error_rate_max": 1}, "the query is empty"),
         ({"url": "file:///etc/passwd", "queries": {"error_rate": "q"}}, {"error_rate_max": 1}, "http:// or https://"),
     ],

@@ -273,3 +273,26 @@ def test_a_query_the_patterns_allow_has_no_problem_of_its_own(query: str) -> Non
 def test_the_webhook_url_pattern_and_the_check_on_examples(url: str, code: bool, schema: bool) -> None:
     assert (url_problem(url) is None) is code
     assert (re.search(WEBHOOK_URL, url) is not None) is schema
+
+
+# What ECMA-262, Python's re, RE2 and Rust's regex do not read alike: class escapes (their sets differ;
+# Python's \s is str.isspace), lookaround and named groups (RE2 and Rust have none), \u / \x{...} escapes
+# (each engine spells a code point its own way). Checked by hand once against Node's RegExp (with and
+# without the u flag) on 6,700 strings: the same verdicts, except Python's `$`, which also matches before a
+# final newline — so the code checks names with fullmatch (tests/unit/test_notifications.py).
+NOT_PORTABLE = re.compile(r"\\[sSdDwWbBuUN]|\(\?[=!<P>]|\\x\{|\\p\{")
+
+
+def _patterns(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
+
+
+def test_every_pattern_in_the_schemas_is_read_alike_by_every_engine() -> None:
+    found = {p for path in SCHEMAS.rglob("*.json") for p in _patterns(json.loads(path.read_text()))}
+    assert len(found) >= 8, found  # (the walk reaches them: tokens, digests, base64, the URL, ...)
+    assert not [p for p in found if NOT_PORTABLE.search(p)]
