@@ -38,6 +38,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # `${NAME}` in a URL's path or query: the notifier puts the variable's value there when it posts,
 # so a URL that is itself a credential (a Slack or Teams incoming webhook) stays out of the log
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]{0,127})\}")
+_OPENING = re.compile(r"\$\{")
 
 
 class NotificationSink(BaseModel):
@@ -90,7 +91,9 @@ def url_problem(url: str) -> str | None:
     """Why a webhook URL is unusable, or None. Credentials in the URL would be written to the log."""
     if any(c.isspace() for c in url):
         return "must not contain whitespace"
-    if "${" in PLACEHOLDER.sub("", url):
+    # every `${` begins a whole placeholder (scanned where each stands: removing the placeholders first
+    # would join a `$` before one to a `{` after it, "$${A}{" refused for a `${` it does not hold)
+    if any(not PLACEHOLDER.match(url, at.start()) for at in _OPENING.finditer(url)):
         return "has a ${...} that is not ${ENV_VAR_NAME}"
     try:
         parts = urlsplit(url)

@@ -260,6 +260,8 @@ def test_a_query_the_patterns_allow_has_no_problem_of_its_own(query: str) -> Non
         ("http://user:pw@example.com/", False, False),  # credentials would be in the log
         ("http://${HOST}/hook", False, False),  # where it goes is always in the log
         ("http://example.com/${1X}", False, False),
+        ("http://example.com/?$${A}{", True, True),  # found by this file: was refused for a `${` it lacks
+        ("http://example.com/${${A}}", False, False),
         ("http://example.com/a b", False, False),
         ("http://example.com/a\u2003b", False, False),  # whitespace by Python's rule and ECMA's alike
         ("ftp://example.com/", False, False),
