@@ -24,6 +24,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -87,21 +88,27 @@ STATED: dict[str, list[Rule]] = {
 _PREFIX = re.compile(r"^(?:[\w.$\[\]-]*: |Value error, )*")  # where it was said: "data: Value error, <field>: "
 
 
+def _explained(pieces: list[str], rules: list[re.Pattern[str]]) -> bool:
+    """Whether `pieces` split into runs (joined back with "; ") that each start as a rule says."""
+
+    @cache
+    def from_(start: int) -> bool:
+        return start == len(pieces) or any(
+            any(rule.match(_PREFIX.sub("", "; ".join(pieces[start:end]), count=1)) for rule in rules) and from_(end)
+            for end in range(start + 1, len(pieces) + 1)
+        )
+
+    return from_(0)
+
+
 def unstated(path: str, reasons: list[str]) -> list[str]:
     """The sentences of `reasons` that no rule stated for `path` explains (a reason may join several
     with "; ", and a quoted value in one may hold "; " too)."""
     rules = [re.compile(pattern, re.DOTALL) for pattern, _ in STATED.get(path, [])]  # (a value may hold a newline)
-
-    def explained(pieces: list[str]) -> bool:
-        return not pieces or any(
-            any(rule.match(_PREFIX.sub("", "; ".join(pieces[:k]), count=1)) for rule in rules) and explained(pieces[k:])
-            for k in range(1, len(pieces) + 1)
-        )
-
     left = []
     for reason in reasons:
         pieces = reason.split("; ")
-        if not explained(pieces):
+        if not _explained(pieces, rules):
             bare = [_PREFIX.sub("", p, count=1) for p in pieces]
             left += [p for p in bare if not any(rule.match(p) for rule in rules)] or bare
     return left
