@@ -54,22 +54,30 @@ EXAMPLES = int(os.environ.get("KX_SCHEMA_EXAMPLES", "60"))
 SUBJECTS = Subjects()
 KEY = SigningKey.from_raw(bytes(range(32)))
 
-# (a refusal's sentence, matched at its start or after "<field>: Value error, "; words the schema says it with)
+# (a refusal's sentence, matched whole once its "<field>: Value error, " is taken off; words the schema says it
+# with). Whole, so a run of sentences one rule matched cannot swallow an unexplained one after it.
 Rule = tuple[str, str]
+_QUOTED = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""  # a value as repr() writes it
 CHANNEL_RULES: list[Rule] = [
     (r"cohort names must be unique", "unique cohort names"),
     (r"the last cohort \(.*\) must be a catch-all with no criteria", "the last cohort a catch-all"),
-    (r"cohort .* has no criteria but is not last", "no criteria and no other"),
+    (r"cohort .* has no criteria but is not last: later cohorts would never match", "no criteria and no other"),
     (r"cohort .*: percent range \[.*\) must lie inside 0\.\.10000 with lo < hi", "percent ranges inside 0..10000"),
-    (r"percent ranges of cohorts .* overlap", "that do not overlap"),
+    (r"percent ranges of cohorts .* and .* overlap", "that do not overlap"),
     (r"a plan stage must name at least one cohort", "a plan naming every cohort once"),
-    (r"plan names unknown cohort", "a plan naming every cohort once"),
-    (r"plan names cohort .* twice", "a plan naming every cohort once"),
-    (r"the plan leaves out cohorts", "a plan naming every cohort once"),
+    (rf"plan names unknown cohort {_QUOTED}", "a plan naming every cohort once"),
+    (rf"plan names cohort {_QUOTED} twice", "a plan naming every cohort once"),
+    (r"the plan leaves out cohorts \[.*\]: they would never receive a release", "a plan naming every cohort once"),
     (r"notification sink names must be unique", "unique notification sink names"),
-    (r"no threshold to judge it against", "needs a threshold named after it"),
-    (r"monitoring\.thresholds\..* must be a finite number", "a finite number"),
-    (r"is not a URL \(.* does not appear to be an IPv4 or IPv6 address\)", "a bracketed IPv6 literal must be a valid"),
+    (
+        r"no threshold to judge it against: set monitoring\.thresholds\.\w+_max or \w+_min",
+        "needs a threshold named after it",
+    ),
+    (rf"monitoring\.thresholds\.\w+ must be a finite number, not (?:{_QUOTED}|[^;]*)", "a finite number"),
+    (
+        r"is not a URL \('.*' does not appear to be an IPv4 or IPv6 address\)",
+        "a bracketed IPv6 literal must be a valid",
+    ),
 ]
 STATED: dict[str, list[Rule]] = {
     "events/channel.configured.schema.json": CHANNEL_RULES,
@@ -79,22 +87,22 @@ STATED: dict[str, list[Rule]] = {
         (r"correctness mismatches exceed checked", "`correctness.mismatches` exceed `correctness.checked`"),
     ],
     "manifest.schema.json": [
-        (r"version .* is neither PEP 440 nor SemVer", "a version that is neither is refused"),
+        (rf"version {_QUOTED} is neither PEP 440 nor SemVer", "a version that is neither is refused"),
         # (JSON Schema's "integer" takes 1.0 too: "no float" is not a type it has)
         (r"float at .* is not allowed in a signed document", "no floats anywhere"),
-        (r"floats are not allowed \(", "no floats anywhere"),
+        (r"floats are not allowed \(.*\)", "no floats anywhere"),
     ],
 }
 _PREFIX = re.compile(r"^(?:[\w.$\[\]-]*: |Value error, )*")  # where it was said: "data: Value error, <field>: "
 
 
 def _explained(pieces: list[str], rules: list[re.Pattern[str]]) -> bool:
-    """Whether `pieces` split into runs (joined back with "; ") that each start as a rule says."""
+    """Whether `pieces` split into runs (joined back with "; ") that each are what a rule says."""
 
     @cache
     def from_(start: int) -> bool:
         return start == len(pieces) or any(
-            any(rule.match(_PREFIX.sub("", "; ".join(pieces[start:end]), count=1)) for rule in rules) and from_(end)
+            any(rule.fullmatch(_PREFIX.sub("", "; ".join(pieces[start:end]), count=1)) for rule in rules) and from_(end)
             for end in range(start + 1, len(pieces) + 1)
         )
 
@@ -110,7 +118,7 @@ def unstated(path: str, reasons: list[str]) -> list[str]:
         pieces = reason.split("; ")
         if not _explained(pieces, rules):
             bare = [_PREFIX.sub("", p, count=1) for p in pieces]
-            left += [p for p in bare if not any(rule.match(p) for rule in rules)] or bare
+            left += [p for p in bare if not any(rule.fullmatch(p) for rule in rules)] or bare
     return left
 
 
@@ -235,6 +243,10 @@ def test_unstated_names_only_what_no_rule_explains() -> None:
     ]
     assert unstated("channel-config.schema.json", reasons) == ["must be an http:// or https:// URL"]
     assert unstated("health-sample.schema.json", ["$: Value error, errors (3) exceed requests (1)"]) == []
+    # a quoted value may hold "; ", and a run one rule matches swallows no unexplained sentence after it
+    quoted = "plan names unknown cohort 'x; y'; cohort names must be unique"
+    assert unstated("channel-config.schema.json", [f": Value error, {quoted}"]) == []
+    assert "something else" in unstated("channel-config.schema.json", [f": Value error, {quoted}; something else"])
 
 
 def test_the_generator_refuses_a_keyword_it_does_not_know() -> None:
