@@ -211,7 +211,7 @@ class Driver:
             return 0
         return int(json.loads(entry.value or b"{}").get("seq", 0))
 
-    async def warm_read_models(self, r, timeout: float = 300.0) -> None:
+    async def warm_read_models(self, r, timeout: float = 300.0) -> int:
         """Start the activator's process with nothing to activate until its projector has folded the
         log so far into the read models, then stop it.
 
@@ -235,6 +235,7 @@ class Driver:
         finally:
             proc.terminate()
             proc.wait(10)
+        return at
 
     async def wait_count(
         self, event_type: str, want: int, what: str, timeout: float = 600.0, meters: tuple[CpuMeter, ...] = ()
@@ -276,10 +277,11 @@ def rate_of(times: list[float]) -> float:
 
 
 async def per_consumer(
-    r, channels: int, cohorts: int, profile: Path | None = None, cpu: dict | None = None
+    r, channels: int, cohorts: int, profile: Path | None = None, cpu: dict | None = None, warmed: list | None = None
 ) -> dict[str, float]:
     """Each consumer's rate alone; with `cpu`, also the CPU per release its process and the
-    nats-server spent while it drained (`<role>`: {"service_ms", "server_ms"})."""
+    nats-server spent while it drained (`<role>`: {"service_ms", "server_ms"}); `warmed` gets the
+    log sequence the activator's read models were folded to before it ran."""
     async with Driver(r.url, "tpc", r.key, channels, cohorts) as d:
         layout = r.serve("--only", "preparer", name="layout", KX_PREFIX="tpc")  # creates the streams
         requests = await d.prepare()
@@ -289,7 +291,9 @@ async def per_consumer(
         rates = {}
         for role, event_type in STEPS:
             if role == "verifier":  # the last step with nothing yet for the activator to do
-                await d.warm_read_models(r)
+                at = await d.warm_read_models(r)
+                if warmed is not None:
+                    warmed.append(at)
             proc = r.serve("--only", role, name=role, profile=profile, KX_PREFIX="tpc")
             meters = (CpuMeter([proc.pid]), CpuMeter([r.server.proc.pid]))
             times = await d.wait_count(
@@ -332,8 +336,9 @@ async def end_to_end(
 
 async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), profile: Path | None = None) -> dict:
     cpu: dict[str, dict] = {}
+    warmed: list[int] = []
     with rig(prefix="tpc") as r:
-        consumers = await per_consumer(r, channels, cohorts, profile, cpu)
+        consumers = await per_consumer(r, channels, cohorts, profile, cpu, warmed)
         e2e_by = {n: await end_to_end(r, channels, cohorts, n, profile) for n in processes}
         if profile is not None:  # each `kxr serve` writes its stats when it stops (SIGTERM is a clean return)
             for proc in r.procs:
@@ -370,6 +375,8 @@ async def run(channels: int, cohorts: int, processes: tuple[int, ...] = (1,), pr
         # CPU per release (the raw loop: the server's per message); a rate held down by the server,
         # not by Python, shows here
         "cpu_ms_per_release": cpu,
+        # the log sequence the activator's read models were folded to before it ran (its start-up)
+        "activator_read_models_warmed_to": warmed[0] if warmed else None,
         "raw_loop_server_cpu_ms_per_message": raw_server.ms_per(max(channels, 1000)),
         "end_to_end": {k: round(v, 2) for k, v in e2e.items()},
         "profiled": profile is not None,  # under cProfile: slower than a plain run's figures
