@@ -5,11 +5,11 @@ whatever they call valid must decode here. This generates such documents from th
 themselves, not from our pydantic models (which would only test the models against themselves).
 
 Written by hand for the subset of JSON Schema 2020-12 the generated schemas use ($ref into
-$defs, anyOf, allOf, const, enum, type, properties/required/additionalProperties, pattern, lengths,
-minimum/maximum, items/prefixItems, format date-time): hypothesis-jsonschema, the library for
-this, fails on object schemas with the hypothesis this project pins ('many' object has no
-attribute 'more', 0.23.1). Anything outside the subset raises, so a new schema keyword is
-noticed instead of being ignored.
+$defs, anyOf, allOf, const, enum, type, properties/required/additionalProperties/propertyNames,
+pattern, lengths, minimum/maximum, items/prefixItems/uniqueItems, format date-time):
+hypothesis-jsonschema, the library for this, fails on object schemas with the hypothesis this
+project pins ('many' object has no attribute 'more', 0.23.1). Anything outside the subset raises,
+so a new schema keyword is noticed instead of being ignored.
 """
 
 from __future__ import annotations
