@@ -59,18 +59,19 @@ def candidate_index(world, only: frozenset[str] | None = None) -> dict[str, list
     3,000 distinct packs: 8% of the service's CPU went to those scans). `only`: index just these
     digests (one lookup: a membership test per release and scope, no list for every pack)."""
     index: dict[str, list[str]] = {}
-    found: list[tuple[str, str]] = []  # (digest, release id), in the order above
-    for rid, r in world.releases.items():
-        if r.distributed is not None:
-            found.append((r.distributed.pack.digest, rid))
-    for state in world.scopes.values():
-        if state.lkg is not None and state.lkg_release:
-            found.append((state.lkg.digest, state.lkg_release))
-        if state.active is not None and state.active.release_id:
-            found.append((state.active.pack.digest, state.active.release_id))
-    for digest, release_id in found:
+
+    def add(digest: str, release_id: str) -> None:  # (releases first, then scopes: the order above)
         if only is None or digest in only:
             index.setdefault(digest, []).append(release_id)
+
+    for rid, r in world.releases.items():
+        if r.distributed is not None:
+            add(r.distributed.pack.digest, rid)
+    for state in world.scopes.values():
+        if state.lkg is not None and state.lkg_release:
+            add(state.lkg.digest, state.lkg_release)
+        if state.active is not None and state.active.release_id:
+            add(state.active.pack.digest, state.active.release_id)
     return {digest: list(dict.fromkeys(ids)) for digest, ids in index.items()}
 
 

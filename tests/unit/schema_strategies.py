@@ -138,7 +138,7 @@ def _object(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy[d
         extras: st.SearchStrategy[dict[str, Any]] = st.just({})
     else:
         # fields a newer writer added: allowed and kept, the schemas say
-        values = from_schema(extra, root) if isinstance(extra, dict) else _json_values()
+        values = from_schema(extra, root) if isinstance(extra, dict) else JSON_VALUES
         named = schema.get("propertyNames")
         names = (from_schema({"type": "string", **named}, root) if named else st.text(min_size=1, max_size=12)).filter(
             lambda n: n not in properties
@@ -159,25 +159,27 @@ def _object(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy[d
     return build().filter(lambda d: low <= len(d) and (high is None or len(d) <= high))
 
 
-def _json_values() -> st.SearchStrategy[Any]:
-    scalars = st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(-INT64, INT64 - 1),
-        st.floats(allow_nan=False, allow_infinity=False),
-        st.text(max_size=20),
-    )
-    return st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-        max_leaves=6,
-    )
+# Any JSON value (what `{}` or `additionalProperties: true` allows; the fuzzers' junk too): integers
+# past 64 bits as well, since JSON itself sets no bound.
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def from_schema(schema: dict[str, Any] | bool, root: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:
     """Documents valid under `schema` (`root`: the document its `$ref`s point into)."""
     if schema is True or schema == {}:
-        return _json_values()
+        return JSON_VALUES
     if schema is False:
         return st.nothing()
     assert isinstance(schema, dict)
@@ -226,5 +228,5 @@ def from_schema(schema: dict[str, Any] | bool, root: dict[str, Any] | None = Non
     if kind == "object" or "properties" in schema:
         return _object(schema, root)
     if kind is None:
-        return _json_values()
+        return JSON_VALUES
     raise UnsupportedSchema(f"type {kind!r}")

@@ -52,6 +52,7 @@ from services.verification.gates import GATE_CODES, GATES, INTERNAL_ERROR, check
 
 from .gate_vectors import ALICE, BOB, MALLORY, PACK, Case, signed_body, trust_root
 from .gate_vectors import NOW as GATE_NOW
+from .schema_strategies import JSON_SCALARS, JSON_VALUES
 from .test_events_codec import MINIMAL, NOW, event_of, subject_of
 
 # ---- settings and the example budget ---------------------------------------------------------
@@ -132,20 +133,6 @@ DATETIMES = [
 ]
 SURROGATES = ["\ud800", "x\udfffy", "\udc00"]  # lone surrogates: valid JSON escapes, no UTF-8 form
 HUGE_FLOAT = "@@HUGE_FLOAT@@"  # placeholder, replaced by the literal 1e999 after json.dumps
-
-JSON_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=-(10**40), max_value=10**40),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
-JSON_VALUES = st.recursive(
-    JSON_SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=12,
-)
 
 
 def nested(depth: int) -> Any:

@@ -123,11 +123,8 @@ def unstated(path: str, reasons: list[str]) -> list[str]:
 
 
 def _registry() -> Registry:
-    resources = [
-        (json.loads(p.read_text())["$id"], Resource.from_contents(json.loads(p.read_text())))
-        for p in SCHEMAS.rglob("*.schema.json")
-    ]
-    return Registry().with_resources(resources)
+    docs = [json.loads(p.read_text()) for p in SCHEMAS.rglob("*.schema.json")]
+    return Registry().with_resources((doc["$id"], Resource.from_contents(doc)) for doc in docs)
 
 
 REGISTRY = _registry()
