@@ -23,6 +23,7 @@ from events.ids import derived_event_id
 from events.model import Event, MonitoringStarted, MonitoringVerdict, QueryAnswer
 from projections.releases import ReleaseState
 from projections.world import World
+from services.consumers.live_health import LiveHealth
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor
@@ -37,6 +38,7 @@ from services.monitoring.judge import (
     counts_for,
     first_breach,
     judge_window,
+    live_cohorts,
     read_span,
     window_data,
 )
@@ -420,20 +422,44 @@ class Monitor(ReleaseReactor[StageFacts]):
         return await ask_all(source, asked, m.monitoring.thresholds, self.port.settings.prometheus_url)
 
     async def watch_health(self) -> None:
-        """Live: fail a window early on a hard breach. The window's end judges everything anyway."""
+        """Live: fail a window early on a hard breach. The window's end judges everything anyway.
+
+        Only the cohorts where a window is open or about to open are listened to (`LiveHealth`),
+        following the releases as the follower folds their events."""
         queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
 
         async def on_msg(msg) -> None:
             if not queue.full():
                 queue.put_nowait(msg)
 
-        sub = await self.port.nc.subscribe(self.port.subjects.health_all(), cb=on_msg)
+        feed = LiveHealth(self.port.nc, on_msg)
+        changes = self.port.follower.listen()
         try:
-            while True:
-                msg = await queue.get()
-                await self.check_breach(msg.subject, msg.data)
+            world = self.port.follower.world
+            for release_id in world.in_flight:
+                await feed.want(release_id, self.live_subjects(world.release(release_id)))
+            await asyncio.gather(self._follow_windows(feed, changes), self._judge_live(queue))
         finally:
-            await sub.unsubscribe()
+            self.port.follower.unlisten(changes)
+            await feed.close()
+
+    def live_subjects(self, release: ReleaseState | None) -> list[str]:
+        return [self.port.subjects.health_cohort(*place) for place in live_cohorts(release)]
+
+    async def _follow_windows(self, feed: LiveHealth, changes: asyncio.Queue) -> None:
+        """The feed kept on the releases' current phases: what each entry folded changed, batch by batch."""
+        while True:
+            entries = [await changes.get()]
+            while not changes.empty():
+                entries.append(changes.get_nowait())
+            world = self.port.follower.world
+            for release_id in {event.release_id for _, event in entries if event is not None and event.release_id}:
+                await feed.want(release_id, self.live_subjects(world.release(release_id)))
+
+    async def _judge_live(self, queue: asyncio.Queue) -> None:
+        while True:
+            msg = await queue.get()
+            await self.check_breach(msg.subject, msg.data)
 
     async def check_breach(self, subject: str, data: bytes) -> None:
         parts = self.port.subjects.health_parts(subject)

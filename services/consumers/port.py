@@ -10,6 +10,7 @@ hand a consumer any object with these members.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +39,12 @@ class WorldView(Protocol):
     async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None: ...
 
     async def catch_up(self, timeout: float | None = 60.0) -> None: ...
+
+    def listen(self) -> asyncio.Queue:
+        """(Position, Event | None) of every entry folded from now on (the monitor's live feed follows them)."""
+        ...
+
+    def unlisten(self, queue: asyncio.Queue) -> None: ...
 
 
 @runtime_checkable

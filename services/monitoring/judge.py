@@ -147,6 +147,27 @@ class Watch:
         return start <= at and (self.ends_at is None or at <= self.ends_at)
 
 
+LIVE_PHASES = frozenset({"activated", "monitoring"})
+
+
+def live_cohorts(release: ReleaseState | None) -> frozenset[tuple[str, str, str]]:
+    """(env, channel, cohort) where a live report could fail `release`'s window early. Pure.
+
+    The cohorts of its open window, and of the stage just activated (its window opens next: a feed
+    that listens from the activation on leaves no report between it and the scan of the stored
+    reports when the window opens). None in any other phase: the monitor's live feed then carries
+    nothing of a fleet's reports, which its windows' ends and openings read from the store anyway.
+    """
+    if release is None or release.phase not in LIVE_PHASES or release.prepared is None:
+        return frozenset()
+    target, stages = release.prepared.target, release.prepared.stages
+    window = release.monitoring if release.phase == "monitoring" else None
+    cohorts = set(window.cohorts) if window is not None else set()
+    if 0 <= release.stage < len(stages):
+        cohorts.update(stages[release.stage])
+    return frozenset((target.env, target.channel, cohort) for cohort in cohorts)
+
+
 def counts_for(
     watch: Watch, sample: HealthSample, at: datetime | None = None, subject: HealthParts | None = None
 ) -> bool:

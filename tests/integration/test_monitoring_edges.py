@@ -17,6 +17,7 @@ from typing import Any
 from events.model import MonitoringVerdict
 from events.signing import SigningKey
 from services.actions import operator as ops
+from services.consumers.monitor import Monitor
 from services.jetstream.log import Entry
 from services.runtime.sdk import Identity, RuntimeClient
 from services.settings import ROLES
@@ -250,3 +251,43 @@ async def test_a_tenant_impact_spike_fails_the_window_early_with_its_own_trigger
         assert kind == "monitoring_failed", verdict.reason
         assert verdict.early and verdict.trigger == "tenant_impact"
         assert "5 tickets in one sample" in verdict.reason
+
+
+async def test_the_live_feed_carries_only_the_cohorts_of_a_window_open_or_about_to_open(nats_url, prefix, monkeypatch):
+    """A fleet's reports reach the monitor live only where a window may fail early: the cohorts of the
+    stage activated or watched. Elsewhere they are stored for the windows to read, never delivered to
+    the service (a rollback's 1,000 activation reports were each delivered, parsed and dropped)."""
+    delivered: list[str] = []
+    check_breach = Monitor.check_breach
+
+    async def noted(self, subject: str, data: bytes) -> None:
+        delivered.append(subject)
+        await check_breach(self, subject, data)
+
+    monkeypatch.setattr(Monitor, "check_breach", noted)
+    long_window = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 30}}
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure(config=long_window)
+        s, js = svc.app.subjects, svc.app.js
+
+        async def stored_report(cohort: str, probe: str) -> str:
+            """A healthy report on `cohort` from runtime `probe`, stored (acknowledged), the connection flushed."""
+            subject = s.health("prod", "canary", cohort, probe)
+            await js.publish(subject, raw(probe, None, requests=10, errors=0)())
+            await svc.app.nc.flush()
+            return subject
+
+        idle = await stored_report("internal", "rt-idle")  # no release in flight: nothing is listened to
+        await svc.runtime("t-int-1")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        await svc.wait_release("r1", "monitoring")  # stage 0 (internal) watched for 30 s
+        watched = await stored_report("internal", "rt-watched")
+        await wait_for(lambda: watched in delivered, 10, "the watched cohort's report delivered live")
+        elsewhere = await stored_report("rest", "rt-elsewhere")  # stage 1's cohort: no window there yet
+        await act(svc, ops.abort(svc.world, "r1", "test over", OPERATOR, datetime.now(UTC)))
+        await svc.wait_release("r1", "held")  # aborted with no rollback target: held, the window over
+        after = await stored_report("internal", "rt-after")
+        await asyncio.sleep(0.3)  # time enough for a delivery that should not come
+        assert [d for d in (idle, elsewhere, after) if d in delivered] == []
+        stored = await js.get_last_msg(s.health_stream, after)  # stored all the same, for windows to read
+        assert stored.data

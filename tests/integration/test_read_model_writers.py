@@ -5,26 +5,44 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 from events.channel import ChannelConfig
+from events.signing import SigningKey
 from events.subjects import Subjects
-from services.actions.producer import configure_channel
+from services.actions import operator
+from services.actions.producer import configure_channel, request_release
 from services.app import App
 from services.bootstrap import start_service
 from services.jetstream.client import connect
+from services.jetstream.log import Entry
+from services.jetstream.log_reads import release_history
+from services.reads import projector as projector_module
 from services.reads import read_models as rm
 from services.reads.projector import Projector
 from services.settings import Settings
-from tests.harness import CHANNEL, OPERATOR, trust_root_for
+from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for
 
 
 async def _app(nats_url: str, prefix: str) -> App:
-    from events.signing import SigningKey
-
     nc = await connect(nats_url, name=f"writer-{prefix}")
     app = App(nc, Settings(nats_url=nats_url, prefix=prefix), trust_root_for(SigningKey.generate()))
     await start_service(app, ())  # the follower alone: the projector is what is tested
     return app
+
+
+async def _one_run(app: App) -> Projector:
+    """A projector run until it has written the log's last sequence, then stopped."""
+    projector = Projector(app, interval_s=0.01)
+    task = asyncio.create_task(projector.run())
+    try:
+        last = (await app.js.stream_info(app.subjects.releases_stream)).state.last_seq
+        while projector.position < last:
+            await asyncio.wait_for(projector.flushed.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return projector
 
 
 async def test_two_writers_never_move_a_value_back_and_both_reach_the_end(nats_url, prefix):
@@ -133,18 +151,6 @@ async def test_a_restarted_projector_resumes_only_from_a_bucket_it_can_trust(nat
     s = Subjects(prefix)
     kv = await app.js.key_value(s.read_bucket)
 
-    async def one_run() -> Projector:
-        projector = Projector(app, interval_s=0.01)
-        task = asyncio.create_task(projector.run())
-        try:
-            last = (await app.js.stream_info(s.releases_stream)).state.last_seq
-            while projector.position < last:
-                await asyncio.wait_for(projector.flushed.wait(), 10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        return projector
-
     async def position_says(**changes) -> int:
         entry = await kv.get(rm.POSITION)
         doc = {**json.loads(entry.value), **changes}
@@ -153,14 +159,56 @@ async def test_a_restarted_projector_resumes_only_from_a_bucket_it_can_trust(nat
 
     try:
         await configure_channel(app.log, app.js, "prod", "canary", ChannelConfig.model_validate(CHANNEL), OPERATOR)
-        assert (await one_run()).resumed_at is None  # an empty bucket: the whole (one-entry) log
+        assert (await _one_run(app)).resumed_at is None  # an empty bucket: the whole (one-entry) log
         at = json.loads((await kv.get(rm.POSITION)).value)["seq"]
-        assert (await one_run()).resumed_at == at
+        assert (await _one_run(app)).resumed_at == at
         await position_says(keys="sha256:" + "0" * 64)  # written by a service trusting other keys
-        assert (await one_run()).resumed_at is None
+        assert (await _one_run(app)).resumed_at is None
         assert json.loads((await kv.get(rm.POSITION)).value)["keys"] is None  # rewritten under ours
         await position_says(seq=at + 1000)  # ahead of this log (another log under the same prefix)
-        assert (await one_run()).resumed_at is None
+        assert (await _one_run(app)).resumed_at is None
+    finally:
+        await app.stop()
+        await app.nc.close()
+
+
+async def test_a_resume_takes_the_releases_the_follower_holds_and_reads_back_the_rest(nats_url, prefix, monkeypatch):
+    """Resumed at the bucket's position, a release in flight there comes from the follower's world when
+    nothing of it came after (no read of its events: a quarter of a restarted activator's work, read one
+    by one); one that changed after is read back from its own events. Either way the history holds what
+    a fold of each release's own events says (`release_history`, the oracle it replaced)."""
+    app = await _app(nats_url, prefix)
+    s, key = app.subjects, SigningKey.generate()
+    try:
+        for release_id in ("r1", "r2", "r3"):
+            await request_release(app.log, release_id, request_data(make_pack("1.0.0", key)), PRODUCER)
+        position = (await _one_run(app)).position  # the bucket: three releases open at `position`
+        await app.follower.catch_up()
+        note = operator.annotate(app.follower.world, "r2", "after the position", None, OPERATOR, datetime.now(UTC))
+        await app.log.append(Entry(note.event, note.expected_seq, s.release_filter("r2")))  # r2 changes after it
+        await request_release(app.log, "r4", request_data(make_pack("1.1.0", key)), PRODUCER)  # r4 begins after it
+
+        read_back: list[str] = []
+        real = projector_module.release_history
+
+        async def counted(js, subjects, release_id, before_seq, service_keys=None):
+            read_back.append(release_id)
+            return await real(js, subjects, release_id, before_seq, service_keys)
+
+        monkeypatch.setattr(projector_module, "release_history", counted)
+        resumed = await _one_run(app)
+        assert resumed.resumed_at == position
+        assert read_back == ["r2"]
+        monkeypatch.undo()
+        keys = app.follower.service_keys
+        for release_id in ("r1", "r2", "r3", "r4"):
+            whole = await release_history(app.js, s, release_id, resumed.position + 1, keys)
+            assert resumed.history.items[release_id].state == whole, release_id
+        # and the follower far behind the bucket (a lagging process): every release read back, as before
+        monkeypatch.setattr(projector_module, "FOLLOWER_WAIT_S", 0.05)
+        monkeypatch.setattr(app.follower, "position", 0)
+        left, taken = await Projector(app)._from_follower([[1, "r1", None, False]], position)
+        assert (len(left), taken) == (1, 0)
     finally:
         await app.stop()
         await app.nc.close()
