@@ -68,7 +68,8 @@ QUERIES_NOTE = (
     "Named PromQL queries. A name is a letter or _ then letters, digits or _ (at most 64); a query is not "
     f"blank, at most {MAX_QUERY_CHARS} characters, and a `{{name}}` in it is one of the known placeholders "
     f"({', '.join('{' + p + '}' for p in PROMQL_PLACEHOLDERS)}). Each query needs a threshold named after it "
-    "in monitoring.thresholds (`<name>_max` and/or `<name>_min`), a finite number."
+    "in monitoring.thresholds (`<name>_max` and/or `<name>_min`), a finite number a 64-bit double holds "
+    "(at most 1.7976931348623157e308 either way)."
 )
 
 
@@ -259,8 +260,17 @@ def prometheus_problems(source: PrometheusSource, thresholds: Thresholds) -> lis
         for op, value in limits:
             if not is_limit(value):
                 key = f"{name}_{'max' if op == '<=' else 'min'}"
-                problems.append(f"monitoring.thresholds.{key} must be a finite number, not {value!r}")
+                problems.append(
+                    f"monitoring.thresholds.{key} must be a finite number a double holds, not {_shown(value)}"
+                )
     return problems
+
+
+def _shown(value: object) -> str:
+    """A refused value as the message shows it: an integer of 400 digits is named by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
 
 
 def _custom_thresholds(model: BaseModel) -> set[str]:

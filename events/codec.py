@@ -75,6 +75,11 @@ def decode_json_object(raw: bytes, max_bytes: int = EVENT_MAX_BYTES) -> dict[str
     return doc
 
 
+def _unvalidated(exc: BaseException, field: str | None) -> DecodeError:
+    message = f"could not be validated: {exc.__class__.__name__}: {exc}"[:500]
+    return DecodeError(message, [{"code": "invalid", "field": field, "message": message}])
+
+
 def decode_payload(event_type: str, data: Any) -> BaseModel:
     model = PAYLOADS.get(event_type)
     if model is None:
@@ -87,6 +92,10 @@ def decode_payload(event_type: str, data: Any) -> BaseModel:
     except ValidationError as exc:
         reasons = _pydantic_reasons(exc, "data")
         raise DecodeError(_describe(reasons), reasons) from None
+    except (ValueError, ArithmeticError, RecursionError, TypeError) as exc:
+        # a validator that raised instead of refusing (an OverflowError on a number past a double's range
+        # did): still a refusal of this payload, never an exception that stops whoever reads the log
+        raise _unvalidated(exc, "data") from None
 
 
 def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | None = None) -> Event:
@@ -121,6 +130,8 @@ def decode_event(raw: bytes, subject: str | None = None, subjects: Subjects | No
     except ValidationError as exc:
         reasons = [r for r in _pydantic_reasons(exc, "") if r["field"] != "data"]
         raise DecodeError(_describe(reasons), reasons) from None
+    except (ValueError, ArithmeticError, RecursionError, TypeError) as exc:
+        raise _unvalidated(exc, None) from None
     family = event.family  # (a property that splits the type: once here, not per check)
     if family in RELEASE_FAMILIES and event.release_id is None:
         raise DecodeError(

@@ -10,6 +10,7 @@ Change a threshold here and every one of those places sees it.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -49,7 +50,7 @@ class Thresholds(BaseModel):
                 values = [v for v in (merged.get(key), asked.get(key)) if v is not None]
                 merged[key] = (min if key.endswith("_max") else max)(values) if values else None
         # A custom threshold (a channel's Prometheus query `queue_depth` is judged on `queue_depth_max`)
-        # tightens the same way; a request's value that is not a finite number is ignored.
+        # tightens the same way; a request's value that is not a finite number a double holds is ignored.
         for key in request.__pydantic_extra__ or {}:
             if not key.endswith(("_max", "_min")) or not is_limit(asked.get(key)):
                 continue
@@ -66,6 +67,16 @@ class Thresholds(BaseModel):
         return Thresholds(**merged)
 
 
+DOUBLE_MAX = sys.float_info.max  # the largest finite 64-bit double: what every judge compares in
+
+
 def is_limit(value: object) -> bool:
-    """A threshold value that can judge: a finite int or float (a bool is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A threshold value that can judge: an int or float a 64-bit double holds, finite (a bool is not
+    one). Total: an integer past the double's range (JSON numbers have no size limit: a 400-digit
+    literal is valid JSON) is not a limit, where `math.isfinite` raised OverflowError on it and took
+    every reader of the log down with it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return -DOUBLE_MAX <= value <= DOUBLE_MAX
+    return math.isfinite(value)

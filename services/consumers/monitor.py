@@ -36,10 +36,13 @@ from services.monitoring.judge import (
     baseline_digests,
     breach_of,
     counts_for,
+    exposed_before,
     first_breach,
     judge_window,
     live_cohorts,
+    live_refusal,
     read_span,
+    refusals_since,
     window_data,
 )
 from services.monitoring.prometheus import Place, queries_for
@@ -48,6 +51,7 @@ from services.reads.prometheus import ask_all
 
 NAME = "monitor"
 log = logging.getLogger(__name__)
+TIMER_EARLY_S = 1.0  # a window's timer this early is waited for; earlier, it is ignored (the sweep judges it when due)
 
 
 def timer_key(release_id: str, stage: int) -> str:
@@ -230,6 +234,13 @@ class WindowVerdict:
     async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> WindowData | None | Failed:
         if not self._open(release):
             return None
+        assert release.monitoring is not None
+        if ctx.now < release.monitoring.ends_at:
+            # never judged before its end, whatever fired: a timer message anyone can make JetStream publish
+            # (an API request with the timer's subject as its reply: docs/permissions.md) ended a 60 s window
+            # after 6 s. The sweep judges it once it is due.
+            log.warning("monitor: window %d of %s not over yet: not judged", self.stage, release.release_id)
+            return None
         try:
             return await self.monitor.window_data(world, release)
         except Exception as exc:  # fail closed: an unreadable window holds the release, recorded
@@ -353,22 +364,39 @@ class Monitor(ReleaseReactor[StageFacts]):
             if stage < len(release.prepared.stages)
             else []
         )
-        target = release.prepared.target
+        target, until = release.prepared.target, self.port.clock() + CLOCK_SKEW
         try:
             stored = await samples_between(
-                self.port.js,
-                self.port.subjects,
-                target.env,
-                target.channel,
-                cohorts,
-                since - CLOCK_SKEW,
-                self.port.clock() + CLOCK_SKEW,
+                self.port.js, self.port.subjects, target.env, target.channel, cohorts, since - CLOCK_SKEW, until
             )
+            earlier = await self.earlier_refusals(release, digest, until)
         except Exception as exc:
             log.info("monitor: reports since the activation of %s not read: %s", release.release_id, exc)
             return None
         found = first_breach(stored, digest, release.prepared.monitoring, since)
-        return (found[0], breach_figures(found[1])) if found else None
+        if found is not None:  # the window's own cohorts first
+            return found[0], breach_figures(found[1])
+        for refusal in earlier:
+            breach = breach_of(refusal, release.prepared.monitoring)
+            if breach is not None:
+                return breach, breach_figures(refusal)
+        return None
+
+    async def earlier_refusals(self, release: ReleaseState, digest: str, until: datetime) -> list[HealthSample]:
+        """The pack's refusals stored in the cohorts of earlier stages since each stage's pointers moved
+        (`exposed_before`), up to `until`, oldest stage first."""
+        assert release.prepared is not None
+        target = release.prepared.target
+        groups = exposed_before(release)
+        reads = await asyncio.gather(
+            *(
+                samples_between(
+                    self.port.js, self.port.subjects, target.env, target.channel, list(cohorts), at - CLOCK_SKEW, until
+                )
+                for cohorts, at in groups
+            )
+        )
+        return [s for (_, at), stored in zip(groups, reads) for s in refusals_since(stored, digest, at)]
 
     def emitted(self, outputs) -> None:
         for o in outputs:
@@ -387,6 +415,12 @@ class Monitor(ReleaseReactor[StageFacts]):
             raise Poison(f"not a window timer: {msg.subject}")
         release_id, stage = parsed
         await self.port.follower.catch_up()
+        release = self.port.follower.world.release(release_id)
+        m = release.monitoring if release is not None else None
+        if m is not None and m.stage == stage:
+            early = (m.ends_at - self.port.clock()).total_seconds()
+            if 0 < early <= TIMER_EARLY_S:  # the server's clock a little ahead of ours: wait for the end
+                await asyncio.sleep(early)
         await self.settle(release_id, WindowVerdict(self, stage))
 
     async def window_data(self, world: World, release: ReleaseState) -> WindowData:
@@ -402,6 +436,7 @@ class Monitor(ReleaseReactor[StageFacts]):
             baseline_digests=baseline_digests(world, release),
             activated_at=since,
             invalid=reports.invalid,
+            earlier_refusals=await self.earlier_refusals(release, m.digest, m.ends_at),
         )
         return replace(data, queries=await self.prometheus_answers(world, release))
 
@@ -466,12 +501,13 @@ class Monitor(ReleaseReactor[StageFacts]):
         if parts is None:
             return  # an invalid report makes its window inconclusive when the window is judged
         world = self.port.follower.world
-        watches = [  # the open windows on the report's cohort
+        place = (parts.env, parts.channel, parts.cohort)
+        watches = [  # the open windows of releases the report's cohort can fail (their own, or an earlier stage's)
             (release, watch)
             for release_id in world.in_flight
             if (release := world.releases[release_id]).phase == "monitoring"
             and (watch := Watch.of_release(release)) is not None
-            and watch.placed_on(parts)
+            and place in live_cohorts(release)
         ]
         if not watches:
             # no open window on its cohort: not decoded at all (a thousand runtimes reporting a rollback
@@ -482,9 +518,12 @@ class Monitor(ReleaseReactor[StageFacts]):
         if not isinstance(sample, HealthSample) or sample.digest is None:
             return
         for release, watch in watches:
-            if release.monitoring is None or not counts_for(watch, sample, subject=parts):
+            if release.monitoring is None:
                 continue
-            found = breach_of(sample, release.monitoring.monitoring)
+            if counts_for(watch, sample, subject=parts):
+                found = breach_of(sample, release.monitoring.monitoring)
+            else:
+                found = live_refusal(release, parts.cohort, sample)
             if found:
                 try:
                     await self.settle(release.release_id, LiveBreach(found, breach_figures(sample, parts.cohort)))

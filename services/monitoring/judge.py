@@ -165,7 +165,44 @@ def live_cohorts(release: ReleaseState | None) -> frozenset[tuple[str, str, str]
     cohorts = set(window.cohorts) if window is not None else set()
     if 0 <= release.stage < len(stages):
         cohorts.update(stages[release.stage])
+    for earlier, _ in exposed_before(release):  # a refusal there fails the release too
+        cohorts.update(earlier)
     return frozenset((target.env, target.channel, cohort) for cohort in cohorts)
+
+
+def exposed_before(release: ReleaseState) -> list[tuple[tuple[str, ...], datetime]]:
+    """The cohorts `release` switched at stages before its current one, each stage's with the time its
+    pointers moved. Pure.
+
+    A window watches its own stage's cohorts, but the pack still runs in the earlier ones: a runtime
+    there that refuses it (README "Safety semantics": any refusal of the new pack after its pointer
+    moved fails the release) must fail the release as much as one in the window's own cohorts, or the
+    refused pack closes `success` and becomes the last-known-good where it was refused.
+    """
+    if release.prepared is None:
+        return []
+    out = []
+    for stage, cohorts in enumerate(release.prepared.stages[: max(release.stage, 0)]):
+        exposed = tuple(c for c in cohorts if c in release.activated)
+        at = release.activated_at.get(stage)
+        if exposed and at is not None:
+            out.append((exposed, at))
+    return out
+
+
+def refusals_since(stored: Iterable[tuple[datetime, HealthSample]], digest: str, since: datetime) -> list[HealthSample]:
+    """The refusals of pack `digest` stored from `since` (its pointer's move, give or take the clock skew) on. Pure."""
+    return [s for at, s in stored if s.digest == digest and _refusal(s) and at >= since - CLOCK_SKEW]
+
+
+def live_refusal(release: ReleaseState, cohort: str, sample: HealthSample) -> Breach | None:
+    """A refusal of the watched pack arriving live on a cohort the release exposed at an earlier stage. Pure."""
+    m = release.monitoring
+    if m is None or sample.digest != m.digest or not _refusal(sample):
+        return None
+    if not any(cohort in cohorts for cohorts, _ in exposed_before(release)):
+        return None
+    return breach_of(sample, m.monitoring)
 
 
 def counts_for(
@@ -191,12 +228,14 @@ def window_data(
     baseline_digests: Collection[str] = (),
     activated_at: datetime | None = None,
     invalid: Iterable[tuple[datetime, Invalid]] = (),
+    earlier_refusals: Iterable[HealthSample] = (),
 ) -> WindowData:
     """Split stored (server time, sample) pairs of the window's cohorts into what judges it.
 
     `activated_at` is when the stage's pointers moved (default: the window's start);
     `baseline_digests` the packs the cohorts ran before (none: no baseline, so every error
-    class counts as new).
+    class counts as new); `earlier_refusals` the pack's refusals in the cohorts of earlier stages
+    (`exposed_before`), judged as the window's own: each fails it.
     """
     watch = Watch.of(window, activated_at)
     before = min(watch.activated_at, window.starts_at)
@@ -212,6 +251,7 @@ def window_data(
             if s.digest is not None and s.digest in baseline_digests:
                 baseline.append(s)
     bad = [i for at, i in invalid if watch.covers(at)]
+    new.extend(earlier_refusals)
     return WindowData(new, baseline, frozenset(ran_other), bad)
 
 

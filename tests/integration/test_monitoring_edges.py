@@ -291,3 +291,112 @@ async def test_the_live_feed_carries_only_the_cohorts_of_a_window_open_or_about_
         assert [d for d in (idle, elsewhere, after) if d in delivered] == []
         stored = await js.get_last_msg(s.health_stream, after)  # stored all the same, for windows to read
         assert stored.data
+
+
+# ==== a refusal in a cohort an earlier stage exposed fails the release ===========================
+
+
+def _refusal_of(digest: str, runtime_id: str) -> bytes:
+    body = {
+        "runtime_id": runtime_id,
+        "digest": digest,
+        "at": datetime.now(UTC).isoformat(),
+        "kind": "activation",
+        "ok": False,
+        "took_ms": 12.0,
+        "error": "pack fails to load: index corrupt",
+    }
+    return json.dumps(body).encode()
+
+
+async def _second_release(svc, window_s: int) -> str:
+    """r1 closes success (1 s windows); r2, a new pack asking for `window_s` windows, is requested. Its digest."""
+    await svc.configure()
+    await svc.runtime("t-int-1")
+    await svc.runtime("tenant-42")
+    await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+    assert (await svc.wait_release("r1")).outcome == "success"
+    bad = make_pack("1.1.0", svc.key)
+    await svc.request("r2", bad, monitoring={"window_s": window_s, "min_samples": 1})
+    return bad.digest
+
+
+async def _fails_on_the_refusal(svc, digest: str) -> MonitoringVerdict:
+    release = await svc.wait_release("r2", timeout=40)
+    failed = [v for kind, v in release.verdicts if kind == "monitoring_failed"]
+    assert release.outcome != "success" and failed, release.verdicts
+    assert failed[0].trigger == "activation_failure" and "rt-t-int-2" in failed[0].reason
+    internal = svc.world.scope("prod", "canary", "internal")
+    assert internal.lkg is None or internal.lkg.digest != digest  # never the known-good where it was refused
+    return failed[0]
+
+
+def _in_stage_window(svc, stage: int):
+    release = svc.world.release("r2")
+    return release if release and release.phase == "monitoring" and release.monitoring.stage == stage else None
+
+
+async def test_a_refusal_in_an_earlier_stages_cohort_fails_the_later_window_live(nats_url, prefix):
+    """During stage 2's window (`rest`), a runtime of `internal` (exposed at stage 1, its pointer live) refuses
+    the pack: the window fails at once (the live feed listens to every cohort the release exposed)."""
+    async with running_service(nats_url, prefix) as svc:
+        digest = await _second_release(svc, 30)
+        await wait_for(lambda: _in_stage_window(svc, 1), 40, "r2's second window", lambda: svc.world.release("r2"))
+        await svc.app.js.publish(health_subject(svc, "rt-t-int-2"), _refusal_of(digest, "rt-t-int-2"))
+        assert (await _fails_on_the_refusal(svc, digest)).early  # long before the 30 s window ends
+
+
+async def test_a_refusal_in_an_earlier_stages_cohort_fails_the_window_at_its_end(nats_url, prefix, monkeypatch):
+    """Without the live feed and the scans when windows open (a monitor that missed it on the way), the
+    window's end reads the earlier stages' cohorts for refusals of the pack since their own activation."""
+
+    async def deaf(self) -> None:
+        await asyncio.Event().wait()
+
+    async def blind(self, release, stage, digest):
+        return None
+
+    monkeypatch.setattr(Monitor, "watch_health", deaf)
+    monkeypatch.setattr(Monitor, "early_breach", blind)
+    async with running_service(nats_url, prefix) as svc:
+        digest = await _second_release(svc, 3)
+        await wait_for(lambda: _in_stage_window(svc, 1), 40, "r2's second window", lambda: svc.world.release("r2"))
+        await svc.app.js.publish(health_subject(svc, "rt-t-int-2"), _refusal_of(digest, "rt-t-int-2"))
+        assert not (await _fails_on_the_refusal(svc, digest)).early
+
+
+async def test_a_refusal_between_windows_fails_the_next_window_as_it_opens(nats_url, prefix):
+    """A refusal stored in stage 1's cohort after its window passed and before stage 2 activates (here: the
+    release paused there by an operator) fails stage 2's window the moment it opens."""
+    async with running_service(nats_url, prefix) as svc:
+        digest = await _second_release(svc, 3)
+        await wait_for(lambda: _in_stage_window(svc, 0), 40, "r2's first window", lambda: svc.world.release("r2"))
+        await act(svc, ops.pause(svc.world, "r2", "hold between stages", OPERATOR, datetime.now(UTC)))
+        await svc.wait_release("r2", "passed", timeout=20)  # judged; the promoter waits for the resume
+        await svc.app.js.publish(health_subject(svc, "rt-t-int-2"), _refusal_of(digest, "rt-t-int-2"))
+        await act(svc, ops.resume(svc.world, "r2", "go on", OPERATOR, datetime.now(UTC)))
+        failed = await _fails_on_the_refusal(svc, digest)
+        assert failed.stage == 1 and failed.early
+
+
+async def test_a_window_timer_fired_early_judges_nothing(nats_url, prefix):
+    """Anyone can make JetStream publish on a timer's subject (an API request naming it as the reply:
+    docs/permissions.md). A window's fire message long before its end is ignored; the window is judged
+    at its end all the same (the sweep, or the genuine timer)."""
+    from services.consumers.monitor import timer_key
+
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        assert (await svc.wait_release("r1")).outcome == "success"
+        await svc.request("r2", make_pack("1.1.0", svc.key), monitoring={"window_s": 4, "min_samples": 1})
+        await wait_for(lambda: _in_stage_window(svc, 0), 40, "r2's first window", lambda: svc.world.release("r2"))
+        opened = svc.world.release("r2").monitoring
+        await svc.app.js.publish(svc.app.subjects.timer_fire(timer_key("r2", 0)), b"forged")
+        await asyncio.sleep(1.5)
+        assert verdicts(svc, "r2") == []  # nothing judged before the window's end
+        kind, verdict = await first_verdict(svc, "r2")
+        assert kind == "monitoring_passed"
+        assert svc.world.release("r2").verdicts and datetime.now(UTC) >= opened.ends_at

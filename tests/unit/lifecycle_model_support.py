@@ -36,7 +36,16 @@ from services.consumers import activator, distributor, monitor, pinner, preparer
 from services.consumers import verifier as verifier_adapter
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.consumers.verifier import context_for
-from services.monitoring.judge import Watch, counts_for, hard_breach, split_window, window_span
+from services.monitoring.judge import (
+    Watch,
+    counts_for,
+    exposed_before,
+    hard_breach,
+    live_refusal,
+    refusals_since,
+    split_window,
+    window_span,
+)
 from services.verification.gates import VerifyContext, verify_bytes
 from services.verification.readiness import TargetCheck, judge_target
 
@@ -386,14 +395,16 @@ class Lifecycle:
             release = self.world.release(rid)
             watch = Watch.of_release(release) if release is not None and release.phase == "monitoring" else None
             m = release.monitoring if release else None
-            if (
-                watch is None
-                or m is None
-                or not counts_for(watch, sample, subject=HealthParts(ENV, channel, cohort, sample.runtime_id))
-            ):
+            if watch is None or m is None or release is None:
                 continue
             try:
-                reason = hard_breach(sample, m.monitoring)
+                if counts_for(watch, sample, subject=HealthParts(ENV, channel, cohort, sample.runtime_id)):
+                    reason = hard_breach(sample, m.monitoring)
+                else:  # a refusal in a cohort an earlier stage exposed
+                    found = (
+                        live_refusal(release, cohort, sample) if channel == release.prepared.target.channel else None
+                    )
+                    reason = found.reason if found else None
             except Exception as exc:
                 self.problems.append(Violation(self.seq, "decide_raised", f"monitor breach check on {rid}: {exc!r}"))
                 continue
@@ -437,7 +448,11 @@ class Lifecycle:
         lo, hi = window_span(m)
         channel = release.prepared.target.channel
         stored = [(at, s) for at, ch, co, s in self.health if ch == channel and co in m.cohorts and lo <= at <= hi]
-        return split_window(stored, m)
+        new, baseline = split_window(stored, m)
+        for cohorts, since in exposed_before(release):  # the monitor's `earlier_refusals`
+            earlier = [(at, s) for at, ch, co, s in self.health if ch == channel and co in cohorts and at <= hi]
+            new.extend(refusals_since(earlier, m.digest, since))
+        return new, baseline
 
     # -- timers --------------------------------------------------------------------------------------
     def fire(self, key: str) -> None:
@@ -642,19 +657,25 @@ class Lifecycle:
         if release is None or release.prepared is None or release.verified is None:
             return
         stage = event.data.stage  # type: ignore[attr-defined]
-        cohorts = [c for c in release.stages[stage] if c in release.activated] if stage < len(release.stages) else []
-        since = release.activated_at.get(stage)
+        # every cohort exposed so far, this stage's and the earlier ones', each from its own stage's activation:
+        # the pack still runs in the earlier ones (written apart from the monitor's `exposed_before` on purpose)
+        exposed = {
+            c: release.activated_at[k]
+            for k, plan_stage in enumerate(release.stages[: stage + 1])
+            if k in release.activated_at
+            for c in plan_stage
+            if c in release.activated
+        }
         channel = release.prepared.target.channel
         refusals = [
             s.runtime_id
             for at, ch, co, s in self.health
             if ch == channel
-            and co in cohorts
+            and co in exposed
             and s.kind == "activation"
             and s.ok is False
             and s.digest == release.verified.pack.digest
-            and since is not None
-            and since <= at <= event.occurred_at
+            and exposed[co] <= at <= event.occurred_at
         ]
         if refusals:
             self.problems.append(

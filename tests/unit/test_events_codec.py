@@ -747,3 +747,48 @@ def test_release_triples_compare_like_tuples(a: tuple[int, int, int], b: tuple[i
     va, vb = parse_version(".".join(map(str, a))), parse_version(".".join(map(str, b)))
     assert (va < vb) == (a < b)
     assert (va == vb) == (a == b)
+
+
+def _configured_with_threshold(value: int) -> bytes:
+    data = {
+        "cohorts": [{"name": "all"}],
+        "plan": [["all"]],
+        "monitoring": {
+            "window_s": 60,
+            "thresholds": {"error_rate_max": 0.1, "queue_depth_max": value},
+            "prometheus": {"url": "http://127.0.0.1:9", "queries": {"queue_depth": "max(q)"}},
+        },
+    }
+    doc = {
+        "event_id": "e-big",
+        "type": "channel.configured",
+        "schema_version": SCHEMA_VERSION,
+        "occurred_at": "2030-01-01T00:00:00Z",
+        "actor": {"kind": "operator", "id": "ops"},
+        "data": data,
+    }
+    return json.dumps(doc).encode()  # json writes a Python int of any size as its digits
+
+
+def test_a_number_past_a_double_in_a_channel_config_is_a_refusal_not_an_exception() -> None:
+    """A 400-digit integer threshold is valid JSON; `decode_event` names it (it raised OverflowError, which
+    no reader of the log catches: one such entry stopped the service's follower and `kxr audit replay`)."""
+    subject = "kx.channel.prod.canary.configured"
+    assert decode_event(_configured_with_threshold(10**300), subject).data.monitoring.prometheus is not None
+    with pytest.raises(DecodeError) as refused:
+        decode_event(_configured_with_threshold(10**400), subject)
+    assert refused.value.reasons[0]["message"].endswith(
+        "monitoring.thresholds.queue_depth_max must be a finite number a double holds, not an integer of 401 digits"
+    )
+
+
+def test_a_validator_that_raises_anything_is_still_a_decode_error(monkeypatch) -> None:
+    """Whatever a model's validator raises (a bug, a library's edge), the reader gets a DecodeError naming it."""
+    from events import channel as channel_module
+
+    def broken(*_args, **_kwargs):
+        raise ArithmeticError("a validator's own failure")
+
+    monkeypatch.setattr(channel_module, "is_limit", broken)
+    with pytest.raises(DecodeError, match="could not be validated: ArithmeticError: a validator's own failure"):
+        decode_event(_configured_with_threshold(5), "kx.channel.prod.canary.configured")

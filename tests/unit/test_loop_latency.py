@@ -228,8 +228,10 @@ async def test_a_live_report_with_no_open_window_on_its_cohort_is_not_decoded(mo
         return SimpleNamespace(
             phase=phase,
             monitoring=window,
+            stage=0,
+            activated=tuple(cohorts),
             activated_at={0: now},
-            prepared=SimpleNamespace(target=SimpleNamespace(env="prod", channel=channel)),
+            prepared=SimpleNamespace(target=SimpleNamespace(env="prod", channel=channel), stages=[cohorts]),
         )
 
     releases = {

@@ -84,6 +84,24 @@ def test_a_refusal_before_the_window_opens_is_no_pass() -> None:
     assert "pass_despite_refusal" not in codes(m), lines(m)
 
 
+def test_a_refusal_in_an_earlier_stages_cohort_is_no_pass() -> None:
+    """Stage 1 (`internal`) passes, stage 2's window opens, both runtimes of `internal` refuse the pack (stored,
+    not seen live), then `rest` reports well and the window ends: neither stage 2's pass nor a success.
+    (Found by an outside review, not the randomized model: it rarely sends a refusal to stage 1's cohort
+    while stage 2's window is open.)"""
+    m = model()
+    rid = m.request(V110)
+    m.settle()
+    m.healthy_window()
+    release = m.world.release(rid)
+    assert (release.phase, release.stage) == ("monitoring", 1), lines(m)
+    m.send_samples("refusal", ("internal",), live=False)
+    m.healthy_window(kinds=("activation_ok", "good", "good"))
+    assert "pass_despite_refusal" not in codes(m), lines(m)
+    assert m.world.release(rid).outcome != "success"
+    assert m.world.scope("prod", "canary", "internal").lkg.digest == V100.digest
+
+
 def _overridden_release(m: Lifecycle) -> str:
     """Stage 1 inconclusive (no samples), passed by `kxr release promote`; stage 2 passes on data."""
     rid = m.request(V110)

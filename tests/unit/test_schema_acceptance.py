@@ -73,7 +73,10 @@ CHANNEL_RULES: list[Rule] = [
         r"no threshold to judge it against: set monitoring\.thresholds\.\w+_max or \w+_min",
         "needs a threshold named after it",
     ),
-    (rf"monitoring\.thresholds\.\w+ must be a finite number, not (?:{_QUOTED}|[^;]*)", "a finite number"),
+    (
+        rf"monitoring\.thresholds\.\w+ must be a finite number a double holds, not (?:{_QUOTED}|[^;]*)",
+        "a finite number a 64-bit double holds",
+    ),
     (
         r"is not a URL \('.*' does not appear to be an IPv4 or IPv6 address\)",
         "a bracketed IPv6 literal must be a valid",

@@ -47,3 +47,16 @@ def test_fail_and_enforce_are_sticky_and_unset_fields_keep_the_channel() -> None
     assert channel.tightened_by(Thresholds(statistical="off")).statistical == "report"
     # a request that names nothing keeps every value of the channel
     assert channel.tightened_by(Thresholds()) == channel
+
+
+def test_a_limit_is_a_number_a_double_holds_and_asking_never_raises() -> None:
+    """JSON numbers have no size limit: an integer past a double's range is valid JSON but cannot judge.
+    `is_limit` says so (math.isfinite raised OverflowError on it, and took every log reader with it)."""
+    from events.thresholds import DOUBLE_MAX, is_limit
+
+    assert is_limit(10**300) and is_limit(-(10**300)) and is_limit(int(DOUBLE_MAX)) and is_limit(0.5)
+    assert not any(is_limit(v) for v in (10**400, -(10**400), int(DOUBLE_MAX) * 2, float("inf"), True, "1", None))
+    channel = Thresholds(error_rate_max=0.05, queue_depth_max=100)  # type: ignore[call-arg]
+    asked = Thresholds(queue_depth_max=10**400, backlog_min=-(10**400))  # type: ignore[call-arg]
+    merged = channel.tightened_by(asked)  # a request's value that cannot judge is ignored, as "x" is
+    assert merged.queue_depth_max == 100 and "backlog_min" not in merged.model_dump()  # type: ignore[attr-defined]
