@@ -22,20 +22,30 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
     pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
     another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
     pack, else the one pre-flight recorded. A strategy never falls back to another's target:
-    an unusable choice holds and escalates.
+    an unusable choice holds and escalates. Whatever the choice, the release's own pack is no
+    target: a rollback never "lands" on the pack it rolls back from (no pointer would move, and
+    `rolled_back` would record a remediation that did not happen).
     """
     assert release.prepared is not None
     env, channel = release.prepared.target.env, release.prepared.target.channel
     scope = world.scope(env, channel, cohort)
     pin = scope.pinned_at(now)
-    if pin is not None:
-        return pin.pack
     recorded = release.prepared.rollback_targets.get(cohort)
-    if release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
-        return recorded
-    if scope.lkg is not None and (release.verified is None or scope.lkg.digest != release.verified.pack.digest):
-        return scope.lkg
-    return recorded
+    if pin is not None:
+        target: PackRef | None = pin.pack
+    elif release.prepared.rollback_strategy != "lkg":  # pinned: the recorded prior; none: nothing (hold)
+        target = recorded
+    elif scope.lkg is not None and not is_own_pack(release, scope.lkg):
+        target = scope.lkg
+    else:
+        target = recorded
+    return None if target is not None and is_own_pack(release, target) else target
+
+
+def is_own_pack(release: ReleaseState, pack: PackRef) -> bool:
+    """Whether `pack` is the pack `release` rolls out (so never a place to roll it back to)."""
+    own = release.pack
+    return own is not None and own.digest == pack.digest
 
 
 def rollback_targets(world: World, release: ReleaseState, now: datetime) -> dict[str, PackRef | None]:

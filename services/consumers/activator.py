@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
@@ -16,6 +17,7 @@ from events.model import Activated, ActivationFailed, Escalated, PackRef, Rolled
 from events.versions import parse_version
 from projections.pointer_chain import chained_pointer
 from projections.releases import ReleaseState
+from projections.rollback import is_own_pack
 from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
@@ -116,6 +118,23 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
     return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
 
 
+def held_by_pin(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:
+    """The pack a pin in force at `now` holds `cohort` on, when the scope already runs it (None otherwise).
+
+    A rollback leaves such a cohort where it is, as a rollout skips a pinned cohort (a pin set
+    after the targets were recorded still wins). A pin whose pointer has not moved yet is no
+    such hold: the cohort still runs the release's pack, so it is rolled back to its target
+    (the pinner then switches it to the pin), rather than left on the failing pack on the
+    strength of a switch that has not happened (and may be refused).
+    """
+    assert release.prepared is not None
+    scope = world.scope(release.prepared.target.env, release.prepared.target.channel, cohort)
+    pin = scope.pinned_at(now)
+    if pin is None or scope.active_pack is None or scope.active_pack.digest != pin.pack.digest:
+        return None
+    return pin.pack
+
+
 def decide_rollback(
     world: World,
     release: ReleaseState,
@@ -126,19 +145,33 @@ def decide_rollback(
     """Switch every cohort this release touched back to its target, in one batch.
 
     `target_problems` maps a target digest to why it can no longer be used (None: valid);
-    any problem, or a missing target, fails closed: hold and escalate. `target_signers`: who
-    signed each target under the root in force (the pointers' `signers` evidence).
+    any problem, or a missing target, fails closed: hold and escalate. The release's own pack
+    is no target (a rollback never "lands" on the pack that failed), be it the recorded
+    target or a pin holding the cohort on it. A cohort a pin in force holds on its pack
+    (`held_by_pin`) is left there and needs no target. `target_signers`: who signed each
+    target under the root in force (the pointers' `signers` evidence).
+
+    `rolled_back.targets` names, per cohort, the pack it runs once the batch is stored: its
+    recorded target, or the pin's pack for a cohort left on its pin.
     """
     if release.phase != "rolling_back" or release.rollback is None or release.prepared is None:
         return []
     env, channel = release.prepared.target.env, release.prepared.target.channel
     escalation = release.prepared.escalation
     targets = release.rollback.targets
+    on_pin: dict[str, PackRef] = {}
     problems = []
     for cohort in release.activated:
+        pinned = held_by_pin(world, release, cohort, ctx.now)
         target = targets.get(cohort)
-        if target is None:
+        if pinned is not None and is_own_pack(release, pinned):
+            problems.append(f"{cohort}: pinned to {pinned.version}, the pack being rolled back")
+        elif pinned is not None:
+            on_pin[cohort] = pinned
+        elif target is None:
             problems.append(f"{cohort}: no rollback target")
+        elif is_own_pack(release, target):
+            problems.append(f"{cohort}: target {target.version} is the pack being rolled back")
         elif target.digest not in target_problems:
             problems.append(f"{cohort}: target {target.version} was not checked")
         elif target_problems[target.digest]:
@@ -149,8 +182,9 @@ def decide_rollback(
     batch_step = "rollback"
     batch_id = derived_event_id(release.last_event_id or release.release_id, NAME, batch_step)
     writes = []
-    switched: dict[str, PackRef | None] = {}
     for cohort in release.activated:
+        if cohort in on_pin:
+            continue  # a pin in force holds it on its pack: the operator's word, not the rollback's to undo
         target = targets[cohort]
         assert target is not None
         scope_state = world.scope(env, channel, cohort)
@@ -170,9 +204,8 @@ def decide_rollback(
             ctx, release, Scope(env=env, channel=channel, cohort=cohort), "activated", pointer, batch_step
         )
         writes.append(ScopeWrite(event, scope_state.active_seq))
-        switched[cohort] = target
     rolled_back = RolledBack(
-        cohorts=list(release.activated), targets=dict(targets), batch_id=batch_id if writes else None
+        cohorts=list(release.activated), targets={**targets, **on_pin}, batch_id=batch_id if writes else None
     )
     done = release_event(ctx, release, "rolled_back", rolled_back, batch_step)
     if not writes:

@@ -7,12 +7,15 @@
   (reason `refused`) naming the gate, and the pointer does not move.
 - Expiry is a JetStream scheduled message at `until` that records `scope.unpinned`
   (reason `expired`); a sweep catches any timer that was lost with a process.
+- Only a pin in force moves a pointer: one whose `until` has passed by the time the pinner
+  decides (it was down or lagging, or the pin was short) is only recorded expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from events.codec import decode_event, make_event
@@ -22,6 +25,7 @@ from events.model import Actor, Event, Scope, ScopeUnpinned, VersionDigest
 from projections.pins import pin_too_long
 from projections.pointer_chain import chained_pointer
 from projections.scopes import ScopeState
+from projections.world import World
 from services.consumers.outputs import Timer
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
@@ -91,6 +95,40 @@ def expire(
     )
 
 
+@dataclass(frozen=True)
+class PinStep:
+    """What the pinner does with a pin: record `unpinned` (the pin ends there and moves nothing),
+    or hold it (`hold`: schedule its expiry, then switch to it once its pack is re-verified);
+    neither: nothing (a later pin or unpin superseded it)."""
+
+    unpinned: Event | None = None
+    hold: bool = False
+
+
+def decide_pin(world: World, scope: Scope, seq: int, written: datetime, service: Actor, now: datetime) -> PinStep:
+    """The pinner's decision on the pin stored at `seq`, at `now`. Pure.
+
+    Only a pin in force moves a pointer. One whose `until` has passed by the time the pinner
+    decides (it was down or lagging, the pin was short, or its re-verification outlasted it)
+    is recorded expired and moves nothing: the activator and every other reader already take
+    it as absent, so a late switch would put the scope on a pack nothing holds it to, or
+    clobber a release rolled out there since. A pin longer than the channel's `max_pin_days`
+    (measured from when it was written: the earlier of its own time and ours, so a pin dated
+    ahead gains nothing) is refused.
+    """
+    state = world.scope(scope.env, scope.channel, scope.cohort)
+    if state.pin is None or state.pin_seq != seq:
+        return PinStep()  # superseded by a later pin or unpin: nothing to do for this one
+    if state.pinned_at(now) is None:
+        return PinStep(unpinned=expire(state, scope, service, now))
+    too_long = pin_too_long(world, scope, state.pin.until, min(written, now))
+    if too_long:
+        return PinStep(
+            unpinned=expire(state, scope, service, now, reason="refused", rationale=f"pin refused: {too_long}")
+        )
+    return PinStep(hold=True)
+
+
 class Pinner:
     """Adapter: reacts to pins, switches pinned scopes, expires pins.
 
@@ -145,18 +183,16 @@ class Pinner:
         )
 
     async def _settle_pin(self, key: tuple[str, str, str], seq: int, written: datetime) -> None:
-        """On the scope's current state: refuse the pin, or schedule its expiry and switch to it."""
-        scope, state = self._scope(*key)
-        if state.pin is None or state.pin_seq != seq:
-            return  # superseded by a later pin or unpin: nothing to do for this one
-        too_long = pin_too_long(self.port.follower.world, scope, state.pin.until, min(written, self.port.clock()))
-        if too_long:
-            refused = expire(
-                state, scope, self.actor, self.port.clock(), reason="refused", rationale=f"pin refused: {too_long}"
-            )
-            if refused is not None:  # the pin is in force (checked above): expire() answers an event
-                await self.port.log.append(self.scope_entry(refused, scope, state))
+        """On the scope's current state (`decide_pin`): record the pin's end, or schedule its expiry and switch."""
+        world = self.port.follower.world  # one state for the whole decision (and the CAS values)
+        scope, state = Scope(env=key[0], channel=key[1], cohort=key[2]), world.scope(*key)
+        step = decide_pin(world, scope, seq, written, self.actor, self.port.clock())
+        if step.unpinned is not None:
+            await self.port.log.append(self.scope_entry(step.unpinned, scope, state))
             return
+        if not step.hold:
+            return
+        assert state.pin is not None  # held: the pin is in force (decide_pin)
         until = state.pin.until
         await self.port.schedule(
             Timer(
@@ -183,7 +219,13 @@ class Pinner:
             if refused is not None:  # the pin is in force (checked above): expire() answers an event
                 await self.port.log.append(self.scope_entry(refused, scope, state))
             return
-        switch = switch_to_pin(state, scope, pin_event_id, self.actor, self.port.clock(), signers)  # with its evidence
+        # the verification took time: decided again at the switch, on the same state, the pin may have run out
+        now = self.port.clock()
+        late = decide_pin(world, scope, seq, written, self.actor, now)
+        if late.unpinned is not None:
+            await self.port.log.append(self.scope_entry(late.unpinned, scope, state))
+            return
+        switch = switch_to_pin(state, scope, pin_event_id, self.actor, now, signers)  # with its evidence
         assert switch is not None  # the scope ran another pack a moment ago (checked above), on the same state
         await self.port.log.commit_batch(
             [Entry(switch, state.active_seq)], derived_event_id(pin_event_id, NAME, "batch")

@@ -204,6 +204,15 @@ def preflight(
                 )
                 problems.append(f"{cohort} has no last-known-good pack{hint}")
             targets[cohort] = target
+        # The pack being released is no rollback target: a rollback would "land" on the pack that
+        # failed (no pointer moves, yet `rolled_back` says the cohort is back on its target).
+        chosen = targets[cohort]
+        if chosen is not None and chosen.digest == req.pack.digest:
+            source = "pinned prior" if strategy == "pinned" else "last-known-good"
+            problems.append(
+                f"{cohort}'s {source} is the pack being released ({chosen.version}): no other pack to roll back to"
+            )
+            targets[cohort] = None
     check(
         "rollback_target",
         not problems,

@@ -1,4 +1,9 @@
-"""One-off reads of the release log: entries in order, decoded, with their positions."""
+"""One-off reads of the release log: entries in order, decoded, with their positions.
+
+A read of the whole log never spins on a hole in it (a deleted entry: services/jetstream/reader.py):
+it reads past it and tells `on_missing` (first, last sequence), or says so in a warning. What it folds
+then lacks that entry; the auditor's replay reports it as a violation (services/reads/audit.py).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from projections.snapshot import undecodable_why
 from projections.world import World, apply_undecodable
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
-from services.jetstream.reader import OrderedReader, RawEntry
+from services.jetstream.reader import Missing, OrderedReader, RawEntry
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,18 @@ def position_of(entry: RawEntry) -> Position:
     )
 
 
-def _reader(js, subjects: Subjects, filters: list[str] | None, start_seq: int = 1) -> OrderedReader:
-    whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip
+def _reader(
+    js, subjects: Subjects, filters: list[str] | None, start_seq: int = 1, on_missing: Missing | None = None
+) -> OrderedReader:
+    whole_log = filters is None  # every subject: consecutive sequences, so a gap means a skip or a hole
     return OrderedReader(
-        js, subjects.releases_stream, filters or subjects.log_subjects(), start_seq, contiguous=whole_log, batch=1024
+        js,
+        subjects.releases_stream,
+        filters or subjects.log_subjects(),
+        start_seq,
+        contiguous=whole_log,
+        batch=1024,
+        on_missing=on_missing,
     )
 
 
@@ -65,9 +78,11 @@ async def log_entries(
     *,
     until: datetime | None = None,
     idle_timeout: float = 0.5,
+    on_missing: Missing | None = None,
 ) -> AsyncGenerator[tuple[RawEntry, Position, Event | None], None]:
-    """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode."""
-    reader = _reader(js, subjects, filters)
+    """Every entry (or those on `filters`) up to now, or up to the server time `until`; None if it does not decode.
+    A hole in the whole log goes to `on_missing` before the entry after it (else a warning)."""
+    reader = _reader(js, subjects, filters, on_missing=on_missing)
     try:
         async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
             for entry in entries:  # decoded one by one: a caller that stops early decodes no more
@@ -86,9 +101,11 @@ async def log_batches(
     until: datetime | None = None,
     idle_timeout: float = 0.5,
     start_seq: int = 1,
+    on_missing: Missing | None = None,
 ) -> AsyncIterator[list[tuple[RawEntry, Position, Event | None]]]:
-    """`log_entries`, a list at a time (in order, never empty), from `start_seq`: one generator step per batch."""
-    reader = _reader(js, subjects, filters, start_seq)
+    """`log_entries`, a list at a time (in order, never empty), from `start_seq`: one generator step per batch.
+    A hole in the whole log goes to `on_missing` before the batch after it (else a warning)."""
+    reader = _reader(js, subjects, filters, start_seq, on_missing)
     try:
         async for entries in reader.read_batches(follow=False, idle_timeout=idle_timeout):
             out: list[tuple[RawEntry, Position, Event | None]] = []

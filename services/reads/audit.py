@@ -12,13 +12,22 @@ import pickle
 import sys
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from events.model import Event
 from events.service_signing import Prechecked, ServiceKeys
 from events.subjects import Subjects
 from projections.evidence import EvidenceRecord
-from projections.invariants import SAFETY_CODES, Audit, audit_entry, audit_signed_entry, finish, needs_signature
+from projections.invariants import (
+    SAFETY_CODES,
+    Audit,
+    Violation,
+    audit_entry,
+    audit_signed_entry,
+    finish,
+    needs_signature,
+)
 from projections.position import Position
 from projections.world import World
 from services.jetstream.fold_gc import young_collections_only
@@ -42,6 +51,20 @@ Job = tuple[bytes, str, str, bytes]
 PARALLEL_MIN_ENTRIES = 20_000
 AHEAD_ENTRIES = 4096  # how far (in entries) the verifications may run ahead of the fold
 PIPE_BYTES = 1 << 20  # a worker's stdin: room for about five batches' requests
+MISSING_ENTRY = "missing_entry"  # a violation: sequences of the log that are not stored (a hole)
+
+
+def missing_entry(stream: str, first: int, last: int) -> Violation:
+    """The violation for a hole in the log (sequences `first` to `last` not stored: deleted, as the
+    stream's leader confirms), at its first sequence. Whatever those entries held (a pointer, a verdict,
+    a close) is unknown, so nothing the replay says about what they touched is vouched for."""
+    span = f"seq {first} is" if first == last else f"seqs {first} to {last} ({last - first + 1} entries) are"
+    return Violation(
+        first,
+        MISSING_ENTRY,
+        f"{span} not stored in {stream} (deleted: the stream's leader confirms it): the log's history has a hole, "
+        "so this replay cannot vouch for what it held",
+    )
 
 
 async def replay(
@@ -59,8 +82,22 @@ async def replay(
     a batch ahead of the fold (`parallel`: None decides by the log's length). The fold stays here,
     in log order, and takes each entry's outcome as `ServiceKeys.check` would find it: the same
     problems at the same sequences as the serial check.
+
+    A hole in the log (an entry deleted from the stream, which its leader confirms) is reported as
+    `missing_entry` at its first sequence, in log order, and the replay reads on past it.
     """
     audit = Audit()
+    holes: deque[tuple[int, int]] = deque()  # told by the read before the batch after them, not folded yet
+
+    def report_holes(before: int | None) -> None:
+        """The holes below sequence `before` (all: None) as violations, where the fold has got to."""
+        nonlocal audit
+        found = []
+        while holes and (before is None or holes[0][0] < before):
+            found.append(missing_entry(subjects.releases_stream, *holes.popleft()))
+        if found:
+            audit = replace(audit, violations=audit.violations + tuple(found))
+
     checker = Prechecked(service_keys) if service_keys is not None else None
     ahead: _Ahead | None = None
     pending: deque[tuple[Batch, asyncio.Future[list[bool | None]]]] = deque()  # submitted, not folded yet
@@ -68,6 +105,7 @@ async def replay(
 
     def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
         nonlocal audit
+        report_holes(batch[0][0].seq)
         state = audit
         if checker is None:
             for _, position, event in batch:
@@ -95,7 +133,9 @@ async def replay(
     # by reference counting; only a cycle made meanwhile stays until the process ends.
     try:
         with young_collections_only():  # the world only grows: no full collections over it while it does
-            async for batch in log_batches(js, subjects, until=until):
+            async for batch in log_batches(
+                js, subjects, until=until, on_missing=lambda first, last: holes.append((first, last))
+            ):
                 if service_keys is not None and ahead is None and parallel is not False:
                     left = batch[-1][0].pending
                     if parallel or left >= PARALLEL_MIN_ENTRIES:
@@ -116,6 +156,7 @@ async def replay(
                 gc.freeze()  # what was read and folded so far: out of the collector's walks (see above)
             while pending:
                 await fold_oldest()
+            report_holes(None)  # a hole at the log's end: no entry after it
     finally:
         for _, outcomes in pending:
             outcomes.cancel()

@@ -3,6 +3,17 @@
 Every consumer in a process shares one follower. Before a consumer decides on a
 message at sequence S it waits until the follower has applied S, so decisions are
 made on a state at least as new as their trigger.
+
+A hole in the log (an entry deleted from the stream, confirmed by its leader:
+services/jetstream/reader.py `MissingEntries`) stops the follower: it folds state from every
+entry (pointers, last-known-good, the sequences appends are conflict-checked against), so a
+fold past an entry it never saw is a state nobody can vouch for, and skipping it silently
+would let consumers decide on it. It logs one error naming the hole, keeps it in `halted`
+(this process's readiness: None while it follows, else why it stopped), fails every wait on it
+(`wait_for`, start-up's `catch_up_from_start`) with the same error, and ends `run` with it:
+the service stops with one line (`kxr: error: …`) instead of spinning on the gap. A hole
+below a snapshot the process starts from is never read. A gap the leader does not confirm (a
+lagging replica) is read again, as before, for as long as it takes.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from projections.position import Position
 from projections.snapshot import Noted, undecodable_why
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore, tombstone
 from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIES, position_of, read_back
-from services.jetstream.reader import OrderedReader
+from services.jetstream.reader import MissingEntries, OrderedReader
 from services.observability import tracing
 from services.reads.shapes import IGNORED_SHOWN
 from services.tasks import Turns
@@ -89,6 +100,8 @@ class Follower:
         # where the keys this fold trusts hold the very key it signed with
         known = own_appends is not None and service_keys is not None and own_appends.known_to(service_keys)
         self._own_appends = own_appends if known else None
+        # why this fold stopped for good (a hole in the log), None while it follows: see the module docstring
+        self.halted: MissingEntries | None = None
         self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap of (seq, tie-break, future)
         self._waiter_count = 0
         self._listeners: list[asyncio.Queue] = []
@@ -138,8 +151,24 @@ class Follower:
                     and time.monotonic() - self._saved_time >= self._snapshot_min_interval_s
                 ):
                     await self.save_snapshot()
+        except MissingEntries as exc:
+            self._halt(exc)
+            raise
         finally:
             await reader.close()
+
+    def _halt(self, hole: MissingEntries) -> None:
+        """Stop for good at a hole in the log: say so once, and fail whoever waits for what lies past it."""
+        self.halted = hole
+        log.error(
+            "the log fold stopped at seq %d and follows no more: %s (kxr audit replay lists every hole)",
+            self.position,
+            hole,
+        )
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(hole)
+        self._waiters.clear()
 
     def _note_undecodable(self, seq: int, problem: DecodeError, subject: str) -> None:
         """Kept for the consumers an entry triggers, which look it up soon after the fold (a flood of junk
@@ -277,6 +306,8 @@ class Follower:
     async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None:
         if self.position >= seq:
             return
+        if self.halted is not None:  # nothing past the hole is ever applied: not waited for
+            raise self.halted
         future = asyncio.get_running_loop().create_future()
         self._waiter_count += 1
         heapq.heappush(self._waiters, (seq, self._waiter_count, future))
@@ -298,7 +329,7 @@ class Follower:
         last_pos, last_move = self.position, time.monotonic()
         while self.position < target:
             try:
-                await self.wait_for(target, timeout=report_every_s)
+                await self.wait_for(target, timeout=report_every_s)  # a hole in the log: raised, at once
             except TimeoutError:
                 pass
             now = time.monotonic()
