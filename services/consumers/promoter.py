@@ -8,7 +8,8 @@
   `success` (its pack never becomes last-known-good) and never promoted
 - window failed, activation failed after exposure, abort -> `rollback_started`
   with a deterministic target per cohort: the chosen strategy's, never another's
-- rejected / verification failed / nothing exposed -> `closed` (never activated)
+- rejected / verification failed / nothing exposed -> `closed` (never activated); every stage passed
+  with nothing exposed (each cohort pinned by the time its stage came) -> `closed` `pinned`, never promoted
 - inconclusive -> nothing: the release holds for an operator
 - aborted -> never moves on again: it rolls back, holds, or an operator closes it
 """
@@ -176,6 +177,12 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
         ]
     target = release.prepared.target
     promote_to = world.channel_config(target.env, target.channel).promote_to
+    if not release.activated:
+        # every cohort was pinned by the time its stage came: no window judged the pack on data, so it earns
+        # nothing (as when pre-flight finds every cohort pinned): neither `success` nor a promotion
+        return _close(
+            ctx, release, "pinned", f"all {len(stages)} stage(s) passed with nothing exposed (every cohort pinned)"
+        )
     summary = f"all {len(stages)} stage(s) passed monitoring"
     note = override_note(release)
     if note:

@@ -38,13 +38,18 @@ async def _ask(client: httpx.AsyncClient, url: str, asked: Asked, timeout_s: flo
                     return unanswered(asked, "invalid", f"the answer is over {MAX_ANSWER_BYTES} bytes")
     except httpx.TimeoutException:
         return unanswered(asked, "timeout", f"no answer from {url} within {timeout_s}s")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # InvalidURL is not an HTTPError: a URL the channel's pattern lets through (a port `9O90`) but httpx
+        # cannot parse raised out of here, and the window lost the record of the query it asked
         return unanswered(asked, "unreachable", f"{url}: {exc.__class__.__name__}: {exc}")
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep (`[[[[…` from any garbage server)
         return unanswered(asked, "invalid", f"HTTP {response.status_code}: the answer is not JSON")
-    return parse_answer(asked, response.status_code, doc, thresholds)
+    try:
+        return parse_answer(asked, response.status_code, doc, thresholds)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:  # never raised for a query's answer
+        return unanswered(asked, "invalid", f"HTTP {response.status_code}: {exc.__class__.__name__}: {exc}")
 
 
 async def ask_all(
