@@ -10,8 +10,9 @@ import hashlib
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
+from .integers import JsonInt
 from .notifications import NotificationSink
 from .schema_patterns import NOT_BLANK, WHITESPACE
 from .thresholds import Thresholds, is_limit
@@ -29,7 +30,7 @@ class CohortRule(_Cfg):
     name: StrictStr = Field(pattern=TOKEN_PATTERN)
     tenants: list[StrictStr] | None = None
     regions: list[StrictStr] | None = None
-    percent: tuple[StrictInt, StrictInt] | None = None
+    percent: tuple[JsonInt, JsonInt] | None = None
 
     @property
     def is_catch_all(self) -> bool:
@@ -99,8 +100,8 @@ class PrometheusSource(_Cfg):
 
 
 class ChannelMonitoring(_Cfg):
-    window_s: StrictInt = Field(ge=1, le=MAX_WINDOW_S)
-    min_samples: StrictInt = Field(default=1, ge=1)
+    window_s: JsonInt = Field(ge=1, le=MAX_WINDOW_S)
+    min_samples: JsonInt = Field(default=1, ge=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     # optional: older configurations validate as before, and one without it is written as before
     prometheus: PrometheusSource | None = Field(default=None, exclude_if=lambda source: source is None)
@@ -120,7 +121,7 @@ class ChannelPolicy(_Cfg):
     allowed_sources: list[StrictStr] | None = None
     allowed_builders: list[StrictStr] | None = None
     forbid_downgrade: StrictBool = True
-    max_pin_days: StrictInt = Field(default=30, ge=0)  # the pinner refuses a longer pin (a recorded `unpinned` refused)
+    max_pin_days: JsonInt = Field(default=30, ge=0)  # the pinner refuses a longer pin (a recorded `unpinned` refused)
     # A DSSE-signed in-toto/SLSA provenance `sha256-<hex>.attestation` must sit beside the pack,
     # signed by a `builders` key of the trust root trusted for the attested builder id.
     require_attestation: StrictBool = False

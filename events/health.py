@@ -22,8 +22,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
-    StrictInt,
     StrictStr,
     ValidationError,
     model_validator,
@@ -31,6 +31,7 @@ from pydantic import (
 
 from .canonical import StrictJSONError
 from .codec import DecodeError, decode_json_object
+from .integers import integral
 from .manifest import DIGEST_PATTERN
 from .subjects import HealthParts
 from .tokens import TOKEN_PATTERN
@@ -49,7 +50,7 @@ def _number(value: object) -> object:
     return value
 
 
-Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_COUNT), BeforeValidator(integral)]
 Millis = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False), BeforeValidator(_number)]
 Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(_number)]
 ErrorClass = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ERROR_CLASS_LENGTH)]

@@ -7,6 +7,7 @@ kept: they are covered by the signature, as in TUF.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,14 @@ from .signing import SigningKey, b64encode
 from .versions import parse_version
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+# RFC 3339 §5.6 `date-time`, and nothing else of ISO 8601 (week or ordinal dates, the basic format,
+# hours-only times or offsets, a comma before the fraction), all of which `datetime.fromisoformat`
+# reads: a runtime in another language refuses those, so verifying one here would split the fleet on a
+# signed pack. `T` and `Z` in either case (§5.6 allows it). ASCII digits only (`\d` is any Unicode
+# digit). The values themselves (month 13, Feb 30, second 60) are then fromisoformat's to refuse.
+RFC3339_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 MANIFEST_MAX_BYTES = 256 * 1024
 MAX_SIGNATURES = 32
 
@@ -61,7 +70,13 @@ class SignedManifest(_Strict):
     )
     digest: StrictStr = Field(pattern=DIGEST_PATTERN)
     size: StrictInt = Field(ge=0)
-    expires: datetime
+    expires: datetime = Field(
+        description=(
+            "RFC 3339 date-time with an offset, e.g. `2030-01-01T00:00:00Z` (`t`/`z` in lower case, a fraction "
+            "of a second and a `+hh:mm` offset allowed); no other ISO 8601 form (week dates, the basic format, "
+            "an hours-only offset) is accepted"
+        )
+    )
     compatibility: Compatibility
     build: BuildIdentity
     provenance: Provenance
@@ -78,6 +93,8 @@ class SignedManifest(_Strict):
     def _expires_is_rfc3339_utc(cls, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError("expires must be an RFC 3339 string")
+        if RFC3339_DATE_TIME.fullmatch(value) is None:  # fullmatch: `$` would let a trailing newline through
+            raise ValueError(f"expires {value[:64]!r} is not an RFC 3339 date-time (e.g. 2030-01-01T00:00:00Z)")
         # RFC 3339 allows `z` (and `t`) in lower case; fromisoformat takes any separator but only `Z`
         parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
         if parsed.tzinfo is None:

@@ -17,11 +17,11 @@ from pydantic import (
     Field,
     SerializeAsAny,
     StrictBool,
-    StrictInt,
     StrictStr,
     field_validator,
 )
 
+from .integers import JsonInt, NonNegativeInt, PositiveInt
 from .manifest import DIGEST_PATTERN
 from .thresholds import Thresholds  # one model for a channel's and a release's (events/thresholds.py)
 from .tokens import TOKEN_PATTERN
@@ -58,7 +58,7 @@ class PackRef(Frozen):
     name: Token = Field(pattern=TOKEN_PATTERN)
     version: StrictStr = Field(min_length=1, max_length=64)
     digest: StrictStr = Field(pattern=DIGEST_PATTERN)
-    size: StrictInt | None = Field(default=None, ge=0)
+    size: NonNegativeInt | None = None
 
     def short(self) -> str:
         return f"{self.name}@{self.version} ({self.digest[7:19]})"
@@ -70,8 +70,8 @@ class VersionDigest(Frozen):
 
 
 class Monitoring(Frozen):
-    window_s: StrictInt = Field(ge=1, le=30 * 24 * 3600)
-    min_samples: StrictInt = Field(default=1, ge=1)
+    window_s: JsonInt = Field(ge=1, le=30 * 24 * 3600)
+    min_samples: JsonInt = Field(default=1, ge=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
 
@@ -137,16 +137,16 @@ class StoredObject(Frozen):
     re-publish its metadata (a producer can mark it deleted or re-point it; its chunks stay)."""
 
     nuid: StrictStr = Field(min_length=1, max_length=64)
-    size: StrictInt = Field(ge=0)
-    chunks: StrictInt = Field(ge=0)
+    size: JsonInt = Field(ge=0)
+    chunks: JsonInt = Field(ge=0)
     digest: StrictStr  # the object store's `SHA-256=<base64url>` of the bytes
-    chunk_size: StrictInt | None = Field(default=None, ge=1)
+    chunk_size: PositiveInt | None = None
 
 
 class Distributed(Frozen):
     pack: PackRef
     manifest: StrictStr
-    objects: dict[str, StrictInt] = Field(default_factory=dict)  # object name -> size seen
+    objects: dict[str, JsonInt] = Field(default_factory=dict)  # object name -> size seen
     # object name -> its metadata as distributed (optional: events from before it lack it)
     stored: dict[str, StoredObject] = Field(default_factory=dict)
 
@@ -175,7 +175,7 @@ class VerificationFailed(Frozen):
 
 
 class Activated(Frozen):
-    stage: StrictInt = Field(ge=0)
+    stage: JsonInt = Field(ge=0)
     cohorts: list[Token]
     pack: PackRef
     kind: Literal["rollout", "rollback", "pin"] = "rollout"
@@ -184,13 +184,13 @@ class Activated(Frozen):
 
 
 class ActivationFailed(Frozen):
-    stage: StrictInt = Field(ge=0)
+    stage: JsonInt = Field(ge=0)
     code: StrictStr
     message: StrictStr
 
 
 class MonitoringStarted(Frozen):
-    stage: StrictInt = Field(ge=0)
+    stage: JsonInt = Field(ge=0)
     cohorts: list[Token]
     digest: StrictStr
     starts_at: AwareDatetime
@@ -221,16 +221,16 @@ class QueryAnswer(Frozen):
     at: AwareDatetime  # the evaluation time: the window's end
     status: StrictStr  # "success", or what went wrong: "error", "timeout", "unreachable", "invalid", "not_configured"
     result: list[dict[str, Any]] = Field(default_factory=list)  # [{"metric": {...}, "value": "0.01"}], at most 20
-    series: StrictInt = 0  # how many series the answer held (result lists at most 20)
+    series: JsonInt = 0  # how many series the answer held (result lists at most 20)
     value: float | None = None
     lowest: float | None = None  # with both a `_max` and a `_min` threshold: the lowest series, for the `_min`
     no_data: StrictStr | None = None
 
 
 class MonitoringVerdict(Frozen):
-    stage: StrictInt = Field(ge=0)
-    samples: StrictInt = 0
-    runtimes: StrictInt = 0
+    stage: JsonInt = Field(ge=0)
+    samples: JsonInt = 0
+    runtimes: JsonInt = 0
     figures: dict[str, Any] = Field(default_factory=dict)
     comparisons: list[Comparison] = Field(default_factory=list)
     early: StrictBool = False
@@ -248,8 +248,8 @@ class MonitoringVerdict(Frozen):
 
 
 class Expanded(Frozen):
-    from_stage: StrictInt = Field(ge=0)
-    to_stage: StrictInt = Field(ge=0)
+    from_stage: JsonInt = Field(ge=0)
+    to_stage: JsonInt = Field(ge=0)
     cohorts: list[Token]
 
 
@@ -312,7 +312,7 @@ class ScopeActivated(Frozen):
     # pointer), and the digest of the exact stored bytes of the scope's previous pointer
     # (null for the first). A replayed old pointer is then not newer, and a forked one does
     # not chain. Optional: pointers written before them still fold (projections/pointer_chain.py).
-    generation: StrictInt | None = Field(default=None, ge=1)
+    generation: PositiveInt | None = None
     prev: StrictStr | None = Field(default=None, pattern=DIGEST_PATTERN)
     # The trust-root keys (key ids) whose signatures on the manifest verified under the root in
     # force when the pointer was written: the evidence an auditor checks "a pointer names only a
@@ -354,7 +354,7 @@ class TrustRotated(Frozen):
     """A new trust root, signed by thresholds of the old and of its own keys (events/trust.py)."""
 
     root: dict[str, Any]
-    version: StrictInt = Field(ge=2)
+    version: JsonInt = Field(ge=2)
     rationale: StrictStr = ""
 
 
@@ -414,7 +414,7 @@ class Event(BaseModel):
 
     event_id: StrictStr = Field(min_length=1, max_length=128)
     type: StrictStr
-    schema_version: StrictInt = SCHEMA_VERSION
+    schema_version: JsonInt = SCHEMA_VERSION
     occurred_at: datetime
     actor: Actor
     causation_id: StrictStr | None = None

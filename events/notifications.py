@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from .integers import JsonInt
 from .schema_patterns import WEBHOOK_URL, WEBHOOK_URL_NOTE
 from .tokens import TOKEN_PATTERN
 
@@ -61,7 +62,7 @@ class NotificationSink(BaseModel):
     )
     on: list[NotifyKind] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
     secret_env: StrictStr | None = Field(default=None, json_schema_extra={"pattern": ENV_NAME.pattern})
-    attempts: StrictInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
+    attempts: JsonInt = Field(default=5, ge=1, le=MAX_ATTEMPTS)
     format: NotifyFormat = "json"  # optional (issue 16): configurations written before it post `json`
 
     @field_validator("url")
@@ -137,8 +138,8 @@ class NotificationOutcome(BaseModel):
     kind: NotifyKind
     trigger: StrictStr = Field(min_length=1, max_length=128)  # the event id it notified about (= Idempotency-Key)
     trigger_type: StrictStr
-    attempts: StrictInt = Field(ge=0)
-    status: StrictInt | None = None  # the last HTTP status seen (None: no answer)
+    attempts: JsonInt = Field(ge=0)
+    status: JsonInt | None = None  # the last HTTP status seen (None: no answer)
     error: StrictStr = ""  # why it failed ("" when sent)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .signing import SigningKey, b64decode_strict, b64encode, listed_public_key, verify_ed25519
+from .signing import SigningKey, b64decode_strict, b64encode, listed_public_key, normal_keyid, verify_ed25519
 
 SIGNER_HEADER = "Kx-Signer"
 SIGNATURE_HEADER = "Kx-Signature"
@@ -44,11 +44,14 @@ class ServiceKeys:
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), dict):
             raise ValueError('service keys must be {"keys": {keyid: {public, roles}}}')
         out = {}
-        for keyid, entry in doc["keys"].items():
-            public = listed_public_key(keyid, entry, "service key")
+        for listed, entry in doc["keys"].items():
+            public = listed_public_key(listed, entry, "service key")
             roles = entry.get("roles")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-                raise ValueError(f"service key {keyid!r} needs 'roles': a list of consumer names")
+                raise ValueError(f"service key {listed!r} needs 'roles': a list of consumer names")
+            keyid = normal_keyid(listed)  # stored lower case; `Kx-Signer` is looked up the same way
+            if keyid in out:  # `ABC…` and `abc…`: one key listed twice, which roles it has is ambiguous
+                raise ValueError(f"service key {listed!r} is listed twice (keyids compare regardless of case)")
             out[keyid] = ServiceKey(keyid, public, str(entry.get("name", "")), frozenset(roles))
         return cls(out)
 
@@ -76,7 +79,7 @@ class ServiceKeys:
         keyid, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)
         if not keyid or not sig:
             return "unsigned"
-        key = self.keys.get(keyid)
+        key = self.keys.get(normal_keyid(keyid))
         if key is None:
             return f"signed by unknown key {keyid[:16]}"
         if role not in key.roles:
@@ -98,7 +101,7 @@ class ServiceKeys:
         `verify_job` (plain values: it may run in another process); None if `check` verifies nothing."""
         headers = headers or {}
         keyid, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)
-        key = self.keys.get(keyid) if keyid and sig else None
+        key = self.keys.get(normal_keyid(keyid)) if keyid and sig else None
         return None if key is None or sig is None else (key.public, sig, subject, payload)
 
 

@@ -37,9 +37,17 @@ def keyid_of(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()
 
 
+def normal_keyid(keyid: str) -> str:
+    """A keyid as it is stored and compared: lower case. CONTRACT §6 says "hex SHA-256", and hex is
+    written in either case (.NET's Convert.ToHexString, `xxd -u`): both name the same key. Only ASCII
+    is folded, so no other character (the Kelvin sign folds to `k`) comes to look like hex."""
+    return keyid.lower() if keyid.isascii() else keyid
+
+
 def listed_public_key(keyid: str, entry: Any, what: str) -> bytes:
     """The public key of an entry `{"public": base64, ...}` as a trust root, a builder list or the
-    service keys list it, checked: base64 of 32 bytes, named by the SHA-256 of them (`keyid`), and a
+    service keys list it, checked: base64 of 32 bytes, named by the SHA-256 of them (`keyid`, hex in
+    either case: `normal_keyid`; the caller stores that form), and a
     point a signature can be checked under. A
     small-order point (the identity, say) is refused here: OpenSSL's Ed25519 accepts a "signature"
     under it for any message, and though our check (libsodium) refuses those, such a key can only be
@@ -49,7 +57,7 @@ def listed_public_key(keyid: str, entry: Any, what: str) -> bytes:
     public = b64decode_strict(entry["public"])
     if len(public) != 32:
         raise ValueError(f"{what} {keyid!r} is not a 32-byte Ed25519 key")
-    if keyid_of(public) != keyid:
+    if keyid_of(public) != normal_keyid(keyid):
         raise ValueError(f"{what} {keyid!r} does not match the SHA-256 of its public key")
     if not crypto_core_ed25519_is_valid_point(public):
         raise ValueError(
@@ -158,7 +166,11 @@ def _builders(raw: Any) -> tuple[TrustedBuilder, ...]:
             raise ValueError(
                 f"builder key {keyid!r} needs 'ids': a non-empty list of the builder ids it may attest for"
             )
-        out.append(TrustedBuilder(keyid=keyid, public=public, name=str(entry.get("name", "")), ids=tuple(ids)))
+        if any(b.public == public for b in out):  # `ABC…` and `abc…`: one key listed twice, ids ambiguous
+            raise ValueError(f"builder key {keyid!r} is listed twice (keyids compare regardless of case)")
+        out.append(
+            TrustedBuilder(keyid=normal_keyid(keyid), public=public, name=str(entry.get("name", "")), ids=tuple(ids))
+        )
     return tuple(out)
 
 
@@ -196,7 +208,7 @@ class TrustRoot:
             if public in seen_public:
                 continue
             seen_public.add(public)
-            keys.append(TrustedKey(keyid=keyid, public=public, name=str(entry.get("name", ""))))
+            keys.append(TrustedKey(keyid=normal_keyid(keyid), public=public, name=str(entry.get("name", ""))))
         if threshold > len(keys):
             raise ValueError(f"trust root threshold {threshold} exceeds its {len(keys)} distinct keys")
         return cls(threshold=threshold, keys=tuple(keys), version=version, builders=_builders(doc.get("builders", {})))

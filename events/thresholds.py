@@ -13,7 +13,9 @@ import math
 import sys
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
+
+from .integers import NonNegativeInt
 
 
 class Thresholds(BaseModel):
@@ -31,8 +33,8 @@ class Thresholds(BaseModel):
     statistical: Literal["off", "report", "enforce"] = "report"
     # Tenant impact (health sample `signals`): totals over the window; a breach fails the window
     # with trigger `tenant_impact`, early when a single sample already exceeds the total.
-    tickets_max: StrictInt | None = Field(default=None, ge=0)
-    escalations_max: StrictInt | None = Field(default=None, ge=0)
+    tickets_max: NonNegativeInt | None = None
+    escalations_max: NonNegativeInt | None = None
     # Correctness: the request-weighted share of answers traced to their sources (0..1).
     trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
 

@@ -9,8 +9,10 @@ under `KX_DATA_DIR/creds/<role>.json`:
      "url": "nats://kx-runtime:...@127.0.0.1:4222", "inbox_prefix": "_INBOX_kx_runtime"}
 
 `url` carries the user and password, so `KX_NATS_URL=<url>` is all `kxr` needs;
-`inbox_prefix` is the reply-subject prefix the role must connect with (the service and
-runtimes get private ones; see docs/permissions.md for why).
+`inbox_prefix` is the reply-subject prefix the role must connect with: each role has its own
+(each runtime with its own user too) and may receive on nothing else, so no role reads the
+answers to another's reads (docs/permissions.md). `kxr` finds a role's prefix from its user
+name when only a URL names the user (`inbox_for_user`).
 
 The roles (docs/permissions.md has the full allow lists):
 - service:  everything `kxr serve` does, and nothing else: its own log subjects
@@ -31,7 +33,8 @@ The roles (docs/permissions.md has the full allow lists):
 
 No role but the service creates, updates or pulls from the service's durable consumers
 (`SERVICE_DURABLES`), and embedded `kxr serve` puts every user in one account with
-JetStream limits (`AccountLimits`), so no user can make the server hold without bound.
+limits (`AccountLimits`: JetStream consumers and streams, connections, subscriptions per
+connection, message size), so no user can make the server hold without bound.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from events.subjects import Subjects
@@ -109,7 +114,7 @@ class Credentials:
                 prefix=str(doc["prefix"]),
                 user=str(doc["user"]),
                 password=str(doc["password"]),
-                inbox_prefix=str(doc.get("inbox_prefix") or DEFAULT_INBOX),
+                inbox_prefix=_document_inbox(doc),
                 url=doc.get("url"),
                 runtime_id=check_token(str(doc["runtime_id"]), "runtime_id") if doc.get("runtime_id") else None,
             )
@@ -245,11 +250,48 @@ def read_models(subjects: Subjects) -> list[str]:
 
 
 def inbox_for(subjects: Subjects, role: str, runtime_id: str | None = None) -> str:
-    """Reply-subject prefix: private for the service and runtimes (one per runtime with its own
-    credentials), the default for `kxr` users."""
+    """Reply-subject prefix: private to each role (and to each runtime with its own credentials).
+
+    Each user may subscribe to its own prefix only, so no role receives the answers to another's
+    reads: the operator's reads of health and dead letters (`kxr watch`, `kxr deadletter`) come back
+    on `_INBOX_<p>_operator`, where neither the producer nor the auditor, who may not read those
+    streams, can listen; nor can a runtime read the service's health reads or another runtime's."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     if role == "runtime" and runtime_id:
         return f"_INBOX_{subjects.prefix}_runtime_{check_token(runtime_id, 'runtime_id')}"
-    return f"_INBOX_{subjects.prefix}_{role}" if role in ("service", "runtime") else DEFAULT_INBOX
+    return f"_INBOX_{subjects.prefix}_{role}"
+
+
+# The roles people and pipelines run `kxr` as, often with nothing but a URL naming the user
+# (`KX_NATS_URL=$(kxr creds show operator)`) or a nats context with a user and password.
+KXR_ROLES = ("producer", "operator", "auditor")
+
+
+def inbox_for_user(user: str | None) -> str | None:
+    """The inbox prefix of a `kxr` role's user, `<prefix>-producer|operator|auditor`; None for any
+    other user (whose connection says its prefix, or uses the default).
+
+    For connections that name no inbox prefix, or the default one: a bare URL, a nats context
+    with a user, a credentials file written when these roles still received on `_INBOX`. The
+    user name says it all: `user_name` and `inbox_for` are both functions of prefix and role."""
+    for role in KXR_ROLES:
+        prefix = (user or "").removesuffix(f"-{role}")
+        if prefix != user and prefix:
+            try:
+                return inbox_for(Subjects(prefix), role)
+            except InvalidToken:
+                return None
+    return None
+
+
+def _document_inbox(doc: dict) -> str:
+    """A credentials document's inbox prefix; for one of a `kxr` role's user that names none or the
+    default (written before each role had its own), that role's own: the one its user may receive on."""
+    stored = str(doc.get("inbox_prefix") or DEFAULT_INBOX)
+    if stored == DEFAULT_INBOX and doc.get("role") in KXR_ROLES and not doc.get("runtime_id"):
+        return inbox_for_user(str(doc.get("user") or "")) or stored
+    return stored
 
 
 def janitor_streams(subjects: Subjects) -> tuple[str, ...]:
@@ -335,12 +377,13 @@ def _reader(
 
 def producer_permissions(subjects: Subjects) -> Permissions:
     s = subjects
+    inbox = inbox_for(s, "producer")
     return _reader(
         s,
         [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
         [object_stream(s.packs_bucket), s.releases_stream],
-        (f"{DEFAULT_INBOX}.>",),
-        DEFAULT_INBOX,
+        (f"{inbox}.>",),
+        inbox,
     )
 
 
@@ -380,17 +423,20 @@ def operator_permissions(subjects: Subjects) -> Permissions:
     ]
     # kxr deadletter list|show; kxr watch: an open window's figures (stored samples, never live subscriptions)
     # kxr status, release list, channel show, pin: the read models (read only)
+    # their answers come back on the operator's own inbox: the producer and auditor may not read them
+    inbox = inbox_for(s, "operator")
     return _reader(
         s,
         [*publish, *read_models(s)],
         [s.releases_stream, s.deadletter_stream, s.health_stream],
-        (f"{DEFAULT_INBOX}.>",),
-        DEFAULT_INBOX,
+        (f"{inbox}.>",),
+        inbox,
     )
 
 
 def auditor_permissions(subjects: Subjects) -> Permissions:
-    return _reader(subjects, read_models(subjects), [subjects.releases_stream], (f"{DEFAULT_INBOX}.>",), DEFAULT_INBOX)
+    inbox = inbox_for(subjects, "auditor")
+    return _reader(subjects, read_models(subjects), [subjects.releases_stream], (f"{inbox}.>",), inbox)
 
 
 def role_permissions(subjects: Subjects, role: str) -> Permissions:
@@ -608,30 +654,120 @@ def render_authorization(
 
 @dataclass(frozen=True)
 class AccountLimits:
-    """JetStream limits of the embedded server's one account (every role's user lives in it).
+    """Limits of the embedded server's one account (every role's user lives in it).
 
-    They bound what any user, whatever its permissions, can make the server hold: consumers
-    per stream (each costs memory and start-up time: 10^4 durables took a server from 124 to
-    499 MiB and over 10 s to start) and streams. `max_consumers` applies to every stream (the
-    lower of it and the stream's own `max_consumers`); one consumer per running runtime and a
-    few per `kxr` command is the budget, so raise it for more runtimes than that.
+    They bound what any user, whatever its permissions, can make the server hold.
 
+    JetStream: consumers per stream (each costs memory and start-up time: 10^4 durables took a
+    server from 124 to 499 MiB and over 10 s to start) and streams. `max_consumers` applies to
+    every stream (the lower of it and the stream's own `max_consumers`); one consumer per
+    running runtime and a few per `kxr` command is the budget, so raise it for more runtimes.
     Stored bytes are bounded by the server's own limits (`max_mem`/`max_file` -1: 75% of the
     machine's memory, and of the store's disk up to 1 TB): nats-server refuses to start at all
     if an account asks for more than the machine has, so a fixed figure would stop embedded
     `kxr serve` on a small disk. Set them (e.g. "1G", "64G") to bound one deployment below that.
+
+    Core NATS (one runtime user held 100,000 subscriptions on its own inbox: 19 -> 441 MiB):
+    - `max_subscriptions`, per connection. The service's connection holds the most: about 20 of
+      its own (durables, readers, advisories, replies) plus one per scope whose monitoring window
+      is open or about to open (the monitor's live health feed): 1,016 with bench.throughput's
+      1,000 scopes in flight. A runtime holds 3, a `kxr` command a few. Past it the server refuses
+      the subscription ("maximum subscriptions exceeded", and nats-py then closes that
+      connection), so it is sized for the service: room for about 16,000 scopes in flight.
+    - `max_connections`, for the account: each runtime holds one (bench.fan_out's and
+      bench.rollback's 1,000 runtimes hold 1,000), `kxr serve` one per process and a short-lived
+      probe, a dashboard one and one per signed-in operator, a `kxr` command one while it runs.
+      The default is the fleet `max_consumers` lets follow the log (one consumer per runtime)
+      and 1,024 more; past it the server refuses the connection. Raise both for a larger fleet.
+    - `max_payload`, the server's (clients learn it when they connect and refuse a larger publish
+      themselves): 1 MiB, nats-server's default and the dead letters' cap (their stream's
+      `max_msg_size`), the largest message any role publishes (the log takes 256 KiB, health
+      64 KiB, pack and snapshot chunks are 128 KiB).
+    The first two are settings (`LIMIT_ENV`, read by `from_env`). One user can hold at most
+    `max_connections` x `max_subscriptions` subscriptions: bounded, not small (nats-server's
+    configuration file has no per-user limits; its operator/JWT mode has).
     """
 
     max_consumers: int = 4096
     max_streams: int = 16
     max_mem: str = "-1"
     max_file: str = "-1"
+    max_connections: int = 4096 + 1024
+    max_subscriptions: int = 16384
+    max_payload: int = 1024 * 1024
 
     def render(self, indent: str) -> str:
+        """The account's own limits (inside its block); `max_payload` is the server's (`render_server_config`)."""
         return (
             f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, "
-            f"max_streams: {self.max_streams}, max_consumers: {self.max_consumers} }}"
+            f"max_streams: {self.max_streams}, max_consumers: {self.max_consumers} }}\n"
+            f"{indent}limits: {{ max_connections: {self.max_connections}, "
+            f"max_subscriptions: {self.max_subscriptions} }}"
         )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AccountLimits:
+        """The defaults, with each of `LIMIT_ENV` that is set: a whole number, at least its minimum
+        (`LIMIT_MINIMUM`); ValueError naming the variable otherwise (`kxr serve` says it in one line)."""
+        given: dict[str, Any] = {}  # whole numbers, for fields some of which are strings
+        for name, variable in LIMIT_ENV.items():
+            text = (env.get(variable) or "").strip()
+            if not text:
+                continue
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{variable}={text!r}: a whole number") from None
+            if value < LIMIT_MINIMUM[name]:
+                raise ValueError(f"{variable}={value}: at least {LIMIT_MINIMUM[name]} ({LIMIT_WHY[name]})")
+            given[name] = value
+        return replace(cls(), **given)
+
+    @classmethod
+    def from_document(cls, doc: object) -> AccountLimits:
+        """What `write_account_limits` wrote; ValueError if it is not that."""
+        defaults = cls()
+        if not isinstance(doc, dict) or set(doc) - {f.name for f in fields(cls)}:
+            raise ValueError("not an account limits document")
+        for key, value in doc.items():
+            expected = type(getattr(defaults, key))
+            if type(value) is not expected:
+                raise ValueError(f"account limit {key}: {value!r} is not a {expected.__name__}")
+        return replace(defaults, **doc)
+
+
+# The limits an embedded `kxr serve` takes from its environment (docs/permissions.md "Limits").
+LIMIT_ENV = {"max_connections": "KX_NATS_MAX_CONNECTIONS", "max_subscriptions": "KX_NATS_MAX_SUBSCRIPTIONS"}
+LIMIT_MINIMUM = {"max_connections": 8, "max_subscriptions": 64}
+LIMIT_WHY = {
+    "max_connections": "kxr serve, its probe, a dashboard and a few kxr commands",
+    "max_subscriptions": "the service's connection alone holds about 20",
+}
+
+
+def account_limits_path(data_dir: Path) -> Path:
+    return data_dir / "account-limits.json"
+
+
+def write_account_limits(data_dir: Path, limits: AccountLimits) -> None:
+    """Kept under the data dir, as the runtime identity is: `kxr creds runtime add` re-renders the
+    running server's configuration with the limits it was started with, whatever its own environment."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    account_limits_path(data_dir).write_text(json.dumps(asdict(limits), indent=2) + "\n")
+
+
+def read_account_limits(data_dir: Path) -> AccountLimits:
+    """The limits embedded `kxr serve` last rendered its server with (the defaults if never written);
+    ValueError if the file is not what `write_account_limits` writes."""
+    path = account_limits_path(data_dir)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return AccountLimits()
+    try:
+        return AccountLimits.from_document(json.loads(text))
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 ACCOUNT = "KX"
@@ -644,12 +780,14 @@ def render_server_config(
     runtime_identity: str = "shared",
 ) -> str:
     """A whole nats-server config for the embedded server: JetStream on (store dir, listen
-    address and port come from the command line) and the users of `render_users`, in one
-    account with JetStream limits (`AccountLimits`), so no user can exhaust the server."""
+    address and port come from the command line), the largest message, and the users of
+    `render_users`, in one account with limits (`AccountLimits`: JetStream, connections,
+    subscriptions per connection), so no user can exhaust the server."""
     return (
-        "jetstream: {}\n\n"
+        "jetstream: {}\n"
+        f"max_payload: {limits.max_payload}\n\n"
         f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege, in one\n"
-        "# account whose JetStream limits bound what any of them can make the server hold.\n"
+        "# account whose limits bound what any of them can make the server hold.\n"
         "# Generated by kxr; see docs/permissions.md.\n"
         "accounts {\n"
         f"  {ACCOUNT}: {{\n"
@@ -690,6 +828,12 @@ def redacted(url: str) -> str:
 __all__ = [
     "ACCOUNT",
     "AccountLimits",
+    "KXR_ROLES",
+    "LIMIT_ENV",
+    "account_limits_path",
+    "inbox_for_user",
+    "read_account_limits",
+    "write_account_limits",
     "Credentials",
     "Permissions",
     "ROLES",

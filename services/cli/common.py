@@ -166,7 +166,15 @@ def denied_line(exc: Exception, settings: Settings) -> str:
         if roles:
             line += f" (a right of: {', '.join(roles)}; connect as one: kxr --creds <data dir>/creds/ROLE.json)"
     else:
-        line += " (connect with the inbox prefix of its credentials: kxr --creds FILE)"
+        from services.permissions import inbox_for_user
+
+        own = inbox_for_user(who)
+        if own and subject.startswith(f"{own}."):
+            # kxr already receives on the role's own inbox: the server's users were written before
+            # each role had one (an existing deployment's `kxr creds init` block)
+            line += " (the server's users predate this role's own inbox: run kxr creds init again and reload it)"
+        else:
+            line += " (connect with the inbox prefix of its credentials: kxr --creds FILE)"
     return line
 
 

@@ -86,10 +86,10 @@ def creds_show(
     if not creds.url:
         fail(f"credentials {path} name no server yet (kxr creds init --server URL)")
     sys.stdout.write(creds.url + "\n")
-    if creds.inbox_prefix != "_INBOX":
+    if creds.inbox_prefix != "_INBOX":  # every role's now: its user may receive replies there only
         err_console.print(
             f"connect with inbox prefix {creds.inbox_prefix} (nats.connect(..., inbox_prefix=...)); "
-            "kxr serve uses it by itself",
+            "kxr uses it by itself",
             highlight=False,
         )
 
@@ -207,8 +207,8 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
 
     from events.subjects import Subjects
     from services.permissions import (
-        AccountLimits,
         ensure_credentials,
+        read_account_limits,
         read_runtime_identity,
         render_server_config,
         write_server_config,
@@ -220,9 +220,13 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
     if pid is None or not config.exists():
         return
     subjects = Subjects(prefix)
+    try:  # the limits the running server was started with (KX_NATS_MAX_*), not this shell's environment
+        limits = read_account_limits(data_dir)
+    except ValueError as exc:
+        fail(f"cannot reload nats-server with the new user: {exc}")
     creds = ensure_credentials(data_dir, subjects)  # no server URL: nothing is rewritten but the new file's entry
     # the mode the running server was started with (`kxr serve --runtime-identity`): never loosened here
-    write_server_config(config, render_server_config(creds, subjects, AccountLimits(), read_runtime_identity(data_dir)))
+    write_server_config(config, render_server_config(creds, subjects, limits, read_runtime_identity(data_dir)))
     try:
         os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration (users and permissions)
     except OSError as exc:

@@ -35,6 +35,7 @@ from services.actions.pins import pin as pin_action
 from services.actions.pins import unpin as unpin_action
 from services.errors import OperatorError
 from services.jetstream.log import AppendConflict, AppendFailed, Entry, EventLog
+from services.permissions import inbox_for_user
 from services.settings import ConfigError, Connection, Identity
 
 from . import pages
@@ -155,7 +156,9 @@ async def login_page(request: web.Request) -> web.Response:
 def login_connection(server: Connection, user: str, password: str) -> Connection:
     """The server and TLS options the dashboard connects with (CA, client certificate: `--tls-*`,
     KX_TLS_*, a context), as `user`: what `kxr --tls-… ` would open for that user."""
-    return replace(server, identity=Identity("dashboard login", user=user, password=password))
+    # the operator's user receives replies on its own inbox prefix only (docs/permissions.md)
+    identity = Identity("dashboard login", user=user, password=password, inbox_prefix=inbox_for_user(user))
+    return replace(server, identity=identity)
 
 
 async def _open_connection(server: Connection, user: str, password: str, denied: Denials) -> Client:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
-from services.permissions import inbox_for_url
+from services.permissions import DEFAULT_INBOX, inbox_for_url, inbox_for_user
 
 if TYPE_CHECKING:
     from services.settings import Connection
@@ -215,7 +215,13 @@ async def connect_with(
 ) -> Client:
     """Connect as `connection` says (servers, identity, inbox prefix, TLS); `kwargs` add to or
     override its options (e.g. a default inbox prefix: pass `default_inbox`). Raises ConfigError
-    for an unusable file (credentials, CA, certificate), else what `connect` raises."""
+    for an unusable file (credentials, CA, certificate), else what `connect` raises.
+
+    The inbox prefix: the connection's own (its credentials or context name one), else
+    `default_inbox`, else, for a `kxr` role's user (`<prefix>-operator`, …), that role's private
+    one, which is the only one its user may receive on (services/permissions.py `inbox_for_user`:
+    a bare URL, a nats context with a user, or a credentials file written when the role still
+    received on the default), else the default `_INBOX`."""
     from services.settings import ConfigError
 
     if not connection.url:
@@ -224,6 +230,10 @@ async def connect_with(
     options = connection.connect_options()
     if default_inbox and "inbox_prefix" not in options:
         options["inbox_prefix"] = default_inbox
+    if options.get("inbox_prefix", DEFAULT_INBOX) == DEFAULT_INBOX:
+        own = inbox_for_user(connection.user)
+        if own:
+            options["inbox_prefix"] = own
     options.update(kwargs)
-    options.setdefault("inbox_prefix", "_INBOX")  # never guessed from KX_NATS_CREDS: the connection says
+    options.setdefault("inbox_prefix", DEFAULT_INBOX)  # never guessed from KX_NATS_CREDS: the connection says
     return await connect(connection.url, name, reconnect_forever=reconnect_forever, **options)

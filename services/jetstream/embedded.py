@@ -104,7 +104,10 @@ def authorized_config(
     Credentials are kept across restarts (created once, 0600, under `data_dir/creds`);
     their URLs are rewritten for `server_url`. Returns the config path and the
     credentials by name (each role's, and `runtime-<id>` for each runtime's own).
-    `limits` (permissions.AccountLimits) bounds what the users' account may hold.
+    `limits` (permissions.AccountLimits) bounds what the users' account may hold; None takes
+    the defaults with the settings of this process's environment (KX_NATS_MAX_CONNECTIONS,
+    KX_NATS_MAX_SUBSCRIPTIONS; ValueError if one is not a number it accepts). They are kept
+    under the data dir, so `kxr creds runtime add` reloads the server with the same ones.
     `runtime_identity` ("shared"/"strict", permissions.RUNTIME_IDENTITY_MODES) is kept under
     the data dir; None renders with the mode kept there ("shared" if never set), so a
     restart or `kxr creds runtime add` never loosens a strict deployment by omission.
@@ -115,18 +118,19 @@ def authorized_config(
         ensure_credentials,
         read_runtime_identity,
         render_server_config,
+        write_account_limits,
         write_runtime_identity,
         write_server_config,
     )
 
     subjects = Subjects(prefix)
+    limits = limits or AccountLimits.from_env(os.environ)  # a bad setting stops before anything is written
     if runtime_identity is not None:
         write_runtime_identity(data_dir, runtime_identity)
     mode = read_runtime_identity(data_dir)
     creds = ensure_credentials(data_dir, subjects, server_url)
-    path = write_server_config(
-        data_dir / "nats-server.conf", render_server_config(creds, subjects, limits or AccountLimits(), mode)
-    )
+    write_account_limits(data_dir, limits)
+    path = write_server_config(data_dir / "nats-server.conf", render_server_config(creds, subjects, limits, mode))
     return path, creds
 
 

@@ -1,8 +1,8 @@
 """`kxr runtime simulate`: one simulated runtime as a process (deployments, demos, smoke tests).
 
-A real `RuntimeClient` (cohort resolution, pointer following, re-verification before each
-switch, health reports) with synthetic traffic from `simulation.sampler`; it runs until
-SIGINT/SIGTERM and then returns cleanly.
+A real `RuntimeClient` (cohort resolution, again on each reconfiguration of the channel, pointer
+following, re-verification before each switch, health reports) with synthetic traffic from
+`simulation.sampler`; it runs until SIGINT/SIGTERM and then returns cleanly.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ async def run_simulated_runtime(
             except ChannelConfigUnavailable as exc:  # no cohort is picked on a guess
                 raise ConfigError(f"runtime {identity.runtime_id} follows no cohort: {exc}") from None
             on_ready(cohort)
+            # the channel may be (re)configured while it runs (compose starts it before `kxr channel set`):
+            # the runtime then follows its new cohort (RuntimeClient.follow), and says so as at start
+            runtime.on_cohort = on_ready
             await runtime.run()
         finally:
             await nc.close()

@@ -1,6 +1,7 @@
 """The runtime side of the contract: follow a scope's pointer, verify, switch, report.
 
-A runtime resolves its cohort exactly as the service does (CONTRACT §7), reads the
+A runtime resolves its cohort exactly as the service does (CONTRACT §7), and again whenever the
+channel is reconfigured (`RuntimeClient.follow`), reads the
 last `scope.activated` of its scope and follows new ones, re-verifies the pack
 (manifest signature under its own trust root, identity, digest and size over the
 exact bytes fetched) before switching, and reports an `activation` health message
@@ -26,10 +27,10 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, cast
 
 import nats.errors
 from nats.aio.client import Client
@@ -45,9 +46,11 @@ from events.signing import TrustRoot
 from events.subjects import Subjects
 from events.trust import TrustChain
 from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
+from services.jetstream.direct import DirectGetError
 from services.jetstream.log_reads import current_chain
 from services.jetstream.packstore import PackStore
-from services.jetstream.reader import OrderedReader
+from services.jetstream.pull import ConsumerGone
+from services.jetstream.reader import OrderedReader, RawEntry, ReadRefused
 from services.observability import tracing
 from services.tasks import cancel_and_wait
 from services.verification.context import verify_context
@@ -72,8 +75,19 @@ RefusalKind = Literal["final", "transient"]
 TRANSIENT_FAILURES = frozenset({("manifest", "manifest_missing"), ("integrity", "pack_missing")})
 # Errors of reading, not of what was read: the store or the log did not answer (nats.py's
 # timeouts, closed or draining connections, no responders and JetStream API errors are all
-# nats.errors.Error), or a socket failed.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
+# nats.errors.Error), or a socket failed — and our own readers' words for the same: the pack
+# store streams through direct gets (`DirectGetError`: no answer in time, the leader silent, a 503;
+# `Behind`: a replica not caught up), the trust chain's one-off read gives up on a server that keeps
+# refusing its consumer (`ReadRefused`), and a pull whose consumer went (`ConsumerGone`). Each says
+# "could not read now", never "what was read is bad", so none of them may make a genuine pointer final.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    TimeoutError,
+    OSError,
+    DirectGetError,
+    ReadRefused,
+    ConsumerGone,
+)
 
 
 def refusal_kind(gate: str | None = None, code: str | None = None, error: BaseException | None = None) -> RefusalKind:
@@ -96,6 +110,30 @@ def retry_pause(failed_attempts: int, draw: float, *, first_s: float = 0.5, cap_
     failed together do not come back together. Pure."""
     ceiling = min(first_s * 2 ** min(max(failed_attempts, 1) - 1, 32), cap_s)
     return ceiling * (1 - 0.5 * draw)
+
+
+def manifest_named_otherwise(pointer: ScopeActivated) -> str | None:
+    """Why `pointer`'s `manifest` is not its pack's manifest object (None: it is). Pure.
+
+    CONTRACT §4 names the manifest a pointer's runtime reads: `sha256-<hex>.manifest` of the pack.
+    This SDK reads the manifest of `pack.digest`, a runtime built from the contract the object the
+    pointer names; a pointer where the two differ would be run here and refused there (or run
+    under another pack's manifest there), so it is refused here too: the fleet does not split on it."""
+    expected = manifest_object_name(pointer.pack.digest)
+    if pointer.manifest == expected:
+        return None
+    return f"identity/manifest_mismatch: the pointer names manifest {pointer.manifest!r}, its pack's is {expected!r}"
+
+
+def size_named_otherwise(pack: PackRef, manifest_size: int) -> str | None:
+    """Why the size `pack` names is not the size of the bytes verified (None: it is, or it names none). Pure.
+
+    The integrity gate holds the bytes to the manifest's size; the pointer's own `size` is part of
+    the identity it names (as `VerifiedPack.answers` holds it), so a pointer naming another size is
+    not this pack, whatever the store holds."""
+    if pack.size is None or pack.size == manifest_size:
+        return None
+    return f"identity/size_mismatch: the pointer names size {pack.size}, the pack's manifest {manifest_size}"
 
 
 @dataclass(frozen=True)
@@ -264,10 +302,17 @@ class RuntimeClient:
         self._rotations_followed = False
         self._rotation_seen = 0
         self._health_subject: tuple[str, str] | None = None  # (cohort, the subject it reports on)
+        # The channel configuration the cohort was resolved from: its log sequence (0: the log held none,
+        # the contract's default), so `follow` acts only on a newer one. `cohort_problem`: why the newest
+        # configuration names no cohort for this runtime (then it follows no pointer until one does).
+        self._config_seq = 0
+        self.cohort_problem: str | None = None
+        self.on_cohort: Callable[[str], None] | None = None  # told each cohort `follow` moves this runtime to
 
     async def resolve_cohort(self) -> str:
-        config = await self.channel_config()
+        seq, config = await self._channel_config()
         self.cohort = config.resolve(self.id.env, self.id.channel, self.id.tenant, self.id.region)
+        self._config_seq, self.cohort_problem = seq, None
         return self.cohort
 
     async def channel_config(self) -> ChannelConfig:
@@ -277,6 +322,10 @@ class RuntimeClient:
         decode) raises `ChannelConfigUnavailable`: absence of an answer is not absence of a
         configuration.
         """
+        return (await self._channel_config())[1]
+
+    async def _channel_config(self) -> tuple[int, ChannelConfig]:
+        """`channel_config` and the log sequence it was read at (0: the log holds none)."""
         where = f"{self.id.env}/{self.id.channel}"
         try:
             msg = await self.js.get_last_msg(
@@ -284,7 +333,7 @@ class RuntimeClient:
             )
         except NotFoundError as exc:
             if exc.err_code == NO_MESSAGE:  # the log exists and holds no configuration for this channel
-                return DEFAULT_CHANNEL
+                return 0, DEFAULT_CHANNEL
             raise ChannelConfigUnavailable(
                 f"channel config of {where} could not be read: {exc.description or exc!r}"
             ) from None
@@ -298,7 +347,7 @@ class RuntimeClient:
             raise ChannelConfigUnavailable(
                 f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}"
             ) from None
-        return event.data  # type: ignore[return-value]
+        return msg.seq or 0, event.data  # type: ignore[return-value]
 
     @property
     def health_subject(self) -> str:
@@ -350,8 +399,39 @@ class RuntimeClient:
             await asyncio.sleep(self.sample_interval)
 
     async def follow(self) -> None:
+        """Follow this runtime's scope until stopped: its pointers, the trust rotations and the
+        channel's configuration, through one reader, in log order.
+
+        The cohort is the FIRST of the channel configuration's rules that matches (CONTRACT §7),
+        and an operator may replace the configuration at any time (a runtime started before
+        `kxr channel set` began on the default cohort `all`). So a `channel.configured` newer than
+        the one the cohort was resolved from is read here (`_reconfigured`): when it puts this
+        runtime in another cohort, following starts again on that cohort's scope, from its history
+        (as at start), with a fresh chain (a chain orders one scope's pointers; another scope's
+        `generation` says nothing about this one's), and health is reported under the new cohort.
+        The pack it runs stays active until a pointer of the new scope is verified and switched to.
+
+        A newer configuration that does not decode (or matches no cohort for this runtime) is no
+        answer: the runtime keeps the pack it runs and reports where it did, but follows no new
+        pointer (`cohort_problem` says why) until a configuration that decodes arrives. Fail
+        closed, as at start (`ChannelConfigUnavailable`): the configuration in force is unknown,
+        so is the cohort, and a pointer of a scope this runtime may no longer belong to is not one
+        it may switch to.
+        """
         assert self.cohort is not None
-        subject = self.subjects.scope(self.id.env, self.id.channel, self.cohort, "activated")
+        self._rotations_followed = True
+        try:
+            while True:
+                await self._follow_scope()  # returns when the configuration moved this runtime
+        finally:
+            self._rotations_followed = False
+
+    async def _follow_scope(self) -> None:
+        """One pass of `follow` over the scope of the cohort in force (none while `cohort_problem`):
+        returns when a newer channel configuration changed what this runtime follows."""
+        assert self.cohort is not None
+        env, channel = self.id.env, self.id.channel
+        subject = None if self.cohort_problem else self.subjects.scope(env, channel, self.cohort, "activated")
         # Every pointer of the scope, oldest first, not only the newest stored: the chain is
         # checked from the start, so an old pointer replayed last (a rollback or freeze
         # attack) is not what a (re)starting runtime runs. Of the history read at start only
@@ -360,21 +440,32 @@ class RuntimeClient:
         # is noticed within 15 s; a new pointer still arrives at once).
         # The trust rotations come through the same reader: a rotation logged before a pointer is
         # seen before it, so the trust root a pointer is verified under needs no read of its own.
+        # So does the channel's configuration: one reconfigured before a pointer is seen before it.
         rotations = self.subjects.trust_rotated()
-        reader = OrderedReader(self.js, self.subjects.releases_stream, [subject, rotations], heartbeat_s=5.0)
+        configured = self.subjects.channel(env, channel)
+        filters = [f for f in (subject, rotations, configured) if f is not None]
+        reader = OrderedReader(self.js, self.subjects.releases_stream, filters, heartbeat_s=5.0)
         newest: ScopeActivated | None = None
         newest_headers: dict[str, str] | None = None  # the pointer message's (its trace context)
         # the pointer being applied (retried while its refusals are transient), and how to tell it
         # a newer pointer superseded it
         applying: asyncio.Task | None = None
         superseded = asyncio.Event()
-        self._rotations_followed = True
+        # what arrived together, a list at a time (`read` is one more generator step per entry); closed
+        # on return, so the pass's pull stops before the next one opens
+        batches = cast(AsyncGenerator[list[RawEntry], None], reader.read_batches(follow=True))
         try:
-            # what arrived together, a list at a time (`read` is one more generator step per entry)
-            async for batch in reader.read_batches(follow=True):
+            async for batch in batches:
                 for entry in batch:
                     if entry.subject == rotations:
                         self._rotation_seen = max(self._rotation_seen, entry.seq)
+                    elif entry.subject == configured:
+                        if self._reconfigured(entry):
+                            if applying is not None:
+                                superseded.set()  # no longer this runtime's scope: it stops retrying
+                                await applying
+                                applying = None
+                            return
                     elif (accepted := self.accept_pointer(entry)) is not None:
                         newest, newest_headers = accepted, entry.headers
                     if newest is not None and await reader.settled(entry):
@@ -385,10 +476,54 @@ class RuntimeClient:
                         superseded = asyncio.Event()
                         applying = asyncio.create_task(self.apply(pointer, entry.seq, superseded, newest_headers))
         finally:
-            self._rotations_followed = False
             if applying is not None:
                 await cancel_and_wait([applying])
+            await batches.aclose()
             await reader.close()
+
+    def _reconfigured(self, entry: RawEntry) -> bool:
+        """Whether the channel configuration in `entry` changes what this runtime follows: a cohort
+        other than the one it follows, or no cohort at all (it does not decode, or no rule matches),
+        or a cohort again after none. One the cohort was resolved from, or older, changes nothing."""
+        if entry.seq <= self._config_seq:
+            return False
+        self._config_seq = entry.seq
+        where = f"{self.id.env}/{self.id.channel}"
+        try:
+            config: ChannelConfig = decode_event(entry.data, entry.subject, self.subjects).data  # type: ignore[assignment]
+            cohort = config.resolve(self.id.env, self.id.channel, self.id.tenant, self.id.region)
+        except (DecodeError, LookupError) as exc:
+            why = "could not be decoded" if isinstance(exc, DecodeError) else "names no cohort for this runtime"
+            problem = f"channel config of {where} at seq {entry.seq} {why}: {exc}"
+            log.error(
+                "runtime %s: %s; keeping %s and following no new pointer until a configuration decodes",
+                self.id.runtime_id,
+                problem,
+                self.active.short() if self.active else "no pack",
+            )
+            self.history.append(("?", f"follows no cohort: {problem}"))
+            following = self.cohort_problem is None
+            self.cohort_problem = problem
+            return following  # stop following the scope; already stopped: nothing changes
+        if self.cohort_problem is None and cohort == self.cohort:
+            return False
+        log.info(
+            "runtime %s: channel config of %s at seq %d: cohort %s (was %s)",
+            self.id.runtime_id,
+            where,
+            entry.seq,
+            cohort,
+            self.cohort if self.cohort_problem is None else f"{self.cohort}, followed no pointer",
+        )
+        self.history.append(("?", f"cohort {cohort} from the channel config at seq {entry.seq}"))
+        self.cohort, self.cohort_problem = cohort, None
+        self.chain = None  # the new scope's pointers are read from its start: a chain of their own
+        if self.on_cohort is not None:
+            try:
+                self.on_cohort(cohort)
+            except Exception as exc:  # the host's callback must not stop the runtime following
+                log.warning("runtime %s: on_cohort failed: %r", self.id.runtime_id, exc)
+        return True
 
     async def apply(
         self, pointer: ScopeActivated, seq: int, superseded: asyncio.Event, headers: dict[str, str] | None = None
@@ -473,6 +608,10 @@ class RuntimeClient:
         if self.active is not None and self.active.digest == pointer.pack.digest:
             return None
         started = time.perf_counter()
+        if (named := manifest_named_otherwise(pointer)) is not None:  # final: the pointer itself is wrong
+            wrong = Refusal(named)
+            await self.refused(pointer.pack, wrong, (time.perf_counter() - started) * 1000, failed_before)
+            return wrong
         refusal, record = await self._verify_with_record(pointer.pack)
         took_ms = (time.perf_counter() - started) * 1000
         if refusal is not None:
@@ -574,6 +713,9 @@ class RuntimeClient:
             if v.failure is not None:
                 f = v.failure
                 return Refusal(f"{f.gate}/{f.code}: {f.message}", refusal_kind(f.gate, f.code)), None
+            # the gates compare the request's name, version and digest, not a size (a request names none)
+            if v.manifest is not None and (named := size_named_otherwise(pack, v.manifest.size)) is not None:
+                return Refusal(named), None  # final: bytes read in full, of another size than the pointer's
             return None, self._record(v, store.manifest, trust_root)
         except Exception as exc:  # fail closed: anything unexpected refuses the switch
             return Refusal(f"verification error: {exc!r}", refusal_kind(error=exc)), None

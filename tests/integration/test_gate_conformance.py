@@ -124,7 +124,6 @@ VECTORS: list[Vector] = [
         "policy",
         "same_version_other_digest",
     ),
-    V("not-newer", gf.baseline_again, "policy", "not_newer"),
     V("source-forbidden", gf.signed_variant(source="https://evil.example/kb/core"), "policy", "source_forbidden"),
     V(
         "source-prefix-lookalike",
@@ -244,6 +243,21 @@ def history(bench: Bench) -> dict[str, list]:
 
 
 # ---- the negative suite ------------------------------------------------------------------------
+
+
+async def test_the_active_pack_requested_again_is_refused_before_any_gate(benches: Benches):
+    """The pack every cohort runs (its last-known-good), requested again: a rollback would have nowhere to
+    land but on it, so pre-flight refuses it (`rollback_target`) before any gate runs. The policy gate's
+    `not_newer` is the second line for the same request (tests/unit/test_gates.py)."""
+    bench = await benches.get(1, "shared")
+    again = gf.baseline_again(bench.keys, bench.baseline, "again")
+    before = await bench.pointers()
+    await bench.put(again.objects)
+    await request_release(bench.svc.app.log, "v-again", request_data(again.request), PRODUCER)
+    release = await bench.svc.wait_release("v-again", timeout=15)
+    assert release.outcome == "rejected", (release.outcome, release.failure)
+    assert "is the pack being released" in (release.failure or "")
+    assert await bench.pointers() == before == bench.baseline_pointers
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.id for v in VECTORS])

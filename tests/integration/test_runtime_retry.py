@@ -15,7 +15,9 @@ from datetime import timedelta
 from events.manifest import pack_object_name
 from events.model import Scope
 from services.actions.pins import pin
+from services.jetstream.direct import DirectGetError
 from services.jetstream.reader import OrderedReader
+from services.runtime import sdk
 from tests.harness import OPERATOR, make_pack, running_service, wait_for
 from tests.integration.test_fresh_pointers import stored_pointers
 from tests.integration.test_operator_model import now, scope_act
@@ -79,6 +81,37 @@ async def test_a_runtime_retries_a_pack_it_could_not_read_and_ends_on_it_without
         assert [r["ok"] for r in reports] == [False] * (tries - 1) + [True], reports
         assert {r["error"] for r in reports[:-1]} == {refusals(rt, pack.digest)[0].removeprefix("refused: ")}
         assert reports[-1]["digest"] == pack.digest
+
+
+async def test_a_store_that_did_not_answer_is_retried_and_the_runtime_ends_on_the_pack(nats_url, prefix, monkeypatch):
+    """The pack store's reads go through direct gets, whose "no answer in time" is a DirectGetError, not
+    a nats.errors.Error: it is a read that failed (transient), never a verdict on the pack (final)."""
+    async with running_service(nats_url, prefix, roles=ROLES) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        pack = await released(svc, "r1", "1.0.0", rollback={"strategy": "none"})
+
+        failures = {"left": 1}
+        read = sdk._RecordingStore.read
+
+        async def stalls_once(self, name, max_bytes):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise DirectGetError("no answer to a direct get within 10s")  # what a stalled store raises
+            return await read(self, name, max_bytes)
+
+        monkeypatch.setattr(sdk._RecordingStore, "read", stalls_once)
+        rt = await svc.runtime("t-int-2")  # (re)starts on the genuine newest pointer; the store stalls once
+        rt.retry_first_s, rt.retry_cap_s = 0.1, 0.2
+        await wait_for(
+            lambda: rt.active is not None and rt.active.digest == pack.digest,
+            10,
+            "the runtime on the pack after one stalled read",
+            lambda: list(rt.history),
+        )
+        why = "verification error: DirectGetError('no answer to a direct get within 10s')"
+        assert refusals(rt, pack.digest) == [f"refused: transient, retrying: {why}"]
 
 
 async def test_a_newer_pointer_supersedes_one_being_retried(nats_url, prefix):

@@ -108,7 +108,9 @@ def _number(schema: dict[str, Any], integer: bool) -> st.SearchStrategy[Any]:
     int_high = INT64 - 1 if high is None else min(INT64 - 1, math.floor(high))
     ints = st.integers(min_value=int_low, max_value=int_high)
     if integer:
-        return ints
+        # JSON Schema's integer is any number without a fraction: `600.0` too (exact as a double up to 2**53)
+        exact = st.integers(min_value=max(int_low, -(2**53)), max_value=min(int_high, 2**53)).map(float)
+        return st.one_of(ints, exact) if max(int_low, -(2**53)) <= min(int_high, 2**53) else ints
     floats = st.floats(
         min_value=low, max_value=high, exclude_min=above is not None, allow_nan=False, allow_infinity=False
     )

@@ -6,6 +6,9 @@ import nats.errors
 import nats.js.errors
 import pytest
 
+from services.jetstream.direct import Behind, DirectGetError
+from services.jetstream.pull import ConsumerGone
+from services.jetstream.reader import ReadRefused
 from services.runtime.sdk import refusal_kind, retry_pause
 from services.verification.gates import GATE_CODES
 
@@ -38,6 +41,14 @@ CASES = [
     (None, None, nats.js.errors.ServiceUnavailableError(), "transient"),
     (None, None, nats.js.errors.NotFoundError(), "transient"),
     (None, None, ConnectionResetError(), "transient"),
+    # ... and our own readers' words for "could not read now": the pack store's direct gets, the trust
+    # chain's one-off read refused a consumer, a pull whose consumer went
+    (None, None, DirectGetError("no answer to a direct get within 10s"), "transient"),
+    (None, None, DirectGetError("the leader of OBJ_kx_packs did not answer within 10s (TimeoutError())"), "transient"),
+    (None, None, DirectGetError("direct get failed: 503 No Responders"), "transient"),
+    (None, None, Behind("OBJ_kx_packs: answered up to seq 7, 9 asked for"), "transient"),
+    (None, None, ReadRefused("the server refused a consumer to read KX_RELEASES for 5 s"), "transient"),
+    (None, None, ConsumerGone("consumer deleted"), "transient"),
     # anything else raised is a bug, not a hiccup: refused as today, not retried
     (None, None, ValueError("bad"), "final"),
     (None, None, KeyError("digest"), "final"),

@@ -1,0 +1,193 @@
+"""Core NATS is bounded too (docs/permissions.md "Limits: no role can exhaust the server").
+
+The account bounded JetStream (consumers, streams) but not core NATS: a runtime's user held
+100,000 subscriptions on its own inbox in 6 s (nats-server 19 -> 441 MiB), and any user could
+open connections without end. Embedded `kxr serve` now renders the account's `limits`
+(connections of the account, subscriptions per connection: settings, sized for the service and
+a fleet) and the server's `max_payload`; each flood here uses a runtime's own credentials, and
+the service and the other roles carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nats.errors import ConnectionClosedError
+from nats.js.object_store import OBJ_DEFAULT_CHUNK_SIZE
+
+from events.subjects import Subjects
+from services.jetstream.embedded import authorized_config
+from services.jetstream.layout import LOG_MAX_MSG_SIZE, LayoutSettings, ensure_layout, internal_configs
+from services.permissions import (
+    LIMIT_ENV,
+    AccountLimits,
+    Credentials,
+    inbox_for,
+    read_account_limits,
+    render_server_config,
+    user_name,
+)
+from tests.security.conftest import Conns, start_authed, stop_authed
+
+pytestmark = pytest.mark.security
+
+
+async def until(check, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_runtime_cannot_hold_more_subscriptions_than_a_connection_may(authed, as_role):
+    """The generated configuration as it is: the subscription past `max_subscriptions` is refused (and
+    nats-py closes that connection); the runtime reconnects and reads, the service still serves."""
+    limit = AccountLimits().max_subscriptions
+    flood = limit + 2000
+    rt = await as_role("runtime-rt-a")
+    prefix = authed.creds["runtime-rt-a"].inbox_prefix
+    made = 0
+    with contextlib.suppress(ConnectionClosedError):
+        for i in range(flood):
+            await rt.nc.subscribe(f"{prefix}.flood.{i}.with.a.rather.long.subject.name.to.hold")
+            made += 1
+            if made % 500 == 0:
+                await rt.nc.flush(timeout=10)
+        await rt.nc.flush(timeout=10)
+    # nats-py keeps the server's -ERR as the connection's last error (and closes it), not an error_cb
+    await until(lambda: "maximum subscriptions exceeded" in str(rt.nc.last_error), f"no refusal: {rt.nc.last_error}")
+    assert made < flood and not rt.nc.is_connected, f"{made} subscriptions, connected: {rt.nc.is_connected}"
+    log = (authed.data_dir / "nats-server.log").read_text(errors="replace")
+    assert "maximum subscriptions exceeded" in log
+    # a runtime still reads what it needs; the service's connection never noticed
+    again = await as_role("runtime-rt-a", "rt-a-again")
+    s = authed.subjects
+    assert (await again.js.stream_info(s.releases_stream)).config.name == s.releases_stream
+    service = await as_role("service", "kxr-serve")
+    assert (await service.js.stream_info(s.health_stream)).config.name == s.health_stream
+    assert not again.errors and not service.errors, (again.errors, service.errors)
+
+
+async def test_the_account_refuses_connections_past_its_limit(tmp_path):
+    """Connections are counted for the account: a runtime that opens them up to the limit is refused
+    the next one; the service's connection carries on, and one let go is one someone else may open."""
+    limits = AccountLimits(max_connections=12)
+    authed, lock = start_authed(tmp_path, limits=limits)
+    conns = Conns(authed)
+    try:
+        service = await conns("service", "kxr-serve")
+        await ensure_layout(service.js, authed.subjects)
+        opened, refused = [], None
+        for i in range(limits.max_connections + 5):
+            try:
+                opened.append(await conns("runtime-rt-a", f"flood-{i}"))
+            except Exception as exc:  # nats-py: the server closed the connection it refused
+                refused = exc
+                break
+        assert refused is not None, f"{len(opened) + 1} connections, past the limit of {limits.max_connections}"
+        assert len(opened) + 1 == limits.max_connections, len(opened)
+        log = (authed.data_dir / "nats-server.log").read_text(errors="replace")
+        assert "maximum account active connections exceeded" in log
+        assert (await service.js.stream_info(authed.subjects.releases_stream)).config.name
+        await opened.pop().nc.close()
+        other = None
+        for _ in range(50):  # the server counts the closed one out as it handles the close
+            try:
+                other = await conns("runtime-rt-b", "after")
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        assert other is not None and (await other.js.stream_info(authed.subjects.releases_stream)).config.name
+    finally:
+        await conns.close()
+        stop_authed(authed, lock)
+
+
+def test_the_generated_config_bounds_core_nats_and_its_settings_change_it():
+    s = Subjects("kx")
+    creds = [Credentials(r, "kx", user_name(s, r), "pw", inbox_for(s, r)) for r in ("service", "runtime")]
+    limits = AccountLimits()
+    text = render_server_config(creds, s)
+    assert f"max_payload: {limits.max_payload}\n" in text.split("accounts {")[0]  # the server's, before the account
+    assert "limits: { max_connections: 5120, max_subscriptions: 16384 }" in text.split("accounts {")[1]
+    # sized: a fleet as large as the consumer limit lets follow the log, and more; the largest message
+    assert limits.max_connections > limits.max_consumers
+    largest = max(cfg.max_msg_size or 0 for cfg in internal_configs(s, LayoutSettings()))  # the dead letters'
+    assert limits.max_payload >= max(largest, LOG_MAX_MSG_SIZE, OBJ_DEFAULT_CHUNK_SIZE) and largest == 1024 * 1024
+    # the settings
+    env = {LIMIT_ENV["max_connections"]: "20000", LIMIT_ENV["max_subscriptions"]: " 65536 "}
+    assert AccountLimits.from_env(env) == AccountLimits(max_connections=20000, max_subscriptions=65536)
+    assert AccountLimits.from_env({LIMIT_ENV["max_connections"]: ""}) == limits
+    for variable, value in [
+        ("KX_NATS_MAX_CONNECTIONS", "many"),
+        ("KX_NATS_MAX_CONNECTIONS", "0"),
+        ("KX_NATS_MAX_SUBSCRIPTIONS", "-1"),
+        ("KX_NATS_MAX_SUBSCRIPTIONS", "10"),  # below what the service's own connection holds
+        ("KX_NATS_MAX_SUBSCRIPTIONS", "1e9"),
+    ]:
+        with pytest.raises(ValueError, match=variable):
+            AccountLimits.from_env({variable: value})
+    assert AccountLimits.from_document({"max_connections": 7, "max_mem": "1G"}) == AccountLimits(
+        max_connections=7, max_mem="1G"
+    )
+    for junk in ([], {"max_connections": "7"}, {"max_connections": True}, {"nope": 1}):
+        with pytest.raises(ValueError):
+            AccountLimits.from_document(junk)
+
+
+def test_kxr_serve_takes_its_limits_from_the_environment_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("KX_NATS_MAX_CONNECTIONS", "777")
+    monkeypatch.setenv("KX_NATS_MAX_SUBSCRIPTIONS", "4096")
+    path, _ = authorized_config(tmp_path / "ok", "lim", "nats://127.0.0.1:4222")
+    assert "limits: { max_connections: 777, max_subscriptions: 4096 }" in path.read_text()
+    assert read_account_limits(tmp_path / "ok") == AccountLimits(max_connections=777, max_subscriptions=4096)
+    monkeypatch.setenv("KX_NATS_MAX_SUBSCRIPTIONS", "lots")
+    with pytest.raises(ValueError, match="KX_NATS_MAX_SUBSCRIPTIONS"):
+        authorized_config(tmp_path / "bad", "lim", "nats://127.0.0.1:4222")
+    assert not (tmp_path / "bad").exists()  # nothing written under a setting it cannot use
+    (tmp_path / "ok" / "account-limits.json").write_text('{"max_connections": "lots"}')
+    with pytest.raises(ValueError, match="account-limits.json"):
+        read_account_limits(tmp_path / "ok")
+    assert read_account_limits(tmp_path / "never") == AccountLimits()  # a data dir from before: the defaults
+
+
+def kxr(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_a_reload_for_a_new_runtime_keeps_the_limits_the_server_started_with(tmp_path, monkeypatch):
+    """`kxr serve` started with KX_NATS_MAX_CONNECTIONS; `kxr creds runtime add` from a shell without it
+    reloads the server with the same limits, not the defaults."""
+    monkeypatch.setenv("KX_NATS_MAX_CONNECTIONS", "9")
+    authed, lock = start_authed(tmp_path / "kx-data", runtimes=())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
+    env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(tmp_path / "kx-data")})
+    conns = Conns(authed)
+    try:
+        added = kxr("creds", "runtime", "add", "rt-new", env=env, cwd=tmp_path)
+        assert added.returncode == 0, added.stderr
+        config = (tmp_path / "kx-data" / "nats-server.conf").read_text()
+        assert "rt-new" in config and "max_connections: 9," in config, config[:600]
+        service = await conns("service")
+        await ensure_layout(service.js, authed.subjects)
+        opened, refused = 1, None
+        for i in range(12):
+            try:
+                await conns("runtime", f"fill-{i}")
+                opened += 1
+            except Exception as exc:
+                refused = exc
+                break
+        assert refused is not None and opened == 9, opened
+    finally:
+        await conns.close()
+        stop_authed(authed, lock)
