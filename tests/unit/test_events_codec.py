@@ -792,3 +792,31 @@ def test_a_validator_that_raises_anything_is_still_a_decode_error(monkeypatch) -
     monkeypatch.setattr(channel_module, "is_limit", broken)
     with pytest.raises(DecodeError, match="could not be validated: ArithmeticError: a validator's own failure"):
         decode_event(_configured_with_threshold(5), "kx.channel.prod.canary.configured")
+
+
+def test_an_integer_written_with_a_zero_fraction_is_an_integer() -> None:
+    """JSON Schema's `integer` takes 600.0 (our schemas say `"type": "integer"`): read as the int 600; a
+    fraction, a boolean or a string is still refused."""
+    doc = {
+        "event_id": "e1",
+        "type": "release.requested",
+        "schema_version": 1.0,
+        "occurred_at": "2030-01-01T00:00:00Z",
+        "actor": {"kind": "producer", "id": "ci"},
+        "release_id": "r1",
+        "data": {
+            "pack": {"name": "kb", "version": "1.0.0", "digest": "sha256:" + "a" * 64, "size": 1024.0},
+            "target": {"env": "prod", "channel": "canary"},
+            "owner": "kb-team",
+            "escalation": "pager:kb",
+            "monitoring": {"window_s": 600.0, "min_samples": 2.0, "thresholds": {"tickets_max": 3.0}},
+        },
+    }
+    event = decode_event(json.dumps(doc).encode(), "kx.release.r1.requested")
+    m = event.data.monitoring
+    assert (m.window_s, m.min_samples, m.thresholds.tickets_max, event.data.pack.size) == (600, 2, 3, 1024)
+    assert type(m.window_s) is int and type(event.data.pack.size) is int
+    for bad in (600.5, True, "600", 1e300):  # 1e300 is integral, and over the 30-day bound
+        wrong = {**doc, "data": {**doc["data"], "monitoring": {"window_s": bad}}}
+        with pytest.raises(DecodeError):
+            decode_event(json.dumps(wrong).encode(), "kx.release.r1.requested")
