@@ -38,7 +38,7 @@ def test_a_url_httpx_cannot_parse_is_an_unreachable_query_not_an_exception() -> 
 
 
 class _Deep(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b"[" * 200_000
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
