@@ -3,7 +3,9 @@
 Each check looks at the world *before* an entry is applied and the entry itself, so a
 violation is reported at the sequence where it happened. The safety invariants of issue 13
 (`SAFETY_CODES`, at the end) do the same; `check_lkg` also compares the world after the entry,
-since last-known-good is what the fold made of it.
+since last-known-good is what the fold made of it. A pointer and its release's record pair up
+within their atomic batch, so that pairing is judged when the batch ends (`unpaired`), and each
+side still reported at its own sequence.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import islice
+from typing import NamedTuple
 
 from rpds import HashTrieMap
 
 from events.canonical import StrictJSONError, loads_strict
 from events.codec import DecodeError, decode_event, encode_event, scope_tuple
 from events.model import (
+    Activated,
     Closed,
     Comparison,
     Event,
     MonitoringVerdict,
     PackRef,
     RollbackStarted,
+    RolledBack,
     ScopeActivated,
     ScopePinned,
     Verified,
@@ -59,6 +65,11 @@ class Audit:
     events: int = 0
     undecodable: int = 0
     safety: SafetyMemory = field(default_factory=lambda: SafetyMemory())
+    # every event id stored so far -> the sequence it was first stored at (`duplicate_event_id`);
+    # this state holds the first `ids_known` of them (`own_ids`)
+    event_ids: dict[str, int] = field(default_factory=dict)
+    ids_known: int = 0
+    batch: OpenBatch | None = None  # the atomic batch being read, until it ends (`unpaired`)
 
 
 def _check(world: World, position: Position, event: Event) -> list[Violation]:
@@ -101,6 +112,16 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
             scope = world.scope(event.scope.env, event.scope.channel, event.scope.cohort)
             if scope.pin is None or scope.pin.pack.digest != data.pack.digest:
                 v("pin_switch_without_pin", f"{position.subject} switched to {data.pack.version} with no such pin")
+            elif scope.pinned_at(event.occurred_at) is None:
+                # Judged at the pointer's own `occurred_at`: the writer's decision time, inside the
+                # signed bytes, the instant the pinner must compare with (`pinned_at(now)`) and every
+                # other time rule here uses. Not the server's stored time: a switch decided while the
+                # pin held and stored a moment after its end is a race no writer can close.
+                v(
+                    "pin_switch_after_expiry",
+                    f"{position.subject} switched to {data.pack.version} at {event.occurred_at.isoformat()}, "
+                    f"after its pin ran out at {scope.pin.until.isoformat()}",
+                )
     elif event.type == "scope.pinned":
         assert isinstance(data, ScopePinned)
         if not data.rationale.strip() or data.until <= event.occurred_at:
@@ -118,25 +139,49 @@ def _check(world: World, position: Position, event: Event) -> list[Violation]:
 
 def audit_entry(audit: Audit, position: Position, event: Event | None, subjects: Subjects) -> Audit:
     """Check one log entry (None: it did not decode) against the world so far, then apply it."""
+    batch = audit.batch
+    found: list[Violation] = []
+    if batch is not None and (position.batch_id is None or position.batch_id != batch.batch_id):
+        # an atomic batch is stored in consecutive sequences: the first entry outside it ends it
+        found = unpaired(batch, audit.world)
+        batch = None
     if event is None:
+        found.append(Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"))
         return evolve(
             audit,
             {
                 "world": apply_undecodable(audit.world, position, subjects),
                 "undecodable": audit.undecodable + 1,
-                "violations": audit.violations
-                + (Violation(position.seq, "undecodable", f"{position.subject} holds no valid event"),),
+                "violations": audit.violations + tuple(found),
+                "batch": batch,
             },
         )
     world, memory, event_type = audit.world, audit.safety, event.type
+    event_ids, ids_known = audit.event_ids, audit.ids_known
+    if len(event_ids) != ids_known:
+        event_ids = own_ids(audit)
+    first = event_ids.get(event.event_id)
+    if first is None:
+        event_ids[event.event_id] = position.seq
+        ids_known += 1
+    else:
+        found.append(
+            Violation(
+                position.seq, "duplicate_event_id", f"{event.type}: event id {event.event_id} was stored at seq {first}"
+            )
+        )
     # Each check is called only for the event types it looks at (`_CHECKED`, ...: the conditions
     # each one starts with); for any other entry it would return nothing. A replay's cost.
-    found = _check(world, position, event) if event_type in _CHECKED else []
+    if event_type in _CHECKED:
+        found += _check(world, position, event)
     found += check_safety(world, position, event, memory)
     if event_type == "scope.activated":
         broken = pointer_chain_violation(world, position, event)
         if broken is not None:
             found.append(broken)
+        found += pointer_record_problems(world, batch, position, event)
+    if event_type in _PAIRED:
+        batch = with_claims(batch, world, position, event)
     after = apply(world, position, event)
     if event_type == "release.closed" or event_type.startswith("scope."):
         found += check_lkg(memory, world, after, position, event)
@@ -149,12 +194,26 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects:
             "violations": audit.violations + tuple(found) if found else audit.violations,
             "events": audit.events + 1,
             "safety": memory,
+            "event_ids": event_ids,
+            "ids_known": ids_known,
+            "batch": batch,
         },
     )
 
 
+def own_ids(audit: Audit) -> dict[str, int]:
+    """The event ids `audit` holds, in a dict of its own.
+
+    `event_ids` is a plain dict that `audit_entry` appends to in place (a persistent map cost a
+    replay 2 us an entry, a dict 0.1), so only the newest state of a dict may append to it: an
+    older state folded again (a branch) first copies the ids it holds, the first `ids_known`
+    inserted (a dict keeps insertion order). No state ever sees another's ids."""
+    return dict(islice(audit.event_ids.items(), audit.ids_known))
+
+
 _CHECKED = frozenset({"scope.activated", "scope.pinned", "release.rollback_started"})  # what `_check` judges
 _REMEMBERED = frozenset({"release.verified", "release.closed"})  # what `remember` learns from
+_PAIRED = frozenset({"scope.activated", "release.activated", "release.rolled_back"})  # what `with_claims` indexes
 
 
 SERVICE_ROLE = {"pinner": "activator"}  # the pinner runs inside the activator role
@@ -275,8 +334,9 @@ def with_violation(audit: Audit, violation: Violation | None) -> Audit:
 
 
 def finish(audit: Audit) -> Audit:
-    """Checks that need the whole log: lifecycle anomalies and releases left unfinished."""
-    found = []
+    """Checks that need the whole log: the last atomic batch's pairings, lifecycle anomalies and
+    releases left unfinished."""
+    found = unpaired(audit.batch, audit.world) if audit.batch is not None else []
     for release in sorted(audit.world.releases.values(), key=lambda r: r.last_seq):
         for anomaly in release.anomalies:
             found.append(Violation(release.last_seq, "illegal_transition", f"{release.release_id}: {anomaly}"))
@@ -288,7 +348,182 @@ def finish(audit: Audit) -> Audit:
                     f"{release.release_id} ended {release.phase} but was never closed with an outcome",
                 )
             )
-    return replace(audit, violations=audit.violations + tuple(found))
+    return replace(audit, violations=audit.violations + tuple(found), batch=None)
+
+
+# ==== a pointer and its release's record ===========================================================
+# CONTRACT §4: the activator moves a scope's pointer only inside an atomic batch that also holds its
+# release's `release.activated` (rollout) or `release.rolled_back` (rollback). The pointer is what
+# runtimes run; the release event is what the evidence, the monitor and the promoter believe was
+# exposed or restored. Neither may stand without the other, so each must find its partner in the
+# same batch. The activator's group commit stores several releases' batches as ONE server batch
+# (README, "Several activations in one atomic batch"): partners are found by (kind, release, scope),
+# never by their place in the batch, and either may come first.
+
+PairKey = tuple[str, str, str, str, str]  # (pointer kind, release id, env, channel, cohort)
+
+
+class Claim(NamedTuple):
+    """One side of a pairing: a pointer moved `key`'s scope to `pack`, or a release event says one did.
+    (A tuple, worded only when a violation needs it: a replay builds one per pointer and per record.)"""
+
+    seq: int
+    event_type: str  # scope.activated, release.activated or release.rolled_back
+    key: PairKey
+    pack: PackRef | None  # None: a `rolled_back` naming a cohort without a target
+    at: datetime  # the event's occurred_at (a pin in force then may hold a rolled-back cohort)
+
+
+class OpenBatch(NamedTuple):
+    """The pointers and release records of the atomic batch being read, judged when it ends
+    (`unpaired`): at the first entry outside it, or at the end of the log (`finish`)."""
+
+    batch_id: str | None  # None: an entry outside any batch, judged on its own
+    pointers: tuple[Claim, ...] = ()
+    records: tuple[Claim, ...] = ()
+
+
+def _target_of(world: World, release_id: str) -> tuple[str, str]:
+    release = world.release(release_id)
+    if release is None or release.prepared is None:
+        return "", ""  # no scope can pair with it: reported as unpaired
+    return release.prepared.target.env, release.prepared.target.channel
+
+
+def with_claims(batch: OpenBatch | None, world: World, position: Position, event: Event) -> OpenBatch | None:
+    """`batch` with what this entry claims moved (a rollout or rollback pointer) or was moved (the
+    cohorts a `release.activated` or `release.rolled_back` names); a pin's pointer pairs with nothing."""
+    data, seq, at, event_type = event.data, position.seq, event.occurred_at, event.type
+    pointers: tuple[Claim, ...] = ()
+    records: tuple[Claim, ...] = ()
+    if isinstance(data, ScopeActivated):
+        if data.kind == "pin" or event.scope is None:
+            return batch
+        scope = event.scope
+        key = (data.kind, data.release_id or "", scope.env, scope.channel, scope.cohort)
+        pointers = (Claim(seq, event_type, key, data.pack, at),)
+    elif isinstance(data, Activated) and event.release_id:
+        rid = event.release_id
+        env, channel = _target_of(world, rid)
+        records = tuple(Claim(seq, event_type, (data.kind, rid, env, channel, c), data.pack, at) for c in data.cohorts)
+    elif isinstance(data, RolledBack) and event.release_id:
+        rid, targets = event.release_id, data.targets
+        env, channel = _target_of(world, rid)
+        records = tuple(
+            Claim(seq, event_type, ("rollback", rid, env, channel, c), targets.get(c), at) for c in data.cohorts
+        )
+    if not pointers and not records:
+        return batch
+    if batch is None:
+        return OpenBatch(position.batch_id, pointers, records)
+    return OpenBatch(batch.batch_id, batch.pointers + pointers, batch.records + records)
+
+
+def _already_there(world: World, record: Claim) -> bool:
+    """A rolled-back cohort the activator did not move: already on its target, or on the pin in force
+    (what the pinner switched it to; a rollback never fights a pin)."""
+    scope = world.scope(*record.key[2:])
+    active = scope.active_pack
+    if active is None or record.pack is None:
+        return False
+    pin = scope.pinned_at(record.at)
+    return active.digest == record.pack.digest or (pin is not None and pin.pack.digest == active.digest)
+
+
+def unpaired(batch: OpenBatch, world: World) -> list[Violation]:
+    """A finished batch's pointers and release records that have no partner in it.
+
+    `world`: after the batch. A `rolled_back` cohort with no pointer in the batch is fine when its
+    scope already runs the target (the activator moves nothing then: `decide_rollback`)."""
+    moved: dict[PairKey, list[Claim]] = {}
+    for pointer in batch.pointers:
+        moved.setdefault(pointer.key, []).append(pointer)
+    paired: set[int] = set()
+    out = []
+    for record in batch.records:
+        pointers = moved.get(record.key, [])
+        digest = record.pack.digest if record.pack is not None else None
+        partner = next((p for p in pointers if p.pack is not None and p.pack.digest == digest), None)
+        if partner is not None:
+            paired.add(partner.seq)
+            continue
+        if not pointers and record.key[0] == "rollback" and _already_there(world, record):
+            continue
+        _, rid, env, channel, cohort = record.key
+        running = world.scope(env, channel, cohort).active_pack
+        says = "runs" if record.event_type == "release.activated" else "is back on"
+        claimed = record.pack.short() if record.pack else "(no target)"
+        out.append(
+            Violation(
+                record.seq,
+                "release_record_without_pointer",
+                f"{rid}: {record.event_type} says {cohort} {says} {claimed}, but no pointer of {rid} in its "
+                f"atomic batch moved {env or '?'}/{channel or '?'}/{cohort} there "
+                f"(it runs {running.short() if running else 'nothing'})",
+            )
+        )
+    for pointer in batch.pointers:
+        if pointer.seq not in paired:
+            kind, rid, env, channel, cohort = pointer.key
+            partner_type = "release.activated" if kind == "rollout" else "release.rolled_back"
+            pack = pointer.pack.short() if pointer.pack else "?"
+            out.append(
+                Violation(
+                    pointer.seq,
+                    "pointer_without_release_record",
+                    f"{env}/{channel}/{cohort}: {kind} to {pack} by {rid}: its atomic batch holds no "
+                    f"{partner_type} of {rid} naming {cohort} with that pack",
+                )
+            )
+    return sorted(out, key=lambda v: v.seq)
+
+
+def pointer_record_problems(world: World, batch: OpenBatch | None, position: Position, event: Event) -> list[Violation]:
+    """A rollout or rollback pointer must be one its release may write now: on a scope of its target
+    and plan (a rollout: a cohort of the stage it activates; a rollback: a cohort it activated), while
+    it activates a stage (`verified`, `expanding`) or rolls back (`rolling_back`). A pointer naming a
+    release already rolled back or closed puts back a pack nothing vouches for any more.
+
+    Either order within the atomic batch is the contract's: if the release's record came first in
+    `batch`, the fold has already moved the release to `activated` / `rolled_back`."""
+    data = event.data
+    if not isinstance(data, ScopeActivated) or data.kind == "pin" or event.scope is None or not data.release_id:
+        return []
+    release = world.release(data.release_id)
+    if release is None or release.prepared is None:
+        return []  # reported already: never verified, or no rollback decision
+    scope, target, phase, kind = event.scope, release.prepared.target, release.phase, data.kind
+
+    def v(code: str, why: str) -> list[Violation]:  # (worded only when needed: a replay's cost)
+        where = f"{position.subject}: {kind} to {data.pack.version} by {release.release_id}"
+        return [Violation(position.seq, code, f"{where}, {why}")]
+
+    def recorded() -> bool:  # the release's record came first in this batch
+        return batch is not None and any(r.key[0] == kind and r.key[1] == release.release_id for r in batch.records)
+
+    if scope.env != target.env or scope.channel != target.channel:
+        return v("pointer_outside_release_plan", f"a release for {target.env}/{target.channel}")
+    if kind == "rollback":
+        if phase != "rolling_back" and not (phase == "rolled_back" and recorded()):
+            return v("pointer_out_of_phase", f"while it is {phase}: a rollback moves only while rolling back")
+        if scope.cohort not in release.activated:
+            return v("pointer_outside_release_plan", f"which never activated {scope.cohort}")
+        return []
+    if phase == "verified":
+        stage = 0
+    elif phase == "expanding":
+        stage = release.stage + 1
+    elif phase == "activated" and recorded():
+        stage = release.stage
+    else:
+        return v(
+            "pointer_out_of_phase",
+            f"while it is {phase}: a rollout moves only while its release activates a stage (verified or expanding)",
+        )
+    stages = release.prepared.stages
+    if stage >= len(stages) or scope.cohort not in stages[stage]:
+        return v("pointer_outside_release_plan", f"but {scope.cohort} is not in stage {stage + 1} of its plan")
+    return []
 
 
 # ==== safety invariants (issue 13) ===============================================================
@@ -537,7 +772,11 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
 
 def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:
     """A release that closed having passed every window on data earns its pack in its channel;
-    a verification records who signed its pack."""
+    a verification records who signed its pack.
+
+    Only a release that exposed its pack somewhere: one whose every stage passed with nothing
+    activated (every cohort pinned) never ran it, so no sample judged it; a later rollback to it
+    is then not a return to a known-good pack (`lkg_not_earned`)."""
     if event.type == "release.verified" and isinstance(event.data, Verified):
         digest = event.data.pack.digest
         known = memory.signers.get(digest, frozenset())
@@ -550,6 +789,7 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
         or release.prepared is None
         or release.verified is None
         or not release.passed_on_data
+        or not release.activated
         or release.aborted
     ):
         return memory

@@ -1,0 +1,484 @@
+"""Given a log, when the auditor replays it, then a pointer that its release's record does not back
+(or a record no pointer backs), a pointer its release may not write now, an event id stored twice,
+a pin's switch after the pin ran out, and a pack no cohort ever ran "earning" known-good are each
+reported at the entry — while the batches the real activator writes (group commits included) audit
+clean. Pure: the same `audit_entry` / `finish` `kxr audit replay` folds with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from events.codec import make_event
+from events.model import Actor, Event, PackRef, Scope
+from events.subjects import Subjects
+from projections.invariants import Audit, audit_entry, finish
+from projections.pointer_chain import chained_pointer
+from services.consumers import activator, pinner
+from services.consumers.outputs import Atomic, Chain, Ctx, Output
+from tests.unit.test_projections import CH, ENV, P0, P1, P2, Log, manifest_of
+
+ACTIVATOR = Actor(kind="service", id="activator")
+PINNER = Actor(kind="service", id="pinner")
+
+
+class Story:
+    """A `Log` whose entries carry the Nats-Batch-Id the service stores them with."""
+
+    def __init__(self) -> None:
+        self.log = Log()
+        self.batch_of: dict[int, str] = {}  # seq -> Nats-Batch-Id
+
+    @property
+    def seq(self) -> int:
+        return len(self.log.events)
+
+    @contextmanager
+    def batch(self, batch_id: str) -> Iterator[None]:
+        """Everything appended inside is one atomic batch."""
+        start = self.seq
+        yield
+        for seq in range(start + 1, self.seq + 1):
+            self.batch_of[seq] = batch_id
+
+    def append(self, event: Event) -> Event:
+        self.log.events.append(event)
+        return event
+
+    def emit(self, outputs: list[Output], group: str | None = None) -> list[Event]:
+        """As app.emit stores them: a Chain plainly, an Atomic as one batch (its own id, or a group's)."""
+        stored = []
+        for out in outputs:
+            if isinstance(out, Chain):
+                stored += [self.append(e) for e in out.events]
+            elif isinstance(out, Atomic):
+                with self.batch(group or out.batch_id):
+                    stored += [self.append(w.event) for w in out.scope_writes]
+                    stored += [self.append(e) for e in out.release_events]
+        return stored
+
+    def ctx(self, service: str = "activator") -> Ctx:
+        return Ctx(now=self.log.clock, service=service)
+
+    def rollout(self, rid: str) -> list[Output]:
+        world = self.log.world()
+        return activator.decide_rollout(world, world.release(rid), self.ctx())
+
+    def rollback(self, rid: str) -> list[Output]:
+        world = self.log.world()
+        release = world.release(rid)
+        checked = {t.digest: None for t in release.rollback.targets.values() if t is not None}
+        return activator.decide_rollback(world, release, self.ctx(), checked)
+
+    def stage(self, rid: str, stage: int, cohorts: list[str], p: dict[str, Any], outcome: str = "passed") -> None:
+        self.emit(self.rollout(rid))
+        self.log.started(rid, stage, cohorts, p)
+        self.log.verdict(rid, outcome, stage)
+
+    def success(self, rid: str, p: dict[str, Any]) -> None:
+        self.log.through_verified(rid, p)
+        self.stage(rid, 0, ["internal"], p)
+        self.log.expanded(rid, 0, 1, ["rest"])
+        self.stage(rid, 1, ["rest"], p)
+        self.log.closed(rid, "success")
+
+    def pointer(self, cohort: str, p: dict[str, Any], rid: str | None, kind: str = "rollout", channel: str = CH):
+        """A pointer as the activator writes it (actor, the scope's next link), whatever it says."""
+        mark = self.log.world().scope(ENV, channel, cohort).chain_mark
+        data = chained_pointer(
+            mark, pack=PackRef(**p), manifest=manifest_of(p), release_id=rid, kind=kind, previous=None
+        )
+        event = make_event(
+            "scope.activated",
+            data,
+            actor=ACTIVATOR,
+            release_id=rid,
+            scope=Scope(env=ENV, channel=channel, cohort=cohort),
+            event_id=f"ev-{self.seq + 1}",
+            occurred_at=self.log.clock,
+        )
+        return self.append(event)
+
+    def replay(self) -> Audit:
+        audit = Audit()
+        for position, event in self.log.entries():
+            audit = audit_entry(audit, replace(position, batch_id=self.batch_of.get(position.seq)), event, Subjects())
+        return finish(audit)
+
+    def seq_of(self, event: Event) -> int:
+        return self.log.seq_of(event)
+
+
+def lines(audit: Audit) -> list[str]:
+    return [v.line() for v in audit.violations]
+
+
+def codes_at(audit: Audit, seq: int) -> set[str]:
+    return {v.code for v in audit.violations if v.seq == seq}
+
+
+def story() -> Story:
+    """Channel configured; P0 ran on both cohorts and closed success, every switch the activator's."""
+    s = Story()
+    s.log.channel()
+    s.success("r0", P0)
+    return s
+
+
+# ---- what the service writes audits clean ---------------------------------------------------------
+
+
+def test_the_activators_rollouts_and_rollbacks_audit_clean() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1)
+    s.log.expanded("r1", 0, 1, ["rest"])
+    s.stage("r1", 1, ["rest"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    (rollback,) = s.rollback("r1")
+    assert isinstance(rollback, Atomic) and len(rollback.scope_writes) == 2
+    s.emit([rollback])
+    s.log.closed("r1", "rolled_back")
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+    assert s.log.world().scope(ENV, CH, "rest").active_pack.digest == P0["digest"]
+
+
+def test_several_releases_committed_as_one_server_batch_pair_by_release_and_cohort() -> None:
+    """README "Several activations in one atomic batch": the group commit stores r2's and r3's switches
+    under ONE Nats-Batch-Id; each pointer pairs with its own release's record, wherever it sits."""
+    s = story()
+    s.log.through_verified("r2", P2, stages=[["internal"]])
+    s.log.through_verified("r3", P2, stages=[["rest"]])
+    both = s.rollout("r2") + s.rollout("r3")  # decided side by side, committed together
+    s.emit(both, group="group-1")
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+    assert {s.batch_of[s.seq_of(e)] for e in s.log.events[-4:]} == {"group-1"}
+
+
+def test_a_record_stored_before_its_pointers_in_the_batch_pairs_as_well() -> None:
+    """The contract says "in one atomic batch", not in which order."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    (out,) = s.rollout("r1")
+    assert isinstance(out, Atomic)
+    with s.batch("b-r1"):
+        for event in [*out.release_events, *(w.event for w in out.scope_writes)]:
+            s.append(event)
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+
+
+def test_a_stage_with_every_cohort_pinned_and_a_rollback_with_nothing_to_move_audit_clean() -> None:
+    """`release.activated` naming no cohort (a one-message batch); `rolled_back` outside any batch
+    for a cohort already on its target (a pin's switch put it there)."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    s.log.pin("internal", P0, s.log.clock + timedelta(days=1))
+    world = s.log.world()
+    state = world.scope(ENV, CH, "internal")
+    switch = pinner.switch_to_pin(state, Scope(env=ENV, channel=CH, cohort="internal"), "pin-1", PINNER, s.log.clock)
+    with s.batch("pin-1"):
+        s.append(switch)
+    (done,) = s.rollback("r1")
+    assert isinstance(done, Chain)  # nothing to move: rolled_back alone, outside any batch
+    s.emit([done])
+    s.log.closed("r1", "rolled_back")
+    s.log.through_verified("r2", P2, stages=[["internal"], ["rest"]])
+    (none_moved,) = s.rollout("r2")  # internal is pinned: stage 0 switches nothing
+    assert isinstance(none_moved, Atomic) and not none_moved.scope_writes
+    s.emit([none_moved])
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+
+
+def test_a_rolled_back_cohort_left_on_the_pin_in_force_is_not_reported() -> None:
+    """A rollback never fights a pin: a cohort the pin in force holds (its pointer on the pin's pack)
+    may be named in `rolled_back` although no pointer of the batch moved it."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1)
+    s.log.expanded("r1", 0, 1, ["rest"])
+    s.stage("r1", 1, ["rest"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    s.log.pin("internal", P2, s.log.clock + timedelta(days=1))
+    state = s.log.world().scope(ENV, CH, "internal")
+    with s.batch("pin-1"):
+        s.append(
+            pinner.switch_to_pin(state, Scope(env=ENV, channel=CH, cohort="internal"), "pin-1", PINNER, s.log.clock)
+        )
+    with s.batch("rb"):
+        s.pointer("rest", P0, "r1", kind="rollback")
+        s.log.add(
+            "release.rolled_back",
+            {"cohorts": ["internal", "rest"], "targets": {"internal": P0, "rest": P0}, "batch_id": "rb"},
+            release_id="r1",
+            actor=ACTIVATOR,
+        )
+    audit = s.replay()
+    assert not [v for v in audit.violations if v.code.startswith(("release_record", "pointer_"))], lines(audit)
+
+
+# ---- (a) a pointer and its release's record pair in one atomic batch ------------------------------
+
+
+def test_a_pointer_whose_batch_holds_no_release_activated_is_reported() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    with s.batch("b-1"):
+        ptr = s.pointer("internal", P1, "r1")
+    audit = s.replay()
+    assert s.log.world().scope(ENV, CH, "internal").active_pack.digest == P1["digest"]
+    assert s.log.world().release("r1").activated == ()  # the scope runs r1's pack; r1's record says nothing
+    assert codes_at(audit, s.seq_of(ptr)) == {"pointer_without_release_record"}, lines(audit)
+
+
+def test_release_activated_whose_batch_moved_no_pointer_is_reported() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    with s.batch("b-1"):
+        act = s.log.add(
+            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P1, "batch_id": "b-1"}, release_id="r1"
+        )
+    audit = s.replay()
+    assert s.log.world().scope(ENV, CH, "internal").active_pack.digest == P0["digest"]  # never moved
+    assert codes_at(audit, s.seq_of(act)) == {"release_record_without_pointer"}, lines(audit)
+
+
+def test_a_pointer_and_its_record_in_two_batches_are_both_reported() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    (out,) = s.rollout("r1")
+    assert isinstance(out, Atomic)
+    with s.batch("b-pointer"):
+        ptr = s.append(out.scope_writes[0].event)
+    with s.batch("b-record"):
+        act = s.append(out.release_events[0])
+    audit = s.replay()
+    assert codes_at(audit, s.seq_of(ptr)) == {"pointer_without_release_record"}, lines(audit)
+    assert codes_at(audit, s.seq_of(act)) == {"release_record_without_pointer"}, lines(audit)
+
+
+def test_in_a_group_commit_a_pointer_never_pairs_with_another_releases_record() -> None:
+    """One server batch holding r2's pointer on internal and r3's record naming internal: each message
+    has "a partner in its batch", but not its own release's."""
+    s = story()
+    s.log.through_verified("r2", P2, stages=[["internal"]])
+    s.log.through_verified("r3", P2, stages=[["internal"]])
+    with s.batch("group-1"):
+        ptr = s.pointer("internal", P2, "r2")
+        act = s.log.add(
+            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P2, "batch_id": "x"}, release_id="r3"
+        )
+    audit = s.replay()
+    assert "pointer_without_release_record" in codes_at(audit, s.seq_of(ptr)), lines(audit)
+    assert "release_record_without_pointer" in codes_at(audit, s.seq_of(act)), lines(audit)
+
+
+def test_a_record_naming_another_pack_than_its_pointer_moved_to_is_reported() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    with s.batch("b-1"):
+        ptr = s.pointer("internal", P1, "r1")
+        act = s.log.add(
+            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P2, "batch_id": "b-1"}, release_id="r1"
+        )
+    audit = s.replay()
+    assert "pointer_without_release_record" in codes_at(audit, s.seq_of(ptr)), lines(audit)
+    assert "release_record_without_pointer" in codes_at(audit, s.seq_of(act)), lines(audit)
+
+
+def test_rolled_back_claiming_a_cohort_whose_pointer_never_moved_is_reported() -> None:
+    """ "A rollback lands on the chosen target or holds": the batch moved internal only, yet
+    `rolled_back` says rest is back on P0 too; rest still runs the failed pack."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1)
+    s.log.expanded("r1", 0, 1, ["rest"])
+    s.stage("r1", 1, ["rest"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    (rollback,) = s.rollback("r1")
+    assert isinstance(rollback, Atomic)
+    with s.batch(rollback.batch_id):
+        s.append(rollback.scope_writes[0].event)  # internal's pointer only
+        done = s.append(rollback.release_events[0])
+    s.log.closed("r1", "rolled_back")
+    audit = s.replay()
+    assert s.log.world().scope(ENV, CH, "rest").active_pack.digest == P1["digest"]
+    assert codes_at(audit, s.seq_of(done)) == {"release_record_without_pointer"}, lines(audit)
+    assert "rest" in next(v.message for v in audit.violations if v.seq == s.seq_of(done))
+
+
+# ---- (b) a pointer its release may write now ------------------------------------------------------
+
+
+def test_a_rollout_pointer_outside_the_release_target_is_reported() -> None:
+    """r1 was prepared and verified for prod/canary (that channel's gates); a pointer naming r1
+    switches prod/stable/all, even with a record claiming it."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    with s.batch("b-1"):
+        ptr = s.pointer("all", P1, "r1", channel="stable")
+    audit = s.replay()
+    assert "pointer_outside_release_plan" in codes_at(audit, s.seq_of(ptr)), lines(audit)
+
+
+def test_a_rollout_pointer_for_a_cohort_of_another_stage_is_reported() -> None:
+    """Stage 0 is internal; a batch switching rest too (and a record saying so) exposes it early."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    with s.batch("b-1"):
+        s.pointer("internal", P1, "r1")
+        rest = s.pointer("rest", P1, "r1")
+        s.log.add(
+            "release.activated",
+            {"stage": 0, "cohorts": ["internal", "rest"], "pack": P1, "batch_id": "b-1"},
+            release_id="r1",
+            actor=ACTIVATOR,
+        )
+    audit = s.replay()
+    assert codes_at(audit, s.seq_of(rest)) == {"pointer_outside_release_plan"}, lines(audit)
+    assert [v.seq for v in audit.violations] == [s.seq_of(rest)], lines(audit)
+
+
+def test_a_rollout_pointer_for_a_release_already_rolled_back_and_closed_is_reported() -> None:
+    """r1's window failed, it rolled back to P0 and closed; a later rollout pointer naming r1 (and
+    a record to pair with) puts the failed pack back: verified, same digest, yet out of phase."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    s.emit(s.rollback("r1"))
+    s.log.closed("r1", "rolled_back")
+    with s.batch("b-late"):
+        ptr = s.pointer("internal", P1, "r1")
+    audit = s.replay()
+    assert s.log.world().scope(ENV, CH, "internal").active_pack.digest == P1["digest"]  # the failed pack is back
+    assert "pointer_out_of_phase" in codes_at(audit, s.seq_of(ptr)), lines(audit)
+
+
+def test_a_rollback_pointer_for_a_cohort_the_release_never_activated_is_reported() -> None:
+    s = story()
+    s.log.through_verified("r1", P1)
+    s.stage("r1", 0, ["internal"], P1, outcome="failed")
+    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    with s.batch("rb"):
+        s.pointer("internal", P0, "r1", kind="rollback")
+        rest = s.pointer("rest", P0, "r1", kind="rollback")  # its recorded target, but r1 never ran there
+        s.log.add(
+            "release.rolled_back",
+            {"cohorts": ["internal", "rest"], "targets": {"internal": P0, "rest": P0}, "batch_id": "rb"},
+            release_id="r1",
+            actor=ACTIVATOR,
+        )
+    audit = s.replay()
+    assert "pointer_outside_release_plan" in codes_at(audit, s.seq_of(rest)), lines(audit)
+
+
+# ---- (c) an event id is stored once -----------------------------------------------------------------
+
+
+def test_the_same_event_id_stored_twice_is_reported_at_the_second_naming_the_first() -> None:
+    s = story()
+    s.log.requested("r1")
+    first = s.log.note("r1", "annotated", "first note")
+    again = s.log.note("r1", "annotated", "a different note")
+    s.log.events[-1] = again.model_copy(update={"event_id": first.event_id})  # the same id, another body
+    audit = s.replay()
+    (dup,) = [v for v in audit.violations if v.code == "duplicate_event_id"]
+    assert dup.seq == s.seq and f"seq {s.seq_of(first)}" in dup.message, lines(audit)
+    assert [v.seq for v in audit.violations] == [s.seq], lines(audit)
+
+
+# ---- (d) a pin's switch only while the pin is in force ------------------------------------------------
+
+
+def _pin_switch(s: Story, late: timedelta) -> Event:
+    until = s.log.clock + timedelta(minutes=5)
+    s.log.pin("internal", P0, until)
+    s.log.through_verified("r1", P1)
+    state = s.log.world().scope(ENV, CH, "internal")
+    scope = Scope(env=ENV, channel=CH, cohort="internal")
+    switch = pinner.switch_to_pin(state, scope, "pin-1", PINNER, until + late)
+    assert switch is not None
+    with s.batch("pin-1"):
+        return s.append(switch)
+
+
+def test_a_pin_switch_written_after_the_pin_ran_out_is_reported() -> None:
+    s = Story()
+    s.log.channel()
+    s.success("r0", P1)  # the scopes run P1; the pin is for P0
+    switch = _pin_switch(s, late=timedelta(seconds=1))
+    audit = s.replay()
+    assert codes_at(audit, s.seq_of(switch)) == {"pin_switch_after_expiry"}, lines(audit)
+
+
+def test_a_pin_switch_while_the_pin_is_in_force_is_not_reported() -> None:
+    s = Story()
+    s.log.channel()
+    s.success("r0", P1)
+    _pin_switch(s, late=-timedelta(seconds=1))
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+
+
+# ---- (e) only a pack that ran somewhere earns known-good ----------------------------------------------
+
+
+def test_a_release_that_exposed_no_cohort_does_not_earn_its_pack() -> None:
+    """Every cohort pinned after pre-flight: each stage switches nothing and passes with no data,
+    the release closes success. No sample judged P1, so it is not known-good in the channel: a later
+    rollback that restores it makes it last-known-good unearned."""
+    s = story()
+    s.log.through_verified("r1", P1)
+    until = s.log.clock + timedelta(days=1)
+    s.log.pin("internal", P0, until)
+    s.log.pin("rest", P0, until)
+    for stage, cohort in enumerate(["internal", "rest"]):
+        (out,) = s.rollout("r1")
+        assert isinstance(out, Atomic) and not out.scope_writes
+        s.emit([out])
+        s.log.started("r1", stage, [], P1)
+        s.log.add("release.monitoring_passed", {"stage": stage, "samples": 0, "reason": "all pinned"}, release_id="r1")
+        if stage == 0:
+            s.log.expanded("r1", 0, 1, [cohort])
+    s.log.closed("r1", "success")
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+    assert (ENV, CH, P1["digest"]) not in audit.safety.earned
+    assert (ENV, CH, P0["digest"]) in audit.safety.earned
+
+    s.log.unpin("internal")
+    s.log.through_verified("r2", P2, stages=[["internal"]], targets={"internal": P1})
+    s.stage("r2", 0, ["internal"], P2, outcome="failed")
+    s.log.rollback_started("r2", {"internal": P1})
+    (rollback,) = s.emit(s.rollback("r2"))[:1]
+    audit = s.replay()
+    assert "lkg_not_earned" in codes_at(audit, s.seq_of(rollback)), lines(audit)
+
+
+def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:
+    """The ids are a dict appended in place (a replay's cost); an audit state is still a value:
+    folding an older state again (a branch) neither sees the other branch's ids nor changes them."""
+    s = story()
+    a = s.log.note("r0", "annotated", "a")
+    b = s.log.note("r0", "annotated", "b")
+    entries = [(replace(p, batch_id=s.batch_of.get(p.seq)), e) for p, e in s.log.entries()]
+    base = Audit()
+    for position, event in entries[:-2]:
+        base = audit_entry(base, position, event, Subjects())
+    (pa, _), (pb, _) = entries[-2:]
+    one = audit_entry(audit_entry(base, pa, a, Subjects()), pb, b, Subjects())
+    other = audit_entry(base, pa, b, Subjects())  # a branch from `base`: b's id is new there
+    assert one.violations == () and other.violations == (), lines(one) + lines(other)
+    again = audit_entry(one, replace(pb, seq=pb.seq + 1), a, Subjects())  # `one` still holds a's id
+    assert [(v.seq, v.code) for v in again.violations] == [(pb.seq + 1, "duplicate_event_id")]
+    assert f"seq {pa.seq}" in again.violations[0].message
+    assert audit_entry(other, pb, a, Subjects()).violations == ()  # and `other` never saw it
