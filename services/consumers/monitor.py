@@ -27,6 +27,7 @@ from services.consumers.live_health import LiveHealth
 from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
 from services.consumers.port import Port
 from services.consumers.reactor import Failed, ReleaseReactor
+from services.jetstream.client import relayed_delivery
 from services.jetstream.worker import Poison, Worker
 from services.monitoring.judge import (
     CLOCK_SKEW,
@@ -494,6 +495,8 @@ class Monitor(ReleaseReactor[StageFacts]):
     async def _judge_live(self, queue: asyncio.Queue) -> None:
         while True:
             msg = await queue.get()
+            if relayed_delivery(msg.headers) is not None:
+                continue  # JetStream relayed it onto a health subject (an API answer): no runtime sent it
             await self.check_breach(msg.subject, msg.data)
 
     async def check_breach(self, subject: str, data: bytes) -> None:

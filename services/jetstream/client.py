@@ -46,9 +46,33 @@ _NAME_WHITESPACE_STR = re.compile(r"[\t\n\x0b\x0c\r\x1c-\x1f ]")
 _BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
+# JetStream's answers carry where the message is stored (`Nats-Stream`, `Nats-Subject`, `Nats-Sequence`,
+# `Nats-Time-Stamp`). Any role can have JetStream publish an answer on a subject a stream captures (the
+# reply subject of its request: docs/permissions.md "JetStream's answers"), so a stored message may carry
+# them itself: a direct get of it then holds `Nats-Stream` twice, the stored one first, the server's last.
+# A dict keeps the last only, so the parser says so under RELAYED (the first value: where it was relayed
+# from). No client writes `Nats-Stream` on a publish of its own: a delivery carrying it was relayed.
+JS_STREAM = "Nats-Stream"
+RELAYED = "Kx-Relayed-From"
+
+
+def relayed_delivery(headers: dict[str, str] | None) -> str | None:
+    """The stream a message delivered by a consumer or a subscription was relayed from (None: written by a
+    client). Not for direct-get answers, which always carry `Nats-Stream`: see `relayed_answer`."""
+    if not headers:
+        return None
+    return headers.get(RELAYED) or headers.get(JS_STREAM)
+
+
+def relayed_answer(headers: dict[str, str] | None) -> str | None:
+    """The stream a message read by a direct get was relayed from (None: written by a client)."""
+    return headers.get(RELAYED) if headers else None
+
+
 def parse_header_lines(raw: bytes) -> dict[str, str]:
     """`Name: Value` lines -> dict; lines without a colon, non-ASCII names and names
-    holding whitespace are skipped; values stripped and decoded as UTF-8 ('replace')."""
+    holding whitespace are skipped; values stripped and decoded as UTF-8 ('replace').
+    A second `Nats-Stream` keeps the first under RELAYED."""
     if raw.isascii():
         return _parse_ascii(raw)
     out: dict[str, str] = {}
@@ -60,7 +84,10 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
         name = name.strip()
         if not name.isascii() or search(name) is not None:
             continue
-        out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
+        key = name.decode("ascii")
+        if key == JS_STREAM and key in out:
+            out.setdefault(RELAYED, out[key])
+        out[key] = value.strip().decode("utf-8", "replace")
     return out
 
 
@@ -76,6 +103,8 @@ def _parse_ascii(raw: bytes) -> dict[str, str]:
             name = name.strip(strip)
             # printable ASCII without a space has no whitespace at all: most names end here
             if (name.isprintable() and " " not in name) or search(name) is None:
+                if name == JS_STREAM and name in out:
+                    out.setdefault(RELAYED, out[name])
                 out[name] = value.strip(strip)
     return out
 

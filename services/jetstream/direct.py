@@ -32,6 +32,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from services.jetstream.client import relayed_answer
+
 
 class DirectGetError(Exception):
     pass
@@ -49,6 +51,7 @@ class Stored:
     data: bytes
     stored_at: datetime | None
     pending: int  # messages on the requested subject(s) after this one
+    relayed: str | None = None  # the stream JetStream relayed it from (jetstream/client.py): written by no client
 
 
 def _stored(msg: Msg) -> Stored:
@@ -60,6 +63,7 @@ def _stored(msg: Msg) -> Stored:
         data=msg.data,
         stored_at=_parse_time(stamp) if stamp else None,
         pending=int(h.get("Nats-Num-Pending", 0)),
+        relayed=relayed_answer(h),
     )
 
 

@@ -27,6 +27,7 @@ from projections.position import Position
 from projections.releases import ReleaseState
 from projections.snapshot import undecodable_why
 from projections.world import World, apply_undecodable
+from services.jetstream.client import relayed_delivery
 from services.jetstream.fold_gc import step as gc_step
 from services.jetstream.fold_gc import young_collections_only
 from services.jetstream.reader import Missing, OrderedReader, RawEntry
@@ -59,9 +60,23 @@ def _reader(
     )
 
 
+def decode_entry(entry: RawEntry, subjects: Subjects) -> Event:
+    """A log entry as an event, or DecodeError. Every reader of the log decodes through here.
+
+    An entry JetStream relayed into the log (an API answer stored on the reply subject a request
+    named: any role can have one stored on any subject, docs/permissions.md "JetStream's answers")
+    was written by no role, whatever its bytes say: it is refused as the entry it is, never folded
+    as an operator's channel configuration or a producer's request."""
+    relayed = relayed_delivery(entry.headers)
+    if relayed is not None:
+        why = f"relayed by JetStream from stream {relayed[:100]}: an answer stored on this subject, written by no role"
+        raise DecodeError(why, [{"code": "relayed", "field": None, "message": why}])
+    return decode_event(entry.data, entry.subject, subjects)
+
+
 def _decoded(entry: RawEntry, subjects: Subjects) -> tuple[RawEntry, Position, Event | None]:
     try:
-        event = decode_event(entry.data, entry.subject, subjects)
+        event = decode_entry(entry, subjects)
     except DecodeError:
         event = None
     return entry, position_of(entry), event
@@ -123,7 +138,7 @@ async def log_batches(
 def undecodable_reason(entry: RawEntry, subjects: Subjects) -> str:
     """Why an entry `log_entries` gave as None does not decode (decoded again: junk is rare)."""
     try:
-        decode_event(entry.data, entry.subject, subjects)
+        decode_entry(entry, subjects)
     except DecodeError as exc:
         return str(exc)
     return "not a valid event"  # unreachable for an entry that failed once: decoding is pure

@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from nats.js import JetStreamContext
 
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError
 from events.model import Event
 from events.service_signing import OwnAppends, OwnSigned, ServiceKeys, SignatureChecker
 from events.subjects import Subjects
@@ -34,7 +34,7 @@ from projections.invariants import ignored_reason
 from projections.position import Position
 from projections.snapshot import Noted, undecodable_why
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore, tombstone
-from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIES, position_of, read_back
+from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIES, decode_entry, position_of, read_back
 from services.jetstream.reader import MissingEntries, OrderedReader
 from services.observability import tracing
 from services.reads.shapes import IGNORED_SHOWN
@@ -121,7 +121,7 @@ class Follower:
                 await turn.maybe()  # a batch of a thousand entries is folded without awaiting anything
                 position = position_of(entry)
                 try:
-                    event = decode_event(entry.data, entry.subject, self._subjects)
+                    event = decode_entry(entry, self._subjects)
                 except DecodeError as exc:
                     self._note_undecodable(entry.seq, exc, entry.subject)
                     self.ignored[entry.seq] = undecodable_why(str(exc))

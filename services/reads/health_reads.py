@@ -33,6 +33,8 @@ async def recent_reporters(
     nc = connection_of(js)
     async for entry in last_per_subject(nc, subjects.health_stream, filters):
         parts = subjects.health_parts(entry.subject)
+        if entry.relayed is not None:
+            continue  # stored by JetStream on a reply subject: no runtime reported it
         if entry.stored_at and entry.stored_at >= since and parts is not None and parts.cohort in counts:
             counts[parts.cohort] += 1
     # A lagging replica or mirror may have answered (services/jetstream/direct.py), and no leader
@@ -92,6 +94,10 @@ async def window_reports(
         if entry.stored_at is None or entry.stored_at > end:
             continue
         parts = subjects.health_parts(entry.subject)
+        if entry.relayed is not None:  # stored by JetStream on a reply subject, not published by a runtime
+            why = f"relayed by JetStream from stream {entry.relayed[:100]}: not a runtime's report"
+            out.invalid.append((entry.stored_at, Invalid(parts.runtime_id if parts else entry.subject, why)))
+            continue
         checked = accept_report(entry.data, parts)
         if isinstance(checked, HealthSample):
             out.valid.append((entry.stored_at, checked))

@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 
 from events.canonical import compact_bytes
 from events.channel import DEFAULT_CHANNEL, ChannelConfig
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError
 from events.manifest import manifest_object_name
 from events.model import PackRef, ScopeActivated
 from events.service_signing import ServiceKeys
@@ -47,7 +47,7 @@ from events.subjects import Subjects
 from events.trust import TrustChain
 from projections.pointer_chain import ChainMark, advance, chain_break, pointer_digest
 from services.jetstream.direct import DirectGetError
-from services.jetstream.log_reads import current_chain
+from services.jetstream.log_reads import current_chain, decode_entry
 from services.jetstream.packstore import PackStore
 from services.jetstream.pull import ConsumerGone
 from services.jetstream.reader import OrderedReader, RawEntry, ReadRefused
@@ -342,7 +342,9 @@ class RuntimeClient:
                 f"channel config of {where} could not be read: {exc.__class__.__name__}: {exc}"
             ) from None
         try:
-            event = decode_event(msg.data or b"", msg.subject, self.subjects)
+            # (a STREAM.MSG.GET answer holds the stored headers only: relayed ones show as delivered)
+            entry = RawEntry(msg.seq or 0, msg.subject or "", msg.data or b"", dict(msg.headers or {}), None, 0)
+            event = decode_entry(entry, self.subjects)
         except DecodeError as exc:
             raise ChannelConfigUnavailable(
                 f"channel config of {where} at seq {msg.seq} could not be decoded: {exc}"
@@ -490,7 +492,7 @@ class RuntimeClient:
         self._config_seq = entry.seq
         where = f"{self.id.env}/{self.id.channel}"
         try:
-            config: ChannelConfig = decode_event(entry.data, entry.subject, self.subjects).data  # type: ignore[assignment]
+            config: ChannelConfig = decode_entry(entry, self.subjects).data  # type: ignore[assignment]
             cohort = config.resolve(self.id.env, self.id.channel, self.id.tenant, self.id.region)
         except (DecodeError, LookupError) as exc:
             why = "could not be decoded" if isinstance(exc, DecodeError) else "names no cohort for this runtime"
@@ -582,7 +584,7 @@ class RuntimeClient:
                 log.warning("runtime %s: ignoring pointer at seq %d: %s", self.id.runtime_id, entry.seq, problem)
                 return None
         try:
-            event = decode_event(entry.data, entry.subject, self.subjects)
+            event = decode_entry(entry, self.subjects)
         except DecodeError as exc:
             log.warning("runtime %s: ignoring undecodable pointer at seq %d: %s", self.id.runtime_id, entry.seq, exc)
             return None

@@ -21,7 +21,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from services.jetstream.client import connect
-from services.jetstream.embedded import ServerError, free_port, nats_server_binary
+from services.jetstream.embedded import ServerError, free_ports, nats_server_binary
 
 CLUSTER_NAME = "kx-test"
 READY_TIMEOUT_S = 30.0
@@ -237,7 +237,8 @@ async def nats_cluster(tmp_path_factory) -> Cluster:
         nats_server_binary()
     except ServerError as exc:
         pytest.fail(f"cannot start the test cluster: {exc}", pytrace=False)
-    cluster = Cluster([Node(f"n{i}", free_port(), free_port(), root) for i in range(3)])
+    ports = free_ports(6)  # distinct: two nodes once got the same port, and one could not listen
+    cluster = Cluster([Node(f"n{i}", ports[2 * i], ports[2 * i + 1], root) for i in range(3)])
     for n in cluster.nodes:
         n.write_config([m.route_port for m in cluster.nodes if m is not n])
     for n in cluster.nodes:

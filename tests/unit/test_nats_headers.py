@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from services.jetstream.client import KxClient, parse_header_lines
+from services.jetstream.client import RELAYED, KxClient, parse_header_lines, relayed_answer, relayed_delivery
 
 # bytes that matter to the parser: separators, every ASCII whitespace (with \x1c-\x1f,
 # which str.isspace counts and bytes.strip does not), non-ASCII and invalid UTF-8
@@ -34,6 +34,7 @@ _INTERESTING = st.sampled_from(
         b"\xe9",
         b"\x00",
         b"Nats-Msg-Id",
+        b"Nats-Stream",
         b"Kx-Signature",
         b"value",
         b"\xc3\xa9",
@@ -43,7 +44,11 @@ _LINE = st.lists(st.one_of(_INTERESTING, st.binary(max_size=6)), max_size=8).map
 
 
 def _same(raw: bytes) -> None:
-    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+    """nats-py's dict, plus RELAYED where `Nats-Stream` came twice (what a dict keeping the last hides)."""
+    ours, theirs = parse_header_lines(raw), Client._parse_header_lines(raw)
+    if RELAYED not in theirs:
+        ours.pop(RELAYED, None)
+    assert ours == theirs
 
 
 @given(st.lists(_LINE, max_size=8).map(b"\r\n".join))
@@ -91,3 +96,21 @@ def test_log_headers_and_edge_cases() -> None:
 def test_the_client_uses_it() -> None:
     assert KxClient._parse_header_lines is parse_header_lines
     assert issubclass(KxClient, Client)
+
+
+def test_a_message_stored_with_jetstreams_answer_headers_is_marked_relayed() -> None:
+    """A direct get of a message that JetStream relayed into a stream (an API answer on a captured reply
+    subject) holds `Nats-Stream` twice: the stored one first (where it was relayed from), the server's last."""
+    answer = (
+        b"NATS/1.0\r\nFoo: bar\r\nNats-Stream: OBJ_kx_packs\r\nNats-Subject: $O.kx_packs.C.x\r\n"
+        b"Nats-Sequence: 1\r\nNats-Stream: KX_HEALTH\r\nNats-Subject: kx.health.prod.canary.all.rt-1\r\n"
+        b"Nats-Sequence: 9\r\n\r\n"
+    )
+    for raw in (answer, answer.replace(b"Foo: bar", "Foo: b\u00e4r".encode())):  # both parser paths
+        headers = parse_header_lines(raw)
+        assert headers["Nats-Stream"] == "KX_HEALTH" and headers[RELAYED] == "OBJ_kx_packs"
+        assert relayed_answer(headers) == "OBJ_kx_packs"
+    plain_answer = parse_header_lines(b"NATS/1.0\r\nNats-Stream: KX_HEALTH\r\nNats-Sequence: 9\r\n\r\n")
+    assert relayed_answer(plain_answer) is None  # a runtime's own report, read back
+    assert relayed_delivery({"Nats-Msg-Id": "e1"}) is None and relayed_delivery(None) is None
+    assert relayed_delivery({"Nats-Stream": "OBJ_kx_packs"}) == "OBJ_kx_packs"  # delivered as stored: relayed
