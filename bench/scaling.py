@@ -86,7 +86,7 @@ async def _history(url: str, prefix: str, events: int, key) -> Generated:
         await nc.close()
 
 
-async def seed_snapshot(url: str, prefix: str, service_keys=None) -> float:
+async def seed_snapshot(url: str, prefix: str, signer=None) -> float:
     """Fold the log as the service's follower does and save the snapshot it would have saved
     (closed releases as tombstones); seconds it took. A service then starts from it: snapshot +
     tail, as a restarted service does. (`--cold` starts from sequence 1 instead: the service
@@ -94,7 +94,8 @@ async def seed_snapshot(url: str, prefix: str, service_keys=None) -> float:
     subjects = Subjects(prefix)
     nc = await connect(url, name="bench-snapshot")
     js = nc.jetstream(timeout=30)
-    snapshots = Snapshots(js, subjects)
+    service_keys = ServiceKeys.of(signer, list(ROLES)) if signer is not None else None
+    snapshots = Snapshots(js, subjects, signer=signer)  # signed: a service trusting the keys loads only that
     follower = Follower(js, subjects, snapshots=snapshots, archive_closed=True, service_keys=service_keys)
     task = asyncio.create_task(follower.run())
     t0 = time.monotonic()
@@ -254,7 +255,7 @@ async def point(
         extra["start"] = "cold"
         if snapshot:
             extra["start"] = "snapshot"
-            extra["fold_s"] = round(await seed_snapshot(r.url, prefix, ServiceKeys.of(r.key, list(ROLES))), 1)
+            extra["fold_s"] = round(await seed_snapshot(r.url, prefix, r.key), 1)
     if history and restart:
         # a long-running service's restart: the read models are in the bucket already (the first
         # start's projector wrote them); the measured start resumes them from the bucket's position

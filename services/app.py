@@ -54,7 +54,7 @@ class App:
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
         self.log = EventLog(nc, self.js, self.subjects, signer=signer)
-        self.snapshots = Snapshots(self.js, self.subjects)
+        self.snapshots = Snapshots(self.js, self.subjects, signer=signer)
         # what the service's own fold trusts: only what these keys signed counts (settings.service_keys_for)
         self.service_keys = service_keys_for(settings, signer)
         self.deadletters = DeadLetters(self.js, self.subjects)

@@ -57,6 +57,7 @@ class View:
         self._position_subject = f"$KV.{bucket}.position"
 
     def _value(self, out: dict[str, dict[str, Any]], stored: Stored) -> None:
+        _written_by_a_client(stored)
         if not stored.data or stored.subject == self._position_subject:  # a delete marker; the position
             return
         value = json.loads(stored.data)
@@ -98,6 +99,15 @@ class View:
         return await self._read([f"$KV.{self._bucket}.{prefix}.>"])
 
 
+def _written_by_a_client(stored: Stored) -> None:
+    """Raises NoView for a value JetStream relayed into the bucket (an API answer on its subject, which
+    any role can cause: docs/permissions.md "JetStream's answers"): the reader folds the log instead."""
+    if stored.relayed is not None:
+        raise NoView(
+            f"a read model was relayed by JetStream from stream {stored.relayed[:100]}, not written by the service"
+        )
+
+
 class _Moved(Exception):
     """A value newer than the position read: the writer is between two keys."""
 
@@ -114,6 +124,7 @@ async def _position(nc, bucket: str) -> tuple[dict[str, Any], int] | None:
     """The position the read models were written at, and where the bucket stored it (None: not yet)."""
     try:
         async for stored in last_per_subject(nc, f"KV_{bucket}", [f"$KV.{bucket}.position"], timeout=TIMEOUT_S):
+            _written_by_a_client(stored)
             return (json.loads(stored.data), stored.seq) if stored.data else None
     except DirectGetError as exc:
         raise NoView(f"no read models in {bucket} ({exc})") from None

@@ -8,6 +8,7 @@ from events.subjects import Subjects
 from projections.world import archive_all
 from services.jetstream.client import connect
 from services.reads.audit import replay
+from services.reads.model_reads import keys_id
 from tests.harness import make_pack, running_service
 
 
@@ -51,6 +52,43 @@ async def test_an_unreadable_snapshot_is_ignored(nats_url, prefix):
     async with running_service(nats_url, prefix, key=key) as svc2:
         assert svc2.app.follower.started_from == 0  # replayed from sequence 1 instead
         assert svc2.world.channel_state("prod", "canary") is not None
+
+
+async def test_only_a_snapshot_a_trusted_service_key_signed_is_loaded(nats_url, prefix):
+    """The world a service restarts from decides pointers and last-known-goods until the tail is folded:
+    one that no trusted service key signed (unsigned, signed by another key, or its bytes changed after
+    signing) is ignored and the log replayed from sequence 1. JetStream can be made to store an answer
+    on the snapshot bucket's subjects by any role (docs/permissions.md "JetStream's answers")."""
+    from events.signing import SigningKey
+    from projections.snapshot import dump_world
+    from services.reads.snapshots import SEALED, sealed
+    from tests.harness import _SERVICE_KEYS
+
+    async with running_service(nats_url, prefix) as svc:
+        key = svc.key
+        await svc.configure()
+        await svc.app.follower.save_snapshot()
+        world, keys = svc.app.follower.world, svc.app.service_keys
+    nc = await connect(nats_url)
+    store = await nc.jetstream().object_store(Subjects(prefix).snapshots_bucket)
+    assert (await store.get("world")).data.startswith(SEALED)  # the service signs what it saves
+    honest = dump_world(world, keys_id(keys))
+    signed = sealed(honest, _SERVICE_KEYS[prefix])
+    forged = {
+        "unsigned": honest,
+        "another key": sealed(honest, SigningKey.generate()),
+        "changed after signing": signed[:-1] + bytes([signed[-1] ^ 1]),
+    }
+    try:
+        for what, data in forged.items():
+            await store.put("world", data)
+            async with running_service(nats_url, prefix, key=key) as again:
+                assert again.app.follower.started_from == 0, what  # replayed from sequence 1 instead
+        await store.put("world", signed)
+        async with running_service(nats_url, prefix, key=key) as again:
+            assert again.app.follower.started_from == world.applied_seq  # the genuine one is loaded
+    finally:
+        await nc.close()
 
 
 async def _long_log(nats_url: str, prefix: str, events: int):

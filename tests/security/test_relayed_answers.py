@@ -93,3 +93,33 @@ async def test_a_relayed_health_report_is_never_a_runtimes(authed, as_role):
     assert [i.problem for _, i in reports.invalid if i.runtime == victim] == [
         f"relayed by JetStream from stream OBJ_{s.packs_bucket}: not a runtime's report"
     ]
+
+
+async def test_a_relayed_read_model_makes_the_reader_fold_instead(nats_url, prefix):
+    """A value JetStream relayed into the read-model bucket (any role can: an API answer on a `$KV`
+    subject) is not the service's: the read models give no view (the command folds the log instead)."""
+    from nats.js.api import StreamConfig
+
+    from events.subjects import Subjects
+    from services.jetstream.layout import read_bucket_config
+    from services.reads import model_reads
+
+    s = Subjects(prefix)
+    nc = await connect(nats_url, name="test-read-model-relay")
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(read_bucket_config(s, 1))  # as the service lays it out
+        await kv.put("position", json.dumps({"seq": 0, "keys": None}).encode())
+        assert await model_reads._position(nc, s.read_bucket) is not None  # the writer's own: read
+        await js.add_stream(
+            StreamConfig(name=f"{prefix.upper()}_ELSEWHERE", subjects=[f"{prefix}.elsewhere"], allow_direct=True)
+        )
+        await js.publish(f"{prefix}.elsewhere", json.dumps({"seq": 0, "keys": None}).encode())
+        reply = f"$KV.{s.read_bucket}.position"
+        await nc.publish(f"$JS.API.DIRECT.GET.{prefix.upper()}_ELSEWHERE.{prefix}.elsewhere", b"", reply=reply)
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        with pytest.raises(model_reads.NoView, match="relayed by JetStream"):
+            await model_reads._position(nc, s.read_bucket)
+    finally:
+        await nc.close()
