@@ -39,6 +39,10 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # `${NAME}` in a URL's path or query: the notifier puts the variable's value there when it posts,
 # so a URL that is itself a credential (a Slack or Teams incoming webhook) stays out of the log
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]{0,127})\}")
+# ... but only a variable the deployment set aside for it: whoever configures a channel chooses the URL's host,
+# so a name outside this prefix (the service's NATS credentials in KX_NATS_URL, OTEL_* headers, cloud keys)
+# would be posted to a host of their choosing. No setting of kxr's own is ever named KX_HOOK_*.
+URL_VAR_PREFIX = "KX_HOOK_"
 _OPENING = re.compile(r"\$\{")
 
 
@@ -116,7 +120,17 @@ def url_problem(url: str) -> str | None:
 
 def expand_url(url: str, env: Mapping[str, str]) -> str:
     """The URL with each `${NAME}` replaced by the variable's value; ValueError naming what is
-    unset or what the value would break (never the value: it is a secret)."""
+    unset or what the value would break (never the value: it is a secret).
+
+    Only names beginning with URL_VAR_PREFIX are filled in; any other fails the notification, and
+    is not looked up at all (whether it is set is none of the channel's business). The sink still
+    decodes: a channel configured before the rule keeps its other sinks, and this one says why."""
+    foreign = sorted({name for name in PLACEHOLDER.findall(url) if not name.startswith(URL_VAR_PREFIX)})
+    if foreign:
+        raise ValueError(
+            f"url names {', '.join('${' + n + '}' for n in foreign)}: only variables named {URL_VAR_PREFIX}* "
+            "are filled into a webhook URL"
+        )
     unset = sorted({name for name in PLACEHOLDER.findall(url) if not env.get(name)})
     if unset:
         raise ValueError(f"url names {', '.join('${' + n + '}' for n in unset)}, not set in the notifier's environment")

@@ -34,5 +34,7 @@ WEBHOOK_URL_NOTE = (
     "An http:// or https:// URL: a host (a bracketed IPv6 literal must be a valid address), no "
     "credentials, no #fragment, no whitespace; `${ENV_VAR_NAME}` only in the path or query (the "
     "notifier fills it in from its environment when it posts, so a URL that is itself a secret stays "
-    "out of the log)."
+    "out of the log; only variables named `KX_HOOK_…` are filled in, any other fails that delivery). "
+    "A destination that resolves to a loopback, private, link-local or otherwise non-public address "
+    "is refused at delivery unless the deployment allows it."
 )

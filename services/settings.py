@@ -37,6 +37,12 @@ class Settings:
     metrics_log: bool = True  # /metrics has the log-derived series (KX_METRICS_LOG; off: in all processes but one)
     # the Prometheus a channel's `monitoring.prometheus` queries when it names no url (KX_PROMETHEUS_URL)
     prometheus_url: str | None = None
+    # the dashboard's public origin behind a proxy (`kxr serve --ui-origin`, `kxr ui --origin`; checked by
+    # services/dashboard/server.parse_origin); None: browsers reach it at the address it binds
+    ui_origin: str | None = None
+    # webhooks may go to loopback, link-local and private addresses (KX_WEBHOOK_ALLOW_PRIVATE=1): off, the
+    # notifier posts to public addresses only, so a channel's sink cannot reach into the service's network
+    webhook_allow_private: bool = False
     extra: dict = field(default_factory=dict)
     connection: Connection | None = None  # how to connect (connection_from); None: nats_url as it is
 
@@ -66,6 +72,7 @@ class Settings:
             "metrics_addr": env.get("KX_METRICS_ADDR") or None,
             "metrics_log": parse_switch("KX_METRICS_LOG", env.get("KX_METRICS_LOG") or "on"),
             "prometheus_url": env.get("KX_PROMETHEUS_URL") or None,
+            "webhook_allow_private": parse_allow(ALLOW_PRIVATE_ENV, env.get(ALLOW_PRIVATE_ENV) or "0"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -95,6 +102,17 @@ def parse_switch(name: str, raw: str) -> bool:
     if value not in ("on", "off"):
         raise ConfigError(f"{name} takes on or off, not {raw!r}")
     return value == "on"
+
+
+ALLOW_PRIVATE_ENV = "KX_WEBHOOK_ALLOW_PRIVATE"
+
+
+def parse_allow(name: str, raw: str) -> bool:
+    """A permission that is off unless the deployment says `1` (or `on`); anything else is a typo, never a yes."""
+    value = raw.strip().lower()
+    if value not in ("1", "on", "0", "off"):
+        raise ConfigError(f"{name} takes 1 or 0, not {raw!r}")
+    return value in ("1", "on")
 
 
 def parse_replicas(raw: str) -> int:

@@ -227,7 +227,14 @@ async def running_service(
     key = key or SigningKey.generate()
     trust_root = trust_root or trust_root_for(key)
     nc = await connect(nats_url, name=f"test-{prefix}")
-    settings = Settings(nats_url=nats_url, prefix=prefix, verify_timeout_s=verify_timeout_s, replicas=replicas)
+    # the tests' webhook receivers listen on 127.0.0.1: a deployment's notifier refuses that (KX_WEBHOOK_ALLOW_PRIVATE)
+    settings = Settings(
+        nats_url=nats_url,
+        prefix=prefix,
+        verify_timeout_s=verify_timeout_s,
+        replicas=replicas,
+        webhook_allow_private=True,
+    )
     service_key = _SERVICE_KEYS.setdefault(prefix, SigningKey.generate())
     app = App(nc, settings, trust_root, signer=service_key)
     service = Service(app, key, trust_root, service_keys=ServiceKeys.of(service_key, list(ROLES)))

@@ -14,6 +14,7 @@ from .common import (
     NatsUrl,
     Rationale,
     console,
+    fail,
     operator_action,
     operator_actor,
     parse_time,
@@ -28,8 +29,12 @@ from .readmodel import Folding, from_model
 def parse_until(text: str, now: datetime) -> datetime:
     """RFC 3339 (`2026-12-01T00:00:00Z`) or a duration from now (`90m`, `12h`, `7d`)."""
     units = {"m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return now + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    number = text[:-1]
+    if text and text[-1] in units and number.isascii() and number.isdigit():  # isdigit alone takes '²'
+        try:
+            return now + timedelta(seconds=int(number) * units[text[-1]])
+        except (OverflowError, ValueError):  # past year 9999 (datetime's range), or past int()'s digit limit
+            fail(f"--until {text!r} is out of range (a duration up to year 9999)")
     return parse_time(text, "--until (RFC 3339, or a duration like 12h or 7d)")
 
 

@@ -31,6 +31,13 @@ def serve(
         "--ui-actions",
         help="with --ui: operators who log in with their NATS user may act from the dashboard (default: read-only)",
     ),
+    ui_origin: str | None = typer.Option(
+        None,
+        "--ui-origin",
+        metavar="URL",
+        help="with --ui behind a TLS proxy: the dashboard's public origin, e.g. https://dash.example "
+        "(the only origin its forms are accepted from; https makes its cookie Secure)",
+    ),
     metrics: str | None = typer.Option(
         None, "--metrics", help="serve Prometheus /metrics on HOST:PORT (default: $KX_METRICS_ADDR; off)"
     ),
@@ -53,11 +60,15 @@ def serve(
     import logging
     import os
 
+    from services.dashboard.server import parse_origin
     from services.observability.logs import configure_logging
     from services.observability.logs import log_format as chosen_log_format
     from services.serve import serve as run_serve
     from services.settings import parse_roles
 
+    if ui_origin and not ui:
+        raise CliError("--ui-origin needs --ui ADDR (the dashboard it names)")
+    origin = parse_origin(ui_origin) if ui_origin else None  # a bad one is one line before logging is set up
     configure_logging(
         chosen_log_format(log_format or os.environ.get("KX_LOG_FORMAT")), logging.INFO if verbose else logging.WARNING
     )
@@ -65,7 +76,12 @@ def serve(
     ready_log.setLevel(logging.INFO)  # the ready line shows at any verbosity, in the chosen log format
     settings = settings_from(nats_url, trust_root, data_dir, use_selected_context=False)  # else: embedded
     settings = type(settings)(
-        **{**settings.__dict__, "roles": parse_roles(only), "metrics_addr": metrics or settings.metrics_addr}
+        **{
+            **settings.__dict__,
+            "roles": parse_roles(only),
+            "metrics_addr": metrics or settings.metrics_addr,
+            "ui_origin": origin,
+        }
     )
 
     def ready(url: str) -> None:

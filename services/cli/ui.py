@@ -22,6 +22,13 @@ def ui(
         help="let an operator who logs in with their NATS user and password pause, resume, abort, promote, "
         "roll back, pin, unpin and annotate from the browser (default: read-only)",
     ),
+    origin: str | None = typer.Option(
+        None,
+        "--origin",
+        metavar="URL",
+        help="behind a TLS proxy: the dashboard's public origin, e.g. https://dash.example "
+        "(the only origin its forms are accepted from; https makes its cookie Secure)",
+    ),
     fold: bool = FoldOpt,
 ) -> None:
     """Serve the dashboard: scopes, releases in flight, evidence pages, updated live from the log.
@@ -34,11 +41,17 @@ def ui(
     It starts from the service's read models when they are current (the releases in flight
     and the newest closed ones read back, the log's tail followed), else it folds the whole
     log first; --fold always folds (the auditor's way: nothing taken from the service).
+    Behind a TLS proxy, --origin names the address browsers use (https://dash.example).
     """
-    from services.dashboard.server import run_ui
+    from dataclasses import replace
+
+    from services.dashboard.server import parse_origin, run_ui
 
     def ready(url: str, start: str) -> None:
         mode = "operator actions after login at /login" if actions else "read-only"
         err_console.print(f"kxr ui: dashboard at {url} ({mode}; {start}; Ctrl-C to stop)", highlight=False)
 
-    run_async(run_ui(settings_from(nats_url), host, port, ready, actions=actions, fold=fold))
+    settings = settings_from(nats_url)
+    if origin:
+        settings = replace(settings, ui_origin=parse_origin(origin, "--origin"))
+    run_async(run_ui(settings, host, port, ready, actions=actions, fold=fold))

@@ -10,8 +10,10 @@ server grants exactly that user's permissions, and a stale decision is refused, 
 misapplied. The actor is `<user>@dashboard`.
 
 Every POST needs the session cookie (HttpOnly, SameSite=Strict) and the session's CSRF
-token from the form, and is refused if it names another origin; the Host check of web.py
-applies before all of it. A result (or the one-line reason of a refusal) is shown once on
+token from the form, and is refused if it names another origin than the dashboard's (its
+public one, `--ui-origin`, behind a proxy); the Host check of web.py applies before all of
+it. A signed-in session's cookie is renewed on every response to its use (the server ends
+it idle or too old all the same). A result (or the one-line reason of a refusal) is shown once on
 the page the browser is sent back to (post/redirect/get).
 """
 
@@ -40,7 +42,7 @@ from services.settings import ConfigError, Connection, Identity
 
 from . import pages
 from .hub import LiveHub
-from .session import COOKIE, IDLE_S, Denials, Session, Sessions
+from .session import COOKIE, Denials, Session, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,11 @@ class Actions:
     hub: LiveHub
     server: Connection
     sessions: Sessions
+    origin: str | None = None  # the public origin browsers see (`--ui-origin`, behind a proxy); None: as reached
 
 
 ACTIONS = web.AppKey("actions", Actions)
+USED = web.RequestKey("session", Session)  # the live session a request used: its cookie is renewed
 
 
 def actor_of(user: str) -> Actor:
@@ -78,34 +82,67 @@ def _safe_next(path: str | None) -> str:
     return "/"
 
 
+def own_origin(request: web.Request) -> str:
+    """This dashboard's origin as the browser sees it: the public one when given (a TLS proxy in front
+    makes the browser's `https://dash.example` of a request aiohttp gets as `http://127.0.0.1:8080`),
+    else the scheme and Host of the request itself. Never taken from X-Forwarded-*: anyone can send those."""
+    return request.app[ACTIONS].origin or f"{request.scheme}://{request.host}"
+
+
 def _same_origin(request: web.Request) -> bool:
     """A browser names the page a POST came from; it must be this dashboard (SameSite=Strict says so too)."""
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and origin != own_origin(request):
         return False
     return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
+def _proxy_hint(request: web.Request) -> str:
+    """What to do when the Origin is this very Host over another scheme: a TLS proxy in front, undeclared."""
+    origin = request.headers.get("Origin") or ""
+    if request.app[ACTIONS].origin is None and origin.startswith("https://") and origin[8:] == request.host:
+        return f" (behind a TLS proxy? start the dashboard with --ui-origin {origin})"
+    return ""
+
+
 async def _session(request: web.Request) -> Session | None:
-    return await request.app[ACTIONS].sessions.get(request.cookies.get(COOKIE))
+    session = await request.app[ACTIONS].sessions.get(request.cookies.get(COOKIE))
+    if session is not None:
+        request[USED] = session
+    return session
 
 
 def _set_cookie(response: web.StreamResponse, request: web.Request, session: Session) -> None:
+    """The session's cookie, kept by the browser as long as the server would keep the session unused;
+    `Secure` when the browser reaches the dashboard over HTTPS (directly, or its public origin says so)."""
+    actions = request.app[ACTIONS]
     response.set_cookie(
         COOKIE,
         session.sid,
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
-        max_age=int(IDLE_S),
+        secure=request.secure or own_origin(request).startswith("https://"),
+        max_age=actions.sessions.cookie_max_age(session),
     )
+
+
+@web.middleware
+async def _renew_cookie(request: web.Request, handler) -> web.StreamResponse:
+    """A signed-in session's cookie again on each response to its use: the browser keeps it while the
+    operator works (set at login alone, it lapsed IDLE_S later however busy). Not when the response
+    sets it itself (login, logout), nor on a stream (its headers are out)."""
+    response = await handler(request)
+    session = request.get(USED)
+    if session is not None and session.signed_in and not response.prepared and COOKIE not in response.cookies:
+        _set_cookie(response, request, session)
+    return response
 
 
 async def _checked_post(request: web.Request) -> tuple[Session, Any]:
     """The session and form of a POST, or 403 with one line: another origin, no session, a bad CSRF token."""
     if not _same_origin(request):
-        raise web.HTTPForbidden(text="refused: this request comes from another site\n")
+        raise web.HTTPForbidden(text=f"refused: this request comes from another site{_proxy_hint(request)}\n")
     session = await _session(request)
     if session is None:
         raise web.HTTPForbidden(text="refused: no session (open /login first, or it expired)\n")
@@ -126,8 +163,12 @@ def _text(form, name: str) -> str:
 def parse_until(text: str, now: datetime) -> datetime:
     """As `kxr pin --until`: RFC 3339 with a timezone, or a duration from now (90m, 12h, 7d)."""
     units = {"m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return now + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    number = text[:-1]
+    if text and text[-1] in units and number.isascii() and number.isdigit():  # isdigit alone takes '²'
+        try:
+            return now + timedelta(seconds=int(number) * units[text[-1]])
+        except (OverflowError, ValueError):  # past year 9999 (datetime's range), or past int()'s digit limit
+            raise ValueError(f"until {text!r} is out of range (a duration up to year 9999)") from None
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -309,7 +350,8 @@ async def release_action(request: web.Request) -> web.Response:
 
     def extend(w, now):
         window = _text(form, "window").strip()
-        if not window.isdigit() or not 1 <= int(window) <= MAX_WINDOW_S:
+        # ASCII digits, and few: str.isdigit() also takes '²', which int() refuses
+        if not re.fullmatch(r"[0-9]{1,12}", window) or not 1 <= int(window) <= MAX_WINDOW_S:
             raise OperatorError(f"extend needs the new window in seconds (1 to {MAX_WINDOW_S}), got {window!r}")
         return ops.extend(w, release_id, int(window), rationale, actor, now)
 
@@ -421,10 +463,12 @@ async def _end_sessions(app: web.Application) -> None:
     await app[ACTIONS].sessions.end_all()
 
 
-def register(app: web.Application, hub: LiveHub, server: Connection) -> None:
-    """Add the login and action routes (POST only on these) to the dashboard's app."""
-    app[ACTIONS] = Actions(hub, server, Sessions())
+def register(app: web.Application, hub: LiveHub, server: Connection, origin: str | None = None) -> None:
+    """Add the login and action routes (POST only on these) to the dashboard's app. `origin`: the public
+    origin browsers reach it at (server.parse_origin); None: the one each request arrives at."""
+    app[ACTIONS] = Actions(hub, server, Sessions(), origin)
     app.on_shutdown.append(_end_sessions)
+    app.middlewares.append(_renew_cookie)  # inside web.py's guard: its security headers stay on every response
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

@@ -6,9 +6,11 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -36,6 +38,49 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_name(host: str) -> str:
+    """A host as a Host header names it, without port: IPv6 in brackets, lower case."""
+    host = host.strip("[]").lower()
+    return f"[{host}]" if ":" in host else host
+
+
+def allowed_hosts(host: str, origin: str | None = None) -> frozenset[str] | None:
+    """The Host names the dashboard bound to `host` answers to: with a loopback bind, the loopback names,
+    the bound address itself (127.0.0.2 too) and the public origin's host (a proxy that passes its Host
+    on); None (any) for a deliberate non-loopback bind. A page served by another site cannot make a browser
+    name any of these (DNS rebinding sends the attacker's name)."""
+    if not is_loopback(host):
+        return None
+    extra = {host_name(host)}
+    if origin is not None:
+        extra.add(host_name(urlsplit(origin).hostname or ""))
+    return LOOPBACK_HOSTS | extra
+
+
+def parse_origin(text: str, option: str = "--ui-origin") -> str:
+    """`--ui-origin`: the dashboard's public origin, `https://HOST[:PORT]` (or http://), as browsers send it in
+    `Origin`: lower case, no default port, no path. Raises ConfigError in one line."""
+    bad = f"{option} {text!r}: expected the dashboard's public origin, like https://dash.example or https://host:8443"
+    try:
+        url = urlsplit(text.strip())
+        port = url.port
+    except ValueError:
+        raise ConfigError(bad) from None
+    host = url.hostname or ""
+    if (
+        url.scheme not in ("http", "https")
+        or url.path not in ("", "/")
+        or url.query
+        or url.fragment
+        or url.username is not None
+        or url.password is not None
+        or not re.fullmatch(r"[a-z0-9._:-]{1,253}", host)  # browsers send an IDN as xn--…: write it so
+    ):
+        raise ConfigError(bad)
+    default = {"http": 80, "https": 443}[url.scheme]
+    return f"{url.scheme}://{host_name(host)}" + (f":{port}" if port is not None and port != default else "")
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -70,24 +115,28 @@ async def dashboard(
     clock=utc_clock,
     actions_server: Connection | None = None,
     from_models: bool = False,
+    origin: str | None = None,
 ) -> AsyncIterator[str]:
     """Serve the dashboard on (host, port) from a running follower; yields its URL (port 0: a free one).
     `from_models`: the follower started from the read models (`start_follower`).
 
-    `actions_server`: the NATS URL operators sign in to for actions (services/dashboard/actions.py); None: read-only."""
+    `actions_server`: the NATS URL operators sign in to for actions (services/dashboard/actions.py); None: read-only.
+    `origin`: its public origin behind a proxy (`parse_origin`), None: browsers reach it at its own address."""
     if not is_loopback(host):
         log.warning(
             "the dashboard has no login to read: bound to %s, anyone who can reach that address sees every release",
             host,
         )
-        if actions_server is not None:
+        if actions_server is not None and not (origin or "").startswith("https://"):
             log.warning(
-                "dashboard actions on %s over plain HTTP: passwords cross the network in clear (use a TLS proxy)", host
+                "dashboard actions on %s over plain HTTP: passwords cross the network in clear "
+                "(put a TLS proxy in front and name it with --ui-origin https://…)",
+                host,
             )
     hub = LiveHub(follower, js, subjects, clock, from_models=from_models)
     await hub.prepare()
     runner = web.AppRunner(
-        make_app(hub, LOOPBACK_HOSTS if is_loopback(host) else None, actions_server),
+        make_app(hub, allowed_hosts(host, origin), actions_server, origin),
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=2.0,
@@ -153,7 +202,8 @@ async def run_ui(
 ) -> None:
     """`kxr ui`: its own read-only connection and follower; runs until SIGINT/SIGTERM.
 
-    `actions` (`kxr ui --actions`): signed-in operators may act, each on their own NATS connection.
+    `actions` (`kxr ui --actions`): signed-in operators may act, each on their own NATS connection;
+    `settings.ui_origin` (`--origin`): its public origin behind a proxy.
     `on_ready(url, how it started)`. `fold` (`--fold`): fold the whole log, never the read models."""
     if not settings.nats_url:
         raise ConfigError("no NATS to read: set KX_NATS_URL or pass --nats-url (e.g. $(kxr creds show auditor))")
@@ -175,7 +225,14 @@ async def run_ui(
         try:
             actions_server = server_of(nc, settings.nats_connection()) if actions else None
             async with dashboard(
-                follower, js, subjects, host, port, actions_server=actions_server, from_models=from_models
+                follower,
+                js,
+                subjects,
+                host,
+                port,
+                actions_server=actions_server,
+                from_models=from_models,
+                origin=settings.ui_origin,
             ) as url:
                 await follower.catch_up_from_start()  # a fold of a long log: as long as it moves, with progress
                 if on_ready:
@@ -195,9 +252,14 @@ async def run_ui(
 
 @asynccontextmanager
 async def dashboard_for(
-    app, addr: tuple[str, int] | None, announce: Callable[[str], None] | None = None, actions: bool = False
+    app,
+    addr: tuple[str, int] | None,
+    announce: Callable[[str], None] | None = None,
+    actions: bool = False,
+    origin: str | None = None,
 ) -> AsyncIterator[str | None]:
     """The dashboard next to a running App (`kxr serve --ui`, `kxr demo --ui`), or nothing if addr is None.
+    `origin`: its public origin behind a proxy (default: the App's settings, `kxr serve --ui-origin`).
 
     It folds the log itself, on the App's connection: the service's own fold keeps closed
     releases archived (no window figures or gate results), the dashboard shows them whole.
@@ -211,7 +273,13 @@ async def dashboard_for(
         await follower.catch_up_from_start()
         actions_server = server_of(app.nc, app.settings.nats_connection()) if actions else None
         async with dashboard(
-            follower, app.js, app.subjects, *addr, actions_server=actions_server, from_models=from_models
+            follower,
+            app.js,
+            app.subjects,
+            *addr,
+            actions_server=actions_server,
+            from_models=from_models,
+            origin=origin or app.settings.ui_origin,
         ) as url:
             if announce:
                 announce(url)

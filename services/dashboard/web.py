@@ -4,9 +4,10 @@ GET only by default: the dashboard never writes to the log (decisions go through
 with the operator's own NATS user). With actions on (`make_app(..., actions_server=URL)`,
 actions.py), POST reaches the login and action routes only, each behind a session and
 its CSRF token; forms may then post to this origin (CSP form-action 'self').
-Every response forbids inline scripts, framing and any origin but this one; with a
-loopback bind, requests naming another Host are refused, so a web page cannot reach the
-dashboard through DNS rebinding.
+Every response forbids inline scripts, framing and any origin but this one, an unexpected
+error included (a 500 of one line); with a loopback bind, requests naming another Host than
+a loopback name, the bound address or the public origin's are refused, so a web page cannot
+reach the dashboard through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def _host_only(host: str) -> str:
 
 
 def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECURITY_HEADERS):
-    """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), and the router's
-    own 404 and 405, which aiohttp raises as exceptions past the code after `handler`."""
+    """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), the router's own 404
+    and 405, which aiohttp raises as exceptions past the code after `handler`, and the 500 of an
+    error no handler expected (aiohttp's own would go out without them)."""
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
@@ -73,6 +75,9 @@ def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECUR
             response = web.Response(
                 status=exc.status, reason=exc.reason, text=exc.text or f"{exc.status}: {exc.reason}", headers=kept
             )
+        except Exception:  # a bug: logged whole, the browser gets one line (no traceback)
+            log.exception("dashboard: %s %s failed", request.method, request.path)
+            response = web.Response(status=500, text="500: the dashboard failed on this request (see its log)\n")
         if not response.prepared:  # a stream sent its headers (these included) already
             response.headers.update(headers)
         return response
@@ -273,6 +278,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(COALESCE_S)
     except (ConnectionResetError, asyncio.CancelledError):
         return response  # the browser left, or the dashboard is stopping
+    except Exception:  # after its headers went out: end the stream (the browser reconnects), never a 2nd answer
+        log.exception("dashboard: the stream %s failed", request.path_qs)
+        return response
     finally:
         request.app[STREAMS].discard(asyncio.current_task())
 
@@ -293,12 +301,17 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def make_app(
-    hub: LiveHub, allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS, actions_server: Connection | None = None
+    hub: LiveHub,
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS,
+    actions_server: Connection | None = None,
+    origin: str | None = None,
 ) -> web.Application:
-    """`allowed_hosts`: Host header values answered (None: any, for a deliberate non-loopback bind).
+    """`allowed_hosts`: Host header values answered, without port (None: any, for a deliberate
+    non-loopback bind).
 
     `actions_server`: the NATS server (and TLS options, no identity) signed-in operators act through
-    (None: read-only)."""
+    (None: read-only). `origin`: the public origin browsers reach the dashboard at, behind a proxy
+    (`--ui-origin`): the one form posts must come from, and `https://` makes the cookie Secure."""
     headers = SECURITY_HEADERS
     if actions_server is not None:
         csp = headers["Content-Security-Policy"].replace("form-action 'none'", "form-action 'self'")
@@ -321,5 +334,5 @@ def make_app(
     app.router.add_get("/assets/dashboard.css", _asset(CSS, "text/css"))
     app.router.add_get("/assets/dashboard.js", _asset(JS, "text/javascript"))
     if actions_server is not None:
-        actions.register(app, hub, actions_server)
+        actions.register(app, hub, actions_server, origin)
     return app

@@ -102,8 +102,12 @@ def parse_since(text: str, now: datetime) -> datetime:
     Raises ValueError with a one-line reason."""
     text = text.strip()
     unit = _UNITS.get(text[-1:].lower()) if text else None
-    if unit is not None and text[:-1].isdigit():
-        return now - timedelta(seconds=int(text[:-1]) * unit)
+    number = text[:-1]
+    if unit is not None and number.isascii() and number.isdigit():  # isdigit alone takes '²', which int() refuses
+        try:
+            return now - timedelta(seconds=int(number) * unit)
+        except (OverflowError, ValueError):  # before year 1 (datetime's range), or past int()'s digit limit
+            raise ValueError(f"--since {text!r}: out of range (a duration back to year 1 at most)") from None
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

@@ -36,7 +36,16 @@ from services.runtime.simulation import simulated_runtime
 from services.settings import ROLES as CONSUMERS
 from services.settings import Settings
 from services.tasks import cancel_and_wait
-from tests.harness import CHANNEL, OPERATOR, PRODUCER, make_pack, request_data, trust_root_for, wait_for
+from tests.harness import (
+    CHANNEL,
+    OPERATOR,
+    PRODUCER,
+    make_pack,
+    request_data,
+    running_service,
+    trust_root_for,
+    wait_for,
+)
 from tests.security.conftest import Authed, start_authed, stop_authed
 
 SLOW = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 120}}  # in flight while the test acts
@@ -424,3 +433,19 @@ async def test_extend_then_close_a_held_release_from_the_dashboard(tmp_path):
         ]
         closed = [e for e in await stack.events("r1") if e.type == "release.closed"][-1]
         assert closed.data.outcome == "aborted" and "not worth the wait" in closed.data.summary  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def web_stack(
+    nats_url: str, prefix: str, actions: bool = False, host: str = "127.0.0.1", origin: str | None = None
+) -> AsyncIterator[tuple[str, Callable[[], Browser], aiohttp.ClientSession]]:
+    """A service with no consumers on the suite's nats-server (no users: any user and password sign in,
+    tests/security/test_dashboard_tls_login.py) and its dashboard, as `kxr serve --ui HOST:0 [--ui-actions]
+    [--ui-origin ORIGIN]`: its URL, a browser factory and the HTTP client. Enough for the web rules alone."""
+    async with (
+        running_service(nats_url, prefix, roles=()) as svc,
+        dashboard_for(svc.app, (host, 0), actions=actions, origin=origin) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        assert url is not None
+        yield url, (lambda: Browser(http, url)), http

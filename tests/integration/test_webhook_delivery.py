@@ -1,4 +1,7 @@
-"""Posting a webhook against a real local HTTP server: what is retried and what is not."""
+"""Posting a webhook against a real local HTTP server: what is retried and what is not.
+
+The receivers listen on 127.0.0.1, which a deployment's notifier refuses (destination.py): every
+post here allows private addresses, as KX_WEBHOOK_ALLOW_PRIVATE=1 does."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from tests.integration.webhook_server import WebhookServer
 from tests.unit.test_notifications import HOOK, _rolled_back_release, channel
 
 QUICK = Backoff(first_s=0.01, cap_s=0.02)
+LOCAL = {"allow_private": True}  # the receivers are on 127.0.0.1
 
 
 def hook(url: str) -> Webhook:
@@ -36,7 +40,7 @@ async def test_transient_failures_are_retried_until_success_and_the_keepalive_ru
 
     with WebhookServer(fail_first={"/flaky": 3}) as server:
         async with httpx.AsyncClient() as client:
-            result = await deliver(client, hook(server.url("/flaky")), 5, QUICK, still_working)
+            result = await deliver(client, hook(server.url("/flaky")), 5, QUICK, still_working, **LOCAL)
     assert (result.ok, result.attempts, result.status, result.error) == (True, 4, 200, "")
     assert len(pauses) == 3 and len(server.posts("/flaky")) == 4
 
@@ -44,15 +48,15 @@ async def test_transient_failures_are_retried_until_success_and_the_keepalive_ru
 async def test_a_refusal_retrying_cannot_fix_is_not_retried() -> None:
     with WebhookServer(always={"/gone": 404, "/moved": 301}) as server:
         async with httpx.AsyncClient() as client:
-            gone = await deliver(client, hook(server.url("/gone")), 5, QUICK)
-            moved = await deliver(client, hook(server.url("/moved")), 5, QUICK)
+            gone = await deliver(client, hook(server.url("/gone")), 5, QUICK, **LOCAL)
+            moved = await deliver(client, hook(server.url("/moved")), 5, QUICK, **LOCAL)
     assert (gone.ok, gone.attempts, gone.status, gone.error) == (False, 1, 404, "HTTP 404")
     assert (moved.ok, moved.attempts, moved.status) == (False, 1, 301)  # a redirect is not followed
 
 
 async def test_nobody_listening_is_retried_up_to_the_bound_and_reported() -> None:
     async with httpx.AsyncClient() as client:
-        result = await deliver(client, hook(f"http://127.0.0.1:{free_port()}/x"), 3, QUICK)
+        result = await deliver(client, hook(f"http://127.0.0.1:{free_port()}/x"), 3, QUICK, **LOCAL)
     assert (result.ok, result.attempts, result.status) == (False, 3, None)
     assert result.error.startswith("ConnectError")
 
@@ -82,7 +86,7 @@ async def test_retry_after_is_honoured_and_every_attempt_verifies_under_one_webh
         hook = webhook("rolled_back", sink, rolled, release, secret)
         hook = Webhook(str(server.make_url("/hook")), hook.body, hook.headers, hook.webhook_id, hook.keys)
         async with httpx.AsyncClient() as client:
-            result = await deliver(client, hook, 5, QUICK)
+            result = await deliver(client, hook, 5, QUICK, **LOCAL)
     finally:
         await server.close()
     assert (result.ok, result.attempts, result.status) == (True, 3, 200)
@@ -110,7 +114,11 @@ async def test_retry_after_beyond_the_cap_waits_only_the_cap_and_attempts_stay_b
         started = time.monotonic()
         async with httpx.AsyncClient() as client:
             result = await deliver(
-                client, hook(str(server.make_url("/busy"))), 3, Backoff(first_s=0.01, cap_s=0.02, retry_after_cap_s=0.2)
+                client,
+                hook(str(server.make_url("/busy"))),
+                3,
+                Backoff(first_s=0.01, cap_s=0.02, retry_after_cap_s=0.2),
+                **LOCAL,
             )
         elapsed = time.monotonic() - started
     finally:
@@ -130,7 +138,7 @@ async def test_a_long_pause_keeps_telling_jetstream_it_is_still_working(monkeypa
     with WebhookServer(fail_first={"/slow": 1}) as server:
         slow = Backoff(first_s=0.5, cap_s=0.5, jitter=0.0)
         async with httpx.AsyncClient() as client:
-            result = await delivery.deliver(client, hook(server.url("/slow")), 2, slow, still_working)
+            result = await delivery.deliver(client, hook(server.url("/slow")), 2, slow, still_working, **LOCAL)
     assert (result.ok, result.attempts) == (True, 2)
     assert len(beats) == 5 and all(0.08 <= b - a < 0.3 for a, b in zip(beats, beats[1:]))
 
@@ -139,16 +147,16 @@ async def test_the_notifier_fills_a_urls_secret_from_its_environment_and_fails_c
     monkeypatch,
 ) -> None:
     release, rolled = _rolled_back_release()
-    notifier = Notifier(None, QUICK)  # type: ignore[arg-type]  # send() uses no port
+    notifier = Notifier(None, QUICK, **LOCAL)  # type: ignore[arg-type]  # send() uses no port
     with WebhookServer() as server:
-        url = server.url("/services/${KX_TEST_HOOK_PATH}")
+        url = server.url("/services/${KX_HOOK_TEST_PATH}")
         sink = parse_channel_config(channel({**HOOK, "url": url, "format": "slack"}), "canary").notifications[0]
         async with httpx.AsyncClient() as client:
-            monkeypatch.delenv("KX_TEST_HOOK_PATH", raising=False)
+            monkeypatch.delenv("KX_HOOK_TEST_PATH", raising=False)
             unset = await notifier.send(client, sink, "rolled_back", rolled, release, None)
-            monkeypatch.setenv("KX_TEST_HOOK_PATH", "T0/B0/s3cret")
+            monkeypatch.setenv("KX_HOOK_TEST_PATH", "T0/B0/s3cret")
             sent = await notifier.send(client, sink, "rolled_back", rolled, release, None)
-        assert (unset.ok, unset.attempts) == (False, 0) and "${KX_TEST_HOOK_PATH}" in unset.error
+        assert (unset.ok, unset.attempts) == (False, 0) and "${KX_HOOK_TEST_PATH}" in unset.error
         assert (sent.ok, sent.attempts) == (True, 1)
         (post,) = server.received
         assert post.path == "/services/T0/B0/s3cret" and "blocks" in json.loads(post.body)

@@ -242,9 +242,9 @@ async def service_app(authed):
     conns = Conns(authed)
     svc = await conns("service", "kxr-serve")
     producer_key, service_key = SigningKey.generate(), SigningKey.generate()
-    app = App(
-        svc.nc, Settings(nats_url=authed.url, prefix=authed.prefix), trust_root_for(producer_key), signer=service_key
-    )
+    # webhook_allow_private: the attacks' webhook receivers listen on 127.0.0.1 (KX_WEBHOOK_ALLOW_PRIVATE)
+    settings = Settings(nats_url=authed.url, prefix=authed.prefix, webhook_allow_private=True)
+    app = App(svc.nc, settings, trust_root_for(producer_key), signer=service_key)
     await start_service(app, CONSUMERS)
     await durables_bound(app)
     try:

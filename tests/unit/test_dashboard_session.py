@@ -62,14 +62,40 @@ async def test_idle_and_absolute_expiry_end_the_session_and_its_connection():
     assert nc2.closed and clock.now - 1000 >= session_mod.MAX_AGE_S
 
 
-async def test_the_oldest_sessions_go_first_beyond_the_cap(monkeypatch):
+async def test_anonymous_sessions_beyond_their_cap_end_only_anonymous_ones(monkeypatch):
+    """Anyone can open the login page: however many do, a signed-in session (and its NATS connection) stays."""
     monkeypatch.setattr(session_mod, "MAX_SESSIONS", 3)
     sessions = Sessions()
     nc = FakeConnection()
     first = await sessions.sign_in(await sessions.new(), "kx-operator", nc)
-    for _ in range(3):
+    oldest = await sessions.new()
+    for _ in range(10):
         await sessions.new()
-    assert len(sessions) == 3 and nc.closed and await sessions.get(first.sid) is None
+    assert len(sessions) == 4 and not nc.closed and await sessions.get(first.sid) is first
+    assert await sessions.get(oldest.sid) is None
+
+
+async def test_signed_in_sessions_beyond_their_cap_end_the_least_recently_used(monkeypatch):
+    monkeypatch.setattr(session_mod, "MAX_SIGNED_IN", 2)
+    sessions = Sessions()
+    a, b, c = FakeConnection(), FakeConnection(), FakeConnection()
+    first = await sessions.sign_in(await sessions.new(), "u1", a)
+    second = await sessions.sign_in(await sessions.new(), "u2", b)
+    assert await sessions.get(first.sid) is first  # used: now the second is the least recently used
+    await sessions.sign_in(await sessions.new(), "u3", c)
+    assert b.closed and await sessions.get(second.sid) is None
+    assert not a.closed and await sessions.get(first.sid) is first and len(sessions) == 2
+
+
+def test_the_cookie_lasts_the_idle_limit_and_never_past_the_absolute_one():
+    clock = Clock()
+    sessions = Sessions(clock=clock, idle_s=60)
+    session = session_mod.Session("sid", "csrf", clock.now, clock.now)
+    assert sessions.cookie_max_age(session) == 60
+    clock.now += session_mod.MAX_AGE_S - 20
+    assert sessions.cookie_max_age(session) == 20
+    clock.now += 30
+    assert sessions.cookie_max_age(session) == 0
 
 
 @pytest.mark.parametrize(
@@ -92,8 +118,12 @@ def test_until_as_kxr_pin_takes_it_and_the_dashboard_actor():
     now = datetime(2026, 12, 5, tzinfo=UTC)
     assert parse_until("12h", now) == now + timedelta(hours=12)
     assert parse_until("2026-12-06T00:00:00Z", now) == now + timedelta(days=1)
-    for bad in ("soon", "2026-12-06T00:00:00", "-5h", ""):
+    for bad in ("soon", "2026-12-06T00:00:00", "-5h", "", "²h", "١٢h"):
         with pytest.raises(ValueError):
             parse_until(bad, now)
+    # past datetime's range (or int()'s digit limit): one line, not an OverflowError
+    for far in ("2999999d", "9" * 5000 + "m"):
+        with pytest.raises(ValueError, match=r"^until '.*' is out of range \(a duration up to year 9999\)$"):
+            parse_until(far, now)
     actor = actor_of("kx-operator")
     assert (actor.kind, actor.id) == ("operator", "kx-operator@dashboard")

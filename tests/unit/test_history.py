@@ -119,6 +119,9 @@ def test_parse_since_takes_rfc3339_or_a_duration() -> None:
         ("2030-01-01T10:00:00", "timezone"),
         ("-7d", "RFC 3339"),
         ("", "RFC 3339"),
+        ("²d", "RFC 3339"),  # str.isdigit() takes '²', int() does not: not a duration
+        ("2999999d", "out of range"),  # before year 1: an OverflowError of timedelta, as one line
+        ("9" * 5000 + "s", "out of range"),  # past int()'s digit limit
     ]:
         with pytest.raises(ValueError, match=why):
             parse_since(bad, NOW)

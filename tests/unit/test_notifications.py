@@ -182,17 +182,17 @@ def test_retry_after_is_honoured_as_seconds_or_an_http_date_and_capped() -> None
 
 
 def test_a_url_may_take_its_secret_part_from_the_notifiers_environment() -> None:
-    slack = {**HOOK, "url": "https://hooks.slack.example/services/${KX_SLACK_PATH}?x=${KX_Q}", "format": "slack"}
-    (sink,) = parse_channel_config(channel(slack), "canary").notifications
-    assert expand_url(sink.url, {"KX_SLACK_PATH": "T0/B0/s3cret", "KX_Q": "1"}) == (
+    url = "https://hooks.slack.example/services/${KX_HOOK_SLACK_PATH}?x=${KX_HOOK_Q}"
+    (sink,) = parse_channel_config(channel({**HOOK, "url": url, "format": "slack"}), "canary").notifications
+    assert expand_url(sink.url, {"KX_HOOK_SLACK_PATH": "T0/B0/s3cret", "KX_HOOK_Q": "1"}) == (
         "https://hooks.slack.example/services/T0/B0/s3cret?x=1"
     )
     with pytest.raises(ValueError) as unset:
-        expand_url(sink.url, {"KX_Q": "1", "KX_SLACK_PATH": ""})
-    assert str(unset.value) == "url names ${KX_SLACK_PATH}, not set in the notifier's environment"
+        expand_url(sink.url, {"KX_HOOK_Q": "1", "KX_HOOK_SLACK_PATH": ""})
+    assert str(unset.value) == "url names ${KX_HOOK_SLACK_PATH}, not set in the notifier's environment"
     for value, why in (("a#frag", "must not have a #fragment"), ("a b", "must not contain whitespace")):
         with pytest.raises(ValueError, match=why) as bad:
-            expand_url(sink.url, {"KX_SLACK_PATH": value, "KX_Q": "1"})
+            expand_url(sink.url, {"KX_HOOK_SLACK_PATH": value, "KX_HOOK_Q": "1"})
         assert value not in str(bad.value)  # the secret never reaches the recorded error
     for url, why in (
         ("https://${KX_HOST}/hook", "only in its path or query"),
@@ -201,3 +201,23 @@ def test_a_url_may_take_its_secret_part_from_the_notifiers_environment() -> None
         ("https://hooks.example/${KX", "not ${ENV_VAR_NAME}"),
     ):
         assert why in problems_of(channel({**HOOK, "url": url}))
+
+
+@pytest.mark.parametrize(
+    "name", ["KX_NATS_URL", "OTEL_EXPORTER_OTLP_HEADERS", "AWS_SECRET_ACCESS_KEY", "KX_OPS_SECRET"]
+)
+def test_only_variables_named_kx_hook_are_filled_into_a_url(name) -> None:
+    """Whoever configures a channel chooses the URL's host: any other variable of the service's
+    environment (its NATS password in KX_NATS_URL, tracing headers, cloud keys) would go there. Such a
+    sink still decodes (a configuration written before the rule keeps working); its posts fail, saying
+    why and naming the variable, never its value, nor whether it is set."""
+    url = "https://collector.example/c?x=${" + name + "}&p=${KX_HOOK_PATH}"
+    (sink,) = parse_channel_config(channel({**HOOK, "url": url}), "canary").notifications
+    secret = "nats://kx-service:s3cret-password@nats:4222"
+    for env in ({name: secret, "KX_HOOK_PATH": "p"}, {"KX_HOOK_PATH": "p"}):  # set or not: the same answer
+        with pytest.raises(ValueError) as refused:
+            expand_url(sink.url, env)
+        assert str(refused.value) == (
+            "url names ${" + name + "}: only variables named KX_HOOK_* are filled into a webhook URL"
+        )
+        assert secret not in str(refused.value)

@@ -144,6 +144,27 @@ async def test_a_message_that_is_not_a_valid_event_is_dead_lettered_at_once() ->
     assert processed("dead_lettered") == dead + 1
 
 
+async def test_a_trigger_jetstream_relayed_is_dead_lettered_and_pages_nobody() -> None:
+    """An API answer JetStream stored on a trigger subject (docs/permissions.md "JetStream's answers")
+    was written by no role: refused as every reader of the log refuses it, whatever its bytes say."""
+    port = FakePort()
+    notifier = Recording(port)
+    broker = notifier.broker(CollectorRegistry())
+    event = rolled_back()  # a well-formed service event, as a producer can store it for JetStream to relay
+    async with TestNatsBroker(broker) as br:
+        await br.publish(
+            encode_event(event),
+            SUBJECTS.release("r1", "rolled_back"),
+            stream=STREAM,
+            reply_to=ack_reply(12),
+            headers={"Nats-Stream": "OBJ_tn_packs", "Nats-Subject": "$O.tn_packs.C.x", "Nats-Sequence": "3"},
+        )
+    assert notifier.notified == []
+    ((consumer, _, seq, _, _, reason, deliveries),) = port.deadletters.records
+    assert (consumer, seq, deliveries) == (DURABLE, 12, 1)
+    assert reason.startswith("relayed by JetStream from stream OBJ_tn_packs"), reason
+
+
 async def test_a_failure_is_nak_ed_with_back_off_and_dead_lettered_on_the_last_delivery(monkeypatch) -> None:
     port = FakePort()
     notifier = Recording(port, fail=RuntimeError("receiver exploded"))

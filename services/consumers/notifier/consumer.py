@@ -37,6 +37,7 @@ from services.consumers.notifier.delivery import Delivery, deliver
 from services.consumers.notifier.webhook import DEFAULT_SOURCE, Backoff, webhook
 from services.consumers.port import Port
 from services.consumers.reactor import until_stored
+from services.jetstream.client import relayed_delivery
 from services.jetstream.log import Entry
 from services.jetstream.log_reads import log_entries
 from services.jetstream.subscribers import (
@@ -68,9 +69,16 @@ class Notifier:
     release event (a post that fails is recorded as `notification.failed`). It shares the
     reactor's conflict retry (`until_stored`) for its records."""
 
-    def __init__(self, port: Port, backoff: Backoff = Backoff()) -> None:
+    def __init__(self, port: Port, backoff: Backoff = Backoff(), allow_private: bool | None = None) -> None:
         self.port = port
         self.backoff = backoff
+        self._allow_private = allow_private
+
+    @property
+    def allow_private(self) -> bool:
+        """May a sink post into the service's own network (destination.py)? As the deployment set it
+        (KX_WEBHOOK_ALLOW_PRIVATE), unless this notifier was told."""
+        return self.port.settings.webhook_allow_private if self._allow_private is None else self._allow_private
 
     def runners(self) -> list:
         return [self.run()]
@@ -95,7 +103,16 @@ class Notifier:
 
     def decode(self, msg: NatsStreamMessage) -> Event:
         """The message as an event, decoded as strictly as the log's own readers do (a message
-        that is not a valid event is poison: dead-lettered, never retried)."""
+        that is not a valid event is poison: dead-lettered, never retried).
+
+        A message JetStream relayed onto a trigger subject (an API answer stored on the reply subject
+        a request named: any role can have one stored there, docs/permissions.md "JetStream's answers")
+        was written by no role, whatever its bytes say: refused as `log_reads.decode_entry` refuses it,
+        so nobody is paged about a rollback, hold, escalation or flag the service never recorded."""
+        relayed = relayed_delivery(msg.raw_message.headers)
+        if relayed is not None:
+            why = "an answer stored on this subject, written by no role"
+            raise Poison(f"relayed by JetStream from stream {relayed[:100]}: {why}")
         try:
             return decode_event(msg.body, msg.raw_message.subject, self.port.subjects)
         except DecodeError as exc:
@@ -146,6 +163,7 @@ class Notifier:
         source: str = DEFAULT_SOURCE,
     ) -> Delivery:
         secret = None
+        # (`secret_env` may name any variable: its value only keys the HMAC, and is never sent anywhere)
         if sink.secret_env is not None:
             secret = os.environ.get(sink.secret_env) or None
             if secret is None:  # fail closed: never send unsigned what the receiver expects signed
@@ -156,11 +174,11 @@ class Notifier:
             hook = webhook(kind, sink, event, release, secret, source)
         except ValueError as exc:  # fail closed here too: a secret that cannot sign sends nothing
             return Delivery(False, 0, None, f"secret_env {sink.secret_env}: {exc}")
-        try:  # a ${VAR} in the URL: filled in here, never in the log (the message names only the variable)
+        try:  # a ${KX_HOOK_*} in the URL: filled in here, never in the log (the message names only the variable)
             hook = replace(hook, url=expand_url(sink.url, os.environ))
         except ValueError as exc:
             return Delivery(False, 0, None, str(exc))
-        return await deliver(client, hook, sink.attempts, self.backoff, still_working)
+        return await deliver(client, hook, sink.attempts, self.backoff, still_working, allow_private=self.allow_private)
 
     async def recorded(self, release_id: str) -> tuple[set[tuple[str, str]], int]:
         """(trigger event id, sink) of every outcome recorded for the release, and the last sequence."""

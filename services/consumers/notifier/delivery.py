@@ -1,5 +1,12 @@
 """Posting one webhook: bounded retries with jittered exponential back-off that honours
-`Retry-After`, never an exception."""
+`Retry-After`, never an exception.
+
+Each attempt has one deadline, ATTEMPT_TIMEOUT_S, for all of it: resolving the host, connecting,
+sending and the answer's status line and headers (httpx's own timeout bounds each read, not their
+sum: a receiver dripping a byte a second would hold the notifier, which handles one trigger at a
+time). The answer's body is never read: the status is the answer, and a receiver's megabytes do
+not belong in the memory of a process that runs every consumer.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from services.consumers.notifier.destination import Refused, destination
 from services.consumers.notifier.webhook import Backoff, Webhook, retry_after, worth_retrying
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,47 @@ class Delivery:
     error: str  # why the last attempt failed ("" when ok)
 
 
+class Unusable(Exception):
+    """The webhook cannot be posted as configured (a URL httpx refuses, a destination the rule refuses):
+    nothing was sent, and retrying does not change that."""
+
+
+async def post_once(
+    client: httpx.AsyncClient, hook: Webhook, now: Callable[[], float], allow_private: bool
+) -> tuple[int, float | None]:
+    """One attempt: (the answer's status, the pause its Retry-After asks for). Unusable when it cannot
+    be made; httpx's errors, OSError (the host does not resolve) and TimeoutError when it failed."""
+    try:  # what the channel's schema lets through but httpx cannot send (a control character, a bad A-label)
+        url = httpx.URL(hook.url)
+        _ = url.host  # decoded (IDNA) as httpx sends it: a malformed A-label (`xn--`) fails here
+    except Exception as exc:
+        raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+        try:
+            place = await destination(url, allow_private)
+        except Refused as exc:
+            raise Unusable(str(exc)) from None
+        try:
+            request = client.build_request(
+                "POST",
+                place.url,
+                content=hook.body,
+                headers={**hook.attempt_headers(now()), **place.headers},
+                extensions=place.extensions,
+                timeout=ATTEMPT_TIMEOUT_S,
+            )
+        except Exception as exc:
+            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+        try:
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except (httpx.InvalidURL, UnicodeError) as exc:  # (a part of the URL httpx checks only as it sends)
+            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+        try:
+            return response.status_code, retry_after(response.headers.get("Retry-After"), now())
+        finally:
+            await response.aclose()  # the body unread: the connection is closed, not drained
+
+
 async def deliver(
     client: httpx.AsyncClient,
     hook: Webhook,
@@ -33,36 +82,34 @@ async def deliver(
     backoff: Backoff,
     before_retry: Callable[[], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
+    *,
+    allow_private: bool = False,
 ) -> Delivery:
     """Post until a 2xx, a refusal that retrying cannot fix, or `attempts` tries.
 
     Redirects are not followed: the configured URL is the one that was validated. Each
     attempt is signed at its own time (`clock`, unix seconds); the webhook id stays the same.
     `before_retry` runs before each pause and every KEEPALIVE_S of a long one (the notifier
-    tells JetStream it is still working).
+    tells JetStream it is still working). A destination that is not a public address is
+    refused (destination.py) unless `allow_private` (KX_WEBHOOK_ALLOW_PRIVATE); such a
+    refusal, like a URL httpx cannot send, is final and counts no attempt (nothing was sent).
     """
     status: int | None = None
     error = ""
     for attempt in range(1, attempts + 1):
         wait: float | None = None
         try:
-            response = await client.post(
-                hook.url,
-                content=hook.body,
-                headers=hook.attempt_headers(clock()),
-                timeout=ATTEMPT_TIMEOUT_S,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            status, error = None, f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-            if hook.shown:  # the error is recorded in the log: never the URL with its secret filled in
-                error = error.replace(hook.url, hook.shown)
+            status, wait = await post_once(client, hook, clock, allow_private)
+        except Unusable as exc:
+            return Delivery(False, attempt - 1, None, _shown(hook, str(exc)))
+        except TimeoutError:  # the attempt's deadline passed (httpx's own timeouts are HTTPErrors)
+            status, error = None, f"TimeoutError: no answer within {ATTEMPT_TIMEOUT_S:g} s"
+        except (httpx.HTTPError, OSError) as exc:
+            status, error = None, _shown(hook, f"{exc.__class__.__name__}: {exc}".rstrip(": "))
         else:
-            status = response.status_code
             if 200 <= status < 300:
                 return Delivery(True, attempt, status, "")
             error = f"HTTP {status}"
-            wait = retry_after(response.headers.get("Retry-After"), clock())
         if attempt == attempts or not worth_retrying(status):
             return Delivery(False, attempt, status, error)
         pause = backoff.pause(attempt, wait)
@@ -83,3 +130,8 @@ async def deliver(
             if pause <= 1e-6:  # not a sliver of float left over
                 break
     return Delivery(False, attempts, status, error)  # attempts < 1: nothing tried
+
+
+def _shown(hook: Webhook, error: str) -> str:
+    """The error as recorded in the log: never the URL with its secret filled in."""
+    return error.replace(hook.url, hook.shown) if hook.shown else error
