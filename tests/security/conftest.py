@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -271,3 +274,17 @@ async def fill_consumer_limit(conn: Conn, s: Subjects, stream: str, limit: int) 
             return i, reply["error"], names
         names.append(name)
     raise AssertionError(f"the account let {conn.role} create consumers past its limit of {limit}")
+
+
+def kxr(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """`kxr ARGS` as a new process, as an operator runs it in a shell (`env`: see `kxr_env`)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def kxr_env(prefix: str, data_dir: Path) -> dict[str, str]:
+    """A shell's environment without any KX_ setting of the test run's, naming `prefix` and `data_dir`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
+    env.update({"KX_PREFIX": prefix, "KX_DATA_DIR": str(data_dir)})
+    return env

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from nats.errors import ConnectionClosedError
@@ -34,7 +30,7 @@ from services.permissions import (
     render_server_config,
     user_name,
 )
-from tests.security.conftest import Conns, start_authed, stop_authed
+from tests.security.conftest import Conns, kxr, kxr_env, start_authed, stop_authed
 
 pytestmark = pytest.mark.security
 
@@ -158,19 +154,12 @@ def test_kxr_serve_takes_its_limits_from_the_environment_and_refuses_a_bad_one(t
     assert read_account_limits(tmp_path / "never") == AccountLimits()  # a data dir from before: the defaults
 
 
-def kxr(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
-
-
 async def test_a_reload_for_a_new_runtime_keeps_the_limits_the_server_started_with(tmp_path, monkeypatch):
     """`kxr serve` started with KX_NATS_MAX_CONNECTIONS; `kxr creds runtime add` from a shell without it
     reloads the server with the same limits, not the defaults."""
     monkeypatch.setenv("KX_NATS_MAX_CONNECTIONS", "9")
     authed, lock = start_authed(tmp_path / "kx-data", runtimes=())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
-    env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(tmp_path / "kx-data")})
+    env = kxr_env(authed.prefix, tmp_path / "kx-data")
     conns = Conns(authed)
     try:
         added = kxr("creds", "runtime", "add", "rt-new", env=env, cwd=tmp_path)

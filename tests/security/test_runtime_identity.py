@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log_reads import load_world
 from services.permissions import read_credentials, runtime_creds_path
-from tests.security.conftest import Conns, start_authed, stop_authed
+from tests.security.conftest import Conns, kxr, kxr_env, start_authed, stop_authed
 
 pytestmark = pytest.mark.security
 
@@ -69,18 +69,11 @@ async def test_a_runtime_with_its_own_credentials_reads_what_a_runtime_needs(aut
     assert not rt_b.permission_errors(), rt_b.errors
 
 
-def kxr(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "kxr"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
-    )
-
-
 async def test_kxr_creds_runtime_add_makes_a_user_bound_to_its_id(tmp_path):
     """`kxr creds runtime add ID` under a running embedded server: the server reloads and the
     new runtime connects, bound to its own id."""
     authed, lock = start_authed(tmp_path / "kx-data", runtimes=())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
-    env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(tmp_path / "kx-data")})
+    env = kxr_env(authed.prefix, tmp_path / "kx-data")
     conns = Conns(authed)
     try:
         added = kxr("creds", "runtime", "add", "rt-new", env=env, cwd=tmp_path)
@@ -275,8 +268,7 @@ async def test_strict_runtime_identity_lets_only_runtimes_with_their_own_user_re
         )
 
         # adding a runtime reloads the server in the same mode: the shared user is not loosened by omission
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KX_")}
-        env.update({"KX_PREFIX": authed.prefix, "KX_DATA_DIR": str(data_dir)})
+        env = kxr_env(authed.prefix, data_dir)
         assert kxr("creds", "runtime", "add", "rt-c", env=env, cwd=tmp_path).returncode == 0
         assert read_runtime_identity(data_dir) == "strict"
         authed.creds["runtime-rt-c"] = read_credentials(runtime_creds_path(data_dir, "rt-c"))
