@@ -159,6 +159,24 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.send_samples(kind, cohorts, channel, offset, live)
         self.after()
 
+    @rule(pick=releases, which=st.integers(0, 3), live=st.booleans())
+    def refusal_where_exposed(self, pick: int, which: int, live: bool) -> None:
+        """A runtime of a cohort the release already switched refuses its pack — often an EARLIER stage's
+        cohort while a later one is watched (an outside review found the monitor blind there; the
+        samples rule above almost never aims a refusal at it)."""
+        exposed = [
+            r
+            for rid in sorted(self.m.world.in_flight)
+            if (r := self.m.world.release(rid)) is not None and r.prepared is not None and r.activated
+        ]
+        if not exposed:
+            return
+        release = exposed[pick % len(exposed)]
+        assert release.prepared is not None
+        cohort = release.activated[which % len(release.activated)]
+        self.m.send_samples("refusal", (cohort,), release.prepared.target.channel, 0, live)
+        self.after()
+
     @rule(
         kinds=st.lists(
             st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4
