@@ -200,6 +200,12 @@ def run() -> None:
         message, code = _failure(exc)
         _one_line(message)
         sys.exit(code)
+    finally:
+        # a command that ended before `run_async` (a usage error, `--help`) left the collector off: on
+        # again, for whoever runs on in this process (a test calling `run()` left it off for the next)
+        if common.collector_paused:
+            gc.enable()
+            common.collector_paused = False
 
 
 def _failure(exc: Exception) -> tuple[str, int]:

@@ -7,6 +7,7 @@ Runs `services.cli.main.run`, the console entry, in-process: the same path as th
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def test_a_bad_value_is_one_line_and_exit_2(
     assert named in lines[0], f"{named!r} not named in {lines[0]!r}"
     assert "NATS" not in lines[0], f"checked only after trying to connect: {lines[0]}"
     assert "Traceback" not in out + err
+    # `run` turns the collector off for start-up; a command refused before it ran left it off for
+    # whatever ran next in the process (the fold tests after these, in CI)
+    assert gc.isenabled()
 
 
 def test_the_checks_enumerations_are_the_actions() -> None:
