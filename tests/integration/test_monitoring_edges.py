@@ -311,11 +311,7 @@ def _refusal_of(digest: str, runtime_id: str) -> bytes:
 
 async def _second_release(svc, window_s: int) -> str:
     """r1 closes success (1 s windows); r2, a new pack asking for `window_s` windows, is requested. Its digest."""
-    await svc.configure()
-    await svc.runtime("t-int-1")
-    await svc.runtime("tenant-42")
-    await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
-    assert (await svc.wait_release("r1")).outcome == "success"
+    assert (await svc.first_release()).outcome == "success"
     bad = make_pack("1.1.0", svc.key)
     await svc.request("r2", bad, monitoring={"window_s": window_s, "min_samples": 1})
     return bad.digest
@@ -386,11 +382,7 @@ async def test_a_window_timer_fired_early_judges_nothing(nats_url, prefix):
     from services.consumers.monitor import timer_key
 
     async with running_service(nats_url, prefix) as svc:
-        await svc.configure()
-        await svc.runtime("t-int-1")
-        await svc.runtime("tenant-42")
-        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
-        assert (await svc.wait_release("r1")).outcome == "success"
+        assert (await svc.first_release()).outcome == "success"
         await svc.request("r2", make_pack("1.1.0", svc.key), monitoring={"window_s": 4, "min_samples": 1})
         await wait_for(lambda: _in_stage_window(svc, 0), 40, "r2's first window", lambda: svc.world.release("r2"))
         opened = svc.world.release("r2").monitoring

@@ -20,12 +20,8 @@ ROLES = ("preparer", "distributor", "verifier", "activator", "monitor", "promote
 
 async def genuine_pointer(svc):
     """The service's pointer of `internal` after a first release, and the pack it names."""
-    await svc.configure()
-    await svc.runtime("t-int-1")
-    await svc.runtime("tenant-42")
-    pack = make_pack("1.0.0", svc.key)
-    await svc.request("r1", pack, rollback={"strategy": "none"})
-    assert (await svc.wait_release("r1")).outcome == "success"
+    assert (await svc.first_release()).outcome == "success"
+    pack = make_pack("1.0.0", svc.key)  # the pack first_release released (its bytes follow from the version)
     entry = (await stored_pointers(svc.app.js, svc.app.subjects, "internal"))[0]
     return decode_event(entry.data, entry.subject, svc.app.subjects).data, pack
 
