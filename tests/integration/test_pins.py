@@ -16,12 +16,8 @@ async def test_a_pin_already_expired_when_the_pinner_sees_it_moves_no_pointer(na
     recorded (`scope.unpinned`, reason `expired`): the scope stays on what it ran. Before: the pinner
     switched the scope to the expired pin's pack, then recorded the expiry, leaving it there."""
     async with running_service(nats_url, prefix) as svc:
-        await svc.configure()
-        await svc.runtime("t-int-1")
-        await svc.runtime("tenant-42")
-        first, second = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
-        await svc.request("r1", first, rollback={"strategy": "none"})
-        assert (await svc.wait_release("r1")).outcome == "success"
+        assert (await svc.first_release()).outcome == "success"
+        second = make_pack("1.1.0", svc.key)
         await svc.request("r2", second)
         assert (await svc.wait_release("r2")).outcome == "success"
         trust_root = svc.trust_root
