@@ -144,9 +144,13 @@ class Service:
         await self.observer.catch_up()  # type: ignore[union-attr]
 
     async def configure(self, env: str = "prod", channel: str = "canary", config: dict | None = None) -> None:
-        await configure_channel(
+        seq = await configure_channel(
             self.app.log, self.app.js, env, channel, ChannelConfig.model_validate(config or CHANNEL), OPERATOR
         )
+        # applied before the test goes on: a snapshot or a read taken next must already hold it
+        await self.app.follower.wait_for(seq)
+        if self.observer is not None:
+            await self.observer.wait_for(seq)
 
     async def publish(self, pack: Pack, push: bool = True) -> None:
         if push:
