@@ -303,6 +303,29 @@ def unknown_fields(model: BaseModel, path: str = "") -> list[str]:
     return [f for f in found if f not in known]
 
 
+def requested_threshold_problems(asked: Thresholds, cfg: ChannelConfig) -> list[str]:
+    """Why a release request's thresholds cannot all be honoured on this channel, one sentence each.
+
+    A threshold a producer names is a promise that the release is judged by it. One the service
+    cannot judge — a name no version defines (a typo), a custom `<query>_max`/`_min` that no
+    Prometheus query of the channel measures, a value that is not a finite number a double holds —
+    fails pre-flight: dropping it would judge the release more loosely than asked, and keeping it
+    would hold every window inconclusive after the first cohort was already exposed.
+    """
+    queries = set(cfg.monitoring.prometheus.queries) if cfg.monitoring.prometheus is not None else set()
+    problems = []
+    for key, value in sorted((asked.__pydantic_extra__ or {}).items()):
+        name, shown = key.removesuffix("_max").removesuffix("_min"), repr(key[:64])
+        if name == key:
+            known = ", ".join(type(asked).model_fields)
+            problems.append(f"unknown threshold {shown} (known: {known}, or <query>_max/_min of a channel query)")
+        elif name not in queries:
+            problems.append(f"threshold {shown} names no Prometheus query of this channel: nothing would judge it")
+        elif not is_limit(value):
+            problems.append(f"threshold {shown} is not a finite number a 64-bit double holds: {str(value)[:40]!r}")
+    return problems
+
+
 def tenant_bucket(env: str, channel: str, tenant: str) -> int:
     """Sticky bucket 0..9999; ramps are monotone because a tenant's bucket never changes."""
     digest = hashlib.sha256(f"{env}/{channel}/{tenant}".encode()).digest()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from events.channel import ChannelConfig
+from events.channel import ChannelConfig, requested_threshold_problems
 from events.codec import make_event
 from events.ids import derived_event_id
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
@@ -161,6 +161,10 @@ def preflight(
         monitoring.min_samples >= cfg.monitoring.min_samples,
         f"min_samples {monitoring.min_samples} (channel minimum {cfg.monitoring.min_samples})",
     )
+
+    if req.monitoring is not None and req.monitoring.thresholds.model_fields_set:  # recorded when asked for
+        unjudged = requested_threshold_problems(req.monitoring.thresholds, cfg)
+        check("monitoring_thresholds", not unjudged, "; ".join(unjudged) or "every requested threshold can be judged")
 
     # Pinned cohorts are held by an operator: the rollout skips them and says so.
     skipped: dict[str, str] = {}

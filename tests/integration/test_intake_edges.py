@@ -55,7 +55,7 @@ async def test_unusual_requests_are_each_answered(nats_url, prefix) -> None:
             "nochan": {**base, "target": {"env": "prod", "channel": "nothing"}},
             "bigint": {**base, "monitoring": {"window_s": 3600, "min_samples": 10**30}},
             "floatint": {**base, "monitoring": {"window_s": 3600.0, "min_samples": 2.0}},
-            # a request's own threshold past a double's range cannot judge: ignored (the channel's stands)
+            # a request's own threshold past a double's range cannot judge: refused at pre-flight, not dropped
             "hugethreshold": {**base, "monitoring": {"window_s": 3600, "thresholds": {"queue_depth_max": 10**400}}},
             "big": {**base, "reason": "x" * 70_000},  # over the 64 KiB event cap, under the log's 256 KiB
             "v2": None,
@@ -84,7 +84,7 @@ async def test_unusual_requests_are_each_answered(nats_url, prefix) -> None:
             "extra": "prepared",
             "bigint": "prepared",
             "floatint": "prepared",
-            "hugethreshold": "prepared",
+            "hugethreshold": "rejected",
             "nochan": "rejected",
             "big": "rejected",
             "v2": "rejected",
@@ -101,3 +101,4 @@ async def test_unusual_requests_are_each_answered(nats_url, prefix) -> None:
             assert r.phase == phase, (rid, r.phase, (r.failure or "")[:300])
             if phase == "rejected":
                 assert r.failure, rid
+        assert "threshold 'queue_depth_max' names no Prometheus query" in svc.world.release("hugethreshold").failure

@@ -274,6 +274,20 @@ REJECTIONS = [
         "for ['rest'] (set acknowledge_no_health to proceed)",
     ),
     ("blank-owner", lambda: requested_log(owner="  "), None, ["owner_and_escalation"], "owner '  '"),
+    (
+        "threshold-nothing-judges",
+        lambda: requested_log(monitoring={"window_s": 60, "min_samples": 2, "thresholds": {"queue_depth_max": 5}}),
+        None,
+        ["monitoring_thresholds"],
+        "threshold 'queue_depth_max' names no Prometheus query of this channel",
+    ),
+    (
+        "threshold-misspelt",
+        lambda: requested_log(monitoring={"window_s": 60, "min_samples": 2, "thresholds": {"error_rate_mx": 0.01}}),
+        None,
+        ["monitoring_thresholds"],
+        "unknown threshold 'error_rate_mx'",
+    ),
 ]
 
 

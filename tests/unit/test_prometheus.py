@@ -242,6 +242,32 @@ def test_a_request_may_tighten_a_custom_threshold_never_loosen_it():
     assert channel.tightened_by(Thresholds()) == channel
 
 
+def test_a_request_threshold_that_nothing_can_judge_is_a_problem_not_dropped():
+    """Pre-flight refuses what `tightened_by` would drop or the judge could never measure (issue: a
+    producer's stricter threshold silently ignored judged the release more loosely than asked)."""
+    from events.channel import requested_threshold_problems
+
+    cfg = ChannelConfig.model_validate(
+        channel({"url": "http://prom:9090", "queries": {"queue_depth": "q"}}, {"queue_depth_max": 100})
+    )
+    ok = Thresholds.model_validate({"queue_depth_max": 10, "queue_depth_min": 0.5, "error_rate_max": 0.01})
+    assert requested_threshold_problems(ok, cfg) == []
+    asked = Thresholds.model_validate(
+        {"queue_depth_max": "10", "backlog_max": 5, "error_rate_maxx": 0.1, "queue_depth_min": 10**400}
+    )
+    problems = requested_threshold_problems(asked, cfg)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("threshold 'backlog_max' names no Prometheus query")
+    assert problems[1].startswith("unknown threshold 'error_rate_maxx' (known: error_rate_max,")
+    assert problems[2].startswith("threshold 'queue_depth_max' is not a finite number")
+    assert problems[3].startswith("threshold 'queue_depth_min' is not a finite number")
+    # without any query on the channel, a custom threshold has nothing to judge it
+    plain = ChannelConfig.model_validate({"monitoring": {"window_s": 60}})
+    assert requested_threshold_problems(Thresholds.model_validate({"queue_depth_max": 1}), plain) == [
+        "threshold 'queue_depth_max' names no Prometheus query of this channel: nothing would judge it"
+    ]
+
+
 # ---- channel configuration ----------------------------------------------------------------------
 
 
