@@ -32,8 +32,10 @@ The roles (docs/permissions.md has the full allow lists):
 - auditor:  reads the log; publishes nothing.
 
 No role but the service creates, updates or pulls from the service's durable consumers
-(`SERVICE_DURABLES`), and embedded `kxr serve` puts every user in one account with
-limits (`AccountLimits`: JetStream consumers and streams, connections, subscriptions per
+(`SERVICE_DURABLES`). Embedded `kxr serve` puts the service's user in `ACCOUNT` (JetStream's)
+and every other role's in its own account importing only `role_imports` (so JetStream's
+answers return to the requester's account, never onto a subject a stream captures), each
+with limits (`AccountLimits`: JetStream consumers and streams, connections, subscriptions per
 connection, message size), so no user can make the server hold without bound.
 """
 
@@ -697,13 +699,18 @@ class AccountLimits:
     max_payload: int = 1024 * 1024
 
     def render(self, indent: str) -> str:
-        """The account's own limits (inside its block); `max_payload` is the server's (`render_server_config`)."""
+        """KX's limits (inside its block): JetStream's and core NATS'; `max_payload` is the server's
+        (`render_server_config`)."""
         return (
             f"{indent}jetstream: {{ max_mem: {self.max_mem}, max_file: {self.max_file}, "
-            f"max_streams: {self.max_streams}, max_consumers: {self.max_consumers} }}\n"
-            f"{indent}limits: {{ max_connections: {self.max_connections}, "
-            f"max_subscriptions: {self.max_subscriptions} }}"
+            f"max_streams: {self.max_streams}, max_consumers: {self.max_consumers} }}\n" + self.render_core(indent)
         )
+
+    def render_core(self, indent: str) -> str:
+        """A role account's limits: core NATS only (it has no JetStream of its own: a role account
+        with JetStream would answer its users' API requests itself, "stream not found")."""
+        connections, subscriptions = self.max_connections, self.max_subscriptions
+        return f"{indent}limits: {{ max_connections: {connections}, max_subscriptions: {subscriptions} }}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AccountLimits:
@@ -770,7 +777,78 @@ def read_account_limits(data_dir: Path) -> AccountLimits:
         raise ValueError(f"{path}: {exc}") from None
 
 
-ACCOUNT = "KX"
+ACCOUNT = "KX"  # owns JetStream (the store's directory is named after it) and holds the service's user
+# One account per outside role, without JetStream of its own: what a role's user sends crosses into
+# KX only through the account's imports, and JetStream's answer to it returns through the import to
+# the requester's reply subject in the role's own account, where no stream captures anything. In one
+# account, any role could name a captured subject as the reply to an API request and have JetStream
+# store the answer there (docs/permissions.md "JetStream's answers").
+ROLE_ACCOUNTS = {"producer": "KX_PRODUCER", "runtime": "KX_RUNTIME", "operator": "KX_OPERATOR", "auditor": "KX_AUDITOR"}
+API_ALL = API + ".>"
+
+
+def account_of(creds: Credentials) -> str:
+    """The account a user lives in: the service's in KX, every other role's in its role's account."""
+    return ACCOUNT if creds.role == "service" else ROLE_ACCOUNTS[creds.role]
+
+
+def covers(wide: str, narrow: str) -> bool:
+    """Whether every subject `narrow` matches is matched by `wide` too (NATS wildcards, token-wise)."""
+    w, n = wide.split("."), narrow.split(".")
+    for i, token in enumerate(w):
+        if token == ">":
+            return len(n) > i
+        if i >= len(n) or (token == "*" and n[i] == ">") or token not in ("*", n[i]):
+            return False
+    return len(w) == len(n)
+
+
+def role_imports(subjects: Subjects, role: str) -> tuple[str, ...]:
+    """What a role's account imports from KX, each as a service (so JetStream's answer, a publish's
+    ack included, returns to the requester's account):
+
+    - the whole JetStream API: nats-server attributes a request that crosses a narrower import
+      (`$JS.API.STREAM.INFO.<stream>`) to the role's own account, which has no JetStream. So each
+      user's publish allow list stays what limits the API calls it may make (`Permissions`);
+    - every other subject the role may publish, from the role's widest user (the shared runtime
+      user's `<p>.health.*.*.*.*`: each runtime's own user is narrowed by its permissions), so a
+      user added later (`kxr creds runtime add`) changes no import and a reload takes it;
+    - no two that overlap: a message matching two imports is forwarded, and stored, twice.
+    """
+    perms = role_permissions(subjects, role)
+    wanted = [API_ALL, *(x for x in perms.publish if not covers(API_ALL, x) and not x.startswith(perms.inbox_prefix))]
+    return tuple(
+        x for i, x in enumerate(wanted) if not any(covers(o, x) for o in wanted[:i] + wanted[i + 1 :] if o != x)
+    )
+
+
+def _exports(subjects: Subjects, indent: str) -> list[str]:
+    """KX's exports: each subject some role imports, to exactly the accounts that import it. The API
+    answers many times to one request (a pull's messages, a batched direct get): `response_type: stream`."""
+    to: dict[str, list[str]] = {}
+    for role, account in ROLE_ACCOUNTS.items():
+        for subject in role_imports(subjects, role):
+            to.setdefault(subject, []).append(account)
+    return [
+        f"{indent}{{ service: {_q(subject)}, accounts: [{', '.join(accounts)}]"
+        + (", response_type: stream" if subject == API_ALL else "")
+        + " }"
+        for subject, accounts in to.items()
+    ]
+
+
+def _account(name: str, limits: str, users: str, links: list[str], key: str, indent: str) -> list[str]:
+    return [
+        f"{indent}{name}: {{",
+        limits,
+        f"{indent}  users: [",
+        users,
+        f"{indent}  ]",
+        f"{indent}  {key}: [",
+        *links,
+        f"{indent}  ]",
+        f"{indent}}}",
+    ]
 
 
 def render_server_config(
@@ -779,24 +857,33 @@ def render_server_config(
     limits: AccountLimits = AccountLimits(),
     runtime_identity: str = "shared",
 ) -> str:
-    """A whole nats-server config for the embedded server: JetStream on (store dir, listen
-    address and port come from the command line), the largest message, and the users of
-    `render_users`, in one account with limits (`AccountLimits`: JetStream, connections,
-    subscriptions per connection), so no user can exhaust the server."""
+    """A whole nats-server config for the embedded server: JetStream on (store dir, listen address
+    and port come from the command line), the largest message, the service's user in KX (which owns
+    JetStream), and each other role's users (`render_users`: the same least-privilege permissions) in
+    the role's own account importing from KX only `role_imports`. Every account has limits
+    (`AccountLimits`: JetStream for KX, connections and subscriptions per connection for each), so no
+    user can exhaust the server, and no role's connections can crowd out the service's."""
+    items = list(creds.values() if isinstance(creds, dict) else creds)
+    users = {account: [c for c in items if account_of(c) == account] for account in (ACCOUNT, *ROLE_ACCOUNTS.values())}
+
+    def rendered(account: str) -> str:
+        return render_users(users[account], subjects, indent="      ", runtime_identity=runtime_identity)
+
+    lines = _account(ACCOUNT, limits.render("    "), rendered(ACCOUNT), _exports(subjects, "      "), "exports", "  ")
+    for role, account in ROLE_ACCOUNTS.items():
+        imports = [
+            f"      {{ service: {{ account: {ACCOUNT}, subject: {_q(subject)} }} }}"
+            for subject in role_imports(subjects, role)
+        ]
+        lines += _account(account, limits.render_core("    "), rendered(account), imports, "imports", "  ")
     return (
         "jetstream: {}\n"
         f"max_payload: {limits.max_payload}\n\n"
-        f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege, in one\n"
-        "# account whose limits bound what any of them can make the server hold.\n"
+        f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege; the service's\n"
+        f"# in {ACCOUNT} (JetStream's), every other role's in its own account that imports only what it uses,\n"
+        "# each account with limits that bound what its users can make the server hold.\n"
         "# Generated by kxr; see docs/permissions.md.\n"
-        "accounts {\n"
-        f"  {ACCOUNT}: {{\n"
-        f"{limits.render('    ')}\n"
-        "    users: [\n"
-        f"{render_users(creds, subjects, indent='      ', runtime_identity=runtime_identity)}\n"
-        "    ]\n"
-        "  }\n"
-        "}\n"
+        "accounts {\n" + "\n".join(lines) + "\n}\n"
     )
 
 
@@ -827,6 +914,11 @@ def redacted(url: str) -> str:
 
 __all__ = [
     "ACCOUNT",
+    "API_ALL",
+    "ROLE_ACCOUNTS",
+    "account_of",
+    "covers",
+    "role_imports",
     "AccountLimits",
     "KXR_ROLES",
     "LIMIT_ENV",

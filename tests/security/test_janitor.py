@@ -72,9 +72,11 @@ def test_foreign_is_idle_durables_and_lingering_ephemerals_only():
     now = datetime.now(UTC)
 
     class Info:
-        def __init__(self, name, durable=None, threshold=None, waiting=0, age_s=1000.0):
+        def __init__(self, name, durable=None, threshold=None, waiting=0, age_s=1000.0, deliver=None):
             self.name, self.num_waiting, self.created = name, waiting, now - timedelta(seconds=age_s)
-            self.config = ConsumerConfig(name=name, durable_name=durable, inactive_threshold=threshold)
+            self.config = ConsumerConfig(
+                name=name, durable_name=durable, inactive_threshold=threshold, deliver_subject=deliver
+            )
             self.delivered = self.ack_floor = None
 
     assert foreign(Info("kxr-promoter", durable="kxr-promoter"), now, 60) is None
@@ -84,3 +86,8 @@ def test_foreign_is_idle_durables_and_lingering_ephemerals_only():
     assert foreign(Info("evil", durable="evil"), now, 60)
     assert foreign(Info("evil", threshold=10.0**7), now, 60)
     assert foreign(Info("evil"), now, 60)
+    # a push consumer delivering onto a subject (a stream capturing it would store a copy of the log):
+    # removed at once, new, busy or a reader's ephemeral; one delivering to an inbox is judged as any other
+    onto = "kx.health.prod.canary.internal.rt-1"
+    assert "push consumer" in (foreign(Info("evil", threshold=60.0, age_s=0, waiting=1, deliver=onto), now, 60) or "")
+    assert foreign(Info("nats-py-get", threshold=60.0, deliver="_INBOX_kx_service.abc"), now, 60) is None

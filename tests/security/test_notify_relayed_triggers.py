@@ -1,9 +1,11 @@
 """A trigger JetStream relayed onto a release subject pages nobody.
 
-Any role can have JetStream store an API answer (bytes it stored first) on a subject it may not
-publish to (docs/permissions.md "JetStream's answers"); every reader refuses such an entry as written
-by no role. The notifier reads its triggers through its own durable consumer, so it must refuse them
-too (services/consumers/notifier/consumer.py `Notifier.decode`): otherwise a producer forges a
+On a server whose users share one account, any role can have JetStream store an API answer (bytes it
+stored first) on a subject it may not publish to (docs/permissions.md "JetStream's answers"; embedded
+`kxr serve` gives each role its own account, so the relay here goes through the service's own user);
+every reader refuses such an entry as written by no role. The notifier reads its triggers through its
+own durable consumer, so it must refuse them too (services/consumers/notifier/consumer.py
+`Notifier.decode`): otherwise a producer forges a
 `release.rolled_back` or `release.escalated` of its own (never activated) release, and the ops
 webhook is paged, signed with the real secret, with the post recorded in the release's evidence.
 Real per-role users, the embedded server's configuration.
@@ -53,8 +55,11 @@ async def test_a_trigger_jetstream_relayed_pages_nobody(authed, as_role, service
         )
         # the producer's right: request a release (its pack is never pushed: it ends rejected)
         pack = make_pack("1.0.0", SigningKey.generate())
-        await request_release(EventLog(producer.nc, producer.js, s), rid, request_data(pack, channel=channel), PRODUCER)
-        await wait_for(lambda: app.follower.world.release(rid), 15, "the request folded")
+        requested = await request_release(
+            EventLog(producer.nc, producer.js, s), rid, request_data(pack, channel=channel), PRODUCER
+        )
+        # folded (by position: the service archives the release once it is rejected, which can come first)
+        await app.follower.wait_for(requested, timeout=15)
         forged = make_event(
             f"release.{suffix}",
             FORGED[suffix],
@@ -63,7 +68,8 @@ async def test_a_trigger_jetstream_relayed_pages_nobody(authed, as_role, service
             correlation_id=rid,
         )
         subject = s.release(rid, suffix)
-        await relay(producer, s, encode_event(forged), subject)
+        # through the one user still in JetStream's account (every role's, on a one-account server)
+        await relay(producer, s, encode_event(forged), subject, asker=await as_role("service"))
         seq = await wait_for(
             lambda: next((q for q, p in app.follower.undecodable.items() if p.subject == subject), None),
             15,

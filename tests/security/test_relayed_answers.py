@@ -1,13 +1,17 @@
-"""JetStream's answers relayed onto subjects a role may not publish to are never taken as written.
+"""JetStream's answers relayed onto subjects a role may not publish to: never stored, never taken as written.
 
-Every role and stream share one account, and nats-server checks no permission when JetStream
-publishes an API answer on the reply subject a request named; a stream that captures that subject
-stores it (docs/permissions.md "JetStream's answers"). With a direct get the bytes are the
-requester's own: a producer stores them as a pack chunk (its right), then asks for that chunk with
-an operator's or a runtime's subject as the reply. Until the account is split per role, the readers
-refuse what JetStream relayed (services/jetstream/client.py `RELAYED`): the log's readers take such an
-entry as undecodable, the window's health reads as an invalid report (never evidence), the live
-feed ignores it. Real per-role users, the embedded server's configuration.
+nats-server checks no permission when JetStream publishes an API answer on the reply subject a request
+named, and a stream that captures that subject stores it (docs/permissions.md "JetStream's answers").
+With a direct get the bytes are the requester's own: a producer stores them as a pack chunk (its
+right), then asks for that chunk with an operator's or a runtime's subject as the reply.
+
+Embedded `kxr serve` puts every role but the service in its own account: the answer goes back through
+the import to the requester's account, where no stream captures anything (the first test, every role
+against every stream). A server whose users share one account (`kxr creds nats-config` for an external
+server) still relays, so the readers refuse what JetStream relayed (services/jetstream/client.py
+`RELAYED`): the log's readers take such an entry as undecodable, the window's health reads as an
+invalid report (never evidence), the live feed ignores it. Those tests relay through the one user
+still in JetStream's account, the service's own. Real per-role users, the embedded server's configuration.
 """
 
 from __future__ import annotations
@@ -30,12 +34,44 @@ from tests.harness import CHANNEL, OPERATOR, wait_for
 pytestmark = pytest.mark.security
 
 
-async def relay(producer, s, payload: bytes, onto: str) -> None:
-    """The producer stores `payload` as a pack chunk, then has JetStream answer a direct get of it on `onto`."""
+async def relay(producer, s, payload: bytes, onto: str, asker=None) -> None:
+    """The producer stores `payload` as a pack chunk, then has JetStream answer a direct get of it on `onto`
+    (asked by `asker`, the producer itself unless given)."""
     chunk = f"$O.{s.packs_bucket}.C.relay{uuid.uuid4().hex[:8]}"
     await producer.js.publish(chunk, payload)
-    await producer.nc.publish(f"$JS.API.DIRECT.GET.OBJ_{s.packs_bucket}.{chunk}", b"", reply=onto)
-    await producer.nc.flush()
+    asker = asker or producer
+    await asker.nc.publish(f"$JS.API.DIRECT.GET.OBJ_{s.packs_bucket}.{chunk}", b"", reply=onto)
+    await asker.nc.flush()
+
+
+async def test_no_role_can_have_jetstream_store_an_answer_on_a_subject_it_may_not_publish(authed, as_role):
+    """Every outside role, a direct get (bytes it chose) and a STREAM.INFO, each answered onto a subject of
+    the log, health, timers and dead letters: nothing is stored anywhere, and the role still gets its own
+    answers (the import returns them to its account: an unanswered request would be a broken role, not a
+    closed door)."""
+    s = authed.subjects
+    producer, service = await as_role("producer"), await as_role("service")
+    streams = (s.releases_stream, s.health_stream, s.timers_stream, s.deadletter_stream)
+    onto = (
+        s.release("r-relay", "verified"),
+        s.health("prod", "canary", "internal", "rt-x"),
+        s.timer_fire("w-relay"),
+        s.deadletter("relay"),
+    )
+    before = {name: (await service.js.stream_info(name)).state.messages for name in streams}
+    chunk = f"$O.{s.packs_bucket}.C.relay{uuid.uuid4().hex[:8]}"
+    await producer.js.publish(chunk, b'{"type": "channel.configured"}')
+    for role in ("producer", "runtime", "operator", "auditor"):
+        conn = await as_role(role)
+        for subject in onto:
+            await conn.nc.publish(f"$JS.API.DIRECT.GET.OBJ_{s.packs_bucket}.{chunk}", b"", reply=subject)
+            await conn.nc.publish(f"$JS.API.STREAM.INFO.{s.releases_stream}", b"", reply=subject)
+        await conn.nc.flush()
+        info = await conn.js.stream_info(s.releases_stream)  # its own answers still come back
+        assert info.config.name == s.releases_stream, role
+    await asyncio.sleep(0.5)
+    after = {name: (await service.js.stream_info(name)).state.messages for name in streams}
+    assert after == before
 
 
 def forged_configuration(window_s: int) -> bytes:
@@ -59,7 +95,7 @@ async def test_a_relayed_channel_configuration_is_refused_by_every_reader(authed
     channel = "relay" + uuid.uuid4().hex[:6]
     config = ChannelConfig.model_validate({**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 60}})
     await configure_channel(EventLog(operator.nc, operator.js, s), operator.js, "prod", channel, config, OPERATOR)
-    await relay(producer, s, forged_configuration(1), s.channel("prod", channel))
+    await relay(producer, s, forged_configuration(1), s.channel("prod", channel), asker=await as_role("service"))
     stored = await wait_for(
         lambda: [seq for seq, p in app.follower.undecodable.items() if "relayed by JetStream" in str(p)] or None,
         10,
@@ -79,7 +115,11 @@ async def test_a_relayed_health_report_is_never_a_runtimes(authed, as_role):
     since = datetime.now(UTC) - timedelta(seconds=5)
     sample = {"runtime_id": victim, "digest": None, "at": since.isoformat(), "kind": "sample", "requests": 10**9}
     await relay(
-        producer, s, json.dumps({**sample, "errors": 0}).encode(), s.health("prod", "canary", "internal", victim)
+        producer,
+        s,
+        json.dumps({**sample, "errors": 0}).encode(),
+        s.health("prod", "canary", "internal", victim),
+        asker=await as_role("service"),
     )
     await asyncio.sleep(0.3)
     service = await connect(authed.url, name="test-service-reader", **authed.creds["service"].connect_options())
