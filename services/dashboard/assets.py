@@ -59,7 +59,11 @@ JS = """(function () {
     tick();
   });
   source.addEventListener('error', function () {
-    live.textContent = 'disconnected: reconnecting\\u2026 (what you see may be stale)';
+    // CLOSED: the browser gave up (an answer that is no stream, e.g. 503 when too many live views are
+    // open), so say so rather than promise a reconnect that will not come
+    live.textContent = source.readyState === EventSource.CLOSED
+      ? 'not live: reload the page to try again (what you see may be stale)'
+      : 'disconnected: reconnecting\\u2026 (what you see may be stale)';
     live.className = 'stale';
   });
   setInterval(tick, 1000);

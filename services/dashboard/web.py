@@ -37,6 +37,10 @@ HUB = web.AppKey("hub", LiveHub)
 STREAMS = web.AppKey("streams", set)
 KEEPALIVE_S = 15.0  # an SSE comment this often lets proxies and the server notice a gone browser
 COALESCE_S = 0.2  # after a change, let the rest of a burst land: one render per burst, not per event
+# Live views open at once: each holds a task rendering its page after every change to the log, so
+# without a cap anyone who reaches the port (off loopback, without a proxy's own limit) makes the
+# service render without bound. Far above what a team's browsers hold (one per open tab).
+MAX_STREAMS = 256
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -255,6 +259,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
             return _json({"error": str(exc)}, 400)
     elif view not in (None, "fleet"):
         return _json({"error": "view: fleet or history"}, 400)
+    if len(request.app[STREAMS]) >= MAX_STREAMS:  # the page says it is not live (dashboard.js)
+        response = _json({"error": f"{MAX_STREAMS} live views are open already: try again later"}, 503)
+        response.headers["Retry-After"] = "30"
+        return response
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS}
     )

@@ -54,3 +54,35 @@ async def test_an_extend_window_in_other_digits_is_refused_in_one_line(nats_url,
             assert flash_of(await b.get("/")) == (
                 f"refused: extend needs the new window in seconds (1 to 31536000), got {window!r}"
             )
+
+
+async def test_live_views_past_the_cap_are_a_503_and_one_let_go_is_one_someone_may_open(nats_url, prefix, monkeypatch):
+    """Each live view holds a task rendering its page after every change: without a cap, anyone who reaches
+    the port makes the service render without bound (an outside review: "/api/stream unlimited")."""
+    import asyncio
+
+    import aiohttp
+
+    from services.dashboard import web
+
+    monkeypatch.setattr(web, "MAX_STREAMS", 3)
+    async with web_stack(nats_url, prefix) as (url, _b, http):
+        async with aiohttp.ClientSession() as other:
+            opened = [await other.get(url + "api/stream") for _ in range(3)]
+            try:
+                assert [r.status for r in opened] == [200, 200, 200]
+                async with http.get(url + "api/stream?view=fleet") as refused:
+                    assert refused.status == 503 and refused.headers["Retry-After"] == "30"
+                    assert (await refused.json()) == {"error": "3 live views are open already: try again later"}
+                    for name, value in SECURITY_HEADERS.items():
+                        assert refused.headers.get(name) == value, name
+                opened.pop().close()  # a browser leaves: the server notices and lets another one in
+                for _ in range(100):
+                    async with http.get(url + "api/stream") as again:
+                        if again.status == 200:
+                            break
+                    await asyncio.sleep(0.05)
+                assert again.status == 200
+            finally:
+                for response in opened:
+                    response.close()
