@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import re
@@ -20,43 +19,16 @@ from services.permissions import redacted
 from services.reads.follower import Follower
 from services.settings import ConfigError, Connection, Settings, reader_service_keys
 from services.tasks import SignalStop, cancel_and_wait, utc_clock
+from services.web_hosts import allowed_hosts, host_name, is_loopback
 
 from .hub import LiveHub
-from .web import LOOPBACK_HOSTS, make_app
+from .web import make_app
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 
 
 FOLD_BELOW = 10_000  # log entries: a fold of fewer takes about a second (~80 µs each)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def host_name(host: str) -> str:
-    """A host as a Host header names it, without port: IPv6 in brackets, lower case."""
-    host = host.strip("[]").lower()
-    return f"[{host}]" if ":" in host else host
-
-
-def allowed_hosts(host: str, origin: str | None = None) -> frozenset[str] | None:
-    """The Host names the dashboard bound to `host` answers to: with a loopback bind, the loopback names,
-    the bound address itself (127.0.0.2 too) and the public origin's host (a proxy that passes its Host
-    on); None (any) for a deliberate non-loopback bind. A page served by another site cannot make a browser
-    name any of these (DNS rebinding sends the attacker's name)."""
-    if not is_loopback(host):
-        return None
-    extra = {host_name(host)}
-    if origin is not None:
-        extra.add(host_name(urlsplit(origin).hostname or ""))
-    return LOOPBACK_HOSTS | extra
 
 
 def parse_origin(text: str, option: str = "--ui-origin") -> str:

@@ -26,6 +26,7 @@ from services.reads.fleet import fleet_rows
 from services.reads.history import OUTCOMES
 from services.reads.live_view import release_view, window_view
 from services.settings import Connection
+from services.web_hosts import LOOPBACK_HOSTS, host_only
 
 from . import actions, model, pages
 from .assets import CSS, JS
@@ -41,7 +42,6 @@ COALESCE_S = 0.2  # after a change, let the rest of a burst land: one render per
 # without a cap anyone who reaches the port (off loopback, without a proxy's own limit) makes the
 # service render without bound. Far above what a team's browsers hold (one per open tab).
 MAX_STREAMS = 256
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -52,12 +52,6 @@ SECURITY_HEADERS = {
 }
 
 
-def _host_only(host: str) -> str:
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECURITY_HEADERS):
     """Every response carries SECURITY_HEADERS: pages, JSON, refusals (421), the router's own 404
     and 405, which aiohttp raises as exceptions past the code after `handler`, and the 500 of an
@@ -66,7 +60,7 @@ def _guard(allowed_hosts: frozenset[str] | None, headers: dict[str, str] = SECUR
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
         try:
-            if allowed_hosts is not None and _host_only(request.host).lower() not in allowed_hosts:
+            if allowed_hosts is not None and host_only(request.host).lower() not in allowed_hosts:
                 response: web.StreamResponse = web.Response(
                     status=421, text=f"this dashboard answers to {', '.join(sorted(allowed_hosts))} only\n"
                 )
@@ -260,9 +254,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     elif view not in (None, "fleet"):
         return _json({"error": "view: fleet or history"}, 400)
     if len(request.app[STREAMS]) >= MAX_STREAMS:  # the page says it is not live (dashboard.js)
-        response = _json({"error": f"{MAX_STREAMS} live views are open already: try again later"}, 503)
-        response.headers["Retry-After"] = "30"
-        return response
+        busy = _json({"error": f"{MAX_STREAMS} live views are open already: try again later"}, 503)
+        busy.headers["Retry-After"] = "30"
+        return busy
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **SECURITY_HEADERS}
     )

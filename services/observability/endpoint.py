@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.process_collector import ProcessCollector
 
 from events.model import Event
@@ -29,6 +33,7 @@ from services.observability.metrics import FASTSTREAM_METRICS, PROCESSED, LagSam
 from services.observability.release_metrics import ReleaseMetrics
 from services.settings import ConfigError
 from services.tasks import cancel_and_wait
+from services.web_hosts import allowed_hosts, answers
 
 log = logging.getLogger(__name__)
 # every entry of the log from its start: (entry with its `seq`, position, event or None if it does not decode)
@@ -89,6 +94,40 @@ def _report(task: asyncio.Task) -> None:
         log.error("%s stopped: %r", task.get_name(), task.exception())
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a scrape every few seconds is no news
+        pass
+
+
+def host_checked(app: Callable, allowed: frozenset[str] | None) -> Callable:
+    """`app` answering only requests that name one of `allowed` in Host (None: any): a loopback-bound
+    `/metrics` is for this machine, and a page of another site must not read it through DNS rebinding
+    (services/web_hosts.py). Others get a 421 of one line."""
+
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        if answers(allowed, environ.get("HTTP_HOST")):
+            return app(environ, start_response)
+        start_response("421 Misdirected Request", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"this endpoint answers to {', '.join(sorted(allowed or ()))} only\n".encode()]
+
+    return guarded
+
+
+def start_server(host: str, port: int, registry: CollectorRegistry) -> tuple[ThreadingWSGIServer, threading.Thread]:
+    """prometheus_client's `start_http_server`, with the Host check: a thread serving `registry`."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family  # an IPv6 bind needs its family before the socket is made
+
+    server = make_server(
+        str(address[0]), port, host_checked(make_wsgi_app(registry), allowed_hosts(host)), Server, handler_class=_Quiet
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
 @dataclass(frozen=True)
 class MetricsEndpoint:
     host: str
@@ -115,7 +154,7 @@ async def serve_metrics(
     registry.register(ServiceCollector(lambda: app.follower.world, releases, lag))
     ProcessCollector(registry=registry)
     try:
-        server, thread = start_http_server(port, host, registry)
+        server, thread = start_server(host, port, registry)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     endpoint = MetricsEndpoint(host, server.server_port, releases, lag)
