@@ -231,3 +231,32 @@ async def test_the_post_goes_to_the_address_that_was_checked(monkeypatch) -> Non
         (post,) = server.posts("/pinned")
     assert result.ok and looked_up == ["hooks.rebind.test"]
     assert post.headers["host"] == url.split("/")[2]
+
+
+async def test_an_address_that_cannot_be_reached_hands_the_post_to_the_next_one_checked(monkeypatch) -> None:
+    """A name with several addresses (an IPv6 one first on a host without an IPv6 route, a dead replica) is
+    posted to the first one that takes the connection, in the resolver's order, within the one attempt;
+    every address is checked before any is tried, and each receives at most the one post (nothing is sent
+    where no connection was made). (An outside review: "only the first address is tried".)"""
+
+    async def resolve(host, port):  # nothing listens on ::1 nor 127.0.0.2: the connection is refused there
+        return [destination.ipaddress.ip_address(a) for a in ("::1", "127.0.0.2", "::1", "127.0.0.1")]
+
+    monkeypatch.setattr(destination, "resolved", resolve)
+    monkeypatch.setattr(destination, "address_problem", lambda address: None)
+    with WebhookServer() as server:
+        url = server.url("/next").replace("127.0.0.1", "hooks.several.test")
+        async with httpx.AsyncClient() as client:
+            result = await deliver(client, hook(url), 1, QUICK)
+        (post,) = server.posts("/next")
+    assert (result.ok, result.attempts) == (True, 1)
+    assert post.headers["host"] == url.split("/")[2]
+    # every address refusing: one failed attempt, saying so, never an exception
+    monkeypatch.setattr(destination, "resolved", lambda host, port: _addresses("::1", "127.0.0.2"))
+    async with httpx.AsyncClient() as client:
+        failed = await deliver(client, hook(url), 1, QUICK)
+    assert (failed.ok, failed.attempts, failed.status) == (False, 1, None) and "ConnectError" in failed.error
+
+
+async def _addresses(*texts: str):
+    return [destination.ipaddress.ip_address(a) for a in texts]

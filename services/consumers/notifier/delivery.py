@@ -54,25 +54,35 @@ async def post_once(
             place = await destination(url, allow_private)
         except Refused as exc:
             raise Unusable(str(exc)) from None
-        try:
-            request = client.build_request(
-                "POST",
-                place.url,
-                content=hook.body,
-                headers={**hook.attempt_headers(now()), **place.headers},
-                extensions=place.extensions,
-                timeout=ATTEMPT_TIMEOUT_S,
-            )
-        except Exception as exc:
-            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
-        try:
-            response = await client.send(request, stream=True, follow_redirects=False)
-        except (httpx.InvalidURL, UnicodeError) as exc:  # (a part of the URL httpx checks only as it sends)
-            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
-        try:
-            return response.status_code, retry_after(response.headers.get("Retry-After"), now())
-        finally:
-            await response.aclose()  # the body unread: the connection is closed, not drained
+        candidates = place.candidates
+        # each address gets its share of the deadline to connect, so an unreachable first one leaves time
+        # for the next; once connected, the rest of the deadline is the answer's
+        timeout = httpx.Timeout(ATTEMPT_TIMEOUT_S, connect=max(1.0, ATTEMPT_TIMEOUT_S / len(candidates)))
+        for n, target in enumerate(candidates, 1):
+            try:
+                request = client.build_request(
+                    "POST",
+                    target,
+                    content=hook.body,
+                    headers={**hook.attempt_headers(now()), **place.headers},
+                    extensions=place.extensions,
+                    timeout=timeout,
+                )
+            except Exception as exc:
+                raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+            try:
+                response = await client.send(request, stream=True, follow_redirects=False)
+            except (httpx.InvalidURL, UnicodeError) as exc:  # (a part of the URL httpx checks only as it sends)
+                raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if n == len(candidates):
+                    raise
+                continue  # nothing was sent to this address: the next one, in the same attempt
+            try:
+                return response.status_code, retry_after(response.headers.get("Retry-After"), now())
+            finally:
+                await response.aclose()  # the body unread: the connection is closed, not drained
+        raise AssertionError("unreachable: the last candidate returns or raises")
 
 
 async def deliver(

@@ -5,10 +5,11 @@ connection, a timeout) is recorded in the log they read. Without a rule, a sink 
 port scanner into the service's network: its own loopback, the cloud's metadata address, private
 ranges. So before each attempt the host is resolved as the connection would resolve it (an address in
 any spelling `ipaddress` or the resolver accepts: `2130706433`, `0x7f000001`, `127.1`, a name), the
-post is refused when ANY address it gives is not public, and the connection goes to the address that
-was checked: the URL's host is replaced by it, while `Host` and the TLS server name (SNI, and the
-certificate check) stay the name's. A name that resolves elsewhere by the time of the connect (DNS
-rebinding) therefore does not take the post with it. `KX_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule
+post is refused when ANY address it gives is not public, and the connection goes to an address that
+was checked (in the resolver's order, the next when one cannot be reached): the URL's host is replaced
+by it, while `Host` and the TLS server name (SNI, and the certificate check) stay the name's. A name
+that resolves elsewhere by the time of the connect (DNS rebinding) therefore does not take the post
+with it. `KX_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule
 (internal receivers, tests): the URL is then posted as it is.
 """
 
@@ -35,6 +36,13 @@ class Destination:
     url: httpx.URL  # what to connect to: the checked address in place of the host name
     headers: dict[str, str] = field(default_factory=dict)  # Host, as the configured URL names it
     extensions: dict[str, str] = field(default_factory=dict)  # sni_hostname: TLS checks the name, not the address
+    # every checked address in the resolver's order, `url` first: a client connects to the next when one
+    # cannot be reached (an IPv6 address first on a host without an IPv6 route), as any HTTP client does
+    urls: tuple[httpx.URL, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[httpx.URL, ...]:
+        return self.urls or (self.url,)
 
 
 def address_problem(address: Address) -> str | None:
@@ -99,4 +107,5 @@ async def destination(url: httpx.URL, allow_private: bool) -> Destination:
     # post (the pool knows it by address alone, and another name on the same address needs its own TLS)
     headers = {"Host": url.netloc.decode("ascii"), "Connection": "close"}
     sni = {"sni_hostname": host} if url.scheme == "https" and written is None else {}
-    return Destination(url.copy_with(host=str(addresses[0])), headers, sni)
+    urls = tuple(url.copy_with(host=str(a)) for a in dict.fromkeys(addresses))  # each once, in order
+    return Destination(urls[0], headers, sni, urls)
