@@ -8,6 +8,7 @@ configuration (docs/permissions.md).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -106,13 +107,22 @@ def creds_init(
         metavar="shared|strict",
         help="strict: the shared runtime user reports no health, only runtimes with their own user do",
     ),
+    accounts: bool = typer.Option(
+        False,
+        "--accounts",
+        help="an `accounts` block instead: each role in its own account, as embedded kxr serve runs "
+        "(JetStream's answers cannot be relayed onto the log; the streams must live in account KX)",
+    ),
     data_dir: Path | None = DataDir,
 ) -> None:
-    """Create (or keep) every role's credentials for an existing NATS and print its `authorization` block."""
+    """Create (or keep) every role's credentials for an existing NATS and print its `authorization` block
+    (or, with --accounts, its `accounts` block)."""
     from events.subjects import Subjects
     from services.permissions import (
         RUNTIME_IDENTITY_MODES,
+        AccountLimits,
         ensure_credentials,
+        render_accounts,
         render_authorization,
         write_server_config,
     )
@@ -131,7 +141,14 @@ def creds_init(
         creds = ensure_credentials(settings.data_dir, subjects, server)
     except OSError as exc:
         fail(f"cannot write credentials under {settings.data_dir}: {exc.strerror}")
-    text = render_authorization(creds, subjects, runtime_identity)
+    if accounts:
+        try:
+            limits = AccountLimits.from_env(os.environ)  # KX_NATS_MAX_*, as for embedded kxr serve
+        except ValueError as exc:
+            fail(str(exc))
+        text = render_accounts(creds, subjects, limits, runtime_identity)
+    else:
+        text = render_authorization(creds, subjects, runtime_identity)
     if out is None:
         sys.stdout.write(text)
     else:

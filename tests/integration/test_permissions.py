@@ -522,13 +522,17 @@ async def test_embedded_serve_generates_users_and_creds_show_prints_them(tmp_pat
     assert bad.returncode != 0 and len(lines(bad.stderr)) == 1 and "nobody" in bad.stderr
 
 
-async def test_creds_init_for_an_existing_deployment(tmp_path):
-    """`kxr creds init` writes the users block; a server that includes it enforces it."""
+@pytest.mark.parametrize("accounts", [False, True], ids=["users", "accounts"])
+async def test_creds_init_for_an_existing_deployment(tmp_path, accounts):
+    """`kxr creds init` writes the users block (`--accounts`: the accounts block, each role in its own, as
+    embedded `kxr serve` runs); a server that includes it enforces it. With accounts, a role cannot have
+    JetStream store an answer on the log (docs/permissions.md "JetStream's answers"); with one account it can."""
     port = free_port()
     env = serve_env(tmp_path, "ext", None)
     users = tmp_path / "kx-users.conf"
     result = subprocess.run(
-        [kxr(), "creds", "init", "--server", f"nats://127.0.0.1:{port}", "--out", str(users)],
+        [kxr(), "creds", "init", "--server", f"nats://127.0.0.1:{port}", "--out", str(users)]
+        + (["--accounts"] if accounts else []),
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -559,5 +563,32 @@ async def test_creds_init_for_an_existing_deployment(tmp_path):
             await nats.connect(
                 f"nats://127.0.0.1:{port}", connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
             )
+        assert await relayed_onto_the_log(env, tmp_path) == (0 if accounts else 1)
     finally:
         server.stop()
+
+
+async def relayed_onto_the_log(env: dict, cwd) -> int:
+    """How many messages a producer's STREAM.INFO, answered onto a release subject, added to the log."""
+    from services.jetstream.client import connect
+    from services.permissions import inbox_for
+
+    def url_of(role: str) -> str:
+        shown = subprocess.run(
+            [kxr(), "creds", "show", role], env=env, cwd=cwd, capture_output=True, text=True, timeout=30
+        )
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.strip()
+
+    s = Subjects(env["KX_PREFIX"])
+    producer = await connect(url_of("producer"), inbox_prefix=inbox_for(s, "producer"))
+    service = await connect(url_of("service"), inbox_prefix=inbox_for(s, "service"))
+    try:
+        before = (await service.jetstream().stream_info(s.releases_stream)).state.messages
+        await producer.publish(f"$JS.API.STREAM.INFO.{s.releases_stream}", b"", reply=s.release("r-relay", "verified"))
+        await producer.flush()
+        await asyncio.sleep(0.5)
+        return (await service.jetstream().stream_info(s.releases_stream)).state.messages - before
+    finally:
+        await producer.close()
+        await service.close()
