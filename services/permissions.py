@@ -697,6 +697,12 @@ class AccountLimits:
     max_connections: int = 4096 + 1024
     max_subscriptions: int = 16384
     max_payload: int = 1024 * 1024
+    # How long KX keeps the way back for an answer to a role's API request that has not ended: a request
+    # crossing the `$JS.API.>` import (answers as a stream) leaves a mapping in KX (~1 KB) until its
+    # answers end, and a direct get's single answer has no end marker, so each stays this long after
+    # its last answer. nats-server's default, 2 minutes, let one runtime flooding direct gets hold
+    # gigabytes. Above the 10 s a reader's pull request lives (each heartbeat, every second, renews it).
+    response_threshold_s: float = 15.0
 
     def render(self, indent: str) -> str:
         """KX's limits (inside its block): JetStream's and core NATS'; `max_payload` is the server's
@@ -822,7 +828,7 @@ def role_imports(subjects: Subjects, role: str) -> tuple[str, ...]:
     )
 
 
-def _exports(subjects: Subjects, indent: str) -> list[str]:
+def _exports(subjects: Subjects, indent: str, threshold_s: float) -> list[str]:
     """KX's exports: each subject some role imports, to exactly the accounts that import it. The API
     answers many times to one request (a pull's messages, a batched direct get): `response_type: stream`."""
     to: dict[str, list[str]] = {}
@@ -831,7 +837,7 @@ def _exports(subjects: Subjects, indent: str) -> list[str]:
             to.setdefault(subject, []).append(account)
     return [
         f"{indent}{{ service: {_q(subject)}, accounts: [{', '.join(accounts)}]"
-        + (", response_type: stream" if subject == API_ALL else "")
+        + (f', response_type: stream, response_threshold: "{threshold_s:g}s"' if subject == API_ALL else "")
         + " }"
         for subject, accounts in to.items()
     ]
@@ -868,7 +874,14 @@ def render_accounts(
     def rendered(account: str) -> str:
         return render_users(users[account], subjects, indent="      ", runtime_identity=runtime_identity)
 
-    lines = _account(ACCOUNT, limits.render("    "), rendered(ACCOUNT), _exports(subjects, "      "), "exports", "  ")
+    lines = _account(
+        ACCOUNT,
+        limits.render("    "),
+        rendered(ACCOUNT),
+        _exports(subjects, "      ", limits.response_threshold_s),
+        "exports",
+        "  ",
+    )
     for role, account in ROLE_ACCOUNTS.items():
         imports = [
             f"      {{ service: {{ account: {ACCOUNT}, subject: {_q(subject)} }} }}"

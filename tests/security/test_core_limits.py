@@ -183,3 +183,60 @@ async def test_a_reload_for_a_new_runtime_keeps_the_limits_the_server_started_wi
     finally:
         await conns.close()
         stop_authed(authed, lock)
+
+
+async def test_a_runtime_flooding_direct_gets_leaves_no_server_state_past_the_response_threshold(tmp_path):
+    """A request across a role account's `$JS.API.>` import leaves a response mapping in KX until its answers
+    end; a direct get's one answer has no end marker, so the mapping stays the export's response threshold
+    after it. With nats-server's default (2 minutes) a runtime flooding direct gets held ~1 KB each that long;
+    the embedded config sets `AccountLimits.response_threshold_s` (15 s; 1 s here), and the mappings go."""
+    import json
+    import urllib.request
+    import uuid
+
+    from services.jetstream.embedded import EmbeddedServer, StoreLock, free_port
+    from tests.security.conftest import Authed
+
+    data, prefix = tmp_path / "kx", "p" + uuid.uuid4().hex[:10]
+    port, http = free_port(), free_port()
+    url = f"nats://127.0.0.1:{port}"
+    lock = StoreLock(data / "nats").acquire()
+    config, creds = authorized_config(data, prefix, url, AccountLimits(response_threshold_s=1.0))
+    assert 'response_threshold: "1s"' in config.read_text()
+    watched = data / "watched.conf"  # the same config, with the server's monitoring port to count the mappings
+    watched.write_text(f'include "{config.name}"\nhttp: "127.0.0.1:{http}"\n')
+    server = EmbeddedServer(store_dir=data / "nats", port=port, config_file=watched, log_file=data / "log").start(
+        lock=lock
+    )
+    authed, s = Authed(url, prefix, creds, data, server), Subjects(prefix)
+    conns = Conns(authed)
+
+    def pending() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/accountz?acc=KX", timeout=5) as answer:
+            return len(json.loads(answer.read())["account_detail"].get("responses") or {})
+
+    try:
+        service = await conns("service")
+        await ensure_layout(service.js, s)
+        runtime = await conns("runtime")
+        answered = 0
+
+        async def count(_msg) -> None:
+            nonlocal answered
+            answered += 1
+
+        inbox = runtime.nc.new_inbox()
+        await runtime.nc.subscribe(inbox + ".*", cb=count)
+        flood = 3000
+        ask = json.dumps({"last_by_subj": s.channel("prod", "canary")}).encode()
+        for i in range(flood):
+            await runtime.nc.publish(f"$JS.API.DIRECT.GET.{s.releases_stream}", ask, reply=f"{inbox}.{i}")
+        await until(lambda: answered == flood, f"{answered} of {flood} answered", timeout=30)
+        assert pending() >= flood  # each direct get's way back, still held
+        # the threshold's sweep runs once a threshold: every mapping is gone within two of them
+        await until(lambda: pending() == 0, "mappings still held past the response threshold", timeout=10)
+        assert await runtime.js.stream_info(s.releases_stream)  # and the role's requests are answered as before
+    finally:
+        await conns.close()
+        server.stop()
+        lock.release()
