@@ -7,9 +7,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.dashboard.server import allowed_hosts, parse_origin
+from services.dashboard.server import parse_origin
 from services.dashboard.web import LOOPBACK_HOSTS, SECURITY_HEADERS, _guard
 from services.settings import ConfigError
+from services.web_hosts import allowed_hosts
 
 
 @pytest.mark.parametrize(

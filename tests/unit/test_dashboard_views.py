@@ -9,10 +9,10 @@ import pytest
 from projections.evidence import evidence_of
 from services.dashboard import pages
 from services.dashboard.model import overview
-from services.dashboard.server import is_loopback, parse_addr
-from services.dashboard.web import _host_only
+from services.dashboard.server import parse_addr
 from services.reads.live_view import release_view, window_view
 from services.settings import ConfigError
+from services.web_hosts import host_only, is_loopback
 
 from .test_decisions import history
 from .test_projections import P1, Log
@@ -90,7 +90,7 @@ def test_bad_dashboard_addresses_are_one_clear_error(text) -> None:
 
 def test_loopback_and_host_headers() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
-    assert [_host_only(h) for h in ("localhost:8080", "127.0.0.1", "[::1]:8080", "evil.example:80")] == [
+    assert [host_only(h) for h in ("localhost:8080", "127.0.0.1", "[::1]:8080", "evil.example:80")] == [
         "localhost",
         "127.0.0.1",
         "[::1]",
