@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "cli_start": ([], ["--quick"]),
     "rollback": ([], ["--quick"]),
     "operator_reads": ([], ["--quick"]),
+    "accounts": ([], ["--gets", "200", "--entries", "2000"]),
 }
 RESULTS = Path(__file__).parent / "results"
 
