@@ -25,7 +25,7 @@ from events.subjects import Subjects
 from services.actions.producer import parse_channel_config
 from services.consumers.notifier import destination
 from services.consumers.notifier.consumer import Notifier
-from services.consumers.notifier.delivery import ATTEMPT_TIMEOUT_S, deliver
+from services.consumers.notifier.delivery import ATTEMPT_TIMEOUT_S, Delivery, deliver
 from services.consumers.notifier.webhook import Backoff, Webhook
 from tests.integration.webhook_server import WebhookServer
 from tests.unit.test_notifications import HOOK, _rolled_back_release, channel
@@ -211,24 +211,36 @@ async def test_an_internal_receiver_is_posted_to_when_the_deployment_allows_it()
     assert (sent.ok, sent.status, len(posted)) == (True, 200, 1)
 
 
-async def test_the_post_goes_to_the_address_that_was_checked(monkeypatch) -> None:
-    """Pinned: the name is resolved once, for the check, and the connection goes to that address (a name
-    resolving elsewhere at connect time, DNS rebinding, changes nothing). `hooks.rebind.test` resolves
-    nowhere for real, so the post arrives only if the connection used the checked address; Host stays
-    the name's. (127.0.0.1 stands in for a public address here.)"""
+def resolving(monkeypatch, *addresses: str) -> list[str]:
+    """The resolver gives `addresses` for any name (each taken as public here: 127.0.0.1 stands in for a
+    public address); the names it was asked for are listed in what this returns."""
     looked_up: list[str] = []
 
     async def resolve(host, port):
         looked_up.append(host)
-        return [destination.ipaddress.ip_address("127.0.0.1")]
+        return [destination.ipaddress.ip_address(a) for a in addresses]
 
     monkeypatch.setattr(destination, "resolved", resolve)
     monkeypatch.setattr(destination, "address_problem", lambda address: None)
+    return looked_up
+
+
+async def post_as(name: str, path: str) -> tuple[str, Delivery, list]:
+    """A post to the test receiver at `path`, its URL naming `name` (which resolves nowhere for real)."""
     with WebhookServer() as server:
-        url = server.url("/pinned").replace("127.0.0.1", "hooks.rebind.test")
+        url = server.url(path).replace("127.0.0.1", name)
         async with httpx.AsyncClient() as client:
             result = await deliver(client, hook(url), 1, QUICK)
-        (post,) = server.posts("/pinned")
+        return url, result, server.posts(path)
+
+
+async def test_the_post_goes_to_the_address_that_was_checked(monkeypatch) -> None:
+    """Pinned: the name is resolved once, for the check, and the connection goes to that address (a name
+    resolving elsewhere at connect time, DNS rebinding, changes nothing). `hooks.rebind.test` resolves
+    nowhere for real, so the post arrives only if the connection used the checked address; Host stays
+    the name's."""
+    looked_up = resolving(monkeypatch, "127.0.0.1")
+    url, result, (post,) = await post_as("hooks.rebind.test", "/pinned")
     assert result.ok and looked_up == ["hooks.rebind.test"]
     assert post.headers["host"] == url.split("/")[2]
 
@@ -238,25 +250,12 @@ async def test_an_address_that_cannot_be_reached_hands_the_post_to_the_next_one_
     posted to the first one that takes the connection, in the resolver's order, within the one attempt;
     every address is checked before any is tried, and each receives at most the one post (nothing is sent
     where no connection was made). (An outside review: "only the first address is tried".)"""
-
-    async def resolve(host, port):  # nothing listens on ::1 nor 127.0.0.2: the connection is refused there
-        return [destination.ipaddress.ip_address(a) for a in ("::1", "127.0.0.2", "::1", "127.0.0.1")]
-
-    monkeypatch.setattr(destination, "resolved", resolve)
-    monkeypatch.setattr(destination, "address_problem", lambda address: None)
-    with WebhookServer() as server:
-        url = server.url("/next").replace("127.0.0.1", "hooks.several.test")
-        async with httpx.AsyncClient() as client:
-            result = await deliver(client, hook(url), 1, QUICK)
-        (post,) = server.posts("/next")
+    resolving(monkeypatch, "::1", "127.0.0.2", "::1", "127.0.0.1")  # nothing listens on ::1 nor 127.0.0.2
+    url, result, (post,) = await post_as("hooks.several.test", "/next")
     assert (result.ok, result.attempts) == (True, 1)
     assert post.headers["host"] == url.split("/")[2]
     # every address refusing: one failed attempt, saying so, never an exception
-    monkeypatch.setattr(destination, "resolved", lambda host, port: _addresses("::1", "127.0.0.2"))
-    async with httpx.AsyncClient() as client:
-        failed = await deliver(client, hook(url), 1, QUICK)
-    assert (failed.ok, failed.attempts, failed.status) == (False, 1, None) and "ConnectError" in failed.error
-
-
-async def _addresses(*texts: str):
-    return [destination.ipaddress.ip_address(a) for a in texts]
+    resolving(monkeypatch, "::1", "127.0.0.2")
+    _, failed, posts = await post_as("hooks.several.test", "/next")
+    assert (failed.ok, failed.attempts, failed.status, posts) == (False, 1, None, [])
+    assert "ConnectError" in failed.error
