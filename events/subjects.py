@@ -116,6 +116,13 @@ class Subjects:
             f".{check_token(cohort, 'cohort')}.*"
         )
 
+    def health_runtime(self, env: str, channel: str, runtime_id: str) -> str:
+        """Every cohort's subject of one runtime's reports on a channel."""
+        return (
+            f"{self.prefix}.health.{check_token(env, 'env')}.{check_token(channel, 'channel')}"
+            f".*.{check_token(runtime_id, 'runtime_id')}"
+        )
+
     def health_all(self) -> str:
         return f"{self.prefix}.health.>"
 

@@ -42,12 +42,14 @@ from services.monitoring.judge import (
     judge_window,
     live_cohorts,
     live_refusal,
+    moved_away,
     read_span,
     refusals_since,
+    unswitched,
     window_data,
 )
 from services.monitoring.prometheus import Place, queries_for
-from services.reads.health_reads import samples_between, window_reports
+from services.reads.health_reads import newest_reports, samples_between, window_reports
 from services.reads.prometheus import ask_all
 
 NAME = "monitor"
@@ -439,6 +441,10 @@ class Monitor(ReleaseReactor[StageFacts]):
             invalid=reports.invalid,
             earlier_refusals=await self.earlier_refusals(release, m.digest, m.ends_at),
         )
+        missing = unswitched(data)
+        if missing:  # asked only then: where do they report from now (moved by a reconfiguration)?
+            newest = await newest_reports(self.port.js, self.port.subjects, env, channel, missing)
+            data = replace(data, moved=moved_away(newest, m.cohorts, since or m.starts_at))
         return replace(data, queries=await self.prometheus_answers(world, release))
 
     async def prometheus_answers(self, world: World, release: ReleaseState) -> tuple[QueryAnswer, ...]:

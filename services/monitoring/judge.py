@@ -24,7 +24,7 @@ traffic cannot outvote runtimes that breach.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -82,6 +82,33 @@ class WindowData:
     invalid: list[Invalid] = field(default_factory=list)  # invalid reports within the window
     # the channel's Prometheus queries as asked at the window's end, each with its figure or why none
     queries: tuple[QueryAnswer, ...] = ()
+    # runtimes that ran something else here before, that a reconfiguration has since moved: runtime -> the
+    # cohort it reports from now (`moved_away`); no longer expected to switch here
+    moved: Mapping[str, str] = field(default_factory=dict)
+
+
+def unswitched(data: WindowData) -> set[str]:
+    """The runtimes expected to switch (`WindowData.expected`) with no activation of the new pack reported."""
+    return set(data.expected) - {s.runtime_id for s in data.samples if s.kind == "activation" and not _refusal(s)}
+
+
+def moved_away(
+    newest: Iterable[tuple[datetime, str, HealthSample]], cohorts: Collection[str], since: datetime
+) -> dict[str, str]:
+    """Runtimes whose newest valid report, stored after `since`, is on a cohort outside `cohorts`:
+    runtime -> that cohort. Pure.
+
+    `newest`: (stored time, cohort, sample) of the last report on each of the channel's cohort subjects
+    of each runtime asked about. A channel reconfiguration moves a runtime to another cohort (it follows
+    `channel.configured`): it reported here before the activation, then reports from its new cohort, so
+    it was never to switch here. Only positive evidence excuses it — a report from elsewhere after the
+    activation; a runtime that went silent (it may have crashed on the new pack) stays expected.
+    """
+    latest: dict[str, tuple[datetime, str]] = {}
+    for at, cohort, sample in newest:
+        if sample.runtime_id not in latest or at > latest[sample.runtime_id][0]:
+            latest[sample.runtime_id] = (at, cohort)
+    return {rid: cohort for rid, (at, cohort) in latest.items() if cohort not in cohorts and at > since}
 
 
 @dataclass(frozen=True)
@@ -572,9 +599,17 @@ def judge(
 
 
 def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
-    return judge(
-        data.samples, data.baseline, monitoring, expected=data.expected, invalid=data.invalid, queries=data.queries
+    verdict = judge(
+        data.samples,
+        data.baseline,
+        monitoring,
+        expected=data.expected - data.moved.keys(),
+        invalid=data.invalid,
+        queries=data.queries,
     )
+    if data.moved:  # said, so a reader sees why they are not missing
+        verdict.figures["coverage"]["moved"] = _listed({f"{r} (now in {c})" for r, c in data.moved.items()})
+    return verdict
 
 
 # ---- early failure ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -47,6 +48,25 @@ async def recent_reporters(
         if first is not None and subjects.health_parts(first.subject) is not None:
             counts[cohort] = 1  # at least one runtime: how many, the leader does not say in one request
     return counts
+
+
+async def newest_reports(
+    js: JetStreamContext, subjects: Subjects, env: str, channel: str, runtime_ids: Iterable[str]
+) -> list[tuple[datetime, str, HealthSample]]:
+    """(stored time, cohort, sample) of each runtime's last valid report on each cohort of the channel: one
+    batched direct get. Relayed and invalid reports are no evidence of where a runtime is."""
+    filters = [subjects.health_runtime(env, channel, rid) for rid in sorted(runtime_ids)]
+    out: list[tuple[datetime, str, HealthSample]] = []
+    if not filters:
+        return out
+    async for entry in last_per_subject(connection_of(js), subjects.health_stream, filters):
+        parts = subjects.health_parts(entry.subject)
+        if entry.relayed is not None or parts is None or entry.stored_at is None:
+            continue
+        checked = accept_report(entry.data, parts)
+        if isinstance(checked, HealthSample):
+            out.append((entry.stored_at, parts.cohort, checked))
+    return out
 
 
 @dataclass

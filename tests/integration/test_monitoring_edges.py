@@ -44,12 +44,14 @@ def health_subject(svc, runtime_id: str, cohort: str = "internal") -> str:
 
 
 @asynccontextmanager
-async def publishing(svc, runtime_id: str, body: Callable[[], bytes], every: float = 0.1) -> AsyncIterator[None]:
-    """Publish `body()` on `runtime_id`'s health subject (internal cohort) every `every` s while inside."""
+async def publishing(
+    svc, runtime_id: str, body: Callable[[], bytes], every: float = 0.1, cohort: str = "internal"
+) -> AsyncIterator[None]:
+    """Publish `body()` on `runtime_id`'s health subject (of `cohort`) every `every` s while inside."""
 
     async def loop() -> None:
         while True:
-            await svc.app.js.publish(health_subject(svc, runtime_id), body())
+            await svc.app.js.publish(health_subject(svc, runtime_id, cohort), body())
             await asyncio.sleep(every)
 
     task = asyncio.create_task(loop())
@@ -139,6 +141,28 @@ async def test_a_runtime_that_reported_before_the_activation_and_never_switched_
         assert "not activating the new pack: rt-stuck" in verdict.reason
         assert verdict.figures["coverage"]["missing"] == ["rt-stuck"]
         assert (await svc.wait_release("r1", "held")).stage == 0
+
+
+async def test_a_runtime_a_reconfiguration_moved_to_another_cohort_is_not_expected_to_switch(nats_url, prefix):
+    """A runtime that reported in the window's cohort before the activation and reports from another cohort
+    since (a channel reconfiguration moved its tenant; runtimes follow `channel.configured`) was never to
+    switch here: the window passes and names it as moved, where it held inconclusive for window_s + 5 s
+    after every such move. Only a report from elsewhere excuses it: one that went silent, or reports here
+    with the old pack, stays missing (the test above)."""
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        pack = make_pack("1.0.0", svc.key)
+        body = raw("rt-moved", None, requests=100, errors=0, latency_ms={"p95": 50, "p99": 80})
+        async with publishing(svc, "rt-moved", body):
+            await asyncio.sleep(0.5)  # in the internal cohort before the activation
+        async with publishing(svc, "rt-moved", body, cohort="rest"):
+            await svc.request("r1", pack, rollback={"strategy": "none"})
+            kind, verdict = await first_verdict(svc, "r1")
+        assert kind == "monitoring_passed", verdict.reason
+        assert verdict.figures["coverage"]["moved"] == ["rt-moved (now in rest)"]
+        assert verdict.figures["coverage"]["missing"] == []
 
 
 async def test_a_refusal_before_the_window_opened_fails_the_stage_as_an_activation_failure(nats_url, prefix):

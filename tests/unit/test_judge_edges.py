@@ -33,6 +33,8 @@ from services.monitoring.judge import (
     first_breach,
     judge,
     judge_window,
+    moved_away,
+    unswitched,
     window_data,
 )
 
@@ -497,3 +499,33 @@ def test_the_early_scan_and_the_window_agree_on_what_counts() -> None:
     found = first_breach(stored, w.digest, w.monitoring, T0)
     assert found is not None and found[1] == refusal
     assert refusal in window_data(stored, w).samples
+
+
+def test_a_runtime_is_moved_only_on_a_newer_report_from_a_cohort_outside_the_window():
+    """`moved_away`: positive evidence only — its newest report is from another cohort, after the activation."""
+    since = NOW
+    later, earlier = NOW + timedelta(seconds=5), NOW - timedelta(seconds=5)
+    newest = [
+        (earlier, "internal", sample("moved")),
+        (later, "rest", sample("moved")),  # reports from rest since the activation: moved
+        (later, "internal", sample("stuck")),  # still here (with whatever pack): not moved
+        (earlier, "rest", sample("stuck")),
+        (earlier, "rest", sample("left-before")),  # elsewhere, but only before the activation: no evidence
+        (later, "internal", sample("back")),  # went to rest, came back: its newest is here
+        (earlier, "rest", sample("back")),
+    ]
+    assert moved_away(newest, ["internal"], since) == {"moved": "rest"}
+    assert moved_away(newest, ["internal", "rest"], since) == {}  # rest is the window's too: nothing moved out
+    assert moved_away([], ["internal"], since) == {}
+
+
+def test_a_moved_runtime_is_no_longer_expected_and_the_verdict_says_where_it_went():
+    data = WindowData([sample("rt-1"), activation("rt-1")], [], expected=frozenset({"rt-1", "rt-moved", "rt-stuck"}))
+    assert unswitched(data) == {"rt-moved", "rt-stuck"}
+    held = judge_window(replace(data, moved={"rt-moved": "rest"}), monitoring())
+    assert held.outcome == "monitoring_inconclusive" and "rt-stuck" in held.reason and "rt-moved" not in held.reason
+    assert held.figures["coverage"]["moved"] == ["rt-moved (now in rest)"]
+    assert held.figures["coverage"]["missing"] == ["rt-stuck"]
+    passed = judge_window(replace(data, moved={"rt-moved": "rest", "rt-stuck": "edge"}), monitoring())
+    assert passed.outcome == "monitoring_passed", passed.reason
+    assert "moved" not in judge_window(data, monitoring()).figures["coverage"]  # said only when someone moved
