@@ -5,7 +5,7 @@ from inside JetStream's own account, on one server in the same run.
     .venv/bin/python -m bench.accounts --gets 200 --entries 2000
 
 Embedded `kxr serve` puts every role but the service in its own account, importing `$JS.API.>` from
-`KX` (services/permissions.py `role_imports`), so JetStream's answers cannot be relayed onto a subject a
+`KX` (services/nats_accounts.py `role_imports`), so JetStream's answers cannot be relayed onto a subject a
 stream captures (docs/permissions.md "JetStream's answers"). Every request a runtime, an operator or an
 auditor sends then crosses an import: its reply is mapped to a fresh subject in `KX` and back. Measured,
 each on the embedded server's own configuration (users, permissions, accounts, limits):

@@ -33,9 +33,9 @@ The roles (docs/permissions.md has the full allow lists):
 
 No role but the service creates, updates or pulls from the service's durable consumers
 (`SERVICE_DURABLES`). Embedded `kxr serve` puts the service's user in `ACCOUNT` (JetStream's)
-and every other role's in its own account importing only `role_imports` (so JetStream's
-answers return to the requester's account, never onto a subject a stream captures), each
-with limits (`AccountLimits`: JetStream consumers and streams, connections, subscriptions per
+and every other role's in its own account importing only what it uses (services/nats_accounts.py:
+so JetStream's answers return to the requester's account, never onto a subject a stream
+captures), each with limits (`AccountLimits`: JetStream consumers and streams, connections, subscriptions per
 connection, message size), so no user can make the server hold without bound.
 """
 
@@ -784,130 +784,6 @@ def read_account_limits(data_dir: Path) -> AccountLimits:
 
 
 ACCOUNT = "KX"  # owns JetStream (the store's directory is named after it) and holds the service's user
-# One account per outside role, without JetStream of its own: what a role's user sends crosses into
-# KX only through the account's imports, and JetStream's answer to it returns through the import to
-# the requester's reply subject in the role's own account, where no stream captures anything. In one
-# account, any role could name a captured subject as the reply to an API request and have JetStream
-# store the answer there (docs/permissions.md "JetStream's answers").
-ROLE_ACCOUNTS = {"producer": "KX_PRODUCER", "runtime": "KX_RUNTIME", "operator": "KX_OPERATOR", "auditor": "KX_AUDITOR"}
-API_ALL = API + ".>"
-
-
-def account_of(creds: Credentials) -> str:
-    """The account a user lives in: the service's in KX, every other role's in its role's account."""
-    return ACCOUNT if creds.role == "service" else ROLE_ACCOUNTS[creds.role]
-
-
-def covers(wide: str, narrow: str) -> bool:
-    """Whether every subject `narrow` matches is matched by `wide` too (NATS wildcards, token-wise)."""
-    w, n = wide.split("."), narrow.split(".")
-    for i, token in enumerate(w):
-        if token == ">":
-            return len(n) > i
-        if i >= len(n) or (token == "*" and n[i] == ">") or token not in ("*", n[i]):
-            return False
-    return len(w) == len(n)
-
-
-def role_imports(subjects: Subjects, role: str) -> tuple[str, ...]:
-    """What a role's account imports from KX, each as a service (so JetStream's answer, a publish's
-    ack included, returns to the requester's account):
-
-    - the whole JetStream API: nats-server attributes a request that crosses a narrower import
-      (`$JS.API.STREAM.INFO.<stream>`) to the role's own account, which has no JetStream. So each
-      user's publish allow list stays what limits the API calls it may make (`Permissions`);
-    - every other subject the role may publish, from the role's widest user (the shared runtime
-      user's `<p>.health.*.*.*.*`: each runtime's own user is narrowed by its permissions), so a
-      user added later (`kxr creds runtime add`) changes no import and a reload takes it;
-    - no two that overlap: a message matching two imports is forwarded, and stored, twice.
-    """
-    perms = role_permissions(subjects, role)
-    wanted = [API_ALL, *(x for x in perms.publish if not covers(API_ALL, x) and not x.startswith(perms.inbox_prefix))]
-    return tuple(
-        x for i, x in enumerate(wanted) if not any(covers(o, x) for o in wanted[:i] + wanted[i + 1 :] if o != x)
-    )
-
-
-def _exports(subjects: Subjects, indent: str, threshold_s: float) -> list[str]:
-    """KX's exports: each subject some role imports, to exactly the accounts that import it. The API
-    answers many times to one request (a pull's messages, a batched direct get): `response_type: stream`."""
-    to: dict[str, list[str]] = {}
-    for role, account in ROLE_ACCOUNTS.items():
-        for subject in role_imports(subjects, role):
-            to.setdefault(subject, []).append(account)
-    return [
-        f"{indent}{{ service: {_q(subject)}, accounts: [{', '.join(accounts)}]"
-        + (f', response_type: stream, response_threshold: "{threshold_s:g}s"' if subject == API_ALL else "")
-        + " }"
-        for subject, accounts in to.items()
-    ]
-
-
-def _account(name: str, limits: str, users: str, links: list[str], key: str, indent: str) -> list[str]:
-    return [
-        f"{indent}{name}: {{",
-        limits,
-        f"{indent}  users: [",
-        users,
-        f"{indent}  ]",
-        f"{indent}  {key}: [",
-        *links,
-        f"{indent}  ]",
-        f"{indent}}}",
-    ]
-
-
-def render_accounts(
-    creds: dict[str, Credentials] | list[Credentials],
-    subjects: Subjects,
-    limits: AccountLimits = AccountLimits(),
-    runtime_identity: str = "shared",
-) -> str:
-    """The `accounts { ... }` block: the service's user in KX (which owns JetStream), and each other
-    role's users (`render_users`: the same least-privilege permissions) in the role's own account
-    importing from KX only `role_imports`. Every account has limits (`AccountLimits`: JetStream for
-    KX, connections and subscriptions per connection for each), so no user can exhaust the server,
-    and no role's connections can crowd out the service's."""
-    items = list(creds.values() if isinstance(creds, dict) else creds)
-    users = {account: [c for c in items if account_of(c) == account] for account in (ACCOUNT, *ROLE_ACCOUNTS.values())}
-
-    def rendered(account: str) -> str:
-        return render_users(users[account], subjects, indent="      ", runtime_identity=runtime_identity)
-
-    lines = _account(
-        ACCOUNT,
-        limits.render("    "),
-        rendered(ACCOUNT),
-        _exports(subjects, "      ", limits.response_threshold_s),
-        "exports",
-        "  ",
-    )
-    for role, account in ROLE_ACCOUNTS.items():
-        imports = [
-            f"      {{ service: {{ account: {ACCOUNT}, subject: {_q(subject)} }} }}"
-            for subject in role_imports(subjects, role)
-        ]
-        lines += _account(account, limits.render_core("    "), rendered(account), imports, "imports", "  ")
-    return (
-        f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege; the service's\n"
-        f"# in {ACCOUNT} (JetStream's), every other role's in its own account that imports only what it uses,\n"
-        "# each account with limits that bound what its users can make the server hold.\n"
-        "# Generated by kxr; see docs/permissions.md.\n"
-        "accounts {\n" + "\n".join(lines) + "\n}\n"
-    )
-
-
-def render_server_config(
-    creds: dict[str, Credentials] | list[Credentials],
-    subjects: Subjects,
-    limits: AccountLimits = AccountLimits(),
-    runtime_identity: str = "shared",
-) -> str:
-    """A whole nats-server config for the embedded server: JetStream on (store dir, listen address
-    and port come from the command line), the largest message, and `render_accounts`."""
-    return f"jetstream: {{}}\nmax_payload: {limits.max_payload}\n\n" + render_accounts(
-        creds, subjects, limits, runtime_identity
-    )
 
 
 def write_server_config(path: Path, text: str) -> Path:
@@ -937,11 +813,6 @@ def redacted(url: str) -> str:
 
 __all__ = [
     "ACCOUNT",
-    "API_ALL",
-    "ROLE_ACCOUNTS",
-    "account_of",
-    "covers",
-    "role_imports",
     "AccountLimits",
     "KXR_ROLES",
     "LIMIT_ENV",
@@ -970,9 +841,7 @@ __all__ = [
     "producer_permissions",
     "read_credentials",
     "redacted",
-    "render_accounts",
     "render_authorization",
-    "render_server_config",
     "render_users",
     "role_permissions",
     "runtime_permissions",

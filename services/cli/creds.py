@@ -118,11 +118,11 @@ def creds_init(
     """Create (or keep) every role's credentials for an existing NATS and print its `authorization` block
     (or, with --accounts, its `accounts` block)."""
     from events.subjects import Subjects
+    from services.nats_accounts import render_accounts
     from services.permissions import (
         RUNTIME_IDENTITY_MODES,
         AccountLimits,
         ensure_credentials,
-        render_accounts,
         render_authorization,
         write_server_config,
     )
@@ -223,11 +223,11 @@ def _reload_embedded(data_dir: Path, prefix: str) -> None:
     import signal
 
     from events.subjects import Subjects
+    from services.nats_accounts import render_server_config
     from services.permissions import (
         ensure_credentials,
         read_account_limits,
         read_runtime_identity,
-        render_server_config,
         write_server_config,
     )
 

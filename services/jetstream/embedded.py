@@ -2,7 +2,7 @@
 
 Used by `kxr serve`/`kxr demo` when no KX_NATS_URL is given, and by the test suite.
 `kxr serve` starts it with `authorized_config`: one least-privilege user per role, the
-service's in JetStream's account and every other role's in its own (services/permissions.py
+service's in JetStream's account and every other role's in its own (services/nats_accounts.py
 `render_server_config`), credentials under KX_DATA_DIR/creds. The test suite and
 `kxr demo` start it without a config (no authentication).
 
@@ -114,11 +114,11 @@ def authorized_config(
     restart or `kxr creds runtime add` never loosens a strict deployment by omission.
     """
     from events.subjects import Subjects
+    from services.nats_accounts import render_server_config
     from services.permissions import (
         AccountLimits,
         ensure_credentials,
         read_runtime_identity,
-        render_server_config,
         write_account_limits,
         write_runtime_identity,
         write_server_config,

@@ -21,13 +21,13 @@ from nats.js.object_store import OBJ_DEFAULT_CHUNK_SIZE
 from events.subjects import Subjects
 from services.jetstream.embedded import authorized_config
 from services.jetstream.layout import LOG_MAX_MSG_SIZE, LayoutSettings, ensure_layout, internal_configs
+from services.nats_accounts import render_server_config
 from services.permissions import (
     LIMIT_ENV,
     AccountLimits,
     Credentials,
     inbox_for,
     read_account_limits,
-    render_server_config,
     user_name,
 )
 from tests.security.conftest import Conns, kxr, kxr_env, start_authed, stop_authed

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from events.subjects import Subjects
+from services.nats_accounts import render_server_config
 from services.permissions import (
     ROLES,
     SERVICE_DURABLES,
     Credentials,
     inbox_for,
     new_runtime_credentials,
-    render_server_config,
     user_name,
 )
 

@@ -179,7 +179,8 @@ async def test_no_role_can_make_the_server_hold_more_consumers_than_the_account_
 
 def test_the_generated_server_config_bounds_the_account():
     from events.subjects import Subjects
-    from services.permissions import new_credentials, render_server_config
+    from services.nats_accounts import render_server_config
+    from services.permissions import new_credentials
 
     s = Subjects("kx")
     text = render_server_config([new_credentials(s, role) for role in ("service", "runtime")], s)

@@ -1,4 +1,4 @@
-"""The embedded server's accounts (services/permissions.py `render_server_config`): the service's user in
+"""The embedded server's accounts (services/nats_accounts.py `render_server_config`): the service's user in
 JetStream's account, every other role's in its own, importing only what the role uses. The pure rules the
 rendering rests on; tests/security/test_relayed_answers.py tries the real server."""
 
@@ -9,17 +9,8 @@ import re
 import pytest
 
 from events.subjects import Subjects
-from services.permissions import (
-    ACCOUNT,
-    API_ALL,
-    ROLE_ACCOUNTS,
-    covers,
-    new_credentials,
-    new_runtime_credentials,
-    render_server_config,
-    role_imports,
-    role_permissions,
-)
+from services.nats_accounts import API_ALL, ROLE_ACCOUNTS, covers, render_server_config, role_imports
+from services.permissions import ACCOUNT, new_credentials, new_runtime_credentials, role_permissions
 
 
 @pytest.mark.parametrize(
