@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from events.canonical import compact_bytes
 from events.subjects import Subjects
+from services.permissions import SERVICE_DURABLES
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,15 @@ class MaxDeliveriesWatcher:
         return [f"{MAX_DELIVERIES_ADVISORY}.{stream}.*" for stream in (s.releases_stream, s.timers_stream)]
 
     async def on_advisory(self, advisory: MaxDeliveriesAdvisory) -> None:
-        """Keep the message the advisory names, with why; an advisory it cannot act on is logged, never fatal."""
+        """Keep the message the advisory names, with why; an advisory it cannot act on is logged, never fatal.
+
+        Only for the service's own durables: whoever may read the log may create a consumer on it, with
+        `max_deliver: 1`, pull once and never ack, and JetStream announces that give-up on the very subject
+        this watcher listens to. Taken as the service's own, it had the service write a dead letter of a
+        healthy entry, under a name the reader chose, once per entry per consumer it made."""
+        if advisory.consumer not in SERVICE_DURABLES:
+            log.debug("max-deliver advisory of %s ignored: not one of the service's consumers", advisory.consumer)
+            return
         try:
             original = await self._js.get_msg(advisory.stream, advisory.stream_seq)
             await self._dead.record(

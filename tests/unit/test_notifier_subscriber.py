@@ -256,19 +256,22 @@ async def test_the_dead_letter_watcher_keeps_what_jetstream_gave_up_on() -> None
     advisory = {
         "type": "io.nats.jetstream.advisory.v1.max_deliver",
         "stream": STREAM,
-        "consumer": "kxr-crashy",
+        "consumer": "kxr-guard",
         "stream_seq": 12,
         "deliveries": 3,
     }
     async with TestNatsBroker(broker) as br:
-        await br.publish(advisory, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.kxr-crashy")
+        await br.publish(advisory, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.kxr-guard")
         # one it cannot act on (the message is gone): logged, nothing kept, the watcher goes on
         await br.publish({**advisory, "stream_seq": 13}, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.x")
+        # a reader's own consumer that gave up (max_deliver 1, never acked): not the service's failure
+        foreign = {**advisory, "consumer": "kxr-looks-like-the-service"}
+        await br.publish(foreign, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.kxr-looks-like-the-service")
         with pytest.raises(SubscriberNotFound):  # only the streams the service consumes are watched
-            await br.request(advisory, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OTHER.kxr-crashy")
+            await br.request(advisory, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OTHER.kxr-guard")
     ((consumer, stream, seq, subject, data, reason, deliveries),) = dead.records
     assert (consumer, stream, seq, subject, data, deliveries) == (
-        "kxr-crashy",
+        "kxr-guard",
         STREAM,
         12,
         "tn.release.r1.annotated",
