@@ -698,11 +698,13 @@ class AccountLimits:
     max_subscriptions: int = 16384
     max_payload: int = 1024 * 1024
     # How long KX keeps the way back for an answer to a role's API request that has not ended: a request
-    # crossing the `$JS.API.>` import (answers as a stream) leaves a mapping in KX (~1 KB) until its
+    # crossing the `$JS.API.>` import (answers as a stream) leaves a mapping in KX (~0.7 KB) until its
     # answers end, and a direct get's single answer has no end marker, so each stays this long after
-    # its last answer. nats-server's default, 2 minutes, let one runtime flooding direct gets hold
-    # gigabytes. Above the 10 s a reader's pull request lives (each heartbeat, every second, renews it).
-    response_threshold_s: float = 15.0
+    # its last answer (up to twice: the server sweeps once a threshold). nats-server's default, 2 min,
+    # let one runtime flooding direct gets hold gigabytes; what a flood holds is its rate times this.
+    # Above the longest quiet a live read has between answers: its pull's heartbeats (1 s for the
+    # service's readers and `kxr`, 2 s for a runtime's: RUNTIME_HEARTBEAT_S) renew the mapping.
+    response_threshold_s: float = 5.0
 
     def render(self, indent: str) -> str:
         """KX's limits (inside its block): JetStream's and core NATS'; `max_payload` is the server's

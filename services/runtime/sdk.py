@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 HISTORY_KEPT = 1000  # switches, refusals and ignored pointers a RuntimeClient remembers (`history`)
 SampleFn = Callable[[str | None], dict]
 NO_MESSAGE = 10037  # JetStream's err_code for "no message found" (the subject is empty; the stream exists)
+RUNTIME_HEARTBEAT_S = 2.0  # the pointer reader's idle heartbeat (see `follow`): under the accounts' response threshold
 
 
 class ChannelConfigUnavailable(RuntimeError):
@@ -438,15 +439,17 @@ class RuntimeClient:
         # checked from the start, so an old pointer replayed last (a rollback or freeze
         # attack) is not what a (re)starting runtime runs. Of the history read at start only
         # the newest pointer that keeps the chain is considered. A fleet of runtimes follows:
-        # a 5 s heartbeat keeps the server's idle cost per runtime low (a lost pull request
-        # is noticed within 15 s; a new pointer still arrives at once).
+        # a 2 s heartbeat keeps the server's idle cost per runtime low (a lost pull request
+        # is noticed within 6 s; a new pointer still arrives at once), and keeps renewing the
+        # pull's way back across the runtime account's import (its response threshold, 5 s:
+        # services/permissions.py AccountLimits.response_threshold_s) while nothing happens.
         # The trust rotations come through the same reader: a rotation logged before a pointer is
         # seen before it, so the trust root a pointer is verified under needs no read of its own.
         # So does the channel's configuration: one reconfigured before a pointer is seen before it.
         rotations = self.subjects.trust_rotated()
         configured = self.subjects.channel(env, channel)
         filters = [f for f in (subject, rotations, configured) if f is not None]
-        reader = OrderedReader(self.js, self.subjects.releases_stream, filters, heartbeat_s=5.0)
+        reader = OrderedReader(self.js, self.subjects.releases_stream, filters, heartbeat_s=RUNTIME_HEARTBEAT_S)
         newest: ScopeActivated | None = None
         newest_headers: dict[str, str] | None = None  # the pointer message's (its trace context)
         # the pointer being applied (retried while its refusals are transient), and how to tell it

@@ -55,8 +55,8 @@ async def test_a_runtime_cannot_hold_more_subscriptions_than_a_connection_may(au
             await rt.nc.subscribe(f"{prefix}.flood.{i}.with.a.rather.long.subject.name.to.hold")
             made += 1
             if made % 500 == 0:
-                await rt.nc.flush(timeout=10)
-        await rt.nc.flush(timeout=10)
+                await rt.nc.flush(timeout=30)  # 16k subscriptions on a loaded 2-core host
+        await rt.nc.flush(timeout=30)
     # nats-py keeps the server's -ERR as the connection's last error (and closes it), not an error_cb
     await until(lambda: "maximum subscriptions exceeded" in str(rt.nc.last_error), f"no refusal: {rt.nc.last_error}")
     assert made < flood and not rt.nc.is_connected, f"{made} subscriptions, connected: {rt.nc.is_connected}"
@@ -189,7 +189,7 @@ async def test_a_runtime_flooding_direct_gets_leaves_no_server_state_past_the_re
     """A request across a role account's `$JS.API.>` import leaves a response mapping in KX until its answers
     end; a direct get's one answer has no end marker, so the mapping stays the export's response threshold
     after it. With nats-server's default (2 minutes) a runtime flooding direct gets held ~1 KB each that long;
-    the embedded config sets `AccountLimits.response_threshold_s` (15 s; 1 s here), and the mappings go."""
+    the embedded config sets `AccountLimits.response_threshold_s` (5 s; 1 s here), and the mappings go."""
     import json
     import urllib.request
     import uuid
@@ -236,6 +236,62 @@ async def test_a_runtime_flooding_direct_gets_leaves_no_server_state_past_the_re
         # the threshold's sweep runs once a threshold: every mapping is gone within two of them
         await until(lambda: pending() == 0, "mappings still held past the response threshold", timeout=10)
         assert await runtime.js.stream_info(s.releases_stream)  # and the role's requests are answered as before
+    finally:
+        await conns.close()
+        server.stop()
+        lock.release()
+
+
+async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_path):
+    """The response threshold must not cut a runtime's pointer read: its pull, answered by nothing but
+    heartbeats while no pointer moves, crosses the runtime account's import, and each heartbeat renews
+    the way back. Idle for several thresholds, the next entry still arrives at once (a runtime that
+    stopped hearing pointers would keep a pack the service rolled back)."""
+    import uuid
+
+    from services.jetstream.embedded import EmbeddedServer, StoreLock, free_port
+    from services.jetstream.reader import OrderedReader
+    from services.runtime.sdk import RUNTIME_HEARTBEAT_S
+    from tests.security.conftest import Authed
+
+    limits = AccountLimits(response_threshold_s=3.0)  # the default's shape, quicker: heartbeats every 2 s
+    assert RUNTIME_HEARTBEAT_S * 2 <= AccountLimits().response_threshold_s  # the default keeps that margin
+    data, prefix = tmp_path / "kx", "p" + uuid.uuid4().hex[:10]
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    lock = StoreLock(data / "nats").acquire()
+    config, creds = authorized_config(data, prefix, url, limits)
+    server = EmbeddedServer(store_dir=data / "nats", port=port, config_file=config, log_file=data / "log").start(
+        lock=lock
+    )
+    authed, s = Authed(url, prefix, creds, data, server), Subjects(prefix)
+    conns = Conns(authed)
+    try:
+        service = await conns("service")
+        await ensure_layout(service.js, s)
+        runtime = await conns("runtime")
+        subject = s.release("r-idle", "verified")
+        reader = OrderedReader(runtime.js, s.releases_stream, [subject], heartbeat_s=RUNTIME_HEARTBEAT_S)
+        seen: asyncio.Queue = asyncio.Queue()
+
+        async def follow() -> None:
+            async for _entry in reader.read(follow=True):
+                seen.put_nowait(time.monotonic())
+
+        task = asyncio.create_task(follow())
+        try:
+            await service.js.publish(subject, b"{}")
+            await asyncio.wait_for(seen.get(), 10)  # following
+            await asyncio.sleep(3 * limits.response_threshold_s)  # idle: heartbeats only
+            sent = time.monotonic()
+            await service.js.publish(subject, b"{}")
+            arrived = await asyncio.wait_for(seen.get(), 10)
+            assert arrived - sent < 1.0, f"the entry came {arrived - sent:.1f} s after it was stored"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await reader.close()
     finally:
         await conns.close()
         server.stop()
