@@ -50,7 +50,8 @@ def role_imports(subjects: Subjects, role: str) -> tuple[str, ...]:
     - no two that overlap: a message matching two imports is forwarded, and stored, twice.
     """
     perms = role_permissions(subjects, role)
-    wanted = [API_ALL, *(x for x in perms.publish if not covers(API_ALL, x) and not x.startswith(perms.inbox_prefix))]
+    own = (x for x in perms.publish if not covers(API_ALL, x) and not x.startswith(perms.inbox_prefix))
+    wanted = list(dict.fromkeys([API_ALL, *own]))  # each once: a subject imported twice is forwarded twice
     return tuple(
         x for i, x in enumerate(wanted) if not any(covers(o, x) for o in wanted[:i] + wanted[i + 1 :] if o != x)
     )
