@@ -25,6 +25,7 @@ from services.consumers.promoter import Promoter
 from services.consumers.verifier import Verifier
 from services.jetstream.janitor import Janitor
 from services.jetstream.pack_keeper import PackKeeper
+from services.jetstream.watchdog import Watchdog
 from services.reads.projector import Projector
 
 Runner = Coroutine[Any, Any, None]
@@ -60,8 +61,8 @@ def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:
         if role == "distributor":
             # housekeeping rides with the distributor (one per `kxr serve`): the pack keeper keeps the
             # packs it distributed and scopes run fetchable, the janitor keeps the streams free of
-            # other roles' leftover consumers
-            runners.extend([PackKeeper(app).run(), Janitor(app.js, app.subjects).run()])
+            # other roles' leftover consumers, the watchdog disconnects a role's connection that floods
+            runners.extend([PackKeeper(app).run(), Janitor(app.js, app.subjects).run(), Watchdog(app.nc).run()])
     return runners
 
 

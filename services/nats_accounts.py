@@ -17,6 +17,10 @@ from .permissions import ACCOUNT, API, AccountLimits, Credentials, _q, render_us
 
 # the role accounts, without JetStream of their own (one would answer its users' API requests itself)
 ROLE_ACCOUNTS = {"producer": "KX_PRODUCER", "runtime": "KX_RUNTIME", "operator": "KX_OPERATOR", "auditor": "KX_AUDITOR"}
+# The embedded server's system account, without users: it exports to KX the two requests the service's
+# watchdog makes (services/jetstream/watchdog.py): an account's connections, and disconnecting one.
+SYSTEM_ACCOUNT = "SYS"
+WATCHDOG_SUBJECTS = ("$SYS.REQ.ACCOUNT.*.CONNZ", "$SYS.REQ.SERVER.*.KICK")
 API_ALL = API + ".>"
 DEFAULT_LIMITS = AccountLimits()
 
@@ -72,18 +76,17 @@ def _exports(subjects: Subjects, indent: str, threshold_s: float) -> list[str]:
     ]
 
 
-def _account(name: str, limits: str, users: str, links: list[str], key: str, indent: str) -> list[str]:
-    return [
-        f"{indent}{name}: {{",
-        limits,
-        f"{indent}  users: [",
-        users,
-        f"{indent}  ]",
-        f"{indent}  {key}: [",
-        *links,
-        f"{indent}  ]",
-        f"{indent}}}",
-    ]
+def _account(name: str, limits: str, users: str, links: dict[str, list[str]], indent: str) -> list[str]:
+    """One account's block: its limits, users, and each of `links` (exports, imports) that has any."""
+    out = [f"{indent}{name}: {{", *([limits] if limits else []), f"{indent}  users: [", users, f"{indent}  ]"]
+    for key, items in links.items():
+        if items:
+            out += [f"{indent}  {key}: [", *items, f"{indent}  ]"]
+    return out + [f"{indent}}}"]
+
+
+def _import(account: str, subject: str) -> str:
+    return f"      {{ service: {{ account: {account}, subject: {_q(subject)} }} }}"
 
 
 def render_accounts(
@@ -91,32 +94,32 @@ def render_accounts(
     subjects: Subjects,
     limits: AccountLimits = DEFAULT_LIMITS,
     runtime_identity: str = "shared",
+    system: bool = False,
 ) -> str:
     """The `accounts { ... }` block: the service's user in KX (which owns JetStream), and each other
     role's users (`render_users`: the same least-privilege permissions) in the role's own account
     importing from KX only `role_imports`. Every account has limits (`AccountLimits`: JetStream for
     KX, connections and subscriptions per connection for each), so no user can exhaust the server,
-    and no role's connections can crowd out the service's."""
+    and no role's connections can crowd out the service's. `system`: with `SYSTEM_ACCOUNT`, which
+    lends KX the watchdog's requests (the server's config must name it `system_account`)."""
     items = list(creds.values() if isinstance(creds, dict) else creds)
     users = {account: [c for c in items if account_of(c) == account] for account in (ACCOUNT, *ROLE_ACCOUNTS.values())}
 
     def rendered(account: str) -> str:
         return render_users(users[account], subjects, indent="      ", runtime_identity=runtime_identity)
 
-    lines = _account(
-        ACCOUNT,
-        limits.render("    "),
-        rendered(ACCOUNT),
-        _exports(subjects, "      ", limits.response_threshold_s),
-        "exports",
-        "  ",
-    )
+    watchdog = list(WATCHDOG_SUBJECTS) if system else []
+    links = {
+        "exports": _exports(subjects, "      ", limits.response_threshold_s),
+        "imports": [_import(SYSTEM_ACCOUNT, subject) for subject in watchdog],
+    }
+    lines = _account(ACCOUNT, limits.render("    "), rendered(ACCOUNT), links, "  ")
     for role, account in ROLE_ACCOUNTS.items():
-        imports = [
-            f"      {{ service: {{ account: {ACCOUNT}, subject: {_q(subject)} }} }}"
-            for subject in role_imports(subjects, role)
-        ]
-        lines += _account(account, limits.render_core("    "), rendered(account), imports, "imports", "  ")
+        imports = [_import(ACCOUNT, subject) for subject in role_imports(subjects, role)]
+        lines += _account(account, limits.render_core("    "), rendered(account), {"imports": imports}, "  ")
+    if system:
+        lends = [f"      {{ service: {_q(subject)}, accounts: [{ACCOUNT}] }}" for subject in watchdog]
+        lines += _account(SYSTEM_ACCOUNT, "", "", {"exports": lends}, "  ")
     return (
         f"# Konnaxion Releases (prefix {subjects.prefix!r}): one user per role, least privilege; the service's\n"
         f"# in {ACCOUNT} (JetStream's), every other role's in its own account that imports only what it uses,\n"
@@ -133,7 +136,9 @@ def render_server_config(
     runtime_identity: str = "shared",
 ) -> str:
     """A whole nats-server config for the embedded server: JetStream on (store dir, listen address
-    and port come from the command line), the largest message, and `render_accounts`."""
-    return f"jetstream: {{}}\nmax_payload: {limits.max_payload}\n\n" + render_accounts(
-        creds, subjects, limits, runtime_identity
+    and port come from the command line), the largest message, its system account, and
+    `render_accounts`."""
+    return (
+        f"jetstream: {{}}\nmax_payload: {limits.max_payload}\nsystem_account: {SYSTEM_ACCOUNT}\n\n"
+        + render_accounts(creds, subjects, limits, runtime_identity, system=True)
     )

@@ -340,6 +340,10 @@ def service_permissions(subjects: Subjects) -> Permissions:
         f"{API}.STREAM.NAMES",
         f"$JS.FC.{snapshots}.>",
         f"{API}.INFO",  # the account's limits: the log asks no more consumers than allowed
+        # the watchdog (services/jetstream/watchdog.py): a role account's connections, and disconnecting
+        # one that floods; the embedded server's system account lends them to KX (nats_accounts.py)
+        "$SYS.REQ.ACCOUNT.*.CONNZ",
+        "$SYS.REQ.SERVER.*.KICK",
         *[f"{API}.STREAM.CREATE.{name}" for name in streams],  # the layout, created idempotently
         f"{API}.STREAM.UPDATE.{s.releases_stream}",  # additive migration (trust.rotated subject)
         f"{API}.STREAM.INFO.{s.deadletter_stream}",

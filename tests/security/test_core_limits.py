@@ -296,3 +296,49 @@ async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_pat
         await conns.close()
         server.stop()
         lock.release()
+
+
+async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leaves_the_others(authed, as_role):
+    """A threshold bounds each response mapping's life, not their number: a role flooding requests at its
+    connection's speed held its rate times two thresholds (one runtime: +317 MiB). The service's watchdog
+    reads each role account's busiest connections through the embedded server's system account and
+    disconnects one over its limit; a runtime working normally meanwhile is left alone."""
+    import json
+
+    from services.jetstream.client import connect
+    from services.jetstream.watchdog import KICKED, Watchdog
+
+    s = authed.subjects
+    service, quiet = await as_role("service"), await as_role("runtime-rt-b")
+    creds = authed.creds["runtime-rt-a"]
+    flooder = await connect(authed.url, name="flooder", allow_reconnect=False, **creds.connect_options())
+    inbox = flooder.new_inbox()
+    await flooder.subscribe(inbox + ".*")
+    ask = json.dumps({"last_by_subj": s.channel("prod", "canary")}).encode()
+
+    async def flood() -> None:
+        sent = 0
+        with contextlib.suppress(Exception):  # until the server closes the connection
+            while not flooder.is_closed:
+                for _ in range(200):
+                    await flooder.publish(f"$JS.API.DIRECT.GET.{s.releases_stream}", ask, reply=f"{inbox}.{sent}")
+                    sent += 1
+                await flooder.flush(timeout=5)
+
+    watchdog = Watchdog(service.nc, limit=2_000, every_s=0.5)
+    kicked_before = KICKED.labels("KX_RUNTIME")._value.get()
+    flooding_task = asyncio.create_task(flood())
+    watching = asyncio.create_task(watchdog.run())
+    try:
+        await until(lambda: flooder.is_closed, "the flooding runtime is still connected", timeout=15)
+        assert [(account, round(rate) > 2_000) for account, _, rate in watchdog.kicked] == [("KX_RUNTIME", True)]
+        assert KICKED.labels("KX_RUNTIME")._value.get() - kicked_before == 1
+        assert quiet.nc.is_connected and (await quiet.js.stream_info(s.releases_stream)).config.name
+    finally:
+        watching.cancel()
+        flooding_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding_task
+        await flooder.close()
