@@ -87,9 +87,14 @@ class WindowData:
     moved: Mapping[str, str] = field(default_factory=dict)
 
 
+def switched(samples: Iterable[HealthSample]) -> set[str]:
+    """The runtimes that reported a successful activation of the window's pack (the coverage rule's)."""
+    return {s.runtime_id for s in samples if s.kind == "activation" and not _refusal(s)}
+
+
 def unswitched(data: WindowData) -> set[str]:
     """The runtimes expected to switch (`WindowData.expected`) with no activation of the new pack reported."""
-    return set(data.expected) - {s.runtime_id for s in data.samples if s.kind == "activation" and not _refusal(s)}
+    return set(data.expected) - switched(data.samples)
 
 
 def moved_away(
@@ -541,7 +546,7 @@ def judge(
             comparisons.append(
                 Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False)
             )
-    activated = {s.runtime_id for s in samples if s.kind == "activation" and not _refusal(s)}
+    activated = switched(samples)
     missing_runtimes = set(expected) - activated
     figures["coverage"] = {
         "expected": len(expected),
