@@ -65,9 +65,14 @@ class Authed:
 
 
 def start_authed(
-    data_dir: Path, prefix: str | None = None, runtimes: tuple[str, ...] = RUNTIMES, limits: AccountLimits | None = None
+    data_dir: Path,
+    prefix: str | None = None,
+    runtimes: tuple[str, ...] = RUNTIMES,
+    limits: AccountLimits | None = None,
+    monitor_port: int | None = None,
 ) -> tuple[Authed, StoreLock]:
-    """A server as embedded `kxr serve` runs it (store lock included); stop with `stop_authed`."""
+    """A server as embedded `kxr serve` runs it (store lock included); stop with `stop_authed`.
+    `monitor_port`: the server's HTTP monitoring there too (a test counting what the server holds)."""
     prefix = prefix or "p" + uuid.uuid4().hex[:10]
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
@@ -77,6 +82,10 @@ def start_authed(
     store = data_dir / "nats"
     lock = StoreLock(store).acquire()
     config, creds = authorized_config(data_dir, prefix, url, limits)
+    if monitor_port is not None:  # the same config, included, with the monitoring port beside it
+        watched = data_dir / "monitored.conf"
+        watched.write_text(f'include "{config.name}"\nhttp: "127.0.0.1:{monitor_port}"\n')
+        config = watched
     server = EmbeddedServer(
         store_dir=store, port=port, config_file=config, log_file=data_dir / "nats-server.log"
     ).start(lock=lock)

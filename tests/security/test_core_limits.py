@@ -194,23 +194,13 @@ async def test_a_runtime_flooding_direct_gets_leaves_no_server_state_past_the_re
     the embedded config sets `AccountLimits.response_threshold_s` (5 s; 1 s here), and the mappings go."""
     import json
     import urllib.request
-    import uuid
 
-    from services.jetstream.embedded import EmbeddedServer, StoreLock, free_port
-    from tests.security.conftest import Authed
+    from services.jetstream.embedded import free_port
 
-    data, prefix = tmp_path / "kx", "p" + uuid.uuid4().hex[:10]
-    port, http = free_port(), free_port()
-    url = f"nats://127.0.0.1:{port}"
-    lock = StoreLock(data / "nats").acquire()
-    config, creds = authorized_config(data, prefix, url, AccountLimits(response_threshold_s=1.0))
-    assert 'response_threshold: "1s"' in config.read_text()
-    watched = data / "watched.conf"  # the same config, with the server's monitoring port to count the mappings
-    watched.write_text(f'include "{config.name}"\nhttp: "127.0.0.1:{http}"\n')
-    server = EmbeddedServer(store_dir=data / "nats", port=port, config_file=watched, log_file=data / "log").start(
-        lock=lock
-    )
-    authed, s = Authed(url, prefix, creds, data, server), Subjects(prefix)
+    http = free_port()
+    authed, lock = start_authed(tmp_path / "kx", limits=AccountLimits(response_threshold_s=1.0), monitor_port=http)
+    assert 'response_threshold: "1s"' in (tmp_path / "kx" / "nats-server.conf").read_text()
+    s = authed.subjects
     conns = Conns(authed)
 
     def pending() -> int:
@@ -240,8 +230,7 @@ async def test_a_runtime_flooding_direct_gets_leaves_no_server_state_past_the_re
         assert await runtime.js.stream_info(s.releases_stream)  # and the role's requests are answered as before
     finally:
         await conns.close()
-        server.stop()
-        lock.release()
+        stop_authed(authed, lock)
 
 
 async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_path):
@@ -249,24 +238,13 @@ async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_pat
     heartbeats while no pointer moves, crosses the runtime account's import, and each heartbeat renews
     the way back. Idle for several thresholds, the next entry still arrives at once (a runtime that
     stopped hearing pointers would keep a pack the service rolled back)."""
-    import uuid
-
-    from services.jetstream.embedded import EmbeddedServer, StoreLock, free_port
     from services.jetstream.reader import OrderedReader
     from services.runtime.sdk import RUNTIME_HEARTBEAT_S
-    from tests.security.conftest import Authed
 
     limits = AccountLimits(response_threshold_s=3.0)  # the default's shape, quicker: heartbeats every 2 s
     assert RUNTIME_HEARTBEAT_S * 2 <= AccountLimits().response_threshold_s  # the default keeps that margin
-    data, prefix = tmp_path / "kx", "p" + uuid.uuid4().hex[:10]
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    lock = StoreLock(data / "nats").acquire()
-    config, creds = authorized_config(data, prefix, url, limits)
-    server = EmbeddedServer(store_dir=data / "nats", port=port, config_file=config, log_file=data / "log").start(
-        lock=lock
-    )
-    authed, s = Authed(url, prefix, creds, data, server), Subjects(prefix)
+    authed, lock = start_authed(tmp_path / "kx", limits=limits)
+    s = authed.subjects
     conns = Conns(authed)
     try:
         service = await conns("service")
@@ -296,8 +274,7 @@ async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_pat
             await reader.close()
     finally:
         await conns.close()
-        server.stop()
-        lock.release()
+        stop_authed(authed, lock)
 
 
 async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leaves_the_others(authed, as_role):
