@@ -102,6 +102,13 @@ class Story:
         )
         return self.append(event)
 
+    def record(
+        self, rid: str, p: dict[str, Any], cohorts: tuple[str, ...] = ("internal",), batch_id: str = "b-1", **kw
+    ):
+        """A `release.activated` of stage 0 as written by hand, whatever it claims (its batch is `s.batch`'s)."""
+        data = {"stage": 0, "cohorts": list(cohorts), "pack": p, "batch_id": batch_id}
+        return self.log.add("release.activated", data, release_id=rid, **kw)
+
     def replay(self) -> Audit:
         audit = Audit()
         for position, event in self.log.entries():
@@ -128,16 +135,22 @@ def story() -> Story:
     return s
 
 
-# ---- what the service writes audits clean ---------------------------------------------------------
-
-
-def test_the_activators_rollouts_and_rollbacks_audit_clean() -> None:
+def rolling_back() -> Story:
+    """`story`, then r1 rolled out P1 to internal, then rest, failed there, and started back to P0 on both."""
     s = story()
     s.log.through_verified("r1", P1)
     s.stage("r1", 0, ["internal"], P1)
     s.log.expanded("r1", 0, 1, ["rest"])
     s.stage("r1", 1, ["rest"], P1, outcome="failed")
     s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    return s
+
+
+# ---- what the service writes audits clean ---------------------------------------------------------
+
+
+def test_the_activators_rollouts_and_rollbacks_audit_clean() -> None:
+    s = rolling_back()
     (rollback,) = s.rollback("r1")
     assert isinstance(rollback, Atomic) and len(rollback.scope_writes) == 2
     s.emit([rollback])
@@ -201,12 +214,7 @@ def test_a_stage_with_every_cohort_pinned_and_a_rollback_with_nothing_to_move_au
 def test_a_rolled_back_cohort_left_on_the_pin_in_force_is_not_reported() -> None:
     """A rollback never fights a pin: a cohort the pin in force holds (its pointer on the pin's pack)
     may be named in `rolled_back` although no pointer of the batch moved it."""
-    s = story()
-    s.log.through_verified("r1", P1)
-    s.stage("r1", 0, ["internal"], P1)
-    s.log.expanded("r1", 0, 1, ["rest"])
-    s.stage("r1", 1, ["rest"], P1, outcome="failed")
-    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    s = rolling_back()
     s.log.pin("internal", P2, s.log.clock + timedelta(days=1))
     state = s.log.world().scope(ENV, CH, "internal")
     with s.batch("pin-1"):
@@ -243,9 +251,7 @@ def test_release_activated_whose_batch_moved_no_pointer_is_reported() -> None:
     s = story()
     s.log.through_verified("r1", P1)
     with s.batch("b-1"):
-        act = s.log.add(
-            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P1, "batch_id": "b-1"}, release_id="r1"
-        )
+        act = s.record("r1", P1)
     audit = s.replay()
     assert s.log.world().scope(ENV, CH, "internal").active_pack.digest == P0["digest"]  # never moved
     assert codes_at(audit, s.seq_of(act)) == {"release_record_without_pointer"}, lines(audit)
@@ -273,9 +279,7 @@ def test_in_a_group_commit_a_pointer_never_pairs_with_another_releases_record() 
     s.log.through_verified("r3", P2, stages=[["internal"]])
     with s.batch("group-1"):
         ptr = s.pointer("internal", P2, "r2")
-        act = s.log.add(
-            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P2, "batch_id": "x"}, release_id="r3"
-        )
+        act = s.record("r3", P2, batch_id="x")
     audit = s.replay()
     assert "pointer_without_release_record" in codes_at(audit, s.seq_of(ptr)), lines(audit)
     assert "release_record_without_pointer" in codes_at(audit, s.seq_of(act)), lines(audit)
@@ -286,9 +290,7 @@ def test_a_record_naming_another_pack_than_its_pointer_moved_to_is_reported() ->
     s.log.through_verified("r1", P1)
     with s.batch("b-1"):
         ptr = s.pointer("internal", P1, "r1")
-        act = s.log.add(
-            "release.activated", {"stage": 0, "cohorts": ["internal"], "pack": P2, "batch_id": "b-1"}, release_id="r1"
-        )
+        act = s.record("r1", P2)
     audit = s.replay()
     assert "pointer_without_release_record" in codes_at(audit, s.seq_of(ptr)), lines(audit)
     assert "release_record_without_pointer" in codes_at(audit, s.seq_of(act)), lines(audit)
@@ -297,12 +299,7 @@ def test_a_record_naming_another_pack_than_its_pointer_moved_to_is_reported() ->
 def test_rolled_back_claiming_a_cohort_whose_pointer_never_moved_is_reported() -> None:
     """ "A rollback lands on the chosen target or holds": the batch moved internal only, yet
     `rolled_back` says rest is back on P0 too; rest still runs the failed pack."""
-    s = story()
-    s.log.through_verified("r1", P1)
-    s.stage("r1", 0, ["internal"], P1)
-    s.log.expanded("r1", 0, 1, ["rest"])
-    s.stage("r1", 1, ["rest"], P1, outcome="failed")
-    s.log.rollback_started("r1", {"internal": P0, "rest": P0})
+    s = rolling_back()
     (rollback,) = s.rollback("r1")
     assert isinstance(rollback, Atomic)
     with s.batch(rollback.batch_id):
@@ -336,12 +333,7 @@ def test_a_rollout_pointer_for_a_cohort_of_another_stage_is_reported() -> None:
     with s.batch("b-1"):
         s.pointer("internal", P1, "r1")
         rest = s.pointer("rest", P1, "r1")
-        s.log.add(
-            "release.activated",
-            {"stage": 0, "cohorts": ["internal", "rest"], "pack": P1, "batch_id": "b-1"},
-            release_id="r1",
-            actor=ACTIVATOR,
-        )
+        s.record("r1", P1, ("internal", "rest"), actor=ACTIVATOR)
     audit = s.replay()
     assert codes_at(audit, s.seq_of(rest)) == {"pointer_outside_release_plan"}, lines(audit)
     assert [v.seq for v in audit.violations] == [s.seq_of(rest)], lines(audit)
