@@ -11,11 +11,17 @@ waits for another's window.
 
 Baseline, same run, same server: HOPS raw hops with bare nats-py, each a JetStream
 publish (acknowledged) consumed by an ordered push consumer that publishes the next hop.
-Our path has the same shape: request -> preparer -> distributor -> verifier -> activator
--> runtime = five acknowledged publishes and five consumer deliveries. One of ours is an
-atomic batch (the pointer switch), which nats-server syncs to disk before answering on a
-file-backed R1 stream; a raw two-message atomic batch is timed too, so the report also
-shows the ratio to "raw hops + one synced batch".
+Step by step (`--fast-path off`) our path has that shape: request -> preparer -> distributor
+-> verifier -> activator -> runtime = five acknowledged publishes and five consumer
+deliveries. One of ours is an atomic batch (the pointer switch), which nats-server syncs to
+disk before answering on a file-backed R1 stream; a raw two-message atomic batch is timed
+too, so the report shows the ratio to "raw hops + one synced batch" (issue 18's floor).
+
+On the fast path (the default: services/consumers/fast_path.py) the preparer's delivery is
+the only hop before the pointer: it decides every step and stores them in one five-message
+atomic batch. Its own raw floor is timed too, the same shape with bare nats-py: a publish,
+an ordered consumer that commits a five-message atomic batch, a subscriber that sees its
+last message ("same shape").
 """
 
 from __future__ import annotations
@@ -122,6 +128,47 @@ async def raw_atomic_commits(url: str, rounds: int, size: int = 1024) -> list[fl
                 raise RuntimeError(f"atomic batch baseline failed: {reply.data[:200]!r}")
     finally:
         await js.delete_stream("BASELINE_BATCH")
+        await nc.close()
+    return out
+
+
+async def raw_fast_shape(url: str, rounds: int, messages: int = 5, size: int = 1024) -> list[float]:
+    """Per round, with bare nats-py: a publish, delivered to a consumer that commits a `messages`-message
+    atomic batch, whose last message a subscriber sees (the fast path's shape: one hop, one synced batch)."""
+    nc = await raw_connect(url, name="bench-baseline-fast")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BASELINE_FAST", subjects=["baseline.fast.>"], allow_atomic=True))
+    payload = os.urandom(size)
+    done: asyncio.Queue = asyncio.Queue()
+
+    async def commit(msg) -> None:
+        batch = msg.subject.rsplit(".", 1)[1]
+        for k in range(1, messages + 1):
+            headers = {"Nats-Batch-Id": f"f{batch}", "Nats-Batch-Sequence": str(k)}
+            if k < messages:
+                await nc.publish(f"baseline.fast.out.{batch}.{k}", payload, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                await nc.request(f"baseline.fast.out.{batch}.last", payload, timeout=10, headers=headers)
+
+    async def seen(msg) -> None:
+        done.put_nowait(time.perf_counter())
+
+    new = DeliverPolicy.NEW
+    subs = [
+        await js.subscribe("baseline.fast.out.*.last", cb=seen, ordered_consumer=True, deliver_policy=new),
+        await js.subscribe("baseline.fast.in.*", cb=commit, ordered_consumer=True, deliver_policy=new),
+    ]
+    out = []
+    try:
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            await js.publish(f"baseline.fast.in.{i}", payload)
+            out.append(await asyncio.wait_for(done.get(), 10) - t0)
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+        await js.delete_stream("BASELINE_FAST")
         await nc.close()
     return out
 
@@ -243,13 +290,24 @@ async def measure(url: str, prefix: str, key, releases: int, warmup: int, cpu: C
 SPLIT = ("preparer,distributor,verifier,activator", "monitor,promoter,notifier,guard")
 
 
-async def run(releases: int, warmup: int, processes: int = 1, profile: Path | None = None, split: bool = False) -> dict:
+async def run(
+    releases: int,
+    warmup: int,
+    processes: int = 1,
+    profile: Path | None = None,
+    split: bool = False,
+    fast_path: bool = True,
+) -> dict:
+    switch = {"KX_FAST_PATH": "on" if fast_path else "off"}
     with rig(prefix="tta") as r:
         if split:
-            procs = [r.serve("--only", roles, name=f"serve-{roles.split(',')[0]}", profile=profile) for roles in SPLIT]
+            procs = [
+                r.serve("--only", roles, name=f"serve-{roles.split(',')[0]}", profile=profile, **switch)
+                for roles in SPLIT
+            ]
         else:
             procs = [  # several `kxr serve` share the durable consumers (issue 18: report)
-                r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile) for n in range(processes)
+                r.serve(name=f"serve{n + 1}" if n else "serve", profile=profile, **switch) for n in range(processes)
             ]
         cpu = CpuMeter([proc.pid for proc in procs])
         ours = await measure(r.url, r.prefix, r.key, releases, warmup, cpu)
@@ -260,7 +318,8 @@ async def run(releases: int, warmup: int, processes: int = 1, profile: Path | No
             profile_tables(profile)
         base = await raw_hops(r.url, max(releases, 200))
         batch = await raw_atomic_commits(r.url, max(releases, 200))
-    o, b, a = latency_summary(ours), latency_summary(base), latency_summary(batch)
+        shape = await raw_fast_shape(r.url, max(releases, 200))
+    o, b, a, f = latency_summary(ours), latency_summary(base), latency_summary(batch), latency_summary(shape)
     floor = b["p50_ms"] + a["p50_ms"]
     return {
         "releases": releases,
@@ -273,6 +332,10 @@ async def run(releases: int, warmup: int, processes: int = 1, profile: Path | No
         "ratio_to_floor_p50": round(o["p50_ms"] / floor, 2),
         "ratio_p50": round(o["p50_ms"] / b["p50_ms"], 2),
         "ratio_p99": round(o["p99_ms"] / b["p99_ms"], 2),
+        # the fast path's own shape with bare nats-py: one hop, one synced five-message batch, a delivery
+        "raw_fast_shape": f,
+        "ratio_to_fast_shape_p50": round(o["p50_ms"] / f["p50_ms"], 2),
+        "fast_path": fast_path,
         "processes": len(procs),
         "split": list(SPLIT) if split else None,
         # the `kxr serve` processes' user+system CPU per measured release (its whole tail included)
@@ -296,12 +359,18 @@ def main(argv: list[str] | None = None) -> None:
         help="two `kxr serve --only` processes: " + " | ".join(SPLIT) + " (the path alone in one)",
     )
     ap.add_argument("--profile", type=Path, help="a directory: run `kxr serve` under cProfile (.prof and .txt there)")
+    ap.add_argument(
+        "--fast-path",
+        choices=("on", "off"),
+        default="on",
+        help="off: every step from its own consumer's delivery (KX_FAST_PATH=off), issue 18's shape",
+    )
     args = ap.parse_args(argv)
     if args.processes < 1:
         ap.error("--processes: at least 1")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile, args.split))
+    res = asyncio.run(run(args.releases, args.warmup, args.processes, args.profile, args.split, args.fast_path == "on"))
     o, b = res["ours"], res["baseline"]
     report(
         "time_to_activate",
@@ -315,6 +384,12 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("p99 request -> pointer", f"{o['p99_ms']} ms", f"{b['p99_ms']} ms / {res['ratio_p99']}x", "<= 10 ms"),
             ("p50 vs raw hops alone", f"{o['p50_ms']} ms", f"{b['p50_ms']} ms / {res['ratio_p50']}x", "(context)"),
+            (
+                "p50 vs the fast path's shape, raw",
+                f"{o['p50_ms']} ms",
+                f"{res['raw_fast_shape']['p50_ms']} ms / {res['ratio_to_fast_shape_p50']}x",
+                "(context)",
+            ),
             ("service CPU per release", f"{res['service_cpu_ms_per_release']} ms", "-", "(context)"),
         ],
     )

@@ -115,7 +115,10 @@ class App:
                 await self.log.append_chain([self.log.release_entry(e, release.last_seq) for e in out.events])
             elif isinstance(out, Atomic):
                 assert release is not None
-                entries = [Entry(w.event, w.expected_seq) for w in out.scope_writes]
+                # the events that earned the switch first (fast path), then the switch and its record; every
+                # release event expects the release's last sequence (the server checks it once per batch)
+                entries = [self.log.release_entry(e, release.last_seq) for e in out.lead]
+                entries += [Entry(w.event, w.expected_seq) for w in out.scope_writes]
                 entries += [self.log.release_entry(e, release.last_seq) for e in out.release_events]
                 await self.log.commit_batch(entries, out.batch_id)
             elif isinstance(out, NewRelease):

@@ -22,6 +22,7 @@ from services.consumers.notifier.consumer import Notifier
 from services.consumers.pinner import Pinner
 from services.consumers.preparer import Preparer
 from services.consumers.promoter import Promoter
+from services.consumers.reactor import ReleaseReactor
 from services.consumers.verifier import Verifier
 from services.jetstream.janitor import Janitor
 from services.jetstream.pack_keeper import PackKeeper
@@ -49,11 +50,33 @@ ROLE_CLASSES: dict[str, Callable[[App], Role]] = {
 }
 
 
+# a release's path, in order: a consumer of it hands its outcome on to those after it that run in the
+# same process (services/consumers/fast_path.py)
+PATH = ("preparer", "distributor", "verifier", "activator")
+
+
+def chain_steps(built: dict[str, Role]) -> None:
+    """Give each consumer of the path the ones after it that run here, up to the first that does not."""
+    steps = [built.get(name) for name in PATH]
+    for n, step in enumerate(steps):
+        if not isinstance(step, ReleaseReactor):
+            continue
+        after: list[ReleaseReactor] = []
+        for nxt in steps[n + 1 :]:
+            if not isinstance(nxt, ReleaseReactor):
+                break
+            after.append(nxt)
+        step.then = tuple(after)
+
+
 def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:
     """The runners of `roles` (names of `ROLE_CLASSES`), not started."""
+    built = {role: ROLE_CLASSES[role](app) for role in roles}
+    if app.settings.fast_path:
+        chain_steps(built)
     runners: list[Runner] = []
     for role in roles:
-        runners.extend(ROLE_CLASSES[role](app).runners())
+        runners.extend(built[role].runners())
         if role == "activator":  # pins switch scope pointers, which only the activator role writes
             runners.extend(Pinner(app).runners())
             # the operator's read models: written where the pointers move (one writer per process that activates)

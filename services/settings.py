@@ -43,6 +43,9 @@ class Settings:
     # webhooks may go to loopback, link-local and private addresses (KX_WEBHOOK_ALLOW_PRIVATE=1): off, the
     # notifier posts to public addresses only, so a channel's sink cannot reach into the service's network
     webhook_allow_private: bool = False
+    # a release's next steps decided at once when their consumers run in the same process, stored in one
+    # atomic batch (KX_FAST_PATH=off: one step per delivery; services/consumers/fast_path.py)
+    fast_path: bool = True
     extra: dict = field(default_factory=dict)
     connection: Connection | None = None  # how to connect (connection_from); None: nats_url as it is
 
@@ -73,6 +76,7 @@ class Settings:
             "metrics_log": parse_switch("KX_METRICS_LOG", env.get("KX_METRICS_LOG") or "on"),
             "prometheus_url": env.get("KX_PROMETHEUS_URL") or None,
             "webhook_allow_private": parse_allow(ALLOW_PRIVATE_ENV, env.get(ALLOW_PRIVATE_ENV) or "0"),
+            "fast_path": parse_switch("KX_FAST_PATH", env.get("KX_FAST_PATH") or "on"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -227,6 +227,7 @@ async def running_service(
     verify_timeout_s: float = 30.0,
     replicas: int = 1,
     trust_root: TrustRoot | None = None,
+    fast_path: bool = True,
 ) -> AsyncIterator[Service]:
     key = key or SigningKey.generate()
     trust_root = trust_root or trust_root_for(key)
@@ -238,6 +239,7 @@ async def running_service(
         verify_timeout_s=verify_timeout_s,
         replicas=replicas,
         webhook_allow_private=True,
+        fast_path=fast_path,
     )
     service_key = _SERVICE_KEYS.setdefault(prefix, SigningKey.generate())
     app = App(nc, settings, trust_root, signer=service_key)

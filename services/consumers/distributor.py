@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name
 from events.model import Distributed, GateOutcome, StoredObject, VerificationFailed
 from projections.releases import ReleaseState
-from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.consumers.reactor import Failed, ReleaseReactor
+from services.consumers.outputs import Chain, Ctx, Failed, Output, release_event
+from services.consumers.reactor import ReleaseReactor
 from services.jetstream.packstore import PackStore
 from services.verification.gates import attestation_required
 

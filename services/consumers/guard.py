@@ -51,9 +51,9 @@ from projections.releases import ReleaseState
 from projections.rollback import rollback_targets
 from projections.scopes import ScopeKey, ScopeState
 from projections.world import World
-from services.consumers.outputs import Chain, Ctx, Output, release_event
+from services.consumers.outputs import Chain, Ctx, Failed, Output, release_event
 from services.consumers.port import Port
-from services.consumers.reactor import Failed, ReleaseReactor, until_stored
+from services.consumers.reactor import ReleaseReactor, until_stored
 from services.jetstream.log import Entry
 from services.jetstream.pack_keeper import checked_with_restore, digest_of_object, recorded
 from services.jetstream.packstore import ObjectTooLarge, PackStore, object_digest

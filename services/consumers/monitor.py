@@ -24,9 +24,9 @@ from events.model import Event, MonitoringStarted, MonitoringVerdict, QueryAnswe
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.live_health import LiveHealth
-from services.consumers.outputs import Chain, Ctx, Output, Timer, release_event
+from services.consumers.outputs import Chain, Ctx, Failed, Output, Timer, release_event
 from services.consumers.port import Port
-from services.consumers.reactor import Failed, ReleaseReactor
+from services.consumers.reactor import ReleaseReactor
 from services.jetstream.client import relayed_delivery
 from services.jetstream.worker import Poison, Worker
 from services.monitoring.judge import (

@@ -17,6 +17,24 @@ from events.ids import derived_event_id
 from events.model import Actor, Event, Scope
 from projections.releases import ReleaseState
 
+INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Why a consumer could not observe (or decide): the fail-closed event says exactly this.
+
+    `step` names where it failed in the consumer's own terms (the verifier's gate, say).
+    """
+
+    code: str
+    message: str
+    step: str = "internal"
+
+    @classmethod
+    def of(cls, exc: BaseException, code: str = INTERNAL_ERROR, step: str = "internal", prefix: str = "") -> Failed:
+        return cls(code, f"{prefix}{exc.__class__.__name__}: {exc}", step)
+
 
 @dataclass(frozen=True)
 class Chain:
@@ -40,6 +58,9 @@ class Atomic:
     # the Nats-Batch-Id, recorded by the release event too; committed in a group with other releases'
     # switches (EventLog's group commit, services/jetstream/log.py), the stored header is the group's id
     batch_id: str = ""
+    # release events stored first, in order: the steps that earned the switch, decided at once by the
+    # fast path (services/consumers/fast_path.py)
+    lead: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,7 @@ def event_ids(outputs: list[Output]) -> list[str]:
         if isinstance(out, Chain):
             ids += [e.event_id for e in out.events]
         elif isinstance(out, Atomic):
+            ids += [e.event_id for e in out.lead]
             ids += [w.event.event_id for w in out.scope_writes] + [e.event_id for e in out.release_events]
         elif isinstance(out, NewRelease):
             ids.append(out.event.event_id)

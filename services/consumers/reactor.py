@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -36,7 +37,8 @@ from events.codec import DecodeError
 from events.model import Escalated
 from projections.releases import TRANSITIONS, ReleaseState, triggers_for
 from projections.world import World
-from services.consumers.outputs import Chain, Ctx, Output, event_ids, release_event
+from services.consumers.fast_path import Part, extend, joined
+from services.consumers.outputs import Chain, Ctx, Failed, Output, event_ids, release_event
 from services.consumers.port import Port
 from services.jetstream.log import AppendConflict
 from services.jetstream.worker import Poison, Worker
@@ -49,26 +51,9 @@ MAX_CONFLICTS = 8
 MAX_DELIVER = 10  # the Worker's deliveries of one trigger before the reactor fails the release closed
 RECONCILE_EVERY_S = 5.0
 CONCURRENCY = 32  # releases decided on at once per consumer (I/O-bound: reads of packs and health, appends)
-INTERNAL_ERROR = "internal_error"
 
 F = TypeVar("F")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Failed:
-    """Why a consumer could not observe (or decide): the fail-closed event says exactly this.
-
-    `step` names where it failed in the consumer's own terms (the verifier's gate, say).
-    """
-
-    code: str
-    message: str
-    step: str = "internal"
-
-    @classmethod
-    def of(cls, exc: BaseException, code: str = INTERNAL_ERROR, step: str = "internal", prefix: str = "") -> Failed:
-        return cls(code, f"{prefix}{exc.__class__.__name__}: {exc}", step)
 
 
 class Step(Protocol[F]):
@@ -144,6 +129,32 @@ class _Recorded(Generic[F]):
         return self.step.fail_closed(world, release, failed, ctx)
 
 
+def _decision_spans(
+    spans: ExitStack, release: ReleaseState, parts: list[Part], started: int
+) -> dict[str, dict[str, str]]:
+    """One span per decision that stores something (from observe on), each the child of the trace context
+    of the event it follows from: the release's last event for the first, the one before it decided for
+    the next (the fast path's). Each stored event carries its own decision's span (the returned map:
+    event id -> trace headers, where tracing is on). Deciding that nothing is due leaves no span."""
+    by_event: dict[str, dict[str, str]] = {}
+    cause = release.last_event_id
+    parent = tracing.headers_of(release.release_id, cause)
+    for n, part in enumerate(parts):
+        span = spans.enter_context(
+            tracing.decision_span(
+                f"{part.step.name} decide", release.release_id, cause, parent, start_ns=started if n == 0 else None
+            )
+        )
+        emitted = event_ids(part.outputs)
+        if span is not None:
+            span.set_attribute("kx.consumer", part.step.name)
+            span.set_attribute(tracing.ATTR_EMITTED, emitted)
+        parent = tracing.current_headers()
+        by_event.update(dict.fromkeys(emitted, parent))
+        cause = emitted[-1] if emitted else cause
+    return by_event
+
+
 class ReleaseReactor(Generic[F]):
     name = "reactor"
     # The phases this consumer decides in. Its durable consumer only receives the events
@@ -152,6 +163,9 @@ class ReleaseReactor(Generic[F]):
     # reconcile sweep would still catch anything a narrower filter missed.
     acts_in: frozenset[str] = frozenset()
     concurrency = CONCURRENCY  # releases decided on at once (the Worker's slots)
+    # the consumers of the release's next steps when they run in this process, in order (set by
+    # services/bootstrap.py): what they decide on this one's outcome is stored with it (fast_path.py)
+    then: tuple[ReleaseReactor, ...] = ()
 
     def __init__(self, port: Port) -> None:
         self.port = port
@@ -318,21 +332,20 @@ class ReleaseReactor(Generic[F]):
         assert release is not None
         started = time.time_ns()
         outputs = await self.decision(world, release, self.port.ctx(self.name), step)
-        if outputs:
-            # a decision that stores something is one span (from observe on), child of the trace
-            # context of the release's last event, the causation of what is decided; every event
-            # it appends carries the span's own. Deciding that nothing is due (a reconcile round)
-            # leaves no span.
-            cause = release.last_event_id
-            with tracing.decision_span(
-                f"{self.name} decide", release_id, cause, tracing.headers_of(release_id, cause), start_ns=started
-            ) as span:
-                if span is not None:
-                    span.set_attribute("kx.consumer", self.name)
-                    span.set_attribute(tracing.ATTR_EMITTED, event_ids(outputs))
-                await self.port.emit(outputs, release)
-                self.emitted(outputs)
-        return outputs
+        if not outputs:
+            return outputs
+        # the next steps, when their consumers run here, decided now and stored with this one (fast_path.py)
+        parts = [Part(self, outputs)]
+        if step is self and self.then:
+            parts += await extend(world, release, outputs, self.then)
+        stored = joined(parts) if len(parts) > 1 else outputs
+        with ExitStack() as spans:
+            decided_by = _decision_spans(spans, release, parts, started)
+            with tracing.decided_by(decided_by):
+                await self.port.emit(stored, release)
+            for part in parts:
+                part.step.emitted(part.outputs)
+        return stored
 
     async def decision(self, world: World, release: ReleaseState, ctx: Ctx, step: Step | None = None) -> list[Output]:
         """What `step` decides on this state (observe, then decide or fail closed), not performed."""

@@ -12,8 +12,8 @@ import logging
 from events.model import GateOutcome, VerificationFailed, Verified
 from projections.releases import ReleaseState
 from projections.world import World
-from services.consumers.outputs import Chain, Ctx, Output, release_event
-from services.consumers.reactor import Failed, ReleaseReactor
+from services.consumers.outputs import Chain, Ctx, Failed, Output, release_event
+from services.consumers.reactor import ReleaseReactor
 from services.jetstream.packstore import PackStore
 from services.verification.context import configured_channel, verify_context
 from services.verification.gates import (

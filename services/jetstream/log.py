@@ -110,7 +110,8 @@ class EventLog:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(entry.expected_seq)
             if entry.expected_filter:
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = entry.expected_filter
-        tracing.inject(headers)  # the deciding span's traceparent, if tracing; never part of what is signed
+        # the deciding span's traceparent, if tracing; never part of what is signed
+        tracing.inject(headers, entry.event.event_id)
         return headers
 
     async def append(self, entry: Entry) -> int:

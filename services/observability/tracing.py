@@ -197,8 +197,35 @@ def valid_trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def inject(headers: dict[str, str]) -> None:
-    """Add the current span's `traceparent`/`tracestate` to an outgoing NATS header dict."""
+# event id -> the trace headers of the span that decided it, where several decisions' events are stored
+# together (the fast path's batch: services/consumers/reactor.py), so each names its own decision
+_decided_by: ContextVar[Mapping[str, dict[str, str]] | None] = ContextVar("kx_decided_by", default=None)
+
+
+@contextmanager
+def decided_by(spans: Mapping[str, dict[str, str]]) -> Iterator[None]:
+    """Within it, an event in `spans` is appended with the trace headers given there for it."""
+    token = _decided_by.set(spans)
+    try:
+        yield
+    finally:
+        _decided_by.reset(token)
+
+
+def current_headers() -> dict[str, str]:
+    """The current span's trace headers (what `inject` adds), as a new dict."""
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers
+
+
+def inject(headers: dict[str, str], event_id: str | None = None) -> None:
+    """Add the current span's `traceparent`/`tracestate` to an outgoing NATS header dict; for an
+    event some other decision of the same write decided (`decided_by`), that decision's."""
+    chosen = (_decided_by.get() or {}).get(event_id or "")
+    if chosen:
+        headers.update(chosen)
+        return
     if _tracer() is None:
         carried = _carried.get()
         if carried:

@@ -16,6 +16,13 @@ async def test_time_to_activate_bench_runs_on_a_tiny_size() -> None:
     assert res["ours"]["n"] == 4 and res["baseline"]["n"] >= 4
     assert all(_positive(res[side][k]) for side in ("ours", "baseline") for k in ("p50_ms", "p99_ms", "max_ms"))
     assert _positive(res["ratio_p50"]) and set(res["met"]) == {"p50", "p99"}
+    assert res["fast_path"] and _positive(res["raw_fast_shape"]["p50_ms"]) and _positive(res["ratio_to_fast_shape_p50"])
+
+
+async def test_time_to_activate_bench_step_by_step() -> None:
+    """`--fast-path off`: every step from its own consumer's delivery, the shape issue 18's floor is of."""
+    res = await time_to_activate.run(releases=3, warmup=1, fast_path=False)
+    assert res["fast_path"] is False and res["ours"]["n"] == 3 and _positive(res["ratio_to_floor_p50"])
 
 
 async def test_time_to_activate_bench_with_two_serve_processes() -> None:

@@ -34,6 +34,7 @@ from services.actions import operator, pins
 from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
+from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
 from services.consumers.verifier import context_for
 from services.monitoring.judge import (
@@ -224,6 +225,10 @@ class Lifecycle:
     fired: list[Timer] = field(default_factory=list)
     problems: list[Violation] = field(default_factory=list)  # model-only findings (the auditor cannot see health)
     releases: int = 0
+    # the path's consumers run in one process, as in a plain `kxr serve`: a step's decision goes on through
+    # the next steps' and all of it is stored in one atomic batch (services/consumers/fast_path.py)
+    fast: bool = True
+    path_batches: int = 0  # decisions the fast path extended (and that stored): the model reaches them
 
     def __post_init__(self) -> None:
         for p in PACKS:
@@ -295,19 +300,23 @@ class Lifecycle:
                         self._append(e)
                         stored = True
             elif isinstance(out, Atomic):
-                rid = out.release_events[0].release_id
+                events = [*out.lead, *out.release_events]  # the fast path's steps first, then the switch's record
+                rid = events[0].release_id
                 was, now = decided_on.release(rid), self.world.release(rid)
                 scopes_ok = all(
                     self.world.scope(*scope_tuple(w.event)).active_seq == w.expected_seq for w in out.scope_writes
                 )
                 if was is None or now is None or was.last_seq != now.last_seq or not scopes_ok:
                     return stored
-                if all(e.event_id in self.ids for e in out.release_events):
+                if all(e.event_id in self.ids for e in events):
                     continue  # the batch was stored already (a redelivery)
+                batch_id = out.batch_id or derived_event_id(events[0].event_id, "batch", str(len(events)))
+                for e in out.lead:
+                    self._append(e, batch_id)
                 for w in out.scope_writes:
-                    self._append(w.event, out.batch_id)
+                    self._append(w.event, batch_id)
                 for e in out.release_events:
-                    self._append(e, out.batch_id)
+                    self._append(e, batch_id)
                 stored = True
             elif isinstance(out, NewRelease):
                 if not self.world.known(out.event.release_id or "") and out.event.event_id not in self.ids:
@@ -333,7 +342,28 @@ class Lifecycle:
 
     def step(self, consumer: str, release_id: str) -> bool:
         world = self.world
-        return self.emit(self.decide(consumer, release_id), world)
+        outputs = self.decide(consumer, release_id)
+        fast = self.fast_path(consumer, world, release_id, outputs)
+        stored = self.emit(fast or outputs, world)
+        self.path_batches += bool(fast) and stored
+        return stored
+
+    def fast_path(self, consumer: str, world: World, release_id: str, outputs: list[Output]) -> list[Output]:
+        """`outputs` with the next steps' decisions joined into one batch, as the reactor does when the
+        path's consumers share a process (the real `extend` and `joined`); [] when nothing went on."""
+        release = world.release(release_id)
+        if not self.fast or consumer not in PATH or not outputs or release is None:
+            return []
+        steps = [_PathStep(self, name) for name in PATH[PATH.index(consumer) + 1 :]]
+        coro = extend(world, release, outputs, steps)
+        try:  # nothing in the model awaits anything: the coroutine runs to its end at once
+            coro.send(None)
+        except StopIteration as done:
+            parts = done.value
+        else:  # pragma: no cover - a model step never suspends
+            coro.close()
+            raise RuntimeError("the fast path suspended in the model")
+        return joined([Part(_PathStep(self, consumer), outputs), *parts]) if parts else []
 
     def settle(self, rounds: int = 40) -> None:
         """Every consumer on every release in flight until nothing changes (what `kxr serve` converges to)."""
@@ -755,6 +785,47 @@ def _monitor(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> lis
 
 def _promote(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
     return promoter.decide(world, release, ctx)
+
+
+PATH = ("preparer", "distributor", "verifier", "activator")
+ACTS_IN = {
+    "preparer": preparer.Preparer.acts_in,
+    "distributor": distributor.Distributor.acts_in,
+    "verifier": verifier_adapter.Verifier.acts_in,
+    "activator": activator.Activator.acts_in,
+}
+
+
+class _PathStep:
+    """A path consumer as the fast path sees it, deciding as the model's adapters below do."""
+
+    def __init__(self, m: Lifecycle, name: str) -> None:
+        self.m, self.name = m, name
+        self.port: Any = _ModelPort(m)
+
+    def may_act(self, release: ReleaseState | None) -> bool:
+        return release is not None and release.phase in ACTS_IN[self.name]
+
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> None:
+        return None  # the model's adapters read their facts when deciding
+
+    def decide(self, world: World, release: ReleaseState, facts: Any, ctx: Ctx) -> list[Output]:
+        return CONSUMERS[self.name](self.m, world, release, ctx)
+
+    def emitted(self, outputs: list[Output]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _ModelPort:
+    m: Lifecycle
+
+    @property
+    def subjects(self) -> Subjects:
+        return SUBJECTS
+
+    def ctx(self, service: str) -> Ctx:
+        return self.m.ctx(service)
 
 
 CONSUMERS: dict[str, Callable[[Lifecycle, World, ReleaseState, Ctx], list[Output]]] = {

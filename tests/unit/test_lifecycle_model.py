@@ -59,7 +59,10 @@ CHECKS = [0, 0]  # invariant checks, runs (a run's first check follows its initi
 # States the machine must reach in a run, each counted where a rule drives into it: a generator that
 # stops reaching one proves nothing about it, so the test fails rather than passes vacuously.
 REACHED: Counter[str] = Counter()
-MUST_REACH = ("refusal in an earlier stage's cohort while a later stage is watched",)
+MUST_REACH = (
+    "refusal in an earlier stage's cohort while a later stage is watched",
+    "a release's steps stored in one atomic batch (fast path)",
+)
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
 releases = st.integers(min_value=0, max_value=15)
@@ -80,6 +83,15 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def service_speed(self) -> None:
         self.slow = not self.slow
+
+    @rule()
+    def service_split(self) -> None:
+        """The path's consumers in one process (the fast path: a step's decision goes on through the next
+        ones', stored in one batch) or split (`kxr serve --only`, KX_FAST_PATH=off): one step at a time."""
+        self.m.fast = not self.m.fast
+
+    def teardown(self) -> None:
+        REACHED["a release's steps stored in one atomic batch (fast path)"] += self.m.path_batches
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""

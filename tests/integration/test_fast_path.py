@@ -1,0 +1,98 @@
+"""The fast path against a real JetStream: a release's path in one atomic batch, decided as step by step.
+
+With the preparer, distributor, verifier and activator in one process, the preparer's decision goes on
+through the others' (services/consumers/fast_path.py) and every step's events are stored together,
+the pointer switch after the events that earned it. Off (KX_FAST_PATH=off), or with a step that cannot
+go on, each consumer decides from its own delivery. Either way the log tells the same story.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from events.signing import SigningKey
+from services.reads.audit import replay
+from tests.e2e.support import read_log
+from tests.harness import Pack, make_pack, running_service
+
+PATH = ["prepared", "distributed", "verified"]
+# what two runs of one request differ in however it goes: the object store's chunk ids (`stored`), the batch
+# id (derived from event ids, which derive from the producer's random request id), and decision times
+VARIES = ("stored", "batch_id", "at", "checked_at", "requested_at", "reference_time")
+
+
+async def _story(svc, release_id: str) -> list[tuple[int, str, str | None, dict]]:
+    """(seq, event type, Nats-Batch-Id, data) of the release's events and its pointers, in log order."""
+    s = svc.app.subjects
+    entries = await read_log(svc.app.js, s.releases_stream, [s.release_filter(release_id), f"{s.prefix}.scope.>"])
+    return [
+        (seq, body["type"], headers.get("Nats-Batch-Id"), body["data"])
+        for seq, _, body, headers in entries
+        if body.get("release_id") == release_id or body["data"].get("release_id") == release_id
+    ]
+
+
+async def _first_stage(
+    fast_path: bool, nats_url: str, prefix: str, tamper: bool = False, pack: Pack | None = None, key=None
+):
+    async with running_service(nats_url, prefix, fast_path=fast_path, key=key) as svc:
+        await svc.configure()
+        pack = pack or make_pack("1.0.0", svc.key)
+        if tamper:  # stored bytes that do not hash to the digest: the verifier's digest gate refuses them
+            await svc.publish(pack)
+            pack = type(pack)(pack.body[:-1] + b"!", pack.manifest, pack.digest, pack.version)
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        if tamper:
+            release = await svc.wait_release("r1")
+        else:
+            release = await svc.wait_release("r1", "monitoring")
+        story = await _story(svc, "r1")
+        audit = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
+        return release, story, audit
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "step-by-step"])
+async def test_a_release_path_is_stored_in_one_atomic_batch_only_on_the_fast_path(nats_url, prefix, fast_path):
+    release, story, audit = await _first_stage(fast_path, nats_url, prefix)
+    types = [t for _, t, _, _ in story]
+    assert types[:6] == ["release.requested", *(f"release.{t}" for t in PATH), "scope.activated", "release.activated"]
+    seqs = [seq for seq, *_ in story[:6]]
+    batches = [batch for _, _, batch, _ in story[:6]]
+    activated = story[5][3]
+    assert batches[0] is None  # the producer's request, on its own
+    if fast_path:
+        # one batch, in consecutive sequences: prepared .. the pointer and its record
+        assert seqs[1:] == list(range(seqs[1], seqs[1] + 5))
+        assert set(batches[1:]) == {activated["batch_id"]}
+    else:
+        assert batches[1:4] == [None, None, None]  # each step its own append
+        assert batches[4] == batches[5] == activated["batch_id"]
+    assert release.activated == ("internal",) and release.verified is not None
+    assert audit.violations == (), audit.violations
+
+
+async def test_the_fast_path_decides_what_the_steps_decide(nats_url, prefix):
+    """The same request, fast and step by step: the same events, with the same contents (but when
+    they were decided, and the ids derived from the producer's request id, which differs)."""
+
+    def contents(story):
+        out = []
+        for _, event_type, _, data in story[:6]:
+            out.append((event_type, {k: v for k, v in data.items() if k not in VARIES}))
+        return out
+
+    # one pack for both (its manifest's expiry is set when it is made, and a gate's message names it)
+    key = SigningKey.generate()
+    pack = make_pack("1.0.0", key)
+    _, fast, _ = await _first_stage(True, nats_url, prefix + "f", pack=pack, key=key)
+    _, steps, _ = await _first_stage(False, nats_url, prefix + "s", pack=pack, key=key)
+    assert contents(fast) == contents(steps)
+
+
+async def test_a_gate_refusal_on_the_fast_path_is_the_verifiers_own(nats_url, prefix):
+    """A pack whose bytes do not hash to its digest: the release fails at verification as step by step,
+    and nothing is switched; the log holds no pointer for it."""
+    release, story, audit = await _first_stage(True, nats_url, prefix, tamper=True)
+    assert release.outcome == "failed" and "digest_mismatch" in (release.failure or "")
+    assert not any(t == "scope.activated" for _, t, _, _ in story)
+    assert audit.violations == (), audit.violations
