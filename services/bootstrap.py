@@ -67,6 +67,9 @@ def chain_steps(built: dict[str, Role]) -> None:
                 break
             after.append(nxt)
         step.then = tuple(after)
+        # a decision now holds its release for the steps after it too (up to the activator's synced commit,
+        # which groups the switches waiting behind it): as many in flight as the busiest of them takes
+        step.concurrency = max([step.concurrency, *(s.concurrency for s in after)])
 
 
 def build_roles(app: App, roles: tuple[str, ...]) -> list[Runner]:

@@ -51,6 +51,18 @@ RESTORE_FIRST_DELAY_S = READ_BACK_FIRST_DELAY_S
 EMPTY_READS = 3  # reads that find none of its events before "no such release" is believed
 
 
+def mid_batch(entry) -> bool:
+    """Whether more of this entry's atomic batch follows it (a batch is stored all at once, and its last
+    entry keeps `Nats-Batch-Commit`). Readers are shown the fold only at the batch's last entry
+    (`Follower._show`): no consumer decides on half a batch — a pointer without its `release.activated`,
+    or the fast path's `prepared` without the steps stored with it (which it would decide again, and
+    whose duplicate would fail the group commit it joined: services/jetstream/log.py). Nothing pending
+    after it (a batch whose last stored entry has no commit header, `eob`) shows it all the same, as
+    does the next entry outside it."""
+    headers = entry.headers
+    return bool(headers.get("Nats-Batch-Id")) and not headers.get("Nats-Batch-Commit") and entry.pending > 0
+
+
 class Follower:
     def __init__(
         self,
@@ -67,8 +79,12 @@ class Follower:
     ) -> None:
         self._js = js
         self._subjects = subjects
-        self.world = world or World()
-        self.position = self.world.applied_seq
+        self._world = world or World()  # the fold, entry by entry
+        # what readers see (`world`, `position`, the listeners): the fold at a whole position, never half an
+        # atomic batch (`mid_batch`); the entries folded since, not shown yet
+        self._view = self._world
+        self.position = self._world.applied_seq
+        self._unshown: list[tuple[Position, Event | None]] = []
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         # a service keeps closed releases as tombstones (projections.world.archive_closed): its
@@ -125,7 +141,7 @@ class Follower:
                 except DecodeError as exc:
                     self._note_undecodable(entry.seq, exc, entry.subject)
                     self.ignored[entry.seq] = undecodable_why(str(exc))
-                    self.world = apply_undecodable(self.world, position, self._subjects, str(exc))
+                    self._world = apply_undecodable(self._world, position, self._subjects, str(exc))
                     self._keep_dead_letter(entry, exc)
                     event = None
                 else:
@@ -133,17 +149,14 @@ class Follower:
                 if event is not None:
                     tracing.remember(event, entry.headers)  # the parent of decisions that follow
                     # a tombstone (an archiving world's, or one a reader started from: start_world) changes
-                    if event.release_id is not None and needs_history(self.world, event):
+                    if event.release_id is not None and needs_history(self._world, event):
                         await self._restore(event.release_id, entry.seq)
-                    self.world = apply(self.world, position, event)
+                    self._world = apply(self._world, position, event)
                     if self._archive_closed:
-                        self.world = archive_closed(self.world, event)
-                self.position = entry.seq
-                # the listeners get the entry with the position, before anything awaits: the projector
-                # writes the read models at this position, and its history must hold the entry by then
-                for queue in self._listeners:
-                    queue.put_nowait((position, event))
-                self._wake()
+                        self._world = archive_closed(self._world, event)
+                self._unshown.append((position, event))
+                if not mid_batch(entry):
+                    self._show(entry.seq)
                 if (
                     self._snapshots is not None
                     and entry.pending == 0
@@ -206,13 +219,13 @@ class Follower:
         own = self._own_appends
         if service_keys is not None and own is not None and own.vouches(entry.subject, entry.data, entry.headers):
             keys = OwnSigned(service_keys)
-        why = ignored_reason(self.world, keys, position, event, entry.data, entry.headers)
+        why = ignored_reason(self._world, keys, position, event, entry.data, entry.headers)
         if why is None:
             return event
         log.warning("log seq %d (%s): ignored, %s", entry.seq, entry.subject, why)
         self.ignored[entry.seq] = why
         self._note_undecodable(entry.seq, DecodeError(why), entry.subject)
-        self.world = apply_undecodable(self.world, position, self._subjects, why)
+        self._world = apply_undecodable(self._world, position, self._subjects, why)
         self._keep_dead_letter(entry, DecodeError(why))
         return None
 
@@ -237,7 +250,7 @@ class Follower:
             tries=RESTORE_TRIES,
             first_delay=RESTORE_FIRST_DELAY_S,
         )
-        stone = self.world.tombstones.get(release_id)
+        stone = self._world.tombstones.get(release_id)
         if state is None:  # none of its events before seq: a whole fold knows no such release there
             log.warning(
                 "release %s: a tombstone (last seq %s) but no events of it in the log before seq %d; "
@@ -246,7 +259,7 @@ class Follower:
                 stone.last_seq if stone else "?",
                 seq,
             )
-            self.world = replace(self.world, tombstones=self.world.tombstones.discard(release_id))
+            self._world = replace(self._world, tombstones=self._world.tombstones.discard(release_id))
             return
         if stone is not None and stone.last_seq != state.last_seq:
             log.warning(
@@ -255,11 +268,11 @@ class Follower:
                 stone.last_seq,
                 state.last_seq,
             )
-            self.world = replace(
-                self.world,
-                tombstones=self.world.tombstones.insert(release_id, tombstone(state.last_seq, stone.outcome)),
+            self._world = replace(
+                self._world,
+                tombstones=self._world.tombstones.insert(release_id, tombstone(state.last_seq, stone.outcome)),
             )
-        self.world = restore(self.world, state)
+        self._world = restore(self._world, state)
         log.info("release %s restored from the log (closed, changed again at seq %d)", release_id, seq)
 
     async def start_from_snapshot(self) -> bool:
@@ -270,7 +283,7 @@ class Follower:
         snapshot = await self._snapshots.read(self._service_keys)
         if snapshot is None:
             return False
-        self.world = snapshot.world
+        self._world = self._view = snapshot.world
         self.position = self.started_from = self._saved_at = snapshot.world.applied_seq
         self.ignored = Noted(IGNORED_SHOWN, snapshot.ignored, snapshot.ignored_total)
         return True
@@ -295,6 +308,23 @@ class Follower:
     def unlisten(self, queue: asyncio.Queue) -> None:
         if queue in self._listeners:
             self._listeners.remove(queue)
+
+    @property
+    def world(self) -> World:
+        """The fold at `position`: a whole state, never half an atomic batch."""
+        return self._view
+
+    def _show(self, seq: int) -> None:
+        """Readers see the fold at `seq`: the world and position, the listeners every entry folded since
+        (the projector writes the read models at this position, and its history must hold them by then;
+        given before anything awaits), and the waiters up to it are woken."""
+        self._view = self._world
+        self.position = seq
+        for item in self._unshown:
+            for queue in self._listeners:
+                queue.put_nowait(item)
+        self._unshown.clear()
+        self._wake()
 
     def _wake(self) -> None:
         # only the waiters whose sequence is now applied: no herd of re-checks per entry

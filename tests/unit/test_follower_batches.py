@@ -1,0 +1,104 @@
+"""The follower shows readers whole atomic batches only (services/reads/follower.py `mid_batch`).
+
+A batch's entries can reach the follower in several reads, with the event loop turning between them.
+A consumer woken in between used to decide on half a batch: a pointer without its `release.activated`,
+or the fast path's `prepared` without the `distributed` and `verified` stored with it, which it then
+decided again (and whose duplicate failed the group commit it joined). The reader here is a stand-in
+that hands the entries over one at a time, yielding between them (pure logic: the real reader is
+exercised by every integration test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from events.codec import encode_event, make_event
+from events.model import Actor, OperatorNote
+from events.signing import SigningKey
+from events.subjects import Subjects
+from services.actions.producer import request_event
+from services.jetstream.reader import RawEntry
+from services.reads import follower as follower_module
+from services.reads.follower import Follower, mid_batch
+from tests.harness import make_pack, request_data
+
+SUBJECTS = Subjects("kx")
+OPERATOR = Actor(kind="operator", id="ops")
+AT = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+def entries() -> list[RawEntry]:
+    """A request alone, then a three-entry atomic batch, then a note alone."""
+    pack = make_pack("1.0.0", SigningKey.generate())
+    events = [request_event("r1", request_data(pack), OPERATOR)]
+    events += [
+        make_event("release.annotated", OperatorNote(rationale=f"note {n}"), actor=OPERATOR, release_id="r1")
+        for n in range(4)
+    ]
+    out = []
+    for seq, event in enumerate(events, 1):
+        headers = {"Nats-Msg-Id": event.event_id}
+        if seq in (2, 3, 4):
+            headers |= {"Nats-Batch-Id": "b1", "Nats-Batch-Sequence": str(seq - 1)}
+            if seq == 4:
+                headers["Nats-Batch-Commit"] = "1"
+        subject = SUBJECTS.release("r1", event.type.split(".", 1)[1])
+        out.append(RawEntry(seq, subject, encode_event(event), headers, AT, len(events) - seq))
+    return out
+
+
+class OneAtATime:
+    """A stand-in for OrderedReader: the entries one by one, the event loop turning between them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.entries = entries()
+
+    async def read(self, follow: bool = True):
+        for entry in self.entries:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            yield entry
+        await asyncio.Event().wait()  # following: nothing more comes
+
+    async def close(self) -> None:
+        pass
+
+
+def test_mid_batch_is_every_entry_of_a_batch_but_its_last_while_more_is_pending():
+    marks = [mid_batch(e) for e in entries()]
+    assert marks == [False, True, True, False, False]
+    last_stored = entries()[2]
+    cut_short = RawEntry(3, last_stored.subject, last_stored.data, last_stored.headers, AT, 0)
+    assert not mid_batch(cut_short)  # nothing pending after it: shown, whatever its headers say
+
+
+async def test_readers_and_waiters_never_see_half_a_batch(monkeypatch):
+    monkeypatch.setattr(follower_module, "OrderedReader", OneAtATime)
+    follower = Follower(None, SUBJECTS)  # type: ignore[arg-type]
+    seen: list[tuple[int, int]] = []  # (position, what the world has applied) at every turn of the loop
+    woken: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append((follower.position, follower.world.applied_seq))
+            await asyncio.sleep(0)
+
+    async def wait_for_batch_start() -> None:
+        await follower.wait_for(2)
+        woken.append(follower.position)
+
+    listener = follower.listen()
+    tasks = [asyncio.create_task(t) for t in (follower.run(), watch(), wait_for_batch_start())]
+    try:
+        await follower.wait_for(5, timeout=5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    positions = {position for position, _ in seen}
+    assert positions <= {0, 1, 4, 5} and {1, 4}.issubset(positions), positions
+    assert all(position == applied for position, applied in seen)  # the world is the position's own
+    assert woken == [4]  # woken with the batch's last entry, not its first
+    handed = [listener.get_nowait()[0].seq for _ in range(listener.qsize())]
+    assert handed == [1, 2, 3, 4, 5]  # the listeners get every entry, in order, a batch at its end
