@@ -58,6 +58,14 @@ HOPS = 5
 PACK_BYTES = 64 * 1024
 
 
+async def _drop(nc, js, subs: list, stream: str) -> None:
+    """A baseline's clean-up: its subscriptions, its stream, its connection."""
+    for sub in subs:
+        await sub.unsubscribe()
+    await js.delete_stream(stream)
+    await nc.close()
+
+
 async def raw_hops(url: str, rounds: int, hops: int = HOPS, size: int = 1024) -> list[float]:
     """Per round: the time for `hops` publish->consume->publish hops with bare nats-py."""
     nc = await raw_connect(url, name="bench-baseline")
@@ -93,10 +101,7 @@ async def raw_hops(url: str, rounds: int, hops: int = HOPS, size: int = 1024) ->
             t1 = await asyncio.wait_for(done.get(), 10)
             out.append(t1 - t0)
     finally:
-        for s in subs:
-            await s.unsubscribe()
-        await js.delete_stream("BASELINE_HOPS")
-        await nc.close()
+        await _drop(nc, js, subs, "BASELINE_HOPS")
     return out
 
 
@@ -166,10 +171,7 @@ async def raw_fast_shape(url: str, rounds: int, messages: int = 5, size: int = 1
             await js.publish(f"baseline.fast.in.{i}", payload)
             out.append(await asyncio.wait_for(done.get(), 10) - t0)
     finally:
-        for sub in subs:
-            await sub.unsubscribe()
-        await js.delete_stream("BASELINE_FAST")
-        await nc.close()
+        await _drop(nc, js, subs, "BASELINE_FAST")
     return out
 
 
