@@ -33,8 +33,12 @@ class WorldView(Protocol):
     """The process's folded log (services/reads/follower.py): the state a consumer decides on,
     and waits for a position in."""
 
-    world: World
     undecodable: dict[int, DecodeError]  # seq -> why that log entry is not a valid event
+
+    @property
+    def world(self) -> World:
+        """The fold at a whole position (never half an atomic batch)."""
+        ...
 
     async def wait_for(self, seq: int, timeout: float | None = 30.0) -> None: ...
 
