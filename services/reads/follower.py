@@ -49,18 +49,20 @@ UNDECODABLE_KEPT = 10_000  # entries that did not count (`undecodable`) a follow
 RESTORE_TRIES = READ_BACK_TRIES
 RESTORE_FIRST_DELAY_S = READ_BACK_FIRST_DELAY_S
 EMPTY_READS = 3  # reads that find none of its events before "no such release" is believed
+BATCH_STALL_S = 0.5  # a batch's entries not followed by its last this long are shown all the same
 
 
 def mid_batch(entry) -> bool:
-    """Whether more of this entry's atomic batch follows it (a batch is stored all at once, and its last
-    entry keeps `Nats-Batch-Commit`). Readers are shown the fold only at the batch's last entry
+    """Whether more of this entry's atomic batch follows it: a batch is stored all at once, and only its
+    last entry keeps `Nats-Batch-Commit`. Readers are shown the fold only at the batch's last entry
     (`Follower._show`): no consumer decides on half a batch — a pointer without its `release.activated`,
     or the fast path's `prepared` without the steps stored with it (which it would decide again, and
-    whose duplicate would fail the group commit it joined: services/jetstream/log.py). Nothing pending
-    after it (a batch whose last stored entry has no commit header, `eob`) shows it all the same, as
-    does the next entry outside it."""
+    whose duplicate would fail the group commit it joined: services/jetstream/log.py). The consumer's
+    pending count cannot say it: an entry of a batch may be delivered before the rest is stored (seen
+    on 2.15.1: num_pending 0 inside a batch). A batch whose last stored entry has no commit header
+    (`Nats-Batch-Commit: eob` stores none) is shown by the next entry, or after `BATCH_STALL_S`."""
     headers = entry.headers
-    return bool(headers.get("Nats-Batch-Id")) and not headers.get("Nats-Batch-Commit") and entry.pending > 0
+    return bool(headers.get("Nats-Batch-Id")) and not headers.get("Nats-Batch-Commit")
 
 
 class Follower:
@@ -85,6 +87,7 @@ class Follower:
         self._view = self._world
         self.position = self._world.applied_seq
         self._unshown: list[tuple[Position, Event | None]] = []
+        self._stalled: asyncio.TimerHandle | None = None  # shows a batch whose last entry does not come
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         # a service keeps closed releases as tombstones (projections.world.archive_closed): its
@@ -157,6 +160,8 @@ class Follower:
                 self._unshown.append((position, event))
                 if not mid_batch(entry):
                     self._show(entry.seq)
+                elif self._stalled is None:
+                    self._stalled = asyncio.get_running_loop().call_later(BATCH_STALL_S, self._show_stalled)
                 if (
                     self._snapshots is not None
                     and entry.pending == 0
@@ -318,6 +323,9 @@ class Follower:
         """Readers see the fold at `seq`: the world and position, the listeners every entry folded since
         (the projector writes the read models at this position, and its history must hold them by then;
         given before anything awaits), and the waiters up to it are woken."""
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self._view = self._world
         self.position = seq
         for item in self._unshown:
@@ -325,6 +333,15 @@ class Follower:
                 queue.put_nowait(item)
         self._unshown.clear()
         self._wake()
+
+    def _show_stalled(self) -> None:
+        """The entries of a batch whose last entry did not come (a writer's `eob` commit, or a batch not
+        written by this service): shown, rather than keeping every reader waiting for the next entry."""
+        self._stalled = None
+        if self._unshown:
+            seq = self._unshown[-1][0].seq
+            log.info("log seq %d: the rest of its atomic batch did not come within %.1fs; shown", seq, BATCH_STALL_S)
+            self._show(seq)
 
     def _wake(self) -> None:
         # only the waiters whose sequence is now applied: no herd of re-checks per entry
