@@ -39,6 +39,7 @@ from projections.releases import ReleaseState
 from projections.world import World, apply
 from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Output, Timer
 from services.consumers.port import Port
+from services.observability.metrics import count_fast_path
 
 
 class PathStep(Protocol):
@@ -126,13 +127,16 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
             world = ahead(world, release.release_id, current, step.port.subjects)
             release_now = world.release(release.release_id)
             if not step.may_act(release_now):
+                count_fast_path(step.name, "not_acting")
                 break
             assert release_now is not None
             facts = await step.observe(world, release_now, step.port.ctx(step.name))
             if isinstance(facts, Failed):  # its fail-closed event is its own consumer's to write
+                count_fast_path(step.name, "failed")
                 break
             decided = step.decide(world, release_now, facts, step.port.ctx(step.name))
         except Exception as exc:  # the step's own consumer decides it from its delivery, as before
+            count_fast_path(step.name, "raised")
             log.info(
                 "fast path: %s left %s to its consumer: %s: %s",
                 step.name,
@@ -142,7 +146,9 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
             )
             break
         if not _joinable(decided):
+            count_fast_path(step.name, "not_joinable")
             break
+        count_fast_path(step.name, "joined")
         parts.append(Part(step, decided))
         current = decided
     return parts

@@ -29,7 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from events.model import Event
 from events.subjects import Subjects
 from projections.world import World
-from services.observability.metrics import FASTSTREAM_METRICS, PROCESSED, LagSampler, ServiceCollector
+from services.observability.metrics import FAST_PATH, FASTSTREAM_METRICS, PROCESSED, LagSampler, ServiceCollector
 from services.observability.release_metrics import ReleaseMetrics
 from services.settings import ConfigError
 from services.tasks import cancel_and_wait
@@ -150,6 +150,7 @@ async def serve_metrics(
     releases, lag = ReleaseMetrics() if log_series else None, LagSampler(app.js, app.subjects)
     registry = CollectorRegistry()
     registry.register(PROCESSED)
+    registry.register(FAST_PATH)
     registry.register(FASTSTREAM_METRICS)  # the FastStream subscribers' own (kx_faststream_*)
     registry.register(ServiceCollector(lambda: app.follower.world, releases, lag))
     ProcessCollector(registry=registry)

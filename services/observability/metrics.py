@@ -38,6 +38,15 @@ PROCESSED = Counter(
     registry=None,
 )
 
+FAST_PATH = Counter(
+    "kx_fast_path_steps",
+    "Steps of a release's path decided with the step before it and stored in its batch (outcome=joined), or "
+    "left to their own consumer's delivery: not_acting (its phase guard), failed (it observed a failure: its "
+    "own consumer writes the fail-closed event), raised, not_joinable (it decided more than events and a switch).",
+    ["step", "outcome"],
+    registry=None,
+)
+
 # What FastStream's Prometheus middleware counts for the service's FastStream subscribers (the
 # notifier, the dead-letter watcher: `kx_faststream_*`): process-wide like PROCESSED, served by /metrics.
 FASTSTREAM_METRICS = CollectorRegistry(auto_describe=True)
@@ -48,6 +57,10 @@ _DURABLES: set[tuple[str, str]] = set()
 
 def count_processed(stream: str, consumer: str, outcome: str) -> None:
     PROCESSED.labels(stream, consumer, outcome).inc()
+
+
+def count_fast_path(step: str, outcome: str) -> None:
+    FAST_PATH.labels(step, outcome).inc()
 
 
 def track_consumer(stream: str, durable: str) -> None:

@@ -204,6 +204,10 @@ async def test_a_release_run_is_measured_logged_and_notified(nats_url, prefix, m
                         value(families, "kx_events_processed", stream=stream, consumer="kxr-promoter", outcome="acked")
                         > 0
                     )
+                    # the releases went the fast path (process-wide counts: at least this test's): the
+                    # activator's step joined the preparer's batch; r3's pack failed a gate, its verifier's own
+                    assert value(families, "kx_fast_path_steps", step="activator", outcome="joined") >= 2
+                    assert value(families, "kx_fast_path_steps", step="verifier", outcome="joined") >= 3
                     # FastStream's own middleware counts the notifier's messages too (process-wide, all prefixes)
                     handled = value(
                         families,

@@ -18,6 +18,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Timer
+from services.observability.metrics import FAST_PATH
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 SERVICE = Actor(kind="service", id="test")
@@ -107,3 +108,21 @@ async def test_extend_joins_nothing_but_release_events_switches_and_timers():
     # and a decision that itself stores nothing in order (a timer alone, say) is not extended at all
     later = Step("d", [Chain(())])
     assert await extend(WORLD, RELEASE, [Timer("r1.0", NOW)], [later]) == [] and later.observed == 0
+
+
+def _counted(step: str, outcome: str) -> float:
+    return FAST_PATH.labels(step, outcome)._value.get()
+
+
+async def test_every_step_tried_is_counted_by_what_became_of_it():
+    """kx_fast_path_steps{step,outcome}: how often the path falls back to one step per delivery, and why."""
+    before = {k: _counted(*k) for k in (("cd", "joined"), ("cv", "failed"), ("cn", "not_acting"), ("cr", "raised"))}
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cd", [Chain(())]), Step("cv", [], observes=Failed("x", "y"))])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cn", [Chain(())], acts=False)])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cr", [], observes=RuntimeError("gone"))])
+    assert {k: _counted(*k) - v for k, v in before.items()} == {
+        ("cd", "joined"): 1,
+        ("cv", "failed"): 1,
+        ("cn", "not_acting"): 1,
+        ("cr", "raised"): 1,
+    }
