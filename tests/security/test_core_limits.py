@@ -290,8 +290,10 @@ async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leave
     service, quiet = await as_role("service"), await as_role("runtime-rt-b")
     creds = authed.creds["runtime-rt-a"]
     flooder = await connect(authed.url, name="flooder", allow_reconnect=False, **creds.connect_options())
+    # its answers go nowhere: reading thousands of them a second, a loaded host's flooder fell behind and
+    # the server closed it as a slow consumer before the watchdog looked (a CI rehearsal); what is
+    # counted is what it sends, and every request still leaves its mapping
     inbox = flooder.new_inbox()
-    await flooder.subscribe(inbox + ".*")
     ask = json.dumps({"last_by_subj": s.channel("prod", "canary")}).encode()
 
     async def flood() -> None:
