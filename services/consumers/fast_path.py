@@ -31,12 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from events.codec import scope_tuple
 from events.model import Event
 from events.subjects import Subjects
-from projections.position import Position
+from projections.position import positions
 from projections.releases import ReleaseState
-from projections.world import World, apply
+from projections.world import World, fold
 from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Output, Timer
 from services.consumers.port import Port
 from services.observability.metrics import count_fast_path
@@ -79,19 +78,13 @@ def _joinable(outputs: Sequence[Output]) -> bool:
     return bool(outputs) and set(kinds) <= {Chain, Atomic, Timer} and kinds.count(Atomic) <= 1
 
 
-def ahead(world: World, release_id: str, outputs: Sequence[Output], subjects: Subjects) -> World:
-    """`world` with `outputs`' release events applied, at the positions after its last one (pure).
+def ahead(world: World, outputs: Sequence[Output], subjects: Subjects) -> World:
+    """`world` with `outputs`' release events folded in, at the positions after its last one (pure).
 
     Their real sequences are known only once stored; no decision reads them (they only order the
     fold), and what is stored carries the release's real last sequence as its expectation."""
-    seq = world.applied_seq
-    for out in outputs:
-        assert isinstance(out, Chain)
-        for event in out.events:
-            seq += 1
-            subject = subjects.expected_subject(event.type, event.release_id, scope_tuple(event))
-            world = apply(world, Position(seq=seq, subject=subject), event)
-    return world
+    events = [event for out in outputs if isinstance(out, Chain) for event in out.events]
+    return fold(positions(events, world.applied_seq + 1, subjects), world)
 
 
 def joined(parts: Sequence[Part]) -> list[Output]:
@@ -124,17 +117,18 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
         if not _chained(current):
             break
         try:
-            world = ahead(world, release.release_id, current, step.port.subjects)
+            world = ahead(world, current, step.port.subjects)
             release_now = world.release(release.release_id)
             if not step.may_act(release_now):
                 count_fast_path(step.name, "not_acting")
                 break
             assert release_now is not None
-            facts = await step.observe(world, release_now, step.port.ctx(step.name))
+            ctx = step.port.ctx(step.name)  # one `now` for what it observes and decides, as its reactor does
+            facts = await step.observe(world, release_now, ctx)
             if isinstance(facts, Failed):  # its fail-closed event is its own consumer's to write
                 count_fast_path(step.name, "failed")
                 break
-            decided = step.decide(world, release_now, facts, step.port.ctx(step.name))
+            decided = step.decide(world, release_now, facts, ctx)
         except Exception as exc:  # the step's own consumer decides it from its delivery, as before
             count_fast_path(step.name, "raised")
             log.info(

@@ -35,7 +35,7 @@ from projections.position import Position
 from projections.snapshot import Noted, undecodable_why
 from projections.world import World, apply, apply_undecodable, archive_closed, needs_history, restore, tombstone
 from services.jetstream.log_reads import READ_BACK_FIRST_DELAY_S, READ_BACK_TRIES, decode_entry, position_of, read_back
-from services.jetstream.reader import MissingEntries, OrderedReader
+from services.jetstream.reader import MissingEntries, OrderedReader, RawEntry
 from services.observability import tracing
 from services.reads.shapes import IGNORED_SHOWN
 from services.tasks import Turns
@@ -52,7 +52,7 @@ EMPTY_READS = 3  # reads that find none of its events before "no such release" i
 BATCH_STALL_S = 0.5  # a batch's entries not followed by its last this long are shown all the same
 
 
-def mid_batch(entry) -> bool:
+def mid_batch(entry: RawEntry) -> bool:
     """Whether more of this entry's atomic batch follows it: a batch is stored all at once, and only its
     last entry keeps `Nats-Batch-Commit`. Readers are shown the fold only at the batch's last entry
     (`Follower._show`): no consumer decides on half a batch — a pointer without its `release.activated`,
