@@ -16,10 +16,13 @@ it is stored only if nothing else happened to the release meanwhile, and then al
 of it: the log never holds a `verified` without the `distributed` it came from, nor those without
 the pointer switch (the auditor checks each as before). A lost race decides again, as any step.
 
-It stops, leaving the rest to the next consumer's own delivery as before, at the first step that
-does not act (its phase guard), observes a failure (its fail-closed event is its own consumer's
-to write, from its own delivery), raises, or decides anything but release events and one pointer
-switch (a timer goes with the batch; a new release does not). The durable consumers stay: their
+A step that cannot observe (a verification past its deadline, a store it cannot read) fails
+closed as its consumer would, on that one observation: its fail-closed event ends the batch (step
+by step, too, a failed observation is written at once, not tried again; before, the consumer's own
+delivery observed again, and a verification that timed out paid its 30 s deadline twice).
+Otherwise it stops, leaving the rest to the next consumer's own delivery as before, at the first
+step that does not act (its phase guard), raises, or decides anything but release events and one
+pointer switch (a timer goes with the batch; a new release does not). The durable consumers stay: their
 deliveries of the stored events find the release past their phase and ack them; after a restart,
 a redelivery or a split deployment (`kxr serve --only`), the steps run one by one.
 """
@@ -36,22 +39,19 @@ from events.subjects import Subjects
 from projections.position import positions
 from projections.releases import ReleaseState
 from projections.world import World, fold
-from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Output, Timer
+from services.consumers.outputs import Atomic, Chain, Output, Timer
 from services.consumers.port import Port
+from services.consumers.step import Step, decided
 from services.observability.metrics import count_fast_path
 
 
-class PathStep(Protocol):
+class PathStep(Step[Any], Protocol):
     """What the fast path uses of a consumer (services/consumers/reactor.py's ReleaseReactor)."""
 
     name: str
     port: Port
 
     def may_act(self, release: ReleaseState | None) -> bool: ...
-
-    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> Any: ...
-
-    def decide(self, world: World, release: ReleaseState, facts: Any, ctx: Ctx) -> list[Output]: ...
 
     def emitted(self, outputs: list[Output]) -> None: ...
 
@@ -124,11 +124,7 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
                 break
             assert release_now is not None
             ctx = step.port.ctx(step.name)  # one `now` for what it observes and decides, as its reactor does
-            facts = await step.observe(world, release_now, ctx)
-            if isinstance(facts, Failed):  # its fail-closed event is its own consumer's to write
-                count_fast_path(step.name, "failed")
-                break
-            decided = step.decide(world, release_now, facts, ctx)
+            made, failed = await decided(step, step.name, world, release_now, ctx)
         except Exception as exc:  # the step's own consumer decides it from its delivery, as before
             count_fast_path(step.name, "raised")
             log.info(
@@ -139,10 +135,13 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
                 exc,
             )
             break
-        if not _joinable(decided):
+        if not _joinable(made):
             count_fast_path(step.name, "not_joinable")
             break
+        parts.append(Part(step, made))
+        if failed is not None:  # what its own consumer would write on its delivery, written now: the end
+            count_fast_path(step.name, "failed_closed")
+            break
         count_fast_path(step.name, "joined")
-        parts.append(Part(step, decided))
-        current = decided
+        current = made
     return parts

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -40,6 +40,7 @@ from projections.world import World
 from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Chain, Ctx, Failed, Output, event_ids, release_event
 from services.consumers.port import Port
+from services.consumers.step import Step, decided
 from services.jetstream.log import AppendConflict
 from services.jetstream.worker import Poison, Worker
 from services.observability import tracing
@@ -54,17 +55,6 @@ CONCURRENCY = 32  # releases decided on at once per consumer (I/O-bound: reads o
 
 F = TypeVar("F")
 T = TypeVar("T")
-
-
-class Step(Protocol[F]):
-    """One way of deciding on a release: a consumer itself, or one of its other triggers
-    (the monitor's window timer, a live breach; the guard's policy rollback)."""
-
-    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> F | Failed: ...
-
-    def decide(self, world: World, release: ReleaseState, facts: F, ctx: Ctx) -> list[Output]: ...
-
-    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]: ...
 
 
 def hold(release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
@@ -349,9 +339,5 @@ class ReleaseReactor(Generic[F]):
 
     async def decision(self, world: World, release: ReleaseState, ctx: Ctx, step: Step | None = None) -> list[Output]:
         """What `step` decides on this state (observe, then decide or fail closed), not performed."""
-        step = step or self
-        facts = await step.observe(world, release, ctx)
-        if isinstance(facts, Failed):
-            log.warning("%s: %s: %s/%s: %s", self.name, release.release_id, facts.step, facts.code, facts.message)
-            return step.fail_closed(world, release, facts, ctx)
-        return step.decide(world, release, facts, ctx)
+        outputs, _ = await decided(step or self, self.name, world, release, ctx)
+        return outputs

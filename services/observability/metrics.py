@@ -40,9 +40,10 @@ PROCESSED = Counter(
 
 FAST_PATH = Counter(
     "kx_fast_path_steps",
-    "Steps of a release's path decided with the step before it and stored in its batch (outcome=joined), or "
-    "left to their own consumer's delivery: not_acting (its phase guard), failed (it observed a failure: its "
-    "own consumer writes the fail-closed event), raised, not_joinable (it decided more than events and a switch).",
+    "Steps of a release's path decided with the step before it and stored in its batch (outcome=joined), its "
+    "fail-closed event stored in the batch, ending it (failed_closed: it could not observe), or left to their "
+    "own consumer's delivery: not_acting (its phase guard), raised, not_joinable (it decided more than events "
+    "and a switch).",
     ["step", "outcome"],
     registry=None,
 )

@@ -17,6 +17,14 @@ async def test_time_to_activate_bench_runs_on_a_tiny_size() -> None:
     assert all(_positive(res[side][k]) for side in ("ours", "baseline") for k in ("p50_ms", "p99_ms", "max_ms"))
     assert _positive(res["ratio_p50"]) and set(res["met"]) == {"p50", "p99"}
     assert res["fast_path"] and _positive(res["raw_fast_shape"]["p50_ms"]) and _positive(res["ratio_to_fast_shape_p50"])
+    assert _positive(res["ratio_to_fast_shape_p99"]) and res["turns"] == time_to_activate.TURNS
+    # every turn's raw rounds are in: 200 each at least, over the turns
+    assert all(res[side]["n"] >= 200 for side in ("baseline", "raw_atomic_commit", "raw_fast_shape"))
+
+
+def test_the_turns_share_out_every_release_and_round() -> None:
+    assert time_to_activate.shares(200, 4) == [50, 50, 50, 50]
+    assert time_to_activate.shares(5, 4) == [2, 1, 1, 1] and time_to_activate.shares(3, 4) == [1, 1, 1, 0]
 
 
 async def test_time_to_activate_bench_step_by_step() -> None:

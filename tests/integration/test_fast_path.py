@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from events.signing import SigningKey
+from services.observability.metrics import FAST_PATH
 from services.reads.audit import replay
 from tests.e2e.support import read_log
 from tests.harness import Pack, make_pack, running_service
@@ -33,16 +34,24 @@ async def _story(svc, release_id: str) -> list[tuple[int, str, str | None, dict]
 
 
 async def _first_stage(
-    fast_path: bool, nats_url: str, prefix: str, tamper: bool = False, pack: Pack | None = None, key=None
+    fast_path: bool,
+    nats_url: str,
+    prefix: str,
+    tamper: bool = False,
+    pack: Pack | None = None,
+    key=None,
+    verify_timeout_s: float = 30.0,
 ):
-    async with running_service(nats_url, prefix, fast_path=fast_path, key=key) as svc:
+    async with running_service(
+        nats_url, prefix, fast_path=fast_path, key=key, verify_timeout_s=verify_timeout_s
+    ) as svc:
         await svc.configure()
         pack = pack or make_pack("1.0.0", svc.key)
         if tamper:  # stored bytes that do not hash to the digest: the verifier's digest gate refuses them
             await svc.publish(pack)
             pack = type(pack)(pack.body[:-1] + b"!", pack.manifest, pack.digest, pack.version)
         await svc.request("r1", pack, rollback={"strategy": "none"})
-        if tamper:
+        if tamper or verify_timeout_s < 30:
             release = await svc.wait_release("r1")
         else:
             release = await svc.wait_release("r1", "monitoring")
@@ -95,4 +104,24 @@ async def test_a_gate_refusal_on_the_fast_path_is_the_verifiers_own(nats_url, pr
     release, story, audit = await _first_stage(True, nats_url, prefix, tamper=True)
     assert release.outcome == "failed" and "digest_mismatch" in (release.failure or "")
     assert not any(t == "scope.activated" for _, t, _, _ in story)
+    assert audit.violations == (), audit.violations
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "step-by-step"])
+async def test_a_verification_past_its_deadline_fails_closed_once_and_in_the_batch(nats_url, prefix, fast_path):
+    """The verifier cannot finish within its deadline: the release fails closed at verification, from
+    that one observation, both ways. On the fast path the refusal is stored with the steps before it,
+    in their batch; before, the verifier's own consumer observed again and the deadline was paid twice."""
+    before = FAST_PATH.labels("verifier", "failed_closed")._value.get()
+    release, story, audit = await _first_stage(fast_path, nats_url, prefix, verify_timeout_s=0.000_001)
+    assert release.outcome == "failed" and "deadline" in (release.failure or ""), release.failure
+    types = [t for _, t, _, _ in story]
+    assert types[:4] == ["release.requested", "release.prepared", "release.distributed", "release.verification_failed"]
+    assert "scope.activated" not in types
+    batches = [batch for _, _, batch, _ in story[1:4]]
+    if fast_path:
+        assert batches[0] is not None and set(batches) == {batches[0]}  # one batch: prepared .. the refusal
+        assert FAST_PATH.labels("verifier", "failed_closed")._value.get() == before + 1
+    else:
+        assert batches == [None, None, None]
     assert audit.violations == (), audit.violations

@@ -31,10 +31,11 @@ def note(text: str):
 class Step:
     """A consumer as the fast path sees it: acts or not, observes (or fails), decides what it is given."""
 
-    def __init__(self, name: str, decides, acts: bool = True, observes=None) -> None:
+    def __init__(self, name: str, decides, acts: bool = True, observes=None, fails_closed=None) -> None:
         self.name = name
         self.port = SimpleNamespace(subjects=Subjects("kx"), ctx=lambda service: Ctx(NOW, service))
         self._decides, self._acts, self._observes = decides, acts, observes
+        self._fails_closed = fails_closed if fails_closed is not None else []
         self.observed = 0
 
     def may_act(self, release) -> bool:
@@ -48,6 +49,9 @@ class Step:
 
     def decide(self, world, release, facts, ctx):
         return list(self._decides)
+
+    def fail_closed(self, world, release, failed, ctx):
+        return list(self._fails_closed)
 
     def emitted(self, outputs) -> None:
         pass
@@ -92,9 +96,21 @@ async def test_extend_stops_after_a_switch_and_at_a_step_that_does_not_act():
     assert idle.observed == 0
 
 
-async def test_extend_leaves_a_failed_or_raising_observation_to_the_steps_own_consumer():
-    failed = Step("v", [Chain(())], observes=Failed("deadline", "too slow", "deadline"))
-    assert await extend(WORLD, RELEASE, [Chain(())], [failed]) == []
+async def test_a_failed_observation_fails_closed_in_the_batch_and_ends_it():
+    """As its own consumer would on its delivery (observe once; a failure is written at once), not
+    observed a second time by that consumer (a verification past its deadline paid it twice)."""
+    refusal = Chain((note("verification_failed"),))
+    failed = Step("v", [Chain(())], observes=Failed("deadline", "too slow", "deadline"), fails_closed=[refusal])
+    after = Step("a", [Atomic((), (), "b")])
+    parts = await extend(WORLD, RELEASE, [Chain(())], [Step("d", [Chain(())]), failed, after])
+    assert [(p.step.name, p.outputs) for p in parts] == [("d", [Chain(())]), ("v", [refusal])]
+    assert failed.observed == 1 and after.observed == 0  # nothing is decided after a fail-closed event
+    # where the lifecycle has no room for a fail-closed event, its consumer is left to it, as before
+    no_room = Step("v", [Chain(())], observes=Failed("deadline", "too slow", "deadline"))
+    assert await extend(WORLD, RELEASE, [Chain(())], [no_room]) == []
+
+
+async def test_extend_leaves_a_raising_observation_to_the_steps_own_consumer():
     raising = Step("v", [Chain(())], observes=RuntimeError("store unreachable"))
     parts = await extend(WORLD, RELEASE, [Chain(())], [Step("d", [Chain(())]), raising])
     assert [p.step.name for p in parts] == ["d"]  # what came before it still goes
@@ -116,13 +132,17 @@ def _counted(step: str, outcome: str) -> float:
 
 async def test_every_step_tried_is_counted_by_what_became_of_it():
     """kx_fast_path_steps{step,outcome}: how often the path falls back to one step per delivery, and why."""
-    before = {k: _counted(*k) for k in (("cd", "joined"), ("cv", "failed"), ("cn", "not_acting"), ("cr", "raised"))}
-    await extend(WORLD, RELEASE, [Chain(())], [Step("cd", [Chain(())]), Step("cv", [], observes=Failed("x", "y"))])
+    kinds = (("cd", "joined"), ("cv", "failed_closed"), ("cn", "not_acting"), ("cr", "raised"), ("cj", "not_joinable"))
+    before = {k: _counted(*k) for k in kinds}
+    failing = Step("cv", [], observes=Failed("x", "y"), fails_closed=[Chain(())])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cd", [Chain(())]), failing])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cj", [NewRelease(note("n"))])])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cn", [Chain(())], acts=False)])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cr", [], observes=RuntimeError("gone"))])
     assert {k: _counted(*k) - v for k, v in before.items()} == {
         ("cd", "joined"): 1,
-        ("cv", "failed"): 1,
+        ("cv", "failed_closed"): 1,
         ("cn", "not_acting"): 1,
         ("cr", "raised"): 1,
+        ("cj", "not_joinable"): 1,
     }
