@@ -35,7 +35,7 @@ from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
 from services.consumers.fast_path import Part, extend, joined
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Output, Timer
 from services.consumers.verifier import context_for
 from services.monitoring.judge import (
     Watch,
@@ -43,11 +43,11 @@ from services.monitoring.judge import (
     exposed_before,
     hard_breach,
     live_refusal,
+    read_span,
     refusals_since,
-    split_window,
-    window_span,
+    window_data,
 )
-from services.verification.gates import VerifyContext, verify_bytes
+from services.verification.gates import DEADLINE_GATE, TIMEOUT_CODE, VerifyContext, verify_bytes
 from services.verification.readiness import TargetCheck, judge_target
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
@@ -229,6 +229,10 @@ class Lifecycle:
     # the next steps' and all of it is stored in one atomic batch (services/consumers/fast_path.py)
     fast: bool = True
     path_batches: int = 0  # decisions the fast path extended (and that stored): the model reaches them
+    # the verifier cannot finish its reads within its deadline: it fails closed, saying so (its
+    # `fail_closed`), on the fast path in the batch of the steps before it
+    verify_stalls: bool = False
+    stalled_in_batches: int = 0  # fast-path batches that stored such a fail-closed event: reached
 
     def __post_init__(self) -> None:
         for p in PACKS:
@@ -346,6 +350,8 @@ class Lifecycle:
         fast = self.fast_path(consumer, world, release_id, outputs)
         stored = self.emit(fast or outputs, world)
         self.path_batches += bool(fast) and stored
+        if fast and stored and any(e.type == "release.verification_failed" for e in _events(fast)):
+            self.stalled_in_batches += self.verify_stalls
         return stored
 
     def fast_path(self, consumer: str, world: World, release_id: str, outputs: list[Output]) -> list[Output]:
@@ -475,10 +481,14 @@ class Lifecycle:
     def window_samples(self, release: ReleaseState):
         m = release.monitoring
         assert m is not None and release.prepared is not None
-        lo, hi = window_span(m)
+        # as the monitor reads (consumers/monitor.py `window_data`): back to the stage's activation, since
+        # an extended window starts later and a refusal since the activation still fails it
+        since = release.activated_at.get(m.stage)
+        lo, hi = read_span(m, since)
         channel = release.prepared.target.channel
         stored = [(at, s) for at, ch, co, s in self.health if ch == channel and co in m.cohorts and lo <= at <= hi]
-        new, baseline = split_window(stored, m)
+        data = window_data(stored, m, activated_at=since)
+        new, baseline = data.samples, data.baseline
         for cohorts, since in exposed_before(release):  # the monitor's `earlier_refusals`
             earlier = [(at, s) for at, ch, co, s in self.health if ch == channel and co in cohorts and at <= hi]
             new.extend(refusals_since(earlier, m.digest, since))
@@ -740,9 +750,27 @@ def _distribute(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> 
     return distributor.decide(release, ctx, {n: (len(m.store[n]) if n in m.store else None) for n in names})
 
 
+def _events(outputs: list[Output]) -> list[Event]:
+    """The events a decision stores, whatever their output."""
+    out: list[Event] = []
+    for o in outputs:
+        if isinstance(o, Chain):
+            out += o.events
+        elif isinstance(o, Atomic):
+            out += [*o.lead, *(w.event for w in o.scope_writes), *o.release_events]
+    return out
+
+
+def stalled_verification() -> Failed:
+    """What the verifier observes when its gates do not finish within its deadline."""
+    return Failed(TIMEOUT_CODE, "verification did not finish within 30s", DEADLINE_GATE)
+
+
 def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
     if release.phase != "distributed" or release.prepared is None:
         return []
+    if m.verify_stalls:  # the real verifier's fail-closed outputs on that observation
+        return verifier_adapter.Verifier(_ModelPort(m)).fail_closed(world, release, stalled_verification(), ctx)
     vctx = context_for(world, release, ctx, m.trust_root())
     digest = release.prepared.pack.digest
     v = verify_bytes(m.store.get(manifest_object_name(digest)), m.store.get(pack_object_name(digest)), vctx)
@@ -806,11 +834,16 @@ class _PathStep:
     def may_act(self, release: ReleaseState | None) -> bool:
         return release is not None and release.phase in ACTS_IN[self.name]
 
-    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> None:
+    async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> Failed | None:
+        if self.name == "verifier" and self.m.verify_stalls:
+            return stalled_verification()
         return None  # the model's adapters read their facts when deciding
 
     def decide(self, world: World, release: ReleaseState, facts: Any, ctx: Ctx) -> list[Output]:
         return CONSUMERS[self.name](self.m, world, release, ctx)
+
+    def fail_closed(self, world: World, release: ReleaseState, failed: Failed, ctx: Ctx) -> list[Output]:
+        return CONSUMERS[self.name](self.m, world, release, ctx)  # the adapter fails closed as the real one
 
     def emitted(self, outputs: list[Output]) -> None:
         pass

@@ -62,6 +62,7 @@ REACHED: Counter[str] = Counter()
 MUST_REACH = (
     "refusal in an earlier stage's cohort while a later stage is watched",
     "a release's steps stored in one atomic batch (fast path)",
+    "a stalled verification failed closed in the fast path's batch",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -90,8 +91,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         ones', stored in one batch) or split (`kxr serve --only`, KX_FAST_PATH=off): one step at a time."""
         self.m.fast = not self.m.fast
 
+    @rule()
+    def verification_stalls(self) -> None:
+        """The verifier's reads cannot finish within its deadline (or can again): it fails closed on that
+        one observation, with the fast path in the batch of the steps before it."""
+        self.m.verify_stalls = not self.m.verify_stalls
+
     def teardown(self) -> None:
         REACHED["a release's steps stored in one atomic batch (fast path)"] += self.m.path_batches
+        REACHED["a stalled verification failed closed in the fast path's batch"] += self.m.stalled_in_batches
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""

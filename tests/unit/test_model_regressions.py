@@ -224,3 +224,30 @@ def test_no_stage_expands_to_a_pack_the_trust_root_dropped() -> None:
     refusals = [e for _, e in m.log if e is not None and e.type == "release.activation_failed" and e.release_id == rid]
     assert [(e.data.stage, e.data.code) for e in refusals] == [(1, "pack_no_longer_valid")], lines(m)
     assert "pointer_untrusted" not in codes(m), lines(m)
+
+
+def test_an_extended_window_still_counts_the_refusals_since_its_stages_activation() -> None:
+    """The minimal example hypothesis printed (session 18), step by step: a stage-1 window of r2 held
+    (inconclusive); its runtimes then refused the pack; an operator extended the window, whose new
+    samples were all good. The monitor reads an extended window back to its stage's activation (a
+    refusal there fails it: `read_span`, `Watch.covers`); the model's adapter had read only the new
+    window's span and passed it (`pass_despite_refusal`). The window must fail, on the refusals."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    state = LifecycleMachine()
+    state.channels(thresholds=0, min_samples=1, promote=False, history="canary")
+    state.request(ack=True, channel="canary", pack=1, strategy="lkg")
+    state.window(channel="stable", kinds=["good"])
+    for _ in range(3):
+        state.request(ack=True, channel="canary", pack=0, strategy="lkg")
+    state.refusal_behind_a_later_stage(live=False, pack=1)
+    state.refusal_where_exposed(live=False, pick=0, which=0)
+    state.request(ack=True, channel="canary", pack=0, strategy="lkg")
+    state.request(ack=True, channel="canary", pack=0, strategy="lkg")
+    state.refusal_behind_a_later_stage(live=False, pack=1)
+    state.operate(pick=7, trigger="operator", verb="extend", window_s=60)
+    state.refusal_behind_a_later_stage(live=False, pack=1)
+    m = state.m
+    assert "pass_despite_refusal" not in codes(m), lines(m)
+    verdicts = [e.type for _, e in m.log if e is not None and e.release_id == "r2" and "monitoring_" in e.type]
+    assert verdicts[-1] == "release.monitoring_failed", verdicts
