@@ -21,8 +21,10 @@ closed as its consumer would, on that one observation: its fail-closed event end
 by step, too, a failed observation is written at once, not tried again; before, the consumer's own
 delivery observed again, and a verification that timed out paid its 30 s deadline twice).
 Otherwise it stops, leaving the rest to the next consumer's own delivery as before, at the first
-step that does not act (its phase guard), raises, or decides anything but release events and one
-pointer switch (a timer goes with the batch; a new release does not). The durable consumers stay: their
+step that does not act (its phase guard), does not join (`joins`: the verifier, for a pack over
+64 MiB, whose read would keep the steps before it unstored for seconds), raises, or decides
+anything but release events and one pointer switch (a timer goes with the batch; a new release
+does not). The durable consumers stay: their
 deliveries of the stored events find the release past their phase and ack them; after a restart,
 a redelivery or a split deployment (`kxr serve --only`), the steps run one by one.
 """
@@ -52,6 +54,8 @@ class PathStep(Step[Any], Protocol):
     port: Port
 
     def may_act(self, release: ReleaseState | None) -> bool: ...
+
+    def joins(self, world: World, release: ReleaseState) -> bool: ...
 
     def emitted(self, outputs: list[Output]) -> None: ...
 
@@ -123,6 +127,9 @@ async def extend(world: World, release: ReleaseState, outputs: list[Output], ste
                 count_fast_path(step.name, "not_acting")
                 break
             assert release_now is not None
+            if not step.joins(world, release_now):  # its own delivery decides it (a long read, say)
+                count_fast_path(step.name, "not_joining")
+                break
             ctx = step.port.ctx(step.name)  # one `now` for what it observes and decides, as its reactor does
             made, failed = await decided(step, step.name, world, release_now, ctx)
         except Exception as exc:  # the step's own consumer decides it from its delivery, as before

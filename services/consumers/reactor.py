@@ -175,6 +175,11 @@ class ReleaseReactor(Generic[F]):
     def emitted(self, outputs: list[Output]) -> None:
         """Called once `outputs` are stored (for consumers that remember what they did)."""
 
+    def joins(self, world: World, release: ReleaseState) -> bool:
+        """Whether the fast path may decide this step in the batch of the steps before it (fast_path.py);
+        False leaves it to this consumer's own delivery, after those steps are stored."""
+        return True
+
     # -- running it ---------------------------------------------------------------------------------
     def runners(self) -> list:
         worker = Worker(

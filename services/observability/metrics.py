@@ -42,8 +42,8 @@ FAST_PATH = Counter(
     "kx_fast_path_steps",
     "Steps of a release's path decided with the step before it and stored in its batch (outcome=joined), its "
     "fail-closed event stored in the batch, ending it (failed_closed: it could not observe), or left to their "
-    "own consumer's delivery: not_acting (its phase guard), raised, not_joinable (it decided more than events "
-    "and a switch).",
+    "own consumer's delivery: not_acting (its phase guard), not_joining (the verifier, for a large pack), "
+    "raised, not_joinable (it decided more than events and a switch).",
     ["step", "outcome"],
     registry=None,
 )

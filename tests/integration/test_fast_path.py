@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from events.signing import SigningKey
+from services.consumers import verifier
 from services.observability.metrics import FAST_PATH
 from services.reads.audit import replay
 from tests.e2e.support import read_log
@@ -125,3 +126,20 @@ async def test_a_verification_past_its_deadline_fails_closed_once_and_in_the_bat
     else:
         assert batches == [None, None, None]
     assert audit.violations == (), audit.violations
+
+
+async def test_a_pack_over_the_bound_is_verified_from_the_verifiers_own_delivery(nats_url, prefix, monkeypatch):
+    """Nothing of a fast-path batch is stored before its verifier has read and hashed the whole pack: over
+    `FAST_PATH_MAX_PACK_BYTES` (here: any pack) the batch ends before the verifier (`prepared` and
+    `distributed` stored, and seen, at once), whose own delivery then verifies and, the activator
+    following it, switches the pointer in the next batch."""
+    monkeypatch.setattr(verifier, "FAST_PATH_MAX_PACK_BYTES", 0)
+    before = FAST_PATH.labels("verifier", "not_joining")._value.get()
+    release, story, audit = await _first_stage(True, nats_url, prefix)
+    types = [t for _, t, _, _ in story]
+    assert types[:6] == ["release.requested", *(f"release.{t}" for t in PATH), "scope.activated", "release.activated"]
+    batches = [batch for _, _, batch, _ in story[1:6]]
+    assert batches[0] is not None and batches[0] == batches[1]  # prepared, distributed: the preparer's batch
+    assert batches[2] not in (None, batches[0]) and set(batches[2:]) == {batches[2]}  # verified + the switch
+    assert FAST_PATH.labels("verifier", "not_joining")._value.get() >= before + 1
+    assert release.activated == ("internal",) and audit.violations == (), audit.violations

@@ -834,6 +834,9 @@ class _PathStep:
     def may_act(self, release: ReleaseState | None) -> bool:
         return release is not None and release.phase in ACTS_IN[self.name]
 
+    def joins(self, world: World, release: ReleaseState) -> bool:  # the real rule (the verifier's pack size)
+        return verifier_adapter.Verifier(self.port).joins(world, release) if self.name == "verifier" else True
+
     async def observe(self, world: World, release: ReleaseState, ctx: Ctx) -> Failed | None:
         if self.name == "verifier" and self.m.verify_stalls:
             return stalled_verification()

@@ -31,15 +31,20 @@ def note(text: str):
 class Step:
     """A consumer as the fast path sees it: acts or not, observes (or fails), decides what it is given."""
 
-    def __init__(self, name: str, decides, acts: bool = True, observes=None, fails_closed=None) -> None:
+    def __init__(
+        self, name: str, decides, acts: bool = True, observes=None, fails_closed=None, joins: bool = True
+    ) -> None:
         self.name = name
         self.port = SimpleNamespace(subjects=Subjects("kx"), ctx=lambda service: Ctx(NOW, service))
-        self._decides, self._acts, self._observes = decides, acts, observes
+        self._decides, self._acts, self._observes, self._joins = decides, acts, observes, joins
         self._fails_closed = fails_closed if fails_closed is not None else []
         self.observed = 0
 
     def may_act(self, release) -> bool:
         return release is not None and self._acts
+
+    def joins(self, world, release) -> bool:
+        return self._joins
 
     async def observe(self, world, release, ctx):
         self.observed += 1
@@ -110,6 +115,12 @@ async def test_a_failed_observation_fails_closed_in_the_batch_and_ends_it():
     assert await extend(WORLD, RELEASE, [Chain(())], [no_room]) == []
 
 
+async def test_a_step_that_does_not_join_is_left_to_its_own_consumer_unobserved():
+    long_read = Step("v", [Chain(())], joins=False)
+    parts = await extend(WORLD, RELEASE, [Chain(())], [Step("d", [Chain(())]), long_read])
+    assert [p.step.name for p in parts] == ["d"] and long_read.observed == 0
+
+
 async def test_extend_leaves_a_raising_observation_to_the_steps_own_consumer():
     raising = Step("v", [Chain(())], observes=RuntimeError("store unreachable"))
     parts = await extend(WORLD, RELEASE, [Chain(())], [Step("d", [Chain(())]), raising])
@@ -132,11 +143,19 @@ def _counted(step: str, outcome: str) -> float:
 
 async def test_every_step_tried_is_counted_by_what_became_of_it():
     """kx_fast_path_steps{step,outcome}: how often the path falls back to one step per delivery, and why."""
-    kinds = (("cd", "joined"), ("cv", "failed_closed"), ("cn", "not_acting"), ("cr", "raised"), ("cj", "not_joinable"))
+    kinds = (
+        ("cd", "joined"),
+        ("cv", "failed_closed"),
+        ("cn", "not_acting"),
+        ("cr", "raised"),
+        ("cj", "not_joinable"),
+        ("cl", "not_joining"),
+    )
     before = {k: _counted(*k) for k in kinds}
     failing = Step("cv", [], observes=Failed("x", "y"), fails_closed=[Chain(())])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cd", [Chain(())]), failing])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cj", [NewRelease(note("n"))])])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cl", [Chain(())], joins=False)])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cn", [Chain(())], acts=False)])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cr", [], observes=RuntimeError("gone"))])
     assert {k: _counted(*k) - v for k, v in before.items()} == {
@@ -145,4 +164,5 @@ async def test_every_step_tried_is_counted_by_what_became_of_it():
         ("cn", "not_acting"): 1,
         ("cr", "raised"): 1,
         ("cj", "not_joinable"): 1,
+        ("cl", "not_joining"): 1,
     }
