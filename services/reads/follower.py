@@ -60,7 +60,8 @@ def mid_batch(entry: RawEntry) -> bool:
     whose duplicate would fail the group commit it joined: services/jetstream/log.py). The consumer's
     pending count cannot say it: an entry of a batch may be delivered before the rest is stored (seen
     on 2.15.1: num_pending 0 inside a batch). A batch whose last stored entry has no commit header
-    (`Nats-Batch-Commit: eob` stores none) is shown by the next entry, or after `BATCH_STALL_S`."""
+    (`Nats-Batch-Commit: eob` stores none) is shown when an entry of another batch (or none) comes,
+    or after `BATCH_STALL_S` if none does."""
     headers = entry.headers
     return bool(headers.get("Nats-Batch-Id")) and not headers.get("Nats-Batch-Commit")
 
@@ -139,6 +140,10 @@ class Follower:
             async for entry in reader.read(follow=True):
                 await turn.maybe()  # a batch of a thousand entries is folded without awaiting anything
                 position = position_of(entry)
+                if self._unshown and self._unshown[-1][0].batch_id != position.batch_id:
+                    # the batch before ended without its last entry (`eob`): shown now, before this
+                    # entry is folded, so a new batch's first entries never show with it
+                    self._show(self._unshown[-1][0].seq)
                 try:
                     event = decode_entry(entry, self._subjects)
                 except DecodeError as exc:

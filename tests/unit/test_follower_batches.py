@@ -72,6 +72,17 @@ class CutShort(OneAtATime):
         self.entries = entries()[:3]
 
 
+class CutThenAnother(OneAtATime):
+    """A batch cut short (seqs 2-3, no commit header), then at once another batch (seqs 4-5)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.entries = entries()
+        for entry, n in ((self.entries[3], "1"), (self.entries[4], "2")):
+            entry.headers.pop("Nats-Batch-Commit", None)
+            entry.headers.update({"Nats-Batch-Id": "b2", "Nats-Batch-Sequence": n})
+        self.entries[4].headers["Nats-Batch-Commit"] = "1"
+
+
 def test_mid_batch_is_every_entry_of_a_batch_but_its_last():
     assert [mid_batch(e) for e in entries()] == [False, True, True, False, False]
     # said by the headers alone: an entry of a batch may be delivered before the rest is stored, with
@@ -124,3 +135,28 @@ async def test_a_batch_whose_last_entry_does_not_come_is_shown_after_a_pause(mon
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batch_cut_short_is_shown_when_another_begins_and_never_with_half_of_it(monkeypatch):
+    """Before, the next batch's first entry did not show the cut-short one: readers waited for the pause,
+    whose timer then showed whatever was folded by then, half of the next batch included."""
+    monkeypatch.setattr(follower_module, "OrderedReader", CutThenAnother)
+    monkeypatch.setattr(follower_module, "BATCH_STALL_S", 60)  # no pause: the next batch shows it
+    follower = Follower(None, SUBJECTS)  # type: ignore[arg-type]
+    seen: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append((follower.position, follower.world.applied_seq))
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(t) for t in (follower.run(), watch())]
+    try:
+        await follower.wait_for(5, timeout=5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    positions = {position for position, _ in seen}
+    assert 3 in positions and positions <= {0, 1, 3, 5}, positions  # never 4: half of the second batch
+    assert all(position == applied for position, applied in seen)
