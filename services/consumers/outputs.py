@@ -81,18 +81,23 @@ class Timer:
 Output = Chain | Atomic | NewRelease | Timer
 
 
-def event_ids(outputs: list[Output]) -> list[str]:
-    """The ids of the events `outputs` append, in order (what a decision span records)."""
-    ids: list[str] = []
+def appended(outputs: list[Output]) -> list[Event]:
+    """The events `outputs` append, in the order they are stored (an atomic batch: its lead, its
+    scope writes, then its release events, as App.emit stores them)."""
+    events: list[Event] = []
     for out in outputs:
         if isinstance(out, Chain):
-            ids += [e.event_id for e in out.events]
+            events += out.events
         elif isinstance(out, Atomic):
-            ids += [e.event_id for e in out.lead]
-            ids += [w.event.event_id for w in out.scope_writes] + [e.event_id for e in out.release_events]
+            events += [*out.lead, *(w.event for w in out.scope_writes), *out.release_events]
         elif isinstance(out, NewRelease):
-            ids.append(out.event.event_id)
-    return ids
+            events.append(out.event)
+    return events
+
+
+def event_ids(outputs: list[Output]) -> list[str]:
+    """The ids of the events `outputs` append, in order (what a decision span records)."""
+    return [e.event_id for e in appended(outputs)]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
 from services.consumers.fast_path import Part, extend, joined
-from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Output, Timer
+from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Output, Timer, appended
 from services.consumers.verifier import context_for
 from services.monitoring.judge import (
     Watch,
@@ -350,7 +350,7 @@ class Lifecycle:
         fast = self.fast_path(consumer, world, release_id, outputs)
         stored = self.emit(fast or outputs, world)
         self.path_batches += bool(fast) and stored
-        if fast and stored and any(e.type == "release.verification_failed" for e in _events(fast)):
+        if fast and stored and any(e.type == "release.verification_failed" for e in appended(fast)):
             self.stalled_in_batches += self.verify_stalls
         return stored
 
@@ -748,17 +748,6 @@ def _distribute(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> 
     digest = release.prepared.pack.digest
     names = [pack_object_name(digest), manifest_object_name(digest)]
     return distributor.decide(release, ctx, {n: (len(m.store[n]) if n in m.store else None) for n in names})
-
-
-def _events(outputs: list[Output]) -> list[Event]:
-    """The events a decision stores, whatever their output."""
-    out: list[Event] = []
-    for o in outputs:
-        if isinstance(o, Chain):
-            out += o.events
-        elif isinstance(o, Atomic):
-            out += [*o.lead, *(w.event for w in o.scope_writes), *o.release_events]
-    return out
 
 
 def stalled_verification() -> Failed:
