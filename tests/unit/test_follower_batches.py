@@ -83,6 +83,26 @@ class CutThenAnother(OneAtATime):
         self.entries[4].headers["Nats-Batch-Commit"] = "1"
 
 
+async def followed_to_the_end(follower: Follower, *others) -> list[tuple[int, int]]:
+    """Run the follower (and `others`) until it shows seq 5; (position, what the world has applied) as
+    readers saw them at every turn of the loop."""
+    seen: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append((follower.position, follower.world.applied_seq))
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(t) for t in (follower.run(), watch(), *others)]
+    try:
+        await follower.wait_for(5, timeout=5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return seen
+
+
 def test_mid_batch_is_every_entry_of_a_batch_but_its_last():
     assert [mid_batch(e) for e in entries()] == [False, True, True, False, False]
     # said by the headers alone: an entry of a batch may be delivered before the rest is stored, with
@@ -94,26 +114,14 @@ def test_mid_batch_is_every_entry_of_a_batch_but_its_last():
 async def test_readers_and_waiters_never_see_half_a_batch(monkeypatch):
     monkeypatch.setattr(follower_module, "OrderedReader", OneAtATime)
     follower = Follower(None, SUBJECTS)  # type: ignore[arg-type]
-    seen: list[tuple[int, int]] = []  # (position, what the world has applied) at every turn of the loop
     woken: list[int] = []
-
-    async def watch() -> None:
-        while True:
-            seen.append((follower.position, follower.world.applied_seq))
-            await asyncio.sleep(0)
 
     async def wait_for_batch_start() -> None:
         await follower.wait_for(2)
         woken.append(follower.position)
 
     listener = follower.listen()
-    tasks = [asyncio.create_task(t) for t in (follower.run(), watch(), wait_for_batch_start())]
-    try:
-        await follower.wait_for(5, timeout=5)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    seen = await followed_to_the_end(follower, wait_for_batch_start())
     positions = {position for position, _ in seen}
     assert positions <= {0, 1, 4, 5} and {1, 4}.issubset(positions), positions
     assert all(position == applied for position, applied in seen)  # the world is the position's own
@@ -143,20 +151,7 @@ async def test_a_batch_cut_short_is_shown_when_another_begins_and_never_with_hal
     monkeypatch.setattr(follower_module, "OrderedReader", CutThenAnother)
     monkeypatch.setattr(follower_module, "BATCH_STALL_S", 60)  # no pause: the next batch shows it
     follower = Follower(None, SUBJECTS)  # type: ignore[arg-type]
-    seen: list[tuple[int, int]] = []
-
-    async def watch() -> None:
-        while True:
-            seen.append((follower.position, follower.world.applied_seq))
-            await asyncio.sleep(0)
-
-    tasks = [asyncio.create_task(t) for t in (follower.run(), watch())]
-    try:
-        await follower.wait_for(5, timeout=5)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    seen = await followed_to_the_end(follower)
     positions = {position for position, _ in seen}
     assert 3 in positions and positions <= {0, 1, 3, 5}, positions  # never 4: half of the second batch
     assert all(position == applied for position, applied in seen)
