@@ -99,12 +99,13 @@ class Verifier(ReleaseReactor[Verification]):
         trust_root = self.trust_root()
         if trust_root is None:
             return Failed("trust_root_missing", "the verifier has no trust root", "trust_root")
-        vctx = context_for(world, release, ctx, trust_root)
         timeout = self.port.settings.verify_timeout_s
         late = Failed(TIMEOUT_CODE, f"verification did not finish within {timeout:g}s", DEADLINE_GATE)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
+            # the context too: a raise building it fails closed now, not after the Worker's retries
+            vctx = context_for(world, release, ctx, trust_root)
             v = await asyncio.wait_for(
                 run_gates(PackStore(self.port.js, self.port.subjects), release.prepared.pack.digest, vctx), timeout
             )

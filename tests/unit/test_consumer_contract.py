@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from events.subjects import Subjects
 from services.app import App
+from services.consumers import verifier as verifier_module
 from services.consumers.activator import Activator
 from services.consumers.distributor import Distributor
 from services.consumers.monitor import Monitor
@@ -113,6 +114,24 @@ def test_verifier_fails_closed_at_the_gate_it_names() -> None:
     assert event.type == "release.verification_failed"
     assert (event.data.gate, event.data.code, event.data.message) == ("deadline", "timeout", "too slow")
     assert [(g.gate, g.ok) for g in event.data.gates] == [("deadline", False)]
+
+
+async def test_verifier_observes_a_context_it_cannot_build_as_an_internal_failure(monkeypatch) -> None:
+    """Before, `context_for` ran outside the observation's guard: its raise was retried by the Worker for
+    every delivery before the give-up failed the release closed; now it is the observation's failure."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such channel")
+
+    monkeypatch.setattr(verifier_module, "context_for", broken)
+    log = history(Log())
+    log.requested("r1")
+    log.prepared("r1")
+    log.distributed("r1")
+    world, release = state(log)
+    port = SimpleNamespace(current_trust_root=lambda: object(), settings=SimpleNamespace(verify_timeout_s=5.0))
+    facts = await Verifier(port).observe(world, release, ctx("verifier"))  # type: ignore[arg-type]
+    assert facts == Failed("internal_error", "RuntimeError: no such channel", "internal")
 
 
 def test_activator_fails_a_stage_closed_and_holds_a_rollback() -> None:
