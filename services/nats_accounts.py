@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from events.subjects import Subjects
 
-from .permissions import ACCOUNT, API, AccountLimits, Credentials, _q, render_users, role_permissions
+from .permissions import (
+    ACCOUNT,
+    API,
+    OBJECT_READERS,
+    AccountLimits,
+    Credentials,
+    _q,
+    render_users,
+    role_permissions,
+)
 
 # the role accounts, without JetStream of their own (one would answer its users' API requests itself)
 ROLE_ACCOUNTS = {"producer": "KX_PRODUCER", "runtime": "KX_RUNTIME", "operator": "KX_OPERATOR", "auditor": "KX_AUDITOR"}
@@ -89,6 +98,19 @@ def _import(account: str, subject: str) -> str:
     return f"      {{ service: {{ account: {account}, subject: {_q(subject)} }} }}"
 
 
+def deliveries(items: list[Credentials]) -> dict[str, list[str]]:
+    """By role account: the inboxes (`<inbox prefix>.>`) KX lends it as streams, one per user of a role
+    that reads packs with an object-store get (`OBJECT_READERS`). JetStream delivers an ordered push
+    consumer's messages on its deliver subject in KX, where the consumer lives; without the stream
+    import they never reach the reader's account. Each user may subscribe to its own prefix only, so
+    one runtime still never receives another's deliveries."""
+    out: dict[str, list[str]] = {}
+    for c in items:
+        if c.role in OBJECT_READERS:
+            out.setdefault(ROLE_ACCOUNTS[c.role], []).append(f"{c.inbox_prefix}.>")
+    return {account: list(dict.fromkeys(subjects)) for account, subjects in out.items()}
+
+
 def render_accounts(
     creds: dict[str, Credentials] | list[Credentials],
     subjects: Subjects,
@@ -109,13 +131,22 @@ def render_accounts(
         return render_users(users[account], subjects, indent="      ", runtime_identity=runtime_identity)
 
     watchdog = list(WATCHDOG_SUBJECTS) if system else []
+    lent = deliveries(items)
     links = {
-        "exports": _exports(subjects, "      ", limits.response_threshold_s),
+        "exports": [
+            *_exports(subjects, "      ", limits.response_threshold_s),
+            *(
+                f"      {{ stream: {_q(inbox)}, accounts: [{account}] }}"
+                for account, xs in lent.items()
+                for inbox in xs
+            ),
+        ],
         "imports": [_import(SYSTEM_ACCOUNT, subject) for subject in watchdog],
     }
     lines = _account(ACCOUNT, limits.render("    "), rendered(ACCOUNT), links, "  ")
     for role, account in ROLE_ACCOUNTS.items():
         imports = [_import(ACCOUNT, subject) for subject in role_imports(subjects, role)]
+        imports += [f"      {{ stream: {{ account: {ACCOUNT}, subject: {_q(x)} }} }}" for x in lent.get(account, [])]
         lines += _account(account, limits.render_core("    "), rendered(account), {"imports": imports}, "  ")
     if system:
         lends = [f"      {{ service: {_q(subject)}, accounts: [{ACCOUNT}] }}" for subject in watchdog]

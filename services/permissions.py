@@ -239,6 +239,21 @@ def write_bucket(bucket: str) -> list[str]:
     return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
 
 
+def get_objects(bucket: str) -> list[str]:
+    """What a stock object-store get asks beyond reading the bucket's stream (nats.py's `ObjectStore.get`,
+    nats.go's `ObjectStore.Get`): the stream's name looked up by subject, an ordered push consumer
+    created without a name (the legacy `CONSUMER.CREATE.<stream>`: on a bucket's stream no service
+    durable lives for a body to name), and the answers to its flow control. Its deliveries reach the
+    reader's inbox through its account's import (services/nats_accounts.py `deliveries`)."""
+    stream = object_stream(bucket)
+    return [f"{API}.STREAM.NAMES", f"{API}.CONSUMER.CREATE.{stream}", f"$JS.FC.{stream}.>"]
+
+
+# The roles that read packs with any client's object-store get (CONTRACT §2, §5): their users'
+# inboxes receive the ordered consumers' deliveries (services/nats_accounts.py).
+OBJECT_READERS = ("producer", "runtime")
+
+
 def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
@@ -335,10 +350,7 @@ def service_permissions(subjects: Subjects) -> Permissions:
         # a distributed pack's metadata, re-published from the log's record when a producer deleted
         # or re-pointed it (services/jetstream/pack_keeper.py): never its chunks, never a purge
         f"$O.{s.packs_bucket}.M.>",
-        # reading a snapshot back (nats.py's object get): it looks the stream up by subject and
-        # runs an ordered push consumer, whose flow control the client answers
-        f"{API}.STREAM.NAMES",
-        f"$JS.FC.{snapshots}.>",
+        *get_objects(s.snapshots_bucket),  # reading a snapshot back (nats.py's object get)
         f"{API}.INFO",  # the account's limits: the log asks no more consumers than allowed
         # the watchdog (services/jetstream/watchdog.py): a role account's connections, and disconnecting
         # one that floods; the embedded server's system account lends them to KX (nats_accounts.py)
@@ -386,7 +398,7 @@ def producer_permissions(subjects: Subjects) -> Permissions:
     inbox = inbox_for(s, "producer")
     return _reader(
         s,
-        [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket)],
+        [f"{s.prefix}.release.*.requested", *write_bucket(s.packs_bucket), *get_objects(s.packs_bucket)],
         [object_stream(s.packs_bucket), s.releases_stream],
         (f"{inbox}.>",),
         inbox,
@@ -412,8 +424,13 @@ def runtime_permissions(
     parts = [check_token(v, n) if v is not None else "*" for v, n in ((env, "env"), (channel, "channel"))]
     health = f"{s.prefix}.health.{parts[0]}.{parts[1]}.*.{check_token(runtime_id, 'runtime_id') if runtime_id else '*'}"
     inbox = inbox_for(s, "runtime", runtime_id)
+    own = [health] if report else []
     return _reader(
-        s, [health] if report else [], [s.releases_stream, object_stream(s.packs_bucket)], (f"{inbox}.>",), inbox
+        s,
+        [*own, *get_objects(s.packs_bucket)],
+        [s.releases_stream, object_stream(s.packs_bucket)],
+        (f"{inbox}.>",),
+        inbox,
     )
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from events.subjects import Subjects
-from services.nats_accounts import API_ALL, ROLE_ACCOUNTS, covers, render_server_config, role_imports
+from services.nats_accounts import API_ALL, ROLE_ACCOUNTS, covers, deliveries, render_server_config, role_imports
 from services.permissions import ACCOUNT, new_credentials, new_runtime_credentials, role_permissions
 
 
@@ -70,3 +70,21 @@ def test_each_user_lives_in_its_roles_account_and_only_kx_has_jetstream() -> Non
         importers = {ROLE_ACCOUNTS[r] for r in ROLE_ACCOUNTS if subject.strip('"') in role_imports(s, r)}
         assert set(accounts.split(", ")) == importers, subject
         assert ("response_type: stream" in rest) is (subject == f'"{API_ALL}"')
+
+
+def test_kx_lends_each_pack_readers_inbox_to_its_roles_account_alone() -> None:
+    """A stock object-store get's deliveries: each producer and runtime user's own inbox, as a stream,
+    to its role's account only; the operator and auditor read no packs and are lent nothing."""
+    s = Subjects("kx")
+    creds = [new_credentials(s, role) for role in ("service", "producer", "runtime", "operator", "auditor")]
+    creds += [new_runtime_credentials(s, rid, "nats://127.0.0.1:4222") for rid in ("rt-1", "rt-2")]
+    assert deliveries(creds) == {
+        ROLE_ACCOUNTS["producer"]: ["_INBOX_kx_producer.>"],
+        ROLE_ACCOUNTS["runtime"]: ["_INBOX_kx_runtime.>", "_INBOX_kx_runtime_rt-1.>", "_INBOX_kx_runtime_rt-2.>"],
+    }
+    text = render_server_config(creds, s)
+    for account, inboxes in deliveries(creds).items():
+        for inbox in inboxes:
+            assert f'{{ stream: "{inbox}", accounts: [{account}] }}' in text
+            assert f'{{ stream: {{ account: {ACCOUNT}, subject: "{inbox}" }} }}' in text
+    assert text.count('{ stream: "') == 4 and text.count("{ stream: { account:") == 4
