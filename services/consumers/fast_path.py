@@ -14,7 +14,9 @@ decision depends on the stream sequence, only on the events); each event keeps t
 signature it would have had. The batch carries the release's last sequence as its expectation, so
 it is stored only if nothing else happened to the release meanwhile, and then all of it or none
 of it: the log never holds a `verified` without the `distributed` it came from, nor those without
-the pointer switch (the auditor checks each as before). A lost race decides again, as any step.
+the pointer switch (the auditor checks each as before). A lost race decides again, as any step. A
+batch the server refuses for anything else stores the deciding step alone (services/consumers/
+reactor.py): each later step is then its own consumer's, to retry and, if it must, fail closed on.
 
 A step that cannot observe (a verification past its deadline, a store it cannot read) fails
 closed as its consumer would, on that one observation: its fail-closed event ends the batch (step

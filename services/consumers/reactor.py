@@ -41,11 +41,11 @@ from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Chain, Ctx, Failed, Output, event_ids, release_event
 from services.consumers.port import Port
 from services.consumers.step import Step, decided
-from services.jetstream.log import AppendConflict
+from services.jetstream.log import AppendConflict, AppendFailed
 from services.jetstream.worker import Poison, Worker
 from services.observability import tracing
 from services.observability.logs import log_context
-from services.observability.metrics import count_processed
+from services.observability.metrics import count_fast_path, count_processed
 
 log = logging.getLogger(__name__)
 MAX_CONFLICTS = 8
@@ -337,7 +337,25 @@ class ReleaseReactor(Generic[F]):
         with ExitStack() as spans:
             decided_by = _decision_spans(spans, release, parts, started)
             with tracing.decided_by(decided_by):
-                await self.port.emit(stored, release)
+                try:
+                    await self.port.emit(stored, release)
+                except AppendFailed as exc:
+                    if len(parts) == 1:
+                        raise
+                    # The batch failed, not necessarily this step: its own outputs alone, as step by
+                    # step. Each later step's consumer decides from its own delivery, so a failure that
+                    # is a later step's is that step's to retry and to fail closed on, in its own words
+                    # (before, this consumer retried the whole batch and, giving up, wrote its own
+                    # fail-closed event: a pre-flight `rejected` for a pointer batch the server refused).
+                    count_fast_path(self.name, "batch_failed")
+                    log.warning(
+                        "fast path: %s's batch for %s failed (%s); storing its own step alone",
+                        self.name,
+                        release_id,
+                        exc,
+                    )
+                    parts, stored = parts[:1], outputs
+                    await self.port.emit(stored, release)
             for part in parts:
                 part.step.emitted(part.outputs)
         return stored

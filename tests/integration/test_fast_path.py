@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from events.signing import SigningKey
-from services.consumers import verifier
+from services.consumers import reactor, verifier
+from services.jetstream.log import EventLog
 from services.observability.metrics import FAST_PATH
 from services.reads.audit import replay
 from tests.e2e.support import read_log
@@ -143,3 +144,61 @@ async def test_a_pack_over_the_bound_is_verified_from_the_verifiers_own_delivery
     assert batches[2] not in (None, batches[0]) and set(batches[2:]) == {batches[2]}  # verified + the switch
     assert FAST_PATH.labels("verifier", "not_joining")._value.get() >= before + 1
     assert release.activated == ("internal",) and audit.violations == (), audit.violations
+
+
+async def test_a_batch_the_server_refuses_leaves_each_step_to_its_own_consumer(nats_url, prefix, monkeypatch):
+    """The server refuses every batch that carries a `distributed` (a fault, injected at the wire: an
+    error answer to the commit). The preparer, whose step is fine, stores its `prepared` alone; the
+    distributor's own delivery then stores its step alone too; the verifier's joins the activator's
+    switch. The release activates, and nothing is written under the preparer's name for a batch it
+    did not fail on. Before, the preparer retried the whole batch on every delivery and, giving up,
+    rejected the request "pre-flight could not evaluate the request: ... AppendFailed"."""
+    real_send = EventLog._send
+
+    async def refusing(self, batch_id, messages):
+        if any(subject.endswith(".distributed") for subject, _, _ in messages):
+            return {"error": {"code": 503, "err_code": 10999, "description": "injected: batch refused"}}
+        return await real_send(self, batch_id, messages)
+
+    monkeypatch.setattr(EventLog, "_send", refusing)
+    before = {step: FAST_PATH.labels(step, "batch_failed")._value.get() for step in ("preparer", "distributor")}
+    release, story, audit = await _first_stage(True, nats_url, prefix)
+    types = [t for _, t, _, _ in story]
+    assert types[:6] == ["release.requested", *(f"release.{t}" for t in PATH), "scope.activated", "release.activated"]
+    batches = [batch for _, _, batch, _ in story[1:6]]
+    assert batches[:2] == [None, None]  # prepared, distributed: each stored alone
+    assert batches[2] is not None and set(batches[2:]) == {batches[2]}  # verified + the switch: one batch
+    assert {step: FAST_PATH.labels(step, "batch_failed")._value.get() - n for step, n in before.items()} == {
+        "preparer": 1,
+        "distributor": 1,
+    }
+    assert release.activated == ("internal",) and audit.violations == (), audit.violations
+
+
+async def test_a_pointer_batch_the_server_keeps_refusing_fails_the_activation_not_the_pre_flight(
+    nats_url, prefix, monkeypatch
+):
+    """Every batch that moves a pointer is refused (injected at the wire). The steps before the switch are
+    stored, each alone; the activator's own delivery cannot switch, and giving up it writes what a failed
+    switch is: `activation_failed`, in its words. Before, the preparer's delivery retried the joined
+    batch and, giving up, rejected the request at pre-flight, naming an AppendFailed it never caused."""
+    real_send = EventLog._send
+
+    async def refusing(self, batch_id, messages):
+        if any(".scope." in f".{subject}" for subject, _, _ in messages):
+            return {"error": {"code": 503, "err_code": 10999, "description": "injected: pointer batch refused"}}
+        return await real_send(self, batch_id, messages)
+
+    monkeypatch.setattr(EventLog, "_send", refusing)
+    monkeypatch.setattr(reactor, "MAX_DELIVER", 2)  # the give-up after two deliveries, not ten (~50 s of back-off)
+    async with running_service(nats_url, prefix, fast_path=True) as svc:
+        await svc.configure()
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        release = await svc.wait_release("r1")
+        story = await _story(svc, "r1")
+    types = [t for _, t, _, _ in story]
+    assert types[:5] == ["release.requested", *(f"release.{t}" for t in PATH), "release.activation_failed"], types
+    assert "scope.activated" not in types and "release.rejected" not in types
+    failed = next(data for _, t, _, data in story if t == "release.activation_failed")
+    assert failed["stage"] == 0 and "activator gave up" in failed["message"] and "injected" in failed["message"]
+    assert release.outcome is not None and release.activated == ()
