@@ -16,7 +16,6 @@ from events.subjects import Subjects
 from .permissions import (
     ACCOUNT,
     API,
-    OBJECT_READERS,
     AccountLimits,
     Credentials,
     _q,
@@ -99,14 +98,14 @@ def _import(account: str, subject: str) -> str:
 
 
 def deliveries(items: list[Credentials]) -> dict[str, list[str]]:
-    """By role account: the inboxes (`<inbox prefix>.>`) KX lends it as streams, one per user of a role
-    that reads packs with an object-store get (`OBJECT_READERS`). JetStream delivers an ordered push
-    consumer's messages on its deliver subject in KX, where the consumer lives; without the stream
-    import they never reach the reader's account. Each user may subscribe to its own prefix only, so
-    one runtime still never receives another's deliveries."""
+    """By role account: the inboxes (`<inbox prefix>.>`) KX lends it as streams, one per user. A push
+    consumer (any client's ordered consumer: nats.py's and nats.go's object-store get; a named push
+    subscription on the log) lives in KX and JetStream delivers its messages there, on the deliver
+    subject its creator named; without the stream import they never reach the reader's account. Each
+    user may subscribe to its own prefix only, so no role or runtime receives another's deliveries."""
     out: dict[str, list[str]] = {}
     for c in items:
-        if c.role in OBJECT_READERS:
+        if c.role in ROLE_ACCOUNTS:
             out.setdefault(ROLE_ACCOUNTS[c.role], []).append(f"{c.inbox_prefix}.>")
     return {account: list(dict.fromkeys(subjects)) for account, subjects in out.items()}
 

@@ -249,11 +249,6 @@ def get_objects(bucket: str) -> list[str]:
     return [f"{API}.STREAM.NAMES", f"{API}.CONSUMER.CREATE.{stream}", f"$JS.FC.{stream}.>"]
 
 
-# The roles that read packs with any client's object-store get (CONTRACT §2, §5): their users'
-# inboxes receive the ordered consumers' deliveries (services/nats_accounts.py).
-OBJECT_READERS = ("producer", "runtime")
-
-
 def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 

@@ -4,6 +4,10 @@ Everything on the wire here uses only nats-py, hashlib, json and cryptography (p
 standard library). Nothing is imported from this repository's events/ or services/
 packages: the service is started as `kxr serve` and the channel configured with
 `kxr channel set`, exactly as an operator would.
+
+Twice: against a NATS the test suite runs (one connection for every party), and against embedded
+`kxr serve`'s own nats-server, each party on its role's least-privilege user in its own account, as
+a deployment gives them out (`kxr creds show ROLE`, `kxr creds runtime add ID`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -161,6 +170,7 @@ class ContractRuntime:
     async def start(self) -> None:
         subject = f"{self.prefix}.scope.{ENV}.{CHANNEL}.{self.cohort}.activated"
         config = ConsumerConfig(
+            name=f"{self.runtime_id}-{uuid.uuid4().hex[:8]}",  # named: README "Readers name their consumers on the log"
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             ack_policy=AckPolicy.NONE,
             filter_subject=subject,
@@ -339,7 +349,11 @@ async def publish_requested(js, prefix: str, event: dict):
 async def read_everything(js, stream: str) -> list:
     """The auditor's replay: every message of the log from sequence 1."""
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True
+        name=f"audit-{uuid.uuid4().hex[:8]}",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
     )
     sub = await js.pull_subscribe("", stream=stream, config=config)
     total = (await js.stream_info(stream)).state.last_seq
@@ -362,9 +376,21 @@ def window_s() -> float:
     return 3
 
 
-async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
-    prefix = kx.prefix
-    releases = f"{prefix.upper()}_RELEASES"
+@dataclass
+class Parties:
+    """Who talks to the service, each on its own connection (or one for all): a producer, an operator
+    (reads stored health), an auditor (reads the log), and a connection per runtime id."""
+
+    prefix: str
+    producer: Any
+    operator: Any
+    auditor: Any
+    runtime: Callable[[str], Awaitable[Any]]  # runtime id -> its JetStream context
+    serve: Any  # the `kxr serve` process (its log, when a release stops)
+    configure: Callable[[Path], Awaitable[subprocess.CompletedProcess]]  # `kxr channel set` as the operator
+
+
+def trusted_key(kx) -> tuple[Ed25519PrivateKey, bytes]:
     key = Ed25519PrivateKey.generate()
     pub = public_raw(key)
     kx.trust_root_path.write_text(
@@ -372,26 +398,91 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
             {"threshold": 1, "keys": {keyid(pub): {"public": base64.b64encode(pub).decode(), "name": "contract"}}}
         )
     )
+    return key, pub
+
+
+async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
+    key, pub = trusted_key(kx)
     serve = kx.serve()
     await serve.ready()
-    config = {**CHANNEL_CONFIG, "monitoring": {**CHANNEL_CONFIG["monitoring"], "window_s": window_s}}
-    (kx.workdir / "channel.json").write_text(json.dumps(config))
-    configured = await kx.arun("channel", "set", f"{ENV}/{CHANNEL}", "--file", "channel.json")
-    assert configured.returncode == 0, configured.stderr
-
     nc = await nats.connect(kx.nats_url.split(","), name="contract-client")  # one URL, or a cluster's
     js = nc.jetstream(timeout=10)
+
+    async def same(_: str):
+        return js
+
+    async def configure(path: Path):
+        return await kx.arun("channel", "set", f"{ENV}/{CHANNEL}", "--file", str(path))
+
+    try:
+        await release_end_to_end(Parties(kx.prefix, js, js, js, same, serve, configure), kx, key, pub, window_s)
+    finally:
+        await nc.close()
+
+
+async def test_contract_only_client_under_embedded_serves_per_role_users(kx, window_s):
+    """The same client against embedded `kxr serve`: every party on its role's own user (each runtime
+    with its own, `kxr creds runtime add ID`), each in its account, connecting with nothing but the
+    credentials document's `url` and `inbox_prefix` (`kxr creds show ROLE`). The runtimes read packs
+    with nats.py's stock object-store get and follow their pointer with a named consumer."""
+    key, pub = trusted_key(kx)
+    env = kx.env(KX_NATS_URL=None)  # no URL: `kxr serve` starts its own nats-server, one user per role
+    serve = kx.serve(env=env)
+    await serve.ready()
+    creds_dir = kx.workdir / "kx-data" / "creds"
+    conns: list = []
+
+    async def connect(doc_name: str):
+        doc = json.loads((creds_dir / f"{doc_name}.json").read_text())
+        nc = await nats.connect(doc["url"], inbox_prefix=doc["inbox_prefix"], name=f"contract-{doc_name}")
+        conns.append(nc)
+        return nc.jetstream(timeout=10)
+
+    async def runtime(runtime_id: str):
+        added = await kx.arun("creds", "runtime", "add", runtime_id, env=env)
+        assert added.returncode == 0, added.stderr
+        for attempt in range(50):  # the server reloads its users on SIGHUP: the new one may not be known yet
+            try:
+                return await connect(f"runtime-{runtime_id}")
+            except Exception:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def configure(path: Path):
+        return await kx.arun("--creds", str(creds_dir / "operator.json"), "channel", "set", f"{ENV}/{CHANNEL}",
+                             "--file", str(path), env=env)  # fmt: skip
+
+    try:
+        producer, operator, auditor = await connect("producer"), await connect("operator"), await connect("auditor")
+        parties = Parties(kx.prefix, producer, operator, auditor, runtime, serve, configure)
+        await release_end_to_end(parties, kx, key, pub, window_s)
+    finally:
+        for nc in conns:
+            await nc.close()
+
+
+async def release_end_to_end(parties: Parties, kx, key: Ed25519PrivateKey, pub: bytes, window_s: float) -> None:
+    prefix = parties.prefix
+    releases = f"{prefix.upper()}_RELEASES"
+    serve = parties.serve
+    config = {**CHANNEL_CONFIG, "monitoring": {**CHANNEL_CONFIG["monitoring"], "window_s": window_s}}
+    (kx.workdir / "channel.json").write_text(json.dumps(config))
+    configured = await parties.configure(kx.workdir / "channel.json")
+    assert configured.returncode == 0, configured.stderr
+
     runtimes: list[ContractRuntime] = []
     try:
         # Runtimes: one per cohort, resolved per §7, reporting from start-up with digest null (§8).
         for tenant in ("t-int-1", tenant_in(CHANNEL_CONFIG, "early"), tenant_in(CHANNEL_CONFIG, "rest")):
-            rt = ContractRuntime(js, prefix, tenant, CHANNEL_CONFIG, {keyid(pub): pub})
+            runtime_id = f"rt-{tenant}"
+            rt = ContractRuntime(await parties.runtime(runtime_id), prefix, tenant, CHANNEL_CONFIG, {keyid(pub): pub})
             await rt.start()
             runtimes.append(rt)
         assert [rt.cohort for rt in runtimes] == ["internal", "early", "rest"]
         for rt in runtimes:
             await poll(
-                lambda rt=rt: last(js, f"{prefix.upper()}_HEALTH", rt.health_subject),
+                lambda rt=rt: last(parties.operator, f"{prefix.upper()}_HEALTH", rt.health_subject),
                 5,
                 f"{rt.runtime_id} health in the stream",
             )
@@ -400,28 +491,28 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
         pack = b"kb-core 1.4.0 " * 4000
         digest, manifest = signed_manifest(pack, key, "1.4.0")
         hexdigest = digest.removeprefix("sha256:")
-        store = await js.object_store(f"{prefix}_packs")
+        store = await parties.producer.object_store(f"{prefix}_packs")
         await store.put(f"sha256-{hexdigest}", pack)
         await store.put(f"sha256-{hexdigest}.manifest", manifest)
 
         # §5 step 2: release.requested with the §3 envelope, requested once.
         event = requested_event("rel-contract-1", digest, "1.4.0")
-        ack = await publish_requested(js, prefix, event)
+        ack = await publish_requested(parties.producer, prefix, event)
         assert ack.seq > 0 and not ack.duplicate
 
         # ~7 s here alone; a 3-node cluster beside two other test workers on 2 cores once took longer than 30
         closed = await poll(
-            lambda: last(js, releases, f"{prefix}.release.rel-contract-1.closed"),
+            lambda: last(parties.auditor, releases, f"{prefix}.release.rel-contract-1.closed"),
             90,
             "the release to close",
-            lambda: release_so_far(js, releases, prefix, "rel-contract-1", serve, runtimes),
+            lambda: release_so_far(parties.auditor, releases, prefix, "rel-contract-1", serve, runtimes),
         )
         closed_event = json.loads(closed.data)
         assert closed_event["type"] == "release.closed" and closed_event["data"]["outcome"] == "success", closed_event
 
         for rt in runtimes:
             pointer = json.loads(
-                (await last(js, releases, f"{prefix}.scope.{ENV}.{CHANNEL}.{rt.cohort}.activated")).data
+                (await last(parties.auditor, releases, f"{prefix}.scope.{ENV}.{CHANNEL}.{rt.cohort}.activated")).data
             )
             data = pointer["data"]
             assert data["pack"] == {"name": "kb-core", "version": "1.4.0", "digest": digest, "size": len(pack)}, data
@@ -436,11 +527,11 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
 
         # A release id is requested once: the same id again is refused by JetStream itself.
         with pytest.raises(APIError) as refused:
-            await publish_requested(js, prefix, requested_event("rel-contract-1", digest, "1.4.0"))
+            await publish_requested(parties.producer, prefix, requested_event("rel-contract-1", digest, "1.4.0"))
         assert refused.value.err_code == 10071 or "wrong last sequence" in str(refused.value).lower(), refused.value
 
         # The auditor: replay the log from sequence 1 and check every message against §3/§4.
-        msgs = await read_everything(js, releases)
+        msgs = await read_everything(parties.auditor, releases)
         assert [m.metadata.sequence.stream for m in msgs] == list(range(1, len(msgs) + 1))
         seen_ids: set[str] = set()
         batch_of: dict[str, list[str]] = {}
@@ -495,4 +586,3 @@ async def test_contract_only_client_releases_a_pack_end_to_end(kx, window_s):
     finally:
         for rt in runtimes:
             await rt.stop()
-        await nc.close()

@@ -72,19 +72,21 @@ def test_each_user_lives_in_its_roles_account_and_only_kx_has_jetstream() -> Non
         assert ("response_type: stream" in rest) is (subject == f'"{API_ALL}"')
 
 
-def test_kx_lends_each_pack_readers_inbox_to_its_roles_account_alone() -> None:
-    """A stock object-store get's deliveries: each producer and runtime user's own inbox, as a stream,
-    to its role's account only; the operator and auditor read no packs and are lent nothing."""
+def test_kx_lends_each_role_users_inbox_to_its_roles_account_alone() -> None:
+    """A push consumer's deliveries (a stock object-store get, a named push subscription): each user's
+    own inbox, as a stream, to its role's account only; the service's user, in KX, needs none."""
     s = Subjects("kx")
     creds = [new_credentials(s, role) for role in ("service", "producer", "runtime", "operator", "auditor")]
     creds += [new_runtime_credentials(s, rid, "nats://127.0.0.1:4222") for rid in ("rt-1", "rt-2")]
     assert deliveries(creds) == {
         ROLE_ACCOUNTS["producer"]: ["_INBOX_kx_producer.>"],
         ROLE_ACCOUNTS["runtime"]: ["_INBOX_kx_runtime.>", "_INBOX_kx_runtime_rt-1.>", "_INBOX_kx_runtime_rt-2.>"],
+        ROLE_ACCOUNTS["operator"]: ["_INBOX_kx_operator.>"],
+        ROLE_ACCOUNTS["auditor"]: ["_INBOX_kx_auditor.>"],
     }
     text = render_server_config(creds, s)
     for account, inboxes in deliveries(creds).items():
         for inbox in inboxes:
             assert f'{{ stream: "{inbox}", accounts: [{account}] }}' in text
             assert f'{{ stream: {{ account: {ACCOUNT}, subject: "{inbox}" }} }}' in text
-    assert text.count('{ stream: "') == 4 and text.count("{ stream: { account:") == 4
+    assert text.count('{ stream: "') == 6 and text.count("{ stream: { account:") == 6

@@ -1,12 +1,16 @@
-"""Packs read with any client's stock object-store get, under the real per-role users.
+"""What a client built from CONTRACT.md alone reads with its stock JetStream API, under the real per-role users.
 
-CONTRACT §2 puts packs in the object store bucket `kx_packs` and §5 has producers put them there; a
-runtime or producer in another language reads them with its client's object-store get (nats.py's
-`ObjectStore.get`, nats.go's `ObjectStore.Get`): it looks the stream up by subject, creates an
-ordered push consumer without a name and answers its flow control. Under embedded `kxr serve` each
-role lives in its own account, so the consumer's deliveries (made in `KX`, JetStream's account) reach
-the reader only through its account's stream import of its own inbox. Before that, a stock get
-timed out for every role (`$JS.API.STREAM.NAMES` denied; then no delivery).
+Packs. CONTRACT §2 puts them in the object store bucket `kx_packs` and §5 has producers put them
+there; a runtime or producer in another language reads them with its client's object-store get
+(nats.py's `ObjectStore.get`, nats.go's `ObjectStore.Get`): it looks the stream up by subject, creates
+an ordered push consumer without a name and answers its flow control. Under embedded `kxr serve`
+each role lives in its own account, so the consumer's deliveries (made in `KX`, JetStream's account)
+reach the reader only through its account's stream import of its own inbox. Before that, a stock
+get timed out for every role (`$JS.API.STREAM.NAMES` denied; then no delivery).
+
+The log. §4 has a runtime read the last message per subject and follow new ones, §4 an auditor read
+from sequence 1: with a consumer named in the subject (pull or push; the nameless legacy create stays
+refused on the log: a body naming a service durable would update it).
 
 And what the new rights must not give: one runtime receiving another's deliveries, or a reader's
 push consumer copying packs onto a subject the log or health captures.
@@ -17,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import uuid
 
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.permissions import API
 
@@ -122,3 +127,50 @@ async def _until(cond, what: str, timeout: float = 5.0) -> None:
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("role", ["runtime-rt-a", "runtime", "auditor", "operator", "producer"])
+async def test_every_role_follows_the_log_with_a_named_consumer_as_the_contract_reads_it(authed, as_role, role):
+    """CONTRACT §4's read: the last message per subject, then each new one, with nats.py's stock push
+    subscription and pull subscription, each consumer named (`ConsumerConfig(name=...)`)."""
+    s = authed.subjects
+    operator, reader = await as_role("operator"), await as_role(role)
+    subject = s.channel("prod", f"c-{uuid.uuid4().hex[:8]}")  # a subject of the log any role may read
+    for n in (1, 2):
+        await operator.js.publish(subject, json.dumps({"n": n}).encode())
+    pushed: list = []
+
+    async def on_msg(msg) -> None:
+        pushed.append(json.loads(msg.data)["n"])
+
+    config = ConsumerConfig(
+        name=f"rd-{uuid.uuid4().hex[:8]}",
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    await reader.js.subscribe(subject, cb=on_msg, stream=s.releases_stream, config=config)
+    pull = await reader.js.pull_subscribe(
+        subject,
+        stream=s.releases_stream,
+        config=ConsumerConfig(
+            name=f"rp-{uuid.uuid4().hex[:8]}", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=30.0
+        ),
+    )
+    assert [json.loads(m.data)["n"] for m in await pull.fetch(1, timeout=5)] == [2]
+    await _until(lambda: pushed == [2], f"{role}'s push consumer: the last message of the subject")
+    await operator.js.publish(subject, json.dumps({"n": 3}).encode())
+    await _until(lambda: pushed == [2, 3], f"{role}'s push consumer: the next message")
+    assert [json.loads(m.data)["n"] for m in await pull.fetch(1, timeout=5)] == [3]
+    assert not reader.permission_errors(), reader.errors
+
+
+@pytest.mark.parametrize("role", ["runtime-rt-a", "runtime", "auditor", "operator", "producer"])
+async def test_a_nameless_consumer_on_the_log_is_refused(authed, as_role, role):
+    """The legacy `CONSUMER.CREATE.<stream>` takes the consumer's name from the body, and a body naming an
+    existing durable updates it: on the log it stays the service's alone (README "Readers name their
+    consumers"), however the client asks (here: nats.py's pull subscription without a name)."""
+    s = authed.subjects
+    reader = await as_role(role)
+    body = {"stream_name": s.releases_stream, "config": {"name": "kxr-preparer", "max_ack_pending": 1}}
+    await reader.publish_denied(f"{API}.CONSUMER.CREATE.{s.releases_stream}", json.dumps(body).encode())
