@@ -142,6 +142,18 @@ def _hostile() -> list[bytes]:
         b'{"a":"\\u0000"}',
         b"\t\r\n " + base,
         b"\x0c" + base,
+        # numbers past a double (or floats) however they are written: whitespace, exponents, top level
+        b'{"a":\n\t -1.8E+308}',
+        b'{"a": [0 ,\r 9999999999.5e300]}',
+        b'{"a":' + b"1" * 21 + b"e299}",  # a two-digit exponent, but 21 digits before it: inf
+        b'{"a":' + b"9" * 300 + b"e9}",
+        b'{"a":123456789e99}',  # under both bounds: finite
+        b'{"a":1e0400}',
+        b"1e400",
+        b"1.5",
+        b" \n2E3",
+        b"[1, 2.0]",
+        b'{"a":"x:1e400","b":[1,"2.5"]}',  # lookalikes inside strings: the walk, then the same verdict
     ]
 
 
@@ -152,6 +164,10 @@ def test_the_fast_parser_takes_real_events_and_leaves_the_rest_to_the_reference(
     assert canonical._fast_parse(b'{"a":1.5}', False) is canonical._UNSURE  # a float where none may be
     assert canonical._fast_parse(b'{"a":[1e400]}', True) is canonical._UNSURE  # jiter reads it as inf
     assert canonical._fast_parse(b'{"a":1,"a":1}', True) is canonical._UNSURE
+    # a number past a double is found however it is written
+    for raw in (b'{"a":\n\t 1' + b"0" * 300 + b"e10}", b'{"a" :[0,\t-2E+308]}', b'{"a":' + b"7" * 310 + b".0}"):
+        assert canonical._fast_parse(raw, True) is canonical._UNSURE, raw[:40]
+    assert canonical._fast_parse(b'{"a": [1,\n 2e1]}', False) is canonical._UNSURE
 
 
 @pytest.mark.parametrize("index", range(len(RECORDED_BYTES)))
