@@ -13,15 +13,7 @@ from __future__ import annotations
 
 from events.subjects import Subjects
 
-from .permissions import (
-    ACCOUNT,
-    API,
-    AccountLimits,
-    Credentials,
-    _q,
-    render_users,
-    role_permissions,
-)
+from .permissions import ACCOUNT, API, AccountLimits, Credentials, _q, render_users, role_permissions
 
 # the role accounts, without JetStream of their own (one would answer its users' API requests itself)
 ROLE_ACCOUNTS = {"producer": "KX_PRODUCER", "runtime": "KX_RUNTIME", "operator": "KX_OPERATOR", "auditor": "KX_AUDITOR"}
