@@ -5,11 +5,19 @@ two response thresholds (services/nats_accounts.py, docs/permissions.md "JetStre
 threshold bounds each mapping's life, not their number, and NATS has no per-user rate limit. One
 runtime connection sending direct gets at full speed (34,600/s here) made the server hold 367,000
 of them, +317 MiB. So every `every_s` the service asks the system account for each role account's
-busiest connections (`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, sorted by messages received from them), and
-disconnects (`$SYS.REQ.SERVER.<id>.KICK`) any that sent more than `limit` messages a second since it
-last looked (since the connection started, the first time it sees it). Nothing a role does sends
-that many: a runtime reports and pulls a few times a second, a producer pushing a 1 GiB pack sends
-~800 chunks a second. A kicked client may reconnect (and is kicked again if it floods again).
+connections (`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, every page of them), and disconnects
+(`$SYS.REQ.SERVER.<id>.KICK`) any that sent more than `limit` messages a second since it last looked
+(since the connection started, the first time it sees it). Nothing a role does sends that many: a
+runtime reports and pulls a few times a second, a producer pushing a 1 GiB pack sends ~800 chunks a
+second. And since many connections each just under that limit would flood as one (an account allows
+thousands), an account's connections together may send `account_limit` messages a second: over it,
+its busiest connections are disconnected, busiest first, until the rest are under it (5,000 runtimes
+each reporting and pulling a few times a second send ~10,000). A kicked client may reconnect (and is
+kicked again if it floods again).
+
+Every page, not the 256 busiest: CONNZ sorts by messages received since a connection started, so in
+an account of long-lived runtimes a new connection flooding at the limit took minutes to climb into
+the first page; the pages are read in connection-id order, which does not move between two pages.
 
 `flooding` is the pure judgement; `Watchdog` asks and disconnects. On a server that does not lend
 these requests (an external NATS, or one without the embedded system account), the first request
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -39,17 +48,28 @@ KICKED = Counter(
 )
 LIMIT_ENV = "KX_FLOOD_MSGS_PER_S"
 DEFAULT_LIMIT = 10_000.0  # messages a second from one connection
-TOP = 256  # the busiest connections of an account looked at, each time (a page of CONNZ)
+ACCOUNT_LIMIT_ENV = "KX_FLOOD_ACCOUNT_MSGS_PER_S"
+DEFAULT_ACCOUNT_LIMIT = 50_000.0  # messages a second from all of one role account's connections
+PAGE = 256  # connections per CONNZ request
 
 Seen = dict[int, tuple[float, int]]  # connection id -> (when, messages received from it by then)
 
 
-def flooding(before: Mapping[int, tuple[float, int]], connections: Iterable[dict], now: float, limit: float):
-    """((cid, rate) of connections over `limit` messages a second, what to remember for next time).
+def flooding(
+    before: Mapping[int, tuple[float, int]],
+    connections: Iterable[dict],
+    now: float,
+    limit: float,
+    account_limit: float = math.inf,
+):
+    """((cid, rate) of the connections to disconnect, what to remember for next time): each over `limit`
+    messages a second; then, while the others together send more than `account_limit`, the busiest of
+    them.
 
     `connections`: CONNZ entries (`cid`, `in_msgs`, `start`). A connection first seen is measured from
     its start, so a flood is caught the first time it is looked at."""
     flood: list[tuple[int, float]] = []
+    rest: list[tuple[float, int]] = []
     seen: Seen = {}
     for conn in connections:
         cid, count = int(conn["cid"]), int(conn.get("in_msgs") or 0)
@@ -60,6 +80,14 @@ def flooding(before: Mapping[int, tuple[float, int]], connections: Iterable[dict
         rate = (count - was) / (now - since)
         if rate > limit:
             flood.append((cid, rate))
+        else:
+            rest.append((rate, cid))
+    total = sum(rate for rate, _ in rest)
+    for rate, cid in sorted(rest, reverse=True):
+        if total <= account_limit:
+            break
+        flood.append((cid, rate))
+        total -= rate
     return flood, seen
 
 
@@ -70,19 +98,31 @@ def _started(stamp: object) -> float | None:
         return None
 
 
-def limit_from_env(env: Mapping[str, str] | None = None) -> float:
-    raw = (os.environ if env is None else env).get(LIMIT_ENV)
+def limit_from_env(
+    env: Mapping[str, str] | None = None, name: str = LIMIT_ENV, default: float = DEFAULT_LIMIT
+) -> float:
+    raw = (os.environ if env is None else env).get(name)
     try:
-        return float(raw) if raw else DEFAULT_LIMIT
+        value = float(raw) if raw else default
     except ValueError:
-        log.warning("%s=%r is not a number of messages a second: using %.0f", LIMIT_ENV, raw, DEFAULT_LIMIT)
-        return DEFAULT_LIMIT
+        value = math.nan
+    if not value > 0:  # (nan too)
+        log.warning("%s=%r is not a number of messages a second: using %.0f", name, raw, default)
+        return default
+    return value
 
 
 class Watchdog:
-    def __init__(self, nc, limit: float | None = None, every_s: float = 2.0, clock=None) -> None:
+    def __init__(
+        self, nc, limit: float | None = None, every_s: float = 2.0, clock=None, account_limit: float | None = None
+    ) -> None:
         self._nc = nc
         self.limit = limit_from_env() if limit is None else limit
+        self.account_limit = (
+            limit_from_env(name=ACCOUNT_LIMIT_ENV, default=DEFAULT_ACCOUNT_LIMIT)
+            if account_limit is None
+            else account_limit
+        )
         self.every_s = every_s
         self._clock = clock or (lambda: datetime.now().timestamp())
         self._seen: dict[str, Seen] = {}
@@ -95,23 +135,35 @@ class Watchdog:
             raise RuntimeError(f"{subject}: {doc['error']}")
         return doc
 
+    async def _connections(self, account: str) -> tuple[list[dict], str]:
+        """Every connection of `account` (page by page, in connection-id order), and the server's id."""
+        out: list[dict] = []
+        while True:
+            body = {"sort": "cid", "offset": len(out), "limit": PAGE}
+            doc = await self._ask(f"$SYS.REQ.ACCOUNT.{account}.CONNZ", body)
+            page = doc["data"].get("connections") or []
+            out += page
+            if len(page) < PAGE or len(out) >= int(doc["data"].get("total") or 0):
+                return out, doc["server"]["id"]
+
     async def sweep(self) -> None:
         for account in ROLE_ACCOUNTS.values():
-            doc = await self._ask(f"$SYS.REQ.ACCOUNT.{account}.CONNZ", {"sort": "msgs_from", "limit": TOP})
+            connections, server = await self._connections(account)
             flood, self._seen[account] = flooding(
-                self._seen.get(account, {}), doc["data"].get("connections") or [], self._clock(), self.limit
+                self._seen.get(account, {}), connections, self._clock(), self.limit, self.account_limit
             )
-            server = doc["server"]["id"]
             for cid, rate in flood:
                 await self._ask(f"$SYS.REQ.SERVER.{server}.KICK", {"cid": cid})
                 KICKED.labels(account).inc()
                 self.kicked.append((account, cid, rate))
                 log.warning(
-                    "watchdog: disconnected connection %d of %s: %.0f messages/s (limit %.0f)",
+                    "watchdog: disconnected connection %d of %s: %.0f messages/s (limits %.0f a connection, "
+                    "%.0f the account's connections together)",
                     cid,
                     account,
                     rate,
                     self.limit,
+                    self.account_limit,
                 )
 
     async def run(self) -> None:

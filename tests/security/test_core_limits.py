@@ -276,23 +276,13 @@ async def test_a_runtimes_idle_live_read_outlives_the_response_threshold(tmp_pat
         stop_authed(authed, lock)
 
 
-async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leaves_the_others(authed, as_role):
-    """A threshold bounds each response mapping's life, not their number: a role flooding requests at its
-    connection's speed held its rate times two thresholds (one runtime: +317 MiB). The service's watchdog
-    reads each role account's busiest connections through the embedded server's system account and
-    disconnects one over its limit; a runtime working normally meanwhile is left alone."""
+def flood_direct_gets(flooder, s: Subjects, per_flush: int = 200, pause_s: float = 0.0):
+    """Direct gets from `flooder` as fast as it can (or `per_flush` every `pause_s`), until the server
+    closes the connection. Its answers go nowhere: reading thousands of them a second, a loaded host's
+    flooder fell behind and the server closed it as a slow consumer before the watchdog looked (a CI
+    rehearsal); what is counted is what it sends, and every request still leaves its mapping."""
     import json
 
-    from services.jetstream.client import connect
-    from services.jetstream.watchdog import KICKED, Watchdog
-
-    s = authed.subjects
-    service, quiet = await as_role("service"), await as_role("runtime-rt-b")
-    creds = authed.creds["runtime-rt-a"]
-    flooder = await connect(authed.url, name="flooder", allow_reconnect=False, **creds.connect_options())
-    # its answers go nowhere: reading thousands of them a second, a loaded host's flooder fell behind and
-    # the server closed it as a slow consumer before the watchdog looked (a CI rehearsal); what is
-    # counted is what it sends, and every request still leaves its mapping
     inbox = flooder.new_inbox()
     ask = json.dumps({"last_by_subj": s.channel("prod", "canary")}).encode()
 
@@ -300,14 +290,31 @@ async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leave
         sent = 0
         with contextlib.suppress(Exception):  # until the server closes the connection
             while not flooder.is_closed:
-                for _ in range(200):
+                for _ in range(per_flush):
                     await flooder.publish(f"$JS.API.DIRECT.GET.{s.releases_stream}", ask, reply=f"{inbox}.{sent}")
                     sent += 1
                 await flooder.flush(timeout=5)
+                if pause_s:
+                    await asyncio.sleep(pause_s)
 
+    return asyncio.create_task(flood())
+
+
+async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leaves_the_others(authed, as_role):
+    """A threshold bounds each response mapping's life, not their number: a role flooding requests at its
+    connection's speed held its rate times two thresholds (one runtime: +317 MiB). The service's watchdog
+    reads each role account's connections through the embedded server's system account and disconnects
+    one over its limit; a runtime working normally meanwhile is left alone."""
+    from services.jetstream.client import connect
+    from services.jetstream.watchdog import KICKED, Watchdog
+
+    s = authed.subjects
+    service, quiet = await as_role("service"), await as_role("runtime-rt-b")
+    creds = authed.creds["runtime-rt-a"]
+    flooder = await connect(authed.url, name="flooder", allow_reconnect=False, **creds.connect_options())
     watchdog = Watchdog(service.nc, limit=2_000, every_s=0.5)
     kicked_before = KICKED.labels("KX_RUNTIME")._value.get()
-    flooding_task = asyncio.create_task(flood())
+    flooding_task = flood_direct_gets(flooder, s)
     watching = asyncio.create_task(watchdog.run())
     try:
         await until(lambda: flooder.is_closed, "the flooding runtime is still connected", timeout=15)
@@ -321,3 +328,35 @@ async def test_the_watchdog_disconnects_a_runtime_flooding_direct_gets_and_leave
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await flooder.close()
+
+
+async def test_the_watchdog_judges_an_accounts_connections_together_and_reads_every_page(authed, as_role, monkeypatch):
+    """Four connections, each under the limit a connection has (set out of reach here), flood together
+    past the account's: the watchdog disconnects the busiest until the rest are under it, and a quiet
+    runtime stays. CONNZ pages of two connections: the flooders are found past the first page (before,
+    only the 256 connections with the most messages since they started were ever looked at)."""
+    from services.jetstream import watchdog as watchdog_module
+    from services.jetstream.client import connect
+    from services.jetstream.watchdog import Watchdog
+
+    monkeypatch.setattr(watchdog_module, "PAGE", 2)
+    s = authed.subjects
+    service, quiet = await as_role("service"), await as_role("runtime-rt-b")
+    creds = authed.creds["runtime-rt-a"]
+    flooders = [
+        await connect(authed.url, name=f"flooder-{n}", allow_reconnect=False, **creds.connect_options())
+        for n in range(4)
+    ]
+    watchdog = Watchdog(service.nc, limit=10**9, every_s=0.5, account_limit=1_000)
+    tasks = [flood_direct_gets(f, s, per_flush=100, pause_s=0.02) for f in flooders]
+    watching = asyncio.create_task(watchdog.run())
+    try:
+        await until(lambda: all(f.is_closed for f in flooders), "a flooder is still connected", timeout=20)
+        assert {account for account, _, _ in watchdog.kicked} == {"KX_RUNTIME"} and len(watchdog.kicked) == 4
+        assert quiet.nc.is_connected and (await quiet.js.stream_info(s.releases_stream)).config.name
+    finally:
+        await cancel_and_wait([watching, *tasks])
+        for f in flooders:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await f.close()
