@@ -48,3 +48,15 @@ def nats_url(tmp_path_factory) -> str:
 @pytest.fixture
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:12]
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies_from_the_host(monkeypatch) -> None:
+    """Webhook posts follow the environment's proxies (services/consumers/notifier/destination.py): a
+    machine's own HTTP_PROXY would send the tests' local posts to it. Tests about proxies set their own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)

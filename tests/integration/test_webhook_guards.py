@@ -229,7 +229,7 @@ async def post_as(name: str, path: str) -> tuple[str, Delivery, list]:
     """A post to the test receiver at `path`, its URL naming `name` (which resolves nowhere for real)."""
     with WebhookServer() as server:
         url = server.url(path).replace("127.0.0.1", name)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(trust_env=False) as client:  # as the notifier's: proxies are per post
             result = await deliver(client, hook(url), 1, QUICK)
         return url, result, server.posts(path)
 
@@ -259,3 +259,62 @@ async def test_an_address_that_cannot_be_reached_hands_the_post_to_the_next_one_
     _, failed, posts = await post_as("hooks.several.test", "/next")
     assert (failed.ok, failed.attempts, failed.status, posts) == (False, 1, None, [])
     assert "ConnectError" in failed.error
+
+
+# ---- behind a proxy: judged and named by the URL's own host -----------------------------------------
+class RecordingProxy:
+    """A forward proxy that records each request's first line and answers 200 itself (a CONNECT is
+    recorded, then closed: no tunnel)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> RecordingProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            self.lines.append(head.split("\r\n", 1)[0])
+            length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+            if length:
+                await reader.readexactly(int(length.group(1)))
+            if not head.startswith("CONNECT"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_post_behind_a_proxy_names_its_host_and_no_proxy_names_are_honoured(monkeypatch) -> None:
+    """HTTP_PROXY set: the post goes through the proxy, which is asked for the sink's host by name (not the
+    checked address); with that name in NO_PROXY it goes straight to the checked address. An HTTPS sink
+    asks the proxy for a tunnel to the name, so TLS can check the name's certificate. Before, every post
+    went to the proxy by address, and a NO_PROXY name never matched."""
+    resolving(monkeypatch, "127.0.0.1")
+    async with RecordingProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        url, result, posts = await post_as("hooks.proxied.test", "/via")
+        assert (result.ok, posts) == (True, [])  # the proxy answered; nothing came straight here
+        assert proxy.lines == [f"POST {url} HTTP/1.1"]
+        async with httpx.AsyncClient(trust_env=False) as client:
+            tunnelled = await deliver(client, hook("https://hooks.proxied.test/tls"), 1, QUICK)
+        assert not tunnelled.ok and proxy.lines[1] == "CONNECT hooks.proxied.test:443 HTTP/1.1"
+        monkeypatch.setenv("NO_PROXY", ".proxied.test")
+        url, result, (post,) = await post_as("hooks.proxied.test", "/direct")
+        assert result.ok and len(proxy.lines) == 2 and post.headers["host"] == url.split("/")[2]

@@ -95,3 +95,81 @@ def test_private_destinations_are_allowed_only_when_the_deployment_says_so(monke
     monkeypatch.setenv("KX_WEBHOOK_ALLOW_PRIVATE", "yes")
     with pytest.raises(ConfigError, match="KX_WEBHOOK_ALLOW_PRIVATE takes 1 or 0, not 'yes'"):
         Settings.from_env()
+
+
+# ---- proxies: judged by the URL's own host ----------------------------------------------------------
+def proxy_env(monkeypatch, **values: str) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    "env, url, expected",
+    [
+        ({}, "https://hooks.example/kx", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://hooks.example/kx", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://hooks.example/kx", None),  # no proxy for plain http
+        ({"http_proxy": "http://proxy:3128"}, "http://hooks.example/kx", "http://proxy:3128"),
+        ({"ALL_PROXY": "http://proxy:3128"}, "https://hooks.example/kx", "http://proxy:3128"),
+        # NO_PROXY names the host, a domain it is in, or everything: a direct post
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "hooks.example"}, "https://hooks.example/kx", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.test,.example"}, "https://hooks.example/kx", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example"}, "https://hooks.example/kx", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://hooks.example/kx", None),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "xhooks.example,hooks.exam"},
+            "https://hooks.example/kx",
+            "http://p:1",
+        ),
+    ],
+)
+def test_the_proxy_is_judged_by_the_urls_own_host(monkeypatch, env, url, expected) -> None:
+    proxy_env(monkeypatch, **env)
+    assert destination.proxy_for(httpx.URL(url)) == expected
+
+
+@pytest.mark.parametrize(
+    "host, no_proxy, expected",
+    [
+        ("hooks.example", "HOOKS.Example", True),
+        ("hooks.example.", "hooks.example", True),
+        ("a.b.hooks.example", " other , .hooks.example ", True),
+        ("hooks.example", "hooks.example:8443", True),
+        ("nothooks.example", "hooks.example", False),  # a name, not a string suffix
+        ("hooks.example", "", False),
+        ("::1", "[::1]", True),
+        ("2001:db8::1", "2001:db8::2", False),
+    ],
+)
+def test_no_proxy_is_read_as_curl_reads_it(host, no_proxy, expected) -> None:
+    assert destination.bypassed(host, no_proxy) is expected
+
+
+async def test_a_proxied_post_names_its_host_to_the_proxy_after_the_address_check(monkeypatch) -> None:
+    proxy_env(monkeypatch, HTTPS_PROXY="http://proxy:3128")
+
+    async def resolve(host, port):
+        return [ipaddress.ip_address("93.184.215.14")]
+
+    monkeypatch.setattr(destination, "resolved", resolve)
+    place = await destination.destination(httpx.URL("https://hooks.example/kx"), allow_private=False)
+    assert (str(place.url), place.proxy, place.headers, place.extensions) == (
+        "https://hooks.example/kx",
+        "http://proxy:3128",
+        {},
+        {},
+    )
+
+    async def private(host, port):
+        return [ipaddress.ip_address("10.1.2.3")]
+
+    monkeypatch.setattr(destination, "resolved", private)
+    with pytest.raises(Refused):  # still checked first: a proxy is no way into the private network
+        await destination.destination(httpx.URL("https://hooks.example/kx"), allow_private=False)
+    proxy_env(monkeypatch, HTTPS_PROXY="http://proxy:3128", NO_PROXY="hooks.example")
+    monkeypatch.setattr(destination, "resolved", resolve)
+    place = await destination.destination(httpx.URL("https://hooks.example/kx"), allow_private=False)
+    assert (str(place.url), place.proxy) == ("https://93.184.215.14/kx", None)  # direct, pinned

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from services.consumers.notifier.destination import Refused, destination
+from services.consumers.notifier.destination import Destination, Refused, destination
 from services.consumers.notifier.webhook import Backoff, Webhook, retry_after, worth_retrying
 
 log = logging.getLogger(__name__)
@@ -58,31 +58,51 @@ async def post_once(
         # each address gets its share of the deadline to connect, so an unreachable first one leaves time
         # for the next; once connected, the rest of the deadline is the answer's
         timeout = httpx.Timeout(ATTEMPT_TIMEOUT_S, connect=max(1.0, ATTEMPT_TIMEOUT_S / len(candidates)))
-        for n, target in enumerate(candidates, 1):
-            try:
-                request = client.build_request(
-                    "POST",
-                    target,
-                    content=hook.body,
-                    headers={**hook.attempt_headers(now()), **place.headers},
-                    extensions=place.extensions,
-                    timeout=timeout,
-                )
-            except Exception as exc:
-                raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
-            try:
-                response = await client.send(request, stream=True, follow_redirects=False)
-            except (httpx.InvalidURL, UnicodeError) as exc:  # (a part of the URL httpx checks only as it sends)
-                raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if n == len(candidates):
-                    raise
-                continue  # nothing was sent to this address: the next one, in the same attempt
-            try:
-                return response.status_code, retry_after(response.headers.get("Retry-After"), now())
-            finally:
-                await response.aclose()  # the body unread: the connection is closed, not drained
-        raise AssertionError("unreachable: the last candidate returns or raises")
+        if place.proxy is None:
+            return await _post(client, hook, now, place, timeout)
+        # through the proxy the environment names for this host (destination.py): a client of its own,
+        # for this attempt (posts keep no connection anyway); the caller's client never picks a proxy
+        try:
+            proxied = httpx.AsyncClient(proxy=place.proxy, trust_env=False)
+        except Exception as exc:  # (a scheme httpx cannot use: socks without its extra). The proxy's URL
+            # may hold a password, and what is said here is recorded in the log: only what went wrong
+            raise Unusable(
+                f"the environment's proxy for {url.scheme} cannot be used ({exc.__class__.__name__})"
+            ) from None
+        async with proxied:
+            return await _post(proxied, hook, now, place, timeout)
+
+
+async def _post(
+    client: httpx.AsyncClient, hook: Webhook, now: Callable[[], float], place: Destination, timeout: httpx.Timeout
+) -> tuple[int, float | None]:
+    """`place`'s candidates in turn until one takes the connection: the answer's status and Retry-After."""
+    candidates = place.candidates
+    for n, target in enumerate(candidates, 1):
+        try:
+            request = client.build_request(
+                "POST",
+                target,
+                content=hook.body,
+                headers={**hook.attempt_headers(now()), **place.headers},
+                extensions=place.extensions,
+                timeout=timeout,
+            )
+        except Exception as exc:
+            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+        try:
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except (httpx.InvalidURL, UnicodeError) as exc:  # (a part of the URL httpx checks only as it sends)
+            raise Unusable(f"{exc.__class__.__name__}: {exc}") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if n == len(candidates):
+                raise
+            continue  # nothing was sent to this address: the next one, in the same attempt
+        try:
+            return response.status_code, retry_after(response.headers.get("Retry-After"), now())
+        finally:
+            await response.aclose()  # the body unread: the connection is closed, not drained
+    raise AssertionError("unreachable: the last candidate returns or raises")
 
 
 async def deliver(

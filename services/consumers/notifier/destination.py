@@ -11,6 +11,13 @@ by it, while `Host` and the TLS server name (SNI, and the certificate check) sta
 that resolves elsewhere by the time of the connect (DNS rebinding) therefore does not take the post
 with it. `KX_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule
 (internal receivers, tests): the URL is then posted as it is.
+
+Behind an HTTP proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`; `NO_PROXY` by host name or suffix,
+as curl and httpx read them), whether a post takes the proxy is judged by the URL's own host, and a
+proxied post names that host to the proxy (the address is still checked here first): the proxy
+connects, and an HTTPS one tunnels to the name, so TLS checks the name's certificate. Before, the
+check's address replaced the host first, so a `NO_PROXY` name never matched and an HTTPS post asked
+the proxy for a tunnel to a bare address, whose TLS then checked the certificate against it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,12 +41,13 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Destination:
-    url: httpx.URL  # what to connect to: the checked address in place of the host name
+    url: httpx.URL  # what to connect to: the checked address in place of the host name (the URL, proxied)
     headers: dict[str, str] = field(default_factory=dict)  # Host, as the configured URL names it
     extensions: dict[str, str] = field(default_factory=dict)  # sni_hostname: TLS checks the name, not the address
     # every checked address in the resolver's order, `url` first: a client connects to the next when one
     # cannot be reached (an IPv6 address first on a host without an IPv6 route), as any HTTP client does
     urls: tuple[httpx.URL, ...] = ()
+    proxy: str | None = None  # the proxy the post goes through (`proxy_for`), None: straight to `url`
 
     @property
     def candidates(self) -> tuple[httpx.URL, ...]:
@@ -85,11 +94,37 @@ async def resolved(host: str, port: int) -> list[Address]:
     return addresses
 
 
+def proxy_for(url: httpx.URL) -> str | None:
+    """The proxy the environment names for `url`, judged by its own host (None: a direct post)."""
+    proxies = urllib.request.getproxies_environment()  # (lower-case names first, as curl reads them)
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or bypassed(url.host, proxies.get("no", "")):
+        return None
+    return proxy
+
+
+def bypassed(host: str, no_proxy: str) -> bool:
+    """Whether `NO_PROXY` keeps `host` off the proxy, as curl reads it: `*`, or comma-separated names,
+    each matching itself and every name under it (a leading dot and a `:port` ignored)."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.lower().split(","):
+        entry = entry.strip()
+        if entry == "*":
+            return True
+        if entry.count(":") == 1:  # name:port (an IPv6 address has more colons)
+            entry = entry.partition(":")[0]
+        name = entry.strip("[]").strip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
 async def destination(url: httpx.URL, allow_private: bool) -> Destination:
     """Where to post `url`: its checked public address (Refused: not one), or the URL itself when the
-    deployment allows private addresses."""
+    deployment allows private addresses, or when it goes through a proxy (after the check)."""
+    proxy = proxy_for(url)
     if allow_private:
-        return Destination(url)
+        return Destination(url, proxy=proxy)
     host = url.raw_host.decode("ascii")
     written = literal(host)
     addresses = (
@@ -103,6 +138,8 @@ async def destination(url: httpx.URL, allow_private: bool) -> Destination:
                 f"refused: {host} {how} a {problem} address; webhooks go to public addresses only "
                 f"({ALLOW_SETTING} allows internal receivers)"
             )
+    if proxy is not None:  # the proxy connects; it is told the name (see above)
+        return Destination(url, proxy=proxy)
     # the connection goes to the checked address, and to nothing else: no connection is kept for another
     # post (the pool knows it by address alone, and another name on the same address needs its own TLS)
     headers = {"Host": url.netloc.decode("ascii"), "Connection": "close"}
