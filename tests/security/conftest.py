@@ -159,6 +159,14 @@ class Conn:
         assert not got, f"{self.role} received {len(got)} message(s) on {subject}"
 
 
+async def until(check, what: str, timeout: float = 5.0) -> None:
+    """Until `check()` is true, or fail saying `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
 async def connect_as(authed: Authed, role: str, name: str | None = None) -> Conn:
     """`role` is a credentials name: `service`, ..., or `runtime-<id>`."""
     conn = Conn(role, None)  # type: ignore[arg-type]

@@ -31,16 +31,9 @@ from services.permissions import (
     user_name,
 )
 from services.tasks import cancel_and_wait
-from tests.security.conftest import Conns, kxr, kxr_env, start_authed, stop_authed
+from tests.security.conftest import Conns, kxr, kxr_env, start_authed, stop_authed, until
 
 pytestmark = pytest.mark.security
-
-
-async def until(check, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 async def test_a_runtime_cannot_hold_more_subscriptions_than_a_connection_may(authed, as_role):

@@ -27,6 +27,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.permissions import API
+from tests.security.conftest import until
 
 pytestmark = pytest.mark.security
 
@@ -112,7 +113,7 @@ async def test_a_readers_push_consumer_copies_no_pack_onto_the_log_or_health(aut
         _create(packs, ConsumerConfig(deliver_subject=mine, ack_policy=AckPolicy.NONE)),
         timeout=5,
     )
-    await _until(lambda: own, "the control: the reader's own push consumer delivers to its inbox")
+    await until(lambda: own, "the control: the reader's own push consumer delivers to its inbox")
     await asyncio.sleep(1.0)
     assert not heard, heard[:3]
     assert {x: (await service.js.stream_info(x)).state.messages for x in streams} == before
@@ -120,13 +121,6 @@ async def test_a_readers_push_consumer_copies_no_pack_onto_the_log_or_health(aut
 
 def _create(stream: str, cfg: ConsumerConfig) -> bytes:
     return json.dumps({"stream_name": stream, "config": cfg.as_dict()}).encode()
-
-
-async def _until(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("role", ["runtime-rt-a", "runtime", "auditor", "operator", "producer"])
@@ -158,9 +152,9 @@ async def test_every_role_follows_the_log_with_a_named_consumer_as_the_contract_
         ),
     )
     assert [json.loads(m.data)["n"] for m in await pull.fetch(1, timeout=5)] == [2]
-    await _until(lambda: pushed == [2], f"{role}'s push consumer: the last message of the subject")
+    await until(lambda: pushed == [2], f"{role}'s push consumer: the last message of the subject")
     await operator.js.publish(subject, json.dumps({"n": 3}).encode())
-    await _until(lambda: pushed == [2, 3], f"{role}'s push consumer: the next message")
+    await until(lambda: pushed == [2, 3], f"{role}'s push consumer: the next message")
     assert [json.loads(m.data)["n"] for m in await pull.fetch(1, timeout=5)] == [3]
     assert not reader.permission_errors(), reader.errors
 
@@ -169,7 +163,7 @@ async def test_every_role_follows_the_log_with_a_named_consumer_as_the_contract_
 async def test_a_nameless_consumer_on_the_log_is_refused(authed, as_role, role):
     """The legacy `CONSUMER.CREATE.<stream>` takes the consumer's name from the body, and a body naming an
     existing durable updates it: on the log it stays the service's alone (README "Readers name their
-    consumers"), however the client asks (here: nats.py's pull subscription without a name)."""
+    consumers"): here the very request a client's nameless consumer sends, with a body naming a durable."""
     s = authed.subjects
     reader = await as_role(role)
     body = {"stream_name": s.releases_stream, "config": {"name": "kxr-preparer", "max_ack_pending": 1}}

@@ -12,8 +12,8 @@ that resolves elsewhere by the time of the connect (DNS rebinding) therefore doe
 with it. `KX_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule
 (internal receivers, tests): the URL is then posted as it is.
 
-Behind an HTTP proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`; `NO_PROXY` by host name or suffix,
-as curl and httpx read them), whether a post takes the proxy is judged by the URL's own host, and a
+Behind an HTTP proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`; `NO_PROXY` by host name or domain,
+as curl reads them: `bypassed`), whether a post takes the proxy is judged by the URL's own host, and a
 proxied post names that host to the proxy (the address is still checked here first): the proxy
 connects, and an HTTPS one tunnels to the name, so TLS checks the name's certificate. Before, the
 check's address replaced the host first, so a `NO_PROXY` name never matched and an HTTPS post asked
