@@ -278,9 +278,9 @@ async def _wait_for_layout(js, subjects: Subjects, timeout: float = 30) -> None:
 async def _wait_settled(js, subjects: Subjects, releases: int, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        audit = await replay(js, subjects)
+        audit = await replay(js, subjects)  # (a closed release is a tombstone in the replay's world)
         settled = [r for r in audit.world.releases.values() if r.phase in ("closed", "held")]
-        if len(settled) >= releases:
+        if len(settled) + len(audit.world.tombstones) >= releases:
             return
         await asyncio.sleep(1.0)
     raise RuntimeError(f"releases not settled after {timeout}s")
@@ -326,6 +326,8 @@ async def _check(js, subjects: Subjects, counts: Counts) -> None:
         elif r.phase != "closed":
             counts.problems.append(f"{r.release_id} neither closed nor held: {r.phase}")
         counts.outcomes[r.outcome or r.phase] = counts.outcomes.get(r.outcome or r.phase, 0) + 1
+    for stone in audit.world.tombstones.values():  # closed, with an outcome (audit_archive.bury)
+        counts.outcomes[stone.outcome] = counts.outcomes.get(stone.outcome, 0) + 1
     live = await Snapshots(js, subjects).load()
     if live is None:
         counts.problems.append("no snapshot of the live projections was saved")

@@ -141,7 +141,7 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
             _, folded = await timed_replay(js, subjects, None)
             await Snapshots(js, subjects).save(
                 archive_all(folded["world"])
-            )  # a service's world keeps closed releases as tombstones
+            )  # a service's world keeps every closed release as a tombstone (the replay's: all but the odd one)
             del folded
             rest = await generate(js, subjects, tail, r.key, channels=channels) if tail else None
             total = head.events + (rest.events if rest else 0)
@@ -155,7 +155,9 @@ async def run(events: int, tail: int = 1000, channels: int = 10, signatures: boo
             cli_s, summary = cli_replay(r, None) if cli else (None, None)
             after_s = await raw_fetch(r.url, subjects.releases_stream, total)
             base_s = (before_s + after_s) / 2
-            replayed = {"events": got["events"], "releases": len(got["world"].releases)}
+            world = got["world"]  # (closed releases as tombstones: services.reads.audit.replay)
+            replayed = {"events": got["events"], "releases": len(world.releases) + len(world.tombstones)}
+            del world
             del got  # a restarting service starts with an empty heap, not with the auditor's whole world
             gc.collect()
             restart = await warm_restart(r, subjects)

@@ -9,7 +9,9 @@ snapshots and its restarts grow with the releases in flight, not with history. T
 rare event that changes a closed release beyond its sequence (an operator's rollback
 after close, or anything illegal) cannot be folded onto a tombstone: `needs_history`
 says so, and the caller restores the release from its own log subjects first
-(`restore`). Auditors and views fold without archiving and see every release whole.
+(`restore`). Views fold without archiving and see every release whole; the auditor's replay
+archives as well, and reads a closed release back before any entry touches it again
+(projections/audit_archive.py).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from datetime import datetime
 from events.model import Event
 from events.service_signing import Prechecked, ServiceKeys
 from events.subjects import Subjects
+from projections.audit_archive import bury, closed_in, release_outcomes, restored, to_restore
 from projections.evidence import EvidenceRecord
 from projections.invariants import (
     SAFETY_CODES,
@@ -31,7 +32,7 @@ from projections.invariants import (
 from projections.position import Position
 from projections.world import World
 from services.jetstream.fold_gc import young_collections_only
-from services.jetstream.log_reads import load_world, log_batches
+from services.jetstream.log_reads import READ_BACK_TRIES, load_world, log_batches, read_back
 from services.jetstream.reader import RawEntry
 from services.reads.verify_worker import HEADER
 
@@ -75,8 +76,14 @@ async def replay(
     service_keys: ServiceKeys | None = None,
     *,
     parallel: bool | None = None,
+    archive: bool = True,
 ) -> Audit:
     """Read KX_RELEASES from sequence 1, checking every invariant (and, given keys, every signature).
+
+    With `archive` (the default), a release that closed is kept as a tombstone and read back whole
+    from its own subjects before an entry touches it again (projections/audit_archive.py): the same
+    violations and summary as the whole fold, in a tenth of the memory. Without, the returned world
+    holds every release whole.
 
     With keys, the Ed25519 verifications (most of such a replay's time) run in worker processes,
     a batch ahead of the fold (`parallel`: None decides by the log's length). The fold stays here,
@@ -103,9 +110,13 @@ async def replay(
     pending: deque[tuple[Batch, asyncio.Future[list[bool | None]]]] = deque()  # submitted, not folded yet
     in_flight = 0  # entries in `pending`
 
-    def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
+    async def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
         nonlocal audit
         report_holes(batch[0][0].seq)
+        if archive:
+            first = batch[0][0].seq
+            for release_id in to_restore(audit, (event for _, _, event in batch)):
+                audit = restored(audit, await _read_back(js, subjects, release_id, first, service_keys))
         state = audit
         if checker is None:
             for _, position, event in batch:
@@ -114,6 +125,8 @@ async def replay(
             for i, (entry, position, event) in enumerate(batch):
                 checker.expect(entry.subject, entry.data, outcomes[i] if outcomes is not None else None)
                 state = audit_signed_entry(state, checker, position, event, entry.data, entry.headers, subjects)
+        if archive:
+            state = bury(state, closed_in(event for _, _, event in batch))
         audit = state
         if progress is not None:  # once a batch (a few hundred entries): a progress line is all it feeds
             progress(state.events + state.undecodable, batch[-1][0].pending)
@@ -122,12 +135,13 @@ async def replay(
         nonlocal in_flight
         batch, outcomes = pending.popleft()
         in_flight -= len(batch)
-        fold(batch, await outcomes)
+        await fold(batch, await outcomes)
 
     # Garbage collection: none while the world grows (young_collections_only), and after each batch
     # everything alive is frozen (gc.freeze: O(1), a list splice) rather than collected. A replay is
-    # the auditor's own command; it holds what it folds to the end, and makes next to no cyclic
-    # garbage (9 objects over a 100k-entry replay, measured), while a young collection per batch
+    # the auditor's own command; it holds what it folds (a buried release's evidence is freed by
+    # reference counting), and makes next to no cyclic garbage (9 objects over a 100k-entry replay,
+    # measured), while a young collection per batch
     # walked each batch's decoded entries and the world's new objects once: ~5-10 us an entry,
     # the largest single cost left in the fold (issue 18's profile). Frozen objects are still freed
     # by reference counting; only a cycle made meanwhile stays until the process ends.
@@ -145,7 +159,7 @@ async def replay(
                 if ahead is None or not ahead.ready():  # (verified here while the workers start)
                     while pending:
                         await fold_oldest()
-                    fold(batch, None)
+                    await fold(batch, None)
                 else:
                     pending.append((batch, ahead.submit(batch)))
                     in_flight += len(batch)
@@ -163,6 +177,16 @@ async def replay(
         if ahead is not None:
             await ahead.close()
     return finish(audit)
+
+
+async def _read_back(js, subjects: Subjects, release_id: str, before_seq: int, keys: ServiceKeys | None):
+    """A buried release whole, as its own events before `before_seq` say (judged with the replay's keys).
+
+    It was buried, so it has events: a read that finds none is read again, and after
+    `READ_BACK_TRIES` reads the replay fails naming the release (it cannot fold on without it)."""
+    state = await read_back(js, subjects, release_id, before_seq, keys, believe_empty_after=READ_BACK_TRIES + 1)
+    assert state is not None  # (never believed empty: read_back raised instead)
+    return state
 
 
 class _Ahead:
@@ -324,10 +348,6 @@ async def world_at(js, subjects: Subjects, at: datetime) -> World:
 
 def summary(audit: Audit) -> dict:
     """A deterministic summary of a replay: the same log always gives the same bytes."""
-    outcomes: dict[str, int] = {}
-    for r in audit.world.releases.values():
-        key = r.outcome or f"in flight ({r.phase})"
-        outcomes[key] = outcomes.get(key, 0) + 1
     scopes = {
         "/".join(k): {
             "version": s.active_pack.version if s.active_pack else None,
@@ -343,7 +363,7 @@ def summary(audit: Audit) -> dict:
         "log_seq": audit.world.applied_seq,
         "events": audit.events,
         "undecodable": audit.undecodable,
-        "releases": dict(sorted(outcomes.items())),
+        "releases": dict(sorted(release_outcomes(audit).items())),
         "scopes": scopes,
         "channels": sorted("/".join(k) for k in audit.world.channels.keys()),
         "violations": [{"seq": v.seq, "code": v.code, "message": v.message} for v in audit.violations],

@@ -54,6 +54,9 @@ async def test_replay_of_a_real_history_is_clean_deterministic_and_equals_live_s
         assert first.violations == (), [v.line() for v in first.violations]
         as_bytes = json.dumps(summary(first), sort_keys=True).encode()
         assert as_bytes == json.dumps(summary(second), sort_keys=True).encode()  # byte-identical
+        whole = await replay(svc.app.js, svc.app.subjects, archive=False)  # every release kept whole
+        assert json.dumps(summary(whole), sort_keys=True).encode() == as_bytes
+        assert set(first.world.tombstones.keys()) == {"r1", "r2", "r3", "r4"} and not whole.world.tombstones
         live = Audit(world=svc.world, events=first.events)
         assert summary(live)["scopes"] == summary(first)["scopes"]
         assert summary(live)["releases"] == summary(first)["releases"] == {"failed": 1, "rolled_back": 1, "success": 2}
@@ -153,4 +156,44 @@ async def test_invariant_checker_catches_each_seeded_violation(nats_url, prefix)
     assert any(
         line.startswith("seq 1: pointer_outside_batch") for line in lines
     )  # reported at the sequence it happened
+    await nc.close()
+
+
+async def test_replay_reads_a_buried_release_back_from_the_log_when_it_changes_again(nats_url, prefix, monkeypatch):
+    """r1 closes, then is annotated, requested again, rolled back by an operator and closed again; r2
+    is rejected. Read one entry at a time, the replay buries r1 at its close and reads it back from
+    its own subjects on NATS before the annotation: the violations and summary of the whole fold."""
+    from services.reads import audit as audit_module
+    from tests.unit.test_tombstones import story_with_life_after_close
+
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+    subjects = Subjects(prefix)
+    await ensure_layout(js, subjects)
+    log = EventLog(nc, js, subjects)
+    story = story_with_life_after_close()
+    for event in story.events:
+        await log.append(Entry(event))
+    annotated_at = next(i + 1 for i, e in enumerate(story.events) if e.type == "release.annotated")
+
+    reads: list[tuple[str, int]] = []
+    real_read_back, real_batches = audit_module.read_back, audit_module.log_batches
+
+    async def counted(js_, subjects_, release_id, before_seq, *args, **kwargs):
+        reads.append((release_id, before_seq))
+        return await real_read_back(js_, subjects_, release_id, before_seq, *args, **kwargs)
+
+    async def one_at_a_time(*args, **kwargs):  # each entry its own read batch: a close, then the next entry
+        async for batch in real_batches(*args, **kwargs):
+            for item in batch:
+                yield [item]
+
+    monkeypatch.setattr(audit_module, "read_back", counted)
+    monkeypatch.setattr(audit_module, "log_batches", one_at_a_time)
+    archived = await replay(js, subjects)
+    whole = await replay(js, subjects, archive=False)
+    assert reads == [("r1", annotated_at)]
+    assert archived.violations == whole.violations and archived.violations  # (illegal steps, pointers unbatched)
+    assert summary(archived) == summary(whole)
+    assert archived.world.release("r1") == whole.world.release("r1")  # read back, then folded on: the same
     await nc.close()

@@ -19,6 +19,7 @@ from projections.invariants import Audit, audit_entry, finish
 from projections.pointer_chain import chained_pointer
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
+from tests.unit.archive_support import assert_archiving_agrees
 from tests.unit.test_projections import CH, ENV, P0, P1, P2, Log, manifest_of
 
 ACTIVATOR = Actor(kind="service", id="activator")
@@ -110,10 +111,14 @@ class Story:
         return self.log.add("release.activated", data, release_id=rid, **kw)
 
     def replay(self) -> Audit:
+        """The whole fold; the archiving replay (`kxr audit replay`'s) must say the same of every story."""
+        entries = [(replace(p, batch_id=self.batch_of.get(p.seq)), e) for p, e in self.log.entries()]
         audit = Audit()
-        for position, event in self.log.entries():
-            audit = audit_entry(audit, replace(position, batch_id=self.batch_of.get(position.seq)), event, Subjects())
-        return finish(audit)
+        for position, event in entries:
+            audit = audit_entry(audit, position, event, Subjects())
+        audit = finish(audit)
+        assert_archiving_agrees(entries, Subjects(), audit)
+        return audit
 
     def seq_of(self, event: Event) -> int:
         return self.log.seq_of(event)

@@ -31,7 +31,19 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from .lifecycle_model_support import CHANNELS, COHORTS, CONSUMERS, PACKS, SAMPLE_KINDS, THRESHOLDS, Lifecycle
+from projections.invariants import finish
+
+from .archive_support import assert_archiving_agrees
+from .lifecycle_model_support import (
+    CHANNELS,
+    COHORTS,
+    CONSUMERS,
+    PACKS,
+    SAMPLE_KINDS,
+    SUBJECTS,
+    THRESHOLDS,
+    Lifecycle,
+)
 
 # Invariants today's code is known to break, each fixed on another branch of issue 13. The
 # machine tolerates exactly these (their minimal examples are xfail-strict regression tests in
@@ -63,6 +75,7 @@ MUST_REACH = (
     "refusal in an earlier stage's cohort while a later stage is watched",
     "a release's steps stored in one atomic batch (fast path)",
     "a stalled verification failed closed in the fast path's batch",
+    "a closed release read back whole by the archiving replay",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -98,6 +111,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m.verify_stalls = not self.m.verify_stalls
 
     def teardown(self) -> None:
+        # the auditor's replay keeps closed releases as tombstones: it must say what the whole fold said
+        REACHED["a closed release read back whole by the archiving replay"] += assert_archiving_agrees(
+            self.m.log, SUBJECTS, finish(self.m.audit)
+        )
         REACHED["a release's steps stored in one atomic batch (fast path)"] += self.m.path_batches
         REACHED["a stalled verification failed closed in the fast path's batch"] += self.m.stalled_in_batches
 

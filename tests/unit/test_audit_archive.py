@@ -1,0 +1,134 @@
+"""Given a log, when the auditor's replay keeps each closed release as a tombstone (its default, for
+the memory and speed of a 1M-entry replay: projections/audit_archive.py), then it reports exactly
+what the whole fold reports — at every read-batch size, violation for violation, the same summary —
+including the entries that reach a closed release again: an operator's rollback after close, a
+pointer whose data alone names a closed release, a release closed inside an atomic batch that is
+being read, a release that closed after an illegal step. Pure (tests/unit/archive_support.py; the
+replay against NATS: tests/integration/test_audit.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from events.codec import make_event
+from events.model import PackRef, Scope
+from events.subjects import Subjects
+from projections.pointer_chain import chained_pointer
+from tests.unit.archive_support import assert_archiving_agrees, replay_archiving, whole_replay
+from tests.unit.test_audit_invariants import ACTIVATOR, Story, codes_at, lines, rolling_back, story
+from tests.unit.test_projections import CH, ENV, P0, P1, P2, manifest_of
+from tests.unit.test_replay_decisions import HISTORIES, load
+from tests.unit.test_tombstones import story_with_life_after_close
+
+SUBJECTS = Subjects()
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+def test_recorded_histories_replay_the_same_with_closed_releases_buried(path: Path) -> None:
+    entries = load(path)
+    assert_archiving_agrees(entries, SUBJECTS)
+    archived, _ = replay_archiving(entries, 64, SUBJECTS)
+    assert archived.world.tombstones, "nothing was buried: the comparison proves nothing"
+    assert not any(r.closed and not r.anomalies for r in archived.world.releases.values())
+
+
+def test_a_closed_release_changed_again_is_read_back_once_and_reported_alike() -> None:
+    """r1 closed, then an annotation, a second request, an operator's rollback and a second close."""
+    entries = story_with_life_after_close().entries()
+    assert assert_archiving_agrees(entries, SUBJECTS) == 1  # read back at the annotation, whole after it
+    archived, _ = replay_archiving(entries, 1, SUBJECTS)
+    # both end whole: each took an illegal step (r1 a request after close, r2 a close straight after
+    # its request), which `finish` reports from the release whole
+    assert set(archived.world.releases.keys()) == {"r1", "r2"} and not archived.world.tombstones
+
+
+def entries_of(s: Story):
+    from dataclasses import replace
+
+    return [(replace(p, batch_id=s.batch_of.get(p.seq)), e) for p, e in s.log.entries()]
+
+
+def test_a_pointer_whose_data_alone_names_a_closed_release_is_judged_on_that_release_whole() -> None:
+    """The envelope names no release, the pointer's data names r0 (closed): the checks read r0 from
+    the data, so the replay reads r0 back first (else: `activation_without_verification`)."""
+    s = story()
+    s.log.note("r0", "annotated", "after close")  # r0 read back here: whole again...
+    s.log.closed("r0", "success")  # ...and buried again (an illegal second close: r0 stays whole)
+    s.log.requested("r5", P2)
+    s.log.note("r5", "annotated", "an entry or two, so the pointer is read in a batch of its own")
+    mark = s.log.world().scope(ENV, CH, "rest").chain_mark
+    data = chained_pointer(
+        mark, pack=PackRef(**P0), manifest=manifest_of(P0), release_id="r0", kind="rollout", previous=None
+    )
+    pointer = s.append(
+        make_event(
+            "scope.activated",
+            data,
+            actor=ACTIVATOR,
+            release_id=None,
+            scope=Scope(env=ENV, channel=CH, cohort="rest"),
+            event_id=f"ev-{s.seq + 1}",
+            occurred_at=s.log.clock,
+        )
+    )
+    with s.batch("b-late"):
+        pass
+    whole = whole_replay(entries_of(s), SUBJECTS)
+    assert "activation_without_verification" not in codes_at(whole, s.seq_of(pointer)), lines(whole)
+    assert codes_at(whole, s.seq_of(pointer)), lines(whole)  # reported, on r0 whole
+    assert assert_archiving_agrees(entries_of(s), SUBJECTS, whole) >= 1
+
+
+def test_a_pointer_whose_data_alone_names_a_buried_release_reads_it_back() -> None:
+    """As above with r0 buried when the pointer comes (closed once, untouched since)."""
+    s = story()
+    s.log.requested("r5", P2)
+    mark = s.log.world().scope(ENV, CH, "rest").chain_mark
+    data = chained_pointer(
+        mark, pack=PackRef(**P0), manifest=manifest_of(P0), release_id="r0", kind="rollout", previous=None
+    )
+    pointer = s.append(
+        make_event(
+            "scope.activated",
+            data,
+            actor=ACTIVATOR,
+            release_id=None,
+            scope=Scope(env=ENV, channel=CH, cohort="rest"),
+            event_id=f"ev-{s.seq + 1}",
+            occurred_at=s.log.clock,
+        )
+    )
+    whole = whole_replay(entries_of(s), SUBJECTS)
+    assert "activation_without_verification" not in codes_at(whole, s.seq_of(pointer)), lines(whole)
+    assert assert_archiving_agrees(entries_of(s), SUBJECTS, whole) == 1
+
+
+def test_a_release_closed_inside_an_atomic_batch_is_buried_at_once_and_its_pairing_still_holds() -> None:
+    """r1's rollback pointers, its `rolled_back` and its close in one batch, read one entry at a time:
+    r1 is buried before the batch ends, and the pairing judged then needs only the claims, each
+    keyed by r1's target when its entry was folded (r1 whole then)."""
+    s = rolling_back()
+    with s.batch("b-odd"):
+        s.emit(s.rollback("r1"), group="b-odd")
+        s.log.closed("r1", "rolled_back")
+    s.log.requested("r2", P2)  # the entry after the batch
+    whole = whole_replay(entries_of(s), SUBJECTS)
+    assert whole.violations == (), lines(whole)
+    assert_archiving_agrees(entries_of(s), SUBJECTS, whole)
+    archived, _ = replay_archiving(entries_of(s), 1, SUBJECTS)
+    assert {"r0", "r1"} <= set(archived.world.tombstones.keys())
+
+
+def test_a_release_that_closed_after_an_illegal_step_stays_whole_and_is_reported() -> None:
+    s = story()
+    s.log.requested("r1", P1)
+    s.record("r1", P1)  # activated straight from requested: illegal
+    s.log.closed("r1", "success")
+    s.log.requested("r2", P2)
+    whole = whole_replay(entries_of(s), SUBJECTS)
+    assert any(v.code == "illegal_transition" and "r1" in v.message for v in whole.violations), lines(whole)
+    assert_archiving_agrees(entries_of(s), SUBJECTS, whole)
+    archived, _ = replay_archiving(entries_of(s), 1, SUBJECTS)
+    assert archived.world.release("r1") is not None and "r1" not in archived.world.tombstones
