@@ -195,6 +195,10 @@ class ContractRuntime:
                 msgs = await self.sub.fetch(10, timeout=0.5)
             except (TimeoutError, NatsTimeout):
                 continue
+            except Exception as exc:  # a runtime keeps following (and says so: the failure message shows it)
+                self.timeline.append(f"fetch failed: {exc.__class__.__name__}: {exc}")
+                await asyncio.sleep(0.2)
+                continue
             for msg in msgs:
                 got = datetime.now(UTC)
                 await self.consider(json.loads(msg.data))
