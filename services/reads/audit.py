@@ -113,10 +113,9 @@ async def replay(
     async def fold(batch: Batch, outcomes: list[bool | None] | None) -> None:
         nonlocal audit
         report_holes(batch[0][0].seq)
-        if archive:
-            first = batch[0][0].seq
-            for release_id in to_restore(audit, (event for _, _, event in batch)):
-                audit = restored(audit, await _read_back(js, subjects, release_id, first, service_keys))
+        read_back_ids = to_restore(audit, (event for _, _, event in batch)) if archive else []
+        for release_id in read_back_ids:
+            audit = restored(audit, await _read_back(js, subjects, release_id, batch[0][0].seq, service_keys))
         state = audit
         if checker is None:
             for _, position, event in batch:
@@ -125,8 +124,8 @@ async def replay(
             for i, (entry, position, event) in enumerate(batch):
                 checker.expect(entry.subject, entry.data, outcomes[i] if outcomes is not None else None)
                 state = audit_signed_entry(state, checker, position, event, entry.data, entry.headers, subjects)
-        if archive:
-            state = bury(state, closed_in(event for _, _, event in batch))
+        if archive:  # (a release read back and still closed is buried again)
+            state = bury(state, closed_in(event for _, _, event in batch).union(read_back_ids))
         audit = state
         if progress is not None:  # once a batch (a few hundred entries): a progress line is all it feeds
             progress(state.events + state.undecodable, batch[-1][0].pending)

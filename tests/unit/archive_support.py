@@ -44,12 +44,13 @@ def replay_archiving(entries: Entries, batch_size: int, subjects: Subjects) -> t
     audit, restores = Audit(), 0
     for start in range(0, len(entries), batch_size):
         batch = entries[start : start + batch_size]
-        for release_id in to_restore(audit, (event for _, event in batch)):
+        read_back_ids = to_restore(audit, (event for _, event in batch))
+        for release_id in read_back_ids:
             audit = restored(audit, own_history(entries, release_id, batch[0][0].seq, subjects))
-            restores += 1
+        restores += len(read_back_ids)
         for position, event in batch:
             audit = audit_entry(audit, position, event, subjects)
-        audit = bury(audit, closed_in(event for _, event in batch))
+        audit = bury(audit, closed_in(event for _, event in batch).union(read_back_ids))
     return finish(audit), restores
 
 
