@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from events.codec import make_event
-from events.model import PackRef, Scope
 from events.subjects import Subjects
-from projections.pointer_chain import chained_pointer
 from tests.unit.archive_support import assert_archiving_agrees, replay_archiving, whole_replay
-from tests.unit.test_audit_invariants import ACTIVATOR, Story, codes_at, lines, rolling_back, story
-from tests.unit.test_projections import CH, ENV, P0, P1, P2, manifest_of
+from tests.unit.test_audit_invariants import Story, codes_at, lines, rolling_back, story
+from tests.unit.test_projections import P0, P1, P2
 from tests.unit.test_replay_decisions import HISTORIES, load
 from tests.unit.test_tombstones import story_with_life_after_close
 
@@ -62,6 +59,14 @@ def entries_of(s: Story):
     return [(replace(p, batch_id=s.batch_of.get(p.seq)), e) for p, e in s.log.entries()]
 
 
+def pointer_naming_in_data_only(s: Story, cohort: str, p: dict, release_id: str):
+    """A rollout pointer as the activator would chain it, whose envelope names no release (hostile)."""
+    s.pointer(cohort, p, release_id)
+    s.log.events[-1] = hostile = s.log.events[-1].model_copy(update={"release_id": None})
+    assert hostile.data.release_id == release_id
+    return hostile
+
+
 def test_a_pointer_whose_data_alone_names_a_closed_release_is_judged_on_that_release_whole() -> None:
     """The envelope names no release, the pointer's data names r0 (closed): the checks read r0 from
     the data, so the replay reads r0 back first (else: `activation_without_verification`)."""
@@ -70,23 +75,7 @@ def test_a_pointer_whose_data_alone_names_a_closed_release_is_judged_on_that_rel
     s.log.closed("r0", "success")  # ...then an illegal second close: read back, and r0 stays whole
     s.log.requested("r5", P2)
     s.log.note("r5", "annotated", "an entry or two, so the pointer is read in a batch of its own")
-    mark = s.log.world().scope(ENV, CH, "rest").chain_mark
-    data = chained_pointer(
-        mark, pack=PackRef(**P0), manifest=manifest_of(P0), release_id="r0", kind="rollout", previous=None
-    )
-    pointer = s.append(
-        make_event(
-            "scope.activated",
-            data,
-            actor=ACTIVATOR,
-            release_id=None,
-            scope=Scope(env=ENV, channel=CH, cohort="rest"),
-            event_id=f"ev-{s.seq + 1}",
-            occurred_at=s.log.clock,
-        )
-    )
-    with s.batch("b-late"):
-        pass
+    pointer = pointer_naming_in_data_only(s, "rest", P0, "r0")
     whole = whole_replay(entries_of(s), SUBJECTS)
     assert "activation_without_verification" not in codes_at(whole, s.seq_of(pointer)), lines(whole)
     assert codes_at(whole, s.seq_of(pointer)), lines(whole)  # reported, on r0 whole
@@ -97,21 +86,7 @@ def test_a_pointer_whose_data_alone_names_a_buried_release_reads_it_back() -> No
     """As above with r0 buried when the pointer comes (closed once, untouched since)."""
     s = story()
     s.log.requested("r5", P2)
-    mark = s.log.world().scope(ENV, CH, "rest").chain_mark
-    data = chained_pointer(
-        mark, pack=PackRef(**P0), manifest=manifest_of(P0), release_id="r0", kind="rollout", previous=None
-    )
-    pointer = s.append(
-        make_event(
-            "scope.activated",
-            data,
-            actor=ACTIVATOR,
-            release_id=None,
-            scope=Scope(env=ENV, channel=CH, cohort="rest"),
-            event_id=f"ev-{s.seq + 1}",
-            occurred_at=s.log.clock,
-        )
-    )
+    pointer = pointer_naming_in_data_only(s, "rest", P0, "r0")
     whole = whole_replay(entries_of(s), SUBJECTS)
     assert "activation_without_verification" not in codes_at(whole, s.seq_of(pointer)), lines(whole)
     assert assert_archiving_agrees(entries_of(s), SUBJECTS, whole) == 1
