@@ -71,9 +71,9 @@ def _buriable(state: ReleaseState) -> bool:
 
 
 def bury(audit: Audit, candidates: Iterable[str]) -> Audit:
-    """Each candidate (a release the read batch closed or read back) that is closed and buriable,
-    kept as a tombstone. One rolled back after close in the same read batch is left whole: it is a
-    candidate again when it closes."""
+    """Each candidate (a release the read batch closed) that is still closed, and buriable, kept as a
+    tombstone. One rolled back after close in the same read batch is left whole: it is a candidate
+    again when it closes."""
     world = audit.world
     releases, stones = world.releases, world.tombstones
     for rid in candidates:

@@ -50,7 +50,7 @@ def replay_archiving(entries: Entries, batch_size: int, subjects: Subjects) -> t
         restores += len(read_back_ids)
         for position, event in batch:
             audit = audit_entry(audit, position, event, subjects)
-        audit = bury(audit, closed_in(event for _, event in batch).union(read_back_ids))
+        audit = bury(audit, closed_in(event for _, event in batch))
     return finish(audit), restores
 
 
