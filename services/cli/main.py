@@ -222,11 +222,23 @@ def _failure(exc: Exception) -> tuple[str, int]:
     from services.jetstream.embedded import ServerError
     from services.jetstream.layout import LayoutError
     from services.jetstream.log import AppendConflict, AppendFailed
+    from services.jetstream.log_reads import ReadBackFailed
     from services.jetstream.reader import ReadRefused
     from services.settings import ConfigError
 
     if isinstance(
-        exc, (CliError, ConfigError, InvalidToken, LayoutError, ServerError, AppendConflict, AppendFailed, ReadRefused)
+        exc,
+        (
+            CliError,
+            ConfigError,
+            InvalidToken,
+            LayoutError,
+            ServerError,
+            AppendConflict,
+            AppendFailed,
+            ReadRefused,
+            ReadBackFailed,  # `kxr audit replay` reading a closed release back
+        ),
     ):
         return f"kxr: error: {exc}", 2
     if isinstance(exc, PermissionDenied):

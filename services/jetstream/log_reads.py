@@ -229,6 +229,10 @@ class ShortRead(LookupError):
     """A read of a release's own subjects came back with fewer entries than they hold."""
 
 
+class ReadBackFailed(RuntimeError):
+    """A closed release's own events could not be read back (`read_back`): the fold cannot go on."""
+
+
 READ_BACK_TRIES = 5  # reads of one release's events before a read back gives up (0.5, 1, 2, 4 s apart)
 READ_BACK_FIRST_DELAY_S = 0.5
 
@@ -247,7 +251,7 @@ async def read_back(
     """`release_history`, read again when it fails or comes back with none of the release's events before
     the `believe_empty_after`-th read (a reader that knows the release has some passes more than
     `tries`: "none" is then never believed): a short read is never taken for "no such release".
-    Raises RuntimeError after `tries` reads (the caller cannot skip what it folds).
+    Raises `ReadBackFailed` (a RuntimeError) after `tries` reads (the caller cannot skip what it folds).
     A follower's tombstone and the projector's closed releases are read back through here."""
     delay = first_delay
     for attempt in range(1, tries + 1):
@@ -260,7 +264,7 @@ async def read_back(
             raise
         except Exception as exc:
             if attempt == tries:
-                raise RuntimeError(
+                raise ReadBackFailed(
                     f"release {release_id} (closed, changed again at seq {before_seq}) could not be read from "
                     f"the log in {tries} tries: {exc or exc.__class__.__name__}"
                 ) from exc

@@ -120,3 +120,22 @@ def test_a_release_that_closed_after_an_illegal_step_stays_whole_and_is_reported
     assert_archiving_agrees(entries_of(s), SUBJECTS, whole)
     archived, _ = replay_archiving(entries_of(s), 1, SUBJECTS)
     assert archived.world.release("r1") is not None and "r1" not in archived.world.tombstones
+
+
+async def test_a_closed_release_that_cannot_be_read_back_fails_the_replay_in_one_clear_line(monkeypatch) -> None:
+    """The replay cannot fold on without the release: after its tries, `read_back` raises
+    `ReadBackFailed`, which `kxr audit replay` prints as one line naming the release (exit 2)."""
+    from services.cli.main import _failure
+    from services.jetstream import log_reads
+
+    async def short(*_args, **_kwargs):
+        raise log_reads.ShortRead("release r1: 3 of the 9 entries on its subjects read")
+
+    monkeypatch.setattr(log_reads, "release_history", short)
+    with pytest.raises(log_reads.ReadBackFailed) as failed:
+        await log_reads.read_back(None, SUBJECTS, "r1", 18, believe_empty_after=3, tries=2, first_delay=0)
+    line, status = _failure(failed.value)
+    assert status == 2 and line == (
+        "kxr: error: release r1 (closed, changed again at seq 18) could not be read from the log in 2 tries: "
+        "release r1: 3 of the 9 entries on its subjects read"
+    )
