@@ -163,7 +163,7 @@ async def test_replay_reads_a_buried_release_back_from_the_log_when_it_changes_a
     """r1 closes, then is annotated, requested again, rolled back by an operator and closed again; r2
     is rejected. Read one entry at a time, the replay buries r1 at its close and reads it back from
     its own subjects on NATS before the annotation: the violations and summary of the whole fold."""
-    from services.reads import audit as audit_module
+    from tests.unit.archive_support import record_read_backs
     from tests.unit.test_tombstones import story_with_life_after_close
 
     nc = await connect(nats_url)
@@ -176,20 +176,7 @@ async def test_replay_reads_a_buried_release_back_from_the_log_when_it_changes_a
         await log.append(Entry(event))
     annotated_at = next(i + 1 for i, e in enumerate(story.events) if e.type == "release.annotated")
 
-    reads: list[tuple[str, int]] = []
-    real_read_back, real_batches = audit_module.read_back, audit_module.log_batches
-
-    async def counted(js_, subjects_, release_id, before_seq, *args, **kwargs):
-        reads.append((release_id, before_seq))
-        return await real_read_back(js_, subjects_, release_id, before_seq, *args, **kwargs)
-
-    async def one_at_a_time(*args, **kwargs):  # each entry its own read batch: a close, then the next entry
-        async for batch in real_batches(*args, **kwargs):
-            for item in batch:
-                yield [item]
-
-    monkeypatch.setattr(audit_module, "read_back", counted)
-    monkeypatch.setattr(audit_module, "log_batches", one_at_a_time)
+    reads = record_read_backs(monkeypatch)
     archived = await replay(js, subjects)
     whole = await replay(js, subjects, archive=False)
     assert reads == [("r1", annotated_at)]  # whole from then on

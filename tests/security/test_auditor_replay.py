@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from services.jetstream.direct import connection_of
 from services.jetstream.log import Entry, EventLog
-from services.reads import audit as audit_module
 from services.reads.audit import replay, summary
+from tests.unit.archive_support import record_read_backs
 from tests.unit.test_tombstones import story_with_life_after_close
 
 
@@ -25,24 +25,10 @@ async def test_the_auditor_replays_and_reads_a_closed_release_back_with_its_own_
     for event in story_with_life_after_close().events:  # r1: closed, then annotated, rolled back, closed again
         await logs["operator" if event.actor.kind == "operator" else "service"].append(Entry(event))
 
-    reads: list[str] = []
-    real_read_back, real_batches = audit_module.read_back, audit_module.log_batches
-
-    async def counted(js, subjects, release_id, *args, **kwargs):
-        state = await real_read_back(js, subjects, release_id, *args, **kwargs)
-        reads.append(release_id)
-        return state
-
-    async def one_at_a_time(*args, **kwargs):
-        async for batch in real_batches(*args, **kwargs):
-            for item in batch:
-                yield [item]
-
-    monkeypatch.setattr(audit_module, "read_back", counted)
-    monkeypatch.setattr(audit_module, "log_batches", one_at_a_time)
+    reads = record_read_backs(monkeypatch)
     auditor = await as_role("auditor")
     archived = await replay(auditor.js, authed.subjects)
     whole = await replay(auditor.js, authed.subjects, archive=False)
-    assert reads == ["r1"]  # before the annotation after close (whole from then on)
+    assert [release_id for release_id, _ in reads] == ["r1"]  # before the annotation after close (whole from then on)
     assert summary(archived) == summary(whole) and archived.violations == whole.violations
     assert auditor.permission_errors() == []

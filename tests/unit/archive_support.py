@@ -89,3 +89,26 @@ def assert_archiving_agrees(entries: Entries, subjects: Subjects, whole: Audit |
         assert_same_releases(archived.world, whole.world)
         most = max(most, restores)
     return most
+
+
+def record_read_backs(monkeypatch) -> list[tuple[str, int]]:
+    """For a replay against NATS: each entry its own read batch (so a close and the next entry are
+    never read together) and every read back recorded, (release id, before seq), once it succeeded."""
+    from services.reads import audit as audit_module
+
+    reads: list[tuple[str, int]] = []
+    real_read_back, real_batches = audit_module.read_back, audit_module.log_batches
+
+    async def recorded(js, subjects, release_id, before_seq, *args, **kwargs):
+        state = await real_read_back(js, subjects, release_id, before_seq, *args, **kwargs)
+        reads.append((release_id, before_seq))
+        return state
+
+    async def one_at_a_time(*args, **kwargs):
+        async for batch in real_batches(*args, **kwargs):
+            for item in batch:
+                yield [item]
+
+    monkeypatch.setattr(audit_module, "read_back", recorded)
+    monkeypatch.setattr(audit_module, "log_batches", one_at_a_time)
+    return reads

@@ -22,14 +22,9 @@ from projections.world import (
     needs_history,
     restore,
 )
+from tests.unit.archive_support import own_history
 from tests.unit.test_projections import P0, P1, P2, Log
 from tests.unit.test_replay_decisions import HISTORIES, load
-
-
-def release_history(entries: list[tuple[Position, object]], release_id: str, before_seq: int):
-    """What services.jetstream.log_reads.release_history reads from NATS: the release's own subjects, folded."""
-    own = [(p, e) for p, e in entries if p.seq < before_seq and p.subject.split(".")[1:3] == ["release", release_id]]
-    return fold(own).release(release_id)
 
 
 def fold_archiving(entries) -> tuple[World, int]:
@@ -37,7 +32,7 @@ def fold_archiving(entries) -> tuple[World, int]:
     world, restores = World(), 0
     for position, event in entries:
         if needs_history(world, event):
-            world = restore(world, release_history(entries, event.release_id, position.seq))
+            world = restore(world, own_history(entries, event.release_id, position.seq, Subjects()))
             restores += 1
         world = archive_closed(apply(world, position, event), event)
     return world, restores
