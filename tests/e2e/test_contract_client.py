@@ -38,6 +38,7 @@ from nats.js.errors import APIError, NotFoundError
 pytestmark = pytest.mark.e2e
 
 ENV, CHANNEL = "prod", "canary"
+RECHECK_S = 2.0  # how often an idle runtime reads its scope's last pointer directly
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENVELOPE_KEYS = {
     "event_id",
@@ -161,14 +162,22 @@ class ContractRuntime:
         self.history: list[tuple[str, str]] = []
         # when each pointer was stored, taken and acted on: a window a runtime missed says by how much
         self.timeline: list[str] = []
+        self.wanted: dict | None = None  # the newest pointer taken and not yet settled on
+        self.seen_seq = 0  # the newest pointer's stream sequence taken
+        self.recheck_at = time.monotonic() + RECHECK_S
+        self.unreported: dict | None = None  # the outcome of the last switch (or refusal), until reported
         self.tasks: list[asyncio.Task] = []
 
     @property
     def health_subject(self) -> str:
         return f"{self.prefix}.health.{ENV}.{CHANNEL}.{self.cohort}.{self.runtime_id}"
 
+    @property
+    def pointer_subject(self) -> str:
+        return f"{self.prefix}.scope.{ENV}.{CHANNEL}.{self.cohort}.activated"
+
     async def start(self) -> None:
-        subject = f"{self.prefix}.scope.{ENV}.{CHANNEL}.{self.cohort}.activated"
+        subject = self.pointer_subject
         config = ConsumerConfig(
             name=f"{self.runtime_id}-{uuid.uuid4().hex[:8]}",  # named: README "Readers name their consumers on the log"
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -178,7 +187,10 @@ class ContractRuntime:
             mem_storage=True,
         )
         self.sub = await self.js.pull_subscribe(subject, stream=f"{self.prefix.upper()}_RELEASES", config=config)
-        self.tasks = [asyncio.create_task(self.follow()), asyncio.create_task(self.report_samples())]
+        self.tasks = [
+            asyncio.create_task(self.follow(), name=f"{self.runtime_id} follow"),
+            asyncio.create_task(self.report_samples(), name=f"{self.runtime_id} samples"),
+        ]
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -190,46 +202,79 @@ class ContractRuntime:
             pass
 
     async def follow(self) -> None:
+        """Take the newest pointer and settle on it. A runtime keeps going through a failed fetch, a
+        failed pack read or a failed report (a cluster's leader election, a loaded server): it says so in
+        its timeline and tries again on its next turn, as any runtime must (with AckPolicy.NONE a pointer
+        is delivered once: the runtime, not the server, remembers what it still has to do)."""
         while True:
             try:
                 msgs = await self.sub.fetch(10, timeout=0.5)
             except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:  # a runtime keeps following (and says so: the failure message shows it)
+                msgs = []
+            except Exception as exc:
                 self.timeline.append(f"fetch failed: {exc.__class__.__name__}: {exc}")
                 await asyncio.sleep(0.2)
-                continue
+                msgs = []
             for msg in msgs:
-                got = datetime.now(UTC)
-                await self.consider(json.loads(msg.data))
-                self.timeline.append(
-                    f"seq {msg.metadata.sequence.stream} stored {msg.metadata.timestamp:%H:%M:%S.%f}, "
-                    f"taken +{(got - msg.metadata.timestamp).total_seconds():.3f}s, "
-                    f"reported +{(datetime.now(UTC) - msg.metadata.timestamp).total_seconds():.3f}s"
-                )
+                self.take(msg.metadata.sequence.stream, msg.metadata.timestamp, msg.data, "delivered")
+            if not msgs and time.monotonic() >= self.recheck_at:
+                await self.recheck()
+            if self.wanted is not None or self.unreported is not None:
+                try:
+                    await self.settle()
+                except Exception as exc:
+                    self.timeline.append(f"settling failed (tried again): {exc.__class__.__name__}: {exc}")
+                    await asyncio.sleep(0.2)
 
-    async def consider(self, event: dict) -> None:
-        assert event["type"] == "scope.activated", event
-        pack = event["data"]["pack"]
-        if pack["digest"] == self.active:
+    def take(self, seq: int, stored: datetime, data: bytes, how: str) -> None:
+        if seq <= self.seen_seq:
             return
-        started = time.perf_counter()
-        problem = await self.verify(pack, event["data"]["manifest"])
-        took_ms = round((time.perf_counter() - started) * 1000, 3)
-        if problem is None:
-            self.active = pack["digest"]
-            self.history.append((pack["digest"], "activated"))
-        else:
-            self.history.append((pack["digest"], f"refused: {problem}"))
-        await self.report(
-            {
-                "kind": "activation",
-                "digest": pack["digest"],
-                "ok": problem is None,
-                "took_ms": took_ms,
-                "error": problem,
-            }
+        self.seen_seq = seq
+        self.wanted = json.loads(data)
+        self.timeline.append(
+            f"seq {seq} {how}, stored {stored:%H:%M:%S.%f}, taken +{(datetime.now(UTC) - stored).total_seconds():.3f}s"
         )
+
+    async def recheck(self) -> None:
+        """Now and then, while nothing arrives, the scope's last pointer read directly: a delivery lost
+        with a connection (AckPolicy.NONE: never sent again) is found here, not never."""
+        self.recheck_at = time.monotonic() + RECHECK_S
+        try:
+            msg = await self.js.get_last_msg(f"{self.prefix.upper()}_RELEASES", self.pointer_subject, direct=True)
+        except NotFoundError:
+            return
+        except Exception as exc:
+            self.timeline.append(f"recheck failed: {exc.__class__.__name__}: {exc}")
+            return
+        self.take(msg.seq, msg.time or datetime.now(UTC), msg.data, "found by a recheck")
+
+    async def settle(self) -> None:
+        """Verify the newest pointer's pack and switch to it (or refuse it), then report that outcome."""
+        if self.wanted is not None:
+            event = self.wanted
+            assert event["type"] == "scope.activated", event
+            pack = event["data"]["pack"]
+            if pack["digest"] != self.active:
+                started = time.perf_counter()
+                problem = await self.verify(pack, event["data"]["manifest"])
+                took_ms = round((time.perf_counter() - started) * 1000, 3)
+                if problem is None:
+                    self.active = pack["digest"]
+                    self.history.append((pack["digest"], "activated"))
+                else:
+                    self.history.append((pack["digest"], f"refused: {problem}"))
+                self.unreported = {
+                    "kind": "activation",
+                    "digest": pack["digest"],
+                    "ok": problem is None,
+                    "took_ms": took_ms,
+                    "error": problem,
+                }
+            self.wanted = None
+        if self.unreported is not None:
+            await self.report(self.unreported)
+            self.unreported = None
+            self.timeline.append(f"reported {datetime.now(UTC):%H:%M:%S.%f}")
 
     async def verify(self, pack: dict, manifest_name: str) -> str | None:
         hexdigest = pack["digest"].removeprefix("sha256:")
@@ -262,17 +307,25 @@ class ContractRuntime:
 
     async def report_samples(self) -> None:
         while True:
-            await self.report(
-                {
-                    "kind": "sample",
-                    "requests": 200,
-                    "errors": 0,
-                    "latency_ms": {"p95": 80, "p99": 120},
-                    "error_classes": {},
-                    "correctness": {"mismatches": 0, "checked": 50},
-                }
-            )
+            try:
+                await self.report(
+                    {
+                        "kind": "sample",
+                        "requests": 200,
+                        "errors": 0,
+                        "latency_ms": {"p95": 80, "p99": 120},
+                        "error_classes": {},
+                        "correctness": {"mismatches": 0, "checked": 50},
+                    }
+                )
+            except Exception as exc:  # the next sample is due anyway: say so and go on
+                self.timeline.append(f"sample not reported: {exc.__class__.__name__}: {exc}")
             await asyncio.sleep(0.1)
+
+    def ended(self) -> list[str]:
+        """Why any of this runtime's loops stopped (they never should while the test runs)."""
+        why = {t: t.exception() if not t.cancelled() else None for t in self.tasks if t.done()}
+        return [f"{t.get_name()} ended: {exc!r}" for t, exc in why.items()]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -311,7 +364,7 @@ async def release_so_far(js, releases: str, prefix: str, release_id: str, serve,
             # a verdict's or a failure's reason says why a release stopped where it did
             reason = json.loads(msg.data).get("data", {}).get("reason")
             types.append(f"{suffix} ({reason})" if reason else suffix)
-    seen = "; ".join(f"{rt.runtime_id}: {rt.timeline}" for rt in runtimes)
+    seen = "; ".join(f"{rt.runtime_id}: {rt.timeline + rt.ended()}" for rt in runtimes)
     return f"; events so far: {types}; runtimes: {seen}; service log tail: {serve.stderr()[-1500:]}"
 
 
