@@ -121,12 +121,14 @@ class _Recorded(Generic[F]):
 
 def _decision_spans(
     spans: ExitStack, release: ReleaseState, parts: list[Part], started: int
-) -> dict[str, dict[str, str]]:
+) -> tuple[dict[str, dict[str, str]], list]:
     """One span per decision that stores something (from observe on), each the child of the trace context
     of the event it follows from: the release's last event for the first, the one before it decided for
     the next (the fast path's). Each stored event carries its own decision's span (the returned map:
-    event id -> trace headers, where tracing is on). Deciding that nothing is due leaves no span."""
+    event id -> trace headers, where tracing is on), and each part's span is returned (None: tracing
+    off) so a batch that fails can say so on the later parts'. Deciding that nothing is due leaves no span."""
     by_event: dict[str, dict[str, str]] = {}
+    opened = []
     cause = release.last_event_id
     parent = tracing.headers_of(release.release_id, cause)
     for n, part in enumerate(parts):
@@ -139,10 +141,19 @@ def _decision_spans(
         if span is not None:
             span.set_attribute("kx.consumer", part.step.name)
             span.set_attribute(tracing.ATTR_EMITTED, emitted)
+        opened.append(span)
         parent = tracing.current_headers()
         by_event.update(dict.fromkeys(emitted, parent))
         cause = emitted[-1] if emitted else cause
-    return by_event
+    return by_event, opened
+
+
+def _not_stored(spans: list, why: AppendFailed) -> None:
+    """The later parts' spans of a batch that failed: they list no event (none of theirs was stored)."""
+    for span in spans:
+        if span is not None:
+            span.set_attribute(tracing.ATTR_EMITTED, [])
+            span.set_attribute(tracing.ATTR_NOT_STORED, f"the fast path's batch failed: {why}"[:500])
 
 
 class ReleaseReactor(Generic[F]):
@@ -335,7 +346,7 @@ class ReleaseReactor(Generic[F]):
             parts += await extend(world, release, outputs, self.then)
         stored = joined(parts) if len(parts) > 1 else outputs
         with ExitStack() as spans:
-            decided_by = _decision_spans(spans, release, parts, started)
+            decided_by, opened = _decision_spans(spans, release, parts, started)
             with tracing.decided_by(decided_by):
                 try:
                     await self.port.emit(stored, release)
@@ -354,6 +365,7 @@ class ReleaseReactor(Generic[F]):
                         release_id,
                         exc,
                     )
+                    _not_stored(opened[1:], exc)
                     parts, stored = parts[:1], outputs
                     await self.port.emit(stored, release)
             for part in parts:

@@ -50,6 +50,9 @@ REMEMBERED = 20_000  # releases whose latest trace context is kept for the decis
 ATTR_RELEASE_ID = "kx.release_id"
 ATTR_EVENT_ID = "kx.event_id"  # the event the decision follows from (its causation)
 ATTR_EMITTED = "kx.emitted_event_ids"
+# a fast-path decision whose batch the server did not store (the first step's events were stored alone):
+# why, and its emitted ids are then empty (its own consumer decides again, under a span of its own)
+ATTR_NOT_STORED = "kx.not_stored"
 
 
 class _State:

@@ -129,6 +129,50 @@ async def test_a_release_requested_with_a_trace_context_is_one_connected_trace(n
     assert all(rt.active and rt.active.digest == pack.digest for rt in runtimes)
 
 
+async def test_a_fast_path_batch_the_server_refuses_leaves_no_span_naming_an_event_it_did_not_store(
+    nats_url, prefix, spans, monkeypatch
+):
+    """The server refuses every batch that carries a `distributed` (injected at the commit). The preparer's
+    decision is stored alone, and the later steps decided with it in the refused batch say so on their
+    spans (`kx.not_stored`, no emitted ids); each stored event names one span that lists it. Before, those
+    spans listed event ids that the log never held under them."""
+    real_send = EventLog._send
+
+    async def refusing(self, batch_id, messages):
+        if any(subject.endswith(".distributed") for subject, _, _ in messages):
+            return {"error": {"code": 503, "err_code": 10999, "description": "injected: batch refused"}}
+        return await real_send(self, batch_id, messages)
+
+    monkeypatch.setattr(EventLog, "_send", refusing)
+    async with running_service(nats_url, prefix) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.request("r1", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})
+        await svc.wait_release("r1", "monitoring")
+        ids = {
+            decode_event(entry.data, entry.subject, svc.app.subjects).event_id: entry.headers
+            for entry in await stored(svc.app.js, svc.app.subjects)
+        }
+    decisions = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name.endswith(" decide") and (s.attributes or {}).get(tracing.ATTR_RELEASE_ID) == "r1"
+    ]
+    refused = [s for s in decisions if tracing.ATTR_NOT_STORED in (s.attributes or {})]
+    # the preparer's batch (distributor, verifier, activator after it) and the distributor's own (verifier,
+    # activator after it) were refused: their later parts say so
+    assert sorted(s.name for s in refused) == sorted(
+        ["distributor decide", "verifier decide", "activator decide", "verifier decide", "activator decide"]
+    ), [(s.name, s.attributes) for s in decisions]
+    for span in refused:
+        assert list((span.attributes or {})[tracing.ATTR_EMITTED]) == [], span.attributes
+        assert "injected: batch refused" in str((span.attributes or {})[tracing.ATTR_NOT_STORED])
+    for span in decisions:
+        for event_id in (span.attributes or {}).get(tracing.ATTR_EMITTED) or ():
+            assert event_id in ids, f"{span.name} lists {event_id}, which the log does not hold"
+            assert ids[event_id]["traceparent"].split("-")[2] == hex_span(span), (span.name, event_id)
+
+
 async def test_tracing_changes_headers_only_never_the_event_bytes_or_signatures(nats_url, prefix, spans):
     """The same events appended (one by one and as an atomic batch) with tracing and without: the
     stored bytes are identical and each signature is the one the untraced writer makes."""
