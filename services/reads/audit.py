@@ -51,6 +51,7 @@ Job = tuple[bytes, str, str, bytes]
 # below it, starting a process (an interpreter, ~0.5 s of a core) costs more than it saves.
 PARALLEL_MIN_ENTRIES = 20_000
 AHEAD_ENTRIES = 4096  # how far (in entries) the verifications may run ahead of the fold
+READ_BACKS_AT_ONCE = 16  # closed releases read back side by side for one read batch (a reader each)
 PIPE_BYTES = 1 << 20  # a worker's stdin: room for about five batches' requests
 MISSING_ENTRY = "missing_entry"  # a violation: sequences of the log that are not stored (a hole)
 
@@ -114,8 +115,8 @@ async def replay(
         nonlocal audit
         report_holes(batch[0][0].seq)
         read_back_ids = to_restore(audit, (event for _, _, event in batch)) if archive else []
-        for release_id in read_back_ids:
-            audit = restored(audit, await _read_back(js, subjects, release_id, batch[0][0].seq, service_keys))
+        for state in await _read_backs(js, subjects, read_back_ids, batch[0][0].seq, service_keys):
+            audit = restored(audit, state)
         state = audit
         if checker is None:
             for _, position, event in batch:
@@ -177,6 +178,31 @@ async def replay(
         if ahead is not None:
             await ahead.close()
     return finish(audit)
+
+
+async def _read_backs(
+    js, subjects: Subjects, release_ids: list[str], before_seq: int, keys: ServiceKeys | None
+) -> list:
+    """The buried releases one read batch touches, read back side by side (at most READ_BACKS_AT_ONCE
+    at a time), each as its own events before `before_seq` say: a batch naming many closed releases
+    (an operator annotating old ones, say) costs a few round trips, not one per release. Each read is
+    of one release's own subjects, so the answer is the one-by-one reads'. The first read that fails
+    fails the replay (`ReadBackFailed`, as one by one); the reads still going are cancelled."""
+    if len(release_ids) <= 1:
+        return [await _read_back(js, subjects, release_id, before_seq, keys) for release_id in release_ids]
+    slots = asyncio.Semaphore(READ_BACKS_AT_ONCE)
+
+    async def one(release_id: str):
+        async with slots:
+            return await _read_back(js, subjects, release_id, before_seq, keys)
+
+    tasks = [asyncio.create_task(one(release_id), name=f"read back {release_id}") for release_id in release_ids]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:  # (after a failure: the others stop, and are awaited, before the error goes on)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _read_back(js, subjects: Subjects, release_id: str, before_seq: int, keys: ServiceKeys | None):

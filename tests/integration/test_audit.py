@@ -184,3 +184,104 @@ async def test_replay_reads_a_buried_release_back_from_the_log_when_it_changes_a
     assert summary(archived) == summary(whole)
     assert archived.world.release("r1") == whole.world.release("r1")  # read back, then folded on: the same
     await nc.close()
+
+
+def _closed_then_annotated(count: int):
+    """`count` releases, each failing verification and closed, then each annotated (legal after close):
+    the annotations all in the read batch after the closes, so each needs its release read back."""
+    from tests.unit.test_projections import P1, Log
+
+    log = Log()
+    log.channel()
+    for i in range(count):
+        log.requested(f"r{i}", P1)
+        log.prepared(f"r{i}", P1)
+        log.distributed(f"r{i}", P1)
+        log.verification_failed(f"r{i}")
+        log.closed(f"r{i}", "failed")
+    closes = len(log.events)
+    for i in range(count):
+        log.note(f"r{i}", "annotated", "looked at again")
+    return log.events, closes
+
+
+async def _stored_in_two_batches(nats_url, prefix, monkeypatch, events, split: int):
+    """The events on NATS; the replay reads them in two batches: the first `split` entries, then the rest."""
+    from services.reads import audit as audit_module
+
+    nc = await connect(nats_url)
+    js = nc.jetstream()
+    subjects = Subjects(prefix)
+    await ensure_layout(js, subjects)
+    log = EventLog(nc, js, subjects)
+    for event in events:
+        await log.append(Entry(event))
+    real_batches = audit_module.log_batches
+
+    async def two(*args, **kwargs):
+        entries = [item async for batch in real_batches(*args, **kwargs) for item in batch]
+        yield entries[:split]
+        yield entries[split:]
+
+    monkeypatch.setattr(audit_module, "log_batches", two)
+    return nc, js, subjects
+
+
+async def test_the_closed_releases_one_batch_touches_are_read_back_side_by_side(nats_url, prefix, monkeypatch):
+    """Five closed releases, each annotated in the next read batch: their five read backs run at once
+    (each waits here until all five have started: one at a time, the first would wait for ever), and the
+    replay says what the whole fold says."""
+    from services.reads import audit as audit_module
+
+    events, closes = _closed_then_annotated(5)
+    nc, js, subjects = await _stored_in_two_batches(nats_url, prefix, monkeypatch, events, closes)
+    real_read_back = audit_module.read_back
+    started: list[str] = []
+    all_started = asyncio.Event()
+
+    async def side_by_side(js, subjects, release_id, before_seq, *args, **kwargs):
+        started.append(release_id)
+        if len(started) == 5:
+            all_started.set()
+        await asyncio.wait_for(all_started.wait(), 10)
+        return await real_read_back(js, subjects, release_id, before_seq, *args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "read_back", side_by_side)
+    archived = await replay(js, subjects)
+    whole = await replay(js, subjects, archive=False)
+    assert sorted(started) == [f"r{i}" for i in range(5)]
+    assert archived.violations == whole.violations and summary(archived) == summary(whole)
+    assert all(archived.world.release(f"r{i}") == whole.world.release(f"r{i}") for i in range(5))
+    await nc.close()
+
+
+async def test_one_read_back_that_fails_fails_the_replay_and_stops_the_others(nats_url, prefix, monkeypatch):
+    """Of three read backs side by side, one fails for good: the replay raises its `ReadBackFailed` (the
+    one line `kxr audit replay` prints), and the two still reading are cancelled before it does."""
+    from services.jetstream.log_reads import ReadBackFailed
+    from services.reads import audit as audit_module
+
+    events, closes = _closed_then_annotated(3)
+    nc, js, subjects = await _stored_in_two_batches(nats_url, prefix, monkeypatch, events, closes)
+    ended: dict[str, str] = {}
+
+    async def r1_fails(js, subjects, release_id, before_seq, *args, **kwargs):
+        try:
+            if release_id == "r1":
+                await asyncio.sleep(0.05)
+                raise ReadBackFailed(f"release r1 (closed, changed again at seq {before_seq}) could not be read")
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            ended[release_id] = "cancelled"
+            raise
+        ended[release_id] = "failed"
+
+    monkeypatch.setattr(audit_module, "read_back", r1_fails)
+    try:
+        await replay(js, subjects)
+    except ReadBackFailed as exc:
+        assert "release r1" in str(exc)
+    else:
+        raise AssertionError("the replay folded on without r1")
+    assert ended == {"r0": "cancelled", "r2": "cancelled"}
+    await nc.close()
