@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from services.actions.producer import (
 from services.app import App
 from services.bootstrap import start_service
 from services.jetstream.client import connect
+from services.jetstream.log import EventLog
 from services.reads.follower import Follower
 from services.runtime.sdk import Identity, RuntimeClient
 from services.runtime.simulation import Behaviour, simulated_runtime
@@ -198,6 +199,19 @@ class Service:
 
 def _phase_is(release: ReleaseState | None, phase: str) -> ReleaseState | None:
     return release if release is not None and release.phase == phase else None
+
+
+def refuse_batches(monkeypatch, carrying: Callable[[str], bool], why: str = "injected: batch refused") -> None:
+    """The server answers the commit of every atomic batch with a message on a subject `carrying` accepts
+    with an error (not a conflict): a fault injected at the wire (EventLog._send), as a refused batch looks."""
+    real_send = EventLog._send
+
+    async def refusing(self, batch_id, messages):
+        if any(carrying(subject) for subject, _, _ in messages):
+            return {"error": {"code": 503, "err_code": 10999, "description": why}}
+        return await real_send(self, batch_id, messages)
+
+    monkeypatch.setattr(EventLog, "_send", refusing)
 
 
 async def wait_for(probe, timeout: float, what: str, describe=None):

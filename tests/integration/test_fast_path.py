@@ -12,11 +12,10 @@ import pytest
 
 from events.signing import SigningKey
 from services.consumers import reactor, verifier
-from services.jetstream.log import EventLog
 from services.observability.metrics import FAST_PATH
 from services.reads.audit import replay
 from tests.e2e.support import read_log
-from tests.harness import Pack, make_pack, running_service
+from tests.harness import Pack, make_pack, refuse_batches, running_service
 
 PATH = ["prepared", "distributed", "verified"]
 # what two runs of one request differ in however it goes: the object store's chunk ids (`stored`), the batch
@@ -153,14 +152,7 @@ async def test_a_batch_the_server_refuses_leaves_each_step_to_its_own_consumer(n
     switch. The release activates, and nothing is written under the preparer's name for a batch it
     did not fail on. Before, the preparer retried the whole batch on every delivery and, giving up,
     rejected the request "pre-flight could not evaluate the request: ... AppendFailed"."""
-    real_send = EventLog._send
-
-    async def refusing(self, batch_id, messages):
-        if any(subject.endswith(".distributed") for subject, _, _ in messages):
-            return {"error": {"code": 503, "err_code": 10999, "description": "injected: batch refused"}}
-        return await real_send(self, batch_id, messages)
-
-    monkeypatch.setattr(EventLog, "_send", refusing)
+    refuse_batches(monkeypatch, lambda subject: subject.endswith(".distributed"))
     before = {step: FAST_PATH.labels(step, "batch_failed")._value.get() for step in ("preparer", "distributor")}
     release, story, audit = await _first_stage(True, nats_url, prefix)
     types = [t for _, t, _, _ in story]
@@ -182,14 +174,7 @@ async def test_a_pointer_batch_the_server_keeps_refusing_fails_the_activation_no
     stored, each alone; the activator's own delivery cannot switch, and giving up it writes what a failed
     switch is: `activation_failed`, in its words. Before, the preparer's delivery retried the joined
     batch and, giving up, rejected the request at pre-flight, naming an AppendFailed it never caused."""
-    real_send = EventLog._send
-
-    async def refusing(self, batch_id, messages):
-        if any(".scope." in f".{subject}" for subject, _, _ in messages):
-            return {"error": {"code": 503, "err_code": 10999, "description": "injected: pointer batch refused"}}
-        return await real_send(self, batch_id, messages)
-
-    monkeypatch.setattr(EventLog, "_send", refusing)
+    refuse_batches(monkeypatch, lambda subject: ".scope." in f".{subject}", "injected: pointer batch refused")
     monkeypatch.setattr(reactor, "MAX_DELIVER", 2)  # the give-up after two deliveries, not ten (~50 s of back-off)
     async with running_service(nats_url, prefix, fast_path=True) as svc:
         await svc.configure()

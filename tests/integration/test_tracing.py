@@ -25,7 +25,7 @@ from services.jetstream.reader import OrderedReader
 from services.observability import tracing
 from services.settings import ROLES
 from tests import otel_support
-from tests.harness import CHANNEL, PRODUCER, make_pack, request_data, running_service, wait_for
+from tests.harness import CHANNEL, PRODUCER, make_pack, refuse_batches, request_data, running_service, wait_for
 from tests.otel_support import otlp_collector, spans_provider
 
 spans = otel_support.spans  # the fixture: tracing on, every finished span in memory
@@ -136,14 +136,7 @@ async def test_a_fast_path_batch_the_server_refuses_leaves_no_span_naming_an_eve
     decision is stored alone, and the later steps decided with it in the refused batch say so on their
     spans (`kx.not_stored`, no emitted ids); each stored event names one span that lists it. Before, those
     spans listed event ids that the log never held under them."""
-    real_send = EventLog._send
-
-    async def refusing(self, batch_id, messages):
-        if any(subject.endswith(".distributed") for subject, _, _ in messages):
-            return {"error": {"code": 503, "err_code": 10999, "description": "injected: batch refused"}}
-        return await real_send(self, batch_id, messages)
-
-    monkeypatch.setattr(EventLog, "_send", refusing)
+    refuse_batches(monkeypatch, lambda subject: subject.endswith(".distributed"))
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
         await svc.runtime("t-int-1")
