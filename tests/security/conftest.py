@@ -38,7 +38,7 @@ from services.jetstream.layout import ensure_layout
 from services.permissions import AccountLimits, new_runtime_credentials, write_credentials
 from services.settings import ROLES as CONSUMERS
 from services.settings import Settings
-from tests.harness import trust_root_for
+from tests.harness import trust_root_for, wait_for
 
 DENIED_WAIT_S = 3.0
 RUNTIMES = ("rt-a", "rt-b")  # runtimes with their own credentials
@@ -160,11 +160,9 @@ class Conn:
 
 
 async def until(check, what: str, timeout: float = 5.0) -> None:
-    """Until `check()` is true, or fail saying `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
+    """Until `check()` is true, or fail saying `what` after `timeout` seconds (tests/harness.py `wait_for`,
+    with its last look past the deadline)."""
+    await wait_for(check, timeout, what)
 
 
 async def connect_as(authed: Authed, role: str, name: str | None = None) -> Conn:
