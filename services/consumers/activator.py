@@ -90,6 +90,10 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
     for cohort in release.prepared.stages[stage]:
         if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
             cohorts.append(cohort)
+    unran = _unran_before(release, stage) if cohorts else None
+    if unran:
+        failed = ActivationFailed(stage=stage, code="smallest_scope_pinned", message=unran)
+        return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     superseded = _superseded(world, release, cohorts)
     if superseded:
         failed = ActivationFailed(stage=stage, code="superseded", message=superseded)
@@ -116,6 +120,21 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
         writes.append(ScopeWrite(event, scope_state.active_seq))
     activated = Activated(stage=stage, cohorts=cohorts, pack=pack, kind="rollout", batch_id=batch_id, previous=previous)
     return [Atomic(tuple(writes), (release_event(ctx, release, "activated", activated, batch_step),), batch_id)]
+
+
+def _unran_before(release: ReleaseState, stage: int) -> str | None:
+    """Why `stage` may not be where the pack first runs (None: it may). A stage whose cohorts were all
+    pinned by the time it activated exposed nothing; if no stage before this one exposed the pack either,
+    this wider one would be its first run, without the smaller scope's data (pins set after pre-flight:
+    pre-flight refuses a plan whose first stage is pinned, `smallest_scope`)."""
+    assert release.prepared is not None
+    if stage == 0 or release.activated:
+        return None
+    earlier = [c for s in release.prepared.stages[:stage] for c in s]
+    return (
+        f"stage {stage + 1} would be the pack's first run: every cohort before it ({', '.join(earlier)}) was pinned, "
+        "so no smaller scope ran it; unpin them and request the release again"
+    )
 
 
 def held_by_pin(world: World, release: ReleaseState, cohort: str, now: datetime) -> PackRef | None:

@@ -173,6 +173,20 @@ def preflight(
         if pin is not None:
             skipped[cohort] = f"pinned to {pin.pack.version} until {pin.until.isoformat()}: {pin.rationale}"
     stages = [[c for c in stage if c not in skipped] for stage in plan]
+    first_open = next((i for i, s in enumerate(stages) if s), None)
+    # The pack first runs where the plan starts (the seed: "start in the smallest safe scope"): a plan
+    # whose first stages are all pinned would expose it first in a wider one, without a canary's data.
+    check(
+        "smallest_scope",
+        first_open is None or first_open == 0,
+        f"every cohort of the plan's first stage ({', '.join(plan[0])}) is pinned: the pack would first run in "
+        f"stage {first_open + 1} ({', '.join(stages[first_open])}), a wider scope; unpin the first stage's "
+        "cohorts, or set a plan that starts elsewhere (kxr channel set)"
+        if first_open
+        else "the pack first runs in the plan's first stage"
+        if first_open == 0
+        else "every target cohort is pinned",
+    )
     stages = [s for s in stages if s]
     # Every cohort pinned is not a failure: nothing is exposed, and the release closes `pinned`.
     check(

@@ -104,7 +104,7 @@ async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(n
         assert own.last_seq == svc.world.release("r2").last_seq and svc.app.follower.world.release("r2") is None
 
 
-async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, prefix):
+async def test_a_pinned_canary_refuses_a_release_then_is_used_as_rollback_target(nats_url, prefix):
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
         await svc.runtime("t-int-1")
@@ -123,12 +123,11 @@ async def test_pinned_cohort_is_skipped_then_used_as_rollback_target(nats_url, p
         )
         await wait_for(lambda: svc.world.scope("prod", "canary", "internal").active.kind == "pin", 10, "pin switch")
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == v1.digest
+        # the canary stage pinned, the pack would first run in `rest`: refused at pre-flight (smallest scope first)
         await svc.request("r3", bad)
         release = await svc.wait_release("r3")
-        assert (
-            release.prepared.skipped.keys() == {"internal"} and "audit baseline" in release.prepared.skipped["internal"]
-        )
-        assert release.outcome == "rolled_back" and release.activated == ("rest",)
+        assert release.prepared is None and release.outcome == "rejected", release.failure
+        assert "smallest_scope" in (release.failure or "") and "stage 2 (rest)" in (release.failure or "")
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == v1.digest  # never touched
         assert svc.world.scope("prod", "canary", "rest").active_pack.digest == v11.digest
         # a pin set on a cohort while a release runs there is what its rollback returns to (not LKG)

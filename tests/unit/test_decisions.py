@@ -154,6 +154,7 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
         "cohort_plan_valid",
         "monitoring_window",
         "monitoring_min_samples",
+        "smallest_scope",
         "cohorts_to_roll_out",
         "rollback_target",
         "observability",
@@ -189,10 +190,25 @@ def test_preparer_strategy_none_on_a_never_activated_channel() -> None:
 def test_preparer_records_targets_only_for_cohorts_that_roll_out() -> None:
     """A pinned cohort is skipped, so the recorded targets only cover cohorts that roll out."""
     log = requested_log()
-    log.pin("internal", P0, LATER + timedelta(days=1), "freeze for audit")
+    log.pin("rest", P0, LATER + timedelta(days=1), "freeze for audit")
     p = single_event(prepare(log)).data
-    assert p.stages == [["rest"]]
-    assert set(p.rollback_targets) == {"rest"}
+    assert p.stages == [["internal"]]
+    assert set(p.rollback_targets) == {"internal"}
+
+
+def test_a_plan_whose_first_stage_is_pinned_is_refused_not_started_wider() -> None:
+    """The seed: start in the smallest safe scope. With the canary stage (`internal`) pinned, the pack
+    would first run in `rest`, the catch-all, with no canary data: pre-flight refuses, saying how to
+    go on. (Before, the pinned stage was dropped and the release started in `rest`.)"""
+    log = requested_log()
+    log.pin("internal", P0, LATER + timedelta(days=1), "freeze for audit")
+    world, release = state(log)
+    items, prepared = preparer.preflight(world, release, ctx("preparer"), None)
+    assert prepared is None
+    item = next(i for i in items if i.item == "smallest_scope")
+    assert not item.ok
+    assert item.detail.startswith("every cohort of the plan's first stage (internal) is pinned: the pack would")
+    assert "stage 2 (rest)" in item.detail and "kxr channel set" in item.detail
 
 
 def test_preparer_skips_and_records_pinned_cohorts() -> None:
@@ -431,7 +447,7 @@ def test_preflight_returns_the_checklist_even_when_rejecting() -> None:
     items, prepared = preparer.preflight(world, release, ctx("preparer"), None)
     assert prepared is None
     assert {i.item: i.ok for i in items}["target_exists"] is False
-    assert len(items) == 9
+    assert len(items) == 10
 
 
 # ==== distributor ==============================================================================

@@ -41,15 +41,18 @@ def load(path: Path) -> list[tuple[Position, Event]]:
 
 
 CHAIN_FIELDS = ("generation", "prev", "signers")  # pointer fields added after these histories were recorded
+LATER_ITEMS = ("alert_route", "smallest_scope")  # pre-flight items added after some histories were recorded
 
 
 def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
     """Both payloads (`_comparable`); a pointer recorded before pointers were chained is compared
     without the chain fields; a plan recorded before pre-flight had its `alert_route` item (issue 16)
-    is compared without it."""
+    or its `smallest_scope` item (session 21) is compared without it."""
     a, b = _comparable(mine), _comparable(theirs)
-    if mine.type == "release.prepared" and not any(i["item"] == "alert_route" for i in b["checklist"]):
-        a = {**a, "checklist": [i for i in a["checklist"] if i["item"] != "alert_route"]}
+    if mine.type == "release.prepared":
+        for added in LATER_ITEMS:
+            if not any(i["item"] == added for i in b["checklist"]):
+                a = {**a, "checklist": [i for i in a["checklist"] if i["item"] != added]}
     if mine.type == "scope.activated" and b.get("generation") is None:
         a = {k: v for k, v in a.items() if k not in CHAIN_FIELDS}
         b = {k: v for k, v in b.items() if k not in CHAIN_FIELDS}
