@@ -21,7 +21,8 @@ from projections.rollback import is_own_pack
 from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
-from services.verification.readiness import TargetCheck, target_check
+from services.verification.context import configured_channel
+from services.verification.readiness import Exposing, TargetCheck, target_check
 
 NAME = "activator"
 
@@ -50,10 +51,36 @@ def _superseded(world: World, release: ReleaseState, cohorts: list[str]) -> str:
 
 def needs_recheck(world: World, release: ReleaseState) -> bool:
     """Whether the next rollout switch must check the pack again (`decide_rollout`'s `recheck`):
-    every expansion (time has passed since the verification: a rotation, an expiry), and the
-    first stage when the log holds a trust rotation (it may have come after the verification).
-    Otherwise the verification a moment ago stands, and the hot path reads nothing more."""
-    return release.phase == "expanding" or (release.phase == "verified" and bool(world.trust_rotations))
+    every expansion (time has passed since the verification: a rotation, an expiry, a new channel
+    configuration), and the first stage when the log holds a trust rotation (it may have come after
+    the verification) or the channel was configured after it. Otherwise the verification a moment
+    ago stands, and the hot path reads nothing more."""
+    if release.phase == "expanding":
+        return True
+    if release.phase != "verified":
+        return False
+    if world.trust_rotations:
+        return True
+    target = release.prepared.target if release.prepared is not None else None
+    channel = world.channel_state(target.env, target.channel) if target is not None else None
+    return channel is not None and channel.seq > release.last_seq
+
+
+def exposing(world: World, release: ReleaseState, now: datetime) -> Exposing | None:
+    """The cohorts the next rollout switch would move (the next stage's, pins in force left out), the
+    pack each runs and the channel's configuration now: what the recheck judges the pack against, as
+    its verification did (compatibility, policy, evidence). None: nothing would switch."""
+    if release.prepared is None:
+        return None
+    stage = 0 if release.phase == "verified" else release.stage + 1
+    if not 0 <= stage < len(release.prepared.stages):
+        return None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    cohorts = tuple(c for c in release.prepared.stages[stage] if world.scope(env, channel, c).pinned_at(now) is None)
+    if not cohorts:
+        return None
+    active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
+    return Exposing(configured_channel(world, env, channel), cohorts, active)
 
 
 def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:
@@ -258,7 +285,9 @@ class Activator(ReleaseReactor[TargetFacts]):
         if release.paused:
             return TargetFacts()  # a paused rollout switches nothing (`decide_rollout`): nothing to read
         if needs_recheck(world, release) and release.verified is not None:
-            return TargetFacts(recheck=await self.target_check(release.verified.pack, release, ctx))
+            return TargetFacts(
+                recheck=await self.target_check(release.verified.pack, release, ctx, exposing(world, release, ctx.now))
+            )
         return TargetFacts()
 
     def decide(self, world, release, facts: TargetFacts, ctx):
@@ -281,9 +310,10 @@ class Activator(ReleaseReactor[TargetFacts]):
             return [Chain((release_event(ctx, release, "activation_failed", failed_),))]
         return super().fail_closed(world, release, failed, ctx)
 
-    async def target_check(self, target: PackRef, release, ctx) -> TargetCheck:
+    async def target_check(self, target: PackRef, release, ctx, exposing: Exposing | None = None) -> TargetCheck:
         """Whether a pack can be switched to now (services/verification/readiness.py), which first restores
-        one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py)."""
+        one whose metadata a producer deleted or re-pointed (services/jetstream/pack_keeper.py); with
+        `exposing`, judged against the channel as its verification was, for the cohorts about to switch."""
         assert release.prepared is not None
         return await target_check(
             self.port,
@@ -292,4 +322,5 @@ class Activator(ReleaseReactor[TargetFacts]):
             release.prepared.target.channel,
             tuple(release.activated),
             ctx.now,
+            exposing,
         )

@@ -774,6 +774,14 @@ def check_policy(v: Verification, ctx: VerifyContext) -> Verification:
     return _run(v, PHASE_POLICY, w, ctx, requires=GATES[:6])
 
 
+def recheck_channel(v: Verification, ctx: VerifyContext) -> Verification:
+    """Phase 3 again (compatibility, policy, evidence) on a manifest that passed phase 1 just now, for a
+    pack whose bytes were hashed when it was verified: before a release exposes more cohorts, the
+    channel's configuration may have changed since (the activator, before each expansion)."""
+    w = _Work(manifest=v.manifest, signers=list(v.signers))
+    return _run(v, PHASE_POLICY, w, ctx, requires=GATES[:5])
+
+
 _CHUNK = 64 * 1024
 
 

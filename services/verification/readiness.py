@@ -17,12 +17,25 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
 from events.model import PackRef
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
 from services.verification.context import verify_context
-from services.verification.gates import check_manifest
+from services.verification.gates import attestation_required, check_manifest, recheck_channel
+from services.verification.pipeline import read_attestation
+
+
+@dataclass(frozen=True)
+class Exposing:
+    """Where a rollout is about to expose its pack next, judged as its verification was (compatibility,
+    policy, evidence under the channel's configuration now): the channel's configuration (None: never
+    configured), the cohorts about to switch and the pack each runs."""
+
+    config: ChannelConfig | None
+    cohorts: tuple[str, ...]
+    active: Mapping[str, PackRef | None]
 
 
 @dataclass(frozen=True)
@@ -43,24 +56,48 @@ def judge_target(
     cohorts: tuple[str, ...],
     trust_root,
     now: datetime,
+    exposing: Exposing | None = None,
+    attestation: bytes | None = None,
 ) -> TargetCheck:
     """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
-    present with the manifest's size. Fast-track, not a full re-verification."""
+    present with the manifest's size. Fast-track, not a full re-verification: the bytes are not
+    hashed again. With `exposing` (a rollout about to switch more cohorts), also the channel's
+    gates as they stand now (`recheck_channel`: `attestation` is the object, where it requires one)."""
     if trust_root is None:
         return TargetCheck("no trust root configured")
     if size is None:
         return TargetCheck("pack object missing")
     vctx = verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts)
     check = check_manifest(manifest[: MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
+    if check.failure is None and check.manifest is not None and check.manifest.size != size:
+        return TargetCheck(f"pack object is {size} bytes, manifest says {check.manifest.size}")
+    if check.failure is None and exposing is not None:
+        rollout = verify_context(
+            target,
+            trust_root,
+            now,
+            "rollout",
+            env=env,
+            channel=channel,
+            cohorts=exposing.cohorts,
+            channel_config=exposing.config,
+            active=exposing.active,
+            attestation=attestation,
+        )
+        check = recheck_channel(check, rollout)
     if check.failure is not None:
         return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
-    if check.manifest is not None and check.manifest.size != size:
-        return TargetCheck(f"pack object is {size} bytes, manifest says {check.manifest.size}")
     return TargetCheck(None, tuple(check.signers))
 
 
 async def target_check(
-    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+    app,
+    target: PackRef,
+    env: str,
+    channel: str,
+    cohorts: tuple[str, ...],
+    now: datetime,
+    exposing: Exposing | None = None,
 ) -> TargetCheck:
     """`judge_target` on the objects in the pack store; a target it distributed that a producer
     deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py).
@@ -72,7 +109,7 @@ async def target_check(
         return await checked_with_restore(
             app,
             target.digest,
-            lambda: _target_check(app, target, env, channel, cohorts, now),
+            lambda: _target_check(app, target, env, channel, cohorts, now, exposing),
             lambda check: check.problem is not None,
         )
     except Exception as exc:
@@ -87,17 +124,31 @@ async def target_problem(
 
 
 async def _target_check(
-    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
+    app,
+    target: PackRef,
+    env: str,
+    channel: str,
+    cohorts: tuple[str, ...],
+    now: datetime,
+    exposing: Exposing | None = None,
 ) -> TargetCheck:
     store = PackStore(app.js, app.subjects)
-    try:  # both reads at once: a rollback waits on this check (bench.rollback)
-        manifest, size = await asyncio.gather(
+    attest = exposing is not None and attestation_required(exposing.config)
+    try:  # the reads at once: a rollback waits on this check (bench.rollback)
+        manifest, size, attestation = await asyncio.gather(
             store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
             store.size(pack_object_name(target.digest)),
+            read_attestation(store, target.digest) if attest else _none(),
         )
     except Exception as exc:  # fail closed: an unreadable target is not a target
         return TargetCheck(f"cannot read target objects: {exc}")
-    return judge_target(manifest, size, target, env, channel, cohorts, app.current_trust_root(), now)
+    return judge_target(
+        manifest, size, target, env, channel, cohorts, app.current_trust_root(), now, exposing, attestation
+    )
+
+
+async def _none() -> None:
+    return None
 
 
 async def target_problems(

@@ -16,6 +16,7 @@ from services.actions import operator as ops
 from services.actions.pins import pin, unpin
 from services.errors import OperatorError
 from services.jetstream.log import Entry
+from services.settings import ROLES
 from tests.harness import CHANNEL, OPERATOR, Behaviour, make_pack, running_service, wait_for
 from tests.integration.test_operator_model import act, now, scope_act
 
@@ -199,3 +200,33 @@ async def test_the_pinner_refuses_a_pin_longer_than_max_pin_days(nats_url, prefi
         )
         refusal = decode_event(msg.data, msg.subject, svc.app.subjects).data
         assert refusal.reason == "refused" and "max_pin_days" in refusal.rationale
+
+
+async def test_a_channel_reconfigured_mid_release_is_checked_before_the_next_stage_switches(nats_url, prefix):
+    """The spec audit's case: the channel's compatibility moves (runtime 2.4.0 -> 3.0.0, which the pack's
+    `>=2.3,<3` excludes) while stage 1 is watched. Before stage 2 switches, the activator judges the pack
+    against the channel as it stands now, as its verification did: the switch fails
+    (`pack_no_longer_valid`, naming the gate), and `rest` never runs the pack. Before, only the manifest's
+    signature, expiry and identity were checked again. (The guard, which rolls back a pack that breaks the
+    channel's rules after it switched, is not running here: it would hold the release at stage 1 first;
+    the activator's check must stand on its own, as where the guard runs in another process, or later.)"""
+    config = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 3}}
+    roles = tuple(role for role in ROLES if role != "guard")
+    async with running_service(nats_url, prefix, roles=roles) as svc:
+        await svc.configure(config=config)
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        before = svc.world.scope("prod", "canary", "rest").active_pack
+        pack = make_pack("1.0.0", svc.key)
+        await svc.request("r1", pack, rollback={"strategy": "none"})
+        await svc.wait_release("r1", "monitoring")
+        await svc.configure(
+            config={**config, "compatibility": {**CHANNEL["compatibility"], "runtime_version": "3.0.0"}}
+        )
+        # strategy none: nothing to go back to on `internal`, so the release holds for an operator, saying why
+        release = await svc.wait_release("r1", "held")
+        assert release.activated == ("internal",), release.activated
+        assert release.rollback is not None and release.rollback.trigger == "activation_failure", release.rollback
+        why = release.rollback.reason
+        assert "pack_no_longer_valid" in why and "compatibility/runtime_mismatch" in why, why
+        assert svc.world.scope("prod", "canary", "rest").active_pack == before

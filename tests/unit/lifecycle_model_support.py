@@ -48,7 +48,7 @@ from services.monitoring.judge import (
     window_data,
 )
 from services.verification.gates import DEADLINE_GATE, TIMEOUT_CODE, VerifyContext, verify_bytes
-from services.verification.readiness import TargetCheck, judge_target
+from services.verification.readiness import Exposing, TargetCheck, judge_target
 
 # ---- the known world: keys, trust roots, packs, channels ------------------------------------------
 
@@ -766,7 +766,9 @@ def _verify(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list
     return verifier_adapter.decide(release, ctx, v, None)
 
 
-def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx) -> TargetCheck:
+def target_check(
+    m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx, exposing: Exposing | None = None
+) -> TargetCheck:
     """services/verification/readiness.py's pure judgement over the model's store and trust root."""
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
@@ -780,6 +782,7 @@ def target_check(m: Lifecycle, target: PackRef, release: ReleaseState, ctx: Ctx)
         tuple(release.activated),
         m.trust_root(),
         ctx.now,
+        exposing,
     )
 
 
@@ -792,7 +795,10 @@ def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> li
             world, release, ctx, {d: c.problem for d, c in checks.items()}, {d: c.signers for d, c in checks.items()}
         )
     if activator.needs_recheck(world, release) and release.verified is not None:
-        return activator.decide_rollout(world, release, ctx, target_check(m, release.verified.pack, release, ctx))
+        exposing = activator.exposing(world, release, ctx.now)
+        return activator.decide_rollout(
+            world, release, ctx, target_check(m, release.verified.pack, release, ctx, exposing)
+        )
     return activator.decide_rollout(world, release, ctx)
 
 

@@ -1287,3 +1287,18 @@ def test_scope_event_ids_are_distinct_per_cohort() -> None:
     atomic = only(activator.decide_rollout(world, release, ctx("activator")), Atomic)
     ids = ids_of([atomic])
     assert len(ids) == len(set(ids)) == 3
+
+
+def test_the_first_switch_checks_the_pack_again_when_the_channel_was_configured_after_its_verification() -> None:
+    """The verification a moment ago stands for the first stage, unless the channel's configuration came
+    after it: then the switch judges the pack against the channel as it is (activator.exposing)."""
+    log = history(Log())
+    log.through_verified("r1", P1)
+    assert not activator.needs_recheck(*state(log))
+    compatibility = {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "3.0.0"}
+    log.channel({**CHANNEL_DOC, "compatibility": compatibility})
+    world, release = state(log)
+    assert activator.needs_recheck(world, release)
+    exposing = activator.exposing(world, release, LATER)
+    assert exposing is not None and exposing.cohorts == ("internal",)
+    assert exposing.config is not None and exposing.config.compatibility.runtime_version == "3.0.0"
