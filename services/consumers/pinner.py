@@ -114,13 +114,17 @@ def decide_pin(world: World, scope: Scope, seq: int, written: datetime, service:
     it as absent, so a late switch would put the scope on a pack nothing holds it to, or
     clobber a release rolled out there since. A pin longer than the channel's `max_pin_days`
     (measured from when it was written: the earlier of its own time and ours, so a pin dated
-    ahead gains nothing) is refused.
+    ahead gains nothing) is refused, as is one whose rationale is blank (another client's: `kxr pin`
+    and the dashboard refuse it before writing; the auditor flags it, `pin_without_rationale_or_bound`).
     """
     state = world.scope(scope.env, scope.channel, scope.cohort)
     if state.pin is None or state.pin_seq != seq:
         return PinStep()  # superseded by a later pin or unpin: nothing to do for this one
     if state.pinned_at(now) is None:
         return PinStep(unpinned=expire(state, scope, service, now))
+    if not state.pin.rationale.strip():  # pins are recorded with a rationale (the seed); kxr pin asks for one
+        why = "pin refused: it gives no rationale"
+        return PinStep(unpinned=expire(state, scope, service, now, reason="refused", rationale=why))
     too_long = pin_too_long(world, scope, state.pin.until, min(written, now))
     if too_long:
         return PinStep(

@@ -172,6 +172,19 @@ def test_an_expired_pin_too_long_is_recorded_expired_not_refused() -> None:
     assert late.unpinned is not None and late.unpinned.data.reason == "expired"
 
 
+def test_a_pin_with_a_blank_rationale_is_refused_not_held() -> None:
+    """The spec audit: pins are "recorded with rationale". `kxr pin` and the dashboard refuse a blank one,
+    but another client may write it (the schema asks for one character): the pinner refused nothing
+    and moved the pointer; only the auditor flagged it. Now it is refused, saying why."""
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P1)
+    log.pin("internal", P0, NOW + timedelta(minutes=5), "   ")
+    step = pinner.decide_pin(log.world(), INTERNAL, len(log.events), NOW, PINNER, NOW + timedelta(minutes=1))
+    assert not step.hold and step.unpinned is not None
+    assert step.unpinned.data.reason == "refused" and "no rationale" in step.unpinned.data.rationale
+
+
 def test_a_superseded_pin_is_left_alone_even_expired() -> None:
     log, seq = pinned_log(NOW + timedelta(minutes=5))
     log.unpin("internal")
