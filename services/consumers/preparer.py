@@ -272,8 +272,8 @@ def preflight(
             "acknowledged by the request: no runtime health required" if req.acknowledge_no_health else "not checked",
         )
 
-    if strategy != "none":  # a release that can roll back: who hears of it?
-        check("alert_route", *alert_route(cfg))
+    # who hears of it when it fails: a rollback, or (strategy none: nothing to go back to) the escalation
+    check("alert_route", *alert_route(cfg, ALERT_KINDS if strategy != "none" else ("escalated",)))
 
     check(
         "owner_and_escalation",
@@ -300,18 +300,20 @@ def preflight(
 ALERT_KINDS = ("rolled_back", "escalated")
 
 
-def alert_route(cfg: ChannelConfig) -> tuple[bool, str]:
-    """Whether a rollback or an escalation of this channel's releases reaches someone (ok, detail).
+def alert_route(cfg: ChannelConfig, kinds: tuple[str, ...] = ALERT_KINDS) -> tuple[bool, str]:
+    """Whether a rollback or an escalation of this channel's releases reaches someone (ok, detail):
+    `kinds`, the events a failed release of this one's strategy ends in (strategy none: `escalated`).
 
     A missing route is a recorded warning (ok, the detail says so), not a rejection: the default
     rollback strategy is `lkg`, so rejecting would stop every release of every channel configured
     before notifications existed. A channel that wants the gate sets `require_alert_route`; one
     that alerts some other way records why in `alert_waiver`.
     """
-    covering = sorted(s.name for s in cfg.notifications if set(s.on) & set(ALERT_KINDS))
-    missing = [k for k in ALERT_KINDS if not any(k in s.on for s in cfg.notifications)]
+    covering = sorted(s.name for s in cfg.notifications if set(s.on) & set(kinds))
+    missing = [k for k in kinds if not any(k in s.on for s in cfg.notifications)]
     if not missing:
-        return True, f"rollbacks and escalations notify {', '.join(covering)}"
+        what = "rollbacks and escalations" if "rolled_back" in kinds else "escalations"
+        return True, f"{what} notify {', '.join(covering)}"
     gap = f"no notification sink is subscribed to {' or '.join(missing)}"
     if cfg.policy.alert_waiver is not None:
         return True, f"{gap}; waived by the channel: {cfg.policy.alert_waiver}"

@@ -71,15 +71,35 @@ def test_a_channel_that_requires_a_route_rejects_a_release_without_one() -> None
     assert prepared_or_rejected(routed).type == "release.prepared"
 
 
-def test_a_release_that_cannot_roll_back_has_no_alert_route_item() -> None:
+def _first_release(channel: dict[str, Any]):
     log = Log()
-    log.channel(CHANNEL_DOC)
+    log.channel(channel)
     log.requested("r1", P1, acknowledge_no_health=True, rollback={"strategy": "none"})
     world = log.world()
     release = world.release("r1")
     assert release is not None
-    items, prepared = preparer.preflight(world, release, Ctx(now=NOW, service="preparer"), None)
-    assert prepared is not None and "alert_route" not in [i.item for i in items]
+    return preparer.preflight(world, release, Ctx(now=NOW, service="preparer"), None)
+
+
+def test_a_release_that_cannot_roll_back_needs_its_escalation_to_reach_someone() -> None:
+    """Strategy none (a scope's first release: nothing to go back to) fails into `escalated`, the very
+    alert the seed's pre-flight asks to confirm (the spec audit: the item was skipped for it). A route
+    for escalations is enough; none is a warning, or a refusal where the channel requires a route."""
+    items, prepared = _first_release(CHANNEL_DOC)
+    found = [(i.ok, i.detail) for i in items if i.item == "alert_route"]
+    assert prepared is not None and found == [
+        (
+            True,
+            "warning: no notification sink is subscribed to escalated, so it would reach nobody "
+            "(add a [[notifications]] sink, or record [policy] alert_waiver)",
+        )
+    ]
+    escalations = {**CHANNEL_DOC, "notifications": [{**SINK, "on": ["escalated"]}]}
+    items, prepared = _first_release(escalations)
+    assert prepared is not None
+    assert [(i.ok, i.detail) for i in items if i.item == "alert_route"] == [(True, "escalations notify ops")]
+    items, prepared = _first_release({**CHANNEL_DOC, "policy": {"require_alert_route": True}})
+    assert prepared is None and [i.ok for i in items if i.item == "alert_route"] == [False]
 
 
 def test_the_policy_fields_are_optional_and_a_blank_waiver_is_refused() -> None:
