@@ -26,6 +26,9 @@ class Thresholds(BaseModel):
     latency_p95_ms_max: float | None = None
     latency_p99_ms_max: float | None = None
     activation_success_min: float | None = None
+    # The slowest switch a runtime reported in the window (activation reports' `took_ms`), in ms: the
+    # seed's "time-to-activate" as a success criterion. No activation report in the window is no data.
+    time_to_activate_ms_max: float | None = None
     mismatch_rate_max: float | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
     # Mann-Whitney comparison with the previous pack (services/monitoring/statistics.py): "report" puts

@@ -83,6 +83,7 @@ def raw_sample(**fields: Any) -> bytes:
         ({"latency_p95_ms_max": 250}, "latency_p95_ms"),
         ({"mismatch_rate_max": 0.01}, "mismatch_rate"),
         ({"activation_success_min": 0.9}, "activation_success_rate"),
+        ({"time_to_activate_ms_max": 500}, "time_to_activate_ms_max"),
         ({"trace_coverage_min": 0.5}, "trace_coverage"),
         ({"tickets_max": 3}, "tickets"),
         ({"escalations_max": 1}, "escalations"),
@@ -104,6 +105,25 @@ def test_a_configured_threshold_without_data_is_inconclusive_naming_it(threshold
     assert f"no data for {metric}" in v.reason
     (missing,) = [c for c in v.comparisons if c.metric == metric]
     assert missing.value is None and missing.ok is False
+
+
+def test_time_to_activate_is_a_success_criterion_judged_on_the_slowest_switch() -> None:
+    """The seed names time-to-activate among the success criteria; it was a figure in every verdict but no
+    threshold (the spec audit). `time_to_activate_ms_max` judges the slowest switch a runtime reported."""
+    w = window()
+    stored = [
+        (at(-10), sample("a", d=P0["digest"])),
+        (at(-9), sample("b", d=P0["digest"])),
+        (at(1), activation("a", took_ms=120.0)),
+        (at(1), activation("b", took_ms=900.0)),
+        (at(2), sample("a")),
+        (at(3), sample("b")),
+    ]
+    slow = judge_window(window_data(stored, w), monitoring(time_to_activate_ms_max=500))
+    assert slow.outcome == "monitoring_failed", slow.reason
+    (c,) = [c for c in slow.comparisons if c.metric == "time_to_activate_ms_max"]
+    assert (c.value, c.op, c.threshold, c.ok) == (900.0, "<=", 500.0, False)
+    assert judge_window(window_data(stored, w), monitoring(time_to_activate_ms_max=1000)).outcome == "monitoring_passed"
 
 
 def test_an_error_rate_without_traffic_is_inconclusive() -> None:
