@@ -66,19 +66,33 @@ def needs_recheck(world: World, release: ReleaseState) -> bool:
     return channel is not None and channel.seq > release.last_seq
 
 
+def _next_stage(release: ReleaseState) -> int | None:
+    """The stage the next rollout switch activates (None: the release is not about to switch)."""
+    if release.phase == "verified":
+        return 0
+    if release.phase == "expanding":
+        return release.stage + 1
+    return None
+
+
+def _unpinned(world: World, release: ReleaseState, stage: int, now: datetime) -> list[str]:
+    """The stage's cohorts a switch moves: a pin set after preparation still wins."""
+    assert release.prepared is not None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    return [c for c in release.prepared.stages[stage] if world.scope(env, channel, c).pinned_at(now) is None]
+
+
 def exposing(world: World, release: ReleaseState, now: datetime) -> Exposing | None:
     """The cohorts the next rollout switch would move (the next stage's, pins in force left out), the
     pack each runs and the channel's configuration now: what the recheck judges the pack against, as
     its verification did (compatibility, policy, evidence). None: nothing would switch."""
-    if release.prepared is None:
+    stage = _next_stage(release)
+    if release.prepared is None or stage is None or stage >= len(release.prepared.stages):
         return None
-    stage = 0 if release.phase == "verified" else release.stage + 1
-    if not 0 <= stage < len(release.prepared.stages):
-        return None
-    env, channel = release.prepared.target.env, release.prepared.target.channel
-    cohorts = tuple(c for c in release.prepared.stages[stage] if world.scope(env, channel, c).pinned_at(now) is None)
+    cohorts = tuple(_unpinned(world, release, stage, now))
     if not cohorts:
         return None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
     active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
     return Exposing(configured_channel(world, env, channel), cohorts, active)
 
@@ -92,11 +106,8 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
     """
     if release.paused or release.verified is None or release.prepared is None:
         return []
-    if release.phase == "verified":
-        stage = 0
-    elif release.phase == "expanding":
-        stage = release.stage + 1
-    else:
+    stage = _next_stage(release)
+    if stage is None:
         return []
     env, channel = release.prepared.target.env, release.prepared.target.channel
     if stage >= len(release.prepared.stages):
@@ -113,10 +124,7 @@ def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: Targe
         )
         return [Chain((release_event(ctx, release, "activation_failed", failed),))]
     signers = list(recheck.signers) if recheck is not None else list(release.verified.signers)
-    cohorts = []
-    for cohort in release.prepared.stages[stage]:
-        if world.scope(env, channel, cohort).pinned_at(ctx.now) is None:  # a pin set after preparation still wins
-            cohorts.append(cohort)
+    cohorts = _unpinned(world, release, stage, ctx.now)
     unran = _unran_before(release, stage) if cohorts else None
     if unran:
         failed = ActivationFailed(stage=stage, code="smallest_scope_pinned", message=unran)

@@ -173,20 +173,7 @@ def preflight(
         if pin is not None:
             skipped[cohort] = f"pinned to {pin.pack.version} until {pin.until.isoformat()}: {pin.rationale}"
     stages = [[c for c in stage if c not in skipped] for stage in plan]
-    first_open = next((i for i, s in enumerate(stages) if s), None)
-    # The pack first runs where the plan starts (the seed: "start in the smallest safe scope"): a plan
-    # whose first stages are all pinned would expose it first in a wider one, without a canary's data.
-    check(
-        "smallest_scope",
-        first_open is None or first_open == 0,
-        f"every cohort of the plan's first stage ({', '.join(plan[0])}) is pinned: the pack would first run in "
-        f"stage {first_open + 1} ({', '.join(stages[first_open])}), a wider scope; unpin the first stage's "
-        "cohorts, or set a plan that starts elsewhere (kxr channel set)"
-        if first_open
-        else "the pack first runs in the plan's first stage"
-        if first_open == 0
-        else "every target cohort is pinned",
-    )
+    check("smallest_scope", *smallest_scope(plan, stages))
     stages = [s for s in stages if s]
     # Every cohort pinned is not a failure: nothing is exposed, and the release closes `pinned`.
     check(
@@ -294,6 +281,22 @@ def preflight(
         checklist=items,
         owner=req.owner,
         escalation=req.escalation,
+    )
+
+
+def smallest_scope(plan: list[list[str]], unpinned: list[list[str]]) -> tuple[bool, str]:
+    """The pack first runs where the plan starts (the seed: "start in the smallest safe scope"): a plan
+    whose first stages are all pinned would expose it first in a wider one, without a canary's data.
+    `unpinned`: each stage of `plan` without its pinned cohorts (ok, detail)."""
+    first = next((i for i, stage in enumerate(unpinned) if stage), None)
+    if first is None:
+        return True, "every target cohort is pinned"
+    if first == 0:
+        return True, "the pack first runs in the plan's first stage"
+    return False, (
+        f"every cohort of the plan's first stage ({', '.join(plan[0])}) is pinned: the pack would first run in "
+        f"stage {first + 1} ({', '.join(unpinned[first])}), a wider scope; unpin the first stage's cohorts, "
+        "or set a plan that starts elsewhere (kxr channel set)"
     )
 
 

@@ -103,15 +103,25 @@ async def target_check(
     deleted or re-pointed is restored from the log's record first (services/jetstream/pack_keeper.py).
     Never raises: any failure of the check is its problem (fail closed: the activator then records
     `activation_failed` or `escalated` saying why, the promoter holds)."""
+
+    async def read_and_judge() -> TargetCheck:
+        store = PackStore(app.js, app.subjects)
+        attest = exposing is not None and attestation_required(exposing.config)
+        try:  # the reads at once: a rollback waits on this check (bench.rollback)
+            manifest, size, attestation = await asyncio.gather(
+                store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
+                store.size(pack_object_name(target.digest)),
+                read_attestation(store, target.digest) if attest else _none(),
+            )
+        except Exception as exc:  # fail closed: an unreadable target is not a target
+            return TargetCheck(f"cannot read target objects: {exc}")
+        root = app.current_trust_root()
+        return judge_target(manifest, size, target, env, channel, cohorts, root, now, exposing, attestation)
+
     try:
         if app.current_trust_root() is None:
             return TargetCheck("no trust root configured")
-        return await checked_with_restore(
-            app,
-            target.digest,
-            lambda: _target_check(app, target, env, channel, cohorts, now, exposing),
-            lambda check: check.problem is not None,
-        )
+        return await checked_with_restore(app, target.digest, read_and_judge, lambda check: check.problem is not None)
     except Exception as exc:
         return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
 
@@ -121,30 +131,6 @@ async def target_problem(
 ) -> str | None:
     """Why `target` can no longer be activated (None: it can): `target_check`'s problem."""
     return (await target_check(app, target, env, channel, cohorts, now)).problem
-
-
-async def _target_check(
-    app,
-    target: PackRef,
-    env: str,
-    channel: str,
-    cohorts: tuple[str, ...],
-    now: datetime,
-    exposing: Exposing | None = None,
-) -> TargetCheck:
-    store = PackStore(app.js, app.subjects)
-    attest = exposing is not None and attestation_required(exposing.config)
-    try:  # the reads at once: a rollback waits on this check (bench.rollback)
-        manifest, size, attestation = await asyncio.gather(
-            store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
-            store.size(pack_object_name(target.digest)),
-            read_attestation(store, target.digest) if attest else _none(),
-        )
-    except Exception as exc:  # fail closed: an unreadable target is not a target
-        return TargetCheck(f"cannot read target objects: {exc}")
-    return judge_target(
-        manifest, size, target, env, channel, cohorts, app.current_trust_root(), now, exposing, attestation
-    )
 
 
 async def _none() -> None:
