@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
@@ -125,6 +126,10 @@ class ChannelPolicy(_Cfg):
     # A DSSE-signed in-toto/SLSA provenance `sha256-<hex>.attestation` must sit beside the pack,
     # signed by a `builders` key of the trust root trusted for the attested builder id.
     require_attestation: StrictBool = False
+    # The seed's pitfall "floating latest": the manifest's `provenance.revision` must then be a full commit
+    # id (40 or 64 hex digits, git's SHA-1 or SHA-256), never a branch or tag that can move under the
+    # evidence (`main`, `v1.2`, `HEAD`). Optional: older configurations validate as before.
+    require_commit_revision: StrictBool = False
     # "promotion": only a release promoted from the channel before (the service's linked request,
     # confirmed by the source's `promoted` event) is accepted; a direct request is rejected at
     # pre-flight. For stable/lts (seed pitfall "too broad too early").
@@ -217,6 +222,34 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
         problems.append("promote_to must name another channel")
     if cfg.monitoring.prometheus is not None:
         problems += prometheus_problems(cfg.monitoring.prometheus, cfg.monitoring.thresholds)
+    return problems
+
+
+def watches_longer(source: ChannelConfig, nxt: ChannelConfig) -> bool:
+    """The seed's minimum windows, "canary: short but real; stable: longer (enough to catch delayed
+    regressions)", as a rule between a channel and the one it promotes to."""
+    return nxt.monitoring.window_s > source.monitoring.window_s
+
+
+def promotion_window_problems(channel: str, cfg: ChannelConfig, others: Mapping[str, ChannelConfig]) -> list[str]:
+    """Where `cfg` for `channel` would break the seed's "canary short, stable longer" against the other
+    configured channels of its environment (`others`: channel -> configuration): the channel it promotes
+    to must watch longer than it, and it must watch longer than every channel that promotes to it.
+    (The promoter withholds a promotion the same rule forbids, whoever wrote the configurations.)"""
+    mine = cfg.monitoring.window_s
+    problems = []
+    nxt = others.get(cfg.promote_to) if cfg.promote_to else None
+    if nxt is not None and not watches_longer(cfg, nxt):
+        problems.append(
+            f"monitoring.window_s {mine}s: {cfg.promote_to}, which this channel promotes to, watches "
+            f"{nxt.monitoring.window_s}s; a promotion must watch longer (raise {cfg.promote_to}'s window first)"
+        )
+    for name, other in sorted(others.items()):
+        if name != channel and other.promote_to == channel and not watches_longer(other, cfg):
+            problems.append(
+                f"monitoring.window_s {mine}s: {name} promotes to this channel and watches "
+                f"{other.monitoring.window_s}s; this channel must watch longer"
+            )
     return problems
 
 

@@ -28,6 +28,7 @@ from events.model import (
     Event,
     MonitoringVerdict,
     PackRef,
+    Promoted,
     RollbackStarted,
     RolledBack,
     ScopeActivated,
@@ -41,7 +42,7 @@ from .evolve import evolve
 from .pointer_chain import chain_break
 from .position import Position
 from .releases import ReleaseState, is_override
-from .world import World, apply, apply_undecodable
+from .world import World, apply, apply_undecodable, promotion_not_longer
 
 Headers = Mapping[str, str] | None  # a log entry's NATS headers, as the reader got them
 POINTER_WRITERS = {"activator", "pinner"}
@@ -544,6 +545,7 @@ SAFETY_CODES = (
     "rollback_off_strategy",  # a rollback target that is not the chosen strategy's (pin in force, LKG / pinned prior)
     "held_moved_without_operator",  # a held release (inconclusive, escalated) moved on by anything but an operator
     "paused_release_advanced",  # a new stage or a promotion while paused
+    "promotion_not_watched_longer",  # promoted to a channel whose window is no longer than its source's
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
 # What a service may still write on a held release: a note, or a move towards safety (a failure
@@ -703,6 +705,11 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         )
     if release.paused and suffix in ("expanded", "promoted"):
         v("paused_release_advanced", f"{event.release_id} is paused, then {suffix}")
+    if suffix == "promoted" and isinstance(data, Promoted) and release.prepared is not None:
+        where = release.prepared.target
+        shorter = promotion_not_longer(world, where.env, where.channel, data.to_channel)
+        if shorter:
+            v("promotion_not_watched_longer", f"{event.release_id} promoted to {data.to_channel}: {shorter}")
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
         for code, message in verdict_problems(release, data):
             v(code, f"{event.release_id}: {message}")

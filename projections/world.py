@@ -25,7 +25,7 @@ from typing import Any
 
 from rpds import HashTrieMap, HashTrieSet
 
-from events.channel import DEFAULT_CHANNEL, ChannelConfig
+from events.channel import DEFAULT_CHANNEL, ChannelConfig, watches_longer
 from events.model import Event
 from events.subjects import Subjects
 
@@ -291,6 +291,27 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
     for key, state in world.scopes.items():
         if key[0] == env and key[1] == channel:
             yield state
+
+
+def promotion_not_longer(world: World, env: str, channel: str, promote_to: str) -> str:
+    """Why a promotion from `channel` to `promote_to` would not watch longer ("" when it would).
+
+    The seed's minimum windows: canary short, stable longer (enough to catch delayed regressions). A
+    promotion that the next channel watches no longer than this one exposes a wider audience without
+    the longer look that catches what only time shows. Judged on the channels' configured minimum
+    windows as they stand; a next channel with no configuration is left to its pre-flight (`target_exists`).
+    The promoter withholds such a promotion; the safety check flags one in the log.
+    """
+    if world.channel_state(env, promote_to) is None:
+        return ""
+    source, nxt = world.channel_config(env, channel), world.channel_config(env, promote_to)
+    if watches_longer(source, nxt):
+        return ""
+    return (
+        f"{env}/{promote_to} watches {nxt.monitoring.window_s}s, no longer than {env}/{channel}'s "
+        f"{source.monitoring.window_s}s (a wider channel must watch longer: "
+        f"raise {env}/{promote_to}'s monitoring.window_s)"
+    )
 
 
 def apply_undecodable(world: World, position: Position, subjects: Subjects, reason: str = "not a valid event") -> World:

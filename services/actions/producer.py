@@ -15,12 +15,14 @@ from nats.js.errors import NotFoundError
 
 from events.bundle import PAYLOAD_TYPE, STATEMENT_TYPE, pae
 from events.canonical import StrictJSONError, compact_bytes, loads_strict
-from events.channel import ChannelConfig, channel_problems, unknown_fields
-from events.codec import make_event
+from events.channel import ChannelConfig, channel_problems, promotion_window_problems, unknown_fields
+from events.codec import DecodeError, decode_event, make_event
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name, sign_manifest
 from events.model import Actor, Event, Requested, Scope
 from events.signing import SigningKey, b64decode_strict, b64encode
 from events.subjects import Subjects
+from events.tokens import check_token
+from services.jetstream.direct import connection_of, last_per_subject
 from services.jetstream.log import AppendConflict, Entry, EventLog
 from services.jetstream.packstore import PackStore
 from services.observability import tracing
@@ -173,6 +175,39 @@ def parse_channel_config(doc: Any, channel: str) -> ChannelConfig:
     if problems:
         raise ValueError("\n".join(problems))
     return cfg
+
+
+async def configured_channels(js: JetStreamContext, subjects: Subjects, env: str) -> dict[str, ChannelConfig | str]:
+    """Every channel of `env` with a configuration in the log: its newest one, or why it does not decode
+    (never left out: an unreadable configuration is reported, not taken for none)."""
+    pattern = f"{subjects.prefix}.channel.{check_token(env, 'env')}.*.configured"
+    found: dict[str, ChannelConfig | str] = {}
+    async for stored in last_per_subject(connection_of(js), subjects.releases_stream, [pattern]):
+        name = stored.subject.split(".")[-2]
+        try:
+            data = decode_event(stored.data, stored.subject, subjects).data
+        except DecodeError as exc:
+            found[name] = f"its configuration (seq {stored.seq}) does not decode: {exc}"
+            continue
+        assert isinstance(data, ChannelConfig)  # the subject's event type is channel.configured
+        found[name] = data
+    return found
+
+
+async def promotion_window_conflicts(
+    js: JetStreamContext, subjects: Subjects, env: str, channel: str, config: ChannelConfig
+) -> tuple[list[str], list[str]]:
+    """What `config` would break of "canary short, stable longer" against the channels it promotes to
+    or is promoted from (`promotion_window_problems`), and the channels of `env` it could not be checked
+    against (their configuration does not decode). `kxr channel set` refuses the first and names the
+    second; the promoter enforces the rule at each promotion whoever wrote the configurations, so this
+    is the operator's early warning, not the only guard (and writers that configure thousands of
+    channels, the benches, skip a scan of every channel per write)."""
+    others = await configured_channels(js, subjects, env)
+    others.pop(channel, None)  # its own current configuration is what this one replaces
+    unreadable = [f"{env}/{name}: {why}" for name, why in sorted(others.items()) if isinstance(why, str)]
+    readable = {name: cfg for name, cfg in others.items() if isinstance(cfg, ChannelConfig)}
+    return promotion_window_problems(channel, config, readable), unreadable
 
 
 async def configure_channel(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -33,23 +34,35 @@ def channel_set(
     nats_url: str | None = NatsUrl,
 ) -> None:
     """Configure a channel; every problem with the file is listed."""
-    from services.actions.producer import configure_channel, parse_channel_config
+    from services.actions.producer import configure_channel, parse_channel_config, promotion_window_conflicts
 
     env, channel = scope_arg(scope, allow_cohort=False)
     try:
         cfg = parse_channel_config(read_config_file(file, "channel config"), channel)
     except ValueError as exc:
-        problems = str(exc).splitlines()
-        for p in problems[1:]:
-            err_console.print(f"  - {p}")
-        fail(f"{file}: {problems[0]}" + (f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""))
+        _fail_with_problems(f"{file}", exc)
 
-    async def go() -> int:
+    async def go() -> tuple[int | None, list[str], list[str]]:
         async with session(nats_url) as (_, js, log):
-            return await configure_channel(log, js, env, channel, cfg, operator_actor())
+            conflicts, unchecked = await promotion_window_conflicts(js, log.subjects, env, channel, cfg)
+            if conflicts:  # against the channels it promotes to or is promoted from: nothing written
+                return None, conflicts, unchecked
+            return await configure_channel(log, js, env, channel, cfg, operator_actor()), [], unchecked
 
-    seq = run_async(go())
+    seq, conflicts, unchecked = run_async(go())
+    for why in unchecked:
+        err_console.print(f"warning: promotion windows not checked against {why}")
+    if seq is None:
+        _fail_with_problems(f"{env}/{channel} not configured", ValueError("\n".join(conflicts)))
     console.print(f"channel {env}/{channel} configured (log seq {seq}): cohorts {', '.join(cfg.cohort_names)}")
+
+
+def _fail_with_problems(what: str, exc: ValueError) -> NoReturn:
+    """The first problem as the one error line, the others listed above it."""
+    problems = str(exc).splitlines()
+    for p in problems[1:]:
+        err_console.print(f"  - {p}")
+    fail(f"{what}: {problems[0]}" + (f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""))
 
 
 @app.command("show")

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from events.channel import ChannelMonitoring
 from events.codec import make_event
 from events.ids import derived_event_id
 from events.model import (
@@ -27,6 +28,7 @@ from events.model import (
     Closed,
     Escalated,
     Expanded,
+    Monitoring,
     PackRef,
     Promoted,
     Requested,
@@ -37,7 +39,7 @@ from events.model import (
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
-from projections.world import World, scopes_of
+from projections.world import World, promotion_not_longer, scopes_of
 from services.consumers.outputs import Chain, Ctx, NewRelease, Output, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.readiness import readiness_problems, target_problems
@@ -69,6 +71,20 @@ def promotion_blockers(release: ReleaseState) -> list[str]:
     if new_classes:
         blockers.append(f"new error classes seen: {', '.join(new_classes)}")
     return blockers
+
+
+def carried_monitoring(asked: Monitoring | None, nxt: ChannelMonitoring) -> Monitoring | None:
+    """The release's own success criteria, carried to its promotion: the stricter of the request's and
+    the next channel's, field by field (a longer window, more samples; the request's thresholds, which
+    that channel's pre-flight tightens its own with). None when the request asked for nothing: the next
+    channel's defaults apply, as to any request there."""
+    if asked is None:
+        return None
+    return Monitoring(
+        window_s=max(asked.window_s, nxt.window_s),
+        min_samples=max(asked.min_samples, nxt.min_samples),
+        thresholds=asked.thresholds,
+    )
 
 
 def linked_release_id(release_id: str, channel: str) -> str:
@@ -191,6 +207,8 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
     if not promote_to or release.verified is None or release.requested is None:
         return _close(ctx, release, "success", summary)
     blocked = promotion_blockers(release)
+    shorter = promotion_not_longer(world, target.env, target.channel, promote_to)
+    blocked += [shorter] if shorter else []
     if blocked:
         return _close(ctx, release, "success", f"{summary}; promotion to {promote_to} withheld: {'; '.join(blocked)}")
     not_ready = _not_ready(world, release, ctx, ready, f"promotion to {promote_to}")
@@ -212,6 +230,7 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
         reason=f"promoted from {target.channel} by release {release.release_id}: {summary}",
         promoted_from=release.release_id,
         acknowledge_no_health=req.acknowledge_no_health,
+        monitoring=carried_monitoring(req.monitoring, world.channel_config(target.env, promote_to).monitoring),
     )
     new = make_event(
         "release.requested",

@@ -28,6 +28,7 @@ code "internal_error": an unexpected state never turns into a pass.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -123,6 +124,7 @@ GATE_CODES: dict[str, tuple[str, ...]] = {
     "evidence": (
         "evidence_missing",
         "validation_not_passed",
+        "revision_not_commit",
         "attestation_missing",
         "attestation_malformed",
         "attestation_unsigned",
@@ -599,6 +601,8 @@ def _source_allowed(source: str, prefix: str) -> bool:
     return len(source) == len(prefix) or prefix[-1] in _SOURCE_BOUNDARY or source[len(prefix)] in _SOURCE_BOUNDARY
 
 
+COMMIT_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # a git commit id in full: SHA-1 or SHA-256
+
 _EVIDENCE: tuple[tuple[str, Callable[[SignedManifest], Any]], ...] = (
     ("build.id", lambda m: m.build.id),
     ("build.builder", lambda m: m.build.builder),
@@ -616,6 +620,13 @@ def _gate_evidence(w: _Work, ctx: VerifyContext) -> _Verdict:
             return _reject("evidence_missing", f"{name} is missing or blank: the release could not be audited")
     if m.build.validation != "passed":
         return _reject("validation_not_passed", f"build.validation is {m.build.validation!r}, not 'passed'")
+    cfg = ctx.channel_config
+    if cfg is not None and cfg.policy.require_commit_revision and not COMMIT_ID.fullmatch(m.provenance.revision):
+        return _reject(
+            "revision_not_commit",
+            f"provenance.revision {m.provenance.revision[:80]!r} is not a full commit id (40 or 64 hex digits): "
+            "a branch or tag can move, so the evidence would not name what was built (policy require_commit_revision)",
+        )
     summary = f"build {m.build.id} run {m.build.run} from {m.provenance.source}@{m.provenance.revision}"
     if not attestation_required(ctx.channel_config):
         return _ok(summary)

@@ -302,6 +302,33 @@ def test_channel_set_invalid_file_lists_every_problem(inst):
     assert_one_line_error(inst.run("channel", "show", "prod/ch-bad"), "not configured")
 
 
+def test_channel_set_refuses_a_promotion_that_would_not_watch_longer(inst):
+    """The seed's minimum windows: canary short, stable longer. `kxr channel set` checks a configuration
+    against the channels of its environment it promotes to and is promoted from, in either order."""
+
+    def config(name: str, window_s: int, promote_to: str | None = None) -> str:
+        doc = {**CHANNEL_JSON, "monitoring": {"window_s": window_s, "min_samples": 1}, "promote_to": promote_to}
+        (inst.workdir / name).write_text(json.dumps(doc))
+        return name
+
+    ok(inst.run("channel", "set", "pw/stable", "--file", config("pw-stable.json", 300)))
+    line = assert_one_line_error(
+        inst.run("channel", "set", "pw/canary", "--file", config("pw-canary.json", 300, "stable")),
+        "pw/canary not configured",
+        "stable, which this channel promotes to, watches 300s",
+    )
+    assert "raise stable's window first" in line
+    ok(inst.run("channel", "set", "pw/canary", "--file", config("pw-canary-ok.json", 60, "stable")))
+    # now stable may not come down to the canary's window (nor below it)
+    assert_one_line_error(
+        inst.run("channel", "set", "pw/stable", "--file", config("pw-stable-short.json", 60)),
+        "canary promotes to this channel and watches 60s; this channel must watch longer",
+    )
+    ok(inst.run("channel", "set", "pw/stable", "--file", config("pw-stable-longer.json", 61)))
+    shown = json.loads(ok(inst.run("channel", "show", "pw/stable", "--json")))
+    assert shown["config"]["monitoring"]["window_s"] == 61  # the refused ones were never written
+
+
 # ---- releases and status ---------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from services.jetstream.client import connect
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
 from services.reads.audit import replay, summary
-from tests.unit.test_projections import OPERATOR, P0, P1, P2, SERVICE, Log
+from tests.unit.test_projections import CHANNEL_DOC, OPERATOR, P0, P1, P2, SERVICE, Log
 
 FIGURES_OK = [{"metric": "error_rate", "value": 0.01, "op": "<=", "threshold": 0.05, "ok": True}]
 
@@ -119,6 +119,15 @@ def stories(log: Log) -> dict[str, object]:
     log.verdict("paused", "passed", 0, comparisons=FIGURES_OK)
     log.note("paused", "paused", "investigating")
     bad["paused_release_advanced"] = log.expanded("paused", 0, 1, ["rest"])
+
+    # promoted to a channel that watches no longer than the canary (the seed: "stable: longer")
+    log.channel({**CHANNEL_DOC, "promote_to": "stable"})
+    log.channel(CHANNEL_DOC, channel="stable")  # the canary's 60 s window
+    log.through_verified("samewin", P2)
+    log.stage("samewin", 0, ["internal"], p=P2)
+    log.expanded("samewin", 0, 1, ["rest"])
+    log.stage("samewin", 1, ["rest"], p=P2)
+    bad["promotion_not_watched_longer"] = log.promoted("samewin")
 
     log.requested("gates", P2)
     log.prepared("gates", P2)

@@ -60,7 +60,9 @@ async def test_a_release_requested_with_a_trace_context_is_one_connected_trace(n
     monkeypatch.setenv("TRACESTATE", STATE)
     async with running_service(nats_url, prefix) as svc:
         await svc.configure(channel="canary", config={**CHANNEL, "promote_to": "stable"})
-        await svc.configure(channel="stable", config={**CHANNEL, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
+        longer = {**CHANNEL["monitoring"], "window_s": 2}  # a promotion watches longer
+        stable = {**CHANNEL, "cohorts": [{"name": "rest"}], "plan": [["rest"]], "monitoring": longer}
+        await svc.configure(channel="stable", config=stable)
         pack = make_pack("1.0.0", svc.key)
         runtimes = [await svc.runtime("t-int-1"), await svc.runtime("tenant-42")]
         runtimes.append(await svc.runtime("tenant-42", channel="stable"))

@@ -55,6 +55,9 @@ from services.verification.readiness import Exposing, TargetCheck, judge_target
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 ENV = "prod"
 CHANNELS = ("canary", "stable")
+# each channel's windows a reconfiguration picks from: mostly stable watches longer than the canary (the
+# seed's rule), and sometimes not, so the promoter's withholding is exercised too
+WINDOWS = {"canary": (60, 120), "stable": (120, 60)}
 COHORTS = ("internal", "rest")
 RUNTIMES = {"internal": ("int-a", "int-b"), "rest": ("rest-a", "rest-b")}
 OPERATOR = Actor(kind="operator", id="ops")
@@ -133,12 +136,16 @@ THRESHOLDS = [
 
 
 def channel_doc(
-    thresholds: int = 0, min_samples: int = 2, promote: bool = False, forbid_downgrade: bool = True
+    thresholds: int = 0,
+    min_samples: int = 2,
+    promote: bool = False,
+    forbid_downgrade: bool = True,
+    window_s: int = 60,
 ) -> dict[str, Any]:
     return {
         "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
         "plan": [["internal"], ["rest"]],
-        "monitoring": {"window_s": 60, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
+        "monitoring": {"window_s": window_s, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
         "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
         "policy": {
             "allowed_sources": ["https://git.example/kb"],
@@ -671,7 +678,7 @@ class Lifecycle:
         """Every runtime of the channel reports (by default: switched fine, then serves well); the window ends."""
         for kind in kinds:
             self.send_samples(kind, COHORTS, channel)
-        self.now += timedelta(seconds=61)
+        self.now += timedelta(seconds=self.world.channel_config(ENV, channel).monitoring.window_s + 1)
         self.sweep()
         self.settle()
 

@@ -388,6 +388,18 @@ NEGATIVE = [
         for f in EVIDENCE_FIELDS
     ],
     V(signed("build.validation", "failed"), "evidence", "validation_not_passed", id="validation-not-passed"),
+    # the seed's "floating latest": a revision that can move, where the channel wants the commit
+    *[
+        V(
+            both(channel(policy={"require_commit_revision": True}), signed("provenance.revision", revision)),
+            "evidence",
+            "revision_not_commit",
+            id=f"revision-not-a-full-commit-{n}",
+        )
+        for n, revision in enumerate(
+            ["main", "HEAD", "v1.2.0", "3f2a9c1", "a" * 39, "a" * 41, "g" * 40, "a" * 40 + "\n"]
+        )
+    ],
     V(case(sign_with=[CI]), "signature", "threshold_not_met", id="builder-key-cannot-sign-manifests"),
     # attestation, when the channel requires one: one vector per failure mode
     V(required(None), "evidence", "attestation_missing", id="attestation-missing-when-required"),
@@ -576,6 +588,13 @@ def test_extra_signed_fields_pass_and_are_kept() -> None:
     c.signed["build"]["cache"] = {"hits": 3, "keys": ["a", "b"]}
     v = passes(c)
     assert v.manifest.model_extra == {"notes": "knowledge refresh"}
+
+
+@pytest.mark.parametrize("revision", ["0f1e2d3c4b5a69788796a5b4c3d2e1f0a1b2c3d4", "AB" * 20, "c" * 64])
+def test_a_full_commit_id_passes_where_the_channel_requires_one(revision: str) -> None:
+    c = Case()
+    both(channel(policy={"require_commit_revision": True}), signed("provenance.revision", revision))(c)
+    assert passes(c).ok  # every gate, the evidence last
 
 
 def test_threshold_two_with_two_distinct_keys() -> None:

@@ -42,6 +42,7 @@ from .lifecycle_model_support import (
     SAMPLE_KINDS,
     SUBJECTS,
     THRESHOLDS,
+    WINDOWS,
     Lifecycle,
 )
 
@@ -76,6 +77,8 @@ MUST_REACH = (
     "a release's steps stored in one atomic batch (fast path)",
     "a stalled verification failed closed in the fast path's batch",
     "a closed release read back whole by the archiving replay",
+    "a release promoted to stable",
+    "a promotion withheld: stable watches no longer than the canary",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -117,6 +120,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         REACHED["a release's steps stored in one atomic batch (fast path)"] += self.m.path_batches
         REACHED["a stalled verification failed closed in the fast path's batch"] += self.m.stalled_in_batches
+        events = [event for _, event in self.m.log if event is not None]
+        REACHED["a release promoted to stable"] += sum(e.type == "release.promoted" for e in events)
+        REACHED["a promotion withheld: stable watches no longer than the canary"] += sum(
+            e.type == "release.closed" and "withheld: prod/stable watches" in e.data.summary for e in events
+        )
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
@@ -132,13 +140,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         min_samples=st.sampled_from([1, 2]),
         promote=st.booleans(),
         history=st.sampled_from(["none", "canary", "both", "two"]),
+        stable_window=st.sampled_from([120, 120, 60]),
     )
-    def channels(self, thresholds: int, min_samples: int, promote: bool, history: str) -> None:
+    def channels(self, thresholds: int, min_samples: int, promote: bool, history: str, stable_window: int) -> None:
         """Both channels configured; the canary (or both) already ran a pack that passed (their LKG);
-        "two": the canary ran 1.0.0, then 1.1.0 (its LKG now), both verified there (pins can name either)."""
+        "two": the canary ran 1.0.0, then 1.1.0 (its LKG now), both verified there (pins can name either).
+        Stable mostly watches longer than the canary (60 s), sometimes not: that promotion is withheld."""
         CHECKS[1] += 1
         self.m.configure("canary", thresholds=thresholds, min_samples=min_samples)
-        self.m.configure("stable", thresholds=thresholds, min_samples=min_samples)
+        self.m.configure("stable", thresholds=thresholds, min_samples=min_samples, window_s=stable_window)
         for channel in {"none": (), "canary": ("canary",), "both": CHANNELS, "two": ("canary",)}[history]:
             self.m.bootstrap(channel, PACKS[0])
         if history == "two":
@@ -235,6 +245,19 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m.send_samples("refusal", (earlier[0],), "canary", 0, live)
         self.after()
 
+    @rule(pack=st.integers(1, len(PACKS) - 1), stable=st.integers(0, 1), ack=st.booleans())
+    def promotion(self, pack: int, stable: int, ack: bool) -> None:
+        """The canary promotes to stable (which watches longer, or not: then the promotion is withheld); a new
+        release passes the canary's windows on good data. The random rules above never carried a release that
+        far (counted: REACHED), so nothing checked the promoter's last step nor the linked release's path."""
+        self.m.configure("canary", promote=True)
+        self.m.configure("stable", window_s=WINDOWS["stable"][stable])
+        self.m.request(PACKS[pack], "canary", acknowledge_no_health=ack)
+        self.m.settle()
+        for _ in range(3):
+            self.m.healthy_window()
+        self.after()
+
     @rule(
         kinds=st.lists(
             st.sampled_from(("good", "good", "activation_ok", "errors") + SAMPLE_KINDS), min_size=1, max_size=4
@@ -316,9 +339,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         min_samples=st.sampled_from([1, 2, 3]),
         promote=st.booleans(),
         forbid_downgrade=st.booleans(),
+        window=st.integers(0, 1),
     )
     def reconfigure(
-        self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool
+        self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool, window: int
     ) -> None:
         self.m.configure(
             channel,
@@ -326,6 +350,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             min_samples=min_samples,
             promote=promote and channel == "canary",
             forbid_downgrade=forbid_downgrade,
+            window_s=WINDOWS[channel][window],
         )
         self.after()
 

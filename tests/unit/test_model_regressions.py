@@ -235,7 +235,7 @@ def test_an_extended_window_still_counts_the_refusals_since_its_stages_activatio
     from .test_lifecycle_model import LifecycleMachine
 
     state = LifecycleMachine()
-    state.channels(thresholds=0, min_samples=1, promote=False, history="canary")
+    state.channels(thresholds=0, min_samples=1, promote=False, history="canary", stable_window=60)
     state.request(ack=True, channel="canary", pack=1, strategy="lkg")
     state.window(channel="stable", kinds=["good"])
     for _ in range(3):

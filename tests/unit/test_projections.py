@@ -66,8 +66,9 @@ class Log:
         release_id: str | None = None,
         cohort: str | None = None,
         actor: Actor = SERVICE,
+        channel: str = CH,
     ) -> Event:
-        scope = Scope(env=ENV, channel=CH, cohort=cohort) if cohort else None
+        scope = Scope(env=ENV, channel=channel, cohort=cohort) if cohort else None
         event = make_event(
             event_type,
             data,
@@ -90,8 +91,8 @@ class Log:
         return next(i + 1 for i, e in enumerate(self.events) if e is event)
 
     # -- channel and scopes -------------------------------------------------------------------
-    def channel(self, doc: dict[str, Any] | None = None) -> Event:
-        return self.add("channel.configured", doc or CHANNEL_DOC, cohort="all", actor=OPERATOR)
+    def channel(self, doc: dict[str, Any] | None = None, channel: str = CH) -> Event:
+        return self.add("channel.configured", doc or CHANNEL_DOC, cohort="all", actor=OPERATOR, channel=channel)
 
     def point(
         self, cohort: str, p: dict[str, Any], release_id: str | None = None, kind: str = "rollout", previous=None
