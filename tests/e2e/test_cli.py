@@ -6,6 +6,7 @@ or release ids on it. Tests of offline commands need no NATS at all.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import time
 import uuid
 
+import nats
 import pytest
 
 from events.signing import SigningKey
@@ -327,6 +329,17 @@ def test_channel_set_refuses_a_promotion_that_would_not_watch_longer(inst):
     ok(inst.run("channel", "set", "pw/stable", "--file", config("pw-stable-longer.json", 61)))
     shown = json.loads(ok(inst.run("channel", "show", "pw/stable", "--json")))
     assert shown["config"]["monitoring"]["window_s"] == 61  # the refused ones were never written
+
+    # a channel of the environment whose configuration does not decode: named, and the write goes on
+    async def junk() -> None:
+        nc = await nats.connect(inst.nats_url)
+        await nc.jetstream().publish(f"{inst.prefix}.channel.pw.junk.configured", b"{not json")
+        await nc.close()
+
+    asyncio.run(junk())
+    result = inst.run("channel", "set", "pw/stable", "--file", config("pw-stable-again.json", 62))
+    ok(result)
+    assert "warning: promotion windows not checked against pw/junk: its configuration (seq" in result.stderr
 
 
 # ---- releases and status ---------------------------------------------------------------------------
