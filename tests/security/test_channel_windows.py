@@ -35,10 +35,14 @@ async def test_the_operator_checks_the_windows_against_every_channel_and_names_w
 
     assert await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(60, "stable")) == ([], [])
     conflicts, unchecked = await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(300, "stable"))
-    assert conflicts == [
-        "monitoring.window_s 300s: stable, which this channel promotes to, watches 300s; "
-        "a promotion must watch longer (raise stable's window first)"
-    ] and unchecked == []
+    assert (
+        conflicts
+        == [
+            "monitoring.window_s 300s: stable, which this channel promotes to, watches 300s; "
+            "a promotion must watch longer (raise stable's window first)"
+        ]
+        and unchecked == []
+    )
     await configure_channel(log, operator.js, env, "canary", _cfg(60, "stable"), OPERATOR)
     conflicts, _ = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(30, "lts"))
     assert conflicts == [
