@@ -546,6 +546,7 @@ SAFETY_CODES = (
     "held_moved_without_operator",  # a held release (inconclusive, escalated) moved on by anything but an operator
     "paused_release_advanced",  # a new stage or a promotion while paused
     "promotion_not_watched_longer",  # promoted to a channel whose window is no longer than its source's
+    "first_run_past_first_stage",  # a pack's first rollout pointer in a stage after one that exposed nothing
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
 # What a service may still write on a held release: a note, or a move towards safety (a failure
@@ -678,6 +679,12 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
                 v(
                     "paused_release_advanced",
                     f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack",
+                )
+            if not release.activated and release.stage >= 0:
+                v(
+                    "first_run_past_first_stage",
+                    f"{position.subject}: {data.release_id}'s first switch comes after {release.stage + 1} "
+                    "stage(s) that exposed nothing (every cohort pinned): no smaller scope ran the pack",
                 )
         why = untrusted(world, memory or SafetyMemory(), data.pack.digest, data.signers)
         if why:

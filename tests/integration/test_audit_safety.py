@@ -129,6 +129,14 @@ def stories(log: Log) -> dict[str, object]:
     log.stage("samewin", 1, ["rest"], p=P2)
     bad["promotion_not_watched_longer"] = log.promoted("samewin")
 
+    # the first stage passed over (its cohort pinned after pre-flight), the pack first runs in `rest`
+    log.through_verified("skipped", P2)
+    log.activate("skipped", 0, [], P2)  # every cohort of stage 1 pinned: nothing switched
+    log.started("skipped", 0, [], P2)
+    log.verdict("skipped", "passed", 0, comparisons=FIGURES_OK)
+    log.expanded("skipped", 0, 1, ["rest"])
+    bad["first_run_past_first_stage"] = log.point("rest", P2, "skipped")
+
     log.requested("gates", P2)
     log.prepared("gates", P2)
     log.distributed("gates", P2)

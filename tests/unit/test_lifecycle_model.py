@@ -38,6 +38,7 @@ from .lifecycle_model_support import (
     CHANNELS,
     COHORTS,
     CONSUMERS,
+    ENV,
     PACKS,
     SAMPLE_KINDS,
     SUBJECTS,
@@ -79,6 +80,9 @@ MUST_REACH = (
     "a closed release read back whole by the archiving replay",
     "a release promoted to stable",
     "a promotion withheld: stable watches no longer than the canary",
+    "a switch refused: pinned after the verification",
+    "a switch refused: the trust root dropped the signer",
+    "a paused release resumed",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -125,6 +129,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a promotion withheld: stable watches no longer than the canary"] += sum(
             e.type == "release.closed" and "withheld: prod/stable watches" in e.data.summary for e in events
         )
+        refused = Counter(e.data.code for e in events if e.type == "release.activation_failed")
+        REACHED["a switch refused: pinned after the verification"] += refused["smallest_scope_pinned"]
+        REACHED["a switch refused: the trust root dropped the signer"] += refused["pack_no_longer_valid"]
+        REACHED["a paused release resumed"] += sum(e.type == "release.resumed" for e in events)
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
@@ -256,6 +264,46 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.m.settle()
         for _ in range(3):
             self.m.healthy_window()
+        self.after()
+
+    @rule(pack=st.integers(1, len(PACKS) - 1), how=st.sampled_from(["pinned", "rotated", "rotated"]))
+    def refused_at_the_switch(self, pack: int, how: str) -> None:
+        """The activator refuses a switch the world changed under (`activation_failed`), which the random
+        rules never reached in 20k steps: "pinned", the canary cohort pinned between the verification and the
+        first switch (`smallest_scope_pinned`: the pack would first run in the wider stage); "rotated", the
+        trust root drops the pack's only signer after its first stage (`pack_no_longer_valid` at the expansion)."""
+        if how == "pinned":
+            fast, self.m.fast = self.m.fast, False  # split: a step at a time, so the pin lands before the switch
+            rid = self.m.request(PACKS[pack], "canary", self._strategy())
+            for consumer in ("preparer", "distributor", "verifier"):
+                self.m.step(consumer, rid)
+            self.m.fast = fast
+            release = self.m.world.release(rid)
+            if release is not None and release.phase == "verified":
+                self.m.pin("canary", "internal", "1.0.0")
+            self.m.settle()
+        elif len(self.m.world.trust_rotations) < 2:
+            if not self.m.world.trust_rotations:
+                self.m.rotate_trust()  # root v2 trusts keys 1 and 2; v3 drops key 1
+            self.m.request(PACKS[1], "canary", self._strategy())  # 1.1.0, signed by key 1 alone
+            self.m.settle()
+            self.m.rotate_trust()
+            self.m.healthy_window()
+        self.after()
+
+    def _strategy(self, channel: str = "canary") -> str:
+        """The rollback strategy pre-flight accepts on the channel: `none` until a pack ran there, then `lkg`."""
+        ran = any(self.m.world.scope(ENV, channel, cohort).ever_active for cohort in COHORTS)
+        return "lkg" if ran else "none"
+
+    @rule(pick=releases)
+    def pause_and_resume(self, pick: int) -> None:
+        """An operator pauses a release, a window passes, and resumes it (random verbs almost never resumed one)."""
+        moving = sorted(self.m.world.in_flight)
+        rid = moving[pick % len(moving)] if moving else None
+        if rid and self.m.operate("pause", rid):
+            self.m.healthy_window()
+            self.m.operate("resume", rid)
         self.after()
 
     @rule(
