@@ -32,7 +32,7 @@ from projections.releases import ReleaseState
 from projections.world import World
 from services.actions import operator, pins
 from services.actions.producer import build_signed, manifest_bytes
-from services.consumers import activator, distributor, monitor, pinner, preparer, promoter
+from services.consumers import activator, distributor, guard, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
 from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Output, Timer, appended
@@ -141,12 +141,14 @@ def channel_doc(
     promote: bool = False,
     forbid_downgrade: bool = True,
     window_s: int = 60,
+    runtime_version: str = "2.4.0",
 ) -> dict[str, Any]:
     return {
         "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
         "plan": [["internal"], ["rest"]],
         "monitoring": {"window_s": window_s, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
-        "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "2.4.0"},
+        # every pack asks for runtime >=2.3,<3: a channel moved to 3.0.0 no longer runs any of them
+        "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": runtime_version},
         "policy": {
             "allowed_sources": ["https://git.example/kb"],
             "allowed_builders": ["kx-pipeline"],
@@ -240,6 +242,8 @@ class Lifecycle:
     # `fail_closed`), on the fast path in the batch of the steps before it
     verify_stalls: bool = False
     stalled_in_batches: int = 0  # fast-path batches that stored such a fail-closed event: reached
+    # the guard is behind (a consumer of its own: its sweep has not come yet); its explicit checks still run
+    guard_lags: bool = False
 
     def __post_init__(self) -> None:
         for p in PACKS:
@@ -538,10 +542,56 @@ class Lifecycle:
         self.emit(self._guard("monitor", rid, verdict), world)
 
     def sweep(self) -> None:
-        """The monitor's and the pinner's sweeps: anything overdue is handled as if its timer fired."""
+        """The monitor's, the pinner's and the guard's sweeps: anything overdue is handled as if its timer
+        fired; every active pack is judged by the gates that can change after activation."""
         for key, timer in sorted(self.timers.items()):
             if timer.at <= self.now:
                 self.fire(key)
+        if not self.guard_lags:
+            self.guard()
+
+    # -- the guard: services/consumers/guard.py's pure parts over the model's store and trust root ----
+    def active_violations(self) -> dict[tuple[str, str, str], guard.Violation]:
+        """What each scope's active pack fails now (`guard.check_active`: root, time, channel in force)."""
+        root, found = self.trust_root(), {}
+        for key, state in sorted(self.world.scopes.items()):
+            if state.active is None:
+                continue
+            channel = self.world.channel_state(key[0], key[1])
+            manifest = self.store.get(state.active.manifest)
+            violation = guard.check_active(
+                manifest, key, state.active.pack, channel.config if channel else None, root, self.now
+            )
+            if violation is not None:
+                found[key] = violation
+        return found
+
+    def guard(self) -> None:
+        """A trigger or sweep of the guard: the rollout in flight a violation hits rolls back, a settled scope is
+        flagged (appended with the scope's expected last sequence, as the guard does). Then the guard's promise,
+        checked: no violation it found is left silent."""
+        world, violations, ctx = self.world, self.active_violations(), self.ctx("guard")
+        plan = guard.decide(world, violations, ctx)
+        for rid in plan.rollbacks:
+            release = self.world.release(rid)
+            if release is not None:
+                self.emit(guard.decide_release(self.world, release, violations, ctx), self.world)
+        for key, event in plan.flags:
+            self.append_expected(event, world.scope(*key).last_seq, self.world.scope(*key).last_seq)
+        for key, violation in sorted(violations.items()):
+            state = self.world.scope(*key)
+            owner = self.world.release(state.active.release_id or "") if state.active else None
+            handled = (
+                (state.active_pack is None or state.active_pack.digest != violation.digest)  # the pointer moved
+                or (state.flag is not None and state.flag.code == violation.code)
+                or (owner is not None and (owner.rollback is not None or owner.phase in guard.MOVING_PHASES))
+            )
+            if not handled:
+                self.problems.append(
+                    Violation(
+                        self.seq, "violation_unattended", f"{'/'.join(key)}: {violation.code}: {violation.message}"
+                    )
+                )
 
     # -- operator --------------------------------------------------------------------------------------
     def operate(self, verb: str, release_id: str, **kw: Any) -> bool:

@@ -83,6 +83,8 @@ MUST_REACH = (
     "a switch refused: pinned after the verification",
     "a switch refused: the trust root dropped the signer",
     "a paused release resumed",
+    "a settled scope flagged by the guard",
+    "a rollout rolled back by the guard",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -133,6 +135,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a switch refused: pinned after the verification"] += refused["smallest_scope_pinned"]
         REACHED["a switch refused: the trust root dropped the signer"] += refused["pack_no_longer_valid"]
         REACHED["a paused release resumed"] += sum(e.type == "release.resumed" for e in events)
+        REACHED["a settled scope flagged by the guard"] += sum(e.type == "scope.flagged" for e in events)
+        REACHED["a rollout rolled back by the guard"] += sum(
+            e.type == "release.rollback_started" and e.actor.id == "guard" for e in events
+        )
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
@@ -271,7 +277,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The activator refuses a switch the world changed under (`activation_failed`), which the random
         rules never reached in 20k steps: "pinned", the canary cohort pinned between the verification and the
         first switch (`smallest_scope_pinned`: the pack would first run in the wider stage); "rotated", the
-        trust root drops the pack's only signer after its first stage (`pack_no_longer_valid` at the expansion)."""
+        trust root drops the pack's only signer after its first stage (`pack_no_longer_valid` at the expansion,
+        with the guard behind: a guard that sweeps first rolls the release back, `policy_violation`)."""
         if how == "pinned":
             fast, self.m.fast = self.m.fast, False  # split: a step at a time, so the pin lands before the switch
             rid = self.m.request(PACKS[pack], "canary", self._strategy())
@@ -288,7 +295,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.request(PACKS[1], "canary", self._strategy())  # 1.1.0, signed by key 1 alone
             self.m.settle()
             self.m.rotate_trust()
+            lags, self.m.guard_lags = self.m.guard_lags, True  # else the guard rolls it back first (also right)
             self.m.healthy_window()
+            self.m.guard_lags = lags
         self.after()
 
     def _strategy(self, channel: str = "canary") -> str:
@@ -376,9 +385,17 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.after()
 
     # -- the world changing underneath ---------------------------------------------------------------
-    @rule()
-    def rotate_trust(self) -> None:
+    @rule(guard=st.booleans())
+    def rotate_trust(self, guard: bool) -> None:
         self.m.rotate_trust()
+        if guard:  # the guard reacts to the rotation at once (else on a later sweep or trigger)
+            self.m.guard()
+        self.after()
+
+    @rule()
+    def guard(self) -> None:
+        """The guard's check of every active pack (a trigger it reacts to: a pointer, a rotation, a config)."""
+        self.m.guard()
         self.after()
 
     @rule(
@@ -388,10 +405,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         promote=st.booleans(),
         forbid_downgrade=st.booleans(),
         window=st.integers(0, 1),
+        runtime=st.sampled_from(["2.4.0", "2.4.0", "2.4.0", "3.0.0"]),
+        guard=st.booleans(),
     )
     def reconfigure(
-        self, channel: str, thresholds: int, min_samples: int, promote: bool, forbid_downgrade: bool, window: int
+        self,
+        channel: str,
+        thresholds: int,
+        min_samples: int,
+        promote: bool,
+        forbid_downgrade: bool,
+        window: int,
+        runtime: str,
+        guard: bool,
     ) -> None:
+        """`guard`: the guard reacts to the new configuration at once (else on a later sweep or trigger)."""
         self.m.configure(
             channel,
             thresholds=thresholds,
@@ -399,7 +427,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             promote=promote and channel == "canary",
             forbid_downgrade=forbid_downgrade,
             window_s=WINDOWS[channel][window],
+            runtime_version=runtime,
         )
+        if guard:
+            self.m.guard()
         self.after()
 
     @rule(pack=st.integers(0, len(PACKS) - 1))

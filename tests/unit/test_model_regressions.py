@@ -219,11 +219,27 @@ def test_no_stage_expands_to_a_pack_the_trust_root_dropped() -> None:
     rid = m.request(V110, strategy="none")  # 1.1.0: key 1 only
     m.settle()
     m.rotate_trust()  # v3 trusts keys 2 and 3
+    m.guard_lags = True  # the guard has not swept yet (when it has, it rolls the release back: `policy_violation`)
     m.healthy_window()
     assert m.world.release(rid).stage == 0  # checked again before the switch, and refused:
     refusals = [e for _, e in m.log if e is not None and e.type == "release.activation_failed" and e.release_id == rid]
     assert [(e.data.stage, e.data.code) for e in refusals] == [(1, "pack_no_longer_valid")], lines(m)
     assert "pointer_untrusted" not in codes(m), lines(m)
+
+
+def test_the_guard_rolls_back_a_rollout_whose_signer_the_trust_root_dropped() -> None:
+    """The same story with the guard in time: the rotation makes the active pack fail the signature gate,
+    and the guard rolls the release back (`policy_violation`) before the window's end could expand it."""
+    m = model(history=False)
+    m.rotate_trust()
+    rid = m.request(V110, strategy="none")
+    m.settle()
+    m.rotate_trust()
+    m.guard()
+    started = [e for _, e in m.log if e is not None and e.type == "release.rollback_started" and e.release_id == rid]
+    assert [(e.data.trigger, e.actor.id) for e in started] == [("policy_violation", "guard")], lines(m)
+    assert "signature/threshold_not_met" in started[0].data.reason
+    assert not [v for v in m.violations() if v.code == "violation_unattended"], lines(m)
 
 
 def test_an_extended_window_still_counts_the_refusals_since_its_stages_activation() -> None:
