@@ -300,6 +300,19 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.guard_lags = lags
         self.after()
 
+    @rule(pack=st.integers(1, len(PACKS) - 1), promote=st.booleans())
+    def policy_changes_under_a_rollout(self, pack: int, promote: bool) -> None:
+        """A rollout is being watched when its channel moves to a runtime its pack does not support: the
+        guard rolls it back (`policy_violation`); then the channel moves back (random rules rarely lined up a
+        release in flight, a reconfiguration and the guard's check: counted in REACHED)."""
+        self.m.request(PACKS[pack], "canary", self._strategy())
+        self.m.settle()
+        self.m.configure("canary", promote=promote, runtime_version="3.0.0")
+        self.m.guard()
+        self.m.settle()
+        self.m.configure("canary", promote=promote)
+        self.after()
+
     def _strategy(self, channel: str = "canary") -> str:
         """The rollback strategy pre-flight accepts on the channel: `none` until a pack ran there, then `lkg`."""
         ran = any(self.m.world.scope(ENV, channel, cohort).ever_active for cohort in COHORTS)
