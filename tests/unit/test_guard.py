@@ -58,6 +58,8 @@ def test_an_active_pack_that_still_passes_has_no_violation() -> None:
         (dict(config=channel(policy={"allowed_sources": ["https://git.example/other"]})), "policy/source_forbidden"),
         (dict(config=channel(compatibility={"runtime_version": "3.1.0"})), "compatibility/runtime_mismatch"),
         (dict(config=channel(compatibility={"profiles": ["lite"]})), "compatibility/profile_mismatch"),
+        # the policy starts asking evidence the pack lacks (its revision is `rev-1.0.0`, no commit id)
+        (dict(config=channel(policy={"require_commit_revision": True})), "evidence/revision_not_commit"),
         # what can no longer be checked is not a pass
         (dict(manifest=None), "manifest/manifest_missing"),
         (dict(active=ACTIVE.model_copy(update={"digest": "sha256:" + "0" * 64})), "identity/digest_mismatch"),
