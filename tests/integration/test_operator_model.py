@@ -54,7 +54,9 @@ async def test_three_stage_canary_then_promotion_to_stable(nats_url, prefix):
         for tenant in ("t-int-1", "tenant-42"):
             await svc.runtime(tenant, channel="stable")
         pack = make_pack("1.0.0", svc.key)
-        await svc.request("r1", pack, rollback={"strategy": "none"})
+        # the release's own criteria: stricter than either channel's error_rate_max (0.05)
+        asked = {"window_s": 1, "min_samples": 1, "thresholds": {"error_rate_max": 0.02}}
+        await svc.request("r1", pack, rollback={"strategy": "none"}, monitoring=asked)
         canary = await svc.wait_release("r1")
         assert canary.outcome == "success" and canary.activated == ("internal", "early", "rest")
         assert [v[1].stage for v in canary.verdicts] == [0, 1, 2]
@@ -65,6 +67,9 @@ async def test_three_stage_canary_then_promotion_to_stable(nats_url, prefix):
         assert stable.requested.promoted_from == "r1"
         assert stable.verified is not None  # every gate again, on the stable channel
         assert stable.prepared.monitoring.window_s == 2 and canary.prepared.monitoring.window_s == 1
+        # carried to the promotion, the stricter of the request's and stable's, field by field
+        assert stable.requested.monitoring.window_s == 2  # stable's longer window, not the request's 1 s
+        assert stable.prepared.monitoring.thresholds.error_rate_max == 0.02
         for cohort in ("internal", "rest"):
             assert svc.world.scope("prod", "stable", cohort).active_pack.digest == pack.digest
 
