@@ -97,6 +97,22 @@ def exposing(world: World, release: ReleaseState, now: datetime) -> Exposing | N
     return Exposing(configured_channel(world, env, channel), cohorts, active)
 
 
+def landing(world: World, release: ReleaseState) -> Exposing | None:
+    """Where a rollback is about to land: every cohort the release switched, the pack each runs and the
+    channel's configuration now. Its targets are judged against the channel as a verification would
+    (compatibility, policy, evidence; no downgrade rule): a pack the channel no longer admits (its runtime
+    moved past what the pack supports, a source no longer allowed) is no target — the rollback holds and
+    escalates, as for an untrusted or missing one, rather than switch runtimes to a pack the gates refuse
+    (and the guard would flag at once). Pre-flight and the promoter's readiness do not ask this (a
+    tightened channel would otherwise refuse every release while its LKG predates the change)."""
+    if release.prepared is None or not release.activated:
+        return None
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    cohorts = tuple(release.activated)
+    active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
+    return Exposing(configured_channel(world, env, channel), cohorts, active, "rollback")
+
+
 def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:
     """Switch the next stage's cohorts to the release's pack, in one batch.
 
@@ -287,8 +303,9 @@ class Activator(ReleaseReactor[TargetFacts]):
     async def observe(self, world, release, ctx) -> TargetFacts:
         if release.phase == "rolling_back" and release.rollback is not None:
             checks = {}
+            lands = landing(world, release)
             for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
-                checks[target.digest] = await self.target_check(target, release, ctx)
+                checks[target.digest] = await self.target_check(target, release, ctx, lands)
             return TargetFacts(rollback=checks)
         if release.paused:
             return TargetFacts()  # a paused rollout switches nothing (`decide_rollout`): nothing to read

@@ -4,7 +4,9 @@ The check (the manifest verifies under the trust root in force and has not expir
 pack object is present with the manifest's size) runs where a rollback is about to
 happen (the activator) and wherever a release is about to expose more: pre-flight
 (preparer) and before each expansion or promotion (promoter). One implementation for
-all three, so "ready" means the same thing at every step.
+all three, so "ready" means the same thing at every step. Where a pack is about to be switched
+to (`Exposing`: a rollout's next cohorts, a rollback's landing), the activator also judges it
+against the channel's configuration now, as a verification would.
 
 `target_problems` is the IO (its answer is a fact handed to a pure decide);
 `readiness_problems` is the pure judgement over those facts.
@@ -16,6 +18,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
@@ -29,13 +32,16 @@ from services.verification.pipeline import read_attestation
 
 @dataclass(frozen=True)
 class Exposing:
-    """Where a rollout is about to expose its pack next, judged as its verification was (compatibility,
-    policy, evidence under the channel's configuration now): the channel's configuration (None: never
-    configured), the cohorts about to switch and the pack each runs."""
+    """Where a pack is about to be switched to, judged as a verification would (compatibility, policy,
+    evidence under the channel's configuration now): the channel's configuration (None: never
+    configured), the cohorts about to switch and the pack each runs. `purpose` "rollout": a release
+    exposing its pack to more cohorts; "rollback": a rollback landing on its target (no downgrade rule:
+    a rollback goes back to an older pack on purpose)."""
 
     config: ChannelConfig | None
     cohorts: tuple[str, ...]
     active: Mapping[str, PackRef | None]
+    purpose: Literal["rollout", "rollback"] = "rollout"
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ def judge_target(
 ) -> TargetCheck:
     """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
     present with the manifest's size. Fast-track, not a full re-verification: the bytes are not
-    hashed again. With `exposing` (a rollout about to switch more cohorts), also the channel's
-    gates as they stand now (`recheck_channel`: `attestation` is the object, where it requires one)."""
+    hashed again. With `exposing` (a rollout about to switch more cohorts, or a rollback about to land),
+    also the channel's gates as they stand now (`recheck_channel`: `attestation` is the object, where it
+    requires one)."""
     if trust_root is None:
         return TargetCheck("no trust root configured")
     if size is None:
@@ -76,7 +83,7 @@ def judge_target(
             target,
             trust_root,
             now,
-            "rollout",
+            exposing.purpose,
             env=env,
             channel=channel,
             cohorts=exposing.cohorts,

@@ -230,3 +230,34 @@ async def test_a_channel_reconfigured_mid_release_is_checked_before_the_next_sta
         why = release.rollback.reason
         assert "pack_no_longer_valid" in why and "compatibility/runtime_mismatch" in why, why
         assert svc.world.scope("prod", "canary", "rest").active_pack == before
+
+
+async def test_a_rollback_does_not_land_on_a_pack_the_channel_no_longer_admits(nats_url, prefix):
+    """The last-known-good was built for runtime `<3`; while a release built for `>=2.3,<4` is watched, the
+    channel moves to runtime 3.0.0, and then the release is rolled back (an operator's, after tenant
+    reports). The rollback's target is judged against the channel as it stands (as a verification would,
+    no downgrade rule): it no longer fits, so the rollback holds and escalates, saying which gate, instead
+    of switching 3.0 runtimes to a pack the compatibility gate refuses (the runtimes' own check does not
+    judge compatibility). The guard is not running: it would flag the settled `rest` (still on the old
+    pack) and is tested on its own."""
+    config = {**CHANNEL, "monitoring": {**CHANNEL["monitoring"], "window_s": 30}}
+    roles = tuple(role for role in ROLES if role != "guard")
+    async with running_service(nats_url, prefix, roles=roles) as svc:
+        await svc.configure(config={**config, "monitoring": CHANNEL["monitoring"]})
+        lkg = make_pack("1.0.0", svc.key)  # runtime >=2.3,<3
+        new = make_pack("1.1.0", svc.key, runtime=">=2.3,<4")
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r0", lkg, rollback={"strategy": "none"})
+        assert (await svc.wait_release("r0")).outcome == "success"
+        await svc.configure(config=config)  # a long window: r1 is watched while the channel moves
+        await svc.request("r1", new)
+        await svc.wait_release("r1", "monitoring")
+        moved = {**config, "compatibility": {**CHANNEL["compatibility"], "runtime_version": "3.0.0"}}
+        await svc.configure(config=moved)
+        await act(svc, ops.rollback(svc.world, "r1", "tenant_impact", "tickets from acme", OPERATOR, now(svc)))
+        release = await svc.wait_release("r1", "held")
+        assert release.rollback is not None and release.rollback.trigger == "tenant_impact", release.rollback
+        assert release.failure is not None and "rollback_target_unusable" in release.failure, release.failure
+        assert "compatibility/runtime_mismatch" in release.failure, release.failure
+        assert svc.world.scope("prod", "canary", "internal").active_pack.digest == new.digest  # nothing moved

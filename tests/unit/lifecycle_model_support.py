@@ -847,7 +847,8 @@ def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> li
     """The activator's adapter over the model: targets checked, the pack re-checked where it must be."""
     if release.phase == "rolling_back" and release.rollback is not None:
         targets = {t.digest: t for t in release.rollback.targets.values() if t is not None}
-        checks = {d: target_check(m, t, release, ctx) for d, t in targets.items()}
+        lands = activator.landing(world, release)
+        checks = {d: target_check(m, t, release, ctx, lands) for d, t in targets.items()}
         return activator.decide_rollback(
             world, release, ctx, {d: c.problem for d, c in checks.items()}, {d: c.signers for d, c in checks.items()}
         )
