@@ -203,7 +203,10 @@ async def promotion_window_conflicts(
     second; the promoter enforces the rule at each promotion whoever wrote the configurations, so this
     is the operator's early warning, not the only guard (and writers that configure thousands of
     channels, the benches, skip a scan of every channel per write)."""
-    others = await configured_channels(js, subjects, env)
+    try:
+        others = await configured_channels(js, subjects, env)
+    except Exception as exc:  # advisory: said, and the promoter still enforces the rule at each promotion
+        return [], [f"{env}/*: the other channels' configurations could not be read: {exc.__class__.__name__}: {exc}"]
     others.pop(channel, None)  # its own current configuration is what this one replaces
     unreadable = [f"{env}/{name}: {why}" for name, why in sorted(others.items()) if isinstance(why, str)]
     readable = {name: cfg for name, cfg in others.items() if isinstance(cfg, ChannelConfig)}

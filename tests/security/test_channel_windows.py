@@ -54,3 +54,13 @@ async def test_the_operator_checks_the_windows_against_every_channel_and_names_w
     conflicts, unchecked = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(3600, "lts"))
     assert conflicts == []
     assert len(unchecked) == 1 and unchecked[0].startswith(f"{env}/junk: its configuration (seq {ack.seq}) does not")
+
+
+async def test_a_read_that_fails_is_said_and_checks_nothing(authed, as_role):
+    """The check is the operator's early warning (the promoter enforces the rule): a read that fails is
+    named, never taken for "no other channel", and it does not stop the write."""
+    operator = await as_role("operator")
+    await operator.nc.close()
+    conflicts, unchecked = await promotion_window_conflicts(operator.js, authed.subjects, "prod", "canary", _cfg(60))
+    assert conflicts == [] and len(unchecked) == 1
+    assert unchecked[0].startswith("prod/*: the other channels' configurations could not be read: ")
