@@ -23,6 +23,7 @@ from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, r
 from services.consumers.reactor import ReleaseReactor
 from services.verification.context import configured_channel
 from services.verification.readiness import Exposing, TargetCheck, target_check
+from services.verification.readiness import landing as readiness_landing
 
 NAME = "activator"
 
@@ -103,14 +104,12 @@ def landing(world: World, release: ReleaseState) -> Exposing | None:
     (compatibility, policy, evidence; no downgrade rule): a pack the channel no longer admits (its runtime
     moved past what the pack supports, a source no longer allowed) is no target — the rollback holds and
     escalates, as for an untrusted or missing one, rather than switch runtimes to a pack the gates refuse
-    (and the guard would flag at once). Pre-flight and the promoter's readiness do not ask this (a
-    tightened channel would otherwise refuse every release while its LKG predates the change)."""
+    (and the guard would flag at once). Pre-flight only warns of it, and the promoter's readiness does not
+    ask (a tightened channel would otherwise refuse every release while its LKG predates the change)."""
     if release.prepared is None or not release.activated:
         return None
-    env, channel = release.prepared.target.env, release.prepared.target.channel
-    cohorts = tuple(release.activated)
-    active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
-    return Exposing(configured_channel(world, env, channel), cohorts, active, "rollback")
+    target = release.prepared.target
+    return readiness_landing(world, target.env, target.channel, tuple(release.activated))
 
 
 def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:

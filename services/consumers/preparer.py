@@ -9,7 +9,7 @@ otherwise `release.prepared` is the plan the rest of the release follows.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from events.channel import ChannelConfig, requested_threshold_problems
@@ -24,7 +24,7 @@ from services.consumers.reactor import ReleaseReactor
 from services.jetstream.log import Entry
 from services.jetstream.worker import Poison
 from services.reads.health_reads import recent_reporters
-from services.verification.readiness import readiness_problems, target_problems
+from services.verification.readiness import landing, readiness_problems, target_checks
 
 NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
@@ -102,11 +102,14 @@ def preflight(
     health: Mapping[str, int] | None,
     health_error: str | None = None,
     ready: Mapping[str, str | None] | None = None,
+    fits: Mapping[str, str | None] | None = None,
 ) -> tuple[list[ChecklistItem], Prepared | None]:
     """The checklist, and the plan if every item passed.
 
     `ready`: rollback target digest -> why it is unusable (None: usable), as the adapter
     observed it; None when not observed (a replay), and then no readiness item is recorded.
+    `fits`: target digest -> why the channel as configured now would not admit it (a rollback there
+    would hold, the activator judges its landing so): a warning on the readiness item, never a refusal.
     """
     req = release.requested
     assert req is not None
@@ -229,7 +232,7 @@ def preflight(
         check(
             "rollback_target_ready",
             not unready,
-            "; ".join(unready) or "every target is trusted, unexpired and present in the pack store",
+            "; ".join(unready) or unfit_warning(targets, fits or {}),
         )
 
     if cfg.policy.accept == "promotion":
@@ -284,6 +287,19 @@ def preflight(
     )
 
 
+def unfit_warning(targets: Mapping[str, PackRef | None], fits: Mapping[str, str | None]) -> str:
+    """The readiness item's detail for targets that are sound: a warning for each the channel no longer
+    admits (a rollback would hold and escalate there, not land)."""
+    unfit = [f"{c}'s {t.short()} ({fits[t.digest]})" for c, t in targets.items() if t and fits.get(t.digest)]
+    if not unfit:
+        return "every target is trusted, unexpired and present in the pack store"
+    return (
+        "warning: trusted, unexpired and present, but the channel as configured now no longer admits "
+        + "; ".join(unfit)
+        + ": a rollback would hold and escalate, not land (pin a pack that fits, or roll forward)"
+    )
+
+
 def smallest_scope(plan: list[list[str]], unpinned: list[list[str]]) -> tuple[bool, str]:
     """The pack first runs where the plan starts (the seed: "start in the smallest safe scope"): a plan
     whose first stages are all pinned would expose it first in a wider one, without a canary's data.
@@ -333,6 +349,7 @@ def decide(
     health: Mapping[str, int] | None,
     health_error: str | None = None,
     ready: Mapping[str, str | None] | None = None,
+    fits: Mapping[str, str | None] | None = None,
 ) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
@@ -340,7 +357,7 @@ def decide(
     if cfg.policy.accept == "promotion" and awaiting_promotion(world, release):
         return []  # decided again once the source's `promoted` is in the log (the reconcile sweep)
     try:
-        items, prepared = preflight(world, release, ctx, health, health_error, ready)
+        items, prepared = preflight(world, release, ctx, health, health_error, ready, fits)
     except (ValueError, TypeError) as exc:  # an inconsistent plan must still be answered, closed
         items, prepared = (
             [ChecklistItem(item="preflight", ok=False, detail=f"pre-flight could not evaluate the request: {exc}")],
@@ -369,6 +386,7 @@ class PreflightFacts:
     health: Mapping[str, int] | None  # cohort -> runtimes that reported (None: not read)
     health_error: str | None  # why health could not be read (a fact: `acknowledge_no_health` may waive it)
     ready: Mapping[str, str | None]  # rollback target digest -> why it is unusable (None: usable)
+    fits: Mapping[str, str | None] = field(default_factory=dict)  # digest -> why the channel no longer admits it
 
 
 class Preparer(ReleaseReactor[PreflightFacts]):
@@ -384,7 +402,7 @@ class Preparer(ReleaseReactor[PreflightFacts]):
             for stage in (req.plan or world.channel_config(req.target.env, req.target.channel).effective_plan)
             for c in stage
         ]
-        ready = await self.observe_targets(world, release, ctx)
+        ready, fits = await self.observe_targets(world, release, ctx)
         try:
             health = await recent_reporters(
                 self.port.js,
@@ -395,11 +413,11 @@ class Preparer(ReleaseReactor[PreflightFacts]):
                 ctx.now - timedelta(seconds=HEALTH_LOOKBACK_S),
             )
         except Exception as exc:  # fail closed: unknown observability is not observability
-            return PreflightFacts(None, f"{exc.__class__.__name__}: {exc}", ready)
-        return PreflightFacts(health, None, ready)
+            return PreflightFacts(None, f"{exc.__class__.__name__}: {exc}", ready, fits)
+        return PreflightFacts(health, None, ready, fits)
 
     def decide(self, world, release, facts: PreflightFacts, ctx):
-        return decide(world, release, ctx, facts.health, facts.health_error, facts.ready)
+        return decide(world, release, ctx, facts.health, facts.health_error, facts.ready, facts.fits)
 
     def fail_closed(self, world, release, failed, ctx):
         """A request pre-flight could not get through is answered, closed: `rejected`, saying why."""
@@ -410,22 +428,29 @@ class Preparer(ReleaseReactor[PreflightFacts]):
         )
         return [Chain((release_event(ctx, release, "rejected", Rejected(reasons=[reason])),))]
 
-    async def observe_targets(self, world, release, ctx) -> dict[str, str | None]:
-        """Rollback readiness of the targets pre-flight would record (checked in the pack store)."""
+    async def observe_targets(self, world, release, ctx) -> tuple[dict[str, str | None], dict[str, str | None]]:
+        """Rollback readiness of the targets pre-flight would record (checked in the pack store), and, for
+        those that are sound, whether the channel as configured now admits them (where a rollback lands)."""
         try:
             _, prepared = preflight(world, release, ctx, None)
         except (ValueError, TypeError):
-            return {}  # the request is answered with the reason by `decide`
+            return {}, {}  # the request is answered with the reason by `decide`
         if prepared is None:
-            return {}
-        return await target_problems(
+            return {}, {}
+        env, channel = prepared.target.env, prepared.target.channel
+        cohorts = tuple(c for s in prepared.stages for c in s)
+        checks = await target_checks(
             self.port,
             prepared.rollback_targets.values(),
-            prepared.target.env,
-            prepared.target.channel,
-            tuple(c for s in prepared.stages for c in s),
+            env,
+            channel,
+            cohorts,
             ctx.now,
+            landing(world, env, channel, cohorts),
         )
+        ready = {d: None if c.channel_refuses else c.problem for d, c in checks.items()}
+        fits = {d: c.problem if c.channel_refuses else None for d, c in checks.items()}
+        return ready, fits
 
     def answers_junk(self, world, problem) -> bool:
         """A junk request not answered yet (its release id unknown): `on_undecodable` answers it."""

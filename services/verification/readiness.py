@@ -23,9 +23,10 @@ from typing import Literal
 from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
 from events.model import PackRef
+from projections.world import World
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
-from services.verification.context import verify_context
+from services.verification.context import configured_channel, verify_context
 from services.verification.gates import attestation_required, check_manifest, recheck_channel
 from services.verification.pipeline import read_attestation
 
@@ -44,13 +45,31 @@ class Exposing:
     purpose: Literal["rollout", "rollback"] = "rollout"
 
 
+# The gates a channel's configuration decides (phase 3): a pack can fail them later without changing.
+CHANNEL_GATES = frozenset({"compatibility", "policy", "evidence"})
+
+
 @dataclass(frozen=True)
 class TargetCheck:
-    """A pack's fitness to be switched to now: why not (None: fit), and the trusted keys whose
-    signatures on its manifest verified under the root in force (the pointer's `signers`)."""
+    """A pack's fitness to be switched to now: why not (None: fit), the gate that said so (None: no
+    gate, e.g. an object missing), and the trusted keys whose signatures on its manifest verified under
+    the root in force (the pointer's `signers`)."""
 
     problem: str | None
     signers: tuple[str, ...] = ()
+    gate: str | None = None
+
+    @property
+    def channel_refuses(self) -> bool:
+        """The pack is sound (trusted, unexpired, present) but the channel's configuration no longer admits it."""
+        return self.problem is not None and self.gate in CHANNEL_GATES
+
+
+def landing(world: World, env: str, channel: str, cohorts: tuple[str, ...]) -> Exposing:
+    """Where a rollback of `cohorts` would land: their packs now and the channel's configuration now
+    (judged as a verification would, without the downgrade rule: `purpose` rollback)."""
+    active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
+    return Exposing(configured_channel(world, env, channel), cohorts, active, "rollback")
 
 
 def judge_target(
@@ -93,7 +112,8 @@ def judge_target(
         )
         check = recheck_channel(check, rollout)
     if check.failure is not None:
-        return TargetCheck(f"{check.failure.gate}/{check.failure.code}: {check.failure.message}")
+        failure = check.failure
+        return TargetCheck(f"{failure.gate}/{failure.code}: {failure.message}", gate=failure.gate)
     return TargetCheck(None, tuple(check.signers))
 
 
@@ -133,25 +153,32 @@ async def target_check(
         return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
 
 
-async def target_problem(
-    app, target: PackRef, env: str, channel: str, cohorts: tuple[str, ...], now: datetime
-) -> str | None:
-    """Why `target` can no longer be activated (None: it can): `target_check`'s problem."""
-    return (await target_check(app, target, env, channel, cohorts, now)).problem
-
-
 async def _none() -> None:
     return None
+
+
+async def target_checks(
+    app,
+    targets: Iterable[PackRef | None],
+    env: str,
+    channel: str,
+    cohorts: tuple[str, ...],
+    now: datetime,
+    exposing: Exposing | None = None,
+) -> dict[str, TargetCheck]:
+    """`target_check` for each distinct target digest (an exception is a problem, never a pass)."""
+    return {
+        target.digest: await target_check(app, target, env, channel, cohorts, now, exposing)
+        for target in {t.digest: t for t in targets if t is not None}.values()
+    }
 
 
 async def target_problems(
     app, targets: Iterable[PackRef | None], env: str, channel: str, cohorts: tuple[str, ...], now: datetime
 ) -> dict[str, str | None]:
-    """`target_problem` for each distinct target digest (an exception is a problem, never a pass)."""
-    return {
-        target.digest: await target_problem(app, target, env, channel, cohorts, now)
-        for target in {t.digest: t for t in targets if t is not None}.values()
-    }
+    """Why each distinct target can no longer be activated (None: it can), by digest."""
+    checks = await target_checks(app, targets, env, channel, cohorts, now)
+    return {digest: check.problem for digest, check in checks.items()}
 
 
 def readiness_problems(

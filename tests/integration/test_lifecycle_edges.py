@@ -261,3 +261,25 @@ async def test_a_rollback_does_not_land_on_a_pack_the_channel_no_longer_admits(n
         assert release.failure is not None and "rollback_target_unusable" in release.failure, release.failure
         assert "compatibility/runtime_mismatch" in release.failure, release.failure
         assert svc.world.scope("prod", "canary", "internal").active_pack.digest == new.digest  # nothing moved
+
+
+async def test_pre_flight_warns_when_a_rollback_would_hold_on_a_target_the_channel_no_longer_admits(nats_url, prefix):
+    """The same channel move seen at pre-flight: the LKG is sound (trusted, unexpired, present), so the
+    release is not refused (a tightened channel must not refuse every release while its LKG predates the
+    change), but the readiness item says that a rollback would hold there, naming the gate."""
+    roles = tuple(role for role in ROLES if role != "guard")
+    async with running_service(nats_url, prefix, roles=roles) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        await svc.request("r0", make_pack("1.0.0", svc.key), rollback={"strategy": "none"})  # runtime <3
+        assert (await svc.wait_release("r0")).outcome == "success"
+        await svc.configure(
+            config={**CHANNEL, "compatibility": {**CHANNEL["compatibility"], "runtime_version": "3.0.0"}}
+        )
+        await svc.request("r1", make_pack("1.1.0", svc.key, runtime=">=2.3,<4"))
+        release = await svc.wait_release("r1", "monitoring")
+        [item] = [i for i in release.prepared.checklist if i.item == "rollback_target_ready"]
+        assert item.ok, item
+        assert item.detail.startswith("warning: ") and "compatibility/runtime_mismatch" in item.detail, item.detail
+        assert "a rollback would hold and escalate" in item.detail, item.detail

@@ -78,6 +78,26 @@ def test_preflight_still_prepares_another_lkg() -> None:
     assert [i.ok for i in items if i.item == "rollback_target"] == [True]
 
 
+def test_preflight_warns_of_a_sound_target_the_channel_no_longer_admits_and_prepares() -> None:
+    """`fits` (the adapter's check of where a rollback would land): a warning on the readiness item, never a
+    refusal; a target that is not sound (`ready`) still refuses."""
+    log = history(Log())  # P0 is the LKG of both cohorts, P1 is released
+    log.requested("r1", P1, acknowledge_no_health=True)
+    world, release = state(log)
+    unfit = {P0["digest"]: "compatibility/runtime_mismatch: runtime 3.0.0 not in >=2.3,<3"}
+    items, prepared = preparer.preflight(world, release, ctx("preparer"), None, None, {P0["digest"]: None}, unfit)
+    [item] = [i for i in items if i.item == "rollback_target_ready"]
+    assert prepared is not None and item.ok
+    assert item.detail.startswith("warning: ") and "internal's kb@0.9.0" in item.detail and "rest's" in item.detail
+    assert "compatibility/runtime_mismatch" in item.detail and "a rollback would hold and escalate" in item.detail
+    _, sound = preparer.preflight(world, release, ctx("preparer"), None, None, {P0["digest"]: None}, {})
+    assert [i.detail for i in sound.checklist if i.item == "rollback_target_ready"] == [
+        "every target is trusted, unexpired and present in the pack store"
+    ]
+    _, refused = preparer.preflight(world, release, ctx("preparer"), None, None, {P0["digest"]: "expired"}, unfit)
+    assert refused is None
+
+
 def own_pack_recorded() -> Log:
     """A release prepared (before the rule) with its own pack recorded as internal's target; its window failed."""
     log = lkg_back_on_internal()
