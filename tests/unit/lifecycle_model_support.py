@@ -26,6 +26,7 @@ from events.model import Actor, Event, PackRef, Scope, TrustRotated
 from events.signing import SigningKey, TrustRoot, b64encode
 from events.subjects import HealthParts, Subjects
 from events.trust import follow_chain, sign_root
+from events.versions import parse_version
 from projections.invariants import Audit, Violation, audit_entry, contract_problem, is_override
 from projections.position import Position
 from projections.releases import ReleaseState
@@ -743,6 +744,26 @@ class Lifecycle:
             self.healthy_window(channel)
         return rid
 
+    def admissible(self, channel: str) -> list[ModelPack]:
+        """The packs a rollout on `channel` passes now, oldest first: in the store, admitted by the gates
+        that can change (trust, expiry, the channel's configuration: `guard.check_active`), and newer than
+        every pack its cohorts run."""
+        world, root = self.world, self.trust_root()
+        state = world.channel_state(ENV, channel)
+        running = [s.active_pack for c in COHORTS if (s := world.scope(ENV, channel, c)).active_pack is not None]
+        out = []
+        for pack in sorted(PACKS, key=lambda p: parse_version(p.version)):
+            if pack_object_name(pack.digest) not in self.store:
+                continue
+            if any(parse_version(r.version) >= parse_version(pack.version) for r in running):
+                continue
+            manifest = self.store.get(manifest_object_name(pack.digest))
+            key = (ENV, channel, COHORTS[0])
+            ref = PackRef.model_validate(pack.ref)
+            if guard.check_active(manifest, key, ref, state.config if state else None, root, self.now) is None:
+                out.append(pack)
+        return out
+
     def lose_pack(self, digest: str) -> None:
         self.store.pop(pack_object_name(digest), None)
 
@@ -865,7 +886,13 @@ def _monitor(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> lis
 
 
 def _promote(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> list[Output]:
-    return promoter.decide(world, release, ctx)
+    """The promoter's adapter over the model: before exposing more, every rollback target it relies on is
+    checked (as `Promoter.observe` does: a problem holds the release, `escalated` `rollback_not_ready`)."""
+    if release.phase != "passed" or release.paused or release.aborted or release.prepared is None:
+        return promoter.decide(world, release, ctx)
+    targets = {t.digest: t for t in promoter.readiness_targets(world, release, ctx).values() if t is not None}
+    ready = {d: target_check(m, t, release, ctx).problem for d, t in targets.items()}
+    return promoter.decide(world, release, ctx, ready)
 
 
 PATH = ("preparer", "distributor", "verifier", "activator")

@@ -17,7 +17,10 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from events.manifest import pack_object_name
 from projections.invariants import finish
 
 from .archive_support import assert_archiving_agrees
@@ -135,6 +139,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a switch refused: pinned after the verification"] += refused["smallest_scope_pinned"]
         REACHED["a switch refused: the trust root dropped the signer"] += refused["pack_no_longer_valid"]
         REACHED["a paused release resumed"] += sum(e.type == "release.resumed" for e in events)
+        REACHED["an expansion held: a rollback target no longer ready"] += sum(
+            e.type == "release.escalated" and e.data.code == "rollback_not_ready" for e in events
+        )
         REACHED["a settled scope flagged by the guard"] += sum(e.type == "scope.flagged" for e in events)
         REACHED["a rollout rolled back by the guard"] += sum(
             e.type == "release.rollback_started" and e.actor.id == "guard" for e in events
@@ -264,12 +271,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The canary promotes to stable (which watches longer, or not: then the promotion is withheld); a new
         release passes the canary's windows on good data. The random rules above never carried a release that
         far (counted: REACHED), so nothing checked the promoter's last step nor the linked release's path."""
-        self.m.configure("canary", promote=True)
-        self.m.configure("stable", window_s=WINDOWS["stable"][stable])
-        self.m.request(PACKS[pack], "canary", acknowledge_no_health=ack)
-        self.m.settle()
-        for _ in range(3):
-            self.m.healthy_window()
+        with self._calm():
+            self.m.configure("stable", window_s=WINDOWS["stable"][stable])
+            if self._story_request(pack, promote=True, acknowledge_no_health=ack):
+                for _ in range(3):
+                    self.m.healthy_window()
         self.after()
 
     @rule(pack=st.integers(1, len(PACKS) - 1), how=st.sampled_from(["pinned", "rotated", "rotated"]))
@@ -279,25 +285,24 @@ class LifecycleMachine(RuleBasedStateMachine):
         first switch (`smallest_scope_pinned`: the pack would first run in the wider stage); "rotated", the
         trust root drops the pack's only signer after its first stage (`pack_no_longer_valid` at the expansion,
         with the guard behind: a guard that sweeps first rolls the release back, `policy_violation`)."""
-        if how == "pinned":
-            fast, self.m.fast = self.m.fast, False  # split: a step at a time, so the pin lands before the switch
-            rid = self.m.request(PACKS[pack], "canary", self._strategy())
-            for consumer in ("preparer", "distributor", "verifier"):
-                self.m.step(consumer, rid)
-            self.m.fast = fast
-            release = self.m.world.release(rid)
-            if release is not None and release.phase == "verified":
-                self.m.pin("canary", "internal", "1.0.0")
-            self.m.settle()
-        elif len(self.m.world.trust_rotations) < 2:
-            if not self.m.world.trust_rotations:
-                self.m.rotate_trust()  # root v2 trusts keys 1 and 2; v3 drops key 1
-            self.m.request(PACKS[1], "canary", self._strategy())  # 1.1.0, signed by key 1 alone
-            self.m.settle()
-            self.m.rotate_trust()
-            lags, self.m.guard_lags = self.m.guard_lags, True  # else the guard rolls it back first (also right)
-            self.m.healthy_window()
-            self.m.guard_lags = lags
+        with self._calm():
+            if how == "pinned":
+                self.m.fast = False  # split: a step at a time, so the pin lands before the switch
+                rid = self._story_request(pack, settle=False)
+                for consumer in ("preparer", "distributor", "verifier"):
+                    if rid:
+                        self.m.step(consumer, rid)
+                release = self.m.world.release(rid) if rid else None
+                if release is not None and release.phase == "verified":
+                    self.m.pin("canary", "internal", "1.0.0")
+                self.m.settle()
+            elif len(self.m.world.trust_rotations) < 2:
+                if not self.m.world.trust_rotations:
+                    self.m.rotate_trust()  # root v2 trusts keys 1 and 2; v3 drops key 1
+                if self._story_request(pack, only=("1.1.0", "1.2.0")):  # signed by key 1 alone
+                    self.m.rotate_trust()
+                    self.m.guard_lags = True  # else the guard rolls it back first (also right)
+                    self.m.healthy_window()
         self.after()
 
     @rule(pack=st.integers(1, len(PACKS) - 1), promote=st.booleans())
@@ -305,18 +310,67 @@ class LifecycleMachine(RuleBasedStateMachine):
         """A rollout is being watched when its channel moves to a runtime its pack does not support: the
         guard rolls it back (`policy_violation`); then the channel moves back (random rules rarely lined up a
         release in flight, a reconfiguration and the guard's check: counted in REACHED)."""
-        self.m.request(PACKS[pack], "canary", self._strategy())
-        self.m.settle()
-        self.m.configure("canary", promote=promote, runtime_version="3.0.0")
-        self.m.guard()
-        self.m.settle()
-        self.m.configure("canary", promote=promote)
+        with self._calm():
+            if self._story_request(pack, promote=promote):
+                self.m.configure("canary", promote=promote, runtime_version="3.0.0")
+                self.m.guard()
+                self.m.settle()
+                self.m.configure("canary", promote=promote)
         self.after()
 
-    def _strategy(self, channel: str = "canary") -> str:
-        """The rollback strategy pre-flight accepts on the channel: `none` until a pack ran there, then `lkg`."""
-        ran = any(self.m.world.scope(ENV, channel, cohort).ever_active for cohort in COHORTS)
-        return "lkg" if ran else "none"
+    @rule(pack=st.integers(1, len(PACKS) - 1))
+    def target_lost_before_expansion(self, pack: int) -> None:
+        """A rollout's first stage passes while its rollback target's pack object is gone from the store: the
+        promoter holds the expansion (`escalated` `rollback_not_ready`) rather than expose more cohorts with
+        no rollback that would land (the random rules lined that up a handful of times: counted in REACHED)."""
+        with self._calm():
+            rid = self._story_request(pack)
+            self._lose_targets_for_a_window(rid)
+        self.after()
+
+    def _lose_targets_for_a_window(self, rid: str | None) -> None:
+        release = self.m.world.release(rid) if rid else None
+        lost = {}
+        if release is not None and release.prepared is not None:
+            for target in release.prepared.rollback_targets.values():
+                if target is not None and pack_object_name(target.digest) in self.m.store:
+                    lost[pack_object_name(target.digest)] = self.m.store[pack_object_name(target.digest)]
+                    self.m.lose_pack(target.digest)
+        self.m.healthy_window()
+        self.m.store.update(lost)  # the store comes back (the rule `lose_pack` is the one that loses for good)
+
+    @contextmanager
+    def _calm(self) -> Iterator[None]:
+        """A story runs on a service that is in step and verifies in time; the machine's own modes come back."""
+        modes = (self.m.fast, self.m.verify_stalls, self.m.guard_lags)
+        self.m.verify_stalls = self.m.guard_lags = False
+        try:
+            yield
+        finally:
+            self.m.fast, self.m.verify_stalls, self.m.guard_lags = modes
+
+    def _story_request(
+        self, pick: int, promote: bool = False, only: tuple[str, ...] = (), settle: bool = True, **kw: Any
+    ) -> str | None:
+        """A release on the canary that pre-flight and every gate will pass, so the story gets to its point:
+        the canary as at the start (runtime 2.4.0, `promote`) with no pin in force, a pack picked among those
+        the gates admit now (present, trusted, unexpired, fitting, newer than what runs; `only` those
+        versions), and the rollback strategy pre-flight accepts. None (nothing requested) when there is none:
+        the random rules got the run somewhere a story cannot start."""
+        world = self.m.world
+        self.m.configure("canary", promote=promote)
+        for cohort in COHORTS:
+            if world.scope(ENV, "canary", cohort).pinned_at(self.m.now) is not None:
+                self.m.unpin("canary", cohort)
+        scopes = [self.m.world.scope(ENV, "canary", c) for c in COHORTS]
+        strategy = "none" if not any(s.ever_active for s in scopes) else "lkg" if all(s.lkg for s in scopes) else None
+        packs = [p for p in self.m.admissible("canary") if not only or p.version in only]
+        if strategy is None or not packs:
+            return None
+        rid = self.m.request(packs[pick % len(packs)], "canary", strategy, **kw)
+        if settle:
+            self.m.settle()
+        return rid
 
     @rule(pick=releases)
     def pause_and_resume(self, pick: int) -> None:
