@@ -22,8 +22,7 @@ from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.context import configured_channel
-from services.verification.readiness import Exposing, TargetCheck, target_check
-from services.verification.readiness import landing as readiness_landing
+from services.verification.readiness import Exposing, TargetCheck, landing, target_check
 
 NAME = "activator"
 
@@ -98,7 +97,7 @@ def exposing(world: World, release: ReleaseState, now: datetime) -> Exposing | N
     return Exposing(configured_channel(world, env, channel), cohorts, active)
 
 
-def landing(world: World, release: ReleaseState) -> Exposing | None:
+def rollback_landing(world: World, release: ReleaseState) -> Exposing | None:
     """Where a rollback is about to land: every cohort the release switched, the pack each runs and the
     channel's configuration now. Its targets are judged against the channel as a verification would
     (compatibility, policy, evidence; no downgrade rule): a pack the channel no longer admits (its runtime
@@ -109,7 +108,7 @@ def landing(world: World, release: ReleaseState) -> Exposing | None:
     if release.prepared is None or not release.activated:
         return None
     target = release.prepared.target
-    return readiness_landing(world, target.env, target.channel, tuple(release.activated))
+    return landing(world, target.env, target.channel, tuple(release.activated))
 
 
 def decide_rollout(world: World, release: ReleaseState, ctx: Ctx, recheck: TargetCheck | None = None) -> list[Output]:
@@ -302,7 +301,7 @@ class Activator(ReleaseReactor[TargetFacts]):
     async def observe(self, world, release, ctx) -> TargetFacts:
         if release.phase == "rolling_back" and release.rollback is not None:
             checks = {}
-            lands = landing(world, release)
+            lands = rollback_landing(world, release)
             for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
                 checks[target.digest] = await self.target_check(target, release, ctx, lands)
             return TargetFacts(rollback=checks)

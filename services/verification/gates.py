@@ -760,6 +760,8 @@ PHASE_POLICY: tuple[_Step, ...] = (
     _Step("policy", _gate_policy),
     _Step("evidence", _gate_evidence),
 )
+# The gates a channel's configuration decides: a pack can come to fail them later without changing.
+CHANNEL_GATES = frozenset(step.gate for step in PHASE_POLICY)
 
 
 # ---- public entry points ---------------------------------------------------------------------

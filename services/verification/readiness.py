@@ -27,7 +27,7 @@ from projections.world import World
 from services.jetstream.pack_keeper import checked_with_restore
 from services.jetstream.packstore import PackStore
 from services.verification.context import configured_channel, verify_context
-from services.verification.gates import attestation_required, check_manifest, recheck_channel
+from services.verification.gates import CHANNEL_GATES, attestation_required, check_manifest, recheck_channel
 from services.verification.pipeline import read_attestation
 
 
@@ -43,10 +43,6 @@ class Exposing:
     cohorts: tuple[str, ...]
     active: Mapping[str, PackRef | None]
     purpose: Literal["rollout", "rollback"] = "rollout"
-
-
-# The gates a channel's configuration decides (phase 3): a pack can fail them later without changing.
-CHANNEL_GATES = frozenset({"compatibility", "policy", "evidence"})
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ def judge_target(
     if check.failure is None and check.manifest is not None and check.manifest.size != size:
         return TargetCheck(f"pack object is {size} bytes, manifest says {check.manifest.size}")
     if check.failure is None and exposing is not None:
-        rollout = verify_context(
+        switching = verify_context(
             target,
             trust_root,
             now,
@@ -110,7 +106,7 @@ def judge_target(
             active=exposing.active,
             attestation=attestation,
         )
-        check = recheck_channel(check, rollout)
+        check = recheck_channel(check, switching)
     if check.failure is not None:
         failure = check.failure
         return TargetCheck(f"{failure.gate}/{failure.code}: {failure.message}", gate=failure.gate)

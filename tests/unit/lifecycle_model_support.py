@@ -868,7 +868,7 @@ def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> li
     """The activator's adapter over the model: targets checked, the pack re-checked where it must be."""
     if release.phase == "rolling_back" and release.rollback is not None:
         targets = {t.digest: t for t in release.rollback.targets.values() if t is not None}
-        lands = activator.landing(world, release)
+        lands = activator.rollback_landing(world, release)
         checks = {d: target_check(m, t, release, ctx, lands) for d, t in targets.items()}
         return activator.decide_rollback(
             world, release, ctx, {d: c.problem for d, c in checks.items()}, {d: c.signers for d, c in checks.items()}
