@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from events.model import Event, ScopeActivated
+from events.model import Event, Requested, ScopeActivated
 
 from .evolve import evolve
 from .invariants import Audit
@@ -39,12 +39,16 @@ def touched(event: Event) -> Iterator[str]:
 
     (A `promoted` event also reads the release it names, to mark it `promotion_confirmed_by`: a
     mark the preparer reads while that release is in flight and no check reads. Named release
-    buried, the whole fold marks a closed release and this one does not: the same answer.)"""
+    buried, the whole fold marks a closed release and this one does not: the same answer. A request
+    that names the release it was promoted from reads that one, for the same mark, and the check
+    `promotion_unrecorded` reads the mark: that source is read back.)"""
     if event.release_id:
         yield event.release_id
     data = event.data
     if isinstance(data, ScopeActivated) and data.release_id:
         yield data.release_id
+    if isinstance(data, Requested) and data.promoted_from:
+        yield data.promoted_from
 
 
 def to_restore(audit: Audit, events: Iterable[Event | None]) -> list[str]:

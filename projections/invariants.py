@@ -547,6 +547,7 @@ SAFETY_CODES = (
     "paused_release_advanced",  # a new stage or a promotion while paused
     "promotion_not_watched_longer",  # promoted to a channel whose window is no longer than its source's
     "first_run_past_first_stage",  # a pack's first rollout pointer in a stage after one that exposed nothing
+    "promotion_unrecorded",  # a rollout pointer of a release claiming a promotion its source's log does not record
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
 # What a service may still write on a held release: a note, or a move towards safety (a failure
@@ -679,6 +680,13 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
                 v(
                     "paused_release_advanced",
                     f"{position.subject}: {data.release_id} is paused, yet switched a scope to its pack",
+                )
+            claimed = release.requested.promoted_from if release.requested else None
+            if claimed is not None and release.promotion_confirmed_by != claimed:
+                v(
+                    "promotion_unrecorded",
+                    f"{position.subject}: {data.release_id} says it was promoted from {claimed}, "
+                    f"but no `promoted` event of {claimed} names it",
                 )
             if not release.activated and release.stage >= 0:
                 v(

@@ -221,6 +221,8 @@ def apply(world: World, position: Position, event: Event) -> World:
             w = _mark_release_known_good(w, updated)
         elif suffix == "promoted":
             w = _confirm_promotion(w, updated)
+        elif suffix == "requested" and updated.promotion_confirmed_by is None:
+            w = _arrived_by_promotion(w, updated)
         return w
     # one copy of the world per entry: its position and what the entry changed, together
     if family == "scope" and event.scope:
@@ -264,6 +266,19 @@ def _confirm_promotion(world: World, source: ReleaseState) -> World:
     return replace(
         world,
         releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source.release_id)),
+    )
+
+
+def _arrived_by_promotion(world: World, linked: ReleaseState) -> World:
+    """Record on a request that names its source that the source's `promoted` (stored before it, in the
+    same atomic batch: services/app.py) names it. A log written before that batch has the request first;
+    `_confirm_promotion` marks it when the source's `promoted` follows."""
+    source_id = linked.requested.promoted_from if linked.requested else None
+    source = world.releases.get(source_id) if source_id else None
+    if source is None or source.promoted is None or source.promoted.promoted_to != linked.release_id:
+        return world
+    return replace(
+        world, releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source_id))
     )
 
 

@@ -20,7 +20,7 @@ from events.signing import SigningKey, TrustRoot
 from events.subjects import Subjects
 from events.trust import TrustChain, follow_chain
 from projections.releases import ReleaseState
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Output, Timer
+from services.consumers.outputs import Atomic, Chain, Ctx, Output, Promotion, Timer
 from services.jetstream.deadletter import DeadLetters, watch_max_deliveries
 from services.jetstream.layout import LayoutSettings, ensure_layout
 from services.jetstream.log import Entry, EventLog
@@ -121,9 +121,12 @@ class App:
                 entries += [Entry(w.event, w.expected_seq) for w in out.scope_writes]
                 entries += [self.log.release_entry(e, release.last_seq) for e in out.release_events]
                 await self.log.commit_batch(entries, out.batch_id)
-            elif isinstance(out, NewRelease):
-                assert out.event.release_id
-                await self.log.append(self.log.release_entry(out.event, 0))
+            elif isinstance(out, Promotion):
+                assert release is not None
+                # one atomic batch: `promoted` on this release's last sequence, then the linked request on
+                # a release id nobody has used; a lost race stores neither (decided again on the new state)
+                promoted = self.log.release_entry(out.promoted, release.last_seq)
+                await self.log.commit_batch([promoted, self.log.release_entry(out.request, 0)])
             elif isinstance(out, Timer):
                 await self.schedule(out)
             else:  # pragma: no cover - exhaustive

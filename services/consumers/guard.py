@@ -205,9 +205,12 @@ def flag_event(state: ScopeState, violation: Violation, ctx: Ctx) -> Event | Non
         scope=Scope(env=env, channel=channel, cohort=cohort),
         release_id=active.release_id,
         correlation_id=active.release_id,
-        # one flag per pointer and violation, whoever finds it and however often
+        # one flag per pointer, flag before it and violation, whoever finds it and however often. Not per
+        # pointer and violation alone: a violation back after another (a key dropped, restored while the
+        # pack expired) derived the first flag's id again, which JetStream dropped as a duplicate (the
+        # scope kept saying the other violation) or, past its window, stored twice (the lifecycle model)
         event_id=derived_event_id(
-            f"{env}/{channel}/{cohort}@{state.active_seq}", ctx.service, f"flag/{violation.code}"
+            f"{env}/{channel}/{cohort}@{state.active_seq}/{state.flag_seq}", ctx.service, f"flag/{violation.code}"
         ),
         occurred_at=ctx.now,
     )

@@ -64,10 +64,14 @@ class Atomic:
 
 
 @dataclass(frozen=True)
-class NewRelease:
-    """A release.requested for a release id that must not exist yet (promotion)."""
+class Promotion:
+    """A release's `promoted` and the linked release's `requested`, stored as one atomic batch: the
+    `promoted` expecting its release's last sequence, the request a release id that does not exist
+    yet. A promotion is recorded exactly when its linked release exists: two appends left, when the
+    second lost a race (an abort, a pause) or failed, a linked release its source never promoted."""
 
-    event: Event
+    promoted: Event
+    request: Event
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class Timer:
     msg_id: str = ""
 
 
-Output = Chain | Atomic | NewRelease | Timer
+Output = Chain | Atomic | Promotion | Timer
 
 
 def appended(outputs: list[Output]) -> list[Event]:
@@ -90,8 +94,8 @@ def appended(outputs: list[Output]) -> list[Event]:
             events += out.events
         elif isinstance(out, Atomic):
             events += [*out.lead, *(w.event for w in out.scope_writes), *out.release_events]
-        elif isinstance(out, NewRelease):
-            events.append(out.event)
+        elif isinstance(out, Promotion):
+            events += [out.promoted, out.request]
     return events
 
 

@@ -87,9 +87,13 @@ def _promotion_gap(release: ReleaseState) -> str:
 
 
 def awaiting_promotion(world: World, release: ReleaseState) -> bool:
-    """The source is about to record `promoted` (the service writes the linked request first)."""
+    """The source is about to record `promoted`: a log written before the promoter stored both in one
+    atomic batch (`promoted` first) has the service's linked request first. Anyone else's claim is
+    answered at once (a request never waits on a release its writer does not control)."""
     req = release.requested
     if req is None or req.promoted_from is None or promotion_confirmed(release):
+        return False
+    if release.requested_by is None or release.requested_by.kind != "service":
         return False
     source = world.release(req.promoted_from)
     return source is not None and source.phase == "passed" and source.promoted is None
@@ -242,6 +246,16 @@ def preflight(
             f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
             + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"),
         )
+    elif req.promoted_from is not None:
+        # on any channel, a request saying it was promoted is one: its evidence record would say so
+        check(
+            "accepts_request",
+            promotion_confirmed(release),
+            f"promoted from release {req.promoted_from}"
+            if promotion_confirmed(release)
+            else f"this request names release {req.promoted_from} as the one it was promoted from, "
+            f"but it {_promotion_gap(release)}",
+        )
 
     if health_error is not None and not req.acknowledge_no_health:
         check("observability", False, f"runtime health could not be read: {health_error}")
@@ -353,8 +367,7 @@ def decide(
 ) -> list[Output]:
     if release.phase != "requested" or release.requested is None:
         return []
-    cfg = world.channel_config(release.requested.target.env, release.requested.target.channel)
-    if cfg.policy.accept == "promotion" and awaiting_promotion(world, release):
+    if awaiting_promotion(world, release):
         return []  # decided again once the source's `promoted` is in the log (the reconcile sweep)
     try:
         items, prepared = preflight(world, release, ctx, health, health_error, ready, fits)

@@ -40,7 +40,7 @@ from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
 from projections.world import World, promotion_not_longer, scopes_of
-from services.consumers.outputs import Chain, Ctx, NewRelease, Output, release_event
+from services.consumers.outputs import Chain, Ctx, Output, Promotion, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.readiness import readiness_problems, target_problems
 
@@ -243,7 +243,7 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
         occurred_at=ctx.now,
     )
     promoted = Promoted(to_channel=promote_to, promoted_to=linked, rationale=summary)
-    return [NewRelease(new), Chain((release_event(ctx, release, "promoted", promoted),))]
+    return [Promotion(release_event(ctx, release, "promoted", promoted), new)]
 
 
 # ---- adapter ------------------------------------------------------------------------------------

@@ -137,6 +137,14 @@ def stories(log: Log) -> dict[str, object]:
     log.expanded("skipped", 0, 1, ["rest"])
     bad["first_run_past_first_stage"] = log.point("rest", P2, "skipped")
 
+    # a release saying it was promoted from one that never promoted it (the source was aborted); before
+    # the promoter stored `promoted` and the linked request as one batch, a lost race left exactly this
+    log.requested("orphan", P2, promoted_from="abrt")
+    log.prepared("orphan", P2)
+    log.distributed("orphan", P2)
+    log.verified("orphan", P2)
+    bad["promotion_unrecorded"] = log.point("internal", P2, "orphan")
+
     log.requested("gates", P2)
     log.prepared("gates", P2)
     log.distributed("gates", P2)

@@ -133,6 +133,48 @@ async def test_a_settled_scope_that_a_policy_change_leaves_in_violation_is_flagg
             assert audit.violations == (), [v.line() for v in audit.violations]
 
 
+async def test_a_violation_back_after_another_is_flagged_again(nats_url, prefix):
+    """builder refused, then source refused, then builder refused again: three flags, the scope saying the
+    last one. Before, the third flag derived the first one's event id (pointer and code) and JetStream
+    dropped it as a duplicate: the scope went on saying `source_forbidden` (found by the lifecycle model)."""
+    key = SigningKey.generate()
+    async with running_service(nats_url, prefix, key=key) as svc:
+        await svc.configure()
+        await svc.runtime("t-int-1")
+        await svc.runtime("tenant-42")
+        pack = make_pack("1.0.0", key)
+        await settled_on(svc, "r-settled", pack)
+        builders = {**CHANNEL, "policy": {**CHANNEL["policy"], "allowed_builders": ["other-pipeline"]}}
+        sources = {**CHANNEL, "policy": {**CHANNEL["policy"], "allowed_sources": ["https://git.example/other"]}}
+        for config, code in (
+            (builders, "builder_forbidden"),
+            (sources, "source_forbidden"),
+            (builders, "builder_forbidden"),
+        ):
+            await svc.configure(config=config)
+            await wait_for(
+                lambda code=code: (
+                    all(
+                        (flag := svc.world.scope("prod", "canary", c).flag) is not None
+                        and flag.code == f"policy/{code}"
+                        for c in ("internal", "rest")
+                    )
+                    or None
+                ),
+                20,
+                f"both cohorts flagged policy/{code}",
+            )
+        flags = [e for e in await log_events(svc) if e.type == "scope.flagged" and e.scope.cohort == "rest"]
+        assert [e.data.code for e in flags] == [
+            "policy/builder_forbidden",
+            "policy/source_forbidden",
+            "policy/builder_forbidden",
+        ]
+        assert len({e.event_id for e in flags}) == 3
+        audit = await replay(svc.app.js, svc.app.subjects, service_keys=svc.service_keys)
+        assert audit.violations == (), [v.line() for v in audit.violations]
+
+
 async def wait_for_notes(svc, release_id: str, count: int):
     for _ in range(400):
         notes = await log_events(svc, [svc.app.subjects.notification_filter(release_id)])

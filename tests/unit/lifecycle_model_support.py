@@ -36,7 +36,7 @@ from services.actions.producer import build_signed, manifest_bytes
 from services.consumers import activator, distributor, guard, monitor, pinner, preparer, promoter
 from services.consumers import verifier as verifier_adapter
 from services.consumers.fast_path import Part, extend, joined
-from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Output, Timer, appended
+from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Output, Promotion, Timer, appended
 from services.consumers.verifier import context_for
 from services.monitoring.judge import (
     Watch,
@@ -77,8 +77,9 @@ def _root(version: int, keys: list[SigningKey]) -> dict[str, Any]:
 
 
 # The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on:
-# v2 adds key 2, v3 drops key 1 (packs signed by it alone lose their trust) and adds key 3.
-ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1], KEYS[2]]]
+# v2 adds key 2, v3 drops key 1 (packs signed by it alone lose their trust) and adds key 3, v4 trusts
+# key 1 again (a key restored), v5 drops it again: a run may see a signer dropped twice.
+ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1], KEYS[2]], [KEYS[0], KEYS[1], KEYS[2]], [KEYS[1], KEYS[2]]]
 ANCHOR = TrustRoot.from_document(_root(1, ROOT_KEYS[0]))
 ROTATIONS = [sign_root(_root(v + 1, ROOT_KEYS[v]), ROOT_KEYS[v - 1] + ROOT_KEYS[v]) for v in range(1, len(ROOT_KEYS))]
 
@@ -245,6 +246,8 @@ class Lifecycle:
     stalled_in_batches: int = 0  # fast-path batches that stored such a fail-closed event: reached
     # the guard is behind (a consumer of its own: its sweep has not come yet); its explicit checks still run
     guard_lags: bool = False
+    # consumers that are down (crashed, or slow to get their delivery): `settle` runs every other one
+    down: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for p in PACKS:
@@ -302,7 +305,7 @@ class Lifecycle:
         return True
 
     def emit(self, outputs: list[Output], decided_on: World) -> bool:
-        """Perform a decision as app.emit does: Chain and Atomic with CAS, NewRelease only once, timers."""
+        """Perform a decision as app.emit does: Chain, Atomic and Promotion with CAS, timers."""
         stored = False
         for out in outputs:
             if isinstance(out, Chain):
@@ -334,10 +337,18 @@ class Lifecycle:
                 for e in out.release_events:
                     self._append(e, batch_id)
                 stored = True
-            elif isinstance(out, NewRelease):
-                if not self.world.known(out.event.release_id or "") and out.event.event_id not in self.ids:
-                    self._append(out.event)
-                    stored = True
+            elif isinstance(out, Promotion):
+                # one atomic batch: `promoted` on the source's last sequence, the request on an unused id
+                rid = out.promoted.release_id or ""
+                was, now = decided_on.release(rid), self.world.release(rid)
+                if was is None or now is None or was.last_seq != now.last_seq:
+                    return stored
+                if out.promoted.event_id in self.ids or self.world.known(out.request.release_id or ""):
+                    return stored  # stored already (a redelivery), or the id is taken: nothing of it lands
+                batch_id = derived_event_id(out.promoted.event_id, "batch", "2")
+                self._append(out.promoted, batch_id)
+                self._append(out.request, batch_id)
+                stored = True
             elif isinstance(out, Timer):
                 self.timers[out.key] = out
         return stored
@@ -389,7 +400,8 @@ class Lifecycle:
             moved = False
             for rid in sorted(self.world.in_flight):
                 for consumer in CONSUMERS:
-                    moved |= self.step(consumer, rid)
+                    if consumer not in self.down:
+                        moved |= self.step(consumer, rid)
             if not moved:
                 return
 
@@ -696,6 +708,11 @@ class Lifecycle:
             self._append(event)
 
     # -- trust and channels ------------------------------------------------------------------------------
+    def next_rotation_drops_key_1(self) -> bool:
+        """Whether key 1 is trusted now and the next rotation drops it (packs signed by it alone lose trust)."""
+        done = len(self.world.trust_rotations)
+        return done + 1 < len(ROOT_KEYS) and KEYS[0] in ROOT_KEYS[done] and KEYS[0] not in ROOT_KEYS[done + 1]
+
     def rotate_trust(self) -> bool:
         done = len(self.world.trust_rotations)
         if done >= len(ROTATIONS):

@@ -16,7 +16,7 @@ from projections.releases import ReleaseState
 from projections.rollback import rollback_targets
 from projections.world import World
 from services.consumers import activator, distributor, monitor, preparer, promoter
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease, Timer
+from services.consumers.outputs import Atomic, Chain, Ctx, Promotion, Timer, appended
 from services.monitoring.judge import HARD_BREACH_MIN_REQUESTS, compare, figures_of, hard_breach, judge
 
 from .test_projections import CH, CHANNEL_DOC, ENV, NOW, P0, P1, P2, STAGES, Log, manifest_of
@@ -54,29 +54,12 @@ def single_event(outputs: list):
 
 
 def events_of(outputs: list) -> list:
-    out = []
-    for o in outputs:
-        if isinstance(o, Chain):
-            out += list(o.events)
-        elif isinstance(o, Atomic):
-            out += [w.event for w in o.scope_writes] + list(o.release_events)
-        elif isinstance(o, NewRelease):
-            out.append(o.event)
-    return out
+    return appended(outputs)
 
 
 def ids_of(outputs: list) -> list[str]:
-    out = []
-    for o in outputs:
-        if isinstance(o, Chain):
-            out += [e.event_id for e in o.events]
-        elif isinstance(o, Atomic):
-            out += [w.event.event_id for w in o.scope_writes] + [e.event_id for e in o.release_events]
-        elif isinstance(o, NewRelease):
-            out.append(o.event.event_id)
-        elif isinstance(o, Timer):
-            out.append(o.msg_id)
-    return out
+    """The ids of what `outputs` append, then of the timers they set (each with its message id)."""
+    return [e.event_id for e in appended(outputs)] + [o.msg_id for o in outputs if isinstance(o, Timer)]
 
 
 def sample(
@@ -1013,8 +996,9 @@ def test_promoter_closes_with_success_after_the_last_stage() -> None:
 def test_promoter_promotes_to_the_next_channel_with_a_linked_release() -> None:
     log = passed_log(1, {**CHANNEL_DOC, "promote_to": "stable"})
     out = promote(log)
-    assert len(out) == 2 and isinstance(out[0], NewRelease) and isinstance(out[1], Chain)
-    new = out[0].event
+    (promotion,) = out  # one atomic batch: the source's `promoted`, then the linked request
+    assert isinstance(promotion, Promotion)
+    new = promotion.request
     assert new.type == "release.requested"
     assert new.release_id == "r1-stable" == promoter.linked_release_id("r1", "stable")
     req = new.data
@@ -1023,7 +1007,7 @@ def test_promoter_promotes_to_the_next_channel_with_a_linked_release() -> None:
     assert req.pack.digest == P1["digest"] and req.pack.size is None
     assert (req.owner, req.escalation) == ("kb-team", "pager:kb")
     assert new.causation_id == state(log)[1].last_event_id
-    (promoted,) = out[1].events
+    promoted = promotion.promoted
     assert promoted.type == "release.promoted"
     assert (promoted.data.to_channel, promoted.data.promoted_to) == ("stable", "r1-stable")
 

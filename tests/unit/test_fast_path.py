@@ -17,7 +17,7 @@ from events.subjects import Subjects
 from projections.releases import ReleaseState
 from projections.world import World
 from services.consumers.fast_path import Part, extend, joined
-from services.consumers.outputs import Atomic, Chain, Ctx, Failed, NewRelease, Timer
+from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Promotion, Timer
 from services.observability.metrics import FAST_PATH
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -128,7 +128,7 @@ async def test_extend_leaves_a_raising_observation_to_the_steps_own_consumer():
 
 
 async def test_extend_joins_nothing_but_release_events_switches_and_timers():
-    promoting = Step("p", [NewRelease(note("n"))])
+    promoting = Step("p", [Promotion(note("n"), note("m"))])
     assert await extend(WORLD, RELEASE, [Chain(())], [promoting]) == []
     two_switches = Step("a", [Atomic((), (), "x"), Atomic((), (), "y")])
     assert await extend(WORLD, RELEASE, [Chain(())], [two_switches]) == []
@@ -154,7 +154,7 @@ async def test_every_step_tried_is_counted_by_what_became_of_it():
     before = {k: _counted(*k) for k in kinds}
     failing = Step("cv", [], observes=Failed("x", "y"), fails_closed=[Chain(())])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cd", [Chain(())]), failing])
-    await extend(WORLD, RELEASE, [Chain(())], [Step("cj", [NewRelease(note("n"))])])
+    await extend(WORLD, RELEASE, [Chain(())], [Step("cj", [Promotion(note("n"), note("m"))])])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cl", [Chain(())], joins=False)])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cn", [Chain(())], acts=False)])
     await extend(WORLD, RELEASE, [Chain(())], [Step("cr", [], observes=RuntimeError("gone"))])

@@ -309,8 +309,8 @@ def test_a_promotion_waits_for_a_usable_rollback_target() -> None:
     event = single_event(decide(log, ready={P0["digest"]: "signature/expired: manifest expired"}))
     assert event.data.code == "rollback_not_ready" and "promotion to stable" in event.data.message
     assert [e.type for e in events_of(decide(log, ready={P0["digest"]: None}))] == [
-        "release.requested",
         "release.promoted",
+        "release.requested",
     ]
 
 
@@ -388,7 +388,17 @@ def test_a_requested_plan_may_not_be_coarser_than_the_channels(plan, problem) ->
 PROMOTION_ONLY = {**CHANNEL_DOC, "policy": {"accept": "promotion"}}
 
 
-def _promotion_world(direct: bool = False, by: Actor = SERVICE, confirm: bool = True):
+def _promotion_world(
+    direct: bool = False,
+    by: Actor = SERVICE,
+    confirm: bool = True,
+    accept: str = "promotion",
+    batch: bool = False,
+    aborted: bool = False,
+):
+    """r1 passed its canary; r1-stable requested on stable (`accept`). `confirm`: r1's `promoted` names it,
+    after the request (as logs before session 23 have it) or, with `batch`, before it (one atomic batch);
+    `aborted`: an operator aborts r1 after the request."""
     from events.codec import make_event
     from projections.position import positions
     from projections.world import fold
@@ -405,7 +415,7 @@ def _promotion_world(direct: bool = False, by: Actor = SERVICE, confirm: bool = 
     events.append(
         make_event(
             "channel.configured",
-            {**CHANNEL_DOC, "policy": {"accept": "promotion"}},
+            {**CHANNEL_DOC, "policy": {"accept": accept}},
             actor=OPERATOR,
             scope=stable,
             event_id="ch-stable",
@@ -421,21 +431,21 @@ def _promotion_world(direct: bool = False, by: Actor = SERVICE, confirm: bool = 
         "acknowledge_no_health": True,
         **({} if direct else {"promoted_from": "r1"}),
     }
-    events.append(
-        make_event(
-            "release.requested", request, actor=by, release_id="r1-stable", event_id="req-stable", occurred_at=log.clock
-        )
+    linked = make_event(
+        "release.requested", request, actor=by, release_id="r1-stable", event_id="req-stable", occurred_at=log.clock
     )
-    if confirm:
+    promoted = make_event(
+        "release.promoted",
+        {"to_channel": "stable", "promoted_to": "r1-stable"},
+        actor=SERVICE,
+        release_id="r1",
+        event_id="prom",
+        occurred_at=log.clock,
+    )
+    events += ([promoted, linked] if batch else [linked, promoted]) if confirm else [linked]
+    if aborted:
         events.append(
-            make_event(
-                "release.promoted",
-                {"to_channel": "stable", "promoted_to": "r1-stable"},
-                actor=SERVICE,
-                release_id="r1",
-                event_id="prom",
-                occurred_at=log.clock,
-            )
+            make_event("release.aborted", {"rationale": "no"}, actor=OPERATOR, release_id="r1", occurred_at=log.clock)
         )
     world = fold(positions(events))
     return world, world.release("r1-stable")
@@ -465,6 +475,44 @@ def test_a_promotion_only_channel_rejects_anything_else(kwargs, needle) -> None:
 def test_a_promotion_not_yet_confirmed_by_its_source_waits() -> None:
     world, release = _promotion_world(confirm=False)  # the source is `passed`: its `promoted` is on its way
     assert preparer.decide(world, release, ctx("preparer"), None) == []
+
+
+@pytest.mark.parametrize("accept", ["promotion", "any"])
+def test_a_promotion_stored_in_one_batch_is_confirmed_when_its_request_folds(accept: str) -> None:
+    """The promoter stores `promoted`, then the linked request, in one atomic batch: the request folds
+    confirmed (before, the source's `promoted` came second and confirmed it)."""
+    world, release = _promotion_world(batch=True, accept=accept)
+    assert release.promotion_confirmed_by == "r1"
+    assert single_event(preparer.decide(world, release, ctx("preparer"), None)).type == "release.prepared"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"by": Actor(kind="producer", id="ci")}, "written by producer:ci, not by the service"),
+        ({"by": Actor(kind="producer", id="ci"), "confirm": False}, "written by producer:ci, not by the service"),
+    ],
+)
+def test_a_request_claiming_a_promotion_it_is_not_is_rejected_on_any_channel(kwargs, needle) -> None:
+    """Session 23: a release saying it was promoted from r1 must be r1's promotion, whatever the channel
+    accepts (its evidence record would say "promoted from r1"). Before, only a promotion-only channel
+    asked; on any other, such a request was prepared and ran. Someone else's claim never waits on r1."""
+    world, release = _promotion_world(accept="any", **kwargs)
+    event = single_event(preparer.decide(world, release, ctx("preparer"), None))
+    assert event.type == "release.rejected"
+    reason = next(r for r in event.data.reasons if r.code == "accepts_request")
+    assert "names release r1 as the one it was promoted from" in reason.message and needle in reason.message
+
+
+def test_a_service_request_whose_source_moved_on_without_promoting_it_is_rejected() -> None:
+    """The source's `promoted` never came (a log written by two appends, the second lost to an abort): the
+    linked request is refused, not run, on a channel that accepts any request."""
+    world, release = _promotion_world(accept="any", confirm=False, aborted=True)
+    assert world.release("r1").aborted
+    event = single_event(preparer.decide(world, release, ctx("preparer"), None))
+    assert event.type == "release.rejected"
+    reason = next(r for r in event.data.reasons if r.code == "accepts_request")
+    assert "is not named by a `promoted` event of release r1" in reason.message
 
 
 def test_a_release_whose_every_cohort_is_pinned_closes_pinned() -> None:

@@ -267,3 +267,49 @@ def test_an_extended_window_still_counts_the_refusals_since_its_stages_activatio
     assert "pass_despite_refusal" not in codes(m), lines(m)
     verdicts = [e.type for _, e in m.log if e is not None and e.release_id == "r2" and "monitoring_" in e.type]
     assert verdicts[-1] == "release.monitoring_failed", verdicts
+
+
+def test_a_promotion_that_loses_its_race_to_an_operator_leaves_no_linked_release() -> None:
+    """The minimal example hypothesis printed (session 23): channels(thresholds=0, min_samples=1,
+    promote=False, history='none', stable_window=120); promotion_races_an_operator(pack=1, verb='abort').
+    The promoter decided to promote r1 to stable while an operator aborted it. Stored as two appends, the
+    linked request landed and `promoted` lost the race: r1-stable ran on stable though r1 never promoted it
+    (`promotion_unrecorded` at its first pointer). One atomic batch now: the stale promotion stores nothing,
+    the abort rolls r1 back, and no release on stable exists."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    for verb, written in (("abort", "release.aborted"), ("pause", "release.paused")):
+        state = LifecycleMachine()
+        state.channels(thresholds=0, min_samples=1, promote=False, history="none", stable_window=120)
+        state.promotion_races_an_operator(pack=1, verb=verb)
+        m = state.m
+        assert not codes(m), lines(m)
+        operated = [e for _, e in m.log if e is not None and e.type == written]
+        assert [e.release_id for e in operated] == ["r1"], lines(m)  # the race was run
+        assert not m.world.known("r1-stable") and not [
+            e for _, e in m.log if e is not None and e.type == "release.promoted"
+        ], [e.type for _, e in m.log if e is not None]
+
+
+def test_a_violation_back_after_another_is_flagged_again() -> None:
+    """The minimal example hypothesis printed (session 23), once a rotation could trust a dropped key again
+    (root v4): the canary's packs expired and were flagged `expiry/expired`; root v3 dropped their signer
+    (flagged `signature/threshold_not_met`); v4 trusted it again, so they failed on expiry once more. The
+    guard's flag for that derived the first one's event id (pointer and code), and the append was taken
+    for a duplicate: each scope kept saying the signer was dropped (`violation_unattended`). Flag ids now
+    also name the flag before them."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    state = LifecycleMachine()
+    state.channels(thresholds=0, min_samples=1, promote=False, history="two", stable_window=120)
+    state.promotion(ack=False, pack=1, stable=0)
+    state.rotate_trust(guard=False)
+    state.tick(seconds=10800)
+    state.guard()
+    state.rotate_trust(guard=True)
+    state.rotate_trust(guard=True)
+    m = state.m
+    assert not codes(m), lines(m)
+    flags = [e.data.code for _, e in m.log if e is not None and e.type == "scope.flagged" and e.scope.cohort == "rest"]
+    assert flags[-3:] == ["expiry/expired", "signature/threshold_not_met", "expiry/expired"], flags
+    assert m.world.scope("prod", "canary", "rest").flag.code == "expiry/expired"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.consumers import activator, monitor, promoter
-from services.consumers.outputs import NewRelease
+from services.consumers.outputs import Promotion
 from tests.unit.test_decisions import LATER, ctx, events_of, history, state
 from tests.unit.test_projections import CHANNEL_DOC, P0, P1, Log
 
@@ -38,7 +38,7 @@ def test_a_release_that_exposed_nothing_is_not_promoted_nor_closed_success() -> 
     assert all(v.samples == 0 for _, v in release.verdicts)
 
     outputs = promoter.decide(*state(log), ctx("promoter"), {P0["digest"]: None})
-    promoted = [o for o in outputs if isinstance(o, NewRelease)]
+    promoted = [o for o in outputs if isinstance(o, Promotion)]
     closed = [e for e in events_of(outputs) if e.type == "release.closed"]
     assert not promoted, "a pack no window ever judged on data was promoted to the next channel"
     assert [e.data.outcome for e in closed] == ["pinned"]  # as when pre-flight finds every cohort pinned
@@ -67,7 +67,7 @@ def test_a_canary_pinned_after_pre_flight_is_not_skipped_into_the_wider_stage() 
     release = state(log)[1]
     assert release.activated == () and not any(e.type == "scope.activated" and e.release_id == "r1" for e in log.events)
     assert not [
-        o for o in promoter.decide(*state(log), ctx("promoter"), {P0["digest"]: None}) if isinstance(o, NewRelease)
+        o for o in promoter.decide(*state(log), ctx("promoter"), {P0["digest"]: None}) if isinstance(o, Promotion)
     ]
 
 

@@ -18,7 +18,7 @@ from projections.invariants import check_safety
 from projections.position import positions
 from projections.world import World, apply
 from services.consumers import preparer
-from services.consumers.outputs import NewRelease
+from services.consumers.outputs import Promotion
 from tests.unit.test_decisions import events_of, promote, single_event, state
 from tests.unit.test_projections import CHANNEL_DOC, P0, Log
 
@@ -59,14 +59,14 @@ def test_a_promotion_to_a_channel_that_watches_no_longer_is_withheld(stable_wind
 def test_a_channel_that_watches_longer_or_is_not_configured_is_promoted_to(stable_window: int | None) -> None:
     """None: the linked release's pre-flight says the channel has no configuration (`target_exists`)."""
     out = promote(passed_everywhere(stable_window))
-    assert [type(o).__name__ for o in out] == ["NewRelease", "Chain"]
-    assert [e.type for e in events_of(out)] == ["release.requested", "release.promoted"]
+    assert [type(o).__name__ for o in out] == ["Promotion"]  # one atomic batch, `promoted` first
+    assert [e.type for e in events_of(out)] == ["release.promoted", "release.requested"]
 
 
 def test_the_linked_release_keeps_the_requests_criteria_the_stricter_of_it_and_the_next_channel() -> None:
     asked = {"window_s": 600, "min_samples": 5, "thresholds": {"error_rate_max": 0.01, "latency_p95_ms_max": 250}}
     out = promote(passed_everywhere(3600, asked))
-    (new,) = [o.event for o in out if isinstance(o, NewRelease)]
+    (new,) = [o.request for o in out if isinstance(o, Promotion)]
     m = new.data.monitoring
     assert (m.window_s, m.min_samples) == (3600, 5)  # stable's longer window; the request's larger sample count
     assert (m.thresholds.error_rate_max, m.thresholds.latency_p95_ms_max) == (0.01, 250)
@@ -81,12 +81,12 @@ def test_the_linked_release_keeps_the_requests_criteria_the_stricter_of_it_and_t
 
 def test_a_request_window_longer_than_the_next_channels_is_kept() -> None:
     out = promote(passed_everywhere(3600, {"window_s": 7200, "min_samples": 1}))
-    (new,) = [o.event for o in out if isinstance(o, NewRelease)]
+    (new,) = [o.request for o in out if isinstance(o, Promotion)]
     assert (new.data.monitoring.window_s, new.data.monitoring.min_samples) == (7200, 2)  # stable's min_samples 2
 
 
 def test_a_request_that_asked_nothing_leaves_the_next_channels_defaults() -> None:
-    (new,) = [o.event for o in promote(passed_everywhere(3600)) if isinstance(o, NewRelease)]
+    (new,) = [o.request for o in promote(passed_everywhere(3600)) if isinstance(o, Promotion)]
     assert new.data.monitoring is None
 
 

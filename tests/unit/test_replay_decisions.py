@@ -20,7 +20,7 @@ from events.model import Distributed, Event
 from projections.position import Position
 from projections.world import World, apply
 from services.consumers import activator, distributor, monitor, preparer, promoter
-from services.consumers.outputs import Atomic, Chain, Ctx, NewRelease
+from services.consumers.outputs import Ctx, appended
 
 PURE = {"preparer", "distributor", "activator", "promoter"}  # decisions with no IO input besides the log
 HISTORIES = sorted((Path(__file__).parent.parent / "fixtures" / "histories").glob("*.jsonl"))
@@ -59,18 +59,6 @@ def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
     return a, b
 
 
-def produced(outputs) -> list[Event]:
-    events: list[Event] = []
-    for out in outputs:
-        if isinstance(out, Chain):
-            events += out.events
-        elif isinstance(out, Atomic):
-            events += [w.event for w in out.scope_writes] + list(out.release_events)
-        elif isinstance(out, NewRelease):
-            events.append(out.event)
-    return events
-
-
 def redecide(world: World, event: Event) -> list[Event]:
     """What today's code decides on the world as it was just before `event` was appended."""
     service = event.actor.id
@@ -79,20 +67,20 @@ def redecide(world: World, event: Event) -> list[Event]:
     if release is None:
         return []
     if service == "preparer":
-        return produced(preparer.decide(world, release, ctx, None))
+        return appended(preparer.decide(world, release, ctx, None))
     if service == "distributor":
         d = event.data
         objects = dict(d.objects) if isinstance(d, Distributed) else {}
-        return produced(distributor.decide(release, ctx, objects or {}))
+        return appended(distributor.decide(release, ctx, objects or {}))
     if service == "activator":
         if release.phase == "rolling_back":
             targets = {t.digest: None for t in release.rollback.targets.values() if t}  # targets were valid then
-            return produced(activator.decide_rollback(world, release, ctx, targets))
-        return produced(activator.decide_rollout(world, release, ctx))
+            return appended(activator.decide_rollback(world, release, ctx, targets))
+        return appended(activator.decide_rollout(world, release, ctx))
     if service == "monitor" and event.type == "release.monitoring_started":
-        return produced(monitor.decide_start(release, ctx))
+        return appended(monitor.decide_start(release, ctx))
     if service == "promoter":
-        return produced(promoter.decide(world, release, ctx))
+        return appended(promoter.decide(world, release, ctx))
     return []  # verifier and window verdicts: IO results, replayed as recorded
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from events.codec import make_event
 from events.model import Actor
-from services.consumers.outputs import Atomic, Chain, NewRelease, ScopeWrite, Timer, event_ids
+from services.consumers.outputs import Atomic, Chain, Promotion, ScopeWrite, Timer, event_ids
 from services.observability import tracing
 from tests import otel_support
 from tests.otel_support import otlp_collector
@@ -173,11 +173,11 @@ def test_a_producer_span_is_a_child_of_the_environment_traceparent(spans, monkey
 
 def test_event_ids_lists_what_outputs_append_in_order():
     actor = Actor(kind="service", id="t")
-    a, b, c, d, pointer = (
-        make_event("release.rejected", {"reasons": []}, actor=actor, release_id=f"r{n}") for n in range(5)
+    a, b, c, d, e, pointer = (
+        make_event("release.rejected", {"reasons": []}, actor=actor, release_id=f"r{n}") for n in range(6)
     )
-    outputs = [Chain((a, b)), Timer("r.x", a.occurred_at), Atomic((ScopeWrite(pointer, 3),), (c,)), NewRelease(d)]
-    assert event_ids(outputs) == [a.event_id, b.event_id, pointer.event_id, c.event_id, d.event_id]
+    outputs = [Chain((a, b)), Timer("r.x", a.occurred_at), Atomic((ScopeWrite(pointer, 3),), (c,)), Promotion(d, e)]
+    assert event_ids(outputs) == [a.event_id, b.event_id, pointer.event_id, c.event_id, d.event_id, e.event_id]
     assert event_ids([]) == []
 
 
