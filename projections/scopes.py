@@ -85,7 +85,16 @@ def apply_scope_event(
                 "generation": advanced.generation,
                 "pointer_digest": advanced.digest,
             }
-            if data.kind == "rollback":  # a restored pack is known good by definition of the target
+            if (
+                data.kind == "rollback"
+                and state.last_pin is not None
+                and state.last_pin.pack.digest == data.pack.digest
+            ):
+                # the pinned prior (or the pin in force) a rollback restored becomes known good, as the operator
+                # chose it. Any other target is the LKG already, or a pack chosen while pinned whose pin has
+                # since been replaced or lifted: the LKG stays (before, every rollback's pack became LKG, so a
+                # target recorded as the pin in force, landed after an operator moved the pin on, made a pack
+                # that never passed a window last-known-good: the lifecycle model, session 23)
                 changes.update(lkg=data.pack, lkg_manifest=data.manifest, lkg_release=data.release_id)
             return evolve(state, changes)
         case "pinned":

@@ -144,7 +144,11 @@ def channel_doc(
     forbid_downgrade: bool = True,
     window_s: int = 60,
     runtime_version: str = "2.4.0",
+    policy: str = "default",
 ) -> dict[str, Any]:
+    """`policy`: "default" admits every pack's origin; "builder" admits only another builder's packs
+    (`policy/builder_forbidden` for all of them), "revision" asks for full commit ids (every pack names
+    `rev-<version>`: `evidence/revision_not_commit`) — a channel whose policy turns against what runs."""
     return {
         "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
         "plan": [["internal"], ["rest"]],
@@ -153,9 +157,10 @@ def channel_doc(
         "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": runtime_version},
         "policy": {
             "allowed_sources": ["https://git.example/kb"],
-            "allowed_builders": ["kx-pipeline"],
+            "allowed_builders": ["other-pipeline"] if policy == "builder" else ["kx-pipeline"],
             "forbid_downgrade": forbid_downgrade,
             "max_pin_days": 30,
+            **({"require_commit_revision": True} if policy == "revision" else {}),
         },
         **({"promote_to": "stable"} if promote else {}),
     }

@@ -432,7 +432,8 @@ def test_a_pin_switch_while_the_pin_is_in_force_is_not_reported() -> None:
 def test_a_release_that_exposed_no_cohort_does_not_earn_its_pack() -> None:
     """Every cohort pinned after pre-flight: each stage switches nothing and passes with no data,
     the release closes success. No sample judged P1, so it is not known-good in the channel: a later
-    rollback that restores it makes it last-known-good unearned."""
+    rollback that restores it (a target recorded as P1) does not make it last-known-good (before
+    session 23 every rollback's pack became LKG, and the audit said `lkg_not_earned` here)."""
     s = story()
     s.log.through_verified("r1", P1)
     until = s.log.clock + timedelta(days=1)
@@ -458,7 +459,9 @@ def test_a_release_that_exposed_no_cohort_does_not_earn_its_pack() -> None:
     s.log.rollback_started("r2", {"internal": P1})
     (rollback,) = s.emit(s.rollback("r2"))[:1]
     audit = s.replay()
-    assert "lkg_not_earned" in codes_at(audit, s.seq_of(rollback)), lines(audit)
+    assert "lkg_not_earned" not in codes_at(audit, s.seq_of(rollback)), lines(audit)
+    internal = s.log.world().scope(ENV, CH, "internal")
+    assert internal.active_pack.digest == P1["digest"] and internal.lkg.digest == P0["digest"]
 
 
 def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:

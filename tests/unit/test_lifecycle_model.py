@@ -504,6 +504,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         forbid_downgrade=st.booleans(),
         window=st.integers(0, 1),
         runtime=st.sampled_from(["2.4.0", "2.4.0", "2.4.0", "3.0.0"]),
+        policy=st.sampled_from(["default", "default", "default", "builder", "revision"]),
         guard=st.booleans(),
     )
     def reconfigure(
@@ -515,9 +516,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         forbid_downgrade: bool,
         window: int,
         runtime: str,
+        policy: str,
         guard: bool,
     ) -> None:
-        """`guard`: the guard reacts to the new configuration at once (else on a later sweep or trigger)."""
+        """`guard`: the guard reacts to the new configuration at once (else on a later sweep or trigger).
+        `policy`: now and then the channel's policy turns against every pack's builder or revision, so a
+        settled scope's violation changes code, and may change back (session 23: a flag back after another)."""
         self.m.configure(
             channel,
             thresholds=thresholds,
@@ -526,6 +530,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             forbid_downgrade=forbid_downgrade,
             window_s=WINDOWS[channel][window],
             runtime_version=runtime,
+            policy=policy,
         )
         if guard:
             self.m.guard()

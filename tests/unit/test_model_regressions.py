@@ -313,3 +313,32 @@ def test_a_violation_back_after_another_is_flagged_again() -> None:
     flags = [e.data.code for _, e in m.log if e is not None and e.type == "scope.flagged" and e.scope.cohort == "rest"]
     assert flags[-3:] == ["expiry/expired", "signature/threshold_not_met", "expiry/expired"], flags
     assert m.world.scope("prod", "canary", "rest").flag.code == "expiry/expired"
+
+
+def test_a_rollback_landing_after_its_pin_was_replaced_does_not_make_an_unearned_pack_known_good() -> None:
+    """The minimal example hypothesis printed (session 23, once a channel's policy could turn against every
+    pack): an operator rolled back r2 while 1.2.0 was pinned on `internal` (the target recorded: the pin in
+    force); the operator then pinned 1.0.0 and lifted it; the slow activator landed the rollback on 1.2.0,
+    as recorded, and the fold made 1.2.0 (which never passed a window) last-known-good: `lkg_not_earned`,
+    and the next request of 1.2.0 was refused as "the pack being released is the LKG". A rollback's pack
+    now becomes LKG only as the scope's last pin (projections/scopes.py)."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    state = LifecycleMachine()
+    state.channels(thresholds=0, min_samples=1, promote=False, history="two", stable_window=120)
+    state.pin_and_lift(channel="canary", pack=0)
+    state.guard()
+    state.service_speed()
+    state.service_speed()
+    state.decide_now_commit_later(consumer="activator", pick=0)
+    state.policy_changes_under_a_rollout(pack=1, promote=False)
+    state.pin(channel="canary", cohort="internal", hours=1, pack=2)
+    state.service_speed()
+    state.operate(pick=1, trigger="operator", verb="rollback", window_s=30)
+    state.pin_and_lift(channel="canary", pack=0)
+    state.policy_changes_under_a_rollout(pack=1, promote=False)
+    m = state.m
+    assert not codes(m), lines(m)
+    internal = m.world.scope("prod", "canary", "internal")
+    assert internal.active_pack.version == "1.2.0" and internal.active.kind == "rollback"  # the race was run
+    assert internal.lkg.version == "1.1.0"

@@ -584,9 +584,9 @@ def test_lkg_not_set_for_success_without_verification() -> None:
     assert log.world().scope(ENV, CH, "internal").lkg is None
 
 
-def test_rollback_sets_lkg_to_the_restored_pack() -> None:
+def test_a_rollback_to_the_lkg_keeps_it_and_the_release_that_earned_it() -> None:
     log = Log()
-    log.point("internal", P0)
+    log.two_stage_success("r0", P0)
     log.through_verified("r1")
     log.stage("r1", 0, ["internal"], "failed")
     log.rollback_started("r1", {"internal": P0})
@@ -594,8 +594,37 @@ def test_rollback_sets_lkg_to_the_restored_pack() -> None:
     s = log.world().scope(ENV, CH, "internal")
     assert s.active_pack.digest == P0["digest"]
     assert s.active.kind == "rollback"
-    assert s.lkg.digest == P0["digest"]
-    assert s.lkg_release == "r1"
+    assert (s.lkg.digest, s.lkg_release) == (P0["digest"], "r0")  # before session 23: "r1", which earned nothing
+
+
+def test_a_rollback_to_the_pinned_prior_makes_it_known_good() -> None:
+    log = Log()
+    log.pin("internal", P0, NOW + timedelta(days=1))
+    log.unpin("internal")
+    log.through_verified("r1")
+    log.stage("r1", 0, ["internal"], "failed")
+    log.rollback_started("r1", {"internal": P0})
+    log.rolled_back("r1", {"internal": P0})
+    s = log.world().scope(ENV, CH, "internal")
+    assert (s.lkg.digest, s.lkg_release) == (P0["digest"], "r1")
+
+
+def test_a_rollback_landing_on_a_pin_the_operator_has_since_replaced_does_not_make_it_known_good() -> None:
+    """The lifecycle model's case (session 23): the rollback's target was the pin in force (P2) when it
+    started; the operator then pinned P0 and lifted it; the rollback lands on P2, as recorded. P2 never
+    passed a window: before, it became LKG (`lkg_not_earned`), and the next release of it was refused as
+    "the pack being released is the LKG"."""
+    log = Log()
+    log.two_stage_success("r0", P1)
+    log.pin("internal", P2, NOW + timedelta(days=1))
+    log.through_verified("r1", P1)
+    log.rollback_started("r1", {"internal": P2})
+    log.pin("internal", P0, NOW + timedelta(days=1))
+    log.unpin("internal")
+    log.rolled_back("r1", {"internal": P2})
+    s = log.world().scope(ENV, CH, "internal")
+    assert s.active_pack.digest == P2["digest"]
+    assert (s.lkg.digest, s.lkg_release) == (P1["digest"], "r0")
 
 
 def test_later_success_replaces_lkg() -> None:
