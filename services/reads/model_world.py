@@ -96,7 +96,9 @@ async def release_world(
     """What a release action decides on: the release's own events; with `reads` "channel" its target
     channel's too (extend: the minimum window), with "scopes" the scopes of its activated cohorts
     (rollback: pins and last-known-good) — from the read models' scope states when they are current
-    (`use_model`), else folded from those scopes' whole pointer history (seconds at 1M events)."""
+    (`use_model`), else folded from those scopes' whole pointer history (seconds at 1M events). That fold
+    knows pins and pointers exactly, not the LKG a release's success set (a release event): a rollback
+    decided on it goes to the pin in force or the target pre-flight recorded, the strategy's own."""
     from dataclasses import replace
 
     from rpds import HashTrieMap
@@ -137,7 +139,7 @@ async def _model_scopes(js, subjects, service_keys, keys: list[tuple[str, str, s
         return await model_reads.read_view(
             connection_of(js), subjects.releases_stream, subjects.read_bucket, model_reads.keys_id(service_keys), use
         )
-    except Exception:  # the models are a shortcut: the fold of the scopes' own subjects is exact
+    except Exception:  # the models are a shortcut: the caller folds the scopes' own subjects
         return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -216,9 +217,17 @@ async def decides_as_the_fold(rig, kx) -> None:  # noqa: F811
             assert world.channel_state(target.env, target.channel) == folded.channel_state(target.env, target.channel)
         if target and reads == "scopes":
             for cohort in release.activated:
-                assert world.scope(target.env, target.channel, cohort) == folded.scope(
-                    target.env, target.channel, cohort
+                mine, theirs = (
+                    world.scope(target.env, target.channel, cohort),
+                    folded.scope(target.env, target.channel, cohort),
                 )
+                if not use_model:
+                    # the scopes' own subjects cannot say which release's success made a pack LKG (that is a
+                    # release event): the rollback then decides on the pin and the target pre-flight recorded,
+                    # and the decisions compared below must agree
+                    unknown = {"lkg": None, "lkg_manifest": None, "lkg_release": None}
+                    mine, theirs = replace(mine, **unknown), replace(theirs, **unknown)
+                assert mine == theirs
         actions = {
             "release": [
                 lambda w, r=release_id: ops.pause(w, r, "why", OPERATOR, now),

@@ -23,6 +23,12 @@ from tests.unit.test_projections import CHANNEL_DOC, OPERATOR, P0, P1, P2, SERVI
 FIGURES_OK = [{"metric": "error_rate", "value": 0.01, "op": "<=", "threshold": 0.05, "ok": True}]
 
 
+# Safety codes no log can break any more, each kept as a check on the fold itself (a regression there would
+# show): `lkg_not_earned`, since the fold sets last-known-good only as the check allows it (on data, or as a
+# rollback's last pin). tests/unit/test_audit_invariants.py feeds the check what the fold before session 23 made.
+UNREACHABLE_BY_LOG = {"lkg_not_earned"}
+
+
 def stories(log: Log) -> dict[str, object]:
     """Each code -> the event that must be reported with it."""
     log.channel()
@@ -80,13 +86,16 @@ def stories(log: Log) -> dict[str, object]:
     closed = log.closed("ovr", "success")
     bad["success_without_data"] = closed  # the fold refuses to make its pack known-good (nothing for check_lkg)
 
-    # a rollback restores a pack that never passed a window on data (ovr's P1): known-good by decree
+    # a rollback restores a pack that never passed a window on data (ovr's P1): before session 23 the fold
+    # made it known-good by decree (`lkg_not_earned` here); now a rollback's pack is LKG only as the last pin,
+    # so no log breaks it (UNREACHABLE_BY_LOG): this one must hold
     log.through_verified("unearned", P2)
     log.activate("unearned", 0, ["internal"], P2)
     log.started("unearned", 0, ["internal"], P2)
     log.verdict("unearned", "failed", 0, comparisons=FIGURES_OK)
     log.rollback_started("unearned", {"internal": P1})
-    bad["lkg_not_earned"] = log.point("internal", P1, "unearned", kind="rollback")
+    log.point("internal", P1, "unearned", kind="rollback")
+    assert log.world().scope("prod", "canary", "internal").lkg.digest == P0["digest"]
 
     log.through_verified("abrt", P2)
     log.activate("abrt", 0, ["internal"], P2)
@@ -225,14 +234,15 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
     for code, event in bad.items():
         assert (code, seq_of[event.event_id]) in found, (code, [v.line() for v in audit.violations])  # type: ignore[attr-defined]
     assert ("undecodable", ack.seq) in found
-    assert set(bad) == set(SAFETY_CODES)  # every safety invariant has its story here
+    assert set(bad) | UNREACHABLE_BY_LOG == set(SAFETY_CODES)  # every other safety invariant has its story here
     baseline_end = seq_of[story.events[story_r0_end(story)].event_id]
     assert not [
         v.line() for v in audit.violations if v.seq <= baseline_end and v.code in SAFETY_CODES
     ]  # the baseline is clean
     report = summary(audit)
-    assert {v["code"] for v in report["violations"]} >= set(SAFETY_CODES)  # the JSON report lists them
-    assert set(report["safety"]) == set(SAFETY_CODES) and all(report["safety"].values())
+    assert {v["code"] for v in report["violations"]} >= set(bad)  # the JSON report lists them
+    assert set(report["safety"]) == set(SAFETY_CODES)
+    assert {code for code, n in report["safety"].items() if not n} == UNREACHABLE_BY_LOG
     await nc.close()
 
     # and as an auditor runs it: `kxr audit replay` prints each with its sequence and exits 1
@@ -251,7 +261,7 @@ async def test_replay_reports_each_safety_invariant_at_its_sequence(nats_url, pr
     assert proc.returncode == 1, err.decode()
     for code, event in bad.items():
         assert f"seq {seq_of[event.event_id]}: {code}: " in text, (code, text)  # type: ignore[attr-defined]
-    assert f"safety invariants: 0 of {len(SAFETY_CODES)} held; broken: " in text
+    assert f"safety invariants: {len(UNREACHABLE_BY_LOG)} of {len(SAFETY_CODES)} held; broken: " in text
 
 
 def test_stories_cover_each_code_once_offline() -> None:

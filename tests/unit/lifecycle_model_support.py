@@ -148,7 +148,8 @@ def channel_doc(
 ) -> dict[str, Any]:
     """`policy`: "default" admits every pack's origin; "builder" admits only another builder's packs
     (`policy/builder_forbidden` for all of them), "revision" asks for full commit ids (every pack names
-    `rev-<version>`: `evidence/revision_not_commit`) — a channel whose policy turns against what runs."""
+    `rev-<version>`: `evidence/revision_not_commit`), "attestation" asks for a build attestation (no
+    pack has one) — a channel whose policy turns against what runs."""
     return {
         "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
         "plan": [["internal"], ["rest"]],
@@ -161,6 +162,7 @@ def channel_doc(
             "forbid_downgrade": forbid_downgrade,
             "max_pin_days": 30,
             **({"require_commit_revision": True} if policy == "revision" else {}),
+            **({"require_attestation": True} if policy == "attestation" else {}),
         },
         **({"promote_to": "stable"} if promote else {}),
     }

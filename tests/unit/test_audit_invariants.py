@@ -464,6 +464,32 @@ def test_a_release_that_exposed_no_cohort_does_not_earn_its_pack() -> None:
     assert internal.active_pack.digest == P1["digest"] and internal.lkg.digest == P0["digest"]
 
 
+def test_check_lkg_still_catches_a_fold_that_makes_a_restored_pack_known_good() -> None:
+    """No log breaks `lkg_not_earned` since session 23 (the fold sets LKG only on data or as a rollback's
+    last pin): the check stays as a guard on the fold. Given what the fold before made of a rollback to a
+    pack that never passed a window (its pack as LKG), it says so; given today's fold, nothing."""
+    from projections.invariants import check_lkg
+    from projections.world import World
+
+    s = story()
+    s.log.through_verified("r2", P2, stages=[["internal"]], targets={"internal": P1})
+    s.stage("r2", 0, ["internal"], P2, outcome="failed")
+    s.log.rollback_started("r2", {"internal": P1})
+    before = s.log.world()
+    (rollback,) = s.emit(s.rollback("r2"))[:1]
+    after = s.log.world()
+    memory = s.replay().safety
+    position = s.log.entries()[-1][0]
+    key = (ENV, CH, "internal")
+    assert after.scope(*key).lkg.digest == P0["digest"]  # today's fold: P1 is not made LKG
+    assert check_lkg(memory, before, after, position, rollback) == []
+    old_fold: World = replace(
+        after, scopes=after.scopes.insert(key, replace(after.scope(*key), lkg=PackRef.model_validate(P1)))
+    )
+    (found,) = check_lkg(memory, before, old_fold, position, rollback)
+    assert found.code == "lkg_not_earned" and f"{P1['version']} became last-known-good" in found.message
+
+
 def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:
     """The ids are a dict appended in place (a replay's cost); an audit state is still a value:
     folding an older state again (a branch) neither sees the other branch's ids nor changes them."""

@@ -504,7 +504,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         forbid_downgrade=st.booleans(),
         window=st.integers(0, 1),
         runtime=st.sampled_from(["2.4.0", "2.4.0", "2.4.0", "3.0.0"]),
-        policy=st.sampled_from(["default", "default", "default", "builder", "revision"]),
+        policy=st.sampled_from(["default", "default", "default", "default", "builder", "revision", "attestation"]),
         guard=st.booleans(),
     )
     def reconfigure(
