@@ -68,20 +68,33 @@ SUBJECTS = Subjects()
 KEYS = [SigningKey.from_raw(bytes([n]) * 32) for n in (1, 2, 3)]
 
 
-def _root(version: int, keys: list[SigningKey]) -> dict[str, Any]:
+def _root(version: int, keys: list[SigningKey], threshold: int = 1) -> dict[str, Any]:
     return {
         "version": version,
-        "threshold": 1,
+        "threshold": threshold,
         "keys": {k.keyid: {"public": b64encode(k.public_raw), "name": f"k{KEYS.index(k) + 1}"} for k in keys},
     }
 
 
 # The anchor trusts key 1; each rotation (signed by the old and the new root) moves trust on:
 # v2 adds key 2, v3 drops key 1 (packs signed by it alone lose their trust) and adds key 3, v4 trusts
-# key 1 again (a key restored), v5 drops it again: a run may see a signer dropped twice.
-ROOT_KEYS = [[KEYS[0]], [KEYS[0], KEYS[1]], [KEYS[1], KEYS[2]], [KEYS[0], KEYS[1], KEYS[2]], [KEYS[1], KEYS[2]]]
+# key 1 again (a key restored), v5 drops it again: a run may see a signer dropped twice; v6 trusts all
+# three keys but asks two signatures (every pack signed by one key alone loses trust), v7 asks one again.
+ROOT_KEYS = [
+    [KEYS[0]],
+    [KEYS[0], KEYS[1]],
+    [KEYS[1], KEYS[2]],
+    [KEYS[0], KEYS[1], KEYS[2]],
+    [KEYS[1], KEYS[2]],
+    [KEYS[0], KEYS[1], KEYS[2]],
+    [KEYS[0], KEYS[1], KEYS[2]],
+]
+ROOT_THRESHOLDS = [1, 1, 1, 1, 1, 2, 1]
 ANCHOR = TrustRoot.from_document(_root(1, ROOT_KEYS[0]))
-ROTATIONS = [sign_root(_root(v + 1, ROOT_KEYS[v]), ROOT_KEYS[v - 1] + ROOT_KEYS[v]) for v in range(1, len(ROOT_KEYS))]
+ROTATIONS = [
+    sign_root(_root(v + 1, ROOT_KEYS[v], ROOT_THRESHOLDS[v]), ROOT_KEYS[v - 1] + ROOT_KEYS[v])
+    for v in range(1, len(ROOT_KEYS))
+]
 
 
 @dataclass(frozen=True)
