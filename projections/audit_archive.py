@@ -38,10 +38,10 @@ def touched(event: Event) -> Iterator[str]:
     envelope may name another, or none).
 
     (A `promoted` event also reads the release it names, to mark it `promotion_confirmed_by`: a
-    mark the preparer reads while that release is in flight and no check reads. Named release
-    buried, the whole fold marks a closed release and this one does not: the same answer. A request
-    that names the release it was promoted from reads that one, for the same mark, and the check
-    `promotion_unrecorded` reads the mark: that source is read back.)"""
+    mark the preparer and the check `promotion_unrecorded` read only while that release is in flight.
+    Named release buried, the whole fold marks a closed release and this one does not: the same
+    answer. A request that names the release it was promoted from reads that one, for the same mark
+    on itself, in flight: that source is read back.)"""
     if event.release_id:
         yield event.release_id
     data = event.data
