@@ -86,6 +86,7 @@ MUST_REACH = (
     "a release promoted to stable",
     "a promotion withheld: stable watches no longer than the canary",
     "a promotion decided while an operator aborted or paused the release",
+    "an operator's rollback raced by a pin before it landed",
     "a switch refused: pinned after the verification",
     "a switch refused: the trust root dropped the signer",
     "a paused release resumed",
@@ -306,6 +307,38 @@ class LifecycleMachine(RuleBasedStateMachine):
                 if any(isinstance(out, Promotion) for out in decided) and self.m.operate(verb, rid):
                     REACHED["a promotion decided while an operator aborted or paused the release"] += 1
                 self.m.emit(decided, world)
+                self.m.settle()
+        self.after()
+
+    @rule(
+        pack=st.integers(1, len(PACKS) - 1),
+        pin=st.integers(0, len(PACKS) - 1),
+        lift=st.booleans(),
+        pinned_first=st.booleans(),
+        trigger=st.sampled_from(["operator", "tenant_impact"]),
+    )
+    def rollback_races_a_pin(self, pack: int, pin: int, lift: bool, pinned_first: bool, trigger: str) -> None:
+        """An operator rolls a watched rollout back while the activator is down, and a pin moves on its first
+        cohort before the activator lands it: pinned after the rollback, or (`pinned_first`) pinned before it
+        (the target is then the pin in force) and pinned to 1.0.0 after; `lift`: that last pin is lifted.
+        The rollback lands on its chosen target or the pin in force, or holds, and last-known-good stays a
+        pack that earned it. The random verbs rolled a release back twice per 20k steps (session 23's LKG bug
+        came from such a race, on a closed release: its minimal example is in test_model_regressions)."""
+        with self._calm():
+            rid = self._story_request(pack)
+            release = self.m.world.release(rid) if rid else None
+            if rid and release is not None and release.activated:
+                cohort = release.activated[0]
+                self.m.down = frozenset({"activator"})
+                try:
+                    before = pinned_first and self.m.pin("canary", cohort, PACKS[pin].version)
+                    after = PACKS[0].version if before else PACKS[pin].version
+                    if self.m.operate("rollback", rid, trigger=trigger) and self.m.pin("canary", cohort, after):
+                        REACHED["an operator's rollback raced by a pin before it landed"] += 1
+                        if lift:
+                            self.m.unpin("canary", cohort)
+                finally:
+                    self.m.down = frozenset()
                 self.m.settle()
         self.after()
 
