@@ -22,7 +22,7 @@ from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.context import configured_channel
-from services.verification.readiness import Exposing, TargetCheck, landing, target_check
+from services.verification.readiness import Exposing, TargetCheck, landing, target_check, target_checks
 
 NAME = "activator"
 
@@ -299,11 +299,17 @@ class Activator(ReleaseReactor[TargetFacts]):
     concurrency = 128
 
     async def observe(self, world, release, ctx) -> TargetFacts:
-        if release.phase == "rolling_back" and release.rollback is not None:
-            checks = {}
-            lands = rollback_landing(world, release)
-            for target in {t.digest: t for t in release.rollback.targets.values() if t is not None}.values():
-                checks[target.digest] = await self.target_check(target, release, ctx, lands)
+        if release.phase == "rolling_back" and release.rollback is not None and release.prepared is not None:
+            where = release.prepared.target
+            checks = await target_checks(
+                self.port,
+                release.rollback.targets.values(),
+                where.env,
+                where.channel,
+                tuple(release.activated),
+                ctx.now,
+                rollback_landing(world, release),
+            )
             return TargetFacts(rollback=checks)
         if release.paused:
             return TargetFacts()  # a paused rollout switches nothing (`decide_rollout`): nothing to read

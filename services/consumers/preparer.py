@@ -239,23 +239,21 @@ def preflight(
             "; ".join(unready) or unfit_warning(targets, fits or {}),
         )
 
-    if cfg.policy.accept == "promotion":
-        check(
-            "accepts_request",
-            promotion_confirmed(release),
-            f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
-            + ("" if promotion_confirmed(release) else f"; this request {_promotion_gap(release)}"),
-        )
-    elif req.promoted_from is not None:
-        # on any channel, a request saying it was promoted is one: its evidence record would say so
-        check(
-            "accepts_request",
-            promotion_confirmed(release),
-            f"promoted from release {req.promoted_from}"
-            if promotion_confirmed(release)
-            else f"this request names release {req.promoted_from} as the one it was promoted from, "
-            f"but it {_promotion_gap(release)}",
-        )
+    # a promotion-only channel asks every request; any channel asks one that says it was promoted (its
+    # evidence record would say so): it must be that release's promotion
+    if cfg.policy.accept == "promotion" or req.promoted_from is not None:
+        genuine = promotion_confirmed(release)
+        if cfg.policy.accept == "promotion":
+            detail = f"{env}/{channel} accepts only releases promoted by the service from its previous channel"
+            detail += "" if genuine else f"; this request {_promotion_gap(release)}"
+        elif genuine:
+            detail = f"promoted from release {req.promoted_from}"
+        else:
+            detail = (
+                f"this request names release {req.promoted_from} as the one it was promoted from, "
+                f"but it {_promotion_gap(release)}"
+            )
+        check("accepts_request", genuine, detail)
 
     if health_error is not None and not req.acknowledge_no_health:
         check("observability", False, f"runtime health could not be read: {health_error}")
