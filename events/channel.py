@@ -231,6 +231,28 @@ def watches_longer(source: ChannelConfig, nxt: ChannelConfig) -> bool:
     return nxt.monitoring.window_s > source.monitoring.window_s
 
 
+def cohort_set_notes(previous: ChannelConfig | None, cfg: ChannelConfig) -> list[str]:
+    """What a new configuration's cohort set changes for runtimes and releases, one sentence per cohort
+    added or taken out (none for a first configuration): an operator's warning, not a refusal."""
+    if previous is None:
+        return []
+    before, after = previous.cohort_names, cfg.cohort_names
+    notes = [
+        f"cohort {name} is new: its runtimes keep the pack they run until a release reaches it, and a release "
+        f"over it and cohorts that ran packs is refused until it has run one (bring it in alone: "
+        f"kxr release request ... --plan {name} --rollback none)"
+        for name in after
+        if name not in before
+    ]
+    notes += [
+        f"cohort {name} is taken out: its runtimes follow the cohort they match now, and a release watching "
+        f"{name} holds (monitoring_inconclusive) for an operator"
+        for name in before
+        if name not in after
+    ]
+    return notes
+
+
 def promotion_window_problems(channel: str, cfg: ChannelConfig, others: Mapping[str, ChannelConfig]) -> list[str]:
     """Where `cfg` for `channel` would break the seed's "canary short, stable longer" against the other
     configured channels of its environment (`others`: channel -> configuration): the channel it promotes

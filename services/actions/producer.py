@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from events.bundle import PAYLOAD_TYPE, STATEMENT_TYPE, pae
 from events.canonical import StrictJSONError, compact_bytes, loads_strict
-from events.channel import ChannelConfig, channel_problems, promotion_window_problems, unknown_fields
+from events.channel import ChannelConfig, channel_problems, cohort_set_notes, promotion_window_problems, unknown_fields
 from events.codec import DecodeError, decode_event, make_event
 from events.manifest import attestation_object_name, manifest_object_name, pack_object_name, sign_manifest
 from events.model import Actor, Event, Requested, Scope
@@ -195,21 +195,24 @@ async def configured_channels(js: JetStreamContext, subjects: Subjects, env: str
 
 async def promotion_window_conflicts(
     js: JetStreamContext, subjects: Subjects, env: str, channel: str, config: ChannelConfig
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     """What `config` would break of "canary short, stable longer" against the channels it promotes to
     or is promoted from (`promotion_window_problems`), and the channels of `env` it could not be checked
     against (their configuration does not decode). `kxr channel set` refuses the first and names the
     second; the promoter enforces the rule at each promotion whoever wrote the configurations, so this
     is the operator's early warning, not the only guard (and writers that configure thousands of
-    channels, the benches, skip a scan of every channel per write)."""
+    channels, the benches, skip a scan of every channel per write). Third: what the new cohort set
+    changes against the channel's own current configuration (`cohort_set_notes`), from the same read."""
     try:
         others = await configured_channels(js, subjects, env)
     except Exception as exc:  # advisory: said, and the promoter still enforces the rule at each promotion
-        return [], [f"{env}/*: the other channels' configurations could not be read: {exc.__class__.__name__}: {exc}"]
-    others.pop(channel, None)  # its own current configuration is what this one replaces
+        why = f"{env}/*: the other channels' configurations could not be read: {exc.__class__.__name__}: {exc}"
+        return [], [why], []
+    current = others.pop(channel, None)  # its own current configuration is what this one replaces
     unreadable = [f"{env}/{name}: {why}" for name, why in sorted(others.items()) if isinstance(why, str)]
     readable = {name: cfg for name, cfg in others.items() if isinstance(cfg, ChannelConfig)}
-    return promotion_window_problems(channel, config, readable), unreadable
+    notes = cohort_set_notes(current, config) if isinstance(current, ChannelConfig) else []
+    return promotion_window_problems(channel, config, readable), unreadable, notes
 
 
 async def configure_channel(

@@ -42,19 +42,21 @@ def channel_set(
     except ValueError as exc:
         _fail_with_problems(f"{file}", exc)
 
-    async def go() -> tuple[int | None, list[str], list[str]]:
+    async def go() -> tuple[int | None, list[str], list[str], list[str]]:
         async with session(nats_url) as (_, js, log):
-            conflicts, unchecked = await promotion_window_conflicts(js, log.subjects, env, channel, cfg)
+            conflicts, unchecked, notes = await promotion_window_conflicts(js, log.subjects, env, channel, cfg)
             if conflicts:  # against the channels it promotes to or is promoted from: nothing written
-                return None, conflicts, unchecked
-            return await configure_channel(log, js, env, channel, cfg, operator_actor()), [], unchecked
+                return None, conflicts, unchecked, notes
+            return await configure_channel(log, js, env, channel, cfg, operator_actor()), [], unchecked, notes
 
-    seq, conflicts, unchecked = run_async(go())
+    seq, conflicts, unchecked, notes = run_async(go())
     for why in unchecked:
         err_console.print(f"warning: promotion windows not checked against {why}")
     if seq is None:
         _fail_with_problems(f"{env}/{channel} not configured", ValueError("\n".join(conflicts)))
     console.print(f"channel {env}/{channel} configured (log seq {seq}): cohorts {', '.join(cfg.cohort_names)}")
+    for note in notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _fail_with_problems(what: str, exc: ValueError) -> NoReturn:

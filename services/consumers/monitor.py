@@ -45,6 +45,7 @@ from services.monitoring.judge import (
     moved_away,
     read_span,
     refusals_since,
+    unconfigured_cohorts,
     unswitched,
     window_data,
 )
@@ -158,10 +159,15 @@ def decide_start(release: ReleaseState, ctx: Ctx, early: tuple[Breach, dict] | N
     return [Chain(tuple(events))]
 
 
-def decide_window(release: ReleaseState, stage: int, data: WindowData, ctx: Ctx) -> list[Output]:
-    """The window's verdict from everything it is judged on."""
+def decide_window(
+    release: ReleaseState, stage: int, data: WindowData, ctx: Ctx, world: World | None = None
+) -> list[Output]:
+    """The window's verdict from everything it is judged on; with `world`, also against the channel's
+    cohorts as configured now (a cohort of the window taken out of the channel is missing evidence)."""
     if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
         return []
+    if world is not None:
+        data = replace(data, unconfigured=unconfigured_cohorts(world, release))
     v = judge_window(data, release.monitoring.monitoring)
     verdict = MonitoringVerdict(
         stage=stage,
@@ -177,10 +183,15 @@ def decide_window(release: ReleaseState, stage: int, data: WindowData, ctx: Ctx)
 
 
 def decide_verdict(
-    release: ReleaseState, stage: int, samples: list[HealthSample], baseline: list[HealthSample], ctx: Ctx
+    release: ReleaseState,
+    stage: int,
+    samples: list[HealthSample],
+    baseline: list[HealthSample],
+    ctx: Ctx,
+    world: World | None = None,
 ) -> list[Output]:
     """`decide_window` on the new pack's samples and the baseline alone (no coverage, no invalid reports)."""
-    return decide_window(release, stage, WindowData(list(samples), list(baseline)), ctx)
+    return decide_window(release, stage, WindowData(list(samples), list(baseline)), ctx, world)
 
 
 def decide_unjudgeable(
@@ -253,7 +264,7 @@ class WindowVerdict:
         if facts is None:
             return []
         try:
-            return decide_window(release, self.stage, facts, ctx)
+            return decide_window(release, self.stage, facts, ctx, world)
         except Exception as exc:  # a window the judge chokes on is held with the reason, never retried forever
             log.exception("monitor: window %d of %s could not be judged", self.stage, release.release_id)
             return decide_unjudgeable(

@@ -194,7 +194,12 @@ def preflight(
     strategy = req.rollback.strategy
     targets: dict[str, PackRef | None] = {}
     problems = []
-    for cohort in (c for s in stages for c in s):
+    rolled = [c for s in stages for c in s]
+    # a plan over cohorts that have had a pack and others that never had one (a cohort added to a channel
+    # that runs packs): no one strategy fits both, so the remedy is named rather than a strategy that fails too
+    never = [c for c in rolled if not world.scope(env, channel, c).ever_active]
+    mixed = bool(never) and len(never) < len(rolled)
+    for cohort in rolled:
         scope = world.scope(env, channel, cohort)
         pin = scope.pinned_at(ctx.now)
         if strategy == "none":
@@ -212,7 +217,9 @@ def preflight(
             target = pin.pack if pin else scope.lkg
             if target is None:
                 hint = (
-                    " (request rollback strategy 'none' for a never-activated scope)" if not scope.ever_active else ""
+                    " (request rollback strategy 'none' for a never-activated scope)"
+                    if not scope.ever_active and not mixed
+                    else ""
                 )
                 problems.append(f"{cohort} has no last-known-good pack{hint}")
             targets[cohort] = target
@@ -225,6 +232,13 @@ def preflight(
                 f"{cohort}'s {source} is the pack being released ({chosen.version}): no other pack to roll back to"
             )
             targets[cohort] = None
+    if problems and mixed and strategy != "pinned":
+        names, alone = ", ".join(never), "[" + ", ".join(f"[{c!r}]" for c in never) + "]"
+        problems.append(
+            f"{names} never had an active pack while the plan's other cohorts have, so no one strategy fits: "
+            f"first roll a pack out to {names} alone (plan {alone}, rollback strategy 'none'), "
+            f"or leave {names} out of this plan"
+        )
     check(
         "rollback_target",
         not problems,

@@ -112,6 +112,20 @@ def override_note(release: ReleaseState) -> str:
     return f"stage(s) {[s + 1 for s in stages]} passed by operator override ({', '.join(who)}), not on monitoring data"
 
 
+def unplanned_note(world: World, release: ReleaseState) -> str:
+    """The channel's cohorts, as configured now, that the release's plan never named ("" when none): a
+    cohort added since the release was prepared (or left out of a requested plan) does not run its pack,
+    and a record that says "every stage passed" must not read as "the whole channel runs it"."""
+    assert release.prepared is not None
+    target = release.prepared.target
+    planned = {c for stage in release.prepared.stages for c in stage} | release.prepared.skipped.keys()
+    unplanned = [c for c in world.channel_config(target.env, target.channel).cohort_names if c not in planned]
+    if not unplanned:
+        return ""
+    where, version = f"{target.env}/{target.channel}", release.prepared.pack.version
+    return f"; cohort(s) {', '.join(unplanned)} of {where} not in its plan: this release did not roll {version} to them"
+
+
 def decide(
     world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None = None
 ) -> list[Output]:
@@ -199,7 +213,7 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
         return _close(
             ctx, release, "pinned", f"all {len(stages)} stage(s) passed with nothing exposed (every cohort pinned)"
         )
-    summary = f"all {len(stages)} stage(s) passed monitoring"
+    summary = f"all {len(stages)} stage(s) passed monitoring" + unplanned_note(world, release)
     note = override_note(release)
     if note:
         withheld = f"; not promoted to {promote_to}" if promote_to else ""

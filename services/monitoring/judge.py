@@ -85,6 +85,10 @@ class WindowData:
     # runtimes that ran something else here before, that a reconfiguration has since moved: runtime -> the
     # cohort it reports from now (`moved_away`); no longer expected to switch here
     moved: Mapping[str, str] = field(default_factory=dict)
+    # the window's cohorts the channel's configuration no longer names when the window is judged (a
+    # reconfiguration took them out): their runtimes now match other cohorts, so whatever the window holds
+    # does not speak for them (`unconfigured_cohorts`)
+    unconfigured: frozenset[str] = frozenset()
 
 
 def switched(samples: Iterable[HealthSample]) -> set[str]:
@@ -294,6 +298,15 @@ def split_window(
     by stored time."""
     data = window_data(stored, window, baseline_digests=baseline_digests)
     return data.samples, data.baseline
+
+
+def unconfigured_cohorts(world: World, release: ReleaseState) -> frozenset[str]:
+    """The open window's cohorts that its channel's configuration, as the world holds it, no longer names."""
+    m, prepared = release.monitoring, release.prepared
+    if m is None or prepared is None:
+        return frozenset()
+    configured = world.channel_config(prepared.target.env, prepared.target.channel).cohort_names
+    return frozenset(m.cohorts) - frozenset(configured)
 
 
 def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
@@ -515,8 +528,13 @@ def judge(
     expected: Collection[str] = (),
     invalid: Collection[Invalid] = (),
     queries: Collection[QueryAnswer] = (),
+    unconfigured: Collection[str] = (),
 ) -> Verdict:
     """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed.
+
+    `unconfigured`: the window's cohorts the channel no longer names (`WindowData.unconfigured`): missing
+    evidence, since no runtime is in them any more — the window holds for an operator rather than pass on
+    what the other cohorts, or a runtime yet to see the new configuration, reported.
 
     `queries`: the channel's Prometheus queries with their figures, judged against the thresholds named
     after them. A query named like a figure of the samples (`error_rate`, `latency_p99_ms`, ...) speaks
@@ -592,6 +610,12 @@ def judge(
         )
     if n < monitoring.min_samples:
         gaps.append(f"{n} sample(s), fewer than min_samples {monitoring.min_samples}")
+    if unconfigured:
+        figures["coverage"]["unconfigured"] = sorted(unconfigured)
+        gaps.append(
+            f"cohort(s) {', '.join(sorted(unconfigured))} no longer in the channel's configuration: no runtime "
+            "reports for them now, so this window cannot pass for them (an operator decides: abort, or override)"
+        )
     if gaps:
         return Verdict("monitoring_inconclusive", n, runtimes, figures, comparisons, "; ".join(gaps))
     return Verdict(
@@ -614,6 +638,7 @@ def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
         expected=data.expected - data.moved.keys(),
         invalid=data.invalid,
         queries=data.queries,
+        unconfigured=data.unconfigured,
     )
     if data.moved:  # said, so a reader sees why they are not missing
         verdict.figures["coverage"]["moved"] = _listed({f"{r} (now in {c})" for r, c in data.moved.items()})

@@ -60,6 +60,7 @@ Output (schema `VIEW_SCHEMA`; the model and JSON Schema of `kxr watch --json` ar
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -68,7 +69,7 @@ from events.model import MonitoringStarted
 from projections.evidence import EvidenceRecord
 from projections.releases import ReleaseState
 from projections.world import World
-from services.monitoring.judge import baseline_digests, judge_window, window_data
+from services.monitoring.judge import baseline_digests, judge_window, unconfigured_cohorts, window_data
 
 VIEW_SCHEMA = "kxr.release-view/2"  # 2: a scope's lkg is a pack {name, version, digest}, as in every command
 DEFAULT_EVENTS = 10
@@ -218,6 +219,8 @@ def window_view(
         baseline_digests=baseline_digests(world, release) if world else (),
         activated_at=release.activated_at.get(m.stage),
     )
+    if world is not None:  # as the monitor will judge it: against the channel's cohorts as configured now
+        data = replace(data, unconfigured=unconfigured_cohorts(world, release))
     v = judge_window(data, m.monitoring)
     return {
         **view,

@@ -342,6 +342,41 @@ def test_channel_set_refuses_a_promotion_that_would_not_watch_longer(inst):
     assert "warning: promotion windows not checked against pw/junk: its configuration (seq" in result.stderr
 
 
+def test_channel_set_says_what_a_new_cohort_set_changes(inst):
+    """A cohort added to a channel or taken out of it is written (an operator's call), and `kxr channel set`
+    says what it changes for runtimes and releases, with the remedy for a new cohort (session 24: a cohort
+    added to a channel that ran packs left every release over the channel refused, with a hint that could
+    not work)."""
+
+    def config(name: str, cohorts: list[dict]) -> str:
+        doc = {**CHANNEL_JSON, "cohorts": cohorts, "plan": [[c["name"]] for c in cohorts]}
+        (inst.workdir / name).write_text(json.dumps(doc))
+        return name
+
+    internal, rest = {"name": "internal", "tenants": ["t-int-1"]}, {"name": "rest"}
+    first = inst.run("channel", "set", "cs/canary", "--file", config("cs-1.json", [internal, rest]))
+    ok(first)
+    assert "note:" not in first.stderr  # a first configuration changes no cohort set
+    added = inst.run(
+        "channel",
+        "set",
+        "cs/canary",
+        "--file",
+        config("cs-2.json", [internal, {"name": "eu", "regions": ["eu"]}, rest]),
+    )
+    ok(added)
+    assert "note: cohort eu is new: its runtimes keep the pack they run until a release reaches it" in added.stderr
+    assert "--plan eu --rollback none" in added.stderr
+    removed = inst.run("channel", "set", "cs/canary", "--file", config("cs-3.json", [rest]))
+    ok(removed)
+    notes = [line for line in removed.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2, removed.stderr
+    assert all("is taken out" in n and "holds (monitoring_inconclusive)" in n for n in notes)
+    assert {"internal", "eu"} == {n.split()[2] for n in notes}
+    shown = json.loads(ok(inst.run("channel", "show", "cs/canary", "--json")))
+    assert [c["name"] for c in shown["config"]["cohorts"]] == ["rest"]  # each was written
+
+
 # ---- releases and status ---------------------------------------------------------------------------
 
 

@@ -59,8 +59,16 @@ CHANNELS = ("canary", "stable")
 # each channel's windows a reconfiguration picks from: mostly stable watches longer than the canary (the
 # seed's rule), and sometimes not, so the promoter's withholding is exercised too
 WINDOWS = {"canary": (60, 120), "stable": (120, 60)}
-COHORTS = ("internal", "rest")
-RUNTIMES = {"internal": ("int-a", "int-b"), "rest": ("rest-a", "rest-b")}
+# Every cohort a configuration of the model may name (`channel_doc`'s `cohorts`): "early" only in some.
+COHORTS = ("internal", "early", "rest")
+# Each runtime's tenant: which cohort it is in follows the channel's configuration as it stands (CONTRACT
+# §7, the first match), so a reconfiguration moves runtimes between cohorts under a rollout.
+RUNTIME_TENANTS = {"int-a": "t-int", "int-b": "t-int", "rest-a": "t-a", "rest-b": "t-b"}
+COHORT_SETS = {  # the cohorts a channel's configuration may have, the catch-all last
+    "two": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
+    "three": [{"name": "internal", "tenants": ["t-int"]}, {"name": "early", "tenants": ["t-a"]}, {"name": "rest"}],
+    "one": [{"name": "rest"}],  # internal's runtimes move to rest; scopes of internal keep their pointers
+}
 OPERATOR = Actor(kind="operator", id="ops")
 PRODUCER = Actor(kind="producer", id="ci")
 SUBJECTS = Subjects()
@@ -158,14 +166,16 @@ def channel_doc(
     window_s: int = 60,
     runtime_version: str = "2.4.0",
     policy: str = "default",
+    cohorts: str = "two",
 ) -> dict[str, Any]:
-    """`policy`: "default" admits every pack's origin; "builder" admits only another builder's packs
+    """`cohorts`: one of COHORT_SETS ("two" the model's usual channel).
+    `policy`: "default" admits every pack's origin; "builder" admits only another builder's packs
     (`policy/builder_forbidden` for all of them), "revision" asks for full commit ids (every pack names
     `rev-<version>`: `evidence/revision_not_commit`), "attestation" asks for a build attestation (no
     pack has one) — a channel whose policy turns against what runs."""
     return {
-        "cohorts": [{"name": "internal", "tenants": ["t-int"]}, {"name": "rest"}],
-        "plan": [["internal"], ["rest"]],
+        "cohorts": COHORT_SETS[cohorts],
+        "plan": [[rule["name"]] for rule in COHORT_SETS[cohorts]],  # one stage per cohort, in order
         "monitoring": {"window_s": window_s, "min_samples": min_samples, "thresholds": THRESHOLDS[thresholds]},
         # every pack asks for runtime >=2.3,<3: a channel moved to 3.0.0 no longer runs any of them
         "compatibility": {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": runtime_version},
@@ -315,6 +325,7 @@ class Lifecycle:
             self.audit = audit_entry(self.audit, position, event, SUBJECTS)
             self.log.append((position, event))
             self._check_refusals(position, event)
+            self._check_configured(position, event)
         self.ids.add(event.event_id)
 
     def append_expected(self, event: Event, expected: int, last_seq: int) -> bool:
@@ -427,7 +438,12 @@ class Lifecycle:
 
     # -- producer ------------------------------------------------------------------------------------
     def request(
-        self, pack: ModelPack, channel: str = "canary", strategy: str = "lkg", acknowledge_no_health: bool = True
+        self,
+        pack: ModelPack,
+        channel: str = "canary",
+        strategy: str = "lkg",
+        acknowledge_no_health: bool = True,
+        plan: list[list[str]] | None = None,
     ) -> str:
         self.releases += 1
         rid = f"r{self.releases}"
@@ -438,6 +454,7 @@ class Lifecycle:
             "escalation": "pager:kb",
             "rollback": {"strategy": strategy},
             "acknowledge_no_health": acknowledge_no_health,
+            **({"plan": plan} if plan is not None else {}),
         }
         event = make_event("release.requested", data, actor=PRODUCER, release_id=rid, occurred_at=self.now)
         self.append_expected(event, 0, 0)
@@ -459,7 +476,7 @@ class Lifecycle:
             digest = scope.active_pack.digest if scope.active_pack else None
             if kind == "old_digest":
                 digest = scope.active.previous.digest if scope.active and scope.active.previous else None
-            for runtime_id in RUNTIMES[cohort]:
+            for runtime_id in self.members(channel, cohort):
                 raw = json.dumps(sample_body(kind, runtime_id, digest, stored_at)).encode()
                 # the monitor's own acceptance: what it refuses is never evidence
                 sample = accept_report(raw, HealthParts(ENV, channel, cohort, runtime_id))
@@ -468,6 +485,11 @@ class Lifecycle:
                 self.health.append((stored_at, channel, cohort, sample))
                 if live:
                     self._breach(channel, cohort, sample)
+
+    def members(self, channel: str, cohort: str) -> list[str]:
+        """The runtimes in `cohort` of `channel` under its configuration as it stands (as a runtime resolves)."""
+        cfg = self.world.channel_config(ENV, channel)
+        return [r for r, tenant in RUNTIME_TENANTS.items() if cfg.resolve(ENV, channel, tenant) == cohort]
 
     def _breach(self, channel: str, cohort: str, sample: HealthSample) -> None:
         """The monitor's live watch (Monitor.check_breach), on the world as it stands."""
@@ -570,7 +592,7 @@ class Lifecycle:
 
         def verdict() -> list[Output]:
             new, baseline = self.window_samples(release)
-            return monitor.decide_verdict(release, stage, new, baseline, self.ctx("monitor"))
+            return monitor.decide_verdict(release, stage, new, baseline, self.ctx("monitor"), world)
 
         self.emit(self._guard("monitor", rid, verdict), world)
 
@@ -803,6 +825,26 @@ class Lifecycle:
 
     def lose_pack(self, digest: str) -> None:
         self.store.pop(pack_object_name(digest), None)
+
+    # -- model-only invariant: a window passes on data only for cohorts its channel still has ------------
+    def _check_configured(self, position: Position, event: Event) -> None:
+        if event.type != "release.monitoring_passed" or is_override(event.data):  # type: ignore[arg-type]
+            return
+        release = self.world.release(event.release_id or "")
+        if release is None or release.prepared is None:
+            return
+        target = release.prepared.target
+        stage = event.data.stage  # type: ignore[attr-defined]
+        watched = [c for c in release.stages[stage] if c in release.activated]  # written apart from the judge's
+        gone = sorted(set(watched) - set(self.world.channel_config(target.env, target.channel).cohort_names))
+        if gone:
+            self.problems.append(
+                Violation(
+                    position.seq,
+                    "pass_without_data",
+                    f"{release.release_id} stage {stage + 1} passed for {gone}, which {target.channel} no longer has",
+                )
+            )
 
     # -- model-only invariant: a refusal after the pointer moved is never a pass ---------------------
     def _check_refusals(self, position: Position, event: Event) -> None:

@@ -15,6 +15,7 @@ from events.channel import (
     DEFAULT_COHORT,
     ChannelConfig,
     CohortRule,
+    cohort_set_notes,
     resolve_cohort,
     tenant_bucket,
 )
@@ -373,3 +374,22 @@ def test_a_channels_thresholds_and_a_releases_are_one_model_with_the_same_json()
     # what a channel stores and what a release carries serialise alike, extra fields kept
     assert cfg.monitoring.thresholds.model_dump(mode="json") == release.thresholds.model_dump(mode="json")
     assert cfg.monitoring.thresholds.model_dump(mode="json", exclude_unset=True) == doc
+
+
+def test_a_new_cohort_set_says_what_it_changes() -> None:
+    """`kxr channel set`'s notes (session 24): one per cohort added (with the remedy pre-flight names) or
+    taken out; none for a first configuration nor for one that keeps the cohorts."""
+    two = ChannelConfig.model_validate({"cohorts": [{"name": "internal", "tenants": ["t"]}, {"name": "rest"}]})
+    three = ChannelConfig.model_validate(
+        {"cohorts": [{"name": "internal", "tenants": ["t"]}, {"name": "eu", "regions": ["eu"]}, {"name": "rest"}]}
+    )
+    assert cohort_set_notes(None, three) == []
+    assert cohort_set_notes(two, two.model_copy(update={"promote_to": "stable"})) == []
+    (added,) = cohort_set_notes(two, three)
+    assert (
+        added.startswith("cohort eu is new: its runtimes keep the pack they run")
+        and "--plan eu --rollback none" in added
+    )
+    (gone,) = cohort_set_notes(three, two)
+    assert gone.startswith("cohort eu is taken out") and "holds (monitoring_inconclusive)" in gone
+    assert len(cohort_set_notes(two, DEFAULT_CHANNEL)) == 3  # all added; internal and rest taken out

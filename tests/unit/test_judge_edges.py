@@ -549,3 +549,21 @@ def test_a_moved_runtime_is_no_longer_expected_and_the_verdict_says_where_it_wen
     passed = judge_window(replace(data, moved={"rt-moved": "rest", "rt-stuck": "edge"}), monitoring())
     assert passed.outcome == "monitoring_passed", passed.reason
     assert "moved" not in judge_window(data, monitoring()).figures["coverage"]  # said only when someone moved
+
+
+def test_a_window_over_a_cohort_the_channel_no_longer_has_never_passes() -> None:
+    """Session 24: a reconfiguration took the stage's cohort out of the channel mid-window; its runtimes had
+    reported well before they moved. That is no evidence for a cohort nobody is in: the window holds, saying
+    why, and names the cohort in its coverage (`WindowData.unconfigured`, set by the monitor from the world)."""
+    w = window(error_rate_max=0.05)
+    stored = [(at(1), activation("a")), (at(2), sample("a")), (at(3), sample("a"))]
+    data = window_data(stored, w)
+    assert judge_window(data, w.monitoring).outcome == "monitoring_passed"
+    v = judge_window(replace(data, unconfigured=frozenset({"internal"})), w.monitoring)
+    assert v.outcome == "monitoring_inconclusive"
+    assert v.reason.startswith("cohort(s) internal no longer in the channel's configuration")
+    assert v.figures["coverage"]["unconfigured"] == ["internal"]
+    # a breach still fails it: taking a cohort out never hides what its runtimes reported
+    bad = stored + [(at(4), sample("a", errors=90))]
+    failed = judge_window(replace(window_data(bad, w), unconfigured=frozenset({"internal"})), w.monitoring)
+    assert failed.outcome == "monitoring_failed"

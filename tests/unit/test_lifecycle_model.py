@@ -44,6 +44,7 @@ from .lifecycle_model_support import (
     COHORTS,
     CONSUMERS,
     ENV,
+    PACK_BY_DIGEST,
     PACKS,
     SAMPLE_KINDS,
     SUBJECTS,
@@ -92,6 +93,8 @@ MUST_REACH = (
     "a paused release resumed",
     "a settled scope flagged by the guard",
     "a rollout rolled back by the guard",
+    "a rollout's cohorts reconfigured under it",
+    "a new cohort brought in by a release of its own",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -382,6 +385,44 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.m.configure("canary", promote=promote)
         self.after()
 
+    @rule(
+        pack=st.integers(1, len(PACKS) - 1),
+        to=st.sampled_from(["one", "three"]),
+        after_windows=st.integers(0, 1),
+        back=st.booleans(),
+        kinds=st.sampled_from([("activation_ok", "good", "good"), ("good", "errors"), ("refusal",)]),
+    )
+    def cohorts_change_under_a_rollout(
+        self, pack: int, to: str, after_windows: int, back: bool, kinds: tuple[str, ...]
+    ) -> None:
+        """A rollout is watched when the canary's cohorts change under it: "one", internal's runtimes move into
+        rest (the stage's cohort has no runtime left, the next stage's gains two that never ran the pack);
+        "three", one runtime of rest moves into a new cohort `early` that the release's plan does not name.
+        The runtimes report under their new cohorts, the windows pass; `back`: the cohorts come back. The
+        model's runtimes were fixed per cohort until session 24 (its random reconfigurations rarely change
+        the cohorts under a release in flight: counted in REACHED)."""
+        with self._calm():
+            rid = self._story_request(pack)
+            for _ in range(after_windows):
+                self.m.healthy_window()
+            release = self.m.world.release(rid) if rid else None
+            if release is not None and release.phase == "monitoring":
+                REACHED["a rollout's cohorts reconfigured under it"] += 1
+                self.m.configure("canary", cohorts=to)
+                for _ in range(3):
+                    self.m.healthy_window(kinds=kinds)
+                running = self.m.world.scope(ENV, "canary", "rest").active_pack
+                if to == "three" and running is not None and not self.m.world.scope(ENV, "canary", "early").ever_active:
+                    # the remedy pre-flight names: what rest runs, rolled out to the new cohort alone
+                    REACHED["a new cohort brought in by a release of its own"] += 1
+                    self.m.request(PACK_BY_DIGEST[running.digest], "canary", "none", plan=[["early"]])
+                    self.m.settle()
+                    self.m.healthy_window()
+                if back:
+                    self.m.configure("canary")
+                    self.m.healthy_window()
+        self.after()
+
     @rule(pack=st.integers(1, len(PACKS) - 1))
     def target_lost_before_expansion(self, pack: int) -> None:
         """A rollout's first stage passes while its rollback target's pack object is gone from the store: the
@@ -423,10 +464,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         the random rules got the run somewhere a story cannot start."""
         world = self.m.world
         self.m.configure("canary", promote=promote)
-        for cohort in COHORTS:
+        cohorts = self.m.world.channel_config(ENV, "canary").cohort_names
+        for cohort in cohorts:
             if world.scope(ENV, "canary", cohort).pinned_at(self.m.now) is not None:
                 self.m.unpin("canary", cohort)
-        scopes = [self.m.world.scope(ENV, "canary", c) for c in COHORTS]
+        scopes = [self.m.world.scope(ENV, "canary", c) for c in cohorts]
         strategy = "none" if not any(s.ever_active for s in scopes) else "lkg" if all(s.lkg for s in scopes) else None
         packs = [p for p in self.m.admissible("canary") if not only or p.version in only]
         if strategy is None or not packs:
@@ -538,6 +580,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         window=st.integers(0, 1),
         runtime=st.sampled_from(["2.4.0", "2.4.0", "2.4.0", "3.0.0"]),
         policy=st.sampled_from(["default", "default", "default", "default", "builder", "revision", "attestation"]),
+        cohorts=st.sampled_from(["two", "two", "two", "three", "one"]),
         guard=st.booleans(),
     )
     def reconfigure(
@@ -550,6 +593,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         window: int,
         runtime: str,
         policy: str,
+        cohorts: str,
         guard: bool,
     ) -> None:
         """`guard`: the guard reacts to the new configuration at once (else on a later sweep or trigger).
@@ -564,6 +608,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             window_s=WINDOWS[channel][window],
             runtime_version=runtime,
             policy=policy,
+            cohorts=cohorts,
         )
         if guard:
             self.m.guard()

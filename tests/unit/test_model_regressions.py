@@ -149,7 +149,7 @@ def test_strategy_pinned_rolls_back_to_the_pinned_prior() -> None:
     m.healthy_window()
     m.healthy_window()
     assert m.world.release(r2).outcome == "success"
-    for cohort in COHORTS:  # 1.0.0 pinned and lifted again: the pinned prior
+    for cohort in ("internal", "rest"):  # 1.0.0 pinned and lifted again: the pinned prior
         assert m.pin("canary", cohort, V100.version)
         assert m.unpin("canary", cohort)
     r3 = m.request(V120, strategy="pinned")
@@ -342,3 +342,59 @@ def test_a_rollback_landing_after_its_pin_was_replaced_does_not_make_an_unearned
     internal = m.world.scope("prod", "canary", "internal")
     assert internal.active_pack.version == "1.2.0" and internal.active.kind == "rollback"  # the race was run
     assert internal.lkg.version == "1.1.0"
+
+
+def test_a_window_never_passes_for_a_cohort_taken_out_of_the_channel() -> None:
+    """cohorts_change_under_a_rollout(to='one'), reduced (session 24): the first stage's runtimes report well,
+    then the canary's cohorts become one (`rest`): internal's runtimes now follow rest. The window passed on the
+    reports they sent before they moved, and the release expanded over a cohort that no longer exists (the
+    model's `_check_configured`). Now the window holds, saying why, for an operator."""
+    m = model()
+    rid = m.request(V110)
+    m.settle()
+    for kind in ("activation_ok", "good", "good"):
+        m.send_samples(kind)
+    m.configure("canary", cohorts="one")
+    window_without_samples(m)
+    release = m.world.release(rid)
+    assert release.phase == "held", lines(m)
+    verdict = release.verdicts[-1][1]
+    assert "cohort(s) internal no longer in the channel's configuration" in verdict.reason
+    assert verdict.figures["coverage"]["unconfigured"] == ["internal"]
+    assert release.activated == ("internal",)  # nothing expanded
+    assert not codes(m), lines(m)
+
+
+def test_a_cohort_added_to_a_channel_that_ran_packs_is_brought_in_by_a_release_of_its_own() -> None:
+    """cohorts_change_under_a_rollout(to='three'), reduced (session 24): a cohort `early` joins a canary that
+    ran packs while a release is watched. The release closed `success`, "all 2 stage(s) passed", though the
+    channel's new cohort never got its pack; then every release over the channel's plan was refused, whatever
+    its strategy (lkg: early has no last-known-good, "request 'none'"; none: the others ran packs). Now the
+    success says which cohorts its plan left out, the refusal names the remedy, and the remedy works."""
+    m = model()
+    rid = m.request(V110)
+    m.settle()
+    m.configure("canary", cohorts="three")
+    m.healthy_window()
+    m.healthy_window()
+    closed = m.world.release(rid)
+    assert closed.outcome == "success", lines(m)
+    assert "cohort(s) early of prod/canary not in its plan: this release did not roll 1.1.0 to them" in str(
+        m.log[-1][1].data.summary
+    )
+    refused = m.request(V120)
+    m.settle()
+    reason = m.world.release(refused).failure or ""
+    assert "first roll a pack out to early alone (plan [['early']], rollback strategy 'none')" in reason, reason
+    assert "request rollback strategy 'none' for a never-activated scope" not in reason  # a hint that cannot work
+    m.request(V110, "canary", "none", plan=[["early"]])  # what the others run, to early alone
+    m.settle()
+    m.healthy_window()
+    assert m.world.scope("prod", "canary", "early").lkg.digest == V110.digest, lines(m)
+    rid = m.request(V120)
+    m.settle()
+    for _ in range(3):
+        m.healthy_window()
+    assert m.world.release(rid).outcome == "success", lines(m)
+    assert {m.world.scope("prod", "canary", c).active_pack.version for c in COHORTS} == {"1.2.0"}
+    assert not codes(m), lines(m)
