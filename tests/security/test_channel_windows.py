@@ -33,8 +33,8 @@ async def test_the_operator_checks_the_windows_against_every_channel_and_names_w
     await configure_channel(log, operator.js, env, "stable", _cfg(300), OPERATOR)
     await configure_channel(log, operator.js, env, "lts", _cfg(86400), OPERATOR)
 
-    assert await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(60, "stable")) == ([], [])
-    conflicts, unchecked = await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(300, "stable"))
+    assert await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(60, "stable")) == ([], [], [])
+    conflicts, unchecked, _ = await promotion_window_conflicts(operator.js, s, env, "canary", _cfg(300, "stable"))
     assert (
         conflicts
         == [
@@ -44,14 +44,14 @@ async def test_the_operator_checks_the_windows_against_every_channel_and_names_w
         and unchecked == []
     )
     await configure_channel(log, operator.js, env, "canary", _cfg(60, "stable"), OPERATOR)
-    conflicts, _ = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(30, "lts"))
+    conflicts, _, _ = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(30, "lts"))
     assert conflicts == [
         "monitoring.window_s 30s: canary promotes to this channel and watches 60s; this channel must watch longer"
     ]
 
     # a writer's junk on a channel's subject: reported by name and sequence, never read as "not configured"
     ack = await operator.js.publish(s.channel(env, "junk"), b'{"type": "channel.configured", "data": 7}')
-    conflicts, unchecked = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(3600, "lts"))
+    conflicts, unchecked, _ = await promotion_window_conflicts(operator.js, s, env, "stable", _cfg(3600, "lts"))
     assert conflicts == []
     assert len(unchecked) == 1 and unchecked[0].startswith(f"{env}/junk: its configuration (seq {ack.seq}) does not")
 
@@ -61,6 +61,8 @@ async def test_a_read_that_fails_is_said_and_checks_nothing(authed, as_role):
     named, never taken for "no other channel", and it does not stop the write."""
     operator = await as_role("operator")
     await operator.nc.close()
-    conflicts, unchecked = await promotion_window_conflicts(operator.js, authed.subjects, "prod", "canary", _cfg(60))
-    assert conflicts == [] and len(unchecked) == 1
+    conflicts, unchecked, notes = await promotion_window_conflicts(
+        operator.js, authed.subjects, "prod", "canary", _cfg(60)
+    )
+    assert conflicts == [] and notes == [] and len(unchecked) == 1
     assert unchecked[0].startswith("prod/*: the other channels' configurations could not be read: ")
