@@ -537,7 +537,8 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
-    "pass_without_data",  # monitoring_passed (not an override) with no samples, or a threshold without a figure
+    "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure, or
+    # for a cohort the channel no longer has
     "pass_despite_refusal",  # monitoring_passed while a runtime reported a failed activation in the window
     "pass_despite_breach",  # monitoring_passed with a comparison that breaches its threshold
     "success_without_data",  # closed `success` while a stage passed only on an operator's word, or never
@@ -607,6 +608,22 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
             )
         )
     return out
+
+
+def cohorts_gone(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
+    """A (non-override) pass of a stage whose switched cohorts the channel's configuration, as logged before
+    the verdict, no longer names: no runtime is in them, so no data speaks for them (session 24)."""
+    if is_override(verdict) or release.prepared is None or not 0 <= verdict.stage < len(release.stages):
+        return []
+    target = release.prepared.target
+    configured = set(world.channel_config(target.env, target.channel).cohort_names)
+    gone = [c for c in release.stages[verdict.stage] if c in release.activated and c not in configured]
+    if not gone:
+        return []
+    where = f"{target.env}/{target.channel}"
+    return [
+        ("pass_without_data", f"stage {verdict.stage + 1} passed for {', '.join(gone)}, which {where} no longer has")
+    ]
 
 
 def strategy_targets(world: World, release: ReleaseState, cohort: str, at: datetime) -> set[str | None]:
@@ -728,7 +745,7 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         if shorter:
             v("promotion_not_watched_longer", f"{event.release_id} promoted to {data.to_channel}: {shorter}")
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
-        for code, message in verdict_problems(release, data):
+        for code, message in verdict_problems(release, data) + cohorts_gone(world, release, data):
             v(code, f"{event.release_id}: {message}")
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
         unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]

@@ -325,7 +325,6 @@ class Lifecycle:
             self.audit = audit_entry(self.audit, position, event, SUBJECTS)
             self.log.append((position, event))
             self._check_refusals(position, event)
-            self._check_configured(position, event)
         self.ids.add(event.event_id)
 
     def append_expected(self, event: Event, expected: int, last_seq: int) -> bool:
@@ -825,26 +824,6 @@ class Lifecycle:
 
     def lose_pack(self, digest: str) -> None:
         self.store.pop(pack_object_name(digest), None)
-
-    # -- model-only invariant: a window passes on data only for cohorts its channel still has ------------
-    def _check_configured(self, position: Position, event: Event) -> None:
-        if event.type != "release.monitoring_passed" or is_override(event.data):  # type: ignore[arg-type]
-            return
-        release = self.world.release(event.release_id or "")
-        if release is None or release.prepared is None:
-            return
-        target = release.prepared.target
-        stage = event.data.stage  # type: ignore[attr-defined]
-        watched = [c for c in release.stages[stage] if c in release.activated]  # written apart from the judge's
-        gone = sorted(set(watched) - set(self.world.channel_config(target.env, target.channel).cohort_names))
-        if gone:
-            self.problems.append(
-                Violation(
-                    position.seq,
-                    "pass_without_data",
-                    f"{release.release_id} stage {stage + 1} passed for {gone}, which {target.channel} no longer has",
-                )
-            )
 
     # -- model-only invariant: a refusal after the pointer moved is never a pass ---------------------
     def _check_refusals(self, position: Position, event: Event) -> None:

@@ -20,7 +20,7 @@ from projections.pointer_chain import chained_pointer
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
 from tests.unit.archive_support import assert_archiving_agrees
-from tests.unit.test_projections import CH, ENV, P0, P1, P2, Log, manifest_of
+from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, OPERATOR, P0, P1, P2, Log, manifest_of
 
 ACTIVATOR = Actor(kind="service", id="activator")
 PINNER = Actor(kind="service", id="pinner")
@@ -508,3 +508,37 @@ def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None
     assert [(v.seq, v.code) for v in again.violations] == [(pb.seq + 1, "duplicate_event_id")]
     assert f"seq {pa.seq}" in again.violations[0].message
     assert audit_entry(other, pb, a, Subjects()).violations == ()  # and `other` never saw it
+
+
+def test_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
+    """Session 24: the stage's cohort was taken out of the channel before its verdict (its runtimes now match
+    another cohort): a pass on data for it is `pass_without_data` in `kxr audit replay` too, at the verdict;
+    an operator's override of the same window is no violation (it says whose word it was)."""
+    for override in (False, True):
+        log = Log()
+        log.channel()
+        log.two_stage_success("r0", P0)
+        log.through_verified("r1")
+        log.activate("r1", 0, ["internal"])
+        log.started("r1", 0, ["internal"])
+        log.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
+        fields = {"comparisons": [{"metric": "error_rate", "value": 0.0, "op": "<=", "threshold": 0.05, "ok": True}]}
+        if override:
+            log.add(
+                "release.monitoring_passed",
+                {"stage": 0, "reason": "operator override by ops: merged cohorts", "override": True},
+                release_id="r1",
+                actor=OPERATOR,
+            )
+        else:
+            log.verdict("r1", "passed", 0, **fields)
+        audit = Audit()
+        for position, event in log.entries():
+            audit = audit_entry(audit, position, event, Subjects())
+        found = [v for v in finish(audit).violations if v.code == "pass_without_data"]
+        if override:
+            assert found == [], [v.line() for v in found]
+        else:
+            assert [(v.seq, v.message) for v in found] == [
+                (len(log.events), "r1: stage 1 passed for internal, which prod/canary no longer has")
+            ]
