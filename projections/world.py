@@ -308,6 +308,15 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
             yield state
 
 
+def never_ran(world: World, env: str, channel: str, cohorts: Iterable[str]) -> tuple[list[str], bool]:
+    """The `cohorts` whose scope never had an active pack, and whether the others did (a cohort added to a
+    channel that ran packs): then no one rollback strategy fits a plan over all of them — `lkg` has no target
+    for the new ones and `none` is refused for the others (pre-flight's `rollback_target`)."""
+    cohorts = list(cohorts)
+    never = [c for c in cohorts if not world.scope(env, channel, c).ever_active]
+    return never, bool(never) and len(never) < len(cohorts)
+
+
 def promotion_not_longer(world: World, env: str, channel: str, promote_to: str) -> str:
     """Why a promotion from `channel` to `promote_to` would not watch longer ("" when it would).
 

@@ -18,7 +18,7 @@ from events.ids import derived_event_id
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
 from events.tokens import is_token
 from projections.releases import ReleaseState
-from projections.world import World
+from projections.world import World, never_ran
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.jetstream.log import Entry
@@ -195,10 +195,9 @@ def preflight(
     targets: dict[str, PackRef | None] = {}
     problems = []
     rolled = [c for s in stages for c in s]
-    # a plan over cohorts that have had a pack and others that never had one (a cohort added to a channel
-    # that runs packs): no one strategy fits both, so the remedy is named rather than a strategy that fails too
-    never = [c for c in rolled if not world.scope(env, channel, c).ever_active]
-    mixed = bool(never) and len(never) < len(rolled)
+    # a plan over cohorts that have had a pack and others that never had one: no one strategy fits both,
+    # so the remedy is named rather than a strategy that fails too
+    never, mixed = never_ran(world, env, channel, rolled)
     for cohort in rolled:
         scope = world.scope(env, channel, cohort)
         pin = scope.pinned_at(ctx.now)

@@ -39,7 +39,7 @@ from events.model import (
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
-from projections.world import World, promotion_not_longer, scopes_of
+from projections.world import World, never_ran, promotion_not_longer, scopes_of
 from services.consumers.outputs import Chain, Ctx, Output, Promotion, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.readiness import readiness_problems, target_problems
@@ -124,6 +124,20 @@ def unplanned_note(world: World, release: ReleaseState) -> str:
         return ""
     where, version = f"{target.env}/{target.channel}", release.prepared.pack.version
     return f"; cohort(s) {', '.join(unplanned)} of {where} not in its plan: this release did not roll {version} to them"
+
+
+def new_cohorts_note(world: World, env: str, promote_to: str) -> str:
+    """Why the next channel's pre-flight would refuse any promotion now ("" when it would not on this count):
+    a cohort of its plan never ran a pack while the others did (`never_ran`). Said in the source's close
+    rather than writing a linked release pre-flight is sure to reject."""
+    plan = world.channel_config(env, promote_to).effective_plan
+    never, mixed = never_ran(world, env, promote_to, [c for stage in plan for c in stage])
+    if not mixed:
+        return ""
+    return (
+        f"{promote_to}'s cohort(s) {', '.join(never)} never ran a pack while its others did: bring "
+        f"{', '.join(never)} in first with a release of its own (rollback strategy none)"
+    )
 
 
 def decide(
@@ -223,6 +237,7 @@ def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, 
     blocked = promotion_blockers(release)
     shorter = promotion_not_longer(world, target.env, target.channel, promote_to)
     blocked += [shorter] if shorter else []
+    blocked += [unrun] if (unrun := new_cohorts_note(world, target.env, promote_to)) else []
     if blocked:
         return _close(ctx, release, "success", f"{summary}; promotion to {promote_to} withheld: {'; '.join(blocked)}")
     not_ready = _not_ready(world, release, ctx, ready, f"promotion to {promote_to}")

@@ -398,3 +398,26 @@ def test_a_cohort_added_to_a_channel_that_ran_packs_is_brought_in_by_a_release_o
     assert m.world.release(rid).outcome == "success", lines(m)
     assert {m.world.scope("prod", "canary", c).active_pack.version for c in COHORTS} == {"1.2.0"}
     assert not codes(m), lines(m)
+
+
+def test_no_promotion_into_a_channel_whose_new_cohort_would_get_it_refused() -> None:
+    """Session 24, found reading the model's log: stable gained a cohort (`early`) that never ran a pack; the
+    canary's release passed and promoted, and stable's pre-flight refused the linked release (no one rollback
+    strategy fits a plan over early and cohorts that ran packs), while the canary's record said "promoted to
+    stable". Now the promotion is withheld, saying why and what to do, and no linked release is written."""
+    m = model(history=False)
+    m.configure("stable", window_s=120)
+    m.bootstrap("canary", V100)
+    m.bootstrap("stable", V100)
+    m.configure("stable", window_s=120, cohorts="three")
+    m.configure("canary", promote=True)
+    rid = m.request(V110)
+    m.settle()
+    for _ in range(3):
+        m.healthy_window()
+    release = m.world.release(rid)
+    assert release.outcome == "success", lines(m)
+    summary = m.log[-1][1].data.summary
+    assert "promotion to stable withheld: stable's cohort(s) early never ran a pack while its others did" in summary
+    assert f"{rid}-stable" not in m.world.releases
+    assert not codes(m), lines(m)
