@@ -366,7 +366,22 @@ def test_channel_set_says_what_a_new_cohort_set_changes(inst):
     )
     ok(added)
     assert "note: cohort eu is new: its runtimes keep the pack they run until a release reaches it" in added.stderr
-    assert "--plan eu --rollback none" in added.stderr
+    assert "kxr release request ... --plan eu --rollback none" in added.stderr
+    # the command the note names, as an operator fills in the rest: pre-flight prepares a plan of eu alone
+    pack, manifest = sign(inst, "cs.pack", "1.0.0")
+    command = added.stderr.split("kxr release request ... ", 1)[1].split(")", 1)[0].split()
+    ok(
+        inst.run(
+            "release", "request", "cs-1", "--target", "cs/canary", "--manifest", manifest, "--pack", pack,
+            "--owner", "kb-team", "--escalation", "pager:kb", "--window", "1", "--min-samples", "1",
+            "--acknowledge-no-health", *command,
+        )
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while "release.prepared" not in (types := [t["type"] for t in release_json(inst, "cs-1")["timeline"]]):
+        assert "release.rejected" not in types and time.monotonic() < deadline, types
+        time.sleep(0.2)
+    assert release_json(inst, "cs-1")["plan"]["stages"] == [["eu"]]
     removed = inst.run("channel", "set", "cs/canary", "--file", config("cs-3.json", [rest]))
     ok(removed)
     notes = [line for line in removed.stderr.splitlines() if line.startswith("note:")]
