@@ -398,9 +398,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         """A rollout is watched when the canary's cohorts change under it: "one", internal's runtimes move into
         rest (the stage's cohort has no runtime left, the next stage's gains two that never ran the pack);
         "three", one runtime of rest moves into a new cohort `early` that the release's plan does not name.
-        The runtimes report under their new cohorts, the windows pass; `back`: the cohorts come back. The
-        model's runtimes were fixed per cohort until session 24 (its random reconfigurations rarely change
-        the cohorts under a release in flight: counted in REACHED)."""
+        The runtimes report under their new cohorts (well, with errors, or refusing) and the windows end;
+        `back`: the cohorts come back. The model's runtimes were fixed per cohort until session 24 (its random
+        reconfigurations rarely change the cohorts under a release in flight: counted in REACHED)."""
         with self._calm():
             rid = self._story_request(pack)
             for _ in range(after_windows):
