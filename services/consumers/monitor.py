@@ -34,6 +34,7 @@ from services.monitoring.judge import (
     Breach,
     Watch,
     WindowData,
+    against_channel,
     baseline_digests,
     breach_of,
     counts_for,
@@ -45,7 +46,6 @@ from services.monitoring.judge import (
     moved_away,
     read_span,
     refusals_since,
-    unconfigured_cohorts,
     unswitched,
     window_data,
 )
@@ -163,11 +163,12 @@ def decide_window(
     release: ReleaseState, stage: int, data: WindowData, ctx: Ctx, world: World | None = None
 ) -> list[Output]:
     """The window's verdict from everything it is judged on; with `world`, also against the channel's
-    cohorts as configured now (a cohort of the window taken out of the channel is missing evidence)."""
+    cohorts as configured now (a cohort of the window taken out of the channel, or a configuration that
+    cannot be read, is missing evidence: `judge.against_channel`)."""
     if release.phase != "monitoring" or release.monitoring is None or release.monitoring.stage != stage:
         return []
     if world is not None:
-        data = replace(data, unconfigured=unconfigured_cohorts(world, release))
+        data = against_channel(data, world, release)
     v = judge_window(data, release.monitoring.monitoring)
     verdict = MonitoringVerdict(
         stage=stage,

@@ -89,6 +89,9 @@ class WindowData:
     # reconfiguration took them out): their runtimes now match other cohorts, so whatever the window holds
     # does not speak for them (`unconfigured_cohorts`)
     unconfigured: frozenset[str] = frozenset()
+    # why the channel's newest configuration could not be read (None: it could): its cohorts are then unknown,
+    # never taken to be the older configuration's (projections.world.ChannelProblem)
+    config_problem: str | None = None
 
 
 def switched(samples: Iterable[HealthSample]) -> set[str]:
@@ -300,13 +303,20 @@ def split_window(
     return data.samples, data.baseline
 
 
-def unconfigured_cohorts(world: World, release: ReleaseState) -> frozenset[str]:
-    """The open window's cohorts that its channel's configuration, as the world holds it, no longer names."""
+def against_channel(data: WindowData, world: World, release: ReleaseState) -> WindowData:
+    """`data` with the open window's cohorts checked against its channel's configuration as the world holds
+    it: those it no longer names (`unconfigured`), or why it cannot be read (`config_problem`)."""
     m, prepared = release.monitoring, release.prepared
     if m is None or prepared is None:
-        return frozenset()
-    configured = world.channel_config(prepared.target.env, prepared.target.channel).cohort_names
-    return frozenset(m.cohorts) - frozenset(configured)
+        return data
+    env, channel = prepared.target.env, prepared.target.channel
+    problem = world.channel_problem(env, channel)
+    configured = world.channel_config(env, channel).cohort_names
+    return replace(
+        data,
+        unconfigured=frozenset(m.cohorts) - frozenset(configured),
+        config_problem=problem.describe() if problem is not None else None,
+    )
 
 
 def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:
@@ -529,12 +539,14 @@ def judge(
     invalid: Collection[Invalid] = (),
     queries: Collection[QueryAnswer] = (),
     unconfigured: Collection[str] = (),
+    config_problem: str | None = None,
 ) -> Verdict:
     """The verdict on a window: failed on any breach, else inconclusive on any missing evidence, else passed.
 
     `unconfigured`: the window's cohorts the channel no longer names (`WindowData.unconfigured`): missing
     evidence, since no runtime is in them any more — the window holds for an operator rather than pass on
-    what the other cohorts, or a runtime yet to see the new configuration, reported.
+    what the other cohorts, or a runtime yet to see the new configuration, reported. `config_problem`: the
+    channel's newest configuration does not decode, so which cohorts it has is unknown: missing evidence too.
 
     `queries`: the channel's Prometheus queries with their figures, judged against the thresholds named
     after them. A query named like a figure of the samples (`error_rate`, `latency_p99_ms`, ...) speaks
@@ -616,6 +628,8 @@ def judge(
             f"cohort(s) {', '.join(sorted(unconfigured))} no longer in the channel's configuration: no runtime "
             "reports for them now, so this window cannot pass for them (an operator decides: abort, or override)"
         )
+    if config_problem:
+        gaps.append(f"{config_problem}: the window's cohorts cannot be checked against the channel's configuration")
     if gaps:
         return Verdict("monitoring_inconclusive", n, runtimes, figures, comparisons, "; ".join(gaps))
     return Verdict(
@@ -639,6 +653,7 @@ def judge_window(data: WindowData, monitoring: Monitoring) -> Verdict:
         invalid=data.invalid,
         queries=data.queries,
         unconfigured=data.unconfigured,
+        config_problem=data.config_problem,
     )
     if data.moved:  # said, so a reader sees why they are not missing
         verdict.figures["coverage"]["moved"] = _listed({f"{r} (now in {c})" for r, c in data.moved.items()})

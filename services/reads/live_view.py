@@ -60,7 +60,6 @@ Output (schema `VIEW_SCHEMA`; the model and JSON Schema of `kxr watch --json` ar
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -69,7 +68,7 @@ from events.model import MonitoringStarted
 from projections.evidence import EvidenceRecord
 from projections.releases import ReleaseState
 from projections.world import World
-from services.monitoring.judge import baseline_digests, judge_window, unconfigured_cohorts, window_data
+from services.monitoring.judge import against_channel, baseline_digests, judge_window, window_data
 
 VIEW_SCHEMA = "kxr.release-view/2"  # 2: a scope's lkg is a pack {name, version, digest}, as in every command
 DEFAULT_EVENTS = 10
@@ -220,7 +219,7 @@ def window_view(
         activated_at=release.activated_at.get(m.stage),
     )
     if world is not None:  # as the monitor will judge it: against the channel's cohorts as configured now
-        data = replace(data, unconfigured=unconfigured_cohorts(world, release))
+        data = against_channel(data, world, release)
     v = judge_window(data, m.monitoring)
     return {
         **view,

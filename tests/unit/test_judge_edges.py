@@ -19,6 +19,8 @@ from events.codec import decode_event, encode_event
 from events.health import MAX_COUNT, MAX_ERROR_CLASSES, MAX_MS, HealthSample, accept_report, decode_sample
 from events.model import Comparison, MonitoringStarted, MonitoringVerdict
 from events.subjects import HealthParts, Subjects
+from projections.position import Position
+from projections.world import apply_undecodable
 from services.consumers import monitor
 from services.monitoring.judge import (
     CLOCK_SKEW,
@@ -567,3 +569,21 @@ def test_a_window_over_a_cohort_the_channel_no_longer_has_never_passes() -> None
     bad = stored + [(at(4), sample("a", errors=90))]
     failed = judge_window(replace(window_data(bad, w), unconfigured=frozenset({"internal"})), w.monitoring)
     assert failed.outcome == "monitoring_failed"
+
+
+def test_a_window_judged_while_the_channels_newest_configuration_does_not_decode_holds() -> None:
+    """Which cohorts the channel has is unknown when its newest configuration does not decode: never taken
+    to be the older one's (projections.world.ChannelProblem). The monitor's decision on the world says so and
+    holds, as pre-flight refuses requests there; once a configuration that decodes follows, it passes."""
+    world, release = state(monitoring_log())
+    good = [activation("a"), sample("a"), sample("b")]
+    passed = monitor.decide_verdict(release, 0, good, [], ctx("monitor"), world)[0].events[0]
+    assert passed.type == "release.monitoring_passed", passed.data.reason
+    junk = Position(world.applied_seq + 1, Subjects().channel("prod", "canary"))
+    broken = apply_undecodable(world, junk, Subjects(), "not JSON")
+    held = monitor.decide_verdict(release, 0, good, [], ctx("monitor"), broken)[0].events[0]
+    assert held.type == "release.monitoring_inconclusive"
+    assert held.data.reason == (
+        f"channel config at seq {junk.seq} could not be decoded: not JSON: the window's cohorts cannot be "
+        "checked against the channel's configuration"
+    )
