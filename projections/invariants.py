@@ -612,15 +612,19 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
 
 def cohorts_gone(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
     """A (non-override) pass of a stage whose switched cohorts the channel's configuration, as logged before
-    the verdict, no longer names: no runtime is in them, so no data speaks for them (session 24)."""
+    the verdict, no longer names: no runtime is in them, so no data speaks for them; or while that
+    configuration's newest entry does not decode, so which cohorts it has is unknown (session 24)."""
     if is_override(verdict) or release.prepared is None or not 0 <= verdict.stage < len(release.stages):
         return []
     target = release.prepared.target
+    where = f"{target.env}/{target.channel}"
+    unreadable = world.channel_problem(target.env, target.channel)
+    if unreadable is not None:  # which cohorts the channel has is unknown: never the older configuration's
+        return [("pass_without_data", f"stage {verdict.stage + 1} passed while {where}'s {unreadable.describe()}")]
     configured = set(world.channel_config(target.env, target.channel).cohort_names)
     gone = [c for c in release.stages[verdict.stage] if c in release.activated and c not in configured]
     if not gone:
         return []
-    where = f"{target.env}/{target.channel}"
     return [
         ("pass_without_data", f"stage {verdict.stage + 1} passed for {', '.join(gone)}, which {where} no longer has")
     ]

@@ -17,6 +17,7 @@ from events.model import Actor, Event, PackRef, Scope
 from events.subjects import Subjects
 from projections.invariants import Audit, audit_entry, finish
 from projections.pointer_chain import chained_pointer
+from projections.position import Position
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
 from tests.unit.archive_support import assert_archiving_agrees
@@ -510,19 +511,27 @@ def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None
     assert audit_entry(other, pb, a, Subjects()).violations == ()  # and `other` never saw it
 
 
+def watching_r1() -> Log:
+    """r0 ran P0 to success; r1's first stage (internal) is being watched."""
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1")
+    log.activate("r1", 0, ["internal"])
+    log.started("r1", 0, ["internal"])
+    return log
+
+
+PASSING = {"comparisons": [{"metric": "error_rate", "value": 0.0, "op": "<=", "threshold": 0.05, "ok": True}]}
+
+
 def test_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
     """Session 24: the stage's cohort was taken out of the channel before its verdict (its runtimes now match
     another cohort): a pass on data for it is `pass_without_data` in `kxr audit replay` too, at the verdict;
     an operator's override of the same window is no violation (it says whose word it was)."""
     for override in (False, True):
-        log = Log()
-        log.channel()
-        log.two_stage_success("r0", P0)
-        log.through_verified("r1")
-        log.activate("r1", 0, ["internal"])
-        log.started("r1", 0, ["internal"])
+        log = watching_r1()
         log.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
-        fields = {"comparisons": [{"metric": "error_rate", "value": 0.0, "op": "<=", "threshold": 0.05, "ok": True}]}
         if override:
             log.add(
                 "release.monitoring_passed",
@@ -531,7 +540,7 @@ def test_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
                 actor=OPERATOR,
             )
         else:
-            log.verdict("r1", "passed", 0, **fields)
+            log.verdict("r1", "passed", 0, **PASSING)
         audit = Audit()
         for position, event in log.entries():
             audit = audit_entry(audit, position, event, Subjects())
@@ -542,3 +551,23 @@ def test_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
             assert [(v.seq, v.message) for v in found] == [
                 (len(log.events), "r1: stage 1 passed for internal, which prod/canary no longer has")
             ]
+
+
+def test_a_pass_while_the_channels_newest_configuration_does_not_decode_is_reported() -> None:
+    """Session 24: the monitor holds such a window (its cohorts are unknown, never the older configuration's);
+    a pass written anyway is `pass_without_data` in `kxr audit replay`, at the verdict."""
+    log = watching_r1()
+    audit = Audit()
+    for position, event in log.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    junk = Position(len(log.events) + 1, Subjects().channel(ENV, CH))
+    audit = audit_entry(audit, junk, None, Subjects())  # the channel's newest entry: not a valid event
+    verdict = log.verdict("r1", "passed", 0, **PASSING)
+    audit = audit_entry(
+        audit, Position(junk.seq + 1, Subjects().release("r1", "monitoring_passed")), verdict, Subjects()
+    )
+    found = [v for v in finish(audit).violations if v.code == "pass_without_data"]
+    assert [(v.seq, v.message) for v in found] == [
+        (junk.seq + 1, f"r1: stage 1 passed while prod/canary's channel config at seq {junk.seq} could not be decoded: "
+         "not a valid event")
+    ]  # fmt: skip
