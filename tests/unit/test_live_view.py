@@ -192,3 +192,17 @@ def test_pins_and_skipped_cohorts_are_shown() -> None:
     }
     assert view(log, now=until + timedelta(seconds=1))["scopes"][1]["pinned"] is None  # expired
     assert view(log, events=0)["events"] == []
+
+
+def test_an_open_window_whose_cohort_the_channel_no_longer_has_is_shown_as_the_monitor_will_judge_it() -> None:
+    """Session 24: the live view checks the window against the channel as the monitor does (`against_channel`):
+    the stage's cohort taken out of the channel shows the hold the verdict will record, good data or not."""
+    log = open_window(history(Log()))
+    m = window_of(log)
+    now = m.starts_at + timedelta(seconds=15)
+    stored = [(m.starts_at + timedelta(seconds=s), sample(f"rt-{s}")) for s in (1, 2)]
+    assert view(log, now=now, stored_samples=stored)["window"]["result"] == "passed"
+    log.channel({"cohorts": [{"name": "rest"}], "monitoring": {"window_s": 60, "min_samples": 2}})
+    w = view(log, now=now, stored_samples=stored)["window"]
+    assert w["result"] == "inconclusive"
+    assert w["reason"].startswith("cohort(s) internal no longer in the channel's configuration")
