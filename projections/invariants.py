@@ -537,8 +537,8 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
-    "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure, or
-    # for a cohort the channel no longer has
+    "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure,
+    # for a cohort the channel no longer has, or while the channel's newest configuration does not decode
     "pass_despite_refusal",  # monitoring_passed while a runtime reported a failed activation in the window
     "pass_despite_breach",  # monitoring_passed with a comparison that breaches its threshold
     "success_without_data",  # closed `success` while a stage passed only on an operator's word, or never

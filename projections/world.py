@@ -317,6 +317,12 @@ def never_ran(world: World, env: str, channel: str, cohorts: Iterable[str]) -> t
     return never, bool(never) and len(never) < len(cohorts)
 
 
+def bring_in_first(never: list[str]) -> str:
+    """The remedy for `never_ran`'s mixed plan, as pre-flight and the promoter say it."""
+    alone = "[" + ", ".join(f"[{c!r}]" for c in never) + "]"
+    return f"first roll a pack out to {', '.join(never)} alone (plan {alone}, rollback strategy 'none')"
+
+
 def promotion_not_longer(world: World, env: str, channel: str, promote_to: str) -> str:
     """Why a promotion from `channel` to `promote_to` would not watch longer ("" when it would).
 

@@ -18,7 +18,7 @@ from events.ids import derived_event_id
 from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
 from events.tokens import is_token
 from projections.releases import ReleaseState
-from projections.world import World, never_ran
+from projections.world import World, bring_in_first, never_ran
 from services.consumers.outputs import Chain, Ctx, Output, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.jetstream.log import Entry
@@ -232,11 +232,10 @@ def preflight(
             )
             targets[cohort] = None
     if problems and mixed and strategy != "pinned":
-        names, alone = ", ".join(never), "[" + ", ".join(f"[{c!r}]" for c in never) + "]"
+        names = ", ".join(never)
         problems.append(
             f"{names} never had an active pack while the plan's other cohorts have, so no one strategy fits: "
-            f"first roll a pack out to {names} alone (plan {alone}, rollback strategy 'none'), "
-            f"or leave {names} out of this plan"
+            f"{bring_in_first(never)}, or leave {names} out of this plan"
         )
     check(
         "rollback_target",

@@ -39,7 +39,7 @@ from events.model import (
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.rollback import rollback_target, rollback_targets
-from projections.world import World, never_ran, promotion_not_longer, scopes_of
+from projections.world import World, bring_in_first, never_ran, promotion_not_longer, scopes_of
 from services.consumers.outputs import Chain, Ctx, Output, Promotion, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.readiness import readiness_problems, target_problems
@@ -134,10 +134,7 @@ def new_cohorts_note(world: World, env: str, promote_to: str) -> str:
     never, mixed = never_ran(world, env, promote_to, [c for stage in plan for c in stage])
     if not mixed:
         return ""
-    return (
-        f"{promote_to}'s cohort(s) {', '.join(never)} never ran a pack while its others did: bring "
-        f"{', '.join(never)} in first with a release of its own (rollback strategy none)"
-    )
+    return f"{promote_to}'s cohort(s) {', '.join(never)} never ran a pack while its others did: {bring_in_first(never)}"
 
 
 def decide(

@@ -87,7 +87,7 @@ class WindowData:
     moved: Mapping[str, str] = field(default_factory=dict)
     # the window's cohorts the channel's configuration no longer names when the window is judged (a
     # reconfiguration took them out): their runtimes now match other cohorts, so whatever the window holds
-    # does not speak for them (`unconfigured_cohorts`)
+    # does not speak for them (`against_channel`)
     unconfigured: frozenset[str] = frozenset()
     # why the channel's newest configuration could not be read (None: it could): its cohorts are then unknown,
     # never taken to be the older configuration's (projections.world.ChannelProblem)

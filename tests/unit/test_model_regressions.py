@@ -348,7 +348,7 @@ def test_a_window_never_passes_for_a_cohort_taken_out_of_the_channel() -> None:
     """cohorts_change_under_a_rollout(to='one'), reduced (session 24): the first stage's runtimes report well,
     then the canary's cohorts become one (`rest`): internal's runtimes now follow rest. The window passed on the
     reports they sent before they moved, and the release expanded over a cohort that no longer exists (the
-    model's `_check_configured`). Now the window holds, saying why, for an operator."""
+    auditor's `cohorts_gone`, under `pass_without_data`). Now the window holds, saying why, for an operator."""
     m = model()
     rid = m.request(V110)
     m.settle()
