@@ -537,8 +537,9 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
-    "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure,
-    # for a cohort the channel no longer has, or while the channel's newest configuration does not decode
+    "pass_without_data",  # monitoring_passed (not an override) with no samples or a threshold without a figure;
+    # a release carried on (expanded, promoted, closed) by a pass for a cohort the channel no longer has, or
+    # while the channel's newest configuration does not decode
     "pass_despite_refusal",  # monitoring_passed while a runtime reported a failed activation in the window
     "pass_despite_breach",  # monitoring_passed with a comparison that breaches its threshold
     "success_without_data",  # closed `success` while a stage passed only on an operator's word, or never
@@ -612,8 +613,9 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
 
 def cohorts_gone(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
     """A (non-override) pass of a stage whose switched cohorts the channel's configuration, as logged before
-    the verdict, no longer names: no runtime is in them, so no data speaks for them; or while that
-    configuration's newest entry does not decode, so which cohorts it has is unknown (session 24)."""
+    `world`'s position, no longer names: no runtime is in them, so no data speaks for them; or while that
+    configuration's newest entry does not decode, so which cohorts it has is unknown (session 24). Checked where
+    the release moves on from the pass (session 25: the pass itself may be logged by a race no message fences)."""
     if is_override(verdict) or release.prepared is None or not 0 <= verdict.stage < len(release.stages):
         return []
     target = release.prepared.target
@@ -743,13 +745,21 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
         )
     if release.paused and suffix in ("expanded", "promoted"):
         v("paused_release_advanced", f"{event.release_id} is paused, then {suffix}")
+    if release.phase == "passed" and release.verdicts and event.actor.kind != "operator":
+        # moved on from a pass (expanded, promoted, closed) of a stage whose cohorts the channel no longer has:
+        # the monitor's append is not fenced against a channel change, so such a pass may be logged (a race);
+        # what must not follow is the release carried on by it (the promoter's `stale_pass` holds it)
+        kind, verdict = release.verdicts[-1]
+        if kind == "monitoring_passed" and suffix in ("expanded", "promoted", "closed"):
+            for code, message in cohorts_gone(world, release, verdict):
+                v(code, f"{event.release_id} {suffix} after {message}")
     if suffix == "promoted" and isinstance(data, Promoted) and release.prepared is not None:
         where = release.prepared.target
         shorter = promotion_not_longer(world, where.env, where.channel, data.to_channel)
         if shorter:
             v("promotion_not_watched_longer", f"{event.release_id} promoted to {data.to_channel}: {shorter}")
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
-        for code, message in verdict_problems(release, data) + cohorts_gone(world, release, data):
+        for code, message in verdict_problems(release, data):
             v(code, f"{event.release_id}: {message}")
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
         unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]

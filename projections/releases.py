@@ -170,6 +170,13 @@ class ReleaseState:
         return bool(self.stages) and self.stages_passed_on_data >= set(range(len(self.stages)))
 
 
+# A pass the promoter found stale (projections/world.py `stale_pass`) is held with this code, and from then on
+# kept in the release's verdicts as VOID_PASS: in the record, but no rule that asks for a `monitoring_passed` (on
+# data, by override) finds it. Its own events say so, so a read back of the release alone agrees (session 25).
+STALE_PASS = "stale_pass"
+VOID_PASS = "monitoring_passed_void"
+
+
 def is_override(verdict: MonitoringVerdict) -> bool:
     # logs written before the flag existed say so only in the reason (services/actions/operator.py wrote it)
     return verdict.override or verdict.reason.startswith("operator override")
@@ -260,6 +267,10 @@ def apply_release_event(state: ReleaseState, seq: int, event: Event) -> ReleaseS
             changes.update(aborted=True, failure=f"aborted: {getattr(data, 'rationale', '')}")
         case "rejected" | "verification_failed" | "activation_failed" | "escalated":
             changes["failure"] = f"{suffix}: {failure_text(data)}"
+            if suffix == "escalated" and getattr(data, "code", None) == STALE_PASS and state.verdicts:
+                (kind, verdict), earlier = state.verdicts[-1], state.verdicts[:-1]
+                if kind == "monitoring_passed":
+                    changes["verdicts"] = earlier + ((VOID_PASS, verdict),)
         case "closed":
             assert isinstance(data, Closed)
             changes["outcome"] = data.outcome

@@ -31,7 +31,7 @@ from events.subjects import Subjects
 
 from .evolve import evolve
 from .position import Position
-from .releases import ReleaseState, apply_release_event
+from .releases import ReleaseState, apply_release_event, is_override
 from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good
 
 
@@ -124,6 +124,15 @@ class World:
         """The configuration, or the contract's default (one cohort `all`, no compatibility)."""
         state = self.channels.get((env, channel))
         return state.config if state else DEFAULT_CHANNEL
+
+    def unconfigured(
+        self, env: str, channel: str, cohorts: Iterable[str]
+    ) -> tuple[frozenset[str], ChannelProblem | None]:
+        """The `cohorts` the channel's configuration no longer names, and why its newest configuration cannot
+        be read if it cannot (then which cohorts it has is unknown: never the older configuration's). One rule
+        for the monitor's verdict, the dashboard's live view and the promoter's `stale_pass`."""
+        configured = self.channel_config(env, channel).cohort_names
+        return frozenset(cohorts) - frozenset(configured), self.channel_problem(env, channel)
 
     def releases_in_flight(self) -> list[ReleaseState]:
         return sorted((self.releases[r] for r in self.in_flight), key=lambda r: r.last_seq)
@@ -306,6 +315,37 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
     for key, state in world.scopes.items():
         if key[0] == env and key[1] == channel:
             yield state
+
+
+def stale_pass(world: World, release: ReleaseState) -> str | None:
+    """Why a release in phase `passed` must not move on its monitor's pass, if it must not: the stage's switched
+    cohorts are no longer in the channel's configuration, or its newest configuration does not decode.
+
+    The monitor holds such a window itself (services/monitoring/judge.py), but its append expects the release's
+    own subjects alone (one expectation filter per message on nats-server 2.15.1), so a channel change stored
+    between its decision and its append is not fenced: the promoter, acting on the pass, checks again and holds
+    (`escalated` STALE_PASS, which also voids the pass in the release's own fold). An operator's override is
+    their word on the window, not data: never held here."""
+    if release.prepared is None or not release.verdicts:
+        return None
+    kind, verdict = release.verdicts[-1]
+    stage = verdict.stage
+    if kind != "monitoring_passed" or is_override(verdict) or not 0 <= stage < len(release.stages):
+        return None
+    target = release.prepared.target
+    exposed = [c for c in release.stages[stage] if c in release.activated]
+    gone, problem = world.unconfigured(target.env, target.channel, exposed)
+    where = f"{target.env}/{target.channel}"
+    if problem is not None:
+        why = f"{where}'s {problem.describe()}: its cohorts cannot be checked"
+    elif gone:
+        why = f"cohort(s) {', '.join(sorted(gone))} no longer in {where}'s configuration"
+    else:
+        return None
+    return (
+        f"stage {stage + 1}'s pass counts for nothing: {why} (the channel changed after the window was judged); "
+        "held for an operator"
+    )
 
 
 def never_ran(world: World, env: str, channel: str, cohorts: Iterable[str]) -> tuple[list[str], bool]:

@@ -11,6 +11,8 @@
 - rejected / verification failed / nothing exposed -> `closed` (never activated); every stage passed
   with nothing exposed (each cohort pinned by the time its stage came) -> `closed` `pinned`, never promoted
 - inconclusive -> nothing: the release holds for an operator
+- a pass whose stage's cohorts the channel no longer has (a channel change the monitor's append did not see)
+  -> `escalated` `stale_pass`: the release holds for an operator, and the pass counts for nothing
 - aborted -> never moves on again: it rolls back, holds, or an operator closes it
 """
 
@@ -37,9 +39,9 @@ from events.model import (
     Target,
 )
 from events.tokens import is_token
-from projections.releases import ReleaseState
+from projections.releases import STALE_PASS, ReleaseState
 from projections.rollback import rollback_target, rollback_targets
-from projections.world import World, bring_in_first, never_ran, promotion_not_longer, scopes_of
+from projections.world import World, bring_in_first, never_ran, promotion_not_longer, scopes_of, stale_pass
 from services.consumers.outputs import Chain, Ctx, Output, Promotion, release_event
 from services.consumers.reactor import ReleaseReactor
 from services.verification.readiness import readiness_problems, target_problems
@@ -204,6 +206,10 @@ def _not_ready(
 
 def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None) -> list[Output]:
     assert release.prepared is not None
+    stale = stale_pass(world, release)
+    if stale is not None:  # the pass raced a channel change: it carries nothing on (and is void from here)
+        held = Escalated(code=STALE_PASS, message=stale, escalation=release.prepared.escalation)
+        return [Chain((release_event(ctx, release, "escalated", held),))]
     stages = release.prepared.stages
     nxt = release.stage + 1
     if nxt < len(stages):

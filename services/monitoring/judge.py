@@ -309,14 +309,8 @@ def against_channel(data: WindowData, world: World, release: ReleaseState) -> Wi
     m, prepared = release.monitoring, release.prepared
     if m is None or prepared is None:
         return data
-    env, channel = prepared.target.env, prepared.target.channel
-    problem = world.channel_problem(env, channel)
-    configured = world.channel_config(env, channel).cohort_names
-    return replace(
-        data,
-        unconfigured=frozenset(m.cohorts) - frozenset(configured),
-        config_problem=problem.describe() if problem is not None else None,
-    )
+    gone, problem = world.unconfigured(prepared.target.env, prepared.target.channel, m.cohorts)
+    return replace(data, unconfigured=gone, config_problem=problem.describe() if problem is not None else None)
 
 
 def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:

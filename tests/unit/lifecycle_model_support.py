@@ -578,6 +578,12 @@ class Lifecycle:
             _, env, channel, cohort, seq = timer.key.split(".")
             self.expire_pin(env, channel, cohort, int(seq))
             return
+        world = self.world
+        self.emit(self.window_verdict(timer), world)
+
+    def window_verdict(self, timer: Timer) -> list[Output]:
+        """What the monitor decides when a window's timer arrives, on the world as it stands ([] if the window
+        is no longer open)."""
         rid, stage = monitor.parse_timer_key(timer.key.split("."))  # type: ignore[misc]
         release = self.world.release(rid)
         if (
@@ -586,14 +592,22 @@ class Lifecycle:
             or release.monitoring is None
             or release.monitoring.stage != stage
         ):
-            return
+            return []
         world = self.world
 
         def verdict() -> list[Output]:
             new, baseline = self.window_samples(release)
             return monitor.decide_verdict(release, stage, new, baseline, self.ctx("monitor"), world)
 
-        self.emit(self._guard("monitor", rid, verdict), world)
+        return self._guard("monitor", rid, verdict)
+
+    def fire_slowly(self, key: str) -> list[Output]:
+        """A window's timer arrives and the monitor decides, but its append is delayed (a slow instance): the
+        verdict, to be stored later. The timer stays delivered-unacked (a redelivery decides again)."""
+        timer = self.timers.pop(key)
+        self.now = max(self.now, timer.at)
+        self.fired.append(timer)
+        return self.window_verdict(timer)
 
     def sweep(self) -> None:
         """The monitor's, the pinner's and the guard's sweeps: anything overdue is handled as if its timer

@@ -18,6 +18,7 @@ from events.subjects import Subjects
 from projections.invariants import Audit, audit_entry, finish
 from projections.pointer_chain import chained_pointer
 from projections.position import Position
+from projections.releases import STALE_PASS, VOID_PASS
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
 from tests.unit.archive_support import assert_archiving_agrees
@@ -525,49 +526,73 @@ def watching_r1() -> Log:
 PASSING = {"comparisons": [{"metric": "error_rate", "value": 0.0, "op": "<=", "threshold": 0.05, "ok": True}]}
 
 
-def test_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
-    """Session 24: the stage's cohort was taken out of the channel before its verdict (its runtimes now match
-    another cohort): a pass on data for it is `pass_without_data` in `kxr audit replay` too, at the verdict;
-    an operator's override of the same window is no violation (it says whose word it was)."""
-    for override in (False, True):
-        log = watching_r1()
-        log.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
-        if override:
-            log.add(
-                "release.monitoring_passed",
-                {"stage": 0, "reason": "operator override by ops: merged cohorts", "override": True},
-                release_id="r1",
-                actor=OPERATOR,
-            )
-        else:
-            log.verdict("r1", "passed", 0, **PASSING)
-        audit = Audit()
-        for position, event in log.entries():
-            audit = audit_entry(audit, position, event, Subjects())
-        found = [v for v in finish(audit).violations if v.code == "pass_without_data"]
-        if override:
-            assert found == [], [v.line() for v in found]
-        else:
-            assert [(v.seq, v.message) for v in found] == [
-                (len(log.events), "r1: stage 1 passed for internal, which prod/canary no longer has")
-            ]
+def audited(log: Log) -> list[tuple[int, str]]:
+    """`kxr audit replay`'s `pass_without_data` findings over `log`: (seq, message)."""
+    audit = Audit()
+    for position, event in log.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    return [(v.seq, v.message) for v in finish(audit).violations if v.code == "pass_without_data"]
 
 
-def test_a_pass_while_the_channels_newest_configuration_does_not_decode_is_reported() -> None:
+def raced_pass() -> Log:
+    """watching_r1, then the canary's cohorts become `rest` alone, then the monitor's pass of internal lands."""
+    log = watching_r1()
+    log.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
+    log.verdict("r1", "passed", 0, **PASSING)
+    return log
+
+
+def test_a_release_carried_on_by_a_pass_for_a_cohort_the_channel_no_longer_has_is_reported() -> None:
+    """Sessions 24-25: the stage's cohort was taken out of the channel before its verdict was stored (its runtimes
+    now match another cohort). The pass itself may be logged (the monitor's append is not fenced against a channel
+    change: a race), so it is not the finding; the release moving on by it is (`pass_without_data` at the
+    `expanded`)."""
+    log = raced_pass()
+    assert audited(log) == []  # logged by a race: nothing moved on it yet
+    log.expanded("r1", 0, 1, ["rest"])
+    assert audited(log) == [
+        (len(log.events), "r1 expanded after stage 1 passed for internal, which prod/canary no longer has")
+    ]
+
+
+def test_a_raced_pass_held_by_the_promoter_then_passed_by_an_operator_is_no_violation_and_not_on_data() -> None:
+    """The promoter's hold (`escalated` stale_pass) voids the pass in the release's own fold; an operator's override
+    of the same window after it is their word (named in the record), so the stage passed by override, not on data:
+    the release can never close `success` on it (its pack never becomes last-known-good)."""
+    log = raced_pass()
+    log.add(
+        "release.escalated",
+        {"code": STALE_PASS, "message": "stage 1's pass counts for nothing", "escalation": "pager"},
+        release_id="r1",
+    )
+    release = log.world().release("r1")
+    assert release.phase == "held" and release.verdicts[-1][0] == VOID_PASS
+    log.add(
+        "release.monitoring_passed",
+        {"stage": 0, "reason": "operator override by ops: merged cohorts", "override": True},
+        release_id="r1",
+        actor=OPERATOR,
+    )
+    log.expanded("r1", 0, 1, ["rest"])
+    assert audited(log) == []
+    release = log.world().release("r1")
+    assert release.stages_passed_on_data == frozenset() and release.stages_passed_by_override == [0]
+
+
+def test_a_release_carried_on_while_the_channels_newest_configuration_does_not_decode_is_reported() -> None:
     """Session 24: the monitor holds such a window (its cohorts are unknown, never the older configuration's);
-    a pass written anyway is `pass_without_data` in `kxr audit replay`, at the verdict."""
+    a pass logged anyway (a race) must not carry the release on: an expansion after it is `pass_without_data`."""
     log = watching_r1()
     audit = Audit()
     for position, event in log.entries():
         audit = audit_entry(audit, position, event, Subjects())
     junk = Position(len(log.events) + 1, Subjects().channel(ENV, CH))
     audit = audit_entry(audit, junk, None, Subjects())  # the channel's newest entry: not a valid event
-    verdict = log.verdict("r1", "passed", 0, **PASSING)
-    audit = audit_entry(
-        audit, Position(junk.seq + 1, Subjects().release("r1", "monitoring_passed")), verdict, Subjects()
-    )
+    for offset, event in enumerate((log.verdict("r1", "passed", 0, **PASSING), log.expanded("r1", 0, 1, ["rest"]))):
+        position = Position(junk.seq + 1 + offset, Subjects().release("r1", event.suffix))
+        audit = audit_entry(audit, position, event, Subjects())
     found = [v for v in finish(audit).violations if v.code == "pass_without_data"]
     assert [(v.seq, v.message) for v in found] == [
-        (junk.seq + 1, f"r1: stage 1 passed while prod/canary's channel config at seq {junk.seq} could not be decoded: "
-         "not a valid event")
+        (junk.seq + 2, f"r1 expanded after stage 1 passed while prod/canary's channel config at seq {junk.seq} could "
+         "not be decoded: not a valid event")
     ]  # fmt: skip

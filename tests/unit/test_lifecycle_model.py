@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 
 from events.manifest import pack_object_name
 from projections.invariants import finish
+from projections.releases import STALE_PASS
 from services.consumers.outputs import Promotion
 
 from .archive_support import assert_archiving_agrees
@@ -95,6 +96,7 @@ MUST_REACH = (
     "a rollout rolled back by the guard",
     "a rollout's cohorts reconfigured under it",
     "a new cohort brought in by a release of its own",
+    "a pass the channel outran, held by the promoter",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
@@ -147,6 +149,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a paused release resumed"] += sum(e.type == "release.resumed" for e in events)
         REACHED["an expansion held: a rollback target no longer ready"] += sum(
             e.type == "release.escalated" and e.data.code == "rollback_not_ready" for e in events
+        )
+        REACHED["a pass the channel outran, held by the promoter"] += sum(
+            e.type == "release.escalated" and e.data.code == STALE_PASS for e in events
         )
         REACHED["a settled scope flagged by the guard"] += sum(e.type == "scope.flagged" for e in events)
         REACHED["a rollout rolled back by the guard"] += sum(
@@ -423,6 +428,42 @@ class LifecycleMachine(RuleBasedStateMachine):
                     self.m.healthy_window()
         self.after()
 
+    @rule(
+        pack=st.integers(1, len(PACKS) - 1),
+        to=st.sampled_from(["one", "three"]),
+        after_windows=st.integers(0, 1),
+        verb=st.sampled_from(["promote", "abort", "extend", "none"]),
+        back=st.booleans(),
+    )
+    def verdict_outrun_by_a_channel_change(self, pack: int, to: str, after_windows: int, verb: str, back: bool) -> None:
+        """The monitor judges a watched window (its runtimes reported well) but its append is delayed, and the
+        canary's cohorts change before it lands: "one" takes the first stage's cohort out, "three" adds one. The
+        pass is stored (its expectation is the release's subjects alone); an operator answers a hold with `verb`.
+        The random rules (verdict_decided_now_stored_later, reconfigure, commit_late) did not line this up in 20k
+        steps (session 25: counted in REACHED)."""
+        with self._calm():
+            rid = self._story_request(pack)
+            for _ in range(after_windows):
+                self.m.healthy_window()
+            release = self.m.world.release(rid) if rid else None
+            keys = [key for key in sorted(self.m.timers) if rid and key.startswith(f"{rid}.")]
+            if release is not None and release.phase == "monitoring" and keys:
+                for kind in ("activation_ok", "good", "good"):
+                    self.m.send_samples(kind, COHORTS, "canary")
+                decided_on = self.m.world
+                verdict = self.m.fire_slowly(keys[0])
+                self.m.configure("canary", cohorts=to)
+                self.m.emit(verdict, decided_on)
+                self.m.settle()
+                if verb != "none" and self.m.world.release(rid).phase == "held":  # type: ignore[union-attr]
+                    self.m.operate(verb, rid)  # type: ignore[arg-type]
+                    self.m.settle()
+                    self.m.healthy_window()
+                if back:
+                    self.m.configure("canary")
+                    self.m.healthy_window()
+        self.after()
+
     @rule(pack=st.integers(1, len(PACKS) - 1))
     def target_lost_before_expansion(self, pack: int) -> None:
         """A rollout's first stage passes while its rollback target's pack object is gone from the store: the
@@ -510,6 +551,16 @@ class LifecycleMachine(RuleBasedStateMachine):
         keys = sorted(self.m.timers)
         self.m.fire(keys[which % len(keys)])
         self.after()
+
+    @precondition(lambda self: any(not key.startswith("pin.") for key in self.m.timers))
+    @rule(which=st.integers(0, 7))
+    def verdict_decided_now_stored_later(self, which: int) -> None:
+        """A window's verdict whose append is delayed: the channel may change before it lands (the monitor's
+        expectation is on the release's subjects alone)."""
+        keys = sorted(key for key in self.m.timers if not key.startswith("pin."))
+        outputs = self.m.fire_slowly(keys[which % len(keys)])
+        if outputs:
+            self.stale.append((outputs, self.m.world))
 
     @rule()
     def sweep(self) -> None:

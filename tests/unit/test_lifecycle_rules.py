@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from events.model import Actor, PackRef, Scope
+from events.subjects import Subjects
 from projections.pins import pin_too_long
+from projections.position import Position
 from projections.releases import ILLEGAL_AFTER_ABORT
 from projections.rollback import rollback_targets
+from projections.world import apply_undecodable
 from services.actions import operator as ops
 from services.actions.pins import pin as pin_action
 from services.consumers import preparer, promoter
@@ -302,6 +305,57 @@ def test_an_unchecked_target_is_not_ready() -> None:
 
 def test_a_ready_target_lets_the_release_expand() -> None:
     assert single_event(decide(passed_first_stage(), ready={P0["digest"]: None})).type == "release.expanded"
+
+
+@pytest.mark.parametrize(
+    ("stage", "promote_to", "gone"),
+    [(0, None, "internal"), (1, None, "rest"), (1, "stable", "rest")],
+    ids=["expansion", "success-close", "promotion"],
+)
+def test_a_pass_for_a_cohort_the_channel_dropped_before_the_promoter_acts_holds_the_release(
+    stage: int, promote_to: str | None, gone: str
+) -> None:
+    """Session 25: the monitor's append is not fenced against a channel change, so its pass may land for a
+    cohort the channel no longer has; the promoter checks again before it moves the release on, and holds
+    (`escalated` stale_pass) whatever the next step would have been. Ready rollback targets change nothing;
+    the pass then counts for nothing in the release's own fold."""
+    log = passed_first_stage({**CHANNEL_DOC, "promote_to": promote_to}, stage=stage)
+    kept = {"internal": {"name": "everyone"}, "rest": {"name": "internal", "tenants": ["t-int"]}}[gone]
+    catch_all = {"name": "everyone"}
+    cohorts = [catch_all] if gone == "internal" else [kept, catch_all]
+    log.channel({**CHANNEL_DOC, "promote_to": promote_to, "cohorts": cohorts, "plan": [[c["name"]] for c in cohorts]})
+    event = single_event(decide(log, ready={P0["digest"]: None}))
+    assert (event.type, event.data.code) == ("release.escalated", "stale_pass")
+    assert event.data.message == (
+        f"stage {stage + 1}'s pass counts for nothing: cohort(s) {gone} no longer in prod/canary's configuration "
+        "(the channel changed after the window was judged); held for an operator"
+    )
+    log.add("release.escalated", event.data.model_dump(), release_id="r1")
+    release = state(log, "r1")[1]
+    assert release.phase == "held" and stage not in release.stages_passed_on_data
+
+
+def test_an_operators_pass_of_a_window_whose_cohort_the_channel_dropped_moves_the_release_on() -> None:
+    """The hold is for an operator: their override of the window is their word, never held again (and never
+    on data: the release closes `promoted_by_override` at most)."""
+    log = passed_first_stage()
+    log.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
+    held = single_event(decide(log, ready={P0["digest"]: None}))
+    log.add("release.escalated", held.data.model_dump(), release_id="r1")
+    override(log, "r1", 0)
+    assert single_event(decide(log, ready={P0["digest"]: None})).type == "release.expanded"
+    assert state(log, "r1")[1].stages_passed_by_override == [0]
+
+
+def test_a_pass_while_the_channels_newest_configuration_does_not_decode_holds_the_release() -> None:
+    """Which cohorts the channel has is unknown then (never the older configuration's): held, saying why."""
+    log = passed_first_stage()
+    world, release = state(log, "r1")
+    junk = Position(len(log.events) + 1, Subjects().channel(ENV, CH))
+    world = apply_undecodable(world, junk, Subjects())
+    event = single_event(promoter.decide(world, release, ctx("promoter"), {P0["digest"]: None}))
+    assert event.data.code == "stale_pass"
+    assert f"prod/canary's channel config at seq {junk.seq} could not be decoded" in event.data.message
 
 
 def test_a_promotion_waits_for_a_usable_rollback_target() -> None:

@@ -421,3 +421,35 @@ def test_no_promotion_into_a_channel_whose_new_cohort_would_get_it_refused() -> 
     assert "promotion to stable withheld: stable's cohort(s) early never ran a pack while its others did" in summary
     assert f"{rid}-stable" not in m.world.releases
     assert not codes(m), lines(m)
+
+
+def test_a_pass_stored_after_the_channel_dropped_its_cohort_carries_nothing_on() -> None:
+    """verdict_decided_now_stored_later + reconfigure, reduced (session 25): the monitor judged the first stage's
+    window (internal reported well) but its append was delayed; meanwhile the canary's cohorts became one (`rest`).
+    The pass landed (its append expects the release's subjects alone) and the release expanded over a cohort that
+    no longer exists (the auditor: `pass_without_data`). Now the promoter, acting on the pass, holds the release
+    (`escalated` stale_pass), the pass counts for nothing, and an operator's word moves it on as an override:
+    never `success`, its pack never last-known-good."""
+    m = model()
+    rid = m.request(V110)
+    m.settle()
+    for kind in ("activation_ok", "good", "good"):
+        m.send_samples(kind)
+    m.now += timedelta(seconds=61)
+    decided_on = m.world
+    verdict = m.fire_slowly(next(key for key in m.timers if not key.startswith("pin.")))
+    m.configure("canary", cohorts="one")
+    assert m.emit(verdict, decided_on)  # stored: nothing happened to the release meanwhile
+    m.settle()
+    release = m.world.release(rid)
+    assert release.phase == "held" and release.activated == ("internal",), lines(m)
+    assert "stage 1's pass counts for nothing: cohort(s) internal no longer in prod/canary's configuration" in (
+        release.failure or ""
+    )
+    assert release.stages_passed_on_data == frozenset()
+    assert m.operate("promote", rid)  # the operator's word on the window
+    m.settle()
+    m.healthy_window()
+    closed = m.world.release(rid)
+    assert closed.outcome == "promoted_by_override", lines(m)
+    assert not codes(m), lines(m)
