@@ -18,7 +18,7 @@ from services.jetstream.client import connect
 from services.jetstream.layout import ensure_layout
 from services.jetstream.log import Entry, EventLog
 from services.reads.audit import replay, summary
-from tests.unit.test_projections import CHANNEL_DOC, OPERATOR, P0, P1, P2, SERVICE, Log
+from tests.unit.test_projections import CHANNEL_DOC, P0, P1, P2, SERVICE, Log
 
 FIGURES_OK = [{"metric": "error_rate", "value": 0.01, "op": "<=", "threshold": 0.05, "ok": True}]
 
@@ -73,12 +73,7 @@ def stories(log: Log) -> dict[str, object]:
     log.through_verified("ovr", P1)
     log.activate("ovr", 0, ["internal"])
     log.started("ovr", 0, ["internal"])
-    log.add(
-        "release.monitoring_passed",
-        {"stage": 0, "reason": "operator override by ops: no tenants yet", "override": True},
-        release_id="ovr",
-        actor=OPERATOR,
-    )
+    log.override("ovr", 0, "no tenants yet")
     log.expanded("ovr", 0, 1, ["rest"])
     log.activate("ovr", 1, ["rest"])
     log.started("ovr", 1, ["rest"])
@@ -102,12 +97,7 @@ def stories(log: Log) -> dict[str, object]:
     log.started("abrt", 0, ["internal"], P2)
     log.verdict("abrt", "inconclusive", 0)
     log.note("abrt", "aborted", "wrong pack")
-    bad["aborted_release_advanced"] = log.add(
-        "release.monitoring_passed",
-        {"stage": 0, "reason": "operator override by ops: go", "override": True},
-        release_id="abrt",
-        actor=OPERATOR,
-    )
+    bad["aborted_release_advanced"] = log.override("abrt", 0)
 
     log.through_verified("pinned", P2, strategy="pinned", targets={"internal": P1, "rest": P1})
     log.activate("pinned", 0, ["internal"], P2)
@@ -298,12 +288,7 @@ def test_fail_closed_moves_and_recorded_overrides_are_no_violations() -> None:
     log.activate("r1", 0, ["internal"])
     log.started("r1", 0, ["internal"])
     log.verdict("r1", "inconclusive", 0)
-    log.add(
-        "release.monitoring_passed",
-        {"stage": 0, "reason": "operator override by ops: go", "override": True},
-        release_id="r1",
-        actor=OPERATOR,
-    )
+    log.override("r1", 0)
     log.expanded("r1", 0, 1, ["rest"])
     log.activate("r1", 1, ["rest"])
     log.started("r1", 1, ["rest"])

@@ -22,7 +22,7 @@ from projections.releases import STALE_PASS, VOID_PASS
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
 from tests.unit.archive_support import assert_archiving_agrees
-from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, OPERATOR, P0, P1, P2, Log, manifest_of
+from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, P0, P1, P2, Log, manifest_of
 
 ACTIVATOR = Actor(kind="service", id="activator")
 PINNER = Actor(kind="service", id="pinner")
@@ -567,12 +567,7 @@ def test_a_raced_pass_held_by_the_promoter_then_passed_by_an_operator_is_no_viol
     )
     release = log.world().release("r1")
     assert release.phase == "held" and release.verdicts[-1][0] == VOID_PASS
-    log.add(
-        "release.monitoring_passed",
-        {"stage": 0, "reason": "operator override by ops: merged cohorts", "override": True},
-        release_id="r1",
-        actor=OPERATOR,
-    )
+    log.override("r1", 0, "merged cohorts")
     log.expanded("r1", 0, 1, ["rest"])
     assert audited(log) == []
     release = log.world().release("r1")

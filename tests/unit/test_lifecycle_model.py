@@ -424,8 +424,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                     self.m.settle()
                     self.m.healthy_window()
                 if back:
-                    self.m.configure("canary")
-                    self.m.healthy_window()
+                    self._cohorts_back()
         self.after()
 
     @rule(
@@ -460,9 +459,13 @@ class LifecycleMachine(RuleBasedStateMachine):
                     self.m.settle()
                     self.m.healthy_window()
                 if back:
-                    self.m.configure("canary")
-                    self.m.healthy_window()
+                    self._cohorts_back()
         self.after()
+
+    def _cohorts_back(self) -> None:
+        """The canary's cohorts as they were (internal, rest), and a window under them."""
+        self.m.configure("canary")
+        self.m.healthy_window()
 
     @rule(pack=st.integers(1, len(PACKS) - 1))
     def target_lost_before_expansion(self, pack: int) -> None:

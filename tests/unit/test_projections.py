@@ -208,6 +208,15 @@ class Log:
             release_id=rid,
         )
 
+    def override(self, rid: str, stage: int, why: str = "go") -> Event:
+        """An operator's pass of a window (what `kxr release promote` appends)."""
+        return self.add(
+            "release.monitoring_passed",
+            {"stage": stage, "reason": f"operator override by ops: {why}", "override": True},
+            release_id=rid,
+            actor=OPERATOR,
+        )
+
     def expanded(self, rid: str, frm: int, to: int, cohorts: list[str]) -> Event:
         return self.add("release.expanded", {"from_stage": frm, "to_stage": to, "cohorts": cohorts}, release_id=rid)
 
