@@ -245,6 +245,11 @@ class MonitoringVerdict(Frozen):
     # Every query to a metrics system (the channel's `monitoring.prometheus`) and its answer.
     # (left out when empty: a window judged without a metrics system is written byte for byte as before)
     queries: list[QueryAnswer] = Field(default_factory=list, exclude_if=lambda queries: not queries)
+    # The stream sequence of the channel's newest configuration entry when the monitor judged the window (None:
+    # an operator's pass, or a verdict written before session 25; left out then). The monitor appends with the
+    # release's subjects as its only expectation, so a channel change can land between its judgement and its
+    # append: a pass is moved on from only while this is still the channel's newest entry.
+    channel_seq: JsonInt | None = Field(default=None, exclude_if=lambda seq: seq is None)
 
 
 class Expanded(Frozen):

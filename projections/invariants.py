@@ -213,7 +213,8 @@ def own_ids(audit: Audit) -> dict[str, int]:
 
 
 _CHECKED = frozenset({"scope.activated", "scope.pinned", "release.rollback_started"})  # what `_check` judges
-_REMEMBERED = frozenset({"release.verified", "release.closed"})  # what `remember` learns from
+# what `remember` learns from
+_REMEMBERED = frozenset({"release.verified", "release.closed", "release.monitoring_passed"})
 _PAIRED = frozenset({"scope.activated", "release.activated", "release.rolled_back"})  # what `with_claims` indexes
 
 
@@ -537,9 +538,9 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
-    "pass_without_data",  # monitoring_passed (not an override) with no samples or a threshold without a figure;
-    # a release carried on (expanded, promoted, closed) by a pass for a cohort the channel no longer has, or
-    # while the channel's newest configuration does not decode
+    "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure,
+    # for a cohort the channel no longer has, or while the channel's newest configuration does not decode
+    # (judged against the configuration the verdict names; a verdict naming none: where the release moves on)
     "pass_despite_refusal",  # monitoring_passed while a runtime reported a failed activation in the window
     "pass_despite_breach",  # monitoring_passed with a comparison that breaches its threshold
     "success_without_data",  # closed `success` while a stage passed only on an operator's word, or never
@@ -550,6 +551,8 @@ SAFETY_CODES = (
     "promotion_not_watched_longer",  # promoted to a channel whose window is no longer than its source's
     "first_run_past_first_stage",  # a pack's first rollout pointer in a stage after one that exposed nothing
     "promotion_unrecorded",  # a rollout pointer of a release claiming a promotion its source's log does not record
+    "stale_pass_carried_on",  # a release moved on (expanded, promoted, closed) by the service from a pass whose
+    # channel configuration changed between the monitor's judgement and the pass's append
 )
 _ADVANCING = {"expanded", "promoted", "activated", "monitoring_started", "monitoring_passed"}
 # What a service may still write on a held release: a note, or a move towards safety (a failure
@@ -565,6 +568,8 @@ class SafetyMemory:
     earned: frozenset[tuple[str, str, str]] = frozenset()  # (env, channel, digest) that passed every window on data
     # digest -> the keyids its verifications recorded
     signers: HashTrieMap[str, frozenset[str]] = field(default_factory=HashTrieMap)
+    # release id -> why its newest pass was stale when stored (`stale_when_stored`), until its next verdict
+    stale_passes: HashTrieMap[str, str] = field(default_factory=HashTrieMap)
 
 
 def _breaches(c: Comparison) -> bool:
@@ -609,6 +614,21 @@ def verdict_problems(release: ReleaseState | None, verdict: MonitoringVerdict) -
             )
         )
     return out
+
+
+def stale_when_stored(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> str | None:
+    """Why a pass, stored on `world`, was judged against a configuration of its channel that is not the newest
+    (a channel change between the monitor's judgement and its append); None when it was not, or names none."""
+    if verdict.channel_seq is None or release.prepared is None or is_override(verdict):
+        return None
+    target = release.prepared.target
+    newest = world.channel_seq(target.env, target.channel)
+    if newest == verdict.channel_seq:
+        return None
+    return (
+        f"stage {verdict.stage + 1} passed against {target.env}/{target.channel}'s configuration at seq "
+        f"{verdict.channel_seq}, stored after its change at seq {newest}"
+    )
 
 
 def cohorts_gone(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
@@ -746,20 +766,28 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
     if release.paused and suffix in ("expanded", "promoted"):
         v("paused_release_advanced", f"{event.release_id} is paused, then {suffix}")
     if release.phase == "passed" and release.verdicts and event.actor.kind != "operator":
-        # moved on from a pass (expanded, promoted, closed) of a stage whose cohorts the channel no longer has:
-        # the monitor's append is not fenced against a channel change, so such a pass may be logged (a race);
-        # what must not follow is the release carried on by it (the promoter's `stale_pass` holds it)
+        # moved on (expanded, promoted, closed) from a pass that was stale when stored: the monitor's append is
+        # not fenced against a channel change, so such a pass may be logged (a race); what must not follow is
+        # the release carried on by it (the promoter's `stale_pass` holds it)
         kind, verdict = release.verdicts[-1]
         if kind == "monitoring_passed" and suffix in ("expanded", "promoted", "closed"):
-            for code, message in cohorts_gone(world, release, verdict):
-                v(code, f"{event.release_id} {suffix} after {message}")
+            if verdict.channel_seq is None:  # a verdict naming no configuration: the channel where it moves on
+                for code, message in cohorts_gone(world, release, verdict):
+                    v(code, f"{event.release_id} {suffix} after {message}")
+            else:
+                stale = (memory or SafetyMemory()).stale_passes.get(event.release_id)
+                if stale is not None:
+                    v("stale_pass_carried_on", f"{event.release_id} {suffix} after {stale}")
     if suffix == "promoted" and isinstance(data, Promoted) and release.prepared is not None:
         where = release.prepared.target
         shorter = promotion_not_longer(world, where.env, where.channel, data.to_channel)
         if shorter:
             v("promotion_not_watched_longer", f"{event.release_id} promoted to {data.to_channel}: {shorter}")
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
-        for code, message in verdict_problems(release, data):
+        # a pass is judged against the configuration it names; one stored after the channel changed is a race
+        # no message fences (not the monitor's judgement): checked where the release moves on from it
+        gone = cohorts_gone(world, release, data) if stale_when_stored(world, release, data) is None else []
+        for code, message in verdict_problems(release, data) + (gone if data.channel_seq is not None else []):
             v(code, f"{event.release_id}: {message}")
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
         unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]
@@ -827,11 +855,17 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
 
 def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:
     """A release that closed having passed every window on data earns its pack in its channel;
-    a verification records who signed its pack.
+    a verification records who signed its pack; a pass, whether it was stale when stored (`stale_passes`).
 
     Only a release that exposed its pack somewhere: one whose every stage passed with nothing
     activated (every cohort pinned) never ran it, so no sample judged it; a later rollback to it
     is then not a return to a known-good pack (`lkg_not_earned`)."""
+    if event.type == "release.monitoring_passed" and isinstance(event.data, MonitoringVerdict) and event.release_id:
+        release = before.release(event.release_id)
+        stale = stale_when_stored(before, release, event.data) if release is not None else None
+        if stale is None:
+            return evolve(memory, {"stale_passes": memory.stale_passes.discard(event.release_id)})
+        return evolve(memory, {"stale_passes": memory.stale_passes.insert(event.release_id, stale)})
     if event.type == "release.verified" and isinstance(event.data, Verified):
         digest = event.data.pack.digest
         known = memory.signers.get(digest, frozenset())

@@ -134,6 +134,11 @@ class World:
         configured = self.channel_config(env, channel).cohort_names
         return frozenset(cohorts) - frozenset(configured), self.channel_problem(env, channel)
 
+    def channel_seq(self, env: str, channel: str) -> int:
+        """The stream sequence of the channel's newest configuration entry, readable or not (0: none yet)."""
+        state, problem = self.channels.get((env, channel)), self.channel_problems.get((env, channel))
+        return max(state.seq if state else 0, problem.seq if problem else 0)
+
     def releases_in_flight(self) -> list[ReleaseState]:
         return sorted((self.releases[r] for r in self.in_flight), key=lambda r: r.last_seq)
 
@@ -318,14 +323,18 @@ def scopes_of(world: World, env: str, channel: str) -> Iterator[ScopeState]:
 
 
 def stale_pass(world: World, release: ReleaseState) -> str | None:
-    """Why a release in phase `passed` must not move on its monitor's pass, if it must not: the stage's switched
-    cohorts are no longer in the channel's configuration, or its newest configuration does not decode.
+    """Why a release in phase `passed` must not move on its monitor's pass, if it must not.
 
-    The monitor holds such a window itself (services/monitoring/judge.py), but its append expects the release's
-    own subjects alone (one expectation filter per message on nats-server 2.15.1), so a channel change stored
-    between its decision and its append is not fenced: the promoter, acting on the pass, checks again and holds
-    (`escalated` STALE_PASS, which also voids the pass in the release's own fold). An operator's override is
-    their word on the window, not data: never held here."""
+    The monitor judges a window against the channel's configuration as it stands (a cohort taken out, or a
+    configuration that does not decode, holds the window: services/monitoring/judge.py) and records which entry
+    that was (`channel_seq`); but it appends with the release's subjects as its only expectation (one filter per
+    message on nats-server 2.15.1), so a channel change can land between its judgement and its append. The
+    promoter, the one consumer that moves a release on from a pass, always decides after the pass is stored, so
+    it sees any such change: it moves on only while the entry the window was judged against is still the
+    channel's newest, and otherwise holds (`escalated` STALE_PASS, which voids the pass in the release's own
+    fold). A change after its decision cannot make the pass stale: the pass was judged against what stood when
+    it was stored (`kxr audit replay` checks exactly that). A pass without `channel_seq` (written before session
+    25) is checked against the channel as it stands. An operator's override is their word: never held here."""
     if release.prepared is None or not release.verdicts:
         return None
     kind, verdict = release.verdicts[-1]
@@ -334,18 +343,21 @@ def stale_pass(world: World, release: ReleaseState) -> str | None:
         return None
     target = release.prepared.target
     exposed = [c for c in release.stages[stage] if c in release.activated]
-    gone, problem = world.unconfigured(target.env, target.channel, exposed)
+    if not exposed:  # nothing ran the pack in this stage: no runtime's data was judged
+        return None
     where = f"{target.env}/{target.channel}"
-    if problem is not None:
+    newest = world.channel_seq(target.env, target.channel)
+    gone, problem = world.unconfigured(target.env, target.channel, exposed)
+    if verdict.channel_seq is not None and verdict.channel_seq != newest:
+        why = f"{where}'s configuration changed after the window was judged (against seq {verdict.channel_seq}; "
+        why += f"newest seq {newest})"
+    elif problem is not None:
         why = f"{where}'s {problem.describe()}: its cohorts cannot be checked"
     elif gone:
         why = f"cohort(s) {', '.join(sorted(gone))} no longer in {where}'s configuration"
     else:
         return None
-    return (
-        f"stage {stage + 1}'s pass counts for nothing: {why} (the channel changed after the window was judged); "
-        "held for an operator"
-    )
+    return f"stage {stage + 1}'s pass counts for nothing: {why}; held for an operator"
 
 
 def never_ran(world: World, env: str, channel: str, cohorts: Iterable[str]) -> tuple[list[str], bool]:

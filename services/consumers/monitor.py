@@ -179,6 +179,7 @@ def decide_window(
         reason=v.reason,
         trigger=v.trigger if v.outcome == "monitoring_failed" else None,
         queries=list(data.queries),
+        channel_seq=data.channel_seq,
     )
     return [Chain((verdict_event(ctx, release, v.outcome, verdict),))]
 

@@ -11,8 +11,9 @@
 - rejected / verification failed / nothing exposed -> `closed` (never activated); every stage passed
   with nothing exposed (each cohort pinned by the time its stage came) -> `closed` `pinned`, never promoted
 - inconclusive -> nothing: the release holds for an operator
-- a pass whose stage's cohorts the channel no longer has (a channel change the monitor's append did not see)
-  -> `escalated` `stale_pass`: the release holds for an operator, and the pass counts for nothing
+- a pass judged against a channel configuration that is no longer the newest (a change the monitor's append
+  could not see; a pass naming none: one whose stage's cohorts the channel no longer has) -> `escalated`
+  `stale_pass`: the release holds for an operator, and the pass counts for nothing
 - aborted -> never moves on again: it rolls back, holds, or an operator closes it
 """
 
@@ -207,7 +208,7 @@ def _not_ready(
 def _advance(world: World, release: ReleaseState, ctx: Ctx, ready: Mapping[str, str | None] | None) -> list[Output]:
     assert release.prepared is not None
     stale = stale_pass(world, release)
-    if stale is not None:  # the pass raced a channel change: it carries nothing on (and is void from here)
+    if stale is not None:  # the channel changed since the window was judged: the pass carries nothing on (void)
         held = Escalated(code=STALE_PASS, message=stale, escalation=release.prepared.escalation)
         return [Chain((release_event(ctx, release, "escalated", held),))]
     stages = release.prepared.stages

@@ -92,6 +92,9 @@ class WindowData:
     # why the channel's newest configuration could not be read (None: it could): its cohorts are then unknown,
     # never taken to be the older configuration's (projections.world.ChannelProblem)
     config_problem: str | None = None
+    # the stream sequence of the channel's newest configuration entry the window was checked against (the
+    # verdict records it: MonitoringVerdict.channel_seq)
+    channel_seq: int | None = None
 
 
 def switched(samples: Iterable[HealthSample]) -> set[str]:
@@ -309,8 +312,14 @@ def against_channel(data: WindowData, world: World, release: ReleaseState) -> Wi
     m, prepared = release.monitoring, release.prepared
     if m is None or prepared is None:
         return data
-    gone, problem = world.unconfigured(prepared.target.env, prepared.target.channel, m.cohorts)
-    return replace(data, unconfigured=gone, config_problem=problem.describe() if problem is not None else None)
+    env, channel = prepared.target.env, prepared.target.channel
+    gone, problem = world.unconfigured(env, channel, m.cohorts)
+    return replace(
+        data,
+        unconfigured=gone,
+        config_problem=problem.describe() if problem is not None else None,
+        channel_seq=world.channel_seq(env, channel),
+    )
 
 
 def baseline_digests(world: World, release: ReleaseState) -> frozenset[str]:

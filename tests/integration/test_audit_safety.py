@@ -175,6 +175,13 @@ def stories(log: Log) -> dict[str, object]:
         },
     )
     bad["pointer_untrusted"] = log.point("rest", P2, "gates")
+
+    log.through_verified("raced")
+    log.activate("raced", 0, ["internal"])
+    log.started("raced", 0, ["internal"])
+    log.channel()  # the same configuration again: a newer entry than the one the window was judged against
+    log.verdict("raced", "passed", 0, channel_seq=1, comparisons=FIGURES_OK)  # judged before it, stored after
+    bad["stale_pass_carried_on"] = log.expanded("raced", 0, 1, ["rest"])
     return bad
 
 

@@ -591,3 +591,45 @@ def test_a_release_carried_on_while_the_channels_newest_configuration_does_not_d
         (junk.seq + 2, f"r1 expanded after stage 1 passed while prod/canary's channel config at seq {junk.seq} could "
          "not be decoded: not a valid event")
     ]  # fmt: skip
+
+
+def audited_codes(log: Log, *codes: str) -> list[tuple[int, str, str]]:
+    audit = Audit()
+    for position, event in log.entries():
+        audit = audit_entry(audit, position, event, Subjects())
+    return [(v.seq, v.code, v.message) for v in finish(audit).violations if v.code in codes]
+
+
+def test_a_pass_naming_the_configuration_it_was_judged_against_is_audited_where_it_was_stored() -> None:
+    """Session 25. A pass names the channel entry its window was judged against (`channel_seq`): stored while
+    that entry is still the channel's newest, it is the monitor's judgement, checked at once (a cohort the
+    channel no longer has: `pass_without_data`); stored after a newer entry, it is a race no message fences,
+    and what must not follow is the release moved on by it (`stale_pass_carried_on`). A change after the pass
+    was stored is no finding, whatever follows."""
+    judged = watching_r1()
+    judged.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})
+    newest = len(judged.events)
+    judged.verdict("r1", "passed", 0, channel_seq=newest, **PASSING)  # the monitor saw the change, and passed
+    assert audited_codes(judged, "pass_without_data", "stale_pass_carried_on") == [
+        (newest + 1, "pass_without_data", "r1: stage 1 passed for internal, which prod/canary no longer has")
+    ]
+
+    raced = watching_r1()
+    changed = raced.seq_of(raced.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]}))
+    raced.verdict("r1", "passed", 0, channel_seq=1, **PASSING)  # judged before the change, stored after it
+    assert audited_codes(raced, "pass_without_data", "stale_pass_carried_on") == []
+    raced.expanded("r1", 0, 1, ["rest"])
+    assert audited_codes(raced, "pass_without_data", "stale_pass_carried_on") == [
+        (
+            len(raced.events),
+            "stale_pass_carried_on",
+            f"r1 expanded after stage 1 passed against prod/canary's configuration at seq 1, stored after its "
+            f"change at seq {changed}",
+        )
+    ]
+
+    later = watching_r1()
+    later.verdict("r1", "passed", 0, channel_seq=1, **PASSING)
+    later.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})  # after the pass was stored
+    later.expanded("r1", 0, 1, ["rest"])
+    assert audited_codes(later, "pass_without_data", "stale_pass_carried_on") == []

@@ -24,6 +24,7 @@ from services.consumers import preparer, promoter
 from services.errors import OperatorError
 from services.verification.readiness import readiness_problems
 
+from .test_audit_invariants import watching_r1
 from .test_decisions import LATER, ctx, events_of, history, passed_log, single_event, state
 from .test_projections import CH, CHANNEL_DOC, ENV, OPERATOR, P0, P1, P2, SERVICE, Log
 
@@ -318,7 +319,8 @@ def test_a_pass_for_a_cohort_the_channel_dropped_before_the_promoter_acts_holds_
     """Session 25: the monitor's append is not fenced against a channel change, so its pass may land for a
     cohort the channel no longer has; the promoter checks again before it moves the release on, and holds
     (`escalated` stale_pass) whatever the next step would have been. Ready rollback targets change nothing;
-    the pass then counts for nothing in the release's own fold."""
+    the pass then counts for nothing in the release's own fold. (A pass naming no `channel_seq`, as logs
+    before session 25: checked against the channel as it stands.)"""
     log = passed_first_stage({**CHANNEL_DOC, "promote_to": promote_to}, stage=stage)
     kept = {"internal": {"name": "everyone"}, "rest": {"name": "internal", "tenants": ["t-int"]}}[gone]
     catch_all = {"name": "everyone"}
@@ -327,12 +329,28 @@ def test_a_pass_for_a_cohort_the_channel_dropped_before_the_promoter_acts_holds_
     event = single_event(decide(log, ready={P0["digest"]: None}))
     assert (event.type, event.data.code) == ("release.escalated", "stale_pass")
     assert event.data.message == (
-        f"stage {stage + 1}'s pass counts for nothing: cohort(s) {gone} no longer in prod/canary's configuration "
-        "(the channel changed after the window was judged); held for an operator"
+        f"stage {stage + 1}'s pass counts for nothing: cohort(s) {gone} no longer in prod/canary's configuration; "
+        "held for an operator"
     )
     log.add("release.escalated", event.data.model_dump(), release_id="r1")
     release = state(log, "r1")[1]
     assert release.phase == "held" and stage not in release.stages_passed_on_data
+
+
+def test_a_pass_moves_the_release_on_only_while_the_configuration_it_was_judged_against_is_the_newest() -> None:
+    """The monitor names the channel entry it judged the window against (`channel_seq`); any change after it
+    (here a threshold, which this window was not judged by: the promoter cannot tell) holds the release, saying
+    so; a pass judged against the newest entry moves it on."""
+    log = watching_r1()
+    log.verdict("r1", "passed", 0, channel_seq=1)
+    assert single_event(decide(log, ready={P0["digest"]: None})).type == "release.expanded"
+    changed = log.channel({**CHANNEL_DOC, "monitoring": {**CHANNEL_DOC["monitoring"], "min_samples": 3}})
+    event = single_event(decide(log, ready={P0["digest"]: None}))
+    assert (event.type, event.data.code) == ("release.escalated", "stale_pass")
+    assert event.data.message == (
+        "stage 1's pass counts for nothing: prod/canary's configuration changed after the window was judged "
+        f"(against seq 1; newest seq {log.seq_of(changed)}); held for an operator"
+    )
 
 
 def test_an_operators_pass_of_a_window_whose_cohort_the_channel_dropped_moves_the_release_on() -> None:

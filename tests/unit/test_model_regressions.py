@@ -423,6 +423,17 @@ def test_no_promotion_into_a_channel_whose_new_cohort_would_get_it_refused() -> 
     assert not codes(m), lines(m)
 
 
+def window_ended_well() -> tuple[Lifecycle, str]:
+    """A release's first stage watched, its runtimes reporting well, the window's time over (not judged yet)."""
+    m = model()
+    rid = m.request(V110)
+    m.settle()
+    for kind in ("activation_ok", "good", "good"):
+        m.send_samples(kind)
+    m.now += timedelta(seconds=61)
+    return m, rid
+
+
 def test_a_pass_stored_after_the_channel_dropped_its_cohort_carries_nothing_on() -> None:
     """verdict_decided_now_stored_later + reconfigure, reduced (session 25): the monitor judged the first stage's
     window (internal reported well) but its append was delayed; meanwhile the canary's cohorts became one (`rest`).
@@ -430,12 +441,7 @@ def test_a_pass_stored_after_the_channel_dropped_its_cohort_carries_nothing_on()
     no longer exists (the auditor: `pass_without_data`). Now the promoter, acting on the pass, holds the release
     (`escalated` stale_pass), the pass counts for nothing, and an operator's word moves it on as an override:
     never `success`, its pack never last-known-good."""
-    m = model()
-    rid = m.request(V110)
-    m.settle()
-    for kind in ("activation_ok", "good", "good"):
-        m.send_samples(kind)
-    m.now += timedelta(seconds=61)
+    m, rid = window_ended_well()
     decided_on = m.world
     verdict = m.fire_slowly(next(key for key in m.timers if not key.startswith("pin.")))
     m.configure("canary", cohorts="one")
@@ -443,13 +449,33 @@ def test_a_pass_stored_after_the_channel_dropped_its_cohort_carries_nothing_on()
     m.settle()
     release = m.world.release(rid)
     assert release.phase == "held" and release.activated == ("internal",), lines(m)
-    assert "stage 1's pass counts for nothing: cohort(s) internal no longer in prod/canary's configuration" in (
-        release.failure or ""
-    )
+    judged_on = m.world.release(rid).verdicts[-1][1].channel_seq
+    assert (
+        "stage 1's pass counts for nothing: prod/canary's configuration changed after the window was judged "
+        f"(against seq {judged_on}; newest seq {m.world.channel_seq('prod', 'canary')})"
+    ) in (release.failure or ""), release.failure
     assert release.stages_passed_on_data == frozenset()
     assert m.operate("promote", rid)  # the operator's word on the window
     m.settle()
     m.healthy_window()
     closed = m.world.release(rid)
     assert closed.outcome == "promoted_by_override", lines(m)
+    assert not codes(m), lines(m)
+
+
+def test_a_channel_change_after_the_pass_is_stored_does_not_make_it_stale() -> None:
+    """The promoter decides after the pass is stored, and its own append is not fenced against the channel either:
+    a change landing between its decision and its append lets the release expand. That is no violation: the pass
+    was judged against the configuration that stood when it was stored (`stale_when_stored` judges at the pass),
+    and a change before the promoter's decision holds it (the story above). (Session 25: the first version of the
+    auditor's check judged where the release moved on, and reported this interleaving.)"""
+    m, rid = window_ended_well()
+    m.sweep()  # the monitor passes the window; the promoter has not acted yet
+    assert m.world.release(rid).phase == "passed"
+    decided_on = m.world
+    expansion = m.decide("promoter", rid)
+    m.configure("canary", cohorts="one")
+    assert m.emit(expansion, decided_on)
+    m.settle()
+    assert m.world.release(rid).activated == ("internal", "rest"), lines(m)
     assert not codes(m), lines(m)
