@@ -16,6 +16,9 @@ async def test_healthy_release_rolls_out_stage_by_stage_and_becomes_lkg(nats_url
         release = await svc.wait_release("r1")
         assert release.outcome == "success", release.failure
         assert release.activated == ("internal", "rest")
+        # each window's verdict names the channel entry it was judged against (session 25): the one configuration
+        configured = svc.world.channel_state("prod", "canary")
+        assert [(kind, v.channel_seq) for kind, v in release.verdicts] == [("monitoring_passed", configured.seq)] * 2
         for cohort in ("internal", "rest"):
             scope = svc.world.scope("prod", "canary", cohort)
             assert scope.active_pack.digest == pack.digest
