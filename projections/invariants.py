@@ -634,8 +634,9 @@ def stale_when_stored(world: World, release: ReleaseState, verdict: MonitoringVe
 def cohorts_gone(world: World, release: ReleaseState, verdict: MonitoringVerdict) -> list[tuple[str, str]]:
     """A (non-override) pass of a stage whose switched cohorts the channel's configuration, as logged before
     `world`'s position, no longer names: no runtime is in them, so no data speaks for them; or while that
-    configuration's newest entry does not decode, so which cohorts it has is unknown (session 24). Checked where
-    the release moves on from the pass (session 25: the pass itself may be logged by a race no message fences)."""
+    configuration's newest entry does not decode, so which cohorts it has is unknown (session 24). Checked at the
+    pass when it names the entry it was judged against and that is still the newest (the monitor's own
+    judgement); a pass naming none, where the release moves on from it (session 25)."""
     if is_override(verdict) or release.prepared is None or not 0 <= verdict.stage < len(release.stages):
         return []
     target = release.prepared.target
