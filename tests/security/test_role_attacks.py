@@ -20,7 +20,14 @@ from services.jetstream.layout import ensure_layout
 from services.jetstream.packstore import PackStore
 from services.permissions import SERVICE_DURABLES, AccountLimits
 from tests.harness import make_pack, running_service, sha256_digest
-from tests.security.conftest import Conns, fill_consumer_limit, service_durables, start_authed, stop_authed
+from tests.security.conftest import (
+    Conns,
+    durables_bound,
+    fill_consumer_limit,
+    service_durables,
+    start_authed,
+    stop_authed,
+)
 
 pytestmark = pytest.mark.security
 
@@ -103,6 +110,9 @@ async def test_every_durable_of_the_service_is_guarded(nats_url, prefix):
     """The deny lists name every durable `kxr serve` creates (listed on a server without users):
     a new one must be added to SERVICE_DURABLES."""
     async with running_service(nats_url, prefix) as svc:
+        # each runner binds its durable in its own task after the start returns: listed at once, a loaded host
+        # showed none (CI, session 25)
+        await durables_bound(svc.app)
         s = svc.app.subjects
         durables = {
             info.name
