@@ -787,8 +787,10 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
     if suffix == "monitoring_passed" and isinstance(data, MonitoringVerdict):
         # a pass is judged against the configuration it names; one stored after the channel changed is a race
         # no message fences (not the monitor's judgement): checked where the release moves on from it
-        gone = cohorts_gone(world, release, data) if stale_when_stored(world, release, data) is None else []
-        for code, message in verdict_problems(release, data) + (gone if data.channel_seq is not None else []):
+        found = verdict_problems(release, data)
+        if data.channel_seq is not None and stale_when_stored(world, release, data) is None:
+            found += cohorts_gone(world, release, data)  # the monitor's own judgement: checked here
+        for code, message in found:
             v(code, f"{event.release_id}: {message}")
     elif suffix == "closed" and isinstance(data, Closed) and data.outcome == "success":
         unearned = [i + 1 for i in range(len(release.stages)) if i not in release.stages_passed_on_data]
