@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_
 
 from .integers import JsonInt
 from .notifications import NotificationSink
+from .numbers import Number
 from .schema_patterns import NOT_BLANK, WHITESPACE
 from .thresholds import Thresholds, is_limit
 from .tokens import TOKEN_PATTERN
@@ -84,7 +85,7 @@ class PrometheusSource(_Cfg):
     """
 
     url: StrictStr | None = Field(default=None, max_length=500, json_schema_extra={"pattern": PROMETHEUS_URL})
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    timeout_s: Number = Field(default=5.0, gt=0, le=60)
     queries: dict[StrictStr, StrictStr] = Field(
         min_length=1,
         max_length=MAX_QUERIES,
@@ -145,7 +146,7 @@ class ChannelPolicy(_Cfg):
 
 
 class ChannelConfig(_Cfg):
-    """Beyond this shape a configuration must be coherent (`channel_problems`): unique cohort names, the last cohort a catch-all with no criteria and no other, percent ranges inside 0..10000 that do not overlap, a plan naming every cohort once, `promote_to` another channel, unique notification sink names, and a threshold named after each Prometheus query (see `queries`)."""  # noqa: E501 (one line: it is the schema's description, word for word)
+    """Beyond this shape a configuration must be coherent (`channel_problems`): unique cohort names, the last cohort a catch-all with no criteria and no other, percent ranges inside 0..10000 (they may overlap: the first cohort whose criteria all match wins), no cohort an earlier one covers whole (its tenants, regions and range inside that one's: it would never match), a plan naming every cohort once, `promote_to` another channel, unique notification sink names, and a threshold named after each Prometheus query (see `queries`)."""  # noqa: E501 (one line: it is the schema's description, word for word)
 
     cohorts: list[CohortRule] = Field(default_factory=lambda: [CohortRule(name=DEFAULT_COHORT)], min_length=1)
     plan: list[list[StrictStr]] | None = None
@@ -174,6 +175,22 @@ class ChannelConfig(_Cfg):
         return resolve_cohort(self.cohorts, env, channel, tenant, region)
 
 
+def covers(earlier: CohortRule, later: CohortRule) -> bool:
+    """Whether every runtime `later` matches is matched by `earlier` (which comes first, so wins): each
+    criterion of `earlier` is absent or takes in all `later` asks for on it. (A cohort with an empty list
+    matches no runtime anyway: a placeholder, accepted as it always was, never "covered".)"""
+
+    def within(wide: list[str] | None, narrow: list[str] | None) -> bool:
+        return wide is None or (bool(narrow) and set(narrow or ()) <= set(wide))
+
+    if not (within(earlier.tenants, later.tenants) and within(earlier.regions, later.regions)):
+        return False
+    if earlier.percent is None:
+        return True
+    (lo, hi), inner = earlier.percent, later.percent
+    return inner is not None and lo <= inner[0] and inner[1] <= hi
+
+
 def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list[str]:
     """Every problem with a configuration, one sentence each (empty when it is sound)."""
     problems: list[str] = []
@@ -185,7 +202,6 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
     for rule in cfg.cohorts[:-1]:
         if rule.is_catch_all:
             problems.append(f"cohort {rule.name} has no criteria but is not last: later cohorts would never match")
-    ranges = []
     for rule in cfg.cohorts:
         if rule.percent is not None:
             lo, hi = rule.percent
@@ -193,12 +209,14 @@ def channel_problems(cfg: ChannelConfig, own_channel: str | None = None) -> list
                 problems.append(
                     f"cohort {rule.name}: percent range [{lo}, {hi}) must lie inside 0..{BUCKETS} with lo < hi"
                 )
-            else:
-                ranges.append((lo, hi, rule.name))
-    ranges.sort()
-    for (_lo1, hi1, n1), (lo2, _hi2, n2) in zip(ranges, ranges[1:]):
-        if lo2 < hi1:
-            problems.append(f"percent ranges of cohorts {n1} and {n2} overlap")
+    # First match wins (CONTRACT §7), so overlapping criteria are how "5% of eu, 5% of us" is written
+    # (once refused: percent ranges were checked alone). What is refused is a cohort no runtime can reach.
+    for i, later in enumerate(cfg.cohorts):
+        earlier = next((e for e in cfg.cohorts[:i] if not e.is_catch_all and covers(e, later)), None)
+        if earlier is not None:  # (never the catch-all: an earlier cohort has a criterion it does not)
+            problems.append(
+                f"cohort {later.name} can never match: every runtime it names matches cohort {earlier.name} first"
+            )
     if cfg.plan is not None:
         seen: set[str] = set()
         for stage in cfg.plan:

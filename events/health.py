@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,7 +32,10 @@ from .canonical import StrictJSONError
 from .codec import DecodeError, decode_json_object
 from .integers import integral
 from .manifest import DIGEST_PATTERN
+from .nulls import empty_if_null
+from .numbers import Number
 from .subjects import HealthParts
+from .timestamps import Rfc3339
 from .tokens import TOKEN_PATTERN
 
 HEALTH_MAX_BYTES = 16 * 1024
@@ -44,15 +46,9 @@ MAX_ERROR_CLASS_LENGTH = 128
 MAX_ERROR_TEXT = 2048
 
 
-def _number(value: object) -> object:
-    if isinstance(value, bool):  # JSON true is not 1.0
-        raise ValueError("a number is required, not a boolean")
-    return value
-
-
 Count = Annotated[int, Strict(), Field(ge=0, le=MAX_COUNT), BeforeValidator(integral)]
-Millis = Annotated[float, Field(ge=0, le=MAX_MS, allow_inf_nan=False), BeforeValidator(_number)]
-Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(_number)]
+Millis = Annotated[Number, Field(ge=0, le=MAX_MS)]  # a JSON number: never true, never "120"
+Share = Annotated[Number, Field(ge=0, le=1)]
 ErrorClass = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ERROR_CLASS_LENGTH)]
 
 
@@ -82,7 +78,7 @@ class Signals(_H):
 class HealthSample(_H):
     runtime_id: StrictStr = Field(pattern=TOKEN_PATTERN)
     digest: StrictStr | None = Field(default=None, pattern=DIGEST_PATTERN)
-    at: AwareDatetime
+    at: Rfc3339
     kind: Literal["activation", "sample"]
     ok: StrictBool | None = None
     took_ms: Millis | None = None
@@ -90,7 +86,9 @@ class HealthSample(_H):
     requests: Count = 0
     errors: Count = 0
     latency_ms: Latency | None = None
-    error_classes: dict[ErrorClass, Count] = Field(default_factory=dict, max_length=MAX_ERROR_CLASSES)
+    error_classes: Annotated[dict[ErrorClass, Count], empty_if_null(dict)] = Field(
+        default_factory=dict, max_length=MAX_ERROR_CLASSES
+    )
     correctness: Correctness | None = None
     signals: Signals | None = None
 

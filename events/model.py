@@ -11,19 +11,23 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
+    Strict,
     StrictBool,
+    StrictFloat,
     StrictStr,
     field_validator,
 )
 
-from .integers import JsonInt, NonNegativeInt, PositiveInt
+from .integers import JsonInt, NonNegativeInt, PositiveInt, integral
 from .manifest import DIGEST_PATTERN
+from .nulls import empty_if_null
 from .thresholds import Thresholds  # one model for a channel's and a release's (events/thresholds.py)
+from .timestamps import Rfc3339
 from .tokens import TOKEN_PATTERN
 
 SCHEMA_VERSION = 1
@@ -69,10 +73,25 @@ class VersionDigest(Frozen):
     digest: StrictStr
 
 
+WINDOW_MAX_S = 30 * 24 * 3600
+
+
 class Monitoring(Frozen):
-    window_s: JsonInt = Field(ge=1, le=30 * 24 * 3600)
+    window_s: JsonInt = Field(ge=1, le=WINDOW_MAX_S)
     min_samples: JsonInt = Field(default=1, ge=1)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class RequestedMonitoring(Frozen):
+    """A request's monitoring (CONTRACT §5): optional, and so is each of its fields. What it leaves
+    out is the channel's (§7: "defaults and minimum window"), filled in by the preparer; what it
+    states is checked against the channel's minimum."""
+
+    # (A request giving only `window_s` once took `min_samples` 1, and was rejected on a channel asking for 2.)
+
+    window_s: Annotated[int, Strict(), Field(ge=1, le=WINDOW_MAX_S), BeforeValidator(integral)] | None = None
+    min_samples: PositiveInt | None = None
+    thresholds: Annotated[Thresholds, empty_if_null(Thresholds)] = Field(default_factory=Thresholds)  # Go: nil map
 
 
 class RollbackPlan(Frozen):
@@ -96,8 +115,8 @@ class Requested(Frozen):
     owner: StrictStr = Field(min_length=1, max_length=256)
     escalation: StrictStr = Field(min_length=1, max_length=512)
     plan: list[list[Token]] | None = None
-    monitoring: Monitoring | None = None
-    rollback: RollbackPlan = Field(default_factory=RollbackPlan)
+    monitoring: RequestedMonitoring | None = None
+    rollback: Annotated[RollbackPlan, empty_if_null(RollbackPlan)] = Field(default_factory=RollbackPlan)
     reason: StrictStr = ""
     promoted_from: StrictStr | None = None
     acknowledge_no_health: StrictBool = False
@@ -161,7 +180,7 @@ class GateOutcome(Frozen):
 class Verified(Frozen):
     pack: PackRef
     manifest: StrictStr
-    reference_time: AwareDatetime
+    reference_time: Rfc3339
     gates: list[GateOutcome]
     signers: list[StrictStr] = Field(default_factory=list)
 
@@ -170,7 +189,7 @@ class VerificationFailed(Frozen):
     gate: StrictStr
     code: StrictStr
     message: StrictStr
-    reference_time: AwareDatetime
+    reference_time: Rfc3339
     gates: list[GateOutcome] = Field(default_factory=list)
 
 
@@ -193,16 +212,18 @@ class MonitoringStarted(Frozen):
     stage: JsonInt = Field(ge=0)
     cohorts: list[Token]
     digest: StrictStr
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: Rfc3339
+    ends_at: Rfc3339
     monitoring: Monitoring
 
 
 class Comparison(Frozen):
     metric: StrictStr
-    value: float | None
+    # a JSON number, never "1" or true (finite on the wire: the strict parse refuses the rest; one built
+    # here non-finite is refused by the encoder, and the monitor holds the window saying so)
+    value: StrictFloat | None
     op: Literal["<=", ">=", "none_new"]
-    threshold: float | None
+    threshold: StrictFloat | None
     ok: StrictBool
 
 
@@ -218,12 +239,12 @@ class QueryAnswer(Frozen):
     source: Literal["prometheus"] = "prometheus"
     name: StrictStr
     query: StrictStr  # as sent, placeholders filled in
-    at: AwareDatetime  # the evaluation time: the window's end
+    at: Rfc3339  # the evaluation time: the window's end
     status: StrictStr  # "success", or what went wrong: "error", "timeout", "unreachable", "invalid", "not_configured"
     result: list[dict[str, Any]] = Field(default_factory=list)  # [{"metric": {...}, "value": "0.01"}], at most 20
     series: JsonInt = 0  # how many series the answer held (result lists at most 20)
-    value: float | None = None
-    lowest: float | None = None  # with both a `_max` and a `_min` threshold: the lowest series, for the `_min`
+    value: StrictFloat | None = None
+    lowest: StrictFloat | None = None  # with both a `_max` and a `_min` threshold: the lowest series, for the `_min`
     no_data: StrictStr | None = None
 
 
@@ -327,14 +348,14 @@ class ScopeActivated(Frozen):
 
 class ScopePinned(Frozen):
     pack: PackRef
-    until: AwareDatetime
+    until: Rfc3339
     rationale: StrictStr = Field(min_length=1)
     by: StrictStr = Field(min_length=1)
 
 
 class ScopeUnpinned(Frozen):
     pack: PackRef | None = None
-    until: AwareDatetime | None = None
+    until: Rfc3339 | None = None
     rationale: StrictStr = ""
     by: StrictStr = ""
     reason: Literal["operator", "expired", "refused"] = "operator"  # refused: the pinned pack failed verification
@@ -352,7 +373,7 @@ class ScopeFlagged(Frozen):
     pack: PackRef
     code: StrictStr = Field(min_length=1, max_length=128)  # "<gate>/<gate code>", e.g. "signature/threshold_not_met"
     message: StrictStr
-    detected_at: AwareDatetime
+    detected_at: Rfc3339
 
 
 class TrustRotated(Frozen):
@@ -420,7 +441,7 @@ class Event(BaseModel):
     event_id: StrictStr = Field(min_length=1, max_length=128)
     type: StrictStr
     schema_version: JsonInt = SCHEMA_VERSION
-    occurred_at: datetime
+    occurred_at: Rfc3339  # any offset, read in UTC (below)
     actor: Actor
     causation_id: StrictStr | None = None
     correlation_id: StrictStr | None = None

@@ -11,25 +11,26 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .integers import NonNegativeInt
+from .numbers import Number
 
 
 class Thresholds(BaseModel):
     # Stored events tolerate extra fields (a newer writer may add a threshold), like every payload.
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
-    error_rate_max: float | None = None
-    latency_p95_ms_max: float | None = None
-    latency_p99_ms_max: float | None = None
-    activation_success_min: float | None = None
+    error_rate_max: Number | None = None
+    latency_p95_ms_max: Number | None = None
+    latency_p99_ms_max: Number | None = None
+    activation_success_min: Number | None = None
     # The slowest switch a runtime reported in the window (activation reports' `took_ms`), in ms: the
     # seed's "time-to-activate" as a success criterion. No activation report in the window is no data.
-    time_to_activate_ms_max: float | None = None
-    mismatch_rate_max: float | None = None
+    time_to_activate_ms_max: Number | None = None
+    mismatch_rate_max: Number | None = None
     new_error_classes: Literal["fail", "ignore"] = "fail"
     # Mann-Whitney comparison with the previous pack (services/monitoring/statistics.py): "report" puts
     # the score in the verdict's figures; "enforce" also fails the window on a "fail" score.
@@ -39,7 +40,7 @@ class Thresholds(BaseModel):
     tickets_max: NonNegativeInt | None = None
     escalations_max: NonNegativeInt | None = None
     # Correctness: the request-weighted share of answers traced to their sources (0..1).
-    trace_coverage_min: float | None = Field(default=None, ge=0, le=1)
+    trace_coverage_min: Annotated[Number, Field(ge=0, le=1)] | None = None
 
     def tightened_by(self, request: Thresholds) -> Thresholds:
         """These (a channel's) thresholds with a request's on top: a request may tighten, never loosen.

@@ -15,7 +15,7 @@ from datetime import timedelta
 from events.channel import ChannelConfig, requested_threshold_problems
 from events.codec import make_event
 from events.ids import derived_event_id
-from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected
+from events.model import ChecklistItem, Closed, Monitoring, PackRef, Prepared, Reason, Rejected, RequestedMonitoring
 from events.tokens import is_token
 from projections.releases import ReleaseState
 from projections.world import World, bring_in_first, never_ran
@@ -30,17 +30,17 @@ NAME = "preparer"
 HEALTH_LOOKBACK_S = 15 * 60
 
 
-def effective_monitoring(requested: Monitoring | None, channel) -> Monitoring:
-    """The request's monitoring over the channel's: a request may tighten thresholds, never loosen
-    them (`Thresholds.tightened_by`). Window and min_samples are checked against the channel's
-    minimum by the checklist.
+def effective_monitoring(requested: RequestedMonitoring | None, channel) -> Monitoring:
+    """The request's monitoring over the channel's: what the request leaves out is the channel's
+    default; a request may tighten thresholds, never loosen them (`Thresholds.tightened_by`). A
+    window and min_samples it states are checked against the channel's minimum by the checklist.
     """
     base = channel.monitoring
     if requested is None:
         return Monitoring(window_s=base.window_s, min_samples=base.min_samples, thresholds=base.thresholds)
     return Monitoring(
-        window_s=requested.window_s,
-        min_samples=requested.min_samples,
+        window_s=base.window_s if requested.window_s is None else requested.window_s,
+        min_samples=base.min_samples if requested.min_samples is None else requested.min_samples,
         thresholds=base.thresholds.tightened_by(requested.thresholds),
     )
 

@@ -31,10 +31,10 @@ from events.model import (
     Closed,
     Escalated,
     Expanded,
-    Monitoring,
     PackRef,
     Promoted,
     Requested,
+    RequestedMonitoring,
     RollbackPlan,
     RollbackStarted,
     Target,
@@ -76,16 +76,16 @@ def promotion_blockers(release: ReleaseState) -> list[str]:
     return blockers
 
 
-def carried_monitoring(asked: Monitoring | None, nxt: ChannelMonitoring) -> Monitoring | None:
+def carried_monitoring(asked: RequestedMonitoring | None, nxt: ChannelMonitoring) -> RequestedMonitoring | None:
     """The release's own success criteria, carried to its promotion: the stricter of the request's and
     the next channel's, field by field (a longer window, more samples; the request's thresholds, which
-    that channel's pre-flight tightens its own with). None when the request asked for nothing: the next
-    channel's defaults apply, as to any request there."""
+    that channel's pre-flight tightens its own with). None when the request asked for nothing, and a
+    field it left out stays out: the next channel's defaults apply, as to any request there."""
     if asked is None:
         return None
-    return Monitoring(
-        window_s=max(asked.window_s, nxt.window_s),
-        min_samples=max(asked.min_samples, nxt.min_samples),
+    return RequestedMonitoring(
+        window_s=None if asked.window_s is None else max(asked.window_s, nxt.window_s),
+        min_samples=None if asked.min_samples is None else max(asked.min_samples, nxt.min_samples),
         thresholds=asked.thresholds,
     )
 

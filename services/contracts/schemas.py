@@ -83,8 +83,9 @@ def _event_description(event_type: str) -> str:
 
 MANIFEST_NOTE = (
     f"The signed pack manifest (CONTRACT §6), at most {MANIFEST_MAX_BYTES} bytes, strict JSON: no duplicate keys "
-    "and no floats anywhere. `signatures` are Ed25519 over the canonical bytes of `signed` "
-    "(sorted keys, no whitespace, UTF-8); extra fields inside `signed` are covered by the signature and kept."
+    "and no floats in `signed` (finite ones beside it are read). `signatures` are Ed25519 over the canonical bytes "
+    "of `signed` (sorted keys, no whitespace, UTF-8); extra fields inside `signed` are covered by the signature and "
+    "kept."
 )
 CHANNEL_NOTE = (
     f"A channel configuration (CONTRACT §7), the `data` of `channel.configured`. {ChannelConfig.__doc__} "

@@ -369,17 +369,14 @@ def _gate_manifest_envelope(w: _Work, ctx: VerifyContext) -> _Verdict:
     if len(raw) > MANIFEST_MAX_BYTES:
         return _reject("manifest_oversized", f"manifest is {len(raw)} bytes, over the {MANIFEST_MAX_BYTES}-byte cap")
     # Strict parsing: two parsers disagreeing on duplicate keys or numbers is how
-    # signature-bypass bugs happen, so such input is refused, not interpreted.
+    # signature-bypass bugs happen, so such input is refused, not interpreted. Floats (finite) are
+    # read here: CONTRACT §6 forbids them in `signed` only (its canonical form, below, refuses them),
+    # and a producer may add fields beside it freely.
     try:
-        doc = loads_strict(bytes(raw))
+        doc = loads_strict(bytes(raw), allow_floats=True)
     except StrictJSONError as exc:
         text = str(exc)  # events.canonical has one error type; its message prefixes name the cause
-        code = (
-            "duplicate_key"
-            if text.startswith("duplicate key")
-            else ("float_forbidden" if text.startswith("floats are not allowed") else "malformed_json")
-        )
-        return _reject(code, text)
+        return _reject("duplicate_key" if text.startswith("duplicate key") else "malformed_json", text)
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("signed"), dict)
@@ -405,7 +402,8 @@ def _gate_manifest_envelope(w: _Work, ctx: VerifyContext) -> _Verdict:
     try:
         message = canonical_bytes(doc["signed"])
     except (StrictJSONError, RecursionError) as exc:
-        return _reject("malformed_json", f"signed has no canonical form: {exc}")
+        code = "float_forbidden" if str(exc).startswith("float at ") else "malformed_json"
+        return _reject(code, f"signed has no canonical form: {exc}")
     # Only the envelope is judged here; `signed` stays opaque until the signature gate passed.
     w.signed, w.signatures, w.message = doc["signed"], signatures, message
     return _ok(f"{len(raw)} bytes, {len(signatures)} signature(s); signed content typed after the signature gate")
@@ -699,8 +697,8 @@ def _dsse_envelope(raw: Any) -> tuple[bytes, list[tuple[str, bytes]]] | _Verdict
         return _reject(
             "attestation_malformed", f"attestation is {len(raw)} bytes, over the {ATTESTATION_MAX_BYTES}-byte cap"
         )
-    try:
-        doc = loads_strict(bytes(raw))
+    try:  # DSSE forbids no float (kxr's own reader of the envelope takes them too: actions/producer.py)
+        doc = loads_strict(bytes(raw), allow_floats=True)
     except StrictJSONError as exc:
         return _reject("attestation_malformed", f"attestation is not strict JSON: {exc}")
     shape = f'{{"payloadType": "{PAYLOAD_TYPE}", "payload": base64, "signatures": [{{"keyid", "sig"}}]}}'

@@ -71,14 +71,19 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("percent-empty", cohorts({"name": "a", "percent": [10, 10]}), ["cohort a: percent range [10, 10)", "lo < hi"]),
     ("percent-reversed", cohorts({"name": "a", "percent": [500, 100]}), ["cohort a: percent range [500, 100)"]),
     (
-        "percent-overlap",
-        cohorts({"name": "a", "percent": [0, 500]}, {"name": "b", "percent": [499, 600]}),
-        ["percent ranges of cohorts a and b overlap"],
-    ),
-    (
         "percent-nested",
         cohorts({"name": "wide", "percent": [0, 5000]}, {"name": "narrow", "percent": [100, 200]}),
-        ["percent ranges of cohorts wide and narrow overlap"],
+        ["cohort narrow can never match: every runtime it names matches cohort wide first"],
+    ),
+    (
+        "tenants-covered",
+        cohorts({"name": "a", "tenants": ["t1", "t2"]}, {"name": "b", "tenants": ["t2"], "percent": [0, 10]}),
+        ["cohort b can never match: every runtime it names matches cohort a first"],
+    ),
+    (
+        "regions-covered",
+        cohorts({"name": "eu", "regions": ["eu"]}, {"name": "eu-early", "regions": ["eu"], "percent": [0, 500]}),
+        ["cohort eu-early can never match: every runtime it names matches cohort eu first"],
     ),
     ("percent-float", cohorts({"name": "a", "percent": [0.5, 10]}), ["cohorts.0.percent.0"]),
     ("percent-three", cohorts({"name": "a", "percent": [0, 10, 20]}), ["cohorts.0.percent"]),
@@ -145,6 +150,44 @@ def test_promote_to_another_channel_is_fine() -> None:
 def test_adjacent_percent_ranges_do_not_overlap() -> None:
     cfg = config({"name": "a", "percent": [0, 500]}, {"name": "b", "percent": [500, 10000]})
     assert cfg.cohort_names == ["a", "b", "rest"]
+
+
+# CONTRACT §7: "A runtime belongs to the FIRST cohort whose criteria all match". Overlapping criteria are
+# valid there (its own example puts `regions` beside `percent`): each of these was refused before session 26,
+# when percent ranges were compared alone. Every cohort of each is reached by some runtime.
+OVERLAPS_THE_CONTRACT_ALLOWS = {
+    "five percent of each region": [
+        {"name": "eu-early", "regions": ["eu"], "percent": [0, 500]},
+        {"name": "us-early", "regions": ["us"], "percent": [0, 500]},
+    ],
+    "a canary inside a wider wave": [{"name": "canary", "percent": [0, 100]}, {"name": "wave", "percent": [0, 5000]}],
+    "partly overlapping ranges": [{"name": "a", "percent": [0, 500]}, {"name": "b", "percent": [499, 600]}],
+    "named tenants, then a share of everyone": [
+        {"name": "internal", "tenants": ["t-int-1"]},
+        {"name": "early", "percent": [0, 5000]},
+    ],
+    "a region inside a share": [{"name": "share", "percent": [0, 500]}, {"name": "eu", "regions": ["eu"]}],
+}
+
+
+@pytest.mark.parametrize("rules", OVERLAPS_THE_CONTRACT_ALLOWS.values(), ids=OVERLAPS_THE_CONTRACT_ALLOWS.keys())
+def test_overlapping_criteria_the_contract_allows_are_accepted_and_resolved_first_match(rules) -> None:
+    cfg = config(*rules)
+    reached: set[str] = set()
+    for tenant in ["t-int-1", *TENANTS[:20_000]]:
+        for region in ("eu", "us", None):
+            got = cfg.resolve(ENV, CHANNEL, tenant, region)
+            bucket = contract_bucket(ENV, CHANNEL, tenant)
+            first = next(
+                r["name"]
+                for r in [*rules, REST]
+                if tenant in r.get("tenants", [tenant])
+                and region in r.get("regions", [region])
+                and r.get("percent", [0, BUCKETS])[0] <= bucket < r.get("percent", [0, BUCKETS])[1]
+            )
+            assert got == first, (tenant, region, got, first)
+            reached.add(got)
+    assert reached == {r["name"] for r in [*rules, REST]}, reached
 
 
 def test_full_range_is_allowed() -> None:

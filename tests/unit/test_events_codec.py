@@ -205,6 +205,36 @@ def test_occurred_at_is_normalised_to_utc() -> None:
     assert decode_event(raw(doc)).occurred_at == NOW
 
 
+@pytest.mark.parametrize(
+    "when",
+    ["2030-01-01T12:00:00.000000000Z", "2030-01-01t12:00:00z", "2030-01-01T12:00:00-00:00"],
+)
+def test_occurred_at_in_every_form_rfc3339_allows(when: str) -> None:
+    doc = envelope()
+    doc["occurred_at"] = when
+    assert decode_event(raw(doc)).occurred_at == NOW
+
+
+@pytest.mark.parametrize(
+    "when",
+    [1893499200, "1893499200", "2030-01-01T12:00Z", "2030-01-01T12:00:00+0000", "2030-01-01 12:00:00Z", "2030-001"],
+)
+def test_occurred_at_in_another_form_is_refused_naming_it(when: Any) -> None:
+    """RFC 3339 only (CONTRACT §3): pydantic's lax datetime read these, a contract-built auditor refuses them."""
+    doc = envelope()
+    doc["occurred_at"] = when
+    error = decode_error(raw(doc))
+    assert "occurred_at" in str(error) and "RFC 3339" in str(error), error
+
+
+def test_a_requests_optional_containers_may_be_null() -> None:
+    """What Go writes for a nil struct pointer or map: read as the field left out (events/nulls.py)."""
+    doc = envelope()
+    doc["data"].update(rollback=None, monitoring={"window_s": 600, "thresholds": None})
+    data = decode_event(raw(doc)).data
+    assert data.rollback.strategy == "lkg" and data.monitoring.thresholds.model_fields_set == set(), data
+
+
 def test_unknown_extra_payload_fields_survive_a_round_trip() -> None:
     """Producers may add optional fields (CONTRACT intro): an older consumer keeps them."""
     doc = envelope()

@@ -593,7 +593,7 @@ ENVELOPE_EDITS = [
 def expected_manifest_verdict(raw: bytes) -> SignedManifest | None:
     """Independent oracle for phase 1: the typed manifest if it must pass, None if it must fail."""
     try:
-        doc = loads_strict(raw)
+        doc = loads_strict(raw, allow_floats=True)  # CONTRACT §6 forbids floats in `signed` only
         signed, entries = doc["signed"], doc["signatures"]
         assert isinstance(signed, dict) and isinstance(entries, list) and 0 < len(entries) <= MAX_SIGNATURES
         message = canonical_bytes(signed)
@@ -877,34 +877,37 @@ TENANT_POOL = [f"t{i}" for i in range(8)]
 REGION_POOL = ["eu", "us", "ap"]
 
 
+def _shadowed(rule: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    """CONTRACT §7's first match, written out: every runtime `rule` names matches `earlier` first."""
+    for key in ("tenants", "regions"):
+        if key in earlier and not (rule.get(key) and set(rule[key]) <= set(earlier[key])):
+            return False
+    if "percent" in earlier:
+        inner = rule.get("percent")
+        return inner is not None and earlier["percent"][0] <= inner[0] and inner[1] <= earlier["percent"][1]
+    return True
+
+
 @st.composite
 def channel_docs(draw) -> dict[str, Any]:
-    """A sound config: unique names, criteria cohorts, non-overlapping percent ranges, catch-all last."""
+    """A sound config: unique names, criteria cohorts (percent ranges anywhere inside 0..BUCKETS, overlapping
+    or not: the first match wins), none an earlier one covers whole, catch-all last."""
     n = draw(st.integers(0, 5))
     names = draw(st.lists(TOKENS, min_size=n + 1, max_size=n + 1, unique=True))
-    ranges: list[list[int]] = []
-    lo = 0
-    for _ in range(n):  # consecutive, non-overlapping [lo, hi) ranges inside 0..BUCKETS
-        lo += draw(st.integers(0, 2500))
-        hi = lo + draw(st.integers(1, 2500))
-        if hi > BUCKETS:
-            break
-        ranges.append([lo, hi])
-        lo = hi
-    ranges = draw(st.permutations(ranges)) if ranges else []
-    cohorts = []
-    for i, name in enumerate(names[:-1]):
+    cohorts: list[dict[str, Any]] = []
+    for name in names[:-1]:
         rule: dict[str, Any] = {"name": name}
         kinds = draw(st.sets(st.sampled_from(["tenants", "regions", "percent"]), min_size=1))
-        if i >= len(ranges):
-            kinds = (kinds - {"percent"}) or {"tenants"}
         if "tenants" in kinds:
             rule["tenants"] = draw(st.lists(st.sampled_from(TENANT_POOL), max_size=4, unique=True))
         if "regions" in kinds:
             rule["regions"] = draw(st.lists(st.sampled_from(REGION_POOL), max_size=2, unique=True))
         if "percent" in kinds:
-            rule["percent"] = ranges[i]
-        cohorts.append(rule)
+            lo = draw(st.integers(0, BUCKETS - 1))
+            rule["percent"] = [lo, draw(st.integers(lo + 1, BUCKETS))]
+        if not any(_shadowed(rule, e) for e in cohorts):
+            cohorts.append(rule)
+    names = [c["name"] for c in cohorts] + [names[-1]]
     cohorts.append({"name": names[-1]})
     doc: dict[str, Any] = {"cohorts": cohorts}
     if draw(st.booleans()):

@@ -300,6 +300,11 @@ NEGATIVE = [
     # instant it names, not refused as unparsable (found by tests/unit/test_schema_acceptance.py)
     V(signed("expires", "2030-05-01t00:00:00z"), "expiry", "expired", id="expires-lower-case-t-and-z"),
     V(signed("expires", "2030-06-01T14:00:00.000000001+02:00"), "expiry", "expired", id="expires-ns-and-offset"),
+    V(signed("expires", "2030-05-31T23:59:60Z"), "expiry", "expired", id="expires-on-a-leap-second"),
+    # and nothing else: seconds since the epoch, a minute without seconds, an offset without its colon
+    V(signed("expires", 1906156800), "manifest", "schema_invalid", id="schema-expires-unix-seconds"),
+    V(signed("expires", "2030-07-01T00:00Z"), "manifest", "schema_invalid", id="schema-expires-without-seconds"),
+    V(signed("expires", "2030-07-01T00:00:00+0200"), "manifest", "schema_invalid", id="schema-expires-offset-no-colon"),
     V(case(now=datetime(2030, 6, 1, 12, 0)), "expiry", "reference_time_invalid", id="naive-reference-time"),
     # identity: the request and the manifest name the same pack.
     V(case(request_name="kb-other"), "identity", "name_mismatch", id="request-name-mismatch"),
@@ -580,6 +585,21 @@ def test_valid_pack_passes_all_nine_gates_in_order(release: Case) -> None:
     assert len(v.outcomes) == 9
     assert v.signers == [ALICE.keyid]
     assert v.pack == PackRef(name="kb-core", version="2.0.0", digest=sha256_digest(PACK), size=len(PACK))
+
+
+def test_a_float_beside_signed_passes() -> None:
+    """CONTRACT §6 forbids floats in `signed`, and lets a producer add fields freely: a float outside
+    `signed` is not covered by any signature and is no reason to refuse the pack (it once was)."""
+    c = Case()
+    c.doc_edits.append(lambda d: d.__setitem__("x_meta", {"score": 0.5, "sizes": [1.25, 2]}))
+    passes(c)
+
+
+def test_null_provenance_refs_pass_as_none() -> None:
+    """Go's nil slice: `"refs": null` (signed as written), read as no refs."""
+    c = Case()
+    c.signed["provenance"]["refs"] = None
+    assert passes(c).manifest.provenance.refs == []
 
 
 def test_extra_signed_fields_pass_and_are_kept() -> None:

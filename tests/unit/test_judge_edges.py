@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -238,6 +238,13 @@ def test_first_breach_ignores_other_packs_and_reports_before_the_activation() ->
         raw_sample(correctness={"mismatches": 0, "checked": 10, "trace_coverage": 1.5}),
         raw_sample(signals={"tickets": -1}),
         raw_sample(signals={"tickets": 10**12}),
+        # CONTRACT §8: figures are JSON numbers, `at` is RFC 3339 (a look-alike read two ways splits readers)
+        raw_sample(latency_ms={"p95": "1", "p99": 1}),
+        raw_sample(kind="activation", ok=True, took_ms="120"),
+        raw_sample(correctness={"mismatches": 0, "checked": 10, "trace_coverage": "0.5"}),
+        raw_sample(at=1714564800),
+        raw_sample(at="2030-01-01T12:00Z"),
+        raw_sample(at="2030-01-01 12:00:00Z"),
     ],
     ids=[
         "p95-1e308",
@@ -255,12 +262,34 @@ def test_first_breach_ignores_other_packs_and_reports_before_the_activation() ->
         "trace-coverage-1.5",
         "negative-tickets",
         "tickets-10**12",
+        "p95-a-string",
+        "took-a-string",
+        "trace-coverage-a-string",
+        "at-epoch-seconds",
+        "at-without-seconds",
+        "at-with-a-space",
     ],
 )
 def test_out_of_bounds_figures_are_rejected_at_decode_with_a_reason(raw: bytes) -> None:
     problem = decode_sample(raw)
     assert isinstance(problem, str) and problem
     assert accept_report(raw, Subjects().health_parts("kx.health.prod.canary.internal.rt-1")) == problem
+
+
+def test_a_sample_in_the_forms_the_contract_allows_is_accepted() -> None:
+    """Go's nil map (`"error_classes": null`), nine fraction digits (RFC3339Nano), `t`/`z`, an offset, a leap
+    second: each a sample, read as it says."""
+    for raw, check in [
+        (raw_sample(error_classes=None), lambda s: s.error_classes == {}),
+        (raw_sample(at="2030-01-01T12:00:00.123456789Z"), lambda s: s.at.microsecond == 123456),
+        (raw_sample(at="2030-01-01t12:00:00z"), lambda s: s.at.hour == 12),
+        (raw_sample(at="2030-01-01T14:00:00+02:00"), lambda s: s.at.astimezone(UTC).hour == 12),
+        (raw_sample(at="2016-12-31T23:59:60Z"), lambda s: (s.at.second, s.at.microsecond) == (59, 999999)),
+        (raw_sample(latency_ms={"p95": 10, "p99": 20.5}), lambda s: s.latency_ms.p95 == 10.0),
+    ]:
+        sample = decode_sample(raw)
+        assert not isinstance(sample, str), (raw, sample)
+        assert check(sample), (raw, sample)
 
 
 def test_a_sample_on_another_runtimes_subject_is_refused() -> None:
