@@ -20,9 +20,9 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BeforeValidator
 
 RFC3339_DATE_TIME = re.compile(
-    r"(?P<minute>[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}):(?P<second>[0-9]{2})(?P<fraction>\.[0-9]+)?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+SECOND = slice(17, 19)  # where a matched value's seconds are: YYYY-MM-DDTHH:MM:SS
 EXAMPLE = "2030-01-01T00:00:00Z"
 
 
@@ -36,12 +36,12 @@ def parse_rfc3339(value: Any) -> Any:
     match = RFC3339_DATE_TIME.fullmatch(value)  # fullmatch: `$` would let a trailing newline through
     if match is None:
         raise ValueError(f"{value[:64]!r} is not an RFC 3339 date-time (e.g. {EXAMPLE})")
-    second, fraction, offset = match["second"], match["fraction"] or "", match["offset"]
-    if second == "60":
-        second, fraction = "59", ".999999"
-    offset = "+00:00" if offset in ("Z", "z") else offset  # fromisoformat takes any separator, but only `Z`
+    if value[SECOND] == "60":
+        value = f"{value[: SECOND.start]}59.999999{match['offset']}"
+    if value[-1] == "z":  # fromisoformat takes any separator and `Z`, but not `z`
+        value = value[:-1] + "Z"
     try:
-        return datetime.fromisoformat(f"{match['minute']}:{second}{fraction}{offset}")
+        return datetime.fromisoformat(value)  # (every event's occurred_at: no more work than this)
     except ValueError as exc:  # month 13, February 30, hour 24...
         raise ValueError(f"{value[:64]!r} is not a date-time: {exc}") from None
 
