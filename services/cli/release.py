@@ -242,22 +242,18 @@ def folded_list(nats_url: str | None, keys, flt, limit: int) -> tuple[list[dict]
 # ---- request (producers) -----------------------------------------------------------------------
 def _request_options(rollback: str, window: int | None, min_samples: int | None) -> tuple[dict, dict | None]:
     """The request's rollback plan and monitoring, checked by the contract's own models before
-    anything is read or sent: a bad value is one line and exit 2, never a rejection later."""
+    anything is read or sent: a bad value is one line and exit 2, never a rejection later. Either
+    monitoring option may come alone: what the request leaves out is the channel's (CONTRACT §7)."""
     from pydantic import ValidationError
 
-    from events.model import Monitoring, RollbackPlan
+    from events.model import RequestedMonitoring, RollbackPlan
 
-    if window is None and min_samples is not None:
-        fail("--min-samples needs --window (the request then carries its own monitoring)")
-    if window is not None and min_samples is None:
-        fail("--window needs --min-samples too (at least the channel's minimum; nothing is guessed)")
+    asked = {k: v for k, v in (("window_s", window), ("min_samples", min_samples)) if v is not None}
     try:
         plan = RollbackPlan.model_validate({"strategy": rollback}).model_dump()
         monitoring = (
-            Monitoring.model_validate({"window_s": window, "min_samples": min_samples}).model_dump(
-                exclude={"thresholds"}
-            )
-            if window is not None
+            RequestedMonitoring.model_validate(asked).model_dump(exclude={"thresholds"}, exclude_none=True)
+            if asked
             else None
         )
     except ValidationError as exc:
@@ -284,8 +280,10 @@ def release_request(
     plan: str | None = typer.Option(
         None, "--plan", callback=checks.plan, help="stages, e.g. 'internal;eu-early,us-early;rest'"
     ),
-    window: int | None = typer.Option(None, "--window", min=1, help="monitoring window seconds"),
-    min_samples: int | None = typer.Option(None, "--min-samples", min=1),
+    window: int | None = typer.Option(
+        None, "--window", min=1, help="monitoring window seconds (default: the channel's)"
+    ),
+    min_samples: int | None = typer.Option(None, "--min-samples", min=1, help="default: the channel's"),
     rollback: str = typer.Option(
         "lkg", "--rollback", callback=checks.one_of(*checks.ROLLBACK_STRATEGIES), help="lkg | pinned | none"
     ),

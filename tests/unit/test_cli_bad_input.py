@@ -63,7 +63,7 @@ BAD: list[tuple[list[str], str]] = [
     (["release", "extend", "r1", "--window", "soon", "-m", "x"], "--window"),
     ([*REQUEST, *TARGET, "--window", "-1", "--min-samples", "1"], "--window"),
     ([*REQUEST, *TARGET, "--window", "60", "--min-samples", "0"], "--min-samples"),
-    ([*REQUEST, *TARGET, "--min-samples", "3"], "--window"),
+    ([*REQUEST, *TARGET, "--window", str(31 * 24 * 3600)], "--window"),  # over the 30-day cap
     (sign_with("--expires-days", "-1"), "--expires-days"),
     (["keys", "generate", "new.key.json", "--threshold", "0"], "--threshold"),
     (["deadletter", "show", "0"], "dead_letter_id"),
