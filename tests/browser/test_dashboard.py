@@ -216,8 +216,15 @@ async def test_watching_a_release_in_the_browser(nats_url, prefix):
                 lambda d: text_of(d, "tr[data-runtime='rt-tenant-42'] td.version") == "1.0.0",
                 "rt-tenant-42 on 1.0.0 in the fleet",
             )
-            row = text_of(driver, "tr[data-runtime='rt-t-int-1']")
-            assert "prod/canary/internal" in row and "in sync" in row and "ok" in row, row
+            # polled, not read once: text_of reads "" while a live update replaces the table (CI once read it so)
+            await until(
+                driver,
+                lambda d: all(
+                    word in text_of(d, "tr[data-runtime='rt-t-int-1']")
+                    for word in ("prod/canary/internal", "in sync", "ok")
+                ),
+                "rt-t-int-1 in sync and ok on prod/canary/internal in the fleet",
+            )
             assert await asyncio.to_thread(driver.save_screenshot, str(ARTIFACTS / "fleet.png"))
             await until(driver, lambda d: "live" in text_of(d, "#live"), "the fleet page's live feed")
             await asyncio.to_thread(lambda: driver.find_element(By.CSS_SELECTOR, "a[href='/history']").click())
