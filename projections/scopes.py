@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned
+from events.model import Event, PackRef, ScopeActivated, ScopeFlagged, ScopePinned, ScopeUnpinned
 
 from .evolve import evolve
 from .pointer_chain import ChainMark, advance, chain_break
@@ -30,6 +30,9 @@ class ScopeState:
     lkg_release: str | None = None
     pin: ScopePinned | None = None  # the pin in force (until `until`), None once unpinned
     last_pin: ScopePinned | None = None  # the most recent pin, even if expired or lifted: "pinned prior"
+    # the pin before `last_pin`: what "pinned prior" names again if `last_pin` is refused (its pack failed
+    # verification: never a rollback target, never last-known-good)
+    pin_before: ScopePinned | None = None
     pin_seq: int = 0  # sequence of the last pinned/unpinned event
     pin_event_id: str | None = None
     ever_active: bool = False
@@ -99,13 +102,24 @@ def apply_scope_event(
             return evolve(state, changes)
         case "pinned":
             assert isinstance(data, ScopePinned)
-            return evolve(state, {"pin": data, "last_pin": data, "pin_seq": seq, "pin_event_id": event.event_id})
+            changes = {"pin": data, "last_pin": data, "pin_before": state.last_pin, "pin_seq": seq}
+            return evolve(state, {**changes, "pin_event_id": event.event_id})
         case "unpinned":
+            assert isinstance(data, ScopeUnpinned)
+            if data.reason == "refused" and refuses(data, state.last_pin):
+                # the pinner found the pinned pack failing a gate: it never ran, and "pinned prior" must not name it
+                # (once it stayed, so a later `pinned` rollback switched to it and made it last-known-good)
+                return evolve(state, {"pin": None, "last_pin": state.pin_before, "pin_before": None, "pin_seq": seq})
             return evolve(state, {"pin": None, "pin_seq": seq})
         case "flagged":
             assert isinstance(data, ScopeFlagged)
             return evolve(state, {"flag": data, "flag_seq": seq})
     return state
+
+
+def refuses(unpinned: ScopeUnpinned, pin: ScopePinned | None) -> bool:
+    """Whether a refusal is of `pin` (its pack; a refusal naming no pack is of the pin it lifts)."""
+    return pin is not None and (unpinned.pack is None or unpinned.pack.digest == pin.pack.digest)
 
 
 def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, release_id: str) -> ScopeState:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from events.ids import derived_event_id
 from events.manifest import manifest_object_name
@@ -25,6 +25,8 @@ from services.verification.context import configured_channel
 from services.verification.readiness import Exposing, TargetCheck, landing, target_check, target_checks
 
 NAME = "activator"
+# a first switch this long after its verification checks the pack again (an expiry, say, may have come)
+VERIFICATION_FRESH_S = 30
 
 
 def _previous(world: World, env: str, channel: str, cohort: str) -> VersionDigest | None:
@@ -49,21 +51,26 @@ def _superseded(world: World, release: ReleaseState, cohorts: list[str]) -> str:
     return ("not newer than what runs now: " + "; ".join(problems)) if problems else ""
 
 
-def needs_recheck(world: World, release: ReleaseState) -> bool:
+def needs_recheck(world: World, release: ReleaseState, now: datetime) -> bool:
     """Whether the next rollout switch must check the pack again (`decide_rollout`'s `recheck`):
     every expansion (time has passed since the verification: a rotation, an expiry, a new channel
     configuration), and the first stage when the log holds a trust rotation (it may have come after
-    the verification) or the channel was configured after it. Otherwise the verification a moment
-    ago stands, and the hot path reads nothing more."""
+    the verification), the channel has a newer entry than the release's last event (a configuration,
+    or one that does not decode), or the verification is older than VERIFICATION_FRESH_S (a release
+    paused before its first switch, a slow activator: its manifest may have expired since; found by a
+    fail-closed audit, session 26). Otherwise the verification a moment ago stands, and the hot path
+    reads nothing more."""
     if release.phase == "expanding":
         return True
     if release.phase != "verified":
         return False
     if world.trust_rotations:
         return True
+    verified = release.verified
+    if verified is not None and now - verified.reference_time > timedelta(seconds=VERIFICATION_FRESH_S):
+        return True
     target = release.prepared.target if release.prepared is not None else None
-    channel = world.channel_state(target.env, target.channel) if target is not None else None
-    return channel is not None and channel.seq > release.last_seq
+    return target is not None and world.channel_seq(target.env, target.channel) > release.last_seq
 
 
 def _next_stage(release: ReleaseState) -> int | None:
@@ -313,7 +320,7 @@ class Activator(ReleaseReactor[TargetFacts]):
             return TargetFacts(rollback=checks)
         if release.paused:
             return TargetFacts()  # a paused rollout switches nothing (`decide_rollout`): nothing to read
-        if needs_recheck(world, release) and release.verified is not None:
+        if needs_recheck(world, release, ctx.now) and release.verified is not None:
             return TargetFacts(
                 recheck=await self.target_check(release.verified.pack, release, ctx, exposing(world, release, ctx.now))
             )

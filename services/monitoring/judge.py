@@ -578,10 +578,11 @@ def judge(
     if mode != "off":
         stats = judge_statistically(per_sample(samples), per_sample(baseline))
         figures["statistical"] = stats
-        if mode == "enforce" and stats["result"] == "fail":
-            comparisons.append(
-                Comparison(metric="statistical_score", value=float(stats["score"]), op=">=", threshold=50.0, ok=False)
-            )
+        if mode == "enforce" and stats["result"] in ("fail", "insufficient_data"):
+            # enforced, a comparison that cannot be made is no data, never a pass (no baseline: a first release,
+            # or the old pack's runtimes silent before the activation; too few samples a side): the window holds
+            score = None if stats["score"] is None else float(stats["score"])
+            comparisons.append(Comparison(metric="statistical_score", value=score, op=">=", threshold=50.0, ok=False))
     activated = switched(samples)
     missing_runtimes = set(expected) - activated
     figures["coverage"] = {

@@ -68,7 +68,12 @@ def verify_context(
 
 
 def configured_channel(world: World, env: str, channel: str) -> ChannelConfig | None:
-    """The channel's configuration as the gates take it: None when it was never configured (the
-    compatibility gate then fails closed), never the contract's default in its place."""
+    """The channel's configuration as the gates take it: None when it was never configured, or when its
+    newest entry does not decode (the compatibility gate then fails closed), never the contract's default
+    nor an older configuration in its place (the verifier, the activator's recheck, a rollback's landing
+    and the pinner once took the older one: a fail-closed audit, session 26; pre-flight and the monitor
+    already held)."""
+    if world.channel_problem(env, channel) is not None:
+        return None
     state = world.channel_state(env, channel)
     return state.config if state else None

@@ -507,7 +507,8 @@ def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
         # No expectations is not "anything goes": an unconfigured gate fails closed.
         return _reject(
             "channel_unconfigured",
-            f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version)",
+            f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version), "
+            "or its newest configuration does not decode",
         )
     need = w.typed.compatibility
     profiles, runtime_version = compat.profiles or [], compat.runtime_version or ""  # `configured` checked both

@@ -945,7 +945,7 @@ def _activate(m: Lifecycle, world: World, release: ReleaseState, ctx: Ctx) -> li
         return activator.decide_rollback(
             world, release, ctx, {d: c.problem for d, c in checks.items()}, {d: c.signers for d, c in checks.items()}
         )
-    if activator.needs_recheck(world, release) and release.verified is not None:
+    if activator.needs_recheck(world, release, ctx.now) and release.verified is not None:
         exposing = activator.exposing(world, release, ctx.now)
         return activator.decide_rollout(
             world, release, ctx, target_check(m, release.verified.pack, release, ctx, exposing)

@@ -1273,16 +1273,49 @@ def test_scope_event_ids_are_distinct_per_cohort() -> None:
     assert len(ids) == len(set(ids)) == 3
 
 
+def test_the_first_switch_checks_the_pack_again_when_its_verification_is_old() -> None:
+    """A release paused before its first switch, or a slow activator: the manifest may have expired since.
+    Found by a fail-closed audit (session 26): the pointer moved on a verification a month old."""
+    log = history(Log())
+    log.through_verified("r1", P1)
+    world, release = state(log)
+    verified_at = release.verified.reference_time
+    fresh = timedelta(seconds=activator.VERIFICATION_FRESH_S)
+    assert not activator.needs_recheck(world, release, verified_at + fresh)
+    assert activator.needs_recheck(world, release, verified_at + fresh + timedelta(seconds=1))
+
+
+def test_the_first_switch_checks_the_pack_again_when_the_channels_newest_entry_does_not_decode() -> None:
+    """An unreadable configuration after the verification: the recheck judges the pack against no
+    configuration (the compatibility gate fails closed), never the older one it replaced."""
+    from events.subjects import Subjects
+    from projections.position import Position
+    from projections.world import apply_undecodable
+    from services.verification.context import configured_channel
+
+    log = history(Log())
+    log.through_verified("r1", P1)
+    world, release = state(log)
+    assert configured_channel(world, ENV, CH) is not None
+    entry = Position(seq=world.applied_seq + 1, subject=f"kx.channel.{ENV}.{CH}.configured")
+    world = apply_undecodable(world, entry, Subjects())
+    release = world.release("r1")
+    assert world.channel_problem(ENV, CH) is not None and configured_channel(world, ENV, CH) is None
+    assert activator.needs_recheck(world, release, release.verified.reference_time)
+    exposing = activator.exposing(world, release, LATER)
+    assert exposing is not None and exposing.config is None
+
+
 def test_the_first_switch_checks_the_pack_again_when_the_channel_was_configured_after_its_verification() -> None:
     """The verification a moment ago stands for the first stage, unless the channel's configuration came
     after it: then the switch judges the pack against the channel as it is (activator.exposing)."""
     log = history(Log())
     log.through_verified("r1", P1)
-    assert not activator.needs_recheck(*state(log))
+    assert not activator.needs_recheck(*state(log), NOW)
     compatibility = {"schema": "kx-pack/1", "profiles": ["standard"], "runtime_version": "3.0.0"}
     log.channel({**CHANNEL_DOC, "compatibility": compatibility})
     world, release = state(log)
-    assert activator.needs_recheck(world, release)
+    assert activator.needs_recheck(world, release, NOW)
     exposing = activator.exposing(world, release, LATER)
     assert exposing is not None and exposing.cohorts == ("internal",)
     assert exposing.config is not None and exposing.config.compatibility.runtime_version == "3.0.0"

@@ -134,6 +134,22 @@ def test_an_error_rate_without_traffic_is_inconclusive() -> None:
     assert "no data for error_rate" in v.reason
 
 
+def test_an_enforced_statistical_score_that_cannot_be_computed_holds_the_window() -> None:
+    """Enforced, the score is a success criterion: no baseline (a first release; the old pack's runtimes silent
+    before the activation) or too few samples a side is no data, never a pass. Found by a fail-closed audit
+    (session 26): the same samples failed against a baseline and passed without one."""
+    new = [sample(f"rt-{i}", requests=100, errors=4, p95=900.0, p99=1200.0) for i in range(6)]
+    base = [sample(f"rt-{i}", requests=100, errors=0, p95=100.0, p99=150.0, d=P0["digest"]) for i in range(6)]
+    enforced = monitoring(min_samples=2, error_rate_max=0.05, statistical="enforce")
+    assert judge(new, base, enforced).outcome == "monitoring_failed"
+    for baseline in ([], base[:2]):
+        v = judge(new, baseline, enforced)
+        assert v.figures["statistical"]["result"] == "insufficient_data"
+        assert v.outcome == "monitoring_inconclusive" and "no data for statistical_score" in v.reason, v.reason
+    # reported only, it stays a figure: the thresholds judge the window
+    assert judge(new, [], monitoring(min_samples=2, error_rate_max=0.05)).outcome == "monitoring_passed"
+
+
 # ==== 2. coverage and refusals ==================================================================
 
 

@@ -69,6 +69,48 @@ def test_preflight_rejects_a_pinned_prior_that_is_the_pack_being_released() -> N
     assert "internal's pinned prior is the pack being released" in event.data.reasons[0].message
 
 
+def refuse_pin(log: Log, cohort: str, pack: dict) -> None:
+    """The pinner's answer to a pin whose pack fails a gate (the stored bytes, say): `unpinned`, `refused`."""
+    log.add(
+        "scope.unpinned",
+        {
+            "pack": pack,
+            "by": "pinner",
+            "reason": "refused",
+            "rationale": "pinned pack refused: integrity/digest_mismatch",
+        },
+        cohort=cohort,
+        actor=PINNER,
+    )
+
+
+def test_a_refused_pin_is_no_pinned_prior_the_one_before_it_is() -> None:
+    """Found by a fail-closed audit (session 26): the refused pin stayed `last_pin`, so a release with the
+    `pinned` strategy recorded it as its target, rolled back onto it, and the fold made it last-known-good:
+    a pack that failed verification and never ran."""
+    log = history(Log())  # P0 is the LKG
+    log.pin("internal", P2, LATER + timedelta(days=1), "hold on 2.0")
+    refuse_pin(log, "internal", P2)
+    scope = log.world().scope(ENV, CH, "internal")
+    assert (scope.pin, scope.last_pin) == (None, None)
+    log.requested("r1", P1, plan=[["internal"]], rollback={"strategy": "pinned"}, acknowledge_no_health=True)
+    event = single_event(preparer.decide(*state(log), ctx("preparer"), None, None, {P1["digest"]: None}))
+    assert event.type == "release.rejected" and [r.code for r in event.data.reasons] == ["rollback_target"], event
+    assert "internal has never been pinned" in event.data.reasons[0].message
+
+    # an accepted pin before the refused one is the pinned prior again
+    log = history(Log())
+    log.pin("internal", P0, LATER + timedelta(days=1), "hold on 0.9")
+    log.unpin("internal")
+    log.pin("internal", P2, LATER + timedelta(days=2), "hold on 2.0")
+    refuse_pin(log, "internal", P2)
+    assert log.world().scope(ENV, CH, "internal").last_pin.pack.digest == P0["digest"]
+    log.requested("r1", P1, plan=[["internal"]], rollback={"strategy": "pinned"}, acknowledge_no_health=True)
+    world, release = state(log)
+    _, prepared = preparer.preflight(world, release, ctx("preparer"), None)
+    assert prepared is not None and prepared.rollback_targets["internal"].digest == P0["digest"]
+
+
 def test_preflight_still_prepares_another_lkg() -> None:
     log = history(Log())  # P0 is the LKG, P1 is released
     log.requested("r1", P1, acknowledge_no_health=True)
