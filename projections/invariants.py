@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rpds import HashTrieMap
 
@@ -33,6 +33,7 @@ from events.model import (
     RolledBack,
     ScopeActivated,
     ScopePinned,
+    ScopeUnpinned,
     Verified,
 )
 from events.service_signing import ServiceKeys, SignatureChecker
@@ -214,7 +215,7 @@ def own_ids(audit: Audit) -> dict[str, int]:
 
 _CHECKED = frozenset({"scope.activated", "scope.pinned", "release.rollback_started"})  # what `_check` judges
 # what `remember` learns from
-_REMEMBERED = frozenset({"release.verified", "release.closed", "release.monitoring_passed"})
+_REMEMBERED = frozenset({"release.verified", "release.closed", "release.monitoring_passed", "scope.unpinned"})
 _PAIRED = frozenset({"scope.activated", "release.activated", "release.rolled_back"})  # what `with_claims` indexes
 
 
@@ -570,6 +571,9 @@ class SafetyMemory:
     signers: HashTrieMap[str, frozenset[str]] = field(default_factory=HashTrieMap)
     # release id -> why its newest pass was stale when stored (`stale_when_stored`), until its next verdict
     stale_passes: HashTrieMap[str, str] = field(default_factory=HashTrieMap)
+    # (env, channel, cohort, digest) of pins the pinner refused (the pack failed a gate), until a release
+    # verifies that digest again: no rollback may land there (the fold no longer calls it the pinned prior)
+    refused: frozenset[tuple[str, str, str, str]] = frozenset()
 
 
 def _breaches(c: Comparison) -> bool:
@@ -800,6 +804,7 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
                 f"{event.release_id} closed success, but stage(s) {unearned} did not pass a window on data",
             )
     elif suffix == "rollback_started" and isinstance(data, RollbackStarted) and release.prepared is not None:
+        where = release.prepared.target
         for cohort, target in sorted(data.targets.items()):
             allowed = strategy_targets(world, release, cohort, event.occurred_at)
             if target is not None and target.digest not in allowed:
@@ -807,6 +812,17 @@ def check_safety(world: World, position: Position, event: Event, memory: SafetyM
                     "rollback_off_strategy",
                     f"{event.release_id}: {cohort} would roll back to {target.version}, not its "
                     f"{release.prepared.rollback_strategy} target or the pin in force",
+                )
+            elif (
+                target is not None
+                and memory is not None
+                and release.prepared.rollback_strategy == "pinned"  # the pinned prior it named (an LKG earned it)
+                and (where.env, where.channel, cohort, target.digest) in memory.refused
+            ):
+                v(
+                    "rollback_off_strategy",
+                    f"{event.release_id}: {cohort} would roll back to {target.version}, whose pin there was refused "
+                    "(the pack failed a gate) and which no release has verified since",
                 )
     return out
 
@@ -869,10 +885,18 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
         if stale is None:
             return evolve(memory, {"stale_passes": memory.stale_passes.discard(event.release_id)})
         return evolve(memory, {"stale_passes": memory.stale_passes.insert(event.release_id, stale)})
+    if event.type == "scope.unpinned" and isinstance(event.data, ScopeUnpinned) and event.scope is not None:
+        if event.data.reason != "refused" or event.data.pack is None:
+            return memory
+        where = (event.scope.env, event.scope.channel, event.scope.cohort, event.data.pack.digest)
+        return evolve(memory, {"refused": memory.refused | {where}})
     if event.type == "release.verified" and isinstance(event.data, Verified):
         digest = event.data.pack.digest
         known = memory.signers.get(digest, frozenset())
-        return evolve(memory, {"signers": memory.signers.insert(digest, known | frozenset(event.data.signers))})
+        changes: dict[str, Any] = {"signers": memory.signers.insert(digest, known | frozenset(event.data.signers))}
+        if any(r[3] == digest for r in memory.refused):  # its bytes passed every gate again
+            changes["refused"] = frozenset(r for r in memory.refused if r[3] != digest)
+        return evolve(memory, changes)
     if event.type != "release.closed" or not event.release_id:
         return memory
     release = after.release(event.release_id)

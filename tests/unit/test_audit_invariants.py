@@ -633,3 +633,40 @@ def test_a_pass_naming_the_configuration_it_was_judged_against_is_audited_where_
     later.channel({**CHANNEL_DOC, "cohorts": [{"name": "rest"}], "plan": [["rest"]]})  # after the pass was stored
     later.expanded("r1", 0, 1, ["rest"])
     assert audited_codes(later, "pass_without_data", "stale_pass_carried_on") == []
+
+
+def refused_pin_then_pinned_rollback(reverified: bool) -> Log:
+    """A log the service wrote before session 26: internal's pin to P2 refused by the pinner (its bytes failed a
+    gate), yet r1's pre-flight recorded P2 as the `pinned` strategy's target and the rollback named it."""
+    log = Log()
+    log.channel()
+    log.two_stage_success("r0", P0)
+    log.pin("internal", P2, log.clock + timedelta(days=1), "hold on 2.0")
+    log.add(
+        "scope.unpinned",
+        {
+            "pack": P2,
+            "by": "pinner",
+            "reason": "refused",
+            "rationale": "pinned pack refused: integrity/digest_mismatch",
+        },
+        cohort="internal",
+        actor=PINNER,
+    )
+    if reverified:  # a release verifies P2's bytes afresh (and is then abandoned)
+        log.through_verified("r2", P2)
+    log.through_verified("r1", P1, targets={"internal": P2, "rest": P0}, strategy="pinned")
+    log.stage("r1", 0, ["internal"], "failed")
+    log.rollback_started("r1", {"internal": P2})
+    return log
+
+
+def test_a_pinned_rollback_onto_a_refused_pin_is_reported_until_the_pack_is_verified_again() -> None:
+    """Found by a fail-closed audit (session 26): the fold kept a refused pin as the pinned prior, so a `pinned`
+    rollback switched to a pack that failed verification. The fold no longer does; the auditor reports such a
+    target in an older log, unless a release verified that pack's bytes after the refusal."""
+    found = audited_codes(refused_pin_then_pinned_rollback(reverified=False), "rollback_off_strategy")
+    assert [(code, "whose pin there was refused" in message) for _, code, message in found] == [
+        ("rollback_off_strategy", True)
+    ], found
+    assert audited_codes(refused_pin_then_pinned_rollback(reverified=True), "rollback_off_strategy") == []
