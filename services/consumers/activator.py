@@ -101,7 +101,8 @@ def exposing(world: World, release: ReleaseState, now: datetime) -> Exposing | N
         return None
     env, channel = release.prepared.target.env, release.prepared.target.channel
     active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
-    return Exposing(configured_channel(world, env, channel), cohorts, active)
+    config, unreadable = configured_channel(world, env, channel)
+    return Exposing(config, cohorts, active, problem=unreadable)
 
 
 def rollback_landing(world: World, release: ReleaseState) -> Exposing | None:

@@ -243,7 +243,7 @@ class Pinner:
         trust_root = self.port.current_trust_root()
         if trust_root is None:
             return "no trust root configured", []
-        config = configured_channel(world, scope.env, scope.channel)
+        config, unreadable = configured_channel(world, scope.env, scope.channel)
         ctx = verify_context(
             pack,
             trust_root,
@@ -253,6 +253,7 @@ class Pinner:
             channel=scope.channel,
             cohorts=(scope.cohort,),
             channel_config=config,
+            channel_problem=unreadable,
             active={scope.cohort: state.active_pack},
         )
         try:

@@ -40,6 +40,7 @@ def context_for(world: World, release: ReleaseState, ctx: Ctx, trust_root) -> Ve
     prepared = release.prepared
     env, channel = prepared.target.env, prepared.target.channel
     cohorts = tuple(c for stage in prepared.stages for c in stage)
+    config, unreadable = configured_channel(world, env, channel)
     return verify_context(
         prepared.pack,
         trust_root,
@@ -48,7 +49,8 @@ def context_for(world: World, release: ReleaseState, ctx: Ctx, trust_root) -> Ve
         env=env,
         channel=channel,
         cohorts=cohorts,
-        channel_config=configured_channel(world, env, channel),
+        channel_config=config,
+        channel_problem=unreadable,
         active={c: world.scope(env, channel, c).active_pack for c in cohorts},
     )
 

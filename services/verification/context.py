@@ -41,13 +41,15 @@ def verify_context(
     channel: str = "",
     cohorts: tuple[str, ...] = (),
     channel_config: ChannelConfig | None = None,
+    channel_problem: str | None = None,
     active: Mapping[str, PackRef | None] | None = None,
     attestation: bytes | None = None,
 ) -> VerifyContext:
     """The context for verifying `pack` (None: a probe that names no pack, e.g. to read a manifest's
     own identity) for `purpose` at `now`, under `trust_root`.
 
-    `channel_config` None: the channel was never configured (see `configured_channel`);
+    `channel_config` None: the channel was never configured, or (`channel_problem` says why) its newest
+    entry does not decode (see `configured_channel`);
     `active`: cohort -> the pack it runs (None: never activated); `attestation`: the raw DSSE
     envelope, read only where the channel requires one.
     """
@@ -59,6 +61,7 @@ def verify_context(
         channel=channel,
         cohorts=cohorts,
         channel_config=channel_config,
+        channel_problem=channel_problem,
         active=active if active is not None else {},
         trust_root=trust_root,
         now=now,
@@ -67,13 +70,14 @@ def verify_context(
     )
 
 
-def configured_channel(world: World, env: str, channel: str) -> ChannelConfig | None:
-    """The channel's configuration as the gates take it: None when it was never configured, or when its
-    newest entry does not decode (the compatibility gate then fails closed), never the contract's default
-    nor an older configuration in its place (the verifier, the activator's recheck, a rollback's landing
-    and the pinner once took the older one: a fail-closed audit, session 26; pre-flight and the monitor
-    already held)."""
-    if world.channel_problem(env, channel) is not None:
-        return None
+def configured_channel(world: World, env: str, channel: str) -> tuple[ChannelConfig | None, str | None]:
+    """The channel's configuration as the gates take it, and why it cannot be read (None: it can). The
+    configuration is None when it was never configured, or when its newest entry does not decode (the
+    compatibility gate then fails closed, saying which), never the contract's default nor an older
+    configuration in its place (the verifier, the activator's recheck, a rollback's landing and the pinner
+    once took the older one: a fail-closed audit, session 26; pre-flight and the monitor already held)."""
+    problem = world.channel_problem(env, channel)
+    if problem is not None:
+        return None, problem.describe()
     state = world.channel_state(env, channel)
-    return state.config if state else None
+    return (state.config if state else None), None

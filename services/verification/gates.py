@@ -104,6 +104,7 @@ GATE_CODES: dict[str, tuple[str, ...]] = {
     "compatibility": (
         GATE_ORDER_CODE,
         "channel_unconfigured",
+        "channel_unreadable",
         "schema_mismatch",
         "profile_mismatch",
         "runtime_specifier_invalid",
@@ -159,7 +160,7 @@ class VerifyContext:
     env: str
     channel: str
     cohorts: tuple[str, ...]  # the target cohorts this verification covers
-    channel_config: ChannelConfig | None  # None: the channel was never configured
+    channel_config: ChannelConfig | None  # None: the channel was never configured, or (below) is unreadable
     active: Mapping[str, PackRef | None]  # cohort -> active pack; None = never activated
     trust_root: TrustRoot  # from KX_TRUST_ROOT, never from the pack
     now: datetime  # reference time, read once by the caller
@@ -167,6 +168,8 @@ class VerifyContext:
     # The raw `sha256-<hex>.attestation` object (a DSSE envelope), read only when the channel's
     # policy requires one; None = not found (a failure then) or not required.
     attestation: bytes | None = None
+    # why the channel's newest configuration cannot be read (None: it can): the compatibility gate says so
+    channel_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -501,14 +504,15 @@ PHASE_PACK: tuple[_Step, ...] = (_Step("integrity", _gate_integrity),)
 
 
 def _gate_compatibility(w: _Work, ctx: VerifyContext) -> _Verdict:
+    if ctx.channel_problem is not None:  # never judged against the older configuration it replaced
+        return _reject("channel_unreadable", f"channel {ctx.env}/{ctx.channel}: {ctx.channel_problem}")
     cfg = ctx.channel_config
     compat = None if cfg is None else cfg.compatibility
     if compat is None or not compat.configured:
         # No expectations is not "anything goes": an unconfigured gate fails closed.
         return _reject(
             "channel_unconfigured",
-            f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version), "
-            "or its newest configuration does not decode",
+            f"channel {ctx.env}/{ctx.channel} has no compatibility expectations (schema, profiles, runtime_version)",
         )
     need = w.typed.compatibility
     profiles, runtime_version = compat.profiles or [], compat.runtime_version or ""  # `configured` checked both

@@ -43,6 +43,7 @@ class Exposing:
     cohorts: tuple[str, ...]
     active: Mapping[str, PackRef | None]
     purpose: Literal["rollout", "rollback"] = "rollout"
+    problem: str | None = None  # why the channel's newest configuration cannot be read (`configured_channel`)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def landing(world: World, env: str, channel: str, cohorts: tuple[str, ...]) -> E
     """Where a rollback of `cohorts` would land: their packs now and the channel's configuration now
     (judged as a verification would, without the downgrade rule: `purpose` rollback)."""
     active = {c: world.scope(env, channel, c).active_pack for c in cohorts}
-    return Exposing(configured_channel(world, env, channel), cohorts, active, "rollback")
+    config, unreadable = configured_channel(world, env, channel)
+    return Exposing(config, cohorts, active, "rollback", unreadable)
 
 
 def judge_target(
@@ -103,6 +105,7 @@ def judge_target(
             channel=channel,
             cohorts=exposing.cohorts,
             channel_config=exposing.config,
+            channel_problem=exposing.problem,
             active=exposing.active,
             attestation=attestation,
         )

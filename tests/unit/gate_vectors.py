@@ -135,6 +135,7 @@ class Case:
     purpose: str = "rollout"
     builders: list[tuple[SigningKey, list[str]]] = field(default_factory=lambda: [(CI, [BUILDER])])
     attestation: bytes | None = None  # the raw attestation object, read when the channel requires it
+    channel_problem: str | None = None  # why the channel's newest configuration cannot be read
     now: Any = NOW
 
     def manifest_doc(self) -> dict[str, Any]:
@@ -164,6 +165,7 @@ class Case:
             now=self.now,
             purpose=self.purpose,  # type: ignore[arg-type]
             attestation=self.attestation,
+            channel_problem=self.channel_problem,
         )
 
     def build(self) -> tuple[bytes | None, bytes | None, VerifyContext]:

@@ -1296,14 +1296,16 @@ def test_the_first_switch_checks_the_pack_again_when_the_channels_newest_entry_d
     log = history(Log())
     log.through_verified("r1", P1)
     world, release = state(log)
-    assert configured_channel(world, ENV, CH) is not None
+    assert configured_channel(world, ENV, CH)[0] is not None
     entry = Position(seq=world.applied_seq + 1, subject=f"kx.channel.{ENV}.{CH}.configured")
     world = apply_undecodable(world, entry, Subjects())
     release = world.release("r1")
-    assert world.channel_problem(ENV, CH) is not None and configured_channel(world, ENV, CH) is None
+    config, unreadable = configured_channel(world, ENV, CH)
+    assert world.channel_problem(ENV, CH) is not None and config is None
+    assert unreadable == world.channel_problem(ENV, CH).describe()
     assert activator.needs_recheck(world, release, release.verified.reference_time)
     exposing = activator.exposing(world, release, LATER)
-    assert exposing is not None and exposing.config is None
+    assert exposing is not None and exposing.config is None and exposing.problem == unreadable
 
 
 def test_the_first_switch_checks_the_pack_again_when_the_channel_was_configured_after_its_verification() -> None:

@@ -319,6 +319,13 @@ NEGATIVE = [
     V(signed("size", len(PACK) - 1), "integrity", "pack_oversized", id="wrong-size-declared-smaller"),
     # compatibility: unconfigured fails closed.
     V(case(channel_config=None), "compatibility", "channel_unconfigured", id="channel-unconfigured-none"),
+    # an unreadable newest entry: refused saying so, even with the older configuration at hand
+    V(
+        case(channel_problem="channel config at seq 6 could not be decoded: x"),
+        "compatibility",
+        "channel_unreadable",
+        id="channel-newest-entry-unreadable",
+    ),
     V(case(channel_config=ChannelConfig()), "compatibility", "channel_unconfigured", id="channel-compatibility-empty"),
     V(channel(compatibility={"profiles": []}), "compatibility", "channel_unconfigured", id="channel-profiles-empty"),
     V(signed("compatibility.schema", "kx-schema-4"), "compatibility", "schema_mismatch", id="schema-mismatch"),
