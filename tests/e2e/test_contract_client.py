@@ -170,6 +170,11 @@ class ContractRuntime:
         self.recheck_at = time.monotonic() + RECHECK_S
         self.unreported: dict | None = None  # the outcome of the last switch (or refusal), until reported
         self.tasks: list[asyncio.Task] = []
+        # Set by stop(); each loop checks it. A cancellation alone can be lost: nats.py turns one that lands in
+        # a fetch into ConnectionClosedError when the connection is closing, and 3.11's wait_for drops one
+        # that meets a message arriving, and the loops go on through exceptions by design — so a stop waited
+        # on a runtime that never ended, until the test's limit (CI, twice: here and on the cluster).
+        self.stopping = False
 
     @property
     def health_subject(self) -> str:
@@ -196,6 +201,7 @@ class ContractRuntime:
         ]
 
     async def stop(self) -> None:
+        self.stopping = True
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -209,7 +215,7 @@ class ContractRuntime:
         failed pack read or a failed report (a cluster's leader election, a loaded server): it says so in
         its timeline and tries again on its next turn, as any runtime must (with AckPolicy.NONE a pointer
         is delivered once: the runtime, not the server, remembers what it still has to do)."""
-        while True:
+        while not self.stopping:
             try:
                 msgs = await self.sub.fetch(10, timeout=0.5)
             except (TimeoutError, NatsTimeout):
@@ -309,7 +315,7 @@ class ContractRuntime:
         await self.js.publish(self.health_subject, json.dumps(msg).encode())
 
     async def report_samples(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 await self.report(
                     {
