@@ -539,6 +539,7 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
+    "lkg_pulled",  # last-known-good still naming the pack of a release rolled back off that scope
     "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure,
     # for a cohort the channel no longer has, or while the channel's newest configuration does not decode
     # (judged against the configuration the verdict names; a verdict naming none: where the release moves on)
@@ -848,8 +849,11 @@ def _lkg_changes(before: World, after: World, event: Event) -> list[tuple[tuple[
 
 def check_lkg(memory: SafetyMemory, before: World, after: World, position: Position, event: Event) -> list[Violation]:
     """Last-known-good only ever a pack that passed every window on its own data,
-    or a pin/earned pack a rollback restored."""
+    or a pin/earned pack a rollback restored; and never the pack a rollback moved the scope off."""
     out = []
+    pulled = _pulled(before, after, event)
+    if pulled is not None:
+        out.append(Violation(position.seq, "lkg_pulled", pulled))
     for key, pack in _lkg_changes(before, after, event):
         env, channel, cohort = key
         if event.type == "release.closed":
@@ -870,6 +874,34 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
                 )
             )
     return out
+
+
+def _pulled(before: World, after: World, event: Event) -> str | None:
+    """Why a rollback pointer left its own release's pack, which it moved the scope off, as the scope's
+    last-known-good (None: it did not).
+
+    A release rolled back where it runs is no longer known to run well there (an operator pulled it after it
+    closed `success`, say for tenant impact): the next failed release must not go back to its pack. (Written
+    apart from the fold's `pulled_pack` on purpose: the check must not share the code it checks.)"""
+    data = event.data
+    if event.type != "scope.activated" or not isinstance(data, ScopeActivated) or data.kind != "rollback":
+        return None
+    if event.scope is None:
+        return None
+    key = (event.scope.env, event.scope.channel, event.scope.cohort)
+    was = before.scope(*key).active
+    lkg = after.scope(*key).lkg
+    if was is None or was.kind != "rollout" or was.release_id != data.release_id or not data.release_id:
+        return None  # the pointer it replaces is not its release's rollout: it judged nothing about that pack
+    left = was.pack
+    if lkg is None or left.digest == data.pack.digest or lkg.digest != left.digest:
+        return None
+    if after.scope(*key).active is not data:
+        return None  # a stale pointer the fold did not take (the chain check reports it)
+    return (
+        f"{'/'.join(key)}: {data.release_id} rolled back off its {left.version} to {data.pack.version}, "
+        f"yet {left.version} is still its last-known-good"
+    )
 
 
 def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:

@@ -127,7 +127,7 @@ def release_rollback(
     ),
     nats_url: str | None = NatsUrl,
 ) -> None:
-    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically."""  # noqa: E501 (help text)
+    """Roll every cohort of the release back to its strategy's target (pin in force, else pinned prior or last-known-good), atomically. Also after it closed: its pack is then known good there no longer."""  # noqa: E501 (help text)
     _release_action(
         release_id,
         nats_url,

@@ -53,8 +53,8 @@ def digest_of_object(name: str) -> str | None:
 
 def candidate_index(world, only: frozenset[str] | None = None) -> dict[str, list[str]]:
     """Pack digest -> the releases that may have distributed it: those in flight with it, then the
-    ones that made it active or last-known-good somewhere (the releases a rollback or restart
-    needs), each once, in that order. One pass over every release and scope: a sweep of the pack
+    ones that made it active or last-known-good somewhere, or the last-known-good before that (the releases a
+    rollback or restart needs), each once, in that order. One pass over every release and scope: a sweep of the pack
     keeper looks up each active pack in one index instead of scanning once per pack (e2e bench,
     3,000 distinct packs: 8% of the service's CPU went to those scans). `only`: index just these
     digests (one lookup: a membership test per release and scope, no list for every pack)."""
@@ -70,6 +70,8 @@ def candidate_index(world, only: frozenset[str] | None = None) -> dict[str, list
     for state in world.scopes.values():
         if state.lkg is not None and state.lkg_release:
             add(state.lkg.digest, state.lkg_release)
+        if state.lkg_prior is not None and state.lkg_prior.release_id:  # where pulling the LKG sends it back
+            add(state.lkg_prior.pack.digest, state.lkg_prior.release_id)
         if state.active is not None and state.active.release_id:
             add(state.active.pack.digest, state.active.release_id)
     return {digest: list(dict.fromkeys(ids)) for digest, ids in index.items()}

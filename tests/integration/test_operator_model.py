@@ -77,8 +77,9 @@ async def test_three_stage_canary_then_promotion_to_stable(nats_url, prefix):
 async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(nats_url, prefix):
     async with running_service(nats_url, prefix) as svc:
         await svc.configure()
-        runtimes = [await svc.runtime("t-int-1"), await svc.runtime("tenant-42")]
-        good, newer = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key)
+        good, newer, worse = make_pack("1.0.0", svc.key), make_pack("1.1.0", svc.key), make_pack("1.2.0", svc.key)
+        failing = {worse.digest: Behaviour(error_rate=0.5)}
+        runtimes = [await svc.runtime("t-int-1", failing), await svc.runtime("tenant-42", failing)]
         await svc.request("r1", good, rollback={"strategy": "none"})
         await svc.wait_release("r1")
         await svc.request("r2", newer)
@@ -107,6 +108,14 @@ async def test_rollback_after_promotion_returns_every_cohort_to_lkg_atomically(n
             "r2 re-closed",
         )
         assert own.last_seq == svc.world.release("r2").last_seq and svc.app.follower.world.release("r2") is None
+        # the pulled pack is known good no longer (session 27): LKG is r1's again, and the next release that
+        # fails goes back there, not to the 1.1.0 the operator pulled
+        assert all(svc.world.scope("prod", "canary", c).lkg.digest == good.digest for c in ("internal", "rest"))
+        await svc.request("r3", worse)
+        failed = await svc.wait_release("r3")
+        assert failed.outcome == "rolled_back", failed.failure
+        assert {c: t.digest for c, t in failed.rollback.targets.items()} == {"internal": good.digest}
+        assert svc.world.scope("prod", "canary", "internal").active_pack.digest == good.digest
 
 
 async def test_a_pinned_canary_refuses_a_release_then_is_used_as_rollback_target(nats_url, prefix):

@@ -19,6 +19,9 @@ from projections.invariants import Audit, audit_entry, finish
 from projections.pointer_chain import chained_pointer
 from projections.position import Position
 from projections.releases import STALE_PASS, VOID_PASS
+from projections.rollback import rollback_target
+from projections.world import fold
+from services.actions import operator
 from services.consumers import activator, pinner
 from services.consumers.outputs import Atomic, Chain, Ctx, Output
 from tests.unit.archive_support import assert_archiving_agrees
@@ -26,6 +29,7 @@ from tests.unit.test_projections import CH, CHANNEL_DOC, ENV, P0, P1, P2, Log, m
 
 ACTIVATOR = Actor(kind="service", id="activator")
 PINNER = Actor(kind="service", id="pinner")
+OPERATOR_ACTOR = Actor(kind="operator", id="ops")
 
 
 class Story:
@@ -490,6 +494,62 @@ def test_check_lkg_still_catches_a_fold_that_makes_a_restored_pack_known_good() 
     )
     (found,) = check_lkg(memory, before, old_fold, position, rollback)
     assert found.code == "lkg_not_earned" and f"{P1['version']} became last-known-good" in found.message
+
+
+def _pulled_after_success() -> tuple[Story, list[Event]]:
+    """`story` (P0 earned by r0), then r1 earned P1, then an operator's rollback of r1 after it closed
+    (tenant impact) to the targets its strategy chooses (`kxr release rollback`): the pointers it stored."""
+    s = story()
+    s.success("r1", P1)
+    world = s.log.world()
+    action = operator.rollback(world, "r1", "tenant_impact", "tickets spiked", OPERATOR_ACTOR, s.log.clock)
+    s.append(action.event)
+    stored = s.emit(s.rollback("r1"))
+    s.log.closed("r1", "rolled_back")
+    return s, stored
+
+
+def test_an_operator_pulling_a_successful_release_leaves_its_pack_no_longer_known_good() -> None:
+    """Session 27: LKG went back to the pack before it (P0, r0's), the audit is clean, and a later release
+    that fails rolls back onto P0, not onto the pack the operator pulled (before, its target was P1)."""
+    s, stored = _pulled_after_success()
+    pointers = [e for e in stored if e.type == "scope.activated"]
+    assert {e.data.pack.digest for e in pointers} == {P0["digest"]} and len(pointers) == 2
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+    for cohort in ("internal", "rest"):
+        scope = s.log.world().scope(ENV, CH, cohort)
+        assert (scope.active_pack.digest, scope.lkg.digest, scope.lkg_release) == (P0["digest"], P0["digest"], "r0")
+
+    s.log.through_verified("r2", P2, stages=[["internal"]], targets={"internal": P0})
+    s.stage("r2", 0, ["internal"], P2, outcome="failed")
+    world = s.log.world()
+    assert rollback_target(world, world.release("r2"), "internal", s.log.clock).digest == P0["digest"]
+
+
+def test_check_lkg_catches_a_fold_that_keeps_a_pulled_pack_known_good() -> None:
+    """No log breaks `lkg_pulled` with today's fold: the check guards it. Given what the fold before session
+    27 made of the operator's rollback (P1 still LKG after the pointer left it), it says so."""
+    from projections.invariants import check_lkg
+
+    s, stored = _pulled_after_success()
+    pointer = next(e for e in stored if e.type == "scope.activated" and e.scope.cohort == "internal")
+    seq = s.seq_of(pointer)
+    entries = s.log.entries()
+    before, after = fold(entries[: seq - 1]), fold(entries[:seq])
+    position = entries[seq - 1][0]
+    memory = s.replay().safety
+    key = (ENV, CH, "internal")
+    assert after.scope(*key).lkg.digest == P0["digest"]
+    assert check_lkg(memory, before, after, position, pointer) == []
+    old_fold = replace(
+        after,
+        scopes=after.scopes.insert(
+            key, replace(after.scope(*key), lkg=PackRef.model_validate(P1), lkg_release="r1", lkg_prior=None)
+        ),
+    )
+    (found,) = check_lkg(memory, before, old_fold, position, pointer)
+    assert found.code == "lkg_pulled" and "r1 rolled back off its 1.0.0 to 0.9.0" in found.message, found.message
 
 
 def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:

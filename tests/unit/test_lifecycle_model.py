@@ -40,6 +40,8 @@ from hypothesis.stateful import (
 from events.manifest import pack_object_name
 from projections.invariants import finish
 from projections.releases import STALE_PASS
+from projections.scopes import pulled_pack
+from projections.world import World, apply
 from services.consumers.outputs import Promotion
 
 from .archive_support import assert_archiving_agrees
@@ -100,10 +102,26 @@ MUST_REACH = (
     "a rollout's cohorts reconfigured under it",
     "a new cohort brought in by a release of its own",
     "a pass the channel outran, held by the promoter",
+    "a rollback pulled its release's pack, the scope's last-known-good",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
 releases = st.integers(min_value=0, max_value=15)
+
+
+def _pulled_from_lkg(log: list) -> int:
+    """Rollback pointers that pulled their release's pack while it was the scope's last-known-good (where
+    `lkg_pulled` has something to check)."""
+    world, count = World(), 0
+    for position, event in log:
+        if event is None:
+            continue
+        if event.type == "scope.activated" and event.scope is not None:
+            scope = world.scope(event.scope.env, event.scope.channel, event.scope.cohort)
+            left = pulled_pack(scope, event.data)
+            count += left is not None and scope.lkg is not None and scope.lkg.digest == left
+        world = apply(world, position, event)
+    return count
 
 
 class LifecycleMachine(RuleBasedStateMachine):
@@ -160,6 +178,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a rollout rolled back by the guard"] += sum(
             e.type == "release.rollback_started" and e.actor.id == "guard" for e in events
         )
+        REACHED["a rollback pulled its release's pack, the scope's last-known-good"] += _pulled_from_lkg(self.m.log)
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
@@ -266,11 +285,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def refusal_behind_a_later_stage(self, pack: int, live: bool) -> None:
         """A new release passes its first window on good data; while its second stage is watched, a runtime
         of the FIRST stage's cohort refuses the pack. An outside review found the monitor blind there, and
-        the random rules above reached that state a handful of times in 20k steps (now counted: REACHED)."""
-        rid = self.m.request(PACKS[pack], "canary")
-        self.m.settle()
-        self.m.healthy_window()  # stage 0's window passes, stage 1 is switched and watched
-        release = self.m.world.release(rid)
+        the random rules above reached that state a handful of times in 20k steps (now counted: REACHED). The
+        pack is one the gates admit now (`_story_request`): a pack drawn blindly was refused (a downgrade, a
+        lost or untrusted pack) in most tries, and the count moved 8–36 per 20k steps with the draw's order."""
+        with self._calm():
+            rid = self._story_request(pack)
+            self.m.healthy_window()  # stage 0's window passes, stage 1 is switched and watched
+        release = self.m.world.release(rid) if rid else None
         if release is None or release.phase != "monitoring" or release.stage < 1:
             return
         earlier = [c for stage in release.stages[: release.stage] for c in stage if c in release.activated]
@@ -524,6 +545,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         if settle:
             self.m.settle()
         return rid
+
+    @rule(pick=releases, trigger=st.sampled_from(["tenant_impact", "policy_violation", "operator"]))
+    def pull_a_success(self, pick: int, trigger: str) -> None:
+        """An operator rolls back a release that closed `success` (tenant impact found later): where its pack is
+        still the last-known-good, the rollback pulls it (`lkg_pulled` checks the pointers; session 27)."""
+        done = [rid for rid, r in self.m.world.releases.items() if r.closed and r.outcome == "success" and r.activated]
+        if done:
+            self.m.operate("rollback", sorted(done)[pick % len(done)], trigger=trigger)
+        self.after()
 
     @rule(pick=releases)
     def pause_and_resume(self, pick: int) -> None:

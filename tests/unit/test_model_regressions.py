@@ -250,19 +250,32 @@ def test_an_extended_window_still_counts_the_refusals_since_its_stages_activatio
     window's span and passed it (`pass_despite_refusal`). The window must fail, on the refusals."""
     from .test_lifecycle_model import LifecycleMachine
 
+    def refusal_behind_a_later_stage(state: LifecycleMachine, pack: int) -> None:
+        """The rule as it was then (session 27 picks an admissible pack): a blind request of PACKS[pack]."""
+        rid = state.m.request(PACKS[pack], "canary")
+        state.m.settle()
+        state.m.healthy_window()
+        release = state.m.world.release(rid)
+        if release is None or release.phase != "monitoring" or release.stage < 1:
+            return
+        earlier = [c for stage in release.stages[: release.stage] for c in stage if c in release.activated]
+        if earlier:
+            state.m.send_samples("refusal", (earlier[0],), "canary", 0, False)
+            state.after()
+
     state = LifecycleMachine()
     state.channels(thresholds=0, min_samples=1, promote=False, history="canary", stable_window=60)
     state.request(ack=True, channel="canary", pack=1, strategy="lkg")
     state.window(channel="stable", kinds=["good"])
     for _ in range(3):
         state.request(ack=True, channel="canary", pack=0, strategy="lkg")
-    state.refusal_behind_a_later_stage(live=False, pack=1)
+    refusal_behind_a_later_stage(state, pack=1)
     state.refusal_where_exposed(live=False, pick=0, which=0)
     state.request(ack=True, channel="canary", pack=0, strategy="lkg")
     state.request(ack=True, channel="canary", pack=0, strategy="lkg")
-    state.refusal_behind_a_later_stage(live=False, pack=1)
+    refusal_behind_a_later_stage(state, pack=1)
     state.operate(pick=7, trigger="operator", verb="extend", window_s=60)
-    state.refusal_behind_a_later_stage(live=False, pack=1)
+    refusal_behind_a_later_stage(state, pack=1)
     m = state.m
     assert "pass_despite_refusal" not in codes(m), lines(m)
     verdicts = [e.type for _, e in m.log if e is not None and e.release_id == "r2" and "monitoring_" in e.type]
@@ -479,3 +492,47 @@ def test_a_channel_change_after_the_pass_is_stored_does_not_make_it_stale() -> N
     m.settle()
     assert m.world.release(rid).activated == ("internal", "rest"), lines(m)
     assert not codes(m), lines(m)
+
+
+def test_a_rollback_off_a_pin_pointer_leaves_the_lkg_as_it_was() -> None:
+    """The model's minimal example against a first version of `lkg_pulled` (session 27), replayed through the
+    machine itself:
+        channels(thresholds=0, min_samples=1, promote=False, history='canary', stable_window=120)
+        policy_changes_under_a_rollout(pack=1, promote=False)
+        rollback_races_a_pin(lift=True, pack=1, pin=2, pinned_first=True, trigger='operator')
+    r3's rollback, recorded for the pin 1.2.0, lands after the operator pinned 1.0.0 (the LKG; the pinner
+    switched to it) and lifted that pin: internal moves off 1.0.0, which r3 never ran. That version took the
+    LKG's name from any pack a rollback moved a scope off and left internal with none; a rollback pulls only
+    its own release's pack, so 1.0.0 stays known good."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    machine = LifecycleMachine()
+    machine.channels(thresholds=0, min_samples=1, promote=False, history="canary", stable_window=120)
+    machine.policy_changes_under_a_rollout(pack=1, promote=False)
+    machine.rollback_races_a_pin(lift=True, pack=1, pin=2, pinned_first=True, trigger="operator")
+    m = machine.m
+    internal = m.world.scope("prod", "canary", "internal")
+    assert internal.active.kind == "rollback" and internal.active_pack.digest == V120.digest
+    assert internal.lkg.digest == V100.digest
+    assert not codes(m), lines(m)
+    machine.safe()
+
+
+def test_an_operator_pulling_a_successful_release_takes_lkg_from_its_pack() -> None:
+    """The model's minimal example against the fold before session 27, replayed through the machine itself:
+        channels(thresholds=0, min_samples=1, promote=False, history='two', stable_window=120)
+        pull_a_success(pick=1, trigger='tenant_impact')
+    `lkg_pulled` at both pointers: r2 (1.1.0, closed success) rolled back to 1.0.0 by an operator, and 1.1.0
+    stayed each cohort's LKG, so the next failed release would have gone back to the pack just pulled."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    machine = LifecycleMachine()
+    machine.channels(thresholds=0, min_samples=1, promote=False, history="two", stable_window=120)
+    machine.pull_a_success(pick=1, trigger="tenant_impact")
+    m = machine.m
+    assert m.world.release("r2").outcome == "rolled_back", lines(m)
+    for cohort in ("internal", "rest"):
+        scope = m.world.scope("prod", "canary", cohort)
+        assert (scope.active_pack.digest, scope.lkg.digest) == (V100.digest, V100.digest)
+    assert not codes(m), lines(m)
+    machine.safe()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from events.model import StoredObject
+from events.model import PackRef, StoredObject
+from projections.scopes import KnownGood
 from services.jetstream.pack_keeper import recorded
 
 DIGEST = "sha256:" + "ab" * 32
@@ -18,7 +19,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 def _scope(release_id: str) -> SimpleNamespace:
     active = SimpleNamespace(pack=SimpleNamespace(digest=DIGEST), release_id=release_id)
-    return SimpleNamespace(lkg=None, lkg_release=None, active=active)
+    return SimpleNamespace(lkg=None, lkg_release=None, lkg_prior=None, active=active)
 
 
 class _App:
@@ -107,7 +108,7 @@ async def test_a_sweep_scans_the_world_once_whatever_the_number_of_packs(monkeyp
             closed=False, distributed=SimpleNamespace(pack=pack, stored={pack_object_name(digest): obj})
         )
         scopes[f"s{i}"] = SimpleNamespace(
-            lkg=None, lkg_release=None, active=SimpleNamespace(pack=pack, release_id=f"r{i}")
+            lkg=None, lkg_release=None, lkg_prior=None, active=SimpleNamespace(pack=pack, release_id=f"r{i}")
         )
     counting = _CountingReleases(releases)
     app = SimpleNamespace(follower=SimpleNamespace(world=SimpleNamespace(releases=counting, scopes=scopes)))
@@ -135,14 +136,25 @@ def test_the_index_keeps_releases_in_flight_first_then_those_scopes_name_each_on
             "r-none": SimpleNamespace(distributed=None),
         },
         scopes={
-            "a": SimpleNamespace(lkg=pack, lkg_release="r-lkg", active=SimpleNamespace(pack=pack, release_id="r-new")),
-            "b": SimpleNamespace(lkg=None, lkg_release=None, active=SimpleNamespace(pack=pack, release_id="r-lkg")),
-            "c": SimpleNamespace(lkg=pack, lkg_release="", active=None),
+            "a": SimpleNamespace(
+                lkg=pack, lkg_release="r-lkg", lkg_prior=None, active=SimpleNamespace(pack=pack, release_id="r-new")
+            ),
+            "b": SimpleNamespace(
+                lkg=None, lkg_release=None, lkg_prior=None, active=SimpleNamespace(pack=pack, release_id="r-lkg")
+            ),
+            "c": SimpleNamespace(lkg=pack, lkg_release="", lkg_prior=None, active=None),
+            # the LKG before the current one: where pulling the current one sends a rollback
+            "d": SimpleNamespace(
+                lkg=None,
+                lkg_release=None,
+                lkg_prior=KnownGood(PackRef(name="kb", version="1.0.0", digest=DIGEST), None, "r-prior"),
+                active=None,
+            ),
         },
     )
-    assert candidate_index(world) == {DIGEST: ["r-new", "r-lkg"]}
+    assert candidate_index(world) == {DIGEST: ["r-new", "r-lkg", "r-prior"]}
     # one lookup indexes that digest alone (the readiness check's, on the activation path)
     other = SimpleNamespace(digest="sha256:" + "cd" * 32)
     world.releases["r-other"] = SimpleNamespace(distributed=SimpleNamespace(pack=other))
-    assert candidate_index(world, frozenset({DIGEST})) == {DIGEST: ["r-new", "r-lkg"]}
+    assert candidate_index(world, frozenset({DIGEST})) == {DIGEST: ["r-new", "r-lkg", "r-prior"]}
     assert set(candidate_index(world)) == {DIGEST, other.digest}

@@ -29,6 +29,7 @@ CHANNEL_DOC: dict[str, Any] = {
     "monitoring": {"window_s": 60, "min_samples": 2, "thresholds": {"error_rate_max": 0.05}},
 }
 STAGES = [["internal"], ["rest"]]
+COHORTS = ("internal", "rest")
 
 
 def digest(n: int) -> str:
@@ -636,6 +637,80 @@ def test_a_rollback_landing_on_a_pin_the_operator_has_since_replaced_does_not_ma
     assert (s.lkg.digest, s.lkg_release) == (P1["digest"], "r0")
 
 
+# ---- scopes: a rollback off the last-known-good (session 27) ----------------------------------------
+
+
+def test_an_operator_rollback_of_a_release_that_closed_success_hands_lkg_back_to_the_one_before() -> None:
+    """r1 earned P1 (P0 before it, earned by r0); an operator pulls r1 after it closed (tenant impact) back to
+    P0: P1 is known good there no longer. Before session 27 it stayed LKG, and the next failed release of the
+    channel rolled back onto the pack the operator had just pulled."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.two_stage_success("r1", P1)
+    w = log.world()
+    assert {c: (w.scope(ENV, CH, c).lkg.digest, w.scope(ENV, CH, c).lkg_prior.pack.digest) for c in COHORTS} == {
+        c: (P1["digest"], P0["digest"]) for c in COHORTS
+    }
+    log.rollback_started("r1", {"internal": P0, "rest": P0}, trigger="tenant_impact")
+    log.rolled_back("r1", {"internal": P0, "rest": P0})
+    w = log.world()
+    for cohort in COHORTS:
+        s = w.scope(ENV, CH, cohort)
+        assert s.active_pack.digest == P0["digest"]
+        assert (s.lkg.digest, s.lkg_release, s.lkg_manifest) == (P0["digest"], "r0", manifest_of(P0))
+        assert s.lkg_prior is None  # one step back; a second pull leaves no LKG
+
+
+def test_a_rollback_off_the_lkg_to_a_pack_that_was_never_known_good_leaves_none() -> None:
+    """The first release that earned anything is pulled back to what ran before it (never judged): no LKG."""
+    log = Log()
+    log.point("internal", P0)
+    log.two_stage_success("r1", P1)
+    assert log.world().scope(ENV, CH, "internal").lkg_prior is None
+    log.rollback_started("r1", {"internal": P0}, trigger="tenant_impact")
+    log.rolled_back("r1", {"internal": P0})
+    s = log.world().scope(ENV, CH, "internal")
+    assert s.active_pack.digest == P0["digest"] and s.lkg is None and s.lkg_release is None
+
+
+def test_a_rollback_off_the_lkg_onto_the_pin_makes_the_pin_known_good_and_keeps_the_older_prior() -> None:
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.two_stage_success("r1", P1)
+    log.pin("internal", P2, NOW + timedelta(days=1))
+    log.rollback_started("r1", {"internal": P2}, trigger="tenant_impact")
+    log.rolled_back("r1", {"internal": P2})
+    s = log.world().scope(ENV, CH, "internal")
+    assert s.lkg.digest == P2["digest"]
+    assert s.lkg_prior is not None and s.lkg_prior.pack.digest == P0["digest"]  # never the pulled P1
+
+
+def test_a_rollback_off_the_pack_before_the_lkg_drops_it_as_the_prior() -> None:
+    """P0 is the LKG before P1; a release of P0 again fails in internal and rolls back to P1: P0 just failed
+    there, so it is no longer where pulling P1 would send the scope (the LKG itself stays P1)."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.two_stage_success("r1", P1)
+    log.through_verified("r2", P0)
+    log.point("internal", P0, "r2")
+    log.rollback_started("r2", {"internal": P1})
+    log.rolled_back("r2", {"internal": P1})
+    s = log.world().scope(ENV, CH, "internal")
+    assert (s.active_pack.digest, s.lkg.digest, s.lkg_prior) == (P1["digest"], P1["digest"], None)
+    rest = log.world().scope(ENV, CH, "rest")  # not rolled back there: its prior stays
+    assert rest.lkg_prior is not None and rest.lkg_prior.pack.digest == P0["digest"]
+
+
+def test_a_success_of_the_same_pack_again_keeps_the_prior() -> None:
+    """A newer release of the LKG's own pack passing again supersedes nothing: the prior stays the one before."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.two_stage_success("r1", P1)
+    log.two_stage_success("r2", P1)
+    s = log.world().scope(ENV, CH, "internal")
+    assert (s.lkg.digest, s.lkg_release, s.lkg_prior.pack.digest) == (P1["digest"], "r2", P0["digest"])
+
+
 def test_later_success_replaces_lkg() -> None:
     log = Log()
     log.point("internal", P0)
@@ -942,3 +1017,22 @@ def test_evidence_is_a_pure_fold() -> None:
     # positions matter only through what they carry: a batch id on an activation is kept
     batched = [(replace(p, batch_id="B") if e.type == "release.activated" else p, e) for p, e in entries]
     assert {a["batch"] for a in evidence_of("r1", batched).activations if a["type"] == "activated"} == {"B"}
+
+
+def test_a_rollback_off_a_pointer_its_release_did_not_write_pulls_nothing() -> None:
+    """The model's case (session 27, against a first version of this rule): r1's target was the pin in force
+    (P2); the operator then pinned P0 (the pinner switched to it) and lifted the pin; r1's rollback lands on P2,
+    moving internal off P0, its LKG. r1 never ran P0 there: the rollback judged nothing about it, so P0 stays
+    known good (the first version took the name from any pack a rollback moved a scope off)."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.pin("internal", P2, NOW + timedelta(days=1))
+    log.point("internal", P2, None, kind="pin")
+    log.through_verified("r1", P1)
+    log.rollback_started("r1", {"internal": P2})
+    log.pin("internal", P0, NOW + timedelta(days=1))
+    log.point("internal", P0, None, kind="pin")
+    log.unpin("internal")
+    log.rolled_back("r1", {"internal": P2})
+    s = log.world().scope(ENV, CH, "internal")
+    assert s.active_pack.digest == P2["digest"] and (s.lkg.digest, s.lkg_release) == (P0["digest"], "r0")

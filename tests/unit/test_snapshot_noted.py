@@ -53,4 +53,13 @@ def test_a_format_3_snapshot_names_no_keys_and_is_not_loaded() -> None:
     for field in ("keys", "ignored", "ignored_total"):
         del image[field]
     image["format"] = 3
-    assert FORMAT == 4 and load_world(zlib.compress(json.dumps(image).encode())) is None
+    assert FORMAT == 5 and load_world(zlib.compress(json.dumps(image).encode())) is None
+
+
+def test_a_format_4_snapshot_is_what_an_older_fold_made_and_is_not_loaded() -> None:
+    """Format 4 was written by folds that kept a refused pin as the pinned prior and a pulled pack as LKG: the
+    same log folds to other scopes today, so such a snapshot is replayed once, never resumed from."""
+    image = json.loads(zlib.decompress(dump_world(World(applied_seq=5))))
+    assert load_world(zlib.compress(json.dumps(image).encode())) is not None
+    image["format"] = 4
+    assert load_world(zlib.compress(json.dumps(image).encode())) is None
