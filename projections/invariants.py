@@ -185,7 +185,7 @@ def audit_entry(audit: Audit, position: Position, event: Event | None, subjects:
     if event_type in _PAIRED:
         batch = with_claims(batch, world, position, event)
     after = apply(world, position, event)
-    if event_type == "release.closed" or event_type.startswith("scope."):
+    if event_type in ("release.closed", "release.rollback_started") or event_type.startswith("scope."):
         found += check_lkg(memory, world, after, position, event)
     if event_type in _REMEMBERED:
         memory = remember(memory, world, after, event)
@@ -215,7 +215,16 @@ def own_ids(audit: Audit) -> dict[str, int]:
 
 _CHECKED = frozenset({"scope.activated", "scope.pinned", "release.rollback_started"})  # what `_check` judges
 # what `remember` learns from
-_REMEMBERED = frozenset({"release.verified", "release.closed", "release.monitoring_passed", "scope.unpinned"})
+_REMEMBERED = frozenset(
+    {
+        "release.verified",
+        "release.closed",
+        "release.monitoring_passed",
+        "release.rollback_started",
+        "scope.unpinned",
+        "scope.pinned",
+    }
+)
 _PAIRED = frozenset({"scope.activated", "release.activated", "release.rolled_back"})  # what `with_claims` indexes
 
 
@@ -539,7 +548,7 @@ SAFETY_CODES = (
     "pointer_gate_not_passed",  # a rollout pointer for a release whose `verified` lists a failed gate
     "pointer_untrusted",  # a pointer to a pack none of whose (threshold of) signers the logged trust root still holds
     "lkg_not_earned",  # last-known-good set to a pack that never passed its windows on data
-    "lkg_pulled",  # last-known-good still naming the pack of a release rolled back off that scope
+    "lkg_pulled",  # last-known-good, or a rollback pointer, naming a pack whose release was rolled back there
     "pass_without_data",  # monitoring_passed (not an override) with no samples, a threshold without a figure,
     # for a cohort the channel no longer has, or while the channel's newest configuration does not decode
     # (judged against the configuration the verdict names; a verdict naming none: where the release moves on)
@@ -575,6 +584,9 @@ class SafetyMemory:
     # (env, channel, cohort, digest) of pins the pinner refused (the pack failed a gate), until a release
     # verifies that digest again: no rollback may land there (the fold no longer calls it the pinned prior)
     refused: frozenset[tuple[str, str, str, str]] = frozenset()
+    # (env, channel, cohort, digest) where a release of that pack was rolled back, until a release earns it again
+    # in the channel or an operator pins it in the cohort: neither last-known-good there nor a rollback's landing
+    pulled: frozenset[tuple[str, str, str, str]] = frozenset()
 
 
 def _breaches(c: Comparison) -> bool:
@@ -850,10 +862,7 @@ def _lkg_changes(before: World, after: World, event: Event) -> list[tuple[tuple[
 def check_lkg(memory: SafetyMemory, before: World, after: World, position: Position, event: Event) -> list[Violation]:
     """Last-known-good only ever a pack that passed every window on its own data,
     or a pin/earned pack a rollback restored; and never the pack a rollback moved the scope off."""
-    out = []
-    pulled = _pulled(before, after, event)
-    if pulled is not None:
-        out.append(Violation(position.seq, "lkg_pulled", pulled))
+    out = [Violation(position.seq, "lkg_pulled", why) for why in _pulled(memory, before, after, event)]
     for key, pack in _lkg_changes(before, after, event):
         env, channel, cohort = key
         if event.type == "release.closed":
@@ -876,32 +885,43 @@ def check_lkg(memory: SafetyMemory, before: World, after: World, position: Posit
     return out
 
 
-def _pulled(before: World, after: World, event: Event) -> str | None:
-    """Why a rollback pointer left its own release's pack, which it moved the scope off, as the scope's
-    last-known-good (None: it did not).
+def _pulled(memory: SafetyMemory, before: World, after: World, event: Event) -> list[str]:
+    """Where the entry leaves a pulled pack known good or lands a rollback on it.
 
-    A release rolled back where it runs is no longer known to run well there (an operator pulled it after it
-    closed `success`, say for tenant impact): the next failed release must not go back to its pack. (Written
-    apart from the fold's `pulled_pack` on purpose: the check must not share the code it checks.)"""
+    A release rolled back in a cohort is no longer known to run well there (an operator pulled it after it
+    closed `success`, say for tenant impact, or it failed): its pack must not stay or become that cohort's
+    last-known-good, nor be where a later rollback lands, until a release earns it again in the channel or an
+    operator pins it there. (Stated apart from the fold's `pull` on purpose: a check must not share the code it
+    checks.)"""
+    out = []
+    if event.type == "release.rollback_started" and event.release_id:
+        release = after.release(event.release_id)
+        pack = release.pack if release is not None else None
+        if release is None or pack is None or release.prepared is None:
+            return []
+        where = release.prepared.target
+        for cohort in release.activated:
+            lkg = after.scope(where.env, where.channel, cohort).lkg
+            if lkg is not None and lkg.digest == pack.digest:
+                out.append(
+                    f"{where.env}/{where.channel}/{cohort}: {event.release_id} is rolled back there, "
+                    f"yet its {pack.version} is still the last-known-good"
+                )
+        return out
+    # (a release closing `success` earns its pack again: `lkg_not_earned` checks it passed on data)
+    for key, pack in _lkg_changes(before, after, event) if event.type != "release.closed" else ():
+        if (*key, pack.digest) in memory.pulled:
+            out.append(f"{'/'.join(key)}: {pack.version} became last-known-good after a release of it was rolled back")
     data = event.data
-    if event.type != "scope.activated" or not isinstance(data, ScopeActivated) or data.kind != "rollback":
-        return None
-    if event.scope is None:
-        return None
-    key = (event.scope.env, event.scope.channel, event.scope.cohort)
-    was = before.scope(*key).active
-    lkg = after.scope(*key).lkg
-    if was is None or was.kind != "rollout" or was.release_id != data.release_id or not data.release_id:
-        return None  # the pointer it replaces is not its release's rollout: it judged nothing about that pack
-    left = was.pack
-    if lkg is None or left.digest == data.pack.digest or lkg.digest != left.digest:
-        return None
-    if after.scope(*key).active is not data:
-        return None  # a stale pointer the fold did not take (the chain check reports it)
-    return (
-        f"{'/'.join(key)}: {data.release_id} rolled back off its {left.version} to {data.pack.version}, "
-        f"yet {left.version} is still its last-known-good"
-    )
+    if event.type == "scope.activated" and isinstance(data, ScopeActivated) and data.kind == "rollback":
+        assert event.scope is not None
+        key = (event.scope.env, event.scope.channel, event.scope.cohort)
+        if (*key, data.pack.digest) in memory.pulled and after.scope(*key).active is data:
+            out.append(
+                f"{'/'.join(key)}: a rollback of {data.release_id} landed on {data.pack.version}, "
+                "a release of which was rolled back there since"
+            )
+    return out
 
 
 def remember(memory: SafetyMemory, before: World, after: World, event: Event) -> SafetyMemory:
@@ -917,6 +937,16 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
         if stale is None:
             return evolve(memory, {"stale_passes": memory.stale_passes.discard(event.release_id)})
         return evolve(memory, {"stale_passes": memory.stale_passes.insert(event.release_id, stale)})
+    if event.type == "release.rollback_started" and event.release_id:
+        release = after.release(event.release_id)
+        pack = release.pack if release is not None else None
+        if release is None or pack is None or release.prepared is None:
+            return memory
+        env, channel = release.prepared.target.env, release.prepared.target.channel
+        return evolve(memory, {"pulled": memory.pulled | {(env, channel, c, pack.digest) for c in release.activated}})
+    if event.type == "scope.pinned" and isinstance(event.data, ScopePinned) and event.scope is not None:
+        where = (event.scope.env, event.scope.channel, event.scope.cohort, event.data.pack.digest)
+        return evolve(memory, {"pulled": memory.pulled - {where}}) if where in memory.pulled else memory
     if event.type == "scope.unpinned" and isinstance(event.data, ScopeUnpinned) and event.scope is not None:
         if event.data.reason != "refused" or event.data.pack is None:
             return memory
@@ -942,7 +972,9 @@ def remember(memory: SafetyMemory, before: World, after: World, event: Event) ->
     ):
         return memory
     key = (release.prepared.target.env, release.prepared.target.channel, release.verified.pack.digest)
-    return replace(memory, earned=memory.earned | {key})
+    # earned again on data: known good in the channel once more
+    pulled = frozenset(p for p in memory.pulled if (p[0], p[1], p[3]) != key)
+    return replace(memory, earned=memory.earned | {key}, pulled=pulled)
 
 
 def contract_problem(event: Event, subjects: Subjects | None = None) -> str | None:

@@ -42,6 +42,18 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
     return None if target is not None and is_own_pack(release, target) else target
 
 
+def pulled_there(world: World, release: ReleaseState, cohort: str, target: PackRef | None) -> str | None:
+    """Why `target` must not be where `release` rolls `cohort` back to: a release of that pack was rolled
+    back in the cohort since it was recorded or pinned (projections/scopes.py `pull`); None: it was not.
+    A strategy never falls back to another's target: the rollback holds and escalates instead."""
+    if target is None or release.prepared is None:
+        return None
+    where = release.prepared.target
+    if target.digest not in world.scope(where.env, where.channel, cohort).pulled:
+        return None
+    return f"{cohort}: target {target.version} was rolled back there since (a release of it): known good no longer"
+
+
 def is_own_pack(release: ReleaseState, pack: PackRef) -> bool:
     """Whether `pack` is the pack `release` rolls out (so never a place to roll it back to)."""
     own = release.pack

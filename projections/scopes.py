@@ -2,12 +2,12 @@
 
 Last-known-good is the pack a scope ran when a release that covered it closed
 with outcome `success` (monitoring passed for it), or the pinned pack a rollback
-restored: it is what a deterministic rollback goes back to. A rollback that moves a
-scope off its own release's pack while that is the last-known-good (an operator's
-`kxr release rollback` of a release that closed `success`, say for tenant impact) takes
-that name from the pack: it becomes the one before it if the rollback landed there, the
-pin if it landed on the pin, else none (a pack pulled from a scope is no place for the
-next failed release to go back to).
+restored: it is what a deterministic rollback goes back to. A release rolled back in a
+scope *pulls* its pack there (`pull`: an operator's `kxr release rollback` of a release
+that closed `success`, say for tenant impact, or any failed release): from then on that
+pack is no longer known good there — not the LKG (which goes back to the one before it,
+if that was earned, else to none), not the LKG before it, and no rollback's target —
+until a release earns it again or an operator pins it there.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ ScopeKey = tuple[str, str, str]  # env, channel, cohort
 
 @dataclass(frozen=True, slots=True)
 class KnownGood:
-    """A last-known-good as the scope recorded it: the pack, its manifest digest, the release that earned it."""
+    """A last-known-good as the scope recorded it: the pack, its manifest digest, the release that earned it
+    (or whose rollback restored it), and whether it was earned on data (False: a pin a rollback restored)."""
 
     pack: PackRef
     manifest: str | None = None
     release_id: str | None = None
+    earned: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +45,11 @@ class ScopeState:
     lkg: PackRef | None = None
     lkg_manifest: str | None = None
     lkg_release: str | None = None
-    # the last-known-good before `lkg` (a newer one superseded it, not a rollback): what `lkg` goes back to if
-    # a rollback moves the scope off `lkg` onto it
+    lkg_earned: bool = True  # `lkg` passed its windows on data here (False: a pin a rollback restored)
+    # the last-known-good before `lkg` (a newer one superseded it): what `lkg` goes back to when its pack is pulled
     lkg_prior: KnownGood | None = None
+    # digests of packs rolled back in this scope since a release last earned them here or an operator pinned them
+    pulled: frozenset[str] = frozenset()
     pin: ScopePinned | None = None  # the pin in force (until `until`), None once unpinned
     last_pin: ScopePinned | None = None  # the most recent pin, even if expired or lifted: "pinned prior"
     # the pin before `last_pin`: what "pinned prior" names again if `last_pin` is refused (its pack failed
@@ -106,12 +110,24 @@ def apply_scope_event(
                 "generation": advanced.generation,
                 "pointer_digest": advanced.digest,
             }
-            if data.kind == "rollback":
-                changes.update(_known_good_after_rollback(state, data))
+            if (
+                data.kind == "rollback"
+                and state.last_pin is not None
+                and state.last_pin.pack.digest == data.pack.digest
+                and data.pack.digest not in state.pulled
+            ):
+                # the pinned prior (or the pin in force) a rollback restored becomes known good, as the operator
+                # chose it. Any other target is the LKG already, or a pack chosen while pinned whose pin has
+                # since been replaced or lifted: the LKG stays (before, every rollback's pack became LKG, so a
+                # target recorded as the pin in force, landed after an operator moved the pin on, made a pack
+                # that never passed a window last-known-good: the lifecycle model, session 23)
+                changes.update(_becomes(state, KnownGood(data.pack, data.manifest, data.release_id, earned=False)))
             return evolve(state, changes)
         case "pinned":
             assert isinstance(data, ScopePinned)
             changes = {"pin": data, "last_pin": data, "pin_before": state.last_pin, "pin_seq": seq}
+            if data.pack.digest in state.pulled:  # the operator's word on the pack since it was pulled
+                changes["pulled"] = state.pulled - {data.pack.digest}
             return evolve(state, {**changes, "pin_event_id": event.event_id})
         case "unpinned":
             assert isinstance(data, ScopeUnpinned)
@@ -132,63 +148,52 @@ def refuses(unpinned: ScopeUnpinned, pin: ScopePinned | None) -> bool:
 
 
 def _current(state: ScopeState) -> KnownGood | None:
-    return KnownGood(state.lkg, state.lkg_manifest, state.lkg_release) if state.lkg is not None else None
+    if state.lkg is None:
+        return None
+    return KnownGood(state.lkg, state.lkg_manifest, state.lkg_release, state.lkg_earned)
 
 
 def _known_good(known: KnownGood | None, prior: KnownGood | None) -> dict[str, Any]:
     """The fields that make `known` the scope's last-known-good, with `prior` the one before it."""
     if known is None:
-        return {"lkg": None, "lkg_manifest": None, "lkg_release": None, "lkg_prior": None}
-    return {"lkg": known.pack, "lkg_manifest": known.manifest, "lkg_release": known.release_id, "lkg_prior": prior}
+        return {"lkg": None, "lkg_manifest": None, "lkg_release": None, "lkg_earned": True, "lkg_prior": None}
+    return {
+        "lkg": known.pack,
+        "lkg_manifest": known.manifest,
+        "lkg_release": known.release_id,
+        "lkg_earned": known.earned,
+        "lkg_prior": prior,
+    }
 
 
-def _succeeds(state: ScopeState, known: KnownGood) -> KnownGood | None:
-    """The prior to keep when `known` becomes last-known-good: the current one, unless it is the same pack."""
+def _becomes(state: ScopeState, known: KnownGood) -> dict[str, Any]:
+    """`known` as the LKG; the current one its prior, unless it is the same pack (then the prior stays)."""
     current = _current(state)
-    return state.lkg_prior if current is None or current.pack.digest == known.pack.digest else current
-
-
-def pulled_pack(state: ScopeState, data: ScopeActivated) -> str | None:
-    """The digest a rollback pointer `data` pulls from the scope: that of the pointer it replaces, when that is
-    its own release's rollout and another pack (None: it pulls nothing — the cohort already ran the target, or
-    ran a pack some pin or other release put there, which the rollback judged nothing about)."""
-    active = state.active
-    if data.kind != "rollback" or active is None or active.kind != "rollout" or not data.release_id:
-        return None
-    if active.release_id != data.release_id or active.pack.digest == data.pack.digest:
-        return None
-    return active.pack.digest
-
-
-def _known_good_after_rollback(state: ScopeState, data: ScopeActivated) -> dict[str, Any]:
-    """Last-known-good once a rollback pointer to `data.pack` lands (the changes; {}: as it was).
-
-    The pinned prior (or the pin in force) a rollback restored becomes known good, as the operator chose it.
-    Any other target is the LKG already, or a pack chosen while pinned whose pin has since been replaced or
-    lifted: the LKG stays (before, every rollback's pack became LKG, so a target recorded as the pin in force,
-    landed after an operator moved the pin on, made a pack that never passed a window last-known-good: the
-    lifecycle model, session 23). But the pack a rollback pulls (`pulled_pack`: its own release's, which it
-    moves the scope off) is known good there no longer (an operator pulled a release that closed `success`,
-    say for tenant impact), neither as the LKG nor as the one before it: the next failed release must not go
-    back to it. Pulled as the LKG, the one before it takes
-    its place if the rollback landed there, else there is none (a strategy `lkg` then holds, and pre-flight
-    asks for a pin or another strategy)."""
-    left = pulled_pack(state, data)
-
-    def still_good(known: KnownGood | None) -> KnownGood | None:
-        return None if known is not None and known.pack.digest == left else known
-
-    current, prior = still_good(_current(state)), still_good(state.lkg_prior)
-    if state.last_pin is not None and state.last_pin.pack.digest == data.pack.digest:
-        landed = KnownGood(data.pack, data.manifest, data.release_id)
-        before = current if current is not None and current.pack.digest != landed.pack.digest else prior
-        return _known_good(landed, None if before is not None and before.pack.digest == landed.pack.digest else before)
-    if state.lkg is not None and current is None:  # the LKG was pulled
-        landed_on_prior = prior is not None and prior.pack.digest == data.pack.digest
-        return _known_good(prior if landed_on_prior else None, None)
-    return {"lkg_prior": prior} if prior is not state.lkg_prior else {}
+    prior = state.lkg_prior if current is None or current.pack.digest == known.pack.digest else current
+    return _known_good(known, None if prior is not None and prior.pack.digest == known.pack.digest else prior)
 
 
 def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, release_id: str) -> ScopeState:
-    known = KnownGood(pack, manifest, release_id)
-    return evolve(state, _known_good(known, _succeeds(state, known)))
+    """A release earned `pack` here: the LKG, and no longer pulled."""
+    changes = _becomes(state, KnownGood(pack, manifest, release_id))
+    if pack.digest in state.pulled:
+        changes["pulled"] = state.pulled - {pack.digest}
+    return evolve(state, changes)
+
+
+def pull(state: ScopeState, digest: str) -> ScopeState:
+    """A release of the pack `digest` is rolled back here: that pack is no longer known good in this scope.
+
+    As the LKG it hands the name back to the one before it, if that one passed its windows on data (a pin a
+    rollback once restored is the operator's word of that time, not evidence), else to none: a strategy `lkg`
+    then has no target, and pre-flight asks for a pin or another strategy. As the one before it, it is
+    forgotten. Either way it is no rollback's target here any more (`projections/rollback.py`)."""
+    changes: dict[str, Any] = {"pulled": state.pulled | {digest}}
+    prior = state.lkg_prior
+    if prior is not None and prior.pack.digest == digest:
+        prior = None
+    if state.lkg is not None and state.lkg.digest == digest:
+        changes.update(_known_good(prior if prior is not None and prior.earned else None, None))
+    elif prior is not state.lkg_prior:
+        changes["lkg_prior"] = prior
+    return evolve(state, changes)

@@ -32,9 +32,9 @@ from .world import PROBLEM_REASON_MAX, ChannelProblem, ChannelState, World, tomb
 
 # 2: tombstones; 3: pointer chain (scope generation and last pointer digest); 4: the entries that
 # counted for nothing and the service keys the fold trusted (a format 3 snapshot names no keys: it
-# is not loaded, the log is replayed once); 5: a scope's LKG before the current one (`lkg_prior`), and the folds
-# of session 26 and 27 (a refused pin is no pinned prior; a rollback off the LKG takes that name from the pack):
-# a format 4 snapshot holds what the older fold made of the same log, so it is replayed once
+# is not loaded, the log is replayed once); 5: a scope's LKG before the current one (`lkg_prior`) and the
+# packs pulled there, and the folds of sessions 26 and 27 (a refused pin is no pinned prior; a rollback pulls its
+# release's pack): a format 4 snapshot holds what the older folds made of the same log, so it is replayed once
 FORMAT = 5
 
 

@@ -32,7 +32,7 @@ from events.subjects import Subjects
 from .evolve import evolve
 from .position import Position
 from .releases import ReleaseState, apply_release_event, is_override
-from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good
+from .scopes import ScopeKey, ScopeState, apply_scope_event, mark_known_good, pull
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +233,8 @@ def apply(world: World, position: Position, event: Event) -> World:
             # defensively both: the outcome, and the evidence it claims (a forged or buggy
             # `success` after an operator's pass must not make its pack a rollback target)
             w = _mark_release_known_good(w, updated)
+        elif suffix == "rollback_started":
+            w = _pull_release_pack(w, updated)
         elif suffix == "promoted":
             w = _confirm_promotion(w, updated)
         elif suffix == "requested" and updated.promotion_confirmed_by is None:
@@ -294,6 +296,22 @@ def _arrived_by_promotion(world: World, linked: ReleaseState) -> World:
     return replace(
         world, releases=world.releases.insert(linked.release_id, replace(linked, promotion_confirmed_by=source_id))
     )
+
+
+def _pull_release_pack(world: World, release: ReleaseState) -> World:
+    """A rollback of `release` started: its pack is known good no longer in every cohort it switched
+    (projections/scopes.py `pull`), whatever the trigger and wherever, or whether, the rollback lands. An
+    operator pulling a release that closed `success` is the case that mattered: its pack stayed LKG, and the
+    next failed release rolled back onto the pack just pulled (session 27)."""
+    pack = release.pack
+    if pack is None or release.prepared is None or not release.activated:
+        return world
+    env, channel = release.prepared.target.env, release.prepared.target.channel
+    scopes = world.scopes
+    for cohort in release.activated:
+        key = (env, channel, cohort)
+        scopes = scopes.insert(key, pull(scopes.get(key) or ScopeState(key=key), pack.digest))
+    return evolve(world, {"scopes": scopes})
 
 
 def _mark_release_known_good(world: World, release: ReleaseState) -> World:

@@ -17,7 +17,7 @@ from events.model import Activated, ActivationFailed, Escalated, PackRef, Rolled
 from events.versions import parse_version
 from projections.pointer_chain import chained_pointer
 from projections.releases import ReleaseState
-from projections.rollback import is_own_pack
+from projections.rollback import is_own_pack, pulled_there
 from projections.world import World
 from services.consumers.outputs import Atomic, Chain, Ctx, Output, ScopeWrite, release_event, scope_event
 from services.consumers.reactor import ReleaseReactor
@@ -248,6 +248,8 @@ def decide_rollback(
             problems.append(f"{cohort}: no rollback target")
         elif is_own_pack(release, target):
             problems.append(f"{cohort}: target {target.version} is the pack being rolled back")
+        elif (pulled := pulled_there(world, release, cohort, target)) is not None:
+            problems.append(pulled)
         elif target.digest not in target_problems:
             problems.append(f"{cohort}: target {target.version} was not checked")
         elif target_problems[target.digest]:

@@ -211,15 +211,21 @@ def preflight(
             prior = scope.last_pin
             if prior is None:
                 problems.append(f"{cohort} has never been pinned, so there is no pinned prior to roll back to")
+            elif prior.pack.digest in scope.pulled:
+                problems.append(
+                    f"{cohort}'s pinned prior {prior.pack.version} was rolled back there since it was pinned "
+                    "(pin it again to vouch for it)"
+                )
             targets[cohort] = prior.pack if prior else None
         else:
             target = pin.pack if pin else scope.lkg
             if target is None:
-                hint = (
-                    " (request rollback strategy 'none' for a never-activated scope)"
-                    if not scope.ever_active and not mixed
-                    else ""
-                )
+                if not scope.ever_active and not mixed:
+                    hint = " (request rollback strategy 'none' for a never-activated scope)"
+                elif scope.pulled:
+                    hint = " (its last one was rolled back there: pin a pack to vouch for it)"
+                else:
+                    hint = ""
                 problems.append(f"{cohort} has no last-known-good pack{hint}")
             targets[cohort] = target
         # The pack being released is no rollback target: a rollback would "land" on the pack that

@@ -41,7 +41,7 @@ from events.model import (
 )
 from events.tokens import is_token
 from projections.releases import STALE_PASS, ReleaseState
-from projections.rollback import rollback_target, rollback_targets
+from projections.rollback import pulled_there, rollback_target, rollback_targets
 from projections.world import World, bring_in_first, never_ran, promotion_not_longer, scopes_of, stale_pass
 from services.consumers.outputs import Chain, Ctx, Output, Promotion, release_event
 from services.consumers.reactor import ReleaseReactor
@@ -194,7 +194,9 @@ def _not_ready(
     if ready is None:
         return []
     assert release.prepared is not None
-    problems = readiness_problems(readiness_targets(world, release, ctx), release.prepared.rollback_strategy, ready)
+    targets = readiness_targets(world, release, ctx)
+    problems = readiness_problems(targets, release.prepared.rollback_strategy, ready)
+    problems += [p for c, t in targets.items() if (p := pulled_there(world, release, c, t)) is not None]
     if not problems:
         return []
     held = Escalated(

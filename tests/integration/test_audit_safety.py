@@ -182,6 +182,17 @@ def stories(log: Log) -> dict[str, object]:
     log.channel()  # the same configuration again: a newer entry than the one the window was judged against
     log.verdict("raced", "passed", 0, channel_seq=1, comparisons=FIGURES_OK)  # judged before it, stored after
     bad["stale_pass_carried_on"] = log.expanded("raced", 0, 1, ["rest"])
+
+    # a rollback landing on a pack whose release was rolled back there since `later` recorded it (session 27:
+    # the activator holds such a rollback; this pointer is what an older service, or a forger, would write)
+    log.through_verified("later", P2, targets={"internal": P1})
+    log.activate("later", 0, ["internal"], P2)
+    log.through_verified("pullme", P1)
+    log.activate("pullme", 0, ["internal"], P1)
+    log.rollback_started("pullme", {"internal": P0})
+    log.rolled_back("pullme", {"internal": P0})
+    log.rollback_started("later", {"internal": P1})  # its recorded target: the strategy's own
+    bad["lkg_pulled"] = log.point("internal", P1, "later", kind="rollback")
     return bad
 
 

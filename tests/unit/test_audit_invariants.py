@@ -529,27 +529,54 @@ def test_an_operator_pulling_a_successful_release_leaves_its_pack_no_longer_know
 
 def test_check_lkg_catches_a_fold_that_keeps_a_pulled_pack_known_good() -> None:
     """No log breaks `lkg_pulled` with today's fold: the check guards it. Given what the fold before session
-    27 made of the operator's rollback (P1 still LKG after the pointer left it), it says so."""
+    27 made of the operator's rollback (P1 still LKG once r1's rollback started), it says so."""
     from projections.invariants import check_lkg
 
-    s, stored = _pulled_after_success()
-    pointer = next(e for e in stored if e.type == "scope.activated" and e.scope.cohort == "internal")
-    seq = s.seq_of(pointer)
+    s, _ = _pulled_after_success()
+    started = next(e for e in s.log.events if e.type == "release.rollback_started" and e.release_id == "r1")
+    seq = s.seq_of(started)
     entries = s.log.entries()
     before, after = fold(entries[: seq - 1]), fold(entries[:seq])
     position = entries[seq - 1][0]
-    memory = s.replay().safety
+    memory = Audit()
+    for p, e in entries[: seq - 1]:
+        memory = audit_entry(memory, p, e, Subjects())
     key = (ENV, CH, "internal")
     assert after.scope(*key).lkg.digest == P0["digest"]
-    assert check_lkg(memory, before, after, position, pointer) == []
+    assert check_lkg(memory.safety, before, after, position, started) == []
     old_fold = replace(
         after,
-        scopes=after.scopes.insert(
-            key, replace(after.scope(*key), lkg=PackRef.model_validate(P1), lkg_release="r1", lkg_prior=None)
-        ),
+        scopes=after.scopes.insert(key, replace(after.scope(*key), lkg=PackRef.model_validate(P1), lkg_release="r1")),
     )
-    (found,) = check_lkg(memory, before, old_fold, position, pointer)
-    assert found.code == "lkg_pulled" and "r1 rolled back off its 1.0.0 to 0.9.0" in found.message, found.message
+    (found,) = check_lkg(memory.safety, before, old_fold, position, started)
+    assert found.code == "lkg_pulled" and "r1 is rolled back there, yet its 1.0.0 is still" in found.message
+
+
+def test_a_rollback_whose_recorded_target_was_pulled_since_holds() -> None:
+    """r1 earned P1 with nothing earned before it (P0 only ran); r2 (P2) was prepared with P1 as its target and
+    switched internal; an operator then pulls r1 (no LKG left). r2 fails: strategy `lkg` falls back to the
+    recorded P1, the pack just pulled. The activator holds and escalates, naming why (the promoter's readiness
+    says the same before an expansion); a pointer written there anyway is reported."""
+    s = Story()
+    s.log.channel()
+    s.log.point("internal", P0)
+    s.log.point("rest", P0)
+    s.success("r1", P1)
+    s.log.through_verified("r2", P2, stages=[["internal"]], targets={"internal": P1})
+    s.emit(s.rollout("r2"))
+    world = s.log.world()
+    s.append(operator.rollback(world, "r1", "tenant_impact", "tickets", OPERATOR_ACTOR, s.log.clock).event)
+    s.emit(s.rollback("r1"))
+    assert s.log.world().scope(ENV, CH, "internal").lkg is None
+    s.log.verdict("r2", "failed", 0)
+    s.log.rollback_started("r2", {"internal": P1})
+    (escalated,) = s.emit(s.rollback("r2"))
+    assert escalated.type == "release.escalated" and escalated.data.code == "rollback_target_unusable"
+    assert "internal: target 1.0.0 was rolled back there since" in escalated.data.message, escalated.data.message
+    audit = s.replay()
+    assert "lkg_pulled" not in {v.code for v in audit.violations}, lines(audit)
+    forged = s.pointer("internal", P1, "r2", kind="rollback")
+    assert "lkg_pulled" in codes_at(s.replay(), s.seq_of(forged))
 
 
 def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:

@@ -310,6 +310,36 @@ def test_preparer_no_lkg_without_hint_for_a_scope_that_was_active() -> None:
     assert reason.message == "internal has no last-known-good pack"
 
 
+def test_preparer_names_a_pulled_lkg_and_a_pulled_pinned_prior() -> None:
+    """Session 27: r1 earned P1 with nothing earned before it and was pulled by an operator; P2 was pinned
+    there and lifted before. Strategy `lkg`: no LKG, and the message says what happened; strategy `pinned`:
+    the pinned prior P2 was itself rolled back there since (a release of it), so it is refused as a target
+    until an operator pins it again."""
+    log = Log()
+    log.channel()
+    log.point("internal", P0)
+    log.pin("internal", P2, NOW + timedelta(hours=1))
+    log.unpin("internal")
+    log.two_stage_success("r1", P1)
+    log.rollback_started("r1", {"internal": P0}, trigger="tenant_impact")
+    log.rolled_back("r1", {"internal": P0})
+    log.closed("r1", "rolled_back")
+    log.requested("r2", P2, plan=[["internal"]], acknowledge_no_health=True)
+    reason = single_event(prepare(log, rid="r2")).data.reasons[0]
+    assert (
+        reason.message
+        == "internal has no last-known-good pack (its last one was rolled back there: pin a pack to vouch for it)"
+    )
+    log.through_verified("r3", P2, stages=[["internal"]], targets={"internal": P0})
+    log.activate("r3", 0, ["internal"], P2)
+    log.rollback_started("r3", {"internal": P0})
+    log.rolled_back("r3", {"internal": P0})
+    log.closed("r3", "rolled_back")
+    log.requested("r4", P1, plan=[["internal"]], rollback={"strategy": "pinned"}, acknowledge_no_health=True)
+    reasons = [r.message for r in single_event(prepare(log, rid="r4")).data.reasons]
+    assert "internal's pinned prior 2.0.0 was rolled back there since it was pinned" in reasons[0], reasons
+
+
 def test_preparer_rejection_lists_every_failed_item() -> None:
     log = requested_log(
         plan=[["internal"], ["ghost"]],

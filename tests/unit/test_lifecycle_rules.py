@@ -304,6 +304,16 @@ def test_an_unchecked_target_is_not_ready() -> None:
     assert event.data.code == "rollback_not_ready" and "was not checked" in event.data.message
 
 
+def test_an_expansion_holds_while_its_rollback_target_was_pulled_there() -> None:
+    """r0's P0 is r1's recorded target; r0 is then rolled back (an operator pulled it): P0 is known good no
+    longer where r0 ran, so r1 must not expose more with a rollback that would land there (session 27)."""
+    log = passed_first_stage()
+    log.rollback_started("r0", {"internal": None, "rest": None}, trigger="tenant_impact")
+    event = single_event(decide(log, ready={P0["digest"]: None}))
+    assert (event.type, event.data.code) == ("release.escalated", "rollback_not_ready")
+    assert "rest: target 0.9.0 was rolled back there since" in event.data.message, event.data.message
+
+
 def test_a_ready_target_lets_the_release_expand() -> None:
     assert single_event(decide(passed_first_stage(), ready={P0["digest"]: None})).type == "release.expanded"
 

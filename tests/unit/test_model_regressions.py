@@ -354,7 +354,9 @@ def test_a_rollback_landing_after_its_pin_was_replaced_does_not_make_an_unearned
     assert not codes(m), lines(m)
     internal = m.world.scope("prod", "canary", "internal")
     assert internal.active_pack.version == "1.2.0" and internal.active.kind == "rollback"  # the race was run
-    assert internal.lkg.version == "1.1.0"
+    # never 1.2.0; and not 1.1.0 either since session 27: the release rolled back is r2, 1.1.0's, which closed
+    # success (its pack is pulled: the LKG goes back to the one before it, r1's 1.0.0)
+    assert (internal.lkg.version, internal.lkg_release) == ("1.0.0", "r1")
 
 
 def test_a_window_never_passes_for_a_cohort_taken_out_of_the_channel() -> None:

@@ -637,7 +637,7 @@ def test_a_rollback_landing_on_a_pin_the_operator_has_since_replaced_does_not_ma
     assert (s.lkg.digest, s.lkg_release) == (P1["digest"], "r0")
 
 
-# ---- scopes: a rollback off the last-known-good (session 27) ----------------------------------------
+# ---- scopes: a rollback pulls its release's pack (session 27) -------------------------------------
 
 
 def test_an_operator_rollback_of_a_release_that_closed_success_hands_lkg_back_to_the_one_before() -> None:
@@ -652,16 +652,18 @@ def test_an_operator_rollback_of_a_release_that_closed_success_hands_lkg_back_to
         c: (P1["digest"], P0["digest"]) for c in COHORTS
     }
     log.rollback_started("r1", {"internal": P0, "rest": P0}, trigger="tenant_impact")
-    log.rolled_back("r1", {"internal": P0, "rest": P0})
-    w = log.world()
+    w = log.world()  # from the decision on: wherever, or whether, the rollback lands
     for cohort in COHORTS:
         s = w.scope(ENV, CH, cohort)
-        assert s.active_pack.digest == P0["digest"]
+        assert s.active_pack.digest == P1["digest"] and s.pulled == {P1["digest"]}
         assert (s.lkg.digest, s.lkg_release, s.lkg_manifest) == (P0["digest"], "r0", manifest_of(P0))
         assert s.lkg_prior is None  # one step back; a second pull leaves no LKG
+    log.rolled_back("r1", {"internal": P0, "rest": P0})
+    s = log.world().scope(ENV, CH, "internal")
+    assert (s.active_pack.digest, s.lkg.digest, s.lkg_release) == (P0["digest"], P0["digest"], "r0")
 
 
-def test_a_rollback_off_the_lkg_to_a_pack_that_was_never_known_good_leaves_none() -> None:
+def test_a_pulled_lkg_with_nothing_earned_before_it_leaves_none() -> None:
     """The first release that earned anything is pulled back to what ran before it (never judged): no LKG."""
     log = Log()
     log.point("internal", P0)
@@ -673,7 +675,7 @@ def test_a_rollback_off_the_lkg_to_a_pack_that_was_never_known_good_leaves_none(
     assert s.active_pack.digest == P0["digest"] and s.lkg is None and s.lkg_release is None
 
 
-def test_a_rollback_off_the_lkg_onto_the_pin_makes_the_pin_known_good_and_keeps_the_older_prior() -> None:
+def test_a_pulled_lkg_landing_on_the_pin_makes_the_pin_known_good_with_the_earned_one_before() -> None:
     log = Log()
     log.two_stage_success("r0", P0)
     log.two_stage_success("r1", P1)
@@ -681,24 +683,63 @@ def test_a_rollback_off_the_lkg_onto_the_pin_makes_the_pin_known_good_and_keeps_
     log.rollback_started("r1", {"internal": P2}, trigger="tenant_impact")
     log.rolled_back("r1", {"internal": P2})
     s = log.world().scope(ENV, CH, "internal")
-    assert s.lkg.digest == P2["digest"]
+    assert (s.lkg.digest, s.lkg_earned) == (P2["digest"], False)  # the operator's word, not evidence
     assert s.lkg_prior is not None and s.lkg_prior.pack.digest == P0["digest"]  # never the pulled P1
+    # pulled again, the pin's pack hands the name back to r0's earned P0
+    log.through_verified("r2", P1)
+    log.activate("r2", 0, ["internal"], P1)
+    log.rollback_started("r2", {"internal": P0})
+    assert log.world().scope(ENV, CH, "internal").lkg.digest == P2["digest"]  # r2 pulls P1, not the pin's P2
 
 
-def test_a_rollback_off_the_pack_before_the_lkg_drops_it_as_the_prior() -> None:
+def test_a_pulled_pack_before_the_lkg_is_forgotten_as_the_prior() -> None:
     """P0 is the LKG before P1; a release of P0 again fails in internal and rolls back to P1: P0 just failed
     there, so it is no longer where pulling P1 would send the scope (the LKG itself stays P1)."""
     log = Log()
     log.two_stage_success("r0", P0)
     log.two_stage_success("r1", P1)
     log.through_verified("r2", P0)
-    log.point("internal", P0, "r2")
+    log.activate("r2", 0, ["internal"], P0)
     log.rollback_started("r2", {"internal": P1})
     log.rolled_back("r2", {"internal": P1})
     s = log.world().scope(ENV, CH, "internal")
     assert (s.active_pack.digest, s.lkg.digest, s.lkg_prior) == (P1["digest"], P1["digest"], None)
-    rest = log.world().scope(ENV, CH, "rest")  # not rolled back there: its prior stays
-    assert rest.lkg_prior is not None and rest.lkg_prior.pack.digest == P0["digest"]
+    rest = log.world().scope(ENV, CH, "rest")  # r2 never ran there: its prior stays
+    assert rest.lkg_prior is not None and rest.lkg_prior.pack.digest == P0["digest"] and not rest.pulled
+
+
+def test_a_pulled_pack_is_known_good_again_once_a_release_earns_it_or_an_operator_pins_it() -> None:
+    log = Log()
+    log.point("internal", P0)
+    log.two_stage_success("r1", P1)
+    log.rollback_started("r1", {"internal": P0, "rest": P0}, trigger="tenant_impact")
+    log.rolled_back("r1", {"internal": P0, "rest": P0})
+    assert log.world().scope(ENV, CH, "rest").pulled == {P1["digest"]}
+    log.pin("rest", P1, NOW + timedelta(days=1))  # the operator's word on it
+    assert not log.world().scope(ENV, CH, "rest").pulled
+    log.two_stage_success("r2", P1)  # passed its windows on data again
+    s = log.world().scope(ENV, CH, "internal")
+    assert not s.pulled and (s.lkg.digest, s.lkg_release) == (P1["digest"], "r2")
+
+
+def test_a_rollback_of_a_release_that_switched_nothing_pulls_nothing() -> None:
+    """The model's case (session 27, against a first version of this rule): r1's target was the pin in force
+    (P2); the operator then pinned P0 (the pinner switched to it) and lifted the pin; r1's rollback lands on P2,
+    moving internal off P0, its LKG. r1 never ran anywhere: nothing is pulled, P0 stays known good (that first
+    version took the name from any pack a rollback pointer moved a scope off)."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.pin("internal", P2, NOW + timedelta(days=1))
+    log.point("internal", P2, None, kind="pin")
+    log.through_verified("r1", P1)
+    log.rollback_started("r1", {"internal": P2})
+    log.pin("internal", P0, NOW + timedelta(days=1))
+    log.point("internal", P0, None, kind="pin")
+    log.unpin("internal")
+    log.rolled_back("r1", {"internal": P2})
+    s = log.world().scope(ENV, CH, "internal")
+    assert s.active_pack.digest == P2["digest"] and (s.lkg.digest, s.lkg_release) == (P0["digest"], "r0")
+    assert not s.pulled
 
 
 def test_a_success_of_the_same_pack_again_keeps_the_prior() -> None:
@@ -1017,22 +1058,3 @@ def test_evidence_is_a_pure_fold() -> None:
     # positions matter only through what they carry: a batch id on an activation is kept
     batched = [(replace(p, batch_id="B") if e.type == "release.activated" else p, e) for p, e in entries]
     assert {a["batch"] for a in evidence_of("r1", batched).activations if a["type"] == "activated"} == {"B"}
-
-
-def test_a_rollback_off_a_pointer_its_release_did_not_write_pulls_nothing() -> None:
-    """The model's case (session 27, against a first version of this rule): r1's target was the pin in force
-    (P2); the operator then pinned P0 (the pinner switched to it) and lifted the pin; r1's rollback lands on P2,
-    moving internal off P0, its LKG. r1 never ran P0 there: the rollback judged nothing about it, so P0 stays
-    known good (the first version took the name from any pack a rollback moved a scope off)."""
-    log = Log()
-    log.two_stage_success("r0", P0)
-    log.pin("internal", P2, NOW + timedelta(days=1))
-    log.point("internal", P2, None, kind="pin")
-    log.through_verified("r1", P1)
-    log.rollback_started("r1", {"internal": P2})
-    log.pin("internal", P0, NOW + timedelta(days=1))
-    log.point("internal", P0, None, kind="pin")
-    log.unpin("internal")
-    log.rolled_back("r1", {"internal": P2})
-    s = log.world().scope(ENV, CH, "internal")
-    assert s.active_pack.digest == P2["digest"] and (s.lkg.digest, s.lkg_release) == (P0["digest"], "r0")
