@@ -222,10 +222,18 @@ async def decides_as_the_fold(rig, kx) -> None:  # noqa: F811
                     folded.scope(target.env, target.channel, cohort),
                 )
                 if not use_model:
-                    # the scopes' own subjects cannot say which release's success made a pack LKG (that is a
-                    # release event): the rollback then decides on the pin and the target pre-flight recorded,
-                    # and the decisions compared below must agree
-                    unknown = {"lkg": None, "lkg_manifest": None, "lkg_release": None}
+                    # the scopes' own subjects cannot say which release's success made a pack LKG, nor which
+                    # rollback pulled one (release events): the rollback then decides on the pin and the target
+                    # pre-flight recorded (the activator, on the whole fold, holds one pulled since), and the
+                    # decisions compared below must agree
+                    unknown = {
+                        "lkg": None,
+                        "lkg_manifest": None,
+                        "lkg_release": None,
+                        "lkg_earned": True,
+                        "lkg_prior": None,
+                        "pulled": frozenset(),
+                    }
                     mine, theirs = replace(mine, **unknown), replace(theirs, **unknown)
                 assert mine == theirs
         actions = {
