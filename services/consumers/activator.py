@@ -211,6 +211,21 @@ def held_by_pin(world: World, release: ReleaseState, cohort: str, now: datetime)
     return pin.pack
 
 
+def taken_over(world: World, release: ReleaseState, cohort: str) -> PackRef | None:
+    """The pack another release's rollout has switched `cohort` to since `release` ran there (None: none did).
+
+    Such a cohort no longer runs this release's pack: its rollback leaves it where it is, as it leaves a cohort
+    on a pin in force. Moving it to this release's target would undo the other release's rollout without its
+    record saying so (an operator pulling a release that closed long ago, after a newer one took its cohorts;
+    the newer one's window would then watch a pack it never switched to)."""
+    assert release.prepared is not None
+    active = world.scope(release.prepared.target.env, release.prepared.target.channel, cohort).active
+    if active is None or active.kind != "rollout" or active.release_id in (None, release.release_id):
+        return None
+    own = release.pack
+    return None if own is not None and own.digest == active.pack.digest else active.pack
+
+
 def decide_rollback(
     world: World,
     release: ReleaseState,
@@ -224,18 +239,19 @@ def decide_rollback(
     any problem, or a missing target, fails closed: hold and escalate. The release's own pack
     is no target (a rollback never "lands" on the pack that failed), be it the recorded
     target or a pin holding the cohort on it. A cohort a pin in force holds on its pack
-    (`held_by_pin`) is left there and needs no target. `target_signers`: who signed each
-    target under the root in force (the pointers' `signers` evidence).
+    (`held_by_pin`), or another release's rollout has taken since (`taken_over`), is left there and
+    needs no target. `target_signers`: who signed each target under the root in force (the pointers'
+    `signers` evidence).
 
     `rolled_back.targets` names, per cohort, the pack it runs once the batch is stored: its
-    recorded target, or the pin's pack for a cohort left on its pin.
+    recorded target, or the pack of the pin or other release it was left on.
     """
     if release.phase != "rolling_back" or release.rollback is None or release.prepared is None:
         return []
     env, channel = release.prepared.target.env, release.prepared.target.channel
     escalation = release.prepared.escalation
     targets = release.rollback.targets
-    on_pin: dict[str, PackRef] = {}
+    on_pin: dict[str, PackRef] = {}  # cohorts left where they are: on a pin in force, or another release's pack
     problems = []
     for cohort in release.activated:
         pinned = held_by_pin(world, release, cohort, ctx.now)
@@ -244,6 +260,8 @@ def decide_rollback(
             problems.append(f"{cohort}: pinned to {pinned.version}, the pack being rolled back")
         elif pinned is not None:
             on_pin[cohort] = pinned
+        elif (taken := taken_over(world, release, cohort)) is not None:
+            on_pin[cohort] = taken
         elif target is None:
             problems.append(f"{cohort}: no rollback target")
         elif is_own_pack(release, target):
@@ -262,7 +280,7 @@ def decide_rollback(
     writes = []
     for cohort in release.activated:
         if cohort in on_pin:
-            continue  # a pin in force holds it on its pack: the operator's word, not the rollback's to undo
+            continue  # a pin in force, or another release, holds it on its pack: not this rollback's to undo
         target = targets[cohort]
         assert target is not None
         scope_state = world.scope(env, channel, cohort)

@@ -579,6 +579,33 @@ def test_a_rollback_whose_recorded_target_was_pulled_since_holds() -> None:
     assert "lkg_pulled" in codes_at(s.replay(), s.seq_of(forged))
 
 
+def test_pulling_a_release_leaves_the_cohorts_a_newer_release_has_taken_over() -> None:
+    """r1 earned P1 on both cohorts; r2 (P2) has since switched internal and is watched there; an operator pulls
+    r1. Its rollback moves rest back (to P0, the LKG before it) and leaves internal on r2's P2: r1's pack no
+    longer runs there, and moving it would undo r2's rollout without r2's record saying so (before session 27
+    it did: r2's window then watched runtimes on a pack it never switched to)."""
+    s = story()
+    s.success("r1", P1)
+    s.log.through_verified("r2", P2, stages=[["internal"], ["rest"]])
+    s.emit(s.rollout("r2"))
+    world = s.log.world()
+    s.append(operator.rollback(world, "r1", "tenant_impact", "tickets", OPERATOR_ACTOR, s.log.clock).event)
+    stored = s.emit(s.rollback("r1"))
+    pointers = {e.scope.cohort: e.data.pack.digest for e in stored if e.type == "scope.activated"}
+    assert pointers == {"rest": P0["digest"]}
+    done = next(e for e in stored if e.type == "release.rolled_back")
+    assert {c: t.digest for c, t in done.data.targets.items()} == {"internal": P2["digest"], "rest": P0["digest"]}
+    world = s.log.world()
+    assert world.scope(ENV, CH, "internal").active.release_id == "r2"
+    assert {c: world.scope(ENV, CH, c).lkg.digest for c in ("internal", "rest")} == {
+        "internal": P0["digest"],
+        "rest": P0["digest"],
+    }  # P1 is pulled in both: the LKG before it
+    s.log.closed("r1", "rolled_back")
+    audit = s.replay()
+    assert audit.violations == (), lines(audit)
+
+
 def test_an_older_audit_state_folded_again_sees_only_its_own_event_ids() -> None:
     """The ids are a dict appended in place (a replay's cost); an audit state is still a value:
     folding an older state again (a branch) neither sees the other branch's ids nor changes them."""

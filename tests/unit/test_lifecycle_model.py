@@ -103,30 +103,37 @@ MUST_REACH = (
     "a new cohort brought in by a release of its own",
     "a pass the channel outran, held by the promoter",
     PULLED_LKG,
+    "a rollback left a cohort another release had taken over",
 )
 
 VERBS = ("pause", "resume", "abort", "promote", "extend", "rollback", "annotate", "close")
 releases = st.integers(min_value=0, max_value=15)
 
 
-def _pulled_from_lkg(log: list) -> int:
+def _rollback_stories(log: list) -> tuple[int, int]:
     """Rollbacks that started while their release's pack was the last-known-good of a cohort it switched
-    (where `lkg_pulled` has something to check)."""
-    world, count = World(), 0
+    (where `lkg_pulled` has something to check), and rollbacks that left a cohort another release's rollout had
+    taken over (`activator.taken_over`)."""
+    world, pulled, left = World(), 0, 0
     for position, event in log:
         if event is None:
             continue
-        if event.type == "release.rollback_started":
-            release = world.release(event.release_id or "")
-            if release is not None and release.pack is not None and release.prepared is not None:
-                where = release.prepared.target
-                count += any(
-                    (lkg := world.scope(where.env, where.channel, c).lkg) is not None
-                    and lkg.digest == release.pack.digest
-                    for c in release.activated
+        release = world.release(event.release_id or "") if event.family == "release" else None
+        if release is not None and release.pack is not None and release.prepared is not None:
+            where = release.prepared.target
+            scopes = {c: world.scope(where.env, where.channel, c) for c in release.activated}
+            if event.type == "release.rollback_started":
+                pulled += any(s.lkg is not None and s.lkg.digest == release.pack.digest for s in scopes.values())
+            elif event.type == "release.rolled_back":
+                left += any(
+                    s.active is not None
+                    and s.active.kind == "rollout"
+                    and s.active.release_id not in (None, release.release_id)
+                    and s.active.pack.digest != release.pack.digest
+                    for s in scopes.values()
                 )
         world = apply(world, position, event)
-    return count
+    return pulled, left
 
 
 class LifecycleMachine(RuleBasedStateMachine):
@@ -183,7 +190,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         REACHED["a rollout rolled back by the guard"] += sum(
             e.type == "release.rollback_started" and e.actor.id == "guard" for e in events
         )
-        REACHED[PULLED_LKG] += _pulled_from_lkg(self.m.log)
+        pulled, left = _rollback_stories(self.m.log)
+        REACHED[PULLED_LKG] += pulled
+        REACHED["a rollback left a cohort another release had taken over"] += left
 
     def _release(self, pick: int) -> str | None:
         """The newest release first (pick 0): the older ones have mostly ended."""
