@@ -181,14 +181,23 @@ def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, rele
     return evolve(state, changes)
 
 
-def pull(state: ScopeState, digest: str) -> ScopeState:
+def pull(state: ScopeState, digest: str, recorded: frozenset[str] = frozenset()) -> ScopeState:
     """A release of the pack `digest` is rolled back here: that pack is no longer known good in this scope.
 
     As the LKG it hands the name back to the one before it, if that one passed its windows on data (a pin a
     rollback once restored is the operator's word of that time, not evidence), else to none: a strategy `lkg`
     then has no target, and pre-flight asks for a pin or another strategy. As the one before it, it is
-    forgotten. Either way it is no rollback's target here any more (`projections/rollback.py`)."""
-    changes: dict[str, Any] = {"pulled": state.pulled | {digest}}
+    forgotten. Either way it is no rollback's target here any more (`projections/rollback.py`): `pulled`
+    remembers it where something could still name it as one — the LKG, the one before it, a pin (in force, the
+    pinned prior or the one before that) or a target a release in flight recorded (`recorded`). Any later target
+    comes from those, or from a pin or success after the pull, which vouch for it again; so a failed release's
+    new pack, which nothing names, is not kept, and `pulled` (in snapshots and read models) does not grow with
+    every failure in the scope's history."""
+    pins = (state.pin, state.last_pin, state.pin_before)
+    named = {k.digest for k in (state.lkg, *(p.pack for p in pins if p is not None)) if k is not None}
+    if state.lkg_prior is not None:
+        named.add(state.lkg_prior.pack.digest)
+    changes: dict[str, Any] = {"pulled": state.pulled | {digest}} if digest in named or digest in recorded else {}
     prior = state.lkg_prior
     if prior is not None and prior.pack.digest == digest:
         prior = None

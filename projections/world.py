@@ -307,10 +307,19 @@ def _pull_release_pack(world: World, release: ReleaseState) -> World:
     if pack is None or release.prepared is None or not release.activated:
         return world
     env, channel = release.prepared.target.env, release.prepared.target.channel
+    others = [world.releases.get(rid) for rid in world.in_flight if rid != release.release_id]
+    targets = [  # what the channel's other releases in flight recorded to roll back to
+        r.prepared.rollback_targets
+        for r in others
+        if r is not None
+        and r.prepared is not None
+        and (r.prepared.target.env, r.prepared.target.channel) == (env, channel)
+    ]
     scopes = world.scopes
     for cohort in release.activated:
         key = (env, channel, cohort)
-        scopes = scopes.insert(key, pull(scopes.get(key) or ScopeState(key=key), pack.digest))
+        recorded = frozenset(t.digest for ts in targets if (t := ts.get(cohort)) is not None)
+        scopes = scopes.insert(key, pull(scopes.get(key) or ScopeState(key=key), pack.digest, recorded))
     return evolve(world, {"scopes": scopes})
 
 

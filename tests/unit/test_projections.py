@@ -722,6 +722,25 @@ def test_a_pulled_pack_is_known_good_again_once_a_release_earns_it_or_an_operato
     assert not s.pulled and (s.lkg.digest, s.lkg_release) == (P1["digest"], "r2")
 
 
+def test_pulled_keeps_only_packs_something_could_still_name_as_a_target() -> None:
+    """A failed release's new pack, which no LKG, pin or recorded target names, is not remembered (`pulled` is in
+    snapshots and read models: it must not grow with every failure of the scope's history); one a release in
+    flight recorded as its target is, and that release's rollback then holds."""
+    log = Log()
+    log.two_stage_success("r0", P0)
+    log.through_verified("r1", P1)
+    log.activate("r1", 0, ["internal"], P1)
+    log.rollback_started("r1", {"internal": P0})
+    assert not log.world().scope(ENV, CH, "internal").pulled
+    log.rolled_back("r1", {"internal": P0})
+    log.closed("r1", "rolled_back")
+    log.through_verified("r2", P2, stages=[["rest"]], targets={"rest": P1})  # P1 recorded (as a forged plan could)
+    log.through_verified("r3", P1, stages=[["rest"]])
+    log.activate("r3", 0, ["rest"], P1)
+    log.rollback_started("r3", {"rest": P0})
+    assert log.world().scope(ENV, CH, "rest").pulled == {P1["digest"]}
+
+
 def test_a_rollback_of_a_release_that_switched_nothing_pulls_nothing() -> None:
     """The model's case (session 27, against a first version of this rule): r1's target was the pin in force
     (P2); the operator then pinned P0 (the pinner switched to it) and lifted the pin; r1's rollback lands on P2,
