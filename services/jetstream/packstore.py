@@ -36,6 +36,21 @@ def encoded_digest(hasher) -> str:
     return "SHA-256=" + base64.urlsafe_b64encode(hasher.digest()).decode()
 
 
+def recorded_sha256(meta_digest: object) -> bytes | None:
+    """The SHA-256 an object's metadata says its bytes have (None: it says none we can read).
+
+    Clients write it as `SHA-256=` and base64url, padded (nats.py, Go) or not (nats.js, whose
+    `base64url` drops the `=`): both are the same digest."""
+    if not isinstance(meta_digest, str) or not meta_digest.startswith("SHA-256="):
+        return None
+    encoded = meta_digest.removeprefix("SHA-256=").rstrip("=")
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (ValueError, TypeError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
 CHUNKS_PER_REQUEST = 16  # 2 MiB of nats.py's 128 KiB chunks per request, two requests held at most
 
 
@@ -63,7 +78,7 @@ class Chunks:
             await self._stream.close()
 
 
-def _as_stored_object(meta: dict | None) -> StoredObject | None:
+def as_stored_object(meta: dict | None) -> StoredObject | None:
     try:
         return (
             None
@@ -104,22 +119,23 @@ class PackStore:
         meta = json.loads(msg.data or b"{}")
         return meta if isinstance(meta, dict) else {"deleted": True}  # not metadata at all: as good as deleted
 
-    async def _meta(self, name: str) -> dict | None:
+    async def live_meta(self, name: str) -> dict | None:
+        """The object's metadata (None: absent or marked deleted)."""
         meta = await self.stored_meta(name)
         return None if meta is None or meta.get("deleted") else meta
 
     async def stored_object(self, name: str) -> StoredObject | None:
         """What distribution records of an object (None: absent or not readable as one)."""
-        return _as_stored_object(await self._meta(name))
+        return as_stored_object(await self.live_meta(name))
 
     async def size(self, name: str) -> int | None:
-        meta = await self._meta(name)
+        meta = await self.live_meta(name)
         return int(meta.get("size", 0)) if meta else None
 
     async def described(self, name: str) -> tuple[int | None, StoredObject | None]:
         """`size` and `stored_object` from one read of the metadata (one round trip, not two)."""
-        meta = await self._meta(name)
-        return (int(meta.get("size", 0)) if meta else None), _as_stored_object(meta)
+        meta = await self.live_meta(name)
+        return (int(meta.get("size", 0)) if meta else None), as_stored_object(meta)
 
     async def chunks(self, name: str) -> Chunks | None:
         """The object's bytes as they are stored, chunk by chunk; None if absent.
@@ -127,7 +143,7 @@ class PackStore:
         The first batch of chunks is already requested when this returns: open the pack,
         check something else, then iterate (or `close()` to drop it).
         """
-        meta = await self._meta(name)
+        meta = await self.live_meta(name)
         if meta is None:
             return None
         nuid, size = meta.get("nuid"), int(meta.get("size", 0))

@@ -1,12 +1,12 @@
 """Rollback readiness: can the pack a rollback would go back to still be activated?
 
 The check (the manifest verifies under the trust root in force and has not expired, the
-pack object is present with the manifest's size) runs where a rollback is about to
-happen (the activator) and wherever a release is about to expose more: pre-flight
-(preparer) and before each expansion or promotion (promoter). One implementation for
-all three, so "ready" means the same thing at every step. Where a pack is about to be switched
-to (`Exposing`: a rollout's next cohorts, a rollback's landing), the activator also judges it
-against the channel's configuration now, as a verification would.
+pack object is present with the manifest's size and its metadata names the pack's bytes)
+runs where a rollback is about to happen (the activator) and wherever a release is about
+to expose more: pre-flight (preparer) and before each expansion or promotion (promoter).
+One implementation for all three, so "ready" means the same thing at every step. Where a
+pack is about to be switched to (`Exposing`: a rollout's next cohorts, a rollback's landing),
+the activator also judges it against the channel's configuration now, as a verification would.
 
 `target_problems` is the IO (its answer is a fact handed to a pure decide);
 `readiness_problems` is the pure judgement over those facts.
@@ -22,10 +22,10 @@ from typing import Literal
 
 from events.channel import ChannelConfig
 from events.manifest import MANIFEST_MAX_BYTES, manifest_object_name, pack_object_name
-from events.model import PackRef
+from events.model import PackRef, StoredObject
 from projections.world import World
-from services.jetstream.pack_keeper import checked_with_restore
-from services.jetstream.packstore import PackStore
+from services.jetstream.pack_keeper import checked_with_restore, recorded
+from services.jetstream.packstore import PackStore, as_stored_object, recorded_sha256
 from services.verification.context import configured_channel, verify_context
 from services.verification.gates import CHANNEL_GATES, attestation_required, check_manifest, recheck_channel
 from services.verification.pipeline import read_attestation
@@ -72,7 +72,7 @@ def landing(world: World, env: str, channel: str, cohorts: tuple[str, ...]) -> E
 
 def judge_target(
     manifest: bytes | None,
-    size: int | None,
+    pack_meta: Mapping | None,
     target: PackRef,
     env: str,
     channel: str,
@@ -81,16 +81,21 @@ def judge_target(
     now: datetime,
     exposing: Exposing | None = None,
     attestation: bytes | None = None,
+    recorded: StoredObject | None = None,
 ) -> TargetCheck:
     """Pure: the manifest must verify under `trust_root` and not be expired, the pack object be
-    present with the manifest's size. Fast-track, not a full re-verification: the bytes are not
-    hashed again. With `exposing` (a rollout about to switch more cohorts, or a rollback about to land),
-    also the channel's gates as they stand now (`recheck_channel`: `attestation` is the object, where it
-    requires one)."""
+    present with the manifest's size and read as its bytes (`pack_object_problem`: `pack_meta` is its
+    metadata as stored, `recorded` what distribution recorded of it). Fast-track, not a full
+    re-verification: the bytes are not hashed again. With `exposing` (a rollout about to switch more
+    cohorts, or a rollback about to land), also the channel's gates as they stand now (`recheck_channel`:
+    `attestation` is the object, where it requires one)."""
     if trust_root is None:
         return TargetCheck("no trust root configured")
-    if size is None:
+    if pack_meta is None:
         return TargetCheck("pack object missing")
+    size, problem = pack_object_problem(pack_meta, target, recorded)
+    if problem is not None:
+        return TargetCheck(problem)
     vctx = verify_context(target, trust_root, now, "rollback", env=env, channel=channel, cohorts=cohorts)
     check = check_manifest(manifest[: MANIFEST_MAX_BYTES + 1] if manifest else None, vctx)
     if check.failure is None and check.manifest is not None and check.manifest.size != size:
@@ -116,6 +121,30 @@ def judge_target(
     return TargetCheck(None, tuple(check.signers))
 
 
+def pack_object_problem(meta: Mapping, target: PackRef, recorded: StoredObject | None = None) -> tuple[int, str | None]:
+    """The pack object's size and why it does not hold the pack's bytes (None: nothing says so).
+
+    A rollback lands without hashing the bytes again, so its metadata must at least name them: the
+    SHA-256 it records must be the pack's digest (a name re-pointed at other chunks of the same size
+    passes a size check, and only the runtimes' hash would notice, after the pointer moved), and, where
+    distribution recorded the object, it must read as recorded (the caller restores it from the record
+    first, so a difference left means the recorded chunks are gone). A metadata digest no client
+    format we know names is not judged: the size and the runtimes' hash still are."""
+    try:
+        size = int(meta.get("size", 0))
+    except (TypeError, ValueError):
+        return 0, f"pack object metadata unreadable: size {meta.get('size')!r}"
+    sha = recorded_sha256(meta.get("digest"))
+    if sha is not None and target.digest.startswith("sha256:") and sha.hex() != target.digest.removeprefix("sha256:"):
+        return size, f"pack object holds other bytes: its metadata's SHA-256 is {sha.hex()[:12]}…, not the pack's"
+    if recorded is not None and as_stored_object(dict(meta)) != recorded:
+        return size, (
+            f"pack object does not read as distributed (chunks {meta.get('nuid')!r}, recorded {recorded.nuid!r}) "
+            "and the recorded chunks are gone"
+        )
+    return size, None
+
+
 async def target_check(
     app,
     target: PackRef,
@@ -134,15 +163,19 @@ async def target_check(
         store = PackStore(app.js, app.subjects)
         attest = exposing is not None and attestation_required(exposing.config)
         try:  # the reads at once: a rollback waits on this check (bench.rollback)
-            manifest, size, attestation = await asyncio.gather(
+            manifest, pack_meta, attestation, record = await asyncio.gather(
                 store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
-                store.size(pack_object_name(target.digest)),
+                store.live_meta(pack_object_name(target.digest)),
                 read_attestation(store, target.digest) if attest else _none(),
+                recorded(app, target.digest),  # kept per app once found: no read after the first
             )
         except Exception as exc:  # fail closed: an unreadable target is not a target
             return TargetCheck(f"cannot read target objects: {exc}")
         root = app.current_trust_root()
-        return judge_target(manifest, size, target, env, channel, cohorts, root, now, exposing, attestation)
+        pack_record = record.get(pack_object_name(target.digest))
+        return judge_target(
+            manifest, pack_meta, target, env, channel, cohorts, root, now, exposing, attestation, pack_record
+        )
 
     try:
         if app.current_trust_root() is None:

@@ -226,3 +226,29 @@ async def test_chunks_a_producer_appends_to_a_pack_are_not_part_of_it(authed, as
     await producer.js.publish(f"$O.{s.packs_bucket}.C.{nuid}", b"appended by an attacker")
     chunks = await store.chunks(name)
     assert b"".join([c async for c in chunks]) == body
+
+
+async def test_a_target_re_pointed_at_other_bytes_of_its_size_is_not_ready(service_app, as_role):
+    """A rollback lands without hashing the pack again, so its readiness once compared only the size: a name
+    re-pointed at another pack's chunks of the same size, where no record can put it back (a pack no release
+    distributed here, or one whose recorded chunks an admin purged), passed, the pointer moved, and only the
+    runtimes' hash refused the bytes. The metadata's SHA-256 names the other bytes: not ready, saying why."""
+    from datetime import UTC, datetime
+
+    from events.model import PackRef
+    from services.verification.readiness import target_check
+
+    app, s = service_app.app, as_role.authed.subjects
+    producer = await as_role("producer")
+    good, bad = make_pack("4.0.0", service_app.producer_key), make_pack("4.1.0", service_app.producer_key)
+    assert len(good.body) == len(bad.body)
+    for pack in (good, bad):
+        await push_pack(producer.js, s, pack.body, pack.manifest, pack.digest)
+    target = PackRef(name=good.name, version=good.version, digest=good.digest)
+    now = datetime.now(UTC)
+    assert (await target_check(app, target, ENV, CHANNEL_NAME, ("internal",), now)).problem is None
+
+    await tamper(producer.js, s, pack_object_name(good.digest), "repoint", pack_object_name(bad.digest))
+    check = await target_check(app, target, ENV, CHANNEL_NAME, ("internal",), now)
+    assert check.problem is not None and check.problem.startswith("pack object holds other bytes"), check
+    assert check.signers == ()

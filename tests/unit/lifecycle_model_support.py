@@ -12,6 +12,7 @@ tests/unit/test_model_regressions.py (the minimal counter-examples, replayed by 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from services.consumers import verifier as verifier_adapter
 from services.consumers.fast_path import Part, extend, joined
 from services.consumers.outputs import Atomic, Chain, Ctx, Failed, Output, Promotion, Timer, appended
 from services.consumers.verifier import context_for
+from services.jetstream.packstore import object_digest
 from services.monitoring.judge import (
     Watch,
     counts_for,
@@ -325,6 +327,7 @@ class Lifecycle:
             self.audit = audit_entry(self.audit, position, event, SUBJECTS)
             self.log.append((position, event))
             self._check_refusals(position, event)
+            self._check_pointer_bytes(position, event)
         self.ids.add(event.event_id)
 
     def append_expected(self, event: Event, expected: int, last_seq: int) -> bool:
@@ -839,6 +842,32 @@ class Lifecycle:
     def lose_pack(self, digest: str) -> None:
         self.store.pop(pack_object_name(digest), None)
 
+    def swap_pack(self, digest: str) -> None:
+        """The pack's name re-pointed at other bytes of its size and its recorded chunks gone (an admin's purge,
+        then a producer's put): the metadata's size still matches the manifest, its SHA-256 is the other bytes'."""
+        name = pack_object_name(digest)
+        if name in self.store:
+            self.store[name] = bytes(b ^ 0x5A for b in self.store[name])
+
+    # -- model-only invariant: a rollback or a pin points at a pack only while its bytes are stored ---------------
+    def _check_pointer_bytes(self, position: Position, event: Event) -> None:
+        """A rollback lands without hashing the pack again, a pin after hashing it: either way the pointer must
+        not move to a digest whose stored bytes are not its own (runtimes would refuse them only after the
+        pointer moved, and the scope's record would say a pack runs that none can load)."""
+        if event.type != "scope.activated" or event.data.kind not in ("rollback", "pin"):  # type: ignore[union-attr]
+            return
+        digest = event.data.pack.digest  # type: ignore[union-attr]
+        body = self.store.get(pack_object_name(digest))
+        if body is None or "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            self.problems.append(
+                Violation(
+                    position.seq,
+                    "pointer_to_other_bytes",
+                    f"{event.data.kind} pointer to {digest[:19]} while its stored bytes are "  # type: ignore[union-attr]
+                    + ("gone" if body is None else "other bytes"),
+                )
+            )
+
     # -- model-only invariant: a refusal after the pointer moved is never a pass ---------------------
     def _check_refusals(self, position: Position, event: Event) -> None:
         if event.type != "release.monitoring_passed" or is_override(event.data):  # type: ignore[arg-type]
@@ -922,10 +951,10 @@ def target_check(
     """services/verification/readiness.py's pure judgement over the model's store and trust root."""
     assert release.prepared is not None
     manifest = m.store.get(manifest_object_name(target.digest))
-    size = len(m.store[pack_object_name(target.digest)]) if pack_object_name(target.digest) in m.store else None
+    body = m.store.get(pack_object_name(target.digest))
     return judge_target(
         manifest,
-        size,
+        None if body is None else {"size": len(body), "digest": object_digest(body)},
         target,
         release.prepared.target.env,
         release.prepared.target.channel,

@@ -85,6 +85,7 @@ CHECKS = [0, 0]  # invariant checks, runs (a run's first check follows its initi
 # stops reaching one proves nothing about it, so the test fails rather than passes vacuously.
 REACHED: Counter[str] = Counter()
 PULLED_LKG = "a rollback started of a release whose pack was a cohort's last-known-good"
+SWAPPED = "a rollback or expansion held: its target's name re-pointed at other bytes of its size"
 MUST_REACH = (
     "refusal in an earlier stage's cohort while a later stage is watched",
     "a release's steps stored in one atomic batch (fast path)",
@@ -103,6 +104,7 @@ MUST_REACH = (
     "a new cohort brought in by a release of its own",
     "a pass the channel outran, held by the promoter",
     PULLED_LKG,
+    SWAPPED,
     "a rollback left a cohort another release had taken over",
 )
 
@@ -192,6 +194,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         pulled, left = _rollback_stories(self.m.log)
         REACHED[PULLED_LKG] += pulled
+        REACHED[SWAPPED] += sum("holds other bytes" in e.data.model_dump_json() for e in events)
         REACHED["a rollback left a cohort another release had taken over"] += left
 
     def _release(self, pick: int) -> str | None:
@@ -560,6 +563,16 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.m.settle()
         return rid
 
+    @rule(pack=st.integers(1, len(PACKS) - 1))
+    def stall_in_the_fast_path(self, pack: int) -> None:
+        """A release reaches the verifier through the fast path while its reads stall: the fail-closed event is
+        stored in one batch with the steps before it. Two random toggles and a request had to line up, and did
+        4 times in 20k steps once a new rule moved the draw (session 28), under the must-reach floor of 5."""
+        with self._calm():
+            self.m.fast = self.m.verify_stalls = True
+            self._story_request(pack)
+        self.after()
+
     @rule(pick=releases, trigger=st.sampled_from(["tenant_impact", "policy_violation", "operator"]))
     def pull_a_success(self, pick: int, trigger: str) -> None:
         """An operator rolls back a release that closed `success` (tenant impact found later): its pack is
@@ -718,6 +731,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(pack=st.integers(0, len(PACKS) - 1))
     def lose_pack(self, pack: int) -> None:
         self.m.lose_pack(PACKS[-1 - pack].digest)  # the simplest choice is not the packs every LKG starts from
+        self.after()
+
+    @rule(pack=st.integers(0, len(PACKS) - 1))
+    def swap_pack(self, pack: int) -> None:
+        """A pack's name re-pointed at other bytes of the same size, its own chunks gone (session 26's open case:
+        a rollback's readiness compared the size only)."""
+        self.m.swap_pack(PACKS[-1 - pack].digest)
         self.after()
 
     # -- after every step ------------------------------------------------------------------------------

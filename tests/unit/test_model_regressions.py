@@ -538,3 +538,44 @@ def test_an_operator_pulling_a_successful_release_takes_lkg_from_its_pack() -> N
         assert (scope.active_pack.digest, scope.lkg.digest) == (V100.digest, V100.digest)
     assert not codes(m), lines(m)
     machine.safe()
+
+
+def test_a_rollback_target_whose_name_holds_other_bytes_holds_the_release() -> None:
+    """The model's minimal example against a rollback readiness that compared the size only (before session 28),
+    replayed through the machine itself:
+        channels(thresholds=0, min_samples=1, promote=False, history='two', stable_window=120)
+        cohorts_change_under_a_rollout(after_windows=0, back=False, kinds=('activation_ok', 'good', 'good'),
+                                       pack=2, to='one')
+        swap_pack(pack=6)
+        refusal_behind_a_later_stage(live=False, pack=1)
+        fire_timer(which=0)
+    1.1.0 (r2's pack, both cohorts' LKG) is re-pointed at other bytes of its size; that readiness passed it,
+    r4's expansion went on and its failed window rolled internal back onto bytes no runtime could load
+    (`pointer_to_other_bytes`). Now the metadata's SHA-256 says so: the expansion holds, and so does an
+    operator's rollback."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    machine = LifecycleMachine()
+    machine.channels(thresholds=0, min_samples=1, promote=False, history="two", stable_window=120)
+    machine.cohorts_change_under_a_rollout(
+        after_windows=0, back=False, kinds=("activation_ok", "good", "good"), pack=2, to="one"
+    )
+    machine.swap_pack(pack=6)
+    assert PACKS[-7].digest == V110.digest
+    machine.refusal_behind_a_later_stage(live=False, pack=1)
+    m = machine.m
+    held = [e for _, e in m.log if e is not None and e.type == "release.escalated"]
+    assert [(e.release_id, e.data.code) for e in held] == [("r4", "rollback_not_ready")], lines(m)
+    assert "holds other bytes" in held[0].data.message
+    internal = m.world.scope("prod", "canary", "internal")
+    r4_pack = m.world.release("r4").pack
+    assert internal.active_pack.digest == r4_pack.digest and internal.lkg.digest == V110.digest
+
+    m.operate("rollback", "r4", trigger="operator", window_s=60)
+    m.settle()
+    event = m.log[-1][1]
+    assert (event.type, event.data.code) == ("release.escalated", "rollback_target_unusable"), lines(m)
+    assert "holds other bytes" in event.data.message
+    assert m.world.scope("prod", "canary", "internal").active_pack.digest == r4_pack.digest
+    assert not codes(m), lines(m)
+    machine.safe()
