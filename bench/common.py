@@ -7,6 +7,7 @@ this machine is noisy: a ratio survives a busy neighbour, an absolute figure doe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats import errors as nats_errors
 
 from events.channel import ChannelConfig
 from events.model import Actor
 from events.signing import SigningKey, TrustRoot, b64encode
+from events.subjects import Subjects
 from services.actions.producer import build_signed, manifest_bytes, sha256_digest
 from services.jetstream.embedded import EmbeddedServer, free_port
 
@@ -254,3 +257,28 @@ async def raw_connect(url: str, name: str):
     baseline runs on. The service connects through `services.jetstream.client.KxClient`, whose faster
     header parsing is part of what is measured, not part of the floor."""
     return await nats.connect(url, name=name)
+
+
+async def model_written(
+    js, subjects: Subjects, timeout: float, proc=None, poll_s: float = 0.5, progress: bool = True
+) -> None:
+    """Until the read models' `position` is the log's last sequence (the projector has written them:
+    the last of the service's readers to catch up, at most every 150 ms)."""
+    deadline = time.monotonic() + timeout
+    last = (await js.stream_info(subjects.releases_stream)).state.last_seq
+    bar = Progress("the read models are written", last) if progress else None
+    while True:
+        try:
+            kv = await js.key_value(subjects.read_bucket)
+            at = json.loads((await kv.get("position")).value)["seq"]
+        except (nats_errors.Error, KeyError, ValueError, TypeError):  # not there yet
+            at = 0
+        if bar is not None:
+            bar.update(min(at, last))
+        if at >= last:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the service exited ({proc.returncode}) before writing its read models")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the read models were not written within {timeout:.0f}s (at {at} of {last})")
+        await asyncio.sleep(poll_s)

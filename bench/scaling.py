@@ -44,7 +44,7 @@ from services.reads.follower import Follower
 from services.reads.snapshots import Snapshots
 from services.settings import ROLES
 
-from .common import OPERATOR, Progress, channel_config, latency_summary, profile_tables, report
+from .common import OPERATOR, Progress, channel_config, latency_summary, model_written, profile_tables, report
 from .history import Generated, fast_rig, generate
 from .time_to_activate import measure, raw_hops, wait_for_layout
 
@@ -188,27 +188,6 @@ def service_signs_as_history(r) -> None:
     data.mkdir(parents=True, exist_ok=True)
     write_secret(data / "service.key.json", json.dumps(r.key.to_file_dict("kxr-serve")))
     (data / "service-keys.json").write_text(json.dumps(ServiceKeys.of(r.key, list(ROLES)).to_document()))
-
-
-async def model_written(js, subjects: Subjects, timeout: float, proc=None) -> None:
-    """Until the read models' `position` is the log's last sequence (the projector has written them)."""
-    deadline = time.monotonic() + timeout
-    last = (await js.stream_info(subjects.releases_stream)).state.last_seq
-    bar = Progress("the read models are written", last)
-    while True:
-        try:
-            kv = await js.key_value(subjects.read_bucket)
-            at = json.loads((await kv.get("position")).value)["seq"]
-        except (nats_errors.Error, KeyError, ValueError, TypeError):  # not there yet
-            at = 0
-        bar.update(min(at, last))
-        if at >= last:
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the service exited ({proc.returncode}) before writing its read models")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the read models were not written within {timeout:.0f}s (at {at} of {last})")
-        await asyncio.sleep(0.5)
 
 
 async def said_ready(log, proc, timeout: float = 600) -> None:

@@ -7,7 +7,8 @@ events) in its own process against a file-backed nats-server. This process is th
 (pushes the pack, then publishes the request: the clock starts at the request) and the
 runtime (an ordered consumer on the scopes' pointer subjects: the clock stops when the
 pointer arrives). Monitoring is excluded: each release targets its own channel so none
-waits for another's window.
+waits for another's window. Each turn configures its channels first and waits until the service
+has taken them in (its read models reflect the log's end) before it times a request.
 
 Baselines, same run, same server, in TURNS turns alternating with ours (a quarter of the
 releases, then a quarter of each baseline's rounds, and so on): HOPS raw hops with bare nats-py, each a JetStream
@@ -48,6 +49,7 @@ from .common import (
     Progress,
     channel_config,
     latency_summary,
+    model_written,
     profile_tables,
     raw_connect,
     report,
@@ -251,6 +253,10 @@ async def measure(
                 {"runtime_id": f"rt{i}", "at": datetime.now(UTC).isoformat(), "kind": "sample", "requests": 10}
             ).encode(),
         )
+    # the service has taken in the turn's configurations before the first request is timed: a burst of
+    # channel configurations (the guard's checks, the read models written) is not a release's time to
+    # activate, and it slowed each turn's first 2-4 releases (session 28: p99 17-20 -> 14-15 ms)
+    await model_written(js, subjects, timeout=60, poll_s=0.02, progress=False)
     seen: dict[str, asyncio.Future] = {}
 
     async def on_pointer(msg) -> None:

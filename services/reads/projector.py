@@ -306,7 +306,7 @@ class Projector:
             await self._read_keys(list(values))
             changed = [k for k, v in prints.items() if k not in self._stored or self._stored[k][2] != v]
         for i in range(0, len(changed), WRITES_AT_ONCE):
-            await asyncio.gather(*(self._put(k, values[k], seq) for k in changed[i : i + WRITES_AT_ONCE]))
+            await asyncio.gather(*(self._put(k, values[k], seq, prints[k]) for k in changed[i : i + WRITES_AT_ONCE]))
 
     async def _restore(self, release_id: str, seq: int) -> None:
         """A closed (evicted) release changes again: whole from its own events first, as the follower does."""
@@ -417,8 +417,9 @@ class Projector:
             {n: self._stored.get(rm.index_key(n), (0, 0, b""))[1] for n in self._index},
             sum(len(rows) for rows in self._index.values()),
         )
-        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != rm.fingerprint(position):
-            await self._put(rm.POSITION, position, seq)
+        printed = rm.fingerprint(position)
+        if seq > self.position or self._stored.get(rm.POSITION, (0, 0, b""))[2] != printed:
+            await self._put(rm.POSITION, position, seq, printed)
         self._evict_closed(written)
         self.releases = position["releases"]
         self.position = max(self.position, seq)
@@ -453,8 +454,9 @@ class Projector:
             self._stored.pop(key, None)
         self._last_revision = max(self._last_revision, self._bucket_last)
 
-    async def _put(self, key: str, value: dict[str, Any], seq: int) -> None:
-        """Write `value` as of `seq` unless the bucket holds a value as new or newer (compare and set)."""
+    async def _put(self, key: str, value: dict[str, Any], seq: int, printed: bytes) -> None:
+        """Write `value` as of `seq` unless the bucket holds a value as new or newer (compare and set);
+        `printed` is its `rm.fingerprint`, already taken by the caller (a JSON encoding less per key)."""
         data = rm.encode(value, seq)
         for _ in range(10):
             stored = self._stored.get(key)
@@ -476,7 +478,7 @@ class Projector:
                     theirs, doc = rm.content(entry.value)
                     self._stored[key] = (entry.revision or 0, theirs, rm.fingerprint(doc))
                 continue
-            self._stored[key] = (revision, seq, rm.fingerprint(value))
+            self._stored[key] = (revision, seq, printed)
             self._last_revision = max(self._last_revision, revision)
             return
         log.warning("read model %s not written after 10 tries (others keep writing it)", key)

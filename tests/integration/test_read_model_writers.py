@@ -92,7 +92,7 @@ async def test_two_writers_never_move_a_value_back_and_both_reach_the_end(nats_u
         assert value["show"]["config"]["monitoring"]["window_s"] == 71  # the last configuration
         assert value["seq"] <= last
         # a writer that is behind leaves a newer value alone
-        await projectors[1]._put(rm.POSITION, {"stale": True}, 1)
+        await projectors[1]._put(rm.POSITION, {"stale": True}, 1, rm.fingerprint({"stale": True}))
         assert json.loads((await kv.get(rm.POSITION)).value)["seq"] == last
     finally:
         for t in [*tasks, watching]:
