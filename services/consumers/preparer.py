@@ -191,6 +191,8 @@ def preflight(
         else f"{sum(map(len, stages))} cohort(s), {len(skipped)} pinned and skipped",
     )
 
+    check("concurrent_releases", True, concurrent_releases(world, release, env, channel, flat))
+
     strategy = req.rollback.strategy
     targets: dict[str, PackRef | None] = {}
     problems = []
@@ -314,6 +316,42 @@ def preflight(
         checklist=items,
         owner=req.owner,
         escalation=req.escalation,
+    )
+
+
+SHOWN_CONCURRENT = 3  # releases named in the item's detail; the rest counted
+
+
+def concurrent_releases(world: World, release: ReleaseState, env: str, channel: str, cohorts: list[str]) -> str:
+    """The checklist's word on the channel's other releases in flight (a warning, never a refusal).
+
+    Nothing stops two releases of one channel running at once, and every safety rule holds then (the
+    lifecycle model drives it): a cohort runs the pack of whichever release switched it last, and a
+    rollback leaves a cohort another release has switched since. But an operator reading one release's
+    record should not have to find the other by chance: each one in flight is named, with the cohorts
+    both plans share."""
+    others = []
+    for rid in sorted(world.in_flight):
+        other = world.releases.get(rid)
+        if other is None or rid == release.release_id:
+            continue
+        target = other.prepared.target if other.prepared else other.requested.target if other.requested else None
+        if target is None or (target.env, target.channel) != (env, channel):
+            continue
+        shared = [c for c in cohorts if any(c in stage for stage in other.stages)]
+        pack = other.pack
+        others.append(
+            f"{rid} ({pack.version if pack else 'pack unknown'}, {other.phase}"
+            + (f", sharing {'+'.join(shared)})" if shared else ")")
+        )
+    if not others:
+        return f"no other release of {env}/{channel} in flight"
+    named = ", ".join(others[:SHOWN_CONCURRENT]) + (
+        f" and {len(others) - SHOWN_CONCURRENT} more" if len(others) > SHOWN_CONCURRENT else ""
+    )
+    return (
+        f"warning: {len(others)} other release(s) of {env}/{channel} in flight: {named}; a cohort runs the pack "
+        "of whichever release switches it last, and a rollback leaves a cohort another release has switched since"
     )
 
 

@@ -139,6 +139,7 @@ def test_preparer_prepares_plan_stages_and_rollback_targets() -> None:
         "monitoring_min_samples",
         "smallest_scope",
         "cohorts_to_roll_out",
+        "concurrent_releases",
         "rollback_target",
         "observability",
         "alert_route",  # a warning here: CHANNEL_DOC has no sink (tests/unit/test_alert_route.py)
@@ -460,7 +461,7 @@ def test_preflight_returns_the_checklist_even_when_rejecting() -> None:
     items, prepared = preparer.preflight(world, release, ctx("preparer"), None)
     assert prepared is None
     assert {i.item: i.ok for i in items}["target_exists"] is False
-    assert len(items) == 10
+    assert len(items) == 11
 
 
 # ==== distributor ==============================================================================
@@ -1351,3 +1352,28 @@ def test_the_first_switch_checks_the_pack_again_when_the_channel_was_configured_
     exposing = activator.exposing(world, release, LATER)
     assert exposing is not None and exposing.cohorts == ("internal",)
     assert exposing.config is not None and exposing.config.compatibility.runtime_version == "3.0.0"
+
+
+def test_preflight_names_the_channels_other_releases_in_flight() -> None:
+    """Two releases of one channel may run at once (every safety rule holds then: the lifecycle model drives
+    it), but the checklist says so: each other release in flight, its pack and phase, the cohorts both plans
+    share; a warning, never a refusal."""
+    alone = next(i for i in single_event(prepare(requested_log())).data.checklist if i.item == "concurrent_releases")
+    assert (alone.ok, alone.detail) == (True, "no other release of prod/canary in flight")
+
+    log = history(Log())
+    log.requested("r9", P2)
+    log.prepared("r9", P2, stages=[["rest"]])
+    log.requested("r8", P2)  # requested, not prepared yet: its plan is not known
+    log.channel(channel="stable")
+    log.requested("r7", P2, target={"env": ENV, "channel": "stable"})  # another channel: not named
+    log.requested("r1", P1, acknowledge_no_health=True)
+    event = single_event(prepare(log))
+    assert event.type == "release.prepared"  # a warning, not a refusal
+    item = next(i for i in event.data.checklist if i.item == "concurrent_releases")
+    assert item.ok
+    assert item.detail == (
+        "warning: 2 other release(s) of prod/canary in flight: r8 (2.0.0, requested), r9 (2.0.0, prepared, sharing "
+        "rest); a cohort runs the pack of whichever release switches it last, and a rollback leaves a cohort "
+        "another release has switched since"
+    )

@@ -41,13 +41,14 @@ def load(path: Path) -> list[tuple[Position, Event]]:
 
 
 CHAIN_FIELDS = ("generation", "prev", "signers")  # pointer fields added after these histories were recorded
-LATER_ITEMS = ("alert_route", "smallest_scope")  # pre-flight items added after some histories were recorded
+LATER_ITEMS = ("alert_route", "smallest_scope", "concurrent_releases")  # pre-flight items added since some histories
 
 
 def comparable(mine: Event, theirs: Event) -> tuple[dict, dict]:
     """Both payloads (`_comparable`); a pointer recorded before pointers were chained is compared
-    without the chain fields; a plan recorded before pre-flight had its `alert_route` item (issue 16)
-    or its `smallest_scope` item (session 21) is compared without it."""
+    without the chain fields; a plan recorded before pre-flight had its `alert_route` item (issue 16),
+    its `smallest_scope` item (session 21) or its `concurrent_releases` item (session 28) is compared
+    without it."""
     a, b = _comparable(mine), _comparable(theirs)
     if mine.type == "release.prepared":
         for added in LATER_ITEMS:
