@@ -11,6 +11,7 @@ from datetime import datetime
 
 from events.model import PackRef
 from projections.releases import ReleaseState
+from projections.scopes import vouched
 from projections.world import World
 
 
@@ -21,7 +22,8 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
     the scope (a rollback elsewhere would fight the pin). Then `pinned`: the pinned prior
     pre-flight recorded; `none`: nothing (the scope had no pack before; an LKG earned later by
     another release is not this release's target); `lkg`: the scope's last-known-good now, unless that is this very
-    pack, else the one pre-flight recorded. A strategy never falls back to another's target:
+    pack, else the one pre-flight recorded (for a closed release: while the scope still names it, `scopes.vouched`,
+    or knows it pulled, so the activator says why it holds). A strategy never falls back to another's target:
     an unusable choice holds and escalates. Whatever the choice, the release's own pack is no
     target: a rollback never "lands" on the pack it rolls back from (no pointer would move, and
     `rolled_back` would record a remediation that did not happen).
@@ -37,8 +39,15 @@ def rollback_target(world: World, release: ReleaseState, cohort: str, now: datet
         target = recorded
     elif scope.lkg is not None and not is_own_pack(release, scope.lkg):
         target = scope.lkg
-    else:
+    elif recorded is None or not release.closed or recorded.digest in vouched(scope) | scope.pulled:
         target = recorded
+    else:
+        # a closed release an operator pulls (its own pack the LKG now) falls back to a target recorded before it
+        # closed, which the scope names no longer: a pull of that pack since may have been forgotten (`scopes.pull`
+        # keeps a pull where the scope or a release in flight names the pack, and this one was closed), so the
+        # record is no evidence; the rollback holds rather than land on it (session 28, the model's 100k-step
+        # run: r1 pulled, then r3, then r2 landed on r1's pack)
+        target = None
     return None if target is not None and is_own_pack(release, target) else target
 
 

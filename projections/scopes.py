@@ -181,6 +181,16 @@ def mark_known_good(state: ScopeState, pack: PackRef, manifest: str | None, rele
     return evolve(state, changes)
 
 
+def vouched(state: ScopeState) -> set[str]:
+    """The packs the scope itself still names as a place to go back to: its LKG, the one before it, and its
+    pins (in force, the pinned prior, the one before that). Where a pull of one happens, `pulled` keeps it."""
+    pins = (state.pin, state.last_pin, state.pin_before)
+    named = {k.digest for k in (state.lkg, *(p.pack for p in pins if p is not None)) if k is not None}
+    if state.lkg_prior is not None:
+        named.add(state.lkg_prior.pack.digest)
+    return named
+
+
 def pull(state: ScopeState, digest: str, recorded: frozenset[str] = frozenset()) -> ScopeState:
     """A release of the pack `digest` is rolled back here: that pack is no longer known good in this scope.
 
@@ -193,10 +203,7 @@ def pull(state: ScopeState, digest: str, recorded: frozenset[str] = frozenset())
     comes from those, or from a pin or success after the pull, which vouch for it again; so a failed release's
     new pack, which nothing names, is not kept, and `pulled` (in snapshots and read models) does not grow with
     every failure in the scope's history."""
-    pins = (state.pin, state.last_pin, state.pin_before)
-    named = {k.digest for k in (state.lkg, *(p.pack for p in pins if p is not None)) if k is not None}
-    if state.lkg_prior is not None:
-        named.add(state.lkg_prior.pack.digest)
+    named = vouched(state)
     changes: dict[str, Any] = {"pulled": state.pulled | {digest}} if digest in named or digest in recorded else {}
     prior = state.lkg_prior
     if prior is not None and prior.pack.digest == digest:

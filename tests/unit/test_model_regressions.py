@@ -579,3 +579,42 @@ def test_a_rollback_target_whose_name_holds_other_bytes_holds_the_release() -> N
     assert m.world.scope("prod", "canary", "internal").active_pack.digest == r4_pack.digest
     assert not codes(m), lines(m)
     machine.safe()
+
+
+def test_a_pulled_release_does_not_fall_back_to_a_target_the_scope_names_no_longer() -> None:
+    """The model's minimal example against session 27's fold, found by a 100,000-step run (session 28), replayed
+    through the machine itself:
+        channels(thresholds=0, min_samples=1, promote=False, history='canary', stable_window=120)
+        cohorts_change_under_a_rollout(after_windows=1, back=False, kinds=('activation_ok', 'good', 'good'),
+                                       pack=1, to='one')
+        decide_now_commit_later(consumer='activator', pick=0)
+        promotion(ack=False, pack=1, stable=0)
+        pin(channel='canary', cohort='internal', hours=1, pack=0)
+        pull_a_success(pick=0, trigger='tenant_impact')   # r1 (1.0.0)
+        pull_a_success(pick=1, trigger='tenant_impact')   # r3 (1.5.0): rest back on 1.2.0, r2's
+        pull_a_success(pick=0, trigger='tenant_impact')   # r2 (1.2.0)
+    r1's pull was not remembered in rest (`scopes.pull` keeps a pull only where the scope names the pack, and
+    there it named 1.5.0 and 1.2.0), and r2, closed long before, fell back to the 1.0.0 its pre-flight recorded:
+    `lkg_pulled`. A recorded target the scope no longer names is no evidence: rest holds."""
+    from .test_lifecycle_model import LifecycleMachine
+
+    machine = LifecycleMachine()
+    machine.channels(thresholds=0, min_samples=1, promote=False, history="canary", stable_window=120)
+    machine.cohorts_change_under_a_rollout(
+        after_windows=1, back=False, kinds=("activation_ok", "good", "good"), pack=1, to="one"
+    )
+    machine.decide_now_commit_later(consumer="activator", pick=0)
+    machine.promotion(ack=False, pack=1, stable=0)
+    machine.pin(channel="canary", cohort="internal", hours=1, pack=0)
+    for pick in (0, 1, 0):
+        machine.pull_a_success(pick=pick, trigger="tenant_impact")
+    m = machine.m
+    started = [e for _, e in m.log if e is not None and e.type == "release.rollback_started"]
+    assert [e.release_id for e in started] == ["r1", "r3", "r2"], lines(m)
+    assert started[-1].data.targets["rest"] is None
+    event = m.log[-1][1]
+    assert (event.type, event.data.code) == ("release.escalated", "rollback_target_unusable"), lines(m)
+    assert event.data.message == "rest: no rollback target"
+    assert m.world.scope("prod", "canary", "rest").active_pack.version == "1.2.0"
+    assert not codes(m), lines(m)
+    machine.safe()
