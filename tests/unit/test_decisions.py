@@ -13,7 +13,7 @@ from events.ids import derived_event_id
 from events.model import Monitoring
 from events.tokens import is_token
 from projections.releases import ReleaseState
-from projections.rollback import rollback_targets
+from projections.rollback import pulled_there, rollback_targets
 from projections.world import World
 from services.consumers import activator, distributor, monitor, preparer, promoter
 from services.consumers.outputs import Atomic, Chain, Ctx, Promotion, Timer, appended
@@ -1377,3 +1377,43 @@ def test_preflight_names_the_channels_other_releases_in_flight() -> None:
         "rest); a cohort runs the pack of whichever release switches it last, and a rollback leaves a cohort "
         "another release has switched since"
     )
+
+
+def _successes(*packs: dict[str, Any]) -> Log:
+    """r0, r1, … each closed `success` in both cohorts (each pre-flight recorded P0 as its target)."""
+    log = Log()
+    log.channel()
+    for n, p in enumerate(packs):
+        log.two_stage_success(f"r{n}", p)
+    return log
+
+
+def test_a_pulled_closed_release_falls_back_to_its_recorded_target_while_the_scope_names_it() -> None:
+    """r1 (P1) closed success with P0, the LKG before it, recorded: an operator pulling r1 goes back there."""
+    world, r1 = state(_successes(P0, P1), "r1")
+    assert world.scope(ENV, CH, "internal").lkg_prior.pack.digest == P0["digest"]
+    targets = rollback_targets(world, r1, LATER)
+    assert {c: t.digest for c, t in targets.items()} == {"internal": P0["digest"], "rest": P0["digest"]}
+
+
+def test_a_pulled_closed_release_keeps_a_recorded_target_known_pulled_so_the_activator_says_why() -> None:
+    log = _successes(P0, P1)
+    log.rollback_started("r0", {"internal": None, "rest": None}, trigger="tenant_impact")  # P0 pulled
+    world, r1 = state(log, "r1")
+    target = rollback_targets(world, r1, LATER)["internal"]
+    assert target.digest == P0["digest"]
+    assert pulled_there(world, r1, "internal", target) == (
+        "internal: target 0.9.0 was rolled back there since (a release of it): known good no longer"
+    )
+
+
+def test_a_pulled_closed_release_holds_where_the_scope_names_its_recorded_target_no_longer() -> None:
+    """r2 pulled: the LKG goes back to r1's P1 and nothing before it is kept. Pulling r1 then would fall back to
+    the P0 recorded at its pre-flight, which the scope names no longer: a pull of it since might not be
+    remembered (session 28's model counter-example), so the rollback holds rather than land there."""
+    log = _successes(P0, P1, P2)
+    log.rollback_started("r2", {"internal": None, "rest": None}, trigger="tenant_impact")
+    world, r1 = state(log, "r1")
+    scope = world.scope(ENV, CH, "internal")
+    assert scope.lkg.digest == P1["digest"] and scope.lkg_prior is None
+    assert rollback_targets(world, r1, LATER) == {"internal": None, "rest": None}
