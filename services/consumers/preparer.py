@@ -331,17 +331,11 @@ def concurrent_releases(world: World, release: ReleaseState, env: str, channel: 
     record should not have to find the other by chance: each one in flight is named, with the cohorts
     both plans share."""
     others = []
-    for rid in sorted(world.in_flight):
-        other = world.releases.get(rid)
-        if other is None or rid == release.release_id:
-            continue
-        target = other.prepared.target if other.prepared else other.requested.target if other.requested else None
-        if target is None or (target.env, target.channel) != (env, channel):
-            continue
+    for other in sorted(_in_flight_on(world, env, channel, release.release_id), key=lambda r: r.release_id):
         shared = [c for c in cohorts if any(c in stage for stage in other.stages)]
         pack = other.pack
         others.append(
-            f"{rid} ({pack.version if pack else 'pack unknown'}, {other.phase}"
+            f"{other.release_id} ({pack.version if pack else 'pack unknown'}, {other.phase}"
             + (f", sharing {'+'.join(shared)})" if shared else ")")
         )
     if not others:
@@ -353,6 +347,20 @@ def concurrent_releases(world: World, release: ReleaseState, env: str, channel: 
         f"warning: {len(others)} other release(s) of {env}/{channel} in flight: {named}; a cohort runs the pack "
         "of whichever release switches it last, and a rollback leaves a cohort another release has switched since"
     )
+
+
+def _in_flight_on(world: World, env: str, channel: str, but: str) -> list[ReleaseState]:
+    """The releases in flight on `env`/`channel` other than `but`, in no order (sorted by whoever shows them:
+    only those, not every release in flight, at each pre-flight)."""
+    out = []
+    for rid in world.in_flight:
+        other = world.releases.get(rid)
+        if other is None or rid == but:
+            continue
+        target = other.prepared.target if other.prepared else other.requested.target if other.requested else None
+        if target is not None and (target.env, target.channel) == (env, channel):
+            out.append(other)
+    return out
 
 
 def unfit_warning(targets: Mapping[str, PackRef | None], fits: Mapping[str, str | None]) -> str:

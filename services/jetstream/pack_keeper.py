@@ -179,7 +179,12 @@ async def restore(app, objects: Mapping[str, StoredObject]) -> list[str]:
 
 
 async def checked_with_restore(
-    app, digest: str | None, check: Callable[[], Awaitable[T]], failed: Callable[[T], bool], hint: str | None = None
+    app,
+    digest: str | None,
+    check: Callable[[], Awaitable[T]],
+    failed: Callable[[T], bool],
+    hint: str | None = None,
+    objects: Mapping[str, StoredObject] | None = None,
 ) -> T:
     """`check()` on the pack with `digest`, its recorded objects restored where needed.
 
@@ -188,10 +193,10 @@ async def checked_with_restore(
     re-pointed at other chunks of the same size passes a size check, and only a runtime's
     hash would notice, too late). The manifest and attestation may be re-signed by their
     owners, so they are restored only if `failed` says the check failed, then checked again
-    (the second answer stands, pass or fail).
+    (the second answer stands, pass or fail). `objects`: the record (`recorded`), when the caller has it.
     """
     try:
-        objects = await recorded(app, digest, hint)
+        objects = objects if objects is not None else await recorded(app, digest, hint)
         pack = {name: obj for name, obj in objects.items() if digest is not None and name == pack_object_name(digest)}
         if pack:
             await restore(app, pack)

@@ -72,7 +72,7 @@ def landing(world: World, env: str, channel: str, cohorts: tuple[str, ...]) -> E
 
 def judge_target(
     manifest: bytes | None,
-    pack_meta: Mapping | None,
+    pack_meta: dict | None,
     target: PackRef,
     env: str,
     channel: str,
@@ -121,7 +121,7 @@ def judge_target(
     return TargetCheck(None, tuple(check.signers))
 
 
-def pack_object_problem(meta: Mapping, target: PackRef, recorded: StoredObject | None = None) -> tuple[int, str | None]:
+def pack_object_problem(meta: dict, target: PackRef, recorded: StoredObject | None = None) -> tuple[int, str | None]:
     """The pack object's size and why it does not hold the pack's bytes (None: nothing says so).
 
     A rollback lands without hashing the bytes again, so its metadata must at least name them: the
@@ -137,7 +137,7 @@ def pack_object_problem(meta: Mapping, target: PackRef, recorded: StoredObject |
     sha = recorded_sha256(meta.get("digest"))
     if sha is not None and target.digest.startswith("sha256:") and sha.hex() != target.digest.removeprefix("sha256:"):
         return size, f"pack object holds other bytes: its metadata's SHA-256 is {sha.hex()[:12]}…, not the pack's"
-    if recorded is not None and as_stored_object(dict(meta)) != recorded:
+    if recorded is not None and as_stored_object(meta) != recorded:
         return size, (
             f"pack object does not read as distributed (chunks {meta.get('nuid')!r}, recorded {recorded.nuid!r}) "
             "and the recorded chunks are gone"
@@ -159,15 +159,16 @@ async def target_check(
     Never raises: any failure of the check is its problem (fail closed: the activator then records
     `activation_failed` or `escalated` saying why, the promoter holds)."""
 
+    record: dict[str, StoredObject] = {}
+
     async def read_and_judge() -> TargetCheck:
         store = PackStore(app.js, app.subjects)
         attest = exposing is not None and attestation_required(exposing.config)
         try:  # the reads at once: a rollback waits on this check (bench.rollback)
-            manifest, pack_meta, attestation, record = await asyncio.gather(
+            manifest, pack_meta, attestation = await asyncio.gather(
                 store.read(manifest_object_name(target.digest), MANIFEST_MAX_BYTES),
                 store.live_meta(pack_object_name(target.digest)),
                 read_attestation(store, target.digest) if attest else _none(),
-                recorded(app, target.digest),  # kept per app once found: no read after the first
             )
         except Exception as exc:  # fail closed: an unreadable target is not a target
             return TargetCheck(f"cannot read target objects: {exc}")
@@ -180,7 +181,12 @@ async def target_check(
     try:
         if app.current_trust_root() is None:
             return TargetCheck("no trust root configured")
-        return await checked_with_restore(app, target.digest, read_and_judge, lambda check: check.problem is not None)
+        # the record the restore works from is the one the pack object is judged against: looked up once
+        # (a pack with none is a scan of every release and scope, ~1 ms with a thousand scopes)
+        record.update(await recorded(app, target.digest))
+        return await checked_with_restore(
+            app, target.digest, read_and_judge, lambda check: check.problem is not None, objects=record
+        )
     except Exception as exc:
         return TargetCheck(f"readiness check failed: {exc.__class__.__name__}: {exc}")
 
